@@ -1,0 +1,282 @@
+//! JSON messages between bondline and the customs clearance platform (schema version 1).
+//!
+//! Topics hang under a per-gateway prefix `P` (config `uplink.topic_prefix`):
+//! - `P/declarations` (platform → edge): [`Declaration`]
+//! - `P/instructions` (platform → edge): [`Instruction`]
+//! - `P/records` (edge → platform): [`ParcelRecord`], QoS 1, at least once, dedupe on `msg_id`
+//! - `P/events` (edge → platform): [`EdgeEvent`], rejections and alarms
+//!
+//! Every message carries `schema`; a message with another schema or an unknown field is
+//! rejected whole, never half-applied. The full contract is in `docs/mqtt.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version this build reads and writes.
+pub const SCHEMA: u32 = 1;
+
+/// Topic suffixes under the gateway prefix.
+pub mod topic {
+    pub const DECLARATIONS: &str = "declarations";
+    pub const INSTRUCTIONS: &str = "instructions";
+    pub const RECORDS: &str = "records";
+    pub const EVENTS: &str = "events";
+}
+
+/// What the e-commerce company declared for one waybill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Declaration {
+    pub schema: u32,
+    pub waybill: String,
+    /// Customs code of the e-commerce enterprise.
+    pub enterprise: String,
+    /// Consumer identity as a keyed hash; never the raw identity.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    #[serde(default)]
+    pub identity_verified: bool,
+    /// Declared value in minor units of `currency` (fen for CNY).
+    #[serde(default)]
+    pub value_minor: Option<u64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub gross_weight_g: Option<u32>,
+    #[serde(default)]
+    pub items: Vec<DeclaredItem>,
+}
+
+/// One line of a declaration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredItem {
+    pub description: String,
+    pub quantity: u32,
+}
+
+/// What customs orders for one waybill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Release,
+    Inspect,
+    Hold,
+}
+
+/// A customs order for one waybill. A later instruction for the same waybill replaces an
+/// earlier one; the same `instruction_id` delivered twice is applied once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instruction {
+    pub schema: u32,
+    pub instruction_id: String,
+    pub waybill: String,
+    pub action: Action,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub issued_at_ms: Option<u64>,
+}
+
+/// The role of a divert lane. Lane numbers are per line, in configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaneRole {
+    Release,
+    Inspection,
+    Hold,
+    Exception,
+}
+
+impl LaneRole {
+    pub const ALL: [LaneRole; 4] = [
+        LaneRole::Release,
+        LaneRole::Inspection,
+        LaneRole::Hold,
+        LaneRole::Exception,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaneRole::Release => "release",
+            LaneRole::Inspection => "inspection",
+            LaneRole::Hold => "hold",
+            LaneRole::Exception => "exception",
+        }
+    }
+}
+
+/// Whether the scanner read a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadOutcome {
+    Ok,
+    NoRead,
+}
+
+/// What became of the divert command sent to the PLC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DivertStatus {
+    /// The PLC echoed the command's sequence: it holds the lane for this parcel.
+    Acked,
+    /// No acknowledge within the timeout; the PLC's default (exception) applies.
+    Timeout,
+    /// The PLC answered with a Modbus exception.
+    Refused,
+    /// No link to the PLC; the PLC's default (exception) applies.
+    LinkDown,
+    /// The command could not be queued to the PLC link in time.
+    Overload,
+}
+
+/// The divert part of a parcel record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DivertOutcome {
+    pub status: DivertStatus,
+    /// The handshake sequence used, when a command was written.
+    pub plc_seq: Option<u16>,
+    /// Error text when the status is not `acked`.
+    pub detail: Option<String>,
+    pub at_ms: u64,
+}
+
+/// One scanned parcel: what was read, what was decided and why, what the PLC was told.
+/// Records are evidence: they are chained by `prev_hash` (SHA-256, hex, of the previous
+/// record's exact payload bytes) so the platform can detect a gap or an edit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParcelRecord {
+    pub schema: u32,
+    /// Unique and stable across retries: `<gateway>-<seq>`. Deduplicate on it.
+    pub msg_id: String,
+    /// The gateway's journal sequence, strictly increasing, no gaps.
+    pub seq: u64,
+    pub prev_hash: String,
+    pub gateway: String,
+    pub line: String,
+    /// The line's tracking number for the physical parcel, also sent to the PLC.
+    pub parcel: u32,
+    pub read: ReadOutcome,
+    pub waybill: Option<String>,
+    pub lane: u16,
+    pub lane_role: LaneRole,
+    /// Which rule decided the lane.
+    pub rule: String,
+    pub reason: String,
+    pub instruction_id: Option<String>,
+    pub scanned_at_ms: u64,
+    pub decided_at_ms: u64,
+    pub divert: DivertOutcome,
+}
+
+/// An edge-to-platform notice: a rejected inbound message or an alarm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeEvent {
+    pub schema: u32,
+    pub gateway: String,
+    pub kind: EventKind,
+    pub at_ms: u64,
+    pub detail: String,
+    /// The topic of the message the event is about, if any.
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    RejectedMessage,
+    Alarm,
+}
+
+/// Why an inbound platform message was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("not valid JSON for this topic: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("schema {found} is not supported (this build reads schema {SCHEMA})")]
+    Schema { found: u32 },
+    #[error("field `{field}`: {reason}")]
+    Field {
+        field: &'static str,
+        reason: &'static str,
+    },
+}
+
+fn check_waybill(w: &str) -> Result<(), MessageError> {
+    if w.is_empty() || w.len() > 64 || !w.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(MessageError::Field {
+            field: "waybill",
+            reason: "must be 1 to 64 printable ASCII characters",
+        });
+    }
+    Ok(())
+}
+
+impl Declaration {
+    /// Parses and checks a declaration payload.
+    pub fn parse(payload: &[u8]) -> Result<Declaration, MessageError> {
+        let d: Declaration = serde_json::from_slice(payload)?;
+        if d.schema != SCHEMA {
+            return Err(MessageError::Schema { found: d.schema });
+        }
+        check_waybill(&d.waybill)?;
+        if d.enterprise.is_empty() {
+            return Err(MessageError::Field {
+                field: "enterprise",
+                reason: "must not be empty",
+            });
+        }
+        Ok(d)
+    }
+}
+
+impl Instruction {
+    /// Parses and checks an instruction payload.
+    pub fn parse(payload: &[u8]) -> Result<Instruction, MessageError> {
+        let i: Instruction = serde_json::from_slice(payload)?;
+        if i.schema != SCHEMA {
+            return Err(MessageError::Schema { found: i.schema });
+        }
+        check_waybill(&i.waybill)?;
+        if i.instruction_id.is_empty() {
+            return Err(MessageError::Field {
+                field: "instruction_id",
+                reason: "must not be empty",
+            });
+        }
+        Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instruction_parses_and_rejects() {
+        let ok = br#"{"schema":1,"instruction_id":"i-1","waybill":"BL1","action":"release"}"#;
+        assert_eq!(Instruction::parse(ok).unwrap().action, Action::Release);
+        let wrong_schema = br#"{"schema":2,"instruction_id":"i-1","waybill":"BL1","action":"hold"}"#;
+        assert!(matches!(
+            Instruction::parse(wrong_schema),
+            Err(MessageError::Schema { found: 2 })
+        ));
+        let unknown = br#"{"schema":1,"instruction_id":"i","waybill":"BL1","action":"fly"}"#;
+        assert!(Instruction::parse(unknown).is_err());
+        assert!(Instruction::parse(b"\xff\xfe garbage").is_err());
+        let extra = br#"{"schema":1,"instruction_id":"i","waybill":"BL1","action":"hold","x":1}"#;
+        assert!(Instruction::parse(extra).is_err());
+    }
+
+    #[test]
+    fn declaration_needs_enterprise_and_waybill() {
+        let ok = br#"{"schema":1,"waybill":"BL1","enterprise":"E1"}"#;
+        assert!(Declaration::parse(ok).is_ok());
+        let bad = br#"{"schema":1,"waybill":"","enterprise":"E1"}"#;
+        assert!(Declaration::parse(bad).is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! The contracts bondline speaks on the floor and to the platform.
+//!
+//! Layout:
+//! - [`profile`]: the device-profile schema (scanner framings, PLC register maps) and the
+//!   profiles shipped in `devices/profiles/*.toml`, embedded in the binary.
+//! - [`framing`]: the barcode-scanner frame decoder and encoder, pure byte logic.
+//! - [`plc`]: the sorter PLC's register contract (divert block, acknowledge handshake).
+//! - [`contract`]: the JSON messages exchanged with the customs clearance platform over MQTT.
+//!
+//! The daemon and the simulators both build on this crate, so a simulator can never drift
+//! from what the daemon expects: they read the same profiles and the same message types.
+
+pub mod contract;
+pub mod framing;
+pub mod plc;
+pub mod profile;
+
+pub use profile::{Profile, ProfileError, ProfileKind, Profiles};
