@@ -1,1 +1,30 @@
+//! bondline: the edge controller of a customs-supervised sorting line.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, validated up front into ready-to-use structures.
+//! - [`fieldbus`]: device tasks: the barcode scanner reader (serial/TCP) and the sorter PLC
+//!   link (Modbus TCP/RTU) with its divert handshake.
+//! - [`rules`]: pure customs logic: the clearance table and the lane decision, fail closed.
+//! - [`line`]: one line's pipeline, scan → decision → divert job; never waits on I/O.
+//! - [`journal`]: the durable record store and outbox on sled; its doc states the invariants.
+//! - [`uplink`]: MQTT to the clearance platform; records leave the outbox only on PUBACK.
+//! - [`app`]: wires the tasks together and shuts them down in an order that loses nothing.
+//! - [`demo`]: the whole line on one machine: embedded broker, simulators and the daemon.
+//! - [`cli`], [`telemetry`], [`shutdown`], [`metrics`], [`backoff`]: the edges.
+//!
+//! Data flows one way on the decision path (scanner → line → PLC link → journal → uplink);
+//! platform messages flow the other way into the clearance table, which the line reads.
 
+pub mod app;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod fieldbus;
+pub mod journal;
+pub mod line;
+pub mod metrics;
+pub mod rules;
+pub mod shutdown;
+pub mod telemetry;
+pub mod uplink;

@@ -260,7 +260,8 @@ mod tests {
     fn instruction_parses_and_rejects() {
         let ok = br#"{"schema":1,"instruction_id":"i-1","waybill":"BL1","action":"release"}"#;
         assert_eq!(Instruction::parse(ok).unwrap().action, Action::Release);
-        let wrong_schema = br#"{"schema":2,"instruction_id":"i-1","waybill":"BL1","action":"hold"}"#;
+        let wrong_schema =
+            br#"{"schema":2,"instruction_id":"i-1","waybill":"BL1","action":"hold"}"#;
         assert!(matches!(
             Instruction::parse(wrong_schema),
             Err(MessageError::Schema { found: 2 })

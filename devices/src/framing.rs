@@ -258,7 +258,10 @@ mod tests {
         let out = decode(stx(), &[b"\x02BL00", b"0001\x03\x02BL000002\x03"]);
         assert_eq!(
             out,
-            vec![Frame::Read("BL000001".into()), Frame::Read("BL000002".into())]
+            vec![
+                Frame::Read("BL000001".into()),
+                Frame::Read("BL000002".into())
+            ]
         );
     }
 
@@ -286,12 +289,18 @@ mod tests {
         let out = decode(stx(), &[b"\x02", &long, b"\x03\x02BL000003\x03"]);
         assert_eq!(
             out,
-            vec![Frame::Reject(Reject::TooLong), Frame::Read("BL000003".into())]
+            vec![
+                Frame::Reject(Reject::TooLong),
+                Frame::Read("BL000003".into())
+            ]
         );
         let out = decode(crlf(), &[&long, b"\r\nBL000004\r\n"]);
         assert_eq!(
             out,
-            vec![Frame::Reject(Reject::TooLong), Frame::Read("BL000004".into())]
+            vec![
+                Frame::Reject(Reject::TooLong),
+                Frame::Read("BL000004".into())
+            ]
         );
     }
 

@@ -75,13 +75,12 @@ impl Profile {
             origin: origin.to_string(),
             reason: e.message().to_string(),
         })?;
-        let raw: RawProfile = serde_path_to_error::deserialize(de).map_err(|e| {
-            ProfileError::Invalid {
+        let raw: RawProfile =
+            serde_path_to_error::deserialize(de).map_err(|e| ProfileError::Invalid {
                 origin: origin.to_string(),
                 key: e.path().to_string(),
                 reason: e.inner().message().to_string(),
-            }
-        })?;
+            })?;
         let invalid = |key: &str, reason: String| ProfileError::Invalid {
             origin: origin.to_string(),
             key: key.to_string(),

@@ -1,1 +1,29 @@
+//! Simulators of the devices and the platform around a bondline edge controller.
+//!
+//! They let the daemon run end to end on a laptop or in CI without a sorter, a scanner or a
+//! customs platform, and they speak exactly what the real ones speak: every byte format comes
+//! from `bondline-devices` (scanner framings, the PLC register map, the platform messages), so a
+//! simulator cannot drift from what the daemon expects.
+//!
+//! # Layout
+//! - [`plan`]: a deterministic parcel plan from a seed. The scanner and the platform simulators
+//!   share it, so they agree on which waybills exist and what customs says about each, and a
+//!   test can state the lane every parcel should reach.
+//! - [`plc`]: `plc-sim`, a Modbus TCP/RTU server holding the sorter PLC's registers; records the
+//!   divert commands it receives and acknowledges them, with fault knobs (late acknowledge,
+//!   refusal) for tests.
+//! - [`scanner`]: `scanner-sim`, writes barcode frames (reads, no-reads, line noise) for plan
+//!   parcels at a set rate to a serial port or to a TCP client.
+//! - [`platform`]: `platform-sim`, the customs clearance platform on MQTT: publishes
+//!   declarations and instructions for the plan, collects the parcel records and events the
+//!   daemon sends, and reports what arrived against the plan.
+//! - [`cli`]: the little the three binaries share (logging, profile lookup, Ctrl-C).
+//!
+//! Every long-running function takes a `shutdown` future and returns when it completes, so tests
+//! and the daemon's `bondline demo` drive the simulators in-process.
 
+pub mod cli;
+pub mod plan;
+pub mod platform;
+pub mod plc;
+pub mod scanner;

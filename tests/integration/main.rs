@@ -1,1 +1,6 @@
-fn main(){}
+//! bondline's integration tests: one binary, a shared harness, real parts (Mosquitto,
+//! pseudo-terminals from socat, Modbus TCP to plc-sim, sled on disk).
+
+mod cli;
+mod harness;
+mod skeleton;

@@ -1,0 +1,583 @@
+//! `platform-sim`: the customs clearance platform, as the edge controller sees it over MQTT.
+//!
+//! It publishes what the platform sends the floor (declarations and customs instructions for
+//! the declared parcels of a [`Plan`]) and collects what the floor sends back (parcel records
+//! and events). [`PlatformSim::report`] compares the records with the plan: which lane each
+//! parcel reached, which readable parcels never produced a record, and, the one thing that must
+//! never happen, which parcels reached the release lane without a release instruction.
+//!
+//! The MQTT event loop runs in its own task and keeps polling after errors, which is how
+//! rumqttc reconnects; each new connection subscribes again because the session is clean.
+//! Received messages are kept in memory: a simulator runs for minutes, not months.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use bondline_devices::contract::{
+    topic, Declaration, DeclaredItem, EdgeEvent, Instruction, LaneRole, ParcelRecord, ReadOutcome,
+    SCHEMA,
+};
+use rand::Rng as _;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
+};
+use tokio::task::JoinHandle;
+
+use crate::plan::{Plan, PlanKind};
+
+/// How long `connect` waits for the broker to accept the subscriptions.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a publish call waits for the broker's PUBACKs.
+const PUBACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Salts separating the plan-hash draws of one parcel's declaration fields.
+const SALT_ENTERPRISE: u64 = 1;
+const SALT_CONSUMER: u64 = 2;
+const SALT_VALUE: u64 = 3;
+const SALT_WEIGHT: u64 = 4;
+const SALT_ITEM: u64 = 5;
+
+const GOODS: [&str; 6] = [
+    "infant formula 800g",
+    "face cream 50ml",
+    "vitamin tablets",
+    "running shoes",
+    "olive oil 1l",
+    "wireless earbuds",
+];
+
+/// A connected platform simulator. Dropping it stops its MQTT task.
+#[derive(Debug)]
+pub struct PlatformSim {
+    client: AsyncClient,
+    prefix: String,
+    shared: Arc<Mutex<Shared>>,
+    task: JoinHandle<()>,
+}
+
+/// What the event-loop task has seen, read by the public accessors.
+#[derive(Debug, Default)]
+struct Shared {
+    records: Vec<ParcelRecord>,
+    events: Vec<EdgeEvent>,
+    bad_payloads: usize,
+    /// True once the broker granted both subscriptions on the current connection.
+    subscribed: bool,
+    /// QoS 1 publishes handed to the client, and PUBACKs received for them.
+    published: u64,
+    acked: u64,
+}
+
+impl PlatformSim {
+    /// Connects to the broker at `broker`, subscribes to `{topic_prefix}/records` and
+    /// `{topic_prefix}/events`, and returns once the broker has granted both, so nothing the
+    /// daemon sends afterwards is missed. Fails if that takes more than 10 s.
+    pub async fn connect(
+        broker: SocketAddr,
+        topic_prefix: &str,
+        client_id: &str,
+    ) -> anyhow::Result<PlatformSim> {
+        let prefix = topic_prefix.trim_end_matches('/').to_string();
+        if prefix.is_empty() || prefix.contains(['+', '#']) {
+            bail!("topic prefix `{topic_prefix}` must be non-empty and hold no MQTT wildcard");
+        }
+        let mut opts = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
+        opts.set_clean_session(true)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, eventloop) = AsyncClient::new(opts, 1024);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let task = tokio::spawn(drive(
+            eventloop,
+            client.clone(),
+            prefix.clone(),
+            Arc::clone(&shared),
+        ));
+        let sim = PlatformSim {
+            client,
+            prefix,
+            shared,
+            task,
+        };
+        let deadline = tokio::time::Instant::now() + SUBSCRIBE_TIMEOUT;
+        while !sim.lock().subscribed {
+            if tokio::time::Instant::now() >= deadline {
+                // `sim` drops here and its task with it.
+                bail!(
+                    "broker {broker} did not accept the connection and subscriptions within {}s",
+                    SUBSCRIBE_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(%broker, prefix = %sim.prefix, "platform-sim connected and subscribed");
+        Ok(sim)
+    }
+
+    pub fn topic_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // Only plain data behind the lock; a panic elsewhere leaves it usable.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a declaration for every declared parcel in `range`, and an instruction for
+    /// those customs decided on, each waybill's declaration before its instruction (QoS 1).
+    /// Returns once the broker has acknowledged every publish.
+    pub async fn publish_plan(&self, plan: &Plan, range: Range<u64>) -> anyhow::Result<()> {
+        let mut declarations = 0usize;
+        let mut instructions = 0usize;
+        for p in plan.parcels(range) {
+            if !p.kind.is_declared() {
+                continue;
+            }
+            let declaration = declaration_for(plan, p.index, &p.waybill);
+            self.publish_json(topic::DECLARATIONS, &declaration).await?;
+            declarations += 1;
+            if let Some(action) = p.kind.instruction() {
+                let reason = match p.kind {
+                    PlanKind::Release => "cleared by platform",
+                    PlanKind::Inspect => "selected for inspection",
+                    _ => "held: documents disagree",
+                };
+                let instruction = Instruction {
+                    schema: SCHEMA,
+                    instruction_id: format!("I-{}", p.waybill),
+                    waybill: p.waybill.clone(),
+                    action,
+                    reason: reason.to_string(),
+                    issued_at_ms: Some(now_ms()),
+                };
+                self.publish_json(topic::INSTRUCTIONS, &instruction).await?;
+                instructions += 1;
+            }
+        }
+        self.wait_acked().await?;
+        tracing::info!(declarations, instructions, "plan published");
+        Ok(())
+    }
+
+    /// Publishes `payload` as is to `{prefix}/{topic_suffix}` (QoS 1), for tests that feed the
+    /// daemon malformed messages. Returns once the broker has acknowledged it.
+    pub async fn publish_raw(&self, topic_suffix: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+        self.publish(topic_suffix, payload).await?;
+        self.wait_acked().await
+    }
+
+    async fn publish_json<T: serde::Serialize>(&self, suffix: &str, msg: &T) -> anyhow::Result<()> {
+        let payload = serde_json::to_vec(msg).context("encoding a platform message")?;
+        self.publish(suffix, payload).await
+    }
+
+    async fn publish(&self, suffix: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+        let topic = format!("{}/{suffix}", self.prefix);
+        self.lock().published += 1;
+        if let Err(err) = self
+            .client
+            .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            self.lock().published -= 1;
+            return Err(err).with_context(|| format!("publishing to {topic}"));
+        }
+        Ok(())
+    }
+
+    /// Waits until the broker has acknowledged every publish handed to the client so far.
+    /// With a clean session, publishes in flight when the connection drops are lost; this is
+    /// where that surfaces, as an error after 30 s.
+    async fn wait_acked(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + PUBACK_TIMEOUT;
+        loop {
+            let (published, acked) = {
+                let s = self.lock();
+                (s.published, s.acked)
+            };
+            if acked >= published {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "broker acknowledged {acked} of {published} publishes within {}s",
+                    PUBACK_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Every parcel record received, in arrival order, duplicates included.
+    pub fn records(&self) -> Vec<ParcelRecord> {
+        self.lock().records.clone()
+    }
+
+    /// Every edge event received, in arrival order.
+    pub fn events(&self) -> Vec<EdgeEvent> {
+        self.lock().events.clone()
+    }
+
+    /// Messages on the records or events topic that did not parse as their type (or carried
+    /// another schema). A correct daemon sends none.
+    pub fn bad_payloads(&self) -> usize {
+        self.lock().bad_payloads
+    }
+
+    /// Polls until at least `n` records (duplicates included) have arrived; false on timeout.
+    pub async fn wait_for_records(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.lock().records.len() >= n {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Compares the records received so far with parcels `range` of `plan`.
+    pub fn report(&self, plan: &Plan, range: Range<u64>) -> PlatformReport {
+        let s = self.lock();
+        PlatformReport::build(plan, range, &s.records, s.events.len(), s.bad_payloads)
+    }
+}
+
+impl Drop for PlatformSim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The declaration the e-commerce side files for parcel `i`. Every parcel has its own consumer
+/// and a modest value, so the daemon's per-consumer and value rules leave the plan's outcome
+/// alone; the plan's kind alone decides the lane.
+fn declaration_for(plan: &Plan, i: u64, waybill: &str) -> Declaration {
+    let item = plan.hash(i, SALT_ITEM);
+    Declaration {
+        schema: SCHEMA,
+        waybill: waybill.to_string(),
+        enterprise: format!("E{:08}", 44_030_000 + plan.hash(i, SALT_ENTERPRISE) % 16),
+        consumer: Some(format!("{:016x}", plan.hash(i, SALT_CONSUMER))),
+        identity_verified: true,
+        value_minor: Some(1_000 + plan.hash(i, SALT_VALUE) % 200_000),
+        currency: Some("CNY".to_string()),
+        gross_weight_g: Some(100 + (plan.hash(i, SALT_WEIGHT) % 4_900) as u32),
+        items: vec![DeclaredItem {
+            description: GOODS[(item % GOODS.len() as u64) as usize].to_string(),
+            quantity: 1 + ((item >> 32) % 3) as u32,
+        }],
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Drives the MQTT event loop forever: records incoming messages, counts PUBACKs, subscribes
+/// on every new connection, and backs off (with jitter) between failed connection attempts.
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    prefix: String,
+    shared: Arc<Mutex<Shared>>,
+) {
+    let records_topic = format!("{prefix}/{}", topic::RECORDS);
+    let events_topic = format!("{prefix}/{}", topic::EVENTS);
+    let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
+    let mut failures: u32 = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                lock().subscribed = false;
+                // Not awaited here: the request channel is only drained by this very loop.
+                let client = client.clone();
+                let filters = [records_topic.clone(), events_topic.clone()]
+                    .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
+                tokio::spawn(async move {
+                    if let Err(err) = client.subscribe_many(filters).await {
+                        tracing::warn!(%err, "cannot request subscriptions");
+                    }
+                });
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                if !granted {
+                    tracing::warn!(codes = ?ack.return_codes, "broker refused a subscription");
+                }
+                lock().subscribed = granted;
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => lock().acked += 1,
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.topic == records_topic {
+                    match parse_record(&p.payload) {
+                        Some(r) => lock().records.push(r),
+                        None => {
+                            tracing::warn!(bytes = p.payload.len(), "unparsable parcel record");
+                            lock().bad_payloads += 1;
+                        }
+                    }
+                } else if p.topic == events_topic {
+                    match serde_json::from_slice::<EdgeEvent>(&p.payload) {
+                        Ok(e) if e.schema == SCHEMA => {
+                            tracing::info!(kind = ?e.kind, detail = %e.detail, "edge event");
+                            lock().events.push(e);
+                        }
+                        _ => {
+                            tracing::warn!(bytes = p.payload.len(), "unparsable edge event");
+                            lock().bad_payloads += 1;
+                        }
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                lock().subscribed = false;
+                failures = failures.saturating_add(1);
+                let base = Duration::from_millis(100) * 2u32.pow(failures.min(5));
+                let backoff = base
+                    .min(Duration::from_secs(2))
+                    .mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                tracing::warn!(%err, retry_in_ms = backoff.as_millis() as u64, "mqtt connection");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+fn parse_record(payload: &[u8]) -> Option<ParcelRecord> {
+    serde_json::from_slice::<ParcelRecord>(payload)
+        .ok()
+        .filter(|r| r.schema == SCHEMA)
+}
+
+/// What the platform received, against a plan range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformReport {
+    /// Records received, duplicates included.
+    pub records: usize,
+    pub distinct_msg_ids: usize,
+    /// `records - distinct_msg_ids`: redeliveries, harmless under at-least-once.
+    pub duplicates: usize,
+    /// Distinct records per lane role.
+    pub by_role: BTreeMap<LaneRole, usize>,
+    /// Distinct records of no-reads.
+    pub no_reads: usize,
+    /// Waybills of readable parcels in the range without any record, in plan order.
+    pub missing: Vec<String>,
+    /// Distinct records of plan parcels whose lane differs from the plan's expected lane.
+    /// Not necessarily wrong (a divert timeout sends a parcel to exception), but worth a look.
+    pub lane_mismatches: usize,
+    /// Waybills (or msg_ids of no-reads and unknown waybills) that reached the release lane
+    /// without a release instruction in the plan: a fail-closed breach.
+    pub released_against_plan: Vec<String>,
+    pub events: usize,
+    pub bad_payloads: usize,
+}
+
+impl PlatformReport {
+    fn build(
+        plan: &Plan,
+        range: Range<u64>,
+        records: &[ParcelRecord],
+        events: usize,
+        bad_payloads: usize,
+    ) -> PlatformReport {
+        let mut seen_ids = HashSet::new();
+        let mut seen_waybills = HashSet::new();
+        let mut by_role: BTreeMap<LaneRole, usize> =
+            LaneRole::ALL.iter().map(|r| (*r, 0)).collect();
+        let mut no_reads = 0;
+        let mut lane_mismatches = 0;
+        let mut released_against_plan = Vec::new();
+        for r in records {
+            if !seen_ids.insert(r.msg_id.as_str()) {
+                continue;
+            }
+            *by_role.entry(r.lane_role).or_default() += 1;
+            if r.read == ReadOutcome::NoRead {
+                no_reads += 1;
+            }
+            let planned = r
+                .waybill
+                .as_deref()
+                .and_then(|w| plan.index_of(w))
+                .map(|i| plan.parcel(i).kind);
+            if let Some(w) = &r.waybill {
+                seen_waybills.insert(w.as_str());
+            }
+            if let Some(expected) = planned.and_then(PlanKind::expected_role) {
+                if expected != r.lane_role {
+                    lane_mismatches += 1;
+                }
+            }
+            if r.lane_role == LaneRole::Release && planned != Some(PlanKind::Release) {
+                released_against_plan.push(r.waybill.clone().unwrap_or_else(|| r.msg_id.clone()));
+            }
+        }
+        let missing = plan
+            .parcels(range)
+            .filter(|p| p.kind.is_readable() && !seen_waybills.contains(p.waybill.as_str()))
+            .map(|p| p.waybill)
+            .collect();
+        PlatformReport {
+            records: records.len(),
+            distinct_msg_ids: seen_ids.len(),
+            duplicates: records.len() - seen_ids.len(),
+            by_role,
+            no_reads,
+            missing,
+            lane_mismatches,
+            released_against_plan,
+            events,
+            bad_payloads,
+        }
+    }
+}
+
+impl fmt::Display for PlatformReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// Long lists are cut so a periodic report stays readable.
+        fn list(f: &mut fmt::Formatter<'_>, items: &[String]) -> fmt::Result {
+            const SHOWN: usize = 10;
+            for w in items.iter().take(SHOWN) {
+                write!(f, " {w}")?;
+            }
+            if items.len() > SHOWN {
+                write!(f, " (and {} more)", items.len() - SHOWN)?;
+            }
+            Ok(())
+        }
+        writeln!(
+            f,
+            "records: {} ({} distinct, {} duplicates), events: {}, bad payloads: {}",
+            self.records, self.distinct_msg_ids, self.duplicates, self.events, self.bad_payloads
+        )?;
+        write!(f, "lanes:")?;
+        for (role, n) in &self.by_role {
+            write!(f, " {} {n}", role.as_str())?;
+        }
+        writeln!(
+            f,
+            "; no-reads {}; lane differs from plan {}",
+            self.no_reads, self.lane_mismatches
+        )?;
+        write!(f, "missing: {}", self.missing.len())?;
+        list(f, &self.missing)?;
+        if !self.released_against_plan.is_empty() {
+            write!(
+                f,
+                "\nRELEASED AGAINST PLAN: {}",
+                self.released_against_plan.len()
+            )?;
+            list(f, &self.released_against_plan)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bondline_devices::contract::{DivertOutcome, DivertStatus};
+
+    /// Tests and the demo hold these futures across spawns; this only has to compile.
+    #[allow(dead_code)]
+    fn futures_are_send(sim: &PlatformSim, plan: &Plan) {
+        fn send<T: Send>(_: T) {}
+        send(PlatformSim::connect(
+            ([127, 0, 0, 1], 1883).into(),
+            "p",
+            "c",
+        ));
+        send(sim.publish_plan(plan, 0..1));
+        send(sim.publish_raw("x", Vec::new()));
+        send(sim.wait_for_records(1, Duration::ZERO));
+    }
+
+    fn record(seq: u64, waybill: Option<&str>, role: LaneRole) -> ParcelRecord {
+        ParcelRecord {
+            schema: SCHEMA,
+            msg_id: format!("gw-{seq}"),
+            seq,
+            prev_hash: String::new(),
+            gateway: "gw".into(),
+            line: "l1".into(),
+            parcel: seq as u32,
+            read: if waybill.is_some() {
+                ReadOutcome::Ok
+            } else {
+                ReadOutcome::NoRead
+            },
+            waybill: waybill.map(str::to_string),
+            lane: 1,
+            lane_role: role,
+            rule: "r".into(),
+            reason: "r".into(),
+            instruction_id: None,
+            scanned_at_ms: 0,
+            decided_at_ms: 0,
+            divert: DivertOutcome {
+                status: DivertStatus::Acked,
+                plc_seq: Some(1),
+                detail: None,
+                at_ms: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn report_counts_missing_duplicates_and_breaches() {
+        let plan = Plan::new(5);
+        let parcels: Vec<_> = plan.parcels(0..200).collect();
+        let release = parcels
+            .iter()
+            .find(|p| p.kind == PlanKind::Release)
+            .expect("release");
+        let undeclared = parcels
+            .iter()
+            .find(|p| p.kind == PlanKind::Undeclared)
+            .expect("undeclared");
+        let records = vec![
+            record(1, Some(&release.waybill), LaneRole::Release),
+            record(1, Some(&release.waybill), LaneRole::Release),
+            record(2, Some(&undeclared.waybill), LaneRole::Release),
+            record(3, None, LaneRole::Exception),
+        ];
+        let r = PlatformReport::build(&plan, 0..200, &records, 0, 0);
+        assert_eq!((r.records, r.distinct_msg_ids, r.duplicates), (4, 3, 1));
+        assert_eq!(r.by_role[&LaneRole::Release], 2);
+        assert_eq!(r.no_reads, 1);
+        assert_eq!(r.lane_mismatches, 1);
+        assert_eq!(r.released_against_plan, vec![undeclared.waybill.clone()]);
+        let readable = parcels.iter().filter(|p| p.kind.is_readable()).count();
+        assert_eq!(r.missing.len(), readable - 2);
+        let text = r.to_string();
+        assert!(text.contains("RELEASED AGAINST PLAN: 1"), "{text}");
+        assert!(text.contains("more)"), "{text}");
+    }
+
+    #[test]
+    fn declarations_are_valid_contract_messages() {
+        let plan = Plan::new(5);
+        for p in plan.parcels(0..50).filter(|p| p.kind.is_declared()) {
+            let d = declaration_for(&plan, p.index, &p.waybill);
+            let bytes = serde_json::to_vec(&d).expect("json");
+            assert_eq!(Declaration::parse(&bytes).expect("valid"), d);
+            assert!(d.value_minor.is_some_and(|v| v < 500_000));
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Wiring: builds every task of the daemon from a validated [`Config`] and runs them until
+//! shutdown.
+//!
+//! Per line: scanner reader → line (decision) → PLC link → journal sink. Shared: one journal
+//! writer and one uplink. Shutdown is a chain, so nothing in flight is lost: cancelling stops
+//! the scanners; each line then ends when its scanner channel closes, each PLC link when its
+//! job queue closes, and the journal writer when the last record sink is gone, after it has
+//! flushed everything it was given.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::fieldbus;
+use crate::journal::{record_sink, Journal, JournalError};
+use crate::line::{self, LineCtx};
+use crate::metrics::Metrics;
+use crate::rules::ClearanceTable;
+use crate::uplink::Uplink;
+
+/// Scan events buffered between a scanner and its line; a line decides in microseconds, so
+/// this only absorbs scheduling jitter.
+const SCAN_QUEUE: usize = 1024;
+/// Divert jobs buffered before a PLC link; beyond this a parcel is recorded as overload.
+const PLC_QUEUE: usize = 256;
+
+/// A running daemon.
+pub struct App {
+    pub metrics: Arc<Metrics>,
+    pub table: Arc<RwLock<ClearanceTable>>,
+    pub journal: Journal,
+    tasks: JoinSet<()>,
+}
+
+impl App {
+    /// Opens the journal, restores the clearance table and starts every task.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<App, JournalError> {
+        std::fs::create_dir_all(&config.storage.path).map_err(|e| JournalError::Open {
+            path: config.storage.path.display().to_string(),
+            source: sled::Error::Io(e),
+        })?;
+        let journal = Journal::open(&config.storage.path)?;
+        let table = Arc::new(RwLock::new(journal.load_clearance()?));
+        let metrics = Arc::new(Metrics::default());
+        metrics
+            .backlog
+            .store(journal.backlog_len() as u64, Ordering::Relaxed);
+        {
+            let t = table.read().unwrap_or_else(|e| e.into_inner());
+            info!(
+                declarations = t.declarations(),
+                instructions = t.instructions(),
+                backlog = Metrics::get(&metrics.backlog),
+                lines = config.lines.len(),
+                "bondline starting"
+            );
+        }
+
+        let mut tasks = JoinSet::new();
+        let (sink, writer, accepted) = record_sink(
+            journal.clone(),
+            config.storage.flush_window,
+            metrics.clone(),
+        )?;
+        tasks.spawn(writer.run());
+        let uplink = Uplink {
+            config: config.uplink.clone(),
+            gateway: config.gateway_id.clone(),
+            journal: journal.clone(),
+            table: table.clone(),
+            metrics: metrics.clone(),
+            accepted,
+        };
+        tasks.spawn(uplink.run(shutdown.clone()));
+
+        for l in &config.lines {
+            let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
+            let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
+            tasks.spawn(fieldbus::scanner::run(
+                l.scanner.clone(),
+                scan_tx,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+            let ctx = LineCtx {
+                gateway: config.gateway_id.clone(),
+                line: l.id.clone(),
+                lanes: l.lanes.clone(),
+                table: table.clone(),
+                metrics: metrics.clone(),
+            };
+            tasks.spawn(line::run(ctx, scan_rx, plc_tx, sink.clone()));
+            tasks.spawn(fieldbus::plc::run(
+                l.plc.clone(),
+                plc_rx,
+                sink.clone(),
+                metrics.clone(),
+            ));
+        }
+        Ok(App {
+            metrics,
+            table,
+            journal,
+            tasks,
+        })
+    }
+
+    /// Waits for every task to finish (after shutdown), then flushes the journal.
+    pub async fn wait(mut self) -> Result<(), JournalError> {
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    tracing::error!(error = %e, "a task panicked");
+                }
+            }
+        }
+        self.journal.flush().await?;
+        info!(
+            backlog = Metrics::get(&self.metrics.backlog),
+            "bondline stopped; unforwarded records stay in the journal"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,686 @@
+//! Configuration: one TOML file, turned up front into a validated, ready-to-use [`Config`].
+//!
+//! Everything that can be wrong with a configuration is found here, before any device is
+//! touched: unknown keys, bad addresses, missing profiles, lanes without a role. Each error
+//! names the file, the key and what is wrong, and the CLI turns it into exit code 64.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bondline_devices::contract::LaneRole;
+use bondline_devices::framing::ScannerFraming;
+use bondline_devices::plc::PlcMap;
+use bondline_devices::{ProfileKind, Profiles};
+use serde::Deserialize;
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// The validated configuration of one gateway.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration came from, for messages.
+    pub source: String,
+    pub gateway_id: String,
+    pub storage: Storage,
+    pub uplink: Uplink,
+    pub lines: Vec<Line>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub path: PathBuf,
+    /// How long the journal gathers records into one group commit before it flushes.
+    pub flush_window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Uplink {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    /// Topic prefix without a trailing slash, e.g. `bondline/gw-01`.
+    pub topic_prefix: String,
+    pub keep_alive: Duration,
+    /// Records published and not yet acknowledged, at most.
+    pub inflight: u16,
+    /// Largest MQTT packet accepted or sent.
+    pub max_packet_bytes: usize,
+    /// Upper bound of the reconnect backoff.
+    pub reconnect_max: Duration,
+}
+
+impl Uplink {
+    pub fn topic(&self, suffix: &str) -> String {
+        format!("{}/{}", self.topic_prefix, suffix)
+    }
+}
+
+/// Where a device is reached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    Tcp { host: String, port: u16 },
+    Serial(SerialSettings),
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Tcp { host, port } => write!(f, "tcp {host}:{port}"),
+            Transport::Serial(s) => write!(f, "serial {} {} baud", s.path, s.baud),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialSettings {
+    pub path: String,
+    pub baud: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// A barcode scanner, resolved with its profile's framing.
+#[derive(Debug, Clone)]
+pub struct ScannerDevice {
+    pub name: String,
+    pub transport: Transport,
+    pub framing: ScannerFraming,
+}
+
+/// A sorter PLC, resolved with its profile's register map and any overrides.
+#[derive(Debug, Clone)]
+pub struct PlcDevice {
+    pub name: String,
+    pub transport: Transport,
+    pub map: PlcMap,
+}
+
+/// One sorting line: its scanner, its PLC and its lanes.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub id: String,
+    pub scanner: ScannerDevice,
+    pub plc: PlcDevice,
+    pub lanes: LaneMap,
+}
+
+/// Lane numbers by role. Every role has a lane, checked at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneMap {
+    release: u16,
+    inspection: u16,
+    hold: u16,
+    exception: u16,
+}
+
+impl LaneMap {
+    pub fn lane(&self, role: LaneRole) -> u16 {
+        match role {
+            LaneRole::Release => self.release,
+            LaneRole::Inspection => self.inspection,
+            LaneRole::Hold => self.hold,
+            LaneRole::Exception => self.exception,
+        }
+    }
+}
+
+// ---- the file as written -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway_id: String,
+    #[serde(default)]
+    profiles_dir: Option<PathBuf>,
+    storage: RawStorage,
+    uplink: RawUplink,
+    #[serde(default)]
+    devices: BTreeMap<String, RawDevice>,
+    #[serde(default)]
+    lines: Vec<RawLine>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    path: PathBuf,
+    #[serde(default = "default_flush_window_ms")]
+    flush_window_ms: u64,
+}
+
+fn default_flush_window_ms() -> u64 {
+    2
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    broker: String,
+    client_id: String,
+    topic_prefix: String,
+    #[serde(default = "default_keep_alive")]
+    keep_alive_s: u64,
+    #[serde(default = "default_inflight")]
+    inflight: u16,
+    #[serde(default = "default_max_packet_kib")]
+    max_packet_kib: usize,
+    #[serde(default = "default_reconnect_max")]
+    reconnect_max_s: u64,
+}
+
+fn default_keep_alive() -> u64 {
+    15
+}
+fn default_inflight() -> u16 {
+    64
+}
+fn default_max_packet_kib() -> usize {
+    256
+}
+fn default_reconnect_max() -> u64 {
+    30
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    profile: String,
+    #[serde(default)]
+    tcp: Option<String>,
+    #[serde(default)]
+    serial: Option<RawSerial>,
+    /// Overrides the profile's Modbus unit id (PLC only).
+    #[serde(default)]
+    unit_id: Option<u8>,
+    /// Overrides the profile's timeout (PLC only).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSerial {
+    path: String,
+    baud: u32,
+    #[serde(default = "default_data_bits")]
+    data_bits: u8,
+    #[serde(default = "default_parity")]
+    parity: Parity,
+    #[serde(default = "default_stop_bits")]
+    stop_bits: u8,
+}
+
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_parity() -> Parity {
+    Parity::None
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLine {
+    id: String,
+    scanner: String,
+    plc: String,
+    lanes: Vec<RawLane>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLane {
+    lane: u16,
+    role: LaneRole,
+}
+
+// ---- loading and validation ------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    /// Validates configuration text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .map(|(l, c)| format!(" at line {l}, column {c}"))
+                .unwrap_or_default();
+            err("(syntax)", format!("not valid TOML{at}: {}", e.message()))
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            // The path names the offending key, an unknown one included.
+            let msg = e.inner().message().to_string();
+            let key = e.path().to_string();
+            err(&key, msg)
+        })?;
+
+        let profiles = match &raw.profiles_dir {
+            Some(dir) => Profiles::with_dir(dir).map_err(|e| err("profiles_dir", e.to_string()))?,
+            None => Profiles::builtin(),
+        };
+
+        check_ident(&raw.gateway_id).map_err(|r| err("gateway_id", r))?;
+
+        if raw.storage.path.as_os_str().is_empty() {
+            return Err(err("storage.path", "must not be empty".into()));
+        }
+        if raw.storage.flush_window_ms > 10 {
+            return Err(err(
+                "storage.flush_window_ms",
+                "must be at most 10: records wait this long before they are durable".into(),
+            ));
+        }
+        let storage = Storage {
+            path: raw.storage.path,
+            flush_window: Duration::from_millis(raw.storage.flush_window_ms),
+        };
+
+        let u = raw.uplink;
+        let (host, port) = parse_host_port(&u.broker).map_err(|r| err("uplink.broker", r))?;
+        if u.client_id.is_empty() || u.client_id.len() > 64 {
+            return Err(err("uplink.client_id", "must be 1 to 64 characters".into()));
+        }
+        let prefix = u.topic_prefix.trim_end_matches('/').to_string();
+        if prefix.is_empty() || prefix.contains(['#', '+']) {
+            return Err(err(
+                "uplink.topic_prefix",
+                "must be a non-empty topic without wildcards".into(),
+            ));
+        }
+        if !(1..=3600).contains(&u.keep_alive_s) {
+            return Err(err("uplink.keep_alive_s", "must be 1 to 3600".into()));
+        }
+        if !(1..=1024).contains(&u.inflight) {
+            return Err(err("uplink.inflight", "must be 1 to 1024".into()));
+        }
+        if !(16..=262_144).contains(&u.max_packet_kib) {
+            return Err(err("uplink.max_packet_kib", "must be 16 to 262144".into()));
+        }
+        if !(1..=3600).contains(&u.reconnect_max_s) {
+            return Err(err("uplink.reconnect_max_s", "must be 1 to 3600".into()));
+        }
+        let uplink = Uplink {
+            host,
+            port,
+            client_id: u.client_id,
+            topic_prefix: prefix,
+            keep_alive: Duration::from_secs(u.keep_alive_s),
+            inflight: u.inflight,
+            max_packet_bytes: u.max_packet_kib * 1024,
+            reconnect_max: Duration::from_secs(u.reconnect_max_s),
+        };
+
+        // Devices: transport and profile, checked once, used by name from lines.
+        let mut transports = BTreeMap::new();
+        for (name, d) in &raw.devices {
+            let key = format!("devices.{name}");
+            check_ident(name).map_err(|r| err(&key, r))?;
+            let transport = match (&d.tcp, &d.serial) {
+                (Some(addr), None) => {
+                    let (host, port) =
+                        parse_host_port(addr).map_err(|r| err(&format!("{key}.tcp"), r))?;
+                    Transport::Tcp { host, port }
+                }
+                (None, Some(s)) => Transport::Serial(
+                    check_serial(s).map_err(|(k, r)| err(&format!("{key}.serial.{k}"), r))?,
+                ),
+                _ => {
+                    return Err(err(
+                        &key,
+                        "give exactly one transport: `tcp = \"host:port\"` or `serial = { path, baud }`"
+                            .into(),
+                    ))
+                }
+            };
+            let Some(profile) = profiles.get(&d.profile) else {
+                return Err(err(
+                    &format!("{key}.profile"),
+                    format!(
+                        "no profile named `{}`; known: {}",
+                        d.profile,
+                        profiles.names().join(", ")
+                    ),
+                ));
+            };
+            transports.insert(name.clone(), (transport, profile.clone()));
+        }
+
+        if raw.lines.is_empty() {
+            return Err(err("lines", "at least one line is needed".into()));
+        }
+        let mut lines = Vec::new();
+        let mut line_ids = BTreeSet::new();
+        let mut used = BTreeMap::new();
+        for (i, l) in raw.lines.iter().enumerate() {
+            let key = format!("lines[{i}]");
+            check_ident(&l.id).map_err(|r| err(&format!("{key}.id"), r))?;
+            if !line_ids.insert(l.id.clone()) {
+                return Err(err(
+                    &format!("{key}.id"),
+                    format!("line `{}` is defined twice", l.id),
+                ));
+            }
+            for dev in [&l.scanner, &l.plc] {
+                if let Some(other) = used.insert(dev.clone(), l.id.clone()) {
+                    return Err(err(
+                        &key,
+                        format!("device `{dev}` is already used by line `{other}`"),
+                    ));
+                }
+            }
+            let lookup = |field: &str, name: &str| {
+                transports.get(name).ok_or_else(|| {
+                    err(
+                        &format!("{key}.{field}"),
+                        format!("no device named `{name}` under [devices]"),
+                    )
+                })
+            };
+            let (s_transport, s_profile) = lookup("scanner", &l.scanner)?;
+            let ProfileKind::Scanner(framing) = &s_profile.kind else {
+                return Err(err(
+                    &format!("{key}.scanner"),
+                    format!(
+                        "device `{}` has profile `{}`, which is a {} profile, not a scanner",
+                        l.scanner,
+                        s_profile.name,
+                        s_profile.kind_name()
+                    ),
+                ));
+            };
+            let (p_transport, p_profile) = lookup("plc", &l.plc)?;
+            let ProfileKind::Plc(map) = &p_profile.kind else {
+                return Err(err(
+                    &format!("{key}.plc"),
+                    format!(
+                        "device `{}` has profile `{}`, which is a {} profile, not a PLC",
+                        l.plc,
+                        p_profile.name,
+                        p_profile.kind_name()
+                    ),
+                ));
+            };
+            let mut map = map.clone();
+            let dev = &raw.devices[&l.plc];
+            if let Some(unit) = dev.unit_id {
+                map.unit_id = unit;
+            }
+            if let Some(t) = dev.timeout_ms {
+                if !(1..=10_000).contains(&t) {
+                    return Err(err(
+                        &format!("devices.{}.timeout_ms", l.plc),
+                        "must be 1 to 10000".into(),
+                    ));
+                }
+                map.timeout_ms = t;
+            }
+            let lanes = lane_map(&l.lanes).map_err(|(k, r)| err(&format!("{key}.lanes{k}"), r))?;
+            lines.push(Line {
+                id: l.id.clone(),
+                scanner: ScannerDevice {
+                    name: l.scanner.clone(),
+                    transport: s_transport.clone(),
+                    framing: framing.clone(),
+                },
+                plc: PlcDevice {
+                    name: l.plc.clone(),
+                    transport: p_transport.clone(),
+                    map,
+                },
+                lanes,
+            });
+        }
+
+        Ok(Config {
+            source: file.to_string(),
+            gateway_id: raw.gateway_id,
+            storage,
+            uplink,
+            lines,
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// Identifiers appear in topics, record ids and file names: keep them plain.
+fn check_ident(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() > 32
+        || !s
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    {
+        return Err(format!(
+            "`{s}` must be 1 to 32 characters of A-Z a-z 0-9 - _"
+        ));
+    }
+    Ok(())
+}
+
+/// Splits `host:port` (or `[v6]:port`); the port must be 1..=65535.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("`{s}` is not host:port"));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{s}` has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok((host.to_string(), p)),
+        _ => Err(format!(
+            "port `{port}` in `{s}` is not a number from 1 to 65535"
+        )),
+    }
+}
+
+fn check_serial(s: &RawSerial) -> Result<SerialSettings, (&'static str, String)> {
+    if s.path.is_empty() {
+        return Err(("path", "must not be empty".into()));
+    }
+    if !(300..=4_000_000).contains(&s.baud) {
+        return Err((
+            "baud",
+            format!("{} is not a baud rate from 300 to 4000000", s.baud),
+        ));
+    }
+    if !(5..=8).contains(&s.data_bits) {
+        return Err(("data_bits", "must be 5, 6, 7 or 8".into()));
+    }
+    if !(1..=2).contains(&s.stop_bits) {
+        return Err(("stop_bits", "must be 1 or 2".into()));
+    }
+    Ok(SerialSettings {
+        path: s.path.clone(),
+        baud: s.baud,
+        data_bits: s.data_bits,
+        parity: s.parity,
+        stop_bits: s.stop_bits,
+    })
+}
+
+fn lane_map(lanes: &[RawLane]) -> Result<LaneMap, (String, String)> {
+    let mut by_role: BTreeMap<LaneRole, u16> = BTreeMap::new();
+    let mut numbers = BTreeSet::new();
+    for (i, l) in lanes.iter().enumerate() {
+        if l.lane == 0 {
+            return Err((format!("[{i}].lane"), "lane numbers start at 1".into()));
+        }
+        if !numbers.insert(l.lane) {
+            return Err((
+                format!("[{i}].lane"),
+                format!("lane {} appears twice", l.lane),
+            ));
+        }
+        if by_role.insert(l.role, l.lane).is_some() {
+            return Err((
+                format!("[{i}].role"),
+                format!(
+                    "role `{}` has two lanes; give each role one lane",
+                    l.role.as_str()
+                ),
+            ));
+        }
+    }
+    let get = |role: LaneRole| {
+        by_role.get(&role).copied().ok_or_else(|| {
+            (
+                String::new(),
+                format!("no lane has the role `{}`; every line needs release, inspection, hold and exception lanes", role.as_str()),
+            )
+        })
+    };
+    Ok(LaneMap {
+        release: get(LaneRole::Release)?,
+        inspection: get(LaneRole::Inspection)?,
+        hold: get(LaneRole::Hold)?,
+        exception: get(LaneRole::Exception)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const GOOD: &str = r#"
+gateway_id = "gw-01"
+[storage]
+path = "/tmp/x"
+[uplink]
+broker = "127.0.0.1:1883"
+client_id = "bondline-gw-01"
+topic_prefix = "bondline/gw-01/"
+[devices.scan-1]
+profile = "scanner-stx-etx"
+serial = { path = "/dev/ttyUSB0", baud = 9600 }
+[devices.plc-1]
+profile = "sorter-plc"
+tcp = "plc.local:502"
+[[lines]]
+id = "L1"
+scanner = "scan-1"
+plc = "plc-1"
+lanes = [
+  { lane = 1, role = "release" },
+  { lane = 2, role = "inspection" },
+  { lane = 3, role = "hold" },
+  { lane = 4, role = "exception" },
+]
+"#;
+
+    fn bad(text: &str) -> ConfigError {
+        Config::parse("t.toml", text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn good_config_resolves_profiles_and_lanes() {
+        let c = Config::parse("t.toml", GOOD).unwrap();
+        assert_eq!(c.uplink.topic_prefix, "bondline/gw-01");
+        assert_eq!(c.uplink.topic("records"), "bondline/gw-01/records");
+        let l = &c.lines[0];
+        assert_eq!(l.lanes.lane(LaneRole::Hold), 3);
+        assert_eq!(l.scanner.framing.suffix, vec![3]);
+        assert_eq!(l.plc.map.divert.block, 100);
+        assert_eq!(
+            l.plc.transport,
+            Transport::Tcp {
+                host: "plc.local".into(),
+                port: 502
+            }
+        );
+    }
+
+    #[test]
+    fn misspelt_key_is_named_with_its_path() {
+        let e = bad(&GOOD.replace("path = \"/tmp/x\"", "path = \"/tmp/x\"\nflush_windw_ms = 3"));
+        assert_eq!(e.file, "t.toml");
+        assert_eq!(e.key, "storage.flush_windw_ms");
+        assert!(e.reason.contains("unknown field"), "{e}");
+        let e = bad(&GOOD.replace("gateway_id", "gateway"));
+        assert_eq!(e.key, "gateway");
+    }
+
+    #[test]
+    fn bad_port_is_named() {
+        let e = bad(&GOOD.replace("plc.local:502", "plc.local:99999"));
+        assert_eq!(e.key, "devices.plc-1.tcp");
+        assert!(e.reason.contains("99999"), "{e}");
+        let e = bad(&GOOD.replace("127.0.0.1:1883", "127.0.0.1"));
+        assert_eq!(e.key, "uplink.broker");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = bad(&GOOD.replace("baud = 9600", "baud = \"fast\""));
+        assert_eq!(e.key, "devices.scan-1.serial.baud");
+    }
+
+    #[test]
+    fn missing_role_and_unknown_profile_and_device() {
+        let e = bad(&GOOD.replace("{ lane = 4, role = \"exception\" },", ""));
+        assert!(e.reason.contains("exception"), "{e}");
+        let e = bad(&GOOD.replace("\"sorter-plc\"", "\"sorter-xyz\""));
+        assert_eq!(e.key, "devices.plc-1.profile");
+        let e = bad(&GOOD.replace("plc = \"plc-1\"", "plc = \"plc-9\""));
+        assert_eq!(e.key, "lines[0].plc");
+        let e = bad(&GOOD.replace("plc = \"plc-1\"", "plc = \"scan-1\""));
+        assert!(
+            e.reason.contains("already used") || e.reason.contains("not a PLC"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let e = bad("gateway_id = \n");
+        assert_eq!(e.key, "(syntax)");
+        assert!(e.reason.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn example_config_in_deploy_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/bondline.toml");
+        Config::load(Path::new(path)).unwrap();
+    }
+}

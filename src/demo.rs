@@ -1,0 +1,315 @@
+//! `bondline demo`: a whole line on this machine, on free local ports.
+//!
+//! It starts an embedded MQTT broker (rumqttd), `plc-sim` (Modbus TCP), `scanner-sim` (a TCP
+//! barcode scanner) and `platform-sim` (the clearance platform), writes a configuration for
+//! them into the state directory, and runs the real daemon on it: the same code path as
+//! `bondline run`. The platform simulator declares and instructs parcels ahead of the
+//! scanner, so every lane is exercised; each record the platform receives is printed.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bondline_devices::Profiles;
+use bondline_simulators::plan::Plan;
+use bondline_simulators::platform::PlatformSim;
+use bondline_simulators::plc::PlcSim;
+use bondline_simulators::scanner::ScannerSim;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// State directory for the journal and the generated configuration. Default: a new
+    /// temporary directory, removed at exit.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Parcels per second sent by the scanner simulator.
+    #[arg(long, default_value_t = 4.0)]
+    pub rate: f64,
+    /// Stop after this many seconds; default: run until Ctrl-C.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Seed of the parcel plan (which waybills exist and what customs says about them).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one line per record the platform receives (on by default; `--quiet` turns off).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+const PREFIX: &str = "bondline/demo-gw";
+/// Parcels the platform declares ahead of the scanner.
+const AHEAD: u64 = 50;
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if !(args.rate > 0.0 && args.rate <= 1000.0) {
+        bail!("--rate must be above 0 and at most 1000 parcels/s");
+    }
+    let _tmp;
+    let state_dir = match &args.state_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("bondline-demo-")
+                .tempdir()?;
+            let p = t.path().to_path_buf();
+            _tmp = t;
+            p
+        }
+    };
+    let stop = CancellationToken::new();
+    let profiles = Profiles::builtin();
+
+    // The broker.
+    let mqtt = free_port()?;
+    start_broker(mqtt)?;
+    wait_for_port(mqtt, Duration::from_secs(5)).await?;
+
+    // The PLC.
+    let plc_map = profiles
+        .get("sorter-plc")
+        .and_then(|p| p.plc())
+        .context("built-in PLC profile")?
+        .clone();
+    let plc = PlcSim::bind("127.0.0.1:0".parse()?, plc_map).await?;
+    let plc_addr = plc.local_addr();
+    let plc_state = plc.state();
+    tokio::spawn(plc.run(stop.clone().cancelled_owned()));
+
+    // The scanner: a TCP scanner is a server the daemon connects to.
+    let framing = profiles
+        .get("scanner-stx-etx")
+        .and_then(|p| p.scanner())
+        .context("built-in scanner profile")?
+        .clone();
+    let scan_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let scan_addr = scan_listener.local_addr()?;
+
+    // The daemon, on a configuration written like any operator's.
+    let config_path = state_dir.join("demo.toml");
+    std::fs::write(
+        &config_path,
+        demo_config(&state_dir.join("journal"), mqtt, scan_addr, plc_addr),
+    )?;
+    let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let app = App::start(config, stop.clone()).await?;
+    let metrics = app.metrics.clone();
+    wait_until(Duration::from_secs(10), || {
+        metrics.uplink_ready.load(Ordering::Relaxed)
+    })
+    .await
+    .context("the daemon did not connect to the embedded broker")?;
+
+    // The platform declares the first parcels before the scanner starts.
+    let plan = Plan::new(args.seed);
+    let platform = PlatformSim::connect(
+        SocketAddr::from(([127, 0, 0, 1], mqtt)),
+        PREFIX,
+        "demo-platform",
+    )
+    .await?;
+    platform.publish_plan(&plan, 0..AHEAD).await?;
+    let before = Instant::now();
+    while Metrics::get(&metrics.platform_messages) == 0 && before.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let scanner = ScannerSim {
+        framing,
+        plan: plan.clone(),
+        rate_per_s: args.rate,
+        count: None,
+        start_index: 0,
+    };
+    tokio::spawn({
+        let stop = stop.clone();
+        async move { scanner.run_tcp(scan_listener, stop.cancelled_owned()).await }
+    });
+
+    println!("bondline demo: a sorting line on this machine");
+    println!("  MQTT broker (embedded)    127.0.0.1:{mqtt}   topics {PREFIX}/#");
+    println!("  PLC simulator, Modbus TCP {plc_addr}");
+    println!(
+        "  scanner simulator, TCP    {scan_addr}   {:.1} parcels/s",
+        args.rate
+    );
+    println!("  state directory           {}", state_dir.display());
+    println!("  configuration             {}", config_path.display());
+    println!("Ctrl-C stops everything.\n");
+
+    let started = Instant::now();
+    let shutdown = crate::shutdown::on_signals();
+    let mut declared = AHEAD;
+    let mut printed = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_summary = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if args
+            .duration
+            .is_some_and(|d| started.elapsed() >= Duration::from_secs(d))
+        {
+            break;
+        }
+        // Keep the platform's declarations ahead of the scanner.
+        let scanned = (started.elapsed().as_secs_f64() * args.rate) as u64;
+        if scanned + AHEAD > declared {
+            let upto = scanned + 2 * AHEAD;
+            platform.publish_plan(&plan, declared..upto).await?;
+            declared = upto;
+        }
+        let records = platform.records();
+        if !args.quiet {
+            for r in records.iter().skip(printed) {
+                println!(
+                    "  {} parcel {:>10}  {:<16} -> lane {} {:<10} [{}] {}",
+                    r.line,
+                    r.parcel,
+                    r.waybill.as_deref().unwrap_or("(no read)"),
+                    r.lane,
+                    r.lane_role.as_str(),
+                    r.rule,
+                    r.reason
+                );
+            }
+        }
+        printed = records.len();
+        if last_summary.elapsed() >= Duration::from_secs(5) {
+            last_summary = Instant::now();
+            println!(
+                "[{:>4}s] {} | PLC saw {} diverts | platform received {} records",
+                started.elapsed().as_secs(),
+                metrics.summary(),
+                plc_state.divert_count(),
+                records.len()
+            );
+        }
+    }
+
+    println!("\nstopping...");
+    stop.cancel();
+    app.wait().await?;
+    // Give the platform a moment to receive the last acknowledged records.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!("{}", metrics.summary());
+    println!("{}", platform.report(&plan, 0..declared));
+    Ok(())
+}
+
+/// The demo line's configuration, in the same format as deploy/bondline.toml.
+fn demo_config(journal: &Path, mqtt: u16, scanner: SocketAddr, plc: SocketAddr) -> String {
+    format!(
+        r#"# Generated by `bondline demo`.
+gateway_id = "demo-gw"
+
+[storage]
+path = "{journal}"
+
+[uplink]
+broker = "127.0.0.1:{mqtt}"
+client_id = "bondline-demo-gw"
+topic_prefix = "{PREFIX}"
+keep_alive_s = 5
+reconnect_max_s = 5
+
+[devices.scanner-1]
+profile = "scanner-stx-etx"
+tcp = "{scanner}"
+
+[devices.plc-1]
+profile = "sorter-plc"
+tcp = "{plc}"
+
+[[lines]]
+id = "L1"
+scanner = "scanner-1"
+plc = "plc-1"
+lanes = [
+  {{ lane = 1, role = "release" }},
+  {{ lane = 2, role = "inspection" }},
+  {{ lane = 3, role = "hold" }},
+  {{ lane = 4, role = "exception" }},
+]
+"#,
+        journal = journal.display()
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts the embedded broker on its own thread; it lives as long as the process.
+fn start_broker(port: u16) -> anyhow::Result<()> {
+    let text = format!(
+        r#"
+id = 0
+[router]
+id = 0
+max_connections = 64
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "demo"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 262144
+max_inflight_count = 200
+dynamic_filters = true
+"#
+    );
+    let config: rumqttd::Config = toml::from_str(&text).context("embedded broker config")?;
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })?;
+    Ok(())
+}
+
+async fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_until(timeout: Duration, cond: impl Fn() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

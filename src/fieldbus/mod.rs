@@ -1,0 +1,54 @@
+//! Field devices: the barcode scanner reader and the sorter PLC link.
+//!
+//! Each device is owned by one task that reconnects with backoff and reports its link state
+//! to [`crate::metrics::Metrics`]. Modbus keeps "the device refused" (an exception code) apart
+//! from "the link failed" (I/O, timeout): the first leaves the link up, the second drops it.
+
+pub mod plc;
+pub mod scanner;
+
+use std::time::Duration;
+
+use tokio_serial::SerialStream;
+
+use crate::config::{Parity, SerialSettings};
+
+/// Opens a serial port (or pseudo-terminal) with the configured line settings.
+pub fn open_serial(s: &SerialSettings) -> Result<SerialStream, tokio_serial::Error> {
+    use tokio_serial::SerialPortBuilderExt;
+    let data_bits = match s.data_bits {
+        5 => tokio_serial::DataBits::Five,
+        6 => tokio_serial::DataBits::Six,
+        7 => tokio_serial::DataBits::Seven,
+        _ => tokio_serial::DataBits::Eight,
+    };
+    let parity = match s.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Even => tokio_serial::Parity::Even,
+        Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    let stop_bits = if s.stop_bits == 2 {
+        tokio_serial::StopBits::Two
+    } else {
+        tokio_serial::StopBits::One
+    };
+    tokio_serial::new(&s.path, s.baud)
+        .data_bits(data_bits)
+        .parity(parity)
+        .stop_bits(stop_bits)
+        .timeout(Duration::from_millis(100))
+        .open_native_async()
+}
+
+/// Connects a TCP stream with a timeout and Nagle off (divert commands are tiny and urgent).
+pub async fn connect_tcp(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}

@@ -1,0 +1,117 @@
+//! The barcode scanner reader: bytes from serial or TCP in, scan events out.
+//!
+//! Framing comes from the scanner's profile ([`bondline_devices::framing`]). Rejected frames
+//! are counted and skipped; they never become parcels. A closed or failed port is reopened
+//! with backoff; a pseudo-terminal whose peer went away reads as an error and is reopened too.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bondline_devices::framing::{Frame, FrameDecoder};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::{ScannerDevice, Transport};
+use crate::metrics::Metrics;
+use crate::rules::ScanRead;
+
+/// One parcel seen by the scanner.
+#[derive(Debug, Clone)]
+pub struct ScanEvent {
+    pub read: ScanRead,
+    /// Wall clock at the frame's arrival, for records.
+    pub at: SystemTime,
+    /// Monotonic clock at the frame's arrival, for latency.
+    pub instant: Instant,
+}
+
+/// Reads the scanner until `shutdown`, sending each parcel to `tx`.
+pub async fn run(
+    dev: ScannerDevice,
+    tx: mpsc::Sender<ScanEvent>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let link = format!("scanner:{}", dev.name);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let opened: Result<Box<dyn AsyncRead + Unpin + Send>, String> = match &dev.transport {
+            Transport::Serial(s) => super::open_serial(s)
+                .map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>)
+                .map_err(|e| e.to_string()),
+            Transport::Tcp { host, port } => {
+                super::connect_tcp(host, *port, Duration::from_secs(2))
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let reason = match opened {
+            Ok(port) => {
+                info!(scanner = %dev.name, transport = %dev.transport, "scanner connected");
+                metrics.set_link(&link, true, None);
+                backoff.reset();
+                let reason = read_frames(&dev, port, &tx, &metrics, &shutdown).await;
+                if shutdown.is_cancelled() || tx.is_closed() {
+                    return;
+                }
+                reason
+            }
+            Err(e) => e,
+        };
+        metrics.set_link(&link, false, Some(reason.clone()));
+        let wait = backoff.next_delay();
+        warn!(scanner = %dev.name, error = %reason, retry_in = ?wait, "scanner link down");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Reads and decodes until the port fails or shutdown; returns why it stopped.
+async fn read_frames(
+    dev: &ScannerDevice,
+    mut port: Box<dyn AsyncRead + Unpin + Send>,
+    tx: &mpsc::Sender<ScanEvent>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> String {
+    let mut decoder = FrameDecoder::new(dev.framing.clone());
+    let mut buf = [0u8; 1024];
+    let mut frames = Vec::with_capacity(16);
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => return "shutdown".into(),
+            r = port.read(&mut buf) => match r {
+                Ok(0) => return "end of stream".into(),
+                Ok(n) => n,
+                Err(e) => return e.to_string(),
+            },
+        };
+        let at = SystemTime::now();
+        let instant = Instant::now();
+        decoder.push(&buf[..n], &mut frames);
+        for frame in frames.drain(..) {
+            let read = match frame {
+                Frame::Read(w) => ScanRead::Waybill(w),
+                Frame::NoRead => {
+                    metrics.no_reads.fetch_add(1, Ordering::Relaxed);
+                    ScanRead::NoRead
+                }
+                Frame::Reject(why) => {
+                    metrics.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                    debug!(scanner = %dev.name, ?why, "frame rejected");
+                    continue;
+                }
+            };
+            if tx.send(ScanEvent { read, at, instant }).await.is_err() {
+                return "line stopped".into();
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Customs rules: what the platform has told this gateway, and the lane decision.
+//!
+//! This module is pure: no I/O, no clock, no locks. [`ClearanceTable`] holds the declarations
+//! and instructions received from the platform; [`decide`] maps a scan to a lane role using
+//! only that table. It fails closed: the release lane needs a declaration *and* a release
+//! instruction; everything else goes to hold, inspection or exception.
+
+use std::collections::HashMap;
+
+use bondline_devices::contract::{Action, Declaration, Instruction, LaneRole};
+
+/// What the scanner reported for one parcel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanRead {
+    Waybill(String),
+    NoRead,
+}
+
+/// The outcome of [`decide`]: the lane role and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub role: LaneRole,
+    /// Stable name of the rule that decided, for counting and lookup.
+    pub rule: &'static str,
+    /// Human-readable reason, for customs staff.
+    pub reason: String,
+    pub instruction_id: Option<String>,
+}
+
+/// Declarations and instructions by waybill, as last received from the platform.
+#[derive(Debug, Default, Clone)]
+pub struct ClearanceTable {
+    declarations: HashMap<String, Declaration>,
+    instructions: HashMap<String, Instruction>,
+}
+
+/// What applying a platform message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The table changed.
+    Changed,
+    /// Same message seen before (redelivery), or older than what the table holds.
+    Unchanged,
+}
+
+impl ClearanceTable {
+    pub fn declarations(&self) -> usize {
+        self.declarations.len()
+    }
+
+    pub fn instructions(&self) -> usize {
+        self.instructions.len()
+    }
+
+    /// Stores a declaration; a later declaration of the same waybill replaces it.
+    pub fn apply_declaration(&mut self, d: Declaration) -> Applied {
+        match self.declarations.get(&d.waybill) {
+            Some(old) if *old == d => Applied::Unchanged,
+            _ => {
+                self.declarations.insert(d.waybill.clone(), d);
+                Applied::Changed
+            }
+        }
+    }
+
+    /// Stores an instruction. The same `instruction_id` twice is applied once; an instruction
+    /// issued before the one held is ignored, so a late redelivery cannot undo a newer order.
+    pub fn apply_instruction(&mut self, i: Instruction) -> Applied {
+        if let Some(old) = self.instructions.get(&i.waybill) {
+            if old.instruction_id == i.instruction_id {
+                return Applied::Unchanged;
+            }
+            if let (Some(old_at), Some(new_at)) = (old.issued_at_ms, i.issued_at_ms) {
+                if new_at < old_at {
+                    return Applied::Unchanged;
+                }
+            }
+        }
+        self.instructions.insert(i.waybill.clone(), i);
+        Applied::Changed
+    }
+}
+
+/// Decides the lane role of one scanned parcel. Pure and allocation-light: it runs on the
+/// decision path for every parcel.
+pub fn decide(table: &ClearanceTable, read: &ScanRead) -> Decision {
+    let waybill = match read {
+        ScanRead::NoRead => {
+            return Decision {
+                role: LaneRole::Exception,
+                rule: "no_read",
+                reason: "scanner could not read a waybill".into(),
+                instruction_id: None,
+            }
+        }
+        ScanRead::Waybill(w) => w,
+    };
+    let declared = table.declarations.contains_key(waybill);
+    let instruction = table.instructions.get(waybill);
+    let id = instruction.map(|i| i.instruction_id.clone());
+    match instruction.map(|i| (i.action, i)) {
+        Some((Action::Inspect, i)) => Decision {
+            role: LaneRole::Inspection,
+            rule: "instruction",
+            reason: with_detail("customs ordered inspection", &i.reason),
+            instruction_id: id,
+        },
+        Some((Action::Hold, i)) => Decision {
+            role: LaneRole::Hold,
+            rule: "instruction",
+            reason: with_detail("customs ordered hold", &i.reason),
+            instruction_id: id,
+        },
+        _ if !declared => Decision {
+            role: LaneRole::Hold,
+            rule: "undeclared",
+            reason: if id.is_some() {
+                "release instruction but no declaration for this waybill".into()
+            } else {
+                "no declaration for this waybill".into()
+            },
+            instruction_id: id,
+        },
+        Some((Action::Release, i)) => Decision {
+            role: LaneRole::Release,
+            rule: "instruction",
+            reason: with_detail("released by customs", &i.reason),
+            instruction_id: id,
+        },
+        None => Decision {
+            role: LaneRole::Hold,
+            rule: "awaiting_release",
+            reason: "declared, no release instruction yet".into(),
+            instruction_id: None,
+        },
+    }
+}
+
+fn with_detail(what: &str, detail: &str) -> String {
+    if detail.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bondline_devices::contract::SCHEMA;
+
+    fn decl(w: &str) -> Declaration {
+        Declaration {
+            schema: SCHEMA,
+            waybill: w.into(),
+            enterprise: "E1".into(),
+            consumer: None,
+            identity_verified: true,
+            value_minor: None,
+            currency: None,
+            gross_weight_g: None,
+            items: vec![],
+        }
+    }
+
+    fn instr(w: &str, id: &str, action: Action, at: Option<u64>) -> Instruction {
+        Instruction {
+            schema: SCHEMA,
+            instruction_id: id.into(),
+            waybill: w.into(),
+            action,
+            reason: String::new(),
+            issued_at_ms: at,
+        }
+    }
+
+    fn role(t: &ClearanceTable, w: &str) -> LaneRole {
+        decide(t, &ScanRead::Waybill(w.into())).role
+    }
+
+    #[test]
+    fn each_case_goes_to_its_lane() {
+        let mut t = ClearanceTable::default();
+        for w in ["R", "I", "H", "D"] {
+            t.apply_declaration(decl(w));
+        }
+        t.apply_instruction(instr("R", "1", Action::Release, None));
+        t.apply_instruction(instr("I", "2", Action::Inspect, None));
+        t.apply_instruction(instr("H", "3", Action::Hold, None));
+        t.apply_instruction(instr("U", "4", Action::Release, None));
+        assert_eq!(role(&t, "R"), LaneRole::Release);
+        assert_eq!(role(&t, "I"), LaneRole::Inspection);
+        assert_eq!(role(&t, "H"), LaneRole::Hold);
+        assert_eq!(role(&t, "D"), LaneRole::Hold);
+        assert_eq!(
+            role(&t, "U"),
+            LaneRole::Hold,
+            "release without declaration holds"
+        );
+        assert_eq!(role(&t, "nobody"), LaneRole::Hold);
+        assert_eq!(decide(&t, &ScanRead::NoRead).role, LaneRole::Exception);
+    }
+
+    #[test]
+    fn release_needs_both_declaration_and_release_instruction() {
+        // Exhaustive over the small input space: declared or not × each instruction.
+        let actions = [
+            None,
+            Some(Action::Release),
+            Some(Action::Inspect),
+            Some(Action::Hold),
+        ];
+        for declared in [false, true] {
+            for a in actions {
+                let mut t = ClearanceTable::default();
+                if declared {
+                    t.apply_declaration(decl("W"));
+                }
+                if let Some(a) = a {
+                    t.apply_instruction(instr("W", "x", a, None));
+                }
+                let released = role(&t, "W") == LaneRole::Release;
+                assert_eq!(released, declared && a == Some(Action::Release));
+            }
+        }
+    }
+
+    #[test]
+    fn redelivery_and_stale_instructions_do_not_change_the_table() {
+        let mut t = ClearanceTable::default();
+        t.apply_declaration(decl("W"));
+        assert_eq!(
+            t.apply_instruction(instr("W", "a", Action::Inspect, Some(20))),
+            Applied::Changed
+        );
+        assert_eq!(
+            t.apply_instruction(instr("W", "a", Action::Inspect, Some(20))),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            t.apply_instruction(instr("W", "old", Action::Release, Some(10))),
+            Applied::Unchanged
+        );
+        assert_eq!(role(&t, "W"), LaneRole::Inspection);
+        assert_eq!(t.apply_declaration(decl("W")), Applied::Unchanged);
+    }
+}

@@ -1,0 +1,191 @@
+//! Shared test harness: real Mosquitto on a free port, pseudo-terminal pairs from socat,
+//! temporary state directories, and a daemon configuration pointing at all of them.
+//! Every process the harness starts is killed when its guard drops.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on loopback. The port is released before use, so a rare clash is possible;
+/// every user waits for its server to accept before going on.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("loopback has free ports")
+}
+
+/// Waits until `cond` holds, polling; returns false on timeout.
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is needed by the integration tests: apt-get install -y mosquitto socat (.ci/run does this)"
+    );
+}
+
+fn mosquitto_path() -> String {
+    for p in ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"] {
+        if Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    require("mosquitto");
+    "mosquitto".to_string()
+}
+
+/// A Mosquitto broker on a free loopback port. Can be stopped and started again on the same
+/// port to simulate an outage.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub async fn start(dir: &Path) -> Mosquitto {
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        m.restart().await;
+        m
+    }
+
+    /// (Re)starts the broker on its port and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let log = std::fs::File::create(self.dir.join("mosquitto.log")).expect("mosquitto log");
+        let child = Command::new(mosquitto_path())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert!(up, "mosquitto did not start on port {port}");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Two linked pseudo-terminals: bytes written to `a` are read from `b` and back, like a
+/// null-modem cable between the scanner simulator and the daemon.
+pub struct PtyPair {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    child: Child,
+}
+
+impl PtyPair {
+    pub async fn new(dir: &Path, name: &str) -> PtyPair {
+        require("socat");
+        let a = dir.join(format!("{name}-a"));
+        let b = dir.join(format!("{name}-b"));
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", a.display()))
+            .arg(format!("pty,raw,echo=0,link={}", b.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start socat");
+        let ok = wait_until(Duration::from_secs(5), || a.exists() && b.exists()).await;
+        assert!(ok, "socat did not create the pty pair");
+        PtyPair { a, b, child }
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where a test's line devices are.
+pub struct LineDevices<'a> {
+    pub scanner_serial: &'a Path,
+    pub plc: std::net::SocketAddr,
+}
+
+/// A daemon configuration for one line on the given devices and broker.
+pub fn config_text(state: &Path, mqtt_port: u16, prefix: &str, dev: &LineDevices) -> String {
+    format!(
+        r#"
+gateway_id = "test-gw"
+[storage]
+path = "{state}"
+flush_window_ms = 2
+[uplink]
+broker = "127.0.0.1:{mqtt_port}"
+client_id = "bondline-test-{mqtt_port}"
+topic_prefix = "{prefix}"
+keep_alive_s = 5
+reconnect_max_s = 2
+[devices.scanner-1]
+profile = "scanner-stx-etx"
+serial = {{ path = "{scanner}", baud = 115200 }}
+[devices.plc-1]
+profile = "sorter-plc"
+tcp = "{plc}"
+[[lines]]
+id = "L1"
+scanner = "scanner-1"
+plc = "plc-1"
+lanes = [
+  {{ lane = 1, role = "release" }},
+  {{ lane = 2, role = "inspection" }},
+  {{ lane = 3, role = "hold" }},
+  {{ lane = 4, role = "exception" }},
+]
+"#,
+        state = state.display(),
+        scanner = dev.scanner_serial.display(),
+        plc = dev.plc,
+    )
+}
