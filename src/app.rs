@@ -9,6 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -34,8 +35,14 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub table: Arc<RwLock<ClearanceTable>>,
     pub journal: Journal,
-    tasks: JoinSet<()>,
+    /// Scanners, lines, PLC links and the journal writer.
+    pipeline: JoinSet<()>,
+    uplink: tokio::task::JoinHandle<()>,
+    uplink_stop: CancellationToken,
 }
+
+/// How long a stopping daemon keeps the uplink open to forward its last records.
+const UPLINK_DRAIN: Duration = Duration::from_secs(3);
 
 impl App {
     /// Opens the journal, restores the clearance table and starts every task.
@@ -62,6 +69,7 @@ impl App {
         }
 
         let mut tasks = JoinSet::new();
+        let uplink_stop = CancellationToken::new();
         let (sink, writer, accepted) = record_sink(
             journal.clone(),
             config.storage.flush_window,
@@ -76,7 +84,7 @@ impl App {
             metrics: metrics.clone(),
             accepted,
         };
-        tasks.spawn(uplink.run(shutdown.clone()));
+        let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
 
         for l in &config.lines {
             let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
@@ -106,19 +114,32 @@ impl App {
             metrics,
             table,
             journal,
-            tasks,
+            pipeline: tasks,
+            uplink,
+            uplink_stop,
         })
     }
 
-    /// Waits for every task to finish (after shutdown), then flushes the journal.
+    /// Waits for the pipeline to finish (after shutdown), gives the uplink a short while to
+    /// forward the last records, then stops it and flushes the journal. Whatever is not
+    /// acknowledged by then stays in the outbox for the next start.
     pub async fn wait(mut self) -> Result<(), JournalError> {
-        while let Some(r) = self.tasks.join_next().await {
+        while let Some(r) = self.pipeline.join_next().await {
             if let Err(e) = r {
                 if e.is_panic() {
                     tracing::error!(error = %e, "a task panicked");
                 }
             }
         }
+        let start = Instant::now();
+        while Metrics::get(&self.metrics.backlog) > 0
+            && self.metrics.uplink_ready.load(Ordering::Relaxed)
+            && start.elapsed() < UPLINK_DRAIN
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.uplink_stop.cancel();
+        let _ = self.uplink.await;
         self.journal.flush().await?;
         info!(
             backlog = Metrics::get(&self.metrics.backlog),

@@ -78,7 +78,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            telemetry::init(cli.log_format);
+            telemetry::init(cli.log_format, "info");
             runtime_then(|| async move {
                 let shutdown = crate::shutdown::on_signals();
                 let app = crate::app::App::start(config, shutdown).await?;
@@ -87,7 +87,8 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Demo(args) => {
-            telemetry::init(cli.log_format);
+            // The demo prints its own view; logs show only what goes wrong.
+            telemetry::init(cli.log_format, "warn");
             runtime_then(|| crate::demo::run(args))
         }
     }

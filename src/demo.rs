@@ -66,7 +66,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             p
         }
     };
+    // Stopping goes along the line: the scanner first, then the daemon once it has handled
+    // the last frames, then the PLC, so every scanned parcel gets its divert and its record.
+    let scanner_stop = CancellationToken::new();
     let stop = CancellationToken::new();
+    let sims_stop = CancellationToken::new();
     let profiles = Profiles::builtin();
 
     // The broker.
@@ -83,7 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let plc = PlcSim::bind("127.0.0.1:0".parse()?, plc_map).await?;
     let plc_addr = plc.local_addr();
     let plc_state = plc.state();
-    tokio::spawn(plc.run(stop.clone().cancelled_owned()));
+    tokio::spawn(plc.run(sims_stop.clone().cancelled_owned()));
 
     // The scanner: a TCP scanner is a server the daemon connects to.
     let framing = profiles
@@ -131,8 +135,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         count: None,
         start_index: 0,
     };
-    tokio::spawn({
-        let stop = stop.clone();
+    let scanner_task = tokio::spawn({
+        let stop = scanner_stop.clone();
         async move { scanner.run_tcp(scan_listener, stop.cancelled_owned()).await }
     });
 
@@ -200,12 +204,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     println!("\nstopping...");
+    scanner_stop.cancel();
+    let scanned = match scanner_task.await {
+        Ok(Ok(n)) => n,
+        _ => declared,
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
     stop.cancel();
     app.wait().await?;
+    sims_stop.cancel();
     // Give the platform a moment to receive the last acknowledged records.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    println!("{}", metrics.summary());
-    println!("{}", platform.report(&plan, 0..declared));
+    println!("daemon:   {}", metrics.summary());
+    println!("platform: {}", platform.report(&plan, 0..scanned));
     Ok(())
 }
 
