@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::alarm::Alarms;
 use crate::config::Config;
 use crate::fieldbus;
 use crate::journal::{record_sink, Journal, JournalError};
@@ -68,6 +69,7 @@ impl App {
             );
         }
 
+        let alarms = Alarms::new(&config.gateway_id);
         let mut tasks = JoinSet::new();
         let uplink_stop = CancellationToken::new();
         let (sink, writer, accepted) = record_sink(
@@ -83,6 +85,7 @@ impl App {
             table: table.clone(),
             metrics: metrics.clone(),
             accepted,
+            alarms: alarms.clone(),
         };
         let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
 

@@ -1,5 +1,6 @@
-//! Reconnect backoff: exponential with full jitter, so that many gateways (or many devices of
-//! one gateway) that lost the same peer do not come back in lockstep.
+//! Reconnect backoff: exponential with jitter (each delay drawn between half the base and the
+//! current cap), so that many gateways (or many devices of one gateway) that lost the same
+//! peer do not come back in lockstep.
 
 use std::time::Duration;
 

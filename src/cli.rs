@@ -49,6 +49,55 @@ pub enum Command {
     /// Run a whole demo line on this machine: an embedded MQTT broker, PLC, scanner and
     /// platform simulators and the daemon, on free local ports. Ctrl-C stops everything.
     Demo(crate::demo::DemoArgs),
+    /// Inspect and maintain the journal: statistics, chain verification, export, replay.
+    /// The journal is opened directly, so stop the daemon first (or work on a copy of the
+    /// store directory).
+    Journal {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+/// Which journal to open.
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// Configuration file whose `storage.path` names the journal.
+    #[arg(long, short, global = true, conflicts_with = "store")]
+    pub config: Option<PathBuf>,
+    /// The journal directory itself (for example a copy taken from a gateway).
+    #[arg(long, global = true)]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JournalCommand {
+    /// Record counts, backlog (records waiting for a PUBACK), the oldest unforwarded record,
+    /// parked records and size on disk, as JSON.
+    Stats,
+    /// Walk the hash chain: report gaps, edited, reordered or unreadable records. Exit 0 if
+    /// the chain is whole, 1 if not.
+    Verify,
+    /// Write the records scanned in a time range to stdout.
+    Export {
+        /// Start of the range (inclusive): RFC 3339 (`2026-11-01T00:00:00Z`) or Unix ms.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range (exclusive): RFC 3339 or Unix ms.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::journal::ExportFormat::Jsonl)]
+        format: crate::journal::ExportFormat,
+    },
+    /// Queue stored records FROM..=TO (sequence numbers) to be sent again at the next start,
+    /// parked ones included.
+    Replay {
+        /// First sequence number.
+        from: u64,
+        /// Last sequence number (inclusive).
+        to: u64,
+    },
 }
 
 /// Entry point of the `bondline` binary.
@@ -86,6 +135,7 @@ pub fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Journal { store, command } => journal_command(store, command),
         Command::Demo(args) => {
             // The demo prints its own view; logs show only what goes wrong.
             telemetry::init(cli.log_format, "warn");
@@ -113,4 +163,83 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+fn journal_command(store: StoreArgs, command: JournalCommand) -> ExitCode {
+    let path = match (store.store, store.config) {
+        (Some(p), _) => p,
+        (None, config) => {
+            let file = config.unwrap_or_else(|| PathBuf::from("/etc/bondline/bondline.toml"));
+            match Config::load(&file) {
+                Ok(c) => c.storage.path,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+    };
+    if !path.exists() {
+        eprintln!("{}: no journal here", path.display());
+        return ExitCode::FAILURE;
+    }
+    let journal = match crate::journal::Journal::open(&path) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("{e} (is the daemon running? stop it or use a copy of the directory)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<ExitCode> = (|| match command {
+        JournalCommand::Stats => {
+            println!("{}", serde_json::to_string_pretty(&journal.stats()?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        JournalCommand::Verify => {
+            let report = journal.verify()?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        JournalCommand::Export { from, to, format } => {
+            let from = from.as_deref().map(parse_time).transpose()?.unwrap_or(0);
+            let to = to
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .unwrap_or(u64::MAX);
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n = journal.export(from, to, format, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!("{n} record(s) exported");
+            Ok(ExitCode::SUCCESS)
+        }
+        JournalCommand::Replay { from, to } => {
+            anyhow::ensure!(from <= to, "FROM must not be after TO");
+            let n = journal.replay(from, to)?;
+            println!("{n} record(s) queued to be sent again");
+            Ok(ExitCode::SUCCESS)
+        }
+    })();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bondline journal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Unix milliseconds, or an RFC 3339 time.
+fn parse_time(s: &str) -> anyhow::Result<u64> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| anyhow::anyhow!("`{s}` is neither Unix ms nor an RFC 3339 time: {e}"))?;
+    Ok(crate::metrics::unix_ms(t))
 }

@@ -55,6 +55,8 @@ pub struct Uplink {
     pub max_packet_bytes: usize,
     /// Upper bound of the reconnect backoff.
     pub reconnect_max: Duration,
+    /// Records per second at most when draining a backlog; 0: only `inflight` limits.
+    pub drain_rate: u32,
 }
 
 impl Uplink {
@@ -183,6 +185,12 @@ struct RawUplink {
     max_packet_kib: usize,
     #[serde(default = "default_reconnect_max")]
     reconnect_max_s: u64,
+    #[serde(default = "default_drain_rate")]
+    drain_rate: u32,
+}
+
+fn default_drain_rate() -> u32 {
+    5000
 }
 
 fn default_keep_alive() -> u64 {
@@ -343,6 +351,7 @@ impl Config {
             inflight: u.inflight,
             max_packet_bytes: u.max_packet_kib * 1024,
             reconnect_max: Duration::from_secs(u.reconnect_max_s),
+            drain_rate: u.drain_rate,
         };
 
         // Devices: transport and profile, checked once, used by name from lines.

@@ -10,11 +10,13 @@
 //! - [`uplink`]: MQTT to the clearance platform; records leave the outbox only on PUBACK.
 //! - [`app`]: wires the tasks together and shuts them down in an order that loses nothing.
 //! - [`demo`]: the whole line on one machine: embedded broker, simulators and the daemon.
+//! - [`alarm`]: alarms for operators and the platform (log + `P/events`).
 //! - [`cli`], [`telemetry`], [`shutdown`], [`metrics`], [`backoff`]: the edges.
 //!
 //! Data flows one way on the decision path (scanner → line → PLC link → journal → uplink);
 //! platform messages flow the other way into the clearance table, which the line reads.
 
+pub mod alarm;
 pub mod app;
 pub mod backoff;
 pub mod cli;

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Gauge: records in the outbox, not yet acknowledged.
     pub backlog: AtomicU64,
     pub journal_errors: AtomicU64,
+    /// Records taken out of the outbox because the broker will not take them.
+    pub records_parked: AtomicU64,
     pub platform_messages: AtomicU64,
     pub platform_rejected: AtomicU64,
     /// Gauge: the uplink has a session with the broker and its subscriptions are acknowledged.

@@ -120,13 +120,16 @@ pub enum ReadOutcome {
 pub enum DivertStatus {
     /// The PLC echoed the command's sequence: it holds the lane for this parcel.
     Acked,
-    /// No acknowledge within the timeout; the PLC's default (exception) applies.
+    /// No acknowledge within the timeout: either the PLC did not echo the sequence in time
+    /// or it did not answer at all (`detail` says which). The PLC may still have taken the
+    /// command late; the parcel's physical lane is then the PLC's to report.
     Timeout,
     /// The PLC answered with a Modbus exception.
     Refused,
     /// No link to the PLC; the PLC's default (exception) applies.
     LinkDown,
-    /// The command could not be queued to the PLC link in time.
+    /// The PLC link's command queue was full (or closed) when the parcel was decided; no
+    /// command was sent and the PLC's default (exception) applies.
     Overload,
 }
 
@@ -206,11 +209,24 @@ pub enum MessageError {
     },
 }
 
+/// Longest waybill number accepted anywhere (scanner profiles cannot allow more).
+pub const WAYBILL_MAX_LEN: usize = 64;
+
+/// Whether `w` can be a waybill number: 1 to [`WAYBILL_MAX_LEN`] bytes of `A-Z a-z 0-9 - _`.
+/// The scanner framing and the platform messages share this rule, so every declared waybill
+/// can be scanned and every scanned one declared.
+pub fn is_valid_waybill(w: &[u8]) -> bool {
+    !w.is_empty()
+        && w.len() <= WAYBILL_MAX_LEN
+        && w.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+}
+
 fn check_waybill(w: &str) -> Result<(), MessageError> {
-    if w.is_empty() || w.len() > 64 || !w.bytes().all(|c| c.is_ascii_graphic()) {
+    if !is_valid_waybill(w.as_bytes()) {
         return Err(MessageError::Field {
             field: "waybill",
-            reason: "must be 1 to 64 printable ASCII characters",
+            reason: "must be 1 to 64 characters of A-Z a-z 0-9 - _",
         });
     }
     Ok(())

@@ -53,8 +53,11 @@ impl RawScannerFraming {
         if self.min_len == 0 || self.min_len > self.max_len {
             return Err(("min_len", "must be at least 1 and at most max_len".into()));
         }
-        if self.max_len > 256 {
-            return Err(("max_len", "must be at most 256".into()));
+        if self.max_len > crate::contract::WAYBILL_MAX_LEN {
+            return Err((
+                "max_len",
+                format!("must be at most {}", crate::contract::WAYBILL_MAX_LEN),
+            ));
         }
         Ok(ScannerFraming {
             prefix: self.prefix.into_bytes(),
@@ -98,7 +101,8 @@ pub enum Frame {
 pub enum Reject {
     /// Bytes outside any frame (noise before a prefix).
     Noise { bytes: usize },
-    /// A frame longer than the profile's `max_len`.
+    /// A frame that ran past the profile's `max_len` (plus the suffix) without ending. A frame
+    /// that does end, but whose payload is longer than `max_len`, is `Malformed`.
     TooLong,
     /// A frame whose payload is not a plausible waybill (bad bytes or length).
     Malformed { reason: &'static str },
@@ -207,10 +211,7 @@ impl FrameDecoder {
                 reason: "length outside the profile's bounds",
             });
         }
-        if !payload
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
-        {
+        if !crate::contract::is_valid_waybill(payload) {
             return Frame::Reject(Reject::Malformed {
                 reason: "byte outside A-Z a-z 0-9 - _",
             });

@@ -19,9 +19,9 @@
 //!   message that carried it is acknowledged, so the broker redelivers what a crash lost.
 //! - **Failures.** A failed commit is retried with the same bytes until it succeeds; the
 //!   decision path never waits for it (records reach the writer through an unbounded queue,
-//!   whose depth is a metric). Disk quota, retention and the full-disk policy are documented
-//!   with their implementation.
+//!   whose depth is a metric).
 
+mod maintenance;
 mod writer;
 
 use std::path::Path;
@@ -31,6 +31,7 @@ use sled::Tree;
 
 use crate::rules::ClearanceTable;
 
+pub use maintenance::{ChainProblem, ExportError, ExportFormat, JournalStats, VerifyReport};
 pub use writer::{record_sink, JournalWriter, RecordSink};
 
 /// The chain's starting point: the `prev_hash` of the very first record.
@@ -56,6 +57,31 @@ pub struct Journal {
     outbox: Tree,
     declarations: Tree,
     instructions: Tree,
+    /// Ids of every instruction ever stored, so redeliveries stay idempotent across restarts.
+    instruction_ids: Tree,
+    /// Records taken out of the outbox because the broker will not take them (seq → reason).
+    parked: Tree,
+    /// Chain bookkeeping: `head` (last record's seq and hash), `anchor` (last purged record's).
+    meta: Tree,
+}
+
+const META_HEAD: &[u8] = b"head";
+const META_ANCHOR: &[u8] = b"anchor";
+
+fn encode_link(seq: u64, hash: &[u8; 32]) -> [u8; 40] {
+    let mut v = [0u8; 40];
+    v[..8].copy_from_slice(&seq.to_be_bytes());
+    v[8..].copy_from_slice(hash);
+    v
+}
+
+fn decode_link(v: &[u8]) -> Option<(u64, [u8; 32])> {
+    if v.len() != 40 {
+        return None;
+    }
+    let seq = u64::from_be_bytes(v[..8].try_into().ok()?);
+    let hash: [u8; 32] = v[8..].try_into().ok()?;
+    Some((seq, hash))
 }
 
 pub fn seq_key(seq: u64) -> [u8; 8] {
@@ -82,12 +108,23 @@ impl Journal {
             outbox: db.open_tree("outbox")?,
             declarations: db.open_tree("declarations")?,
             instructions: db.open_tree("instructions")?,
+            instruction_ids: db.open_tree("instruction_ids")?,
+            parked: db.open_tree("parked")?,
+            meta: db.open_tree("meta")?,
             db,
         })
     }
 
     /// The last stored sequence number and the hash that the next record must point at.
+    /// The `head` entry is written in the same transaction as the records, so it survives
+    /// even when retention has purged every record.
     pub fn chain_head(&self) -> Result<(u64, [u8; 32]), JournalError> {
+        if let Some(v) = self.meta.get(META_HEAD)? {
+            return decode_link(&v).ok_or(JournalError::Corrupt {
+                seq: 0,
+                reason: "chain head entry is not 40 bytes".into(),
+            });
+        }
         match self.records.last()? {
             None => Ok((0, GENESIS_HASH)),
             Some((k, v)) => {
@@ -153,9 +190,12 @@ impl Journal {
         Ok(())
     }
 
-    /// Stores an instruction durably (flushed on return).
+    /// Stores an instruction durably (flushed on return). Callers store only instructions
+    /// that [`ClearanceTable::instruction_is_new`] accepts, so a stale one never overwrites.
     pub async fn store_instruction(&self, i: &Instruction) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(i).expect("instructions always serialize");
+        self.instruction_ids
+            .insert(i.instruction_id.as_bytes(), i.waybill.as_bytes())?;
         self.instructions.insert(i.waybill.as_bytes(), bytes)?;
         self.db.flush_async().await?;
         Ok(())
@@ -164,6 +204,10 @@ impl Journal {
     /// Rebuilds the clearance table from what was stored, for a restart.
     pub fn load_clearance(&self) -> Result<ClearanceTable, JournalError> {
         let mut table = ClearanceTable::default();
+        for entry in self.instruction_ids.iter() {
+            let (id, _) = entry?;
+            table.mark_instruction_seen(&String::from_utf8_lossy(&id));
+        }
         for entry in self.declarations.iter() {
             let (_, v) = entry?;
             if let Ok(d) = serde_json::from_slice::<Declaration>(&v) {
@@ -173,7 +217,7 @@ impl Journal {
         for entry in self.instructions.iter() {
             let (_, v) = entry?;
             if let Ok(i) = serde_json::from_slice::<Instruction>(&v) {
-                table.apply_instruction(i);
+                table.restore_instruction(i);
             }
         }
         Ok(table)
@@ -184,16 +228,23 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes a batch of already chained records and their outbox entries in one transaction.
-    fn commit(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), JournalError> {
+    /// Writes a batch of already chained records, their outbox entries and the new chain head
+    /// in one transaction.
+    fn commit(
+        &self,
+        entries: &[(u64, Vec<u8>)],
+        head: (u64, [u8; 32]),
+    ) -> Result<(), JournalError> {
         use sled::Transactional;
-        (&self.records, &self.outbox)
-            .transaction(|(records, outbox)| {
+        let head = encode_link(head.0, &head.1);
+        (&self.records, &self.outbox, &self.meta)
+            .transaction(|(records, outbox, meta)| {
                 for (seq, bytes) in entries {
                     let key = seq_key(*seq);
                     records.insert(&key[..], &bytes[..])?;
                     outbox.insert(&key[..], &[][..])?;
                 }
+                meta.insert(META_HEAD, &head[..])?;
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<()>| {

@@ -110,7 +110,10 @@ impl JournalWriter {
         }
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
-            let result = match self.journal.commit(&entries) {
+            let result = match self
+                .journal
+                .commit(&entries, (self.last_seq, self.last_hash))
+            {
                 Ok(()) => self.journal.flush().await,
                 Err(e) => Err(e),
             };

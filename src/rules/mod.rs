@@ -5,7 +5,7 @@
 //! only that table. It fails closed: the release lane needs a declaration *and* a release
 //! instruction; everything else goes to hold, inspection or exception.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bondline_devices::contract::{Action, Declaration, Instruction, LaneRole};
 
@@ -32,6 +32,9 @@ pub struct Decision {
 pub struct ClearanceTable {
     declarations: HashMap<String, Declaration>,
     instructions: HashMap<String, Instruction>,
+    /// Every instruction id ever applied or superseded, so a redelivery of an old
+    /// instruction cannot replace a newer one.
+    seen_instructions: HashSet<String>,
 }
 
 /// What applying a platform message did.
@@ -52,32 +55,59 @@ impl ClearanceTable {
         self.instructions.len()
     }
 
+    /// Whether applying `d` would change the table (it is not a redelivery).
+    pub fn declaration_is_new(&self, d: &Declaration) -> bool {
+        self.declarations.get(&d.waybill) != Some(d)
+    }
+
     /// Stores a declaration; a later declaration of the same waybill replaces it.
     pub fn apply_declaration(&mut self, d: Declaration) -> Applied {
-        match self.declarations.get(&d.waybill) {
-            Some(old) if *old == d => Applied::Unchanged,
-            _ => {
-                self.declarations.insert(d.waybill.clone(), d);
-                Applied::Changed
-            }
+        if !self.declaration_is_new(&d) {
+            return Applied::Unchanged;
+        }
+        self.declarations.insert(d.waybill.clone(), d);
+        Applied::Changed
+    }
+
+    /// Whether applying `i` would change the table. An instruction id seen before is a
+    /// redelivery; an instruction issued before the one held is stale.
+    pub fn instruction_is_new(&self, i: &Instruction) -> bool {
+        if self.seen_instructions.contains(&i.instruction_id) {
+            return false;
+        }
+        match self.instructions.get(&i.waybill) {
+            Some(old) => match (old.issued_at_ms, i.issued_at_ms) {
+                (Some(old_at), Some(new_at)) => new_at >= old_at,
+                _ => true,
+            },
+            None => true,
         }
     }
 
-    /// Stores an instruction. The same `instruction_id` twice is applied once; an instruction
-    /// issued before the one held is ignored, so a late redelivery cannot undo a newer order.
+    /// Stores an instruction unless it is a redelivery or stale (see
+    /// [`ClearanceTable::instruction_is_new`]), so a late redelivery cannot undo a newer order.
     pub fn apply_instruction(&mut self, i: Instruction) -> Applied {
-        if let Some(old) = self.instructions.get(&i.waybill) {
-            if old.instruction_id == i.instruction_id {
-                return Applied::Unchanged;
-            }
-            if let (Some(old_at), Some(new_at)) = (old.issued_at_ms, i.issued_at_ms) {
-                if new_at < old_at {
-                    return Applied::Unchanged;
-                }
-            }
+        let fresh = self.instruction_is_new(&i);
+        self.seen_instructions.insert(i.instruction_id.clone());
+        if !fresh {
+            return Applied::Unchanged;
         }
-        self.instructions.insert(i.waybill.clone(), i);
+        if let Some(old) = self.instructions.insert(i.waybill.clone(), i) {
+            self.seen_instructions.insert(old.instruction_id);
+        }
         Applied::Changed
+    }
+
+    /// Puts back an instruction that was stored as current (restoring from the store): its id
+    /// is already marked seen, so [`ClearanceTable::apply_instruction`] would refuse it.
+    pub fn restore_instruction(&mut self, i: Instruction) {
+        self.seen_instructions.insert(i.instruction_id.clone());
+        self.instructions.insert(i.waybill.clone(), i);
+    }
+
+    /// Records an instruction id as seen without applying anything (restoring from the store).
+    pub fn mark_instruction_seen(&mut self, id: &str) {
+        self.seen_instructions.insert(id.to_string());
     }
 }
 
@@ -243,5 +273,15 @@ mod tests {
         );
         assert_eq!(role(&t, "W"), LaneRole::Inspection);
         assert_eq!(t.apply_declaration(decl("W")), Applied::Unchanged);
+        // A replaced instruction delivered again (without a time) does not come back.
+        assert_eq!(
+            t.apply_instruction(instr("W", "b", Action::Hold, None)),
+            Applied::Changed
+        );
+        assert_eq!(
+            t.apply_instruction(instr("W", "a", Action::Inspect, None)),
+            Applied::Unchanged
+        );
+        assert_eq!(role(&t, "W"), LaneRole::Hold);
     }
 }

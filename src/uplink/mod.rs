@@ -12,6 +12,18 @@
 //! so a crash between receipt and storage makes the broker deliver them again. The session is
 //! persistent (`clean_session = false`) so the broker keeps instructions published while the
 //! gateway was offline.
+//!
+//! Pace: besides the in-flight window, a backlog is sent at most `drain_rate` records per
+//! second, so a gateway coming back after an outage does not flood the broker.
+//!
+//! Records the broker will not take are *parked*, never dropped: a record larger than
+//! `max_packet_kib` is parked before it is sent; a record that is the oldest unacknowledged
+//! one when [`POISON_SESSIONS`] sessions in a row end (a broker that closes the connection on
+//! a packet it refuses) is parked too. Parked records stay in the journal, raise an alarm and
+//! go out again with `bondline journal replay`. MQTT 3.1.1 gives a broker no way to say "I
+//! dropped this" in a PUBACK, so a broker configured to acknowledge and discard oversized
+//! messages (Mosquitto's `message_size_limit`) cannot be detected: set `max_packet_kib` at or
+//! below the broker's limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -24,13 +36,23 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::alarm::Alarms;
 use crate::backoff::Backoff;
 use crate::config::Uplink as UplinkConfig;
 use crate::journal::Journal;
 use crate::metrics::{unix_ms, Metrics};
-use crate::rules::{Applied, ClearanceTable};
+use crate::rules::ClearanceTable;
 
 const LINK: &str = "broker";
+/// Largest platform message accepted; larger ones are rejected with an event. The MQTT
+/// client's own incoming limit is set higher, so an oversized message is read and rejected
+/// rather than breaking the connection over and over.
+const MAX_INBOUND_PAYLOAD: usize = 1024 * 1024;
+const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+/// Sessions in a row that may end with the same record unacknowledged before it is parked.
+pub const POISON_SESSIONS: u32 = 3;
+/// Room for the topic and the MQTT header within `max_packet_kib`.
+const PACKET_OVERHEAD: usize = 512;
 
 /// Everything the uplink task needs.
 pub struct Uplink {
@@ -41,6 +63,14 @@ pub struct Uplink {
     pub metrics: Arc<Metrics>,
     /// Last accepted journal sequence; changes when new records are durable.
     pub accepted: watch::Receiver<u64>,
+    pub alarms: Alarms,
+}
+
+/// How a session ended.
+struct SessionEnd {
+    reason: String,
+    /// The oldest record that was sent in this session and not acknowledged.
+    oldest_unacked: Option<u64>,
 }
 
 /// Packet-id bookkeeping of one session. `None` marks a publish that is not a record (an
@@ -55,15 +85,31 @@ impl Uplink {
     /// Runs sessions until `shutdown`, reconnecting with backoff and jitter.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(250), self.config.reconnect_max);
+        // The record that was left unacknowledged by the last sessions, and how many in a row.
+        let mut suspect: Option<(u64, u32)> = None;
         loop {
-            let outcome = tokio::select! {
+            let end = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = self.session(&mut backoff) => r,
             };
             self.metrics.uplink_ready.store(false, Ordering::Relaxed);
-            self.metrics.set_link(LINK, false, Some(outcome.clone()));
+            self.metrics.set_link(LINK, false, Some(end.reason.clone()));
+            suspect = match (end.oldest_unacked, suspect) {
+                (Some(seq), Some((s, n))) if s == seq => Some((seq, n + 1)),
+                (Some(seq), _) => Some((seq, 1)),
+                (None, _) => None,
+            };
+            if let Some((seq, n)) = suspect {
+                if n >= POISON_SESSIONS {
+                    self.park(
+                        seq,
+                        &format!("the broker ended {n} sessions in a row while this record was unacknowledged ({})", end.reason),
+                    );
+                    suspect = None;
+                }
+            }
             let wait = backoff.next_delay();
-            warn!(error = %outcome, retry_in = ?wait, "broker link down");
+            warn!(error = %end.reason, retry_in = ?wait, "broker link down");
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -78,16 +124,32 @@ impl Uplink {
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_inflight(c.inflight)
-            .set_max_packet_size(c.max_packet_bytes, c.max_packet_bytes)
+            .set_max_packet_size(MAX_INCOMING_PACKET, c.max_packet_bytes)
             .set_request_channel_capacity(c.inflight as usize + 256);
         o
     }
 
-    /// One connection, until it fails. Returns why it ended.
-    async fn session(&self, backoff: &mut Backoff) -> String {
+    /// Parks a record the broker will not take, with an alarm.
+    fn park(&self, seq: u64, reason: &str) {
+        park(&self.journal, &self.metrics, &self.alarms, seq, reason);
+    }
+
+    /// One connection, until it fails.
+    async fn session(&self, backoff: &mut Backoff) -> SessionEnd {
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let reason = self.connection(backoff, &pending).await;
+        let p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest_unacked = p.by_pkid.values().flatten().min().copied();
+        SessionEnd {
+            reason,
+            oldest_unacked,
+        }
+    }
+
+    /// Drives one connection until it fails; returns why.
+    async fn connection(&self, backoff: &mut Backoff, pending: &Arc<Mutex<Pending>>) -> String {
         let (client, mut events) =
             AsyncClient::new(self.options(), self.config.inflight as usize + 256);
-        let pending = Arc::new(Mutex::new(Pending::default()));
         let window = Arc::new(Semaphore::new(self.config.inflight as usize));
         let feeder_stop = CancellationToken::new();
         let _stop_feeder = feeder_stop.clone().drop_guard();
@@ -120,6 +182,11 @@ impl Uplink {
                         accepted: self.accepted.clone(),
                         stop: feeder_stop.clone(),
                         failed: feeder_failed.clone(),
+                        max_payload: self.config.max_packet_bytes.saturating_sub(PACKET_OVERHEAD),
+                        drain_rate: self.config.drain_rate,
+                        alarms: self.alarms.clone(),
+                        events_topic: self.config.topic(topic::EVENTS),
+                        metrics: self.metrics.clone(),
                     }));
                 }
                 Event::Incoming(Incoming::SubAck(_)) => {
@@ -152,7 +219,9 @@ impl Uplink {
                     }
                 }
                 Event::Incoming(Incoming::Publish(p)) => {
-                    self.inbound(&p, &client, &pending).await;
+                    if let Err(e) = self.inbound(&p, &client, pending).await {
+                        return e;
+                    }
                     if let Err(e) = client.try_ack(&p) {
                         return format!("cannot acknowledge: {e}");
                     }
@@ -162,69 +231,127 @@ impl Uplink {
         }
     }
 
-    /// Applies one platform message. Bad messages are reported, never applied in part.
-    async fn inbound(&self, p: &Publish, client: &AsyncClient, pending: &Mutex<Pending>) {
+    /// Applies one platform message. A bad message is rejected whole, reported and
+    /// acknowledged (redelivering it would not make it better). A message that cannot be
+    /// stored returns an error: the session then ends without acknowledging it, so the broker
+    /// delivers it again on the next session.
+    async fn inbound(
+        &self,
+        p: &Publish,
+        client: &AsyncClient,
+        pending: &Mutex<Pending>,
+    ) -> Result<(), String> {
         Metrics::add(&self.metrics.platform_messages, 1);
         let suffix = p
             .topic
             .strip_prefix(&self.config.topic_prefix)
             .and_then(|s| s.strip_prefix('/'))
             .unwrap_or("");
-        let result: Result<(), String> = match suffix {
-            topic::DECLARATIONS => match Declaration::parse(&p.payload) {
-                Ok(d) => match self.journal.store_declaration(&d).await {
-                    Ok(()) => {
-                        self.apply(|t| t.apply_declaration(d));
+        let verdict: Result<(), String> = if p.payload.len() > MAX_INBOUND_PAYLOAD {
+            Err(format!(
+                "payload of {} bytes is over the limit of {MAX_INBOUND_PAYLOAD}",
+                p.payload.len()
+            ))
+        } else {
+            match suffix {
+                topic::DECLARATIONS => match Declaration::parse(&p.payload) {
+                    Ok(d) => {
+                        if self.read_table().declaration_is_new(&d) {
+                            self.journal
+                                .store_declaration(&d)
+                                .await
+                                .map_err(|e| format!("cannot store a declaration: {e}"))?;
+                            self.write_table().apply_declaration(d);
+                        }
                         Ok(())
                     }
-                    Err(e) => Err(format!("cannot store: {e}")),
+                    Err(e) => Err(e.to_string()),
                 },
-                Err(e) => Err(e.to_string()),
-            },
-            topic::INSTRUCTIONS => match Instruction::parse(&p.payload) {
-                Ok(i) => match self.journal.store_instruction(&i).await {
-                    Ok(()) => {
-                        self.apply(|t| t.apply_instruction(i));
+                topic::INSTRUCTIONS => match Instruction::parse(&p.payload) {
+                    Ok(i) => {
+                        if self.read_table().instruction_is_new(&i) {
+                            self.journal
+                                .store_instruction(&i)
+                                .await
+                                .map_err(|e| format!("cannot store an instruction: {e}"))?;
+                        }
+                        // Applied even when not new, so a stale id is remembered as seen.
+                        self.write_table().apply_instruction(i);
                         Ok(())
                     }
-                    Err(e) => Err(format!("cannot store: {e}")),
+                    Err(e) => Err(e.to_string()),
                 },
-                Err(e) => Err(e.to_string()),
-            },
-            _ => Err("no handler for this topic".into()),
+                _ => Err("no handler for this topic".into()),
+            }
         };
-        if let Err(reason) = result {
+        if let Err(reason) = verdict {
             Metrics::add(&self.metrics.platform_rejected, 1);
             warn!(topic = %p.topic, %reason, "platform message rejected");
-            let event = EdgeEvent {
-                schema: SCHEMA,
-                gateway: self.gateway.clone(),
-                kind: EventKind::RejectedMessage,
-                at_ms: unix_ms(SystemTime::now()),
-                detail: reason,
-                topic: Some(p.topic.clone()),
-            };
-            let bytes = serde_json::to_vec(&event).expect("events always serialize");
-            let mut pend = pending.lock().unwrap_or_else(|e| e.into_inner());
-            pend.queued.push_back(None);
-            if client
-                .try_publish(
-                    self.config.topic(topic::EVENTS),
-                    QoS::AtLeastOnce,
-                    false,
-                    bytes,
-                )
-                .is_err()
-            {
-                pend.queued.pop_back();
-                warn!("event queue full; rejection reported in the log only");
-            }
+            self.event(
+                client,
+                pending,
+                EventKind::RejectedMessage,
+                reason,
+                Some(p.topic.clone()),
+            );
+        }
+        Ok(())
+    }
+
+    /// Publishes an event to `P/events` if the request queue has room; events are notices,
+    /// the log keeps them too.
+    fn event(
+        &self,
+        client: &AsyncClient,
+        pending: &Mutex<Pending>,
+        kind: EventKind,
+        detail: String,
+        topic_name: Option<String>,
+    ) {
+        let event = EdgeEvent {
+            schema: SCHEMA,
+            gateway: self.gateway.clone(),
+            kind,
+            at_ms: unix_ms(SystemTime::now()),
+            detail,
+            topic: topic_name,
+        };
+        let bytes = serde_json::to_vec(&event).expect("events always serialize");
+        let mut pend = pending.lock().unwrap_or_else(|e| e.into_inner());
+        pend.queued.push_back(None);
+        if client
+            .try_publish(
+                self.config.topic(topic::EVENTS),
+                QoS::AtLeastOnce,
+                false,
+                bytes,
+            )
+            .is_err()
+        {
+            pend.queued.pop_back();
+            warn!("event queue full; event reported in the log only");
         }
     }
 
-    fn apply(&self, f: impl FnOnce(&mut ClearanceTable) -> Applied) {
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        f(&mut table);
+    fn read_table(&self) -> std::sync::RwLockReadGuard<'_, ClearanceTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_table(&self) -> std::sync::RwLockWriteGuard<'_, ClearanceTable> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+/// Parks `seq`: out of the outbox, kept in the journal, reported.
+fn park(journal: &Journal, metrics: &Metrics, alarms: &Alarms, seq: u64, reason: &str) {
+    match journal.park(seq, reason) {
+        Ok(()) => {
+            metrics.backlog.fetch_sub(1, Ordering::Relaxed);
+            Metrics::add(&metrics.records_parked, 1);
+            alarms.raise(format!(
+                "record {seq} parked, not forwarded: {reason}; it stays in the journal (bondline journal replay)"
+            ));
+        }
+        Err(e) => warn!(seq, error = %e, "cannot park a record"),
     }
 }
 
@@ -239,12 +366,81 @@ struct Feeder {
     stop: CancellationToken,
     /// Cancelled by the feeder when it cannot go on, which ends the session.
     failed: CancellationToken,
+    /// Largest record payload the broker is configured to take.
+    max_payload: usize,
+    /// Records per second at most; 0 means only the window limits.
+    drain_rate: u32,
+    alarms: Alarms,
+    events_topic: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Feeder {
+    /// Queues one publish and its FIFO entry under one lock, so packet ids map back exactly.
+    fn publish(&self, topic: &str, entry: Option<u64>, payload: Vec<u8>) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.queued.push_back(entry);
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+        {
+            p.queued.pop_back();
+            warn!(error = %e, "cannot queue a publish; session will restart");
+            self.failed.cancel();
+            return false;
+        }
+        true
+    }
+
+    /// Publishes queued alarms; returns false if the session must end.
+    fn send_alarms(&self) -> bool {
+        let events = self.alarms.drain();
+        for (i, e) in events.iter().enumerate() {
+            let bytes = serde_json::to_vec(e).expect("events always serialize");
+            if !self.publish(&self.events_topic, None, bytes) {
+                self.alarms.requeue(events[i..].to_vec());
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Spaces publishes `1/rate` apart, allowing a burst of one window after an idle spell.
+struct Pace {
+    interval: Option<Duration>,
+    next: tokio::time::Instant,
+}
+
+impl Pace {
+    fn new(rate: u32) -> Pace {
+        Pace {
+            interval: (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64)),
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn wait(&mut self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if self.next < now {
+            self.next = now;
+        }
+        tokio::time::sleep_until(self.next).await;
+        self.next += interval;
+    }
 }
 
 /// Sends the outbox in sequence order, holding a window permit per unacknowledged record.
 async fn feed(mut f: Feeder) {
     let mut next = 0u64;
+    let mut pace = Pace::new(f.drain_rate);
     loop {
+        if !f.send_alarms() {
+            return;
+        }
         // Mark the current value seen before reading, so a record accepted after the read
         // wakes the wait below.
         f.accepted.borrow_and_update();
@@ -262,27 +458,34 @@ async fn feed(mut f: Feeder) {
             tokio::select! {
                 _ = f.stop.cancelled() => return,
                 r = f.accepted.changed() => if r.is_err() { return },
+                _ = f.alarms.raised() => {}
             }
             continue;
         }
         for (seq, bytes) in batch {
+            next = seq + 1;
+            if bytes.len() > f.max_payload {
+                park(
+                    &f.journal,
+                    &f.metrics,
+                    &f.alarms,
+                    seq,
+                    &format!(
+                        "payload of {} bytes is over uplink.max_packet_kib",
+                        bytes.len()
+                    ),
+                );
+                continue;
+            }
             let permit = tokio::select! {
                 _ = f.stop.cancelled() => return,
                 p = f.window.acquire() => match p { Ok(p) => p, Err(_) => return },
             };
             permit.forget();
-            let mut p = f.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.queued.push_back(Some(seq));
-            if let Err(e) = f
-                .client
-                .try_publish(&f.topic, QoS::AtLeastOnce, false, bytes.to_vec())
-            {
-                p.queued.pop_back();
-                warn!(error = %e, "cannot queue a record; session will restart");
-                f.failed.cancel();
+            pace.wait().await;
+            if !f.publish(&f.topic, Some(seq), bytes.to_vec()) {
                 return;
             }
-            next = seq + 1;
         }
     }
 }
