@@ -30,6 +30,8 @@ pub struct Metrics {
     pub records_parked: AtomicU64,
     pub platform_messages: AtomicU64,
     pub platform_rejected: AtomicU64,
+    /// Broker sessions that ended (outages, refusals, keep-alive timeouts).
+    pub uplink_disconnects: AtomicU64,
     /// Gauge: the uplink has a session with the broker and its subscriptions are acknowledged.
     pub uplink_ready: AtomicBool,
     links: Mutex<BTreeMap<String, LinkStatus>>,

@@ -81,12 +81,32 @@ impl PlatformSim {
         topic_prefix: &str,
         client_id: &str,
     ) -> anyhow::Result<PlatformSim> {
+        Self::connect_with(broker, topic_prefix, client_id, true).await
+    }
+
+    /// Like [`PlatformSim::connect`], but with a persistent session (`clean_session = false`):
+    /// a broker that keeps sessions (Mosquitto with persistence) queues records for the
+    /// platform while it is away, as a real clearance platform would be set up.
+    pub async fn connect_persistent(
+        broker: SocketAddr,
+        topic_prefix: &str,
+        client_id: &str,
+    ) -> anyhow::Result<PlatformSim> {
+        Self::connect_with(broker, topic_prefix, client_id, false).await
+    }
+
+    async fn connect_with(
+        broker: SocketAddr,
+        topic_prefix: &str,
+        client_id: &str,
+        clean_session: bool,
+    ) -> anyhow::Result<PlatformSim> {
         let prefix = topic_prefix.trim_end_matches('/').to_string();
         if prefix.is_empty() || prefix.contains(['+', '#']) {
             bail!("topic prefix `{topic_prefix}` must be non-empty and hold no MQTT wildcard");
         }
         let mut opts = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
-        opts.set_clean_session(true)
+        opts.set_clean_session(clean_session)
             .set_keep_alive(Duration::from_secs(5))
             .set_max_packet_size(1 << 20, 1 << 20);
         let (client, eventloop) = AsyncClient::new(opts, 1024);

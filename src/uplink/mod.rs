@@ -93,6 +93,7 @@ impl Uplink {
                 r = self.session(&mut backoff) => r,
             };
             self.metrics.uplink_ready.store(false, Ordering::Relaxed);
+            Metrics::add(&self.metrics.uplink_disconnects, 1);
             self.metrics.set_link(LINK, false, Some(end.reason.clone()));
             suspect = match (end.oldest_unacked, suspect) {
                 (Some(seq), Some((s, n))) if s == seq => Some((seq, n + 1)),

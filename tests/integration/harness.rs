@@ -57,14 +57,22 @@ fn mosquitto_path() -> String {
 pub struct Mosquitto {
     pub port: u16,
     dir: PathBuf,
+    /// Extra lines for mosquitto.conf (limits, persistence).
+    extra: String,
     child: Option<Child>,
 }
 
 impl Mosquitto {
     pub async fn start(dir: &Path) -> Mosquitto {
+        Mosquitto::start_with(dir, "").await
+    }
+
+    /// Starts Mosquitto with extra configuration lines.
+    pub async fn start_with(dir: &Path, extra: &str) -> Mosquitto {
         let mut m = Mosquitto {
             port: free_port(),
             dir: dir.to_path_buf(),
+            extra: extra.to_string(),
             child: None,
         };
         m.restart().await;
@@ -78,12 +86,16 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\n",
-                self.port
+                "listener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\nmax_queued_messages 1000000\n{}\n",
+                self.port, self.extra
             ),
         )
         .expect("write mosquitto.conf");
-        let log = std::fs::File::create(self.dir.join("mosquitto.log")).expect("mosquitto log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .expect("mosquitto log");
         let child = Command::new(mosquitto_path())
             .arg("-c")
             .arg(&conf)
@@ -100,11 +112,71 @@ impl Mosquitto {
         assert!(up, "mosquitto did not start on port {port}");
     }
 
+    /// Kills the broker at once (SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Stops the broker with SIGTERM, so it saves its persistent sessions.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "TERM");
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// The `bondline` daemon as a separate process, to be killed for real.
+pub struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts `bondline run --config <config>`, logging to `<log>`.
+    pub fn start(config: &Path, log: &Path) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_bondline"))
+            .args(["--log-format", "text", "run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bondline");
+        Daemon { child }
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        signal(&self.child, "TERM");
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -147,14 +219,35 @@ impl Drop for PtyPair {
     }
 }
 
+/// Where a test line's scanner is.
+pub enum ScannerAt<'a> {
+    Serial(&'a Path),
+    Tcp(std::net::SocketAddr),
+}
+
 /// Where a test's line devices are.
 pub struct LineDevices<'a> {
-    pub scanner_serial: &'a Path,
+    pub scanner: ScannerAt<'a>,
     pub plc: std::net::SocketAddr,
 }
 
-/// A daemon configuration for one line on the given devices and broker.
+/// A daemon configuration for one line on the given devices and broker. `uplink_extra` is
+/// added to the `[uplink]` table.
 pub fn config_text(state: &Path, mqtt_port: u16, prefix: &str, dev: &LineDevices) -> String {
+    config_text_with(state, mqtt_port, prefix, dev, "")
+}
+
+pub fn config_text_with(
+    state: &Path,
+    mqtt_port: u16,
+    prefix: &str,
+    dev: &LineDevices,
+    uplink_extra: &str,
+) -> String {
+    let scanner = match dev.scanner {
+        ScannerAt::Serial(p) => format!("serial = {{ path = \"{}\", baud = 115200 }}", p.display()),
+        ScannerAt::Tcp(a) => format!("tcp = \"{a}\""),
+    };
     format!(
         r#"
 gateway_id = "test-gw"
@@ -167,9 +260,10 @@ client_id = "bondline-test-{mqtt_port}"
 topic_prefix = "{prefix}"
 keep_alive_s = 5
 reconnect_max_s = 2
+{uplink_extra}
 [devices.scanner-1]
 profile = "scanner-stx-etx"
-serial = {{ path = "{scanner}", baud = 115200 }}
+{scanner}
 [devices.plc-1]
 profile = "sorter-plc"
 tcp = "{plc}"
@@ -185,7 +279,6 @@ lanes = [
 ]
 "#,
         state = state.display(),
-        scanner = dev.scanner_serial.display(),
         plc = dev.plc,
     )
 }

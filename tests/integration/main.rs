@@ -2,5 +2,6 @@
 //! pseudo-terminals from socat, Modbus TCP to plc-sim, sled on disk).
 
 mod cli;
+mod delivery;
 mod harness;
 mod skeleton;

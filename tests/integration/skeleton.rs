@@ -17,7 +17,7 @@ use bondline_simulators::plc::PlcSim;
 use bondline_simulators::scanner::ScannerSim;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{config_text, wait_until, LineDevices, Mosquitto, PtyPair};
+use crate::harness::{config_text, wait_until, LineDevices, Mosquitto, PtyPair, ScannerAt};
 
 const PREFIX: &str = "bondline/test-gw";
 const PARCELS: u64 = 150;
@@ -46,7 +46,7 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
         mosquitto.port,
         PREFIX,
         &LineDevices {
-            scanner_serial: &pty.b,
+            scanner: ScannerAt::Serial(&pty.b),
             plc: plc_addr,
         },
     );
