@@ -49,6 +49,10 @@ pub enum Command {
     /// Run a whole demo line on this machine: an embedded MQTT broker, PLC, scanner and
     /// platform simulators and the daemon, on free local ports. Ctrl-C stops everything.
     Demo(crate::demo::DemoArgs),
+    /// Measure the journal's append rate and the uplink's drain rate (see BENCHMARKS.md).
+    /// Build with --release for meaningful numbers.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
     /// Inspect and maintain the journal: statistics, chain verification, export, replay.
     /// The journal is opened directly, so stop the daemon first (or work on a copy of the
     /// store directory).
@@ -136,6 +140,10 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Journal { store, command } => journal_command(store, command),
+        Command::Bench(cmd) => {
+            telemetry::init(cli.log_format, "warn");
+            runtime_then(|| crate::bench::run(cmd))
+        }
         Command::Demo(args) => {
             // The demo prints its own view; logs show only what goes wrong.
             telemetry::init(cli.log_format, "warn");

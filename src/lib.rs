@@ -10,6 +10,7 @@
 //! - [`uplink`]: MQTT to the clearance platform; records leave the outbox only on PUBACK.
 //! - [`app`]: wires the tasks together and shuts them down in an order that loses nothing.
 //! - [`demo`]: the whole line on one machine: embedded broker, simulators and the daemon.
+//! - [`bench`]: `bondline bench`, the measured numbers behind BENCHMARKS.md.
 //! - [`alarm`]: alarms for operators and the platform (log + `P/events`).
 //! - [`cli`], [`telemetry`], [`shutdown`], [`metrics`], [`backoff`]: the edges.
 //!
@@ -19,6 +20,7 @@
 pub mod alarm;
 pub mod app;
 pub mod backoff;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

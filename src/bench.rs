@@ -1,0 +1,320 @@
+//! `bondline bench`: measured numbers for the journal and the uplink, printed, not asserted.
+//!
+//! - `journal`: append throughput through the real writer (group commit with the default
+//!   flush window, chaining, flush), from a burst of records.
+//! - `drain`: fills a journal with a backlog, then measures (1) the raw rate of rumqttc QoS 1
+//!   publishing to the broker with the same payloads and in-flight window, and (2) the time
+//!   the uplink needs to drain the backlog to the same broker, PUBACK-matched and removed
+//!   from the outbox. Without `--broker`, a Mosquitto from the PATH is started on a free port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bondline_devices::contract::{
+    DivertOutcome, DivertStatus, LaneRole, ParcelRecord, ReadOutcome, SCHEMA,
+};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use tokio_util::sync::CancellationToken;
+
+use crate::alarm::Alarms;
+use crate::config::{parse_host_port, Uplink as UplinkConfig};
+use crate::journal::{record_sink, Journal};
+use crate::metrics::Metrics;
+use crate::rules::ClearanceTable;
+use crate::uplink::Uplink;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Append throughput of the journal with the default flush window.
+    Journal {
+        /// Records to append.
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        /// Flush window in ms (the daemon's default is 2).
+        #[arg(long, default_value_t = 2)]
+        flush_window_ms: u64,
+        /// Directory for the journal (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Drain time of a backlog to a broker, beside raw rumqttc QoS 1 publishing.
+    Drain {
+        /// Records in the backlog.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Broker host:port; default: start Mosquitto on a free port.
+        #[arg(long)]
+        broker: Option<String>,
+        /// In-flight window for both measurements.
+        #[arg(long, default_value_t = 64)]
+        inflight: u16,
+        /// Directory for the journal (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if cfg!(debug_assertions) {
+            "DEBUG build (use --release for real numbers)"
+        } else {
+            "release build"
+        }
+    );
+    match cmd {
+        BenchCommand::Journal {
+            records,
+            flush_window_ms,
+            dir,
+        } => {
+            let (_tmp, dir) = work_dir(dir)?;
+            let (journal, elapsed) =
+                fill(&dir, records, Duration::from_millis(flush_window_ms)).await?;
+            let size = journal.stats()?.size_on_disk;
+            println!(
+                "journal append: {records} records in {:.2} s = {:.0} records/s (flush window {flush_window_ms} ms, {:.0} MiB on disk)",
+                elapsed.as_secs_f64(),
+                records as f64 / elapsed.as_secs_f64(),
+                size as f64 / (1024.0 * 1024.0)
+            );
+            Ok(())
+        }
+        BenchCommand::Drain {
+            records,
+            broker,
+            inflight,
+            dir,
+        } => {
+            let (_tmp, dir) = work_dir(dir)?;
+            let (_mosquitto, host, port) = match broker {
+                Some(b) => {
+                    let (h, p) = parse_host_port(&b).map_err(|e| anyhow::anyhow!(e))?;
+                    (None, h, p)
+                }
+                None => {
+                    let m = Mosquitto::start(&dir)?;
+                    let port = m.port;
+                    (Some(m), "127.0.0.1".to_string(), port)
+                }
+            };
+            println!("filling a backlog of {records} records...");
+            let (journal, fill_time) = fill(&dir.join("journal"), records, Duration::from_millis(2)).await?;
+            println!(
+                "journal append: {records} records in {:.2} s = {:.0} records/s",
+                fill_time.as_secs_f64(),
+                records as f64 / fill_time.as_secs_f64()
+            );
+            let sample = journal
+                .outbox_from(0, 1)?
+                .pop()
+                .map(|(_, b)| b.to_vec())
+                .context("empty journal")?;
+            let raw = raw_publish(&host, port, records, inflight, &sample).await?;
+            println!(
+                "raw rumqttc QoS1: {records} publishes of {} bytes in {:.2} s = {:.0} msg/s (in-flight {inflight})",
+                sample.len(),
+                raw.as_secs_f64(),
+                records as f64 / raw.as_secs_f64()
+            );
+            let drain = drain(journal, &host, port, inflight).await?;
+            let raw_rate = records as f64 / raw.as_secs_f64();
+            let drain_rate = records as f64 / drain.as_secs_f64();
+            println!(
+                "uplink drain: {records} records in {:.2} s = {:.0} records/s = {:.0}% of raw",
+                drain.as_secs_f64(),
+                drain_rate,
+                100.0 * drain_rate / raw_rate
+            );
+            Ok(())
+        }
+    }
+}
+
+fn work_dir(dir: Option<PathBuf>) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    Ok(match dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            (None, d)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("bondline-bench-").tempdir()?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    })
+}
+
+/// A parcel record of typical size.
+fn sample_record(n: u64) -> ParcelRecord {
+    ParcelRecord {
+        schema: SCHEMA,
+        msg_id: String::new(),
+        seq: 0,
+        prev_hash: String::new(),
+        gateway: "bench-gw".into(),
+        line: "L1".into(),
+        parcel: n as u32,
+        read: ReadOutcome::Ok,
+        waybill: Some(format!("BL{n:012}")),
+        lane: 2,
+        lane_role: LaneRole::Inspection,
+        rule: "instruction".into(),
+        reason: "customs ordered inspection: selected for inspection".into(),
+        instruction_id: Some(format!("I-BL{n:012}")),
+        scanned_at_ms: 1_790_000_000_000 + n,
+        decided_at_ms: 1_790_000_000_000 + n,
+        divert: DivertOutcome {
+            status: DivertStatus::Acked,
+            plc_seq: Some((n % 65535 + 1) as u16),
+            detail: None,
+            at_ms: 1_790_000_000_001 + n,
+        },
+    }
+}
+
+/// Appends `n` records through the real writer; returns when the last one is flushed.
+async fn fill(dir: &Path, n: u64, window: Duration) -> anyhow::Result<(Journal, Duration)> {
+    let journal = Journal::open(dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let (sink, writer, mut accepted) = record_sink(journal.clone(), window, metrics)?;
+    let start_seq = *accepted.borrow();
+    let writer = tokio::spawn(writer.run());
+    let start = Instant::now();
+    for i in 0..n {
+        sink.push(sample_record(i));
+    }
+    while *accepted.borrow_and_update() < start_seq + n {
+        accepted.changed().await?;
+    }
+    let elapsed = start.elapsed();
+    drop(sink);
+    writer.await?;
+    Ok((journal, elapsed))
+}
+
+/// Publishes `n` copies of `payload` at QoS 1 with rumqttc and waits for every PUBACK.
+async fn raw_publish(
+    host: &str,
+    port: u16,
+    n: u64,
+    inflight: u16,
+    payload: &[u8],
+) -> anyhow::Result<Duration> {
+    let mut opts = MqttOptions::new("bondline-bench-raw", host, port);
+    opts.set_inflight(inflight)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(opts, inflight as usize * 2);
+    let payload = payload.to_vec();
+    let publisher = tokio::spawn(async move {
+        for _ in 0..n {
+            client
+                .publish("bench/raw", QoS::AtLeastOnce, false, payload.clone())
+                .await?;
+        }
+        anyhow::Ok(client)
+    });
+    let mut acked = 0u64;
+    let mut start = None;
+    while acked < n {
+        match events.poll().await? {
+            Event::Incoming(Incoming::ConnAck(_)) => start = Some(Instant::now()),
+            Event::Incoming(Incoming::PubAck(_)) => acked += 1,
+            _ => {}
+        }
+    }
+    let elapsed = start.map(|s| s.elapsed()).unwrap_or_default();
+    let _client = publisher.await??;
+    Ok(elapsed)
+}
+
+/// Runs the real uplink on `journal` until its outbox is empty.
+async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow::Result<Duration> {
+    let metrics = Arc::new(Metrics::default());
+    metrics
+        .backlog
+        .store(journal.backlog_len() as u64, Ordering::Relaxed);
+    let (_tx, accepted) = tokio::sync::watch::channel(0);
+    let uplink = Uplink {
+        config: UplinkConfig {
+            host: host.to_string(),
+            port,
+            client_id: "bondline-bench-drain".into(),
+            topic_prefix: "bench/gw".into(),
+            keep_alive: Duration::from_secs(30),
+            inflight,
+            max_packet_bytes: 256 * 1024,
+            reconnect_max: Duration::from_secs(2),
+            drain_rate: 0,
+        },
+        gateway: "bench-gw".into(),
+        journal,
+        table: Arc::new(RwLock::new(ClearanceTable::default())),
+        metrics: metrics.clone(),
+        accepted,
+        alarms: Alarms::new("bench-gw"),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(stop.clone()));
+    let start = Instant::now();
+    while Metrics::get(&metrics.backlog) > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if start.elapsed() > Duration::from_secs(3600) {
+            bail!("drain did not finish within an hour");
+        }
+    }
+    let elapsed = start.elapsed();
+    stop.cancel();
+    task.await?;
+    Ok(elapsed)
+}
+
+/// A Mosquitto process for the drain benchmark, killed on drop.
+struct Mosquitto {
+    port: u16,
+    child: Child,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> anyhow::Result<Mosquitto> {
+        let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\nmax_queued_messages 0\n"),
+        )?;
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin} (install mosquitto or pass --broker)"))?;
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if start.elapsed() > Duration::from_secs(5) {
+                bail!("mosquitto did not start on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Mosquitto { port, child })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
