@@ -105,7 +105,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 }
             };
             println!("filling a backlog of {records} records...");
-            let (journal, fill_time) = fill(&dir.join("journal"), records, Duration::from_millis(2)).await?;
+            let (journal, fill_time) =
+                fill(&dir.join("journal"), records, Duration::from_millis(2)).await?;
             println!(
                 "journal append: {records} records in {:.2} s = {:.0} records/s",
                 fill_time.as_secs_f64(),
@@ -144,7 +145,9 @@ fn work_dir(dir: Option<PathBuf>) -> anyhow::Result<(Option<tempfile::TempDir>, 
             (None, d)
         }
         None => {
-            let t = tempfile::Builder::new().prefix("bondline-bench-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("bondline-bench-")
+                .tempdir()?;
             let p = t.path().to_path_buf();
             (Some(t), p)
         }
@@ -288,7 +291,9 @@ impl Mosquitto {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or("mosquitto");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,

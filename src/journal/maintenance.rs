@@ -1,10 +1,10 @@
 //! Journal upkeep and inspection: statistics, chain verification, export, replay, parking
 //! of records the broker refuses, and purging of forwarded records.
 //!
-//! Purging only ever removes records that are no longer in the outbox (the platform has
-//! acknowledged them) and only from the front of the sequence, so the remaining records stay
-//! one contiguous, verifiable chain: the last purged record's sequence and hash are kept as
-//! the chain's `anchor`.
+//! Purging only ever removes whole batches whose records are all at or below the forwarded
+//! watermark and none of them parked, oldest first, so the remaining records stay one
+//! contiguous, verifiable chain: the last purged record's sequence and hash are kept as the
+//! chain's `anchor`.
 
 use std::io::Write;
 
@@ -12,21 +12,26 @@ use bondline_devices::contract::ParcelRecord;
 
 use super::{
     decode_link, encode_link, key_seq, seq_key, sha256, Journal, JournalError, GENESIS_HASH,
-    META_ANCHOR, META_HEAD,
+    META_ANCHOR, META_FORWARDED, META_HEAD, META_LIVE,
 };
 
 /// Counts for `bondline journal stats` and the staff view.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct JournalStats {
-    pub records: usize,
+    pub records: u64,
     pub first_seq: Option<u64>,
     pub last_seq: u64,
+    /// Every record at or below this one is acknowledged or parked.
+    pub forwarded_watermark: u64,
     /// Records waiting for a PUBACK.
     pub backlog: usize,
-    /// The oldest record waiting for a PUBACK: its sequence and scan time.
+    /// The oldest record waiting for a PUBACK: its sequence and scan time (Unix ms).
     pub oldest_unforwarded: Option<(u64, u64)>,
     /// Records the broker refused, kept aside until replayed.
     pub parked: usize,
+    /// Bytes of stored records.
+    pub live_bytes: u64,
+    /// Size of the store's files (sled reuses freed space but never shrinks them).
     pub size_on_disk: u64,
 }
 
@@ -39,9 +44,9 @@ pub enum ChainProblem {
     /// The record's `prev_hash` does not match its predecessor: the predecessor (or this
     /// record) was edited, or records were reordered.
     Broken { seq: u64 },
-    /// The record's own `seq` field differs from its position.
+    /// A record with an earlier `seq` than its position allows (reordered or copied).
     Misplaced { key: u64, inside: u64 },
-    /// The record does not parse.
+    /// The record (or its batch) does not parse.
     Unreadable { seq: u64, reason: String },
     /// The last record does not hash to the stored chain head: it was edited or dropped.
     Head { seq: u64 },
@@ -71,27 +76,48 @@ pub enum ExportFormat {
 }
 
 impl Journal {
+    /// Visits every stored record in order with its sequence (by position) and bytes.
+    fn for_each_record(
+        &self,
+        mut f: impl FnMut(u64, &[u8]) -> Result<bool, ExportError>,
+    ) -> Result<(), ExportError> {
+        for batch in self.batches.iter() {
+            let batch = super::Batch::from_entry(batch)?;
+            for (i, bytes) in batch.records()?.into_iter().enumerate() {
+                if !f(batch.first + i as u64, bytes)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn stats(&self) -> Result<JournalStats, JournalError> {
-        let first_seq = match self.records.first()? {
+        let first_seq = match self.batches.first()? {
             Some((k, _)) => key_seq(&k),
             None => None,
         };
         let (last_seq, _) = self.chain_head()?;
-        let oldest_unforwarded = match self.outbox.first()? {
-            Some((k, _)) => {
-                let seq = key_seq(&k).unwrap_or(0);
-                let at = self.record(seq)?.map(|r| r.scanned_at_ms).unwrap_or(0);
+        let w = self.forwarded_watermark();
+        let backlog = self.backlog_len();
+        let oldest_unforwarded = match self.outbox_from(w + 1, 1)?.pop() {
+            Some((seq, bytes)) => {
+                let at = serde_json::from_slice::<ParcelRecord>(&bytes)
+                    .map(|r| r.scanned_at_ms)
+                    .unwrap_or(0);
                 Some((seq, at))
             }
             None => None,
         };
         Ok(JournalStats {
-            records: self.records.len(),
+            records: first_seq.map_or(0, |f| last_seq + 1 - f),
             first_seq,
             last_seq,
-            backlog: self.outbox.len(),
+            forwarded_watermark: w,
+            backlog,
             oldest_unforwarded,
             parked: self.parked.len(),
+            live_bytes: self.live_bytes(),
             size_on_disk: self.db.size_on_disk()?,
         })
     }
@@ -104,60 +130,65 @@ impl Journal {
             Some(v) => decode_link(&v),
             None => None,
         };
-        let mut prev: Option<(u64, [u8; 32])> = anchor.or(Some((0, GENESIS_HASH)));
+        let (mut expected, mut prev_hash) = match anchor {
+            Some((seq, hash)) => (seq + 1, hash),
+            None => (1, GENESIS_HASH),
+        };
         let mut report = VerifyReport {
             checked: 0,
             first: None,
             last: None,
             problems: Vec::new(),
         };
-        for entry in self.records.iter() {
-            let (k, v) = entry?;
-            let Some(seq) = key_seq(&k) else {
+        for batch in self.batches.iter() {
+            let batch = super::Batch::from_entry(batch)?;
+            let Ok(records) = batch.records() else {
                 report.problems.push(ChainProblem::Unreadable {
-                    seq: 0,
-                    reason: "key is not 8 bytes".into(),
+                    seq: batch.first,
+                    reason: "batch framing is broken".into(),
                 });
                 continue;
             };
-            report.checked += 1;
-            report.first.get_or_insert(seq);
-            report.last = Some(seq);
-            match serde_json::from_slice::<ParcelRecord>(&v) {
-                Err(e) => report.problems.push(ChainProblem::Unreadable {
-                    seq,
-                    reason: e.to_string(),
-                }),
-                Ok(r) => {
-                    if r.seq != seq {
-                        report.problems.push(ChainProblem::Misplaced {
-                            key: seq,
-                            inside: r.seq,
-                        });
-                    }
-                    if let Some((pseq, phash)) = prev {
-                        if seq != pseq + 1 {
+            for bytes in records {
+                report.checked += 1;
+                match serde_json::from_slice::<ParcelRecord>(bytes) {
+                    Err(e) => report.problems.push(ChainProblem::Unreadable {
+                        seq: expected,
+                        reason: e.to_string(),
+                    }),
+                    Ok(r) => {
+                        if r.seq > expected {
                             report.problems.push(ChainProblem::Gap {
-                                after: pseq,
-                                next: seq,
+                                after: expected - 1,
+                                next: r.seq,
                             });
-                        } else if r.prev_hash != hex::encode(phash) {
-                            report.problems.push(ChainProblem::Broken { seq });
+                            expected = r.seq;
+                        } else if r.seq < expected {
+                            report.problems.push(ChainProblem::Misplaced {
+                                key: expected,
+                                inside: r.seq,
+                            });
+                        } else if r.prev_hash != hex::encode(prev_hash) {
+                            report.problems.push(ChainProblem::Broken { seq: r.seq });
                         }
                     }
                 }
+                report.first.get_or_insert(expected);
+                report.last = Some(expected);
+                prev_hash = sha256(bytes);
+                expected += 1;
             }
-            prev = Some((seq, sha256(&v)));
         }
-        if let Some(head) = self.meta.get(META_HEAD)?.and_then(|v| decode_link(&v)) {
-            match prev {
-                Some(last) if last == head => {}
-                Some((seq, _)) if seq < head.0 => report.problems.push(ChainProblem::Gap {
-                    after: seq,
-                    next: head.0 + 1,
-                }),
-                Some((seq, _)) => report.problems.push(ChainProblem::Head { seq }),
-                None => {}
+        if let Some((head_seq, head_hash)) = self.meta.get(META_HEAD)?.and_then(|v| decode_link(&v))
+        {
+            let last = expected - 1;
+            if last < head_seq {
+                report.problems.push(ChainProblem::Gap {
+                    after: last,
+                    next: head_seq + 1,
+                });
+            } else if report.checked > 0 && prev_hash != head_hash {
+                report.problems.push(ChainProblem::Head { seq: last });
             }
         }
         Ok(report)
@@ -178,25 +209,25 @@ impl Journal {
                 "seq,msg_id,line,parcel,read,waybill,lane,lane_role,rule,reason,instruction_id,scanned_at_ms,decided_at_ms,divert_status,forwarded"
             )?;
         }
-        for entry in self.records.iter() {
-            let (k, v) = entry?;
-            let seq = key_seq(&k).unwrap_or(0);
+        let w = self.forwarded_watermark();
+        self.for_each_record(|seq, bytes| {
             let r: ParcelRecord =
-                serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt {
+                serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
                     seq,
                     reason: e.to_string(),
                 })?;
             if r.scanned_at_ms < from_ms || r.scanned_at_ms >= to_ms {
-                continue;
+                return Ok(true);
             }
             n += 1;
             match format {
                 ExportFormat::Jsonl => {
-                    out.write_all(&v)?;
+                    out.write_all(bytes)?;
                     out.write_all(b"\n")?;
                 }
                 ExportFormat::Csv => {
-                    let forwarded = !self.outbox.contains_key(&k)?;
+                    let forwarded = (seq <= w && !self.parked.contains_key(seq_key(seq))?)
+                        || self.acked.contains_key(seq_key(seq))?;
                     writeln!(
                         out,
                         "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
@@ -218,30 +249,56 @@ impl Journal {
                     )?;
                 }
             }
-        }
+            Ok(true)
+        })?;
         Ok(n)
     }
 
-    /// Puts the stored records `from..=to` back into the outbox (and out of the parked set),
-    /// so the uplink sends them again. Returns how many were queued.
+    /// Queues the stored records `from..=to` to be sent again (parked ones included) by
+    /// lowering the watermark below `from` and marking what lies between `to` and the old
+    /// watermark as already acknowledged. Meant for a stopped daemon. Returns how many
+    /// records were queued.
     pub fn replay(&self, from: u64, to: u64) -> Result<u64, JournalError> {
-        let mut n = 0;
-        for entry in self.records.range(seq_key(from)..=seq_key(to)).keys() {
-            let k = entry?;
-            self.outbox.insert(&k, &[][..])?;
-            self.parked.remove(&k)?;
-            n += 1;
+        let first = match self.batches.first()? {
+            Some((k, _)) => key_seq(&k).unwrap_or(1),
+            None => return Ok(0),
+        };
+        let (head, _) = self.chain_head()?;
+        let from = from.max(first);
+        let to = to.min(head);
+        if from > to {
+            return Ok(0);
         }
+        let mut state = self.state();
+        let old = state.forwarded;
+        for seq in from..=to {
+            self.parked.remove(seq_key(seq))?;
+            self.acked.remove(seq_key(seq))?;
+        }
+        if from <= old {
+            for seq in to + 1..=old {
+                if !self.parked.contains_key(seq_key(seq))? {
+                    self.acked.insert(seq_key(seq), &[][..])?;
+                }
+            }
+            let w = from - 1;
+            self.meta.insert(META_FORWARDED, &w.to_be_bytes()[..])?;
+            state.forwarded = w;
+        }
+        drop(state);
         self.db.flush()?;
-        Ok(n)
+        Ok(to - from + 1)
     }
 
     /// Takes a record out of the outbox and keeps it aside with the reason the broker would
     /// not take it. The record itself stays in the journal.
     pub fn park(&self, seq: u64, reason: &str) -> Result<(), JournalError> {
-        let k = seq_key(seq);
-        self.parked.insert(k, reason.as_bytes())?;
-        self.outbox.remove(k)?;
+        let mut state = self.state();
+        self.parked.insert(seq_key(seq), reason.as_bytes())?;
+        if seq == state.forwarded + 1 {
+            self.advance(&mut state, seq)?;
+        }
+        drop(state);
         self.db.flush()?;
         Ok(())
     }
@@ -258,32 +315,60 @@ impl Journal {
         Ok(out)
     }
 
-    /// Removes up to `max` forwarded records from the front of the journal whose scan time is
-    /// before `before_ms`, stopping at the first record still waiting for its PUBACK (or
-    /// parked): unforwarded records are never purged. Returns how many were removed.
-    pub fn purge_forwarded(&self, before_ms: u64, max: usize) -> Result<usize, JournalError> {
+    /// Removes up to `max_batches` batches of forwarded records from the front of the journal
+    /// whose newest record was scanned before `before_ms`, stopping at the first batch that
+    /// holds a record still waiting for its PUBACK or parked: unforwarded records are never
+    /// purged. Returns how many records were removed.
+    pub fn purge_forwarded(&self, before_ms: u64, max_batches: usize) -> Result<u64, JournalError> {
         let mut removed = 0;
-        let mut anchor = None;
-        for entry in self.records.iter().take(max) {
-            let (k, v) = entry?;
-            if self.outbox.contains_key(&k)? || self.parked.contains_key(&k)? {
+        let w = self.forwarded_watermark();
+        for entry in self.batches.iter().take(max_batches) {
+            let batch = super::Batch::from_entry(entry)?;
+            let records = batch.records()?;
+            let Some(last_bytes) = records.last() else {
+                break;
+            };
+            let last = batch.first + records.len() as u64 - 1;
+            if last > w
+                || self
+                    .parked
+                    .range(seq_key(batch.first)..=seq_key(last))
+                    .next()
+                    .is_some()
+            {
                 break;
             }
-            let at = serde_json::from_slice::<ParcelRecord>(&v)
+            let at = serde_json::from_slice::<ParcelRecord>(last_bytes)
                 .map(|r| r.scanned_at_ms)
                 .unwrap_or(0);
             if at >= before_ms {
                 break;
             }
-            let Some(seq) = key_seq(&k) else { break };
-            anchor = Some(encode_link(seq, &sha256(&v)));
-            self.records.remove(&k)?;
-            removed += 1;
-        }
-        if let Some(a) = anchor {
-            self.meta.insert(META_ANCHOR, &a[..])?;
+            let anchor = encode_link(last, &sha256(last_bytes));
+            let mut state = self.state();
+            let live = state.live_bytes.saturating_sub(batch.value.len() as u64);
+            self.meta.insert(META_ANCHOR, &anchor[..])?;
+            self.meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
+            self.batches.remove(seq_key(batch.first))?;
+            state.live_bytes = live;
+            removed += records.len() as u64;
         }
         Ok(removed)
+    }
+
+    /// Test access: rewrites the batch holding `seq` through `f`.
+    #[cfg(test)]
+    pub(crate) fn rewrite_batch_of(&self, seq: u64, f: impl FnOnce(&mut Vec<Vec<u8>>)) {
+        let batch = self.batch_of(seq).unwrap().unwrap();
+        let mut records: Vec<Vec<u8>> = batch
+            .records()
+            .unwrap()
+            .iter()
+            .map(|b| b.to_vec())
+            .collect();
+        f(&mut records);
+        let value = super::encode_batch(records.iter().map(Vec::as_slice));
+        self.batches.insert(seq_key(batch.first), value).unwrap();
     }
 }
 
@@ -358,7 +443,18 @@ mod tests {
         }
     }
 
-    /// A journal in a temp dir holding `n` records scanned at 1000, 2000, ...
+    fn edit(journal: &Journal, seq: u64, f: impl FnOnce(&mut ParcelRecord)) {
+        let batch_first = journal.batch_of(seq).unwrap().unwrap().first;
+        journal.rewrite_batch_of(seq, |rs| {
+            let i = (seq - batch_first) as usize;
+            let mut r: ParcelRecord = serde_json::from_slice(&rs[i]).unwrap();
+            f(&mut r);
+            rs[i] = serde_json::to_vec(&r).unwrap();
+        });
+    }
+
+    /// A journal in a temp dir holding `n` records scanned at 1000, 2000, ..., committed in
+    /// batches of 3 so that purging and tampering cross batch boundaries.
     pub(crate) async fn filled(n: u32) -> (tempfile::TempDir, Journal) {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
@@ -368,11 +464,15 @@ mod tests {
             Arc::new(Metrics::default()),
         )
         .unwrap();
+        let writer = tokio::spawn(writer.run());
         for i in 1..=n {
             sink.push(record(i, i as u64 * 1000));
+            if i % 3 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         drop(sink);
-        writer.run().await;
+        writer.await.unwrap();
         (dir, journal)
     }
 
@@ -391,21 +491,11 @@ mod tests {
     #[tokio::test]
     async fn an_edited_record_breaks_the_chain_at_its_successor() {
         let (_dir, journal) = filled(10).await;
-        let mut r = journal.record(4).unwrap().unwrap();
-        r.lane_role = LaneRole::Release;
-        journal
-            .records
-            .insert(seq_key(4), serde_json::to_vec(&r).unwrap())
-            .unwrap();
+        edit(&journal, 4, |r| r.lane_role = LaneRole::Release);
         let report = journal.verify().unwrap();
         assert_eq!(report.problems, vec![ChainProblem::Broken { seq: 5 }]);
         // Editing the last record is caught by the stored head.
-        let mut r = journal.record(10).unwrap().unwrap();
-        r.reason = "edited".into();
-        journal
-            .records
-            .insert(seq_key(10), serde_json::to_vec(&r).unwrap())
-            .unwrap();
+        edit(&journal, 10, |r| r.reason = "edited".into());
         assert!(journal
             .verify()
             .unwrap()
@@ -416,24 +506,29 @@ mod tests {
     #[tokio::test]
     async fn dropped_and_reordered_records_are_found() {
         let (_dir, journal) = filled(10).await;
-        journal.records.remove(seq_key(6)).unwrap();
+        journal.rewrite_batch_of(6, |rs| {
+            rs.remove(2);
+        });
         assert_eq!(
             journal.verify().unwrap().problems,
             vec![ChainProblem::Gap { after: 5, next: 7 }]
         );
         let (_dir2, journal) = filled(10).await;
-        let a = journal.records.get(seq_key(2)).unwrap().unwrap();
-        let b = journal.records.get(seq_key(3)).unwrap().unwrap();
-        journal.records.insert(seq_key(2), b).unwrap();
-        journal.records.insert(seq_key(3), a).unwrap();
+        journal.rewrite_batch_of(2, |rs| rs.swap(1, 2));
         let problems = journal.verify().unwrap().problems;
-        assert!(problems.contains(&ChainProblem::Misplaced { key: 2, inside: 3 }));
-        assert!(problems
-            .iter()
-            .any(|p| matches!(p, ChainProblem::Broken { .. })));
+        assert!(
+            problems.contains(&ChainProblem::Gap { after: 1, next: 3 }),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&ChainProblem::Misplaced { key: 4, inside: 2 }),
+            "{problems:?}"
+        );
         // Dropping the last record shows as a gap before the stored head.
         let (_dir3, journal) = filled(10).await;
-        journal.records.remove(seq_key(10)).unwrap();
+        journal.rewrite_batch_of(10, |rs| {
+            rs.pop();
+        });
         assert_eq!(
             journal.verify().unwrap().problems,
             vec![ChainProblem::Gap { after: 9, next: 11 }]
@@ -443,26 +538,37 @@ mod tests {
     #[tokio::test]
     async fn purge_takes_only_old_forwarded_records_and_keeps_the_chain_verifiable() {
         let (_dir, journal) = filled(20).await;
+        assert_eq!(
+            journal.batch_of(4).unwrap().unwrap().first,
+            4,
+            "batches of 3"
+        );
         for seq in 1..=8 {
-            journal.mark_forwarded(seq).unwrap();
+            assert!(journal.mark_forwarded(seq).unwrap());
         }
         journal.mark_forwarded(10).unwrap();
-        // Records 1..=8 are forwarded; 9 is not, so purging stops there even though 10 is.
+        assert_eq!(journal.forwarded_watermark(), 8);
+        // Batches [1..3] and [4..6] are wholly forwarded; [7..9] holds unforwarded 9.
         let removed = journal.purge_forwarded(u64::MAX, 100).unwrap();
-        assert_eq!(removed, 8);
+        assert_eq!(removed, 6);
         let stats = journal.stats().unwrap();
-        assert_eq!(stats.first_seq, Some(9));
+        assert_eq!(stats.first_seq, Some(7));
         assert_eq!(stats.backlog, 11);
         assert_eq!(stats.oldest_unforwarded, Some((9, 9000)));
         let report = journal.verify().unwrap();
         assert!(report.ok(), "{report:?}");
-        // The time bound holds too: nothing scanned at or after 9000 goes.
+        // The time bound holds too: a batch goes only when its newest record is older.
         journal.mark_forwarded(9).unwrap();
+        assert_eq!(
+            journal.forwarded_watermark(),
+            10,
+            "the out-of-order ack of 10 is covered"
+        );
         assert_eq!(journal.purge_forwarded(9000, 100).unwrap(), 0);
-        assert_eq!(journal.purge_forwarded(10_001, 100).unwrap(), 2);
+        assert_eq!(journal.purge_forwarded(9001, 100).unwrap(), 3);
         assert!(journal.verify().unwrap().ok());
-        // New records after a purge continue the chain.
         assert_eq!(journal.chain_head().unwrap().0, 20);
+        assert!(journal.live_bytes() > 0);
     }
 
     #[tokio::test]
@@ -481,10 +587,28 @@ mod tests {
         for s in [1, 2, 4, 5] {
             journal.mark_forwarded(s).unwrap();
         }
-        assert_eq!(journal.purge_forwarded(u64::MAX, 10).unwrap(), 2);
-        assert_eq!(journal.replay(1, 5).unwrap(), 3);
+        assert_eq!(journal.forwarded_watermark(), 5);
+        assert_eq!(journal.backlog_len(), 0);
+        assert_eq!(
+            journal.purge_forwarded(u64::MAX, 10).unwrap(),
+            0,
+            "batch [1..3] holds 3"
+        );
+        // Replaying 2..=4 sends exactly those again, 3 included, and not 5.
+        assert_eq!(journal.replay(2, 4).unwrap(), 3);
         assert!(journal.parked().unwrap().is_empty());
+        let seqs: Vec<u64> = journal
+            .outbox_from(0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
         assert_eq!(journal.stats().unwrap().backlog, 3);
+        for s in [3, 2, 4] {
+            journal.mark_forwarded(s).unwrap();
+        }
+        assert_eq!(journal.forwarded_watermark(), 5);
     }
 
     #[tokio::test]

@@ -6,25 +6,43 @@
 //!   has been flushed to disk. Only then is it counted, and only then may the uplink send it.
 //!   A crash before the flush loses at most the records of that one open batch, none of which
 //!   was reported as accepted.
-//! - **Sequence.** Records get gap-free, strictly increasing sequence numbers (`seq`, stored as
-//!   big-endian `u64` keys), continued across restarts from the last stored record. Sending
-//!   follows the sequence, so the platform sees each line's records in order.
+//! - **Sequence.** Records get gap-free, strictly increasing sequence numbers (`seq`),
+//!   continued across restarts from the stored chain head. Sending follows the sequence, so
+//!   the platform sees each line's records in order.
 //! - **Chain.** Each record carries `prev_hash`, the SHA-256 of the previous record's exact
 //!   stored bytes (which are the exact MQTT payload). The first record points at 64 zeros.
-//! - **Outbox.** A record and its outbox entry are written in one transaction. The outbox entry
-//!   is removed only when the broker's PUBACK for that very record arrives, never when the
-//!   publish was merely queued. After a crash the outbox may still hold a record that was
-//!   acknowledged: it is sent again (at least once; the platform deduplicates on `msg_id`).
+//! - **Outbox.** A record is in the outbox from its commit until the broker's PUBACK for that
+//!   very record arrives (never when the publish was merely queued), or until it is parked.
+//!   The outbox is the range above the *forwarded watermark* `W` (every record at or below `W`
+//!   is acknowledged or parked) less the few records acknowledged out of order. After a crash
+//!   the watermark may lag: records acknowledged just before are sent again (at least once;
+//!   the platform deduplicates on `msg_id`). The watermark never passes an unacknowledged,
+//!   unparked record.
+//! - **Retention.** Only records at or below the watermark that are not parked are ever
+//!   removed, oldest first, so the remaining records stay one contiguous chain; the last
+//!   removed record's sequence and hash are kept as the chain's anchor.
 //! - **Platform state.** A declaration or instruction is stored and flushed before the MQTT
 //!   message that carried it is acknowledged, so the broker redelivers what a crash lost.
-//! - **Failures.** A failed commit is retried with the same bytes until it succeeds; the
-//!   decision path never waits for it (records reach the writer through an unbounded queue,
-//!   whose depth is a metric).
+//! - **Failures.** A failed commit is retried with the same bytes; the decision path never
+//!   waits for it (records reach the writer through an unbounded queue). Disk capacity and
+//!   what happens when it runs short are described in [`capacity`].
+//!
+//! # Layout on disk (sled trees)
+//! - `batches`: one entry per group commit. Key: the first record's `seq` (big-endian `u64`).
+//!   Value: the batch's records, each as a big-endian `u32` length and the record's exact
+//!   JSON bytes. One write per commit instead of one per record is what makes appends fast.
+//! - `meta`: `head` and `anchor` (`seq` + SHA-256, 40 bytes), `forwarded` (`W`, 8 bytes),
+//!   `live_bytes` (8 bytes, size of all stored batches).
+//! - `acked`: records above `W` acknowledged out of order. `parked`: `seq` → reason.
+//! - `declarations`, `instructions` (by waybill), `instruction_ids`.
 
+pub mod capacity;
 mod maintenance;
 mod writer;
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use bondline_devices::contract::{Declaration, Instruction, ParcelRecord};
 use sled::Tree;
@@ -49,24 +67,46 @@ pub enum JournalError {
     Corrupt { seq: u64, reason: String },
 }
 
+impl JournalError {
+    /// Whether the store failed because its filesystem is full.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            JournalError::Store(sled::Error::Io(e))
+            | JournalError::Open {
+                source: sled::Error::Io(e),
+                ..
+            } => e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
+}
+
 /// Handle to the store. Cheap to clone; all clones share one database.
 #[derive(Clone)]
 pub struct Journal {
     db: sled::Db,
-    records: Tree,
-    outbox: Tree,
+    batches: Tree,
+    acked: Tree,
+    parked: Tree,
+    meta: Tree,
     declarations: Tree,
     instructions: Tree,
     /// Ids of every instruction ever stored, so redeliveries stay idempotent across restarts.
     instruction_ids: Tree,
-    /// Records taken out of the outbox because the broker will not take them (seq → reason).
-    parked: Tree,
-    /// Chain bookkeeping: `head` (last record's seq and hash), `anchor` (last purged record's).
-    meta: Tree,
+    /// The forwarded watermark and stored size, mirrored from `meta`; updates hold the lock.
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    forwarded: u64,
+    live_bytes: u64,
 }
 
 const META_HEAD: &[u8] = b"head";
 const META_ANCHOR: &[u8] = b"anchor";
+const META_FORWARDED: &[u8] = b"forwarded";
+const META_LIVE: &[u8] = b"live_bytes";
 
 fn encode_link(seq: u64, hash: &[u8; 32]) -> [u8; 40] {
     let mut v = [0u8; 40];
@@ -84,6 +124,11 @@ fn decode_link(v: &[u8]) -> Option<(u64, [u8; 32])> {
     Some((seq, hash))
 }
 
+fn decode_u64(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0)
+}
+
 pub fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
@@ -92,8 +137,55 @@ fn key_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
+/// Encodes records as one batch value: per record a `u32` length and the bytes.
+fn encode_batch<'a>(records: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// Splits a batch value into its records; `None` if it is malformed.
+fn decode_batch(v: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        out.push(rest.get(4..4 + len)?);
+        rest = &rest[4 + len..];
+    }
+    Some(out)
+}
+
+/// One batch: its first sequence number and its records' bytes.
+pub(crate) struct Batch {
+    pub first: u64,
+    pub value: sled::IVec,
+}
+
+impl Batch {
+    pub fn records(&self) -> Result<Vec<&[u8]>, JournalError> {
+        decode_batch(&self.value).ok_or(JournalError::Corrupt {
+            seq: self.first,
+            reason: "batch framing is broken".into(),
+        })
+    }
+
+    fn from_entry(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Batch, JournalError> {
+        let (k, value) = entry?;
+        let first = key_seq(&k).ok_or(JournalError::Corrupt {
+            seq: 0,
+            reason: "batch key is not 8 bytes".into(),
+        })?;
+        Ok(Batch { first, value })
+    }
+}
+
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        remove_partial_snapshots(path);
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(64 * 1024 * 1024)
@@ -103,75 +195,170 @@ impl Journal {
                 path: path.display().to_string(),
                 source,
             })?;
-        Ok(Journal {
-            records: db.open_tree("records")?,
-            outbox: db.open_tree("outbox")?,
+        let meta = db.open_tree("meta")?;
+        let state = State {
+            forwarded: decode_u64(meta.get(META_FORWARDED)?),
+            live_bytes: decode_u64(meta.get(META_LIVE)?),
+        };
+        let journal = Journal {
+            batches: db.open_tree("batches")?,
+            acked: db.open_tree("acked")?,
+            parked: db.open_tree("parked")?,
             declarations: db.open_tree("declarations")?,
             instructions: db.open_tree("instructions")?,
             instruction_ids: db.open_tree("instruction_ids")?,
-            parked: db.open_tree("parked")?,
-            meta: db.open_tree("meta")?,
+            meta,
             db,
-        })
+            state: Arc::new(Mutex::new(state)),
+        };
+        // Out-of-order acks at or below the watermark are leftovers of an interrupted advance.
+        let w = state.forwarded;
+        for k in journal.acked.range(..=seq_key(w)).keys() {
+            journal.acked.remove(k?)?;
+        }
+        Ok(journal)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The last stored sequence number and the hash that the next record must point at.
-    /// The `head` entry is written in the same transaction as the records, so it survives
-    /// even when retention has purged every record.
     pub fn chain_head(&self) -> Result<(u64, [u8; 32]), JournalError> {
-        if let Some(v) = self.meta.get(META_HEAD)? {
-            return decode_link(&v).ok_or(JournalError::Corrupt {
+        match self.meta.get(META_HEAD)? {
+            Some(v) => decode_link(&v).ok_or(JournalError::Corrupt {
                 seq: 0,
                 reason: "chain head entry is not 40 bytes".into(),
-            });
-        }
-        match self.records.last()? {
+            }),
             None => Ok((0, GENESIS_HASH)),
-            Some((k, v)) => {
-                let seq = key_seq(&k).ok_or(JournalError::Corrupt {
-                    seq: 0,
-                    reason: "record key is not 8 bytes".into(),
-                })?;
-                Ok((seq, sha256(&v)))
-            }
         }
     }
 
-    /// Number of records waiting for a PUBACK. Walks the outbox: call at start-up, not per parcel.
+    /// The forwarded watermark: every record at or below it is acknowledged or parked.
+    pub fn forwarded_watermark(&self) -> u64 {
+        self.state().forwarded
+    }
+
+    /// Bytes of all stored batches.
+    pub fn live_bytes(&self) -> u64 {
+        self.state().live_bytes
+    }
+
+    /// Number of records waiting for a PUBACK.
     pub fn backlog_len(&self) -> usize {
-        self.outbox.len()
+        let (head, _) = self.chain_head().unwrap_or((0, GENESIS_HASH));
+        let w = self.forwarded_watermark();
+        let above = |t: &Tree| t.range(seq_key(w + 1)..).count() as u64;
+        head.saturating_sub(w)
+            .saturating_sub(above(&self.acked))
+            .saturating_sub(above(&self.parked)) as usize
+    }
+
+    /// The batch holding `seq`, if stored.
+    fn batch_of(&self, seq: u64) -> Result<Option<Batch>, JournalError> {
+        match self.batches.range(..=seq_key(seq)).next_back() {
+            Some(e) => Ok(Some(Batch::from_entry(e)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Batches from the one holding `from` onwards.
+    pub(crate) fn batches_from(
+        &self,
+        from: u64,
+    ) -> Result<impl Iterator<Item = Result<Batch, JournalError>> + '_, JournalError> {
+        let start = match self.batch_of(from)? {
+            Some(b) => b.first,
+            None => from,
+        };
+        Ok(self.batches.range(seq_key(start)..).map(Batch::from_entry))
     }
 
     /// Up to `max` unacknowledged records with `seq >= from`, in sequence order, with their
     /// exact stored bytes.
-    pub fn outbox_from(
-        &self,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<(u64, sled::IVec)>, JournalError> {
+    pub fn outbox_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
+        let start = from.max(self.forwarded_watermark() + 1);
+        let skip = |t: &Tree| -> Result<HashSet<u64>, JournalError> {
+            let mut s = HashSet::new();
+            for k in t.range(seq_key(start)..).keys() {
+                s.extend(key_seq(&k?));
+            }
+            Ok(s)
+        };
+        let (acked, parked) = (skip(&self.acked)?, skip(&self.parked)?);
         let mut out = Vec::with_capacity(max.min(1024));
-        for entry in self.outbox.range(seq_key(from)..).keys().take(max) {
-            let key = entry?;
-            let Some(seq) = key_seq(&key) else { continue };
-            match self.records.get(&key)? {
-                Some(bytes) => out.push((seq, bytes)),
-                // An outbox entry without its record cannot be sent; drop the dangling entry.
-                None => {
-                    self.outbox.remove(&key)?;
+        for batch in self.batches_from(start)? {
+            let batch = batch?;
+            for (i, bytes) in batch.records()?.into_iter().enumerate() {
+                let seq = batch.first + i as u64;
+                if seq < start || acked.contains(&seq) || parked.contains(&seq) {
+                    continue;
+                }
+                out.push((seq, bytes.to_vec()));
+                if out.len() >= max {
+                    return Ok(out);
                 }
             }
         }
         Ok(out)
     }
 
-    /// Removes a record from the outbox after its PUBACK. Returns whether it was still there.
+    /// Takes a record out of the outbox after its PUBACK. Returns whether it was still there.
     pub fn mark_forwarded(&self, seq: u64) -> Result<bool, JournalError> {
-        Ok(self.outbox.remove(seq_key(seq))?.is_some())
+        let mut state = self.state();
+        if seq <= state.forwarded
+            || self.acked.contains_key(seq_key(seq))?
+            || self.parked.contains_key(seq_key(seq))?
+        {
+            return Ok(false);
+        }
+        if seq == state.forwarded + 1 {
+            self.advance(&mut state, seq)?;
+        } else {
+            self.acked.insert(seq_key(seq), &[][..])?;
+        }
+        Ok(true)
+    }
+
+    /// Moves the watermark to `to`, then over every following record that was acknowledged
+    /// out of order or parked. The new watermark is written before the out-of-order entries
+    /// it covers are removed, so a crash in between leaves only harmless leftovers.
+    fn advance(&self, state: &mut State, to: u64) -> Result<(), JournalError> {
+        let mut w = to;
+        let mut covered = Vec::new();
+        loop {
+            let k = seq_key(w + 1);
+            if self.acked.contains_key(k)? {
+                covered.push(k);
+                w += 1;
+            } else if self.parked.contains_key(k)? {
+                w += 1;
+            } else {
+                break;
+            }
+        }
+        self.meta.insert(META_FORWARDED, &w.to_be_bytes()[..])?;
+        state.forwarded = w;
+        for k in covered {
+            self.acked.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// One stored record's exact bytes.
+    pub fn record_bytes(&self, seq: u64) -> Result<Option<Vec<u8>>, JournalError> {
+        let Some(batch) = self.batch_of(seq)? else {
+            return Ok(None);
+        };
+        let records = batch.records()?;
+        Ok(records
+            .get((seq - batch.first) as usize)
+            .map(|b| b.to_vec()))
     }
 
     /// One stored record, parsed.
     pub fn record(&self, seq: u64) -> Result<Option<ParcelRecord>, JournalError> {
-        let Some(bytes) = self.records.get(seq_key(seq))? else {
+        let Some(bytes) = self.record_bytes(seq)? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
@@ -228,28 +415,55 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes a batch of already chained records, their outbox entries and the new chain head
-    /// in one transaction.
+    /// Writes one batch of already chained records (contiguous from `first`) and the new chain
+    /// head in one transaction.
     fn commit(
         &self,
-        entries: &[(u64, Vec<u8>)],
+        first: u64,
+        records: &[Vec<u8>],
         head: (u64, [u8; 32]),
     ) -> Result<(), JournalError> {
         use sled::Transactional;
+        let value = encode_batch(records.iter().map(Vec::as_slice));
         let head = encode_link(head.0, &head.1);
-        (&self.records, &self.outbox, &self.meta)
-            .transaction(|(records, outbox, meta)| {
-                for (seq, bytes) in entries {
-                    let key = seq_key(*seq);
-                    records.insert(&key[..], &bytes[..])?;
-                    outbox.insert(&key[..], &[][..])?;
-                }
+        let mut state = self.state();
+        let live = state.live_bytes + value.len() as u64;
+        (&self.batches, &self.meta)
+            .transaction(|(batches, meta)| {
+                batches.insert(&seq_key(first)[..], &value[..])?;
                 meta.insert(META_HEAD, &head[..])?;
+                meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
                 Ok(())
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| {
-                JournalError::Transaction(format!("{e:?}"))
-            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => JournalError::Store(e),
+                other => JournalError::Transaction(format!("{other:?}")),
+            })?;
+        state.live_bytes = live;
+        Ok(())
+    }
+}
+
+/// Deletes `snap.*.generating` files: sled writes a snapshot under that name and renames it
+/// when complete, but an open interrupted by a full disk or a crash leaves it behind, and
+/// sled 0.34 then refuses every later open as corrupt. The file is never complete data.
+fn remove_partial_snapshots(path: &Path) {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::warn!(file = %e.path().display(), "removed a partial journal snapshot")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "cannot remove a partial journal snapshot")
+                }
+            }
+        }
     }
 }
 

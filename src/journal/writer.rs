@@ -98,7 +98,8 @@ impl JournalWriter {
     }
 
     async fn commit(&mut self, batch: &mut Vec<ParcelRecord>) {
-        let mut entries = Vec::with_capacity(batch.len());
+        let first = self.last_seq + 1;
+        let mut records = Vec::with_capacity(batch.len());
         for mut r in batch.drain(..) {
             self.last_seq += 1;
             r.seq = self.last_seq;
@@ -106,13 +107,13 @@ impl JournalWriter {
             r.prev_hash = hex::encode(self.last_hash);
             let bytes = serde_json::to_vec(&r).expect("records always serialize");
             self.last_hash = sha256(&bytes);
-            entries.push((r.seq, bytes));
+            records.push(bytes);
         }
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let result = match self
                 .journal
-                .commit(&entries, (self.last_seq, self.last_hash))
+                .commit(first, &records, (self.last_seq, self.last_hash))
             {
                 Ok(()) => self.journal.flush().await,
                 Err(e) => Err(e),
@@ -125,12 +126,12 @@ impl JournalWriter {
                         .journal_errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let wait = backoff.next_delay();
-                    error!(error = %e, records = entries.len(), retry_in = ?wait, "journal commit failed");
+                    error!(error = %e, records = records.len(), retry_in = ?wait, "journal commit failed");
                     tokio::time::sleep(wait).await;
                 }
             }
         }
-        let n = entries.len() as u64;
+        let n = records.len() as u64;
         Metrics::add(&self.metrics.records_accepted, n);
         Metrics::add(&self.metrics.backlog, n);
         self.accepted.send_replace(self.last_seq);
