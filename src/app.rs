@@ -19,7 +19,8 @@ use tracing::info;
 use crate::alarm::Alarms;
 use crate::config::Config;
 use crate::fieldbus;
-use crate::journal::{record_sink, Journal, JournalError};
+use crate::journal::capacity::Limits;
+use crate::journal::{record_sink, Housekeeping, Journal, JournalError};
 use crate::line::{self, LineCtx};
 use crate::metrics::Metrics;
 use crate::rules::ClearanceTable;
@@ -77,7 +78,26 @@ impl App {
             config.storage.flush_window,
             metrics.clone(),
         )?;
-        tasks.spawn(writer.run());
+        tasks.spawn(
+            writer
+                .with_hold(config.storage.hold_records, alarms.clone())
+                .run(),
+        );
+        let housekeeping = Housekeeping {
+            path: config.storage.path.clone(),
+            limits: Limits {
+                quota_bytes: config.storage.quota_bytes,
+                min_free_bytes: config.storage.min_free_bytes,
+            },
+            retention: config.storage.retention,
+            interval: Duration::from_secs(1),
+        };
+        tokio::spawn(housekeeping.run(
+            journal.clone(),
+            metrics.clone(),
+            alarms.clone(),
+            uplink_stop.clone(),
+        ));
         let uplink = Uplink {
             config: config.uplink.clone(),
             gateway: config.gateway_id.clone(),

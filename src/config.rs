@@ -39,6 +39,14 @@ pub struct Storage {
     pub path: PathBuf,
     /// How long the journal gathers records into one group commit before it flushes.
     pub flush_window: Duration,
+    /// Bytes of stored records above which the journal is over quota (80%: nearly full).
+    pub quota_bytes: u64,
+    /// Free disk space below which the journal stops writing and holds records in memory.
+    pub min_free_bytes: u64,
+    /// How long forwarded records are kept for local lookups.
+    pub retention: Duration,
+    /// Records held in memory at most while the disk is full.
+    pub hold_records: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +173,27 @@ struct RawStorage {
     path: PathBuf,
     #[serde(default = "default_flush_window_ms")]
     flush_window_ms: u64,
+    #[serde(default = "default_quota_mb")]
+    quota_mb: u64,
+    #[serde(default = "default_min_free_mb")]
+    min_free_mb: u64,
+    #[serde(default = "default_retention_days")]
+    retention_days: u64,
+    #[serde(default = "default_hold_records")]
+    hold_records: usize,
+}
+
+fn default_quota_mb() -> u64 {
+    4096
+}
+fn default_min_free_mb() -> u64 {
+    256
+}
+fn default_retention_days() -> u64 {
+    30
+}
+fn default_hold_records() -> usize {
+    200_000
 }
 
 fn default_flush_window_ms() -> u64 {
@@ -313,7 +342,30 @@ impl Config {
                 "must be at most 10: records wait this long before they are durable".into(),
             ));
         }
+        let st = &raw.storage;
+        if st.quota_mb == 0 {
+            return Err(err("storage.quota_mb", "must be at least 1".into()));
+        }
+        if st.min_free_mb == 0 {
+            return Err(err(
+                "storage.min_free_mb",
+                "must be at least 1: a store that meets a truly full disk cannot be written or reopened".into(),
+            ));
+        }
+        if !(1..=3650).contains(&st.retention_days) {
+            return Err(err("storage.retention_days", "must be 1 to 3650".into()));
+        }
+        if !(1_000..=10_000_000).contains(&st.hold_records) {
+            return Err(err(
+                "storage.hold_records",
+                "must be 1000 to 10000000".into(),
+            ));
+        }
         let storage = Storage {
+            quota_bytes: st.quota_mb * 1024 * 1024,
+            min_free_bytes: st.min_free_mb * 1024 * 1024,
+            retention: Duration::from_secs(st.retention_days * 86_400),
+            hold_records: st.hold_records,
             path: raw.storage.path,
             flush_window: Duration::from_millis(raw.storage.flush_window_ms),
         };

@@ -28,6 +28,17 @@ pub struct Metrics {
     pub journal_errors: AtomicU64,
     /// Records taken out of the outbox because the broker will not take them.
     pub records_parked: AtomicU64,
+    /// Gauge: records waiting in memory for room on the journal's disk.
+    pub records_held: AtomicU64,
+    /// Records that could be neither stored nor held (logged at error level each).
+    pub records_refused: AtomicU64,
+    /// Forwarded records removed by retention or to make room.
+    pub records_purged: AtomicU64,
+    /// Gauge: the journal's capacity level (`journal::capacity::Level` as a number).
+    pub journal_level: std::sync::atomic::AtomicU8,
+    /// Gauge: free bytes on the journal's filesystem, and bytes of stored records.
+    pub journal_free_bytes: AtomicU64,
+    pub journal_live_bytes: AtomicU64,
     pub platform_messages: AtomicU64,
     pub platform_rejected: AtomicU64,
     /// Broker sessions that ended (outages, refusals, keep-alive timeouts).
@@ -93,7 +104,7 @@ impl Metrics {
             .map(|(n, _)| n.as_str())
             .collect();
         format!(
-            "parcels {} (release {} inspection {} hold {} exception {}) | rejected frames {} | diverts acked {} failed {} | records stored {} forwarded {} backlog {} | links down: {}",
+            "parcels {} (release {} inspection {} hold {} exception {}) | rejected frames {} | diverts acked {} failed {} | records stored {} forwarded {} backlog {} | journal {} | links down: {}",
             g(&self.parcels),
             self.lane_count(LaneRole::Release),
             self.lane_count(LaneRole::Inspection),
@@ -105,6 +116,8 @@ impl Metrics {
             g(&self.records_accepted),
             g(&self.records_forwarded),
             g(&self.backlog),
+            crate::journal::capacity::Level::from_u8(self.journal_level.load(Ordering::Relaxed))
+                .as_str(),
             if down.is_empty() { "none".to_string() } else { down.join(", ") },
         )
     }

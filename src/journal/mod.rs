@@ -37,6 +37,7 @@
 //! - `declarations`, `instructions` (by waybill), `instruction_ids`.
 
 pub mod capacity;
+mod housekeeping;
 mod maintenance;
 mod writer;
 
@@ -49,6 +50,7 @@ use sled::Tree;
 
 use crate::rules::ClearanceTable;
 
+pub use housekeeping::Housekeeping;
 pub use maintenance::{ChainProblem, ExportError, ExportFormat, JournalStats, VerifyReport};
 pub use writer::{record_sink, JournalWriter, RecordSink};
 

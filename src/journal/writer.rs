@@ -4,7 +4,16 @@
 //! writer gathers whatever arrives within the flush window into one transaction and one
 //! flush. Only after the flush are the records counted as accepted and announced to the
 //! uplink through a watch channel carrying the last accepted sequence.
+//!
+//! When the journal's disk is full (see [`super::capacity`]) the writer holds records in
+//! memory instead of writing, up to `hold_limit`, and refuses the ones beyond it, each one
+//! logged at error level with its waybill and lane. Held records are written, in order, once
+//! there is room again. If the store itself fails with a full disk, it cannot be written
+//! again without a restart; the writer then holds records the same way, and on shutdown
+//! writes every record it still holds to the log as JSON, the last place they can go.
 
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +22,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::error;
 
+use super::capacity::Level;
 use super::{sha256, Journal};
+use crate::alarm::Alarms;
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 
@@ -50,6 +61,12 @@ pub struct JournalWriter {
     accepted: watch::Sender<u64>,
     last_seq: u64,
     last_hash: [u8; 32],
+    /// Records waiting for room on the disk, oldest first.
+    held: VecDeque<ParcelRecord>,
+    hold_limit: usize,
+    alarms: Option<Alarms>,
+    /// The store failed with a full disk and cannot be written until a restart.
+    store_failed: bool,
 }
 
 /// Creates the sink and its writer. The watch receiver carries the last accepted sequence.
@@ -74,17 +91,41 @@ pub fn record_sink(
             accepted,
             last_seq,
             last_hash,
+            held: VecDeque::new(),
+            hold_limit: 200_000,
+            alarms: None,
+            store_failed: false,
         },
         accepted_rx,
     ))
 }
 
 impl JournalWriter {
+    /// Sets how many records may wait in memory while the disk is full, and where alarms go.
+    pub fn with_hold(mut self, hold_limit: usize, alarms: Alarms) -> JournalWriter {
+        self.hold_limit = hold_limit;
+        self.alarms = Some(alarms);
+        self
+    }
+
     /// Runs until every [`RecordSink`] is dropped and the queue is empty, so a shutdown that
     /// stops the producers first loses nothing.
     pub async fn run(mut self) {
         let mut batch = Vec::with_capacity(256);
-        while let Some(first) = self.rx.recv().await {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                r = self.rx.recv() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+                // While records are held, look again now and then whether there is room.
+                _ = tick.tick(), if !self.held.is_empty() => {
+                    self.write_held().await;
+                    continue;
+                }
+            };
             batch.push(first);
             let deadline = Instant::now() + self.window;
             while batch.len() < MAX_BATCH {
@@ -93,44 +134,128 @@ impl JournalWriter {
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.commit(&mut batch).await;
+            if self.must_hold() {
+                self.hold(&mut batch);
+            } else {
+                self.write_held().await;
+                if self.held.is_empty() {
+                    self.commit(&mut batch).await;
+                } else {
+                    self.hold(&mut batch);
+                }
+            }
+        }
+        self.write_held().await;
+        if !self.held.is_empty() {
+            error!(
+                records = self.held.len(),
+                "journal cannot take the records it holds; writing them to the log"
+            );
+            for r in &self.held {
+                error!(record = %serde_json::to_string(r).unwrap_or_default(), "unstored record");
+            }
         }
     }
 
+    fn must_hold(&self) -> bool {
+        self.store_failed
+            || Level::from_u8(self.metrics.journal_level.load(Ordering::Relaxed)) == Level::Full
+    }
+
+    /// Keeps records in memory while the disk is full; refuses, loudly, beyond the limit.
+    fn hold(&mut self, batch: &mut Vec<ParcelRecord>) {
+        for r in batch.drain(..) {
+            if self.held.len() < self.hold_limit {
+                self.held.push_back(r);
+                continue;
+            }
+            let n = self.metrics.records_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            error!(
+                waybill = ?r.waybill,
+                line = %r.line,
+                lane = r.lane,
+                role = r.lane_role.as_str(),
+                "journal full and hold limit reached: record refused"
+            );
+            if n == 1 || n % 1000 == 0 {
+                if let Some(a) = &self.alarms {
+                    a.raise(format!(
+                        "journal full and {} records held in memory: {n} record(s) refused and logged only",
+                        self.held.len()
+                    ));
+                }
+            }
+        }
+        self.metrics
+            .records_held
+            .store(self.held.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes held records, in order, while there is room.
+    async fn write_held(&mut self) {
+        while !self.held.is_empty() && !self.must_hold() {
+            let n = self.held.len().min(MAX_BATCH);
+            let mut batch: Vec<ParcelRecord> = self.held.drain(..n).collect();
+            self.commit(&mut batch).await;
+            if !batch.is_empty() {
+                // The store failed meanwhile: put them back in front, order kept.
+                for r in batch.into_iter().rev() {
+                    self.held.push_front(r);
+                }
+            }
+        }
+        self.metrics
+            .records_held
+            .store(self.held.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Chains and writes `batch`, retrying on errors. On success the batch is emptied; if
+    /// the store fails with a full disk the records are left in `batch` for the caller.
     async fn commit(&mut self, batch: &mut Vec<ParcelRecord>) {
-        let first = self.last_seq + 1;
+        let (seq0, hash0) = (self.last_seq, self.last_hash);
+        let first = seq0 + 1;
+        let (mut seq, mut hash) = (seq0, hash0);
         let mut records = Vec::with_capacity(batch.len());
-        for mut r in batch.drain(..) {
-            self.last_seq += 1;
-            r.seq = self.last_seq;
+        for r in batch.iter_mut() {
+            seq += 1;
+            r.seq = seq;
             r.msg_id = format!("{}-{}", r.gateway, r.seq);
-            r.prev_hash = hex::encode(self.last_hash);
-            let bytes = serde_json::to_vec(&r).expect("records always serialize");
-            self.last_hash = sha256(&bytes);
+            r.prev_hash = hex::encode(hash);
+            let bytes = serde_json::to_vec(&*r).expect("records always serialize");
+            hash = sha256(&bytes);
             records.push(bytes);
         }
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
-            let result = match self
-                .journal
-                .commit(first, &records, (self.last_seq, self.last_hash))
-            {
+            let result = match self.journal.commit(first, &records, (seq, hash)) {
                 Ok(()) => self.journal.flush().await,
                 Err(e) => Err(e),
             };
             match result {
                 Ok(()) => break,
+                Err(e) if e.is_storage_full() => {
+                    // sled keeps failing after a full disk until it is reopened: hold.
+                    self.store_failed = true;
+                    self.metrics.journal_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(a) = &self.alarms {
+                        a.raise(format!(
+                            "journal store failed, disk full ({e}): records are held in memory; free space and restart bondline to store them"
+                        ));
+                    }
+                    return;
+                }
                 Err(e) => {
                     // The same keys and bytes are written again: a retry cannot duplicate.
-                    self.metrics
-                        .journal_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.journal_errors.fetch_add(1, Ordering::Relaxed);
                     let wait = backoff.next_delay();
                     error!(error = %e, records = records.len(), retry_in = ?wait, "journal commit failed");
                     tokio::time::sleep(wait).await;
                 }
             }
         }
+        self.last_seq = seq;
+        self.last_hash = hash;
+        batch.clear();
         let n = records.len() as u64;
         Metrics::add(&self.metrics.records_accepted, n);
         Metrics::add(&self.metrics.backlog, n);

@@ -1,0 +1,99 @@
+//! The journal's housekeeping task: measures capacity every second, raises alarms on changes
+//! of level, and purges forwarded records (by age normally, oldest first whatever their age
+//! when space runs short). The policy itself is in [`super::capacity`].
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::capacity::{free_bytes, level, Level, Limits};
+use super::Journal;
+use crate::alarm::Alarms;
+use crate::metrics::{unix_ms, Metrics};
+
+/// What housekeeping needs from `[storage]`.
+#[derive(Debug, Clone)]
+pub struct Housekeeping {
+    pub path: PathBuf,
+    pub limits: Limits,
+    pub retention: Duration,
+    pub interval: Duration,
+}
+
+/// Batches purged at most per round, so one round stays short.
+const PURGE_BATCHES: usize = 256;
+/// A level other than ok is alarmed again after this long.
+const REMIND: Duration = Duration::from_secs(300);
+
+impl Housekeeping {
+    pub async fn run(
+        self,
+        journal: Journal,
+        metrics: Arc<Metrics>,
+        alarms: Alarms,
+        shutdown: CancellationToken,
+    ) {
+        let mut last = Level::Ok;
+        let mut last_alarm = std::time::Instant::now();
+        let mut tick = tokio::time::interval(self.interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let mut now = self.measure(&journal, &metrics);
+            // Make room first, then judge again: purging forwarded records can only help.
+            let before = if now >= Level::NearlyFull {
+                u64::MAX
+            } else {
+                unix_ms(SystemTime::now()).saturating_sub(self.retention.as_millis() as u64)
+            };
+            match journal.purge_forwarded(before, PURGE_BATCHES) {
+                Ok(0) => {}
+                Ok(n) => {
+                    Metrics::add(&metrics.records_purged, n);
+                    now = self.measure(&journal, &metrics);
+                }
+                Err(e) => warn!(error = %e, "journal purge failed"),
+            }
+            metrics.journal_level.store(now.as_u8(), Ordering::Relaxed);
+            let changed = now != last;
+            if changed || (now != Level::Ok && last_alarm.elapsed() >= REMIND) {
+                if now == Level::Ok {
+                    info!("journal capacity back to ok");
+                } else {
+                    alarms.raise(format!(
+                        "journal {}: {} MiB of records (quota {} MiB), {} MiB free on disk (minimum {} MiB), {} record(s) held in memory, {} waiting for the platform",
+                        now.as_str().replace('_', " "),
+                        Metrics::get(&metrics.journal_live_bytes) >> 20,
+                        self.limits.quota_bytes >> 20,
+                        Metrics::get(&metrics.journal_free_bytes) >> 20,
+                        self.limits.min_free_bytes >> 20,
+                        Metrics::get(&metrics.records_held),
+                        Metrics::get(&metrics.backlog),
+                    ));
+                    last_alarm = std::time::Instant::now();
+                }
+                last = now;
+            }
+        }
+    }
+
+    fn measure(&self, journal: &Journal, metrics: &Metrics) -> Level {
+        let live = journal.live_bytes();
+        let free = match free_bytes(&self.path) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "cannot measure free disk space; assuming full");
+                0
+            }
+        };
+        metrics.journal_live_bytes.store(live, Ordering::Relaxed);
+        metrics.journal_free_bytes.store(free, Ordering::Relaxed);
+        level(self.limits, live, free)
+    }
+}

@@ -1,0 +1,214 @@
+//! The journal on a nearly full filesystem: a small tmpfs the test mounts. The documented
+//! policy (src/journal/capacity.rs) must hold: forwarded records are purged first, a full
+//! disk makes the writer hold records in memory while parcels are still decided, and once
+//! the platform catches up every record is stored and delivered, none refused.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bondline::app::App;
+use bondline::config::Config;
+use bondline::journal::capacity::Level;
+use bondline::journal::Journal;
+use bondline::metrics::Metrics;
+use bondline_devices::contract::EventKind;
+use bondline_devices::Profiles;
+use bondline_simulators::plan::{Mix, Plan, PlanKind};
+use bondline_simulators::platform::PlatformSim;
+use bondline_simulators::plc::PlcSim;
+use bondline_simulators::scanner::ScannerSim;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{config_text_with, wait_until, LineDevices, Mosquitto, ScannerAt};
+
+const PREFIX: &str = "bondline/test-gw";
+
+/// A tmpfs of `size_mb` at `dir`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size_mb: u64) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root (as in CI): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn level(m: &Metrics) -> Level {
+    Level::from_u8(m.journal_level.load(Ordering::Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("small-disk");
+    let _tmpfs = Tmpfs::mount(&fs, 24);
+    let store = dir.path().join("mosquitto-db");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut mosquitto = Mosquitto::start_with(
+        dir.path(),
+        &format!(
+            "persistence true\npersistence_location {}/\nautosave_interval 1",
+            store.display()
+        ),
+    )
+    .await;
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect_persistent(broker, PREFIX, "platform-capacity")
+        .await
+        .unwrap();
+
+    let profiles = Profiles::builtin();
+    let stop_sims = CancellationToken::new();
+    let plc = PlcSim::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        profiles.get("sorter-plc").unwrap().plc().unwrap().clone(),
+    )
+    .await
+    .unwrap();
+    let plc_addr = plc.local_addr();
+    let plc_state = plc.state();
+    tokio::spawn(plc.run(stop_sims.clone().cancelled_owned()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scanner_addr = listener.local_addr().unwrap();
+    let scanner = ScannerSim {
+        framing: profiles
+            .get("scanner-stx-etx")
+            .unwrap()
+            .scanner()
+            .unwrap()
+            .clone(),
+        plan: Plan::with_mix(9, Mix::only(PlanKind::Undeclared)),
+        rate_per_s: 2000.0,
+        count: None,
+        start_index: 0,
+    };
+    let stop_scanner = CancellationToken::new();
+    let scanner_task = tokio::spawn({
+        let stop = stop_scanner.clone();
+        async move { scanner.run_tcp(listener, stop.cancelled_owned()).await }
+    });
+
+    // 24 MiB of disk; below 12 MiB free the journal is nearly full, below 6 MiB full.
+    let state = fs.join("journal");
+    let text = config_text_with(
+        &state,
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(scanner_addr),
+            plc: plc_addr,
+        },
+        "",
+    )
+    .replace(
+        "flush_window_ms = 2",
+        "flush_window_ms = 2\nmin_free_mb = 6\nquota_mb = 1000",
+    );
+    let stop = CancellationToken::new();
+    let app = App::start(Config::parse("capacity.toml", &text).unwrap(), stop.clone())
+        .await
+        .unwrap();
+    let m = app.metrics.clone();
+
+    // Phase 1, platform reachable: the disk fills with forwarded records until the journal
+    // is nearly full; then forwarded records are purged to make room, and it never gets full.
+    assert!(
+        wait_until(Duration::from_secs(60), || Metrics::get(&m.records_purged)
+            > 0)
+        .await,
+        "nothing purged: {}",
+        m.summary()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(level(&m) < Level::Full, "{}", m.summary());
+    assert_eq!(Metrics::get(&m.records_held), 0);
+
+    // Phase 2, platform unreachable: unforwarded records cannot be purged; the disk reaches
+    // the floor and the writer holds records in memory, while parcels are still decided.
+    mosquitto.stop_gracefully();
+    assert!(
+        wait_until(Duration::from_secs(60), || level(&m) == Level::Full
+            && Metrics::get(&m.records_held) > 0)
+        .await,
+        "journal never reached full: {}",
+        m.summary()
+    );
+    let diverts = plc_state.divert_count();
+    let parcels = Metrics::get(&m.parcels);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        plc_state.divert_count() > diverts,
+        "diverts stopped while the journal was full"
+    );
+    assert!(Metrics::get(&m.parcels) > parcels);
+
+    // Phase 3, platform back: the backlog drains, forwarded records are purged, the held
+    // records are written, and every record reaches the platform.
+    stop_scanner.cancel();
+    scanner_task.await.unwrap().unwrap();
+    let accepted_before = Metrics::get(&m.records_accepted);
+    mosquitto.restart().await;
+    assert!(
+        wait_until(Duration::from_secs(90), || Metrics::get(&m.records_held)
+            == 0
+            && Metrics::get(&m.backlog) == 0
+            && Metrics::get(&m.records_accepted) > accepted_before)
+        .await,
+        "did not recover: {}",
+        m.summary()
+    );
+    assert_eq!(Metrics::get(&m.records_refused), 0);
+    assert_eq!(Metrics::get(&m.parcels), Metrics::get(&m.records_accepted));
+    let head = Metrics::get(&m.records_accepted);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let seqs: std::collections::HashSet<u64> =
+                platform.records().iter().map(|r| r.seq).collect();
+            seqs.len() as u64 == head
+        })
+        .await,
+        "platform has {} distinct of {head}",
+        platform.records().len()
+    );
+    let alarms: Vec<String> = platform
+        .events()
+        .iter()
+        .filter(|e| e.kind == EventKind::Alarm)
+        .map(|e| e.detail.clone())
+        .collect();
+    assert!(
+        alarms.iter().any(|a| a.contains("nearly full")),
+        "{alarms:?}"
+    );
+    stop.cancel();
+    app.wait().await.unwrap();
+    stop_sims.cancel();
+    let journal = Journal::open(&state).unwrap();
+    assert!(journal.verify().unwrap().ok());
+    assert_eq!(journal.chain_head().unwrap().0, head);
+}
