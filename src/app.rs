@@ -78,11 +78,35 @@ impl App {
             config.storage.flush_window,
             metrics.clone(),
         )?;
+        let spill = crate::journal::spill_dir(&config.storage.path);
         tasks.spawn(
             writer
-                .with_hold(config.storage.hold_records, alarms.clone())
+                .with_hold(config.storage.hold_records, alarms.clone(), spill.clone())
                 .run(),
         );
+        // Records spilled at the last shutdown are stored first; their files go once they are.
+        let (spill_files, spilled) = crate::journal::read_spill(&spill);
+        if !spill_files.is_empty() {
+            let n = spilled.len() as u64;
+            info!(records = n, "storing records spilled at the last shutdown");
+            let target = *accepted.borrow() + n;
+            for r in spilled {
+                sink.push(r);
+            }
+            let mut watch = accepted.clone();
+            tokio::spawn(async move {
+                while *watch.borrow_and_update() < target {
+                    if watch.changed().await.is_err() {
+                        return;
+                    }
+                }
+                for f in spill_files {
+                    if let Err(e) = std::fs::remove_file(&f) {
+                        tracing::warn!(file = %f.display(), error = %e, "cannot remove a stored spill file");
+                    }
+                }
+            });
+        }
         let housekeeping = Housekeeping {
             path: config.storage.path.clone(),
             limits: Limits {

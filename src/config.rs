@@ -59,7 +59,7 @@ pub struct Uplink {
     pub keep_alive: Duration,
     /// Records published and not yet acknowledged, at most.
     pub inflight: u16,
-    /// Largest MQTT packet accepted or sent.
+    /// Largest record payload sent (plus MQTT overhead); larger records are parked.
     pub max_packet_bytes: usize,
     /// Upper bound of the reconnect backoff.
     pub reconnect_max: Duration,
@@ -388,8 +388,20 @@ impl Config {
         if !(1..=1024).contains(&u.inflight) {
             return Err(err("uplink.inflight", "must be 1 to 1024".into()));
         }
-        if !(16..=262_144).contains(&u.max_packet_kib) {
-            return Err(err("uplink.max_packet_kib", "must be 16 to 262144".into()));
+        if !(1..=262_144).contains(&u.max_packet_kib) {
+            return Err(err("uplink.max_packet_kib", "must be 1 to 262144".into()));
+        }
+        if prefix.len() > 128 {
+            return Err(err(
+                "uplink.topic_prefix",
+                "must be at most 128 characters".into(),
+            ));
+        }
+        if u.drain_rate > 1_000_000 {
+            return Err(err(
+                "uplink.drain_rate",
+                "must be 0 (unpaced) to 1000000 records/s".into(),
+            ));
         }
         if !(1..=3600).contains(&u.reconnect_max_s) {
             return Err(err("uplink.reconnect_max_s", "must be 1 to 3600".into()));

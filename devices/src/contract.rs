@@ -209,6 +209,9 @@ pub enum MessageError {
     },
 }
 
+/// Longest instruction reason accepted.
+pub const MAX_REASON_LEN: usize = 1000;
+
 /// Longest waybill number accepted anywhere (scanner profiles cannot allow more).
 pub const WAYBILL_MAX_LEN: usize = 64;
 
@@ -258,10 +261,16 @@ impl Instruction {
             return Err(MessageError::Schema { found: i.schema });
         }
         check_waybill(&i.waybill)?;
-        if i.instruction_id.is_empty() {
+        if i.instruction_id.is_empty() || i.instruction_id.len() > 128 {
             return Err(MessageError::Field {
                 field: "instruction_id",
-                reason: "must not be empty",
+                reason: "must be 1 to 128 characters",
+            });
+        }
+        if i.reason.len() > MAX_REASON_LEN {
+            return Err(MessageError::Field {
+                field: "reason",
+                reason: "must be at most 1000 bytes: it is copied into every record it decides",
             });
         }
         Ok(i)

@@ -477,6 +477,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn records_held_at_shutdown_are_spilled_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("journal");
+        let journal = Journal::open(&store).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        metrics.journal_level.store(
+            crate::journal::capacity::Level::Full.as_u8(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let (sink, writer, _) =
+            record_sink(journal.clone(), Duration::from_millis(1), metrics.clone()).unwrap();
+        let spill = crate::journal::spill_dir(&store);
+        let writer = writer.with_hold(1000, crate::alarm::Alarms::new("gw"), spill.clone());
+        for i in 1..=5 {
+            sink.push(record(i, 1000));
+        }
+        drop(sink);
+        writer.run().await;
+        assert_eq!(
+            journal.chain_head().unwrap().0,
+            0,
+            "nothing stored while full"
+        );
+        let (files, records) = crate::journal::read_spill(&spill);
+        assert_eq!(files.len(), 1);
+        assert_eq!(
+            records.iter().map(|r| r.parcel).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+    }
+
+    #[tokio::test]
     async fn a_whole_chain_verifies_and_survives_reopen() {
         let (dir, journal) = filled(50).await;
         let r = journal.verify().unwrap();

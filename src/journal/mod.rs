@@ -446,6 +446,54 @@ impl Journal {
     }
 }
 
+/// The spill directory of the store at `path`: records that could not be stored before a
+/// shutdown wait there for the next start.
+pub fn spill_dir(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push("-spill");
+    path.with_file_name(name)
+}
+
+/// Reads spilled records: every complete `*.jsonl` file in `dir`, oldest first. Lines that
+/// do not parse are logged and skipped (they were written by this program; a torn last line
+/// of a crash is the only expected case).
+pub fn read_spill(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<ParcelRecord>) {
+    let mut files: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect(),
+        Err(_) => return (Vec::new(), Vec::new()),
+    };
+    files.sort();
+    let mut records = Vec::new();
+    for f in &files {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        for (i, line) in text.lines().enumerate() {
+            match serde_json::from_str::<ParcelRecord>(line) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    tracing::error!(file = %f.display(), line = i + 1, error = %e, "unreadable spilled record")
+                }
+            }
+        }
+    }
+    (files, records)
+}
+
+/// Records an instruction id as seen without storing the instruction (a stale one), so it
+/// stays ignored after a restart too.
+impl Journal {
+    pub fn remember_instruction_id(&self, i: &Instruction) -> Result<(), JournalError> {
+        self.instruction_ids
+            .insert(i.instruction_id.as_bytes(), i.waybill.as_bytes())?;
+        Ok(())
+    }
+}
+
 /// Deletes `snap.*.generating` files: sled writes a snapshot under that name and renames it
 /// when complete, but an open interrupted by a full disk or a crash leaves it behind, and
 /// sled 0.34 then refuses every later open as corrupt. The file is never complete data.

@@ -9,8 +9,10 @@
 //! memory instead of writing, up to `hold_limit`, and refuses the ones beyond it, each one
 //! logged at error level with its waybill and lane. Held records are written, in order, once
 //! there is room again. If the store itself fails with a full disk, it cannot be written
-//! again without a restart; the writer then holds records the same way, and on shutdown
-//! writes every record it still holds to the log as JSON, the last place they can go.
+//! again without a restart; the writer then holds records the same way. On shutdown, records
+//! still held are written to a spill file beside the store (`<store>-spill/*.jsonl`), which
+//! the next start stores before anything else; if even that fails they are written to the
+//! log as JSON, the last place they can go.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -67,6 +69,8 @@ pub struct JournalWriter {
     alarms: Option<Alarms>,
     /// The store failed with a full disk and cannot be written until a restart.
     store_failed: bool,
+    /// Where held records go at shutdown.
+    spill_dir: Option<std::path::PathBuf>,
 }
 
 /// Creates the sink and its writer. The watch receiver carries the last accepted sequence.
@@ -95,16 +99,24 @@ pub fn record_sink(
             hold_limit: 200_000,
             alarms: None,
             store_failed: false,
+            spill_dir: None,
         },
         accepted_rx,
     ))
 }
 
 impl JournalWriter {
-    /// Sets how many records may wait in memory while the disk is full, and where alarms go.
-    pub fn with_hold(mut self, hold_limit: usize, alarms: Alarms) -> JournalWriter {
+    /// Sets how many records may wait in memory while the disk is full, where alarms go, and
+    /// where records still held at shutdown are spilled.
+    pub fn with_hold(
+        mut self,
+        hold_limit: usize,
+        alarms: Alarms,
+        spill_dir: std::path::PathBuf,
+    ) -> JournalWriter {
         self.hold_limit = hold_limit;
         self.alarms = Some(alarms);
+        self.spill_dir = Some(spill_dir);
         self
     }
 
@@ -146,15 +158,49 @@ impl JournalWriter {
             }
         }
         self.write_held().await;
-        if !self.held.is_empty() {
-            error!(
+        if self.held.is_empty() {
+            return;
+        }
+        match self.spill() {
+            Ok(path) => error!(
                 records = self.held.len(),
-                "journal cannot take the records it holds; writing them to the log"
-            );
-            for r in &self.held {
-                error!(record = %serde_json::to_string(r).unwrap_or_default(), "unstored record");
+                file = %path.display(),
+                "journal could not take the records it held; spilled them to a file that the next start stores"
+            ),
+            Err(e) => {
+                error!(
+                    records = self.held.len(),
+                    error = %e,
+                    "journal could not take the records it held and they cannot be spilled; writing them to the log"
+                );
+                for r in &self.held {
+                    error!(record = %serde_json::to_string(r).unwrap_or_default(), "unstored record");
+                }
             }
         }
+    }
+
+    /// Writes every held record as a JSON line to a new file in the spill directory.
+    fn spill(&self) -> std::io::Result<std::path::PathBuf> {
+        use std::io::Write;
+        let dir = self
+            .spill_dir
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no spill directory"))?;
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!(
+            "{}.jsonl",
+            crate::metrics::unix_ms(std::time::SystemTime::now())
+        ));
+        let tmp = path.with_extension("partial");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for r in &self.held {
+            serde_json::to_writer(&mut f, r)?;
+            f.write_all(b"\n")?;
+        }
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
     }
 
     fn must_hold(&self) -> bool {
@@ -239,7 +285,7 @@ impl JournalWriter {
                     self.metrics.journal_errors.fetch_add(1, Ordering::Relaxed);
                     if let Some(a) = &self.alarms {
                         a.raise(format!(
-                            "journal store failed, disk full ({e}): records are held in memory; free space and restart bondline to store them"
+                            "journal store failed, disk full ({e}): records are held in memory; free space, then restart bondline: held records are spilled at stop and stored at the next start"
                         ));
                     }
                     return;

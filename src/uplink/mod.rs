@@ -28,10 +28,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bondline_devices::contract::{topic, Declaration, EdgeEvent, EventKind, Instruction, SCHEMA};
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, Publish, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, Incoming, MqttOptions, Outgoing, Publish, QoS, StateError,
+};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -51,8 +53,9 @@ const MAX_INBOUND_PAYLOAD: usize = 1024 * 1024;
 const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
 /// Sessions in a row that may end with the same record unacknowledged before it is parked.
 pub const POISON_SESSIONS: u32 = 3;
-/// Room for the topic and the MQTT header within `max_packet_kib`.
-const PACKET_OVERHEAD: usize = 512;
+/// MQTT PUBLISH overhead besides payload and topic: fixed header (up to 5 bytes), topic
+/// length (2) and packet id (2), rounded up.
+const PACKET_OVERHEAD: usize = 16;
 
 /// Everything the uplink task needs.
 pub struct Uplink {
@@ -69,9 +72,29 @@ pub struct Uplink {
 /// How a session ended.
 struct SessionEnd {
     reason: String,
-    /// The oldest record that was sent in this session and not acknowledged.
-    oldest_unacked: Option<u64>,
+    /// The oldest record sent in this session and not acknowledged, if the session ended
+    /// in a way that points at it: the peer closed the connection within
+    /// [`POISON_WINDOW`] after it was sent, with no PUBACK for anything since.
+    poison_suspect: Option<u64>,
+    /// How long the session was up.
+    lasted: Duration,
 }
+
+/// Why a session ended, as far as the gateway can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndCause {
+    /// The connection failed or the broker closed it.
+    Peer,
+    /// Keep-alive or network timeouts.
+    Timeout,
+    /// The gateway ended it (a message it could not store, a full request queue).
+    Local,
+}
+
+/// A session that ends this soon after a record was sent counts against that record.
+const POISON_WINDOW: Duration = Duration::from_secs(5);
+/// A session that lasted this long resets the reconnect backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// Packet-id bookkeeping of one session. `None` marks a publish that is not a record (an
 /// event), whose PUBACK frees nothing in the journal.
@@ -79,6 +102,10 @@ struct SessionEnd {
 struct Pending {
     queued: VecDeque<Option<u64>>,
     by_pkid: HashMap<u16, Option<u64>>,
+    /// When each unacknowledged record was written to the connection.
+    sent_at: HashMap<u64, Instant>,
+    /// When the last PUBACK for a record arrived.
+    last_record_ack: Option<Instant>,
 }
 
 impl Uplink {
@@ -90,12 +117,15 @@ impl Uplink {
         loop {
             let end = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.session(&mut backoff) => r,
+                r = self.session() => r,
             };
             self.metrics.uplink_ready.store(false, Ordering::Relaxed);
             Metrics::add(&self.metrics.uplink_disconnects, 1);
             self.metrics.set_link(LINK, false, Some(end.reason.clone()));
-            suspect = match (end.oldest_unacked, suspect) {
+            if end.lasted >= HEALTHY_SESSION {
+                backoff.reset();
+            }
+            suspect = match (end.poison_suspect, suspect) {
                 (Some(seq), Some((s, n))) if s == seq => Some((seq, n + 1)),
                 (Some(seq), _) => Some((seq, 1)),
                 (None, _) => None,
@@ -104,7 +134,7 @@ impl Uplink {
                 if n >= POISON_SESSIONS {
                     self.park(
                         seq,
-                        &format!("the broker ended {n} sessions in a row while this record was unacknowledged ({})", end.reason),
+                        &format!("the broker closed the connection {n} times in a row right after this record was sent ({})", end.reason),
                     );
                     suspect = None;
                 }
@@ -136,19 +166,30 @@ impl Uplink {
     }
 
     /// One connection, until it fails.
-    async fn session(&self, backoff: &mut Backoff) -> SessionEnd {
+    async fn session(&self) -> SessionEnd {
+        let started = Instant::now();
         let pending = Arc::new(Mutex::new(Pending::default()));
-        let reason = self.connection(backoff, &pending).await;
+        let (reason, cause) = self.connection(&pending).await;
+        let ended = Instant::now();
         let p = pending.lock().unwrap_or_else(|e| e.into_inner());
-        let oldest_unacked = p.by_pkid.values().flatten().min().copied();
+        let oldest = p.by_pkid.values().flatten().min().copied();
+        let poison_suspect = oldest.filter(|seq| {
+            let Some(&sent) = p.sent_at.get(seq) else {
+                return false;
+            };
+            cause == EndCause::Peer
+                && ended.duration_since(sent) < POISON_WINDOW
+                && p.last_record_ack.is_none_or(|acked| acked < sent)
+        });
         SessionEnd {
             reason,
-            oldest_unacked,
+            poison_suspect,
+            lasted: ended.duration_since(started),
         }
     }
 
     /// Drives one connection until it fails; returns why.
-    async fn connection(&self, backoff: &mut Backoff, pending: &Arc<Mutex<Pending>>) -> String {
+    async fn connection(&self, pending: &Arc<Mutex<Pending>>) -> (String, EndCause) {
         let (client, mut events) =
             AsyncClient::new(self.options(), self.config.inflight as usize + 256);
         let window = Arc::new(Semaphore::new(self.config.inflight as usize));
@@ -159,20 +200,27 @@ impl Uplink {
             let event = tokio::select! {
                 r = events.poll() => match r {
                     Ok(e) => e,
-                    Err(e) => return e.to_string(),
+                    Err(e) => {
+                        let cause = match &e {
+                            ConnectionError::NetworkTimeout
+                            | ConnectionError::FlushTimeout
+                            | ConnectionError::MqttState(StateError::AwaitPingResp) => EndCause::Timeout,
+                            _ => EndCause::Peer,
+                        };
+                        return (e.to_string(), cause);
+                    }
                 },
-                _ = feeder_failed.cancelled() => return "record queue to the broker failed".into(),
+                _ = feeder_failed.cancelled() => return ("record queue to the broker failed".into(), EndCause::Local),
             };
             match event {
                 Event::Incoming(Incoming::ConnAck(ack)) => {
                     info!(broker = %format!("{}:{}", self.config.host, self.config.port), session_present = ack.session_present, "broker connected");
-                    backoff.reset();
                     self.metrics.set_link(LINK, true, None);
                     let subs = [topic::DECLARATIONS, topic::INSTRUCTIONS].map(|t| {
                         rumqttc::SubscribeFilter::new(self.config.topic(t), QoS::AtLeastOnce)
                     });
                     if let Err(e) = client.try_subscribe_many(subs) {
-                        return format!("cannot subscribe: {e}");
+                        return (format!("cannot subscribe: {e}"), EndCause::Local);
                     }
                     tokio::spawn(feed(Feeder {
                         client: client.clone(),
@@ -183,7 +231,9 @@ impl Uplink {
                         accepted: self.accepted.clone(),
                         stop: feeder_stop.clone(),
                         failed: feeder_failed.clone(),
-                        max_payload: self.config.max_packet_bytes.saturating_sub(PACKET_OVERHEAD),
+                        max_payload: self.config.max_packet_bytes.saturating_sub(
+                            PACKET_OVERHEAD + self.config.topic(topic::RECORDS).len(),
+                        ),
                         drain_rate: self.config.drain_rate,
                         alarms: self.alarms.clone(),
                         events_topic: self.config.topic(topic::EVENTS),
@@ -196,15 +246,22 @@ impl Uplink {
                 Event::Outgoing(Outgoing::Publish(pkid)) => {
                     let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(entry) = p.queued.pop_front() {
+                        if let Some(seq) = entry {
+                            p.sent_at.insert(seq, Instant::now());
+                        }
                         p.by_pkid.insert(pkid, entry);
                     }
                 }
                 Event::Incoming(Incoming::PubAck(ack)) => {
-                    let entry = pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .by_pkid
-                        .remove(&ack.pkid);
+                    let entry = {
+                        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                        let entry = p.by_pkid.remove(&ack.pkid);
+                        if let Some(Some(seq)) = entry {
+                            p.sent_at.remove(&seq);
+                            p.last_record_ack = Some(Instant::now());
+                        }
+                        entry
+                    };
                     if let Some(Some(seq)) = entry {
                         window.add_permits(1);
                         match self.journal.mark_forwarded(seq) {
@@ -221,10 +278,10 @@ impl Uplink {
                 }
                 Event::Incoming(Incoming::Publish(p)) => {
                     if let Err(e) = self.inbound(&p, &client, pending).await {
-                        return e;
+                        return (e, EndCause::Local);
                     }
                     if let Err(e) = client.try_ack(&p) {
-                        return format!("cannot acknowledge: {e}");
+                        return (format!("cannot acknowledge: {e}"), EndCause::Local);
                     }
                 }
                 other => debug!(?other, "mqtt"),
@@ -275,6 +332,10 @@ impl Uplink {
                                 .store_instruction(&i)
                                 .await
                                 .map_err(|e| format!("cannot store an instruction: {e}"))?;
+                        } else {
+                            self.journal
+                                .remember_instruction_id(&i)
+                                .map_err(|e| format!("cannot store an instruction id: {e}"))?;
                         }
                         // Applied even when not new, so a stale id is remembered as seen.
                         self.write_table().apply_instruction(i);
@@ -407,7 +468,8 @@ impl Feeder {
     }
 }
 
-/// Spaces publishes `1/rate` apart, allowing a burst of one window after an idle spell.
+/// Spaces publishes `1/rate` apart; after an idle spell the schedule restarts from now, so
+/// idle time is not saved up for a burst.
 struct Pace {
     interval: Option<Duration>,
     next: tokio::time::Instant,
