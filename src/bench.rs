@@ -113,7 +113,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 records as f64 / fill_time.as_secs_f64()
             );
             let sample = journal
-                .outbox_from(0, 1)?
+                .outbox_from(0, u64::MAX, 1)?
                 .pop()
                 .map(|(_, b)| b.to_vec())
                 .context("empty journal")?;

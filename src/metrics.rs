@@ -94,6 +94,13 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Lowers a gauge, stopping at zero.
+    pub fn sub(gauge: &AtomicU64, n: u64) {
+        let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
+    }
+
     /// One line for a terminal: parcels by lane, PLC and uplink progress.
     pub fn summary(&self) -> String {
         let g = Metrics::get;

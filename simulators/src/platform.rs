@@ -183,6 +183,12 @@ impl PlatformSim {
         Ok(())
     }
 
+    /// Publishes one customs instruction (QoS 1) at once, without waiting for the broker's
+    /// acknowledge, so a caller timing it (a late X-ray mark) is not held up by the broker.
+    pub async fn publish_instruction(&self, instruction: &Instruction) -> anyhow::Result<()> {
+        self.publish_json(topic::INSTRUCTIONS, instruction).await
+    }
+
     /// Publishes `payload` as is to `{prefix}/{topic_suffix}` (QoS 1), for tests that feed the
     /// daemon malformed messages. Returns once the broker has acknowledged it.
     pub async fn publish_raw(&self, topic_suffix: &str, payload: Vec<u8>) -> anyhow::Result<()> {

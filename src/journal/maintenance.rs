@@ -8,6 +8,8 @@
 
 use std::io::Write;
 
+use sled::Transactional;
+
 use bondline_devices::contract::ParcelRecord;
 
 use super::{
@@ -100,7 +102,7 @@ impl Journal {
         let (last_seq, _) = self.chain_head()?;
         let w = self.forwarded_watermark();
         let backlog = self.backlog_len();
-        let oldest_unforwarded = match self.outbox_from(w + 1, 1)?.pop() {
+        let oldest_unforwarded = match self.outbox_from(w + 1, last_seq, 1)?.pop() {
             Some((seq, bytes)) => {
                 let at = serde_json::from_slice::<ParcelRecord>(&bytes)
                     .map(|r| r.scanned_at_ms)
@@ -271,10 +273,10 @@ impl Journal {
         }
         let mut state = self.state();
         let old = state.forwarded;
-        for seq in from..=to {
-            self.parked.remove(seq_key(seq))?;
-            self.acked.remove(seq_key(seq))?;
-        }
+        // Order matters for a replay that is interrupted: first mark what lies between `to`
+        // and the old watermark as acknowledged, then lower the watermark, and only then take
+        // the range out of the parked and acknowledged sets. Stopped at any point, no record
+        // ends up at or below the watermark unless it was acknowledged or is still parked.
         if from <= old {
             for seq in to + 1..=old {
                 if !self.parked.contains_key(seq_key(seq))? {
@@ -283,7 +285,12 @@ impl Journal {
             }
             let w = from - 1;
             self.meta.insert(META_FORWARDED, &w.to_be_bytes()[..])?;
+            self.db.flush()?;
             state.forwarded = w;
+        }
+        for seq in from..=to {
+            self.acked.remove(seq_key(seq))?;
+            self.parked.remove(seq_key(seq))?;
         }
         drop(state);
         self.db.flush()?;
@@ -347,9 +354,18 @@ impl Journal {
             let anchor = encode_link(last, &sha256(last_bytes));
             let mut state = self.state();
             let live = state.live_bytes.saturating_sub(batch.value.len() as u64);
-            self.meta.insert(META_ANCHOR, &anchor[..])?;
-            self.meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
-            self.batches.remove(seq_key(batch.first))?;
+            // Anchor, size and removal together: a crash leaves all or none of them.
+            (&self.batches, &self.meta)
+                .transaction(|(batches, meta)| {
+                    meta.insert(META_ANCHOR, &anchor[..])?;
+                    meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
+                    batches.remove(&seq_key(batch.first)[..])?;
+                    Ok(())
+                })
+                .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                    sled::transaction::TransactionError::Storage(e) => JournalError::Store(e),
+                    other => JournalError::Transaction(format!("{other:?}")),
+                })?;
             state.live_bytes = live;
             removed += records.len() as u64;
         }
@@ -509,6 +525,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_outbox_never_hands_out_records_past_the_accepted_ceiling() {
+        let (_dir, journal) = filled(10).await;
+        let seqs: Vec<u64> = journal
+            .outbox_from(0, 5, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn committing_a_batch_again_does_not_count_its_size_twice() {
+        let (_dir, journal) = filled(3).await;
+        let live = journal.live_bytes();
+        let head = journal.chain_head().unwrap();
+        let bytes = journal.record_bytes(3).unwrap().unwrap();
+        // Re-write the last batch (as a retry after a failed flush would).
+        let first = journal.batch_of(3).unwrap().unwrap().first;
+        let records: Vec<Vec<u8>> = (first..=3)
+            .map(|s| journal.record_bytes(s).unwrap().unwrap())
+            .collect();
+        journal.commit(first, &records, head).unwrap();
+        assert_eq!(journal.live_bytes(), live);
+        assert_eq!(journal.record_bytes(3).unwrap().unwrap(), bytes);
+        assert!(journal.verify().unwrap().ok());
+    }
+
+    #[tokio::test]
     async fn a_whole_chain_verifies_and_survives_reopen() {
         let (dir, journal) = filled(50).await;
         let r = journal.verify().unwrap();
@@ -609,7 +654,7 @@ mod tests {
         journal.park(3, "too big").unwrap();
         assert_eq!(journal.parked().unwrap(), vec![(3, "too big".to_string())]);
         let seqs: Vec<u64> = journal
-            .outbox_from(0, 10)
+            .outbox_from(0, u64::MAX, 10)
             .unwrap()
             .iter()
             .map(|r| r.0)
@@ -630,7 +675,7 @@ mod tests {
         assert_eq!(journal.replay(2, 4).unwrap(), 3);
         assert!(journal.parked().unwrap().is_empty());
         let seqs: Vec<u64> = journal
-            .outbox_from(0, 10)
+            .outbox_from(0, u64::MAX, 10)
             .unwrap()
             .iter()
             .map(|r| r.0)

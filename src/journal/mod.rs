@@ -276,9 +276,16 @@ impl Journal {
         Ok(self.batches.range(seq_key(start)..).map(Batch::from_entry))
     }
 
-    /// Up to `max` unacknowledged records with `seq >= from`, in sequence order, with their
-    /// exact stored bytes.
-    pub fn outbox_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
+    /// Up to `max` unacknowledged records with `from <= seq <= upto`, in sequence order, with
+    /// their exact stored bytes. `upto` is the last *accepted* (flushed) sequence: a record
+    /// committed but not yet flushed is visible in the store, and must not leave the gateway
+    /// before it is durable, or a crash could give its number to another record.
+    pub fn outbox_from(
+        &self,
+        from: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
         let start = from.max(self.forwarded_watermark() + 1);
         let skip = |t: &Tree| -> Result<HashSet<u64>, JournalError> {
             let mut s = HashSet::new();
@@ -293,6 +300,9 @@ impl Journal {
             let batch = batch?;
             for (i, bytes) in batch.records()?.into_iter().enumerate() {
                 let seq = batch.first + i as u64;
+                if seq > upto {
+                    return Ok(out);
+                }
                 if seq < start || acked.contains(&seq) || parked.contains(&seq) {
                     continue;
                 }
@@ -418,7 +428,8 @@ impl Journal {
     }
 
     /// Writes one batch of already chained records (contiguous from `first`) and the new chain
-    /// head in one transaction.
+    /// head in one transaction. Writing the same batch again is harmless (same keys, same
+    /// bytes, same sizes), so a caller may retry after an error.
     fn commit(
         &self,
         first: u64,
@@ -429,7 +440,12 @@ impl Journal {
         let value = encode_batch(records.iter().map(Vec::as_slice));
         let head = encode_link(head.0, &head.1);
         let mut state = self.state();
-        let live = state.live_bytes + value.len() as u64;
+        // Rewriting a batch that is already stored (a retry) must not count it twice.
+        let old = self
+            .batches
+            .get(seq_key(first))?
+            .map_or(0, |v| v.len() as u64);
+        let live = state.live_bytes - old.min(state.live_bytes) + value.len() as u64;
         (&self.batches, &self.meta)
             .transaction(|(batches, meta)| {
                 batches.insert(&seq_key(first)[..], &value[..])?;

@@ -32,6 +32,8 @@ use crate::metrics::Metrics;
 
 /// Largest group commit; bounds the latency a burst can add to one record.
 const MAX_BATCH: usize = 4096;
+/// Failed attempts at one commit before the store is taken as failed.
+const MAX_COMMIT_FAILURES: u32 = 5;
 
 /// Where producers put finished records. `seq`, `msg_id` and `prev_hash` are filled in by the
 /// writer; whatever the producer put there is overwritten.
@@ -71,6 +73,8 @@ pub struct JournalWriter {
     store_failed: bool,
     /// Where held records go at shutdown.
     spill_dir: Option<std::path::PathBuf>,
+    /// Records refused in the current full-disk episode (for alarms).
+    refused_now: u64,
 }
 
 /// Creates the sink and its writer. The watch receiver carries the last accepted sequence.
@@ -100,6 +104,7 @@ pub fn record_sink(
             alarms: None,
             store_failed: false,
             spill_dir: None,
+            refused_now: 0,
         },
         accepted_rx,
     ))
@@ -152,7 +157,9 @@ impl JournalWriter {
                 self.write_held().await;
                 if self.held.is_empty() {
                     self.commit(&mut batch).await;
-                } else {
+                }
+                // Whatever the store did not take (it failed, or older records wait) is held.
+                if !batch.is_empty() {
                     self.hold(&mut batch);
                 }
             }
@@ -215,12 +222,15 @@ impl JournalWriter {
                 self.held.push_back(r);
                 continue;
             }
-            let n = self.metrics.records_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            self.metrics.records_refused.fetch_add(1, Ordering::Relaxed);
+            self.refused_now += 1;
+            let n = self.refused_now;
             error!(
                 waybill = ?r.waybill,
                 line = %r.line,
                 lane = r.lane,
                 role = r.lane_role.as_str(),
+                record = %serde_json::to_string(&r).unwrap_or_default(),
                 "journal full and hold limit reached: record refused"
             );
             if n == 1 || n % 1000 == 0 {
@@ -239,6 +249,9 @@ impl JournalWriter {
 
     /// Writes held records, in order, while there is room.
     async fn write_held(&mut self) {
+        if self.held.is_empty() {
+            self.refused_now = 0;
+        }
         while !self.held.is_empty() && !self.must_hold() {
             let n = self.held.len().min(MAX_BATCH);
             let mut batch: Vec<ParcelRecord> = self.held.drain(..n).collect();
@@ -272,32 +285,41 @@ impl JournalWriter {
             records.push(bytes);
         }
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let mut committed = false;
+        let mut failures = 0u32;
         loop {
-            let result = match self.journal.commit(first, &records, (seq, hash)) {
-                Ok(()) => self.journal.flush().await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => break,
-                Err(e) if e.is_storage_full() => {
-                    // sled keeps failing after a full disk until it is reopened: hold.
-                    self.store_failed = true;
-                    self.metrics.journal_errors.fetch_add(1, Ordering::Relaxed);
-                    if let Some(a) = &self.alarms {
-                        a.raise(format!(
-                            "journal store failed, disk full ({e}): records are held in memory; free space, then restart bondline: held records are spilled at stop and stored at the next start"
-                        ));
+            // Once the transaction is in, only the flush is retried.
+            let result = if committed {
+                self.journal.flush().await
+            } else {
+                match self.journal.commit(first, &records, (seq, hash)) {
+                    Ok(()) => {
+                        committed = true;
+                        self.journal.flush().await
                     }
-                    return;
+                    Err(e) => Err(e),
                 }
-                Err(e) => {
-                    // The same keys and bytes are written again: a retry cannot duplicate.
-                    self.metrics.journal_errors.fetch_add(1, Ordering::Relaxed);
-                    let wait = backoff.next_delay();
-                    error!(error = %e, records = records.len(), retry_in = ?wait, "journal commit failed");
-                    tokio::time::sleep(wait).await;
+            };
+            let e = match result {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            self.metrics.journal_errors.fetch_add(1, Ordering::Relaxed);
+            failures += 1;
+            // sled keeps failing after a full disk, or after most I/O errors, until it is
+            // reopened: after a full disk at once, after other errors once retries have failed.
+            if e.is_storage_full() || failures >= MAX_COMMIT_FAILURES {
+                self.store_failed = true;
+                if let Some(a) = &self.alarms {
+                    a.raise(format!(
+                        "journal store failed ({e}): records are held in memory; fix the disk, then restart bondline: held records are spilled at stop and stored at the next start"
+                    ));
                 }
+                return;
             }
+            let wait = backoff.next_delay();
+            error!(error = %e, records = records.len(), retry_in = ?wait, "journal commit failed");
+            tokio::time::sleep(wait).await;
         }
         self.last_seq = seq;
         self.last_hash = hash;

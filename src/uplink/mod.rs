@@ -91,6 +91,12 @@ enum EndCause {
     Local,
 }
 
+/// Alarms published per feeder round at most.
+const ALARMS_PER_ROUND: usize = 8;
+/// A record unacknowledged this long on a live connection means the broker has stopped
+/// acknowledging: the session is ended and an alarm raised.
+const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A session that ends this soon after a record was sent counts against that record.
 const POISON_WINDOW: Duration = Duration::from_secs(5);
 /// A session that lasted this long resets the reconnect backoff.
@@ -196,8 +202,24 @@ impl Uplink {
         let feeder_stop = CancellationToken::new();
         let _stop_feeder = feeder_stop.clone().drop_guard();
         let feeder_failed = CancellationToken::new();
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         loop {
             let event = tokio::select! {
+                _ = watchdog.tick() => {
+                    let oldest = pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .sent_at
+                        .iter()
+                        .min_by_key(|(_, at)| **at)
+                        .map(|(seq, at)| (*seq, at.elapsed()));
+                    if let Some((seq, age)) = oldest.filter(|(_, age)| *age > ACK_TIMEOUT) {
+                        let reason = format!("no PUBACK for record {seq} after {}s on a live connection", age.as_secs());
+                        self.alarms.raise(format!("broker stopped acknowledging: {reason}; reconnecting"));
+                        return (reason, EndCause::Timeout);
+                    }
+                    continue;
+                }
                 r = events.poll() => match r {
                     Ok(e) => e,
                     Err(e) => {
@@ -267,7 +289,7 @@ impl Uplink {
                         match self.journal.mark_forwarded(seq) {
                             Ok(true) => {
                                 Metrics::add(&self.metrics.records_forwarded, 1);
-                                self.metrics.backlog.fetch_sub(1, Ordering::Relaxed);
+                                Metrics::sub(&self.metrics.backlog, 1);
                             }
                             Ok(false) => {}
                             Err(e) => {
@@ -407,7 +429,7 @@ impl Uplink {
 fn park(journal: &Journal, metrics: &Metrics, alarms: &Alarms, seq: u64, reason: &str) {
     match journal.park(seq, reason) {
         Ok(()) => {
-            metrics.backlog.fetch_sub(1, Ordering::Relaxed);
+            Metrics::sub(&metrics.backlog, 1);
             Metrics::add(&metrics.records_parked, 1);
             alarms.raise(format!(
                 "record {seq} parked, not forwarded: {reason}; it stays in the journal (bondline journal replay)"
@@ -454,9 +476,13 @@ impl Feeder {
         true
     }
 
-    /// Publishes queued alarms; returns false if the session must end.
+    /// Publishes a few queued alarms (the rest wait for the next round, so a burst cannot
+    /// fill the request queue); returns false if the session must end.
     fn send_alarms(&self) -> bool {
-        let events = self.alarms.drain();
+        let mut events = self.alarms.drain();
+        if events.len() > ALARMS_PER_ROUND {
+            self.alarms.requeue(events.split_off(ALARMS_PER_ROUND));
+        }
         for (i, e) in events.iter().enumerate() {
             let bytes = serde_json::to_vec(e).expect("events always serialize");
             if !self.publish(&self.events_topic, None, bytes) {
@@ -505,9 +531,9 @@ async fn feed(mut f: Feeder) {
             return;
         }
         // Mark the current value seen before reading, so a record accepted after the read
-        // wakes the wait below.
-        f.accepted.borrow_and_update();
-        let batch = match f.journal.outbox_from(next, 256) {
+        // wakes the wait below; and never read past it: only flushed records may leave.
+        let upto = *f.accepted.borrow_and_update();
+        let batch = match f.journal.outbox_from(next, upto, 256) {
             Ok(b) => b,
             Err(e) => {
                 warn!(error = %e, "cannot read the outbox");
