@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -19,9 +19,10 @@ use tracing::info;
 use crate::alarm::Alarms;
 use crate::config::Config;
 use crate::fieldbus;
+use crate::fieldbus::plc::LaneStates;
 use crate::journal::capacity::Limits;
 use crate::journal::{record_sink, Housekeeping, Journal, JournalError};
-use crate::line::{self, LineCtx};
+use crate::line::{self, LineCtx, LineIo};
 use crate::metrics::Metrics;
 use crate::rules::ClearanceTable;
 use crate::uplink::Uplink;
@@ -31,6 +32,8 @@ use crate::uplink::Uplink;
 const SCAN_QUEUE: usize = 1024;
 /// Divert jobs buffered before a PLC link; beyond this a parcel is recorded as overload.
 const PLC_QUEUE: usize = 256;
+/// Clearance changes buffered per line; a line that falls further behind is told so.
+const CHANGES_QUEUE: usize = 4096;
 
 /// A running daemon.
 pub struct App {
@@ -122,6 +125,8 @@ impl App {
             alarms.clone(),
             uplink_stop.clone(),
         ));
+        // Waybills whose clearance changed, from the uplink to every line.
+        let (changes, _) = broadcast::channel(CHANGES_QUEUE);
         let uplink = Uplink {
             config: config.uplink.clone(),
             gateway: config.gateway_id.clone(),
@@ -130,12 +135,15 @@ impl App {
             metrics: metrics.clone(),
             accepted,
             alarms: alarms.clone(),
+            changes: changes.clone(),
         };
         let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
 
         for l in &config.lines {
             let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
             let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
+            let (event_tx, event_rx) = mpsc::unbounded_channel();
+            let lane_states = Arc::new(LaneStates::default());
             tasks.spawn(fieldbus::scanner::run(
                 l.scanner.clone(),
                 scan_tx,
@@ -146,14 +154,25 @@ impl App {
                 gateway: config.gateway_id.clone(),
                 line: l.id.clone(),
                 lanes: l.lanes.clone(),
+                geometry: l.geometry,
                 table: table.clone(),
+                lane_states: lane_states.clone(),
                 metrics: metrics.clone(),
+                dispositions: l.plc.map.status.is_some(),
             };
-            tasks.spawn(line::run(ctx, scan_rx, plc_tx, sink.clone()));
+            let io = LineIo {
+                scans: scan_rx,
+                plc: plc_tx,
+                plc_events: event_rx,
+                changes: changes.subscribe(),
+                sink: sink.clone(),
+            };
+            tasks.spawn(line::run(ctx, io));
             tasks.spawn(fieldbus::plc::run(
                 l.plc.clone(),
                 plc_rx,
-                sink.clone(),
+                event_tx,
+                lane_states,
                 metrics.clone(),
             ));
         }

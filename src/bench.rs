@@ -178,7 +178,10 @@ fn sample_record(n: u64) -> ParcelRecord {
             plc_seq: Some((n % 65535 + 1) as u16),
             detail: None,
             at_ms: 1_790_000_000_001 + n,
+            late: false,
         },
+        revision: 0,
+        deadline_ms: None,
     }
 }
 
@@ -263,6 +266,7 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
         metrics: metrics.clone(),
         accepted,
         alarms: Alarms::new("bench-gw"),
+        changes: tokio::sync::broadcast::channel(16).0,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));

@@ -129,6 +129,8 @@ pub struct Line {
     pub scanner: ScannerDevice,
     pub plc: PlcDevice,
     pub lanes: LaneMap,
+    /// Divert deadline and disposition timing, from the line's geometry.
+    pub geometry: crate::line::tracking::Geometry,
 }
 
 /// Lane numbers by role. Every role has a lane, checked at load.
@@ -148,6 +150,11 @@ impl LaneMap {
             LaneRole::Hold => self.hold,
             LaneRole::Exception => self.exception,
         }
+    }
+
+    /// The role of lane number `lane`, if it has one.
+    pub fn role_of(&self, lane: u16) -> Option<LaneRole> {
+        LaneRole::ALL.into_iter().find(|r| self.lane(*r) == lane)
     }
 }
 
@@ -281,6 +288,77 @@ struct RawLine {
     scanner: String,
     plc: String,
     lanes: Vec<RawLane>,
+    #[serde(default)]
+    geometry: RawGeometry,
+}
+
+/// Where the divert decision must be made, from the belt's layout.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeometry {
+    #[serde(default = "default_speed")]
+    belt_speed_m_s: f64,
+    /// Distance from the scanner to the divert point (the first gate).
+    #[serde(default = "default_distance")]
+    scan_to_gate_m: f64,
+    /// PLC scan, actuator and safety time before the divert point.
+    #[serde(default = "default_margin")]
+    margin_ms: u64,
+    #[serde(default = "default_disposition_timeout")]
+    disposition_timeout_ms: u64,
+}
+
+impl Default for RawGeometry {
+    fn default() -> RawGeometry {
+        RawGeometry {
+            belt_speed_m_s: default_speed(),
+            scan_to_gate_m: default_distance(),
+            margin_ms: default_margin(),
+            disposition_timeout_ms: default_disposition_timeout(),
+        }
+    }
+}
+
+fn default_speed() -> f64 {
+    2.0
+}
+fn default_distance() -> f64 {
+    3.0
+}
+fn default_margin() -> u64 {
+    300
+}
+fn default_disposition_timeout() -> u64 {
+    10_000
+}
+
+fn geometry(g: &RawGeometry) -> Result<crate::line::tracking::Geometry, (&'static str, String)> {
+    if !(0.1..=10.0).contains(&g.belt_speed_m_s) {
+        return Err(("belt_speed_m_s", "must be 0.1 to 10 m/s".into()));
+    }
+    if !(0.1..=200.0).contains(&g.scan_to_gate_m) {
+        return Err(("scan_to_gate_m", "must be 0.1 to 200 m".into()));
+    }
+    let travel = Duration::from_secs_f64(g.scan_to_gate_m / g.belt_speed_m_s);
+    let margin = Duration::from_millis(g.margin_ms);
+    if margin >= travel {
+        return Err((
+            "margin_ms",
+            format!(
+                "{} ms leaves no time to decide: the parcel needs {} ms from scanner to gate",
+                g.margin_ms,
+                travel.as_millis()
+            ),
+        ));
+    }
+    if !(100..=600_000).contains(&g.disposition_timeout_ms) {
+        return Err(("disposition_timeout_ms", "must be 100 to 600000".into()));
+    }
+    Ok(crate::line::tracking::Geometry {
+        travel,
+        margin,
+        disposition_timeout: Duration::from_millis(g.disposition_timeout_ms),
+    })
 }
 
 #[derive(Deserialize)]
@@ -523,6 +601,8 @@ impl Config {
                 map.timeout_ms = t;
             }
             let lanes = lane_map(&l.lanes).map_err(|(k, r)| err(&format!("{key}.lanes{k}"), r))?;
+            let geometry =
+                geometry(&l.geometry).map_err(|(k, r)| err(&format!("{key}.geometry.{k}"), r))?;
             lines.push(Line {
                 id: l.id.clone(),
                 scanner: ScannerDevice {
@@ -536,6 +616,7 @@ impl Config {
                     map,
                 },
                 lanes,
+                geometry,
             });
         }
 
@@ -742,6 +823,20 @@ lanes = [
             e.reason.contains("already used") || e.reason.contains("not a PLC"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn geometry_gives_the_deadline_and_is_checked() {
+        let c = Config::parse("t.toml", GOOD).unwrap();
+        let g = c.lines[0].geometry;
+        assert_eq!(g.travel, Duration::from_millis(1500));
+        assert_eq!(g.margin, Duration::from_millis(300));
+        let e = bad(&GOOD.replace(
+            "plc = \"plc-1\"",
+            "plc = \"plc-1\"\ngeometry = { belt_speed_m_s = 2.0, scan_to_gate_m = 0.5, margin_ms = 300 }",
+        ));
+        assert_eq!(e.key, "lines[0].geometry.margin_ms");
+        assert!(e.reason.contains("250 ms"), "{e}");
     }
 
     #[test]

@@ -45,7 +45,88 @@ pub struct Metrics {
     pub uplink_disconnects: AtomicU64,
     /// Gauge: the uplink has a session with the broker and its subscriptions are acknowledged.
     pub uplink_ready: AtomicBool,
+    /// Scanner frame received → PLC-acknowledged divert.
+    pub decision_latency: Histogram,
+    /// Acknowledges that came after the parcel's divert deadline.
+    pub late_diverts: AtomicU64,
+    /// Commands not sent because the deadline had passed.
+    pub deadlines_missed: AtomicU64,
+    /// Re-commits after new information before the deadline.
+    pub recommits: AtomicU64,
+    pub dispositions: AtomicU64,
+    pub alerts: AtomicU64,
+    /// Parcels the PLC reports in the release lane without a release decision. Must stay 0.
+    pub released_without_decision: AtomicU64,
     links: Mutex<BTreeMap<String, LinkStatus>>,
+}
+
+/// Upper bounds of the latency buckets, in microseconds; the last bucket is unbounded.
+pub const LATENCY_BUCKETS_US: [u64; 18] = [
+    50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000, 20_000, 50_000,
+    100_000, 250_000, 500_000, 1_000_000,
+];
+
+/// A fixed-bucket latency histogram on atomics: recording never blocks.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn max_us(&self) -> u64 {
+        self.max_us.load(Ordering::Relaxed)
+    }
+
+    /// Per bucket: (upper bound in µs, or None for the last; count).
+    pub fn buckets(&self) -> Vec<(Option<u64>, u64)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                (
+                    LATENCY_BUCKETS_US.get(i).copied(),
+                    b.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0..=1), in µs; the maximum for
+    /// the last bucket. An upper estimate, as coarse as the buckets.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        let total = self.count();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bound, n) in self.buckets() {
+            seen += n;
+            if seen >= rank {
+                return bound.unwrap_or_else(|| self.max_us()).min(self.max_us());
+            }
+        }
+        self.max_us()
+    }
 }
 
 /// The state of one device or broker link, as of its last change.
@@ -102,6 +183,7 @@ impl Metrics {
     }
 
     /// One line for a terminal: parcels by lane, PLC and uplink progress.
+    /// (Latency and deadlines are in [`Metrics::timing_summary`].)
     pub fn summary(&self) -> String {
         let g = Metrics::get;
         let links = self.links();
@@ -130,6 +212,26 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Decision latency and deadline figures in one line.
+    pub fn timing_summary(&self) -> String {
+        let h = &self.decision_latency;
+        format!(
+            "scan→PLC ack: n {} p50 ≤{}µs p99 ≤{}µs max {}µs | late diverts {} deadlines missed {} recommits {} | dispositions {} alerts {} released without decision {}",
+            h.count(),
+            h.quantile_us(0.5),
+            h.quantile_us(0.99),
+            h.max_us(),
+            Metrics::get(&self.late_diverts),
+            Metrics::get(&self.deadlines_missed),
+            Metrics::get(&self.recommits),
+            Metrics::get(&self.dispositions),
+            Metrics::get(&self.alerts),
+            Metrics::get(&self.released_without_decision),
+        )
+    }
+}
+
 fn lane_index(role: LaneRole) -> usize {
     match role {
         LaneRole::Release => 0,
@@ -144,4 +246,26 @@ pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_quantiles_are_bucket_upper_bounds() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile_us(0.99), 0);
+        for _ in 0..98 {
+            h.record(Duration::from_micros(80));
+        }
+        h.record(Duration::from_micros(900));
+        h.record(Duration::from_millis(7));
+        assert_eq!(h.count(), 100);
+        assert_eq!(h.quantile_us(0.5), 100);
+        assert_eq!(h.quantile_us(0.99), 1_000);
+        assert_eq!(h.quantile_us(1.0), 7_000, "capped at the maximum seen");
+        assert_eq!(h.max_us(), 7_000);
+    }
 }

@@ -3,7 +3,8 @@
 //! Topics hang under a per-gateway prefix `P` (config `uplink.topic_prefix`):
 //! - `P/declarations` (platform → edge): [`Declaration`]
 //! - `P/instructions` (platform → edge): [`Instruction`]
-//! - `P/records` (edge → platform): [`ParcelRecord`], QoS 1, at least once, dedupe on `msg_id`
+//! - `P/records` (edge → platform): [`Record`] (a parcel decision, a PLC disposition or an
+//!   alert), QoS 1, at least once, dedupe on `msg_id`
 //! - `P/events` (edge → platform): [`EdgeEvent`], rejections and alarms
 //!
 //! Every message carries `schema`; a message with another schema or an unknown field is
@@ -131,6 +132,9 @@ pub enum DivertStatus {
     /// The PLC link's command queue was full (or closed) when the parcel was decided; no
     /// command was sent and the PLC's default (exception) applies.
     Overload,
+    /// The divert deadline passed before the command could be sent; it was not sent, and the
+    /// PLC's default (exception) applies.
+    DeadlineMissed,
 }
 
 /// The divert part of a parcel record.
@@ -143,6 +147,9 @@ pub struct DivertOutcome {
     /// Error text when the status is not `acked`.
     pub detail: Option<String>,
     pub at_ms: u64,
+    /// The acknowledge came after the divert deadline: the parcel may have passed its gate.
+    #[serde(default)]
+    pub late: bool,
 }
 
 /// One scanned parcel: what was read, what was decided and why, what the PLC was told.
@@ -172,6 +179,192 @@ pub struct ParcelRecord {
     pub scanned_at_ms: u64,
     pub decided_at_ms: u64,
     pub divert: DivertOutcome,
+    /// 0 for the first decision; 1, 2, ... when new information (an instruction) changed the
+    /// lane before the deadline and the parcel was re-commanded.
+    #[serde(default)]
+    pub revision: u32,
+    /// When the parcel reaches its divert point (Unix ms), from the line's geometry.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// Any record of the journal, as sent on `P/records`: the `kind` field tells which.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Parcel(ParcelRecord),
+    Disposition(DispositionRecord),
+    Alert(AlertRecord),
+}
+
+impl From<ParcelRecord> for Record {
+    fn from(r: ParcelRecord) -> Record {
+        Record::Parcel(r)
+    }
+}
+
+impl From<DispositionRecord> for Record {
+    fn from(r: DispositionRecord) -> Record {
+        Record::Disposition(r)
+    }
+}
+
+impl From<AlertRecord> for Record {
+    fn from(r: AlertRecord) -> Record {
+        Record::Alert(r)
+    }
+}
+
+impl Record {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Record::Parcel(r) => r.seq,
+            Record::Disposition(r) => r.seq,
+            Record::Alert(r) => r.seq,
+        }
+    }
+
+    pub fn msg_id(&self) -> &str {
+        match self {
+            Record::Parcel(r) => &r.msg_id,
+            Record::Disposition(r) => &r.msg_id,
+            Record::Alert(r) => &r.msg_id,
+        }
+    }
+
+    pub fn prev_hash(&self) -> &str {
+        match self {
+            Record::Parcel(r) => &r.prev_hash,
+            Record::Disposition(r) => &r.prev_hash,
+            Record::Alert(r) => &r.prev_hash,
+        }
+    }
+
+    pub fn gateway(&self) -> &str {
+        match self {
+            Record::Parcel(r) => &r.gateway,
+            Record::Disposition(r) => &r.gateway,
+            Record::Alert(r) => &r.gateway,
+        }
+    }
+
+    pub fn line(&self) -> &str {
+        match self {
+            Record::Parcel(r) => &r.line,
+            Record::Disposition(r) => &r.line,
+            Record::Alert(r) => &r.line,
+        }
+    }
+
+    pub fn waybill(&self) -> Option<&str> {
+        match self {
+            Record::Parcel(r) => r.waybill.as_deref(),
+            Record::Disposition(r) => r.waybill.as_deref(),
+            Record::Alert(r) => r.waybill.as_deref(),
+        }
+    }
+
+    /// When it happened (Unix ms): the scan for a parcel record.
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            Record::Parcel(r) => r.scanned_at_ms,
+            Record::Disposition(r) => r.at_ms,
+            Record::Alert(r) => r.at_ms,
+        }
+    }
+
+    /// Sets what the journal fills in: sequence, message id and chain link.
+    pub fn stamp(&mut self, seq: u64, prev_hash: String) {
+        let msg_id = format!("{}-{}", self.gateway(), seq);
+        let (s, m, p) = match self {
+            Record::Parcel(r) => (&mut r.seq, &mut r.msg_id, &mut r.prev_hash),
+            Record::Disposition(r) => (&mut r.seq, &mut r.msg_id, &mut r.prev_hash),
+            Record::Alert(r) => (&mut r.seq, &mut r.msg_id, &mut r.prev_hash),
+        };
+        *s = seq;
+        *m = msg_id;
+        *p = prev_hash;
+    }
+
+    pub fn as_parcel(&self) -> Option<&ParcelRecord> {
+        match self {
+            Record::Parcel(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// What the PLC reported it did with a parcel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispositionKind {
+    /// Sorted to the commanded lane.
+    Sorted,
+    /// The commanded lane was full; the PLC sent it to its overflow lane.
+    Overflow,
+    /// No command reached the PLC in time; exception lane.
+    NoDestination,
+    /// The PLC lost track of it.
+    Lost,
+    /// The PLC had lost the controller's heartbeat; fail-safe lane.
+    FailSafe,
+}
+
+/// A PLC disposition: where the parcel physically went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispositionRecord {
+    pub schema: u32,
+    pub msg_id: String,
+    pub seq: u64,
+    pub prev_hash: String,
+    pub gateway: String,
+    pub line: String,
+    pub parcel: u32,
+    pub waybill: Option<String>,
+    pub disposition: DispositionKind,
+    /// The lane the parcel went to (0 when lost).
+    pub lane: u16,
+    /// The role of that lane in the line's configuration.
+    pub lane_role: Option<LaneRole>,
+    /// The lane the gateway had commanded, if any.
+    pub commanded_lane: Option<u16>,
+    pub at_ms: u64,
+}
+
+/// Something customs must know about a parcel or a line, beyond its decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// An instruction changed a parcel's lane after its divert deadline: it went where it went.
+    LateInstruction,
+    /// The PLC acknowledged a divert after the parcel's deadline.
+    LateDivert,
+    /// The PLC reports a lane other than the one commanded (besides overflow/fail-safe).
+    WrongLane,
+    /// The parcel reached the release lane without a release decision. Must never happen.
+    ReleasedWithoutDecision,
+    /// No disposition arrived for a tracked parcel in time.
+    NoDisposition,
+    /// The PLC's disposition ring overran: some dispositions were never read.
+    DispositionsMissed,
+}
+
+/// An alert record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRecord {
+    pub schema: u32,
+    pub msg_id: String,
+    pub seq: u64,
+    pub prev_hash: String,
+    pub gateway: String,
+    pub line: String,
+    pub parcel: Option<u32>,
+    pub waybill: Option<String>,
+    pub alert: AlertKind,
+    pub detail: String,
+    pub at_ms: u64,
 }
 
 /// An edge-to-platform notice: a rejected inbound message or an alarm.
@@ -296,6 +489,31 @@ mod tests {
         assert!(Instruction::parse(b"\xff\xfe garbage").is_err());
         let extra = br#"{"schema":1,"instruction_id":"i","waybill":"BL1","action":"hold","x":1}"#;
         assert!(Instruction::parse(extra).is_err());
+    }
+
+    #[test]
+    fn records_carry_their_kind_and_reject_unknown_fields() {
+        let alert = Record::Alert(AlertRecord {
+            schema: SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: "gw".into(),
+            line: "L1".into(),
+            parcel: Some(7),
+            waybill: None,
+            alert: AlertKind::LateInstruction,
+            detail: "x".into(),
+            at_ms: 1,
+        });
+        let mut stamped = alert.clone();
+        stamped.stamp(5, "ab".into());
+        assert_eq!((stamped.seq(), stamped.msg_id()), (5, "gw-5"));
+        let json = serde_json::to_string(&stamped).unwrap();
+        assert!(json.starts_with("{\"kind\":\"alert\""), "{json}");
+        assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), stamped);
+        let extra = json.replacen("\"detail\"", "\"bogus\":1,\"detail\"", 1);
+        assert!(serde_json::from_str::<Record>(&extra).is_err());
     }
 
     #[test]

@@ -10,19 +10,25 @@
 //!   share it, so they agree on which waybills exist and what customs says about each, and a
 //!   test can state the lane every parcel should reach.
 //! - [`plc`]: `plc-sim`, a Modbus TCP/RTU server holding the sorter PLC's registers; records the
-//!   divert commands it receives and acknowledges them, with fault knobs (late acknowledge,
-//!   refusal) for tests.
+//!   divert commands it receives and acknowledges them, runs the heartbeat watchdog (fail-safe
+//!   mode), lane states and the disposition ring, with fault knobs (late acknowledge, refusal,
+//!   off the network) for tests.
 //! - [`scanner`]: `scanner-sim`, writes barcode frames (reads, no-reads, line noise) for plan
 //!   parcels at a set rate to a serial port or to a TCP client.
 //! - [`platform`]: `platform-sim`, the customs clearance platform on MQTT: publishes
 //!   declarations and instructions for the plan, collects the parcel records and events the
 //!   daemon sends, and reports what arrived against the plan.
-//! - [`cli`]: the little the three binaries share (logging, profile lookup, Ctrl-C).
+//! - [`line`]: `line-sim`, a conveyor model that plays the scanner and the PLC together
+//!   against a running daemon from a scenario file (belt speed, parcel spacing, lanes, faults)
+//!   and ends with a ledger of where each parcel physically went: leaks, late diverts, wrong
+//!   lanes, decision latency.
+//! - [`cli`]: the little the binaries share (logging, profile lookup, Ctrl-C).
 //!
 //! Every long-running function takes a `shutdown` future and returns when it completes, so tests
 //! and the daemon's `bondline demo` drive the simulators in-process.
 
 pub mod cli;
+pub mod line;
 pub mod plan;
 pub mod platform;
 pub mod plc;

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use bondline_devices::contract::{
     topic, Declaration, DeclaredItem, EdgeEvent, Instruction, LaneRole, ParcelRecord, ReadOutcome,
-    SCHEMA,
+    Record, SCHEMA,
 };
 use rand::Rng as _;
 use rumqttc::{
@@ -62,7 +62,8 @@ pub struct PlatformSim {
 /// What the event-loop task has seen, read by the public accessors.
 #[derive(Debug, Default)]
 struct Shared {
-    records: Vec<ParcelRecord>,
+    /// Every record received (parcel decisions, dispositions, alerts), in arrival order.
+    all: Vec<Record>,
     events: Vec<EdgeEvent>,
     bad_payloads: usize,
     /// True once the broker granted both subscriptions on the current connection.
@@ -239,8 +240,18 @@ impl PlatformSim {
     }
 
     /// Every parcel record received, in arrival order, duplicates included.
+    /// Parcel decision records received, in arrival order (duplicates kept).
     pub fn records(&self) -> Vec<ParcelRecord> {
-        self.lock().records.clone()
+        self.lock()
+            .all
+            .iter()
+            .filter_map(|r| r.as_parcel().cloned())
+            .collect()
+    }
+
+    /// Every record received, of every kind, in arrival order (duplicates kept).
+    pub fn all_records(&self) -> Vec<Record> {
+        self.lock().all.clone()
     }
 
     /// Every edge event received, in arrival order.
@@ -258,7 +269,14 @@ impl PlatformSim {
     pub async fn wait_for_records(&self, n: usize, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.lock().records.len() >= n {
+            if self
+                .lock()
+                .all
+                .iter()
+                .filter(|r| r.as_parcel().is_some())
+                .count()
+                >= n
+            {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -271,7 +289,12 @@ impl PlatformSim {
     /// Compares the records received so far with parcels `range` of `plan`.
     pub fn report(&self, plan: &Plan, range: Range<u64>) -> PlatformReport {
         let s = self.lock();
-        PlatformReport::build(plan, range, &s.records, s.events.len(), s.bad_payloads)
+        let parcels: Vec<ParcelRecord> = s
+            .all
+            .iter()
+            .filter_map(|r| r.as_parcel().cloned())
+            .collect();
+        PlatformReport::build(plan, range, &parcels, s.events.len(), s.bad_payloads)
     }
 }
 
@@ -350,7 +373,7 @@ async fn drive(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if p.topic == records_topic {
                     match parse_record(&p.payload) {
-                        Some(r) => lock().records.push(r),
+                        Some(r) => lock().all.push(r),
                         None => {
                             tracing::warn!(bytes = p.payload.len(), "unparsable parcel record");
                             lock().bad_payloads += 1;
@@ -384,10 +407,14 @@ async fn drive(
     }
 }
 
-fn parse_record(payload: &[u8]) -> Option<ParcelRecord> {
-    serde_json::from_slice::<ParcelRecord>(payload)
-        .ok()
-        .filter(|r| r.schema == SCHEMA)
+fn parse_record(payload: &[u8]) -> Option<Record> {
+    let r = serde_json::from_slice::<Record>(payload).ok()?;
+    let schema = match &r {
+        Record::Parcel(p) => p.schema,
+        Record::Disposition(d) => d.schema,
+        Record::Alert(a) => a.schema,
+    };
+    (schema == SCHEMA).then_some(r)
 }
 
 /// What the platform received, against a plan range.
@@ -561,7 +588,10 @@ mod tests {
                 plc_seq: Some(1),
                 detail: None,
                 at_ms: 0,
+                late: false,
             },
+            revision: 0,
+            deadline_ms: None,
         }
     }
 

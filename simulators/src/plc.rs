@@ -792,12 +792,13 @@ mod tests {
             2 | 5 => (true, false),
             _ => (false, false),
         };
-        let rows: [(
+        type Row<'a> = (
             bool,
             Option<u16>,
-            &dyn Fn(u16) -> (bool, bool),
+            &'a dyn Fn(u16) -> (bool, bool),
             (DispositionCode, u16),
-        ); 11] = [
+        );
+        let rows: [Row; 11] = [
             (true, Some(1), &open, (FailSafe, 3)),
             (true, None, &open, (FailSafe, 3)),
             (true, Some(2), &open, (FailSafe, 3)),

@@ -10,7 +10,7 @@ use std::io::Write;
 
 use sled::Transactional;
 
-use bondline_devices::contract::ParcelRecord;
+use bondline_devices::contract::Record;
 
 use super::{
     decode_link, encode_link, key_seq, seq_key, sha256, Journal, JournalError, GENESIS_HASH,
@@ -104,8 +104,8 @@ impl Journal {
         let backlog = self.backlog_len();
         let oldest_unforwarded = match self.outbox_from(w + 1, last_seq, 1)?.pop() {
             Some((seq, bytes)) => {
-                let at = serde_json::from_slice::<ParcelRecord>(&bytes)
-                    .map(|r| r.scanned_at_ms)
+                let at = serde_json::from_slice::<Record>(&bytes)
+                    .map(|r| r.at_ms())
                     .unwrap_or(0);
                 Some((seq, at))
             }
@@ -153,25 +153,25 @@ impl Journal {
             };
             for bytes in records {
                 report.checked += 1;
-                match serde_json::from_slice::<ParcelRecord>(bytes) {
+                match serde_json::from_slice::<Record>(bytes) {
                     Err(e) => report.problems.push(ChainProblem::Unreadable {
                         seq: expected,
                         reason: e.to_string(),
                     }),
                     Ok(r) => {
-                        if r.seq > expected {
+                        if r.seq() > expected {
                             report.problems.push(ChainProblem::Gap {
                                 after: expected - 1,
-                                next: r.seq,
+                                next: r.seq(),
                             });
-                            expected = r.seq;
-                        } else if r.seq < expected {
+                            expected = r.seq();
+                        } else if r.seq() < expected {
                             report.problems.push(ChainProblem::Misplaced {
                                 key: expected,
-                                inside: r.seq,
+                                inside: r.seq(),
                             });
-                        } else if r.prev_hash != hex::encode(prev_hash) {
-                            report.problems.push(ChainProblem::Broken { seq: r.seq });
+                        } else if r.prev_hash() != hex::encode(prev_hash) {
+                            report.problems.push(ChainProblem::Broken { seq: r.seq() });
                         }
                     }
                 }
@@ -196,7 +196,8 @@ impl Journal {
         Ok(report)
     }
 
-    /// Writes records scanned in `[from_ms, to_ms)` to `out`. Returns how many.
+    /// Writes records of `[from_ms, to_ms)` (scan time for parcel records, event time for
+    /// the others) to `out`. Returns how many.
     pub fn export(
         &self,
         from_ms: u64,
@@ -208,17 +209,16 @@ impl Journal {
         if format == ExportFormat::Csv {
             writeln!(
                 out,
-                "seq,msg_id,line,parcel,read,waybill,lane,lane_role,rule,reason,instruction_id,scanned_at_ms,decided_at_ms,divert_status,forwarded"
+                "seq,msg_id,kind,line,parcel,waybill,lane,lane_role,rule,reason,instruction_id,at_ms,divert_status,forwarded"
             )?;
         }
         let w = self.forwarded_watermark();
         self.for_each_record(|seq, bytes| {
-            let r: ParcelRecord =
-                serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
-                    seq,
-                    reason: e.to_string(),
-                })?;
-            if r.scanned_at_ms < from_ms || r.scanned_at_ms >= to_ms {
+            let r: Record = serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+                seq,
+                reason: e.to_string(),
+            })?;
+            if r.at_ms() < from_ms || r.at_ms() >= to_ms {
                 return Ok(true);
             }
             n += 1;
@@ -230,25 +230,8 @@ impl Journal {
                 ExportFormat::Csv => {
                     let forwarded = (seq <= w && !self.parked.contains_key(seq_key(seq))?)
                         || self.acked.contains_key(seq_key(seq))?;
-                    writeln!(
-                        out,
-                        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                        r.seq,
-                        csv_field(&r.msg_id),
-                        csv_field(&r.line),
-                        r.parcel,
-                        json_word(&r.read),
-                        csv_field(r.waybill.as_deref().unwrap_or("")),
-                        r.lane,
-                        r.lane_role.as_str(),
-                        csv_field(&r.rule),
-                        csv_field(&r.reason),
-                        csv_field(r.instruction_id.as_deref().unwrap_or("")),
-                        r.scanned_at_ms,
-                        r.decided_at_ms,
-                        json_word(&r.divert.status),
-                        forwarded
-                    )?;
+                    let row = csv_row(&r, forwarded);
+                    writeln!(out, "{}", row.join(","))?;
                 }
             }
             Ok(true)
@@ -345,8 +328,8 @@ impl Journal {
             {
                 break;
             }
-            let at = serde_json::from_slice::<ParcelRecord>(last_bytes)
-                .map(|r| r.scanned_at_ms)
+            let at = serde_json::from_slice::<Record>(last_bytes)
+                .map(|r| r.at_ms())
                 .unwrap_or(0);
             if at >= before_ms {
                 break;
@@ -403,6 +386,61 @@ impl From<sled::Error> for ExportError {
     }
 }
 
+/// One CSV row; columns that do not apply to a record kind stay empty.
+fn csv_row(r: &Record, forwarded: bool) -> Vec<String> {
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    let (kind, parcel, lane, role, rule, reason, instruction, status) = match r {
+        Record::Parcel(p) => (
+            "parcel",
+            Some(p.parcel.to_string()),
+            Some(p.lane.to_string()),
+            Some(p.lane_role.as_str().to_string()),
+            p.rule.clone(),
+            p.reason.clone(),
+            p.instruction_id.clone(),
+            Some(json_word(&p.divert.status)),
+        ),
+        Record::Disposition(d) => (
+            "disposition",
+            Some(d.parcel.to_string()),
+            Some(d.lane.to_string()),
+            d.lane_role.map(|r| r.as_str().to_string()),
+            json_word(&d.disposition),
+            d.commanded_lane
+                .map(|l| format!("commanded lane {l}"))
+                .unwrap_or_default(),
+            None,
+            None,
+        ),
+        Record::Alert(a) => (
+            "alert",
+            a.parcel.map(|p| p.to_string()),
+            None,
+            None,
+            json_word(&a.alert),
+            a.detail.clone(),
+            None,
+            None,
+        ),
+    };
+    vec![
+        r.seq().to_string(),
+        csv_field(r.msg_id()),
+        kind.to_string(),
+        csv_field(r.line()),
+        opt(parcel),
+        csv_field(r.waybill().unwrap_or("")),
+        opt(lane),
+        opt(role),
+        csv_field(&rule),
+        csv_field(&reason),
+        csv_field(&opt(instruction)),
+        r.at_ms().to_string(),
+        opt(status),
+        forwarded.to_string(),
+    ]
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -455,7 +493,10 @@ mod tests {
                 plc_seq: Some(1),
                 detail: None,
                 at_ms: scanned_at_ms,
+                late: false,
             },
+            revision: 0,
+            deadline_ms: None,
         }
     }
 
@@ -463,8 +504,10 @@ mod tests {
         let batch_first = journal.batch_of(seq).unwrap().unwrap().first;
         journal.rewrite_batch_of(seq, |rs| {
             let i = (seq - batch_first) as usize;
-            let mut r: ParcelRecord = serde_json::from_slice(&rs[i]).unwrap();
-            f(&mut r);
+            let mut r: Record = serde_json::from_slice(&rs[i]).unwrap();
+            if let Record::Parcel(p) = &mut r {
+                f(p);
+            }
             rs[i] = serde_json::to_vec(&r).unwrap();
         });
     }
@@ -519,7 +562,11 @@ mod tests {
         let (files, records) = crate::journal::read_spill(&spill);
         assert_eq!(files.len(), 1);
         assert_eq!(
-            records.iter().map(|r| r.parcel).collect::<Vec<_>>(),
+            records
+                .iter()
+                .map(|r| r.as_parcel().map(|p| p.parcel))
+                .collect::<Option<Vec<_>>>()
+                .unwrap(),
             vec![1, 2, 3, 4, 5]
         );
     }
@@ -696,13 +743,13 @@ mod tests {
             .export(3000, 6000, ExportFormat::Jsonl, &mut out)
             .unwrap();
         assert_eq!(n, 3);
-        let lines: Vec<ParcelRecord> = String::from_utf8(out)
+        let lines: Vec<Record> = String::from_utf8(out)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(
-            lines.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            lines.iter().map(|r| r.seq()).collect::<Vec<_>>(),
             vec![3, 4, 5]
         );
         let mut out = Vec::new();

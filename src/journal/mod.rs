@@ -45,7 +45,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bondline_devices::contract::{Declaration, Instruction, ParcelRecord};
+use bondline_devices::contract::{Declaration, Instruction, Record};
 use sled::Tree;
 
 use crate::rules::ClearanceTable;
@@ -369,7 +369,7 @@ impl Journal {
     }
 
     /// One stored record, parsed.
-    pub fn record(&self, seq: u64) -> Result<Option<ParcelRecord>, JournalError> {
+    pub fn record(&self, seq: u64) -> Result<Option<Record>, JournalError> {
         let Some(bytes) = self.record_bytes(seq)? else {
             return Ok(None);
         };
@@ -473,7 +473,7 @@ pub fn spill_dir(path: &Path) -> std::path::PathBuf {
 /// Reads spilled records: every complete `*.jsonl` file in `dir`, oldest first. Lines that
 /// do not parse are logged and skipped (they were written by this program; a torn last line
 /// of a crash is the only expected case).
-pub fn read_spill(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<ParcelRecord>) {
+pub fn read_spill(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<Record>) {
     let mut files: Vec<_> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .flatten()
@@ -489,7 +489,7 @@ pub fn read_spill(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<ParcelRecord>) {
             continue;
         };
         for (i, line) in text.lines().enumerate() {
-            match serde_json::from_str::<ParcelRecord>(line) {
+            match serde_json::from_str::<Record>(line) {
                 Ok(r) => records.push(r),
                 Err(e) => {
                     tracing::error!(file = %f.display(), line = i + 1, error = %e, "unreadable spilled record")

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bondline_devices::contract::ParcelRecord;
+use bondline_devices::contract::Record;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::error;
@@ -39,19 +39,19 @@ const MAX_COMMIT_FAILURES: u32 = 5;
 /// writer; whatever the producer put there is overwritten.
 #[derive(Clone)]
 pub struct RecordSink {
-    tx: mpsc::UnboundedSender<ParcelRecord>,
+    tx: mpsc::UnboundedSender<Record>,
     metrics: Arc<Metrics>,
 }
 
 impl RecordSink {
     /// Queues a record for the journal. Never waits. Fails only once the writer has stopped,
     /// which happens after every sink is dropped; the error is logged loudly.
-    pub fn push(&self, record: ParcelRecord) {
-        if let Err(e) = self.tx.send(record) {
+    pub fn push(&self, record: impl Into<Record>) {
+        if let Err(e) = self.tx.send(record.into()) {
             self.metrics
                 .journal_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            error!(waybill = ?e.0.waybill, "journal writer has stopped; record not stored");
+            error!(record = %serde_json::to_string(&e.0).unwrap_or_default(), "journal writer has stopped; record not stored");
         }
     }
 }
@@ -59,14 +59,14 @@ impl RecordSink {
 /// The writer task's state.
 pub struct JournalWriter {
     journal: Journal,
-    rx: mpsc::UnboundedReceiver<ParcelRecord>,
+    rx: mpsc::UnboundedReceiver<Record>,
     window: Duration,
     metrics: Arc<Metrics>,
     accepted: watch::Sender<u64>,
     last_seq: u64,
     last_hash: [u8; 32],
     /// Records waiting for room on the disk, oldest first.
-    held: VecDeque<ParcelRecord>,
+    held: VecDeque<Record>,
     hold_limit: usize,
     alarms: Option<Alarms>,
     /// The store failed with a full disk and cannot be written until a restart.
@@ -216,7 +216,7 @@ impl JournalWriter {
     }
 
     /// Keeps records in memory while the disk is full; refuses, loudly, beyond the limit.
-    fn hold(&mut self, batch: &mut Vec<ParcelRecord>) {
+    fn hold(&mut self, batch: &mut Vec<Record>) {
         for r in batch.drain(..) {
             if self.held.len() < self.hold_limit {
                 self.held.push_back(r);
@@ -226,10 +226,8 @@ impl JournalWriter {
             self.refused_now += 1;
             let n = self.refused_now;
             error!(
-                waybill = ?r.waybill,
-                line = %r.line,
-                lane = r.lane,
-                role = r.lane_role.as_str(),
+                waybill = ?r.waybill(),
+                line = %r.line(),
                 record = %serde_json::to_string(&r).unwrap_or_default(),
                 "journal full and hold limit reached: record refused"
             );
@@ -254,7 +252,7 @@ impl JournalWriter {
         }
         while !self.held.is_empty() && !self.must_hold() {
             let n = self.held.len().min(MAX_BATCH);
-            let mut batch: Vec<ParcelRecord> = self.held.drain(..n).collect();
+            let mut batch: Vec<Record> = self.held.drain(..n).collect();
             self.commit(&mut batch).await;
             if !batch.is_empty() {
                 // The store failed meanwhile: put them back in front, order kept.
@@ -270,16 +268,14 @@ impl JournalWriter {
 
     /// Chains and writes `batch`, retrying on errors. On success the batch is emptied; if
     /// the store fails with a full disk the records are left in `batch` for the caller.
-    async fn commit(&mut self, batch: &mut Vec<ParcelRecord>) {
+    async fn commit(&mut self, batch: &mut Vec<Record>) {
         let (seq0, hash0) = (self.last_seq, self.last_hash);
         let first = seq0 + 1;
         let (mut seq, mut hash) = (seq0, hash0);
         let mut records = Vec::with_capacity(batch.len());
         for r in batch.iter_mut() {
             seq += 1;
-            r.seq = seq;
-            r.msg_id = format!("{}-{}", r.gateway, r.seq);
-            r.prev_hash = hex::encode(hash);
+            r.stamp(seq, hex::encode(hash));
             let bytes = serde_json::to_vec(&*r).expect("records always serialize");
             hash = sha256(&bytes);
             records.push(bytes);

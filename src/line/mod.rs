@@ -1,95 +1,443 @@
-//! One sorting line's pipeline: scan in, decision, divert job and record out.
+//! One sorting line's pipeline: scan in, decision, divert job out; acknowledges and
+//! dispositions back; records to the journal.
 //!
-//! The decision path is this task's loop body: a read lock on the clearance table for the
-//! length of [`crate::rules::decide`], then a non-blocking hand-off to the PLC task. It
-//! never waits on the network, the disk or a device. If the PLC queue is full the parcel is
-//! recorded as `overload` at once; the PLC's own default sends it to the exception lane.
+//! The decision path is this task's handling of a scan: a read lock on the clearance table
+//! for the length of [`crate::rules::decide`], a look at the lane states, then a non-blocking
+//! hand-off to the PLC task. It never waits on the network, the disk or a device. If the PLC
+//! queue is full the parcel is recorded as `overload` at once; the PLC's own default sends it
+//! to the exception lane.
+//!
+//! Lanes the PLC reports full or disabled are not chosen; a parcel falls back to a stricter
+//! lane (release → hold, inspection → hold, hold → exception), never towards release.
+//!
+//! [`tracking`] follows each parcel to its disposition; new clearance information for a
+//! tracked waybill re-decides it before its deadline, or raises an alert after it.
+
+pub mod tracking;
 
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
-use bondline_devices::contract::{DivertOutcome, DivertStatus, ParcelRecord, ReadOutcome, SCHEMA};
-use tokio::sync::mpsc;
-use tracing::warn;
+use bondline_devices::contract::{
+    AlertKind, AlertRecord, DispositionKind, DispositionRecord, DivertOutcome, DivertStatus,
+    LaneRole, ParcelRecord, ReadOutcome, SCHEMA,
+};
+use bondline_devices::plc::{Disposition, DispositionCode};
+use tokio::sync::{broadcast, mpsc};
+use tracing::{error, warn};
 
 use crate::config::LaneMap;
-use crate::fieldbus::plc::DivertJob;
+use crate::fieldbus::plc::{DivertJob, LaneStates, PlcEvent};
 use crate::fieldbus::scanner::ScanEvent;
 use crate::journal::RecordSink;
 use crate::metrics::{unix_ms, Metrics};
-use crate::rules::{decide, ClearanceTable, ScanRead};
+use crate::rules::{decide, ClearanceTable, Decision, ScanRead};
+use tracking::{Change, Geometry, Tracked, Tracker};
 
 /// What a line task needs besides its channels.
 pub struct LineCtx {
     pub gateway: String,
     pub line: String,
     pub lanes: LaneMap,
+    pub geometry: Geometry,
     pub table: Arc<RwLock<ClearanceTable>>,
+    pub lane_states: Arc<LaneStates>,
     pub metrics: Arc<Metrics>,
+    /// Whether the PLC reports dispositions (its profile has a status section).
+    pub dispositions: bool,
 }
 
-/// Runs until the scanner side closes its channel.
-pub async fn run(
+/// The line task's channels.
+pub struct LineIo {
+    pub scans: mpsc::Receiver<ScanEvent>,
+    pub plc: mpsc::Sender<DivertJob>,
+    pub plc_events: mpsc::UnboundedReceiver<PlcEvent>,
+    /// Waybills whose clearance changed.
+    pub changes: broadcast::Receiver<String>,
+    pub sink: RecordSink,
+}
+
+/// Runs until the scanner side closes its channel and the PLC has answered every job sent.
+pub async fn run(ctx: LineCtx, mut io: LineIo) {
+    let mut line = Line {
+        // Parcel ids start at a random point so ids from before a restart, which the PLC may
+        // still be tracking, are not reused at once.
+        next_parcel: rand::random::<u32>() >> 1,
+        tracker: Tracker::default(),
+        in_flight: 0,
+        ctx,
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut scanning = true;
+    loop {
+        tokio::select! {
+            scan = io.scans.recv(), if scanning => match scan {
+                Some(scan) => line.on_scan(scan, &io),
+                None => scanning = false,
+            },
+            ev = io.plc_events.recv() => match ev {
+                Some(ev) => line.on_plc(ev, &io.sink),
+                None => break,
+            },
+            w = io.changes.recv() => match w {
+                Ok(w) => line.on_change(&w, &io),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(line = %line.ctx.line, missed = n, "clearance changes missed; parcels keep their decisions");
+                }
+                Err(broadcast::error::RecvError::Closed) => {}
+            },
+            _ = tick.tick() => line.expire(&io.sink),
+        }
+        if !scanning && line.in_flight == 0 {
+            break;
+        }
+    }
+}
+
+struct Line {
     ctx: LineCtx,
-    mut scans: mpsc::Receiver<ScanEvent>,
-    plc: mpsc::Sender<DivertJob>,
-    sink: RecordSink,
-) {
-    // Parcel ids start at a random point so ids from before a restart, which the PLC may
-    // still be tracking, are not reused at once.
-    let mut parcel: u32 = rand::random::<u32>() >> 1;
-    while let Some(scan) = scans.recv().await {
-        parcel = parcel.wrapping_add(1);
-        let decision = {
-            let table = ctx.table.read().unwrap_or_else(|p| p.into_inner());
-            decide(&table, &scan.read)
+    next_parcel: u32,
+    tracker: Tracker,
+    /// Jobs sent to the PLC and not yet answered.
+    in_flight: usize,
+}
+
+impl Line {
+    fn decide(&self, read: &ScanRead) -> (Decision, u16) {
+        let mut decision = {
+            let table = self.ctx.table.read().unwrap_or_else(|p| p.into_inner());
+            decide(&table, read)
         };
-        let lane = ctx.lanes.lane(decision.role);
-        Metrics::add(&ctx.metrics.parcels, 1);
-        ctx.metrics.count_lane(decision.role);
-        let decided_at = SystemTime::now();
-        let (read, waybill) = match scan.read {
-            ScanRead::Waybill(w) => (ReadOutcome::Ok, Some(w)),
+        let wanted = self.ctx.lanes.lane(decision.role);
+        let mut role = decision.role;
+        while !self.ctx.lane_states.available(self.ctx.lanes.lane(role)) {
+            let Some(stricter) = stricter(role) else {
+                break;
+            };
+            role = stricter;
+        }
+        if role != decision.role {
+            decision.reason = format!(
+                "{}; lane {wanted} is {}, so {}",
+                decision.reason,
+                self.ctx.lane_states.describe(wanted),
+                role.as_str()
+            );
+            decision.role = role;
+        }
+        let lane = self.ctx.lanes.lane(decision.role);
+        (decision, lane)
+    }
+
+    fn on_scan(&mut self, scan: ScanEvent, io: &LineIo) {
+        self.next_parcel = self.next_parcel.wrapping_add(1);
+        let parcel = self.next_parcel;
+        let (decision, lane) = self.decide(&scan.read);
+        Metrics::add(&self.ctx.metrics.parcels, 1);
+        self.ctx.metrics.count_lane(decision.role);
+        let deadline = self.ctx.geometry.deadline(scan.instant);
+        self.tracker.insert(Tracked {
+            parcel,
+            read: scan.read,
+            scanned_at: scan.at,
+            scanned: scan.instant,
+            deadline,
+            decision,
+            lane,
+            revision: 0,
+            committed_lane: None,
+        });
+        self.send(parcel, io);
+    }
+
+    /// Hands the parcel's current decision to the PLC, or records why it could not.
+    fn send(&mut self, parcel: u32, io: &LineIo) {
+        let Some(t) = self.tracker.get(parcel) else {
+            return;
+        };
+        let job = DivertJob {
+            parcel,
+            lane: t.lane,
+            revision: t.revision,
+            deadline: t.deadline.into(),
+        };
+        match io.plc.try_send(job) {
+            Ok(()) => self.in_flight += 1,
+            Err(_) => {
+                warn!(line = %self.ctx.line, parcel, "PLC queue full; parcel left to the PLC default");
+                Metrics::add(&self.ctx.metrics.diverts_failed, 1);
+                let outcome = DivertOutcome {
+                    status: DivertStatus::Overload,
+                    plc_seq: None,
+                    detail: Some("PLC command queue full".into()),
+                    at_ms: unix_ms(SystemTime::now()),
+                    late: false,
+                };
+                self.record_decision(parcel, outcome, &io.sink);
+            }
+        }
+    }
+
+    fn record_decision(&mut self, parcel: u32, outcome: DivertOutcome, sink: &RecordSink) {
+        let Some(t) = self.tracker.get_mut(parcel) else {
+            return;
+        };
+        if outcome.status == DivertStatus::Acked {
+            t.committed_lane = Some(t.lane);
+        }
+        let (read, waybill) = match &t.read {
+            ScanRead::Waybill(w) => (ReadOutcome::Ok, Some(w.clone())),
             ScanRead::NoRead => (ReadOutcome::NoRead, None),
         };
+        let now = SystemTime::now();
+        let deadline_in = t.deadline.saturating_duration_since(Instant::now());
         let record = ParcelRecord {
             schema: SCHEMA,
             msg_id: String::new(),
             seq: 0,
             prev_hash: String::new(),
-            gateway: ctx.gateway.clone(),
-            line: ctx.line.clone(),
+            gateway: self.ctx.gateway.clone(),
+            line: self.ctx.line.clone(),
             parcel,
             read,
             waybill,
-            lane,
-            lane_role: decision.role,
-            rule: decision.rule.to_string(),
-            reason: decision.reason,
-            instruction_id: decision.instruction_id,
-            scanned_at_ms: unix_ms(scan.at),
-            decided_at_ms: unix_ms(decided_at),
-            divert: DivertOutcome {
-                status: DivertStatus::Overload,
-                plc_seq: None,
-                detail: None,
-                at_ms: unix_ms(decided_at),
-            },
+            lane: t.lane,
+            lane_role: t.decision.role,
+            rule: t.decision.rule.to_string(),
+            reason: t.decision.reason.clone(),
+            instruction_id: t.decision.instruction_id.clone(),
+            scanned_at_ms: unix_ms(t.scanned_at),
+            decided_at_ms: unix_ms(now),
+            divert: outcome,
+            revision: t.revision,
+            deadline_ms: Some(unix_ms(now + deadline_in)),
         };
-        let job = DivertJob {
-            lane,
-            parcel,
-            record,
-            scanned: scan.instant,
+        let late = record.divert.late;
+        let waybill = record.waybill.clone();
+        sink.push(record);
+        if late {
+            self.alert(
+                Some(parcel),
+                waybill,
+                AlertKind::LateDivert,
+                "the PLC acknowledged the divert after the parcel's deadline".into(),
+                sink,
+            );
+        }
+    }
+
+    fn on_plc(&mut self, ev: PlcEvent, sink: &RecordSink) {
+        match ev {
+            PlcEvent::Outcome {
+                parcel,
+                revision,
+                outcome,
+                at,
+            } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                let Some(t) = self.tracker.get(parcel) else {
+                    return;
+                };
+                // An answer to a revision that has since been superseded changes nothing.
+                if t.revision != revision {
+                    return;
+                }
+                if outcome.status == DivertStatus::Acked {
+                    self.ctx
+                        .metrics
+                        .decision_latency
+                        .record(at.into_std().saturating_duration_since(t.scanned));
+                }
+                self.record_decision(parcel, outcome, sink);
+            }
+            PlcEvent::Disposition(d) => self.on_disposition(d, sink),
+            PlcEvent::DispositionsMissed(n) => self.alert(
+                None,
+                None,
+                AlertKind::DispositionsMissed,
+                format!("{n} disposition(s) overwritten in the PLC's ring before they were read"),
+                sink,
+            ),
+        }
+    }
+
+    fn on_disposition(&mut self, d: Disposition, sink: &RecordSink) {
+        Metrics::add(&self.ctx.metrics.dispositions, 1);
+        let t = self.tracker.remove(d.parcel);
+        let kind = match d.code {
+            DispositionCode::Sorted => DispositionKind::Sorted,
+            DispositionCode::Overflow => DispositionKind::Overflow,
+            DispositionCode::NoDestination => DispositionKind::NoDestination,
+            DispositionCode::Lost => DispositionKind::Lost,
+            DispositionCode::FailSafe => DispositionKind::FailSafe,
         };
-        if let Err(e) = plc.try_send(job) {
-            let mut job = match e {
-                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+        let role = self.ctx.lanes.role_of(d.lane);
+        let waybill = t.as_ref().and_then(|t| t.waybill().map(str::to_string));
+        sink.push(DispositionRecord {
+            schema: SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: self.ctx.gateway.clone(),
+            line: self.ctx.line.clone(),
+            parcel: d.parcel,
+            waybill: waybill.clone(),
+            disposition: kind,
+            lane: d.lane,
+            lane_role: role,
+            commanded_lane: t.as_ref().and_then(|t| t.committed_lane),
+            at_ms: unix_ms(SystemTime::now()),
+        });
+        let released = role == Some(LaneRole::Release);
+        let release_decided = t
+            .as_ref()
+            .is_some_and(|t| t.decision.role == LaneRole::Release);
+        if released && !release_decided {
+            // The gateway never lets this happen; if the PLC reports it, customs must know.
+            Metrics::add(&self.ctx.metrics.released_without_decision, 1);
+            error!(line = %self.ctx.line, parcel = d.parcel, "PLC reports a parcel in the release lane without a release decision");
+            self.alert(
+                Some(d.parcel),
+                waybill,
+                AlertKind::ReleasedWithoutDecision,
+                format!(
+                    "the PLC reports parcel {} in release lane {} without a release decision",
+                    d.parcel, d.lane
+                ),
+                sink,
+            );
+        } else if kind == DispositionKind::Sorted {
+            if let Some(c) = t.as_ref().and_then(|t| t.committed_lane) {
+                if c != d.lane {
+                    self.alert(
+                        Some(d.parcel),
+                        waybill,
+                        AlertKind::WrongLane,
+                        format!("commanded lane {c}, the PLC reports lane {}", d.lane),
+                        sink,
+                    );
+                }
+            }
+        }
+    }
+
+    /// New clearance information for `waybill`: re-decide tracked parcels before their
+    /// deadline, alert for those past it whose lane would now differ.
+    fn on_change(&mut self, waybill: &str, io: &LineIo) {
+        let now = Instant::now();
+        for change in self.tracker.changes_for(waybill, now) {
+            let parcel = match change {
+                Change::Redecide(p) | Change::Late(p) => p,
             };
-            warn!(line = %ctx.line, parcel, "PLC queue full; parcel left to the PLC default");
-            job.record.divert.detail = Some("PLC command queue full".into());
-            Metrics::add(&ctx.metrics.diverts_failed, 1);
-            sink.push(job.record);
+            let Some(t) = self.tracker.get(parcel) else {
+                continue;
+            };
+            let (decision, lane) = self.decide(&t.read);
+            if lane == t.lane {
+                continue;
+            }
+            match change {
+                Change::Redecide(_) => {
+                    Metrics::add(&self.ctx.metrics.recommits, 1);
+                    if let Some(t) = self.tracker.get_mut(parcel) {
+                        t.decision = decision;
+                        t.lane = lane;
+                        t.revision += 1;
+                    }
+                    self.send(parcel, io);
+                }
+                Change::Late(_) => {
+                    let detail = format!(
+                        "new clearance for {waybill} after the divert deadline: it would now go to {} (lane {lane}: {}), but the parcel was diverted to lane {}",
+                        decision.role.as_str(),
+                        decision.reason,
+                        t.lane
+                    );
+                    self.alert(
+                        Some(parcel),
+                        Some(waybill.to_string()),
+                        AlertKind::LateInstruction,
+                        detail,
+                        &io.sink,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stops tracking parcels overdue for a disposition (alerting, where the PLC reports
+    /// dispositions). Without dispositions a parcel stays tracked until then anyway, so that
+    /// a late instruction still finds it for an alert.
+    fn expire(&mut self, sink: &RecordSink) {
+        let overdue = self
+            .tracker
+            .expire(Instant::now(), self.ctx.geometry.disposition_timeout);
+        if !self.ctx.dispositions {
+            return;
+        }
+        for t in overdue {
+            let waybill = t.waybill().map(str::to_string);
+            self.alert(
+                Some(t.parcel),
+                waybill,
+                AlertKind::NoDisposition,
+                format!(
+                    "no disposition from the PLC within {:?} of the deadline",
+                    self.ctx.geometry.disposition_timeout
+                ),
+                sink,
+            );
+        }
+    }
+
+    fn alert(
+        &self,
+        parcel: Option<u32>,
+        waybill: Option<String>,
+        alert: AlertKind,
+        detail: String,
+        sink: &RecordSink,
+    ) {
+        Metrics::add(&self.ctx.metrics.alerts, 1);
+        warn!(line = %self.ctx.line, ?parcel, ?alert, %detail, "alert");
+        sink.push(AlertRecord {
+            schema: SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: self.ctx.gateway.clone(),
+            line: self.ctx.line.clone(),
+            parcel,
+            waybill,
+            alert,
+            detail,
+            at_ms: unix_ms(SystemTime::now()),
+        });
+    }
+}
+
+/// The next stricter lane role when a lane is unavailable; never towards release.
+fn stricter(role: LaneRole) -> Option<LaneRole> {
+    match role {
+        LaneRole::Release | LaneRole::Inspection => Some(LaneRole::Hold),
+        LaneRole::Hold => Some(LaneRole::Exception),
+        LaneRole::Exception => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_only_ever_gets_stricter() {
+        for role in LaneRole::ALL {
+            let mut r = role;
+            while let Some(next) = stricter(r) {
+                assert_ne!(next, LaneRole::Release);
+                r = next;
+            }
+            assert_eq!(r, LaneRole::Exception);
         }
     }
 }

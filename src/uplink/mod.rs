@@ -43,7 +43,7 @@ use crate::backoff::Backoff;
 use crate::config::Uplink as UplinkConfig;
 use crate::journal::Journal;
 use crate::metrics::{unix_ms, Metrics};
-use crate::rules::ClearanceTable;
+use crate::rules::{Applied, ClearanceTable};
 
 const LINK: &str = "broker";
 /// Largest platform message accepted; larger ones are rejected with an event. The MQTT
@@ -67,6 +67,8 @@ pub struct Uplink {
     /// Last accepted journal sequence; changes when new records are durable.
     pub accepted: watch::Receiver<u64>,
     pub alarms: Alarms,
+    /// Waybills whose clearance changed, for the lines to re-decide tracked parcels.
+    pub changes: tokio::sync::broadcast::Sender<String>,
 }
 
 /// How a session ended.
@@ -341,7 +343,9 @@ impl Uplink {
                                 .store_declaration(&d)
                                 .await
                                 .map_err(|e| format!("cannot store a declaration: {e}"))?;
+                            let waybill = d.waybill.clone();
                             self.write_table().apply_declaration(d);
+                            let _ = self.changes.send(waybill);
                         }
                         Ok(())
                     }
@@ -360,7 +364,10 @@ impl Uplink {
                                 .map_err(|e| format!("cannot store an instruction id: {e}"))?;
                         }
                         // Applied even when not new, so a stale id is remembered as seen.
-                        self.write_table().apply_instruction(i);
+                        let waybill = i.waybill.clone();
+                        if self.write_table().apply_instruction(i) == Applied::Changed {
+                            let _ = self.changes.send(waybill);
+                        }
                         Ok(())
                     }
                     Err(e) => Err(e.to_string()),

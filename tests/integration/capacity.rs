@@ -183,12 +183,16 @@ async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
         m.summary()
     );
     assert_eq!(Metrics::get(&m.records_refused), 0);
-    assert_eq!(Metrics::get(&m.parcels), Metrics::get(&m.records_accepted));
+    assert_eq!(
+        Metrics::get(&m.parcels) + Metrics::get(&m.alerts) + Metrics::get(&m.dispositions),
+        Metrics::get(&m.records_accepted),
+        "a record for every parcel, disposition and alert"
+    );
     let head = Metrics::get(&m.records_accepted);
     assert!(
         wait_until(Duration::from_secs(20), || {
             let seqs: std::collections::HashSet<u64> =
-                platform.records().iter().map(|r| r.seq).collect();
+                platform.all_records().iter().map(|r| r.seq()).collect();
             seqs.len() as u64 == head
         })
         .await,

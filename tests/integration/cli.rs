@@ -114,7 +114,10 @@ fn journal_with_records(dir: &std::path::Path, n: u64) {
                     plc_seq: Some(1),
                     detail: None,
                     at_ms: 1_000_000 + i * 1000,
+                    late: false,
                 },
+                revision: 0,
+                deadline_ms: None,
             });
         }
         drop(sink);
@@ -159,7 +162,10 @@ fn journal_commands_inspect_export_verify_and_replay_a_store() {
     assert_eq!(code, Some(0), "{err}");
     let rows: Vec<&str> = out.lines().collect();
     assert_eq!(rows.len(), 6, "{out}");
-    assert!(rows[1].starts_with("6,gw-cli-6,L1,5,ok,BL00000005,3,hold,undeclared"));
+    assert!(
+        rows[1].starts_with("6,gw-cli-6,parcel,L1,5,BL00000005,3,hold,undeclared"),
+        "{out}"
+    );
     let (code, out, _) = run(&[
         "export",
         "--from",

@@ -10,7 +10,7 @@ use bondline::app::App;
 use bondline::config::Config;
 use bondline::journal::Journal;
 use bondline::metrics::Metrics;
-use bondline_devices::contract::{Action, EventKind, Instruction, ParcelRecord, SCHEMA};
+use bondline_devices::contract::{Action, EventKind, Instruction, Record, SCHEMA};
 use bondline_devices::Profiles;
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
@@ -102,19 +102,19 @@ fn ranges(seqs: impl Iterator<Item = u64>) -> Vec<String> {
 
 /// Checks what the platform received against the journal: every record 1..=head arrived,
 /// copies of one record are identical, first arrivals come in sequence order.
-fn check_delivery(records: &[ParcelRecord], head: u64) -> usize {
-    let mut first: BTreeMap<u64, &ParcelRecord> = BTreeMap::new();
+fn check_delivery(records: &[Record], head: u64) -> usize {
+    let mut first: BTreeMap<u64, &Record> = BTreeMap::new();
     let mut order = Vec::new();
     let mut duplicates = 0;
     for r in records {
-        match first.get(&r.seq) {
+        match first.get(&r.seq()) {
             Some(seen) => {
                 duplicates += 1;
-                assert_eq!(*seen, r, "two different records share seq {}", r.seq);
+                assert_eq!(*seen, r, "two different records share seq {}", r.seq());
             }
             None => {
-                first.insert(r.seq, r);
-                order.push(r.seq);
+                first.insert(r.seq(), r);
+                order.push(r.seq());
             }
         }
     }
@@ -189,14 +189,14 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_order() {
     let head = accepted();
     assert!(
         wait_until(Duration::from_secs(10), || {
-            let seqs: HashSet<u64> = platform.records().iter().map(|r| r.seq).collect();
+            let seqs: HashSet<u64> = platform.all_records().iter().map(|r| r.seq()).collect();
             seqs.len() as u64 >= head
         })
         .await,
         "platform has {} records of {head}; missing: {:?}",
         platform.records().len(),
         {
-            let seqs: HashSet<u64> = platform.records().iter().map(|r| r.seq).collect();
+            let seqs: HashSet<u64> = platform.all_records().iter().map(|r| r.seq()).collect();
             ranges((1..=head).filter(|s| !seqs.contains(s)))
         }
     );
@@ -204,7 +204,7 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_order() {
     stop.cancel();
     app.wait().await.unwrap();
 
-    let duplicates = check_delivery(&platform.records(), head);
+    let duplicates = check_delivery(&platform.all_records(), head);
     println!("{head} records, {duplicates} duplicates after two broker outages");
     // Only records in flight when a broker went down can come twice: at most one window
     // per outage.
@@ -240,7 +240,7 @@ async fn sigkill_thirty_times_under_load_loses_no_accepted_record() {
     let daemon = Daemon::start(&path, &log);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     floor.stop_scanner.cancel();
-    let received = || platform.records().len();
+    let received = || platform.all_records().len();
     let mut last = received();
     loop {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -262,7 +262,7 @@ async fn sigkill_thirty_times_under_load_loses_no_accepted_record() {
         0,
         "records left unforwarded after a clean stop"
     );
-    check_delivery(&platform.records(), head);
+    check_delivery(&platform.all_records(), head);
 }
 
 /// A record too large for the broker is parked, reported with an alarm, kept in the
@@ -325,11 +325,13 @@ async fn refused_record_is_parked(
     );
     floor.scanner_task.await.unwrap().unwrap();
 
+    // Parcels with a decision record (a parcel re-decided when its instruction arrives has
+    // two, one per revision).
     let arrived = || {
         platform
             .records()
             .iter()
-            .map(|r| r.seq)
+            .map(|r| r.parcel)
             .collect::<HashSet<_>>()
             .len()
     };
@@ -368,7 +370,7 @@ async fn refused_record_is_parked(
     let parked = journal.parked().unwrap();
     assert_eq!(parked.len(), 1, "{parked:?}");
     let kept = journal.record(parked[0].0).unwrap().unwrap();
-    assert_eq!(kept.waybill.as_deref(), Some(big.waybill.as_str()));
+    assert_eq!(kept.waybill(), Some(big.waybill.as_str()));
     assert_eq!(journal.backlog_len(), 0);
 }
 

@@ -229,5 +229,5 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
     let declared = planned.iter().filter(|p| p.kind.is_declared()).count();
     assert_eq!(table.declarations(), declared);
     let r = journal.record(1).unwrap().expect("record 1 is stored");
-    assert_eq!(r.seq, 1);
+    assert_eq!(r.seq(), 1);
 }

@@ -1,0 +1,422 @@
+//! The ledger of a `line-sim` run: where every physical parcel went against where the plan
+//! says it must go, and how fast and how late the daemon's divert commands came.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use bondline_devices::plc::DispositionCode;
+use serde::Serialize;
+
+use super::scenario::LaneRoles;
+use crate::plan::PlanKind;
+
+/// Leaked parcels listed by name in a ledger; the count is always complete.
+const LEAKS_LISTED: usize = 50;
+
+/// What happened to one physical parcel that reached its gate, in times since the run's
+/// start. The input of [`Ledger::tally`], so classification is testable from made-up events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParcelOutcome {
+    pub plan_index: u64,
+    pub kind: PlanKind,
+    pub waybill: String,
+    /// When its scanner frame was written; `None` if the frame never reached the daemon (no
+    /// scanner client connected, or the write failed).
+    pub frame_at: Option<Duration>,
+    pub gate_at: Duration,
+    /// Arrival of every divert command for this parcel, in order.
+    pub commands: Vec<Duration>,
+    /// The PLC's disposition at the gate: code and physical lane.
+    pub code: DispositionCode,
+    pub lane: u16,
+    /// When the platform published a late inspect instruction for it, if it did.
+    pub late_mark_at: Option<Duration>,
+}
+
+/// Decision latency over the parcels that got a command: from the write of the scanner frame
+/// to the arrival of the first divert command for the parcel at the PLC.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+/// Parcels the platform marked for inspection late (`late_instructions` faults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LateMarks {
+    pub marked: u64,
+    /// Marks published before the parcel reached its gate: the daemon could still re-divert.
+    pub before_gate: u64,
+    /// Marked parcels that physically reached the inspection lane.
+    pub to_inspection: u64,
+    /// Parcels marked before their gate that still reached the release lane. Not counted as
+    /// leaks (the plan released them, and a mark a few milliseconds before the gate cannot be
+    /// acted on), but the number to watch for late marks.
+    pub released_after_mark: u64,
+}
+
+/// How the daemon's parcel ids were matched to the simulated parcels (see `LineSim`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Correlation {
+    /// The daemon's parcel id of the first delivered frame; `None` if no command came.
+    pub base: Option<u32>,
+    /// Times the estimate of `base` had to be raised after it was first set. Above 0 means
+    /// the parcels at the gate before the last raise may have been matched with the command of
+    /// an earlier parcel.
+    pub adjustments: u32,
+    /// Commands whose parcel id matches no delivered frame.
+    pub unmatched_commands: u64,
+    /// With a platform: records checked, and records whose parcel id disagrees with the
+    /// matching (waybill to frame to id). Both `None` without a platform.
+    pub records_checked: Option<u64>,
+    pub record_mismatches: Option<u64>,
+}
+
+/// A leaked parcel: it reached the release lane without a release decision in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leak {
+    pub plan_index: u64,
+    pub waybill: String,
+    pub kind: String,
+    pub code: String,
+    pub lane: u16,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Ledger {
+    pub scenario: String,
+    /// Seconds from the start of the belt to the end of the run (last gate plus a second).
+    pub run_s: f64,
+    /// Seconds between the first and the last of these parcels at the scanner.
+    pub scan_span_s: f64,
+    /// Physical parcels that reached their gate.
+    pub parcels: u64,
+    /// Garbage frames the scanner wrote (the plan's noise and `scanner_garbage` faults).
+    pub garbage_frames: u64,
+    /// Parcels whose frame never reached the daemon.
+    pub unscanned: u64,
+    /// Parcels in the lane of the plan's expected role (or, after a late mark published
+    /// before the gate, in the inspection lane).
+    pub correct: u64,
+    /// Parcels in the release lane whose plan kind is not `Release`. Must be 0.
+    pub leaks: u64,
+    /// Parcels sorted (code `sorted`) to a lane other than the correct one, leaks excluded.
+    pub wrong_lanes: u64,
+    /// Parcels with a divert command that arrived after they reached the gate.
+    pub late_diverts: u64,
+    /// Parcels whose frame reached the daemon but which got no command at all.
+    pub no_command: u64,
+    /// Dispositions by code.
+    pub sorted: u64,
+    pub overflow: u64,
+    pub no_destination: u64,
+    pub fail_safe: u64,
+    pub lost: u64,
+    pub latency: Latency,
+    pub late_marks: LateMarks,
+    /// Parcels per physical lane.
+    pub lanes: BTreeMap<u16, u64>,
+    /// The first leaked parcels.
+    pub leaked: Vec<Leak>,
+    pub correlation: Correlation,
+}
+
+fn code_name(code: DispositionCode) -> &'static str {
+    match code {
+        DispositionCode::Sorted => "sorted",
+        DispositionCode::Overflow => "overflow",
+        DispositionCode::NoDestination => "no_destination",
+        DispositionCode::Lost => "lost",
+        DispositionCode::FailSafe => "fail_safe",
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+impl Ledger {
+    /// Classifies `outcomes` against the plan with the line's lane map. `run_s`,
+    /// `garbage_frames` and `correlation` are the caller's to fill in.
+    pub fn tally(scenario: &str, outcomes: &[ParcelOutcome], roles: &LaneRoles) -> Ledger {
+        let mut l = Ledger {
+            scenario: scenario.to_string(),
+            parcels: outcomes.len() as u64,
+            ..Ledger::default()
+        };
+        let mut latencies = Vec::new();
+        for o in outcomes {
+            *l.lanes.entry(o.lane).or_default() += 1;
+            match o.code {
+                DispositionCode::Sorted => l.sorted += 1,
+                DispositionCode::Overflow => l.overflow += 1,
+                DispositionCode::NoDestination => l.no_destination += 1,
+                DispositionCode::FailSafe => l.fail_safe += 1,
+                DispositionCode::Lost => l.lost += 1,
+            }
+            if o.frame_at.is_none() {
+                l.unscanned += 1;
+            } else if o.commands.is_empty() {
+                l.no_command += 1;
+            }
+            if o.commands.iter().any(|c| *c > o.gate_at) {
+                l.late_diverts += 1;
+            }
+            if let (Some(frame), Some(first)) = (o.frame_at, o.commands.iter().min()) {
+                latencies.push(first.saturating_sub(frame).as_secs_f64() * 1000.0);
+            }
+
+            let marked_in_time = o.late_mark_at.is_some_and(|m| m < o.gate_at);
+            if o.late_mark_at.is_some() {
+                l.late_marks.marked += 1;
+                if marked_in_time {
+                    l.late_marks.before_gate += 1;
+                }
+                if o.lane == roles.inspection {
+                    l.late_marks.to_inspection += 1;
+                }
+                if marked_in_time && o.lane == roles.release {
+                    l.late_marks.released_after_mark += 1;
+                }
+            }
+
+            let leak = o.lane == roles.release && o.kind != PlanKind::Release;
+            let expected = o.kind.expected_role().map(|r| roles.lane(r));
+            let correct =
+                expected == Some(o.lane) || (marked_in_time && o.lane == roles.inspection);
+            if leak {
+                l.leaks += 1;
+                if l.leaked.len() < LEAKS_LISTED {
+                    l.leaked.push(Leak {
+                        plan_index: o.plan_index,
+                        waybill: o.waybill.clone(),
+                        kind: format!("{:?}", o.kind),
+                        code: code_name(o.code).to_string(),
+                        lane: o.lane,
+                    });
+                }
+            } else if correct {
+                l.correct += 1;
+            } else if o.code == DispositionCode::Sorted {
+                l.wrong_lanes += 1;
+            }
+            // Other mismatches are explained by the PLC's code: overflow, no destination,
+            // fail-safe or lost.
+        }
+        latencies.sort_by(f64::total_cmp);
+        l.latency = Latency {
+            samples: latencies.len() as u64,
+            p50_ms: percentile(&latencies, 0.50),
+            p99_ms: percentile(&latencies, 0.99),
+            max_ms: latencies.last().copied(),
+        };
+        l
+    }
+
+    /// Parcels per hour at the scanner: the parcels after the first over the time from the
+    /// first to the last.
+    pub fn parcels_per_hour(&self) -> f64 {
+        if self.scan_span_s > 0.0 && self.parcels > 1 {
+            (self.parcels - 1) as f64 * 3600.0 / self.scan_span_s
+        } else {
+            0.0
+        }
+    }
+}
+
+impl fmt::Display for Ledger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1} ms"));
+        writeln!(
+            f,
+            "line-sim ledger: scenario {} | {} parcels in {:.1} s ({:.0}/h at the scanner)",
+            self.scenario,
+            self.parcels,
+            self.run_s,
+            self.parcels_per_hour()
+        )?;
+        let leaks = if self.leaks == 0 {
+            "0".to_string()
+        } else {
+            format!("{}  <-- CUSTOMS BREACH", self.leaks)
+        };
+        writeln!(f, "  correct lanes      {}", self.correct)?;
+        writeln!(f, "  LEAKS              {leaks}")?;
+        writeln!(f, "  wrong lanes        {}", self.wrong_lanes)?;
+        writeln!(f, "  late diverts       {}", self.late_diverts)?;
+        writeln!(f, "  no command         {}", self.no_command)?;
+        writeln!(f, "  unscanned          {}", self.unscanned)?;
+        writeln!(
+            f,
+            "  PLC dispositions   sorted {}  overflow {}  no destination {}  fail-safe {}  lost {}",
+            self.sorted, self.overflow, self.no_destination, self.fail_safe, self.lost
+        )?;
+        writeln!(
+            f,
+            "  decision latency   p50 {}  p99 {}  max {}  ({} commands)",
+            ms(self.latency.p50_ms),
+            ms(self.latency.p99_ms),
+            ms(self.latency.max_ms),
+            self.latency.samples
+        )?;
+        if self.late_marks.marked > 0 {
+            let m = &self.late_marks;
+            writeln!(
+                f,
+                "  late marks         {} marked ({} before the gate): {} to inspection, {} released after an in-time mark",
+                m.marked, m.before_gate, m.to_inspection, m.released_after_mark
+            )?;
+        }
+        let lanes: Vec<String> = self
+            .lanes
+            .iter()
+            .map(|(lane, n)| format!("{lane}: {n}"))
+            .collect();
+        writeln!(f, "  lanes              {}", lanes.join("  "))?;
+        writeln!(f, "  garbage frames     {}", self.garbage_frames)?;
+        let c = &self.correlation;
+        let base = c
+            .base
+            .map_or_else(|| "unknown".to_string(), |b| b.to_string());
+        let records = match (c.records_checked, c.record_mismatches) {
+            (Some(n), Some(bad)) => format!(", {bad} of {n} platform records disagree"),
+            _ => String::new(),
+        };
+        write!(
+            f,
+            "  parcel ids         base {base}, {} adjustments, {} unmatched commands{records}",
+            c.adjustments, c.unmatched_commands
+        )?;
+        for leak in &self.leaked {
+            write!(
+                f,
+                "\n  leaked: #{} {} ({}) {} to lane {}",
+                leak.plan_index, leak.waybill, leak.kind, leak.code, leak.lane
+            )?;
+        }
+        if self.leaks > self.leaked.len() as u64 {
+            write!(
+                f,
+                "\n  ... and {} more",
+                self.leaks - self.leaked.len() as u64
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    fn outcome(kind: PlanKind, code: DispositionCode, lane: u16) -> ParcelOutcome {
+        ParcelOutcome {
+            plan_index: 0,
+            kind,
+            waybill: "BL000100000000".into(),
+            frame_at: Some(ms(1000)),
+            gate_at: ms(2500),
+            commands: vec![ms(1004)],
+            code,
+            lane,
+            late_mark_at: None,
+        }
+    }
+
+    #[test]
+    fn classification_from_synthetic_events() {
+        use DispositionCode::*;
+        use PlanKind::*;
+        let roles = LaneRoles::default();
+        let mut late = outcome(Inspect, Sorted, 2);
+        late.commands = vec![ms(2600)];
+        let mut marked_in_time = outcome(Release, Sorted, 2);
+        marked_in_time.late_mark_at = Some(ms(1400));
+        let mut marked_missed = outcome(Release, Sorted, 1);
+        marked_missed.late_mark_at = Some(ms(2400));
+        let mut marked_after_gate = outcome(Release, Sorted, 1);
+        marked_after_gate.late_mark_at = Some(ms(3000));
+        let mut unscanned = outcome(Hold, NoDestination, 4);
+        unscanned.frame_at = None;
+        unscanned.commands.clear();
+        let mut no_command = outcome(NoRead, NoDestination, 4);
+        no_command.commands.clear();
+        let mut recommanded_late = outcome(Release, Sorted, 1);
+        recommanded_late.commands = vec![ms(1010), ms(2700)];
+        let outcomes = vec![
+            outcome(Release, Sorted, 1),        // correct
+            outcome(Undeclared, Sorted, 1),     // leak
+            outcome(NoRead, Overflow, 1),       // leak, whatever the code
+            late,                               // correct, late
+            outcome(Inspect, Sorted, 3),        // wrong
+            outcome(Release, Overflow, 3),      // explained
+            outcome(DeclaredOnly, FailSafe, 3), // correct (hold)
+            outcome(Release, FailSafe, 3),      // explained
+            outcome(Inspect, NoDestination, 4), // explained
+            marked_in_time,                     // correct (inspection after a mark)
+            marked_missed,                      // correct by plan, released after mark
+            marked_after_gate,                  // correct
+            unscanned,                          // explained
+            no_command,                         // correct (exception)
+            recommanded_late,                   // correct, late
+        ];
+        let l = Ledger::tally("synthetic", &outcomes, &roles);
+        assert_eq!(l.parcels, 15);
+        assert_eq!(l.leaks, 2);
+        assert_eq!(l.leaked.len(), 2);
+        assert_eq!(l.leaked[1].code, "overflow");
+        assert_eq!(l.wrong_lanes, 1);
+        assert_eq!(l.late_diverts, 2);
+        assert_eq!(l.correct, 8);
+        assert_eq!(
+            (l.sorted, l.overflow, l.fail_safe, l.no_destination, l.lost),
+            (8, 2, 2, 3, 0)
+        );
+        assert_eq!((l.unscanned, l.no_command), (1, 1));
+        assert_eq!(
+            l.late_marks,
+            LateMarks {
+                marked: 3,
+                before_gate: 2,
+                to_inspection: 1,
+                released_after_mark: 1
+            }
+        );
+        assert_eq!(l.lanes.get(&1), Some(&6));
+        // Latency: 13 parcels with a command; 4 ms but for one at 10 ms and the late one.
+        assert_eq!(l.latency.samples, 13);
+        assert_eq!(l.latency.p50_ms, Some(4.0));
+        assert_eq!(l.latency.max_ms, Some(1600.0));
+        let text = l.to_string();
+        assert!(
+            text.contains("LEAKS              2  <-- CUSTOMS BREACH"),
+            "{text}"
+        );
+        assert!(text.contains("late marks"), "{text}");
+        let json = serde_json::to_value(&l).expect("json");
+        assert_eq!(json["leaks"], 2);
+        assert_eq!(json["latency"]["p50_ms"], 4.0);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), Some(50.0));
+        assert_eq!(percentile(&v, 0.99), Some(99.0));
+        assert_eq!(percentile(&[3.0], 0.99), Some(3.0));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+}

@@ -1,0 +1,910 @@
+//! Line scenarios: the belt, the lanes, the parcel mix and the faults of one `line-sim` run,
+//! read from TOML (see `simulators/scenarios/*.toml`), and the belt model they give.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bondline_devices::contract::LaneRole;
+use serde::Deserialize;
+
+use crate::plan::{Mix, Plan, PlanKind};
+use crate::plc::{PlcOptions, LANES};
+
+/// Salts of the plan hash for the belt's own draws, apart from the plan's kind draw.
+const SALT_LENGTH: u64 = 0x6C65_6E67;
+const SALT_GAP: u64 = 0x6761_7073;
+const SALT_EXTRA_NOISE: u64 = 0x6E6F_6973_6532;
+const SALT_MARK: u64 = 0x6D61_726B;
+
+/// Longest run a scenario may ask for: the simulator keeps one small trace per parcel.
+const MAX_DURATION_S: f64 = 24.0 * 3600.0;
+const MAX_PARCELS: u64 = 2_000_000;
+/// More parcels per second than this is no sorter and would only load the machine.
+const MAX_RATE_PER_S: f64 = 200.0;
+
+/// A validated scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    pub name: String,
+    /// Seed of the parcel plan (waybills and what customs says) and of the belt's draws.
+    pub seed: u64,
+    pub length: RunLength,
+    pub belt_speed_m_s: f64,
+    /// Uniform distribution of parcel lengths, `(min, max)`.
+    pub parcel_length_m: (f64, f64),
+    /// Uniform distribution of the gaps between parcels, `(min, max)`.
+    pub gap_m: (f64, f64),
+    /// Positions along the belt from induction; the gate is the divert decision point.
+    pub scanner_at_m: f64,
+    pub gate_at_m: f64,
+    pub lane_roles: LaneRoles,
+    /// Lanes with a capacity; lanes not listed never fill.
+    pub lanes: Vec<LaneSpec>,
+    pub mix: Mix,
+    /// The PLC program's lanes (fail-safe, exception, overflow); automatic disposal is off,
+    /// since the belt model disposes of each parcel at its gate.
+    pub plc: PlcOptions,
+    pub faults: Vec<Fault>,
+}
+
+/// How long a run lasts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RunLength {
+    /// Parcels reach the scanner for this many seconds.
+    Seconds(f64),
+    /// This many physical parcels pass (garbage frames are not parcels).
+    Parcels(u64),
+}
+
+/// The line's lane map, as the daemon is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneRoles {
+    pub release: u16,
+    pub inspection: u16,
+    pub hold: u16,
+    pub exception: u16,
+}
+
+impl Default for LaneRoles {
+    fn default() -> LaneRoles {
+        LaneRoles {
+            release: 1,
+            inspection: 2,
+            hold: 3,
+            exception: 4,
+        }
+    }
+}
+
+impl LaneRoles {
+    pub fn lane(&self, role: LaneRole) -> u16 {
+        match role {
+            LaneRole::Release => self.release,
+            LaneRole::Inspection => self.inspection,
+            LaneRole::Hold => self.hold,
+            LaneRole::Exception => self.exception,
+        }
+    }
+}
+
+/// A lane that fills: it is full while its count is at or above `capacity`, and the count
+/// drains by `drain_per_s` (people emptying the chute into cages).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LaneSpec {
+    pub lane: u16,
+    pub capacity: u32,
+    pub drain_per_s: f64,
+}
+
+/// A fault window: `kind` holds from `at_s` for `for_s` seconds of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fault {
+    pub at_s: f64,
+    pub for_s: f64,
+    pub kind: FaultKind,
+}
+
+impl Fault {
+    pub fn active_at(&self, t_s: f64) -> bool {
+        t_s >= self.at_s && t_s < self.at_s + self.for_s
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultKind {
+    /// The PLC is off the network (connections closed, see `PlcState::set_down`).
+    PlcDown,
+    /// The PLC acknowledges each divert only after `ack_delay_ms`.
+    PlcSlow { ack_delay_ms: u64 },
+    /// The PLC answers every request with an exception (stop mode).
+    PlcRefuse,
+    /// Each parcel scanned in the window is preceded by an extra garbage frame with
+    /// probability `share`.
+    ScannerGarbage { share: f64 },
+    /// Lane `lane` reports full for the window, whatever its count.
+    LaneFull { lane: u16 },
+    /// For each readable parcel scanned in the window (with probability `share`), the
+    /// platform publishes an inspect instruction `late_ms` after the parcel passed the scanner:
+    /// a late X-ray mark. Below the scanner-to-gate time the daemon can still re-divert it.
+    LateInstructions { late_ms: u64, share: f64 },
+}
+
+impl FaultKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            FaultKind::PlcDown => "plc_down",
+            FaultKind::PlcSlow { .. } => "plc_slow",
+            FaultKind::PlcRefuse => "plc_refuse",
+            FaultKind::ScannerGarbage { .. } => "scanner_garbage",
+            FaultKind::LaneFull { .. } => "lane_full",
+            FaultKind::LateInstructions { .. } => "late_instructions",
+        }
+    }
+}
+
+/// What the PLC faults amount to at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlcFaults {
+    pub down: bool,
+    pub refuse: bool,
+    pub ack_delay: Duration,
+    pub full_lanes: BTreeSet<u16>,
+}
+
+/// Why a scenario cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("scenario is not valid TOML for a scenario: {0}")]
+    Syntax(String),
+    #[error("scenario field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+    #[error("scenario {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: Box<ScenarioError>,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ScenarioError {
+    ScenarioError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    seed: u64,
+    duration_s: Option<f64>,
+    parcels: Option<u64>,
+    belt_speed_m_s: f64,
+    parcel_length_m: [f64; 2],
+    gap_m: [f64; 2],
+    scanner_at_m: f64,
+    gate_at_m: f64,
+    #[serde(default)]
+    lane_roles: LaneRoles,
+    #[serde(default)]
+    lanes: Vec<RawLane>,
+    mix: Option<RawMix>,
+    #[serde(default)]
+    plc: RawPlc,
+    #[serde(default)]
+    faults: Vec<RawFault>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLane {
+    lane: u16,
+    capacity: u32,
+    drain_per_s: f64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawMix {
+    release: u32,
+    inspect: u32,
+    hold: u32,
+    declared_only: u32,
+    undeclared: u32,
+    no_read: u32,
+    garbage: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlc {
+    fail_safe_lane: Option<u16>,
+    overflow_lane: Option<u16>,
+    exception_lane: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    at_s: f64,
+    for_s: f64,
+    kind: RawFaultKind,
+    ack_delay_ms: Option<u64>,
+    share: Option<f64>,
+    lane: Option<u16>,
+    late_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawFaultKind {
+    PlcDown,
+    PlcSlow,
+    PlcRefuse,
+    ScannerGarbage,
+    LaneFull,
+    LateInstructions,
+}
+
+/// Checks `v` is a finite number within `lo..=hi`.
+fn range(field: &str, v: f64, lo: f64, hi: f64) -> Result<f64, ScenarioError> {
+    if v.is_finite() && v >= lo && v <= hi {
+        Ok(v)
+    } else {
+        Err(invalid(
+            field,
+            format!("must be from {lo} to {hi}, not {v}"),
+        ))
+    }
+}
+
+fn lane_no(field: &str, lane: u16) -> Result<u16, ScenarioError> {
+    if (1..=LANES).contains(&lane) {
+        Ok(lane)
+    } else {
+        Err(invalid(
+            field,
+            format!("lane {lane} does not exist; lanes are 1 to {LANES}"),
+        ))
+    }
+}
+
+impl Scenario {
+    /// Parses and validates a scenario. Errors name the field and what it must be.
+    pub fn from_toml(text: &str) -> Result<Scenario, ScenarioError> {
+        let raw: RawScenario =
+            toml::from_str(text).map_err(|e| ScenarioError::Syntax(e.to_string()))?;
+        raw.validate()
+    }
+
+    /// Reads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Scenario::from_toml(&text).map_err(|e| ScenarioError::File {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
+    }
+
+    /// The same scenario `factor` times shorter, for tests: the run (seconds or parcel count)
+    /// and every fault window's start and length are divided by `factor`; the belt, its
+    /// parcels and their rate stay as they are. Factors below 1 (or not finite) are taken as 1.
+    pub fn shortened(&self, factor: f64) -> Scenario {
+        let f = if factor.is_finite() && factor >= 1.0 {
+            factor
+        } else {
+            1.0
+        };
+        let mut s = self.clone();
+        s.length = match self.length {
+            RunLength::Seconds(d) => RunLength::Seconds(d / f),
+            RunLength::Parcels(n) => RunLength::Parcels(((n as f64 / f).ceil() as u64).max(1)),
+        };
+        for fault in &mut s.faults {
+            fault.at_s /= f;
+            fault.for_s /= f;
+        }
+        s
+    }
+
+    /// The plan whose parcels this scenario's belt carries.
+    pub fn plan(&self) -> Plan {
+        Plan::with_mix(self.seed, self.mix)
+    }
+
+    /// Seconds from a parcel's leading edge at the scanner to it at the gate.
+    pub fn scanner_to_gate_s(&self) -> f64 {
+        (self.gate_at_m - self.scanner_at_m) / self.belt_speed_m_s
+    }
+
+    /// Mean parcels per second the belt carries: speed over mean pitch (length plus gap).
+    pub fn mean_rate_per_s(&self) -> f64 {
+        let pitch = (self.parcel_length_m.0 + self.parcel_length_m.1) / 2.0
+            + (self.gap_m.0 + self.gap_m.1) / 2.0;
+        self.belt_speed_m_s / pitch
+    }
+
+    /// The belt's parcels in order, each with its scanner and gate times. Deterministic: a
+    /// pure function of the scenario.
+    pub fn belt(&self) -> Belt {
+        Belt {
+            scenario: self.clone(),
+            plan: self.plan(),
+            n: 0,
+            next_plan: 0,
+            lead_at_induction_s: 0.0,
+        }
+    }
+
+    /// The PLC faults in force at `t_s` seconds into the run.
+    pub fn plc_faults_at(&self, t_s: f64) -> PlcFaults {
+        let mut out = PlcFaults::default();
+        for f in self.faults.iter().filter(|f| f.active_at(t_s)) {
+            match f.kind {
+                FaultKind::PlcDown => out.down = true,
+                FaultKind::PlcRefuse => out.refuse = true,
+                FaultKind::PlcSlow { ack_delay_ms } => {
+                    out.ack_delay = out.ack_delay.max(Duration::from_millis(ack_delay_ms));
+                }
+                FaultKind::LaneFull { lane } => {
+                    out.full_lanes.insert(lane);
+                }
+                FaultKind::ScannerGarbage { .. } | FaultKind::LateInstructions { .. } => {}
+            }
+        }
+        out
+    }
+
+    /// The seconds into the run at which the PLC faults change.
+    pub fn fault_boundaries(&self) -> Vec<f64> {
+        let mut out: Vec<f64> = self
+            .faults
+            .iter()
+            .flat_map(|f| [f.at_s, f.at_s + f.for_s])
+            .collect();
+        out.sort_by(f64::total_cmp);
+        out.dedup();
+        out
+    }
+}
+
+impl RawScenario {
+    fn validate(self) -> Result<Scenario, ScenarioError> {
+        if self.name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        let length = match (self.duration_s, self.parcels) {
+            (Some(d), None) => RunLength::Seconds(range("duration_s", d, 0.001, MAX_DURATION_S)?),
+            (None, Some(n)) if (1..=MAX_PARCELS).contains(&n) => RunLength::Parcels(n),
+            (None, Some(n)) => {
+                return Err(invalid(
+                    "parcels",
+                    format!("must be from 1 to {MAX_PARCELS}, not {n}"),
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "duration_s",
+                    "give exactly one of `duration_s` and `parcels`",
+                ))
+            }
+        };
+        let speed = range("belt_speed_m_s", self.belt_speed_m_s, 0.01, 10.0)?;
+        let [lmin, lmax] = self.parcel_length_m;
+        range("parcel_length_m", lmin, 0.01, 5.0)?;
+        range("parcel_length_m", lmax, lmin, 5.0)
+            .map_err(|_| invalid("parcel_length_m", "must be [min, max] with min <= max <= 5"))?;
+        let [gmin, gmax] = self.gap_m;
+        range("gap_m", gmin, 0.0, 100.0)?;
+        range("gap_m", gmax, gmin, 100.0)
+            .map_err(|_| invalid("gap_m", "must be [min, max] with min <= max <= 100"))?;
+        range("scanner_at_m", self.scanner_at_m, 0.0, 1000.0)?;
+        if !(self.gate_at_m.is_finite() && self.gate_at_m > self.scanner_at_m)
+            || self.gate_at_m > 1000.0
+        {
+            return Err(invalid(
+                "gate_at_m",
+                format!(
+                    "must be after the scanner ({} m) and at most 1000 m",
+                    self.scanner_at_m
+                ),
+            ));
+        }
+
+        let roles = self.lane_roles;
+        for role in LaneRole::ALL {
+            lane_no(&format!("lane_roles.{}", role.as_str()), roles.lane(role))?;
+        }
+        for role in [LaneRole::Inspection, LaneRole::Hold, LaneRole::Exception] {
+            if roles.lane(role) == roles.release {
+                return Err(invalid(
+                    format!("lane_roles.{}", role.as_str()),
+                    "must not be the release lane",
+                ));
+            }
+        }
+
+        let mut lanes = Vec::with_capacity(self.lanes.len());
+        for (i, l) in self.lanes.into_iter().enumerate() {
+            let field = |f: &str| format!("lanes[{i}].{f}");
+            lane_no(&field("lane"), l.lane)?;
+            if lanes.iter().any(|o: &LaneSpec| o.lane == l.lane) {
+                return Err(invalid(
+                    field("lane"),
+                    format!("lane {} listed twice", l.lane),
+                ));
+            }
+            if l.capacity == 0 {
+                return Err(invalid(field("capacity"), "must be at least 1"));
+            }
+            range(&field("drain_per_s"), l.drain_per_s, 0.0, 10_000.0)?;
+            lanes.push(LaneSpec {
+                lane: l.lane,
+                capacity: l.capacity,
+                drain_per_s: l.drain_per_s,
+            });
+        }
+
+        let mix = match self.mix {
+            None => Mix::default(),
+            Some(m) => Mix {
+                release: m.release,
+                inspect: m.inspect,
+                hold: m.hold,
+                declared_only: m.declared_only,
+                undeclared: m.undeclared,
+                no_read: m.no_read,
+                garbage: m.garbage,
+            },
+        };
+        let parcels_weight = [
+            mix.release,
+            mix.inspect,
+            mix.hold,
+            mix.declared_only,
+            mix.undeclared,
+            mix.no_read,
+        ]
+        .iter()
+        .map(|w| u64::from(*w))
+        .sum::<u64>();
+        if parcels_weight == 0 {
+            return Err(invalid(
+                "mix",
+                "needs a weight above 0 on a kind other than garbage (a belt of noise has no parcels)",
+            ));
+        }
+
+        let plc = PlcOptions {
+            fail_safe_lane: lane_no(
+                "plc.fail_safe_lane",
+                self.plc.fail_safe_lane.unwrap_or(roles.hold),
+            )?,
+            exception_lane: lane_no(
+                "plc.exception_lane",
+                self.plc.exception_lane.unwrap_or(roles.exception),
+            )?,
+            overflow_lane: lane_no(
+                "plc.overflow_lane",
+                self.plc.overflow_lane.unwrap_or(roles.hold),
+            )?,
+            auto_dispose_after: None,
+        };
+        for (field, lane) in [
+            ("plc.fail_safe_lane", plc.fail_safe_lane),
+            ("plc.exception_lane", plc.exception_lane),
+            ("plc.overflow_lane", plc.overflow_lane),
+        ] {
+            if lane == roles.release {
+                return Err(invalid(
+                    field,
+                    "must not be the release lane: the PLC's own defaults fail closed",
+                ));
+            }
+        }
+
+        let run_s = match length {
+            RunLength::Seconds(d) => Some(d),
+            RunLength::Parcels(_) => None,
+        };
+        let mut faults = Vec::with_capacity(self.faults.len());
+        for (i, f) in self.faults.into_iter().enumerate() {
+            faults.push(f.validate(i, run_s)?);
+        }
+
+        let scenario = Scenario {
+            name: self.name,
+            seed: self.seed,
+            length,
+            belt_speed_m_s: speed,
+            parcel_length_m: (lmin, lmax),
+            gap_m: (gmin, gmax),
+            scanner_at_m: self.scanner_at_m,
+            gate_at_m: self.gate_at_m,
+            lane_roles: roles,
+            lanes,
+            mix,
+            plc,
+            faults,
+        };
+        let rate = scenario.mean_rate_per_s();
+        if rate > MAX_RATE_PER_S {
+            return Err(invalid(
+                "gap_m",
+                format!(
+                    "belt speed over mean parcel pitch gives {rate:.0} parcels/s; at most \
+                     {MAX_RATE_PER_S} are simulated"
+                ),
+            ));
+        }
+        Ok(scenario)
+    }
+}
+
+impl RawFault {
+    fn validate(self, i: usize, run_s: Option<f64>) -> Result<Fault, ScenarioError> {
+        let field = |f: &str| format!("faults[{i}].{f}");
+        let at_s = range(&field("at_s"), self.at_s, 0.0, MAX_DURATION_S)?;
+        let for_s = range(&field("for_s"), self.for_s, 0.001, MAX_DURATION_S)?;
+        if let Some(run) = run_s {
+            if at_s >= run {
+                return Err(invalid(
+                    field("at_s"),
+                    format!("starts at {at_s} s, after the run ends ({run} s)"),
+                ));
+            }
+        }
+        // Which parameters each kind takes; anything else given is a mistake worth naming.
+        let (name, wants): (&str, &[&str]) = match self.kind {
+            RawFaultKind::PlcDown => ("plc_down", &[]),
+            RawFaultKind::PlcSlow => ("plc_slow", &["ack_delay_ms"]),
+            RawFaultKind::PlcRefuse => ("plc_refuse", &[]),
+            RawFaultKind::ScannerGarbage => ("scanner_garbage", &["share"]),
+            RawFaultKind::LaneFull => ("lane_full", &["lane"]),
+            RawFaultKind::LateInstructions => ("late_instructions", &["late_ms", "share"]),
+        };
+        for (param, given) in [
+            ("ack_delay_ms", self.ack_delay_ms.is_some()),
+            ("share", self.share.is_some()),
+            ("lane", self.lane.is_some()),
+            ("late_ms", self.late_ms.is_some()),
+        ] {
+            if given && !wants.contains(&param) {
+                return Err(invalid(
+                    field(param),
+                    format!("is not a parameter of kind `{name}`"),
+                ));
+            }
+        }
+        let required =
+            |param: &str| invalid(field(param), format!("is required for kind `{name}`"));
+        let share = |default: Option<f64>| -> Result<f64, ScenarioError> {
+            match self.share.or(default) {
+                Some(s) if s.is_finite() && s > 0.0 && s <= 1.0 => Ok(s),
+                Some(s) => Err(invalid(
+                    field("share"),
+                    format!("must be above 0 and at most 1, not {s}"),
+                )),
+                None => Err(required("share")),
+            }
+        };
+        let kind = match self.kind {
+            RawFaultKind::PlcDown => FaultKind::PlcDown,
+            RawFaultKind::PlcRefuse => FaultKind::PlcRefuse,
+            RawFaultKind::PlcSlow => match self.ack_delay_ms {
+                Some(ms) if (1..=60_000).contains(&ms) => FaultKind::PlcSlow { ack_delay_ms: ms },
+                Some(ms) => {
+                    return Err(invalid(
+                        field("ack_delay_ms"),
+                        format!("must be from 1 to 60000, not {ms}"),
+                    ))
+                }
+                None => return Err(required("ack_delay_ms")),
+            },
+            RawFaultKind::ScannerGarbage => FaultKind::ScannerGarbage {
+                share: share(None)?,
+            },
+            RawFaultKind::LaneFull => match self.lane {
+                Some(lane) => FaultKind::LaneFull {
+                    lane: lane_no(&field("lane"), lane)?,
+                },
+                None => return Err(required("lane")),
+            },
+            RawFaultKind::LateInstructions => match self.late_ms {
+                Some(ms) if ms <= 60_000 => FaultKind::LateInstructions {
+                    late_ms: ms,
+                    share: share(Some(1.0))?,
+                },
+                Some(ms) => {
+                    return Err(invalid(
+                        field("late_ms"),
+                        format!("must be at most 60000, not {ms}"),
+                    ))
+                }
+                None => return Err(required("late_ms")),
+            },
+        };
+        Ok(Fault { at_s, for_s, kind })
+    }
+}
+
+/// One physical parcel on the belt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BeltParcel {
+    /// Physical parcel number in the run, from 0.
+    pub n: u64,
+    /// The plan parcel it carries (never a garbage one).
+    pub plan_index: u64,
+    pub kind: PlanKind,
+    pub waybill: String,
+    pub length_m: f64,
+    /// Seconds into the run at which its leading edge reaches the scanner, and the gate.
+    pub scan_s: f64,
+    pub gate_s: f64,
+    /// Plan indices of the plan's garbage entries before this parcel: the scanner sends their
+    /// noise just ahead of this parcel's frame.
+    pub noise_before: Vec<u64>,
+    /// A `scanner_garbage` fault adds one more garbage frame ahead of this parcel.
+    pub extra_noise: bool,
+    /// A `late_instructions` fault: seconds into the run at which the platform publishes an
+    /// inspect instruction for this parcel.
+    pub late_mark_s: Option<f64>,
+}
+
+/// The belt's parcels in order; see [`Scenario::belt`].
+#[derive(Debug, Clone)]
+pub struct Belt {
+    scenario: Scenario,
+    plan: Plan,
+    n: u64,
+    next_plan: u64,
+    /// When the next parcel's leading edge passes the induction point (position 0).
+    lead_at_induction_s: f64,
+}
+
+/// A uniform draw in `[0, 1)` from a 64-bit hash.
+fn unit(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn between((lo, hi): (f64, f64), h: u64) -> f64 {
+    lo + (hi - lo) * unit(h)
+}
+
+impl Iterator for Belt {
+    type Item = BeltParcel;
+
+    fn next(&mut self) -> Option<BeltParcel> {
+        let s = &self.scenario;
+        if let RunLength::Parcels(count) = s.length {
+            if self.n >= count {
+                return None;
+            }
+        }
+        let v = s.belt_speed_m_s;
+        let scan_s = self.lead_at_induction_s + s.scanner_at_m / v;
+        if let RunLength::Seconds(d) = s.length {
+            if scan_s > d {
+                return None;
+            }
+        }
+        let gate_s = self.lead_at_induction_s + s.gate_at_m / v;
+        let n = self.n;
+        let length_m = between(s.parcel_length_m, self.plan.hash(n, SALT_LENGTH));
+        let mut noise_before = Vec::new();
+        // Validation guarantees a non-garbage weight, so this ends (geometrically fast).
+        let parcel = loop {
+            let p = self.plan.parcel(self.next_plan);
+            self.next_plan += 1;
+            if p.kind == PlanKind::Garbage {
+                noise_before.push(p.index);
+            } else {
+                break p;
+            }
+        };
+        let garbage_share = s
+            .faults
+            .iter()
+            .filter(|f| f.active_at(scan_s))
+            .filter_map(|f| match f.kind {
+                FaultKind::ScannerGarbage { share } => Some(share),
+                _ => None,
+            })
+            .fold(0.0, f64::max);
+        let extra_noise =
+            garbage_share > 0.0 && unit(self.plan.hash(n, SALT_EXTRA_NOISE)) < garbage_share;
+        let late_mark_s = s
+            .faults
+            .iter()
+            .filter(|f| f.active_at(scan_s))
+            .find_map(|f| match f.kind {
+                FaultKind::LateInstructions { late_ms, share } => Some((late_ms, share)),
+                _ => None,
+            })
+            .filter(|(_, share)| {
+                parcel.kind.is_readable() && unit(self.plan.hash(parcel.index, SALT_MARK)) < *share
+            })
+            .map(|(late_ms, _)| scan_s + late_ms as f64 / 1000.0);
+        let gap_after = between(s.gap_m, self.plan.hash(n + 1, SALT_GAP));
+        self.lead_at_induction_s += (length_m + gap_after) / v;
+        self.n += 1;
+        Some(BeltParcel {
+            n,
+            plan_index: parcel.index,
+            kind: parcel.kind,
+            waybill: parcel.waybill,
+            length_m,
+            scan_s,
+            gate_s,
+            noise_before,
+            extra_noise,
+            late_mark_s,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+seed = 1
+duration_s = 10
+belt_speed_m_s = 2.0
+parcel_length_m = [0.2, 0.4]
+gap_m = [0.1, 0.3]
+scanner_at_m = 1.0
+gate_at_m = 4.0
+"#;
+
+    fn err(text: &str) -> String {
+        match Scenario::from_toml(text) {
+            Ok(s) => panic!("accepted: {s:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_scenario_has_defaults() {
+        let s = Scenario::from_toml(MINIMAL).expect("valid");
+        assert_eq!(s.length, RunLength::Seconds(10.0));
+        assert_eq!(s.lane_roles, LaneRoles::default());
+        assert_eq!(s.mix, Mix::default());
+        assert_eq!(
+            (
+                s.plc.fail_safe_lane,
+                s.plc.overflow_lane,
+                s.plc.exception_lane
+            ),
+            (3, 3, 4)
+        );
+        assert!((s.scanner_to_gate_s() - 1.5).abs() < 1e-9);
+        assert!(s.lanes.is_empty() && s.faults.is_empty());
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("bogus = 1\n", "unknown field `bogus`"),
+            ("parcels = 5\n", "exactly one of `duration_s` and `parcels`"),
+            ("[plc]\nfail_safe_lane = 1\n", "plc.fail_safe_lane"),
+            ("[lane_roles]\nrelease = 2\ninspection = 2\nhold = 3\nexception = 4\n", "lane_roles.inspection"),
+            ("[lane_roles]\nrelease = 1\ninspection = 2\nhold = 3\nexception = 17\n", "lane 17 does not exist"),
+            ("[mix]\ngarbage = 5\n", "mix"),
+            ("[mix]\nsmuggled = 5\n", "unknown field `smuggled`"),
+            ("[[lanes]]\nlane = 1\ncapacity = 0\ndrain_per_s = 1\n", "lanes[0].capacity"),
+            ("[[lanes]]\nlane = 1\ncapacity = 5\ndrain_per_s = 1\n[[lanes]]\nlane = 1\ncapacity = 5\ndrain_per_s = 1\n", "listed twice"),
+            ("[[faults]]\nat_s = 1\nfor_s = 1\nkind = \"lane_full\"\n", "`faults[0].lane`: is required for kind `lane_full`"),
+            ("[[faults]]\nat_s = 1\nfor_s = 1\nkind = \"plc_down\"\nlane = 2\n", "`faults[0].lane`: is not a parameter of kind `plc_down`"),
+            ("[[faults]]\nat_s = 1\nfor_s = 1\nkind = \"scanner_garbage\"\nshare = 1.5\n", "faults[0].share"),
+            ("[[faults]]\nat_s = 1\nfor_s = 1\nkind = \"plc_slow\"\n", "`faults[0].ack_delay_ms`: is required"),
+            ("[[faults]]\nat_s = 20\nfor_s = 1\nkind = \"plc_down\"\n", "after the run ends"),
+            ("[[faults]]\nat_s = 1\nfor_s = 1\nkind = \"meteor\"\n", "unknown variant `meteor`"),
+        ];
+        for (extra, want) in cases {
+            let e = err(&format!("{MINIMAL}{extra}"));
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
+        let e = err(&MINIMAL.replace("gate_at_m = 4.0", "gate_at_m = 0.5"));
+        assert!(e.contains("gate_at_m"), "{e}");
+        let e = err(&MINIMAL.replace("[0.2, 0.4]", "[0.4, 0.2]"));
+        assert!(e.contains("parcel_length_m"), "{e}");
+        let e = err(&MINIMAL.replace("belt_speed_m_s = 2.0", "belt_speed_m_s = nan"));
+        assert!(e.contains("belt_speed_m_s"), "{e}");
+        let e = err(&MINIMAL
+            .replace("[0.2, 0.4]", "[0.01, 0.01]")
+            .replace("[0.1, 0.3]", "[0.0, 0.0]")
+            .replace("belt_speed_m_s = 2.0", "belt_speed_m_s = 4.0"));
+        assert!(e.contains("parcels/s"), "{e}");
+        let e = err("name = \"t\"\nseed = ");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn belt_is_deterministic_and_spaced() {
+        let s = Scenario::from_toml(MINIMAL).expect("valid");
+        let a: Vec<_> = s.belt().collect();
+        let b: Vec<_> = s.belt().collect();
+        assert_eq!(a, b);
+        assert!(!a.is_empty());
+        for w in a.windows(2) {
+            let (p, q) = (&w[0], &w[1]);
+            // The next leading edge is at least this parcel's length plus the smallest gap
+            // behind, at most its length plus the largest gap.
+            let dt = q.scan_s - p.scan_s;
+            assert!(dt >= (p.length_m + 0.1) / 2.0 - 1e-9, "{dt}");
+            assert!(dt <= (p.length_m + 0.3) / 2.0 + 1e-9, "{dt}");
+            assert!((p.gate_s - p.scan_s - 1.5).abs() < 1e-9);
+            assert!(q.plan_index > p.plan_index);
+            assert_eq!(q.n, p.n + 1);
+        }
+        assert!(a
+            .iter()
+            .all(|p| p.kind != PlanKind::Garbage && p.scan_s <= 10.0));
+        // Every plan index is accounted for: a parcel or noise ahead of one.
+        let mut seen: Vec<u64> = a
+            .iter()
+            .flat_map(|p| p.noise_before.iter().copied().chain([p.plan_index]))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..seen.len() as u64).collect::<Vec<_>>());
+        let counted = Scenario {
+            length: RunLength::Parcels(7),
+            ..s
+        };
+        assert_eq!(counted.belt().count(), 7);
+    }
+
+    #[test]
+    fn faults_mark_parcels_and_plc_state() {
+        let text = format!(
+            "{MINIMAL}[[faults]]\nat_s = 2\nfor_s = 3\nkind = \"scanner_garbage\"\nshare = 1.0\n\
+             [[faults]]\nat_s = 6\nfor_s = 2\nkind = \"late_instructions\"\nlate_ms = 400\n\
+             [[faults]]\nat_s = 1\nfor_s = 2\nkind = \"plc_slow\"\nack_delay_ms = 300\n\
+             [[faults]]\nat_s = 2\nfor_s = 2\nkind = \"lane_full\"\nlane = 2\n"
+        );
+        let s = Scenario::from_toml(&text).expect("valid");
+        for p in s.belt() {
+            assert_eq!(p.extra_noise, (2.0..5.0).contains(&p.scan_s), "{p:?}");
+            let marked = (6.0..8.0).contains(&p.scan_s) && p.kind.is_readable();
+            assert_eq!(p.late_mark_s.is_some(), marked, "{p:?}");
+            if let Some(m) = p.late_mark_s {
+                assert!((m - p.scan_s - 0.4).abs() < 1e-9);
+            }
+        }
+        assert_eq!(s.plc_faults_at(0.5), PlcFaults::default());
+        let f = s.plc_faults_at(2.5);
+        assert_eq!(f.ack_delay, Duration::from_millis(300));
+        assert_eq!(f.full_lanes.into_iter().collect::<Vec<_>>(), vec![2]);
+        assert!(
+            s.plc_faults_at(3.0).ack_delay.is_zero(),
+            "window is half-open"
+        );
+        assert_eq!(
+            s.fault_boundaries(),
+            vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]
+        );
+    }
+
+    #[test]
+    fn shortened_scales_run_and_faults() {
+        let text = format!("{MINIMAL}[[faults]]\nat_s = 4\nfor_s = 2\nkind = \"plc_down\"\n");
+        let s = Scenario::from_toml(&text).expect("valid").shortened(4.0);
+        assert_eq!(s.length, RunLength::Seconds(2.5));
+        assert_eq!((s.faults[0].at_s, s.faults[0].for_s), (1.0, 0.5));
+        assert_eq!(s.belt_speed_m_s, 2.0);
+        let same = s.shortened(0.5);
+        assert_eq!(same, s);
+    }
+}
