@@ -1,8 +1,10 @@
 //! Disk capacity of the journal, and what happens when it runs short.
 //!
 //! Capacity is judged on two measures, checked every second by the housekeeping task:
-//! the bytes of stored records against `storage.quota_mb`, and the free space of the
-//! journal's filesystem against `storage.min_free_mb`.
+//! the bytes of stored records against `storage.quota_mb`, and the free space against
+//! `storage.min_free_mb`. Free space is the filesystem's free space plus the room inside the
+//! store's files that purging has freed (the store reuses it but never shrinks its files),
+//! estimated as the files' size less twice the stored records.
 //!
 //! | level | when | what happens |
 //! |---|---|---|

@@ -85,13 +85,21 @@ impl Housekeeping {
 
     fn measure(&self, journal: &Journal, metrics: &Metrics) -> Level {
         let live = journal.live_bytes();
-        let free = match free_bytes(&self.path) {
+        let disk_free = match free_bytes(&self.path) {
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %e, "cannot measure free disk space; assuming full");
                 0
             }
         };
+        // The store never gives space back to the filesystem, but reuses what purging frees
+        // inside its files: count that as free too, estimating the store's own overhead
+        // generously as the live data once more.
+        let reusable = journal
+            .size_on_disk()
+            .unwrap_or(0)
+            .saturating_sub(live.saturating_mul(2));
+        let free = disk_free.saturating_add(reusable);
         metrics.journal_live_bytes.store(live, Ordering::Relaxed);
         metrics.journal_free_bytes.store(free, Ordering::Relaxed);
         level(self.limits, live, free)
