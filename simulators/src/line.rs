@@ -30,15 +30,20 @@
 //! such bound seen. It is exact as soon as one command arrives before the next frame is
 //! written (in practice the first one: decisions take milliseconds, frames come every 90 ms
 //! or more), and it never overshoots, so a parcel is never matched with a later parcel's
-//! command. Limits: a daemon restart during a run starts a new base and breaks the match; a
-//! frame written into a scanner connection that was dying may be counted as delivered though
-//! the daemon never decoded it, which shifts every later id by one (the ledger's
-//! `record_mismatches`, checked against the platform's records when there is a platform, and
-//! `unmatched_commands` show this); if every command until some point came only after the
-//! next frame had been written, parcels disposed of until then may have been matched with an
-//! earlier parcel's command (`correlation.adjustments` > 0 shows the estimate moved).
-//! A parcel the PLC has no id for (no command has arrived at all, or its frame was not
-//! delivered) is disposed and reported with parcel id 0.
+//! command. Each scanner connection gets a base of its own, so a daemon restarted during the
+//! run (new random base) or a reconnect that lost frames in the dying connection is followed.
+//!
+//! Limits: a frame written into a connection that is dying but not yet seen closed may be
+//! counted as delivered though the daemon never decoded it, which shifts the later ids of
+//! that connection by one; two daemons on one line (or commands from a previous daemon still
+//! arriving after a new one connected) confuse the match; if every command of a connection
+//! until some point came only after the next frame had been written, parcels disposed of
+//! until then may have been matched with an earlier parcel's command. The ledger shows all
+//! of these: `correlation.adjustments` > 0 (the estimate moved), `unmatched_commands`, and,
+//! with a platform, `record_mismatches` (the daemon's records name the parcel id of each
+//! waybill, which is checked against the match).
+//! A parcel the PLC has no id for (no command has arrived on its connection yet, or its frame
+//! was not delivered) is disposed and reported with parcel id 0.
 
 mod ledger;
 mod scenario;
@@ -59,7 +64,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-pub use ledger::{Correlation, LateMarks, Latency, Leak, Ledger, ParcelOutcome};
+pub use ledger::{Correlation, LateMarks, Latency, Ledger, Misplaced, ParcelOutcome};
 pub use scenario::{
     Belt, BeltParcel, Fault, FaultKind, LaneRoles, LaneSpec, PlcFaults, RunLength, Scenario,
     ScenarioError,
@@ -84,6 +89,8 @@ const SETTLE: Duration = Duration::from_millis(500);
 const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 /// After the last parcel passed its gate: time for late commands to arrive and be counted.
 const TAIL: Duration = Duration::from_secs(1);
+/// How stale the controller's view of the lane states may be when it decides.
+const BLOCKED_SLACK: Duration = Duration::from_millis(250);
 /// Lane drain and full-bit period.
 const TICK_US: u64 = 100_000;
 
@@ -406,14 +413,16 @@ impl Link {
         }
     }
 
-    async fn apply(&mut self, event: LinkEvent) {
+    /// Applies a link event; true if a new client connected.
+    async fn apply(&mut self, event: LinkEvent) -> bool {
         let Link::Tcp { conn, .. } = self else {
-            return;
+            return false;
         };
         match event {
             LinkEvent::Connected(stream, peer) => {
                 tracing::info!(%peer, "scanner client connected");
                 *conn = Some(stream);
+                return true;
             }
             LinkEvent::Closed => {
                 tracing::warn!("scanner client disconnected; frames are lost until it is back");
@@ -424,6 +433,7 @@ impl Link {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        false
     }
 
     /// Writes one parcel's bytes; true if they were handed to the connection.
@@ -459,35 +469,85 @@ impl Link {
 }
 
 /// Matches the daemon's parcel ids to delivered frames (see the module documentation).
+///
+/// Each scanner connection is an epoch with its own base: a daemon that restarted numbers
+/// its parcels from a new random base, and one that only reconnected may have lost frames
+/// written into the dying connection; either way the frames of the new connection are
+/// numbered consecutively from a base of their own.
 #[derive(Debug, Clone, Default)]
 struct Correlator {
     /// When each delivered frame's write started, by delivery index.
     frames: Vec<Instant>,
-    base: Option<u64>,
-    adjustments: u32,
+    /// By first frame, ascending.
+    epochs: Vec<Epoch>,
+    /// A new scanner connection began: the next frame starts a new epoch.
+    new_epoch: bool,
     /// Commands taken into account so far (index into the PLC's command list).
     seen: usize,
 }
 
+#[derive(Debug, Clone)]
+struct Epoch {
+    /// Delivery index of the epoch's first frame.
+    first: u64,
+    /// The daemon's parcel id of that frame, as far as known.
+    base: Option<u64>,
+    adjustments: u32,
+}
+
 impl Correlator {
+    /// A new scanner client connected.
+    fn new_connection(&mut self) {
+        self.new_epoch = true;
+    }
+
     /// Records a frame whose write started at `at`; returns its delivery index.
     fn frame(&mut self, at: Instant) -> u64 {
+        let k = self.frames.len() as u64;
+        let reuse = self.epochs.last().is_some_and(|e| e.first == k);
+        if (self.epochs.is_empty() || self.new_epoch) && !reuse {
+            self.epochs.push(Epoch {
+                first: k,
+                base: None,
+                adjustments: 0,
+            });
+        }
+        self.new_epoch = false;
         self.frames.push(at);
-        self.frames.len() as u64 - 1
+        k
+    }
+
+    fn epoch_of(&self, k: u64) -> Option<usize> {
+        self.epochs.partition_point(|e| e.first <= k).checked_sub(1)
+    }
+
+    /// Frames in epoch `e`.
+    fn epoch_len(&self, e: usize) -> u64 {
+        let end = self
+            .epochs
+            .get(e + 1)
+            .map_or(self.frames.len() as u64, |n| n.first);
+        self.epochs.get(e).map_or(0, |ep| end - ep.first)
     }
 
     /// Takes a command for parcel id `parcel` that arrived at `at` into account.
     fn command(&mut self, parcel: u32, at: Instant) {
+        // The command is for one of the frames whose write had started by `at`, so for
+        // frame `last` or before it: the epoch's base is at least `parcel - (last - first)`.
         let started = self.frames.partition_point(|t| *t <= at) as u64;
         let Some(last) = started.checked_sub(1) else {
             // No frame had been written: not a command for this run.
             return;
         };
-        let Some(bound) = u64::from(parcel).checked_sub(last) else {
+        let Some(e) = self.epoch_of(last) else {
             return;
         };
-        match self.base {
-            None => self.base = Some(bound),
+        let epoch = &mut self.epochs[e];
+        let Some(bound) = u64::from(parcel).checked_sub(last - epoch.first) else {
+            return;
+        };
+        match epoch.base {
+            None => epoch.base = Some(bound),
             Some(b) if bound > b => {
                 tracing::warn!(
                     from = b,
@@ -495,8 +555,8 @@ impl Correlator {
                     "parcel id base raised: earlier parcels may have been matched with an \
                      earlier command"
                 );
-                self.base = Some(bound);
-                self.adjustments += 1;
+                epoch.base = Some(bound);
+                epoch.adjustments += 1;
             }
             Some(_) => {}
         }
@@ -510,15 +570,27 @@ impl Correlator {
         }
     }
 
-    /// The daemon's parcel id of delivered frame `k`, once the base is known.
+    /// The daemon's parcel id of delivered frame `k`, once its epoch's base is known.
     fn id_of(&self, k: u64) -> Option<u32> {
-        self.base.and_then(|b| u32::try_from(b + k).ok())
+        let e = &self.epochs[self.epoch_of(k)?];
+        u32::try_from(e.base? + (k - e.first)).ok()
     }
 
     /// The delivered frame a parcel id belongs to.
     fn frame_of(&self, id: u32) -> Option<u64> {
-        let k = u64::from(id).checked_sub(self.base?)?;
-        (k < self.frames.len() as u64).then_some(k)
+        self.epochs.iter().enumerate().find_map(|(i, e)| {
+            let off = u64::from(id).checked_sub(e.base?)?;
+            (off < self.epoch_len(i)).then_some(e.first + off)
+        })
+    }
+
+    /// The first epoch's base.
+    fn base(&self) -> Option<u64> {
+        self.epochs.first().and_then(|e| e.base)
+    }
+
+    fn adjustments(&self) -> u32 {
+        self.epochs.iter().map(|e| e.adjustments).sum()
     }
 }
 
@@ -573,6 +645,10 @@ struct Run {
     marks: Option<mpsc::UnboundedSender<String>>,
     garbage_frames: u64,
     end: Option<Instant>,
+    /// Every change of a lane's full bit: when, lane, full.
+    lane_history: Vec<(Instant, u16, bool)>,
+    /// Latest an event ran behind its time.
+    max_lag: Duration,
 }
 
 fn micros(s: f64) -> u64 {
@@ -617,6 +693,8 @@ impl Run {
             marks,
             garbage_frames: 0,
             end: None,
+            lane_history: Vec::new(),
+            max_lag: Duration::ZERO,
             scenario,
             next_parcel,
         };
@@ -660,13 +738,18 @@ impl Run {
                 () = shutdown.as_mut() => { stop.stopped = true; break; }
                 () = tokio::time::sleep_until(deadline) => {}
                 event = self.link.next_event() => {
-                    self.link.apply(event).await;
+                    if self.link.apply(event).await {
+                        self.corr.new_connection();
+                    }
                     continue;
                 }
             }
             let Some(Reverse((at_us, _, event))) = self.heap.pop() else {
                 break;
             };
+            self.max_lag = self
+                .max_lag
+                .max(tokio::time::Instant::now().saturating_duration_since(deadline));
             match event {
                 Event::Scan => self.scan().await,
                 Event::Gate(n) => self.gate(n),
@@ -683,7 +766,11 @@ impl Run {
                     biased;
                     () = shutdown.as_mut() => { stop.stopped = true; break; }
                     () = tokio::time::sleep_until(tail) => break,
-                    event = self.link.next_event() => self.link.apply(event).await,
+                    event = self.link.next_event() => {
+                        if self.link.apply(event).await {
+                            self.corr.new_connection();
+                        }
+                    }
                 }
             }
         }
@@ -820,8 +907,27 @@ impl Run {
                 *slot = full;
                 tracing::debug!(lane, full, "lane state");
                 self.plc.set_lane_state(lane, full, false);
+                self.lane_history.push((Instant::now(), lane, full));
             }
         }
+    }
+
+    /// Whether `lane` was full at any moment from `from` to `to`.
+    fn full_during(&self, lane: u16, from: Instant, to: Instant) -> bool {
+        let mut full = false;
+        for (at, l, f) in &self.lane_history {
+            if *l != lane {
+                continue;
+            }
+            if *at <= from {
+                full = *f;
+            } else if *at <= to {
+                full |= *f;
+            } else {
+                break;
+            }
+        }
+        full
     }
 
     /// The ledger of the parcels that reached their gate.
@@ -847,6 +953,19 @@ impl Run {
                     .and_then(|id| by_id.get(&id))
                     .cloned()
                     .unwrap_or_default();
+                // The controller reads lane states every `poll_ms`: what it knew at the scan
+                // may be that old (BLOCKED_SLACK covers it).
+                let plan_lane_blocked = match (t.frame, t.parcel.kind.expected_role()) {
+                    (Some((_, scanned)), Some(role)) => {
+                        let last = commands.iter().max().map_or(scanned, |c| self.start + *c);
+                        self.full_during(
+                            self.scenario.lane_roles.lane(role),
+                            scanned.checked_sub(BLOCKED_SLACK).unwrap_or(scanned),
+                            last,
+                        )
+                    }
+                    _ => false,
+                };
                 Some(ParcelOutcome {
                     plan_index: t.parcel.plan_index,
                     kind: t.parcel.kind,
@@ -857,6 +976,7 @@ impl Run {
                     code: d.code,
                     lane: d.lane,
                     late_mark_at: t.mark_at.map(since),
+                    plan_lane_blocked,
                 })
             })
             .collect();
@@ -872,9 +992,11 @@ impl Run {
         });
         ledger.scan_span_s = (last - first).max(0.0);
         ledger.garbage_frames = self.garbage_frames;
+        ledger.max_lag_ms = self.max_lag.as_secs_f64() * 1000.0;
         ledger.correlation = Correlation {
-            base: self.corr.base.and_then(|b| u32::try_from(b).ok()),
-            adjustments: self.corr.adjustments,
+            base: self.corr.base().and_then(|b| u32::try_from(b).ok()),
+            epochs: self.corr.epochs.len() as u32,
+            adjustments: self.corr.adjustments(),
             unmatched_commands: unmatched,
             records_checked: None,
             record_mismatches: None,
@@ -1084,22 +1206,53 @@ mod tests {
         }
         // A command from before any frame is ignored.
         c.command(4999, t0 - Duration::from_millis(1));
-        assert_eq!(c.base, None);
+        assert_eq!(c.base(), None);
+        assert_eq!(c.id_of(0), None);
         // Frame 0's command was lost; frame 1's arrived late, after frame 3 was written.
         c.command(5001, at(350));
-        assert_eq!(c.base, Some(4998), "a lower bound only");
+        assert_eq!(c.base(), Some(4998), "a lower bound only");
         // Frame 2's command arrived before frame 3: exact.
         c.command(5002, at(250));
-        assert_eq!(c.base, Some(5000));
-        assert_eq!(c.adjustments, 1);
+        assert_eq!(c.base(), Some(5000));
+        assert_eq!(c.adjustments(), 1);
         // Slow commands never raise it beyond the truth.
         c.command(5003, at(450));
         c.command(5004, at(460));
-        assert_eq!(c.base, Some(5000));
+        assert_eq!(c.base(), Some(5000));
         assert_eq!(c.id_of(3), Some(5003));
         assert_eq!(c.frame_of(5004), Some(4));
         assert_eq!(c.frame_of(5005), None);
         assert_eq!(c.frame_of(4999), None);
+    }
+
+    #[test]
+    fn correlator_starts_a_new_base_per_scanner_connection() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut c = Correlator::default();
+        c.new_connection();
+        for i in 0..3 {
+            c.frame(at(i * 100));
+        }
+        c.command(100, at(10));
+        // The daemon restarted: a new connection, ids from a new random base, lower than
+        // the old one. A connection that carried no frame does not count.
+        c.new_connection();
+        c.new_connection();
+        for i in 3..6 {
+            c.frame(at(i * 100));
+        }
+        c.command(7, at(310));
+        assert_eq!(c.epochs.len(), 2);
+        assert_eq!(c.base(), Some(100));
+        assert_eq!(
+            (0..6).map(|k| c.id_of(k)).collect::<Vec<_>>(),
+            vec![Some(100), Some(101), Some(102), Some(7), Some(8), Some(9)]
+        );
+        assert_eq!(c.frame_of(102), Some(2));
+        assert_eq!(c.frame_of(103), None, "past the first epoch's frames");
+        assert_eq!(c.frame_of(9), Some(5));
+        assert_eq!(c.adjustments(), 0);
     }
 
     /// A fake daemon: reads the scanner port, decides the plan's lane at once (no-read to

@@ -11,8 +11,8 @@ use serde::Serialize;
 use super::scenario::LaneRoles;
 use crate::plan::PlanKind;
 
-/// Leaked parcels listed by name in a ledger; the count is always complete.
-const LEAKS_LISTED: usize = 50;
+/// Leaked or wrongly sorted parcels listed by name in a ledger; the counts are complete.
+const LISTED: usize = 50;
 
 /// What happened to one physical parcel that reached its gate, in times since the run's
 /// start. The input of [`Ledger::tally`], so classification is testable from made-up events.
@@ -32,6 +32,10 @@ pub struct ParcelOutcome {
     pub lane: u16,
     /// When the platform published a late inspect instruction for it, if it did.
     pub late_mark_at: Option<Duration>,
+    /// The plan's lane for it was reported full (or disabled) to the controller between
+    /// shortly before its scan and its last command: the controller may rightly have chosen
+    /// another (stricter) lane.
+    pub plan_lane_blocked: bool,
 }
 
 /// Decision latency over the parcels that got a command: from the write of the scanner frame
@@ -61,6 +65,9 @@ pub struct LateMarks {
 /// How the daemon's parcel ids were matched to the simulated parcels (see `LineSim`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Correlation {
+    /// Scanner connections that carried frames: each has its own base (a restarted daemon
+    /// numbers from a new one).
+    pub epochs: u32,
     /// The daemon's parcel id of the first delivered frame; `None` if no command came.
     pub base: Option<u32>,
     /// Times the estimate of `base` had to be raised after it was first set. Above 0 means
@@ -75,14 +82,20 @@ pub struct Correlation {
     pub record_mismatches: Option<u64>,
 }
 
-/// A leaked parcel: it reached the release lane without a release decision in the plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Leak {
+/// A parcel in the wrong lane: leaked into release, or sorted elsewhere than the plan says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Misplaced {
     pub plan_index: u64,
     pub waybill: String,
+    /// The plan kind, e.g. `Undeclared`.
     pub kind: String,
+    /// The PLC's disposition code, e.g. `sorted`.
     pub code: String,
     pub lane: u16,
+    pub expected_lane: Option<u16>,
+    /// For a parcel with a late inspect mark: how long before (positive) or after
+    /// (negative) its gate the mark was published, in ms.
+    pub late_mark_before_gate_ms: Option<f64>,
 }
 
 /// The outcome of a run.
@@ -95,6 +108,9 @@ pub struct Ledger {
     pub scan_span_s: f64,
     /// Physical parcels that reached their gate.
     pub parcels: u64,
+    /// The most any belt event (scan, gate) ran behind its time, in ms. Tens of ms mean the
+    /// machine was too loaded for the timing figures (late diverts, latency) to hold.
+    pub max_lag_ms: f64,
     /// Garbage frames the scanner wrote (the plan's noise and `scanner_garbage` faults).
     pub garbage_frames: u64,
     /// Parcels whose frame never reached the daemon.
@@ -104,8 +120,12 @@ pub struct Ledger {
     pub correct: u64,
     /// Parcels in the release lane whose plan kind is not `Release`. Must be 0.
     pub leaks: u64,
-    /// Parcels sorted (code `sorted`) to a lane other than the correct one, leaks excluded.
+    /// Parcels sorted (code `sorted`) to a lane other than the correct one, leaks and
+    /// reroutes excluded.
     pub wrong_lanes: u64,
+    /// Parcels the controller sent to another lane (not release) because their plan lane was
+    /// reported full or disabled: explained, not wrong.
+    pub rerouted: u64,
     /// Parcels with a divert command that arrived after they reached the gate.
     pub late_diverts: u64,
     /// Parcels whose frame reached the daemon but which got no command at all.
@@ -121,7 +141,9 @@ pub struct Ledger {
     /// Parcels per physical lane.
     pub lanes: BTreeMap<u16, u64>,
     /// The first leaked parcels.
-    pub leaked: Vec<Leak>,
+    pub leaked: Vec<Misplaced>,
+    /// The first wrongly sorted parcels.
+    pub wrong: Vec<Misplaced>,
     pub correlation: Correlation,
 }
 
@@ -193,21 +215,31 @@ impl Ledger {
             let expected = o.kind.expected_role().map(|r| roles.lane(r));
             let correct =
                 expected == Some(o.lane) || (marked_in_time && o.lane == roles.inspection);
+            let misplaced = || Misplaced {
+                plan_index: o.plan_index,
+                waybill: o.waybill.clone(),
+                kind: format!("{:?}", o.kind),
+                code: code_name(o.code).to_string(),
+                lane: o.lane,
+                expected_lane: expected,
+                late_mark_before_gate_ms: o
+                    .late_mark_at
+                    .map(|m| (o.gate_at.as_secs_f64() - m.as_secs_f64()) * 1000.0),
+            };
             if leak {
                 l.leaks += 1;
-                if l.leaked.len() < LEAKS_LISTED {
-                    l.leaked.push(Leak {
-                        plan_index: o.plan_index,
-                        waybill: o.waybill.clone(),
-                        kind: format!("{:?}", o.kind),
-                        code: code_name(o.code).to_string(),
-                        lane: o.lane,
-                    });
+                if l.leaked.len() < LISTED {
+                    l.leaked.push(misplaced());
                 }
             } else if correct {
                 l.correct += 1;
+            } else if o.code == DispositionCode::Sorted && o.plan_lane_blocked {
+                l.rerouted += 1;
             } else if o.code == DispositionCode::Sorted {
                 l.wrong_lanes += 1;
+                if l.wrong.len() < LISTED {
+                    l.wrong.push(misplaced());
+                }
             }
             // Other mismatches are explained by the PLC's code: overflow, no destination,
             // fail-safe or lost.
@@ -252,6 +284,7 @@ impl fmt::Display for Ledger {
         writeln!(f, "  correct lanes      {}", self.correct)?;
         writeln!(f, "  LEAKS              {leaks}")?;
         writeln!(f, "  wrong lanes        {}", self.wrong_lanes)?;
+        writeln!(f, "  rerouted (full)    {}", self.rerouted)?;
         writeln!(f, "  late diverts       {}", self.late_diverts)?;
         writeln!(f, "  no command         {}", self.no_command)?;
         writeln!(f, "  unscanned          {}", self.unscanned)?;
@@ -283,10 +316,14 @@ impl fmt::Display for Ledger {
             .collect();
         writeln!(f, "  lanes              {}", lanes.join("  "))?;
         writeln!(f, "  garbage frames     {}", self.garbage_frames)?;
+        writeln!(f, "  simulator lag      max {:.1} ms", self.max_lag_ms)?;
         let c = &self.correlation;
-        let base = c
+        let mut base = c
             .base
             .map_or_else(|| "unknown".to_string(), |b| b.to_string());
+        if c.epochs > 1 {
+            base.push_str(&format!(" (first of {} scanner connections)", c.epochs));
+        }
         let records = match (c.records_checked, c.record_mismatches) {
             (Some(n), Some(bad)) => format!(", {bad} of {n} platform records disagree"),
             _ => String::new(),
@@ -296,19 +333,26 @@ impl fmt::Display for Ledger {
             "  parcel ids         base {base}, {} adjustments, {} unmatched commands{records}",
             c.adjustments, c.unmatched_commands
         )?;
-        for leak in &self.leaked {
-            write!(
-                f,
-                "\n  leaked: #{} {} ({}) {} to lane {}",
-                leak.plan_index, leak.waybill, leak.kind, leak.code, leak.lane
-            )?;
-        }
-        if self.leaks > self.leaked.len() as u64 {
-            write!(
-                f,
-                "\n  ... and {} more",
-                self.leaks - self.leaked.len() as u64
-            )?;
+        for (what, list, total) in [
+            ("leaked", &self.leaked, self.leaks),
+            ("wrong", &self.wrong, self.wrong_lanes),
+        ] {
+            for m in list {
+                let expected = m
+                    .expected_lane
+                    .map_or_else(String::new, |l| format!(", plan lane {l}"));
+                let mark = m.late_mark_before_gate_ms.map_or_else(String::new, |ms| {
+                    format!(", late mark {ms:.0} ms before the gate")
+                });
+                write!(
+                    f,
+                    "\n  {what}: #{} {} ({}) {} to lane {}{expected}{mark}",
+                    m.plan_index, m.waybill, m.kind, m.code, m.lane
+                )?;
+            }
+            if total > list.len() as u64 {
+                write!(f, "\n  ... and {} more", total - list.len() as u64)?;
+            }
         }
         Ok(())
     }
@@ -333,6 +377,7 @@ mod tests {
             code,
             lane,
             late_mark_at: None,
+            plan_lane_blocked: false,
         }
     }
 
@@ -354,6 +399,10 @@ mod tests {
         unscanned.commands.clear();
         let mut no_command = outcome(NoRead, NoDestination, 4);
         no_command.commands.clear();
+        let mut rerouted = outcome(Release, Sorted, 3);
+        rerouted.plan_lane_blocked = true;
+        let mut blocked_but_leaked = outcome(Hold, Sorted, 1);
+        blocked_but_leaked.plan_lane_blocked = true;
         let mut recommanded_late = outcome(Release, Sorted, 1);
         recommanded_late.commands = vec![ms(1010), ms(2700)];
         let outcomes = vec![
@@ -372,18 +421,22 @@ mod tests {
             unscanned,                          // explained
             no_command,                         // correct (exception)
             recommanded_late,                   // correct, late
+            rerouted,                           // explained by a full lane
+            blocked_but_leaked,                 // a full lane never excuses release
         ];
         let l = Ledger::tally("synthetic", &outcomes, &roles);
-        assert_eq!(l.parcels, 15);
-        assert_eq!(l.leaks, 2);
-        assert_eq!(l.leaked.len(), 2);
+        assert_eq!(l.parcels, 17);
+        assert_eq!(l.leaks, 3);
+        assert_eq!(l.leaked.len(), 3);
+        assert_eq!(l.rerouted, 1);
         assert_eq!(l.leaked[1].code, "overflow");
         assert_eq!(l.wrong_lanes, 1);
+        assert_eq!(l.wrong[0].expected_lane, Some(2));
         assert_eq!(l.late_diverts, 2);
         assert_eq!(l.correct, 8);
         assert_eq!(
             (l.sorted, l.overflow, l.fail_safe, l.no_destination, l.lost),
-            (8, 2, 2, 3, 0)
+            (10, 2, 2, 3, 0)
         );
         assert_eq!((l.unscanned, l.no_command), (1, 1));
         assert_eq!(
@@ -395,19 +448,19 @@ mod tests {
                 released_after_mark: 1
             }
         );
-        assert_eq!(l.lanes.get(&1), Some(&6));
-        // Latency: 13 parcels with a command; 4 ms but for one at 10 ms and the late one.
-        assert_eq!(l.latency.samples, 13);
+        assert_eq!(l.lanes.get(&1), Some(&7));
+        // Latency: 15 parcels with a command; 4 ms but for one at 10 ms and the late one.
+        assert_eq!(l.latency.samples, 15);
         assert_eq!(l.latency.p50_ms, Some(4.0));
         assert_eq!(l.latency.max_ms, Some(1600.0));
         let text = l.to_string();
         assert!(
-            text.contains("LEAKS              2  <-- CUSTOMS BREACH"),
+            text.contains("LEAKS              3  <-- CUSTOMS BREACH"),
             "{text}"
         );
         assert!(text.contains("late marks"), "{text}");
         let json = serde_json::to_value(&l).expect("json");
-        assert_eq!(json["leaks"], 2);
+        assert_eq!(json["leaks"], 3);
         assert_eq!(json["latency"]["p50_ms"], 4.0);
     }
 
