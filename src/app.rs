@@ -82,9 +82,14 @@ impl App {
             metrics.clone(),
         )?;
         let spill = crate::journal::spill_dir(&config.storage.path);
+        let limits = Limits {
+            quota_bytes: config.storage.quota_bytes,
+            min_free_bytes: config.storage.min_free_bytes,
+        };
         tasks.spawn(
             writer
                 .with_hold(config.storage.hold_records, alarms.clone(), spill.clone())
+                .with_capacity(config.storage.path.clone(), limits)
                 .run(),
         );
         // Records spilled at the last shutdown are stored first; their files go once they are.
@@ -112,10 +117,7 @@ impl App {
         }
         let housekeeping = Housekeeping {
             path: config.storage.path.clone(),
-            limits: Limits {
-                quota_bytes: config.storage.quota_bytes,
-                min_free_bytes: config.storage.min_free_bytes,
-            },
+            limits,
             retention: config.storage.retention,
             interval: Duration::from_secs(1),
         };

@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _};
 use bondline_devices::Profiles;
 use bondline_simulators::plan::Plan;
 use bondline_simulators::platform::PlatformSim;
-use bondline_simulators::plc::PlcSim;
+use bondline_simulators::plc::{PlcOptions, PlcSim};
 use bondline_simulators::scanner::ScannerSim;
 use tokio_util::sync::CancellationToken;
 
@@ -84,7 +84,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .and_then(|p| p.plc())
         .context("built-in PLC profile")?
         .clone();
-    let plc = PlcSim::bind("127.0.0.1:0".parse()?, plc_map).await?;
+    // The PLC reports each parcel's disposition when it would reach its gate.
+    let plc = PlcSim::bind_with(
+        "127.0.0.1:0".parse()?,
+        plc_map,
+        PlcOptions {
+            auto_dispose_after: Some(Duration::from_millis(1200)),
+            ..Default::default()
+        },
+    )
+    .await?;
     let plc_addr = plc.local_addr();
     let plc_state = plc.state();
     tokio::spawn(plc.run(sims_stop.clone().cancelled_owned()));

@@ -1,23 +1,27 @@
 //! Disk capacity of the journal, and what happens when it runs short.
 //!
-//! Capacity is judged on two measures, checked every second by the housekeeping task:
-//! the bytes of stored records against `storage.quota_mb`, and the free space against
-//! `storage.min_free_mb`. Free space is the filesystem's free space plus the room inside the
-//! store's files that purging has freed (the store reuses it but never shrinks its files),
-//! estimated as the files' size less twice the stored records.
+//! Capacity is judged on two measures, checked every second by the housekeeping task: the
+//! bytes of stored records against `storage.quota_mb`, and the filesystem's free space
+//! against `storage.min_free_mb`.
 //!
 //! | level | when | what happens |
 //! |---|---|---|
 //! | ok | below 80% of the quota and more than twice `min_free_mb` free | forwarded records older than `retention_days` are purged |
 //! | nearly full | 80% of the quota, or less than twice `min_free_mb` free | alarm; forwarded records are purged whatever their age, oldest first |
 //! | over quota | at or above the quota | alarm; records are still written (evidence outranks the quota) while the filesystem has room |
-//! | full | less than `min_free_mb` free | alarm; the writer stops writing and holds new records in memory, up to `storage.hold_records`; beyond that each record is refused: logged at error level with its waybill and lane, counted and raised as an alarm |
+//! | full | less than `min_free_mb` free, and the store holds at least 90% of what it held when the disk got there; or less than a quarter of `min_free_mb` free | alarm; the writer stops writing and holds new records in memory, up to `storage.hold_records`; beyond that each record is refused: logged at error level with its waybill and its whole content, counted and raised as an alarm |
+//!
+//! Why the mark: the store never gives space back to the filesystem; it reuses, for new
+//! records, the room that purging frees inside its files. So once the disk is short, the
+//! filesystem's free space stays short even after the platform has caught up and forwarded
+//! records were purged. What tells that there is room again is that the store holds less
+//! than it did when the disk got short: new records then fill freed room instead of growing
+//! the files. The last quarter of `min_free_mb` is never written into at all, because the
+//! store cannot write, or even reopen, on a truly full disk.
 //!
 //! Unforwarded records are never purged to make room. Parcels are decided and diverted at
-//! every level, fail closed as always; only their records wait. When space returns (purging
-//! after the platform catches up, or an operator frees the disk) the held records are
-//! written in order. `min_free_mb` keeps the store from ever meeting a truly full disk, on
-//! which the store cannot write or even reopen.
+//! every level, fail closed as always; only their records wait. When room returns the held
+//! records are written in order.
 
 use serde::Serialize;
 
@@ -67,19 +71,49 @@ pub struct Limits {
     pub min_free_bytes: u64,
 }
 
-/// Classifies a measurement. Pure, so the policy is tested without a disk.
-pub fn level(limits: Limits, live_bytes: u64, free_bytes: u64) -> Level {
-    if free_bytes < limits.min_free_bytes {
+/// Classifies a measurement. Pure, so the policy is tested without a disk. `short_mark` is
+/// the stored bytes when free space first fell below `min_free` (see the module docs).
+pub fn level(limits: Limits, live_bytes: u64, free_bytes: u64, short_mark: Option<u64>) -> Level {
+    let short = free_bytes < limits.min_free_bytes;
+    let room_inside = short_mark.is_some_and(|mark| live_bytes < mark / 10 * 9);
+    if free_bytes < hard_floor(limits) || (short && !room_inside) {
         Level::Full
     } else if live_bytes >= limits.quota_bytes {
         Level::OverQuota
-    } else if live_bytes >= limits.quota_bytes / 5 * 4
+    } else if short
+        || live_bytes >= limits.quota_bytes / 5 * 4
         || free_bytes < limits.min_free_bytes.saturating_mul(2)
     {
         Level::NearlyFull
     } else {
         Level::Ok
     }
+}
+
+/// Tracks the short-disk mark across measurements.
+pub fn next_mark(
+    limits: Limits,
+    live_bytes: u64,
+    free_bytes: u64,
+    mark: Option<u64>,
+) -> Option<u64> {
+    if free_bytes >= limits.min_free_bytes {
+        None
+    } else {
+        Some(mark.unwrap_or(live_bytes))
+    }
+}
+
+/// How many bytes of records the store may hold before the writer must stop: unlimited while
+/// the disk has room; 90% of the short-disk mark while it is short, so that new records only
+/// fill room that purging freed inside the store.
+pub fn write_budget(mark: Option<u64>) -> u64 {
+    mark.map_or(u64::MAX, |m| m / 10 * 9)
+}
+
+/// The free space below which nothing is written at all.
+pub fn hard_floor(limits: Limits) -> u64 {
+    limits.min_free_bytes / 4
 }
 
 /// Free bytes for an unprivileged writer on the filesystem holding `path`.
@@ -100,13 +134,25 @@ mod tests {
             quota_bytes: 100 * MB,
             min_free_bytes: 10 * MB,
         };
-        assert_eq!(level(l, 10 * MB, 1000 * MB), Level::Ok);
-        assert_eq!(level(l, 80 * MB, 1000 * MB), Level::NearlyFull);
-        assert_eq!(level(l, 10 * MB, 19 * MB), Level::NearlyFull);
-        assert_eq!(level(l, 100 * MB, 1000 * MB), Level::OverQuota);
-        assert_eq!(level(l, 10 * MB, 9 * MB), Level::Full);
+        assert_eq!(level(l, 10 * MB, 1000 * MB, None), Level::Ok);
+        assert_eq!(level(l, 80 * MB, 1000 * MB, None), Level::NearlyFull);
+        assert_eq!(level(l, 10 * MB, 19 * MB, None), Level::NearlyFull);
+        assert_eq!(level(l, 100 * MB, 1000 * MB, None), Level::OverQuota);
+        // Short of disk: full, until purging has freed a tenth of the store.
+        let mark = next_mark(l, 10 * MB, 9 * MB, None);
+        assert_eq!(mark, Some(10 * MB));
+        assert_eq!(level(l, 10 * MB, 9 * MB, mark), Level::Full);
+        assert_eq!(level(l, 8 * MB, 9 * MB, mark), Level::NearlyFull);
         assert_eq!(
-            level(l, 200 * MB, 9 * MB),
+            next_mark(l, 8 * MB, 9 * MB, mark),
+            mark,
+            "the mark stays while short"
+        );
+        assert_eq!(next_mark(l, 8 * MB, 11 * MB, mark), None);
+        // The last quarter of the floor is never written into.
+        assert_eq!(level(l, 1 * MB, 2 * MB, Some(100 * MB)), Level::Full);
+        assert_eq!(
+            level(l, 200 * MB, 9 * MB, Some(200 * MB)),
             Level::Full,
             "the disk outranks the quota"
         );

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::capacity::{free_bytes, level, Level, Limits};
+use super::capacity::{free_bytes, level, next_mark, write_budget, Level, Limits};
 use super::Journal;
 use crate::alarm::Alarms;
 use crate::metrics::{unix_ms, Metrics};
@@ -38,6 +38,7 @@ impl Housekeeping {
         shutdown: CancellationToken,
     ) {
         let mut last = Level::Ok;
+        let mut mark = None;
         let mut last_alarm = std::time::Instant::now();
         let mut tick = tokio::time::interval(self.interval);
         loop {
@@ -45,7 +46,7 @@ impl Housekeeping {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let mut now = self.measure(&journal, &metrics);
+            let mut now = self.measure(&journal, &metrics, &mut mark);
             // Make room first, then judge again: purging forwarded records can only help.
             let before = if now >= Level::NearlyFull {
                 u64::MAX
@@ -56,7 +57,7 @@ impl Housekeeping {
                 Ok(0) => {}
                 Ok(n) => {
                     Metrics::add(&metrics.records_purged, n);
-                    now = self.measure(&journal, &metrics);
+                    now = self.measure(&journal, &metrics, &mut mark);
                 }
                 Err(e) => warn!(error = %e, "journal purge failed"),
             }
@@ -83,25 +84,21 @@ impl Housekeeping {
         }
     }
 
-    fn measure(&self, journal: &Journal, metrics: &Metrics) -> Level {
+    fn measure(&self, journal: &Journal, metrics: &Metrics, mark: &mut Option<u64>) -> Level {
         let live = journal.live_bytes();
-        let disk_free = match free_bytes(&self.path) {
+        let free = match free_bytes(&self.path) {
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %e, "cannot measure free disk space; assuming full");
                 0
             }
         };
-        // The store never gives space back to the filesystem, but reuses what purging frees
-        // inside its files: count that as free too, estimating the store's own overhead
-        // generously as the live data once more.
-        let reusable = journal
-            .size_on_disk()
-            .unwrap_or(0)
-            .saturating_sub(live.saturating_mul(2));
-        let free = disk_free.saturating_add(reusable);
+        *mark = next_mark(self.limits, live, free, *mark);
+        metrics
+            .journal_write_budget
+            .store(write_budget(*mark), Ordering::Relaxed);
         metrics.journal_live_bytes.store(live, Ordering::Relaxed);
         metrics.journal_free_bytes.store(free, Ordering::Relaxed);
-        level(self.limits, live, free)
+        level(self.limits, live, free, *mark)
     }
 }

@@ -73,6 +73,8 @@ pub struct JournalWriter {
     store_failed: bool,
     /// Where held records go at shutdown.
     spill_dir: Option<std::path::PathBuf>,
+    /// The store's directory and limits, for the check before each write.
+    capacity: Option<(std::path::PathBuf, super::capacity::Limits)>,
     /// Records refused in the current full-disk episode (for alarms).
     refused_now: u64,
 }
@@ -104,6 +106,7 @@ pub fn record_sink(
             alarms: None,
             store_failed: false,
             spill_dir: None,
+            capacity: None,
             refused_now: 0,
         },
         accepted_rx,
@@ -123,6 +126,31 @@ impl JournalWriter {
         self.alarms = Some(alarms);
         self.spill_dir = Some(spill_dir);
         self
+    }
+
+    /// Checks the disk before every write, not only at the housekeeping's pace: a burst of
+    /// held records must not run the disk full between two measurements.
+    pub fn with_capacity(
+        mut self,
+        path: std::path::PathBuf,
+        limits: super::capacity::Limits,
+    ) -> JournalWriter {
+        self.capacity = Some((path, limits));
+        self
+    }
+
+    /// Whether `bytes` more may be written now.
+    fn room_for(&self, bytes: u64) -> bool {
+        let budget = self.metrics.journal_write_budget.load(Ordering::Relaxed);
+        if budget != 0 && self.journal.live_bytes().saturating_add(bytes) > budget {
+            return false;
+        }
+        match &self.capacity {
+            Some((path, limits)) => super::capacity::free_bytes(path)
+                .map(|free| free >= super::capacity::hard_floor(*limits).saturating_add(2 * bytes))
+                .unwrap_or(false),
+            None => true,
+        }
     }
 
     /// Runs until every [`RecordSink`] is dropped and the queue is empty, so a shutdown that
@@ -251,14 +279,16 @@ impl JournalWriter {
             self.refused_now = 0;
         }
         while !self.held.is_empty() && !self.must_hold() {
-            let n = self.held.len().min(MAX_BATCH);
+            // Small steps, so a little room is used as soon as it appears.
+            let n = self.held.len().min(256);
             let mut batch: Vec<Record> = self.held.drain(..n).collect();
             self.commit(&mut batch).await;
             if !batch.is_empty() {
-                // The store failed meanwhile: put them back in front, order kept.
+                // No room after all, or the store failed: back in front, order kept.
                 for r in batch.into_iter().rev() {
                     self.held.push_front(r);
                 }
+                break;
             }
         }
         self.metrics
@@ -279,6 +309,11 @@ impl JournalWriter {
             let bytes = serde_json::to_vec(&*r).expect("records always serialize");
             hash = sha256(&bytes);
             records.push(bytes);
+        }
+        let size: u64 = records.iter().map(|r| r.len() as u64 + 4).sum();
+        if !self.room_for(size) {
+            // No room now: the caller holds the batch; numbers are given again next time.
+            return;
         }
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut committed = false;

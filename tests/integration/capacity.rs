@@ -58,6 +58,7 @@ fn level(m: &Metrics) -> Level {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
+    crate::harness::init_logs();
     let dir = tempfile::tempdir().unwrap();
     let fs = dir.path().join("small-disk");
     let _tmpfs = Tmpfs::mount(&fs, 24);
@@ -84,9 +85,10 @@ async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
 
     let profiles = Profiles::builtin();
     let stop_sims = CancellationToken::new();
-    let plc = PlcSim::bind(
+    let plc = PlcSim::bind_with(
         "127.0.0.1:0".parse().unwrap(),
         profiles.get("sorter-plc").unwrap().plc().unwrap().clone(),
+        crate::harness::plc_options(),
     )
     .await
     .unwrap();

@@ -35,9 +35,10 @@ struct Floor {
 async fn floor(plan: Plan, rate: f64, count: Option<u64>) -> Floor {
     let profiles = Profiles::builtin();
     let stop_plc = CancellationToken::new();
-    let plc = PlcSim::bind(
+    let plc = PlcSim::bind_with(
         "127.0.0.1:0".parse().unwrap(),
         profiles.get("sorter-plc").unwrap().plc().unwrap().clone(),
+        crate::harness::plc_options(),
     )
     .await
     .unwrap();

@@ -282,3 +282,23 @@ lanes = [
         plc = dev.plc,
     )
 }
+
+/// plc-sim as the tests use it: it reports each parcel's disposition 1.2 s after its first
+/// command, as if the parcel reached its gate then (the lines' default deadline).
+pub fn plc_options() -> bondline_simulators::plc::PlcOptions {
+    bondline_simulators::plc::PlcOptions {
+        auto_dispose_after: Some(std::time::Duration::from_millis(1200)),
+        ..Default::default()
+    }
+}
+
+/// Logs of the daemon under test, when `RUST_LOG` is set (for example `RUST_LOG=bondline=debug
+/// cargo test -- --nocapture`).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}

@@ -9,7 +9,9 @@ use bondline::app::App;
 use bondline::config::Config;
 use bondline::journal::Journal;
 use bondline::metrics::Metrics;
-use bondline_devices::contract::{DivertStatus, EventKind, LaneRole, ReadOutcome};
+use bondline_devices::contract::{
+    DispositionKind, DivertStatus, EventKind, LaneRole, ReadOutcome, Record,
+};
 use bondline_devices::Profiles;
 use bondline_simulators::plan::{Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
@@ -30,9 +32,10 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
     let profiles = Profiles::builtin();
     let stop = CancellationToken::new();
 
-    let plc = PlcSim::bind(
+    let plc = PlcSim::bind_with(
         "127.0.0.1:0".parse().unwrap(),
         profiles.get("sorter-plc").unwrap().plc().unwrap().clone(),
+        crate::harness::plc_options(),
     )
     .await
     .unwrap();
@@ -195,16 +198,48 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
     }
     assert_eq!(plc_state.divert_count(), expected);
 
+    // The PLC reports where each parcel went; the gateway records it against the parcel.
+    assert!(
+        wait_until(Duration::from_secs(10), || platform
+            .all_records()
+            .iter()
+            .filter(|r| matches!(r, Record::Disposition(_)))
+            .count()
+            >= expected)
+        .await,
+        "dispositions missing: {}",
+        metrics.timing_summary()
+    );
+    for r in platform.all_records() {
+        match r {
+            Record::Disposition(d) => {
+                let parcel = records.iter().find(|p| p.parcel == d.parcel).unwrap();
+                assert_eq!(d.disposition, DispositionKind::Sorted, "{d:?}");
+                assert_eq!(d.lane, parcel.lane);
+                assert_eq!(d.commanded_lane, Some(parcel.lane));
+                assert_eq!(d.waybill, parcel.waybill);
+            }
+            Record::Alert(a) => panic!("unexpected alert: {a:?}"),
+            Record::Parcel(_) => {}
+        }
+    }
+    assert_eq!(Metrics::get(&metrics.released_without_decision), 0);
+    assert!(metrics.decision_latency.count() >= expected as u64);
+
     // Garbage frames were counted and skipped; sequence numbers are gap-free.
     let garbage = planned
         .iter()
         .filter(|p| p.kind == PlanKind::Garbage)
         .count() as u64;
     assert!(Metrics::get(&metrics.frames_rejected) >= garbage);
-    let mut seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    let mut seqs: Vec<u64> = platform.all_records().iter().map(|r| r.seq()).collect();
     seqs.sort_unstable();
     seqs.dedup();
-    assert_eq!(seqs, (1..=expected as u64).collect::<Vec<_>>());
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gap-free sequence"
+    );
 
     // The garbage platform message was reported back as an event.
     assert!(
