@@ -150,7 +150,7 @@ mod tests {
         );
         assert_eq!(next_mark(l, 8 * MB, 11 * MB, mark), None);
         // The last quarter of the floor is never written into.
-        assert_eq!(level(l, 1 * MB, 2 * MB, Some(100 * MB)), Level::Full);
+        assert_eq!(level(l, MB, 2 * MB, Some(100 * MB)), Level::Full);
         assert_eq!(
             level(l, 200 * MB, 9 * MB, Some(200 * MB)),
             Level::Full,
