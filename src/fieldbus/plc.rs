@@ -177,7 +177,24 @@ pub async fn run(
 
     loop {
         let failure: Option<DivertError> = tokio::select! {
+            // The status tick comes first: a stream of slow divert jobs must not starve the
+            // heartbeat, or the PLC would go fail-safe.
             biased;
+            _ = status_tick.tick(), if status_every.is_some() && link.is_some() => {
+                let l = link.as_mut().expect("guarded by the select condition");
+                match poll_status(l, &dev.map, &lanes, &mut ring_seen).await {
+                    Ok((found, missed)) => {
+                        for d in found {
+                            let _ = events.send(PlcEvent::Disposition(d));
+                        }
+                        if missed > 0 {
+                            let _ = events.send(PlcEvent::DispositionsMissed(missed));
+                        }
+                        None
+                    }
+                    Err(e) => Some(e),
+                }
+            }
             job = jobs.recv() => {
                 let Some(job) = job else { break };
                 let (outcome, failure) = match link.as_mut() {
@@ -205,21 +222,6 @@ pub async fn run(
                     at: Instant::now(),
                 });
                 failure
-            }
-            _ = status_tick.tick(), if status_every.is_some() && link.is_some() => {
-                let l = link.as_mut().expect("guarded by the select condition");
-                match poll_status(l, &dev.map, &lanes, &mut ring_seen).await {
-                    Ok((found, missed)) => {
-                        for d in found {
-                            let _ = events.send(PlcEvent::Disposition(d));
-                        }
-                        if missed > 0 {
-                            let _ = events.send(PlcEvent::DispositionsMissed(missed));
-                        }
-                        None
-                    }
-                    Err(e) => Some(e),
-                }
             }
             res = async { connecting.as_mut().expect("guarded by the select condition").await }, if connecting.is_some() => {
                 connecting = None;

@@ -289,10 +289,14 @@ impl Line {
             at_ms: unix_ms(SystemTime::now()),
         });
         let released = role == Some(LaneRole::Release);
+        if t.is_none() {
+            warn!(line = %self.ctx.line, parcel = d.parcel, lane = d.lane, "disposition for a parcel this process does not track");
+        }
         let release_decided = t
             .as_ref()
             .is_some_and(|t| t.decision.role == LaneRole::Release);
-        if released && !release_decided {
+        // A parcel this process did not decide (scanned before a restart) cannot be judged.
+        if released && !release_decided && t.is_some() {
             // The gateway never lets this happen; if the PLC reports it, customs must know.
             Metrics::add(&self.ctx.metrics.released_without_decision, 1);
             error!(line = %self.ctx.line, parcel = d.parcel, "PLC reports a parcel in the release lane without a release decision");
