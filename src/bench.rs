@@ -41,6 +41,25 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Several lines at peak rate on simulated conveyors (line-sim, peak scenario), faults
+    /// off, while the uplink drains a backlog: decision latency, late diverts, leaks.
+    Lines {
+        /// Lines, each with its own scanner, PLC and simulated belt.
+        #[arg(long, default_value_t = 4)]
+        lines: u16,
+        /// Seconds of parcels per line.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Records already waiting in the journal when the run starts.
+        #[arg(long, default_value_t = 200_000)]
+        backlog: u64,
+        /// Broker host:port; default: start Mosquitto on a free port.
+        #[arg(long)]
+        broker: Option<String>,
+        /// Directory for the journal (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Drain time of a backlog to a broker, beside raw rumqttc QoS 1 publishing.
     Drain {
         /// Records in the backlog.
@@ -86,6 +105,13 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        BenchCommand::Lines {
+            lines,
+            seconds,
+            backlog,
+            broker,
+            dir,
+        } => lines_bench(lines, seconds, backlog, broker, dir).await,
         BenchCommand::Drain {
             records,
             broker,
@@ -326,4 +352,156 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The peak scenario, compiled in so the benchmark runs from the binary alone.
+const PEAK: &str = include_str!("../simulators/scenarios/peak.toml");
+
+async fn lines_bench(
+    lines: u16,
+    seconds: u64,
+    backlog: u64,
+    broker: Option<String>,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use bondline_devices::Profiles;
+    use bondline_simulators::line::{LineSim, RunLength, Scenario};
+    use bondline_simulators::platform::PlatformSim;
+
+    anyhow::ensure!((1..=16).contains(&lines), "--lines must be 1 to 16");
+    let (_tmp, dir) = work_dir(dir)?;
+    let (_mosquitto, host, port) = match broker {
+        Some(b) => {
+            let (h, p) = parse_host_port(&b).map_err(|e| anyhow::anyhow!(e))?;
+            (None, h, p)
+        }
+        None => {
+            let m = Mosquitto::start(&dir)?;
+            let port = m.port;
+            (Some(m), "127.0.0.1".to_string(), port)
+        }
+    };
+    let store = dir.join("journal");
+    if backlog > 0 {
+        println!("filling a backlog of {backlog} records...");
+        let (journal, _) = fill(&store, backlog, Duration::from_millis(2)).await?;
+        drop(journal);
+    }
+    let profiles = Profiles::builtin();
+    let framing = profiles
+        .get("scanner-stx-etx")
+        .and_then(|p| p.scanner())
+        .context("built-in scanner profile")?
+        .clone();
+    let map = profiles
+        .get("sorter-plc")
+        .and_then(|p| p.plc())
+        .context("built-in PLC profile")?
+        .clone();
+    let mut sims = Vec::new();
+    let mut config = format!(
+        "gateway_id = \"bench-gw\"\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
+        store.display()
+    );
+    let mut lines_toml = String::new();
+    for i in 0..lines {
+        let mut scenario = Scenario::from_toml(PEAK).map_err(|e| anyhow::anyhow!("{e}"))?;
+        scenario.seed += i as u64 * 7919;
+        scenario.length = RunLength::Seconds(seconds as f64);
+        let sim = LineSim::bind(scenario.clone(), framing.clone(), map.clone()).await?;
+        let scanner = sim.scanner_addr().context("line-sim scanner is TCP")?;
+        config.push_str(&format!(
+            "[devices.scanner-{i}]\nprofile = \"scanner-stx-etx\"\ntcp = \"{scanner}\"\n[devices.plc-{i}]\nprofile = \"sorter-plc\"\ntcp = \"{}\"\n",
+            sim.plc_addr()
+        ));
+        let r = scenario.lane_roles;
+        lines_toml.push_str(&format!(
+            "[[lines]]\nid = \"L{i}\"\nscanner = \"scanner-{i}\"\nplc = \"plc-{i}\"\ngeometry = {{ belt_speed_m_s = {}, scan_to_gate_m = {}, margin_ms = 300 }}\nlanes = [{{ lane = {}, role = \"release\" }}, {{ lane = {}, role = \"inspection\" }}, {{ lane = {}, role = \"hold\" }}, {{ lane = {}, role = \"exception\" }}]\n",
+            scenario.belt_speed_m_s,
+            scenario.gate_at_m - scenario.scanner_at_m,
+            r.release,
+            r.inspection,
+            r.hold,
+            r.exception
+        ));
+        sims.push(sim);
+    }
+    config.push_str(&lines_toml);
+    let config = crate::config::Config::parse("bench-lines.toml", &config)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stop = CancellationToken::new();
+    let app = crate::app::App::start(config, stop.clone()).await?;
+    let metrics = app.metrics.clone();
+    let start = Instant::now();
+    while !metrics.uplink_ready.load(Ordering::Relaxed) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "the daemon did not connect to the broker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let platform = PlatformSim::connect(
+        std::net::SocketAddr::new(host.parse()?, port),
+        "bench/lines",
+        "bench-lines-platform",
+    )
+    .await?;
+    let backlog_at_start = Metrics::get(&metrics.backlog);
+    println!(
+        "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile"
+    );
+    let started = Instant::now();
+    let runs = sims
+        .into_iter()
+        .map(|sim| sim.run(Some(&platform), std::future::pending::<()>()));
+    let ledgers = futures::future::join_all(runs).await;
+    let elapsed = started.elapsed();
+    let forwarded = Metrics::get(&metrics.records_forwarded);
+    stop.cancel();
+    app.wait().await?;
+
+    let mut leaks = 0;
+    let mut late = 0;
+    let mut parcels = 0;
+    for (i, l) in ledgers.into_iter().enumerate() {
+        let l = l?;
+        leaks += l.leaks;
+        late += l.late_diverts;
+        parcels += l.parcels;
+        println!(
+            "line L{i}: {} parcels in {:.0} s ({:.0}/h), correct {}, leaks {}, late diverts {}, wrong {}, sim lag max {:.1} ms, frame→command p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+            l.parcels,
+            l.scan_span_s,
+            l.parcels as f64 * 3600.0 / l.scan_span_s.max(1e-9),
+            l.correct,
+            l.leaks,
+            l.late_diverts,
+            l.wrong_lanes,
+            l.max_lag_ms,
+            l.latency.p50_ms.unwrap_or(0.0),
+            l.latency.p99_ms.unwrap_or(0.0),
+            l.latency.max_ms.unwrap_or(0.0),
+        );
+    }
+    let h = &metrics.decision_latency;
+    println!(
+        "all lines: {parcels} parcels, leaks {leaks}, late diverts {late} (ledger) / {} (daemon), deadlines missed {}",
+        Metrics::get(&metrics.late_diverts),
+        Metrics::get(&metrics.deadlines_missed)
+    );
+    println!(
+        "daemon latency, scanner frame received → PLC-acknowledged divert: n {} p50 ≤ {} µs, p99 ≤ {} µs, max {} µs (bucket upper bounds)",
+        h.count(),
+        h.quantile_us(0.5),
+        h.quantile_us(0.99),
+        h.max_us()
+    );
+    println!(
+        "uplink meanwhile: {forwarded} records forwarded in {:.1} s ({:.0}/s), backlog {} → {}",
+        elapsed.as_secs_f64(),
+        forwarded as f64 / elapsed.as_secs_f64(),
+        backlog_at_start,
+        Metrics::get(&metrics.backlog)
+    );
+    Ok(())
 }

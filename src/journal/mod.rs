@@ -387,22 +387,21 @@ impl Journal {
             })
     }
 
-    /// Stores a declaration durably (flushed on return).
-    pub async fn store_declaration(&self, d: &Declaration) -> Result<(), JournalError> {
+    /// Stores a declaration; durable after the next [`Journal::flush`].
+    pub fn store_declaration(&self, d: &Declaration) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(d).expect("declarations always serialize");
         self.declarations.insert(d.waybill.as_bytes(), bytes)?;
-        self.db.flush_async().await?;
         Ok(())
     }
 
-    /// Stores an instruction durably (flushed on return). Callers store only instructions
-    /// that [`ClearanceTable::instruction_is_new`] accepts, so a stale one never overwrites.
-    pub async fn store_instruction(&self, i: &Instruction) -> Result<(), JournalError> {
+    /// Stores an instruction; durable after the next [`Journal::flush`]. Callers store only
+    /// instructions that [`ClearanceTable::instruction_is_new`] accepts, so a stale one never
+    /// overwrites.
+    pub fn store_instruction(&self, i: &Instruction) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(i).expect("instructions always serialize");
         self.instruction_ids
             .insert(i.instruction_id.as_bytes(), i.waybill.as_bytes())?;
         self.instructions.insert(i.waybill.as_bytes(), bytes)?;
-        self.db.flush_async().await?;
         Ok(())
     }
 

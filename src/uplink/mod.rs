@@ -93,6 +93,17 @@ enum EndCause {
     Local,
 }
 
+/// Requests the MQTT client may queue. Record publishes are bounded by the in-flight window;
+/// this room is for the acknowledges of inbound messages, which pile up while the client works
+/// through a burst a broker sends without an in-flight limit. A queue too small for that would
+/// end the session on every burst.
+const REQUEST_QUEUE: usize = 65_536;
+
+/// Platform messages acknowledged together after one flush, at most.
+const ACK_BATCH: usize = 256;
+/// How long a stored platform message may wait for its flush and acknowledge.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
 /// Alarms published per feeder round at most.
 const ALARMS_PER_ROUND: usize = 8;
 /// A record unacknowledged this long on a live connection means the broker has stopped
@@ -164,7 +175,7 @@ impl Uplink {
             .set_manual_acks(true)
             .set_inflight(c.inflight)
             .set_max_packet_size(MAX_INCOMING_PACKET, c.max_packet_bytes)
-            .set_request_channel_capacity(c.inflight as usize + 256);
+            .set_request_channel_capacity(REQUEST_QUEUE);
         o
     }
 
@@ -198,15 +209,24 @@ impl Uplink {
 
     /// Drives one connection until it fails; returns why.
     async fn connection(&self, pending: &Arc<Mutex<Pending>>) -> (String, EndCause) {
-        let (client, mut events) =
-            AsyncClient::new(self.options(), self.config.inflight as usize + 256);
+        let (client, mut events) = AsyncClient::new(self.options(), REQUEST_QUEUE);
         let window = Arc::new(Semaphore::new(self.config.inflight as usize));
         let feeder_stop = CancellationToken::new();
         let _stop_feeder = feeder_stop.clone().drop_guard();
         let feeder_failed = CancellationToken::new();
         let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        // Platform messages stored but not yet flushed, and when to flush them at the latest.
+        let mut unacked: Vec<Publish> = Vec::new();
+        let mut flush_at: Option<Instant> = None;
         loop {
             let event = tokio::select! {
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() => {
+                    flush_at = None;
+                    if let Err(e) = self.flush_and_ack(&client, &mut unacked).await {
+                        return (e, EndCause::Local);
+                    }
+                    continue;
+                }
                 _ = watchdog.tick() => {
                     let oldest = pending
                         .lock()
@@ -304,8 +324,15 @@ impl Uplink {
                     if let Err(e) = self.inbound(&p, &client, pending).await {
                         return (e, EndCause::Local);
                     }
-                    if let Err(e) = client.try_ack(&p) {
-                        return (format!("cannot acknowledge: {e}"), EndCause::Local);
+                    // Acknowledged after the next flush, in arrival order (as MQTT requires);
+                    // one flush covers a whole burst of platform messages.
+                    unacked.push(p);
+                    if unacked.len() >= ACK_BATCH {
+                        if let Err(e) = self.flush_and_ack(&client, &mut unacked).await {
+                            return (e, EndCause::Local);
+                        }
+                    } else if flush_at.is_none() {
+                        flush_at = Some(Instant::now() + ACK_DELAY);
                     }
                 }
                 other => debug!(?other, "mqtt"),
@@ -341,7 +368,6 @@ impl Uplink {
                         if self.read_table().declaration_is_new(&d) {
                             self.journal
                                 .store_declaration(&d)
-                                .await
                                 .map_err(|e| format!("cannot store a declaration: {e}"))?;
                             let waybill = d.waybill.clone();
                             self.write_table().apply_declaration(d);
@@ -356,7 +382,6 @@ impl Uplink {
                         if self.read_table().instruction_is_new(&i) {
                             self.journal
                                 .store_instruction(&i)
-                                .await
                                 .map_err(|e| format!("cannot store an instruction: {e}"))?;
                         } else {
                             self.journal
@@ -385,6 +410,29 @@ impl Uplink {
                 reason,
                 Some(p.topic.clone()),
             );
+        }
+        Ok(())
+    }
+
+    /// Makes the stored platform messages durable, then acknowledges them in arrival order.
+    /// If the flush fails nothing is acknowledged and the session ends, so the broker
+    /// delivers the messages again.
+    async fn flush_and_ack(
+        &self,
+        client: &AsyncClient,
+        unacked: &mut Vec<Publish>,
+    ) -> Result<(), String> {
+        if unacked.is_empty() {
+            return Ok(());
+        }
+        self.journal
+            .flush()
+            .await
+            .map_err(|e| format!("cannot store platform messages: {e}"))?;
+        for p in unacked.drain(..) {
+            client
+                .try_ack(&p)
+                .map_err(|e| format!("cannot acknowledge: {e}"))?;
         }
         Ok(())
     }
@@ -501,8 +549,8 @@ impl Feeder {
     }
 }
 
-/// Spaces publishes `1/rate` apart; after an idle spell the schedule restarts from now, so
-/// idle time is not saved up for a burst.
+/// Spaces publishes `1/rate` apart on average; after an idle spell at most [`PACE_SLACK`]
+/// of idle time is made up in a burst.
 struct Pace {
     interval: Option<Duration>,
     next: tokio::time::Instant,
@@ -520,14 +568,22 @@ impl Pace {
         let Some(interval) = self.interval else {
             return;
         };
+        // The timer ticks in milliseconds, so intervals shorter than that are kept on
+        // average: a schedule up to PACE_SLACK behind is caught up without sleeping.
         let now = tokio::time::Instant::now();
-        if self.next < now {
-            self.next = now;
+        let floor = now.checked_sub(PACE_SLACK).unwrap_or(now);
+        if self.next < floor {
+            self.next = floor;
         }
-        tokio::time::sleep_until(self.next).await;
+        if self.next > now {
+            tokio::time::sleep_until(self.next).await;
+        }
         self.next += interval;
     }
 }
+
+/// How far the drain schedule may fall behind before idle time stops counting.
+const PACE_SLACK: Duration = Duration::from_millis(10);
 
 /// Sends the outbox in sequence order, holding a window permit per unacknowledged record.
 async fn feed(mut f: Feeder) {
@@ -583,5 +639,22 @@ async fn feed(mut f: Feeder) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pace_keeps_sub_millisecond_rates_on_average() {
+        let mut pace = Pace::new(5000);
+        let start = tokio::time::Instant::now();
+        for _ in 0..1000 {
+            pace.wait().await;
+        }
+        let rate = 1000.0 / start.elapsed().as_secs_f64();
+        // 5000/s means 0.2 s for 1000; timer granularity must not cut it to ~1000/s.
+        assert!(rate > 3000.0 && rate < 6000.0, "{rate:.0}/s");
     }
 }
