@@ -203,11 +203,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         if last_summary.elapsed() >= Duration::from_secs(5) {
             last_summary = Instant::now();
             println!(
-                "[{:>4}s] {} | PLC saw {} diverts | platform received {} records",
+                "[{:>4}s] {} | PLC saw {} diverts | platform received {} records\n        {}",
                 started.elapsed().as_secs(),
                 metrics.summary(),
                 plc_state.divert_count(),
-                records.len()
+                records.len(),
+                metrics.timing_summary()
             );
         }
     }
@@ -225,6 +226,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Give the platform a moment to receive the last acknowledged records.
     tokio::time::sleep(Duration::from_millis(300)).await;
     println!("daemon:   {}", metrics.summary());
+    println!("          {}", metrics.timing_summary());
     println!("platform: {}", platform.report(&plan, 0..scanned));
     Ok(())
 }
