@@ -119,17 +119,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             dir,
         } => {
             let (_tmp, dir) = work_dir(dir)?;
-            let (_mosquitto, host, port) = match broker {
-                Some(b) => {
-                    let (h, p) = parse_host_port(&b).map_err(|e| anyhow::anyhow!(e))?;
-                    (None, h, p)
-                }
-                None => {
-                    let m = Mosquitto::start(&dir)?;
-                    let port = m.port;
-                    (Some(m), "127.0.0.1".to_string(), port)
-                }
-            };
+            let (_mosquitto, host, port) = broker_or_mosquitto(broker, &dir)?;
             println!("filling a backlog of {records} records...");
             let (journal, fill_time) =
                 fill(&dir.join("journal"), records, Duration::from_millis(2)).await?;
@@ -309,7 +299,26 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
     Ok(elapsed)
 }
 
-/// A Mosquitto process for the drain benchmark, killed on drop.
+/// The broker given as host:port, or a Mosquitto started for the run (kept alive by the
+/// returned guard).
+fn broker_or_mosquitto(
+    broker: Option<String>,
+    dir: &Path,
+) -> anyhow::Result<(Option<Mosquitto>, String, u16)> {
+    Ok(match broker {
+        Some(b) => {
+            let (h, p) = parse_host_port(&b).map_err(|e| anyhow::anyhow!(e))?;
+            (None, h, p)
+        }
+        None => {
+            let m = Mosquitto::start(dir)?;
+            let port = m.port;
+            (Some(m), "127.0.0.1".to_string(), port)
+        }
+    })
+}
+
+/// A Mosquitto process for the benchmarks, killed on drop.
 struct Mosquitto {
     port: u16,
     child: Child,
@@ -370,17 +379,7 @@ async fn lines_bench(
 
     anyhow::ensure!((1..=16).contains(&lines), "--lines must be 1 to 16");
     let (_tmp, dir) = work_dir(dir)?;
-    let (_mosquitto, host, port) = match broker {
-        Some(b) => {
-            let (h, p) = parse_host_port(&b).map_err(|e| anyhow::anyhow!(e))?;
-            (None, h, p)
-        }
-        None => {
-            let m = Mosquitto::start(&dir)?;
-            let port = m.port;
-            (Some(m), "127.0.0.1".to_string(), port)
-        }
-    };
+    let (_mosquitto, host, port) = broker_or_mosquitto(broker, &dir)?;
     let store = dir.join("journal");
     if backlog > 0 {
         println!("filling a backlog of {backlog} records...");
