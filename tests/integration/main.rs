@@ -4,5 +4,7 @@
 mod capacity;
 mod cli;
 mod delivery;
+mod faults;
 mod harness;
+mod scenarios;
 mod skeleton;
