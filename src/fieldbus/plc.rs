@@ -162,7 +162,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let link_name = format!("plc:{}", dev.name);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut link: Option<Link> = None;
     let mut connecting: Option<Connecting> = Some(Box::pin(connect(dev.clone())));
     let retry = tokio::time::sleep(Duration::ZERO);

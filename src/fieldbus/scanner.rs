@@ -37,7 +37,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let link = format!("scanner:{}", dev.name);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let opened: Result<Box<dyn AsyncRead + Unpin + Send>, String> = match &dev.transport {
             Transport::Serial(s) => super::open_serial(s)

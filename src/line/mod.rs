@@ -146,6 +146,7 @@ impl Line {
             lane,
             revision: 0,
             committed_lane: None,
+            disposed_lane: None,
         });
         self.send(parcel, io);
     }
@@ -242,7 +243,8 @@ impl Line {
                 if t.revision != revision {
                     return;
                 }
-                if outcome.status == DivertStatus::Acked {
+                // Latency of the first decision only: a re-commit is timed by its instruction.
+                if outcome.status == DivertStatus::Acked && revision == 0 {
                     self.ctx
                         .metrics
                         .decision_latency
@@ -263,7 +265,7 @@ impl Line {
 
     fn on_disposition(&mut self, d: Disposition, sink: &RecordSink) {
         Metrics::add(&self.ctx.metrics.dispositions, 1);
-        let t = self.tracker.remove(d.parcel);
+        let t = self.tracker.dispose(d.parcel, d.lane).cloned();
         let kind = match d.code {
             DispositionCode::Sorted => DispositionKind::Sorted,
             DispositionCode::Overflow => DispositionKind::Overflow,
@@ -337,7 +339,9 @@ impl Line {
                 continue;
             };
             let (decision, lane) = self.decide(&t.read);
-            if lane == t.lane {
+            // Where the parcel is, or is going: the PLC's word once it has spoken.
+            let current = t.disposed_lane.unwrap_or(t.lane);
+            if lane == current {
                 continue;
             }
             match change {
@@ -352,10 +356,10 @@ impl Line {
                 }
                 Change::Late(_) => {
                     let detail = format!(
-                        "new clearance for {waybill} after the divert deadline: it would now go to {} (lane {lane}: {}), but the parcel was diverted to lane {}",
+                        "new clearance for {waybill} after the divert deadline: it would now go to {} (lane {lane}: {}), but the parcel {} lane {current}",
                         decision.role.as_str(),
                         decision.reason,
-                        t.lane
+                        if t.disposed_lane.is_some() { "is in" } else { "was diverted to" },
                     );
                     self.alert(
                         Some(parcel),
@@ -379,7 +383,7 @@ impl Line {
         if !self.ctx.dispositions {
             return;
         }
-        for t in overdue {
+        for t in overdue.into_iter().filter(|t| t.disposed_lane.is_none()) {
             let waybill = t.waybill().map(str::to_string);
             self.alert(
                 Some(t.parcel),

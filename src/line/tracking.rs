@@ -5,9 +5,10 @@
 //! to the PLC (*committed* when acknowledged). New information about its waybill (an
 //! instruction) before the deadline re-decides it and, if the lane changes, re-commits it
 //! with the next revision; after the deadline the parcel went where it went and the change
-//! is an alert. The PLC's disposition *confirms* it. A parcel with no disposition by its
-//! deadline plus the disposition timeout is dropped from tracking (and, where the PLC
-//! reports dispositions, alerted as such).
+//! is an alert. The PLC's disposition *confirms* it; the parcel stays tracked until its
+//! deadline plus the disposition timeout, so that a mark arriving after it reached its lane
+//! still finds it and raises an alert. A parcel with no disposition by then is dropped from
+//! tracking (and, where the PLC reports dispositions, alerted as such).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
@@ -47,6 +48,8 @@ pub struct Tracked {
     pub revision: u32,
     /// The lane the PLC last acknowledged, if any.
     pub committed_lane: Option<u16>,
+    /// The lane the PLC reported the parcel in, once it did.
+    pub disposed_lane: Option<u16>,
 }
 
 impl Tracked {
@@ -121,7 +124,15 @@ impl Tracker {
             .collect()
     }
 
-    /// Stops tracking a parcel (its disposition arrived).
+    /// Notes a parcel's disposition. The parcel stays tracked until it expires, so that an
+    /// instruction arriving after it reached its lane still finds it (and raises an alert).
+    pub fn dispose(&mut self, parcel: u32, lane: u16) -> Option<&Tracked> {
+        let t = self.parcels.get_mut(&parcel)?;
+        t.disposed_lane = Some(lane);
+        Some(t)
+    }
+
+    /// Stops tracking a parcel.
     pub fn remove(&mut self, parcel: u32) -> Option<Tracked> {
         let t = self.parcels.remove(&parcel)?;
         if let Some(w) = t.waybill() {
@@ -176,6 +187,7 @@ mod tests {
             lane: 3,
             revision: 0,
             committed_lane: None,
+            disposed_lane: None,
         }
     }
 
