@@ -761,7 +761,7 @@ mod tests {
         let mut rows = text.lines();
         assert!(rows.next().unwrap().starts_with("seq,msg_id"));
         let row = rows.next().unwrap();
-        assert!(row.starts_with("1,gw-1,L1,"), "{row}");
+        assert!(row.starts_with("1,gw-1,parcel,L1,"), "{row}");
         assert!(
             row.contains("\"no declaration, for \"\"test\"\", ok\""),
             "{row}"
