@@ -127,7 +127,8 @@ pub enum DivertStatus {
     Timeout,
     /// The PLC answered with a Modbus exception.
     Refused,
-    /// No link to the PLC; the PLC's default (exception) applies.
+    /// No link to the PLC. The PLC keeps the parcel's previous command if it had one, else
+    /// its default (exception lane) applies.
     LinkDown,
     /// The PLC link's command queue was full (or closed) when the parcel was decided; no
     /// command was sent and the PLC's default (exception) applies.
@@ -179,11 +180,12 @@ pub struct ParcelRecord {
     pub scanned_at_ms: u64,
     pub decided_at_ms: u64,
     pub divert: DivertOutcome,
-    /// 0 for the first decision; 1, 2, ... when new information (an instruction) changed the
-    /// lane before the deadline and the parcel was re-commanded.
+    /// 0 for the first decision; 1, 2, ... when new clearance information (an instruction or
+    /// a declaration) changed the lane before the deadline and the parcel was re-commanded.
     #[serde(default)]
     pub revision: u32,
-    /// When the parcel reaches its divert point (Unix ms), from the line's geometry.
+    /// The latest moment (Unix ms) a divert command could reach the PLC for this parcel:
+    /// scan time plus the belt's travel time to the gate, less the line's margin.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
 }

@@ -143,6 +143,7 @@ impl Line {
             scanned: scan.instant,
             deadline,
             decision,
+            decided_at: SystemTime::now(),
             lane,
             revision: 0,
             committed_lane: None,
@@ -190,8 +191,7 @@ impl Line {
             ScanRead::Waybill(w) => (ReadOutcome::Ok, Some(w.clone())),
             ScanRead::NoRead => (ReadOutcome::NoRead, None),
         };
-        let now = SystemTime::now();
-        let deadline_in = t.deadline.saturating_duration_since(Instant::now());
+        let deadline_at = t.scanned_at + t.deadline.saturating_duration_since(t.scanned);
         let record = ParcelRecord {
             schema: SCHEMA,
             msg_id: String::new(),
@@ -208,10 +208,10 @@ impl Line {
             reason: t.decision.reason.clone(),
             instruction_id: t.decision.instruction_id.clone(),
             scanned_at_ms: unix_ms(t.scanned_at),
-            decided_at_ms: unix_ms(now),
+            decided_at_ms: unix_ms(t.decided_at),
             divert: outcome,
             revision: t.revision,
-            deadline_ms: Some(unix_ms(now + deadline_in)),
+            deadline_ms: Some(unix_ms(deadline_at)),
         };
         let late = record.divert.late;
         let waybill = record.waybill.clone();
@@ -349,6 +349,7 @@ impl Line {
                     Metrics::add(&self.ctx.metrics.recommits, 1);
                     if let Some(t) = self.tracker.get_mut(parcel) {
                         t.decision = decision;
+                        t.decided_at = SystemTime::now();
                         t.lane = lane;
                         t.revision += 1;
                     }

@@ -42,6 +42,8 @@ pub struct Tracked {
     pub scanned: Instant,
     pub deadline: Instant,
     pub decision: Decision,
+    /// When the current decision was made.
+    pub decided_at: SystemTime,
     /// The lane currently decided.
     pub lane: u16,
     /// 0 for the first decision, +1 per re-commit.
@@ -178,6 +180,7 @@ mod tests {
             scanned_at: SystemTime::UNIX_EPOCH,
             scanned,
             deadline: g.deadline(scanned),
+            decided_at: SystemTime::UNIX_EPOCH,
             decision: Decision {
                 role: LaneRole::Hold,
                 rule: "undeclared",

@@ -185,6 +185,18 @@ async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
         m.summary()
     );
     assert_eq!(Metrics::get(&m.records_refused), 0);
+    // The PLC's dispositions of the last parcels come after the scanner stops.
+    assert!(
+        crate::harness::settle(Duration::from_secs(20), Duration::from_millis(1500), || {
+            Metrics::get(&m.records_accepted)
+        })
+        .await
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || Metrics::get(&m.backlog) == 0).await,
+        "{}",
+        m.summary()
+    );
     assert_eq!(
         Metrics::get(&m.parcels) + Metrics::get(&m.alerts) + Metrics::get(&m.dispositions),
         Metrics::get(&m.records_accepted),

@@ -19,7 +19,9 @@ use bondline_simulators::scanner::ScannerSim;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{config_text_with, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt};
+use crate::harness::{
+    config_text_with, settle, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
+};
 
 const PREFIX: &str = "bondline/test-gw";
 
@@ -178,8 +180,15 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_order() {
     let scanned = floor.scanner_task.await.unwrap().unwrap();
     assert!(scanned > 500, "only {scanned} parcels scanned");
     let accepted = || Metrics::get(&metrics.records_accepted);
-    let before = accepted();
-    assert!(wait_until(Duration::from_secs(5), || accepted() == before).await);
+    // The PLC's dispositions of the last parcels come after the scanner stops.
+    assert!(
+        settle(
+            Duration::from_secs(10),
+            Duration::from_millis(1500),
+            accepted
+        )
+        .await
+    );
     assert!(
         wait_until(Duration::from_secs(30), || Metrics::get(&metrics.backlog)
             == 0)

@@ -302,3 +302,22 @@ pub fn init_logs() {
             .try_init();
     }
 }
+
+/// Waits until `value` has not changed for `quiet` (records still trickling in, such as the
+/// PLC's dispositions of the last parcels, have stopped); false after `timeout`.
+pub async fn settle(timeout: Duration, quiet: Duration, value: impl Fn() -> u64) -> bool {
+    let start = Instant::now();
+    let mut last = value();
+    let mut since = Instant::now();
+    while start.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = value();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return true;
+        }
+    }
+    false
+}
