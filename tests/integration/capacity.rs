@@ -18,7 +18,6 @@ use bondline_devices::contract::EventKind;
 use bondline_devices::Profiles;
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
-use bondline_simulators::plc::PlcSim;
 use bondline_simulators::scanner::ScannerSim;
 use tokio_util::sync::CancellationToken;
 
@@ -85,16 +84,7 @@ async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
 
     let profiles = Profiles::builtin();
     let stop_sims = CancellationToken::new();
-    let plc = PlcSim::bind_with(
-        "127.0.0.1:0".parse().unwrap(),
-        profiles.get("sorter-plc").unwrap().plc().unwrap().clone(),
-        crate::harness::plc_options(),
-    )
-    .await
-    .unwrap();
-    let plc_addr = plc.local_addr();
-    let plc_state = plc.state();
-    tokio::spawn(plc.run(stop_sims.clone().cancelled_owned()));
+    let (plc_addr, plc_state) = crate::harness::start_plc(&stop_sims).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scanner_addr = listener.local_addr().unwrap();
     let scanner = ScannerSim {

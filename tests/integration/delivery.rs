@@ -14,7 +14,6 @@ use bondline_devices::contract::{Action, EventKind, Instruction, Record, SCHEMA}
 use bondline_devices::Profiles;
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
-use bondline_simulators::plc::PlcSim;
 use bondline_simulators::scanner::ScannerSim;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -37,15 +36,7 @@ struct Floor {
 async fn floor(plan: Plan, rate: f64, count: Option<u64>) -> Floor {
     let profiles = Profiles::builtin();
     let stop_plc = CancellationToken::new();
-    let plc = PlcSim::bind_with(
-        "127.0.0.1:0".parse().unwrap(),
-        profiles.get("sorter-plc").unwrap().plc().unwrap().clone(),
-        crate::harness::plc_options(),
-    )
-    .await
-    .unwrap();
-    let plc_addr = plc.local_addr();
-    tokio::spawn(plc.run(stop_plc.clone().cancelled_owned()));
+    let (plc_addr, _) = crate::harness::start_plc(&stop_plc).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scanner_addr = listener.local_addr().unwrap();
     let sim = ScannerSim {

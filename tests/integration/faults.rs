@@ -14,14 +14,11 @@ use bondline::metrics::Metrics;
 use bondline_devices::contract::LaneRole;
 use bondline_devices::Profiles;
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
-use bondline_simulators::plc::PlcSim;
 use bondline_simulators::scanner::ScannerSim;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{
-    config_text, plc_options, wait_until, LineDevices, Mosquitto, PtyPair, ScannerAt,
-};
+use crate::harness::{config_text, wait_until, LineDevices, Mosquitto, PtyPair, ScannerAt};
 
 const PREFIX: &str = "bondline/test-gw";
 
@@ -35,15 +32,7 @@ async fn a_scanner_unplugged_and_plugged_back_is_read_again() {
     let mosquitto = Mosquitto::start(dir.path()).await;
     let profiles = Profiles::builtin();
     let stop = CancellationToken::new();
-    let plc = PlcSim::bind_with(
-        "127.0.0.1:0".parse().unwrap(),
-        profiles.get("sorter-plc").unwrap().plc().unwrap().clone(),
-        plc_options(),
-    )
-    .await
-    .unwrap();
-    let plc_addr = plc.local_addr();
-    tokio::spawn(plc.run(stop.clone().cancelled_owned()));
+    let (plc_addr, _) = crate::harness::start_plc(&stop).await;
     let pty = PtyPair::new(dir.path(), "scanner").await;
     let text = config_text(
         &dir.path().join("journal"),
@@ -165,16 +154,9 @@ async fn a_half_open_plc_connection_is_dropped_and_made_anew() {
     let mosquitto = Mosquitto::start(dir.path()).await;
     let profiles = Profiles::builtin();
     let stop = CancellationToken::new();
-    let plc = PlcSim::bind_with(
-        "127.0.0.1:0".parse().unwrap(),
-        profiles.get("sorter-plc").unwrap().plc().unwrap().clone(),
-        plc_options(),
-    )
-    .await
-    .unwrap();
+    let (plc_addr, _) = crate::harness::start_plc(&stop).await;
     let frozen = Arc::new(AtomicBool::new(false));
-    let via = relay(plc.local_addr(), frozen.clone()).await;
-    tokio::spawn(plc.run(stop.clone().cancelled_owned()));
+    let via = relay(plc_addr, frozen.clone()).await;
     let scanner_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scanner_addr = scanner_listener.local_addr().unwrap();
     let text = config_text(

@@ -321,3 +321,25 @@ pub async fn settle(timeout: Duration, quiet: Duration, value: impl Fn() -> u64)
     }
     false
 }
+
+/// Starts plc-sim (built-in `sorter-plc` profile, [`plc_options`]) on a free port; it stops
+/// when `stop` is cancelled.
+pub async fn start_plc(
+    stop: &tokio_util::sync::CancellationToken,
+) -> (std::net::SocketAddr, bondline_simulators::plc::PlcState) {
+    let profiles = bondline_devices::Profiles::builtin();
+    let plc = bondline_simulators::plc::PlcSim::bind_with(
+        "127.0.0.1:0".parse().expect("a socket address"),
+        profiles
+            .get("sorter-plc")
+            .and_then(|p| p.plc())
+            .expect("built-in PLC profile")
+            .clone(),
+        plc_options(),
+    )
+    .await
+    .expect("bind plc-sim");
+    let (addr, state) = (plc.local_addr(), plc.state());
+    tokio::spawn(plc.run(stop.clone().cancelled_owned()));
+    (addr, state)
+}

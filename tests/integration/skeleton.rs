@@ -15,7 +15,6 @@ use bondline_devices::contract::{
 use bondline_devices::Profiles;
 use bondline_simulators::plan::{Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
-use bondline_simulators::plc::PlcSim;
 use bondline_simulators::scanner::ScannerSim;
 use tokio_util::sync::CancellationToken;
 
@@ -32,16 +31,7 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
     let profiles = Profiles::builtin();
     let stop = CancellationToken::new();
 
-    let plc = PlcSim::bind_with(
-        "127.0.0.1:0".parse().unwrap(),
-        profiles.get("sorter-plc").unwrap().plc().unwrap().clone(),
-        crate::harness::plc_options(),
-    )
-    .await
-    .unwrap();
-    let plc_addr = plc.local_addr();
-    let plc_state = plc.state();
-    tokio::spawn(plc.run(stop.clone().cancelled_owned()));
+    let (plc_addr, plc_state) = crate::harness::start_plc(&stop).await;
 
     let state = dir.path().join("journal");
     let text = config_text(
