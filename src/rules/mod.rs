@@ -5,6 +5,8 @@
 //! only that table. It fails closed: the release lane needs a declaration *and* a release
 //! instruction; everything else goes to hold, inspection or exception.
 
+pub mod engine;
+
 use std::collections::{HashMap, HashSet};
 
 use bondline_devices::contract::{Action, Declaration, Instruction, LaneRole};

@@ -1,0 +1,649 @@
+//! The customs rule set: a versioned file of prioritised rules, evaluated purely.
+//!
+//! A rule set is TOML: a `version`, an optional `sampling_key_hex`, and `[[rules]]`, each
+//! with a `name`, a `kind`, a `priority` and (except for `instruction`) a `target` lane role.
+//! Every rule whose condition holds *fires* and is reported with its reason; the lane is the
+//! target of the highest-priority fired rule. Three things hold whatever the file says, so a
+//! mistaken rule set can never release a parcel it should not:
+//! - a target of `release` is refused at load: only a platform release instruction releases;
+//! - a release needs a declaration and a release instruction, and no other rule firing;
+//! - a parcel for which nothing fired is held ("no release decision").
+//!
+//! Random sampling is verifiable afterwards: a parcel is sampled when the first four bytes of
+//! HMAC-SHA256(sampling key, waybill), as a big-endian number, modulo 1,000,000 are below the
+//! rate in parts per million. An auditor with the key recomputes it.
+
+use std::collections::BTreeSet;
+
+use bondline_devices::contract::{Action, Declaration, Instruction, LaneRole};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+
+/// What a rule looks at.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuleKind {
+    /// The platform's instruction for the waybill (release, inspect or hold).
+    Instruction,
+    /// No declaration for the waybill.
+    Undeclared,
+    /// The declaration says the consumer's identity is not verified.
+    UnverifiedIdentity,
+    /// The declaring enterprise is suspended.
+    SuspendedEnterprise,
+    /// The line scale's weight differs from the declared gross weight by more than
+    /// `tolerance_pct` percent and `tolerance_g` grams.
+    WeightMismatch {
+        tolerance_pct: f64,
+        tolerance_g: u32,
+    },
+    /// The consumer's parcels or declared value in the rolling window would exceed a limit.
+    ConsumerLimit {
+        window_days: u32,
+        #[serde(default)]
+        max_parcels: Option<u32>,
+        #[serde(default)]
+        max_value_minor: Option<u64>,
+    },
+    /// Random sampling at `rate_ppm` parts per million, keyed (see the module docs).
+    Sampling { rate_ppm: u32 },
+    /// The X-ray result or an operator mark says suspect.
+    XraySuspect,
+}
+
+/// One validated rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub priority: u32,
+    pub kind: RuleKind,
+    /// Where the parcel goes when the rule fires; `None` for `instruction`, whose target is
+    /// the instruction's own action.
+    pub target: Option<LaneRole>,
+}
+
+/// A validated rule set, rules in evaluation order (highest priority first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSet {
+    pub version: String,
+    pub rules: Vec<Rule>,
+    sampling_key: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleSet {
+    version: String,
+    #[serde(default)]
+    sampling_key_hex: Option<String>,
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+struct RawRule {
+    name: String,
+    priority: u32,
+    #[serde(default)]
+    target: Option<LaneRole>,
+    /// `kind` and the kind's own keys, checked strictly by [`RuleKind`].
+    #[serde(flatten)]
+    rest: toml::Table,
+}
+
+/// A rule set that cannot be used, with the key and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("rule set {origin}: key `{key}`: {reason}")]
+pub struct RuleSetError {
+    pub origin: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl RuleSet {
+    /// Parses and validates a rule set; `origin` names it in errors. Invalid sets are
+    /// rejected whole.
+    pub fn parse(origin: &str, text: &str) -> Result<RuleSet, RuleSetError> {
+        let err = |key: &str, reason: String| RuleSetError {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        let raw: RawRuleSet =
+            toml::from_str(text).map_err(|e| err("(file)", e.message().to_string()))?;
+        if raw.version.trim().is_empty() {
+            return Err(err("version", "must not be empty".into()));
+        }
+        let sampling_key = match &raw.sampling_key_hex {
+            Some(h) => hex::decode(h).map_err(|e| err("sampling_key_hex", e.to_string()))?,
+            None => Vec::new(),
+        };
+        let mut names = BTreeSet::new();
+        let mut rules = Vec::new();
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let key = |k: &str| format!("rules[{i}].{k}");
+            let kind = RuleKind::deserialize(toml::Value::Table(r.rest))
+                .map_err(|e| err(&format!("rules[{i}]"), e.message().to_string()))?;
+            let r = Rule {
+                name: r.name,
+                priority: r.priority,
+                kind,
+                target: r.target,
+            };
+            if !names.insert(r.name.clone()) {
+                return Err(err(
+                    &key("name"),
+                    format!("rule `{}` appears twice", r.name),
+                ));
+            }
+            match (&r.kind, r.target) {
+                (RuleKind::Instruction, None) => {}
+                (RuleKind::Instruction, Some(_)) => {
+                    return Err(err(
+                        &key("target"),
+                        "an instruction rule takes its lane from the instruction".into(),
+                    ))
+                }
+                (_, None) => {
+                    return Err(err(&key("target"), "a target lane role is needed".into()))
+                }
+                (_, Some(LaneRole::Release)) => {
+                    return Err(err(
+                        &key("target"),
+                        "only a platform release instruction may release a parcel".into(),
+                    ))
+                }
+                _ => {}
+            }
+            match &r.kind {
+                RuleKind::WeightMismatch { tolerance_pct, .. }
+                    if !(0.0..=100.0).contains(tolerance_pct) =>
+                {
+                    return Err(err(&key("tolerance_pct"), "must be 0 to 100".into()))
+                }
+                RuleKind::ConsumerLimit {
+                    window_days,
+                    max_parcels,
+                    max_value_minor,
+                } => {
+                    if !(1..=366).contains(window_days) {
+                        return Err(err(&key("window_days"), "must be 1 to 366".into()));
+                    }
+                    if max_parcels.is_none() && max_value_minor.is_none() {
+                        return Err(err(
+                            &key("max_parcels"),
+                            "give max_parcels, max_value_minor or both".into(),
+                        ));
+                    }
+                }
+                RuleKind::Sampling { rate_ppm } => {
+                    if *rate_ppm > 1_000_000 {
+                        return Err(err(&key("rate_ppm"), "must be at most 1000000".into()));
+                    }
+                    if sampling_key.len() < 16 {
+                        return Err(err(
+                            "sampling_key_hex",
+                            "sampling needs a key of at least 16 bytes (32 hex digits)".into(),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            rules.push(r);
+        }
+        if !rules.iter().any(|r| r.kind == RuleKind::Instruction) {
+            return Err(err(
+                "rules",
+                "an `instruction` rule is needed: without it nothing could ever be released".into(),
+            ));
+        }
+        rules.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(&b.name)));
+        Ok(RuleSet {
+            version: raw.version,
+            rules,
+            sampling_key,
+        })
+    }
+
+    /// Whether `waybill` is in the random sample at `rate_ppm` (see the module docs).
+    pub fn sampled(&self, waybill: &str, rate_ppm: u32) -> bool {
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(&self.sampling_key) else {
+            return false;
+        };
+        mac.update(waybill.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        let n = u32::from_be_bytes([tag[0], tag[1], tag[2], tag[3]]);
+        n % 1_000_000 < rate_ppm
+    }
+}
+
+/// A consumer's recent history, for limits over rolling windows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerWindow {
+    pub parcels: u32,
+    pub value_minor: u64,
+}
+
+/// Everything a decision may look at, gathered before evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs<'a> {
+    pub waybill: &'a str,
+    pub declaration: Option<&'a Declaration>,
+    pub instruction: Option<&'a Instruction>,
+    pub enterprise_suspended: bool,
+    pub measured_weight_g: Option<u32>,
+    pub xray_suspect: bool,
+    /// The consumer's history over each limit rule's window, by rule index; parcels and
+    /// value before this one.
+    pub consumer: &'a [(usize, ConsumerWindow)],
+}
+
+/// One rule that fired, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    pub rule: String,
+    pub target: LaneRole,
+    pub reason: String,
+}
+
+/// The outcome of [`evaluate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    pub role: LaneRole,
+    /// The rules that fired, deciding one first.
+    pub fired: Vec<Fired>,
+    pub version: String,
+}
+
+/// Evaluates `set` on one read parcel. Pure: the same inputs give the same lane.
+pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
+    let mut fired = Vec::new();
+    for (i, rule) in set.rules.iter().enumerate() {
+        let hit: Option<(LaneRole, String)> = match &rule.kind {
+            RuleKind::Instruction => inp.instruction.map(|ins| {
+                let role = match ins.action {
+                    Action::Release => LaneRole::Release,
+                    Action::Inspect => LaneRole::Inspection,
+                    Action::Hold => LaneRole::Hold,
+                };
+                (
+                    role,
+                    format!(
+                        "instruction {}: {:?} {}",
+                        ins.instruction_id, ins.action, ins.reason
+                    )
+                    .trim_end()
+                    .to_string(),
+                )
+            }),
+            RuleKind::Undeclared => inp
+                .declaration
+                .is_none()
+                .then(|| (LaneRole::Hold, "no declaration for this waybill".into())),
+            RuleKind::UnverifiedIdentity => inp
+                .declaration
+                .filter(|d| !d.identity_verified)
+                .map(|_| (LaneRole::Hold, "consumer identity not verified".into())),
+            RuleKind::SuspendedEnterprise => inp.enterprise_suspended.then(|| {
+                (
+                    LaneRole::Hold,
+                    format!(
+                        "enterprise {} is suspended",
+                        inp.declaration.map_or("?", |d| d.enterprise.as_str())
+                    ),
+                )
+            }),
+            RuleKind::WeightMismatch {
+                tolerance_pct,
+                tolerance_g,
+            } => {
+                match (
+                    inp.declaration.and_then(|d| d.gross_weight_g),
+                    inp.measured_weight_g,
+                ) {
+                    (Some(declared), Some(measured)) => {
+                        let diff = declared.abs_diff(measured);
+                        let pct = diff as f64 * 100.0 / declared.max(1) as f64;
+                        (diff > *tolerance_g && pct > *tolerance_pct).then(|| {
+                            (
+                                LaneRole::Inspection,
+                                format!("weighed {measured} g, declared {declared} g"),
+                            )
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            RuleKind::ConsumerLimit {
+                window_days,
+                max_parcels,
+                max_value_minor,
+            } => {
+                let seen = inp
+                    .consumer
+                    .iter()
+                    .find(|(r, _)| *r == i)
+                    .map(|(_, w)| *w)
+                    .unwrap_or_default();
+                let value = inp.declaration.and_then(|d| d.value_minor).unwrap_or(0);
+                let over_count = max_parcels.is_some_and(|m| seen.parcels + 1 > m);
+                let over_value = max_value_minor.is_some_and(|m| seen.value_minor + value > m);
+                (inp.declaration.and_then(|d| d.consumer.as_ref()).is_some() && (over_count || over_value)).then(|| {
+                    (
+                        LaneRole::Inspection,
+                        format!(
+                            "consumer over its {window_days}-day limit: {} parcel(s), {} in value before this one",
+                            seen.parcels, seen.value_minor
+                        ),
+                    )
+                })
+            }
+            RuleKind::Sampling { rate_ppm } => set.sampled(inp.waybill, *rate_ppm).then(|| {
+                (
+                    LaneRole::Inspection,
+                    format!("random sample ({rate_ppm} ppm)"),
+                )
+            }),
+            RuleKind::XraySuspect => inp.xray_suspect.then(|| {
+                (
+                    LaneRole::Inspection,
+                    "X-ray suspect or operator mark".into(),
+                )
+            }),
+        };
+        if let Some((natural, reason)) = hit {
+            let target = rule.target.unwrap_or(natural);
+            fired.push(Fired {
+                rule: rule.name.clone(),
+                target,
+                reason,
+            });
+        }
+    }
+    // The highest-priority rule that does not release decides; a release stands only alone,
+    // and only for a declared parcel.
+    let deciding = fired.iter().position(|f| f.target != LaneRole::Release);
+    let role = match deciding {
+        Some(i) => {
+            let f = fired.remove(i);
+            let role = f.target;
+            fired.insert(0, f);
+            role
+        }
+        None if !fired.is_empty() && inp.declaration.is_some() => LaneRole::Release,
+        None => {
+            fired.insert(
+                0,
+                Fired {
+                    rule: "no_release_decision".into(),
+                    target: LaneRole::Hold,
+                    reason: if inp.declaration.is_none() {
+                        "no declaration for this waybill".into()
+                    } else {
+                        "declared, no release instruction yet".into()
+                    },
+                },
+            );
+            LaneRole::Hold
+        }
+    };
+    Evaluation {
+        role,
+        fired,
+        version: set.version.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bondline_devices::contract::SCHEMA;
+    use proptest::prelude::*;
+
+    const SET: &str = r#"
+version = "test-1"
+sampling_key_hex = "000102030405060708090a0b0c0d0e0f"
+[[rules]]
+name = "platform"
+kind = "instruction"
+priority = 100
+[[rules]]
+name = "suspended"
+kind = "suspended_enterprise"
+priority = 90
+target = "hold"
+[[rules]]
+name = "identity"
+kind = "unverified_identity"
+priority = 80
+target = "hold"
+[[rules]]
+name = "undeclared"
+kind = "undeclared"
+priority = 70
+target = "hold"
+[[rules]]
+name = "xray"
+kind = "xray_suspect"
+priority = 60
+target = "inspection"
+[[rules]]
+name = "weight"
+kind = "weight_mismatch"
+priority = 50
+target = "inspection"
+tolerance_pct = 10.0
+tolerance_g = 50
+[[rules]]
+name = "daily"
+kind = "consumer_limit"
+priority = 40
+target = "inspection"
+window_days = 1
+max_parcels = 3
+[[rules]]
+name = "sample"
+kind = "sampling"
+priority = 10
+target = "inspection"
+rate_ppm = 100000
+"#;
+
+    fn set() -> RuleSet {
+        RuleSet::parse("test", SET).unwrap()
+    }
+
+    fn decl(verified: bool, weight: Option<u32>) -> Declaration {
+        Declaration {
+            schema: SCHEMA,
+            waybill: "W".into(),
+            enterprise: "E1".into(),
+            consumer: Some("c1".into()),
+            identity_verified: verified,
+            value_minor: Some(1000),
+            currency: Some("CNY".into()),
+            gross_weight_g: weight,
+            items: vec![],
+        }
+    }
+
+    fn instr(action: Action) -> Instruction {
+        Instruction {
+            schema: SCHEMA,
+            instruction_id: "i".into(),
+            waybill: "W".into(),
+            action,
+            reason: String::new(),
+            issued_at_ms: None,
+        }
+    }
+
+    /// A waybill the test key does not sample.
+    fn unsampled(set: &RuleSet) -> String {
+        (0..)
+            .map(|i| format!("W{i}"))
+            .find(|w| !set.sampled(w, 100_000))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_release_stands_only_alone() {
+        let s = set();
+        let w = unsampled(&s);
+        let d = decl(true, Some(1000));
+        let rel = instr(Action::Release);
+        let base = Inputs {
+            waybill: &w,
+            declaration: Some(&d),
+            instruction: Some(&rel),
+            measured_weight_g: Some(1010),
+            ..Default::default()
+        };
+        let e = evaluate(&s, &base);
+        assert_eq!(e.role, LaneRole::Release, "{e:?}");
+        assert_eq!(e.version, "test-1");
+        let heavy = Inputs {
+            measured_weight_g: Some(1500),
+            ..base.clone()
+        };
+        let e = evaluate(&s, &heavy);
+        assert_eq!(e.role, LaneRole::Inspection);
+        assert_eq!(e.fired[0].rule, "weight");
+        assert!(
+            e.fired.iter().any(|f| f.rule == "platform"),
+            "every fired rule is reported"
+        );
+        let suspended = Inputs {
+            enterprise_suspended: true,
+            ..heavy
+        };
+        assert_eq!(
+            evaluate(&s, &suspended).role,
+            LaneRole::Hold,
+            "priority decides"
+        );
+    }
+
+    #[test]
+    fn consumer_limits_count_this_parcel() {
+        let s = set();
+        let w = unsampled(&s);
+        let d = decl(true, None);
+        let rel = instr(Action::Release);
+        let daily = s.rules.iter().position(|r| r.name == "daily").unwrap();
+        let history = [(
+            daily,
+            ConsumerWindow {
+                parcels: 3,
+                value_minor: 0,
+            },
+        )];
+        let inp = Inputs {
+            waybill: &w,
+            declaration: Some(&d),
+            instruction: Some(&rel),
+            consumer: &history,
+            ..Default::default()
+        };
+        assert_eq!(evaluate(&s, &inp).role, LaneRole::Inspection);
+        let history = [(
+            daily,
+            ConsumerWindow {
+                parcels: 2,
+                value_minor: 0,
+            },
+        )];
+        let inp = Inputs {
+            consumer: &history,
+            ..inp
+        };
+        assert_eq!(evaluate(&s, &inp).role, LaneRole::Release);
+    }
+
+    #[test]
+    fn sampling_is_keyed_and_close_to_its_rate() {
+        let s = set();
+        let n = (0..20_000)
+            .filter(|i| s.sampled(&format!("BL{i:08}"), 100_000))
+            .count();
+        assert!((1_700..2_300).contains(&n), "{n} of 20000 at 10%");
+        let other = RuleSet::parse("t", &SET.replace("000102", "ff0102")).unwrap();
+        let same = (0..2_000)
+            .filter(|i| {
+                s.sampled(&format!("BL{i:08}"), 100_000)
+                    == other.sampled(&format!("BL{i:08}"), 100_000)
+            })
+            .count();
+        assert!(same < 2_000, "a different key samples differently");
+    }
+
+    #[test]
+    fn invalid_rule_sets_are_rejected_whole() {
+        for (from, to, key) in [
+            (
+                "target = \"hold\"\n[[rules]]\nname = \"identity\"",
+                "target = \"release\"\n[[rules]]\nname = \"identity\"",
+                "rules[1].target",
+            ),
+            (
+                "name = \"identity\"",
+                "name = \"suspended\"",
+                "rules[2].name",
+            ),
+            (
+                "rate_ppm = 100000",
+                "rate_ppm = 2000000",
+                "rules[7].rate_ppm",
+            ),
+            ("max_parcels = 3", "max_parcel = 3", "rules[6]"),
+        ] {
+            let e = RuleSet::parse("t", &SET.replacen(from, to, 1)).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        let e = RuleSet::parse("t", "version = \"x\"\nrules = []\n").unwrap_err();
+        assert!(e.reason.contains("instruction"), "{e}");
+    }
+
+    proptest! {
+        /// Whatever the inputs, a parcel reaches release only when it is declared, has a
+        /// release instruction, and nothing else fired; and every decision names its version.
+        #[test]
+        fn nothing_is_released_without_declaration_and_release_instruction(
+            declared in any::<bool>(),
+            verified in any::<bool>(),
+            action in prop_oneof![Just(None), Just(Some(Action::Release)), Just(Some(Action::Inspect)), Just(Some(Action::Hold))],
+            suspended in any::<bool>(),
+            xray in any::<bool>(),
+            weight in proptest::option::of(0u32..5000),
+            measured in proptest::option::of(0u32..5000),
+            history in 0u32..6,
+            waybill in "[A-Z0-9]{6,20}",
+        ) {
+            let s = set();
+            let mut d = decl(verified, weight);
+            d.waybill = waybill.clone();
+            let ins = action.map(instr);
+            let daily = s.rules.iter().position(|r| r.name == "daily").unwrap();
+            let h = [(daily, ConsumerWindow { parcels: history, value_minor: 0 })];
+            let inp = Inputs {
+                waybill: &waybill,
+                declaration: declared.then_some(&d),
+                instruction: ins.as_ref(),
+                enterprise_suspended: suspended,
+                measured_weight_g: measured,
+                xray_suspect: xray,
+                consumer: &h,
+            };
+            let e = evaluate(&s, &inp);
+            prop_assert_eq!(&e.version, "test-1");
+            prop_assert!(!e.fired.is_empty());
+            if e.role == LaneRole::Release {
+                prop_assert!(declared && action == Some(Action::Release));
+                prop_assert!(verified && !suspended && !xray);
+                prop_assert!(e.fired.iter().all(|f| f.target == LaneRole::Release));
+            }
+            if !declared || !verified || suspended || action == Some(Action::Inspect) || action == Some(Action::Hold) {
+                prop_assert_ne!(e.role, LaneRole::Release);
+            }
+        }
+    }
+}
