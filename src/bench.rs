@@ -60,6 +60,22 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Rule evaluation latency on a large clearance table: declaration and instruction lookup
+    /// plus evaluation of a rule set, per parcel; and memory per million declarations.
+    Rules {
+        /// Declarations in the table.
+        #[arg(long, default_value_t = 1_000_000)]
+        declarations: u64,
+        /// Consumers with history.
+        #[arg(long, default_value_t = 100_000)]
+        consumers: u64,
+        /// Rules in the rule set.
+        #[arg(long, default_value_t = 50)]
+        rules: u32,
+        /// Evaluations to time.
+        #[arg(long, default_value_t = 200_000)]
+        evaluations: u64,
+    },
     /// Drain time of a backlog to a broker, beside raw rumqttc QoS 1 publishing.
     Drain {
         /// Records in the backlog.
@@ -105,6 +121,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        BenchCommand::Rules {
+            declarations,
+            consumers,
+            rules,
+            evaluations,
+        } => rules_bench(declarations, consumers, rules, evaluations),
         BenchCommand::Lines {
             lines,
             seconds,
@@ -501,6 +523,170 @@ async fn lines_bench(
         forwarded as f64 / elapsed.as_secs_f64(),
         backlog_at_start,
         Metrics::get(&metrics.backlog)
+    );
+    Ok(())
+}
+
+/// Resident memory of this process, from /proc (Linux); 0 elsewhere.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn rules_bench(
+    declarations: u64,
+    consumers: u64,
+    rules: u32,
+    evaluations: u64,
+) -> anyhow::Result<()> {
+    use crate::rules::engine::{evaluate, ConsumerWindow, Inputs, RuleSet};
+    use bondline_devices::contract::{Action, Declaration, DeclaredItem, Instruction};
+    use std::collections::HashMap;
+
+    anyhow::ensure!(rules >= 4, "--rules must be at least 4");
+    // A rule set of the requested size: the fail-closed core plus weight, limit and sampling
+    // rules at assorted tolerances and rates.
+    let mut text = String::from(
+        "version = \"bench\"\nsampling_key_hex = \"000102030405060708090a0b0c0d0e0f\"\n\
+         [[rules]]\nname = \"platform\"\nkind = \"instruction\"\npriority = 1000\n\
+         [[rules]]\nname = \"suspended\"\nkind = \"suspended_enterprise\"\npriority = 900\ntarget = \"hold\"\n\
+         [[rules]]\nname = \"identity\"\nkind = \"unverified_identity\"\npriority = 800\ntarget = \"hold\"\n\
+         [[rules]]\nname = \"undeclared\"\nkind = \"undeclared\"\npriority = 700\ntarget = \"hold\"\n",
+    );
+    for i in 0..rules - 4 {
+        let rule = match i % 3 {
+            0 => format!(
+                "kind = \"weight_mismatch\"\ntolerance_pct = {}.0\ntolerance_g = 50",
+                5 + i
+            ),
+            1 => format!(
+                "kind = \"consumer_limit\"\nwindow_days = {}\nmax_parcels = {}",
+                1 + i % 365,
+                10 + i
+            ),
+            _ => format!("kind = \"sampling\"\nrate_ppm = {}", 100 + i),
+        };
+        text.push_str(&format!(
+            "[[rules]]\nname = \"r{i}\"\npriority = {}\ntarget = \"inspection\"\n{rule}\n",
+            600 - i
+        ));
+    }
+    let set = RuleSet::parse("bench", &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let before = resident_bytes();
+    let mut declared: HashMap<String, Declaration> = HashMap::with_capacity(declarations as usize);
+    let mut instructions: HashMap<String, Instruction> = HashMap::new();
+    for i in 0..declarations {
+        let waybill = format!("BL{i:012}");
+        let d = Declaration {
+            schema: SCHEMA,
+            waybill: waybill.clone(),
+            enterprise: format!("E{:08}", i % 500),
+            consumer: Some(format!("{:016x}", i % consumers.max(1))),
+            identity_verified: i % 97 != 0,
+            value_minor: Some(1_000 + i % 50_000),
+            currency: Some("CNY".into()),
+            gross_weight_g: Some(200 + (i % 3000) as u32),
+            items: vec![DeclaredItem {
+                description: "cosmetics".into(),
+                quantity: 1 + (i % 3) as u32,
+            }],
+        };
+        if i % 2 == 0 {
+            instructions.insert(
+                waybill.clone(),
+                Instruction {
+                    schema: SCHEMA,
+                    instruction_id: format!("I{i}"),
+                    waybill: waybill.clone(),
+                    action: if i % 10 == 0 {
+                        Action::Inspect
+                    } else {
+                        Action::Release
+                    },
+                    reason: String::new(),
+                    issued_at_ms: None,
+                },
+            );
+        }
+        declared.insert(waybill, d);
+    }
+    let history: HashMap<String, ConsumerWindow> = (0..consumers)
+        .map(|c| {
+            (
+                format!("{c:016x}"),
+                ConsumerWindow {
+                    parcels: (c % 20) as u32,
+                    value_minor: c % 100_000,
+                },
+            )
+        })
+        .collect();
+    let after = resident_bytes();
+    let limit_rules: Vec<usize> = set
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r.kind, crate::rules::engine::RuleKind::ConsumerLimit { .. }))
+        .map(|(i, _)| i)
+        .collect();
+
+    let mut samples = Vec::with_capacity(evaluations as usize);
+    let mut released = 0u64;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..evaluations {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let waybill = format!("BL{:012}", x % (declarations + declarations / 10).max(1));
+        let start = Instant::now();
+        let d = declared.get(&waybill);
+        let window = d
+            .and_then(|d| d.consumer.as_ref())
+            .and_then(|c| history.get(c))
+            .copied()
+            .unwrap_or_default();
+        let consumer: Vec<(usize, ConsumerWindow)> =
+            limit_rules.iter().map(|i| (*i, window)).collect();
+        let inputs = Inputs {
+            waybill: &waybill,
+            declaration: d,
+            instruction: instructions.get(&waybill),
+            enterprise_suspended: false,
+            measured_weight_g: d
+                .and_then(|d| d.gross_weight_g)
+                .map(|g| g + (x % 40) as u32),
+            xray_suspect: false,
+            consumer: &consumer,
+        };
+        let e = evaluate(&set, &inputs);
+        samples.push(start.elapsed());
+        if e.role == bondline_devices::contract::LaneRole::Release {
+            released += 1;
+        }
+    }
+    samples.sort_unstable();
+    let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "rules: {} rules, {declarations} declarations, {consumers} consumers with history",
+        set.rules.len()
+    );
+    println!(
+        "evaluation (lookup + all rules), {evaluations} parcels: p50 {:?} p99 {:?} max {:?} ({released} released)",
+        q(0.5),
+        q(0.99),
+        samples[samples.len() - 1]
+    );
+    println!(
+        "memory: {:.0} MiB resident for the table and history = {:.0} MiB per million declarations",
+        after.saturating_sub(before) as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / 1048576.0 * 1_000_000.0 / declarations.max(1) as f64
     );
     Ok(())
 }
