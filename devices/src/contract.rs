@@ -217,53 +217,44 @@ impl From<AlertRecord> for Record {
     }
 }
 
+/// Applies the same expression to whichever record kind `$record` holds.
+macro_rules! each_kind {
+    ($record:expr, $r:ident => $e:expr) => {
+        match $record {
+            Record::Parcel($r) => $e,
+            Record::Disposition($r) => $e,
+            Record::Alert($r) => $e,
+        }
+    };
+}
+
 impl Record {
     pub fn seq(&self) -> u64 {
-        match self {
-            Record::Parcel(r) => r.seq,
-            Record::Disposition(r) => r.seq,
-            Record::Alert(r) => r.seq,
-        }
+        each_kind!(self, r => r.seq)
     }
 
     pub fn msg_id(&self) -> &str {
-        match self {
-            Record::Parcel(r) => &r.msg_id,
-            Record::Disposition(r) => &r.msg_id,
-            Record::Alert(r) => &r.msg_id,
-        }
+        each_kind!(self, r => &r.msg_id)
     }
 
     pub fn prev_hash(&self) -> &str {
-        match self {
-            Record::Parcel(r) => &r.prev_hash,
-            Record::Disposition(r) => &r.prev_hash,
-            Record::Alert(r) => &r.prev_hash,
-        }
+        each_kind!(self, r => &r.prev_hash)
     }
 
     pub fn gateway(&self) -> &str {
-        match self {
-            Record::Parcel(r) => &r.gateway,
-            Record::Disposition(r) => &r.gateway,
-            Record::Alert(r) => &r.gateway,
-        }
+        each_kind!(self, r => &r.gateway)
     }
 
     pub fn line(&self) -> &str {
-        match self {
-            Record::Parcel(r) => &r.line,
-            Record::Disposition(r) => &r.line,
-            Record::Alert(r) => &r.line,
-        }
+        each_kind!(self, r => &r.line)
     }
 
     pub fn waybill(&self) -> Option<&str> {
-        match self {
-            Record::Parcel(r) => r.waybill.as_deref(),
-            Record::Disposition(r) => r.waybill.as_deref(),
-            Record::Alert(r) => r.waybill.as_deref(),
-        }
+        each_kind!(self, r => r.waybill.as_deref())
+    }
+
+    pub fn schema(&self) -> u32 {
+        each_kind!(self, r => r.schema)
     }
 
     /// When it happened (Unix ms): the scan for a parcel record.
@@ -278,14 +269,11 @@ impl Record {
     /// Sets what the journal fills in: sequence, message id and chain link.
     pub fn stamp(&mut self, seq: u64, prev_hash: String) {
         let msg_id = format!("{}-{}", self.gateway(), seq);
-        let (s, m, p) = match self {
-            Record::Parcel(r) => (&mut r.seq, &mut r.msg_id, &mut r.prev_hash),
-            Record::Disposition(r) => (&mut r.seq, &mut r.msg_id, &mut r.prev_hash),
-            Record::Alert(r) => (&mut r.seq, &mut r.msg_id, &mut r.prev_hash),
-        };
-        *s = seq;
-        *m = msg_id;
-        *p = prev_hash;
+        each_kind!(self, r => {
+            r.seq = seq;
+            r.msg_id = msg_id;
+            r.prev_hash = prev_hash;
+        })
     }
 
     pub fn as_parcel(&self) -> Option<&ParcelRecord> {

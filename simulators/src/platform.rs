@@ -409,12 +409,7 @@ async fn drive(
 
 fn parse_record(payload: &[u8]) -> Option<Record> {
     let r = serde_json::from_slice::<Record>(payload).ok()?;
-    let schema = match &r {
-        Record::Parcel(p) => p.schema,
-        Record::Disposition(d) => d.schema,
-        Record::Alert(a) => a.schema,
-    };
-    (schema == SCHEMA).then_some(r)
+    (r.schema() == SCHEMA).then_some(r)
 }
 
 /// What the platform received, against a plan range.
