@@ -127,6 +127,8 @@ impl App {
             alarms.clone(),
             uplink_stop.clone(),
         ));
+        let rules = Arc::new(RwLock::new(config.rules.clone()));
+        info!(rule_set = %config.rules.version, rules = config.rules.rules.len(), "customs rule set");
         // Waybills whose clearance changed, from the uplink to every line.
         let (changes, _) = broadcast::channel(CHANGES_QUEUE);
         let uplink = Uplink {
@@ -158,6 +160,7 @@ impl App {
                 lanes: l.lanes.clone(),
                 geometry: l.geometry,
                 table: table.clone(),
+                rules: rules.clone(),
                 lane_states: lane_states.clone(),
                 metrics: metrics.clone(),
                 dispositions: l.plc.map.status.is_some(),

@@ -220,6 +220,8 @@ fn sample_record(n: u64) -> ParcelRecord {
         },
         revision: 0,
         deadline_ms: None,
+        rule_set: None,
+        rules_fired: Vec::new(),
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Config {
     pub storage: Storage,
     pub uplink: Uplink,
     pub lines: Vec<Line>,
+    /// The customs rule set: from `rules_file`, or the built-in fail-closed core.
+    pub rules: std::sync::Arc<crate::rules::engine::RuleSet>,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +168,8 @@ struct RawConfig {
     gateway_id: String,
     #[serde(default)]
     profiles_dir: Option<PathBuf>,
+    #[serde(default)]
+    rules_file: Option<PathBuf>,
     storage: RawStorage,
     uplink: RawUplink,
     #[serde(default)]
@@ -411,6 +415,26 @@ impl Config {
 
         check_ident(&raw.gateway_id).map_err(|r| err("gateway_id", r))?;
 
+        let rules = match &raw.rules_file {
+            None => crate::rules::engine::RuleSet::builtin(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    err("rules_file", format!("cannot read {}: {e}", path.display()))
+                })?;
+                let set = crate::rules::engine::RuleSet::parse(&path.display().to_string(), &text)
+                    .map_err(|e| err("rules_file", e.to_string()))?;
+                if let Some((rule, missing)) = set.unsupported_by_daemon() {
+                    return Err(err(
+                        "rules_file",
+                        format!(
+                            "rule `{rule}` needs {missing}, which this gateway does not have yet"
+                        ),
+                    ));
+                }
+                set
+            }
+        };
+
         if raw.storage.path.as_os_str().is_empty() {
             return Err(err("storage.path", "must not be empty".into()));
         }
@@ -626,6 +650,7 @@ impl Config {
             storage,
             uplink,
             lines,
+            rules: std::sync::Arc::new(rules),
         })
     }
 }
@@ -837,6 +862,40 @@ lanes = [
         ));
         assert_eq!(e.key, "lines[0].geometry.margin_ms");
         assert!(e.reason.contains("250 ms"), "{e}");
+    }
+
+    #[test]
+    fn a_rules_file_is_loaded_and_checked() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules.toml");
+        let c = Config::parse(
+            "t.toml",
+            &GOOD.replace(
+                "gateway_id = \"gw-01\"",
+                &format!("gateway_id = \"gw-01\"\nrules_file = \"{example}\""),
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.rules.version, "2026-11-example");
+        assert_eq!(
+            Config::parse("t.toml", GOOD).unwrap().rules.version,
+            "builtin-1"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.toml");
+        std::fs::write(
+            &path,
+            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 1\n[[rules]]\nname = \"w\"\nkind = \"weight_mismatch\"\npriority = 2\ntarget = \"inspection\"\ntolerance_pct = 5.0\ntolerance_g = 10\n",
+        )
+        .unwrap();
+        let e = bad(&GOOD.replace(
+            "gateway_id = \"gw-01\"",
+            &format!(
+                "gateway_id = \"gw-01\"\nrules_file = \"{}\"",
+                path.display()
+            ),
+        ));
+        assert_eq!(e.key, "rules_file");
+        assert!(e.reason.contains("line scale"), "{e}");
     }
 
     #[test]

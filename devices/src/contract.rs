@@ -188,6 +188,21 @@ pub struct ParcelRecord {
     /// scan time plus the belt's travel time to the gate, less the line's margin.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// The version of the rule set that decided.
+    #[serde(default)]
+    pub rule_set: Option<String>,
+    /// Every rule that fired, the deciding one first.
+    #[serde(default)]
+    pub rules_fired: Vec<FiredRule>,
+}
+
+/// A rule that fired for a parcel, with its target and reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FiredRule {
+    pub rule: String,
+    pub target: LaneRole,
+    pub reason: String,
 }
 
 /// Any record of the journal, as sent on `P/records`: the `kind` field tells which.

@@ -587,6 +587,8 @@ mod tests {
             },
             revision: 0,
             deadline_ms: None,
+            rule_set: None,
+            rules_fired: Vec::new(),
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 
 use bondline_devices::contract::{
     AlertKind, AlertRecord, DispositionKind, DispositionRecord, DivertOutcome, DivertStatus,
-    LaneRole, ParcelRecord, ReadOutcome, SCHEMA,
+    FiredRule, LaneRole, ParcelRecord, ReadOutcome, SCHEMA,
 };
 use bondline_devices::plc::{Disposition, DispositionCode};
 use tokio::sync::{broadcast, mpsc};
@@ -31,6 +31,7 @@ use crate::fieldbus::plc::{DivertJob, LaneStates, PlcEvent};
 use crate::fieldbus::scanner::ScanEvent;
 use crate::journal::RecordSink;
 use crate::metrics::{unix_ms, Metrics};
+use crate::rules::engine::RuleSet;
 use crate::rules::{decide, ClearanceTable, Decision, ScanRead};
 use tracking::{Change, Geometry, Tracked, Tracker};
 
@@ -41,6 +42,8 @@ pub struct LineCtx {
     pub lanes: LaneMap,
     pub geometry: Geometry,
     pub table: Arc<RwLock<ClearanceTable>>,
+    /// The rule set in force; replaced whole on a reload.
+    pub rules: Arc<RwLock<Arc<RuleSet>>>,
     pub lane_states: Arc<LaneStates>,
     pub metrics: Arc<Metrics>,
     /// Whether the PLC reports dispositions (its profile has a status section).
@@ -105,8 +108,15 @@ struct Line {
 impl Line {
     fn decide(&self, read: &ScanRead) -> (Decision, u16) {
         let mut decision = {
+            // One rule set for the whole decision, whatever a reload does meanwhile.
+            let rules = self
+                .ctx
+                .rules
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let table = self.ctx.table.read().unwrap_or_else(|p| p.into_inner());
-            decide(&table, read)
+            decide(&table, &rules, read)
         };
         let wanted = self.ctx.lanes.lane(decision.role);
         let mut role = decision.role;
@@ -204,7 +214,7 @@ impl Line {
             waybill,
             lane: t.lane,
             lane_role: t.decision.role,
-            rule: t.decision.rule.to_string(),
+            rule: t.decision.rule.clone(),
             reason: t.decision.reason.clone(),
             instruction_id: t.decision.instruction_id.clone(),
             scanned_at_ms: unix_ms(t.scanned_at),
@@ -212,6 +222,17 @@ impl Line {
             divert: outcome,
             revision: t.revision,
             deadline_ms: Some(unix_ms(deadline_at)),
+            rule_set: Some(t.decision.rule_set.clone()),
+            rules_fired: t
+                .decision
+                .fired
+                .iter()
+                .map(|f| FiredRule {
+                    rule: f.rule.clone(),
+                    target: f.target,
+                    reason: f.reason.clone(),
+                })
+                .collect(),
         };
         let late = record.divert.late;
         let waybill = record.waybill.clone();

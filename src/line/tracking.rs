@@ -183,9 +183,11 @@ mod tests {
             decided_at: SystemTime::UNIX_EPOCH,
             decision: Decision {
                 role: LaneRole::Hold,
-                rule: "undeclared",
+                rule: "undeclared".into(),
                 reason: String::new(),
                 instruction_id: None,
+                fired: Vec::new(),
+                rule_set: "test".into(),
             },
             lane: 3,
             revision: 0,

@@ -99,7 +99,30 @@ pub struct RuleSetError {
     pub reason: String,
 }
 
+/// The rule set used when the configuration names none: the fail-closed core.
+pub const BUILTIN: &str = include_str!("default.toml");
+
 impl RuleSet {
+    /// The built-in rule set ([`BUILTIN`]).
+    pub fn builtin() -> RuleSet {
+        RuleSet::parse("builtin", BUILTIN).expect("the built-in rule set is valid")
+    }
+
+    /// The kinds the daemon cannot feed yet, with what is missing; a rule set holding one is
+    /// refused, so a rule never sits there silently unable to fire.
+    pub fn unsupported_by_daemon(&self) -> Option<(String, &'static str)> {
+        self.rules.iter().find_map(|r| {
+            let missing = match r.kind {
+                RuleKind::SuspendedEnterprise => "enterprise suspensions from the platform",
+                RuleKind::WeightMismatch { .. } => "a line scale",
+                RuleKind::ConsumerLimit { .. } => "a consumer history",
+                RuleKind::XraySuspect => "an X-ray device",
+                _ => return None,
+            };
+            Some((r.name.clone(), missing))
+        })
+    }
+
     /// Parses and validates a rule set; `origin` names it in errors. Invalid sets are
     /// rejected whole.
     pub fn parse(origin: &str, text: &str) -> Result<RuleSet, RuleSetError> {
@@ -243,6 +266,8 @@ pub struct Fired {
     pub rule: String,
     pub target: LaneRole,
     pub reason: String,
+    /// Whether this is the platform-instruction rule (its instruction id goes on the record).
+    pub rule_kind_instruction: bool,
 }
 
 /// The outcome of [`evaluate`].
@@ -356,6 +381,7 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
                 rule: rule.name.clone(),
                 target,
                 reason,
+                rule_kind_instruction: rule.kind == RuleKind::Instruction,
             });
         }
     }
@@ -374,13 +400,14 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
             fired.insert(
                 0,
                 Fired {
-                    rule: "no_release_decision".into(),
+                    rule: "awaiting_release".into(),
                     target: LaneRole::Hold,
                     reason: if inp.declaration.is_none() {
                         "no declaration for this waybill".into()
                     } else {
                         "declared, no release instruction yet".into()
                     },
+                    rule_kind_instruction: false,
                 },
             );
             LaneRole::Hold
@@ -601,6 +628,11 @@ rate_ppm = 100000
         }
         let e = RuleSet::parse("t", "version = \"x\"\nrules = []\n").unwrap_err();
         assert!(e.reason.contains("instruction"), "{e}");
+        assert!(RuleSet::builtin().unsupported_by_daemon().is_none());
+        assert!(set().unsupported_by_daemon().is_some());
+        let example = include_str!("../../deploy/rules.toml");
+        let example = RuleSet::parse("deploy/rules.toml", example).unwrap();
+        assert!(example.unsupported_by_daemon().is_none());
     }
 
     proptest! {

@@ -1,15 +1,16 @@
 //! Customs rules: what the platform has told this gateway, and the lane decision.
 //!
 //! This module is pure: no I/O, no clock, no locks. [`ClearanceTable`] holds the declarations
-//! and instructions received from the platform; [`decide`] maps a scan to a lane role using
-//! only that table. It fails closed: the release lane needs a declaration *and* a release
-//! instruction; everything else goes to hold, inspection or exception.
+//! and instructions received from the platform; [`decide`] maps a scan to a lane role with a
+//! [`engine::RuleSet`] over that table. It fails closed: the release lane needs a declaration
+//! *and* a release instruction and no other rule firing; everything else goes to hold,
+//! inspection or exception.
 
 pub mod engine;
 
 use std::collections::{HashMap, HashSet};
 
-use bondline_devices::contract::{Action, Declaration, Instruction, LaneRole};
+use bondline_devices::contract::{Declaration, Instruction, LaneRole};
 
 /// What the scanner reported for one parcel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,11 +23,15 @@ pub enum ScanRead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub role: LaneRole,
-    /// Stable name of the rule that decided, for counting and lookup.
-    pub rule: &'static str,
+    /// The rule that decided, for counting and lookup.
+    pub rule: String,
     /// Human-readable reason, for customs staff.
     pub reason: String,
     pub instruction_id: Option<String>,
+    /// Every rule that fired, the deciding one first.
+    pub fired: Vec<engine::Fired>,
+    /// The rule set's version.
+    pub rule_set: String,
 }
 
 /// Declarations and instructions by waybill, as last received from the platform.
@@ -113,73 +118,51 @@ impl ClearanceTable {
     }
 }
 
-/// Decides the lane role of one scanned parcel. Pure and allocation-light: it runs on the
+/// Decides the lane role of one scanned parcel with `rules`. Pure and light: it runs on the
 /// decision path for every parcel.
-pub fn decide(table: &ClearanceTable, read: &ScanRead) -> Decision {
+pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, read: &ScanRead) -> Decision {
     let waybill = match read {
         ScanRead::NoRead => {
             return Decision {
                 role: LaneRole::Exception,
-                rule: "no_read",
+                rule: "no_read".into(),
                 reason: "scanner could not read a waybill".into(),
                 instruction_id: None,
+                fired: Vec::new(),
+                rule_set: rules.version.clone(),
             }
         }
         ScanRead::Waybill(w) => w,
     };
-    let declared = table.declarations.contains_key(waybill);
+    let declaration = table.declarations.get(waybill);
     let instruction = table.instructions.get(waybill);
-    let id = instruction.map(|i| i.instruction_id.clone());
-    match instruction.map(|i| (i.action, i)) {
-        Some((Action::Inspect, i)) => Decision {
-            role: LaneRole::Inspection,
-            rule: "instruction",
-            reason: with_detail("customs ordered inspection", &i.reason),
-            instruction_id: id,
+    let e = engine::evaluate(
+        rules,
+        &engine::Inputs {
+            waybill,
+            declaration,
+            instruction,
+            ..Default::default()
         },
-        Some((Action::Hold, i)) => Decision {
-            role: LaneRole::Hold,
-            rule: "instruction",
-            reason: with_detail("customs ordered hold", &i.reason),
-            instruction_id: id,
-        },
-        _ if !declared => Decision {
-            role: LaneRole::Hold,
-            rule: "undeclared",
-            reason: if id.is_some() {
-                "release instruction but no declaration for this waybill".into()
-            } else {
-                "no declaration for this waybill".into()
-            },
-            instruction_id: id,
-        },
-        Some((Action::Release, i)) => Decision {
-            role: LaneRole::Release,
-            rule: "instruction",
-            reason: with_detail("released by customs", &i.reason),
-            instruction_id: id,
-        },
-        None => Decision {
-            role: LaneRole::Hold,
-            rule: "awaiting_release",
-            reason: "declared, no release instruction yet".into(),
-            instruction_id: None,
-        },
-    }
-}
-
-fn with_detail(what: &str, detail: &str) -> String {
-    if detail.is_empty() {
-        what.to_string()
-    } else {
-        format!("{what}: {detail}")
+    );
+    let first = e.fired.first();
+    let instruction_id = instruction
+        .filter(|_| e.fired.iter().any(|f| f.rule_kind_instruction))
+        .map(|i| i.instruction_id.clone());
+    Decision {
+        role: e.role,
+        rule: first.map_or_else(String::new, |f| f.rule.clone()),
+        reason: first.map_or_else(String::new, |f| f.reason.clone()),
+        instruction_id,
+        fired: e.fired,
+        rule_set: e.version,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bondline_devices::contract::SCHEMA;
+    use bondline_devices::contract::{Action, SCHEMA};
 
     fn decl(w: &str) -> Declaration {
         Declaration {
@@ -207,7 +190,7 @@ mod tests {
     }
 
     fn role(t: &ClearanceTable, w: &str) -> LaneRole {
-        decide(t, &ScanRead::Waybill(w.into())).role
+        decide(t, &engine::RuleSet::builtin(), &ScanRead::Waybill(w.into())).role
     }
 
     #[test]
@@ -230,7 +213,10 @@ mod tests {
             "release without declaration holds"
         );
         assert_eq!(role(&t, "nobody"), LaneRole::Hold);
-        assert_eq!(decide(&t, &ScanRead::NoRead).role, LaneRole::Exception);
+        assert_eq!(
+            decide(&t, &engine::RuleSet::builtin(), &ScanRead::NoRead).role,
+            LaneRole::Exception
+        );
     }
 
     #[test]

@@ -118,6 +118,8 @@ fn journal_with_records(dir: &std::path::Path, n: u64) {
                 },
                 revision: 0,
                 deadline_ms: None,
+                rule_set: None,
+                rules_fired: Vec::new(),
             });
         }
         drop(sink);

@@ -138,6 +138,12 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
         );
         assert_eq!(r.lane, lanes.lane(r.lane_role));
         assert!(!r.reason.is_empty());
+        // Every decision names its rule set and the rules that fired, deciding one first.
+        assert_eq!(r.rule_set.as_deref(), Some("builtin-1"));
+        assert_eq!(
+            r.rules_fired.first().map(|f| f.rule.as_str()),
+            Some(r.rule.as_str())
+        );
     }
     let no_reads = parcels
         .iter()
