@@ -40,6 +40,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub table: Arc<RwLock<ClearanceTable>>,
     pub journal: Journal,
+    /// The rule set every line decides with; replaced whole by [`App::reload_rules`].
+    pub rules: Arc<RwLock<Arc<crate::rules::engine::RuleSet>>>,
+    rules_file: Option<std::path::PathBuf>,
+    alarms: Alarms,
     /// Scanners, lines, PLC links and the journal writer.
     pipeline: JoinSet<()>,
     uplink: tokio::task::JoinHandle<()>,
@@ -185,10 +189,22 @@ impl App {
             metrics,
             table,
             journal,
+            rules,
+            rules_file: config.rules_file.clone(),
+            alarms,
             pipeline: tasks,
             uplink,
             uplink_stop,
         })
+    }
+
+    /// A handle that reloads the rule file (for SIGHUP), usable after the app is moved.
+    pub fn rule_reloader(&self) -> RuleReloader {
+        RuleReloader {
+            rules: self.rules.clone(),
+            path: self.rules_file.clone(),
+            alarms: self.alarms.clone(),
+        }
     }
 
     /// Waits for the pipeline to finish (after shutdown), gives the uplink a short while to
@@ -217,5 +233,48 @@ impl App {
             "bondline stopped; unforwarded records stay in the journal"
         );
         Ok(())
+    }
+}
+
+/// Reloads the rule file into a running daemon.
+#[derive(Clone)]
+pub struct RuleReloader {
+    rules: Arc<RwLock<Arc<crate::rules::engine::RuleSet>>>,
+    path: Option<std::path::PathBuf>,
+    alarms: Alarms,
+}
+
+impl RuleReloader {
+    /// Reads the rule file again. A valid rule set replaces the old one whole, for every
+    /// decision after; an invalid one is refused whole, the old one stays, and the refusal is
+    /// raised as an alarm. Returns the version in force afterwards.
+    pub fn reload(&self) -> String {
+        let current = || {
+            self.rules
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .version
+                .clone()
+        };
+        let Some(path) = &self.path else {
+            info!("no rules_file configured; the built-in rule set stays");
+            return current();
+        };
+        match crate::config::load_rules(path) {
+            Ok(set) => {
+                let version = set.version.clone();
+                *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+                info!(rule_set = %version, "rule set reloaded");
+                version
+            }
+            Err(reason) => {
+                self.alarms.raise(format!(
+                    "rule set {} refused, the previous one ({}) stays: {reason}",
+                    path.display(),
+                    current()
+                ));
+                current()
+            }
+        }
     }
 }

@@ -134,7 +134,23 @@ pub fn main() -> ExitCode {
             telemetry::init(cli.log_format, "info");
             runtime_then(|| async move {
                 let shutdown = crate::shutdown::on_signals();
-                let app = crate::app::App::start(config, shutdown).await?;
+                let app = crate::app::App::start(config, shutdown.clone()).await?;
+                #[cfg(unix)]
+                {
+                    // SIGHUP reloads the rule file.
+                    let reloader = app.rule_reloader();
+                    let mut hup =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                s = hup.recv() => if s.is_none() { return },
+                            }
+                            reloader.reload();
+                        }
+                    });
+                }
                 app.wait().await?;
                 Ok(())
             })

@@ -34,6 +34,8 @@ pub struct Config {
     pub lines: Vec<Line>,
     /// The customs rule set: from `rules_file`, or the built-in fail-closed core.
     pub rules: std::sync::Arc<crate::rules::engine::RuleSet>,
+    /// Where the rule set came from, for reloads.
+    pub rules_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -651,8 +653,23 @@ impl Config {
             uplink,
             lines,
             rules: std::sync::Arc::new(rules),
+            rules_file: raw.rules_file,
         })
     }
+}
+
+/// Reads and validates a rule file, refusing rule kinds this gateway cannot feed yet.
+pub fn load_rules(path: &Path) -> Result<crate::rules::engine::RuleSet, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let set = crate::rules::engine::RuleSet::parse(&path.display().to_string(), &text)
+        .map_err(|e| e.to_string())?;
+    if let Some((rule, missing)) = set.unsupported_by_daemon() {
+        return Err(format!(
+            "rule `{rule}` needs {missing}, which this gateway does not have yet"
+        ));
+    }
+    Ok(set)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

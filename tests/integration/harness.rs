@@ -160,6 +160,11 @@ impl Daemon {
         Daemon { child }
     }
 
+    /// SIGHUP: reload the rule file.
+    pub fn hangup(&self) {
+        signal(&self.child, "HUP");
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -6,5 +6,6 @@ mod cli;
 mod delivery;
 mod faults;
 mod harness;
+mod rules;
 mod scenarios;
 mod skeleton;
