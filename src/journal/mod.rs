@@ -241,12 +241,6 @@ impl Journal {
         self.state().forwarded
     }
 
-    /// Size of the store's files; a high-water mark, as sled reuses freed space but never
-    /// shrinks its files.
-    pub fn size_on_disk(&self) -> Result<u64, JournalError> {
-        Ok(self.db.size_on_disk()?)
-    }
-
     /// Bytes of all stored batches.
     pub fn live_bytes(&self) -> u64 {
         self.state().live_bytes

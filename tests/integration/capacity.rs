@@ -15,10 +15,8 @@ use bondline::journal::capacity::Level;
 use bondline::journal::Journal;
 use bondline::metrics::Metrics;
 use bondline_devices::contract::EventKind;
-use bondline_devices::Profiles;
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
-use bondline_simulators::scanner::ScannerSim;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{config_text_with, wait_until, LineDevices, Mosquitto, ScannerAt};
@@ -82,28 +80,17 @@ async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
         .await
         .unwrap();
 
-    let profiles = Profiles::builtin();
-    let stop_sims = CancellationToken::new();
-    let (plc_addr, plc_state) = crate::harness::start_plc(&stop_sims).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scanner_addr = listener.local_addr().unwrap();
-    let scanner = ScannerSim {
-        framing: profiles
-            .get("scanner-stx-etx")
-            .unwrap()
-            .scanner()
-            .unwrap()
-            .clone(),
-        plan: Plan::with_mix(9, Mix::only(PlanKind::Undeclared)),
-        rate_per_s: 2000.0,
-        count: None,
-        start_index: 0,
-    };
-    let stop_scanner = CancellationToken::new();
-    let scanner_task = tokio::spawn({
-        let stop = stop_scanner.clone();
-        async move { scanner.run_tcp(listener, stop.cancelled_owned()).await }
-    });
+    let floor = crate::harness::floor(
+        Plan::with_mix(9, Mix::only(PlanKind::Undeclared)),
+        2000.0,
+        None,
+    )
+    .await;
+    let (plc_state, stop_scanner, scanner_task) = (
+        floor.plc_state.clone(),
+        floor.stop_scanner.clone(),
+        floor.scanner_task,
+    );
 
     // 24 MiB of disk; below 12 MiB free the journal is nearly full, below 6 MiB full.
     let state = fs.join("journal");
@@ -112,8 +99,8 @@ async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
         mosquitto.port,
         PREFIX,
         &LineDevices {
-            scanner: ScannerAt::Tcp(scanner_addr),
-            plc: plc_addr,
+            scanner: ScannerAt::Tcp(floor.scanner),
+            plc: floor.plc,
         },
         "",
     )
@@ -215,7 +202,6 @@ async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
     );
     stop.cancel();
     app.wait().await.unwrap();
-    stop_sims.cancel();
     let journal = Journal::open(&state).unwrap();
     assert!(journal.verify().unwrap().ok());
     assert_eq!(journal.chain_head().unwrap().0, head);

@@ -11,59 +11,16 @@ use bondline::config::Config;
 use bondline::journal::Journal;
 use bondline::metrics::Metrics;
 use bondline_devices::contract::{Action, EventKind, Instruction, Record, SCHEMA};
-use bondline_devices::Profiles;
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
-use bondline_simulators::scanner::ScannerSim;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    config_text_with, settle, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
+    config_text_with, floor, settle, wait_until, Daemon, Floor, LineDevices, Mosquitto, ScannerAt,
 };
 
 const PREFIX: &str = "bondline/test-gw";
-
-/// A PLC simulator and a TCP scanner simulator, with a stop token for both.
-struct Floor {
-    plc: SocketAddr,
-    scanner: SocketAddr,
-    stop_scanner: CancellationToken,
-    scanner_task: tokio::task::JoinHandle<anyhow::Result<u64>>,
-    _stop_plc: tokio_util::sync::DropGuard,
-}
-
-async fn floor(plan: Plan, rate: f64, count: Option<u64>) -> Floor {
-    let profiles = Profiles::builtin();
-    let stop_plc = CancellationToken::new();
-    let (plc_addr, _) = crate::harness::start_plc(&stop_plc).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scanner_addr = listener.local_addr().unwrap();
-    let sim = ScannerSim {
-        framing: profiles
-            .get("scanner-stx-etx")
-            .unwrap()
-            .scanner()
-            .unwrap()
-            .clone(),
-        plan,
-        rate_per_s: rate,
-        count,
-        start_index: 0,
-    };
-    let stop_scanner = CancellationToken::new();
-    let scanner_task = tokio::spawn({
-        let stop = stop_scanner.clone();
-        async move { sim.run_tcp(listener, stop.cancelled_owned()).await }
-    });
-    Floor {
-        plc: plc_addr,
-        scanner: scanner_addr,
-        stop_scanner,
-        scanner_task,
-        _stop_plc: stop_plc.drop_guard(),
-    }
-}
 
 fn write_config(dir: &Path, mqtt: u16, floor: &Floor, uplink_extra: &str) -> (PathBuf, PathBuf) {
     let state = dir.join("journal");

@@ -348,3 +348,46 @@ pub async fn start_plc(
     tokio::spawn(plc.run(stop.clone().cancelled_owned()));
     (addr, state)
 }
+
+/// A PLC simulator and a TCP scanner simulator, with a stop token for both.
+pub struct Floor {
+    pub plc: std::net::SocketAddr,
+    pub plc_state: bondline_simulators::plc::PlcState,
+    pub scanner: std::net::SocketAddr,
+    pub stop_scanner: tokio_util::sync::CancellationToken,
+    pub scanner_task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+    _stop_plc: tokio_util::sync::DropGuard,
+}
+
+pub async fn floor(plan: bondline_simulators::plan::Plan, rate: f64, count: Option<u64>) -> Floor {
+    let profiles = bondline_devices::Profiles::builtin();
+    let stop_plc = tokio_util::sync::CancellationToken::new();
+    let (plc_addr, plc_state) = start_plc(&stop_plc).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scanner_addr = listener.local_addr().unwrap();
+    let sim = bondline_simulators::scanner::ScannerSim {
+        framing: profiles
+            .get("scanner-stx-etx")
+            .unwrap()
+            .scanner()
+            .unwrap()
+            .clone(),
+        plan,
+        rate_per_s: rate,
+        count,
+        start_index: 0,
+    };
+    let stop_scanner = tokio_util::sync::CancellationToken::new();
+    let scanner_task = tokio::spawn({
+        let stop = stop_scanner.clone();
+        async move { sim.run_tcp(listener, stop.cancelled_owned()).await }
+    });
+    Floor {
+        plc: plc_addr,
+        plc_state,
+        scanner: scanner_addr,
+        stop_scanner,
+        scanner_task,
+        _stop_plc: stop_plc.drop_guard(),
+    }
+}
