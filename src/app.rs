@@ -46,6 +46,8 @@ pub struct App {
     alarms: Alarms,
     /// Scanners, lines, PLC links and the journal writer.
     pipeline: JoinSet<()>,
+    /// Where the staff view listens, when configured and bound.
+    pub view_addr: Option<std::net::SocketAddr>,
     uplink: tokio::task::JoinHandle<()>,
     uplink_stop: CancellationToken,
 }
@@ -85,6 +87,9 @@ impl App {
             config.storage.flush_window,
             metrics.clone(),
         )?;
+        // The staff view's board subscribes before the writer runs, so it misses no record.
+        let view_feed = config.view.as_ref().map(|_| writer.subscribe());
+        let view_accepted = accepted.clone();
         let spill = crate::journal::spill_dir(&config.storage.path);
         let limits = Limits {
             quota_bytes: config.storage.quota_bytes,
@@ -185,7 +190,25 @@ impl App {
                 metrics.clone(),
             ));
         }
+        let view_addr = match (&config.view, view_feed) {
+            (Some(view), Some(feed)) => {
+                start_view(
+                    view,
+                    &config,
+                    &journal,
+                    &metrics,
+                    &rules,
+                    view_accepted,
+                    &shutdown,
+                    &alarms,
+                    feed,
+                )
+                .await
+            }
+            _ => None,
+        };
         Ok(App {
+            view_addr,
             metrics,
             table,
             journal,
@@ -233,6 +256,50 @@ impl App {
             "bondline stopped; unforwarded records stay in the journal"
         );
         Ok(())
+    }
+}
+
+/// Starts the staff view. It is not on the decision path: if it cannot listen, the line
+/// runs on and an alarm says why.
+#[allow(clippy::too_many_arguments)]
+async fn start_view(
+    view: &crate::view::ViewConfig,
+    config: &Config,
+    journal: &Journal,
+    metrics: &Arc<Metrics>,
+    rules: &Arc<RwLock<Arc<crate::rules::engine::RuleSet>>>,
+    accepted: tokio::sync::watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+    alarms: &Alarms,
+    feed: broadcast::Receiver<bondline_devices::contract::Record>,
+) -> Option<std::net::SocketAddr> {
+    let ctx = crate::view::ViewCtx {
+        gateway: config.gateway_id.clone(),
+        journal: journal.clone(),
+        metrics: metrics.clone(),
+        rules: rules.clone(),
+        lines: config
+            .lines
+            .iter()
+            .map(|l| crate::view::LineInfo {
+                id: l.id.clone(),
+                scanner: l.scanner.name.clone(),
+                plc: l.plc.name.clone(),
+                lanes: bondline_devices::contract::LaneRole::ALL
+                    .iter()
+                    .map(|r| (l.lanes.lane(*r), *r))
+                    .collect(),
+            })
+            .collect(),
+        accepted,
+        shutdown: shutdown.clone(),
+    };
+    match crate::view::start(view, ctx, feed).await {
+        Ok(addr) => Some(addr),
+        Err(e) => {
+            alarms.raise(format!("staff view not started: {e}"));
+            None
+        }
     }
 }
 

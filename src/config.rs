@@ -36,6 +36,8 @@ pub struct Config {
     pub rules: std::sync::Arc<crate::rules::engine::RuleSet>,
     /// Where the rule set came from, for reloads.
     pub rules_file: Option<PathBuf>,
+    /// The staff view (HTTP), when a `[view]` section is present.
+    pub view: Option<crate::view::ViewConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +180,8 @@ struct RawConfig {
     devices: BTreeMap<String, RawDevice>,
     #[serde(default)]
     lines: Vec<RawLine>,
+    #[serde(default)]
+    view: Option<crate::view::RawView>,
 }
 
 #[derive(Deserialize)]
@@ -646,7 +650,16 @@ impl Config {
             });
         }
 
+        let view = match &raw.view {
+            Some(v) => Some(
+                crate::view::ViewConfig::from_raw(v)
+                    .map_err(|(k, r)| err(&format!("view.{k}"), r))?,
+            ),
+            None => None,
+        };
+
         Ok(Config {
+            view,
             source: file.to_string(),
             gateway_id: raw.gateway_id,
             storage,

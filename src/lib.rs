@@ -8,6 +8,8 @@
 //! - [`line`]: one line's pipeline, scan → decision → divert job; never waits on I/O.
 //! - [`journal`]: the durable record store and outbox on sled; its doc states the invariants.
 //! - [`uplink`]: MQTT to the clearance platform; records leave the outbox only on PUBACK.
+//! - [`view`]: the customs staff view over HTTP: live lane board, parcel lookup, device
+//!   health, JSON API, `/metrics`; read-only.
 //! - [`app`]: wires the tasks together and shuts them down in an order that loses nothing.
 //! - [`demo`]: the whole line on one machine: embedded broker, simulators and the daemon.
 //! - [`bench`]: `bondline bench`, the measured numbers behind BENCHMARKS.md.
@@ -32,3 +34,4 @@ pub mod rules;
 pub mod shutdown;
 pub mod telemetry;
 pub mod uplink;
+pub mod view;

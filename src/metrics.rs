@@ -1,5 +1,5 @@
 //! Counters and link states shared by the daemon's tasks, read by the demo summary, the
-//! tests and (later) the staff view. Plain atomics: updating them never blocks a task.
+//! tests and the staff view (`/metrics`). Plain atomics: updating them never blocks a task.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,6 +50,8 @@ pub struct Metrics {
     pub uplink_ready: AtomicBool,
     /// Scanner frame received → PLC-acknowledged divert.
     pub decision_latency: Histogram,
+    /// One group commit of the journal: transaction and flush to disk, retries included.
+    pub journal_flush_latency: Histogram,
     /// Acknowledges that came after the parcel's divert deadline.
     pub late_diverts: AtomicU64,
     /// Commands not sent because the deadline had passed.
@@ -93,6 +95,10 @@ impl Histogram {
 
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Ordering::Relaxed)
     }
 
     pub fn max_us(&self) -> u64 {

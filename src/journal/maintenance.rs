@@ -335,14 +335,18 @@ impl Journal {
                 break;
             }
             let anchor = encode_link(last, &sha256(last_bytes));
+            let index = super::lookup::index_keys(batch.first, &records);
             let mut state = self.state();
             let live = state.live_bytes.saturating_sub(batch.value.len() as u64);
-            // Anchor, size and removal together: a crash leaves all or none of them.
-            (&self.batches, &self.meta)
-                .transaction(|(batches, meta)| {
+            // Anchor, size, removal and index entries together: a crash leaves all or none.
+            (&self.batches, &self.meta, &self.by_waybill)
+                .transaction(|(batches, meta, by_waybill)| {
                     meta.insert(META_ANCHOR, &anchor[..])?;
                     meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
                     batches.remove(&seq_key(batch.first)[..])?;
+                    for k in &index {
+                        by_waybill.remove(&k[..])?;
+                    }
                     Ok(())
                 })
                 .map_err(|e: sled::transaction::TransactionError<()>| match e {
@@ -458,7 +462,7 @@ fn json_word<T: serde::Serialize>(v: &T) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 

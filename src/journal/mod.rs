@@ -35,9 +35,13 @@
 //!   `live_bytes` (8 bytes, size of all stored batches).
 //! - `acked`: records above `W` acknowledged out of order. `parked`: `seq` → reason.
 //! - `declarations`, `instructions` (by waybill), `instruction_ids`.
+//! - `by_waybill`: the lookup index, waybill bytes + 0x00 + `seq` → empty; written with its
+//!   batch in one transaction, removed with it at purge (see [`lookup`]). `meta` key
+//!   `by_waybill_built` marks it complete (a store from before the index gets it at open).
 
 pub mod capacity;
 mod housekeeping;
+mod lookup;
 mod maintenance;
 mod writer;
 
@@ -51,6 +55,7 @@ use sled::Tree;
 use crate::rules::ClearanceTable;
 
 pub use housekeeping::Housekeeping;
+pub use lookup::{Forwarding, TIME_SLACK_MS};
 pub use maintenance::{ChainProblem, ExportError, ExportFormat, JournalStats, VerifyReport};
 pub use writer::{record_sink, JournalWriter, RecordSink};
 
@@ -95,6 +100,8 @@ pub struct Journal {
     instructions: Tree,
     /// Ids of every instruction ever stored, so redeliveries stay idempotent across restarts.
     instruction_ids: Tree,
+    /// Waybill lookup index, see [`lookup`].
+    by_waybill: Tree,
     /// The forwarded watermark and stored size, mirrored from `meta`; updates hold the lock.
     state: Arc<Mutex<State>>,
 }
@@ -209,6 +216,7 @@ impl Journal {
             declarations: db.open_tree("declarations")?,
             instructions: db.open_tree("instructions")?,
             instruction_ids: db.open_tree("instruction_ids")?,
+            by_waybill: db.open_tree("by_waybill")?,
             meta,
             db,
             state: Arc::new(Mutex::new(state)),
@@ -218,6 +226,7 @@ impl Journal {
         for k in journal.acked.range(..=seq_key(w)).keys() {
             journal.acked.remove(k?)?;
         }
+        lookup::build_if_missing(&journal)?;
         Ok(journal)
     }
 
@@ -437,6 +446,10 @@ impl Journal {
     ) -> Result<(), JournalError> {
         use sled::Transactional;
         let value = encode_batch(records.iter().map(Vec::as_slice));
+        let index = lookup::index_keys(
+            first,
+            &records.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        );
         let head = encode_link(head.0, &head.1);
         let mut state = self.state();
         // Rewriting a batch that is already stored (a retry) must not count it twice.
@@ -445,11 +458,14 @@ impl Journal {
             .get(seq_key(first))?
             .map_or(0, |v| v.len() as u64);
         let live = state.live_bytes - old.min(state.live_bytes) + value.len() as u64;
-        (&self.batches, &self.meta)
-            .transaction(|(batches, meta)| {
+        (&self.batches, &self.meta, &self.by_waybill)
+            .transaction(|(batches, meta, by_waybill)| {
                 batches.insert(&seq_key(first)[..], &value[..])?;
                 meta.insert(META_HEAD, &head[..])?;
                 meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
+                for k in &index {
+                    by_waybill.insert(&k[..], &[][..])?;
+                }
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<()>| match e {

@@ -3,7 +3,8 @@
 //! Producers (the PLC link tasks) hand finished records to a [`RecordSink`] and move on; the
 //! writer gathers whatever arrives within the flush window into one transaction and one
 //! flush. Only after the flush are the records counted as accepted and announced to the
-//! uplink through a watch channel carrying the last accepted sequence.
+//! uplink through a watch channel carrying the last accepted sequence, and the records
+//! themselves to whoever subscribed ([`JournalWriter::subscribe`], the staff view).
 //!
 //! When the journal's disk is full (see [`super::capacity`]) the writer holds records in
 //! memory instead of writing, up to `hold_limit`, and refuses the ones beyond it, each one
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bondline_devices::contract::Record;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tracing::error;
 
@@ -34,6 +35,9 @@ use crate::metrics::Metrics;
 const MAX_BATCH: usize = 4096;
 /// Failed attempts at one commit before the store is taken as failed.
 const MAX_COMMIT_FAILURES: u32 = 5;
+/// Accepted records buffered for a slow subscriber; one that falls further behind is told
+/// it lagged and must read the journal instead.
+const FEED_CAPACITY: usize = 4096;
 
 /// Where producers put finished records. `seq`, `msg_id` and `prev_hash` are filled in by the
 /// writer; whatever the producer put there is overwritten.
@@ -77,6 +81,8 @@ pub struct JournalWriter {
     capacity: Option<(std::path::PathBuf, super::capacity::Limits)>,
     /// Records refused in the current full-disk episode (for alarms).
     refused_now: u64,
+    /// Accepted records, for subscribers; nothing is cloned while nobody listens.
+    feed: broadcast::Sender<Record>,
 }
 
 /// Creates the sink and its writer. The watch receiver carries the last accepted sequence.
@@ -108,6 +114,7 @@ pub fn record_sink(
             spill_dir: None,
             capacity: None,
             refused_now: 0,
+            feed: broadcast::channel(FEED_CAPACITY).0,
         },
         accepted_rx,
     ))
@@ -137,6 +144,12 @@ impl JournalWriter {
     ) -> JournalWriter {
         self.capacity = Some((path, limits));
         self
+    }
+
+    /// Every record from now on, once accepted (flushed), in sequence order. Never slows
+    /// the writer: a subscriber that falls behind gets `RecvError::Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<Record> {
+        self.feed.subscribe()
     }
 
     /// Whether `bytes` more may be written now.
@@ -299,6 +312,7 @@ impl JournalWriter {
     /// Chains and writes `batch`, retrying on errors. On success the batch is emptied; if
     /// the store fails with a full disk the records are left in `batch` for the caller.
     async fn commit(&mut self, batch: &mut Vec<Record>) {
+        let started = Instant::now();
         let (seq0, hash0) = (self.last_seq, self.last_hash);
         let first = seq0 + 1;
         let (mut seq, mut hash) = (seq0, hash0);
@@ -354,6 +368,13 @@ impl JournalWriter {
         }
         self.last_seq = seq;
         self.last_hash = hash;
+        self.metrics.journal_flush_latency.record(started.elapsed());
+        // Accepted now: only from here on may anyone else see these records.
+        if self.feed.receiver_count() > 0 {
+            for r in batch.drain(..) {
+                let _ = self.feed.send(r);
+            }
+        }
         batch.clear();
         let n = records.len() as u64;
         Metrics::add(&self.metrics.records_accepted, n);

@@ -1,0 +1,261 @@
+//! Lookups for people: every record of one waybill, the records of a time range, and where
+//! each record stands on its way to the platform.
+//!
+//! The `by_waybill` tree indexes records by waybill. Key: the waybill's bytes, a 0x00 byte,
+//! and the record's `seq` (big-endian `u64`); the value is empty. Its entries are written in
+//! the same transaction as the batch that holds their records ([`super::Journal::commit`]) and
+//! removed in the same transaction as the batch that retention purges, so the index never
+//! names a record that is not stored, and never misses one that is. A store written before
+//! the index existed gets it built once at open ([`build_if_missing`]); the meta key
+//! `by_waybill_built` records that it is complete.
+//!
+//! Records without a waybill (no-reads, line-wide alerts) are not in the index; they are
+//! found by time.
+
+use std::borrow::Cow;
+
+use bondline_devices::contract::Record;
+use serde::Deserialize;
+
+use super::{key_seq, seq_key, Journal, JournalError};
+
+/// Marks a complete `by_waybill` index in `meta`.
+pub(super) const META_INDEX_BUILT: &[u8] = b"by_waybill_built";
+
+/// How far (ms) a record's own time may lie before the time of records committed before it.
+/// Parcel records are committed after their divert outcome and dispositions after the parcel
+/// reaches its gate, so a record's time trails its commit by seconds; an hour leaves room for
+/// a long PLC outage. Records stored later than that after they happened (spilled at a full
+/// disk and stored at the next start) can be missed by [`Journal::records_between`]; the
+/// waybill lookup finds them.
+pub const TIME_SLACK_MS: u64 = 3_600_000;
+
+/// Where a stored record stands on its way to the platform.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Forwarding {
+    /// The broker acknowledged it (PUBACK).
+    Forwarded,
+    /// Waiting in the outbox for its PUBACK.
+    Outbox,
+    /// Kept aside: the broker will not take it (`reason`); it waits for a replay.
+    Parked { reason: String },
+}
+
+/// Just the waybill of a stored record; everything else in the bytes is skipped.
+#[derive(Deserialize)]
+struct WaybillOnly<'a> {
+    #[serde(borrow, default)]
+    waybill: Option<Cow<'a, str>>,
+}
+
+/// The index key of the record `seq` with `waybill`.
+pub(super) fn index_key(waybill: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(waybill.len() + 9);
+    k.extend_from_slice(waybill);
+    k.push(0);
+    k.extend_from_slice(&seq_key(seq));
+    k
+}
+
+/// The index keys of a batch of records (contiguous from `first`). Records that do not
+/// parse or have no waybill get none: the index is for finding, the batch stays the evidence.
+pub(super) fn index_keys(first: u64, records: &[&[u8]]) -> Vec<Vec<u8>> {
+    records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, bytes)| {
+            let w: WaybillOnly = serde_json::from_slice(bytes).ok()?;
+            let w = w.waybill?;
+            (!w.is_empty()).then(|| index_key(w.as_bytes(), first + i as u64))
+        })
+        .collect()
+}
+
+/// Builds the waybill index for the records stored before it existed. Idempotent: a crash
+/// in the middle leaves entries that the next run writes again.
+pub(super) fn build_if_missing(journal: &Journal) -> Result<(), JournalError> {
+    if journal.meta.contains_key(META_INDEX_BUILT)? {
+        return Ok(());
+    }
+    let mut n = 0u64;
+    for batch in journal.batches.iter() {
+        let batch = super::Batch::from_entry(batch)?;
+        let records = batch.records()?;
+        for k in index_keys(batch.first, &records) {
+            journal.by_waybill.insert(k, &[][..])?;
+            n += 1;
+        }
+    }
+    journal.meta.insert(META_INDEX_BUILT, &[1u8][..])?;
+    journal.db.flush()?;
+    if n > 0 {
+        tracing::info!(entries = n, "built the waybill index of existing records");
+    }
+    Ok(())
+}
+
+impl Journal {
+    /// Every stored record of `waybill`, in sequence order: its parcel decisions (first and
+    /// re-decisions), dispositions and alerts.
+    pub fn waybill_records(&self, waybill: &str) -> Result<Vec<Record>, JournalError> {
+        let prefix = index_key(waybill.as_bytes(), 0);
+        let prefix = &prefix[..prefix.len() - 8];
+        let mut out = Vec::new();
+        for k in self.by_waybill.scan_prefix(prefix).keys() {
+            let k = k?;
+            // A longer waybill holding a 0x00 byte could share the prefix: the key must be
+            // exactly prefix + 8 bytes, and the record must carry the same waybill.
+            let Some(seq) = k.get(prefix.len()..).and_then(key_seq) else {
+                continue;
+            };
+            if let Some(r) = self.record(seq)? {
+                if r.waybill() == Some(waybill) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` records whose own time (scan time for parcels) lies in
+    /// `[from_ms, to_ms)`, newest first by sequence, and whether more were left out. Walks the
+    /// journal backwards and stops once batches are older than `from_ms` by more than
+    /// [`TIME_SLACK_MS`].
+    pub fn records_between(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<Record>, bool), JournalError> {
+        let mut out = Vec::new();
+        for batch in self.batches.iter().rev() {
+            let batch = super::Batch::from_entry(batch)?;
+            let mut newest = 0u64;
+            let mut found = Vec::new();
+            for (i, bytes) in batch.records()?.into_iter().enumerate() {
+                let seq = batch.first + i as u64;
+                let r: Record =
+                    serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+                        seq,
+                        reason: e.to_string(),
+                    })?;
+                newest = newest.max(r.at_ms());
+                if (from_ms..to_ms).contains(&r.at_ms()) {
+                    found.push(r);
+                }
+            }
+            for r in found.into_iter().rev() {
+                if out.len() >= limit {
+                    return Ok((out, true));
+                }
+                out.push(r);
+            }
+            if newest.saturating_add(TIME_SLACK_MS) < from_ms {
+                break;
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// Where the stored record `seq` stands: acknowledged, waiting, or parked. A sequence
+    /// that was never stored reads as in the outbox; callers ask only about records they read.
+    pub fn forwarding(&self, seq: u64) -> Result<Forwarding, JournalError> {
+        if let Some(reason) = self.parked.get(seq_key(seq))? {
+            return Ok(Forwarding::Parked {
+                reason: String::from_utf8_lossy(&reason).into_owned(),
+            });
+        }
+        if seq <= self.forwarded_watermark() || self.acked.contains_key(seq_key(seq))? {
+            return Ok(Forwarding::Forwarded);
+        }
+        Ok(Forwarding::Outbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::maintenance::tests::{filled, record};
+
+    #[tokio::test]
+    async fn waybill_lookup_finds_every_record_of_a_waybill_and_no_other() {
+        let (_dir, journal) = filled(12).await;
+        let rs = journal.waybill_records("BL00000005").unwrap();
+        assert_eq!(rs.iter().map(Record::seq).collect::<Vec<_>>(), vec![5]);
+        assert!(journal.waybill_records("BL0000000").unwrap().is_empty());
+        assert!(journal.waybill_records("").unwrap().is_empty());
+        assert!(journal.waybill_records("\0\0").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn purged_records_leave_the_index_and_the_index_is_rebuilt_for_old_stores() {
+        let (dir, journal) = filled(9).await;
+        for seq in 1..=6 {
+            journal.mark_forwarded(seq).unwrap();
+        }
+        assert_eq!(journal.purge_forwarded(u64::MAX, 100).unwrap(), 6);
+        assert!(journal.waybill_records("BL00000002").unwrap().is_empty());
+        assert_eq!(
+            journal.by_waybill.len(),
+            3,
+            "entries of purged records are gone"
+        );
+        assert_eq!(journal.waybill_records("BL00000008").unwrap().len(), 1);
+
+        // A store from before the index: drop the index and its mark, open again.
+        journal.by_waybill.clear().unwrap();
+        journal.meta.remove(META_INDEX_BUILT).unwrap();
+        journal.db.flush().unwrap();
+        drop(journal);
+        let journal = Journal::open(dir.path()).unwrap();
+        assert_eq!(journal.waybill_records("BL00000008").unwrap().len(), 1);
+        assert_eq!(journal.by_waybill.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn time_range_is_newest_first_bounded_and_reports_truncation() {
+        let (_dir, journal) = filled(10).await;
+        let (rs, more) = journal.records_between(3000, 7000, 100).unwrap();
+        assert_eq!(
+            rs.iter().map(Record::seq).collect::<Vec<_>>(),
+            vec![6, 5, 4, 3]
+        );
+        assert!(!more);
+        let (rs, more) = journal.records_between(0, u64::MAX, 2).unwrap();
+        assert_eq!(rs.iter().map(Record::seq).collect::<Vec<_>>(), vec![10, 9]);
+        assert!(more);
+        assert!(journal
+            .records_between(50_000, 60_000, 10)
+            .unwrap()
+            .0
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn forwarding_state_follows_acks_and_parking() {
+        let (_dir, journal) = filled(4).await;
+        journal.mark_forwarded(1).unwrap();
+        journal.mark_forwarded(3).unwrap();
+        journal.park(4, "too big").unwrap();
+        assert_eq!(journal.forwarding(1).unwrap(), Forwarding::Forwarded);
+        assert_eq!(journal.forwarding(2).unwrap(), Forwarding::Outbox);
+        assert_eq!(journal.forwarding(3).unwrap(), Forwarding::Forwarded);
+        assert_eq!(
+            journal.forwarding(4).unwrap(),
+            Forwarding::Parked {
+                reason: "too big".into()
+            }
+        );
+    }
+
+    #[test]
+    fn index_keys_skip_records_without_a_waybill_or_unreadable() {
+        let mut no_read = record(1, 1000);
+        no_read.waybill = None;
+        let a = serde_json::to_vec(&Record::Parcel(no_read)).unwrap();
+        let b = serde_json::to_vec(&Record::Parcel(record(2, 1000))).unwrap();
+        let keys = index_keys(7, &[&a, b"not json", &b]);
+        assert_eq!(keys, vec![index_key(b"BL00000002", 9)]);
+    }
+}

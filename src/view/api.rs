@@ -1,0 +1,415 @@
+//! The JSON API and the plain endpoints (`/metrics`, `/healthz`, `/readyz`), documented in
+//! `docs/view.md`. Store reads run on the blocking pool: a long time-range lookup never holds
+//! up the runtime that carries the decision path.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bondline_devices::contract::Record;
+use serde::{Deserialize, Serialize};
+
+use super::board::{Event, LineSnapshot};
+use super::health::{self, Health, LineDevices};
+use super::{Shared, ViewError};
+use crate::journal::Forwarding;
+use crate::metrics::{unix_ms, Metrics};
+
+/// Records a time-range lookup returns by default and at most.
+const DEFAULT_LIMIT: usize = 200;
+const MAX_LIMIT: usize = 1000;
+/// Rows per line the board API returns by default and at most.
+const DEFAULT_ROWS: usize = 50;
+/// A quiet stream still sends this often, so pages notice a dead connection.
+const PING: Duration = Duration::from_secs(15);
+/// How long a browser waits before reconnecting a dropped stream.
+const RETRY: Duration = Duration::from_secs(3);
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ViewError> + Send + 'static,
+) -> Result<T, ViewError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ViewError::Task(e.to_string()))?
+}
+
+#[derive(Serialize)]
+pub struct BoardResponse {
+    gateway: String,
+    rule_set: String,
+    /// Counters count from here (Unix ms).
+    counting_since_ms: u64,
+    now_ms: u64,
+    lines: Vec<LineSnapshot>,
+}
+
+#[derive(Deserialize)]
+pub struct BoardQuery {
+    rows: Option<String>,
+}
+
+pub async fn board(
+    State(s): State<Shared>,
+    Query(q): Query<BoardQuery>,
+) -> Result<Json<BoardResponse>, ViewError> {
+    let rows = parse_count(
+        q.rows.as_deref(),
+        "rows",
+        DEFAULT_ROWS,
+        super::board::ROWS_PER_LINE,
+    )?;
+    let lines = s.board().snapshot(rows);
+    Ok(Json(BoardResponse {
+        gateway: s.ctx.gateway.clone(),
+        rule_set: rule_set(&s),
+        counting_since_ms: s.started_ms,
+        now_ms: unix_ms(std::time::SystemTime::now()),
+        lines,
+    }))
+}
+
+/// Server-sent events: `update` (a board change), `resync` (fetch the board again), `ping`.
+pub async fn events(
+    State(s): State<Shared>,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = s.events.subscribe();
+    let mut tick = tokio::time::interval(PING);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (rx, tick, s.ctx.shutdown.clone(), s.lagged.clone(), true);
+    let stream = futures::stream::unfold(
+        state,
+        |(mut rx, mut tick, stop, lagged, first)| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            let event = tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tick.tick() => SseEvent::default().event("ping").data(""),
+                r = rx.recv() => match r {
+                    Ok(Event::Update(json)) => SseEvent::default().event("update").data(&*json),
+                    Ok(Event::Resync) => SseEvent::default().event("resync").data(""),
+                    Err(RecvError::Lagged(_)) => {
+                        Metrics::add(&lagged, 1);
+                        SseEvent::default().event("resync").data("")
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            let event = if first { event.retry(RETRY) } else { event };
+            Some((Ok(event), (rx, tick, stop, lagged, false)))
+        },
+    );
+    Sse::new(stream)
+}
+
+pub async fn health(State(s): State<Shared>) -> Result<Json<Health>, ViewError> {
+    Ok(Json(gather_health(&s).await?))
+}
+
+async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
+    let now_ms = unix_ms(std::time::SystemTime::now());
+    let journal = s.ctx.journal.clone();
+    let (backlog, oldest, parked) = blocking(move || Ok(health::outbox(&journal, now_ms)?)).await?;
+    let mut expected = Vec::new();
+    for l in &s.ctx.lines {
+        expected.push((format!("scanner:{}", l.scanner), "scanner"));
+        expected.push((format!("plc:{}", l.plc), "plc"));
+    }
+    expected.push(("broker".to_string(), "broker"));
+    Ok(Health {
+        gateway: s.ctx.gateway.clone(),
+        rule_set: rule_set(s),
+        links: health::links(&s.ctx.metrics, &expected),
+        lines: s
+            .ctx
+            .lines
+            .iter()
+            .map(|l| LineDevices {
+                line: l.id.clone(),
+                scanner: l.scanner.clone(),
+                plc: l.plc.clone(),
+                xray: None,
+            })
+            .collect(),
+        backlog,
+        oldest_unforwarded: oldest,
+        parked,
+        journal_level: health::journal_level(&s.ctx.metrics),
+        uplink_ready: s
+            .ctx
+            .metrics
+            .uplink_ready
+            .load(std::sync::atomic::Ordering::Relaxed),
+        now_ms,
+        stream_lagged: Metrics::get(&s.lagged),
+    })
+}
+
+/// A stored record with where it stands on its way to the platform.
+#[derive(Serialize)]
+pub struct RecordView {
+    seq: u64,
+    /// `parcel`, `disposition` or `alert`.
+    kind: String,
+    forwarding: Forwarding,
+    /// The record exactly as sent to the platform, every field included.
+    record: serde_json::Value,
+}
+
+fn record_views(
+    journal: &crate::journal::Journal,
+    records: Vec<Record>,
+) -> Result<Vec<RecordView>, ViewError> {
+    records
+        .into_iter()
+        .map(|r| {
+            let record = serde_json::to_value(&r).unwrap_or_default();
+            Ok(RecordView {
+                seq: r.seq(),
+                kind: record
+                    .get("kind")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                forwarding: journal.forwarding(r.seq())?,
+                record,
+            })
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+pub struct ParcelResponse {
+    waybill: String,
+    /// Every record of the waybill in sequence order: decisions, dispositions, alerts.
+    records: Vec<RecordView>,
+}
+
+pub async fn parcel(
+    State(s): State<Shared>,
+    Path(waybill): Path<String>,
+) -> Result<Json<ParcelResponse>, ViewError> {
+    let waybill = check_waybill(&waybill)?;
+    let journal = s.ctx.journal.clone();
+    let w = waybill.clone();
+    let records = blocking(move || {
+        let records = journal.waybill_records(&w)?;
+        record_views(&journal, records)
+    })
+    .await?;
+    Ok(Json(ParcelResponse { waybill, records }))
+}
+
+#[derive(Deserialize)]
+pub struct RangeQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct RangeResponse {
+    from_ms: u64,
+    to_ms: u64,
+    /// Newest first.
+    records: Vec<RecordView>,
+    /// More records matched than `limit`.
+    truncated: bool,
+}
+
+pub async fn records(
+    State(s): State<Shared>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<RangeResponse>, ViewError> {
+    let now = unix_ms(std::time::SystemTime::now());
+    let (from_ms, to_ms, limit) = parse_range(&q, now)?;
+    let journal = s.ctx.journal.clone();
+    let (records, truncated) = blocking(move || {
+        let (records, truncated) = journal.records_between(from_ms, to_ms, limit)?;
+        Ok((record_views(&journal, records)?, truncated))
+    })
+    .await?;
+    Ok(Json(RangeResponse {
+        from_ms,
+        to_ms,
+        records,
+        truncated,
+    }))
+}
+
+pub async fn metrics(State(s): State<Shared>) -> Result<Response, ViewError> {
+    let health = gather_health(&s).await?;
+    let text = {
+        let board = s.board();
+        super::prometheus::render(&s.ctx.metrics, board.decisions(), &health)
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// The process is up and answering.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready: the journal reads, its writer runs, and the daemon is not shutting down.
+pub async fn readyz(State(s): State<Shared>) -> Response {
+    let mut problems = Vec::new();
+    if s.ctx.shutdown.is_cancelled() {
+        problems.push("shutting down".to_string());
+    }
+    if s.ctx.accepted.has_changed().is_err() {
+        problems.push("journal writer stopped".to_string());
+    }
+    if let Err(e) = s.ctx.journal.chain_head() {
+        problems.push(format!("journal unreadable: {e}"));
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
+            .into_response()
+    }
+}
+
+pub async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": "no such page; see docs/view.md" })),
+    )
+        .into_response()
+}
+
+fn rule_set(s: &Shared) -> String {
+    s.ctx
+        .rules
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .version
+        .clone()
+}
+
+// ---- query parsing (pure) ------------------------------------------------------------
+
+/// A waybill as typed: surrounding blanks dropped, 1 to 64 printable characters.
+fn check_waybill(s: &str) -> Result<String, ViewError> {
+    let w = s.trim();
+    if w.is_empty() || w.len() > 64 || w.chars().any(char::is_control) {
+        return Err(ViewError::BadRequest(
+            "a waybill is 1 to 64 printable characters".into(),
+        ));
+    }
+    Ok(w.to_string())
+}
+
+/// Unix ms, or an RFC 3339 time (`2026-11-01T08:00:00Z`).
+fn parse_time(s: &str, name: &str) -> Result<u64, ViewError> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(unix_ms)
+        .map_err(|_| ViewError::BadRequest(format!("`{name}` must be Unix ms or an RFC 3339 time")))
+}
+
+fn parse_count(
+    s: Option<&str>,
+    name: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ViewError> {
+    match s {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ViewError::BadRequest(format!(
+                "`{name}` must be 1 to {max}"
+            ))),
+        },
+    }
+}
+
+/// `from` defaults to an hour before `to`, `to` to now; `to` is exclusive.
+fn parse_range(q: &RangeQuery, now_ms: u64) -> Result<(u64, u64, usize), ViewError> {
+    let to = match &q.to {
+        Some(t) => parse_time(t, "to")?,
+        None => now_ms.saturating_add(1),
+    };
+    let from = match &q.from {
+        Some(f) => parse_time(f, "from")?,
+        None => to.saturating_sub(3_600_000),
+    };
+    if from > to {
+        return Err(ViewError::BadRequest("`from` is after `to`".into()));
+    }
+    let limit = parse_count(q.limit.as_deref(), "limit", DEFAULT_LIMIT, MAX_LIMIT)?;
+    Ok((from, to, limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(from: Option<&str>, to: Option<&str>, limit: Option<&str>) -> RangeQuery {
+        RangeQuery {
+            from: from.map(str::to_string),
+            to: to.map(str::to_string),
+            limit: limit.map(str::to_string),
+        }
+    }
+
+    fn bad(r: Result<impl std::fmt::Debug, ViewError>) -> String {
+        match r {
+            Err(ViewError::BadRequest(m)) => m,
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ranges_default_to_the_last_hour_and_accept_ms_and_rfc3339() {
+        assert_eq!(
+            parse_range(&q(None, None, None), 10_000_000).unwrap(),
+            (6_400_001, 10_000_001, DEFAULT_LIMIT)
+        );
+        assert_eq!(
+            parse_range(&q(Some("1000"), Some("2026-01-01T00:00:00Z"), Some("5")), 0).unwrap(),
+            (1000, 1_767_225_600_000, 5)
+        );
+        assert_eq!(
+            parse_range(&q(Some("0"), Some("10"), None), 0).unwrap().0,
+            0
+        );
+    }
+
+    #[test]
+    fn bad_ranges_are_refused_with_a_reason() {
+        assert!(bad(parse_range(&q(Some("yesterday"), None, None), 0)).contains("from"));
+        assert!(bad(parse_range(&q(Some("20"), Some("10"), None), 0)).contains("after"));
+        assert!(bad(parse_range(&q(None, None, Some("0")), 5)).contains("limit"));
+        assert!(bad(parse_range(&q(None, None, Some("1001")), 5)).contains("1000"));
+        assert!(bad(parse_range(&q(None, None, Some("-1")), 5)).contains("limit"));
+    }
+
+    #[test]
+    fn waybills_are_trimmed_and_bounded() {
+        assert_eq!(check_waybill("  BL123 ").unwrap(), "BL123");
+        bad(check_waybill(""));
+        bad(check_waybill("   "));
+        bad(check_waybill(&"X".repeat(65)));
+        bad(check_waybill("BL\n1"));
+        assert_eq!(parse_count(None, "rows", 50, 200).unwrap(), 50);
+        bad(parse_count(Some("x"), "rows", 50, 200));
+    }
+}

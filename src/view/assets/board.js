@@ -1,0 +1,165 @@
+// The live board: one fetch of the whole board, then server-sent events. Built to run for
+// weeks on a screen nobody touches: it reconnects by itself, refetches the board after every
+// reconnect, restarts a stream that went silent, and keeps a fixed number of rows.
+"use strict";
+
+const MAX_ROWS = 30;
+const MAX_ALERTS = 10;
+const SILENCE_MS = 45000; // the server pings every 15 s
+let stream = null;
+let lastHeard = Date.now();
+
+function setConn(live, text) {
+  const c = document.getElementById("conn");
+  c.textContent = text;
+  c.className = "conn " + (live ? "conn-live" : "conn-wait");
+}
+
+function laneBox(l) {
+  return el("div", { class: "lane role-" + l.role, "data-lane": l.lane },
+    el("div", {}, "Lane " + l.lane + " · ", roleBadge(l.role)),
+    el("div", { class: "n" }, l.count));
+}
+
+function dispositionText(d) {
+  if (!d) return "—";
+  const role = d.lane_role ? " (" + d.lane_role + ")" : "";
+  return String(d.kind).replace(/_/g, " ") + " → lane " + d.lane + role;
+}
+
+function divertText(d) {
+  if (!d || !d.status) return "—";
+  return String(d.status).replace(/_/g, " ") + (d.late ? " (late)" : "");
+}
+
+function rowFor(r, live) {
+  const waybill = r.waybill
+    ? el("a", { href: "/parcel?waybill=" + encodeURIComponent(r.waybill) }, r.waybill)
+    : el("span", { class: "muted" }, "(no read)");
+  const xray = r.xray === null || r.xray === undefined
+    ? el("span", { class: "muted" }, "no X-ray on this line")
+    : renderValue(r.xray);
+  const tr = el("tr", { "data-key": r.key, "data-source": live ? "live" : "snapshot", class: live ? "fresh" : "" },
+    el("td", {}, fmtTime(r.scanned_at_ms)),
+    el("td", {}, waybill),
+    el("td", {}, "Lane " + r.lane),
+    el("td", {}, roleBadge(r.lane_role)),
+    el("td", {}, r.rule + (r.revision > 0 ? " (re-decided #" + r.revision + ")" : "")),
+    el("td", { class: "reason" }, r.reason),
+    el("td", {}, divertText(r.divert)),
+    el("td", {}, dispositionText(r.disposition)),
+    el("td", {}, xray),
+    el("td", {}, r.alerts && r.alerts.length ? "⚠ " + r.alerts.join(", ").replace(/_/g, " ") : "—"));
+  return tr;
+}
+
+function lineSection(line) {
+  const sec = el("section", { class: "line", id: "line-" + line.id, "data-line": line.id });
+  sec.append(el("h2", {}, "Line " + line.id));
+  const lanes = el("div", { class: "lanes" }, ...line.lanes.map(laneBox));
+  sec.append(lanes);
+  const alerts = el("ul", { class: "alerts" });
+  for (const a of line.alerts.slice(0, MAX_ALERTS)) alerts.append(alertItem(a));
+  sec.append(alerts);
+  const head = el("tr", {}, ...["Time", "Waybill", "Lane", "Role", "Deciding rule", "Reason", "Divert", "Went to", "X-ray", "Alerts"].map((h) => el("th", {}, h)));
+  const body = el("tbody");
+  for (const r of line.rows.slice(0, MAX_ROWS)) body.append(rowFor(r, false));
+  sec.append(el("table", {}, el("thead", {}, head), body));
+  return sec;
+}
+
+function alertItem(a) {
+  return el("li", {}, "⚠ " + fmtTime(a.at_ms) + " " + String(a.alert).replace(/_/g, " ") +
+    (a.waybill ? " · " + a.waybill : "") + " — " + a.detail);
+}
+
+async function loadBoard() {
+  try {
+    const b = await fetchJson("/api/board?rows=" + MAX_ROWS);
+    document.getElementById("gateway").textContent = b.gateway;
+    document.getElementById("rule-set").textContent = b.rule_set;
+    document.getElementById("since").textContent = fmtDateTime(b.counting_since_ms);
+    const main = document.getElementById("lines");
+    main.replaceChildren(...b.lines.map(lineSection));
+  } catch (e) {
+    setConn(false, "BOARD UNAVAILABLE: " + e.message);
+  }
+}
+
+function applyUpdate(u) {
+  const sec = document.getElementById("line-" + u.line);
+  if (!sec) { loadBoard(); return; }
+  sec.querySelector(".lanes").replaceChildren(...u.lanes.map(laneBox));
+  if (u.row) {
+    const body = sec.querySelector("tbody");
+    const tr = rowFor(u.row, true);
+    const old = Array.from(body.children).find((x) => x.getAttribute("data-key") === u.row.key);
+    if (old) old.remove();
+    body.prepend(tr);
+    while (body.children.length > MAX_ROWS) body.lastElementChild.remove();
+  }
+  if (u.alert) {
+    const list = sec.querySelector(".alerts");
+    list.prepend(alertItem(u.alert));
+    while (list.children.length > MAX_ALERTS) list.lastElementChild.remove();
+  }
+}
+
+function connect() {
+  if (stream) stream.close();
+  lastHeard = Date.now();
+  stream = new EventSource("/api/events");
+  stream.addEventListener("open", () => { setConn(true, "LIVE"); loadBoard(); });
+  stream.addEventListener("update", (e) => {
+    lastHeard = Date.now();
+    try { applyUpdate(JSON.parse(e.data)); } catch (_) { loadBoard(); }
+  });
+  stream.addEventListener("ping", () => { lastHeard = Date.now(); });
+  stream.addEventListener("resync", () => { lastHeard = Date.now(); loadBoard(); });
+  stream.addEventListener("error", () => {
+    setConn(false, "RECONNECTING…");
+    // The browser retries by itself unless the server answered with an error status.
+    if (stream.readyState === EventSource.CLOSED) setTimeout(connect, 5000);
+  });
+}
+
+async function loadHealth() {
+  const box = document.getElementById("health");
+  try {
+    const h = await fetchJson("/api/health");
+    document.getElementById("rule-set").textContent = h.rule_set;
+    const items = h.links.map((l) => el("div", { class: "link " + (l.state === "up" ? "up" : "down") },
+      el("div", {}, l.kind.toUpperCase() + " " + l.name.replace(/^[a-z]+:/, "") + ": ",
+        el("span", { class: "state" }, l.state.toUpperCase())),
+      el("div", { class: "muted" }, l.since_ms ? "since " + fmtDateTime(l.since_ms) : "no attempt finished yet"),
+      l.last_error ? el("div", { class: "err" }, "last error: " + l.last_error) : null));
+    for (const line of h.lines) {
+      if (!line.xray) items.push(el("div", { class: "link" }, "X-RAY line " + line.line + ": ", el("span", { class: "state" }, "NONE"), el("div", { class: "muted" }, "no X-ray on this line")));
+    }
+    const oldest = h.oldest_unforwarded
+      ? "oldest " + fmtAge(h.oldest_unforwarded.age_ms) + " (record " + h.oldest_unforwarded.seq + ")"
+      : "nothing waiting";
+    items.push(el("div", { class: "link " + (h.backlog === 0 ? "up" : "") },
+      "OUTBOX: ", el("span", { class: "state" }, h.backlog + " record(s)"),
+      el("div", { class: "muted" }, oldest + (h.parked ? " · " + h.parked + " parked" : "")),
+      el("div", { class: "muted" }, "journal " + h.journal_level.replace(/_/g, " "))));
+    box.replaceChildren(...items);
+  } catch (e) {
+    box.replaceChildren(el("div", { class: "link down" }, "HEALTH UNAVAILABLE: " + e.message));
+  }
+}
+
+function tick() {
+  document.getElementById("clock").textContent = fmtTime(Date.now());
+  if (Date.now() - lastHeard > SILENCE_MS) {
+    setConn(false, "RECONNECTING…");
+    connect();
+  }
+}
+
+loadBoard();
+connect();
+loadHealth();
+setInterval(loadHealth, 5000);
+setInterval(tick, 1000);
+tick();

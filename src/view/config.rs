@@ -1,0 +1,155 @@
+//! The `[view]` configuration section: where the view listens and who may read it.
+//!
+//! Secrets are stored only as SHA-256 hashes. A view bound beyond loopback without any
+//! credentials is refused at load: the board names waybills and customs decisions.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::auth::Credentials;
+
+/// `[view]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawView {
+    #[serde(default = "default_listen")]
+    listen: String,
+    /// SHA-256 (hex) of the bearer token, for scrapers and scripts.
+    #[serde(default)]
+    token_sha256: Option<String>,
+    /// Basic-auth users, for people with a browser.
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password_sha256: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// The validated `[view]` section.
+#[derive(Debug, Clone)]
+pub struct ViewConfig {
+    /// Address to bind; port 0 picks a free port (the demo and the tests).
+    pub listen: SocketAddr,
+    pub credentials: Credentials,
+}
+
+impl ViewConfig {
+    /// Validates `[view]`; errors name the key below `view` and the reason.
+    pub fn from_raw(raw: &RawView) -> Result<ViewConfig, (String, String)> {
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            (
+                "listen".to_string(),
+                format!(
+                    "`{}` is not IP:port (such as 127.0.0.1:8080); a host name is not accepted because whether it is loopback cannot be checked",
+                    raw.listen
+                ),
+            )
+        })?;
+        let token = match &raw.token_sha256 {
+            Some(h) => Some(parse_hash(h).map_err(|r| ("token_sha256".to_string(), r))?),
+            None => None,
+        };
+        let mut users = Vec::new();
+        for (i, u) in raw.users.iter().enumerate() {
+            if u.name.is_empty() || u.name.len() > 64 || u.name.contains(':') {
+                return Err((
+                    format!("users[{i}].name"),
+                    "must be 1 to 64 characters without `:`".into(),
+                ));
+            }
+            if users.iter().any(|(n, _)| n == &u.name) {
+                return Err((
+                    format!("users[{i}].name"),
+                    format!("user `{}` is listed twice", u.name),
+                ));
+            }
+            let h = parse_hash(&u.password_sha256)
+                .map_err(|r| (format!("users[{i}].password_sha256"), r))?;
+            users.push((u.name.clone(), h));
+        }
+        let credentials = Credentials::new(token, users);
+        if !listen.ip().is_loopback() && credentials.is_open() {
+            return Err((
+                "listen".to_string(),
+                format!(
+                    "`{listen}` is reachable beyond this machine, so credentials are required: set `token_sha256` or `users` in [view] (see docs/view.md)"
+                ),
+            ));
+        }
+        Ok(ViewConfig {
+            listen,
+            credentials,
+        })
+    }
+}
+
+/// A SHA-256 digest written as 64 hex digits.
+fn parse_hash(s: &str) -> Result<[u8; 32], String> {
+    let bytes = hex::decode(s.trim())
+        .map_err(|_| "must be a SHA-256 digest as 64 hex digits (`sha256sum` prints one)")?;
+    bytes
+        .try_into()
+        .map_err(|_| "must be a SHA-256 digest as 64 hex digits (`sha256sum` prints one)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(text: &str) -> Result<ViewConfig, (String, String)> {
+        let raw: RawView = toml::from_str(text).expect("test TOML parses");
+        ViewConfig::from_raw(&raw)
+    }
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn loopback_needs_no_credentials_and_defaults_apply() {
+        let v = view("").unwrap();
+        assert_eq!(v.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(v.credentials.is_open());
+        assert!(view("listen = \"[::1]:0\"").is_ok());
+    }
+
+    #[test]
+    fn beyond_loopback_without_credentials_is_refused() {
+        let (key, reason) = view("listen = \"0.0.0.0:8080\"").unwrap_err();
+        assert_eq!(key, "listen");
+        assert!(reason.contains("credentials are required"), "{reason}");
+        assert!(view(&format!(
+            "listen = \"0.0.0.0:8080\"\ntoken_sha256 = \"{HASH}\""
+        ))
+        .is_ok());
+        assert!(view(&format!(
+            "listen = \"10.0.0.5:80\"\nusers = [{{ name = \"officer\", password_sha256 = \"{HASH}\" }}]"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert_eq!(view("listen = \"localhost:80\"").unwrap_err().0, "listen");
+        assert_eq!(
+            view("token_sha256 = \"abc\"").unwrap_err().0,
+            "token_sha256"
+        );
+        let e = view(&format!(
+            "users = [{{ name = \"a\", password_sha256 = \"{HASH}\" }}, {{ name = \"a\", password_sha256 = \"{HASH}\" }}]"
+        ))
+        .unwrap_err();
+        assert_eq!(e.0, "users[1].name");
+        let e = view("users = [{ name = \"a:b\", password_sha256 = \"00\" }]").unwrap_err();
+        assert_eq!(e.0, "users[0].name");
+        let e = view("users = [{ name = \"a\", password_sha256 = \"00\" }]").unwrap_err();
+        assert_eq!(e.0, "users[0].password_sha256");
+    }
+}

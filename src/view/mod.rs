@@ -1,0 +1,291 @@
+//! The customs staff view: an HTTP server inside the daemon, on its tokio runtime. It owns
+//! the live lane board, the parcel lookup, device health, the JSON API behind them,
+//! `/metrics` (Prometheus), `/healthz` and `/readyz`.
+//!
+//! Read-only by construction: every route is a GET, and the view holds no handle that could
+//! change a lane, a rule or a record. It reads the journal (lookups), the metrics, the rule
+//! set in force, and the journal writer's feed of accepted records (the board); a slow or
+//! absent browser never slows the decision path, because the feed is a bounded broadcast
+//! the writer never waits on. The API is documented in `docs/view.md`.
+//!
+//! Access: when `[view]` has credentials, everything but `/healthz` and `/readyz` needs a
+//! bearer token or basic auth; config load refuses a non-loopback address without them.
+//! TLS is not served here: put a TLS-terminating proxy in front when the view leaves the
+//! gateway (see docs/view.md).
+
+mod api;
+mod assets;
+pub mod auth;
+pub mod board;
+mod config;
+pub mod health;
+pub mod prometheus;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bondline_devices::contract::{LaneRole, Record};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::{Journal, JournalError};
+use crate::metrics::Metrics;
+
+pub use config::{RawView, ViewConfig};
+
+/// Board events buffered per page stream; a page further behind is told to reload its board.
+const EVENTS_QUEUE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("a lookup task failed: {0}")]
+    Task(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl IntoResponse for ViewError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ViewError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            _ => {
+                tracing::error!(error = %self, "staff view request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+/// One line as the view shows it.
+#[derive(Debug, Clone)]
+pub struct LineInfo {
+    pub id: String,
+    pub scanner: String,
+    pub plc: String,
+    /// Lane numbers and roles, in lane order.
+    pub lanes: Vec<(u16, LaneRole)>,
+}
+
+/// What the view reads; nothing in it can change the line.
+#[derive(Clone)]
+pub struct ViewCtx {
+    pub gateway: String,
+    pub journal: Journal,
+    pub metrics: Arc<Metrics>,
+    pub rules: Arc<RwLock<Arc<crate::rules::engine::RuleSet>>>,
+    pub lines: Vec<LineInfo>,
+    /// The journal writer's last accepted sequence; closed once the writer has stopped.
+    pub accepted: watch::Receiver<u64>,
+    /// The daemon's shutdown: streams end and the server stops when it fires.
+    pub shutdown: CancellationToken,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+struct Shared {
+    ctx: ViewCtx,
+    credentials: auth::Credentials,
+    board: Arc<Mutex<board::Board>>,
+    events: broadcast::Sender<board::Event>,
+    lagged: Arc<AtomicU64>,
+    started_ms: u64,
+}
+
+impl Shared {
+    fn board(&self) -> std::sync::MutexGuard<'_, board::Board> {
+        self.board.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Binds the view's address and serves it until shutdown. `feed` is the journal writer's
+/// feed of accepted records, subscribed before the writer started so no record is missed.
+/// Returns the bound address (the port is chosen when `listen` has port 0).
+pub async fn start(
+    config: &ViewConfig,
+    ctx: ViewCtx,
+    feed: broadcast::Receiver<Record>,
+) -> Result<SocketAddr, ViewError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ViewError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ViewError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let board = board::Board::new(ctx.lines.iter().map(|l| (l.id.clone(), l.lanes.clone())));
+    let shared = Shared {
+        credentials: config.credentials.clone(),
+        board: Arc::new(Mutex::new(board)),
+        events: broadcast::channel(EVENTS_QUEUE).0,
+        lagged: Arc::new(AtomicU64::new(0)),
+        started_ms: crate::metrics::unix_ms(std::time::SystemTime::now()),
+        ctx,
+    };
+    let preloaded = preload(&shared).await;
+    tokio::spawn(feed_board(shared.clone(), feed, preloaded));
+    let stop = shared.ctx.shutdown.clone();
+    let app = router(shared);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "staff view stopped");
+        }
+    });
+    tracing::info!(%addr, "staff view listening");
+    Ok(addr)
+}
+
+fn router(shared: Shared) -> Router {
+    let protected = Router::new()
+        .route("/", get(assets::board_page))
+        .route("/parcel", get(assets::lookup_page))
+        .route("/assets/:name", get(assets::asset))
+        .route("/api/board", get(api::board))
+        .route("/api/events", get(api::events))
+        .route("/api/health", get(api::health))
+        .route("/api/parcels/:waybill", get(api::parcel))
+        .route("/api/records", get(api::records))
+        .route("/metrics", get(api::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_auth,
+        ));
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .merge(protected)
+        .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(shared)
+}
+
+async fn require_auth(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if shared.credentials.allows(presented) {
+        return next.run(request).await;
+    }
+    let challenge = if shared.credentials.has_users() {
+        "Basic realm=\"bondline\", charset=\"UTF-8\""
+    } else {
+        "Bearer realm=\"bondline\""
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, challenge)],
+        axum::Json(serde_json::json!({ "error": "credentials required" })),
+    )
+        .into_response()
+}
+
+/// Headers that cost nothing and close whole classes of browser attacks: only this origin's
+/// scripts and styles run, no framing, no MIME sniffing, no caching of customs data.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let is_asset = request.uri().path().starts_with("/assets/");
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, name: &'static str, value: &'static str| {
+        h.insert(name, HeaderValue::from_static(value));
+    };
+    set(
+        h,
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    );
+    set(h, "x-content-type-options", "nosniff");
+    set(h, "x-frame-options", "DENY");
+    set(h, "referrer-policy", "no-referrer");
+    set(
+        h,
+        "cache-control",
+        if is_asset { "no-cache" } else { "no-store" },
+    );
+    response
+}
+
+/// Shows the latest stored records on the board at start, without counting them. Returns
+/// the last sequence shown: the feed's copies of those are skipped.
+async fn preload(shared: &Shared) -> u64 {
+    let journal = shared.ctx.journal.clone();
+    let limit = board::ROWS_PER_LINE * shared.ctx.lines.len().max(1);
+    let loaded =
+        tokio::task::spawn_blocking(move || journal.records_between(0, u64::MAX, limit)).await;
+    match loaded {
+        Ok(Ok((records, _))) => {
+            let mut board = shared.board();
+            let last = records.first().map_or(0, Record::seq);
+            for r in records.iter().rev() {
+                board.preload(r);
+            }
+            last
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "staff view: cannot show earlier records on the board");
+            0
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "staff view: cannot show earlier records on the board");
+            0
+        }
+    }
+}
+
+/// Applies every accepted record to the board and passes the change to the open pages.
+async fn feed_board(shared: Shared, mut feed: broadcast::Receiver<Record>, preloaded: u64) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let record = tokio::select! {
+            _ = shared.ctx.shutdown.cancelled() => return,
+            r = feed.recv() => r,
+        };
+        match record {
+            Ok(r) if r.seq() <= preloaded => {}
+            Ok(r) => {
+                let update = shared.board().apply(&r);
+                if let Some(u) = update {
+                    if shared.events.receiver_count() > 0 {
+                        match serde_json::to_string(&u) {
+                            Ok(json) => {
+                                let _ = shared.events.send(board::Event::Update(json.into()));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "board update not serializable"),
+                        }
+                    }
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                // The board misses these; the journal (lookup) has them. Pages reload.
+                tracing::warn!(records = n, "staff view board fell behind the journal");
+                crate::metrics::Metrics::add(&shared.lagged, 1);
+                let _ = shared.events.send(board::Event::Resync);
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
