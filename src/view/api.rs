@@ -62,14 +62,19 @@ pub async fn board(
         DEFAULT_ROWS,
         super::board::ROWS_PER_LINE,
     )?;
+    Ok(Json(board_snapshot(&s, rows)))
+}
+
+/// The board as a page starts from it.
+pub fn board_snapshot(s: &Shared, rows: usize) -> BoardResponse {
     let lines = s.board().snapshot(rows);
-    Ok(Json(BoardResponse {
+    BoardResponse {
         gateway: s.ctx.gateway.clone(),
-        rule_set: rule_set(&s),
+        rule_set: rule_set(s),
         counting_since_ms: s.started_ms,
         now_ms: unix_ms(std::time::SystemTime::now()),
         lines,
-    }))
+    }
 }
 
 /// Server-sent events: `update` (a board change), `resync` (fetch the board again), `ping`.

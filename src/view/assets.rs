@@ -1,6 +1,6 @@
 //! The pages: plain HTML, CSS and JS compiled into the binary, no build step.
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 
@@ -31,8 +31,25 @@ const ASSETS: [(&str, &str, &str); 4] = [
     ),
 ];
 
-pub async fn board_page() -> Html<&'static str> {
-    Html(BOARD_HTML)
+/// Rows the board page shows per line.
+const BOARD_ROWS: usize = 30;
+/// Where the board page carries its first snapshot.
+const SNAPSHOT_MARK: &str = "__BOARD_SNAPSHOT__";
+
+/// The board page with its first snapshot inside, so the screen is complete when it has
+/// loaded, before the live stream connects.
+pub async fn board_page(State(s): State<super::Shared>) -> Html<String> {
+    let snapshot = serde_json::to_string(&super::api::board_snapshot(&s, BOARD_ROWS))
+        .unwrap_or_else(|_| "null".into());
+    Html(BOARD_HTML.replacen(SNAPSHOT_MARK, &json_in_html(&snapshot), 1))
+}
+
+/// JSON made safe inside an HTML `<script type="application/json">` block: no `<`, `>` or
+/// `&` can end the block or start markup (JSON reads the escapes back as the same text).
+fn json_in_html(json: &str) -> String {
+    json.replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
 }
 
 pub async fn lookup_page() -> Html<&'static str> {
@@ -48,6 +65,16 @@ pub async fn asset(Path(name): Path<String>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_cannot_close_its_script_block() {
+        let json = serde_json::to_string(&serde_json::json!({"reason": "</script><b>&"})).unwrap();
+        let safe = super::json_in_html(&json);
+        assert!(!safe.contains('<') && !safe.contains('>') && !safe.contains('&'));
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["reason"], "</script><b>&");
+        assert!(super::BOARD_HTML.contains(super::SNAPSHOT_MARK));
+    }
+
     #[test]
     fn pages_load_only_assets_that_exist() {
         for page in [super::BOARD_HTML, super::LOOKUP_HTML] {

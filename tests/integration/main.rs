@@ -1,5 +1,5 @@
 //! bondline's integration tests: one binary, a shared harness, real parts (Mosquitto,
-//! pseudo-terminals from socat, Modbus TCP to plc-sim, sled on disk).
+//! pseudo-terminals from socat, Modbus TCP to plc-sim, sled on disk, headless chromium).
 
 mod capacity;
 mod cli;
@@ -9,3 +9,4 @@ mod harness;
 mod rules;
 mod scenarios;
 mod skeleton;
+mod view;

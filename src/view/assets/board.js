@@ -73,17 +73,28 @@ function alertItem(a) {
     (a.waybill ? " · " + a.waybill : "") + " — " + a.detail);
 }
 
+function showBoard(b) {
+  document.getElementById("gateway").textContent = b.gateway;
+  document.getElementById("rule-set").textContent = b.rule_set;
+  document.getElementById("since").textContent = fmtDateTime(b.counting_since_ms);
+  document.getElementById("lines").replaceChildren(...b.lines.map(lineSection));
+}
+
 async function loadBoard() {
   try {
-    const b = await fetchJson("/api/board?rows=" + MAX_ROWS);
-    document.getElementById("gateway").textContent = b.gateway;
-    document.getElementById("rule-set").textContent = b.rule_set;
-    document.getElementById("since").textContent = fmtDateTime(b.counting_since_ms);
-    const main = document.getElementById("lines");
-    main.replaceChildren(...b.lines.map(lineSection));
+    showBoard(await fetchJson("/api/board?rows=" + MAX_ROWS));
   } catch (e) {
     setConn(false, "BOARD UNAVAILABLE: " + e.message);
   }
+}
+
+// The page arrives with a snapshot of the board, so it is complete as soon as it loads.
+function firstBoard() {
+  try {
+    const b = JSON.parse(document.getElementById("board-snapshot").textContent);
+    if (b) { showBoard(b); return; }
+  } catch (_) { /* fall back to the API */ }
+  loadBoard();
 }
 
 function applyUpdate(u) {
@@ -157,7 +168,7 @@ function tick() {
   }
 }
 
-loadBoard();
+firstBoard();
 connect();
 loadHealth();
 setInterval(loadHealth, 5000);

@@ -1,0 +1,438 @@
+//! The customs staff view against a running daemon: its pages in a real headless browser
+//! (Debian's chromium, which runs the pages' JavaScript), its JSON API, the live event
+//! stream, `/metrics`, and access control.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bondline::app::App;
+use bondline::config::Config;
+use bondline::metrics::Metrics;
+use bondline_simulators::plan::Plan;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{config_text, free_port, settle, LineDevices, Mosquitto, ScannerAt};
+
+const PREFIX: &str = "bondline/view-gw";
+const PARCELS: u64 = 8;
+
+/// One HTTP/1.1 exchange on a fresh connection: status, raw headers, body.
+fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the view");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn chromium_path() -> String {
+    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    panic!("chromium is needed by the staff view tests: apt-get install -y chromium (tests/run.sh does this)");
+}
+
+/// Runs headless chromium with `args` on `url`, killed after a minute; returns its stdout.
+fn chromium(profile: &Path, args: &[&str], url: &str) -> String {
+    let mut child = Command::new(chromium_path())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1920,1080",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let mut out = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    loop {
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish on {url} within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().unwrap_or_default()
+}
+
+/// Reads the live stream until an `update` event names one of `waybills`; returns it.
+fn first_live_update(addr: SocketAddr, waybills: Vec<String>) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(
+        s,
+        "GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .ok()?;
+    let start = Instant::now();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < Duration::from_secs(30) {
+        match s.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        for event in seen.split("\n\n") {
+            if event.contains("event: update") && waybills.iter().any(|w| event.contains(w)) {
+                return Some(event.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The Prometheus text parses: every sample is `series value` with a numeric value and a
+/// family declared by `# TYPE`. Returns the samples.
+fn prometheus_samples(text: &str) -> Vec<(String, f64)> {
+    let mut families = Vec::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            families.push(rest.split(' ').next().unwrap().to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            families.iter().any(|f| name.starts_with(f.as_str())),
+            "sample of an undeclared family: {line}"
+        );
+        samples.push((series.to_string(), value.parse().expect("numeric sample")));
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_lookup_api_and_metrics_work_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let plan = Plan::new(4242);
+    let floor = crate::harness::floor(plan.clone(), 2.0, Some(PARCELS)).await;
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(floor.scanner),
+            plc: floor.plc,
+        },
+    ) + "\n[view]\nlisten = \"127.0.0.1:0\"\n";
+    let stop = CancellationToken::new();
+    let app = App::start(Config::parse("view.toml", &text).unwrap(), stop.clone())
+        .await
+        .unwrap();
+    let addr = app.view_addr.expect("the view listens");
+    let metrics = app.metrics.clone();
+    let readable: Vec<String> = plan
+        .parcels(0..PARCELS)
+        .filter(|p| p.kind.is_readable())
+        .map(|p| p.waybill)
+        .collect();
+    assert!(readable.len() >= 2, "the plan has readable parcels");
+
+    // The live stream carries parcels as they are accepted.
+    let live = tokio::task::spawn_blocking({
+        let w = readable.clone();
+        move || first_live_update(addr, w)
+    });
+    let all_done = settle(Duration::from_secs(40), Duration::from_millis(1500), || {
+        Metrics::get(&metrics.records_accepted)
+    })
+    .await;
+    assert!(all_done, "records kept coming: {}", metrics.summary());
+    assert!(
+        Metrics::get(&metrics.parcels) >= readable.len() as u64,
+        "{}",
+        metrics.summary()
+    );
+    let event = live
+        .await
+        .unwrap()
+        .expect("a live update for a sent parcel");
+    assert!(event.contains("\"lane_role\""), "{event}");
+
+    let waybill = readable[0].clone();
+    // The API explains the decision and where the record stands.
+    let (status, head, body) = http(addr, "GET", &format!("/api/parcels/{waybill}"), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    assert!(head.contains("content-security-policy:"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    let found: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let records = found["records"].as_array().unwrap();
+    let decision = records
+        .iter()
+        .find(|r| r["kind"] == "parcel")
+        .expect("the parcel's decision");
+    let reason = decision["record"]["reason"].as_str().unwrap().to_string();
+    assert!(!reason.is_empty());
+    assert_eq!(decision["record"]["waybill"], waybill.as_str());
+    assert_eq!(
+        decision["record"]["rules_fired"][0]["rule"],
+        decision["record"]["rule"]
+    );
+    assert!(
+        ["forwarded", "outbox"].contains(&decision["forwarding"]["state"].as_str().unwrap()),
+        "{decision}"
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "disposition"),
+        "the PLC's disposition follows the decision: {body}"
+    );
+    let (status, _, body) = http(addr, "GET", "/api/records?from=0&limit=500", None);
+    assert_eq!(status, 200);
+    let range: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(range["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["record"]["waybill"] == waybill.as_str()));
+    assert_eq!(http(addr, "GET", "/api/records?from=later", None).0, 400);
+    let (status, _, body) = http(addr, "GET", "/api/health", None);
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["rule_set"], "builtin-1");
+    let link = |name: &str| {
+        health["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .map(|l| l["state"].clone())
+    };
+    assert_eq!(link("plc:plc-1"), Some("up".into()), "{health}");
+    // The scanner simulator closed after its parcels: the link is down with its error.
+    let scanner = health["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "scanner:scanner-1")
+        .expect("the scanner's link");
+    assert_eq!(scanner["state"], "down", "{health}");
+    assert!(scanner["last_error"]
+        .as_str()
+        .is_some_and(|e| !e.is_empty()));
+    assert!(scanner["since_ms"].as_u64().is_some());
+
+    // In the browser: the board shows the parcel, with the X-ray column saying there is none.
+    let profile = dir.path().join("chromium");
+    let board = tokio::task::spawn_blocking({
+        let p = profile.clone();
+        move || {
+            chromium(
+                &p,
+                &["--timeout=5000", "--dump-dom"],
+                &format!("http://{addr}/"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(board.contains(&waybill), "board lacks {waybill}: {board}");
+    assert!(board.contains("no X-ray on this line"), "{board}");
+    assert!(board.contains("Lane 3"), "{board}");
+    assert!(board.contains("data-line=\"L1\""), "{board}");
+    // The lookup page, reached by its address, shows the reason and the forwarding state.
+    let lookup = tokio::task::spawn_blocking({
+        let (p, w) = (profile.clone(), waybill.clone());
+        move || {
+            chromium(
+                &p,
+                &["--virtual-time-budget=10000", "--dump-dom"],
+                &format!("http://{addr}/parcel?waybill={w}"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        lookup.contains(&reason),
+        "lookup lacks `{reason}`: {lookup}"
+    );
+    assert!(
+        lookup.contains("forwarded to the platform") || lookup.contains("in the outbox"),
+        "{lookup}"
+    );
+    assert!(lookup.contains("PLC disposition"), "{lookup}");
+    let shot = dir.path().join("board.png");
+    tokio::task::spawn_blocking({
+        let (p, s) = (profile.clone(), shot.clone());
+        move || {
+            chromium(
+                &p,
+                &["--timeout=5000", &format!("--screenshot={}", s.display())],
+                &format!("http://{addr}/"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "screenshot of {size} bytes");
+    if let Some(to) = std::env::var_os("BONDLINE_VIEW_SCREENSHOT") {
+        std::fs::copy(&shot, to).expect("copy the screenshot");
+    }
+
+    // Metrics parse and carry the decision latency and parcels by lane and rule.
+    let (status, head, body) = http(addr, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let samples = prometheus_samples(&body);
+    let value = |series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
+    assert!(value("bondline_decision_latency_seconds_count").unwrap() >= 1.0);
+    assert!(value("bondline_journal_flush_latency_seconds_count").unwrap() >= 1.0);
+    assert_eq!(
+        value("bondline_link_up{link=\"plc:plc-1\",kind=\"plc\"}"),
+        Some(1.0)
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|(s, v)| s.starts_with("bondline_parcels_total{line=\"L1\"") && *v >= 1.0),
+        "{body}"
+    );
+
+    // Plain endpoints, and nothing that writes.
+    assert_eq!(http(addr, "GET", "/healthz", None).0, 200);
+    assert_eq!(http(addr, "GET", "/readyz", None).0, 200);
+    assert_eq!(http(addr, "POST", "/api/health", None).0, 405);
+    assert_eq!(http(addr, "DELETE", "/api/parcels/x", None).0, 405);
+    assert_eq!(http(addr, "GET", "/api/nothing", None).0, 404);
+
+    floor.stop_scanner.cancel();
+    stop.cancel();
+    app.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_required_when_configured() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let sha = |s: &str| hex::encode(bondline::journal::sha256(s.as_bytes()));
+    // No broker and no devices listen: the view does not need them.
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = config_text(
+        &dir.path().join("journal"),
+        free_port(),
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(nowhere),
+            plc: nowhere,
+        },
+    ) + &format!(
+        "\n[view]\nlisten = \"127.0.0.1:0\"\ntoken_sha256 = \"{}\"\nusers = [{{ name = \"officer\", password_sha256 = \"{}\" }}]\n",
+        sha("scrape-token"),
+        sha("correct horse")
+    );
+    let stop = CancellationToken::new();
+    let app = App::start(Config::parse("view.toml", &text).unwrap(), stop.clone())
+        .await
+        .unwrap();
+    let addr = app.view_addr.expect("the view listens");
+    let basic = |up: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(up)
+        )
+    };
+
+    for path in ["/", "/api/health", "/api/board", "/metrics", "/parcel"] {
+        let (status, head, _) = http(addr, "GET", path, None);
+        assert_eq!(status, 401, "{path} without credentials");
+        assert!(head.contains("www-authenticate: basic"), "{head}");
+    }
+    let wrong = basic("officer:wrong");
+    assert_eq!(http(addr, "GET", "/api/health", Some(&wrong)).0, 401);
+    assert_eq!(http(addr, "GET", "/api/health", Some("Bearer nope")).0, 401);
+    let right = basic("officer:correct horse");
+    let (status, _, body) = http(addr, "GET", "/api/health", Some(&right));
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        health["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["state"] != "up"),
+        "nothing to connect to: {health}"
+    );
+    assert_eq!(http(addr, "GET", "/", Some(&right)).0, 200);
+    assert_eq!(
+        http(addr, "GET", "/metrics", Some("Bearer scrape-token")).0,
+        200
+    );
+    // Probes stay open: they say nothing about parcels.
+    assert_eq!(http(addr, "GET", "/healthz", None).0, 200);
+    assert_eq!(http(addr, "GET", "/readyz", None).0, 200);
+
+    stop.cancel();
+    app.wait().await.unwrap();
+}
+
+#[test]
+fn a_view_beyond_loopback_without_credentials_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
+    let text = config_text(
+        &dir.path().join("journal"),
+        1883,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(nowhere),
+            plc: nowhere,
+        },
+    ) + "\n[view]\nlisten = \"0.0.0.0:8080\"\n";
+    let file = dir.path().join("bondline.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bondline"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bondline.toml"), "{err}");
+    assert!(err.contains("view.listen"), "{err}");
+    assert!(err.contains("credentials are required"), "{err}");
+}
