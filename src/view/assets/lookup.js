@@ -61,7 +61,7 @@ function otherCard(v) {
     : v.kind === "alert" ? "⚠ Alert: " + String(r.alert).replace(/_/g, " ") : v.kind;
   const card = el("article", { class: "card record", "data-seq": v.seq });
   card.append(el("h3", {}, title + " · record " + v.seq));
-  const rest = Object.fromEntries(Object.entries(r).filter(([k]) => !["schema", "msg_id", "prev_hash", "gateway", "kind"].includes(k)));
+  const rest = Object.fromEntries(Object.entries(r).filter(([k]) => !["schema", "msg_id", "prev_hash", "gateway", "kind", "at_ms"].includes(k)));
   card.append(facts([["Time", fmtDateTime(r.at_ms)], ["Forwarding", el("span", { class: "fwd" }, fwdText(v.forwarding))]]));
   card.append(renderValue(rest));
   return card;
