@@ -499,6 +499,7 @@ mod tests {
             deadline_ms: None,
             rule_set: None,
             rules_fired: Vec::new(),
+            inputs: None,
         }
     }
 
