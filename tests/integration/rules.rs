@@ -398,8 +398,7 @@ async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() 
         platform
             .records()
             .into_iter()
-            .filter(|r| r.waybill.as_deref() == Some(w))
-            .next_back()
+            .rfind(|r| r.waybill.as_deref() == Some(w))
     };
     // Scans `w` weighing `grams` and returns its record once it arrived.
     macro_rules! scan {
