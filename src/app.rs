@@ -24,6 +24,7 @@ use crate::journal::capacity::Limits;
 use crate::journal::{record_sink, Housekeeping, Journal, JournalError};
 use crate::line::{self, LineCtx, LineIo};
 use crate::metrics::Metrics;
+use crate::policy::{Policy, SharedRules};
 use crate::rules::ClearanceTable;
 use crate::uplink::Uplink;
 
@@ -34,16 +35,18 @@ const SCAN_QUEUE: usize = 1024;
 const PLC_QUEUE: usize = 256;
 /// Clearance changes buffered per line; a line that falls further behind is told so.
 const CHANGES_QUEUE: usize = 4096;
+/// Anomalies waiting for the uplink; beyond this they are dropped (counted), the records keep
+/// the same facts.
+const ANOMALY_QUEUE: usize = 4096;
 
 /// A running daemon.
 pub struct App {
     pub metrics: Arc<Metrics>,
     pub table: Arc<RwLock<ClearanceTable>>,
     pub journal: Journal,
-    /// The rule set every line decides with; replaced whole by [`App::reload_rules`].
-    pub rules: Arc<RwLock<Arc<crate::rules::engine::RuleSet>>>,
-    rules_file: Option<std::path::PathBuf>,
-    alarms: Alarms,
+    /// The rule set every line decides with; replaced whole by the [`Policy`].
+    pub rules: SharedRules,
+    policy: Policy,
     /// Scanners, lines, PLC links and the journal writer.
     pipeline: JoinSet<()>,
     /// Where the staff view listens, when configured and bound.
@@ -73,6 +76,8 @@ impl App {
             info!(
                 declarations = t.declarations(),
                 instructions = t.instructions(),
+                consumers = t.consumers(),
+                suspended_enterprises = t.suspended(),
                 backlog = Metrics::get(&metrics.backlog),
                 lines = config.lines.len(),
                 "bondline starting"
@@ -136,8 +141,20 @@ impl App {
             alarms.clone(),
             uplink_stop.clone(),
         ));
-        let rules = Arc::new(RwLock::new(config.rules.clone()));
-        info!(rule_set = %config.rules.version, rules = config.rules.rules.len(), "customs rule set");
+        let policy = Policy::start(
+            config.rules.clone(),
+            config.rules_file.clone(),
+            journal.clone(),
+            alarms.clone(),
+            metrics.clone(),
+        )?;
+        let rules = policy.shared();
+        {
+            let set = policy.current();
+            info!(rule_set = %set.version, rules = set.rules.len(), "customs rule set");
+        }
+        tokio::spawn(policy.clone().watch(uplink_stop.clone()));
+        let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
         // Waybills whose clearance changed, from the uplink to every line.
         let (changes, _) = broadcast::channel(CHANGES_QUEUE);
         let uplink = Uplink {
@@ -149,6 +166,8 @@ impl App {
             accepted,
             alarms: alarms.clone(),
             changes: changes.clone(),
+            policy: policy.clone(),
+            anomalies: anomaly_rx,
         };
         let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
 
@@ -180,6 +199,7 @@ impl App {
                 plc_events: event_rx,
                 changes: changes.subscribe(),
                 sink: sink.clone(),
+                anomalies: anomaly_tx.clone(),
             };
             tasks.spawn(line::run(ctx, io));
             tasks.spawn(fieldbus::plc::run(
@@ -213,8 +233,7 @@ impl App {
             table,
             journal,
             rules,
-            rules_file: config.rules_file.clone(),
-            alarms,
+            policy,
             pipeline: tasks,
             uplink,
             uplink_stop,
@@ -222,12 +241,9 @@ impl App {
     }
 
     /// A handle that reloads the rule file (for SIGHUP), usable after the app is moved.
-    pub fn rule_reloader(&self) -> RuleReloader {
-        RuleReloader {
-            rules: self.rules.clone(),
-            path: self.rules_file.clone(),
-            alarms: self.alarms.clone(),
-        }
+    /// The rule set in force, for reloads.
+    pub fn policy(&self) -> Policy {
+        self.policy.clone()
     }
 
     /// Waits for the pipeline to finish (after shutdown), gives the uplink a short while to
@@ -299,49 +315,6 @@ async fn start_view(
         Err(e) => {
             alarms.raise(format!("staff view not started: {e}"));
             None
-        }
-    }
-}
-
-/// Reloads the rule file into a running daemon.
-#[derive(Clone)]
-pub struct RuleReloader {
-    rules: Arc<RwLock<Arc<crate::rules::engine::RuleSet>>>,
-    path: Option<std::path::PathBuf>,
-    alarms: Alarms,
-}
-
-impl RuleReloader {
-    /// Reads the rule file again. A valid rule set replaces the old one whole, for every
-    /// decision after; an invalid one is refused whole, the old one stays, and the refusal is
-    /// raised as an alarm. Returns the version in force afterwards.
-    pub fn reload(&self) -> String {
-        let current = || {
-            self.rules
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .version
-                .clone()
-        };
-        let Some(path) = &self.path else {
-            info!("no rules_file configured; the built-in rule set stays");
-            return current();
-        };
-        match crate::config::load_rules(path) {
-            Ok(set) => {
-                let version = set.version.clone();
-                *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
-                info!(rule_set = %version, "rule set reloaded");
-                version
-            }
-            Err(reason) => {
-                self.alarms.raise(format!(
-                    "rule set {} refused, the previous one ({}) stays: {reason}",
-                    path.display(),
-                    current()
-                ));
-                current()
-            }
         }
     }
 }

@@ -222,6 +222,7 @@ fn sample_record(n: u64) -> ParcelRecord {
         deadline_ms: None,
         rule_set: None,
         rules_fired: Vec::new(),
+        inputs: None,
     }
 }
 
@@ -288,6 +289,13 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
         .backlog
         .store(journal.backlog_len() as u64, Ordering::Relaxed);
     let (_tx, accepted) = tokio::sync::watch::channel(0);
+    let policy = crate::policy::Policy::start(
+        Arc::new(crate::rules::engine::RuleSet::builtin()),
+        None,
+        journal.clone(),
+        Alarms::new("bench-gw"),
+        metrics.clone(),
+    )?;
     let uplink = Uplink {
         config: UplinkConfig {
             host: host.to_string(),
@@ -307,6 +315,8 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
         accepted,
         alarms: Alarms::new("bench-gw"),
         changes: tokio::sync::broadcast::channel(16).0,
+        policy,
+        anomalies: tokio::sync::mpsc::channel(1).1,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));
@@ -547,9 +557,11 @@ fn rules_bench(
     rules: u32,
     evaluations: u64,
 ) -> anyhow::Result<()> {
-    use crate::rules::engine::{evaluate, ConsumerWindow, Inputs, RuleSet};
-    use bondline_devices::contract::{Action, Declaration, DeclaredItem, Instruction};
-    use std::collections::HashMap;
+    use crate::rules::engine::RuleSet;
+    use crate::rules::{decide, Scan, ScanRead};
+    use bondline_devices::contract::{
+        Action, Declaration, DeclaredItem, EnterpriseAction, EnterpriseNotice, Instruction,
+    };
 
     anyhow::ensure!(rules >= 4, "--rules must be at least 4");
     // A rule set of the requested size: the fail-closed core plus weight, limit and sampling
@@ -581,9 +593,12 @@ fn rules_bench(
     }
     let set = RuleSet::parse("bench", &text).map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    // Half of the declarations' parcels were scanned earlier (spread over the last 200 days):
+    // that is the consumers' history. The other half arrive now.
+    let today =
+        crate::rules::history::day_of(crate::metrics::unix_ms(std::time::SystemTime::now()));
     let before = resident_bytes();
-    let mut declared: HashMap<String, Declaration> = HashMap::with_capacity(declarations as usize);
-    let mut instructions: HashMap<String, Instruction> = HashMap::new();
+    let mut table = ClearanceTable::default();
     for i in 0..declarations {
         let waybill = format!("BL{i:012}");
         let d = Declaration {
@@ -600,44 +615,34 @@ fn rules_bench(
                 quantity: 1 + (i % 3) as u32,
             }],
         };
+        table.apply_declaration(&d);
         if i % 2 == 0 {
-            instructions.insert(
-                waybill.clone(),
-                Instruction {
-                    schema: SCHEMA,
-                    instruction_id: format!("I{i}"),
-                    waybill: waybill.clone(),
-                    action: if i % 10 == 0 {
-                        Action::Inspect
-                    } else {
-                        Action::Release
-                    },
-                    reason: String::new(),
-                    issued_at_ms: None,
+            table.apply_instruction(&Instruction {
+                schema: SCHEMA,
+                instruction_id: format!("I{i}"),
+                waybill: waybill.clone(),
+                action: if i % 10 == 0 {
+                    Action::Inspect
+                } else {
+                    Action::Release
                 },
-            );
+                reason: String::new(),
+                issued_at_ms: None,
+            });
         }
-        declared.insert(waybill, d);
+        if i % 2 == 1 {
+            table.count(&waybill, today - (i % 200) as u32);
+        }
     }
-    let history: HashMap<String, ConsumerWindow> = (0..consumers)
-        .map(|c| {
-            (
-                format!("{c:016x}"),
-                ConsumerWindow {
-                    parcels: (c % 20) as u32,
-                    value_minor: c % 100_000,
-                },
-            )
-        })
-        .collect();
+    table.apply_notice(&EnterpriseNotice {
+        schema: SCHEMA,
+        notice_id: "N1".into(),
+        enterprise: "E00000007".into(),
+        action: EnterpriseAction::Suspend,
+        reason: "licence review".into(),
+        issued_at_ms: None,
+    });
     let after = resident_bytes();
-    let limit_rules: Vec<usize> = set
-        .rules
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| matches!(r.kind, crate::rules::engine::RuleKind::ConsumerLimit { .. }))
-        .map(|(i, _)| i)
-        .collect();
 
     let mut samples = Vec::with_capacity(evaluations as usize);
     let mut released = 0u64;
@@ -646,41 +651,29 @@ fn rules_bench(
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let waybill = format!("BL{:012}", x % (declarations + declarations / 10).max(1));
-        let start = Instant::now();
-        let d = declared.get(&waybill);
-        let window = d
-            .and_then(|d| d.consumer.as_ref())
-            .and_then(|c| history.get(c))
-            .copied()
-            .unwrap_or_default();
-        let consumer: Vec<(usize, ConsumerWindow)> =
-            limit_rules.iter().map(|i| (*i, window)).collect();
-        let inputs = Inputs {
-            waybill: &waybill,
-            declaration: d,
-            instruction: instructions.get(&waybill),
-            enterprise_suspended: false,
-            measured_weight_g: d
-                .and_then(|d| d.gross_weight_g)
-                .map(|g| g + (x % 40) as u32),
-            xray_suspect: false,
-            consumer: &consumer,
+        let i = x % (declarations + declarations / 10).max(1);
+        let read = ScanRead::Waybill(format!("BL{i:012}"));
+        let scan = Scan {
+            read: &read,
+            weight_g: Some(200 + (i % 3000) as u32 + (x % 40) as u32),
+            day: today,
         };
-        let e = evaluate(&set, &inputs);
+        let start = Instant::now();
+        let d = decide(&table, &set, scan);
         samples.push(start.elapsed());
-        if e.role == bondline_devices::contract::LaneRole::Release {
+        if d.role == bondline_devices::contract::LaneRole::Release {
             released += 1;
         }
     }
     samples.sort_unstable();
     let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     println!(
-        "rules: {} rules, {declarations} declarations, {consumers} consumers with history",
-        set.rules.len()
+        "rules: {} rules, {declarations} declarations, {} consumers with history",
+        set.rules.len(),
+        table.consumers()
     );
     println!(
-        "evaluation (lookup + all rules), {evaluations} parcels: p50 {:?} p99 {:?} max {:?} ({released} released)",
+        "decision (lookup, consumer windows, all rules, inputs for the record), {evaluations} parcels: p50 {:?} p99 {:?} max {:?} ({released} released)",
         q(0.5),
         q(0.99),
         samples[samples.len() - 1]

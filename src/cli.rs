@@ -138,7 +138,7 @@ pub fn main() -> ExitCode {
                 #[cfg(unix)]
                 {
                     // SIGHUP reloads the rule file.
-                    let reloader = app.rule_reloader();
+                    let reloader = app.policy();
                     let mut hup =
                         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
                     tokio::spawn(async move {

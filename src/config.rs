@@ -675,8 +675,13 @@ impl Config {
 pub fn load_rules(path: &Path) -> Result<crate::rules::engine::RuleSet, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let set = crate::rules::engine::RuleSet::parse(&path.display().to_string(), &text)
-        .map_err(|e| e.to_string())?;
+    parse_rules(&path.display().to_string(), &text)
+}
+
+/// Parses and validates a rule set's text from `origin` (a file or a platform update), and
+/// refuses rule kinds this gateway cannot feed.
+pub fn parse_rules(origin: &str, text: &str) -> Result<crate::rules::engine::RuleSet, String> {
+    let set = crate::rules::engine::RuleSet::parse(origin, text).map_err(|e| e.to_string())?;
     if let Some((rule, missing)) = set.unsupported_by_daemon() {
         return Err(format!(
             "rule `{rule}` needs {missing}, which this gateway does not have yet"
@@ -914,7 +919,7 @@ lanes = [
         let path = dir.path().join("rules.toml");
         std::fs::write(
             &path,
-            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 1\n[[rules]]\nname = \"w\"\nkind = \"weight_mismatch\"\npriority = 2\ntarget = \"inspection\"\ntolerance_pct = 5.0\ntolerance_g = 10\n",
+            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 1\n[[rules]]\nname = \"x\"\nkind = \"xray_suspect\"\npriority = 2\ntarget = \"inspection\"\n",
         )
         .unwrap();
         let e = bad(&GOOD.replace(
@@ -925,7 +930,7 @@ lanes = [
             ),
         ));
         assert_eq!(e.key, "rules_file");
-        assert!(e.reason.contains("line scale"), "{e}");
+        assert!(e.reason.contains("X-ray"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! - [`config`]: the TOML configuration, validated up front into ready-to-use structures.
 //! - [`fieldbus`]: device tasks: the barcode scanner reader (serial/TCP) and the sorter PLC
 //!   link (Modbus TCP/RTU) with its divert handshake.
-//! - [`rules`]: pure customs logic: the clearance table and the lane decision, fail closed.
+//! - [`rules`]: pure customs logic: the clearance table, consumer histories, the rules engine
+//!   and the lane decision, fail closed.
+//! - [`policy`]: the rule set in force: from the rule file or the platform, reloaded whole.
 //! - [`line`]: one line's pipeline, scan → decision → divert job; never waits on I/O.
 //! - [`journal`]: the durable record store and outbox on sled; its doc states the invariants.
 //! - [`uplink`]: MQTT to the clearance platform; records leave the outbox only on PUBACK.
@@ -30,6 +32,7 @@ pub mod fieldbus;
 pub mod journal;
 pub mod line;
 pub mod metrics;
+pub mod policy;
 pub mod rules;
 pub mod shutdown;
 pub mod telemetry;

@@ -62,6 +62,13 @@ pub struct Metrics {
     pub alerts: AtomicU64,
     /// Parcels the PLC reports in the release lane without a release decision. Must stay 0.
     pub released_without_decision: AtomicU64,
+    /// Decisions flagged by a rule (sent on the anomalies topic).
+    pub anomalies: AtomicU64,
+    /// Anomalies not sent because the uplink's anomaly queue was full.
+    pub anomalies_dropped: AtomicU64,
+    /// Rule sets applied (from the file, a reload or the platform) and refused.
+    pub rule_sets_applied: AtomicU64,
+    pub rule_sets_refused: AtomicU64,
     links: Mutex<BTreeMap<String, LinkStatus>>,
 }
 

@@ -3,8 +3,11 @@
 //! Topics hang under a per-gateway prefix `P` (config `uplink.topic_prefix`):
 //! - `P/declarations` (platform → edge): [`Declaration`]
 //! - `P/instructions` (platform → edge): [`Instruction`]
+//! - `P/enterprises` (platform → edge): [`EnterpriseNotice`], suspensions and lifts
+//! - `P/rules` (platform → edge): [`RuleSetUpdate`], a new customs rule set
 //! - `P/records` (edge → platform): [`Record`] (a parcel decision, a PLC disposition or an
 //!   alert), QoS 1, at least once, dedupe on `msg_id`
+//! - `P/anomalies` (edge → platform): [`Anomaly`], sent at once when a rule flags a parcel
 //! - `P/events` (edge → platform): [`EdgeEvent`], rejections and alarms
 //!
 //! Every message carries `schema`; a message with another schema or an unknown field is
@@ -19,6 +22,9 @@ pub const SCHEMA: u32 = 1;
 pub mod topic {
     pub const DECLARATIONS: &str = "declarations";
     pub const INSTRUCTIONS: &str = "instructions";
+    pub const ENTERPRISES: &str = "enterprises";
+    pub const RULES: &str = "rules";
+    pub const ANOMALIES: &str = "anomalies";
     pub const RECORDS: &str = "records";
     pub const EVENTS: &str = "events";
 }
@@ -194,6 +200,56 @@ pub struct ParcelRecord {
     /// Every rule that fired, the deciding one first.
     #[serde(default)]
     pub rules_fired: Vec<FiredRule>,
+    /// What the decision saw, so it can be explained and re-checked afterwards.
+    #[serde(default)]
+    pub inputs: Option<Box<DecisionInputs>>,
+}
+
+/// Everything a lane decision looked at, as it was at that moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionInputs {
+    /// Whether a declaration was held for the waybill.
+    pub declared: bool,
+    #[serde(default)]
+    pub enterprise: Option<String>,
+    /// Whether the declaring enterprise was suspended.
+    #[serde(default)]
+    pub enterprise_suspended: bool,
+    /// The consumer's keyed hash, as declared.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    #[serde(default)]
+    pub identity_verified: Option<bool>,
+    #[serde(default)]
+    pub value_minor: Option<u64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub declared_weight_g: Option<u32>,
+    /// The line scale's reading, if the scanner station weighs.
+    #[serde(default)]
+    pub measured_weight_g: Option<u32>,
+    /// The platform instruction held for the waybill.
+    #[serde(default)]
+    pub instruction: Option<Action>,
+    /// The consumer's history before this parcel, per consumer-limit rule.
+    #[serde(default)]
+    pub consumer_windows: Vec<ConsumerWindowSeen>,
+    /// Whether this parcel was added to its consumer's history by this decision (its first
+    /// scan); a re-scan or a re-decision does not count again.
+    #[serde(default)]
+    pub counted: bool,
+}
+
+/// A consumer's parcels and declared value in one rule's rolling window, before this parcel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerWindowSeen {
+    pub rule: String,
+    pub window_days: u32,
+    pub parcels: u32,
+    pub value_minor: u64,
 }
 
 /// A rule that fired for a parcel, with its target and reason.
@@ -391,6 +447,72 @@ pub struct EdgeEvent {
 pub enum EventKind {
     RejectedMessage,
     Alarm,
+    /// A platform rule set was applied (`detail` names its version).
+    RuleSetApplied,
+}
+
+/// What the platform orders for an e-commerce enterprise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnterpriseAction {
+    /// Hold every parcel the enterprise declared, whatever its instruction.
+    Suspend,
+    /// End a suspension.
+    Lift,
+}
+
+/// A suspension or a lift for one enterprise. The latest notice per enterprise is in force;
+/// the same `notice_id` delivered twice is applied once; an older notice does not replace a
+/// newer one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnterpriseNotice {
+    pub schema: u32,
+    pub notice_id: String,
+    pub enterprise: String,
+    pub action: EnterpriseAction,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub issued_at_ms: Option<u64>,
+}
+
+/// A customs rule set pushed by the platform: the TOML text of the rule file format (see
+/// `deploy/rules.toml`), applied whole or not at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSetUpdate {
+    pub schema: u32,
+    pub update_id: String,
+    pub rules_toml: String,
+    #[serde(default)]
+    pub issued_at_ms: Option<u64>,
+}
+
+/// Longest rule set text accepted from the platform.
+pub const MAX_RULES_LEN: usize = 256 * 1024;
+
+/// Sent on `P/anomalies` as soon as a rule other than a platform instruction sends a parcel
+/// to inspection or hold: the evidence customs needs to act promptly. The parcel's record in
+/// `P/records` carries the same facts durably; an anomaly may be sent more than once (dedupe
+/// on `anomaly_id`) and, after a long broker outage, may be missing: the record is the proof.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anomaly {
+    pub schema: u32,
+    /// `<gateway>-<line>-<parcel>-<revision>`.
+    pub anomaly_id: String,
+    pub gateway: String,
+    pub line: String,
+    pub parcel: u32,
+    pub waybill: Option<String>,
+    pub lane: u16,
+    pub lane_role: LaneRole,
+    pub rule_set: String,
+    pub rules_fired: Vec<FiredRule>,
+    pub inputs: DecisionInputs,
+    pub scanned_at_ms: u64,
+    pub at_ms: u64,
 }
 
 /// Why an inbound platform message was rejected.
@@ -441,10 +563,23 @@ impl Declaration {
             return Err(MessageError::Schema { found: d.schema });
         }
         check_waybill(&d.waybill)?;
-        if d.enterprise.is_empty() {
+        check_id("enterprise", &d.enterprise)?;
+        if d.consumer
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 128)
+        {
             return Err(MessageError::Field {
-                field: "enterprise",
-                reason: "must not be empty",
+                field: "consumer",
+                reason: "must be 1 to 128 characters when given",
+            });
+        }
+        if d.currency
+            .as_ref()
+            .is_some_and(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(MessageError::Field {
+                field: "currency",
+                reason: "must be a three-letter ISO 4217 code such as CNY",
             });
         }
         Ok(d)
@@ -459,12 +594,7 @@ impl Instruction {
             return Err(MessageError::Schema { found: i.schema });
         }
         check_waybill(&i.waybill)?;
-        if i.instruction_id.is_empty() || i.instruction_id.len() > 128 {
-            return Err(MessageError::Field {
-                field: "instruction_id",
-                reason: "must be 1 to 128 characters",
-            });
-        }
+        check_id("instruction_id", &i.instruction_id)?;
         if i.reason.len() > MAX_REASON_LEN {
             return Err(MessageError::Field {
                 field: "reason",
@@ -472,6 +602,54 @@ impl Instruction {
             });
         }
         Ok(i)
+    }
+}
+
+fn check_id(field: &'static str, id: &str) -> Result<(), MessageError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(MessageError::Field {
+            field,
+            reason: "must be 1 to 128 characters",
+        });
+    }
+    Ok(())
+}
+
+impl EnterpriseNotice {
+    /// Parses and checks an enterprise notice payload.
+    pub fn parse(payload: &[u8]) -> Result<EnterpriseNotice, MessageError> {
+        let n: EnterpriseNotice = serde_json::from_slice(payload)?;
+        if n.schema != SCHEMA {
+            return Err(MessageError::Schema { found: n.schema });
+        }
+        check_id("notice_id", &n.notice_id)?;
+        check_id("enterprise", &n.enterprise)?;
+        if n.reason.len() > MAX_REASON_LEN {
+            return Err(MessageError::Field {
+                field: "reason",
+                reason: "must be at most 1000 bytes",
+            });
+        }
+        Ok(n)
+    }
+}
+
+impl RuleSetUpdate {
+    /// Parses and checks the envelope of a rule set update; the rule set itself is validated
+    /// by the daemon's rules engine.
+    pub fn parse(payload: &[u8]) -> Result<RuleSetUpdate, MessageError> {
+        let u: RuleSetUpdate = serde_json::from_slice(payload)?;
+        if u.schema != SCHEMA {
+            return Err(MessageError::Schema { found: u.schema });
+        }
+        check_id("update_id", &u.update_id)?;
+        if u.rules_toml.len() > MAX_RULES_LEN {
+            return Err(MessageError::Field {
+                field: "rules_toml",
+                reason: "must be at most 256 KiB",
+            });
+        }
+        Ok(u)
     }
 }
 

@@ -17,7 +17,33 @@ pub struct ScannerFraming {
     pub no_read: String,
     pub min_len: usize,
     pub max_len: usize,
+    /// Set for a scanning station with a scale (dimension-weight-scan): each read is
+    /// `waybill SEP weight`.
+    pub weight: Option<WeightField>,
 }
+
+/// How a weighing station appends the weight to the waybill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightField {
+    pub separator: u8,
+    pub unit: WeightUnit,
+}
+
+/// The unit of the weight field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightUnit {
+    /// Whole grams: `1234`.
+    G,
+    /// Kilograms with up to three decimals: `1.234`.
+    Kg,
+}
+
+/// Heaviest reading accepted, grams; anything above is line noise, not a parcel.
+pub const MAX_WEIGHT_G: u32 = 1_000_000;
+
+/// Longest weight field: `1000.000`.
+const WEIGHT_FIELD_MAX: usize = 8;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +56,10 @@ pub(crate) struct RawScannerFraming {
     min_len: usize,
     #[serde(default = "default_max_len")]
     max_len: usize,
+    #[serde(default)]
+    weight_separator: Option<String>,
+    #[serde(default)]
+    weight_unit: Option<WeightUnit>,
 }
 
 fn default_min_len() -> usize {
@@ -59,12 +89,43 @@ impl RawScannerFraming {
                 format!("must be at most {}", crate::contract::WAYBILL_MAX_LEN),
             ));
         }
+        let weight = match (self.weight_separator, self.weight_unit) {
+            (None, None) => None,
+            (Some(sep), Some(unit)) => {
+                let b = sep.as_bytes();
+                if b.len() != 1
+                    || !b[0].is_ascii_punctuation()
+                    || b[0] == b'-'
+                    || b[0] == b'_'
+                    || b[0] == b'.'
+                    || self.suffix.as_bytes().contains(&b[0])
+                    || self.prefix.as_bytes().contains(&b[0])
+                {
+                    return Err((
+                        "weight_separator",
+                        "must be one ASCII punctuation character other than - _ . and not part of the prefix or suffix".into(),
+                    ));
+                }
+                Some(WeightField {
+                    separator: b[0],
+                    unit,
+                })
+            }
+            (Some(_), None) => {
+                return Err((
+                    "weight_unit",
+                    "give \"g\" or \"kg\" with weight_separator".into(),
+                ))
+            }
+            (None, Some(_)) => return Err(("weight_separator", "needed with weight_unit".into())),
+        };
         Ok(ScannerFraming {
             prefix: self.prefix.into_bytes(),
             suffix: self.suffix.into_bytes(),
             no_read: self.no_read,
             min_len: self.min_len,
             max_len: self.max_len,
+            weight,
         })
     }
 }
@@ -81,7 +142,27 @@ impl ScannerFraming {
 
     /// The longest payload the decoder accepts before it calls a frame over-long.
     fn payload_limit(&self) -> usize {
-        self.max_len.max(self.no_read.len())
+        let weight = if self.weight.is_some() {
+            1 + WEIGHT_FIELD_MAX
+        } else {
+            0
+        };
+        (self.max_len + weight).max(self.no_read.len() + weight)
+    }
+
+    /// The payload a weighing station sends for `waybill` weighing `weight_g` grams.
+    pub fn read_payload(&self, waybill: &str, weight_g: Option<u32>) -> String {
+        match (self.weight, weight_g) {
+            (Some(f), Some(g)) => {
+                let sep = f.separator as char;
+                match f.unit {
+                    WeightUnit::G => format!("{waybill}{sep}{g}"),
+                    WeightUnit::Kg => format!("{waybill}{sep}{}.{:03}", g / 1000, g % 1000),
+                }
+            }
+            (Some(f), None) => format!("{waybill}{}", f.separator as char),
+            (None, _) => waybill.to_string(),
+        }
     }
 }
 
@@ -90,6 +171,9 @@ impl ScannerFraming {
 pub enum Frame {
     /// A waybill number was read.
     Read(String),
+    /// A weighing station read a waybill number and weighed the parcel (`None`: the scale
+    /// gave no reading).
+    Weighed(String, Option<u32>),
     /// The scanner saw a parcel but could not read its code.
     NoRead,
     /// Bytes that are not a usable frame; skipped.
@@ -203,6 +287,24 @@ impl FrameDecoder {
     }
 
     fn classify(&self, payload: &[u8]) -> Frame {
+        let Some(field) = self.framing.weight else {
+            return self.classify_code(payload);
+        };
+        let (code, weight) = match payload.iter().position(|&b| b == field.separator) {
+            Some(i) => (&payload[..i], &payload[i + 1..]),
+            None => (payload, &[][..]),
+        };
+        let weight_g = match parse_weight(weight, field.unit) {
+            Ok(w) => w,
+            Err(reason) => return Frame::Reject(Reject::Malformed { reason }),
+        };
+        match self.classify_code(code) {
+            Frame::Read(w) => Frame::Weighed(w, weight_g),
+            other => other,
+        }
+    }
+
+    fn classify_code(&self, payload: &[u8]) -> Frame {
         if payload == self.framing.no_read.as_bytes() {
             return Frame::NoRead;
         }
@@ -221,6 +323,44 @@ impl FrameDecoder {
     }
 }
 
+/// Parses a weight field: empty is no reading; anything but digits (and one decimal point
+/// for kilograms, up to three decimals) or a weight over [`MAX_WEIGHT_G`] is malformed.
+fn parse_weight(field: &[u8], unit: WeightUnit) -> Result<Option<u32>, &'static str> {
+    if field.is_empty() {
+        return Ok(None);
+    }
+    let bad = "weight field is not a number in the profile's unit";
+    let text = std::str::from_utf8(field).map_err(|_| bad)?;
+    let grams: u64 = match unit {
+        WeightUnit::G => {
+            if !text.bytes().all(|b| b.is_ascii_digit()) || text.len() > 7 {
+                return Err(bad);
+            }
+            text.parse().map_err(|_| bad)?
+        }
+        WeightUnit::Kg => {
+            let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+            if whole.is_empty()
+                || whole.len() > 4
+                || frac.len() > 3
+                || !whole
+                    .bytes()
+                    .chain(frac.bytes())
+                    .all(|b| b.is_ascii_digit())
+            {
+                return Err(bad);
+            }
+            let whole: u64 = whole.parse().map_err(|_| bad)?;
+            let frac: u64 = format!("{frac:0<3}").parse().map_err(|_| bad)?;
+            whole * 1000 + frac
+        }
+    };
+    if grams > u64::from(MAX_WEIGHT_G) {
+        return Err("weight over 1000 kg");
+    }
+    Ok(Some(grams as u32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +372,7 @@ mod tests {
             no_read: "NOREAD".into(),
             min_len: 6,
             max_len: 20,
+            weight: None,
         }
     }
 
@@ -242,6 +383,7 @@ mod tests {
             no_read: "?".into(),
             min_len: 6,
             max_len: 20,
+            weight: None,
         }
     }
 
@@ -347,5 +489,43 @@ mod tests {
             d.push(&[(x >> 16) as u8], &mut out);
             assert!(d.buf.len() <= 64);
         }
+    }
+
+    #[test]
+    fn weighing_stations_append_the_weight() {
+        let mut f = crlf();
+        f.weight = Some(WeightField {
+            separator: b',',
+            unit: WeightUnit::Kg,
+        });
+        let out = decode(
+            f.clone(),
+            &[b"BL000001,1.234\r\nBL000002,\r\nBL000003\r\nBL000004,12\r\nBL000005,1.2.3\r\nBL000006,2000\r\n?,0.5\r\n"],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Frame::Weighed("BL000001".into(), Some(1234)),
+                Frame::Weighed("BL000002".into(), None),
+                Frame::Weighed("BL000003".into(), None),
+                Frame::Weighed("BL000004".into(), Some(12_000)),
+                Frame::Reject(Reject::Malformed {
+                    reason: "weight field is not a number in the profile's unit"
+                }),
+                Frame::Reject(Reject::Malformed {
+                    reason: "weight over 1000 kg"
+                }),
+                Frame::NoRead,
+            ]
+        );
+        assert_eq!(f.read_payload("BL1", Some(1050)), "BL1,1.050");
+        f.weight = Some(WeightField {
+            separator: b';',
+            unit: WeightUnit::G,
+        });
+        assert_eq!(f.read_payload("BL1", Some(1050)), "BL1;1050");
+        let out = decode(f, &[b"BL000001;1050\r\nBL000002;1.5\r\n"]);
+        assert_eq!(out[0], Frame::Weighed("BL000001".into(), Some(1050)));
+        assert!(matches!(out[1], Frame::Reject(_)));
     }
 }

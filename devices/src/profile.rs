@@ -24,6 +24,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../profiles/scanner-crlf.toml"),
     ),
     (
+        "dws-stx-etx.toml",
+        include_str!("../profiles/dws-stx-etx.toml"),
+    ),
+    (
         "sorter-plc.toml",
         include_str!("../profiles/sorter-plc.toml"),
     ),
@@ -212,6 +216,8 @@ mod tests {
         let set = Profiles::builtin();
         assert!(set.get("scanner-stx-etx").unwrap().scanner().is_some());
         assert!(set.get("scanner-crlf").unwrap().scanner().is_some());
+        let dws = set.get("dws-stx-etx").unwrap().scanner().unwrap();
+        assert_eq!(dws.weight.map(|w| w.separator), Some(b','));
         assert!(set.get("sorter-plc").unwrap().plc().is_some());
     }
 

@@ -1292,7 +1292,7 @@ mod tests {
             decoder.push(&buf[..n], &mut frames);
             for frame in frames.drain(..) {
                 let role = match frame {
-                    Frame::Read(w) => plan
+                    Frame::Read(w) | Frame::Weighed(w, _) => plan
                         .index_of(&w)
                         .and_then(|i| plan.parcel(i).kind.expected_role()),
                     Frame::NoRead => PlanKind::NoRead.expected_role(),

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use bondline_devices::contract::{
-    topic, Declaration, DeclaredItem, EdgeEvent, Instruction, LaneRole, ParcelRecord, ReadOutcome,
-    Record, SCHEMA,
+    topic, Anomaly, Declaration, DeclaredItem, EdgeEvent, Instruction, LaneRole, ParcelRecord,
+    ReadOutcome, Record, SCHEMA,
 };
 use rand::Rng as _;
 use rumqttc::{
@@ -65,6 +65,7 @@ struct Shared {
     /// Every record received (parcel decisions, dispositions, alerts), in arrival order.
     all: Vec<Record>,
     events: Vec<EdgeEvent>,
+    anomalies: Vec<Anomaly>,
     bad_payloads: usize,
     /// True once the broker granted both subscriptions on the current connection.
     subscribed: bool,
@@ -259,6 +260,11 @@ impl PlatformSim {
         self.lock().events.clone()
     }
 
+    /// Every anomaly received, in arrival order (duplicates kept).
+    pub fn anomalies(&self) -> Vec<Anomaly> {
+        self.lock().anomalies.clone()
+    }
+
     /// Messages on the records or events topic that did not parse as their type (or carried
     /// another schema). A correct daemon sends none.
     pub fn bad_payloads(&self) -> usize {
@@ -342,6 +348,7 @@ async fn drive(
 ) {
     let records_topic = format!("{prefix}/{}", topic::RECORDS);
     let events_topic = format!("{prefix}/{}", topic::EVENTS);
+    let anomalies_topic = format!("{prefix}/{}", topic::ANOMALIES);
     let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
     let mut failures: u32 = 0;
     loop {
@@ -351,8 +358,12 @@ async fn drive(
                 lock().subscribed = false;
                 // Not awaited here: the request channel is only drained by this very loop.
                 let client = client.clone();
-                let filters = [records_topic.clone(), events_topic.clone()]
-                    .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
+                let filters = [
+                    records_topic.clone(),
+                    events_topic.clone(),
+                    anomalies_topic.clone(),
+                ]
+                .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
                 tokio::spawn(async move {
                     if let Err(err) = client.subscribe_many(filters).await {
                         tracing::warn!(%err, "cannot request subscriptions");
@@ -387,6 +398,14 @@ async fn drive(
                         }
                         _ => {
                             tracing::warn!(bytes = p.payload.len(), "unparsable edge event");
+                            lock().bad_payloads += 1;
+                        }
+                    }
+                } else if p.topic == anomalies_topic {
+                    match serde_json::from_slice::<Anomaly>(&p.payload) {
+                        Ok(a) if a.schema == SCHEMA => lock().anomalies.push(a),
+                        _ => {
+                            tracing::warn!(bytes = p.payload.len(), "unparsable anomaly");
                             lock().bad_payloads += 1;
                         }
                     }
@@ -589,6 +608,7 @@ mod tests {
             deadline_ms: None,
             rule_set: None,
             rules_fired: Vec::new(),
+            inputs: None,
         }
     }
 

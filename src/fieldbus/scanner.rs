@@ -23,6 +23,8 @@ use crate::rules::ScanRead;
 #[derive(Debug, Clone)]
 pub struct ScanEvent {
     pub read: ScanRead,
+    /// The scale's reading, from a scanner station that weighs (its profile has a weight field).
+    pub weight_g: Option<u32>,
     /// Wall clock at the frame's arrival, for records.
     pub at: SystemTime,
     /// Monotonic clock at the frame's arrival, for latency.
@@ -97,11 +99,12 @@ async fn read_frames(
         let instant = Instant::now();
         decoder.push(&buf[..n], &mut frames);
         for frame in frames.drain(..) {
-            let read = match frame {
-                Frame::Read(w) => ScanRead::Waybill(w),
+            let (read, weight_g) = match frame {
+                Frame::Read(w) => (ScanRead::Waybill(w), None),
+                Frame::Weighed(w, g) => (ScanRead::Waybill(w), g),
                 Frame::NoRead => {
                     metrics.no_reads.fetch_add(1, Ordering::Relaxed);
-                    ScanRead::NoRead
+                    (ScanRead::NoRead, None)
                 }
                 Frame::Reject(why) => {
                     metrics.frames_rejected.fetch_add(1, Ordering::Relaxed);
@@ -109,7 +112,13 @@ async fn read_frames(
                     continue;
                 }
             };
-            if tx.send(ScanEvent { read, at, instant }).await.is_err() {
+            let scan = ScanEvent {
+                read,
+                weight_g,
+                at,
+                instant,
+            };
+            if tx.send(scan).await.is_err() {
                 return "line stopped".into();
             }
         }

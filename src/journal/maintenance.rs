@@ -503,6 +503,7 @@ pub(crate) mod tests {
             deadline_ms: None,
             rule_set: None,
             rules_fired: Vec::new(),
+            inputs: None,
         }
     }
 

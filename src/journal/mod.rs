@@ -34,7 +34,10 @@
 //! - `meta`: `head` and `anchor` (`seq` + SHA-256, 40 bytes), `forwarded` (`W`, 8 bytes),
 //!   `live_bytes` (8 bytes, size of all stored batches).
 //! - `acked`: records above `W` acknowledged out of order. `parked`: `seq` → reason.
-//! - `declarations`, `instructions` (by waybill), `instruction_ids`.
+//! - `declarations`, `instructions` (by waybill), `instruction_ids`; `enterprises` (the
+//!   notice in force, by enterprise), `notice_ids`; `counted` (waybill → UTC day it joined its
+//!   consumer's history); `rule_update_ids`; in `meta`, the rule set in force (see
+//!   [`platform`]).
 //! - `by_waybill`: the lookup index, waybill bytes + 0x00 + `seq` → empty; written with its
 //!   batch in one transaction, removed with it at purge (see [`lookup`]). `meta` key
 //!   `by_waybill_built` marks it complete (a store from before the index gets it at open).
@@ -43,16 +46,15 @@ pub mod capacity;
 mod housekeeping;
 mod lookup;
 mod maintenance;
+pub mod platform;
 mod writer;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bondline_devices::contract::{Declaration, Instruction, Record};
+use bondline_devices::contract::Record;
 use sled::Tree;
-
-use crate::rules::ClearanceTable;
 
 pub use housekeeping::Housekeeping;
 pub use lookup::{Forwarding, TIME_SLACK_MS};
@@ -100,6 +102,10 @@ pub struct Journal {
     instructions: Tree,
     /// Ids of every instruction ever stored, so redeliveries stay idempotent across restarts.
     instruction_ids: Tree,
+    enterprises: Tree,
+    notice_ids: Tree,
+    counted: Tree,
+    rule_update_ids: Tree,
     /// Waybill lookup index, see [`lookup`].
     by_waybill: Tree,
     /// The forwarded watermark and stored size, mirrored from `meta`; updates hold the lock.
@@ -216,6 +222,10 @@ impl Journal {
             declarations: db.open_tree("declarations")?,
             instructions: db.open_tree("instructions")?,
             instruction_ids: db.open_tree("instruction_ids")?,
+            enterprises: db.open_tree("enterprises")?,
+            notice_ids: db.open_tree("notice_ids")?,
+            counted: db.open_tree("counted")?,
+            rule_update_ids: db.open_tree("rule_update_ids")?,
             by_waybill: db.open_tree("by_waybill")?,
             meta,
             db,
@@ -390,46 +400,6 @@ impl Journal {
             })
     }
 
-    /// Stores a declaration; durable after the next [`Journal::flush`].
-    pub fn store_declaration(&self, d: &Declaration) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(d).expect("declarations always serialize");
-        self.declarations.insert(d.waybill.as_bytes(), bytes)?;
-        Ok(())
-    }
-
-    /// Stores an instruction; durable after the next [`Journal::flush`]. Callers store only
-    /// instructions that [`ClearanceTable::instruction_is_new`] accepts, so a stale one never
-    /// overwrites.
-    pub fn store_instruction(&self, i: &Instruction) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(i).expect("instructions always serialize");
-        self.instruction_ids
-            .insert(i.instruction_id.as_bytes(), i.waybill.as_bytes())?;
-        self.instructions.insert(i.waybill.as_bytes(), bytes)?;
-        Ok(())
-    }
-
-    /// Rebuilds the clearance table from what was stored, for a restart.
-    pub fn load_clearance(&self) -> Result<ClearanceTable, JournalError> {
-        let mut table = ClearanceTable::default();
-        for entry in self.instruction_ids.iter() {
-            let (id, _) = entry?;
-            table.mark_instruction_seen(&String::from_utf8_lossy(&id));
-        }
-        for entry in self.declarations.iter() {
-            let (_, v) = entry?;
-            if let Ok(d) = serde_json::from_slice::<Declaration>(&v) {
-                table.apply_declaration(d);
-            }
-        }
-        for entry in self.instructions.iter() {
-            let (_, v) = entry?;
-            if let Ok(i) = serde_json::from_slice::<Instruction>(&v) {
-                table.restore_instruction(i);
-            }
-        }
-        Ok(table)
-    }
-
     pub async fn flush(&self) -> Result<(), JournalError> {
         self.db.flush_async().await?;
         Ok(())
@@ -513,16 +483,6 @@ pub fn read_spill(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<Record>) {
         }
     }
     (files, records)
-}
-
-/// Records an instruction id as seen without storing the instruction (a stale one), so it
-/// stays ignored after a restart too.
-impl Journal {
-    pub fn remember_instruction_id(&self, i: &Instruction) -> Result<(), JournalError> {
-        self.instruction_ids
-            .insert(i.instruction_id.as_bytes(), i.waybill.as_bytes())?;
-        Ok(())
-    }
 }
 
 /// Deletes `snap.*.generating` files: sled writes a snapshot under that name and renames it

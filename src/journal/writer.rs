@@ -337,7 +337,11 @@ impl JournalWriter {
             let result = if committed {
                 self.journal.flush().await
             } else {
-                match self.journal.commit(first, &records, (seq, hash)) {
+                match self
+                    .journal
+                    .mark_counted(counted_marks(batch))
+                    .and_then(|()| self.journal.commit(first, &records, (seq, hash)))
+                {
                     Ok(()) => {
                         committed = true;
                         self.journal.flush().await
@@ -381,4 +385,14 @@ impl JournalWriter {
         Metrics::add(&self.metrics.backlog, n);
         self.accepted.send_replace(self.last_seq);
     }
+}
+
+/// The parcels of `batch` that joined their consumer's history, with the UTC day.
+fn counted_marks(batch: &[Record]) -> impl Iterator<Item = (&str, u32)> {
+    batch.iter().filter_map(|r| {
+        let p = r.as_parcel()?;
+        let counted = p.inputs.as_ref().is_some_and(|i| i.counted);
+        let waybill = p.waybill.as_deref().filter(|_| counted)?;
+        Some((waybill, crate::rules::history::day_of(p.scanned_at_ms)))
+    })
 }

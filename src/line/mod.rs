@@ -19,8 +19,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 
 use bondline_devices::contract::{
-    AlertKind, AlertRecord, DispositionKind, DispositionRecord, DivertOutcome, DivertStatus,
-    FiredRule, LaneRole, ParcelRecord, ReadOutcome, SCHEMA,
+    AlertKind, AlertRecord, Anomaly, DispositionKind, DispositionRecord, DivertOutcome,
+    DivertStatus, FiredRule, LaneRole, ParcelRecord, ReadOutcome, SCHEMA,
 };
 use bondline_devices::plc::{Disposition, DispositionCode};
 use tokio::sync::{broadcast, mpsc};
@@ -32,8 +32,20 @@ use crate::fieldbus::scanner::ScanEvent;
 use crate::journal::RecordSink;
 use crate::metrics::{unix_ms, Metrics};
 use crate::rules::engine::RuleSet;
-use crate::rules::{decide, ClearanceTable, Decision, ScanRead};
+use crate::rules::history::day_of;
+use crate::rules::{decide, ClearanceTable, Decision, Scan, ScanRead};
 use tracking::{Change, Geometry, Tracked, Tracker};
+
+/// New clearance information, from the uplink to every line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClearanceChange {
+    /// A declaration or instruction for this waybill: its tracked parcels are decided again
+    /// before their deadline; past it, a changed lane raises a `late_instruction` alert.
+    Waybill(String),
+    /// An enterprise notice or a new rule set: every tracked parcel before its deadline is
+    /// decided again. Parcels past it went where the rules in force sent them; no alert.
+    All,
+}
 
 /// What a line task needs besides its channels.
 pub struct LineCtx {
@@ -55,9 +67,12 @@ pub struct LineIo {
     pub scans: mpsc::Receiver<ScanEvent>,
     pub plc: mpsc::Sender<DivertJob>,
     pub plc_events: mpsc::UnboundedReceiver<PlcEvent>,
-    /// Waybills whose clearance changed.
-    pub changes: broadcast::Receiver<String>,
+    /// Clearance that changed.
+    pub changes: broadcast::Receiver<ClearanceChange>,
     pub sink: RecordSink,
+    /// Anomalies for the uplink to send at once; full means the uplink is behind, and the
+    /// parcel's record carries the same facts.
+    pub anomalies: mpsc::Sender<Anomaly>,
 }
 
 /// Runs until the scanner side closes its channel and the PLC has answered every job sent.
@@ -83,7 +98,8 @@ pub async fn run(ctx: LineCtx, mut io: LineIo) {
                 None => break,
             },
             w = io.changes.recv() => match w {
-                Ok(w) => line.on_change(&w, &io),
+                Ok(ClearanceChange::Waybill(w)) => line.on_change(&w, &io),
+                Ok(ClearanceChange::All) => line.on_change_all(&io),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     warn!(line = %line.ctx.line, missed = n, "clearance changes missed; parcels keep their decisions");
                 }
@@ -106,7 +122,17 @@ struct Line {
 }
 
 impl Line {
-    fn decide(&self, read: &ScanRead) -> (Decision, u16) {
+    fn decide(
+        &self,
+        read: &ScanRead,
+        weight_g: Option<u32>,
+        scanned_at: SystemTime,
+    ) -> (Decision, u16) {
+        let scan = Scan {
+            read,
+            weight_g,
+            day: day_of(unix_ms(scanned_at)),
+        };
         let mut decision = {
             // One rule set for the whole decision, whatever a reload does meanwhile.
             let rules = self
@@ -116,7 +142,7 @@ impl Line {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             let table = self.ctx.table.read().unwrap_or_else(|p| p.into_inner());
-            decide(&table, &rules, read)
+            decide(&table, &rules, scan)
         };
         let wanted = self.ctx.lanes.lane(decision.role);
         let mut role = decision.role;
@@ -142,13 +168,22 @@ impl Line {
     fn on_scan(&mut self, scan: ScanEvent, io: &LineIo) {
         self.next_parcel = self.next_parcel.wrapping_add(1);
         let parcel = self.next_parcel;
-        let (decision, lane) = self.decide(&scan.read);
+        let (mut decision, lane) = self.decide(&scan.read, scan.weight_g, scan.at);
+        if let (ScanRead::Waybill(w), Some(inputs)) = (&scan.read, decision.inputs.as_mut()) {
+            if inputs.consumer.is_some() {
+                // The parcel joins its consumer's history once, at its first scan; the record
+                // says so, and the journal keeps the mark with the record.
+                let mut table = self.ctx.table.write().unwrap_or_else(|p| p.into_inner());
+                inputs.counted = table.count(w, day_of(unix_ms(scan.at)));
+            }
+        }
         Metrics::add(&self.ctx.metrics.parcels, 1);
         self.ctx.metrics.count_lane(decision.role);
         let deadline = self.ctx.geometry.deadline(scan.instant);
         self.tracker.insert(Tracked {
             parcel,
             read: scan.read,
+            weight_g: scan.weight_g,
             scanned_at: scan.at,
             scanned: scan.instant,
             deadline,
@@ -159,7 +194,44 @@ impl Line {
             committed_lane: None,
             disposed_lane: None,
         });
+        self.anomaly(parcel, io);
         self.send(parcel, io);
+    }
+
+    /// Sends the parcel's current decision as an anomaly if a rule flagged it.
+    fn anomaly(&self, parcel: u32, io: &LineIo) {
+        let Some(t) = self.tracker.get(parcel) else {
+            return;
+        };
+        if !t.decision.is_anomaly() {
+            return;
+        }
+        let Some(inputs) = t.decision.inputs.clone() else {
+            return;
+        };
+        let anomaly = Anomaly {
+            schema: SCHEMA,
+            anomaly_id: format!(
+                "{}-{}-{}-{}",
+                self.ctx.gateway, self.ctx.line, parcel, t.revision
+            ),
+            gateway: self.ctx.gateway.clone(),
+            line: self.ctx.line.clone(),
+            parcel,
+            waybill: t.waybill().map(str::to_string),
+            lane: t.lane,
+            lane_role: t.decision.role,
+            rule_set: t.decision.rule_set.clone(),
+            rules_fired: fired_rules(&t.decision),
+            inputs,
+            scanned_at_ms: unix_ms(t.scanned_at),
+            at_ms: unix_ms(t.decided_at),
+        };
+        Metrics::add(&self.ctx.metrics.anomalies, 1);
+        if io.anomalies.try_send(anomaly).is_err() {
+            Metrics::add(&self.ctx.metrics.anomalies_dropped, 1);
+            warn!(line = %self.ctx.line, parcel, "anomaly queue full; the parcel's record carries the anomaly");
+        }
     }
 
     /// Hands the parcel's current decision to the PLC, or records why it could not.
@@ -223,16 +295,8 @@ impl Line {
             revision: t.revision,
             deadline_ms: Some(unix_ms(deadline_at)),
             rule_set: Some(t.decision.rule_set.clone()),
-            rules_fired: t
-                .decision
-                .fired
-                .iter()
-                .map(|f| FiredRule {
-                    rule: f.rule.clone(),
-                    target: f.target,
-                    reason: f.reason.clone(),
-                })
-                .collect(),
+            rules_fired: fired_rules(&t.decision),
+            inputs: t.decision.inputs.clone().map(Box::new),
         };
         let late = record.divert.late;
         let waybill = record.waybill.clone();
@@ -348,50 +412,70 @@ impl Line {
         }
     }
 
+    /// New clearance that may concern any parcel: re-decide every one before its deadline.
+    fn on_change_all(&mut self, io: &LineIo) {
+        for parcel in self.tracker.before_deadline(Instant::now()) {
+            self.redecide(parcel, io);
+        }
+    }
+
+    /// Decides a tracked parcel again; re-commits it if its lane changes.
+    fn redecide(&mut self, parcel: u32, io: &LineIo) {
+        let Some(t) = self.tracker.get(parcel) else {
+            return;
+        };
+        let (mut decision, lane) = self.decide(&t.read, t.weight_g, t.scanned_at);
+        if let (Some(new), Some(old)) = (decision.inputs.as_mut(), t.decision.inputs.as_ref()) {
+            new.counted = old.counted;
+        }
+        if lane == t.disposed_lane.unwrap_or(t.lane) {
+            return;
+        }
+        Metrics::add(&self.ctx.metrics.recommits, 1);
+        if let Some(t) = self.tracker.get_mut(parcel) {
+            t.decision = decision;
+            t.decided_at = SystemTime::now();
+            t.lane = lane;
+            t.revision += 1;
+        }
+        self.anomaly(parcel, io);
+        self.send(parcel, io);
+    }
+
     /// New clearance information for `waybill`: re-decide tracked parcels before their
     /// deadline, alert for those past it whose lane would now differ.
     fn on_change(&mut self, waybill: &str, io: &LineIo) {
         let now = Instant::now();
         for change in self.tracker.changes_for(waybill, now) {
             let parcel = match change {
-                Change::Redecide(p) | Change::Late(p) => p,
+                Change::Redecide(p) => {
+                    self.redecide(p, io);
+                    continue;
+                }
+                Change::Late(p) => p,
             };
             let Some(t) = self.tracker.get(parcel) else {
                 continue;
             };
-            let (decision, lane) = self.decide(&t.read);
+            let (decision, lane) = self.decide(&t.read, t.weight_g, t.scanned_at);
             // Where the parcel is, or is going: the PLC's word once it has spoken.
             let current = t.disposed_lane.unwrap_or(t.lane);
             if lane == current {
                 continue;
             }
-            match change {
-                Change::Redecide(_) => {
-                    Metrics::add(&self.ctx.metrics.recommits, 1);
-                    if let Some(t) = self.tracker.get_mut(parcel) {
-                        t.decision = decision;
-                        t.decided_at = SystemTime::now();
-                        t.lane = lane;
-                        t.revision += 1;
-                    }
-                    self.send(parcel, io);
-                }
-                Change::Late(_) => {
-                    let detail = format!(
-                        "new clearance for {waybill} after the divert deadline: it would now go to {} (lane {lane}: {}), but the parcel {} lane {current}",
-                        decision.role.as_str(),
-                        decision.reason,
-                        if t.disposed_lane.is_some() { "is in" } else { "was diverted to" },
-                    );
-                    self.alert(
-                        Some(parcel),
-                        Some(waybill.to_string()),
-                        AlertKind::LateInstruction,
-                        detail,
-                        &io.sink,
-                    );
-                }
-            }
+            let detail = format!(
+                "new clearance for {waybill} after the divert deadline: it would now go to {} (lane {lane}: {}), but the parcel {} lane {current}",
+                decision.role.as_str(),
+                decision.reason,
+                if t.disposed_lane.is_some() { "is in" } else { "was diverted to" },
+            );
+            self.alert(
+                Some(parcel),
+                Some(waybill.to_string()),
+                AlertKind::LateInstruction,
+                detail,
+                &io.sink,
+            );
         }
     }
 
@@ -453,6 +537,17 @@ fn stricter(role: LaneRole) -> Option<LaneRole> {
         LaneRole::Hold => Some(LaneRole::Exception),
         LaneRole::Exception => None,
     }
+}
+
+fn fired_rules(d: &Decision) -> Vec<FiredRule> {
+    d.fired
+        .iter()
+        .map(|f| FiredRule {
+            rule: f.rule.clone(),
+            target: f.target,
+            reason: f.reason.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

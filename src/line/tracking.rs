@@ -38,6 +38,8 @@ impl Geometry {
 pub struct Tracked {
     pub parcel: u32,
     pub read: ScanRead,
+    /// The line scale's reading, if the scanner station weighs.
+    pub weight_g: Option<u32>,
     pub scanned_at: SystemTime,
     pub scanned: Instant,
     pub deadline: Instant,
@@ -126,6 +128,17 @@ impl Tracker {
             .collect()
     }
 
+    /// Every tracked parcel still before its deadline, for a change that may concern any
+    /// parcel (an enterprise notice, a new rule set).
+    pub fn before_deadline(&self, now: Instant) -> Vec<u32> {
+        self.order
+            .iter()
+            .filter_map(|p| self.parcels.get(p))
+            .filter(|t| now < t.deadline)
+            .map(|t| t.parcel)
+            .collect()
+    }
+
     /// Notes a parcel's disposition. The parcel stays tracked until it expires, so that an
     /// instruction arriving after it reached its lane still finds it (and raises an alert).
     pub fn dispose(&mut self, parcel: u32, lane: u16) -> Option<&Tracked> {
@@ -177,6 +190,7 @@ mod tests {
         Tracked {
             parcel,
             read: ScanRead::Waybill(waybill.into()),
+            weight_g: None,
             scanned_at: SystemTime::UNIX_EPOCH,
             scanned,
             deadline: g.deadline(scanned),
@@ -188,6 +202,7 @@ mod tests {
                 instruction_id: None,
                 fired: Vec::new(),
                 rule_set: "test".into(),
+                inputs: None,
             },
             lane: 3,
             revision: 0,

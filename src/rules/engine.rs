@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use bondline_devices::contract::{Action, Declaration, Instruction, LaneRole};
+use bondline_devices::contract::{Action, LaneRole};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 
@@ -38,12 +38,16 @@ pub enum RuleKind {
         tolerance_g: u32,
     },
     /// The consumer's parcels or declared value in the rolling window would exceed a limit.
+    /// With `currency`, a declaration in another currency (or none) cannot be checked against
+    /// `max_value_minor` and fires too: fail closed.
     ConsumerLimit {
         window_days: u32,
         #[serde(default)]
         max_parcels: Option<u32>,
         #[serde(default)]
         max_value_minor: Option<u64>,
+        #[serde(default)]
+        currency: Option<String>,
     },
     /// Random sampling at `rate_ppm` parts per million, keyed (see the module docs).
     Sampling { rate_ppm: u32 },
@@ -113,10 +117,7 @@ impl RuleSet {
     pub fn unsupported_by_daemon(&self) -> Option<(String, &'static str)> {
         self.rules.iter().find_map(|r| {
             let missing = match r.kind {
-                RuleKind::SuspendedEnterprise => "enterprise suspensions from the platform",
-                RuleKind::WeightMismatch { .. } => "a line scale",
-                RuleKind::ConsumerLimit { .. } => "a consumer history",
-                RuleKind::XraySuspect => "an X-ray device",
+                RuleKind::XraySuspect => "X-ray results, which no device of this build reports",
                 _ => return None,
             };
             Some((r.name.clone(), missing))
@@ -187,7 +188,17 @@ impl RuleSet {
                     window_days,
                     max_parcels,
                     max_value_minor,
+                    currency,
                 } => {
+                    if currency
+                        .as_ref()
+                        .is_some_and(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+                    {
+                        return Err(err(
+                            &key("currency"),
+                            "must be a three-letter code such as CNY".into(),
+                        ));
+                    }
                     if !(1..=366).contains(window_days) {
                         return Err(err(&key("window_days"), "must be 1 to 366".into()));
                     }
@@ -246,19 +257,42 @@ pub struct ConsumerWindow {
     pub value_minor: u64,
 }
 
+/// What a declaration says, as far as rules look at it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Declared<'a> {
+    pub enterprise: &'a str,
+    pub consumer: Option<&'a str>,
+    pub identity_verified: bool,
+    pub value_minor: Option<u64>,
+    pub currency: Option<&'a str>,
+    pub gross_weight_g: Option<u32>,
+}
+
+/// The platform instruction held for a waybill.
+#[derive(Debug, Clone, Copy)]
+pub struct Ordered<'a> {
+    pub id: &'a str,
+    pub action: Action,
+    pub reason: &'a str,
+}
+
 /// Everything a decision may look at, gathered before evaluation.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs<'a> {
     pub waybill: &'a str,
-    pub declaration: Option<&'a Declaration>,
-    pub instruction: Option<&'a Instruction>,
-    pub enterprise_suspended: bool,
+    pub declaration: Option<Declared<'a>>,
+    pub instruction: Option<Ordered<'a>>,
+    /// The reason of the declaring enterprise's suspension, if it is suspended.
+    pub suspension: Option<&'a str>,
     pub measured_weight_g: Option<u32>,
     pub xray_suspect: bool,
     /// The consumer's history over each limit rule's window, by rule index; parcels and
     /// value before this one.
     pub consumer: &'a [(usize, ConsumerWindow)],
 }
+
+/// The name under which a parcel is held because no rule decided it (no release yet).
+pub const AWAITING_RELEASE: &str = "awaiting_release";
 
 /// One rule that fired, with why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +313,48 @@ pub struct Evaluation {
     pub version: String,
 }
 
+/// Whether the consumer-limit rule at index `i` fires, and why.
+fn consumer_limit(
+    inp: &Inputs,
+    i: usize,
+    window_days: u32,
+    max_parcels: Option<u32>,
+    max_value_minor: Option<u64>,
+    currency: Option<&str>,
+) -> Option<(LaneRole, String)> {
+    let d = inp.declaration?;
+    d.consumer?;
+    let value = d.value_minor.unwrap_or(0);
+    if let (Some(limit_cur), Some(_)) = (currency, max_value_minor) {
+        if d.currency != Some(limit_cur) {
+            return Some((
+                LaneRole::Inspection,
+                format!(
+                    "declared value in {} cannot be checked against the {window_days}-day limit in {limit_cur}",
+                    d.currency.unwrap_or("no currency")
+                ),
+            ));
+        }
+    }
+    let seen = inp
+        .consumer
+        .iter()
+        .find(|(r, _)| *r == i)
+        .map(|(_, w)| *w)
+        .unwrap_or_default();
+    let over_count = max_parcels.is_some_and(|m| seen.parcels.saturating_add(1) > m);
+    let over_value = max_value_minor.is_some_and(|m| seen.value_minor.saturating_add(value) > m);
+    (over_count || over_value).then(|| {
+        (
+            LaneRole::Inspection,
+            format!(
+                "consumer over its {window_days}-day limit: {} parcel(s) and {} in value before this one, {value} in this one",
+                seen.parcels, seen.value_minor
+            ),
+        )
+    })
+}
+
 /// Evaluates `set` on one read parcel. Pure: the same inputs give the same lane.
 pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
     let mut fired = Vec::new();
@@ -292,12 +368,9 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
                 };
                 (
                     role,
-                    format!(
-                        "instruction {}: {:?} {}",
-                        ins.instruction_id, ins.action, ins.reason
-                    )
-                    .trim_end()
-                    .to_string(),
+                    format!("instruction {}: {:?} {}", ins.id, ins.action, ins.reason)
+                        .trim_end()
+                        .to_string(),
                 )
             }),
             RuleKind::Undeclared => inp
@@ -308,13 +381,15 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
                 .declaration
                 .filter(|d| !d.identity_verified)
                 .map(|_| (LaneRole::Hold, "consumer identity not verified".into())),
-            RuleKind::SuspendedEnterprise => inp.enterprise_suspended.then(|| {
+            RuleKind::SuspendedEnterprise => inp.suspension.map(|why| {
                 (
                     LaneRole::Hold,
                     format!(
-                        "enterprise {} is suspended",
-                        inp.declaration.map_or("?", |d| d.enterprise.as_str())
-                    ),
+                        "enterprise {} is suspended: {why}",
+                        inp.declaration.map_or("?", |d| d.enterprise)
+                    )
+                    .trim_end_matches([':', ' '])
+                    .to_string(),
                 )
             }),
             RuleKind::WeightMismatch {
@@ -342,26 +417,15 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
                 window_days,
                 max_parcels,
                 max_value_minor,
-            } => {
-                let seen = inp
-                    .consumer
-                    .iter()
-                    .find(|(r, _)| *r == i)
-                    .map(|(_, w)| *w)
-                    .unwrap_or_default();
-                let value = inp.declaration.and_then(|d| d.value_minor).unwrap_or(0);
-                let over_count = max_parcels.is_some_and(|m| seen.parcels + 1 > m);
-                let over_value = max_value_minor.is_some_and(|m| seen.value_minor + value > m);
-                (inp.declaration.and_then(|d| d.consumer.as_ref()).is_some() && (over_count || over_value)).then(|| {
-                    (
-                        LaneRole::Inspection,
-                        format!(
-                            "consumer over its {window_days}-day limit: {} parcel(s), {} in value before this one",
-                            seen.parcels, seen.value_minor
-                        ),
-                    )
-                })
-            }
+                currency,
+            } => consumer_limit(
+                inp,
+                i,
+                *window_days,
+                *max_parcels,
+                *max_value_minor,
+                currency.as_deref(),
+            ),
             RuleKind::Sampling { rate_ppm } => set.sampled(inp.waybill, *rate_ppm).then(|| {
                 (
                     LaneRole::Inspection,
@@ -400,7 +464,7 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
             fired.insert(
                 0,
                 Fired {
-                    rule: "awaiting_release".into(),
+                    rule: AWAITING_RELEASE.into(),
                     target: LaneRole::Hold,
                     reason: if inp.declaration.is_none() {
                         "no declaration for this waybill".into()
@@ -423,7 +487,6 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bondline_devices::contract::SCHEMA;
     use proptest::prelude::*;
 
     const SET: &str = r#"
@@ -479,28 +542,22 @@ rate_ppm = 100000
         RuleSet::parse("test", SET).unwrap()
     }
 
-    fn decl(verified: bool, weight: Option<u32>) -> Declaration {
-        Declaration {
-            schema: SCHEMA,
-            waybill: "W".into(),
-            enterprise: "E1".into(),
-            consumer: Some("c1".into()),
+    fn decl(verified: bool, weight: Option<u32>) -> Declared<'static> {
+        Declared {
+            enterprise: "E1",
+            consumer: Some("c1"),
             identity_verified: verified,
             value_minor: Some(1000),
-            currency: Some("CNY".into()),
+            currency: Some("CNY"),
             gross_weight_g: weight,
-            items: vec![],
         }
     }
 
-    fn instr(action: Action) -> Instruction {
-        Instruction {
-            schema: SCHEMA,
-            instruction_id: "i".into(),
-            waybill: "W".into(),
+    fn instr(action: Action) -> Ordered<'static> {
+        Ordered {
+            id: "i",
             action,
-            reason: String::new(),
-            issued_at_ms: None,
+            reason: "",
         }
     }
 
@@ -520,8 +577,8 @@ rate_ppm = 100000
         let rel = instr(Action::Release);
         let base = Inputs {
             waybill: &w,
-            declaration: Some(&d),
-            instruction: Some(&rel),
+            declaration: Some(d),
+            instruction: Some(rel),
             measured_weight_g: Some(1010),
             ..Default::default()
         };
@@ -540,7 +597,7 @@ rate_ppm = 100000
             "every fired rule is reported"
         );
         let suspended = Inputs {
-            enterprise_suspended: true,
+            suspension: Some("documents"),
             ..heavy
         };
         assert_eq!(
@@ -566,8 +623,8 @@ rate_ppm = 100000
         )];
         let inp = Inputs {
             waybill: &w,
-            declaration: Some(&d),
-            instruction: Some(&rel),
+            declaration: Some(d),
+            instruction: Some(rel),
             consumer: &history,
             ..Default::default()
         };
@@ -629,7 +686,10 @@ rate_ppm = 100000
         let e = RuleSet::parse("t", "version = \"x\"\nrules = []\n").unwrap_err();
         assert!(e.reason.contains("instruction"), "{e}");
         assert!(RuleSet::builtin().unsupported_by_daemon().is_none());
-        assert!(set().unsupported_by_daemon().is_some());
+        assert_eq!(
+            set().unsupported_by_daemon().map(|(rule, _)| rule),
+            Some("xray".to_string())
+        );
         let example = include_str!("../../deploy/rules.toml");
         let example = RuleSet::parse("deploy/rules.toml", example).unwrap();
         assert!(example.unsupported_by_daemon().is_none());
@@ -651,16 +711,15 @@ rate_ppm = 100000
             waybill in "[A-Z0-9]{6,20}",
         ) {
             let s = set();
-            let mut d = decl(verified, weight);
-            d.waybill = waybill.clone();
+            let d = decl(verified, weight);
             let ins = action.map(instr);
             let daily = s.rules.iter().position(|r| r.name == "daily").unwrap();
             let h = [(daily, ConsumerWindow { parcels: history, value_minor: 0 })];
             let inp = Inputs {
                 waybill: &waybill,
-                declaration: declared.then_some(&d),
-                instruction: ins.as_ref(),
-                enterprise_suspended: suspended,
+                declaration: declared.then_some(d),
+                instruction: ins,
+                suspension: suspended.then_some("suspended"),
                 measured_weight_g: measured,
                 xray_suspect: xray,
                 consumer: &h,

@@ -1,16 +1,19 @@
 //! Customs rules: what the platform has told this gateway, and the lane decision.
 //!
-//! This module is pure: no I/O, no clock, no locks. [`ClearanceTable`] holds the declarations
-//! and instructions received from the platform; [`decide`] maps a scan to a lane role with a
-//! [`engine::RuleSet`] over that table. It fails closed: the release lane needs a declaration
-//! *and* a release instruction and no other rule firing; everything else goes to hold,
-//! inspection or exception.
+//! This module is pure: no I/O, no clock, no locks. [`ClearanceTable`] holds the declarations,
+//! instructions, enterprise notices and consumer histories received from the platform or
+//! counted here; [`decide`] maps a scan to a lane role with an [`engine::RuleSet`] over that
+//! table. It fails closed: the release lane needs a declaration *and* a release instruction
+//! and no other rule firing; everything else goes to hold, inspection or exception. Every
+//! decision carries the inputs it saw ([`DecisionInputs`]), so it can be explained later.
 
+pub mod clearance;
 pub mod engine;
+pub mod history;
 
-use std::collections::{HashMap, HashSet};
+use bondline_devices::contract::{ConsumerWindowSeen, DecisionInputs, LaneRole};
 
-use bondline_devices::contract::{Declaration, Instruction, LaneRole};
+pub use clearance::{Applied, ClearanceTable};
 
 /// What the scanner reported for one parcel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,96 +35,36 @@ pub struct Decision {
     pub fired: Vec<engine::Fired>,
     /// The rule set's version.
     pub rule_set: String,
+    /// What the decision saw; `None` for a no-read.
+    pub inputs: Option<DecisionInputs>,
 }
 
-/// Declarations and instructions by waybill, as last received from the platform.
-#[derive(Debug, Default, Clone)]
-pub struct ClearanceTable {
-    declarations: HashMap<String, Declaration>,
-    instructions: HashMap<String, Instruction>,
-    /// Every instruction id ever applied or superseded, so a redelivery of an old
-    /// instruction cannot replace a newer one.
-    seen_instructions: HashSet<String>,
+impl Decision {
+    /// Whether a rule other than the platform's own instruction sent the parcel away from
+    /// release: an anomaly customs wants to hear about at once. Parcels merely waiting for a
+    /// decision (`awaiting_release`) are not anomalies.
+    pub fn is_anomaly(&self) -> bool {
+        self.role != LaneRole::Release
+            && self
+                .fired
+                .first()
+                .is_some_and(|f| !f.rule_kind_instruction && f.rule != engine::AWAITING_RELEASE)
+    }
 }
 
-/// What applying a platform message did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// The table changed.
-    Changed,
-    /// Same message seen before (redelivery), or older than what the table holds.
-    Unchanged,
-}
-
-impl ClearanceTable {
-    pub fn declarations(&self) -> usize {
-        self.declarations.len()
-    }
-
-    pub fn instructions(&self) -> usize {
-        self.instructions.len()
-    }
-
-    /// Whether applying `d` would change the table (it is not a redelivery).
-    pub fn declaration_is_new(&self, d: &Declaration) -> bool {
-        self.declarations.get(&d.waybill) != Some(d)
-    }
-
-    /// Stores a declaration; a later declaration of the same waybill replaces it.
-    pub fn apply_declaration(&mut self, d: Declaration) -> Applied {
-        if !self.declaration_is_new(&d) {
-            return Applied::Unchanged;
-        }
-        self.declarations.insert(d.waybill.clone(), d);
-        Applied::Changed
-    }
-
-    /// Whether applying `i` would change the table. An instruction id seen before is a
-    /// redelivery; an instruction issued before the one held is stale.
-    pub fn instruction_is_new(&self, i: &Instruction) -> bool {
-        if self.seen_instructions.contains(&i.instruction_id) {
-            return false;
-        }
-        match self.instructions.get(&i.waybill) {
-            Some(old) => match (old.issued_at_ms, i.issued_at_ms) {
-                (Some(old_at), Some(new_at)) => new_at >= old_at,
-                _ => true,
-            },
-            None => true,
-        }
-    }
-
-    /// Stores an instruction unless it is a redelivery or stale (see
-    /// [`ClearanceTable::instruction_is_new`]), so a late redelivery cannot undo a newer order.
-    pub fn apply_instruction(&mut self, i: Instruction) -> Applied {
-        let fresh = self.instruction_is_new(&i);
-        self.seen_instructions.insert(i.instruction_id.clone());
-        if !fresh {
-            return Applied::Unchanged;
-        }
-        if let Some(old) = self.instructions.insert(i.waybill.clone(), i) {
-            self.seen_instructions.insert(old.instruction_id);
-        }
-        Applied::Changed
-    }
-
-    /// Puts back an instruction that was stored as current (restoring from the store): its id
-    /// is already marked seen, so [`ClearanceTable::apply_instruction`] would refuse it.
-    pub fn restore_instruction(&mut self, i: Instruction) {
-        self.seen_instructions.insert(i.instruction_id.clone());
-        self.instructions.insert(i.waybill.clone(), i);
-    }
-
-    /// Records an instruction id as seen without applying anything (restoring from the store).
-    pub fn mark_instruction_seen(&mut self, id: &str) {
-        self.seen_instructions.insert(id.to_string());
-    }
+/// One scan to decide: what was read, what the line scale weighed, and the UTC day (for
+/// consumer windows, see [`history::day_of`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Scan<'a> {
+    pub read: &'a ScanRead,
+    pub weight_g: Option<u32>,
+    pub day: u32,
 }
 
 /// Decides the lane role of one scanned parcel with `rules`. Pure and light: it runs on the
 /// decision path for every parcel.
-pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, read: &ScanRead) -> Decision {
-    let waybill = match read {
+pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> Decision {
+    let waybill = match scan.read {
         ScanRead::NoRead => {
             return Decision {
                 role: LaneRole::Exception,
@@ -130,25 +73,60 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, read: &ScanRead) 
                 instruction_id: None,
                 fired: Vec::new(),
                 rule_set: rules.version.clone(),
+                inputs: None,
             }
         }
         ScanRead::Waybill(w) => w,
     };
-    let declaration = table.declarations.get(waybill);
-    let instruction = table.instructions.get(waybill);
+    let known = table.known(waybill);
+    let mut windows = Vec::new();
+    let mut seen = Vec::new();
+    if known.declaration.is_some_and(|d| d.consumer.is_some()) {
+        for (i, r) in rules.rules.iter().enumerate() {
+            if let engine::RuleKind::ConsumerLimit { window_days, .. } = r.kind {
+                let w = table.consumer_window(waybill, scan.day, window_days);
+                windows.push((i, w));
+                seen.push(ConsumerWindowSeen {
+                    rule: r.name.clone(),
+                    window_days,
+                    parcels: w.parcels,
+                    value_minor: w.value_minor,
+                });
+            }
+        }
+    }
     let e = engine::evaluate(
         rules,
         &engine::Inputs {
             waybill,
-            declaration,
-            instruction,
-            ..Default::default()
+            declaration: known.declaration,
+            instruction: known.instruction,
+            suspension: known.suspension,
+            measured_weight_g: scan.weight_g,
+            xray_suspect: false,
+            consumer: &windows,
         },
     );
+    let d = known.declaration;
+    let inputs = DecisionInputs {
+        declared: d.is_some(),
+        enterprise: d.map(|d| d.enterprise.to_string()),
+        enterprise_suspended: known.suspension.is_some(),
+        consumer: d.and_then(|d| d.consumer).map(str::to_string),
+        identity_verified: d.map(|d| d.identity_verified),
+        value_minor: d.and_then(|d| d.value_minor),
+        currency: d.and_then(|d| d.currency).map(str::to_string),
+        declared_weight_g: d.and_then(|d| d.gross_weight_g),
+        measured_weight_g: scan.weight_g,
+        instruction: known.instruction.map(|i| i.action),
+        consumer_windows: seen,
+        counted: false,
+    };
     let first = e.fired.first();
-    let instruction_id = instruction
+    let instruction_id = known
+        .instruction
         .filter(|_| e.fired.iter().any(|f| f.rule_kind_instruction))
-        .map(|i| i.instruction_id.clone());
+        .map(|i| i.id.to_string());
     Decision {
         role: e.role,
         rule: first.map_or_else(String::new, |f| f.rule.clone()),
@@ -156,13 +134,14 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, read: &ScanRead) 
         instruction_id,
         fired: e.fired,
         rule_set: e.version,
+        inputs: Some(inputs),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bondline_devices::contract::{Action, SCHEMA};
+    use bondline_devices::contract::{Action, Declaration, Instruction, SCHEMA};
 
     fn decl(w: &str) -> Declaration {
         Declaration {
@@ -190,19 +169,25 @@ mod tests {
     }
 
     fn role(t: &ClearanceTable, w: &str) -> LaneRole {
-        decide(t, &engine::RuleSet::builtin(), &ScanRead::Waybill(w.into())).role
+        let read = ScanRead::Waybill(w.into());
+        let scan = Scan {
+            read: &read,
+            weight_g: None,
+            day: 1,
+        };
+        decide(t, &engine::RuleSet::builtin(), scan).role
     }
 
     #[test]
     fn each_case_goes_to_its_lane() {
         let mut t = ClearanceTable::default();
         for w in ["R", "I", "H", "D"] {
-            t.apply_declaration(decl(w));
+            t.apply_declaration(&decl(w));
         }
-        t.apply_instruction(instr("R", "1", Action::Release, None));
-        t.apply_instruction(instr("I", "2", Action::Inspect, None));
-        t.apply_instruction(instr("H", "3", Action::Hold, None));
-        t.apply_instruction(instr("U", "4", Action::Release, None));
+        t.apply_instruction(&instr("R", "1", Action::Release, None));
+        t.apply_instruction(&instr("I", "2", Action::Inspect, None));
+        t.apply_instruction(&instr("H", "3", Action::Hold, None));
+        t.apply_instruction(&instr("U", "4", Action::Release, None));
         assert_eq!(role(&t, "R"), LaneRole::Release);
         assert_eq!(role(&t, "I"), LaneRole::Inspection);
         assert_eq!(role(&t, "H"), LaneRole::Hold);
@@ -214,7 +199,16 @@ mod tests {
         );
         assert_eq!(role(&t, "nobody"), LaneRole::Hold);
         assert_eq!(
-            decide(&t, &engine::RuleSet::builtin(), &ScanRead::NoRead).role,
+            decide(
+                &t,
+                &engine::RuleSet::builtin(),
+                Scan {
+                    read: &ScanRead::NoRead,
+                    weight_g: None,
+                    day: 1
+                }
+            )
+            .role,
             LaneRole::Exception
         );
     }
@@ -232,10 +226,10 @@ mod tests {
             for a in actions {
                 let mut t = ClearanceTable::default();
                 if declared {
-                    t.apply_declaration(decl("W"));
+                    t.apply_declaration(&decl("W"));
                 }
                 if let Some(a) = a {
-                    t.apply_instruction(instr("W", "x", a, None));
+                    t.apply_instruction(&instr("W", "x", a, None));
                 }
                 let released = role(&t, "W") == LaneRole::Release;
                 assert_eq!(released, declared && a == Some(Action::Release));
@@ -246,28 +240,28 @@ mod tests {
     #[test]
     fn redelivery_and_stale_instructions_do_not_change_the_table() {
         let mut t = ClearanceTable::default();
-        t.apply_declaration(decl("W"));
+        t.apply_declaration(&decl("W"));
         assert_eq!(
-            t.apply_instruction(instr("W", "a", Action::Inspect, Some(20))),
+            t.apply_instruction(&instr("W", "a", Action::Inspect, Some(20))),
             Applied::Changed
         );
         assert_eq!(
-            t.apply_instruction(instr("W", "a", Action::Inspect, Some(20))),
+            t.apply_instruction(&instr("W", "a", Action::Inspect, Some(20))),
             Applied::Unchanged
         );
         assert_eq!(
-            t.apply_instruction(instr("W", "old", Action::Release, Some(10))),
+            t.apply_instruction(&instr("W", "old", Action::Release, Some(10))),
             Applied::Unchanged
         );
         assert_eq!(role(&t, "W"), LaneRole::Inspection);
-        assert_eq!(t.apply_declaration(decl("W")), Applied::Unchanged);
+        assert_eq!(t.apply_declaration(&decl("W")), Applied::Unchanged);
         // A replaced instruction delivered again (without a time) does not come back.
         assert_eq!(
-            t.apply_instruction(instr("W", "b", Action::Hold, None)),
+            t.apply_instruction(&instr("W", "b", Action::Hold, None)),
             Applied::Changed
         );
         assert_eq!(
-            t.apply_instruction(instr("W", "a", Action::Inspect, None)),
+            t.apply_instruction(&instr("W", "a", Action::Inspect, None)),
             Applied::Unchanged
         );
         assert_eq!(role(&t, "W"), LaneRole::Hold);

@@ -8,10 +8,15 @@
 //! order, so a FIFO of sequence numbers, pushed under the same lock that queues the request,
 //! maps every packet id back to its record.
 //!
-//! Inbound declarations and instructions are acknowledged manually, after they are stored,
-//! so a crash between receipt and storage makes the broker deliver them again. The session is
+//! Inbound declarations, instructions, enterprise notices and rule sets are acknowledged
+//! manually, after they are stored, so a crash between receipt and storage makes the broker
+//! deliver them again. The session is
 //! persistent (`clean_session = false`) so the broker keeps instructions published while the
 //! gateway was offline.
+//!
+//! Anomalies from the lines go out on `P/anomalies` as soon as they arrive, ahead of the
+//! record backlog; while the broker is unreachable they wait in a bounded queue (the parcel's
+//! record carries the same facts durably).
 //!
 //! Pace: besides the in-flight window, a backlog is sent at most `drain_rate` records per
 //! second, so a gateway coming back after an outage does not flood the broker.
@@ -30,11 +35,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use bondline_devices::contract::{topic, Declaration, EdgeEvent, EventKind, Instruction, SCHEMA};
+use bondline_devices::contract::{
+    topic, Anomaly, Declaration, EdgeEvent, EnterpriseNotice, EventKind, Instruction,
+    RuleSetUpdate, SCHEMA,
+};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, Incoming, MqttOptions, Outgoing, Publish, QoS, StateError,
 };
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -42,7 +50,9 @@ use crate::alarm::Alarms;
 use crate::backoff::Backoff;
 use crate::config::Uplink as UplinkConfig;
 use crate::journal::Journal;
+use crate::line::ClearanceChange;
 use crate::metrics::{unix_ms, Metrics};
+use crate::policy::{Policy, UpdateOutcome};
 use crate::rules::{Applied, ClearanceTable};
 
 const LINK: &str = "broker";
@@ -67,8 +77,12 @@ pub struct Uplink {
     /// Last accepted journal sequence; changes when new records are durable.
     pub accepted: watch::Receiver<u64>,
     pub alarms: Alarms,
-    /// Waybills whose clearance changed, for the lines to re-decide tracked parcels.
-    pub changes: tokio::sync::broadcast::Sender<String>,
+    /// Clearance that changed, for the lines to re-decide tracked parcels.
+    pub changes: tokio::sync::broadcast::Sender<ClearanceChange>,
+    /// The rule set in force, which the platform may replace.
+    pub policy: Policy,
+    /// Anomalies from the lines, sent at once.
+    pub anomalies: mpsc::Receiver<Anomaly>,
 }
 
 /// How a session ended.
@@ -129,15 +143,17 @@ struct Pending {
 
 impl Uplink {
     /// Runs sessions until `shutdown`, reconnecting with backoff and jitter.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(250), self.config.reconnect_max);
         // The record that was left unacknowledged by the last sessions, and how many in a row.
         let mut suspect: Option<(u64, u32)> = None;
         loop {
+            let mut anomalies = std::mem::replace(&mut self.anomalies, mpsc::channel(1).1);
             let end = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.session() => r,
+                r = self.session(&mut anomalies) => r,
             };
+            self.anomalies = anomalies;
             self.metrics.uplink_ready.store(false, Ordering::Relaxed);
             Metrics::add(&self.metrics.uplink_disconnects, 1);
             self.metrics.set_link(LINK, false, Some(end.reason.clone()));
@@ -185,10 +201,10 @@ impl Uplink {
     }
 
     /// One connection, until it fails.
-    async fn session(&self) -> SessionEnd {
+    async fn session(&self, anomalies: &mut mpsc::Receiver<Anomaly>) -> SessionEnd {
         let started = Instant::now();
         let pending = Arc::new(Mutex::new(Pending::default()));
-        let (reason, cause) = self.connection(&pending).await;
+        let (reason, cause) = self.connection(&pending, anomalies).await;
         let ended = Instant::now();
         let p = pending.lock().unwrap_or_else(|e| e.into_inner());
         let oldest = p.by_pkid.values().flatten().min().copied();
@@ -208,7 +224,11 @@ impl Uplink {
     }
 
     /// Drives one connection until it fails; returns why.
-    async fn connection(&self, pending: &Arc<Mutex<Pending>>) -> (String, EndCause) {
+    async fn connection(
+        &self,
+        pending: &Arc<Mutex<Pending>>,
+        anomalies: &mut mpsc::Receiver<Anomaly>,
+    ) -> (String, EndCause) {
         let (client, mut events) = AsyncClient::new(self.options(), REQUEST_QUEUE);
         let window = Arc::new(Semaphore::new(self.config.inflight as usize));
         let feeder_stop = CancellationToken::new();
@@ -255,14 +275,22 @@ impl Uplink {
                     }
                 },
                 _ = feeder_failed.cancelled() => return ("record queue to the broker failed".into(), EndCause::Local),
+                Some(a) = anomalies.recv(), if self.metrics.uplink_ready.load(Ordering::Relaxed) => {
+                    self.publish_anomaly(&client, pending, &a);
+                    continue;
+                }
             };
             match event {
                 Event::Incoming(Incoming::ConnAck(ack)) => {
                     info!(broker = %format!("{}:{}", self.config.host, self.config.port), session_present = ack.session_present, "broker connected");
                     self.metrics.set_link(LINK, true, None);
-                    let subs = [topic::DECLARATIONS, topic::INSTRUCTIONS].map(|t| {
-                        rumqttc::SubscribeFilter::new(self.config.topic(t), QoS::AtLeastOnce)
-                    });
+                    let subs = [
+                        topic::DECLARATIONS,
+                        topic::INSTRUCTIONS,
+                        topic::ENTERPRISES,
+                        topic::RULES,
+                    ]
+                    .map(|t| rumqttc::SubscribeFilter::new(self.config.topic(t), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(subs) {
                         return (format!("cannot subscribe: {e}"), EndCause::Local);
                     }
@@ -369,9 +397,8 @@ impl Uplink {
                             self.journal
                                 .store_declaration(&d)
                                 .map_err(|e| format!("cannot store a declaration: {e}"))?;
-                            let waybill = d.waybill.clone();
-                            self.write_table().apply_declaration(d);
-                            let _ = self.changes.send(waybill);
+                            self.write_table().apply_declaration(&d);
+                            let _ = self.changes.send(ClearanceChange::Waybill(d.waybill));
                         }
                         Ok(())
                     }
@@ -389,12 +416,50 @@ impl Uplink {
                                 .map_err(|e| format!("cannot store an instruction id: {e}"))?;
                         }
                         // Applied even when not new, so a stale id is remembered as seen.
-                        let waybill = i.waybill.clone();
-                        if self.write_table().apply_instruction(i) == Applied::Changed {
-                            let _ = self.changes.send(waybill);
+                        if self.write_table().apply_instruction(&i) == Applied::Changed {
+                            let _ = self.changes.send(ClearanceChange::Waybill(i.waybill));
                         }
                         Ok(())
                     }
+                    Err(e) => Err(e.to_string()),
+                },
+                topic::ENTERPRISES => match EnterpriseNotice::parse(&p.payload) {
+                    Ok(n) => {
+                        if self.read_table().notice_is_new(&n) {
+                            self.journal
+                                .store_notice(&n)
+                                .map_err(|e| format!("cannot store an enterprise notice: {e}"))?;
+                        } else {
+                            self.journal
+                                .remember_notice_id(&n)
+                                .map_err(|e| format!("cannot store a notice id: {e}"))?;
+                        }
+                        if self.write_table().apply_notice(&n) == Applied::Changed {
+                            info!(enterprise = %n.enterprise, action = ?n.action, notice = %n.notice_id, "enterprise notice applied");
+                            let _ = self.changes.send(ClearanceChange::All);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                topic::RULES => match RuleSetUpdate::parse(&p.payload) {
+                    Ok(u) => match self.policy.apply_update(&u) {
+                        Ok(UpdateOutcome::Applied(version)) => {
+                            let _ = self.changes.send(ClearanceChange::All);
+                            self.event(
+                                client,
+                                pending,
+                                EventKind::RuleSetApplied,
+                                format!("rule set {version} from update {} in force", u.update_id),
+                                Some(p.topic.clone()),
+                            );
+                            Ok(())
+                        }
+                        Ok(UpdateOutcome::Ignored) => Ok(()),
+                        Err(reason) => {
+                            Err(format!("rule set update {} refused: {reason}", u.update_id))
+                        }
+                    },
                     Err(e) => Err(e.to_string()),
                 },
                 _ => Err("no handler for this topic".into()),
@@ -469,6 +534,27 @@ impl Uplink {
         {
             pend.queued.pop_back();
             warn!("event queue full; event reported in the log only");
+        }
+    }
+
+    /// Publishes an anomaly if the request queue has room; otherwise it is counted as
+    /// dropped (the parcel's record holds the same facts).
+    fn publish_anomaly(&self, client: &AsyncClient, pending: &Mutex<Pending>, a: &Anomaly) {
+        let bytes = serde_json::to_vec(a).expect("anomalies always serialize");
+        let mut pend = pending.lock().unwrap_or_else(|e| e.into_inner());
+        pend.queued.push_back(None);
+        if client
+            .try_publish(
+                self.config.topic(topic::ANOMALIES),
+                QoS::AtLeastOnce,
+                false,
+                bytes,
+            )
+            .is_err()
+        {
+            pend.queued.pop_back();
+            Metrics::add(&self.metrics.anomalies_dropped, 1);
+            warn!(anomaly = %a.anomaly_id, "request queue full; anomaly not sent, the record carries it");
         }
     }
 

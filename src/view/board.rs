@@ -330,6 +330,7 @@ mod tests {
             deadline_ms: None,
             rule_set: Some("builtin-1".into()),
             rules_fired: Vec::new(),
+            inputs: None,
         })
     }
 

@@ -120,6 +120,7 @@ fn journal_with_records(dir: &std::path::Path, n: u64) {
                 deadline_ms: None,
                 rule_set: None,
                 rules_fired: Vec::new(),
+                inputs: None,
             });
         }
         drop(sink);

@@ -1,0 +1,243 @@
+//! The rule set in force, and how it changes while the daemon runs.
+//!
+//! A rule set comes from the configuration's `rules_file` (or the built-in fail-closed core)
+//! or from the platform (`P/rules`). The latest one applied is in force, whatever its source:
+//! - a change of the rule file's content (seen by polling every [`WATCH_INTERVAL`]) or SIGHUP
+//!   reloads the file;
+//! - a platform update applies when its id is new and it is not older (`issued_at_ms`) than
+//!   the last platform update applied;
+//! - an invalid rule set, or one holding a rule kind this build cannot feed, is refused whole:
+//!   the old set stays, the refusal is logged, alarmed and (for the platform) reported.
+//!
+//! Which set is in force is stored in the journal, so a restart keeps it: a platform set
+//! stays in force unless the rule file changed while the daemon was down. Every decision
+//! takes one `Arc` of the set in force and uses it throughout, so a swap never mixes rules.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bondline_devices::contract::RuleSetUpdate;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::alarm::Alarms;
+use crate::journal::platform::StoredRules;
+use crate::journal::{sha256, Journal, JournalError};
+use crate::metrics::Metrics;
+use crate::rules::engine::RuleSet;
+
+/// How often the rule file is checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The rule set every decision uses; replaced whole.
+pub type SharedRules = Arc<RwLock<Arc<RuleSet>>>;
+
+/// What a platform update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// Applied: the version now in force.
+    Applied(String),
+    /// Seen before, or older than the platform set last applied: ignored.
+    Ignored,
+}
+
+/// Owns the rule set in force. Cheap to clone.
+#[derive(Clone)]
+pub struct Policy {
+    rules: SharedRules,
+    file: Option<PathBuf>,
+    journal: Journal,
+    alarms: Alarms,
+    metrics: Arc<Metrics>,
+    /// Hash of the rule file's text last read (valid or not), to notice changes.
+    file_seen: Arc<Mutex<Option<[u8; 32]>>>,
+}
+
+/// Reads the rule file and validates it.
+fn read_file(path: &std::path::Path) -> (Option<[u8; 32]>, Result<RuleSet, String>) {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let hash = sha256(&bytes);
+            let set = String::from_utf8(bytes)
+                .map_err(|_| "not UTF-8 text".to_string())
+                .and_then(|text| crate::config::parse_rules(&path.display().to_string(), &text));
+            (Some(hash), set)
+        }
+        Err(e) => (None, Err(format!("cannot read: {e}"))),
+    }
+}
+
+/// Parses a platform update's rule set with the same checks as a file.
+fn parse_update(u: &RuleSetUpdate) -> Result<RuleSet, String> {
+    crate::config::parse_rules(&format!("platform update {}", u.update_id), &u.rules_toml)
+}
+
+impl Policy {
+    /// Picks the rule set in force at start: `configured` (the validated rule file or the
+    /// built-in set) unless the platform's set was in force at the last stop and the file is
+    /// unchanged since it was applied.
+    pub fn start(
+        configured: Arc<RuleSet>,
+        file: Option<PathBuf>,
+        journal: Journal,
+        alarms: Alarms,
+        metrics: Arc<Metrics>,
+    ) -> Result<Policy, JournalError> {
+        let file_hash = file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| sha256(&b));
+        let mut set = configured;
+        if let StoredRules::Platform {
+            update,
+            file_hash: then,
+        } = journal.stored_rules()?
+        {
+            if then == file_hash {
+                match parse_update(&update) {
+                    Ok(s) => {
+                        info!(rule_set = %s.version, update = %update.update_id, "the platform's rule set stays in force");
+                        set = Arc::new(s);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "the stored platform rule set is no longer valid; using the local one")
+                    }
+                }
+            } else {
+                info!("the rule file changed since the platform's rule set was applied; the file is in force");
+                journal.store_rules(&StoredRules::Local)?;
+            }
+        }
+        Ok(Policy {
+            rules: Arc::new(RwLock::new(set)),
+            file,
+            journal,
+            alarms,
+            metrics,
+            file_seen: Arc::new(Mutex::new(file_hash)),
+        })
+    }
+
+    /// The shared rule set every line reads.
+    pub fn shared(&self) -> SharedRules {
+        self.rules.clone()
+    }
+
+    /// The set in force now.
+    pub fn current(&self) -> Arc<RuleSet> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn swap(&self, set: RuleSet) -> String {
+        let version = set.version.clone();
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        Metrics::add(&self.metrics.rule_sets_applied, 1);
+        version
+    }
+
+    fn refuse(&self, what: &str, reason: &str) {
+        Metrics::add(&self.metrics.rule_sets_refused, 1);
+        self.alarms.raise(format!(
+            "rule set {what} refused, the previous one ({}) stays: {reason}",
+            self.current().version
+        ));
+    }
+
+    /// Reads the rule file again (SIGHUP, or a change seen by [`Policy::watch`]). A valid set
+    /// replaces the one in force; an invalid one is refused with an alarm. Returns the
+    /// version in force afterwards.
+    pub fn reload(&self) -> String {
+        let Some(path) = &self.file else {
+            info!("no rules_file configured; the rule set in force stays");
+            return self.current().version.clone();
+        };
+        let (hash, result) = read_file(path);
+        *self.file_seen.lock().unwrap_or_else(|e| e.into_inner()) = hash;
+        match result {
+            Ok(set) => {
+                if let Err(e) = self.journal.store_rules(&StoredRules::Local) {
+                    warn!(error = %e, "cannot store which rule set is in force");
+                }
+                let version = self.swap(set);
+                info!(rule_set = %version, file = %path.display(), "rule set reloaded from the file");
+                version
+            }
+            Err(reason) => {
+                self.refuse(&path.display().to_string(), &reason);
+                self.current().version.clone()
+            }
+        }
+    }
+
+    /// Applies a rule set pushed by the platform. `Err` carries why it was refused (for the
+    /// platform's error report); a store failure is `Err` too and leaves the old set.
+    pub fn apply_update(&self, u: &RuleSetUpdate) -> Result<UpdateOutcome, String> {
+        let seen = self
+            .journal
+            .rule_update_seen(&u.update_id)
+            .map_err(|e| format!("cannot read the store: {e}"))?;
+        let last = self
+            .journal
+            .last_platform_rules()
+            .map_err(|e| format!("cannot read the store: {e}"))?;
+        let stale = matches!(
+            (last.as_ref().and_then(|l| l.issued_at_ms), u.issued_at_ms),
+            (Some(old), Some(new)) if new < old
+        );
+        if seen || stale {
+            if !seen {
+                self.journal
+                    .remember_rule_update(&u.update_id)
+                    .map_err(|e| format!("cannot store: {e}"))?;
+            }
+            return Ok(UpdateOutcome::Ignored);
+        }
+        self.journal
+            .remember_rule_update(&u.update_id)
+            .map_err(|e| format!("cannot store: {e}"))?;
+        let set = match parse_update(u) {
+            Ok(set) => set,
+            Err(reason) => {
+                self.refuse(&format!("update {}", u.update_id), &reason);
+                return Err(reason);
+            }
+        };
+        let file_hash = *self.file_seen.lock().unwrap_or_else(|e| e.into_inner());
+        self.journal
+            .store_rules(&StoredRules::Platform {
+                update: u.clone(),
+                file_hash,
+            })
+            .map_err(|e| format!("cannot store: {e}"))?;
+        let version = self.swap(set);
+        info!(rule_set = %version, update = %u.update_id, "rule set from the platform applied");
+        Ok(UpdateOutcome::Applied(version))
+    }
+
+    /// Polls the rule file until `stop`, reloading when its content changes. Editors that
+    /// replace the file and ones that rewrite it in place are both seen.
+    pub async fn watch(self, stop: CancellationToken) {
+        let Some(path) = self.file.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let p = path.clone();
+            let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || std::fs::read(p)).await else {
+                continue;
+            };
+            let hash = Some(sha256(&bytes));
+            let changed = *self.file_seen.lock().unwrap_or_else(|e| e.into_inner()) != hash;
+            if changed {
+                info!(file = %path.display(), "rule file changed");
+                self.reload();
+            }
+        }
+    }
+}

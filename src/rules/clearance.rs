@@ -1,0 +1,422 @@
+//! What the platform has told this gateway: declarations, instructions and enterprise
+//! notices, kept compact in memory for the decision path.
+//!
+//! A gateway holds about a million open declarations. The table keeps of each only what rules
+//! look at, with repeated strings (enterprise codes, consumer hashes, currencies, instruction
+//! reasons) stored once; the full messages live in the journal. Instruction and notice ids
+//! are remembered as 128-bit digests, so redeliveries stay idempotent without keeping every id
+//! string.
+
+use std::collections::{HashMap, HashSet};
+
+use bondline_devices::contract::{
+    Action, Declaration, EnterpriseAction, EnterpriseNotice, Instruction,
+};
+
+use crate::rules::engine::{ConsumerWindow, Declared, Ordered};
+use crate::rules::history::ConsumerHistory;
+
+/// What applying a platform message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The table changed.
+    Changed,
+    /// Same message seen before (redelivery), or older than what the table holds.
+    Unchanged,
+}
+
+/// Strings stored once, numbered.
+#[derive(Debug, Default, Clone)]
+struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(s.into());
+        self.ids.insert(s.into(), id);
+        id
+    }
+
+    fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+}
+
+const NONE: u32 = u32::MAX;
+
+/// A declaration as rules see it.
+#[derive(Debug, Clone)]
+struct Facts {
+    /// Digest of the whole declaration, to recognise a redelivery.
+    digest: u128,
+    enterprise: u32,
+    consumer: u32,
+    currency: u32,
+    identity_verified: bool,
+    value_minor: Option<u64>,
+    gross_weight_g: Option<u32>,
+    /// The UTC day the parcel was added to its consumer's history, once it has been.
+    counted_day: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    id: Box<str>,
+    action: Action,
+    reason: u32,
+    issued_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Notice {
+    action: EnterpriseAction,
+    reason: Box<str>,
+    issued_at_ms: Option<u64>,
+}
+
+/// Declarations, instructions, enterprise notices and consumer histories, as last received.
+#[derive(Debug, Default, Clone)]
+pub struct ClearanceTable {
+    declarations: HashMap<Box<str>, Facts>,
+    instructions: HashMap<Box<str>, Held>,
+    /// Digests of every instruction id ever applied, superseded or ignored, so a redelivery
+    /// of an old instruction cannot replace a newer one.
+    seen_instructions: HashSet<u128>,
+    /// The latest notice per enterprise (by interned id).
+    notices: HashMap<u32, Notice>,
+    seen_notices: HashSet<u128>,
+    strings: Interner,
+    history: ConsumerHistory,
+}
+
+/// Digest of a string, for recognising ids without keeping them.
+fn digest(bytes: &[u8]) -> u128 {
+    let h = crate::journal::sha256(bytes);
+    u128::from_be_bytes(h[..16].try_into().expect("16 bytes"))
+}
+
+fn declaration_digest(d: &Declaration) -> u128 {
+    digest(&serde_json::to_vec(d).expect("declarations always serialize"))
+}
+
+/// What the table knows of one waybill, borrowed for a decision.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known<'a> {
+    pub declaration: Option<Declared<'a>>,
+    pub instruction: Option<Ordered<'a>>,
+    pub suspension: Option<&'a str>,
+    /// The day this waybill was counted in its consumer's history, if it was.
+    pub counted_day: Option<u32>,
+}
+
+impl ClearanceTable {
+    pub fn declarations(&self) -> usize {
+        self.declarations.len()
+    }
+
+    pub fn instructions(&self) -> usize {
+        self.instructions.len()
+    }
+
+    /// Consumers with purchases in the kept history.
+    pub fn consumers(&self) -> usize {
+        self.history.consumers()
+    }
+
+    /// Enterprises suspended now.
+    pub fn suspended(&self) -> usize {
+        self.notices
+            .values()
+            .filter(|n| n.action == EnterpriseAction::Suspend)
+            .count()
+    }
+
+    /// Whether applying `d` would change the table (it is not a redelivery).
+    pub fn declaration_is_new(&self, d: &Declaration) -> bool {
+        self.declarations
+            .get(d.waybill.as_str())
+            .is_none_or(|f| f.digest != declaration_digest(d))
+    }
+
+    /// Stores a declaration; a later declaration of the same waybill replaces it. If the
+    /// parcel was already counted in its consumer's history, the count moves to the new
+    /// consumer and value.
+    pub fn apply_declaration(&mut self, d: &Declaration) -> Applied {
+        if !self.declaration_is_new(d) {
+            return Applied::Unchanged;
+        }
+        let counted_day = self.declarations.get(d.waybill.as_str()).and_then(|old| {
+            old.counted_day
+                .map(|day| (old.consumer, old.value_minor, day))
+        });
+        if let Some((consumer, value, day)) = counted_day {
+            if consumer != NONE {
+                self.history.remove(consumer, day, value.unwrap_or(0));
+            }
+        }
+        let facts = Facts {
+            digest: declaration_digest(d),
+            enterprise: self.strings.intern(&d.enterprise),
+            consumer: d
+                .consumer
+                .as_deref()
+                .map_or(NONE, |c| self.strings.intern(c)),
+            currency: d
+                .currency
+                .as_deref()
+                .map_or(NONE, |c| self.strings.intern(c)),
+            identity_verified: d.identity_verified,
+            value_minor: d.value_minor,
+            gross_weight_g: d.gross_weight_g,
+            counted_day: None,
+        };
+        self.declarations.insert(d.waybill.as_str().into(), facts);
+        if let Some((_, _, day)) = counted_day {
+            self.count(&d.waybill, day);
+        }
+        Applied::Changed
+    }
+
+    /// Whether applying `i` would change the table. An instruction id seen before is a
+    /// redelivery; an instruction issued before the one held is stale.
+    pub fn instruction_is_new(&self, i: &Instruction) -> bool {
+        if self
+            .seen_instructions
+            .contains(&digest(i.instruction_id.as_bytes()))
+        {
+            return false;
+        }
+        match self.instructions.get(i.waybill.as_str()) {
+            Some(old) => match (old.issued_at_ms, i.issued_at_ms) {
+                (Some(old_at), Some(new_at)) => new_at >= old_at,
+                _ => true,
+            },
+            None => true,
+        }
+    }
+
+    /// Stores an instruction unless it is a redelivery or stale (see
+    /// [`ClearanceTable::instruction_is_new`]), so a late redelivery cannot undo a newer order.
+    pub fn apply_instruction(&mut self, i: &Instruction) -> Applied {
+        let fresh = self.instruction_is_new(i);
+        self.seen_instructions
+            .insert(digest(i.instruction_id.as_bytes()));
+        if !fresh {
+            return Applied::Unchanged;
+        }
+        self.restore_instruction(i);
+        Applied::Changed
+    }
+
+    /// Puts back an instruction that was stored as current (restoring from the store): its id
+    /// is already marked seen, so [`ClearanceTable::apply_instruction`] would refuse it.
+    pub fn restore_instruction(&mut self, i: &Instruction) {
+        self.seen_instructions
+            .insert(digest(i.instruction_id.as_bytes()));
+        let held = Held {
+            id: i.instruction_id.as_str().into(),
+            action: i.action,
+            reason: self.strings.intern(&i.reason),
+            issued_at_ms: i.issued_at_ms,
+        };
+        self.instructions.insert(i.waybill.as_str().into(), held);
+    }
+
+    /// Records an instruction id as seen without applying anything (restoring from the store).
+    pub fn mark_instruction_seen(&mut self, id: &str) {
+        self.seen_instructions.insert(digest(id.as_bytes()));
+    }
+
+    /// Whether applying `n` would change the table: not a redelivery, not older than the
+    /// notice held for the enterprise.
+    pub fn notice_is_new(&self, n: &EnterpriseNotice) -> bool {
+        if self.seen_notices.contains(&digest(n.notice_id.as_bytes())) {
+            return false;
+        }
+        let held = self
+            .strings
+            .get(&n.enterprise)
+            .and_then(|e| self.notices.get(&e));
+        match held.map(|h| (h.issued_at_ms, n.issued_at_ms)) {
+            Some((Some(old_at), Some(new_at))) => new_at >= old_at,
+            _ => true,
+        }
+    }
+
+    /// Applies a suspension or lift unless it is a redelivery or stale.
+    pub fn apply_notice(&mut self, n: &EnterpriseNotice) -> Applied {
+        let fresh = self.notice_is_new(n);
+        self.seen_notices.insert(digest(n.notice_id.as_bytes()));
+        if !fresh {
+            return Applied::Unchanged;
+        }
+        self.restore_notice(n);
+        Applied::Changed
+    }
+
+    /// Puts back the notice in force for an enterprise (restoring from the store).
+    pub fn restore_notice(&mut self, n: &EnterpriseNotice) {
+        self.seen_notices.insert(digest(n.notice_id.as_bytes()));
+        let e = self.strings.intern(&n.enterprise);
+        self.notices.insert(
+            e,
+            Notice {
+                action: n.action,
+                reason: n.reason.as_str().into(),
+                issued_at_ms: n.issued_at_ms,
+            },
+        );
+    }
+
+    /// Records a notice id as seen (restoring from the store).
+    pub fn mark_notice_seen(&mut self, id: &str) {
+        self.seen_notices.insert(digest(id.as_bytes()));
+    }
+
+    /// What the table holds for `waybill`.
+    pub fn known(&self, waybill: &str) -> Known<'_> {
+        let facts = self.declarations.get(waybill);
+        let name = |id: u32| (id != NONE).then(|| self.strings.name(id));
+        let declaration = facts.map(|f| Declared {
+            enterprise: self.strings.name(f.enterprise),
+            consumer: name(f.consumer),
+            identity_verified: f.identity_verified,
+            value_minor: f.value_minor,
+            currency: name(f.currency),
+            gross_weight_g: f.gross_weight_g,
+        });
+        let suspension = facts
+            .and_then(|f| self.notices.get(&f.enterprise))
+            .filter(|n| n.action == EnterpriseAction::Suspend)
+            .map(|n| &*n.reason);
+        let instruction = self.instructions.get(waybill).map(|h| Ordered {
+            id: &h.id,
+            action: h.action,
+            reason: self.strings.name(h.reason),
+        });
+        Known {
+            declaration,
+            instruction,
+            suspension,
+            counted_day: facts.and_then(|f| f.counted_day),
+        }
+    }
+
+    /// The history of the consumer of `waybill` over `window_days` days ending `today`,
+    /// without the waybill's own parcel (its decision counts "before this one").
+    pub fn consumer_window(&self, waybill: &str, today: u32, window_days: u32) -> ConsumerWindow {
+        let Some(f) = self
+            .declarations
+            .get(waybill)
+            .filter(|f| f.consumer != NONE)
+        else {
+            return ConsumerWindow::default();
+        };
+        let mut w = self.history.window(f.consumer, today, window_days);
+        if let Some(day) = f.counted_day {
+            let first = today.saturating_sub(window_days.saturating_sub(1));
+            if (first..=today).contains(&day) {
+                w.parcels = w.parcels.saturating_sub(1);
+                w.value_minor = w.value_minor.saturating_sub(f.value_minor.unwrap_or(0));
+            }
+        }
+        w
+    }
+
+    /// Adds the parcel of `waybill` to its consumer's history on `day`, once per waybill.
+    /// Returns whether it was added now (declared with a consumer, not counted before).
+    pub fn count(&mut self, waybill: &str, day: u32) -> bool {
+        let Some(f) = self.declarations.get_mut(waybill) else {
+            return false;
+        };
+        if f.consumer == NONE || f.counted_day.is_some() {
+            return false;
+        }
+        f.counted_day = Some(day);
+        let (consumer, value) = (f.consumer, f.value_minor.unwrap_or(0));
+        self.history.add(consumer, day, value);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bondline_devices::contract::SCHEMA;
+
+    fn decl(w: &str, consumer: &str, value: u64) -> Declaration {
+        Declaration {
+            schema: SCHEMA,
+            waybill: w.into(),
+            enterprise: "E1".into(),
+            consumer: Some(consumer.into()),
+            identity_verified: true,
+            value_minor: Some(value),
+            currency: Some("CNY".into()),
+            gross_weight_g: None,
+            items: vec![],
+        }
+    }
+
+    fn notice(id: &str, action: EnterpriseAction, at: Option<u64>) -> EnterpriseNotice {
+        EnterpriseNotice {
+            schema: SCHEMA,
+            notice_id: id.into(),
+            enterprise: "E1".into(),
+            action,
+            reason: "licence review".into(),
+            issued_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn counting_is_once_per_waybill_and_excludes_the_parcel_itself() {
+        let mut t = ClearanceTable::default();
+        t.apply_declaration(&decl("A", "c", 100));
+        t.apply_declaration(&decl("B", "c", 50));
+        assert!(t.count("A", 10));
+        assert!(!t.count("A", 10), "a re-scan does not count twice");
+        assert!(!t.count("nobody", 10));
+        let w = t.consumer_window("B", 10, 1);
+        assert_eq!((w.parcels, w.value_minor), (1, 100));
+        let own = t.consumer_window("A", 10, 1);
+        assert_eq!(
+            (own.parcels, own.value_minor),
+            (0, 0),
+            "not its own history"
+        );
+        // A changed declaration moves the count.
+        t.apply_declaration(&decl("A", "c", 300));
+        let w = t.consumer_window("B", 10, 1);
+        assert_eq!((w.parcels, w.value_minor), (1, 300));
+        t.apply_declaration(&decl("A", "other", 300));
+        assert_eq!(t.consumer_window("B", 10, 1).parcels, 0);
+    }
+
+    #[test]
+    fn notices_apply_once_and_in_order() {
+        let mut t = ClearanceTable::default();
+        t.apply_declaration(&decl("A", "c", 1));
+        assert!(t.known("A").suspension.is_none());
+        let s = notice("n1", EnterpriseAction::Suspend, Some(20));
+        assert_eq!(t.apply_notice(&s), Applied::Changed);
+        assert_eq!(t.apply_notice(&s), Applied::Unchanged);
+        assert_eq!(t.known("A").suspension, Some("licence review"));
+        let stale = notice("n0", EnterpriseAction::Lift, Some(10));
+        assert_eq!(t.apply_notice(&stale), Applied::Unchanged);
+        assert_eq!(t.suspended(), 1);
+        let lift = notice("n2", EnterpriseAction::Lift, Some(30));
+        assert_eq!(t.apply_notice(&lift), Applied::Changed);
+        assert!(t.known("A").suspension.is_none());
+    }
+}
