@@ -139,6 +139,10 @@ impl App {
         let policy = Policy::start(
             config.rules.clone(),
             config.rules_file.clone(),
+            config
+                .lines
+                .iter()
+                .any(|l| l.scanner.framing.weight.is_some()),
             journal.clone(),
             alarms.clone(),
             metrics.clone(),
