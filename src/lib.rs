@@ -15,6 +15,7 @@
 //! - [`explain`]: `bondline explain WAYBILL`, a decision explained from the store.
 //! - [`bench`]: `bondline bench`, the measured numbers behind BENCHMARKS.md.
 //! - [`alarm`]: alarms for operators and the platform (log + `P/events`).
+//! - [`service`]: systemd readiness, watchdog (gated on the lines being alive), reload notices.
 //! - [`cli`], [`telemetry`], [`shutdown`], [`metrics`], [`backoff`]: the edges.
 //!
 //! Data flows one way on the decision path (scanner → line → PLC link → journal → uplink);
@@ -34,6 +35,7 @@ pub mod line;
 pub mod metrics;
 pub mod policy;
 pub mod rules;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod uplink;

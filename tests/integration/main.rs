@@ -8,4 +8,5 @@ mod faults;
 mod harness;
 mod rules;
 mod scenarios;
+mod service;
 mod skeleton;
