@@ -6,6 +6,7 @@ mod cli;
 mod delivery;
 mod faults;
 mod harness;
+mod report;
 mod rules;
 mod scenarios;
 mod service;
