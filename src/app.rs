@@ -144,6 +144,10 @@ impl App {
         let policy = Policy::start(
             config.rules.clone(),
             config.rules_file.clone(),
+            config
+                .lines
+                .iter()
+                .any(|l| l.scanner.framing.weight.is_some()),
             journal.clone(),
             alarms.clone(),
             metrics.clone(),
@@ -157,6 +161,18 @@ impl App {
         let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
         // Waybills whose clearance changed, from the uplink to every line.
         let (changes, _) = broadcast::channel(CHANGES_QUEUE);
+        if let Some(day) = config.report_publish_day {
+            tokio::spawn(crate::report::publish_monthly(
+                journal.clone(),
+                sink.clone(),
+                accepted.clone(),
+                config.gateway_id.clone(),
+                day,
+                // Stops with the scanners: it holds a record sink, which must be gone for the
+                // journal writer to finish.
+                shutdown.clone(),
+            ));
+        }
         let uplink = Uplink {
             config: config.uplink.clone(),
             gateway: config.gateway_id.clone(),
@@ -171,6 +187,7 @@ impl App {
         };
         let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
 
+        let liveness = crate::service::Liveness::default();
         for l in &config.lines {
             let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
             let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
@@ -192,6 +209,7 @@ impl App {
                 lane_states: lane_states.clone(),
                 metrics: metrics.clone(),
                 dispositions: l.plc.map.status.is_some(),
+                beat: liveness.register(&format!("line {}", l.id)),
             };
             let io = LineIo {
                 scans: scan_rx,
@@ -227,6 +245,7 @@ impl App {
             }
             _ => None,
         };
+        tokio::spawn(crate::service::watchdog(liveness, uplink_stop.clone()));
         Ok(App {
             view_addr,
             metrics,
@@ -240,8 +259,7 @@ impl App {
         })
     }
 
-    /// A handle that reloads the rule file (for SIGHUP), usable after the app is moved.
-    /// The rule set in force, for reloads.
+    /// The rule set in force, for reloads (usable after the app is moved).
     pub fn policy(&self) -> Policy {
         self.policy.clone()
     }

@@ -224,6 +224,8 @@ impl Board {
                 });
                 update.row = Some(row.clone());
             }
+            // A monthly report covers the gateway, not a parcel: the lookup lists it by time.
+            Record::Report(_) => return None,
             Record::Alert(a) => {
                 let kind = serde_json::to_value(a.alert).unwrap_or_default();
                 let key = a

@@ -58,7 +58,8 @@ function otherCard(v) {
   const r = v.record;
   const title = v.kind === "disposition"
     ? "PLC disposition: " + String(r.disposition).replace(/_/g, " ")
-    : v.kind === "alert" ? "⚠ Alert: " + String(r.alert).replace(/_/g, " ") : v.kind;
+    : v.kind === "alert" ? "⚠ Alert: " + String(r.alert).replace(/_/g, " ")
+      : v.kind === "report" ? "Monthly report " + ((r.report && r.report.month) || "") : v.kind;
   const card = el("article", { class: "card record", "data-seq": v.seq });
   card.append(el("h3", {}, title + " · record " + v.seq));
   const rest = Object.fromEntries(Object.entries(r).filter(([k]) => !["schema", "msg_id", "prev_hash", "gateway", "kind", "at_ms"].includes(k)));
@@ -90,7 +91,8 @@ async function byWaybill(waybill) {
 function summaryOf(r) {
   if (r.kind === "parcel") return [el("span", {}, "Lane " + r.lane + " ", roleBadge(r.lane_role)), r.rule, r.reason];
   if (r.kind === "disposition") return ["Lane " + r.lane, String(r.disposition).replace(/_/g, " "), r.commanded_lane ? "commanded lane " + r.commanded_lane : ""];
-  return ["—", String(r.alert).replace(/_/g, " "), r.detail];
+  if (r.kind === "alert") return ["—", String(r.alert).replace(/_/g, " "), r.detail];
+  return ["—", r.kind, r.report && r.report.month ? "monthly report " + r.report.month : ""];
 }
 
 async function byTime(from, to, limit) {
