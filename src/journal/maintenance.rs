@@ -353,7 +353,9 @@ impl Journal {
             let anchor = encode_link(last, &sha256(last_bytes));
             let index = super::lookup::index_keys(batch.first, &records);
             let mut state = self.state();
-            let live = state.live_bytes.saturating_sub(batch.value.len() as u64);
+            let live = state
+                .live_bytes
+                .saturating_sub(batch.value.len() as u64 + super::lookup::index_bytes(&index));
             // Anchor, size, removal and index entries together: a crash leaves all or none.
             (&self.batches, &self.meta, &self.by_waybill)
                 .transaction(|(batches, meta, by_waybill)| {

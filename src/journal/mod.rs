@@ -32,7 +32,7 @@
 //!   Value: the batch's records, each as a big-endian `u32` length and the record's exact
 //!   JSON bytes. One write per commit instead of one per record is what makes appends fast.
 //! - `meta`: `head` and `anchor` (`seq` + SHA-256, 40 bytes), `forwarded` (`W`, 8 bytes),
-//!   `live_bytes` (8 bytes, size of all stored batches).
+//!   `live_bytes` (8 bytes, size of all stored batches and their `by_waybill` entries).
 //! - `acked`: records above `W` acknowledged out of order. `parked`: `seq` → reason.
 //! - `declarations`, `instructions` (by waybill), `instruction_ids`; `enterprises` (the
 //!   notice in force, by enterprise), `notice_ids`; `counted` (waybill → UTC day it joined its
@@ -260,7 +260,7 @@ impl Journal {
         self.state().forwarded
     }
 
-    /// Bytes of all stored batches.
+    /// Bytes of all stored batches and their index entries.
     pub fn live_bytes(&self) -> u64 {
         self.state().live_bytes
     }
@@ -427,7 +427,15 @@ impl Journal {
             .batches
             .get(seq_key(first))?
             .map_or(0, |v| v.len() as u64);
-        let live = state.live_bytes - old.min(state.live_bytes) + value.len() as u64;
+        // The index entries take disk too; counting them keeps the capacity policy's picture
+        // of the store true (see `lookup::INDEX_ENTRY_BYTES`).
+        let size = value.len() as u64 + lookup::index_bytes(&index);
+        let old = if old > 0 {
+            old + lookup::index_bytes(&index)
+        } else {
+            0
+        };
+        let live = state.live_bytes - old.min(state.live_bytes) + size;
         (&self.batches, &self.meta, &self.by_waybill)
             .transaction(|(batches, meta, by_waybill)| {
                 batches.insert(&seq_key(first)[..], &value[..])?;
