@@ -308,6 +308,8 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
             max_packet_bytes: 256 * 1024,
             reconnect_max: Duration::from_secs(2),
             drain_rate: 0,
+            tls: None,
+            credentials: None,
         },
         gateway: "bench-gw".into(),
         journal,
@@ -318,6 +320,7 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
         changes: tokio::sync::broadcast::channel(16).0,
         policy,
         anomalies: tokio::sync::mpsc::channel(1).1,
+        reconnect: Arc::new(tokio::sync::Notify::new()),
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));

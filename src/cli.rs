@@ -176,8 +176,8 @@ pub fn main() -> ExitCode {
                 }
                 #[cfg(unix)]
                 {
-                    // SIGHUP reloads the rule file.
-                    let reloader = app.policy();
+                    // SIGHUP reloads the rule file and the broker's TLS material.
+                    let reloader = app.reloader();
                     let mut hup =
                         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
                     tokio::spawn(async move {

@@ -72,6 +72,10 @@ pub struct Uplink {
     pub reconnect_max: Duration,
     /// Records per second at most when draining a backlog; 0: only `inflight` limits.
     pub drain_rate: u32,
+    /// TLS to the broker; `None`: plain TCP.
+    pub tls: Option<crate::uplink::tls::TlsFiles>,
+    /// MQTT username and password file.
+    pub credentials: Option<crate::uplink::tls::Credentials>,
 }
 
 impl Uplink {
@@ -242,6 +246,22 @@ struct RawUplink {
     reconnect_max_s: u64,
     #[serde(default = "default_drain_rate")]
     drain_rate: u32,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: PathBuf,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
 }
 
 fn default_drain_rate() -> u32 {
@@ -523,7 +543,58 @@ impl Config {
         if !(1..=3600).contains(&u.reconnect_max_s) {
             return Err(err("uplink.reconnect_max_s", "must be 1 to 3600".into()));
         }
+        let tls = match u.tls {
+            None => None,
+            Some(t) => {
+                let client = match (t.cert_file, t.key_file) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    (Some(_), None) => {
+                        return Err(err("uplink.tls.key_file", "needed with cert_file".into()))
+                    }
+                    (None, Some(_)) => {
+                        return Err(err("uplink.tls.cert_file", "needed with key_file".into()))
+                    }
+                };
+                let files = crate::uplink::tls::TlsFiles {
+                    ca_file: t.ca_file,
+                    client,
+                };
+                // Checked now, so a bad file is a configuration error, not a silent outage.
+                if let Err(e) = files.client_config() {
+                    return Err(err("uplink.tls", e.to_string()));
+                }
+                Some(files)
+            }
+        };
+        let credentials = match (u.username, u.password_file) {
+            (None, None) => None,
+            (Some(username), Some(password_file)) => {
+                if username.is_empty() || username.len() > 256 {
+                    return Err(err("uplink.username", "must be 1 to 256 characters".into()));
+                }
+                let c = crate::uplink::tls::Credentials {
+                    username,
+                    password_file,
+                };
+                if let Err(e) = c.password() {
+                    return Err(err("uplink.password_file", e.to_string()));
+                }
+                if tls.is_none() {
+                    tracing::warn!("uplink.username without uplink.tls: the password crosses the network in clear text");
+                }
+                Some(c)
+            }
+            (Some(_), None) => {
+                return Err(err("uplink.password_file", "needed with username".into()))
+            }
+            (None, Some(_)) => {
+                return Err(err("uplink.username", "needed with password_file".into()))
+            }
+        };
         let uplink = Uplink {
+            tls,
+            credentials,
             host,
             port,
             client_id: u.client_id,

@@ -30,6 +30,8 @@
 //! messages (Mosquitto's `message_size_limit`) cannot be detected: set `max_packet_kib` at or
 //! below the broker's limit.
 
+pub mod tls;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -83,6 +85,8 @@ pub struct Uplink {
     pub policy: Policy,
     /// Anomalies from the lines, sent at once.
     pub anomalies: mpsc::Receiver<Anomaly>,
+    /// Ends the current connection (SIGHUP: new TLS material or credentials take effect).
+    pub reconnect: Arc<tokio::sync::Notify>,
 }
 
 /// How a session ended.
@@ -183,7 +187,8 @@ impl Uplink {
         }
     }
 
-    fn options(&self) -> MqttOptions {
+    /// The connection's options, with TLS material and password read from their files now.
+    fn options(&self) -> Result<MqttOptions, tls::TlsError> {
         let c = &self.config;
         let mut o = MqttOptions::new(&c.client_id, &c.host, c.port);
         o.set_keep_alive(c.keep_alive)
@@ -192,7 +197,15 @@ impl Uplink {
             .set_inflight(c.inflight)
             .set_max_packet_size(MAX_INCOMING_PACKET, c.max_packet_bytes)
             .set_request_channel_capacity(REQUEST_QUEUE);
-        o
+        if let Some(t) = &c.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(t.client_config()?),
+            ));
+        }
+        if let Some(cred) = &c.credentials {
+            o.set_credentials(&cred.username, cred.password()?);
+        }
+        Ok(o)
     }
 
     /// Parks a record the broker will not take, with an alarm.
@@ -229,7 +242,16 @@ impl Uplink {
         pending: &Arc<Mutex<Pending>>,
         anomalies: &mut mpsc::Receiver<Anomaly>,
     ) -> (String, EndCause) {
-        let (client, mut events) = AsyncClient::new(self.options(), REQUEST_QUEUE);
+        let options = match self.options() {
+            Ok(o) => o,
+            Err(e) => {
+                self.alarms.raise(format!(
+                    "cannot connect to the broker: {e}; records wait in the journal"
+                ));
+                return (e.to_string(), EndCause::Local);
+            }
+        };
+        let (client, mut events) = AsyncClient::new(options, REQUEST_QUEUE);
         let window = Arc::new(Semaphore::new(self.config.inflight as usize));
         let feeder_stop = CancellationToken::new();
         let _stop_feeder = feeder_stop.clone().drop_guard();
@@ -275,6 +297,10 @@ impl Uplink {
                     }
                 },
                 _ = feeder_failed.cancelled() => return ("record queue to the broker failed".into(), EndCause::Local),
+                _ = self.reconnect.notified() => {
+                    info!("reconnecting to the broker to use reloaded TLS material and credentials");
+                    return ("reconnect requested (reload)".into(), EndCause::Local);
+                }
                 Some(a) = anomalies.recv(), if self.metrics.uplink_ready.load(Ordering::Relaxed) => {
                     self.publish_anomaly(&client, pending, &a);
                     continue;

@@ -84,6 +84,22 @@ fn check_config_names_a_misspelt_key() {
 }
 
 #[test]
+fn check_config_names_unusable_tls_material_and_half_credentials() {
+    check_broken(
+        "drain_rate = 5000",
+        "drain_rate = 5000\ntls = { ca_file = \"/nonexistent/ca.pem\" }",
+        "uplink.tls",
+        "/nonexistent/ca.pem",
+    );
+    check_broken(
+        "drain_rate = 5000",
+        "drain_rate = 5000\nusername = \"gw-01\"",
+        "uplink.password_file",
+        "needed with username",
+    );
+}
+
+#[test]
 fn check_config_names_a_bad_port() {
     check_broken(
         "192.0.2.10:502",

@@ -11,3 +11,4 @@ mod rules;
 mod scenarios;
 mod service;
 mod skeleton;
+mod tls;
