@@ -711,7 +711,9 @@ impl fmt::Display for PlatformReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bondline_devices::contract::{DivertOutcome, DivertStatus};
+    use bondline_devices::contract::{DivertOutcome, DivertStatus, FiredRule};
+
+    use crate::plan::Mix;
 
     /// Tests and the demo hold these futures across spawns; this only has to compile.
     #[allow(dead_code)]
@@ -793,6 +795,84 @@ mod tests {
         let text = r.to_string();
         assert!(text.contains("RELEASED AGAINST PLAN: 1"), "{text}");
         assert!(text.contains("more)"), "{text}");
+    }
+
+    fn fired(rule: &str, target: LaneRole) -> FiredRule {
+        FiredRule {
+            rule: rule.into(),
+            target,
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn report_counts_rules_and_missing_anomalies() {
+        let plan = Plan::with_mix(5, Mix::every_rule());
+        let book = RuleBook::demo();
+        let pick = |kind: PlanKind| {
+            plan.parcels(0..400)
+                .find(|p| p.kind == kind && !book.sampled(&p.waybill))
+                .expect("kind in plan")
+        };
+        let (heavy, light, held) = (
+            pick(PlanKind::Overweight),
+            pick(PlanKind::Release),
+            pick(PlanKind::Hold),
+        );
+        let mut weighed = record(1, Some(&heavy.waybill), LaneRole::Inspection);
+        weighed.rule = "weight_mismatch".into();
+        weighed.rules_fired = vec![
+            fired("weight_mismatch", LaneRole::Inspection),
+            fired("instruction", LaneRole::Release),
+        ];
+        let mut released = record(2, Some(&light.waybill), LaneRole::Release);
+        released.rule = "instruction".into();
+        released.rules_fired = vec![fired("instruction", LaneRole::Release)];
+        let mut hold = record(3, Some(&held.waybill), LaneRole::Hold);
+        hold.rule = "instruction".into();
+        hold.rules_fired = vec![fired("instruction", LaneRole::Hold)];
+        let records = vec![weighed.clone(), released, hold];
+        let expect = Expect {
+            weighed: true,
+            rules: Some(book.clone()),
+        };
+        let r = PlatformReport::build(&plan, 0..0, &records, &[], 0, 0, &expect);
+        assert_eq!(r.by_rule["instruction"], 2);
+        assert_eq!(r.fired["instruction"], 3);
+        assert_eq!(r.kinds_fired["weight_mismatch"], 1);
+        assert_eq!(r.lane_mismatches, 0, "{r}");
+        // Only the weight rule's parcel is an anomaly, and none arrived for it.
+        assert_eq!(r.flagged_without_anomaly, vec![heavy.waybill.clone()]);
+        assert!(r.kinds_never_fired.contains(&"sampling".to_string()));
+        assert!(!r.kinds_never_fired.contains(&"instruction".to_string()));
+        let anomaly = Anomaly {
+            schema: SCHEMA,
+            anomaly_id: "gw-l1-1-0".into(),
+            gateway: "gw".into(),
+            line: "l1".into(),
+            parcel: weighed.parcel,
+            waybill: weighed.waybill.clone(),
+            lane: 2,
+            lane_role: LaneRole::Inspection,
+            rule_set: book.version.clone(),
+            rules_fired: weighed.rules_fired.clone(),
+            inputs: Default::default(),
+            scanned_at_ms: 0,
+            at_ms: 0,
+        };
+        let r = PlatformReport::build(&plan, 0..0, &records, &[anomaly], 0, 0, &expect);
+        assert!(r.flagged_without_anomaly.is_empty());
+        assert_eq!(r.anomalies, 1);
+        // Without a scale the overweight parcel should have been released.
+        let unweighed = Expect {
+            weighed: false,
+            ..expect
+        };
+        let r = PlatformReport::build(&plan, 0..0, &records, &[], 0, 0, &unweighed);
+        assert_eq!(r.lane_mismatches, 1);
+        assert!(r
+            .to_string()
+            .contains("deciding rules: instruction 2 weight_mismatch 1"));
     }
 
     #[test]
