@@ -139,6 +139,10 @@ impl App {
         let policy = Policy::start(
             config.rules.clone(),
             config.rules_file.clone(),
+            config
+                .lines
+                .iter()
+                .any(|l| l.scanner.framing.weight.is_some()),
             journal.clone(),
             alarms.clone(),
             metrics.clone(),
@@ -166,6 +170,7 @@ impl App {
         };
         let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
 
+        let liveness = crate::service::Liveness::default();
         for l in &config.lines {
             let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
             let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
@@ -187,6 +192,7 @@ impl App {
                 lane_states: lane_states.clone(),
                 metrics: metrics.clone(),
                 dispositions: l.plc.map.status.is_some(),
+                beat: liveness.register(&format!("line {}", l.id)),
             };
             let io = LineIo {
                 scans: scan_rx,
@@ -205,6 +211,7 @@ impl App {
                 metrics.clone(),
             ));
         }
+        tokio::spawn(crate::service::watchdog(liveness, uplink_stop.clone()));
         Ok(App {
             metrics,
             table,
@@ -217,8 +224,7 @@ impl App {
         })
     }
 
-    /// A handle that reloads the rule file (for SIGHUP), usable after the app is moved.
-    /// The rule set in force, for reloads.
+    /// The rule set in force, for reloads (usable after the app is moved).
     pub fn policy(&self) -> Policy {
         self.policy.clone()
     }

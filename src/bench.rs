@@ -292,6 +292,7 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
     let policy = crate::policy::Policy::start(
         Arc::new(crate::rules::engine::RuleSet::builtin()),
         None,
+        false,
         journal.clone(),
         Alarms::new("bench-gw"),
         metrics.clone(),
@@ -630,7 +631,7 @@ fn rules_bench(
                 issued_at_ms: None,
             });
         }
-        if i % 2 == 1 {
+        if (i / consumers.max(1)) % 2 == 0 {
             table.count(&waybill, today - (i % 200) as u32);
         }
     }

@@ -135,6 +135,17 @@ pub fn main() -> ExitCode {
             runtime_then(|| async move {
                 let shutdown = crate::shutdown::on_signals();
                 let app = crate::app::App::start(config, shutdown.clone()).await?;
+                crate::service::ready(&format!(
+                    "running, rule set {}",
+                    app.policy().current().version
+                ));
+                {
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        shutdown.cancelled().await;
+                        crate::service::stopping();
+                    });
+                }
                 #[cfg(unix)]
                 {
                     // SIGHUP reloads the rule file.
@@ -147,7 +158,9 @@ pub fn main() -> ExitCode {
                                 _ = shutdown.cancelled() => return,
                                 s = hup.recv() => if s.is_none() { return },
                             }
-                            reloader.reload();
+                            crate::service::reloading();
+                            let version = reloader.reload();
+                            crate::service::reloaded(&format!("running, rule set {version}"));
                         }
                     });
                 }

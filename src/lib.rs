@@ -12,8 +12,10 @@
 //! - [`uplink`]: MQTT to the clearance platform; records leave the outbox only on PUBACK.
 //! - [`app`]: wires the tasks together and shuts them down in an order that loses nothing.
 //! - [`demo`]: the whole line on one machine: embedded broker, simulators and the daemon.
+//! - [`explain`]: `bondline explain WAYBILL`, a decision explained from the store.
 //! - [`bench`]: `bondline bench`, the measured numbers behind BENCHMARKS.md.
 //! - [`alarm`]: alarms for operators and the platform (log + `P/events`).
+//! - [`service`]: systemd readiness, watchdog (gated on the lines being alive), reload notices.
 //! - [`cli`], [`telemetry`], [`shutdown`], [`metrics`], [`backoff`]: the edges.
 //!
 //! Data flows one way on the decision path (scanner → line → PLC link → journal → uplink);
@@ -26,12 +28,14 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod fieldbus;
 pub mod journal;
 pub mod line;
 pub mod metrics;
 pub mod policy;
 pub mod rules;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod uplink;

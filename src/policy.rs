@@ -52,6 +52,8 @@ pub struct Policy {
     metrics: Arc<Metrics>,
     /// Hash of the rule file's text last read (valid or not), to notice changes.
     file_seen: Arc<Mutex<Option<[u8; 32]>>>,
+    /// Whether any line's scanner weighs parcels (so weight rules can fire).
+    weighing: bool,
 }
 
 /// Reads the rule file and validates it.
@@ -80,6 +82,7 @@ impl Policy {
     pub fn start(
         configured: Arc<RuleSet>,
         file: Option<PathBuf>,
+        weighing: bool,
         journal: Journal,
         alarms: Alarms,
         metrics: Arc<Metrics>,
@@ -109,14 +112,32 @@ impl Policy {
                 journal.store_rules(&StoredRules::Local)?;
             }
         }
-        Ok(Policy {
+        let policy = Policy {
             rules: Arc::new(RwLock::new(set)),
             file,
             journal,
             alarms,
             metrics,
             file_seen: Arc::new(Mutex::new(file_hash)),
-        })
+            weighing,
+        };
+        policy.warn_inert(&policy.current());
+        Ok(policy)
+    }
+
+    /// Warns about rules that cannot fire on this gateway's devices.
+    fn warn_inert(&self, set: &RuleSet) {
+        if self.weighing {
+            return;
+        }
+        for r in &set.rules {
+            if matches!(
+                r.kind,
+                crate::rules::engine::RuleKind::WeightMismatch { .. }
+            ) {
+                warn!(rule = %r.name, rule_set = %set.version, "weight rule cannot fire: no scanner of this gateway weighs parcels (a profile with weight_separator)");
+            }
+        }
     }
 
     /// The shared rule set every line reads.
@@ -130,6 +151,7 @@ impl Policy {
     }
 
     fn swap(&self, set: RuleSet) -> String {
+        self.warn_inert(&set);
         let version = set.version.clone();
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         Metrics::add(&self.metrics.rule_sets_applied, 1);

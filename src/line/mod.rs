@@ -60,6 +60,8 @@ pub struct LineCtx {
     pub metrics: Arc<Metrics>,
     /// Whether the PLC reports dispositions (its profile has a status section).
     pub dispositions: bool,
+    /// Beats on every tick of the line's loop, for the service watchdog.
+    pub beat: crate::service::Beat,
 }
 
 /// The line task's channels.
@@ -105,7 +107,10 @@ pub async fn run(ctx: LineCtx, mut io: LineIo) {
                 }
                 Err(broadcast::error::RecvError::Closed) => {}
             },
-            _ = tick.tick() => line.expire(&io.sink),
+            _ = tick.tick() => {
+                line.ctx.beat.beat();
+                line.expire(&io.sink);
+            }
         }
         if !scanning && line.in_flight == 0 {
             break;

@@ -142,6 +142,7 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
 mod tests {
     use super::*;
     use bondline_devices::contract::{Action, Declaration, Instruction, SCHEMA};
+    use std::collections::{HashMap, HashSet};
 
     fn decl(w: &str) -> Declaration {
         Declaration {
@@ -265,5 +266,184 @@ mod tests {
             Applied::Unchanged
         );
         assert_eq!(role(&t, "W"), LaneRole::Hold);
+    }
+
+    /// The whole decision over any sequence of platform messages and scans: a parcel reaches
+    /// release only if, at that moment, it is declared, its identity verified, its enterprise
+    /// not suspended, and its latest applicable instruction is a release; and every decision
+    /// names its rule set.
+    mod model {
+        use super::*;
+        use bondline_devices::contract::{EnterpriseAction, EnterpriseNotice};
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Msg {
+            Declare {
+                w: u8,
+                enterprise: u8,
+                verified: bool,
+                value: u64,
+            },
+            Instruct {
+                w: u8,
+                id: u8,
+                action: Action,
+                at: Option<u64>,
+            },
+            Notice {
+                enterprise: u8,
+                id: u8,
+                suspend: bool,
+                at: Option<u64>,
+            },
+            Scan {
+                w: u8,
+                grams: Option<u32>,
+            },
+        }
+
+        fn msg() -> impl Strategy<Value = Msg> {
+            let action = prop_oneof![
+                Just(Action::Release),
+                Just(Action::Inspect),
+                Just(Action::Hold)
+            ];
+            prop_oneof![
+                (0u8..6, 0u8..3, any::<bool>(), 0u64..1_000_000).prop_map(
+                    |(w, enterprise, verified, value)| Msg::Declare {
+                        w,
+                        enterprise,
+                        verified,
+                        value
+                    }
+                ),
+                (0u8..6, 0u8..12, action, proptest::option::of(0u64..5))
+                    .prop_map(|(w, id, action, at)| Msg::Instruct { w, id, action, at }),
+                (0u8..3, 0u8..8, any::<bool>(), proptest::option::of(0u64..5)).prop_map(
+                    |(enterprise, id, suspend, at)| Msg::Notice {
+                        enterprise,
+                        id,
+                        suspend,
+                        at
+                    }
+                ),
+                (0u8..7, proptest::option::of(0u32..3000))
+                    .prop_map(|(w, grams)| Msg::Scan { w, grams }),
+            ]
+        }
+
+        const EVERY_RULE: &str = r#"
+version = "model-1"
+sampling_key_hex = "000102030405060708090a0b0c0d0e0f"
+[[rules]]
+name = "instruction"
+kind = "instruction"
+priority = 100
+[[rules]]
+name = "suspended"
+kind = "suspended_enterprise"
+priority = 90
+target = "hold"
+[[rules]]
+name = "identity"
+kind = "unverified_identity"
+priority = 80
+target = "hold"
+[[rules]]
+name = "undeclared"
+kind = "undeclared"
+priority = 70
+target = "hold"
+[[rules]]
+name = "weight"
+kind = "weight_mismatch"
+priority = 50
+target = "inspection"
+tolerance_pct = 10.0
+tolerance_g = 50
+[[rules]]
+name = "daily"
+kind = "consumer_limit"
+priority = 40
+target = "inspection"
+window_days = 1
+max_parcels = 2
+max_value_minor = 1500000
+currency = "CNY"
+[[rules]]
+name = "sample"
+kind = "sampling"
+priority = 10
+target = "inspection"
+rate_ppm = 100000
+"#;
+
+        proptest! {
+            #[test]
+            fn nothing_reaches_release_that_should_not(msgs in proptest::collection::vec(msg(), 1..60)) {
+                let rules = engine::RuleSet::parse("model", EVERY_RULE).unwrap();
+                let mut t = ClearanceTable::default();
+                // The model: what a correct gateway believes about each waybill.
+                let mut declared: HashMap<u8, (u8, bool)> = HashMap::new();
+                let mut instruction: HashMap<u8, (Action, Option<u64>)> = HashMap::new();
+                let mut seen_ids: HashSet<u8> = HashSet::new();
+                let mut suspended: HashMap<u8, (bool, Option<u64>)> = HashMap::new();
+                let mut seen_notices: HashSet<u8> = HashSet::new();
+                for m in msgs {
+                    match m {
+                        Msg::Declare { w, enterprise, verified, value } => {
+                            let mut d = decl(&format!("W{w}"));
+                            d.enterprise = format!("E{enterprise}");
+                            d.identity_verified = verified;
+                            d.consumer = Some(format!("C{}", w % 2));
+                            d.value_minor = Some(value);
+                            d.currency = Some("CNY".into());
+                            d.gross_weight_g = Some(1000);
+                            t.apply_declaration(&d);
+                            declared.insert(w, (enterprise, verified));
+                        }
+                        Msg::Instruct { w, id, action, at } => {
+                            let i = instr(&format!("W{w}"), &format!("I{id}"), action, at);
+                            t.apply_instruction(&i);
+                            let stale = matches!((instruction.get(&w), at), (Some((_, Some(old))), Some(new)) if new < *old);
+                            if seen_ids.insert(id) && !stale {
+                                instruction.insert(w, (action, at));
+                            }
+                        }
+                        Msg::Notice { enterprise, id, suspend, at } => {
+                            let n = EnterpriseNotice {
+                                schema: SCHEMA,
+                                notice_id: format!("N{id}"),
+                                enterprise: format!("E{enterprise}"),
+                                action: if suspend { EnterpriseAction::Suspend } else { EnterpriseAction::Lift },
+                                reason: String::new(),
+                                issued_at_ms: at,
+                            };
+                            t.apply_notice(&n);
+                            let stale = matches!((suspended.get(&enterprise), at), (Some((_, Some(old))), Some(new)) if new < *old);
+                            if seen_notices.insert(id) && !stale {
+                                suspended.insert(enterprise, (suspend, at));
+                            }
+                        }
+                        Msg::Scan { w, grams } => {
+                            let read = ScanRead::Waybill(format!("W{w}"));
+                            let d = decide(&t, &rules, Scan { read: &read, weight_g: grams, day: 100 });
+                            if d.inputs.as_ref().is_some_and(|i| i.consumer.is_some()) {
+                                t.count(&format!("W{w}"), 100);
+                            }
+                            prop_assert_eq!(&d.rule_set, "model-1");
+                            prop_assert!(!d.fired.is_empty());
+                            if d.role == LaneRole::Release {
+                                let (enterprise, verified) = declared.get(&w).copied().expect("released undeclared");
+                                prop_assert!(verified, "released unverified");
+                                prop_assert!(!suspended.get(&enterprise).is_some_and(|s| s.0), "released suspended");
+                                prop_assert_eq!(instruction.get(&w).map(|i| i.0), Some(Action::Release));
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -144,6 +144,41 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `bondline run --config <config>`, logging to `<log>`.
     pub fn start(config: &Path, log: &Path) -> Daemon {
+        Daemon::start_with_env(config, log, &[])
+    }
+
+    /// Like [`Daemon::start`], with the environment systemd gives a `Type=notify` service
+    /// with a watchdog: `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` (the daemon's own
+    /// pid, hence the `exec` from a shell that knows it).
+    pub fn start_as_service(
+        config: &Path,
+        log: &Path,
+        notify: &Path,
+        watchdog_usec: u64,
+    ) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("daemon log");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_bondline"))
+            .args(["--log-format", "text", "run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .env("NOTIFY_SOCKET", notify)
+            .env("WATCHDOG_USEC", watchdog_usec.to_string())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bondline");
+        Daemon { child }
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -153,6 +188,7 @@ impl Daemon {
             .args(["--log-format", "text", "run", "--config"])
             .arg(config)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

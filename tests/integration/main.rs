@@ -9,4 +9,5 @@ mod faults;
 mod harness;
 mod rules;
 mod scenarios;
+mod service;
 mod skeleton;

@@ -141,3 +141,433 @@ async fn sighup_reloads_the_rule_file_and_an_invalid_one_is_refused_whole() {
     assert_eq!(daemon.terminate(), Some(0));
     stop.cancel();
 }
+
+/// A rule set with every kind the daemon can feed.
+const EVERY_RULE: &str = r#"
+version = "file-1"
+sampling_key_hex = "00112233445566778899aabbccddeeff"
+[[rules]]
+name = "instruction"
+kind = "instruction"
+priority = 100
+[[rules]]
+name = "suspended"
+kind = "suspended_enterprise"
+priority = 95
+target = "hold"
+[[rules]]
+name = "identity"
+kind = "unverified_identity"
+priority = 90
+target = "hold"
+[[rules]]
+name = "undeclared"
+kind = "undeclared"
+priority = 85
+target = "hold"
+[[rules]]
+name = "weight"
+kind = "weight_mismatch"
+priority = 60
+target = "inspection"
+tolerance_pct = 10.0
+tolerance_g = 50
+[[rules]]
+name = "daily_parcels"
+kind = "consumer_limit"
+priority = 50
+target = "inspection"
+window_days = 1
+max_parcels = 2
+[[rules]]
+name = "yearly_value"
+kind = "consumer_limit"
+priority = 49
+target = "inspection"
+window_days = 366
+max_value_minor = 500000
+currency = "CNY"
+[[rules]]
+name = "sample"
+kind = "sampling"
+priority = 10
+target = "inspection"
+rate_ppm = 50000
+"#;
+
+/// The scanning-and-weighing station of the test line: the test writes its frames.
+struct Station {
+    listener: tokio::net::TcpListener,
+    stream: Option<tokio::net::TcpStream>,
+    framing: bondline_devices::framing::ScannerFraming,
+}
+
+impl Station {
+    async fn scan(&mut self, waybill: &str, grams: u32) {
+        use tokio::io::AsyncWriteExt;
+        if self.stream.is_none() {
+            let (s, _) = tokio::time::timeout(Duration::from_secs(20), self.listener.accept())
+                .await
+                .expect("the daemon connects to the scanner")
+                .unwrap();
+            self.stream = Some(s);
+        }
+        let frame = self
+            .framing
+            .encode(&self.framing.read_payload(waybill, Some(grams)));
+        self.stream
+            .as_mut()
+            .unwrap()
+            .write_all(&frame)
+            .await
+            .unwrap();
+    }
+}
+
+fn json(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Publishes a bad instruction until the daemon reports its rejection: after that, the daemon
+/// is subscribed, and it has worked through every platform message published before it (it
+/// handles them in order).
+async fn sync_with_daemon(platform: &PlatformSim) {
+    let rejections = || {
+        platform
+            .events()
+            .iter()
+            .filter(|e| e.kind == EventKind::RejectedMessage)
+            .count()
+    };
+    let before = rejections();
+    for _ in 0..40 {
+        platform
+            .publish_raw("instructions", b"sentinel".to_vec())
+            .await
+            .unwrap();
+        if wait_until(Duration::from_millis(500), || rejections() > before).await {
+            return;
+        }
+    }
+    panic!("the daemon never answered the platform");
+}
+
+/// Publishes `messages` (topic suffix, payload) to a subscribed daemon and waits until it
+/// has applied them.
+async fn publish_all(platform: &PlatformSim, messages: Vec<(&str, Vec<u8>)>) {
+    sync_with_daemon(platform).await;
+    for (topic, payload) in messages {
+        platform.publish_raw(topic, payload).await.unwrap();
+    }
+    sync_with_daemon(platform).await;
+}
+
+fn declaration(
+    waybill: &str,
+    enterprise: &str,
+    consumer: &str,
+    value: u64,
+    currency: &str,
+    verified: bool,
+) -> Vec<u8> {
+    json(serde_json::json!({
+        "schema": 1, "waybill": waybill, "enterprise": enterprise, "consumer": consumer,
+        "identity_verified": verified, "value_minor": value, "currency": currency,
+        "gross_weight_g": 1000, "items": [{"description": "tea", "quantity": 2}]
+    }))
+}
+
+fn release(waybill: &str) -> Vec<u8> {
+    json(serde_json::json!({
+        "schema": 1, "instruction_id": format!("I-{waybill}"), "waybill": waybill,
+        "action": "release", "reason": "cleared"
+    }))
+}
+
+fn notice(id: &str, action: &str, at: u64) -> Vec<u8> {
+    json(serde_json::json!({
+        "schema": 1, "notice_id": id, "enterprise": "E-BAD", "action": action,
+        "reason": "licence under review", "issued_at_ms": at
+    }))
+}
+
+fn rule_update(id: &str, text: &str, at: u64) -> Vec<u8> {
+    json(serde_json::json!({
+        "schema": 1, "update_id": id, "rules_toml": text, "issued_at_ms": at
+    }))
+}
+
+/// Every rule kind the daemon can feed, through the platform's messages and a weighing
+/// scanner: suspensions and their lifts, unverified identities, missing declarations, weight
+/// mismatches, consumer limits per day and per year (kept across a restart), keyed sampling
+/// an auditor can recompute, anomalies for every flagged parcel, platform-pushed rule sets
+/// (applied, refused, kept across a restart) and a rule file changed on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() {
+    use bondline::rules::engine::RuleSet;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(&rules_path, EVERY_RULE).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
+            plc,
+        },
+    )
+    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
+    .replace(
+        "gateway_id = \"test-gw\"",
+        &format!(
+            "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
+            rules_path.display()
+        ),
+    );
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-every-rule")
+        .await
+        .unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = Daemon::start(&config, &log);
+    let mut station = Station {
+        listener,
+        stream: None,
+        framing: Profiles::builtin()
+            .get("dws-stx-etx")
+            .unwrap()
+            .scanner()
+            .unwrap()
+            .clone(),
+    };
+
+    // Waybills named for their case; sampled ones and unsampled ones found with the key, as an
+    // auditor would.
+    let set = RuleSet::parse("test", EVERY_RULE).unwrap();
+    let pick = |stem: &str, sampled: bool| {
+        (0..)
+            .map(|i| format!("{stem}{i:04}"))
+            .find(|w| set.sampled(w, 50_000) == sampled)
+            .unwrap()
+    };
+    let ok = pick("OK", false);
+    let susp = [
+        pick("SUSPA", false),
+        pick("SUSPB", false),
+        pick("SUSPC", false),
+    ];
+    let unver = pick("UNVER", false);
+    let undecl = pick("UNDECL", false);
+    let heavy: Vec<String> = (0..5).map(|i| pick(&format!("HEAVY{i}X"), false)).collect();
+    let freq: Vec<String> = (0..4).map(|i| pick(&format!("FREQ{i}X"), false)).collect();
+    let rich = pick("RICH", false);
+    let usd = pick("USD", false);
+    let sampled = pick("SAMP", true);
+
+    let mut msgs = vec![("enterprises", notice("N1", "suspend", 1_000))];
+    let mut declare = |w: &str, e: &str, c: &str, v: u64, cur: &str, verified: bool| {
+        msgs.push(("declarations", declaration(w, e, c, v, cur, verified)));
+        msgs.push(("instructions", release(w)));
+    };
+    declare(&ok, "E-GOOD", "c-ok", 10_000, "CNY", true);
+    for w in &susp {
+        declare(w, "E-BAD", &format!("c-{w}"), 10_000, "CNY", true);
+    }
+    declare(&unver, "E-GOOD", "c-unver", 10_000, "CNY", false);
+    for w in &heavy {
+        declare(w, "E-GOOD", &format!("c-{w}"), 10_000, "CNY", true);
+    }
+    for w in &freq {
+        declare(w, "E-GOOD", "c-frequent", 100, "CNY", true);
+    }
+    declare(&rich, "E-GOOD", "c-rich", 600_000, "CNY", true);
+    declare(&usd, "E-GOOD", "c-usd", 1_000, "USD", true);
+    declare(&sampled, "E-GOOD", "c-sampled", 10_000, "CNY", true);
+    msgs.push(("instructions", release(&undecl)));
+    publish_all(&platform, msgs).await;
+
+    let record_of = |w: &str| {
+        platform
+            .records()
+            .into_iter()
+            .rfind(|r| r.waybill.as_deref() == Some(w))
+    };
+    // Scans `w` weighing `grams` and returns its record once it arrived.
+    macro_rules! scan {
+        ($w:expr, $grams:expr) => {{
+            let w: &str = $w;
+            station.scan(w, $grams).await;
+            assert!(
+                wait_until(Duration::from_secs(20), || record_of(w).is_some()).await,
+                "no record for {w}"
+            );
+            record_of(w).unwrap()
+        }};
+    }
+    let expect = |r: &bondline_devices::contract::ParcelRecord, role: LaneRole, rule: &str| {
+        assert_eq!(
+            (r.lane_role, r.rule.as_str()),
+            (role, rule),
+            "{}: {} ({:?})",
+            r.waybill.as_deref().unwrap_or("?"),
+            r.reason,
+            r.rules_fired
+        );
+    };
+
+    let r = scan!(&ok, 1_020);
+    expect(&r, LaneRole::Release, "instruction");
+    let inputs = r.inputs.clone().unwrap();
+    assert_eq!(inputs.measured_weight_g, Some(1_020));
+    assert_eq!(inputs.declared_weight_g, Some(1_000));
+    assert!(inputs.counted);
+    assert_eq!(r.rule_set.as_deref(), Some("file-1"));
+    expect(&scan!(&susp[0], 1_000), LaneRole::Hold, "suspended");
+    expect(&scan!(&unver, 1_000), LaneRole::Hold, "identity");
+    expect(&scan!(&undecl, 1_000), LaneRole::Hold, "undeclared");
+    let r = scan!(&heavy[0], 1_600);
+    expect(&r, LaneRole::Inspection, "weight");
+    assert!(
+        r.reason.contains("weighed 1600 g, declared 1000 g"),
+        "{}",
+        r.reason
+    );
+    expect(&scan!(&freq[0], 1_000), LaneRole::Release, "instruction");
+    expect(&scan!(&freq[1], 1_000), LaneRole::Release, "instruction");
+    let r = scan!(&freq[2], 1_000);
+    expect(&r, LaneRole::Inspection, "daily_parcels");
+    let windows = r.inputs.clone().unwrap().consumer_windows;
+    assert_eq!(windows[0].parcels, 2, "{windows:?}");
+    expect(&scan!(&rich, 1_000), LaneRole::Inspection, "yearly_value");
+    let r = scan!(&usd, 1_000);
+    expect(&r, LaneRole::Inspection, "yearly_value");
+    assert!(r.reason.contains("USD"), "{}", r.reason);
+    expect(&scan!(&sampled, 1_000), LaneRole::Inspection, "sample");
+
+    // Every flagged parcel was announced on the anomalies topic; released ones were not.
+    let flagged = [
+        &susp[0], &unver, &undecl, &heavy[0], &freq[2], &rich, &usd, &sampled,
+    ];
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let a = platform.anomalies();
+            flagged
+                .iter()
+                .all(|w| a.iter().any(|a| a.waybill.as_deref() == Some(w.as_str())))
+        })
+        .await,
+        "anomalies: {:?}",
+        platform.anomalies()
+    );
+    let anomalies = platform.anomalies();
+    for w in [&ok, &freq[0], &freq[1]] {
+        assert!(anomalies
+            .iter()
+            .all(|a| a.waybill.as_deref() != Some(w.as_str())));
+    }
+    let a = anomalies
+        .iter()
+        .find(|a| a.waybill.as_deref() == Some(heavy[0].as_str()))
+        .unwrap();
+    assert_eq!(a.inputs.measured_weight_g, Some(1_600));
+
+    // A restart keeps the suspension and the consumer's history.
+    assert_eq!(daemon.terminate(), Some(0));
+    daemon = Daemon::start(&config, &log);
+    station.stream = None;
+    expect(
+        &scan!(&freq[3], 1_000),
+        LaneRole::Inspection,
+        "daily_parcels",
+    );
+    expect(&scan!(&susp[1], 1_000), LaneRole::Hold, "suspended");
+
+    // The platform pushes a rule set without the weight check: it applies at once.
+    let platform_set = EVERY_RULE
+        .replace("version = \"file-1\"", "version = \"platform-1\"")
+        .replace(
+            "kind = \"weight_mismatch\"",
+            "kind = \"weight_mismatch\"\n# off",
+        )
+        .replace("tolerance_pct = 10.0", "tolerance_pct = 100.0")
+        .replace("tolerance_g = 50", "tolerance_g = 100000");
+    publish_all(
+        &platform,
+        vec![("rules", rule_update("R1", &platform_set, 2_000))],
+    )
+    .await;
+    assert!(platform
+        .events()
+        .iter()
+        .any(|e| e.kind == EventKind::RuleSetApplied && e.detail.contains("platform-1")));
+    let r = scan!(&heavy[1], 1_600);
+    expect(&r, LaneRole::Release, "instruction");
+    assert_eq!(r.rule_set.as_deref(), Some("platform-1"));
+
+    // An invalid one is refused whole and reported; an older one is ignored.
+    let releasing = platform_set.replace("target = \"hold\"", "target = \"release\"");
+    publish_all(
+        &platform,
+        vec![
+            ("rules", rule_update("R2", &releasing, 3_000)),
+            ("rules", rule_update("R0", EVERY_RULE, 1_000)),
+        ],
+    )
+    .await;
+    assert!(platform
+        .events()
+        .iter()
+        .any(|e| e.kind == EventKind::RejectedMessage
+            && e.detail.contains("R2")
+            && e.detail.contains("refused")));
+    let r = scan!(&heavy[2], 1_600);
+    assert_eq!(r.rule_set.as_deref(), Some("platform-1"));
+
+    // The platform's rule set stays in force across a restart; a lift ends the suspension.
+    assert_eq!(daemon.terminate(), Some(0));
+    daemon = Daemon::start(&config, &log);
+    station.stream = None;
+    let r = scan!(&heavy[3], 1_600);
+    assert_eq!(r.rule_set.as_deref(), Some("platform-1"));
+    expect(&r, LaneRole::Release, "instruction");
+    publish_all(
+        &platform,
+        vec![("enterprises", notice("N2", "lift", 5_000))],
+    )
+    .await;
+    expect(&scan!(&susp[2], 1_000), LaneRole::Release, "instruction");
+
+    // A change of the rule file on disk is picked up without a signal.
+    std::fs::write(
+        &rules_path,
+        EVERY_RULE.replace("version = \"file-1\"", "version = \"file-2\""),
+    )
+    .unwrap();
+    // Fresh waybills (undeclared: held) until one is decided by the new version.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = scan!(&format!("WATCH{n:03}"), 1_000);
+        if r.rule_set.as_deref() == Some("file-2") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the changed rule file was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let r = scan!(&heavy[4], 1_600);
+    expect(&r, LaneRole::Inspection, "weight");
+    assert_eq!(daemon.terminate(), Some(0));
+    stop.cancel();
+}

@@ -1,0 +1,305 @@
+//! `bondline explain WAYBILL`: why each parcel of a waybill went where it went, from the store.
+//!
+//! Pure rendering of what the journal holds: the declaration, and every record of the waybill
+//! (each parcel decision with the rules that fired and the inputs they saw, the PLC's
+//! dispositions, alerts) with its forwarding state. Text for people; `--json` for tools.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use bondline_devices::contract::{DecisionInputs, Declaration, Record};
+use serde::Serialize;
+
+/// One record of the waybill and whether the platform has it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub record: Record,
+    /// `forwarded`, `in outbox` or `parked: <reason>`.
+    pub forwarding: String,
+}
+
+/// Everything the store knows about one waybill.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub waybill: String,
+    pub declaration: Option<Declaration>,
+    pub records: Vec<Entry>,
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn money(minor: u64, currency: Option<&str>) -> String {
+    format!(
+        "{}.{:02} {}",
+        minor / 100,
+        minor % 100,
+        currency.unwrap_or("(no currency)")
+    )
+}
+
+fn grams(g: u32) -> String {
+    format!("{}.{:03} kg", g / 1000, g % 1000)
+}
+
+/// What the decision saw, in one line.
+fn inputs_line(i: &DecisionInputs) -> String {
+    let mut parts = Vec::new();
+    if !i.declared {
+        parts.push("no declaration".to_string());
+    } else {
+        let e = i.enterprise.as_deref().unwrap_or("?");
+        parts.push(if i.enterprise_suspended {
+            format!("enterprise {e} SUSPENDED")
+        } else {
+            format!("enterprise {e}")
+        });
+        if let Some(c) = &i.consumer {
+            let verified = match i.identity_verified {
+                Some(true) => "verified",
+                _ => "NOT verified",
+            };
+            parts.push(format!("consumer {c} ({verified})"));
+        }
+        if let Some(v) = i.value_minor {
+            parts.push(format!("value {}", money(v, i.currency.as_deref())));
+        }
+    }
+    match (i.measured_weight_g, i.declared_weight_g) {
+        (Some(m), Some(d)) => parts.push(format!(
+            "weighed {} against {} declared",
+            grams(m),
+            grams(d)
+        )),
+        (Some(m), None) => parts.push(format!("weighed {}", grams(m))),
+        (None, Some(d)) => parts.push(format!("{} declared, not weighed", grams(d))),
+        (None, None) => {}
+    }
+    parts.push(match i.instruction {
+        Some(a) => format!(
+            "instruction {}",
+            serde_json::to_value(a)
+                .map(|v| v.as_str().unwrap_or("?").to_string())
+                .unwrap_or_default()
+        ),
+        None => "no instruction".into(),
+    });
+    for w in &i.consumer_windows {
+        parts.push(format!(
+            "{} over {} day(s): {} parcel(s), {} before this one",
+            w.rule,
+            w.window_days,
+            w.parcels,
+            money(w.value_minor, i.currency.as_deref())
+        ));
+    }
+    parts.join("; ")
+}
+
+impl Explanation {
+    /// The explanation as text for customs staff.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "Waybill {}", self.waybill);
+        match &self.declaration {
+            None => {
+                let _ = writeln!(out, "Declaration: none received");
+            }
+            Some(d) => {
+                let items: Vec<String> = d
+                    .items
+                    .iter()
+                    .map(|i| format!("{} x{}", i.description, i.quantity))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "Declaration: enterprise {}, consumer {}, identity {}, value {}, gross weight {}, items: {}",
+                    d.enterprise,
+                    d.consumer.as_deref().unwrap_or("(none)"),
+                    if d.identity_verified { "verified" } else { "not verified" },
+                    d.value_minor.map_or("(none)".into(), |v| money(v, d.currency.as_deref())),
+                    d.gross_weight_g.map_or("(none)".into(), grams),
+                    if items.is_empty() { "(none)".into() } else { items.join(", ") },
+                );
+            }
+        }
+        if self.records.is_empty() {
+            let _ = writeln!(
+                out,
+                "No records: not scanned on this gateway, or purged by retention."
+            );
+        }
+        for e in &self.records {
+            let state = &e.forwarding;
+            match &e.record {
+                Record::Parcel(p) => {
+                    let _ = writeln!(
+                        out,
+                        "\nParcel {} on line {}, scanned {} (record {}, {state})",
+                        p.parcel,
+                        p.line,
+                        time(p.scanned_at_ms),
+                        p.seq
+                    );
+                    let _ = writeln!(
+                        out,
+                        "  revision {}: {} (lane {}) by rule `{}` of rule set {}",
+                        p.revision,
+                        p.lane_role.as_str(),
+                        p.lane,
+                        p.rule,
+                        p.rule_set.as_deref().unwrap_or("(unknown)")
+                    );
+                    let _ = writeln!(out, "  why: {}", p.reason);
+                    for f in &p.rules_fired {
+                        let _ = writeln!(
+                            out,
+                            "  fired: {} -> {}: {}",
+                            f.rule,
+                            f.target.as_str(),
+                            f.reason
+                        );
+                    }
+                    if let Some(i) = &p.inputs {
+                        let _ = writeln!(out, "  saw: {}", inputs_line(i));
+                    }
+                    let d = &p.divert;
+                    let _ = writeln!(
+                        out,
+                        "  divert: {}{}{} at {}",
+                        serde_json::to_value(d.status)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        d.plc_seq
+                            .map_or(String::new(), |s| format!(" (PLC seq {s})")),
+                        d.detail
+                            .as_ref()
+                            .map_or(String::new(), |x| format!(": {x}")),
+                        time(d.at_ms)
+                    );
+                    if d.late {
+                        let _ = writeln!(out, "  LATE: the PLC acknowledged after the deadline");
+                    }
+                }
+                Record::Disposition(d) => {
+                    let _ = writeln!(
+                        out,
+                        "  disposition of parcel {}: {} to lane {}{} at {} (record {}, {state})",
+                        d.parcel,
+                        serde_json::to_value(d.disposition)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        d.lane,
+                        d.lane_role
+                            .map_or(String::new(), |r| format!(" ({})", r.as_str())),
+                        time(d.at_ms),
+                        d.seq
+                    );
+                }
+                Record::Alert(a) => {
+                    let _ = writeln!(
+                        out,
+                        "  ALERT {}: {} at {} (record {}, {state})",
+                        serde_json::to_value(a.alert)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        a.detail,
+                        time(a.at_ms),
+                        a.seq
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bondline_devices::contract::{
+        DivertOutcome, DivertStatus, FiredRule, LaneRole, ParcelRecord, ReadOutcome, SCHEMA,
+    };
+
+    #[test]
+    fn a_weighed_parcel_is_explained_with_its_rules_and_inputs() {
+        let p = ParcelRecord {
+            schema: SCHEMA,
+            msg_id: "gw-7".into(),
+            seq: 7,
+            prev_hash: String::new(),
+            gateway: "gw".into(),
+            line: "L1".into(),
+            parcel: 42,
+            read: ReadOutcome::Ok,
+            waybill: Some("BL1".into()),
+            lane: 2,
+            lane_role: LaneRole::Inspection,
+            rule: "weight".into(),
+            reason: "weighed 1600 g, declared 1000 g".into(),
+            instruction_id: Some("I1".into()),
+            scanned_at_ms: 1_795_721_462_091,
+            decided_at_ms: 1_795_721_462_091,
+            divert: DivertOutcome {
+                status: DivertStatus::Acked,
+                plc_seq: Some(5),
+                detail: None,
+                at_ms: 1_795_721_462_095,
+                late: false,
+            },
+            revision: 0,
+            deadline_ms: None,
+            rule_set: Some("v1".into()),
+            rules_fired: vec![
+                FiredRule {
+                    rule: "weight".into(),
+                    target: LaneRole::Inspection,
+                    reason: "weighed 1600 g, declared 1000 g".into(),
+                },
+                FiredRule {
+                    rule: "instruction".into(),
+                    target: LaneRole::Release,
+                    reason: "instruction I1: Release".into(),
+                },
+            ],
+            inputs: Some(Box::new(DecisionInputs {
+                declared: true,
+                enterprise: Some("E1".into()),
+                consumer: Some("c1".into()),
+                identity_verified: Some(true),
+                value_minor: Some(12_345),
+                currency: Some("CNY".into()),
+                declared_weight_g: Some(1000),
+                measured_weight_g: Some(1600),
+                instruction: Some(bondline_devices::contract::Action::Release),
+                ..Default::default()
+            })),
+        };
+        let text = Explanation {
+            waybill: "BL1".into(),
+            declaration: None,
+            records: vec![Entry {
+                record: Record::Parcel(p),
+                forwarding: "forwarded".into(),
+            }],
+        }
+        .render();
+        for want in [
+            "Waybill BL1",
+            "Declaration: none received",
+            "inspection (lane 2) by rule `weight` of rule set v1",
+            "fired: instruction -> release",
+            "weighed 1.600 kg against 1.000 kg declared",
+            "value 123.45 CNY",
+            "instruction release",
+            "divert: acked (PLC seq 5)",
+            "record 7, forwarded",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+}
