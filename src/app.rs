@@ -156,6 +156,18 @@ impl App {
         let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
         // Waybills whose clearance changed, from the uplink to every line.
         let (changes, _) = broadcast::channel(CHANGES_QUEUE);
+        if let Some(day) = config.report_publish_day {
+            tokio::spawn(crate::report::publish_monthly(
+                journal.clone(),
+                sink.clone(),
+                accepted.clone(),
+                config.gateway_id.clone(),
+                day,
+                // Stops with the scanners: it holds a record sink, which must be gone for the
+                // journal writer to finish.
+                shutdown.clone(),
+            ));
+        }
         let uplink = Uplink {
             config: config.uplink.clone(),
             gateway: config.gateway_id.clone(),

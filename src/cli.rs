@@ -13,6 +13,8 @@ use crate::telemetry::{self, LogFormat};
 
 /// Exit code for a bad configuration (BSD EX_USAGE), as systemd and operators expect.
 pub const EXIT_CONFIG: u8 = 64;
+/// Exit code for a bad command-line argument (EX_USAGE, like a bad configuration).
+pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,6 +64,32 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Reports for customs from the journal (stop the daemon first, or use a copy).
+    Report {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// Parcels scanned in a calendar month (UTC) by enterprise and by lane: scanned,
+    /// released, inspected, held, exception, declared value. Printed to stdout.
+    Monthly {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        month: String,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Csv,
+    Json,
 }
 
 /// Which journal to open.
@@ -169,6 +197,7 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Journal { store, command } => journal_command(store, command),
+        Command::Report { store, command } => report_command(store, command),
         Command::Bench(cmd) => {
             telemetry::init(cli.log_format, "warn");
             runtime_then(|| crate::bench::run(cmd))
@@ -202,7 +231,8 @@ where
     }
 }
 
-fn journal_command(store: StoreArgs, command: JournalCommand) -> ExitCode {
+/// Opens the journal named by `store`, or says why not and returns the exit code.
+fn open_store(store: StoreArgs) -> Result<crate::journal::Journal, ExitCode> {
     let path = match (store.store, store.config) {
         (Some(p), _) => p,
         (None, config) => {
@@ -211,21 +241,61 @@ fn journal_command(store: StoreArgs, command: JournalCommand) -> ExitCode {
                 Ok(c) => c.storage.path,
                 Err(e) => {
                     eprintln!("{e}");
-                    return ExitCode::from(EXIT_CONFIG);
+                    return Err(ExitCode::from(EXIT_CONFIG));
                 }
             }
         }
     };
     if !path.exists() {
         eprintln!("{}: no journal here", path.display());
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     }
-    let journal = match crate::journal::Journal::open(&path) {
-        Ok(j) => j,
+    crate::journal::Journal::open(&path).map_err(|e| {
+        eprintln!("{e} (is the daemon running? stop it or use a copy of the directory)");
+        ExitCode::FAILURE
+    })
+}
+
+fn report_command(store: StoreArgs, command: ReportCommand) -> ExitCode {
+    let ReportCommand::Monthly { month, format } = command;
+    let month = match crate::report::Month::parse(&month) {
+        Ok(m) => m,
         Err(e) => {
-            eprintln!("{e} (is the daemon running? stop it or use a copy of the directory)");
-            return ExitCode::FAILURE;
+            eprintln!("--month: {e}");
+            return ExitCode::from(EXIT_USAGE);
         }
+    };
+    let journal = match open_store(store) {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
+    let result: anyhow::Result<()> = (|| {
+        let report = crate::report::from_journal(&journal, month)?;
+        match format {
+            ReportFormat::Csv => print!("{}", crate::report::to_csv(&report)),
+            ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        }
+        if !report.complete {
+            eprintln!(
+                "warning: the journal no longer holds every record of {month}: it was purged up to {}",
+                report.oldest_record_ms.map_or("?".into(), |t| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(t)).to_string())
+            );
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bondline: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn journal_command(store: StoreArgs, command: JournalCommand) -> ExitCode {
+    let journal = match open_store(store) {
+        Ok(j) => j,
+        Err(code) => return code,
     };
     let result: anyhow::Result<ExitCode> = (|| match command {
         JournalCommand::Stats => {

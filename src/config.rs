@@ -36,6 +36,9 @@ pub struct Config {
     pub rules: std::sync::Arc<crate::rules::engine::RuleSet>,
     /// Where the rule set came from, for reloads.
     pub rules_file: Option<PathBuf>,
+    /// Day of the month (UTC, 1-28) from which last month's report is published to the
+    /// platform; `None`: reports only on demand (`bondline report monthly`).
+    pub report_publish_day: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +181,14 @@ struct RawConfig {
     devices: BTreeMap<String, RawDevice>,
     #[serde(default)]
     lines: Vec<RawLine>,
+    #[serde(default)]
+    report: Option<RawReport>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    publish_day: u32,
 }
 
 #[derive(Deserialize)]
@@ -202,8 +213,10 @@ fn default_quota_mb() -> u64 {
 fn default_min_free_mb() -> u64 {
     256
 }
+/// Long enough that last month's records are all still there on the 10th of this month,
+/// when customs expects the monthly report.
 fn default_retention_days() -> u64 {
-    30
+    45
 }
 fn default_hold_records() -> usize {
     200_000
@@ -646,6 +659,16 @@ impl Config {
             });
         }
 
+        let report_publish_day = match raw.report {
+            Some(r) if !(1..=28).contains(&r.publish_day) => {
+                return Err(err(
+                    "report.publish_day",
+                    "must be 1 to 28, a day every month has".into(),
+                ))
+            }
+            Some(r) => Some(r.publish_day),
+            None => None,
+        };
         Ok(Config {
             source: file.to_string(),
             gateway_id: raw.gateway_id,
@@ -654,6 +677,7 @@ impl Config {
             lines,
             rules: std::sync::Arc::new(rules),
             rules_file: raw.rules_file,
+            report_publish_day,
         })
     }
 }

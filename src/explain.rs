@@ -199,6 +199,7 @@ impl Explanation {
                         d.seq
                     );
                 }
+                Record::Report(_) => {}
                 Record::Alert(a) => {
                     let _ = writeln!(
                         out,

@@ -13,6 +13,7 @@
 //! - [`app`]: wires the tasks together and shuts them down in an order that loses nothing.
 //! - [`demo`]: the whole line on one machine: embedded broker, simulators and the daemon.
 //! - [`explain`]: `bondline explain WAYBILL`, a decision explained from the store.
+//! - [`report`]: the monthly customs report from the journal.
 //! - [`bench`]: `bondline bench`, the measured numbers behind BENCHMARKS.md.
 //! - [`alarm`]: alarms for operators and the platform (log + `P/events`).
 //! - [`service`]: systemd readiness, watchdog (gated on the lines being alive), reload notices.
@@ -34,6 +35,7 @@ pub mod journal;
 pub mod line;
 pub mod metrics;
 pub mod policy;
+pub mod report;
 pub mod rules;
 pub mod service;
 pub mod shutdown;

@@ -79,6 +79,22 @@ pub enum ExportFormat {
 
 impl Journal {
     /// Visits every stored record in order with its sequence (by position) and bytes.
+    /// Calls `f` with every stored record, in sequence order, until it returns false.
+    pub fn each_record(&self, mut f: impl FnMut(&Record) -> bool) -> Result<(), ExportError> {
+        self.for_each_record(|seq, bytes| {
+            let r: Record = serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+                seq,
+                reason: e.to_string(),
+            })?;
+            Ok(f(&r))
+        })
+    }
+
+    /// Whether retention or a short disk has removed records from this store.
+    pub fn has_purged(&self) -> Result<bool, JournalError> {
+        Ok(self.meta.get(META_ANCHOR)?.is_some())
+    }
+
     fn for_each_record(
         &self,
         mut f: impl FnMut(u64, &[u8]) -> Result<bool, ExportError>,
@@ -419,6 +435,25 @@ fn csv_row(r: &Record, forwarded: bool) -> Vec<String> {
             None,
             json_word(&a.alert),
             a.detail.clone(),
+            None,
+            None,
+        ),
+        Record::Report(m) => (
+            "report",
+            None,
+            None,
+            None,
+            "monthly_report".to_string(),
+            format!(
+                "{}: {} parcels scanned{}",
+                m.report.month,
+                m.report.total.scanned,
+                if m.report.complete {
+                    ""
+                } else {
+                    " (incomplete)"
+                }
+            ),
             None,
             None,
         ),

@@ -14,6 +14,7 @@ use crate::rules::ClearanceTable;
 
 const META_RULES_SOURCE: &[u8] = b"rules_source";
 const META_PLATFORM_RULES: &[u8] = b"platform_rules";
+const META_REPORT_SENT: &[u8] = b"report_sent";
 
 /// Where the rule set in force came from, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,5 +208,19 @@ impl Journal {
             .get(META_PLATFORM_RULES)?
             .filter(|v| v.len() >= 33)
             .and_then(|v| serde_json::from_slice(&v[33..]).ok()))
+    }
+
+    /// The last month (`YYYY-MM`) whose report was published to the platform.
+    pub fn report_sent(&self) -> Result<Option<String>, JournalError> {
+        Ok(self
+            .meta
+            .get(META_REPORT_SENT)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Remembers that `month`'s report was published.
+    pub fn set_report_sent(&self, month: &str) -> Result<(), JournalError> {
+        self.meta.insert(META_REPORT_SENT, month.as_bytes())?;
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ mod delivery;
 mod demo_rules;
 mod faults;
 mod harness;
+mod report;
 mod rules;
 mod scenarios;
 mod service;

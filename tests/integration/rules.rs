@@ -323,7 +323,9 @@ async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() 
         },
     )
     .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
-    .replace(
+    // Last month's report is due at once (day 1): published once, however many restarts.
+    + "\n[report]\npublish_day = 1\n";
+    let text = text.replace(
         "gateway_id = \"test-gw\"",
         &format!(
             "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
@@ -569,5 +571,16 @@ async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() 
     let r = scan!(&heavy[4], 1_600);
     expect(&r, LaneRole::Inspection, "weight");
     assert_eq!(daemon.terminate(), Some(0));
+    let reports: Vec<_> = platform
+        .all_records()
+        .into_iter()
+        .filter_map(|r| match r {
+            bondline_devices::contract::Record::Report(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let last_month = bondline::report::Month::of(std::time::SystemTime::now()).previous();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].report.month, last_month.to_string());
     stop.cancel();
 }

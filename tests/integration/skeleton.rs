@@ -216,6 +216,7 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
                 assert_eq!(d.waybill, parcel.waybill);
             }
             Record::Alert(a) => panic!("unexpected alert: {a:?}"),
+            Record::Report(m) => panic!("unexpected report: {m:?}"),
             Record::Parcel(_) => {}
         }
     }

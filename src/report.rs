@@ -1,0 +1,428 @@
+//! The monthly customs report: parcels scanned in a calendar month (UTC), by enterprise and by
+//! lane, with their final decisions and declared value.
+//!
+//! Built from the journal's parcel records in one pass, in sequence order. A parcel decided
+//! again before its deadline has several records (revisions); only its latest counts: a
+//! revision replaces the contribution of the one before. Revisions follow their parcel within
+//! seconds, so only the parcels of the last [`REVISION_HORIZON`] are remembered, which keeps
+//! memory flat for a month of a busy line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use bondline_devices::contract::{
+    LaneRole, LaneTotals, MonthlyReport, ParcelRecord, Record, Totals,
+};
+
+/// How long after its scan a parcel's revision is still matched to it.
+pub const REVISION_HORIZON: Duration = Duration::from_secs(600);
+
+/// A calendar month, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Month {
+    pub year: u32,
+    pub month: u32,
+}
+
+impl Month {
+    /// Parses `YYYY-MM`.
+    pub fn parse(s: &str) -> Result<Month, String> {
+        let bad = || format!("`{s}` is not a month as YYYY-MM");
+        let (y, m) = s.split_once('-').ok_or_else(bad)?;
+        if y.len() != 4 || m.len() != 2 {
+            return Err(bad());
+        }
+        let year: u32 = y.parse().map_err(|_| bad())?;
+        let month: u32 = m.parse().map_err(|_| bad())?;
+        if !(1970..=9998).contains(&year) || !(1..=12).contains(&month) {
+            return Err(bad());
+        }
+        Ok(Month { year, month })
+    }
+
+    /// The month `t` falls in.
+    pub fn of(t: SystemTime) -> Month {
+        let text = humantime::format_rfc3339_seconds(t).to_string();
+        Month::parse(&text[..7]).expect("RFC 3339 starts with YYYY-MM")
+    }
+
+    pub fn next(self) -> Month {
+        if self.month == 12 {
+            Month {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    pub fn previous(self) -> Month {
+        if self.month == 1 {
+            Month {
+                year: self.year - 1,
+                month: 12,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month - 1,
+            }
+        }
+    }
+
+    /// The first instant of the month, Unix ms.
+    pub fn start_ms(self) -> u64 {
+        let t = humantime::parse_rfc3339(&format!("{self}-01T00:00:00Z"))
+            .expect("a valid RFC 3339 date");
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl std::fmt::Display for Month {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+/// A lane of a line, with its role.
+type LaneKey = (String, u16, LaneRole);
+
+/// What one parcel's latest record adds to the report.
+#[derive(Debug, Clone)]
+struct Contribution {
+    enterprise: String,
+    line: String,
+    lane: u16,
+    role: LaneRole,
+    value: Option<(String, u64)>,
+    scanned_at_ms: u64,
+    revision: u32,
+}
+
+/// Builds a [`MonthlyReport`] from records fed in sequence order.
+#[derive(Debug)]
+pub struct Builder {
+    month: Month,
+    from_ms: u64,
+    to_ms: u64,
+    total: Totals,
+    by_enterprise: BTreeMap<String, Totals>,
+    by_lane: BTreeMap<LaneKey, (u64, BTreeMap<String, u64>)>,
+    recent: HashMap<(String, u32, u64), Contribution>,
+    oldest_record_ms: Option<u64>,
+    newest_scan_ms: u64,
+}
+
+fn role_count(t: &mut Totals, role: LaneRole) -> &mut u64 {
+    match role {
+        LaneRole::Release => &mut t.released,
+        LaneRole::Inspection => &mut t.inspected,
+        LaneRole::Hold => &mut t.held,
+        LaneRole::Exception => &mut t.exception,
+    }
+}
+
+/// Adds (`sign` = 1) or takes back (`sign` = -1) one parcel.
+fn apply(t: &mut Totals, c: &Contribution, add: bool) {
+    let step = |n: &mut u64, by: u64| {
+        *n = if add {
+            n.saturating_add(by)
+        } else {
+            n.saturating_sub(by)
+        }
+    };
+    step(&mut t.scanned, 1);
+    step(role_count(t, c.role), 1);
+    if let Some((cur, v)) = &c.value {
+        step(t.declared_value_minor.entry(cur.clone()).or_default(), *v);
+    }
+}
+
+impl Builder {
+    pub fn new(month: Month) -> Builder {
+        Builder {
+            month,
+            from_ms: month.start_ms(),
+            to_ms: month.next().start_ms(),
+            total: Totals::default(),
+            by_enterprise: BTreeMap::new(),
+            by_lane: BTreeMap::new(),
+            recent: HashMap::new(),
+            oldest_record_ms: None,
+            newest_scan_ms: 0,
+        }
+    }
+
+    /// Feeds one record (of any kind; only parcel records of the month count).
+    pub fn add(&mut self, r: &Record) {
+        if self.oldest_record_ms.is_none() {
+            self.oldest_record_ms = Some(r.at_ms());
+        }
+        let Record::Parcel(p) = r else {
+            return;
+        };
+        if p.scanned_at_ms < self.from_ms || p.scanned_at_ms >= self.to_ms {
+            return;
+        }
+        self.add_parcel(p);
+    }
+
+    fn add_parcel(&mut self, p: &ParcelRecord) {
+        let inputs = p.inputs.as_deref();
+        let enterprise = match (&p.waybill, inputs.and_then(|i| i.enterprise.clone())) {
+            (None, _) => "(no read)".to_string(),
+            (Some(_), Some(e)) => e,
+            (Some(_), None) => "(undeclared)".to_string(),
+        };
+        let value = inputs.and_then(|i| {
+            i.value_minor.map(|v| {
+                (
+                    i.currency.clone().unwrap_or_else(|| "(none)".to_string()),
+                    v,
+                )
+            })
+        });
+        let c = Contribution {
+            enterprise,
+            line: p.line.clone(),
+            lane: p.lane,
+            role: p.lane_role,
+            value,
+            scanned_at_ms: p.scanned_at_ms,
+            revision: p.revision,
+        };
+        let key = (p.line.clone(), p.parcel, p.scanned_at_ms);
+        if let Some(old) = self.recent.get(&key) {
+            if old.revision >= c.revision {
+                // A resent copy of a record already counted, or an older revision.
+                return;
+            }
+            let old = old.clone();
+            self.count(&old, false);
+        }
+        self.count(&c, true);
+        self.recent.insert(key, c);
+        // Forget parcels too old to get another revision.
+        if p.scanned_at_ms > self.newest_scan_ms {
+            self.newest_scan_ms = p.scanned_at_ms;
+            let horizon = self
+                .newest_scan_ms
+                .saturating_sub(REVISION_HORIZON.as_millis() as u64);
+            if self.recent.len() > 10_000 {
+                self.recent.retain(|_, c| c.scanned_at_ms >= horizon);
+            }
+        }
+    }
+
+    fn count(&mut self, c: &Contribution, add: bool) {
+        apply(&mut self.total, c, add);
+        apply(
+            self.by_enterprise.entry(c.enterprise.clone()).or_default(),
+            c,
+            add,
+        );
+        let lane = self
+            .by_lane
+            .entry((c.line.clone(), c.lane, c.role))
+            .or_default();
+        lane.0 = if add {
+            lane.0 + 1
+        } else {
+            lane.0.saturating_sub(1)
+        };
+        if let Some((cur, v)) = &c.value {
+            let e = lane.1.entry(cur.clone()).or_default();
+            *e = if add { *e + v } else { e.saturating_sub(*v) };
+        }
+    }
+
+    /// The report. `purged`: whether the journal had removed records before the first one fed.
+    pub fn finish(self, purged: bool) -> MonthlyReport {
+        let complete = !purged || self.oldest_record_ms.is_some_and(|t| t <= self.from_ms);
+        MonthlyReport {
+            month: self.month.to_string(),
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+            complete,
+            oldest_record_ms: self.oldest_record_ms,
+            total: self.total,
+            by_enterprise: self.by_enterprise,
+            by_lane: self
+                .by_lane
+                .into_iter()
+                .filter(|(_, (n, _))| *n > 0)
+                .map(|((line, lane, lane_role), (parcels, value))| LaneTotals {
+                    line,
+                    lane,
+                    lane_role,
+                    parcels,
+                    declared_value_minor: value,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The report of `month` from every record the journal holds.
+pub fn from_journal(
+    journal: &crate::journal::Journal,
+    month: Month,
+) -> Result<MonthlyReport, crate::journal::ExportError> {
+    let mut b = Builder::new(month);
+    journal.each_record(|r| {
+        b.add(r);
+        true
+    })?;
+    Ok(b.finish(journal.has_purged()?))
+}
+
+fn values(v: &BTreeMap<String, u64>) -> String {
+    v.iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| format!("{}.{:02} {c}", n / 100, n % 100))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn csv(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The report as CSV: one row per enterprise, one per lane, and a total row. Declared value
+/// is in major units with its currency (`123.45 CNY`), several currencies separated by `;`.
+pub fn to_csv(r: &MonthlyReport) -> String {
+    let mut out = String::from(
+        "month,section,key,lane_role,scanned,released,inspected,held,exception,declared_value\n",
+    );
+    let totals_row = |section: &str, key: &str, t: &Totals| {
+        format!(
+            "{},{section},{},,{},{},{},{},{},{}\n",
+            r.month,
+            csv(key),
+            t.scanned,
+            t.released,
+            t.inspected,
+            t.held,
+            t.exception,
+            csv(&values(&t.declared_value_minor))
+        )
+    };
+    for (e, t) in &r.by_enterprise {
+        out.push_str(&totals_row("enterprise", e, t));
+    }
+    for l in &r.by_lane {
+        out.push_str(&format!(
+            "{},lane,{},{},{},,,,,{}\n",
+            r.month,
+            csv(&format!("{}/{}", l.line, l.lane)),
+            l.lane_role.as_str(),
+            l.parcels,
+            csv(&values(&l.declared_value_minor))
+        ));
+    }
+    out.push_str(&totals_row("total", "", &r.total));
+    out
+}
+
+/// How often the publisher looks whether a report is due.
+const SCHEDULE_CHECK: Duration = Duration::from_secs(3600);
+
+/// Publishes last month's report to the platform once the UTC day of the month reaches
+/// `publish_day`, through the journal (so it is stored, chained and delivered like any
+/// record), and remembers the month in the journal once the report is accepted. Checks at
+/// start and then hourly, until `stop`.
+pub async fn publish_monthly(
+    journal: crate::journal::Journal,
+    sink: crate::journal::RecordSink,
+    mut accepted: tokio::sync::watch::Receiver<u64>,
+    gateway: String,
+    publish_day: u32,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let now = SystemTime::now();
+        let day: u32 = humantime::format_rfc3339_seconds(now).to_string()[8..10]
+            .parse()
+            .unwrap_or(1);
+        let month = Month::of(now).previous();
+        let due = day >= publish_day
+            && journal
+                .report_sent()
+                .ok()
+                .flatten()
+                .is_none_or(|sent| sent < month.to_string());
+        if due {
+            let j = journal.clone();
+            match tokio::task::spawn_blocking(move || from_journal(&j, month)).await {
+                Ok(Ok(report)) => {
+                    let target = *accepted.borrow() + 1;
+                    let complete = report.complete;
+                    sink.push(bondline_devices::contract::ReportRecord {
+                        schema: bondline_devices::contract::SCHEMA,
+                        msg_id: String::new(),
+                        seq: 0,
+                        prev_hash: String::new(),
+                        gateway: gateway.clone(),
+                        line: String::new(),
+                        waybill: None,
+                        report,
+                        at_ms: crate::metrics::unix_ms(SystemTime::now()),
+                    });
+                    // The mark goes in only once the report is durable.
+                    while *accepted.borrow_and_update() < target {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            r = accepted.changed() => if r.is_err() { return },
+                        }
+                    }
+                    match journal.set_report_sent(&month.to_string()) {
+                        Ok(()) => tracing::info!(%month, complete, "monthly report published"),
+                        Err(e) => {
+                            tracing::warn!(%month, error = %e, "cannot remember the published report; it may be sent again")
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(%month, error = %e, "cannot build the monthly report")
+                }
+                Err(e) => tracing::error!(%month, error = %e, "monthly report task failed"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SCHEDULE_CHECK) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_parse_and_roll() {
+        let m = Month::parse("2026-12").unwrap();
+        assert_eq!(m.next().to_string(), "2027-01");
+        assert_eq!(
+            Month::parse("2026-01").unwrap().previous().to_string(),
+            "2025-12"
+        );
+        assert_eq!(m.start_ms(), 1_796_083_200_000);
+        for bad in ["2026-13", "2026-1", "26-01", "2026/01", "x"] {
+            assert!(Month::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Month::of(SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_083_199_999)),
+            Month::parse("2026-11").unwrap()
+        );
+    }
+}
