@@ -4,6 +4,7 @@
 mod capacity;
 mod cli;
 mod delivery;
+mod demo_rules;
 mod faults;
 mod harness;
 mod report;
