@@ -661,6 +661,7 @@ fn rules_bench(
             read: &read,
             weight_g: Some(200 + (i % 3000) as u32 + (x % 40) as u32),
             day: today,
+            prior: None,
         };
         let start = Instant::now();
         let d = decide(&table, &set, scan);
