@@ -183,6 +183,7 @@ impl App {
             policy: policy.clone(),
             anomalies: anomaly_rx,
             reconnect: reconnect.clone(),
+            trust: config.trust.clone(),
         };
         let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
 

@@ -321,6 +321,7 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
         policy,
         anomalies: tokio::sync::mpsc::channel(1).1,
         reconnect: Arc::new(tokio::sync::Notify::new()),
+        trust: crate::trust::Trust::none(),
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));
@@ -437,7 +438,7 @@ async fn lines_bench(
         .clone();
     let mut sims = Vec::new();
     let mut config = format!(
-        "gateway_id = \"bench-gw\"\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
+        "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
         store.display()
     );
     let mut lines_toml = String::new();
@@ -618,6 +619,7 @@ fn rules_bench(
                 description: "cosmetics".into(),
                 quantity: 1 + (i % 3) as u32,
             }],
+            signature: None,
         };
         table.apply_declaration(&d);
         if i % 2 == 0 {
@@ -632,6 +634,7 @@ fn rules_bench(
                 },
                 reason: String::new(),
                 issued_at_ms: None,
+                signature: None,
             });
         }
         if (i / consumers.max(1)) % 2 == 0 {
@@ -645,6 +648,7 @@ fn rules_bench(
         action: EnterpriseAction::Suspend,
         reason: "licence review".into(),
         issued_at_ms: None,
+        signature: None,
     });
     let after = resident_bytes();
 

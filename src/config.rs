@@ -39,6 +39,8 @@ pub struct Config {
     /// Day of the month (UTC, 1-28) from which last month's report is published to the
     /// platform; `None`: reports only on demand (`bondline report monthly`).
     pub report_publish_day: Option<u32>,
+    /// Which platform messages to believe: the platform's public keys.
+    pub trust: crate::trust::Trust,
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +189,30 @@ struct RawConfig {
     lines: Vec<RawLine>,
     #[serde(default)]
     report: Option<RawReport>,
+    #[serde(default)]
+    trust: Option<RawTrust>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    #[serde(default)]
+    allow_unsigned: bool,
+    #[serde(default = "default_max_age_h")]
+    max_age_h: u64,
+}
+
+fn default_max_age_h() -> u64 {
+    72
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: String,
+    ed25519_public_hex: String,
 }
 
 #[derive(Deserialize)]
@@ -730,6 +756,42 @@ impl Config {
             });
         }
 
+        let trust = match raw.trust {
+            None => {
+                return Err(err(
+                    "trust",
+                    "the platform's public keys are needed (`[trust] keys = [{ id, ed25519_public_hex }]`), or `allow_unsigned = true` for a demo line".into(),
+                ))
+            }
+            Some(t) => {
+                let mut keys = std::collections::HashMap::new();
+                for (i, k) in t.keys.into_iter().enumerate() {
+                    let key = |f: &str| format!("trust.keys[{i}].{f}");
+                    if k.id.is_empty() || k.id.len() > 64 || k.id.contains(char::is_whitespace) {
+                        return Err(err(&key("id"), "must be 1 to 64 characters without spaces".into()));
+                    }
+                    let bytes: [u8; 32] = hex::decode(&k.ed25519_public_hex)
+                        .ok()
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| err(&key("ed25519_public_hex"), "must be 64 hex digits (an Ed25519 public key)".into()))?;
+                    let vk = bondline_devices::signing::VerifyingKey::from_bytes(&bytes)
+                        .map_err(|e| err(&key("ed25519_public_hex"), format!("not an Ed25519 public key: {e}")))?;
+                    if keys.insert(k.id.clone(), vk).is_some() {
+                        return Err(err(&key("id"), format!("key `{}` appears twice", k.id)));
+                    }
+                }
+                if keys.is_empty() && !t.allow_unsigned {
+                    return Err(err(
+                        "trust.keys",
+                        "at least one platform key is needed unless allow_unsigned = true".into(),
+                    ));
+                }
+                if !(1..=24 * 365).contains(&t.max_age_h) {
+                    return Err(err("trust.max_age_h", "must be 1 to 8760".into()));
+                }
+                crate::trust::Trust::new(keys, t.allow_unsigned, Duration::from_secs(t.max_age_h * 3600))
+            }
+        };
         let report_publish_day = match raw.report {
             Some(r) if !(1..=28).contains(&r.publish_day) => {
                 return Err(err(
@@ -749,6 +811,7 @@ impl Config {
             rules: std::sync::Arc::new(rules),
             rules_file: raw.rules_file,
             report_publish_day,
+            trust,
         })
     }
 }
@@ -881,6 +944,8 @@ mod tests {
 
     pub(crate) const GOOD: &str = r#"
 gateway_id = "gw-01"
+[trust]
+allow_unsigned = true
 [storage]
 path = "/tmp/x"
 [uplink]

@@ -26,6 +26,7 @@ use bondline_devices::contract::{
     topic, Anomaly, Declaration, DeclaredItem, EdgeEvent, EnterpriseAction, EnterpriseNotice,
     Instruction, LaneRole, ParcelRecord, ReadOutcome, Record, RuleSetUpdate, SCHEMA,
 };
+use bondline_devices::signing::{Signed, SigningKey};
 use rand::Rng as _;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
@@ -48,6 +49,9 @@ pub struct PlatformSim {
     task: JoinHandle<()>,
     /// Whether the suspension of [`SUSPENDED_ENTERPRISE`] has been published.
     suspension_sent: AtomicBool,
+    /// The platform key that signs every message, as a real platform does; `None` publishes
+    /// unsigned messages (for a gateway that allows them, or to play an intruder).
+    signer: Option<(String, SigningKey)>,
 }
 
 /// What the event-loop task has seen, read by the public accessors.
@@ -116,6 +120,7 @@ impl PlatformSim {
             shared,
             task,
             suspension_sent: AtomicBool::new(false),
+            signer: None,
         };
         let deadline = tokio::time::Instant::now() + SUBSCRIBE_TIMEOUT;
         while !sim.lock().subscribed {
@@ -157,7 +162,7 @@ impl PlatformSim {
             if !p.kind.is_declared() {
                 continue;
             }
-            let declaration = declaration_for(plan, &p);
+            let declaration = self.signed(declaration_for(plan, &p));
             self.publish_json(topic::DECLARATIONS, &declaration).await?;
             declarations += 1;
             if let Some(action) = p.kind.instruction() {
@@ -173,7 +178,9 @@ impl PlatformSim {
                     action,
                     reason: reason.to_string(),
                     issued_at_ms: Some(now_ms()),
+                    signature: None,
                 };
+                let instruction = self.signed(instruction);
                 self.publish_json(topic::INSTRUCTIONS, &instruction).await?;
                 instructions += 1;
             }
@@ -193,7 +200,9 @@ impl PlatformSim {
             action: EnterpriseAction::Suspend,
             reason: "pilot qualification withdrawn".to_string(),
             issued_at_ms: Some(now_ms()),
+            signature: None,
         };
+        let notice = self.signed(notice);
         self.publish_json(topic::ENTERPRISES, &notice).await?;
         self.wait_acked().await?;
         tracing::info!(enterprise = SUSPENDED_ENTERPRISE, "enterprise suspended");
@@ -209,7 +218,9 @@ impl PlatformSim {
             update_id: update_id.to_string(),
             rules_toml: rules_toml.to_string(),
             issued_at_ms: Some(now_ms()),
+            signature: None,
         };
+        let update = self.signed(update);
         self.publish_json(topic::RULES, &update).await?;
         self.wait_acked().await
     }
@@ -217,7 +228,21 @@ impl PlatformSim {
     /// Publishes one customs instruction (QoS 1) at once, without waiting for the broker's
     /// acknowledge, so a caller timing it (a late X-ray mark) is not held up by the broker.
     pub async fn publish_instruction(&self, instruction: &Instruction) -> anyhow::Result<()> {
-        self.publish_json(topic::INSTRUCTIONS, instruction).await
+        let instruction = self.signed(instruction.clone());
+        self.publish_json(topic::INSTRUCTIONS, &instruction).await
+    }
+
+    /// Signs every message published from now on with `key`, under `key_id`.
+    pub fn sign_with(&mut self, key_id: &str, key: SigningKey) {
+        self.signer = Some((key_id.to_string(), key));
+    }
+
+    /// `msg`, signed now if this platform signs.
+    pub fn signed<T: Signed>(&self, mut msg: T) -> T {
+        if let Some((id, key)) = &self.signer {
+            bondline_devices::signing::sign(&mut msg, id, key, now_ms());
+        }
+        msg
     }
 
     /// Publishes `payload` as is to `{prefix}/{topic_suffix}` (QoS 1), for tests that feed the
@@ -371,6 +396,7 @@ fn declaration_for(plan: &Plan, p: &PlannedParcel) -> Declaration {
             description: facts.goods.to_string(),
             quantity: facts.quantity,
         }],
+        signature: None,
     }
 }
 

@@ -173,6 +173,7 @@ mod tests {
             currency: None,
             gross_weight_g: None,
             items: vec![],
+            signature: None,
         }
     }
 
@@ -184,6 +185,7 @@ mod tests {
             action,
             reason: String::new(),
             issued_at_ms: at,
+            signature: None,
         }
     }
 
@@ -478,6 +480,7 @@ rate_ppm = 100000
                                 action: if suspend { EnterpriseAction::Suspend } else { EnterpriseAction::Lift },
                                 reason: String::new(),
                                 issued_at_ms: at,
+                                signature: None,
                             };
                             t.apply_notice(&n);
                             let stale = matches!((suspended.get(&enterprise), at), (Some((_, Some(old))), Some(new)) if new < *old);

@@ -87,6 +87,8 @@ pub struct Uplink {
     pub anomalies: mpsc::Receiver<Anomaly>,
     /// Ends the current connection (SIGHUP: new TLS material or credentials take effect).
     pub reconnect: Arc<tokio::sync::Notify>,
+    /// Which platform messages to believe.
+    pub trust: crate::trust::Trust,
 }
 
 /// How a session ended.
@@ -410,15 +412,30 @@ impl Uplink {
             .strip_prefix(&self.config.topic_prefix)
             .and_then(|s| s.strip_prefix('/'))
             .unwrap_or("");
-        let verdict: Result<(), String> = if p.payload.len() > MAX_INBOUND_PAYLOAD {
-            Err(format!(
-                "payload of {} bytes is over the limit of {MAX_INBOUND_PAYLOAD}",
-                p.payload.len()
+        let now = unix_ms(SystemTime::now());
+        let verdict: Result<(), (EventKind, String)> = if p.payload.len() > MAX_INBOUND_PAYLOAD {
+            Err((
+                EventKind::RejectedMessage,
+                format!(
+                    "payload of {} bytes is over the limit of {MAX_INBOUND_PAYLOAD}",
+                    p.payload.len()
+                ),
             ))
         } else {
             match suffix {
                 topic::DECLARATIONS => match Declaration::parse(&p.payload) {
-                    Ok(d) => {
+                    Ok(d) => match self.believe(&d, now) {
+                        Err(r) => Err(r),
+                        Ok(signed_at) if self.read_table().declaration_replayed(&d, signed_at) => {
+                            Err((
+                                EventKind::ForgedMessage,
+                                format!(
+                                    "declaration of {} replayed: signed before the declaration held",
+                                    d.waybill
+                                ),
+                            ))
+                        }
+                        Ok(_) => {
                         if self.read_table().declaration_is_new(&d) {
                             self.journal
                                 .store_declaration(&d)
@@ -427,11 +444,14 @@ impl Uplink {
                             let _ = self.changes.send(ClearanceChange::Waybill(d.waybill));
                         }
                         Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
+                        }
+                    },
+                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
                 },
                 topic::INSTRUCTIONS => match Instruction::parse(&p.payload) {
-                    Ok(i) => {
+                    Ok(i) => match self.believe(&i, now) {
+                        Err(r) => Err(r),
+                        Ok(_) => {
                         if self.read_table().instruction_is_new(&i) {
                             self.journal
                                 .store_instruction(&i)
@@ -446,11 +466,14 @@ impl Uplink {
                             let _ = self.changes.send(ClearanceChange::Waybill(i.waybill));
                         }
                         Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
+                        }
+                    },
+                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
                 },
                 topic::ENTERPRISES => match EnterpriseNotice::parse(&p.payload) {
-                    Ok(n) => {
+                    Ok(n) => match self.believe(&n, now) {
+                        Err(r) => Err(r),
+                        Ok(_) => {
                         if self.read_table().notice_is_new(&n) {
                             self.journal
                                 .store_notice(&n)
@@ -465,11 +488,16 @@ impl Uplink {
                             let _ = self.changes.send(ClearanceChange::All);
                         }
                         Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
+                        }
+                    },
+                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
                 },
                 topic::RULES => match RuleSetUpdate::parse(&p.payload) {
-                    Ok(u) => match self.policy.apply_update(&u) {
+                    Ok(u) => match self.believe(&u, now).and_then(|_| {
+                        self.policy
+                            .apply_update(&u)
+                            .map_err(|reason| (EventKind::RejectedMessage, reason))
+                    }) {
                         Ok(UpdateOutcome::Applied(version)) => {
                             let _ = self.changes.send(ClearanceChange::All);
                             self.event(
@@ -482,27 +510,39 @@ impl Uplink {
                             Ok(())
                         }
                         Ok(UpdateOutcome::Ignored) => Ok(()),
-                        Err(reason) => {
-                            Err(format!("rule set update {} refused: {reason}", u.update_id))
-                        }
+                        Err((EventKind::RejectedMessage, reason)) => Err((
+                            EventKind::RejectedMessage,
+                            format!("rule set update {} refused: {reason}", u.update_id),
+                        )),
+                        Err(other) => Err(other),
                     },
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
                 },
-                _ => Err("no handler for this topic".into()),
+                _ => Err((EventKind::RejectedMessage, "no handler for this topic".into())),
             }
         };
-        if let Err(reason) = verdict {
+        if let Err((kind, reason)) = verdict {
             Metrics::add(&self.metrics.platform_rejected, 1);
-            warn!(topic = %p.topic, %reason, "platform message rejected");
-            self.event(
-                client,
-                pending,
-                EventKind::RejectedMessage,
-                reason,
-                Some(p.topic.clone()),
-            );
+            if kind == EventKind::ForgedMessage {
+                Metrics::add(&self.metrics.forged_messages, 1);
+                warn!(topic = %p.topic, %reason, "platform message refused: not from the platform");
+            } else {
+                warn!(topic = %p.topic, %reason, "platform message rejected");
+            }
+            self.event(client, pending, kind, reason, Some(p.topic.clone()));
         }
         Ok(())
+    }
+
+    /// Checks a platform message's signature (see [`crate::trust`]).
+    fn believe<T: bondline_devices::signing::Signed>(
+        &self,
+        msg: &T,
+        now_ms: u64,
+    ) -> Result<Option<u64>, (EventKind, String)> {
+        self.trust
+            .check(msg, now_ms)
+            .map_err(|r| (EventKind::ForgedMessage, r))
     }
 
     /// Makes the stored platform messages durable, then acknowledges them in arrival order.

@@ -269,6 +269,7 @@ async fn refused_record_is_parked(
         action: Action::Inspect,
         reason: "x".repeat(reason_len),
         issued_at_ms: None,
+        signature: None,
     };
     platform
         .publish_raw("instructions", serde_json::to_vec(&instruction).unwrap())

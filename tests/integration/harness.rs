@@ -293,6 +293,9 @@ pub fn config_text_with(
     format!(
         r#"
 gateway_id = "test-gw"
+# The test platform publishes unsigned messages; tests/integration/trust.rs signs.
+[trust]
+allow_unsigned = true
 [storage]
 path = "{state}"
 flush_window_ms = 2

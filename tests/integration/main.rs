@@ -13,3 +13,4 @@ mod scenarios;
 mod service;
 mod skeleton;
 mod tls;
+mod trust;
