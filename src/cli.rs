@@ -203,8 +203,10 @@ pub fn main() -> ExitCode {
             runtime_then(|| crate::bench::run(cmd))
         }
         Command::Demo(args) => {
-            // The demo prints its own view; logs show only what goes wrong.
-            telemetry::init(cli.log_format, "warn");
+            // The demo prints its own view; logs show only what goes wrong. The embedded
+            // broker's own log is left out: it reports every port probe and client that goes
+            // away as an error, which on a demo line is noise.
+            telemetry::init(cli.log_format, "warn,rumqttd=off");
             runtime_then(|| crate::demo::run(args))
         }
     }
