@@ -64,6 +64,18 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Why each parcel of a waybill went where it went, from the journal: the declaration,
+    /// every decision with the rules that fired and what they saw, the PLC's dispositions,
+    /// alerts, and whether the platform has each record. Stop the daemon first, or use a copy.
+    Explain {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The waybill number.
+        waybill: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reports for customs from the journal (stop the daemon first, or use a copy).
     Report {
         #[command(flatten)]
@@ -198,6 +210,36 @@ pub fn main() -> ExitCode {
         }
         Command::Journal { store, command } => journal_command(store, command),
         Command::Report { store, command } => report_command(store, command),
+        Command::Explain {
+            store,
+            waybill,
+            json,
+        } => {
+            let journal = match open_store(store) {
+                Ok(j) => j,
+                Err(code) => return code,
+            };
+            match crate::explain::from_journal(&journal, &waybill) {
+                Ok(e) if json => match serde_json::to_string_pretty(&e) {
+                    Ok(text) => {
+                        println!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => {
+                        eprintln!("bondline: {err}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Ok(e) => {
+                    print!("{}", e.render());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("bondline: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench(cmd) => {
             telemetry::init(cli.log_format, "warn");
             runtime_then(|| crate::bench::run(cmd))
