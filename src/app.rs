@@ -47,6 +47,8 @@ pub struct App {
     /// The rule set every line decides with; replaced whole by the [`Policy`].
     pub rules: SharedRules,
     policy: Policy,
+    reconnect: Arc<tokio::sync::Notify>,
+    tls_configured: bool,
     /// Scanners, lines, PLC links and the journal writer.
     pipeline: JoinSet<()>,
     /// Where the staff view listens, when configured and bound.
@@ -159,6 +161,7 @@ impl App {
         }
         tokio::spawn(policy.clone().watch(uplink_stop.clone()));
         let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
+        let reconnect = Arc::new(tokio::sync::Notify::new());
         // Waybills whose clearance changed, from the uplink to every line.
         let (changes, _) = broadcast::channel(CHANGES_QUEUE);
         if let Some(day) = config.report_publish_day {
@@ -184,6 +187,8 @@ impl App {
             changes: changes.clone(),
             policy: policy.clone(),
             anomalies: anomaly_rx,
+            reconnect: reconnect.clone(),
+            trust: config.trust.clone(),
         };
         let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
 
@@ -253,6 +258,8 @@ impl App {
             journal,
             rules,
             policy,
+            reconnect,
+            tls_configured: config.uplink.tls.is_some() || config.uplink.credentials.is_some(),
             pipeline: tasks,
             uplink,
             uplink_stop,
@@ -262,6 +269,15 @@ impl App {
     /// The rule set in force, for reloads (usable after the app is moved).
     pub fn policy(&self) -> Policy {
         self.policy.clone()
+    }
+
+    /// What SIGHUP reloads: the rule set, and the broker connection's TLS material and
+    /// credentials (by reconnecting; records wait in the journal meanwhile).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            policy: self.policy.clone(),
+            reconnect: self.tls_configured.then(|| self.reconnect.clone()),
+        }
     }
 
     /// Waits for the pipeline to finish (after shutdown), gives the uplink a short while to
@@ -334,5 +350,22 @@ async fn start_view(
             alarms.raise(format!("staff view not started: {e}"));
             None
         }
+    }
+}
+
+/// Reloads what SIGHUP reloads; see [`App::reloader`].
+#[derive(Clone)]
+pub struct Reloader {
+    policy: Policy,
+    reconnect: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Reloader {
+    /// Reloads; returns the rule set version in force.
+    pub fn reload(&self) -> String {
+        if let Some(r) = &self.reconnect {
+            r.notify_one();
+        }
+        self.policy.reload()
     }
 }

@@ -308,6 +308,8 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
             max_packet_bytes: 256 * 1024,
             reconnect_max: Duration::from_secs(2),
             drain_rate: 0,
+            tls: None,
+            credentials: None,
         },
         gateway: "bench-gw".into(),
         journal,
@@ -318,6 +320,8 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
         changes: tokio::sync::broadcast::channel(16).0,
         policy,
         anomalies: tokio::sync::mpsc::channel(1).1,
+        reconnect: Arc::new(tokio::sync::Notify::new()),
+        trust: crate::trust::Trust::none(),
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));
@@ -434,7 +438,7 @@ async fn lines_bench(
         .clone();
     let mut sims = Vec::new();
     let mut config = format!(
-        "gateway_id = \"bench-gw\"\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
+        "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
         store.display()
     );
     let mut lines_toml = String::new();
@@ -615,6 +619,7 @@ fn rules_bench(
                 description: "cosmetics".into(),
                 quantity: 1 + (i % 3) as u32,
             }],
+            signature: None,
         };
         table.apply_declaration(&d);
         if i % 2 == 0 {
@@ -629,6 +634,7 @@ fn rules_bench(
                 },
                 reason: String::new(),
                 issued_at_ms: None,
+                signature: None,
             });
         }
         if (i / consumers.max(1)) % 2 == 0 {
@@ -642,6 +648,7 @@ fn rules_bench(
         action: EnterpriseAction::Suspend,
         reason: "licence review".into(),
         issued_at_ms: None,
+        signature: None,
     });
     let after = resident_bytes();
 
@@ -658,6 +665,7 @@ fn rules_bench(
             read: &read,
             weight_g: Some(200 + (i % 3000) as u32 + (x % 40) as u32),
             day: today,
+            prior: None,
         };
         let start = Instant::now();
         let d = decide(&table, &set, scan);

@@ -64,6 +64,18 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Why each parcel of a waybill went where it went, from the journal: the declaration,
+    /// every decision with the rules that fired and what they saw, the PLC's dispositions,
+    /// alerts, and whether the platform has each record. Stop the daemon first, or use a copy.
+    Explain {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The waybill number.
+        waybill: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reports for customs from the journal (stop the daemon first, or use a copy).
     Report {
         #[command(flatten)]
@@ -176,8 +188,8 @@ pub fn main() -> ExitCode {
                 }
                 #[cfg(unix)]
                 {
-                    // SIGHUP reloads the rule file.
-                    let reloader = app.policy();
+                    // SIGHUP reloads the rule file and the broker's TLS material.
+                    let reloader = app.reloader();
                     let mut hup =
                         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
                     tokio::spawn(async move {
@@ -198,13 +210,45 @@ pub fn main() -> ExitCode {
         }
         Command::Journal { store, command } => journal_command(store, command),
         Command::Report { store, command } => report_command(store, command),
+        Command::Explain {
+            store,
+            waybill,
+            json,
+        } => {
+            let journal = match open_store(store) {
+                Ok(j) => j,
+                Err(code) => return code,
+            };
+            match crate::explain::from_journal(&journal, &waybill) {
+                Ok(e) if json => match serde_json::to_string_pretty(&e) {
+                    Ok(text) => {
+                        println!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => {
+                        eprintln!("bondline: {err}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Ok(e) => {
+                    print!("{}", e.render());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("bondline: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench(cmd) => {
             telemetry::init(cli.log_format, "warn");
             runtime_then(|| crate::bench::run(cmd))
         }
         Command::Demo(args) => {
-            // The demo prints its own view; logs show only what goes wrong.
-            telemetry::init(cli.log_format, "warn");
+            // The demo prints its own view; logs show only what goes wrong. The embedded
+            // broker's own log is left out: it reports every port probe and client that goes
+            // away as an error, which on a demo line is noise.
+            telemetry::init(cli.log_format, "warn,rumqttd=off");
             runtime_then(|| crate::demo::run(args))
         }
     }

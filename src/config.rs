@@ -41,6 +41,8 @@ pub struct Config {
     /// Day of the month (UTC, 1-28) from which last month's report is published to the
     /// platform; `None`: reports only on demand (`bondline report monthly`).
     pub report_publish_day: Option<u32>,
+    /// Which platform messages to believe: the platform's public keys.
+    pub trust: crate::trust::Trust,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +76,10 @@ pub struct Uplink {
     pub reconnect_max: Duration,
     /// Records per second at most when draining a backlog; 0: only `inflight` limits.
     pub drain_rate: u32,
+    /// TLS to the broker; `None`: plain TCP.
+    pub tls: Option<crate::uplink::tls::TlsFiles>,
+    /// MQTT username and password file.
+    pub credentials: Option<crate::uplink::tls::Credentials>,
 }
 
 impl Uplink {
@@ -187,6 +193,30 @@ struct RawConfig {
     view: Option<crate::view::RawView>,
     #[serde(default)]
     report: Option<RawReport>,
+    #[serde(default)]
+    trust: Option<RawTrust>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    #[serde(default)]
+    allow_unsigned: bool,
+    #[serde(default = "default_max_age_h")]
+    max_age_h: u64,
+}
+
+fn default_max_age_h() -> u64 {
+    72
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: String,
+    ed25519_public_hex: String,
 }
 
 #[derive(Deserialize)]
@@ -246,6 +276,22 @@ struct RawUplink {
     reconnect_max_s: u64,
     #[serde(default = "default_drain_rate")]
     drain_rate: u32,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: PathBuf,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
 }
 
 fn default_drain_rate() -> u32 {
@@ -527,7 +573,58 @@ impl Config {
         if !(1..=3600).contains(&u.reconnect_max_s) {
             return Err(err("uplink.reconnect_max_s", "must be 1 to 3600".into()));
         }
+        let tls = match u.tls {
+            None => None,
+            Some(t) => {
+                let client = match (t.cert_file, t.key_file) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    (Some(_), None) => {
+                        return Err(err("uplink.tls.key_file", "needed with cert_file".into()))
+                    }
+                    (None, Some(_)) => {
+                        return Err(err("uplink.tls.cert_file", "needed with key_file".into()))
+                    }
+                };
+                let files = crate::uplink::tls::TlsFiles {
+                    ca_file: t.ca_file,
+                    client,
+                };
+                // Checked now, so a bad file is a configuration error, not a silent outage.
+                if let Err(e) = files.client_config() {
+                    return Err(err("uplink.tls", e.to_string()));
+                }
+                Some(files)
+            }
+        };
+        let credentials = match (u.username, u.password_file) {
+            (None, None) => None,
+            (Some(username), Some(password_file)) => {
+                if username.is_empty() || username.len() > 256 {
+                    return Err(err("uplink.username", "must be 1 to 256 characters".into()));
+                }
+                let c = crate::uplink::tls::Credentials {
+                    username,
+                    password_file,
+                };
+                if let Err(e) = c.password() {
+                    return Err(err("uplink.password_file", e.to_string()));
+                }
+                if tls.is_none() {
+                    tracing::warn!("uplink.username without uplink.tls: the password crosses the network in clear text");
+                }
+                Some(c)
+            }
+            (Some(_), None) => {
+                return Err(err("uplink.password_file", "needed with username".into()))
+            }
+            (None, Some(_)) => {
+                return Err(err("uplink.username", "needed with password_file".into()))
+            }
+        };
         let uplink = Uplink {
+            tls,
+            credentials,
             host,
             port,
             client_id: u.client_id,
@@ -671,6 +768,42 @@ impl Config {
             None => None,
         };
 
+        let trust = match raw.trust {
+            None => {
+                return Err(err(
+                    "trust",
+                    "the platform's public keys are needed (`[trust] keys = [{ id, ed25519_public_hex }]`), or `allow_unsigned = true` for a demo line".into(),
+                ))
+            }
+            Some(t) => {
+                let mut keys = std::collections::HashMap::new();
+                for (i, k) in t.keys.into_iter().enumerate() {
+                    let key = |f: &str| format!("trust.keys[{i}].{f}");
+                    if k.id.is_empty() || k.id.len() > 64 || k.id.contains(char::is_whitespace) {
+                        return Err(err(&key("id"), "must be 1 to 64 characters without spaces".into()));
+                    }
+                    let bytes: [u8; 32] = hex::decode(&k.ed25519_public_hex)
+                        .ok()
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| err(&key("ed25519_public_hex"), "must be 64 hex digits (an Ed25519 public key)".into()))?;
+                    let vk = bondline_devices::signing::VerifyingKey::from_bytes(&bytes)
+                        .map_err(|e| err(&key("ed25519_public_hex"), format!("not an Ed25519 public key: {e}")))?;
+                    if keys.insert(k.id.clone(), vk).is_some() {
+                        return Err(err(&key("id"), format!("key `{}` appears twice", k.id)));
+                    }
+                }
+                if keys.is_empty() && !t.allow_unsigned {
+                    return Err(err(
+                        "trust.keys",
+                        "at least one platform key is needed unless allow_unsigned = true".into(),
+                    ));
+                }
+                if !(1..=24 * 365).contains(&t.max_age_h) {
+                    return Err(err("trust.max_age_h", "must be 1 to 8760".into()));
+                }
+                crate::trust::Trust::new(keys, t.allow_unsigned, Duration::from_secs(t.max_age_h * 3600))
+            }
+        };
         let report_publish_day = match raw.report {
             Some(r) if !(1..=28).contains(&r.publish_day) => {
                 return Err(err(
@@ -691,6 +824,7 @@ impl Config {
             rules: std::sync::Arc::new(rules),
             rules_file: raw.rules_file,
             report_publish_day,
+            trust,
         })
     }
 }
@@ -823,6 +957,8 @@ mod tests {
 
     pub(crate) const GOOD: &str = r#"
 gateway_id = "gw-01"
+[trust]
+allow_unsigned = true
 [storage]
 path = "/tmp/x"
 [uplink]

@@ -1,11 +1,18 @@
 //! `bondline demo`: a whole line on this machine, on free local ports.
 //!
 //! It starts an embedded MQTT broker (rumqttd), `plc-sim` (Modbus TCP), `scanner-sim` (a TCP
-//! barcode scanner) and `platform-sim` (the clearance platform), writes a configuration for
-//! them into the state directory, and runs the real daemon on it: the same code path as
-//! `bondline run`. The platform simulator declares and instructs parcels ahead of the
-//! scanner, so every lane is exercised; each record the platform receives is printed. The
-//! staff view is served on a free loopback port, printed at start.
+//! scanning-and-weighing station, profile `dws-stx-etx`) and `platform-sim` (the clearance
+//! platform), writes a configuration for them into the state directory, and runs the real
+//! daemon on it: the same code path as `bondline run`.
+//!
+//! The platform pushes the demo rule set (`deploy/rules-demo.toml`, every rule kind), suspends
+//! an enterprise, and declares and instructs parcels ahead of the scanner from a plan with a
+//! parcel for every rule, so every lane and every rule is exercised. Each record the platform
+//! receives is printed with the rule that decided and why; every 5 s the parcels are counted by
+//! deciding rule; the final report checks every lane against the plan and lists which rule
+//! kinds fired.
+//!
+//! The staff view is served on a free loopback port, printed at start.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -13,9 +20,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use bondline_devices::contract::{EventKind, ParcelRecord};
 use bondline_devices::Profiles;
-use bondline_simulators::plan::Plan;
-use bondline_simulators::platform::PlatformSim;
+use bondline_simulators::audit::{RuleBook, DEMO_RULES};
+use bondline_simulators::plan::{Mix, Plan};
+use bondline_simulators::platform::{Expect, PlatformReport, PlatformSim};
 use bondline_simulators::plc::{PlcOptions, PlcSim};
 use bondline_simulators::scanner::ScannerSim;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +54,8 @@ pub struct DemoArgs {
 }
 
 const PREFIX: &str = "bondline/demo-gw";
+/// The demo line's scanner: a scanning and weighing station.
+const SCANNER_PROFILE: &str = "dws-stx-etx";
 /// Parcels the platform declares ahead of the scanner.
 const AHEAD: u64 = 50;
 
@@ -99,20 +110,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let plc_state = plc.state();
     tokio::spawn(plc.run(sims_stop.clone().cancelled_owned()));
 
-    // The scanner: a TCP scanner is a server the daemon connects to.
+    // The scanner: a TCP scanner is a server the daemon connects to. It weighs, so the weight
+    // rule has a scale reading to check.
     let framing = profiles
-        .get("scanner-stx-etx")
+        .get(SCANNER_PROFILE)
         .and_then(|p| p.scanner())
         .context("built-in scanner profile")?
         .clone();
     let scan_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let scan_addr = scan_listener.local_addr()?;
 
+    // The platform's signing key, made for this run: the platform simulator signs every
+    // message, the daemon believes only that key, as on a real line.
+    let platform_key = bondline_devices::signing::SigningKey::generate(&mut rand::rngs::OsRng);
+    let public_hex = hex::encode(platform_key.verifying_key().to_bytes());
+
     // The daemon, on a configuration written like any operator's.
     let config_path = state_dir.join("demo.toml");
     std::fs::write(
         &config_path,
-        demo_config(&state_dir.join("journal"), mqtt, scan_addr, plc_addr),
+        demo_config(
+            &state_dir.join("journal"),
+            mqtt,
+            scan_addr,
+            plc_addr,
+            &public_hex,
+        ),
     )?;
     let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = App::start(config, stop.clone()).await?;
@@ -123,14 +146,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .await
     .context("the daemon did not connect to the embedded broker")?;
 
-    // The platform declares the first parcels before the scanner starts.
-    let plan = Plan::new(args.seed);
-    let platform = PlatformSim::connect(
+    // The platform pushes the rule set, then suspends and declares the first parcels, all
+    // before the scanner starts.
+    let plan = Plan::with_mix(args.seed, Mix::every_rule());
+    let book = RuleBook::demo();
+    let expect = Expect {
+        weighed: true,
+        rules: Some(book.clone()),
+    };
+    let mut platform = PlatformSim::connect(
         SocketAddr::from(([127, 0, 0, 1], mqtt)),
         PREFIX,
         "demo-platform",
     )
     .await?;
+    platform.sign_with(DEMO_KEY_ID, platform_key);
+    push_rules(&platform, &book).await?;
     platform.publish_plan(&plan, 0..AHEAD).await?;
     let before = Instant::now();
     while Metrics::get(&metrics.platform_messages) == 0 && before.elapsed() < Duration::from_secs(5)
@@ -154,7 +185,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  MQTT broker (embedded)    127.0.0.1:{mqtt}   topics {PREFIX}/#");
     println!("  PLC simulator, Modbus TCP {plc_addr}");
     println!(
-        "  scanner simulator, TCP    {scan_addr}   {:.1} parcels/s",
+        "  scanner simulator, TCP    {scan_addr}   {:.1} parcels/s, weighing ({SCANNER_PROFILE})",
         args.rate
     );
     match app.view_addr {
@@ -163,6 +194,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         None => println!("  staff view                not started (see the log)"),
     }
+    println!(
+        "  customs rule set          {} from the platform (deploy/rules-demo.toml): {}",
+        book.version,
+        book.kinds.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
     println!("  state directory           {}", state_dir.display());
     println!("  configuration             {}", config_path.display());
     println!("Ctrl-C stops everything.\n");
@@ -194,28 +230,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let records = platform.records();
         if !args.quiet {
             for r in records.iter().skip(printed) {
-                println!(
-                    "  {} parcel {:>10}  {:<16} -> lane {} {:<10} [{}] {}",
-                    r.line,
-                    r.parcel,
-                    r.waybill.as_deref().unwrap_or("(no read)"),
-                    r.lane,
-                    r.lane_role.as_str(),
-                    r.rule,
-                    r.reason
-                );
+                println!("{}", record_line(r));
             }
         }
         printed = records.len();
         if last_summary.elapsed() >= Duration::from_secs(5) {
             last_summary = Instant::now();
+            let scanned = (started.elapsed().as_secs_f64() * args.rate) as u64;
+            let report = platform.report_with(&plan, 0..scanned, &expect);
             println!(
-                "[{:>4}s] {} | PLC saw {} diverts | platform received {} records\n        {}",
+                "[{:>4}s] {} | PLC saw {} diverts | platform received {} records\n        {}\n        by deciding rule: {}",
                 started.elapsed().as_secs(),
                 metrics.summary(),
                 plc_state.divert_count(),
                 records.len(),
-                metrics.timing_summary()
+                metrics.timing_summary(),
+                by_rule(&report)
             );
         }
     }
@@ -234,16 +264,119 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     println!("daemon:   {}", metrics.summary());
     println!("          {}", metrics.timing_summary());
-    println!("platform: {}", platform.report(&plan, 0..scanned));
+    let report = platform.report_with(&plan, 0..scanned, &expect);
+    println!("platform: {report}");
+    if report.kinds_never_fired.is_empty() {
+        println!("every rule kind of {} fired at least once", book.version);
+    } else {
+        println!(
+            "rule kinds of {} that have not fired yet (run longer): {}",
+            book.version,
+            report.kinds_never_fired.join(", ")
+        );
+    }
     Ok(())
 }
 
+/// Pushes the demo rule set from the platform and waits until the daemon has it in force.
+/// The update id is new on every run, so a reused state directory applies it again.
+async fn push_rules(platform: &PlatformSim, book: &RuleBook) -> anyhow::Result<()> {
+    let update_id = format!(
+        "demo-{}-{}",
+        book.version,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    platform.publish_rules(&update_id, DEMO_RULES).await?;
+    let start = Instant::now();
+    loop {
+        let events = platform.events();
+        if events
+            .iter()
+            .any(|e| e.kind == EventKind::RuleSetApplied && e.detail.contains(&update_id))
+        {
+            return Ok(());
+        }
+        if let Some(e) = events
+            .iter()
+            .find(|e| e.kind == EventKind::RejectedMessage && e.detail.contains(&update_id))
+        {
+            bail!("the daemon refused the demo rule set: {}", e.detail);
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("the daemon did not confirm the demo rule set within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One record as the demo prints it: where the parcel went, which rule decided and why, the
+/// scale reading, and the other rules that fired.
+fn record_line(r: &ParcelRecord) -> String {
+    let weight = r
+        .inputs
+        .as_ref()
+        .and_then(|i| i.measured_weight_g)
+        .map(|g| format!("{}.{:03} kg", g / 1000, g % 1000))
+        .unwrap_or_default();
+    let mut line = format!(
+        "  {} parcel {:>10}  {:<16} {:>10} -> lane {} {:<10} [{}] {}",
+        r.line,
+        r.parcel,
+        r.waybill.as_deref().unwrap_or("(no read)"),
+        weight,
+        r.lane,
+        r.lane_role.as_str(),
+        r.rule,
+        r.reason
+    );
+    let also: Vec<&str> = r
+        .rules_fired
+        .iter()
+        .skip(1)
+        .map(|f| f.rule.as_str())
+        .collect();
+    if !also.is_empty() {
+        line.push_str(&format!(" (also fired: {})", also.join(", ")));
+    }
+    if r.revision > 0 {
+        line.push_str(&format!(" (revision {})", r.revision));
+    }
+    line
+}
+
+/// Parcels per deciding rule, most frequent first.
+fn by_rule(report: &PlatformReport) -> String {
+    let mut rules: Vec<(&String, &usize)> = report.by_rule.iter().collect();
+    rules.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    rules
+        .iter()
+        .map(|(rule, n)| format!("{rule} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The id of the demo platform's signing key.
+const DEMO_KEY_ID: &str = "demo-platform";
+
 /// The demo line's configuration, in the same format as deploy/bondline.toml. The staff view
 /// listens on a free loopback port.
-fn demo_config(journal: &Path, mqtt: u16, scanner: SocketAddr, plc: SocketAddr) -> String {
+fn demo_config(
+    journal: &Path,
+    mqtt: u16,
+    scanner: SocketAddr,
+    plc: SocketAddr,
+    platform_key_hex: &str,
+) -> String {
     format!(
         r#"# Generated by `bondline demo`.
 gateway_id = "demo-gw"
+
+# Only messages signed by the demo platform's key (made for this run) steer the lanes.
+[trust]
+keys = [{{ id = "{DEMO_KEY_ID}", ed25519_public_hex = "{platform_key_hex}" }}]
 
 [storage]
 path = "{journal}"
@@ -256,7 +389,7 @@ keep_alive_s = 5
 reconnect_max_s = 5
 
 [devices.scanner-1]
-profile = "scanner-stx-etx"
+profile = "{SCANNER_PROFILE}"
 tcp = "{scanner}"
 
 [devices.plc-1]

@@ -26,6 +26,31 @@ pub struct Explanation {
     pub records: Vec<Entry>,
 }
 
+/// Everything the journal at hand holds about `waybill`: its declaration and its records in
+/// sequence order. Reads the whole store once (a tool for a stopped daemon or a copy).
+pub fn from_journal(
+    journal: &crate::journal::Journal,
+    waybill: &str,
+) -> Result<Explanation, crate::journal::ExportError> {
+    let mut found = Vec::new();
+    journal.each_record(|r| {
+        if r.waybill() == Some(waybill) {
+            found.push(r.clone());
+        }
+        true
+    })?;
+    let mut records = Vec::with_capacity(found.len());
+    for record in found {
+        let forwarding = journal.forwarding_state(record.seq())?;
+        records.push(Entry { record, forwarding });
+    }
+    Ok(Explanation {
+        waybill: waybill.to_string(),
+        declaration: journal.declaration(waybill)?,
+        records,
+    })
+}
+
 fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }

@@ -19,6 +19,7 @@
 //! - [`bench`]: `bondline bench`, the measured numbers behind BENCHMARKS.md.
 //! - [`alarm`]: alarms for operators and the platform (log + `P/events`).
 //! - [`service`]: systemd readiness, watchdog (gated on the lines being alive), reload notices.
+//! - [`trust`]: signature checks on platform messages: only the platform steers the lanes.
 //! - [`cli`], [`telemetry`], [`shutdown`], [`metrics`], [`backoff`]: the edges.
 //!
 //! Data flows one way on the decision path (scanner → line → PLC link → journal → uplink);
@@ -42,5 +43,6 @@ pub mod rules;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trust;
 pub mod uplink;
 pub mod view;

@@ -53,6 +53,9 @@ pub struct Declaration {
     pub gross_weight_g: Option<u32>,
     #[serde(default)]
     pub items: Vec<DeclaredItem>,
+    /// The platform's signature (see [`crate::signing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::Signature>,
 }
 
 /// One line of a declaration.
@@ -85,6 +88,9 @@ pub struct Instruction {
     pub reason: String,
     #[serde(default)]
     pub issued_at_ms: Option<u64>,
+    /// The platform's signature (see [`crate::signing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::Signature>,
 }
 
 /// The role of a divert lane. Lane numbers are per line, in configuration.
@@ -521,6 +527,9 @@ pub enum EventKind {
     Alarm,
     /// A platform rule set was applied (`detail` names its version).
     RuleSetApplied,
+    /// A message on a platform topic that is not from the platform: unsigned, mis-signed,
+    /// expired or replayed. It was not applied.
+    ForgedMessage,
 }
 
 /// What the platform orders for an e-commerce enterprise.
@@ -547,6 +556,9 @@ pub struct EnterpriseNotice {
     pub reason: String,
     #[serde(default)]
     pub issued_at_ms: Option<u64>,
+    /// The platform's signature (see [`crate::signing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::Signature>,
 }
 
 /// A customs rule set pushed by the platform: the TOML text of the rule file format (see
@@ -559,6 +571,9 @@ pub struct RuleSetUpdate {
     pub rules_toml: String,
     #[serde(default)]
     pub issued_at_ms: Option<u64>,
+    /// The platform's signature (see [`crate::signing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::Signature>,
 }
 
 /// Longest rule set text accepted from the platform.

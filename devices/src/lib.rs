@@ -6,6 +6,8 @@
 //! - [`framing`]: the barcode-scanner frame decoder and encoder, pure byte logic.
 //! - [`plc`]: the sorter PLC's register contract (divert block, acknowledge handshake).
 //! - [`contract`]: the JSON messages exchanged with the customs clearance platform over MQTT.
+//! - [`signing`]: Ed25519 signatures on platform messages, shared by the gateway (verifies)
+//!   and the platform simulator (signs).
 //!
 //! The daemon and the simulators both build on this crate, so a simulator can never drift
 //! from what the daemon expects: they read the same profiles and the same message types.
@@ -14,5 +16,6 @@ pub mod contract;
 pub mod framing;
 pub mod plc;
 pub mod profile;
+pub mod signing;
 
 pub use profile::{Profile, ProfileError, ProfileKind, Profiles};

@@ -8,6 +8,29 @@ use std::path::Path;
 
 use bondline_devices::{Profile, Profiles};
 
+use crate::plan::Mix;
+
+/// The parcel mixes a simulator binary can run; scanner-sim and platform-sim must be given
+/// the same one (and the same seed) to agree on every parcel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MixArg {
+    /// Releases, inspections, holds, undeclared parcels, no-reads and line noise: every path
+    /// of the built-in rule set.
+    Default,
+    /// The default paths plus a parcel for every rule of deploy/rules-demo.toml (unverified
+    /// identity, suspended enterprise, overweight, over the annual limit, frequent buyers).
+    EveryRule,
+}
+
+impl MixArg {
+    pub fn mix(self) -> Mix {
+        match self {
+            MixArg::Default => Mix::default(),
+            MixArg::EveryRule => Mix::every_rule(),
+        }
+    }
+}
+
 /// Exit status for a configuration the user must fix (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
 

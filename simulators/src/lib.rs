@@ -6,6 +6,8 @@
 //! simulator cannot drift from what the daemon expects.
 //!
 //! # Layout
+//! - [`audit`]: what an auditor knows of a rule set: rule kinds by name and the recomputed
+//!   random sample; holds the demo rule set.
 //! - [`plan`]: a deterministic parcel plan from a seed. The scanner and the platform simulators
 //!   share it, so they agree on which waybills exist and what customs says about each, and a
 //!   test can state the lane every parcel should reach.
@@ -27,6 +29,7 @@
 //! Every long-running function takes a `shutdown` future and returns when it completes, so tests
 //! and the daemon's `bondline demo` drive the simulators in-process.
 
+pub mod audit;
 pub mod cli;
 pub mod line;
 pub mod plan;

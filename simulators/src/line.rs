@@ -1116,6 +1116,7 @@ async fn publish_marks(platform: &PlatformSim, mut rx: mpsc::UnboundedReceiver<S
             action: Action::Inspect,
             reason: "late X-ray mark".to_string(),
             issued_at_ms: Some(unix_ms(SystemTime::now())),
+            signature: None,
         };
         if let Err(e) = platform.publish_instruction(&instruction).await {
             tracing::warn!(error = %format!("{e:#}"), waybill = %instruction.waybill, "late mark not published");

@@ -1,55 +1,45 @@
 //! `platform-sim`: the customs clearance platform, as the edge controller sees it over MQTT.
 //!
 //! It publishes what the platform sends the floor (declarations and customs instructions for
-//! the declared parcels of a [`Plan`]) and collects what the floor sends back (parcel records
-//! and events). [`PlatformSim::report`] compares the records with the plan: which lane each
-//! parcel reached, which readable parcels never produced a record, and, the one thing that must
-//! never happen, which parcels reached the release lane without a release instruction.
+//! the declared parcels of a [`Plan`], the suspension of [`SUSPENDED_ENTERPRISE`] when the plan
+//! has its parcels, and on request a customs rule set) and collects what the floor sends back
+//! (parcel records, anomalies and events). [`PlatformSim::report`] compares the records with
+//! the plan: which lane each parcel reached, which readable parcels never produced a record,
+//! which rules decided and fired, whether every parcel a rule flagged was reported as an
+//! anomaly, and, the one thing that must never happen, which parcels reached the release lane
+//! against the plan.
 //!
 //! The MQTT event loop runs in its own task and keeps polling after errors, which is how
 //! rumqttc reconnects; each new connection subscribes again because the session is clean.
 //! Received messages are kept in memory: a simulator runs for minutes, not months.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use bondline_devices::contract::{
-    topic, Anomaly, Declaration, DeclaredItem, EdgeEvent, Instruction, LaneRole, ParcelRecord,
-    ReadOutcome, Record, SCHEMA,
+    topic, Anomaly, Declaration, DeclaredItem, EdgeEvent, EnterpriseAction, EnterpriseNotice,
+    Instruction, LaneRole, ParcelRecord, ReadOutcome, Record, RuleSetUpdate, SCHEMA,
 };
+use bondline_devices::signing::{Signed, SigningKey};
 use rand::Rng as _;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
 };
 use tokio::task::JoinHandle;
 
-use crate::plan::{Plan, PlanKind};
+use crate::audit::RuleBook;
+use crate::plan::{Plan, PlanKind, PlannedParcel, SUSPENDED_ENTERPRISE};
 
 /// How long `connect` waits for the broker to accept the subscriptions.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a publish call waits for the broker's PUBACKs.
 const PUBACK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Salts separating the plan-hash draws of one parcel's declaration fields.
-const SALT_ENTERPRISE: u64 = 1;
-const SALT_CONSUMER: u64 = 2;
-const SALT_VALUE: u64 = 3;
-const SALT_WEIGHT: u64 = 4;
-const SALT_ITEM: u64 = 5;
-
-const GOODS: [&str; 6] = [
-    "infant formula 800g",
-    "face cream 50ml",
-    "vitamin tablets",
-    "running shoes",
-    "olive oil 1l",
-    "wireless earbuds",
-];
-
 /// A connected platform simulator. Dropping it stops its MQTT task.
 #[derive(Debug)]
 pub struct PlatformSim {
@@ -57,6 +47,11 @@ pub struct PlatformSim {
     prefix: String,
     shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
+    /// Whether the suspension of [`SUSPENDED_ENTERPRISE`] has been published.
+    suspension_sent: AtomicBool,
+    /// The platform key that signs every message, as a real platform does; `None` publishes
+    /// unsigned messages (for a gateway that allows them, or to play an intruder).
+    signer: Option<(String, SigningKey)>,
 }
 
 /// What the event-loop task has seen, read by the public accessors.
@@ -124,6 +119,8 @@ impl PlatformSim {
             prefix,
             shared,
             task,
+            suspension_sent: AtomicBool::new(false),
+            signer: None,
         };
         let deadline = tokio::time::Instant::now() + SUBSCRIBE_TIMEOUT;
         while !sim.lock().subscribed {
@@ -151,22 +148,28 @@ impl PlatformSim {
 
     /// Publishes a declaration for every declared parcel in `range`, and an instruction for
     /// those customs decided on, each waybill's declaration before its instruction (QoS 1).
-    /// Returns once the broker has acknowledged every publish.
+    /// The first call for a plan with suspended-enterprise parcels publishes the suspension
+    /// of [`SUSPENDED_ENTERPRISE`] before anything else. Returns once the broker has
+    /// acknowledged every publish.
     pub async fn publish_plan(&self, plan: &Plan, range: Range<u64>) -> anyhow::Result<()> {
+        if plan.mix().suspended > 0 && !self.suspension_sent.load(Ordering::Relaxed) {
+            self.publish_suspension().await?;
+            self.suspension_sent.store(true, Ordering::Relaxed);
+        }
         let mut declarations = 0usize;
         let mut instructions = 0usize;
         for p in plan.parcels(range) {
             if !p.kind.is_declared() {
                 continue;
             }
-            let declaration = declaration_for(plan, p.index, &p.waybill);
+            let declaration = self.signed(declaration_for(plan, &p));
             self.publish_json(topic::DECLARATIONS, &declaration).await?;
             declarations += 1;
             if let Some(action) = p.kind.instruction() {
                 let reason = match p.kind {
-                    PlanKind::Release => "cleared by platform",
                     PlanKind::Inspect => "selected for inspection",
-                    _ => "held: documents disagree",
+                    PlanKind::Hold => "held: documents disagree",
+                    _ => "cleared by platform",
                 };
                 let instruction = Instruction {
                     schema: SCHEMA,
@@ -175,7 +178,9 @@ impl PlatformSim {
                     action,
                     reason: reason.to_string(),
                     issued_at_ms: Some(now_ms()),
+                    signature: None,
                 };
+                let instruction = self.signed(instruction);
                 self.publish_json(topic::INSTRUCTIONS, &instruction).await?;
                 instructions += 1;
             }
@@ -185,10 +190,59 @@ impl PlatformSim {
         Ok(())
     }
 
+    /// Suspends [`SUSPENDED_ENTERPRISE`] (QoS 1, a fixed notice id, so a repeat is a
+    /// redelivery) and waits for the broker's acknowledge.
+    pub async fn publish_suspension(&self) -> anyhow::Result<()> {
+        let notice = EnterpriseNotice {
+            schema: SCHEMA,
+            notice_id: format!("N-suspend-{SUSPENDED_ENTERPRISE}"),
+            enterprise: SUSPENDED_ENTERPRISE.to_string(),
+            action: EnterpriseAction::Suspend,
+            reason: "pilot qualification withdrawn".to_string(),
+            issued_at_ms: Some(now_ms()),
+            signature: None,
+        };
+        let notice = self.signed(notice);
+        self.publish_json(topic::ENTERPRISES, &notice).await?;
+        self.wait_acked().await?;
+        tracing::info!(enterprise = SUSPENDED_ENTERPRISE, "enterprise suspended");
+        Ok(())
+    }
+
+    /// Pushes a customs rule set (the TOML text of a rule file) as update `update_id` (QoS 1)
+    /// and waits for the broker's acknowledge. The daemon answers on its events topic: a
+    /// `rule_set_applied` event, or a rejection with the reason.
+    pub async fn publish_rules(&self, update_id: &str, rules_toml: &str) -> anyhow::Result<()> {
+        let update = RuleSetUpdate {
+            schema: SCHEMA,
+            update_id: update_id.to_string(),
+            rules_toml: rules_toml.to_string(),
+            issued_at_ms: Some(now_ms()),
+            signature: None,
+        };
+        let update = self.signed(update);
+        self.publish_json(topic::RULES, &update).await?;
+        self.wait_acked().await
+    }
+
     /// Publishes one customs instruction (QoS 1) at once, without waiting for the broker's
     /// acknowledge, so a caller timing it (a late X-ray mark) is not held up by the broker.
     pub async fn publish_instruction(&self, instruction: &Instruction) -> anyhow::Result<()> {
-        self.publish_json(topic::INSTRUCTIONS, instruction).await
+        let instruction = self.signed(instruction.clone());
+        self.publish_json(topic::INSTRUCTIONS, &instruction).await
+    }
+
+    /// Signs every message published from now on with `key`, under `key_id`.
+    pub fn sign_with(&mut self, key_id: &str, key: SigningKey) {
+        self.signer = Some((key_id.to_string(), key));
+    }
+
+    /// `msg`, signed now if this platform signs.
+    pub fn signed<T: Signed>(&self, mut msg: T) -> T {
+        if let Some((id, key)) = &self.signer {
+            bondline_devices::signing::sign(&mut msg, id, key, now_ms());
+        }
+        msg
     }
 
     /// Publishes `payload` as is to `{prefix}/{topic_suffix}` (QoS 1), for tests that feed the
@@ -292,15 +346,30 @@ impl PlatformSim {
         }
     }
 
-    /// Compares the records received so far with parcels `range` of `plan`.
+    /// Compares the records received so far with parcels `range` of `plan`, for a line
+    /// whose scanner does not weigh and whose rule set does not sample.
     pub fn report(&self, plan: &Plan, range: Range<u64>) -> PlatformReport {
+        self.report_with(plan, range, &Expect::default())
+    }
+
+    /// Compares the records and anomalies received so far with parcels `range` of `plan`,
+    /// predicting lanes with `expect`.
+    pub fn report_with(&self, plan: &Plan, range: Range<u64>, expect: &Expect) -> PlatformReport {
         let s = self.lock();
         let parcels: Vec<ParcelRecord> = s
             .all
             .iter()
             .filter_map(|r| r.as_parcel().cloned())
             .collect();
-        PlatformReport::build(plan, range, &parcels, s.events.len(), s.bad_payloads)
+        PlatformReport::build(
+            plan,
+            range,
+            &parcels,
+            &s.anomalies,
+            s.events.len(),
+            s.bad_payloads,
+            expect,
+        )
     }
 }
 
@@ -310,24 +379,24 @@ impl Drop for PlatformSim {
     }
 }
 
-/// The declaration the e-commerce side files for parcel `i`. Every parcel has its own consumer
-/// and a modest value, so the daemon's per-consumer and value rules leave the plan's outcome
-/// alone; the plan's kind alone decides the lane.
-fn declaration_for(plan: &Plan, i: u64, waybill: &str) -> Declaration {
-    let item = plan.hash(i, SALT_ITEM);
+/// The declaration the e-commerce side files for parcel `p`, from the plan's facts
+/// ([`Plan::facts`]): the plan's kind alone decides which customs rule, if any, stops it.
+fn declaration_for(plan: &Plan, p: &PlannedParcel) -> Declaration {
+    let facts = plan.facts(p);
     Declaration {
         schema: SCHEMA,
-        waybill: waybill.to_string(),
-        enterprise: format!("E{:08}", 44_030_000 + plan.hash(i, SALT_ENTERPRISE) % 16),
-        consumer: Some(format!("{:016x}", plan.hash(i, SALT_CONSUMER))),
-        identity_verified: true,
-        value_minor: Some(1_000 + plan.hash(i, SALT_VALUE) % 200_000),
+        waybill: p.waybill.clone(),
+        enterprise: facts.enterprise,
+        consumer: Some(facts.consumer),
+        identity_verified: facts.identity_verified,
+        value_minor: Some(facts.value_minor),
         currency: Some("CNY".to_string()),
-        gross_weight_g: Some(100 + (plan.hash(i, SALT_WEIGHT) % 4_900) as u32),
+        gross_weight_g: Some(facts.declared_weight_g),
         items: vec![DeclaredItem {
-            description: GOODS[(item % GOODS.len() as u64) as usize].to_string(),
-            quantity: 1 + ((item >> 32) % 3) as u32,
+            description: facts.goods.to_string(),
+            quantity: facts.quantity,
         }],
+        signature: None,
     }
 }
 
@@ -431,6 +500,31 @@ fn parse_record(payload: &[u8]) -> Option<Record> {
     (r.schema() == SCHEMA).then_some(r)
 }
 
+/// What a report needs to predict each parcel's lane beyond its plan kind.
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// Whether the line's scanner weighs (a weighing profile), so the weight rule can fire.
+    pub weighed: bool,
+    /// The rule set the daemon runs, if known: its random sampling changes expected lanes,
+    /// and its rule kinds tell which fired rules are platform instructions. Without it, a rule
+    /// is taken to be of the kind its name says (as in the built-in set).
+    pub rules: Option<RuleBook>,
+}
+
+impl Expect {
+    /// The kind of the rule named `rule`.
+    fn kind_of<'a>(&'a self, rule: &'a str) -> &'a str {
+        self.rules
+            .as_ref()
+            .and_then(|b| b.kind_of(rule))
+            .unwrap_or(rule)
+    }
+}
+
+/// The deciding rule the daemon names when nothing decided (kept in step with the rules
+/// engine's `AWAITING_RELEASE`).
+const AWAITING_RELEASE: &str = "awaiting_release";
+
 /// What the platform received, against a plan range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlatformReport {
@@ -449,8 +543,22 @@ pub struct PlatformReport {
     /// Not necessarily wrong (a divert timeout sends a parcel to exception), but worth a look.
     pub lane_mismatches: usize,
     /// Waybills (or msg_ids of no-reads and unknown waybills) that reached the release lane
-    /// without a release instruction in the plan: a fail-closed breach.
+    /// though the plan expects another lane (no release instruction, a rule that must stop
+    /// it, or the random sample): a fail-closed breach.
     pub released_against_plan: Vec<String>,
+    /// Distinct records per deciding rule (the record's `rule`).
+    pub by_rule: BTreeMap<String, usize>,
+    /// Distinct records per rule that fired, deciding or not.
+    pub fired: BTreeMap<String, usize>,
+    /// Distinct records per kind of rule that fired (kinds from the rule set when known).
+    pub kinds_fired: BTreeMap<String, usize>,
+    /// Kinds of the known rule set that fired for no record; empty without a rule set.
+    pub kinds_never_fired: Vec<String>,
+    /// Distinct anomalies received.
+    pub anomalies: usize,
+    /// Waybills (or msg_ids) of records that a rule other than a platform instruction kept
+    /// off the release lane, with no anomaly for their parcel.
+    pub flagged_without_anomaly: Vec<String>,
     pub events: usize,
     pub bad_payloads: usize,
 }
@@ -460,9 +568,20 @@ impl PlatformReport {
         plan: &Plan,
         range: Range<u64>,
         records: &[ParcelRecord],
+        anomalies: &[Anomaly],
         events: usize,
         bad_payloads: usize,
+        expect: &Expect,
     ) -> PlatformReport {
+        let anomaly_ids: HashSet<&str> = anomalies.iter().map(|a| a.anomaly_id.as_str()).collect();
+        let anomalous: HashSet<(&str, &str, u32)> = anomalies
+            .iter()
+            .map(|a| (a.gateway.as_str(), a.line.as_str(), a.parcel))
+            .collect();
+        let mut by_rule: BTreeMap<String, usize> = BTreeMap::new();
+        let mut fired: BTreeMap<String, usize> = BTreeMap::new();
+        let mut kinds_fired: BTreeMap<String, usize> = BTreeMap::new();
+        let mut flagged_without_anomaly = Vec::new();
         let mut seen_ids = HashSet::new();
         let mut seen_waybills = HashSet::new();
         let mut by_role: BTreeMap<LaneRole, usize> =
@@ -475,6 +594,25 @@ impl PlatformReport {
                 continue;
             }
             *by_role.entry(r.lane_role).or_default() += 1;
+            *by_rule.entry(r.rule.clone()).or_default() += 1;
+            let mut kinds = BTreeSet::new();
+            for f in &r.rules_fired {
+                *fired.entry(f.rule.clone()).or_default() += 1;
+                kinds.insert(expect.kind_of(&f.rule));
+            }
+            for k in kinds {
+                *kinds_fired.entry(k.to_string()).or_default() += 1;
+            }
+            let name = || r.waybill.clone().unwrap_or_else(|| r.msg_id.clone());
+            // The daemon's anomaly condition: a rule other than the platform's instruction
+            // (and other than "nothing decided yet") kept the parcel off the release lane.
+            let flagged = r.lane_role != LaneRole::Release
+                && r.rules_fired.first().is_some_and(|f| {
+                    f.rule != AWAITING_RELEASE && expect.kind_of(&f.rule) != "instruction"
+                });
+            if flagged && !anomalous.contains(&(r.gateway.as_str(), r.line.as_str(), r.parcel)) {
+                flagged_without_anomaly.push(name());
+            }
             if r.read == ReadOutcome::NoRead {
                 no_reads += 1;
             }
@@ -482,19 +620,29 @@ impl PlatformReport {
                 .waybill
                 .as_deref()
                 .and_then(|w| plan.index_of(w))
-                .map(|i| plan.parcel(i).kind);
+                .map(|i| plan.parcel(i));
             if let Some(w) = &r.waybill {
                 seen_waybills.insert(w.as_str());
             }
-            if let Some(expected) = planned.and_then(PlanKind::expected_role) {
-                if expected != r.lane_role {
-                    lane_mismatches += 1;
-                }
+            let expected = planned
+                .as_ref()
+                .and_then(|p| plan.expected_role_with(p, expect.weighed, expect.rules.as_ref()));
+            if expected.is_some_and(|e| e != r.lane_role) {
+                lane_mismatches += 1;
             }
-            if r.lane_role == LaneRole::Release && planned != Some(PlanKind::Release) {
-                released_against_plan.push(r.waybill.clone().unwrap_or_else(|| r.msg_id.clone()));
+            if r.lane_role == LaneRole::Release && expected != Some(LaneRole::Release) {
+                released_against_plan.push(name());
             }
         }
+        let kinds_never_fired = expect
+            .rules
+            .iter()
+            .flat_map(|b| b.kinds.values())
+            .filter(|k| !kinds_fired.contains_key(k.as_str()))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let missing = plan
             .parcels(range)
             .filter(|p| p.kind.is_readable() && !seen_waybills.contains(p.waybill.as_str()))
@@ -509,6 +657,12 @@ impl PlatformReport {
             missing,
             lane_mismatches,
             released_against_plan,
+            by_rule,
+            fired,
+            kinds_fired,
+            kinds_never_fired,
+            anomalies: anomaly_ids.len(),
+            flagged_without_anomaly,
             events,
             bad_payloads,
         }
@@ -542,6 +696,30 @@ impl fmt::Display for PlatformReport {
             "; no-reads {}; lane differs from plan {}",
             self.no_reads, self.lane_mismatches
         )?;
+        write!(f, "deciding rules:")?;
+        for (rule, n) in &self.by_rule {
+            write!(f, " {rule} {n}")?;
+        }
+        write!(f, "\nrules fired:")?;
+        for (rule, n) in &self.fired {
+            write!(f, " {rule} {n}")?;
+        }
+        write!(f, "\nrule kinds fired:")?;
+        for (kind, n) in &self.kinds_fired {
+            write!(f, " {kind} {n}")?;
+        }
+        if !self.kinds_never_fired.is_empty() {
+            write!(f, "; never fired:")?;
+            for kind in &self.kinds_never_fired {
+                write!(f, " {kind}")?;
+            }
+        }
+        writeln!(
+            f,
+            "\nanomalies: {}; flagged parcels without an anomaly: {}",
+            self.anomalies,
+            self.flagged_without_anomaly.len()
+        )?;
         write!(f, "missing: {}", self.missing.len())?;
         list(f, &self.missing)?;
         if !self.released_against_plan.is_empty() {
@@ -559,7 +737,9 @@ impl fmt::Display for PlatformReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bondline_devices::contract::{DivertOutcome, DivertStatus};
+    use bondline_devices::contract::{DivertOutcome, DivertStatus, FiredRule};
+
+    use crate::plan::Mix;
 
     /// Tests and the demo hold these futures across spawns; this only has to compile.
     #[allow(dead_code)]
@@ -630,7 +810,7 @@ mod tests {
             record(2, Some(&undeclared.waybill), LaneRole::Release),
             record(3, None, LaneRole::Exception),
         ];
-        let r = PlatformReport::build(&plan, 0..200, &records, 0, 0);
+        let r = PlatformReport::build(&plan, 0..200, &records, &[], 0, 0, &Expect::default());
         assert_eq!((r.records, r.distinct_msg_ids, r.duplicates), (4, 3, 1));
         assert_eq!(r.by_role[&LaneRole::Release], 2);
         assert_eq!(r.no_reads, 1);
@@ -643,11 +823,89 @@ mod tests {
         assert!(text.contains("more)"), "{text}");
     }
 
+    fn fired(rule: &str, target: LaneRole) -> FiredRule {
+        FiredRule {
+            rule: rule.into(),
+            target,
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn report_counts_rules_and_missing_anomalies() {
+        let plan = Plan::with_mix(5, Mix::every_rule());
+        let book = RuleBook::demo();
+        let pick = |kind: PlanKind| {
+            plan.parcels(0..400)
+                .find(|p| p.kind == kind && !book.sampled(&p.waybill))
+                .expect("kind in plan")
+        };
+        let (heavy, light, held) = (
+            pick(PlanKind::Overweight),
+            pick(PlanKind::Release),
+            pick(PlanKind::Hold),
+        );
+        let mut weighed = record(1, Some(&heavy.waybill), LaneRole::Inspection);
+        weighed.rule = "weight_mismatch".into();
+        weighed.rules_fired = vec![
+            fired("weight_mismatch", LaneRole::Inspection),
+            fired("instruction", LaneRole::Release),
+        ];
+        let mut released = record(2, Some(&light.waybill), LaneRole::Release);
+        released.rule = "instruction".into();
+        released.rules_fired = vec![fired("instruction", LaneRole::Release)];
+        let mut hold = record(3, Some(&held.waybill), LaneRole::Hold);
+        hold.rule = "instruction".into();
+        hold.rules_fired = vec![fired("instruction", LaneRole::Hold)];
+        let records = vec![weighed.clone(), released, hold];
+        let expect = Expect {
+            weighed: true,
+            rules: Some(book.clone()),
+        };
+        let r = PlatformReport::build(&plan, 0..0, &records, &[], 0, 0, &expect);
+        assert_eq!(r.by_rule["instruction"], 2);
+        assert_eq!(r.fired["instruction"], 3);
+        assert_eq!(r.kinds_fired["weight_mismatch"], 1);
+        assert_eq!(r.lane_mismatches, 0, "{r}");
+        // Only the weight rule's parcel is an anomaly, and none arrived for it.
+        assert_eq!(r.flagged_without_anomaly, vec![heavy.waybill.clone()]);
+        assert!(r.kinds_never_fired.contains(&"sampling".to_string()));
+        assert!(!r.kinds_never_fired.contains(&"instruction".to_string()));
+        let anomaly = Anomaly {
+            schema: SCHEMA,
+            anomaly_id: "gw-l1-1-0".into(),
+            gateway: "gw".into(),
+            line: "l1".into(),
+            parcel: weighed.parcel,
+            waybill: weighed.waybill.clone(),
+            lane: 2,
+            lane_role: LaneRole::Inspection,
+            rule_set: book.version.clone(),
+            rules_fired: weighed.rules_fired.clone(),
+            inputs: Default::default(),
+            scanned_at_ms: 0,
+            at_ms: 0,
+        };
+        let r = PlatformReport::build(&plan, 0..0, &records, &[anomaly], 0, 0, &expect);
+        assert!(r.flagged_without_anomaly.is_empty());
+        assert_eq!(r.anomalies, 1);
+        // Without a scale the overweight parcel should have been released.
+        let unweighed = Expect {
+            weighed: false,
+            ..expect
+        };
+        let r = PlatformReport::build(&plan, 0..0, &records, &[], 0, 0, &unweighed);
+        assert_eq!(r.lane_mismatches, 1);
+        assert!(r
+            .to_string()
+            .contains("deciding rules: instruction 2 weight_mismatch 1"));
+    }
+
     #[test]
     fn declarations_are_valid_contract_messages() {
         let plan = Plan::new(5);
         for p in plan.parcels(0..50).filter(|p| p.kind.is_declared()) {
-            let d = declaration_for(&plan, p.index, &p.waybill);
+            let d = declaration_for(&plan, &p);
             let bytes = serde_json::to_vec(&d).expect("json");
             assert_eq!(Declaration::parse(&bytes).expect("valid"), d);
             assert!(d.value_minor.is_some_and(|v| v < 500_000));

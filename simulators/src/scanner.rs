@@ -1,6 +1,7 @@
 //! `scanner-sim`: a fixed-mount barcode scanner sending frames for plan parcels.
 //!
-//! Each plan parcel becomes one frame in the profile's framing: a read of its waybill, the
+//! Each plan parcel becomes one frame in the profile's framing: a read of its waybill (with
+//! the plan's scale reading when the profile has a weight field), the
 //! profile's no-read token, or (for [`PlanKind::Garbage`]) bytes a real line produces that are
 //! no frame at all: line noise, an over-long frame, a frame with bytes no waybill holds. The
 //! garbage is built so the daemon's decoder rejects it without losing the parcel after it,
@@ -68,11 +69,6 @@ impl ScannerSim {
     pub fn frame_for(&self, p: &PlannedParcel) -> Vec<u8> {
         let f = &self.framing;
         match p.kind {
-            PlanKind::Release
-            | PlanKind::Inspect
-            | PlanKind::Hold
-            | PlanKind::DeclaredOnly
-            | PlanKind::Undeclared => f.encode(&p.waybill),
             PlanKind::NoRead => f.encode(&f.no_read),
             PlanKind::Garbage => match p.index % 3 {
                 0 => {
@@ -86,12 +82,19 @@ impl ScannerSim {
                     out
                 }
                 1 => {
-                    // Longer than anything the decoder accepts, including the no-read token.
-                    let len = f.max_len.max(f.no_read.len()) + 10;
+                    // Longer than anything the decoder accepts, including the no-read token
+                    // and, on a weighing station, a weight field (at most 9 bytes).
+                    let weight = if f.weight.is_some() { 10 } else { 0 };
+                    let len = f.max_len.max(f.no_read.len()) + 10 + weight;
                     f.encode(&"X".repeat(len))
                 }
                 _ => f.encode("BL 12#4"),
             },
+            // A read; a weighing station appends the scale's reading.
+            _ => {
+                let weight = f.weight.map(|_| self.plan.facts(p).measured_weight_g);
+                f.encode(&f.read_payload(&p.waybill, weight))
+            }
         }
     }
 
@@ -275,6 +278,8 @@ mod tests {
     use bondline_devices::framing::{Frame, FrameDecoder, Reject};
     use bondline_devices::Profiles;
 
+    use crate::plan::Mix;
+
     /// The daemon spawns these futures; this only has to compile.
     #[allow(dead_code)]
     fn futures_are_send(sim: &ScannerSim, l: TcpListener, w: &mut tokio::net::TcpStream) {
@@ -295,15 +300,24 @@ mod tests {
     /// order, and garbage only ever to rejects, whatever chunking the transport applies.
     #[test]
     fn frames_decode_back_to_the_plan() {
-        for name in ["scanner-stx-etx", "scanner-crlf"] {
-            let sim = ScannerSim::new(framing(name), Plan::new(1));
+        for (name, mix) in [
+            ("scanner-stx-etx", Mix::default()),
+            ("scanner-crlf", Mix::default()),
+            ("dws-stx-etx", Mix::every_rule()),
+        ] {
+            let sim = ScannerSim::new(framing(name), Plan::with_mix(1, mix));
             let parcels: Vec<_> = sim.plan.parcels(0..1000).collect();
             let bytes: Vec<u8> = parcels.iter().flat_map(|p| sim.frame_for(p)).collect();
+            let weighs = sim.framing.weight.is_some();
             let expected: Vec<Frame> = parcels
                 .iter()
                 .filter_map(|p| match p.kind {
                     PlanKind::Garbage => None,
                     PlanKind::NoRead => Some(Frame::NoRead),
+                    _ if weighs => Some(Frame::Weighed(
+                        p.waybill.clone(),
+                        Some(sim.plan.facts(p).measured_weight_g),
+                    )),
                     _ => Some(Frame::Read(p.waybill.clone())),
                 })
                 .collect();
@@ -320,7 +334,10 @@ mod tests {
                     .iter()
                     .filter(|p| p.kind == PlanKind::Garbage)
                     .count();
-                assert!(garbage > 10, "too little garbage to test: {garbage}");
+                assert!(
+                    garbage > 10,
+                    "{name}: too little garbage to test: {garbage}"
+                );
                 // Every garbage frame is rejected once; nothing else is.
                 assert_eq!(rejects.len(), garbage, "{name}, chunk {chunk}: {rejects:?}");
                 for shape in [

@@ -127,16 +127,19 @@ struct Line {
 }
 
 impl Line {
+    /// Decides a parcel; `prior` is its previous decision's inputs when it is decided again.
     fn decide(
         &self,
         read: &ScanRead,
         weight_g: Option<u32>,
         scanned_at: SystemTime,
+        prior: Option<&bondline_devices::contract::DecisionInputs>,
     ) -> (Decision, u16) {
         let scan = Scan {
             read,
             weight_g,
             day: day_of(unix_ms(scanned_at)),
+            prior,
         };
         let mut decision = {
             // One rule set for the whole decision, whatever a reload does meanwhile.
@@ -173,7 +176,7 @@ impl Line {
     fn on_scan(&mut self, scan: ScanEvent, io: &LineIo) {
         self.next_parcel = self.next_parcel.wrapping_add(1);
         let parcel = self.next_parcel;
-        let (mut decision, lane) = self.decide(&scan.read, scan.weight_g, scan.at);
+        let (mut decision, lane) = self.decide(&scan.read, scan.weight_g, scan.at, None);
         if let (ScanRead::Waybill(w), Some(inputs)) = (&scan.read, decision.inputs.as_mut()) {
             if inputs.consumer.is_some() {
                 // The parcel joins its consumer's history once, at its first scan; the record
@@ -429,7 +432,12 @@ impl Line {
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
-        let (mut decision, lane) = self.decide(&t.read, t.weight_g, t.scanned_at);
+        let (mut decision, lane) = self.decide(
+            &t.read,
+            t.weight_g,
+            t.scanned_at,
+            t.decision.inputs.as_ref(),
+        );
         if let (Some(new), Some(old)) = (decision.inputs.as_mut(), t.decision.inputs.as_ref()) {
             new.counted = old.counted;
         }
@@ -462,7 +470,12 @@ impl Line {
             let Some(t) = self.tracker.get(parcel) else {
                 continue;
             };
-            let (decision, lane) = self.decide(&t.read, t.weight_g, t.scanned_at);
+            let (decision, lane) = self.decide(
+                &t.read,
+                t.weight_g,
+                t.scanned_at,
+                t.decision.inputs.as_ref(),
+            );
             // Where the parcel is, or is going: the PLC's word once it has spoken.
             let current = t.disposed_lane.unwrap_or(t.lane);
             if lane == current {

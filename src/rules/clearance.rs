@@ -67,6 +67,8 @@ struct Facts {
     gross_weight_g: Option<u32>,
     /// The UTC day the parcel was added to its consumer's history, once it has been.
     counted_day: Option<u32>,
+    /// When the platform signed it, if it was signed.
+    signed_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,20 @@ impl ClearanceTable {
             .is_none_or(|f| f.digest != declaration_digest(d))
     }
 
+    /// Whether a declaration signed at `signed_at_ms` is older than the signed one held for
+    /// its waybill: a replay of an old declaration, which must not replace the newer one.
+    pub fn declaration_replayed(&self, d: &Declaration, signed_at_ms: Option<u64>) -> bool {
+        match (
+            signed_at_ms,
+            self.declarations
+                .get(d.waybill.as_str())
+                .and_then(|f| f.signed_at_ms),
+        ) {
+            (Some(new), Some(held)) => new < held,
+            _ => false,
+        }
+    }
+
     /// Stores a declaration; a later declaration of the same waybill replaces it. If the
     /// parcel was already counted in its consumer's history, the count moves to the new
     /// consumer and value.
@@ -179,6 +195,7 @@ impl ClearanceTable {
             value_minor: d.value_minor,
             gross_weight_g: d.gross_weight_g,
             counted_day: None,
+            signed_at_ms: d.signature.as_ref().map(|s| s.signed_at_ms),
         };
         self.declarations.insert(d.waybill.as_str().into(), facts);
         if let Some((_, _, day)) = counted_day {
@@ -365,6 +382,7 @@ mod tests {
             currency: Some("CNY".into()),
             gross_weight_g: None,
             items: vec![],
+            signature: None,
         }
     }
 
@@ -376,6 +394,7 @@ mod tests {
             action,
             reason: "licence review".into(),
             issued_at_ms: at,
+            signature: None,
         }
     }
 

@@ -59,6 +59,9 @@ pub struct Scan<'a> {
     pub read: &'a ScanRead,
     pub weight_g: Option<u32>,
     pub day: u32,
+    /// What the parcel's previous decision saw, when it is decided again. Its consumer
+    /// windows are kept: "before this parcel" must not grow with parcels scanned after it.
+    pub prior: Option<&'a DecisionInputs>,
 }
 
 /// Decides the lane role of one scanned parcel with `rules`. Pure and light: it runs on the
@@ -81,10 +84,25 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
     let known = table.known(waybill);
     let mut windows = Vec::new();
     let mut seen = Vec::new();
-    if known.declaration.is_some_and(|d| d.consumer.is_some()) {
+    let consumer = known.declaration.and_then(|d| d.consumer);
+    let prior = scan
+        .prior
+        .filter(|p| consumer.is_some() && p.consumer.as_deref() == consumer);
+    if consumer.is_some() {
         for (i, r) in rules.rules.iter().enumerate() {
             if let engine::RuleKind::ConsumerLimit { window_days, .. } = r.kind {
-                let w = table.consumer_window(waybill, scan.day, window_days);
+                let kept = prior.and_then(|p| {
+                    p.consumer_windows
+                        .iter()
+                        .find(|w| w.window_days == window_days)
+                });
+                let w = match kept {
+                    Some(k) => engine::ConsumerWindow {
+                        parcels: k.parcels,
+                        value_minor: k.value_minor,
+                    },
+                    None => table.consumer_window(waybill, scan.day, window_days),
+                };
                 windows.push((i, w));
                 seen.push(ConsumerWindowSeen {
                     rule: r.name.clone(),
@@ -155,6 +173,7 @@ mod tests {
             currency: None,
             gross_weight_g: None,
             items: vec![],
+            signature: None,
         }
     }
 
@@ -166,6 +185,7 @@ mod tests {
             action,
             reason: String::new(),
             issued_at_ms: at,
+            signature: None,
         }
     }
 
@@ -175,6 +195,7 @@ mod tests {
             read: &read,
             weight_g: None,
             day: 1,
+            prior: None,
         };
         decide(t, &engine::RuleSet::builtin(), scan).role
     }
@@ -206,7 +227,8 @@ mod tests {
                 Scan {
                     read: &ScanRead::NoRead,
                     weight_g: None,
-                    day: 1
+                    day: 1,
+                    prior: None,
                 }
             )
             .role,
@@ -266,6 +288,45 @@ mod tests {
             Applied::Unchanged
         );
         assert_eq!(role(&t, "W"), LaneRole::Hold);
+    }
+
+    #[test]
+    fn a_re_decision_keeps_the_history_before_the_parcel() {
+        let rules = engine::RuleSet::parse(
+            "t",
+            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 9\n\
+             [[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 5\ntarget = \"inspection\"\nwindow_days = 1\nmax_parcels = 1\n",
+        )
+        .unwrap();
+        let mut t = ClearanceTable::default();
+        for w in ["A", "B"] {
+            let mut d = decl(w);
+            d.consumer = Some("c".into());
+            t.apply_declaration(&d);
+            t.apply_instruction(&instr(w, &format!("I{w}"), Action::Release, None));
+        }
+        let decide_a = |t: &ClearanceTable, prior: Option<&DecisionInputs>| {
+            let read = ScanRead::Waybill("A".into());
+            decide(
+                t,
+                &rules,
+                Scan {
+                    read: &read,
+                    weight_g: None,
+                    day: 3,
+                    prior,
+                },
+            )
+        };
+        let first = decide_a(&t, None);
+        assert_eq!(first.role, LaneRole::Release);
+        t.count("A", 3);
+        t.count("B", 3);
+        // Decided afresh, A would see B, scanned after it, and exceed the limit of one.
+        assert_eq!(decide_a(&t, None).role, LaneRole::Inspection);
+        // Decided again with its first inputs, it keeps the history it had.
+        let again = decide_a(&t, first.inputs.as_ref());
+        assert_eq!(again.role, LaneRole::Release, "{:?}", again.fired);
     }
 
     /// The whole decision over any sequence of platform messages and scans: a parcel reaches
@@ -419,6 +480,7 @@ rate_ppm = 100000
                                 action: if suspend { EnterpriseAction::Suspend } else { EnterpriseAction::Lift },
                                 reason: String::new(),
                                 issued_at_ms: at,
+                                signature: None,
                             };
                             t.apply_notice(&n);
                             let stale = matches!((suspended.get(&enterprise), at), (Some((_, Some(old))), Some(new)) if new < *old);
@@ -428,7 +490,7 @@ rate_ppm = 100000
                         }
                         Msg::Scan { w, grams } => {
                             let read = ScanRead::Waybill(format!("W{w}"));
-                            let d = decide(&t, &rules, Scan { read: &read, weight_g: grams, day: 100 });
+                            let d = decide(&t, &rules, Scan { read: &read, weight_g: grams, day: 100, prior: None });
                             if d.inputs.as_ref().is_some_and(|i| i.consumer.is_some()) {
                                 t.count(&format!("W{w}"), 100);
                             }

@@ -30,6 +30,8 @@
 //! messages (Mosquitto's `message_size_limit`) cannot be detected: set `max_packet_kib` at or
 //! below the broker's limit.
 
+pub mod tls;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -83,6 +85,10 @@ pub struct Uplink {
     pub policy: Policy,
     /// Anomalies from the lines, sent at once.
     pub anomalies: mpsc::Receiver<Anomaly>,
+    /// Ends the current connection (SIGHUP: new TLS material or credentials take effect).
+    pub reconnect: Arc<tokio::sync::Notify>,
+    /// Which platform messages to believe.
+    pub trust: crate::trust::Trust,
 }
 
 /// How a session ended.
@@ -183,7 +189,8 @@ impl Uplink {
         }
     }
 
-    fn options(&self) -> MqttOptions {
+    /// The connection's options, with TLS material and password read from their files now.
+    fn options(&self) -> Result<MqttOptions, tls::TlsError> {
         let c = &self.config;
         let mut o = MqttOptions::new(&c.client_id, &c.host, c.port);
         o.set_keep_alive(c.keep_alive)
@@ -192,7 +199,15 @@ impl Uplink {
             .set_inflight(c.inflight)
             .set_max_packet_size(MAX_INCOMING_PACKET, c.max_packet_bytes)
             .set_request_channel_capacity(REQUEST_QUEUE);
-        o
+        if let Some(t) = &c.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(t.client_config()?),
+            ));
+        }
+        if let Some(cred) = &c.credentials {
+            o.set_credentials(&cred.username, cred.password()?);
+        }
+        Ok(o)
     }
 
     /// Parks a record the broker will not take, with an alarm.
@@ -229,7 +244,16 @@ impl Uplink {
         pending: &Arc<Mutex<Pending>>,
         anomalies: &mut mpsc::Receiver<Anomaly>,
     ) -> (String, EndCause) {
-        let (client, mut events) = AsyncClient::new(self.options(), REQUEST_QUEUE);
+        let options = match self.options() {
+            Ok(o) => o,
+            Err(e) => {
+                self.alarms.raise(format!(
+                    "cannot connect to the broker: {e}; records wait in the journal"
+                ));
+                return (e.to_string(), EndCause::Local);
+            }
+        };
+        let (client, mut events) = AsyncClient::new(options, REQUEST_QUEUE);
         let window = Arc::new(Semaphore::new(self.config.inflight as usize));
         let feeder_stop = CancellationToken::new();
         let _stop_feeder = feeder_stop.clone().drop_guard();
@@ -275,6 +299,10 @@ impl Uplink {
                     }
                 },
                 _ = feeder_failed.cancelled() => return ("record queue to the broker failed".into(), EndCause::Local),
+                _ = self.reconnect.notified() => {
+                    info!("reconnecting to the broker to use reloaded TLS material and credentials");
+                    return ("reconnect requested (reload)".into(), EndCause::Local);
+                }
                 Some(a) = anomalies.recv(), if self.metrics.uplink_ready.load(Ordering::Relaxed) => {
                     self.publish_anomaly(&client, pending, &a);
                     continue;
@@ -384,15 +412,30 @@ impl Uplink {
             .strip_prefix(&self.config.topic_prefix)
             .and_then(|s| s.strip_prefix('/'))
             .unwrap_or("");
-        let verdict: Result<(), String> = if p.payload.len() > MAX_INBOUND_PAYLOAD {
-            Err(format!(
-                "payload of {} bytes is over the limit of {MAX_INBOUND_PAYLOAD}",
-                p.payload.len()
+        let now = unix_ms(SystemTime::now());
+        let verdict: Result<(), (EventKind, String)> = if p.payload.len() > MAX_INBOUND_PAYLOAD {
+            Err((
+                EventKind::RejectedMessage,
+                format!(
+                    "payload of {} bytes is over the limit of {MAX_INBOUND_PAYLOAD}",
+                    p.payload.len()
+                ),
             ))
         } else {
             match suffix {
                 topic::DECLARATIONS => match Declaration::parse(&p.payload) {
-                    Ok(d) => {
+                    Ok(d) => match self.believe(&d, now) {
+                        Err(r) => Err(r),
+                        Ok(signed_at) if self.read_table().declaration_replayed(&d, signed_at) => {
+                            Err((
+                                EventKind::ForgedMessage,
+                                format!(
+                                    "declaration of {} replayed: signed before the declaration held",
+                                    d.waybill
+                                ),
+                            ))
+                        }
+                        Ok(_) => {
                         if self.read_table().declaration_is_new(&d) {
                             self.journal
                                 .store_declaration(&d)
@@ -401,11 +444,14 @@ impl Uplink {
                             let _ = self.changes.send(ClearanceChange::Waybill(d.waybill));
                         }
                         Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
+                        }
+                    },
+                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
                 },
                 topic::INSTRUCTIONS => match Instruction::parse(&p.payload) {
-                    Ok(i) => {
+                    Ok(i) => match self.believe(&i, now) {
+                        Err(r) => Err(r),
+                        Ok(_) => {
                         if self.read_table().instruction_is_new(&i) {
                             self.journal
                                 .store_instruction(&i)
@@ -420,11 +466,14 @@ impl Uplink {
                             let _ = self.changes.send(ClearanceChange::Waybill(i.waybill));
                         }
                         Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
+                        }
+                    },
+                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
                 },
                 topic::ENTERPRISES => match EnterpriseNotice::parse(&p.payload) {
-                    Ok(n) => {
+                    Ok(n) => match self.believe(&n, now) {
+                        Err(r) => Err(r),
+                        Ok(_) => {
                         if self.read_table().notice_is_new(&n) {
                             self.journal
                                 .store_notice(&n)
@@ -439,11 +488,16 @@ impl Uplink {
                             let _ = self.changes.send(ClearanceChange::All);
                         }
                         Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
+                        }
+                    },
+                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
                 },
                 topic::RULES => match RuleSetUpdate::parse(&p.payload) {
-                    Ok(u) => match self.policy.apply_update(&u) {
+                    Ok(u) => match self.believe(&u, now).and_then(|_| {
+                        self.policy
+                            .apply_update(&u)
+                            .map_err(|reason| (EventKind::RejectedMessage, reason))
+                    }) {
                         Ok(UpdateOutcome::Applied(version)) => {
                             let _ = self.changes.send(ClearanceChange::All);
                             self.event(
@@ -456,27 +510,39 @@ impl Uplink {
                             Ok(())
                         }
                         Ok(UpdateOutcome::Ignored) => Ok(()),
-                        Err(reason) => {
-                            Err(format!("rule set update {} refused: {reason}", u.update_id))
-                        }
+                        Err((EventKind::RejectedMessage, reason)) => Err((
+                            EventKind::RejectedMessage,
+                            format!("rule set update {} refused: {reason}", u.update_id),
+                        )),
+                        Err(other) => Err(other),
                     },
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
                 },
-                _ => Err("no handler for this topic".into()),
+                _ => Err((EventKind::RejectedMessage, "no handler for this topic".into())),
             }
         };
-        if let Err(reason) = verdict {
+        if let Err((kind, reason)) = verdict {
             Metrics::add(&self.metrics.platform_rejected, 1);
-            warn!(topic = %p.topic, %reason, "platform message rejected");
-            self.event(
-                client,
-                pending,
-                EventKind::RejectedMessage,
-                reason,
-                Some(p.topic.clone()),
-            );
+            if kind == EventKind::ForgedMessage {
+                Metrics::add(&self.metrics.forged_messages, 1);
+                warn!(topic = %p.topic, %reason, "platform message refused: not from the platform");
+            } else {
+                warn!(topic = %p.topic, %reason, "platform message rejected");
+            }
+            self.event(client, pending, kind, reason, Some(p.topic.clone()));
         }
         Ok(())
+    }
+
+    /// Checks a platform message's signature (see [`crate::trust`]).
+    fn believe<T: bondline_devices::signing::Signed>(
+        &self,
+        msg: &T,
+        now_ms: u64,
+    ) -> Result<Option<u64>, (EventKind, String)> {
+        self.trust
+            .check(msg, now_ms)
+            .map_err(|r| (EventKind::ForgedMessage, r))
     }
 
     /// Makes the stored platform messages durable, then acknowledges them in arrival order.

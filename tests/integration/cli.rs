@@ -19,6 +19,39 @@ fn check_config_accepts_the_example() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 }
 
+/// Every rule set shipped in deploy/ passes check-config with the example configuration.
+#[test]
+fn check_config_accepts_every_shipped_rule_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(deploy).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !(name.starts_with("rules") && name.ends_with(".toml")) {
+            continue;
+        }
+        let config = dir.path().join(format!("with-{name}"));
+        let text = std::fs::read_to_string(EXAMPLE).unwrap().replacen(
+            "gateway_id = ",
+            &format!("rules_file = \"{}\"\ngateway_id = ", path.display()),
+            1,
+        );
+        std::fs::write(&config, text).unwrap();
+        let out = bondline()
+            .args(["check-config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 1);
+}
+
 /// Writes the example with one substitution and checks the exit code and the message.
 fn check_broken(from: &str, to: &str, key: &str, reason: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -47,6 +80,22 @@ fn check_config_names_a_misspelt_key() {
         "keep_alive_secs = 15",
         "uplink.keep_alive_secs",
         "unknown field",
+    );
+}
+
+#[test]
+fn check_config_names_unusable_tls_material_and_half_credentials() {
+    check_broken(
+        "drain_rate = 5000",
+        "drain_rate = 5000\ntls = { ca_file = \"/nonexistent/ca.pem\" }",
+        "uplink.tls",
+        "/nonexistent/ca.pem",
+    );
+    check_broken(
+        "drain_rate = 5000",
+        "drain_rate = 5000\nusername = \"gw-01\"",
+        "uplink.password_file",
+        "needed with username",
     );
 }
 

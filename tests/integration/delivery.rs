@@ -269,6 +269,7 @@ async fn refused_record_is_parked(
         action: Action::Inspect,
         reason: "x".repeat(reason_len),
         issued_at_ms: None,
+        signature: None,
     };
     platform
         .publish_raw("instructions", serde_json::to_vec(&instruction).unwrap())
@@ -301,12 +302,14 @@ async fn refused_record_is_parked(
         metrics.summary()
     );
     assert!(
-        wait_until(Duration::from_secs(10), || platform
+        wait_until(Duration::from_secs(30), || platform
             .events()
             .iter()
             .any(|e| e.kind == EventKind::Alarm && e.detail.contains("parked")))
         .await,
-        "no alarm about the parked record"
+        "no alarm about the parked record; events: {:?}; {}",
+        platform.events(),
+        metrics.summary()
     );
     assert_eq!(Metrics::get(&metrics.records_parked), 1);
     if broker_limit.is_some() {

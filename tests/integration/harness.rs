@@ -86,7 +86,8 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\nmax_queued_messages 1000000\n{}\n",
+                // Per-listener security, so a test can add a TLS or password listener.
+                "per_listener_settings true\nlistener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\nmax_queued_messages 1000000\n{}\n",
                 self.port, self.extra
             ),
         )
@@ -292,6 +293,9 @@ pub fn config_text_with(
     format!(
         r#"
 gateway_id = "test-gw"
+# The test platform publishes unsigned messages; tests/integration/trust.rs signs.
+[trust]
+allow_unsigned = true
 [storage]
 path = "{state}"
 flush_window_ms = 2

@@ -4,6 +4,7 @@
 mod capacity;
 mod cli;
 mod delivery;
+mod demo_rules;
 mod faults;
 mod harness;
 mod report;
@@ -11,4 +12,6 @@ mod rules;
 mod scenarios;
 mod service;
 mod skeleton;
+mod tls;
+mod trust;
 mod view;

@@ -582,5 +582,39 @@ async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() 
     let last_month = bondline::report::Month::of(std::time::SystemTime::now()).previous();
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].report.month, last_month.to_string());
+
+    // `bondline explain` tells the whole story of a waybill from the stopped gateway's store.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bondline"))
+        .args(["explain", "--store"])
+        .arg(dir.path().join("journal"))
+        .arg(&heavy[0])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        format!("Waybill {}", heavy[0]),
+        "enterprise E-GOOD".to_string(),
+        "tea x2".to_string(),
+        "inspection (lane 2) by rule `weight` of rule set file-1".to_string(),
+        "fired: instruction -> release".to_string(),
+        "weighed 1.600 kg against 1.000 kg declared".to_string(),
+        "forwarded".to_string(),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bondline"))
+        .args(["explain", "--json", "--store"])
+        .arg(dir.path().join("journal"))
+        .arg(&susp[0])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["records"][0]["record"]["rule"], "suspended");
+    assert_eq!(json["declaration"]["enterprise"], "E-BAD");
     stop.cancel();
 }

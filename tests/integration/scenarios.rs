@@ -110,6 +110,8 @@ geometry = {{ belt_speed_m_s = {:?}, scan_to_gate_m = {:?}, margin_ms = 300 }}
     format!(
         r#"
 gateway_id = "test-gw"
+[trust]
+allow_unsigned = true
 [storage]
 path = "{state}"
 flush_window_ms = 2

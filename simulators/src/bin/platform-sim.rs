@@ -4,16 +4,23 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bondline_simulators::cli;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use bondline_devices::contract::EventKind;
+use bondline_simulators::audit::{RuleBook, DEMO_RULES};
+use bondline_simulators::cli::{self, MixArg};
 use bondline_simulators::plan::Plan;
-use bondline_simulators::platform::PlatformSim;
+use bondline_simulators::platform::{Expect, PlatformSim};
 use clap::Parser;
 
 /// Simulated customs clearance platform: declares and instructs the parcels of a seeded plan
 /// over MQTT, then collects the parcel records and events the gateway sends back and reports,
 /// per lane, what arrived and which readable waybills have not.
 ///
-/// Run scanner-sim with the same --seed so the scanner reads the waybills declared here. A
+/// Run scanner-sim with the same --seed and --mix so the scanner reads the waybills declared
+/// here. With --rules (or --demo-rules) the rule set is pushed to the gateway first, and the
+/// report predicts lanes with its random sample and checks that every rule kind fired. A
 /// report is printed every --report-every seconds and once more on Ctrl-C.
 #[derive(Debug, Parser)]
 #[command(name = "platform-sim", version)]
@@ -29,6 +36,23 @@ struct Args {
     /// Seed of the parcel plan; must match scanner-sim's.
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
+
+    /// Parcel mix of the plan; must match scanner-sim's.
+    #[arg(long, value_enum, default_value = "default")]
+    mix: MixArg,
+
+    /// Push this customs rule set (a rule file, TOML) to the gateway before declaring.
+    #[arg(long, value_name = "FILE", conflicts_with = "demo_rules")]
+    rules: Option<PathBuf>,
+
+    /// Push the demo rule set (deploy/rules-demo.toml, every rule kind) before declaring.
+    #[arg(long)]
+    demo_rules: bool,
+
+    /// The gateway's scanner weighs (a weighing profile such as dws-stx-etx): the report then
+    /// expects overweight parcels in inspection.
+    #[arg(long)]
+    weighed: bool,
 
     /// Index of the first plan parcel to declare.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -61,15 +85,34 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let plan = Plan::new(args.seed);
+    let plan = Plan::with_mix(args.seed, args.mix.mix());
     let range = args.start..args.start.saturating_add(args.count);
+    let rules = match (&args.rules, args.demo_rules) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        (None, true) => Some(DEMO_RULES.to_string()),
+        (None, false) => None,
+    };
+    let book = rules.as_deref().map(RuleBook::parse).transpose()?;
+    let expect = Expect {
+        weighed: args.weighed,
+        rules: book.clone(),
+    };
     let sim = PlatformSim::connect(args.broker, &args.prefix, &args.client_id).await?;
     let stop = cli::stop_signal();
     tokio::pin!(stop);
+    let publish = async {
+        if let (Some(text), Some(book)) = (&rules, &book) {
+            push_rules(&sim, book, text).await?;
+        }
+        sim.publish_plan(&plan, range.clone()).await
+    };
     tokio::select! {
-        res = sim.publish_plan(&plan, range.clone()) => res?,
+        res = publish => res?,
         () = &mut stop => {
-            println!("{}", sim.report(&plan, range));
+            println!("{}", sim.report_with(&plan, range, &expect));
             return Ok(());
         }
     }
@@ -77,10 +120,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     every.tick().await;
     loop {
         tokio::select! {
-            _ = every.tick() => println!("{}\n", sim.report(&plan, range.clone())),
+            _ = every.tick() => println!("{}\n", sim.report_with(&plan, range.clone(), &expect)),
             () = &mut stop => break,
         }
     }
-    println!("{}", sim.report(&plan, range));
+    println!("{}", sim.report_with(&plan, range, &expect));
+    Ok(())
+}
+
+/// Pushes the rule set and waits (up to 10 s) for the gateway to confirm or refuse it; a
+/// gateway that says nothing is reported and the run goes on, since it may be offline.
+async fn push_rules(sim: &PlatformSim, book: &RuleBook, text: &str) -> anyhow::Result<()> {
+    // New on every run, so a gateway that saw an earlier run's update applies this one too.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let update_id = format!("platform-sim-{}-{now_ms}", book.version);
+    sim.publish_rules(&update_id, text).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        for e in sim.events() {
+            if e.detail.contains(&update_id) {
+                match e.kind {
+                    EventKind::RuleSetApplied => {
+                        println!("{}", e.detail);
+                        return Ok(());
+                    }
+                    _ => anyhow::bail!("the gateway refused the rule set: {}", e.detail),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("warning: no answer from the gateway about rule set {update_id} within 10 s");
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bondline_simulators::cli::{self, Want};
+use bondline_simulators::cli::{self, MixArg, Want};
 use bondline_simulators::plan::Plan;
 use bondline_simulators::scanner::ScannerSim;
 use clap::{ArgGroup, Parser};
@@ -14,7 +14,8 @@ use clap::{ArgGroup, Parser};
 ///
 /// Run platform-sim with the same --seed so the platform has declared the waybills this
 /// scanner reads. The plan mixes released, inspected, held, undeclared parcels, no-reads and
-/// line noise.
+/// line noise (and, with --mix every-rule, a parcel for every customs rule). A weighing
+/// profile (dws-stx-etx) sends each parcel's scale reading with its waybill.
 #[derive(Debug, Parser)]
 #[command(name = "scanner-sim", version)]
 #[command(group(ArgGroup::new("output").required(true).args(["serial", "tcp_listen"])))]
@@ -44,6 +45,10 @@ struct Args {
     /// Seed of the parcel plan; must match platform-sim's.
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
+
+    /// Parcel mix of the plan; must match platform-sim's.
+    #[arg(long, value_enum, default_value = "default")]
+    mix: MixArg,
 
     /// Index of the first plan parcel to send.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -81,7 +86,7 @@ async fn main() -> ExitCode {
     };
     let sim = ScannerSim {
         framing,
-        plan: Plan::new(args.seed),
+        plan: Plan::with_mix(args.seed, args.mix.mix()),
         rate_per_s: args.rate,
         count: args.count,
         start_index: args.start,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use bondline_devices::contract::LaneRole;
 use bondline_devices::plc::DispositionCode;
 use serde::Serialize;
 
@@ -211,7 +212,7 @@ impl Ledger {
                 }
             }
 
-            let leak = o.lane == roles.release && o.kind != PlanKind::Release;
+            let leak = o.lane == roles.release && o.kind.expected_role() != Some(LaneRole::Release);
             let expected = o.kind.expected_role().map(|r| roles.lane(r));
             let correct =
                 expected == Some(o.lane) || (marked_in_time && o.lane == roles.inspection);

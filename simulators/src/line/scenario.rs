@@ -465,6 +465,9 @@ impl RawScenario {
                 undeclared: m.undeclared,
                 no_read: m.no_read,
                 garbage: m.garbage,
+                // Scenarios run the daemon's rule set of their configuration; the kinds for
+                // the demo's customs rules are not part of a scenario's mix.
+                ..Mix::none()
             },
         };
         let parcels_weight = [

@@ -1,0 +1,238 @@
+//! Only the platform may steer the lanes: on a gateway that requires signatures, forged,
+//! unsigned, expired and replayed messages published to the broker change nothing, each is
+//! reported, and a parcel they try to release goes to hold; the platform's own signed
+//! release still releases.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bondline_devices::contract::{
+    Action, Declaration, EventKind, Instruction, LaneRole, ParcelRecord, SCHEMA,
+};
+use bondline_devices::signing::{sign, SigningKey};
+use bondline_devices::Profiles;
+use bondline_simulators::platform::PlatformSim;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{
+    config_text, start_plc, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
+};
+
+const PREFIX: &str = "bondline/test-gw";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn declaration(w: &str, verified: bool) -> Declaration {
+    Declaration {
+        schema: SCHEMA,
+        waybill: w.into(),
+        enterprise: "E1".into(),
+        consumer: Some(format!("c-{w}")),
+        identity_verified: verified,
+        value_minor: Some(1000),
+        currency: Some("CNY".into()),
+        gross_weight_g: None,
+        items: vec![],
+        signature: None,
+    }
+}
+
+fn instruction(w: &str, id: &str, action: Action) -> Instruction {
+    Instruction {
+        schema: SCHEMA,
+        instruction_id: id.into(),
+        waybill: w.into(),
+        action,
+        reason: String::new(),
+        issued_at_ms: Some(now_ms()),
+        signature: None,
+    }
+}
+
+async fn publish<T: serde::Serialize>(p: &PlatformSim, topic: &str, msg: &T) {
+    p.publish_raw(topic, serde_json::to_vec(msg).unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_release_on_the_broker_releases_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let key = SigningKey::from_bytes(&[42; 32]);
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
+            plc,
+        },
+    )
+    .replace(
+        "allow_unsigned = true",
+        &format!(
+            "keys = [{{ id = \"platform-1\", ed25519_public_hex = \"{}\" }}]\nmax_age_h = 1",
+            hex::encode(key.verifying_key().to_bytes())
+        ),
+    );
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let mut platform = PlatformSim::connect(broker, PREFIX, "platform-trust")
+        .await
+        .unwrap();
+    platform.sign_with("platform-1", key.clone());
+    let intruder = PlatformSim::connect(broker, PREFIX, "intruder")
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+
+    // The platform's signed messages: declarations, a hold, and an old declaration of W4
+    // (identity not verified) replaced by a newer verified one.
+    let forged_events = || {
+        platform
+            .events()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::ForgedMessage)
+            .collect::<Vec<_>>()
+    };
+    // The daemon is subscribed once it reports the first forgery.
+    let mut n = 0;
+    while forged_events().is_empty() {
+        n += 1;
+        assert!(n < 40, "the daemon never reported a forged message");
+        publish(
+            &intruder,
+            "instructions",
+            &instruction("TRUST00", &format!("probe{n}"), Action::Release),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let old_w4 = platform.signed(declaration("TRUST04", false));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for w in ["TRUST01", "TRUST02", "TRUST03", "TRUST05", "TRUST06"] {
+        publish(
+            &platform,
+            "declarations",
+            &platform.signed(declaration(w, true)),
+        )
+        .await;
+    }
+    publish(&platform, "declarations", &old_w4).await;
+    publish(
+        &platform,
+        "declarations",
+        &platform.signed(declaration("TRUST04", true)),
+    )
+    .await;
+    publish(
+        &platform,
+        "instructions",
+        &platform.signed(instruction("TRUST05", "I-W5", Action::Hold)),
+    )
+    .await;
+    publish(
+        &platform,
+        "instructions",
+        &platform.signed(instruction("TRUST06", "I-W6", Action::Release)),
+    )
+    .await;
+    publish(
+        &platform,
+        "instructions",
+        &platform.signed(instruction("TRUST04", "I-W4", Action::Release)),
+    )
+    .await;
+
+    // The intruder: an unsigned release, a release signed with its own key under the
+    // platform's key id, a captured release signed two hours ago, the old unverified
+    // declaration of W4 again, and an unsigned release overriding W5's hold.
+    let before = forged_events().len();
+    publish(
+        &intruder,
+        "instructions",
+        &instruction("TRUST01", "X1", Action::Release),
+    )
+    .await;
+    let mut mis = instruction("TRUST02", "X2", Action::Release);
+    sign(
+        &mut mis,
+        "platform-1",
+        &SigningKey::from_bytes(&[7; 32]),
+        now_ms(),
+    );
+    publish(&intruder, "instructions", &mis).await;
+    let mut old = instruction("TRUST03", "X3", Action::Release);
+    sign(&mut old, "platform-1", &key, now_ms() - 2 * 3600 * 1000);
+    publish(&intruder, "instructions", &old).await;
+    publish(&intruder, "declarations", &old_w4).await;
+    publish(
+        &intruder,
+        "instructions",
+        &instruction("TRUST05", "X5", Action::Release),
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(20), || forged_events().len()
+            >= before + 5)
+        .await,
+        "forged messages reported: {:?}",
+        forged_events()
+    );
+    let reasons: Vec<String> = forged_events()[before..]
+        .iter()
+        .map(|e| e.detail.clone())
+        .collect();
+    for want in ["not signed", "does not match", "expired", "replayed"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "no `{want}` in {reasons:?}"
+        );
+    }
+
+    // The parcels cross the scanner. TRUST06 and TRUST04 (whose replayed unverified
+    // declaration was refused) are released by the platform; the others go to hold.
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let framing = Profiles::builtin()
+        .get("scanner-stx-etx")
+        .unwrap()
+        .scanner()
+        .unwrap()
+        .clone();
+    let waybills = [
+        "TRUST01", "TRUST02", "TRUST03", "TRUST04", "TRUST05", "TRUST06",
+    ];
+    for w in waybills {
+        stream.write_all(&framing.encode(w)).await.unwrap();
+    }
+    assert!(platform.wait_for_records(6, Duration::from_secs(20)).await);
+    let records: Vec<ParcelRecord> = platform.records();
+    for w in waybills {
+        let r = records
+            .iter()
+            .find(|r| r.waybill.as_deref() == Some(w))
+            .unwrap_or_else(|| panic!("no record for {w}"));
+        let want = if w == "TRUST04" || w == "TRUST06" {
+            LaneRole::Release
+        } else {
+            LaneRole::Hold
+        };
+        assert_eq!(r.lane_role, want, "{w}: {} {:?}", r.reason, r.rules_fired);
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+    stop.cancel();
+}
