@@ -77,6 +77,10 @@ fn waybill_of(bytes: &[u8]) -> Option<Cow<'_, str>> {
 /// sees what the disk sees.
 pub(super) const INDEX_ENTRY_BYTES: u64 = 300;
 
+/// Room the writer keeps for one record's index entry before it writes: the entry's disk
+/// cost and a generous key (a waybill of 40 bytes, separator and sequence).
+pub(super) const INDEX_ALLOWANCE: u64 = INDEX_ENTRY_BYTES + 49;
+
 /// Stored size charged for a batch's index entries.
 pub(super) fn index_bytes(keys: &[Vec<u8>]) -> u64 {
     keys.iter()

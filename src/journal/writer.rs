@@ -324,7 +324,11 @@ impl JournalWriter {
             hash = sha256(&bytes);
             records.push(bytes);
         }
-        let size: u64 = records.iter().map(|r| r.len() as u64 + 4).sum();
+        // Each record also gets a waybill index entry on disk (see `lookup`).
+        let size: u64 = records
+            .iter()
+            .map(|r| r.len() as u64 + 4 + super::lookup::INDEX_ALLOWANCE)
+            .sum();
         if !self.room_for(size) {
             // No room now: the caller holds the batch; numbers are given again next time.
             return;
