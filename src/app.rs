@@ -131,6 +131,29 @@ impl App {
                 }
             });
         }
+        // The waybill index, written behind the journal writer (see journal::lookup).
+        {
+            let journal = journal.clone();
+            let stop = uplink_stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let j = journal.clone();
+                    match tokio::task::spawn_blocking(move || j.index_pending(256)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "waybill index not updated; lookups read the batches")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "waybill index task failed"),
+                    }
+                }
+            });
+        }
         let housekeeping = Housekeeping {
             path: config.storage.path.clone(),
             limits,

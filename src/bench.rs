@@ -119,6 +119,16 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 records as f64 / elapsed.as_secs_f64(),
                 size as f64 / (1024.0 * 1024.0)
             );
+            // The waybill index is written behind the writer; how fast it catches up.
+            let start = Instant::now();
+            journal.index_all()?;
+            journal.flush().await?;
+            let took = start.elapsed();
+            println!(
+                "waybill index behind the writer: {records} records indexed in {:.2} s = {:.0} records/s",
+                took.as_secs_f64(),
+                records as f64 / took.as_secs_f64()
+            );
             Ok(())
         }
         BenchCommand::Rules {

@@ -27,20 +27,13 @@ pub struct Explanation {
 }
 
 /// Everything the journal at hand holds about `waybill`: its declaration and its records in
-/// sequence order. Reads the whole store once (a tool for a stopped daemon or a copy).
+/// sequence order, found through the waybill index.
 pub fn from_journal(
     journal: &crate::journal::Journal,
     waybill: &str,
-) -> Result<Explanation, crate::journal::ExportError> {
-    let mut found = Vec::new();
-    journal.each_record(|r| {
-        if r.waybill() == Some(waybill) {
-            found.push(r.clone());
-        }
-        true
-    })?;
-    let mut records = Vec::with_capacity(found.len());
-    for record in found {
+) -> Result<Explanation, crate::journal::JournalError> {
+    let mut records = Vec::new();
+    for record in journal.waybill_records(waybill)? {
         let forwarding = journal.forwarding_state(record.seq())?;
         records.push(Entry { record, forwarding });
     }

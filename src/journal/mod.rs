@@ -38,9 +38,9 @@
 //!   notice in force, by enterprise), `notice_ids`; `counted` (waybill → UTC day it joined its
 //!   consumer's history); `rule_update_ids`; in `meta`, the rule set in force (see
 //!   [`platform`]).
-//! - `by_waybill`: the lookup index, waybill bytes + 0x00 + `seq` → empty; written with its
-//!   batch in one transaction, removed with it at purge (see [`lookup`]). `meta` key
-//!   `by_waybill_built` marks it complete (a store from before the index gets it at open).
+//! - `by_waybill`: the lookup index, waybill bytes + 0x00 + `seq` → empty; written behind
+//!   the writer up to the `meta` key `by_waybill_upto` (the last indexed `seq`), removed with
+//!   its batch at purge (see [`lookup`]).
 
 pub mod capacity;
 mod housekeeping;
@@ -236,7 +236,6 @@ impl Journal {
         for k in journal.acked.range(..=seq_key(w)).keys() {
             journal.acked.remove(k?)?;
         }
-        lookup::build_if_missing(&journal)?;
         Ok(journal)
     }
 
@@ -436,14 +435,13 @@ impl Journal {
             0
         };
         let live = state.live_bytes - old.min(state.live_bytes) + size;
-        (&self.batches, &self.meta, &self.by_waybill)
-            .transaction(|(batches, meta, by_waybill)| {
+        // The index entries themselves are written behind the writer ([`lookup`]): the
+        // append path stays one small transaction per batch.
+        (&self.batches, &self.meta)
+            .transaction(|(batches, meta)| {
                 batches.insert(&seq_key(first)[..], &value[..])?;
                 meta.insert(META_HEAD, &head[..])?;
                 meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
-                for k in &index {
-                    by_waybill.insert(&k[..], &[][..])?;
-                }
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<()>| match e {
