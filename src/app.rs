@@ -347,6 +347,7 @@ async fn start_view(
     feed: broadcast::Receiver<bondline_devices::contract::Record>,
 ) -> Option<std::net::SocketAddr> {
     let ctx = crate::view::ViewCtx {
+        unsigned_allowed: config.trust.allow_unsigned,
         gateway: config.gateway_id.clone(),
         journal: journal.clone(),
         metrics: metrics.clone(),

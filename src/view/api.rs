@@ -126,6 +126,11 @@ async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
     Ok(Health {
         gateway: s.ctx.gateway.clone(),
         rule_set: rule_set(s),
+        platform_signatures: if s.ctx.unsigned_allowed {
+            "NOT REQUIRED"
+        } else {
+            "required"
+        },
         links: health::links(&s.ctx.metrics, &expected),
         lines: s
             .ctx

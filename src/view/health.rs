@@ -14,6 +14,9 @@ pub struct Health {
     pub gateway: String,
     /// Version of the customs rule set deciding now.
     pub rule_set: String,
+    /// Whether platform messages must be signed: `required`, or `NOT REQUIRED` on a line
+    /// configured with `allow_unsigned` (demo only), which the board shows as a warning.
+    pub platform_signatures: &'static str,
     pub links: Vec<LinkHealth>,
     pub lines: Vec<LineDevices>,
     /// Records waiting for the broker's acknowledge.

@@ -97,6 +97,8 @@ pub struct ViewCtx {
     pub accepted: watch::Receiver<u64>,
     /// The daemon's shutdown: streams end and the server stops when it fires.
     pub shutdown: CancellationToken,
+    /// Whether unsigned platform messages are accepted (`[trust] allow_unsigned`).
+    pub unsigned_allowed: bool,
 }
 
 /// Shared state of the handlers.

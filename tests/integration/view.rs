@@ -233,6 +233,8 @@ async fn board_lookup_api_and_metrics_work_in_a_real_browser() {
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["rule_set"], "builtin-1");
+    // The test line accepts unsigned platform messages, and the view says so.
+    assert_eq!(health["platform_signatures"], "NOT REQUIRED");
     let link = |name: &str| {
         health["links"]
             .as_array()

@@ -139,6 +139,7 @@ async function loadHealth() {
   try {
     const h = await fetchJson("/api/health");
     document.getElementById("rule-set").textContent = h.rule_set;
+    document.getElementById("unsigned").hidden = h.platform_signatures === "required";
     const items = h.links.map((l) => el("div", { class: "link " + (l.state === "up" ? "up" : "down") },
       el("div", {}, l.kind.toUpperCase() + " " + l.name.replace(/^[a-z]+:/, "") + ": ",
         el("span", { class: "state" }, l.state.toUpperCase())),
