@@ -645,10 +645,7 @@ fn check_waybill(w: &str) -> Result<(), MessageError> {
 impl Declaration {
     /// Parses and checks a declaration payload.
     pub fn parse(payload: &[u8]) -> Result<Declaration, MessageError> {
-        let d: Declaration = serde_json::from_slice(payload)?;
-        if d.schema != SCHEMA {
-            return Err(MessageError::Schema { found: d.schema });
-        }
+        let d: Declaration = decode(payload, |m: &Declaration| m.schema)?;
         check_waybill(&d.waybill)?;
         check_id("enterprise", &d.enterprise)?;
         if d.consumer
@@ -676,10 +673,7 @@ impl Declaration {
 impl Instruction {
     /// Parses and checks an instruction payload.
     pub fn parse(payload: &[u8]) -> Result<Instruction, MessageError> {
-        let i: Instruction = serde_json::from_slice(payload)?;
-        if i.schema != SCHEMA {
-            return Err(MessageError::Schema { found: i.schema });
-        }
+        let i: Instruction = decode(payload, |m: &Instruction| m.schema)?;
         check_waybill(&i.waybill)?;
         check_id("instruction_id", &i.instruction_id)?;
         if i.reason.len() > MAX_REASON_LEN {
@@ -689,6 +683,18 @@ impl Instruction {
             });
         }
         Ok(i)
+    }
+}
+
+/// Parses a platform message of schema [`SCHEMA`]; `schema` reads the message's version.
+fn decode<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
+    schema: impl Fn(&T) -> u32,
+) -> Result<T, MessageError> {
+    let m: T = serde_json::from_slice(payload)?;
+    match schema(&m) {
+        SCHEMA => Ok(m),
+        found => Err(MessageError::Schema { found }),
     }
 }
 
@@ -705,10 +711,7 @@ fn check_id(field: &'static str, id: &str) -> Result<(), MessageError> {
 impl EnterpriseNotice {
     /// Parses and checks an enterprise notice payload.
     pub fn parse(payload: &[u8]) -> Result<EnterpriseNotice, MessageError> {
-        let n: EnterpriseNotice = serde_json::from_slice(payload)?;
-        if n.schema != SCHEMA {
-            return Err(MessageError::Schema { found: n.schema });
-        }
+        let n: EnterpriseNotice = decode(payload, |m: &EnterpriseNotice| m.schema)?;
         check_id("notice_id", &n.notice_id)?;
         check_id("enterprise", &n.enterprise)?;
         if n.reason.len() > MAX_REASON_LEN {
@@ -725,10 +728,7 @@ impl RuleSetUpdate {
     /// Parses and checks the envelope of a rule set update; the rule set itself is validated
     /// by the daemon's rules engine.
     pub fn parse(payload: &[u8]) -> Result<RuleSetUpdate, MessageError> {
-        let u: RuleSetUpdate = serde_json::from_slice(payload)?;
-        if u.schema != SCHEMA {
-            return Err(MessageError::Schema { found: u.schema });
-        }
+        let u: RuleSetUpdate = decode(payload, |m: &RuleSetUpdate| m.schema)?;
         check_id("update_id", &u.update_id)?;
         if u.rules_toml.len() > MAX_RULES_LEN {
             return Err(MessageError::Field {
