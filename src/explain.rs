@@ -10,12 +10,13 @@ use std::time::{Duration, SystemTime};
 use bondline_devices::contract::{DecisionInputs, Declaration, Record};
 use serde::Serialize;
 
+use crate::journal::Forwarding;
+
 /// One record of the waybill and whether the platform has it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
     pub record: Record,
-    /// `forwarded`, `in outbox` or `parked: <reason>`.
-    pub forwarding: String,
+    pub forwarding: Forwarding,
 }
 
 /// Everything the store knows about one waybill.
@@ -34,7 +35,7 @@ pub fn from_journal(
 ) -> Result<Explanation, crate::journal::JournalError> {
     let mut records = Vec::new();
     for record in journal.waybill_records(waybill)? {
-        let forwarding = journal.forwarding_state(record.seq())?;
+        let forwarding = journal.forwarding(record.seq())?;
         records.push(Entry { record, forwarding });
     }
     Ok(Explanation {
@@ -149,7 +150,11 @@ impl Explanation {
             );
         }
         for e in &self.records {
-            let state = &e.forwarding;
+            let state = match &e.forwarding {
+                Forwarding::Forwarded => "forwarded".to_string(),
+                Forwarding::Outbox => "in outbox".to_string(),
+                Forwarding::Parked { reason } => format!("parked: {reason}"),
+            };
             match &e.record {
                 Record::Parcel(p) => {
                     let _ = writeln!(
@@ -303,7 +308,7 @@ mod tests {
             declaration: None,
             records: vec![Entry {
                 record: Record::Parcel(p),
-                forwarding: "forwarded".into(),
+                forwarding: Forwarding::Forwarded,
             }],
         }
         .render();

@@ -90,18 +90,6 @@ impl Journal {
         })
     }
 
-    /// Whether the platform has record `seq`: `forwarded` (the broker acknowledged it),
-    /// `parked: <reason>` (kept, not sent), or `in outbox` (waiting to be sent).
-    pub fn forwarding_state(&self, seq: u64) -> Result<String, JournalError> {
-        if let Some(reason) = self.parked.get(seq_key(seq))? {
-            return Ok(format!("parked: {}", String::from_utf8_lossy(&reason)));
-        }
-        if seq <= self.forwarded_watermark() || self.acked.contains_key(seq_key(seq))? {
-            return Ok("forwarded".into());
-        }
-        Ok("in outbox".into())
-    }
-
     /// Whether retention or a short disk has removed records from this store.
     pub fn has_purged(&self) -> Result<bool, JournalError> {
         Ok(self.meta.get(META_ANCHOR)?.is_some())

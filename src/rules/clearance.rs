@@ -145,9 +145,13 @@ impl ClearanceTable {
 
     /// Whether applying `d` would change the table (it is not a redelivery).
     pub fn declaration_is_new(&self, d: &Declaration) -> bool {
+        self.is_new_digest(d, declaration_digest(d))
+    }
+
+    fn is_new_digest(&self, d: &Declaration, digest: u128) -> bool {
         self.declarations
             .get(d.waybill.as_str())
-            .is_none_or(|f| f.digest != declaration_digest(d))
+            .is_none_or(|f| f.digest != digest)
     }
 
     /// Whether a declaration signed at `signed_at_ms` is older than the signed one held for
@@ -168,7 +172,8 @@ impl ClearanceTable {
     /// parcel was already counted in its consumer's history, the count moves to the new
     /// consumer and value.
     pub fn apply_declaration(&mut self, d: &Declaration) -> Applied {
-        if !self.declaration_is_new(d) {
+        let digest = declaration_digest(d);
+        if !self.is_new_digest(d, digest) {
             return Applied::Unchanged;
         }
         let counted_day = self.declarations.get(d.waybill.as_str()).and_then(|old| {
@@ -181,7 +186,7 @@ impl ClearanceTable {
             }
         }
         let facts = Facts {
-            digest: declaration_digest(d),
+            digest,
             enterprise: self.strings.intern(&d.enterprise),
             consumer: d
                 .consumer

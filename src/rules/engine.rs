@@ -485,11 +485,12 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SET: &str = r#"
+    /// A rule set with every kind, shared by the engine's and the decision's tests.
+    pub(crate) const SET: &str = r#"
 version = "test-1"
 sampling_key_hex = "000102030405060708090a0b0c0d0e0f"
 [[rules]]

@@ -394,56 +394,10 @@ mod tests {
             ]
         }
 
-        const EVERY_RULE: &str = r#"
-version = "model-1"
-sampling_key_hex = "000102030405060708090a0b0c0d0e0f"
-[[rules]]
-name = "instruction"
-kind = "instruction"
-priority = 100
-[[rules]]
-name = "suspended"
-kind = "suspended_enterprise"
-priority = 90
-target = "hold"
-[[rules]]
-name = "identity"
-kind = "unverified_identity"
-priority = 80
-target = "hold"
-[[rules]]
-name = "undeclared"
-kind = "undeclared"
-priority = 70
-target = "hold"
-[[rules]]
-name = "weight"
-kind = "weight_mismatch"
-priority = 50
-target = "inspection"
-tolerance_pct = 10.0
-tolerance_g = 50
-[[rules]]
-name = "daily"
-kind = "consumer_limit"
-priority = 40
-target = "inspection"
-window_days = 1
-max_parcels = 2
-max_value_minor = 1500000
-currency = "CNY"
-[[rules]]
-name = "sample"
-kind = "sampling"
-priority = 10
-target = "inspection"
-rate_ppm = 100000
-"#;
-
         proptest! {
             #[test]
             fn nothing_reaches_release_that_should_not(msgs in proptest::collection::vec(msg(), 1..60)) {
-                let rules = engine::RuleSet::parse("model", EVERY_RULE).unwrap();
+                let rules = engine::RuleSet::parse("model", engine::tests::SET).unwrap();
                 let mut t = ClearanceTable::default();
                 // The model: what a correct gateway believes about each waybill.
                 let mut declared: HashMap<u8, (u8, bool)> = HashMap::new();
@@ -494,7 +448,7 @@ rate_ppm = 100000
                             if d.inputs.as_ref().is_some_and(|i| i.consumer.is_some()) {
                                 t.count(&format!("W{w}"), 100);
                             }
-                            prop_assert_eq!(&d.rule_set, "model-1");
+                            prop_assert_eq!(&d.rule_set, "test-1");
                             prop_assert!(!d.fired.is_empty());
                             if d.role == LaneRole::Release {
                                 let (enterprise, verified) = declared.get(&w).copied().expect("released undeclared");
