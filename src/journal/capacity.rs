@@ -75,7 +75,11 @@ pub struct Limits {
 /// the stored bytes when free space first fell below `min_free` (see the module docs).
 pub fn level(limits: Limits, live_bytes: u64, free_bytes: u64, short_mark: Option<u64>) -> Level {
     let short = free_bytes < limits.min_free_bytes;
-    let room_inside = short_mark.is_some_and(|mark| live_bytes < mark / 10 * 9);
+    // Room inside the store counts only if a batch still fits under the writer's budget
+    // ([`write_budget`]): a store a few records short of it makes the writer hold records,
+    // and that is full, not nearly full.
+    let room_inside = short_mark
+        .is_some_and(|mark| live_bytes.saturating_add(BUDGET_SLACK) < write_budget(Some(mark)));
     if free_bytes < hard_floor(limits) || (short && !room_inside) {
         Level::Full
     } else if live_bytes >= limits.quota_bytes {
@@ -89,6 +93,10 @@ pub fn level(limits: Limits, live_bytes: u64, free_bytes: u64, short_mark: Optio
         Level::Ok
     }
 }
+
+/// Room under the write budget below which the store counts as full: more than a group
+/// commit of typical records with their index entries.
+pub const BUDGET_SLACK: u64 = 256 * 1024;
 
 /// Tracks the short-disk mark across measurements.
 pub fn next_mark(
