@@ -222,7 +222,8 @@ impl Explanation {
                         d.seq
                     );
                 }
-                Record::Report(_) => {}
+                Record::Report(_) | Record::ImageChunk(_) => {}
+                Record::Xray(_) | Record::Image(_) => {}
                 Record::Alert(a) => {
                     let _ = writeln!(
                         out,

@@ -5,6 +5,7 @@
 //!   profiles shipped in `devices/profiles/*.toml`, embedded in the binary.
 //! - [`framing`]: the barcode-scanner frame decoder and encoder, pure byte logic.
 //! - [`plc`]: the sorter PLC's register contract (divert block, acknowledge handshake).
+//! - [`xray`]: the X-ray scanner's register contract (the verdict ring).
 //! - [`contract`]: the JSON messages exchanged with the customs clearance platform over MQTT.
 //! - [`signing`]: Ed25519 signatures on platform messages, shared by the gateway (verifies)
 //!   and the platform simulator (signs).
@@ -17,5 +18,6 @@ pub mod framing;
 pub mod plc;
 pub mod profile;
 pub mod signing;
+pub mod xray;
 
 pub use profile::{Profile, ProfileError, ProfileKind, Profiles};

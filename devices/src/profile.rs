@@ -1,7 +1,7 @@
 //! Device profiles: what a device model speaks, separate from where a given device is plugged in.
 //!
 //! A profile is a TOML file with a `name`, a `description` and exactly one device section
-//! (`[scanner]` or `[plc]`). The profiles in `devices/profiles/` are compiled into the binary;
+//! (`[scanner]`, `[plc]` or `[xray]`). The profiles in `devices/profiles/` are compiled into the binary;
 //! an installation can add its own directory of profiles, which override built-ins by name.
 //! Unknown keys are errors, so a typo in a register map never passes silently.
 
@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::framing::ScannerFraming;
 use crate::plc::PlcMap;
+use crate::xray::XrayMap;
 
 /// Profiles compiled into every build, as `(file name, contents)`.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -31,6 +32,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "sorter-plc.toml",
         include_str!("../profiles/sorter-plc.toml"),
     ),
+    (
+        "xray-modbus.toml",
+        include_str!("../profiles/xray-modbus.toml"),
+    ),
 ];
 
 /// One device profile, validated.
@@ -46,6 +51,7 @@ pub struct Profile {
 pub enum ProfileKind {
     Scanner(ScannerFraming),
     Plc(PlcMap),
+    Xray(XrayMap),
 }
 
 impl Profile {
@@ -53,7 +59,7 @@ impl Profile {
     pub fn scanner(&self) -> Option<&ScannerFraming> {
         match &self.kind {
             ProfileKind::Scanner(s) => Some(s),
-            ProfileKind::Plc(_) => None,
+            _ => None,
         }
     }
 
@@ -61,15 +67,24 @@ impl Profile {
     pub fn plc(&self) -> Option<&PlcMap> {
         match &self.kind {
             ProfileKind::Plc(p) => Some(p),
-            ProfileKind::Scanner(_) => None,
+            _ => None,
         }
     }
 
-    /// Short word for messages: "scanner" or "plc".
+    /// The X-ray register map, if this is an X-ray profile.
+    pub fn xray(&self) -> Option<&XrayMap> {
+        match &self.kind {
+            ProfileKind::Xray(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    /// Short word for messages: "scanner", "plc" or "xray".
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             ProfileKind::Scanner(_) => "scanner",
             ProfileKind::Plc(_) => "plc",
+            ProfileKind::Xray(_) => "xray",
         }
     }
 
@@ -93,19 +108,23 @@ impl Profile {
         if raw.name.trim().is_empty() {
             return Err(invalid("name", "must not be empty".into()));
         }
-        let kind = match (raw.scanner, raw.plc) {
-            (Some(s), None) => ProfileKind::Scanner(
+        let kind = match (raw.scanner, raw.plc, raw.xray) {
+            (Some(s), None, None) => ProfileKind::Scanner(
                 s.validate()
                     .map_err(|(k, r)| invalid(&format!("scanner.{k}"), r))?,
             ),
-            (None, Some(p)) => ProfileKind::Plc(
+            (None, Some(p), None) => ProfileKind::Plc(
                 p.validate()
                     .map_err(|(k, r)| invalid(&format!("plc.{k}"), r))?,
             ),
+            (None, None, Some(x)) => ProfileKind::Xray(
+                x.validate()
+                    .map_err(|(k, r)| invalid(&format!("xray.{k}"), r))?,
+            ),
             _ => {
                 return Err(invalid(
-                    "scanner|plc",
-                    "a profile has exactly one device section: [scanner] or [plc]".into(),
+                    "scanner|plc|xray",
+                    "a profile has exactly one device section: [scanner], [plc] or [xray]".into(),
                 ))
             }
         };
@@ -125,6 +144,7 @@ struct RawProfile {
     description: String,
     scanner: Option<crate::framing::RawScannerFraming>,
     plc: Option<crate::plc::RawPlcMap>,
+    xray: Option<crate::xray::RawXrayMap>,
 }
 
 /// Errors from loading profiles. Each names where the profile came from.
@@ -219,6 +239,7 @@ mod tests {
         let dws = set.get("dws-stx-etx").unwrap().scanner().unwrap();
         assert_eq!(dws.weight.map(|w| w.separator), Some(b','));
         assert!(set.get("sorter-plc").unwrap().plc().is_some());
+        assert!(set.get("xray-modbus").unwrap().xray().is_some());
     }
 
     #[test]

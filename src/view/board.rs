@@ -226,6 +226,7 @@ impl Board {
             }
             // A monthly report covers the gateway, not a parcel: the lookup lists it by time.
             Record::Report(_) => return None,
+            Record::Xray(_) | Record::Image(_) | Record::ImageChunk(_) => return None,
             Record::Alert(a) => {
                 let kind = serde_json::to_value(a.alert).unwrap_or_default();
                 let key = a
