@@ -217,6 +217,9 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
             }
             Record::Alert(a) => panic!("unexpected alert: {a:?}"),
             Record::Report(m) => panic!("unexpected report: {m:?}"),
+            r @ (Record::Xray(_) | Record::Image(_) | Record::ImageChunk(_)) => {
+                panic!("X-ray record from a line without X-ray: {r:?}")
+            }
             Record::Parcel(_) => {}
         }
     }
