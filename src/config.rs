@@ -11,6 +11,7 @@ use std::time::Duration;
 use bondline_devices::contract::LaneRole;
 use bondline_devices::framing::ScannerFraming;
 use bondline_devices::plc::PlcMap;
+use bondline_devices::xray::XrayMap;
 use bondline_devices::{ProfileKind, Profiles};
 use serde::Deserialize;
 
@@ -111,6 +112,9 @@ pub struct SerialSettings {
     pub data_bits: u8,
     pub parity: Parity,
     pub stop_bits: u8,
+    /// Pause between two Modbus requests on this port, so the devices on a shared RS-485
+    /// bus have turned their line around before the next request.
+    pub bus_delay: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -137,12 +141,33 @@ pub struct PlcDevice {
     pub map: PlcMap,
 }
 
-/// One sorting line: its scanner, its PLC and its lanes.
+/// An X-ray scanner, resolved with its profile's register map and any overrides.
+#[derive(Debug, Clone)]
+pub struct XrayDevice {
+    pub name: String,
+    pub transport: Transport,
+    pub map: XrayMap,
+    /// The directory the X-ray workstation writes its image files to, if it does.
+    pub spool: Option<PathBuf>,
+}
+
+/// Where the X-ray tunnel sits on a line, for joining verdicts to parcels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XrayGeometry {
+    /// Belt travel time from the barcode scanner to the tunnel's entrance.
+    pub offset: Duration,
+    /// How far a verdict's tunnel-entry time may lie from the expected one and still match.
+    pub window: Duration,
+}
+
+/// One sorting line: its scanner, its PLC, its X-ray scanner if any, and its lanes.
 #[derive(Debug, Clone)]
 pub struct Line {
     pub id: String,
     pub scanner: ScannerDevice,
     pub plc: PlcDevice,
+    /// With an X-ray scanner, no parcel is released without a clear verdict joined to it.
+    pub xray: Option<(XrayDevice, XrayGeometry)>,
     pub lanes: LaneMap,
     /// Divert deadline and disposition timing, from the line's geometry.
     pub geometry: crate::line::tracking::Geometry,
@@ -322,9 +347,12 @@ struct RawDevice {
     /// Overrides the profile's Modbus unit id (PLC only).
     #[serde(default)]
     unit_id: Option<u8>,
-    /// Overrides the profile's timeout (PLC only).
+    /// Overrides the profile's timeout (PLC and X-ray).
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// Where the X-ray workstation writes image files (X-ray only).
+    #[serde(default)]
+    spool: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +366,12 @@ struct RawSerial {
     parity: Parity,
     #[serde(default = "default_stop_bits")]
     stop_bits: u8,
+    #[serde(default = "default_bus_delay")]
+    bus_delay_ms: u64,
+}
+
+fn default_bus_delay() -> u64 {
+    5
 }
 
 fn default_data_bits() -> u8 {
@@ -356,6 +390,8 @@ struct RawLine {
     id: String,
     scanner: String,
     plc: String,
+    #[serde(default)]
+    xray: Option<String>,
     lanes: Vec<RawLane>,
     #[serde(default)]
     geometry: RawGeometry,
@@ -375,6 +411,12 @@ struct RawGeometry {
     margin_ms: u64,
     #[serde(default = "default_disposition_timeout")]
     disposition_timeout_ms: u64,
+    /// Distance from the barcode scanner to the X-ray tunnel's entrance.
+    #[serde(default = "default_xray_distance")]
+    scan_to_xray_m: f64,
+    /// Tolerance of the join between a verdict's tunnel-entry time and a parcel's.
+    #[serde(default = "default_xray_window")]
+    xray_window_ms: u64,
 }
 
 impl Default for RawGeometry {
@@ -384,8 +426,34 @@ impl Default for RawGeometry {
             scan_to_gate_m: default_distance(),
             margin_ms: default_margin(),
             disposition_timeout_ms: default_disposition_timeout(),
+            scan_to_xray_m: default_xray_distance(),
+            xray_window_ms: default_xray_window(),
         }
     }
+}
+
+fn default_xray_distance() -> f64 {
+    0.5
+}
+fn default_xray_window() -> u64 {
+    150
+}
+
+fn xray_geometry(g: &RawGeometry) -> Result<XrayGeometry, (&'static str, String)> {
+    if !(0.0..g.scan_to_gate_m).contains(&g.scan_to_xray_m) {
+        return Err((
+            "scan_to_xray_m",
+            "must be from 0 to less than scan_to_gate_m: the tunnel lies between scanner and gates"
+                .into(),
+        ));
+    }
+    if !(10..=5_000).contains(&g.xray_window_ms) {
+        return Err(("xray_window_ms", "must be 10 to 5000".into()));
+    }
+    Ok(XrayGeometry {
+        offset: Duration::from_secs_f64(g.scan_to_xray_m / g.belt_speed_m_s),
+        window: Duration::from_millis(g.xray_window_ms),
+    })
 }
 
 fn default_speed() -> f64 {
@@ -686,7 +754,7 @@ impl Config {
                     format!("line `{}` is defined twice", l.id),
                 ));
             }
-            for dev in [&l.scanner, &l.plc] {
+            for dev in [&l.scanner, &l.plc].into_iter().chain(l.xray.as_ref()) {
                 if let Some(other) = used.insert(dev.clone(), l.id.clone()) {
                     return Err(err(
                         &key,
@@ -743,6 +811,47 @@ impl Config {
             let lanes = lane_map(&l.lanes).map_err(|(k, r)| err(&format!("{key}.lanes{k}"), r))?;
             let geometry =
                 geometry(&l.geometry).map_err(|(k, r)| err(&format!("{key}.geometry.{k}"), r))?;
+            let xray = match &l.xray {
+                None => None,
+                Some(name) => {
+                    let (transport, profile) = lookup("xray", name)?;
+                    let ProfileKind::Xray(map) = &profile.kind else {
+                        return Err(err(
+                            &format!("{key}.xray"),
+                            format!(
+                                "device `{name}` has profile `{}`, which is a {} profile, not an X-ray scanner",
+                                profile.name,
+                                profile.kind_name()
+                            ),
+                        ));
+                    };
+                    let mut map = map.clone();
+                    let dev = &raw.devices[name];
+                    if let Some(unit) = dev.unit_id {
+                        map.unit_id = unit;
+                    }
+                    if let Some(t) = dev.timeout_ms {
+                        if !(1..=10_000).contains(&t) {
+                            return Err(err(
+                                &format!("devices.{name}.timeout_ms"),
+                                "must be 1 to 10000".into(),
+                            ));
+                        }
+                        map.timeout_ms = t;
+                    }
+                    let join = xray_geometry(&l.geometry)
+                        .map_err(|(k, r)| err(&format!("{key}.geometry.{k}"), r))?;
+                    Some((
+                        XrayDevice {
+                            name: name.clone(),
+                            transport: transport.clone(),
+                            map,
+                            spool: dev.spool.clone(),
+                        },
+                        join,
+                    ))
+                }
+            };
             lines.push(Line {
                 id: l.id.clone(),
                 scanner: ScannerDevice {
@@ -755,11 +864,60 @@ impl Config {
                     transport: p_transport.clone(),
                     map,
                 },
+                xray,
                 lanes,
                 geometry,
             });
         }
-
+        for (name, d) in &raw.devices {
+            if d.spool.is_some() && !matches!(transports[name].1.kind, ProfileKind::Xray(_)) {
+                return Err(err(
+                    &format!("devices.{name}.spool"),
+                    "only an X-ray scanner has an image spool".into(),
+                ));
+            }
+        }
+        // X-ray scanners may share an RS-485 port, taking turns on it, if they agree on how
+        // it is set up. The scanner and the PLC each own their port: the divert path must
+        // never queue behind another device's request.
+        let mut ports: BTreeMap<&str, Vec<(&str, bool, &SerialSettings)>> = BTreeMap::new();
+        for l in &lines {
+            let users = [
+                (&l.scanner.name, false, &l.scanner.transport),
+                (&l.plc.name, false, &l.plc.transport),
+            ]
+            .into_iter()
+            .chain(l.xray.as_ref().map(|(x, _)| (&x.name, true, &x.transport)));
+            for (name, xray, t) in users {
+                if let Transport::Serial(s) = t {
+                    ports
+                        .entry(s.path.as_str())
+                        .or_default()
+                        .push((name.as_str(), xray, s));
+                }
+            }
+        }
+        for (path, users) in &ports {
+            let Some(((first, _, settings), rest)) = users.split_first() else {
+                continue;
+            };
+            for (name, xray, s) in rest {
+                if !xray || !users[0].1 {
+                    return Err(err(
+                        &format!("devices.{name}.serial.path"),
+                        format!(
+                            "{path} is already used by `{first}`; only X-ray scanners share a port"
+                        ),
+                    ));
+                }
+                if s != settings {
+                    return Err(err(
+                        &format!("devices.{name}.serial"),
+                        format!("shares {path} with `{first}` but with other settings; devices on one RS-485 port use the same settings"),
+                    ));
+                }
+            }
+        }
         let view = match &raw.view {
             Some(v) => Some(
                 crate::view::ViewConfig::from_raw(v)
@@ -909,6 +1067,7 @@ fn check_serial(s: &RawSerial) -> Result<SerialSettings, (&'static str, String)>
         data_bits: s.data_bits,
         parity: s.parity,
         stop_bits: s.stop_bits,
+        bus_delay: Duration::from_millis(s.bus_delay_ms.min(1000)),
     })
 }
 
