@@ -38,6 +38,9 @@ const CHANGES_QUEUE: usize = 4096;
 /// Anomalies waiting for the uplink; beyond this they are dropped (counted), the records keep
 /// the same facts.
 const ANOMALY_QUEUE: usize = 4096;
+/// Processed X-ray images on their way to their line's join; the evidence workers wait
+/// when it is full (they are off the decision path).
+const IMAGE_QUEUE: usize = 256;
 
 /// A running daemon.
 pub struct App {
@@ -216,6 +219,9 @@ impl App {
         let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
 
         let liveness = crate::service::Liveness::default();
+        let mut xray_devices = Vec::new();
+        // Where each X-ray scanner's processed images go: its line's join.
+        let mut image_routes = std::collections::HashMap::new();
         for l in &config.lines {
             let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
             let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
@@ -238,6 +244,17 @@ impl App {
                 metrics: metrics.clone(),
                 dispositions: l.plc.map.status.is_some(),
                 beat: liveness.register(&format!("line {}", l.id)),
+                xray: l.xray.as_ref().map(|(x, g)| (x.name.clone(), *g)),
+            };
+            let (xray_rx, image_rx) = match &l.xray {
+                Some((x, _)) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    xray_devices.push((x.clone(), tx));
+                    let (image_tx, image_rx) = mpsc::channel(IMAGE_QUEUE);
+                    image_routes.insert(x.name.clone(), (l.id.clone(), x.spool.clone(), image_tx));
+                    (Some(rx), Some(image_rx))
+                }
+                None => (None, None),
             };
             let io = LineIo {
                 scans: scan_rx,
@@ -246,6 +263,8 @@ impl App {
                 changes: changes.subscribe(),
                 sink: sink.clone(),
                 anomalies: anomaly_tx.clone(),
+                xray: xray_rx,
+                images: image_rx,
             };
             tasks.spawn(line::run(ctx, io));
             tasks.spawn(fieldbus::plc::run(
@@ -256,6 +275,10 @@ impl App {
                 metrics.clone(),
             ));
         }
+        for task in fieldbus::xray::tasks(xray_devices, metrics.clone(), shutdown.clone()) {
+            tasks.spawn(task);
+        }
+        drop(image_routes);
         let view_addr = match (&config.view, view_feed) {
             (Some(view), Some(feed)) => {
                 start_view(

@@ -596,7 +596,7 @@ pub(crate) mod tests {
     pub(crate) async fn filled(n: u32) -> (tempfile::TempDir, Journal) {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
-        let (sink, writer, _) = record_sink(
+        let (sink, writer, mut accepted) = record_sink(
             journal.clone(),
             Duration::from_millis(1),
             Arc::new(Metrics::default()),
@@ -605,8 +605,9 @@ pub(crate) mod tests {
         let writer = tokio::spawn(writer.run());
         for i in 1..=n {
             sink.push(record(i, i as u64 * 1000));
-            if i % 3 == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            // Each group of three is stored before the next is queued, whatever the timing.
+            if i % 3 == 0 || i == n {
+                accepted.wait_for(|s| *s >= i as u64).await.unwrap();
             }
         }
         drop(sink);
