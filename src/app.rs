@@ -382,6 +382,7 @@ async fn start_view(
                 id: l.id.clone(),
                 scanner: l.scanner.name.clone(),
                 plc: l.plc.name.clone(),
+                xray: l.xray.as_ref().map(|(x, _)| x.name.clone()),
                 lanes: bondline_devices::contract::LaneRole::ALL
                     .iter()
                     .map(|r| (l.lanes.lane(*r), *r))

@@ -293,6 +293,15 @@ pub struct FiredRule {
     pub reason: String,
 }
 
+/// The name a unit-like enum value has on the wire (`"operator_mark"`), for messages and
+/// tables; empty for anything else.
+pub fn wire_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// Any record of the journal, as sent on `P/records`: the `kind` field tells which.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

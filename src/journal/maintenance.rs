@@ -420,14 +420,14 @@ fn csv_row(r: &Record, forwarded: bool) -> Vec<String> {
             p.rule.clone(),
             p.reason.clone(),
             p.instruction_id.clone(),
-            Some(json_word(&p.divert.status)),
+            Some(bondline_devices::contract::wire_name(&p.divert.status)),
         ),
         Record::Disposition(d) => (
             "disposition",
             Some(d.parcel.to_string()),
             Some(d.lane.to_string()),
             d.lane_role.map(|r| r.as_str().to_string()),
-            json_word(&d.disposition),
+            bondline_devices::contract::wire_name(&d.disposition),
             d.commanded_lane
                 .map(|l| format!("commanded lane {l}"))
                 .unwrap_or_default(),
@@ -439,7 +439,7 @@ fn csv_row(r: &Record, forwarded: bool) -> Vec<String> {
             a.parcel.map(|p| p.to_string()),
             None,
             None,
-            json_word(&a.alert),
+            bondline_devices::contract::wire_name(&a.alert),
             a.detail.clone(),
             None,
             None,
@@ -454,7 +454,7 @@ fn csv_row(r: &Record, forwarded: bool) -> Vec<String> {
                 "{} scan {}: {}",
                 x.device,
                 x.scan_id.map_or("-".to_string(), |s| s.to_string()),
-                json_word(&x.join)
+                bondline_devices::contract::wire_name(&x.join)
             ),
             None,
             None,
@@ -523,14 +523,6 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_string()
     }
-}
-
-/// The snake_case word serde writes for a unit enum variant.
-fn json_word<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

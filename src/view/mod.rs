@@ -81,6 +81,8 @@ pub struct LineInfo {
     pub id: String,
     pub scanner: String,
     pub plc: String,
+    /// The line's X-ray scanner, if it has one.
+    pub xray: Option<String>,
     /// Lane numbers and roles, in lane order.
     pub lanes: Vec<(u16, LaneRole)>,
 }
