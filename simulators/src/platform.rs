@@ -940,7 +940,10 @@ pub fn reassemble(records: &[Record]) -> Vec<ReceivedImage> {
         HashMap::new();
     for r in records {
         if let Record::ImageChunk(c) = r {
-            chunks.entry(c.sha256.as_str()).or_default().insert(c.index, c);
+            chunks
+                .entry(c.sha256.as_str())
+                .or_default()
+                .insert(c.index, c);
         }
     }
     let mut seen = HashSet::new();
