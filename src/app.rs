@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::alarm::Alarms;
 use crate::config::Config;
@@ -52,6 +52,8 @@ pub struct App {
     policy: Policy,
     reconnect: Arc<tokio::sync::Notify>,
     tls_configured: bool,
+    /// The staff view's certificate, reloaded on SIGHUP.
+    view_tls: Option<crate::view::tls::ViewTls>,
     /// Scanners, lines, PLC links and the journal writer.
     pipeline: JoinSet<()>,
     /// Where the staff view listens, when configured and bound.
@@ -306,6 +308,7 @@ impl App {
             policy,
             reconnect,
             tls_configured: config.uplink.tls.is_some() || config.uplink.credentials.is_some(),
+            view_tls: config.view.as_ref().and_then(|v| v.tls.clone()),
             pipeline: tasks,
             uplink,
             uplink_stop,
@@ -323,6 +326,7 @@ impl App {
         Reloader {
             policy: self.policy.clone(),
             reconnect: self.tls_configured.then(|| self.reconnect.clone()),
+            view_tls: self.view_tls.clone(),
         }
     }
 
@@ -406,6 +410,7 @@ async fn start_view(
 pub struct Reloader {
     policy: Policy,
     reconnect: Option<Arc<tokio::sync::Notify>>,
+    view_tls: Option<crate::view::tls::ViewTls>,
 }
 
 impl Reloader {
@@ -413,6 +418,14 @@ impl Reloader {
     pub fn reload(&self) -> String {
         if let Some(r) = &self.reconnect {
             r.notify_one();
+        }
+        if let Some(t) = &self.view_tls {
+            match t.reload() {
+                Ok(()) => info!("staff view certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "staff view certificate not reloaded; the one in use stays")
+                }
+            }
         }
         self.policy.reload()
     }
