@@ -478,6 +478,13 @@ impl Line {
 
     /// Decides a tracked parcel again; re-commits it if its lane changes.
     fn redecide(&mut self, parcel: u32, io: &LineIo) {
+        self.redecide_with(parcel, false, io);
+    }
+
+    /// Like [`Line::redecide`]; with `flag_matters`, a decision that newly flags the parcel
+    /// is re-committed even to the same lane, so its record and anomaly name the rule (an
+    /// X-ray verdict on a parcel already bound for inspection while it waited for it).
+    fn redecide_with(&mut self, parcel: u32, flag_matters: bool, io: &LineIo) {
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
@@ -491,7 +498,8 @@ impl Line {
         if let (Some(new), Some(old)) = (decision.inputs.as_mut(), t.decision.inputs.as_ref()) {
             new.counted = old.counted;
         }
-        if lane == t.disposed_lane.unwrap_or(t.lane) {
+        let newly_flagged = flag_matters && decision.is_anomaly() && !t.decision.is_anomaly();
+        if lane == t.disposed_lane.unwrap_or(t.lane) && !newly_flagged {
             return;
         }
         Metrics::add(&self.ctx.metrics.recommits, 1);
@@ -673,7 +681,7 @@ impl Line {
         t.xray = XrayInput::Verdict(event.result);
         t.xray_settled = true;
         if Instant::now() < t.deadline {
-            self.redecide(parcel, io);
+            self.redecide_with(parcel, true, io);
             return;
         }
         // Past the deadline the parcel went where it went; a flag on a released parcel is

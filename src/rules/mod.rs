@@ -42,13 +42,15 @@ pub struct Decision {
 impl Decision {
     /// Whether a rule other than the platform's own instruction sent the parcel away from
     /// release: an anomaly customs wants to hear about at once. Parcels merely waiting for a
-    /// decision (`awaiting_release`) are not anomalies.
+    /// decision (`awaiting_release`) or for their X-ray verdict (`awaiting_xray`) are not
+    /// anomalies.
     pub fn is_anomaly(&self) -> bool {
         self.role != LaneRole::Release
-            && self
-                .fired
-                .first()
-                .is_some_and(|f| !f.rule_kind_instruction && f.rule != engine::AWAITING_RELEASE)
+            && self.fired.first().is_some_and(|f| {
+                !f.rule_kind_instruction
+                    && f.rule != engine::AWAITING_RELEASE
+                    && f.rule != engine::AWAITING_XRAY
+            })
     }
 }
 
