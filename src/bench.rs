@@ -698,6 +698,7 @@ fn rules_bench(
         let i = x % (declarations + declarations / 10).max(1);
         let read = ScanRead::Waybill(format!("BL{i:012}"));
         let scan = Scan {
+            xray: Default::default(),
             read: &read,
             weight_g: Some(200 + (i % 3000) as u32 + (x % 40) as u32),
             day: today,

@@ -559,17 +559,8 @@ impl Config {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     err("rules_file", format!("cannot read {}: {e}", path.display()))
                 })?;
-                let set = crate::rules::engine::RuleSet::parse(&path.display().to_string(), &text)
-                    .map_err(|e| err("rules_file", e.to_string()))?;
-                if let Some((rule, missing)) = set.unsupported_by_daemon() {
-                    return Err(err(
-                        "rules_file",
-                        format!(
-                            "rule `{rule}` needs {missing}, which this gateway does not have yet"
-                        ),
-                    ));
-                }
-                set
+                crate::rules::engine::RuleSet::parse(&path.display().to_string(), &text)
+                    .map_err(|e| err("rules_file", e.to_string()))?
             }
         };
 
@@ -1027,23 +1018,16 @@ impl Config {
     }
 }
 
-/// Reads and validates a rule file, refusing rule kinds this gateway cannot feed yet.
+/// Reads and validates a rule file.
 pub fn load_rules(path: &Path) -> Result<crate::rules::engine::RuleSet, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse_rules(&path.display().to_string(), &text)
 }
 
-/// Parses and validates a rule set's text from `origin` (a file or a platform update), and
-/// refuses rule kinds this gateway cannot feed.
+/// Parses and validates a rule set's text from `origin` (a file or a platform update).
 pub fn parse_rules(origin: &str, text: &str) -> Result<crate::rules::engine::RuleSet, String> {
-    let set = crate::rules::engine::RuleSet::parse(origin, text).map_err(|e| e.to_string())?;
-    if let Some((rule, missing)) = set.unsupported_by_daemon() {
-        return Err(format!(
-            "rule `{rule}` needs {missing}, which this gateway does not have yet"
-        ));
-    }
-    Ok(set)
+    crate::rules::engine::RuleSet::parse(origin, text).map_err(|e| e.to_string())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -1278,7 +1262,7 @@ lanes = [
         let path = dir.path().join("rules.toml");
         std::fs::write(
             &path,
-            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 1\n[[rules]]\nname = \"x\"\nkind = \"xray_suspect\"\npriority = 2\ntarget = \"inspection\"\n",
+            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 1\n[[rules]]\nname = \"x\"\nkind = \"xray_suspekt\"\npriority = 2\ntarget = \"inspection\"\n",
         )
         .unwrap();
         let e = bad(&GOOD.replace(
@@ -1289,7 +1273,48 @@ lanes = [
             ),
         ));
         assert_eq!(e.key, "rules_file");
-        assert!(e.reason.contains("X-ray"), "{e}");
+        assert!(e.reason.contains("xray_suspekt"), "{e}");
+    }
+
+    #[test]
+    fn xray_scanners_resolve_and_share_only_their_own_ports() {
+        let two_lines = |xray2: &str| {
+            format!(
+                "{GOOD}\n[devices.xray-1]\nprofile = \"xray-modbus\"\nserial = {{ path = \"/dev/ttyRS485\", baud = 19200 }}\nunit_id = 2\nspool = \"/var/spool/x1\"\n[devices.xray-2]\nprofile = \"xray-modbus\"\n{xray2}\n[devices.scan-2]\nprofile = \"scanner-crlf\"\ntcp = \"10.0.0.2:4001\"\n[devices.plc-2]\nprofile = \"sorter-plc\"\ntcp = \"10.0.0.3:502\"\n[[lines]]\nid = \"L2\"\nscanner = \"scan-2\"\nplc = \"plc-2\"\nxray = \"xray-2\"\nlanes = [{{ lane = 1, role = \"release\" }}, {{ lane = 2, role = \"inspection\" }}, {{ lane = 3, role = \"hold\" }}, {{ lane = 4, role = \"exception\" }}]\n"
+            )
+            .replace(
+                "plc = \"plc-1\"\n",
+                "plc = \"plc-1\"\nxray = \"xray-1\"\ngeometry = { scan_to_xray_m = 1.0, xray_window_ms = 200 }\n",
+            )
+        };
+        let c = Config::parse(
+            "t.toml",
+            &two_lines("serial = { path = \"/dev/ttyRS485\", baud = 19200 }\nunit_id = 3"),
+        )
+        .unwrap();
+        let (x1, g1) = c.lines[0].xray.as_ref().unwrap();
+        assert_eq!(x1.map.unit_id, 2);
+        assert_eq!(x1.spool.as_deref(), Some(Path::new("/var/spool/x1")));
+        assert_eq!(g1.offset, Duration::from_millis(500));
+        assert_eq!(g1.window, Duration::from_millis(200));
+        assert_eq!(c.lines[1].xray.as_ref().unwrap().0.map.unit_id, 3);
+
+        let e = bad(&two_lines(
+            "serial = { path = \"/dev/ttyRS485\", baud = 9600 }",
+        ));
+        assert_eq!(e.key, "devices.xray-2.serial", "{e}");
+        let e = bad(&two_lines(
+            "serial = { path = \"/dev/ttyUSB0\", baud = 9600 }",
+        ));
+        assert!(e.reason.contains("only X-ray scanners share a port"), "{e}");
+        let e = bad(&two_lines("tcp = \"10.0.0.9:502\"").replace(
+            "[devices.xray-2]\nprofile = \"xray-modbus\"",
+            "[devices.xray-2]\nprofile = \"sorter-plc\"",
+        ));
+        assert!(e.reason.contains("not an X-ray scanner"), "{e}");
+        let e = bad(&two_lines("tcp = \"10.0.0.9:502\"")
+            .replace("scan_to_xray_m = 1.0", "scan_to_xray_m = 3.0"));
+        assert_eq!(e.key, "lines[0].geometry.scan_to_xray_m", "{e}");
     }
 
     #[test]

@@ -71,6 +71,17 @@ pub struct Metrics {
     /// Rule sets applied (from the file, a reload or the platform) and refused.
     pub rule_sets_applied: AtomicU64,
     pub rule_sets_refused: AtomicU64,
+    /// X-ray verdicts read from the scanners' rings.
+    pub xray_verdicts: AtomicU64,
+    /// Failed or refused X-ray requests.
+    pub xray_errors: AtomicU64,
+    /// X-ray verdicts overwritten before they were read, or that would not decode.
+    pub xray_events_lost: AtomicU64,
+    /// X-ray verdicts joined to a parcel, and those that matched none.
+    pub xray_matched: AtomicU64,
+    pub xray_unmatched: AtomicU64,
+    /// Parcels that reached their deadline without an X-ray verdict.
+    pub xray_missing: AtomicU64,
     /// X-ray images kept and handed to their line (spool and upload), corrupt ones included.
     pub images_ingested: AtomicU64,
     /// Of those, images that did not decode (kept and forwarded with their error).
