@@ -44,6 +44,9 @@ pub struct Config {
     pub report_publish_day: Option<u32>,
     /// Which platform messages to believe: the platform's public keys.
     pub trust: crate::trust::Trust,
+    /// X-ray image evidence: where originals are kept and what is forwarded. Always
+    /// present: defaults apply without an `[evidence]` section.
+    pub evidence: crate::evidence::EvidenceConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +223,8 @@ struct RawConfig {
     report: Option<RawReport>,
     #[serde(default)]
     trust: Option<RawTrust>,
+    #[serde(default)]
+    evidence: Option<crate::evidence::RawEvidence>,
 }
 
 #[derive(Deserialize)]
@@ -953,6 +958,40 @@ impl Config {
                 crate::trust::Trust::new(keys, t.allow_unsigned, Duration::from_secs(t.max_age_h * 3600))
             }
         };
+        let evidence = match &raw.evidence {
+            Some(e) => crate::evidence::EvidenceConfig::from_raw(e, &storage.path)
+                .map_err(|(k, r)| err(&format!("evidence.{k}"), r))?,
+            None => crate::evidence::EvidenceConfig::defaults(&storage.path),
+        };
+        if evidence.max_forward_bytes > 0
+            && lines.iter().any(|l| l.xray.is_some())
+            && uplink.max_packet_bytes < crate::evidence::MIN_PACKET_FOR_CHUNKS
+        {
+            return Err(err(
+                "evidence.max_forward_kb",
+                format!(
+                    "image chunk records are up to {} KiB but uplink.max_packet_kib is {}: raise it, or set max_forward_kb = 0 to keep originals on the gateway only",
+                    crate::evidence::MIN_PACKET_FOR_CHUNKS / 1024,
+                    uplink.max_packet_bytes / 1024
+                ),
+            ));
+        }
+        let mut spools: BTreeMap<&Path, &str> = BTreeMap::new();
+        for (name, d) in &raw.devices {
+            let Some(spool) = &d.spool else { continue };
+            if let Some(other) = spools.insert(spool, name) {
+                return Err(err(
+                    &format!("devices.{name}.spool"),
+                    format!("`{}` is already the spool of `{other}`: each X-ray scanner needs its own, or images would be taken for the wrong line", spool.display()),
+                ));
+            }
+            if spool == &evidence.dir {
+                return Err(err(
+                    &format!("devices.{name}.spool"),
+                    "must not be the evidence directory".into(),
+                ));
+            }
+        }
         let report_publish_day = match raw.report {
             Some(r) if !(1..=28).contains(&r.publish_day) => {
                 return Err(err(
@@ -974,6 +1013,7 @@ impl Config {
             rules_file: raw.rules_file,
             report_publish_day,
             trust,
+            evidence,
         })
     }
 }
@@ -1275,6 +1315,54 @@ lanes = [
         let e = bad(&two_lines("tcp = \"10.0.0.9:502\"")
             .replace("scan_to_xray_m = 1.0", "scan_to_xray_m = 3.0"));
         assert_eq!(e.key, "lines[0].geometry.scan_to_xray_m", "{e}");
+    }
+
+    #[test]
+    fn the_evidence_section_has_defaults_and_named_errors() {
+        let c = Config::parse("t.toml", GOOD).unwrap();
+        assert_eq!(c.evidence.dir, PathBuf::from("/tmp/x-evidence"));
+        assert_eq!(c.evidence.workers, 2);
+        let with = |section: &str| format!("{GOOD}\n[evidence]\n{section}\n");
+        let c = Config::parse("t.toml", &with("dir = \"/srv/xray\"\nthumbnail_px = 240")).unwrap();
+        assert_eq!(
+            (c.evidence.dir, c.evidence.thumbnail_px),
+            (PathBuf::from("/srv/xray"), 240)
+        );
+        assert_eq!(bad(&with("workers = 99")).key, "evidence.workers");
+        assert_eq!(bad(&with("colour = true")).key, "evidence.colour");
+        let small = GOOD.replace("topic_prefix", "max_packet_kib = 64\ntopic_prefix");
+        assert!(
+            Config::parse("t.toml", &small).is_ok(),
+            "no X-ray, no images"
+        );
+        let small = small
+            .replace(
+                "[[lines]]",
+                "[devices.xr-1]\nprofile = \"xray-modbus\"\ntcp = \"xr1:502\"\n[[lines]]",
+            )
+            .replace("plc = \"plc-1\"", "plc = \"plc-1\"\nxray = \"xr-1\"");
+        assert_eq!(
+            bad(&small).key,
+            "evidence.max_forward_kb",
+            "chunk records would not fit"
+        );
+        assert!(Config::parse(
+            "t.toml",
+            &format!("{small}\n[evidence]\nmax_forward_kb = 0\n")
+        )
+        .is_ok());
+        let e = bad(&with("upload = { listen = \"0.0.0.0:8088\" }"));
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("t.toml", "evidence.upload.listen")
+        );
+        let two = GOOD.replace(
+            "[[lines]]",
+            "[devices.xr-1]\nprofile = \"xray-modbus\"\ntcp = \"xr1:502\"\nspool = \"/srv/spool\"\n[devices.xr-2]\nprofile = \"xray-modbus\"\ntcp = \"xr2:502\"\nspool = \"/srv/spool\"\n[[lines]]",
+        );
+        let e = bad(&two);
+        assert_eq!(e.key, "devices.xr-2.spool");
+        assert!(e.reason.contains("already the spool of `xr-1`"), "{e}");
     }
 
     #[test]

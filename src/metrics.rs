@@ -82,6 +82,20 @@ pub struct Metrics {
     pub xray_unmatched: AtomicU64,
     /// Parcels that reached their deadline without an X-ray verdict.
     pub xray_missing: AtomicU64,
+    /// X-ray images kept and handed to their line (spool and upload), corrupt ones included.
+    pub images_ingested: AtomicU64,
+    /// Of those, images that did not decode (kept and forwarded with their error).
+    pub images_with_errors: AtomicU64,
+    /// Bytes of the originals ingested.
+    pub image_bytes: AtomicU64,
+    /// Spool files moved to `rejected/` (bad name, too large).
+    pub images_rejected: AtomicU64,
+    /// Attempts to keep an original that failed (the image waits or the upload is refused).
+    pub images_store_failed: AtomicU64,
+    /// Image records journaled without a parcel because their line did not take them.
+    pub images_unrouted: AtomicU64,
+    /// One image: arrival to kept, chunked and handed to its line (decoding included).
+    pub image_ingest_latency: Histogram,
     links: Mutex<BTreeMap<String, LinkStatus>>,
 }
 

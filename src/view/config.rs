@@ -113,7 +113,7 @@ impl ViewConfig {
 }
 
 /// A SHA-256 digest written as 64 hex digits.
-fn parse_hash(s: &str) -> Result<[u8; 32], String> {
+pub(crate) fn parse_hash(s: &str) -> Result<[u8; 32], String> {
     let bytes = hex::decode(s.trim())
         .map_err(|_| "must be a SHA-256 digest as 64 hex digits (`sha256sum` prints one)")?;
     bytes

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::journal::{Journal, JournalError};
 use crate::metrics::Metrics;
 
+pub(crate) use config::parse_hash;
 pub use config::{RawView, ViewConfig};
 
 /// Board events buffered per page stream; a page further behind is told to reload its board.
