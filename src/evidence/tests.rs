@@ -556,3 +556,48 @@ async fn start_runs_watchers_and_the_upload_endpoint_until_shutdown() {
     tokio::time::timeout(WAIT, writer).await.unwrap().unwrap();
     assert!(Path::new(&r.kept_at.unwrap()).exists());
 }
+
+#[tokio::test]
+async fn the_xray_simulators_spool_files_are_taken_as_written() {
+    use bondline_simulators::xray::{ImageFormat, ImageSpec, XrayImages};
+    let mut rig = rig(8192 * 1024);
+    let jpegs = XrayImages::new(&rig.spool, ImageSpec::default()).unwrap();
+    let pngs = XrayImages::new(
+        &rig.spool,
+        ImageSpec {
+            format: ImageFormat::Png,
+            views: vec!["side".into()],
+            ..ImageSpec::default()
+        },
+    )
+    .unwrap();
+    jpegs.write(1001, true).unwrap();
+    pngs.write(1002, false).unwrap();
+    jpegs.write_corrupt(1003, "top").unwrap();
+    jpegs.write_truncated(1004, "top").unwrap();
+    rig.watch();
+    let mut seen = HashMap::new();
+    for _ in 0..5 {
+        let r = rig.next_image().await;
+        seen.insert((r.scan_id, r.view.clone()), r);
+    }
+    for key in [(1001, "top"), (1001, "side")] {
+        let r = &seen[&(key.0, key.1.to_string())];
+        assert_eq!(
+            (r.format.as_deref(), r.error.as_deref()),
+            (Some("jpeg"), None)
+        );
+        assert_eq!((r.width, r.height), (Some(640), Some(480)));
+    }
+    assert_eq!(seen[&(1002, "side".into())].format.as_deref(), Some("png"));
+    let corrupt = seen[&(1003, "top".into())].error.clone().unwrap();
+    assert_eq!(corrupt, "not a JPEG or PNG image");
+    let truncated = seen[&(1004, "top".into())].error.clone().unwrap();
+    assert!(truncated.starts_with("truncated JPEG: "), "{truncated}");
+    wait_for(|| {
+        let left = std::fs::read_dir(&rig.spool).unwrap().count();
+        (left == 0).then_some(())
+    })
+    .await;
+    rig.shutdown.cancel();
+}
