@@ -280,7 +280,29 @@ impl App {
         for task in fieldbus::xray::tasks(xray_devices, metrics.clone(), shutdown.clone()) {
             tasks.spawn(task);
         }
-        drop(image_routes);
+        let destinations = image_routes
+            .into_iter()
+            .map(|(device, (line, spool, tx))| {
+                (device, crate::evidence::Destination { line, spool, tx })
+            })
+            .collect();
+        match crate::evidence::start(
+            &config.evidence,
+            config.gateway_id.clone(),
+            destinations,
+            sink.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ) {
+            Ok(handles) => {
+                for h in handles {
+                    tasks.spawn(async move {
+                        let _ = h.await;
+                    });
+                }
+            }
+            Err(e) => alarms.raise(format!("X-ray images: {e}")),
+        }
         let view_addr = match (&config.view, view_feed) {
             (Some(view), Some(feed)) => {
                 start_view(

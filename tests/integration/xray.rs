@@ -50,7 +50,7 @@ async fn next_msg(rx: &mut mpsc::UnboundedReceiver<XrayMsg>) -> XrayMsg {
 async fn verdicts_cross_a_shared_rs485_port_and_faulty_or_silent_scanners_do_not_stall_it() {
     crate::harness::init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let pty = PtyPair::start(dir.path(), "rs485").await;
+    let pty = PtyPair::new(dir.path(), "rs485").await;
     let state = XrayState::new(xray_map(), &[1, 2]).unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(bondline_simulators::xray::serve_rtu(
@@ -91,7 +91,8 @@ async fn verdicts_cross_a_shared_rs485_port_and_faulty_or_silent_scanners_do_not
     }
     let link = |name: &str| metrics.links().get(name).cloned();
     assert!(
-        wait_until(Duration::from_secs(10), || link("xray:xray-1").is_some_and(|l| l.up)
+        wait_until(Duration::from_secs(10), || link("xray:xray-1")
+            .is_some_and(|l| l.up)
             && link("xray:xray-2").is_some_and(|l| !l.up))
         .await,
         "links: {:?}",
@@ -112,7 +113,13 @@ async fn verdicts_cross_a_shared_rs485_port_and_faulty_or_silent_scanners_do_not
             XrayResult::Clear
         };
         state
-            .pass(1, 1000 + i, t0 + i as u64 * 10, result, Some(Material::Organic))
+            .pass(
+                1,
+                1000 + i,
+                t0 + i as u64 * 10,
+                result,
+                Some(Material::Organic),
+            )
             .unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
@@ -136,9 +143,12 @@ async fn verdicts_cross_a_shared_rs485_port_and_faulty_or_silent_scanners_do_not
         )
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || link("xray:xray-1")
-            .is_some_and(|l| l.up
-                && l.last_error.as_deref().is_some_and(|e| e.contains("refused"))))
+        wait_until(Duration::from_secs(10), || link("xray:xray-1").is_some_and(
+            |l| l.up
+                && l.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("refused"))
+        ))
         .await,
         "{:?}",
         link("xray:xray-1")
@@ -167,7 +177,9 @@ async fn verdicts_cross_a_shared_rs485_port_and_faulty_or_silent_scanners_do_not
     // The silent scanner comes back and is read again.
     state.set_fault(2, XrayFault::Normal).unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || link("xray:xray-2").is_some_and(|l| l.up)).await,
+        wait_until(Duration::from_secs(10), || link("xray:xray-2")
+            .is_some_and(|l| l.up))
+        .await,
         "unit 2 never came back"
     );
     state
@@ -247,13 +259,41 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
     // Every parcel is declared and released by customs: only the X-ray decides.
     let plan = Plan::with_mix(61, Mix::only(PlanKind::Release));
     let cases = [
-        Case { verdict: Some(XrayResult::Clear), mark_after: None, images_first: true, lane: LaneRole::Release },
-        Case { verdict: Some(XrayResult::Suspect), mark_after: None, images_first: false, lane: LaneRole::Inspection },
-        Case { verdict: None, mark_after: None, images_first: false, lane: LaneRole::Inspection },
-        Case { verdict: Some(XrayResult::Clear), mark_after: Some(Duration::from_millis(500)), images_first: false, lane: LaneRole::Inspection },
-        Case { verdict: Some(XrayResult::Clear), mark_after: Some(Duration::from_millis(2500)), images_first: false, lane: LaneRole::Release },
+        Case {
+            verdict: Some(XrayResult::Clear),
+            mark_after: None,
+            images_first: true,
+            lane: LaneRole::Release,
+        },
+        Case {
+            verdict: Some(XrayResult::Suspect),
+            mark_after: None,
+            images_first: false,
+            lane: LaneRole::Inspection,
+        },
+        Case {
+            verdict: None,
+            mark_after: None,
+            images_first: false,
+            lane: LaneRole::Inspection,
+        },
+        Case {
+            verdict: Some(XrayResult::Clear),
+            mark_after: Some(Duration::from_millis(500)),
+            images_first: false,
+            lane: LaneRole::Inspection,
+        },
+        Case {
+            verdict: Some(XrayResult::Clear),
+            mark_after: Some(Duration::from_millis(2500)),
+            images_first: false,
+            lane: LaneRole::Release,
+        },
     ];
-    platform.publish_plan(&plan, 0..cases.len() as u64).await.unwrap();
+    platform
+        .publish_plan(&plan, 0..cases.len() as u64)
+        .await
+        .unwrap();
     let (mut stream, _) = listener.accept().await.unwrap();
     let framing = Profiles::builtin()
         .get("scanner-stx-etx")
@@ -280,7 +320,13 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
         let scanned = now_ms();
         if let Some(result) = case.verdict {
             state
-                .pass(1, scan_id, scanned + offset_ms, result, Some(Material::Mixed))
+                .pass(
+                    1,
+                    scan_id,
+                    scanned + offset_ms,
+                    result,
+                    Some(Material::Mixed),
+                )
                 .unwrap();
             if !case.images_first {
                 images.write(scan_id, result.flags()).unwrap();
@@ -298,11 +344,20 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
     // A corrupt extra view of the first scan, and a flagged item no parcel carried.
     images.write_corrupt(500, "front").unwrap();
     state
-        .pass(1, 900, now_ms() + 60_000, XrayResult::Suspect, Some(Material::Dense))
+        .pass(
+            1,
+            900,
+            now_ms() + 60_000,
+            XrayResult::Suspect,
+            Some(Material::Dense),
+        )
         .unwrap();
 
     // Where each parcel went, by its latest decision.
-    let waybills: Vec<String> = plan.parcels(0..cases.len() as u64).map(|p| p.waybill).collect();
+    let waybills: Vec<String> = plan
+        .parcels(0..cases.len() as u64)
+        .map(|p| p.waybill)
+        .collect();
     let final_role = |w: &str| {
         platform
             .records()
@@ -334,8 +389,10 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
     assert!(
         wait_until(Duration::from_secs(20), || {
             let x = xrays();
-            x.iter().any(|x| x.join == XrayJoin::NoResult && x.waybill.as_deref() == Some(&waybills[2]))
-                && x.iter().any(|x| x.join == XrayJoin::NoParcel && x.scan_id == Some(900))
+            x.iter()
+                .any(|x| x.join == XrayJoin::NoResult && x.waybill.as_deref() == Some(&waybills[2]))
+                && x.iter()
+                    .any(|x| x.join == XrayJoin::NoParcel && x.scan_id == Some(900))
                 && x.iter().filter(|x| x.join == XrayJoin::Update).count() == 2
         })
         .await,
@@ -361,7 +418,8 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
             .count()
     };
     assert!(
-        wait_until(Duration::from_secs(10), || alerts(AlertKind::LateXrayMark) == 1
+        wait_until(Duration::from_secs(10), || alerts(AlertKind::LateXrayMark)
+            == 1
             && alerts(AlertKind::XrayWithoutParcel) == 1)
         .await
     );
@@ -385,7 +443,12 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
         platform
             .images()
             .iter()
-            .map(|i| (i.record.scan_id, i.record.view.clone(), i.hash_ok, i.record.error.clone()))
+            .map(|i| (
+                i.record.scan_id,
+                i.record.view.clone(),
+                i.hash_ok,
+                i.record.error.clone()
+            ))
             .collect::<Vec<_>>()
     );
     for image in platform.images() {
