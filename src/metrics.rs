@@ -16,6 +16,7 @@ pub struct Metrics {
     pub no_reads: AtomicU64,
     /// Frames rejected by the decoder (noise, over-long, malformed).
     pub frames_rejected: AtomicU64,
+    /// Parcels per lane role by their current decision: a re-decision moves its parcel.
     lanes: [AtomicU64; 4],
     pub diverts_acked: AtomicU64,
     pub diverts_failed: AtomicU64,
@@ -183,6 +184,12 @@ pub struct LinkStatus {
 impl Metrics {
     pub fn count_lane(&self, role: LaneRole) {
         self.lanes[lane_index(role)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A re-decision took a parcel from one lane role to another.
+    pub fn move_lane(&self, from: LaneRole, to: LaneRole) {
+        Metrics::sub(&self.lanes[lane_index(from)], 1);
+        self.count_lane(to);
     }
 
     pub fn lane_count(&self, role: LaneRole) -> u64 {
