@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::alarm::Alarms;
 use crate::config::Config;
@@ -38,6 +38,9 @@ const CHANGES_QUEUE: usize = 4096;
 /// Anomalies waiting for the uplink; beyond this they are dropped (counted), the records keep
 /// the same facts.
 const ANOMALY_QUEUE: usize = 4096;
+/// Processed X-ray images on their way to their line's join; the evidence workers wait
+/// when it is full (they are off the decision path).
+const IMAGE_QUEUE: usize = 256;
 
 /// A running daemon.
 pub struct App {
@@ -49,6 +52,8 @@ pub struct App {
     policy: Policy,
     reconnect: Arc<tokio::sync::Notify>,
     tls_configured: bool,
+    /// The staff view's certificate, reloaded on SIGHUP.
+    view_tls: Option<crate::view::tls::ViewTls>,
     /// Scanners, lines, PLC links and the journal writer.
     pipeline: JoinSet<()>,
     /// Where the staff view listens, when configured and bound.
@@ -220,6 +225,9 @@ impl App {
         let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
 
         let liveness = crate::service::Liveness::default();
+        let mut xray_devices = Vec::new();
+        // Where each X-ray scanner's processed images go: its line's join.
+        let mut image_routes = std::collections::HashMap::new();
         for l in &config.lines {
             let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
             let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
@@ -242,6 +250,17 @@ impl App {
                 metrics: metrics.clone(),
                 dispositions: l.plc.map.status.is_some(),
                 beat: liveness.register(&format!("line {}", l.id)),
+                xray: l.xray.as_ref().map(|(x, g)| (x.name.clone(), *g)),
+            };
+            let (xray_rx, image_rx) = match &l.xray {
+                Some((x, _)) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    xray_devices.push((x.clone(), tx));
+                    let (image_tx, image_rx) = mpsc::channel(IMAGE_QUEUE);
+                    image_routes.insert(x.name.clone(), (l.id.clone(), x.spool.clone(), image_tx));
+                    (Some(rx), Some(image_rx))
+                }
+                None => (None, None),
             };
             let io = LineIo {
                 scans: scan_rx,
@@ -250,6 +269,8 @@ impl App {
                 changes: changes.subscribe(),
                 sink: sink.clone(),
                 anomalies: anomaly_tx.clone(),
+                xray: xray_rx,
+                images: image_rx,
             };
             tasks.spawn(line::run(ctx, io));
             tasks.spawn(fieldbus::plc::run(
@@ -259,6 +280,32 @@ impl App {
                 lane_states,
                 metrics.clone(),
             ));
+        }
+        for task in fieldbus::xray::tasks(xray_devices, metrics.clone(), shutdown.clone()) {
+            tasks.spawn(task);
+        }
+        let destinations = image_routes
+            .into_iter()
+            .map(|(device, (line, spool, tx))| {
+                (device, crate::evidence::Destination { line, spool, tx })
+            })
+            .collect();
+        match crate::evidence::start(
+            &config.evidence,
+            config.gateway_id.clone(),
+            destinations,
+            sink.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ) {
+            Ok(handles) => {
+                for h in handles {
+                    tasks.spawn(async move {
+                        let _ = h.await;
+                    });
+                }
+            }
+            Err(e) => alarms.raise(format!("X-ray images: {e}")),
         }
         let view_addr = match (&config.view, view_feed) {
             (Some(view), Some(feed)) => {
@@ -287,6 +334,7 @@ impl App {
             policy,
             reconnect,
             tls_configured: config.uplink.tls.is_some() || config.uplink.credentials.is_some(),
+            view_tls: config.view.as_ref().and_then(|v| v.tls.clone()),
             pipeline: tasks,
             uplink,
             journal_tasks,
@@ -305,6 +353,7 @@ impl App {
         Reloader {
             policy: self.policy.clone(),
             reconnect: self.tls_configured.then(|| self.reconnect.clone()),
+            view_tls: self.view_tls.clone(),
         }
     }
 
@@ -366,6 +415,7 @@ async fn start_view(
                 id: l.id.clone(),
                 scanner: l.scanner.name.clone(),
                 plc: l.plc.name.clone(),
+                xray: l.xray.as_ref().map(|(x, _)| x.name.clone()),
                 lanes: bondline_devices::contract::LaneRole::ALL
                     .iter()
                     .map(|r| (l.lanes.lane(*r), *r))
@@ -389,6 +439,7 @@ async fn start_view(
 pub struct Reloader {
     policy: Policy,
     reconnect: Option<Arc<tokio::sync::Notify>>,
+    view_tls: Option<crate::view::tls::ViewTls>,
 }
 
 impl Reloader {
@@ -396,6 +447,14 @@ impl Reloader {
     pub fn reload(&self) -> String {
         if let Some(r) = &self.reconnect {
             r.notify_one();
+        }
+        if let Some(t) = &self.view_tls {
+            match t.reload() {
+                Ok(()) => info!("staff view certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "staff view certificate not reloaded; the one in use stays")
+                }
+            }
         }
         self.policy.reload()
     }

@@ -1,4 +1,5 @@
 //! `bondline bench`: measured numbers for the journal and the uplink, printed, not asserted.
+//! (`images`, the X-ray image ingest, lives in `evidence::bench`.)
 //!
 //! - `journal`: append throughput through the real writer (group commit with the default
 //!   flush window, chaining, flush), from a burst of records.
@@ -91,6 +92,22 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Ingest throughput of X-ray views (synthetic, JPEG and PNG): decode, thumbnail, hash
+    /// and chunk records; then the whole ingest with the durable store and the journal.
+    Images {
+        /// Views to generate and ingest.
+        #[arg(long, default_value_t = 32)]
+        views: usize,
+        /// Size of each view, WIDTHxHEIGHT.
+        #[arg(long, default_value = "1600x1200")]
+        size: String,
+        /// Images processed at once (the daemon's default `[evidence] workers` is 2).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Directory for the evidence and journal (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -137,6 +154,15 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             rules,
             evaluations,
         } => rules_bench(declarations, consumers, rules, evaluations),
+        BenchCommand::Images {
+            views,
+            size,
+            workers,
+            dir,
+        } => {
+            let size = crate::evidence::bench::parse_size(&size)?;
+            crate::evidence::bench::run(views, size, workers, dir).await
+        }
         BenchCommand::Lines {
             lines,
             seconds,
@@ -672,6 +698,7 @@ fn rules_bench(
         let i = x % (declarations + declarations / 10).max(1);
         let read = ScanRead::Waybill(format!("BL{i:012}"));
         let scan = Scan {
+            xray: Default::default(),
             read: &read,
             weight_g: Some(200 + (i % 3000) as u32 + (x % 40) as u32),
             day: today,

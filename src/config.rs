@@ -44,6 +44,9 @@ pub struct Config {
     pub report_publish_day: Option<u32>,
     /// Which platform messages to believe: the platform's public keys.
     pub trust: crate::trust::Trust,
+    /// X-ray image evidence: where originals are kept and what is forwarded. Always
+    /// present: defaults apply without an `[evidence]` section.
+    pub evidence: crate::evidence::EvidenceConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +223,8 @@ struct RawConfig {
     report: Option<RawReport>,
     #[serde(default)]
     trust: Option<RawTrust>,
+    #[serde(default)]
+    evidence: Option<crate::evidence::RawEvidence>,
 }
 
 #[derive(Deserialize)]
@@ -554,17 +559,8 @@ impl Config {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     err("rules_file", format!("cannot read {}: {e}", path.display()))
                 })?;
-                let set = crate::rules::engine::RuleSet::parse(&path.display().to_string(), &text)
-                    .map_err(|e| err("rules_file", e.to_string()))?;
-                if let Some((rule, missing)) = set.unsupported_by_daemon() {
-                    return Err(err(
-                        "rules_file",
-                        format!(
-                            "rule `{rule}` needs {missing}, which this gateway does not have yet"
-                        ),
-                    ));
-                }
-                set
+                crate::rules::engine::RuleSet::parse(&path.display().to_string(), &text)
+                    .map_err(|e| err("rules_file", e.to_string()))?
             }
         };
 
@@ -962,6 +958,40 @@ impl Config {
                 crate::trust::Trust::new(keys, t.allow_unsigned, Duration::from_secs(t.max_age_h * 3600))
             }
         };
+        let evidence = match &raw.evidence {
+            Some(e) => crate::evidence::EvidenceConfig::from_raw(e, &storage.path)
+                .map_err(|(k, r)| err(&format!("evidence.{k}"), r))?,
+            None => crate::evidence::EvidenceConfig::defaults(&storage.path),
+        };
+        if evidence.max_forward_bytes > 0
+            && lines.iter().any(|l| l.xray.is_some())
+            && uplink.max_packet_bytes < crate::evidence::MIN_PACKET_FOR_CHUNKS
+        {
+            return Err(err(
+                "evidence.max_forward_kb",
+                format!(
+                    "image chunk records are up to {} KiB but uplink.max_packet_kib is {}: raise it, or set max_forward_kb = 0 to keep originals on the gateway only",
+                    crate::evidence::MIN_PACKET_FOR_CHUNKS / 1024,
+                    uplink.max_packet_bytes / 1024
+                ),
+            ));
+        }
+        let mut spools: BTreeMap<&Path, &str> = BTreeMap::new();
+        for (name, d) in &raw.devices {
+            let Some(spool) = &d.spool else { continue };
+            if let Some(other) = spools.insert(spool, name) {
+                return Err(err(
+                    &format!("devices.{name}.spool"),
+                    format!("`{}` is already the spool of `{other}`: each X-ray scanner needs its own, or images would be taken for the wrong line", spool.display()),
+                ));
+            }
+            if spool == &evidence.dir {
+                return Err(err(
+                    &format!("devices.{name}.spool"),
+                    "must not be the evidence directory".into(),
+                ));
+            }
+        }
         let report_publish_day = match raw.report {
             Some(r) if !(1..=28).contains(&r.publish_day) => {
                 return Err(err(
@@ -983,27 +1013,21 @@ impl Config {
             rules_file: raw.rules_file,
             report_publish_day,
             trust,
+            evidence,
         })
     }
 }
 
-/// Reads and validates a rule file, refusing rule kinds this gateway cannot feed yet.
+/// Reads and validates a rule file.
 pub fn load_rules(path: &Path) -> Result<crate::rules::engine::RuleSet, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse_rules(&path.display().to_string(), &text)
 }
 
-/// Parses and validates a rule set's text from `origin` (a file or a platform update), and
-/// refuses rule kinds this gateway cannot feed.
+/// Parses and validates a rule set's text from `origin` (a file or a platform update).
 pub fn parse_rules(origin: &str, text: &str) -> Result<crate::rules::engine::RuleSet, String> {
-    let set = crate::rules::engine::RuleSet::parse(origin, text).map_err(|e| e.to_string())?;
-    if let Some((rule, missing)) = set.unsupported_by_daemon() {
-        return Err(format!(
-            "rule `{rule}` needs {missing}, which this gateway does not have yet"
-        ));
-    }
-    Ok(set)
+    crate::rules::engine::RuleSet::parse(origin, text).map_err(|e| e.to_string())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -1238,7 +1262,7 @@ lanes = [
         let path = dir.path().join("rules.toml");
         std::fs::write(
             &path,
-            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 1\n[[rules]]\nname = \"x\"\nkind = \"xray_suspect\"\npriority = 2\ntarget = \"inspection\"\n",
+            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 1\n[[rules]]\nname = \"x\"\nkind = \"xray_suspekt\"\npriority = 2\ntarget = \"inspection\"\n",
         )
         .unwrap();
         let e = bad(&GOOD.replace(
@@ -1249,7 +1273,96 @@ lanes = [
             ),
         ));
         assert_eq!(e.key, "rules_file");
-        assert!(e.reason.contains("X-ray"), "{e}");
+        assert!(e.reason.contains("xray_suspekt"), "{e}");
+    }
+
+    #[test]
+    fn xray_scanners_resolve_and_share_only_their_own_ports() {
+        let two_lines = |xray2: &str| {
+            format!(
+                "{GOOD}\n[devices.xray-1]\nprofile = \"xray-modbus\"\nserial = {{ path = \"/dev/ttyRS485\", baud = 19200 }}\nunit_id = 2\nspool = \"/var/spool/x1\"\n[devices.xray-2]\nprofile = \"xray-modbus\"\n{xray2}\n[devices.scan-2]\nprofile = \"scanner-crlf\"\ntcp = \"10.0.0.2:4001\"\n[devices.plc-2]\nprofile = \"sorter-plc\"\ntcp = \"10.0.0.3:502\"\n[[lines]]\nid = \"L2\"\nscanner = \"scan-2\"\nplc = \"plc-2\"\nxray = \"xray-2\"\nlanes = [{{ lane = 1, role = \"release\" }}, {{ lane = 2, role = \"inspection\" }}, {{ lane = 3, role = \"hold\" }}, {{ lane = 4, role = \"exception\" }}]\n"
+            )
+            .replace(
+                "plc = \"plc-1\"\n",
+                "plc = \"plc-1\"\nxray = \"xray-1\"\ngeometry = { scan_to_xray_m = 1.0, xray_window_ms = 200 }\n",
+            )
+        };
+        let c = Config::parse(
+            "t.toml",
+            &two_lines("serial = { path = \"/dev/ttyRS485\", baud = 19200 }\nunit_id = 3"),
+        )
+        .unwrap();
+        let (x1, g1) = c.lines[0].xray.as_ref().unwrap();
+        assert_eq!(x1.map.unit_id, 2);
+        assert_eq!(x1.spool.as_deref(), Some(Path::new("/var/spool/x1")));
+        assert_eq!(g1.offset, Duration::from_millis(500));
+        assert_eq!(g1.window, Duration::from_millis(200));
+        assert_eq!(c.lines[1].xray.as_ref().unwrap().0.map.unit_id, 3);
+
+        let e = bad(&two_lines(
+            "serial = { path = \"/dev/ttyRS485\", baud = 9600 }",
+        ));
+        assert_eq!(e.key, "devices.xray-2.serial", "{e}");
+        let e = bad(&two_lines(
+            "serial = { path = \"/dev/ttyUSB0\", baud = 9600 }",
+        ));
+        assert!(e.reason.contains("only X-ray scanners share a port"), "{e}");
+        let e = bad(&two_lines("tcp = \"10.0.0.9:502\"").replace(
+            "[devices.xray-2]\nprofile = \"xray-modbus\"",
+            "[devices.xray-2]\nprofile = \"sorter-plc\"",
+        ));
+        assert!(e.reason.contains("not an X-ray scanner"), "{e}");
+        let e = bad(&two_lines("tcp = \"10.0.0.9:502\"")
+            .replace("scan_to_xray_m = 1.0", "scan_to_xray_m = 3.0"));
+        assert_eq!(e.key, "lines[0].geometry.scan_to_xray_m", "{e}");
+    }
+
+    #[test]
+    fn the_evidence_section_has_defaults_and_named_errors() {
+        let c = Config::parse("t.toml", GOOD).unwrap();
+        assert_eq!(c.evidence.dir, PathBuf::from("/tmp/x-evidence"));
+        assert_eq!(c.evidence.workers, 2);
+        let with = |section: &str| format!("{GOOD}\n[evidence]\n{section}\n");
+        let c = Config::parse("t.toml", &with("dir = \"/srv/xray\"\nthumbnail_px = 240")).unwrap();
+        assert_eq!(
+            (c.evidence.dir, c.evidence.thumbnail_px),
+            (PathBuf::from("/srv/xray"), 240)
+        );
+        assert_eq!(bad(&with("workers = 99")).key, "evidence.workers");
+        assert_eq!(bad(&with("colour = true")).key, "evidence.colour");
+        let small = GOOD.replace("topic_prefix", "max_packet_kib = 64\ntopic_prefix");
+        assert!(
+            Config::parse("t.toml", &small).is_ok(),
+            "no X-ray, no images"
+        );
+        let small = small
+            .replace(
+                "[[lines]]",
+                "[devices.xr-1]\nprofile = \"xray-modbus\"\ntcp = \"xr1:502\"\n[[lines]]",
+            )
+            .replace("plc = \"plc-1\"", "plc = \"plc-1\"\nxray = \"xr-1\"");
+        assert_eq!(
+            bad(&small).key,
+            "evidence.max_forward_kb",
+            "chunk records would not fit"
+        );
+        assert!(Config::parse(
+            "t.toml",
+            &format!("{small}\n[evidence]\nmax_forward_kb = 0\n")
+        )
+        .is_ok());
+        let e = bad(&with("upload = { listen = \"0.0.0.0:8088\" }"));
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("t.toml", "evidence.upload.listen")
+        );
+        let two = GOOD.replace(
+            "[[lines]]",
+            "[devices.xr-1]\nprofile = \"xray-modbus\"\ntcp = \"xr1:502\"\nspool = \"/srv/spool\"\n[devices.xr-2]\nprofile = \"xray-modbus\"\ntcp = \"xr2:502\"\nspool = \"/srv/spool\"\n[[lines]]",
+        );
+        let e = bad(&two);
+        assert_eq!(e.key, "devices.xr-2.spool");
+        assert!(e.reason.contains("already the spool of `xr-1`"), "{e}");
     }
 
     #[test]

@@ -104,6 +104,14 @@ fn inputs_line(i: &DecisionInputs) -> String {
         ),
         None => "no instruction".into(),
     });
+    if let Some(x) = i.xray {
+        parts.push(format!(
+            "X-ray {}",
+            serde_json::to_value(x)
+                .map(|v| v.as_str().unwrap_or("?").replace('_', " "))
+                .unwrap_or_default()
+        ));
+    }
     for w in &i.consumer_windows {
         parts.push(format!(
             "{} over {} day(s): {} parcel(s), {} before this one",
@@ -223,7 +231,45 @@ impl Explanation {
                     );
                 }
                 Record::Report(_) | Record::ImageChunk(_) => {}
-                Record::Xray(_) | Record::Image(_) => {}
+                Record::Xray(x) => {
+                    let verdict = match x.result {
+                        Some(r) => r.as_str().replace('_', " "),
+                        None => "none before the deadline".into(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  X-ray {}: {verdict}{}{} ({}) at {} (record {}, {state})",
+                        x.device,
+                        x.material.map_or(String::new(), |m| format!(
+                            ", {}",
+                            bondline_devices::contract::wire_name(&m)
+                        )),
+                        x.scan_id.map_or(String::new(), |s| format!(", scan {s}")),
+                        bondline_devices::contract::wire_name(&x.join).replace('_', " "),
+                        time(x.at_ms),
+                        x.seq
+                    );
+                }
+                Record::Image(i) => {
+                    let _ = writeln!(
+                        out,
+                        "  X-ray image {} of scan {}: {} bytes, sha256 {}{}{} (record {}, {state})",
+                        i.view,
+                        i.scan_id,
+                        i.bytes,
+                        i.sha256,
+                        match (&i.error, i.width, i.height) {
+                            (Some(e), _, _) => format!(", UNREADABLE: {e}"),
+                            (None, Some(w), Some(h)) =>
+                                format!(", {} {w}x{h}", i.format.as_deref().unwrap_or("?")),
+                            _ => String::new(),
+                        },
+                        i.kept_at
+                            .as_ref()
+                            .map_or(String::new(), |k| format!(", original at {k}")),
+                        i.seq
+                    );
+                }
                 Record::Alert(a) => {
                     let _ = writeln!(
                         out,

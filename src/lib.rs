@@ -8,6 +8,8 @@
 //!   and the lane decision, fail closed.
 //! - [`policy`]: the rule set in force: from the rule file or the platform, reloaded whole.
 //! - [`line`]: one line's pipeline, scan → decision → divert job; never waits on I/O.
+//! - [`evidence`]: X-ray images from the spool or an upload: checked, thumbnailed, kept by
+//!   hash and forwarded in chunks; each handed to its line as an image record.
 //! - [`journal`]: the durable record store and outbox on sled; its doc states the invariants.
 //! - [`uplink`]: MQTT to the clearance platform; records leave the outbox only on PUBACK.
 //! - [`view`]: the customs staff view over HTTP: live lane board, parcel lookup, device
@@ -32,6 +34,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod evidence;
 pub mod explain;
 pub mod fieldbus;
 pub mod journal;

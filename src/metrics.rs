@@ -74,6 +74,31 @@ pub struct Metrics {
     /// Rule sets applied (from the file, a reload or the platform) and refused.
     pub rule_sets_applied: AtomicU64,
     pub rule_sets_refused: AtomicU64,
+    /// X-ray verdicts read from the scanners' rings.
+    pub xray_verdicts: AtomicU64,
+    /// Failed or refused X-ray requests.
+    pub xray_errors: AtomicU64,
+    /// X-ray verdicts overwritten before they were read, or that would not decode.
+    pub xray_events_lost: AtomicU64,
+    /// X-ray verdicts joined to a parcel, and those that matched none.
+    pub xray_matched: AtomicU64,
+    pub xray_unmatched: AtomicU64,
+    /// Parcels that reached their deadline without an X-ray verdict.
+    pub xray_missing: AtomicU64,
+    /// X-ray images kept and handed to their line (spool and upload), corrupt ones included.
+    pub images_ingested: AtomicU64,
+    /// Of those, images that did not decode (kept and forwarded with their error).
+    pub images_with_errors: AtomicU64,
+    /// Bytes of the originals ingested.
+    pub image_bytes: AtomicU64,
+    /// Spool files moved to `rejected/` (bad name, too large).
+    pub images_rejected: AtomicU64,
+    /// Attempts to keep an original that failed (the image waits or the upload is refused).
+    pub images_store_failed: AtomicU64,
+    /// Image records journaled without a parcel because their line did not take them.
+    pub images_unrouted: AtomicU64,
+    /// One image: arrival to kept, chunked and handed to its line (decoding included).
+    pub image_ingest_latency: Histogram,
     links: Mutex<BTreeMap<String, LinkStatus>>,
 }
 

@@ -248,6 +248,30 @@ pub struct DecisionInputs {
     /// scan); a re-scan or a re-decision does not count again.
     #[serde(default)]
     pub counted: bool,
+    /// The X-ray verdict joined to the parcel; absent on a line without an X-ray scanner.
+    #[serde(default)]
+    pub xray: Option<XraySeen>,
+}
+
+/// The X-ray verdict a decision saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XraySeen {
+    /// No verdict joined to the parcel yet.
+    Pending,
+    Clear,
+    Suspect,
+    OperatorMark,
+}
+
+impl From<crate::xray::XrayResult> for XraySeen {
+    fn from(r: crate::xray::XrayResult) -> XraySeen {
+        match r {
+            crate::xray::XrayResult::Clear => XraySeen::Clear,
+            crate::xray::XrayResult::Suspect => XraySeen::Suspect,
+            crate::xray::XrayResult::OperatorMark => XraySeen::OperatorMark,
+        }
+    }
 }
 
 /// A consumer's parcels and declared value in one rule's rolling window, before this parcel.
@@ -267,6 +291,15 @@ pub struct FiredRule {
     pub rule: String,
     pub target: LaneRole,
     pub reason: String,
+}
+
+/// The name a unit-like enum value has on the wire (`"operator_mark"`), for messages and
+/// tables; empty for anything else.
+pub fn wire_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Any record of the journal, as sent on `P/records`: the `kind` field tells which.
@@ -568,6 +601,13 @@ pub enum AlertKind {
     NoDisposition,
     /// The PLC's disposition ring overran: some dispositions were never read.
     DispositionsMissed,
+    /// An X-ray verdict flagged a parcel after its divert deadline: it went where it went,
+    /// and customs must fetch it.
+    LateXrayMark,
+    /// An X-ray verdict that no tracked parcel matched flagged an item.
+    XrayWithoutParcel,
+    /// The X-ray scanner's ring overran or held entries that would not decode.
+    XrayEventsLost,
 }
 
 /// An alert record.

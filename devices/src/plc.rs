@@ -357,11 +357,6 @@ pub fn new_dispositions(regs: &[u16], last_seen: u16) -> (Vec<Disposition>, u16)
     let Some((&head, entries)) = regs.split_first() else {
         return (Vec::new(), 0);
     };
-    let distance = |from: u16, to: u16| -> u16 {
-        // Steps from `from` to `to` in the cycle 1..=65535.
-        let (f, t) = (from.max(1) as u32 - 1, to.max(1) as u32 - 1);
-        ((t + 65535 - f) % 65535) as u16
-    };
     if head == 0 || head == last_seen {
         return (Vec::new(), 0);
     }
@@ -380,6 +375,12 @@ pub fn new_dispositions(regs: &[u16], last_seen: u16) -> (Vec<Disposition>, u16)
         .collect();
     out.sort_by_key(|d| std::cmp::Reverse(distance(d.seq, head)));
     (out, missed)
+}
+
+/// Steps from sequence `from` to sequence `to` in the cycle 1..=65535 that device rings use.
+pub(crate) fn distance(from: u16, to: u16) -> u16 {
+    let (f, t) = (from.max(1) as u32 - 1, to.max(1) as u32 - 1);
+    ((t + 65535 - f) % 65535) as u16
 }
 
 /// The sequence after `seq`: 1..=65535, skipping 0 which means "nothing written".

@@ -23,7 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plc::next_seq;
+use crate::plc::{distance, next_seq};
 
 /// Registers per event entry.
 pub const EVENT_LEN: u16 = 8;
@@ -298,12 +298,6 @@ pub fn new_events(regs: &[u16], last_seen: u16) -> NewEvents {
     out.events
         .sort_by_key(|e| std::cmp::Reverse(distance(e.seq, head)));
     out
-}
-
-/// Steps from `from` to `to` in the cycle 1..=65535.
-fn distance(from: u16, to: u16) -> u16 {
-    let (f, t) = (from.max(1) as u32 - 1, to.max(1) as u32 - 1);
-    ((t + 65535 - f) % 65535) as u16
 }
 
 /// The scanner side of the ring: where the next entry goes. Used by `xray-sim` and tests.

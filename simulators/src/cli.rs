@@ -1,4 +1,4 @@
-//! What the three simulator binaries share: logging setup, profile lookup and the stop signal.
+//! What the simulator binaries share: logging setup, profile lookup and the stop signal.
 //!
 //! Kept in the library so each `main` stays a page of argument handling, and so a bad
 //! configuration exits the same way everywhere: a message naming the problem and the
@@ -50,6 +50,7 @@ pub fn init_tracing() {
 pub enum Want {
     Scanner,
     Plc,
+    Xray,
 }
 
 /// Looks up profile `name` among the built-ins, or the built-ins plus `dir`. The error text
@@ -62,10 +63,12 @@ pub fn find_profile(name: &str, dir: Option<&Path>, want: Want) -> Result<Profil
     let fits = |p: &Profile| match want {
         Want::Scanner => p.scanner().is_some(),
         Want::Plc => p.plc().is_some(),
+        Want::Xray => p.xray().is_some(),
     };
     let kind = match want {
         Want::Scanner => "scanner",
         Want::Plc => "plc",
+        Want::Xray => "xray",
     };
     match set.get(name) {
         Some(p) if fits(p) => Ok(p.clone()),

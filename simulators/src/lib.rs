@@ -24,6 +24,10 @@
 //!   against a running daemon from a scenario file (belt speed, parcel spacing, lanes, faults)
 //!   and ends with a ledger of where each parcel physically went: leaks, late diverts, wrong
 //!   lanes, decision latency.
+//! - [`xray`]: `xray-sim`, X-ray scanners on Modbus TCP/RTU (several unit ids on one bus), each
+//!   publishing verdicts in the ring of input registers, with fault modes (exception,
+//!   garbage entries, silent) switchable at run time; a driver that turns parcel passages into
+//!   verdicts, operator marks and synthetic X-ray images in a spool directory.
 //! - [`cli`]: the little the binaries share (logging, profile lookup, Ctrl-C).
 //!
 //! Every long-running function takes a `shutdown` future and returns when it completes, so tests
@@ -36,3 +40,4 @@ pub mod plan;
 pub mod platform;
 pub mod plc;
 pub mod scanner;
+pub mod xray;

@@ -17,6 +17,14 @@
 //! - every 100 ms the lanes drain and their full bits follow their counts (and `lane_full`
 //!   faults); PLC faults switch at their window edges.
 //!
+//! With an X-ray stage (the scenario's `[xray]` table and [`LineSim::with_xray`]), each
+//! parcel also enters an X-ray tunnel `scan_to_xray_m` after the scanner, served by an
+//! in-process `xray-sim` on Modbus TCP or RTU: its workstation publishes a verdict (clear, or
+//! suspect at the stage's rate) after the processing time, writes the images into the spool
+//! if one is given, and sometimes an officer's mark later. Scan ids count from 1. The ledger
+//! counts an X-ray-flagged parcel in the inspection lane as correct (the daemon releases
+//! nothing flagged) and reports flagged parcels that were released anyway.
+//!
 //! With a [`PlatformSim`], the plan's declarations and instructions are published about 20 s
 //! of belt ahead of the scanner (like `bondline demo`), and `late_instructions` faults publish
 //! an extra inspect instruction `late_ms` after a parcel passed the scanner.
@@ -47,6 +55,7 @@
 
 mod ledger;
 mod scenario;
+mod xray;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -64,16 +73,21 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-pub use ledger::{Correlation, LateMarks, Latency, Ledger, Misplaced, ParcelOutcome};
+pub use ledger::{
+    Correlation, LateMarks, Latency, Ledger, Misplaced, ParcelOutcome, XrayFlags, XrayOutcome,
+};
 pub use scenario::{
     Belt, BeltParcel, Fault, FaultKind, LaneRoles, LaneSpec, PlcFaults, RunLength, Scenario,
-    ScenarioError,
+    ScenarioError, XrayStage,
 };
+pub use xray::XrayPort;
 
 use crate::plan::{Plan, PlanKind, PlannedParcel};
 use crate::platform::PlatformSim;
 use crate::plc::{PlcSim, PlcState, LANES};
 use crate::scanner::ScannerSim;
+use crate::xray::{XrayImages, XrayState};
+use xray::{XrayAttachment, XrayHook};
 
 /// How far ahead of the scanner (in seconds of belt) the platform declares parcels.
 const AHEAD_S: f64 = 20.0;
@@ -114,6 +128,7 @@ pub struct LineSim {
     plc_state: PlcState,
     plc_addr: SocketAddr,
     heartbeat: bool,
+    xray: Option<XrayAttachment>,
 }
 
 impl LineSim {
@@ -171,7 +186,38 @@ impl LineSim {
             plc: plc_sim,
             heartbeat,
             scenario,
+            xray: None,
         })
+    }
+
+    /// Adds the scenario's X-ray stage: an X-ray device with `map`'s registers at the
+    /// stage's unit id, served on `port` while the belt runs, writing images with `images`
+    /// if given. Binds a TCP port at once. Errors: the scenario has no `[xray]` table, or
+    /// the port cannot be bound.
+    pub async fn with_xray(
+        mut self,
+        map: bondline_devices::xray::XrayMap,
+        port: XrayPort,
+        images: Option<XrayImages>,
+    ) -> io::Result<LineSim> {
+        let Some(stage) = &self.scenario.xray else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("scenario {} has no [xray] table", self.scenario.name),
+            ));
+        };
+        self.xray = Some(XrayAttachment::bind(stage, map, port, images).await?);
+        Ok(self)
+    }
+
+    /// The X-ray's Modbus TCP address; `None` without an X-ray or when it serves RTU.
+    pub fn xray_addr(&self) -> Option<SocketAddr> {
+        self.xray.as_ref().and_then(XrayAttachment::addr)
+    }
+
+    /// A handle to the simulated X-ray (its ring, fault modes, counters), if attached.
+    pub fn xray_state(&self) -> Option<XrayState> {
+        self.xray.as_ref().map(|x| x.state.clone())
     }
 
     /// The scanner's TCP address the daemon connects to; `None` when writing to a serial port.
@@ -217,8 +263,13 @@ impl LineSim {
             plc,
             plc_state,
             heartbeat,
+            xray,
             ..
         } = self;
+        // Serving from the start, like the PLC: the daemon connects to it at startup.
+        let xray = xray
+            .zip(scenario.xray.as_ref())
+            .map(|(x, stage)| x.start(stage, scenario.seed, scenario.belt_speed_m_s));
         let (plc_stop, plc_stopped) = oneshot::channel::<()>();
         let plc_task = tokio::spawn(plc.run(async move {
             let _ = plc_stopped.await;
@@ -276,6 +327,7 @@ impl LineSim {
             start,
             platform.is_some().then_some(marks_tx),
         );
+        run.xray = xray;
         tracing::info!(
             scenario = %run.scenario.name,
             rate_per_h = (run.scenario.mean_rate_per_s() * 3600.0).round(),
@@ -613,6 +665,7 @@ struct Trace {
     gate_at: Option<Instant>,
     disposition: Option<Disposition>,
     mark_at: Option<Instant>,
+    xray: Option<XrayOutcome>,
 }
 
 #[derive(Debug)]
@@ -649,6 +702,7 @@ struct Run {
     lane_history: Vec<(Instant, u16, bool)>,
     /// Latest an event ran behind its time.
     max_lag: Duration,
+    xray: Option<XrayHook>,
 }
 
 fn micros(s: f64) -> u64 {
@@ -695,6 +749,7 @@ impl Run {
             end: None,
             lane_history: Vec::new(),
             max_lag: Duration::ZERO,
+            xray: None,
             scenario,
             next_parcel,
         };
@@ -807,6 +862,7 @@ impl Run {
         }));
         // Taken before the write, so a command can never seem to precede its frame.
         let at = Instant::now();
+        let xray = self.xray.as_mut().and_then(|x| x.enter(at, self.start));
         let frame = if self.link.write(&bytes).await {
             self.garbage_frames += noise;
             Some((self.corr.frame(at), at))
@@ -826,6 +882,7 @@ impl Run {
             gate_at: None,
             disposition: None,
             mark_at: None,
+            xray,
         });
     }
 
@@ -976,6 +1033,7 @@ impl Run {
                     code: d.code,
                     lane: d.lane,
                     late_mark_at: t.mark_at.map(since),
+                    xray: t.xray,
                     plan_lane_blocked,
                 })
             })
@@ -1153,7 +1211,7 @@ mod tests {
             .expect("built-in sorter-plc profile")
     }
 
-    const SCENARIOS: [(&str, &str); 6] = [
+    const SCENARIOS: [(&str, &str); 7] = [
         (
             "normal-shift",
             include_str!("../scenarios/normal-shift.toml"),
@@ -1166,6 +1224,7 @@ mod tests {
         ),
         ("late-marks", include_str!("../scenarios/late-marks.toml")),
         ("lane-full", include_str!("../scenarios/lane-full.toml")),
+        ("xray-line", include_str!("../scenarios/xray-line.toml")),
     ];
 
     #[test]
@@ -1362,5 +1421,118 @@ gate_at_m = 1.2
         let d = state.dispositions();
         assert_eq!(d.len() as u64, ledger.parcels);
         assert!(d.iter().all(|d| d.parcel > 700_000));
+    }
+
+    /// The X-ray stage: every parcel passes the tunnel once, in belt order, entering it the
+    /// scanner-to-tunnel time after its scan; verdicts, marks and images come out of an
+    /// xray-sim the daemon reads over Modbus TCP.
+    #[tokio::test]
+    async fn xray_stage_sends_every_parcel_through_the_tunnel() {
+        use bondline_devices::xray::{new_events, XrayResult};
+        use tokio_modbus::client::Reader as _;
+
+        let text = r#"
+name = "xray-stage"
+seed = 5
+duration_s = 1.0
+belt_speed_m_s = 2.0
+parcel_length_m = [0.10, 0.15]
+gap_m = [0.10, 0.15]
+scanner_at_m = 0.2
+gate_at_m = 1.2
+[xray]
+scan_to_xray_m = 0.4
+suspect_rate = 0.5
+mark_rate = 0.5
+processing_ms = 100
+mark_latency_ms = 100
+"#;
+        let scenario = Scenario::from_toml(text).expect("scenario");
+        let plan = scenario.plan();
+        let roles = scenario.lane_roles;
+        let spool = tempfile::tempdir().expect("spool");
+        let spec = crate::xray::ImageSpec {
+            width: 64,
+            height: 48,
+            ..crate::xray::ImageSpec::default()
+        };
+        let images = XrayImages::new(spool.path(), spec).expect("images");
+        let xray_map = Profiles::builtin()
+            .get("xray-modbus")
+            .and_then(|p| p.xray().cloned())
+            .expect("built-in xray profile");
+        let sim = LineSim::bind(scenario, framing(), map())
+            .await
+            .expect("bind")
+            .with_xray(
+                xray_map.clone(),
+                XrayPort::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
+                Some(images),
+            )
+            .await
+            .expect("x-ray");
+        let (scanner, plc) = (sim.scanner_addr().expect("tcp"), sim.plc_addr());
+        let xray_addr = sim.xray_addr().expect("x-ray on tcp");
+        let state = sim.xray_state().expect("x-ray state");
+        let daemon = tokio::spawn(fake_daemon(scanner, plc, plan, roles));
+        let reader = tokio::spawn(async move {
+            // Reads the ring as the daemon would, while the belt runs.
+            let mut ctx =
+                tokio_modbus::client::tcp::connect_slave(xray_addr, tokio_modbus::Slave(1))
+                    .await
+                    .expect("connect");
+            let (mut last, mut seen) = (0u16, Vec::new());
+            loop {
+                let Ok(Ok(regs)) = ctx
+                    .read_input_registers(xray_map.events, xray_map.ring_len())
+                    .await
+                else {
+                    return seen;
+                };
+                let n = new_events(&regs, last);
+                assert_eq!((n.missed, n.errors.len()), (0, 0), "{n:?}");
+                last = n.events.last().map_or(last, |e| e.seq);
+                seen.extend(n.events);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let ledger =
+            tokio::time::timeout(Duration::from_secs(30), sim.run(None, future::pending()))
+                .await
+                .expect("run ends")
+                .expect("run");
+        daemon.abort();
+        // The server stopped with the run: the reader's connection ended.
+        let seen = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("reader ends")
+            .expect("reader");
+        println!("{ledger}");
+        assert!(ledger.parcels >= 5, "{ledger}");
+        assert_eq!(ledger.xray.passages, ledger.parcels, "{ledger}");
+        assert!(
+            ledger.xray.flagged > 0 && ledger.xray.before_gate > 0,
+            "{ledger}"
+        );
+        assert_eq!(ledger.leaks, 0, "{ledger}");
+
+        let events = state.events(1).expect("unit 1");
+        let verdicts: Vec<_> = events
+            .iter()
+            .filter(|e| e.result != XrayResult::OperatorMark)
+            .collect();
+        assert_eq!(verdicts.len() as u64, ledger.parcels);
+        let mut ids: Vec<u32> = verdicts.iter().map(|e| e.scan_id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=ledger.parcels as u32).collect::<Vec<_>>());
+        // Entry times follow the belt: consecutive parcels at least a minimal pitch apart.
+        let mut entries: Vec<u64> = verdicts.iter().map(|e| e.entered_at_ms).collect();
+        entries.sort_unstable();
+        assert!(entries.windows(2).all(|w| w[1] - w[0] >= 90), "{entries:?}");
+        assert!(events.iter().any(|e| e.result == XrayResult::OperatorMark));
+        // The daemon-side reader saw what the ring held while it ran.
+        assert!(!seen.is_empty());
+        assert!(seen.iter().all(|e| events.contains(e)));
+        assert!(spool.path().join("1_top.jpg").exists());
     }
 }

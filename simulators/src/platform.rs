@@ -309,6 +309,12 @@ impl PlatformSim {
         self.lock().all.clone()
     }
 
+    /// The X-ray images received, each with its original put back together from its chunks
+    /// (see [`reassemble`]).
+    pub fn images(&self) -> Vec<ReceivedImage> {
+        reassemble(&self.lock().all)
+    }
+
     /// Every edge event received, in arrival order.
     pub fn events(&self) -> Vec<EdgeEvent> {
         self.lock().events.clone()
@@ -911,4 +917,63 @@ mod tests {
             assert!(d.value_minor.is_some_and(|v| v < 500_000));
         }
     }
+}
+
+/// An image as the platform received it.
+#[derive(Debug, Clone)]
+pub struct ReceivedImage {
+    pub record: bondline_devices::contract::ImageRecord,
+    /// The original, once every chunk arrived; `None` while pieces are missing or when the
+    /// gateway kept it (over the size cap).
+    pub original: Option<Vec<u8>>,
+    /// Whether the original's SHA-256 matches the record's.
+    pub hash_ok: bool,
+}
+
+/// Puts images back together from the records received: each distinct image record (by hash,
+/// scan and view) with the chunks carrying its hash, duplicates ignored.
+pub fn reassemble(records: &[Record]) -> Vec<ReceivedImage> {
+    use base64::Engine;
+    use sha2::Digest;
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    let mut chunks: HashMap<&str, BTreeMap<u32, &bondline_devices::contract::ImageChunkRecord>> =
+        HashMap::new();
+    for r in records {
+        if let Record::ImageChunk(c) = r {
+            chunks
+                .entry(c.sha256.as_str())
+                .or_default()
+                .insert(c.index, c);
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for r in records {
+        let Record::Image(i) = r else { continue };
+        if !seen.insert((i.sha256.clone(), i.scan_id, i.view.clone())) {
+            continue;
+        }
+        let parts = chunks.get(i.sha256.as_str());
+        let complete = i.chunks > 0 && parts.is_some_and(|p| p.len() == i.chunks as usize);
+        let original = complete.then(|| {
+            let mut bytes = Vec::new();
+            for c in parts.into_iter().flat_map(|p| p.values()) {
+                match base64::engine::general_purpose::STANDARD.decode(&c.data_b64) {
+                    Ok(b) => bytes.extend(b),
+                    Err(_) => return None,
+                }
+            }
+            Some(bytes)
+        });
+        let original = original.flatten();
+        let hash_ok = original
+            .as_ref()
+            .is_some_and(|b| hex::encode(sha2::Sha256::digest(b)) == i.sha256);
+        out.push(ReceivedImage {
+            record: i.clone(),
+            original,
+            hash_ok,
+        });
+    }
+    out
 }

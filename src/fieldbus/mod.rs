@@ -1,4 +1,5 @@
-//! Field devices: the barcode scanner reader and the sorter PLC link.
+//! Field devices: the barcode scanner reader, the sorter PLC link and the X-ray scanners'
+//! verdict readers.
 //!
 //! Each device is owned by one task that reconnects with backoff and reports its link state
 //! to [`crate::metrics::Metrics`]. Modbus keeps "the device refused" (an exception code) apart
@@ -6,6 +7,7 @@
 
 pub mod plc;
 pub mod scanner;
+pub mod xray;
 
 use std::time::Duration;
 

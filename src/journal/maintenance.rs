@@ -420,14 +420,14 @@ fn csv_row(r: &Record, forwarded: bool) -> Vec<String> {
             p.rule.clone(),
             p.reason.clone(),
             p.instruction_id.clone(),
-            Some(json_word(&p.divert.status)),
+            Some(bondline_devices::contract::wire_name(&p.divert.status)),
         ),
         Record::Disposition(d) => (
             "disposition",
             Some(d.parcel.to_string()),
             Some(d.lane.to_string()),
             d.lane_role.map(|r| r.as_str().to_string()),
-            json_word(&d.disposition),
+            bondline_devices::contract::wire_name(&d.disposition),
             d.commanded_lane
                 .map(|l| format!("commanded lane {l}"))
                 .unwrap_or_default(),
@@ -439,7 +439,7 @@ fn csv_row(r: &Record, forwarded: bool) -> Vec<String> {
             a.parcel.map(|p| p.to_string()),
             None,
             None,
-            json_word(&a.alert),
+            bondline_devices::contract::wire_name(&a.alert),
             a.detail.clone(),
             None,
             None,
@@ -454,7 +454,7 @@ fn csv_row(r: &Record, forwarded: bool) -> Vec<String> {
                 "{} scan {}: {}",
                 x.device,
                 x.scan_id.map_or("-".to_string(), |s| s.to_string()),
-                json_word(&x.join)
+                bondline_devices::contract::wire_name(&x.join)
             ),
             None,
             None,
@@ -525,14 +525,6 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// The snake_case word serde writes for a unit enum variant.
-fn json_word<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::Arc;
@@ -596,7 +588,7 @@ pub(crate) mod tests {
     pub(crate) async fn filled(n: u32) -> (tempfile::TempDir, Journal) {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
-        let (sink, writer, _) = record_sink(
+        let (sink, writer, mut accepted) = record_sink(
             journal.clone(),
             Duration::from_millis(1),
             Arc::new(Metrics::default()),
@@ -605,8 +597,9 @@ pub(crate) mod tests {
         let writer = tokio::spawn(writer.run());
         for i in 1..=n {
             sink.push(record(i, i as u64 * 1000));
-            if i % 3 == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            // Each group of three is stored before the next is queued, whatever the timing.
+            if i % 3 == 0 || i == n {
+                accepted.wait_for(|s| *s >= i as u64).await.unwrap();
             }
         }
         drop(sink);

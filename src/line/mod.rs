@@ -14,24 +14,28 @@
 //! tracked waybill re-decides it before its deadline, or raises an alert after it.
 
 pub mod tracking;
+pub mod xray;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 
 use bondline_devices::contract::{
     AlertKind, AlertRecord, Anomaly, DispositionKind, DispositionRecord, DivertOutcome,
-    DivertStatus, FiredRule, LaneRole, ParcelRecord, ReadOutcome, SCHEMA,
+    DivertStatus, FiredRule, ImageRecord, LaneRole, ParcelRecord, ReadOutcome, XrayJoin,
+    XrayRecord, SCHEMA,
 };
 use bondline_devices::plc::{Disposition, DispositionCode};
+use bondline_devices::xray::XrayEvent;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{error, warn};
 
 use crate::config::LaneMap;
 use crate::fieldbus::plc::{DivertJob, LaneStates, PlcEvent};
 use crate::fieldbus::scanner::ScanEvent;
+use crate::fieldbus::xray::XrayMsg;
 use crate::journal::RecordSink;
 use crate::metrics::{unix_ms, Metrics};
-use crate::rules::engine::RuleSet;
+use crate::rules::engine::{RuleSet, XrayInput};
 use crate::rules::history::day_of;
 use crate::rules::{decide, ClearanceTable, Decision, Scan, ScanRead};
 use tracking::{Change, Geometry, Tracked, Tracker};
@@ -62,6 +66,8 @@ pub struct LineCtx {
     pub dispositions: bool,
     /// Beats on every tick of the line's loop, for the service watchdog.
     pub beat: crate::service::Beat,
+    /// The line's X-ray scanner (its name) and where its tunnel is.
+    pub xray: Option<(String, crate::config::XrayGeometry)>,
 }
 
 /// The line task's channels.
@@ -75,6 +81,25 @@ pub struct LineIo {
     /// Anomalies for the uplink to send at once; full means the uplink is behind, and the
     /// parcel's record carries the same facts.
     pub anomalies: mpsc::Sender<Anomaly>,
+    /// Verdicts from the line's X-ray scanner.
+    pub xray: Option<mpsc::UnboundedReceiver<XrayMsg>>,
+    /// Processed images from the line's X-ray scanner, to be joined to parcels.
+    pub images: Option<mpsc::Receiver<ImageRecord>>,
+}
+
+/// The next message of an optional channel; never ready once it is gone.
+async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_unbounded<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs until the scanner side closes its channel and the PLC has answered every job sent.
@@ -84,6 +109,7 @@ pub async fn run(ctx: LineCtx, mut io: LineIo) {
         // still be tracking, are not reused at once.
         next_parcel: rand::random::<u32>() >> 1,
         tracker: Tracker::default(),
+        joiner: xray::Joiner::default(),
         in_flight: 0,
         ctx,
     };
@@ -107,6 +133,14 @@ pub async fn run(ctx: LineCtx, mut io: LineIo) {
                 }
                 Err(broadcast::error::RecvError::Closed) => {}
             },
+            msg = next_unbounded(&mut io.xray) => match msg {
+                Some(msg) => line.on_xray(msg, &io),
+                None => io.xray = None,
+            },
+            image = next(&mut io.images) => match image {
+                Some(image) => line.on_image(image, &io.sink),
+                None => io.images = None,
+            },
             _ = tick.tick() => {
                 line.ctx.beat.beat();
                 line.expire(&io.sink);
@@ -116,12 +150,18 @@ pub async fn run(ctx: LineCtx, mut io: LineIo) {
             break;
         }
     }
+    // Images still waiting for a verdict are recorded without a parcel rather than lost.
+    for image in line.joiner.drain_waiting() {
+        io.sink.push(image);
+    }
 }
 
 struct Line {
     ctx: LineCtx,
     next_parcel: u32,
     tracker: Tracker,
+    /// X-ray verdicts and images joined to parcels.
+    joiner: xray::Joiner,
     /// Jobs sent to the PLC and not yet answered.
     in_flight: usize,
 }
@@ -134,12 +174,14 @@ impl Line {
         weight_g: Option<u32>,
         scanned_at: SystemTime,
         prior: Option<&bondline_devices::contract::DecisionInputs>,
+        xray: XrayInput,
     ) -> (Decision, u16) {
         let scan = Scan {
             read,
             weight_g,
             day: day_of(unix_ms(scanned_at)),
             prior,
+            xray,
         };
         let mut decision = {
             // One rule set for the whole decision, whatever a reload does meanwhile.
@@ -176,7 +218,12 @@ impl Line {
     fn on_scan(&mut self, scan: ScanEvent, io: &LineIo) {
         self.next_parcel = self.next_parcel.wrapping_add(1);
         let parcel = self.next_parcel;
-        let (mut decision, lane) = self.decide(&scan.read, scan.weight_g, scan.at, None);
+        let xray = if self.ctx.xray.is_some() {
+            XrayInput::Pending
+        } else {
+            XrayInput::NotOnLine
+        };
+        let (mut decision, lane) = self.decide(&scan.read, scan.weight_g, scan.at, None, xray);
         if let (ScanRead::Waybill(w), Some(inputs)) = (&scan.read, decision.inputs.as_mut()) {
             if inputs.consumer.is_some() {
                 // The parcel joins its consumer's history once, at its first scan; the record
@@ -201,6 +248,8 @@ impl Line {
             revision: 0,
             committed_lane: None,
             disposed_lane: None,
+            xray,
+            xray_settled: false,
         });
         self.anomaly(parcel, io);
         self.send(parcel, io);
@@ -429,6 +478,13 @@ impl Line {
 
     /// Decides a tracked parcel again; re-commits it if its lane changes.
     fn redecide(&mut self, parcel: u32, io: &LineIo) {
+        self.redecide_with(parcel, false, io);
+    }
+
+    /// Like [`Line::redecide`]; with `flag_matters`, a decision that newly flags the parcel
+    /// is re-committed even to the same lane, so its record and anomaly name the rule (an
+    /// X-ray verdict on a parcel already bound for inspection while it waited for it).
+    fn redecide_with(&mut self, parcel: u32, flag_matters: bool, io: &LineIo) {
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
@@ -437,11 +493,13 @@ impl Line {
             t.weight_g,
             t.scanned_at,
             t.decision.inputs.as_ref(),
+            t.xray,
         );
         if let (Some(new), Some(old)) = (decision.inputs.as_mut(), t.decision.inputs.as_ref()) {
             new.counted = old.counted;
         }
-        if lane == t.disposed_lane.unwrap_or(t.lane) {
+        let newly_flagged = flag_matters && decision.is_anomaly() && !t.decision.is_anomaly();
+        if lane == t.disposed_lane.unwrap_or(t.lane) && !newly_flagged {
             return;
         }
         Metrics::add(&self.ctx.metrics.recommits, 1);
@@ -475,6 +533,7 @@ impl Line {
                 t.weight_g,
                 t.scanned_at,
                 t.decision.inputs.as_ref(),
+                t.xray,
             );
             // Where the parcel is, or is going: the PLC's word once it has spoken.
             let current = t.disposed_lane.unwrap_or(t.lane);
@@ -501,6 +560,7 @@ impl Line {
     /// dispositions). Without dispositions a parcel stays tracked until then anyway, so that
     /// a late instruction still finds it for an alert.
     fn expire(&mut self, sink: &RecordSink) {
+        self.expire_xray(sink);
         let overdue = self
             .tracker
             .expire(Instant::now(), self.ctx.geometry.disposition_timeout);
@@ -519,6 +579,176 @@ impl Line {
                 ),
                 sink,
             );
+        }
+    }
+
+    /// A message from the line's X-ray scanner.
+    fn on_xray(&mut self, msg: XrayMsg, io: &LineIo) {
+        match msg {
+            XrayMsg::Verdict { device, event } => self.on_verdict(device, event, io),
+            XrayMsg::Lost { device, detail } => self.alert(
+                None,
+                None,
+                AlertKind::XrayEventsLost,
+                format!("X-ray scanner {device}: {detail}"),
+                &io.sink,
+            ),
+        }
+    }
+
+    /// Joins a verdict to a parcel (see [`xray`]) and decides the parcel again with it.
+    fn on_verdict(&mut self, device: String, event: XrayEvent, io: &LineIo) {
+        let Some((_, geometry)) = self.ctx.xray else {
+            return;
+        };
+        let now = Instant::now();
+        let (join, parcel) = match self.joiner.joined(event.scan_id) {
+            Some(j) => (XrayJoin::Update, j.parcel),
+            None => {
+                let offset = geometry.offset.as_millis() as u64;
+                let candidates = self
+                    .tracker
+                    .iter()
+                    .filter(|t| t.xray == XrayInput::Pending)
+                    .map(|t| (t.parcel, unix_ms(t.scanned_at) + offset));
+                let found = xray::closest(
+                    candidates,
+                    event.entered_at_ms,
+                    geometry.window.as_millis() as u64,
+                );
+                let waybill = found
+                    .and_then(|p| self.tracker.get(p))
+                    .and_then(|t| t.waybill().map(str::to_string));
+                let joined = xray::Joined {
+                    parcel: found,
+                    waybill,
+                };
+                for image in self.joiner.join(event.scan_id, joined, now) {
+                    io.sink.push(image);
+                }
+                let join = if found.is_some() {
+                    XrayJoin::Matched
+                } else {
+                    XrayJoin::NoParcel
+                };
+                (join, found)
+            }
+        };
+        let waybill = self
+            .joiner
+            .joined(event.scan_id)
+            .and_then(|j| j.waybill.clone());
+        match join {
+            XrayJoin::NoParcel => Metrics::add(&self.ctx.metrics.xray_unmatched, 1),
+            _ => Metrics::add(&self.ctx.metrics.xray_matched, 1),
+        }
+        io.sink.push(XrayRecord {
+            schema: SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: self.ctx.gateway.clone(),
+            line: self.ctx.line.clone(),
+            device: device.clone(),
+            scan_id: Some(event.scan_id),
+            parcel,
+            waybill: waybill.clone(),
+            result: Some(event.result),
+            material: event.material,
+            entered_at_ms: Some(event.entered_at_ms),
+            join,
+            at_ms: unix_ms(SystemTime::now()),
+        });
+        let Some(parcel) = parcel else {
+            if event.result.flags() {
+                self.alert(
+                    None,
+                    None,
+                    AlertKind::XrayWithoutParcel,
+                    format!(
+                        "X-ray scanner {device} flagged scan {} ({}) and no tracked parcel was in the tunnel then",
+                        event.scan_id,
+                        event.result.as_str()
+                    ),
+                    &io.sink,
+                );
+            }
+            return;
+        };
+        let Some(t) = self.tracker.get_mut(parcel) else {
+            return;
+        };
+        t.xray = XrayInput::Verdict(event.result);
+        t.xray_settled = true;
+        if Instant::now() < t.deadline {
+            self.redecide_with(parcel, true, io);
+            return;
+        }
+        // Past the deadline the parcel went where it went; a flag on a released parcel is
+        // for customs to act on.
+        let current = t.disposed_lane.or(t.committed_lane).unwrap_or(t.lane);
+        if event.result.flags() && self.ctx.lanes.role_of(current) == Some(LaneRole::Release) {
+            self.alert(
+                Some(parcel),
+                waybill,
+                AlertKind::LateXrayMark,
+                format!(
+                    "X-ray verdict {} for scan {} came after the divert deadline; the parcel went to release lane {current}",
+                    event.result.as_str(),
+                    event.scan_id
+                ),
+                &io.sink,
+            );
+        }
+    }
+
+    /// An image from the evidence pipeline: recorded once its scan is joined.
+    fn on_image(&mut self, image: ImageRecord, sink: &RecordSink) {
+        if let Some(image) = self.joiner.image(image, Instant::now()) {
+            sink.push(image);
+        }
+    }
+
+    /// Parcels past their deadline without a verdict are recorded as such (they were not
+    /// released: release needs a clear verdict); images that waited too long are recorded
+    /// without a parcel.
+    fn expire_xray(&mut self, sink: &RecordSink) {
+        let Some((device, _)) = &self.ctx.xray else {
+            return;
+        };
+        let now = Instant::now();
+        let missing: Vec<u32> = self
+            .tracker
+            .iter()
+            .filter(|t| !t.xray_settled && now >= t.deadline)
+            .map(|t| t.parcel)
+            .collect();
+        for parcel in missing {
+            let Some(t) = self.tracker.get_mut(parcel) else {
+                continue;
+            };
+            t.xray_settled = true;
+            Metrics::add(&self.ctx.metrics.xray_missing, 1);
+            sink.push(XrayRecord {
+                schema: SCHEMA,
+                msg_id: String::new(),
+                seq: 0,
+                prev_hash: String::new(),
+                gateway: self.ctx.gateway.clone(),
+                line: self.ctx.line.clone(),
+                device: device.clone(),
+                scan_id: None,
+                parcel: Some(parcel),
+                waybill: t.waybill().map(str::to_string),
+                result: None,
+                material: None,
+                entered_at_ms: None,
+                join: XrayJoin::NoResult,
+                at_ms: unix_ms(SystemTime::now()),
+            });
+        }
+        for image in self.joiner.expire(now) {
+            sink.push(image);
         }
     }
 

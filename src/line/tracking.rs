@@ -54,6 +54,10 @@ pub struct Tracked {
     pub committed_lane: Option<u16>,
     /// The lane the PLC reported the parcel in, once it did.
     pub disposed_lane: Option<u16>,
+    /// The X-ray verdict joined to the parcel so far.
+    pub xray: crate::rules::engine::XrayInput,
+    /// A verdict was joined, or its absence at the deadline recorded.
+    pub xray_settled: bool,
 }
 
 impl Tracked {
@@ -109,6 +113,11 @@ impl Tracker {
 
     pub fn get_mut(&mut self, parcel: u32) -> Option<&mut Tracked> {
         self.parcels.get_mut(&parcel)
+    }
+
+    /// Every tracked parcel, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Tracked> {
+        self.parcels.values()
     }
 
     /// What a change to `waybill`'s clearance means for the parcels carrying it.
@@ -208,6 +217,8 @@ mod tests {
             revision: 0,
             committed_lane: None,
             disposed_lane: None,
+            xray: crate::rules::engine::XrayInput::NotOnLine,
+            xray_settled: false,
         }
     }
 

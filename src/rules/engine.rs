@@ -112,18 +112,6 @@ impl RuleSet {
         RuleSet::parse("builtin", BUILTIN).expect("the built-in rule set is valid")
     }
 
-    /// The kinds the daemon cannot feed yet, with what is missing; a rule set holding one is
-    /// refused, so a rule never sits there silently unable to fire.
-    pub fn unsupported_by_daemon(&self) -> Option<(String, &'static str)> {
-        self.rules.iter().find_map(|r| {
-            let missing = match r.kind {
-                RuleKind::XraySuspect => "X-ray results, which no device of this build reports",
-                _ => return None,
-            };
-            Some((r.name.clone(), missing))
-        })
-    }
-
     /// Parses and validates a rule set; `origin` names it in errors. Invalid sets are
     /// rejected whole.
     pub fn parse(origin: &str, text: &str) -> Result<RuleSet, RuleSetError> {
@@ -285,7 +273,8 @@ pub struct Inputs<'a> {
     /// The reason of the declaring enterprise's suspension, if it is suspended.
     pub suspension: Option<&'a str>,
     pub measured_weight_g: Option<u32>,
-    pub xray_suspect: bool,
+    /// The X-ray verdict joined to the parcel, on a line with an X-ray scanner.
+    pub xray: XrayInput,
     /// The consumer's history over each limit rule's window, by rule index; parcels and
     /// value before this one.
     pub consumer: &'a [(usize, ConsumerWindow)],
@@ -293,6 +282,33 @@ pub struct Inputs<'a> {
 
 /// The name under which a parcel is held because no rule decided it (no release yet).
 pub const AWAITING_RELEASE: &str = "awaiting_release";
+/// The name under which a parcel that would be released goes to inspection because no X-ray
+/// verdict is joined to it (yet): on a line with an X-ray scanner, release needs a clear one.
+pub const AWAITING_XRAY: &str = "awaiting_xray";
+/// The name under which a flagged X-ray verdict stops a release when the rule set has no
+/// `xray_suspect` rule of its own: a suspect parcel is never released.
+pub const XRAY_FLAGGED: &str = "xray_flagged";
+
+/// What the X-ray scanner said about a parcel, as far as a decision is concerned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum XrayInput {
+    /// The line has no X-ray scanner.
+    #[default]
+    NotOnLine,
+    /// The line has one and no verdict is joined to the parcel yet.
+    Pending,
+    /// The latest verdict joined to the parcel.
+    Verdict(bondline_devices::xray::XrayResult),
+}
+
+impl XrayInput {
+    fn flagged(self) -> Option<bondline_devices::xray::XrayResult> {
+        match self {
+            XrayInput::Verdict(r) if r.flags() => Some(r),
+            _ => None,
+        }
+    }
+}
 
 /// One rule that fired, with why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -432,10 +448,10 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
                     format!("random sample ({rate_ppm} ppm)"),
                 )
             }),
-            RuleKind::XraySuspect => inp.xray_suspect.then(|| {
+            RuleKind::XraySuspect => inp.xray.flagged().map(|r| {
                 (
                     LaneRole::Inspection,
-                    "X-ray suspect or operator mark".into(),
+                    format!("X-ray verdict: {}", r.as_str().replace('_', " ")),
                 )
             }),
         };
@@ -477,6 +493,35 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
             LaneRole::Hold
         }
     };
+    // On an X-ray line a release also needs a clear verdict: none yet, or a flagged one that
+    // no rule of the set looked at, sends the parcel to inspection instead.
+    let role = match (role, inp.xray) {
+        (LaneRole::Release, XrayInput::Pending) => {
+            fired.insert(
+                0,
+                Fired {
+                    rule: AWAITING_XRAY.into(),
+                    target: LaneRole::Inspection,
+                    reason: "no X-ray verdict joined to this parcel".into(),
+                    rule_kind_instruction: false,
+                },
+            );
+            LaneRole::Inspection
+        }
+        (LaneRole::Release, XrayInput::Verdict(r)) if r.flags() => {
+            fired.insert(
+                0,
+                Fired {
+                    rule: XRAY_FLAGGED.into(),
+                    target: LaneRole::Inspection,
+                    reason: format!("X-ray verdict: {}", r.as_str().replace('_', " ")),
+                    rule_kind_instruction: false,
+                },
+            );
+            LaneRole::Inspection
+        }
+        (role, _) => role,
+    };
     Evaluation {
         role,
         fired,
@@ -487,6 +532,7 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use bondline_devices::xray::XrayResult;
     use proptest::prelude::*;
 
     /// A rule set with every kind, shared by the engine's and the decision's tests.
@@ -686,14 +732,8 @@ rate_ppm = 100000
         }
         let e = RuleSet::parse("t", "version = \"x\"\nrules = []\n").unwrap_err();
         assert!(e.reason.contains("instruction"), "{e}");
-        assert!(RuleSet::builtin().unsupported_by_daemon().is_none());
-        assert_eq!(
-            set().unsupported_by_daemon().map(|(rule, _)| rule),
-            Some("xray".to_string())
-        );
         let example = include_str!("../../deploy/rules.toml");
-        let example = RuleSet::parse("deploy/rules.toml", example).unwrap();
-        assert!(example.unsupported_by_daemon().is_none());
+        assert!(RuleSet::parse("deploy/rules.toml", example).is_ok());
     }
 
     proptest! {
@@ -705,13 +745,23 @@ rate_ppm = 100000
             verified in any::<bool>(),
             action in prop_oneof![Just(None), Just(Some(Action::Release)), Just(Some(Action::Inspect)), Just(Some(Action::Hold))],
             suspended in any::<bool>(),
-            xray in any::<bool>(),
+            xray in prop_oneof![
+                Just(XrayInput::NotOnLine),
+                Just(XrayInput::Pending),
+                Just(XrayInput::Verdict(XrayResult::Clear)),
+                Just(XrayInput::Verdict(XrayResult::Suspect)),
+                Just(XrayInput::Verdict(XrayResult::OperatorMark)),
+            ],
+            with_xray_rule in any::<bool>(),
             weight in proptest::option::of(0u32..5000),
             measured in proptest::option::of(0u32..5000),
             history in 0u32..6,
             waybill in "[A-Z0-9]{6,20}",
         ) {
-            let s = set();
+            let mut s = set();
+            if !with_xray_rule {
+                s.rules.retain(|r| r.kind != RuleKind::XraySuspect);
+            }
             let d = decl(verified, weight);
             let ins = action.map(instr);
             let daily = s.rules.iter().position(|r| r.name == "daily").unwrap();
@@ -722,7 +772,7 @@ rate_ppm = 100000
                 instruction: ins,
                 suspension: suspended.then_some("suspended"),
                 measured_weight_g: measured,
-                xray_suspect: xray,
+                xray,
                 consumer: &h,
             };
             let e = evaluate(&s, &inp);
@@ -730,7 +780,8 @@ rate_ppm = 100000
             prop_assert!(!e.fired.is_empty());
             if e.role == LaneRole::Release {
                 prop_assert!(declared && action == Some(Action::Release));
-                prop_assert!(verified && !suspended && !xray);
+                prop_assert!(verified && !suspended);
+                prop_assert!(matches!(xray, XrayInput::NotOnLine | XrayInput::Verdict(XrayResult::Clear)));
                 prop_assert!(e.fired.iter().all(|f| f.target == LaneRole::Release));
             }
             if !declared || !verified || suspended || action == Some(Action::Inspect) || action == Some(Action::Hold) {

@@ -42,13 +42,15 @@ pub struct Decision {
 impl Decision {
     /// Whether a rule other than the platform's own instruction sent the parcel away from
     /// release: an anomaly customs wants to hear about at once. Parcels merely waiting for a
-    /// decision (`awaiting_release`) are not anomalies.
+    /// decision (`awaiting_release`) or for their X-ray verdict (`awaiting_xray`) are not
+    /// anomalies.
     pub fn is_anomaly(&self) -> bool {
         self.role != LaneRole::Release
-            && self
-                .fired
-                .first()
-                .is_some_and(|f| !f.rule_kind_instruction && f.rule != engine::AWAITING_RELEASE)
+            && self.fired.first().is_some_and(|f| {
+                !f.rule_kind_instruction
+                    && f.rule != engine::AWAITING_RELEASE
+                    && f.rule != engine::AWAITING_XRAY
+            })
     }
 }
 
@@ -62,6 +64,8 @@ pub struct Scan<'a> {
     /// What the parcel's previous decision saw, when it is decided again. Its consumer
     /// windows are kept: "before this parcel" must not grow with parcels scanned after it.
     pub prior: Option<&'a DecisionInputs>,
+    /// The X-ray verdict joined to the parcel so far.
+    pub xray: engine::XrayInput,
 }
 
 /// Decides the lane role of one scanned parcel with `rules`. Pure and light: it runs on the
@@ -121,7 +125,7 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
             instruction: known.instruction,
             suspension: known.suspension,
             measured_weight_g: scan.weight_g,
-            xray_suspect: false,
+            xray: scan.xray,
             consumer: &windows,
         },
     );
@@ -139,6 +143,11 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
         instruction: known.instruction.map(|i| i.action),
         consumer_windows: seen,
         counted: false,
+        xray: match scan.xray {
+            engine::XrayInput::NotOnLine => None,
+            engine::XrayInput::Pending => Some(bondline_devices::contract::XraySeen::Pending),
+            engine::XrayInput::Verdict(r) => Some(r.into()),
+        },
     };
     let first = e.fired.first();
     let instruction_id = known
@@ -160,6 +169,7 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
 mod tests {
     use super::*;
     use bondline_devices::contract::{Action, Declaration, Instruction, SCHEMA};
+    use bondline_devices::xray::XrayResult;
     use std::collections::{HashMap, HashSet};
 
     fn decl(w: &str) -> Declaration {
@@ -196,6 +206,7 @@ mod tests {
             weight_g: None,
             day: 1,
             prior: None,
+            xray: engine::XrayInput::NotOnLine,
         };
         decide(t, &engine::RuleSet::builtin(), scan).role
     }
@@ -229,6 +240,7 @@ mod tests {
                     weight_g: None,
                     day: 1,
                     prior: None,
+                    xray: engine::XrayInput::NotOnLine,
                 }
             )
             .role,
@@ -315,6 +327,7 @@ mod tests {
                     weight_g: None,
                     day: 3,
                     prior,
+                    xray: engine::XrayInput::NotOnLine,
                 },
             )
         };
@@ -361,6 +374,7 @@ mod tests {
             Scan {
                 w: u8,
                 grams: Option<u32>,
+                xray: u8,
             },
         }
 
@@ -389,8 +403,8 @@ mod tests {
                         at
                     }
                 ),
-                (0u8..7, proptest::option::of(0u32..3000))
-                    .prop_map(|(w, grams)| Msg::Scan { w, grams }),
+                (0u8..7, proptest::option::of(0u32..3000), 0u8..5)
+                    .prop_map(|(w, grams, xray)| Msg::Scan { w, grams, xray }),
             ]
         }
 
@@ -442,9 +456,16 @@ mod tests {
                                 suspended.insert(enterprise, (suspend, at));
                             }
                         }
-                        Msg::Scan { w, grams } => {
+                        Msg::Scan { w, grams, xray } => {
                             let read = ScanRead::Waybill(format!("W{w}"));
-                            let d = decide(&t, &rules, Scan { read: &read, weight_g: grams, day: 100, prior: None });
+                            let xray = match xray {
+                                0 => engine::XrayInput::NotOnLine,
+                                1 => engine::XrayInput::Pending,
+                                2 => engine::XrayInput::Verdict(XrayResult::Clear),
+                                3 => engine::XrayInput::Verdict(XrayResult::Suspect),
+                                _ => engine::XrayInput::Verdict(XrayResult::OperatorMark),
+                            };
+                            let d = decide(&t, &rules, Scan { read: &read, weight_g: grams, day: 100, prior: None, xray });
                             if d.inputs.as_ref().is_some_and(|i| i.consumer.is_some()) {
                                 t.count(&format!("W{w}"), 100);
                             }
@@ -455,6 +476,7 @@ mod tests {
                                 prop_assert!(verified, "released unverified");
                                 prop_assert!(!suspended.get(&enterprise).is_some_and(|s| s.0), "released suspended");
                                 prop_assert_eq!(instruction.get(&w).map(|i| i.0), Some(Action::Release));
+                                prop_assert!(matches!(xray, engine::XrayInput::NotOnLine | engine::XrayInput::Verdict(XrayResult::Clear)), "released without a clear X-ray verdict");
                             }
                         }
                     }

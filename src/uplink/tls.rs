@@ -37,14 +37,14 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-fn file_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+pub(crate) fn file_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     TlsError::File {
         path: path.display().to_string(),
         reason: reason.to_string(),
     }
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_err(path, e))?
         .collect::<Result<Vec<_>, _>>()

@@ -121,6 +121,9 @@ async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
     for l in &s.ctx.lines {
         expected.push((format!("scanner:{}", l.scanner), "scanner"));
         expected.push((format!("plc:{}", l.plc), "plc"));
+        if let Some(x) = &l.xray {
+            expected.push((format!("xray:{x}"), "xray"));
+        }
     }
     expected.push(("broker".to_string(), "broker"));
     Ok(Health {
@@ -140,7 +143,7 @@ async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
                 line: l.id.clone(),
                 scanner: l.scanner.clone(),
                 plc: l.plc.clone(),
-                xray: None,
+                xray: l.xray.clone(),
             })
             .collect(),
         backlog,

@@ -39,8 +39,8 @@ pub struct Row {
     pub disposition: Option<Disposition>,
     /// Alerts raised about this parcel.
     pub alerts: Vec<String>,
-    /// The record's X-ray result once records carry one (`xray` field); `null` until then.
-    pub xray: Option<serde_json::Value>,
+    /// The X-ray verdict and images, on a line with an X-ray scanner; `null` otherwise.
+    pub xray: Option<XrayCell>,
     /// Counted in the lane counters (false for rows loaded from the journal at start).
     #[serde(skip)]
     counted: bool,
@@ -90,6 +90,26 @@ pub type DecisionKey = (String, u16, LaneRole, String, bool);
 pub struct Board {
     lines: Vec<LineBoard>,
     decisions: BTreeMap<DecisionKey, u64>,
+}
+
+/// What the board shows of a parcel's X-ray scan.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct XrayCell {
+    /// `pending`, `clear`, `suspect`, `operator_mark` or `no_result`.
+    pub state: String,
+    pub material: Option<String>,
+    pub scan_id: Option<u32>,
+    pub images: Vec<Thumb>,
+}
+
+/// One X-ray view as the board shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Thumb {
+    pub view: String,
+    pub sha256: String,
+    /// A small JPEG, base64; absent when the image could not be decoded.
+    pub thumbnail_jpeg_b64: Option<String>,
+    pub error: Option<String>,
 }
 
 /// A line's board as sent to a page.
@@ -170,7 +190,10 @@ impl Board {
                     divert: value.get("divert").cloned().unwrap_or_default(),
                     disposition: None,
                     alerts: Vec::new(),
-                    xray: value.get("xray").cloned().filter(|v| !v.is_null()),
+                    xray: p.inputs.as_ref().and_then(|i| i.xray).map(|x| XrayCell {
+                        state: bondline_devices::contract::wire_name(&x),
+                        ..XrayCell::default()
+                    }),
                     counted: count,
                 };
                 if count {
@@ -196,6 +219,12 @@ impl Board {
                         }
                         row.disposition = old.disposition;
                         row.alerts = old.alerts;
+                        // What the X-ray said stays with the parcel across re-decisions.
+                        if let (Some(new), Some(old)) = (row.xray.as_mut(), old.xray) {
+                            if old.scan_id.is_some() || !old.images.is_empty() {
+                                *new = old;
+                            }
+                        }
                         row.counted = count || old.counted;
                         if count {
                             *line.counts.entry(p.lane).or_insert(0) += 1;
@@ -226,7 +255,45 @@ impl Board {
             }
             // A monthly report covers the gateway, not a parcel: the lookup lists it by time.
             Record::Report(_) => return None,
-            Record::Xray(_) | Record::Image(_) | Record::ImageChunk(_) => return None,
+            Record::Xray(x) => {
+                let key = format!(
+                    "{}/{}/{}",
+                    x.line,
+                    x.parcel?,
+                    x.waybill.as_deref().unwrap_or("")
+                );
+                let row = line.rows.iter_mut().find(|r| r.key == key)?;
+                let cell = row.xray.get_or_insert_with(XrayCell::default);
+                cell.state = match x.result {
+                    Some(r) => r.as_str().to_string(),
+                    None => "no_result".to_string(),
+                };
+                cell.material = x
+                    .material
+                    .map(|m| bondline_devices::contract::wire_name(&m));
+                cell.scan_id = x.scan_id.or(cell.scan_id);
+                update.row = Some(row.clone());
+            }
+            Record::Image(i) => {
+                let key = format!(
+                    "{}/{}/{}",
+                    i.line,
+                    i.parcel?,
+                    i.waybill.as_deref().unwrap_or("")
+                );
+                let row = line.rows.iter_mut().find(|r| r.key == key)?;
+                let cell = row.xray.get_or_insert_with(XrayCell::default);
+                cell.scan_id = Some(i.scan_id);
+                cell.images.push(Thumb {
+                    view: i.view.clone(),
+                    sha256: i.sha256.clone(),
+                    thumbnail_jpeg_b64: i.thumbnail_jpeg_b64.clone(),
+                    error: i.error.clone(),
+                });
+                update.row = Some(row.clone());
+            }
+            // Pieces of originals: nothing to show.
+            Record::ImageChunk(_) => return None,
             Record::Alert(a) => {
                 let kind = serde_json::to_value(a.alert).unwrap_or_default();
                 let key = a

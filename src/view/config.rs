@@ -21,6 +21,16 @@ pub struct RawView {
     /// Basic-auth users, for people with a browser.
     #[serde(default)]
     users: Vec<RawUser>,
+    /// Serve HTTPS with this certificate chain and key (PEM).
+    #[serde(default)]
+    tls: Option<RawViewTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawViewTls {
+    cert_file: std::path::PathBuf,
+    key_file: std::path::PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -40,6 +50,8 @@ pub struct ViewConfig {
     /// Address to bind; port 0 picks a free port (the demo and the tests).
     pub listen: SocketAddr,
     pub credentials: Credentials,
+    /// HTTPS, when configured.
+    pub tls: Option<super::tls::ViewTls>,
 }
 
 impl ViewConfig {
@@ -85,15 +97,23 @@ impl ViewConfig {
                 ),
             ));
         }
+        let tls = match &raw.tls {
+            Some(t) => Some(
+                super::tls::ViewTls::load(t.cert_file.clone(), t.key_file.clone())
+                    .map_err(|e| ("tls".to_string(), e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(ViewConfig {
             listen,
             credentials,
+            tls,
         })
     }
 }
 
 /// A SHA-256 digest written as 64 hex digits.
-fn parse_hash(s: &str) -> Result<[u8; 32], String> {
+pub(crate) fn parse_hash(s: &str) -> Result<[u8; 32], String> {
     let bytes = hex::decode(s.trim())
         .map_err(|_| "must be a SHA-256 digest as 64 hex digits (`sha256sum` prints one)")?;
     bytes

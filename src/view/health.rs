@@ -35,9 +35,10 @@ pub struct Health {
 /// One device or broker link.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LinkHealth {
-    /// `plc:<device>`, `scanner:<device>` or `broker`.
+    /// `plc:<device>`, `scanner:<device>`, `spool:<device>`, `evidence` or `broker`.
     pub name: String,
-    /// `plc`, `scanner`, `xray` or `broker`.
+    /// `plc`, `scanner`, `xray`, `spool` (an X-ray image spool directory), `evidence` (the
+    /// directory X-ray originals are kept in) or `broker`.
     pub kind: &'static str,
     /// `up`, `down`, or `not connected yet` (no attempt has finished since start).
     pub state: &'static str,
@@ -79,6 +80,8 @@ pub fn links(metrics: &Metrics, expected: &[(String, &'static str)]) -> Vec<Link
                 Some("plc") => "plc",
                 Some("scanner") => "scanner",
                 Some("xray") => "xray",
+                Some("spool") => "spool",
+                Some("evidence") => "evidence",
                 _ => "broker",
             };
             out.push(link(name, kind, Some(status)));

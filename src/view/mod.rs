@@ -10,8 +10,8 @@
 //!
 //! Access: when `[view]` has credentials, everything but `/healthz` and `/readyz` needs a
 //! bearer token or basic auth; config load refuses a non-loopback address without them.
-//! TLS is not served here: put a TLS-terminating proxy in front when the view leaves the
-//! gateway (see docs/view.md).
+//! With `[view] tls` the view speaks HTTPS only ([`tls`]); its certificate is read again on
+//! SIGHUP.
 
 mod api;
 mod assets;
@@ -20,6 +20,7 @@ pub mod board;
 mod config;
 pub mod health;
 pub mod prometheus;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::journal::{Journal, JournalError};
 use crate::metrics::Metrics;
 
+pub(crate) use config::parse_hash;
 pub use config::{RawView, ViewConfig};
 
 /// Board events buffered per page stream; a page further behind is told to reload its board.
@@ -81,6 +83,8 @@ pub struct LineInfo {
     pub id: String,
     pub scanner: String,
     pub plc: String,
+    /// The line's X-ray scanner, if it has one.
+    pub xray: Option<String>,
     /// Lane numbers and roles, in lane order.
     pub lanes: Vec<(u16, LaneRole)>,
 }
@@ -149,15 +153,22 @@ pub async fn start(
     tokio::spawn(feed_board(shared.clone(), feed, preloaded));
     let stop = shared.ctx.shutdown.clone();
     let app = router(shared);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "staff view stopped");
+    match config.tls.clone() {
+        Some(tls) => {
+            tokio::spawn(tls::serve(listener, app, tls, stop));
         }
-    });
-    tracing::info!(%addr, "staff view listening");
+        None => {
+            tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "staff view stopped");
+                }
+            });
+        }
+    }
+    tracing::info!(%addr, https = config.tls.is_some(), "staff view listening");
     Ok(addr)
 }
 

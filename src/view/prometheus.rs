@@ -44,6 +44,17 @@ pub fn render(
     for (name, help, v) in counters {
         metric(&mut out, name, help, "counter", &[(&[], v as f64)]);
     }
+    let images: [(&str, &str, u64); 6] = [
+        ("bondline_images_ingested_total", "X-ray images kept and handed to their line (spool and upload), corrupt ones included.", g(&metrics.images_ingested)),
+        ("bondline_images_with_errors_total", "X-ray images that did not decode; kept and forwarded with their error.", g(&metrics.images_with_errors)),
+        ("bondline_image_bytes_total", "Bytes of X-ray originals ingested.", g(&metrics.image_bytes)),
+        ("bondline_images_rejected_total", "Spool files moved to rejected/ (bad name, too large).", g(&metrics.images_rejected)),
+        ("bondline_images_store_failed_total", "Attempts to keep an X-ray original that failed; the image waits or the upload is refused.", g(&metrics.images_store_failed)),
+        ("bondline_images_unrouted_total", "Image records journaled without a parcel because their line did not take them.", g(&metrics.images_unrouted)),
+    ];
+    for (name, help, v) in images {
+        metric(&mut out, name, help, "counter", &[(&[], v as f64)]);
+    }
     let gauges: [(&str, &str, f64); 8] = [
         (
             "bondline_backlog_records",
@@ -184,6 +195,12 @@ pub fn render(
         "bondline_journal_flush_latency_seconds",
         "One group commit of the journal: transaction and flush to disk.",
         &metrics.journal_flush_latency,
+    );
+    histogram(
+        &mut out,
+        "bondline_image_ingest_latency_seconds",
+        "One X-ray image: arrival to kept, chunked and handed to its line, decoding included.",
+        &metrics.image_ingest_latency,
     );
     out
 }
@@ -334,6 +351,11 @@ pub(crate) mod tests {
         assert_eq!(get("bondline_decision_latency_seconds_count"), Some(3.0));
         assert!((get("bondline_decision_latency_seconds_sum").unwrap() - 2.00308).abs() < 1e-9);
         assert_eq!(get("bondline_backlog_records"), Some(5.0));
+        assert_eq!(get("bondline_images_ingested_total"), Some(0.0));
+        assert_eq!(
+            get("bondline_image_ingest_latency_seconds_bucket{le=\"+Inf\"}"),
+            Some(0.0)
+        );
         assert_eq!(
             get("bondline_link_up{link=\"plc:plc-1\",kind=\"plc\"}"),
             Some(1.0)

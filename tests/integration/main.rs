@@ -15,3 +15,4 @@ mod skeleton;
 mod tls;
 mod trust;
 mod view;
+mod xray;

@@ -18,12 +18,12 @@ use crate::harness::{
 
 const PREFIX: &str = "bondline/test-gw";
 
-struct Ca {
-    cert: rcgen::Certificate,
+pub(crate) struct Ca {
+    pub(crate) cert: rcgen::Certificate,
     key: KeyPair,
 }
 
-fn ca(name: &str) -> Ca {
+pub(crate) fn ca(name: &str) -> Ca {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     p.distinguished_name.push(DnType::CommonName, name);
@@ -33,7 +33,7 @@ fn ca(name: &str) -> Ca {
 }
 
 /// A certificate signed by `ca`, written as PEM to `<dir>/<name>.pem` and `<name>.key`.
-fn issue(ca: &Ca, dir: &Path, name: &str, server: bool) {
+pub(crate) fn issue(ca: &Ca, dir: &Path, name: &str, server: bool) {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, name);
     if server {

@@ -412,6 +412,125 @@ async fn credentials_are_required_when_configured() {
     app.wait().await.unwrap();
 }
 
+/// One HTTPS GET with a client that trusts only `ca_pem`: the status and the body.
+async fn https_get(
+    addr: SocketAddr,
+    ca_pem: &std::path::Path,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca_pem).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_serves_https_and_takes_a_renewed_certificate_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let first = crate::tls::ca("view CA 1");
+    crate::tls::issue(&first, &certs, "view", true);
+    std::fs::write(certs.join("ca1.pem"), first.cert.pem()).unwrap();
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = config_text(
+        &dir.path().join("journal"),
+        free_port(),
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(nowhere),
+            plc: nowhere,
+        },
+    ) + &format!(
+        "\n[view]\nlisten = \"127.0.0.1:0\"\ntls = {{ cert_file = \"{0}/view.pem\", key_file = \"{0}/view.key\" }}\n",
+        certs.display()
+    );
+    let stop = CancellationToken::new();
+    let app = App::start(Config::parse("view.toml", &text).unwrap(), stop.clone())
+        .await
+        .unwrap();
+    let addr = app.view_addr.expect("the view listens");
+    let (status, body) = https_get(addr, &certs.join("ca1.pem"), "/api/health")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"gateway\":\"test-gw\""), "{body}");
+    // Plain HTTP gets no page.
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(plain, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let _ = plain.read_to_end(&mut raw);
+    assert!(!String::from_utf8_lossy(&raw).contains("200 OK"));
+
+    // A renewed certificate from another CA: served to new connections after a reload.
+    let second = crate::tls::ca("view CA 2");
+    crate::tls::issue(&second, &certs, "view", true);
+    std::fs::write(certs.join("ca2.pem"), second.cert.pem()).unwrap();
+    assert!(
+        https_get(addr, &certs.join("ca1.pem"), "/healthz")
+            .await
+            .unwrap()
+            .0
+            == 200
+    );
+    app.reloader().reload();
+    assert_eq!(
+        https_get(addr, &certs.join("ca2.pem"), "/healthz")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert!(
+        https_get(addr, &certs.join("ca1.pem"), "/healthz")
+            .await
+            .is_err(),
+        "the old CA no longer verifies the view"
+    );
+    // A broken file on reload keeps the certificate in use.
+    std::fs::write(certs.join("view.key"), "not a key").unwrap();
+    app.reloader().reload();
+    assert_eq!(
+        https_get(addr, &certs.join("ca2.pem"), "/healthz")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    stop.cancel();
+    app.wait().await.unwrap();
+}
+
 #[test]
 fn a_view_beyond_loopback_without_credentials_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();

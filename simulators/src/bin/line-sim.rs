@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use bondline_simulators::cli::{self, Want};
-use bondline_simulators::line::{LineSim, RunLength, ScannerPort, Scenario};
+use bondline_simulators::line::{LineSim, RunLength, ScannerPort, Scenario, XrayPort};
 use bondline_simulators::platform::PlatformSim;
+use bondline_simulators::xray::{ImageSpec, XrayImages};
 use clap::Parser;
 
 /// Simulated sorting line: a conveyor model from a scenario file plays the barcode scanner and
@@ -20,6 +21,11 @@ use clap::Parser;
 /// daemon's latest command says (or to its fail-safe, overflow or exception lane) and reports
 /// the disposition. With --broker, a simulated customs platform declares the parcels ahead of
 /// the scanner on the daemon's MQTT broker and publishes late marks.
+///
+/// A scenario with an `[xray]` table adds an X-ray tunnel between scanner and gate: an
+/// X-ray device on Modbus (--xray-listen, or --xray-serial) publishes a verdict for every
+/// parcel, with images in --xray-spool if given. Configure the daemon's line with an X-ray
+/// device of profile --xray-profile at the stage's unit id and its geometry.scan_to_xray_m.
 ///
 /// Configure the daemon's line with the scenario's lane map, a TCP scanner at
 /// --scanner-listen and a PLC at --plc-listen; line-sim waits up to 60 s for the daemon to
@@ -83,9 +89,45 @@ struct Args {
     #[arg(long, value_name = "FACTOR", default_value_t = 1.0, value_parser = factor)]
     shorten: f64,
 
+    /// Address the X-ray serves Modbus TCP on, for a scenario with an [xray] table.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:5030",
+        conflicts_with = "xray_serial"
+    )]
+    xray_listen: SocketAddr,
+
+    /// Serve the X-ray's Modbus RTU on this serial device instead.
+    #[arg(long, value_name = "PATH")]
+    xray_serial: Option<String>,
+
+    /// Baud rate of the X-ray's serial device, with --xray-serial.
+    #[arg(long, value_name = "N", default_value_t = 9600)]
+    xray_baud: u32,
+
+    /// X-ray profile giving the register map; must match the daemon's X-ray device.
+    #[arg(long, value_name = "NAME", default_value = "xray-modbus")]
+    xray_profile: String,
+
+    /// Write each scan's X-ray images (<scan id>_top.jpg, <scan id>_side.jpg) here.
+    #[arg(long, value_name = "DIR")]
+    xray_spool: Option<PathBuf>,
+
+    /// Size of the X-ray images, WIDTHxHEIGHT. Smaller is cheaper: two 640x480 views take
+    /// about 25 ms of CPU per parcel in a release build, 200 ms in a debug build.
+    #[arg(long, value_name = "WxH", default_value = "640x480", value_parser = size)]
+    xray_image_size: (u32, u32),
+
     /// Print the ledger as JSON on stdout (the port lines then go to stderr).
     #[arg(long)]
     json: bool,
+}
+
+fn size(s: &str) -> Result<(u32, u32), String> {
+    s.split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
+        .ok_or_else(|| format!("`{s}` is not a size WIDTHxHEIGHT, e.g. 640x480"))
 }
 
 fn factor(s: &str) -> Result<f64, String> {
@@ -113,7 +155,13 @@ async fn main() -> ExitCode {
     let (Some(framing), Some(map)) = (framing, map) else {
         cli::usage_error("the scanner or PLC profile lacks its section");
     };
-    match run(args, scenario, framing, map).await {
+    let xray = scenario
+        .xray
+        .is_some()
+        .then(|| xray_setup(&args))
+        .transpose()
+        .unwrap_or_else(|e| cli::usage_error(&e));
+    match run(args, scenario, framing, map, xray).await {
         Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(e) => {
@@ -123,11 +171,45 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The X-ray's register map, port and image writer, for a scenario with an X-ray stage.
+type XraySetup = (
+    bondline_devices::xray::XrayMap,
+    XrayPort,
+    Option<XrayImages>,
+);
+
+fn xray_setup(args: &Args) -> Result<XraySetup, String> {
+    let map = cli::find_profile(&args.xray_profile, args.profiles_dir.as_deref(), Want::Xray)?
+        .xray()
+        .cloned()
+        .ok_or_else(|| format!("profile `{}` lacks its [xray] table", args.xray_profile))?;
+    let port = match &args.xray_serial {
+        Some(path) => XrayPort::Rtu {
+            path: path.clone(),
+            baud: args.xray_baud,
+        },
+        None => XrayPort::Tcp(args.xray_listen),
+    };
+    let images = match &args.xray_spool {
+        Some(dir) => {
+            let spec = ImageSpec {
+                width: args.xray_image_size.0,
+                height: args.xray_image_size.1,
+                ..ImageSpec::default()
+            };
+            Some(XrayImages::new(dir, spec).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    Ok((map, port, images))
+}
+
 async fn run(
     args: Args,
     scenario: Scenario,
     framing: bondline_devices::framing::ScannerFraming,
     map: bondline_devices::plc::PlcMap,
+    xray: Option<XraySetup>,
 ) -> anyhow::Result<u64> {
     let port = match &args.scanner_serial {
         Some(path) => ScannerPort::Serial {
@@ -144,7 +226,10 @@ async fn run(
         ),
         None => None,
     };
-    let sim = LineSim::bind_with(scenario, framing, map, port, args.plc_listen).await?;
+    let mut sim = LineSim::bind_with(scenario, framing, map, port, args.plc_listen).await?;
+    if let Some((xray_map, xray_port, images)) = xray {
+        sim = sim.with_xray(xray_map, xray_port, images).await?;
+    }
     let mut info: Box<dyn std::io::Write> = if args.json {
         Box::new(std::io::stderr())
     } else {
@@ -181,6 +266,35 @@ async fn run(
         "  lanes                               release {}, inspection {}, hold {}, exception {}",
         r.release, r.inspection, r.hold, r.exception
     )?;
+    if let (Some(stage), Some(to_xray_s)) = (&s.xray, s.scanner_to_xray_s()) {
+        let (label, at) = match (sim.xray_addr(), &args.xray_serial) {
+            (Some(addr), _) => (
+                format!("X-ray (Modbus TCP, unit {})", stage.unit),
+                addr.to_string(),
+            ),
+            (None, path) => (
+                format!("X-ray (Modbus RTU, unit {})", stage.unit),
+                format!(
+                    "{} at {} baud",
+                    path.as_deref().unwrap_or(""),
+                    args.xray_baud
+                ),
+            ),
+        };
+        writeln!(info, "  {label:<36}{at}")?;
+        writeln!(
+            info,
+            "  X-ray tunnel                        {:.2} m after the scanner (scan_to_xray_m), {:.2} s; profile {}",
+            stage.scan_to_xray_m, to_xray_s, args.xray_profile
+        )?;
+        if let Some(dir) = &args.xray_spool {
+            writeln!(
+                info,
+                "  X-ray images                        {}",
+                dir.display()
+            )?;
+        }
+    }
     match args.broker {
         Some(b) => writeln!(
             info,

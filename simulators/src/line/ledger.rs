@@ -37,6 +37,17 @@ pub struct ParcelOutcome {
     /// shortly before its scan and its last command: the controller may rightly have chosen
     /// another (stricter) lane.
     pub plan_lane_blocked: bool,
+    /// What the line's X-ray did with it; `None` on a line without X-ray.
+    pub xray: Option<XrayOutcome>,
+}
+
+/// A parcel's passage through the X-ray tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XrayOutcome {
+    /// The X-ray's scan id, also in its image file names.
+    pub scan_id: u32,
+    /// When the X-ray flagged it (suspect verdict, or an officer's mark), if it did.
+    pub flagged_at: Option<Duration>,
 }
 
 /// Decision latency over the parcels that got a command: from the write of the scanner frame
@@ -61,6 +72,21 @@ pub struct LateMarks {
     /// leaks (the plan released them, and a mark a few milliseconds before the gate cannot be
     /// acted on), but the number to watch for late marks.
     pub released_after_mark: u64,
+}
+
+/// Parcels the line's X-ray flagged (suspect verdicts and operator marks).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct XrayFlags {
+    /// Parcels that passed the tunnel.
+    pub passages: u64,
+    pub flagged: u64,
+    /// Flagged before the parcel reached its gate: the daemon could still divert it.
+    pub before_gate: u64,
+    /// Flagged parcels that physically reached the inspection lane.
+    pub to_inspection: u64,
+    /// Parcels flagged before their gate that still reached the release lane. Not counted
+    /// as leaks (a flag just before the gate cannot be acted on), but the number to watch.
+    pub released_after_flag: u64,
 }
 
 /// How the daemon's parcel ids were matched to the simulated parcels (see `LineSim`).
@@ -139,6 +165,7 @@ pub struct Ledger {
     pub lost: u64,
     pub latency: Latency,
     pub late_marks: LateMarks,
+    pub xray: XrayFlags,
     /// Parcels per physical lane.
     pub lanes: BTreeMap<u16, u64>,
     /// The first leaked parcels.
@@ -212,10 +239,26 @@ impl Ledger {
                 }
             }
 
+            let flagged_in_time = o
+                .xray
+                .and_then(|x| x.flagged_at)
+                .is_some_and(|f| f < o.gate_at);
+            if let Some(x) = o.xray {
+                l.xray.passages += 1;
+                if x.flagged_at.is_some() {
+                    l.xray.flagged += 1;
+                    l.xray.to_inspection += u64::from(o.lane == roles.inspection);
+                }
+                if flagged_in_time {
+                    l.xray.before_gate += 1;
+                    l.xray.released_after_flag += u64::from(o.lane == roles.release);
+                }
+            }
+
             let leak = o.lane == roles.release && o.kind.expected_role() != Some(LaneRole::Release);
             let expected = o.kind.expected_role().map(|r| roles.lane(r));
-            let correct =
-                expected == Some(o.lane) || (marked_in_time && o.lane == roles.inspection);
+            let correct = expected == Some(o.lane)
+                || ((marked_in_time || flagged_in_time) && o.lane == roles.inspection);
             let misplaced = || Misplaced {
                 plan_index: o.plan_index,
                 waybill: o.waybill.clone(),
@@ -310,6 +353,14 @@ impl fmt::Display for Ledger {
                 m.marked, m.before_gate, m.to_inspection, m.released_after_mark
             )?;
         }
+        if self.xray.passages > 0 {
+            let x = &self.xray;
+            writeln!(
+                f,
+                "  x-ray              {} passages, {} flagged ({} before the gate): {} to inspection, {} released after an in-time flag",
+                x.passages, x.flagged, x.before_gate, x.to_inspection, x.released_after_flag
+            )?;
+        }
         let lanes: Vec<String> = self
             .lanes
             .iter()
@@ -379,6 +430,7 @@ mod tests {
             lane,
             late_mark_at: None,
             plan_lane_blocked: false,
+            xray: None,
         }
     }
 
@@ -463,6 +515,49 @@ mod tests {
         let json = serde_json::to_value(&l).expect("json");
         assert_eq!(json["leaks"], 3);
         assert_eq!(json["latency"]["p50_ms"], 4.0);
+    }
+
+    /// X-ray flags: inspection is right for a flag before the gate, a release after one is
+    /// reported, a flag after the gate changes nothing.
+    #[test]
+    fn xray_flags_are_tallied() {
+        use DispositionCode::Sorted;
+        use PlanKind::Release;
+        let roles = LaneRoles::default();
+        let passed = |lane: u16, flagged_ms: Option<u64>| {
+            let mut o = outcome(Release, Sorted, lane);
+            o.xray = Some(XrayOutcome {
+                scan_id: 1,
+                flagged_at: flagged_ms.map(ms),
+            });
+            o
+        };
+        let outcomes = vec![
+            passed(1, None),             // clear, released: correct
+            passed(2, Some(1400)),       // flagged in time, inspected: correct
+            passed(1, Some(2400)),       // flagged in time, released: correct by plan, reported
+            passed(1, Some(3000)),       // flagged after the gate: correct
+            passed(2, None),             // clear but inspected: wrong
+            outcome(Release, Sorted, 1), // no X-ray on its way
+        ];
+        let l = Ledger::tally("xray", &outcomes, &roles);
+        assert_eq!(
+            l.xray,
+            XrayFlags {
+                passages: 5,
+                flagged: 3,
+                before_gate: 2,
+                to_inspection: 1,
+                released_after_flag: 1
+            }
+        );
+        assert_eq!((l.correct, l.wrong_lanes, l.leaks), (5, 1, 0));
+        assert!(
+            l.to_string().contains("x-ray              5 passages"),
+            "{l}"
+        );
+        let without = Ledger::tally("plain", &outcomes[5..], &roles);
+        assert!(!without.to_string().contains("x-ray"));
     }
 
     #[test]

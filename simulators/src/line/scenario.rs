@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::plan::{Mix, Plan, PlanKind};
 use crate::plc::{PlcOptions, LANES};
+use crate::xray::{DriverConfig, ImageOrder, MAX_UNIT};
 
 /// Salts of the plan hash for the belt's own draws, apart from the plan's kind draw.
 const SALT_LENGTH: u64 = 0x6C65_6E67;
@@ -46,6 +47,49 @@ pub struct Scenario {
     /// since the belt model disposes of each parcel at its gate.
     pub plc: PlcOptions,
     pub faults: Vec<Fault>,
+    /// The X-ray tunnel between scanner and gate, if the line has one (`[xray]`).
+    pub xray: Option<XrayStage>,
+}
+
+/// The line's X-ray tunnel and how its workstation judges (the scenario's `[xray]` table).
+/// Each parcel enters the tunnel `scan_to_xray_m` after its leading edge passed the
+/// scanner; the verdicts, marks and images follow from [`XrayStage::driver_config`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct XrayStage {
+    /// Distance from the barcode scanner to the tunnel entrance, as the daemon's
+    /// `geometry.scan_to_xray_m` (default 0.5 m, the daemon's default too).
+    pub scan_to_xray_m: f64,
+    /// The X-ray device's Modbus unit id (default 1).
+    pub unit: u8,
+    /// Share of parcels the automatic judge flags (default 0.05).
+    pub suspect_rate: f64,
+    /// Share of parcels an officer marks after the verdict (default 0).
+    pub mark_rate: f64,
+    /// From tunnel entry to the automatic verdict (default 300 ms).
+    pub processing_ms: u64,
+    /// From the verdict to the officer's mark (default 3000 ms).
+    pub mark_latency_ms: u64,
+    /// Write each scan's images this long after its verdict; `None` (default): just
+    /// before it.
+    pub images_after_ms: Option<u64>,
+}
+
+impl XrayStage {
+    /// The X-ray driver's settings for this stage, seeded from the scenario's seed.
+    pub fn driver_config(&self, seed: u64) -> DriverConfig {
+        DriverConfig {
+            unit: self.unit,
+            seed,
+            suspect_rate: self.suspect_rate,
+            mark_rate: self.mark_rate,
+            processing: Duration::from_millis(self.processing_ms),
+            mark_latency: Duration::from_millis(self.mark_latency_ms),
+            image_order: match self.images_after_ms {
+                Some(ms) => ImageOrder::After(Duration::from_millis(ms)),
+                None => ImageOrder::Before,
+            },
+        }
+    }
 }
 
 /// How long a run lasts.
@@ -200,6 +244,66 @@ struct RawScenario {
     plc: RawPlc,
     #[serde(default)]
     faults: Vec<RawFault>,
+    xray: Option<RawXray>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawXray {
+    scan_to_xray_m: Option<f64>,
+    unit: Option<u8>,
+    suspect_rate: Option<f64>,
+    mark_rate: Option<f64>,
+    processing_ms: Option<u64>,
+    mark_latency_ms: Option<u64>,
+    images_after_ms: Option<u64>,
+}
+
+impl RawXray {
+    /// Checks the stage against the belt: the tunnel lies between scanner and gate.
+    fn validate(self, scanner_to_gate_m: f64) -> Result<XrayStage, ScenarioError> {
+        let at = self.scan_to_xray_m.unwrap_or(0.5);
+        if !(at.is_finite() && at >= 0.0 && at < scanner_to_gate_m) {
+            return Err(invalid(
+                "xray.scan_to_xray_m",
+                format!(
+                    "must be from 0 to less than the {scanner_to_gate_m} m from scanner to gate, \
+                     not {at}"
+                ),
+            ));
+        }
+        let unit = self.unit.unwrap_or(1);
+        if !(1..=MAX_UNIT).contains(&unit) {
+            return Err(invalid(
+                "xray.unit",
+                format!("must be from 1 to {MAX_UNIT}, not {unit}"),
+            ));
+        }
+        let ms = |field: &str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
+            v if v <= 60_000 => Ok(v),
+            v => Err(invalid(
+                format!("xray.{field}"),
+                format!("must be at most 60000, not {v}"),
+            )),
+        };
+        Ok(XrayStage {
+            scan_to_xray_m: at,
+            unit,
+            suspect_rate: range(
+                "xray.suspect_rate",
+                self.suspect_rate.unwrap_or(0.05),
+                0.0,
+                1.0,
+            )?,
+            mark_rate: range("xray.mark_rate", self.mark_rate.unwrap_or(0.0), 0.0, 1.0)?,
+            processing_ms: ms("processing_ms", self.processing_ms, 300)?,
+            mark_latency_ms: ms("mark_latency_ms", self.mark_latency_ms, 3000)?,
+            images_after_ms: self
+                .images_after_ms
+                .map(|v| ms("images_after_ms", Some(v), 0))
+                .transpose()?,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -325,6 +429,14 @@ impl Scenario {
     /// Seconds from a parcel's leading edge at the scanner to it at the gate.
     pub fn scanner_to_gate_s(&self) -> f64 {
         (self.gate_at_m - self.scanner_at_m) / self.belt_speed_m_s
+    }
+
+    /// Seconds from a parcel's leading edge at the scanner to it entering the X-ray tunnel;
+    /// `None` without an X-ray stage.
+    pub fn scanner_to_xray_s(&self) -> Option<f64> {
+        self.xray
+            .as_ref()
+            .map(|x| x.scan_to_xray_m / self.belt_speed_m_s)
     }
 
     /// Mean parcels per second the belt carries: speed over mean pitch (length plus gap).
@@ -525,7 +637,12 @@ impl RawScenario {
             faults.push(f.validate(i, run_s)?);
         }
 
+        let xray = self
+            .xray
+            .map(|x| x.validate(self.gate_at_m - self.scanner_at_m))
+            .transpose()?;
         let scenario = Scenario {
+            xray,
             name: self.name,
             seed: self.seed,
             length,
@@ -794,6 +911,48 @@ gate_at_m = 4.0
         );
         assert!((s.scanner_to_gate_s() - 1.5).abs() < 1e-9);
         assert!(s.lanes.is_empty() && s.faults.is_empty());
+        assert_eq!((&s.xray, s.scanner_to_xray_s()), (&None, None));
+    }
+
+    #[test]
+    fn xray_stage_has_defaults_and_lies_between_scanner_and_gate() {
+        let s = Scenario::from_toml(&format!("{MINIMAL}[xray]\n")).expect("valid");
+        let x = s.xray.clone().expect("stage");
+        assert_eq!(
+            x,
+            XrayStage {
+                scan_to_xray_m: 0.5,
+                unit: 1,
+                suspect_rate: 0.05,
+                mark_rate: 0.0,
+                processing_ms: 300,
+                mark_latency_ms: 3000,
+                images_after_ms: None,
+            }
+        );
+        assert_eq!(s.scanner_to_xray_s(), Some(0.25));
+        let d = x.driver_config(9);
+        assert_eq!((d.unit, d.seed, d.image_order), (1, 9, ImageOrder::Before));
+        let s = Scenario::from_toml(&format!(
+            "{MINIMAL}[xray]\nscan_to_xray_m = 1.0\nunit = 3\nimages_after_ms = 200\n"
+        ))
+        .expect("valid");
+        let d = s.xray.expect("stage").driver_config(1);
+        assert_eq!(
+            (d.unit, d.image_order),
+            (3, ImageOrder::After(Duration::from_millis(200)))
+        );
+        for (extra, want) in [
+            ("scan_to_xray_m = 3.0\n", "xray.scan_to_xray_m"),
+            ("scan_to_xray_m = -1.0\n", "xray.scan_to_xray_m"),
+            ("unit = 0\n", "xray.unit"),
+            ("suspect_rate = 2.0\n", "xray.suspect_rate"),
+            ("processing_ms = 70000\n", "xray.processing_ms"),
+            ("tunnel = 1\n", "unknown field `tunnel`"),
+        ] {
+            let e = err(&format!("{MINIMAL}[xray]\n{extra}"));
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
     }
 
     #[test]

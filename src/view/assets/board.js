@@ -32,13 +32,39 @@ function divertText(d) {
   return String(d.status).replace(/_/g, " ") + (d.late ? " (late)" : "");
 }
 
+// The verdict in words with a symbol (never colour alone), then the views' thumbnails.
+const XRAY_WORDS = {
+  pending: "… waiting",
+  clear: "✓ clear",
+  suspect: "⚠ SUSPECT",
+  operator_mark: "⚠ MARKED by officer",
+  no_result: "✗ no verdict in time",
+};
+
+function xrayCell(x) {
+  const words = XRAY_WORDS[x.state] || x.state;
+  const flagged = x.state === "suspect" || x.state === "operator_mark" || x.state === "no_result";
+  const cell = el("div", { class: "xray" + (flagged ? " xray-flag" : ""), "data-xray": x.state },
+    el("div", {}, words + (x.material ? " · " + x.material : "") + (x.scan_id !== null && x.scan_id !== undefined ? " · scan " + x.scan_id : "")));
+  const thumbs = el("div", { class: "thumbs" });
+  for (const i of x.images || []) {
+    if (i.thumbnail_jpeg_b64) {
+      thumbs.append(el("img", { class: "thumb", alt: "X-ray " + i.view + " view", title: i.view + " · " + i.sha256.slice(0, 12), src: "data:image/jpeg;base64," + i.thumbnail_jpeg_b64 }));
+    } else {
+      thumbs.append(el("span", { class: "err", title: i.sha256 }, i.view + ": " + (i.error || "no thumbnail")));
+    }
+  }
+  if (thumbs.childNodes.length) cell.append(thumbs);
+  return cell;
+}
+
 function rowFor(r, live) {
   const waybill = r.waybill
     ? el("a", { href: "/parcel?waybill=" + encodeURIComponent(r.waybill) }, r.waybill)
     : el("span", { class: "muted" }, "(no read)");
   const xray = r.xray === null || r.xray === undefined
     ? el("span", { class: "muted" }, "no X-ray on this line")
-    : renderValue(r.xray);
+    : xrayCell(r.xray);
   const tr = el("tr", { "data-key": r.key, "data-source": live ? "live" : "snapshot", class: live ? "fresh" : "" },
     el("td", {}, fmtTime(r.scanned_at_ms)),
     el("td", {}, waybill),

@@ -59,10 +59,15 @@ function otherCard(v) {
   const title = v.kind === "disposition"
     ? "PLC disposition: " + String(r.disposition).replace(/_/g, " ")
     : v.kind === "alert" ? "⚠ Alert: " + String(r.alert).replace(/_/g, " ")
-      : v.kind === "report" ? "Monthly report " + ((r.report && r.report.month) || "") : v.kind;
-  const card = el("article", { class: "card record", "data-seq": v.seq });
+      : v.kind === "report" ? "Monthly report " + ((r.report && r.report.month) || "")
+        : v.kind === "xray" ? "X-ray verdict: " + (r.result ? String(r.result).replace(/_/g, " ") : "none in time") + " (" + String(r.join).replace(/_/g, " ") + ")"
+          : v.kind === "image" ? "X-ray image, " + r.view + " view" + (r.error ? " — ⚠ " + r.error : "") : v.kind;
+  const card = el("article", { class: "card record", "data-seq": v.seq, "data-kind": v.kind });
   card.append(el("h3", {}, title + " · record " + v.seq));
-  const rest = Object.fromEntries(Object.entries(r).filter(([k]) => !["schema", "msg_id", "prev_hash", "gateway", "kind", "at_ms"].includes(k)));
+  if (v.kind === "image" && r.thumbnail_jpeg_b64) {
+    card.append(el("img", { class: "thumb-large", alt: "X-ray " + r.view + " view of scan " + r.scan_id, src: "data:image/jpeg;base64," + r.thumbnail_jpeg_b64 }));
+  }
+  const rest = Object.fromEntries(Object.entries(r).filter(([k]) => !["schema", "msg_id", "prev_hash", "gateway", "kind", "at_ms", "thumbnail_jpeg_b64"].includes(k)));
   card.append(facts([["Time", fmtDateTime(r.at_ms)], ["Forwarding", el("span", { class: "fwd" }, fwdText(v.forwarding))]]));
   card.append(renderValue(rest));
   return card;
@@ -92,6 +97,8 @@ function summaryOf(r) {
   if (r.kind === "parcel") return [el("span", {}, "Lane " + r.lane + " ", roleBadge(r.lane_role)), r.rule, r.reason];
   if (r.kind === "disposition") return ["Lane " + r.lane, String(r.disposition).replace(/_/g, " "), r.commanded_lane ? "commanded lane " + r.commanded_lane : ""];
   if (r.kind === "alert") return ["—", String(r.alert).replace(/_/g, " "), r.detail];
+  if (r.kind === "xray") return ["—", "X-ray " + (r.result || "no verdict"), String(r.join).replace(/_/g, " ") + (r.scan_id !== null ? " · scan " + r.scan_id : "")];
+  if (r.kind === "image") return ["—", "X-ray image " + r.view, r.error || r.sha256];
   return ["—", r.kind, r.report && r.report.month ? "monthly report " + r.report.month : ""];
 }
 

@@ -1,0 +1,201 @@
+//! The image upload endpoint: `POST /xray/{device}/{scan_id}/{view}` with the image as body.
+//!
+//! For X-ray workstations that push their images instead of writing to a spool. It has its
+//! own listener, apart from the staff view, on purpose: the view is read-only by
+//! construction and may face a wider network; this endpoint writes evidence and faces the
+//! X-ray workstation only. A bearer token (stored as its SHA-256) is required whenever it is
+//! configured, and configuration refuses an address beyond loopback without one.
+//!
+//! Answers: 201 `{sha256, bytes, error}` once the original is durably kept and its records
+//! handed on (a corrupt image is kept too, and answered 201 with its `error`); 401 without
+//! the token; 404 for an unknown device; 400 for a bad scan id or view; 415 unless the body
+//! is `image/jpeg` or `image/png`; 413 beyond [`super::MAX_IMAGE_BYTES`]; 503 when the
+//! original cannot be kept (try again). Sending the same image again is harmless.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bondline_devices::contract::ImageSource;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::ingest::{Incoming, IngestError, Ingestor};
+use super::process::{check_scan_id, check_view};
+use crate::view::auth::Credentials;
+
+#[derive(Clone)]
+struct Shared {
+    ingestor: Ingestor,
+    credentials: Credentials,
+    max_bytes: usize,
+}
+
+/// The 201 answer.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    sha256: String,
+    bytes: u64,
+    error: Option<String>,
+}
+
+/// The endpoint's routes; bodies above `max_bytes` are refused with 413.
+pub fn router(ingestor: Ingestor, credentials: Credentials, max_bytes: usize) -> Router {
+    let shared = Shared {
+        ingestor,
+        credentials,
+        max_bytes,
+    };
+    Router::new()
+        .route("/xray/:device/:scan_id/:view", post(upload))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
+        .with_state(shared)
+}
+
+/// Serves on `listener` until `shutdown`; requests in progress are finished.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
+    let addr = listener.local_addr().ok();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, ?addr, "X-ray image upload endpoint stopped");
+    }
+}
+
+/// Binds `addr` now, so a taken port is reported at start. Call within a tokio runtime.
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let std = std::net::TcpListener::bind(addr)?;
+    std.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(std)
+}
+
+fn error(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": text.into() }))).into_response()
+}
+
+async fn require_token(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if shared.credentials.allows(presented) {
+        return next.run(request).await;
+    }
+    let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"bondline-xray\""),
+    );
+    r
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; images go to POST /xray/{device}/{scan_id}/{view} (docs/xray.md)",
+    )
+}
+
+async fn upload(
+    State(s): State<Shared>,
+    Path((device, scan_id, view)): Path<(String, String, String)>,
+    request: Request,
+) -> Response {
+    let received = Instant::now();
+    if !s.ingestor.knows(&device) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no X-ray device named `{device}` on this gateway"),
+        );
+    }
+    let scan_id = match check_scan_id(&scan_id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Err(e) = check_view(&view) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let ext = match content_type.as_deref() {
+        Some("image/jpeg") => "jpg",
+        Some("image/png") => "png",
+        _ => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the body must be an image with Content-Type image/jpeg or image/png",
+            )
+        }
+    };
+    // Refused before a byte of the body is read when the client says how much is coming.
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > s.max_bytes as u64) {
+        return too_large(s.max_bytes);
+    }
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large(s.max_bytes)
+        }
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    let image = Incoming {
+        file_name: format!("{scan_id}_{view}.{ext}"),
+        device,
+        scan_id,
+        view,
+        source: ImageSource::Upload,
+        bytes: body.into(),
+        received,
+    };
+    // Its own task: a client that hangs up does not cut an image off between being kept and
+    // being handed to its line.
+    let ingestor = s.ingestor.clone();
+    let done = tokio::spawn(async move { ingestor.ingest(image).await }).await;
+    match done {
+        Ok(Ok(done)) => (
+            StatusCode::CREATED,
+            Json(Accepted {
+                sha256: done.sha256,
+                bytes: done.bytes,
+                error: done.error,
+            }),
+        )
+            .into_response(),
+        Ok(Err(e @ IngestError::UnknownDevice(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e)) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            r
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn too_large(max: usize) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("an image may have at most {max} bytes"),
+    )
+}

@@ -1,0 +1,207 @@
+//! Joining X-ray verdicts and images to tracked parcels. Pure: no clock reads, no I/O.
+//!
+//! The X-ray scanner does not know waybills: it numbers each passage (the scan id) and says
+//! when the parcel entered the tunnel. The line knows when each parcel passed the barcode
+//! scanner and how long the belt takes from there to the tunnel (`scan_to_xray_m` / belt
+//! speed). A verdict is joined to the parcel still waiting for one whose expected entry time
+//! is closest to the verdict's, within the configured window. Explicit outcomes:
+//!
+//! - **matched**: the verdict is the parcel's; it is decided again with it before its
+//!   deadline (a clear verdict may release it, a flagged one sends it to inspection);
+//! - **no parcel**: nothing tracked was in the tunnel then (an item without a readable
+//!   label, or clocks out of step); recorded, and alerted when the verdict flags;
+//! - **no result**: the parcel reached its deadline without a verdict. Its decisions never
+//!   released it (release needs a clear verdict), so it went to inspection: fail closed.
+//! - **update**: a later verdict for a joined scan id (an officer's mark seconds after the
+//!   automatic verdict) goes to the same parcel; after the deadline a flag on a released
+//!   parcel raises a `late_xray_mark` alert.
+//!
+//! Images carry the scan id in their file name and may arrive before or after the verdict:
+//! an image whose scan id is not joined yet waits (up to [`IMAGE_WAIT`]), then is recorded
+//! without a parcel. Joined scan ids are remembered for [`JOIN_MEMORY`] for late marks and
+//! images.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bondline_devices::contract::ImageRecord;
+
+/// How long an image may wait for its scan's verdict before it is recorded unjoined.
+pub const IMAGE_WAIT: Duration = Duration::from_secs(30);
+/// How long a scan id's join is remembered, for late marks and late images.
+pub const JOIN_MEMORY: Duration = Duration::from_secs(600);
+
+/// What a scan id was joined to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub parcel: Option<u32>,
+    pub waybill: Option<String>,
+}
+
+/// The parcel whose expected tunnel entry (`(parcel, expected ms)`) is closest to
+/// `entered_at_ms`, within `window_ms`. Ties go to the earlier parcel.
+pub fn closest(
+    candidates: impl IntoIterator<Item = (u32, u64)>,
+    entered_at_ms: u64,
+    window_ms: u64,
+) -> Option<u32> {
+    candidates
+        .into_iter()
+        .map(|(p, expected)| (expected.abs_diff(entered_at_ms), expected, p))
+        .filter(|(d, _, _)| *d <= window_ms)
+        .min()
+        .map(|(_, _, p)| p)
+}
+
+/// One line's join state.
+#[derive(Debug, Default)]
+pub struct Joiner {
+    joined: HashMap<u32, Joined>,
+    joined_order: VecDeque<(Instant, u32)>,
+    waiting: HashMap<u32, Vec<ImageRecord>>,
+    waiting_order: VecDeque<(Instant, u32)>,
+}
+
+impl Joiner {
+    /// What `scan_id` was joined to, if it was.
+    pub fn joined(&self, scan_id: u32) -> Option<&Joined> {
+        self.joined.get(&scan_id)
+    }
+
+    /// Remembers a join; returns the images that were waiting for it, filled in.
+    pub fn join(&mut self, scan_id: u32, to: Joined, now: Instant) -> Vec<ImageRecord> {
+        self.joined_order.push_back((now, scan_id));
+        let images = self.waiting.remove(&scan_id).unwrap_or_default();
+        let out = images.into_iter().map(|i| fill(i, &to)).collect();
+        self.joined.insert(scan_id, to);
+        out
+    }
+
+    /// An image arrived: returned at once, filled in, if its scan is joined; else it waits.
+    pub fn image(&mut self, image: ImageRecord, now: Instant) -> Option<ImageRecord> {
+        if let Some(j) = self.joined.get(&image.scan_id) {
+            return Some(fill(image, j));
+        }
+        self.waiting_order.push_back((now, image.scan_id));
+        self.waiting.entry(image.scan_id).or_default().push(image);
+        None
+    }
+
+    /// Forgets old joins and returns the images that waited too long, unjoined.
+    pub fn expire(&mut self, now: Instant) -> Vec<ImageRecord> {
+        while let Some(&(at, scan)) = self.joined_order.front() {
+            if now.saturating_duration_since(at) < JOIN_MEMORY {
+                break;
+            }
+            self.joined_order.pop_front();
+            // A scan joined again later (an update) keeps its newer entry in the queue.
+            if !self.joined_order.iter().any(|(_, s)| *s == scan) {
+                self.joined.remove(&scan);
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(&(at, scan)) = self.waiting_order.front() {
+            if now.saturating_duration_since(at) < IMAGE_WAIT {
+                break;
+            }
+            self.waiting_order.pop_front();
+            out.extend(self.waiting.remove(&scan).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Images still waiting, for shutdown: recorded unjoined rather than lost.
+    pub fn drain_waiting(&mut self) -> Vec<ImageRecord> {
+        self.waiting_order.clear();
+        self.waiting.drain().flat_map(|(_, v)| v).collect()
+    }
+}
+
+fn fill(mut image: ImageRecord, to: &Joined) -> ImageRecord {
+    image.parcel = to.parcel;
+    image.waybill = to.waybill.clone();
+    image
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bondline_devices::contract::{ImageSource, SCHEMA};
+
+    fn image(scan_id: u32, view: &str) -> ImageRecord {
+        ImageRecord {
+            schema: SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: "gw".into(),
+            line: "L1".into(),
+            device: "xray-1".into(),
+            scan_id,
+            view: view.into(),
+            parcel: None,
+            waybill: None,
+            source: ImageSource::Spool,
+            file_name: format!("{scan_id}_{view}.png"),
+            sha256: "00".into(),
+            bytes: 1,
+            format: None,
+            width: None,
+            height: None,
+            thumbnail_jpeg_b64: None,
+            error: None,
+            chunks: 0,
+            kept_at: None,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_closest_parcel_within_the_window_matches() {
+        let c = [(1, 1_000), (2, 1_300), (3, 1_600)];
+        assert_eq!(closest(c, 1_290, 100), Some(2));
+        assert_eq!(closest(c, 1_150, 200), Some(1), "a tie goes to the earlier");
+        assert_eq!(closest(c, 2_000, 100), None);
+        assert_eq!(closest([], 2_000, 100), None);
+    }
+
+    #[test]
+    fn images_before_and_after_the_verdict_are_joined() {
+        let t0 = Instant::now();
+        let mut j = Joiner::default();
+        assert!(j.image(image(7, "top"), t0).is_none(), "waits for its scan");
+        let to = Joined {
+            parcel: Some(42),
+            waybill: Some("W1".into()),
+        };
+        let waited = j.join(7, to.clone(), t0);
+        assert_eq!(waited.len(), 1);
+        assert_eq!(waited[0].parcel, Some(42));
+        let after = j.image(image(7, "side"), t0).unwrap();
+        assert_eq!(after.waybill.as_deref(), Some("W1"));
+        assert_eq!(j.joined(7), Some(&to));
+    }
+
+    #[test]
+    fn images_without_a_verdict_are_released_unjoined_and_joins_are_forgotten() {
+        let t0 = Instant::now();
+        let mut j = Joiner::default();
+        assert!(j.image(image(9, "top"), t0).is_none());
+        assert!(j.expire(t0 + Duration::from_secs(1)).is_empty());
+        let late = j.expire(t0 + IMAGE_WAIT);
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].parcel, None);
+        j.join(
+            5,
+            Joined {
+                parcel: None,
+                waybill: None,
+            },
+            t0,
+        );
+        j.expire(t0 + JOIN_MEMORY);
+        assert!(j.joined(5).is_none());
+        assert!(j.image(image(3, "x"), t0).is_none());
+        assert_eq!(j.drain_waiting().len(), 1);
+    }
+}
