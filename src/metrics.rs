@@ -43,6 +43,9 @@ pub struct Metrics {
     /// Bytes of records the journal may hold before the writer holds new ones (see
     /// `journal::capacity::write_budget`); 0 until first measured means "no limit known".
     pub journal_write_budget: AtomicU64,
+    /// Gauge: bytes the journal writer needs for its next write of held records (the oldest
+    /// one with its index entry); 0 while it holds none. See `journal::capacity::level`.
+    pub journal_next_write: AtomicU64,
     pub platform_messages: AtomicU64,
     pub platform_rejected: AtomicU64,
     /// Broker sessions that ended (outages, refusals, keep-alive timeouts).
