@@ -443,6 +443,9 @@ pub enum XrayJoin {
     NoParcel,
     /// The parcel reached its divert deadline without a verdict: the rules failed closed.
     NoResult,
+    /// Two waiting parcels were about as close to the verdict's time: it was given to neither,
+    /// and they go to inspection unless verdicts of their own come.
+    Ambiguous,
     /// A later verdict for a scan already joined (an officer's mark), joined the same way.
     Update,
 }

@@ -85,13 +85,15 @@ impl RawXrayMap {
         if self.poll_ms == 0 || self.poll_ms > 5_000 {
             return Err(("poll_ms", "must be between 1 and 5000".into()));
         }
-        if self.ring == 0 || 1 + self.ring * EVENT_LEN > 125 {
+        if self.ring == 0 || 1 + u32::from(self.ring) * u32::from(EVENT_LEN) > 125 {
             return Err((
                 "ring",
                 "must be 1 to 15 entries, so one read covers the ring".into(),
             ));
         }
-        if self.events as u32 + 1 + (self.ring * EVENT_LEN) as u32 > u16::MAX as u32 + 1 {
+        if u32::from(self.events) + 1 + u32::from(self.ring) * u32::from(EVENT_LEN)
+            > u32::from(u16::MAX) + 1
+        {
             return Err(("events", "the ring runs past register 65535".into()));
         }
         Ok(XrayMap {
@@ -263,7 +265,12 @@ pub struct NewEvents {
     pub errors: Vec<EventError>,
     /// Entries overwritten before they could be read.
     pub missed: u16,
+    /// The head went backwards: the scanner restarted its sequence; nothing counts as missed.
+    pub restarted: bool,
 }
+
+/// A head further ahead than this is taken as a head that went backwards.
+const RESTART_DISTANCE: u16 = 32_768;
 
 /// The entries of a ring read (`head` then entries) newer than `last_seen`. Sequence
 /// numbers are compared in 16-bit serial arithmetic, skipping 0, so wrapping is handled;
@@ -277,10 +284,16 @@ pub fn new_events(regs: &[u16], last_seen: u16) -> NewEvents {
         return out;
     }
     let ring = (entries.len() / EVENT_LEN as usize) as u16;
-    let behind = if last_seen == 0 {
-        ring
-    } else {
-        distance(last_seen, head)
+    let behind = match distance(last_seen, head) {
+        // A first read takes whatever the ring holds. So does a head that went backwards
+        // (more than half the sequence space ahead is behind): the scanner restarted its
+        // numbering, and what its ring holds now is new.
+        _ if last_seen == 0 => ring,
+        d if d > RESTART_DISTANCE => {
+            out.restarted = true;
+            ring
+        }
+        d => d,
     };
     out.missed = behind.saturating_sub(ring);
     let fresh = |seq: u16| distance(seq, head) < behind.min(ring);
@@ -384,6 +397,11 @@ mod tests {
         assert_eq!(n.events.len(), 3);
         assert_eq!(n.missed, 1);
         assert!(new_events(&regs, 3).events.is_empty());
+        // A scanner that restarted its numbering: its ring is taken as new, nothing missed.
+        let n = new_events(&regs, 10);
+        assert!(n.restarted);
+        assert_eq!(n.missed, 0);
+        assert_eq!(n.events.len(), 3);
         // A garbage entry among the new ones is reported, the others still read.
         let slot = 1 + 2 * EVENT_LEN as usize;
         regs[slot + 3] = 0x7f00;
@@ -395,6 +413,9 @@ mod tests {
     #[test]
     fn the_profile_validates() {
         let p = crate::Profile::parse("t", "name = \"x\"\n[xray]\nevents = 0\nring = 16\n");
+        assert!(p.unwrap_err().to_string().contains("ring"));
+        // 8192 entries of 8 registers would wrap a u16 to 0.
+        let p = crate::Profile::parse("t", "name = \"x\"\n[xray]\nevents = 0\nring = 8192\n");
         assert!(p.unwrap_err().to_string().contains("ring"));
         let p = crate::Profile::parse("t", "name = \"x\"\n[xray]\nevents = 0\n").unwrap();
         assert_eq!(p.xray().unwrap().ring, 15);

@@ -79,6 +79,9 @@ impl Unit {
         };
         let new = new_events(regs, seen);
         let device = self.dev.name.clone();
+        if new.restarted {
+            warn!(xray = %device, seen, head, "X-ray scanner restarted its verdict numbering; reading its ring afresh");
+        }
         Metrics::add(&metrics.xray_verdicts, new.events.len() as u64);
         for event in new.events {
             let _ = self.tx.send(XrayMsg::Verdict {

@@ -150,7 +150,21 @@ pub async fn run(ctx: LineCtx, mut io: LineIo) {
             break;
         }
     }
-    // Images still waiting for a verdict are recorded without a parcel rather than lost.
+    // What is still queued is taken in, not dropped: verdicts already left the scanner's
+    // ring and images their spool. Images still waiting for a verdict are recorded without a
+    // parcel rather than lost.
+    if let Some(mut rx) = io.xray.take() {
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            line.on_xray(msg, &io);
+        }
+    }
+    if let Some(mut rx) = io.images.take() {
+        rx.close();
+        while let Ok(image) = rx.try_recv() {
+            line.on_image(image, &io.sink);
+        }
+    }
     for image in line.joiner.drain_waiting() {
         io.sink.push(image);
     }
@@ -498,7 +512,8 @@ impl Line {
         if let (Some(new), Some(old)) = (decision.inputs.as_mut(), t.decision.inputs.as_ref()) {
             new.counted = old.counted;
         }
-        let newly_flagged = flag_matters && decision.is_anomaly() && !t.decision.is_anomaly();
+        let newly_flagged =
+            flag_matters && decision.is_anomaly() && decision.rule != t.decision.rule;
         if lane == t.disposed_lane.unwrap_or(t.lane) && !newly_flagged {
             return;
         }
@@ -603,7 +618,14 @@ impl Line {
             return;
         };
         let now = Instant::now();
-        let (join, parcel) = match self.joiner.joined(event.scan_id) {
+        let window = geometry.window.as_millis() as u64;
+        // The same scan id with another tunnel-entry time is a new passage: the scanner
+        // restarted its numbering.
+        let known = self
+            .joiner
+            .joined(event.scan_id)
+            .filter(|j| j.entered_at_ms.abs_diff(event.entered_at_ms) <= window);
+        let (join, parcel) = match known {
             Some(j) => (XrayJoin::Update, j.parcel),
             None => {
                 let offset = geometry.offset.as_millis() as u64;
@@ -612,26 +634,25 @@ impl Line {
                     .iter()
                     .filter(|t| t.xray == XrayInput::Pending)
                     .map(|t| (t.parcel, unix_ms(t.scanned_at) + offset));
-                let found = xray::closest(
-                    candidates,
-                    event.entered_at_ms,
-                    geometry.window.as_millis() as u64,
-                );
+                let (join, found) = match xray::pick(candidates, event.entered_at_ms, window) {
+                    xray::Pick::One(p) => (XrayJoin::Matched, Some(p)),
+                    xray::Pick::None => (XrayJoin::NoParcel, None),
+                    xray::Pick::Ambiguous(ps) => {
+                        warn!(line = %self.ctx.line, scan_id = event.scan_id, parcels = ?ps, "X-ray verdict could belong to several parcels; given to none");
+                        (XrayJoin::Ambiguous, None)
+                    }
+                };
                 let waybill = found
                     .and_then(|p| self.tracker.get(p))
                     .and_then(|t| t.waybill().map(str::to_string));
                 let joined = xray::Joined {
                     parcel: found,
                     waybill,
+                    entered_at_ms: event.entered_at_ms,
                 };
                 for image in self.joiner.join(event.scan_id, joined, now) {
                     io.sink.push(image);
                 }
-                let join = if found.is_some() {
-                    XrayJoin::Matched
-                } else {
-                    XrayJoin::NoParcel
-                };
                 (join, found)
             }
         };
@@ -640,7 +661,9 @@ impl Line {
             .joined(event.scan_id)
             .and_then(|j| j.waybill.clone());
         match join {
-            XrayJoin::NoParcel => Metrics::add(&self.ctx.metrics.xray_unmatched, 1),
+            XrayJoin::NoParcel | XrayJoin::Ambiguous => {
+                Metrics::add(&self.ctx.metrics.xray_unmatched, 1)
+            }
             _ => Metrics::add(&self.ctx.metrics.xray_matched, 1),
         }
         io.sink.push(XrayRecord {
@@ -667,9 +690,14 @@ impl Line {
                     None,
                     AlertKind::XrayWithoutParcel,
                     format!(
-                        "X-ray scanner {device} flagged scan {} ({}) and no tracked parcel was in the tunnel then",
+                        "X-ray scanner {device} flagged scan {} ({}) and {}",
                         event.scan_id,
-                        event.result.as_str()
+                        event.result.as_str(),
+                        if join == XrayJoin::Ambiguous {
+                            "it could belong to more than one parcel, so it was given to none (they go to inspection)"
+                        } else {
+                            "no tracked parcel was in the tunnel then"
+                        }
                     ),
                     &io.sink,
                 );
@@ -679,7 +707,12 @@ impl Line {
         let Some(t) = self.tracker.get_mut(parcel) else {
             return;
         };
-        t.xray = XrayInput::Verdict(event.result);
+        // Flags stick: a later clear (a repeated automatic verdict) does not undo a suspect
+        // verdict or an officer's mark.
+        let flagged = matches!(t.xray, XrayInput::Verdict(r) if r.flags());
+        if !flagged || event.result.flags() {
+            t.xray = XrayInput::Verdict(event.result);
+        }
         t.xray_settled = true;
         if Instant::now() < t.deadline {
             self.redecide_with(parcel, true, io);

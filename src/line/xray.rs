@@ -10,11 +10,16 @@
 //!   deadline (a clear verdict may release it, a flagged one sends it to inspection);
 //! - **no parcel**: nothing tracked was in the tunnel then (an item without a readable
 //!   label, or clocks out of step); recorded, and alerted when the verdict flags;
+//! - **ambiguous**: two waiting parcels are about as close; the verdict is given to neither,
+//!   both wait on and, without a verdict of their own, go to inspection; alerted when the
+//!   verdict flags;
 //! - **no result**: the parcel reached its deadline without a verdict. Its decisions never
 //!   released it (release needs a clear verdict), so it went to inspection: fail closed.
 //! - **update**: a later verdict for a joined scan id (an officer's mark seconds after the
-//!   automatic verdict) goes to the same parcel; after the deadline a flag on a released
-//!   parcel raises a `late_xray_mark` alert.
+//!   automatic verdict) goes to the same parcel. Flags stick: a later clear does not undo
+//!   an earlier suspect or mark. After the deadline a flag on a released parcel raises a
+//!   `late_xray_mark` alert. A verdict under a joined scan id but with another tunnel-entry
+//!   time is a new passage (the scanner restarted its numbering) and is joined afresh.
 //!
 //! Images carry the scan id in their file name and may arrive before or after the verdict:
 //! an image whose scan id is not joined yet waits (up to [`IMAGE_WAIT`]), then is recorded
@@ -36,27 +41,50 @@ pub const JOIN_MEMORY: Duration = Duration::from_secs(600);
 pub struct Joined {
     pub parcel: Option<u32>,
     pub waybill: Option<String>,
+    /// The passage's tunnel-entry time: a verdict for the same scan id with another time is
+    /// a new passage (the scanner restarted its numbering), not an update.
+    pub entered_at_ms: u64,
 }
 
-/// The parcel whose expected tunnel entry (`(parcel, expected ms)`) is closest to
-/// `entered_at_ms`, within `window_ms`. Ties go to the earlier parcel.
-pub fn closest(
+/// What a verdict's tunnel-entry time says about the waiting parcels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    /// One parcel, clearly the closest.
+    One(u32),
+    /// No waiting parcel within the window.
+    None,
+    /// Two or more within the window, the runner-up not clearly farther than the closest:
+    /// the verdict could be either's, so it is given to neither (they fail closed).
+    Ambiguous(Vec<u32>),
+}
+
+/// The waiting parcel (`(parcel, expected entry ms)`) the verdict entering at
+/// `entered_at_ms` belongs to, within `window_ms`. The runner-up must be at least a third of
+/// the window farther than the closest, or the pick is ambiguous: clocks a little out of step
+/// must not hand a parcel its neighbour's clear verdict.
+pub fn pick(
     candidates: impl IntoIterator<Item = (u32, u64)>,
     entered_at_ms: u64,
     window_ms: u64,
-) -> Option<u32> {
-    candidates
+) -> Pick {
+    let mut near: Vec<(u64, u64, u32)> = candidates
         .into_iter()
         .map(|(p, expected)| (expected.abs_diff(entered_at_ms), expected, p))
         .filter(|(d, _, _)| *d <= window_ms)
-        .min()
-        .map(|(_, _, p)| p)
+        .collect();
+    near.sort_unstable();
+    match near.as_slice() {
+        [] => Pick::None,
+        [(_, _, p)] => Pick::One(*p),
+        [(d1, _, p), (d2, _, _), ..] if d2 - d1 >= window_ms / 3 => Pick::One(*p),
+        _ => Pick::Ambiguous(near.iter().map(|(_, _, p)| *p).collect()),
+    }
 }
 
 /// One line's join state.
 #[derive(Debug, Default)]
 pub struct Joiner {
-    joined: HashMap<u32, Joined>,
+    joined: HashMap<u32, (Instant, Joined)>,
     joined_order: VecDeque<(Instant, u32)>,
     waiting: HashMap<u32, Vec<ImageRecord>>,
     waiting_order: VecDeque<(Instant, u32)>,
@@ -65,7 +93,7 @@ pub struct Joiner {
 impl Joiner {
     /// What `scan_id` was joined to, if it was.
     pub fn joined(&self, scan_id: u32) -> Option<&Joined> {
-        self.joined.get(&scan_id)
+        self.joined.get(&scan_id).map(|(_, j)| j)
     }
 
     /// Remembers a join; returns the images that were waiting for it, filled in.
@@ -73,13 +101,13 @@ impl Joiner {
         self.joined_order.push_back((now, scan_id));
         let images = self.waiting.remove(&scan_id).unwrap_or_default();
         let out = images.into_iter().map(|i| fill(i, &to)).collect();
-        self.joined.insert(scan_id, to);
+        self.joined.insert(scan_id, (now, to));
         out
     }
 
     /// An image arrived: returned at once, filled in, if its scan is joined; else it waits.
     pub fn image(&mut self, image: ImageRecord, now: Instant) -> Option<ImageRecord> {
-        if let Some(j) = self.joined.get(&image.scan_id) {
+        if let Some((_, j)) = self.joined.get(&image.scan_id) {
             return Some(fill(image, j));
         }
         self.waiting_order.push_back((now, image.scan_id));
@@ -94,8 +122,8 @@ impl Joiner {
                 break;
             }
             self.joined_order.pop_front();
-            // A scan joined again later (an update) keeps its newer entry in the queue.
-            if !self.joined_order.iter().any(|(_, s)| *s == scan) {
+            // A scan id joined again since (a new passage under a reused id) keeps its entry.
+            if self.joined.get(&scan).is_some_and(|(t, _)| *t == at) {
                 self.joined.remove(&scan);
             }
         }
@@ -157,12 +185,17 @@ mod tests {
     }
 
     #[test]
-    fn the_closest_parcel_within_the_window_matches() {
+    fn the_clearly_closest_parcel_within_the_window_matches() {
         let c = [(1, 1_000), (2, 1_300), (3, 1_600)];
-        assert_eq!(closest(c, 1_290, 100), Some(2));
-        assert_eq!(closest(c, 1_150, 200), Some(1), "a tie goes to the earlier");
-        assert_eq!(closest(c, 2_000, 100), None);
-        assert_eq!(closest([], 2_000, 100), None);
+        assert_eq!(pick(c, 1_290, 150), Pick::One(2));
+        assert_eq!(pick(c, 2_000, 100), Pick::None);
+        assert_eq!(pick([], 2_000, 100), Pick::None);
+        // Halfway between two parcels: either could be the one.
+        assert_eq!(pick(c, 1_150, 200), Pick::Ambiguous(vec![1, 2]));
+        // Parcels 90 ms apart (40,000/h) with a tight window and synchronised clocks.
+        let dense = [(1, 1_000), (2, 1_090), (3, 1_180)];
+        assert_eq!(pick(dense, 1_095, 60), Pick::One(2));
+        assert_eq!(pick(dense, 1_140, 60), Pick::Ambiguous(vec![3, 2]));
     }
 
     #[test]
@@ -173,6 +206,7 @@ mod tests {
         let to = Joined {
             parcel: Some(42),
             waybill: Some("W1".into()),
+            entered_at_ms: 1,
         };
         let waited = j.join(7, to.clone(), t0);
         assert_eq!(waited.len(), 1);
@@ -196,6 +230,7 @@ mod tests {
             Joined {
                 parcel: None,
                 waybill: None,
+                entered_at_ms: 1,
             },
             t0,
         );

@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::uplink::tls::{certs, file_err, TlsError};
 
-/// How long a client may take over its TLS handshake.
+/// How long a client may take over its TLS handshake, and over a request's headers: an idle
+/// or slow client does not hold a connection for ever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The view's certificate and key files, and the server configuration made from them.
 #[derive(Debug, Clone)]
@@ -104,6 +106,8 @@ pub async fn serve(
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
