@@ -227,7 +227,7 @@ fn report(what: &str, n: usize, set: &[Vec<u8>], took: Duration) {
     let bytes: usize = set.iter().map(Vec::len).sum();
     let s = took.as_secs_f64();
     println!(
-        "{what}: {n} views in {s:.2} s = {:.1} views/s ({:.1} MiB/s of originals, {:.1} ms per view)",
+        "{what}: {n} views in {s:.2} s = {:.1} views/s ({:.1} MiB/s of originals, {:.1} ms of wall time per view)",
         n as f64 / s,
         bytes as f64 / (1024.0 * 1024.0) / s,
         1000.0 * s / n as f64,

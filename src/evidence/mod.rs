@@ -110,7 +110,12 @@ pub fn start(
             source,
         })?;
         let addr = listener.local_addr().unwrap_or(u.listen);
-        let app = upload::router(ingestor.clone(), u.credentials.clone(), MAX_IMAGE_BYTES);
+        let app = upload::router(
+            ingestor.clone(),
+            u.credentials.clone(),
+            MAX_IMAGE_BYTES,
+            shutdown.clone(),
+        );
         tracing::info!(%addr, "X-ray image upload endpoint listening");
         tasks.push(tokio::spawn(upload::serve(listener, app, shutdown.clone())));
     }

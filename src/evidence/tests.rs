@@ -368,7 +368,7 @@ async fn upload_server(rig: &Rig, max_bytes: usize) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let creds = Credentials::new(Some(crate::journal::sha256(TOKEN.as_bytes())), Vec::new());
-    let app = super::upload::router(rig.ingestor.clone(), creds, max_bytes);
+    let app = super::upload::router(rig.ingestor.clone(), creds, max_bytes, rig.shutdown.clone());
     tokio::spawn(super::upload::serve(listener, app, rig.shutdown.clone()));
     addr
 }
@@ -555,4 +555,82 @@ async fn start_runs_watchers_and_the_upload_endpoint_until_shutdown() {
     // Every sink is gone with the tasks: the journal writer ends too.
     tokio::time::timeout(WAIT, writer).await.unwrap().unwrap();
     assert!(Path::new(&r.kept_at.unwrap()).exists());
+}
+
+#[tokio::test]
+async fn the_xray_simulators_spool_files_are_taken_as_written() {
+    use bondline_simulators::xray::{ImageFormat, ImageSpec, XrayImages};
+    let mut rig = rig(8192 * 1024);
+    let jpegs = XrayImages::new(&rig.spool, ImageSpec::default()).unwrap();
+    let pngs = XrayImages::new(
+        &rig.spool,
+        ImageSpec {
+            format: ImageFormat::Png,
+            views: vec!["side".into()],
+            ..ImageSpec::default()
+        },
+    )
+    .unwrap();
+    jpegs.write(1001, true).unwrap();
+    pngs.write(1002, false).unwrap();
+    jpegs.write_corrupt(1003, "top").unwrap();
+    jpegs.write_truncated(1004, "top").unwrap();
+    rig.watch();
+    let mut seen = HashMap::new();
+    for _ in 0..5 {
+        let r = rig.next_image().await;
+        seen.insert((r.scan_id, r.view.clone()), r);
+    }
+    for key in [(1001, "top"), (1001, "side")] {
+        let r = &seen[&(key.0, key.1.to_string())];
+        assert_eq!(
+            (r.format.as_deref(), r.error.as_deref()),
+            (Some("jpeg"), None)
+        );
+        assert_eq!((r.width, r.height), (Some(640), Some(480)));
+    }
+    assert_eq!(seen[&(1002, "side".into())].format.as_deref(), Some("png"));
+    let corrupt = seen[&(1003, "top".into())].error.clone().unwrap();
+    assert_eq!(corrupt, "not a JPEG or PNG image");
+    let truncated = seen[&(1004, "top".into())].error.clone().unwrap();
+    assert!(truncated.starts_with("truncated JPEG: "), "{truncated}");
+    wait_for(|| {
+        let left = std::fs::read_dir(&rig.spool).unwrap().count();
+        (left == 0).then_some(())
+    })
+    .await;
+    rig.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_stalled_upload_does_not_hold_up_shutdown() {
+    let rig = rig(8192 * 1024);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = super::upload::router(
+        rig.ingestor.clone(),
+        Credentials::default(),
+        1024 * 1024,
+        rig.shutdown.clone(),
+    );
+    let server = tokio::spawn(super::upload::serve(listener, app, rig.shutdown.clone()));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Announces 1000 bytes and sends 10: the handler waits for the rest.
+    let head = format!(
+        "POST /xray/xr-1/1/top HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n0123456789"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    rig.shutdown.cancel();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("the server stops although a body is still due")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 503"),
+        "either closed before the request was read, or refused: {text}"
+    );
+    assert_eq!(Metrics::get(&rig.metrics.images_ingested), 0);
 }

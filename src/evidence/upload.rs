@@ -10,10 +10,12 @@
 //! handed on (a corrupt image is kept too, and answered 201 with its `error`); 401 without
 //! the token; 404 for an unknown device; 400 for a bad scan id or view; 415 unless the body
 //! is `image/jpeg` or `image/png`; 413 beyond [`super::MAX_IMAGE_BYTES`]; 503 when the
-//! original cannot be kept (try again). Sending the same image again is harmless.
+//! original cannot be kept (try again), or when the gateway shuts down while the body is
+//! still arriving; 408 when the body takes longer than [`BODY_TIMEOUT`]. Sending the same
+//! image again is harmless.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
@@ -30,11 +32,17 @@ use super::ingest::{Incoming, IngestError, Ingestor};
 use super::process::{check_scan_id, check_view};
 use crate::view::auth::Credentials;
 
+/// How long a body may take to arrive; a stalled upload must not hold a connection, and with
+/// it the journal's sink, forever.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 struct Shared {
     ingestor: Ingestor,
     credentials: Credentials,
     max_bytes: usize,
+    /// A body still arriving at shutdown is refused (503) so the server can stop.
+    shutdown: CancellationToken,
 }
 
 /// The 201 answer.
@@ -45,12 +53,19 @@ struct Accepted {
     error: Option<String>,
 }
 
-/// The endpoint's routes; bodies above `max_bytes` are refused with 413.
-pub fn router(ingestor: Ingestor, credentials: Credentials, max_bytes: usize) -> Router {
+/// The endpoint's routes; bodies above `max_bytes` are refused with 413. A body still
+/// arriving when `shutdown` fires is refused with 503, so the server stops promptly.
+pub fn router(
+    ingestor: Ingestor,
+    credentials: Credentials,
+    max_bytes: usize,
+    shutdown: CancellationToken,
+) -> Router {
     let shared = Shared {
         ingestor,
         credentials,
         max_bytes,
+        shutdown,
     };
     Router::new()
         .route("/xray/:device/:scan_id/:view", post(upload))
@@ -152,12 +167,27 @@ async fn upload(
     if announced.is_some_and(|n| n > s.max_bytes as u64) {
         return too_large(s.max_bytes);
     }
-    let body = match Bytes::from_request(request, &()).await {
-        Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    let read = tokio::select! {
+        r = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, &())) => r,
+        _ = s.shutdown.cancelled() => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down; send the image again")
+        }
+    };
+    let body = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return too_large(s.max_bytes)
         }
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+        Ok(Err(rejection)) => return error(rejection.status(), rejection.body_text()),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        }
     };
     let image = Incoming {
         file_name: format!("{scan_id}_{view}.{ext}"),

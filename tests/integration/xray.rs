@@ -240,7 +240,7 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
     .replace(
         "[[lines]]",
         &format!(
-            "[devices.xray-1]\nprofile = \"xray-modbus\"\ntcp = \"{xray_addr}\"\nspool = \"{}\"\n[[lines]]\nxray = \"xray-1\"",
+            "[devices.xray-1]\nprofile = \"xray-modbus\"\ntcp = \"{xray_addr}\"\nspool = \"{}\"\n[[lines]]\nxray = \"xray-1\"\ngeometry = {{ scan_to_gate_m = 8.0 }}",
             spool.display()
         ),
     );
@@ -256,7 +256,10 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
         .await
     );
 
-    // Every parcel is declared and released by customs: only the X-ray decides.
+    // A long belt (8 m at 2 m/s: the divert deadline 3.7 s after the scan) leaves a loaded
+    // test machine ample time for verdicts and marks meant to come before it; the late mark
+    // comes well after it. Every parcel is declared and released by customs: only the X-ray
+    // decides.
     let plan = Plan::with_mix(61, Mix::only(PlanKind::Release));
     let cases = [
         Case {
@@ -285,7 +288,7 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
         },
         Case {
             verdict: Some(XrayResult::Clear),
-            mark_after: Some(Duration::from_millis(2500)),
+            mark_after: Some(Duration::from_millis(6000)),
             images_first: false,
             lane: LaneRole::Release,
         },

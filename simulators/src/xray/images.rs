@@ -91,8 +91,8 @@ pub struct ImageSpec {
     pub height: u32,
     pub format: ImageFormat,
     pub palette: Palette,
-    /// View names, each one file per scan. A name containing `side` is drawn from the side
-    /// (belt direction against height), any other from above.
+    /// View names (1 to 16 of `a-z 0-9 -`), each one file per scan. A name containing
+    /// `side` is drawn from the side (belt direction against height), any other from above.
     pub views: Vec<String>,
     /// JPEG quality, 1 to 100.
     pub jpeg_quality: u8,
@@ -117,7 +117,7 @@ impl Default for ImageSpec {
 pub enum ImageError {
     #[error("image size {width}x{height}: each side must be {MIN_SIDE} to {MAX_SIDE} pixels")]
     Size { width: u32, height: u32 },
-    #[error("view name `{0}`: use 1 to 32 letters, digits or '-' (it is part of the file name)")]
+    #[error("view name `{0}`: use 1 to 16 of a-z 0-9 '-' (it is part of the file name)")]
     View(String),
     #[error("{path}: {source}")]
     Io {
@@ -224,8 +224,12 @@ impl XrayImages {
     }
 }
 
+/// The daemon's rule for a view in a spool file name (and its upload URL): 1 to 16 of
+/// `a-z 0-9 -`. A simulator writing other names would only test the daemon's refusal.
 fn valid_view(v: &str) -> bool {
-    (1..=32).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    (1..=16).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Encodes `image` in `format`.

@@ -405,6 +405,13 @@ fn image_specs_are_checked() {
         XrayImages::new(dir.path(), bad_view),
         Err(ImageError::View(v)) if v == "../x"
     ));
+    for bad in ["Top", "", "a-very-long-view-name"] {
+        let spec = ImageSpec {
+            views: vec![bad.into()],
+            ..ImageSpec::default()
+        };
+        assert!(XrayImages::new(dir.path(), spec).is_err(), "{bad}");
+    }
 }
 
 #[test]
