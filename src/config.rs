@@ -973,42 +973,6 @@ impl Config {
                 crate::trust::Trust::new(keys, t.allow_unsigned, Duration::from_secs(t.max_age_h * 3600))
             }
         };
-        let mut evidence = match &raw.evidence {
-            Some(e) => crate::evidence::EvidenceConfig::from_raw(e, &storage.path)
-                .map_err(|(k, r)| err(&format!("evidence.{k}"), r))?,
-            None => crate::evidence::EvidenceConfig::defaults(&storage.path),
-        };
-        // Evidence is kept as long as the records that point to it.
-        evidence.retention = storage.retention;
-        if evidence.max_forward_bytes > 0
-            && lines.iter().any(|l| l.xray.is_some())
-            && uplink.max_packet_bytes < crate::evidence::MIN_PACKET_FOR_CHUNKS
-        {
-            return Err(err(
-                "evidence.max_forward_kb",
-                format!(
-                    "image chunk records are up to {} KiB but uplink.max_packet_kib is {}: raise it, or set max_forward_kb = 0 to keep originals on the gateway only",
-                    crate::evidence::MIN_PACKET_FOR_CHUNKS / 1024,
-                    uplink.max_packet_bytes / 1024
-                ),
-            ));
-        }
-        let mut spools: BTreeMap<&Path, &str> = BTreeMap::new();
-        for (name, d) in &raw.devices {
-            let Some(spool) = &d.spool else { continue };
-            if let Some(other) = spools.insert(spool, name) {
-                return Err(err(
-                    &format!("devices.{name}.spool"),
-                    format!("`{}` is already the spool of `{other}`: each X-ray scanner needs its own, or images would be taken for the wrong line", spool.display()),
-                ));
-            }
-            if spool == &evidence.dir {
-                return Err(err(
-                    &format!("devices.{name}.spool"),
-                    "must not be the evidence directory".into(),
-                ));
-            }
-        }
         let facts: BTreeMap<String, crate::camera::LineFacts<'_>> = raw
             .lines
             .iter()
@@ -1033,18 +997,41 @@ impl Config {
                     .map_err(|(k, r)| err(&format!("{key}.{k}"), r))?,
             );
         }
+        let mut evidence = match &raw.evidence {
+            Some(e) => crate::evidence::EvidenceConfig::from_raw(e, &storage.path)
+                .map_err(|(k, r)| err(&format!("evidence.{k}"), r))?,
+            None => crate::evidence::EvidenceConfig::defaults(&storage.path),
+        };
+        // Evidence is kept as long as the records that point to it.
+        evidence.retention = storage.retention;
         if evidence.max_forward_bytes > 0
-            && !cameras.is_empty()
+            && (lines.iter().any(|l| l.xray.is_some()) || !cameras.is_empty())
             && uplink.max_packet_bytes < crate::evidence::MIN_PACKET_FOR_CHUNKS
         {
             return Err(err(
                 "evidence.max_forward_kb",
                 format!(
-                    "snapshot chunk records are up to {} KiB but uplink.max_packet_kib is {}: raise it, or set max_forward_kb = 0 to keep originals on the gateway only",
+                    "image chunk records (X-ray originals, camera snapshots) are up to {} KiB but uplink.max_packet_kib is {}: raise it, or set max_forward_kb = 0 to keep originals on the gateway only",
                     crate::evidence::MIN_PACKET_FOR_CHUNKS / 1024,
                     uplink.max_packet_bytes / 1024
                 ),
             ));
+        }
+        let mut spools: BTreeMap<&Path, &str> = BTreeMap::new();
+        for (name, d) in &raw.devices {
+            let Some(spool) = &d.spool else { continue };
+            if let Some(other) = spools.insert(spool, name) {
+                return Err(err(
+                    &format!("devices.{name}.spool"),
+                    format!("`{}` is already the spool of `{other}`: each X-ray scanner needs its own, or images would be taken for the wrong line", spool.display()),
+                ));
+            }
+            if spool == &evidence.dir {
+                return Err(err(
+                    &format!("devices.{name}.spool"),
+                    "must not be the evidence directory".into(),
+                ));
+            }
         }
         let report_publish_day = match raw.report {
             Some(r) if !(1..=28).contains(&r.publish_day) => {

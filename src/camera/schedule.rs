@@ -39,55 +39,36 @@ pub struct Watch {
     pub offset: Duration,
 }
 
-/// The snapshots a parcel scanned at `scanned` (monotonic) / `scanned_at` (wall clock)
-/// needs from the scan cameras among `watches`.
-pub fn at_scan(
-    watches: &[Watch],
-    parcel: u32,
-    waybill: Option<&str>,
-    scanned: Instant,
-    scanned_at: SystemTime,
-) -> Vec<Capture> {
-    watches
-        .iter()
-        .filter(|w| w.scan)
-        .map(|w| {
-            capture(
-                w,
-                CameraPoint::Scan,
-                None,
-                parcel,
-                waybill,
-                scanned,
-                scanned_at,
-            )
-        })
-        .collect()
+/// Where along the line a parcel is to be photographed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// At the scan point: every parcel.
+    Scan,
+    /// Over this lane: a parcel bound for it.
+    Lane(u16),
 }
 
-/// The snapshots a parcel bound for `lane` needs from the lane cameras among `watches`.
-pub fn at_lane(
+/// The snapshots a parcel scanned at `scanned` (monotonic) / `scanned_at` (wall clock) needs
+/// from the cameras among `watches` that look at `at`.
+pub fn captures(
     watches: &[Watch],
-    lane: u16,
+    at: At,
     parcel: u32,
     waybill: Option<&str>,
     scanned: Instant,
     scanned_at: SystemTime,
 ) -> Vec<Capture> {
+    let (point, lane) = match at {
+        At::Scan => (CameraPoint::Scan, None),
+        At::Lane(l) => (CameraPoint::Lane, Some(l)),
+    };
     watches
         .iter()
-        .filter(|w| w.lanes.contains(&lane))
-        .map(|w| {
-            capture(
-                w,
-                CameraPoint::Lane,
-                Some(lane),
-                parcel,
-                waybill,
-                scanned,
-                scanned_at,
-            )
+        .filter(|w| match at {
+            At::Scan => w.scan,
+            At::Lane(l) => w.lanes.contains(&l),
         })
+        .map(|w| capture(w, point, lane, parcel, waybill, scanned, scanned_at))
         .collect()
 }
 
@@ -164,7 +145,7 @@ mod tests {
     fn every_parcel_is_due_at_the_scan_camera_after_its_offset() {
         let now = Instant::now();
         let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_000);
-        let c = at_scan(&watches(), 7, Some("BL7"), now, wall);
+        let c = captures(&watches(), At::Scan, 7, Some("BL7"), now, wall);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].camera, "entry");
         assert_eq!((c[0].point, c[0].lane), (CameraPoint::Scan, None));
@@ -177,8 +158,8 @@ mod tests {
     fn only_watched_lanes_are_photographed() {
         let now = Instant::now();
         let wall = SystemTime::UNIX_EPOCH;
-        assert!(at_lane(&watches(), 1, 7, None, now, wall).is_empty());
-        let c = at_lane(&watches(), 2, 7, None, now, wall);
+        assert!(captures(&watches(), At::Lane(1), 7, None, now, wall).is_empty());
+        let c = captures(&watches(), At::Lane(2), 7, None, now, wall);
         assert_eq!(c.len(), 1);
         assert_eq!((c[0].point, c[0].lane), (CameraPoint::Lane, Some(2)));
         assert_eq!(c[0].due_at_ms, 2_000);

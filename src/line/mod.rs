@@ -258,8 +258,9 @@ impl Line {
         self.send(parcel, io);
         if let Some(cams) = &self.ctx.cameras {
             if let Some(t) = self.tracker.get(parcel) {
-                let captures = crate::camera::schedule::at_scan(
+                let captures = crate::camera::schedule::captures(
                     &cams.watches,
+                    crate::camera::schedule::At::Scan,
                     parcel,
                     t.waybill(),
                     t.scanned,
@@ -286,9 +287,9 @@ impl Line {
             t.lane_camera_asked = true;
             let lane = t.committed_lane.unwrap_or(t.lane);
             if cams.watches_lane(lane) {
-                captures.extend(crate::camera::schedule::at_lane(
+                captures.extend(crate::camera::schedule::captures(
                     &cams.watches,
-                    lane,
+                    crate::camera::schedule::At::Lane(lane),
                     t.parcel,
                     t.waybill(),
                     t.scanned,

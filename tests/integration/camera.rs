@@ -233,6 +233,21 @@ async fn snapshots_at_the_scanner_and_the_inspection_lane_show_their_own_parcel(
     );
     let snapshots = l.platform.snapshots();
     assert_eq!(snapshots.len(), expected);
+    // How long after the parcel was due in the field its picture arrived (logged, not
+    // asserted: it depends on the machine).
+    let mut lag: Vec<u64> = snapshots
+        .iter()
+        .filter_map(|s| Some(s.record.taken_at_ms?.saturating_sub(s.record.due_at_ms)))
+        .collect();
+    lag.sort_unstable();
+    eprintln!(
+        "snapshot arrival after due: median {} ms, max {} ms over {}; decision p99 {} us, max {} us",
+        lag[lag.len() / 2],
+        lag[lag.len() - 1],
+        lag.len(),
+        m.decision_latency.quantile_us(0.99),
+        m.decision_latency.max_us()
+    );
     for p in plan.parcels(0..count) {
         let at_scan: Vec<_> = snapshots
             .iter()
@@ -383,6 +398,12 @@ async fn cameras_down_failing_hanging_or_sending_garbage_leave_no_evidence_and_t
     }
     assert_eq!(Metrics::get(&m.snapshots_failed), expected as u64);
     assert_eq!(Metrics::get(&m.snapshots_taken), 0);
+    eprintln!(
+        "with four failing cameras: decision p99 {} us, max {} us over {} parcels",
+        m.decision_latency.quantile_us(0.99),
+        m.decision_latency.max_us(),
+        m.decision_latency.count()
+    );
     assert_every_parcel_decided_in_time(&l.platform, &plan, count).await;
     assert_eq!(Metrics::get(&m.released_without_decision), 0);
 
