@@ -135,3 +135,58 @@ pub fn start(
     }
     (lines, tasks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bondline_devices::contract::Record;
+    use std::time::{Duration, Instant, SystemTime};
+
+    #[test]
+    fn a_full_camera_queue_is_recorded_at_once_and_never_waited_for() {
+        let metrics = Arc::new(Metrics::default());
+        let (sink, mut records) = RecordSink::for_tests(metrics.clone());
+        let (tx, mut rx) = mpsc::channel(1);
+        let cams = LineCameras {
+            gateway: "gw".into(),
+            line: "L1".into(),
+            watches: vec![Watch {
+                camera: "entry".into(),
+                scan: true,
+                lanes: vec![],
+                offset: Duration::from_millis(200),
+            }],
+            queues: HashMap::from([("entry".to_string(), tx)]),
+        };
+        let at = |parcel| {
+            schedule::captures(
+                &cams.watches,
+                schedule::At::Scan,
+                parcel,
+                Some("BL1"),
+                Instant::now(),
+                SystemTime::now(),
+            )
+        };
+        cams.request(at(1), &sink, &metrics);
+        cams.request(at(2), &sink, &metrics);
+        assert_eq!(rx.try_recv().unwrap().parcel, 1);
+        match records.try_recv().unwrap() {
+            Record::Snapshot(s) => {
+                assert_eq!(s.parcel, 2);
+                assert_eq!(s.error.as_deref(), Some("no evidence: camera queue full"));
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(rx);
+        cams.request(at(3), &sink, &metrics);
+        match records.try_recv().unwrap() {
+            Record::Snapshot(s) => {
+                assert_eq!(s.error.as_deref(), Some("no evidence: camera task stopped"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Metrics::get(&metrics.snapshots_failed), 2);
+        assert!(!cams.watches_lane(2));
+    }
+}

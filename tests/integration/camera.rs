@@ -427,3 +427,66 @@ async fn cameras_down_failing_hanging_or_sending_garbage_leave_no_evidence_and_t
     stop.cancel();
     l.app.wait().await.unwrap();
 }
+
+/// HTTPS snapshots: the camera's certificate must chain to the configured CA; with it the
+/// frame arrives behind basic credentials, with another CA the TLS failure is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_over_https_trust_only_the_configured_ca() {
+    use bondline::camera::fetch::{fetch, FetchError, Target};
+    use bondline::camera::Auth;
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = crate::tls::ca("camera CA");
+    let rogue = crate::tls::ca("someone else");
+    crate::tls::issue(&trusted, dir.path(), "camera", true);
+    std::fs::write(dir.path().join("ca.pem"), trusted.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("rogue.pem"), rogue.cert.pem()).unwrap();
+    let sim = CameraSim::new(SimAuth::Basic {
+        username: "viewer".into(),
+        password: "pw".into(),
+    });
+    sim.set_current(Some("BL-TLS-1".into()));
+    let tls = bondline::view::tls::ViewTls::load(
+        dir.path().join("camera.pem"),
+        dir.path().join("camera.key"),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(bondline::view::tls::serve(
+        listener,
+        sim.router(),
+        tls,
+        stop.clone(),
+    ));
+    let target = |ca: &str| Target {
+        url: format!("https://{addr}/snapshot.jpg").parse().unwrap(),
+        auth: Auth::Basic {
+            username: "viewer".into(),
+            password: "pw".into(),
+        },
+        tls: Some(
+            bondline::uplink::tls::TlsFiles {
+                ca_file: dir.path().join(ca),
+                client: None,
+            }
+            .client_config()
+            .unwrap(),
+        ),
+        timeout: Duration::from_secs(5),
+    };
+    let jpeg = fetch(&target("ca.pem")).await.unwrap();
+    assert_eq!(waybill_of(&jpeg).as_deref(), Some("BL-TLS-1"));
+    match fetch(&target("rogue.pem")).await {
+        Err(FetchError::Tls(e)) => assert!(e.to_string().contains("certificate"), "{e}"),
+        other => panic!("expected a TLS failure, got {:?}", other.map(|b| b.len())),
+    }
+    // Wrong credentials are the camera refusing: its status, not a link failure.
+    let mut wrong = target("ca.pem");
+    wrong.auth = Auth::Basic {
+        username: "viewer".into(),
+        password: "nope".into(),
+    };
+    assert!(matches!(fetch(&wrong).await, Err(FetchError::Status(401))));
+    stop.cancel();
+}
