@@ -75,6 +75,16 @@ pub struct CameraSim {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for CameraSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials stay out of logs, even a simulator's.
+        f.debug_struct("CameraSim")
+            .field("fault", &self.belt().fault)
+            .field("served", &self.belt().served)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CameraSim {
     pub fn new(auth: SimAuth) -> CameraSim {
         CameraSim {
