@@ -59,6 +59,9 @@ pub struct App {
     /// Where the staff view listens, when configured and bound.
     pub view_addr: Option<std::net::SocketAddr>,
     uplink: tokio::task::JoinHandle<()>,
+    /// Tasks that use the journal and stop with the uplink (the waybill index, housekeeping,
+    /// the rule file's watch): awaited before `wait` returns, so the store is closed then.
+    journal_tasks: JoinSet<()>,
     uplink_stop: CancellationToken,
 }
 
@@ -93,6 +96,7 @@ impl App {
 
         let alarms = Alarms::new(&config.gateway_id);
         let mut tasks = JoinSet::new();
+        let mut journal_tasks = JoinSet::new();
         let uplink_stop = CancellationToken::new();
         let (sink, writer, accepted) = record_sink(
             journal.clone(),
@@ -140,7 +144,7 @@ impl App {
         {
             let journal = journal.clone();
             let stop = uplink_stop.clone();
-            tokio::spawn(async move {
+            journal_tasks.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(250));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -149,7 +153,7 @@ impl App {
                         _ = tick.tick() => {}
                     }
                     let j = journal.clone();
-                    match tokio::task::spawn_blocking(move || j.index_pending(256)).await {
+                    match tokio::task::spawn_blocking(move || j.index_pending(1024)).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "waybill index not updated; lookups read the batches")
@@ -165,7 +169,7 @@ impl App {
             retention: config.storage.retention,
             interval: Duration::from_secs(1),
         };
-        tokio::spawn(housekeeping.run(
+        journal_tasks.spawn(housekeeping.run(
             journal.clone(),
             metrics.clone(),
             alarms.clone(),
@@ -187,7 +191,7 @@ impl App {
             let set = policy.current();
             info!(rule_set = %set.version, rules = set.rules.len(), "customs rule set");
         }
-        tokio::spawn(policy.clone().watch(uplink_stop.clone()));
+        journal_tasks.spawn(policy.clone().watch(uplink_stop.clone()));
         let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
         let reconnect = Arc::new(tokio::sync::Notify::new());
         // Waybills whose clearance changed, from the uplink to every line.
@@ -353,6 +357,7 @@ impl App {
             view_tls: config.view.as_ref().and_then(|v| v.tls.clone()),
             pipeline: tasks,
             uplink,
+            journal_tasks,
             uplink_stop,
         })
     }
@@ -373,7 +378,8 @@ impl App {
     }
 
     /// Waits for the pipeline to finish (after shutdown), gives the uplink a short while to
-    /// forward the last records, then stops it and flushes the journal. Whatever is not
+    /// forward the last records, then stops it and the tasks that use the journal, and flushes
+    /// the journal. Whatever is not
     /// acknowledged by then stays in the outbox for the next start.
     pub async fn wait(mut self) -> Result<(), JournalError> {
         while let Some(r) = self.pipeline.join_next().await {
@@ -392,6 +398,7 @@ impl App {
         }
         self.uplink_stop.cancel();
         let _ = self.uplink.await;
+        while self.journal_tasks.join_next().await.is_some() {}
         self.journal.flush().await?;
         info!(
             backlog = Metrics::get(&self.metrics.backlog),

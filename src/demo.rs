@@ -27,6 +27,9 @@ use bondline_simulators::plan::{Mix, Plan};
 use bondline_simulators::platform::{Expect, PlatformReport, PlatformSim};
 use bondline_simulators::plc::{PlcOptions, PlcSim};
 use bondline_simulators::scanner::ScannerSim;
+use bondline_simulators::xray::{
+    DriverConfig, ImageOrder, ImageSpec, Passage, XrayDriver, XrayImages, XraySim, XrayState,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -58,6 +61,10 @@ const PREFIX: &str = "bondline/demo-gw";
 const SCANNER_PROFILE: &str = "dws-stx-etx";
 /// Parcels the platform declares ahead of the scanner.
 const AHEAD: u64 = 50;
+/// Where the X-ray tunnel starts, from the scanner, and when a parcel reaches it at the
+/// default 2 m/s.
+const XRAY_DISTANCE_M: f64 = 0.5;
+const XRAY_OFFSET_MS: u64 = 250;
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !(args.rate > 0.0 && args.rate <= 1000.0) {
@@ -120,6 +127,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let scan_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let scan_addr = scan_listener.local_addr()?;
 
+    // The X-ray scanner after the barcode scanner: xray-sim on Modbus TCP, judging every
+    // parcel clear (the plan's customs outcomes stay exact) and writing two small views of
+    // each scan to a spool directory, as an X-ray workstation does.
+    let xray_map = profiles
+        .get("xray-modbus")
+        .and_then(|p| p.xray())
+        .context("built-in X-ray profile")?
+        .clone();
+    let xray_state = XrayState::new(xray_map, &[1])?;
+    let xray_sim = XraySim::bind("127.0.0.1:0".parse()?, xray_state.clone()).await?;
+    let xray_addr = xray_sim.local_addr();
+    tokio::spawn(xray_sim.run(sims_stop.clone().cancelled_owned()));
+    let xray_spool = state_dir.join("xray-spool");
+    let images = XrayImages::new(
+        &xray_spool,
+        ImageSpec {
+            width: 320,
+            height: 240,
+            ..ImageSpec::default()
+        },
+    )?;
+    let (xray_driver, xray_feed) = XrayDriver::new(
+        DriverConfig {
+            suspect_rate: 0.0,
+            mark_rate: 0.0,
+            processing: Duration::from_millis(300),
+            image_order: ImageOrder::After(Duration::from_millis(100)),
+            ..DriverConfig::default()
+        },
+        xray_state,
+        Some(images),
+    )?;
+    tokio::spawn(xray_driver.run(sims_stop.clone().cancelled_owned()));
+    // Each parcel the scanner sends enters the tunnel when the belt brings it there.
+    let (scanned_tx, mut scanned_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    tokio::spawn(async move {
+        while let Some(index) = scanned_rx.recv().await {
+            let entered = crate::metrics::unix_ms(std::time::SystemTime::now()) + XRAY_OFFSET_MS;
+            xray_feed.pass(Passage::new(index as u32 + 1, entered));
+        }
+    });
+
     // The platform's signing key, made for this run: the platform simulator signs every
     // message, the daemon believes only that key, as on a real line.
     let platform_key = bondline_devices::signing::SigningKey::generate(&mut rand::rngs::OsRng);
@@ -134,6 +183,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             mqtt,
             scan_addr,
             plc_addr,
+            (xray_addr, &xray_spool),
             &public_hex,
         ),
     )?;
@@ -178,12 +228,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let scanner_task = tokio::spawn({
         let stop = scanner_stop.clone();
-        async move { scanner.run_tcp(scan_listener, stop.cancelled_owned()).await }
+        async move {
+            scanner
+                .run_tcp_observed(scan_listener, stop.cancelled_owned(), Some(scanned_tx))
+                .await
+        }
     });
 
     println!("bondline demo: a sorting line on this machine");
     println!("  MQTT broker (embedded)    127.0.0.1:{mqtt}   topics {PREFIX}/#");
     println!("  PLC simulator, Modbus TCP {plc_addr}");
+    println!(
+        "  X-ray simulator, Modbus TCP {xray_addr}   verdicts and images ({})",
+        xray_spool.display()
+    );
     println!(
         "  scanner simulator, TCP    {scan_addr}   {:.1} parcels/s, weighing ({SCANNER_PROFILE})",
         args.rate
@@ -256,7 +314,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Ok(Ok(n)) => n,
         _ => declared,
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The last parcels' X-ray verdicts come some 600 ms after their scan.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.cancel();
     app.wait().await?;
     sims_stop.cancel();
@@ -368,6 +427,7 @@ fn demo_config(
     mqtt: u16,
     scanner: SocketAddr,
     plc: SocketAddr,
+    (xray, spool): (SocketAddr, &Path),
     platform_key_hex: &str,
 ) -> String {
     format!(
@@ -396,10 +456,17 @@ tcp = "{scanner}"
 profile = "sorter-plc"
 tcp = "{plc}"
 
+[devices.xray-1]
+profile = "xray-modbus"
+tcp = "{xray}"
+spool = "{spool}"
+
 [[lines]]
 id = "L1"
 scanner = "scanner-1"
 plc = "plc-1"
+xray = "xray-1"
+geometry = {{ scan_to_xray_m = {XRAY_DISTANCE_M} }}
 lanes = [
   {{ lane = 1, role = "release" }},
   {{ lane = 2, role = "inspection" }},
@@ -410,7 +477,8 @@ lanes = [
 [view]
 listen = "127.0.0.1:0"
 "#,
-        journal = journal.display()
+        journal = journal.display(),
+        spool = spool.display(),
     )
 }
 

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub no_reads: AtomicU64,
     /// Frames rejected by the decoder (noise, over-long, malformed).
     pub frames_rejected: AtomicU64,
+    /// Parcels per lane role by their current decision: a re-decision moves its parcel.
     lanes: [AtomicU64; 4],
     pub diverts_acked: AtomicU64,
     pub diverts_failed: AtomicU64,
@@ -42,6 +43,9 @@ pub struct Metrics {
     /// Bytes of records the journal may hold before the writer holds new ones (see
     /// `journal::capacity::write_budget`); 0 until first measured means "no limit known".
     pub journal_write_budget: AtomicU64,
+    /// Gauge: bytes the journal writer needs for its next write of held records (the oldest
+    /// one with its index entry); 0 while it holds none. See `journal::capacity::level`.
+    pub journal_next_write: AtomicU64,
     pub platform_messages: AtomicU64,
     pub platform_rejected: AtomicU64,
     /// Broker sessions that ended (outages, refusals, keep-alive timeouts).
@@ -187,6 +191,12 @@ pub struct LinkStatus {
 impl Metrics {
     pub fn count_lane(&self, role: LaneRole) {
         self.lanes[lane_index(role)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A re-decision took a parcel from one lane role to another.
+    pub fn move_lane(&self, from: LaneRole, to: LaneRole) {
+        Metrics::sub(&self.lanes[lane_index(from)], 1);
+        self.count_lane(to);
     }
 
     pub fn lane_count(&self, role: LaneRole) -> u64 {

@@ -536,6 +536,9 @@ impl Expect {
 /// The deciding rule the daemon names when nothing decided (kept in step with the rules
 /// engine's `AWAITING_RELEASE`).
 const AWAITING_RELEASE: &str = "awaiting_release";
+/// The deciding rule while a parcel on an X-ray line waits for its verdict (the engine's
+/// `AWAITING_XRAY`); the verdict decides it again.
+const AWAITING_XRAY: &str = "awaiting_xray";
 
 /// What the platform received, against a plan range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,9 +548,9 @@ pub struct PlatformReport {
     pub distinct_msg_ids: usize,
     /// `records - distinct_msg_ids`: redeliveries, harmless under at-least-once.
     pub duplicates: usize,
-    /// Distinct records per lane role.
+    /// Parcels per lane role, by their latest decision.
     pub by_role: BTreeMap<LaneRole, usize>,
-    /// Distinct records of no-reads.
+    /// Parcels that were no-reads.
     pub no_reads: usize,
     /// Waybills of readable parcels in the range without any record, in plan order.
     pub missing: Vec<String>,
@@ -601,14 +604,36 @@ impl PlatformReport {
         let mut no_reads = 0;
         let mut lane_mismatches = 0;
         let mut released_against_plan = Vec::new();
+        // Each parcel is judged by its latest decision: an earlier revision was superseded
+        // before the parcel reached its gate (an X-ray verdict, a late declaration).
+        let mut latest: BTreeMap<(&str, &str, u32, Option<&str>), u32> = BTreeMap::new();
+        for r in records {
+            let key = (
+                r.gateway.as_str(),
+                r.line.as_str(),
+                r.parcel,
+                r.waybill.as_deref(),
+            );
+            let rev = latest.entry(key).or_default();
+            *rev = (*rev).max(r.revision);
+        }
         for r in records {
             if !seen_ids.insert(r.msg_id.as_str()) {
+                continue;
+            }
+            let key = (
+                r.gateway.as_str(),
+                r.line.as_str(),
+                r.parcel,
+                r.waybill.as_deref(),
+            );
+            if latest.get(&key).is_some_and(|rev| *rev != r.revision) {
                 continue;
             }
             *by_role.entry(r.lane_role).or_default() += 1;
             *by_rule.entry(r.rule.clone()).or_default() += 1;
             let mut kinds = BTreeSet::new();
-            for f in &r.rules_fired {
+            for f in r.rules_fired.iter().filter(|f| f.rule != AWAITING_XRAY) {
                 *fired.entry(f.rule.clone()).or_default() += 1;
                 kinds.insert(expect.kind_of(&f.rule));
             }
@@ -620,7 +645,9 @@ impl PlatformReport {
             // (and other than "nothing decided yet") kept the parcel off the release lane.
             let flagged = r.lane_role != LaneRole::Release
                 && r.rules_fired.first().is_some_and(|f| {
-                    f.rule != AWAITING_RELEASE && expect.kind_of(&f.rule) != "instruction"
+                    f.rule != AWAITING_RELEASE
+                        && f.rule != AWAITING_XRAY
+                        && expect.kind_of(&f.rule) != "instruction"
                 });
             if flagged && !anomalous.contains(&(r.gateway.as_str(), r.line.as_str(), r.parcel)) {
                 flagged_without_anomaly.push(name());

@@ -114,6 +114,7 @@ impl ScannerSim {
             &mut written,
             &mut shutdown,
             std::future::pending(),
+            None,
         )
         .await?;
         Ok(written)
@@ -148,6 +149,17 @@ impl ScannerSim {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<u64> {
+        self.run_tcp_observed(listener, shutdown, None).await
+    }
+
+    /// Like [`ScannerSim::run_tcp`]; `observer` gets each parcel's plan index as its frame is
+    /// written, for stages further down the belt (an X-ray tunnel) that must know when.
+    pub async fn run_tcp_observed(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        observer: Option<tokio::sync::mpsc::UnboundedSender<u64>>,
+    ) -> anyhow::Result<u64> {
         let mut shutdown = pin!(shutdown);
         let mut next = self.start_index;
         let mut written = 0;
@@ -179,6 +191,7 @@ impl ScannerSim {
                     &mut written,
                     &mut shutdown,
                     peer_gone(&mut rd),
+                    observer.as_ref(),
                 )
                 .await;
             match ended {
@@ -207,6 +220,7 @@ impl ScannerSim {
         written: &mut u64,
         shutdown: &mut S,
         peer_gone: G,
+        observer: Option<&tokio::sync::mpsc::UnboundedSender<u64>>,
     ) -> io::Result<Ended>
     where
         W: AsyncWrite + Unpin,
@@ -237,6 +251,9 @@ impl ScannerSim {
                     w.write_all(&frame).await?;
                     w.flush().await
                 } => res?,
+            }
+            if let Some(o) = observer {
+                let _ = o.send(*next);
             }
             *next += 1;
             *written += 1;

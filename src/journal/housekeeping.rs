@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::capacity::{free_bytes, level, next_mark, write_budget, Level, Limits};
+use super::capacity::{free_bytes, level, next_mark, store_room, write_budget, Level, Limits};
 use super::Journal;
 use crate::alarm::Alarms;
 use crate::metrics::{unix_ms, Metrics};
@@ -24,10 +24,20 @@ pub struct Housekeeping {
     pub interval: Duration,
 }
 
-/// Batches purged at most per round, so one round stays short.
-const PURGE_BATCHES: usize = 256;
+/// Batches purged at most per round, so one round stays short. Entries hold at most
+/// [`super::ENTRY_BYTES`] of records: a round purges up to 4 MiB of them.
+const PURGE_BATCHES: usize = 1024;
 /// A level other than ok is alarmed again after this long.
 const REMIND: Duration = Duration::from_secs(300);
+
+/// What a short-disk episode carries from one measurement to the next.
+#[derive(Debug, Default)]
+struct Short {
+    /// See [`next_mark`].
+    mark: Option<u64>,
+    /// The other trees' bytes, read when the episode began ([`Journal::other_bytes`]).
+    other: Option<u64>,
+}
 
 impl Housekeeping {
     pub async fn run(
@@ -38,7 +48,7 @@ impl Housekeeping {
         shutdown: CancellationToken,
     ) {
         let mut last = Level::Ok;
-        let mut mark = None;
+        let mut short = Short::default();
         let mut last_alarm = std::time::Instant::now();
         let mut tick = tokio::time::interval(self.interval);
         loop {
@@ -46,7 +56,7 @@ impl Housekeeping {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let mut now = self.measure(&journal, &metrics, &mut mark);
+            let mut now = self.measure(&journal, &metrics, &mut short);
             // Make room first, then judge again: purging forwarded records can only help.
             let before = if now >= Level::NearlyFull {
                 u64::MAX
@@ -57,7 +67,7 @@ impl Housekeeping {
                 Ok(0) => {}
                 Ok(n) => {
                     Metrics::add(&metrics.records_purged, n);
-                    now = self.measure(&journal, &metrics, &mut mark);
+                    now = self.measure(&journal, &metrics, &mut short);
                 }
                 Err(e) => warn!(error = %e, "journal purge failed"),
             }
@@ -84,7 +94,7 @@ impl Housekeeping {
         }
     }
 
-    fn measure(&self, journal: &Journal, metrics: &Metrics, mark: &mut Option<u64>) -> Level {
+    fn measure(&self, journal: &Journal, metrics: &Metrics, short: &mut Short) -> Level {
         let live = journal.live_bytes();
         let free = match free_bytes(&self.path) {
             Ok(f) => f,
@@ -93,12 +103,26 @@ impl Housekeeping {
                 0
             }
         };
-        *mark = next_mark(self.limits, live, free, *mark);
+        let room = if free < self.limits.min_free_bytes {
+            // The other trees change little while the disk is short: read once per episode.
+            let other = *short.other.get_or_insert_with(|| journal.other_bytes());
+            store_room(journal.file_bytes(), other)
+        } else {
+            short.other = None;
+            u64::MAX
+        };
+        short.mark = next_mark(self.limits, free, room, short.mark);
         metrics
             .journal_write_budget
-            .store(write_budget(*mark), Ordering::Relaxed);
+            .store(write_budget(short.mark), Ordering::Relaxed);
         metrics.journal_live_bytes.store(live, Ordering::Relaxed);
         metrics.journal_free_bytes.store(free, Ordering::Relaxed);
-        level(self.limits, live, free, *mark)
+        level(
+            self.limits,
+            live,
+            free,
+            short.mark,
+            Metrics::get(&metrics.journal_next_write),
+        )
     }
 }

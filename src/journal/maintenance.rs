@@ -660,6 +660,64 @@ pub(crate) mod tests {
         );
     }
 
+    /// A large group commit is stored as entries of at most `ENTRY_BYTES` (sled keeps them
+    /// in its file, see `capacity`), counted once even when written again, and purging all of
+    /// them gives back exactly what they counted.
+    #[test]
+    fn a_large_commit_is_stored_in_small_entries_and_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut hash = crate::journal::GENESIS_HASH;
+        let mut records = Vec::new();
+        for i in 1..=40u32 {
+            let mut r = Record::from(record(i, 1000));
+            r.stamp(i as u64, hex::encode(hash));
+            let bytes = serde_json::to_vec(&r).unwrap();
+            hash = crate::journal::sha256(&bytes);
+            records.push(bytes);
+        }
+        // One record far larger than an entry stays whole.
+        let mut big = Record::from(record(41, 1000));
+        if let Record::Parcel(p) = &mut big {
+            p.reason = "x".repeat(3 * crate::journal::ENTRY_BYTES);
+        }
+        big.stamp(41, hex::encode(hash));
+        let bytes = serde_json::to_vec(&big).unwrap();
+        hash = crate::journal::sha256(&bytes);
+        records.push(bytes);
+        journal.commit(1, &records, (41, hash)).unwrap();
+        let live = journal.live_bytes();
+        journal.commit(1, &records, (41, hash)).unwrap();
+        assert_eq!(journal.live_bytes(), live, "a retry is not counted twice");
+        let entries: Vec<_> = journal
+            .batches
+            .iter()
+            .values()
+            .map(|v| v.unwrap())
+            .collect();
+        assert!(entries.len() > 5, "{} entries", entries.len());
+        for v in &entries[..entries.len() - 1] {
+            assert!(v.len() <= crate::journal::ENTRY_BYTES);
+        }
+        assert!(entries.last().unwrap().len() > crate::journal::ENTRY_BYTES);
+        assert!(journal.verify().unwrap().ok());
+        assert_eq!(
+            journal
+                .record(17)
+                .unwrap()
+                .unwrap()
+                .as_parcel()
+                .unwrap()
+                .parcel,
+            17
+        );
+        for seq in 1..=41 {
+            journal.mark_forwarded(seq).unwrap();
+        }
+        assert_eq!(journal.purge_forwarded(u64::MAX, 1000).unwrap(), 41);
+        assert_eq!(journal.live_bytes(), 0);
+    }
+
     #[tokio::test]
     async fn the_outbox_never_hands_out_records_past_the_accepted_ceiling() {
         let (_dir, journal) = filled(10).await;

@@ -28,9 +28,10 @@
 //!   what happens when it runs short are described in [`capacity`].
 //!
 //! # Layout on disk (sled trees)
-//! - `batches`: one entry per group commit. Key: the first record's `seq` (big-endian `u64`).
-//!   Value: the batch's records, each as a big-endian `u32` length and the record's exact
-//!   JSON bytes. One write per commit instead of one per record is what makes appends fast.
+//! - `batches`: one entry per group commit, or per [`ENTRY_BYTES`] of it for a larger one.
+//!   Key: the first record's `seq` (big-endian `u64`). Value: the entry's records, each as a
+//!   big-endian `u32` length and the record's exact JSON bytes. One transaction per commit
+//!   instead of one write per record is what makes appends fast.
 //! - `meta`: `head` and `anchor` (`seq` + SHA-256, 40 bytes), `forwarded` (`W`, 8 bytes),
 //!   `live_bytes` (8 bytes, size of all stored batches and their `by_waybill` entries).
 //! - `acked`: records above `W` acknowledged out of order. `parked`: `seq` → reason.
@@ -110,6 +111,8 @@ pub struct Journal {
     by_waybill: Tree,
     /// The forwarded watermark and stored size, mirrored from `meta`; updates hold the lock.
     state: Arc<Mutex<State>>,
+    /// The store's directory.
+    path: Arc<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +153,32 @@ pub fn seq_key(seq: u64) -> [u8; 8] {
 
 fn key_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// Most bytes of records in one `batches` entry; a larger group commit is stored as several
+/// entries (in one transaction). sled writes any page larger than a quarter of its 512 KiB
+/// segment to a blob file of its own, outside the space it reuses, and deletes the file only
+/// after later writes; a leaf of the `batches` tree holds up to 17 entries, so entries of
+/// this size keep the tree's pages inside the store's file, where the room that purging
+/// frees is written again (see [`capacity`]). A single larger record is an entry of its own.
+pub const ENTRY_BYTES: usize = 4 * 1024;
+
+/// Splits records into consecutive groups of at most [`ENTRY_BYTES`] (at least one record).
+fn entry_groups(records: &[Vec<u8>]) -> Vec<&[Vec<u8>]> {
+    let mut groups = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        let len = r.len() + 4;
+        if i > start && size + len > ENTRY_BYTES {
+            groups.push(&records[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += len;
+    }
+    if start < records.len() {
+        groups.push(&records[start..]);
+    }
+    groups
 }
 
 /// Encodes records as one batch value: per record a `u32` length and the bytes.
@@ -230,6 +259,7 @@ impl Journal {
             meta,
             db,
             state: Arc::new(Mutex::new(state)),
+            path: Arc::new(path.to_path_buf()),
         };
         // Out-of-order acks at or below the watermark are leftovers of an interrupted advance.
         let w = state.forwarded;
@@ -257,6 +287,36 @@ impl Journal {
     /// The forwarded watermark: every record at or below it is acknowledged or parked.
     pub fn forwarded_watermark(&self) -> u64 {
         self.state().forwarded
+    }
+
+    /// Length of the store's log file, where sled writes its pages and reuses the room that
+    /// purging frees (sled 0.34 keeps it as `db` in the store's directory; pages too large for
+    /// it go to blob files beside it, which are not reused, see [`ENTRY_BYTES`]).
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(self.path.join("db")).map_or(0, |m| m.len())
+    }
+
+    /// Bytes of the keys and values in the trees other than the records and their index (the
+    /// platform's declarations and instructions, the outbox's side trees, `meta`). The capacity
+    /// policy keeps room for their pages (see [`capacity::store_room`]). Reads every entry.
+    pub fn other_bytes(&self) -> u64 {
+        let trees = [
+            &self.acked,
+            &self.parked,
+            &self.meta,
+            &self.declarations,
+            &self.instructions,
+            &self.instruction_ids,
+            &self.enterprises,
+            &self.notice_ids,
+            &self.counted,
+            &self.rule_update_ids,
+        ];
+        trees
+            .iter()
+            .flat_map(|t| t.iter().flatten())
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
     }
 
     /// Bytes of all stored batches and their index entries.
@@ -404,9 +464,10 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes one batch of already chained records (contiguous from `first`) and the new chain
-    /// head in one transaction. Writing the same batch again is harmless (same keys, same
-    /// bytes, same sizes), so a caller may retry after an error.
+    /// Writes one group commit of already chained records (contiguous from `first`) and the new
+    /// chain head in one transaction, as one `batches` entry per [`ENTRY_BYTES`] of records.
+    /// Writing the same records again is harmless (same keys, same bytes, same sizes), so a
+    /// caller may retry after an error.
     fn commit(
         &self,
         first: u64,
@@ -414,32 +475,34 @@ impl Journal {
         head: (u64, [u8; 32]),
     ) -> Result<(), JournalError> {
         use sled::Transactional;
-        let value = encode_batch(records.iter().map(Vec::as_slice));
-        let index = lookup::index_keys(
-            first,
-            &records.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-        );
+        let mut entries = Vec::new();
+        let mut seq = first;
+        for group in entry_groups(records) {
+            let value = encode_batch(group.iter().map(Vec::as_slice));
+            let index =
+                lookup::index_keys(seq, &group.iter().map(Vec::as_slice).collect::<Vec<_>>());
+            entries.push((seq_key(seq), value, lookup::index_bytes(&index)));
+            seq += group.len() as u64;
+        }
         let head = encode_link(head.0, &head.1);
         let mut state = self.state();
-        // Rewriting a batch that is already stored (a retry) must not count it twice.
-        let old = self
-            .batches
-            .get(seq_key(first))?
-            .map_or(0, |v| v.len() as u64);
-        // The index entries take disk too; counting them keeps the capacity policy's picture
-        // of the store true (see `lookup::INDEX_ENTRY_BYTES`).
-        let size = value.len() as u64 + lookup::index_bytes(&index);
-        let old = if old > 0 {
-            old + lookup::index_bytes(&index)
-        } else {
-            0
-        };
-        let live = state.live_bytes - old.min(state.live_bytes) + size;
+        let mut live = state.live_bytes;
+        for (key, value, index) in &entries {
+            // Rewriting an entry that is already stored (a retry) must not count it twice.
+            if let Some(old) = self.batches.get(key)? {
+                live = live.saturating_sub(old.len() as u64 + index);
+            }
+            // The index entries take disk too; counting them keeps the capacity policy's
+            // picture of the store true (see `lookup::INDEX_ENTRY_BYTES`).
+            live += value.len() as u64 + index;
+        }
         // The index entries themselves are written behind the writer ([`lookup`]): the
-        // append path stays one small transaction per batch.
+        // append path stays one small transaction per group commit.
         (&self.batches, &self.meta)
             .transaction(|(batches, meta)| {
-                batches.insert(&seq_key(first)[..], &value[..])?;
+                for (key, value, _) in &entries {
+                    batches.insert(&key[..], &value[..])?;
+                }
                 meta.insert(META_HEAD, &head[..])?;
                 meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
                 Ok(())

@@ -33,6 +33,11 @@ use crate::metrics::Metrics;
 
 /// Largest group commit; bounds the latency a burst can add to one record.
 const MAX_BATCH: usize = 4096;
+/// What stamping may add to a held record's bytes: its sequence number, message id and the
+/// previous record's hash.
+const STAMP_ALLOWANCE: u64 = 160;
+/// Most held records written in one step.
+const HELD_STEP: usize = 256;
 /// Failed attempts at one commit before the store is taken as failed.
 const MAX_COMMIT_FAILURES: u32 = 5;
 /// Accepted records buffered for a slow subscriber; one that falls further behind is told
@@ -161,18 +166,33 @@ impl JournalWriter {
         self.feed.subscribe()
     }
 
-    /// Whether `bytes` more may be written now.
+    /// Whether `bytes` more may be written now ([`super::capacity::writable`], the test the
+    /// level is judged by).
     fn room_for(&self, bytes: u64) -> bool {
-        let budget = self.metrics.journal_write_budget.load(Ordering::Relaxed);
-        if budget != 0 && self.journal.live_bytes().saturating_add(bytes) > budget {
+        let Some((path, limits)) = &self.capacity else {
+            return true;
+        };
+        let Ok(free) = super::capacity::free_bytes(path) else {
             return false;
-        }
-        match &self.capacity {
-            Some((path, limits)) => super::capacity::free_bytes(path)
-                .map(|free| free >= super::capacity::hard_floor(*limits).saturating_add(2 * bytes))
-                .unwrap_or(false),
-            None => true,
-        }
+        };
+        let budget = match self.metrics.journal_write_budget.load(Ordering::Relaxed) {
+            0 => u64::MAX,
+            b => b,
+        };
+        super::capacity::writable(*limits, self.journal.live_bytes(), free, budget, bytes)
+    }
+
+    /// Bytes the oldest held record needs (see [`Self::commit`]), 0 if none is held; the
+    /// level is judged on it.
+    fn publish_next_write(&self) {
+        let next = self.held.front().map_or(0, |r| {
+            let bytes = serde_json::to_vec(r).map_or(0, |b| b.len() as u64);
+            // Numbers and hash as stamped at the write.
+            bytes + 4 + super::lookup::INDEX_ALLOWANCE + STAMP_ALLOWANCE
+        });
+        self.metrics
+            .journal_next_write
+            .store(next, Ordering::Relaxed);
     }
 
     /// Runs until every [`RecordSink`] is dropped and the queue is empty, so a shutdown that
@@ -293,16 +313,19 @@ impl JournalWriter {
         self.metrics
             .records_held
             .store(self.held.len() as u64, Ordering::Relaxed);
+        self.publish_next_write();
     }
 
-    /// Writes held records, in order, while there is room.
+    /// Writes held records, in order, while there is room: in steps of at most [`HELD_STEP`]
+    /// records, halved while a step does not fit, so that a little room is used as soon as it
+    /// appears and whatever room the level sees is used.
     async fn write_held(&mut self) {
         if self.held.is_empty() {
             self.refused_now = 0;
         }
+        let mut step = HELD_STEP;
         while !self.held.is_empty() && !self.must_hold() {
-            // Small steps, so a little room is used as soon as it appears.
-            let n = self.held.len().min(256);
+            let n = self.held.len().min(step);
             let mut batch: Vec<Record> = self.held.drain(..n).collect();
             self.commit(&mut batch).await;
             if !batch.is_empty() {
@@ -310,12 +333,16 @@ impl JournalWriter {
                 for r in batch.into_iter().rev() {
                     self.held.push_front(r);
                 }
-                break;
+                if self.store_failed || n == 1 {
+                    break;
+                }
+                step = n / 2;
             }
         }
         self.metrics
             .records_held
             .store(self.held.len() as u64, Ordering::Relaxed);
+        self.publish_next_write();
     }
 
     /// Chains and writes `batch`, retrying on errors. On success the batch is emptied; if

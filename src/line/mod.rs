@@ -549,6 +549,7 @@ impl Line {
         }
         Metrics::add(&self.ctx.metrics.recommits, 1);
         if let Some(t) = self.tracker.get_mut(parcel) {
+            self.ctx.metrics.move_lane(t.decision.role, decision.role);
             t.decision = decision;
             t.decided_at = SystemTime::now();
             t.lane = lane;
