@@ -228,6 +228,25 @@ impl App {
         let mut xray_devices = Vec::new();
         // Where each X-ray scanner's processed images go: its line's join.
         let mut image_routes = std::collections::HashMap::new();
+        // Camera tasks stop at `shutdown` like the evidence tasks: they hold a record sink.
+        let (mut line_cameras, camera_tasks) = crate::camera::start(
+            &config.cameras,
+            &config.evidence,
+            &config.gateway_id,
+            sink.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(crate::evidence::keep_within_limits(
+            config.evidence.clone(),
+            alarms.clone(),
+            shutdown.clone(),
+        ));
+        for h in camera_tasks {
+            tasks.spawn(async move {
+                let _ = h.await;
+            });
+        }
         for l in &config.lines {
             let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
             let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
@@ -251,6 +270,7 @@ impl App {
                 dispositions: l.plc.map.status.is_some(),
                 beat: liveness.register(&format!("line {}", l.id)),
                 xray: l.xray.as_ref().map(|(x, g)| (x.name.clone(), *g)),
+                cameras: line_cameras.remove(&l.id),
             };
             let (xray_rx, image_rx) = match &l.xray {
                 Some((x, _)) => {
@@ -416,6 +436,12 @@ async fn start_view(
                 scanner: l.scanner.name.clone(),
                 plc: l.plc.name.clone(),
                 xray: l.xray.as_ref().map(|(x, _)| x.name.clone()),
+                cameras: config
+                    .cameras
+                    .iter()
+                    .filter(|c| c.line == l.id)
+                    .map(|c| c.name.clone())
+                    .collect(),
                 lanes: bondline_devices::contract::LaneRole::ALL
                     .iter()
                     .map(|r| (l.lanes.lane(*r), *r))

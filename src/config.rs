@@ -47,6 +47,8 @@ pub struct Config {
     /// X-ray image evidence: where originals are kept and what is forwarded. Always
     /// present: defaults apply without an `[evidence]` section.
     pub evidence: crate::evidence::EvidenceConfig,
+    /// Cameras whose snapshots are joined to parcels, by line point.
+    pub cameras: Vec<crate::camera::CameraConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +197,17 @@ impl LaneMap {
         }
     }
 
+    /// Lanes 1 to 4 for release, inspection, hold and exception.
+    #[cfg(test)]
+    pub(crate) fn numbered() -> LaneMap {
+        LaneMap {
+            release: 1,
+            inspection: 2,
+            hold: 3,
+            exception: 4,
+        }
+    }
+
     /// The role of lane number `lane`, if it has one.
     pub fn role_of(&self, lane: u16) -> Option<LaneRole> {
         LaneRole::ALL.into_iter().find(|r| self.lane(*r) == lane)
@@ -225,6 +238,8 @@ struct RawConfig {
     trust: Option<RawTrust>,
     #[serde(default)]
     evidence: Option<crate::evidence::RawEvidence>,
+    #[serde(default)]
+    cameras: BTreeMap<String, crate::camera::RawCamera>,
 }
 
 #[derive(Deserialize)]
@@ -958,19 +973,45 @@ impl Config {
                 crate::trust::Trust::new(keys, t.allow_unsigned, Duration::from_secs(t.max_age_h * 3600))
             }
         };
-        let evidence = match &raw.evidence {
+        let facts: BTreeMap<String, crate::camera::LineFacts<'_>> = raw
+            .lines
+            .iter()
+            .zip(&lines)
+            .map(|(r, l)| {
+                (
+                    l.id.clone(),
+                    crate::camera::LineFacts {
+                        belt_speed_m_s: r.geometry.belt_speed_m_s,
+                        scan_to_gate_m: r.geometry.scan_to_gate_m,
+                        lanes: &l.lanes,
+                    },
+                )
+            })
+            .collect();
+        let mut cameras = Vec::new();
+        for (name, c) in &raw.cameras {
+            let key = format!("cameras.{name}");
+            check_ident(name).map_err(|r| err(&key, r))?;
+            cameras.push(
+                crate::camera::CameraConfig::from_raw(name, c, &facts)
+                    .map_err(|(k, r)| err(&format!("{key}.{k}"), r))?,
+            );
+        }
+        let mut evidence = match &raw.evidence {
             Some(e) => crate::evidence::EvidenceConfig::from_raw(e, &storage.path)
                 .map_err(|(k, r)| err(&format!("evidence.{k}"), r))?,
             None => crate::evidence::EvidenceConfig::defaults(&storage.path),
         };
+        // Evidence is kept as long as the records that point to it.
+        evidence.retention = storage.retention;
         if evidence.max_forward_bytes > 0
-            && lines.iter().any(|l| l.xray.is_some())
+            && (lines.iter().any(|l| l.xray.is_some()) || !cameras.is_empty())
             && uplink.max_packet_bytes < crate::evidence::MIN_PACKET_FOR_CHUNKS
         {
             return Err(err(
                 "evidence.max_forward_kb",
                 format!(
-                    "image chunk records are up to {} KiB but uplink.max_packet_kib is {}: raise it, or set max_forward_kb = 0 to keep originals on the gateway only",
+                    "image chunk records (X-ray originals, camera snapshots) are up to {} KiB but uplink.max_packet_kib is {}: raise it, or set max_forward_kb = 0 to keep originals on the gateway only",
                     crate::evidence::MIN_PACKET_FOR_CHUNKS / 1024,
                     uplink.max_packet_bytes / 1024
                 ),
@@ -1014,6 +1055,7 @@ impl Config {
             report_publish_day,
             trust,
             evidence,
+            cameras,
         })
     }
 }

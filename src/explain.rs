@@ -270,6 +270,40 @@ impl Explanation {
                         i.seq
                     );
                 }
+                Record::Snapshot(s) => {
+                    let at = match s.lane {
+                        Some(l) => format!("lane {l}"),
+                        None => "scan point".to_string(),
+                    };
+                    let what = match (&s.error, &s.sha256) {
+                        // The reason as recorded: it may name a path or a status.
+                        (Some(e), _) => {
+                            format!(
+                                "NO EVIDENCE: {}",
+                                e.strip_prefix("no evidence: ").unwrap_or(e)
+                            )
+                        }
+                        (None, Some(sha)) => format!(
+                            "{} bytes{}, sha256 {sha}{}",
+                            s.bytes,
+                            match (s.width, s.height) {
+                                (Some(w), Some(h)) => format!(" {w}x{h}"),
+                                _ => String::new(),
+                            },
+                            s.kept_at
+                                .as_ref()
+                                .map_or(String::new(), |k| format!(", original at {k}"))
+                        ),
+                        (None, None) => "no picture".to_string(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  camera {} at {at}: {what}, due {} (record {}, {state})",
+                        s.camera,
+                        time(s.due_at_ms),
+                        s.seq
+                    );
+                }
                 Record::Alert(a) => {
                     let _ = writeln!(
                         out,
@@ -369,6 +403,47 @@ mod tests {
             "instruction release",
             "divert: acked (PLC seq 5)",
             "record 7, forwarded",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn snapshots_are_listed_with_their_picture_or_why_there_is_none() {
+        let c = crate::camera::Capture {
+            camera: "lane-2".into(),
+            point: bondline_devices::contract::CameraPoint::Lane,
+            lane: Some(2),
+            parcel: 9,
+            waybill: Some("BL1".into()),
+            due: std::time::Instant::now(),
+            due_at_ms: 1_795_721_464_091,
+        };
+        let missing =
+            crate::camera::schedule::no_evidence("gw", "L1", &c, "camera answered HTTP 503");
+        let mut taken = missing.clone();
+        taken.error = None;
+        taken.sha256 = Some("ab".repeat(32));
+        taken.bytes = 4096;
+        (taken.width, taken.height) = (Some(320), Some(120));
+        taken.kept_at = Some("/ev/ab/abab.jpg".into());
+        let text = Explanation {
+            waybill: "BL1".into(),
+            declaration: None,
+            records: [taken, missing]
+                .into_iter()
+                .map(|r| Entry {
+                    record: Record::Snapshot(r),
+                    forwarding: Forwarding::Outbox,
+                })
+                .collect(),
+        }
+        .render();
+        for want in [
+            "camera lane-2 at lane 2: 4096 bytes 320x120, sha256 abab",
+            "original at /ev/ab/abab.jpg",
+            "camera lane-2 at lane 2: NO EVIDENCE: camera answered HTTP 503",
+            "in outbox",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }

@@ -10,6 +10,8 @@
 //! - [`line`]: one line's pipeline, scan → decision → divert job; never waits on I/O.
 //! - [`evidence`]: X-ray images from the spool or an upload: checked, thumbnailed, kept by
 //!   hash and forwarded in chunks; each handed to its line as an image record.
+//! - [`camera`]: camera snapshots of each parcel at the scanner and at watched lanes, taken
+//!   off the decision path and kept and forwarded like X-ray images.
 //! - [`journal`]: the durable record store and outbox on sled; its doc states the invariants.
 //! - [`uplink`]: MQTT to the clearance platform; records leave the outbox only on PUBACK.
 //! - [`view`]: the customs staff view over HTTP: live lane board, parcel lookup, device
@@ -31,6 +33,7 @@ pub mod alarm;
 pub mod app;
 pub mod backoff;
 pub mod bench;
+pub mod camera;
 pub mod cli;
 pub mod config;
 pub mod demo;

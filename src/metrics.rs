@@ -98,6 +98,10 @@ pub struct Metrics {
     pub images_store_failed: AtomicU64,
     /// Image records journaled without a parcel because their line did not take them.
     pub images_unrouted: AtomicU64,
+    /// Camera snapshots decoded, kept and recorded with their parcel.
+    pub snapshots_taken: AtomicU64,
+    /// Snapshot records with `no evidence: <reason>` (camera down, slow, garbage, queue full).
+    pub snapshots_failed: AtomicU64,
     /// One image: arrival to kept, chunked and handed to its line (decoding included).
     pub image_ingest_latency: Histogram,
     links: Mutex<BTreeMap<String, LinkStatus>>,

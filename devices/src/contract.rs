@@ -313,6 +313,7 @@ pub enum Record {
     Xray(XrayRecord),
     Image(ImageRecord),
     ImageChunk(ImageChunkRecord),
+    Snapshot(SnapshotRecord),
 }
 
 impl From<ParcelRecord> for Record {
@@ -357,6 +358,12 @@ impl From<ImageChunkRecord> for Record {
     }
 }
 
+impl From<SnapshotRecord> for Record {
+    fn from(r: SnapshotRecord) -> Record {
+        Record::Snapshot(r)
+    }
+}
+
 /// Applies the same expression to whichever record kind `$record` holds.
 macro_rules! each_kind {
     ($record:expr, $r:ident => $e:expr) => {
@@ -368,6 +375,7 @@ macro_rules! each_kind {
             Record::Xray($r) => $e,
             Record::Image($r) => $e,
             Record::ImageChunk($r) => $e,
+            Record::Snapshot($r) => $e,
         }
     };
 }
@@ -411,6 +419,7 @@ impl Record {
             Record::Xray(r) => r.at_ms,
             Record::Image(r) => r.at_ms,
             Record::ImageChunk(r) => r.at_ms,
+            Record::Snapshot(r) => r.at_ms,
         }
     }
 
@@ -547,6 +556,58 @@ pub struct ImageChunkRecord {
     pub count: u32,
     /// Base64 of the piece.
     pub data_b64: String,
+    pub at_ms: u64,
+}
+
+/// Where along the line a camera looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CameraPoint {
+    /// Just past the barcode scanner: every scanned parcel is photographed.
+    Scan,
+    /// Over a divert lane: parcels diverted to that lane are photographed there.
+    Lane,
+}
+
+/// A camera snapshot of one parcel, or why there is none.
+///
+/// Like an [`ImageRecord`], the JPEG original follows as `chunks` [`ImageChunkRecord`]s with
+/// the same `sha256` through the store-and-forward path. A snapshot that could not be taken
+/// (camera down, too slow, not an image, capture queue full) is a record all the same, with
+/// `error` = `"no evidence: <reason>"` and no hash: the parcel's file then says why it has no
+/// picture instead of silently lacking one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRecord {
+    pub schema: u32,
+    pub msg_id: String,
+    pub seq: u64,
+    pub prev_hash: String,
+    pub gateway: String,
+    pub line: String,
+    /// The camera's name in the configuration.
+    pub camera: String,
+    pub point: CameraPoint,
+    /// The lane watched, for a lane camera.
+    pub lane: Option<u16>,
+    pub parcel: u32,
+    pub waybill: Option<String>,
+    /// When the parcel was due in the camera's field (Unix ms): scan time plus the offset.
+    pub due_at_ms: u64,
+    /// When the snapshot's bytes arrived; none when none did.
+    pub taken_at_ms: Option<u64>,
+    /// SHA-256 of the JPEG, hex; none without a picture.
+    pub sha256: Option<String>,
+    pub bytes: u64,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// A small JPEG for the staff view, base64.
+    pub thumbnail_jpeg_b64: Option<String>,
+    pub chunks: u32,
+    /// Where the original is kept on the gateway.
+    pub kept_at: Option<String>,
+    /// `no evidence: <reason>` when there is no usable picture.
+    pub error: Option<String>,
     pub at_ms: u64,
 }
 

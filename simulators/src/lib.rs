@@ -28,12 +28,16 @@
 //!   publishing verdicts in the ring of input registers, with fault modes (exception,
 //!   garbage entries, silent) switchable at run time; a driver that turns parcel passages into
 //!   verdicts, operator marks and synthetic X-ray images in a spool directory.
+//! - [`camera`]: `camera-sim`, an IP camera's HTTP snapshot endpoint: JPEG frames stamped
+//!   (drawn and in a comment segment) with the time and the parcel under it, basic or digest
+//!   credentials, fault modes (error status, hang, garbage, slow).
 //! - [`cli`]: the little the binaries share (logging, profile lookup, Ctrl-C).
 //!
 //! Every long-running function takes a `shutdown` future and returns when it completes, so tests
 //! and the daemon's `bondline demo` drive the simulators in-process.
 
 pub mod audit;
+pub mod camera;
 pub mod cli;
 pub mod line;
 pub mod plan;

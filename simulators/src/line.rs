@@ -129,6 +129,8 @@ pub struct LineSim {
     plc_addr: SocketAddr,
     heartbeat: bool,
     xray: Option<XrayAttachment>,
+    /// A camera over the belt and the time a parcel takes from the scanner to its field.
+    camera: Option<(crate::camera::CameraSim, Duration)>,
 }
 
 impl LineSim {
@@ -187,7 +189,19 @@ impl LineSim {
             heartbeat,
             scenario,
             xray: None,
+            camera: None,
         })
+    }
+
+    /// Puts `camera` over the belt `distance_m` past the scanner: each parcel comes under it
+    /// that long (at the scenario's belt speed) after its scan frame is written, and stays
+    /// the one it shows until the next arrives. Serving the camera is the caller's part.
+    pub fn with_camera(mut self, camera: crate::camera::CameraSim, distance_m: f64) -> LineSim {
+        // A negative, infinite or NaN distance puts the camera at the scanner.
+        let offset = Duration::try_from_secs_f64(distance_m / self.scenario.belt_speed_m_s)
+            .unwrap_or(Duration::ZERO);
+        self.camera = Some((camera, offset));
+        self
     }
 
     /// Adds the scenario's X-ray stage: an X-ray device with `map`'s registers at the
@@ -264,6 +278,7 @@ impl LineSim {
             plc_state,
             heartbeat,
             xray,
+            camera,
             ..
         } = self;
         // Serving from the start, like the PLC: the daemon connects to it at startup.
@@ -328,6 +343,7 @@ impl LineSim {
             platform.is_some().then_some(marks_tx),
         );
         run.xray = xray;
+        run.camera = camera;
         tracing::info!(
             scenario = %run.scenario.name,
             rate_per_h = (run.scenario.mean_rate_per_s() * 3600.0).round(),
@@ -703,6 +719,7 @@ struct Run {
     /// Latest an event ran behind its time.
     max_lag: Duration,
     xray: Option<XrayHook>,
+    camera: Option<(crate::camera::CameraSim, Duration)>,
 }
 
 fn micros(s: f64) -> u64 {
@@ -750,6 +767,7 @@ impl Run {
             lane_history: Vec::new(),
             max_lag: Duration::ZERO,
             xray: None,
+            camera: None,
             scenario,
             next_parcel,
         };
@@ -863,6 +881,10 @@ impl Run {
         // Taken before the write, so a command can never seem to precede its frame.
         let at = Instant::now();
         let xray = self.xray.as_mut().and_then(|x| x.enter(at, self.start));
+        if let Some((camera, offset)) = &self.camera {
+            let waybill = (!p.waybill.is_empty()).then(|| p.waybill.clone());
+            camera.enter(waybill, at + *offset);
+        }
         let frame = if self.link.write(&bytes).await {
             self.garbage_frames += noise;
             Some((self.corr.frame(at), at))

@@ -24,6 +24,9 @@ pub struct RawEvidence {
     thumbnail_px: u32,
     #[serde(default = "default_workers")]
     workers: usize,
+    /// MiB the evidence directory may hold; 0: no quota, retention only.
+    #[serde(default)]
+    quota_mb: u64,
     #[serde(default)]
     upload: Option<RawUpload>,
 }
@@ -64,6 +67,10 @@ pub struct EvidenceConfig {
     /// Images decoded at once, at most: each takes a core and up to
     /// [`crate::evidence::process::MAX_DECODE_BYTES`] of memory.
     pub workers: usize,
+    /// Bytes of originals kept at most (the oldest go first); 0: no quota.
+    pub quota_bytes: u64,
+    /// Originals older than this are removed: `storage.retention_days`, set by the caller.
+    pub retention: std::time::Duration,
     /// The HTTP upload endpoint, when configured.
     pub upload: Option<UploadConfig>,
 }
@@ -77,6 +84,9 @@ pub struct UploadConfig {
     pub credentials: Credentials,
 }
 
+/// Until the caller sets it from `storage.retention_days`.
+const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// Largest `max_forward_kb`: the largest upload, since nothing bigger can arrive.
 const MAX_FORWARD_KB: u64 = crate::evidence::MAX_IMAGE_BYTES as u64 / 1024;
 
@@ -89,6 +99,8 @@ impl EvidenceConfig {
             max_forward_bytes: default_max_forward_kb() * 1024,
             thumbnail_px: default_thumbnail_px(),
             workers: default_workers(),
+            quota_bytes: 0,
+            retention: DEFAULT_RETENTION,
             upload: None,
         }
     }
@@ -121,6 +133,12 @@ impl EvidenceConfig {
         if !(32..=1024).contains(&raw.thumbnail_px) {
             return Err(err("thumbnail_px", "must be 32 to 1024".into()));
         }
+        if raw.quota_mb > 16 * 1024 * 1024 {
+            return Err(err(
+                "quota_mb",
+                "must be 0 (no quota) to 16777216 (16 TiB)".into(),
+            ));
+        }
         if !(1..=16).contains(&raw.workers) {
             return Err(err("workers", "must be 1 to 16".into()));
         }
@@ -133,6 +151,8 @@ impl EvidenceConfig {
             max_forward_bytes: raw.max_forward_kb * 1024,
             thumbnail_px: raw.thumbnail_px,
             workers: raw.workers,
+            quota_bytes: raw.quota_mb * 1024 * 1024,
+            retention: DEFAULT_RETENTION,
             upload,
         })
     }
@@ -206,6 +226,11 @@ mod tests {
             "thumbnail_px"
         );
         assert_eq!(evidence("workers = 0").unwrap_err().0, "workers");
+        assert_eq!(
+            evidence("quota_mb = 99999999999").unwrap_err().0,
+            "quota_mb"
+        );
+        assert_eq!(evidence("quota_mb = 10").unwrap().quota_bytes, 10 << 20);
         assert_eq!(evidence("workers = 17").unwrap_err().0, "workers");
         assert_eq!(
             evidence("max_forward_kb = 1000000").unwrap_err().0,

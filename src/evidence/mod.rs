@@ -11,6 +11,7 @@
 //! - [`ingest`]: the order of effects for one image (keep, chunk records, hand to the line).
 //! - [`spool`]: one watcher per device with a spool directory.
 //! - [`upload`]: `POST /xray/{device}/{scan_id}/{view}`, on its own listener.
+//! - [`retention`]: originals removed after the retention, and oldest first above the quota.
 //! - [`bench`]: `bondline bench images`.
 //!
 //! File naming, the spool protocol, the upload API and forwarding are in `docs/xray.md`.
@@ -19,6 +20,7 @@ pub mod bench;
 mod config;
 pub mod ingest;
 pub mod process;
+pub mod retention;
 pub mod spool;
 pub mod store;
 #[cfg(test)]
@@ -124,4 +126,53 @@ pub fn start(
         }
     }
     Ok(tasks)
+}
+
+/// Sweeps the evidence directory now and every [`retention::SWEEP_EVERY`] until `shutdown`
+/// (see [`retention`]); raises an alarm when originals younger than the retention had to go
+/// to stay under the quota. The walk runs on the blocking pool.
+pub async fn keep_within_limits(
+    cfg: EvidenceConfig,
+    alarms: crate::alarm::Alarms,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(retention::SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let (dir, keep, quota) = (cfg.dir.clone(), cfg.retention, cfg.quota_bytes);
+        let pass = tokio::task::spawn_blocking(move || {
+            retention::sweep(&dir, std::time::SystemTime::now(), keep, quota)
+        })
+        .await;
+        match pass {
+            Ok(Ok(s)) => {
+                if s.expired + s.for_quota > 0 {
+                    tracing::info!(
+                        expired = s.expired,
+                        for_quota = s.for_quota,
+                        kept_bytes = s.kept_bytes,
+                        "evidence originals removed"
+                    );
+                }
+                if s.for_quota > 0 {
+                    alarms.raise(format!(
+                        "evidence directory {} over its quota of {} MiB: {} original(s) younger than the retention removed, oldest first (their chunks went through the journal)",
+                        cfg.dir.display(),
+                        cfg.quota_bytes >> 20,
+                        s.for_quota
+                    ));
+                }
+                if s.failed > 0 {
+                    tracing::warn!(dir = %cfg.dir.display(), failed = s.failed, "evidence originals could not be removed");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %cfg.dir.display(), error = %e, "evidence sweep failed")
+            }
+            Err(e) => tracing::warn!(error = %e, "evidence sweep worker failed"),
+        }
+    }
 }

@@ -469,6 +469,23 @@ fn csv_row(r: &Record, forwarded: bool) -> Vec<String> {
             None,
             None,
         ),
+        Record::Snapshot(s) => (
+            "snapshot",
+            Some(s.parcel.to_string()),
+            s.lane.map(|l| l.to_string()),
+            None,
+            format!(
+                "{} at {}",
+                s.camera,
+                bondline_devices::contract::wire_name(&s.point)
+            ),
+            s.error
+                .clone()
+                .or_else(|| s.sha256.clone())
+                .unwrap_or_default(),
+            None,
+            None,
+        ),
         Record::ImageChunk(c) => (
             "image_chunk",
             None,

@@ -53,6 +53,15 @@ pub struct RecordSink {
 }
 
 impl RecordSink {
+    /// A sink whose records a unit test reads itself, without a journal.
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        metrics: Arc<Metrics>,
+    ) -> (RecordSink, mpsc::UnboundedReceiver<Record>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (RecordSink { tx, metrics }, rx)
+    }
+
     /// Queues a record for the journal. Never waits. Fails only once the writer has stopped,
     /// which happens after every sink is dropped; the error is logged loudly.
     pub fn push(&self, record: impl Into<Record>) {

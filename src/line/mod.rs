@@ -68,6 +68,8 @@ pub struct LineCtx {
     pub beat: crate::service::Beat,
     /// The line's X-ray scanner (its name) and where its tunnel is.
     pub xray: Option<(String, crate::config::XrayGeometry)>,
+    /// The line's cameras: requests leave with `try_send`, never waiting.
+    pub cameras: Option<crate::camera::LineCameras>,
 }
 
 /// The line task's channels.
@@ -264,9 +266,52 @@ impl Line {
             disposed_lane: None,
             xray,
             xray_settled: false,
+            lane_camera_asked: false,
         });
         self.anomaly(parcel, io);
         self.send(parcel, io);
+        if let Some(cams) = &self.ctx.cameras {
+            if let Some(t) = self.tracker.get(parcel) {
+                let captures = crate::camera::schedule::captures(
+                    &cams.watches,
+                    crate::camera::schedule::At::Scan,
+                    parcel,
+                    t.waybill(),
+                    t.scanned,
+                    t.scanned_at,
+                );
+                cams.request(captures, &io.sink, &self.ctx.metrics);
+            }
+        }
+    }
+
+    /// Asks the lane cameras for parcels whose divert deadline has passed: the lane is final
+    /// then (see [`crate::camera::schedule`]). The lane is the one the PLC acknowledged, or
+    /// the decided one when no acknowledgement came.
+    fn ask_lane_cameras(&mut self, sink: &RecordSink) {
+        let Some(cams) = &self.ctx.cameras else {
+            return;
+        };
+        let now = Instant::now();
+        let mut captures = Vec::new();
+        for t in self.tracker.iter_mut() {
+            if t.lane_camera_asked || now < t.deadline {
+                continue;
+            }
+            t.lane_camera_asked = true;
+            let lane = t.committed_lane.unwrap_or(t.lane);
+            if cams.watches_lane(lane) {
+                captures.extend(crate::camera::schedule::captures(
+                    &cams.watches,
+                    crate::camera::schedule::At::Lane(lane),
+                    t.parcel,
+                    t.waybill(),
+                    t.scanned,
+                    t.scanned_at,
+                ));
+            }
+        }
+        cams.request(captures, sink, &self.ctx.metrics);
     }
 
     /// Sends the parcel's current decision as an anomaly if a rule flagged it.
@@ -577,6 +622,7 @@ impl Line {
     /// a late instruction still finds it for an alert.
     fn expire(&mut self, sink: &RecordSink) {
         self.expire_xray(sink);
+        self.ask_lane_cameras(sink);
         let overdue = self
             .tracker
             .expire(Instant::now(), self.ctx.geometry.disposition_timeout);

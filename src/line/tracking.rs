@@ -58,6 +58,8 @@ pub struct Tracked {
     pub xray: crate::rules::engine::XrayInput,
     /// A verdict was joined, or its absence at the deadline recorded.
     pub xray_settled: bool,
+    /// The lane cameras were asked for this parcel (at its deadline), or none watch it.
+    pub lane_camera_asked: bool,
 }
 
 impl Tracked {
@@ -113,6 +115,11 @@ impl Tracker {
 
     pub fn get_mut(&mut self, parcel: u32) -> Option<&mut Tracked> {
         self.parcels.get_mut(&parcel)
+    }
+
+    /// Every tracked parcel, in no particular order, to update in place.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Tracked> {
+        self.parcels.values_mut()
     }
 
     /// Every tracked parcel, in no particular order.
@@ -218,6 +225,7 @@ mod tests {
             committed_lane: None,
             disposed_lane: None,
             xray: crate::rules::engine::XrayInput::NotOnLine,
+            lane_camera_asked: false,
             xray_settled: false,
         }
     }

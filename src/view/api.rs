@@ -124,6 +124,9 @@ async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
         if let Some(x) = &l.xray {
             expected.push((format!("xray:{x}"), "xray"));
         }
+        for c in &l.cameras {
+            expected.push((format!("camera:{c}"), "camera"));
+        }
     }
     expected.push(("broker".to_string(), "broker"));
     Ok(Health {

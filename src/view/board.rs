@@ -41,6 +41,8 @@ pub struct Row {
     pub alerts: Vec<String>,
     /// The X-ray verdict and images, on a line with an X-ray scanner; `null` otherwise.
     pub xray: Option<XrayCell>,
+    /// Camera snapshots of the parcel (scan point, then lane), or why each is missing.
+    pub snapshots: Vec<SnapshotThumb>,
     /// Counted in the lane counters (false for rows loaded from the journal at start).
     #[serde(skip)]
     counted: bool,
@@ -110,6 +112,21 @@ pub struct Thumb {
     /// A small JPEG, base64; absent when the image could not be decoded.
     pub thumbnail_jpeg_b64: Option<String>,
     pub error: Option<String>,
+}
+
+/// One camera snapshot as the board shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SnapshotThumb {
+    pub camera: String,
+    /// `scan` or `lane`.
+    pub point: String,
+    pub lane: Option<u16>,
+    pub sha256: Option<String>,
+    /// A small JPEG, base64; absent when there is no picture.
+    pub thumbnail_jpeg_b64: Option<String>,
+    /// `no evidence: <reason>` when there is no picture.
+    pub error: Option<String>,
+    pub taken_at_ms: Option<u64>,
 }
 
 /// A line's board as sent to a page.
@@ -194,6 +211,7 @@ impl Board {
                         state: bondline_devices::contract::wire_name(&x),
                         ..XrayCell::default()
                     }),
+                    snapshots: Vec::new(),
                     counted: count,
                 };
                 if count {
@@ -219,6 +237,7 @@ impl Board {
                         }
                         row.disposition = old.disposition;
                         row.alerts = old.alerts;
+                        row.snapshots = old.snapshots;
                         // What the X-ray said stays with the parcel across re-decisions.
                         if let (Some(new), Some(old)) = (row.xray.as_mut(), old.xray) {
                             if old.scan_id.is_some() || !old.images.is_empty() {
@@ -289,6 +308,25 @@ impl Board {
                     sha256: i.sha256.clone(),
                     thumbnail_jpeg_b64: i.thumbnail_jpeg_b64.clone(),
                     error: i.error.clone(),
+                });
+                update.row = Some(row.clone());
+            }
+            Record::Snapshot(s) => {
+                let key = format!(
+                    "{}/{}/{}",
+                    s.line,
+                    s.parcel,
+                    s.waybill.as_deref().unwrap_or("")
+                );
+                let row = line.rows.iter_mut().find(|r| r.key == key)?;
+                row.snapshots.push(SnapshotThumb {
+                    camera: s.camera.clone(),
+                    point: bondline_devices::contract::wire_name(&s.point),
+                    lane: s.lane,
+                    sha256: s.sha256.clone(),
+                    thumbnail_jpeg_b64: s.thumbnail_jpeg_b64.clone(),
+                    error: s.error.clone(),
+                    taken_at_ms: s.taken_at_ms,
                 });
                 update.row = Some(row.clone());
             }
@@ -491,6 +529,43 @@ mod tests {
             p.line = "L9".into();
         }
         assert!(b.apply(&other).is_none());
+    }
+
+    #[test]
+    fn snapshots_land_on_their_parcel_and_stay_through_a_re_decision() {
+        let snapshot = |seq: u64, error: Option<&str>| {
+            let c = crate::camera::Capture {
+                camera: "entry".into(),
+                point: bondline_devices::contract::CameraPoint::Scan,
+                lane: None,
+                parcel: 7,
+                waybill: Some("BL7".into()),
+                due: std::time::Instant::now(),
+                due_at_ms: 1200,
+            };
+            let mut r = crate::camera::schedule::no_evidence("gw", "L1", &c, "x");
+            r.seq = seq;
+            r.error = error.map(str::to_string);
+            r.sha256 = error.is_none().then(|| "ab".repeat(32));
+            r.thumbnail_jpeg_b64 = error.is_none().then(|| "AAAA".into());
+            Record::Snapshot(r)
+        };
+        let mut b = board();
+        b.apply(&parcel(1, 7, LaneRole::Hold, 3, 0)).unwrap();
+        let u = b.apply(&snapshot(2, None)).unwrap();
+        let row = u.row.unwrap();
+        assert_eq!(row.snapshots.len(), 1);
+        assert_eq!(row.snapshots[0].point, "scan");
+        assert_eq!(row.snapshots[0].thumbnail_jpeg_b64.as_deref(), Some("AAAA"));
+        b.apply(&snapshot(3, Some("no evidence: camera queue full")))
+            .unwrap();
+        let u = b.apply(&parcel(4, 7, LaneRole::Inspection, 2, 1)).unwrap();
+        let row = u.row.unwrap();
+        assert_eq!(row.snapshots.len(), 2);
+        assert_eq!(
+            row.snapshots[1].error.as_deref(),
+            Some("no evidence: camera queue full")
+        );
     }
 
     #[test]

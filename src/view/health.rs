@@ -82,6 +82,7 @@ pub fn links(metrics: &Metrics, expected: &[(String, &'static str)]) -> Vec<Link
                 Some("xray") => "xray",
                 Some("spool") => "spool",
                 Some("evidence") => "evidence",
+                Some("camera") => "camera",
                 _ => "broker",
             };
             out.push(link(name, kind, Some(status)));

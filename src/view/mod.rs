@@ -85,6 +85,8 @@ pub struct LineInfo {
     pub plc: String,
     /// The line's X-ray scanner, if it has one.
     pub xray: Option<String>,
+    /// The line's cameras, by name.
+    pub cameras: Vec<String>,
     /// Lane numbers and roles, in lane order.
     pub lanes: Vec<(u16, LaneRole)>,
 }

@@ -44,12 +44,14 @@ pub fn render(
     for (name, help, v) in counters {
         metric(&mut out, name, help, "counter", &[(&[], v as f64)]);
     }
-    let images: [(&str, &str, u64); 6] = [
+    let images: [(&str, &str, u64); 8] = [
         ("bondline_images_ingested_total", "X-ray images kept and handed to their line (spool and upload), corrupt ones included.", g(&metrics.images_ingested)),
         ("bondline_images_with_errors_total", "X-ray images that did not decode; kept and forwarded with their error.", g(&metrics.images_with_errors)),
         ("bondline_image_bytes_total", "Bytes of X-ray originals ingested.", g(&metrics.image_bytes)),
         ("bondline_images_rejected_total", "Spool files moved to rejected/ (bad name, too large).", g(&metrics.images_rejected)),
         ("bondline_images_store_failed_total", "Attempts to keep an X-ray original that failed; the image waits or the upload is refused.", g(&metrics.images_store_failed)),
+        ("bondline_snapshots_taken_total", "Camera snapshots decoded, kept and recorded with their parcel.", g(&metrics.snapshots_taken)),
+        ("bondline_snapshots_failed_total", "Camera snapshot records without a picture (no evidence: camera down, slow, garbage or queue full).", g(&metrics.snapshots_failed)),
         ("bondline_images_unrouted_total", "Image records journaled without a parcel because their line did not take them.", g(&metrics.images_unrouted)),
     ];
     for (name, help, v) in images {

@@ -34,10 +34,10 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// One scenario test at a time: the ledgers judge timing on the belt (a divert must reach the
 /// PLC before its parcel reaches the gate), and several daemons and belts at once on a small
 /// machine would judge the machine instead.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A shipped scenario, `shorten` times shorter (run length and fault windows).
-fn scenario(name: &str, shorten: f64) -> Scenario {
+pub(crate) fn scenario(name: &str, shorten: f64) -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("simulators/scenarios")
         .join(format!("{name}.toml"));
@@ -54,7 +54,7 @@ fn belt_seconds(s: &Scenario) -> f64 {
     }
 }
 
-async fn bind(scenario: Scenario) -> LineSim {
+pub(crate) async fn bind(scenario: Scenario) -> LineSim {
     let profiles = Profiles::builtin();
     let framing = profiles
         .get("scanner-stx-etx")
@@ -85,7 +85,7 @@ async fn bind(scenario: Scenario) -> LineSim {
 
 /// A daemon configuration with one line per simulator (`L1`, `L2`, ...), each on its
 /// simulator's TCP scanner and PLC, with the scenario's lane map and belt geometry.
-fn lines_config_text(state: &Path, mqtt_port: u16, sims: &[&LineSim]) -> String {
+pub(crate) fn lines_config_text(state: &Path, mqtt_port: u16, sims: &[&LineSim]) -> String {
     let mut devices = String::new();
     let mut lines = String::new();
     for (i, sim) in sims.iter().enumerate() {

@@ -220,6 +220,7 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
             r @ (Record::Xray(_) | Record::Image(_) | Record::ImageChunk(_)) => {
                 panic!("X-ray record from a line without X-ray: {r:?}")
             }
+            Record::Snapshot(s) => panic!("camera record from a line without cameras: {s:?}"),
             Record::Parcel(_) => {}
         }
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use bondline_simulators::camera::{CameraSim, SimAuth};
 use bondline_simulators::cli::{self, Want};
 use bondline_simulators::line::{LineSim, RunLength, ScannerPort, Scenario, XrayPort};
 use bondline_simulators::platform::PlatformSim;
@@ -119,6 +120,16 @@ struct Args {
     #[arg(long, value_name = "WxH", default_value = "640x480", value_parser = size)]
     xray_image_size: (u32, u32),
 
+    /// Serve a camera-sim snapshot endpoint (GET /snapshot.jpg) here, showing each parcel
+    /// --camera-distance-m past the scanner; configure it as the daemon's scan camera.
+    #[arg(long, value_name = "ADDR")]
+    camera_listen: Option<SocketAddr>,
+
+    /// Belt distance from the scanner to the camera's field, metres; the daemon's
+    /// `distance_m` for that camera.
+    #[arg(long, value_name = "M", default_value_t = 0.5)]
+    camera_distance_m: f64,
+
     /// Print the ledger as JSON on stdout (the port lines then go to stderr).
     #[arg(long)]
     json: bool,
@@ -230,6 +241,20 @@ async fn run(
     if let Some((xray_map, xray_port, images)) = xray {
         sim = sim.with_xray(xray_map, xray_port, images).await?;
     }
+    // Served until the process ends: the daemon may still fetch the last parcels' frames.
+    let camera_addr = match args.camera_listen {
+        Some(addr) => {
+            let camera = CameraSim::new(SimAuth::Open);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("camera: listening on {addr}"))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tokio::spawn(camera.clone().serve(listener, std::future::pending()));
+            sim = sim.with_camera(camera, args.camera_distance_m);
+            Some(bound)
+        }
+        None => None,
+    };
     let mut info: Box<dyn std::io::Write> = if args.json {
         Box::new(std::io::stderr())
     } else {
@@ -261,6 +286,13 @@ async fn run(
         "  PLC (Modbus TCP)                    {}",
         sim.plc_addr()
     )?;
+    if let Some(addr) = camera_addr {
+        writeln!(
+            info,
+            "  camera (HTTP, scan point)           http://{addr}/snapshot.jpg, {} m past the scanner",
+            args.camera_distance_m
+        )?;
+    }
     writeln!(
         info,
         "  lanes                               release {}, inspection {}, hold {}, exception {}",

@@ -58,6 +58,21 @@ function xrayCell(x) {
   return cell;
 }
 
+// Camera snapshots: where (scan point or lane) in words, then the picture or why there is none.
+function snapshotCell(list) {
+  if (!list || list.length === 0) return el("span", { class: "muted" }, "—");
+  const cell = el("div", { class: "thumbs snapshots" });
+  for (const s of list) {
+    const where = s.point === "lane" ? "lane " + s.lane : "scan";
+    if (s.thumbnail_jpeg_b64) {
+      cell.append(el("img", { class: "thumb", alt: "Camera " + s.camera + " at " + where, title: "📷 " + s.camera + " · " + where + (s.sha256 ? " · " + s.sha256.slice(0, 12) : ""), src: "data:image/jpeg;base64," + s.thumbnail_jpeg_b64 }));
+    } else {
+      cell.append(el("span", { class: "err", "data-snapshot": "none" }, "✗ " + s.camera + " (" + where + "): " + (s.error || "no picture")));
+    }
+  }
+  return cell;
+}
+
 function rowFor(r, live) {
   const waybill = r.waybill
     ? el("a", { href: "/parcel?waybill=" + encodeURIComponent(r.waybill) }, r.waybill)
@@ -75,6 +90,7 @@ function rowFor(r, live) {
     el("td", {}, divertText(r.divert)),
     el("td", {}, dispositionText(r.disposition)),
     el("td", {}, xray),
+    el("td", {}, snapshotCell(r.snapshots)),
     el("td", {}, r.alerts && r.alerts.length ? "⚠ " + r.alerts.join(", ").replace(/_/g, " ") : "—"));
   return tr;
 }
@@ -87,7 +103,7 @@ function lineSection(line) {
   const alerts = el("ul", { class: "alerts" });
   for (const a of line.alerts.slice(0, MAX_ALERTS)) alerts.append(alertItem(a));
   sec.append(alerts);
-  const head = el("tr", {}, ...["Time", "Waybill", "Lane", "Role", "Deciding rule", "Reason", "Divert", "Went to", "X-ray", "Alerts"].map((h) => el("th", {}, h)));
+  const head = el("tr", {}, ...["Time", "Waybill", "Lane", "Role", "Deciding rule", "Reason", "Divert", "Went to", "X-ray", "Camera", "Alerts"].map((h) => el("th", {}, h)));
   const body = el("tbody");
   for (const r of line.rows.slice(0, MAX_ROWS)) body.append(rowFor(r, false));
   sec.append(el("table", {}, el("thead", {}, head), body));

@@ -61,11 +61,15 @@ function otherCard(v) {
     : v.kind === "alert" ? "⚠ Alert: " + String(r.alert).replace(/_/g, " ")
       : v.kind === "report" ? "Monthly report " + ((r.report && r.report.month) || "")
         : v.kind === "xray" ? "X-ray verdict: " + (r.result ? String(r.result).replace(/_/g, " ") : "none in time") + " (" + String(r.join).replace(/_/g, " ") + ")"
-          : v.kind === "image" ? "X-ray image, " + r.view + " view" + (r.error ? " — ⚠ " + r.error : "") : v.kind;
+          : v.kind === "image" ? "X-ray image, " + r.view + " view" + (r.error ? " — ⚠ " + r.error : "")
+            : v.kind === "snapshot" ? "📷 Camera " + r.camera + " at " + (r.point === "lane" ? "lane " + r.lane : "the scanner") + (r.error ? " — ✗ " + r.error : "") : v.kind;
   const card = el("article", { class: "card record", "data-seq": v.seq, "data-kind": v.kind });
   card.append(el("h3", {}, title + " · record " + v.seq));
   if (v.kind === "image" && r.thumbnail_jpeg_b64) {
     card.append(el("img", { class: "thumb-large", alt: "X-ray " + r.view + " view of scan " + r.scan_id, src: "data:image/jpeg;base64," + r.thumbnail_jpeg_b64 }));
+  }
+  if (v.kind === "snapshot" && r.thumbnail_jpeg_b64) {
+    card.append(el("img", { class: "thumb-large", alt: "Camera " + r.camera + " snapshot of parcel " + r.parcel, src: "data:image/jpeg;base64," + r.thumbnail_jpeg_b64 }));
   }
   const rest = Object.fromEntries(Object.entries(r).filter(([k]) => !["schema", "msg_id", "prev_hash", "gateway", "kind", "at_ms", "thumbnail_jpeg_b64"].includes(k)));
   card.append(facts([["Time", fmtDateTime(r.at_ms)], ["Forwarding", el("span", { class: "fwd" }, fwdText(v.forwarding))]]));
@@ -99,6 +103,7 @@ function summaryOf(r) {
   if (r.kind === "alert") return ["—", String(r.alert).replace(/_/g, " "), r.detail];
   if (r.kind === "xray") return ["—", "X-ray " + (r.result || "no verdict"), String(r.join).replace(/_/g, " ") + (r.scan_id !== null ? " · scan " + r.scan_id : "")];
   if (r.kind === "image") return ["—", "X-ray image " + r.view, r.error || r.sha256];
+  if (r.kind === "snapshot") return [r.lane ? "Lane " + r.lane : "—", "Camera " + r.camera, r.error || r.sha256];
   return ["—", r.kind, r.report && r.report.month ? "monthly report " + r.report.month : ""];
 }
 
