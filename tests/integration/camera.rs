@@ -224,12 +224,20 @@ async fn snapshots_at_the_scanner_and_the_inspection_lane_show_their_own_parcel(
             s.len() >= expected && s.iter().all(|s| s.hash_ok)
         })
         .await,
-        "snapshots: {:?}",
+        "{} snapshots of {expected}; not whole or with an error: {:?}; {}",
+        l.platform.snapshots().len(),
         l.platform
             .snapshots()
             .iter()
-            .map(|s| (s.record.waybill.clone(), s.record.error.clone(), s.hash_ok))
-            .collect::<Vec<_>>()
+            .filter(|s| !s.hash_ok || s.record.error.is_some())
+            .map(|s| (
+                s.record.waybill.clone(),
+                s.record.camera.clone(),
+                s.record.error.clone(),
+                s.hash_ok
+            ))
+            .collect::<Vec<_>>(),
+        m.summary()
     );
     let snapshots = l.platform.snapshots();
     assert_eq!(snapshots.len(), expected);
