@@ -198,9 +198,15 @@ async fn snapshots_at_the_scanner_and_the_inspection_lane_show_their_own_parcel(
     );
     let count = 40;
     l.platform.publish_plan(&plan, 0..count).await.unwrap();
-    // Let the declarations and instructions reach the gateway before the parcels do.
+    // The declarations and instructions reach the gateway before the parcels do: a parcel
+    // scanned first would be held and re-decided, however loaded the machine.
     let m = l.app.metrics.clone();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || Metrics::get(
+            &m.platform_messages
+        ) >= 2 * count)
+        .await
+    );
     let inspected: Vec<String> = plan
         .parcels(0..count)
         .filter(|p| p.kind == PlanKind::Inspect)
@@ -353,8 +359,14 @@ async fn cameras_down_failing_hanging_or_sending_garbage_leave_no_evidence_and_t
     let mut l = line(dir.path(), &cameras, &stop).await;
     let plan = Plan::with_mix(78, Mix::only(PlanKind::Release));
     let count = 30;
+    let m = l.app.metrics.clone();
     l.platform.publish_plan(&plan, 0..count).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || Metrics::get(
+            &m.platform_messages
+        ) >= 2 * count)
+        .await
+    );
     scan(&mut l.stream, &plan, count, |_, _| {}).await;
 
     let expected = 4 * count as usize;
@@ -397,7 +409,6 @@ async fn cameras_down_failing_hanging_or_sending_garbage_leave_no_evidence_and_t
             .error
             .as_deref()
             .is_some_and(|e| e.contains("did not answer within 300ms"))));
-    let m = l.app.metrics.clone();
     let links = m.links();
     for camera in ["refused", "failing", "hanging", "garbage"] {
         let link = &links[&format!("camera:{camera}")];
@@ -418,8 +429,14 @@ async fn cameras_down_failing_hanging_or_sending_garbage_leave_no_evidence_and_t
     // The camera comes back: the next parcel's snapshot is taken and the link is up again.
     garbage.set_fault(CameraFault::Normal);
     let next = Plan::with_mix(79, Mix::only(PlanKind::Release));
+    let before = Metrics::get(&m.platform_messages);
     l.platform.publish_plan(&next, 0..1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || Metrics::get(
+            &m.platform_messages
+        ) >= before + 2)
+        .await
+    );
     scan(&mut l.stream, &next, 1, |w, at| {
         garbage.enter(Some(w.to_string()), at + Duration::from_millis(200))
     })
