@@ -15,6 +15,7 @@
 //! image again is harmless.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -43,7 +44,13 @@ struct Shared {
     max_bytes: usize,
     /// A body still arriving at shutdown is refused (503) so the server can stop.
     shutdown: CancellationToken,
+    /// Bodies read into memory at once, at most: each may be up to `max_bytes`.
+    bodies: Arc<tokio::sync::Semaphore>,
 }
+
+/// Uploads whose bodies are read at once; more wait for a turn (a workstation sends one
+/// scan's views at a time, so this only bounds memory against a misbehaving client).
+const BODIES_AT_ONCE: usize = 4;
 
 /// The 201 answer.
 #[derive(Debug, Serialize)]
@@ -66,6 +73,7 @@ pub fn router(
         credentials,
         max_bytes,
         shutdown,
+        bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_AT_ONCE)),
     };
     Router::new()
         .route("/xray/:device/:scan_id/:view", post(upload))
@@ -167,6 +175,12 @@ async fn upload(
     if announced.is_some_and(|n| n > s.max_bytes as u64) {
         return too_large(s.max_bytes);
     }
+    let Ok(_turn) = s.bodies.clone().acquire_owned().await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is shutting down; send the image again",
+        );
+    };
     let read = tokio::select! {
         r = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, &())) => r,
         _ = s.shutdown.cancelled() => {
