@@ -113,6 +113,16 @@ async fn line(dir: &Path, cameras: &str, stop: &CancellationToken) -> Line {
     let app = App::start(Config::parse("camera.toml", &text).unwrap(), stop.clone())
         .await
         .unwrap();
+    // The platform publishes only once the gateway has subscribed: a message sent before
+    // reaches nobody.
+    assert!(
+        wait_until(Duration::from_secs(30), || app
+            .metrics
+            .uplink_ready
+            .load(std::sync::atomic::Ordering::Relaxed))
+        .await,
+        "the gateway never subscribed at the broker"
+    );
     let (stream, _) = listener.accept().await.unwrap();
     Line {
         _mosquitto: mosquitto,

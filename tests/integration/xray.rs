@@ -248,11 +248,14 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
         .await
         .unwrap();
     let m = app.metrics.clone();
+    // The platform publishes only once the gateway has subscribed: a message sent before
+    // reaches nobody.
     assert!(
-        wait_until(Duration::from_secs(10), || m
+        wait_until(Duration::from_secs(30), || m
             .links()
             .get("xray:xray-1")
-            .is_some_and(|l| l.up))
+            .is_some_and(|l| l.up)
+            && m.uplink_ready.load(std::sync::atomic::Ordering::Relaxed))
         .await
     );
 
