@@ -712,23 +712,8 @@ impl Line {
             }
             _ => Metrics::add(&self.ctx.metrics.xray_matched, 1),
         }
-        io.sink.push(XrayRecord {
-            schema: SCHEMA,
-            msg_id: String::new(),
-            seq: 0,
-            prev_hash: String::new(),
-            gateway: self.ctx.gateway.clone(),
-            line: self.ctx.line.clone(),
-            device: device.clone(),
-            scan_id: Some(event.scan_id),
-            parcel,
-            waybill: waybill.clone(),
-            result: Some(event.result),
-            material: event.material,
-            entered_at_ms: Some(event.entered_at_ms),
-            join,
-            at_ms: unix_ms(SystemTime::now()),
-        });
+        io.sink
+            .push(self.xray_record(&device, join, parcel, waybill.clone(), Some(&event)));
         let Some(parcel) = parcel else {
             if event.result.flags() {
                 self.alert(
@@ -782,6 +767,34 @@ impl Line {
         }
     }
 
+    /// The record of one join outcome; `event` is the verdict, absent for `no_result`.
+    fn xray_record(
+        &self,
+        device: &str,
+        join: XrayJoin,
+        parcel: Option<u32>,
+        waybill: Option<String>,
+        event: Option<&XrayEvent>,
+    ) -> XrayRecord {
+        XrayRecord {
+            schema: SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: self.ctx.gateway.clone(),
+            line: self.ctx.line.clone(),
+            device: device.to_string(),
+            scan_id: event.map(|e| e.scan_id),
+            parcel,
+            waybill,
+            result: event.map(|e| e.result),
+            material: event.and_then(|e| e.material),
+            entered_at_ms: event.map(|e| e.entered_at_ms),
+            join,
+            at_ms: unix_ms(SystemTime::now()),
+        }
+    }
+
     /// An image from the evidence pipeline: recorded once its scan is joined.
     fn on_image(&mut self, image: ImageRecord, sink: &RecordSink) {
         if let Some(image) = self.joiner.image(image, Instant::now()) {
@@ -809,23 +822,8 @@ impl Line {
             };
             t.xray_settled = true;
             Metrics::add(&self.ctx.metrics.xray_missing, 1);
-            sink.push(XrayRecord {
-                schema: SCHEMA,
-                msg_id: String::new(),
-                seq: 0,
-                prev_hash: String::new(),
-                gateway: self.ctx.gateway.clone(),
-                line: self.ctx.line.clone(),
-                device: device.clone(),
-                scan_id: None,
-                parcel: Some(parcel),
-                waybill: t.waybill().map(str::to_string),
-                result: None,
-                material: None,
-                entered_at_ms: None,
-                join: XrayJoin::NoResult,
-                at_ms: unix_ms(SystemTime::now()),
-            });
+            let waybill = t.waybill().map(str::to_string);
+            sink.push(self.xray_record(device, XrayJoin::NoResult, Some(parcel), waybill, None));
         }
         for image in self.joiner.expire(now) {
             sink.push(image);
