@@ -175,16 +175,23 @@ impl App {
             alarms.clone(),
             uplink_stop.clone(),
         ));
+        // Waybills whose clearance changed (from the uplink) and new rule sets (from the
+        // policy), to every line.
+        let (changes, _) = broadcast::channel(CHANGES_QUEUE);
         let policy = Policy::start(
             config.rules.clone(),
             config.rules_file.clone(),
-            config
-                .lines
-                .iter()
-                .any(|l| l.scanner.framing.weight.is_some()),
+            crate::policy::Feeds {
+                weighing: config
+                    .lines
+                    .iter()
+                    .any(|l| l.scanner.framing.weight.is_some()),
+                xray: config.lines.iter().any(|l| l.xray.is_some()),
+            },
             journal.clone(),
             alarms.clone(),
             metrics.clone(),
+            changes.clone(),
         )?;
         let rules = policy.shared();
         {
@@ -194,8 +201,6 @@ impl App {
         journal_tasks.spawn(policy.clone().watch(uplink_stop.clone()));
         let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
         let reconnect = Arc::new(tokio::sync::Notify::new());
-        // Waybills whose clearance changed, from the uplink to every line.
-        let (changes, _) = broadcast::channel(CHANGES_QUEUE);
         if let Some(day) = config.report_publish_day {
             tokio::spawn(crate::report::publish_monthly(
                 journal.clone(),
@@ -268,6 +273,7 @@ impl App {
                 lane_states: lane_states.clone(),
                 metrics: metrics.clone(),
                 dispositions: l.plc.map.status.is_some(),
+                weighing: l.scanner.framing.weight.is_some(),
                 beat: liveness.register(&format!("line {}", l.id)),
                 xray: l.xray.as_ref().map(|(x, g)| (x.name.clone(), *g)),
                 cameras: line_cameras.remove(&l.id),
@@ -482,6 +488,6 @@ impl Reloader {
                 }
             }
         }
-        self.policy.reload()
+        self.policy.reload_on_signal()
     }
 }

@@ -328,10 +328,11 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
     let policy = crate::policy::Policy::start(
         Arc::new(crate::rules::engine::RuleSet::builtin()),
         None,
-        false,
+        crate::policy::Feeds::default(),
         journal.clone(),
         Alarms::new("bench-gw"),
         metrics.clone(),
+        tokio::sync::broadcast::channel(1).0,
     )?;
     let uplink = Uplink {
         config: UplinkConfig {
@@ -701,6 +702,7 @@ fn rules_bench(
             xray: Default::default(),
             read: &read,
             weight_g: Some(200 + (i % 3000) as u32 + (x % 40) as u32),
+            weighing: true,
             day: today,
             prior: None,
         };

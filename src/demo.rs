@@ -127,9 +127,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let scan_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let scan_addr = scan_listener.local_addr()?;
 
-    // The X-ray scanner after the barcode scanner: xray-sim on Modbus TCP, judging every
-    // parcel clear (the plan's customs outcomes stay exact) and writing two small views of
-    // each scan to a spool directory, as an X-ray workstation does.
+    // The X-ray scanner after the barcode scanner: xray-sim on Modbus TCP, judging suspect
+    // exactly the parcels the plan says (so the plan's outcomes stay exact) and writing two
+    // small views of each scan to a spool directory, as an X-ray workstation does.
     let xray_map = profiles
         .get("xray-modbus")
         .and_then(|p| p.xray())
@@ -162,10 +162,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     tokio::spawn(xray_driver.run(sims_stop.clone().cancelled_owned()));
     // Each parcel the scanner sends enters the tunnel when the belt brings it there.
     let (scanned_tx, mut scanned_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    // The scanner simulator's plan, so the X-ray judge flags the parcels it plans as suspect.
+    let xray_plan = Plan::with_mix(args.seed, Mix::every_rule());
     tokio::spawn(async move {
         while let Some(index) = scanned_rx.recv().await {
             let entered = crate::metrics::unix_ms(std::time::SystemTime::now()) + XRAY_OFFSET_MS;
-            xray_feed.pass(Passage::new(index as u32 + 1, entered));
+            xray_feed.pass(Passage {
+                suspect: Some(xray_plan.parcel(index).kind.xray_suspect()),
+                ..Passage::new(index as u32 + 1, entered)
+            });
         }
     });
 
@@ -202,6 +207,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let book = RuleBook::demo();
     let expect = Expect {
         weighed: true,
+        xray: true,
         rules: Some(book.clone()),
     };
     let mut platform = PlatformSim::connect(

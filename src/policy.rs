@@ -2,12 +2,15 @@
 //!
 //! A rule set comes from the configuration's `rules_file` (or the built-in fail-closed core)
 //! or from the platform (`P/rules`). The latest one applied is in force, whatever its source:
-//! - a change of the rule file's content (seen by polling every [`WATCH_INTERVAL`]) or SIGHUP
-//!   reloads the file;
+//! - a change of the rule file's content (seen by polling every [`WATCH_INTERVAL`]) reloads
+//!   it; so does SIGHUP, except that a SIGHUP with the file unchanged leaves a platform set in
+//!   force (`systemctl reload` also renews certificates, and must not undo the platform);
 //! - a platform update applies when its id is new and it is not older (`issued_at_ms`) than
 //!   the last platform update applied;
-//! - an invalid rule set, or one holding a rule kind this build cannot feed, is refused whole:
-//!   the old set stays, the refusal is logged, alarmed and (for the platform) reported.
+//! - an invalid rule set is refused whole: the old set stays, the refusal is logged, alarmed
+//!   and (for the platform) reported; a refused platform update's id is not remembered, so
+//!   the platform may send it again corrected;
+//! - every new set makes the lines decide their tracked parcels again before their deadline.
 //!
 //! Which set is in force is stored in the journal, so a restart keeps it: a platform set
 //! stays in force unless the rule file changed while the daemon was down. Every decision
@@ -24,6 +27,7 @@ use tracing::{info, warn};
 use crate::alarm::Alarms;
 use crate::journal::platform::StoredRules;
 use crate::journal::{sha256, Journal, JournalError};
+use crate::line::ClearanceChange;
 use crate::metrics::Metrics;
 use crate::rules::engine::RuleSet;
 
@@ -52,8 +56,20 @@ pub struct Policy {
     metrics: Arc<Metrics>,
     /// Hash of the rule file's text last read (valid or not), to notice changes.
     file_seen: Arc<Mutex<Option<[u8; 32]>>>,
-    /// Whether any line's scanner weighs parcels (so weight rules can fire).
-    weighing: bool,
+    /// What this gateway's devices can feed the rules.
+    feeds: Feeds,
+    /// Tells the lines a new set is in force.
+    changes: tokio::sync::broadcast::Sender<ClearanceChange>,
+}
+
+/// What the gateway's devices feed the rules: a rule that nothing feeds can never fire, which
+/// an operator must hear about when the set is loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Feeds {
+    /// Some line's scanner weighs parcels (weight rules).
+    pub weighing: bool,
+    /// Some line has an X-ray scanner (X-ray rules).
+    pub xray: bool,
 }
 
 /// Reads the rule file and validates it.
@@ -82,10 +98,11 @@ impl Policy {
     pub fn start(
         configured: Arc<RuleSet>,
         file: Option<PathBuf>,
-        weighing: bool,
+        feeds: Feeds,
         journal: Journal,
         alarms: Alarms,
         metrics: Arc<Metrics>,
+        changes: tokio::sync::broadcast::Sender<ClearanceChange>,
     ) -> Result<Policy, JournalError> {
         let file_hash = file
             .as_ref()
@@ -119,7 +136,8 @@ impl Policy {
             alarms,
             metrics,
             file_seen: Arc::new(Mutex::new(file_hash)),
-            weighing,
+            feeds,
+            changes,
         };
         policy.warn_inert(&policy.current());
         Ok(policy)
@@ -127,15 +145,16 @@ impl Policy {
 
     /// Warns about rules that cannot fire on this gateway's devices.
     fn warn_inert(&self, set: &RuleSet) {
-        if self.weighing {
-            return;
-        }
+        use crate::rules::engine::RuleKind;
         for r in &set.rules {
-            if matches!(
-                r.kind,
-                crate::rules::engine::RuleKind::WeightMismatch { .. }
-            ) {
-                warn!(rule = %r.name, rule_set = %set.version, "weight rule cannot fire: no scanner of this gateway weighs parcels (a profile with weight_separator)");
+            match r.kind {
+                RuleKind::WeightMismatch { .. } if !self.feeds.weighing => {
+                    warn!(rule = %r.name, rule_set = %set.version, "weight rule cannot fire: no scanner of this gateway weighs parcels (a profile with weight_separator)");
+                }
+                RuleKind::XraySuspect if !self.feeds.xray => {
+                    warn!(rule = %r.name, rule_set = %set.version, "X-ray rule cannot fire: no line of this gateway has an X-ray scanner");
+                }
+                _ => {}
             }
         }
     }
@@ -155,6 +174,8 @@ impl Policy {
         let version = set.version.clone();
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         Metrics::add(&self.metrics.rule_sets_applied, 1);
+        // No line listening (at start, or in a test) is fine: there is nothing to re-decide.
+        let _ = self.changes.send(ClearanceChange::All);
         version
     }
 
@@ -166,7 +187,27 @@ impl Policy {
         ));
     }
 
-    /// Reads the rule file again (SIGHUP, or a change seen by [`Policy::watch`]). A valid set
+    /// SIGHUP: reads the rule file again like [`Policy::reload`], but a platform set in force
+    /// stays when the file has not changed since it was last read. Returns the version in
+    /// force afterwards.
+    pub fn reload_on_signal(&self) -> String {
+        if let Some(path) = &self.file {
+            let unchanged = std::fs::read(path).ok().map(|b| sha256(&b))
+                == *self.file_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let platform = matches!(
+                self.journal.stored_rules(),
+                Ok(StoredRules::Platform { .. })
+            );
+            if unchanged && platform {
+                let version = self.current().version.clone();
+                info!(rule_set = %version, file = %path.display(), "rule file unchanged; the platform's rule set stays in force");
+                return version;
+            }
+        }
+        self.reload()
+    }
+
+    /// Reads the rule file again (a change seen by [`Policy::watch`], or SIGHUP). A valid set
     /// replaces the one in force; an invalid one is refused with an alarm. Returns the
     /// version in force afterwards.
     pub fn reload(&self) -> String {
@@ -215,9 +256,7 @@ impl Policy {
             }
             return Ok(UpdateOutcome::Ignored);
         }
-        self.journal
-            .remember_rule_update(&u.update_id)
-            .map_err(|e| format!("cannot store: {e}"))?;
+        // Validated before its id is remembered: a refused update may come again corrected.
         let set = match parse_update(u) {
             Ok(set) => set,
             Err(reason) => {
@@ -225,6 +264,9 @@ impl Policy {
                 return Err(reason);
             }
         };
+        self.journal
+            .remember_rule_update(&u.update_id)
+            .map_err(|e| format!("cannot store: {e}"))?;
         let file_hash = *self.file_seen.lock().unwrap_or_else(|e| e.into_inner());
         self.journal
             .store_rules(&StoredRules::Platform {
@@ -261,5 +303,80 @@ impl Policy {
                 self.reload();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(version: &str) -> String {
+        format!("version = \"{version}\"\n[[rules]]\nname = \"instruction\"\nkind = \"instruction\"\npriority = 100\n")
+    }
+
+    fn update(id: &str, toml: &str) -> RuleSetUpdate {
+        RuleSetUpdate {
+            schema: 1,
+            update_id: id.into(),
+            rules_toml: toml.into(),
+            issued_at_ms: None,
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn updates_signals_and_file_changes_each_do_what_they_should() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rules.toml");
+        std::fs::write(&file, rules("file-1")).unwrap();
+        let journal = Journal::open(&dir.path().join("store")).unwrap();
+        let (changes, mut seen) = tokio::sync::broadcast::channel(8);
+        let configured = crate::config::parse_rules("rules.toml", &rules("file-1")).unwrap();
+        let policy = Policy::start(
+            Arc::new(configured),
+            Some(file.clone()),
+            Feeds::default(),
+            journal,
+            Alarms::new("gw"),
+            Arc::new(Metrics::default()),
+            changes,
+        )
+        .unwrap();
+        assert_eq!(policy.current().version, "file-1");
+
+        // A refused update leaves the set in force and may come again, corrected, under
+        // the same id.
+        assert!(policy.apply_update(&update("U1", "version = ")).is_err());
+        assert_eq!(policy.current().version, "file-1");
+        assert!(
+            seen.try_recv().is_err(),
+            "nothing changed, nothing to re-decide"
+        );
+        assert_eq!(
+            policy.apply_update(&update("U1", &rules("platform-1"))),
+            Ok(UpdateOutcome::Applied("platform-1".into()))
+        );
+        assert!(matches!(seen.try_recv(), Ok(ClearanceChange::All)));
+        assert_eq!(
+            policy.apply_update(&update("U1", &rules("platform-1"))),
+            Ok(UpdateOutcome::Ignored),
+            "a redelivery changes nothing"
+        );
+
+        // SIGHUP with the file unchanged (a certificate renewal) keeps the platform's set.
+        assert_eq!(policy.reload_on_signal(), "platform-1");
+        assert!(seen.try_recv().is_err());
+
+        // A changed file is read on SIGHUP, and the lines are told.
+        std::fs::write(&file, rules("file-2")).unwrap();
+        assert_eq!(policy.reload_on_signal(), "file-2");
+        assert!(matches!(seen.try_recv(), Ok(ClearanceChange::All)));
+        // With the local set in force, SIGHUP reads the file as before.
+        std::fs::write(&file, "version = \"broken\"\n").unwrap();
+        assert_eq!(
+            policy.reload_on_signal(),
+            "file-2",
+            "an invalid file is refused whole"
+        );
     }
 }

@@ -68,12 +68,16 @@ pub enum PlanKind {
     /// Like [`PlanKind::Frequent`], but beyond the daily limit: inspection. Never drawn
     /// directly; a drawn `Frequent` becomes this by its rank in its block.
     FrequentOver,
+    /// Declared and released by customs, but the X-ray scanner judges it suspect: the
+    /// `xray_suspect` rule sends it to inspection (on a line with an X-ray scanner whose
+    /// driver follows the plan, see [`PlanKind::xray_suspect`]).
+    XraySuspect,
 }
 
 impl PlanKind {
     /// Every kind, in declaration order. The draw walks this order, so kinds added at the end
     /// with weight 0 leave the plans of existing mixes unchanged.
-    pub const ALL: [PlanKind; 13] = [
+    pub const ALL: [PlanKind; 14] = [
         PlanKind::Release,
         PlanKind::Inspect,
         PlanKind::Hold,
@@ -87,6 +91,7 @@ impl PlanKind {
         PlanKind::OverLimit,
         PlanKind::Frequent,
         PlanKind::FrequentOver,
+        PlanKind::XraySuspect,
     ];
 
     /// The lane role a correct controller sends this parcel to, if it is a parcel at all,
@@ -104,7 +109,8 @@ impl PlanKind {
             PlanKind::Inspect
             | PlanKind::Overweight
             | PlanKind::OverLimit
-            | PlanKind::FrequentOver => Some(LaneRole::Inspection),
+            | PlanKind::FrequentOver
+            | PlanKind::XraySuspect => Some(LaneRole::Inspection),
             PlanKind::Hold
             | PlanKind::DeclaredOnly
             | PlanKind::Undeclared
@@ -134,7 +140,8 @@ impl PlanKind {
             | PlanKind::Overweight
             | PlanKind::OverLimit
             | PlanKind::Frequent
-            | PlanKind::FrequentOver => Some(Action::Release),
+            | PlanKind::FrequentOver
+            | PlanKind::XraySuspect => Some(Action::Release),
             PlanKind::Inspect => Some(Action::Inspect),
             PlanKind::Hold => Some(Action::Hold),
             PlanKind::DeclaredOnly
@@ -148,6 +155,11 @@ impl PlanKind {
     /// waybill is expected).
     pub fn is_readable(self) -> bool {
         !matches!(self, PlanKind::NoRead | PlanKind::Garbage)
+    }
+
+    /// Whether an X-ray scanner following the plan judges this parcel suspect.
+    pub fn xray_suspect(self) -> bool {
+        self == PlanKind::XraySuspect
     }
 }
 
@@ -168,6 +180,7 @@ pub struct Mix {
     /// Frequent-buyer parcels; those beyond the daily limit in their block become
     /// [`PlanKind::FrequentOver`].
     pub frequent: u32,
+    pub xray_suspect: u32,
 }
 
 impl Default for Mix {
@@ -186,6 +199,7 @@ impl Default for Mix {
             overweight: 0,
             over_limit: 0,
             frequent: 0,
+            xray_suspect: 0,
         }
     }
 }
@@ -207,6 +221,7 @@ impl Mix {
             overweight: 0,
             over_limit: 0,
             frequent: 0,
+            xray_suspect: 0,
         }
     }
 
@@ -226,6 +241,7 @@ impl Mix {
             overweight: 8,
             over_limit: 6,
             frequent: 14,
+            xray_suspect: 6,
         }
     }
 
@@ -253,6 +269,7 @@ impl Mix {
             PlanKind::Frequent => self.frequent,
             // Never drawn: see `PlanKind::FrequentOver`.
             PlanKind::FrequentOver => 0,
+            PlanKind::XraySuspect => self.xray_suspect,
         }
     }
 
@@ -270,6 +287,7 @@ impl Mix {
             PlanKind::Overweight => &mut self.overweight,
             PlanKind::OverLimit => &mut self.over_limit,
             PlanKind::Frequent | PlanKind::FrequentOver => &mut self.frequent,
+            PlanKind::XraySuspect => &mut self.xray_suspect,
         }
     }
 
@@ -426,19 +444,23 @@ impl Plan {
     }
 
     /// The lane role parcel `p` must reach on a line whose scanner weighs (`weighed`) or not,
-    /// under a rule set described by `rules` (its random sampling; `None`: no sampling).
+    /// with an X-ray scanner following the plan (`xray`) or none, under a rule set described
+    /// by `rules` (its random sampling; `None`: no sampling).
     ///
     /// On top of [`PlanKind::expected_role`]: without a scale the weight rule cannot fire, so
-    /// an overweight parcel is released; and a parcel that would be released goes to
-    /// inspection when the rule set's sampling picks its waybill.
+    /// an overweight parcel is released; without an X-ray scanner an X-ray suspect parcel is
+    /// released; and a parcel that would be released goes to inspection when the rule set's
+    /// sampling picks its waybill.
     pub fn expected_role_with(
         &self,
         p: &PlannedParcel,
         weighed: bool,
+        xray: bool,
         rules: Option<&RuleBook>,
     ) -> Option<LaneRole> {
         let role = match p.kind {
             PlanKind::Overweight if !weighed => Some(LaneRole::Release),
+            PlanKind::XraySuspect if !xray => Some(LaneRole::Release),
             kind => kind.expected_role(),
         };
         match role {
@@ -681,15 +703,15 @@ mod tests {
         let mut sampled_releases = 0;
         for p in plan.parcels(0..3000) {
             let base = p.kind.expected_role();
-            let with = plan.expected_role_with(&p, true, Some(&book));
+            let with = plan.expected_role_with(&p, true, true, Some(&book));
             if base == Some(LaneRole::Release) && book.sampled(&p.waybill) {
                 assert_eq!(with, Some(LaneRole::Inspection));
                 sampled_releases += 1;
             } else {
                 assert_eq!(with, base, "{p:?}");
             }
-            assert_eq!(plan.expected_role_with(&p, true, None), base);
-            let unweighed = plan.expected_role_with(&p, false, None);
+            assert_eq!(plan.expected_role_with(&p, true, true, None), base);
+            let unweighed = plan.expected_role_with(&p, false, true, None);
             if p.kind == PlanKind::Overweight {
                 assert_eq!(unweighed, Some(LaneRole::Release));
             } else {

@@ -517,6 +517,9 @@ fn parse_record(payload: &[u8]) -> Option<Record> {
 pub struct Expect {
     /// Whether the line's scanner weighs (a weighing profile), so the weight rule can fire.
     pub weighed: bool,
+    /// Whether the line has an X-ray scanner judging parcels as the plan says, so the
+    /// `xray_suspect` rule can fire.
+    pub xray: bool,
     /// The rule set the daemon runs, if known: its random sampling changes expected lanes,
     /// and its rule kinds tell which fired rules are platform instructions. Without it, a rule
     /// is taken to be of the kind its name says (as in the built-in set).
@@ -663,9 +666,9 @@ impl PlatformReport {
             if let Some(w) = &r.waybill {
                 seen_waybills.insert(w.as_str());
             }
-            let expected = planned
-                .as_ref()
-                .and_then(|p| plan.expected_role_with(p, expect.weighed, expect.rules.as_ref()));
+            let expected = planned.as_ref().and_then(|p| {
+                plan.expected_role_with(p, expect.weighed, expect.xray, expect.rules.as_ref())
+            });
             if expected.is_some_and(|e| e != r.lane_role) {
                 lane_mismatches += 1;
             }
@@ -678,6 +681,9 @@ impl PlatformReport {
             .iter()
             .flat_map(|b| b.kinds.values())
             .filter(|k| !kinds_fired.contains_key(k.as_str()))
+            // Rules the line cannot feed are not expected to fire.
+            .filter(|k| expect.xray || k.as_str() != "xray_suspect")
+            .filter(|k| expect.weighed || k.as_str() != "weight_mismatch")
             .cloned()
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -899,6 +905,7 @@ mod tests {
         let records = vec![weighed.clone(), released, hold];
         let expect = Expect {
             weighed: true,
+            xray: true,
             rules: Some(book.clone()),
         };
         let r = PlatformReport::build(&plan, 0..0, &records, &[], 0, 0, &expect);

@@ -64,6 +64,8 @@ pub struct LineCtx {
     pub metrics: Arc<Metrics>,
     /// Whether the PLC reports dispositions (its profile has a status section).
     pub dispositions: bool,
+    /// Whether the line's scanner station weighs parcels (its profile has a weight field).
+    pub weighing: bool,
     /// Beats on every tick of the line's loop, for the service watchdog.
     pub beat: crate::service::Beat,
     /// The line's X-ray scanner (its name) and where its tunnel is.
@@ -195,6 +197,7 @@ impl Line {
         let scan = Scan {
             read,
             weight_g,
+            weighing: self.ctx.weighing,
             day: day_of(unix_ms(scanned_at)),
             prior,
             xray,
@@ -675,14 +678,21 @@ impl Line {
             Some(j) => (XrayJoin::Update, j.parcel),
             None => {
                 let offset = geometry.offset.as_millis() as u64;
-                let candidates = self
-                    .tracker
-                    .iter()
-                    .filter(|t| t.xray == XrayInput::Pending)
-                    .map(|t| (t.parcel, unix_ms(t.scanned_at) + offset));
+                // Every tracked parcel counts, joined or not: see `xray::pick`.
+                let candidates = self.tracker.iter().map(|t| {
+                    (
+                        t.parcel,
+                        unix_ms(t.scanned_at) + offset,
+                        t.xray == XrayInput::Pending,
+                    )
+                });
                 let (join, found) = match xray::pick(candidates, event.entered_at_ms, window) {
                     xray::Pick::One(p) => (XrayJoin::Matched, Some(p)),
                     xray::Pick::None => (XrayJoin::NoParcel, None),
+                    xray::Pick::Taken(p) => {
+                        warn!(line = %self.ctx.line, scan_id = event.scan_id, parcel = p, "X-ray verdict's closest parcel already has its verdict; given to none");
+                        (XrayJoin::NoParcel, None)
+                    }
                     xray::Pick::Ambiguous(ps) => {
                         warn!(line = %self.ctx.line, scan_id = event.scan_id, parcels = ?ps, "X-ray verdict could belong to several parcels; given to none");
                         (XrayJoin::Ambiguous, None)

@@ -3,15 +3,20 @@
 //! The X-ray scanner does not know waybills: it numbers each passage (the scan id) and says
 //! when the parcel entered the tunnel. The line knows when each parcel passed the barcode
 //! scanner and how long the belt takes from there to the tunnel (`scan_to_xray_m` / belt
-//! speed). A verdict is joined to the parcel still waiting for one whose expected entry time
-//! is closest to the verdict's, within the configured window. Explicit outcomes:
+//! speed). A verdict is joined to the parcel whose expected entry time is clearly the closest
+//! to the verdict's, within the configured window, if that parcel is still waiting for one.
+//! Parcels that already have a verdict count in the comparison: a verdict whose closest
+//! parcel is taken belongs to something else on the belt (an item without a readable label),
+//! and giving it to the next waiting parcel would shift every later verdict onto its
+//! neighbour. Explicit outcomes:
 //!
 //! - **matched**: the verdict is the parcel's; it is decided again with it before its
 //!   deadline (a clear verdict may release it, a flagged one sends it to inspection);
 //! - **no parcel**: nothing tracked was in the tunnel then (an item without a readable
-//!   label, or clocks out of step); recorded, and alerted when the verdict flags;
-//! - **ambiguous**: two waiting parcels are about as close; the verdict is given to neither,
-//!   both wait on and, without a verdict of their own, go to inspection; alerted when the
+//!   label, or clocks out of step), or the closest parcel already has its verdict; recorded,
+//!   and alerted when the verdict flags;
+//! - **ambiguous**: two parcels are about as close; the verdict is given to neither, waiting
+//!   ones wait on and, without a verdict of their own, go to inspection; alerted when the
 //!   verdict flags;
 //! - **no result**: the parcel reached its deadline without a verdict. Its decisions never
 //!   released it (release needs a clear verdict), so it went to inspection: fail closed.
@@ -49,35 +54,50 @@ pub struct Joined {
 /// What a verdict's tunnel-entry time says about the waiting parcels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pick {
-    /// One parcel, clearly the closest.
+    /// One waiting parcel, clearly the closest.
     One(u32),
-    /// No waiting parcel within the window.
+    /// No parcel within the window.
     None,
+    /// The clearly closest parcel already has a verdict: this one is not a waiting parcel's.
+    Taken(u32),
     /// Two or more within the window, the runner-up not clearly farther than the closest:
-    /// the verdict could be either's, so it is given to neither (they fail closed).
+    /// the verdict could be either's, so it is given to neither (they fail closed). The
+    /// waiting parcels among them, closest first.
     Ambiguous(Vec<u32>),
 }
 
-/// The waiting parcel (`(parcel, expected entry ms)`) the verdict entering at
-/// `entered_at_ms` belongs to, within `window_ms`. The runner-up must be at least a third of
-/// the window farther than the closest, or the pick is ambiguous: clocks a little out of step
-/// must not hand a parcel its neighbour's clear verdict.
+/// The parcel the verdict entering at `entered_at_ms` belongs to, within `window_ms`, among
+/// tracked parcels `(parcel, expected entry ms, still waiting for a verdict)`. The runner-up
+/// must be at least a third of the window farther than the closest, or the pick is
+/// ambiguous: clocks a little out of step must not hand a parcel its neighbour's clear
+/// verdict. A clearly closest parcel that already has a verdict is [`Pick::Taken`].
 pub fn pick(
-    candidates: impl IntoIterator<Item = (u32, u64)>,
+    candidates: impl IntoIterator<Item = (u32, u64, bool)>,
     entered_at_ms: u64,
     window_ms: u64,
 ) -> Pick {
-    let mut near: Vec<(u64, u64, u32)> = candidates
+    let mut near: Vec<(u64, u64, u32, bool)> = candidates
         .into_iter()
-        .map(|(p, expected)| (expected.abs_diff(entered_at_ms), expected, p))
-        .filter(|(d, _, _)| *d <= window_ms)
+        .map(|(p, expected, waiting)| (expected.abs_diff(entered_at_ms), expected, p, waiting))
+        .filter(|(d, _, _, _)| *d <= window_ms)
         .collect();
     near.sort_unstable();
-    match near.as_slice() {
-        [] => Pick::None,
-        [(_, _, p)] => Pick::One(*p),
-        [(d1, _, p), (d2, _, _), ..] if d2 - d1 >= window_ms / 3 => Pick::One(*p),
-        _ => Pick::Ambiguous(near.iter().map(|(_, _, p)| *p).collect()),
+    let clear = match near.as_slice() {
+        [] => return Pick::None,
+        [only] => *only,
+        [first, second, ..] if second.0 - first.0 >= window_ms / 3 => *first,
+        _ => {
+            return Pick::Ambiguous(
+                near.iter()
+                    .filter(|(_, _, _, waiting)| *waiting)
+                    .map(|(_, _, p, _)| *p)
+                    .collect(),
+            )
+        }
+    };
+    match clear {
+        (_, _, p, true) => Pick::One(p),
+        (_, _, p, false) => Pick::Taken(p),
     }
 }
 
@@ -186,16 +206,30 @@ mod tests {
 
     #[test]
     fn the_clearly_closest_parcel_within_the_window_matches() {
-        let c = [(1, 1_000), (2, 1_300), (3, 1_600)];
+        let c = [(1, 1_000, true), (2, 1_300, true), (3, 1_600, true)];
         assert_eq!(pick(c, 1_290, 150), Pick::One(2));
         assert_eq!(pick(c, 2_000, 100), Pick::None);
         assert_eq!(pick([], 2_000, 100), Pick::None);
         // Halfway between two parcels: either could be the one.
         assert_eq!(pick(c, 1_150, 200), Pick::Ambiguous(vec![1, 2]));
         // Parcels 90 ms apart (40,000/h) with a tight window and synchronised clocks.
-        let dense = [(1, 1_000), (2, 1_090), (3, 1_180)];
+        let dense = [(1, 1_000, true), (2, 1_090, true), (3, 1_180, true)];
         assert_eq!(pick(dense, 1_095, 60), Pick::One(2));
         assert_eq!(pick(dense, 1_140, 60), Pick::Ambiguous(vec![3, 2]));
+    }
+
+    #[test]
+    fn a_verdict_never_slides_onto_the_next_parcel() {
+        // Parcels 125 ms apart, a 300 ms window. Parcel 1 has its verdict; an item without a
+        // readable label passed at 1_125 and parcel 2 (1_250) waits for its own.
+        let c = [(1, 1_000, false), (2, 1_250, true), (3, 1_375, true)];
+        // The label-less item's verdict is about as close to parcel 1 as to parcel 2: given
+        // to none (parcel 2 waits on for its own).
+        assert_eq!(pick(c, 1_125, 300), Pick::Ambiguous(vec![2, 3]));
+        // A second verdict for parcel 1's passage time (a duplicate item): taken, not slid.
+        assert_eq!(pick(c, 1_000, 300), Pick::Taken(1));
+        // Parcel 2's own verdict still finds it.
+        assert_eq!(pick(c, 1_250, 300), Pick::One(2));
     }
 
     #[test]

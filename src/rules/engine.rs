@@ -3,11 +3,15 @@
 //! A rule set is TOML: a `version`, an optional `sampling_key_hex`, and `[[rules]]`, each
 //! with a `name`, a `kind`, a `priority` and (except for `instruction`) a `target` lane role.
 //! Every rule whose condition holds *fires* and is reported with its reason; the lane is the
-//! target of the highest-priority fired rule. Three things hold whatever the file says, so a
-//! mistaken rule set can never release a parcel it should not:
+//! target of the highest-priority fired rule. These hold whatever the file says, so a
+//! mistaken or partial rule set can never release a parcel it should not:
 //! - a target of `release` is refused at load: only a platform release instruction releases;
 //! - a release needs a declaration and a release instruction, and no other rule firing;
-//! - a parcel for which nothing fired is held ("no release decision").
+//! - a parcel for which nothing fired is held ("no release decision");
+//! - a parcel of a suspended enterprise, or of a consumer whose identity is not verified, is
+//!   held even when the set has no rule for it ([`ENTERPRISE_SUSPENDED`],
+//!   [`IDENTITY_UNVERIFIED`]), and on an X-ray line a release needs a clear verdict
+//!   ([`AWAITING_XRAY`], [`XRAY_FLAGGED`]).
 //!
 //! Random sampling is verifiable afterwards: a parcel is sampled when the first four bytes of
 //! HMAC-SHA256(sampling key, waybill), as a big-endian number, modulo 1,000,000 are below the
@@ -273,6 +277,9 @@ pub struct Inputs<'a> {
     /// The reason of the declaring enterprise's suspension, if it is suspended.
     pub suspension: Option<&'a str>,
     pub measured_weight_g: Option<u32>,
+    /// Whether the parcel's scanner station weighs: a weight rule then needs both a reading
+    /// and a declared weight, and fires when either is missing.
+    pub weighing: bool,
     /// The X-ray verdict joined to the parcel, on a line with an X-ray scanner.
     pub xray: XrayInput,
     /// The consumer's history over each limit rule's window, by rule index; parcels and
@@ -288,6 +295,12 @@ pub const AWAITING_XRAY: &str = "awaiting_xray";
 /// The name under which a flagged X-ray verdict stops a release when the rule set has no
 /// `xray_suspect` rule of its own: a suspect parcel is never released.
 pub const XRAY_FLAGGED: &str = "xray_flagged";
+/// The name under which a parcel of a suspended enterprise is held when the rule set has no
+/// `suspended_enterprise` rule of its own (or gave it a target the engine would release).
+pub const ENTERPRISE_SUSPENDED: &str = "enterprise_suspended";
+/// The name under which a parcel whose consumer identity is not verified is held when the
+/// rule set has no `unverified_identity` rule of its own.
+pub const IDENTITY_UNVERIFIED: &str = "identity_unverified";
 
 /// What the X-ray scanner said about a parcel, as far as a decision is concerned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -371,6 +384,33 @@ fn consumer_limit(
     })
 }
 
+/// Whether a weight rule fires, and why. On a weighing line an unweighed parcel, or one
+/// declared without a gross weight, cannot be checked and fires: fail closed. A line without
+/// a scale cannot feed the rule at all (the daemon warns about such a rule at load).
+fn weight_mismatch(
+    inp: &Inputs,
+    tolerance_pct: f64,
+    tolerance_g: u32,
+) -> Option<(LaneRole, String)> {
+    let d = inp.declaration?;
+    if !inp.weighing {
+        return None;
+    }
+    let reason = match (d.gross_weight_g, inp.measured_weight_g) {
+        (Some(declared), Some(measured)) => {
+            let diff = declared.abs_diff(measured);
+            let pct = diff as f64 * 100.0 / declared.max(1) as f64;
+            if diff <= tolerance_g || pct <= tolerance_pct {
+                return None;
+            }
+            format!("weighed {measured} g, declared {declared} g")
+        }
+        (None, _) => "no declared gross weight to check the scale against".into(),
+        (Some(declared), None) => format!("the scale gave no reading (declared {declared} g)"),
+    };
+    Some((LaneRole::Inspection, reason))
+}
+
 /// Evaluates `set` on one read parcel. Pure: the same inputs give the same lane.
 pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
     let mut fired = Vec::new();
@@ -411,24 +451,7 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
             RuleKind::WeightMismatch {
                 tolerance_pct,
                 tolerance_g,
-            } => {
-                match (
-                    inp.declaration.and_then(|d| d.gross_weight_g),
-                    inp.measured_weight_g,
-                ) {
-                    (Some(declared), Some(measured)) => {
-                        let diff = declared.abs_diff(measured);
-                        let pct = diff as f64 * 100.0 / declared.max(1) as f64;
-                        (diff > *tolerance_g && pct > *tolerance_pct).then(|| {
-                            (
-                                LaneRole::Inspection,
-                                format!("weighed {measured} g, declared {declared} g"),
-                            )
-                        })
-                    }
-                    _ => None,
-                }
-            }
+            } => weight_mismatch(inp, *tolerance_pct, *tolerance_g),
             RuleKind::ConsumerLimit {
                 window_days,
                 max_parcels,
@@ -521,6 +544,35 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
             LaneRole::Inspection
         }
         (role, _) => role,
+    };
+    // Suspension and unverified identity hold a parcel whatever the set says: a set without
+    // those rules (or with another target for them) must not open the release lane.
+    let role = match role {
+        LaneRole::Release if inp.suspension.is_some() => {
+            fired.insert(
+                0,
+                Fired {
+                    rule: ENTERPRISE_SUSPENDED.into(),
+                    target: LaneRole::Hold,
+                    reason: "the declaring enterprise is suspended".into(),
+                    rule_kind_instruction: false,
+                },
+            );
+            LaneRole::Hold
+        }
+        LaneRole::Release if inp.declaration.is_some_and(|d| !d.identity_verified) => {
+            fired.insert(
+                0,
+                Fired {
+                    rule: IDENTITY_UNVERIFIED.into(),
+                    target: LaneRole::Hold,
+                    reason: "consumer identity not verified".into(),
+                    rule_kind_instruction: false,
+                },
+            );
+            LaneRole::Hold
+        }
+        role => role,
     };
     Evaluation {
         role,
@@ -627,6 +679,7 @@ rate_ppm = 100000
             declaration: Some(d),
             instruction: Some(rel),
             measured_weight_g: Some(1010),
+            weighing: true,
             ..Default::default()
         };
         let e = evaluate(&s, &base);
@@ -651,6 +704,79 @@ rate_ppm = 100000
             evaluate(&s, &suspended).role,
             LaneRole::Hold,
             "priority decides"
+        );
+    }
+
+    #[test]
+    fn a_weighing_line_fails_closed_on_missing_weights() {
+        let s = set();
+        let w = unsampled(&s);
+        let base = Inputs {
+            waybill: &w,
+            declaration: Some(decl(true, Some(1000))),
+            instruction: Some(instr(Action::Release)),
+            measured_weight_g: None,
+            weighing: true,
+            ..Default::default()
+        };
+        let e = evaluate(&s, &base);
+        assert_eq!(e.role, LaneRole::Inspection);
+        assert_eq!(e.fired[0].rule, "weight");
+        assert!(e.fired[0].reason.contains("no reading"), "{e:?}");
+        let undeclared_weight = Inputs {
+            declaration: Some(decl(true, None)),
+            measured_weight_g: Some(900),
+            ..base.clone()
+        };
+        let e = evaluate(&s, &undeclared_weight);
+        assert_eq!(e.role, LaneRole::Inspection);
+        assert!(
+            e.fired[0].reason.contains("no declared gross weight"),
+            "{e:?}"
+        );
+        // A line without a scale cannot feed the rule: the load-time warning covers it.
+        let no_scale = Inputs {
+            weighing: false,
+            ..base
+        };
+        assert_eq!(evaluate(&s, &no_scale).role, LaneRole::Release);
+    }
+
+    #[test]
+    fn suspension_and_unverified_identity_hold_without_their_rules() {
+        let only_instruction = RuleSet::parse(
+            "t",
+            "version = \"bare-1\"\n[[rules]]\nname = \"platform\"\nkind = \"instruction\"\npriority = 100\n",
+        )
+        .unwrap();
+        let w = "W1";
+        let released = Inputs {
+            waybill: w,
+            declaration: Some(decl(true, None)),
+            instruction: Some(instr(Action::Release)),
+            ..Default::default()
+        };
+        assert_eq!(
+            evaluate(&only_instruction, &released).role,
+            LaneRole::Release
+        );
+        let suspended = Inputs {
+            suspension: Some("licence withdrawn"),
+            ..released.clone()
+        };
+        let e = evaluate(&only_instruction, &suspended);
+        assert_eq!(
+            (e.role, e.fired[0].rule.as_str()),
+            (LaneRole::Hold, ENTERPRISE_SUSPENDED)
+        );
+        let unverified = Inputs {
+            declaration: Some(decl(false, None)),
+            ..released
+        };
+        let e = evaluate(&only_instruction, &unverified);
+        assert_eq!(
+            (e.role, e.fired[0].rule.as_str()),
+            (LaneRole::Hold, IDENTITY_UNVERIFIED)
         );
     }
 
@@ -737,8 +863,10 @@ rate_ppm = 100000
     }
 
     proptest! {
-        /// Whatever the inputs, a parcel reaches release only when it is declared, has a
-        /// release instruction, and nothing else fired; and every decision names its version.
+        /// Whatever the inputs and whichever rules the set has, a parcel reaches release only
+        /// when it is declared, has a release instruction, is verified, of an enterprise not
+        /// suspended, X-ray clear (on an X-ray line) and nothing else fired; and every decision
+        /// names its version.
         #[test]
         fn nothing_is_released_without_declaration_and_release_instruction(
             declared in any::<bool>(),
@@ -752,26 +880,31 @@ rate_ppm = 100000
                 Just(XrayInput::Verdict(XrayResult::Suspect)),
                 Just(XrayInput::Verdict(XrayResult::OperatorMark)),
             ],
-            with_xray_rule in any::<bool>(),
+            keep in proptest::collection::vec(any::<bool>(), 8),
+            weighing in any::<bool>(),
             weight in proptest::option::of(0u32..5000),
             measured in proptest::option::of(0u32..5000),
             history in 0u32..6,
             waybill in "[A-Z0-9]{6,20}",
         ) {
+            // Any subset of the rules (the instruction rule is required at load), so the
+            // guarantees cannot lean on the set having a rule for each case.
             let mut s = set();
-            if !with_xray_rule {
-                s.rules.retain(|r| r.kind != RuleKind::XraySuspect);
-            }
+            let mut k = keep.iter();
+            s.rules.retain(|r| r.kind == RuleKind::Instruction || *k.next().unwrap_or(&true));
             let d = decl(verified, weight);
             let ins = action.map(instr);
-            let daily = s.rules.iter().position(|r| r.name == "daily").unwrap();
-            let h = [(daily, ConsumerWindow { parcels: history, value_minor: 0 })];
+            let h: Vec<_> = s.rules.iter().position(|r| r.name == "daily")
+                .map(|daily| (daily, ConsumerWindow { parcels: history, value_minor: 0 }))
+                .into_iter()
+                .collect();
             let inp = Inputs {
                 waybill: &waybill,
                 declaration: declared.then_some(d),
                 instruction: ins,
                 suspension: suspended.then_some("suspended"),
                 measured_weight_g: measured,
+                weighing,
                 xray,
                 consumer: &h,
             };
@@ -786,6 +919,10 @@ rate_ppm = 100000
             }
             if !declared || !verified || suspended || action == Some(Action::Inspect) || action == Some(Action::Hold) {
                 prop_assert_ne!(e.role, LaneRole::Release);
+            }
+            let weight_rule = s.rules.iter().any(|r| matches!(r.kind, RuleKind::WeightMismatch { .. }));
+            if weight_rule && weighing && (weight.is_none() || measured.is_none()) {
+                prop_assert_ne!(e.role, LaneRole::Release, "an unchecked weight is never released");
             }
         }
     }

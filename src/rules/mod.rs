@@ -60,6 +60,8 @@ impl Decision {
 pub struct Scan<'a> {
     pub read: &'a ScanRead,
     pub weight_g: Option<u32>,
+    /// Whether the scanner station weighs parcels (see [`engine::Inputs::weighing`]).
+    pub weighing: bool,
     pub day: u32,
     /// What the parcel's previous decision saw, when it is decided again. Its consumer
     /// windows are kept: "before this parcel" must not grow with parcels scanned after it.
@@ -125,6 +127,7 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
             instruction: known.instruction,
             suspension: known.suspension,
             measured_weight_g: scan.weight_g,
+            weighing: scan.weighing,
             xray: scan.xray,
             consumer: &windows,
         },
@@ -204,6 +207,7 @@ mod tests {
         let scan = Scan {
             read: &read,
             weight_g: None,
+            weighing: false,
             day: 1,
             prior: None,
             xray: engine::XrayInput::NotOnLine,
@@ -238,6 +242,7 @@ mod tests {
                 Scan {
                     read: &ScanRead::NoRead,
                     weight_g: None,
+                    weighing: false,
                     day: 1,
                     prior: None,
                     xray: engine::XrayInput::NotOnLine,
@@ -325,6 +330,7 @@ mod tests {
                 Scan {
                     read: &read,
                     weight_g: None,
+                    weighing: false,
                     day: 3,
                     prior,
                     xray: engine::XrayInput::NotOnLine,
@@ -465,7 +471,7 @@ mod tests {
                                 3 => engine::XrayInput::Verdict(XrayResult::Suspect),
                                 _ => engine::XrayInput::Verdict(XrayResult::OperatorMark),
                             };
-                            let d = decide(&t, &rules, Scan { read: &read, weight_g: grams, day: 100, prior: None, xray });
+                            let d = decide(&t, &rules, Scan { read: &read, weight_g: grams, weighing: true, day: 100, prior: None, xray });
                             if d.inputs.as_ref().is_some_and(|i| i.consumer.is_some()) {
                                 t.count(&format!("W{w}"), 100);
                             }

@@ -499,7 +499,7 @@ impl Uplink {
                             .map_err(|reason| (EventKind::RejectedMessage, reason))
                     }) {
                         Ok(UpdateOutcome::Applied(version)) => {
-                            let _ = self.changes.send(ClearanceChange::All);
+                            // The policy has told the lines to decide their parcels again.
                             self.event(
                                 client,
                                 pending,

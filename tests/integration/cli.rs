@@ -128,6 +128,41 @@ fn every_command_has_help() {
     }
 }
 
+/// The README's first command, run as a new user would: the whole demo line for half a
+/// minute. Every rule kind of the demo rule set (the X-ray one included) decides some parcel,
+/// and no parcel reaches the release lane against the plan. Lanes that differ from the plan
+/// otherwise (a parcel sent to inspection because a loaded machine made it late) are shown,
+/// not failed on: the demo runs beside the rest of the suite.
+#[test]
+fn the_demo_line_runs_every_rule_kind_and_releases_nothing_against_its_plan() {
+    let out = bondline()
+        .args([
+            "demo",
+            "--duration",
+            "30",
+            "--quiet",
+            "--log-format",
+            "text",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{stdout}");
+    assert!(stdout.contains("lane differs from plan"), "{stdout}");
+    assert!(!stdout.contains("RELEASED AGAINST PLAN"), "{stdout}");
+    assert!(
+        stdout.contains("every rule kind of demo-2026-11 fired at least once"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("xray_suspect"), "{stdout}");
+}
+
 /// A stopped gateway's journal with `n` records, written by the real writer.
 fn journal_with_records(dir: &std::path::Path, n: u64) {
     let rt = tokio::runtime::Runtime::new().unwrap();

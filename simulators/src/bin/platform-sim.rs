@@ -54,6 +54,11 @@ struct Args {
     #[arg(long)]
     weighed: bool,
 
+    /// The gateway's line has an X-ray scanner that follows the plan (xray-sim driven by
+    /// line-sim or the demo): the report then expects X-ray suspect parcels in inspection.
+    #[arg(long)]
+    xray: bool,
+
     /// Index of the first plan parcel to declare.
     #[arg(long, value_name = "N", default_value_t = 0)]
     start: u64,
@@ -98,6 +103,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let book = rules.as_deref().map(RuleBook::parse).transpose()?;
     let expect = Expect {
         weighed: args.weighed,
+        xray: args.xray,
         rules: book.clone(),
     };
     let sim = PlatformSim::connect(args.broker, &args.prefix, &args.client_id).await?;
