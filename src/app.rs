@@ -66,7 +66,7 @@ pub struct App {
 }
 
 /// How long a stopping daemon keeps the uplink open to forward its last records.
-const UPLINK_DRAIN: Duration = Duration::from_secs(3);
+pub const UPLINK_DRAIN: Duration = Duration::from_secs(3);
 
 impl App {
     /// Opens the journal, restores the clearance table and starts every task.
@@ -213,6 +213,15 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        // Refused platform messages are journaled by their own task, which stops with the
+        // other record producers (the uplink runs on until the journal is flushed).
+        let (refusal_tx, refusal_rx) = mpsc::unbounded_channel();
+        tasks.spawn(crate::uplink::refusals::journal(
+            config.gateway_id.clone(),
+            refusal_rx,
+            sink.clone(),
+            shutdown.clone(),
+        ));
         let uplink = Uplink {
             config: config.uplink.clone(),
             gateway: config.gateway_id.clone(),
@@ -224,6 +233,7 @@ impl App {
             changes: changes.clone(),
             policy: policy.clone(),
             anomalies: anomaly_rx,
+            refusals: refusal_tx,
             reconnect: reconnect.clone(),
             trust: config.trust.clone(),
         };

@@ -357,6 +357,7 @@ async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow
         changes: tokio::sync::broadcast::channel(16).0,
         policy,
         anomalies: tokio::sync::mpsc::channel(1).1,
+        refusals: tokio::sync::mpsc::unbounded_channel().0,
         reconnect: Arc::new(tokio::sync::Notify::new()),
         trust: crate::trust::Trust::none(),
     };

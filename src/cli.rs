@@ -156,6 +156,9 @@ pub fn main() -> ExitCode {
                     c.lines.len(),
                     c.gateway_id
                 );
+                if c.trust.allow_unsigned {
+                    println!("warning: [trust] allow_unsigned = true: unsigned platform messages steer the lanes; for a demo line only");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -164,6 +167,8 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
+            // Logging first: loading the configuration may warn.
+            telemetry::init(cli.log_format, "info");
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -171,7 +176,9 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            telemetry::init(cli.log_format, "info");
+            if config.trust.allow_unsigned {
+                tracing::warn!("[trust] allow_unsigned = true: platform messages are accepted without a signature, so anyone who can publish to the broker can steer the lanes; for a demo line only");
+            }
             runtime_then(|| async move {
                 let shutdown = crate::shutdown::on_signals();
                 let app = crate::app::App::start(config, shutdown.clone()).await?;

@@ -42,8 +42,10 @@ pub type SharedRules = Arc<RwLock<Arc<RuleSet>>>;
 pub enum UpdateOutcome {
     /// Applied: the version now in force.
     Applied(String),
-    /// Seen before, or older than the platform set last applied: ignored.
-    Ignored,
+    /// Its id was received before: ignored.
+    Seen,
+    /// Older (`issued_at_ms`) than the platform set last applied: ignored.
+    Stale,
 }
 
 /// Owns the rule set in force. Cheap to clone.
@@ -248,13 +250,14 @@ impl Policy {
             (last.as_ref().and_then(|l| l.issued_at_ms), u.issued_at_ms),
             (Some(old), Some(new)) if new < old
         );
-        if seen || stale {
-            if !seen {
-                self.journal
-                    .remember_rule_update(&u.update_id)
-                    .map_err(|e| format!("cannot store: {e}"))?;
-            }
-            return Ok(UpdateOutcome::Ignored);
+        if seen {
+            return Ok(UpdateOutcome::Seen);
+        }
+        if stale {
+            self.journal
+                .remember_rule_update(&u.update_id)
+                .map_err(|e| format!("cannot store: {e}"))?;
+            return Ok(UpdateOutcome::Stale);
         }
         // Validated before its id is remembered: a refused update may come again corrected.
         let set = match parse_update(u) {
@@ -359,7 +362,7 @@ mod tests {
         assert!(matches!(seen.try_recv(), Ok(ClearanceChange::All)));
         assert_eq!(
             policy.apply_update(&update("U1", &rules("platform-1"))),
-            Ok(UpdateOutcome::Ignored),
+            Ok(UpdateOutcome::Seen),
             "a redelivery changes nothing"
         );
 

@@ -672,6 +672,12 @@ pub enum AlertKind {
     XrayWithoutParcel,
     /// The X-ray scanner's ring overran or held entries that would not decode.
     XrayEventsLost,
+    /// A message on a platform topic was not from the platform (unsigned, mis-signed,
+    /// expired or replayed) and was not applied. `line` is empty: it concerns the gateway.
+    ForgedMessage,
+    /// A message on a platform topic could not be used (malformed, unknown, refused rule
+    /// set) and was not applied. `line` is empty.
+    RejectedMessage,
 }
 
 /// An alert record.

@@ -321,6 +321,12 @@ impl PlatformSim {
         reassemble_snapshots(&self.lock().all)
     }
 
+    /// Whether the current connection's subscriptions are in place (after a broker restart,
+    /// the platform subscribes again; records published before that reach nobody).
+    pub fn is_subscribed(&self) -> bool {
+        self.lock().subscribed
+    }
+
     /// Every edge event received, in arrival order.
     pub fn events(&self) -> Vec<EdgeEvent> {
         self.lock().events.clone()

@@ -211,6 +211,16 @@ impl ClearanceTable {
 
     /// Whether applying `i` would change the table. An instruction id seen before is a
     /// redelivery; an instruction issued before the one held is stale.
+    /// Whether an instruction with this id was received before (applied or not).
+    pub fn instruction_id_seen(&self, id: &str) -> bool {
+        self.seen_instructions.contains(&digest(id.as_bytes()))
+    }
+
+    /// Whether a notice with this id was received before (applied or not).
+    pub fn notice_id_seen(&self, id: &str) -> bool {
+        self.seen_notices.contains(&digest(id.as_bytes()))
+    }
+
     pub fn instruction_is_new(&self, i: &Instruction) -> bool {
         if self
             .seen_instructions

@@ -30,6 +30,7 @@
 //! messages (Mosquitto's `message_size_limit`) cannot be detected: set `max_packet_kib` at or
 //! below the broker's limit.
 
+pub mod refusals;
 pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
@@ -38,7 +39,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bondline_devices::contract::{
-    topic, Anomaly, Declaration, EdgeEvent, EnterpriseNotice, EventKind, Instruction,
+    topic, AlertKind, Anomaly, Declaration, EdgeEvent, EnterpriseNotice, EventKind, Instruction,
     RuleSetUpdate, SCHEMA,
 };
 use rumqttc::{
@@ -85,6 +86,8 @@ pub struct Uplink {
     pub policy: Policy,
     /// Anomalies from the lines, sent at once.
     pub anomalies: mpsc::Receiver<Anomaly>,
+    /// Refused platform messages, to be journaled as alerts (see [`refusals`]).
+    pub refusals: mpsc::UnboundedSender<refusals::Refusal>,
     /// Ends the current connection (SIGHUP: new TLS material or credentials take effect).
     pub reconnect: Arc<tokio::sync::Notify>,
     /// Which platform messages to believe.
@@ -452,7 +455,11 @@ impl Uplink {
                     Ok(i) => match self.believe(&i, now) {
                         Err(r) => Err(r),
                         Ok(_) => {
-                        if self.read_table().instruction_is_new(&i) {
+                        let (seen, fresh) = {
+                            let t = self.read_table();
+                            (t.instruction_id_seen(&i.instruction_id), t.instruction_is_new(&i))
+                        };
+                        if fresh {
                             self.journal
                                 .store_instruction(&i)
                                 .map_err(|e| format!("cannot store an instruction: {e}"))?;
@@ -463,9 +470,15 @@ impl Uplink {
                         }
                         // Applied even when not new, so a stale id is remembered as seen.
                         if self.write_table().apply_instruction(&i) == Applied::Changed {
-                            let _ = self.changes.send(ClearanceChange::Waybill(i.waybill));
+                            let _ = self.changes.send(ClearanceChange::Waybill(i.waybill.clone()));
                         }
-                        Ok(())
+                        replay_verdict(
+                            seen,
+                            fresh,
+                            p.dup,
+                            &format!("instruction {} for {}", i.instruction_id, i.waybill),
+                            "the instruction in force",
+                        )
                         }
                     },
                     Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
@@ -474,7 +487,11 @@ impl Uplink {
                     Ok(n) => match self.believe(&n, now) {
                         Err(r) => Err(r),
                         Ok(_) => {
-                        if self.read_table().notice_is_new(&n) {
+                        let (seen, fresh) = {
+                            let t = self.read_table();
+                            (t.notice_id_seen(&n.notice_id), t.notice_is_new(&n))
+                        };
+                        if fresh {
                             self.journal
                                 .store_notice(&n)
                                 .map_err(|e| format!("cannot store an enterprise notice: {e}"))?;
@@ -487,7 +504,13 @@ impl Uplink {
                             info!(enterprise = %n.enterprise, action = ?n.action, notice = %n.notice_id, "enterprise notice applied");
                             let _ = self.changes.send(ClearanceChange::All);
                         }
-                        Ok(())
+                        replay_verdict(
+                            seen,
+                            fresh,
+                            p.dup,
+                            &format!("enterprise notice {} for {}", n.notice_id, n.enterprise),
+                            "the notice in force",
+                        )
                         }
                     },
                     Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
@@ -509,7 +532,20 @@ impl Uplink {
                             );
                             Ok(())
                         }
-                        Ok(UpdateOutcome::Ignored) => Ok(()),
+                        Ok(UpdateOutcome::Seen) => replay_verdict(
+                            true,
+                            false,
+                            p.dup,
+                            &format!("rule set update {}", u.update_id),
+                            "the platform's rule set last applied",
+                        ),
+                        Ok(UpdateOutcome::Stale) => replay_verdict(
+                            false,
+                            false,
+                            p.dup,
+                            &format!("rule set update {}", u.update_id),
+                            "the platform's rule set last applied",
+                        ),
                         Err((EventKind::RejectedMessage, reason)) => Err((
                             EventKind::RejectedMessage,
                             format!("rule set update {} refused: {reason}", u.update_id),
@@ -523,12 +559,20 @@ impl Uplink {
         };
         if let Err((kind, reason)) = verdict {
             Metrics::add(&self.metrics.platform_rejected, 1);
-            if kind == EventKind::ForgedMessage {
+            let alert = if kind == EventKind::ForgedMessage {
                 Metrics::add(&self.metrics.forged_messages, 1);
                 warn!(topic = %p.topic, %reason, "platform message refused: not from the platform");
+                AlertKind::ForgedMessage
             } else {
                 warn!(topic = %p.topic, %reason, "platform message rejected");
-            }
+                AlertKind::RejectedMessage
+            };
+            // Journaled too: the event below is best effort. A closed channel means the
+            // gateway is stopping; the log has it.
+            let _ = self.refusals.send(refusals::Refusal {
+                alert,
+                detail: format!("{}: {reason}", p.topic),
+            });
             self.event(client, pending, kind, reason, Some(p.topic.clone()));
         }
         Ok(())
@@ -791,6 +835,31 @@ async fn feed(mut f: Feeder) {
                 return;
             }
         }
+    }
+}
+
+/// What to report of a signed message that was not applied because its id was received
+/// before (`seen`) or it is older than what is in force (`!fresh`). A broker's redelivery
+/// (`dup`, after a session ended before the acknowledgement) is routine; anything else is a
+/// replay, or a stale order that must not undo a newer one: refused and reported.
+fn replay_verdict(
+    seen: bool,
+    fresh: bool,
+    dup: bool,
+    what: &str,
+    in_force: &str,
+) -> Result<(), (EventKind, String)> {
+    match (seen, fresh) {
+        (true, _) if dup => Ok(()),
+        (true, _) => Err((
+            EventKind::ForgedMessage,
+            format!("{what} replayed: that id was received before; not applied again"),
+        )),
+        (false, false) => Err((
+            EventKind::ForgedMessage,
+            format!("{what} is older than {in_force}; not applied"),
+        )),
+        (false, true) => Ok(()),
     }
 }
 

@@ -155,6 +155,13 @@ pub async fn start(
     tokio::spawn(feed_board(shared.clone(), feed, preloaded));
     let stop = shared.ctx.shutdown.clone();
     let app = router(shared);
+    // Over HTTPS, browsers are told to keep to it: a downgraded link would carry the
+    // view's credentials in clear.
+    let app = if config.tls.is_some() {
+        app.layer(axum::middleware::from_fn(strict_transport))
+    } else {
+        app
+    };
     match config.tls.clone() {
         Some(tls) => {
             tokio::spawn(tls::serve(listener, app, tls, stop));
@@ -240,6 +247,16 @@ async fn security_headers(request: Request, next: Next) -> Response {
         h,
         "cache-control",
         if is_asset { "no-cache" } else { "no-store" },
+    );
+    response
+}
+
+/// `Strict-Transport-Security` for a view served over HTTPS.
+async fn strict_transport(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        "strict-transport-security",
+        HeaderValue::from_static("max-age=31536000"),
     );
     response
 }

@@ -172,10 +172,13 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_order() {
     assert!(journal.verify().unwrap().ok());
 }
 
+/// Thirty SIGKILLs under load, then a SIGTERM while parcels are in flight and the broker is
+/// down: the stop is clean and prompt, the unforwarded records wait in the journal, and the
+/// next start delivers them all with the chain whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_thirty_times_under_load_loses_no_accepted_record() {
     let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
+    let mut mosquitto = Mosquitto::start(dir.path()).await;
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let platform = PlatformSim::connect(broker, PREFIX, "platform-crash")
         .await
@@ -194,6 +197,26 @@ async fn sigkill_thirty_times_under_load_loses_no_accepted_record() {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(150..700))).await;
         daemon.kill();
     }
+    // SIGTERM with the broker down, parcels still arriving: a clean exit well within the
+    // unit's TimeoutStopSec, every record kept for the next start.
+    mosquitto.stop();
+    let daemon = Daemon::start(&path, &log);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let asked = std::time::Instant::now();
+    assert_eq!(daemon.terminate(), Some(0), "SIGTERM did not stop cleanly");
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(25), "stopping took {took:?}");
+    let kept = Journal::open(&state).unwrap().backlog_len();
+    assert!(
+        kept > 0,
+        "records made while the broker was down wait in the journal"
+    );
+    println!("SIGTERM with the broker down: stopped in {took:?}, {kept} records kept");
+    mosquitto.restart().await;
+    assert!(
+        wait_until(Duration::from_secs(20), || platform.is_subscribed()).await,
+        "the platform did not subscribe again after the broker restart"
+    );
     // A last run that is allowed to finish its work.
     let daemon = Daemon::start(&path, &log);
     tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -23,10 +23,34 @@ fn the_systemd_unit_verifies() {
         "Type=notify",
         "WatchdogSec=",
         "ExecReload=",
+        "ExecStartPre=/",
+        "check-config",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=64",
         "StateDirectory=bondline",
+        "SupplementaryGroups=dialout",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "\nCapabilityBoundingSet=\n",
+        "\nAmbientCapabilities=\n",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-ttyS rw",
+        "ReadWritePaths=-/var/spool/bondline",
     ] {
         assert!(unit.contains(want), "the unit lacks {want}");
     }
+    // Stopping must outlast the drain: the uplink's grace period, then the journal flush.
+    let stop_s: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert!(
+        Duration::from_secs(stop_s) >= bondline::app::UPLINK_DRAIN * 5,
+        "TimeoutStopSec={stop_s} leaves no room beyond the drain grace period"
+    );
     let path = dir.path().join("bondline.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")

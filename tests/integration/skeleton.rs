@@ -10,7 +10,7 @@ use bondline::config::Config;
 use bondline::journal::Journal;
 use bondline::metrics::Metrics;
 use bondline_devices::contract::{
-    DispositionKind, DivertStatus, EventKind, LaneRole, ReadOutcome, Record,
+    AlertKind, DispositionKind, DivertStatus, EventKind, LaneRole, ReadOutcome, Record,
 };
 use bondline_devices::Profiles;
 use bondline_simulators::plan::{Plan, PlanKind};
@@ -214,6 +214,10 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
                 assert_eq!(d.lane, parcel.lane);
                 assert_eq!(d.commanded_lane, Some(parcel.lane));
                 assert_eq!(d.waybill, parcel.waybill);
+            }
+            // The garbage platform message, journaled as a refusal.
+            Record::Alert(a) if a.alert == AlertKind::RejectedMessage => {
+                assert!(a.detail.contains("/instructions: not valid JSON"), "{a:?}");
             }
             Record::Alert(a) => panic!("unexpected alert: {a:?}"),
             Record::Report(m) => panic!("unexpected report: {m:?}"),

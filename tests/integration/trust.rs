@@ -142,12 +142,8 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
         &platform.signed(instruction("TRUST05", "I-W5", Action::Hold)),
     )
     .await;
-    publish(
-        &platform,
-        "instructions",
-        &platform.signed(instruction("TRUST06", "I-W6", Action::Release)),
-    )
-    .await;
+    let release_w6 = platform.signed(instruction("TRUST06", "I-W6", Action::Release));
+    publish(&platform, "instructions", &release_w6).await;
     publish(
         &platform,
         "instructions",
@@ -183,9 +179,30 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
         &instruction("TRUST05", "X5", Action::Release),
     )
     .await;
+    // The platform's own signed release of W6, captured and published again; and rule sets
+    // that would release everything declared: unsigned, and signed with the intruder's key.
+    publish(&intruder, "instructions", &release_w6).await;
+    let lax = "version = \"lax-1\"\n[[rules]]\nname = \"instruction\"\nkind = \"instruction\"\npriority = 100\n";
+    let update = bondline_devices::contract::RuleSetUpdate {
+        schema: SCHEMA,
+        update_id: "R-lax".into(),
+        rules_toml: lax.into(),
+        issued_at_ms: Some(now_ms()),
+        signature: None,
+    };
+    publish(&intruder, "rules", &update).await;
+    let mut forged_update = update.clone();
+    forged_update.update_id = "R-lax-2".into();
+    sign(
+        &mut forged_update,
+        "platform-1",
+        &SigningKey::from_bytes(&[7; 32]),
+        now_ms(),
+    );
+    publish(&intruder, "rules", &forged_update).await;
     assert!(
         wait_until(Duration::from_secs(20), || forged_events().len()
-            >= before + 5)
+            >= before + 8)
         .await,
         "forged messages reported: {:?}",
         forged_events()
@@ -194,7 +211,15 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
         .iter()
         .map(|e| e.detail.clone())
         .collect();
-    for want in ["not signed", "does not match", "expired", "replayed"] {
+    for want in [
+        "not signed",
+        "does not match",
+        "expired",
+        "replayed",
+        "instruction I-W6 for TRUST06 replayed",
+        "rule_set_update not signed",
+        "rule_set_update: signature does not match",
+    ] {
         assert!(
             reasons.iter().any(|r| r.contains(want)),
             "no `{want}` in {reasons:?}"
@@ -232,7 +257,39 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
             LaneRole::Hold
         };
         assert_eq!(r.lane_role, want, "{w}: {} {:?}", r.reason, r.rules_fired);
+        assert_ne!(
+            r.rule_set.as_deref(),
+            Some("lax-1"),
+            "a forged rule set is never in force"
+        );
     }
+    // Every refusal is also a journaled alert, delivered like any record.
+    let alerts = || {
+        platform
+            .all_records()
+            .into_iter()
+            .filter_map(|r| match r {
+                bondline_devices::contract::Record::Alert(a)
+                    if a.alert == bondline_devices::contract::AlertKind::ForgedMessage =>
+                {
+                    Some(a.detail)
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || alerts().len() >= 8).await,
+        "forged_message alerts: {:?}",
+        alerts()
+    );
+    assert!(
+        alerts()
+            .iter()
+            .any(|d| d.contains("/rules: rule_set_update: signature does not match")),
+        "{:?}",
+        alerts()
+    );
     assert_eq!(daemon.terminate(), Some(0));
     stop.cancel();
 }

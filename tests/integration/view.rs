@@ -418,6 +418,18 @@ async fn https_get(
     ca_pem: &std::path::Path,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
+    https_exchange(addr, ca_pem, path)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// One HTTPS GET with a client that trusts only `ca_pem`: the status, the raw headers and
+/// the body.
+async fn https_exchange(
+    addr: SocketAddr,
+    ca_pem: &std::path::Path,
+    path: &str,
+) -> std::io::Result<(u16, String, String)> {
     use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = rustls::RootCertStore::empty();
@@ -447,8 +459,9 @@ async fn https_get(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let head = text.split("\r\n\r\n").next().unwrap_or("").to_string();
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Ok((status, body))
+    Ok((status, head, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,11 +490,16 @@ async fn the_view_serves_https_and_takes_a_renewed_certificate_on_reload() {
         .await
         .unwrap();
     let addr = app.view_addr.expect("the view listens");
-    let (status, body) = https_get(addr, &certs.join("ca1.pem"), "/api/health")
+    let (status, head, body) = https_exchange(addr, &certs.join("ca1.pem"), "/api/health")
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"gateway\":\"test-gw\""), "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age="),
+        "{head}"
+    );
     // Plain HTTP gets no page.
     let mut plain = TcpStream::connect(addr).unwrap();
     plain

@@ -1,0 +1,163 @@
+//! Platform messages the gateway refused, kept as `alert` records.
+//!
+//! A refusal (a forged, expired or replayed message, or one that does not parse) is evidence
+//! customs needs: someone may be trying to steer the lanes. The uplink reports it at once on
+//! `P/events`, which is best effort, and hands it here to be journaled like any record, so it
+//! reaches the platform in order and survives restarts and broker outages.
+//!
+//! Whoever can publish to the broker can send refusals as fast as the link allows; they must
+//! not fill the gateway's disk. At most [`PER_MINUTE`] are journaled per minute; the rest are
+//! counted and summed up in one alert when the minute ends (the log keeps every one).
+
+use std::time::{Duration, SystemTime};
+
+use bondline_devices::contract::{AlertKind, AlertRecord, SCHEMA};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::RecordSink;
+use crate::metrics::unix_ms;
+
+/// Refusals journaled one by one per minute; more are summed up.
+pub const PER_MINUTE: u32 = 60;
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// One refused message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `forged_message` or `rejected_message`.
+    pub alert: AlertKind,
+    /// Why, naming the topic.
+    pub detail: String,
+}
+
+/// Counts refusals per minute: which to journal, and how many were summed up.
+#[derive(Debug, Default)]
+pub struct Budget {
+    used: u32,
+    suppressed: u32,
+}
+
+impl Budget {
+    /// Whether this refusal is journaled by itself.
+    pub fn take(&mut self) -> bool {
+        if self.used < PER_MINUTE {
+            self.used += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// A new minute: returns how many refusals the last one summed up.
+    pub fn roll(&mut self) -> u32 {
+        self.used = 0;
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
+fn record(gateway: &str, alert: AlertKind, detail: String) -> AlertRecord {
+    AlertRecord {
+        schema: SCHEMA,
+        msg_id: String::new(),
+        seq: 0,
+        prev_hash: String::new(),
+        gateway: gateway.to_string(),
+        // Not about a line: about the gateway's platform link.
+        line: String::new(),
+        parcel: None,
+        waybill: None,
+        alert,
+        detail,
+        at_ms: unix_ms(SystemTime::now()),
+    }
+}
+
+/// Journals refusals from `rx` until `stop`, then those already queued. Holds a record sink,
+/// so it must stop with the other producers (the journal writer finishes after them).
+pub async fn journal(
+    gateway: String,
+    mut rx: mpsc::UnboundedReceiver<Refusal>,
+    sink: RecordSink,
+    stop: CancellationToken,
+) {
+    let mut budget = Budget::default();
+    let mut minute = tokio::time::interval(MINUTE);
+    minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    minute.tick().await;
+    let summary = |n: u32| {
+        record(
+            &gateway,
+            AlertKind::ForgedMessage,
+            format!("{n} more refused platform message(s) in the last minute, beyond {PER_MINUTE}: see the gateway's log"),
+        )
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = minute.tick() => {
+                let n = budget.roll();
+                if n > 0 {
+                    sink.push(summary(n));
+                }
+            }
+            r = rx.recv() => match r {
+                Some(r) => {
+                    if budget.take() {
+                        sink.push(record(&gateway, r.alert, r.detail));
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    while let Ok(r) = rx.try_recv() {
+        if budget.take() {
+            sink.push(record(&gateway, r.alert, r.detail));
+        }
+    }
+    let n = budget.roll();
+    if n > 0 {
+        sink.push(summary(n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_is_summed_up_not_journaled_one_by_one() {
+        let mut b = Budget::default();
+        let taken = (0..1000).filter(|_| b.take()).count();
+        assert_eq!(taken, PER_MINUTE as usize);
+        assert_eq!(b.roll(), 1000 - PER_MINUTE);
+        assert!(b.take(), "a new minute has its budget again");
+        assert_eq!(b.roll(), 0);
+    }
+
+    #[tokio::test]
+    async fn refusals_become_alert_records_and_none_is_left_at_stop() {
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let (sink, mut records) = RecordSink::for_tests(metrics);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        for i in 0..3 {
+            tx.send(Refusal {
+                alert: AlertKind::ForgedMessage,
+                detail: format!("forged {i}"),
+            })
+            .unwrap();
+        }
+        stop.cancel();
+        journal("gw".into(), rx, sink, stop).await;
+        let mut got = Vec::new();
+        while let Ok(r) = records.try_recv() {
+            got.push(serde_json::to_value(&r).unwrap());
+        }
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0]["alert"], "forged_message");
+        assert_eq!(got[2]["detail"], "forged 2");
+    }
+}
