@@ -1040,6 +1040,19 @@ impl Config {
                     "must be 1 to 28, a day every month has".into(),
                 ))
             }
+            // The report of a month is built from the journal on day `publish_day` of the next
+            // one: the month's first records must still be there.
+            Some(r) if storage.retention < Duration::from_secs((u64::from(r.publish_day) + 31) * 86_400) => {
+                return Err(err(
+                    "report.publish_day",
+                    format!(
+                        "day {} needs storage.retention_days of at least {} (now {}): retention would purge the start of the month before its report is built",
+                        r.publish_day,
+                        r.publish_day + 31,
+                        storage.retention.as_secs() / 86_400
+                    ),
+                ))
+            }
             Some(r) => Some(r.publish_day),
             None => None,
         };
@@ -1238,6 +1251,28 @@ lanes = [
         assert!(e.reason.contains("unknown field"), "{e}");
         let e = bad(&GOOD.replace("gateway_id", "gateway"));
         assert_eq!(e.key, "gateway");
+    }
+
+    #[test]
+    fn a_report_day_retention_would_empty_is_refused() {
+        let with = |day: u32| format!("{GOOD}\n[report]\npublish_day = {day}\n");
+        assert_eq!(
+            Config::parse("t.toml", &with(5))
+                .unwrap()
+                .report_publish_day,
+            Some(5)
+        );
+        let e = bad(&with(20));
+        assert_eq!(e.key, "report.publish_day");
+        assert!(e.reason.contains("at least 51"), "{e}");
+        let longer = with(20).replace(
+            "path = \"/tmp/x\"",
+            "path = \"/tmp/x\"\nretention_days = 60",
+        );
+        assert_eq!(
+            Config::parse("t.toml", &longer).unwrap().report_publish_day,
+            Some(20)
+        );
     }
 
     #[test]

@@ -335,11 +335,38 @@ pub fn to_csv(r: &MonthlyReport) -> String {
 
 /// How often the publisher looks whether a report is due.
 const SCHEDULE_CHECK: Duration = Duration::from_secs(3600);
+/// At most this many missed months are published late, oldest first.
+pub const CATCH_UP_MONTHS: usize = 12;
 
-/// Publishes last month's report to the platform once the UTC day of the month reaches
-/// `publish_day`, through the journal (so it is stored, chained and delivered like any
-/// record), and remembers the month in the journal once the report is accepted. Checks at
-/// start and then hourly, until `stop`.
+/// The months whose report is due on UTC day `day` of month `this`, oldest first: the
+/// months after the last one published (`sent`), up to last month once `publish_day` is
+/// reached (the month before otherwise). Months missed while the gateway was down are thus
+/// published late rather than never; at most [`CATCH_UP_MONTHS`]. Without a report ever
+/// published, only the latest due month.
+pub fn due_months(sent: Option<Month>, this: Month, day: u32, publish_day: u32) -> Vec<Month> {
+    let last_due = if day >= publish_day {
+        this.previous()
+    } else {
+        this.previous().previous()
+    };
+    let Some(sent) = sent else {
+        return vec![last_due];
+    };
+    let mut months = Vec::new();
+    let mut m = sent.next();
+    while m <= last_due {
+        months.push(m);
+        m = m.next();
+    }
+    let skip = months.len().saturating_sub(CATCH_UP_MONTHS);
+    months.split_off(skip)
+}
+
+/// Publishes each due month's report to the platform (see [`due_months`]) through the
+/// journal, so it is stored, chained and delivered like any record, and remembers the month
+/// in the journal once its report record is durable. Checks at start and then hourly, until
+/// `stop`. A stop or crash between the two sends the report again at the next start (the
+/// platform keeps one report per gateway and month); a month is never skipped.
 pub async fn publish_monthly(
     journal: crate::journal::Journal,
     sink: crate::journal::RecordSink,
@@ -353,48 +380,16 @@ pub async fn publish_monthly(
         let day: u32 = humantime::format_rfc3339_seconds(now).to_string()[8..10]
             .parse()
             .unwrap_or(1);
-        let month = Month::of(now).previous();
-        let due = day >= publish_day
-            && journal
-                .report_sent()
-                .ok()
-                .flatten()
-                .is_none_or(|sent| sent < month.to_string());
-        if due {
-            let j = journal.clone();
-            match tokio::task::spawn_blocking(move || from_journal(&j, month)).await {
-                Ok(Ok(report)) => {
-                    let target = *accepted.borrow() + 1;
-                    let complete = report.complete;
-                    sink.push(bondline_devices::contract::ReportRecord {
-                        schema: bondline_devices::contract::SCHEMA,
-                        msg_id: String::new(),
-                        seq: 0,
-                        prev_hash: String::new(),
-                        gateway: gateway.clone(),
-                        line: String::new(),
-                        waybill: None,
-                        report,
-                        at_ms: crate::metrics::unix_ms(SystemTime::now()),
-                    });
-                    // The mark goes in only once the report is durable.
-                    while *accepted.borrow_and_update() < target {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            r = accepted.changed() => if r.is_err() { return },
-                        }
-                    }
-                    match journal.set_report_sent(&month.to_string()) {
-                        Ok(()) => tracing::info!(%month, complete, "monthly report published"),
-                        Err(e) => {
-                            tracing::warn!(%month, error = %e, "cannot remember the published report; it may be sent again")
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(%month, error = %e, "cannot build the monthly report")
-                }
-                Err(e) => tracing::error!(%month, error = %e, "monthly report task failed"),
+        let sent = match journal.report_sent() {
+            Ok(sent) => sent.and_then(|m| Month::parse(&m).ok()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which monthly report was published; retrying later");
+                None
+            }
+        };
+        for month in due_months(sent, Month::of(now), day, publish_day) {
+            if !publish_one(&journal, &sink, &mut accepted, &gateway, month, &stop).await {
+                break;
             }
         }
         tokio::select! {
@@ -404,9 +399,117 @@ pub async fn publish_monthly(
     }
 }
 
+/// Builds, journals and marks one month's report. False when it could not (it is tried
+/// again at the next check) or the daemon is stopping.
+async fn publish_one(
+    journal: &crate::journal::Journal,
+    sink: &crate::journal::RecordSink,
+    accepted: &mut tokio::sync::watch::Receiver<u64>,
+    gateway: &str,
+    month: Month,
+    stop: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let j = journal.clone();
+    let report = match tokio::task::spawn_blocking(move || from_journal(&j, month)).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            tracing::error!(%month, error = %e, "cannot build the monthly report");
+            return false;
+        }
+        Err(e) => {
+            tracing::error!(%month, error = %e, "monthly report task failed");
+            return false;
+        }
+    };
+    let complete = report.complete;
+    let name = month.to_string();
+    // Records before this one may still be on their way to the journal: the mark goes in
+    // only once this very report is read back from it.
+    let mut checked = *accepted.borrow_and_update();
+    sink.push(bondline_devices::contract::ReportRecord {
+        schema: bondline_devices::contract::SCHEMA,
+        msg_id: String::new(),
+        seq: 0,
+        prev_hash: String::new(),
+        gateway: gateway.to_string(),
+        line: String::new(),
+        waybill: None,
+        report,
+        at_ms: crate::metrics::unix_ms(SystemTime::now()),
+    });
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            r = accepted.changed() => if r.is_err() { return false },
+        }
+        let upto = *accepted.borrow_and_update();
+        let j = journal.clone();
+        let name2 = name.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            (checked + 1..=upto).any(|seq| {
+                matches!(j.record(seq), Ok(Some(bondline_devices::contract::Record::Report(r)))
+                    if r.report.month == name2)
+            })
+        })
+        .await
+        .unwrap_or(false);
+        checked = upto;
+        if found {
+            break;
+        }
+    }
+    match journal.set_report_sent(&name) {
+        Ok(()) => {
+            tracing::info!(%month, complete, "monthly report published");
+            if let Err(e) = journal.flush().await {
+                tracing::warn!(%month, error = %e, "the published report's mark is not flushed yet");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(%month, error = %e, "cannot remember the published report; it may be sent again");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn due_months_catch_up_and_never_skip() {
+        let m = |s| Month::parse(s).unwrap();
+        let nov = m("2026-11");
+        // Before the publish day, last month is not due yet; a month missed before it is.
+        assert_eq!(
+            due_months(Some(m("2026-08")), nov, 3, 5),
+            vec![m("2026-09")]
+        );
+        assert_eq!(due_months(Some(m("2026-09")), nov, 3, 5), vec![]);
+        // From the publish day on, last month is due.
+        assert_eq!(
+            due_months(Some(m("2026-09")), nov, 5, 5),
+            vec![m("2026-10")]
+        );
+        assert_eq!(due_months(Some(m("2026-10")), nov, 28, 5), vec![]);
+        // A gateway down across a whole publishing window catches up, oldest first.
+        assert_eq!(
+            due_months(Some(m("2026-07")), nov, 10, 5),
+            vec![m("2026-08"), m("2026-09"), m("2026-10")]
+        );
+        // Across a year, and at most CATCH_UP_MONTHS.
+        assert_eq!(
+            due_months(Some(m("2026-11")), m("2027-01"), 5, 5),
+            vec![m("2026-12")]
+        );
+        let long = due_months(Some(m("2020-01")), nov, 5, 5);
+        assert_eq!(long.len(), CATCH_UP_MONTHS);
+        assert_eq!(long.last(), Some(&m("2026-10")));
+        // Never published: only the latest due month.
+        assert_eq!(due_months(None, nov, 5, 5), vec![m("2026-10")]);
+        assert_eq!(due_months(None, nov, 1, 5), vec![m("2026-09")]);
+    }
 
     #[test]
     fn months_parse_and_roll() {

@@ -133,6 +133,9 @@ fn monthly_report_totals_match_a_generated_month_exactly() {
     let mut by_enterprise: BTreeMap<String, [u64; 5]> = BTreeMap::new();
     let mut value: BTreeMap<String, u64> = BTreeMap::new();
     let mut lanes: BTreeMap<(String, u16), u64> = BTreeMap::new();
+    // Declared value by enterprise and by lane, per currency.
+    let mut enterprise_value: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut lane_value: BTreeMap<(String, u16), BTreeMap<String, u64>> = BTreeMap::new();
     for p in finals.values() {
         let e = match (
             &p.waybill,
@@ -142,7 +145,7 @@ fn monthly_report_totals_match_a_generated_month_exactly() {
             (Some(_), None) => "(undeclared)".to_string(),
             (Some(_), Some(e)) => e,
         };
-        let row = by_enterprise.entry(e).or_default();
+        let row = by_enterprise.entry(e.clone()).or_default();
         row[0] += 1;
         row[match p.lane_role {
             LaneRole::Release => 1,
@@ -152,7 +155,18 @@ fn monthly_report_totals_match_a_generated_month_exactly() {
         }] += 1;
         if let Some(i) = &p.inputs {
             if let Some(v) = i.value_minor {
-                *value.entry(i.currency.clone().unwrap()).or_default() += v;
+                let cur = i.currency.clone().unwrap();
+                *value.entry(cur.clone()).or_default() += v;
+                *enterprise_value
+                    .entry(e.clone())
+                    .or_default()
+                    .entry(cur.clone())
+                    .or_default() += v;
+                *lane_value
+                    .entry((p.line.clone(), p.lane))
+                    .or_default()
+                    .entry(cur)
+                    .or_default() += v;
             }
         }
         *lanes.entry((p.line.clone(), p.lane)).or_default() += 1;
@@ -191,6 +205,20 @@ fn monthly_report_totals_match_a_generated_month_exactly() {
         .map(|l| ((l.line.clone(), l.lane), l.parcels))
         .collect();
     assert_eq!(got_lanes, lanes);
+    let got_enterprise_value: BTreeMap<String, BTreeMap<String, u64>> = report
+        .by_enterprise
+        .iter()
+        .filter(|(_, t)| !t.declared_value_minor.is_empty())
+        .map(|(e, t)| (e.clone(), t.declared_value_minor.clone()))
+        .collect();
+    assert_eq!(got_enterprise_value, enterprise_value);
+    let got_lane_value: BTreeMap<(String, u16), BTreeMap<String, u64>> = report
+        .by_lane
+        .iter()
+        .filter(|l| !l.declared_value_minor.is_empty())
+        .map(|l| ((l.line.clone(), l.lane), l.declared_value_minor.clone()))
+        .collect();
+    assert_eq!(got_lane_value, lane_value);
 
     // CSV: one row per enterprise, per lane, and the total.
     let out = Command::new(env!("CARGO_BIN_EXE_bondline"))
