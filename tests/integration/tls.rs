@@ -62,6 +62,7 @@ async fn records_travel_over_tls_with_client_certificates_and_survive_a_certific
     let trusted = ca("bondline test CA");
     let rogue = ca("someone else");
     write(&pki.join("ca.pem"), &trusted.cert.pem());
+    write(&pki.join("rogue-ca.pem"), &rogue.cert.pem());
     issue(&trusted, pki, "broker", true);
     issue(&trusted, pki, "gateway", false);
     issue(&trusted, pki, "gateway-renewed", false);
@@ -163,6 +164,43 @@ async fn records_travel_over_tls_with_client_certificates_and_survive_a_certific
         stats["backlog"], stats["records"],
         "every record kept for delivery: {stats}"
     );
+
+    // A gateway that does not trust the broker's certificate (a broker impostor, from its
+    // side) sends it nothing, says why, and keeps its records.
+    let f4 = floor(plan.clone(), 20.0, Some(5)).await;
+    let text = tls_config(
+        dir.path(),
+        "journal-wary",
+        "gateway",
+        tls_port,
+        f4.scanner,
+        f4.plc,
+    )
+    .replace(
+        &format!("ca_file = \"{}\"", dir.path().join("ca.pem").display()),
+        &format!("ca_file = \"{}\"", dir.path().join("rogue-ca.pem").display()),
+    );
+    let config = dir.path().join("wary.toml");
+    std::fs::write(&config, text).unwrap();
+    let before = platform.records().len();
+    let wary_log = dir.path().join("wary.log");
+    let wary = Daemon::start(&config, &wary_log);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(wary.terminate(), Some(0));
+    assert_eq!(platform.records().len(), before, "sent to an untrusted broker");
+    let log = std::fs::read_to_string(&wary_log).unwrap_or_default();
+    assert!(
+        log.contains("broker link down") && log.to_lowercase().contains("certificate"),
+        "{log}"
+    );
+    let stats = journal_stats(&dir.path().join("journal-wary"));
+    assert!(stats["records"].as_u64() >= Some(5), "{stats}");
+    assert_eq!(stats["backlog"], stats["records"], "{stats}");
+    // The broker password never reaches a log, whatever went wrong.
+    for log in ["daemon.log", "intruder.log", "wary.log"] {
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+        assert!(!text.contains("s3cret"), "{log} holds the broker password");
+    }
 }
 
 /// A daemon configuration on the broker's TLS listener, with the password and the client
