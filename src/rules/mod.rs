@@ -40,14 +40,16 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Whether a rule other than the platform's own instruction sent the parcel away from
-    /// release: an anomaly customs wants to hear about at once. Parcels merely waiting for a
-    /// decision (`awaiting_release`) or for their X-ray verdict (`awaiting_xray`) are not
-    /// anomalies.
+    /// Whether a rule other than the platform's own instruction flagged the parcel (fired
+    /// with a lane other than release): an anomaly customs wants to hear about at once, even
+    /// when the platform's own hold or inspection decided the lane (a weight mismatch on a
+    /// held parcel is still evidence). Parcels merely waiting for a decision
+    /// (`awaiting_release`) or for their X-ray verdict (`awaiting_xray`) are not anomalies.
     pub fn is_anomaly(&self) -> bool {
         self.role != LaneRole::Release
-            && self.fired.first().is_some_and(|f| {
+            && self.fired.iter().any(|f| {
                 !f.rule_kind_instruction
+                    && f.target != LaneRole::Release
                     && f.rule != engine::AWAITING_RELEASE
                     && f.rule != engine::AWAITING_XRAY
             })
@@ -213,6 +215,40 @@ mod tests {
             xray: engine::XrayInput::NotOnLine,
         };
         decide(t, &engine::RuleSet::builtin(), scan).role
+    }
+
+    #[test]
+    fn a_local_rule_flagging_a_parcel_is_an_anomaly_whoever_decided() {
+        let fired = |rule: &str, target, instruction| engine::Fired {
+            rule: rule.into(),
+            target,
+            reason: String::new(),
+            rule_kind_instruction: instruction,
+        };
+        let decision = |role, fired: Vec<engine::Fired>| Decision {
+            role,
+            rule: fired[0].rule.clone(),
+            reason: String::new(),
+            instruction_id: None,
+            fired,
+            rule_set: "v".into(),
+            inputs: None,
+        };
+        let weight = fired("weight", LaneRole::Inspection, false);
+        let hold = fired("instruction", LaneRole::Hold, true);
+        let release = fired("instruction", LaneRole::Release, true);
+        assert!(decision(LaneRole::Inspection, vec![weight.clone(), release.clone()]).is_anomaly());
+        assert!(
+            decision(LaneRole::Hold, vec![hold.clone(), weight]).is_anomaly(),
+            "customs' hold decided, the scale's evidence still counts"
+        );
+        assert!(
+            !decision(LaneRole::Hold, vec![hold]).is_anomaly(),
+            "customs' own order"
+        );
+        assert!(!decision(LaneRole::Release, vec![release.clone()]).is_anomaly());
+        let waiting = fired(engine::AWAITING_XRAY, LaneRole::Inspection, false);
+        assert!(!decision(LaneRole::Inspection, vec![waiting, release]).is_anomaly());
     }
 
     #[test]
