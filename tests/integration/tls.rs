@@ -178,7 +178,10 @@ async fn records_travel_over_tls_with_client_certificates_and_survive_a_certific
     )
     .replace(
         &format!("ca_file = \"{}\"", dir.path().join("ca.pem").display()),
-        &format!("ca_file = \"{}\"", dir.path().join("rogue-ca.pem").display()),
+        &format!(
+            "ca_file = \"{}\"",
+            dir.path().join("rogue-ca.pem").display()
+        ),
     );
     let config = dir.path().join("wary.toml");
     std::fs::write(&config, text).unwrap();
@@ -187,7 +190,11 @@ async fn records_travel_over_tls_with_client_certificates_and_survive_a_certific
     let wary = Daemon::start(&config, &wary_log);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(wary.terminate(), Some(0));
-    assert_eq!(platform.records().len(), before, "sent to an untrusted broker");
+    assert_eq!(
+        platform.records().len(),
+        before,
+        "sent to an untrusted broker"
+    );
     let log = std::fs::read_to_string(&wary_log).unwrap_or_default();
     assert!(
         log.contains("broker link down") && log.to_lowercase().contains("certificate"),
