@@ -150,7 +150,9 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with the environment systemd gives a `Type=notify` service
     /// with a watchdog: `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` (the daemon's own
-    /// pid, hence the `exec` from a shell that knows it).
+    /// pid, hence the `exec` from a shell that knows it), and `JOURNAL_STREAM` for its
+    /// output. The log format is left to the daemon (`auto`) and the level is `info`, as a
+    /// unit runs it.
     pub fn start_as_service(
         config: &Path,
         log: &Path,
@@ -166,9 +168,10 @@ impl Daemon {
             .arg("-c")
             .arg("WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
             .arg(env!("CARGO_BIN_EXE_bondline"))
-            .args(["--log-format", "text", "run", "--config"])
+            .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
+            .env("JOURNAL_STREAM", "8:12345")
             .env("NOTIFY_SOCKET", notify)
             .env("WATCHDOG_USEC", watchdog_usec.to_string())
             .stdout(Stdio::null())

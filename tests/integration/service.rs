@@ -151,4 +151,24 @@ async fn the_daemon_notifies_ready_pings_the_watchdog_and_says_when_it_reloads_a
     });
     assert_eq!(daemon.terminate(), Some(0));
     assert!(stopping.await.unwrap(), "no STOPPING=1");
+
+    // Under systemd the log is JSON lines, and a healthy line does not log each parcel.
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    let mut info = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if v["level"] == "INFO" {
+            info += 1;
+        }
+    }
+    assert!(info > 0, "no info lines at all: {log}");
+    let plan = Plan::new(5);
+    for p in plan.parcels(0..20).filter(|p| p.kind.is_readable()) {
+        assert!(
+            !log.contains(&p.waybill),
+            "a healthy parcel logged: {}",
+            p.waybill
+        );
+    }
 }
