@@ -199,6 +199,12 @@ impl App {
             info!(rule_set = %set.version, rules = set.rules.len(), "customs rule set");
         }
         journal_tasks.spawn(policy.clone().watch(uplink_stop.clone()));
+        journal_tasks.spawn(crate::rules::retention::run(
+            journal.clone(),
+            table.clone(),
+            config.storage.clearance,
+            uplink_stop.clone(),
+        ));
         let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
         let reconnect = Arc::new(tokio::sync::Notify::new());
         if let Some(day) = config.report_publish_day {

@@ -64,6 +64,9 @@ pub struct Storage {
     pub retention: Duration,
     /// Records held in memory at most while the disk is full.
     pub hold_records: usize,
+    /// How long declarations, instructions and instruction ids are kept after they were
+    /// received (see `Journal::purge_clearance`).
+    pub clearance: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +287,13 @@ struct RawStorage {
     retention_days: u64,
     #[serde(default = "default_hold_records")]
     hold_records: usize,
+    #[serde(default = "default_clearance_days")]
+    clearance_days: u64,
+}
+
+/// Declarations are for parcels on their way through the warehouse: a month is ample.
+fn default_clearance_days() -> u64 {
+    30
 }
 
 fn default_quota_mb() -> u64 {
@@ -601,6 +611,9 @@ impl Config {
         if !(1..=3650).contains(&st.retention_days) {
             return Err(err("storage.retention_days", "must be 1 to 3650".into()));
         }
+        if !(1..=3650).contains(&st.clearance_days) {
+            return Err(err("storage.clearance_days", "must be 1 to 3650".into()));
+        }
         if !(1_000..=10_000_000).contains(&st.hold_records) {
             return Err(err(
                 "storage.hold_records",
@@ -612,6 +625,7 @@ impl Config {
             min_free_bytes: st.min_free_mb * 1024 * 1024,
             retention: Duration::from_secs(st.retention_days * 86_400),
             hold_records: st.hold_records,
+            clearance: Duration::from_secs(st.clearance_days * 86_400),
             path: raw.storage.path,
             flush_window: Duration::from_millis(raw.storage.flush_window_ms),
         };
@@ -970,6 +984,16 @@ impl Config {
                 if !(1..=24 * 365).contains(&t.max_age_h) {
                     return Err(err("trust.max_age_h", "must be 1 to 8760".into()));
                 }
+                // A forgotten instruction id could be replayed while its signature is valid.
+                if Duration::from_secs(t.max_age_h * 3600) >= storage.clearance {
+                    return Err(err(
+                        "trust.max_age_h",
+                        format!(
+                            "must be shorter than storage.clearance_days ({} days): instruction ids are forgotten then, and a signature still valid could be replayed",
+                            storage.clearance.as_secs() / 86_400
+                        ),
+                    ));
+                }
                 crate::trust::Trust::new(keys, t.allow_unsigned, Duration::from_secs(t.max_age_h * 3600))
             }
         };
@@ -1251,6 +1275,17 @@ lanes = [
         assert!(e.reason.contains("unknown field"), "{e}");
         let e = bad(&GOOD.replace("gateway_id", "gateway"));
         assert_eq!(e.key, "gateway");
+    }
+
+    #[test]
+    fn clearance_outlives_any_signature_it_accepts() {
+        let e = bad(&GOOD.replace("path = \"/tmp/x\"", "path = \"/tmp/x\"\nclearance_days = 2"));
+        assert_eq!(e.key, "trust.max_age_h", "{e}");
+        let ok = GOOD.replace("path = \"/tmp/x\"", "path = \"/tmp/x\"\nclearance_days = 4");
+        assert_eq!(
+            Config::parse("t.toml", &ok).unwrap().storage.clearance,
+            Duration::from_secs(4 * 86_400)
+        );
     }
 
     #[test]

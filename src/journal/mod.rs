@@ -107,6 +107,12 @@ pub struct Journal {
     notice_ids: Tree,
     counted: Tree,
     rule_update_ids: Tree,
+    /// When platform state was stored, by UTC day, for [`Journal::purge_clearance`].
+    aging: Tree,
+    /// The UTC day each waybill's declaration or instruction was last stored.
+    received: Tree,
+    /// Consumer day totals of purged declarations, kept for consumer-limit windows.
+    history: Tree,
     /// Waybill lookup index, see [`lookup`].
     by_waybill: Tree,
     /// The forwarded watermark and stored size, mirrored from `meta`; updates hold the lock.
@@ -255,6 +261,9 @@ impl Journal {
             notice_ids: db.open_tree("notice_ids")?,
             counted: db.open_tree("counted")?,
             rule_update_ids: db.open_tree("rule_update_ids")?,
+            aging: db.open_tree("aging")?,
+            received: db.open_tree("received")?,
+            history: db.open_tree("history")?,
             by_waybill: db.open_tree("by_waybill")?,
             meta,
             db,

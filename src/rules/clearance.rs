@@ -265,6 +265,24 @@ impl ClearanceTable {
     }
 
     /// Records an instruction id as seen without applying anything (restoring from the store).
+    /// Forgets what the platform said of `waybill` (its declaration and instruction); its
+    /// consumer's history stays. See `Journal::purge_clearance`.
+    pub fn forget_waybill(&mut self, waybill: &str) {
+        self.declarations.remove(waybill);
+        self.instructions.remove(waybill);
+    }
+
+    /// Forgets an instruction id (one older than any signature the gateway accepts).
+    pub fn forget_instruction_id(&mut self, id: &str) {
+        self.seen_instructions.remove(&digest(id.as_bytes()));
+    }
+
+    /// Adds stored day totals of forgotten declarations to `consumer`'s history (at start).
+    pub fn add_history(&mut self, consumer: &str, day: u32, parcels: u32, value_minor: u64) {
+        let id = self.strings.intern(consumer);
+        self.history.add_totals(id, day, parcels, value_minor);
+    }
+
     pub fn mark_instruction_seen(&mut self, id: &str) {
         self.seen_instructions.insert(digest(id.as_bytes()));
     }

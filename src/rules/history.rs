@@ -40,19 +40,27 @@ impl ConsumerHistory {
     /// Adds one parcel of `value_minor` on `day`. Days older than [`KEEP_DAYS`] before `day`
     /// are dropped on the way.
     pub fn add(&mut self, consumer: u32, day: u32, value_minor: u64) {
+        self.add_totals(consumer, day, 1, value_minor);
+    }
+
+    /// Adds `parcels` parcels worth `value_minor` in all on `day`.
+    pub fn add_totals(&mut self, consumer: u32, day: u32, parcels: u32, value_minor: u64) {
+        if parcels == 0 {
+            return;
+        }
         let days = self.by_consumer.entry(consumer).or_default();
         let oldest = day.saturating_sub(KEEP_DAYS - 1);
         days.retain(|d| d.day >= oldest);
         match days.binary_search_by_key(&day, |d| d.day) {
             Ok(i) => {
-                days[i].parcels = days[i].parcels.saturating_add(1);
+                days[i].parcels = days[i].parcels.saturating_add(parcels);
                 days[i].value_minor = days[i].value_minor.saturating_add(value_minor);
             }
             Err(i) => days.insert(
                 i,
                 DayTotal {
                     day,
-                    parcels: 1,
+                    parcels,
                     value_minor,
                 },
             ),

@@ -10,6 +10,7 @@
 pub mod clearance;
 pub mod engine;
 pub mod history;
+pub mod retention;
 
 use bondline_devices::contract::{ConsumerWindowSeen, DecisionInputs, LaneRole};
 
