@@ -123,13 +123,11 @@ impl Journal {
     pub fn purge_clearance(&self, before_day: u32, max: usize) -> Result<Forgotten, JournalError> {
         let mut out = Forgotten::default();
         let end = age_key(before_day, 0, &[]);
-        let mut seen = 0;
-        for entry in self.aging.range(..end) {
+        for (seen, entry) in self.aging.range(..end).enumerate() {
             if seen == max {
                 out.more = true;
                 break;
             }
-            seen += 1;
             let (k, _) = entry?;
             let (Some(day), Some(&kind)) = (be_u32(&k), k.get(4)) else {
                 self.aging.remove(&k)?;
