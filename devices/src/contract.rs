@@ -20,6 +20,18 @@ use serde::{Deserialize, Serialize};
 /// The schema version this build reads and writes.
 pub const SCHEMA: u32 = 1;
 
+/// The `prev_hash` of a journal's first record (`seq` 1): 32 zero bytes, 64 zeros in hex.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// The hash that chains records: SHA-256 of a record's exact payload bytes, as the gateway
+/// stores and sends them. The next record's `prev_hash` is its lowercase hex. Computed over the
+/// bytes as received, never over a re-serialization of the parsed JSON. The gateway's journal
+/// and the platform simulator's chain verifier both use this function.
+pub fn chain_hash(payload: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(payload).into()
+}
+
 /// Topic suffixes under the gateway prefix.
 pub mod topic {
     pub const DECLARATIONS: &str = "declarations";
@@ -431,6 +443,17 @@ impl Record {
             r.msg_id = msg_id;
             r.prev_hash = prev_hash;
         })
+    }
+
+    /// Makes this record the `seq`-th of a chain whose previous record hashes to `prev`: stamps
+    /// it ([`Record::stamp`]) and returns its payload, the compact JSON the gateway stores and
+    /// sends byte for byte, with the payload's [`chain_hash`]. The journal writer chains every
+    /// record with it.
+    pub fn chain_after(&mut self, seq: u64, prev: &[u8; 32]) -> (Vec<u8>, [u8; 32]) {
+        self.stamp(seq, hex::encode(prev));
+        let payload = serde_json::to_vec(&*self).expect("records always serialize");
+        let hash = chain_hash(&payload);
+        (payload, hash)
     }
 
     pub fn as_parcel(&self) -> Option<&ParcelRecord> {
@@ -1036,6 +1059,37 @@ mod tests {
         assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), stamped);
         let extra = json.replacen("\"detail\"", "\"bogus\":1,\"detail\"", 1);
         assert!(serde_json::from_str::<Record>(&extra).is_err());
+    }
+
+    #[test]
+    fn chained_records_carry_the_hash_of_their_predecessor_s_payload() {
+        assert_eq!(
+            hex::encode(chain_hash(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let alert = |parcel| {
+            Record::Alert(AlertRecord {
+                schema: SCHEMA,
+                msg_id: String::new(),
+                seq: 0,
+                prev_hash: String::new(),
+                gateway: "gw".into(),
+                line: "L1".into(),
+                parcel: Some(parcel),
+                waybill: None,
+                alert: AlertKind::NoDisposition,
+                detail: "x".into(),
+                at_ms: 1,
+            })
+        };
+        let (mut first, mut second) = (alert(1), alert(2));
+        let (p1, h1) = first.chain_after(1, &GENESIS_HASH);
+        let (p2, h2) = second.chain_after(2, &h1);
+        assert_eq!(p1, serde_json::to_vec(&first).unwrap());
+        assert_eq!((h1, h2), (chain_hash(&p1), chain_hash(&p2)));
+        assert_eq!(first.prev_hash(), "0".repeat(64));
+        assert_eq!(second.prev_hash(), hex::encode(h1));
+        assert_eq!((second.seq(), second.msg_id()), (2, "gw-2"));
     }
 
     #[test]

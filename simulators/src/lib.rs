@@ -20,6 +20,8 @@
 //! - [`platform`]: `platform-sim`, the customs clearance platform on MQTT: publishes
 //!   declarations and instructions for the plan, collects the parcel records and events the
 //!   daemon sends, and reports what arrived against the plan.
+//! - [`chain`]: the platform's check of each gateway's record chain (sequence, SHA-256 links,
+//!   duplicates, gaps, reordering) on the payloads as received; `platform-sim` runs it.
 //! - [`line`]: `line-sim`, a conveyor model that plays the scanner and the PLC together
 //!   against a running daemon from a scenario file (belt speed, parcel spacing, lanes, faults)
 //!   and ends with a ledger of where each parcel physically went: leaks, late diverts, wrong
@@ -38,6 +40,7 @@
 
 pub mod audit;
 pub mod camera;
+pub mod chain;
 pub mod cli;
 pub mod line;
 pub mod plan;

@@ -7,7 +7,9 @@
 //! the plan: which lane each parcel reached, which readable parcels never produced a record,
 //! which rules decided and fired, whether every parcel a rule flagged was reported as an
 //! anomaly, and, the one thing that must never happen, which parcels reached the release lane
-//! against the plan.
+//! against the plan. Every payload on the records topic also goes, as received, through the
+//! chain check of its gateway ([`crate::chain`]); [`PlatformSim::chains`] and the report give
+//! its results.
 //!
 //! The MQTT event loop runs in its own task and keeps polling after errors, which is how
 //! rumqttc reconnects; each new connection subscribes again because the session is clean.
@@ -34,6 +36,7 @@ use rumqttc::{
 use tokio::task::JoinHandle;
 
 use crate::audit::RuleBook;
+use crate::chain::{ChainStatus, Chains};
 use crate::plan::{Plan, PlanKind, PlannedParcel, SUSPENDED_ENTERPRISE};
 
 /// How long `connect` waits for the broker to accept the subscriptions.
@@ -59,6 +62,8 @@ pub struct PlatformSim {
 struct Shared {
     /// Every record received (parcel decisions, dispositions, alerts), in arrival order.
     all: Vec<Record>,
+    /// The chain check of every payload received on the records topic, per gateway.
+    chains: Chains,
     events: Vec<EdgeEvent>,
     anomalies: Vec<Anomaly>,
     bad_payloads: usize,
@@ -337,6 +342,12 @@ impl PlatformSim {
         self.lock().anomalies.clone()
     }
 
+    /// The chain check of the records received so far, per gateway id: records verified,
+    /// duplicates, and every problem found (gaps, broken links, reused or reordered `seq`).
+    pub fn chains(&self) -> BTreeMap<String, ChainStatus> {
+        self.lock().chains.status()
+    }
+
     /// Messages on the records or events topic that did not parse as their type (or carried
     /// another schema). A correct daemon sends none.
     pub fn bad_payloads(&self) -> usize {
@@ -379,7 +390,7 @@ impl PlatformSim {
             .iter()
             .filter_map(|r| r.as_parcel().cloned())
             .collect();
-        PlatformReport::build(
+        let mut report = PlatformReport::build(
             plan,
             range,
             &parcels,
@@ -387,7 +398,9 @@ impl PlatformSim {
             s.events.len(),
             s.bad_payloads,
             expect,
-        )
+        );
+        report.chains = s.chains.status();
+        report
     }
 }
 
@@ -470,11 +483,14 @@ async fn drive(
             Ok(Event::Incoming(Packet::PubAck(_))) => lock().acked += 1,
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if p.topic == records_topic {
+                    let mut s = lock();
+                    // The chain is checked on the bytes as received, whatever they parse as.
+                    s.chains.receive(&p.payload);
                     match parse_record(&p.payload) {
-                        Some(r) => lock().all.push(r),
+                        Some(r) => s.all.push(r),
                         None => {
                             tracing::warn!(bytes = p.payload.len(), "unparsable parcel record");
-                            lock().bad_payloads += 1;
+                            s.bad_payloads += 1;
                         }
                     }
                 } else if p.topic == events_topic {
@@ -585,6 +601,9 @@ pub struct PlatformReport {
     pub flagged_without_anomaly: Vec<String>,
     pub events: usize,
     pub bad_payloads: usize,
+    /// The chain check of every record received (all kinds, not only the plan range), per
+    /// gateway id.
+    pub chains: BTreeMap<String, ChainStatus>,
 }
 
 impl PlatformReport {
@@ -716,6 +735,7 @@ impl PlatformReport {
             flagged_without_anomaly,
             events,
             bad_payloads,
+            chains: BTreeMap::new(),
         }
     }
 }
@@ -773,6 +793,14 @@ impl fmt::Display for PlatformReport {
         )?;
         write!(f, "missing: {}", self.missing.len())?;
         list(f, &self.missing)?;
+        for (gateway, chain) in &self.chains {
+            let gateway = if gateway.is_empty() {
+                "(no gateway)"
+            } else {
+                gateway
+            };
+            write!(f, "\nchain of {gateway}: {chain}")?;
+        }
         if !self.released_against_plan.is_empty() {
             write!(
                 f,

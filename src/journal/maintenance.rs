@@ -13,7 +13,7 @@ use sled::Transactional;
 use bondline_devices::contract::Record;
 
 use super::{
-    decode_link, encode_link, key_seq, seq_key, sha256, Journal, JournalError, GENESIS_HASH,
+    chain_hash, decode_link, encode_link, key_seq, seq_key, Journal, JournalError, GENESIS_HASH,
     META_ANCHOR, META_FORWARDED, META_HEAD, META_LIVE,
 };
 
@@ -193,7 +193,7 @@ impl Journal {
                 }
                 report.first.get_or_insert(expected);
                 report.last = Some(expected);
-                prev_hash = sha256(bytes);
+                prev_hash = chain_hash(bytes);
                 expected += 1;
             }
         }
@@ -350,7 +350,7 @@ impl Journal {
             if at >= before_ms {
                 break;
             }
-            let anchor = encode_link(last, &sha256(last_bytes));
+            let anchor = encode_link(last, &chain_hash(last_bytes));
             let index = super::lookup::index_keys(batch.first, &records);
             let mut state = self.state();
             let live = state

@@ -62,8 +62,9 @@ pub use lookup::{Forwarding, TIME_SLACK_MS};
 pub use maintenance::{ChainProblem, ExportError, ExportFormat, JournalStats, VerifyReport};
 pub use writer::{record_sink, JournalWriter, RecordSink};
 
-/// The chain's starting point: the `prev_hash` of the very first record.
-pub const GENESIS_HASH: [u8; 32] = [0; 32];
+/// The chain's starting point: the `prev_hash` of the very first record. Records are chained
+/// with [`chain_hash`], shared with the platform side in `bondline-devices`.
+pub use bondline_devices::contract::{chain_hash, GENESIS_HASH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tracing::error;
 
 use super::capacity::Level;
-use super::{sha256, Journal};
+use super::Journal;
 use crate::alarm::Alarms;
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
@@ -355,9 +355,8 @@ impl JournalWriter {
         let mut records = Vec::with_capacity(batch.len());
         for r in batch.iter_mut() {
             seq += 1;
-            r.stamp(seq, hex::encode(hash));
-            let bytes = serde_json::to_vec(&*r).expect("records always serialize");
-            hash = sha256(&bytes);
+            let (bytes, next) = r.chain_after(seq, &hash);
+            hash = next;
             records.push(bytes);
         }
         // Each record also gets a waybill index entry on disk (see `lookup`).

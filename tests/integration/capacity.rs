@@ -211,4 +211,6 @@ async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
     let journal = Journal::open(&state).unwrap();
     assert!(journal.verify().unwrap().ok());
     assert_eq!(journal.chain_head().unwrap().0, head);
+    // Purging on the gateway changes nothing the platform receives: its chain is whole.
+    crate::harness::assert_chain_whole(&platform, Some(head));
 }

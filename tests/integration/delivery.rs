@@ -17,7 +17,8 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    config_text_with, floor, settle, wait_until, Daemon, Floor, LineDevices, Mosquitto, ScannerAt,
+    assert_chain_whole, config_text_with, floor, settle, wait_until, Daemon, Floor, LineDevices,
+    Mosquitto, ScannerAt,
 };
 
 const PREFIX: &str = "bondline/test-gw";
@@ -167,6 +168,9 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_order() {
     // Only records in flight when a broker went down can come twice: at most one window
     // per outage.
     assert!(duplicates <= 2 * 32, "{duplicates} duplicates");
+    // The platform's own check of the hash chain, over the payloads as received.
+    let chain = assert_chain_whole(&platform, Some(head));
+    assert_eq!(chain.duplicates as usize, duplicates, "{chain}");
     let journal = Journal::open(&state).unwrap();
     assert_eq!(journal.chain_head().unwrap().0, head);
     assert!(journal.verify().unwrap().ok());
@@ -243,7 +247,10 @@ async fn sigkill_thirty_times_under_load_loses_no_accepted_record() {
         0,
         "records left unforwarded after a clean stop"
     );
-    check_delivery(&platform.all_records(), head);
+    let duplicates = check_delivery(&platform.all_records(), head);
+    // Across 31 gateway starts, the chain the platform received continues unbroken.
+    let chain = assert_chain_whole(&platform, Some(head));
+    assert_eq!(chain.duplicates as usize, duplicates, "{chain}");
 }
 
 /// A record too large for the broker is parked, reported with an alarm, kept in the
@@ -356,6 +363,17 @@ async fn refused_record_is_parked(
     let kept = journal.record(parked[0].0).unwrap().unwrap();
     assert_eq!(kept.waybill(), Some(big.waybill.as_str()));
     assert_eq!(journal.backlog_len(), 0);
+    // The platform's chain check sees the parked record missing, and nothing else wrong.
+    let seq = parked[0].0;
+    let chain = &platform.chains()["test-gw"];
+    assert_eq!(
+        chain.problems,
+        vec![bondline_simulators::chain::ChainProblem::Gap {
+            after: seq - 1,
+            next: seq + 1
+        }],
+        "{chain}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

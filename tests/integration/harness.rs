@@ -28,6 +28,29 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     true
 }
 
+/// The platform's chain check of gateway `test-gw` (the harness configuration's), asserted
+/// whole: the only gateway heard from, records from `seq` 1 with every link verified, and no
+/// problem (duplicates are allowed). With `head`, records up to exactly that `seq` arrived.
+pub fn assert_chain_whole(
+    platform: &bondline_simulators::platform::PlatformSim,
+    head: Option<u64>,
+) -> bondline_simulators::chain::ChainStatus {
+    let chains = platform.chains();
+    assert_eq!(
+        chains.keys().collect::<Vec<_>>(),
+        ["test-gw"],
+        "records from other gateways than test-gw"
+    );
+    let chain = chains["test-gw"].clone();
+    assert!(chain.ok(), "chain of test-gw: {chain}");
+    assert_eq!(chain.first, Some(1), "chain of test-gw: {chain}");
+    assert_eq!(chain.verified, chain.records, "chain of test-gw: {chain}");
+    if let Some(head) = head {
+        assert_eq!(chain.last, Some(head), "chain of test-gw: {chain}");
+    }
+    chain
+}
+
 fn require(tool: &str) {
     let found = Command::new("sh")
         .arg("-c")

@@ -582,6 +582,8 @@ async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() 
     let last_month = bondline::report::Month::of(std::time::SystemTime::now()).previous();
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].report.month, last_month.to_string());
+    // Every kind of record, over three gateway starts, in one unbroken chain.
+    crate::harness::assert_chain_whole(&platform, None);
 
     // `bondline explain` tells the whole story of a waybill from the stopped gateway's store.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bondline"))

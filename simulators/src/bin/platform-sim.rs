@@ -16,7 +16,8 @@ use clap::Parser;
 
 /// Simulated customs clearance platform: declares and instructs the parcels of a seeded plan
 /// over MQTT, then collects the parcel records and events the gateway sends back and reports,
-/// per lane, what arrived and which readable waybills have not.
+/// per lane, what arrived and which readable waybills have not, and whether the gateway's
+/// record chain verifies (sequence, SHA-256 links, duplicates, gaps).
 ///
 /// Run scanner-sim with the same --seed and --mix so the scanner reads the waybills declared
 /// here. With --rules (or --demo-rules) the rule set is pushed to the gateway first, and the
