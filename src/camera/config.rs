@@ -122,6 +122,14 @@ impl CameraConfig {
         if url.host().is_none_or(str::is_empty) {
             return Err(err("url", "has no host".into()));
         }
+        // A password in the URL would show wherever the URL does (logs, health, errors).
+        if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(err(
+                "url",
+                "must not carry credentials (user:password@): use `auth` with a password_file"
+                    .into(),
+            ));
+        }
         let tls =
             match (https, &raw.ca_file) {
                 (true, Some(ca)) => Some(
@@ -262,6 +270,7 @@ mod tests {
         let base = "line = \"L1\"\ndistance_m = 4\n";
         let key = |t: &str| camera(&format!("{base}{t}")).unwrap_err().0;
         assert_eq!(key("url = \"ftp://x/\"\npoint = \"scan\""), "url");
+        assert_eq!(key("url = \"http://admin:pw@x/\"\npoint = \"scan\""), "url");
         assert_eq!(key("url = \"https://x/\"\npoint = \"scan\""), "ca_file");
         assert_eq!(key("url = \"http://x/\""), "point");
         assert_eq!(key("url = \"http://x/\"\npoint = \"lane\""), "point");

@@ -104,6 +104,9 @@ impl ViewConfig {
             ),
             None => None,
         };
+        if !listen.ip().is_loopback() && tls.is_none() {
+            tracing::warn!(%listen, "the staff view is served beyond this machine over plain HTTP: its credentials cross the network in clear; set [view] tls");
+        }
         Ok(ViewConfig {
             listen,
             credentials,
