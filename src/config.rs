@@ -481,6 +481,17 @@ fn xray_geometry(g: &RawGeometry) -> Result<XrayGeometry, (&'static str, String)
     if !(10..=5_000).contains(&g.xray_window_ms) {
         return Err(("xray_window_ms", "must be 10 to 5000".into()));
     }
+    // A parcel stays tracked (a candidate for the join) until its disposition timeout after
+    // its deadline; a shorter time than the window would let a late verdict pass over it.
+    if g.disposition_timeout_ms < g.xray_window_ms {
+        return Err((
+            "disposition_timeout_ms",
+            format!(
+                "must be at least xray_window_ms ({} ms) on a line with an X-ray scanner",
+                g.xray_window_ms
+            ),
+        ));
+    }
     Ok(XrayGeometry {
         offset: Duration::from_secs_f64(g.scan_to_xray_m / g.belt_speed_m_s),
         window: Duration::from_millis(g.xray_window_ms),

@@ -48,6 +48,15 @@ pub enum UpdateOutcome {
     Stale,
 }
 
+/// Why a platform update was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateError {
+    /// The rule set is invalid: refused whole (reported to the platform).
+    Invalid(String),
+    /// The store failed: nothing changed, and the update must come again.
+    Store(String),
+}
+
 /// Owns the rule set in force. Cheap to clone.
 #[derive(Clone)]
 pub struct Policy {
@@ -235,17 +244,12 @@ impl Policy {
         }
     }
 
-    /// Applies a rule set pushed by the platform. `Err` carries why it was refused (for the
-    /// platform's error report); a store failure is `Err` too and leaves the old set.
-    pub fn apply_update(&self, u: &RuleSetUpdate) -> Result<UpdateOutcome, String> {
-        let seen = self
-            .journal
-            .rule_update_seen(&u.update_id)
-            .map_err(|e| format!("cannot read the store: {e}"))?;
-        let last = self
-            .journal
-            .last_platform_rules()
-            .map_err(|e| format!("cannot read the store: {e}"))?;
+    /// Applies a rule set pushed by the platform. A store failure leaves the old set and
+    /// remembers nothing, so the update applies when it comes again.
+    pub fn apply_update(&self, u: &RuleSetUpdate) -> Result<UpdateOutcome, UpdateError> {
+        let store = |e: JournalError| UpdateError::Store(e.to_string());
+        let seen = self.journal.rule_update_seen(&u.update_id).map_err(store)?;
+        let last = self.journal.last_platform_rules().map_err(store)?;
         let stale = matches!(
             (last.as_ref().and_then(|l| l.issued_at_ms), u.issued_at_ms),
             (Some(old), Some(new)) if new < old
@@ -256,7 +260,7 @@ impl Policy {
         if stale {
             self.journal
                 .remember_rule_update(&u.update_id)
-                .map_err(|e| format!("cannot store: {e}"))?;
+                .map_err(store)?;
             return Ok(UpdateOutcome::Stale);
         }
         // Validated before its id is remembered: a refused update may come again corrected.
@@ -264,19 +268,20 @@ impl Policy {
             Ok(set) => set,
             Err(reason) => {
                 self.refuse(&format!("update {}", u.update_id), &reason);
-                return Err(reason);
+                return Err(UpdateError::Invalid(reason));
             }
         };
-        self.journal
-            .remember_rule_update(&u.update_id)
-            .map_err(|e| format!("cannot store: {e}"))?;
+        // Stored before its id is remembered: a failure in between applies it again.
         let file_hash = *self.file_seen.lock().unwrap_or_else(|e| e.into_inner());
         self.journal
             .store_rules(&StoredRules::Platform {
                 update: u.clone(),
                 file_hash,
             })
-            .map_err(|e| format!("cannot store: {e}"))?;
+            .map_err(store)?;
+        self.journal
+            .remember_rule_update(&u.update_id)
+            .map_err(store)?;
         let version = self.swap(set);
         info!(rule_set = %version, update = %u.update_id, "rule set from the platform applied");
         Ok(UpdateOutcome::Applied(version))
@@ -349,7 +354,10 @@ mod tests {
 
         // A refused update leaves the set in force and may come again, corrected, under
         // the same id.
-        assert!(policy.apply_update(&update("U1", "version = ")).is_err());
+        assert!(matches!(
+            policy.apply_update(&update("U1", "version = ")),
+            Err(UpdateError::Invalid(_))
+        ));
         assert_eq!(policy.current().version, "file-1");
         assert!(
             seen.try_recv().is_err(),

@@ -366,7 +366,9 @@ pub fn due_months(sent: Option<Month>, this: Month, day: u32, publish_day: u32) 
 /// journal, so it is stored, chained and delivered like any record, and remembers the month
 /// in the journal once its report record is durable. Checks at start and then hourly, until
 /// `stop`. A stop or crash between the two sends the report again at the next start (the
-/// platform keeps one report per gateway and month); a month is never skipped.
+/// platform keeps one report per gateway and month); no month is skipped unless the gateway
+/// was down for more than [`CATCH_UP_MONTHS`] (a late month whose records were purged
+/// meanwhile goes out with `complete: false`).
 pub async fn publish_monthly(
     journal: crate::journal::Journal,
     sink: crate::journal::RecordSink,
@@ -380,16 +382,17 @@ pub async fn publish_monthly(
         let day: u32 = humantime::format_rfc3339_seconds(now).to_string()[8..10]
             .parse()
             .unwrap_or(1);
-        let sent = match journal.report_sent() {
-            Ok(sent) => sent.and_then(|m| Month::parse(&m).ok()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read which monthly report was published; retrying later");
-                None
+        match journal.report_sent() {
+            Ok(sent) => {
+                let sent = sent.and_then(|m| Month::parse(&m).ok());
+                for month in due_months(sent, Month::of(now), day, publish_day) {
+                    if !publish_one(&journal, &sink, &mut accepted, &gateway, month, &stop).await {
+                        break;
+                    }
+                }
             }
-        };
-        for month in due_months(sent, Month::of(now), day, publish_day) {
-            if !publish_one(&journal, &sink, &mut accepted, &gateway, month, &stop).await {
-                break;
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which monthly report was published; retrying at the next check")
             }
         }
         tokio::select! {

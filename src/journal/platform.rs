@@ -23,6 +23,7 @@ use crate::rules::ClearanceTable;
 const META_RULES_SOURCE: &[u8] = b"rules_source";
 const META_PLATFORM_RULES: &[u8] = b"platform_rules";
 const META_REPORT_SENT: &[u8] = b"report_sent";
+const META_AGES_BACKFILLED: &[u8] = b"ages_backfilled";
 
 /// What an `aging` entry ages: a waybill's stored state, or an instruction id.
 const AGE_WAYBILL: u8 = b'w';
@@ -96,6 +97,42 @@ impl Journal {
         let bytes = serde_json::to_vec(d).expect("declarations always serialize");
         self.declarations.insert(d.waybill.as_bytes(), bytes)?;
         self.touch_waybill(&d.waybill, day)
+    }
+
+    /// Held by whoever stores platform state and applies it to the clearance table, and by
+    /// whoever forgets old state from both, so the two never interleave: a declaration stored
+    /// while old state is forgotten is neither deleted on disk nor forgotten in memory.
+    pub fn platform_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.platform_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives state stored before ages were kept (an older build) the age `day`, once, so it
+    /// is forgotten in its turn. Returns how many entries it aged.
+    pub fn backfill_ages(&self, day: u32) -> Result<usize, JournalError> {
+        if self.meta.contains_key(META_AGES_BACKFILLED)? {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for key in self
+            .declarations
+            .iter()
+            .keys()
+            .chain(self.instructions.iter().keys())
+        {
+            let key = key?;
+            if !self.received.contains_key(&key)? {
+                self.received.insert(&key, &day.to_be_bytes())?;
+                self.aging.insert(age_key(day, AGE_WAYBILL, &key), &[])?;
+                n += 1;
+            }
+        }
+        for key in self.instruction_ids.iter().keys() {
+            self.aging
+                .insert(age_key(day, AGE_INSTRUCTION_ID, &key?), &[])?;
+            n += 1;
+        }
+        self.meta.insert(META_AGES_BACKFILLED, &[])?;
+        Ok(n)
     }
 
     /// Notes that `waybill`'s state was stored on `day`.
@@ -487,5 +524,24 @@ mod tests {
             j.purge_clearance(now - 30, 100).unwrap(),
             Forgotten::default()
         );
+    }
+
+    #[test]
+    fn state_of_an_older_build_is_dated_once_and_forgotten_in_its_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        // As an older build stored them: no ages.
+        let d = declaration("OLDBUILD", "c1", 5);
+        j.declarations
+            .insert("OLDBUILD", serde_json::to_vec(&d).unwrap())
+            .unwrap();
+        j.instruction_ids.insert("I-OLDBUILD", "OLDBUILD").unwrap();
+        let now = today();
+        assert_eq!(j.backfill_ages(now).unwrap(), 2);
+        assert_eq!(j.backfill_ages(now).unwrap(), 0, "once");
+        assert_eq!(j.purge_clearance(now, 100).unwrap(), Forgotten::default());
+        let f = j.purge_clearance(now + 1, 100).unwrap();
+        assert_eq!(f.waybills, vec!["OLDBUILD".to_string()]);
+        assert_eq!(f.instruction_ids, vec!["I-OLDBUILD".to_string()]);
     }
 }

@@ -683,18 +683,28 @@ impl Line {
                     (
                         t.parcel,
                         unix_ms(t.scanned_at) + offset,
-                        t.xray == XrayInput::Pending,
+                        // Past its deadline without a verdict, a parcel no longer waits.
+                        t.xray == XrayInput::Pending && !t.xray_settled,
                     )
                 });
                 let (join, found) = match xray::pick(candidates, event.entered_at_ms, window) {
                     xray::Pick::One(p) => (XrayJoin::Matched, Some(p)),
                     xray::Pick::None => (XrayJoin::NoParcel, None),
+                    // A flag is never dropped: it goes to the parcel it is closest to.
+                    xray::Pick::Taken(p) if event.result.flags() => (XrayJoin::Update, Some(p)),
                     xray::Pick::Taken(p) => {
                         warn!(line = %self.ctx.line, scan_id = event.scan_id, parcel = p, "X-ray verdict's closest parcel already has its verdict; given to none");
                         (XrayJoin::NoParcel, None)
                     }
-                    xray::Pick::Ambiguous(ps) => {
-                        warn!(line = %self.ctx.line, scan_id = event.scan_id, parcels = ?ps, "X-ray verdict could belong to several parcels; given to none");
+                    xray::Pick::Ambiguous { waiting, joined } => {
+                        warn!(line = %self.ctx.line, scan_id = event.scan_id, ?waiting, ?joined, "X-ray verdict could belong to several parcels; given to none");
+                        if event.result.flags() {
+                            // Those waiting go to inspection without a verdict of their own;
+                            // those with one get the flag, so none can be released on it.
+                            for p in joined {
+                                self.apply_verdict(p, &event, io);
+                            }
+                        }
                         (XrayJoin::Ambiguous, None)
                     }
                 };
@@ -735,7 +745,7 @@ impl Line {
                         event.scan_id,
                         event.result.as_str(),
                         if join == XrayJoin::Ambiguous {
-                            "it could belong to more than one parcel, so it was given to none (they go to inspection)"
+                            "it could belong to more than one parcel: none is released on it (those waiting go to inspection, those with a verdict were flagged too)"
                         } else {
                             "no tracked parcel was in the tunnel then"
                         }
@@ -745,9 +755,16 @@ impl Line {
             }
             return;
         };
+        self.apply_verdict(parcel, &event, io);
+    }
+
+    /// Gives `event` to `parcel` and decides it again before its deadline; past it, a flag
+    /// on a released parcel raises `late_xray_mark`.
+    fn apply_verdict(&mut self, parcel: u32, event: &XrayEvent, io: &LineIo) {
         let Some(t) = self.tracker.get_mut(parcel) else {
             return;
         };
+        let waybill = t.waybill().map(str::to_string);
         // Flags stick: a later clear (a repeated automatic verdict) does not undo a suspect
         // verdict or an officer's mark.
         let flagged = matches!(t.xray, XrayInput::Verdict(r) if r.flags());

@@ -13,11 +13,13 @@
 //! - **matched**: the verdict is the parcel's; it is decided again with it before its
 //!   deadline (a clear verdict may release it, a flagged one sends it to inspection);
 //! - **no parcel**: nothing tracked was in the tunnel then (an item without a readable
-//!   label, or clocks out of step), or the closest parcel already has its verdict; recorded,
-//!   and alerted when the verdict flags;
+//!   label, or clocks out of step), or a clear verdict's closest parcel already has its
+//!   verdict; recorded, and alerted when the verdict flags. A *flagging* verdict whose
+//!   closest parcel already has a verdict goes to that parcel as an update: a flag is never
+//!   dropped;
 //! - **ambiguous**: two parcels are about as close; the verdict is given to neither, waiting
-//!   ones wait on and, without a verdict of their own, go to inspection; alerted when the
-//!   verdict flags;
+//!   ones wait on and, without a verdict of their own, go to inspection; a flagging verdict
+//!   also flags those that already had a verdict; alerted when the verdict flags;
 //! - **no result**: the parcel reached its deadline without a verdict. Its decisions never
 //!   released it (release needs a clear verdict), so it went to inspection: fail closed.
 //! - **update**: a later verdict for a joined scan id (an officer's mark seconds after the
@@ -62,8 +64,9 @@ pub enum Pick {
     Taken(u32),
     /// Two or more within the window, the runner-up not clearly farther than the closest:
     /// the verdict could be either's, so it is given to neither (they fail closed). The
-    /// waiting parcels among them, closest first.
-    Ambiguous(Vec<u32>),
+    /// parcels within the window, closest first: those still waiting, and those that
+    /// already have a verdict (a flag must still reach them).
+    Ambiguous { waiting: Vec<u32>, joined: Vec<u32> },
 }
 
 /// The parcel the verdict entering at `entered_at_ms` belongs to, within `window_ms`, among
@@ -87,12 +90,12 @@ pub fn pick(
         [only] => *only,
         [first, second, ..] if second.0 - first.0 >= window_ms / 3 => *first,
         _ => {
-            return Pick::Ambiguous(
-                near.iter()
-                    .filter(|(_, _, _, waiting)| *waiting)
-                    .map(|(_, _, p, _)| *p)
-                    .collect(),
-            )
+            let (waiting, joined): (Vec<&(u64, u64, u32, bool)>, Vec<_>) =
+                near.iter().partition(|n| n.3);
+            return Pick::Ambiguous {
+                waiting: waiting.iter().map(|n| n.2).collect(),
+                joined: joined.iter().map(|n| n.2).collect(),
+            };
         }
     };
     match clear {
@@ -211,11 +214,23 @@ mod tests {
         assert_eq!(pick(c, 2_000, 100), Pick::None);
         assert_eq!(pick([], 2_000, 100), Pick::None);
         // Halfway between two parcels: either could be the one.
-        assert_eq!(pick(c, 1_150, 200), Pick::Ambiguous(vec![1, 2]));
+        assert_eq!(
+            pick(c, 1_150, 200),
+            Pick::Ambiguous {
+                waiting: vec![1, 2],
+                joined: vec![]
+            }
+        );
         // Parcels 90 ms apart (40,000/h) with a tight window and synchronised clocks.
         let dense = [(1, 1_000, true), (2, 1_090, true), (3, 1_180, true)];
         assert_eq!(pick(dense, 1_095, 60), Pick::One(2));
-        assert_eq!(pick(dense, 1_140, 60), Pick::Ambiguous(vec![3, 2]));
+        assert_eq!(
+            pick(dense, 1_140, 60),
+            Pick::Ambiguous {
+                waiting: vec![3, 2],
+                joined: vec![]
+            }
+        );
     }
 
     #[test]
@@ -225,7 +240,13 @@ mod tests {
         let c = [(1, 1_000, false), (2, 1_250, true), (3, 1_375, true)];
         // The label-less item's verdict is about as close to parcel 1 as to parcel 2: given
         // to none (parcel 2 waits on for its own).
-        assert_eq!(pick(c, 1_125, 300), Pick::Ambiguous(vec![2, 3]));
+        assert_eq!(
+            pick(c, 1_125, 300),
+            Pick::Ambiguous {
+                waiting: vec![2, 3],
+                joined: vec![1]
+            }
+        );
         // A second verdict for parcel 1's passage time (a duplicate item): taken, not slid.
         assert_eq!(pick(c, 1_000, 300), Pick::Taken(1));
         // Parcel 2's own verdict still finds it.

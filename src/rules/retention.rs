@@ -12,8 +12,9 @@ use crate::rules::ClearanceTable;
 
 /// How often old state is looked for.
 const INTERVAL: Duration = Duration::from_secs(3600);
-/// Entries forgotten per step; the table's write lock is taken once per step, briefly.
-const STEP: usize = 5_000;
+/// Entries forgotten per step; the table's write lock is taken once per step, briefly (the
+/// lines' decisions take its read lock).
+const STEP: usize = 1_000;
 
 /// Forgets state received more than `keep` ago, at start and then hourly, until `stop`.
 pub async fn run(
@@ -30,11 +31,38 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let before = day_of(crate::metrics::unix_ms(SystemTime::now())).saturating_sub(keep_days);
+        let today = day_of(crate::metrics::unix_ms(SystemTime::now()));
+        let before = today.saturating_sub(keep_days);
+        let j = journal.clone();
+        match tokio::task::spawn_blocking(move || j.backfill_ages(today)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                entries = n,
+                "platform state of an older build dated today, to be forgotten in its turn"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "platform state of an older build not dated yet")
+            }
+            Err(e) => tracing::warn!(error = %e, "clearance retention task failed"),
+        }
         let mut total = 0;
         loop {
-            let j = journal.clone();
-            let step = tokio::task::spawn_blocking(move || j.purge_clearance(before, STEP)).await;
+            let (j, t) = (journal.clone(), table.clone());
+            // The store and the table forget together, with the uplink kept out meanwhile
+            // (`Journal::platform_guard`).
+            let step = tokio::task::spawn_blocking(move || {
+                let _guard = j.platform_guard();
+                let forgotten = j.purge_clearance(before, STEP)?;
+                let mut t = t.write().unwrap_or_else(|e| e.into_inner());
+                for w in &forgotten.waybills {
+                    t.forget_waybill(w);
+                }
+                for id in &forgotten.instruction_ids {
+                    t.forget_instruction_id(id);
+                }
+                Ok::<_, crate::journal::JournalError>(forgotten)
+            })
+            .await;
             let forgotten = match step {
                 Ok(Ok(f)) => f,
                 Ok(Err(e)) => {
@@ -46,15 +74,6 @@ pub async fn run(
                     break;
                 }
             };
-            {
-                let mut t = table.write().unwrap_or_else(|e| e.into_inner());
-                for w in &forgotten.waybills {
-                    t.forget_waybill(w);
-                }
-                for id in &forgotten.instruction_ids {
-                    t.forget_instruction_id(id);
-                }
-            }
             total += forgotten.waybills.len();
             if !forgotten.more || stop.is_cancelled() {
                 break;

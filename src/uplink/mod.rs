@@ -55,7 +55,7 @@ use crate::config::Uplink as UplinkConfig;
 use crate::journal::Journal;
 use crate::line::ClearanceChange;
 use crate::metrics::{unix_ms, Metrics};
-use crate::policy::{Policy, UpdateOutcome};
+use crate::policy::{Policy, UpdateError, UpdateOutcome};
 use crate::rules::{Applied, ClearanceTable};
 
 const LINK: &str = "broker";
@@ -439,6 +439,8 @@ impl Uplink {
                             ))
                         }
                         Ok(_) => {
+                        // Storing and applying do not interleave with forgetting old state.
+                        let _guard = self.journal.platform_guard();
                         if self.read_table().declaration_is_new(&d) {
                             self.journal
                                 .store_declaration(&d)
@@ -455,6 +457,7 @@ impl Uplink {
                     Ok(i) => match self.believe(&i, now) {
                         Err(r) => Err(r),
                         Ok(_) => {
+                        let _guard = self.journal.platform_guard();
                         let (seen, fresh) = {
                             let t = self.read_table();
                             (t.instruction_id_seen(&i.instruction_id), t.instruction_is_new(&i))
@@ -517,9 +520,14 @@ impl Uplink {
                 },
                 topic::RULES => match RuleSetUpdate::parse(&p.payload) {
                     Ok(u) => match self.believe(&u, now).and_then(|_| {
-                        self.policy
-                            .apply_update(&u)
-                            .map_err(|reason| (EventKind::RejectedMessage, reason))
+                        match self.policy.apply_update(&u) {
+                            Ok(outcome) => Ok(outcome),
+                            Err(UpdateError::Invalid(reason)) => {
+                                Err((EventKind::RejectedMessage, reason))
+                            }
+                            // Not acknowledged: the broker delivers it again.
+                            Err(UpdateError::Store(e)) => Err((EventKind::Alarm, e)),
+                        }
                     }) {
                         Ok(UpdateOutcome::Applied(version)) => {
                             // The policy has told the lines to decide their parcels again.
@@ -550,6 +558,9 @@ impl Uplink {
                             EventKind::RejectedMessage,
                             format!("rule set update {} refused: {reason}", u.update_id),
                         )),
+                        Err((EventKind::Alarm, e)) => {
+                            return Err(format!("cannot store a rule set update: {e}"))
+                        }
                         Err(other) => Err(other),
                     },
                     Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
@@ -850,7 +861,8 @@ fn replay_verdict(
     in_force: &str,
 ) -> Result<(), (EventKind, String)> {
     match (seen, fresh) {
-        (true, _) if dup => Ok(()),
+        // The broker's redelivery of what was already judged (and reported, if it had to be).
+        _ if dup => Ok(()),
         (true, _) => Err((
             EventKind::ForgedMessage,
             format!("{what} replayed: that id was received before; not applied again"),

@@ -35,23 +35,28 @@ pub struct Refusal {
 #[derive(Debug, Default)]
 pub struct Budget {
     used: u32,
-    suppressed: u32,
+    /// Summed up, by kind: forged, rejected.
+    suppressed: (u32, u32),
 }
 
 impl Budget {
     /// Whether this refusal is journaled by itself.
-    pub fn take(&mut self) -> bool {
+    pub fn take(&mut self, alert: AlertKind) -> bool {
         if self.used < PER_MINUTE {
             self.used += 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
+            return true;
         }
+        if alert == AlertKind::ForgedMessage {
+            self.suppressed.0 += 1;
+        } else {
+            self.suppressed.1 += 1;
+        }
+        false
     }
 
-    /// A new minute: returns how many refusals the last one summed up.
-    pub fn roll(&mut self) -> u32 {
+    /// A new minute: returns how many refusals of each kind (forged, rejected) the last one
+    /// summed up.
+    pub fn roll(&mut self) -> (u32, u32) {
         self.used = 0;
         std::mem::take(&mut self.suppressed)
     }
@@ -86,25 +91,33 @@ pub async fn journal(
     let mut minute = tokio::time::interval(MINUTE);
     minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     minute.tick().await;
-    let summary = |n: u32| {
-        record(
-            &gateway,
-            AlertKind::ForgedMessage,
-            format!("{n} more refused platform message(s) in the last minute, beyond {PER_MINUTE}: see the gateway's log"),
-        )
+    let summaries = |(forged, rejected): (u32, u32)| {
+        [
+            (AlertKind::ForgedMessage, forged),
+            (AlertKind::RejectedMessage, rejected),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(alert, n)| {
+            record(
+                &gateway,
+                alert,
+                format!("{n} more refused platform message(s) in the last minute, beyond {PER_MINUTE}: see the gateway's log"),
+            )
+        })
+        .collect::<Vec<_>>()
     };
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = minute.tick() => {
-                let n = budget.roll();
-                if n > 0 {
-                    sink.push(summary(n));
+                for r in summaries(budget.roll()) {
+                    sink.push(r);
                 }
             }
             r = rx.recv() => match r {
                 Some(r) => {
-                    if budget.take() {
+                    if budget.take(r.alert) {
                         sink.push(record(&gateway, r.alert, r.detail));
                     }
                 }
@@ -113,13 +126,12 @@ pub async fn journal(
         }
     }
     while let Ok(r) = rx.try_recv() {
-        if budget.take() {
+        if budget.take(r.alert) {
             sink.push(record(&gateway, r.alert, r.detail));
         }
     }
-    let n = budget.roll();
-    if n > 0 {
-        sink.push(summary(n));
+    for r in summaries(budget.roll()) {
+        sink.push(r);
     }
 }
 
@@ -130,11 +142,23 @@ mod tests {
     #[test]
     fn a_flood_is_summed_up_not_journaled_one_by_one() {
         let mut b = Budget::default();
-        let taken = (0..1000).filter(|_| b.take()).count();
+        let taken = (0..1000)
+            .filter(|i| {
+                b.take(if i % 2 == 0 {
+                    AlertKind::ForgedMessage
+                } else {
+                    AlertKind::RejectedMessage
+                })
+            })
+            .count();
         assert_eq!(taken, PER_MINUTE as usize);
-        assert_eq!(b.roll(), 1000 - PER_MINUTE);
-        assert!(b.take(), "a new minute has its budget again");
-        assert_eq!(b.roll(), 0);
+        let rest = 1000 - PER_MINUTE;
+        assert_eq!(b.roll(), (rest / 2, rest / 2));
+        assert!(
+            b.take(AlertKind::ForgedMessage),
+            "a new minute has its budget again"
+        );
+        assert_eq!(b.roll(), (0, 0));
     }
 
     #[tokio::test]
