@@ -237,18 +237,40 @@ impl Batch {
     }
 }
 
+/// How long [`Journal::open`] waits for the store's lock to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the sled database. The store's file lock is released by sled's background flusher
+/// thread some time after the last handle of a previous open is dropped (the same process
+/// reopening its store: a restart in place, `journal` commands after a test's daemon); on a
+/// busy machine that takes a moment, so a held lock is waited for, up to [`LOCK_WAIT`]. A
+/// store another process really holds still fails then, with sled's error.
+fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(64 * 1024 * 1024)
+        .flush_every_ms(Some(500));
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         remove_partial_snapshots(path);
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 * 1024 * 1024)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|source| JournalError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+        let db = open_db(path).map_err(|source| JournalError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         let meta = db.open_tree("meta")?;
         let state = State {
             forwarded: decode_u64(meta.get(META_FORWARDED)?),

@@ -165,9 +165,14 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_order() {
 
     let duplicates = check_delivery(&platform.all_records(), head);
     println!("{head} records, {duplicates} duplicates after two broker outages");
-    // Only records in flight when a broker went down can come twice: at most one window
-    // per outage.
-    assert!(duplicates <= 2 * 32, "{duplicates} duplicates");
+    // Only records in flight when a session ended can come twice: at most one window per
+    // session end (the two outages, and any a loaded machine adds, such as a keep-alive
+    // missed).
+    let sessions_ended = Metrics::get(&metrics.uplink_disconnects);
+    assert!(
+        duplicates as u64 <= sessions_ended * 32,
+        "{duplicates} duplicates over {sessions_ended} session ends"
+    );
     // The platform's own check of the hash chain, over the payloads as received.
     let chain = assert_chain_whole(&platform, Some(head));
     assert_eq!(chain.duplicates as usize, duplicates, "{chain}");
