@@ -169,6 +169,7 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_order() {
     // session end (the two outages, and any a loaded machine adds, such as a keep-alive
     // missed).
     let sessions_ended = Metrics::get(&metrics.uplink_disconnects);
+    println!("{sessions_ended} gateway session ends");
     assert!(
         duplicates as u64 <= sessions_ended * 32,
         "{duplicates} duplicates over {sessions_ended} session ends"
