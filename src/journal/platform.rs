@@ -446,20 +446,7 @@ mod tests {
     use super::*;
     use bondline_devices::contract::{Action, SCHEMA};
 
-    fn declaration(w: &str, consumer: &str, value: u64) -> Declaration {
-        Declaration {
-            schema: SCHEMA,
-            waybill: w.into(),
-            enterprise: "E1".into(),
-            consumer: Some(consumer.into()),
-            identity_verified: true,
-            value_minor: Some(value),
-            currency: Some("CNY".into()),
-            gross_weight_g: None,
-            items: vec![],
-            signature: None,
-        }
-    }
+    use crate::rules::clearance::tests::decl as declaration;
 
     fn instruction(w: &str, id: &str) -> Instruction {
         Instruction {

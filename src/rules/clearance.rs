@@ -400,11 +400,12 @@ impl ClearanceTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bondline_devices::contract::SCHEMA;
 
-    fn decl(w: &str, consumer: &str, value: u64) -> Declaration {
+    /// A verified declaration in CNY, shared with the store's tests.
+    pub(crate) fn decl(w: &str, consumer: &str, value: u64) -> Declaration {
         Declaration {
             schema: SCHEMA,
             waybill: w.into(),
