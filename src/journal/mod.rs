@@ -119,8 +119,8 @@ pub struct Journal {
     /// The forwarded watermark and stored size, mirrored from `meta`; updates hold the lock.
     state: Arc<Mutex<State>>,
     /// Held while platform state is stored and applied, and while old state is forgotten,
-    /// so the two never interleave (see [`Journal::platform_guard`]).
-    platform_lock: Arc<Mutex<()>>,
+    /// so the two never interleave (see [`Journal::platform_lock`]).
+    platform_lock: Arc<tokio::sync::Mutex<()>>,
     /// The store's directory.
     path: Arc<std::path::PathBuf>,
 }
@@ -294,7 +294,7 @@ impl Journal {
             meta,
             db,
             state: Arc::new(Mutex::new(state)),
-            platform_lock: Arc::new(Mutex::new(())),
+            platform_lock: Arc::new(tokio::sync::Mutex::new(())),
             path: Arc::new(path.to_path_buf()),
         };
         // Out-of-order acks at or below the watermark are leftovers of an interrupted advance.

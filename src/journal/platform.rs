@@ -102,8 +102,10 @@ impl Journal {
     /// Held by whoever stores platform state and applies it to the clearance table, and by
     /// whoever forgets old state from both, so the two never interleave: a declaration stored
     /// while old state is forgotten is neither deleted on disk nor forgotten in memory.
-    pub fn platform_guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.platform_lock.lock().unwrap_or_else(|e| e.into_inner())
+    /// An async lock: the uplink waits for it without holding up a runtime thread while a
+    /// purge step runs (which takes it with `blocking_lock` on a blocking thread).
+    pub fn platform_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.platform_lock
     }
 
     /// Gives state stored before ages were kept (an older build) the age `day`, once, so it

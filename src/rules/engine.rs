@@ -411,6 +411,44 @@ fn weight_mismatch(
     Some((LaneRole::Inspection, reason))
 }
 
+/// What stops a release whatever the rule set holds, first match: on an X-ray line no clear
+/// verdict yet, or a flagged one the set did not look at; a suspended enterprise; an
+/// unverified consumer (a set without rules for them, or giving them other targets, must not
+/// open the release lane).
+fn guard(inp: &Inputs) -> Option<(&'static str, LaneRole, String)> {
+    match inp.xray {
+        XrayInput::Pending => {
+            return Some((
+                AWAITING_XRAY,
+                LaneRole::Inspection,
+                "no X-ray verdict joined to this parcel".into(),
+            ))
+        }
+        XrayInput::Verdict(r) if r.flags() => {
+            return Some((
+                XRAY_FLAGGED,
+                LaneRole::Inspection,
+                format!("X-ray verdict: {}", r.as_str().replace('_', " ")),
+            ))
+        }
+        _ => {}
+    }
+    if inp.suspension.is_some() {
+        return Some((
+            ENTERPRISE_SUSPENDED,
+            LaneRole::Hold,
+            "the declaring enterprise is suspended".into(),
+        ));
+    }
+    inp.declaration.filter(|d| !d.identity_verified).map(|_| {
+        (
+            IDENTITY_UNVERIFIED,
+            LaneRole::Hold,
+            "consumer identity not verified".into(),
+        )
+    })
+}
+
 /// Evaluates `set` on one read parcel. Pure: the same inputs give the same lane.
 pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
     let mut fired = Vec::new();
@@ -516,63 +554,22 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
             LaneRole::Hold
         }
     };
-    // On an X-ray line a release also needs a clear verdict: none yet, or a flagged one that
-    // no rule of the set looked at, sends the parcel to inspection instead.
-    let role = match (role, inp.xray) {
-        (LaneRole::Release, XrayInput::Pending) => {
+    // The engine's own guards stop a release whatever the set holds (see the module docs).
+    let guarded = (role == LaneRole::Release).then(|| guard(inp)).flatten();
+    let role = match guarded {
+        Some((rule, target, reason)) => {
             fired.insert(
                 0,
                 Fired {
-                    rule: AWAITING_XRAY.into(),
-                    target: LaneRole::Inspection,
-                    reason: "no X-ray verdict joined to this parcel".into(),
+                    rule: rule.into(),
+                    target,
+                    reason,
                     rule_kind_instruction: false,
                 },
             );
-            LaneRole::Inspection
+            target
         }
-        (LaneRole::Release, XrayInput::Verdict(r)) if r.flags() => {
-            fired.insert(
-                0,
-                Fired {
-                    rule: XRAY_FLAGGED.into(),
-                    target: LaneRole::Inspection,
-                    reason: format!("X-ray verdict: {}", r.as_str().replace('_', " ")),
-                    rule_kind_instruction: false,
-                },
-            );
-            LaneRole::Inspection
-        }
-        (role, _) => role,
-    };
-    // Suspension and unverified identity hold a parcel whatever the set says: a set without
-    // those rules (or with another target for them) must not open the release lane.
-    let role = match role {
-        LaneRole::Release if inp.suspension.is_some() => {
-            fired.insert(
-                0,
-                Fired {
-                    rule: ENTERPRISE_SUSPENDED.into(),
-                    target: LaneRole::Hold,
-                    reason: "the declaring enterprise is suspended".into(),
-                    rule_kind_instruction: false,
-                },
-            );
-            LaneRole::Hold
-        }
-        LaneRole::Release if inp.declaration.is_some_and(|d| !d.identity_verified) => {
-            fired.insert(
-                0,
-                Fired {
-                    rule: IDENTITY_UNVERIFIED.into(),
-                    target: LaneRole::Hold,
-                    reason: "consumer identity not verified".into(),
-                    rule_kind_instruction: false,
-                },
-            );
-            LaneRole::Hold
-        }
-        role => role,
+        None => role,
     };
     Evaluation {
         role,

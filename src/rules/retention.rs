@@ -49,9 +49,9 @@ pub async fn run(
         loop {
             let (j, t) = (journal.clone(), table.clone());
             // The store and the table forget together, with the uplink kept out meanwhile
-            // (`Journal::platform_guard`).
+            // (`Journal::platform_lock`).
             let step = tokio::task::spawn_blocking(move || {
-                let _guard = j.platform_guard();
+                let _guard = j.platform_lock().blocking_lock();
                 let forgotten = j.purge_clearance(before, STEP)?;
                 let mut t = t.write().unwrap_or_else(|e| e.into_inner());
                 for w in &forgotten.waybills {

@@ -440,7 +440,7 @@ impl Uplink {
                         }
                         Ok(_) => {
                         // Storing and applying do not interleave with forgetting old state.
-                        let _guard = self.journal.platform_guard();
+                        let _guard = self.journal.platform_lock().lock().await;
                         if self.read_table().declaration_is_new(&d) {
                             self.journal
                                 .store_declaration(&d)
@@ -457,7 +457,7 @@ impl Uplink {
                     Ok(i) => match self.believe(&i, now) {
                         Err(r) => Err(r),
                         Ok(_) => {
-                        let _guard = self.journal.platform_guard();
+                        let _guard = self.journal.platform_lock().lock().await;
                         let (seen, fresh) = {
                             let t = self.read_table();
                             (t.instruction_id_seen(&i.instruction_id), t.instruction_is_new(&i))
@@ -519,49 +519,36 @@ impl Uplink {
                     Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
                 },
                 topic::RULES => match RuleSetUpdate::parse(&p.payload) {
-                    Ok(u) => match self.believe(&u, now).and_then(|_| {
-                        match self.policy.apply_update(&u) {
-                            Ok(outcome) => Ok(outcome),
-                            Err(UpdateError::Invalid(reason)) => {
-                                Err((EventKind::RejectedMessage, reason))
+                    Ok(u) => match self.believe(&u, now) {
+                        Err(r) => Err(r),
+                        Ok(_) => match self.policy.apply_update(&u) {
+                            Ok(UpdateOutcome::Applied(version)) => {
+                                // The policy has told the lines to decide their parcels again.
+                                self.event(
+                                    client,
+                                    pending,
+                                    EventKind::RuleSetApplied,
+                                    format!("rule set {version} from update {} in force", u.update_id),
+                                    Some(p.topic.clone()),
+                                );
+                                Ok(())
                             }
+                            Ok(outcome) => replay_verdict(
+                                outcome == UpdateOutcome::Seen,
+                                false,
+                                p.dup,
+                                &format!("rule set update {}", u.update_id),
+                                "the platform's rule set last applied",
+                            ),
+                            Err(UpdateError::Invalid(reason)) => Err((
+                                EventKind::RejectedMessage,
+                                format!("rule set update {} refused: {reason}", u.update_id),
+                            )),
                             // Not acknowledged: the broker delivers it again.
-                            Err(UpdateError::Store(e)) => Err((EventKind::Alarm, e)),
-                        }
-                    }) {
-                        Ok(UpdateOutcome::Applied(version)) => {
-                            // The policy has told the lines to decide their parcels again.
-                            self.event(
-                                client,
-                                pending,
-                                EventKind::RuleSetApplied,
-                                format!("rule set {version} from update {} in force", u.update_id),
-                                Some(p.topic.clone()),
-                            );
-                            Ok(())
-                        }
-                        Ok(UpdateOutcome::Seen) => replay_verdict(
-                            true,
-                            false,
-                            p.dup,
-                            &format!("rule set update {}", u.update_id),
-                            "the platform's rule set last applied",
-                        ),
-                        Ok(UpdateOutcome::Stale) => replay_verdict(
-                            false,
-                            false,
-                            p.dup,
-                            &format!("rule set update {}", u.update_id),
-                            "the platform's rule set last applied",
-                        ),
-                        Err((EventKind::RejectedMessage, reason)) => Err((
-                            EventKind::RejectedMessage,
-                            format!("rule set update {} refused: {reason}", u.update_id),
-                        )),
-                        Err((EventKind::Alarm, e)) => {
-                            return Err(format!("cannot store a rule set update: {e}"))
-                        }
-                        Err(other) => Err(other),
+                            Err(UpdateError::Store(e)) => {
+                                return Err(format!("cannot store a rule set update: {e}"))
+                            }
+                        },
                     },
                     Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
                 },

@@ -12,13 +12,13 @@ use bondline::app::App;
 use bondline::config::Config;
 use bondline::metrics::Metrics;
 use bondline_devices::contract::{AlertKind, CameraPoint, DivertStatus, LaneRole, Record};
-use bondline_devices::Profiles;
 use bondline_simulators::camera::{waybill_of, CameraFault, CameraSim, SimAuth};
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
 use bondline_simulators::scanner::ScannerSim;
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::stx_etx;
 use crate::harness::{config_text_with, wait_until, LineDevices, Mosquitto, ScannerAt};
 
 const PREFIX: &str = "bondline/test-gw";
@@ -56,12 +56,7 @@ async fn scan(
     count: u64,
     mut passing: impl FnMut(&str, Instant),
 ) {
-    let framing = Profiles::builtin()
-        .get("scanner-stx-etx")
-        .unwrap()
-        .scanner()
-        .unwrap()
-        .clone();
+    let framing = stx_etx();
     let start = Instant::now();
     for (i, p) in plan.parcels(0..count).enumerate() {
         let at = start + Duration::from_millis(i as u64 * 1000 / RATE);

@@ -12,12 +12,12 @@ use bondline::app::App;
 use bondline::config::Config;
 use bondline::metrics::Metrics;
 use bondline_devices::contract::LaneRole;
-use bondline_devices::Profiles;
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::scanner::ScannerSim;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::stx_etx;
 use crate::harness::{config_text, wait_until, LineDevices, Mosquitto, PtyPair, ScannerAt};
 
 const PREFIX: &str = "bondline/test-gw";
@@ -30,7 +30,6 @@ fn link_up(m: &Metrics, name: &str) -> Option<bool> {
 async fn a_scanner_unplugged_and_plugged_back_is_read_again() {
     let dir = tempfile::tempdir().unwrap();
     let mosquitto = Mosquitto::start(dir.path()).await;
-    let profiles = Profiles::builtin();
     let stop = CancellationToken::new();
     let (plc_addr, _) = crate::harness::start_plc(&stop).await;
     let pty = PtyPair::new(dir.path(), "scanner").await;
@@ -47,12 +46,7 @@ async fn a_scanner_unplugged_and_plugged_back_is_read_again() {
         .await
         .unwrap();
     let m = app.metrics.clone();
-    let framing = profiles
-        .get("scanner-stx-etx")
-        .unwrap()
-        .scanner()
-        .unwrap()
-        .clone();
+    let framing = stx_etx();
     let plan = Plan::with_mix(21, Mix::only(PlanKind::Undeclared));
     let burst = |start: u64| ScannerSim {
         framing: framing.clone(),
@@ -152,7 +146,6 @@ async fn relay(target: SocketAddr, frozen: Arc<AtomicBool>) -> SocketAddr {
 async fn a_half_open_plc_connection_is_dropped_and_made_anew() {
     let dir = tempfile::tempdir().unwrap();
     let mosquitto = Mosquitto::start(dir.path()).await;
-    let profiles = Profiles::builtin();
     let stop = CancellationToken::new();
     let (plc_addr, _) = crate::harness::start_plc(&stop).await;
     let frozen = Arc::new(AtomicBool::new(false));
@@ -173,12 +166,7 @@ async fn a_half_open_plc_connection_is_dropped_and_made_anew() {
         .unwrap();
     let m = app.metrics.clone();
     let scanner = ScannerSim {
-        framing: profiles
-            .get("scanner-stx-etx")
-            .unwrap()
-            .scanner()
-            .unwrap()
-            .clone(),
+        framing: stx_etx(),
         plan: Plan::new(22),
         rate_per_s: 50.0,
         count: None,

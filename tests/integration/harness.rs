@@ -426,18 +426,12 @@ pub struct Floor {
 }
 
 pub async fn floor(plan: bondline_simulators::plan::Plan, rate: f64, count: Option<u64>) -> Floor {
-    let profiles = bondline_devices::Profiles::builtin();
     let stop_plc = tokio_util::sync::CancellationToken::new();
     let (plc_addr, plc_state) = start_plc(&stop_plc).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scanner_addr = listener.local_addr().unwrap();
     let sim = bondline_simulators::scanner::ScannerSim {
-        framing: profiles
-            .get("scanner-stx-etx")
-            .unwrap()
-            .scanner()
-            .unwrap()
-            .clone(),
+        framing: stx_etx(),
         plan,
         rate_per_s: rate,
         count,
@@ -456,4 +450,13 @@ pub async fn floor(plan: bondline_simulators::plan::Plan, rate: f64, count: Opti
         scanner_task,
         _stop_plc: stop_plc.drop_guard(),
     }
+}
+
+/// The built-in `scanner-stx-etx` framing the tests' scanners speak.
+pub fn stx_etx() -> bondline_devices::framing::ScannerFraming {
+    bondline_devices::Profiles::builtin()
+        .get("scanner-stx-etx")
+        .and_then(|p| p.scanner())
+        .expect("built-in scanner profile")
+        .clone()
 }

@@ -12,6 +12,7 @@ use bondline_simulators::platform::PlatformSim;
 use bondline_simulators::scanner::ScannerSim;
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::stx_etx;
 use crate::harness::{
     config_text, start_plc, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
 };
@@ -59,12 +60,7 @@ async fn sighup_reloads_the_rule_file_and_an_invalid_one_is_refused_whole() {
     let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
 
     // Parcels arrive in three bursts of five; the scanner waits for the daemon to connect.
-    let framing = Profiles::builtin()
-        .get("scanner-stx-etx")
-        .unwrap()
-        .scanner()
-        .unwrap()
-        .clone();
+    let framing = stx_etx();
     let plan = Plan::with_mix(31, Mix::only(PlanKind::Undeclared));
     let (burst_tx, mut burst_rx) = tokio::sync::mpsc::channel::<u64>(4);
     tokio::spawn(async move {

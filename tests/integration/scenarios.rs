@@ -24,6 +24,7 @@ use bondline_simulators::plan::PlanKind;
 use bondline_simulators::platform::PlatformSim;
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::stx_etx;
 use crate::harness::{wait_until, Mosquitto};
 
 const PREFIX: &str = "bondline/test-gw";
@@ -56,11 +57,7 @@ fn belt_seconds(s: &Scenario) -> f64 {
 
 pub(crate) async fn bind(scenario: Scenario) -> LineSim {
     let profiles = Profiles::builtin();
-    let framing = profiles
-        .get("scanner-stx-etx")
-        .and_then(|p| p.scanner())
-        .expect("built-in scanner profile")
-        .clone();
+    let framing = stx_etx();
     let map = profiles
         .get("sorter-plc")
         .and_then(|p| p.plc())

@@ -12,12 +12,12 @@ use bondline::metrics::Metrics;
 use bondline_devices::contract::{
     AlertKind, DispositionKind, DivertStatus, EventKind, LaneRole, ReadOutcome, Record,
 };
-use bondline_devices::Profiles;
 use bondline_simulators::plan::{Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
 use bondline_simulators::scanner::ScannerSim;
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::stx_etx;
 use crate::harness::{config_text, wait_until, LineDevices, Mosquitto, PtyPair, ScannerAt};
 
 const PREFIX: &str = "bondline/test-gw";
@@ -28,7 +28,6 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
     let dir = tempfile::tempdir().unwrap();
     let mosquitto = Mosquitto::start(dir.path()).await;
     let pty = PtyPair::new(dir.path(), "scanner").await;
-    let profiles = Profiles::builtin();
     let stop = CancellationToken::new();
 
     let (plc_addr, plc_state) = crate::harness::start_plc(&stop).await;
@@ -81,12 +80,7 @@ async fn parcels_flow_from_scanner_to_lane_to_platform() {
 
     // Every planned parcel crosses the scanner, on a real pseudo-terminal.
     let scanner = ScannerSim {
-        framing: profiles
-            .get("scanner-stx-etx")
-            .unwrap()
-            .scanner()
-            .unwrap()
-            .clone(),
+        framing: stx_etx(),
         plan: plan.clone(),
         rate_per_s: 300.0,
         count: Some(PARCELS),

@@ -10,11 +10,11 @@ use bondline_devices::contract::{
     Action, Declaration, EventKind, Instruction, LaneRole, ParcelRecord, SCHEMA,
 };
 use bondline_devices::signing::{sign, SigningKey};
-use bondline_devices::Profiles;
 use bondline_simulators::platform::PlatformSim;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::stx_etx;
 use crate::harness::{
     config_text, start_plc, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
 };
@@ -232,12 +232,7 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
         .await
         .unwrap()
         .unwrap();
-    let framing = Profiles::builtin()
-        .get("scanner-stx-etx")
-        .unwrap()
-        .scanner()
-        .unwrap()
-        .clone();
+    let framing = stx_etx();
     let waybills = [
         "TRUST01", "TRUST02", "TRUST03", "TRUST04", "TRUST05", "TRUST06",
     ];

@@ -21,6 +21,7 @@ use bondline_simulators::xray::{ImageSpec, XrayFault, XrayImages, XraySim, XrayS
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::stx_etx;
 use crate::harness::{config_text_with, wait_until, LineDevices, Mosquitto, PtyPair, ScannerAt};
 
 const PREFIX: &str = "bondline/test-gw";
@@ -301,12 +302,7 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
         .await
         .unwrap();
     let (mut stream, _) = listener.accept().await.unwrap();
-    let framing = Profiles::builtin()
-        .get("scanner-stx-etx")
-        .unwrap()
-        .scanner()
-        .unwrap()
-        .clone();
+    let framing = stx_etx();
     let offset_ms = 250; // the default 0.5 m from scanner to tunnel at 2 m/s
     for (i, case) in cases.iter().enumerate() {
         let scan_id = 500 + i as u32;
