@@ -378,7 +378,7 @@ pub fn new_dispositions(regs: &[u16], last_seen: u16) -> (Vec<Disposition>, u16)
 }
 
 /// Steps from sequence `from` to sequence `to` in the cycle 1..=65535 that device rings use.
-pub(crate) fn distance(from: u16, to: u16) -> u16 {
+pub fn distance(from: u16, to: u16) -> u16 {
     let (f, t) = (from.max(1) as u32 - 1, to.max(1) as u32 - 1);
     ((t + 65535 - f) % 65535) as u16
 }

@@ -5,6 +5,7 @@
 //! to [`crate::metrics::Metrics`]. Modbus keeps "the device refused" (an exception code) apart
 //! from "the link failed" (I/O, timeout): the first leaves the link up, the second drops it.
 
+pub mod handshake;
 pub mod plc;
 pub mod scanner;
 pub mod xray;
