@@ -65,6 +65,13 @@ pub struct App {
     uplink_stop: CancellationToken,
 }
 
+/// How far back the journal is read at start for parcels whose dispositions may still come:
+/// far beyond a line's disposition timeout; [`RECENT_DISPOSITIONS`] per line are read even
+/// if older (the PLC's ring may hold them), and never more than [`RECENT_MAX_RECORDS`].
+const RECENT_WINDOW: Duration = Duration::from_secs(30 * 60);
+const RECENT_DISPOSITIONS: usize = 64;
+const RECENT_MAX_RECORDS: usize = 100_000;
+
 /// How long a stopping daemon keeps the uplink open to forward its last records.
 pub const UPLINK_DRAIN: Duration = Duration::from_secs(3);
 
@@ -139,6 +146,23 @@ impl App {
                     }
                 }
             });
+        }
+        // Release decisions stored ahead of a command whose outcome was never recorded (the
+        // gateway stopped in between) are recorded now, as `interrupted`; what the journal
+        // holds of recent parcels lets the lines explain the PLC's dispositions of an earlier
+        // run's parcels (see journal::intents).
+        let now_ms = crate::metrics::unix_ms(std::time::SystemTime::now());
+        let mut recent = journal.recent_parcels(
+            now_ms.saturating_sub(RECENT_WINDOW.as_millis() as u64),
+            RECENT_DISPOSITIONS,
+            RECENT_MAX_RECORDS,
+        )?;
+        for r in journal.intents()? {
+            let (record, alert) = crate::journal::intents::interrupted(r, now_ms);
+            tracing::warn!(line = %record.line, parcel = record.parcel, "release decision found without its outcome: recorded as interrupted");
+            recent.decided(&record);
+            sink.push(record);
+            sink.push(alert);
         }
         // The waybill index, written behind the journal writer (see journal::lookup).
         {
@@ -293,6 +317,7 @@ impl App {
                 beat: liveness.register(&format!("line {}", l.id)),
                 xray: l.xray.as_ref().map(|(x, g)| (x.name.clone(), *g)),
                 cameras: line_cameras.remove(&l.id),
+                recent: recent.take(&l.id),
             };
             let (xray_rx, image_rx) = match &l.xray {
                 Some((x, _)) => {

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub journal_flush_latency: Histogram,
     /// Acknowledges that came after the parcel's divert deadline.
     pub late_diverts: AtomicU64,
+    /// Acknowledges of commands whose job had already ended without it.
+    pub late_acks: AtomicU64,
     /// Commands not sent because the deadline had passed.
     pub deadlines_missed: AtomicU64,
     /// Re-commits after new information before the deadline.

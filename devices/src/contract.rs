@@ -160,8 +160,18 @@ pub enum DivertStatus {
     /// command was sent and the PLC's default (exception) applies.
     Overload,
     /// The divert deadline passed before the command could be sent; it was not sent, and the
-    /// PLC's default (exception) applies.
+    /// PLC's default (exception) applies. For a release, this includes a decision that was
+    /// not yet durable in the journal by the deadline.
     DeadlineMissed,
+    /// A release command was not sent because its decision could not be stored in the
+    /// journal (commands to the release lane are written only after their decision is
+    /// durable); the PLC's default (exception) applies.
+    NotRecorded,
+    /// The gateway stopped (crash, power loss) after this release decision was stored and
+    /// before the PLC's answer was recorded: the command may or may not have reached the PLC.
+    /// Written at the next start from the stored decision; the parcel's disposition, if the
+    /// PLC reports one, says where it went.
+    Interrupted,
 }
 
 /// The divert part of a parcel record.
@@ -650,6 +660,19 @@ pub enum DispositionKind {
     FailSafe,
 }
 
+impl DispositionKind {
+    /// The name used in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DispositionKind::Sorted => "sorted",
+            DispositionKind::Overflow => "overflow",
+            DispositionKind::NoDestination => "no_destination",
+            DispositionKind::Lost => "lost",
+            DispositionKind::FailSafe => "fail_safe",
+        }
+    }
+}
+
 /// A PLC disposition: where the parcel physically went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -701,6 +724,22 @@ pub enum AlertKind {
     /// A message on a platform topic could not be used (malformed, unknown, refused rule
     /// set) and was not applied. `line` is empty.
     RejectedMessage,
+    /// The PLC took a divert command after the gateway had given up waiting for its
+    /// acknowledge (the parcel's record says `timeout` or `link_down`): the parcel may go to
+    /// that command's lane. `detail` names the sequence, the lane and its role.
+    LateAcknowledge,
+    /// The PLC was found restarted while commands were in doubt: it can no longer take them,
+    /// so their parcels get the PLC's default.
+    CommandsDropped,
+    /// The PLC reported a parcel for which the gateway has no decision record (a command
+    /// written just before a crash, a parcel of a PLC sorting on its own, a ring entry from
+    /// long ago). `detail` names the lane and its role, and says so when it is the release
+    /// lane.
+    UnexplainedDisposition,
+    /// At start, a release decision was found stored without the record of its divert
+    /// outcome: the gateway stopped in between. Its parcel record follows with status
+    /// `interrupted`.
+    DivertInterrupted,
 }
 
 /// An alert record.

@@ -1,50 +1,83 @@
 //! The sorter PLC link: divert commands out over Modbus (TCP or RTU), acknowledges, lane
 //! states and dispositions back, a heartbeat both ways.
 //!
-//! One task owns the connection. Divert jobs are handled in arrival order: one atomic block
-//! write, then reads of the acknowledge register until the PLC echoes the job's sequence, all
-//! within the profile's timeout. A job whose divert deadline has passed before it could be
-//! sent is not sent at all (`deadline_missed`): the PLC's own default then sends the parcel
-//! to the exception lane, which is the fail-closed outcome; an acknowledge after the deadline
-//! is reported as late. Every outcome goes back to the line as a [`PlcEvent`].
+//! One task owns the connection; the handshake's bookkeeping (which sequence a command gets,
+//! whose acknowledge a value is) is the pure [`super::handshake::Handshake`]. Divert jobs
+//! are handled one at a time: one atomic block write, then reads of the acknowledge register
+//! until the PLC shows the job's sequence or the profile's timeout has passed since the
+//! write. A job whose divert deadline has passed before it could be sent is not sent at all
+//! (`deadline_missed`): the PLC's own default then sends the parcel to the exception lane,
+//! which is the fail-closed outcome; an acknowledge after the deadline is reported as late.
+//! Every outcome goes back to the line as a [`PlcEvent`].
+//!
+//! **Slow is not dead.** Each Modbus call has its own timeout (`timeout_ms`); the
+//! acknowledge wait ends a job, never the link: a read still in flight when the wait ends
+//! gets its own full timeout. Only a call with no answer in time, a transport error or a
+//! stuck heartbeat drops the link. A command whose acknowledge did not come stays *in doubt*:
+//! its sequence is not used again, and while any command is in doubt the task keeps reading
+//! the acknowledge register between jobs, so that a late acknowledge is reported with its
+//! parcel and lane ([`PlcEvent::LateAck`]).
+//!
+//! **Release commands are written ahead.** A job for the release lane carries a receiver
+//! that resolves once the parcel's decision is durable in the journal; the job waits beside
+//! the queue (other parcels' commands go on) and is written only then. A newer revision of a
+//! parcel supersedes every older job of it still waiting, so a held release can never be
+//! written after the inspection that replaced it.
 //!
 //! Between jobs, on the profile's status interval, the task increments the controller's
 //! heartbeat, checks that the PLC's heartbeat moves (a counter stuck for the heartbeat timeout
 //! means a dead or half-open link: it is dropped and made anew), reads the lane states into
-//! [`LaneStates`] and reads new dispositions from the PLC's ring.
+//! [`LaneStates`] and reads new dispositions from the PLC's ring. The ring's content at the
+//! first read of a run is reported too: the line knows which of those parcels an earlier run
+//! already recorded.
 //!
 //! Reconnecting runs beside job handling, never in front of it: while the link is down, jobs
 //! are answered at once with `link_down` instead of queueing behind a connect attempt.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bondline_devices::contract::{DivertOutcome, DivertStatus};
 use bondline_devices::plc::{
-    new_dispositions, next_seq, Disposition, DivertCommand, PlcMap, LANE_DISABLED, LANE_FULL,
-    LANE_REGISTERS,
+    new_dispositions, Disposition, DivertCommand, PlcMap, DIVERT_BLOCK_LEN, LANE_DISABLED,
+    LANE_FULL, LANE_REGISTERS,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::{ExceptionCode, Slave};
 use tracing::{debug, info, warn};
 
+use super::handshake::{Ack, Command, Handshake, Written};
 use crate::backoff::Backoff;
 use crate::config::{PlcDevice, Transport};
 use crate::metrics::{unix_ms, Metrics};
 
+/// How long a command's acknowledge is still expected after its write. Far longer than any
+/// PLC takes; at 60,000 parcels an hour a line uses 1,000 sequences a minute, so the
+/// 65,535 of the cycle last over an hour and ten minutes of doubt never run them out.
+pub const DOUBT_HORIZON: Duration = Duration::from_secs(600);
+/// How often the acknowledge register is read between jobs while a command is in doubt
+/// (when the profile has no faster status tick).
+const DOUBT_POLL: Duration = Duration::from_millis(50);
+
 /// A decided parcel on its way to the PLC.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct DivertJob {
     pub parcel: u32,
     pub lane: u16,
     pub revision: u32,
     /// The latest moment the command may reach the PLC.
     pub deadline: Instant,
+    /// For a command to the release lane: resolves `true` once the parcel's decision is
+    /// durable in the journal, `false` (or dropped) if it could not be stored. The command is
+    /// not written before.
+    pub durable: Option<oneshot::Receiver<bool>>,
 }
 
 /// What the PLC link reports to its line.
@@ -62,6 +95,11 @@ pub enum PlcEvent {
     Disposition(Disposition),
     /// The PLC's ring overran before it was read: this many dispositions are lost.
     DispositionsMissed(u16),
+    /// The PLC took a command after its job had ended without the acknowledge (`timeout`, a
+    /// failed link): the parcel may go to that command's lane.
+    LateAck { written: Written, after: Duration },
+    /// The PLC was found restarted with these commands in doubt: it can no longer take them.
+    CommandsDropped(Vec<Written>),
 }
 
 /// Lane states read from the PLC (bit 0 full, bit 1 disabled), shared with the line's
@@ -140,20 +178,95 @@ impl DivertError {
     }
 }
 
-type Connecting = Pin<Box<dyn Future<Output = Result<(Context, u16), String>> + Send>>;
+/// What a connect found: the context, the PLC's divert block (the last command it received)
+/// and its acknowledge register.
+type Connection = (Context, Option<DivertCommand>, u16);
+type Connecting = Pin<Box<dyn Future<Output = Result<Connection, String>> + Send>>;
 
 /// The link's state between calls.
 struct Link {
     ctx: Context,
-    /// Last divert sequence written.
-    seq: u16,
     /// Controller heartbeat counter.
     beat: u16,
     /// Last PLC heartbeat value and when it changed.
     plc_beat: Option<(u16, Instant)>,
 }
 
-/// Handles divert jobs until the job queue closes (the line has stopped).
+/// A release job waiting for its decision to be durable.
+struct Held {
+    job: DivertJob,
+    durable: oneshot::Receiver<bool>,
+}
+
+/// Jobs not yet written: those ready in decision order, release jobs waiting for the
+/// journal beside them.
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<DivertJob>,
+    held: Vec<Held>,
+}
+
+impl Queue {
+    /// Takes a job in. An older revision of the same parcel still waiting is superseded: its
+    /// answer goes back at once (the line ignores answers to superseded revisions).
+    fn admit(&mut self, mut job: DivertJob, events: &mpsc::UnboundedSender<PlcEvent>) {
+        let newer = |j: &DivertJob| j.parcel == job.parcel && j.revision < job.revision;
+        let mut superseded = Vec::new();
+        self.ready.retain(|j| {
+            let old = newer(j);
+            if old {
+                superseded.push((j.parcel, j.revision));
+            }
+            !old
+        });
+        self.held.retain(|h| {
+            let old = newer(&h.job);
+            if old {
+                superseded.push((h.job.parcel, h.job.revision));
+            }
+            !old
+        });
+        for (parcel, revision) in superseded {
+            let detail = format!("superseded by revision {} before it was sent", job.revision);
+            let _ = events.send(PlcEvent::Outcome {
+                parcel,
+                revision,
+                outcome: outcome(DivertStatus::Overload, None, Some(detail), false),
+                at: Instant::now(),
+            });
+        }
+        match job.durable.take() {
+            Some(durable) => self.held.push(Held { job, durable }),
+            None => self.ready.push_back(job),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.held.is_empty()
+    }
+
+    /// The earliest deadline of a held job.
+    fn held_deadline(&self) -> Option<Instant> {
+        self.held.iter().map(|h| h.job.deadline).min()
+    }
+
+    /// Resolves once a held job's decision is stored (or failed to be): its index and whether
+    /// it is durable.
+    async fn next_durable(&mut self) -> (usize, bool) {
+        std::future::poll_fn(|cx| {
+            for (i, h) in self.held.iter_mut().enumerate() {
+                if let Poll::Ready(r) = Pin::new(&mut h.durable).poll(cx) {
+                    return Poll::Ready((i, r.unwrap_or(false)));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Handles divert jobs until the job queue closes (the line has stopped) and every job taken
+/// has its answer.
 pub async fn run(
     dev: PlcDevice,
     mut jobs: mpsc::Receiver<DivertJob>,
@@ -164,75 +277,98 @@ pub async fn run(
     let link_name = format!("plc:{}", dev.name);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut link: Option<Link> = None;
+    let mut hs = Handshake::new(DOUBT_HORIZON.as_millis() as u64);
+    let mut queue = Queue::default();
+    let mut jobs_open = true;
     let mut connecting: Option<Connecting> = Some(Box::pin(connect(dev.clone())));
     let retry = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(retry);
     let mut retry_armed = false;
-    // Dispositions already read; kept across reconnects so none is reported twice. At start
-    // the ring's old content (from before this process) is skipped.
+    // Dispositions already read; kept across reconnects so none is reported twice. `None`
+    // until the first read of this run, which reports what the ring holds.
     let mut ring_seen: Option<u16> = None;
     let status_every = status_interval(&dev.map);
-    let mut status_tick = tokio::time::interval(status_every.unwrap_or(Duration::from_secs(3600)));
+    let mut status_tick = tokio::time::interval(status_every.unwrap_or(DOUBT_POLL));
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        if !jobs_open && queue.is_empty() {
+            break;
+        }
+        let held_deadline = queue.held_deadline();
         let failure: Option<DivertError> = tokio::select! {
             // The status tick comes first: a stream of slow divert jobs must not starve the
             // heartbeat, or the PLC would go fail-safe.
             biased;
-            _ = status_tick.tick(), if status_every.is_some() && link.is_some() => {
+            _ = status_tick.tick(), if link.is_some() && (status_every.is_some() || hs.any_in_doubt()) => {
                 let l = link.as_mut().expect("guarded by the select condition");
-                match poll_status(l, &dev.map, &lanes, &mut ring_seen).await {
-                    Ok((found, missed)) => {
-                        for d in found {
-                            let _ = events.send(PlcEvent::Disposition(d));
-                        }
-                        if missed > 0 {
-                            let _ = events.send(PlcEvent::DispositionsMissed(missed));
-                        }
-                        None
-                    }
-                    Err(e) => Some(e),
-                }
+                tick(l, &dev.map, &mut hs, &lanes, &mut ring_seen, &events, &metrics, status_every.is_some()).await
             }
-            job = jobs.recv() => {
-                let Some(job) = job else { break };
+            job = jobs.recv(), if jobs_open => {
+                match job {
+                    Some(job) => queue.admit(job, &events),
+                    None => jobs_open = false,
+                }
+                None
+            }
+            (i, durable) = queue.next_durable(), if !queue.held.is_empty() => {
+                let held = queue.held.swap_remove(i);
+                if durable {
+                    queue.ready.push_back(held.job);
+                } else {
+                    answer(&held.job, outcome(
+                        DivertStatus::NotRecorded,
+                        None,
+                        Some("the decision could not be stored in the journal; the release command was not sent".into()),
+                        false,
+                    ), &events, &metrics);
+                }
+                None
+            }
+            _ = tokio::time::sleep_until(held_deadline.unwrap_or_else(Instant::now)), if held_deadline.is_some() => {
+                let now = Instant::now();
+                let (late, waiting): (Vec<Held>, Vec<Held>) =
+                    queue.held.drain(..).partition(|h| h.job.deadline <= now);
+                queue.held = waiting;
+                for h in late {
+                    answer(&h.job, outcome(
+                        DivertStatus::DeadlineMissed,
+                        None,
+                        Some("the decision was not yet durable in the journal at the divert deadline; the release command was not sent".into()),
+                        false,
+                    ), &events, &metrics);
+                }
+                None
+            }
+            _ = std::future::ready(()), if !queue.ready.is_empty() => {
+                let job = queue.ready.pop_front().expect("guarded by the select condition");
                 let (outcome, failure) = match link.as_mut() {
-                    Some(l) => handle_job(l, &dev.map, job).await,
+                    Some(l) => handle_job(l, &mut hs, &dev.map, &job, &events, &metrics).await,
                     None => (
                         outcome(DivertStatus::LinkDown, None, Some("no link to the PLC".into()), false),
                         None,
                     ),
                 };
-                match outcome.status {
-                    DivertStatus::Acked => Metrics::add(&metrics.diverts_acked, 1),
-                    DivertStatus::DeadlineMissed => {
-                        Metrics::add(&metrics.deadlines_missed, 1);
-                        Metrics::add(&metrics.diverts_failed, 1);
-                    }
-                    _ => Metrics::add(&metrics.diverts_failed, 1),
-                }
-                if outcome.late {
-                    Metrics::add(&metrics.late_diverts, 1);
-                }
-                let _ = events.send(PlcEvent::Outcome {
-                    parcel: job.parcel,
-                    revision: job.revision,
-                    outcome,
-                    at: Instant::now(),
-                });
+                answer(&job, outcome, &events, &metrics);
                 failure
             }
             res = async { connecting.as_mut().expect("guarded by the select condition").await }, if connecting.is_some() => {
                 connecting = None;
                 match res {
-                    Ok((ctx, ack)) => {
+                    Ok((ctx, block, ack)) => {
                         info!(plc = %dev.name, transport = %dev.transport, "PLC connected");
                         metrics.set_link(&link_name, true, None);
                         backoff.reset();
-                        // Continue after whatever the PLC last acknowledged, so a stale ack
-                        // from before a restart can never match a new command.
-                        link = Some(Link { ctx, seq: ack, beat: 0, plc_beat: None });
+                        let now = SystemTime::now();
+                        let found = hs.connected(block, ack, unix_ms(now));
+                        if !found.dropped.is_empty() {
+                            warn!(plc = %dev.name, commands = found.dropped.len(), "PLC restarted with commands in doubt; it can no longer take them");
+                            let _ = events.send(PlcEvent::CommandsDropped(found.dropped));
+                        }
+                        if let Some(w) = found.late {
+                            late_ack(w, &events, &metrics);
+                        }
+                        link = Some(Link { ctx, beat: 0, plc_beat: None });
                     }
                     Err(e) => {
                         let wait = backoff.next_delay();
@@ -254,6 +390,7 @@ pub async fn run(
             if e.breaks_link() {
                 warn!(plc = %dev.name, error = %e, "PLC link lost");
                 metrics.set_link(&link_name, false, Some(e.to_string()));
+                hs.link_lost();
                 link = None;
                 retry.as_mut().reset(Instant::now() + backoff.next_delay());
                 retry_armed = true;
@@ -261,6 +398,80 @@ pub async fn run(
                 debug!(plc = %dev.name, error = %e, "PLC call failed");
             }
         }
+    }
+}
+
+/// Reports a job's outcome to the line and counts it.
+fn answer(
+    job: &DivertJob,
+    outcome: DivertOutcome,
+    events: &mpsc::UnboundedSender<PlcEvent>,
+    metrics: &Metrics,
+) {
+    match outcome.status {
+        DivertStatus::Acked => Metrics::add(&metrics.diverts_acked, 1),
+        DivertStatus::DeadlineMissed => {
+            Metrics::add(&metrics.deadlines_missed, 1);
+            Metrics::add(&metrics.diverts_failed, 1);
+        }
+        _ => Metrics::add(&metrics.diverts_failed, 1),
+    }
+    if outcome.late {
+        Metrics::add(&metrics.late_diverts, 1);
+    }
+    let _ = events.send(PlcEvent::Outcome {
+        parcel: job.parcel,
+        revision: job.revision,
+        outcome,
+        at: Instant::now(),
+    });
+}
+
+fn late_ack(w: Written, events: &mpsc::UnboundedSender<PlcEvent>, metrics: &Metrics) {
+    Metrics::add(&metrics.late_acks, 1);
+    let after = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(w.at_ms));
+    let _ = events.send(PlcEvent::LateAck { written: w, after });
+}
+
+/// One status tick: heartbeat, lane states and dispositions (with a status section), then
+/// the acknowledge register while commands are in doubt.
+#[allow(clippy::too_many_arguments)]
+async fn tick(
+    l: &mut Link,
+    map: &PlcMap,
+    hs: &mut Handshake,
+    lanes: &LaneStates,
+    ring_seen: &mut Option<u16>,
+    events: &mpsc::UnboundedSender<PlcEvent>,
+    metrics: &Metrics,
+    status: bool,
+) -> Option<DivertError> {
+    if status {
+        match poll_status(l, map, lanes, ring_seen).await {
+            Ok((found, missed)) => {
+                for d in found {
+                    let _ = events.send(PlcEvent::Disposition(d));
+                }
+                if missed > 0 {
+                    let _ = events.send(PlcEvent::DispositionsMissed(missed));
+                }
+            }
+            Err(e) => return Some(e),
+        }
+    }
+    hs.expire(unix_ms(SystemTime::now()));
+    if !hs.any_in_doubt() {
+        return None;
+    }
+    let timeout = Duration::from_millis(map.timeout_ms);
+    match call(timeout, l.ctx.read_holding_registers(map.divert.ack, 1)).await {
+        Ok(regs) => {
+            if let Ack::Late(w) = hs.seen(regs.first().copied().unwrap_or(0)) {
+                late_ack(w, events, metrics);
+            }
+            None
+        }
+        Err(e) => Some(e),
     }
 }
 
@@ -290,12 +501,15 @@ fn outcome(
     }
 }
 
-/// Sends one job unless its deadline has passed; returns the outcome and, if the exchange
-/// failed, the error (so the caller can judge the link).
+/// Sends one job unless its deadline has passed, and waits for its acknowledge; returns the
+/// outcome and, if a call failed, the error (so the caller can judge the link).
 async fn handle_job(
     l: &mut Link,
+    hs: &mut Handshake,
     map: &PlcMap,
-    job: DivertJob,
+    job: &DivertJob,
+    events: &mpsc::UnboundedSender<PlcEvent>,
+    metrics: &Metrics,
 ) -> (DivertOutcome, Option<DivertError>) {
     if Instant::now() >= job.deadline {
         return (
@@ -308,24 +522,81 @@ async fn handle_job(
             None,
         );
     }
-    l.seq = next_seq(l.seq);
+    let command = Command {
+        parcel: job.parcel,
+        lane: job.lane,
+        revision: Some(job.revision),
+    };
+    let Some(seq) = hs.begin(command, unix_ms(SystemTime::now())) else {
+        return (
+            outcome(
+                DivertStatus::Timeout,
+                None,
+                Some("every handshake sequence is in doubt: the PLC has taken no command for a whole cycle".into()),
+                false,
+            ),
+            None,
+        );
+    };
     let cmd = DivertCommand {
-        seq: l.seq,
+        seq,
         lane: job.lane,
         parcel: job.parcel,
     };
-    match divert(&mut l.ctx, map, cmd).await {
-        Ok(()) => {
-            let late = Instant::now() > job.deadline;
-            (
-                outcome(DivertStatus::Acked, Some(cmd.seq), None, late),
-                None,
-            )
+    let timeout = Duration::from_millis(map.timeout_ms);
+    let started = Instant::now();
+    let ack_deadline = started + timeout;
+    if let Err(e) = call(
+        timeout,
+        l.ctx
+            .write_multiple_registers(map.divert.block, &cmd.to_registers()),
+    )
+    .await
+    {
+        if matches!(e, DivertError::Refused(_)) {
+            hs.refused();
+        } else {
+            hs.link_lost();
         }
-        Err(e) => (
-            outcome(e.status(), Some(cmd.seq), Some(e.to_string()), false),
+        return (
+            outcome(e.status(), Some(seq), Some(e.to_string()), false),
             Some(e),
-        ),
+        );
+    }
+    let poll = Duration::from_millis(map.divert.ack_poll_ms);
+    loop {
+        // Each read has its own timeout: an acknowledge wait that ends while a read is in
+        // flight ends the job, not the link.
+        match call(timeout, l.ctx.read_holding_registers(map.divert.ack, 1)).await {
+            Ok(regs) => match hs.seen(regs.first().copied().unwrap_or(0)) {
+                Ack::Mine(_) => {
+                    let late = Instant::now() > job.deadline;
+                    return (outcome(DivertStatus::Acked, Some(seq), None, late), None);
+                }
+                Ack::Late(w) => late_ack(w, events, metrics),
+                Ack::Nothing => {}
+            },
+            Err(e) => {
+                if matches!(e, DivertError::Refused(_)) {
+                    hs.gave_up();
+                } else {
+                    hs.link_lost();
+                }
+                return (
+                    outcome(e.status(), Some(seq), Some(e.to_string()), false),
+                    Some(e),
+                );
+            }
+        }
+        if Instant::now() + poll >= ack_deadline {
+            hs.gave_up();
+            let e = DivertError::AckTimeout(timeout);
+            return (
+                outcome(e.status(), Some(seq), Some(e.to_string()), false),
+                Some(e),
+            );
+        }
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -386,10 +657,12 @@ async fn poll_status(
     .await?;
     let head = ring.first().copied().unwrap_or(0);
     match *ring_seen {
-        // First read of this process: what the ring holds is from before; start after it.
+        // First read of this run: what the ring holds is reported (the line knows which of
+        // those parcels an earlier run recorded already).
         None => {
+            let (found, _) = new_dispositions(&ring, 0);
             *ring_seen = Some(head);
-            Ok((Vec::new(), 0))
+            Ok((found, 0))
         }
         Some(seen) => {
             let (found, missed) = new_dispositions(&ring, seen);
@@ -399,9 +672,10 @@ async fn poll_status(
     }
 }
 
-/// Opens the transport, attaches Modbus and reads the acknowledge register once, which both
-/// proves the PLC answers and gives the sequence to continue from.
-async fn connect(dev: PlcDevice) -> Result<(Context, u16), String> {
+/// Opens the transport, attaches Modbus and reads the divert block and the acknowledge
+/// register once: that proves the PLC answers, and tells the handshake the last command the
+/// PLC received and the last it took.
+async fn connect(dev: PlcDevice) -> Result<Connection, String> {
     let slave = Slave(dev.map.unit_id);
     let timeout = Duration::from_millis(dev.map.timeout_ms).max(Duration::from_millis(500));
     let mut ctx = match &dev.transport {
@@ -416,47 +690,20 @@ async fn connect(dev: PlcDevice) -> Result<(Context, u16), String> {
             tokio_modbus::client::rtu::attach_slave(port, slave)
         }
     };
-    let regs = call(timeout, ctx.read_holding_registers(dev.map.divert.ack, 1))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((ctx, regs.first().copied().unwrap_or(0)))
-}
-
-/// Writes one divert command and waits for its acknowledge, all within the profile timeout.
-pub async fn divert(
-    ctx: &mut Context,
-    map: &PlcMap,
-    cmd: DivertCommand,
-) -> Result<(), DivertError> {
-    let timeout = Duration::from_millis(map.timeout_ms);
-    let deadline = Instant::now() + timeout;
-    let regs = cmd.to_registers();
-    match tokio::time::timeout_at(
-        deadline,
-        ctx.write_multiple_registers(map.divert.block, &regs),
+    let block = call(
+        timeout,
+        ctx.read_holding_registers(dev.map.divert.block, DIVERT_BLOCK_LEN),
     )
     .await
-    {
-        Err(_) => return Err(DivertError::CallTimeout(timeout)),
-        Ok(r) => r?.map_err(DivertError::Refused)?,
-    }
-    let poll = Duration::from_millis(map.divert.ack_poll_ms);
-    loop {
-        let regs =
-            match tokio::time::timeout_at(deadline, ctx.read_holding_registers(map.divert.ack, 1))
-                .await
-            {
-                Err(_) => return Err(DivertError::CallTimeout(timeout)),
-                Ok(r) => r?.map_err(DivertError::Refused)?,
-            };
-        if regs.first() == Some(&cmd.seq) {
-            return Ok(());
-        }
-        if Instant::now() + poll >= deadline {
-            return Err(DivertError::AckTimeout(timeout));
-        }
-        tokio::time::sleep(poll).await;
-    }
+    .map_err(|e| format!("reading the divert block: {e}"))?;
+    let ack = call(timeout, ctx.read_holding_registers(dev.map.divert.ack, 1))
+        .await
+        .map_err(|e| format!("reading the acknowledge register: {e}"))?;
+    Ok((
+        ctx,
+        DivertCommand::from_registers(&block),
+        ack.first().copied().unwrap_or(0),
+    ))
 }
 
 #[cfg(test)]

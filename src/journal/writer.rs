@@ -6,6 +6,11 @@
 //! uplink through a watch channel carrying the last accepted sequence, and the records
 //! themselves to whoever subscribed ([`JournalWriter::subscribe`], the staff view).
 //!
+//! Release decisions come as *intents* ([`RecordSink::push_intent`], see
+//! [`super::intents`]): the writer stores and flushes them as soon as they arrive, without
+//! waiting for the window, and answers each one (`true` once durable); a parcel record
+//! settles its parcel's intent in its own commit.
+//!
 //! When the journal's disk is full (see [`super::capacity`]) the writer holds records in
 //! memory instead of writing, up to `hold_limit`, and refuses the ones beyond it, each one
 //! logged at error level with its waybill and lane. Held records are written, in order, once
@@ -20,8 +25,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bondline_devices::contract::Record;
-use tokio::sync::{broadcast, mpsc, watch};
+use std::collections::HashMap;
+
+use bondline_devices::contract::{ParcelRecord, Record};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::error;
 
@@ -48,28 +55,67 @@ const FEED_CAPACITY: usize = 4096;
 /// writer; whatever the producer put there is overwritten.
 #[derive(Clone)]
 pub struct RecordSink {
-    tx: mpsc::UnboundedSender<Record>,
+    tx: mpsc::UnboundedSender<Entry>,
     metrics: Arc<Metrics>,
+}
+
+/// What travels to the writer.
+enum Entry {
+    Record(Record),
+    /// A release decision to store ahead of its command, and who waits for it.
+    Intent(ParcelRecord, oneshot::Sender<bool>),
 }
 
 impl RecordSink {
     /// A sink whose records a unit test reads itself, without a journal.
+    /// A sink whose records a unit test reads itself, without a journal; intents are
+    /// answered `true` at once.
     #[cfg(test)]
     pub(crate) fn for_tests(
         metrics: Arc<Metrics>,
     ) -> (RecordSink, mpsc::UnboundedReceiver<Record>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, mut entries) = mpsc::unbounded_channel();
+        let (records, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(e) = entries.recv().await {
+                match e {
+                    Entry::Record(r) => {
+                        let _ = records.send(r);
+                    }
+                    Entry::Intent(_, done) => {
+                        let _ = done.send(true);
+                    }
+                }
+            }
+        });
         (RecordSink { tx, metrics }, rx)
     }
 
     /// Queues a record for the journal. Never waits. Fails only once the writer has stopped,
     /// which happens after every sink is dropped; the error is logged loudly.
     pub fn push(&self, record: impl Into<Record>) {
-        if let Err(e) = self.tx.send(record.into()) {
-            self.metrics
-                .journal_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            error!(record = %serde_json::to_string(&e.0).unwrap_or_default(), "journal writer has stopped; record not stored");
+        if let Err(e) = self.tx.send(Entry::Record(record.into())) {
+            self.stopped(&e.0);
+        }
+    }
+
+    /// Queues a release decision to be stored ahead of its command. Never waits; the
+    /// receiver resolves `true` once the intent is durable, `false` (or dropped) if it could
+    /// not be stored.
+    pub fn push_intent(&self, record: ParcelRecord) -> oneshot::Receiver<bool> {
+        let (done, rx) = oneshot::channel();
+        if let Err(e) = self.tx.send(Entry::Intent(record, done)) {
+            self.stopped(&e.0);
+        }
+        rx
+    }
+
+    fn stopped(&self, entry: &Entry) {
+        self.metrics
+            .journal_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Entry::Record(r) = entry {
+            error!(record = %serde_json::to_string(r).unwrap_or_default(), "journal writer has stopped; record not stored");
         }
     }
 }
@@ -77,7 +123,9 @@ impl RecordSink {
 /// The writer task's state.
 pub struct JournalWriter {
     journal: Journal,
-    rx: mpsc::UnboundedReceiver<Record>,
+    rx: mpsc::UnboundedReceiver<Entry>,
+    /// Stored intents (key → revision), to be settled by their parcel records.
+    intents: HashMap<Vec<u8>, u32>,
     window: Duration,
     metrics: Arc<Metrics>,
     accepted: watch::Sender<u64>,
@@ -106,6 +154,7 @@ pub fn record_sink(
     metrics: Arc<Metrics>,
 ) -> Result<(RecordSink, JournalWriter, watch::Receiver<u64>), super::JournalError> {
     let (last_seq, last_hash) = journal.chain_head()?;
+    let intents = journal.intent_revisions()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (accepted, accepted_rx) = watch::channel(last_seq);
     Ok((
@@ -116,6 +165,7 @@ pub fn record_sink(
         JournalWriter {
             journal,
             rx,
+            intents,
             window,
             metrics,
             accepted,
@@ -199,6 +249,7 @@ impl JournalWriter {
     /// stops the producers first loses nothing.
     pub async fn run(mut self) {
         let mut batch = Vec::with_capacity(256);
+        let mut intents = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -213,13 +264,26 @@ impl JournalWriter {
                     continue;
                 }
             };
-            batch.push(first);
+            let mut next = Some(first);
             let deadline = Instant::now() + self.window;
-            while batch.len() < MAX_BATCH {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(r)) => batch.push(r),
-                    Ok(None) | Err(_) => break,
+            // A release waits for its intent: gathering stops at the first one.
+            while let Some(entry) = next.take() {
+                match entry {
+                    Entry::Record(r) => batch.push(r),
+                    Entry::Intent(r, done) => intents.push((r, done)),
                 }
+                if !intents.is_empty() || batch.len() >= MAX_BATCH {
+                    break;
+                }
+                if let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    next = Some(e);
+                }
+            }
+            if !intents.is_empty() {
+                self.store_intents(&mut intents).await;
+            }
+            if batch.is_empty() {
+                continue;
             }
             if self.must_hold() {
                 self.hold(&mut batch);
@@ -278,6 +342,50 @@ impl JournalWriter {
         f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         Ok(path)
+    }
+
+    /// Stores and flushes intents, then answers each. They are written even while records
+    /// are held for a full disk (they are small and soon settled); not once the store failed.
+    async fn store_intents(&mut self, intents: &mut Vec<(ParcelRecord, oneshot::Sender<bool>)>) {
+        let encoded: Vec<_> = intents
+            .iter()
+            .map(|(r, _)| super::intents::encode_intent(r))
+            .collect();
+        let stored = !self.store_failed
+            && match self.journal.store_intents(&encoded) {
+                Ok(()) => self.journal.flush().await.is_ok(),
+                Err(_) => false,
+            };
+        if stored {
+            for ((key, _), (r, _)) in encoded.into_iter().zip(intents.iter()) {
+                self.intents.insert(key, r.revision);
+            }
+        } else {
+            self.metrics.journal_errors.fetch_add(1, Ordering::Relaxed);
+            error!(
+                intents = intents.len(),
+                "release decisions could not be stored ahead of their commands; the commands are not sent"
+            );
+        }
+        for (_, done) in intents.drain(..) {
+            let _ = done.send(stored);
+        }
+    }
+
+    /// The intents that the parcel records of `batch` settle.
+    fn settles(&self, batch: &[Record]) -> Vec<(Vec<u8>, u32)> {
+        if self.intents.is_empty() {
+            return Vec::new();
+        }
+        batch
+            .iter()
+            .filter_map(Record::as_parcel)
+            .filter_map(|p| {
+                let key = super::intents::intent_key(&p.line, p.parcel);
+                let stored = *self.intents.get(&key)?;
+                (stored <= p.revision).then_some((key, p.revision))
+            })
+            .collect()
     }
 
     fn must_hold(&self) -> bool {
@@ -368,6 +476,7 @@ impl JournalWriter {
             // No room now: the caller holds the batch; numbers are given again next time.
             return;
         }
+        let settle = self.settles(batch);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut committed = false;
         let mut failures = 0u32;
@@ -379,7 +488,7 @@ impl JournalWriter {
                 match self
                     .journal
                     .mark_counted(counted_marks(batch))
-                    .and_then(|()| self.journal.commit(first, &records, (seq, hash)))
+                    .and_then(|()| self.journal.commit(first, &records, (seq, hash), &settle))
                 {
                     Ok(()) => {
                         committed = true;
@@ -411,6 +520,9 @@ impl JournalWriter {
         }
         self.last_seq = seq;
         self.last_hash = hash;
+        for (key, _) in &settle {
+            self.intents.remove(key);
+        }
         self.metrics.journal_flush_latency.record(started.elapsed());
         // Accepted now: only from here on may anyone else see these records.
         if self.feed.receiver_count() > 0 {

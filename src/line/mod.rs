@@ -13,9 +13,11 @@
 //! [`tracking`] follows each parcel to its disposition; new clearance information for a
 //! tracked waybill re-decides it before its deadline, or raises an alert after it.
 
+mod earlier;
 pub mod tracking;
 pub mod xray;
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 
@@ -33,6 +35,7 @@ use crate::config::LaneMap;
 use crate::fieldbus::plc::{DivertJob, LaneStates, PlcEvent};
 use crate::fieldbus::scanner::ScanEvent;
 use crate::fieldbus::xray::XrayMsg;
+use crate::journal::intents::Recent;
 use crate::journal::RecordSink;
 use crate::metrics::{unix_ms, Metrics};
 use crate::rules::engine::{RuleSet, XrayInput};
@@ -72,6 +75,10 @@ pub struct LineCtx {
     pub xray: Option<(String, crate::config::XrayGeometry)>,
     /// The line's cameras: requests leave with `try_send`, never waiting.
     pub cameras: Option<crate::camera::LineCameras>,
+    /// What the journal holds of parcels an earlier run handled, by parcel id: the PLC's
+    /// dispositions of those parcels are recorded with their waybill and lane, and one with
+    /// no decision record at all raises `unexplained_disposition`.
+    pub recent: HashMap<u32, Recent>,
 }
 
 /// The line task's channels.
@@ -107,8 +114,10 @@ async fn next_unbounded<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Optio
 }
 
 /// Runs until the scanner side closes its channel and the PLC has answered every job sent.
-pub async fn run(ctx: LineCtx, mut io: LineIo) {
+pub async fn run(mut ctx: LineCtx, mut io: LineIo) {
+    let recent = std::mem::take(&mut ctx.recent);
     let mut line = Line {
+        earlier: earlier::Earlier::from_journal(recent),
         // Parcel ids start at a random point so ids from before a restart, which the PLC may
         // still be tracking, are not reused at once.
         next_parcel: rand::random::<u32>() >> 1,
@@ -176,6 +185,8 @@ pub async fn run(ctx: LineCtx, mut io: LineIo) {
 
 struct Line {
     ctx: LineCtx,
+    /// Parcels no longer tracked: an earlier run's, and this run's once tracking ended.
+    earlier: earlier::Earlier,
     next_parcel: u32,
     tracker: Tracker,
     /// X-ray verdicts and images joined to parcels.
@@ -358,11 +369,26 @@ impl Line {
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
+        // A release is written ahead: its command waits for the decision to be durable.
+        let durable = (t.decision.role == LaneRole::Release).then(|| {
+            let outcome = DivertOutcome {
+                status: DivertStatus::Interrupted,
+                plc_seq: None,
+                detail: Some(
+                    "the gateway stopped after storing this decision and before recording the PLC's answer"
+                        .into(),
+                ),
+                at_ms: unix_ms(SystemTime::now()),
+                late: false,
+            };
+            io.sink.push_intent(self.parcel_record(t, outcome))
+        });
         let job = DivertJob {
             parcel,
             lane: t.lane,
             revision: t.revision,
             deadline: t.deadline.into(),
+            durable,
         };
         match io.plc.try_send(job) {
             Ok(()) => self.in_flight += 1,
@@ -388,12 +414,33 @@ impl Line {
         if outcome.status == DivertStatus::Acked {
             t.committed_lane = Some(t.lane);
         }
+        let Some(t) = self.tracker.get(parcel) else {
+            return;
+        };
+        let record = self.parcel_record(t, outcome);
+        let late = record.divert.late;
+        let waybill = record.waybill.clone();
+        sink.push(record);
+        if late {
+            self.alert(
+                Some(parcel),
+                waybill,
+                AlertKind::LateDivert,
+                "the PLC acknowledged the divert after the parcel's deadline".into(),
+                sink,
+            );
+        }
+    }
+
+    /// The parcel record of a tracked parcel's current decision with `outcome`.
+    fn parcel_record(&self, t: &Tracked, outcome: DivertOutcome) -> ParcelRecord {
+        let parcel = t.parcel;
         let (read, waybill) = match &t.read {
             ScanRead::Waybill(w) => (ReadOutcome::Ok, Some(w.clone())),
             ScanRead::NoRead => (ReadOutcome::NoRead, None),
         };
         let deadline_at = t.scanned_at + t.deadline.saturating_duration_since(t.scanned);
-        let record = ParcelRecord {
+        ParcelRecord {
             schema: SCHEMA,
             msg_id: String::new(),
             seq: 0,
@@ -416,18 +463,6 @@ impl Line {
             rule_set: Some(t.decision.rule_set.clone()),
             rules_fired: fired_rules(&t.decision),
             inputs: t.decision.inputs.clone().map(Box::new),
-        };
-        let late = record.divert.late;
-        let waybill = record.waybill.clone();
-        sink.push(record);
-        if late {
-            self.alert(
-                Some(parcel),
-                waybill,
-                AlertKind::LateDivert,
-                "the PLC acknowledged the divert after the parcel's deadline".into(),
-                sink,
-            );
         }
     }
 
@@ -464,7 +499,73 @@ impl Line {
                 format!("{n} disposition(s) overwritten in the PLC's ring before they were read"),
                 sink,
             ),
+            PlcEvent::LateAck { written, after } => self.on_late_ack(written, after, sink),
+            PlcEvent::CommandsDropped(dropped) => {
+                for w in dropped {
+                    let parcel = (w.command.parcel != 0).then_some(w.command.parcel);
+                    let waybill = parcel
+                        .and_then(|p| self.tracker.get(p))
+                        .and_then(|t| t.waybill().map(str::to_string));
+                    self.alert(
+                        parcel,
+                        waybill,
+                        AlertKind::CommandsDropped,
+                        format!(
+                            "the PLC restarted before acknowledging command {} (lane {}): it can no longer take it, so the parcel gets the PLC's default",
+                            w.seq, w.command.lane
+                        ),
+                        sink,
+                    );
+                }
+            }
         }
+    }
+
+    /// The PLC took a command whose job had ended without its acknowledge: the parcel's
+    /// record says `timeout` (or `link_down`), so the journal must say where it may now go.
+    fn on_late_ack(
+        &mut self,
+        w: crate::fieldbus::handshake::Written,
+        after: std::time::Duration,
+        sink: &RecordSink,
+    ) {
+        let parcel = (w.command.parcel != 0).then_some(w.command.parcel);
+        let lane = w.command.lane;
+        let role = self.ctx.lanes.role_of(lane);
+        let tracked = parcel.and_then(|p| self.tracker.get_mut(p));
+        let waybill = tracked
+            .as_ref()
+            .and_then(|t| t.waybill().map(str::to_string));
+        // The command the PLC took is the parcel's current one: it holds that lane now.
+        if let Some(t) = tracked {
+            if w.command.revision == Some(t.revision) {
+                t.committed_lane = Some(lane);
+            }
+        }
+        let whose = match (parcel, w.command.revision) {
+            (Some(p), Some(r)) => format!("parcel {p} (revision {r})"),
+            (Some(p), None) => format!("parcel {p}, written before the gateway's restart"),
+            (None, _) => "a command written before the gateway's restart".to_string(),
+        };
+        let lane_text = if lane == 0 {
+            String::new()
+        } else {
+            format!(
+                " to lane {lane} ({})",
+                role.map_or("no configured role", LaneRole::as_str)
+            )
+        };
+        self.alert(
+            parcel,
+            waybill,
+            AlertKind::LateAcknowledge,
+            format!(
+                "the PLC acknowledged command {} for {whose}{lane_text} {} ms after it was written, after the gateway had given up waiting: the parcel may go there",
+                w.seq,
+                after.as_millis()
+            ),
+            sink,
+        );
     }
 
     fn on_disposition(&mut self, d: Disposition, sink: &RecordSink) {
@@ -478,6 +579,11 @@ impl Line {
             DispositionCode::FailSafe => DispositionKind::FailSafe,
         };
         let role = self.ctx.lanes.role_of(d.lane);
+        let released = role == Some(LaneRole::Release);
+        if t.is_none() {
+            // Not this run's parcel: the journal may know it from an earlier run.
+            return self.on_earlier_disposition(d, kind, role, sink);
+        }
         let waybill = t.as_ref().and_then(|t| t.waybill().map(str::to_string));
         sink.push(DispositionRecord {
             schema: SCHEMA,
@@ -494,15 +600,10 @@ impl Line {
             commanded_lane: t.as_ref().and_then(|t| t.committed_lane),
             at_ms: unix_ms(SystemTime::now()),
         });
-        let released = role == Some(LaneRole::Release);
-        if t.is_none() {
-            warn!(line = %self.ctx.line, parcel = d.parcel, lane = d.lane, "disposition for a parcel this process does not track");
-        }
         let release_decided = t
             .as_ref()
             .is_some_and(|t| t.decision.role == LaneRole::Release);
-        // A parcel this process did not decide (scanned before a restart) cannot be judged.
-        if released && !release_decided && t.is_some() {
+        if released && !release_decided {
             // The gateway never lets this happen; if the PLC reports it, customs must know.
             Metrics::add(&self.ctx.metrics.released_without_decision, 1);
             error!(line = %self.ctx.line, parcel = d.parcel, "PLC reports a parcel in the release lane without a release decision");
@@ -528,6 +629,79 @@ impl Line {
                     );
                 }
             }
+        }
+    }
+
+    /// A disposition of a parcel this run does not track: recorded with what is known of it
+    /// (an earlier run's record, or this run's expired tracking); a repeated ring entry is
+    /// skipped; a parcel with no decision record at all is unexplained.
+    fn on_earlier_disposition(
+        &mut self,
+        d: Disposition,
+        kind: DispositionKind,
+        role: Option<LaneRole>,
+        sink: &RecordSink,
+    ) {
+        if self.earlier.disposed(d.parcel) {
+            return;
+        }
+        let known = self.earlier.get(d.parcel).filter(|k| k.decided).cloned();
+        let waybill = known.as_ref().and_then(|k| k.waybill.clone());
+        sink.push(DispositionRecord {
+            schema: SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: self.ctx.gateway.clone(),
+            line: self.ctx.line.clone(),
+            parcel: d.parcel,
+            waybill: waybill.clone(),
+            disposition: kind,
+            lane: d.lane,
+            lane_role: role,
+            commanded_lane: known.as_ref().filter(|k| k.acked).and_then(|k| k.lane),
+            at_ms: unix_ms(SystemTime::now()),
+        });
+        let released = role == Some(LaneRole::Release);
+        let role_text = role.map_or("no configured role", LaneRole::as_str);
+        match known {
+            None => {
+                if released {
+                    Metrics::add(&self.ctx.metrics.released_without_decision, 1);
+                    error!(line = %self.ctx.line, parcel = d.parcel, "PLC reports a parcel in the release lane with no decision record");
+                }
+                self.alert(
+                    Some(d.parcel),
+                    None,
+                    AlertKind::UnexplainedDisposition,
+                    format!(
+                        "the PLC reports parcel {} {} in lane {} ({role_text}){} and the journal holds no decision for it",
+                        d.parcel,
+                        kind.as_str(),
+                        d.lane,
+                        if released { ": the RELEASE lane," } else { "," },
+                    ),
+                    sink,
+                );
+            }
+            Some(k) if released && k.role != Some(LaneRole::Release) => {
+                Metrics::add(&self.ctx.metrics.released_without_decision, 1);
+                error!(line = %self.ctx.line, parcel = d.parcel, "PLC reports a parcel in the release lane without a release decision");
+                self.alert(
+                    Some(d.parcel),
+                    waybill,
+                    AlertKind::ReleasedWithoutDecision,
+                    format!(
+                        "the PLC reports parcel {} in release lane {}; its last recorded decision was {} (lane {})",
+                        d.parcel,
+                        d.lane,
+                        k.role.map_or("none", LaneRole::as_str),
+                        k.lane.unwrap_or(0)
+                    ),
+                    sink,
+                );
+            }
+            Some(_) => {}
         }
     }
 
@@ -629,6 +803,20 @@ impl Line {
         let overdue = self
             .tracker
             .expire(Instant::now(), self.ctx.geometry.disposition_timeout);
+        for t in &overdue {
+            self.earlier.remember(
+                t.parcel,
+                Recent {
+                    waybill: t.waybill().map(str::to_string),
+                    lane: Some(t.committed_lane.unwrap_or(t.lane)),
+                    role: Some(t.decision.role),
+                    revision: t.revision,
+                    decided: true,
+                    acked: t.committed_lane.is_some(),
+                    disposed: t.disposed_lane.is_some(),
+                },
+            );
+        }
         if !self.ctx.dispositions {
             return;
         }

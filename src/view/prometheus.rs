@@ -18,13 +18,14 @@ pub fn render(
 ) -> String {
     let mut out = String::with_capacity(8192);
     let g = Metrics::get;
-    let counters: [(&str, &str, u64); 22] = [
+    let counters: [(&str, &str, u64); 23] = [
         ("bondline_scans_total", "Scanner frames that yielded a parcel (reads and no-reads).", g(&metrics.parcels)),
         ("bondline_no_reads_total", "Parcels whose code the scanner could not read.", g(&metrics.no_reads)),
         ("bondline_frames_rejected_total", "Scanner frames rejected by the decoder.", g(&metrics.frames_rejected)),
         ("bondline_diverts_acked_total", "Divert commands the PLC acknowledged.", g(&metrics.diverts_acked)),
         ("bondline_diverts_failed_total", "Divert commands not acknowledged (timeout, refusal, link down, overload, deadline missed).", g(&metrics.diverts_failed)),
         ("bondline_late_diverts_total", "Acknowledges that came after the parcel's divert deadline.", g(&metrics.late_diverts)),
+        ("bondline_late_acks_total", "Acknowledges of divert commands whose job had already ended without it (timeout, failed link): each is a late_acknowledge alert.", g(&metrics.late_acks)),
         ("bondline_deadlines_missed_total", "Divert commands not sent because the deadline had passed.", g(&metrics.deadlines_missed)),
         ("bondline_recommits_total", "Parcels re-commanded after new clearance information.", g(&metrics.recommits)),
         ("bondline_dispositions_total", "Dispositions the PLC reported.", g(&metrics.dispositions)),
