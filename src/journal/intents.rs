@@ -235,3 +235,142 @@ impl RecentParcels {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bondline_devices::contract::{DispositionKind, DispositionRecord, Record};
+
+    use super::*;
+    use crate::journal::maintenance::tests::record;
+    use crate::journal::record_sink;
+    use crate::metrics::Metrics;
+
+    fn release(parcel: u32, revision: u32) -> ParcelRecord {
+        let mut r = record(parcel, 1_000);
+        r.lane = 1;
+        r.lane_role = LaneRole::Release;
+        r.revision = revision;
+        r.divert.status = DivertStatus::Interrupted;
+        r
+    }
+
+    #[tokio::test]
+    async fn an_intent_is_durable_before_its_answer_and_settled_by_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (sink, writer, mut accepted) =
+            record_sink(journal.clone(), Duration::from_millis(50), metrics).unwrap();
+        let task = tokio::spawn(writer.run());
+
+        // The answer comes without waiting for the 50 ms window, and the intent is stored.
+        let started = std::time::Instant::now();
+        assert!(sink.push_intent(release(7, 0)).await.unwrap());
+        assert!(started.elapsed() < Duration::from_millis(45));
+        assert_eq!(journal.intents().unwrap(), vec![release(7, 0)]);
+
+        // A newer revision's intent replaces it; the older revision's record does not
+        // settle the newer intent, the newer revision's record does.
+        assert!(sink.push_intent(release(7, 1)).await.unwrap());
+        let mut old = release(7, 0);
+        old.divert.status = DivertStatus::Timeout;
+        sink.push(old);
+        accepted.changed().await.unwrap();
+        assert_eq!(journal.intents().unwrap(), vec![release(7, 1)]);
+        let mut new = release(7, 1);
+        new.divert.status = DivertStatus::Acked;
+        sink.push(new);
+        accepted.changed().await.unwrap();
+        assert!(journal.intents().unwrap().is_empty());
+        drop(sink);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_intent_left_by_a_crash_is_recovered_as_interrupted_and_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            journal
+                .store_intents(&[encode_intent(&release(9, 2))])
+                .unwrap();
+            journal.flush().await.unwrap();
+        }
+        let journal = Journal::open(dir.path()).unwrap();
+        let found = journal.intents().unwrap();
+        assert_eq!(found, vec![release(9, 2)]);
+        let (sink, writer, mut accepted) = record_sink(
+            journal.clone(),
+            Duration::from_millis(1),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let task = tokio::spawn(writer.run());
+        let (r, alert) = interrupted(found[0].clone(), 5_000);
+        assert_eq!(r.divert.status, DivertStatus::Interrupted);
+        assert_eq!(alert.alert, AlertKind::DivertInterrupted);
+        assert_eq!(alert.parcel, Some(9));
+        sink.push(r);
+        sink.push(alert);
+        while *accepted.borrow_and_update() < 2 {
+            accepted.changed().await.unwrap();
+        }
+        assert!(journal.intents().unwrap().is_empty());
+        drop(sink);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn recent_parcels_know_each_line_s_last_decision_and_disposition() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let (sink, writer, mut accepted) = record_sink(
+            journal.clone(),
+            Duration::from_millis(1),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let task = tokio::spawn(writer.run());
+        let mut first = release(1, 0);
+        first.divert.status = DivertStatus::Acked;
+        let mut second = record(1, 1_000);
+        second.revision = 1;
+        sink.push(first);
+        sink.push(second);
+        sink.push(Record::Disposition(DispositionRecord {
+            schema: SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: "gw".into(),
+            line: "L1".into(),
+            parcel: 1,
+            waybill: None,
+            disposition: DispositionKind::Sorted,
+            lane: 3,
+            lane_role: Some(LaneRole::Hold),
+            commanded_lane: Some(3),
+            at_ms: 2_000,
+        }));
+        sink.push(release(2, 0));
+        while *accepted.borrow_and_update() < 4 {
+            accepted.changed().await.unwrap();
+        }
+        let mut recent = journal.recent_parcels(0, 1, 1_000).unwrap();
+        let l1 = recent.take("L1");
+        let p1 = &l1[&1];
+        assert!(p1.decided && p1.disposed && p1.acked);
+        assert_eq!(
+            (p1.revision, p1.lane, p1.role),
+            (1, Some(3), Some(LaneRole::Hold))
+        );
+        let p2 = &l1[&2];
+        assert!(p2.decided && !p2.disposed && !p2.acked);
+        assert_eq!(p2.role, Some(LaneRole::Release));
+        drop(sink);
+        task.await.unwrap();
+    }
+}

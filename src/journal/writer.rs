@@ -68,27 +68,11 @@ enum Entry {
 
 impl RecordSink {
     /// A sink whose records a unit test reads itself, without a journal.
-    /// A sink whose records a unit test reads itself, without a journal; intents are
-    /// answered `true` at once.
+    /// A sink whose records a unit test reads itself, without a journal.
     #[cfg(test)]
-    pub(crate) fn for_tests(
-        metrics: Arc<Metrics>,
-    ) -> (RecordSink, mpsc::UnboundedReceiver<Record>) {
-        let (tx, mut entries) = mpsc::unbounded_channel();
-        let (records, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(e) = entries.recv().await {
-                match e {
-                    Entry::Record(r) => {
-                        let _ = records.send(r);
-                    }
-                    Entry::Intent(_, done) => {
-                        let _ = done.send(true);
-                    }
-                }
-            }
-        });
-        (RecordSink { tx, metrics }, rx)
+    pub(crate) fn for_tests(metrics: Arc<Metrics>) -> (RecordSink, TestRecords) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (RecordSink { tx, metrics }, TestRecords { rx })
     }
 
     /// Queues a record for the journal. Never waits. Fails only once the writer has stopped,
@@ -116,6 +100,26 @@ impl RecordSink {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Entry::Record(r) = entry {
             error!(record = %serde_json::to_string(r).unwrap_or_default(), "journal writer has stopped; record not stored");
+        }
+    }
+}
+
+/// What a unit test's sink received: records; intents are answered `true` as they pass.
+#[cfg(test)]
+pub(crate) struct TestRecords {
+    rx: mpsc::UnboundedReceiver<Entry>,
+}
+
+#[cfg(test)]
+impl TestRecords {
+    pub fn try_recv(&mut self) -> Result<Record, mpsc::error::TryRecvError> {
+        loop {
+            match self.rx.try_recv()? {
+                Entry::Record(r) => return Ok(r),
+                Entry::Intent(_, done) => {
+                    let _ = done.send(true);
+                }
+            }
         }
     }
 }
