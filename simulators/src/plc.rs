@@ -148,6 +148,8 @@ struct Inner {
     /// The latest command per parcel id.
     latest: HashMap<u32, ReceivedDivert>,
     ack_delay: Duration,
+    /// When each acknowledge was put in the `ack` register, and its sequence.
+    acks: Vec<(Instant, u16)>,
     refuse: bool,
     heartbeat: Option<HeartbeatRegisters>,
     status: Option<StatusRegisters>,
@@ -180,6 +182,7 @@ impl PlcState {
                 diverts: Vec::new(),
                 latest: HashMap::new(),
                 ack_delay: Duration::ZERO,
+                acks: Vec::new(),
                 refuse: false,
                 heartbeat: None,
                 status: None,
@@ -254,6 +257,11 @@ impl PlcState {
     /// Sets holding register `addr`, as the PLC program would.
     pub fn set_register(&self, addr: u16, value: u16) {
         self.lock().registers[usize::from(addr)] = value;
+    }
+
+    /// Every acknowledge the PLC made, in order: when it put which sequence in `ack`.
+    pub fn ack_log(&self) -> Vec<(Instant, u16)> {
+        self.lock().acks.clone()
     }
 
     /// Delays the acknowledge of each following divert by `delay` (zero: acknowledge at once).
@@ -422,6 +430,7 @@ impl PlcState {
                         let delay = inner.ack_delay;
                         if delay.is_zero() {
                             inner.registers[usize::from(map.divert.ack)] = cmd.seq;
+                            inner.acks.push((Instant::now(), cmd.seq));
                         }
                         drop(inner);
                         if !delay.is_zero() {
@@ -443,7 +452,9 @@ impl PlcState {
         // Requests are always served inside the tokio runtime, so spawning is possible here.
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            state.set_register(ack, seq);
+            let mut inner = state.lock();
+            inner.registers[usize::from(ack)] = seq;
+            inner.acks.push((Instant::now(), seq));
         });
     }
 
