@@ -545,7 +545,7 @@ async fn lines_bench(
         late += l.late_diverts;
         parcels += l.parcels;
         println!(
-            "line L{i}: {} parcels in {:.0} s ({:.0}/h), correct {}, leaks {}, late diverts {}, wrong {}, sim lag max {:.1} ms, frame→command p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+            "line L{i}: {} parcels in {:.0} s ({:.0}/h), correct {}, leaks {}, late diverts {}, wrong {}, sim lag max {:.1} ms, frame→command p50 {:.3} ms p99 {:.3} ms max {:.3} ms; release (written ahead) p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
             l.parcels,
             l.scan_span_s,
             l.parcels as f64 * 3600.0 / l.scan_span_s.max(1e-9),
@@ -557,6 +557,9 @@ async fn lines_bench(
             l.latency.p50_ms.unwrap_or(0.0),
             l.latency.p99_ms.unwrap_or(0.0),
             l.latency.max_ms.unwrap_or(0.0),
+            l.release_latency.p50_ms.unwrap_or(0.0),
+            l.release_latency.p99_ms.unwrap_or(0.0),
+            l.release_latency.max_ms.unwrap_or(0.0),
         );
     }
     let h = &metrics.decision_latency;

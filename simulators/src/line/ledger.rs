@@ -60,6 +60,18 @@ pub struct Latency {
     pub max_ms: Option<f64>,
 }
 
+impl Latency {
+    fn of(mut ms: Vec<f64>) -> Latency {
+        ms.sort_by(f64::total_cmp);
+        Latency {
+            samples: ms.len() as u64,
+            p50_ms: percentile(&ms, 0.50),
+            p99_ms: percentile(&ms, 0.99),
+            max_ms: ms.last().copied(),
+        }
+    }
+}
+
 /// Parcels the platform marked for inspection late (`late_instructions` faults).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LateMarks {
@@ -164,6 +176,9 @@ pub struct Ledger {
     pub fail_safe: u64,
     pub lost: u64,
     pub latency: Latency,
+    /// The same over the parcels the plan releases: their commands are written only once
+    /// their decision is durable in the daemon's journal.
+    pub release_latency: Latency,
     pub late_marks: LateMarks,
     pub xray: XrayFlags,
     /// Parcels per physical lane.
@@ -204,6 +219,7 @@ impl Ledger {
             ..Ledger::default()
         };
         let mut latencies = Vec::new();
+        let mut release_latencies = Vec::new();
         for o in outcomes {
             *l.lanes.entry(o.lane).or_default() += 1;
             match o.code {
@@ -222,7 +238,11 @@ impl Ledger {
                 l.late_diverts += 1;
             }
             if let (Some(frame), Some(first)) = (o.frame_at, o.commands.iter().min()) {
-                latencies.push(first.saturating_sub(frame).as_secs_f64() * 1000.0);
+                let ms = first.saturating_sub(frame).as_secs_f64() * 1000.0;
+                latencies.push(ms);
+                if o.kind.expected_role() == Some(LaneRole::Release) {
+                    release_latencies.push(ms);
+                }
             }
 
             let marked_in_time = o.late_mark_at.is_some_and(|m| m < o.gate_at);
@@ -288,13 +308,8 @@ impl Ledger {
             // Other mismatches are explained by the PLC's code: overflow, no destination,
             // fail-safe or lost.
         }
-        latencies.sort_by(f64::total_cmp);
-        l.latency = Latency {
-            samples: latencies.len() as u64,
-            p50_ms: percentile(&latencies, 0.50),
-            p99_ms: percentile(&latencies, 0.99),
-            max_ms: latencies.last().copied(),
-        };
+        l.latency = Latency::of(latencies);
+        l.release_latency = Latency::of(release_latencies);
         l
     }
 
