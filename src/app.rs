@@ -26,6 +26,7 @@ use crate::line::{self, LineCtx, LineIo};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, SharedRules};
 use crate::rules::ClearanceTable;
+use crate::threads::Dedicated;
 use crate::uplink::Uplink;
 
 /// Scan events buffered between a scanner and its line; a line decides in microseconds, so
@@ -56,6 +57,8 @@ pub struct App {
     view_tls: Option<crate::view::tls::ViewTls>,
     /// Scanners, lines, PLC links and the journal writer.
     pipeline: JoinSet<()>,
+    /// The floor and journal threads; they end once the pipeline has (see [`crate::threads`]).
+    _threads: [Dedicated; 2],
     /// Where the staff view listens, when configured and bound.
     pub view_addr: Option<std::net::SocketAddr>,
     uplink: tokio::task::JoinHandle<()>,
@@ -72,16 +75,46 @@ const RECENT_WINDOW: Duration = Duration::from_secs(30 * 60);
 const RECENT_DISPOSITIONS: usize = 64;
 const RECENT_MAX_RECORDS: usize = 100_000;
 
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+}
+
+/// Runs a decision-path task on the floor thread; the pipeline waits for it.
+fn on_floor(
+    tasks: &mut JoinSet<()>,
+    floor: &Dedicated,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let handle = floor.spawn(task);
+    tasks.spawn(async move {
+        if let Err(e) = handle.await {
+            if e.is_panic() {
+                tracing::error!(error = %e, "a floor task panicked");
+            }
+        }
+    });
+}
+
 /// How long a stopping daemon keeps the uplink open to forward its last records.
 pub const UPLINK_DRAIN: Duration = Duration::from_secs(3);
 
 impl App {
     /// Opens the journal, restores the clearance table and starts every task.
-    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<App, JournalError> {
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<App, StartError> {
         std::fs::create_dir_all(&config.storage.path).map_err(|e| JournalError::Open {
             path: config.storage.path.display().to_string(),
             source: sled::Error::Io(e),
         })?;
+        // The decision path and the journal's writer get threads of their own (see threads).
+        let floor =
+            Dedicated::start("bondline-floor").map_err(|e| StartError::Thread("floor", e))?;
+        let journal_thread =
+            Dedicated::start("bondline-journal").map_err(|e| StartError::Thread("journal", e))?;
         let journal = Journal::open(&config.storage.path)?;
         let table = Arc::new(RwLock::new(journal.load_clearance()?));
         let metrics = Arc::new(Metrics::default());
@@ -118,12 +151,15 @@ impl App {
             quota_bytes: config.storage.quota_bytes,
             min_free_bytes: config.storage.min_free_bytes,
         };
-        tasks.spawn(
+        let writer = journal_thread.spawn(
             writer
                 .with_hold(config.storage.hold_records, alarms.clone(), spill.clone())
                 .with_capacity(config.storage.path.clone(), limits)
                 .run(),
         );
+        tasks.spawn(async move {
+            let _ = writer.await;
+        });
         // Records spilled at the last shutdown are stored first; their files go once they are.
         let (spill_files, spilled) = crate::journal::read_spill(&spill);
         if !spill_files.is_empty() {
@@ -297,12 +333,16 @@ impl App {
             let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
             let (event_tx, event_rx) = mpsc::unbounded_channel();
             let lane_states = Arc::new(LaneStates::default());
-            tasks.spawn(fieldbus::scanner::run(
-                l.scanner.clone(),
-                scan_tx,
-                metrics.clone(),
-                shutdown.clone(),
-            ));
+            on_floor(
+                &mut tasks,
+                &floor,
+                fieldbus::scanner::run(
+                    l.scanner.clone(),
+                    scan_tx,
+                    metrics.clone(),
+                    shutdown.clone(),
+                ),
+            );
             let ctx = LineCtx {
                 gateway: config.gateway_id.clone(),
                 line: l.id.clone(),
@@ -339,17 +379,21 @@ impl App {
                 xray: xray_rx,
                 images: image_rx,
             };
-            tasks.spawn(line::run(ctx, io));
-            tasks.spawn(fieldbus::plc::run(
-                l.plc.clone(),
-                plc_rx,
-                event_tx,
-                lane_states,
-                metrics.clone(),
-            ));
+            on_floor(&mut tasks, &floor, line::run(ctx, io));
+            on_floor(
+                &mut tasks,
+                &floor,
+                fieldbus::plc::run(
+                    l.plc.clone(),
+                    plc_rx,
+                    event_tx,
+                    lane_states,
+                    metrics.clone(),
+                ),
+            );
         }
         for task in fieldbus::xray::tasks(xray_devices, metrics.clone(), shutdown.clone()) {
-            tasks.spawn(task);
+            on_floor(&mut tasks, &floor, task);
         }
         let destinations = image_routes
             .into_iter()
@@ -403,6 +447,7 @@ impl App {
             tls_configured: config.uplink.tls.is_some() || config.uplink.credentials.is_some(),
             view_tls: config.view.as_ref().and_then(|v| v.tls.clone()),
             pipeline: tasks,
+            _threads: [floor, journal_thread],
             uplink,
             journal_tasks,
             uplink_stop,

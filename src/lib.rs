@@ -26,6 +26,9 @@
 //! - [`trust`]: signature checks on platform messages: only the platform steers the lanes.
 //! - [`cli`], [`telemetry`], [`shutdown`], [`metrics`], [`backoff`]: the edges.
 //!
+//! - [`threads`]: the threading rule: the decision path on a floor thread of its own, the
+//!   journal's writer on another, everything else on the main runtime.
+//!
 //! Data flows one way on the decision path (scanner → line → PLC link → journal → uplink);
 //! platform messages flow the other way into the clearance table, which the line reads.
 
@@ -49,6 +52,7 @@ pub mod rules;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod threads;
 pub mod trust;
 pub mod uplink;
 pub mod view;
