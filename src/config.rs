@@ -15,6 +15,9 @@ use bondline_devices::xray::XrayMap;
 use bondline_devices::{ProfileKind, Profiles};
 use serde::Deserialize;
 
+#[cfg(test)]
+mod example_keys;
+
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: key `{key}`: {reason}")]
