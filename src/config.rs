@@ -17,10 +17,17 @@ use serde::Deserialize;
 
 #[cfg(test)]
 mod example_keys;
+pub mod shown;
 
-/// A configuration error: which file, which key, what is wrong.
+/// A configuration error: which file, which key, what is wrong. Long values in the key
+/// and the reason are shown cut, with their length ([`shown`]).
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: key `{key}`: {reason}")]
+#[error(
+    "{}: key `{}`: {}",
+    shown::cut_message(file),
+    shown::shown(key),
+    shown::cut_message(reason)
+)]
 pub struct ConfigError {
     pub file: String,
     pub key: String,
