@@ -96,7 +96,11 @@ pub async fn serve_connection<S>(
         r = conn.as_mut() => if let Err(e) = r {
             tracing::debug!(%peer, error = %e, "staff view connection ended");
         },
-        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+        _ = stop.cancelled() => {
+            // Lets a request in flight finish; a live stream never would, so not for long.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+        }
     }
 }
 
