@@ -64,7 +64,7 @@ async fn every_error_is_json_whoever_raises_it() {
     .await;
     assert_eq!(status, 405);
     assert!(head.contains("content-type: application/json"), "{head}");
-    assert!(head.contains("allow: get"), "{head}");
+    assert!(head.contains("allow: get,head"), "{head}");
     assert!(error_of(&body).contains("read-only"), "{body}");
 
     // A handler's plain-text error keeps its words.
