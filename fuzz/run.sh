@@ -4,7 +4,8 @@
 # Needs a nightly toolchain (rustup toolchain install nightly), cargo-fuzz
 # (cargo install cargo-fuzz) and python3 (seeds.py writes the structured seeds).
 #
-# Targets: scanner_frames, plc_registers, platform_messages, config (device frames, PLC
+# Targets: scanner_frames, scanner_oracle (the frame decoder against its reference model in
+# devices/src/test_support.rs: any disagreement is a crash), plc_registers, platform_messages, config (device frames, PLC
 # registers, platform messages, configuration text); xray_registers (the X-ray verdict ring);
 # evidence_images (image and snapshot intake: process() and the spool/upload name rules;
 # inputs up to 64 KiB); camera_digest (a camera's digest challenge, answered as
@@ -26,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-60}"
 shift || true
-all=(scanner_frames plc_registers platform_messages config xray_registers evidence_images camera_digest)
+all=(scanner_frames scanner_oracle plc_registers platform_messages config xray_registers evidence_images camera_digest)
 if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${all[@]}"); fi
 for t in "${targets[@]}"; do
   case " ${all[*]} " in
@@ -39,7 +40,7 @@ seed_corpus() {
   local t="$1"
   mkdir -p "corpus/$t"
   case "$t" in
-    scanner_frames) printf '\x00\x02BL0001234567\x03\x02NOREAD\x03BL000123,1.250\r\n' > "corpus/$t/seed" ;;
+    scanner_frames|scanner_oracle) printf '\x00\x02BL0001234567\x03\x02NOREAD\x03BL000123,1.250\r\n' > "corpus/$t/seed" ;;
     plc_registers) printf '\x00\x01\x00\x02\x00\x00\x00\x07\x01\x02' > "corpus/$t/seed" ;;
     platform_messages)
       cp ../deploy/rules.toml "corpus/$t/rules.toml"

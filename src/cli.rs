@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -144,12 +145,61 @@ pub enum JournalCommand {
     },
 }
 
+/// What `run` checks on the machine before it starts (see [`crate::config::checks`]): a
+/// journal path that cannot be used is a configuration error; certificates about to expire
+/// are logged; hosts are resolved in the background (a slow DNS does not delay the start)
+/// and those that do not resolve are logged.
+fn check_before_run(config: &Config) -> Result<(), crate::config::ConfigError> {
+    use crate::config::checks::{self, Mode};
+    if let Some(f) = checks::storage(&config.storage.path, Mode::Run) {
+        return Err(crate::config::ConfigError {
+            file: config.source.clone(),
+            key: f.key,
+            reason: f.reason,
+        });
+    }
+    for f in checks::certificates(config, std::time::SystemTime::now()) {
+        tracing::warn!(key = %f.key, "{}", f.reason);
+    }
+    let c = config.clone();
+    std::thread::spawn(move || {
+        for f in checks::unresolved_hosts(&c, Duration::from_secs(10)) {
+            tracing::warn!(key = %f.key, "{}", f.reason);
+        }
+    });
+    Ok(())
+}
+
 /// Entry point of the `bondline` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
+                use crate::config::checks::{self, Mode, Severity};
+                let mut findings: Vec<_> = checks::storage(&c.storage.path, Mode::CheckConfig)
+                    .into_iter()
+                    .collect();
+                findings.extend(checks::unresolved_hosts(&c, checks::RESOLVE_TIMEOUT));
+                findings.extend(checks::certificates(&c, std::time::SystemTime::now()));
+                let shown = |f: &checks::Finding| crate::config::ConfigError {
+                    file: c.source.clone(),
+                    key: f.key.clone(),
+                    reason: f.reason.clone(),
+                };
+                let errors: Vec<_> = findings
+                    .iter()
+                    .filter(|f| f.severity == Severity::Error)
+                    .collect();
+                if !errors.is_empty() {
+                    for f in errors {
+                        eprintln!("{}", shown(f));
+                    }
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                for f in &findings {
+                    println!("warning: {}", shown(f));
+                }
                 println!(
                     "{}: ok ({} line(s), gateway {})",
                     file.display(),
@@ -176,6 +226,10 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            if let Err(e) = check_before_run(&config) {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             if config.trust.allow_unsigned {
                 tracing::warn!("[trust] allow_unsigned = true: platform messages are accepted without a signature, so anyone who can publish to the broker can steer the lanes; for a demo line only");
             }

@@ -15,9 +15,20 @@ use bondline_devices::xray::XrayMap;
 use bondline_devices::{ProfileKind, Profiles};
 use serde::Deserialize;
 
-/// A configuration error: which file, which key, what is wrong.
+pub mod checks;
+#[cfg(test)]
+mod example_keys;
+pub mod shown;
+
+/// A configuration error: which file, which key, what is wrong. Long values in the key
+/// and the reason are shown cut, with their length ([`shown`]).
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: key `{key}`: {reason}")]
+#[error(
+    "{}: key `{}`: {}",
+    shown::cut_message(file),
+    shown::shown(key),
+    shown::cut_message(reason)
+)]
 pub struct ConfigError {
     pub file: String,
     pub key: String,
@@ -1152,12 +1163,50 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     if host.is_empty() {
         return Err(format!("`{s}` has no host"));
     }
+    check_host(host).map_err(|why| {
+        format!("host `{host}` in `{s}` can never resolve: {why} (an IP address or a DNS name)")
+    })?;
     match port.parse::<u16>() {
         Ok(p) if p != 0 => Ok((host.to_string(), p)),
         _ => Err(format!(
             "port `{port}` in `{s}` is not a number from 1 to 65535"
         )),
     }
+}
+
+/// A host that is no IP address must be a syntactically valid name (RFC 1123, with `_`
+/// allowed as some internal zones use it): a name that breaks these rules can never resolve,
+/// so it is a configuration error, while a valid name that does not resolve *now* is only a
+/// warning (`check-config`; see [`checks`]).
+fn check_host(host: &str) -> Result<(), &'static str> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if host.contains(':') {
+        return Err("not a valid IPv6 address");
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253 {
+        return Err("longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("an empty label (two dots in a row, or a leading dot)");
+        }
+        if label.len() > 63 {
+            return Err("a label longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("a character other than A-Z a-z 0-9 - _ .");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label that starts or ends with `-`");
+        }
+    }
+    Ok(())
 }
 
 fn check_serial(s: &RawSerial) -> Result<SerialSettings, (&'static str, String)> {

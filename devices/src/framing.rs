@@ -260,29 +260,35 @@ impl FrameDecoder {
             self.in_frame = prefix.is_empty();
             return;
         }
+        if !prefix.is_empty() && self.buf.ends_with(prefix) {
+            // A new prefix inside a frame: the previous frame was cut off. Start again. This
+            // comes before the over-long check: the byte that would make a frame over-long may
+            // be the one that completes the next frame's prefix, and that frame must not be lost.
+            out.push(Frame::Reject(Reject::Malformed {
+                reason: "frame cut off by a new prefix",
+            }));
+            self.buf.clear();
+            return;
+        }
         if !self.discarding && self.buf.len() > self.framing.payload_limit() + suffix.len() {
             out.push(Frame::Reject(Reject::TooLong));
-            self.buf.clear();
-            if prefix.is_empty() {
-                // No prefix to hunt for: drop bytes until the next suffix ends the bad frame.
-                self.discarding = true;
-            } else {
-                self.in_frame = false;
-                self.discarding = true;
-            }
+            // Keep the tail that may still begin the next prefix (or, without a prefix, the
+            // suffix that ends the bad frame): a multi-byte prefix or suffix can straddle the
+            // byte that made the frame over-long.
+            let marker = if prefix.is_empty() { suffix } else { prefix };
+            let keep = (marker.len() - 1).min(self.buf.len());
+            let drop = self.buf.len() - keep;
+            self.buf.drain(..drop);
+            // Without a prefix there is nothing to hunt for: drop bytes until the next suffix
+            // ends the bad frame. With one, hunt for the next prefix.
+            self.in_frame = prefix.is_empty();
+            self.discarding = true;
             return;
         }
         if self.discarding && self.buf.len() > suffix.len() {
             // Only the tail that could still become a suffix matters while discarding.
             let drop = self.buf.len() - suffix.len();
             self.buf.drain(..drop);
-        }
-        if !prefix.is_empty() && self.buf.ends_with(prefix) {
-            // A new prefix inside a frame: the previous frame was cut off. Start again.
-            out.push(Frame::Reject(Reject::Malformed {
-                reason: "frame cut off by a new prefix",
-            }));
-            self.buf.clear();
         }
     }
 
@@ -466,6 +472,47 @@ mod tests {
                     reason: "frame cut off by a new prefix"
                 }),
                 Frame::Read("BL000005".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn prefix_that_would_make_a_frame_over_long_starts_the_next_frame() {
+        // Garbage leaves a frame open with exactly max_len + suffix (41) bytes; the next
+        // valid frame's STX is the 42nd byte. It used to trip the over-long check and the
+        // valid frame was lost.
+        let framing = crate::Profiles::builtin()
+            .get("scanner-stx-etx")
+            .unwrap()
+            .scanner()
+            .unwrap()
+            .clone();
+        let mut garbage = b"\x02".to_vec();
+        garbage.extend([b'G'; 41]);
+        let out = decode(framing, &[&garbage, b"\x02BL0001234567\x03"]);
+        assert_eq!(
+            out,
+            vec![
+                Frame::Reject(Reject::Malformed {
+                    reason: "frame cut off by a new prefix"
+                }),
+                Frame::Read("BL0001234567".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn suffix_straddling_the_over_long_byte_ends_the_bad_frame() {
+        // Without a prefix: the CR of a CR LF is the byte that makes the frame over-long. The
+        // LF must still end the bad frame, or the next read is glued onto it and lost.
+        let mut long = vec![b'A'; 22];
+        long.push(b'\r');
+        let out = decode(crlf(), &[&long, b"\nBL000004\r\n"]);
+        assert_eq!(
+            out,
+            vec![
+                Frame::Reject(Reject::TooLong),
+                Frame::Read("BL000004".into())
             ]
         );
     }

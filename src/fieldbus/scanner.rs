@@ -19,6 +19,15 @@ use crate::config::{ScannerDevice, Transport};
 use crate::metrics::Metrics;
 use crate::rules::ScanRead;
 
+/// First reconnect delay after the link fails; it doubles per failed attempt, with jitter
+/// ([`Backoff`]), and a successful open starts again from here. devices/README.md states
+/// these three values ("Reconnects").
+pub const RECONNECT_BASE: Duration = Duration::from_millis(100);
+/// Longest reconnect delay: a scanner that comes back is read again within this.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// A TCP connect to the scanner that hangs is given up after this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One parcel seen by the scanner.
 #[derive(Debug, Clone)]
 pub struct ScanEvent {
@@ -39,18 +48,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let link = format!("scanner:{}", dev.name);
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_MAX);
     loop {
         let opened: Result<Box<dyn AsyncRead + Unpin + Send>, String> = match &dev.transport {
             Transport::Serial(s) => super::open_serial(s)
                 .map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>)
                 .map_err(|e| e.to_string()),
-            Transport::Tcp { host, port } => {
-                super::connect_tcp(host, *port, Duration::from_secs(2))
-                    .await
-                    .map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>)
-                    .map_err(|e| e.to_string())
-            }
+            Transport::Tcp { host, port } => super::connect_tcp(host, *port, CONNECT_TIMEOUT)
+                .await
+                .map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>)
+                .map_err(|e| e.to_string()),
         };
         let reason = match opened {
             Ok(port) => {
@@ -121,6 +128,36 @@ async fn read_frames(
             if tx.send(scan).await.is_err() {
                 return "line stopped".into();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_reconnect_backoff_is_the_one_used() {
+        let doc = include_str!("../../devices/README.md");
+        let stated = "exponential from 100 ms,\n  capped at 2 s, each delay drawn at random between 50 ms and the current cap";
+        assert!(doc.contains(stated), "devices/README.md: {stated:?}");
+        assert!(doc.contains("A TCP connect that hangs gives up after 2 s."));
+        assert_eq!(
+            (RECONNECT_BASE, RECONNECT_MAX, CONNECT_TIMEOUT),
+            (
+                Duration::from_millis(100),
+                Duration::from_secs(2),
+                Duration::from_secs(2)
+            )
+        );
+        // The jitter's floor is half the base, and no delay passes the cap.
+        let mut b = Backoff::new(RECONNECT_BASE, RECONNECT_MAX);
+        for _ in 0..50 {
+            let d = b.next_delay();
+            assert!(
+                d >= Duration::from_millis(50) && d <= RECONNECT_MAX,
+                "{d:?}"
+            );
         }
     }
 }

@@ -46,8 +46,12 @@ pub enum ChainProblem {
     /// The record's `prev_hash` does not match its predecessor: the predecessor (or this
     /// record) was edited, or records were reordered.
     Broken { seq: u64 },
-    /// A record with an earlier `seq` than its position allows (reordered or copied).
-    Misplaced { key: u64, inside: u64 },
+    /// Records `first..=last` are stored after record `after`, a later one: reordered. Their
+    /// place in the sequence is not reported as a gap too, and the records after them are
+    /// checked against the chain as usual, so one reordering is one problem.
+    OutOfOrder { first: u64, last: u64, after: u64 },
+    /// A record whose `seq` was already seen (copied).
+    Duplicate { seq: u64 },
     /// The record (or its batch) does not parse.
     Unreadable { seq: u64, reason: String },
     /// The last record does not hash to the stored chain head: it was edited or dropped.
@@ -158,6 +162,9 @@ impl Journal {
             last: None,
             problems: Vec::new(),
         };
+        // Sequence numbers skipped so far (inclusive ranges): a gap, unless a reordered
+        // record fills it later.
+        let mut skipped: Vec<(u64, u64)> = Vec::new();
         for batch in self.batches.iter() {
             let batch = super::Batch::from_entry(batch)?;
             let Ok(records) = batch.records() else {
@@ -169,34 +176,71 @@ impl Journal {
             };
             for bytes in records {
                 report.checked += 1;
-                match serde_json::from_slice::<Record>(bytes) {
-                    Err(e) => report.problems.push(ChainProblem::Unreadable {
-                        seq: expected,
-                        reason: e.to_string(),
-                    }),
-                    Ok(r) => {
-                        if r.seq() > expected {
-                            report.problems.push(ChainProblem::Gap {
-                                after: expected - 1,
-                                next: r.seq(),
-                            });
-                            expected = r.seq();
-                        } else if r.seq() < expected {
-                            report.problems.push(ChainProblem::Misplaced {
-                                key: expected,
-                                inside: r.seq(),
-                            });
-                        } else if r.prev_hash() != hex::encode(prev_hash) {
-                            report.problems.push(ChainProblem::Broken { seq: r.seq() });
+                let seq = match serde_json::from_slice::<Record>(bytes) {
+                    Err(e) => {
+                        report.problems.push(ChainProblem::Unreadable {
+                            seq: expected,
+                            reason: e.to_string(),
+                        });
+                        expected
+                    }
+                    Ok(r) => r.seq(),
+                };
+                if seq < expected {
+                    // Behind the chain: a reordered record (it fills a skipped place) or a
+                    // copy. The chain goes on from the record before it.
+                    match skipped
+                        .iter()
+                        .position(|&(lo, hi)| (lo..=hi).contains(&seq))
+                    {
+                        Some(i) => {
+                            let (lo, hi) = skipped.remove(i);
+                            if seq > lo {
+                                skipped.push((lo, seq - 1));
+                            }
+                            if seq < hi {
+                                skipped.push((seq + 1, hi));
+                            }
+                            let after = expected - 1;
+                            match report.problems.last_mut() {
+                                Some(ChainProblem::OutOfOrder { last, after: a, .. })
+                                    if *last + 1 == seq && *a == after =>
+                                {
+                                    *last = seq
+                                }
+                                _ => report.problems.push(ChainProblem::OutOfOrder {
+                                    first: seq,
+                                    last: seq,
+                                    after,
+                                }),
+                            }
                         }
+                        None => report.problems.push(ChainProblem::Duplicate { seq }),
+                    }
+                    report.first = Some(report.first.map_or(seq, |f| f.min(seq)));
+                    continue;
+                }
+                if seq > expected {
+                    // Its predecessor is not here (yet): its `prev_hash` cannot be checked.
+                    skipped.push((expected, seq - 1));
+                } else if let Ok(r) = serde_json::from_slice::<Record>(bytes) {
+                    if r.prev_hash() != hex::encode(prev_hash) {
+                        report.problems.push(ChainProblem::Broken { seq });
                     }
                 }
-                report.first.get_or_insert(expected);
-                report.last = Some(expected);
+                report.first.get_or_insert(seq);
+                report.last = Some(seq);
                 prev_hash = chain_hash(bytes);
-                expected += 1;
+                expected = seq + 1;
             }
         }
+        skipped.sort_unstable();
+        report
+            .problems
+            .extend(skipped.into_iter().map(|(lo, hi)| ChainProblem::Gap {
+                after: lo - 1,
+                next: hi + 1,
+            }));
         if let Some((head_seq, head_hash)) = self.meta.get(META_HEAD)?.and_then(|v| decode_link(&v))
         {
             let last = expected - 1;
@@ -786,15 +830,44 @@ pub(crate) mod tests {
         );
         let (_dir2, journal) = filled(10).await;
         journal.rewrite_batch_of(2, |rs| rs.swap(1, 2));
-        let problems = journal.verify().unwrap().problems;
-        assert!(
-            problems.contains(&ChainProblem::Gap { after: 1, next: 3 }),
-            "{problems:?}"
+        // Stored as 1 3 2 4 …: one problem, the reordering, and no record beyond the journal.
+        let report = journal.verify().unwrap();
+        assert_eq!(
+            report.problems,
+            vec![ChainProblem::OutOfOrder {
+                first: 2,
+                last: 2,
+                after: 3
+            }]
         );
-        assert!(
-            problems.contains(&ChainProblem::Misplaced { key: 4, inside: 2 }),
-            "{problems:?}"
+        assert_eq!(
+            (report.first, report.last, report.checked),
+            (Some(1), Some(10), 10)
         );
+        // A whole run moved behind later records is one problem too: 1 2 3 7 8 9 4 5 6 10.
+        let (_dir4, journal) = filled(10).await;
+        let records = |seq| -> Vec<Vec<u8>> {
+            let batch = journal.batch_of(seq).unwrap().unwrap();
+            batch
+                .records()
+                .unwrap()
+                .iter()
+                .map(|b| b.to_vec())
+                .collect()
+        };
+        let (four, seven) = (records(4), records(7));
+        journal.rewrite_batch_of(4, |rs| *rs = seven);
+        journal.rewrite_batch_of(7, |rs| *rs = four);
+        let report = journal.verify().unwrap();
+        assert_eq!(
+            report.problems,
+            vec![ChainProblem::OutOfOrder {
+                first: 4,
+                last: 6,
+                after: 9
+            }]
+        );
+        assert_eq!((report.first, report.last), (Some(1), Some(10)));
         // Dropping the last record shows as a gap before the stored head.
         let (_dir3, journal) = filled(10).await;
         journal.rewrite_batch_of(10, |rs| {

@@ -740,6 +740,45 @@ rate_ppm = 100000
     }
 
     #[test]
+    fn the_built_in_table_of_docs_mqtt_md_is_what_the_built_in_set_decides() {
+        // Each row of the table "With the built-in rule set" in docs/mqtt.md, as written
+        // there, and the inputs it stands for. A platform written from that doc alone must
+        // see what the engine does (identity_verified absent is false: held).
+        let doc = include_str!("../../docs/mqtt.md");
+        let s = RuleSet::builtin();
+        // (row, instruction held, declaration, lane role, deciding rule)
+        type Row<'a> = (
+            &'a str,
+            Option<Action>,
+            Option<Declared<'a>>,
+            LaneRole,
+            &'a str,
+        );
+        let rows: [Row; 9] = [
+            ("| waybill | `inspect` | any | inspection | `instruction` |", Some(Action::Inspect), Some(decl(false, None)), LaneRole::Inspection, "instruction"),
+            ("| waybill | `hold` | any | hold | `instruction` |", Some(Action::Hold), None, LaneRole::Hold, "instruction"),
+            ("| waybill | `release` or none | no | hold | `undeclared` |", Some(Action::Release), None, LaneRole::Hold, "undeclared"),
+            ("| waybill | `release` or none | no | hold | `undeclared` |", None, None, LaneRole::Hold, "undeclared"),
+            ("| waybill | `release` or none | yes, `identity_verified` `false` or absent | hold | `unverified_identity` |", Some(Action::Release), Some(decl(false, None)), LaneRole::Hold, "unverified_identity"),
+            ("| waybill | `release` or none | yes, `identity_verified` `false` or absent | hold | `unverified_identity` |", None, Some(decl(false, None)), LaneRole::Hold, "unverified_identity"),
+            ("| waybill | `release` | yes, `identity_verified: true` | release | `instruction` |", Some(Action::Release), Some(decl(true, None)), LaneRole::Release, "instruction"),
+            ("| waybill | none | yes, `identity_verified: true` | hold | `awaiting_release` |", None, Some(decl(true, None)), LaneRole::Hold, AWAITING_RELEASE),
+            ("| waybill | `inspect` | any | inspection | `instruction` |", Some(Action::Inspect), None, LaneRole::Inspection, "instruction"),
+        ];
+        for (row, action, declaration, role, rule) in rows {
+            assert!(doc.contains(row), "docs/mqtt.md lacks the row {row}");
+            let inp = Inputs {
+                waybill: "W1",
+                declaration,
+                instruction: action.map(instr),
+                ..Default::default()
+            };
+            let e = evaluate(&s, &inp);
+            assert_eq!((e.role, e.fired[0].rule.as_str()), (role, rule), "{row}");
+        }
+    }
+
+    #[test]
     fn suspension_and_unverified_identity_hold_without_their_rules() {
         let only_instruction = RuleSet::parse(
             "t",

@@ -161,6 +161,27 @@ mod tests {
         assert_eq!(b.roll(), (0, 0));
     }
 
+    #[test]
+    fn refusal_alerts_carry_what_docs_mqtt_md_says() {
+        // docs/mqtt.md: not about a line or a parcel: `line` is "", `parcel` and `waybill`
+        // are null (not absent, not "").
+        let r = bondline_devices::contract::Record::Alert(record(
+            "gw",
+            AlertKind::ForgedMessage,
+            "P/instructions: unsigned".into(),
+        ));
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["line"], serde_json::json!(""));
+        assert_eq!(v.get("parcel"), Some(&serde_json::Value::Null));
+        assert_eq!(v.get("waybill"), Some(&serde_json::Value::Null));
+        let doc = include_str!("../../docs/mqtt.md");
+        assert_eq!(
+            doc.matches("Not about a line or a parcel: `line` is `\"\"` (the empty string), `parcel` and `waybill` are `null`.").count(),
+            2,
+            "docs/mqtt.md describes both refusal alerts' empty fields"
+        );
+    }
+
     #[tokio::test]
     async fn refusals_become_alert_records_and_none_is_left_at_stop() {
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());

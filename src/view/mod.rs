@@ -12,12 +12,16 @@
 //! bearer token or basic auth; config load refuses a non-loopback address without them.
 //! With `[view] tls` the view speaks HTTPS only ([`tls`]); its certificate is read again on
 //! SIGHUP.
+//!
+//! Every error answer is `{"error": …}`, including the router's 405 and the HTTP parser's
+//! 400, 414 and 431 ([`errors`]).
 
 mod api;
 mod assets;
 pub mod auth;
 pub mod board;
 mod config;
+mod errors;
 pub mod health;
 pub mod prometheus;
 pub mod tls;
@@ -167,14 +171,7 @@ pub async fn start(
             tokio::spawn(tls::serve(listener, app, tls, stop));
         }
         None => {
-            tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "staff view stopped");
-                }
-            });
+            tokio::spawn(errors::serve_plain(listener, app, stop));
         }
     }
     tracing::info!(%addr, https = config.tls.is_some(), "staff view listening");
@@ -201,6 +198,7 @@ fn router(shared: Shared) -> Router {
         .route("/readyz", get(api::readyz))
         .merge(protected)
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(errors::json_errors))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(shared)
 }

@@ -20,7 +20,6 @@ use crate::uplink::tls::{certs, file_err, TlsError};
 /// How long a client may take over its TLS handshake, and over a request's headers: an idle
 /// or slow client does not hold a connection for ever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The view's certificate and key files, and the server configuration made from them.
 #[derive(Debug, Clone)]
@@ -104,18 +103,7 @@ pub async fn serve(
                 Ok(Err(e)) => return handshake_failed(peer, &e.to_string()),
                 Err(_) => return handshake_failed(peer, "timed out"),
             };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "staff view connection ended");
-                },
-                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
+            super::errors::serve_connection(stream, app, peer, stop).await;
         });
     }
 }

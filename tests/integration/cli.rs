@@ -368,8 +368,80 @@ fn journal_verify_finds_dropped_and_reordered_records_in_a_copied_store() {
     }
     let (code, out) = verify(&swapped);
     assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains("\"problem\": \"misplaced\"") || out.contains("\"problem\": \"broken\""),
-        "{out}"
+    // Batches [4..6] and [7..9] swapped: one reordering, reported once.
+    assert_eq!(out.matches("\"problem\"").count(), 1, "{out}");
+    assert!(out.contains("\"problem\": \"out_of_order\""), "{out}");
+}
+
+/// `storage.path` naming a regular file: a configuration error (64) naming the key, both
+/// for check-config and for run (sled used to fail at start with exit 1, and
+/// `Restart=on-failure` looped).
+#[test]
+fn a_storage_path_that_is_a_file_is_a_configuration_error_at_check_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let path = dir.path().join("file-store.toml");
+    let text = std::fs::read_to_string(EXAMPLE).unwrap().replacen(
+        "path = \"/var/lib/bondline/journal\"",
+        &format!("path = \"{}\"", file.display()),
+        1,
     );
+    std::fs::write(&path, text).unwrap();
+    for cmd in [&["check-config"][..], &["run", "--config"][..]] {
+        let out = bondline().args(cmd).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{cmd:?}: {err}");
+        assert!(err.contains("key `storage.path`"), "{cmd:?}: {err}");
+        assert!(err.contains("is not a directory"), "{cmd:?}: {err}");
+    }
+}
+
+/// A host that can never resolve is an error; one that does not resolve now, a warning.
+#[test]
+fn check_config_refuses_impossible_hosts_and_warns_about_unresolved_ones() {
+    check_broken(
+        "tcp = \"192.0.2.10:502\"",
+        "tcp = \"plc 1:502\"",
+        "devices.plc-1.tcp",
+        "can never resolve",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("unresolved.toml");
+    let text = std::fs::read_to_string(EXAMPLE).unwrap().replacen(
+        "tcp = \"192.0.2.10:502\"",
+        "tcp = \"plc-1.invalid:502\"",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = bondline().arg("check-config").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("warning:")
+            && stdout.contains("key `devices.plc-1.tcp`: host `plc-1.invalid` does not resolve"),
+        "{stdout}"
+    );
+}
+
+/// A 100,000-character value is not echoed whole.
+#[test]
+fn check_config_cuts_long_values_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.toml");
+    let text = std::fs::read_to_string(EXAMPLE).unwrap().replacen(
+        "gateway_id = \"gw-01\"",
+        &format!("gateway_id = \"{}\"", "g".repeat(100_000)),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = bondline().arg("check-config").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(err.len() < 400, "{} bytes echoed", err.len());
+    assert!(err.contains("(100000 characters)"), "{err}");
 }

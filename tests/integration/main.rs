@@ -7,6 +7,7 @@ mod cli;
 mod delivery;
 mod demo_rules;
 mod faults;
+mod framing;
 mod handshake;
 mod harness;
 mod report;

@@ -254,3 +254,101 @@ fn journal_stats(store: &Path) -> serde_json::Value {
         .unwrap();
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The client key goes missing while the daemon runs: every reconnect attempt fails the
+/// same way, and the platform gets one alarm about it, not one per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_client_key_raises_one_alarm_not_one_per_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pki = dir.path();
+    let trusted = ca("bondline test CA");
+    write(&pki.join("ca.pem"), &trusted.cert.pem());
+    issue(&trusted, pki, "broker", true);
+    issue(&trusted, pki, "gateway", false);
+    let passwords = pki.join("passwords");
+    let ok = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["gw-test", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o644)).unwrap();
+    write(&pki.join("gw-password"), "s3cret\n");
+    let tls_port = free_port();
+    let extra = format!(
+        "listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\nrequire_certificate true\n",
+        pw = passwords.display(),
+        ca = pki.join("ca.pem").display(),
+        crt = pki.join("broker.pem").display(),
+        key = pki.join("broker.key").display(),
+    );
+    let mut mosquitto = Mosquitto::start_with(dir.path(), &extra).await;
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-key")
+        .await
+        .unwrap();
+    let plan = Plan::with_mix(78, Mix::only(PlanKind::Undeclared));
+    let f = floor(plan, 10.0, Some(10)).await;
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(
+        &config,
+        tls_config(dir.path(), "journal", "gateway", tls_port, f.scanner, f.plc),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let daemon = Daemon::start(&config, &log);
+    assert!(
+        platform.wait_for_records(3, Duration::from_secs(30)).await,
+        "connected over TLS first"
+    );
+
+    // The key disappears; the broker restarts, so the gateway must reconnect, and fails.
+    std::fs::remove_file(pki.join("live.key")).unwrap();
+    mosquitto.restart().await;
+    let failures = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("cannot connect to the broker")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || failures() >= 6).await,
+        "the reconnects did not fail repeatedly: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // The key is back: the gateway reconnects and sends its queued alarms.
+    std::fs::copy(pki.join("gateway.key"), pki.join("live.key")).unwrap();
+    let alarms = || {
+        platform
+            .events()
+            .iter()
+            .filter(|e| {
+                e.kind == bondline_devices::contract::EventKind::Alarm
+                    && e.detail.contains("cannot connect to the broker")
+            })
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || alarms() >= 1).await,
+        "no alarm reached the platform; events: {:?}",
+        platform.events()
+    );
+    // The queued alarms went out together: wait until the platform's events stop coming.
+    assert!(
+        crate::harness::settle(Duration::from_secs(20), Duration::from_millis(1500), || {
+            platform.events().len() as u64
+        })
+        .await
+    );
+    let attempts = failures();
+    assert_eq!(
+        alarms(),
+        1,
+        "{attempts} failed attempts (in the log) became {} alarms",
+        alarms()
+    );
+    println!("{attempts} log lines for the failed reconnects, 1 alarm to the platform");
+    assert_eq!(daemon.terminate(), Some(0));
+}

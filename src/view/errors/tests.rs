@@ -1,0 +1,121 @@
+//! A real server on a loopback port, spoken to with raw HTTP/1.1.
+
+use std::net::SocketAddr;
+
+use axum::routing::get;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+async fn server() -> (SocketAddr, CancellationToken) {
+    let app = Router::new()
+        .route("/ok", get(|| async { "fine" }))
+        .route(
+            "/text-error",
+            get(|| async { (StatusCode::BAD_REQUEST, "bad thing") }),
+        )
+        .layer(axum::middleware::from_fn(json_errors));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(serve_plain(listener, app, stop.clone()));
+    (addr, stop)
+}
+
+/// Sends `request` as is; returns the status, the lower-cased head and the body.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn error_of(body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn every_error_is_json_whoever_raises_it() {
+    let (addr, stop) = server().await;
+    let ok = exchange(
+        addr,
+        b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((ok.0, ok.2.as_str()), (200, "fine"));
+
+    // The router: a method other than GET.
+    let (status, head, body) = exchange(
+        addr,
+        b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains("allow: get,head"), "{head}");
+    assert!(error_of(&body).contains("read-only"), "{body}");
+
+    // A handler's plain-text error keeps its words.
+    let (status, _, body) = exchange(
+        addr,
+        b"GET /text-error HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, error_of(&body).as_str()), (400, "bad thing"));
+
+    // The HTTP parser: a URI over 64 KiB, more than 100 headers, a broken request line.
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let (status, head, body) = exchange(addr, long_uri.as_bytes()).await;
+    assert_eq!(status, 414, "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_eq!(error_of(&body), "uri too long");
+
+    let mut many = String::from("GET /ok HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..120 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let (status, _, body) = exchange(addr, many.as_bytes()).await;
+    assert_eq!(status, 431);
+    assert_eq!(error_of(&body), "request header fields too large");
+
+    let (status, _, body) = exchange(addr, b"GET\x01 / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status, 400);
+    assert_eq!(error_of(&body), "bad request");
+    stop.cancel();
+}
+
+#[test]
+fn only_bodiless_parser_errors_are_replaced() {
+    let auto = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 17:00:00 GMT\r\n\r\n";
+    let json = String::from_utf8(replacement(auto).unwrap()).unwrap();
+    assert!(
+        json.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{json}"
+    );
+    assert!(json.contains("date: Fri"), "{json}");
+    assert!(
+        json.ends_with("\r\n\r\n{\"error\":\"request header fields too large\"}"),
+        "{json}"
+    );
+    // A response with a body, a content type, or another status is left alone.
+    assert!(replacement(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}").is_none());
+    assert!(
+        replacement(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\r\n")
+            .is_none()
+    );
+    assert!(replacement(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").is_none());
+    assert!(replacement(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
+}
