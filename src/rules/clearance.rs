@@ -15,6 +15,7 @@ use bondline_devices::contract::{
 
 use crate::rules::engine::{ConsumerWindow, Declared, Ordered};
 use crate::rules::history::ConsumerHistory;
+use crate::rules::sharded::{ShardedMap, ShardedSet};
 
 /// What applying a platform message did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,11 +90,13 @@ struct Notice {
 /// Declarations, instructions, enterprise notices and consumer histories, as last received.
 #[derive(Debug, Default, Clone)]
 pub struct ClearanceTable {
-    declarations: HashMap<Box<str>, Facts>,
-    instructions: HashMap<Box<str>, Held>,
+    // Sharded, so that growing to millions never rehashes the whole table under the lock
+    // the lines read through (see `sharded`).
+    declarations: ShardedMap<Box<str>, Facts>,
+    instructions: ShardedMap<Box<str>, Held>,
     /// Digests of every instruction id ever applied, superseded or ignored, so a redelivery
     /// of an old instruction cannot replace a newer one.
-    seen_instructions: HashSet<u128>,
+    seen_instructions: ShardedSet<u128>,
     /// The latest notice per enterprise (by interned id).
     notices: HashMap<u32, Notice>,
     seen_notices: HashSet<u128>,

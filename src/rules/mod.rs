@@ -11,6 +11,7 @@ pub mod clearance;
 pub mod engine;
 pub mod history;
 pub mod retention;
+pub mod sharded;
 
 use bondline_devices::contract::{ConsumerWindowSeen, DecisionInputs, LaneRole};
 
