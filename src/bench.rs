@@ -54,6 +54,10 @@ pub enum BenchCommand {
         /// Records already waiting in the journal when the run starts.
         #[arg(long, default_value_t = 200_000)]
         backlog: u64,
+        /// Declarations the platform pushes at full speed while the lines run (of waybills
+        /// the lines never scan): the clearance table grows under the lines' lookups.
+        #[arg(long, default_value_t = 0)]
+        flood: u64,
         /// Broker host:port; default: start Mosquitto on a free port.
         #[arg(long)]
         broker: Option<String>,
@@ -167,9 +171,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             lines,
             seconds,
             backlog,
+            flood,
             broker,
             dir,
-        } => lines_bench(lines, seconds, backlog, broker, dir).await,
+        } => lines_bench(lines, seconds, backlog, flood, broker, dir).await,
         BenchCommand::Drain {
             records,
             broker,
@@ -447,6 +452,7 @@ async fn lines_bench(
     lines: u16,
     seconds: u64,
     backlog: u64,
+    flood: u64,
     broker: Option<String>,
     dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
@@ -475,6 +481,7 @@ async fn lines_bench(
         .context("built-in PLC profile")?
         .clone();
     let mut sims = Vec::new();
+    let mut line_seeds = Vec::new();
     let mut config = format!(
         "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
         store.display()
@@ -483,6 +490,7 @@ async fn lines_bench(
     for i in 0..lines {
         let mut scenario = Scenario::from_toml(PEAK).map_err(|e| anyhow::anyhow!("{e}"))?;
         scenario.seed += i as u64 * 7919;
+        line_seeds.push(scenario.seed % 10_000);
         scenario.length = RunLength::Seconds(seconds as f64);
         let sim = LineSim::bind(scenario.clone(), framing.clone(), map.clone()).await?;
         let scanner = sim.scanner_addr().context("line-sim scanner is TCP")?;
@@ -524,8 +532,30 @@ async fn lines_bench(
     .await?;
     let backlog_at_start = Metrics::get(&metrics.backlog);
     println!(
-        "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile"
+        "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile; flood of {flood} declarations"
     );
+    // Waybills of another plan than any line's: the flood changes no line's decisions.
+    let flood_task = (flood > 0).then(|| {
+        let mut seed = 4242u64;
+        while line_seeds.contains(&(seed % 10_000)) {
+            seed += 1;
+        }
+        let plan = bondline_simulators::plan::Plan::with_mix(
+            seed,
+            bondline_simulators::plan::Mix::only(bondline_simulators::plan::PlanKind::DeclaredOnly),
+        );
+        let host = host.clone();
+        tokio::spawn(async move {
+            let platform = PlatformSim::connect(
+                std::net::SocketAddr::new(host.parse()?, port),
+                "bench/lines",
+                "bench-lines-flood",
+            )
+            .await?;
+            platform.publish_plan(&plan, 0..flood).await
+        })
+    });
+    let messages_at_start = Metrics::get(&metrics.platform_messages);
     let started = Instant::now();
     let runs = sims
         .into_iter()
@@ -533,6 +563,15 @@ async fn lines_bench(
     let ledgers = futures::future::join_all(runs).await;
     let elapsed = started.elapsed();
     let forwarded = Metrics::get(&metrics.records_forwarded);
+    let ingested = Metrics::get(&metrics.platform_messages) - messages_at_start;
+    let held = app
+        .table
+        .read()
+        .map(|t| t.declarations())
+        .unwrap_or_default();
+    if let Some(t) = flood_task {
+        t.abort();
+    }
     stop.cancel();
     app.wait().await?;
 
@@ -575,6 +614,12 @@ async fn lines_bench(
         h.quantile_us(0.99),
         h.max_us()
     );
+    if flood > 0 {
+        println!(
+            "platform meanwhile: {ingested} messages taken in ({:.0}/s), {held} declarations held at the end",
+            ingested as f64 / elapsed.as_secs_f64()
+        );
+    }
     println!(
         "uplink meanwhile: {forwarded} records forwarded in {:.1} s ({:.0}/s), backlog {} → {}",
         elapsed.as_secs_f64(),
