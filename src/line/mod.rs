@@ -579,31 +579,13 @@ impl Line {
             DispositionCode::FailSafe => DispositionKind::FailSafe,
         };
         let role = self.ctx.lanes.role_of(d.lane);
-        let released = role == Some(LaneRole::Release);
-        if t.is_none() {
+        let Some(t) = t else {
             // Not this run's parcel: the journal may know it from an earlier run.
             return self.on_earlier_disposition(d, kind, role, sink);
-        }
-        let waybill = t.as_ref().and_then(|t| t.waybill().map(str::to_string));
-        sink.push(DispositionRecord {
-            schema: SCHEMA,
-            msg_id: String::new(),
-            seq: 0,
-            prev_hash: String::new(),
-            gateway: self.ctx.gateway.clone(),
-            line: self.ctx.line.clone(),
-            parcel: d.parcel,
-            waybill: waybill.clone(),
-            disposition: kind,
-            lane: d.lane,
-            lane_role: role,
-            commanded_lane: t.as_ref().and_then(|t| t.committed_lane),
-            at_ms: unix_ms(SystemTime::now()),
-        });
-        let release_decided = t
-            .as_ref()
-            .is_some_and(|t| t.decision.role == LaneRole::Release);
-        if released && !release_decided {
+        };
+        let waybill = t.waybill().map(str::to_string);
+        sink.push(self.disposition_record(&d, kind, role, waybill.clone(), t.committed_lane));
+        if role == Some(LaneRole::Release) && t.decision.role != LaneRole::Release {
             // The gateway never lets this happen; if the PLC reports it, customs must know.
             Metrics::add(&self.ctx.metrics.released_without_decision, 1);
             error!(line = %self.ctx.line, parcel = d.parcel, "PLC reports a parcel in the release lane without a release decision");
@@ -618,17 +600,40 @@ impl Line {
                 sink,
             );
         } else if kind == DispositionKind::Sorted {
-            if let Some(c) = t.as_ref().and_then(|t| t.committed_lane) {
-                if c != d.lane {
-                    self.alert(
-                        Some(d.parcel),
-                        waybill,
-                        AlertKind::WrongLane,
-                        format!("commanded lane {c}, the PLC reports lane {}", d.lane),
-                        sink,
-                    );
-                }
+            if let Some(c) = t.committed_lane.filter(|c| *c != d.lane) {
+                self.alert(
+                    Some(d.parcel),
+                    waybill,
+                    AlertKind::WrongLane,
+                    format!("commanded lane {c}, the PLC reports lane {}", d.lane),
+                    sink,
+                );
             }
+        }
+    }
+
+    fn disposition_record(
+        &self,
+        d: &Disposition,
+        kind: DispositionKind,
+        role: Option<LaneRole>,
+        waybill: Option<String>,
+        commanded_lane: Option<u16>,
+    ) -> DispositionRecord {
+        DispositionRecord {
+            schema: SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: self.ctx.gateway.clone(),
+            line: self.ctx.line.clone(),
+            parcel: d.parcel,
+            waybill,
+            disposition: kind,
+            lane: d.lane,
+            lane_role: role,
+            commanded_lane,
+            at_ms: unix_ms(SystemTime::now()),
         }
     }
 
@@ -647,21 +652,8 @@ impl Line {
         }
         let known = self.earlier.get(d.parcel).filter(|k| k.decided).cloned();
         let waybill = known.as_ref().and_then(|k| k.waybill.clone());
-        sink.push(DispositionRecord {
-            schema: SCHEMA,
-            msg_id: String::new(),
-            seq: 0,
-            prev_hash: String::new(),
-            gateway: self.ctx.gateway.clone(),
-            line: self.ctx.line.clone(),
-            parcel: d.parcel,
-            waybill: waybill.clone(),
-            disposition: kind,
-            lane: d.lane,
-            lane_role: role,
-            commanded_lane: known.as_ref().filter(|k| k.acked).and_then(|k| k.lane),
-            at_ms: unix_ms(SystemTime::now()),
-        });
+        let commanded = known.as_ref().filter(|k| k.acked).and_then(|k| k.lane);
+        sink.push(self.disposition_record(&d, kind, role, waybill.clone(), commanded));
         let released = role == Some(LaneRole::Release);
         let role_text = role.map_or("no configured role", LaneRole::as_str);
         match known {
