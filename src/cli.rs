@@ -320,7 +320,12 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let rt = match tokio::runtime::Runtime::new() {
+    // The main runtime yields the CPU to the floor and journal threads (see threads).
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(crate::threads::yield_to_floor)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

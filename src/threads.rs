@@ -15,6 +15,11 @@
 //!
 //! Each is a single-threaded tokio runtime on its own OS thread: tasks spawned on it keep
 //! their timers and I/O there. Channels between runtimes need no care.
+//!
+//! Threads do not protect against a neighbour that takes the CPU: on a two-core gateway a
+//! backlog drain keeps both cores busy. The main runtime's threads therefore run at a lower
+//! scheduling priority ([`yield_to_floor`], nice +10: about a tenth of the CPU weight of the
+//! floor and journal threads when they compete), which needs no privilege.
 
 use std::future::Future;
 
@@ -69,6 +74,23 @@ impl Drop for Dedicated {
     }
 }
 
+/// How much nicer than the floor the main runtime's threads are.
+pub const MAIN_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority by [`MAIN_NICE`]: for the main runtime's
+/// worker and blocking threads (`on_thread_start`), so that whatever they do, the floor and
+/// journal threads get the CPU first. Linux gives each thread its own nice value; elsewhere,
+/// or if the call fails, nothing changes.
+pub fn yield_to_floor() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + MAIN_NICE).min(19));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +111,25 @@ mod tests {
             Some("bondline-test"),
             "the caller's thread is another"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_main_thread_yields_and_a_dedicated_one_does_not() {
+        fn nice() -> i32 {
+            // SAFETY: reads the calling thread's own priority.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::getpriority(libc::PRIO_PROCESS, tid)
+            }
+        }
+        let before = std::thread::spawn(nice).join().unwrap();
+        let after = std::thread::spawn(|| {
+            yield_to_floor();
+            nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(after, (before + MAIN_NICE).min(19));
     }
 }
