@@ -5,13 +5,16 @@
 //!   flush window, chaining, flush), from a burst of records.
 //! - `drain`: fills a journal with a backlog, then measures (1) the raw rate of rumqttc QoS 1
 //!   publishing to the broker with the same payloads and in-flight window, and (2) the time
-//!   the uplink needs to drain the backlog to the same broker, PUBACK-matched and removed
-//!   from the outbox. Without `--broker`, a Mosquitto from the PATH is started on a free port.
+//!   the daemon's uplink needs to drain the backlog to the same broker, PUBACK-matched and
+//!   removed from the outbox (see [`drain`]). Without `--broker`, a Mosquitto from the PATH
+//!   is started on a free port.
+
+mod drain;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -21,12 +24,10 @@ use bondline_devices::contract::{
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::alarm::Alarms;
-use crate::config::{parse_host_port, Uplink as UplinkConfig};
+use crate::config::parse_host_port;
 use crate::journal::{record_sink, Journal};
 use crate::metrics::Metrics;
 use crate::rules::ClearanceTable;
-use crate::uplink::Uplink;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
@@ -88,6 +89,10 @@ pub enum BenchCommand {
         /// In-flight window for both measurements.
         #[arg(long, default_value_t = 64)]
         inflight: u16,
+        /// The uplink's pace (`uplink.drain_rate`, records/s; 0 = unpaced, only the in-flight
+        /// window limits). The daemon's default is 5000.
+        #[arg(long, default_value_t = 0)]
+        drain_rate: u32,
         /// Directory for the journal (default: a temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -174,13 +179,14 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             records,
             broker,
             inflight,
+            drain_rate,
             dir,
         } => {
             let (_tmp, dir) = work_dir(dir)?;
             let (_mosquitto, host, port) = broker_or_mosquitto(broker, &dir)?;
+            let store = dir.join("journal");
             println!("filling a backlog of {records} records...");
-            let (journal, fill_time) =
-                fill(&dir.join("journal"), records, Duration::from_millis(2)).await?;
+            let (journal, fill_time) = fill(&store, records, Duration::from_millis(2)).await?;
             println!(
                 "journal append: {records} records in {:.2} s = {:.0} records/s",
                 fill_time.as_secs_f64(),
@@ -191,21 +197,24 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 .pop()
                 .map(|(_, b)| b.to_vec())
                 .context("empty journal")?;
+            // The daemon opens the store itself.
+            drop(journal);
             let raw = raw_publish(&host, port, records, inflight, &sample).await?;
+            let raw_rate = records as f64 / raw.as_secs_f64();
             println!(
-                "raw rumqttc QoS1: {records} publishes of {} bytes in {:.2} s = {:.0} msg/s (in-flight {inflight})",
+                "raw rumqttc QoS1: {records} publishes of {} bytes in {:.2} s = {raw_rate:.0} msg/s (in-flight {inflight})",
                 sample.len(),
                 raw.as_secs_f64(),
-                records as f64 / raw.as_secs_f64()
             );
-            let drain = drain(journal, &host, port, inflight).await?;
-            let raw_rate = records as f64 / raw.as_secs_f64();
-            let drain_rate = records as f64 / drain.as_secs_f64();
+            let run = drain::daemon_drain(&store, &host, port, inflight, drain_rate).await?;
+            let drain_rate_measured = run.forwarded as f64 / run.connected_for.as_secs_f64();
             println!(
-                "uplink drain: {records} records in {:.2} s = {:.0} records/s = {:.0}% of raw",
-                drain.as_secs_f64(),
-                drain_rate,
-                100.0 * drain_rate / raw_rate
+                "uplink drain (the daemon, drain_rate {}): {} records in {:.2} s from connection = {drain_rate_measured:.0} records/s = {:.0}% of raw ({:.2} s from daemon start)",
+                if drain_rate == 0 { "unpaced".to_string() } else { format!("{drain_rate}/s") },
+                run.forwarded,
+                run.connected_for.as_secs_f64(),
+                100.0 * drain_rate_measured / raw_rate,
+                run.elapsed.as_secs_f64(),
             );
             Ok(())
         }
@@ -315,64 +324,6 @@ async fn raw_publish(
     }
     let elapsed = start.map(|s| s.elapsed()).unwrap_or_default();
     let _client = publisher.await??;
-    Ok(elapsed)
-}
-
-/// Runs the real uplink on `journal` until its outbox is empty.
-async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow::Result<Duration> {
-    let metrics = Arc::new(Metrics::default());
-    metrics
-        .backlog
-        .store(journal.backlog_len() as u64, Ordering::Relaxed);
-    let (_tx, accepted) = tokio::sync::watch::channel(0);
-    let policy = crate::policy::Policy::start(
-        Arc::new(crate::rules::engine::RuleSet::builtin()),
-        None,
-        crate::policy::Feeds::default(),
-        journal.clone(),
-        Alarms::new("bench-gw"),
-        metrics.clone(),
-        tokio::sync::broadcast::channel(1).0,
-    )?;
-    let uplink = Uplink {
-        config: UplinkConfig {
-            host: host.to_string(),
-            port,
-            client_id: "bondline-bench-drain".into(),
-            topic_prefix: "bench/gw".into(),
-            keep_alive: Duration::from_secs(30),
-            inflight,
-            max_packet_bytes: 256 * 1024,
-            reconnect_max: Duration::from_secs(2),
-            drain_rate: 0,
-            tls: None,
-            credentials: None,
-        },
-        gateway: "bench-gw".into(),
-        journal,
-        table: Arc::new(RwLock::new(ClearanceTable::default())),
-        metrics: metrics.clone(),
-        accepted,
-        alarms: Alarms::new("bench-gw"),
-        changes: tokio::sync::broadcast::channel(16).0,
-        policy,
-        anomalies: tokio::sync::mpsc::channel(1).1,
-        refusals: tokio::sync::mpsc::unbounded_channel().0,
-        reconnect: Arc::new(tokio::sync::Notify::new()),
-        trust: crate::trust::Trust::none(),
-    };
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
-    let start = Instant::now();
-    while Metrics::get(&metrics.backlog) > 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        if start.elapsed() > Duration::from_secs(3600) {
-            bail!("drain did not finish within an hour");
-        }
-    }
-    let elapsed = start.elapsed();
-    stop.cancel();
-    task.await?;
     Ok(elapsed)
 }
 
