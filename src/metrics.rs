@@ -104,7 +104,53 @@ pub struct Metrics {
     pub snapshots_failed: AtomicU64,
     /// One image: arrival to kept, chunked and handed to its line (decoding included).
     pub image_ingest_latency: Histogram,
+    /// The staff view's and the upload endpoint's connections and logins.
+    pub view_http: HttpStats,
+    pub upload_http: HttpStats,
     links: Mutex<BTreeMap<String, LinkStatus>>,
+}
+
+/// One of the daemon's HTTP servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpServer {
+    View,
+    Upload,
+}
+
+impl HttpServer {
+    pub fn name(self) -> &'static str {
+        match self {
+            HttpServer::View => "staff view",
+            HttpServer::Upload => "image upload",
+        }
+    }
+}
+
+/// Budget counters of one HTTP server (see `view::serve` and `view::throttle`).
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Gauge: connections open now.
+    pub connections: AtomicU64,
+    /// Times the server stopped accepting because its connection limit was reached.
+    pub connection_limit_reached: AtomicU64,
+    /// Connections closed by the header or idle timeout.
+    pub timed_out: AtomicU64,
+    /// Requests with wrong credentials.
+    pub login_failures: AtomicU64,
+    /// Requests refused with 429 by the failed-login throttle.
+    pub logins_throttled: AtomicU64,
+    /// Event streams refused with 503 because the stream limit was reached.
+    pub streams_refused: AtomicU64,
+}
+
+impl Metrics {
+    /// The counters of `server`.
+    pub fn http(&self, server: HttpServer) -> &HttpStats {
+        match server {
+            HttpServer::View => &self.view_http,
+            HttpServer::Upload => &self.upload_http,
+        }
+    }
 }
 
 /// Upper bounds of the latency buckets, in microseconds; the last bucket is unbounded.

@@ -369,7 +369,13 @@ async fn upload_server(rig: &Rig, max_bytes: usize) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     let creds = Credentials::new(Some(crate::journal::sha256(TOKEN.as_bytes())), Vec::new());
     let app = super::upload::router(rig.ingestor.clone(), creds, max_bytes, rig.shutdown.clone());
-    tokio::spawn(super::upload::serve(listener, app, rig.shutdown.clone()));
+    tokio::spawn(super::upload::serve(
+        listener,
+        app,
+        super::upload::DEFAULT_MAX_CONNECTIONS,
+        Default::default(),
+        rig.shutdown.clone(),
+    ));
     addr
 }
 
@@ -522,6 +528,7 @@ async fn start_runs_watchers_and_the_upload_endpoint_until_shutdown() {
     cfg.upload = Some(super::UploadConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         credentials: Credentials::default(),
+        max_connections: super::upload::DEFAULT_MAX_CONNECTIONS,
     });
     let (tx, mut rx) = mpsc::channel(8);
     let shutdown = CancellationToken::new();
@@ -613,7 +620,13 @@ async fn a_stalled_upload_does_not_hold_up_shutdown() {
         1024 * 1024,
         rig.shutdown.clone(),
     );
-    let server = tokio::spawn(super::upload::serve(listener, app, rig.shutdown.clone()));
+    let server = tokio::spawn(super::upload::serve(
+        listener,
+        app,
+        super::upload::DEFAULT_MAX_CONNECTIONS,
+        Default::default(),
+        rig.shutdown.clone(),
+    ));
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Announces 1000 bytes and sends 10: the handler waits for the rest.
     let head = format!(
