@@ -29,6 +29,14 @@
 //! dropped this" in a PUBACK, so a broker configured to acknowledge and discard oversized
 //! messages (Mosquitto's `message_size_limit`) cannot be detected: set `max_packet_kib` at or
 //! below the broker's limit.
+//!
+//! Platform messages the client cannot read (a packet above `max_incoming_kib`, or one that
+//! does not decode) end the session: rumqttc 0.25 fails the connection on them and has no
+//! way to skip the packet, and the broker delivers it again on the next session. The gateway
+//! ends that session itself, so it never counts against the records in flight (nothing is
+//! parked because of it), reports it once per run of such sessions (alarm and journaled
+//! `rejected_message` alert), and reconnects with its usual backoff. The remedy is on the
+//! broker: its packet limit below the gateway's (docs/mqtt.md).
 
 pub mod refusals;
 pub mod tls;
@@ -60,10 +68,10 @@ use crate::rules::{Applied, ClearanceTable};
 
 const LINK: &str = "broker";
 /// Largest platform message accepted; larger ones are rejected with an event. The MQTT
-/// client's own incoming limit is set higher, so an oversized message is read and rejected
-/// rather than breaking the connection over and over.
+/// client's own incoming limit (`uplink.max_incoming_kib`, 32 MiB by default) is set much
+/// higher, so an oversized message is read, refused and acknowledged rather than breaking
+/// the connection over and over.
 const MAX_INBOUND_PAYLOAD: usize = 1024 * 1024;
-const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
 /// Sessions in a row that may end with the same record unacknowledged before it is parked.
 pub const POISON_SESSIONS: u32 = 3;
 /// MQTT PUBLISH overhead besides payload and topic: fixed header (up to 5 bytes), topic
@@ -103,6 +111,8 @@ struct SessionEnd {
     poison_suspect: Option<u64>,
     /// How long the session was up.
     lasted: Duration,
+    /// Set when the session ended on a packet the client could not read.
+    unreadable: bool,
 }
 
 /// Why a session ended, as far as the gateway can tell.
@@ -114,6 +124,9 @@ enum EndCause {
     Timeout,
     /// The gateway ended it (a message it could not store, a full request queue).
     Local,
+    /// The client could not read a packet from the broker (too large or malformed): a
+    /// platform message, never one of the gateway's records.
+    Unreadable,
 }
 
 /// Requests the MQTT client may queue. Record publishes are bounded by the in-flight window;
@@ -156,6 +169,8 @@ impl Uplink {
         let mut backoff = Backoff::new(Duration::from_millis(250), self.config.reconnect_max);
         // The record that was left unacknowledged by the last sessions, and how many in a row.
         let mut suspect: Option<(u64, u32)> = None;
+        // Sessions in a row that ended on a packet the client could not read.
+        let mut unreadable_run = 0u32;
         loop {
             let mut anomalies = std::mem::replace(&mut self.anomalies, mpsc::channel(1).1);
             let end = tokio::select! {
@@ -166,7 +181,15 @@ impl Uplink {
             self.metrics.uplink_ready.store(false, Ordering::Relaxed);
             Metrics::add(&self.metrics.uplink_disconnects, 1);
             self.metrics.set_link(LINK, false, Some(end.reason.clone()));
-            if end.lasted >= HEALTHY_SESSION {
+            if end.unreadable {
+                unreadable_run += 1;
+                if unreadable_run == 1 {
+                    self.report_unreadable(&end.reason);
+                }
+            } else {
+                unreadable_run = 0;
+            }
+            if end.lasted >= HEALTHY_SESSION && !end.unreadable {
                 backoff.reset();
             }
             suspect = match (end.poison_suspect, suspect) {
@@ -200,7 +223,7 @@ impl Uplink {
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_inflight(c.inflight)
-            .set_max_packet_size(MAX_INCOMING_PACKET, c.max_packet_bytes)
+            .set_max_packet_size(c.max_incoming_bytes, c.max_packet_bytes)
             .set_request_channel_capacity(REQUEST_QUEUE);
         if let Some(t) = &c.tls {
             o.set_transport(rumqttc::Transport::tls_with_config(
@@ -211,6 +234,21 @@ impl Uplink {
             o.set_credentials(&cred.username, cred.password()?);
         }
         Ok(o)
+    }
+
+    /// A platform message the client cannot read cut the session: refused, journaled and
+    /// raised once per run of such sessions; the broker will deliver it again.
+    fn report_unreadable(&self, reason: &str) {
+        Metrics::add(&self.metrics.platform_rejected, 1);
+        let detail = format!(
+            "a platform message could not be read and ends every session until the broker stops delivering it: {reason}; set the broker's packet limit below uplink.max_incoming_kib (docs/mqtt.md)"
+        );
+        warn!(%reason, "platform message unreadable; the session is ended and retried with backoff");
+        let _ = self.refusals.send(refusals::Refusal {
+            alert: AlertKind::RejectedMessage,
+            detail: detail.clone(),
+        });
+        self.alarms.raise(detail);
     }
 
     /// Parks a record the broker will not take, with an alarm.
@@ -238,6 +276,7 @@ impl Uplink {
             reason,
             poison_suspect,
             lasted: ended.duration_since(started),
+            unreadable: cause == EndCause::Unreadable,
         }
     }
 
@@ -296,9 +335,10 @@ impl Uplink {
                             ConnectionError::NetworkTimeout
                             | ConnectionError::FlushTimeout
                             | ConnectionError::MqttState(StateError::AwaitPingResp) => EndCause::Timeout,
+                            ConnectionError::MqttState(StateError::Deserialization(_)) => EndCause::Unreadable,
                             _ => EndCause::Peer,
                         };
-                        return (e.to_string(), cause);
+                        return (unreadable_reason(&e, self.config.max_incoming_bytes), cause);
                     }
                 },
                 _ = feeder_failed.cancelled() => return ("record queue to the broker failed".into(), EndCause::Local),
@@ -833,6 +873,19 @@ async fn feed(mut f: Feeder) {
                 return;
             }
         }
+    }
+}
+
+/// Why a session ended, in words; a packet over the client's limit says which limit.
+fn unreadable_reason(e: &ConnectionError, limit: usize) -> String {
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => format!(
+            "incoming packet of {n} bytes is over uplink.max_incoming_kib ({} KiB)",
+            limit / 1024
+        ),
+        other => other.to_string(),
     }
 }
 

@@ -9,6 +9,7 @@ mod delivery;
 mod demo_rules;
 mod faults;
 mod harness;
+mod oversized;
 mod report;
 mod rules;
 mod scenarios;
