@@ -132,14 +132,18 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             dir,
         } => {
             let (_tmp, dir) = work_dir(dir)?;
-            let (journal, elapsed) =
-                fill(&dir, records, Duration::from_millis(flush_window_ms)).await?;
+            let (journal, elapsed, metrics) =
+                fill_measured(&dir, records, Duration::from_millis(flush_window_ms)).await?;
             let size = journal.stats()?.size_on_disk;
             println!(
                 "journal append: {records} records in {:.2} s = {:.0} records/s (flush window {flush_window_ms} ms, {:.0} MiB on disk)",
                 elapsed.as_secs_f64(),
                 records as f64 / elapsed.as_secs_f64(),
                 size as f64 / (1024.0 * 1024.0)
+            );
+            println!(
+                "group commit (transaction and flush): {}",
+                metrics.journal_flush_latency.percentiles()
             );
             // The waybill index is written behind the writer; how fast it catches up.
             let start = Instant::now();
@@ -273,9 +277,19 @@ fn sample_record(n: u64) -> ParcelRecord {
 
 /// Appends `n` records through the real writer; returns when the last one is flushed.
 async fn fill(dir: &Path, n: u64, window: Duration) -> anyhow::Result<(Journal, Duration)> {
+    let (journal, elapsed, _) = fill_measured(dir, n, window).await?;
+    Ok((journal, elapsed))
+}
+
+/// [`fill`], with the writer's metrics (group commit latency).
+async fn fill_measured(
+    dir: &Path,
+    n: u64,
+    window: Duration,
+) -> anyhow::Result<(Journal, Duration, Arc<Metrics>)> {
     let journal = Journal::open(dir)?;
     let metrics = Arc::new(Metrics::default());
-    let (sink, writer, mut accepted) = record_sink(journal.clone(), window, metrics)?;
+    let (sink, writer, mut accepted) = record_sink(journal.clone(), window, metrics.clone())?;
     let start_seq = *accepted.borrow();
     let writer = tokio::spawn(writer.run());
     let start = Instant::now();
@@ -288,7 +302,7 @@ async fn fill(dir: &Path, n: u64, window: Duration) -> anyhow::Result<(Journal, 
     let elapsed = start.elapsed();
     drop(sink);
     writer.await?;
-    Ok((journal, elapsed))
+    Ok((journal, elapsed, metrics))
 }
 
 /// Publishes `n` copies of `payload` at QoS 1 with rumqttc and waits for every PUBACK.
@@ -496,7 +510,7 @@ async fn lines_bench(
         late += l.late_diverts;
         parcels += l.parcels;
         println!(
-            "line L{i}: {} parcels in {:.0} s ({:.0}/h), correct {}, leaks {}, late diverts {}, wrong {}, sim lag max {:.1} ms, frame→command p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+            "line L{i}: {} parcels in {:.0} s ({:.0}/h), correct {}, leaks {}, late diverts {}, wrong {}, sim lag max {:.1} ms, frame→command (line-sim, exact) p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs max {:.0} µs",
             l.parcels,
             l.scan_span_s,
             l.parcels as f64 * 3600.0 / l.scan_span_s.max(1e-9),
@@ -505,23 +519,20 @@ async fn lines_bench(
             l.late_diverts,
             l.wrong_lanes,
             l.max_lag_ms,
-            l.latency.p50_ms.unwrap_or(0.0),
-            l.latency.p99_ms.unwrap_or(0.0),
-            l.latency.max_ms.unwrap_or(0.0),
+            l.latency.p50_ms.unwrap_or(0.0) * 1000.0,
+            l.latency.p99_ms.unwrap_or(0.0) * 1000.0,
+            l.latency.p99_9_ms.unwrap_or(0.0) * 1000.0,
+            l.latency.max_ms.unwrap_or(0.0) * 1000.0,
         );
     }
-    let h = &metrics.decision_latency;
     println!(
         "all lines: {parcels} parcels, leaks {leaks}, late diverts {late} (ledger) / {} (daemon), deadlines missed {}",
         Metrics::get(&metrics.late_diverts),
         Metrics::get(&metrics.deadlines_missed)
     );
     println!(
-        "daemon latency, scanner frame received → PLC-acknowledged divert: n {} p50 ≤ {} µs, p99 ≤ {} µs, max {} µs (bucket upper bounds)",
-        h.count(),
-        h.quantile_us(0.5),
-        h.quantile_us(0.99),
-        h.max_us()
+        "daemon latency, scanner frame received → PLC-acknowledged divert (HDR histogram, within 1%): {}",
+        metrics.decision_latency.percentiles()
     );
     println!(
         "uplink meanwhile: {forwarded} records forwarded in {:.1} s ({:.0}/s), backlog {} → {}",
@@ -641,7 +652,8 @@ fn rules_bench(
     });
     let after = resident_bytes();
 
-    let mut samples = Vec::with_capacity(evaluations as usize);
+    // Nanoseconds, three significant digits.
+    let mut samples = crate::metrics::new_hdr(3);
     let mut released = 0u64;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..evaluations {
@@ -660,23 +672,19 @@ fn rules_bench(
         };
         let start = Instant::now();
         let d = decide(&table, &set, scan);
-        samples.push(start.elapsed());
+        samples.saturating_record((start.elapsed().as_nanos() as u64).max(1));
         if d.role == bondline_devices::contract::LaneRole::Release {
             released += 1;
         }
     }
-    samples.sort_unstable();
-    let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     println!(
         "rules: {} rules, {declarations} declarations, {} consumers with history",
         set.rules.len(),
         table.consumers()
     );
     println!(
-        "decision (lookup, consumer windows, all rules, inputs for the record), {evaluations} parcels: p50 {:?} p99 {:?} max {:?} ({released} released)",
-        q(0.5),
-        q(0.99),
-        samples[samples.len() - 1]
+        "decision (lookup, consumer windows, all rules, inputs for the record): {} ({released} released)",
+        crate::metrics::Percentiles::of(&samples, 1000.0)
     );
     println!(
         "memory: {:.0} MiB resident for the table and history = {:.0} MiB per million declarations",

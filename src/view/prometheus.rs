@@ -287,6 +287,8 @@ fn metric(
     }
 }
 
+/// A Prometheus histogram from the HDR histogram's buckets; `_count` is the `+Inf` bucket
+/// of the same snapshot, so the two always agree.
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} histogram");
@@ -297,7 +299,7 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
         let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
     }
     let _ = writeln!(out, "{name}_sum {}", number(h.sum_us() as f64 / 1e6));
-    let _ = writeln!(out, "{name}_count {}", h.count());
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }
 
 fn label_set(labels: &[(&str, &str)]) -> String {

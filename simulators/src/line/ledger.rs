@@ -57,6 +57,7 @@ pub struct Latency {
     pub samples: u64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    pub p99_9_ms: Option<f64>,
     pub max_ms: Option<f64>,
 }
 
@@ -293,6 +294,7 @@ impl Ledger {
             samples: latencies.len() as u64,
             p50_ms: percentile(&latencies, 0.50),
             p99_ms: percentile(&latencies, 0.99),
+            p99_9_ms: percentile(&latencies, 0.999),
             max_ms: latencies.last().copied(),
         };
         l
