@@ -117,9 +117,15 @@ impl Snapshot {
         self.hdr.value_at_quantile(q).min(self.max_us)
     }
 
+    /// The quantiles are capped at the exact maximum (the HDR histogram reports the top of a
+    /// value's 1% range).
     pub fn percentiles(&self) -> Percentiles {
         let mut p = Percentiles::of(&self.hdr, 1.0);
-        p.max_us = self.max_us as f64;
+        let max = self.max_us as f64;
+        p.p50_us = p.p50_us.min(max);
+        p.p99_us = p.p99_us.min(max);
+        p.p999_us = p.p999_us.min(max);
+        p.max_us = max;
         p
     }
 
