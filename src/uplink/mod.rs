@@ -335,7 +335,7 @@ impl Uplink {
                             ConnectionError::NetworkTimeout
                             | ConnectionError::FlushTimeout
                             | ConnectionError::MqttState(StateError::AwaitPingResp) => EndCause::Timeout,
-                            ConnectionError::MqttState(StateError::Deserialization(_)) => EndCause::Unreadable,
+                            ConnectionError::MqttState(StateError::Deserialization(d)) if unreadable(d) => EndCause::Unreadable,
                             _ => EndCause::Peer,
                         };
                         return (unreadable_reason(&e, self.config.max_incoming_bytes), cause);
@@ -876,6 +876,17 @@ async fn feed(mut f: Feeder) {
     }
 }
 
+/// Whether a codec error means a packet from the broker could not be read, as opposed to a
+/// broken connection (rumqttc reports socket errors through its codec too) or a packet of
+/// ours the client would not send.
+fn unreadable(e: &rumqttc::mqttbytes::Error) -> bool {
+    use rumqttc::mqttbytes::Error as E;
+    !matches!(
+        e,
+        E::Io(_) | E::OutgoingPacketTooLarge { .. } | E::InsufficientBytes(_)
+    )
+}
+
 /// Why a session ended, in words; a packet over the client's limit says which limit.
 fn unreadable_reason(e: &ConnectionError, limit: usize) -> String {
     match e {
@@ -918,6 +929,26 @@ fn replay_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_packets_from_the_broker_that_cannot_be_read_are_unreadable() {
+        use rumqttc::mqttbytes::Error as E;
+        assert!(unreadable(&E::PayloadSizeLimitExceeded(17 << 20)));
+        assert!(unreadable(&E::MalformedPacket));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(
+            !unreadable(&E::Io(reset)),
+            "a reset connection is the peer's doing"
+        );
+        assert!(!unreadable(&E::OutgoingPacketTooLarge {
+            pkt_size: 2,
+            max: 1
+        }));
+        let e = ConnectionError::MqttState(StateError::Deserialization(
+            E::PayloadSizeLimitExceeded(17 << 20),
+        ));
+        assert!(unreadable_reason(&e, 16 << 20).contains("max_incoming_kib (16384 KiB)"));
+    }
 
     #[tokio::test]
     async fn pace_keeps_sub_millisecond_rates_on_average() {
