@@ -40,6 +40,7 @@
 
 pub mod refusals;
 pub mod tls;
+mod unreadable;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -65,6 +66,7 @@ use crate::line::ClearanceChange;
 use crate::metrics::{unix_ms, Metrics};
 use crate::policy::{Policy, UpdateError, UpdateOutcome};
 use crate::rules::{Applied, ClearanceTable};
+use unreadable::{unreadable, unreadable_reason};
 
 const LINK: &str = "broker";
 /// Largest platform message accepted; larger ones are rejected with an event. The MQTT
@@ -876,30 +878,6 @@ async fn feed(mut f: Feeder) {
     }
 }
 
-/// Whether a codec error means a packet from the broker could not be read, as opposed to a
-/// broken connection (rumqttc reports socket errors through its codec too) or a packet of
-/// ours the client would not send.
-fn unreadable(e: &rumqttc::mqttbytes::Error) -> bool {
-    use rumqttc::mqttbytes::Error as E;
-    !matches!(
-        e,
-        E::Io(_) | E::OutgoingPacketTooLarge { .. } | E::InsufficientBytes(_)
-    )
-}
-
-/// Why a session ended, in words; a packet over the client's limit says which limit.
-fn unreadable_reason(e: &ConnectionError, limit: usize) -> String {
-    match e {
-        ConnectionError::MqttState(StateError::Deserialization(
-            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
-        )) => format!(
-            "incoming packet of {n} bytes is over uplink.max_incoming_kib ({} KiB)",
-            limit / 1024
-        ),
-        other => other.to_string(),
-    }
-}
-
 /// What to report of a signed message that was not applied because its id was received
 /// before (`seen`) or it is older than what is in force (`!fresh`). A broker's redelivery
 /// (`dup`, after a session ended before the acknowledgement) is routine; anything else is a
@@ -929,26 +907,6 @@ fn replay_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_packets_from_the_broker_that_cannot_be_read_are_unreadable() {
-        use rumqttc::mqttbytes::Error as E;
-        assert!(unreadable(&E::PayloadSizeLimitExceeded(17 << 20)));
-        assert!(unreadable(&E::MalformedPacket));
-        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert!(
-            !unreadable(&E::Io(reset)),
-            "a reset connection is the peer's doing"
-        );
-        assert!(!unreadable(&E::OutgoingPacketTooLarge {
-            pkt_size: 2,
-            max: 1
-        }));
-        let e = ConnectionError::MqttState(StateError::Deserialization(
-            E::PayloadSizeLimitExceeded(17 << 20),
-        ));
-        assert!(unreadable_reason(&e, 16 << 20).contains("max_incoming_kib (16384 KiB)"));
-    }
 
     #[tokio::test]
     async fn pace_keeps_sub_millisecond_rates_on_average() {
