@@ -469,6 +469,32 @@ async fn an_upload_needs_the_token_and_is_kept_and_handed_on() {
 }
 
 #[tokio::test]
+async fn guessing_the_upload_token_is_throttled_per_address() {
+    let rig = rig(8192 * 1024);
+    let addr = upload_server(&rig, 1024 * 1024).await;
+    let img = jpeg(32, 32);
+    let path = "/xray/xr-1/44/top";
+    for i in 0..10 {
+        let (status, _) = post(
+            addr,
+            path,
+            &[jpeg_type(), bearer(&format!("g{i}"))],
+            Some(&img),
+        )
+        .await;
+        assert_eq!(status, 401, "guess {i}");
+    }
+    // The eleventh try is refused before its token is checked, even the right one.
+    let (status, body) = post(addr, path, &[jpeg_type(), bearer(TOKEN)], Some(&img)).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("failed logins"),
+        "{body}"
+    );
+    rig.shutdown.cancel();
+}
+
+#[tokio::test]
 async fn bad_uploads_are_refused_with_their_reason() {
     let mut rig = rig(8192 * 1024);
     let max = 64 * 1024;
