@@ -163,7 +163,16 @@ struct Pending {
     sent_at: HashMap<u64, Instant>,
     /// When the last PUBACK for a record arrived.
     last_record_ack: Option<Instant>,
+    /// Records acknowledged and not yet cleared from the outbox (see [`CLEAR_BATCH`]).
+    acked: Vec<u64>,
 }
+
+/// PUBACKs cleared from the outbox together, at most: one watermark write for the batch
+/// instead of one per record, which is what limits a backlog drain otherwise.
+const CLEAR_BATCH: usize = 64;
+/// How long an acknowledged record may wait to be cleared. Until then a crash would send it
+/// again (a duplicate, never a loss).
+const CLEAR_DELAY: Duration = Duration::from_millis(2);
 
 impl Uplink {
     /// Runs sessions until `shutdown`, reconnecting with backoff and jitter.
@@ -253,6 +262,23 @@ impl Uplink {
         self.alarms.raise(detail);
     }
 
+    /// Clears the acknowledged records from the outbox, in one journal write.
+    fn clear_acked(&self, pending: &Mutex<Pending>) {
+        let seqs = std::mem::take(&mut pending.lock().unwrap_or_else(|e| e.into_inner()).acked);
+        if seqs.is_empty() {
+            return;
+        }
+        match self.journal.mark_forwarded_many(&seqs) {
+            Ok(n) => {
+                Metrics::add(&self.metrics.records_forwarded, n);
+                Metrics::sub(&self.metrics.backlog, n);
+            }
+            Err(e) => {
+                warn!(records = seqs.len(), error = %e, "cannot clear records from the outbox; they will be sent again")
+            }
+        }
+    }
+
     /// Parks a record the broker will not take, with an alarm.
     fn park(&self, seq: u64, reason: &str) {
         park(&self.journal, &self.metrics, &self.alarms, seq, reason);
@@ -263,6 +289,8 @@ impl Uplink {
         let started = Instant::now();
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (reason, cause) = self.connection(&pending, anomalies).await;
+        // PUBACKs received before the end still clear their records.
+        self.clear_acked(&pending);
         let ended = Instant::now();
         let p = pending.lock().unwrap_or_else(|e| e.into_inner());
         let oldest = p.by_pkid.values().flatten().min().copied();
@@ -306,8 +334,15 @@ impl Uplink {
         // Platform messages stored but not yet flushed, and when to flush them at the latest.
         let mut unacked: Vec<Publish> = Vec::new();
         let mut flush_at: Option<Instant> = None;
+        // When acknowledged records are cleared from the outbox at the latest.
+        let mut clear_at: Option<Instant> = None;
         loop {
             let event = tokio::select! {
+                _ = tokio::time::sleep_until(clear_at.unwrap_or_else(Instant::now).into()), if clear_at.is_some() => {
+                    clear_at = None;
+                    self.clear_acked(pending);
+                    continue;
+                }
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() => {
                     flush_at = None;
                     if let Err(e) = self.flush_and_ack(&client, &mut unacked).await {
@@ -409,15 +444,16 @@ impl Uplink {
                     };
                     if let Some(Some(seq)) = entry {
                         window.add_permits(1);
-                        match self.journal.mark_forwarded(seq) {
-                            Ok(true) => {
-                                Metrics::add(&self.metrics.records_forwarded, 1);
-                                Metrics::sub(&self.metrics.backlog, 1);
-                            }
-                            Ok(false) => {}
-                            Err(e) => {
-                                warn!(seq, error = %e, "cannot clear record from the outbox; it will be sent again")
-                            }
+                        let full = {
+                            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                            p.acked.push(seq);
+                            p.acked.len() >= CLEAR_BATCH
+                        };
+                        if full {
+                            clear_at = None;
+                            self.clear_acked(pending);
+                        } else if clear_at.is_none() {
+                            clear_at = Some(Instant::now() + CLEAR_DELAY);
                         }
                     }
                 }
@@ -871,7 +907,7 @@ async fn feed(mut f: Feeder) {
             };
             permit.forget();
             pace.wait().await;
-            if !f.publish(&f.topic, Some(seq), bytes.to_vec()) {
+            if !f.publish(&f.topic, Some(seq), bytes) {
                 return;
             }
         }
