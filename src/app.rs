@@ -543,7 +543,28 @@ async fn start_view(
         accepted,
         shutdown: shutdown.clone(),
     };
-    match crate::view::start(view, ctx, feed).await {
+    // HTTP clients get the descriptors the devices leave (see crate::fds).
+    let mut view = view.clone();
+    let fitted = crate::fds::view_connections(
+        view.budget.max_connections,
+        crate::fds::soft_limit(),
+        config.lines.len() + config.cameras.len(),
+        config
+            .evidence
+            .upload
+            .as_ref()
+            .map_or(0, |u| u.max_connections),
+    );
+    if fitted < view.budget.max_connections {
+        warn!(
+            configured = view.budget.max_connections,
+            limit = fitted,
+            open_files = crate::fds::soft_limit(),
+            "staff view connection limit lowered to keep file descriptors for the devices; raise LimitNOFILE"
+        );
+        view.budget.max_connections = fitted;
+    }
+    match crate::view::start(&view, ctx, feed).await {
         Ok(addr) => Some(addr),
         Err(e) => {
             alarms.raise(format!("staff view not started: {e}"));

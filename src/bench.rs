@@ -5,13 +5,16 @@
 //!   flush window, chaining, flush), from a burst of records.
 //! - `drain`: fills a journal with a backlog, then measures (1) the raw rate of rumqttc QoS 1
 //!   publishing to the broker with the same payloads and in-flight window, and (2) the time
-//!   the uplink needs to drain the backlog to the same broker, PUBACK-matched and removed
-//!   from the outbox. Without `--broker`, a Mosquitto from the PATH is started on a free port.
+//!   the daemon's uplink needs to drain the backlog to the same broker, PUBACK-matched and
+//!   removed from the outbox (see [`drain`]). Without `--broker`, a Mosquitto from the PATH
+//!   is started on a free port.
+
+mod drain;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -21,12 +24,10 @@ use bondline_devices::contract::{
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::alarm::Alarms;
-use crate::config::{parse_host_port, Uplink as UplinkConfig};
+use crate::config::parse_host_port;
 use crate::journal::{record_sink, Journal};
 use crate::metrics::Metrics;
 use crate::rules::ClearanceTable;
-use crate::uplink::Uplink;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
@@ -92,6 +93,10 @@ pub enum BenchCommand {
         /// In-flight window for both measurements.
         #[arg(long, default_value_t = 64)]
         inflight: u16,
+        /// The uplink's pace (`uplink.drain_rate`, records/s; 0 = unpaced, only the in-flight
+        /// window limits). The daemon's default is 5000.
+        #[arg(long, default_value_t = 0)]
+        drain_rate: u32,
         /// Directory for the journal (default: a temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -131,14 +136,18 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             dir,
         } => {
             let (_tmp, dir) = work_dir(dir)?;
-            let (journal, elapsed) =
-                fill(&dir, records, Duration::from_millis(flush_window_ms)).await?;
+            let (journal, elapsed, metrics) =
+                fill_measured(&dir, records, Duration::from_millis(flush_window_ms)).await?;
             let size = journal.stats()?.size_on_disk;
             println!(
                 "journal append: {records} records in {:.2} s = {:.0} records/s (flush window {flush_window_ms} ms, {:.0} MiB on disk)",
                 elapsed.as_secs_f64(),
                 records as f64 / elapsed.as_secs_f64(),
                 size as f64 / (1024.0 * 1024.0)
+            );
+            println!(
+                "group commit (transaction and flush): {}",
+                metrics.journal_flush_latency.percentiles()
             );
             // The waybill index is written behind the writer; how fast it catches up.
             let start = Instant::now();
@@ -179,13 +188,14 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             records,
             broker,
             inflight,
+            drain_rate,
             dir,
         } => {
             let (_tmp, dir) = work_dir(dir)?;
             let (_mosquitto, host, port) = broker_or_mosquitto(broker, &dir)?;
+            let store = dir.join("journal");
             println!("filling a backlog of {records} records...");
-            let (journal, fill_time) =
-                fill(&dir.join("journal"), records, Duration::from_millis(2)).await?;
+            let (journal, fill_time) = fill(&store, records, Duration::from_millis(2)).await?;
             println!(
                 "journal append: {records} records in {:.2} s = {:.0} records/s",
                 fill_time.as_secs_f64(),
@@ -196,21 +206,24 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 .pop()
                 .map(|(_, b)| b.to_vec())
                 .context("empty journal")?;
+            // The daemon opens the store itself.
+            drop(journal);
             let raw = raw_publish(&host, port, records, inflight, &sample).await?;
+            let raw_rate = records as f64 / raw.as_secs_f64();
             println!(
-                "raw rumqttc QoS1: {records} publishes of {} bytes in {:.2} s = {:.0} msg/s (in-flight {inflight})",
+                "raw rumqttc QoS1: {records} publishes of {} bytes in {:.2} s = {raw_rate:.0} msg/s (in-flight {inflight})",
                 sample.len(),
                 raw.as_secs_f64(),
-                records as f64 / raw.as_secs_f64()
             );
-            let drain = drain(journal, &host, port, inflight).await?;
-            let raw_rate = records as f64 / raw.as_secs_f64();
-            let drain_rate = records as f64 / drain.as_secs_f64();
+            let run = drain::daemon_drain(&store, &host, port, inflight, drain_rate).await?;
+            let drain_rate_measured = run.forwarded as f64 / run.connected_for.as_secs_f64();
             println!(
-                "uplink drain: {records} records in {:.2} s = {:.0} records/s = {:.0}% of raw",
-                drain.as_secs_f64(),
-                drain_rate,
-                100.0 * drain_rate / raw_rate
+                "uplink drain (the daemon, drain_rate {}): {} records in {:.2} s from connection = {drain_rate_measured:.0} records/s = {:.0}% of raw ({:.2} s from daemon start)",
+                if drain_rate == 0 { "unpaced".to_string() } else { format!("{drain_rate}/s") },
+                run.forwarded,
+                run.connected_for.as_secs_f64(),
+                100.0 * drain_rate_measured / raw_rate,
+                run.elapsed.as_secs_f64(),
             );
             Ok(())
         }
@@ -269,9 +282,19 @@ fn sample_record(n: u64) -> ParcelRecord {
 
 /// Appends `n` records through the real writer; returns when the last one is flushed.
 async fn fill(dir: &Path, n: u64, window: Duration) -> anyhow::Result<(Journal, Duration)> {
+    let (journal, elapsed, _) = fill_measured(dir, n, window).await?;
+    Ok((journal, elapsed))
+}
+
+/// [`fill`], with the writer's metrics (group commit latency).
+async fn fill_measured(
+    dir: &Path,
+    n: u64,
+    window: Duration,
+) -> anyhow::Result<(Journal, Duration, Arc<Metrics>)> {
     let journal = Journal::open(dir)?;
     let metrics = Arc::new(Metrics::default());
-    let (sink, writer, mut accepted) = record_sink(journal.clone(), window, metrics)?;
+    let (sink, writer, mut accepted) = record_sink(journal.clone(), window, metrics.clone())?;
     let start_seq = *accepted.borrow();
     let writer = tokio::spawn(writer.run());
     let start = Instant::now();
@@ -284,7 +307,7 @@ async fn fill(dir: &Path, n: u64, window: Duration) -> anyhow::Result<(Journal, 
     let elapsed = start.elapsed();
     drop(sink);
     writer.await?;
-    Ok((journal, elapsed))
+    Ok((journal, elapsed, metrics))
 }
 
 /// Publishes `n` copies of `payload` at QoS 1 with rumqttc and waits for every PUBACK.
@@ -320,64 +343,6 @@ async fn raw_publish(
     }
     let elapsed = start.map(|s| s.elapsed()).unwrap_or_default();
     let _client = publisher.await??;
-    Ok(elapsed)
-}
-
-/// Runs the real uplink on `journal` until its outbox is empty.
-async fn drain(journal: Journal, host: &str, port: u16, inflight: u16) -> anyhow::Result<Duration> {
-    let metrics = Arc::new(Metrics::default());
-    metrics
-        .backlog
-        .store(journal.backlog_len() as u64, Ordering::Relaxed);
-    let (_tx, accepted) = tokio::sync::watch::channel(0);
-    let policy = crate::policy::Policy::start(
-        Arc::new(crate::rules::engine::RuleSet::builtin()),
-        None,
-        crate::policy::Feeds::default(),
-        journal.clone(),
-        Alarms::new("bench-gw"),
-        metrics.clone(),
-        tokio::sync::broadcast::channel(1).0,
-    )?;
-    let uplink = Uplink {
-        config: UplinkConfig {
-            host: host.to_string(),
-            port,
-            client_id: "bondline-bench-drain".into(),
-            topic_prefix: "bench/gw".into(),
-            keep_alive: Duration::from_secs(30),
-            inflight,
-            max_packet_bytes: 256 * 1024,
-            reconnect_max: Duration::from_secs(2),
-            drain_rate: 0,
-            tls: None,
-            credentials: None,
-        },
-        gateway: "bench-gw".into(),
-        journal,
-        table: Arc::new(RwLock::new(ClearanceTable::default())),
-        metrics: metrics.clone(),
-        accepted,
-        alarms: Alarms::new("bench-gw"),
-        changes: tokio::sync::broadcast::channel(16).0,
-        policy,
-        anomalies: tokio::sync::mpsc::channel(1).1,
-        refusals: tokio::sync::mpsc::unbounded_channel().0,
-        reconnect: Arc::new(tokio::sync::Notify::new()),
-        trust: crate::trust::Trust::none(),
-    };
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
-    let start = Instant::now();
-    while Metrics::get(&metrics.backlog) > 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        if start.elapsed() > Duration::from_secs(3600) {
-            bail!("drain did not finish within an hour");
-        }
-    }
-    let elapsed = start.elapsed();
-    stop.cancel();
-    task.await?;
     Ok(elapsed)
 }
 
@@ -584,7 +549,7 @@ async fn lines_bench(
         late += l.late_diverts;
         parcels += l.parcels;
         println!(
-            "line L{i}: {} parcels in {:.0} s ({:.0}/h), correct {}, leaks {}, late diverts {}, wrong {}, sim lag max {:.1} ms, frame→command p50 {:.3} ms p99 {:.3} ms max {:.3} ms; release (written ahead) p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+            "line L{i}: {} parcels in {:.0} s ({:.0}/h), correct {}, leaks {}, late diverts {}, wrong {}, sim lag max {:.1} ms, frame→command (line-sim, exact) all {}; release (written ahead) {}; other lanes {}",
             l.parcels,
             l.scan_span_s,
             l.parcels as f64 * 3600.0 / l.scan_span_s.max(1e-9),
@@ -593,26 +558,19 @@ async fn lines_bench(
             l.late_diverts,
             l.wrong_lanes,
             l.max_lag_ms,
-            l.latency.p50_ms.unwrap_or(0.0),
-            l.latency.p99_ms.unwrap_or(0.0),
-            l.latency.max_ms.unwrap_or(0.0),
-            l.release_latency.p50_ms.unwrap_or(0.0),
-            l.release_latency.p99_ms.unwrap_or(0.0),
-            l.release_latency.max_ms.unwrap_or(0.0),
+            micros(&l.latency),
+            micros(&l.release_latency),
+            micros(&l.other_latency),
         );
     }
-    let h = &metrics.decision_latency;
     println!(
         "all lines: {parcels} parcels, leaks {leaks}, late diverts {late} (ledger) / {} (daemon), deadlines missed {}",
         Metrics::get(&metrics.late_diverts),
         Metrics::get(&metrics.deadlines_missed)
     );
     println!(
-        "daemon latency, scanner frame received → PLC-acknowledged divert: n {} p50 ≤ {} µs, p99 ≤ {} µs, max {} µs (bucket upper bounds)",
-        h.count(),
-        h.quantile_us(0.5),
-        h.quantile_us(0.99),
-        h.max_us()
+        "daemon latency, scanner frame received → PLC-acknowledged divert (HDR histogram, within 1%): {}",
+        metrics.decision_latency.percentiles()
     );
     if flood > 0 {
         println!(
@@ -628,6 +586,19 @@ async fn lines_bench(
         Metrics::get(&metrics.backlog)
     );
     Ok(())
+}
+
+/// A line-sim latency summary in µs.
+fn micros(l: &bondline_simulators::line::Latency) -> String {
+    let us = |ms: Option<f64>| ms.unwrap_or(0.0) * 1000.0;
+    format!(
+        "p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs max {:.0} µs (n {})",
+        us(l.p50_ms),
+        us(l.p99_ms),
+        us(l.p99_9_ms),
+        us(l.max_ms),
+        l.samples
+    )
 }
 
 /// Resident memory of this process, from /proc (Linux); 0 elsewhere.
@@ -738,7 +709,8 @@ fn rules_bench(
     });
     let after = resident_bytes();
 
-    let mut samples = Vec::with_capacity(evaluations as usize);
+    // Nanoseconds, three significant digits.
+    let mut samples = crate::metrics::new_hdr(3);
     let mut released = 0u64;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..evaluations {
@@ -757,23 +729,19 @@ fn rules_bench(
         };
         let start = Instant::now();
         let d = decide(&table, &set, scan);
-        samples.push(start.elapsed());
+        samples.saturating_record((start.elapsed().as_nanos() as u64).max(1));
         if d.role == bondline_devices::contract::LaneRole::Release {
             released += 1;
         }
     }
-    samples.sort_unstable();
-    let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     println!(
         "rules: {} rules, {declarations} declarations, {} consumers with history",
         set.rules.len(),
         table.consumers()
     );
     println!(
-        "decision (lookup, consumer windows, all rules, inputs for the record), {evaluations} parcels: p50 {:?} p99 {:?} max {:?} ({released} released)",
-        q(0.5),
-        q(0.99),
-        samples[samples.len() - 1]
+        "decision (lookup, consumer windows, all rules, inputs for the record): {} ({released} released)",
+        crate::metrics::Percentiles::of(&samples, 1000.0)
     );
     println!(
         "memory: {:.0} MiB resident for the table and history = {:.0} MiB per million declarations",

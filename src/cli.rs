@@ -233,6 +233,8 @@ pub fn main() -> ExitCode {
             if config.trust.allow_unsigned {
                 tracing::warn!("[trust] allow_unsigned = true: platform messages are accepted without a signature, so anyone who can publish to the broker can steer the lanes; for a demo line only");
             }
+            // Before any task opens a socket: see crate::fds.
+            crate::fds::raise_soft_limit();
             runtime_then(|| async move {
                 let shutdown = crate::shutdown::on_signals();
                 let app = crate::app::App::start(config, shutdown.clone()).await?;

@@ -92,6 +92,11 @@ pub struct Uplink {
     pub inflight: u16,
     /// Largest record payload sent (plus MQTT overhead); larger records are parked.
     pub max_packet_bytes: usize,
+    /// Largest MQTT packet read from the broker. A platform message up to this size is read,
+    /// refused (platform messages are at most 1 MiB) and acknowledged; a larger one cannot be
+    /// read at all and ends the session (see `uplink`): the broker's packet limit must be
+    /// below it (docs/mqtt.md).
+    pub max_incoming_bytes: usize,
     /// Upper bound of the reconnect backoff.
     pub reconnect_max: Duration,
     /// Records per second at most when draining a backlog; 0: only `inflight` limits.
@@ -339,6 +344,8 @@ struct RawUplink {
     inflight: u16,
     #[serde(default = "default_max_packet_kib")]
     max_packet_kib: usize,
+    #[serde(default = "default_max_incoming_kib")]
+    max_incoming_kib: usize,
     #[serde(default = "default_reconnect_max")]
     reconnect_max_s: u64,
     #[serde(default = "default_drain_rate")]
@@ -373,6 +380,10 @@ fn default_inflight() -> u16 {
 }
 fn default_max_packet_kib() -> usize {
     256
+}
+/// 32 MiB: well above any platform message, small enough to hold in memory once.
+fn default_max_incoming_kib() -> usize {
+    32 * 1024
 }
 fn default_reconnect_max() -> u64 {
     30
@@ -674,6 +685,12 @@ impl Config {
         if !(1..=262_144).contains(&u.max_packet_kib) {
             return Err(err("uplink.max_packet_kib", "must be 1 to 262144".into()));
         }
+        if !(2048..=262_144).contains(&u.max_incoming_kib) {
+            return Err(err(
+                "uplink.max_incoming_kib",
+                "must be 2048 to 262144 (platform messages up to 1 MiB are taken; the broker's packet limit must be below this one)".into(),
+            ));
+        }
         if prefix.len() > 128 {
             return Err(err(
                 "uplink.topic_prefix",
@@ -748,6 +765,7 @@ impl Config {
             keep_alive: Duration::from_secs(u.keep_alive_s),
             inflight: u.inflight,
             max_packet_bytes: u.max_packet_kib * 1024,
+            max_incoming_bytes: u.max_incoming_kib * 1024,
             reconnect_max: Duration::from_secs(u.reconnect_max_s),
             drain_rate: u.drain_rate,
         };
@@ -1503,6 +1521,11 @@ lanes = [
         );
         assert_eq!(bad(&with("workers = 99")).key, "evidence.workers");
         assert_eq!(bad(&with("colour = true")).key, "evidence.colour");
+        // The read limit of platform packets: a default, a floor above the 1 MiB messages.
+        let c = Config::parse("t.toml", GOOD).unwrap();
+        assert_eq!(c.uplink.max_incoming_bytes, 32 * 1024 * 1024);
+        let tiny = GOOD.replace("topic_prefix", "max_incoming_kib = 1024\ntopic_prefix");
+        assert_eq!(bad(&tiny).key, "uplink.max_incoming_kib");
         let small = GOOD.replace("topic_prefix", "max_packet_kib = 64\ntopic_prefix");
         assert!(
             Config::parse("t.toml", &small).is_ok(),

@@ -24,6 +24,7 @@
 //! - [`alarm`]: alarms for operators and the platform (log + `P/events`).
 //! - [`service`]: systemd readiness, watchdog (gated on the lines being alive), reload notices.
 //! - [`trust`]: signature checks on platform messages: only the platform steers the lanes.
+//! - [`fds`]: file descriptors: the soft limit raised, HTTP clients sized to leave a reserve.
 //! - [`cli`], [`telemetry`], [`shutdown`], [`metrics`], [`backoff`]: the edges.
 //!
 //! - [`threads`]: the threading rule: the decision path on a floor thread of its own, the
@@ -42,6 +43,7 @@ pub mod config;
 pub mod demo;
 pub mod evidence;
 pub mod explain;
+pub mod fds;
 pub mod fieldbus;
 pub mod journal;
 pub mod line;

@@ -323,6 +323,10 @@ async fn full_ingest(
     if handed != set.len() {
         bail!("{handed} of {} image records reached the line", set.len());
     }
+    println!(
+        "  per image, arrival to kept, chunked and handed to its line: {}",
+        metrics.image_ingest_latency.percentiles()
+    );
     Ok(took)
 }
 

@@ -40,6 +40,13 @@ struct RawUpload {
     /// SHA-256 (hex) of the bearer token the X-ray workstation presents.
     #[serde(default)]
     token_sha256: Option<String>,
+    /// Connections open at once, at most; more wait in the listen queue.
+    #[serde(default = "default_upload_connections")]
+    max_connections: usize,
+}
+
+fn default_upload_connections() -> usize {
+    crate::evidence::upload::DEFAULT_MAX_CONNECTIONS
 }
 
 fn default_max_forward_kb() -> u64 {
@@ -82,6 +89,8 @@ pub struct UploadConfig {
     pub listen: SocketAddr,
     /// A bearer token only; open (no token) is allowed on loopback alone.
     pub credentials: Credentials,
+    /// Connections open at once, at most.
+    pub max_connections: usize,
 }
 
 /// Until the caller sets it from `storage.retention_days`.
@@ -181,9 +190,13 @@ fn upload(u: &RawUpload) -> Result<UploadConfig, (String, String)> {
             ),
         ));
     }
+    if !(1..=4096).contains(&u.max_connections) {
+        return Err(("max_connections".into(), "must be 1 to 4096".into()));
+    }
     Ok(UploadConfig {
         listen,
         credentials,
+        max_connections: u.max_connections,
     })
 }
 

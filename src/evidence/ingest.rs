@@ -127,6 +127,11 @@ impl Ingestor {
         }
     }
 
+    /// The daemon's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
     /// Whether images of `device` are taken.
     pub fn knows(&self, device: &str) -> bool {
         self.inner.routes.contains_key(device)

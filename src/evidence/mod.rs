@@ -117,7 +117,13 @@ pub fn start(
             shutdown.clone(),
         );
         tracing::info!(%addr, "X-ray image upload endpoint listening");
-        tasks.push(tokio::spawn(upload::serve(listener, app, shutdown.clone())));
+        tasks.push(tokio::spawn(upload::serve(
+            listener,
+            app,
+            u.max_connections,
+            metrics.clone(),
+            shutdown.clone(),
+        )));
     }
     for (name, d) in devices {
         if let Some(dir) = d.spool {

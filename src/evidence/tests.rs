@@ -369,7 +369,13 @@ async fn upload_server(rig: &Rig, max_bytes: usize) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     let creds = Credentials::new(Some(crate::journal::sha256(TOKEN.as_bytes())), Vec::new());
     let app = super::upload::router(rig.ingestor.clone(), creds, max_bytes, rig.shutdown.clone());
-    tokio::spawn(super::upload::serve(listener, app, rig.shutdown.clone()));
+    tokio::spawn(super::upload::serve(
+        listener,
+        app,
+        super::upload::DEFAULT_MAX_CONNECTIONS,
+        Default::default(),
+        rig.shutdown.clone(),
+    ));
     addr
 }
 
@@ -463,6 +469,32 @@ async fn an_upload_needs_the_token_and_is_kept_and_handed_on() {
 }
 
 #[tokio::test]
+async fn guessing_the_upload_token_is_throttled_per_address() {
+    let rig = rig(8192 * 1024);
+    let addr = upload_server(&rig, 1024 * 1024).await;
+    let img = jpeg(32, 32);
+    let path = "/xray/xr-1/44/top";
+    for i in 0..10 {
+        let (status, _) = post(
+            addr,
+            path,
+            &[jpeg_type(), bearer(&format!("g{i}"))],
+            Some(&img),
+        )
+        .await;
+        assert_eq!(status, 401, "guess {i}");
+    }
+    // The eleventh try is refused before its token is checked, even the right one.
+    let (status, body) = post(addr, path, &[jpeg_type(), bearer(TOKEN)], Some(&img)).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("failed logins"),
+        "{body}"
+    );
+    rig.shutdown.cancel();
+}
+
+#[tokio::test]
 async fn bad_uploads_are_refused_with_their_reason() {
     let mut rig = rig(8192 * 1024);
     let max = 64 * 1024;
@@ -522,6 +554,7 @@ async fn start_runs_watchers_and_the_upload_endpoint_until_shutdown() {
     cfg.upload = Some(super::UploadConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         credentials: Credentials::default(),
+        max_connections: super::upload::DEFAULT_MAX_CONNECTIONS,
     });
     let (tx, mut rx) = mpsc::channel(8);
     let shutdown = CancellationToken::new();
@@ -613,7 +646,13 @@ async fn a_stalled_upload_does_not_hold_up_shutdown() {
         1024 * 1024,
         rig.shutdown.clone(),
     );
-    let server = tokio::spawn(super::upload::serve(listener, app, rig.shutdown.clone()));
+    let server = tokio::spawn(super::upload::serve(
+        listener,
+        app,
+        super::upload::DEFAULT_MAX_CONNECTIONS,
+        Default::default(),
+        rig.shutdown.clone(),
+    ));
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Announces 1000 bytes and sends 10: the handler waits for the rest.
     let head = format!(

@@ -11,8 +11,11 @@
 //! the token; 404 for an unknown device; 400 for a bad scan id or view; 415 unless the body
 //! is `image/jpeg` or `image/png`; 413 beyond [`super::MAX_IMAGE_BYTES`]; 503 when the
 //! original cannot be kept (try again), or when the gateway shuts down while the body is
-//! still arriving; 408 when the body takes longer than [`BODY_TIMEOUT`]. Sending the same
-//! image again is harmless.
+//! still arriving; 408 when the body takes longer than [`BODY_TIMEOUT`]; 429 after too many
+//! wrong tokens from one address in a minute (see [`crate::view::throttle`]). Sending the
+//! same image again is harmless. Connections are budgeted like the staff view's
+//! ([`crate::view::serve`]): `upload.max_connections` at once, a header timeout, an idle
+//! timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,10 +40,19 @@ use crate::view::auth::Credentials;
 /// it the journal's sink, forever.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The endpoint's connections: a workstation sends one scan's views at a time over a few
+/// connections; more than this is a misbehaving client (see [`crate::view::serve`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+/// Time for a request head, and how long an idle keep-alive connection stays open.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed tokens per source address and minute before it is answered 429.
+const LOGIN_FAILURES_PER_MINUTE: u32 = 10;
+
 #[derive(Clone)]
 struct Shared {
     ingestor: Ingestor,
     credentials: Credentials,
+    throttle: Arc<crate::view::throttle::Throttle>,
     max_bytes: usize,
     /// A body still arriving at shutdown is refused (503) so the server can stop.
     shutdown: CancellationToken,
@@ -68,9 +80,15 @@ pub fn router(
     max_bytes: usize,
     shutdown: CancellationToken,
 ) -> Router {
+    let throttle = crate::view::throttle::Throttle::new(
+        LOGIN_FAILURES_PER_MINUTE,
+        crate::metrics::HttpServer::Upload,
+        ingestor.metrics(),
+    );
     let shared = Shared {
         ingestor,
         credentials,
+        throttle: Arc::new(throttle),
         max_bytes,
         shutdown,
         bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_AT_ONCE)),
@@ -86,15 +104,31 @@ pub fn router(
         .with_state(shared)
 }
 
-/// Serves on `listener` until `shutdown`; requests in progress are finished.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
-    let addr = listener.local_addr().ok();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, ?addr, "X-ray image upload endpoint stopped");
-    }
+/// Serves on `listener` until `shutdown` with `max_connections` at most (more wait in the
+/// listen queue); requests in progress are finished. The body of an upload has
+/// [`BODY_TIMEOUT`]; a connection that moves no byte for that long is closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    max_connections: usize,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: CancellationToken,
+) {
+    let budget = crate::view::serve::Budget {
+        max_connections,
+        header_timeout: HEADER_TIMEOUT,
+        idle_timeout: BODY_TIMEOUT,
+    };
+    crate::view::serve::serve(
+        listener,
+        app,
+        budget,
+        None,
+        metrics,
+        crate::metrics::HttpServer::Upload,
+        shutdown,
+    )
+    .await;
 }
 
 /// Binds `addr` now, so a taken port is reported at start. Call within a tokio runtime.
@@ -113,7 +147,21 @@ async fn require_token(State(shared): State<Shared>, request: Request, next: Nex
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if shared.credentials.allows(presented) {
+    if shared.credentials.is_open() {
+        return next.run(request).await;
+    }
+    let now = Instant::now();
+    let peer = crate::view::peer_ip(&request).filter(|_| presented.is_some());
+    if let Some(ip) = peer {
+        if let crate::view::throttle::Verdict::Throttled(wait) = shared.throttle.check(ip, now) {
+            return crate::view::throttled(wait);
+        }
+    }
+    let allowed = shared.credentials.allows(presented);
+    if let Some(ip) = peer {
+        shared.throttle.record(ip, allowed, now);
+    }
+    if allowed {
         return next.run(request).await;
     }
     let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required");

@@ -880,6 +880,31 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn acknowledges_in_a_batch_move_the_watermark_as_one_by_one_would() {
+        let (_a_dir, one_by_one) = filled(20).await;
+        let (_b_dir, batched) = filled(20).await;
+        // In order, out of order, a duplicate, one behind a parked record.
+        batched.park(12, "test").unwrap();
+        one_by_one.park(12, "test").unwrap();
+        let acks = [1, 2, 5, 3, 3, 7, 4, 9, 6, 11, 13];
+        let mut cleared = 0;
+        for s in acks {
+            cleared += u64::from(one_by_one.mark_forwarded(s).unwrap());
+        }
+        assert_eq!(batched.mark_forwarded_many(&acks).unwrap(), cleared);
+        assert_eq!(batched.forwarded_watermark(), 7);
+        assert_eq!(one_by_one.forwarded_watermark(), 7);
+        assert_eq!(
+            batched.mark_forwarded_many(&[8, 10, 9]).unwrap(),
+            2,
+            "9 was in"
+        );
+        assert_eq!(batched.forwarded_watermark(), 13, "over the parked 12");
+        assert_eq!(batched.stats().unwrap().backlog, 7);
+        assert_eq!(batched.mark_forwarded_many(&[]).unwrap(), 0);
+    }
+
+    #[tokio::test]
     async fn purge_takes_only_old_forwarded_records_and_keeps_the_chain_verifiable() {
         let (_dir, journal) = filled(20).await;
         assert_eq!(

@@ -452,6 +452,51 @@ impl Journal {
         Ok(true)
     }
 
+    /// [`Journal::mark_forwarded`] for several PUBACKs at once, in arrival order: one write of
+    /// the watermark for the whole batch instead of one per record. Returns how many records
+    /// were still in the outbox. As with single acknowledges, the watermark is written before
+    /// the out-of-order entries it covers are removed.
+    pub fn mark_forwarded_many(&self, seqs: &[u64]) -> Result<u64, JournalError> {
+        let mut state = self.state();
+        let start = state.forwarded;
+        let mut w = start;
+        let mut covered = Vec::new();
+        let mut cleared = 0u64;
+        for &seq in seqs {
+            if seq <= w
+                || self.acked.contains_key(seq_key(seq))?
+                || self.parked.contains_key(seq_key(seq))?
+            {
+                continue;
+            }
+            cleared += 1;
+            if seq != w + 1 {
+                self.acked.insert(seq_key(seq), &[][..])?;
+                continue;
+            }
+            w = seq;
+            loop {
+                let k = seq_key(w + 1);
+                if self.acked.contains_key(k)? {
+                    covered.push(k);
+                    w += 1;
+                } else if self.parked.contains_key(k)? {
+                    w += 1;
+                } else {
+                    break;
+                }
+            }
+        }
+        if w != start {
+            self.meta.insert(META_FORWARDED, &w.to_be_bytes()[..])?;
+            state.forwarded = w;
+            for k in covered {
+                self.acked.remove(k)?;
+            }
+        }
+        Ok(cleared)
+    }
+
     /// Moves the watermark to `to`, then over every following record that was acknowledged
     /// out of order or parked. The new watermark is written before the out-of-order entries
     /// it covers are removed, so a crash in between leaves only harmless leftovers.

@@ -29,9 +29,18 @@
 //! dropped this" in a PUBACK, so a broker configured to acknowledge and discard oversized
 //! messages (Mosquitto's `message_size_limit`) cannot be detected: set `max_packet_kib` at or
 //! below the broker's limit.
+//!
+//! Platform messages the client cannot read (a packet above `max_incoming_kib`, or one that
+//! does not decode) end the session: rumqttc 0.25 fails the connection on them and has no
+//! way to skip the packet, and the broker delivers it again on the next session. The gateway
+//! ends that session itself, so it never counts against the records in flight (nothing is
+//! parked because of it), reports it once per run of such sessions (alarm and journaled
+//! `rejected_message` alert), and reconnects with its usual backoff. The remedy is on the
+//! broker: its packet limit below the gateway's (docs/mqtt.md).
 
 pub mod refusals;
 pub mod tls;
+mod unreadable;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -57,13 +66,14 @@ use crate::line::ClearanceChange;
 use crate::metrics::{unix_ms, Metrics};
 use crate::policy::{Policy, UpdateError, UpdateOutcome};
 use crate::rules::{Applied, ClearanceTable};
+use unreadable::{unreadable, unreadable_reason};
 
 const LINK: &str = "broker";
 /// Largest platform message accepted; larger ones are rejected with an event. The MQTT
-/// client's own incoming limit is set higher, so an oversized message is read and rejected
-/// rather than breaking the connection over and over.
+/// client's own incoming limit (`uplink.max_incoming_kib`, 32 MiB by default) is set much
+/// higher, so an oversized message is read, refused and acknowledged rather than breaking
+/// the connection over and over.
 const MAX_INBOUND_PAYLOAD: usize = 1024 * 1024;
-const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
 /// Sessions in a row that may end with the same record unacknowledged before it is parked.
 pub const POISON_SESSIONS: u32 = 3;
 /// MQTT PUBLISH overhead besides payload and topic: fixed header (up to 5 bytes), topic
@@ -103,6 +113,8 @@ struct SessionEnd {
     poison_suspect: Option<u64>,
     /// How long the session was up.
     lasted: Duration,
+    /// Set when the session ended on a packet the client could not read.
+    unreadable: bool,
 }
 
 /// Why a session ended, as far as the gateway can tell.
@@ -114,6 +126,9 @@ enum EndCause {
     Timeout,
     /// The gateway ended it (a message it could not store, a full request queue).
     Local,
+    /// The client could not read a packet from the broker (too large or malformed): a
+    /// platform message, never one of the gateway's records.
+    Unreadable,
 }
 
 /// Requests the MQTT client may queue. Record publishes are bounded by the in-flight window;
@@ -148,7 +163,16 @@ struct Pending {
     sent_at: HashMap<u64, Instant>,
     /// When the last PUBACK for a record arrived.
     last_record_ack: Option<Instant>,
+    /// Records acknowledged and not yet cleared from the outbox (see [`CLEAR_BATCH`]).
+    acked: Vec<u64>,
 }
+
+/// PUBACKs cleared from the outbox together, at most: one watermark write for the batch
+/// instead of one per record, which is what limits a backlog drain otherwise.
+const CLEAR_BATCH: usize = 64;
+/// How long an acknowledged record may wait to be cleared. Until then a crash would send it
+/// again (a duplicate, never a loss).
+const CLEAR_DELAY: Duration = Duration::from_millis(2);
 
 impl Uplink {
     /// Runs sessions until `shutdown`, reconnecting with backoff and jitter.
@@ -156,6 +180,8 @@ impl Uplink {
         let mut backoff = Backoff::new(Duration::from_millis(250), self.config.reconnect_max);
         // The record that was left unacknowledged by the last sessions, and how many in a row.
         let mut suspect: Option<(u64, u32)> = None;
+        // Sessions in a row that ended on a packet the client could not read.
+        let mut unreadable_run = 0u32;
         loop {
             let mut anomalies = std::mem::replace(&mut self.anomalies, mpsc::channel(1).1);
             let end = tokio::select! {
@@ -166,7 +192,15 @@ impl Uplink {
             self.metrics.uplink_ready.store(false, Ordering::Relaxed);
             Metrics::add(&self.metrics.uplink_disconnects, 1);
             self.metrics.set_link(LINK, false, Some(end.reason.clone()));
-            if end.lasted >= HEALTHY_SESSION {
+            if end.unreadable {
+                unreadable_run += 1;
+                if unreadable_run == 1 {
+                    self.report_unreadable(&end.reason);
+                }
+            } else {
+                unreadable_run = 0;
+            }
+            if end.lasted >= HEALTHY_SESSION && !end.unreadable {
                 backoff.reset();
             }
             suspect = match (end.poison_suspect, suspect) {
@@ -200,7 +234,7 @@ impl Uplink {
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_inflight(c.inflight)
-            .set_max_packet_size(MAX_INCOMING_PACKET, c.max_packet_bytes)
+            .set_max_packet_size(c.max_incoming_bytes, c.max_packet_bytes)
             .set_request_channel_capacity(REQUEST_QUEUE);
         if let Some(t) = &c.tls {
             o.set_transport(rumqttc::Transport::tls_with_config(
@@ -213,6 +247,38 @@ impl Uplink {
         Ok(o)
     }
 
+    /// A platform message the client cannot read cut the session: refused, journaled and
+    /// raised once per run of such sessions; the broker will deliver it again.
+    fn report_unreadable(&self, reason: &str) {
+        Metrics::add(&self.metrics.platform_rejected, 1);
+        let detail = format!(
+            "a platform message could not be read and ends every session until the broker stops delivering it: {reason}; set the broker's packet limit below uplink.max_incoming_kib (docs/mqtt.md)"
+        );
+        warn!(%reason, "platform message unreadable; the session is ended and retried with backoff");
+        let _ = self.refusals.send(refusals::Refusal {
+            alert: AlertKind::RejectedMessage,
+            detail: detail.clone(),
+        });
+        self.alarms.raise(detail);
+    }
+
+    /// Clears the acknowledged records from the outbox, in one journal write.
+    fn clear_acked(&self, pending: &Mutex<Pending>) {
+        let seqs = std::mem::take(&mut pending.lock().unwrap_or_else(|e| e.into_inner()).acked);
+        if seqs.is_empty() {
+            return;
+        }
+        match self.journal.mark_forwarded_many(&seqs) {
+            Ok(n) => {
+                Metrics::add(&self.metrics.records_forwarded, n);
+                Metrics::sub(&self.metrics.backlog, n);
+            }
+            Err(e) => {
+                warn!(records = seqs.len(), error = %e, "cannot clear records from the outbox; they will be sent again")
+            }
+        }
+    }
+
     /// Parks a record the broker will not take, with an alarm.
     fn park(&self, seq: u64, reason: &str) {
         park(&self.journal, &self.metrics, &self.alarms, seq, reason);
@@ -223,6 +289,8 @@ impl Uplink {
         let started = Instant::now();
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (reason, cause) = self.connection(&pending, anomalies).await;
+        // PUBACKs received before the end still clear their records.
+        self.clear_acked(&pending);
         let ended = Instant::now();
         let p = pending.lock().unwrap_or_else(|e| e.into_inner());
         let oldest = p.by_pkid.values().flatten().min().copied();
@@ -238,6 +306,7 @@ impl Uplink {
             reason,
             poison_suspect,
             lasted: ended.duration_since(started),
+            unreadable: cause == EndCause::Unreadable,
         }
     }
 
@@ -265,8 +334,15 @@ impl Uplink {
         // Platform messages stored but not yet flushed, and when to flush them at the latest.
         let mut unacked: Vec<Publish> = Vec::new();
         let mut flush_at: Option<Instant> = None;
+        // When acknowledged records are cleared from the outbox at the latest.
+        let mut clear_at: Option<Instant> = None;
         loop {
             let event = tokio::select! {
+                _ = tokio::time::sleep_until(clear_at.unwrap_or_else(Instant::now).into()), if clear_at.is_some() => {
+                    clear_at = None;
+                    self.clear_acked(pending);
+                    continue;
+                }
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() => {
                     flush_at = None;
                     if let Err(e) = self.flush_and_ack(&client, &mut unacked).await {
@@ -296,9 +372,10 @@ impl Uplink {
                             ConnectionError::NetworkTimeout
                             | ConnectionError::FlushTimeout
                             | ConnectionError::MqttState(StateError::AwaitPingResp) => EndCause::Timeout,
+                            ConnectionError::MqttState(StateError::Deserialization(d)) if unreadable(d) => EndCause::Unreadable,
                             _ => EndCause::Peer,
                         };
-                        return (e.to_string(), cause);
+                        return (unreadable_reason(&e, self.config.max_incoming_bytes), cause);
                     }
                 },
                 _ = feeder_failed.cancelled() => return ("record queue to the broker failed".into(), EndCause::Local),
@@ -367,15 +444,16 @@ impl Uplink {
                     };
                     if let Some(Some(seq)) = entry {
                         window.add_permits(1);
-                        match self.journal.mark_forwarded(seq) {
-                            Ok(true) => {
-                                Metrics::add(&self.metrics.records_forwarded, 1);
-                                Metrics::sub(&self.metrics.backlog, 1);
-                            }
-                            Ok(false) => {}
-                            Err(e) => {
-                                warn!(seq, error = %e, "cannot clear record from the outbox; it will be sent again")
-                            }
+                        let full = {
+                            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                            p.acked.push(seq);
+                            p.acked.len() >= CLEAR_BATCH
+                        };
+                        if full {
+                            clear_at = None;
+                            self.clear_acked(pending);
+                        } else if clear_at.is_none() {
+                            clear_at = Some(Instant::now() + CLEAR_DELAY);
                         }
                     }
                 }
@@ -829,7 +907,7 @@ async fn feed(mut f: Feeder) {
             };
             permit.forget();
             pace.wait().await;
-            if !f.publish(&f.topic, Some(seq), bytes.to_vec()) {
+            if !f.publish(&f.topic, Some(seq), bytes) {
                 return;
             }
         }

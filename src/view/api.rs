@@ -78,16 +78,29 @@ pub fn board_snapshot(s: &Shared, rows: usize) -> BoardResponse {
 }
 
 /// Server-sent events: `update` (a board change), `resync` (fetch the board again), `ping`.
-pub async fn events(
-    State(s): State<Shared>,
-) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+/// Beyond `[view] max_event_streams` open streams, 503: each stream holds a connection and a
+/// subscription to the board for as long as the page is open.
+pub async fn events(State(s): State<Shared>) -> Response {
+    let Ok(permit) = s.streams.clone().try_acquire_owned() else {
+        Metrics::add(&s.ctx.metrics.view_http.streams_refused, 1);
+        let mut r = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "error": "too many live board streams are open; close another board page or try again later"
+            })),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
+        return r;
+    };
     let rx = s.events.subscribe();
     let mut tick = tokio::time::interval(PING);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (rx, tick, s.ctx.shutdown.clone(), s.lagged.clone(), true);
     let stream = futures::stream::unfold(
         state,
-        |(mut rx, mut tick, stop, lagged, first)| async move {
+        move |(mut rx, mut tick, stop, lagged, first)| async move {
             use tokio::sync::broadcast::error::RecvError;
             let event = tokio::select! {
                 _ = stop.cancelled() => return None,
@@ -103,10 +116,15 @@ pub async fn events(
                 },
             };
             let event = if first { event.retry(RETRY) } else { event };
-            Some((Ok(event), (rx, tick, stop, lagged, false)))
+            Some((Ok::<_, Infallible>(event), (rx, tick, stop, lagged, false)))
         },
     );
-    Sse::new(stream)
+    // The permit goes with the stream: it is given back when the page goes away.
+    let stream = futures::StreamExt::map(stream, move |e| {
+        let _held = &permit;
+        e
+    });
+    Sse::new(stream).into_response()
 }
 
 pub async fn health(State(s): State<Shared>) -> Result<Json<Health>, ViewError> {

@@ -24,6 +24,38 @@ pub struct RawView {
     /// Serve HTTPS with this certificate chain and key (PEM).
     #[serde(default)]
     tls: Option<RawViewTls>,
+    /// Connections open at once, at most; more wait in the listen queue.
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    /// Seconds a client has to send a request head (and to finish a TLS handshake); also
+    /// how long an idle keep-alive connection stays open.
+    #[serde(default = "default_header_timeout")]
+    header_timeout_s: u64,
+    /// Seconds a connection may move no byte at all before it is closed.
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout_s: u64,
+    /// Live board streams (`/api/events`) open at once, at most; more are answered 503.
+    #[serde(default = "default_max_event_streams")]
+    max_event_streams: usize,
+    /// Failed logins per source address and minute before it is answered 429; 0: no limit.
+    #[serde(default = "default_login_failures")]
+    login_failures_per_minute: u32,
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_event_streams() -> usize {
+    32
+}
+fn default_login_failures() -> u32 {
+    10
 }
 
 #[derive(Deserialize)]
@@ -52,6 +84,13 @@ pub struct ViewConfig {
     pub credentials: Credentials,
     /// HTTPS, when configured.
     pub tls: Option<super::tls::ViewTls>,
+    /// Connections and timeouts (see [`super::serve`]); the connection limit may be lowered
+    /// at start to leave file descriptors for the devices.
+    pub budget: super::serve::Budget,
+    /// Live board streams open at once, at most.
+    pub max_event_streams: usize,
+    /// Failed logins per source address and minute before 429 (see [`super::throttle`]).
+    pub login_failures_per_minute: u32,
 }
 
 impl ViewConfig {
@@ -107,10 +146,32 @@ impl ViewConfig {
         if !listen.ip().is_loopback() && tls.is_none() {
             tracing::warn!(%listen, "the staff view is served beyond this machine over plain HTTP: its credentials cross the network in clear; set [view] tls");
         }
+        if !(1..=65_536).contains(&raw.max_connections) {
+            return Err(("max_connections".into(), "must be 1 to 65536".into()));
+        }
+        if !(1..=3600).contains(&raw.header_timeout_s) {
+            return Err(("header_timeout_s".into(), "must be 1 to 3600".into()));
+        }
+        if !(1..=86_400).contains(&raw.idle_timeout_s) {
+            return Err(("idle_timeout_s".into(), "must be 1 to 86400".into()));
+        }
+        if !(1..=raw.max_connections).contains(&raw.max_event_streams) {
+            return Err((
+                "max_event_streams".into(),
+                format!("must be 1 to max_connections ({})", raw.max_connections),
+            ));
+        }
         Ok(ViewConfig {
             listen,
             credentials,
             tls,
+            budget: super::serve::Budget {
+                max_connections: raw.max_connections,
+                header_timeout: std::time::Duration::from_secs(raw.header_timeout_s),
+                idle_timeout: std::time::Duration::from_secs(raw.idle_timeout_s),
+            },
+            max_event_streams: raw.max_event_streams,
+            login_failures_per_minute: raw.login_failures_per_minute,
         })
     }
 }
@@ -174,5 +235,26 @@ mod tests {
         assert_eq!(e.0, "users[0].name");
         let e = view("users = [{ name = \"a\", password_sha256 = \"00\" }]").unwrap_err();
         assert_eq!(e.0, "users[0].password_sha256");
+        assert_eq!(
+            view("max_connections = 0").unwrap_err().0,
+            "max_connections"
+        );
+        assert_eq!(
+            view("header_timeout_s = 0").unwrap_err().0,
+            "header_timeout_s"
+        );
+        assert_eq!(view("idle_timeout_s = 0").unwrap_err().0, "idle_timeout_s");
+        let e = view("max_connections = 8\nmax_event_streams = 9").unwrap_err();
+        assert_eq!(e.0, "max_event_streams");
+    }
+
+    #[test]
+    fn budgets_have_defaults() {
+        let v = view("").unwrap();
+        assert_eq!(v.budget.max_connections, 256);
+        assert_eq!(v.budget.header_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(v.budget.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(v.max_event_streams, 32);
+        assert_eq!(v.login_failures_per_minute, 10);
     }
 }

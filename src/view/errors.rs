@@ -9,23 +9,18 @@
 //!   connection and replaces exactly those bodiless automatic responses as they are written.
 //!   The connection is closed after them either way.
 //!
-//! Both are served by [`serve_connection`], used for plain HTTP and for HTTPS alike.
+//! Every connection of the view's server ([`super::serve`]), plain or TLS, is wrapped so.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::Json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::CancellationToken;
-
-/// A client that sends no complete request head within this time is disconnected.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest plain-text error body turned into the JSON message; longer ones are cut.
 const MAX_MESSAGE: usize = 512;
@@ -72,56 +67,6 @@ fn reason(status: StatusCode) -> String {
         .canonical_reason()
         .unwrap_or("error")
         .to_ascii_lowercase()
-}
-
-/// Serves `app` on one accepted connection (plain or TLS) until it ends or `stop`.
-pub async fn serve_connection<S>(
-    stream: S,
-    app: Router,
-    peer: std::net::SocketAddr,
-    stop: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper_util::service::TowerToHyperService::new(app);
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(
-            hyper_util::rt::TokioIo::new(JsonParseErrors::new(stream)),
-            service,
-        );
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r {
-            tracing::debug!(%peer, error = %e, "staff view connection ended");
-        },
-        _ = stop.cancelled() => {
-            // Lets a request in flight finish; a live stream never would, so not for long.
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
-        }
-    }
-}
-
-/// Accepts plain HTTP connections on `listener` and serves `app` on each until `stop`.
-pub async fn serve_plain(listener: tokio::net::TcpListener, app: Router, stop: CancellationToken) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    tracing::warn!(error = %e, "staff view: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(tcp, app.clone(), peer, stop.clone()));
-    }
 }
 
 /// A connection whose bodiless automatic error responses (400, 414, 431: the HTTP parser's,

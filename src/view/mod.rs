@@ -24,6 +24,8 @@ mod config;
 mod errors;
 pub mod health;
 pub mod prometheus;
+pub mod serve;
+pub mod throttle;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -41,7 +43,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{Journal, JournalError};
-use crate::metrics::Metrics;
+use crate::metrics::{HttpServer, Metrics};
 
 pub(crate) use config::parse_hash;
 pub use config::{RawView, ViewConfig};
@@ -120,6 +122,10 @@ struct Shared {
     events: broadcast::Sender<board::Event>,
     lagged: Arc<AtomicU64>,
     started_ms: u64,
+    /// Failed logins per source address.
+    throttle: Arc<throttle::Throttle>,
+    /// One permit per live board stream.
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -153,11 +159,19 @@ pub async fn start(
         events: broadcast::channel(EVENTS_QUEUE).0,
         lagged: Arc::new(AtomicU64::new(0)),
         started_ms: crate::metrics::unix_ms(std::time::SystemTime::now()),
+        throttle: Arc::new(throttle::Throttle::new(
+            config.login_failures_per_minute,
+            HttpServer::View,
+            ctx.metrics.clone(),
+        )),
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
         ctx,
     };
     let preloaded = preload(&shared).await;
     tokio::spawn(feed_board(shared.clone(), feed, preloaded));
     let stop = shared.ctx.shutdown.clone();
+    let shared_metrics = shared.ctx.metrics.clone();
+    let budget = config.budget;
     let app = router(shared);
     // Over HTTPS, browsers are told to keep to it: a downgraded link would carry the
     // view's credentials in clear.
@@ -166,15 +180,17 @@ pub async fn start(
     } else {
         app
     };
-    match config.tls.clone() {
-        Some(tls) => {
-            tokio::spawn(tls::serve(listener, app, tls, stop));
-        }
-        None => {
-            tokio::spawn(errors::serve_plain(listener, app, stop));
-        }
-    }
-    tracing::info!(%addr, https = config.tls.is_some(), "staff view listening");
+    let metrics = shared_metrics;
+    tokio::spawn(serve::serve(
+        listener,
+        app,
+        budget,
+        config.tls.clone(),
+        metrics,
+        HttpServer::View,
+        stop,
+    ));
+    tracing::info!(%addr, https = config.tls.is_some(), max_connections = budget.max_connections, "staff view listening");
     Ok(addr)
 }
 
@@ -208,7 +224,22 @@ async fn require_auth(State(shared): State<Shared>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if shared.credentials.allows(presented) {
+    let peer = peer_ip(&request);
+    let now = std::time::Instant::now();
+    if shared.credentials.is_open() {
+        return next.run(request).await;
+    }
+    if let (Some(ip), Some(_)) = (peer, presented) {
+        if let throttle::Verdict::Throttled(wait) = shared.throttle.check(ip, now) {
+            return throttled(wait);
+        }
+    }
+    let allowed = shared.credentials.allows(presented);
+    // Only a presented credential counts: a browser's first request carries none.
+    if let (Some(ip), Some(_)) = (peer, presented) {
+        shared.throttle.record(ip, allowed, now);
+    }
+    if allowed {
         return next.run(request).await;
     }
     let challenge = if shared.credentials.has_users() {
@@ -222,6 +253,30 @@ async fn require_auth(State(shared): State<Shared>, request: Request, next: Next
         axum::Json(serde_json::json!({ "error": "credentials required" })),
     )
         .into_response()
+}
+
+/// The client's address, as the budgeted server records it.
+pub(crate) fn peer_ip(request: &Request) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// 429 for an address the failed-login throttle refuses.
+pub(crate) fn throttled(wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs().max(1);
+    let mut r = (
+        StatusCode::TOO_MANY_REQUESTS,
+        axum::Json(serde_json::json!({
+            "error": format!("too many failed logins from this address; try again in {secs} s")
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
 }
 
 /// Headers that cost nothing and close whole classes of browser attacks: only this origin's

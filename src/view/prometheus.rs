@@ -108,6 +108,8 @@ pub fn render(
         metric(&mut out, name, help, "gauge", &[(&[], v)]);
     }
 
+    http_budgets(&mut out, metrics);
+
     let links: Vec<_> = health
         .links
         .iter()
@@ -209,6 +211,68 @@ pub fn render(
     out
 }
 
+/// Name, type, help and field of one `bondline_http_*` family.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::metrics::HttpStats) -> &std::sync::atomic::AtomicU64,
+);
+
+/// The staff view's and the upload endpoint's budgets (see `view::serve`), by `server`.
+fn http_budgets(out: &mut String, metrics: &Metrics) {
+    use crate::metrics::HttpServer;
+    let servers = [("view", HttpServer::View), ("upload", HttpServer::Upload)];
+    let families: [Family; 6] = [
+        (
+            "bondline_http_connections",
+            "gauge",
+            "Connections open now.",
+            |h| &h.connections,
+        ),
+        (
+            "bondline_http_connection_limit_reached_total",
+            "counter",
+            "Times the connection limit was reached (new connections wait in the listen queue).",
+            |h| &h.connection_limit_reached,
+        ),
+        (
+            "bondline_http_timeouts_total",
+            "counter",
+            "Connections closed by the header or idle timeout.",
+            |h| &h.timed_out,
+        ),
+        (
+            "bondline_http_login_failures_total",
+            "counter",
+            "Requests with wrong credentials.",
+            |h| &h.login_failures,
+        ),
+        (
+            "bondline_http_logins_throttled_total",
+            "counter",
+            "Requests refused with 429 after too many failed logins from their address.",
+            |h| &h.logins_throttled,
+        ),
+        (
+            "bondline_http_streams_refused_total",
+            "counter",
+            "Live board streams refused with 503 (stream limit).",
+            |h| &h.streams_refused,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        let labels: Vec<[(&str, &str); 1]> =
+            servers.iter().map(|(n, _)| [("server", *n)]).collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(servers.iter())
+            .map(|(l, (_, s))| (l.as_slice(), Metrics::get(field(metrics.http(*s))) as f64))
+            .collect();
+        metric(out, name, help, kind, &samples);
+    }
+}
+
 /// One metric family: `HELP`, `TYPE` and one sample per label set.
 fn metric(
     out: &mut String,
@@ -224,6 +288,8 @@ fn metric(
     }
 }
 
+/// A Prometheus histogram from the HDR histogram's buckets; `_count` is the `+Inf` bucket
+/// of the same snapshot, so the two always agree.
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} histogram");
@@ -234,7 +300,7 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
         let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
     }
     let _ = writeln!(out, "{name}_sum {}", number(h.sum_us() as f64 / 1e6));
-    let _ = writeln!(out, "{name}_count {}", h.count());
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }
 
 fn label_set(labels: &[(&str, &str)]) -> String {

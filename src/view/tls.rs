@@ -3,23 +3,16 @@
 //! The view then speaks HTTPS only, over rustls (the same TLS stack as the broker link). The
 //! files are read at start and again on SIGHUP ([`ViewTls::reload`]), so a renewed
 //! certificate is served to new connections without a restart; a reload that fails keeps
-//! the certificate in use and says why.
+//! the certificate in use and says why. Connections are served by [`super::serve`], whose
+//! header timeout bounds the handshake too.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use axum::Router;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
-use tokio_util::sync::CancellationToken;
 
 use crate::uplink::tls::{certs, file_err, TlsError};
-
-/// How long a client may take over its TLS handshake, and over a request's headers: an idle
-/// or slow client does not hold a connection for ever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The view's certificate and key files, and the server configuration made from them.
 #[derive(Debug, Clone)]
@@ -47,7 +40,7 @@ impl ViewTls {
         Ok(())
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    pub(super) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(
             self.current
                 .read()
@@ -74,40 +67,22 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts TLS connections on `listener` and serves `app` on each until `stop`.
+/// Serves `app` over TLS on `listener` until `stop`, with the staff view's default budget
+/// (for HTTPS test servers; the view itself is started by [`super::start`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    app: Router,
+    app: axum::Router,
     tls: ViewTls,
-    stop: CancellationToken,
+    stop: tokio_util::sync::CancellationToken,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    tracing::warn!(error = %e, "staff view: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = tls.acceptor();
-        let app = app.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return handshake_failed(peer, &e.to_string()),
-                Err(_) => return handshake_failed(peer, "timed out"),
-            };
-            super::errors::serve_connection(stream, app, peer, stop).await;
-        });
-    }
-}
-
-fn handshake_failed(peer: SocketAddr, why: &str) {
-    tracing::debug!(%peer, why, "staff view: TLS handshake failed");
+    super::serve::serve(
+        listener,
+        app,
+        super::serve::Budget::DEFAULT,
+        Some(tls),
+        Arc::default(),
+        crate::metrics::HttpServer::View,
+        stop,
+    )
+    .await;
 }

@@ -1,6 +1,7 @@
 //! bondline's integration tests: one binary, a shared harness, real parts (Mosquitto,
 //! pseudo-terminals from socat, Modbus TCP to plc-sim, sled on disk, headless chromium).
 
+mod budgets;
 mod camera;
 mod capacity;
 mod cli;
@@ -10,6 +11,7 @@ mod faults;
 mod framing;
 mod handshake;
 mod harness;
+mod oversized;
 mod report;
 mod rules;
 mod scenarios;

@@ -38,6 +38,7 @@ fn the_systemd_unit_verifies() {
         "DevicePolicy=closed",
         "DeviceAllow=char-ttyS rw",
         "ReadWritePaths=-/var/spool/bondline",
+        "LimitNOFILE=65536",
     ] {
         assert!(unit.contains(want), "the unit lacks {want}");
     }

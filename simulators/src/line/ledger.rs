@@ -57,6 +57,7 @@ pub struct Latency {
     pub samples: u64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    pub p99_9_ms: Option<f64>,
     pub max_ms: Option<f64>,
 }
 
@@ -67,6 +68,7 @@ impl Latency {
             samples: ms.len() as u64,
             p50_ms: percentile(&ms, 0.50),
             p99_ms: percentile(&ms, 0.99),
+            p99_9_ms: percentile(&ms, 0.999),
             max_ms: ms.last().copied(),
         }
     }
@@ -179,6 +181,8 @@ pub struct Ledger {
     /// The same over the parcels the plan releases: their commands are written only once
     /// their decision is durable in the daemon's journal.
     pub release_latency: Latency,
+    /// The same over the parcels the plan sends elsewhere (their commands go at once).
+    pub other_latency: Latency,
     pub late_marks: LateMarks,
     pub xray: XrayFlags,
     /// Parcels per physical lane.
@@ -220,6 +224,7 @@ impl Ledger {
         };
         let mut latencies = Vec::new();
         let mut release_latencies = Vec::new();
+        let mut other_latencies = Vec::new();
         for o in outcomes {
             *l.lanes.entry(o.lane).or_default() += 1;
             match o.code {
@@ -242,6 +247,8 @@ impl Ledger {
                 latencies.push(ms);
                 if o.kind.expected_role() == Some(LaneRole::Release) {
                     release_latencies.push(ms);
+                } else {
+                    other_latencies.push(ms);
                 }
             }
 
@@ -310,6 +317,7 @@ impl Ledger {
         }
         l.latency = Latency::of(latencies);
         l.release_latency = Latency::of(release_latencies);
+        l.other_latency = Latency::of(other_latencies);
         l
     }
 

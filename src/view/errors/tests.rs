@@ -2,8 +2,12 @@
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use axum::routing::get;
+use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use super::*;
 
@@ -18,7 +22,16 @@ async fn server() -> (SocketAddr, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(serve_plain(listener, app, stop.clone()));
+    // The view's own server, plain HTTP, default budget.
+    tokio::spawn(crate::view::serve::serve(
+        listener,
+        app,
+        crate::view::serve::Budget::DEFAULT,
+        None,
+        std::sync::Arc::default(),
+        crate::metrics::HttpServer::View,
+        stop.clone(),
+    ));
     (addr, stop)
 }
 
