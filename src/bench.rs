@@ -445,23 +445,64 @@ async fn lines_bench(
         .and_then(|p| p.plc())
         .context("built-in PLC profile")?
         .clone();
-    let mut sims = Vec::new();
+    let mut scenarios = Vec::new();
     let mut line_seeds = Vec::new();
-    let mut config = format!(
-        "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
-        store.display()
-    );
-    let mut lines_toml = String::new();
     for i in 0..lines {
         let mut scenario = Scenario::from_toml(PEAK).map_err(|e| anyhow::anyhow!("{e}"))?;
         scenario.seed += i as u64 * 7919;
         line_seeds.push(scenario.seed % 10_000);
         scenario.length = RunLength::Seconds(seconds as f64);
-        let sim = LineSim::bind(scenario.clone(), framing.clone(), map.clone()).await?;
-        let scanner = sim.scanner_addr().context("line-sim scanner is TCP")?;
+        scenarios.push(scenario);
+    }
+    // The simulated floor runs on a thread of its own, so that the daemon's work never delays
+    // it and its own lag stays out of the figures (its sockets belong to that thread's runtime).
+    let sims_thread = crate::threads::Dedicated::start("bondline-bench-sims")?;
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let platform_addr = std::net::SocketAddr::new(host.parse()?, port);
+    let sims_job = sims_thread.spawn({
+        let scenarios = scenarios.clone();
+        async move {
+            let mut sims = Vec::new();
+            for scenario in scenarios {
+                sims.push(LineSim::bind(scenario, framing.clone(), map.clone()).await?);
+            }
+            let addrs = sims
+                .iter()
+                .map(|s| {
+                    Ok((
+                        s.scanner_addr().context("line-sim scanner is TCP")?,
+                        s.plc_addr(),
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let _ = bound_tx.send(addrs);
+            go_rx.await?;
+            let platform =
+                PlatformSim::connect(platform_addr, "bench/lines", "bench-lines-platform").await?;
+            let runs = sims
+                .into_iter()
+                .map(|sim| sim.run(Some(&platform), std::future::pending::<()>()));
+            anyhow::Ok(futures::future::join_all(runs).await)
+        }
+    });
+    let addrs = match bound_rx.await {
+        Ok(a) => a,
+        Err(_) => {
+            return Err(sims_job
+                .await?
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("the simulators stopped")))
+        }
+    };
+    let mut config = format!(
+        "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
+        store.display()
+    );
+    let mut lines_toml = String::new();
+    for (i, (scenario, (scanner, plc))) in scenarios.iter().zip(addrs).enumerate() {
         config.push_str(&format!(
-            "[devices.scanner-{i}]\nprofile = \"scanner-stx-etx\"\ntcp = \"{scanner}\"\n[devices.plc-{i}]\nprofile = \"sorter-plc\"\ntcp = \"{}\"\n",
-            sim.plc_addr()
+            "[devices.scanner-{i}]\nprofile = \"scanner-stx-etx\"\ntcp = \"{scanner}\"\n[devices.plc-{i}]\nprofile = \"sorter-plc\"\ntcp = \"{plc}\"\n"
         ));
         let r = scenario.lane_roles;
         lines_toml.push_str(&format!(
@@ -473,7 +514,6 @@ async fn lines_bench(
             r.hold,
             r.exception
         ));
-        sims.push(sim);
     }
     config.push_str(&lines_toml);
     let config = crate::config::Config::parse("bench-lines.toml", &config)
@@ -489,12 +529,6 @@ async fn lines_bench(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let platform = PlatformSim::connect(
-        std::net::SocketAddr::new(host.parse()?, port),
-        "bench/lines",
-        "bench-lines-platform",
-    )
-    .await?;
     let backlog_at_start = Metrics::get(&metrics.backlog);
     println!(
         "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile; flood of {flood} declarations"
@@ -522,10 +556,8 @@ async fn lines_bench(
     });
     let messages_at_start = Metrics::get(&metrics.platform_messages);
     let started = Instant::now();
-    let runs = sims
-        .into_iter()
-        .map(|sim| sim.run(Some(&platform), std::future::pending::<()>()));
-    let ledgers = futures::future::join_all(runs).await;
+    let _ = go_tx.send(());
+    let ledgers = sims_job.await??;
     let elapsed = started.elapsed();
     let forwarded = Metrics::get(&metrics.records_forwarded);
     let ingested = Metrics::get(&metrics.platform_messages) - messages_at_start;
