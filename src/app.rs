@@ -194,6 +194,17 @@ impl App {
             RECENT_MAX_RECORDS,
         )?;
         for r in journal.intents()? {
+            let recorded = recent
+                .lines
+                .get(&r.line)
+                .and_then(|parcels| parcels.get(&r.parcel))
+                .is_some_and(|k| k.decided && k.revision >= r.revision);
+            if recorded {
+                // Stopped between the record and the intent's removal: nothing was lost.
+                let key = crate::journal::intents::intent_key(&r.line, r.parcel);
+                journal.settle_intents(&[(key, r.revision)])?;
+                continue;
+            }
             let (record, alert) = crate::journal::intents::interrupted(r, now_ms);
             tracing::warn!(line = %record.line, parcel = record.parcel, "release decision found without its outcome: recorded as interrupted");
             recent.decided(&record);

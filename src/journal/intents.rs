@@ -6,14 +6,20 @@
 //!   *intent* (the parcel record as it stands before the PLC's answer: waybill, lane,
 //!   deciding rule, instruction id, rule set) is flushed in the `intents` tree. The writer
 //!   stores intents as soon as they arrive, without waiting for the group-commit window.
-//! - **Settled with the record.** An intent is removed in the same transaction that stores a
-//!   parcel record of the same line and parcel with the same or a later revision, so at every
+//! - **A store of its own.** Intents live in a small sled store beside the journal
+//!   (`<store>-intents`), so that their flush writes only intents: the journal's own writes
+//!   (group commits, the uplink's acknowledges during a backlog drain) never stand in front
+//!   of a release.
+//! - **Settled after the record.** An intent is removed once a parcel record of the same line
+//!   and parcel with the same or a later revision is durable in the journal, so at every
 //!   instant a release command has its parcel record, or its intent, or both.
-//! - **Recovered at start.** An intent still stored at start belongs to a decision whose
-//!   outcome was never recorded (the gateway stopped in between): it becomes a parcel record
-//!   with status `interrupted` and a `divert_interrupted` alert, which settles it.
+//! - **Recovered at start.** An intent still stored at start whose parcel has no such record
+//!   in the journal belongs to a decision whose outcome was never recorded (the gateway
+//!   stopped in between): it becomes a parcel record with status `interrupted` and a
+//!   `divert_interrupted` alert, which settles it. One whose record is there (the gateway
+//!   stopped between the record and the intent's removal) is removed.
 //!
-//! Layout: `intents`, key = line id + 0x00 + parcel id (big-endian `u32`), value = revision
+//! Layout: key = line id + 0x00 + parcel id (big-endian `u32`), value = revision
 //! (big-endian `u32`) + the parcel record's JSON. Inspection, hold and exception commands
 //! are not written ahead: those lanes are safe, and a record lost with a crash is made
 //! visible by the parcel's disposition (`unexplained_disposition`).
@@ -48,14 +54,57 @@ pub(crate) fn intent_revision(value: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?))
 }
 
+/// Where the intents of the journal at `path` are kept.
+pub fn intents_dir(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push("-intents");
+    path.with_file_name(name)
+}
+
+/// Opens (or creates) the intent store of the journal at `path`: a small cache, and no flush
+/// but the writer's (a removal reaches the disk with the next intent's flush, or sled's own
+/// within a second).
+pub(super) fn open(path: &std::path::Path) -> Result<sled::Db, JournalError> {
+    let dir = intents_dir(path);
+    sled::Config::new()
+        .path(&dir)
+        .cache_capacity(1024 * 1024)
+        .flush_every_ms(Some(1000))
+        .open()
+        .map_err(|source| JournalError::Open {
+            path: dir.display().to_string(),
+            source,
+        })
+}
+
 impl Journal {
-    /// Stores intents (not yet flushed: the writer flushes before it answers).
-    pub(crate) fn store_intents(&self, intents: &[(Vec<u8>, Vec<u8>)]) -> Result<(), JournalError> {
+    /// Stores intents and flushes them: durable on return.
+    pub(crate) async fn store_intents(
+        &self,
+        intents: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), JournalError> {
         let mut batch = sled::Batch::default();
         for (k, v) in intents {
             batch.insert(&k[..], &v[..]);
         }
         self.intents.apply_batch(batch)?;
+        self.intents.flush_async().await?;
+        Ok(())
+    }
+
+    /// Removes intents whose parcel record is durable (`settle`: key and the record's
+    /// revision; an intent of a newer revision stays).
+    pub fn settle_intents(&self, settle: &[(Vec<u8>, u32)]) -> Result<(), JournalError> {
+        for (key, revision) in settle {
+            let stored = self.intents.get(&key[..])?;
+            if stored
+                .as_deref()
+                .and_then(intent_revision)
+                .is_some_and(|r| r <= *revision)
+            {
+                self.intents.remove(&key[..])?;
+            }
+        }
         Ok(())
     }
 
@@ -296,8 +345,8 @@ mod tests {
             let journal = Journal::open(dir.path()).unwrap();
             journal
                 .store_intents(&[encode_intent(&release(9, 2))])
+                .await
                 .unwrap();
-            journal.flush().await.unwrap();
         }
         let journal = Journal::open(dir.path()).unwrap();
         let found = journal.intents().unwrap();

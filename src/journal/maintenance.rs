@@ -729,9 +729,9 @@ pub(crate) mod tests {
         let bytes = serde_json::to_vec(&big).unwrap();
         hash = crate::journal::sha256(&bytes);
         records.push(bytes);
-        journal.commit(1, &records, (41, hash), &[]).unwrap();
+        journal.commit(1, &records, (41, hash)).unwrap();
         let live = journal.live_bytes();
-        journal.commit(1, &records, (41, hash), &[]).unwrap();
+        journal.commit(1, &records, (41, hash)).unwrap();
         assert_eq!(journal.live_bytes(), live, "a retry is not counted twice");
         let entries: Vec<_> = journal
             .batches
@@ -785,7 +785,7 @@ pub(crate) mod tests {
         let records: Vec<Vec<u8>> = (first..=3)
             .map(|s| journal.record_bytes(s).unwrap().unwrap())
             .collect();
-        journal.commit(first, &records, head, &[]).unwrap();
+        journal.commit(first, &records, head).unwrap();
         assert_eq!(journal.live_bytes(), live);
         assert_eq!(journal.record_bytes(3).unwrap().unwrap(), bytes);
         assert!(journal.verify().unwrap().ok());

@@ -39,8 +39,6 @@
 //!   notice in force, by enterprise), `notice_ids`; `counted` (waybill → UTC day it joined its
 //!   consumer's history); `rule_update_ids`; in `meta`, the rule set in force (see
 //!   [`platform`]).
-//! - `intents`: release decisions written ahead of their command, until their parcel record
-//!   is stored (see [`intents`]).
 //! - `by_waybill`: the lookup index, waybill bytes + 0x00 + `seq` → empty; written behind
 //!   the writer up to the `meta` key `by_waybill_upto` (the last indexed `seq`), removed with
 //!   its batch at purge (see [`lookup`]).
@@ -119,8 +117,9 @@ pub struct Journal {
     history: Tree,
     /// Waybill lookup index, see [`lookup`].
     by_waybill: Tree,
-    /// Release decisions written ahead of their command, see [`intents`].
-    intents: Tree,
+    /// Release decisions written ahead of their command: a store of its own beside this one
+    /// (`<store>-intents`), so that its flush waits for nothing else (see [`intents`]).
+    intents: sled::Db,
     /// The forwarded watermark and stored size, mirrored from `meta`; updates hold the lock.
     state: Arc<Mutex<State>>,
     /// Held while platform state is stored and applied, and while old state is forgotten,
@@ -296,7 +295,7 @@ impl Journal {
             received: db.open_tree("received")?,
             history: db.open_tree("history")?,
             by_waybill: db.open_tree("by_waybill")?,
-            intents: db.open_tree("intents")?,
+            intents: intents::open(path)?,
             meta,
             db,
             state: Arc::new(Mutex::new(state)),
@@ -555,14 +554,11 @@ impl Journal {
     /// chain head in one transaction, as one `batches` entry per [`ENTRY_BYTES`] of records.
     /// Writing the same records again is harmless (same keys, same bytes, same sizes), so a
     /// caller may retry after an error.
-    /// `settle` names intents (key, revision) that the records settle: each is removed in the
-    /// same transaction if its stored revision is not newer.
     fn commit(
         &self,
         first: u64,
         records: &[Vec<u8>],
         head: (u64, [u8; 32]),
-        settle: &[(Vec<u8>, u32)],
     ) -> Result<(), JournalError> {
         use sled::Transactional;
         let mut entries = Vec::new();
@@ -588,20 +584,10 @@ impl Journal {
         }
         // The index entries themselves are written behind the writer ([`lookup`]): the
         // append path stays one small transaction per group commit.
-        (&self.batches, &self.meta, &self.intents)
-            .transaction(|(batches, meta, intents)| {
+        (&self.batches, &self.meta)
+            .transaction(|(batches, meta)| {
                 for (key, value, _) in &entries {
                     batches.insert(&key[..], &value[..])?;
-                }
-                for (key, revision) in settle {
-                    let stored = intents.get(&key[..])?;
-                    if stored
-                        .as_deref()
-                        .and_then(intents::intent_revision)
-                        .is_some_and(|r| r <= *revision)
-                    {
-                        intents.remove(&key[..])?;
-                    }
                 }
                 meta.insert(META_HEAD, &head[..])?;
                 meta.insert(META_LIVE, &live.to_be_bytes()[..])?;

@@ -355,11 +355,7 @@ impl JournalWriter {
             .iter()
             .map(|(r, _)| super::intents::encode_intent(r))
             .collect();
-        let stored = !self.store_failed
-            && match self.journal.store_intents(&encoded) {
-                Ok(()) => self.journal.flush().await.is_ok(),
-                Err(_) => false,
-            };
+        let stored = !self.store_failed && self.journal.store_intents(&encoded).await.is_ok();
         if stored {
             for ((key, _), (r, _)) in encoded.into_iter().zip(intents.iter()) {
                 self.intents.insert(key, r.revision);
@@ -492,7 +488,7 @@ impl JournalWriter {
                 match self
                     .journal
                     .mark_counted(counted_marks(batch))
-                    .and_then(|()| self.journal.commit(first, &records, (seq, hash), &settle))
+                    .and_then(|()| self.journal.commit(first, &records, (seq, hash)))
                 {
                     Ok(()) => {
                         committed = true;
@@ -524,8 +520,18 @@ impl JournalWriter {
         }
         self.last_seq = seq;
         self.last_hash = hash;
-        for (key, _) in &settle {
-            self.intents.remove(key);
+        // The records are durable: their intents may go.
+        if !settle.is_empty() {
+            match self.journal.settle_intents(&settle) {
+                Ok(()) => {
+                    for (key, _) in &settle {
+                        self.intents.remove(key);
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "settled intents could not be removed; they are checked again at the next start")
+                }
+            }
         }
         self.metrics.journal_flush_latency.record(started.elapsed());
         // Accepted now: only from here on may anyone else see these records.
