@@ -108,16 +108,6 @@ impl Journal {
         Ok(())
     }
 
-    /// Keys and revisions of every stored intent (the writer's picture at start).
-    pub(crate) fn intent_revisions(&self) -> Result<HashMap<Vec<u8>, u32>, JournalError> {
-        let mut out = HashMap::new();
-        for e in self.intents.iter() {
-            let (k, v) = e?;
-            out.insert(k.to_vec(), intent_revision(&v).unwrap_or(0));
-        }
-        Ok(out)
-    }
-
     /// Every stored intent's parcel record; an unreadable one is reported as corrupt.
     pub fn intents(&self) -> Result<Vec<ParcelRecord>, JournalError> {
         let mut out = Vec::new();

@@ -7,9 +7,10 @@
 //! themselves to whoever subscribed ([`JournalWriter::subscribe`], the staff view).
 //!
 //! Release decisions come as *intents* ([`RecordSink::push_intent`], see
-//! [`super::intents`]): the writer stores and flushes them as soon as they arrive, without
-//! waiting for the window, and answers each one (`true` once durable); a parcel record
-//! settles its parcel's intent in its own commit.
+//! [`super::intents`]) on a queue of their own, which the writer serves beside the records
+//! (one task, two loops): an intent is stored and flushed as soon as it arrives, never behind
+//! a group commit, and answered (`true` once durable); a parcel record settles its parcel's
+//! intent once it is durable itself.
 //!
 //! When the journal's disk is full (see [`super::capacity`]) the writer holds records in
 //! memory instead of writing, up to `hold_limit`, and refuses the ones beyond it, each one
@@ -24,8 +25,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::collections::HashMap;
 
 use bondline_devices::contract::{ParcelRecord, Record};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -55,31 +54,35 @@ const FEED_CAPACITY: usize = 4096;
 /// writer; whatever the producer put there is overwritten.
 #[derive(Clone)]
 pub struct RecordSink {
-    tx: mpsc::UnboundedSender<Entry>,
+    tx: mpsc::UnboundedSender<Record>,
+    intents: mpsc::UnboundedSender<Intent>,
     metrics: Arc<Metrics>,
 }
 
-/// What travels to the writer.
-enum Entry {
-    Record(Record),
-    /// A release decision to store ahead of its command, and who waits for it.
-    Intent(ParcelRecord, oneshot::Sender<bool>),
-}
+/// A release decision to store ahead of its command, and who waits for it.
+type Intent = (ParcelRecord, oneshot::Sender<bool>);
 
 impl RecordSink {
-    /// A sink whose records a unit test reads itself, without a journal.
     /// A sink whose records a unit test reads itself, without a journal.
     #[cfg(test)]
     pub(crate) fn for_tests(metrics: Arc<Metrics>) -> (RecordSink, TestRecords) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (RecordSink { tx, metrics }, TestRecords { rx })
+        let (intents, intent_rx) = mpsc::unbounded_channel();
+        (
+            RecordSink {
+                tx,
+                intents,
+                metrics,
+            },
+            TestRecords { rx, intent_rx },
+        )
     }
 
     /// Queues a record for the journal. Never waits. Fails only once the writer has stopped,
     /// which happens after every sink is dropped; the error is logged loudly.
     pub fn push(&self, record: impl Into<Record>) {
-        if let Err(e) = self.tx.send(Entry::Record(record.into())) {
-            self.stopped(&e.0);
+        if let Err(e) = self.tx.send(record.into()) {
+            self.stopped(Some(&e.0));
         }
     }
 
@@ -88,17 +91,17 @@ impl RecordSink {
     /// not be stored.
     pub fn push_intent(&self, record: ParcelRecord) -> oneshot::Receiver<bool> {
         let (done, rx) = oneshot::channel();
-        if let Err(e) = self.tx.send(Entry::Intent(record, done)) {
-            self.stopped(&e.0);
+        if self.intents.send((record, done)).is_err() {
+            self.stopped(None);
         }
         rx
     }
 
-    fn stopped(&self, entry: &Entry) {
+    fn stopped(&self, record: Option<&Record>) {
         self.metrics
             .journal_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Entry::Record(r) = entry {
+        if let Some(r) = record {
             error!(record = %serde_json::to_string(r).unwrap_or_default(), "journal writer has stopped; record not stored");
         }
     }
@@ -107,29 +110,26 @@ impl RecordSink {
 /// What a unit test's sink received: records; intents are answered `true` as they pass.
 #[cfg(test)]
 pub(crate) struct TestRecords {
-    rx: mpsc::UnboundedReceiver<Entry>,
+    rx: mpsc::UnboundedReceiver<Record>,
+    intent_rx: mpsc::UnboundedReceiver<Intent>,
 }
 
 #[cfg(test)]
 impl TestRecords {
     pub fn try_recv(&mut self) -> Result<Record, mpsc::error::TryRecvError> {
-        loop {
-            match self.rx.try_recv()? {
-                Entry::Record(r) => return Ok(r),
-                Entry::Intent(_, done) => {
-                    let _ = done.send(true);
-                }
-            }
+        while let Ok((_, done)) = self.intent_rx.try_recv() {
+            let _ = done.send(true);
         }
+        self.rx.try_recv()
     }
 }
 
 /// The writer task's state.
 pub struct JournalWriter {
     journal: Journal,
-    rx: mpsc::UnboundedReceiver<Entry>,
-    /// Stored intents (key → revision), to be settled by their parcel records.
-    intents: HashMap<Vec<u8>, u32>,
+    rx: mpsc::UnboundedReceiver<Record>,
+    /// Intents, served beside the records (taken by [`JournalWriter::run`]).
+    intent_rx: Option<mpsc::UnboundedReceiver<Intent>>,
     window: Duration,
     metrics: Arc<Metrics>,
     accepted: watch::Sender<u64>,
@@ -158,18 +158,19 @@ pub fn record_sink(
     metrics: Arc<Metrics>,
 ) -> Result<(RecordSink, JournalWriter, watch::Receiver<u64>), super::JournalError> {
     let (last_seq, last_hash) = journal.chain_head()?;
-    let intents = journal.intent_revisions()?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let (intents, intent_rx) = mpsc::unbounded_channel();
     let (accepted, accepted_rx) = watch::channel(last_seq);
     Ok((
         RecordSink {
             tx,
+            intents,
             metrics: metrics.clone(),
         },
         JournalWriter {
             journal,
             rx,
-            intents,
+            intent_rx: Some(intent_rx),
             window,
             metrics,
             accepted,
@@ -252,8 +253,21 @@ impl JournalWriter {
     /// Runs until every [`RecordSink`] is dropped and the queue is empty, so a shutdown that
     /// stops the producers first loses nothing.
     pub async fn run(mut self) {
+        let intents = self
+            .intent_rx
+            .take()
+            .map(|rx| store_intents(rx, self.journal.clone(), self.metrics.clone()));
+        let records = self.run_records();
+        match intents {
+            Some(intents) => {
+                tokio::join!(records, intents);
+            }
+            None => records.await,
+        }
+    }
+
+    async fn run_records(mut self) {
         let mut batch = Vec::with_capacity(256);
-        let mut intents = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -268,26 +282,13 @@ impl JournalWriter {
                     continue;
                 }
             };
-            let mut next = Some(first);
+            batch.push(first);
             let deadline = Instant::now() + self.window;
-            // A release waits for its intent: gathering stops at the first one.
-            while let Some(entry) = next.take() {
-                match entry {
-                    Entry::Record(r) => batch.push(r),
-                    Entry::Intent(r, done) => intents.push((r, done)),
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(r)) => batch.push(r),
+                    Ok(None) | Err(_) => break,
                 }
-                if !intents.is_empty() || batch.len() >= MAX_BATCH {
-                    break;
-                }
-                if let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    next = Some(e);
-                }
-            }
-            if !intents.is_empty() {
-                self.store_intents(&mut intents).await;
-            }
-            if batch.is_empty() {
-                continue;
             }
             if self.must_hold() {
                 self.hold(&mut batch);
@@ -346,46 +347,6 @@ impl JournalWriter {
         f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         Ok(path)
-    }
-
-    /// Stores and flushes intents, then answers each. They are written even while records
-    /// are held for a full disk (they are small and soon settled); not once the store failed.
-    async fn store_intents(&mut self, intents: &mut Vec<(ParcelRecord, oneshot::Sender<bool>)>) {
-        let encoded: Vec<_> = intents
-            .iter()
-            .map(|(r, _)| super::intents::encode_intent(r))
-            .collect();
-        let stored = !self.store_failed && self.journal.store_intents(&encoded).await.is_ok();
-        if stored {
-            for ((key, _), (r, _)) in encoded.into_iter().zip(intents.iter()) {
-                self.intents.insert(key, r.revision);
-            }
-        } else {
-            self.metrics.journal_errors.fetch_add(1, Ordering::Relaxed);
-            error!(
-                intents = intents.len(),
-                "release decisions could not be stored ahead of their commands; the commands are not sent"
-            );
-        }
-        for (_, done) in intents.drain(..) {
-            let _ = done.send(stored);
-        }
-    }
-
-    /// The intents that the parcel records of `batch` settle.
-    fn settles(&self, batch: &[Record]) -> Vec<(Vec<u8>, u32)> {
-        if self.intents.is_empty() {
-            return Vec::new();
-        }
-        batch
-            .iter()
-            .filter_map(Record::as_parcel)
-            .filter_map(|p| {
-                let key = super::intents::intent_key(&p.line, p.parcel);
-                let stored = *self.intents.get(&key)?;
-                (stored <= p.revision).then_some((key, p.revision))
-            })
-            .collect()
     }
 
     fn must_hold(&self) -> bool {
@@ -476,7 +437,6 @@ impl JournalWriter {
             // No room now: the caller holds the batch; numbers are given again next time.
             return;
         }
-        let settle = self.settles(batch);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut committed = false;
         let mut failures = 0u32;
@@ -521,17 +481,13 @@ impl JournalWriter {
         self.last_seq = seq;
         self.last_hash = hash;
         // The records are durable: their intents may go.
-        if !settle.is_empty() {
-            match self.journal.settle_intents(&settle) {
-                Ok(()) => {
-                    for (key, _) in &settle {
-                        self.intents.remove(key);
-                    }
-                }
-                Err(e) => {
-                    error!(error = %e, "settled intents could not be removed; they are checked again at the next start")
-                }
-            }
+        let settle: Vec<_> = batch
+            .iter()
+            .filter_map(Record::as_parcel)
+            .map(|p| (super::intents::intent_key(&p.line, p.parcel), p.revision))
+            .collect();
+        if let Err(e) = self.journal.settle_intents(&settle) {
+            error!(error = %e, "settled intents could not be removed; they are checked again at the next start");
         }
         self.metrics.journal_flush_latency.record(started.elapsed());
         // Accepted now: only from here on may anyone else see these records.
@@ -545,6 +501,38 @@ impl JournalWriter {
         Metrics::add(&self.metrics.records_accepted, n);
         Metrics::add(&self.metrics.backlog, n);
         self.accepted.send_replace(self.last_seq);
+    }
+}
+
+/// Serves the intent queue until every sink is gone: stores and flushes whatever intents
+/// are waiting, then answers each (`true` once durable). Beside the records' loop, so a
+/// release never waits behind a group commit.
+async fn store_intents(
+    mut rx: mpsc::UnboundedReceiver<Intent>,
+    journal: Journal,
+    metrics: Arc<Metrics>,
+) {
+    let mut intents = Vec::new();
+    while let Some(first) = rx.recv().await {
+        intents.push(first);
+        while let Ok(more) = rx.try_recv() {
+            intents.push(more);
+        }
+        let encoded: Vec<_> = intents
+            .iter()
+            .map(|(r, _)| super::intents::encode_intent(r))
+            .collect();
+        let stored = journal.store_intents(&encoded).await.is_ok();
+        if !stored {
+            metrics.journal_errors.fetch_add(1, Ordering::Relaxed);
+            error!(
+                intents = intents.len(),
+                "release decisions could not be stored ahead of their commands; the commands are not sent"
+            );
+        }
+        for (_, done) in intents.drain(..) {
+            let _ = done.send(stored);
+        }
     }
 }
 
