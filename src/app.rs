@@ -76,6 +76,7 @@ impl App {
             source: sled::Error::Io(e),
         })?;
         let journal = Journal::open(&config.storage.path)?;
+        journal.check_head_mark()?;
         let table = Arc::new(RwLock::new(journal.load_clearance()?));
         let metrics = Arc::new(Metrics::default());
         metrics
@@ -95,6 +96,10 @@ impl App {
         }
 
         let alarms = Alarms::new(&config.gateway_id);
+        // A salvaged store says so once, as an alarm (its chain holds the salvage record).
+        if let Some(notice) = journal.take_salvage_notice()? {
+            alarms.raise(notice);
+        }
         let mut tasks = JoinSet::new();
         let mut journal_tasks = JoinSet::new();
         let uplink_stop = CancellationToken::new();

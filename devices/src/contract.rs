@@ -701,6 +701,11 @@ pub enum AlertKind {
     /// A message on a platform topic could not be used (malformed, unknown, refused rule
     /// set) and was not applied. `line` is empty.
     RejectedMessage,
+    /// The gateway's journal was damaged and salvaged (`bondline journal salvage`): the first
+    /// record written after it. `detail` names the old chain's last good record (`seq` and
+    /// hash), the old head if it was readable, and how many records were kept and lost.
+    /// `line` is empty: it concerns the gateway.
+    JournalSalvaged,
 }
 
 /// An alert record.
