@@ -10,6 +10,7 @@ mod faults;
 mod harness;
 mod report;
 mod rules;
+mod salvage;
 mod scenarios;
 mod service;
 mod skeleton;
