@@ -30,6 +30,7 @@
 //! messages (Mosquitto's `message_size_limit`) cannot be detected: set `max_packet_kib` at or
 //! below the broker's limit.
 
+pub mod probe;
 pub mod refusals;
 pub mod tls;
 
@@ -103,6 +104,8 @@ struct SessionEnd {
     poison_suspect: Option<u64>,
     /// How long the session was up.
     lasted: Duration,
+    /// The broker could not be reached at all.
+    unreachable: bool,
 }
 
 /// Why a session ended, as far as the gateway can tell.
@@ -112,6 +115,9 @@ enum EndCause {
     Peer,
     /// Keep-alive or network timeouts.
     Timeout,
+    /// The broker's address refused the TCP connection or could not be reached: the broker
+    /// is down (see [`probe`]).
+    Unreachable,
     /// The gateway ended it (a message it could not store, a full request queue).
     Local,
 }
@@ -185,9 +191,15 @@ impl Uplink {
             }
             let wait = backoff.next_delay();
             warn!(error = %end.reason, retry_in = ?wait, "broker link down");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            // Probing cheaply meanwhile: a broker that was down is used again within a probe
+            // interval of its return (see `probe`).
+            let (host, port) = (&self.config.host, self.config.port);
+            match probe::wait_out(host, port, wait, end.unreachable, &shutdown).await {
+                probe::WaitEnd::Cancelled => return,
+                probe::WaitEnd::BrokerBack => {
+                    info!("the broker is reachable again; reconnecting before the backoff ends")
+                }
+                probe::WaitEnd::Elapsed => {}
             }
         }
     }
@@ -238,6 +250,7 @@ impl Uplink {
             reason,
             poison_suspect,
             lasted: ended.duration_since(started),
+            unreachable: cause == EndCause::Unreachable,
         }
     }
 
@@ -296,6 +309,12 @@ impl Uplink {
                             ConnectionError::NetworkTimeout
                             | ConnectionError::FlushTimeout
                             | ConnectionError::MqttState(StateError::AwaitPingResp) => EndCause::Timeout,
+                            ConnectionError::Io(io) if matches!(
+                                io.kind(),
+                                std::io::ErrorKind::ConnectionRefused
+                                    | std::io::ErrorKind::HostUnreachable
+                                    | std::io::ErrorKind::NetworkUnreachable
+                            ) => EndCause::Unreachable,
                             _ => EndCause::Peer,
                         };
                         return (e.to_string(), cause);

@@ -8,6 +8,7 @@ mod delivery;
 mod demo_rules;
 mod faults;
 mod harness;
+mod reconnect;
 mod report;
 mod rules;
 mod salvage;
