@@ -174,6 +174,7 @@ impl App {
             retention: config.storage.retention,
             interval: Duration::from_secs(1),
         };
+        journal_tasks.spawn(crate::memory::run(metrics.clone(), uplink_stop.clone()));
         journal_tasks.spawn(housekeeping.run(
             journal.clone(),
             metrics.clone(),

@@ -159,6 +159,7 @@ pub enum JournalCommand {
 
 /// Entry point of the `bondline` binary.
 pub fn main() -> ExitCode {
+    crate::memory::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {

@@ -278,6 +278,12 @@ impl Batch {
 /// lost records from one that never had them ([`Journal::check_head_mark`]).
 pub const HEAD_MARK: &str = "chain.head";
 
+/// sled's page cache. The journal's reads are the outbox just behind the writer and the
+/// occasional lookup, so a small cache serves them; sled fills its cache up to this bound as
+/// the store grows and keeps it, so it is most of the daemon's resident memory after a few
+/// bursts (`bondline bench burst`, BENCHMARKS.md: 64 MiB let VmRSS grow past 128 MiB).
+pub const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// How long [`Journal::open`] waits for the store's lock to be released.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -289,7 +295,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 fn open_db(path: &Path) -> sled::Result<sled::Db> {
     let config = sled::Config::new()
         .path(path)
-        .cache_capacity(64 * 1024 * 1024)
+        .cache_capacity(CACHE_BYTES)
         .flush_every_ms(Some(500));
     let started = std::time::Instant::now();
     loop {
