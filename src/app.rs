@@ -116,6 +116,7 @@ impl App {
         let journal_thread =
             Dedicated::start("bondline-journal").map_err(|e| StartError::Thread("journal", e))?;
         let journal = Journal::open(&config.storage.path)?;
+        journal.check_head_mark()?;
         let table = Arc::new(RwLock::new(journal.load_clearance()?));
         let metrics = Arc::new(Metrics::default());
         metrics
@@ -135,6 +136,10 @@ impl App {
         }
 
         let alarms = Alarms::new(&config.gateway_id);
+        // A salvaged store says so once, as an alarm (its chain holds the salvage record).
+        if let Some(notice) = journal.take_salvage_notice()? {
+            alarms.raise(notice);
+        }
         let mut tasks = JoinSet::new();
         let mut journal_tasks = JoinSet::new();
         let uplink_stop = CancellationToken::new();
@@ -240,6 +245,7 @@ impl App {
             retention: config.storage.retention,
             interval: Duration::from_secs(1),
         };
+        journal_tasks.spawn(crate::memory::run(metrics.clone(), uplink_stop.clone()));
         journal_tasks.spawn(housekeeping.run(
             journal.clone(),
             metrics.clone(),

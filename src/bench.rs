@@ -29,8 +29,31 @@ use crate::journal::{record_sink, Journal};
 use crate::metrics::Metrics;
 use crate::rules::ClearanceTable;
 
+mod burst;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Memory after bursts: one line against the scanner and PLC simulators, fed bursts of
+    /// frames as fast as the socket takes them with quiet periods between; prints VmRSS after
+    /// each quiet period (see BENCHMARKS.md).
+    Burst {
+        /// Bursts to send.
+        #[arg(long, default_value_t = 8)]
+        bursts: u32,
+        /// Frames per burst.
+        #[arg(long, default_value_t = 10_000)]
+        frames: u64,
+        /// Seconds of quiet after each burst has settled, before VmRSS is read (parcels
+        /// without a disposition are alerted 10 s after their deadline, inside this period).
+        #[arg(long, default_value_t = 15)]
+        quiet_s: u64,
+        /// Broker host:port; default: start Mosquitto on a free port.
+        #[arg(long)]
+        broker: Option<String>,
+        /// Directory for the journal (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Append throughput of the journal with the default flush window.
     Journal {
         /// Records to append.
@@ -130,6 +153,22 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
     );
     match cmd {
+        BenchCommand::Burst {
+            bursts,
+            frames,
+            quiet_s,
+            broker,
+            dir,
+        } => {
+            burst::run(burst::BurstArgs {
+                bursts,
+                frames,
+                quiet: Duration::from_secs(quiet_s),
+                broker,
+                dir,
+            })
+            .await
+        }
         BenchCommand::Journal {
             records,
             flush_window_ms,

@@ -1,7 +1,8 @@
 //! The command line: `run`, `check-config` and `demo`.
 //!
 //! Exit codes: 0 success; 64 (EX_USAGE) a bad configuration, with the file, the key and the
-//! reason on stderr; 1 any other failure.
+//! reason on stderr; 65 (EX_DATAERR) the journal store is damaged and `bondline journal
+//! salvage` must be run (see [`EXIT_JOURNAL_DAMAGED`]); 1 any other failure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,12 +11,17 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::journal::JournalError;
 use crate::telemetry::{self, LogFormat};
 
 /// Exit code for a bad configuration (BSD EX_USAGE), as systemd and operators expect.
 pub const EXIT_CONFIG: u8 = 64;
 /// Exit code for a bad command-line argument (EX_USAGE, like a bad configuration).
 pub const EXIT_USAGE: u8 = 64;
+/// Exit code for a journal store whose files are damaged (BSD EX_DATAERR): restarting will
+/// not help, `bondline journal salvage` will (the message names the command). The systemd
+/// unit does not restart on it.
+pub const EXIT_JOURNAL_DAMAGED: u8 = 65;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -143,6 +149,13 @@ pub enum JournalCommand {
         /// Last sequence number (inclusive).
         to: u64,
     },
+    /// Recover from a damaged store (the daemon exits 65 and names this command): move it
+    /// aside to `<path>.damaged-<unix_ms>`, keep every record whose chain links still verify
+    /// and every platform state entry that parses, write them to a fresh store whose chain
+    /// carries a `journal_salvaged` alert record naming the old chain's last good record, and
+    /// raise an alarm at the next start. Needs --config (the gateway id); stop the daemon
+    /// first. Prints what was kept and lost as JSON.
+    Salvage,
 }
 
 /// What `run` checks on the machine before it starts (see [`crate::config::checks`]): a
@@ -172,6 +185,7 @@ fn check_before_run(config: &Config) -> Result<(), crate::config::ConfigError> {
 
 /// Entry point of the `bondline` binary.
 pub fn main() -> ExitCode {
+    crate::memory::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
@@ -219,6 +233,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => {
             // Logging first: loading the configuration may warn.
             telemetry::init(cli.log_format, "info");
+            let config_file = config.clone();
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -235,7 +250,8 @@ pub fn main() -> ExitCode {
             }
             // Before any task opens a socket: see crate::fds.
             crate::fds::raise_soft_limit();
-            runtime_then(|| async move {
+            let store = config.storage.path.clone();
+            let code = run_in_runtime(|| async move {
                 let shutdown = crate::shutdown::on_signals();
                 let app = crate::app::App::start(config, shutdown.clone()).await?;
                 crate::service::ready(&format!(
@@ -269,7 +285,23 @@ pub fn main() -> ExitCode {
                 }
                 app.wait().await?;
                 Ok(())
-            })
+            });
+            match code {
+                Err(e)
+                    if e.downcast_ref::<JournalError>()
+                        .is_some_and(JournalError::is_damaged) =>
+                {
+                    eprintln!(
+                        "bondline: {e:#}\nthe journal store {} is damaged and the daemon will not start on it; \
+stop here and run: bondline journal salvage --config {}\n(it moves the damaged store aside, keeps \
+every record and platform state it can still read and starts a fresh store; see README, Operations)",
+                        store.display(),
+                        config_file.display()
+                    );
+                    ExitCode::from(EXIT_JOURNAL_DAMAGED)
+                }
+                other => exit_code(other),
+            }
         }
         Command::Journal { store, command } => journal_command(store, command),
         Command::Report { store, command } => report_command(store, command),
@@ -322,19 +354,25 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    exit_code(run_in_runtime(f))
+}
+
+fn run_in_runtime<F, Fut>(f: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     // The main runtime yields the CPU to the floor and journal threads (see threads).
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_start(crate::threads::yield_to_floor)
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(f()) {
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
+    rt.block_on(f())
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bondline: {e:#}");
@@ -363,8 +401,13 @@ fn open_store(store: StoreArgs) -> Result<crate::journal::Journal, ExitCode> {
         return Err(ExitCode::FAILURE);
     }
     crate::journal::Journal::open(&path).map_err(|e| {
-        eprintln!("{e} (is the daemon running? stop it or use a copy of the directory)");
-        ExitCode::FAILURE
+        if e.is_damaged() {
+            eprintln!("{e}\nthe store is damaged: `bondline journal salvage --config <file>` moves it aside and starts a fresh one with what is still readable");
+            ExitCode::from(EXIT_JOURNAL_DAMAGED)
+        } else {
+            eprintln!("{e} (is the daemon running? stop it or use a copy of the directory)");
+            ExitCode::FAILURE
+        }
     })
 }
 
@@ -405,6 +448,9 @@ fn report_command(store: StoreArgs, command: ReportCommand) -> ExitCode {
 }
 
 fn journal_command(store: StoreArgs, command: JournalCommand) -> ExitCode {
+    if let JournalCommand::Salvage = command {
+        return salvage_command(store);
+    }
     let journal = match open_store(store) {
         Ok(j) => j,
         Err(code) => return code,
@@ -437,6 +483,7 @@ fn journal_command(store: StoreArgs, command: JournalCommand) -> ExitCode {
             eprintln!("{n} record(s) exported");
             Ok(ExitCode::SUCCESS)
         }
+        JournalCommand::Salvage => anyhow::bail!("salvage does not open the store"),
         JournalCommand::Replay { from, to } => {
             anyhow::ensure!(from <= to, "FROM must not be after TO");
             let n = journal.replay(from, to)?;
@@ -448,6 +495,52 @@ fn journal_command(store: StoreArgs, command: JournalCommand) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bondline journal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bondline journal salvage`: needs the configuration, which names the gateway and the store.
+fn salvage_command(store: StoreArgs) -> ExitCode {
+    if store.store.is_some() {
+        eprintln!("journal salvage: give --config (the gateway id and storage.path), not --store");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let file = store
+        .config
+        .unwrap_or_else(|| PathBuf::from("/etc/bondline/bondline.toml"));
+    let config = match Config::load(&file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match crate::journal::salvage(&config.storage.path, &config.gateway_id) {
+        Ok(report) => {
+            match serde_json::to_string_pretty(&report) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("bondline journal salvage: {e}"),
+            }
+            if report.opened == crate::journal::Opened::NotAtAll {
+                eprintln!(
+                    "nothing of the damaged store was readable; the fresh store holds only the salvage record. The damaged store is kept at {}",
+                    report.damaged.display()
+                );
+            } else {
+                eprintln!(
+                    "{} record(s) kept, {} lost; the damaged store is kept at {}",
+                    report.records_kept,
+                    report
+                        .records_lost
+                        .map_or("an unknown number of".into(), |n| n.to_string()),
+                    report.damaged.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bondline journal salvage: {e}");
             ExitCode::FAILURE
         }
     }

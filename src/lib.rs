@@ -22,6 +22,7 @@
 //! - [`report`]: the monthly customs report from the journal.
 //! - [`bench`]: `bondline bench`, the measured numbers behind BENCHMARKS.md.
 //! - [`alarm`]: alarms for operators and the platform (log + `P/events`).
+//! - [`memory`]: gives the allocator's free memory back after a burst.
 //! - [`service`]: systemd readiness, watchdog (gated on the lines being alive), reload notices.
 //! - [`trust`]: signature checks on platform messages: only the platform steers the lanes.
 //! - [`fds`]: file descriptors: the soft limit raised, HTTP clients sized to leave a reserve.
@@ -47,6 +48,7 @@ pub mod fds;
 pub mod fieldbus;
 pub mod journal;
 pub mod line;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod report;

@@ -740,6 +740,11 @@ pub enum AlertKind {
     /// outcome: the gateway stopped in between. Its parcel record follows with status
     /// `interrupted`.
     DivertInterrupted,
+    /// The gateway's journal was damaged and salvaged (`bondline journal salvage`): the first
+    /// record written after it. `detail` names the old chain's last good record (`seq` and
+    /// hash), the old head if it was readable, and how many records were kept and lost.
+    /// `line` is empty: it concerns the gateway.
+    JournalSalvaged,
 }
 
 /// An alert record.

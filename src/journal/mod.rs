@@ -49,6 +49,7 @@ pub mod intents;
 mod lookup;
 mod maintenance;
 pub mod platform;
+mod salvage;
 mod writer;
 
 use std::collections::HashSet;
@@ -61,6 +62,7 @@ use sled::Tree;
 pub use housekeeping::Housekeeping;
 pub use lookup::{Forwarding, TIME_SLACK_MS};
 pub use maintenance::{ChainProblem, ExportError, ExportFormat, JournalStats, VerifyReport};
+pub use salvage::{salvage, ChainMode, Opened, SalvageError, SalvageReport};
 pub use writer::{record_sink, JournalWriter, RecordSink};
 
 /// The chain's starting point: the `prev_hash` of the very first record. Records are chained
@@ -77,6 +79,12 @@ pub enum JournalError {
     Transaction(String),
     #[error("journal record {seq} is corrupt: {reason}")]
     Corrupt { seq: u64, reason: String },
+    #[error("journal store at {path}: its chain ends at seq {head}, but records up to seq {marked} were stored (head mark): the store's files were truncated or overwritten")]
+    Lost {
+        path: String,
+        head: u64,
+        marked: u64,
+    },
 }
 
 impl JournalError {
@@ -88,6 +96,34 @@ impl JournalError {
                 source: sled::Error::Io(e),
                 ..
             } => e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
+
+    /// Whether the store could not be opened because its files are damaged (as opposed to
+    /// held by another process, not permitted, or on a full disk): a case for
+    /// `bondline journal salvage`, not for a restart.
+    pub fn is_damaged(&self) -> bool {
+        let source = match self {
+            JournalError::Open { source, .. } => source,
+            JournalError::Lost { .. } => return true,
+            _ => return false,
+        };
+        match source {
+            sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
+            sled::Error::Io(e) => {
+                let lock = e.to_string().contains("could not acquire lock");
+                let environment = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::AlreadyExists
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                        | std::io::ErrorKind::NotADirectory
+                ) || e.raw_os_error() == Some(28);
+                !lock && !environment
+            }
             _ => false,
         }
     }
@@ -241,6 +277,17 @@ impl Batch {
     }
 }
 
+/// File in the store's directory where every flush records the chain head it made durable
+/// (`<seq> <hash hex>`), outside sled's files: the witness that lets a start tell a store that
+/// lost records from one that never had them ([`Journal::check_head_mark`]).
+pub const HEAD_MARK: &str = "chain.head";
+
+/// sled's page cache. The journal's reads are the outbox just behind the writer and the
+/// occasional lookup, so a small cache serves them; sled fills its cache up to this bound as
+/// the store grows and keeps it, so it is most of the daemon's resident memory after a few
+/// bursts (`bondline bench burst`, BENCHMARKS.md: 64 MiB let VmRSS grow past 128 MiB).
+pub const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// How long [`Journal::open`] waits for the store's lock to be released.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -252,11 +299,23 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 fn open_db(path: &Path) -> sled::Result<sled::Db> {
     let config = sled::Config::new()
         .path(path)
-        .cache_capacity(64 * 1024 * 1024)
+        .cache_capacity(CACHE_BYTES)
         .flush_every_ms(Some(500));
     let started = std::time::Instant::now();
     loop {
-        match config.open() {
+        // sled 0.34 panics on some damaged files (a garbage snapshot) instead of failing.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("panic");
+                Err(sled::Error::ReportableBug(format!(
+                    "the store's files could not be read: {why}"
+                )))
+            });
+        match opened {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && started.elapsed() < LOCK_WAIT =>
@@ -545,8 +604,49 @@ impl Journal {
             })
     }
 
+    /// Makes everything committed so far durable, then records the chain head in the head
+    /// mark (see [`HEAD_MARK`]).
     pub async fn flush(&self) -> Result<(), JournalError> {
+        // Read before the flush: what was committed before it started is durable after it.
+        let head = self.chain_head()?;
         self.db.flush_async().await?;
+        self.write_head_mark(head);
+        Ok(())
+    }
+
+    /// Writes the head mark (best effort: it is a witness, not data).
+    pub(crate) fn write_head_mark(&self, (seq, hash): (u64, [u8; 32])) {
+        let mark = self.path.join(HEAD_MARK);
+        let tmp = self.path.join(format!("{HEAD_MARK}.tmp"));
+        let text = format!("{seq} {}\n", hex::encode(hash));
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &mark)) {
+            tracing::debug!(file = %mark.display(), error = %e, "head mark not written");
+        }
+    }
+
+    /// Checks the stored chain head against the head mark: a store that recovered to an
+    /// older state than the mark records has lost records it had made durable (sled opens a
+    /// truncated or overwritten log as whatever prefix of it still reads, without an error).
+    /// The daemon checks this at start; inspection commands do not, so a damaged store can
+    /// still be looked at.
+    pub fn check_head_mark(&self) -> Result<(), JournalError> {
+        let Ok(text) = std::fs::read_to_string(self.path.join(HEAD_MARK)) else {
+            return Ok(());
+        };
+        let mut parts = text.split_whitespace();
+        let marked = parts.next().and_then(|s| s.parse::<u64>().ok());
+        let Some(marked) = marked else {
+            return Ok(());
+        };
+        let (head, hash) = self.chain_head()?;
+        let same = head == marked && parts.next() == Some(hex::encode(hash).as_str());
+        if head < marked || (head == marked && !same) {
+            return Err(JournalError::Lost {
+                path: self.path.display().to_string(),
+                head,
+                marked,
+            });
+        }
         Ok(())
     }
 

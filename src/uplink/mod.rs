@@ -38,6 +38,7 @@
 //! `rejected_message` alert), and reconnects with its usual backoff. The remedy is on the
 //! broker: its packet limit below the gateway's (docs/mqtt.md).
 
+pub mod probe;
 pub mod refusals;
 pub mod tls;
 mod unreadable;
@@ -115,6 +116,8 @@ struct SessionEnd {
     lasted: Duration,
     /// Set when the session ended on a packet the client could not read.
     unreadable: bool,
+    /// The broker could not be reached at all.
+    unreachable: bool,
 }
 
 /// Why a session ended, as far as the gateway can tell.
@@ -124,6 +127,9 @@ enum EndCause {
     Peer,
     /// Keep-alive or network timeouts.
     Timeout,
+    /// The broker's address refused the TCP connection or could not be reached: the broker
+    /// is down (see [`probe`]).
+    Unreachable,
     /// The gateway ended it (a message it could not store, a full request queue).
     Local,
     /// The client could not read a packet from the broker (too large or malformed): a
@@ -219,9 +225,15 @@ impl Uplink {
             }
             let wait = backoff.next_delay();
             warn!(error = %end.reason, retry_in = ?wait, "broker link down");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            // Probing cheaply meanwhile: a broker that was down is used again within a probe
+            // interval of its return (see `probe`).
+            let (host, port) = (&self.config.host, self.config.port);
+            match probe::wait_out(host, port, wait, end.unreachable, &shutdown).await {
+                probe::WaitEnd::Cancelled => return,
+                probe::WaitEnd::BrokerBack => {
+                    info!("the broker is reachable again; reconnecting before the backoff ends")
+                }
+                probe::WaitEnd::Elapsed => {}
             }
         }
     }
@@ -307,6 +319,7 @@ impl Uplink {
             poison_suspect,
             lasted: ended.duration_since(started),
             unreadable: cause == EndCause::Unreadable,
+            unreachable: cause == EndCause::Unreachable,
         }
     }
 
@@ -373,6 +386,12 @@ impl Uplink {
                             | ConnectionError::FlushTimeout
                             | ConnectionError::MqttState(StateError::AwaitPingResp) => EndCause::Timeout,
                             ConnectionError::MqttState(StateError::Deserialization(d)) if unreadable(d) => EndCause::Unreadable,
+                            ConnectionError::Io(io) if matches!(
+                                io.kind(),
+                                std::io::ErrorKind::ConnectionRefused
+                                    | std::io::ErrorKind::HostUnreachable
+                                    | std::io::ErrorKind::NetworkUnreachable
+                            ) => EndCause::Unreachable,
                             _ => EndCause::Peer,
                         };
                         return (unreadable_reason(&e, self.config.max_incoming_bytes), cause);

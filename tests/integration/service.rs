@@ -26,7 +26,7 @@ fn the_systemd_unit_verifies() {
         "ExecStartPre=/",
         "check-config",
         "Restart=on-failure",
-        "RestartPreventExitStatus=64",
+        "RestartPreventExitStatus=64 65",
         "StateDirectory=bondline",
         "SupplementaryGroups=dialout",
         "NoNewPrivileges=yes",
