@@ -84,6 +84,16 @@ pub enum StartError {
     Thread(&'static str, std::io::Error),
 }
 
+impl StartError {
+    /// The journal's error, if that is why.
+    pub fn journal(&self) -> Option<&JournalError> {
+        match self {
+            StartError::Journal(e) => Some(e),
+            StartError::Thread(..) => None,
+        }
+    }
+}
+
 /// Runs a decision-path task on the floor thread; the pipeline waits for it.
 fn on_floor(
     tasks: &mut JoinSet<()>,

@@ -287,10 +287,7 @@ pub fn main() -> ExitCode {
                 Ok(())
             });
             match code {
-                Err(e)
-                    if e.downcast_ref::<JournalError>()
-                        .is_some_and(JournalError::is_damaged) =>
-                {
+                Err(e) if journal_damaged(&e) => {
                     eprintln!(
                         "bondline: {e:#}\nthe journal store {} is damaged and the daemon will not start on it; \
 stop here and run: bondline journal salvage --config {}\n(it moves the damaged store aside, keeps \
@@ -355,6 +352,16 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     exit_code(run_in_runtime(f))
+}
+
+/// Whether the daemon stopped because its journal store is damaged.
+fn journal_damaged(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<JournalError>()
+        .or_else(|| {
+            e.downcast_ref::<crate::app::StartError>()
+                .and_then(crate::app::StartError::journal)
+        })
+        .is_some_and(JournalError::is_damaged)
 }
 
 fn run_in_runtime<F, Fut>(f: F) -> anyhow::Result<()>

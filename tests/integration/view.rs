@@ -192,7 +192,16 @@ async fn board_lookup_api_and_metrics_work_in_a_real_browser() {
         .expect("a live update for a sent parcel");
     assert!(event.contains("\"lane_role\""), "{event}");
 
-    let waybill = readable[0].clone();
+    // The first parcels may be scanned before the PLC link is up (`link_down`, so no
+    // disposition follows): the lookup is checked on a parcel the PLC took.
+    let waybill = readable
+        .iter()
+        .find(|w| {
+            let (status, _, body) = http(addr, "GET", &format!("/api/parcels/{w}"), None);
+            status == 200 && body.contains("\"status\":\"acked\"")
+        })
+        .expect("a parcel the PLC acknowledged")
+        .clone();
     // The API explains the decision and where the record stands.
     let (status, head, body) = http(addr, "GET", &format!("/api/parcels/{waybill}"), None);
     assert_eq!(status, 200, "{body}");
