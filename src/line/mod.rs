@@ -586,19 +586,11 @@ impl Line {
         let waybill = t.waybill().map(str::to_string);
         sink.push(self.disposition_record(&d, kind, role, waybill.clone(), t.committed_lane));
         if role == Some(LaneRole::Release) && t.decision.role != LaneRole::Release {
-            // The gateway never lets this happen; if the PLC reports it, customs must know.
-            Metrics::add(&self.ctx.metrics.released_without_decision, 1);
-            error!(line = %self.ctx.line, parcel = d.parcel, "PLC reports a parcel in the release lane without a release decision");
-            self.alert(
-                Some(d.parcel),
-                waybill,
-                AlertKind::ReleasedWithoutDecision,
-                format!(
-                    "the PLC reports parcel {} in release lane {} without a release decision",
-                    d.parcel, d.lane
-                ),
-                sink,
+            let detail = format!(
+                "the PLC reports parcel {} in release lane {} without a release decision",
+                d.parcel, d.lane
             );
+            self.released_without_decision(d.parcel, waybill, detail, sink);
         } else if kind == DispositionKind::Sorted {
             if let Some(c) = t.committed_lane.filter(|c| *c != d.lane) {
                 self.alert(
@@ -610,6 +602,26 @@ impl Line {
                 );
             }
         }
+    }
+
+    /// The PLC put a parcel in the release lane that its decision did not send there. The
+    /// gateway never lets this happen; if the PLC reports it, customs must know.
+    fn released_without_decision(
+        &self,
+        parcel: u32,
+        waybill: Option<String>,
+        detail: String,
+        sink: &RecordSink,
+    ) {
+        Metrics::add(&self.ctx.metrics.released_without_decision, 1);
+        error!(line = %self.ctx.line, parcel, "PLC reports a parcel in the release lane without a release decision");
+        self.alert(
+            Some(parcel),
+            waybill,
+            AlertKind::ReleasedWithoutDecision,
+            detail,
+            sink,
+        );
     }
 
     fn disposition_record(
@@ -677,21 +689,14 @@ impl Line {
                 );
             }
             Some(k) if released && k.role != Some(LaneRole::Release) => {
-                Metrics::add(&self.ctx.metrics.released_without_decision, 1);
-                error!(line = %self.ctx.line, parcel = d.parcel, "PLC reports a parcel in the release lane without a release decision");
-                self.alert(
-                    Some(d.parcel),
-                    waybill,
-                    AlertKind::ReleasedWithoutDecision,
-                    format!(
-                        "the PLC reports parcel {} in release lane {}; its last recorded decision was {} (lane {})",
-                        d.parcel,
-                        d.lane,
-                        k.role.map_or("none", LaneRole::as_str),
-                        k.lane.unwrap_or(0)
-                    ),
-                    sink,
+                let detail = format!(
+                    "the PLC reports parcel {} in release lane {}; its last recorded decision was {} (lane {})",
+                    d.parcel,
+                    d.lane,
+                    k.role.map_or("none", LaneRole::as_str),
+                    k.lane.unwrap_or(0)
                 );
+                self.released_without_decision(d.parcel, waybill, detail, sink);
             }
             Some(_) => {}
         }
