@@ -460,7 +460,6 @@ async fn lines_bench(
     broker: Option<String>,
     dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use bondline_devices::Profiles;
     use bondline_simulators::line::{LineSim, RunLength, Scenario};
     use bondline_simulators::platform::PlatformSim;
 
@@ -473,17 +472,7 @@ async fn lines_bench(
         let (journal, _) = fill(&store, backlog, Duration::from_millis(2)).await?;
         drop(journal);
     }
-    let profiles = Profiles::builtin();
-    let framing = profiles
-        .get("scanner-stx-etx")
-        .and_then(|p| p.scanner())
-        .context("built-in scanner profile")?
-        .clone();
-    let map = profiles
-        .get("sorter-plc")
-        .and_then(|p| p.plc())
-        .context("built-in PLC profile")?
-        .clone();
+    let (framing, map) = builtin_devices()?;
     let mut scenarios = Vec::new();
     let mut line_seeds = Vec::new();
     for i in 0..lines {
@@ -657,6 +646,26 @@ async fn lines_bench(
         Metrics::get(&metrics.backlog)
     );
     Ok(())
+}
+
+/// The built-in profiles the benches' simulated devices speak: the `scanner-stx-etx`
+/// framing and the `sorter-plc` register map.
+fn builtin_devices() -> anyhow::Result<(
+    bondline_devices::framing::ScannerFraming,
+    bondline_devices::plc::PlcMap,
+)> {
+    let profiles = bondline_devices::Profiles::builtin();
+    let framing = profiles
+        .get("scanner-stx-etx")
+        .and_then(|p| p.scanner())
+        .context("built-in scanner profile")?
+        .clone();
+    let map = profiles
+        .get("sorter-plc")
+        .and_then(|p| p.plc())
+        .context("built-in PLC profile")?
+        .clone();
+    Ok((framing, map))
 }
 
 /// A line-sim latency summary in µs.

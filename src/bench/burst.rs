@@ -28,17 +28,7 @@ pub struct BurstArgs {
 pub async fn run(args: BurstArgs) -> anyhow::Result<()> {
     let (_tmp, dir) = super::work_dir(args.dir)?;
     let (_mosquitto, host, port) = super::broker_or_mosquitto(args.broker, &dir)?;
-    let profiles = bondline_devices::Profiles::builtin();
-    let framing = profiles
-        .get("scanner-stx-etx")
-        .and_then(|p| p.scanner())
-        .context("built-in scanner profile")?
-        .clone();
-    let map = profiles
-        .get("sorter-plc")
-        .and_then(|p| p.plc())
-        .context("built-in PLC profile")?
-        .clone();
+    let (framing, map) = super::builtin_devices()?;
     let plc_stop = CancellationToken::new();
     let plc = bondline_simulators::plc::PlcSim::bind_with(
         "127.0.0.1:0".parse()?,

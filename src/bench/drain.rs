@@ -13,7 +13,6 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -38,15 +37,9 @@ pub async fn daemon_drain(
     inflight: u16,
     drain_rate: u32,
 ) -> anyhow::Result<DrainRun> {
-    use bondline_devices::Profiles;
     use bondline_simulators::plc::PlcSim;
 
-    let profiles = Profiles::builtin();
-    let map = profiles
-        .get("sorter-plc")
-        .and_then(|p| p.plc())
-        .context("built-in PLC profile")?
-        .clone();
+    let (_, map) = super::builtin_devices()?;
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
     let plc = PlcSim::bind(loopback, map).await?;
     let plc_addr = plc.local_addr();

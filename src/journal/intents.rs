@@ -287,6 +287,20 @@ mod tests {
     use crate::journal::record_sink;
     use crate::metrics::Metrics;
 
+    /// A running journal writer over `journal`: its sink, task and accepted watch.
+    fn writer(
+        journal: &Journal,
+        window: Duration,
+    ) -> (
+        crate::journal::RecordSink,
+        tokio::task::JoinHandle<()>,
+        tokio::sync::watch::Receiver<u64>,
+    ) {
+        let (sink, writer, accepted) =
+            record_sink(journal.clone(), window, Arc::new(Metrics::default())).unwrap();
+        (sink, tokio::spawn(writer.run()), accepted)
+    }
+
     fn release(parcel: u32, revision: u32) -> ParcelRecord {
         let mut r = record(parcel, 1_000);
         r.lane = 1;
@@ -300,10 +314,7 @@ mod tests {
     async fn an_intent_is_durable_before_its_answer_and_settled_by_its_record() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let (sink, writer, mut accepted) =
-            record_sink(journal.clone(), Duration::from_millis(50), metrics).unwrap();
-        let task = tokio::spawn(writer.run());
+        let (sink, task, mut accepted) = writer(&journal, Duration::from_millis(50));
 
         // The answer comes without waiting for the 50 ms window, and the intent is stored.
         let started = std::time::Instant::now();
@@ -341,13 +352,7 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         let found = journal.intents().unwrap();
         assert_eq!(found, vec![release(9, 2)]);
-        let (sink, writer, mut accepted) = record_sink(
-            journal.clone(),
-            Duration::from_millis(1),
-            Arc::new(Metrics::default()),
-        )
-        .unwrap();
-        let task = tokio::spawn(writer.run());
+        let (sink, task, mut accepted) = writer(&journal, Duration::from_millis(1));
         let (r, alert) = interrupted(found[0].clone(), 5_000);
         assert_eq!(r.divert.status, DivertStatus::Interrupted);
         assert_eq!(alert.alert, AlertKind::DivertInterrupted);
@@ -366,13 +371,7 @@ mod tests {
     async fn recent_parcels_know_each_line_s_last_decision_and_disposition() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
-        let (sink, writer, mut accepted) = record_sink(
-            journal.clone(),
-            Duration::from_millis(1),
-            Arc::new(Metrics::default()),
-        )
-        .unwrap();
-        let task = tokio::spawn(writer.run());
+        let (sink, task, mut accepted) = writer(&journal, Duration::from_millis(1));
         let mut first = release(1, 0);
         first.divert.status = DivertStatus::Acked;
         let mut second = record(1, 1_000);
