@@ -7,6 +7,7 @@
 //! and no other rule firing; everything else goes to hold, inspection or exception. Every
 //! decision carries the inputs it saw ([`DecisionInputs`]), so it can be explained later.
 
+pub mod calendar;
 pub mod clearance;
 pub mod engine;
 pub mod history;
