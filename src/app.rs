@@ -381,6 +381,7 @@ impl App {
                 metrics: metrics.clone(),
                 dispositions: l.plc.map.status.is_some(),
                 weighing: l.scanner.framing.weight.is_some(),
+                calendar: config.calendar.clone(),
                 beat: liveness.register(&format!("line {}", l.id)),
                 xray: l.xray.as_ref().map(|(x, g)| (x.name.clone(), *g)),
                 cameras: line_cameras.remove(&l.id),
