@@ -301,6 +301,7 @@ impl App {
                 accepted.clone(),
                 config.gateway_id.clone(),
                 day,
+                config.calendar.clone(),
                 // Stops with the scanners: it holds a record sink, which must be gone for the
                 // journal writer to finish.
                 shutdown.clone(),

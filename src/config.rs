@@ -50,7 +50,7 @@ pub struct Config {
     pub rules_file: Option<PathBuf>,
     /// The staff view (HTTP), when a `[view]` section is present.
     pub view: Option<crate::view::ViewConfig>,
-    /// Day of the month (UTC, 1-28) from which last month's report is published to the
+    /// Day of the month (local date in `[calendar] time_zone`, 1-28) from which last month's report is published to the
     /// platform; `None`: reports only on demand (`bondline report monthly`).
     pub report_publish_day: Option<u32>,
     /// The time zone consumer limits, counted days and the monthly report use (`[calendar]
