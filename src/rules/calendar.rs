@@ -118,9 +118,18 @@ impl PartialEq for Calendar {
 }
 
 impl Calendar {
-    /// The calendar of zone `name` (an IANA name, from the database built into the binary).
+    /// The calendar of zone `name`: an IANA name, from the database built into the binary,
+    /// or a fixed offset from UTC written `UTC+HH:MM` or `UTC-HH:MM:SS` (for a platform that
+    /// counts in a fixed offset).
     pub fn new(name: &str) -> Result<Calendar, UnknownZone> {
-        let zone = TimeZone::get(name).map_err(|_| UnknownZone(name.to_string()))?;
+        let unknown = || UnknownZone(name.to_string());
+        let zone = match name.strip_prefix("UTC").filter(|r| !r.is_empty()) {
+            Some(rest) => {
+                let secs = fixed_offset_s(rest).ok_or_else(unknown)?;
+                TimeZone::fixed(jiff::tz::Offset::from_seconds(secs).map_err(|_| unknown())?)
+            }
+            None => TimeZone::get(name).map_err(|_| unknown())?,
+        };
         Ok(Calendar {
             zone,
             name: name.to_string(),
@@ -206,6 +215,25 @@ impl Calendar {
         let b = self.bounds(Window::Month, first);
         (b.start_ms, b.end_ms)
     }
+}
+
+/// `+HH:MM` or `-HH:MM:SS` in seconds, at most 23:59:59 either way.
+fn fixed_offset_s(text: &str) -> Option<i32> {
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1, &text[1..]),
+        b'-' => (-1, &text[1..]),
+        _ => return None,
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.len() != 2) {
+        return None;
+    }
+    let n: Vec<i32> = parts
+        .iter()
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let (h, m, s) = (n[0], n[1], n.get(2).copied().unwrap_or(0));
+    (h < 24 && m < 60 && s < 60).then_some(sign * (h * 3600 + m * 60 + s))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -323,6 +351,25 @@ mod tests {
     fn unknown_zones_are_refused() {
         assert!(Calendar::new("Mars/Olympus_Mons").is_err());
         assert!(Calendar::new("Asia/Shanghai").is_ok());
+        for bad in [
+            "UTC+8",
+            "UTC+24:00",
+            "UTC+08:60",
+            "UTC08:00",
+            "UTC+08:00:00:00",
+        ] {
+            assert!(Calendar::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fixed_offsets_count_their_own_midnights() {
+        let cal = Calendar::new("UTC+05:13:27").unwrap();
+        let start = cal.day_start_ms(20_000);
+        assert_eq!(start, 20_000 * DAY_MS - (5 * 3600 + 13 * 60 + 27) * 1000);
+        assert_eq!(cal.rfc3339(start), "2024-10-04T00:00:00+05:13");
+        let west = Calendar::new("UTC-03:30").unwrap();
+        assert_eq!(west.offset_s(0), -(3 * 3600 + 30 * 60));
     }
 
     proptest! {
