@@ -301,6 +301,7 @@ impl App {
                 accepted.clone(),
                 config.gateway_id.clone(),
                 day,
+                config.calendar.clone(),
                 // Stops with the scanners: it holds a record sink, which must be gone for the
                 // journal writer to finish.
                 shutdown.clone(),
@@ -381,6 +382,7 @@ impl App {
                 metrics: metrics.clone(),
                 dispositions: l.plc.map.status.is_some(),
                 weighing: l.scanner.framing.weight.is_some(),
+                calendar: config.calendar.clone(),
                 beat: liveness.register(&format!("line {}", l.id)),
                 xray: l.xray.as_ref().map(|(x, g)| (x.name.clone(), *g)),
                 cameras: line_cameras.remove(&l.id),

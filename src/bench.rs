@@ -737,8 +737,8 @@ fn rules_bench(
 
     // Half of the declarations' parcels were scanned earlier (spread over the last 200 days):
     // that is the consumers' history. The other half arrive now.
-    let today =
-        crate::rules::history::day_of(crate::metrics::unix_ms(std::time::SystemTime::now()));
+    let calendar = crate::rules::calendar::Calendar::default();
+    let today = calendar.day_of(crate::metrics::unix_ms(std::time::SystemTime::now()));
     let before = resident_bytes();
     let mut table = ClearanceTable::default();
     for i in 0..declarations {
@@ -805,6 +805,7 @@ fn rules_bench(
             weight_g: Some(200 + (i % 3000) as u32 + (x % 40) as u32),
             weighing: true,
             day: today,
+            calendar: &calendar,
             prior: None,
         };
         let start = Instant::now();

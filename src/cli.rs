@@ -94,12 +94,17 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum ReportCommand {
-    /// Parcels scanned in a calendar month (UTC) by enterprise and by lane: scanned,
-    /// released, inspected, held, exception, declared value. Printed to stdout.
+    /// Parcels scanned in a calendar month (local time: the configuration's
+    /// `[calendar] time_zone`, Asia/Shanghai with `--store`) by enterprise and by lane:
+    /// scanned, released, inspected, held, exception, declared value. Printed to stdout.
     Monthly {
         /// The month, YYYY-MM.
         #[arg(long)]
         month: String,
+        /// The time zone the month is counted in (an IANA name); overrides the
+        /// configuration's.
+        #[arg(long)]
+        time_zone: Option<String>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
         format: ReportFormat,
     },
@@ -419,7 +424,11 @@ fn open_store(store: StoreArgs) -> Result<crate::journal::Journal, ExitCode> {
 }
 
 fn report_command(store: StoreArgs, command: ReportCommand) -> ExitCode {
-    let ReportCommand::Monthly { month, format } = command;
+    let ReportCommand::Monthly {
+        month,
+        format,
+        time_zone,
+    } = command;
     let month = match crate::report::Month::parse(&month) {
         Ok(m) => m,
         Err(e) => {
@@ -427,12 +436,34 @@ fn report_command(store: StoreArgs, command: ReportCommand) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let calendar = match (time_zone, &store.store, &store.config) {
+        (Some(zone), _, _) => match crate::rules::calendar::Calendar::new(&zone) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("--time-zone: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        (None, Some(_), _) => crate::rules::calendar::Calendar::default(),
+        (None, None, config) => {
+            let file = config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/etc/bondline/bondline.toml"));
+            match Config::load(&file) {
+                Ok(c) => c.calendar,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+    };
     let journal = match open_store(store) {
         Ok(j) => j,
         Err(code) => return code,
     };
     let result: anyhow::Result<()> = (|| {
-        let report = crate::report::from_journal(&journal, month)?;
+        let report = crate::report::from_journal(&journal, month, &calendar)?;
         match format {
             ReportFormat::Csv => print!("{}", crate::report::to_csv(&report)),
             ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -50,9 +50,12 @@ pub struct Config {
     pub rules_file: Option<PathBuf>,
     /// The staff view (HTTP), when a `[view]` section is present.
     pub view: Option<crate::view::ViewConfig>,
-    /// Day of the month (UTC, 1-28) from which last month's report is published to the
+    /// Day of the month (local date in `[calendar] time_zone`, 1-28) from which last month's report is published to the
     /// platform; `None`: reports only on demand (`bondline report monthly`).
     pub report_publish_day: Option<u32>,
+    /// The time zone consumer limits, counted days and the monthly report use (`[calendar]
+    /// time_zone`, `Asia/Shanghai` by default).
+    pub calendar: crate::rules::calendar::Calendar,
     /// Which platform messages to believe: the platform's public keys.
     pub trust: crate::trust::Trust,
     /// X-ray image evidence: where originals are kept and what is forwarded. Always
@@ -254,6 +257,8 @@ struct RawConfig {
     #[serde(default)]
     report: Option<RawReport>,
     #[serde(default)]
+    calendar: Option<RawCalendar>,
+    #[serde(default)]
     trust: Option<RawTrust>,
     #[serde(default)]
     evidence: Option<crate::evidence::RawEvidence>,
@@ -287,6 +292,13 @@ struct RawKey {
 #[serde(deny_unknown_fields)]
 struct RawReport {
     publish_day: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalendar {
+    #[serde(default)]
+    time_zone: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1121,8 +1133,15 @@ impl Config {
             Some(r) => Some(r.publish_day),
             None => None,
         };
+        let zone = raw
+            .calendar
+            .and_then(|c| c.time_zone)
+            .unwrap_or_else(|| crate::rules::calendar::DEFAULT_ZONE.to_string());
+        let calendar = crate::rules::calendar::Calendar::new(&zone)
+            .map_err(|e| err("calendar.time_zone", e.to_string()))?;
         Ok(Config {
             view,
+            calendar,
             source: file.to_string(),
             gateway_id: raw.gateway_id,
             storage,
@@ -1326,6 +1345,32 @@ lanes = [
 
     fn bad(text: &str) -> ConfigError {
         Config::parse("t.toml", text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn the_calendar_zone_is_checked_at_load() {
+        assert_eq!(
+            Config::parse("t.toml", GOOD).unwrap().calendar.zone_name(),
+            "Asia/Shanghai"
+        );
+        let berlin = format!("{GOOD}\n[calendar]\ntime_zone = \"Europe/Berlin\"\n");
+        assert_eq!(
+            Config::parse("t.toml", &berlin)
+                .unwrap()
+                .calendar
+                .zone_name(),
+            "Europe/Berlin"
+        );
+        let e = bad(&format!(
+            "{GOOD}\n[calendar]\ntime_zone = \"Asia/Atlantis\"\n"
+        ));
+        let text = e.to_string();
+        assert!(
+            text.contains("t.toml")
+                && text.contains("calendar.time_zone")
+                && text.contains("Asia/Atlantis"),
+            "{text}"
+        );
     }
 
     #[test]

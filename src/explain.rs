@@ -113,15 +113,57 @@ fn inputs_line(i: &DecisionInputs) -> String {
         ));
     }
     for w in &i.consumer_windows {
-        parts.push(format!(
+        parts.push(consumer_window_text(w, i.currency.as_deref()));
+    }
+    parts.join("; ")
+}
+
+/// One limit rule's window as an officer checks it: which window, its local bounds, the
+/// figures before and after this parcel, and the limit.
+fn consumer_window_text(
+    w: &bondline_devices::contract::ConsumerWindowSeen,
+    currency: Option<&str>,
+) -> String {
+    let Some(kind) = w.window.as_deref() else {
+        return format!(
             "{} over {} day(s): {} parcel(s), {} before this one",
             w.rule,
             w.window_days,
             w.parcels,
-            money(w.value_minor, i.currency.as_deref())
-        ));
+            money(w.value_minor, currency)
+        );
+    };
+    // Records keep local times only for the rules that fired; the others carry the instants
+    // and the zone, which give the same local times here.
+    let cal = w
+        .time_zone
+        .as_deref()
+        .and_then(|z| crate::rules::calendar::Calendar::new(z).ok());
+    let local = |text: &Option<String>, ms: Option<i64>| {
+        text.clone()
+            .or_else(|| Some(cal.as_ref()?.rfc3339(ms?)))
+            .unwrap_or_else(|| "?".into())
+    };
+    let mut t = format!(
+        "{} {} [{} .. {}) ({} ms .. {} ms): before this one {} parcel(s), {}; with it {} parcel(s), {}",
+        w.rule,
+        kind,
+        local(&w.from_local, w.from_ms),
+        local(&w.until_local, w.until_ms),
+        w.from_ms.map_or_else(|| "?".into(), |v| v.to_string()),
+        w.until_ms.map_or_else(|| "?".into(), |v| v.to_string()),
+        w.parcels,
+        money(w.value_minor, currency),
+        w.parcels_after.map_or_else(|| "?".into(), |v| v.to_string()),
+        w.value_minor_after.map_or_else(|| "?".into(), |v| money(v, currency)),
+    );
+    if let Some(m) = w.max_parcels {
+        t.push_str(&format!("; limit {m} parcel(s)"));
     }
-    parts.join("; ")
+    if let Some(m) = w.max_value_minor {
+        t.push_str(&format!("; limit {}", money(m, currency)));
+    }
+    t
 }
 
 impl Explanation {

@@ -1,4 +1,5 @@
-//! The monthly customs report: parcels scanned in a calendar month (UTC), by enterprise and by
+//! The monthly customs report: parcels scanned in a calendar month (local time in the
+//! configured `[calendar] time_zone`), by enterprise and by
 //! lane, with their final decisions and declared value.
 //!
 //! Built from the journal's parcel records in one pass, in sequence order. A parcel decided
@@ -7,6 +8,7 @@
 //! seconds, so only the parcels of the last [`REVISION_HORIZON`] are remembered, which keeps
 //! memory flat for a month of a busy line.
 
+use crate::rules::calendar::Calendar;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +19,7 @@ use bondline_devices::contract::{
 /// How long after its scan a parcel's revision is still matched to it.
 pub const REVISION_HORIZON: Duration = Duration::from_secs(600);
 
-/// A calendar month, UTC.
+/// A calendar month (its bounds in a time zone: [`Month::local_bounds_ms`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Month {
     pub year: u32,
@@ -40,10 +42,25 @@ impl Month {
         Ok(Month { year, month })
     }
 
-    /// The month `t` falls in.
+    /// The month `t` falls in, UTC.
     pub fn of(t: SystemTime) -> Month {
         let text = humantime::format_rfc3339_seconds(t).to_string();
         Month::parse(&text[..7]).expect("RFC 3339 starts with YYYY-MM")
+    }
+
+    /// The local month `t` falls in, in `calendar`'s time zone.
+    pub fn of_local(t: SystemTime, calendar: &Calendar) -> Month {
+        let (year, month) = calendar.month_of(crate::metrics::unix_ms(t));
+        Month {
+            year: year.max(1970) as u32,
+            month,
+        }
+    }
+
+    /// The first instant of the local month and of the next one, Unix ms.
+    pub fn local_bounds_ms(self, calendar: &Calendar) -> (u64, u64) {
+        let (from, to) = calendar.month_bounds(self.year as i32, self.month);
+        (from.max(0) as u64, to.max(0) as u64)
     }
 
     pub fn next(self) -> Month {
@@ -144,11 +161,14 @@ fn apply(t: &mut Totals, c: &Contribution, add: bool) {
 }
 
 impl Builder {
-    pub fn new(month: Month) -> Builder {
+    /// The report of `month` in local time: from its first local midnight to the next
+    /// month's, in `calendar`'s time zone.
+    pub fn new(month: Month, calendar: &Calendar) -> Builder {
+        let (from_ms, to_ms) = month.local_bounds_ms(calendar);
         Builder {
             month,
-            from_ms: month.start_ms(),
-            to_ms: month.next().start_ms(),
+            from_ms,
+            to_ms,
             total: Totals::default(),
             by_enterprise: BTreeMap::new(),
             by_lane: BTreeMap::new(),
@@ -268,12 +288,13 @@ impl Builder {
     }
 }
 
-/// The report of `month` from every record the journal holds.
+/// The report of local `month` (in `calendar`'s zone) from every record the journal holds.
 pub fn from_journal(
     journal: &crate::journal::Journal,
     month: Month,
+    calendar: &Calendar,
 ) -> Result<MonthlyReport, crate::journal::ExportError> {
-    let mut b = Builder::new(month);
+    let mut b = Builder::new(month, calendar);
     journal.each_record(|r| {
         b.add(r);
         true
@@ -338,7 +359,7 @@ const SCHEDULE_CHECK: Duration = Duration::from_secs(3600);
 /// At most this many missed months are published late, oldest first.
 pub const CATCH_UP_MONTHS: usize = 12;
 
-/// The months whose report is due on UTC day `day` of month `this`, oldest first: the
+/// The months whose report is due on local day `day` of local month `this`, oldest first: the
 /// months after the last one published (`sent`), up to last month once `publish_day` is
 /// reached (the month before otherwise). Months missed while the gateway was down are thus
 /// published late rather than never; at most [`CATCH_UP_MONTHS`]. Without a report ever
@@ -375,18 +396,21 @@ pub async fn publish_monthly(
     mut accepted: tokio::sync::watch::Receiver<u64>,
     gateway: String,
     publish_day: u32,
+    calendar: Calendar,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
+        // The schedule runs on local dates: "from the 5th" is the 5th in the warehouse.
         let now = SystemTime::now();
-        let day: u32 = humantime::format_rfc3339_seconds(now).to_string()[8..10]
-            .parse()
-            .unwrap_or(1);
+        let day = calendar.day_of_month(crate::metrics::unix_ms(now));
         match journal.report_sent() {
             Ok(sent) => {
                 let sent = sent.and_then(|m| Month::parse(&m).ok());
-                for month in due_months(sent, Month::of(now), day, publish_day) {
-                    if !publish_one(&journal, &sink, &mut accepted, &gateway, month, &stop).await {
+                let this = Month::of_local(now, &calendar);
+                for month in due_months(sent, this, day, publish_day) {
+                    let c = &calendar;
+                    if !publish_one(&journal, &sink, &mut accepted, &gateway, month, c, &stop).await
+                    {
                         break;
                     }
                 }
@@ -410,10 +434,12 @@ async fn publish_one(
     accepted: &mut tokio::sync::watch::Receiver<u64>,
     gateway: &str,
     month: Month,
+    calendar: &Calendar,
     stop: &tokio_util::sync::CancellationToken,
 ) -> bool {
     let j = journal.clone();
-    let report = match tokio::task::spawn_blocking(move || from_journal(&j, month)).await {
+    let cal = calendar.clone();
+    let report = match tokio::task::spawn_blocking(move || from_journal(&j, month, &cal)).await {
         Ok(Ok(report)) => report,
         Ok(Err(e)) => {
             tracing::error!(%month, error = %e, "cannot build the monthly report");
@@ -512,6 +538,44 @@ mod tests {
         // Never published: only the latest due month.
         assert_eq!(due_months(None, nov, 5, 5), vec![m("2026-10")]);
         assert_eq!(due_months(None, nov, 1, 5), vec![m("2026-09")]);
+    }
+
+    /// A month runs from local midnight on the 1st to the next 1st: in Shanghai a parcel at
+    /// 23:59:59 on 30 November local (15:59:59 UTC) is November's and one at 00:00:00 on
+    /// 1 December local (16:00 UTC on 30 November) is December's; the schedule's day is the
+    /// local day of the month.
+    #[test]
+    fn months_and_the_schedule_are_local() {
+        let cal = Calendar::default();
+        let dec = Month::parse("2026-12").unwrap();
+        let (from, to) = dec.local_bounds_ms(&cal);
+        assert_eq!(cal.rfc3339(from as i64), "2026-12-01T00:00:00+08:00");
+        assert_eq!(cal.rfc3339(to as i64), "2027-01-01T00:00:00+08:00");
+        assert_eq!(from, dec.start_ms() - 8 * 3_600_000);
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(Month::of_local(at(from), &cal), dec);
+        assert_eq!(Month::of_local(at(from - 1000), &cal), dec.previous());
+        assert_eq!(Month::of(at(from)), dec.previous(), "still November in UTC");
+        // 9 December 23:59:59 local is the 9th, a second later the 10th (UTC: 15:59:59 and
+        // 16:00 on the 9th).
+        let tenth = from + 9 * 86_400_000;
+        assert_eq!(cal.day_of_month(tenth - 1000), 9);
+        assert_eq!(cal.day_of_month(tenth), 10);
+        let this = Month::of_local(at(tenth), &cal);
+        let day = cal.day_of_month(tenth);
+        assert_eq!(
+            due_months(None, this, day, 10),
+            vec![Month::parse("2026-11").unwrap()]
+        );
+        let day = cal.day_of_month(tenth - 1000);
+        assert_eq!(
+            due_months(None, this, day, 10),
+            vec![Month::parse("2026-10").unwrap()]
+        );
+        // Another zone, another month bound.
+        let ny = Calendar::new("America/New_York").unwrap();
+        let (from, _) = dec.local_bounds_ms(&ny);
+        assert_eq!(ny.rfc3339(from as i64), "2026-12-01T00:00:00-05:00");
     }
 
     #[test]

@@ -270,6 +270,10 @@ pub struct DecisionInputs {
     /// scan); a re-scan or a re-decision does not count again.
     #[serde(default)]
     pub counted: bool,
+    /// The local day number (days since 1970-01-01 in the configured time zone) the parcel
+    /// was counted on, when `counted`: the journal keeps the consumer's history by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_day: Option<u32>,
     /// The X-ray verdict joined to the parcel; absent on a line without an X-ray scanner.
     #[serde(default)]
     pub xray: Option<XraySeen>,
@@ -296,14 +300,44 @@ impl From<crate::xray::XrayResult> for XraySeen {
     }
 }
 
-/// A consumer's parcels and declared value in one rule's rolling window, before this parcel.
+/// A consumer's parcels and declared value in one limit rule's window, before this parcel,
+/// with what an officer needs to check the arithmetic: which window, its bounds, the figures
+/// after this parcel and the limit. Fields after `value_minor` are absent from records
+/// written before calendar windows existed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerWindowSeen {
     pub rule: String,
+    /// Days in the window (for a calendar window, the days of that day, month or year).
     pub window_days: u32,
     pub parcels: u32,
     pub value_minor: u64,
+    /// `calendar_day`, `calendar_month`, `calendar_year` or `rolling_days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// The time zone the window's days are counted in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// The window's first instant, in local time (RFC 3339 with offset) and Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_local: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<i64>,
+    /// The instant the window ends (exclusive), in local time and Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_local: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
+    /// The figures with this parcel counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parcels_after: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_minor_after: Option<u64>,
+    /// The rule's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parcels: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_value_minor: Option<u64>,
 }
 
 /// A rule that fired for a parcel, with its target and reason.

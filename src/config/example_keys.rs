@@ -24,6 +24,7 @@ const PROBES: &[(&str, &str)] = &[
     ),
     ("[[lines]] lanes", "[[lines]]\nlanes = [{ zz_probe = 1 }]"),
     ("[report]", "[report]\nzz_probe = 1"),
+    ("[calendar]", "[calendar]\nzz_probe = 1"),
     ("[view]", "[view]\nzz_probe = 1"),
     ("[view] tls", "[view]\ntls = { zz_probe = 1 }"),
     ("[view] users", "[view]\nusers = [{ zz_probe = 1 }]"),

@@ -506,7 +506,7 @@ mod tests {
         assert!(table.known("KEPT").instruction.is_some());
         assert!(!table.instruction_id_seen("I-OLD"));
         assert!(table.instruction_id_seen("I-KEPT"));
-        let w = table.consumer_window("NEW", now, 365);
+        let w = table.consumer_window("NEW", now - 364, now);
         assert_eq!((w.parcels, w.value_minor), (1, 500));
         // Nothing left to forget.
         assert_eq!(

@@ -536,12 +536,17 @@ async fn store_intents(
     }
 }
 
-/// The parcels of `batch` that joined their consumer's history, with the UTC day.
+/// The parcels of `batch` that joined their consumer's history, with the local day they were
+/// counted on (the UTC day for records written before decisions carried it), so the history
+/// rebuilt after a restart counts the same days as before it.
 fn counted_marks(batch: &[Record]) -> impl Iterator<Item = (&str, u32)> {
     batch.iter().filter_map(|r| {
         let p = r.as_parcel()?;
-        let counted = p.inputs.as_ref().is_some_and(|i| i.counted);
-        let waybill = p.waybill.as_deref().filter(|_| counted)?;
-        Some((waybill, crate::rules::history::day_of(p.scanned_at_ms)))
+        let inputs = p.inputs.as_ref().filter(|i| i.counted)?;
+        let waybill = p.waybill.as_deref()?;
+        let day = inputs
+            .counted_day
+            .unwrap_or_else(|| crate::rules::history::day_of(p.scanned_at_ms));
+        Some((waybill, day))
     })
 }

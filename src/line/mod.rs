@@ -39,7 +39,6 @@ use crate::journal::intents::Recent;
 use crate::journal::RecordSink;
 use crate::metrics::{unix_ms, Metrics};
 use crate::rules::engine::{RuleSet, XrayInput};
-use crate::rules::history::day_of;
 use crate::rules::{decide, ClearanceTable, Decision, Scan, ScanRead};
 use tracking::{Change, Geometry, Tracked, Tracker};
 
@@ -69,6 +68,8 @@ pub struct LineCtx {
     pub dispositions: bool,
     /// Whether the line's scanner station weighs parcels (its profile has a weight field).
     pub weighing: bool,
+    /// The time zone consumers' days and windows are counted in.
+    pub calendar: crate::rules::calendar::Calendar,
     /// Beats on every tick of the line's loop, for the service watchdog.
     pub beat: crate::service::Beat,
     /// The line's X-ray scanner (its name) and where its tunnel is.
@@ -209,7 +210,8 @@ impl Line {
             read,
             weight_g,
             weighing: self.ctx.weighing,
-            day: day_of(unix_ms(scanned_at)),
+            day: self.ctx.calendar.day_of(unix_ms(scanned_at)),
+            calendar: &self.ctx.calendar,
             prior,
             xray,
         };
@@ -259,7 +261,9 @@ impl Line {
                 // The parcel joins its consumer's history once, at its first scan; the record
                 // says so, and the journal keeps the mark with the record.
                 let mut table = self.ctx.table.write().unwrap_or_else(|p| p.into_inner());
-                inputs.counted = table.count(w, day_of(unix_ms(scan.at)));
+                let day = self.ctx.calendar.day_of(unix_ms(scan.at));
+                inputs.counted = table.count(w, day);
+                inputs.counted_day = inputs.counted.then_some(day);
             }
         }
         Metrics::add(&self.ctx.metrics.parcels, 1);

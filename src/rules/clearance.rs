@@ -365,9 +365,9 @@ impl ClearanceTable {
         }
     }
 
-    /// The history of the consumer of `waybill` over `window_days` days ending `today`,
-    /// without the waybill's own parcel (its decision counts "before this one").
-    pub fn consumer_window(&self, waybill: &str, today: u32, window_days: u32) -> ConsumerWindow {
+    /// The history of the consumer of `waybill` over the local days `first..=today`, without
+    /// the waybill's own parcel (its decision counts "before this one").
+    pub fn consumer_window(&self, waybill: &str, first: u32, today: u32) -> ConsumerWindow {
         let Some(f) = self
             .declarations
             .get(waybill)
@@ -375,9 +375,8 @@ impl ClearanceTable {
         else {
             return ConsumerWindow::default();
         };
-        let mut w = self.history.window(f.consumer, today, window_days);
+        let mut w = self.history.window(f.consumer, first, today);
         if let Some(day) = f.counted_day {
-            let first = today.saturating_sub(window_days.saturating_sub(1));
             if (first..=today).contains(&day) {
                 w.parcels = w.parcels.saturating_sub(1);
                 w.value_minor = w.value_minor.saturating_sub(f.value_minor.unwrap_or(0));
@@ -443,9 +442,9 @@ pub(crate) mod tests {
         assert!(t.count("A", 10));
         assert!(!t.count("A", 10), "a re-scan does not count twice");
         assert!(!t.count("nobody", 10));
-        let w = t.consumer_window("B", 10, 1);
+        let w = t.consumer_window("B", 10, 10);
         assert_eq!((w.parcels, w.value_minor), (1, 100));
-        let own = t.consumer_window("A", 10, 1);
+        let own = t.consumer_window("A", 10, 10);
         assert_eq!(
             (own.parcels, own.value_minor),
             (0, 0),
@@ -453,10 +452,10 @@ pub(crate) mod tests {
         );
         // A changed declaration moves the count.
         t.apply_declaration(&decl("A", "c", 300));
-        let w = t.consumer_window("B", 10, 1);
+        let w = t.consumer_window("B", 10, 10);
         assert_eq!((w.parcels, w.value_minor), (1, 300));
         t.apply_declaration(&decl("A", "other", 300));
-        assert_eq!(t.consumer_window("B", 10, 1).parcels, 0);
+        assert_eq!(t.consumer_window("B", 10, 10).parcels, 0);
     }
 
     #[test]

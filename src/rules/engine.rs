@@ -23,6 +23,8 @@ use bondline_devices::contract::{Action, LaneRole};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 
+use crate::rules::calendar::Window;
+
 /// What a rule looks at.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -41,11 +43,17 @@ pub enum RuleKind {
         tolerance_pct: f64,
         tolerance_g: u32,
     },
-    /// The consumer's parcels or declared value in the rolling window would exceed a limit.
+    /// The consumer's parcels or declared value in the window would exceed a limit. The
+    /// window is a calendar one (`window = "calendar_day" | "calendar_month" |
+    /// "calendar_year"`, local days in the configured time zone) or the rolling `window_days`
+    /// local days ending with the parcel's day; exactly one of the two.
     /// With `currency`, a declaration in another currency (or none) cannot be checked against
     /// `max_value_minor` and fires too: fail closed.
     ConsumerLimit {
-        window_days: u32,
+        #[serde(default)]
+        window: Option<CalendarWindow>,
+        #[serde(default)]
+        window_days: Option<u32>,
         #[serde(default)]
         max_parcels: Option<u32>,
         #[serde(default)]
@@ -57,6 +65,35 @@ pub enum RuleKind {
     Sampling { rate_ppm: u32 },
     /// The X-ray result or an operator mark says suspect.
     XraySuspect,
+}
+
+/// A calendar window as the rule file names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CalendarWindow {
+    CalendarDay,
+    CalendarMonth,
+    CalendarYear,
+}
+
+impl RuleKind {
+    /// The window of a consumer-limit rule (validated at load: exactly one of `window` and
+    /// `window_days`).
+    pub fn consumer_window(&self) -> Option<Window> {
+        match self {
+            RuleKind::ConsumerLimit {
+                window,
+                window_days,
+                ..
+            } => Some(match (window, window_days) {
+                (Some(CalendarWindow::CalendarDay), _) => Window::Day,
+                (Some(CalendarWindow::CalendarMonth), _) => Window::Month,
+                (Some(CalendarWindow::CalendarYear), _) => Window::Year,
+                (None, n) => Window::Rolling(n.unwrap_or(1)),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// One validated rule.
@@ -177,6 +214,7 @@ impl RuleSet {
                     return Err(err(&key("tolerance_pct"), "must be 0 to 100".into()))
                 }
                 RuleKind::ConsumerLimit {
+                    window,
                     window_days,
                     max_parcels,
                     max_value_minor,
@@ -191,8 +229,23 @@ impl RuleSet {
                             "must be a three-letter code such as CNY".into(),
                         ));
                     }
-                    if !(1..=366).contains(window_days) {
-                        return Err(err(&key("window_days"), "must be 1 to 366".into()));
+                    match (window, window_days) {
+                        (Some(_), Some(_)) => {
+                            return Err(err(
+                                &key("window"),
+                                "give either window (a calendar window) or window_days (a rolling window), not both".into(),
+                            ))
+                        }
+                        (None, None) => {
+                            return Err(err(
+                                &key("window"),
+                                "a consumer limit needs window = \"calendar_day\", \"calendar_month\" or \"calendar_year\", or window_days = N".into(),
+                            ))
+                        }
+                        (None, Some(n)) if !(1..=366).contains(n) => {
+                            return Err(err(&key("window_days"), "must be 1 to 366".into()));
+                        }
+                        _ => {}
                     }
                     if max_parcels.is_none() && max_value_minor.is_none() {
                         return Err(err(
@@ -346,7 +399,7 @@ pub struct Evaluation {
 fn consumer_limit(
     inp: &Inputs,
     i: usize,
-    window_days: u32,
+    window: Window,
     max_parcels: Option<u32>,
     max_value_minor: Option<u64>,
     currency: Option<&str>,
@@ -359,8 +412,9 @@ fn consumer_limit(
             return Some((
                 LaneRole::Inspection,
                 format!(
-                    "declared value in {} cannot be checked against the {window_days}-day limit in {limit_cur}",
-                    d.currency.unwrap_or("no currency")
+                    "declared value in {} cannot be checked against the {} limit in {limit_cur}",
+                    d.currency.unwrap_or("no currency"),
+                    window.describe()
                 ),
             ));
         }
@@ -377,8 +431,8 @@ fn consumer_limit(
         (
             LaneRole::Inspection,
             format!(
-                "consumer over its {window_days}-day limit: {} parcel(s) and {} in value before this one, {value} in this one",
-                seen.parcels, seen.value_minor
+                "consumer over its {} limit: {} parcel(s) and {} in value before this one, {value} in this one",
+                window.describe(), seen.parcels, seen.value_minor
             ),
         )
     })
@@ -491,14 +545,14 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
                 tolerance_g,
             } => weight_mismatch(inp, *tolerance_pct, *tolerance_g),
             RuleKind::ConsumerLimit {
-                window_days,
                 max_parcels,
                 max_value_minor,
                 currency,
+                ..
             } => consumer_limit(
                 inp,
                 i,
-                *window_days,
+                rule.kind.consumer_window().unwrap_or(Window::Day),
                 *max_parcels,
                 *max_value_minor,
                 currency.as_deref(),
@@ -813,6 +867,40 @@ rate_ppm = 100000
         assert_eq!(
             (e.role, e.fired[0].rule.as_str()),
             (LaneRole::Hold, IDENTITY_UNVERIFIED)
+        );
+    }
+
+    #[test]
+    fn a_consumer_limit_needs_exactly_one_window() {
+        let set = |w: &str| {
+            RuleSet::parse(
+                "t",
+                &format!(
+                    "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 9\n\
+                     [[rules]]\nname = \"c\"\nkind = \"consumer_limit\"\npriority = 5\ntarget = \"inspection\"\nmax_parcels = 1\n{w}"
+                ),
+            )
+        };
+        let both = set("window = \"calendar_year\"\nwindow_days = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("window") && both.contains("not both"),
+            "{both}"
+        );
+        let none = set("").unwrap_err().to_string();
+        assert!(none.contains("calendar_day"), "{none}");
+        let bad = set("window = \"fortnight\"\n").unwrap_err().to_string();
+        assert!(
+            bad.contains("fortnight") || bad.contains("calendar_day"),
+            "{bad}"
+        );
+        let year = set("window = \"calendar_year\"\n").unwrap();
+        assert_eq!(year.rules[1].kind.consumer_window(), Some(Window::Year));
+        let rolling = set("window_days = 30\n").unwrap();
+        assert_eq!(
+            rolling.rules[1].kind.consumer_window(),
+            Some(Window::Rolling(30))
         );
     }
 

@@ -3,7 +3,9 @@
 //!
 //! A consumer's history is a short list of day totals (parcels and declared value), kept for
 //! [`KEEP_DAYS`] days: enough for a one-year window. A window of `n` days is the day of the
-//! parcel and the `n - 1` days before it, in UTC days since the Unix epoch. Pure data: the
+//! parcel and the `n - 1` days before it; a calendar window runs from the first day of its
+//! month or year (see [`crate::rules::calendar`]). Days are local days since 1970-01-01 in the
+//! configured time zone (UTC days for history stored before the zone was). Pure data: the
 //! journal persists which waybills were counted and rebuilds this at start.
 
 use std::collections::HashMap;
@@ -13,7 +15,8 @@ use crate::rules::engine::ConsumerWindow;
 /// Days of history kept: the longest window a rule may ask for.
 pub const KEEP_DAYS: u32 = 366;
 
-/// The UTC day number of a Unix time in milliseconds.
+/// The UTC day number of a Unix time in milliseconds (for the history's own retention; the
+/// days a consumer is counted on are local, see [`crate::rules::calendar::Calendar::day_of`]).
 pub fn day_of(unix_ms: u64) -> u32 {
     (unix_ms / 86_400_000) as u32
 }
@@ -85,12 +88,11 @@ impl ConsumerHistory {
         }
     }
 
-    /// The consumer's totals over the `window_days` days ending with `today`.
-    pub fn window(&self, consumer: u32, today: u32, window_days: u32) -> ConsumerWindow {
+    /// The consumer's totals over the days `first..=today`.
+    pub fn window(&self, consumer: u32, first: u32, today: u32) -> ConsumerWindow {
         let Some(days) = self.by_consumer.get(&consumer) else {
             return ConsumerWindow::default();
         };
-        let first = today.saturating_sub(window_days.saturating_sub(1));
         let mut w = ConsumerWindow::default();
         for d in days.iter().rev() {
             if d.day < first {
@@ -116,8 +118,8 @@ mod tests {
         h.add(7, 100, 5);
         h.add(7, 101, 1);
         h.add(7, 300, 100);
-        let w = |h: &ConsumerHistory, today, n| {
-            let w = h.window(7, today, n);
+        let w = |h: &ConsumerHistory, today: u32, n: u32| {
+            let w = h.window(7, (today + 1).saturating_sub(n), today);
             (w.parcels, w.value_minor)
         };
         assert_eq!(w(&h, 101, 1), (1, 1));
@@ -125,7 +127,7 @@ mod tests {
         assert_eq!(w(&h, 300, 199), (1, 100));
         assert_eq!(w(&h, 300, 200), (2, 101));
         assert_eq!(w(&h, 300, 366), (4, 116));
-        assert_eq!(h.window(8, 300, 366), ConsumerWindow::default());
+        assert_eq!(h.window(8, 0, 300), ConsumerWindow::default());
         h.remove(7, 100, 10);
         assert_eq!(w(&h, 100, 1), (1, 5));
     }
@@ -135,7 +137,7 @@ mod tests {
         let mut h = ConsumerHistory::default();
         h.add(1, 10, 1);
         h.add(1, 10 + KEEP_DAYS, 1);
-        assert_eq!(h.window(1, 10 + KEEP_DAYS, 1000).parcels, 1);
+        assert_eq!(h.window(1, 0, 10 + KEEP_DAYS).parcels, 1);
         h.remove(1, 10 + KEEP_DAYS, 1);
         assert_eq!(h.consumers(), 0);
     }

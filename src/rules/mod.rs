@@ -7,6 +7,7 @@
 //! and no other rule firing; everything else goes to hold, inspection or exception. Every
 //! decision carries the inputs it saw ([`DecisionInputs`]), so it can be explained later.
 
+pub mod calendar;
 pub mod clearance;
 pub mod engine;
 pub mod history;
@@ -58,15 +59,18 @@ impl Decision {
     }
 }
 
-/// One scan to decide: what was read, what the line scale weighed, and the UTC day (for
-/// consumer windows, see [`history::day_of`]).
+/// One scan to decide: what was read, what the line scale weighed, and when (for consumer
+/// windows: the local day in the calendar's time zone, see [`calendar::Calendar::day_of`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Scan<'a> {
     pub read: &'a ScanRead,
     pub weight_g: Option<u32>,
     /// Whether the scanner station weighs parcels (see [`engine::Inputs::weighing`]).
     pub weighing: bool,
+    /// The local day of the scan, `calendar.day_of(at_ms)`.
     pub day: u32,
+    /// The time zone consumer windows are counted in, for their bounds on the record.
+    pub calendar: &'a calendar::Calendar,
     /// What the parcel's previous decision saw, when it is decided again. Its consumer
     /// windows are kept: "before this parcel" must not grow with parcels scanned after it.
     pub prior: Option<&'a DecisionInputs>,
@@ -99,19 +103,29 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
         .prior
         .filter(|p| consumer.is_some() && p.consumer.as_deref() == consumer);
     if consumer.is_some() {
+        let value = known.declaration.and_then(|d| d.value_minor).unwrap_or(0);
         for (i, r) in rules.rules.iter().enumerate() {
-            if let engine::RuleKind::ConsumerLimit { window_days, .. } = r.kind {
+            if let engine::RuleKind::ConsumerLimit {
+                max_parcels,
+                max_value_minor,
+                ..
+            } = r.kind
+            {
+                let window = r.kind.consumer_window().unwrap_or(calendar::Window::Day);
+                let b = scan.calendar.bounds(window, scan.day);
+                let window_days = b.last_day - b.first_day + 1;
                 let kept = prior.and_then(|p| {
-                    p.consumer_windows
-                        .iter()
-                        .find(|w| w.window_days == window_days)
+                    p.consumer_windows.iter().find(|w| {
+                        w.window_days == window_days
+                            && w.window.as_deref().is_none_or(|k| k == window.name())
+                    })
                 });
                 let w = match kept {
                     Some(k) => engine::ConsumerWindow {
                         parcels: k.parcels,
                         value_minor: k.value_minor,
                     },
-                    None => table.consumer_window(waybill, scan.day, window_days),
+                    None => table.consumer_window(waybill, b.first_day, scan.day),
                 };
                 windows.push((i, w));
                 seen.push(ConsumerWindowSeen {
@@ -119,6 +133,18 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
                     window_days,
                     parcels: w.parcels,
                     value_minor: w.value_minor,
+                    window: Some(window.name().to_string()),
+                    time_zone: Some(scan.calendar.zone_name().to_string()),
+                    // Local times are written below for the rules that fire: no formatting on
+                    // the decision path for a limit nobody reaches.
+                    from_local: None,
+                    from_ms: Some(b.start_ms),
+                    until_local: None,
+                    until_ms: Some(b.end_ms),
+                    parcels_after: Some(w.parcels.saturating_add(1)),
+                    value_minor_after: Some(w.value_minor.saturating_add(value)),
+                    max_parcels,
+                    max_value_minor,
                 });
             }
         }
@@ -136,6 +162,12 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
             consumer: &windows,
         },
     );
+    for w in seen.iter_mut() {
+        if e.fired.iter().any(|f| f.rule == w.rule) {
+            w.from_local = w.from_ms.map(|ms| scan.calendar.rfc3339(ms));
+            w.until_local = w.until_ms.map(|ms| scan.calendar.rfc3339(ms));
+        }
+    }
     let d = known.declaration;
     let inputs = DecisionInputs {
         declared: d.is_some(),
@@ -150,6 +182,7 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
         instruction: known.instruction.map(|i| i.action),
         consumer_windows: seen,
         counted: false,
+        counted_day: None,
         xray: match scan.xray {
             engine::XrayInput::NotOnLine => None,
             engine::XrayInput::Pending => Some(bondline_devices::contract::XraySeen::Pending),
@@ -213,6 +246,7 @@ mod tests {
             weight_g: None,
             weighing: false,
             day: 1,
+            calendar: &calendar::Calendar::default(),
             prior: None,
             xray: engine::XrayInput::NotOnLine,
         };
@@ -282,6 +316,7 @@ mod tests {
                     weight_g: None,
                     weighing: false,
                     day: 1,
+                    calendar: &calendar::Calendar::default(),
                     prior: None,
                     xray: engine::XrayInput::NotOnLine,
                 }
@@ -370,6 +405,7 @@ mod tests {
                     weight_g: None,
                     weighing: false,
                     day: 3,
+                    calendar: &calendar::Calendar::default(),
                     prior,
                     xray: engine::XrayInput::NotOnLine,
                 },
@@ -384,6 +420,97 @@ mod tests {
         // Decided again with its first inputs, it keeps the history it had.
         let again = decide_a(&t, first.inputs.as_ref());
         assert_eq!(again.role, LaneRole::Release, "{:?}", again.fired);
+    }
+
+    /// A calendar-day limit in China Standard Time: a parcel at 23:59:59 local counts on its
+    /// day, one at 00:00:00 starts the next (whose UTC date is still the day before), and the
+    /// record says which window, its local bounds and the figures before and after.
+    #[test]
+    fn calendar_windows_turn_at_local_midnight_and_on_new_year() {
+        let rules = engine::RuleSet::parse(
+            "t",
+            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 9\n\
+             [[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 5\ntarget = \"inspection\"\nwindow = \"calendar_day\"\nmax_parcels = 1\n\
+             [[rules]]\nname = \"annual\"\nkind = \"consumer_limit\"\npriority = 4\ntarget = \"inspection\"\nwindow = \"calendar_year\"\nmax_value_minor = 2600000\ncurrency = \"CNY\"\n",
+        )
+        .unwrap();
+        let cal = calendar::Calendar::default();
+        let at = |y, m, d, s: i64| {
+            (cal.day_start_ms(calendar::days_from_civil(y, m, d) as u32) + s * 1000) as u64
+        };
+        let mut t = ClearanceTable::default();
+        for w in ["A", "B", "C", "D"] {
+            let mut d = decl(w);
+            d.consumer = Some("c".into());
+            d.value_minor = Some(1_000_000);
+            d.currency = Some("CNY".into());
+            t.apply_declaration(&d);
+            t.apply_instruction(&instr(w, &format!("I{w}"), Action::Release, None));
+        }
+        let decide_at = |t: &ClearanceTable, w: &str, ms: u64| {
+            let read = ScanRead::Waybill(w.into());
+            decide(
+                t,
+                &rules,
+                Scan {
+                    read: &read,
+                    weight_g: None,
+                    weighing: false,
+                    day: cal.day_of(ms),
+                    calendar: &cal,
+                    prior: None,
+                    xray: engine::XrayInput::NotOnLine,
+                },
+            )
+        };
+        // A at 23:59:58 on 30 December, B a second before midnight: the same local day.
+        let a = at(2026, 12, 30, 86_398);
+        assert_eq!(decide_at(&t, "A", a).role, LaneRole::Release);
+        t.count("A", cal.day_of(a));
+        let b = at(2026, 12, 30, 86_399);
+        let d = decide_at(&t, "B", b);
+        assert_eq!(d.role, LaneRole::Inspection);
+        assert_eq!(d.rule, "daily");
+        let seen = &d.inputs.as_ref().unwrap().consumer_windows;
+        let daily = seen.iter().find(|w| w.rule == "daily").unwrap();
+        assert_eq!(daily.window.as_deref(), Some("calendar_day"));
+        assert_eq!(
+            daily.from_local.as_deref(),
+            Some("2026-12-30T00:00:00+08:00")
+        );
+        assert_eq!(
+            daily.until_local.as_deref(),
+            Some("2026-12-31T00:00:00+08:00")
+        );
+        assert_eq!(
+            (daily.parcels, daily.parcels_after, daily.max_parcels),
+            (1, Some(2), Some(1))
+        );
+        let annual = seen.iter().find(|w| w.rule == "annual").unwrap();
+        assert_eq!(
+            annual.from_local, None,
+            "a limit that did not fire is not formatted"
+        );
+        assert_eq!(
+            annual.from_ms,
+            Some(cal.day_start_ms(calendar::days_from_civil(2026, 1, 1) as u32))
+        );
+        assert_eq!(
+            (annual.value_minor, annual.value_minor_after),
+            (1_000_000, Some(2_000_000))
+        );
+        // At 00:00:00 local the day has turned (the UTC date is still the 30th).
+        let c = at(2026, 12, 31, 0);
+        assert_eq!(c / 86_400_000, b / 86_400_000, "same UTC day");
+        assert_eq!(decide_at(&t, "B", c).role, LaneRole::Release);
+        t.count("B", cal.day_of(c));
+        // C would bring the year to 30,000.00 CNY: over the annual limit on 31 December...
+        let eve = at(2026, 12, 31, 86_399);
+        let d = decide_at(&t, "C", eve);
+        assert!(d.fired.iter().any(|f| f.rule == "annual"), "{:?}", d.fired);
+        // ...and not a second later, on New Year's day, when the year starts again.
+        let new_year = at(2027, 1, 1, 0);
+        assert_eq!(decide_at(&t, "C", new_year).role, LaneRole::Release);
     }
 
     /// The whole decision over any sequence of platform messages and scans: a parcel reaches
@@ -509,7 +636,7 @@ mod tests {
                                 3 => engine::XrayInput::Verdict(XrayResult::Suspect),
                                 _ => engine::XrayInput::Verdict(XrayResult::OperatorMark),
                             };
-                            let d = decide(&t, &rules, Scan { read: &read, weight_g: grams, weighing: true, day: 100, prior: None, xray });
+                            let d = decide(&t, &rules, Scan { read: &read, weight_g: grams, weighing: true, day: 100, calendar: &calendar::Calendar::default(), prior: None, xray });
                             if d.inputs.as_ref().is_some_and(|i| i.consumer.is_some()) {
                                 t.count(&format!("W{w}"), 100);
                             }

@@ -445,3 +445,26 @@ fn check_config_cuts_long_values_in_errors() {
     assert!(err.len() < 400, "{} bytes echoed", err.len());
     assert!(err.contains("(100000 characters)"), "{err}");
 }
+
+/// An unknown `[calendar] time_zone`: a configuration error (64) naming the file, the key and
+/// the value, at check and at run, before anything is counted in a wrong calendar.
+#[test]
+fn an_unknown_time_zone_exits_64_naming_the_key_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zone.toml");
+    let text = std::fs::read_to_string(EXAMPLE).unwrap().replacen(
+        "time_zone = \"Asia/Shanghai\"",
+        "time_zone = \"Asia/Xanadu\"",
+        1,
+    );
+    assert!(text.contains("Asia/Xanadu"));
+    std::fs::write(&path, text).unwrap();
+    for cmd in [&["check-config"][..], &["run", "--config"][..]] {
+        let out = bondline().args(cmd).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{cmd:?}: {err}");
+        assert!(err.contains("zone.toml"), "{cmd:?}: {err}");
+        assert!(err.contains("calendar.time_zone"), "{cmd:?}: {err}");
+        assert!(err.contains("Asia/Xanadu"), "{cmd:?}: {err}");
+    }
+}

@@ -176,6 +176,7 @@ fn monthly_report_totals_match_a_generated_month_exactly() {
         .args(["report", "--store"])
         .arg(&store)
         .args(["monthly", "--month", "2026-10", "--format", "json"])
+        .args(["--time-zone", "UTC"])
         .output()
         .unwrap();
     assert!(
@@ -186,6 +187,25 @@ fn monthly_report_totals_match_a_generated_month_exactly() {
     let report: MonthlyReport = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report.complete);
     assert_eq!((report.from_ms, report.to_ms), (OCT, NOV));
+
+    // Without --time-zone, a journal copy is reported in China Standard Time: October runs
+    // from 1 October 00:00 local (16:00 UTC on 30 September), so the parcel a millisecond
+    // before October UTC is October's and the last eight hours of October UTC are November's.
+    let local = Command::new(env!("CARGO_BIN_EXE_bondline"))
+        .args(["report", "--store"])
+        .arg(&store)
+        .args(["monthly", "--month", "2026-10", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(local.status.success());
+    let local: MonthlyReport = serde_json::from_slice(&local.stdout).unwrap();
+    let eight_h = 8 * 3_600_000;
+    assert_eq!((local.from_ms, local.to_ms), (OCT - eight_h, NOV - eight_h));
+    let in_local_october = (0..6_000u64)
+        .filter(|i| OCT + i * span / 6_000 < NOV - eight_h)
+        .count() as u64
+        + 1;
+    assert_eq!(local.total.scanned, in_local_october);
     assert_eq!(report.total.scanned, 6_000);
     assert_eq!(report.total.declared_value_minor, value);
     let got: BTreeMap<String, [u64; 5]> = report
@@ -224,7 +244,7 @@ fn monthly_report_totals_match_a_generated_month_exactly() {
     let out = Command::new(env!("CARGO_BIN_EXE_bondline"))
         .args(["report", "--store"])
         .arg(&store)
-        .args(["monthly", "--month", "2026-10"])
+        .args(["monthly", "--month", "2026-10", "--time-zone", "UTC"])
         .output()
         .unwrap();
     let csv = String::from_utf8(out.stdout).unwrap();
