@@ -25,6 +25,7 @@ mod errors;
 pub mod health;
 pub mod prometheus;
 pub mod serve;
+pub mod shift;
 pub mod throttle;
 pub mod tls;
 
