@@ -22,6 +22,7 @@ pub mod auth;
 pub mod board;
 mod config;
 mod errors;
+pub mod export;
 pub mod health;
 pub mod prometheus;
 pub mod serve;
