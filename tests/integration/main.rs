@@ -18,6 +18,7 @@ mod rules;
 mod salvage;
 mod scenarios;
 mod service;
+mod shift_export;
 mod skeleton;
 mod tls;
 mod trust;
