@@ -23,4 +23,5 @@ mod skeleton;
 mod tls;
 mod trust;
 mod view;
+mod view_charts;
 mod xray;
