@@ -25,6 +25,7 @@ mod config;
 mod errors;
 pub mod export;
 pub mod health;
+pub mod i18n;
 pub mod prometheus;
 mod reports;
 pub mod serve;
