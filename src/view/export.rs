@@ -34,34 +34,14 @@ impl Lang {
     }
 }
 
-/// Catalogue keys and texts of the export (keys as in the view's language catalogues).
-const TEXTS: &[(&str, &str, &str)] = &[
-    ("export.waybill", "Waybill", "运单号"),
-    ("export.time", "Time (local)", "时间（本地）"),
-    ("export.line", "Line", "线路"),
-    ("export.lane", "Lane", "道口"),
-    ("export.role", "Lane role", "道口类型"),
-    ("export.revision", "Revision", "修订"),
-    ("export.rule", "Deciding rule", "决定规则"),
-    ("export.reasons", "Reasons", "原因"),
-    ("export.xray", "X-ray verdict", "X光判定"),
-    ("export.enterprise", "Enterprise", "企业"),
-    ("role.release", "release", "放行"),
-    ("role.inspection", "inspection", "查验"),
-    ("role.hold", "hold", "扣留"),
-    ("role.exception", "exception", "异常"),
-    ("xray.pending", "pending", "待定"),
-    ("xray.clear", "clear", "无异常"),
-    ("xray.suspect", "suspect", "可疑"),
-    ("xray.operator_mark", "operator mark", "人工标记"),
-];
-
 /// The text of `key` in `lang`; the key itself when unknown.
-pub fn text(key: &str, lang: Lang) -> &str {
-    TEXTS
-        .iter()
-        .find(|(k, _, _)| *k == key)
-        .map_or(key, |(_, en, zh)| if lang == Lang::Zh { zh } else { en })
+/// Texts come from the view's catalogues (`src/view/i18n/*.json`, keys `export.*`).
+pub fn text(key: &str, lang: Lang) -> String {
+    let lang = match lang {
+        Lang::Zh => super::i18n::Lang::Zh,
+        Lang::En => super::i18n::Lang::En,
+    };
+    lang.catalogue().get(key).to_string()
 }
 
 const COLUMNS: [&str; 10] = [
@@ -138,7 +118,7 @@ impl Export {
         let mut w = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
             .from_writer(BOM.as_bytes().to_vec());
-        let header: Vec<&str> = COLUMNS.iter().map(|k| text(k, lang)).collect();
+        let header: Vec<String> = COLUMNS.iter().map(|k| text(k, lang)).collect();
         // Writing into a Vec cannot fail.
         let _ = w.write_record(&header);
         for p in &self.rows {
@@ -194,14 +174,14 @@ fn row(plan: &ShiftPlan, p: &ParcelRecord, lang: Lang) -> Vec<String> {
     let inputs = p.inputs.as_deref();
     let xray = inputs
         .and_then(|i| i.xray)
-        .map(|x| text(&format!("xray.{}", wire_name(&x)), lang).to_string())
+        .map(|x| text(&format!("export.xray.{}", wire_name(&x)), lang))
         .unwrap_or_default();
     vec![
         p.waybill.clone().unwrap_or_default(),
         plan.local_rfc3339(p.scanned_at_ms as i64),
         p.line.clone(),
         p.lane.to_string(),
-        text(&format!("role.{}", wire_name(&p.lane_role)), lang).to_string(),
+        text(&format!("export.role.{}", wire_name(&p.lane_role)), lang),
         p.revision.to_string(),
         p.rule.clone(),
         reasons(p),
@@ -316,7 +296,7 @@ mod tests {
     #[test]
     fn every_role_and_verdict_has_both_languages() {
         for r in LaneRole::ALL {
-            let k = format!("role.{}", wire_name(&r));
+            let k = format!("export.role.{}", wire_name(&r));
             assert_ne!(text(&k, Lang::En), k);
             assert_ne!(text(&k, Lang::Zh), k);
         }
@@ -326,7 +306,7 @@ mod tests {
             XraySeen::Suspect,
             XraySeen::OperatorMark,
         ] {
-            let k = format!("xray.{}", wire_name(&x));
+            let k = format!("export.xray.{}", wire_name(&x));
             assert_ne!(text(&k, Lang::Zh), k);
         }
         assert_eq!(Lang::parse("zh-CN"), Lang::Zh);
