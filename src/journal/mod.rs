@@ -50,6 +50,7 @@ mod lookup;
 mod maintenance;
 pub mod platform;
 mod salvage;
+pub mod walk;
 mod writer;
 
 use std::collections::HashSet;
@@ -61,6 +62,8 @@ use sled::Tree;
 
 pub use housekeeping::Housekeeping;
 pub use lookup::{Forwarding, TIME_SLACK_MS};
+#[cfg(test)]
+pub(crate) use maintenance::tests::record as test_record;
 pub use maintenance::{ChainProblem, ExportError, ExportFormat, JournalStats, VerifyReport};
 pub use salvage::{salvage, ChainMode, Opened, SalvageError, SalvageReport};
 pub use writer::{record_sink, JournalWriter, RecordSink};

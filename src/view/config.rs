@@ -40,6 +40,19 @@ pub struct RawView {
     /// Failed logins per source address and minute before it is answered 429; 0: no limit.
     #[serde(default = "default_login_failures")]
     login_failures_per_minute: u32,
+    /// IANA time zone in which the view shows times and counts shifts and days.
+    #[serde(default = "default_time_zone")]
+    time_zone: String,
+    /// Local start times of the day's shifts, `HH:MM`, ascending.
+    #[serde(default = "default_shifts")]
+    shifts: Vec<String>,
+}
+
+fn default_time_zone() -> String {
+    super::shift::ShiftPlan::DEFAULT_ZONE.into()
+}
+fn default_shifts() -> Vec<String> {
+    vec!["08:00".into(), "20:00".into()]
 }
 
 fn default_max_connections() -> usize {
@@ -91,6 +104,8 @@ pub struct ViewConfig {
     pub max_event_streams: usize,
     /// Failed logins per source address and minute before 429 (see [`super::throttle`]).
     pub login_failures_per_minute: u32,
+    /// Time zone and shift pattern for display, charts and exports (records stay in UTC).
+    pub shifts: super::shift::ShiftPlan,
 }
 
 impl ViewConfig {
@@ -161,8 +176,14 @@ impl ViewConfig {
                 format!("must be 1 to max_connections ({})", raw.max_connections),
             ));
         }
+        let shifts = match super::shift::zone(&raw.time_zone) {
+            Err(e) => return Err(("time_zone".into(), e.to_string())),
+            Ok(_) => super::shift::ShiftPlan::new(&raw.time_zone, &raw.shifts)
+                .map_err(|e| ("shifts".to_string(), e.to_string()))?,
+        };
         Ok(ViewConfig {
             listen,
+            shifts,
             credentials,
             tls,
             budget: super::serve::Budget {
@@ -256,5 +277,24 @@ mod tests {
         assert_eq!(v.budget.idle_timeout, std::time::Duration::from_secs(60));
         assert_eq!(v.max_event_streams, 32);
         assert_eq!(v.login_failures_per_minute, 10);
+        assert_eq!(v.shifts.zone_name(), "Asia/Shanghai");
+        assert_eq!(v.shifts.starts(), vec!["08:00", "20:00"]);
+    }
+
+    #[test]
+    fn time_zone_and_shifts_are_validated() {
+        let v = view("time_zone = \"UTC\"\nshifts = [\"06:00\", \"14:00\", \"22:00\"]").unwrap();
+        assert_eq!(v.shifts.zone_name(), "UTC");
+        assert_eq!(v.shifts.len(), 3);
+        let (key, reason) = view("time_zone = \"Asia/Beijing\"").unwrap_err();
+        assert_eq!(key, "time_zone");
+        assert!(reason.contains("`Asia/Beijing`"), "{reason}");
+        let (key, reason) = view("shifts = [\"20:00\", \"08:00\"]").unwrap_err();
+        assert_eq!(key, "shifts");
+        assert!(reason.contains("ascending"), "{reason}");
+        assert_eq!(view("shifts = []").unwrap_err().0, "shifts");
+        let (key, reason) = view("shifts = [\"25:00\"]").unwrap_err();
+        assert_eq!(key, "shifts");
+        assert!(reason.contains("`25:00`"), "{reason}");
     }
 }

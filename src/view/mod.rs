@@ -20,11 +20,16 @@ mod api;
 mod assets;
 pub mod auth;
 pub mod board;
+mod charts;
 mod config;
 mod errors;
+pub mod export;
 pub mod health;
+pub mod i18n;
 pub mod prometheus;
+mod reports;
 pub mod serve;
+pub mod shift;
 pub mod throttle;
 pub mod tls;
 
@@ -126,6 +131,8 @@ struct Shared {
     throttle: Arc<throttle::Throttle>,
     /// One permit per live board stream.
     streams: Arc<tokio::sync::Semaphore>,
+    /// Local time zone and shifts for charts and exports.
+    shifts: shift::ShiftPlan,
 }
 
 impl Shared {
@@ -165,6 +172,7 @@ pub async fn start(
             ctx.metrics.clone(),
         )),
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
+        shifts: config.shifts.clone(),
         ctx,
     };
     let preloaded = preload(&shared).await;
@@ -205,6 +213,9 @@ fn router(shared: Shared) -> Router {
         .route("/api/parcels/:waybill", get(api::parcel))
         .route("/api/records", get(api::records))
         .route("/metrics", get(api::metrics))
+        .route("/charts", get(reports::charts_page))
+        .route("/api/charts", get(reports::charts_api))
+        .route("/api/export.csv", get(reports::export_csv))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             require_auth,
