@@ -23,6 +23,7 @@ pub mod board;
 mod config;
 mod errors;
 pub mod health;
+pub mod i18n;
 pub mod prometheus;
 pub mod serve;
 pub mod throttle;
