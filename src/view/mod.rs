@@ -206,6 +206,7 @@ fn router(shared: Shared) -> Router {
         .route("/api/board", get(api::board))
         .route("/api/events", get(api::events))
         .route("/api/health", get(api::health))
+        .route("/api/rules", get(api::rules))
         .route("/api/parcels/:waybill", get(api::parcel))
         .route("/api/records", get(api::records))
         .route("/metrics", get(api::metrics))

@@ -114,3 +114,49 @@ function renderValue(v) {
   if (typeof v === "boolean") return document.createTextNode(v ? t("common.yes") : t("common.no"));
   return document.createTextNode(String(v));
 }
+
+// The rules in force (`/api/rules`), by name, for writing reasons from structured fields.
+let RULES = null;
+async function loadRules() {
+  try {
+    const r = await fetchJson("/api/rules");
+    RULES = { version: r.version, byName: Object.fromEntries(r.rules.map((x) => [x.name, x])) };
+  } catch (_) { RULES = null; }
+}
+
+function money(minor, currency) {
+  if (minor === null || minor === undefined) return "—";
+  const v = minor / 100;
+  try { return currency ? new Intl.NumberFormat(LANG, { style: "currency", currency }).format(v) : fmtNumber(v); } catch (_) { return fmtNumber(v) + (currency ? " " + currency : ""); }
+}
+
+// The reason of rule `name` on parcel record `r`, in the page's language, from the rule's
+// kind and parameters and what the decision saw. Falls back to the recorded (English)
+// reason when the record's rule set is not the one in force or a figure is missing.
+function reasonOf(r, name, recorded) {
+  // The gateway's own decisions (no read, waiting for the X-ray) have fixed reasons.
+  if (PAGE_I18N.texts["reason.builtin." + name] !== undefined) return t("reason.builtin." + name);
+  const rule = RULES && r.rule_set === RULES.version ? RULES.byName[name] : null;
+  const i = r.inputs;
+  if (!rule || !i) return recorded;
+  const p = {};
+  switch (rule.kind) {
+    case "instruction": if (!i.instruction) return recorded; p.action = tv("action", i.instruction); break;
+    case "undeclared": p.waybill = r.waybill || "—"; break;
+    case "suspended_enterprise": if (!i.enterprise) return recorded; p.enterprise = i.enterprise; break;
+    case "weight_mismatch":
+      if (i.measured_weight_g == null || i.declared_weight_g == null) return recorded;
+      Object.assign(p, { measured_g: fmtNumber(i.measured_weight_g), declared_g: fmtNumber(i.declared_weight_g), tolerance_pct: fmtNumber(rule.tolerance_pct), tolerance_g: fmtNumber(rule.tolerance_g) });
+      break;
+    case "consumer_limit": {
+      const w = (i.consumer_windows || []).find((x) => x.rule === name);
+      if (!w) return recorded;
+      Object.assign(p, { window_days: fmtNumber(rule.window_days), parcels: fmtNumber(w.parcels), value: money(w.value_minor, i.currency || rule.currency) });
+      break;
+    }
+    case "sampling": p.rate_ppm = fmtNumber(rule.rate_ppm); break;
+    case "unverified_identity": case "xray_suspect": break;
+    default: return recorded;
+  }
+  return t("reason." + rule.kind, p);
+}

@@ -39,7 +39,7 @@ function parcelCard(v) {
     [t("lookup.line_parcel"), r.line + " / " + r.parcel],
     [t("lookup.lane"), el("span", {}, t("common.lane", { lane: r.lane }) + " ", roleBadge(r.lane_role))],
     [t("lookup.deciding_rule"), r.rule],
-    [t("lookup.reason"), el("span", { class: "reason-text" }, r.reason)],
+    [t("lookup.reason"), el("span", { class: "reason-text", title: r.reason }, reasonOf(r, r.rule, r.reason))],
     [t("board.rule_set"), r.rule_set || "—"],
     [t("lookup.instruction"), r.instruction_id || undefined],
     [t("lookup.decided"), fmtDateTime(r.decided_at_ms)],
@@ -90,7 +90,7 @@ async function byWaybill(waybill) {
   const parts = [el("h2", {}, t("lookup.waybill_heading", { waybill: res.waybill }))];
   if (last) {
     const r = last.record;
-    parts.push(el("p", { class: "card summary" }, t("lookup.summary", { lane: r.lane, rule: r.rule }) + " ", roleBadge(r.lane_role), " ", el("span", { class: "reason-text" }, r.reason)));
+    parts.push(el("p", { class: "card summary" }, t("lookup.summary", { lane: r.lane, rule: r.rule }) + " ", roleBadge(r.lane_role), " ", el("span", { class: "reason-text" }, reasonOf(r, r.rule, r.reason))));
   }
   for (const v of res.records) parts.push(v.kind === "parcel" ? parcelCard(v) : otherCard(v));
   out.replaceChildren(...parts);
@@ -130,6 +130,7 @@ async function byTime(from, to, limit) {
 }
 
 async function main() {
+  await loadRules();
   const p = new URLSearchParams(location.search);
   const now = Date.now();
   document.getElementById("from").value = localInput(toMs(p.get("from")) || now - 3600000);

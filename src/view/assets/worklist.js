@@ -74,12 +74,12 @@ function slip(v, all) {
     [t("lookup.line_parcel"), r.line + " / " + r.parcel],
     [t("lookup.lane"), el("span", {}, t("common.lane", { lane: r.lane }) + " ", roleBadge(r.lane_role))],
     [t("lookup.deciding_rule"), r.rule],
-    [t("lookup.reason"), el("span", { class: "reason-text" }, r.reason)],
+    [t("lookup.reason"), el("span", { class: "reason-text", title: r.reason }, reasonOf(r, r.rule, r.reason))],
     [t("lookup.divert"), tv("divert", r.divert && r.divert.status)],
   ]));
   card.append(el("h3", {}, t("worklist.fired")));
   const fired = el("ul");
-  for (const x of r.rules_fired || []) fired.append(el("li", {}, el("b", {}, x.rule), " → ", roleBadge(x.target), " ", x.reason));
+  for (const x of r.rules_fired || []) fired.append(el("li", {}, el("b", {}, x.rule), " → ", roleBadge(x.target), " ", reasonOf(r, x.rule, x.reason)));
   card.append(fired);
   if (r.inputs) card.append(el("h3", {}, t("lookup.inputs")), renderValue(r.inputs));
   // X-ray: the verdicts and the image thumbnails, each a link to the parcel's full records.
@@ -124,6 +124,7 @@ async function main() {
   const out = document.getElementById("result");
   document.getElementById("print").addEventListener("click", () => window.print());
   const f = filters();
+  await loadRules();
   try {
     const res = await fetchJson("/api/records?from=" + f.from + "&to=" + f.to + "&limit=1000");
     const seen = new Set();
