@@ -454,6 +454,29 @@ async fn board_lookup_api_and_metrics_work_in_a_real_browser() {
     assert_eq!(filtered.matches("data-waybill=").count(), 1, "{filtered}");
     // The form shows the filter it came from, so the view can be refined and passed on.
     assert!(filtered.contains(&format!("value=\"{target}\"")) || filtered.contains(&target));
+    // The lookup's time list takes the same filters from its address.
+    let listed = tokio::task::spawn_blocking({
+        let (p, w) = (profile.clone(), target.clone());
+        move || {
+            chromium(
+                &p,
+                &["--virtual-time-budget=10000", "--dump-dom"],
+                &format!("http://{addr}/parcel?from=0&limit=1000&prefix={w}&role=&line=L1"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let links: Vec<&str> = listed
+        .split("/parcel?waybill=")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap_or(""))
+        .collect();
+    assert!(!links.is_empty(), "{listed}");
+    assert!(
+        links.iter().all(|l| l.starts_with(target.as_str())),
+        "{links:?}"
+    );
     let (status, head, svg) = http(
         addr,
         "GET",

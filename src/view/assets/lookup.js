@@ -115,7 +115,20 @@ async function byTime(from, to, limit) {
   out.replaceChildren(el("p", { class: "muted" }, t("common.loading")));
   const res = await fetchJson("/api/records?" + q.toString());
   const head = el("tr", {}, ...["lookup.col.time", "lookup.col.record", "lookup.col.kind", "lookup.col.line", "lookup.waybill", "lookup.lane", "lookup.col.rule", "lookup.col.reason", "lookup.forwarding"].map((h) => el("th", {}, t(h))));
-  const rows = res.records.map((v) => {
+  // Filters of the address: a record of another line, a decision of another lane role or
+  // rule, or a waybill without the prefix is left out.
+  const p = new URLSearchParams(location.search);
+  const f = { line: p.get("line") || "", role: p.get("role") || "", rule: p.get("rule") || "", prefix: p.get("prefix") || "" };
+  const shown = res.records.filter((v) => {
+    const r = v.record;
+    if (f.line && r.line !== f.line) return false;
+    if (f.prefix && !(r.waybill || "").startsWith(f.prefix)) return false;
+    if ((f.role || f.rule) && v.kind !== "parcel") return false;
+    if (f.role && r.lane_role !== f.role) return false;
+    if (f.rule && r.rule !== f.rule) return false;
+    return true;
+  });
+  const rows = shown.map((v) => {
     const r = v.record;
     const w = r.waybill ? el("a", { href: "/parcel?waybill=" + encodeURIComponent(r.waybill) }, r.waybill) : "—";
     const [lane, rule, reason] = summaryOf(r);
@@ -124,7 +137,7 @@ async function byTime(from, to, limit) {
       el("td", {}, fwdText(v.forwarding)));
   });
   out.replaceChildren(
-    el("h2", {}, t("lookup.range", { count: fmtNumber(res.records.length), from: fmtDateTime(res.from_ms), to: fmtDateTime(res.to_ms) })),
+    el("h2", {}, t("lookup.range", { count: fmtNumber(shown.length), from: fmtDateTime(res.from_ms), to: fmtDateTime(res.to_ms) })),
     res.truncated ? el("p", { class: "error" }, t("lookup.truncated")) : "",
     el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
 }
@@ -136,6 +149,7 @@ async function main() {
   document.getElementById("from").value = localInput(toMs(p.get("from")) || now - 3600000);
   document.getElementById("to").value = localInput(toMs(p.get("to")) || now);
   if (p.get("limit")) document.getElementById("limit").value = p.get("limit");
+  for (const k of ["line", "role", "rule", "prefix"]) document.getElementById("f-" + k).value = p.get(k) || "";
   try {
     if (p.get("waybill")) {
       document.getElementById("waybill").value = p.get("waybill");
