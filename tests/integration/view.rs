@@ -752,3 +752,64 @@ fn a_view_beyond_loopback_without_credentials_is_a_config_error() {
     assert!(err.contains("view.listen"), "{err}");
     assert!(err.contains("credentials are required"), "{err}");
 }
+
+/// The board stays bounded under a flood: after 10,000 parcels pushed through the real line
+/// as fast as the simulator sends them, the page holds at most 30 rows per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_dom_stays_bounded_under_ten_thousand_parcels() {
+    const FLOOD: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let floor = crate::harness::floor(Plan::new(77), 1000.0, Some(FLOOD)).await;
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(floor.scanner),
+            plc: floor.plc,
+        },
+    ) + "\n[view]\nlisten = \"127.0.0.1:0\"\n";
+    let stop = CancellationToken::new();
+    let app = App::start(Config::parse("view.toml", &text).unwrap(), stop.clone())
+        .await
+        .unwrap();
+    let addr = app.view_addr.expect("the view listens");
+    let metrics = app.metrics.clone();
+    let done = settle(Duration::from_secs(50), Duration::from_millis(1500), || {
+        Metrics::get(&metrics.parcels)
+    })
+    .await;
+    assert!(done, "parcels kept coming: {}", metrics.summary());
+    let parcels = Metrics::get(&metrics.parcels);
+    // The plan mixes in malformed frames (about 5 %), which are rejected, not parcels.
+    assert!(
+        parcels >= FLOOD * 9 / 10,
+        "the flood reached the line: {}",
+        metrics.summary()
+    );
+    let profile = dir.path().join("chromium");
+    let page = tokio::task::spawn_blocking(move || {
+        chromium(
+            &profile,
+            &["--timeout=5000", "--dump-dom"],
+            &format!("http://{addr}/?lang=zh"),
+        )
+    })
+    .await
+    .unwrap();
+    let rows = page.matches("<tr data-key=").count();
+    assert!(rows > 0, "the board shows parcels: {page}");
+    assert!(
+        rows <= 30,
+        "{rows} rows in the board's DOM after {parcels} parcels"
+    );
+    assert!(
+        page.len() < 400_000,
+        "the board's DOM is {} bytes after {parcels} parcels",
+        page.len()
+    );
+    floor.stop_scanner.cancel();
+    stop.cancel();
+    app.wait().await.unwrap();
+}
