@@ -195,12 +195,12 @@ async function loadHealth() {
     document.getElementById("rule-set").textContent = h.rule_set;
     document.getElementById("unsigned").hidden = h.platform_signatures === "required";
     const items = h.links.map((l) => el("div", { class: "link " + (l.state === "up" ? "up" : "down") },
-      el("div", {}, l.kind.toUpperCase() + " " + l.name.replace(/^[a-z]+:/, "") + ": ",
-        el("span", { class: "state" }, l.state.toUpperCase())),
+      el("div", {}, tv("health", l.kind) + " " + l.name.replace(/^[a-z]+:/, "") + ": ",
+        el("span", { class: "state", "data-state": l.state }, tv("health", l.state))),
       el("div", { class: "muted" }, l.since_ms ? t("health.since", { time: fmtDateTime(l.since_ms) }) : t("board.no_attempt")),
       l.last_error ? el("div", { class: "err" }, t("board.last_error", { message: l.last_error })) : null));
     for (const line of h.lines) {
-      if (!line.xray) items.push(el("div", { class: "link" }, "X-RAY line " + line.line + ": ", el("span", { class: "state" }, "NONE"), el("div", { class: "muted" }, t("board.no_xray"))));
+      if (!line.xray) items.push(el("div", { class: "link" }, t("health.xray") + " " + t("common.line", { line: line.line }) + ": ", el("span", { class: "state" }, t("health.none")), el("div", { class: "muted" }, t("board.no_xray"))));
     }
     const oldest = h.oldest_unforwarded
       ? t("board.oldest_unforwarded", { age: fmtAge(h.oldest_unforwarded.age_ms), seq: h.oldest_unforwarded.seq })
