@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 
 use bondline_devices::contract::{Action, LaneRole};
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rules::calendar::Window;
 
@@ -68,7 +68,7 @@ pub enum RuleKind {
 }
 
 /// A calendar window as the rule file names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CalendarWindow {
     CalendarDay,

@@ -289,6 +289,64 @@ pub async fn metrics(State(s): State<Shared>) -> Result<Response, ViewError> {
         .into_response())
 }
 
+/// `GET /api/rules`: the rules in force, each with its kind and parameters, so the pages can
+/// write a decision's reasons from structured fields in the reader's language (a record
+/// carries the rule's name and an English reason; the kind and parameters come from here when
+/// the record's rule set is the one in force).
+pub async fn rules(State(s): State<Shared>) -> Json<serde_json::Value> {
+    let set = s
+        .ctx
+        .rules
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let rules: Vec<serde_json::Value> = set
+        .rules
+        .iter()
+        .map(|r| {
+            let mut v = rule_kind_fields(&r.kind);
+            v["name"] = r.name.clone().into();
+            v["target"] = r.target.map(|t| t.as_str()).into();
+            v
+        })
+        .collect();
+    Json(serde_json::json!({ "version": set.version, "rules": rules }))
+}
+
+/// A rule kind as its wire name (`kind`) and parameters.
+pub fn rule_kind_fields(kind: &crate::rules::engine::RuleKind) -> serde_json::Value {
+    use crate::rules::engine::RuleKind as K;
+    use serde_json::json;
+    match kind {
+        K::Instruction => json!({ "kind": "instruction" }),
+        K::Undeclared => json!({ "kind": "undeclared" }),
+        K::UnverifiedIdentity => json!({ "kind": "unverified_identity" }),
+        K::SuspendedEnterprise => json!({ "kind": "suspended_enterprise" }),
+        K::WeightMismatch {
+            tolerance_pct,
+            tolerance_g,
+        } => {
+            json!({ "kind": "weight_mismatch", "tolerance_pct": tolerance_pct, "tolerance_g": tolerance_g })
+        }
+        K::ConsumerLimit {
+            window,
+            window_days,
+            max_parcels,
+            max_value_minor,
+            currency,
+        } => json!({
+            "kind": "consumer_limit",
+            "window": window,
+            "window_days": window_days,
+            "max_parcels": max_parcels,
+            "max_value_minor": max_value_minor,
+            "currency": currency,
+        }),
+        K::Sampling { rate_ppm } => json!({ "kind": "sampling", "rate_ppm": rate_ppm }),
+        K::XraySuspect => json!({ "kind": "xray_suspect" }),
+    }
+}
+
 /// The process is up and answering.
 pub async fn healthz() -> &'static str {
     "ok\n"

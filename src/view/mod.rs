@@ -19,6 +19,7 @@
 mod api;
 mod assets;
 pub mod auth;
+pub mod barcode;
 pub mod board;
 mod charts;
 mod config;
@@ -206,10 +207,13 @@ fn router(shared: Shared) -> Router {
     let protected = Router::new()
         .route("/", get(assets::board_page))
         .route("/parcel", get(assets::lookup_page))
+        .route("/worklist", get(assets::worklist_page))
+        .route("/api/barcode.svg", get(assets::barcode))
         .route("/assets/:name", get(assets::asset))
         .route("/api/board", get(api::board))
         .route("/api/events", get(api::events))
         .route("/api/health", get(api::health))
+        .route("/api/rules", get(api::rules))
         .route("/api/parcels/:waybill", get(api::parcel))
         .route("/api/records", get(api::records))
         .route("/metrics", get(api::metrics))

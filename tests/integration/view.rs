@@ -21,14 +21,30 @@ const PARCELS: u64 = 8;
 
 /// One HTTP/1.1 exchange on a fresh connection: status, raw headers, body.
 fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> (u16, String, String) {
+    let auth: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+    request(addr, method, path, &auth)
+}
+
+/// A GET with extra request headers.
+fn http_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    request(addr, "GET", path, headers)
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the view");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let auth = auth
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -325,6 +341,158 @@ async fn board_lookup_api_and_metrics_work_in_a_real_browser() {
         std::fs::copy(&shot, to).expect("copy the screenshot");
     }
 
+    // Both languages: `?lang=zh` renders the board in Chinese and is remembered by its
+    // cookie (the next page without `?lang` stays Chinese); `?lang=en` switches back.
+    let zh_profile = dir.path().join("chromium-zh");
+    let board_zh = tokio::task::spawn_blocking({
+        let p = zh_profile.clone();
+        move || {
+            chromium(
+                &p,
+                &["--timeout=5000", "--dump-dom"],
+                &format!("http://{addr}/?lang=zh"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(board_zh.contains("<html lang=\"zh-CN\""), "{board_zh}");
+    assert!(board_zh.contains("分拣道看板"), "{board_zh}");
+    assert!(board_zh.contains("道口 3"), "{board_zh}");
+    assert!(board_zh.contains("本线无X光机"), "{board_zh}");
+    assert!(board_zh.contains(&waybill), "{board_zh}");
+    let lookup_zh = tokio::task::spawn_blocking({
+        let (p, w) = (zh_profile.clone(), waybill.clone());
+        move || {
+            chromium(
+                &p,
+                &["--virtual-time-budget=10000", "--dump-dom"],
+                &format!("http://{addr}/parcel?waybill={w}"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(lookup_zh.contains("包裹查询"), "{lookup_zh}");
+    assert!(lookup_zh.contains("PLC 分拣结果"), "{lookup_zh}");
+    let board_en = tokio::task::spawn_blocking({
+        let p = zh_profile.clone();
+        move || {
+            chromium(
+                &p,
+                &["--timeout=5000", "--dump-dom"],
+                &format!("http://{addr}/?lang=en"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(board_en.contains("<html lang=\"en\""), "{board_en}");
+    assert!(
+        board_en.contains("Lane 3") && !board_en.contains("道口 3"),
+        "{board_en}"
+    );
+    // Without `?lang` or a cookie, a Chinese browser gets Chinese.
+    let (status, head, body) = http_with(addr, "/", &[("Accept-Language", "zh-CN,zh;q=0.9")]);
+    assert_eq!(status, 200);
+    assert!(body.contains("<html lang=\"zh-CN\""), "{head}");
+    let (_, head, _) = http_with(addr, "/?lang=en", &[]);
+    assert!(head.contains("set-cookie: bondline_lang=en"), "{head}");
+
+    // The worklist lists the parcels sent to inspection or hold, and its filters round-trip
+    // through the address: a waybill prefix link shows that parcel and no other.
+    let (_, _, body) = http(addr, "GET", "/api/records?from=0&limit=1000", None);
+    let range: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let flagged: Vec<String> = range["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "parcel")
+        .filter(|r| {
+            ["inspection", "hold"].contains(&r["record"]["lane_role"].as_str().unwrap_or(""))
+        })
+        .filter_map(|r| r["record"]["waybill"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        !flagged.is_empty(),
+        "the plan sends parcels to inspection: {body}"
+    );
+    let worklist = tokio::task::spawn_blocking({
+        let p = profile.clone();
+        move || {
+            chromium(
+                &p,
+                &["--virtual-time-budget=10000", "--dump-dom"],
+                &format!("http://{addr}/worklist?from=0&lang=en"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        worklist.contains(&format!("data-waybill=\"{}\"", flagged[0])),
+        "{worklist}"
+    );
+    assert!(worklist.contains("/api/barcode.svg?text="), "{worklist}");
+    let target = flagged[0].clone();
+    let filtered = tokio::task::spawn_blocking({
+        let (p, w) = (profile.clone(), target.clone());
+        move || {
+            chromium(
+                &p,
+                &["--virtual-time-budget=10000", "--dump-dom"],
+                &format!("http://{addr}/worklist?from=0&waybill={w}"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        filtered.contains(&format!("data-waybill=\"{target}\"")),
+        "{filtered}"
+    );
+    assert_eq!(filtered.matches("data-waybill=").count(), 1, "{filtered}");
+    // The form shows the filter it came from, so the view can be refined and passed on.
+    assert!(filtered.contains(&format!("value=\"{target}\"")) || filtered.contains(&target));
+    // The lookup's time list takes the same filters from its address.
+    let listed = tokio::task::spawn_blocking({
+        let (p, w) = (profile.clone(), target.clone());
+        move || {
+            chromium(
+                &p,
+                &["--virtual-time-budget=10000", "--dump-dom"],
+                &format!("http://{addr}/parcel?from=0&limit=1000&prefix={w}&role=&line=L1"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let links: Vec<&str> = listed
+        .split("/parcel?waybill=")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap_or(""))
+        .collect();
+    assert!(!links.is_empty(), "{listed}");
+    assert!(
+        links.iter().all(|l| l.starts_with(target.as_str())),
+        "{links:?}"
+    );
+    let (status, head, svg) = http(
+        addr,
+        "GET",
+        &format!("/api/barcode.svg?text={target}"),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("image/svg+xml") && svg.contains("<rect"),
+        "{head}"
+    );
+    assert_eq!(
+        http(addr, "GET", "/api/barcode.svg?text=%E8%BF%90", None).0,
+        400
+    );
+
     // Metrics parse and carry the decision latency and parcels by lane and rule.
     let (status, head, body) = http(addr, "GET", "/metrics", None);
     assert_eq!(status, 200);
@@ -583,4 +751,65 @@ fn a_view_beyond_loopback_without_credentials_is_a_config_error() {
     assert!(err.contains("bondline.toml"), "{err}");
     assert!(err.contains("view.listen"), "{err}");
     assert!(err.contains("credentials are required"), "{err}");
+}
+
+/// The board stays bounded under a flood: after 10,000 parcels pushed through the real line
+/// as fast as the simulator sends them, the page holds at most 30 rows per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_dom_stays_bounded_under_ten_thousand_parcels() {
+    const FLOOD: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let floor = crate::harness::floor(Plan::new(77), 1000.0, Some(FLOOD)).await;
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(floor.scanner),
+            plc: floor.plc,
+        },
+    ) + "\n[view]\nlisten = \"127.0.0.1:0\"\n";
+    let stop = CancellationToken::new();
+    let app = App::start(Config::parse("view.toml", &text).unwrap(), stop.clone())
+        .await
+        .unwrap();
+    let addr = app.view_addr.expect("the view listens");
+    let metrics = app.metrics.clone();
+    let done = settle(Duration::from_secs(50), Duration::from_millis(1500), || {
+        Metrics::get(&metrics.parcels)
+    })
+    .await;
+    assert!(done, "parcels kept coming: {}", metrics.summary());
+    let parcels = Metrics::get(&metrics.parcels);
+    // The plan mixes in malformed frames (about 5 %), which are rejected, not parcels.
+    assert!(
+        parcels >= FLOOD * 9 / 10,
+        "the flood reached the line: {}",
+        metrics.summary()
+    );
+    let profile = dir.path().join("chromium");
+    let page = tokio::task::spawn_blocking(move || {
+        chromium(
+            &profile,
+            &["--timeout=5000", "--dump-dom"],
+            &format!("http://{addr}/?lang=zh"),
+        )
+    })
+    .await
+    .unwrap();
+    let rows = page.matches("<tr data-key=").count();
+    assert!(rows > 0, "the board shows parcels: {page}");
+    assert!(
+        rows <= 30,
+        "{rows} rows in the board's DOM after {parcels} parcels"
+    );
+    assert!(
+        page.len() < 400_000,
+        "the board's DOM is {} bytes after {parcels} parcels",
+        page.len()
+    );
+    floor.stop_scanner.cancel();
+    stop.cancel();
+    app.wait().await.unwrap();
 }

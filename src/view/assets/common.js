@@ -16,16 +16,49 @@ function el(tag, attrs, ...children) {
 
 function pad(n) { return String(n).padStart(2, "0"); }
 
+// The page's language: its catalogue, tag and the warehouse's time zone, filled in by the
+// server. Records stay in UTC; times are shown in the warehouse's zone, numbers in the
+// language's form.
+const PAGE_I18N = (() => {
+  try { return JSON.parse(document.getElementById("i18n").textContent); } catch (_) { return { lang: "en", time_zone: "UTC", texts: {} }; }
+})();
+const LANG = PAGE_I18N.lang;
+const TIME_ZONE = PAGE_I18N.time_zone;
+
+// The text of `key` with its `{name}` placeholders filled from `params`.
+function t(key, params) {
+  let s = PAGE_I18N.texts[key];
+  if (s === undefined) return key;
+  for (const [k, v] of Object.entries(params || {})) s = s.split("{" + k + "}").join(String(v));
+  return s;
+}
+
+// A value of the contract (`link_down`) in words: its catalogue entry under `prefix`, else
+// the value itself with spaces.
+function tv(prefix, v) {
+  if (v === null || v === undefined) return "—";
+  const key = prefix + "." + v;
+  return PAGE_I18N.texts[key] !== undefined ? PAGE_I18N.texts[key] : String(v).replace(/_/g, " ");
+}
+
+function fmtNumber(n) {
+  return typeof n === "number" ? n.toLocaleString(LANG) : String(n);
+}
+
+function fmtParts(ms, withDate) {
+  const opts = { timeZone: TIME_ZONE, hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" };
+  if (withDate) Object.assign(opts, { year: "numeric", month: "2-digit", day: "2-digit" });
+  try { return new Intl.DateTimeFormat(LANG, opts).format(new Date(ms)); } catch (_) { return new Date(ms).toISOString(); }
+}
+
 function fmtTime(ms) {
   if (!ms) return "—";
-  const d = new Date(ms);
-  return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  return fmtParts(ms, false);
 }
 
 function fmtDateTime(ms) {
   if (!ms) return "—";
-  const d = new Date(ms);
-  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + fmtTime(ms);
+  return fmtParts(ms, true);
 }
 
 function fmtAge(ms) {
@@ -35,17 +68,16 @@ function fmtAge(ms) {
   return Math.round(s / 3600) + " h";
 }
 
-const ROLE_MARK = { release: "✓ RELEASE", inspection: "⚑ INSPECTION", hold: "■ HOLD", exception: "! EXCEPTION" };
-
 function roleBadge(role) {
-  return el("span", { class: "badge " + (ROLE_MARK[role] ? role : "neutral") }, ROLE_MARK[role] || String(role || "—"));
+  const known = PAGE_I18N.texts["role." + role] !== undefined;
+  return el("span", { class: "badge " + (known ? role : "neutral") }, known ? t("role." + role) : String(role || "—"));
 }
 
 function fwdText(f) {
   if (!f) return "—";
-  if (f.state === "forwarded") return "forwarded to the platform";
-  if (f.state === "outbox") return "in the outbox (waiting for the platform's acknowledge)";
-  if (f.state === "parked") return "parked: " + f.reason;
+  if (f.state === "forwarded") return t("lookup.fwd.forwarded");
+  if (f.state === "outbox") return t("lookup.fwd.outbox");
+  if (f.state === "parked") return t("lookup.fwd.parked", { reason: f.reason });
   return f.state;
 }
 
@@ -64,7 +96,7 @@ async function fetchJson(url) {
 function renderValue(v) {
   if (v === null || v === undefined) return document.createTextNode("—");
   if (Array.isArray(v)) {
-    if (v.length === 0) return document.createTextNode("none");
+    if (v.length === 0) return document.createTextNode(t("common.none"));
     if (v.every((x) => x && typeof x === "object" && !Array.isArray(x))) {
       const keys = [];
       for (const o of v) for (const k of Object.keys(o)) if (!keys.includes(k)) keys.push(k);
@@ -79,6 +111,52 @@ function renderValue(v) {
     for (const [k, x] of Object.entries(v)) dl.append(el("dt", {}, k), el("dd", {}, renderValue(x)));
     return dl;
   }
-  if (typeof v === "boolean") return document.createTextNode(v ? "yes" : "no");
+  if (typeof v === "boolean") return document.createTextNode(v ? t("common.yes") : t("common.no"));
   return document.createTextNode(String(v));
+}
+
+// The rules in force (`/api/rules`), by name, for writing reasons from structured fields.
+let RULES = null;
+async function loadRules() {
+  try {
+    const r = await fetchJson("/api/rules");
+    RULES = { version: r.version, byName: Object.fromEntries(r.rules.map((x) => [x.name, x])) };
+  } catch (_) { RULES = null; }
+}
+
+function money(minor, currency) {
+  if (minor === null || minor === undefined) return "—";
+  const v = minor / 100;
+  try { return currency ? new Intl.NumberFormat(LANG, { style: "currency", currency }).format(v) : fmtNumber(v); } catch (_) { return fmtNumber(v) + (currency ? " " + currency : ""); }
+}
+
+// The reason of rule `name` on parcel record `r`, in the page's language, from the rule's
+// kind and parameters and what the decision saw. Falls back to the recorded (English)
+// reason when the record's rule set is not the one in force or a figure is missing.
+function reasonOf(r, name, recorded) {
+  // The gateway's own decisions (no read, waiting for the X-ray) have fixed reasons.
+  if (PAGE_I18N.texts["reason.builtin." + name] !== undefined) return t("reason.builtin." + name);
+  const rule = RULES && r.rule_set === RULES.version ? RULES.byName[name] : null;
+  const i = r.inputs;
+  if (!rule || !i) return recorded;
+  const p = {};
+  switch (rule.kind) {
+    case "instruction": if (!i.instruction) return recorded; p.action = tv("action", i.instruction); break;
+    case "undeclared": p.waybill = r.waybill || "—"; break;
+    case "suspended_enterprise": if (!i.enterprise) return recorded; p.enterprise = i.enterprise; break;
+    case "weight_mismatch":
+      if (i.measured_weight_g == null || i.declared_weight_g == null) return recorded;
+      Object.assign(p, { measured_g: fmtNumber(i.measured_weight_g), declared_g: fmtNumber(i.declared_weight_g), tolerance_pct: fmtNumber(rule.tolerance_pct), tolerance_g: fmtNumber(rule.tolerance_g) });
+      break;
+    case "consumer_limit": {
+      const w = (i.consumer_windows || []).find((x) => x.rule === name);
+      if (!w) return recorded;
+      Object.assign(p, { window: rule.window ? t("window." + rule.window) : t("window.rolling", { days: fmtNumber(rule.window_days) }), parcels: fmtNumber(w.parcels), value: money(w.value_minor, i.currency || rule.currency) });
+      break;
+    }
+    case "sampling": p.rate_ppm = fmtNumber(rule.rate_ppm); break;
+    case "unverified_identity": case "xray_suspect": break;
+    default: return recorded;
+  }
+  return t("reason." + rule.kind, p);
 }

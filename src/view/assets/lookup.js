@@ -33,34 +33,34 @@ function parcelCard(v) {
   const r = v.record;
   const d = r.divert || {};
   const card = el("article", { class: "card record", "data-seq": v.seq });
-  card.append(el("h3", {}, (r.revision > 0 ? "Re-decision #" + r.revision : "Decision") + " · record " + v.seq));
+  card.append(el("h3", {}, r.revision > 0 ? t("lookup.redecision", { revision: r.revision, seq: v.seq }) : t("lookup.decision", { seq: v.seq })));
   card.append(facts([
-    ["Scanned", fmtDateTime(r.scanned_at_ms)],
-    ["Line / parcel", r.line + " / " + r.parcel],
-    ["Lane", el("span", {}, "Lane " + r.lane + " ", roleBadge(r.lane_role))],
-    ["Deciding rule", r.rule],
-    ["Reason", el("span", { class: "reason-text" }, r.reason)],
-    ["Rule set", r.rule_set || "—"],
-    ["Instruction", r.instruction_id || undefined],
-    ["Decided", fmtDateTime(r.decided_at_ms)],
-    ["Divert deadline", r.deadline_ms ? fmtDateTime(r.deadline_ms) : undefined],
-    ["Divert outcome", String(d.status || "—").replace(/_/g, " ") + (d.late ? " (after the deadline)" : "") + (d.detail ? " — " + d.detail : "")],
+    [t("lookup.scanned"), fmtDateTime(r.scanned_at_ms)],
+    [t("lookup.line_parcel"), r.line + " / " + r.parcel],
+    [t("lookup.lane"), el("span", {}, t("common.lane", { lane: r.lane }) + " ", roleBadge(r.lane_role))],
+    [t("lookup.deciding_rule"), r.rule],
+    [t("lookup.reason"), el("span", { class: "reason-text", title: r.reason }, reasonOf(r, r.rule, r.reason))],
+    [t("board.rule_set"), r.rule_set || "—"],
+    [t("lookup.instruction"), r.instruction_id || undefined],
+    [t("lookup.decided"), fmtDateTime(r.decided_at_ms)],
+    [t("lookup.deadline"), r.deadline_ms ? fmtDateTime(r.deadline_ms) : undefined],
+    [t("lookup.divert"), tv("divert", d.status) + (d.late ? " (" + t("lookup.late") + ")" : "") + (d.detail ? " — " + d.detail : "")],
     ["Forwarding", el("span", { class: "fwd" }, fwdText(v.forwarding))],
   ]));
-  card.append(el("h4", {}, "Rules that fired (deciding rule first)"), renderValue(r.rules_fired || []));
-  if (r.inputs !== undefined) card.append(el("h4", {}, "What the decision saw"), renderValue(r.inputs));
+  card.append(el("h4", {}, t("lookup.rules_fired")), renderValue(r.rules_fired || []));
+  if (r.inputs !== undefined) card.append(el("h4", {}, t("lookup.inputs")), renderValue(r.inputs));
   const other = Object.fromEntries(Object.entries(r).filter(([k]) => !SHOWN.has(k)));
-  if (Object.keys(other).length) card.append(el("h4", {}, "Other fields"), renderValue(other));
+  if (Object.keys(other).length) card.append(el("h4", {}, t("lookup.other")), renderValue(other));
   return card;
 }
 
 function otherCard(v) {
   const r = v.record;
   const title = v.kind === "disposition"
-    ? "PLC disposition: " + String(r.disposition).replace(/_/g, " ")
-    : v.kind === "alert" ? "⚠ Alert: " + String(r.alert).replace(/_/g, " ")
-      : v.kind === "report" ? "Monthly report " + ((r.report && r.report.month) || "")
-        : v.kind === "xray" ? "X-ray verdict: " + (r.result ? String(r.result).replace(/_/g, " ") : "none in time") + " (" + String(r.join).replace(/_/g, " ") + ")"
+    ? t("lookup.kind.disposition", { disposition: tv("disposition", r.disposition) })
+    : v.kind === "alert" ? t("lookup.kind.alert", { alert: tv("alert", r.alert) })
+      : v.kind === "report" ? t("lookup.kind.report", { month: (r.report && r.report.month) || "" })
+        : v.kind === "xray" ? t("lookup.kind.xray", { result: r.result ? tv("xray", r.result) : t("lookup.no_verdict"), join: tv("xray_join", r.join) })
           : v.kind === "image" ? "X-ray image, " + r.view + " view" + (r.error ? " — ⚠ " + r.error : "")
             : v.kind === "snapshot" ? "📷 Camera " + r.camera + " at " + (r.point === "lane" ? "lane " + r.lane : "the scanner") + (r.error ? " — ✗ " + r.error : "") : v.kind;
   const card = el("article", { class: "card record", "data-seq": v.seq, "data-kind": v.kind });
@@ -79,31 +79,30 @@ function otherCard(v) {
 
 async function byWaybill(waybill) {
   const out = document.getElementById("result");
-  out.replaceChildren(el("p", { class: "muted" }, "Looking up " + waybill + "…"));
+  out.replaceChildren(el("p", { class: "muted" }, t("lookup.looking", { waybill })));
   const res = await fetchJson("/api/parcels/" + encodeURIComponent(waybill));
   if (res.records.length === 0) {
-    out.replaceChildren(el("p", { class: "error" }, "No record of waybill " + res.waybill + " in this gateway's journal (records are kept for the configured retention after they were forwarded)."));
+    out.replaceChildren(el("p", { class: "error" }, t("lookup.missing", { waybill: res.waybill })));
     return;
   }
   const decisions = res.records.filter((v) => v.kind === "parcel");
   const last = decisions[decisions.length - 1];
-  const parts = [el("h2", {}, "Waybill " + res.waybill)];
+  const parts = [el("h2", {}, t("lookup.waybill_heading", { waybill: res.waybill }))];
   if (last) {
     const r = last.record;
-    parts.push(el("p", { class: "card summary" }, "Sent to lane " + r.lane + " ", roleBadge(r.lane_role),
-      " by rule ", el("b", {}, r.rule), ": ", el("span", { class: "reason-text" }, r.reason)));
+    parts.push(el("p", { class: "card summary" }, t("lookup.summary", { lane: r.lane, rule: r.rule }) + " ", roleBadge(r.lane_role), " ", el("span", { class: "reason-text" }, reasonOf(r, r.rule, r.reason))));
   }
   for (const v of res.records) parts.push(v.kind === "parcel" ? parcelCard(v) : otherCard(v));
   out.replaceChildren(...parts);
 }
 
 function summaryOf(r) {
-  if (r.kind === "parcel") return [el("span", {}, "Lane " + r.lane + " ", roleBadge(r.lane_role)), r.rule, r.reason];
-  if (r.kind === "disposition") return ["Lane " + r.lane, String(r.disposition).replace(/_/g, " "), r.commanded_lane ? "commanded lane " + r.commanded_lane : ""];
-  if (r.kind === "alert") return ["—", String(r.alert).replace(/_/g, " "), r.detail];
+  if (r.kind === "parcel") return [el("span", {}, t("common.lane", { lane: r.lane }) + " ", roleBadge(r.lane_role)), r.rule, r.reason];
+  if (r.kind === "disposition") return [t("common.lane", { lane: r.lane }), tv("disposition", r.disposition), r.commanded_lane ? "commanded lane " + r.commanded_lane : ""];
+  if (r.kind === "alert") return ["—", tv("alert", r.alert), r.detail];
   if (r.kind === "xray") return ["—", "X-ray " + (r.result || "no verdict"), String(r.join).replace(/_/g, " ") + (r.scan_id !== null ? " · scan " + r.scan_id : "")];
   if (r.kind === "image") return ["—", "X-ray image " + r.view, r.error || r.sha256];
-  if (r.kind === "snapshot") return [r.lane ? "Lane " + r.lane : "—", "Camera " + r.camera, r.error || r.sha256];
+  if (r.kind === "snapshot") return [r.lane ? t("common.lane", { lane: r.lane }) : "—", "Camera " + r.camera, r.error || r.sha256];
   return ["—", r.kind, r.report && r.report.month ? "monthly report " + r.report.month : ""];
 }
 
@@ -113,10 +112,23 @@ async function byTime(from, to, limit) {
   if (from !== null) q.set("from", from);
   if (to !== null) q.set("to", to);
   if (limit) q.set("limit", limit);
-  out.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  out.replaceChildren(el("p", { class: "muted" }, t("common.loading")));
   const res = await fetchJson("/api/records?" + q.toString());
-  const head = el("tr", {}, ...["Time", "Record", "Kind", "Line", "Waybill", "Lane", "Rule / event", "Reason / detail", "Forwarding"].map((h) => el("th", {}, h)));
-  const rows = res.records.map((v) => {
+  const head = el("tr", {}, ...["lookup.col.time", "lookup.col.record", "lookup.col.kind", "lookup.col.line", "lookup.waybill", "lookup.lane", "lookup.col.rule", "lookup.col.reason", "lookup.forwarding"].map((h) => el("th", {}, t(h))));
+  // Filters of the address: a record of another line, a decision of another lane role or
+  // rule, or a waybill without the prefix is left out.
+  const p = new URLSearchParams(location.search);
+  const f = { line: p.get("line") || "", role: p.get("role") || "", rule: p.get("rule") || "", prefix: p.get("prefix") || "" };
+  const shown = res.records.filter((v) => {
+    const r = v.record;
+    if (f.line && r.line !== f.line) return false;
+    if (f.prefix && !(r.waybill || "").startsWith(f.prefix)) return false;
+    if ((f.role || f.rule) && v.kind !== "parcel") return false;
+    if (f.role && r.lane_role !== f.role) return false;
+    if (f.rule && r.rule !== f.rule) return false;
+    return true;
+  });
+  const rows = shown.map((v) => {
     const r = v.record;
     const w = r.waybill ? el("a", { href: "/parcel?waybill=" + encodeURIComponent(r.waybill) }, r.waybill) : "—";
     const [lane, rule, reason] = summaryOf(r);
@@ -125,17 +137,19 @@ async function byTime(from, to, limit) {
       el("td", {}, fwdText(v.forwarding)));
   });
   out.replaceChildren(
-    el("h2", {}, res.records.length + " record(s) from " + fmtDateTime(res.from_ms) + " to " + fmtDateTime(res.to_ms) + ", newest first"),
-    res.truncated ? el("p", { class: "error" }, "More records match: narrow the range or raise the limit.") : "",
+    el("h2", {}, t("lookup.range", { count: fmtNumber(shown.length), from: fmtDateTime(res.from_ms), to: fmtDateTime(res.to_ms) })),
+    res.truncated ? el("p", { class: "error" }, t("lookup.truncated")) : "",
     el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
 }
 
 async function main() {
+  await loadRules();
   const p = new URLSearchParams(location.search);
   const now = Date.now();
   document.getElementById("from").value = localInput(toMs(p.get("from")) || now - 3600000);
   document.getElementById("to").value = localInput(toMs(p.get("to")) || now);
   if (p.get("limit")) document.getElementById("limit").value = p.get("limit");
+  for (const k of ["line", "role", "rule", "prefix"]) document.getElementById("f-" + k).value = p.get(k) || "";
   try {
     if (p.get("waybill")) {
       document.getElementById("waybill").value = p.get("waybill");
@@ -144,7 +158,7 @@ async function main() {
       await byTime(toMs(p.get("from")), toMs(p.get("to")), p.get("limit"));
     }
   } catch (e) {
-    document.getElementById("result").replaceChildren(el("p", { class: "error" }, "Lookup failed: " + e.message));
+    document.getElementById("result").replaceChildren(el("p", { class: "error" }, t("lookup.failed", { message: e.message })));
   }
 }
 

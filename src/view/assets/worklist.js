@@ -1,0 +1,155 @@
+// The inspection worklist: parcels sent to inspection or hold in a time range (the last 12
+// hours unless the address says otherwise), newest first, each with everything an officer
+// needs at the inspection lane. The filters live in the address, so a link reproduces the
+// view. Printed, every parcel is one A4 inspection slip with its waybill as a barcode.
+"use strict";
+
+const PAGE_SIZE = 20;
+const DEFAULT_RANGE_MS = 12 * 3600 * 1000;
+
+function toMs(v) {
+  if (!v) return null;
+  if (/^\d+$/.test(v)) return Number(v);
+  const t = new Date(v).getTime();
+  return Number.isNaN(t) ? null : t;
+}
+
+function localInput(ms) {
+  const d = new Date(ms);
+  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + "T" + pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+}
+
+// The filters of the address; the form shows them.
+function filters() {
+  const p = new URLSearchParams(location.search);
+  const now = Date.now();
+  const f = {
+    line: (p.get("line") || "").trim(),
+    role: p.get("role") || "",
+    rule: (p.get("rule") || "").trim(),
+    enterprise: (p.get("enterprise") || "").trim(),
+    waybill: (p.get("waybill") || "").trim(),
+    to: toMs(p.get("to")) || now,
+    page: Math.max(1, Number(p.get("page")) || 1),
+  };
+  f.from = toMs(p.get("from")) || f.to - DEFAULT_RANGE_MS;
+  for (const k of ["line", "role", "rule", "enterprise", "waybill"]) document.getElementById("f-" + k).value = f[k];
+  document.getElementById("f-from").value = localInput(f.from);
+  document.getElementById("f-to").value = localInput(f.to);
+  return f;
+}
+
+function matches(f, r) {
+  if (r.lane_role !== "inspection" && r.lane_role !== "hold") return false;
+  if (f.role && r.lane_role !== f.role) return false;
+  if (f.line && r.line !== f.line) return false;
+  if (f.rule && r.rule !== f.rule && !(r.rules_fired || []).some((x) => x.rule === f.rule)) return false;
+  if (f.waybill && !(r.waybill || "").startsWith(f.waybill)) return false;
+  if (f.enterprise && !JSON.stringify(r.inputs || {}).includes(f.enterprise)) return false;
+  return true;
+}
+
+function pageLink(f, page, label) {
+  const p = new URLSearchParams(location.search);
+  p.set("page", page);
+  p.set("from", f.from);
+  p.set("to", f.to);
+  return el("a", { href: "/worklist?" + p.toString(), class: "button" }, label);
+}
+
+function imgThumb(b64, alt, href) {
+  return el("a", { href }, el("img", { class: "thumb", alt, src: "data:image/jpeg;base64," + b64 }));
+}
+
+// One parcel: the slip an officer takes to the lane.
+function slip(v, all) {
+  const r = v.record;
+  const lookup = "/parcel?waybill=" + encodeURIComponent(r.waybill);
+  const others = all.filter((x) => x.kind !== "parcel").map((x) => ({ kind: x.kind, r: x.record }));
+  const card = el("article", { class: "card slip", "data-waybill": r.waybill, tabindex: "0" });
+  card.append(el("h2", {}, t("slip.title") + " · ", el("a", { href: lookup }, r.waybill)));
+  card.append(el("img", { class: "barcode", alt: r.waybill, src: "/api/barcode.svg?text=" + encodeURIComponent(r.waybill) }));
+  card.append(facts([
+    [t("lookup.scanned"), fmtDateTime(r.scanned_at_ms)],
+    [t("lookup.line_parcel"), r.line + " / " + r.parcel],
+    [t("lookup.lane"), el("span", {}, t("common.lane", { lane: r.lane }) + " ", roleBadge(r.lane_role))],
+    [t("lookup.deciding_rule"), r.rule],
+    [t("lookup.reason"), el("span", { class: "reason-text", title: r.reason }, reasonOf(r, r.rule, r.reason))],
+    [t("lookup.divert"), tv("divert", r.divert && r.divert.status)],
+  ]));
+  card.append(el("h3", {}, t("worklist.fired")));
+  const fired = el("ul");
+  for (const x of r.rules_fired || []) fired.append(el("li", {}, el("b", {}, x.rule), " → ", roleBadge(x.target), " ", reasonOf(r, x.rule, x.reason)));
+  card.append(fired);
+  if (r.inputs) card.append(el("h3", {}, t("lookup.inputs")), renderValue(r.inputs));
+  // X-ray: the verdicts and the image thumbnails, each a link to the parcel's full records.
+  card.append(el("h3", {}, t("worklist.xray")));
+  const xrays = others.filter((x) => x.kind === "xray");
+  const images = others.filter((x) => x.kind === "image");
+  const xbox = el("div", { class: "thumbs", "data-xray": xrays.length ? (xrays[xrays.length - 1].r.result || "none") : "none" });
+  if (xrays.length === 0 && images.length === 0) xbox.append(el("span", { class: "muted" }, t("worklist.no_xray")));
+  for (const x of xrays) xbox.append(el("div", {}, t("lookup.kind.xray", { result: x.r.result ? tv("xray", x.r.result) : t("lookup.no_verdict"), join: tv("xray_join", x.r.join) })));
+  for (const i of images) {
+    if (i.r.thumbnail_jpeg_b64) xbox.append(imgThumb(i.r.thumbnail_jpeg_b64, t("lookup.kind.image", { view: i.r.view }), lookup));
+    else xbox.append(el("span", { class: "err" }, i.r.view + ": " + (i.r.error || "—")));
+  }
+  card.append(xbox);
+  card.append(el("h3", {}, t("worklist.snapshots")));
+  const snaps = others.filter((x) => x.kind === "snapshot");
+  const sbox = el("div", { class: "thumbs snapshots" });
+  if (snaps.length === 0) sbox.append(el("span", { class: "muted" }, t("worklist.no_snapshot")));
+  for (const s of snaps) {
+    const where = s.r.point === "lane" ? t("lookup.kind.snapshot_lane", { camera: s.r.camera, lane: s.r.lane }) : t("lookup.kind.snapshot_scan", { camera: s.r.camera });
+    if (s.r.thumbnail_jpeg_b64) sbox.append(el("figure", { "data-snapshot": s.r.point }, imgThumb(s.r.thumbnail_jpeg_b64, where, lookup), el("figcaption", {}, where)));
+    else sbox.append(el("span", { class: "err", "data-snapshot": "none" }, where + ": " + (s.r.error || "—")));
+  }
+  card.append(sbox);
+  const alerts = others.filter((x) => x.kind === "alert");
+  if (alerts.length) {
+    card.append(el("h3", {}, t("worklist.anomalies")));
+    card.append(el("ul", {}, ...alerts.map((a) => el("li", {}, "⚠ " + tv("alert", a.r.alert) + " — " + a.r.detail))));
+  }
+  card.append(el("dl", { class: "print-only sign" }, el("dt", {}, t("slip.officer")), el("dd", {}, ""), el("dt", {}, t("slip.result")), el("dd", {}, ""), el("dt", {}, t("slip.signature")), el("dd", {}, "")));
+  card.append(el("p", { class: "no-print" }, el("a", { href: lookup }, t("worklist.details"))));
+  return card;
+}
+
+function facts(pairs) {
+  const dl = el("dl");
+  for (const [k, v] of pairs) dl.append(el("dt", {}, k), el("dd", {}, v instanceof Node ? v : renderValue(v)));
+  return dl;
+}
+
+async function main() {
+  const out = document.getElementById("result");
+  document.getElementById("print").addEventListener("click", () => window.print());
+  const f = filters();
+  await loadRules();
+  try {
+    const res = await fetchJson("/api/records?from=" + f.from + "&to=" + f.to + "&limit=1000");
+    const seen = new Set();
+    const list = [];
+    for (const v of res.records) {
+      if (v.kind !== "parcel" || !v.record.waybill || seen.has(v.record.waybill)) continue;
+      seen.add(v.record.waybill); // the newest decision of a waybill counts
+      if (matches(f, v.record)) list.push(v);
+    }
+    const pages = Math.max(1, Math.ceil(list.length / PAGE_SIZE));
+    const page = Math.min(f.page, pages);
+    const shown = list.slice((page - 1) * PAGE_SIZE, page * PAGE_SIZE);
+    const details = await Promise.all(shown.map((v) => fetchJson("/api/parcels/" + encodeURIComponent(v.record.waybill)).then((d) => d.records).catch(() => [])));
+    const parts = [el("h2", { class: "no-print" }, t("worklist.range", { count: fmtNumber(list.length), from: fmtDateTime(f.from), to: fmtDateTime(f.to) }))];
+    if (res.truncated) parts.push(el("p", { class: "error no-print" }, t("worklist.truncated")));
+    if (list.length === 0) parts.push(el("p", { class: "muted" }, t("worklist.empty")));
+    shown.forEach((v, i) => parts.push(slip(v, details[i])));
+    const nav = el("nav", { class: "pager no-print" }, t("worklist.page", { page, pages }));
+    if (page > 1) nav.prepend(pageLink(f, page - 1, t("worklist.prev")), " ");
+    if (page < pages) nav.append(" ", pageLink(f, page + 1, t("worklist.next")));
+    parts.push(nav);
+    out.replaceChildren(...parts);
+  } catch (e) {
+    out.replaceChildren(el("p", { class: "error" }, t("common.error", { message: e.message })));
+  }
+}
+
+main();
