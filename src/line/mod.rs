@@ -13,6 +13,7 @@
 //! [`tracking`] follows each parcel to its disposition; new clearance information for a
 //! tracked waybill re-decides it before its deadline, or raises an alert after it.
 
+pub mod duplicates;
 mod earlier;
 pub mod tracking;
 pub mod xray;
