@@ -294,10 +294,10 @@ impl Line {
             lane_camera_asked: false,
         });
         self.anomaly(parcel, io);
-        if let Some(detail) = duplicate {
-            self.duplicate_alert(parcel, detail, &io.sink);
-        }
         self.send(parcel, io);
+        // The scan-point snapshots, named as their records are (camera/line/parcel), join
+        // the duplicate-label evidence of this parcel.
+        let mut snapshots = Vec::new();
         if let Some(cams) = &self.ctx.cameras {
             if let Some(t) = self.tracker.get(parcel) {
                 let captures = crate::camera::schedule::captures(
@@ -308,8 +308,23 @@ impl Line {
                     t.scanned,
                     t.scanned_at,
                 );
+                snapshots = captures
+                    .iter()
+                    .map(|c| format!("{}/{}/{parcel}", c.camera, self.ctx.line))
+                    .collect();
+                if let Some(w) = t.waybill() {
+                    for id in &snapshots {
+                        self.ctx
+                            .released
+                            .snapshot(w, &self.ctx.line, parcel, id.clone());
+                    }
+                }
                 cams.request(captures, &io.sink, &self.ctx.metrics);
             }
+        }
+        if let Some(detail) = duplicate {
+            let detail = format!("{detail}, camera snapshots [{}]", snapshots.join(", "));
+            self.duplicate_alert(parcel, detail, &io.sink);
         }
     }
 
