@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use bondline_devices::contract::{
     AlertKind, AlertRecord, DivertStatus, LaneRole, ParcelRecord, SCHEMA,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{decode_batch, Journal, JournalError};
 
@@ -96,10 +96,17 @@ impl Journal {
         for (k, v) in intents {
             batch.insert(&k[..], &v[..]);
         }
-        // The released mark goes with its intent, under the same flush.
+        // The released mark goes with its intent, under the same flush: a few facts, not
+        // the whole record, since marks are kept for the clearance period.
         let mut released = sled::Batch::default();
         for (k, v) in intents {
-            released.insert(&k[..], &v[..]);
+            let mark = v
+                .get(4..)
+                .and_then(|json| serde_json::from_slice::<ReleasedMark>(json).ok())
+                .filter(|m| m.lane_role == LaneRole::Release);
+            if let Some(mark) = mark {
+                released.insert(&k[..], serde_json::to_vec(&mark).unwrap_or_default());
+            }
         }
         self.intents.open_tree(RELEASED)?.apply_batch(released)?;
         self.intents.apply_batch(batch)?;
@@ -126,15 +133,12 @@ impl Journal {
     /// The release decisions stored since `since_ms` (scan time), newest revision of each
     /// parcel; older ones are removed. Unreadable entries are skipped: they can only make a
     /// later parcel of their waybill look fresh, and they are logged.
-    pub fn released_since(&self, since_ms: u64) -> Result<Vec<ParcelRecord>, JournalError> {
+    pub fn released_since(&self, since_ms: u64) -> Result<Vec<ReleasedMark>, JournalError> {
         let tree = self.intents.open_tree(RELEASED)?;
         let mut out = Vec::new();
         for e in tree.iter() {
             let (k, v) = e?;
-            let record = v
-                .get(4..)
-                .and_then(|json| serde_json::from_slice::<ParcelRecord>(json).ok());
-            match record {
+            match serde_json::from_slice::<ReleasedMark>(&v).ok() {
                 Some(r) if r.scanned_at_ms >= since_ms => out.push(r),
                 Some(_) => {
                     tree.remove(&k)?;
@@ -245,6 +249,27 @@ pub fn interrupted(mut r: ParcelRecord, now_ms: u64) -> (ParcelRecord, AlertReco
         at_ms: now_ms,
     };
     (r, alert)
+}
+
+/// What is kept of a release decision for the duplicate-label rule (read from the release
+/// intent's parcel record, whose other fields are ignored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedMark {
+    pub line: String,
+    pub parcel: u32,
+    pub waybill: Option<String>,
+    pub lane: u16,
+    pub lane_role: LaneRole,
+    pub scanned_at_ms: u64,
+    #[serde(default)]
+    pub inputs: Option<MarkInputs>,
+}
+
+/// The weight the scale measured, from the decision's inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkInputs {
+    #[serde(default)]
+    pub measured_weight_g: Option<u32>,
 }
 
 /// The few fields of a record that [`Journal::recent_parcels`] needs.

@@ -210,18 +210,6 @@ impl Released {
         }
     }
 
-    /// Withdraws a parcel's mark: its release was decided again to another lane before the
-    /// PLC took it anywhere.
-    pub fn withdraw(&self, waybill: &str, line: &str, parcel: u32) {
-        let mut marks = self.lock();
-        if let Some(list) = marks.get_mut(waybill) {
-            list.retain(|m| !(m.line == line && m.parcel == parcel && m.floor == Floor::Unknown));
-            if list.is_empty() {
-                marks.remove(waybill);
-            }
-        }
-    }
-
     /// Records where the PLC put a marked parcel; `role` is the lane's role.
     pub fn disposed(
         &self,

@@ -332,8 +332,9 @@ impl Line {
     /// on this gateway is admitted only as the same parcel come round again. Otherwise the
     /// decision becomes inspection (or stricter, if that lane is unavailable) under the rule
     /// `duplicate_label`, and the evidence of both parcels is returned for the alert. A
-    /// decision that is not release withdraws the parcel's mark, if the PLC has not yet
-    /// reported it anywhere.
+    /// parcel once released and then decided to another lane keeps its mark: the command to
+    /// release may still have reached the PLC. Its disposition in another lane lets the same
+    /// parcel be released on a later scan.
     fn one_release(
         &self,
         parcel: u32,
@@ -347,7 +348,6 @@ impl Line {
             return None;
         };
         if decision.role != LaneRole::Release {
-            self.ctx.released.withdraw(waybill, &self.ctx.line, parcel);
             return None;
         }
         let scan = duplicates::NewScan {
