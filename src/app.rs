@@ -317,6 +317,7 @@ impl App {
         journal_tasks.spawn(crate::rules::retention::run(
             journal.clone(),
             table.clone(),
+            released.clone(),
             config.storage.clearance,
             uplink_stop.clone(),
         ));

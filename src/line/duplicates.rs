@@ -210,6 +210,18 @@ impl Released {
         }
     }
 
+    /// Forgets a waybill's marks of parcels scanned before `before_ms` (the clearance period
+    /// is over). One lock per waybill.
+    pub fn forget_before(&self, waybill: &str, before_ms: u64) {
+        let mut marks = self.lock();
+        if let Some(list) = marks.get_mut(waybill) {
+            list.retain(|m| m.scanned_at_ms >= before_ms);
+            if list.is_empty() {
+                marks.remove(waybill);
+            }
+        }
+    }
+
     /// Records where the PLC put a marked parcel; `role` is the lane's role.
     pub fn disposed(
         &self,
