@@ -226,6 +226,34 @@ impl App {
             sink.push(record);
             sink.push(alert);
         }
+        // Waybills this gateway released, for the duplicate-label rule on every line: from
+        // the marks stored with each release intent, within the clearance horizon. Read once
+        // here; the lines consult the copy in memory.
+        let released = Arc::new(crate::line::duplicates::Released::new(
+            config.duplicates,
+            config.storage.clearance.as_millis() as u64,
+        ));
+        for r in journal
+            .released_since(now_ms.saturating_sub(config.storage.clearance.as_millis() as u64))?
+        {
+            let Some(waybill) = r.waybill.clone() else {
+                continue;
+            };
+            released.load(
+                &waybill,
+                crate::line::duplicates::Mark {
+                    line: r.line.clone(),
+                    parcel: r.parcel,
+                    scanned_at_ms: r.scanned_at_ms,
+                    weight_g: r.inputs.as_ref().and_then(|i| i.measured_weight_g),
+                    lane: r.lane,
+                    // The store does not hold the PLC's word on where it went: taken as
+                    // released, so no later parcel is taken for it come round again.
+                    floor: crate::line::duplicates::Floor::Released,
+                    snapshots: Vec::new(),
+                },
+            );
+        }
         // The waybill index, written behind the journal writer (see journal::lookup).
         {
             let journal = journal.clone();
@@ -289,6 +317,7 @@ impl App {
         journal_tasks.spawn(crate::rules::retention::run(
             journal.clone(),
             table.clone(),
+            released.clone(),
             config.storage.clearance,
             uplink_stop.clone(),
         ));
@@ -387,6 +416,7 @@ impl App {
                 xray: l.xray.as_ref().map(|(x, g)| (x.name.clone(), *g)),
                 cameras: line_cameras.remove(&l.id),
                 recent: recent.take(&l.id),
+                released: released.clone(),
             };
             let (xray_rx, image_rx) = match &l.xray {
                 Some((x, _)) => {

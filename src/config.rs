@@ -63,6 +63,9 @@ pub struct Config {
     pub evidence: crate::evidence::EvidenceConfig,
     /// Cameras whose snapshots are joined to parcels, by line point.
     pub cameras: Vec<crate::camera::CameraConfig>,
+    /// The duplicate-label rule (`[duplicates]`): when a re-scan of a released waybill is
+    /// the same parcel come round again (see [`crate::line::duplicates`]).
+    pub duplicates: crate::line::duplicates::Settings,
 }
 
 #[derive(Debug, Clone)]
@@ -264,6 +267,31 @@ struct RawConfig {
     evidence: Option<crate::evidence::RawEvidence>,
     #[serde(default)]
     cameras: BTreeMap<String, crate::camera::RawCamera>,
+    #[serde(default)]
+    duplicates: Option<RawDuplicates>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDuplicates {
+    #[serde(default = "default_true")]
+    recirculation: bool,
+    #[serde(default = "default_min_loop_ms")]
+    min_loop_ms: u64,
+    #[serde(default = "default_weight_tolerance_g")]
+    weight_tolerance_g: u32,
+    #[serde(default)]
+    allow_unweighed: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_min_loop_ms() -> u64 {
+    crate::line::duplicates::Settings::default().min_loop_ms
+}
+fn default_weight_tolerance_g() -> u32 {
+    crate::line::duplicates::Settings::default().weight_tolerance_g
 }
 
 #[derive(Deserialize)]
@@ -1139,7 +1167,35 @@ impl Config {
             .unwrap_or_else(|| crate::rules::calendar::DEFAULT_ZONE.to_string());
         let calendar = crate::rules::calendar::Calendar::new(&zone)
             .map_err(|e| err("calendar.time_zone", e.to_string()))?;
+        let duplicates = match raw.duplicates {
+            None => crate::line::duplicates::Settings::default(),
+            Some(d) if d.min_loop_ms == 0 || d.min_loop_ms > 3_600_000 => {
+                return Err(err(
+                    "duplicates.min_loop_ms",
+                    format!(
+                        "must be 1 to 3600000 (got {}): the shortest time a parcel takes to come round the loop",
+                        d.min_loop_ms
+                    ),
+                ))
+            }
+            Some(d) if d.weight_tolerance_g > 10_000 => {
+                return Err(err(
+                    "duplicates.weight_tolerance_g",
+                    format!(
+                        "must be at most 10000 (got {}): a wider tolerance no longer tells two parcels apart",
+                        d.weight_tolerance_g
+                    ),
+                ))
+            }
+            Some(d) => crate::line::duplicates::Settings {
+                recirculation: d.recirculation,
+                min_loop_ms: d.min_loop_ms,
+                weight_tolerance_g: d.weight_tolerance_g,
+                allow_unweighed: d.allow_unweighed,
+            },
+        };
         Ok(Config {
+            duplicates,
             view,
             calendar,
             source: file.to_string(),
@@ -1432,6 +1488,23 @@ lanes = [
             Config::parse("t.toml", &longer).unwrap().report_publish_day,
             Some(20)
         );
+    }
+
+    #[test]
+    fn duplicates_settings_are_validated() {
+        let ok = Config::parse(
+            "t.toml",
+            &format!("{GOOD}\n[duplicates]\nrecirculation = false\n"),
+        )
+        .unwrap();
+        assert!(!ok.duplicates.recirculation);
+        assert_eq!(ok.duplicates.min_loop_ms, 10_000);
+        let e = bad(&format!("{GOOD}\n[duplicates]\nmin_loop_ms = 0\n"));
+        assert_eq!(e.key, "duplicates.min_loop_ms");
+        let e = bad(&format!(
+            "{GOOD}\n[duplicates]\nweight_tolerance_g = 20000\n"
+        ));
+        assert_eq!(e.key, "duplicates.weight_tolerance_g");
     }
 
     #[test]

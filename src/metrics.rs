@@ -71,6 +71,9 @@ pub struct Metrics {
     pub alerts: AtomicU64,
     /// Parcels the PLC reports in the release lane without a release decision. Must stay 0.
     pub released_without_decision: AtomicU64,
+    /// Parcels sent to inspection because their waybill was already released (duplicate
+    /// labels).
+    pub duplicate_labels: AtomicU64,
     /// Decisions flagged by a rule (sent on the anomalies topic).
     pub anomalies: AtomicU64,
     /// Anomalies not sent because the uplink's anomaly queue was full.

@@ -779,6 +779,12 @@ pub enum AlertKind {
     /// hash), the old head if it was readable, and how many records were kept and lost.
     /// `line` is empty: it concerns the gateway.
     JournalSalvaged,
+    /// A second parcel was scanned with a waybill already commanded to (or put in) the
+    /// release lane, and the floor did not show it to be the same parcel come round again
+    /// (see README, "Duplicate labels"). The parcel goes to inspection. `parcel` is the new
+    /// parcel; `detail` gives the evidence of both: parcel ids, lines, scan times, weights,
+    /// lanes, the PLC's disposition of the earlier one and camera snapshot ids.
+    DuplicateLabel,
 }
 
 /// An alert record.

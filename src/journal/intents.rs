@@ -19,6 +19,11 @@
 //!   `divert_interrupted` alert, which settles it. One whose record is there (the gateway
 //!   stopped between the record and the intent's removal) is removed.
 //!
+//! - **Released waybills remembered.** Each release intent is also stored, in the same
+//!   batch and under the same flush, in the `released` tree of the intent store, which
+//!   settling does not touch: at start the gateway reloads from it which waybills it already
+//!   released (see [`crate::line::duplicates`]), until `storage.clearance_days` have passed.
+//!
 //! Layout: key = line id + 0x00 + parcel id (big-endian `u32`), value = revision
 //! (big-endian `u32`) + the parcel record's JSON. Inspection, hold and exception commands
 //! are not written ahead: those lanes are safe, and a record lost with a crash is made
@@ -29,9 +34,13 @@ use std::collections::HashMap;
 use bondline_devices::contract::{
     AlertKind, AlertRecord, DivertStatus, LaneRole, ParcelRecord, SCHEMA,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{decode_batch, Journal, JournalError};
+
+/// The tree of the intent store that keeps every release decision for the duplicate-label
+/// rule (not settled with the intents).
+const RELEASED: &str = "released";
 
 /// The key of a parcel's intent.
 pub fn intent_key(line: &str, parcel: u32) -> Vec<u8> {
@@ -87,6 +96,19 @@ impl Journal {
         for (k, v) in intents {
             batch.insert(&k[..], &v[..]);
         }
+        // The released mark goes with its intent, under the same flush: a few facts, not
+        // the whole record, since marks are kept for the clearance period.
+        let mut released = sled::Batch::default();
+        for (k, v) in intents {
+            let mark = v
+                .get(4..)
+                .and_then(|json| serde_json::from_slice::<ReleasedMark>(json).ok())
+                .filter(|m| m.lane_role == LaneRole::Release);
+            if let Some(mark) = mark {
+                released.insert(&k[..], serde_json::to_vec(&mark).unwrap_or_default());
+            }
+        }
+        self.intents.open_tree(RELEASED)?.apply_batch(released)?;
         self.intents.apply_batch(batch)?;
         self.intents.flush_async().await?;
         Ok(())
@@ -106,6 +128,27 @@ impl Journal {
             }
         }
         Ok(())
+    }
+
+    /// The release decisions stored since `since_ms` (scan time), newest revision of each
+    /// parcel; older ones are removed. Unreadable entries are skipped: they can only make a
+    /// later parcel of their waybill look fresh, and they are logged.
+    pub fn released_since(&self, since_ms: u64) -> Result<Vec<ReleasedMark>, JournalError> {
+        let tree = self.intents.open_tree(RELEASED)?;
+        let mut out = Vec::new();
+        for e in tree.iter() {
+            let (k, v) = e?;
+            match serde_json::from_slice::<ReleasedMark>(&v).ok() {
+                Some(r) if r.scanned_at_ms >= since_ms => out.push(r),
+                Some(_) => {
+                    tree.remove(&k)?;
+                }
+                None => {
+                    tracing::error!(key = %String::from_utf8_lossy(&k), "a stored released mark does not decode; skipped");
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every stored intent's parcel record; an unreadable one is reported as corrupt.
@@ -206,6 +249,27 @@ pub fn interrupted(mut r: ParcelRecord, now_ms: u64) -> (ParcelRecord, AlertReco
         at_ms: now_ms,
     };
     (r, alert)
+}
+
+/// What is kept of a release decision for the duplicate-label rule (read from the release
+/// intent's parcel record, whose other fields are ignored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedMark {
+    pub line: String,
+    pub parcel: u32,
+    pub waybill: Option<String>,
+    pub lane: u16,
+    pub lane_role: LaneRole,
+    pub scanned_at_ms: u64,
+    #[serde(default)]
+    pub inputs: Option<MarkInputs>,
+}
+
+/// The weight the scale measured, from the decision's inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkInputs {
+    #[serde(default)]
+    pub measured_weight_g: Option<u32>,
 }
 
 /// The few fields of a record that [`Journal::recent_parcels`] needs.
@@ -365,6 +429,34 @@ mod tests {
         assert!(journal.intents().unwrap().is_empty());
         drop(sink);
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn released_marks_outlive_their_settled_intents_until_the_clearance_horizon() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            let (sink, task, mut accepted) = writer(&journal, Duration::from_millis(1));
+            assert!(sink.push_intent(release(7, 0)).await.unwrap());
+            let mut done = release(7, 0);
+            done.divert.status = DivertStatus::Acked;
+            sink.push(done);
+            accepted.changed().await.unwrap();
+            assert!(journal.intents().unwrap().is_empty());
+            drop(sink);
+            task.await.unwrap();
+        }
+        let journal = Journal::open(dir.path()).unwrap();
+        let marks = journal.released_since(0).unwrap();
+        assert_eq!(marks.len(), 1);
+        assert_eq!(
+            (marks[0].parcel, marks[0].lane_role),
+            (7, LaneRole::Release)
+        );
+        // Past the horizon: forgotten, and removed.
+        let at = marks[0].scanned_at_ms;
+        assert!(journal.released_since(at + 1).unwrap().is_empty());
+        assert!(journal.released_since(0).unwrap().is_empty());
     }
 
     #[tokio::test]

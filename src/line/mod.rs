@@ -13,6 +13,7 @@
 //! [`tracking`] follows each parcel to its disposition; new clearance information for a
 //! tracked waybill re-decides it before its deadline, or raises an alert after it.
 
+pub mod duplicates;
 mod earlier;
 pub mod tracking;
 pub mod xray;
@@ -80,6 +81,8 @@ pub struct LineCtx {
     /// dispositions of those parcels are recorded with their waybill and lane, and one with
     /// no decision record at all raises `unexplained_disposition`.
     pub recent: HashMap<u32, Recent>,
+    /// Waybills released on any line of the gateway (the duplicate-label rule).
+    pub released: Arc<duplicates::Released>,
 }
 
 /// The line task's channels.
@@ -255,7 +258,15 @@ impl Line {
         } else {
             XrayInput::NotOnLine
         };
-        let (mut decision, lane) = self.decide(&scan.read, scan.weight_g, scan.at, None, xray);
+        let (mut decision, mut lane) = self.decide(&scan.read, scan.weight_g, scan.at, None, xray);
+        let duplicate = self.one_release(
+            parcel,
+            &scan.read,
+            scan.weight_g,
+            scan.at,
+            &mut decision,
+            &mut lane,
+        );
         if let (ScanRead::Waybill(w), Some(inputs)) = (&scan.read, decision.inputs.as_mut()) {
             if inputs.consumer.is_some() {
                 // The parcel joins its consumer's history once, at its first scan; the record
@@ -288,6 +299,9 @@ impl Line {
         });
         self.anomaly(parcel, io);
         self.send(parcel, io);
+        // The scan-point snapshots, named as their records are (camera/line/parcel), join
+        // the duplicate-label evidence of this parcel.
+        let mut snapshots = Vec::new();
         if let Some(cams) = &self.ctx.cameras {
             if let Some(t) = self.tracker.get(parcel) {
                 let captures = crate::camera::schedule::captures(
@@ -298,9 +312,111 @@ impl Line {
                     t.scanned,
                     t.scanned_at,
                 );
+                snapshots = captures
+                    .iter()
+                    .map(|c| format!("{}/{}/{parcel}", c.camera, self.ctx.line))
+                    .collect();
+                if let Some(w) = t.waybill() {
+                    for id in &snapshots {
+                        self.ctx
+                            .released
+                            .snapshot(w, &self.ctx.line, parcel, id.clone());
+                    }
+                }
                 cams.request(captures, &io.sink, &self.ctx.metrics);
             }
         }
+        if let Some(detail) = duplicate {
+            let detail = format!("{detail}, camera snapshots [{}]", snapshots.join(", "));
+            self.duplicate_alert(parcel, detail, &io.sink);
+        }
+    }
+
+    /// The duplicate-label rule (see [`duplicates`]): a release of a waybill already released
+    /// on this gateway is admitted only as the same parcel come round again. Otherwise the
+    /// decision becomes inspection (or stricter, if that lane is unavailable) under the rule
+    /// `duplicate_label`, and the evidence of both parcels is returned for the alert. A
+    /// parcel once released and then decided to another lane keeps its mark: the command to
+    /// release may still have reached the PLC. Its disposition in another lane lets the same
+    /// parcel be released on a later scan.
+    fn one_release(
+        &self,
+        parcel: u32,
+        read: &ScanRead,
+        weight_g: Option<u32>,
+        scanned_at: SystemTime,
+        decision: &mut Decision,
+        lane: &mut u16,
+    ) -> Option<String> {
+        let ScanRead::Waybill(waybill) = read else {
+            return None;
+        };
+        if decision.role != LaneRole::Release {
+            return None;
+        }
+        let scan = duplicates::NewScan {
+            line: self.ctx.line.clone(),
+            parcel,
+            scanned_at_ms: unix_ms(scanned_at),
+            weight_g,
+        };
+        let earlier = match self.ctx.released.admit(waybill, 1, &scan, *lane) {
+            duplicates::Admission::Admitted => return None,
+            duplicates::Admission::Recirculated(old) => {
+                tracing::info!(line = %self.ctx.line, parcel, waybill = %waybill, earlier = %duplicates::describe(&old), "re-scan of a released waybill taken as the same parcel come round again");
+                return None;
+            }
+            duplicates::Admission::Duplicate(earlier) => earlier,
+        };
+        let mut evidence: Vec<String> = earlier.iter().map(duplicates::describe).collect();
+        evidence.push(format!(
+            "this parcel {parcel} on line {} scanned at {} ms, weight {}",
+            self.ctx.line,
+            scan.scanned_at_ms,
+            weight_g.map_or("not weighed".to_string(), |w| format!("{w} g")),
+        ));
+        let reason = format!(
+            "waybill {waybill} was already released: {}",
+            evidence.join("; ")
+        );
+        let mut role = LaneRole::Inspection;
+        while !self.ctx.lane_states.available(self.ctx.lanes.lane(role)) {
+            let Some(stricter) = stricter(role) else {
+                break;
+            };
+            role = stricter;
+        }
+        decision.fired.insert(
+            0,
+            crate::rules::engine::Fired {
+                rule: duplicates::DUPLICATE_LABEL.into(),
+                target: LaneRole::Inspection,
+                reason: reason.clone(),
+                rule_kind_instruction: false,
+            },
+        );
+        decision.role = role;
+        decision.rule = duplicates::DUPLICATE_LABEL.into();
+        decision.reason = reason.clone();
+        decision.instruction_id = None;
+        *lane = self.ctx.lanes.lane(role);
+        Some(reason)
+    }
+
+    /// Raises the `duplicate_label` alert of a parcel [`Line::one_release`] refused.
+    fn duplicate_alert(&self, parcel: u32, detail: String, sink: &RecordSink) {
+        Metrics::add(&self.ctx.metrics.duplicate_labels, 1);
+        let waybill = self
+            .tracker
+            .get(parcel)
+            .and_then(|t| t.waybill().map(str::to_string));
+        self.alert(
+            Some(parcel),
+            waybill,
+            AlertKind::DuplicateLabel,
+            detail,
+            sink,
+        );
     }
 
     /// Asks the lane cameras for parcels whose divert deadline has passed: the lane is final
@@ -588,6 +704,11 @@ impl Line {
             return self.on_earlier_disposition(d, kind, role, sink);
         };
         let waybill = t.waybill().map(str::to_string);
+        if let Some(w) = &waybill {
+            self.ctx
+                .released
+                .disposed(w, &self.ctx.line, d.parcel, d.lane, role);
+        }
         sink.push(self.disposition_record(&d, kind, role, waybill.clone(), t.committed_lane));
         if role == Some(LaneRole::Release) && t.decision.role != LaneRole::Release {
             let detail = format!(
@@ -669,6 +790,11 @@ impl Line {
         let known = self.earlier.get(d.parcel).filter(|k| k.decided).cloned();
         let waybill = known.as_ref().and_then(|k| k.waybill.clone());
         let commanded = known.as_ref().filter(|k| k.acked).and_then(|k| k.lane);
+        if let Some(w) = &waybill {
+            self.ctx
+                .released
+                .disposed(w, &self.ctx.line, d.parcel, d.lane, role);
+        }
         sink.push(self.disposition_record(&d, kind, role, waybill.clone(), commanded));
         let released = role == Some(LaneRole::Release);
         let role_text = role.map_or("no configured role", LaneRole::as_str);
@@ -725,13 +851,26 @@ impl Line {
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
-        let (mut decision, lane) = self.decide(
+        let (mut decision, mut lane) = self.decide(
             &t.read,
             t.weight_g,
             t.scanned_at,
             t.decision.inputs.as_ref(),
             t.xray,
         );
+        let read = t.read.clone();
+        let (weight_g, scanned_at) = (t.weight_g, t.scanned_at);
+        let duplicate = self.one_release(
+            parcel,
+            &read,
+            weight_g,
+            scanned_at,
+            &mut decision,
+            &mut lane,
+        );
+        let Some(t) = self.tracker.get(parcel) else {
+            return;
+        };
         if let (Some(new), Some(old)) = (decision.inputs.as_mut(), t.decision.inputs.as_ref()) {
             new.counted = old.counted;
         }
@@ -749,6 +888,9 @@ impl Line {
             t.revision += 1;
         }
         self.anomaly(parcel, io);
+        if let Some(detail) = duplicate {
+            self.duplicate_alert(parcel, detail, &io.sink);
+        }
         self.send(parcel, io);
     }
 

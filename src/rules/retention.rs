@@ -20,6 +20,7 @@ const STEP: usize = 1_000;
 pub async fn run(
     journal: Journal,
     table: Arc<RwLock<ClearanceTable>>,
+    released: Arc<crate::line::duplicates::Released>,
     keep: Duration,
     stop: CancellationToken,
 ) {
@@ -75,10 +76,30 @@ pub async fn run(
                 }
             };
             total += forgotten.waybills.len();
+            // Released marks of a forgotten waybill older than the clearance period go too.
+            let cutoff_ms =
+                crate::metrics::unix_ms(SystemTime::now()).saturating_sub(keep.as_millis() as u64);
+            for w in &forgotten.waybills {
+                released.forget_before(w, cutoff_ms);
+            }
             if !forgotten.more || stop.is_cancelled() {
                 break;
             }
             tokio::task::yield_now().await;
+        }
+        // The stored released marks older than the clearance period (see journal::intents).
+        let (j, cutoff_ms) = (
+            journal.clone(),
+            crate::metrics::unix_ms(SystemTime::now()).saturating_sub(keep.as_millis() as u64),
+        );
+        match tokio::task::spawn_blocking(move || j.released_since(cutoff_ms).map(|m| m.len()))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "old released marks not removed; retrying later")
+            }
+            Err(e) => tracing::warn!(error = %e, "clearance retention task failed"),
         }
         if total > 0 {
             tracing::info!(

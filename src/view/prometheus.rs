@@ -18,7 +18,7 @@ pub fn render(
 ) -> String {
     let mut out = String::with_capacity(8192);
     let g = Metrics::get;
-    let counters: [(&str, &str, u64); 23] = [
+    let counters: [(&str, &str, u64); 24] = [
         ("bondline_scans_total", "Scanner frames that yielded a parcel (reads and no-reads).", g(&metrics.parcels)),
         ("bondline_no_reads_total", "Parcels whose code the scanner could not read.", g(&metrics.no_reads)),
         ("bondline_frames_rejected_total", "Scanner frames rejected by the decoder.", g(&metrics.frames_rejected)),
@@ -31,6 +31,7 @@ pub fn render(
         ("bondline_dispositions_total", "Dispositions the PLC reported.", g(&metrics.dispositions)),
         ("bondline_alerts_total", "Alert records raised.", g(&metrics.alerts)),
         ("bondline_released_without_decision_total", "Parcels in the release lane without a release decision. Must stay 0.", g(&metrics.released_without_decision)),
+        ("bondline_duplicate_labels_total", "Parcels sent to inspection because their waybill was already released (duplicate_label).", g(&metrics.duplicate_labels)),
         ("bondline_records_accepted_total", "Records flushed to the journal.", g(&metrics.records_accepted)),
         ("bondline_records_forwarded_total", "Records the broker acknowledged.", g(&metrics.records_forwarded)),
         ("bondline_records_parked_total", "Records taken out of the outbox because the broker refuses them.", g(&metrics.records_parked)),

@@ -7,6 +7,7 @@ mod capacity;
 mod cli;
 mod delivery;
 mod demo_rules;
+mod duplicates;
 mod faults;
 mod framing;
 mod handshake;
