@@ -82,6 +82,8 @@ pub enum StartError {
     Journal(#[from] JournalError),
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    #[error("storage.integrity_key_file: {0}")]
+    IntegrityKey(#[from] crate::journal::integrity::KeyError),
 }
 
 impl StartError {
@@ -89,7 +91,7 @@ impl StartError {
     pub fn journal(&self) -> Option<&JournalError> {
         match self {
             StartError::Journal(e) => Some(e),
-            StartError::Thread(..) => None,
+            StartError::Thread(..) | StartError::IntegrityKey(_) => None,
         }
     }
 }
@@ -127,6 +129,13 @@ impl App {
             Dedicated::start("bondline-journal").map_err(|e| StartError::Thread("journal", e))?;
         let journal = Journal::open(&config.storage.path)?;
         journal.check_head_mark()?;
+        let (key, created) = crate::journal::integrity::IntegrityKey::load_or_create(
+            &config.storage.integrity_key_file,
+        )?;
+        if created {
+            info!(file = %config.storage.integrity_key_file.display(), "integrity key created");
+        }
+        journal.set_integrity_key(key);
         let table = Arc::new(RwLock::new(journal.load_clearance()?));
         let metrics = Arc::new(Metrics::default());
         metrics
@@ -285,6 +294,9 @@ impl App {
             let set = policy.current();
             info!(rule_set = %set.version, rules = set.rules.len(), "customs rule set");
         }
+        // Platform state refused by its integrity check (clearance table and rule set, both
+        // loaded by now): an alert in the chain and an alarm for each.
+        raise_refused(&journal, &config.gateway_id, &alarms, &sink);
         journal_tasks.spawn(policy.clone().watch(uplink_stop.clone()));
         journal_tasks.spawn(crate::rules::retention::run(
             journal.clone(),
@@ -524,6 +536,47 @@ impl App {
             "bondline stopped; unforwarded records stay in the journal"
         );
         Ok(())
+    }
+}
+
+/// At most this many refused entries are alerted one by one; the rest in one summary.
+const REFUSED_ALERTS: usize = 100;
+
+/// Raises a `stored_state_refused` alert record and alarm for every stored platform entry
+/// that the load refused.
+fn raise_refused(
+    journal: &Journal,
+    gateway: &str,
+    alarms: &Alarms,
+    sink: &crate::journal::RecordSink,
+) {
+    use bondline_devices::contract::{AlertKind, AlertRecord, SCHEMA};
+    let refused = journal.refused_entries();
+    let alert = |waybill: Option<String>, detail: String| AlertRecord {
+        schema: SCHEMA,
+        msg_id: String::new(),
+        seq: 0,
+        prev_hash: String::new(),
+        gateway: gateway.to_string(),
+        line: String::new(),
+        parcel: None,
+        waybill,
+        alert: AlertKind::StoredStateRefused,
+        detail,
+        at_ms: crate::metrics::unix_ms(std::time::SystemTime::now()),
+    };
+    for r in refused.iter().take(REFUSED_ALERTS) {
+        alarms.raise(format!("stored_state_refused: {r}"));
+        let waybill = (r.tree == "declarations" || r.tree == "instructions").then(|| r.key.clone());
+        sink.push(alert(waybill, r.to_string()));
+    }
+    if refused.len() > REFUSED_ALERTS {
+        let detail = format!(
+            "{} more stored platform entries refused by their integrity check (see the log)",
+            refused.len() - REFUSED_ALERTS
+        );
+        alarms.raise(format!("stored_state_refused: {detail}"));
+        sink.push(alert(None, detail));
     }
 }
 

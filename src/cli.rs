@@ -171,6 +171,16 @@ fn check_before_run(config: &Config) -> Result<(), crate::config::ConfigError> {
             reason: f.reason,
         });
     }
+    // The integrity key: created at first start, refused if others can read it.
+    if let Err(e) =
+        crate::journal::integrity::IntegrityKey::load_or_create(&config.storage.integrity_key_file)
+    {
+        return Err(crate::config::ConfigError {
+            file: config.source.clone(),
+            key: "storage.integrity_key_file".into(),
+            reason: e.to_string(),
+        });
+    }
     for f in checks::certificates(config, std::time::SystemTime::now()) {
         tracing::warn!(key = %f.key, "{}", f.reason);
     }

@@ -745,6 +745,15 @@ pub enum AlertKind {
     /// hash), the old head if it was readable, and how many records were kept and lost.
     /// `line` is empty: it concerns the gateway.
     JournalSalvaged,
+    /// At start, stored platform state (a declaration, instruction, enterprise notice or the
+    /// platform rule set) failed its integrity check and was left out, fail closed (a refused
+    /// instruction counts as a hold, a refused notice as a suspension). `waybill` names the
+    /// waybill when there is one; `detail` names what was refused and why. `line` is empty.
+    StoredStateRefused,
+    /// The journal's record chain failed its check at start (head or anchor tag, or a break
+    /// found by the walk of the whole chain): records may have been edited on disk. `detail`
+    /// names the problems. `line` is empty.
+    JournalChainBroken,
 }
 
 /// An alert record.

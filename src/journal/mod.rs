@@ -45,6 +45,7 @@
 
 pub mod capacity;
 mod housekeeping;
+pub mod integrity;
 pub mod intents;
 mod lookup;
 mod maintenance;
@@ -163,6 +164,11 @@ pub struct Journal {
     platform_lock: Arc<tokio::sync::Mutex<()>>,
     /// The store's directory.
     path: Arc<std::path::PathBuf>,
+    /// The key that tags stored platform state (see [`integrity`]); unset, entries are
+    /// stored untagged and read unchecked (tools and tests that hold no key).
+    integrity_key: Arc<std::sync::OnceLock<integrity::IntegrityKey>>,
+    /// Stored platform entries refused since the store was opened (see [`Journal::refused_entries`]).
+    refused: Arc<Mutex<Vec<platform::RefusedEntry>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -360,6 +366,8 @@ impl Journal {
             state: Arc::new(Mutex::new(state)),
             platform_lock: Arc::new(tokio::sync::Mutex::new(())),
             path: Arc::new(path.to_path_buf()),
+            integrity_key: Arc::new(std::sync::OnceLock::new()),
+            refused: Arc::new(Mutex::new(Vec::new())),
         };
         // Out-of-order acks at or below the watermark are leftovers of an interrupted advance.
         let w = state.forwarded;

@@ -423,9 +423,15 @@ fn copy_platform_state(
     type Check = fn(&[u8]) -> bool;
     let parses_as = |t: &str| -> Check {
         match t {
-            "declarations" => |v| serde_json::from_slice::<Declaration>(v).is_ok(),
-            "instructions" => |v| serde_json::from_slice::<Instruction>(v).is_ok(),
-            "enterprises" => |v| serde_json::from_slice::<EnterpriseNotice>(v).is_ok(),
+            "declarations" => {
+                |v| serde_json::from_slice::<Declaration>(super::integrity::payload(v)).is_ok()
+            }
+            "instructions" => {
+                |v| serde_json::from_slice::<Instruction>(super::integrity::payload(v)).is_ok()
+            }
+            "enterprises" => {
+                |v| serde_json::from_slice::<EnterpriseNotice>(super::integrity::payload(v)).is_ok()
+            }
             _ => |_| true,
         }
     };

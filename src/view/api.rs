@@ -306,6 +306,7 @@ pub async fn readyz(State(s): State<Shared>) -> Response {
     if let Err(e) = s.ctx.journal.chain_head() {
         problems.push(format!("journal unreadable: {e}"));
     }
+    problems.extend(s.ctx.journal.integrity_problems());
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
