@@ -135,8 +135,11 @@ impl App {
         if created {
             info!(file = %config.storage.integrity_key_file.display(), "integrity key created");
         }
-        journal.set_integrity_key(key);
+        journal.set_integrity_key(key, created);
         let table = Arc::new(RwLock::new(journal.load_clearance()?));
+        // The chain's head and anchor tags now, before the writer moves the head; the whole
+        // chain is walked in the background below.
+        let chain_tags = journal.check_chain_tags(true)?;
         let metrics = Arc::new(Metrics::default());
         metrics
             .backlog
@@ -158,6 +161,13 @@ impl App {
         // A salvaged store says so once, as an alarm (its chain holds the salvage record).
         if let Some(notice) = journal.take_salvage_notice()? {
             alarms.raise(notice);
+        }
+        if journal.adopted_untagged() > 0 {
+            alarms.raise(format!(
+                "integrity: {} stored entries without integrity tags adopted as they lay on disk (integrity key {} created at this start, or a salvaged store)",
+                journal.adopted_untagged(),
+                config.storage.integrity_key_file.display()
+            ));
         }
         let mut tasks = JoinSet::new();
         let mut journal_tasks = JoinSet::new();
@@ -294,6 +304,7 @@ impl App {
             let set = policy.current();
             info!(rule_set = %set.version, rules = set.rules.len(), "customs rule set");
         }
+        check_chain(&journal, &config.gateway_id, &alarms, &sink, chain_tags);
         // Platform state refused by its integrity check (clearance table and rule set, both
         // loaded by now): an alert in the chain and an alarm for each.
         raise_refused(&journal, &config.gateway_id, &alarms, &sink);
@@ -537,6 +548,75 @@ impl App {
         );
         Ok(())
     }
+}
+
+/// Raises `journal_chain_broken` for the head and anchor tag problems found at start, then
+/// walks the whole chain on a blocking thread (off the decision path: lines run meanwhile)
+/// and raises it for what the walk finds.
+fn check_chain(
+    journal: &Journal,
+    gateway: &str,
+    alarms: &Alarms,
+    sink: &crate::journal::RecordSink,
+    tags: Vec<crate::journal::ChainProblem>,
+) {
+    let raise = {
+        let (journal, gateway, alarms, sink) = (
+            journal.clone(),
+            gateway.to_string(),
+            alarms.clone(),
+            sink.clone(),
+        );
+        move |problems: &[crate::journal::ChainProblem]| {
+            use bondline_devices::contract::{AlertKind, AlertRecord, SCHEMA};
+            let text = problems
+                .iter()
+                .take(20)
+                .map(|p| serde_json::to_string(p).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let detail = format!(
+                "journal chain broken: {} problem(s): {text}; see `bondline journal verify`",
+                problems.len()
+            );
+            journal.note_chain_problem(detail.clone());
+            alarms.raise(format!("journal_chain_broken: {detail}"));
+            sink.push(AlertRecord {
+                schema: SCHEMA,
+                msg_id: String::new(),
+                seq: 0,
+                prev_hash: String::new(),
+                gateway: gateway.clone(),
+                line: String::new(),
+                parcel: None,
+                waybill: None,
+                alert: AlertKind::JournalChainBroken,
+                detail,
+                at_ms: crate::metrics::unix_ms(std::time::SystemTime::now()),
+            });
+        }
+    };
+    if !tags.is_empty() {
+        raise(&tags);
+    }
+    let journal = journal.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let walked = tokio::task::spawn_blocking(move || journal.verify_running()).await;
+        match walked {
+            Ok(Ok(report)) if report.ok() => {
+                info!(records = report.checked, took = ?started.elapsed(), "journal chain checked: whole");
+            }
+            Ok(Ok(report)) if tags.is_empty() => raise(&report.problems),
+            Ok(Ok(report)) => {
+                let mut all = tags;
+                all.extend(report.problems);
+                raise(&all);
+            }
+            Ok(Err(e)) => warn!(error = %e, "journal chain check at start failed"),
+            Err(e) => warn!(error = %e, "journal chain check at start stopped"),
+        }
+    });
 }
 
 /// At most this many refused entries are alerted one by one; the rest in one summary.

@@ -27,9 +27,9 @@ const META_RULES_SOURCE: &[u8] = b"rules_source";
 const META_PLATFORM_RULES: &[u8] = b"platform_rules";
 const META_REPORT_SENT: &[u8] = b"report_sent";
 const META_AGES_BACKFILLED: &[u8] = b"ages_backfilled";
-/// Set once the store's untagged platform state was adopted under the integrity key: from
-/// then on an untagged entry is refused.
-const META_INTEGRITY_ADOPTED: &[u8] = b"integrity_adopted";
+/// Set by `journal salvage` in the fresh store: its untagged state (the rule set, the chain's
+/// head and anchor) is adopted at the next start, as with a key created at that start.
+pub(super) const META_INTEGRITY_ADOPT: &[u8] = b"integrity_adopt";
 
 /// Names of the tagged trees, part of every tag (an entry moved between trees fails).
 const TREE_DECLARATIONS: &str = "declarations";
@@ -375,7 +375,7 @@ impl Journal {
             let (id, _) = entry?;
             table.mark_notice_seen(&String::from_utf8_lossy(&id));
         }
-        let adopted = self.meta.contains_key(META_INTEGRITY_ADOPTED)?;
+        let adopted = !self.adopting()?;
         let mut unreadable = 0usize;
         let mut adopting = 0usize;
         let mut refused = Vec::new();
@@ -453,12 +453,12 @@ impl Journal {
                         adopting += 1;
                     }
                 }
-                self.meta.insert(META_INTEGRITY_ADOPTED, &[])?;
                 if adopting > 0 {
                     tracing::warn!(
                         entries = adopting,
-                        "stored platform state without integrity tags adopted as it lies on disk (first start with an integrity key): it is tagged from now on, and an untagged entry found later is refused"
+                        "stored platform state without integrity tags adopted as it lies on disk (integrity key created at this start): it is tagged from now on, and an untagged entry found later is refused"
                     );
+                    *self.adopted.lock().unwrap_or_else(|e| e.into_inner()) += adopting;
                 }
             }
         }
@@ -469,10 +469,33 @@ impl Journal {
         Ok(table)
     }
 
-    /// Sets the key that tags stored platform state; before the first [`Journal::load_clearance`].
-    /// Returns false if a key was set already (the first stays).
-    pub fn set_integrity_key(&self, key: IntegrityKey) -> bool {
-        self.integrity_key.set(key).is_ok()
+    /// Sets the key that tags stored platform state and the chain's head; before the first
+    /// [`Journal::load_clearance`]. `created`: the key was created at this start, so state
+    /// stored without tags (an older build's) is adopted as it lies; with a key that existed
+    /// before, an untagged entry is refused. Returns false if a key was set already (the
+    /// first stays).
+    pub fn set_integrity_key(&self, key: IntegrityKey, created: bool) -> bool {
+        let set = self.integrity_key.set(key).is_ok();
+        if set && created {
+            self.adopt_untagged
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        set
+    }
+
+    /// Whether untagged state is adopted at this start: the key was created now, or the store
+    /// is fresh from `journal salvage`.
+    pub(super) fn adopting(&self) -> Result<bool, JournalError> {
+        Ok(self
+            .adopt_untagged
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || self.meta.contains_key(META_INTEGRITY_ADOPT)?)
+    }
+
+    /// How many untagged entries were adopted at this start (platform state, chain head and
+    /// anchor), for an alarm: adoption trusts the store as it lies.
+    pub fn adopted_untagged(&self) -> usize {
+        *self.adopted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stored platform entries refused since the store was opened.
@@ -494,6 +517,9 @@ impl Journal {
                 refused.len(),
                 if refused.len() == 1 { "y" } else { "ies" }
             ));
+        }
+        if let Some(chain) = self.chain_problem() {
+            out.push(format!("journal integrity: {chain}"));
         }
         out
     }
@@ -581,7 +607,7 @@ impl Journal {
         let Some(stored) = self.meta.get(META_PLATFORM_RULES)? else {
             return Ok(StoredRules::Local);
         };
-        let adopted = self.meta.contains_key(META_INTEGRITY_ADOPTED)?;
+        let adopted = !self.adopting()?;
         let v = match self.verdict(TREE_META, META_PLATFORM_RULES, &stored, adopted)? {
             Verdict::Use(v) => v,
             Verdict::Refuse(why) => {
@@ -773,7 +799,13 @@ mod integrity_tests {
 
     fn keyed(dir: &std::path::Path) -> Journal {
         let j = Journal::open(dir).unwrap();
-        assert!(j.set_integrity_key(IntegrityKey::from_bytes([9; 32])));
+        assert!(j.set_integrity_key(IntegrityKey::from_bytes([9; 32]), false));
+        j
+    }
+
+    fn keyed_new(dir: &std::path::Path) -> Journal {
+        let j = Journal::open(dir).unwrap();
+        assert!(j.set_integrity_key(IntegrityKey::from_bytes([9; 32]), true));
         j
     }
 
@@ -781,7 +813,7 @@ mod integrity_tests {
     fn a_stored_hold_edited_into_a_release_is_refused_and_held() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let j = keyed(dir.path());
+            let j = keyed_new(dir.path());
             j.load_clearance().unwrap();
             j.store_declaration(&declaration("WB1", "c1", 5)).unwrap();
             j.store_instruction(&instruction("WB1", "I-1", Action::Hold))
@@ -846,9 +878,10 @@ mod integrity_tests {
             })
             .unwrap();
         }
-        let j = keyed(dir.path());
+        let j = keyed_new(dir.path());
         let table = j.load_clearance().unwrap();
         assert!(table.known("OLD").declaration.is_some());
+        assert_eq!(j.adopted_untagged(), 3);
         assert_eq!(
             table.known("OLD").instruction.unwrap().action,
             Action::Release
@@ -875,7 +908,7 @@ mod integrity_tests {
         // Opened with another key, everything is refused.
         drop(j);
         let j = Journal::open(dir.path()).unwrap();
-        j.set_integrity_key(IntegrityKey::from_bytes([1; 32]));
+        j.set_integrity_key(IntegrityKey::from_bytes([1; 32]), false);
         let table = j.load_clearance().unwrap();
         assert!(table.known("OLD").declaration.is_none());
         assert_eq!(table.known("OLD").instruction.unwrap().action, Action::Hold);

@@ -171,6 +171,7 @@ async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
         oldest_unforwarded: oldest,
         parked,
         journal_level: health::journal_level(&s.ctx.metrics),
+        integrity: s.ctx.journal.integrity_problems(),
         uplink_ready: s
             .ctx
             .metrics

@@ -182,6 +182,9 @@ async function loadHealth() {
     const h = await fetchJson("/api/health");
     document.getElementById("rule-set").textContent = h.rule_set;
     document.getElementById("unsigned").hidden = h.platform_signatures === "required";
+    const integrity = document.getElementById("integrity");
+    integrity.hidden = !(h.integrity && h.integrity.length);
+    integrity.textContent = integrity.hidden ? "" : "INTEGRITY: " + h.integrity.join("; ");
     const items = h.links.map((l) => el("div", { class: "link " + (l.state === "up" ? "up" : "down") },
       el("div", {}, l.kind.toUpperCase() + " " + l.name.replace(/^[a-z]+:/, "") + ": ",
         el("span", { class: "state" }, l.state.toUpperCase())),
