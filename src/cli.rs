@@ -182,9 +182,13 @@ fn check_before_run(config: &Config) -> Result<(), crate::config::ConfigError> {
             reason: f.reason,
         });
     }
-    // The integrity key: created at first start, refused if others can read it.
-    if let Err(e) =
-        crate::journal::integrity::IntegrityKey::load_or_create(&config.storage.integrity_key_file)
+    // The integrity key, if there is one yet (the daemon creates it at its first start, and
+    // adopts the store's untagged state then): refused if others can read it.
+    let key_file = &config.storage.integrity_key_file;
+    if let Err(e) = key_file
+        .exists()
+        .then(|| crate::journal::integrity::IntegrityKey::load(key_file))
+        .transpose()
     {
         return Err(crate::config::ConfigError {
             file: config.source.clone(),
@@ -317,6 +321,15 @@ every record and platform state it can still read and starts a fresh store; see 
                         config_file.display()
                     );
                     ExitCode::from(EXIT_JOURNAL_DAMAGED)
+                }
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<crate::app::StartError>(),
+                        Some(crate::app::StartError::IntegrityKey(_))
+                    ) =>
+                {
+                    eprintln!("{}: {e}", config_file.display());
+                    ExitCode::from(EXIT_CONFIG)
                 }
                 other => exit_code(other),
             }

@@ -363,3 +363,52 @@ async fn a_consistent_rewrite_of_the_chain_fails_verify_and_alarms_while_the_lin
     assert_eq!(code, Some(0));
     assert!(out.contains("acknowledged"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untagged_store_is_adopted_at_the_start_that_creates_the_key_and_an_open_key_is_refused()
+{
+    let line = line().await;
+    // State stored by a build without integrity tags: a declared, released waybill.
+    {
+        let j = Journal::open(&line.store).unwrap();
+        j.store_declaration(&declaration("ADOPT01")).unwrap();
+        j.store_instruction(&instruction("ADOPT01", "I-A", Action::Release))
+            .unwrap();
+        j.flush().await.unwrap();
+    }
+    let key_file = default_key_file(&line.store);
+    assert!(!key_file.exists());
+    let daemon = Daemon::start(&line.config, &line.log);
+    let ready = wait_until(Duration::from_secs(30), || {
+        matches!(get(line.view, "/readyz"), Some((200, _)))
+    })
+    .await;
+    assert!(
+        ready,
+        "{:?}\n{}",
+        get(line.view, "/readyz"),
+        line.read_log()
+    );
+    assert_eq!(line.scan(&["ADOPT01"]).await, vec![LaneRole::Release]);
+    let alarmed = wait_until(Duration::from_secs(20), || {
+        line.platform
+            .events()
+            .iter()
+            .any(|e| e.kind == EventKind::Alarm && e.detail.contains("adopted"))
+    })
+    .await;
+    assert!(alarmed, "{:?}", line.platform.events());
+    assert_eq!(daemon.terminate(), Some(0), "{}", line.read_log());
+    let (code, out, err) = bondline(&["journal", "verify"], &line.config);
+    assert_eq!(code, Some(0), "tagged now: {out}{err}");
+
+    // A key others can read: exit 64 naming the key and the file.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (code, _, err) = bondline(&["run"], &line.config);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("storage.integrity_key_file"), "{err}");
+    assert!(err.contains(&key_file.display().to_string()), "{err}");
+}
