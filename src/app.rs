@@ -82,6 +82,8 @@ pub enum StartError {
     Journal(#[from] JournalError),
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    #[error("storage.integrity_key_file: {0}")]
+    IntegrityKey(#[from] crate::journal::integrity::KeyError),
 }
 
 impl StartError {
@@ -89,7 +91,7 @@ impl StartError {
     pub fn journal(&self) -> Option<&JournalError> {
         match self {
             StartError::Journal(e) => Some(e),
-            StartError::Thread(..) => None,
+            StartError::Thread(..) | StartError::IntegrityKey(_) => None,
         }
     }
 }
@@ -127,7 +129,17 @@ impl App {
             Dedicated::start("bondline-journal").map_err(|e| StartError::Thread("journal", e))?;
         let journal = Journal::open(&config.storage.path)?;
         journal.check_head_mark()?;
+        let (key, created) = crate::journal::integrity::IntegrityKey::load_or_create(
+            &config.storage.integrity_key_file,
+        )?;
+        if created {
+            info!(file = %config.storage.integrity_key_file.display(), "integrity key created");
+        }
+        journal.set_integrity_key(key, created);
         let table = Arc::new(RwLock::new(journal.load_clearance()?));
+        // The chain's head and anchor tags now, before the writer moves the head; the whole
+        // chain is walked in the background below.
+        let chain_tags = journal.check_chain_tags(true)?;
         let metrics = Arc::new(Metrics::default());
         metrics
             .backlog
@@ -149,6 +161,13 @@ impl App {
         // A salvaged store says so once, as an alarm (its chain holds the salvage record).
         if let Some(notice) = journal.take_salvage_notice()? {
             alarms.raise(notice);
+        }
+        if journal.adopted_untagged() > 0 {
+            alarms.raise(format!(
+                "integrity: {} stored entries without integrity tags adopted as they lay on disk (integrity key {} created at this start, or a salvaged store)",
+                journal.adopted_untagged(),
+                config.storage.integrity_key_file.display()
+            ));
         }
         let mut tasks = JoinSet::new();
         let mut journal_tasks = JoinSet::new();
@@ -313,6 +332,10 @@ impl App {
             let set = policy.current();
             info!(rule_set = %set.version, rules = set.rules.len(), "customs rule set");
         }
+        check_chain(&journal, &config.gateway_id, &alarms, &sink, chain_tags);
+        // Platform state refused by its integrity check (clearance table and rule set, both
+        // loaded by now): an alert in the chain and an alarm for each.
+        raise_refused(&journal, &config.gateway_id, &alarms, &sink);
         journal_tasks.spawn(policy.clone().watch(uplink_stop.clone()));
         journal_tasks.spawn(crate::rules::retention::run(
             journal.clone(),
@@ -556,6 +579,116 @@ impl App {
             "bondline stopped; unforwarded records stay in the journal"
         );
         Ok(())
+    }
+}
+
+/// Raises `journal_chain_broken` for the head and anchor tag problems found at start, then
+/// walks the whole chain on a blocking thread (off the decision path: lines run meanwhile)
+/// and raises it for what the walk finds.
+fn check_chain(
+    journal: &Journal,
+    gateway: &str,
+    alarms: &Alarms,
+    sink: &crate::journal::RecordSink,
+    tags: Vec<crate::journal::ChainProblem>,
+) {
+    let raise = {
+        let (journal, gateway, alarms, sink) = (
+            journal.clone(),
+            gateway.to_string(),
+            alarms.clone(),
+            sink.clone(),
+        );
+        move |problems: &[crate::journal::ChainProblem]| {
+            use bondline_devices::contract::{AlertKind, AlertRecord, SCHEMA};
+            let text = problems
+                .iter()
+                .take(20)
+                .map(|p| serde_json::to_string(p).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let detail = format!(
+                "journal chain broken: {} problem(s): {text}; see `bondline journal verify`",
+                problems.len()
+            );
+            journal.note_chain_problem(detail.clone());
+            alarms.raise(format!("journal_chain_broken: {detail}"));
+            sink.push(AlertRecord {
+                schema: SCHEMA,
+                msg_id: String::new(),
+                seq: 0,
+                prev_hash: String::new(),
+                gateway: gateway.clone(),
+                line: String::new(),
+                parcel: None,
+                waybill: None,
+                alert: AlertKind::JournalChainBroken,
+                detail,
+                at_ms: crate::metrics::unix_ms(std::time::SystemTime::now()),
+            });
+        }
+    };
+    if !tags.is_empty() {
+        raise(&tags);
+    }
+    let journal = journal.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let walked = tokio::task::spawn_blocking(move || journal.verify_running()).await;
+        match walked {
+            Ok(Ok(report)) if report.ok() => {
+                info!(records = report.checked, took = ?started.elapsed(), "journal chain checked: whole");
+            }
+            Ok(Ok(report)) if tags.is_empty() => raise(&report.problems),
+            Ok(Ok(report)) => {
+                let mut all = tags;
+                all.extend(report.problems);
+                raise(&all);
+            }
+            Ok(Err(e)) => warn!(error = %e, "journal chain check at start failed"),
+            Err(e) => warn!(error = %e, "journal chain check at start stopped"),
+        }
+    });
+}
+
+/// At most this many refused entries are alerted one by one; the rest in one summary.
+const REFUSED_ALERTS: usize = 100;
+
+/// Raises a `stored_state_refused` alert record and alarm for every stored platform entry
+/// that the load refused.
+fn raise_refused(
+    journal: &Journal,
+    gateway: &str,
+    alarms: &Alarms,
+    sink: &crate::journal::RecordSink,
+) {
+    use bondline_devices::contract::{AlertKind, AlertRecord, SCHEMA};
+    let refused = journal.refused_entries();
+    let alert = |waybill: Option<String>, detail: String| AlertRecord {
+        schema: SCHEMA,
+        msg_id: String::new(),
+        seq: 0,
+        prev_hash: String::new(),
+        gateway: gateway.to_string(),
+        line: String::new(),
+        parcel: None,
+        waybill,
+        alert: AlertKind::StoredStateRefused,
+        detail,
+        at_ms: crate::metrics::unix_ms(std::time::SystemTime::now()),
+    };
+    for r in refused.iter().take(REFUSED_ALERTS) {
+        alarms.raise(format!("stored_state_refused: {r}"));
+        let waybill = (r.tree == "declarations" || r.tree == "instructions").then(|| r.key.clone());
+        sink.push(alert(waybill, r.to_string()));
+    }
+    if refused.len() > REFUSED_ALERTS {
+        let detail = format!(
+            "{} more stored platform entries refused by their integrity check (see the log)",
+            refused.len() - REFUSED_ALERTS
+        );
+        alarms.raise(format!("stored_state_refused: {detail}"));
+        sink.push(alert(None, detail));
     }
 }
 

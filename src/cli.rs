@@ -158,9 +158,20 @@ pub enum JournalCommand {
     /// Record counts, backlog (records waiting for a PUBACK), the oldest unforwarded record,
     /// parked records and size on disk, as JSON.
     Stats,
-    /// Walk the hash chain: report gaps, edited, reordered or unreadable records. Exit 0 if
-    /// the chain is whole, 1 if not.
-    Verify,
+    /// Walk the hash chain: report gaps, edited, reordered or unreadable records; with the
+    /// integrity key, check the chain head's and anchor's tags (a consistent rewrite fails
+    /// there) and the stored platform state's tags. Exit 0 if all is whole, 1 if not, 64 if
+    /// the key file cannot be used.
+    Verify {
+        /// The integrity key file (default: the configuration's `storage.integrity_key_file`,
+        /// or `<store>.key` with `--store`). Without a key file the head and anchor tags are
+        /// not checked (`"keyed": false`) and a consistent rewrite of the chain is not found.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Clear a chain problem found at a start (`journal_chain_broken`), after looking at it:
+    /// it keeps `/readyz` at 503 across restarts until then. Prints what it cleared.
+    Acknowledge,
     /// Write the records scanned in a time range to stdout.
     Export {
         /// Start of the range (inclusive): RFC 3339 (`2026-11-01T00:00:00Z`) or Unix ms.
@@ -200,6 +211,20 @@ fn check_before_run(config: &Config) -> Result<(), crate::config::ConfigError> {
             file: config.source.clone(),
             key: f.key,
             reason: f.reason,
+        });
+    }
+    // The integrity key, if there is one yet (the daemon creates it at its first start, and
+    // adopts the store's untagged state then): refused if others can read it.
+    let key_file = &config.storage.integrity_key_file;
+    if let Err(e) = key_file
+        .exists()
+        .then(|| crate::journal::integrity::IntegrityKey::load(key_file))
+        .transpose()
+    {
+        return Err(crate::config::ConfigError {
+            file: config.source.clone(),
+            key: "storage.integrity_key_file".into(),
+            reason: e.to_string(),
         });
     }
     for f in checks::certificates(config, std::time::SystemTime::now()) {
@@ -327,6 +352,15 @@ every record and platform state it can still read and starts a fresh store; see 
                         config_file.display()
                     );
                     ExitCode::from(EXIT_JOURNAL_DAMAGED)
+                }
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<crate::app::StartError>(),
+                        Some(crate::app::StartError::IntegrityKey(_))
+                    ) =>
+                {
+                    eprintln!("{}: {e}", config_file.display());
+                    ExitCode::from(EXIT_CONFIG)
                 }
                 other => exit_code(other),
             }
@@ -619,10 +653,56 @@ fn report_command(store: StoreArgs, command: ReportCommand) -> ExitCode {
     }
 }
 
+/// The integrity key file for `journal verify`: `--key`, else the configuration's, else the
+/// store's default. `Err` is the exit code (configuration unreadable).
+fn key_file(store: &StoreArgs, key: Option<PathBuf>) -> Result<(PathBuf, bool), ExitCode> {
+    if let Some(k) = key {
+        return Ok((k, true));
+    }
+    if let Some(p) = &store.store {
+        return Ok((crate::journal::integrity::default_key_file(p), false));
+    }
+    let file = store
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/bondline/bondline.toml"));
+    match Config::load(&file) {
+        Ok(c) => Ok((c.storage.integrity_key_file, false)),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
 fn journal_command(store: StoreArgs, command: JournalCommand) -> ExitCode {
     if let JournalCommand::Salvage = command {
         return salvage_command(store);
     }
+    let key = match &command {
+        JournalCommand::Verify { key } => {
+            let (file, explicit) = match key_file(&store, key.clone()) {
+                Ok(k) => k,
+                Err(code) => return code,
+            };
+            if explicit || file.exists() {
+                match crate::journal::integrity::IntegrityKey::load(&file) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        eprintln!("bondline journal verify: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            } else {
+                eprintln!(
+                    "no integrity key at {}: the chain head's and anchor's tags and the stored platform state are not checked (give --key)",
+                    file.display()
+                );
+                None
+            }
+        }
+        _ => None,
+    };
     let journal = match open_store(store) {
         Ok(j) => j,
         Err(code) => return code,
@@ -632,8 +712,21 @@ fn journal_command(store: StoreArgs, command: JournalCommand) -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&journal.stats()?)?);
             Ok(ExitCode::SUCCESS)
         }
-        JournalCommand::Verify => {
-            let report = journal.verify()?;
+        JournalCommand::Verify { .. } => {
+            let keyed = key.is_some();
+            if let Some(k) = key {
+                journal.set_integrity_key(k, false);
+            }
+            let mut report = journal.verify()?;
+            if keyed {
+                journal.load_clearance()?;
+                let _ = journal.stored_rules()?;
+                report.refused_state = journal
+                    .refused_entries()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+            }
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(if report.ok() {
                 ExitCode::SUCCESS
@@ -656,6 +749,13 @@ fn journal_command(store: StoreArgs, command: JournalCommand) -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         JournalCommand::Salvage => anyhow::bail!("salvage does not open the store"),
+        JournalCommand::Acknowledge => {
+            match journal.acknowledge_chain_problem()? {
+                Some(text) => println!("acknowledged: {text}"),
+                None => println!("no chain problem was stored"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         JournalCommand::Replay { from, to } => {
             anyhow::ensure!(from <= to, "FROM must not be after TO");
             let n = journal.replay(from, to)?;

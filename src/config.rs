@@ -84,6 +84,9 @@ pub struct Storage {
     /// How long declarations, instructions and instruction ids are kept after they were
     /// received (see `Journal::purge_clearance`).
     pub clearance: Duration,
+    /// The key that tags stored platform state (see `journal::integrity`): created with mode
+    /// 0600 at first start; default `<path>.key`.
+    pub integrity_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -345,6 +348,8 @@ struct RawStorage {
     hold_records: usize,
     #[serde(default = "default_clearance_days")]
     clearance_days: u64,
+    #[serde(default)]
+    integrity_key_file: Option<PathBuf>,
 }
 
 /// Declarations are for parcels on their way through the warehouse: two weeks is ample, and
@@ -700,6 +705,16 @@ impl Config {
             retention: Duration::from_secs(st.retention_days * 86_400),
             hold_records: st.hold_records,
             clearance: Duration::from_secs(st.clearance_days * 86_400),
+            integrity_key_file: match &raw.storage.integrity_key_file {
+                Some(f) if f.as_os_str().is_empty() => {
+                    return Err(err(
+                        "storage.integrity_key_file",
+                        "must not be empty".into(),
+                    ))
+                }
+                Some(f) => f.clone(),
+                None => crate::journal::integrity::default_key_file(&raw.storage.path),
+            },
             path: raw.storage.path,
             flush_window: Duration::from_millis(raw.storage.flush_window_ms),
         };

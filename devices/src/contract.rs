@@ -785,6 +785,15 @@ pub enum AlertKind {
     /// parcel; `detail` gives the evidence of both: parcel ids, lines, scan times, weights,
     /// lanes, the PLC's disposition of the earlier one and camera snapshot ids.
     DuplicateLabel,
+    /// At start, stored platform state (a declaration, instruction, enterprise notice or the
+    /// platform rule set) failed its integrity check and was left out, fail closed (a refused
+    /// instruction counts as a hold, a refused notice as a suspension). `waybill` names the
+    /// waybill when there is one; `detail` names what was refused and why. `line` is empty.
+    StoredStateRefused,
+    /// The journal's record chain failed its check at start (head or anchor tag, or a break
+    /// found by the walk of the whole chain): records may have been edited on disk. `detail`
+    /// names the problems. `line` is empty.
+    JournalChainBroken,
 }
 
 /// An alert record.

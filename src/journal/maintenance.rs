@@ -13,8 +13,8 @@ use sled::Transactional;
 use bondline_devices::contract::Record;
 
 use super::{
-    chain_hash, decode_link, encode_link, key_seq, seq_key, Journal, JournalError, GENESIS_HASH,
-    META_ANCHOR, META_FORWARDED, META_HEAD, META_LIVE,
+    chain_hash, decode_link, key_seq, seq_key, Journal, JournalError, GENESIS_HASH, META_ANCHOR,
+    META_FORWARDED, META_HEAD, META_LIVE,
 };
 
 /// Counts for `bondline journal stats` and the staff view.
@@ -56,20 +56,34 @@ pub enum ChainProblem {
     Unreadable { seq: u64, reason: String },
     /// The last record does not hash to the stored chain head: it was edited or dropped.
     Head { seq: u64 },
+    /// The stored chain head's tag does not verify under the integrity key: the head was
+    /// recomputed without the key (a consistent rewrite of the chain), or the key is another
+    /// gateway's.
+    HeadTag { seq: u64 },
+    /// The stored anchor's tag does not verify under the integrity key: the chain's start
+    /// was moved.
+    AnchorTag { seq: u64 },
+    /// The head or anchor (`link`) of a keyed store carries no tag.
+    Unkeyed { link: String, seq: u64 },
 }
 
 /// Result of [`Journal::verify`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
+    /// Whether the head and anchor tags were checked (an integrity key was at hand).
+    pub keyed: bool,
     pub checked: u64,
     pub first: Option<u64>,
     pub last: Option<u64>,
     pub problems: Vec<ChainProblem>,
+    /// Stored platform entries that fail their integrity check (with a key only; filled by
+    /// `bondline journal verify`).
+    pub refused_state: Vec<String>,
 }
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.problems.is_empty()
+        self.problems.is_empty() && self.refused_state.is_empty()
     }
 }
 
@@ -147,7 +161,34 @@ impl Journal {
     /// Walks the whole chain: contiguous sequence, each `prev_hash` equal to the SHA-256 of
     /// the previous record's bytes, the first one matching the anchor (or genesis), the last
     /// one matching the stored head.
+    ///
+    /// With an integrity key set, the stored head's and anchor's tags are checked too
+    /// (see [`super::chain_key`]): a consistent rewrite fails there.
     pub fn verify(&self) -> Result<VerifyReport, JournalError> {
+        let mut report = self.walk_chain(None)?;
+        report.problems.extend(self.check_chain_tags(false)?);
+        Ok(report)
+    }
+
+    /// Walks the chain up to the head read before, while the writer may append: the records
+    /// after that head are not looked at, and a walk that raced a purge of old records (the
+    /// anchor moved under it) is walked again. For the check at start, off the decision path.
+    pub fn verify_running(&self) -> Result<VerifyReport, JournalError> {
+        let mut tries = 0;
+        loop {
+            let anchor = self.meta.get(META_ANCHOR)?;
+            let head = self.chain_head()?;
+            let report = self.walk_chain(Some(head))?;
+            tries += 1;
+            if report.ok() || tries == 3 || self.meta.get(META_ANCHOR)? == anchor {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// The walk of [`Journal::verify`]; `head`: check up to this head instead of the stored
+    /// one.
+    fn walk_chain(&self, head: Option<(u64, [u8; 32])>) -> Result<VerifyReport, JournalError> {
         let anchor = match self.meta.get(META_ANCHOR)? {
             Some(v) => decode_link(&v),
             None => None,
@@ -157,7 +198,9 @@ impl Journal {
             None => (1, GENESIS_HASH),
         };
         let mut report = VerifyReport {
+            keyed: self.integrity_key.get().is_some(),
             checked: 0,
+            refused_state: Vec::new(),
             first: None,
             last: None,
             problems: Vec::new(),
@@ -165,7 +208,8 @@ impl Journal {
         // Sequence numbers skipped so far (inclusive ranges): a gap, unless a reordered
         // record fills it later.
         let mut skipped: Vec<(u64, u64)> = Vec::new();
-        for batch in self.batches.iter() {
+        let limit = head.map(|(seq, _)| seq);
+        'walk: for batch in self.batches.iter() {
             let batch = super::Batch::from_entry(batch)?;
             let Ok(records) = batch.records() else {
                 report.problems.push(ChainProblem::Unreadable {
@@ -186,6 +230,10 @@ impl Journal {
                     }
                     Ok(r) => r.seq(),
                 };
+                if limit.is_some_and(|l| seq > l) {
+                    report.checked -= 1;
+                    break 'walk;
+                }
                 if seq < expected {
                     // Behind the chain: a reordered record (it fills a skipped place) or a
                     // copy. The chain goes on from the record before it.
@@ -241,8 +289,11 @@ impl Journal {
                 after: lo - 1,
                 next: hi + 1,
             }));
-        if let Some((head_seq, head_hash)) = self.meta.get(META_HEAD)?.and_then(|v| decode_link(&v))
-        {
+        let stored_head = match head {
+            Some(h) => Some(h),
+            None => self.meta.get(META_HEAD)?.and_then(|v| decode_link(&v)),
+        };
+        if let Some((head_seq, head_hash)) = stored_head.filter(|&(seq, _)| seq > 0) {
             let last = expected - 1;
             if last < head_seq {
                 report.problems.push(ChainProblem::Gap {
@@ -394,7 +445,8 @@ impl Journal {
             if at >= before_ms {
                 break;
             }
-            let anchor = encode_link(last, &chain_hash(last_bytes));
+            let (anchor, anchor_tag) =
+                super::chain_key::tagged_link(self, b"anchor", last, &chain_hash(last_bytes));
             let index = super::lookup::index_keys(batch.first, &records);
             let mut state = self.state();
             let live = state
@@ -404,6 +456,9 @@ impl Journal {
             (&self.batches, &self.meta, &self.by_waybill)
                 .transaction(|(batches, meta, by_waybill)| {
                     meta.insert(META_ANCHOR, &anchor[..])?;
+                    if let Some(tag) = &anchor_tag {
+                        meta.insert(super::chain_key::META_ANCHOR_TAG, &tag[..])?;
+                    }
                     meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
                     batches.remove(&seq_key(batch.first)[..])?;
                     for k in &index {

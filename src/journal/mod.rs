@@ -44,7 +44,9 @@
 //!   its batch at purge (see [`lookup`]).
 
 pub mod capacity;
+mod chain_key;
 mod housekeeping;
+pub mod integrity;
 pub mod intents;
 mod lookup;
 mod maintenance;
@@ -166,6 +168,17 @@ pub struct Journal {
     platform_lock: Arc<tokio::sync::Mutex<()>>,
     /// The store's directory.
     path: Arc<std::path::PathBuf>,
+    /// The key that tags stored platform state (see [`integrity`]); unset, entries are
+    /// stored untagged and read unchecked (tools and tests that hold no key).
+    integrity_key: Arc<std::sync::OnceLock<integrity::IntegrityKey>>,
+    /// Stored platform entries refused since the store was opened (see [`Journal::refused_entries`]).
+    refused: Arc<Mutex<Vec<platform::RefusedEntry>>>,
+    /// A problem of the record chain found at start (see [`chain_key`]).
+    chain_problem: Arc<Mutex<Option<String>>>,
+    /// Untagged state is adopted at this start (see [`Journal::set_integrity_key`]).
+    adopt_untagged: Arc<std::sync::atomic::AtomicBool>,
+    /// How many untagged entries were adopted at this start.
+    adopted: Arc<Mutex<usize>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -363,6 +376,11 @@ impl Journal {
             state: Arc::new(Mutex::new(state)),
             platform_lock: Arc::new(tokio::sync::Mutex::new(())),
             path: Arc::new(path.to_path_buf()),
+            integrity_key: Arc::new(std::sync::OnceLock::new()),
+            refused: Arc::new(Mutex::new(Vec::new())),
+            chain_problem: Arc::new(Mutex::new(None)),
+            adopt_untagged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            adopted: Arc::new(Mutex::new(0)),
         };
         // Out-of-order acks at or below the watermark are leftovers of an interrupted advance.
         let w = state.forwarded;
@@ -673,7 +691,7 @@ impl Journal {
             entries.push((seq_key(seq), value, lookup::index_bytes(&index)));
             seq += group.len() as u64;
         }
-        let head = encode_link(head.0, &head.1);
+        let (head, head_tag) = chain_key::tagged_link(self, b"head", head.0, &head.1);
         let mut state = self.state();
         let mut live = state.live_bytes;
         for (key, value, index) in &entries {
@@ -693,6 +711,9 @@ impl Journal {
                     batches.insert(&key[..], &value[..])?;
                 }
                 meta.insert(META_HEAD, &head[..])?;
+                if let Some(tag) = &head_tag {
+                    meta.insert(chain_key::META_HEAD_TAG, &tag[..])?;
+                }
                 meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
                 Ok(())
             })

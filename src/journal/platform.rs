@@ -15,8 +15,11 @@
 //! consumer history of forgotten declarations is folded into day totals per consumer, kept
 //! as long as the longest consumer-limit window.
 
-use bondline_devices::contract::{Declaration, EnterpriseNotice, Instruction, RuleSetUpdate};
+use bondline_devices::contract::{
+    Action, Declaration, EnterpriseAction, EnterpriseNotice, Instruction, RuleSetUpdate, SCHEMA,
+};
 
+use super::integrity::{self, Checked, IntegrityKey};
 use super::{Journal, JournalError};
 use crate::rules::ClearanceTable;
 
@@ -24,6 +27,48 @@ const META_RULES_SOURCE: &[u8] = b"rules_source";
 const META_PLATFORM_RULES: &[u8] = b"platform_rules";
 const META_REPORT_SENT: &[u8] = b"report_sent";
 const META_AGES_BACKFILLED: &[u8] = b"ages_backfilled";
+/// Set by `journal salvage` in the fresh store: its untagged state (the rule set, the chain's
+/// head and anchor) is adopted at the next start, as with a key created at that start.
+pub(super) const META_INTEGRITY_ADOPT: &[u8] = b"integrity_adopt";
+
+/// Names of the tagged trees, part of every tag (an entry moved between trees fails).
+const TREE_DECLARATIONS: &str = "declarations";
+const TREE_INSTRUCTIONS: &str = "instructions";
+const TREE_ENTERPRISES: &str = "enterprises";
+const TREE_META: &str = "meta";
+
+/// A stored platform entry that failed its integrity check and was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedEntry {
+    /// The tree: `declarations`, `instructions`, `enterprises` or `meta` (the rule set).
+    pub tree: &'static str,
+    /// The entry's key: the waybill, the enterprise, or `platform_rules`.
+    pub key: String,
+    /// `tag does not verify` or `untagged`.
+    pub why: &'static str,
+}
+
+impl std::fmt::Display for RefusedEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.tree {
+            TREE_DECLARATIONS => "declaration of waybill",
+            TREE_INSTRUCTIONS => "instruction for waybill",
+            TREE_ENTERPRISES => "enterprise notice of",
+            _ => "platform rule set",
+        };
+        if self.tree == TREE_META {
+            write!(f, "stored {what} refused ({})", self.why)
+        } else {
+            write!(f, "stored {what} {} refused ({})", self.key, self.why)
+        }
+    }
+}
+
+/// What the integrity check of one stored entry decided.
+enum Verdict<'a> {
+    Use(&'a [u8]),
+    Refuse(&'static str),
+}
 
 /// What an `aging` entry ages: a waybill's stored state, or an instruction id.
 const AGE_WAYBILL: u8 = b'w';
@@ -95,6 +140,7 @@ impl Journal {
 
     fn store_declaration_on(&self, d: &Declaration, day: u32) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(d).expect("declarations always serialize");
+        let bytes = self.seal(TREE_DECLARATIONS, d.waybill.as_bytes(), bytes);
         self.declarations.insert(d.waybill.as_bytes(), bytes)?;
         self.touch_waybill(&d.waybill, day)
     }
@@ -210,7 +256,7 @@ impl Journal {
         let Some(d) = self
             .declarations
             .get(waybill)?
-            .and_then(|v| serde_json::from_slice::<Declaration>(&v).ok())
+            .and_then(|v| serde_json::from_slice::<Declaration>(integrity::payload(&v)).ok())
         else {
             return Ok(());
         };
@@ -239,7 +285,7 @@ impl Journal {
         Ok(self
             .declarations
             .get(waybill.as_bytes())?
-            .and_then(|v| serde_json::from_slice(&v).ok()))
+            .and_then(|v| serde_json::from_slice(integrity::payload(&v)).ok()))
     }
 
     /// Stores an instruction; durable after the next [`Journal::flush`]. Callers store only
@@ -251,6 +297,7 @@ impl Journal {
 
     fn store_instruction_on(&self, i: &Instruction, day: u32) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(i).expect("instructions always serialize");
+        let bytes = self.seal(TREE_INSTRUCTIONS, i.waybill.as_bytes(), bytes);
         self.remember_instruction_id_on(i, day)?;
         self.instructions.insert(i.waybill.as_bytes(), bytes)?;
         self.touch_waybill(&i.waybill, day)
@@ -276,6 +323,7 @@ impl Journal {
     /// Stores the notice now in force for its enterprise.
     pub fn store_notice(&self, n: &EnterpriseNotice) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(n).expect("notices always serialize");
+        let bytes = self.seal(TREE_ENTERPRISES, n.enterprise.as_bytes(), bytes);
         self.notice_ids
             .insert(n.notice_id.as_bytes(), n.enterprise.as_bytes())?;
         self.enterprises.insert(n.enterprise.as_bytes(), bytes)?;
@@ -310,6 +358,13 @@ impl Journal {
 
     /// Rebuilds the clearance table from what was stored, for a restart. Unreadable entries
     /// (written by an older build) are skipped with a warning.
+    ///
+    /// With an integrity key set, every declaration, instruction and enterprise notice is
+    /// checked first (see [`integrity`]). A refused one is left out, fail closed: a refused
+    /// declaration leaves its waybill undeclared, a refused instruction is replaced by a hold
+    /// and a refused notice by a suspension, whatever they said; each is noted for
+    /// [`Journal::refused_entries`]. Untagged entries of an older build are adopted (tagged in
+    /// place) at the first start with a key, and refused afterwards.
     pub fn load_clearance(&self) -> Result<ClearanceTable, JournalError> {
         let mut table = ClearanceTable::default();
         for entry in self.instruction_ids.iter() {
@@ -320,28 +375,49 @@ impl Journal {
             let (id, _) = entry?;
             table.mark_notice_seen(&String::from_utf8_lossy(&id));
         }
+        let adopted = !self.adopting()?;
         let mut unreadable = 0usize;
-        for entry in self.declarations.iter() {
-            let (_, v) = entry?;
-            match serde_json::from_slice::<Declaration>(&v) {
-                Ok(d) => {
-                    table.apply_declaration(&d);
+        let mut adopting = 0usize;
+        let mut refused = Vec::new();
+        for (name, tree) in [
+            (TREE_DECLARATIONS, &self.declarations),
+            (TREE_INSTRUCTIONS, &self.instructions),
+            (TREE_ENTERPRISES, &self.enterprises),
+        ] {
+            for entry in tree.iter() {
+                let (k, v) = entry?;
+                let payload = match self.verdict(name, &k, &v, adopted)? {
+                    Verdict::Use(p) => p,
+                    Verdict::Refuse(why) => {
+                        let key = String::from_utf8_lossy(&k).into_owned();
+                        refuse_into(&mut table, name, &key);
+                        refused.push(RefusedEntry {
+                            tree: name,
+                            key,
+                            why,
+                        });
+                        continue;
+                    }
+                };
+                if !adopted && self.integrity_key.get().is_some() && payload.len() == v.len() {
+                    adopting += 1;
                 }
-                Err(_) => unreadable += 1,
-            }
-        }
-        for entry in self.instructions.iter() {
-            let (_, v) = entry?;
-            match serde_json::from_slice::<Instruction>(&v) {
-                Ok(i) => table.restore_instruction(&i),
-                Err(_) => unreadable += 1,
-            }
-        }
-        for entry in self.enterprises.iter() {
-            let (_, v) = entry?;
-            match serde_json::from_slice::<EnterpriseNotice>(&v) {
-                Ok(n) => table.restore_notice(&n),
-                Err(_) => unreadable += 1,
+                let ok = match name {
+                    TREE_DECLARATIONS => serde_json::from_slice::<Declaration>(payload)
+                        .map(|d| {
+                            table.apply_declaration(&d);
+                        })
+                        .is_ok(),
+                    TREE_INSTRUCTIONS => serde_json::from_slice::<Instruction>(payload)
+                        .map(|i| table.restore_instruction(&i))
+                        .is_ok(),
+                    _ => serde_json::from_slice::<EnterpriseNotice>(payload)
+                        .map(|n| table.restore_notice(&n))
+                        .is_ok(),
+                };
+                if !ok {
+                    unreadable += 1;
+                }
             }
         }
         for entry in self.counted.iter() {
@@ -365,7 +441,132 @@ impl Journal {
                 "stored platform messages that this build cannot read were skipped"
             );
         }
+        if !adopted {
+            if let Some(key) = self.integrity_key.get() {
+                // The rule set is adopted with the rest, before `stored_rules` checks it.
+                if let Some(v) = self.meta.get(META_PLATFORM_RULES)? {
+                    if let Checked::Untagged(p) =
+                        key.check(TREE_META.as_bytes(), META_PLATFORM_RULES, &v)
+                    {
+                        let sealed = key.seal(TREE_META.as_bytes(), META_PLATFORM_RULES, p);
+                        self.meta.insert(META_PLATFORM_RULES, sealed)?;
+                        adopting += 1;
+                    }
+                }
+                if adopting > 0 {
+                    tracing::warn!(
+                        entries = adopting,
+                        "stored platform state without integrity tags adopted as it lies on disk (integrity key created at this start): it is tagged from now on, and an untagged entry found later is refused"
+                    );
+                    *self.adopted.lock().unwrap_or_else(|e| e.into_inner()) += adopting;
+                }
+            }
+        }
+        for r in refused {
+            tracing::error!(refused = %r, "stored platform state failed its integrity check and was left out");
+            self.note_refused(r);
+        }
         Ok(table)
+    }
+
+    /// Sets the key that tags stored platform state and the chain's head; before the first
+    /// [`Journal::load_clearance`]. `created`: the key was created at this start, so state
+    /// stored without tags (an older build's) is adopted as it lies; with a key that existed
+    /// before, an untagged entry is refused. Returns false if a key was set already (the
+    /// first stays).
+    pub fn set_integrity_key(&self, key: IntegrityKey, created: bool) -> bool {
+        let set = self.integrity_key.set(key).is_ok();
+        if set && created {
+            self.adopt_untagged
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        set
+    }
+
+    /// Whether untagged state is adopted at this start: the key was created now, or the store
+    /// is fresh from `journal salvage`.
+    pub(super) fn adopting(&self) -> Result<bool, JournalError> {
+        Ok(self
+            .adopt_untagged
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || self.meta.contains_key(META_INTEGRITY_ADOPT)?)
+    }
+
+    /// How many untagged entries were adopted at this start (platform state, chain head and
+    /// anchor), for an alarm: adoption trusts the store as it lies.
+    pub fn adopted_untagged(&self) -> usize {
+        *self.adopted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stored platform entries refused since the store was opened.
+    pub fn refused_entries(&self) -> Vec<RefusedEntry> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// What keeps the gateway from being ready for integrity reasons, as operator text: the
+    /// refused stored state (until a restart finds none).
+    pub fn integrity_problems(&self) -> Vec<String> {
+        let refused = self.refused_entries();
+        let mut out = Vec::new();
+        if let Some(first) = refused.first() {
+            out.push(format!(
+                "stored state refused: {} entr{} failed the integrity check (first: {first}); see README, Stored state integrity",
+                refused.len(),
+                if refused.len() == 1 { "y" } else { "ies" }
+            ));
+        }
+        if let Some(chain) = self.chain_problem() {
+            out.push(format!("journal integrity: {chain}"));
+        }
+        out
+    }
+
+    fn note_refused(&self, r: RefusedEntry) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r);
+    }
+
+    /// `payload` tagged for `key` in `tree`, or as it is without an integrity key.
+    fn seal(&self, tree: &str, key: &[u8], payload: Vec<u8>) -> Vec<u8> {
+        match self.integrity_key.get() {
+            Some(k) => k.seal(tree.as_bytes(), key, &payload),
+            None => payload,
+        }
+    }
+
+    /// Checks one stored entry. An untagged entry is adopted (tagged in place) while the
+    /// store is not yet adopted. Without a key, everything is used as it lies.
+    fn verdict<'a>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        stored: &'a [u8],
+        adopted: bool,
+    ) -> Result<Verdict<'a>, JournalError> {
+        let Some(k) = self.integrity_key.get() else {
+            return Ok(Verdict::Use(integrity::payload(stored)));
+        };
+        Ok(match k.check(tree.as_bytes(), key, stored) {
+            Checked::Genuine(p) => Verdict::Use(p),
+            Checked::Untagged(p) if !adopted => {
+                if tree != TREE_META {
+                    let t = match tree {
+                        TREE_DECLARATIONS => &self.declarations,
+                        TREE_INSTRUCTIONS => &self.instructions,
+                        _ => &self.enterprises,
+                    };
+                    t.insert(key, k.seal(tree.as_bytes(), key, p))?;
+                }
+                Verdict::Use(p)
+            }
+            Checked::Untagged(_) => Verdict::Refuse("untagged"),
+            Checked::Forged => Verdict::Refuse("tag does not verify"),
+        })
     }
 
     /// Whether a rule set update with this id was seen before.
@@ -390,6 +591,7 @@ impl Journal {
                 v.extend_from_slice(file_hash.as_ref().map_or(&[0u8; 32][..], |h| &h[..]));
                 v.push(u8::from(file_hash.is_some()));
                 v.extend_from_slice(&serde_json::to_vec(update).expect("updates serialize"));
+                let v = self.seal(TREE_META, META_PLATFORM_RULES, v);
                 self.meta.insert(META_PLATFORM_RULES, v)?;
                 self.meta.insert(META_RULES_SOURCE, &b"platform"[..])?;
             }
@@ -402,8 +604,22 @@ impl Journal {
         if self.meta.get(META_RULES_SOURCE)?.as_deref() != Some(b"platform") {
             return Ok(StoredRules::Local);
         }
-        let Some(v) = self.meta.get(META_PLATFORM_RULES)? else {
+        let Some(stored) = self.meta.get(META_PLATFORM_RULES)? else {
             return Ok(StoredRules::Local);
+        };
+        let adopted = !self.adopting()?;
+        let v = match self.verdict(TREE_META, META_PLATFORM_RULES, &stored, adopted)? {
+            Verdict::Use(v) => v,
+            Verdict::Refuse(why) => {
+                let refused = RefusedEntry {
+                    tree: TREE_META,
+                    key: String::from_utf8_lossy(META_PLATFORM_RULES).into_owned(),
+                    why,
+                };
+                tracing::error!(refused = %refused, "the local rule set is used instead");
+                self.note_refused(refused);
+                return Ok(StoredRules::Local);
+            }
         };
         if v.len() < 33 {
             return Ok(StoredRules::Local);
@@ -424,6 +640,7 @@ impl Journal {
         Ok(self
             .meta
             .get(META_PLATFORM_RULES)?
+            .map(|v| integrity::payload(&v).to_vec())
             .filter(|v| v.len() >= 33)
             .and_then(|v| serde_json::from_slice(&v[33..]).ok()))
     }
@@ -440,6 +657,34 @@ impl Journal {
     pub fn set_report_sent(&self, month: &str) -> Result<(), JournalError> {
         self.meta.insert(META_REPORT_SENT, month.as_bytes())?;
         Ok(())
+    }
+}
+
+/// Puts the fail-closed stand-in of a refused entry in the table: a refused instruction
+/// becomes a hold, a refused notice a suspension; a refused declaration stays out
+/// (undeclared: held).
+fn refuse_into(table: &mut ClearanceTable, tree: &str, key: &str) {
+    const REASON: &str = "stored state failed its integrity check";
+    match tree {
+        TREE_INSTRUCTIONS => table.restore_instruction(&Instruction {
+            schema: SCHEMA,
+            instruction_id: String::new(),
+            waybill: key.to_string(),
+            action: Action::Hold,
+            reason: REASON.into(),
+            issued_at_ms: None,
+            signature: None,
+        }),
+        TREE_ENTERPRISES => table.restore_notice(&EnterpriseNotice {
+            schema: SCHEMA,
+            notice_id: String::new(),
+            enterprise: key.to_string(),
+            action: EnterpriseAction::Suspend,
+            reason: REASON.into(),
+            issued_at_ms: None,
+            signature: None,
+        }),
+        _ => {}
     }
 }
 
@@ -532,5 +777,142 @@ mod tests {
         let f = j.purge_clearance(now + 1, 100).unwrap();
         assert_eq!(f.waybills, vec!["OLDBUILD".to_string()]);
         assert_eq!(f.instruction_ids, vec!["I-OLDBUILD".to_string()]);
+    }
+}
+
+#[cfg(test)]
+mod integrity_tests {
+    use super::*;
+    use crate::rules::clearance::tests::decl as declaration;
+
+    fn instruction(w: &str, id: &str, action: Action) -> Instruction {
+        Instruction {
+            schema: SCHEMA,
+            instruction_id: id.into(),
+            waybill: w.into(),
+            action,
+            reason: String::new(),
+            issued_at_ms: None,
+            signature: None,
+        }
+    }
+
+    fn keyed(dir: &std::path::Path) -> Journal {
+        let j = Journal::open(dir).unwrap();
+        assert!(j.set_integrity_key(IntegrityKey::from_bytes([9; 32]), false));
+        j
+    }
+
+    fn keyed_new(dir: &std::path::Path) -> Journal {
+        let j = Journal::open(dir).unwrap();
+        assert!(j.set_integrity_key(IntegrityKey::from_bytes([9; 32]), true));
+        j
+    }
+
+    #[test]
+    fn a_stored_hold_edited_into_a_release_is_refused_and_held() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            j.store_declaration(&declaration("WB1", "c1", 5)).unwrap();
+            j.store_instruction(&instruction("WB1", "I-1", Action::Hold))
+                .unwrap();
+            j.store_declaration(&declaration("WB2", "c1", 5)).unwrap();
+            j.store_instruction(&instruction("WB2", "I-2", Action::Release))
+                .unwrap();
+            // Edited on disk: the hold's payload turned into a release, the tag kept.
+            let stored = j.instructions.get("WB1").unwrap().unwrap().to_vec();
+            let text = String::from_utf8_lossy(&stored[..stored.len() - 33])
+                .replace("\"hold\"", "\"release\"");
+            let mut edited = text.into_bytes();
+            edited.extend_from_slice(&stored[stored.len() - 33..]);
+            j.instructions.insert("WB1", edited).unwrap();
+            // And a declaration rewritten without its tag.
+            let d = serde_json::to_vec(&declaration("WB2", "c9", 1)).unwrap();
+            j.declarations.insert("WB2", d).unwrap();
+            j.db.flush().unwrap();
+        }
+        let j = keyed(dir.path());
+        let table = j.load_clearance().unwrap();
+        let held = table.known("WB1").instruction.expect("a stand-in hold");
+        assert_eq!(held.action, Action::Hold);
+        assert!(
+            table.known("WB2").declaration.is_none(),
+            "untagged after adoption"
+        );
+        assert_eq!(
+            table.known("WB2").instruction.unwrap().action,
+            Action::Release
+        );
+        let refused = j.refused_entries();
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        let text: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|r| r.contains("instruction for waybill WB1")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|r| r.contains("declaration of waybill WB2")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn an_untagged_store_is_adopted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Written by a build without a key.
+            let j = Journal::open(dir.path()).unwrap();
+            j.store_declaration(&declaration("OLD", "c1", 5)).unwrap();
+            j.store_instruction(&instruction("OLD", "I-OLD", Action::Release))
+                .unwrap();
+            j.store_rules(&StoredRules::Platform {
+                update: serde_json::from_value(serde_json::json!({
+                    "schema": 1, "update_id": "u1", "rules_toml": "x"
+                }))
+                .unwrap(),
+                file_hash: None,
+            })
+            .unwrap();
+        }
+        let j = keyed_new(dir.path());
+        let table = j.load_clearance().unwrap();
+        assert!(table.known("OLD").declaration.is_some());
+        assert_eq!(j.adopted_untagged(), 3);
+        assert_eq!(
+            table.known("OLD").instruction.unwrap().action,
+            Action::Release
+        );
+        assert!(matches!(
+            j.stored_rules().unwrap(),
+            StoredRules::Platform { .. }
+        ));
+        assert!(j.refused_entries().is_empty());
+        // Tagged in place: the next start verifies them.
+        let stored = j.instructions.get("OLD").unwrap().unwrap();
+        assert!(matches!(
+            IntegrityKey::from_bytes([9; 32]).check(b"instructions", b"OLD", &stored),
+            Checked::Genuine(_)
+        ));
+        drop(j);
+        let j = keyed(dir.path());
+        j.load_clearance().unwrap();
+        assert!(matches!(
+            j.stored_rules().unwrap(),
+            StoredRules::Platform { .. }
+        ));
+        assert!(j.refused_entries().is_empty());
+        // Opened with another key, everything is refused.
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        j.set_integrity_key(IntegrityKey::from_bytes([1; 32]), false);
+        let table = j.load_clearance().unwrap();
+        assert!(table.known("OLD").declaration.is_none());
+        assert_eq!(table.known("OLD").instruction.unwrap().action, Action::Hold);
+        assert!(matches!(j.stored_rules().unwrap(), StoredRules::Local));
+        assert_eq!(j.refused_entries().len(), 3);
     }
 }

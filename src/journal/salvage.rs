@@ -202,6 +202,11 @@ pub fn salvage(path: &Path, gateway: &str) -> Result<SalvageReport, SalvageError
         }
     }
     let fresh = Journal::open(path)?;
+    // The fresh store's chain head, anchor and rule set carry no integrity tags (salvage
+    // holds no key): they are adopted at the next start (see `integrity`).
+    fresh
+        .meta
+        .insert(super::platform::META_INTEGRITY_ADOPT, &[])?;
     let mut kept = Vec::new();
     let mut anchor = None;
     let mut forwarded = 0;
@@ -423,9 +428,15 @@ fn copy_platform_state(
     type Check = fn(&[u8]) -> bool;
     let parses_as = |t: &str| -> Check {
         match t {
-            "declarations" => |v| serde_json::from_slice::<Declaration>(v).is_ok(),
-            "instructions" => |v| serde_json::from_slice::<Instruction>(v).is_ok(),
-            "enterprises" => |v| serde_json::from_slice::<EnterpriseNotice>(v).is_ok(),
+            "declarations" => {
+                |v| serde_json::from_slice::<Declaration>(super::integrity::payload(v)).is_ok()
+            }
+            "instructions" => {
+                |v| serde_json::from_slice::<Instruction>(super::integrity::payload(v)).is_ok()
+            }
+            "enterprises" => {
+                |v| serde_json::from_slice::<EnterpriseNotice>(super::integrity::payload(v)).is_ok()
+            }
             _ => |_| true,
         }
     };

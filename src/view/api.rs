@@ -171,6 +171,7 @@ async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
         oldest_unforwarded: oldest,
         parked,
         journal_level: health::journal_level(&s.ctx.metrics),
+        integrity: s.ctx.journal.integrity_problems(),
         uplink_ready: s
             .ctx
             .metrics
@@ -364,6 +365,7 @@ pub async fn readyz(State(s): State<Shared>) -> Response {
     if let Err(e) = s.ctx.journal.chain_head() {
         problems.push(format!("journal unreadable: {e}"));
     }
+    problems.extend(s.ctx.journal.integrity_problems());
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

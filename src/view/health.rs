@@ -25,6 +25,9 @@ pub struct Health {
     pub parked: u64,
     /// `ok`, `nearly_full`, `over_quota` or `full`.
     pub journal_level: &'static str,
+    /// Integrity problems found at start (stored state refused, the journal's chain
+    /// broken), as operator text; empty when none. The board shows them as a warning.
+    pub integrity: Vec<String>,
     pub uplink_ready: bool,
     pub now_ms: u64,
     /// Board streams that fell behind since start (for `/metrics`).

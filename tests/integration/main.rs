@@ -12,6 +12,7 @@ mod faults;
 mod framing;
 mod handshake;
 mod harness;
+mod integrity;
 mod oversized;
 mod reconnect;
 mod report;

@@ -194,6 +194,9 @@ async function loadHealth() {
     const h = await fetchJson("/api/health");
     document.getElementById("rule-set").textContent = h.rule_set;
     document.getElementById("unsigned").hidden = h.platform_signatures === "required";
+    const integrity = document.getElementById("integrity");
+    integrity.hidden = !(h.integrity && h.integrity.length);
+    integrity.textContent = integrity.hidden ? "" : t("board.integrity", { problems: h.integrity.join("; ") });
     const items = h.links.map((l) => el("div", { class: "link " + (l.state === "up" ? "up" : "down") },
       el("div", {}, tv("health", l.kind) + " " + l.name.replace(/^[a-z]+:/, "") + ": ",
         el("span", { class: "state", "data-state": l.state }, tv("health", l.state))),

@@ -1,0 +1,414 @@
+//! Stored state is verified before it is used, end to end with the real binary: a stored
+//! hold edited into a release on disk (with sled, the daemon stopped) releases nothing, and a
+//! consistent rewrite of the journal's chain fails `journal verify` and raises an alarm at
+//! start while the line keeps deciding.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bondline::journal::integrity::{default_key_file, IntegrityKey};
+use bondline::journal::Journal;
+use bondline_devices::contract::{
+    Action, AlertKind, Declaration, EventKind, Instruction, LaneRole, Record, SCHEMA,
+};
+use bondline_simulators::platform::PlatformSim;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{
+    config_text, free_port, start_plc, stx_etx, wait_until, Daemon, LineDevices, Mosquitto,
+    ScannerAt,
+};
+
+const PREFIX: &str = "bondline/test-gw";
+
+fn declaration(w: &str) -> Declaration {
+    Declaration {
+        schema: SCHEMA,
+        waybill: w.into(),
+        enterprise: "E1".into(),
+        consumer: Some(format!("c-{w}")),
+        identity_verified: true,
+        value_minor: Some(1000),
+        currency: Some("CNY".into()),
+        gross_weight_g: None,
+        items: vec![],
+        signature: None,
+    }
+}
+
+fn instruction(w: &str, id: &str, action: Action) -> Instruction {
+    Instruction {
+        schema: SCHEMA,
+        instruction_id: id.into(),
+        waybill: w.into(),
+        action,
+        reason: String::new(),
+        issued_at_ms: Some(1),
+        signature: None,
+    }
+}
+
+/// GET `path` from the staff view: status and body.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((status, body))
+}
+
+fn bondline(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bondline"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn open_sled(store: &Path) -> sled::Db {
+    sled::Config::new().path(store).open().unwrap()
+}
+
+/// A line with a view, a scanner the test writes to and a platform on a real Mosquitto.
+struct Line {
+    _dir: tempfile::TempDir,
+    store: std::path::PathBuf,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    view: SocketAddr,
+    scanner: tokio::net::TcpListener,
+    platform: PlatformSim,
+    _mosquitto: Mosquitto,
+    _stop: CancellationToken,
+}
+
+async fn line() -> Line {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let store = dir.path().join("journal");
+    let view = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = config_text(
+        &store,
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(scanner.local_addr().unwrap()),
+            plc,
+        },
+    ) + &format!("\n[view]\nlisten = \"{view}\"\n");
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-integrity")
+        .await
+        .unwrap();
+    Line {
+        store,
+        log: dir.path().join("daemon.log"),
+        config,
+        view,
+        scanner,
+        platform,
+        _mosquitto: mosquitto,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+impl Line {
+    /// Scans `waybills` and returns the lane role of each parcel record.
+    async fn scan(&self, waybills: &[&str]) -> Vec<LaneRole> {
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(30), self.scanner.accept())
+            .await
+            .expect("the daemon connects to the scanner")
+            .unwrap();
+        let framing = stx_etx();
+        for w in waybills {
+            stream.write_all(&framing.encode(w)).await.unwrap();
+        }
+        let seen = |p: &PlatformSim| {
+            waybills
+                .iter()
+                .all(|w| p.records().iter().any(|r| r.waybill.as_deref() == Some(*w)))
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), || seen(&self.platform)).await,
+            "records: {:?}\n{}",
+            self.platform.records(),
+            self.read_log()
+        );
+        let records = self.platform.records();
+        waybills
+            .iter()
+            .map(|w| {
+                records
+                    .iter()
+                    .find(|r| r.waybill.as_deref() == Some(*w))
+                    .unwrap()
+                    .lane_role
+            })
+            .collect()
+    }
+
+    async fn wait_not_ready(&self, containing: &str) -> String {
+        let mut last = None;
+        let ok = wait_until(Duration::from_secs(30), || {
+            last = get(self.view, "/readyz");
+            matches!(&last, Some((503, body)) if body.contains(containing))
+        })
+        .await;
+        assert!(ok, "/readyz: {last:?}\n{}", self.read_log());
+        last.unwrap().1
+    }
+
+    fn read_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_hold_edited_into_a_release_releases_nothing() {
+    let line = line().await;
+    // The gateway's stored state, as a first start would leave it: a declared parcel held by
+    // the platform, and one released.
+    {
+        let (key, created) = IntegrityKey::load_or_create(&default_key_file(&line.store)).unwrap();
+        assert!(created);
+        let j = Journal::open(&line.store).unwrap();
+        j.set_integrity_key(key, true);
+        j.load_clearance().unwrap();
+        for w in ["INTEG01", "INTEG02"] {
+            j.store_declaration(&declaration(w)).unwrap();
+        }
+        j.store_instruction(&instruction("INTEG01", "I-1", Action::Hold))
+            .unwrap();
+        j.store_instruction(&instruction("INTEG02", "I-2", Action::Release))
+            .unwrap();
+        j.flush().await.unwrap();
+    }
+    // The intruder, with the daemon stopped: INTEG01's hold turned into a release in place,
+    // the rest of the entry kept.
+    {
+        let db = open_sled(&line.store);
+        let tree = db.open_tree("instructions").unwrap();
+        let stored = tree.get("INTEG01").unwrap().unwrap().to_vec();
+        let at = stored
+            .windows(6)
+            .position(|w| w == b"\"hold\"")
+            .expect("the stored hold");
+        let mut edited = stored[..at].to_vec();
+        edited.extend_from_slice(b"\"release\"");
+        edited.extend_from_slice(&stored[at + 6..]);
+        tree.insert("INTEG01", edited).unwrap();
+        db.flush().unwrap();
+    }
+    // `journal verify` with the key names it.
+    let (code, out, err) = bondline(&["journal", "verify"], &line.config);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("instruction for waybill INTEG01"), "{out}");
+
+    let daemon = Daemon::start(&line.config, &line.log);
+    let body = line.wait_not_ready("stored state refused").await;
+    assert!(body.contains("INTEG01"), "{body}");
+    let roles = line.scan(&["INTEG01", "INTEG02"]).await;
+    assert_ne!(
+        roles[0],
+        LaneRole::Release,
+        "the edited hold releases nothing"
+    );
+    assert_eq!(
+        roles[1],
+        LaneRole::Release,
+        "genuine stored state still works"
+    );
+    let alerted = wait_until(Duration::from_secs(20), || {
+        line.platform.all_records().iter().any(|r| {
+            matches!(r, Record::Alert(a) if a.alert == AlertKind::StoredStateRefused
+                && a.waybill.as_deref() == Some("INTEG01"))
+        }) && line
+            .platform
+            .events()
+            .iter()
+            .any(|e| e.kind == EventKind::Alarm && e.detail.starts_with("stored_state_refused"))
+    })
+    .await;
+    assert!(
+        alerted,
+        "{:?}\n{:?}",
+        line.platform.events(),
+        line.read_log()
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", line.read_log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_rewrite_of_the_chain_fails_verify_and_alarms_while_the_line_decides() {
+    let line = line().await;
+    // A fresh store: the daemon creates the key (mode 0600) and is ready.
+    let daemon = Daemon::start(&line.config, &line.log);
+    let key_file = default_key_file(&line.store);
+    let ready = wait_until(Duration::from_secs(30), || {
+        matches!(get(line.view, "/readyz"), Some((200, _)))
+    })
+    .await;
+    assert!(ready, "{}", line.read_log());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    line.scan(&["CHAIN01", "CHAIN02", "CHAIN03", "CHAIN04"])
+        .await;
+    assert_eq!(daemon.terminate(), Some(0), "{}", line.read_log());
+    let (code, out, err) = bondline(&["journal", "verify"], &line.config);
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // The intruder rewrites a parcel record and every later prev_hash, the stored head and
+    // the head mark, without the key.
+    {
+        let db = open_sled(&line.store);
+        let batches = db.open_tree("batches").unwrap();
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        for entry in batches.iter() {
+            let (_, v) = entry.unwrap();
+            let mut rest = &v[..];
+            while !rest.is_empty() {
+                let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+                records.push(rest[4..4 + len].to_vec());
+                rest = &rest[4 + len..];
+            }
+        }
+        assert!(records.len() >= 4, "{} records", records.len());
+        batches.clear().unwrap();
+        let mut prev = bondline::journal::GENESIS_HASH;
+        let mut seq = 0u64;
+        let mut edited = false;
+        for (i, bytes) in records.iter().enumerate() {
+            let mut r: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            if i >= 1 && !edited && r["kind"] == "parcel" {
+                r["reason"] = serde_json::json!("edited on disk");
+                edited = true;
+            }
+            r["prev_hash"] = serde_json::json!(hex::encode(prev));
+            seq = r["seq"].as_u64().unwrap();
+            let bytes = serde_json::to_vec(&r).unwrap();
+            prev = bondline::journal::chain_hash(&bytes);
+            let mut value = (bytes.len() as u32).to_be_bytes().to_vec();
+            value.extend_from_slice(&bytes);
+            batches.insert(seq.to_be_bytes(), value).unwrap();
+        }
+        assert!(edited, "a parcel record after the first");
+        let meta = db.open_tree("meta").unwrap();
+        let mut head = seq.to_be_bytes().to_vec();
+        head.extend_from_slice(&prev);
+        meta.insert("head", head).unwrap();
+        db.flush().unwrap();
+        // The head mark beside the store too, so nothing looks truncated.
+        std::fs::write(
+            line.store.join(bondline::journal::HEAD_MARK),
+            format!("{seq} {}\n", hex::encode(prev)),
+        )
+        .unwrap();
+    }
+    // The hash chain alone passes; the keyed head does not.
+    let (code, out, err) = bondline(&["journal", "verify"], &line.config);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("head_tag"), "{out}");
+
+    // The daemon starts, alarms, is not ready, and the line keeps deciding.
+    let daemon = Daemon::start(&line.config, &line.log);
+    line.wait_not_ready("journal integrity").await;
+    let roles = line.scan(&["CHAIN05"]).await;
+    assert_eq!(roles, vec![LaneRole::Hold], "undeclared: held");
+    let alarmed = wait_until(Duration::from_secs(20), || {
+        line.platform
+            .events()
+            .iter()
+            .any(|e| e.kind == EventKind::Alarm && e.detail.starts_with("journal_chain_broken"))
+    })
+    .await;
+    assert!(alarmed, "{:?}", line.platform.events());
+    let health = get(line.view, "/api/health").unwrap().1;
+    assert!(health.contains("journal integrity"), "{health}");
+    assert_eq!(daemon.terminate(), Some(0), "{}", line.read_log());
+
+    // The problem stays (across restarts) until an operator acknowledges it.
+    let (code, out, _) = bondline(&["journal", "acknowledge"], &line.config);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("acknowledged"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untagged_store_is_adopted_at_the_start_that_creates_the_key_and_an_open_key_is_refused()
+{
+    let line = line().await;
+    // State stored by a build without integrity tags: a declared, released waybill.
+    {
+        let j = Journal::open(&line.store).unwrap();
+        j.store_declaration(&declaration("ADOPT01")).unwrap();
+        j.store_instruction(&instruction("ADOPT01", "I-A", Action::Release))
+            .unwrap();
+        j.flush().await.unwrap();
+    }
+    let key_file = default_key_file(&line.store);
+    assert!(!key_file.exists());
+    let daemon = Daemon::start(&line.config, &line.log);
+    let ready = wait_until(Duration::from_secs(30), || {
+        matches!(get(line.view, "/readyz"), Some((200, _)))
+    })
+    .await;
+    assert!(
+        ready,
+        "{:?}\n{}",
+        get(line.view, "/readyz"),
+        line.read_log()
+    );
+    assert_eq!(line.scan(&["ADOPT01"]).await, vec![LaneRole::Release]);
+    let alarmed = wait_until(Duration::from_secs(20), || {
+        line.platform
+            .events()
+            .iter()
+            .any(|e| e.kind == EventKind::Alarm && e.detail.contains("adopted"))
+    })
+    .await;
+    assert!(alarmed, "{:?}", line.platform.events());
+    assert_eq!(daemon.terminate(), Some(0), "{}", line.read_log());
+    let (code, out, err) = bondline(&["journal", "verify"], &line.config);
+    assert_eq!(code, Some(0), "tagged now: {out}{err}");
+
+    // A key others can read: exit 64 naming the key and the file.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (code, _, err) = bondline(&["run"], &line.config);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("storage.integrity_key_file"), "{err}");
+    assert!(err.contains(&key_file.display().to_string()), "{err}");
+}
