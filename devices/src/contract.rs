@@ -849,6 +849,9 @@ pub enum EventKind {
     /// A message on a platform topic that is not from the platform: unsigned, mis-signed,
     /// expired or replayed. It was not applied.
     ForgedMessage,
+    /// A platform message validly signed for other gateways (its signature target names
+    /// neither this gateway nor its warehouse): a replay from elsewhere. It was not applied.
+    WrongTarget,
 }
 
 /// What the platform orders for an e-commerce enterprise.

@@ -654,7 +654,10 @@ impl Uplink {
         };
         if let Err((kind, reason)) = verdict {
             Metrics::add(&self.metrics.platform_rejected, 1);
-            let alert = if kind == EventKind::ForgedMessage {
+            if kind == EventKind::WrongTarget {
+                Metrics::add(&self.metrics.wrong_target_messages, 1);
+            }
+            let alert = if matches!(kind, EventKind::ForgedMessage | EventKind::WrongTarget) {
                 Metrics::add(&self.metrics.forged_messages, 1);
                 warn!(topic = %p.topic, %reason, "platform message refused: not from the platform");
                 AlertKind::ForgedMessage
@@ -679,9 +682,12 @@ impl Uplink {
         msg: &T,
         now_ms: u64,
     ) -> Result<Option<u64>, (EventKind, String)> {
-        self.trust
-            .check(msg, now_ms)
-            .map_err(|r| (EventKind::ForgedMessage, r))
+        self.trust.check(msg, now_ms).map_err(|r| match r {
+            crate::trust::Refused::WrongTarget(why) => {
+                (EventKind::WrongTarget, format!("wrong_target: {why}"))
+            }
+            crate::trust::Refused::NotFromPlatform(why) => (EventKind::ForgedMessage, why),
+        })
     }
 
     /// Makes the stored platform messages durable, then acknowledges them in arrival order.

@@ -18,7 +18,7 @@ pub fn render(
 ) -> String {
     let mut out = String::with_capacity(8192);
     let g = Metrics::get;
-    let counters: [(&str, &str, u64); 23] = [
+    let counters: [(&str, &str, u64); 24] = [
         ("bondline_scans_total", "Scanner frames that yielded a parcel (reads and no-reads).", g(&metrics.parcels)),
         ("bondline_no_reads_total", "Parcels whose code the scanner could not read.", g(&metrics.no_reads)),
         ("bondline_frames_rejected_total", "Scanner frames rejected by the decoder.", g(&metrics.frames_rejected)),
@@ -40,6 +40,7 @@ pub fn render(
         ("bondline_platform_messages_total", "Declarations and instructions received.", g(&metrics.platform_messages)),
         ("bondline_platform_rejected_total", "Platform messages rejected: invalid, forged, expired or replayed.", g(&metrics.platform_rejected)),
         ("bondline_platform_forged_total", "Platform messages refused as not from the platform: unsigned, mis-signed, expired or replayed.", g(&metrics.forged_messages)),
+        ("bondline_platform_wrong_target_total", "Platform messages refused as signed for other gateways (reason wrong_target); counted in bondline_platform_forged_total too.", g(&metrics.wrong_target_messages)),
         ("bondline_uplink_disconnects_total", "Broker sessions that ended.", g(&metrics.uplink_disconnects)),
         ("bondline_view_stream_lagged_total", "Times a live board stream fell behind and was told to reload.", health.stream_lagged),
     ];

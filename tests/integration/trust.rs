@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bondline_devices::contract::{
     Action, Declaration, EventKind, Instruction, LaneRole, ParcelRecord, SCHEMA,
 };
-use bondline_devices::signing::{sign, SigningKey};
+use bondline_devices::signing::{sign, SigningKey, Target};
 use bondline_simulators::platform::PlatformSim;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,7 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
     let mut platform = PlatformSim::connect(broker, PREFIX, "platform-trust")
         .await
         .unwrap();
-    platform.sign_with("platform-1", key.clone());
+    platform.sign_with("platform-1", key.clone(), Target::gateway("test-gw"));
     let intruder = PlatformSim::connect(broker, PREFIX, "intruder")
         .await
         .unwrap();
@@ -167,10 +167,17 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
         "platform-1",
         &SigningKey::from_bytes(&[7; 32]),
         now_ms(),
+        &Target::gateway("test-gw"),
     );
     publish(&intruder, "instructions", &mis).await;
     let mut old = instruction("TRUST03", "X3", Action::Release);
-    sign(&mut old, "platform-1", &key, now_ms() - 2 * 3600 * 1000);
+    sign(
+        &mut old,
+        "platform-1",
+        &key,
+        now_ms() - 2 * 3600 * 1000,
+        &Target::gateway("test-gw"),
+    );
     publish(&intruder, "instructions", &old).await;
     publish(&intruder, "declarations", &old_w4).await;
     publish(
@@ -198,6 +205,7 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
         "platform-1",
         &SigningKey::from_bytes(&[7; 32]),
         now_ms(),
+        &Target::gateway("test-gw"),
     );
     publish(&intruder, "rules", &forged_update).await;
     assert!(
