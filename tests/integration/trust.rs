@@ -471,3 +471,70 @@ async fn a_release_for_another_gateway_or_signed_before_a_hold_releases_nothing(
     assert_eq!(daemon.terminate(), Some(0));
     stop.cancel();
 }
+
+/// Another client connecting with the gateway's client id takes its session: the gateway
+/// sees its session lost or cut repeatedly and raises a `broker_session` alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_client_taking_the_client_id_raises_broker_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
+            plc,
+        },
+    );
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-session")
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let alerts = || {
+        platform
+            .all_records()
+            .into_iter()
+            .filter_map(|r| match r {
+                bondline_devices::contract::Record::Alert(a)
+                    if a.alert == bondline_devices::contract::AlertKind::BrokerSession =>
+                {
+                    Some(a.detail)
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // The intruder connects under the gateway's client id, with a clean session, and keeps
+    // reconnecting when the gateway takes the id back.
+    let client_id = format!("bondline-test-{}", mosquitto.port);
+    let intruder = tokio::spawn(async move {
+        let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", broker.port());
+        opts.set_clean_session(true)
+            .set_keep_alive(Duration::from_secs(5));
+        let (_client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+        loop {
+            if events.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let found = wait_until(Duration::from_secs(40), || !alerts().is_empty()).await;
+    intruder.abort();
+    assert!(found, "no broker_session alert");
+    assert!(
+        alerts()
+            .iter()
+            .any(|d| d.contains("session") || d.contains("client id")),
+        "{:?}",
+        alerts()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    stop.cancel();
+}
