@@ -380,6 +380,8 @@ impl App {
             policy: policy.clone(),
             anomalies: anomaly_rx,
             refusals: refusal_tx,
+            session_watch: Default::default(),
+            session_finding: Default::default(),
             reconnect: reconnect.clone(),
             trust: config.trust.clone(),
         };

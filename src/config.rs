@@ -306,6 +306,12 @@ struct RawTrust {
     allow_unsigned: bool,
     #[serde(default = "default_max_age_h")]
     max_age_h: u64,
+    /// A `warehouse:<id>` signature target must name this.
+    #[serde(default)]
+    warehouse_id: Option<String>,
+    /// Migration switch: accept legacy scheme-1 signatures, which name no gateway.
+    #[serde(default)]
+    accept_scheme_1: bool,
 }
 
 fn default_max_age_h() -> u64 {
@@ -1090,7 +1096,18 @@ impl Config {
                         ),
                     ));
                 }
-                crate::trust::Trust::new(keys, t.allow_unsigned, Duration::from_secs(t.max_age_h * 3600))
+                if let Some(w) = &t.warehouse_id {
+                    if w.is_empty() || w.len() > 64 || w.contains(|c: char| c.is_whitespace() || c == ',') {
+                        return Err(err("trust.warehouse_id", "must be 1 to 64 characters without spaces or commas".into()));
+                    }
+                }
+                crate::trust::Trust::new(keys, t.allow_unsigned, Duration::from_secs(t.max_age_h * 3600)).for_gateway(
+                    crate::trust::Identity {
+                        gateway_ids: vec![raw.gateway_id.clone(), uplink.client_id.clone()],
+                        warehouse_id: t.warehouse_id,
+                        accept_scheme_1: t.accept_scheme_1,
+                    },
+                )
             }
         };
         let facts: BTreeMap<String, crate::camera::LineFacts<'_>> = raw

@@ -216,7 +216,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "demo-platform",
     )
     .await?;
-    platform.sign_with(DEMO_KEY_ID, platform_key);
+    platform.sign_with(
+        DEMO_KEY_ID,
+        platform_key,
+        bondline_devices::signing::Target::gateway("demo-gw"),
+    );
     push_rules(&platform, &book).await?;
     platform.publish_plan(&plan, 0..AHEAD).await?;
     let before = Instant::now();

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub anomalies_dropped: AtomicU64,
     /// Platform-topic messages refused as not from the platform (signature checks).
     pub forged_messages: AtomicU64,
+    /// Of those, messages signed for other gateways (reason `wrong_target`).
+    pub wrong_target_messages: AtomicU64,
     /// Rule sets applied (from the file, a reload or the platform) and refused.
     pub rule_sets_applied: AtomicU64,
     pub rule_sets_refused: AtomicU64,

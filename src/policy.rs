@@ -5,7 +5,8 @@
 //! - a change of the rule file's content (seen by polling every [`WATCH_INTERVAL`]) reloads
 //!   it; so does SIGHUP, except that a SIGHUP with the file unchanged leaves a platform set in
 //!   force (`systemctl reload` also renews certificates, and must not undo the platform);
-//! - a platform update applies when its id is new and it is not older (`issued_at_ms`) than
+//! - a platform update applies when its id is new and it is not older (its signature time,
+//!   then `issued_at_ms`; see `Stamp::replaces`) than
 //!   the last platform update applied;
 //! - an invalid rule set is refused whole: the old set stays, the refusal is logged, alarmed
 //!   and (for the platform) reported; a refused platform update's id is not remembered, so
@@ -29,6 +30,7 @@ use crate::journal::platform::StoredRules;
 use crate::journal::{sha256, Journal, JournalError};
 use crate::line::ClearanceChange;
 use crate::metrics::Metrics;
+use crate::rules::clearance::Stamp;
 use crate::rules::engine::RuleSet;
 
 /// How often the rule file is checked for changes.
@@ -250,10 +252,11 @@ impl Policy {
         let store = |e: JournalError| UpdateError::Store(e.to_string());
         let seen = self.journal.rule_update_seen(&u.update_id).map_err(store)?;
         let last = self.journal.last_platform_rules().map_err(store)?;
-        let stale = matches!(
-            (last.as_ref().and_then(|l| l.issued_at_ms), u.issued_at_ms),
-            (Some(old), Some(new)) if new < old
-        );
+        // Ordered by the signature time, then `issued_at_ms` (see `Stamp::replaces`).
+        let stale = last.as_ref().is_some_and(|l| {
+            !Stamp::of(u.signature.as_ref(), u.issued_at_ms)
+                .replaces(Stamp::of(l.signature.as_ref(), l.issued_at_ms))
+        });
         if seen {
             return Ok(UpdateOutcome::Seen);
         }

@@ -758,6 +758,9 @@ pub enum AlertKind {
     /// A message on a platform topic could not be used (malformed, unknown, refused rule
     /// set) and was not applied. `line` is empty.
     RejectedMessage,
+    /// The broker session was lost (reconnected without the persistent session) or looks
+    /// taken over (the broker cut the gateway repeatedly). `line` is empty.
+    BrokerSession,
     /// The PLC took a divert command after the gateway had given up waiting for its
     /// acknowledge (the parcel's record says `timeout` or `link_down`): the parcel may go to
     /// that command's lane. `detail` names the sequence, the lane and its role.
@@ -898,6 +901,12 @@ pub enum EventKind {
     /// A message on a platform topic that is not from the platform: unsigned, mis-signed,
     /// expired or replayed. It was not applied.
     ForgedMessage,
+    /// A platform message validly signed for other gateways (its signature target names
+    /// neither this gateway nor its warehouse): a replay from elsewhere. It was not applied.
+    WrongTarget,
+    /// The gateway lost its persistent broker session and asks the platform to send the
+    /// current state again (declarations, instructions, notices, rule set).
+    StateRequest,
 }
 
 /// What the platform orders for an e-commerce enterprise.

@@ -28,7 +28,7 @@ use bondline_devices::contract::{
     topic, Anomaly, Declaration, DeclaredItem, EdgeEvent, EnterpriseAction, EnterpriseNotice,
     Instruction, LaneRole, ParcelRecord, ReadOutcome, Record, RuleSetUpdate, SCHEMA,
 };
-use bondline_devices::signing::{Signed, SigningKey};
+use bondline_devices::signing::{Signed, SigningKey, Target};
 use rand::Rng as _;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
@@ -54,7 +54,7 @@ pub struct PlatformSim {
     suspension_sent: AtomicBool,
     /// The platform key that signs every message, as a real platform does; `None` publishes
     /// unsigned messages (for a gateway that allows them, or to play an intruder).
-    signer: Option<(String, SigningKey)>,
+    signer: Option<(String, SigningKey, Target)>,
 }
 
 /// What the event-loop task has seen, read by the public accessors.
@@ -237,17 +237,31 @@ impl PlatformSim {
         self.publish_json(topic::INSTRUCTIONS, &instruction).await
     }
 
-    /// Signs every message published from now on with `key`, under `key_id`.
-    pub fn sign_with(&mut self, key_id: &str, key: SigningKey) {
-        self.signer = Some((key_id.to_string(), key));
+    /// Signs every message published from now on with `key`, under `key_id`, for the
+    /// gateways `target` names (signature scheme 2).
+    pub fn sign_with(&mut self, key_id: &str, key: SigningKey, target: Target) {
+        self.signer = Some((key_id.to_string(), key, target));
     }
 
     /// `msg`, signed now if this platform signs.
-    pub fn signed<T: Signed>(&self, mut msg: T) -> T {
-        if let Some((id, key)) = &self.signer {
-            bondline_devices::signing::sign(&mut msg, id, key, now_ms());
+    pub fn signed<T: Signed>(&self, msg: T) -> T {
+        self.signed_at(msg, now_ms())
+    }
+
+    /// `msg`, signed as of `signed_at_ms` if this platform signs (tests of ordering by the
+    /// signature time publish messages signed earlier).
+    pub fn signed_at<T: Signed>(&self, mut msg: T, signed_at_ms: u64) -> T {
+        if let Some((id, key, target)) = &self.signer {
+            bondline_devices::signing::sign(&mut msg, id, key, signed_at_ms, target);
         }
         msg
+    }
+
+    /// Publishes a customs instruction as is (signed or not by the caller), QoS 1, and waits
+    /// for the broker's acknowledge.
+    pub async fn publish_instruction_as_is(&self, instruction: &Instruction) -> anyhow::Result<()> {
+        self.publish_json(topic::INSTRUCTIONS, instruction).await?;
+        self.wait_acked().await
     }
 
     /// Publishes `payload` as is to `{prefix}/{topic_suffix}` (QoS 1), for tests that feed the

@@ -77,14 +77,52 @@ struct Held {
     id: Box<str>,
     action: Action,
     reason: u32,
-    issued_at_ms: Option<u64>,
+    made: Stamp,
 }
 
 #[derive(Debug, Clone)]
 struct Notice {
     action: EnterpriseAction,
     reason: Box<str>,
-    issued_at_ms: Option<u64>,
+    made: Stamp,
+}
+
+/// When the platform made a message, for ordering messages that replace each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    /// The signature time: present on every message the gateway believes (only a demo
+    /// line with `allow_unsigned` takes messages without it).
+    pub signed_at_ms: Option<u64>,
+    /// The platform's own time, optional in the contract.
+    pub issued_at_ms: Option<u64>,
+}
+
+impl Stamp {
+    pub fn of(
+        signature: Option<&bondline_devices::signing::Signature>,
+        issued_at_ms: Option<u64>,
+    ) -> Stamp {
+        Stamp {
+            signed_at_ms: signature.map(|s| s.signed_at_ms),
+            issued_at_ms,
+        }
+    }
+
+    /// Whether a message made at `self` may replace one made at `held`: ordered by the
+    /// signature time, then by `issued_at_ms` where both carry it. An older message never
+    /// replaces a newer one, whatever order the broker delivers them in. With equal times
+    /// (or, on a demo line, no times to compare) the later arrival replaces.
+    pub fn replaces(self, held: Stamp) -> bool {
+        if let (Some(old), Some(new)) = (held.signed_at_ms, self.signed_at_ms) {
+            if new != old {
+                return new > old;
+            }
+        }
+        match (held.issued_at_ms, self.issued_at_ms) {
+            (Some(old), Some(new)) => new >= old,
+            _ => true,
+        }
+    }
 }
 
 /// Declarations, instructions, enterprise notices and consumer histories, as last received.
@@ -232,10 +270,7 @@ impl ClearanceTable {
             return false;
         }
         match self.instructions.get(i.waybill.as_str()) {
-            Some(old) => match (old.issued_at_ms, i.issued_at_ms) {
-                (Some(old_at), Some(new_at)) => new_at >= old_at,
-                _ => true,
-            },
+            Some(old) => Stamp::of(i.signature.as_ref(), i.issued_at_ms).replaces(old.made),
             None => true,
         }
     }
@@ -262,7 +297,7 @@ impl ClearanceTable {
             id: i.instruction_id.as_str().into(),
             action: i.action,
             reason: self.strings.intern(&i.reason),
-            issued_at_ms: i.issued_at_ms,
+            made: Stamp::of(i.signature.as_ref(), i.issued_at_ms),
         };
         self.instructions.insert(i.waybill.as_str().into(), held);
     }
@@ -300,10 +335,7 @@ impl ClearanceTable {
             .strings
             .get(&n.enterprise)
             .and_then(|e| self.notices.get(&e));
-        match held.map(|h| (h.issued_at_ms, n.issued_at_ms)) {
-            Some((Some(old_at), Some(new_at))) => new_at >= old_at,
-            _ => true,
-        }
+        held.is_none_or(|h| Stamp::of(n.signature.as_ref(), n.issued_at_ms).replaces(h.made))
     }
 
     /// Applies a suspension or lift unless it is a redelivery or stale.
@@ -326,7 +358,7 @@ impl ClearanceTable {
             Notice {
                 action: n.action,
                 reason: n.reason.as_str().into(),
-                issued_at_ms: n.issued_at_ms,
+                made: Stamp::of(n.signature.as_ref(), n.issued_at_ms),
             },
         );
     }
@@ -473,5 +505,160 @@ pub(crate) mod tests {
         let lift = notice("n2", EnterpriseAction::Lift, Some(30));
         assert_eq!(t.apply_notice(&lift), Applied::Changed);
         assert!(t.known("A").suspension.is_none());
+    }
+
+    /// A platform message for the ordering property: an instruction for waybill `W{n}` or a
+    /// notice for `E1`, with its signature time and, sometimes, `issued_at_ms`.
+    #[derive(Debug, Clone)]
+    enum Msg {
+        Instruction(Instruction),
+        Notice(EnterpriseNotice),
+    }
+
+    impl Msg {
+        fn signed_at(&self) -> u64 {
+            let s = match self {
+                Msg::Instruction(i) => &i.signature,
+                Msg::Notice(n) => &n.signature,
+            };
+            s.as_ref().expect("signed").signed_at_ms
+        }
+    }
+
+    fn signature(at: u64) -> Option<bondline_devices::signing::Signature> {
+        Some(bondline_devices::signing::Signature {
+            scheme: 2,
+            key_id: "p1".into(),
+            signed_at_ms: at,
+            target: Some("gateway:gw".into()),
+            ed25519: "00".repeat(64),
+        })
+    }
+
+    fn messages() -> impl proptest::strategy::Strategy<Value = Vec<Msg>> {
+        use proptest::prelude::*;
+        let one = (
+            0u8..4,
+            0usize..3,
+            any::<Option<u64>>(),
+            prop_oneof![
+                Just(Action::Release),
+                Just(Action::Hold),
+                Just(Action::Inspect)
+            ],
+        );
+        proptest::collection::vec(one, 1..10).prop_map(|specs| {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(n, (kind, w, issued, action))| {
+                    // Distinct signature times; `issued_at_ms` unrelated to them, or absent.
+                    let at = 1_000_000 + (n as u64 * 7919) % 10_007;
+                    if kind == 0 {
+                        let mut m = notice(
+                            &format!("N{n}"),
+                            if action == Action::Release {
+                                EnterpriseAction::Lift
+                            } else {
+                                EnterpriseAction::Suspend
+                            },
+                            issued,
+                        );
+                        m.signature = signature(at);
+                        Msg::Notice(m)
+                    } else {
+                        Msg::Instruction(Instruction {
+                            schema: SCHEMA,
+                            instruction_id: format!("I{n}"),
+                            waybill: format!("W{w}"),
+                            action,
+                            reason: String::new(),
+                            issued_at_ms: issued,
+                            signature: signature(at),
+                        })
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn state_after(msgs: &[Msg]) -> Vec<(Option<(String, Action)>, bool)> {
+        let mut t = ClearanceTable::default();
+        for w in 0..3 {
+            t.apply_declaration(&decl(&format!("W{w}"), "c", 100));
+        }
+        for m in msgs {
+            match m {
+                Msg::Instruction(i) => t.apply_instruction(i),
+                Msg::Notice(n) => t.apply_notice(n),
+            };
+        }
+        (0..3)
+            .map(|w| {
+                let k = t.known(&format!("W{w}"));
+                (
+                    k.instruction.map(|o| (o.id.to_string(), o.action)),
+                    k.suspension.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Whatever order the broker delivers signed platform messages in (and whether they
+        /// carry `issued_at_ms` or not), the table ends as if they came in signed order: an
+        /// older release or lift published after a hold never wins.
+        #[test]
+        fn any_arrival_order_ends_as_signed_order(
+            (msgs, order) in messages().prop_flat_map(|m| {
+                let n = m.len();
+                (proptest::strategy::Just(m), proptest::strategy::Just((0..n).collect::<Vec<_>>()).prop_shuffle())
+            })
+        ) {
+            let mut signed_order = msgs.clone();
+            signed_order.sort_by_key(Msg::signed_at);
+            let arrived: Vec<Msg> = order.iter().map(|&i| msgs[i].clone()).collect();
+            // Redelivery of everything after the fact changes nothing either.
+            let mut twice = arrived.clone();
+            twice.extend(msgs.iter().cloned());
+            proptest::prop_assert_eq!(state_after(&arrived), state_after(&signed_order));
+            proptest::prop_assert_eq!(state_after(&twice), state_after(&signed_order));
+        }
+    }
+
+    #[test]
+    fn an_older_release_without_issued_at_published_after_a_hold_does_not_win() {
+        let mut t = ClearanceTable::default();
+        t.apply_declaration(&decl("W", "c", 100));
+        let mut release = Instruction {
+            schema: SCHEMA,
+            instruction_id: "I-rel".into(),
+            waybill: "W".into(),
+            action: Action::Release,
+            reason: String::new(),
+            issued_at_ms: None,
+            signature: signature(1_000),
+        };
+        let mut hold = release.clone();
+        hold.instruction_id = "I-hold".into();
+        hold.action = Action::Hold;
+        hold.issued_at_ms = Some(2_000);
+        hold.signature = signature(2_000);
+        assert_eq!(t.apply_instruction(&hold), Applied::Changed);
+        assert_eq!(t.apply_instruction(&release), Applied::Unchanged);
+        assert_eq!(t.known("W").instruction.unwrap().action, Action::Hold);
+        // A lift signed before the suspension does not end it.
+        let mut suspend = notice("N-s", EnterpriseAction::Suspend, None);
+        suspend.signature = signature(5_000);
+        let mut lift = notice("N-l", EnterpriseAction::Lift, Some(9_999_999));
+        lift.signature = signature(4_000);
+        t.apply_notice(&suspend);
+        assert_eq!(t.apply_notice(&lift), Applied::Unchanged);
+        assert!(t.known("W").suspension.is_some());
+        release.instruction_id = "I-rel-2".into();
+        release.signature = signature(3_000);
+        assert_eq!(t.apply_instruction(&release), Applied::Changed);
     }
 }

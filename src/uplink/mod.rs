@@ -40,6 +40,7 @@
 
 pub mod probe;
 pub mod refusals;
+pub mod session_watch;
 pub mod tls;
 mod unreadable;
 
@@ -99,6 +100,10 @@ pub struct Uplink {
     pub anomalies: mpsc::Receiver<Anomaly>,
     /// Refused platform messages, to be journaled as alerts (see [`refusals`]).
     pub refusals: mpsc::UnboundedSender<refusals::Refusal>,
+    /// Lost or taken-over broker sessions (see [`session_watch`]).
+    pub session_watch: Mutex<session_watch::SessionWatch>,
+    /// A finding made between sessions, reported as an event once connected again.
+    pub session_finding: Mutex<Option<session_watch::Finding>>,
     /// Ends the current connection (SIGHUP: new TLS material or credentials take effect).
     pub reconnect: Arc<tokio::sync::Notify>,
     /// Which platform messages to believe.
@@ -118,6 +123,8 @@ struct SessionEnd {
     unreadable: bool,
     /// The broker could not be reached at all.
     unreachable: bool,
+    /// The broker closed a session that was up (not a timeout, not the gateway's doing).
+    cut_by_broker: bool,
 }
 
 /// Why a session ended, as far as the gateway can tell.
@@ -198,6 +205,20 @@ impl Uplink {
             self.metrics.uplink_ready.store(false, Ordering::Relaxed);
             Metrics::add(&self.metrics.uplink_disconnects, 1);
             self.metrics.set_link(LINK, false, Some(end.reason.clone()));
+            if end.cut_by_broker {
+                let found = self
+                    .session_watch
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .cut_by_broker(std::time::Instant::now());
+                if let Some(f) = found {
+                    self.report_session(&f);
+                    *self
+                        .session_finding
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(f);
+                }
+            }
             if end.unreadable {
                 unreadable_run += 1;
                 if unreadable_run == 1 {
@@ -291,6 +312,17 @@ impl Uplink {
         }
     }
 
+    /// Raises a lost or taken-over session: an alarm, and a journaled `broker_session`
+    /// alert delivered like any record.
+    fn report_session(&self, f: &session_watch::Finding) {
+        warn!(finding = ?f, "broker session not safe");
+        self.alarms.raise(format!("broker session: {}", f.detail()));
+        let _ = self.refusals.send(refusals::Refusal {
+            alert: AlertKind::BrokerSession,
+            detail: f.detail(),
+        });
+    }
+
     /// Parks a record the broker will not take, with an alarm.
     fn park(&self, seq: u64, reason: &str) {
         park(&self.journal, &self.metrics, &self.alarms, seq, reason);
@@ -320,6 +352,7 @@ impl Uplink {
             lasted: ended.duration_since(started),
             unreadable: cause == EndCause::Unreadable,
             unreachable: cause == EndCause::Unreachable,
+            cut_by_broker: cause == EndCause::Peer,
         }
     }
 
@@ -411,6 +444,33 @@ impl Uplink {
                 Event::Incoming(Incoming::ConnAck(ack)) => {
                     info!(broker = %format!("{}:{}", self.config.host, self.config.port), session_present = ack.session_present, "broker connected");
                     self.metrics.set_link(LINK, true, None);
+                    let lost = self
+                        .session_watch
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .connected(ack.session_present);
+                    if let Some(f) = &lost {
+                        self.report_session(f);
+                    }
+                    let earlier = self
+                        .session_finding
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    for f in earlier.iter().chain(lost.iter()) {
+                        self.event(
+                            &client,
+                            pending,
+                            EventKind::Alarm,
+                            format!("broker_session: {}", f.detail()),
+                            None,
+                        );
+                    }
+                    if lost.is_some() {
+                        // Fail closed meanwhile: the table keeps what it holds; the platform
+                        // answers by sending the current state again.
+                        self.event(&client, pending, EventKind::StateRequest, "session lost: send the current declarations, instructions, notices and rule set for this gateway".into(), None);
+                    }
                     let subs = [
                         topic::DECLARATIONS,
                         topic::INSTRUCTIONS,
@@ -654,7 +714,10 @@ impl Uplink {
         };
         if let Err((kind, reason)) = verdict {
             Metrics::add(&self.metrics.platform_rejected, 1);
-            let alert = if kind == EventKind::ForgedMessage {
+            if kind == EventKind::WrongTarget {
+                Metrics::add(&self.metrics.wrong_target_messages, 1);
+            }
+            let alert = if matches!(kind, EventKind::ForgedMessage | EventKind::WrongTarget) {
                 Metrics::add(&self.metrics.forged_messages, 1);
                 warn!(topic = %p.topic, %reason, "platform message refused: not from the platform");
                 AlertKind::ForgedMessage
@@ -679,9 +742,12 @@ impl Uplink {
         msg: &T,
         now_ms: u64,
     ) -> Result<Option<u64>, (EventKind, String)> {
-        self.trust
-            .check(msg, now_ms)
-            .map_err(|r| (EventKind::ForgedMessage, r))
+        self.trust.check(msg, now_ms).map_err(|r| match r {
+            crate::trust::Refused::WrongTarget(why) => {
+                (EventKind::WrongTarget, format!("wrong_target: {why}"))
+            }
+            crate::trust::Refused::NotFromPlatform(why) => (EventKind::ForgedMessage, why),
+        })
     }
 
     /// Makes the stored platform messages durable, then acknowledges them in arrival order.

@@ -41,6 +41,7 @@ pub fn render(
         ("bondline_platform_messages_total", "Declarations and instructions received.", g(&metrics.platform_messages)),
         ("bondline_platform_rejected_total", "Platform messages rejected: invalid, forged, expired or replayed.", g(&metrics.platform_rejected)),
         ("bondline_platform_forged_total", "Platform messages refused as not from the platform: unsigned, mis-signed, expired or replayed.", g(&metrics.forged_messages)),
+        ("bondline_platform_wrong_target_total", "Platform messages refused as signed for other gateways (reason wrong_target); counted in bondline_platform_forged_total too.", g(&metrics.wrong_target_messages)),
         ("bondline_uplink_disconnects_total", "Broker sessions that ended.", g(&metrics.uplink_disconnects)),
         ("bondline_view_stream_lagged_total", "Times a live board stream fell behind and was told to reload.", health.stream_lagged),
     ];

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bondline_devices::contract::{
     Action, Declaration, EventKind, Instruction, LaneRole, ParcelRecord, SCHEMA,
 };
-use bondline_devices::signing::{sign, SigningKey};
+use bondline_devices::signing::{sign, SigningKey, Target};
 use bondline_simulators::platform::PlatformSim;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,7 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
     let mut platform = PlatformSim::connect(broker, PREFIX, "platform-trust")
         .await
         .unwrap();
-    platform.sign_with("platform-1", key.clone());
+    platform.sign_with("platform-1", key.clone(), Target::gateway("test-gw"));
     let intruder = PlatformSim::connect(broker, PREFIX, "intruder")
         .await
         .unwrap();
@@ -167,10 +167,17 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
         "platform-1",
         &SigningKey::from_bytes(&[7; 32]),
         now_ms(),
+        &Target::gateway("test-gw"),
     );
     publish(&intruder, "instructions", &mis).await;
     let mut old = instruction("TRUST03", "X3", Action::Release);
-    sign(&mut old, "platform-1", &key, now_ms() - 2 * 3600 * 1000);
+    sign(
+        &mut old,
+        "platform-1",
+        &key,
+        now_ms() - 2 * 3600 * 1000,
+        &Target::gateway("test-gw"),
+    );
     publish(&intruder, "instructions", &old).await;
     publish(&intruder, "declarations", &old_w4).await;
     publish(
@@ -198,6 +205,7 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
         "platform-1",
         &SigningKey::from_bytes(&[7; 32]),
         now_ms(),
+        &Target::gateway("test-gw"),
     );
     publish(&intruder, "rules", &forged_update).await;
     assert!(
@@ -282,6 +290,248 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
         alerts()
             .iter()
             .any(|d| d.contains("/rules: rule_set_update: signature does not match")),
+        "{:?}",
+        alerts()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    stop.cancel();
+}
+
+/// A release captured on another gateway, and an older release (without `issued_at_ms`)
+/// published after a hold, release nothing; the first is reported as `wrong_target`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_for_another_gateway_or_signed_before_a_hold_releases_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let key = SigningKey::from_bytes(&[42; 32]);
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
+            plc,
+        },
+    )
+    .replace(
+        "allow_unsigned = true",
+        &format!(
+            "keys = [{{ id = \"platform-1\", ed25519_public_hex = \"{}\" }}]\nmax_age_h = 1",
+            hex::encode(key.verifying_key().to_bytes())
+        ),
+    );
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let mut platform = PlatformSim::connect(broker, PREFIX, "platform-target")
+        .await
+        .unwrap();
+    platform.sign_with("platform-1", key.clone(), Target::gateway("test-gw"));
+    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let refused = |kind: EventKind| {
+        platform
+            .events()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.detail)
+            .collect::<Vec<_>>()
+    };
+    // The daemon is subscribed once it reports the first refusal.
+    let mut n = 0;
+    while refused(EventKind::ForgedMessage).is_empty() {
+        n += 1;
+        assert!(n < 40, "the daemon never reported a refused message");
+        publish(
+            &platform,
+            "instructions",
+            &instruction("TARGET00", &format!("probe{n}"), Action::Release),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for w in ["TARGET01", "TARGET02", "TARGET03"] {
+        publish(
+            &platform,
+            "declarations",
+            &platform.signed(declaration(w, true)),
+        )
+        .await;
+    }
+    // Gateway gw-b's release of TGT01, validly signed by the platform, replayed here.
+    let mut elsewhere = instruction("TARGET01", "I-T1", Action::Release);
+    sign(
+        &mut elsewhere,
+        "platform-1",
+        &key,
+        now_ms(),
+        &Target::gateway("gw-b"),
+    );
+    publish(&platform, "instructions", &elsewhere).await;
+    // TGT02: a hold, then a release signed 10 s before it and without `issued_at_ms`.
+    let mut early_release = instruction("TARGET02", "I-T2-rel", Action::Release);
+    early_release.issued_at_ms = None;
+    let early_release = platform.signed_at(early_release, now_ms() - 10_000);
+    publish(
+        &platform,
+        "instructions",
+        &platform.signed(instruction("TARGET02", "I-T2-hold", Action::Hold)),
+    )
+    .await;
+    publish(&platform, "instructions", &early_release).await;
+    // TGT03: the platform's own release for this gateway releases.
+    publish(
+        &platform,
+        "instructions",
+        &platform.signed(instruction("TARGET03", "I-T3", Action::Release)),
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            !refused(EventKind::WrongTarget).is_empty()
+                && refused(EventKind::ForgedMessage)
+                    .iter()
+                    .any(|d| d.contains("older"))
+        })
+        .await,
+        "wrong_target: {:?}, forged: {:?}",
+        refused(EventKind::WrongTarget),
+        refused(EventKind::ForgedMessage)
+    );
+    assert!(
+        refused(EventKind::WrongTarget)
+            .iter()
+            .any(|d| d.starts_with("wrong_target: instruction signed for `gateway:gw-b`")),
+        "{:?}",
+        refused(EventKind::WrongTarget)
+    );
+
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let framing = stx_etx();
+    // Scanned again until the line reports them (a scan before the PLC link is up may be
+    // refused); every record of each waybill is checked.
+    let mut ok = false;
+    for _ in 0..4 {
+        for w in ["TARGET01", "TARGET02", "TARGET03"] {
+            stream.write_all(&framing.encode(w)).await.unwrap();
+        }
+        if platform.wait_for_records(3, Duration::from_secs(10)).await {
+            ok = true;
+            break;
+        }
+    }
+    let records: Vec<ParcelRecord> = platform.records();
+    assert!(
+        ok,
+        "records: {records:?}; log: {}",
+        std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+    );
+    for (w, want) in [
+        ("TARGET01", LaneRole::Hold),
+        ("TARGET02", LaneRole::Hold),
+        ("TARGET03", LaneRole::Release),
+    ] {
+        let mine: Vec<_> = records
+            .iter()
+            .filter(|r| r.waybill.as_deref() == Some(w))
+            .collect();
+        assert!(!mine.is_empty(), "no record for {w}");
+        for r in mine {
+            assert_eq!(r.lane_role, want, "{w}: {} {:?}", r.reason, r.rules_fired);
+        }
+    }
+    // The refusal is journaled as an alert too, delivered like any record.
+    let alerts = || {
+        platform
+            .all_records()
+            .into_iter()
+            .filter_map(|r| match r {
+                bondline_devices::contract::Record::Alert(a)
+                    if a.alert == bondline_devices::contract::AlertKind::ForgedMessage =>
+                {
+                    Some(a.detail)
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || alerts()
+            .iter()
+            .any(|d| d.contains("wrong_target")))
+        .await,
+        "{:?}",
+        alerts()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    stop.cancel();
+}
+
+/// Another client connecting with the gateway's client id takes its session: the gateway
+/// sees its session lost or cut repeatedly and raises a `broker_session` alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_client_taking_the_client_id_raises_broker_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
+            plc,
+        },
+    );
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-session")
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let alerts = || {
+        platform
+            .all_records()
+            .into_iter()
+            .filter_map(|r| match r {
+                bondline_devices::contract::Record::Alert(a)
+                    if a.alert == bondline_devices::contract::AlertKind::BrokerSession =>
+                {
+                    Some(a.detail)
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // The intruder connects under the gateway's client id, with a clean session, and keeps
+    // reconnecting when the gateway takes the id back.
+    let client_id = format!("bondline-test-{}", mosquitto.port);
+    let intruder = tokio::spawn(async move {
+        let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", broker.port());
+        opts.set_clean_session(true)
+            .set_keep_alive(Duration::from_secs(5));
+        let (_client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+        loop {
+            if events.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let found = wait_until(Duration::from_secs(40), || !alerts().is_empty()).await;
+    intruder.abort();
+    assert!(found, "no broker_session alert");
+    assert!(
+        alerts()
+            .iter()
+            .any(|d| d.contains("session") || d.contains("client id")),
         "{:?}",
         alerts()
     );
