@@ -219,6 +219,7 @@ fn router(shared: Shared) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/charts", get(reports::charts_page))
         .route("/api/charts", get(reports::charts_api))
+        .route("/api/shift", get(reports::shift_api))
         .route("/api/export.csv", get(reports::export_csv))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),

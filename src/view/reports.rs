@@ -137,6 +137,24 @@ pub async fn charts_api(
     Ok(Json(gather(&s, &q).await?))
 }
 
+/// `GET /api/shift`: the shift running now in the warehouse's zone (the worklist's default
+/// range): `{label, time_zone, from_ms, to_ms, from, to}`.
+pub async fn shift_api(State(s): State<Shared>) -> Result<Json<serde_json::Value>, ViewError> {
+    let now = unix_ms(std::time::SystemTime::now()) as i64;
+    let shift = s
+        .shifts
+        .shift_at(now)
+        .map_err(|e| ViewError::BadRequest(e.to_string()))?;
+    Ok(Json(serde_json::json!({
+        "label": shift.label(),
+        "time_zone": s.shifts.zone_name(),
+        "from_ms": shift.start_ms(),
+        "to_ms": shift.end_ms(),
+        "from": shift.start_rfc3339(),
+        "to": shift.end_rfc3339(),
+    })))
+}
+
 fn query_string(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()

@@ -1,5 +1,6 @@
-// The inspection worklist: parcels sent to inspection or hold in a time range (the last 12
-// hours unless the address says otherwise), newest first, each with everything an officer
+// The inspection worklist: parcels sent to inspection or hold in a time range (the shift
+// running now from /api/shift, and at least the last hour, unless the address says otherwise; the last 12 hours if the
+// shift cannot be read), newest first, each with everything an officer
 // needs at the inspection lane. The filters live in the address, so a link reproduces the
 // view. Printed, every parcel is one A4 inspection slip with its waybill as a barcode.
 "use strict";
@@ -124,6 +125,16 @@ async function main() {
   const out = document.getElementById("result");
   document.getElementById("print").addEventListener("click", () => window.print());
   const f = filters();
+  if (!new URLSearchParams(location.search).get("from")) {
+    try {
+      const shift = await fetchJson("/api/shift");
+      // at least the last hour, so parcels from just before a shift change stay in view
+      f.from = Math.min(shift.from_ms, f.to - 3600 * 1000);
+      document.getElementById("f-from").value = localInput(f.from);
+    } catch (e) {
+      // keep the last 12 hours
+    }
+  }
   await loadRules();
   try {
     const res = await fetchJson("/api/records?from=" + f.from + "&to=" + f.to + "&limit=1000");
