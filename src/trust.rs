@@ -169,10 +169,9 @@ mod tests {
     use bondline_devices::contract::{Action, Instruction, SCHEMA};
     use bondline_devices::signing::{sign, sign_v1, SigningKey};
 
-    #[test]
-    fn unsigned_forged_expired_and_future_messages_are_refused() {
-        let key = SigningKey::from_bytes(&[1; 32]);
-        let trust = Trust::new(
+    /// Trust for gateway `gw-01` (also `bondline-gw-01`) of warehouse `WH-1`, knowing `key` as `p1`.
+    fn gateway_trust(key: &SigningKey) -> Trust {
+        Trust::new(
             [("p1".to_string(), key.verifying_key())].into(),
             false,
             Duration::from_secs(3600),
@@ -181,9 +180,12 @@ mod tests {
             gateway_ids: vec!["gw-01".into(), "bondline-gw-01".into()],
             warehouse_id: Some("WH-1".into()),
             accept_scheme_1: false,
-        });
-        let here = Target::gateway("gw-01");
-        let mut m = Instruction {
+        })
+    }
+
+    /// An unsigned release instruction for waybill `BL1`.
+    fn release() -> Instruction {
+        Instruction {
             schema: SCHEMA,
             instruction_id: "I".into(),
             waybill: "BL1".into(),
@@ -191,7 +193,15 @@ mod tests {
             reason: String::new(),
             issued_at_ms: None,
             signature: None,
-        };
+        }
+    }
+
+    #[test]
+    fn unsigned_forged_expired_and_future_messages_are_refused() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let trust = gateway_trust(&key);
+        let here = Target::gateway("gw-01");
+        let mut m = release();
         let now = 10_000_000;
         assert!(trust.check(&m, now).unwrap_err().contains("not signed"));
         let lenient = Trust {
@@ -228,25 +238,8 @@ mod tests {
     #[test]
     fn a_message_for_another_gateway_or_warehouse_or_of_scheme_1_is_refused() {
         let key = SigningKey::from_bytes(&[1; 32]);
-        let trust = Trust::new(
-            [("p1".to_string(), key.verifying_key())].into(),
-            false,
-            Duration::from_secs(3600),
-        )
-        .for_gateway(Identity {
-            gateway_ids: vec!["gw-01".into(), "bondline-gw-01".into()],
-            warehouse_id: Some("WH-1".into()),
-            accept_scheme_1: false,
-        });
-        let mut m = Instruction {
-            schema: SCHEMA,
-            instruction_id: "I".into(),
-            waybill: "BL1".into(),
-            action: Action::Release,
-            reason: String::new(),
-            issued_at_ms: None,
-            signature: None,
-        };
+        let trust = gateway_trust(&key);
+        let mut m = release();
         let now = 10_000_000;
         for ok in [
             "gateway:gw-01",
