@@ -178,10 +178,10 @@ fn render(f: &ScannerFraming, pieces: &[Piece]) -> Vec<u8> {
             Piece::Suffix => out.extend(&f.suffix),
             Piece::OverLong(d) => {
                 out.extend(&f.prefix);
-                out.extend(std::iter::repeat_n(
-                    b'Z',
-                    (limit as isize + *d as isize) as usize,
-                ));
+                // A short limit (one-byte reads, one-byte suffix) can be below the offset:
+                // no negative run of bytes.
+                let n = limit.saturating_add_signed(*d as isize);
+                out.extend(std::iter::repeat_n(b'Z', n));
             }
             Piece::OpenAtLimit => {
                 out.extend(&f.prefix);
