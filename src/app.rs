@@ -46,7 +46,7 @@ const IMAGE_QUEUE: usize = 256;
 /// A running daemon.
 pub struct App {
     pub metrics: Arc<Metrics>,
-    pub table: Arc<RwLock<ClearanceTable>>,
+    pub table: Arc<ClearanceTable>,
     pub journal: Journal,
     /// The rule set every line decides with; replaced whole by the [`Policy`].
     pub rules: SharedRules,
@@ -136,7 +136,12 @@ impl App {
             info!(file = %config.storage.integrity_key_file.display(), "integrity key created");
         }
         journal.set_integrity_key(key, created);
-        let table = Arc::new(RwLock::new(journal.load_clearance()?));
+        // The clearance table fills in the background (see `load_clearance` below): the lines
+        // decide from the first second, holding every waybill until it is loaded.
+        let table = Arc::new(ClearanceTable::default());
+        let (expected_entries, expected_declarations) = journal.clearance_load_hint();
+        table.begin_loading(expected_entries);
+        let adopting = journal.begin_clearance_load()?;
         // The chain's head and anchor tags now, before the writer moves the head; the whole
         // chain is walked in the background below.
         let chain_tags = journal.check_chain_tags(true)?;
@@ -144,30 +149,18 @@ impl App {
         metrics
             .backlog
             .store(journal.backlog_len() as u64, Ordering::Relaxed);
-        {
-            let t = table.read().unwrap_or_else(|e| e.into_inner());
-            info!(
-                declarations = t.declarations(),
-                instructions = t.instructions(),
-                consumers = t.consumers(),
-                suspended_enterprises = t.suspended(),
-                backlog = Metrics::get(&metrics.backlog),
-                lines = config.lines.len(),
-                "bondline starting"
-            );
-        }
+        info!(
+            stored_entries = expected_entries,
+            stored_declarations = expected_declarations,
+            backlog = Metrics::get(&metrics.backlog),
+            lines = config.lines.len(),
+            "bondline starting; the clearance table loads in the background"
+        );
 
         let alarms = Alarms::new(&config.gateway_id);
         // A salvaged store says so once, as an alarm (its chain holds the salvage record).
         if let Some(notice) = journal.take_salvage_notice()? {
             alarms.raise(notice);
-        }
-        if journal.adopted_untagged() > 0 {
-            alarms.raise(format!(
-                "integrity: {} stored entries without integrity tags adopted as they lay on disk (integrity key {} created at this start, or a salvaged store)",
-                journal.adopted_untagged(),
-                config.storage.integrity_key_file.display()
-            ));
         }
         let mut tasks = JoinSet::new();
         let mut journal_tasks = JoinSet::new();
@@ -333,17 +326,32 @@ impl App {
             info!(rule_set = %set.version, rules = set.rules.len(), "customs rule set");
         }
         check_chain(&journal, &config.gateway_id, &alarms, &sink, chain_tags);
-        // Platform state refused by its integrity check (clearance table and rule set, both
-        // loaded by now): an alert in the chain and an alarm for each.
-        raise_refused(&journal, &config.gateway_id, &alarms, &sink);
-        journal_tasks.spawn(policy.clone().watch(uplink_stop.clone()));
-        journal_tasks.spawn(crate::rules::retention::run(
-            journal.clone(),
-            table.clone(),
-            released.clone(),
-            config.storage.clearance,
-            uplink_stop.clone(),
+        tasks.spawn(load_clearance(
+            Loader {
+                journal: journal.clone(),
+                table: table.clone(),
+                adopting,
+                expected_declarations,
+                changes: changes.clone(),
+                alarms: alarms.clone(),
+                sink: sink.clone(),
+                gateway: config.gateway_id.clone(),
+                key_file: config.storage.integrity_key_file.clone(),
+            },
+            shutdown.clone(),
         ));
+        journal_tasks.spawn(policy.clone().watch(uplink_stop.clone()));
+        {
+            // Forgetting old state waits for the load: it forgets from the store and the
+            // table together.
+            let (journal, table, released) = (journal.clone(), table.clone(), released.clone());
+            let (keep, stop) = (config.storage.clearance, uplink_stop.clone());
+            journal_tasks.spawn(async move {
+                if loaded(&table, &stop).await {
+                    crate::rules::retention::run(journal, table, released, keep, stop).await;
+                }
+            });
+        }
         let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
         let reconnect = Arc::new(tokio::sync::Notify::new());
         if let Some(day) = config.report_publish_day {
@@ -385,7 +393,17 @@ impl App {
             reconnect: reconnect.clone(),
             trust: config.trust.clone(),
         };
-        let uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
+        // Platform messages are taken in once the table is loaded: their freshness is judged
+        // against what the table holds, so a partial table could let an old message replace
+        // a newer stored one. Records wait in the journal meanwhile.
+        let uplink = {
+            let (table, stop) = (table.clone(), uplink_stop.clone());
+            tokio::spawn(async move {
+                if loaded(&table, &stop).await {
+                    uplink.run(stop).await;
+                }
+            })
+        };
 
         let liveness = crate::service::Liveness::default();
         let mut xray_devices = Vec::new();
@@ -514,6 +532,7 @@ impl App {
                     &shutdown,
                     &alarms,
                     feed,
+                    &table,
                 )
                 .await
             }
@@ -658,6 +677,108 @@ const REFUSED_ALERTS: usize = 100;
 
 /// Raises a `stored_state_refused` alert record and alarm for every stored platform entry
 /// that the load refused.
+/// What the background load of the clearance table needs.
+struct Loader {
+    journal: Journal,
+    table: Arc<ClearanceTable>,
+    adopting: bool,
+    expected_declarations: u64,
+    changes: broadcast::Sender<crate::line::ClearanceChange>,
+    alarms: Alarms,
+    sink: crate::journal::RecordSink,
+    gateway: String,
+    key_file: std::path::PathBuf,
+}
+
+/// How often a load's progress is logged and told to the service manager.
+const LOAD_REPORT: Duration = Duration::from_secs(2);
+
+/// Fills the clearance table from the store, then tells the lines to decide their parcels
+/// again (every parcel decided meanwhile was held as `state_loading`). Integrity checks
+/// apply as at any load; refused entries and adopted ones raise their alarms once the load is
+/// done. A load that fails leaves the table loading: everything stays held, `/readyz` says
+/// why, and an alarm is raised.
+async fn load_clearance(l: Loader, shutdown: CancellationToken) {
+    let started = std::time::Instant::now();
+    l.table.reserve(l.expected_declarations as usize);
+    let reporter = {
+        let table = l.table.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LOAD_REPORT);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(p) = table.loading() else { return };
+                let status = format!(
+                    "running; clearance table loading: {} of about {} stored entries",
+                    p.done, p.expected
+                );
+                info!(
+                    done = p.done,
+                    expected = p.expected,
+                    "clearance table loading"
+                );
+                crate::service::status(&status, Some(LOAD_REPORT * 5));
+            }
+        })
+    };
+    let (journal, table, stop) = (l.journal.clone(), l.table.clone(), shutdown.clone());
+    let outcome = tokio::task::spawn_blocking(move || {
+        journal.load_clearance_into(&table, l.adopting, &|| stop.is_cancelled())
+    })
+    .await;
+    reporter.abort();
+    match outcome {
+        Ok(Ok(true)) => {
+            l.table.finish_loading();
+            info!(
+                declarations = l.table.declarations(),
+                instructions = l.table.instructions(),
+                consumers = l.table.consumers(),
+                suspended_enterprises = l.table.suspended(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "clearance table loaded; tracked parcels are decided again"
+            );
+            crate::service::status("running", None);
+            let _ = l.changes.send(crate::line::ClearanceChange::All);
+        }
+        Ok(Ok(false)) => info!("clearance table load stopped by shutdown"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "clearance table cannot be loaded: every parcel is held");
+            l.alarms.raise(format!(
+                "clearance table cannot be loaded from the store ({e}): every parcel is held as state_loading"
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "clearance table load failed: every parcel is held");
+            l.alarms.raise(format!(
+                "clearance table load failed ({e}): every parcel is held as state_loading"
+            ));
+        }
+    }
+    if l.journal.adopted_untagged() > 0 {
+        l.alarms.raise(format!(
+            "integrity: {} stored entries without integrity tags adopted as they lay on disk (integrity key {} created at this start, or a salvaged store)",
+            l.journal.adopted_untagged(),
+            l.key_file.display()
+        ));
+    }
+    // Platform state refused by its integrity check (clearance table and rule set): an
+    // alert in the chain and an alarm for each.
+    raise_refused(&l.journal, &l.gateway, &l.alarms, &l.sink);
+}
+
+/// Waits until the clearance table is loaded; false if `stop` comes first.
+async fn loaded(table: &ClearanceTable, stop: &CancellationToken) -> bool {
+    while table.loading().is_some() {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    true
+}
+
 fn raise_refused(
     journal: &Journal,
     gateway: &str,
@@ -707,8 +828,10 @@ async fn start_view(
     shutdown: &CancellationToken,
     alarms: &Alarms,
     feed: broadcast::Receiver<bondline_devices::contract::Record>,
+    table: &Arc<ClearanceTable>,
 ) -> Option<std::net::SocketAddr> {
     let ctx = crate::view::ViewCtx {
+        table: table.clone(),
         unsigned_allowed: config.trust.allow_unsigned,
         gateway: config.gateway_id.clone(),
         journal: journal.clone(),

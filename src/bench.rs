@@ -589,11 +589,7 @@ async fn lines_bench(
     let elapsed = started.elapsed();
     let forwarded = Metrics::get(&metrics.records_forwarded);
     let ingested = Metrics::get(&metrics.platform_messages) - messages_at_start;
-    let held = app
-        .table
-        .read()
-        .map(|t| t.declarations())
-        .unwrap_or_default();
+    let held = app.table.declarations();
     if let Some(t) = flood_task {
         t.abort();
     }
@@ -740,7 +736,7 @@ fn rules_bench(
     let calendar = crate::rules::calendar::Calendar::default();
     let today = calendar.day_of(crate::metrics::unix_ms(std::time::SystemTime::now()));
     let before = resident_bytes();
-    let mut table = ClearanceTable::default();
+    let table = ClearanceTable::default();
     for i in 0..declarations {
         let waybill = format!("BL{i:012}");
         let d = Declaration {

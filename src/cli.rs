@@ -309,7 +309,10 @@ pub fn main() -> ExitCode {
             let store = config.storage.path.clone();
             let code = run_in_runtime(|| async move {
                 let shutdown = crate::shutdown::on_signals();
-                let app = crate::app::App::start(config, shutdown.clone()).await?;
+                let app = {
+                    let _extension = crate::service::Extension::start("starting");
+                    crate::app::App::start(config, shutdown.clone()).await?
+                };
                 crate::service::ready(&format!(
                     "running, rule set {}",
                     app.policy().current().version

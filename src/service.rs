@@ -81,6 +81,62 @@ pub fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Tells the service manager what the daemon is doing now; with `extend`, also that the
+/// step in progress (start-up, stop) may take that much longer than its timeout allows.
+pub fn status(status: &str, extend: Option<Duration>) {
+    let mut states = vec![NotifyState::Status(status)];
+    if let Some(d) = extend {
+        states.push(NotifyState::ExtendTimeoutUsec(
+            d.as_micros().min(u128::from(u32::MAX)) as u32,
+        ));
+    }
+    notify(&states);
+}
+
+/// How often [`Extension`] asks for more time, and how much it asks for each time.
+const EXTEND_EVERY: Duration = Duration::from_secs(5);
+const EXTEND_BY: Duration = Duration::from_secs(20);
+
+/// While alive, keeps extending the service manager's timeout (`EXTEND_TIMEOUT_USEC`) for a
+/// step that may outlast it (opening and checking a large store at start), from a thread of
+/// its own, so a step that blocks its thread still gets its extensions. A step that hangs
+/// for good is not helped for ever: the extension ends when the guard is dropped, and the
+/// watchdog covers the running daemon.
+pub struct Extension {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Extension {
+    pub fn start(what: &str) -> Extension {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let what = what.to_string();
+        let thread = std::thread::Builder::new()
+            .name("bondline-extend".into())
+            .spawn(move || loop {
+                status(&what, Some(EXTEND_BY));
+                match rx.recv_timeout(EXTEND_EVERY) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            })
+            .ok();
+        Extension {
+            stop: Some(tx),
+            thread,
+        }
+    }
+}
+
+impl Drop for Extension {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Shutdown has begun: in-flight parcels finish, the journal flushes.
 pub fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

@@ -1,8 +1,9 @@
 //! One sorting line's pipeline: scan in, decision, divert job out; acknowledges and
 //! dispositions back; records to the journal.
 //!
-//! The decision path is this task's handling of a scan: a read lock on the clearance table
-//! for the length of [`crate::rules::decide`], a look at the lane states, then a non-blocking
+//! The decision path is this task's handling of a scan: a lookup in the clearance table (one
+//! shard's read lock while one entry is copied out, see [`crate::rules::clearance`]),
+//! [`crate::rules::decide`], a look at the lane states, then a non-blocking
 //! hand-off to the PLC task. It never waits on the network, the disk or a device. If the PLC
 //! queue is full the parcel is recorded as `overload` at once; the PLC's own default sends it
 //! to the exception lane.
@@ -60,7 +61,7 @@ pub struct LineCtx {
     pub line: String,
     pub lanes: LaneMap,
     pub geometry: Geometry,
-    pub table: Arc<RwLock<ClearanceTable>>,
+    pub table: Arc<ClearanceTable>,
     /// The rule set in force; replaced whole on a reload.
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
     pub lane_states: Arc<LaneStates>,
@@ -226,8 +227,7 @@ impl Line {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            let table = self.ctx.table.read().unwrap_or_else(|p| p.into_inner());
-            decide(&table, &rules, scan)
+            decide(&self.ctx.table, &rules, scan)
         };
         let wanted = self.ctx.lanes.lane(decision.role);
         let mut role = decision.role;
@@ -271,9 +271,8 @@ impl Line {
             if inputs.consumer.is_some() {
                 // The parcel joins its consumer's history once, at its first scan; the record
                 // says so, and the journal keeps the mark with the record.
-                let mut table = self.ctx.table.write().unwrap_or_else(|p| p.into_inner());
                 let day = self.ctx.calendar.day_of(unix_ms(scan.at));
-                inputs.counted = table.count(w, day);
+                inputs.counted = self.ctx.table.count(w, day);
                 inputs.counted_day = inputs.counted.then_some(day);
             }
         }
@@ -874,9 +873,23 @@ impl Line {
         if let (Some(new), Some(old)) = (decision.inputs.as_mut(), t.decision.inputs.as_ref()) {
             new.counted = old.counted;
         }
+        // Decided while the clearance table was loading: the real decision replaces the
+        // stand-in hold (its record names the rule), and the parcel joins its consumer's
+        // history now, as it would have at its scan.
+        let was_loading = t.decision.rule == crate::rules::STATE_LOADING
+            && decision.rule != crate::rules::STATE_LOADING;
+        if was_loading {
+            if let (ScanRead::Waybill(w), Some(inputs)) = (&read, decision.inputs.as_mut()) {
+                if inputs.consumer.is_some() && !inputs.counted {
+                    let day = self.ctx.calendar.day_of(unix_ms(scanned_at));
+                    inputs.counted = self.ctx.table.count(w, day);
+                    inputs.counted_day = inputs.counted.then_some(day);
+                }
+            }
+        }
         let newly_flagged =
             flag_matters && decision.is_anomaly() && decision.rule != t.decision.rule;
-        if lane == t.disposed_lane.unwrap_or(t.lane) && !newly_flagged {
+        if lane == t.disposed_lane.unwrap_or(t.lane) && !newly_flagged && !was_loading {
             return;
         }
         Metrics::add(&self.ctx.metrics.recommits, 1);

@@ -9,6 +9,7 @@
 
 pub mod calendar;
 pub mod clearance;
+pub mod compact;
 pub mod engine;
 pub mod history;
 pub mod retention;
@@ -16,7 +17,11 @@ pub mod sharded;
 
 use bondline_devices::contract::{ConsumerWindowSeen, DecisionInputs, LaneRole};
 
-pub use clearance::{Applied, ClearanceTable};
+pub use clearance::{Applied, ClearanceTable, Message};
+
+/// The rule of a decision made while the clearance table is still loading from the store:
+/// hold, fail closed; the lines decide again when the load ends.
+pub const STATE_LOADING: &str = "state_loading";
 
 /// What the scanner reported for one parcel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +60,7 @@ impl Decision {
                     && f.target != LaneRole::Release
                     && f.rule != engine::AWAITING_RELEASE
                     && f.rule != engine::AWAITING_XRAY
+                    && f.rule != STATE_LOADING
             })
     }
 }
@@ -95,7 +101,11 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
         }
         ScanRead::Waybill(w) => w,
     };
-    let known = table.known(waybill);
+    let found = table.known(waybill);
+    if let Some(loading) = found.loading {
+        return while_loading(rules, waybill, loading, scan);
+    }
+    let known = found.known();
     let mut windows = Vec::new();
     let mut seen = Vec::new();
     let consumer = known.declaration.and_then(|d| d.consumer);
@@ -125,7 +135,7 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
                         parcels: k.parcels,
                         value_minor: k.value_minor,
                     },
-                    None => table.consumer_window(waybill, b.first_day, scan.day),
+                    None => table.consumer_window_of(&found, b.first_day, scan.day),
                 };
                 windows.push((i, w));
                 seen.push(ConsumerWindowSeen {
@@ -202,6 +212,45 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
         fired: e.fired,
         rule_set: e.version,
         inputs: Some(inputs),
+    }
+}
+
+/// The decision of a waybill while the clearance table loads: hold. Its declaration, its
+/// instruction, its enterprise's notice or its consumer's history may not be in yet, and only
+/// a complete picture may release.
+fn while_loading(
+    rules: &engine::RuleSet,
+    waybill: &str,
+    loading: clearance::Loading,
+    scan: Scan,
+) -> Decision {
+    let progress = if loading.expected > 0 {
+        format!(
+            "{} of about {} stored entries",
+            loading.done, loading.expected
+        )
+    } else {
+        format!("{} stored entries so far", loading.done)
+    };
+    let reason = format!(
+        "clearance state still loading from the store ({progress}): {waybill} is held until it is loaded"
+    );
+    Decision {
+        role: LaneRole::Hold,
+        rule: STATE_LOADING.into(),
+        reason: reason.clone(),
+        instruction_id: None,
+        fired: vec![engine::Fired {
+            rule: STATE_LOADING.into(),
+            target: LaneRole::Hold,
+            reason,
+            rule_kind_instruction: false,
+        }],
+        rule_set: rules.version.clone(),
+        inputs: Some(DecisionInputs {
+            measured_weight_g: scan.weight_g,
+            ..DecisionInputs::default()
+        }),
     }
 }
 
@@ -289,7 +338,7 @@ mod tests {
 
     #[test]
     fn each_case_goes_to_its_lane() {
-        let mut t = ClearanceTable::default();
+        let t = ClearanceTable::default();
         for w in ["R", "I", "H", "D"] {
             t.apply_declaration(&decl(w));
         }
@@ -337,7 +386,7 @@ mod tests {
         ];
         for declared in [false, true] {
             for a in actions {
-                let mut t = ClearanceTable::default();
+                let t = ClearanceTable::default();
                 if declared {
                     t.apply_declaration(&decl("W"));
                 }
@@ -352,7 +401,7 @@ mod tests {
 
     #[test]
     fn redelivery_and_stale_instructions_do_not_change_the_table() {
-        let mut t = ClearanceTable::default();
+        let t = ClearanceTable::default();
         t.apply_declaration(&decl("W"));
         assert_eq!(
             t.apply_instruction(&instr("W", "a", Action::Inspect, Some(20))),
@@ -388,7 +437,7 @@ mod tests {
              [[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 5\ntarget = \"inspection\"\nwindow_days = 1\nmax_parcels = 1\n",
         )
         .unwrap();
-        let mut t = ClearanceTable::default();
+        let t = ClearanceTable::default();
         for w in ["A", "B"] {
             let mut d = decl(w);
             d.consumer = Some("c".into());
@@ -438,7 +487,7 @@ mod tests {
         let at = |y, m, d, s: i64| {
             (cal.day_start_ms(calendar::days_from_civil(y, m, d) as u32) + s * 1000) as u64
         };
-        let mut t = ClearanceTable::default();
+        let t = ClearanceTable::default();
         for w in ["A", "B", "C", "D"] {
             let mut d = decl(w);
             d.consumer = Some("c".into());
@@ -583,7 +632,7 @@ mod tests {
             #[test]
             fn nothing_reaches_release_that_should_not(msgs in proptest::collection::vec(msg(), 1..60)) {
                 let rules = engine::RuleSet::parse("model", engine::tests::SET).unwrap();
-                let mut t = ClearanceTable::default();
+                let t = ClearanceTable::default();
                 // The model: what a correct gateway believes about each waybill.
                 let mut declared: HashMap<u8, (u8, bool)> = HashMap::new();
                 let mut instruction: HashMap<u8, (Action, Option<u64>)> = HashMap::new();
@@ -654,5 +703,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn while_the_table_loads_every_waybill_is_held_as_state_loading() {
+        let t = ClearanceTable::default();
+        t.apply_declaration(&decl("W"));
+        t.apply_instruction(&instr("W", "I1", Action::Release, None));
+        t.begin_loading(100);
+        let rules = engine::RuleSet::builtin();
+        let calendar = calendar::Calendar::default();
+        let read = ScanRead::Waybill("W".into());
+        let scan = Scan {
+            read: &read,
+            weight_g: None,
+            weighing: false,
+            day: 0,
+            calendar: &calendar,
+            prior: None,
+            xray: engine::XrayInput::NotOnLine,
+        };
+        let d = decide(&t, &rules, scan);
+        assert_eq!((d.role, d.rule.as_str()), (LaneRole::Hold, STATE_LOADING));
+        assert!(d.reason.contains("of about 100"), "{}", d.reason);
+        assert!(!d.is_anomaly(), "waiting for the load is not an anomaly");
+        t.finish_loading();
+        let d = decide(&t, &rules, scan);
+        assert_eq!(d.role, LaneRole::Release);
     }
 }

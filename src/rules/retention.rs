@@ -1,7 +1,7 @@
 //! Forgetting old platform state, so a gateway that runs for months does not grow without
 //! bound: see `Journal::purge_clearance` for what is forgotten and why that is safe.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
@@ -12,14 +12,13 @@ use crate::rules::ClearanceTable;
 
 /// How often old state is looked for.
 const INTERVAL: Duration = Duration::from_secs(3600);
-/// Entries forgotten per step; the table's write lock is taken once per step, briefly (the
-/// lines' decisions take its read lock).
+/// Entries forgotten per step (each waybill takes its shard's lock alone, briefly).
 const STEP: usize = 1_000;
 
 /// Forgets state received more than `keep` ago, at start and then hourly, until `stop`.
 pub async fn run(
     journal: Journal,
-    table: Arc<RwLock<ClearanceTable>>,
+    table: Arc<ClearanceTable>,
     released: Arc<crate::line::duplicates::Released>,
     keep: Duration,
     stop: CancellationToken,
@@ -54,7 +53,6 @@ pub async fn run(
             let step = tokio::task::spawn_blocking(move || {
                 let _guard = j.platform_lock().blocking_lock();
                 let forgotten = j.purge_clearance(before, STEP)?;
-                let mut t = t.write().unwrap_or_else(|e| e.into_inner());
                 for w in &forgotten.waybills {
                     t.forget_waybill(w);
                 }

@@ -46,7 +46,7 @@ mod unreadable;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bondline_devices::contract::{
@@ -87,7 +87,7 @@ pub struct Uplink {
     pub config: UplinkConfig,
     pub gateway: String,
     pub journal: Journal,
-    pub table: Arc<RwLock<ClearanceTable>>,
+    pub table: Arc<ClearanceTable>,
     pub metrics: Arc<Metrics>,
     /// Last accepted journal sequence; changes when new records are durable.
     pub accepted: watch::Receiver<u64>,
@@ -829,12 +829,13 @@ impl Uplink {
         }
     }
 
-    fn read_table(&self) -> std::sync::RwLockReadGuard<'_, ClearanceTable> {
-        self.table.read().unwrap_or_else(|e| e.into_inner())
+    /// The clearance table: every method takes `&self` (it locks per shard inside).
+    fn read_table(&self) -> &ClearanceTable {
+        &self.table
     }
 
-    fn write_table(&self) -> std::sync::RwLockWriteGuard<'_, ClearanceTable> {
-        self.table.write().unwrap_or_else(|e| e.into_inner())
+    fn write_table(&self) -> &ClearanceTable {
+        &self.table
     }
 }
 /// Parks `seq`: out of the outbox, kept in the journal, reported.

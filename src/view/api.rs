@@ -353,9 +353,26 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready: the journal reads, its writer runs, and the daemon is not shutting down.
+/// Ready: the journal reads, its writer runs, the clearance table is loaded, and the daemon
+/// is not shutting down. While the table loads the lines hold every waybill
+/// (`state_loading`), so the gateway is up (`/healthz`) but not ready.
 pub async fn readyz(State(s): State<Shared>) -> Response {
     let mut problems = Vec::new();
+    if let Some(l) = s.ctx.table.loading() {
+        problems.push(if l.expected > 0 {
+            format!(
+                "clearance table loading: {} of about {} stored entries ({}%); parcels are held as state_loading until then",
+                l.done,
+                l.expected,
+                (l.done * 100 / l.expected).min(99)
+            )
+        } else {
+            format!(
+                "clearance table loading: {} stored entries so far; parcels are held as state_loading until then",
+                l.done
+            )
+        });
+    }
     if s.ctx.shutdown.is_cancelled() {
         problems.push("shutting down".to_string());
     }

@@ -224,7 +224,11 @@ mod tests {
         let zh = super::fill_page(super::LOOKUP_HTML, Lang::Zh, "Asia/Shanghai");
         assert!(zh.contains("包裹查询"));
         // The gateway's own decisions have their reason in both languages.
-        for rule in ["no_read", crate::rules::engine::AWAITING_XRAY] {
+        for rule in [
+            "no_read",
+            crate::rules::engine::AWAITING_XRAY,
+            crate::rules::STATE_LOADING,
+        ] {
             for lang in Lang::ALL {
                 let key = format!("reason.builtin.{rule}");
                 assert_ne!(lang.catalogue().get(&key), key);

@@ -117,6 +117,8 @@ pub struct ViewCtx {
     pub shutdown: CancellationToken,
     /// Whether unsigned platform messages are accepted (`[trust] allow_unsigned`).
     pub unsigned_allowed: bool,
+    /// The clearance table, for `/readyz` while it loads.
+    pub table: Arc<crate::rules::ClearanceTable>,
 }
 
 /// Shared state of the handlers.
