@@ -13,6 +13,7 @@ mod framing;
 mod handshake;
 mod harness;
 mod integrity;
+mod loading;
 mod oversized;
 mod reconnect;
 mod report;

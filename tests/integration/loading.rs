@@ -1,0 +1,229 @@
+//! A restart with a large stored clearance table, with the real binary: the daemon answers
+//! `/healthz` and `/readyz` (503, saying what is loading) at once, decides a parcel of a
+//! waybill whose state is not loaded yet fail closed (hold, `state_loading`), and once the
+//! table is loaded decides the same waybill as its stored state says.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bondline::journal::integrity::{default_key_file, IntegrityKey};
+use bondline::journal::Journal;
+use bondline_devices::contract::{Action, Declaration, Instruction, LaneRole, SCHEMA};
+use bondline_simulators::platform::PlatformSim;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{
+    config_text, free_port, start_plc, stx_etx, wait_until, Daemon, LineDevices, Mosquitto,
+    ScannerAt,
+};
+
+const PREFIX: &str = "bondline/test-gw";
+/// Declarations stored before the restart: as many as a debug build stores in some 20 s,
+/// so that its load outlasts the first scans.
+const STORED: usize = 200_000;
+
+fn declaration(w: &str, i: usize) -> Declaration {
+    Declaration {
+        schema: SCHEMA,
+        waybill: w.into(),
+        enterprise: format!("E{}", i % 50),
+        consumer: Some(format!("c-{}", i % 40_000)),
+        identity_verified: true,
+        value_minor: Some(1000 + i as u64 % 500),
+        currency: Some("CNY".into()),
+        gross_weight_g: None,
+        items: vec![],
+        signature: None,
+    }
+}
+
+fn release(w: &str, id: &str) -> Instruction {
+    Instruction {
+        schema: SCHEMA,
+        instruction_id: id.into(),
+        waybill: w.into(),
+        action: Action::Release,
+        reason: String::new(),
+        issued_at_ms: Some(1),
+        signature: None,
+    }
+}
+
+/// GET `path` from the staff view: status and body.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let store = dir.path().join("journal");
+    let view = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = config_text(
+        &store,
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(scanner.local_addr().unwrap()),
+            plc,
+        },
+    ) + &format!("\n[view]\nlisten = \"{view}\"\n");
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("daemon.log");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // The stored state a busy gateway leaves behind, tagged as the daemon tags it: every
+    // waybill declared, every other one released. LOAD-REL is released, LOAD-DECL only
+    // declared.
+    let filled = Instant::now();
+    {
+        let (key, created) = IntegrityKey::load_or_create(&default_key_file(&store)).unwrap();
+        assert!(created);
+        let j = Journal::open(&store).unwrap();
+        j.set_integrity_key(key, true);
+        j.load_clearance().unwrap();
+        for i in 0..STORED {
+            let w = format!("LD{i:08}");
+            j.store_declaration(&declaration(&w, i)).unwrap();
+            if i % 2 == 0 {
+                j.store_instruction(&release(&w, &format!("I-{i}")))
+                    .unwrap();
+            }
+        }
+        j.store_declaration(&declaration("LOAD-REL", 1)).unwrap();
+        j.store_instruction(&release("LOAD-REL", "I-LOAD-REL"))
+            .unwrap();
+        j.store_declaration(&declaration("LOAD-DECL", 2)).unwrap();
+        j.flush().await.unwrap();
+        // A first start's complete load, as the daemon's would have been: it records the
+        // table's size for the next start's progress.
+        j.load_clearance().unwrap();
+    }
+    eprintln!("stored {STORED} declarations in {:?}", filled.elapsed());
+
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-loading")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let daemon = Daemon::start(&config, &log);
+    // The view answers while the table loads: up, not ready, and says what it waits for.
+    let mut ready = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            ready = get(view, "/readyz");
+            ready.is_some()
+        })
+        .await,
+        "{}",
+        read_log()
+    );
+    let answered = started.elapsed();
+    let (status, body) = ready.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("clearance table loading") && body.contains("stored entries"),
+        "{body}"
+    );
+    assert_eq!(get(view, "/healthz").map(|(s, _)| s), Some(200));
+    eprintln!("/readyz answered 503 after {answered:?}: {body}");
+
+    // A parcel of a released waybill, scanned while its state is not loaded: held.
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(30), scanner.accept())
+        .await
+        .expect("the daemon connects to the scanner")
+        .unwrap();
+    let framing = stx_etx();
+    stream.write_all(&framing.encode("LOAD-REL")).await.unwrap();
+    // Still loading after the scan: the parcel was decided before the load ended.
+    let still = get(view, "/readyz");
+    assert!(
+        matches!(&still, Some((503, b)) if b.contains("clearance table loading")),
+        "the load ended before the scan could be decided during it: {still:?}"
+    );
+
+    // The load ends: ready, and the same waybill is now released.
+    assert!(
+        wait_until(Duration::from_secs(300), || matches!(
+            get(view, "/readyz"),
+            Some((200, _))
+        ))
+        .await,
+        "{:?}\n{}",
+        get(view, "/readyz"),
+        read_log()
+    );
+    eprintln!("loaded and ready after {:?}", started.elapsed());
+    let held = |p: &PlatformSim| {
+        p.records()
+            .into_iter()
+            .find(|r| r.waybill.as_deref() == Some("LOAD-REL"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || held(&platform).is_some()).await,
+        "{}",
+        read_log()
+    );
+    let first = held(&platform).unwrap();
+    assert_eq!(
+        (first.lane_role, first.rule.as_str()),
+        (LaneRole::Hold, "state_loading"),
+        "{first:?}"
+    );
+    assert!(first.reason.contains("loading"), "{}", first.reason);
+
+    stream.write_all(&framing.encode("LOAD-REL")).await.unwrap();
+    stream
+        .write_all(&framing.encode("LOAD-DECL"))
+        .await
+        .unwrap();
+    let decided = |p: &PlatformSim| {
+        let records = p.records();
+        let released = records
+            .iter()
+            .any(|r| r.waybill.as_deref() == Some("LOAD-REL") && r.lane_role == LaneRole::Release);
+        let declared = records
+            .iter()
+            .find(|r| r.waybill.as_deref() == Some("LOAD-DECL"))
+            .map(|r| (r.lane_role, r.rule.clone()));
+        (released, declared)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let (released, declared) = decided(&platform);
+            released && declared.is_some()
+        })
+        .await,
+        "{:?}\n{}",
+        platform.records(),
+        read_log()
+    );
+    let (_, declared) = decided(&platform);
+    assert_eq!(
+        declared,
+        Some((LaneRole::Hold, "awaiting_release".to_string())),
+        "a declared waybill without its release is held for its instruction, as before"
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", read_log());
+}
