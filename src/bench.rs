@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::rules::ClearanceTable;
 
 mod burst;
+mod table;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
@@ -104,6 +105,20 @@ pub enum BenchCommand {
         /// Evaluations to time.
         #[arg(long, default_value_t = 200_000)]
         evaluations: u64,
+    },
+    /// The clearance table at scale: start to first decision and load time from a stored
+    /// table, process RSS per million declarations, lookup latency while a writer applies at
+    /// full speed into a growing table.
+    Table {
+        /// Declarations stored (half of them instructed).
+        #[arg(long, default_value_t = 1_000_000)]
+        declarations: u64,
+        /// Lookups to time, at least (they run as long as the writer does).
+        #[arg(long, default_value_t = 1_000_000)]
+        lookups: u64,
+        /// Directory of the store, kept between runs (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Drain time of a backlog to a broker, beside raw rumqttc QoS 1 publishing.
     Drain {
@@ -206,6 +221,13 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             rules,
             evaluations,
         } => rules_bench(declarations, consumers, rules, evaluations),
+        BenchCommand::Table {
+            declarations,
+            lookups,
+            dir,
+        } => tokio::task::spawn_blocking(move || table::run(declarations, lookups, dir.as_deref()))
+            .await
+            .context("the table bench failed")?,
         BenchCommand::Images {
             views,
             size,

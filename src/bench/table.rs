@@ -1,0 +1,219 @@
+//! `bondline bench table`: the clearance table at the size of the busiest gateway.
+//!
+//! 1. A store of `declarations` declarations, half of them instructed (release), is filled
+//!    through the journal's own API with an integrity key, as the daemon stores them (kept in
+//!    `--dir` between runs, so a 10-million store is filled once).
+//! 2. A start as the daemon does it: open the store, an empty table marked loading, the
+//!    first decision (fail closed, `state_loading`), then the background load; printed: start
+//!    to first decision, load time, and the process's RSS growth per million declarations
+//!    (sled's bounded cache included).
+//! 3. Lookups on one thread while another applies declarations and instructions at full
+//!    speed into a table that grows from empty (no room made ahead): lookup p50/p99/max.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bondline_devices::contract::{Action, Declaration, Instruction, SCHEMA};
+
+use crate::journal::integrity::{default_key_file, IntegrityKey};
+use crate::journal::Journal;
+use crate::rules::engine::{RuleSet, XrayInput};
+use crate::rules::{decide, ClearanceTable, Message, Scan, ScanRead};
+
+fn declaration(i: u64) -> Declaration {
+    Declaration {
+        schema: SCHEMA,
+        waybill: format!("BL{i:012}"),
+        enterprise: format!("E{:08}", i % 500),
+        consumer: Some(format!("{:016x}", i % 100_000)),
+        identity_verified: i % 97 != 0,
+        value_minor: Some(1_000 + i % 50_000),
+        currency: Some("CNY".into()),
+        gross_weight_g: Some(200 + (i % 3000) as u32),
+        items: vec![],
+        signature: None,
+    }
+}
+
+fn instruction(i: u64) -> Instruction {
+    Instruction {
+        schema: SCHEMA,
+        instruction_id: format!("I{i:012}"),
+        waybill: format!("BL{i:012}"),
+        action: if i % 10 == 0 {
+            Action::Inspect
+        } else {
+            Action::Release
+        },
+        reason: String::new(),
+        issued_at_ms: None,
+        signature: None,
+    }
+}
+
+/// Fills the store up to `n` declarations (those already there are kept), on two threads.
+fn fill(journal: &Journal, n: u64) -> anyhow::Result<()> {
+    let (have, _) = journal.clearance_load_hint();
+    if have > 0 {
+        println!("store: reusing the stored table ({have} entries at its last load)");
+        return Ok(());
+    }
+    let started = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..2u64)
+            .map(|t| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut i = t;
+                    while i < n {
+                        journal.store_declaration(&declaration(i))?;
+                        if i % 2 == 0 {
+                            journal.store_instruction(&instruction(i))?;
+                        }
+                        i += 2;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a fill thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let took = started.elapsed();
+    println!(
+        "store: {n} declarations, half instructed, stored in {:.1} s ({:.0} declarations/s)",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    Ok(())
+}
+
+pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Result<()> {
+    let tmp;
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let store = dir.join("journal");
+    std::fs::create_dir_all(&store)?;
+    {
+        let (key, created) = IntegrityKey::load_or_create(&default_key_file(&store))?;
+        let journal = Journal::open(&store)?;
+        journal.set_integrity_key(key, created);
+        fill(&journal, declarations)?;
+        // The first complete load records the table's size, as a daemon's first start would.
+        if journal.clearance_load_hint().0 == 0 {
+            journal.load_clearance()?;
+        }
+        futures::executor::block_on(journal.flush())?;
+    }
+
+    // A start, as the daemon's.
+    let rules = RuleSet::builtin();
+    let calendar = crate::rules::calendar::Calendar::default();
+    let read = ScanRead::Waybill(format!("BL{:012}", 2));
+    let scan = Scan {
+        read: &read,
+        weight_g: None,
+        weighing: false,
+        day: 0,
+        calendar: &calendar,
+        prior: None,
+        xray: XrayInput::NotOnLine,
+    };
+    let before = super::resident_bytes();
+    let started = Instant::now();
+    let (key, created) = IntegrityKey::load_or_create(&default_key_file(&store))?;
+    let journal = Journal::open(&store)?;
+    journal.set_integrity_key(key, created);
+    let table = Arc::new(ClearanceTable::default());
+    let (expected, expected_declarations) = journal.clearance_load_hint();
+    table.begin_loading(expected);
+    let adopting = journal.begin_clearance_load()?;
+    let first = decide(&table, &rules, scan);
+    let to_first = started.elapsed();
+    let opened = super::resident_bytes();
+    table.reserve(expected_declarations as usize);
+    let loaded = journal.load_clearance_into(&table, adopting, &|| false)?;
+    table.finish_loading();
+    let to_loaded = started.elapsed();
+    let after = super::resident_bytes();
+    let after_decision = decide(&table, &rules, scan);
+    let held = table.declarations().max(1) as f64;
+    println!(
+        "start: first decision after {:.0} ms ({}: {}), table loaded after {:.1} s ({} declarations, {} instructions, complete: {loaded}), then {}",
+        to_first.as_secs_f64() * 1000.0,
+        first.role.as_str(),
+        first.rule,
+        to_loaded.as_secs_f64(),
+        table.declarations(),
+        table.instructions(),
+        after_decision.role.as_str(),
+    );
+    println!(
+        "memory: process RSS {:.0} MiB before the store was opened, {:.0} MiB once open, {:.0} MiB loaded = {:.0} MiB per million declarations held (half instructed; sled cache {} MiB included)",
+        before as f64 / 1048576.0,
+        opened as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        after.saturating_sub(opened) as f64 / 1048576.0 * 1_000_000.0 / held,
+        crate::journal::CACHE_BYTES / 1048576,
+    );
+    drop(table);
+    drop(journal);
+
+    // Lookups against a writer at full speed, the table growing from empty.
+    let table = Arc::new(ClearanceTable::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (table, done) = (table.clone(), done.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut i = 0u64;
+            while i < declarations {
+                let d = declaration(i);
+                let ins = instruction(i);
+                if i % 2 == 0 {
+                    table.apply_many(&[Message::Declaration(&d), Message::Instruction(&ins)]);
+                } else {
+                    table.apply_declaration(&d);
+                }
+                i += 1;
+            }
+            done.store(true, Ordering::Release);
+            started.elapsed()
+        })
+    };
+    let mut samples = crate::metrics::new_hdr(3);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut n = 0u64;
+    while n < lookups || !done.load(Ordering::Acquire) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let w = format!("BL{:012}", x % declarations.max(1));
+        let t = Instant::now();
+        let found = table.known(&w);
+        samples.saturating_record((t.elapsed().as_nanos() as u64).max(1));
+        std::hint::black_box(found);
+        n += 1;
+        if done.load(Ordering::Acquire) && n >= lookups {
+            break;
+        }
+    }
+    let wrote = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer panicked"))?;
+    println!(
+        "lookups while a writer applies {declarations} declarations (half with their instruction in one batch) at full speed into a growing table ({:.0} declarations/s): {}",
+        declarations as f64 / wrote.as_secs_f64(),
+        crate::metrics::Percentiles::of(&samples, 1000.0)
+    );
+    Ok(())
+}
