@@ -428,6 +428,9 @@ impl App {
                 let _ = h.await;
             });
         }
+        // A small table loads in a moment: the lines wait that long for it rather than hold
+        // their first parcels as `state_loading`. A large one goes on loading behind them.
+        let _ = tokio::time::timeout(LOAD_WAIT, loaded(&table, &shutdown)).await;
         for l in &config.lines {
             let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
             let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
@@ -690,6 +693,10 @@ struct Loader {
     key_file: std::path::PathBuf,
 }
 
+/// How long the lines' start waits for the clearance table's load before they decide
+/// without it (holding every waybill until it is loaded).
+const LOAD_WAIT: Duration = Duration::from_millis(500);
+
 /// How often a load's progress is logged and told to the service manager.
 const LOAD_REPORT: Duration = Duration::from_secs(2);
 
@@ -773,7 +780,7 @@ async fn loaded(table: &ClearanceTable, stop: &CancellationToken) -> bool {
     while table.loading().is_some() {
         tokio::select! {
             _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
     true
