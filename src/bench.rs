@@ -756,6 +756,7 @@ fn rules_bench(
                 description: "cosmetics".into(),
                 quantity: 1 + (i % 3) as u32,
             }],
+            order_id: None,
             signature: None,
         };
         table.apply_declaration(&d);

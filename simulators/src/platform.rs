@@ -441,6 +441,7 @@ fn declaration_for(plan: &Plan, p: &PlannedParcel) -> Declaration {
             description: facts.goods.to_string(),
             quantity: facts.quantity,
         }],
+        order_id: None,
         signature: None,
     }
 }

@@ -15,6 +15,7 @@ use bondline_devices::contract::{
 
 use crate::rules::engine::{ConsumerWindow, Declared, Ordered};
 use crate::rules::history::ConsumerHistory;
+use crate::rules::orders::{OrderTotals, Transaction};
 use crate::rules::sharded::{ShardedMap, ShardedSet};
 
 /// What applying a platform message did.
@@ -140,6 +141,8 @@ pub struct ClearanceTable {
     seen_notices: HashSet<u128>,
     strings: Interner,
     history: ConsumerHistory,
+    /// Per-order sums of declared values, for the per-transaction limit.
+    orders: OrderTotals,
 }
 
 /// Digest of a string, for recognising ids without keeping them.
@@ -244,6 +247,7 @@ impl ClearanceTable {
             signed_at_ms: d.signature.as_ref().map(|s| s.signed_at_ms),
         };
         self.declarations.insert(d.waybill.as_str().into(), facts);
+        self.orders.apply(d);
         if let Some((_, _, day)) = counted_day {
             self.count(&d.waybill, day);
         }
@@ -308,6 +312,7 @@ impl ClearanceTable {
     pub fn forget_waybill(&mut self, waybill: &str) {
         self.declarations.remove(waybill);
         self.instructions.remove(waybill);
+        self.orders.forget(waybill);
     }
 
     /// Forgets an instruction id (one older than any signature the gateway accepts).
@@ -397,6 +402,12 @@ impl ClearanceTable {
         }
     }
 
+    /// The transaction `waybill` belongs to (its order's waybills, or itself alone), as
+    /// declared in `d`, the declaration held for it.
+    pub fn transaction<'a>(&'a self, waybill: &str, d: &Declared<'a>) -> Transaction<'a> {
+        self.orders.transaction(waybill, d.value_minor, d.currency)
+    }
+
     /// The history of the consumer of `waybill` over the local days `first..=today`, without
     /// the waybill's own parcel (its decision counts "before this one").
     pub fn consumer_window(&self, waybill: &str, first: u32, today: u32) -> ConsumerWindow {
@@ -450,6 +461,7 @@ pub(crate) mod tests {
             currency: Some("CNY".into()),
             gross_weight_g: None,
             items: vec![],
+            order_id: None,
             signature: None,
         }
     }

@@ -343,6 +343,14 @@ pub fn rule_kind_fields(kind: &crate::rules::engine::RuleKind) -> serde_json::Va
             "max_value_minor": max_value_minor,
             "currency": currency,
         }),
+        K::TransactionLimit {
+            max_value_minor,
+            currency,
+        } => json!({
+            "kind": "transaction_limit",
+            "max_value_minor": max_value_minor,
+            "currency": currency,
+        }),
         K::Sampling { rate_ppm } => json!({ "kind": "sampling", "rate_ppm": rate_ppm }),
         K::XraySuspect => json!({ "kind": "xray_suspect" }),
     }

@@ -154,6 +154,13 @@ function reasonOf(r, name, recorded) {
       Object.assign(p, { window: rule.window ? t("window." + rule.window) : t("window.rolling", { days: fmtNumber(rule.window_days) }), parcels: fmtNumber(w.parcels), value: money(w.value_minor, i.currency || rule.currency) });
       break;
     }
+    case "transaction_limit": {
+      const x = (i.transactions || []).find((y) => y.rule === name);
+      if (!x) return recorded;
+      const cur = x.currency || rule.currency || i.currency;
+      Object.assign(p, { which: x.order_id ? t("transaction.order", { order: x.order_id, parcels: fmtNumber(x.parcels) }) : t("transaction.waybill"), value: money(x.value_minor_after, cur), limit: money(x.max_value_minor, rule.currency || cur) });
+      break;
+    }
     case "sampling": p.rate_ppm = fmtNumber(rule.rate_ppm); break;
     case "unverified_identity": case "xray_suspect": break;
     default: return recorded;
