@@ -616,3 +616,143 @@ async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() 
     assert_eq!(json["declaration"]["enterprise"], "E-BAD");
     stop.cancel();
 }
+
+/// The per-transaction limit in a running daemon: an order declared as two waybills is counted
+/// as one transaction (the second waybill takes it over the limit and goes to inspection with
+/// the order's figures on its record and anomaly), while the same value without an order id
+/// is a transaction of its own and is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_limit_sums_the_waybills_of_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules_path,
+        rule_file(
+            "tx-1",
+            "[[rules]]\nname = \"per_order\"\nkind = \"transaction_limit\"\npriority = 50\ntarget = \"inspection\"\nmax_value_minor = 500000\ncurrency = \"CNY\"\n",
+        ),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
+            plc,
+        },
+    )
+    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
+    .replace(
+        "gateway_id = \"test-gw\"",
+        &format!(
+            "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
+            rules_path.display()
+        ),
+    );
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-transaction")
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let mut station = Station {
+        listener,
+        stream: None,
+        framing: Profiles::builtin()
+            .get("dws-stx-etx")
+            .unwrap()
+            .scanner()
+            .unwrap()
+            .clone(),
+    };
+    let in_order = |w: &str, order: Option<&str>, value: u64| {
+        let mut d: serde_json::Value =
+            serde_json::from_slice(&declaration(w, "E-GOOD", "c-1", value, "CNY", true)).unwrap();
+        if let Some(o) = order {
+            d["order_id"] = o.into();
+        }
+        json(d)
+    };
+    publish_all(
+        &platform,
+        vec![
+            ("declarations", in_order("TXA001", Some("ORDER-1"), 300_000)),
+            ("instructions", release("TXA001")),
+            ("declarations", in_order("TXC001", None, 450_000)),
+            ("instructions", release("TXC001")),
+        ],
+    )
+    .await;
+    let record_of = |w: &str| {
+        platform
+            .records()
+            .into_iter()
+            .rfind(|r| r.waybill.as_deref() == Some(w))
+    };
+    for w in ["TXA001", "TXC001"] {
+        station.scan(w, 1_000).await;
+        assert!(
+            wait_until(Duration::from_secs(20), || record_of(w).is_some()).await,
+            "no record for {w}: {}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+        );
+        let r = record_of(w).unwrap();
+        assert_eq!(r.lane_role, LaneRole::Release, "{w}: {}", r.reason);
+    }
+    // The order's second waybill, declared later, takes the order to 5,500.00 CNY.
+    publish_all(
+        &platform,
+        vec![
+            ("declarations", in_order("TXB001", Some("ORDER-1"), 250_000)),
+            ("instructions", release("TXB001")),
+        ],
+    )
+    .await;
+    station.scan("TXB001", 1_000).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || record_of("TXB001").is_some()).await,
+        "no record for TXB001"
+    );
+    let r = record_of("TXB001").unwrap();
+    assert_eq!(
+        (r.lane_role, r.rule.as_str()),
+        (LaneRole::Inspection, "per_order"),
+        "{}",
+        r.reason
+    );
+    let figures = r.inputs.clone().unwrap().transactions;
+    assert_eq!(figures.len(), 1, "{figures:?}");
+    let f = &figures[0];
+    assert_eq!(
+        (
+            f.order_id.as_deref(),
+            f.parcels,
+            f.value_minor,
+            f.value_minor_after,
+            f.max_value_minor
+        ),
+        (Some("ORDER-1"), 2, 300_000, 550_000, 500_000)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || platform
+            .anomalies()
+            .iter()
+            .any(|a| a.waybill.as_deref() == Some("TXB001")))
+        .await,
+        "no anomaly for TXB001"
+    );
+    let a = platform
+        .anomalies()
+        .into_iter()
+        .find(|a| a.waybill.as_deref() == Some("TXB001"))
+        .unwrap();
+    assert_eq!(a.inputs.transactions, figures);
+    assert_eq!(daemon.terminate(), Some(0));
+    stop.cancel();
+}
