@@ -757,6 +757,7 @@ fn rules_bench(
                 quantity: 1 + (i % 3) as u32,
             }],
             order_id: None,
+            pieces: None,
             signature: None,
         };
         table.apply_declaration(&d);

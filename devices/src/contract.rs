@@ -43,6 +43,11 @@ pub mod topic {
     pub const EVENTS: &str = "events";
 }
 
+/// The most pieces one declared waybill may cover: a larger figure is refused as malformed
+/// (a waybill for a thousand boxes is not a parcel shipment, and an unbounded figure would
+/// switch the duplicate-label rule off).
+pub const MAX_PIECES: u32 = 999;
+
 /// What the e-commerce company declared for one waybill.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +76,11 @@ pub struct Declaration {
     /// before the field existed still hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
+    /// How many physical parcels the waybill covers (1 to [`MAX_PIECES`]; absent means one):
+    /// the duplicate-label rule admits as many released parcels with this waybill. Absent
+    /// from the signed bytes when not given, as `order_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<u32>,
     /// The platform's signature (see [`crate::signing`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<crate::signing::Signature>,
@@ -287,6 +297,10 @@ pub struct DecisionInputs {
     /// rule set has none, so records written before the rule existed keep their bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transactions: Vec<TransactionSeen>,
+    /// The pieces the declaration says the waybill covers, when it says more than one: the
+    /// duplicate-label rule admits as many released parcels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<u32>,
 }
 
 /// What a `transaction_limit` rule saw: the declared value of the parcel's transaction (every
@@ -1083,6 +1097,12 @@ impl Declaration {
         }
         if let Some(o) = &d.order_id {
             check_id("order_id", o)?;
+        }
+        if d.pieces.is_some_and(|n| !(1..=MAX_PIECES).contains(&n)) {
+            return Err(MessageError::Field {
+                field: "pieces",
+                reason: "must be 1 to 999 when given",
+            });
         }
         Ok(d)
     }

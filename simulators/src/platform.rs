@@ -442,6 +442,7 @@ fn declaration_for(plan: &Plan, p: &PlannedParcel) -> Declaration {
             quantity: facts.quantity,
         }],
         order_id: None,
+        pieces: None,
         signature: None,
     }
 }

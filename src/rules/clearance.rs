@@ -143,6 +143,8 @@ pub struct ClearanceTable {
     history: ConsumerHistory,
     /// Per-order sums of declared values, for the per-transaction limit.
     orders: OrderTotals,
+    /// Declared pieces of the waybills declared with more than one, by waybill digest (few).
+    multi_piece: ShardedMap<u128, u16>,
 }
 
 /// Digest of a string, for recognising ids without keeping them.
@@ -248,6 +250,7 @@ impl ClearanceTable {
         };
         self.declarations.insert(d.waybill.as_str().into(), facts);
         self.orders.apply(d);
+        self.set_pieces(&d.waybill, d.pieces);
         if let Some((_, _, day)) = counted_day {
             self.count(&d.waybill, day);
         }
@@ -313,6 +316,29 @@ impl ClearanceTable {
         self.declarations.remove(waybill);
         self.instructions.remove(waybill);
         self.orders.forget(waybill);
+        self.multi_piece.remove(&digest(waybill.as_bytes()));
+    }
+
+    /// Keeps the declared pieces of `waybill` when more than one (capped at `MAX_PIECES`,
+    /// which declarations are checked against on arrival).
+    fn set_pieces(&mut self, waybill: &str, pieces: Option<u32>) {
+        let key = digest(waybill.as_bytes());
+        match pieces.filter(|&n| n > 1) {
+            Some(n) => {
+                let n = u16::try_from(n.min(bondline_devices::contract::MAX_PIECES)).unwrap_or(1);
+                self.multi_piece.insert(key, n);
+            }
+            None => {
+                self.multi_piece.remove(&key);
+            }
+        }
+    }
+
+    /// The pieces declared for `waybill` (1 unless its declaration says more).
+    pub fn pieces(&self, waybill: &str) -> u32 {
+        self.multi_piece
+            .get(&digest(waybill.as_bytes()))
+            .map_or(1, |&n| u32::from(n))
     }
 
     /// Forgets an instruction id (one older than any signature the gateway accepts).
@@ -462,6 +488,7 @@ pub(crate) mod tests {
             gross_weight_g: None,
             items: vec![],
             order_id: None,
+            pieces: None,
             signature: None,
         }
     }

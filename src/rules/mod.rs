@@ -223,6 +223,7 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
             engine::XrayInput::Verdict(r) => Some(r.into()),
         },
         transactions,
+        pieces: d.map(|_| table.pieces(waybill)).filter(|&n| n > 1),
     };
     let first = e.fired.first();
     let instruction_id = known
@@ -259,6 +260,7 @@ mod tests {
             gross_weight_g: None,
             items: vec![],
             order_id: None,
+            pieces: None,
             signature: None,
         }
     }

@@ -37,6 +37,7 @@ fn declaration(w: &str) -> Declaration {
         gross_weight_g: None,
         items: vec![],
         order_id: None,
+        pieces: None,
         signature: None,
     }
 }

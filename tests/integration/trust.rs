@@ -40,6 +40,7 @@ fn declaration(w: &str, verified: bool) -> Declaration {
         gross_weight_g: None,
         items: vec![],
         order_id: None,
+        pieces: None,
         signature: None,
     }
 }
