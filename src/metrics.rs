@@ -43,6 +43,9 @@ pub struct Metrics {
     /// Gauge: free bytes on the journal's filesystem, and bytes of stored records.
     pub journal_free_bytes: AtomicU64,
     pub journal_live_bytes: AtomicU64,
+    /// Gauge: bytes of stored platform state (declarations, instructions, notices, rule
+    /// sets); they count towards the quota with the records.
+    pub journal_platform_bytes: AtomicU64,
     /// Bytes of records the journal may hold before the writer holds new ones (see
     /// `journal::capacity::write_budget`); 0 until first measured means "no limit known".
     pub journal_write_budget: AtomicU64,

@@ -171,6 +171,8 @@ async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
         oldest_unforwarded: oldest,
         parked,
         journal_level: health::journal_level(&s.ctx.metrics),
+        journal_record_bytes: Metrics::get(&s.ctx.metrics.journal_live_bytes),
+        journal_platform_bytes: Metrics::get(&s.ctx.metrics.journal_platform_bytes),
         integrity: s.ctx.journal.integrity_problems(),
         uplink_ready: s
             .ctx

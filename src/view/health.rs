@@ -25,6 +25,9 @@ pub struct Health {
     pub parked: u64,
     /// `ok`, `nearly_full`, `over_quota` or `full`.
     pub journal_level: &'static str,
+    /// Bytes of stored records and of stored platform state: the two parts of the quota.
+    pub journal_record_bytes: u64,
+    pub journal_platform_bytes: u64,
     /// Integrity problems found at start (stored state refused, the journal's chain
     /// broken), as operator text; empty when none. The board shows them as a warning.
     pub integrity: Vec<String>,

@@ -61,7 +61,7 @@ pub fn render(
     for (name, help, v) in images {
         metric(&mut out, name, help, "counter", &[(&[], v as f64)]);
     }
-    let gauges: [(&str, &str, f64); 8] = [
+    let gauges: [(&str, &str, f64); 9] = [
         (
             "bondline_backlog_records",
             "Records waiting for the broker's acknowledge.",
@@ -89,6 +89,11 @@ pub fn render(
             "bondline_journal_live_bytes",
             "Bytes of stored records.",
             g(&metrics.journal_live_bytes) as f64,
+        ),
+        (
+            "bondline_journal_platform_bytes",
+            "Bytes of stored platform state (declarations, instructions, notices, rule sets); with the records they count towards storage.quota_mb.",
+            g(&metrics.journal_platform_bytes) as f64,
         ),
         (
             "bondline_journal_free_bytes",
