@@ -193,7 +193,7 @@ pub struct RecordView {
     record: serde_json::Value,
 }
 
-fn record_views(
+pub(super) fn record_views(
     journal: &crate::journal::Journal,
     records: Vec<Record>,
 ) -> Result<Vec<RecordView>, ViewError> {
@@ -408,7 +408,7 @@ fn check_waybill(s: &str) -> Result<String, ViewError> {
 }
 
 /// Unix ms, or an RFC 3339 time (`2026-11-01T08:00:00Z`).
-fn parse_time(s: &str, name: &str) -> Result<u64, ViewError> {
+pub(super) fn parse_time(s: &str, name: &str) -> Result<u64, ViewError> {
     let s = s.trim();
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(ms);
@@ -418,7 +418,7 @@ fn parse_time(s: &str, name: &str) -> Result<u64, ViewError> {
         .map_err(|_| ViewError::BadRequest(format!("`{name}` must be Unix ms or an RFC 3339 time")))
 }
 
-fn parse_count(
+pub(super) fn parse_count(
     s: Option<&str>,
     name: &str,
     default: usize,

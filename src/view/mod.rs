@@ -33,6 +33,7 @@ pub mod serve;
 pub mod shift;
 pub mod throttle;
 pub mod tls;
+mod worklist;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -216,6 +217,7 @@ fn router(shared: Shared) -> Router {
         .route("/api/rules", get(api::rules))
         .route("/api/parcels/:waybill", get(api::parcel))
         .route("/api/records", get(api::records))
+        .route("/api/worklist", get(worklist::worklist_api))
         .route("/metrics", get(api::metrics))
         .route("/charts", get(reports::charts_page))
         .route("/api/charts", get(reports::charts_api))
