@@ -24,6 +24,7 @@ pub mod board;
 mod charts;
 mod config;
 mod errors;
+mod evidence;
 pub mod export;
 pub mod health;
 pub mod i18n;
@@ -64,6 +65,8 @@ pub enum ViewError {
     BadRequest(String),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Evidence(#[from] evidence::EvidenceError),
     #[error("a lookup task failed: {0}")]
     Task(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -77,6 +80,8 @@ impl IntoResponse for ViewError {
     fn into_response(self) -> Response {
         let status = match &self {
             ViewError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ViewError::Evidence(evidence::EvidenceError::BadHash(_)) => StatusCode::BAD_REQUEST,
+            ViewError::Evidence(evidence::EvidenceError::NotKept) => StatusCode::NOT_FOUND,
             _ => {
                 tracing::error!(error = %self, "staff view request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -118,6 +123,8 @@ pub struct ViewCtx {
     pub shutdown: CancellationToken,
     /// Whether unsigned platform messages are accepted (`[trust] allow_unsigned`).
     pub unsigned_allowed: bool,
+    /// Where X-ray image and camera snapshot originals are kept (`[evidence] dir`).
+    pub evidence_dir: std::path::PathBuf,
 }
 
 /// Shared state of the handlers.
@@ -135,6 +142,8 @@ struct Shared {
     streams: Arc<tokio::sync::Semaphore>,
     /// Local time zone and shifts for charts and exports.
     shifts: shift::ShiftPlan,
+    /// Permits to read evidence originals.
+    originals: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -175,6 +184,7 @@ pub async fn start(
         )),
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
         shifts: config.shifts.clone(),
+        originals: Arc::new(tokio::sync::Semaphore::new(evidence::CONCURRENT_READS)),
         ctx,
     };
     let preloaded = preload(&shared).await;
@@ -218,6 +228,7 @@ fn router(shared: Shared) -> Router {
         .route("/api/parcels/:waybill", get(api::parcel))
         .route("/api/records", get(api::records))
         .route("/api/worklist", get(worklist::worklist_api))
+        .route("/api/evidence/:sha256", get(evidence::original))
         .route("/metrics", get(api::metrics))
         .route("/charts", get(reports::charts_page))
         .route("/api/charts", get(reports::charts_api))

@@ -69,7 +69,7 @@ fn chromium_path() -> String {
 }
 
 /// Runs headless chromium with `args` on `url`, killed after a minute; returns its stdout.
-fn chromium(profile: &Path, args: &[&str], url: &str) -> String {
+pub(crate) fn chromium(profile: &Path, args: &[&str], url: &str) -> String {
     let mut child = Command::new(chromium_path())
         .args([
             "--headless",

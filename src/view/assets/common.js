@@ -82,7 +82,9 @@ function fwdText(f) {
 }
 
 async function fetchJson(url) {
-  const r = await fetch(url, { cache: "no-store", credentials: "same-origin" });
+  // Resolved against the origin, which never carries credentials: a page opened as
+  // http://user:password@gateway/ may not fetch a URL built from its own address.
+  const r = await fetch(new URL(url, location.origin), { cache: "no-store", credentials: "same-origin" });
   if (!r.ok) {
     let msg = r.status + " " + r.statusText;
     try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }

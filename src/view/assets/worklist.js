@@ -33,7 +33,8 @@ function filters() {
     waybill: (p.get("waybill") || "").trim(),
     to: toMs(p.get("to")) || now,
   };
-  f.from = toMs(p.get("from")) || f.to - DEFAULT_RANGE_MS;
+  const from = toMs(p.get("from"));
+  f.from = from === null ? f.to - DEFAULT_RANGE_MS : from;
   for (const k of ["line", "role", "rule", "enterprise", "waybill"]) document.getElementById("f-" + k).value = f[k];
   document.getElementById("f-from").value = localInput(f.from);
   document.getElementById("f-to").value = localInput(f.to);
@@ -42,6 +43,20 @@ function filters() {
 
 function imgThumb(b64, alt, href) {
   return el("a", { href }, el("img", { class: "thumb", alt, src: "data:image/jpeg;base64," + b64 }));
+}
+
+// The kept original of an image or snapshot, by its hash (GET /api/evidence/{sha256}).
+function fullImage(sha) {
+  return sha ? "/api/evidence/" + encodeURIComponent(sha) : null;
+}
+
+// A thumbnail that opens the full image, captioned, with the full image also as a text link
+// (printed slips keep the caption).
+function evidenceFigure(attrs, b64, alt, sha, fallback) {
+  const full = fullImage(sha);
+  const caption = el("figcaption", {}, alt);
+  if (full) caption.append(" · ", el("a", { href: full, class: "full-image", target: "_blank", rel: "noopener" }, t("worklist.full_image")));
+  return el("figure", attrs, imgThumb(b64, alt, full || fallback), caption);
 }
 
 // One parcel: the slip an officer takes to the lane.
@@ -73,7 +88,7 @@ function slip(v, all) {
   if (xrays.length === 0 && images.length === 0) xbox.append(el("span", { class: "muted" }, t("worklist.no_xray")));
   for (const x of xrays) xbox.append(el("div", {}, t("lookup.kind.xray", { result: x.r.result ? tv("xray", x.r.result) : t("lookup.no_verdict"), join: tv("xray_join", x.r.join) })));
   for (const i of images) {
-    if (i.r.thumbnail_jpeg_b64) xbox.append(imgThumb(i.r.thumbnail_jpeg_b64, t("lookup.kind.image", { view: i.r.view }), lookup));
+    if (i.r.thumbnail_jpeg_b64) xbox.append(evidenceFigure({ "data-image": i.r.view }, i.r.thumbnail_jpeg_b64, t("lookup.kind.image", { view: i.r.view }), i.r.sha256, lookup));
     else xbox.append(el("span", { class: "err" }, i.r.view + ": " + (i.r.error || "—")));
   }
   card.append(xbox);
@@ -83,7 +98,7 @@ function slip(v, all) {
   if (snaps.length === 0) sbox.append(el("span", { class: "muted" }, t("worklist.no_snapshot")));
   for (const s of snaps) {
     const where = s.r.point === "lane" ? t("lookup.kind.snapshot_lane", { camera: s.r.camera, lane: s.r.lane }) : t("lookup.kind.snapshot_scan", { camera: s.r.camera });
-    if (s.r.thumbnail_jpeg_b64) sbox.append(el("figure", { "data-snapshot": s.r.point }, imgThumb(s.r.thumbnail_jpeg_b64, where, lookup), el("figcaption", {}, where)));
+    if (s.r.thumbnail_jpeg_b64) sbox.append(evidenceFigure({ "data-snapshot": s.r.point }, s.r.thumbnail_jpeg_b64, where, s.r.sha256, lookup));
     else sbox.append(el("span", { class: "err", "data-snapshot": "none" }, where + ": " + (s.r.error || "—")));
   }
   card.append(sbox);
