@@ -29,6 +29,7 @@ pub mod export;
 pub mod health;
 pub mod i18n;
 pub mod prometheus;
+pub mod reasons;
 mod reports;
 pub mod serve;
 pub mod shift;

@@ -364,9 +364,18 @@ pub async fn export_csv(
     )
     .await?;
     let truncated = export.truncated;
-    let body = tokio::task::spawn_blocking(move || export.to_csv(&plan, lang))
-        .await
-        .map_err(|e| ViewError::Task(e.to_string()))?;
+    // The reasons are written like the pages write them: from the rules in force.
+    let in_force = s
+        .ctx
+        .rules
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let body = tokio::task::spawn_blocking(move || {
+        export.to_csv(&plan, lang, std::slice::from_ref(&*in_force))
+    })
+    .await
+    .map_err(|e| ViewError::Task(e.to_string()))?;
     let name: String = format!("bondline-{}-{label}.csv", s.ctx.gateway)
         .chars()
         .map(|c| {
