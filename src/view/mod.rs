@@ -64,6 +64,13 @@ const EVENTS_QUEUE: usize = 1024;
 pub enum ViewError {
     #[error("{0}")]
     BadRequest(String),
+    /// A bad request with a stable code: its message is the catalogues' `error.<code>` with
+    /// `args`, in the request's language (English in `error`).
+    #[error("{}", i18n::Lang::En.catalogue().format(&format!("error.{code}"), &args.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()))]
+    Invalid {
+        code: &'static str,
+        args: Vec<(&'static str, String)>,
+    },
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
@@ -79,8 +86,34 @@ pub enum ViewError {
 
 impl IntoResponse for ViewError {
     fn into_response(self) -> Response {
+        let text = match &self {
+            ViewError::Invalid { code, args } => errors::ErrorText {
+                code,
+                args: args.clone(),
+            },
+            ViewError::BadRequest(detail) => errors::ErrorText {
+                code: "bad_request",
+                args: vec![("detail", detail.clone())],
+            },
+            ViewError::Evidence(evidence::EvidenceError::BadHash(_)) => errors::ErrorText {
+                code: "bad_hash",
+                args: Vec::new(),
+            },
+            ViewError::Evidence(evidence::EvidenceError::NotKept) => errors::ErrorText {
+                code: "not_kept",
+                args: Vec::new(),
+            },
+            ViewError::Evidence(evidence::EvidenceError::Mismatch) => errors::ErrorText {
+                code: "evidence_mismatch",
+                args: Vec::new(),
+            },
+            _ => errors::ErrorText {
+                code: "internal",
+                args: vec![("detail", self.to_string())],
+            },
+        };
         let status = match &self {
-            ViewError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ViewError::BadRequest(_) | ViewError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ViewError::Evidence(evidence::EvidenceError::BadHash(_)) => StatusCode::BAD_REQUEST,
             ViewError::Evidence(evidence::EvidenceError::NotKept) => StatusCode::NOT_FOUND,
             _ => {
@@ -88,11 +121,23 @@ impl IntoResponse for ViewError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        (
+        let mut r = (
             status,
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        r.extensions_mut().insert(text);
+        r
+    }
+}
+
+impl ViewError {
+    /// A bad request with a stable code (`error.<code>` in the catalogues).
+    pub fn invalid(code: &'static str, args: &[(&'static str, &str)]) -> ViewError {
+        ViewError::Invalid {
+            code,
+            args: args.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        }
     }
 }
 

@@ -61,11 +61,8 @@ fn nonempty(s: &Option<String>) -> Option<String> {
 }
 
 fn parse_role(s: &str) -> Result<LaneRole, ViewError> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-        ViewError::BadRequest(format!(
-            "role `{s}` is not one of release, inspection, hold, exception"
-        ))
-    })
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| ViewError::invalid("bad_lane_role", &[("role", s)]))
 }
 
 /// `[from, to)` and a label for a chart's range.
@@ -96,9 +93,7 @@ fn chart_range(
             let (_, to) = plan.day_bounds(today).map_err(bad)?;
             Ok(("7d".into(), from, to, format!("{first} – {today}")))
         }
-        other => Err(ViewError::BadRequest(format!(
-            "range `{other}` is not `shift` or `7d`"
-        ))),
+        other => Err(ViewError::invalid("bad_chart_range", &[("range", other)])),
     }
 }
 
@@ -344,9 +339,7 @@ pub async fn export_csv(
     let now = unix_ms(std::time::SystemTime::now()) as i64;
     let (shift, date) = (nonempty(&q.shift), nonempty(&q.date));
     if shift.is_some() && date.is_some() {
-        return Err(ViewError::BadRequest(
-            "give `shift` or `date`, not both".into(),
-        ));
+        return Err(ViewError::invalid("shift_and_date", &[]));
     }
     let (from, to, label) = export::range_of(&plan, date.as_deref(), None, shift.as_deref(), now)
         .map_err(|e| ViewError::BadRequest(e.to_string()))?;

@@ -125,11 +125,7 @@ fn filter_of(q: &WorklistQuery) -> Result<Filter, ViewError> {
         None => None,
         Some("inspection") => Some(LaneRole::Inspection),
         Some("hold") => Some(LaneRole::Hold),
-        Some(other) => {
-            return Err(ViewError::BadRequest(format!(
-                "role `{other}` is not inspection or hold"
-            )))
-        }
+        Some(other) => return Err(ViewError::invalid("bad_role", &[("role", other)])),
     };
     Ok(Filter {
         line: nonempty(&q.line),
@@ -159,13 +155,13 @@ fn range_of(
         }
     };
     if from > to {
-        return Err(ViewError::BadRequest("`from` is after `to`".into()));
+        return Err(ViewError::invalid("range_reversed", &[]));
     }
     let before = match nonempty(&q.before) {
         None => u64::MAX,
         Some(b) => b
             .parse::<u64>()
-            .map_err(|_| ViewError::BadRequest("`before` must be a cursor from `next`".into()))?,
+            .map_err(|_| ViewError::invalid("bad_cursor", &[]))?,
     };
     let limit = api::parse_count(q.limit.as_deref(), "limit", DEFAULT_LIMIT, MAX_LIMIT)?;
     Ok((from, to, before, limit))
