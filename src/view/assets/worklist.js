@@ -164,7 +164,8 @@ async function main() {
   const more = el("button", { type: "button", class: "no-print", id: "more", hidden: "" }, t("worklist.more"));
   let shown = 0;
   let cursor = null;
-  const count = () => heading.replaceChildren(t("worklist.range", { count: fmtNumber(shown), from: fmtDateTime(f.from), to: fmtDateTime(f.to) }));
+  // While older pages remain, the count is of those shown so far, and says so.
+  const count = () => heading.replaceChildren(t(cursor ? "worklist.shown" : "worklist.range", { count: fmtNumber(shown), from: fmtDateTime(f.from), to: fmtDateTime(f.to) }));
   async function load() {
     more.disabled = true;
     try {
