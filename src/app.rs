@@ -710,6 +710,7 @@ async fn start_view(
 ) -> Option<std::net::SocketAddr> {
     let ctx = crate::view::ViewCtx {
         unsigned_allowed: config.trust.allow_unsigned,
+        evidence_dir: config.evidence.dir.clone(),
         gateway: config.gateway_id.clone(),
         journal: journal.clone(),
         metrics: metrics.clone(),

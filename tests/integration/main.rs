@@ -26,4 +26,5 @@ mod tls;
 mod trust;
 mod view;
 mod view_charts;
+mod view_evidence;
 mod xray;

@@ -82,10 +82,13 @@ function fwdText(f) {
 }
 
 async function fetchJson(url) {
-  const r = await fetch(url, { cache: "no-store", credentials: "same-origin" });
+  // Resolved against the origin, which never carries credentials: a page opened as
+  // http://user:password@gateway/ may not fetch a URL built from its own address.
+  const r = await fetch(new URL(url, location.origin), { cache: "no-store", credentials: "same-origin" });
   if (!r.ok) {
     let msg = r.status + " " + r.statusText;
-    try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
+    // `message` is in the page's language (the request carries its cookie); `error` in English.
+    try { const b = await r.json(); msg = b.message || b.error || msg; } catch (_) { /* not JSON */ }
     throw new Error(msg);
   }
   return r.json();
