@@ -179,6 +179,7 @@ async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
             .metrics
             .uplink_ready
             .load(std::sync::atomic::Ordering::Relaxed),
+        platform_backlog: health::platform_backlog(&s.ctx.metrics),
         now_ms,
         stream_lagged: Metrics::get(&s.lagged),
     })

@@ -98,6 +98,37 @@ pub fn reason_text(
                 ],
             )
         }
+        RuleKind::TransactionLimit { currency, .. } => {
+            let Some(x) = i.transactions.iter().find(|x| x.rule == name) else {
+                return recorded.to_string();
+            };
+            let cur = x
+                .currency
+                .as_deref()
+                .or(currency.as_deref())
+                .or(i.currency.as_deref());
+            let which = match &x.order_id {
+                Some(order) => fmt(
+                    "transaction.order",
+                    &[
+                        ("order", order.as_str()),
+                        ("parcels", &number(u64::from(x.parcels))),
+                    ],
+                ),
+                None => fmt("transaction.waybill", &[]),
+            };
+            fmt(
+                "reason.transaction_limit",
+                &[
+                    ("which", &which),
+                    ("value", &money(x.value_minor_after, cur)),
+                    (
+                        "limit",
+                        &money(x.max_value_minor, currency.as_deref().or(cur)),
+                    ),
+                ],
+            )
+        }
         RuleKind::Sampling { rate_ppm } => fmt(
             "reason.sampling",
             &[("rate_ppm", &number(u64::from(*rate_ppm)))],
