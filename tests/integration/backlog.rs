@@ -54,6 +54,8 @@ async fn publish_declarations(broker: SocketAddr, n: u64) {
     let publisher = tokio::spawn(async move {
         for k in 0..n {
             let d = Declaration {
+                order_id: None,
+                pieces: None,
                 schema: SCHEMA,
                 waybill: format!("BL{k:09}"),
                 enterprise: "ENT-BACKLOG".into(),
