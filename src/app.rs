@@ -840,6 +840,7 @@ async fn start_view(
     let ctx = crate::view::ViewCtx {
         table: table.clone(),
         unsigned_allowed: config.trust.allow_unsigned,
+        evidence_dir: config.evidence.dir.clone(),
         gateway: config.gateway_id.clone(),
         journal: journal.clone(),
         metrics: metrics.clone(),

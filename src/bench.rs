@@ -9,6 +9,7 @@
 //!   removed from the outbox (see [`drain`]). Without `--broker`, a Mosquitto from the PATH
 //!   is started on a free port.
 
+mod backlog;
 mod drain;
 
 use std::path::{Path, PathBuf};
@@ -139,6 +140,20 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// A platform backlog of signed declarations queued at a broker while the gateway was
+    /// away, taken in when it returns: time, messages/s, CPU, disconnects, journal bytes per
+    /// message.
+    Backlog {
+        /// Declarations queued.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        /// Broker host:port; default: start Mosquitto on a free port.
+        #[arg(long)]
+        broker: Option<String>,
+        /// Directory for the journal (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Ingest throughput of X-ray views (synthetic, JPEG and PNG): decode, thumbnail, hash
     /// and chunk records; then the whole ingest with the durable store and the journal.
     Images {
@@ -245,6 +260,15 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             broker,
             dir,
         } => lines_bench(lines, seconds, backlog, flood, broker, dir).await,
+        BenchCommand::Backlog {
+            messages,
+            broker,
+            dir,
+        } => {
+            let (_tmp, dir) = work_dir(dir)?;
+            let (_mosquitto, host, port) = broker_or_mosquitto(broker, &dir)?;
+            backlog::run(messages, &host, port, &dir).await
+        }
         BenchCommand::Drain {
             records,
             broker,
@@ -774,6 +798,8 @@ fn rules_bench(
                 description: "cosmetics".into(),
                 quantity: 1 + (i % 3) as u32,
             }],
+            order_id: None,
+            pieces: None,
             signature: None,
         };
         table.apply_declaration(&d);

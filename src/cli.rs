@@ -519,6 +519,32 @@ fn shift_plan(
     Ok(plan)
 }
 
+/// The rule sets a stopped gateway's records may name, for writing their reasons from the
+/// rules: the built-in one, the configuration's `rules_file` (with `--config`) and the last
+/// one the platform sent (kept in the journal). A record decided under none of them keeps its
+/// recorded reason.
+fn known_rule_sets(
+    store: &StoreArgs,
+    journal: &crate::journal::Journal,
+) -> Vec<crate::rules::engine::RuleSet> {
+    let mut sets = vec![crate::rules::engine::RuleSet::builtin()];
+    if store.store.is_none() {
+        let file = store
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/bondline/bondline.toml"));
+        if let Ok(c) = Config::load(&file) {
+            sets.push((*c.rules).clone());
+        }
+    }
+    if let Ok(Some(update)) = journal.last_platform_rules() {
+        if let Ok(set) = crate::config::parse_rules("platform", &update.rules_toml) {
+            sets.push(set);
+        }
+    }
+    sets
+}
+
 #[allow(clippy::too_many_arguments)]
 fn report_shift(
     store: StoreArgs,
@@ -545,10 +571,15 @@ fn report_shift(
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let config_store = StoreArgs {
+        config: store.config.clone(),
+        store: store.store.clone(),
+    };
     let journal = match open_store(store) {
         Ok(j) => j,
         Err(code) => return code,
     };
+    let store = config_store;
     let result: anyhow::Result<()> = (|| {
         let mut export = Export::new(if all_lanes {
             Scope::AllLanes
@@ -562,7 +593,8 @@ fn report_shift(
             |rs| rs.iter().all(|r| export.add(r)),
         )?;
         let (rows, truncated) = (export.len(), export.truncated);
-        let bytes = export.to_csv(&plan, Lang::parse(&lang));
+        let rule_sets = known_rule_sets(&store, &journal);
+        let bytes = export.to_csv(&plan, Lang::parse(&lang), &rule_sets);
         match &output {
             Some(path) => std::fs::write(path, &bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,

@@ -115,7 +115,34 @@ fn inputs_line(i: &DecisionInputs) -> String {
     for w in &i.consumer_windows {
         parts.push(consumer_window_text(w, i.currency.as_deref()));
     }
+    for t in &i.transactions {
+        parts.push(transaction_text(t));
+    }
     parts.join("; ")
+}
+
+/// One transaction-limit rule's figures as an officer checks them: the order (or the waybill
+/// alone), its declared value before and with this parcel, and the limit.
+fn transaction_text(t: &bondline_devices::contract::TransactionSeen) -> String {
+    let cur = t.currency.as_deref();
+    let which = match &t.order_id {
+        Some(o) => format!("order {o}, {} waybill(s)", t.parcels),
+        None => "no order id, this waybill alone".to_string(),
+    };
+    let mut text = format!(
+        "{} ({which}): before this one {}; with it {}; limit {}",
+        t.rule,
+        money(t.value_minor, cur),
+        money(t.value_minor_after, cur),
+        money(t.max_value_minor, cur),
+    );
+    if cur.is_none() {
+        text.push_str("; not in one currency");
+    }
+    if t.without_value > 0 {
+        text.push_str(&format!("; {} waybill(s) without a value", t.without_value));
+    }
+    text
 }
 
 /// One limit rule's window as an officer checks it: which window, its local bounds, the
@@ -423,6 +450,16 @@ mod tests {
                 declared_weight_g: Some(1000),
                 measured_weight_g: Some(1600),
                 instruction: Some(bondline_devices::contract::Action::Release),
+                transactions: vec![bondline_devices::contract::TransactionSeen {
+                    rule: "per_order".into(),
+                    order_id: Some("O-7".into()),
+                    parcels: 2,
+                    value_minor: 300_000,
+                    value_minor_after: 312_345,
+                    currency: Some("CNY".into()),
+                    max_value_minor: 500_000,
+                    without_value: 0,
+                }],
                 ..Default::default()
             })),
         };
@@ -442,6 +479,7 @@ mod tests {
             "fired: instruction -> release",
             "weighed 1.600 kg against 1.000 kg declared",
             "value 123.45 CNY",
+            "per_order (order O-7, 2 waybill(s)): before this one 3000.00 CNY; with it 3123.45 CNY; limit 5000.00 CNY",
             "instruction release",
             "divert: acked (PLC seq 5)",
             "record 7, forwarded",

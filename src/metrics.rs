@@ -43,14 +43,28 @@ pub struct Metrics {
     /// Gauge: free bytes on the journal's filesystem, and bytes of stored records.
     pub journal_free_bytes: AtomicU64,
     pub journal_live_bytes: AtomicU64,
+    /// Gauge: bytes of stored platform state (declarations, instructions, notices, rule
+    /// sets); they count towards the quota with the records.
+    pub journal_platform_bytes: AtomicU64,
     /// Bytes of records the journal may hold before the writer holds new ones (see
     /// `journal::capacity::write_budget`); 0 until first measured means "no limit known".
     pub journal_write_budget: AtomicU64,
     /// Gauge: bytes the journal writer needs for its next write of held records (the oldest
     /// one with its index entry); 0 while it holds none. See `journal::capacity::level`.
     pub journal_next_write: AtomicU64,
+    /// Distinct platform messages received: the broker's redeliveries of a message already
+    /// stored are counted in `platform_redeliveries` instead.
     pub platform_messages: AtomicU64,
     pub platform_rejected: AtomicU64,
+    /// Platform messages delivered again: already stored (same id or same content), or
+    /// marked as a redelivery by the broker and refused.
+    pub platform_redeliveries: AtomicU64,
+    /// Platform messages stored (or refused and reported) and acknowledged to the broker.
+    pub platform_ingested: AtomicU64,
+    /// Gauge: platform messages received on this session and not yet acknowledged.
+    pub platform_in_flight: AtomicU64,
+    /// Gauge: platform messages ingested per second, over the last seconds.
+    pub platform_ingest_rate: AtomicU64,
     /// Broker sessions that ended (outages, refusals, keep-alive timeouts).
     pub uplink_disconnects: AtomicU64,
     /// Gauge: the uplink has a session with the broker and its subscriptions are acknowledged.

@@ -43,6 +43,11 @@ pub mod topic {
     pub const EVENTS: &str = "events";
 }
 
+/// The most pieces one declared waybill may cover: a larger figure is refused as malformed
+/// (a waybill for a thousand boxes is not a parcel shipment, and an unbounded figure would
+/// switch the duplicate-label rule off).
+pub const MAX_PIECES: u32 = 999;
+
 /// What the e-commerce company declared for one waybill.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +70,17 @@ pub struct Declaration {
     pub gross_weight_g: Option<u32>,
     #[serde(default)]
     pub items: Vec<DeclaredItem>,
+    /// The e-commerce order the waybill belongs to, when one order ships as several waybills:
+    /// a `transaction_limit` rule sums the declared values of every waybill of the same
+    /// enterprise and order. Absent from the signed bytes when not given, so signatures made
+    /// before the field existed still hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// How many physical parcels the waybill covers (1 to [`MAX_PIECES`]; absent means one):
+    /// the duplicate-label rule admits as many released parcels with this waybill. Absent
+    /// from the signed bytes when not given, as `order_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<u32>,
     /// The platform's signature (see [`crate::signing`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<crate::signing::Signature>,
@@ -277,6 +293,42 @@ pub struct DecisionInputs {
     /// The X-ray verdict joined to the parcel; absent on a line without an X-ray scanner.
     #[serde(default)]
     pub xray: Option<XraySeen>,
+    /// The transaction's figures, per `transaction_limit` rule; absent (not written) when the
+    /// rule set has none, so records written before the rule existed keep their bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transactions: Vec<TransactionSeen>,
+    /// The pieces the declaration says the waybill covers, when it says more than one: the
+    /// duplicate-label rule admits as many released parcels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<u32>,
+}
+
+/// What a `transaction_limit` rule saw: the declared value of the parcel's transaction (every
+/// waybill of its order, or the waybill alone without an order id), so an officer can check
+/// the arithmetic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionSeen {
+    /// The rule's name.
+    pub rule: String,
+    /// The declaration's order id; `None` when the waybill is the transaction alone.
+    #[serde(default)]
+    pub order_id: Option<String>,
+    /// Waybills of the transaction declared so far, this one included.
+    pub parcels: u32,
+    /// Declared value of the transaction's other waybills (before this parcel).
+    pub value_minor: u64,
+    /// Declared value of the whole transaction, this parcel included.
+    pub value_minor_after: u64,
+    /// The currency every waybill of the transaction is declared in; `None` when one has no
+    /// currency or they differ.
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// The rule's limit, in minor units of its currency.
+    pub max_value_minor: u64,
+    /// Waybills of the transaction declared without a value (which the rule cannot check).
+    #[serde(default)]
+    pub without_value: u32,
 }
 
 /// The X-ray verdict a decision saw.
@@ -1041,6 +1093,15 @@ impl Declaration {
             return Err(MessageError::Field {
                 field: "currency",
                 reason: "must be a three-letter ISO 4217 code such as CNY",
+            });
+        }
+        if let Some(o) = &d.order_id {
+            check_id("order_id", o)?;
+        }
+        if d.pieces.is_some_and(|n| !(1..=MAX_PIECES).contains(&n)) {
+            return Err(MessageError::Field {
+                field: "pieces",
+                reason: "must be 1 to 999 when given",
             });
         }
         Ok(d)

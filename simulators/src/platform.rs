@@ -441,6 +441,8 @@ fn declaration_for(plan: &Plan, p: &PlannedParcel) -> Declaration {
             description: facts.goods.to_string(),
             quantity: facts.quantity,
         }],
+        order_id: None,
+        pieces: None,
         signature: None,
     }
 }

@@ -24,6 +24,8 @@ use crate::rules::{decide, ClearanceTable, Message, Scan, ScanRead};
 
 fn declaration(i: u64) -> Declaration {
     Declaration {
+        order_id: None,
+        pieces: None,
         schema: SCHEMA,
         waybill: format!("BL{i:012}"),
         enterprise: format!("E{:08}", i % 500),

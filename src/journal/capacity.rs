@@ -1,14 +1,18 @@
 //! Disk capacity of the journal, and what happens when it runs short.
 //!
 //! Capacity is judged on two measures, checked every second by the housekeeping task: the
-//! bytes of stored records against `storage.quota_mb`, and the filesystem's free space
-//! against `storage.min_free_mb`.
+//! bytes of stored records **and stored platform state** (declarations, instructions,
+//! enterprise notices, rule sets and their id trees, see `Journal::platform_bytes`) against
+//! `storage.quota_mb`, and the filesystem's free space against `storage.min_free_mb`. A
+//! busy warehouse holds far more platform state than records, so a quota that left it out
+//! would report ok while the journal outgrew its disk. The "usage" below is the sum; the
+//! full level, which is about whether the writer can write its records, looks at the records.
 //!
 //! | level | when | what happens |
 //! |---|---|---|
-//! | ok | below 80% of the quota and more than twice `min_free_mb` free | forwarded records older than `retention_days` are purged |
-//! | nearly full | 80% of the quota, or less than twice `min_free_mb` free | alarm; forwarded records are purged whatever their age, oldest first |
-//! | over quota | at or above the quota | alarm; records are still written (evidence outranks the quota) while the filesystem has room |
+//! | ok | usage below 80% of the quota and more than twice `min_free_mb` free | forwarded records older than `retention_days` are purged |
+//! | nearly full | usage at 80% of the quota, or less than twice `min_free_mb` free | alarm; forwarded records are purged whatever their age, oldest first |
+//! | over quota | usage at or above the quota | alarm (naming the records' and the platform state's bytes); records and platform messages are still written (evidence and customs' orders outrank the quota) while the filesystem has room; platform state leaves only by `storage.clearance_days` |
 //! | full | less than `min_free_mb` free, and the store's records fill the room its file had when the disk got there (half the file, less its other trees); or less than a quarter of `min_free_mb` free, plus twice the next write | alarm; the writer stops writing and holds new records in memory, up to `storage.hold_records`; beyond that each record is refused: logged at error level with its waybill and its whole content, counted and raised as an alarm |
 //!
 //! Why the room in the file. The store (sled 0.34) writes a log of pages into one file, in
@@ -97,15 +101,18 @@ pub struct Limits {
 /// Classifies a measurement. Pure, so the policy is tested without a disk. `short_mark` is
 /// the room the store's file had for records when free space fell below `min_free`
 /// ([`next_mark`], [`store_room`]); `next_write` the bytes of the writer's next write, 0 if
-/// it holds nothing (see the module docs).
+/// it holds nothing (see the module docs). `live_bytes` are the records' bytes,
+/// `platform_bytes` the stored platform state's: both count towards the quota.
 pub fn level(
     limits: Limits,
     live_bytes: u64,
+    platform_bytes: u64,
     free_bytes: u64,
     short_mark: Option<u64>,
     next_write: u64,
 ) -> Level {
     let short = free_bytes < limits.min_free_bytes;
+    let usage = live_bytes.saturating_add(platform_bytes);
     // Full exactly when the writer could not make its next write.
     let step = if next_write > 0 {
         next_write
@@ -120,10 +127,10 @@ pub fn level(
         step,
     ) {
         Level::Full
-    } else if live_bytes >= limits.quota_bytes {
+    } else if usage >= limits.quota_bytes {
         Level::OverQuota
     } else if short
-        || live_bytes >= limits.quota_bytes / 5 * 4
+        || usage >= limits.quota_bytes / 5 * 4
         || free_bytes < limits.min_free_bytes.saturating_mul(2)
     {
         Level::NearlyFull
@@ -208,18 +215,18 @@ mod tests {
             quota_bytes: 100 * MB,
             min_free_bytes: 10 * MB,
         };
-        assert_eq!(level(l, 10 * MB, 1000 * MB, None, 0), Level::Ok);
-        assert_eq!(level(l, 80 * MB, 1000 * MB, None, 0), Level::NearlyFull);
-        assert_eq!(level(l, 10 * MB, 19 * MB, None, 0), Level::NearlyFull);
-        assert_eq!(level(l, 100 * MB, 1000 * MB, None, 0), Level::OverQuota);
+        assert_eq!(level(l, 10 * MB, 0, 1000 * MB, None, 0), Level::Ok);
+        assert_eq!(level(l, 80 * MB, 0, 1000 * MB, None, 0), Level::NearlyFull);
+        assert_eq!(level(l, 10 * MB, 0, 19 * MB, None, 0), Level::NearlyFull);
+        assert_eq!(level(l, 100 * MB, 0, 1000 * MB, None, 0), Level::OverQuota);
         // Short of disk: the room is half the store's file, less the other trees and the
         // segments being written; full once the records fill it.
         let room = store_room(40 * MB, MB);
         assert_eq!(room, 18 * MB);
         let mark = next_mark(l, 9 * MB, room, None);
         assert_eq!(mark, Some(18 * MB));
-        assert_eq!(level(l, 18 * MB, 9 * MB, mark, 0), Level::Full);
-        assert_eq!(level(l, 12 * MB, 9 * MB, mark, 0), Level::NearlyFull);
+        assert_eq!(level(l, 18 * MB, 0, 9 * MB, mark, 0), Level::Full);
+        assert_eq!(level(l, 12 * MB, 0, 9 * MB, mark, 0), Level::NearlyFull);
         // The mark only goes down while short, and goes when the disk has room again.
         assert_eq!(next_mark(l, 9 * MB, 30 * MB, mark), mark);
         assert_eq!(next_mark(l, 9 * MB, 5 * MB, mark), Some(5 * MB));
@@ -227,15 +234,20 @@ mod tests {
         assert_eq!(write_budget(None), u64::MAX);
         assert_eq!(write_budget(Some(0)), 1, "0 would read as not measured");
         // The last quarter of the floor is never written into.
-        assert_eq!(level(l, MB, 2 * MB, Some(100 * MB), 0), Level::Full);
+        assert_eq!(level(l, MB, 0, 2 * MB, Some(100 * MB), 0), Level::Full);
         assert_eq!(
-            level(l, 200 * MB, 9 * MB, Some(200 * MB), 0),
+            level(l, 200 * MB, 0, 9 * MB, Some(200 * MB), 0),
             Level::Full,
             "the disk outranks the quota"
         );
         for v in 0..4 {
             assert_eq!(Level::from_u8(v).as_u8(), v);
         }
+        // Stored platform state counts towards the quota: few records, a table that fills it.
+        assert_eq!(level(l, MB, 79 * MB, 1000 * MB, None, 0), Level::NearlyFull);
+        assert_eq!(level(l, MB, 150 * MB, 1000 * MB, None, 0), Level::OverQuota);
+        assert_eq!(level(l, 0, 99 * MB, 1000 * MB, None, 0), Level::NearlyFull);
+        assert_eq!(level(l, 0, 100 * MB, 1000 * MB, None, 0), Level::OverQuota);
     }
 
     /// The failure this policy replaced: purging had emptied the store before the disk got
@@ -252,12 +264,18 @@ mod tests {
         let mark = next_mark(l, free, store_room(18 * MB, 4096), None);
         assert!(mark.unwrap() > 6 * MB);
         let held = 700 + 4 + 349 + 160;
-        assert_eq!(level(l, 0, free, mark, held), Level::NearlyFull);
+        assert_eq!(level(l, 0, 0, free, mark, held), Level::NearlyFull);
         assert!(writable(l, 0, free, write_budget(mark), 64 * held));
         // A few records short of the room: still writable, the level agrees.
         let budget = write_budget(mark);
-        assert_eq!(level(l, budget - held, free, mark, held), Level::NearlyFull);
-        assert_eq!(level(l, budget - held + 1, free, mark, held), Level::Full);
+        assert_eq!(
+            level(l, budget - held, 0, free, mark, held),
+            Level::NearlyFull
+        );
+        assert_eq!(
+            level(l, budget - held + 1, 0, free, mark, held),
+            Level::Full
+        );
     }
 
     /// The level is full exactly when the writer cannot make the write it has to make next,
@@ -272,15 +290,15 @@ mod tests {
         // Near the floor, the size of the next write decides: one parcel record fits where
         // an image chunk record (128 KiB) does not.
         let free = floor + 100 * 1024;
-        assert_eq!(level(l, 0, free, Some(10 * MB), 1300), Level::NearlyFull);
-        assert_eq!(level(l, 0, free, Some(10 * MB), 130 * 1024), Level::Full);
+        assert_eq!(level(l, 0, 0, free, Some(10 * MB), 1300), Level::NearlyFull);
+        assert_eq!(level(l, 0, 0, free, Some(10 * MB), 130 * 1024), Level::Full);
         // With nothing held, a small group commit is allowed for.
         assert_eq!(
-            level(l, 0, floor + 2 * TYPICAL_WRITE, Some(10 * MB), 0),
+            level(l, 0, 0, floor + 2 * TYPICAL_WRITE, Some(10 * MB), 0),
             Level::NearlyFull
         );
         assert_eq!(
-            level(l, 0, floor + 2 * TYPICAL_WRITE - 1, Some(10 * MB), 0),
+            level(l, 0, 0, floor + 2 * TYPICAL_WRITE - 1, Some(10 * MB), 0),
             Level::Full
         );
         // Short, and no room measured yet: nothing is written.
@@ -290,7 +308,7 @@ mod tests {
                 for mark in [Some(0), Some(5 * MB), Some(10 * MB)] {
                     for next in [1300, 64 * 1024, 200 * 1024] {
                         let mark = next_mark(l, free, mark.unwrap(), None).or(None);
-                        let full = level(l, live, free, mark, next) == Level::Full;
+                        let full = level(l, live, 0, free, mark, next) == Level::Full;
                         assert_eq!(
                             full,
                             !writable(l, live, free, write_budget(mark), next),

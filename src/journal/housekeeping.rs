@@ -78,9 +78,10 @@ impl Housekeeping {
                     info!("journal capacity back to ok");
                 } else {
                     alarms.raise(format!(
-                        "journal {}: {} MiB of records (quota {} MiB), {} MiB free on disk (minimum {} MiB), {} record(s) held in memory, {} waiting for the platform",
+                        "journal {}: {} MiB of records and {} MiB of platform state (quota {} MiB for both), {} MiB free on disk (minimum {} MiB), {} record(s) held in memory, {} waiting for the platform",
                         now.as_str().replace('_', " "),
                         Metrics::get(&metrics.journal_live_bytes) >> 20,
+                        Metrics::get(&metrics.journal_platform_bytes) >> 20,
                         self.limits.quota_bytes >> 20,
                         Metrics::get(&metrics.journal_free_bytes) >> 20,
                         self.limits.min_free_bytes >> 20,
@@ -96,6 +97,7 @@ impl Housekeeping {
 
     fn measure(&self, journal: &Journal, metrics: &Metrics, short: &mut Short) -> Level {
         let live = journal.live_bytes();
+        let platform = journal.platform_bytes();
         let free = match free_bytes(&self.path) {
             Ok(f) => f,
             Err(e) => {
@@ -116,10 +118,14 @@ impl Housekeeping {
             .journal_write_budget
             .store(write_budget(short.mark), Ordering::Relaxed);
         metrics.journal_live_bytes.store(live, Ordering::Relaxed);
+        metrics
+            .journal_platform_bytes
+            .store(platform, Ordering::Relaxed);
         metrics.journal_free_bytes.store(free, Ordering::Relaxed);
         level(
             self.limits,
             live,
+            platform,
             free,
             short.mark,
             Metrics::get(&metrics.journal_next_write),

@@ -179,6 +179,11 @@ pub struct Journal {
     adopt_untagged: Arc<std::sync::atomic::AtomicBool>,
     /// How many untagged entries were adopted at this start.
     adopted: Arc<Mutex<usize>>,
+    /// Bytes (keys and values) of the stored platform state: declarations, instructions,
+    /// notices and their id trees. Summed when the clearance table is built from the store,
+    /// then kept up to date by every store and purge; it counts towards the quota
+    /// (see [`capacity`]).
+    platform_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -375,6 +380,7 @@ impl Journal {
             db,
             state: Arc::new(Mutex::new(state)),
             platform_lock: Arc::new(tokio::sync::Mutex::new(())),
+            platform_bytes: Arc::default(),
             path: Arc::new(path.to_path_buf()),
             integrity_key: Arc::new(std::sync::OnceLock::new()),
             refused: Arc::new(Mutex::new(Vec::new())),
@@ -438,6 +444,24 @@ impl Journal {
             .flat_map(|t| t.iter().flatten())
             .map(|(k, v)| (k.len() + v.len()) as u64)
             .sum()
+    }
+
+    /// Bytes of the stored platform state (see the field's docs): 0 until the clearance
+    /// table was built from the store.
+    pub fn platform_bytes(&self) -> u64 {
+        self.platform_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds to the platform state's bytes the change of one entry from `old` to `new`
+    /// (each the entry's value, with `key`; `None` when absent).
+    fn platform_change(&self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let size = |v: Option<&[u8]>| v.map_or(0, |v| (key.len() + v.len()) as u64);
+        let (add, sub) = (size(new), size(old));
+        let _ = self.platform_bytes.fetch_update(Relaxed, Relaxed, |b| {
+            Some(b.saturating_add(add).saturating_sub(sub))
+        });
     }
 
     /// Bytes of all stored batches and their index entries.

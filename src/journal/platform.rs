@@ -146,7 +146,9 @@ impl Journal {
     fn store_declaration_on(&self, d: &Declaration, day: u32) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(d).expect("declarations always serialize");
         let bytes = self.seal(TREE_DECLARATIONS, d.waybill.as_bytes(), bytes);
-        self.declarations.insert(d.waybill.as_bytes(), bytes)?;
+        let k = d.waybill.as_bytes();
+        let old = self.declarations.insert(k, bytes.as_slice())?;
+        self.platform_change(k, old.as_deref(), Some(&bytes));
         self.touch_waybill(&d.waybill, day)
     }
 
@@ -229,8 +231,10 @@ impl Journal {
                     let last = self.received.get(name)?.as_deref().and_then(be_u32);
                     if last.is_none_or(|l| l <= day) {
                         self.fold_into_history(name)?;
-                        self.declarations.remove(name)?;
-                        self.instructions.remove(name)?;
+                        let d = self.declarations.remove(name)?;
+                        self.platform_change(name, d.as_deref(), None);
+                        let i = self.instructions.remove(name)?;
+                        self.platform_change(name, i.as_deref(), None);
                         self.counted.remove(name)?;
                         self.received.remove(name)?;
                         out.waybills
@@ -238,7 +242,8 @@ impl Journal {
                     }
                 }
                 AGE_INSTRUCTION_ID => {
-                    self.instruction_ids.remove(name)?;
+                    let old = self.instruction_ids.remove(name)?;
+                    self.platform_change(name, old.as_deref(), None);
                     out.instruction_ids
                         .push(String::from_utf8_lossy(name).into_owned());
                 }
@@ -304,7 +309,9 @@ impl Journal {
         let bytes = serde_json::to_vec(i).expect("instructions always serialize");
         let bytes = self.seal(TREE_INSTRUCTIONS, i.waybill.as_bytes(), bytes);
         self.remember_instruction_id_on(i, day)?;
-        self.instructions.insert(i.waybill.as_bytes(), bytes)?;
+        let k = i.waybill.as_bytes();
+        let old = self.instructions.insert(k, bytes.as_slice())?;
+        self.platform_change(k, old.as_deref(), Some(&bytes));
         self.touch_waybill(&i.waybill, day)
     }
 
@@ -315,10 +322,10 @@ impl Journal {
     }
 
     fn remember_instruction_id_on(&self, i: &Instruction, day: u32) -> Result<(), JournalError> {
-        let first = self
-            .instruction_ids
-            .insert(i.instruction_id.as_bytes(), i.waybill.as_bytes())?
-            .is_none();
+        let k = i.instruction_id.as_bytes();
+        let old = self.instruction_ids.insert(k, i.waybill.as_bytes())?;
+        self.platform_change(k, old.as_deref(), Some(i.waybill.as_bytes()));
+        let first = old.is_none();
         if first {
             self.touch_instruction_id(&i.instruction_id, day)?;
         }
@@ -329,16 +336,18 @@ impl Journal {
     pub fn store_notice(&self, n: &EnterpriseNotice) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(n).expect("notices always serialize");
         let bytes = self.seal(TREE_ENTERPRISES, n.enterprise.as_bytes(), bytes);
-        self.notice_ids
-            .insert(n.notice_id.as_bytes(), n.enterprise.as_bytes())?;
-        self.enterprises.insert(n.enterprise.as_bytes(), bytes)?;
+        self.remember_notice_id(n)?;
+        let k = n.enterprise.as_bytes();
+        let old = self.enterprises.insert(k, bytes.as_slice())?;
+        self.platform_change(k, old.as_deref(), Some(&bytes));
         Ok(())
     }
 
     /// Records a notice id as seen without applying it (a stale one).
     pub fn remember_notice_id(&self, n: &EnterpriseNotice) -> Result<(), JournalError> {
-        self.notice_ids
-            .insert(n.notice_id.as_bytes(), n.enterprise.as_bytes())?;
+        let k = n.notice_id.as_bytes();
+        let old = self.notice_ids.insert(k, n.enterprise.as_bytes())?;
+        self.platform_change(k, old.as_deref(), Some(n.enterprise.as_bytes()));
         Ok(())
     }
 
@@ -429,6 +438,8 @@ impl Journal {
         let mut applied = 0u64;
         let mut step = 0u64;
         let mut stop = false;
+        // The platform state's bytes, summed on the way (see `Journal::platform_bytes`).
+        let mut platform_bytes = 0u64;
         let mut tick = |table: &ClearanceTable| {
             applied += 1;
             step += 1;
@@ -440,14 +451,16 @@ impl Journal {
             stop
         };
         for entry in self.instruction_ids.iter() {
-            let (id, _) = entry?;
+            let (id, v) = entry?;
+            platform_bytes += (id.len() + v.len()) as u64;
             table.mark_instruction_seen(&String::from_utf8_lossy(&id));
             if tick(table) {
                 return Ok(false);
             }
         }
         for entry in self.notice_ids.iter() {
-            let (id, _) = entry?;
+            let (id, v) = entry?;
+            platform_bytes += (id.len() + v.len()) as u64;
             table.mark_notice_seen(&String::from_utf8_lossy(&id));
             if tick(table) {
                 return Ok(false);
@@ -464,6 +477,7 @@ impl Journal {
         ] {
             for entry in tree.iter() {
                 let (k, v) = entry?;
+                platform_bytes += (k.len() + v.len()) as u64;
                 if tick(table) {
                     return Ok(false);
                 }
@@ -501,6 +515,15 @@ impl Journal {
                 }
             }
         }
+        for entry in self.rule_update_ids.iter() {
+            let (id, v) = entry?;
+            platform_bytes += (id.len() + v.len()) as u64;
+        }
+        if let Some(v) = self.meta.get(META_PLATFORM_RULES)? {
+            platform_bytes += (META_PLATFORM_RULES.len() + v.len()) as u64;
+        }
+        self.platform_bytes
+            .store(platform_bytes, std::sync::atomic::Ordering::Relaxed);
         for entry in self.counted.iter() {
             let (w, day) = entry?;
             if tick(table) {
@@ -656,7 +679,9 @@ impl Journal {
 
     /// Records a rule set update id as seen (applied, refused or stale).
     pub fn remember_rule_update(&self, update_id: &str) -> Result<(), JournalError> {
-        self.rule_update_ids.insert(update_id.as_bytes(), &[])?;
+        let k = update_id.as_bytes();
+        let old = self.rule_update_ids.insert(k, &[])?;
+        self.platform_change(k, old.as_deref(), Some(&[]));
         Ok(())
     }
 
@@ -672,7 +697,8 @@ impl Journal {
                 v.push(u8::from(file_hash.is_some()));
                 v.extend_from_slice(&serde_json::to_vec(update).expect("updates serialize"));
                 let v = self.seal(TREE_META, META_PLATFORM_RULES, v);
-                self.meta.insert(META_PLATFORM_RULES, v)?;
+                let old = self.meta.insert(META_PLATFORM_RULES, v.as_slice())?;
+                self.platform_change(META_PLATFORM_RULES, old.as_deref(), Some(&v));
                 self.meta.insert(META_RULES_SOURCE, &b"platform"[..])?;
             }
         }
@@ -837,6 +863,61 @@ mod tests {
         assert_eq!(
             j.purge_clearance(now - 30, 100).unwrap(),
             Forgotten::default()
+        );
+    }
+
+    /// The platform state's bytes follow every store, replacement and purge, and a restart
+    /// sums the same figure from the trees; the capacity policy counts them towards the quota.
+    #[test]
+    fn platform_state_bytes_are_counted_towards_the_quota() {
+        use crate::journal::capacity::{level, Level, Limits};
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let now = today();
+        let trees = |j: &Journal| -> u64 {
+            [
+                &j.declarations,
+                &j.instructions,
+                &j.instruction_ids,
+                &j.enterprises,
+                &j.notice_ids,
+                &j.rule_update_ids,
+            ]
+            .iter()
+            .flat_map(|t| t.iter().flatten())
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+        };
+        assert_eq!(j.platform_bytes(), 0);
+        for i in 0..50 {
+            let w = format!("W{i:04}");
+            j.store_declaration_on(&declaration(&w, "c1", 500), now - 40 * (i % 2))
+                .unwrap();
+            j.store_instruction_on(&instruction(&w, &format!("I-{w}")), now - 40 * (i % 2))
+                .unwrap();
+        }
+        // A replacement changes the figure by its difference only.
+        j.store_declaration_on(&declaration("W0001", "a-longer-consumer-hash", 50_000), now)
+            .unwrap();
+        j.remember_rule_update("R-1").unwrap();
+        assert_eq!(j.platform_bytes(), trees(&j));
+        let full = j.platform_bytes();
+        while j.purge_clearance(now - 30, 7).unwrap().more {}
+        assert!(j.platform_bytes() < full);
+        assert_eq!(j.platform_bytes(), trees(&j));
+        let kept = j.platform_bytes();
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        j.load_clearance().unwrap();
+        assert_eq!(j.platform_bytes(), kept, "a restart sums the same figure");
+        // A journal with almost no records whose platform state exceeds the quota is over it.
+        let l = Limits {
+            quota_bytes: kept / 2,
+            min_free_bytes: 1,
+        };
+        assert_eq!(
+            level(l, 0, j.platform_bytes(), u64::MAX / 4, None, 0),
+            Level::OverQuota
         );
     }
 

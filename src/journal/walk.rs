@@ -68,6 +68,49 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Calls `f` with every stored record whose sequence is below `before_seq`, highest
+    /// sequence (newest) first, until `f` returns false; stops once a batch is older than
+    /// `from_ms` by more than [`TIME_SLACK_MS`] (records of later batches cannot lie in the
+    /// range). The caller filters by time and counts what it examined, so a page of a
+    /// paginated walk reads only what it needs, and the next page starts at the lowest
+    /// sequence it saw. Returns false when `f` stopped the walk.
+    pub fn walk_back(
+        &self,
+        before_seq: u64,
+        from_ms: u64,
+        mut f: impl FnMut(&Record) -> bool,
+    ) -> Result<bool, JournalError> {
+        for stored in self.batches.range(..super::seq_key(before_seq)).rev() {
+            let stored = super::Batch::from_entry(stored)?;
+            let mut newest = 0u64;
+            let mut records = Vec::new();
+            for (i, bytes) in stored.records()?.into_iter().enumerate() {
+                let seq = stored.first + i as u64;
+                if seq >= before_seq {
+                    break;
+                }
+                let r: Record =
+                    serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+                        seq,
+                        reason: e.to_string(),
+                    })?;
+                newest = newest.max(r.at_ms());
+                records.push(r);
+            }
+            for r in records.iter().rev() {
+                if !f(r) {
+                    return Ok(false);
+                }
+            }
+            if newest.saturating_add(TIME_SLACK_MS) < from_ms {
+                break;
+            }
+        }
+        Ok(true)
+    }
+}
+
 /// Folds every record of `[from_ms, to_ms)` into `acc` on the blocking pool, in bounded
 /// slices; `step` returns false to stop early. The accumulator is the only thing that grows,
 /// so its owner bounds the memory.
@@ -132,6 +175,46 @@ mod tests {
             })
             .unwrap();
         assert!(!any);
+    }
+
+    #[tokio::test]
+    async fn walks_back_from_a_cursor_newest_first() {
+        let (_dir, journal) = filled(20).await;
+        let mut seqs = Vec::new();
+        assert!(journal
+            .walk_back(u64::MAX, 0, |r| {
+                seqs.push(r.seq());
+                true
+            })
+            .unwrap());
+        assert_eq!(seqs, (1..=20).rev().collect::<Vec<_>>());
+        // From a cursor, a page at a time: every record once, in order.
+        let mut pages = Vec::new();
+        let mut before = u64::MAX;
+        loop {
+            let mut page = Vec::new();
+            journal
+                .walk_back(before, 0, |r| {
+                    page.push(r.seq());
+                    page.len() < 7
+                })
+                .unwrap();
+            match page.last() {
+                Some(&last) => before = last,
+                None => break,
+            }
+            pages.extend(page);
+        }
+        assert_eq!(pages, (1..=20).rev().collect::<Vec<_>>());
+        // Batches far older than the range are not read.
+        let mut n = 0;
+        journal
+            .walk_back(u64::MAX, 100_000_000, |_| {
+                n += 1;
+                true
+            })
+            .unwrap();
+        assert!(n < 20, "{n}");
     }
 
     #[tokio::test]

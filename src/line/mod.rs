@@ -359,7 +359,9 @@ impl Line {
             scanned_at_ms: unix_ms(scanned_at),
             weight_g,
         };
-        let earlier = match self.ctx.released.admit(waybill, 1, &scan, *lane) {
+        // A waybill declared for several pieces admits as many released parcels.
+        let pieces = decision.inputs.as_ref().and_then(|i| i.pieces).unwrap_or(1);
+        let earlier = match self.ctx.released.admit(waybill, pieces, &scan, *lane) {
             duplicates::Admission::Admitted => return None,
             duplicates::Admission::Recirculated(old) => {
                 tracing::info!(line = %self.ctx.line, parcel, waybill = %waybill, earlier = %duplicates::describe(&old), "re-scan of a released waybill taken as the same parcel come round again");

@@ -57,6 +57,7 @@ use bondline_devices::contract::{
 use crate::rules::compact::Compact;
 use crate::rules::engine::{ConsumerWindow, Declared, Ordered};
 use crate::rules::history::ConsumerHistory;
+use crate::rules::orders::{OrderTotals, Transaction};
 use crate::rules::sharded::{grow, DigestSet, Index, Locked, Picker, Place, SHARDS};
 
 /// What applying a platform message did.
@@ -384,6 +385,10 @@ pub struct ClearanceTable {
     loading: AtomicBool,
     load_done: AtomicU64,
     load_expected: AtomicU64,
+    /// Per-order sums of declared values, for the per-transaction limit.
+    orders: RwLock<OrderTotals>,
+    /// Declared pieces of the waybills declared with more than one, by waybill digest (few).
+    multi_piece: RwLock<std::collections::HashMap<u64, u16>>,
 }
 
 impl Default for ClearanceTable {
@@ -402,6 +407,8 @@ impl Default for ClearanceTable {
             loading: AtomicBool::new(false),
             load_done: AtomicU64::new(0),
             load_expected: AtomicU64::new(0),
+            orders: RwLock::default(),
+            multi_piece: RwLock::default(),
         }
     }
 }
@@ -591,8 +598,59 @@ impl ClearanceTable {
             return Applied::Unchanged;
         }
         let facts = self.facts(d, digest);
-        let mut shard = self.shards.write(place.shard);
-        self.declare_in(&mut shard, place, &d.waybill, &facts)
+        let applied = {
+            let mut shard = self.shards.write(place.shard);
+            self.declare_in(&mut shard, place, &d.waybill, &facts)
+        };
+        if applied == Applied::Changed {
+            self.after_declaration(d);
+        }
+        applied
+    }
+
+    /// What a declaration changes beside its waybill's entry: its order's sums and its
+    /// declared pieces (each under its own short lock, taken after the shard's is released).
+    fn after_declaration(&self, d: &Declaration) {
+        self.orders
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(d);
+        self.set_pieces(&d.waybill, d.pieces);
+    }
+
+    /// Keeps the declared pieces of `waybill` when more than one (capped at `MAX_PIECES`,
+    /// which declarations are checked against on arrival).
+    fn set_pieces(&self, waybill: &str, pieces: Option<u32>) {
+        let key = self.digest(waybill.as_bytes());
+        let mut m = self.multi_piece.write().unwrap_or_else(|e| e.into_inner());
+        match pieces.filter(|&n| n > 1) {
+            Some(n) => {
+                let n = u16::try_from(n.min(bondline_devices::contract::MAX_PIECES)).unwrap_or(1);
+                m.insert(key, n);
+            }
+            None => {
+                m.remove(&key);
+            }
+        }
+    }
+
+    /// The pieces declared for `waybill` (1 unless its declaration says more).
+    pub fn pieces(&self, waybill: &str) -> u32 {
+        let key = self.digest(waybill.as_bytes());
+        self.multi_piece
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .map_or(1, |&n| u32::from(n))
+    }
+
+    /// The transaction `waybill` belongs to (its order's waybills, or itself alone), as
+    /// declared in `d`, the declaration held for it.
+    pub fn transaction(&self, waybill: &str, d: &Declared<'_>) -> Transaction {
+        self.orders
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .transaction(waybill, d.value_minor, d.currency)
     }
 
     fn declare_in(&self, shard: &mut Shard, place: Place, waybill: &str, f: &Facts) -> Applied {
@@ -795,6 +853,11 @@ impl ClearanceTable {
                 };
             }
         }
+        for (m, applied) in msgs.iter().zip(&out) {
+            if let (Message::Declaration(d), Applied::Changed) = (m, applied) {
+                self.after_declaration(d);
+            }
+        }
         out
     }
 
@@ -812,6 +875,15 @@ impl ClearanceTable {
                 self.instructions.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        drop(shard);
+        self.orders
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(waybill);
+        self.multi_piece
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.digest(waybill.as_bytes()));
     }
 
     /// Forgets an instruction id (one older than any signature the gateway accepts).
@@ -1029,6 +1101,8 @@ pub(crate) mod tests {
             currency: Some("CNY".into()),
             gross_weight_g: None,
             items: vec![],
+            order_id: None,
+            pieces: None,
             signature: None,
         }
     }

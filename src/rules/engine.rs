@@ -61,6 +61,16 @@ pub enum RuleKind {
         #[serde(default)]
         currency: Option<String>,
     },
+    /// The declared value of the parcel's transaction would exceed `max_value_minor`: the sum
+    /// over every waybill declared with the same enterprise and `order_id`, or the waybill's
+    /// own value when its declaration names no order. With `currency`, a transaction declared
+    /// (wholly or partly) in another currency or none fires: fail closed. A waybill of the
+    /// transaction declared without a value fires too: its value cannot be checked.
+    TransactionLimit {
+        max_value_minor: u64,
+        #[serde(default)]
+        currency: Option<String>,
+    },
     /// Random sampling at `rate_ppm` parts per million, keyed (see the module docs).
     Sampling { rate_ppm: u32 },
     /// The X-ray result or an operator mark says suspect.
@@ -254,6 +264,14 @@ impl RuleSet {
                         ));
                     }
                 }
+                RuleKind::TransactionLimit {
+                    currency: Some(c), ..
+                } if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) => {
+                    return Err(err(
+                        &key("currency"),
+                        "must be a three-letter code such as CNY".into(),
+                    ))
+                }
                 RuleKind::Sampling { rate_ppm } => {
                     if *rate_ppm > 1_000_000 {
                         return Err(err(&key("rate_ppm"), "must be at most 1000000".into()));
@@ -338,6 +356,9 @@ pub struct Inputs<'a> {
     /// The consumer's history over each limit rule's window, by rule index; parcels and
     /// value before this one.
     pub consumer: &'a [(usize, ConsumerWindow)],
+    /// The declared figures of the parcel's transaction (its order, or itself alone), for
+    /// `transaction_limit` rules; `None` without a declaration.
+    pub transaction: Option<crate::rules::orders::Transaction>,
 }
 
 /// The name under which a parcel is held because no rule decided it (no release yet).
@@ -433,6 +454,51 @@ fn consumer_limit(
             format!(
                 "consumer over its {} limit: {} parcel(s) and {} in value before this one, {value} in this one",
                 window.describe(), seen.parcels, seen.value_minor
+            ),
+        )
+    })
+}
+
+/// Whether a transaction-limit rule fires, and why: the transaction's declared value, this
+/// parcel included, above `max_value_minor`; or a value that cannot be checked (another
+/// currency than the rule's, a waybill without a value): fail closed.
+fn transaction_limit(
+    inp: &Inputs,
+    max_value_minor: u64,
+    currency: Option<&str>,
+) -> Option<(LaneRole, String)> {
+    inp.declaration?;
+    let t = inp.transaction.as_ref()?;
+    let which = match &t.order_id {
+        Some(o) => format!("order {o} ({} waybill(s))", t.parcels),
+        None => "this waybill".to_string(),
+    };
+    if let Some(limit_cur) = currency {
+        if t.currency.as_deref() != Some(limit_cur) {
+            return Some((
+                LaneRole::Inspection,
+                format!(
+                    "declared value of {which} in {} cannot be checked against the transaction limit in {limit_cur}",
+                    t.currency.as_deref().unwrap_or("no single currency")
+                ),
+            ));
+        }
+    }
+    if t.without_value > 0 {
+        return Some((
+            LaneRole::Inspection,
+            format!(
+                "{which}: {} waybill(s) declared without a value, the transaction limit cannot be checked",
+                t.without_value
+            ),
+        ));
+    }
+    (t.value_minor > max_value_minor).then(|| {
+        (
+            LaneRole::Inspection,
+            format!(
+                "transaction over its limit: {which} declared {} in value, limit {max_value_minor}",
+                t.value_minor
             ),
         )
     })
@@ -557,6 +623,10 @@ pub fn evaluate(set: &RuleSet, inp: &Inputs) -> Evaluation {
                 *max_value_minor,
                 currency.as_deref(),
             ),
+            RuleKind::TransactionLimit {
+                max_value_minor,
+                currency,
+            } => transaction_limit(inp, *max_value_minor, currency.as_deref()),
             RuleKind::Sampling { rate_ppm } => set.sampled(inp.waybill, *rate_ppm).then(|| {
                 (
                     LaneRole::Inspection,
@@ -1031,6 +1101,7 @@ rate_ppm = 100000
                 weighing,
                 xray,
                 consumer: &h,
+                transaction: None,
             };
             let e = evaluate(&s, &inp);
             prop_assert_eq!(&e.version, "test-1");

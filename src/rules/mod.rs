@@ -12,10 +12,12 @@ pub mod clearance;
 pub mod compact;
 pub mod engine;
 pub mod history;
+pub mod orders;
 pub mod retention;
 pub mod sharded;
+pub mod sharded_map;
 
-use bondline_devices::contract::{ConsumerWindowSeen, DecisionInputs, LaneRole};
+use bondline_devices::contract::{ConsumerWindowSeen, DecisionInputs, LaneRole, TransactionSeen};
 
 pub use clearance::{Applied, ClearanceTable, Message};
 
@@ -159,6 +161,39 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
             }
         }
     }
+    // The transaction's figures, only for a set with a transaction limit (a digest lookup).
+    let transaction = known.declaration.as_ref().filter(|_| {
+        rules
+            .rules
+            .iter()
+            .any(|r| matches!(r.kind, engine::RuleKind::TransactionLimit { .. }))
+    });
+    let transaction = transaction.map(|d| table.transaction(waybill, d));
+    let transactions = transaction
+        .as_ref()
+        .map(|t| {
+            let own = known.declaration.and_then(|d| d.value_minor).unwrap_or(0);
+            rules
+                .rules
+                .iter()
+                .filter_map(|r| match r.kind {
+                    engine::RuleKind::TransactionLimit {
+                        max_value_minor, ..
+                    } => Some(TransactionSeen {
+                        rule: r.name.clone(),
+                        order_id: t.order_id.as_deref().map(str::to_string),
+                        parcels: t.parcels,
+                        value_minor: t.value_minor.saturating_sub(own),
+                        value_minor_after: t.value_minor,
+                        currency: t.currency.as_deref().map(str::to_string),
+                        max_value_minor,
+                        without_value: t.without_value,
+                    }),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let e = engine::evaluate(
         rules,
         &engine::Inputs {
@@ -170,6 +205,7 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
             weighing: scan.weighing,
             xray: scan.xray,
             consumer: &windows,
+            transaction,
         },
     );
     for w in seen.iter_mut() {
@@ -198,6 +234,8 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
             engine::XrayInput::Pending => Some(bondline_devices::contract::XraySeen::Pending),
             engine::XrayInput::Verdict(r) => Some(r.into()),
         },
+        transactions,
+        pieces: d.map(|_| table.pieces(waybill)).filter(|&n| n > 1),
     };
     let first = e.fired.first();
     let instruction_id = known
@@ -272,6 +310,8 @@ mod tests {
             currency: None,
             gross_weight_g: None,
             items: vec![],
+            order_id: None,
+            pieces: None,
             signature: None,
         }
     }
@@ -560,6 +600,96 @@ mod tests {
         // ...and not a second later, on New Year's day, when the year starts again.
         let new_year = at(2027, 1, 1, 0);
         assert_eq!(decide_at(&t, "C", new_year).role, LaneRole::Release);
+    }
+
+    /// A transaction limit sums the waybills of one order (same enterprise and order id); a
+    /// waybill without an order id is its own transaction; another currency, or a waybill of
+    /// the order without a value, fails closed; the record carries the order's figures.
+    #[test]
+    fn a_transaction_limit_counts_the_whole_order() {
+        let rules = engine::RuleSet::parse(
+            "t",
+            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 9\n\
+             [[rules]]\nname = \"per_order\"\nkind = \"transaction_limit\"\npriority = 5\ntarget = \"inspection\"\nmax_value_minor = 500000\ncurrency = \"CNY\"\n",
+        )
+        .unwrap();
+        let mut t = ClearanceTable::default();
+        let declare = |t: &mut ClearanceTable,
+                       w: &str,
+                       order: Option<&str>,
+                       value: Option<u64>,
+                       cur: &str| {
+            let mut d = decl(w);
+            d.consumer = Some("c".into());
+            d.value_minor = value;
+            d.currency = Some(cur.into());
+            d.order_id = order.map(str::to_string);
+            t.apply_declaration(&d);
+            t.apply_instruction(&instr(w, &format!("I{w}"), Action::Release, None));
+        };
+        let decide_w = |t: &ClearanceTable, w: &str| {
+            let read = ScanRead::Waybill(w.into());
+            decide(
+                t,
+                &rules,
+                Scan {
+                    read: &read,
+                    weight_g: None,
+                    weighing: false,
+                    day: 1,
+                    calendar: &calendar::Calendar::default(),
+                    prior: None,
+                    xray: engine::XrayInput::NotOnLine,
+                },
+            )
+        };
+        declare(&mut t, "A", Some("O-1"), Some(300_000), "CNY");
+        let a = decide_w(&t, "A");
+        assert_eq!(a.role, LaneRole::Release, "{:?}", a.fired);
+        declare(&mut t, "B", Some("O-1"), Some(250_000), "CNY");
+        let b = decide_w(&t, "B");
+        assert_eq!(
+            (b.role, b.rule.as_str()),
+            (LaneRole::Inspection, "per_order")
+        );
+        assert!(b.is_anomaly());
+        assert!(
+            b.reason.contains("order O-1 (2 waybill(s))"),
+            "{}",
+            b.reason
+        );
+        let seen = &b.inputs.as_ref().unwrap().transactions;
+        assert_eq!(
+            seen.as_slice(),
+            [TransactionSeen {
+                rule: "per_order".into(),
+                order_id: Some("O-1".into()),
+                parcels: 2,
+                value_minor: 300_000,
+                value_minor_after: 550_000,
+                currency: Some("CNY".into()),
+                max_value_minor: 500_000,
+                without_value: 0,
+            }]
+        );
+        // The same value without an order id is a transaction of its own.
+        declare(&mut t, "C", None, Some(450_000), "CNY");
+        let c = decide_w(&t, "C");
+        assert_eq!(c.role, LaneRole::Release);
+        assert_eq!(c.inputs.unwrap().transactions[0].order_id, None);
+        // Another currency, or a waybill of the order without a value: cannot be checked.
+        declare(&mut t, "D", None, Some(1), "USD");
+        assert!(decide_w(&t, "D").reason.contains("cannot be checked"));
+        declare(&mut t, "E", Some("O-2"), Some(1), "CNY");
+        declare(&mut t, "F", Some("O-2"), None, "CNY");
+        let e = decide_w(&t, "E");
+        assert_eq!(e.role, LaneRole::Inspection);
+        assert!(e.reason.contains("without a value"), "{}", e.reason);
+        // B re-declared under another order: A's order is within its limit again.
+        declare(&mut t, "B", Some("O-3"), Some(250_000), "CNY");
+        assert_eq!(decide_w(&t, "A").role, LaneRole::Release);
+        t.forget_waybill("F");
+        assert_eq!(decide_w(&t, "E").role, LaneRole::Release);
     }
 
     /// The whole decision over any sequence of platform messages and scans: a parcel reaches

@@ -38,6 +38,7 @@
 //! `rejected_message` alert), and reconnects with its usual backoff. The remedy is on the
 //! broker: its packet limit below the gateway's (docs/mqtt.md).
 
+pub mod ingest;
 pub mod probe;
 pub mod refusals;
 pub mod session_watch;
@@ -50,8 +51,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bondline_devices::contract::{
-    topic, AlertKind, Anomaly, Declaration, EdgeEvent, EnterpriseNotice, EventKind, Instruction,
-    RuleSetUpdate, SCHEMA,
+    topic, AlertKind, Anomaly, Declaration, EdgeEvent, EventKind, Instruction, SCHEMA,
 };
 use rumqttc::{
     AsyncClient, ConnectionError, Event, Incoming, MqttOptions, Outgoing, Publish, QoS, StateError,
@@ -67,7 +67,7 @@ use crate::journal::Journal;
 use crate::line::ClearanceChange;
 use crate::metrics::{unix_ms, Metrics};
 use crate::policy::{Policy, UpdateError, UpdateOutcome};
-use crate::rules::{Applied, ClearanceTable};
+use crate::rules::{Applied, ClearanceTable, Message};
 use unreadable::{unreadable, unreadable_reason};
 
 const LINK: &str = "broker";
@@ -144,16 +144,9 @@ enum EndCause {
     Unreadable,
 }
 
-/// Requests the MQTT client may queue. Record publishes are bounded by the in-flight window;
-/// this room is for the acknowledges of inbound messages, which pile up while the client works
-/// through a burst a broker sends without an in-flight limit. A queue too small for that would
-/// end the session on every burst.
-const REQUEST_QUEUE: usize = 65_536;
-
-/// Platform messages acknowledged together after one flush, at most.
-const ACK_BATCH: usize = 256;
-/// How long a stored platform message may wait for its flush and acknowledge.
-const ACK_DELAY: Duration = Duration::from_millis(5);
+/// Requests the MQTT client may queue besides the records in flight, acknowledges and
+/// events (see [`Uplink::request_queue`]): subscriptions and the odd request on top.
+const REQUEST_SLACK: usize = 64;
 
 /// Alarms published per feeder round at most.
 const ALARMS_PER_ROUND: usize = 8;
@@ -266,9 +259,11 @@ impl Uplink {
         o.set_keep_alive(c.keep_alive)
             .set_clean_session(false)
             .set_manual_acks(true)
-            .set_inflight(c.inflight)
+            // Room for events beside the records' window, so an event never holds up the
+            // acknowledges queued behind it (the client stops taking requests when full).
+            .set_inflight(c.inflight.saturating_add(ingest::EVENT_ROOM as u16))
             .set_max_packet_size(c.max_incoming_bytes, c.max_packet_bytes)
-            .set_request_channel_capacity(REQUEST_QUEUE);
+            .set_request_channel_capacity(self.request_queue());
         if let Some(t) = &c.tls {
             o.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(t.client_config()?),
@@ -278,6 +273,13 @@ impl Uplink {
             o.set_credentials(&cred.username, cred.password()?);
         }
         Ok(o)
+    }
+
+    /// The MQTT client's request queue: acknowledges ([`ingest::ACK_WINDOW`]), the records in
+    /// flight, events and anomalies, and slack. Each has its own bound, so a publish never
+    /// finds the queue full.
+    fn request_queue(&self) -> usize {
+        ingest::ACK_WINDOW + self.publish_room() + REQUEST_SLACK
     }
 
     /// A platform message the client cannot read cut the session: refused, journaled and
@@ -371,406 +373,541 @@ impl Uplink {
                 return (e.to_string(), EndCause::Local);
             }
         };
-        let (client, mut events) = AsyncClient::new(options, REQUEST_QUEUE);
+        let (client, mut events) = AsyncClient::new(options, self.request_queue());
         let window = Arc::new(Semaphore::new(self.config.inflight as usize));
         let feeder_stop = CancellationToken::new();
         let _stop_feeder = feeder_stop.clone().drop_guard();
         let feeder_failed = CancellationToken::new();
         let mut watchdog = tokio::time::interval(Duration::from_secs(1));
-        // Platform messages stored but not yet flushed, and when to flush them at the latest.
-        let mut unacked: Vec<Publish> = Vec::new();
-        let mut flush_at: Option<Instant> = None;
         // When acknowledged records are cleared from the outbox at the latest.
         let mut clear_at: Option<Instant> = None;
-        loop {
-            let event = tokio::select! {
-                _ = tokio::time::sleep_until(clear_at.unwrap_or_else(Instant::now).into()), if clear_at.is_some() => {
-                    clear_at = None;
-                    self.clear_acked(pending);
-                    continue;
-                }
-                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() => {
-                    flush_at = None;
-                    if let Err(e) = self.flush_and_ack(&client, &mut unacked).await {
-                        return (e, EndCause::Local);
+        // The ingest stages (see [`ingest`]): the poller hands platform messages to the
+        // checker, which hands checked batches to the storer, which acknowledges them.
+        let (to_checker, mut from_poller) = mpsc::unbounded_channel::<Publish>();
+        let (to_storer, mut from_checker) = mpsc::channel::<Vec<ingest::Prepared>>(1);
+        let ack_room = Semaphore::new(ingest::ACK_WINDOW);
+        // Platform messages received on this session and not yet acknowledged.
+        let mut in_flight = 0u64;
+        let ingested_at_start = Metrics::get(&self.metrics.platform_ingested);
+        let mut stall = ingest::StallWatch::new(Instant::now(), ingested_at_start);
+        let mut rate = ingest::Rate::new(Instant::now(), ingested_at_start);
+        let checker = async {
+            let trust = Arc::new(self.trust.clone());
+            let prefix = self.config.topic_prefix.clone();
+            while let Some(first) = from_poller.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < ingest::INGEST_BATCH {
+                    match from_poller.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
                     }
-                    continue;
                 }
-                _ = watchdog.tick() => {
-                    let oldest = pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .sent_at
-                        .iter()
-                        .min_by_key(|(_, at)| **at)
-                        .map(|(seq, at)| (*seq, at.elapsed()));
-                    if let Some((seq, age)) = oldest.filter(|(_, age)| *age > ACK_TIMEOUT) {
-                        let reason = format!("no PUBACK for record {seq} after {}s on a live connection", age.as_secs());
-                        self.alarms.raise(format!("broker stopped acknowledging: {reason}; reconnecting"));
-                        return (reason, EndCause::Timeout);
+                let (trust, prefix) = (trust.clone(), prefix.clone());
+                let now = unix_ms(SystemTime::now());
+                let checked = tokio::task::spawn_blocking(move || {
+                    ingest::prepare_batch(&trust, &prefix, MAX_INBOUND_PAYLOAD, batch, now)
+                })
+                .await;
+                match checked {
+                    Ok(b) => {
+                        if to_storer.send(b).await.is_err() {
+                            break;
+                        }
                     }
-                    continue;
-                }
-                r = events.poll() => match r {
-                    Ok(e) => e,
                     Err(e) => {
-                        let cause = match &e {
-                            ConnectionError::NetworkTimeout
-                            | ConnectionError::FlushTimeout
-                            | ConnectionError::MqttState(StateError::AwaitPingResp) => EndCause::Timeout,
-                            ConnectionError::MqttState(StateError::Deserialization(d)) if unreadable(d) => EndCause::Unreadable,
-                            ConnectionError::Io(io) if matches!(
-                                io.kind(),
-                                std::io::ErrorKind::ConnectionRefused
-                                    | std::io::ErrorKind::HostUnreachable
-                                    | std::io::ErrorKind::NetworkUnreachable
-                            ) => EndCause::Unreachable,
-                            _ => EndCause::Peer,
-                        };
-                        return (unreadable_reason(&e, self.config.max_incoming_bytes), cause);
-                    }
-                },
-                _ = feeder_failed.cancelled() => return ("record queue to the broker failed".into(), EndCause::Local),
-                _ = self.reconnect.notified() => {
-                    info!("reconnecting to the broker to use reloaded TLS material and credentials");
-                    return ("reconnect requested (reload)".into(), EndCause::Local);
-                }
-                Some(a) = anomalies.recv(), if self.metrics.uplink_ready.load(Ordering::Relaxed) => {
-                    self.publish_anomaly(&client, pending, &a);
-                    continue;
-                }
-            };
-            match event {
-                Event::Incoming(Incoming::ConnAck(ack)) => {
-                    info!(broker = %format!("{}:{}", self.config.host, self.config.port), session_present = ack.session_present, "broker connected");
-                    self.metrics.set_link(LINK, true, None);
-                    let lost = self
-                        .session_watch
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .connected(ack.session_present);
-                    if let Some(f) = &lost {
-                        self.report_session(f);
-                    }
-                    let earlier = self
-                        .session_finding
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take();
-                    for f in earlier.iter().chain(lost.iter()) {
-                        self.event(
-                            &client,
-                            pending,
-                            EventKind::Alarm,
-                            format!("broker_session: {}", f.detail()),
-                            None,
-                        );
-                    }
-                    if lost.is_some() {
-                        // Fail closed meanwhile: the table keeps what it holds; the platform
-                        // answers by sending the current state again.
-                        self.event(&client, pending, EventKind::StateRequest, "session lost: send the current declarations, instructions, notices and rule set for this gateway".into(), None);
-                    }
-                    let subs = [
-                        topic::DECLARATIONS,
-                        topic::INSTRUCTIONS,
-                        topic::ENTERPRISES,
-                        topic::RULES,
-                    ]
-                    .map(|t| rumqttc::SubscribeFilter::new(self.config.topic(t), QoS::AtLeastOnce));
-                    if let Err(e) = client.try_subscribe_many(subs) {
-                        return (format!("cannot subscribe: {e}"), EndCause::Local);
-                    }
-                    tokio::spawn(feed(Feeder {
-                        client: client.clone(),
-                        journal: self.journal.clone(),
-                        topic: self.config.topic(topic::RECORDS),
-                        pending: pending.clone(),
-                        window: window.clone(),
-                        accepted: self.accepted.clone(),
-                        stop: feeder_stop.clone(),
-                        failed: feeder_failed.clone(),
-                        max_payload: self.config.max_packet_bytes.saturating_sub(
-                            PACKET_OVERHEAD + self.config.topic(topic::RECORDS).len(),
-                        ),
-                        drain_rate: self.config.drain_rate,
-                        alarms: self.alarms.clone(),
-                        events_topic: self.config.topic(topic::EVENTS),
-                        metrics: self.metrics.clone(),
-                    }));
-                }
-                Event::Incoming(Incoming::SubAck(_)) => {
-                    self.metrics.uplink_ready.store(true, Ordering::Relaxed);
-                }
-                Event::Outgoing(Outgoing::Publish(pkid)) => {
-                    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(entry) = p.queued.pop_front() {
-                        if let Some(seq) = entry {
-                            p.sent_at.insert(seq, Instant::now());
-                        }
-                        p.by_pkid.insert(pkid, entry);
+                        return (
+                            format!("cannot check platform messages: {e}"),
+                            EndCause::Local,
+                        )
                     }
                 }
-                Event::Incoming(Incoming::PubAck(ack)) => {
-                    let entry = {
-                        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                        let entry = p.by_pkid.remove(&ack.pkid);
-                        if let Some(Some(seq)) = entry {
-                            p.sent_at.remove(&seq);
-                            p.last_record_ack = Some(Instant::now());
-                        }
-                        entry
-                    };
-                    if let Some(Some(seq)) = entry {
-                        window.add_permits(1);
-                        let full = {
-                            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                            p.acked.push(seq);
-                            p.acked.len() >= CLEAR_BATCH
-                        };
-                        if full {
-                            clear_at = None;
-                            self.clear_acked(pending);
-                        } else if clear_at.is_none() {
-                            clear_at = Some(Instant::now() + CLEAR_DELAY);
-                        }
-                    }
-                }
-                Event::Incoming(Incoming::Publish(p)) => {
-                    if let Err(e) = self.inbound(&p, &client, pending).await {
-                        return (e, EndCause::Local);
-                    }
-                    // Acknowledged after the next flush, in arrival order (as MQTT requires);
-                    // one flush covers a whole burst of platform messages.
-                    unacked.push(p);
-                    if unacked.len() >= ACK_BATCH {
-                        if let Err(e) = self.flush_and_ack(&client, &mut unacked).await {
-                            return (e, EndCause::Local);
-                        }
-                    } else if flush_at.is_none() {
-                        flush_at = Some(Instant::now() + ACK_DELAY);
-                    }
-                }
-                other => debug!(?other, "mqtt"),
             }
-        }
-    }
-
-    /// Applies one platform message. A bad message is rejected whole, reported and
-    /// acknowledged (redelivering it would not make it better). A message that cannot be
-    /// stored returns an error: the session then ends without acknowledging it, so the broker
-    /// delivers it again on the next session.
-    async fn inbound(
-        &self,
-        p: &Publish,
-        client: &AsyncClient,
-        pending: &Mutex<Pending>,
-    ) -> Result<(), String> {
-        Metrics::add(&self.metrics.platform_messages, 1);
-        let suffix = p
-            .topic
-            .strip_prefix(&self.config.topic_prefix)
-            .and_then(|s| s.strip_prefix('/'))
-            .unwrap_or("");
-        let now = unix_ms(SystemTime::now());
-        let verdict: Result<(), (EventKind, String)> = if p.payload.len() > MAX_INBOUND_PAYLOAD {
-            Err((
-                EventKind::RejectedMessage,
-                format!(
-                    "payload of {} bytes is over the limit of {MAX_INBOUND_PAYLOAD}",
-                    p.payload.len()
-                ),
-            ))
-        } else {
-            match suffix {
-                topic::DECLARATIONS => match Declaration::parse(&p.payload) {
-                    Ok(d) => match self.believe(&d, now) {
-                        Err(r) => Err(r),
-                        Ok(signed_at) if self.read_table().declaration_replayed(&d, signed_at) => {
-                            Err((
-                                EventKind::ForgedMessage,
-                                format!(
-                                    "declaration of {} replayed: signed before the declaration held",
-                                    d.waybill
-                                ),
-                            ))
+            ("platform message queue closed".to_string(), EndCause::Local)
+        };
+        let storer = async {
+            let mut acks = ingest::AckQueue::default();
+            while let Some(batch) = from_checker.recv().await {
+                if let Err(e) = self
+                    .ingest_batch(batch, &client, pending, &mut acks, &ack_room)
+                    .await
+                {
+                    return (e, EndCause::Local);
+                }
+            }
+            (
+                "checked platform messages closed".to_string(),
+                EndCause::Local,
+            )
+        };
+        let poller = async {
+            loop {
+                let event = tokio::select! {
+                    _ = tokio::time::sleep_until(clear_at.unwrap_or_else(Instant::now).into()), if clear_at.is_some() => {
+                        clear_at = None;
+                        self.clear_acked(pending);
+                        continue;
+                    }
+                    _ = watchdog.tick() => {
+                        let now = Instant::now();
+                        let ingested = Metrics::get(&self.metrics.platform_ingested);
+                        self.metrics.platform_in_flight.store(in_flight, Ordering::Relaxed);
+                        self.metrics.platform_ingest_rate.store(rate.tick(now, ingested).round() as u64, Ordering::Relaxed);
+                        if let Some(stalled) = stall.tick(now, in_flight, ingested) {
+                            warn!(in_flight, stalled_s = stalled.as_secs(), "platform ingest stalled");
+                            self.alarms.raise(format!(
+                                "platform ingest stalled: {in_flight} platform messages received and none stored for {} s; they are acknowledged only once stored",
+                                stalled.as_secs()
+                            ));
                         }
-                        Ok(_) => {
-                        // Storing and applying do not interleave with forgetting old state.
-                        let _guard = self.journal.platform_lock().lock().await;
-                        if self.read_table().declaration_is_new(&d) {
-                            self.journal
-                                .store_declaration(&d)
-                                .map_err(|e| format!("cannot store a declaration: {e}"))?;
-                            self.write_table().apply_declaration(&d);
-                            let _ = self.changes.send(ClearanceChange::Waybill(d.waybill));
+                        let oldest = pending
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .sent_at
+                            .iter()
+                            .min_by_key(|(_, at)| **at)
+                            .map(|(seq, at)| (*seq, at.elapsed()));
+                        if let Some((seq, age)) = oldest.filter(|(_, age)| *age > ACK_TIMEOUT) {
+                            let reason = format!("no PUBACK for record {seq} after {}s on a live connection", age.as_secs());
+                            self.alarms.raise(format!("broker stopped acknowledging: {reason}; reconnecting"));
+                            return (reason, EndCause::Timeout);
                         }
-                        Ok(())
-                        }
-                    },
-                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
-                },
-                topic::INSTRUCTIONS => match Instruction::parse(&p.payload) {
-                    Ok(i) => match self.believe(&i, now) {
-                        Err(r) => Err(r),
-                        Ok(_) => {
-                        let _guard = self.journal.platform_lock().lock().await;
-                        let (seen, fresh) = {
-                            let t = self.read_table();
-                            (t.instruction_id_seen(&i.instruction_id), t.instruction_is_new(&i))
-                        };
-                        if fresh {
-                            self.journal
-                                .store_instruction(&i)
-                                .map_err(|e| format!("cannot store an instruction: {e}"))?;
-                        } else {
-                            self.journal
-                                .remember_instruction_id(&i)
-                                .map_err(|e| format!("cannot store an instruction id: {e}"))?;
-                        }
-                        // Applied even when not new, so a stale id is remembered as seen.
-                        if self.write_table().apply_instruction(&i) == Applied::Changed {
-                            let _ = self.changes.send(ClearanceChange::Waybill(i.waybill.clone()));
-                        }
-                        replay_verdict(
-                            seen,
-                            fresh,
-                            p.dup,
-                            &format!("instruction {} for {}", i.instruction_id, i.waybill),
-                            "the instruction in force",
-                        )
+                        continue;
+                    }
+                    r = events.poll() => match r {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let cause = match &e {
+                                ConnectionError::NetworkTimeout
+                                | ConnectionError::FlushTimeout
+                                | ConnectionError::MqttState(StateError::AwaitPingResp) => EndCause::Timeout,
+                                ConnectionError::MqttState(StateError::Deserialization(d)) if unreadable(d) => EndCause::Unreadable,
+                                ConnectionError::Io(io) if matches!(
+                                    io.kind(),
+                                    std::io::ErrorKind::ConnectionRefused
+                                        | std::io::ErrorKind::HostUnreachable
+                                        | std::io::ErrorKind::NetworkUnreachable
+                                ) => EndCause::Unreachable,
+                                _ => EndCause::Peer,
+                            };
+                            return (unreadable_reason(&e, self.config.max_incoming_bytes), cause);
                         }
                     },
-                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
-                },
-                topic::ENTERPRISES => match EnterpriseNotice::parse(&p.payload) {
-                    Ok(n) => match self.believe(&n, now) {
-                        Err(r) => Err(r),
-                        Ok(_) => {
-                        let (seen, fresh) = {
-                            let t = self.read_table();
-                            (t.notice_id_seen(&n.notice_id), t.notice_is_new(&n))
-                        };
-                        if fresh {
-                            self.journal
-                                .store_notice(&n)
-                                .map_err(|e| format!("cannot store an enterprise notice: {e}"))?;
-                        } else {
-                            self.journal
-                                .remember_notice_id(&n)
-                                .map_err(|e| format!("cannot store a notice id: {e}"))?;
+                    _ = feeder_failed.cancelled() => return ("record queue to the broker failed".into(), EndCause::Local),
+                    _ = self.reconnect.notified() => {
+                        info!("reconnecting to the broker to use reloaded TLS material and credentials");
+                        return ("reconnect requested (reload)".into(), EndCause::Local);
+                    }
+                    Some(a) = anomalies.recv(), if self.metrics.uplink_ready.load(Ordering::Relaxed) => {
+                        self.publish_anomaly(&client, pending, &a);
+                        continue;
+                    }
+                };
+                match event {
+                    Event::Incoming(Incoming::ConnAck(ack)) => {
+                        info!(broker = %format!("{}:{}", self.config.host, self.config.port), session_present = ack.session_present, "broker connected");
+                        self.metrics.set_link(LINK, true, None);
+                        let lost = self
+                            .session_watch
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .connected(ack.session_present);
+                        if let Some(f) = &lost {
+                            self.report_session(f);
                         }
-                        if self.write_table().apply_notice(&n) == Applied::Changed {
-                            info!(enterprise = %n.enterprise, action = ?n.action, notice = %n.notice_id, "enterprise notice applied");
-                            let _ = self.changes.send(ClearanceChange::All);
+                        let earlier = self
+                            .session_finding
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take();
+                        for f in earlier.iter().chain(lost.iter()) {
+                            self.event(
+                                &client,
+                                pending,
+                                EventKind::Alarm,
+                                format!("broker_session: {}", f.detail()),
+                                None,
+                            );
                         }
-                        replay_verdict(
-                            seen,
-                            fresh,
-                            p.dup,
-                            &format!("enterprise notice {} for {}", n.notice_id, n.enterprise),
-                            "the notice in force",
-                        )
+                        if lost.is_some() {
+                            // Fail closed meanwhile: the table keeps what it holds; the platform
+                            // answers by sending the current state again.
+                            self.event(&client, pending, EventKind::StateRequest, "session lost: send the current declarations, instructions, notices and rule set for this gateway".into(), None);
                         }
-                    },
-                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
-                },
-                topic::RULES => match RuleSetUpdate::parse(&p.payload) {
-                    Ok(u) => match self.believe(&u, now) {
-                        Err(r) => Err(r),
-                        Ok(_) => match self.policy.apply_update(&u) {
-                            Ok(UpdateOutcome::Applied(version)) => {
-                                // The policy has told the lines to decide their parcels again.
-                                self.event(
-                                    client,
-                                    pending,
-                                    EventKind::RuleSetApplied,
-                                    format!("rule set {version} from update {} in force", u.update_id),
-                                    Some(p.topic.clone()),
-                                );
-                                Ok(())
-                            }
-                            Ok(outcome) => replay_verdict(
-                                outcome == UpdateOutcome::Seen,
-                                false,
-                                p.dup,
-                                &format!("rule set update {}", u.update_id),
-                                "the platform's rule set last applied",
+                        let subs = [
+                            topic::DECLARATIONS,
+                            topic::INSTRUCTIONS,
+                            topic::ENTERPRISES,
+                            topic::RULES,
+                        ]
+                        .map(|t| {
+                            rumqttc::SubscribeFilter::new(self.config.topic(t), QoS::AtLeastOnce)
+                        });
+                        if let Err(e) = client.try_subscribe_many(subs) {
+                            return (format!("cannot subscribe: {e}"), EndCause::Local);
+                        }
+                        tokio::spawn(feed(Feeder {
+                            client: client.clone(),
+                            journal: self.journal.clone(),
+                            topic: self.config.topic(topic::RECORDS),
+                            pending: pending.clone(),
+                            window: window.clone(),
+                            accepted: self.accepted.clone(),
+                            stop: feeder_stop.clone(),
+                            failed: feeder_failed.clone(),
+                            max_payload: self.config.max_packet_bytes.saturating_sub(
+                                PACKET_OVERHEAD + self.config.topic(topic::RECORDS).len(),
                             ),
-                            Err(UpdateError::Invalid(reason)) => Err((
-                                EventKind::RejectedMessage,
-                                format!("rule set update {} refused: {reason}", u.update_id),
-                            )),
-                            // Not acknowledged: the broker delivers it again.
-                            Err(UpdateError::Store(e)) => {
-                                return Err(format!("cannot store a rule set update: {e}"))
+                            drain_rate: self.config.drain_rate,
+                            alarms: self.alarms.clone(),
+                            events_topic: self.config.topic(topic::EVENTS),
+                            metrics: self.metrics.clone(),
+                        }));
+                    }
+                    Event::Incoming(Incoming::SubAck(_)) => {
+                        self.metrics.uplink_ready.store(true, Ordering::Relaxed);
+                    }
+                    Event::Outgoing(Outgoing::Publish(pkid)) => {
+                        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(entry) = p.queued.pop_front() {
+                            if let Some(seq) = entry {
+                                p.sent_at.insert(seq, Instant::now());
                             }
-                        },
-                    },
-                    Err(e) => Err((EventKind::RejectedMessage, e.to_string())),
-                },
-                _ => Err((EventKind::RejectedMessage, "no handler for this topic".into())),
+                            p.by_pkid.insert(pkid, entry);
+                        }
+                    }
+                    Event::Incoming(Incoming::PubAck(ack)) => {
+                        let entry = {
+                            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                            let entry = p.by_pkid.remove(&ack.pkid);
+                            if let Some(Some(seq)) = entry {
+                                p.sent_at.remove(&seq);
+                                p.last_record_ack = Some(Instant::now());
+                            }
+                            entry
+                        };
+                        if let Some(Some(seq)) = entry {
+                            window.add_permits(1);
+                            let full = {
+                                let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                                p.acked.push(seq);
+                                p.acked.len() >= CLEAR_BATCH
+                            };
+                            if full {
+                                clear_at = None;
+                                self.clear_acked(pending);
+                            } else if clear_at.is_none() {
+                                clear_at = Some(Instant::now() + CLEAR_DELAY);
+                            }
+                        }
+                    }
+                    Event::Incoming(Incoming::Publish(p)) => {
+                        // Never waits: checked, stored and acknowledged by the ingest stages.
+                        in_flight += 1;
+                        if to_checker.send(p).is_err() {
+                            return ("platform message queue closed".into(), EndCause::Local);
+                        }
+                    }
+                    Event::Outgoing(Outgoing::PubAck(_)) => {
+                        in_flight = in_flight.saturating_sub(1);
+                        ack_room.add_permits(1);
+                    }
+                    other => debug!(?other, "mqtt"),
+                }
             }
         };
-        if let Err((kind, reason)) = verdict {
-            Metrics::add(&self.metrics.platform_rejected, 1);
-            if kind == EventKind::WrongTarget {
-                Metrics::add(&self.metrics.wrong_target_messages, 1);
-            }
-            let alert = if matches!(kind, EventKind::ForgedMessage | EventKind::WrongTarget) {
-                Metrics::add(&self.metrics.forged_messages, 1);
-                warn!(topic = %p.topic, %reason, "platform message refused: not from the platform");
-                AlertKind::ForgedMessage
-            } else {
-                warn!(topic = %p.topic, %reason, "platform message rejected");
-                AlertKind::RejectedMessage
-            };
-            // Journaled too: the event below is best effort. A closed channel means the
-            // gateway is stopping; the log has it.
-            let _ = self.refusals.send(refusals::Refusal {
-                alert,
-                detail: format!("{}: {reason}", p.topic),
-            });
-            self.event(client, pending, kind, reason, Some(p.topic.clone()));
-        }
-        Ok(())
+        let end = tokio::select! {
+            r = poller => r,
+            r = checker => r,
+            r = storer => r,
+        };
+        // What was received and not acknowledged comes again on the next session.
+        self.metrics.platform_in_flight.store(0, Ordering::Relaxed);
+        self.metrics
+            .platform_ingest_rate
+            .store(0, Ordering::Relaxed);
+        end
     }
 
-    /// Checks a platform message's signature (see [`crate::trust`]).
-    fn believe<T: bondline_devices::signing::Signed>(
+    /// Stores and applies one checked batch in arrival order, makes it durable and
+    /// acknowledges it (see [`ingest`]). A bad message is refused whole, reported and
+    /// acknowledged (redelivering it would not make it better). A message that cannot be
+    /// stored returns an error: the session then ends without acknowledging it or anything
+    /// after it, so the broker delivers them again on the next session.
+    async fn ingest_batch(
         &self,
-        msg: &T,
-        now_ms: u64,
-    ) -> Result<Option<u64>, (EventKind, String)> {
-        self.trust.check(msg, now_ms).map_err(|r| match r {
-            crate::trust::Refused::WrongTarget(why) => {
-                (EventKind::WrongTarget, format!("wrong_target: {why}"))
-            }
-            crate::trust::Refused::NotFromPlatform(why) => (EventKind::ForgedMessage, why),
-        })
-    }
-
-    /// Makes the stored platform messages durable, then acknowledges them in arrival order.
-    /// If the flush fails nothing is acknowledged and the session ends, so the broker
-    /// delivers the messages again.
-    async fn flush_and_ack(
-        &self,
+        batch: Vec<ingest::Prepared>,
         client: &AsyncClient,
-        unacked: &mut Vec<Publish>,
+        pending: &Mutex<Pending>,
+        acks: &mut ingest::AckQueue<Publish>,
+        ack_room: &Semaphore,
     ) -> Result<(), String> {
-        if unacked.is_empty() {
-            return Ok(());
+        {
+            // Storing and applying do not interleave with forgetting old state.
+            let _guard = self.journal.platform_lock().lock().await;
+            let mut seg = Segment::default();
+            let result = batch.into_iter().try_for_each(|prep| {
+                let topic_name = prep.publish.topic.clone();
+                let dup = prep.publish.dup;
+                let ticket = acks.arrive(prep.publish);
+                self.ingest_one(prep.verdict, &topic_name, dup, client, pending, &mut seg)?;
+                acks.stored(ticket);
+                Ok::<(), String>(())
+            });
+            // What was stored is applied even when a later message could not be: the table
+            // follows the journal.
+            self.commit(&mut seg);
+            result?;
         }
         self.journal
             .flush()
             .await
             .map_err(|e| format!("cannot store platform messages: {e}"))?;
-        for p in unacked.drain(..) {
+        acks.flushed();
+        for p in acks.ready() {
+            match ack_room.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return Err("acknowledge window closed".into()),
+            }
             client
-                .try_ack(&p)
+                .ack(&p)
+                .await
                 .map_err(|e| format!("cannot acknowledge: {e}"))?;
+            Metrics::add(&self.metrics.platform_ingested, 1);
         }
         Ok(())
+    }
+
+    /// Stores one checked platform message and queues its table change in `seg`; reports a
+    /// refusal. Counts it as a distinct message or as a redelivery.
+    fn ingest_one(
+        &self,
+        verdict: Result<(ingest::Parsed, Option<u64>), ingest::Refusal>,
+        topic_name: &str,
+        dup: bool,
+        client: &AsyncClient,
+        pending: &Mutex<Pending>,
+        seg: &mut Segment,
+    ) -> Result<(), String> {
+        use ingest::Parsed;
+        // Already stored: same id, or the same content.
+        let mut known = false;
+        let verdict: Result<(), ingest::Refusal> = match verdict {
+            Err(r) => Err(r),
+            Ok((Parsed::Declaration(d), signed_at)) => {
+                let key = format!("w:{}", d.waybill);
+                if seg.keys.contains(&key) {
+                    self.commit(seg);
+                }
+                let (replayed, new) = {
+                    let t = self.read_table();
+                    (
+                        t.declaration_replayed(&d, signed_at),
+                        t.declaration_is_new(&d),
+                    )
+                };
+                if replayed {
+                    Err((
+                        EventKind::ForgedMessage,
+                        format!(
+                            "declaration of {} replayed: signed before the declaration held",
+                            d.waybill
+                        ),
+                    ))
+                } else {
+                    if new {
+                        self.journal
+                            .store_declaration(&d)
+                            .map_err(|e| format!("cannot store a declaration: {e}"))?;
+                        seg.keys.insert(key);
+                        seg.ops.push(TableOp::Declaration(d));
+                    } else {
+                        known = true;
+                    }
+                    Ok(())
+                }
+            }
+            Ok((Parsed::Instruction(i), _)) => {
+                let keys = [
+                    format!("w:{}", i.waybill),
+                    format!("i:{}", i.instruction_id),
+                ];
+                if keys.iter().any(|k| seg.keys.contains(k)) {
+                    self.commit(seg);
+                }
+                let (seen, fresh) = {
+                    let t = self.read_table();
+                    (
+                        t.instruction_id_seen(&i.instruction_id),
+                        t.instruction_is_new(&i),
+                    )
+                };
+                if fresh {
+                    self.journal
+                        .store_instruction(&i)
+                        .map_err(|e| format!("cannot store an instruction: {e}"))?;
+                } else {
+                    self.journal
+                        .remember_instruction_id(&i)
+                        .map_err(|e| format!("cannot store an instruction id: {e}"))?;
+                }
+                known = seen;
+                let verdict = replay_verdict(
+                    seen,
+                    fresh,
+                    dup,
+                    &format!("instruction {} for {}", i.instruction_id, i.waybill),
+                    "the instruction in force",
+                );
+                // Applied even when not new, so a stale id is remembered as seen.
+                seg.keys.extend(keys);
+                seg.ops.push(TableOp::Instruction(i));
+                verdict
+            }
+            Ok((Parsed::Notice(n), _)) => {
+                // Rare, and a notice may change every parcel: applied on its own.
+                self.commit(seg);
+                let (seen, fresh) = {
+                    let t = self.read_table();
+                    (t.notice_id_seen(&n.notice_id), t.notice_is_new(&n))
+                };
+                if fresh {
+                    self.journal
+                        .store_notice(&n)
+                        .map_err(|e| format!("cannot store an enterprise notice: {e}"))?;
+                } else {
+                    self.journal
+                        .remember_notice_id(&n)
+                        .map_err(|e| format!("cannot store a notice id: {e}"))?;
+                }
+                known = seen;
+                if self.write_table().apply_notice(&n) == Applied::Changed {
+                    info!(enterprise = %n.enterprise, action = ?n.action, notice = %n.notice_id, "enterprise notice applied");
+                    let _ = self.changes.send(ClearanceChange::All);
+                }
+                replay_verdict(
+                    seen,
+                    fresh,
+                    dup,
+                    &format!("enterprise notice {} for {}", n.notice_id, n.enterprise),
+                    "the notice in force",
+                )
+            }
+            Ok((Parsed::Rules(u), _)) => {
+                self.commit(seg);
+                match self.policy.apply_update(&u) {
+                    Ok(UpdateOutcome::Applied(version)) => {
+                        // The policy has told the lines to decide their parcels again.
+                        self.event(
+                            client,
+                            pending,
+                            EventKind::RuleSetApplied,
+                            format!("rule set {version} from update {} in force", u.update_id),
+                            Some(topic_name.to_string()),
+                        );
+                        Ok(())
+                    }
+                    Ok(outcome) => {
+                        known = outcome == UpdateOutcome::Seen;
+                        replay_verdict(
+                            known,
+                            false,
+                            dup,
+                            &format!("rule set update {}", u.update_id),
+                            "the platform's rule set last applied",
+                        )
+                    }
+                    Err(UpdateError::Invalid(reason)) => Err((
+                        EventKind::RejectedMessage,
+                        format!("rule set update {} refused: {reason}", u.update_id),
+                    )),
+                    // Not acknowledged: the broker delivers it again.
+                    Err(UpdateError::Store(e)) => {
+                        return Err(format!("cannot store a rule set update: {e}"))
+                    }
+                }
+            }
+        };
+        let redelivery = known || (dup && verdict.is_err());
+        Metrics::add(
+            if redelivery {
+                &self.metrics.platform_redeliveries
+            } else {
+                &self.metrics.platform_messages
+            },
+            1,
+        );
+        if let Err((kind, reason)) = verdict {
+            self.report_refusal(client, pending, topic_name, kind, reason);
+        }
+        Ok(())
+    }
+
+    /// Applies the queued table changes, [`ingest::APPLY_CHUNK`] per write lock, and tells
+    /// the lines which waybills changed.
+    fn commit(&self, seg: &mut Segment) {
+        seg.keys.clear();
+        if seg.ops.is_empty() {
+            return;
+        }
+        let mut changed = Vec::with_capacity(seg.ops.len());
+        let msgs: Vec<Message<'_>> = seg
+            .ops
+            .iter()
+            .map(|op| match op {
+                TableOp::Declaration(d) => Message::Declaration(d),
+                TableOp::Instruction(i) => Message::Instruction(i),
+            })
+            .collect();
+        // Each chunk's share of a shard under one hold of that shard's lock: a lookup sees
+        // all a chunk says of a waybill, or none of it.
+        for chunk in msgs.chunks(ingest::APPLY_CHUNK) {
+            let applied = self.write_table().apply_many(chunk);
+            for (m, a) in chunk.iter().zip(applied) {
+                match m {
+                    Message::Declaration(d) => changed.push(d.waybill.clone()),
+                    Message::Instruction(i) if a == Applied::Changed => {
+                        changed.push(i.waybill.clone())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        drop(msgs);
+        seg.ops.clear();
+        for w in changed {
+            let _ = self.changes.send(ClearanceChange::Waybill(w));
+        }
+    }
+
+    /// Reports a refused platform message: counted, logged, journaled as an alert and sent
+    /// as an event.
+    fn report_refusal(
+        &self,
+        client: &AsyncClient,
+        pending: &Mutex<Pending>,
+        topic_name: &str,
+        kind: EventKind,
+        reason: String,
+    ) {
+        Metrics::add(&self.metrics.platform_rejected, 1);
+        if kind == EventKind::WrongTarget {
+            Metrics::add(&self.metrics.wrong_target_messages, 1);
+        }
+        let alert = if matches!(kind, EventKind::ForgedMessage | EventKind::WrongTarget) {
+            Metrics::add(&self.metrics.forged_messages, 1);
+            warn!(topic = %topic_name, %reason, "platform message refused: not from the platform");
+            AlertKind::ForgedMessage
+        } else {
+            warn!(topic = %topic_name, %reason, "platform message rejected");
+            AlertKind::RejectedMessage
+        };
+        // Journaled too: the event below is best effort. A closed channel means the gateway
+        // is stopping; the log has it.
+        let _ = self.refusals.send(refusals::Refusal {
+            alert,
+            detail: format!("{topic_name}: {reason}"),
+        });
+        self.event(client, pending, kind, reason, Some(topic_name.to_string()));
     }
 
     /// Publishes an event to `P/events` if the request queue has room; events are notices,
@@ -793,6 +930,10 @@ impl Uplink {
         };
         let bytes = serde_json::to_vec(&event).expect("events always serialize");
         let mut pend = pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pend.queued.len() >= self.publish_room() {
+            warn!("event queue full; event reported in the log only");
+            return;
+        }
         pend.queued.push_back(None);
         if client
             .try_publish(
@@ -814,19 +955,26 @@ impl Uplink {
         let bytes = serde_json::to_vec(a).expect("anomalies always serialize");
         let mut pend = pending.lock().unwrap_or_else(|e| e.into_inner());
         pend.queued.push_back(None);
-        if client
-            .try_publish(
-                self.config.topic(topic::ANOMALIES),
-                QoS::AtLeastOnce,
-                false,
-                bytes,
-            )
-            .is_err()
+        if pend.queued.len() > self.publish_room()
+            || client
+                .try_publish(
+                    self.config.topic(topic::ANOMALIES),
+                    QoS::AtLeastOnce,
+                    false,
+                    bytes,
+                )
+                .is_err()
         {
             pend.queued.pop_back();
             Metrics::add(&self.metrics.anomalies_dropped, 1);
             warn!(anomaly = %a.anomaly_id, "request queue full; anomaly not sent, the record carries it");
         }
+    }
+
+    /// Publishes the request queue holds room for besides acknowledges: the records in
+    /// flight and [`ingest::EVENT_ROOM`] events and anomalies.
+    fn publish_room(&self) -> usize {
+        self.config.inflight as usize + ingest::EVENT_ROOM
     }
 
     /// The clearance table: every method takes `&self` (it locks per shard inside).
@@ -838,6 +986,21 @@ impl Uplink {
         &self.table
     }
 }
+/// Table changes of a run of platform messages that touch no waybill or id twice, applied
+/// under one write lock (see [`Uplink::commit`]). A message that touches a key already in the
+/// run applies the run first, so every check sees what came before it.
+#[derive(Default)]
+struct Segment {
+    ops: Vec<TableOp>,
+    keys: std::collections::HashSet<String>,
+}
+
+/// One table change of a [`Segment`].
+enum TableOp {
+    Declaration(Declaration),
+    Instruction(Instruction),
+}
+
 /// Parks `seq`: out of the outbox, kept in the journal, reported.
 fn park(journal: &Journal, metrics: &Metrics, alarms: &Alarms, seq: u64, reason: &str) {
     match journal.park(seq, reason) {

@@ -171,12 +171,15 @@ async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
         oldest_unforwarded: oldest,
         parked,
         journal_level: health::journal_level(&s.ctx.metrics),
+        journal_record_bytes: Metrics::get(&s.ctx.metrics.journal_live_bytes),
+        journal_platform_bytes: Metrics::get(&s.ctx.metrics.journal_platform_bytes),
         integrity: s.ctx.journal.integrity_problems(),
         uplink_ready: s
             .ctx
             .metrics
             .uplink_ready
             .load(std::sync::atomic::Ordering::Relaxed),
+        platform_backlog: health::platform_backlog(&s.ctx.metrics),
         now_ms,
         stream_lagged: Metrics::get(&s.lagged),
     })
@@ -193,7 +196,7 @@ pub struct RecordView {
     record: serde_json::Value,
 }
 
-fn record_views(
+pub(super) fn record_views(
     journal: &crate::journal::Journal,
     records: Vec<Record>,
 ) -> Result<Vec<RecordView>, ViewError> {
@@ -343,6 +346,14 @@ pub fn rule_kind_fields(kind: &crate::rules::engine::RuleKind) -> serde_json::Va
             "max_value_minor": max_value_minor,
             "currency": currency,
         }),
+        K::TransactionLimit {
+            max_value_minor,
+            currency,
+        } => json!({
+            "kind": "transaction_limit",
+            "max_value_minor": max_value_minor,
+            "currency": currency,
+        }),
         K::Sampling { rate_ppm } => json!({ "kind": "sampling", "rate_ppm": rate_ppm }),
         K::XraySuspect => json!({ "kind": "xray_suspect" }),
     }
@@ -417,25 +428,23 @@ fn rule_set(s: &Shared) -> String {
 fn check_waybill(s: &str) -> Result<String, ViewError> {
     let w = s.trim();
     if w.is_empty() || w.len() > 64 || w.chars().any(char::is_control) {
-        return Err(ViewError::BadRequest(
-            "a waybill is 1 to 64 printable characters".into(),
-        ));
+        return Err(ViewError::invalid("bad_waybill", &[]));
     }
     Ok(w.to_string())
 }
 
 /// Unix ms, or an RFC 3339 time (`2026-11-01T08:00:00Z`).
-fn parse_time(s: &str, name: &str) -> Result<u64, ViewError> {
+pub(super) fn parse_time(s: &str, name: &str) -> Result<u64, ViewError> {
     let s = s.trim();
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(ms);
     }
     humantime::parse_rfc3339_weak(s)
         .map(unix_ms)
-        .map_err(|_| ViewError::BadRequest(format!("`{name}` must be Unix ms or an RFC 3339 time")))
+        .map_err(|_| ViewError::invalid("bad_time", &[("name", name)]))
 }
 
-fn parse_count(
+pub(super) fn parse_count(
     s: Option<&str>,
     name: &str,
     default: usize,
@@ -445,9 +454,10 @@ fn parse_count(
         None => Ok(default),
         Some(v) => match v.trim().parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(ViewError::BadRequest(format!(
-                "`{name}` must be 1 to {max}"
-            ))),
+            _ => Err(ViewError::invalid(
+                "bad_count",
+                &[("name", name), ("max", &max.to_string())],
+            )),
         },
     }
 }
@@ -463,7 +473,7 @@ fn parse_range(q: &RangeQuery, now_ms: u64) -> Result<(u64, u64, usize), ViewErr
         None => to.saturating_sub(3_600_000),
     };
     if from > to {
-        return Err(ViewError::BadRequest("`from` is after `to`".into()));
+        return Err(ViewError::invalid("range_reversed", &[]));
     }
     let limit = parse_count(q.limit.as_deref(), "limit", DEFAULT_LIMIT, MAX_LIMIT)?;
     Ok((from, to, limit))
@@ -483,7 +493,7 @@ mod tests {
 
     fn bad(r: Result<impl std::fmt::Debug, ViewError>) -> String {
         match r {
-            Err(ViewError::BadRequest(m)) => m,
+            Err(e @ (ViewError::BadRequest(_) | ViewError::Invalid { .. })) => e.to_string(),
             other => panic!("expected a bad request, got {other:?}"),
         }
     }

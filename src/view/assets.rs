@@ -78,8 +78,13 @@ fn url_param(query: &str, name: &str) -> Option<String> {
 /// handed to the script, a language switch, and the cookie set when `?lang=` chose it.
 fn localized(template: &str, query: Option<&str>, headers: &HeaderMap) -> Response {
     let choice = i18n::choose(query_lang(query).as_deref(), headers);
-    let page = fill_page(template, choice.lang, DEFAULT_TIME_ZONE);
-    let mut resp = Html(page).into_response();
+    let page = fill_page(template, choice.lang, DEFAULT_TIME_ZONE, query);
+    remembered(Html(page).into_response(), choice)
+}
+
+/// A page's answer in the chosen language: the cookie set when `?lang=` chose it, and
+/// caches told that the language follows the request's headers.
+pub(super) fn remembered(mut resp: Response, choice: i18n::Choice) -> Response {
     if choice.remember {
         if let Ok(v) = i18n::cookie(choice.lang).parse() {
             resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -92,25 +97,41 @@ fn localized(template: &str, query: Option<&str>, headers: &HeaderMap) -> Respon
     resp
 }
 
-/// Fills a page template: labels, the language switch and the script's catalogue.
-fn fill_page(template: &str, lang: Lang, time_zone: &str) -> String {
+/// The language switch of a page's header: one link per language, the current one marked.
+/// `query` is the page's query string: the links keep its other parameters (a filtered view
+/// stays filtered in the other language).
+pub(super) fn lang_switch(lang: Lang, query: Option<&str>) -> String {
+    let kept: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some("lang"))
+        .collect();
     let switch = Lang::ALL
         .iter()
         .map(|l| {
             let current = if *l == lang { " aria-current=\"true\"" } else { "" };
+            let mut params = kept.clone();
+            let chosen = format!("lang={}", l.code());
+            params.push(&chosen);
             format!(
-                "<a class=\"lang\" href=\"?lang={code}\" hreflang=\"{tag}\" lang=\"{tag}\"{current}>{name}</a>",
-                code = l.code(),
+                "<a class=\"lang\" href=\"?{href}\" hreflang=\"{tag}\" lang=\"{tag}\"{current}>{name}</a>",
+                href = i18n::escape_html(&params.join("&")),
                 tag = l.tag(),
                 name = i18n::escape_html(lang.catalogue().get(&format!("lang.{}", l.code()))),
             )
         })
         .collect::<Vec<_>>()
         .join(" ");
-    let switch = format!(
+    format!(
         "<nav class=\"langs\" aria-label=\"{}\">{switch}</nav>",
         i18n::escape_html(lang.catalogue().get("nav.language"))
-    );
+    )
+}
+
+/// Fills a page template: labels, the language switch (keeping `query`'s filters) and the
+/// script's catalogue.
+fn fill_page(template: &str, lang: Lang, time_zone: &str, query: Option<&str>) -> String {
+    let switch = lang_switch(lang, query);
     let script = serde_json::json!({
         "lang": lang.tag(),
         "time_zone": time_zone,
@@ -215,13 +236,13 @@ mod tests {
                 }
             }
             for lang in Lang::ALL {
-                let filled = super::fill_page(page, lang, "Asia/Shanghai");
+                let filled = super::fill_page(page, lang, "Asia/Shanghai", None);
                 assert!(!filled.contains("{{"), "unfilled mark in a page");
                 assert!(filled.contains(&format!("<html lang=\"{}\">", lang.tag())));
                 assert!(filled.contains("id=\"i18n\"") && filled.contains("?lang=zh"));
             }
         }
-        let zh = super::fill_page(super::LOOKUP_HTML, Lang::Zh, "Asia/Shanghai");
+        let zh = super::fill_page(super::LOOKUP_HTML, Lang::Zh, "Asia/Shanghai", None);
         assert!(zh.contains("包裹查询"));
         // The gateway's own decisions have their reason in both languages.
         for rule in [
@@ -239,6 +260,13 @@ mod tests {
             Some("zh")
         );
         assert_eq!(super::percent_decode("A%2FB+c%zz%4"), "A/B c%zz%4");
+        // The switch keeps the page's other parameters and escapes them.
+        let switch = super::lang_switch(Lang::En, Some("range=7d&lang=en&rule=a<b"));
+        assert!(
+            switch.contains("href=\"?range=7d&amp;rule=a&lt;b&amp;lang=zh\""),
+            "{switch}"
+        );
+        assert!(switch.contains("aria-current"), "{switch}");
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Every error the view answers is `{"error": "…"}` (docs/view.md), wherever it comes from.
+//! Every error the view answers is `{"error": "…", "code": "…", "message": "…"}`
+//! (docs/view.md), wherever it comes from: `error` in English, `code` stable, `message` in the
+//! request's language from the catalogues' `error.<code>`.
 //!
 //! Two sources do not go through a handler that could say so:
 //! - the router itself (405 for a method other than GET, extractor rejections as plain text):
@@ -25,9 +27,43 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Largest plain-text error body turned into the JSON message; longer ones are cut.
 const MAX_MESSAGE: usize = 512;
 
-/// Layer: an error response (4xx, 5xx) that is not JSON becomes `{"error": …}` with the same
-/// status and headers (`Allow` for a 405 stays).
+/// What an error response says, by a stable code: set by the handler that knows (as a
+/// response extension), else derived from the status. Its message is the catalogues'
+/// `error.<code>` with `args`, in the request's language.
+#[derive(Debug, Clone)]
+pub struct ErrorText {
+    pub code: &'static str,
+    pub args: Vec<(&'static str, String)>,
+}
+
+/// The stable code of an error status without a more precise one.
+pub fn status_code_name(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        414 => "uri_too_long",
+        429 => "too_many_requests",
+        431 => "headers_too_large",
+        503 => "unavailable",
+        500 => "internal",
+        _ => "error",
+    }
+}
+
+/// Layer: every error response (4xx, 5xx) is `{"error", "code", "message"}`: `error` the
+/// English text (what it always was), `code` stable for tools, `message` in the request's
+/// language (`?lang=`, the cookie, `Accept-Language`). A response that is not JSON yet keeps
+/// its status and headers (`Allow` for a 405 stays).
 pub async fn json_errors(request: Request, next: Next) -> Response {
+    let query_lang = request.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "lang")
+            .map(|(_, v)| v.to_string())
+    });
+    let lang = super::i18n::choose(query_lang.as_deref(), request.headers()).lang;
     let response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -38,27 +74,50 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return response;
-    }
     let (mut parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024)
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
         .await
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
-    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
-        "method not allowed: the view is read-only, every route is a GET".to_string()
-    } else if text.is_empty() {
-        reason(status)
+    let english = if is_json {
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| reason(status))
     } else {
-        text.chars().take(MAX_MESSAGE).collect()
+        let text = String::from_utf8_lossy(&bytes).trim().to_string();
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            "method not allowed: the view is read-only, every route is a GET".to_string()
+        } else if text.is_empty() {
+            reason(status)
+        } else {
+            text.chars().take(MAX_MESSAGE).collect()
+        }
     };
+    let text = parts
+        .extensions
+        .remove::<ErrorText>()
+        .unwrap_or_else(|| ErrorText {
+            code: status_code_name(status),
+            args: vec![("detail", english.clone())],
+        });
+    let args: Vec<(&str, &str)> = text.args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let message = lang
+        .catalogue()
+        .format(&format!("error.{}", text.code), &args);
     parts.headers.remove(header::CONTENT_TYPE);
     parts.headers.remove(header::CONTENT_LENGTH);
-    let mut json = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    let mut json = (
+        status,
+        Json(serde_json::json!({ "error": english, "code": text.code, "message": message })),
+    )
+        .into_response();
     for (name, value) in parts.headers.iter() {
         json.headers_mut().insert(name.clone(), value.clone());
     }
+    json.headers_mut().insert(
+        header::VARY,
+        header::HeaderValue::from_static("Accept-Language, Cookie"),
+    );
     json
 }
 
@@ -111,7 +170,13 @@ fn replacement(head: &[u8]) -> Option<Vec<u8>> {
     }) {
         return None;
     }
-    let body = serde_json::json!({ "error": reason(status) }).to_string();
+    // Before any routing: the request's language is unknown, the message is English.
+    let body = serde_json::json!({
+        "error": reason(status),
+        "code": status_code_name(status),
+        "message": reason(status),
+    })
+    .to_string();
     let mut out = format!(
         "HTTP/1.1 {code} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
         status.canonical_reason().unwrap_or(""),

@@ -2,13 +2,14 @@
 //! `bondline report shift`.
 //!
 //! UTF-8 with a byte-order mark so that spreadsheet programs open Chinese text correctly;
-//! RFC 4180 quoting; the header row in the officer's language. Times are local (the plan's
+//! RFC 4180 quoting; the header row and the reasons in the officer's language. Times are local (the plan's
 //! zone, RFC 3339 with the offset); the records themselves stay in UTC. Pure: the caller
 //! walks the journal and hands the records in.
 
 use bondline_devices::contract::{wire_name, LaneRole, ParcelRecord, Record};
 
 use super::shift::ShiftPlan;
+use crate::rules::engine::RuleSet;
 
 /// Byte-order mark written first.
 pub const BOM: &str = "\u{feff}";
@@ -34,14 +35,20 @@ impl Lang {
     }
 }
 
+impl Lang {
+    /// The pages' language of the same name.
+    pub fn page_lang(self) -> super::i18n::Lang {
+        match self {
+            Lang::Zh => super::i18n::Lang::Zh,
+            Lang::En => super::i18n::Lang::En,
+        }
+    }
+}
+
 /// The text of `key` in `lang`; the key itself when unknown.
 /// Texts come from the view's catalogues (`src/view/i18n/*.json`, keys `export.*`).
 pub fn text(key: &str, lang: Lang) -> String {
-    let lang = match lang {
-        Lang::Zh => super::i18n::Lang::Zh,
-        Lang::En => super::i18n::Lang::En,
-    };
-    lang.catalogue().get(key).to_string()
+    lang.page_lang().catalogue().get(key).to_string()
 }
 
 const COLUMNS: [&str; 10] = [
@@ -112,8 +119,10 @@ impl Export {
         self.rows.is_empty()
     }
 
-    /// The CSV: BOM, header row in `lang`, one row per record, oldest first.
-    pub fn to_csv(mut self, plan: &ShiftPlan, lang: Lang) -> Vec<u8> {
+    /// The CSV: BOM, header row in `lang`, one row per record, oldest first. Reasons are
+    /// written in `lang` from the rule of the record's own rule set among `rule_sets` and what
+    /// the decision saw ([`super::reasons`]), else as recorded.
+    pub fn to_csv(mut self, plan: &ShiftPlan, lang: Lang, rule_sets: &[RuleSet]) -> Vec<u8> {
         self.rows.sort_by_key(|p| (p.scanned_at_ms, p.seq));
         let mut w = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
@@ -122,7 +131,7 @@ impl Export {
         // Writing into a Vec cannot fail.
         let _ = w.write_record(&header);
         for p in &self.rows {
-            let _ = w.write_record(row(plan, p, lang));
+            let _ = w.write_record(row(plan, p, lang, rule_sets));
         }
         w.into_inner().unwrap_or_default()
     }
@@ -157,20 +166,7 @@ pub fn range_of(
     Ok((s.start_ms(), s.end_ms(), s.label()))
 }
 
-/// The reasons of a decision as text: every fired rule with its reason, the deciding one
-/// first; the decision's own rule and reason when none is listed.
-pub fn reasons(p: &ParcelRecord) -> String {
-    if p.rules_fired.is_empty() {
-        return format!("{}: {}", p.rule, p.reason);
-    }
-    p.rules_fired
-        .iter()
-        .map(|f| format!("{}: {}", f.rule, f.reason))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn row(plan: &ShiftPlan, p: &ParcelRecord, lang: Lang) -> Vec<String> {
+fn row(plan: &ShiftPlan, p: &ParcelRecord, lang: Lang, rule_sets: &[RuleSet]) -> Vec<String> {
     let inputs = p.inputs.as_deref();
     let xray = inputs
         .and_then(|i| i.xray)
@@ -184,7 +180,7 @@ fn row(plan: &ShiftPlan, p: &ParcelRecord, lang: Lang) -> Vec<String> {
         text(&format!("export.role.{}", wire_name(&p.lane_role)), lang),
         p.revision.to_string(),
         p.rule.clone(),
-        reasons(p),
+        super::reasons::reasons_text(p, rule_sets, lang.page_lang()),
         xray,
         inputs
             .and_then(|i| i.enterprise.clone())
@@ -235,7 +231,7 @@ mod tests {
         }
         e.add(&with_rules);
         assert_eq!(e.len(), 3);
-        let bytes = e.to_csv(&plan, Lang::Zh);
+        let bytes = e.to_csv(&plan, Lang::Zh, &[]);
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with(BOM));
         let mut rd = csv::Reader::from_reader(&text.as_bytes()[BOM.len()..]);
@@ -284,7 +280,7 @@ mod tests {
         let mut e = Export::new(Scope::AllLanes);
         e.add(&parcel(1, LaneRole::Release, 1000));
         e.add(&parcel(2, LaneRole::Exception, 2000));
-        let text = String::from_utf8(e.to_csv(&plan, Lang::En)).unwrap();
+        let text = String::from_utf8(e.to_csv(&plan, Lang::En, &[])).unwrap();
         let mut rd = csv::Reader::from_reader(&text.as_bytes()[BOM.len()..]);
         assert_eq!(&rd.headers().unwrap()[0], "Waybill");
         let rows: Vec<_> = rd.records().map(Result::unwrap).collect();

@@ -25,14 +25,40 @@ pub struct Health {
     pub parked: u64,
     /// `ok`, `nearly_full`, `over_quota` or `full`.
     pub journal_level: &'static str,
+    /// Bytes of stored records and of stored platform state: the two parts of the quota.
+    pub journal_record_bytes: u64,
+    pub journal_platform_bytes: u64,
     /// Integrity problems found at start (stored state refused, the journal's chain
     /// broken), as operator text; empty when none. The board shows them as a warning.
     pub integrity: Vec<String>,
     pub uplink_ready: bool,
+    /// Platform messages being taken in on the current broker session, while there are any.
+    pub platform_backlog: Option<PlatformBacklog>,
     pub now_ms: u64,
     /// Board streams that fell behind since start (for `/metrics`).
     #[serde(skip)]
     pub stream_lagged: u64,
+}
+
+/// The platform's messages being taken in (a backlog after an outage, or a burst).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformBacklog {
+    /// Received on this session and not yet acknowledged.
+    pub in_flight: u64,
+    /// Stored and acknowledged since start.
+    pub ingested: u64,
+    /// Messages per second over the last seconds.
+    pub rate: u64,
+}
+
+/// The backlog line of the health area: shown while messages are in flight or arriving.
+pub fn platform_backlog(metrics: &Metrics) -> Option<PlatformBacklog> {
+    let b = PlatformBacklog {
+        in_flight: Metrics::get(&metrics.platform_in_flight),
+        ingested: Metrics::get(&metrics.platform_ingested),
+        rate: Metrics::get(&metrics.platform_ingest_rate),
+    };
+    (b.in_flight > 0 || b.rate > 0).then_some(b)
 }
 
 /// One device or broker link.

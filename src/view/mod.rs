@@ -24,15 +24,18 @@ pub mod board;
 mod charts;
 mod config;
 mod errors;
+mod evidence;
 pub mod export;
 pub mod health;
 pub mod i18n;
 pub mod prometheus;
+pub mod reasons;
 mod reports;
 pub mod serve;
 pub mod shift;
 pub mod throttle;
 pub mod tls;
+mod worklist;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -61,8 +64,17 @@ const EVENTS_QUEUE: usize = 1024;
 pub enum ViewError {
     #[error("{0}")]
     BadRequest(String),
+    /// A bad request with a stable code: its message is the catalogues' `error.<code>` with
+    /// `args`, in the request's language (English in `error`).
+    #[error("{}", i18n::Lang::En.catalogue().format(&format!("error.{code}"), &args.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()))]
+    Invalid {
+        code: &'static str,
+        args: Vec<(&'static str, String)>,
+    },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Evidence(#[from] evidence::EvidenceError),
     #[error("a lookup task failed: {0}")]
     Task(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -74,18 +86,58 @@ pub enum ViewError {
 
 impl IntoResponse for ViewError {
     fn into_response(self) -> Response {
+        let text = match &self {
+            ViewError::Invalid { code, args } => errors::ErrorText {
+                code,
+                args: args.clone(),
+            },
+            ViewError::BadRequest(detail) => errors::ErrorText {
+                code: "bad_request",
+                args: vec![("detail", detail.clone())],
+            },
+            ViewError::Evidence(evidence::EvidenceError::BadHash(_)) => errors::ErrorText {
+                code: "bad_hash",
+                args: Vec::new(),
+            },
+            ViewError::Evidence(evidence::EvidenceError::NotKept) => errors::ErrorText {
+                code: "not_kept",
+                args: Vec::new(),
+            },
+            ViewError::Evidence(evidence::EvidenceError::Mismatch) => errors::ErrorText {
+                code: "evidence_mismatch",
+                args: Vec::new(),
+            },
+            _ => errors::ErrorText {
+                code: "internal",
+                args: vec![("detail", self.to_string())],
+            },
+        };
         let status = match &self {
-            ViewError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ViewError::BadRequest(_) | ViewError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ViewError::Evidence(evidence::EvidenceError::BadHash(_)) => StatusCode::BAD_REQUEST,
+            ViewError::Evidence(evidence::EvidenceError::NotKept) => StatusCode::NOT_FOUND,
             _ => {
                 tracing::error!(error = %self, "staff view request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        (
+        let mut r = (
             status,
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        r.extensions_mut().insert(text);
+        r
+    }
+}
+
+impl ViewError {
+    /// A bad request with a stable code (`error.<code>` in the catalogues).
+    pub fn invalid(code: &'static str, args: &[(&'static str, &str)]) -> ViewError {
+        ViewError::Invalid {
+            code,
+            args: args.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        }
     }
 }
 
@@ -119,6 +171,8 @@ pub struct ViewCtx {
     pub unsigned_allowed: bool,
     /// The clearance table, for `/readyz` while it loads.
     pub table: Arc<crate::rules::ClearanceTable>,
+    /// Where X-ray image and camera snapshot originals are kept (`[evidence] dir`).
+    pub evidence_dir: std::path::PathBuf,
 }
 
 /// Shared state of the handlers.
@@ -136,6 +190,8 @@ struct Shared {
     streams: Arc<tokio::sync::Semaphore>,
     /// Local time zone and shifts for charts and exports.
     shifts: shift::ShiftPlan,
+    /// Permits to read evidence originals.
+    originals: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -176,6 +232,7 @@ pub async fn start(
         )),
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
         shifts: config.shifts.clone(),
+        originals: Arc::new(tokio::sync::Semaphore::new(evidence::CONCURRENT_READS)),
         ctx,
     };
     let preloaded = preload(&shared).await;
@@ -218,6 +275,8 @@ fn router(shared: Shared) -> Router {
         .route("/api/rules", get(api::rules))
         .route("/api/parcels/:waybill", get(api::parcel))
         .route("/api/records", get(api::records))
+        .route("/api/worklist", get(worklist::worklist_api))
+        .route("/api/evidence/:sha256", get(evidence::original))
         .route("/metrics", get(api::metrics))
         .route("/charts", get(reports::charts_page))
         .route("/api/charts", get(reports::charts_api))

@@ -18,7 +18,7 @@ pub fn render(
 ) -> String {
     let mut out = String::with_capacity(8192);
     let g = Metrics::get;
-    let counters: [(&str, &str, u64); 25] = [
+    let counters: [(&str, &str, u64); 27] = [
         ("bondline_scans_total", "Scanner frames that yielded a parcel (reads and no-reads).", g(&metrics.parcels)),
         ("bondline_no_reads_total", "Parcels whose code the scanner could not read.", g(&metrics.no_reads)),
         ("bondline_frames_rejected_total", "Scanner frames rejected by the decoder.", g(&metrics.frames_rejected)),
@@ -38,7 +38,9 @@ pub fn render(
         ("bondline_records_refused_total", "Records neither stored nor held (logged at error level each).", g(&metrics.records_refused)),
         ("bondline_records_purged_total", "Forwarded records removed by retention or to make room.", g(&metrics.records_purged)),
         ("bondline_journal_errors_total", "Failed journal commits and flushes.", g(&metrics.journal_errors)),
-        ("bondline_platform_messages_total", "Declarations and instructions received.", g(&metrics.platform_messages)),
+        ("bondline_platform_messages_total", "Distinct platform messages received (declarations, instructions, notices, rule sets); redeliveries are counted apart.", g(&metrics.platform_messages)),
+        ("bondline_platform_redeliveries_total", "Platform messages delivered again: already stored (same id or content), or marked as redelivered by the broker and refused.", g(&metrics.platform_redeliveries)),
+        ("bondline_platform_ingested_total", "Platform messages stored (or refused and reported) and acknowledged to the broker.", g(&metrics.platform_ingested)),
         ("bondline_platform_rejected_total", "Platform messages rejected: invalid, forged, expired or replayed.", g(&metrics.platform_rejected)),
         ("bondline_platform_forged_total", "Platform messages refused as not from the platform: unsigned, mis-signed, expired or replayed.", g(&metrics.forged_messages)),
         ("bondline_platform_wrong_target_total", "Platform messages refused as signed for other gateways (reason wrong_target); counted in bondline_platform_forged_total too.", g(&metrics.wrong_target_messages)),
@@ -61,7 +63,17 @@ pub fn render(
     for (name, help, v) in images {
         metric(&mut out, name, help, "counter", &[(&[], v as f64)]);
     }
-    let gauges: [(&str, &str, f64); 8] = [
+    let gauges: [(&str, &str, f64); 11] = [
+        (
+            "bondline_platform_in_flight",
+            "Platform messages received on this broker session and not yet acknowledged (the backlog being taken in).",
+            g(&metrics.platform_in_flight) as f64,
+        ),
+        (
+            "bondline_platform_ingest_rate",
+            "Platform messages ingested per second over the last seconds.",
+            g(&metrics.platform_ingest_rate) as f64,
+        ),
         (
             "bondline_backlog_records",
             "Records waiting for the broker's acknowledge.",
@@ -89,6 +101,11 @@ pub fn render(
             "bondline_journal_live_bytes",
             "Bytes of stored records.",
             g(&metrics.journal_live_bytes) as f64,
+        ),
+        (
+            "bondline_journal_platform_bytes",
+            "Bytes of stored platform state (declarations, instructions, notices, rule sets); with the records they count towards storage.quota_mb.",
+            g(&metrics.journal_platform_bytes) as f64,
         ),
         (
             "bondline_journal_free_bytes",

@@ -2,8 +2,8 @@
 //! journal over a shift or a day (off the async workers, in bounded slices) and hand the
 //! records to [`super::charts`] and [`super::export`].
 
-use axum::extract::{Query, State};
-use axum::http::header;
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{header, HeaderMap};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use bondline_devices::contract::LaneRole;
@@ -61,11 +61,8 @@ fn nonempty(s: &Option<String>) -> Option<String> {
 }
 
 fn parse_role(s: &str) -> Result<LaneRole, ViewError> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-        ViewError::BadRequest(format!(
-            "role `{s}` is not one of release, inspection, hold, exception"
-        ))
-    })
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| ViewError::invalid("bad_lane_role", &[("role", s)]))
 }
 
 /// `[from, to)` and a label for a chart's range.
@@ -96,9 +93,7 @@ fn chart_range(
             let (_, to) = plan.day_bounds(today).map_err(bad)?;
             Ok(("7d".into(), from, to, format!("{first} – {today}")))
         }
-        other => Err(ViewError::BadRequest(format!(
-            "range `{other}` is not `shift` or `7d`"
-        ))),
+        other => Err(ViewError::invalid("bad_chart_range", &[("range", other)])),
     }
 }
 
@@ -177,11 +172,20 @@ fn url_escape(s: &str) -> String {
 
 /// `GET /charts?…`: the same as `/api/charts`, drawn. Filters are a plain GET form, so the
 /// address carries them and can be sent to a colleague.
+/// The language is chosen like on the other pages (`?lang=`, remembered in the cookie, then the
+/// cookie, then `Accept-Language`), and the header has the same switch.
 pub async fn charts_page(
     State(s): State<Shared>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
     Query(q): Query<ChartQuery>,
 ) -> Result<Response, ViewError> {
-    let lang = Lang::parse(q.lang.as_deref().unwrap_or("en"));
+    let choice = super::i18n::choose(nonempty(&q.lang).as_deref(), &headers);
+    let lang = match choice.lang {
+        super::i18n::Lang::Zh => Lang::Zh,
+        super::i18n::Lang::En => Lang::En,
+    };
+    let switch = super::assets::lang_switch(choice.lang, raw.as_deref());
     let r = gather(&s, &q).await?;
     let plan = &s.shifts;
     let hour = |ms: i64| match plan.local(ms) {
@@ -221,7 +225,6 @@ pub async fn charts_page(
                 ("line", &line),
                 ("role", &role),
                 ("rule", &rule),
-                ("lang", lang_code)
             ])
         )
     };
@@ -264,11 +267,10 @@ pub async fn charts_page(
 <link rel="stylesheet" href="/assets/style.css">
 </head>
 <body>
-<header><h1>{title}</h1><nav><a href="/">{board}</a> · <a href="{l_shift}">{shift}</a> · <a href="{l_7d}">{d7}</a></nav></header>
+<header><h1>{title}</h1><nav><a href="/">{board}</a> · <a href="{l_shift}">{shift}</a> · <a href="{l_7d}">{d7}</a></nav> {switch}</header>
 <main>
 <form method="get" action="/charts" class="filters">
 <input type="hidden" name="range" value="{range}">
-<input type="hidden" name="lang" value="{lang_code}">
 <label>{t_line} <select name="line">{line_options}</select></label>
 <label>{t_role} <select name="role">{role_options}</select></label>
 <label>{t_rule} <input name="rule" value="{rule_v}" size="14"></label>
@@ -309,7 +311,10 @@ pub async fn charts_page(
         t_export_day = t("charts.export_day", lang),
         note = t("charts.first_decision", lang),
     );
-    Ok(Html(html).into_response())
+    Ok(super::assets::remembered(
+        Html(html).into_response(),
+        choice,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -334,9 +339,7 @@ pub async fn export_csv(
     let now = unix_ms(std::time::SystemTime::now()) as i64;
     let (shift, date) = (nonempty(&q.shift), nonempty(&q.date));
     if shift.is_some() && date.is_some() {
-        return Err(ViewError::BadRequest(
-            "give `shift` or `date`, not both".into(),
-        ));
+        return Err(ViewError::invalid("shift_and_date", &[]));
     }
     let (from, to, label) = export::range_of(&plan, date.as_deref(), None, shift.as_deref(), now)
         .map_err(|e| ViewError::BadRequest(e.to_string()))?;
@@ -354,9 +357,18 @@ pub async fn export_csv(
     )
     .await?;
     let truncated = export.truncated;
-    let body = tokio::task::spawn_blocking(move || export.to_csv(&plan, lang))
-        .await
-        .map_err(|e| ViewError::Task(e.to_string()))?;
+    // The reasons are written like the pages write them: from the rules in force.
+    let in_force = s
+        .ctx
+        .rules
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let body = tokio::task::spawn_blocking(move || {
+        export.to_csv(&plan, lang, std::slice::from_ref(&*in_force))
+    })
+    .await
+    .map_err(|e| ViewError::Task(e.to_string()))?;
     let name: String = format!("bondline-{}-{label}.csv", s.ctx.gateway)
         .chars()
         .map(|c| {

@@ -214,3 +214,93 @@ async fn a_nearly_full_disk_purges_forwarded_then_holds_and_loses_nothing() {
     // Purging on the gateway changes nothing the platform receives: its chain is whole.
     crate::harness::assert_chain_whole(&platform, Some(head));
 }
+
+/// Stored platform state counts towards the quota in the running daemon: a gateway with a
+/// quota of 1 MiB, no parcels at all and a few thousand stored declarations is over quota, the
+/// alarm names the platform state, and `/api/health` shows the split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_platform_state_takes_the_journal_over_its_quota() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = crate::harness::start_plc(&stop).await;
+    let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let view = SocketAddr::from(([127, 0, 0, 1], crate::harness::free_port()));
+    let text = crate::harness::config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(scanner.local_addr().unwrap()),
+            plc,
+        },
+    )
+    .replace("flush_window_ms = 2", "flush_window_ms = 2\nquota_mb = 1")
+        + &format!("\n[view]\nlisten = \"{view}\"\n");
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-quota")
+        .await
+        .unwrap();
+    let daemon = crate::harness::Daemon::start(&config, &dir.path().join("daemon.log"));
+    let health = || -> Option<serde_json::Value> {
+        let mut s = std::net::TcpStream::connect(view).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || health().is_some()).await,
+        "the staff view answers"
+    );
+    for i in 0..5_000 {
+        let w = format!("QUOTA{i:06}");
+        let d = serde_json::json!({
+            "schema": 1, "waybill": w, "enterprise": "E-GOOD", "consumer": format!("c-{i}"),
+            "identity_verified": true, "value_minor": 10_000, "currency": "CNY",
+            "gross_weight_g": 1000,
+            "items": [{"description": "hand cream, 50 ml, two tubes in a gift box", "quantity": 2}]
+        });
+        platform
+            .publish_raw("declarations", serde_json::to_vec(&d).unwrap())
+            .await
+            .unwrap();
+    }
+    let mut last = None;
+    let over = wait_until(Duration::from_secs(60), || {
+        last = health();
+        last.as_ref()
+            .is_some_and(|h| h["journal_level"] == "over_quota")
+    })
+    .await;
+    let h = last.unwrap_or_default();
+    assert!(over, "{h}");
+    assert!(
+        h["journal_platform_bytes"].as_u64().unwrap_or(0) >= 1 << 20,
+        "{h}"
+    );
+    assert!(
+        h["journal_record_bytes"].as_u64().unwrap_or(u64::MAX) < 1 << 20,
+        "{h}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || platform.events().iter().any(
+            |e| e.kind == EventKind::Alarm
+                && e.detail.contains("over quota")
+                && e.detail.contains("platform state")
+        ))
+        .await,
+        "{:?}",
+        platform.events()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    stop.cancel();
+}

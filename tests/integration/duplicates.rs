@@ -400,3 +400,100 @@ async fn a_recirculated_parcel_is_released_again_and_a_clone_is_not() {
         .all(|a| a.alert == AlertKind::DuplicateLabel));
     stop.cancel();
 }
+
+/// A waybill declared for two pieces admits two released parcels; a third parcel with the same
+/// label goes to inspection as a duplicate label. A declaration for more than 999 pieces is
+/// refused as malformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waybill_of_two_pieces_admits_two_releases_and_no_third() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let mut station = Station::bind().await;
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(station.addr()),
+            plc,
+        },
+    )
+    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"");
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-pieces")
+        .await
+        .unwrap();
+    let _daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let w = "PIECES0001";
+    let declaration = |pieces: u32| {
+        json(serde_json::json!({
+            "schema": 1, "waybill": w, "enterprise": "E-GOOD", "consumer": "c-1",
+            "identity_verified": true, "value_minor": 10_000, "currency": "CNY",
+            "gross_weight_g": 1000, "items": [{"description": "tea", "quantity": 2}],
+            "pieces": pieces
+        }))
+    };
+    sync_with_daemon(&platform).await;
+    let rejected = || {
+        platform
+            .events()
+            .iter()
+            .filter(|e| e.kind == EventKind::RejectedMessage && e.detail.contains("pieces"))
+            .count()
+    };
+    platform
+        .publish_raw("declarations", declaration(1_000))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || rejected() > 0).await,
+        "1000 pieces refused: {:?}",
+        platform.events()
+    );
+    platform
+        .publish_raw("declarations", declaration(2))
+        .await
+        .unwrap();
+    platform
+        .publish_raw(
+            "instructions",
+            json(serde_json::json!({
+                "schema": 1, "instruction_id": format!("I-{w}"), "waybill": w,
+                "action": "release", "reason": "cleared"
+            })),
+        )
+        .await
+        .unwrap();
+    sync_with_daemon(&platform).await;
+
+    for n in 1..=2 {
+        station.scan(w, 1_000).await;
+        let all = wait_parcels(&platform, w, n).await;
+        assert!(
+            all.values().all(|r| r.lane_role == LaneRole::Release),
+            "piece {n}: {all:?}"
+        );
+        let last = all.values().max_by_key(|r| r.parcel).unwrap();
+        assert_eq!(last.inputs.as_ref().unwrap().pieces, Some(2));
+    }
+    station.scan(w, 1_000).await;
+    let all = wait_parcels(&platform, w, 3).await;
+    let third = all.values().max_by_key(|r| r.parcel).unwrap();
+    assert_eq!(
+        (third.lane_role, third.rule.as_str()),
+        (LaneRole::Inspection, "duplicate_label"),
+        "{}",
+        third.reason
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !duplicate_alerts(&platform)
+            .is_empty())
+        .await,
+        "a duplicate-label alert"
+    );
+    stop.cancel();
+}

@@ -36,6 +36,8 @@ fn declaration(w: &str) -> Declaration {
         currency: Some("CNY".into()),
         gross_weight_g: None,
         items: vec![],
+        order_id: None,
+        pieces: None,
         signature: None,
     }
 }

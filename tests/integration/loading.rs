@@ -26,6 +26,8 @@ const STORED: usize = 200_000;
 
 fn declaration(w: &str, i: usize) -> Declaration {
     Declaration {
+        order_id: None,
+        pieces: None,
         schema: SCHEMA,
         waybill: w.into(),
         enterprise: format!("E{}", i % 50),

@@ -1,6 +1,7 @@
 //! bondline's integration tests: one binary, a shared harness, real parts (Mosquitto,
 //! pseudo-terminals from socat, Modbus TCP to plc-sim, sled on disk, headless chromium).
 
+mod backlog;
 mod budgets;
 mod camera;
 mod capacity;
@@ -27,4 +28,5 @@ mod tls;
 mod trust;
 mod view;
 mod view_charts;
+mod view_evidence;
 mod xray;

@@ -616,3 +616,327 @@ async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() 
     assert_eq!(json["declaration"]["enterprise"], "E-BAD");
     stop.cancel();
 }
+
+/// The per-transaction limit in a running daemon: an order declared as two waybills is counted
+/// as one transaction (the second waybill takes it over the limit and goes to inspection with
+/// the order's figures on its record and anomaly), while the same value without an order id
+/// is a transaction of its own and is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_limit_sums_the_waybills_of_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules_path,
+        rule_file(
+            "tx-1",
+            "[[rules]]\nname = \"per_order\"\nkind = \"transaction_limit\"\npriority = 50\ntarget = \"inspection\"\nmax_value_minor = 500000\ncurrency = \"CNY\"\n",
+        ),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
+            plc,
+        },
+    )
+    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
+    .replace(
+        "gateway_id = \"test-gw\"",
+        &format!(
+            "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
+            rules_path.display()
+        ),
+    );
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-transaction")
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let mut station = Station {
+        listener,
+        stream: None,
+        framing: Profiles::builtin()
+            .get("dws-stx-etx")
+            .unwrap()
+            .scanner()
+            .unwrap()
+            .clone(),
+    };
+    let in_order = |w: &str, order: Option<&str>, value: u64| {
+        let mut d: serde_json::Value =
+            serde_json::from_slice(&declaration(w, "E-GOOD", "c-1", value, "CNY", true)).unwrap();
+        if let Some(o) = order {
+            d["order_id"] = o.into();
+        }
+        json(d)
+    };
+    publish_all(
+        &platform,
+        vec![
+            ("declarations", in_order("TXA001", Some("ORDER-1"), 300_000)),
+            ("instructions", release("TXA001")),
+            ("declarations", in_order("TXC001", None, 450_000)),
+            ("instructions", release("TXC001")),
+        ],
+    )
+    .await;
+    let record_of = |w: &str| {
+        platform
+            .records()
+            .into_iter()
+            .rfind(|r| r.waybill.as_deref() == Some(w))
+    };
+    for w in ["TXA001", "TXC001"] {
+        station.scan(w, 1_000).await;
+        assert!(
+            wait_until(Duration::from_secs(20), || record_of(w).is_some()).await,
+            "no record for {w}: {}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+        );
+        let r = record_of(w).unwrap();
+        assert_eq!(r.lane_role, LaneRole::Release, "{w}: {}", r.reason);
+    }
+    // The order's second waybill, declared later, takes the order to 5,500.00 CNY.
+    publish_all(
+        &platform,
+        vec![
+            ("declarations", in_order("TXB001", Some("ORDER-1"), 250_000)),
+            ("instructions", release("TXB001")),
+        ],
+    )
+    .await;
+    station.scan("TXB001", 1_000).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || record_of("TXB001").is_some()).await,
+        "no record for TXB001"
+    );
+    let r = record_of("TXB001").unwrap();
+    assert_eq!(
+        (r.lane_role, r.rule.as_str()),
+        (LaneRole::Inspection, "per_order"),
+        "{}",
+        r.reason
+    );
+    let figures = r.inputs.clone().unwrap().transactions;
+    assert_eq!(figures.len(), 1, "{figures:?}");
+    let f = &figures[0];
+    assert_eq!(
+        (
+            f.order_id.as_deref(),
+            f.parcels,
+            f.value_minor,
+            f.value_minor_after,
+            f.max_value_minor
+        ),
+        (Some("ORDER-1"), 2, 300_000, 550_000, 500_000)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || platform
+            .anomalies()
+            .iter()
+            .any(|a| a.waybill.as_deref() == Some("TXB001")))
+        .await,
+        "no anomaly for TXB001"
+    );
+    let a = platform
+        .anomalies()
+        .into_iter()
+        .find(|a| a.waybill.as_deref() == Some("TXB001"))
+        .unwrap();
+    assert_eq!(a.inputs.transactions, figures);
+    assert_eq!(daemon.terminate(), Some(0));
+    stop.cancel();
+}
+
+/// A calendar-day limit across a restart at local midnight. The gateway's zone is a fixed
+/// offset chosen so that local midnight falls shortly after the test starts: a consumer's
+/// first parcel of the day is released, the second goes to inspection (one a day); the daemon
+/// is killed, local midnight passes while it is down, and after the restart the consumer's
+/// next parcel is counted in a fresh day, which the pre-midnight parcels are not part of. The
+/// records carry each window's bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calendar_day_turns_over_at_local_midnight_across_a_restart() {
+    // Room for a slow start of the daemon on a busy machine before local midnight.
+    const LEAD_S: u64 = 45;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let midnight_utc_s = now_s + LEAD_S;
+    // Local time = UTC + offset; local midnight at `midnight_utc_s` needs
+    // (midnight_utc_s + offset) % 86400 == 0, an offset within ±12 hours.
+    let mut offset = -((midnight_utc_s % 86_400) as i64);
+    if offset < -43_200 {
+        offset += 86_400;
+    }
+    let zone = format!(
+        "UTC{}{:02}:{:02}:{:02}",
+        if offset < 0 { '-' } else { '+' },
+        offset.abs() / 3600,
+        offset.abs() % 3600 / 60,
+        offset.abs() % 60
+    );
+    let midnight_ms = midnight_utc_s * 1000;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules_path,
+        rule_file(
+            "day-1",
+            "[[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 50\ntarget = \"inspection\"\nwindow = \"calendar_day\"\nmax_parcels = 1\n",
+        ),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let text = config_text(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
+            plc,
+        },
+    )
+    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
+    .replace(
+        "gateway_id = \"test-gw\"",
+        &format!(
+            "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
+            rules_path.display()
+        ),
+    ) + &format!("\n[calendar]\ntime_zone = \"{zone}\"\n");
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-midnight")
+        .await
+        .unwrap();
+    let log = dir.path().join("daemon.log");
+    let daemon = Daemon::start(&config, &log);
+    let framing = Profiles::builtin()
+        .get("dws-stx-etx")
+        .unwrap()
+        .scanner()
+        .unwrap()
+        .clone();
+    let mut station = Station {
+        listener,
+        stream: None,
+        framing: framing.clone(),
+    };
+    let mut msgs = Vec::new();
+    for w in ["EVE001", "EVE002", "MORN01"] {
+        msgs.push((
+            "declarations",
+            declaration(w, "E-GOOD", "c-night", 1_000, "CNY", true),
+        ));
+        msgs.push(("instructions", release(w)));
+    }
+    publish_all(&platform, msgs).await;
+    let record_of = |w: &str| {
+        platform
+            .records()
+            .into_iter()
+            .rfind(|r| r.waybill.as_deref() == Some(w))
+    };
+    let daily = |r: &bondline_devices::contract::ParcelRecord| {
+        r.inputs
+            .as_ref()
+            .unwrap()
+            .consumer_windows
+            .iter()
+            .find(|w| w.rule == "daily")
+            .cloned()
+            .unwrap()
+    };
+    let day_ms = 86_400_000;
+    for (w, role) in [
+        ("EVE001", LaneRole::Release),
+        ("EVE002", LaneRole::Inspection),
+    ] {
+        station.scan(w, 1_000).await;
+        assert!(
+            wait_until(Duration::from_secs(20), || record_of(w).is_some()).await,
+            "no record for {w}"
+        );
+        let r = record_of(w).unwrap();
+        assert!(
+            r.scanned_at_ms < midnight_ms,
+            "{w} was scanned after local midnight: the machine is too slow for the lead of {LEAD_S} s"
+        );
+        assert_eq!(r.lane_role, role, "{w}: {}", r.reason);
+        let win = daily(&r);
+        assert_eq!(win.window.as_deref(), Some("calendar_day"));
+        assert_eq!(win.time_zone.as_deref(), Some(zone.as_str()));
+        assert_eq!(
+            (win.from_ms, win.until_ms),
+            (
+                Some((midnight_ms - day_ms) as i64),
+                Some(midnight_ms as i64)
+            ),
+            "{w}: the window is the local day before midnight"
+        );
+    }
+    let eve = daily(&record_of("EVE002").unwrap());
+    assert_eq!((eve.parcels, eve.parcels_after), (1, Some(2)));
+    assert_eq!(
+        eve.until_local.as_deref().map(|t| t.contains("T00:00:00")),
+        Some(true),
+        "{:?}",
+        eve.until_local
+    );
+
+    // Down across midnight.
+    daemon.kill();
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    while now_ms() < midnight_ms + 500 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let daemon = Daemon::start(&config, &log);
+    let mut station = Station {
+        listener: station.listener,
+        stream: None,
+        framing,
+    };
+    station.scan("MORN01", 1_000).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || record_of("MORN01").is_some()).await,
+        "no record for MORN01"
+    );
+    let r = record_of("MORN01").unwrap();
+    assert_eq!(r.lane_role, LaneRole::Release, "{}", r.reason);
+    let morning = daily(&r);
+    assert_eq!(
+        (morning.from_ms, morning.until_ms),
+        (
+            Some(midnight_ms as i64),
+            Some((midnight_ms + day_ms) as i64)
+        ),
+        "a fresh local day"
+    );
+    assert_eq!(
+        (morning.parcels, morning.parcels_after),
+        (0, Some(1)),
+        "yesterday's parcels are not counted"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    stop.cancel();
+}

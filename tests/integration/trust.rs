@@ -39,6 +39,8 @@ fn declaration(w: &str, verified: bool) -> Declaration {
         currency: Some("CNY".into()),
         gross_weight_g: None,
         items: vec![],
+        order_id: None,
+        pieces: None,
         signature: None,
     }
 }

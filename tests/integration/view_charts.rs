@@ -20,11 +20,16 @@ use crate::harness::{config_text, settle, LineDevices, Mosquitto, ScannerAt};
 const PARCELS: u64 = 12;
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    get_with(addr, path, "")
+}
+
+/// A GET with extra header lines (each ending in CRLF).
+fn get_with(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).expect("connect to the view");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -217,6 +222,29 @@ async fn charts_and_export_match_the_records_the_line_produced() {
         dom.contains(&format!("data-total=\"{}\"", chart["total"])),
         "{dom}"
     );
+    // The language switch keeps the chart's filters, and the choice is remembered: the same
+    // browser opening the page without `?lang` gets Chinese again.
+    assert!(
+        dom.contains(&format!(
+            "href=\"?range=shift&amp;shift={first_scan}&amp;lang=en\""
+        )),
+        "{dom}"
+    );
+    let again = dump_dom(
+        &profile,
+        &format!("http://{addr}/charts?range=shift&shift={first_scan}"),
+    );
+    assert!(again.contains("<html lang=\"zh-CN\""), "{again}");
+    assert!(again.contains("每小时包裹数"), "{again}");
+    // Over plain HTTP: `?lang` sets the cookie, the cookie and `Accept-Language` choose.
+    let (_, head, body) = get(addr, "/charts?lang=en");
+    assert!(head.contains("set-cookie: bondline_lang=en"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("<html lang=\"en\""));
+    let (_, head, body) = get_with(addr, "/charts", "Cookie: bondline_lang=zh\r\n");
+    assert!(String::from_utf8_lossy(&body).contains("<html lang=\"zh-CN\""));
+    assert!(head.contains("vary: accept-language, cookie"), "{head}");
+    let (_, _, body) = get_with(addr, "/charts", "Accept-Language: zh-CN,zh;q=0.9\r\n");
+    assert!(String::from_utf8_lossy(&body).contains("<html lang=\"zh-CN\""));
 
     floor.stop_scanner.cancel();
     stop.cancel();

@@ -211,7 +211,13 @@ async function loadHealth() {
     items.push(el("div", { class: "link " + (h.backlog === 0 ? "up" : "") },
       t("board.outbox") + ": ", el("span", { class: "state" }, t("board.records", { count: fmtNumber(h.backlog) })),
       el("div", { class: "muted" }, oldest + (h.parked ? " · " + h.parked + " parked" : "")),
-      el("div", { class: "muted" }, t("board.journal", { level: h.journal_level.replace(/_/g, " ") }))));
+      el("div", { class: "muted" }, t("board.journal", { level: h.journal_level.replace(/_/g, " "), records: fmtNumber(Math.round((h.journal_record_bytes || 0) / 1048576)), platform: fmtNumber(Math.round((h.journal_platform_bytes || 0) / 1048576)) }))));
+    if (h.platform_backlog) {
+      const b = h.platform_backlog;
+      items.push(el("div", { class: "link" },
+        t("board.platform_backlog", { count: fmtNumber(b.ingested), rate: fmtNumber(b.rate) }),
+        el("div", { class: "muted" }, t("board.platform_in_flight", { count: fmtNumber(b.in_flight) }))));
+    }
     box.replaceChildren(...items);
   } catch (e) {
     box.replaceChildren(el("div", { class: "link down" }, t("board.health_unavailable", { message: e.message })));

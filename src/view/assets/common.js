@@ -82,10 +82,13 @@ function fwdText(f) {
 }
 
 async function fetchJson(url) {
-  const r = await fetch(url, { cache: "no-store", credentials: "same-origin" });
+  // Resolved against the origin, which never carries credentials: a page opened as
+  // http://user:password@gateway/ may not fetch a URL built from its own address.
+  const r = await fetch(new URL(url, location.origin), { cache: "no-store", credentials: "same-origin" });
   if (!r.ok) {
     let msg = r.status + " " + r.statusText;
-    try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
+    // `message` is in the page's language (the request carries its cookie); `error` in English.
+    try { const b = await r.json(); msg = b.message || b.error || msg; } catch (_) { /* not JSON */ }
     throw new Error(msg);
   }
   return r.json();
@@ -152,6 +155,13 @@ function reasonOf(r, name, recorded) {
       const w = (i.consumer_windows || []).find((x) => x.rule === name);
       if (!w) return recorded;
       Object.assign(p, { window: rule.window ? t("window." + rule.window) : t("window.rolling", { days: fmtNumber(rule.window_days) }), parcels: fmtNumber(w.parcels), value: money(w.value_minor, i.currency || rule.currency) });
+      break;
+    }
+    case "transaction_limit": {
+      const x = (i.transactions || []).find((y) => y.rule === name);
+      if (!x) return recorded;
+      const cur = x.currency || rule.currency || i.currency;
+      Object.assign(p, { which: x.order_id ? t("transaction.order", { order: x.order_id, parcels: fmtNumber(x.parcels) }) : t("transaction.waybill"), value: money(x.value_minor_after, cur), limit: money(x.max_value_minor, rule.currency || cur) });
       break;
     }
     case "sampling": p.rate_ppm = fmtNumber(rule.rate_ppm); break;

@@ -66,10 +66,11 @@ function otherCard(v) {
   const card = el("article", { class: "card record", "data-seq": v.seq, "data-kind": v.kind });
   card.append(el("h3", {}, title + " · record " + v.seq));
   if (v.kind === "image" && r.thumbnail_jpeg_b64) {
-    card.append(el("img", { class: "thumb-large", alt: "X-ray " + r.view + " view of scan " + r.scan_id, src: "data:image/jpeg;base64," + r.thumbnail_jpeg_b64 }));
+    card.append(el("a", { href: "/api/evidence/" + encodeURIComponent(r.sha256), target: "_blank", rel: "noopener" }, el("img", { class: "thumb-large", alt: "X-ray " + r.view + " view of scan " + r.scan_id, src: "data:image/jpeg;base64," + r.thumbnail_jpeg_b64 })));
   }
   if (v.kind === "snapshot" && r.thumbnail_jpeg_b64) {
-    card.append(el("img", { class: "thumb-large", alt: "Camera " + r.camera + " snapshot of parcel " + r.parcel, src: "data:image/jpeg;base64," + r.thumbnail_jpeg_b64 }));
+    const img = el("img", { class: "thumb-large", alt: "Camera " + r.camera + " snapshot of parcel " + r.parcel, src: "data:image/jpeg;base64," + r.thumbnail_jpeg_b64 });
+    card.append(r.sha256 ? el("a", { href: "/api/evidence/" + encodeURIComponent(r.sha256), target: "_blank", rel: "noopener" }, img) : img);
   }
   const rest = Object.fromEntries(Object.entries(r).filter(([k]) => !["schema", "msg_id", "prev_hash", "gateway", "kind", "at_ms", "thumbnail_jpeg_b64"].includes(k)));
   card.append(facts([["Time", fmtDateTime(r.at_ms)], ["Forwarding", el("span", { class: "fwd" }, fwdText(v.forwarding))]]));

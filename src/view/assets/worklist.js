@@ -1,7 +1,8 @@
 // The inspection worklist: parcels sent to inspection or hold in a time range (the shift
-// running now from /api/shift, and at least the last hour, unless the address says otherwise; the last 12 hours if the
-// shift cannot be read), newest first, each with everything an officer
-// needs at the inspection lane. The filters live in the address, so a link reproduces the
+// running now from /api/shift, and at least the last hour, unless the address says otherwise;
+// the last 12 hours if the shift cannot be read), newest first, read from the journal a page
+// at a time by /api/worklist ("older parcels" loads the next), each with everything an
+// officer needs at the inspection lane. The filters live in the address, so a link reproduces the
 // view. Printed, every parcel is one A4 inspection slip with its waybill as a barcode.
 "use strict";
 
@@ -31,35 +32,31 @@ function filters() {
     enterprise: (p.get("enterprise") || "").trim(),
     waybill: (p.get("waybill") || "").trim(),
     to: toMs(p.get("to")) || now,
-    page: Math.max(1, Number(p.get("page")) || 1),
   };
-  f.from = toMs(p.get("from")) || f.to - DEFAULT_RANGE_MS;
+  const from = toMs(p.get("from"));
+  f.from = from === null ? f.to - DEFAULT_RANGE_MS : from;
   for (const k of ["line", "role", "rule", "enterprise", "waybill"]) document.getElementById("f-" + k).value = f[k];
   document.getElementById("f-from").value = localInput(f.from);
   document.getElementById("f-to").value = localInput(f.to);
   return f;
 }
 
-function matches(f, r) {
-  if (r.lane_role !== "inspection" && r.lane_role !== "hold") return false;
-  if (f.role && r.lane_role !== f.role) return false;
-  if (f.line && r.line !== f.line) return false;
-  if (f.rule && r.rule !== f.rule && !(r.rules_fired || []).some((x) => x.rule === f.rule)) return false;
-  if (f.waybill && !(r.waybill || "").startsWith(f.waybill)) return false;
-  if (f.enterprise && !JSON.stringify(r.inputs || {}).includes(f.enterprise)) return false;
-  return true;
-}
-
-function pageLink(f, page, label) {
-  const p = new URLSearchParams(location.search);
-  p.set("page", page);
-  p.set("from", f.from);
-  p.set("to", f.to);
-  return el("a", { href: "/worklist?" + p.toString(), class: "button" }, label);
-}
-
 function imgThumb(b64, alt, href) {
   return el("a", { href }, el("img", { class: "thumb", alt, src: "data:image/jpeg;base64," + b64 }));
+}
+
+// The kept original of an image or snapshot, by its hash (GET /api/evidence/{sha256}).
+function fullImage(sha) {
+  return sha ? "/api/evidence/" + encodeURIComponent(sha) : null;
+}
+
+// A thumbnail that opens the full image, captioned, with the full image also as a text link
+// (printed slips keep the caption).
+function evidenceFigure(attrs, b64, alt, sha, fallback) {
+  const full = fullImage(sha);
+  const caption = el("figcaption", {}, alt);
+  if (full) caption.append(" · ", el("a", { href: full, class: "full-image", target: "_blank", rel: "noopener" }, t("worklist.full_image")));
+  return el("figure", attrs, imgThumb(b64, alt, full || fallback), caption);
 }
 
 // One parcel: the slip an officer takes to the lane.
@@ -91,7 +88,7 @@ function slip(v, all) {
   if (xrays.length === 0 && images.length === 0) xbox.append(el("span", { class: "muted" }, t("worklist.no_xray")));
   for (const x of xrays) xbox.append(el("div", {}, t("lookup.kind.xray", { result: x.r.result ? tv("xray", x.r.result) : t("lookup.no_verdict"), join: tv("xray_join", x.r.join) })));
   for (const i of images) {
-    if (i.r.thumbnail_jpeg_b64) xbox.append(imgThumb(i.r.thumbnail_jpeg_b64, t("lookup.kind.image", { view: i.r.view }), lookup));
+    if (i.r.thumbnail_jpeg_b64) xbox.append(evidenceFigure({ "data-image": i.r.view }, i.r.thumbnail_jpeg_b64, t("lookup.kind.image", { view: i.r.view }), i.r.sha256, lookup));
     else xbox.append(el("span", { class: "err" }, i.r.view + ": " + (i.r.error || "—")));
   }
   card.append(xbox);
@@ -101,7 +98,7 @@ function slip(v, all) {
   if (snaps.length === 0) sbox.append(el("span", { class: "muted" }, t("worklist.no_snapshot")));
   for (const s of snaps) {
     const where = s.r.point === "lane" ? t("lookup.kind.snapshot_lane", { camera: s.r.camera, lane: s.r.lane }) : t("lookup.kind.snapshot_scan", { camera: s.r.camera });
-    if (s.r.thumbnail_jpeg_b64) sbox.append(el("figure", { "data-snapshot": s.r.point }, imgThumb(s.r.thumbnail_jpeg_b64, where, lookup), el("figcaption", {}, where)));
+    if (s.r.thumbnail_jpeg_b64) sbox.append(evidenceFigure({ "data-snapshot": s.r.point }, s.r.thumbnail_jpeg_b64, where, s.r.sha256, lookup));
     else sbox.append(el("span", { class: "err", "data-snapshot": "none" }, where + ": " + (s.r.error || "—")));
   }
   card.append(sbox);
@@ -121,6 +118,32 @@ function facts(pairs) {
   return dl;
 }
 
+// The query of /api/worklist for the filters (without the cursor).
+function apiQuery(f) {
+  const p = new URLSearchParams();
+  for (const k of ["line", "role", "rule", "enterprise", "waybill"]) if (f[k]) p.set(k, f[k]);
+  p.set("from", f.from);
+  p.set("to", f.to);
+  p.set("limit", PAGE_SIZE);
+  return p;
+}
+
+// Fetches slips from the cursor until a page's worth arrived or the range is exhausted (a
+// page of the API may stop early after reading its share of the journal).
+async function fetchSlips(f, before) {
+  const items = [];
+  let next = before;
+  for (let round = 0; round < 50; round++) {
+    const p = apiQuery(f);
+    if (next) p.set("before", next);
+    const res = await fetchJson("/api/worklist?" + p.toString());
+    items.push(...res.items);
+    next = res.next;
+    if (!next || items.length >= PAGE_SIZE) break;
+  }
+  return { items, next };
+}
+
 async function main() {
   const out = document.getElementById("result");
   document.getElementById("print").addEventListener("click", () => window.print());
@@ -136,31 +159,32 @@ async function main() {
     }
   }
   await loadRules();
-  try {
-    const res = await fetchJson("/api/records?from=" + f.from + "&to=" + f.to + "&limit=1000");
-    const seen = new Set();
-    const list = [];
-    for (const v of res.records) {
-      if (v.kind !== "parcel" || !v.record.waybill || seen.has(v.record.waybill)) continue;
-      seen.add(v.record.waybill); // the newest decision of a waybill counts
-      if (matches(f, v.record)) list.push(v);
+  const heading = el("h2", { class: "no-print", id: "worklist-count" });
+  const list = el("div", { id: "slips" });
+  const more = el("button", { type: "button", class: "no-print", id: "more", hidden: "" }, t("worklist.more"));
+  let shown = 0;
+  let cursor = null;
+  // While older pages remain, the count is of those shown so far, and says so.
+  const count = () => heading.replaceChildren(t(cursor ? "worklist.shown" : "worklist.range", { count: fmtNumber(shown), from: fmtDateTime(f.from), to: fmtDateTime(f.to) }));
+  async function load() {
+    more.disabled = true;
+    try {
+      const res = await fetchSlips(f, cursor);
+      for (const item of res.items) list.append(slip({ record: item.record }, item.related));
+      shown += res.items.length;
+      cursor = res.next;
+      count();
+      if (shown === 0 && !cursor) list.replaceChildren(el("p", { class: "muted" }, t("worklist.empty")));
+      if (cursor) more.removeAttribute("hidden"); else more.setAttribute("hidden", "");
+    } catch (e) {
+      list.append(el("p", { class: "error" }, t("common.error", { message: e.message })));
     }
-    const pages = Math.max(1, Math.ceil(list.length / PAGE_SIZE));
-    const page = Math.min(f.page, pages);
-    const shown = list.slice((page - 1) * PAGE_SIZE, page * PAGE_SIZE);
-    const details = await Promise.all(shown.map((v) => fetchJson("/api/parcels/" + encodeURIComponent(v.record.waybill)).then((d) => d.records).catch(() => [])));
-    const parts = [el("h2", { class: "no-print" }, t("worklist.range", { count: fmtNumber(list.length), from: fmtDateTime(f.from), to: fmtDateTime(f.to) }))];
-    if (res.truncated) parts.push(el("p", { class: "error no-print" }, t("worklist.truncated")));
-    if (list.length === 0) parts.push(el("p", { class: "muted" }, t("worklist.empty")));
-    shown.forEach((v, i) => parts.push(slip(v, details[i])));
-    const nav = el("nav", { class: "pager no-print" }, t("worklist.page", { page, pages }));
-    if (page > 1) nav.prepend(pageLink(f, page - 1, t("worklist.prev")), " ");
-    if (page < pages) nav.append(" ", pageLink(f, page + 1, t("worklist.next")));
-    parts.push(nav);
-    out.replaceChildren(...parts);
-  } catch (e) {
-    out.replaceChildren(el("p", { class: "error" }, t("common.error", { message: e.message })));
+    more.disabled = false;
   }
+  more.addEventListener("click", load);
+  count();
+  out.replaceChildren(heading, list, el("nav", { class: "pager no-print" }, more));
+  await load();
 }
 
 main();

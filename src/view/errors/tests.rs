@@ -18,6 +18,15 @@ async fn server() -> (SocketAddr, CancellationToken) {
             "/text-error",
             get(|| async { (StatusCode::BAD_REQUEST, "bad thing") }),
         )
+        .route(
+            "/coded",
+            get(|| async {
+                Err::<(), _>(crate::view::ViewError::invalid(
+                    "bad_count",
+                    &[("name", "limit"), ("max", "50")],
+                ))
+            }),
+        )
         .layer(axum::middleware::from_fn(json_errors));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -120,7 +129,9 @@ fn only_bodiless_parser_errors_are_replaced() {
     );
     assert!(json.contains("date: Fri"), "{json}");
     assert!(
-        json.ends_with("\r\n\r\n{\"error\":\"request header fields too large\"}"),
+        json.ends_with(
+            "\r\n\r\n{\"code\":\"headers_too_large\",\"error\":\"request header fields too large\",\"message\":\"request header fields too large\"}"
+        ),
         "{json}"
     );
     // A response with a body, a content type, or another status is left alone.
@@ -131,4 +142,88 @@ fn only_bodiless_parser_errors_are_replaced() {
     );
     assert!(replacement(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").is_none());
     assert!(replacement(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
+}
+
+fn field(body: &str, name: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    v[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn errors_carry_a_stable_code_and_a_message_in_the_request_language() {
+    let (addr, stop) = server().await;
+    let ask = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n")
+    };
+    // A handler's coded error: English in `error`, the code, and the message by language.
+    let (status, head, body) = exchange(addr, ask("/coded", "").as_bytes()).await;
+    assert_eq!(status, 400);
+    assert_eq!(field(&body, "code"), "bad_count");
+    assert_eq!(field(&body, "error"), "`limit` must be 1 to 50");
+    assert_eq!(field(&body, "message"), "`limit` must be 1 to 50");
+    assert!(head.contains("vary: accept-language, cookie"), "{head}");
+    let zh = "Accept-Language: zh-CN,zh;q=0.9\r\n";
+    let (_, _, body) = exchange(addr, ask("/coded", zh).as_bytes()).await;
+    assert_eq!(field(&body, "code"), "bad_count");
+    assert_eq!(field(&body, "error"), "`limit` must be 1 to 50");
+    assert_eq!(field(&body, "message"), "`limit` 须为 1 至 50");
+    let (_, _, body) = exchange(
+        addr,
+        ask("/coded", "Cookie: bondline_lang=zh\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(field(&body, "message"), "`limit` 须为 1 至 50");
+    let (_, _, body) = exchange(addr, ask("/coded?lang=zh", "").as_bytes()).await;
+    assert_eq!(field(&body, "message"), "`limit` 须为 1 至 50");
+    // Errors without a handler's code get the status's.
+    let (_, _, body) = exchange(addr, ask("/nowhere", zh).as_bytes()).await;
+    assert_eq!(field(&body, "code"), "not_found");
+    assert_eq!(field(&body, "message"), "页面不存在");
+    let (_, _, body) = exchange(
+        addr,
+        format!(
+            "POST /ok HTTP/1.1\r\nHost: x\r\n{zh}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(field(&body, "code"), "method_not_allowed");
+    assert_eq!(field(&body, "message"), "本视图只读：所有路径仅支持 GET");
+    let (_, _, body) = exchange(addr, ask("/text-error", zh).as_bytes()).await;
+    assert_eq!(field(&body, "code"), "bad_request");
+    assert_eq!(field(&body, "message"), "请求有误：bad thing");
+    stop.cancel();
+}
+
+#[test]
+fn every_code_has_its_message_in_both_languages() {
+    use crate::view::i18n::Lang;
+    let mut codes: Vec<&str> = [400u16, 401, 404, 405, 414, 429, 431, 500, 503, 418]
+        .iter()
+        .map(|s| status_code_name(StatusCode::from_u16(*s).unwrap()))
+        .collect();
+    codes.extend([
+        "bad_time",
+        "bad_count",
+        "bad_waybill",
+        "range_reversed",
+        "bad_role",
+        "bad_lane_role",
+        "bad_chart_range",
+        "shift_and_date",
+        "bad_cursor",
+        "bad_hash",
+        "not_kept",
+        "evidence_mismatch",
+    ]);
+    for code in codes {
+        for lang in Lang::ALL {
+            let key = format!("error.{code}");
+            assert_ne!(lang.catalogue().get(&key), key, "{key} in {}", lang.code());
+        }
+    }
 }

@@ -1,0 +1,209 @@
+//! A platform backlog queued at a real Mosquitto while the gateway was down (300,000
+//! declarations by default; `BONDLINE_TEST_BACKLOG` sets another count) drains completely
+//! into the real binary on one connection, while the gateway's own records keep being
+//! forwarded.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bondline_devices::contract::{Declaration, DeclaredItem, SCHEMA};
+use bondline_simulators::plan::{Mix, Plan, PlanKind};
+use bondline_simulators::platform::PlatformSim;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+
+use crate::harness::{
+    config_text_with, floor, free_port, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
+};
+
+const PREFIX: &str = "bondline/backlog-gw";
+
+fn backlog_count() -> u64 {
+    std::env::var("BONDLINE_TEST_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000)
+}
+
+/// The whole `/metrics` text of the view, if it answers.
+fn metrics_text(view: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(view).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: view\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn metric(view: SocketAddr, name: &str) -> Option<f64> {
+    metrics_text(view)?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Publishes `n` distinct declarations at QoS 1 and waits for every PUBACK.
+async fn publish_declarations(broker: SocketAddr, n: u64) {
+    let mut opts = MqttOptions::new("backlog-publisher", broker.ip().to_string(), broker.port());
+    opts.set_inflight(1000)
+        .set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(opts, 4096);
+    let publisher = tokio::spawn(async move {
+        for k in 0..n {
+            let d = Declaration {
+                order_id: None,
+                pieces: None,
+                schema: SCHEMA,
+                waybill: format!("BL{k:09}"),
+                enterprise: "ENT-BACKLOG".into(),
+                consumer: Some(format!("C{}", k % 5000)),
+                identity_verified: true,
+                value_minor: Some(12_000),
+                currency: Some("CNY".into()),
+                gross_weight_g: Some(800),
+                items: vec![DeclaredItem {
+                    description: "books".into(),
+                    quantity: 1,
+                }],
+                signature: None,
+            };
+            client
+                .publish(
+                    format!("{PREFIX}/declarations"),
+                    QoS::AtLeastOnce,
+                    false,
+                    serde_json::to_vec(&d).unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acked = 0u64;
+    while acked < n {
+        match tokio::time::timeout(Duration::from_secs(60), events.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("publishing the backlog: {e} after {acked} acknowledged"),
+            Err(_) => panic!("the broker stopped acknowledging after {acked} of {n}"),
+        }
+    }
+    let client = publisher.await.unwrap();
+    let _ = client.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_backlog_queued_while_down_drains_on_one_connection_while_records_flow() {
+    let n = backlog_count();
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-backlog")
+        .await
+        .unwrap();
+    let floor = floor(
+        Plan::with_mix(61, Mix::only(PlanKind::Undeclared)),
+        20.0,
+        None,
+    )
+    .await;
+    let view_port = free_port();
+    let text = config_text_with(
+        &dir.path().join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(floor.scanner),
+            plc: floor.plc,
+        },
+        "",
+    ) + &format!("\n[view]\nlisten = \"127.0.0.1:{view_port}\"\n");
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let view = SocketAddr::from(([127, 0, 0, 1], view_port));
+
+    // A first run leaves the gateway's persistent session (and subscriptions) at the broker.
+    let daemon = Daemon::start(&config, &dir.path().join("daemon-1.log"));
+    assert!(
+        wait_until(Duration::from_secs(30), || platform.records().len() >= 5).await,
+        "no records from the first run"
+    );
+    daemon.kill();
+
+    // The platform's orders pile up at the broker while the gateway is down.
+    let started = Instant::now();
+    publish_declarations(broker, n).await;
+    eprintln!("{n} declarations queued in {:?}", started.elapsed());
+
+    let daemon = Daemon::start(&config, &dir.path().join("daemon-2.log"));
+    let restarted = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || metric(
+            view,
+            "bondline_uplink_ready"
+        ) == Some(1.0))
+        .await,
+        "the gateway did not connect again"
+    );
+    let records_at_return = platform.records().len();
+    // Records keep being forwarded while the backlog drains: seen while messages are still
+    // in flight.
+    let mut records_during = None;
+    let drained = wait_until(Duration::from_secs(900), || {
+        let ingested = metric(view, "bondline_platform_ingested_total").unwrap_or(0.0);
+        if ingested >= n as f64 / 2.0 && ingested < n as f64 && records_during.is_none() {
+            records_during = Some(platform.records().len());
+        }
+        ingested >= n as f64
+    })
+    .await;
+    let text = metrics_text(view).unwrap_or_default();
+    assert!(drained, "backlog not drained:\n{text}");
+    eprintln!(
+        "{n} platform messages drained in {:?} ({:.0}/s)",
+        restarted.elapsed(),
+        n as f64 / restarted.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        metric(view, "bondline_uplink_disconnects_total"),
+        Some(0.0),
+        "the backlog must drain on one connection:\n{text}"
+    );
+    assert_eq!(
+        metric(view, "bondline_platform_messages_total"),
+        Some(n as f64),
+        "every declaration counted once, as distinct:\n{text}"
+    );
+    assert_eq!(
+        metric(view, "bondline_platform_rejected_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            view,
+            "bondline_platform_in_flight"
+        ) == Some(0.0))
+        .await,
+        "messages left in flight"
+    );
+    let log = std::fs::read_to_string(dir.path().join("daemon-2.log")).unwrap_or_default();
+    assert!(!log.contains("cannot acknowledge"), "{log}");
+    if n >= 20_000 {
+        let during = records_during.expect("the drain was observed half-way");
+        assert!(
+            during > records_at_return,
+            "no record forwarded during the first half of the drain ({records_at_return} at return)"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || platform.records().len()
+            > records_at_return)
+        .await,
+        "records not forwarded after the drain"
+    );
+    daemon.kill();
+}
