@@ -11,6 +11,7 @@
 
 mod backlog;
 mod drain;
+mod idle_floor;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -8,7 +8,6 @@
 //! CPU (cores used, from the process's rusage), disconnects, and the journal's growth per
 //! message on disk.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -26,47 +25,18 @@ const GATEWAY: &str = "bench-gw";
 
 /// Runs the benchmark with `n` declarations against `host:port`, the journal under `dir`.
 pub async fn run(n: u64, host: &str, port: u16, dir: &Path) -> anyhow::Result<()> {
-    use bondline_simulators::plc::PlcSim;
-
     let key = SigningKey::from_bytes(&[7u8; 32]);
-    let (_, map) = super::builtin_devices()?;
-    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-    let plc = PlcSim::bind(loopback, map).await?;
-    let plc_addr = plc.local_addr();
-    let sims_stop = CancellationToken::new();
-    let plc_task = tokio::spawn(plc.run(sims_stop.clone().cancelled_owned()));
-    // A scanner that is connected and silent.
-    let scanner = tokio::net::TcpListener::bind(loopback).await?;
-    let scanner_addr = scanner.local_addr()?;
-    let scanner_task = {
-        let stop = sims_stop.clone();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = scanner.accept() => match r {
-                        Ok((s, _)) => held.push(s),
-                        Err(_) => return,
-                    },
-                }
-            }
-        })
-    };
+    let floor = super::idle_floor::IdleFloor::start().await?;
     let store = dir.join("journal");
     let text = format!(
         "gateway_id = \"{GATEWAY}\"\n[trust]\nkeys = [{{ id = \"bench\", ed25519_public_hex = \"{}\" }}]\n\
          [storage]\npath = \"{}\"\n\
          [uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-backlog\"\n\
          topic_prefix = \"{PREFIX}\"\n\
-         [devices.scanner]\nprofile = \"scanner-stx-etx\"\ntcp = \"{scanner_addr}\"\n\
-         [devices.plc]\nprofile = \"sorter-plc\"\ntcp = \"{plc_addr}\"\n\
-         [[lines]]\nid = \"L1\"\nscanner = \"scanner\"\nplc = \"plc\"\n\
-         geometry = {{ belt_speed_m_s = 2.0, scan_to_gate_m = 3.0, margin_ms = 300 }}\n\
-         lanes = [{{ lane = 1, role = \"release\" }}, {{ lane = 2, role = \"inspection\" }}, \
-         {{ lane = 3, role = \"hold\" }}, {{ lane = 4, role = \"exception\" }}]\n",
+         {}",
         hex::encode(key.verifying_key().as_bytes()),
-        store.display()
+        store.display(),
+        floor.config()
     );
     let config = || {
         crate::config::Config::parse("bench-backlog.toml", &text)
@@ -127,9 +97,7 @@ pub async fn run(n: u64, host: &str, port: u16, dir: &Path) -> anyhow::Result<()
     let rejected = Metrics::get(&metrics.platform_rejected);
     stop.cancel();
     app.wait().await?;
-    sims_stop.cancel();
-    let _ = plc_task.await;
-    let _ = scanner_task.await;
+    floor.stop().await;
     outcome?;
     let bytes_after = dir_bytes(&store);
     let rate = n as f64 / connected_for.as_secs_f64();

@@ -8,7 +8,6 @@
 //! (`uplink.drain_rate`) is set from the command line, because the daemon's default of 5,000
 //! records/s would measure the pace rather than the uplink.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -37,43 +36,14 @@ pub async fn daemon_drain(
     inflight: u16,
     drain_rate: u32,
 ) -> anyhow::Result<DrainRun> {
-    use bondline_simulators::plc::PlcSim;
-
-    let (_, map) = super::builtin_devices()?;
-    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-    let plc = PlcSim::bind(loopback, map).await?;
-    let plc_addr = plc.local_addr();
-    let sims_stop = CancellationToken::new();
-    let plc_task = tokio::spawn(plc.run(sims_stop.clone().cancelled_owned()));
-    // A scanner that is connected and silent, as on a line with no parcels.
-    let scanner = tokio::net::TcpListener::bind(loopback).await?;
-    let scanner_addr = scanner.local_addr()?;
-    let scanner_task = {
-        let stop = sims_stop.clone();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = scanner.accept() => match r {
-                        Ok((s, _)) => held.push(s),
-                        Err(_) => return,
-                    },
-                }
-            }
-        })
-    };
+    let floor = super::idle_floor::IdleFloor::start().await?;
     let config = format!(
         "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n\
          [uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-drain\"\n\
          topic_prefix = \"bench/drain\"\ninflight = {inflight}\ndrain_rate = {drain_rate}\n\
-         [devices.scanner]\nprofile = \"scanner-stx-etx\"\ntcp = \"{scanner_addr}\"\n\
-         [devices.plc]\nprofile = \"sorter-plc\"\ntcp = \"{plc_addr}\"\n\
-         [[lines]]\nid = \"L1\"\nscanner = \"scanner\"\nplc = \"plc\"\n\
-         geometry = {{ belt_speed_m_s = 2.0, scan_to_gate_m = 3.0, margin_ms = 300 }}\n\
-         lanes = [{{ lane = 1, role = \"release\" }}, {{ lane = 2, role = \"inspection\" }}, \
-         {{ lane = 3, role = \"hold\" }}, {{ lane = 4, role = \"exception\" }}]\n",
-        store.display()
+         {}",
+        store.display(),
+        floor.config()
     );
     let config = crate::config::Config::parse("bench-drain.toml", &config)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -103,9 +73,7 @@ pub async fn daemon_drain(
     let forwarded = Metrics::get(&metrics.records_forwarded);
     stop.cancel();
     app.wait().await?;
-    sims_stop.cancel();
-    let _ = plc_task.await;
-    let _ = scanner_task.await;
+    floor.stop().await;
     outcome?;
     Ok(DrainRun {
         elapsed,
