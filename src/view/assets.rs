@@ -54,12 +54,8 @@ pub async fn board_page(
     let snapshot = serde_json::to_string(&super::api::board_snapshot(&s, BOARD_ROWS))
         .unwrap_or_else(|_| "null".into());
     let page = BOARD_HTML.replacen(SNAPSHOT_MARK, &json_in_html(&snapshot), 1);
-    localized(&page, query.as_deref(), &headers)
+    localized(&page, s.shifts.zone_name(), query.as_deref(), &headers)
 }
-
-/// The warehouse's time zone for display until it is configured: China Standard Time.
-/// Records stay in UTC.
-pub const DEFAULT_TIME_ZONE: &str = "Asia/Shanghai";
 
 /// The `lang` parameter of a query string, if any.
 fn query_lang(query: Option<&str>) -> Option<String> {
@@ -74,11 +70,12 @@ fn url_param(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-/// A page in the request's language: static labels filled, the catalogue and time zone
-/// handed to the script, a language switch, and the cookie set when `?lang=` chose it.
-fn localized(template: &str, query: Option<&str>, headers: &HeaderMap) -> Response {
+/// A page in the request's language: static labels filled, the catalogue and the warehouse's
+/// time zone (`[view] time_zone`) handed to the script, a language switch, and the cookie set
+/// when `?lang=` chose it.
+fn localized(template: &str, time_zone: &str, query: Option<&str>, headers: &HeaderMap) -> Response {
     let choice = i18n::choose(query_lang(query).as_deref(), headers);
-    let page = fill_page(template, choice.lang, DEFAULT_TIME_ZONE, query);
+    let page = fill_page(template, choice.lang, time_zone, query);
     remembered(Html(page).into_response(), choice)
 }
 
@@ -155,13 +152,21 @@ fn json_in_html(json: &str) -> String {
         .replace('&', "\\u0026")
 }
 
-pub async fn lookup_page(RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
-    localized(LOOKUP_HTML, query.as_deref(), &headers)
+pub async fn lookup_page(
+    State(s): State<super::Shared>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    localized(LOOKUP_HTML, s.shifts.zone_name(), query.as_deref(), &headers)
 }
 
 /// The inspection worklist; its filters are in the address and read by its script.
-pub async fn worklist_page(RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
-    localized(WORKLIST_HTML, query.as_deref(), &headers)
+pub async fn worklist_page(
+    State(s): State<super::Shared>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    localized(WORKLIST_HTML, s.shifts.zone_name(), query.as_deref(), &headers)
 }
 
 /// `GET /api/barcode.svg?text=…`: the text as a Code 128 barcode, for inspection slips.

@@ -170,11 +170,29 @@ fn replacement(head: &[u8]) -> Option<Vec<u8>> {
     }) {
         return None;
     }
-    // Before any routing: the request's language is unknown, the message is English.
+    // Before any routing: the request's language is unknown, so the message says it in
+    // every language of the view (`中文 / English`), and `messages` has each by tag.
+    let code_name = status_code_name(status);
+    let key = format!("error.{code_name}");
+    let detail = [("detail", reason(status))];
+    let text = |lang: super::i18n::Lang| {
+        let args: Vec<(&str, &str)> = detail.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        lang.catalogue().format(&key, &args)
+    };
+    let messages: serde_json::Map<String, serde_json::Value> = super::i18n::Lang::ALL
+        .iter()
+        .map(|l| (l.tag().to_string(), text(*l).into()))
+        .collect();
+    let message = super::i18n::Lang::ALL
+        .iter()
+        .map(|l| text(*l))
+        .collect::<Vec<_>>()
+        .join(" / ");
     let body = serde_json::json!({
         "error": reason(status),
-        "code": status_code_name(status),
-        "message": reason(status),
+        "code": code_name,
+        "message": message,
+        "messages": messages,
     })
     .to_string();
     let mut out = format!(

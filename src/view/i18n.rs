@@ -140,8 +140,37 @@ pub fn cookie(lang: Lang) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
-    #[error("catalogue is not a flat JSON object of strings: {0}")]
+    #[error("catalogue is not a flat JSON object of strings, each key written once: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+/// A catalogue's texts as written: a flat object of strings whose keys appear once. JSON
+/// itself lets a key repeat and keeps its last text, which would hide one text behind another.
+struct Texts(BTreeMap<String, String>);
+
+impl<'de> serde::Deserialize<'de> for Texts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Texts, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Texts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of texts by key")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Texts, A::Error> {
+                let mut texts = BTreeMap::new();
+                while let Some((key, text)) = map.next_entry::<String, String>()? {
+                    if texts.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "key `{key}` is written twice"
+                        )));
+                    }
+                    texts.insert(key, text);
+                }
+                Ok(Texts(texts))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// One language's texts by key.
@@ -153,7 +182,7 @@ pub struct Catalogue {
 
 impl Catalogue {
     pub fn parse(json: &str) -> Result<Catalogue, CatalogueError> {
-        let texts: BTreeMap<String, String> = serde_json::from_str(json)?;
+        let Texts(texts) = serde_json::from_str(json)?;
         let json = serde_json::to_string(&texts)?;
         Ok(Catalogue { texts, json })
     }
@@ -286,6 +315,16 @@ mod tests {
             .collect();
         assert!(!names.is_empty(), "no variants read from: {err}");
         names
+    }
+
+    #[test]
+    fn a_key_written_twice_is_refused() {
+        let err = Catalogue::parse(r#"{"a": "x", "b": "y", "a": "z"}"#).unwrap_err();
+        assert!(err.to_string().contains("key `a` is written twice"), "{err}");
+        // The shipped catalogues have none (they would not load).
+        for (name, json) in [("zh.json", ZH_JSON), ("en.json", EN_JSON)] {
+            Catalogue::parse(json).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 
     fn unit_variants<T: DeserializeOwned + std::fmt::Debug>() -> Vec<String> {

@@ -70,7 +70,13 @@ fn chromium_path() -> String {
 
 /// Runs headless chromium with `args` on `url`, killed after a minute; returns its stdout.
 pub(crate) fn chromium(profile: &Path, args: &[&str], url: &str) -> String {
+    chromium_with(profile, &[], args, url)
+}
+
+/// [`chromium`] with environment variables set for the browser (`TZ`, its own time zone).
+fn chromium_with(profile: &Path, envs: &[(&str, &str)], args: &[&str], url: &str) -> String {
     let mut child = Command::new(chromium_path())
+        .envs(envs.iter().copied())
         .args([
             "--headless",
             "--no-sandbox",
@@ -452,6 +458,33 @@ async fn board_lookup_api_and_metrics_work_in_a_real_browser() {
         "{filtered}"
     );
     assert_eq!(filtered.matches("data-waybill=").count(), 1, "{filtered}");
+    // A browser in another zone reads and shows a range of the address in the warehouse's
+    // zone (Asia/Shanghai by default): 08:00 means 08:00 at the gateway, not in New York.
+    let elsewhere = tokio::task::spawn_blocking({
+        let p = dir.path().join("chromium-new-york");
+        move || {
+            chromium_with(
+                &p,
+                &[("TZ", "America/New_York")],
+                &["--virtual-time-budget=10000", "--dump-dom"],
+                &format!(
+                    "http://{addr}/worklist?from=2026-12-05T08:00:00&to=2026-12-05T20:00&lang=en"
+                ),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let heading = elsewhere
+        .split("parcels sent to inspection or hold")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        heading.contains("12/05/2026, 08:00:00") && heading.contains("12/05/2026, 20:00:00"),
+        "the heading shows the range as written: {heading:?}"
+    );
     // The form shows the filter it came from, so the view can be refined and passed on.
     assert!(filtered.contains(&format!("value=\"{target}\"")) || filtered.contains(&target));
     // The lookup's time list takes the same filters from its address.
@@ -540,7 +573,7 @@ async fn credentials_are_required_when_configured() {
             plc: nowhere,
         },
     ) + &format!(
-        "\n[view]\nlisten = \"127.0.0.1:0\"\ntoken_sha256 = \"{}\"\nusers = [{{ name = \"officer\", password_sha256 = \"{}\" }}]\n",
+        "\n[view]\nlisten = \"127.0.0.1:0\"\ntime_zone = \"Europe/Berlin\"\ntoken_sha256 = \"{}\"\nusers = [{{ name = \"officer\", password_sha256 = \"{}\" }}]\n",
         sha("scrape-token"),
         sha("correct horse")
     );
@@ -577,6 +610,12 @@ async fn credentials_are_required_when_configured() {
         "nothing to connect to: {health}"
     );
     assert_eq!(http(addr, "GET", "/", Some(&right)).0, 200);
+    // Every page hands its script the configured zone, in which it shows and reads times.
+    for path in ["/", "/parcel", "/worklist"] {
+        let (status, _, page) = http(addr, "GET", path, Some(&right));
+        assert_eq!(status, 200, "{path}");
+        assert!(page.contains("\"time_zone\":\"Europe/Berlin\""), "{path}: {page}");
+    }
     assert_eq!(
         http(addr, "GET", "/metrics", Some("Bearer scrape-token")).0,
         200

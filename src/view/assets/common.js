@@ -51,6 +51,55 @@ function fmtParts(ms, withDate) {
   try { return new Intl.DateTimeFormat(LANG, opts).format(new Date(ms)); } catch (_) { return new Date(ms).toISOString(); }
 }
 
+// The warehouse's wall clock at `ms` as parts (year … second), whatever the browser's zone.
+function zoneParts(ms) {
+  const opts = { timeZone: TIME_ZONE, hourCycle: "h23", year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" };
+  const parts = {};
+  for (const p of new Intl.DateTimeFormat("en-US", opts).formatToParts(new Date(ms))) parts[p.type] = p.value;
+  return parts;
+}
+
+// `ms` as the value of a datetime-local field, in the warehouse's zone: a form filled on a
+// tablet set to another zone still shows and sends the warehouse's time.
+function zoneInput(ms) {
+  try {
+    const p = zoneParts(ms);
+    return p.year + "-" + p.month + "-" + p.day + "T" + p.hour + ":" + p.minute + ":" + p.second;
+  } catch (_) {
+    return new Date(ms).toISOString().slice(0, 19);
+  }
+}
+
+// How far the warehouse's wall clock is ahead of UTC at `ms`, in ms.
+function zoneOffset(ms) {
+  const p = zoneParts(ms);
+  const wall = Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour % 24, +p.minute, +p.second);
+  return wall - Math.floor(ms / 1000) * 1000;
+}
+
+// A time of an address or form as ms: digits are ms since the epoch, a time with `Z` or an
+// offset is that instant, and a bare `2026-12-05T08:00[:00]` is 08:00 in the warehouse's zone
+// (exact across offset changes: the offset is taken at the instant it yields). Null when it
+// is none of these.
+function zoneMs(v) {
+  if (!v) return null;
+  if (/^\d+$/.test(v)) return Number(v);
+  const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2}))?$/.exec(v);
+  if (!m) {
+    const t = new Date(v).getTime();
+    return Number.isNaN(t) ? null : t;
+  }
+  const wall = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +(m[6] || 0));
+  try {
+    let ms = wall - zoneOffset(wall);
+    const again = wall - zoneOffset(ms);
+    if (again !== ms && zoneOffset(again) === wall - again) ms = again;
+    return ms;
+  } catch (_) {
+    return wall;
+  }
+}
+
 function fmtTime(ms) {
   if (!ms) return "—";
   return fmtParts(ms, false);

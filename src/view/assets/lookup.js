@@ -8,18 +8,6 @@ const SHOWN = new Set(["kind", "schema", "msg_id", "seq", "prev_hash", "gateway"
   "waybill", "lane", "lane_role", "rule", "reason", "rule_set", "revision", "divert", "rules_fired",
   "inputs", "scanned_at_ms", "decided_at_ms", "deadline_ms", "read", "instruction_id"]);
 
-function toMs(v) {
-  if (!v) return null;
-  if (/^\d+$/.test(v)) return Number(v);
-  const t = new Date(v).getTime();
-  return Number.isNaN(t) ? null : t;
-}
-
-function localInput(ms) {
-  const d = new Date(ms);
-  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + "T" + fmtTime(ms);
-}
-
 function facts(pairs) {
   const dl = el("dl");
   for (const [k, v] of pairs) {
@@ -147,8 +135,8 @@ async function main() {
   await loadRules();
   const p = new URLSearchParams(location.search);
   const now = Date.now();
-  document.getElementById("from").value = localInput(toMs(p.get("from")) || now - 3600000);
-  document.getElementById("to").value = localInput(toMs(p.get("to")) || now);
+  document.getElementById("from").value = zoneInput(zoneMs(p.get("from")) || now - 3600000);
+  document.getElementById("to").value = zoneInput(zoneMs(p.get("to")) || now);
   if (p.get("limit")) document.getElementById("limit").value = p.get("limit");
   for (const k of ["line", "role", "rule", "prefix"]) document.getElementById("f-" + k).value = p.get(k) || "";
   try {
@@ -156,7 +144,7 @@ async function main() {
       document.getElementById("waybill").value = p.get("waybill");
       await byWaybill(p.get("waybill").trim());
     } else if (p.get("from") || p.get("to")) {
-      await byTime(toMs(p.get("from")), toMs(p.get("to")), p.get("limit"));
+      await byTime(zoneMs(p.get("from")), zoneMs(p.get("to")), p.get("limit"));
     }
   } catch (e) {
     document.getElementById("result").replaceChildren(el("p", { class: "error" }, t("lookup.failed", { message: e.message })));

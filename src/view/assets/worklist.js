@@ -9,18 +9,6 @@
 const PAGE_SIZE = 20;
 const DEFAULT_RANGE_MS = 12 * 3600 * 1000;
 
-function toMs(v) {
-  if (!v) return null;
-  if (/^\d+$/.test(v)) return Number(v);
-  const t = new Date(v).getTime();
-  return Number.isNaN(t) ? null : t;
-}
-
-function localInput(ms) {
-  const d = new Date(ms);
-  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + "T" + pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
-}
-
 // The filters of the address; the form shows them.
 function filters() {
   const p = new URLSearchParams(location.search);
@@ -31,13 +19,13 @@ function filters() {
     rule: (p.get("rule") || "").trim(),
     enterprise: (p.get("enterprise") || "").trim(),
     waybill: (p.get("waybill") || "").trim(),
-    to: toMs(p.get("to")) || now,
+    to: zoneMs(p.get("to")) || now,
   };
-  const from = toMs(p.get("from"));
+  const from = zoneMs(p.get("from"));
   f.from = from === null ? f.to - DEFAULT_RANGE_MS : from;
   for (const k of ["line", "role", "rule", "enterprise", "waybill"]) document.getElementById("f-" + k).value = f[k];
-  document.getElementById("f-from").value = localInput(f.from);
-  document.getElementById("f-to").value = localInput(f.to);
+  document.getElementById("f-from").value = zoneInput(f.from);
+  document.getElementById("f-to").value = zoneInput(f.to);
   return f;
 }
 
@@ -153,7 +141,7 @@ async function main() {
       const shift = await fetchJson("/api/shift");
       // at least the last hour, so parcels from just before a shift change stay in view
       f.from = Math.min(shift.from_ms, f.to - 3600 * 1000);
-      document.getElementById("f-from").value = localInput(f.from);
+      document.getElementById("f-from").value = zoneInput(f.from);
     } catch (e) {
       // keep the last 12 hours
     }
