@@ -35,8 +35,12 @@
 //! way to skip the packet, and the broker delivers it again on the next session. The gateway
 //! ends that session itself, so it never counts against the records in flight (nothing is
 //! parked because of it), reports it once per run of such sessions (alarm and journaled
-//! `rejected_message` alert), and reconnects with its usual backoff. The remedy is on the
-//! broker: its packet limit below the gateway's (docs/mqtt.md).
+//! `rejected_message` alert), and reconnects with its usual backoff. A packet over the read
+//! limit cuts one session only: the next session's limit is raised to its size
+//! ([`unreadable::read_limit_after`]), so it is read once, refused by the payload limit
+//! with its own alert and acknowledged, and the broker stops delivering it. A malformed one
+//! cuts every session until the broker drops it. The remedy is on the broker: its packet
+//! limit below the gateway's (docs/mqtt.md).
 
 pub mod ingest;
 pub mod probe;
@@ -68,7 +72,7 @@ use crate::line::ClearanceChange;
 use crate::metrics::{unix_ms, Metrics};
 use crate::policy::{Policy, UpdateError, UpdateOutcome};
 use crate::rules::{Applied, ClearanceTable, Message};
-use unreadable::{unreadable, unreadable_reason};
+use unreadable::{read_limit_after, unreadable, unreadable_reason};
 
 const LINK: &str = "broker";
 /// Largest platform message accepted; larger ones are rejected with an event. The MQTT
@@ -121,6 +125,8 @@ struct SessionEnd {
     lasted: Duration,
     /// Set when the session ended on a packet the client could not read.
     unreadable: bool,
+    /// The size of that packet when it was over the session's read limit.
+    oversized: Option<usize>,
     /// The broker could not be reached at all.
     unreachable: bool,
     /// The broker closed a session that was up (not a timeout, not the gateway's doing).
@@ -139,9 +145,11 @@ enum EndCause {
     Unreachable,
     /// The gateway ended it (a message it could not store, a full request queue).
     Local,
-    /// The client could not read a packet from the broker (too large or malformed): a
-    /// platform message, never one of the gateway's records.
+    /// The client could not read a packet from the broker (malformed): a platform
+    /// message, never one of the gateway's records.
     Unreadable,
+    /// A packet from the broker of this many bytes was over the session's read limit.
+    Oversized(usize),
 }
 
 /// Requests the MQTT client may queue besides the records in flight, acknowledges and
@@ -188,12 +196,15 @@ impl Uplink {
         let mut suspect: Option<(u64, u32)> = None;
         // Sessions in a row that ended on a packet the client could not read.
         let mut unreadable_run = 0u32;
+        // The client's read limit for the next session (see [`read_limit_after`]).
+        let mut read_limit = self.config.max_incoming_bytes;
         loop {
             let mut anomalies = std::mem::replace(&mut self.anomalies, mpsc::channel(1).1);
             let end = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.session(&mut anomalies) => r,
+                r = self.session(&mut anomalies, read_limit) => r,
             };
+            read_limit = read_limit_after(self.config.max_incoming_bytes, end.oversized);
             self.anomalies = anomalies;
             self.metrics.uplink_ready.store(false, Ordering::Relaxed);
             Metrics::add(&self.metrics.uplink_disconnects, 1);
@@ -215,7 +226,7 @@ impl Uplink {
             if end.unreadable {
                 unreadable_run += 1;
                 if unreadable_run == 1 {
-                    self.report_unreadable(&end.reason);
+                    self.report_unreadable(&end.reason, end.oversized.is_some());
                 }
             } else {
                 unreadable_run = 0;
@@ -253,7 +264,7 @@ impl Uplink {
     }
 
     /// The connection's options, with TLS material and password read from their files now.
-    fn options(&self) -> Result<MqttOptions, tls::TlsError> {
+    fn options(&self, read_limit: usize) -> Result<MqttOptions, tls::TlsError> {
         let c = &self.config;
         let mut o = MqttOptions::new(&c.client_id, &c.host, c.port);
         o.set_keep_alive(c.keep_alive)
@@ -262,7 +273,7 @@ impl Uplink {
             // Room for events beside the records' window, so an event never holds up the
             // acknowledges queued behind it (the client stops taking requests when full).
             .set_inflight(c.inflight.saturating_add(ingest::EVENT_ROOM as u16))
-            .set_max_packet_size(c.max_incoming_bytes, c.max_packet_bytes)
+            .set_max_packet_size(read_limit, c.max_packet_bytes)
             .set_request_channel_capacity(self.request_queue());
         if let Some(t) = &c.tls {
             o.set_transport(rumqttc::Transport::tls_with_config(
@@ -283,12 +294,20 @@ impl Uplink {
     }
 
     /// A platform message the client cannot read cut the session: refused, journaled and
-    /// raised once per run of such sessions; the broker will deliver it again.
-    fn report_unreadable(&self, reason: &str) {
+    /// raised once per run of such sessions. The broker delivers it again: one over the read
+    /// limit is then read once and refused like any oversized message; a malformed one ends
+    /// every session until the broker stops delivering it.
+    fn report_unreadable(&self, reason: &str, oversized: bool) {
         Metrics::add(&self.metrics.platform_rejected, 1);
-        let detail = format!(
-            "a platform message could not be read and ends every session until the broker stops delivering it: {reason}; set the broker's packet limit below uplink.max_incoming_kib (docs/mqtt.md)"
-        );
+        let detail = if oversized {
+            format!(
+                "a platform message over the read limit ended a session: {reason}; the next session reads it once to refuse it; set the broker's packet limit below uplink.max_incoming_kib (docs/mqtt.md)"
+            )
+        } else {
+            format!(
+                "a platform message could not be read and ends every session until the broker stops delivering it: {reason}; set the broker's packet limit below uplink.max_incoming_kib (docs/mqtt.md)"
+            )
+        };
         warn!(%reason, "platform message unreadable; the session is ended and retried with backoff");
         let _ = self.refusals.send(refusals::Refusal {
             alert: AlertKind::RejectedMessage,
@@ -331,10 +350,14 @@ impl Uplink {
     }
 
     /// One connection, until it fails.
-    async fn session(&self, anomalies: &mut mpsc::Receiver<Anomaly>) -> SessionEnd {
+    async fn session(
+        &self,
+        anomalies: &mut mpsc::Receiver<Anomaly>,
+        read_limit: usize,
+    ) -> SessionEnd {
         let started = Instant::now();
         let pending = Arc::new(Mutex::new(Pending::default()));
-        let (reason, cause) = self.connection(&pending, anomalies).await;
+        let (reason, cause) = self.connection(&pending, anomalies, read_limit).await;
         // PUBACKs received before the end still clear their records.
         self.clear_acked(&pending);
         let ended = Instant::now();
@@ -352,7 +375,11 @@ impl Uplink {
             reason,
             poison_suspect,
             lasted: ended.duration_since(started),
-            unreadable: cause == EndCause::Unreadable,
+            unreadable: matches!(cause, EndCause::Unreadable | EndCause::Oversized(_)),
+            oversized: match cause {
+                EndCause::Oversized(n) => Some(n),
+                _ => None,
+            },
             unreachable: cause == EndCause::Unreachable,
             cut_by_broker: cause == EndCause::Peer,
         }
@@ -363,8 +390,9 @@ impl Uplink {
         &self,
         pending: &Arc<Mutex<Pending>>,
         anomalies: &mut mpsc::Receiver<Anomaly>,
+        read_limit: usize,
     ) -> (String, EndCause) {
-        let options = match self.options() {
+        let options = match self.options(read_limit) {
             Ok(o) => o,
             Err(e) => {
                 self.alarms.raise(format!(
@@ -477,6 +505,9 @@ impl Uplink {
                         Ok(e) => e,
                         Err(e) => {
                             let cause = match &e {
+                                _ if unreadable::oversized(&e).is_some() => {
+                                    EndCause::Oversized(unreadable::oversized(&e).unwrap_or_default())
+                                }
                                 ConnectionError::NetworkTimeout
                                 | ConnectionError::FlushTimeout
                                 | ConnectionError::MqttState(StateError::AwaitPingResp) => EndCause::Timeout,
@@ -489,7 +520,7 @@ impl Uplink {
                                 ) => EndCause::Unreachable,
                                 _ => EndCause::Peer,
                             };
-                            return (unreadable_reason(&e, self.config.max_incoming_bytes), cause);
+                            return (unreadable_reason(&e, read_limit), cause);
                         }
                     },
                     _ = feeder_failed.cancelled() => return ("record queue to the broker failed".into(), EndCause::Local),

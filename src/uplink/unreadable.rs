@@ -29,9 +29,49 @@ pub(super) fn unreadable_reason(e: &ConnectionError, limit: usize) -> String {
     }
 }
 
+/// The largest packet MQTT 3.1.1 can carry (its remaining length field's maximum).
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// The size of the packet that ended a session for being over the client's read limit.
+pub(super) fn oversized(e: &ConnectionError) -> Option<usize> {
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The read limit of the next session: the configured one, or, right after a session ended
+/// on a packet of `oversized` bytes, large enough to read that packet once. rumqttc cannot
+/// skip a packet it will not read, and the broker delivers it again on every session; read
+/// once, it is refused by the gateway's own payload limit and acknowledged, so the broker
+/// stops delivering it and the uplink is cut once, not in a loop. The raise lasts one
+/// session and never exceeds what MQTT can carry.
+pub(super) fn read_limit_after(configured: usize, oversized: Option<usize>) -> usize {
+    match oversized {
+        Some(n) => configured.max(n.min(MQTT_MAX_PACKET)),
+        None => configured,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_session_after_an_oversized_packet_reads_it_once() {
+        let configured = 16 << 20;
+        assert_eq!(read_limit_after(configured, None), configured);
+        assert_eq!(read_limit_after(configured, Some(17 << 20)), 17 << 20);
+        assert_eq!(read_limit_after(configured, Some(1 << 30)), MQTT_MAX_PACKET);
+        assert_eq!(read_limit_after(configured, Some(10)), configured);
+        let e = ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(17 << 20),
+        ));
+        assert_eq!(oversized(&e), Some(17 << 20));
+        assert_eq!(oversized(&ConnectionError::NetworkTimeout), None);
+    }
 
     #[test]
     fn only_packets_from_the_broker_that_cannot_be_read_are_unreadable() {
