@@ -1,4 +1,5 @@
-//! The command line: `run`, `check-config` and `demo`.
+//! The command line: `run`, `check-config`, `journal`, `explain` and `report`. The demo line
+//! and the benches are the lab's (`bondline-lab`), not the daemon's.
 //!
 //! Exit codes: 0 success; 64 (EX_USAGE) a bad configuration, with the file, the key and the
 //! reason on stderr; 65 (EX_DATAERR) the journal store is damaged and `bondline journal
@@ -55,13 +56,6 @@ pub enum Command {
         /// The configuration file to check.
         file: PathBuf,
     },
-    /// Run a whole demo line on this machine: an embedded MQTT broker, PLC, scanner and
-    /// platform simulators and the daemon, on free local ports. Ctrl-C stops everything.
-    Demo(crate::demo::DemoArgs),
-    /// Measure the journal's append rate and the uplink's drain rate (see BENCHMARKS.md).
-    /// Build with --release for meaningful numbers.
-    #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
     /// Inspect and maintain the journal: statistics, chain verification, export, replay.
     /// The journal is opened directly, so stop the daemon first (or work on a copy of the
     /// store directory).
@@ -400,26 +394,7 @@ every record and platform state it can still read and starts a fresh store; see 
                 }
             }
         }
-        Command::Bench(cmd) => {
-            telemetry::init(cli.log_format, "warn");
-            runtime_then(|| crate::bench::run(cmd))
-        }
-        Command::Demo(args) => {
-            // The demo prints its own view; logs show only what goes wrong. The embedded
-            // broker's own log is left out: it reports every port probe and client that goes
-            // away as an error, which on a demo line is noise.
-            telemetry::init(cli.log_format, "warn,rumqttd=off");
-            runtime_then(|| crate::demo::run(args))
-        }
     }
-}
-
-fn runtime_then<F, Fut>(f: F) -> ExitCode
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    exit_code(run_in_runtime(f))
 }
 
 /// Whether the daemon stopped because its journal store is damaged.
@@ -432,12 +407,14 @@ fn journal_damaged(e: &anyhow::Error) -> bool {
         .is_some_and(JournalError::is_damaged)
 }
 
-fn run_in_runtime<F, Fut>(f: F) -> anyhow::Result<()>
+/// Runs `f` on the main runtime, built as the daemon builds it (its workers yield the CPU to
+/// the floor and journal threads, see [`crate::threads`]). The lab runs its demo line and
+/// benches on it too, so they measure the daemon as it runs.
+pub fn run_in_runtime<F, Fut>(f: F) -> anyhow::Result<()>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    // The main runtime yields the CPU to the floor and journal threads (see threads).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_start(crate::threads::yield_to_floor)
@@ -561,9 +538,7 @@ fn report_shift(
         Ok(p) => p,
         Err(code) => return code,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = crate::metrics::unix_ms(std::time::SystemTime::now()) as i64;
     let (from, to, label) = match range_of(&plan, date.as_deref(), shift, at.as_deref(), now) {
         Ok(r) => r,
         Err(e) => {

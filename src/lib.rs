@@ -17,10 +17,8 @@
 //! - [`view`]: the customs staff view over HTTP: live lane board, parcel lookup, device
 //!   health, JSON API, `/metrics`; read-only.
 //! - [`app`]: wires the tasks together and shuts them down in an order that loses nothing.
-//! - [`demo`]: the whole line on one machine: embedded broker, simulators and the daemon.
 //! - [`explain`]: `bondline explain WAYBILL`, a decision explained from the store.
 //! - [`report`]: the monthly customs report from the journal.
-//! - [`bench`]: `bondline bench`, the measured numbers behind BENCHMARKS.md.
 //! - [`alarm`]: alarms for operators and the platform (log + `P/events`).
 //! - [`memory`]: gives the allocator's free memory back after a burst.
 //! - [`service`]: systemd readiness, watchdog (gated on the lines being alive), reload notices.
@@ -31,17 +29,18 @@
 //! - [`threads`]: the threading rule: the decision path on a floor thread of its own, the
 //!   journal's writer on another, everything else on the main runtime.
 //!
+//! The demo line and the benches are a crate of their own, `bondline-lab` (`lab/`): the
+//! daemon's binary links no simulator and no MQTT broker.
+//!
 //! Data flows one way on the decision path (scanner → line → PLC link → journal → uplink);
 //! platform messages flow the other way into the clearance table, which the line reads.
 
 pub mod alarm;
 pub mod app;
 pub mod backoff;
-pub mod bench;
 pub mod camera;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod evidence;
 pub mod explain;
 pub mod fds;

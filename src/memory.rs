@@ -4,7 +4,7 @@
 //! lines' channels, the journal writer's queue, the uplink's batches, sled's write buffers.
 //! Each of them is bounded or drains, but glibc's allocator keeps the freed memory in its
 //! per-thread arenas and returns it to the system only when the top of a heap happens to be
-//! free. Measured (`bondline bench burst`, BENCHMARKS.md): without this, VmRSS stayed at the
+//! free. Measured (`bondline-lab bench burst`, BENCHMARKS.md): without this, VmRSS stayed at the
 //! peak of the largest burst and crept up with each one as fragments accumulated.
 //!
 //! [`run`] watches the records the journal accepts; once none has come for [`QUIET`] after

@@ -292,12 +292,8 @@ fn lane_index(role: LaneRole) -> usize {
     }
 }
 
-/// Milliseconds since the Unix epoch, for records.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch, for records (said once, in the contract).
+pub use bondline_devices::contract::unix_ms;
 
 #[cfg(test)]
 mod tests {

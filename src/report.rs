@@ -95,8 +95,7 @@ impl Month {
     pub fn start_ms(self) -> u64 {
         let t = humantime::parse_rfc3339(&format!("{self}-01T00:00:00Z"))
             .expect("a valid RFC 3339 date");
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        crate::metrics::unix_ms(t)
     }
 }
 

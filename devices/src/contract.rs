@@ -15,7 +15,16 @@
 
 use std::collections::BTreeMap;
 
+use std::time::SystemTime;
+
 use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch: the time of every record and message of the contract
+/// (a clock before 1970 reads 0).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// The schema version this build reads and writes.
 pub const SCHEMA: u32 = 1;

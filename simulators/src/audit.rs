@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 
-/// The demo's rule set: every rule kind this build feeds. `bondline demo` pushes it from the
+/// The demo's rule set: every rule kind this build feeds. `bondline-lab demo` pushes it from the
 /// simulated platform; `platform-sim --rules` can push it (or any other set).
 pub const DEMO_RULES: &str = include_str!("../../deploy/rules-demo.toml");
 

@@ -175,9 +175,7 @@ async fn snapshot(State(sim): State<CameraSim>, headers: HeaderMap) -> Response 
         CameraFault::Slow(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
     }
     let waybill = sim.current();
-    let at_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let at_ms = bondline_devices::contract::unix_ms(SystemTime::now());
     let jpeg = frame(at_ms, waybill.as_deref());
     sim.belt().served += 1;
     ([(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response()

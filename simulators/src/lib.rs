@@ -36,7 +36,7 @@
 //! - [`cli`]: the little the binaries share (logging, profile lookup, Ctrl-C).
 //!
 //! Every long-running function takes a `shutdown` future and returns when it completes, so tests
-//! and the daemon's `bondline demo` drive the simulators in-process.
+//! and the daemon's `bondline-lab demo` drive the simulators in-process.
 
 pub mod audit;
 pub mod camera;

@@ -26,7 +26,7 @@
 //! nothing flagged) and reports flagged parcels that were released anyway.
 //!
 //! With a [`PlatformSim`], the plan's declarations and instructions are published about 20 s
-//! of belt ahead of the scanner (like `bondline demo`), and `late_instructions` faults publish
+//! of belt ahead of the scanner (like `bondline-lab demo`), and `late_instructions` faults publish
 //! an extra inspect instruction `late_ms` after a parcel passed the scanner.
 //!
 //! # Matching the daemon's parcel ids to parcels
@@ -63,10 +63,10 @@ use std::future::{self, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
-use bondline_devices::contract::{Action, Instruction, SCHEMA};
+use bondline_devices::contract::{unix_ms, Action, Instruction, SCHEMA};
 use bondline_devices::framing::ScannerFraming;
 use bondline_devices::plc::{Disposition, PlcMap};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -1113,12 +1113,6 @@ impl Run {
         }
         ledger
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Tracks how far along the belt the platform has declared.

@@ -21,12 +21,13 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
 use bondline_devices::contract::{
-    topic, Anomaly, Declaration, DeclaredItem, EdgeEvent, EnterpriseAction, EnterpriseNotice,
-    Instruction, LaneRole, ParcelRecord, ReadOutcome, Record, RuleSetUpdate, SCHEMA,
+    topic, unix_ms, Anomaly, Declaration, DeclaredItem, EdgeEvent, EnterpriseAction,
+    EnterpriseNotice, Instruction, LaneRole, ParcelRecord, ReadOutcome, Record, RuleSetUpdate,
+    SCHEMA,
 };
 use bondline_devices::signing::{Signed, SigningKey, Target};
 use rand::Rng as _;
@@ -182,7 +183,7 @@ impl PlatformSim {
                     waybill: p.waybill.clone(),
                     action,
                     reason: reason.to_string(),
-                    issued_at_ms: Some(now_ms()),
+                    issued_at_ms: Some(unix_ms(SystemTime::now())),
                     signature: None,
                 };
                 let instruction = self.signed(instruction);
@@ -204,7 +205,7 @@ impl PlatformSim {
             enterprise: SUSPENDED_ENTERPRISE.to_string(),
             action: EnterpriseAction::Suspend,
             reason: "pilot qualification withdrawn".to_string(),
-            issued_at_ms: Some(now_ms()),
+            issued_at_ms: Some(unix_ms(SystemTime::now())),
             signature: None,
         };
         let notice = self.signed(notice);
@@ -222,7 +223,7 @@ impl PlatformSim {
             schema: SCHEMA,
             update_id: update_id.to_string(),
             rules_toml: rules_toml.to_string(),
-            issued_at_ms: Some(now_ms()),
+            issued_at_ms: Some(unix_ms(SystemTime::now())),
             signature: None,
         };
         let update = self.signed(update);
@@ -245,7 +246,7 @@ impl PlatformSim {
 
     /// `msg`, signed now if this platform signs.
     pub fn signed<T: Signed>(&self, msg: T) -> T {
-        self.signed_at(msg, now_ms())
+        self.signed_at(msg, unix_ms(SystemTime::now()))
     }
 
     /// `msg`, signed as of `signed_at_ms` if this platform signs (tests of ordering by the
@@ -445,13 +446,6 @@ fn declaration_for(plan: &Plan, p: &PlannedParcel) -> Declaration {
         pieces: None,
         signature: None,
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Drives the MQTT event loop forever: records incoming messages, counts PUBACKs, subscribes

@@ -1,4 +1,4 @@
-//! `bondline bench images`: ingest throughput of X-ray views, printed, not asserted.
+//! `bondline-lab bench images`: ingest throughput of X-ray views, printed, not asserted.
 //!
 //! Views are synthetic but X-ray-like (a bright gradient with translucent overlapping
 //! objects, a few dense ones, and sensor noise), made by a small deterministic generator

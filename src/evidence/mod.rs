@@ -12,7 +12,7 @@
 //! - [`spool`]: one watcher per device with a spool directory.
 //! - [`upload`]: `POST /xray/{device}/{scan_id}/{view}`, on its own listener.
 //! - [`retention`]: originals removed after the retention, and oldest first above the quota.
-//! - [`bench`]: `bondline bench images`.
+//! - [`bench`]: `bondline-lab bench images`.
 //!
 //! File naming, the spool protocol, the upload API and forwarding are in `docs/xray.md`.
 

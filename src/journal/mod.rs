@@ -306,7 +306,7 @@ pub const HEAD_MARK: &str = "chain.head";
 /// sled's page cache. The journal's reads are the outbox just behind the writer and the
 /// occasional lookup, so a small cache serves them; sled fills its cache up to this bound as
 /// the store grows and keeps it, so it is most of the daemon's resident memory after a few
-/// bursts (`bondline bench burst`, BENCHMARKS.md: 64 MiB let VmRSS grow past 128 MiB).
+/// bursts (`bondline-lab bench burst`, BENCHMARKS.md: 64 MiB let VmRSS grow past 128 MiB).
 pub const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How long [`Journal::open`] waits for the store's lock to be released.

@@ -7,7 +7,7 @@
 //! strings (enterprise codes, consumer hashes, currencies, instruction reasons) are stored
 //! once; waybills and instruction ids sit inline in their slots ([`Compact`]). The full
 //! messages live in the journal. About 100 bytes per declaration with half of them
-//! instructed (`bondline bench table`).
+//! instructed (`bondline-lab bench table`).
 //!
 //! # Concurrency: lookups never wait for more than one small write
 //!

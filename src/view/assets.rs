@@ -73,7 +73,12 @@ fn url_param(query: &str, name: &str) -> Option<String> {
 /// A page in the request's language: static labels filled, the catalogue and the warehouse's
 /// time zone (`[view] time_zone`) handed to the script, a language switch, and the cookie set
 /// when `?lang=` chose it.
-fn localized(template: &str, time_zone: &str, query: Option<&str>, headers: &HeaderMap) -> Response {
+fn localized(
+    template: &str,
+    time_zone: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
     let choice = i18n::choose(query_lang(query).as_deref(), headers);
     let page = fill_page(template, choice.lang, time_zone, query);
     remembered(Html(page).into_response(), choice)
@@ -157,7 +162,12 @@ pub async fn lookup_page(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    localized(LOOKUP_HTML, s.shifts.zone_name(), query.as_deref(), &headers)
+    localized(
+        LOOKUP_HTML,
+        s.shifts.zone_name(),
+        query.as_deref(),
+        &headers,
+    )
 }
 
 /// The inspection worklist; its filters are in the address and read by its script.
@@ -166,7 +176,12 @@ pub async fn worklist_page(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    localized(WORKLIST_HTML, s.shifts.zone_name(), query.as_deref(), &headers)
+    localized(
+        WORKLIST_HTML,
+        s.shifts.zone_name(),
+        query.as_deref(),
+        &headers,
+    )
 }
 
 /// `GET /api/barcode.svg?text=…`: the text as a Code 128 barcode, for inspection slips.

@@ -156,7 +156,10 @@ impl<'de> serde::Deserialize<'de> for Texts {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object of texts by key")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Texts, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Texts, A::Error> {
                 let mut texts = BTreeMap::new();
                 while let Some((key, text)) = map.next_entry::<String, String>()? {
                     if texts.contains_key(&key) {
@@ -320,7 +323,10 @@ mod tests {
     #[test]
     fn a_key_written_twice_is_refused() {
         let err = Catalogue::parse(r#"{"a": "x", "b": "y", "a": "z"}"#).unwrap_err();
-        assert!(err.to_string().contains("key `a` is written twice"), "{err}");
+        assert!(
+            err.to_string().contains("key `a` is written twice"),
+            "{err}"
+        );
         // The shipped catalogues have none (they would not load).
         for (name, json) in [("zh.json", ZH_JSON), ("en.json", EN_JSON)] {
             Catalogue::parse(json).unwrap_or_else(|e| panic!("{name}: {e}"));

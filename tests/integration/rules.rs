@@ -901,12 +901,7 @@ async fn a_calendar_day_turns_over_at_local_midnight_across_a_restart() {
 
     // Down across midnight.
     daemon.kill();
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
+    let now_ms = || bondline::metrics::unix_ms(std::time::SystemTime::now());
     while now_ms() < midnight_ms + 500 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

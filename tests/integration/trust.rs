@@ -4,7 +4,7 @@
 //! release still releases.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bondline_devices::contract::{
     Action, Declaration, EventKind, Instruction, LaneRole, ParcelRecord, SCHEMA,
@@ -22,10 +22,7 @@ use crate::harness::{
 const PREFIX: &str = "bondline/test-gw";
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    bondline::metrics::unix_ms(SystemTime::now())
 }
 
 fn declaration(w: &str, verified: bool) -> Declaration {

@@ -614,7 +614,10 @@ async fn credentials_are_required_when_configured() {
     for path in ["/", "/parcel", "/worklist"] {
         let (status, _, page) = http(addr, "GET", path, Some(&right));
         assert_eq!(status, 200, "{path}");
-        assert!(page.contains("\"time_zone\":\"Europe/Berlin\""), "{path}: {page}");
+        assert!(
+            page.contains("\"time_zone\":\"Europe/Berlin\""),
+            "{path}: {page}"
+        );
     }
     assert_eq!(
         http(addr, "GET", "/metrics", Some("Bearer scrape-token")).0,

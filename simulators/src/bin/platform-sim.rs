@@ -139,10 +139,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// gateway that says nothing is reported and the run goes on, since it may be offline.
 async fn push_rules(sim: &PlatformSim, book: &RuleBook, text: &str) -> anyhow::Result<()> {
     // New on every run, so a gateway that saw an earlier run's update applies this one too.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let now_ms = bondline_devices::contract::unix_ms(std::time::SystemTime::now());
     let update_id = format!("platform-sim-{}-{now_ms}", book.version);
     sim.publish_rules(&update_id, text).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -25,7 +25,7 @@
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bondline_devices::xray::{Material, XrayResult};
 use tokio::sync::{mpsc, Semaphore};
@@ -212,9 +212,7 @@ fn millis(d: Duration) -> u64 {
 
 /// Unix ms now by the system clock; 0 if the clock is before 1970.
 pub(crate) fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, millis)
+    bondline_devices::contract::unix_ms(SystemTime::now())
 }
 
 /// Maps Unix ms to tokio instants from one reading of both clocks.

@@ -139,7 +139,10 @@ fn only_bodiless_parser_errors_are_replaced() {
         v["message"],
         "请求头过大 / The request headers are too large"
     );
-    assert!(json.contains(&format!("content-length: {}\r\n", body.len())), "{json}");
+    assert!(
+        json.contains(&format!("content-length: {}\r\n", body.len())),
+        "{json}"
+    );
     // A response with a body, a content type, or another status is left alone.
     assert!(replacement(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}").is_none());
     assert!(

@@ -1,4 +1,4 @@
-//! `bondline bench drain`: a backlog drained by the daemon's own uplink, beside raw rumqttc.
+//! `bondline-lab bench drain`: a backlog drained by the daemon's own uplink, beside raw rumqttc.
 //!
 //! The uplink is not assembled by hand here: the whole daemon is started ([`App::start`])
 //! on the filled journal, with one idle line (a PLC simulator that is never sent a parcel and
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::metrics::Metrics;
+use bondline::app::App;
+use bondline::metrics::Metrics;
 
 /// What one drain measured.
 pub struct DrainRun {
@@ -45,7 +45,7 @@ pub async fn daemon_drain(
         store.display(),
         floor.config()
     );
-    let config = crate::config::Config::parse("bench-drain.toml", &config)
+    let config = bondline::config::Config::parse("bench-drain.toml", &config)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let stop = CancellationToken::new();
     let start = Instant::now();

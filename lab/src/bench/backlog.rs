@@ -1,4 +1,4 @@
-//! `bondline bench backlog`: a platform backlog of signed declarations, queued at a real
+//! `bondline-lab bench backlog`: a platform backlog of signed declarations, queued at a real
 //! broker while the gateway was away, taken in by the whole daemon when it returns.
 //!
 //! The daemon ([`App::start`], one idle line) runs once so the broker keeps its persistent
@@ -17,8 +17,8 @@ use bondline_devices::signing::{sign, SigningKey, Target};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::metrics::Metrics;
+use bondline::app::App;
+use bondline::metrics::Metrics;
 
 const PREFIX: &str = "bench/backlog";
 const GATEWAY: &str = "bench-gw";
@@ -39,7 +39,7 @@ pub async fn run(n: u64, host: &str, port: u16, dir: &Path) -> anyhow::Result<()
         floor.config()
     );
     let config = || {
-        crate::config::Config::parse("bench-backlog.toml", &text)
+        bondline::config::Config::parse("bench-backlog.toml", &text)
             .map_err(|e| anyhow::anyhow!("{e}"))
     };
 
@@ -126,7 +126,7 @@ async fn publish(n: u64, host: &str, port: u16, key: &SigningKey) -> anyhow::Res
     let key = key.clone();
     let publisher = tokio::spawn(async move {
         let target = Target::gateway(GATEWAY);
-        let signed_at = crate::metrics::unix_ms(std::time::SystemTime::now());
+        let signed_at = bondline::metrics::unix_ms(std::time::SystemTime::now());
         for k in 0..n {
             let mut d = Declaration {
                 order_id: None,

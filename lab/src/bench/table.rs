@@ -1,4 +1,4 @@
-//! `bondline bench table`: the clearance table at the size of the busiest gateway.
+//! `bondline-lab bench table`: the clearance table at the size of the busiest gateway.
 //!
 //! 1. A store of `declarations` declarations, half of them instructed (release), is filled
 //!    through the journal's own API with an integrity key, as the daemon stores them (kept in
@@ -17,10 +17,10 @@ use std::time::Instant;
 
 use bondline_devices::contract::{Action, Declaration, Instruction, SCHEMA};
 
-use crate::journal::integrity::{default_key_file, IntegrityKey};
-use crate::journal::Journal;
-use crate::rules::engine::{RuleSet, XrayInput};
-use crate::rules::{decide, ClearanceTable, Message, Scan, ScanRead};
+use bondline::journal::integrity::{default_key_file, IntegrityKey};
+use bondline::journal::Journal;
+use bondline::rules::engine::{RuleSet, XrayInput};
+use bondline::rules::{decide, ClearanceTable, Message, Scan, ScanRead};
 
 fn declaration(i: u64) -> Declaration {
     Declaration {
@@ -119,7 +119,7 @@ pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Resul
 
     // A start, as the daemon's.
     let rules = RuleSet::builtin();
-    let calendar = crate::rules::calendar::Calendar::default();
+    let calendar = bondline::rules::calendar::Calendar::default();
     let read = ScanRead::Waybill(format!("BL{:012}", 2));
     let scan = Scan {
         read: &read,
@@ -165,7 +165,7 @@ pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Resul
         opened as f64 / 1048576.0,
         after as f64 / 1048576.0,
         after.saturating_sub(opened) as f64 / 1048576.0 * 1_000_000.0 / held,
-        crate::journal::CACHE_BYTES / 1048576,
+        bondline::journal::CACHE_BYTES / 1048576,
     );
     drop(table);
     drop(journal);
@@ -192,7 +192,7 @@ pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Resul
             started.elapsed()
         })
     };
-    let mut samples = crate::metrics::new_hdr(3);
+    let mut samples = bondline::metrics::new_hdr(3);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut n = 0u64;
     while n < lookups || !done.load(Ordering::Acquire) {
@@ -215,7 +215,7 @@ pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Resul
     println!(
         "lookups while a writer applies {declarations} declarations (half with their instruction in one batch) at full speed into a growing table ({:.0} declarations/s): {}",
         declarations as f64 / wrote.as_secs_f64(),
-        crate::metrics::Percentiles::of(&samples, 1000.0)
+        bondline::metrics::Percentiles::of(&samples, 1000.0)
     );
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `bondline bench`: measured numbers for the journal and the uplink, printed, not asserted.
+//! `bondline-lab bench`: measured numbers for the journal and the uplink, printed, not asserted.
 //! (`images`, the X-ray image ingest, lives in `evidence::bench`.)
 //!
 //! - `journal`: append throughput through the real writer (group commit with the default
@@ -26,10 +26,10 @@ use bondline_devices::contract::{
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::parse_host_port;
-use crate::journal::{record_sink, Journal};
-use crate::metrics::Metrics;
-use crate::rules::ClearanceTable;
+use bondline::config::parse_host_port;
+use bondline::journal::{record_sink, Journal};
+use bondline::metrics::Metrics;
+use bondline::rules::ClearanceTable;
 
 mod burst;
 mod table;
@@ -250,8 +250,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             workers,
             dir,
         } => {
-            let size = crate::evidence::bench::parse_size(&size)?;
-            crate::evidence::bench::run(views, size, workers, dir).await
+            let size = bondline::evidence::bench::parse_size(&size)?;
+            bondline::evidence::bench::run(views, size, workers, dir).await
         }
         BenchCommand::Lines {
             lines,
@@ -497,7 +497,7 @@ impl Drop for Mosquitto {
 }
 
 /// The peak scenario, compiled in so the benchmark runs from the binary alone.
-const PEAK: &str = include_str!("../simulators/scenarios/peak.toml");
+const PEAK: &str = include_str!("../../simulators/scenarios/peak.toml");
 
 async fn lines_bench(
     lines: u16,
@@ -531,7 +531,7 @@ async fn lines_bench(
     }
     // The simulated floor runs on a thread of its own, so that the daemon's work never delays
     // it and its own lag stays out of the figures (its sockets belong to that thread's runtime).
-    let sims_thread = crate::threads::Dedicated::start("bondline-bench-sims")?;
+    let sims_thread = bondline::threads::Dedicated::start("bondline-bench-sims")?;
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let platform_addr = std::net::SocketAddr::new(host.parse()?, port);
@@ -591,10 +591,10 @@ async fn lines_bench(
         ));
     }
     config.push_str(&lines_toml);
-    let config = crate::config::Config::parse("bench-lines.toml", &config)
+    let config = bondline::config::Config::parse("bench-lines.toml", &config)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let stop = CancellationToken::new();
-    let app = crate::app::App::start(config, stop.clone()).await?;
+    let app = bondline::app::App::start(config, stop.clone()).await?;
     let metrics = app.metrics.clone();
     let start = Instant::now();
     while !metrics.uplink_ready.load(Ordering::Relaxed) {
@@ -742,8 +742,8 @@ fn rules_bench(
     rules: u32,
     evaluations: u64,
 ) -> anyhow::Result<()> {
-    use crate::rules::engine::RuleSet;
-    use crate::rules::{decide, Scan, ScanRead};
+    use bondline::rules::engine::RuleSet;
+    use bondline::rules::{decide, Scan, ScanRead};
     use bondline_devices::contract::{
         Action, Declaration, DeclaredItem, EnterpriseAction, EnterpriseNotice, Instruction,
     };
@@ -780,8 +780,8 @@ fn rules_bench(
 
     // Half of the declarations' parcels were scanned earlier (spread over the last 200 days):
     // that is the consumers' history. The other half arrive now.
-    let calendar = crate::rules::calendar::Calendar::default();
-    let today = calendar.day_of(crate::metrics::unix_ms(std::time::SystemTime::now()));
+    let calendar = bondline::rules::calendar::Calendar::default();
+    let today = calendar.day_of(bondline::metrics::unix_ms(std::time::SystemTime::now()));
     let before = resident_bytes();
     let table = ClearanceTable::default();
     for i in 0..declarations {
@@ -835,7 +835,7 @@ fn rules_bench(
     let after = resident_bytes();
 
     // Nanoseconds, three significant digits.
-    let mut samples = crate::metrics::new_hdr(3);
+    let mut samples = bondline::metrics::new_hdr(3);
     let mut released = 0u64;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..evaluations {
@@ -867,7 +867,7 @@ fn rules_bench(
     );
     println!(
         "decision (lookup, consumer windows, all rules, inputs for the record): {} ({released} released)",
-        crate::metrics::Percentiles::of(&samples, 1000.0)
+        bondline::metrics::Percentiles::of(&samples, 1000.0)
     );
     println!(
         "memory: {:.0} MiB resident for the table and history = {:.0} MiB per million declarations",

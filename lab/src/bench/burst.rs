@@ -1,4 +1,4 @@
-//! `bondline bench burst`: memory after bursts. The daemon's whole line (scanner over TCP,
+//! `bondline-lab bench burst`: memory after bursts. The daemon's whole line (scanner over TCP,
 //! decision, PLC link to plc-sim, journal, uplink to a broker) in this process, fed bursts of
 //! frames written as fast as the socket takes them, each followed by a quiet period; the
 //! resident memory (VmRSS) is printed after each quiet period, once the burst's records are
@@ -14,7 +14,7 @@ use bondline_simulators::scanner::ScannerSim;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use bondline::metrics::Metrics;
 
 /// Options of the run (see `BenchCommand::Burst`).
 pub struct BurstArgs {
@@ -45,10 +45,10 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<()> {
         "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-burst\"\ntopic_prefix = \"bench/burst\"\n[devices.scanner-1]\nprofile = \"scanner-stx-etx\"\ntcp = \"{scanner_addr}\"\n[devices.plc-1]\nprofile = \"sorter-plc\"\ntcp = \"{plc_addr}\"\n[[lines]]\nid = \"L1\"\nscanner = \"scanner-1\"\nplc = \"plc-1\"\nlanes = [{{ lane = 1, role = \"release\" }}, {{ lane = 2, role = \"inspection\" }}, {{ lane = 3, role = \"hold\" }}, {{ lane = 4, role = \"exception\" }}]\n",
         dir.join("journal").display()
     );
-    let config = crate::config::Config::parse("bench-burst.toml", &text)
+    let config = bondline::config::Config::parse("bench-burst.toml", &text)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let stop = CancellationToken::new();
-    let app = crate::app::App::start(config, stop.clone()).await?;
+    let app = bondline::app::App::start(config, stop.clone()).await?;
     let metrics = app.metrics.clone();
     let (mut socket, _) = tokio::time::timeout(Duration::from_secs(10), scanner.accept())
         .await
