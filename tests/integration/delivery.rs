@@ -277,7 +277,9 @@ async fn refused_record_is_parked(
         .unwrap();
     let plan = Plan::with_mix(5, Mix::only(PlanKind::Inspect));
     const PARCELS: u64 = 40;
-    let floor = floor(plan.clone(), 100.0, Some(PARCELS)).await;
+    // The scanner waits until every declaration and instruction is in: a parcel scanned
+    // before its long instruction arrived would be decided without it.
+    let (floor, scan) = crate::harness::floor_held(plan.clone(), 100.0, Some(PARCELS)).await;
     let (path, state) = write_config(
         dir.path(),
         mosquitto.port,
@@ -318,6 +320,7 @@ async fn refused_record_is_parked(
         ) >= expected_msgs)
         .await
     );
+    let _ = scan.send(());
     floor.scanner_task.await.unwrap().unwrap();
 
     // Parcels with a decision record (a parcel re-decided when its instruction arrives has

@@ -426,6 +426,19 @@ pub struct Floor {
 }
 
 pub async fn floor(plan: bondline_simulators::plan::Plan, rate: f64, count: Option<u64>) -> Floor {
+    let (floor, go) = floor_held(plan, rate, count).await;
+    let _ = go.send(());
+    floor
+}
+
+/// A floor whose scanner sends its first frame only once the returned sender fires (or is
+/// dropped): for a test that must have the platform's messages in before any parcel.
+pub async fn floor_held(
+    plan: bondline_simulators::plan::Plan,
+    rate: f64,
+    count: Option<u64>,
+) -> (Floor, tokio::sync::oneshot::Sender<()>) {
+    let (go, start) = tokio::sync::oneshot::channel::<()>();
     let stop_plc = tokio_util::sync::CancellationToken::new();
     let (plc_addr, plc_state) = start_plc(&stop_plc).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -440,16 +453,20 @@ pub async fn floor(plan: bondline_simulators::plan::Plan, rate: f64, count: Opti
     let stop_scanner = tokio_util::sync::CancellationToken::new();
     let scanner_task = tokio::spawn({
         let stop = stop_scanner.clone();
-        async move { sim.run_tcp(listener, stop.cancelled_owned()).await }
+        async move {
+            let _ = start.await;
+            sim.run_tcp(listener, stop.cancelled_owned()).await
+        }
     });
-    Floor {
+    let floor = Floor {
         plc: plc_addr,
         plc_state,
         scanner: scanner_addr,
         stop_scanner,
         scanner_task,
         _stop_plc: stop_plc.drop_guard(),
-    }
+    };
+    (floor, go)
 }
 
 /// The built-in `scanner-stx-etx` framing the tests' scanners speak.
