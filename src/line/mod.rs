@@ -13,15 +13,23 @@
 //!
 //! [`tracking`] follows each parcel to its disposition; new clearance information for a
 //! tracked waybill re-decides it before its deadline, or raises an alert after it.
+//!
+//! [`Line`] is a state machine: each handler takes one input and the turn's time and
+//! returns effects (records, divert commands with their write-ahead intent, anomalies,
+//! snapshot requests; see [`effects`]). It reads no clock and holds no channel. [`run`] is
+//! its I/O: it waits for the next input, reads the clocks once, calls the handler and carries
+//! the effects out in order. The tests drive the machine directly, without sockets, over
+//! arbitrary interleavings of scans, platform orders, lane states, PLC answers and time.
 
 pub mod duplicates;
 mod earlier;
+pub mod effects;
 pub mod tracking;
 pub mod xray;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bondline_devices::contract::{
     AlertKind, AlertRecord, Anomaly, DispositionKind, DispositionRecord, DivertOutcome,
@@ -42,6 +50,7 @@ use crate::journal::RecordSink;
 use crate::metrics::{unix_ms, Metrics};
 use crate::rules::engine::{RuleSet, XrayInput};
 use crate::rules::{decide, ClearanceTable, Decision, Scan, ScanRead};
+use effects::{Divert, Effect, Now, Turn};
 use tracking::{Change, Geometry, Tracked, Tracker};
 
 /// New clearance information, from the uplink to every line.
@@ -119,49 +128,48 @@ async fn next_unbounded<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Optio
 }
 
 /// Runs until the scanner side closes its channel and the PLC has answered every job sent.
+/// The task is the machine's I/O: it waits for the next input, reads the clocks once, hands
+/// both to one handler of [`Line`] and carries out the effects ([`effects`]).
 pub async fn run(mut ctx: LineCtx, mut io: LineIo) {
     let recent = std::mem::take(&mut ctx.recent);
-    let mut line = Line {
-        earlier: earlier::Earlier::from_journal(recent),
+    let mut line = Line::new(
+        ctx,
+        recent,
         // Parcel ids start at a random point so ids from before a restart, which the PLC may
         // still be tracking, are not reused at once.
-        next_parcel: rand::random::<u32>() >> 1,
-        tracker: Tracker::default(),
-        joiner: xray::Joiner::default(),
-        in_flight: 0,
-        ctx,
-    };
+        rand::random::<u32>() >> 1,
+    );
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     let mut scanning = true;
     loop {
         tokio::select! {
             scan = io.scans.recv(), if scanning => match scan {
-                Some(scan) => line.on_scan(scan, &io),
+                Some(scan) => step(&mut line, &io, |l, t| l.on_scan(scan, t)),
                 None => scanning = false,
             },
             ev = io.plc_events.recv() => match ev {
-                Some(ev) => line.on_plc(ev, &io.sink),
+                Some(ev) => step(&mut line, &io, |l, t| l.on_plc(ev, t)),
                 None => break,
             },
             w = io.changes.recv() => match w {
-                Ok(ClearanceChange::Waybill(w)) => line.on_change(&w, &io),
-                Ok(ClearanceChange::All) => line.on_change_all(&io),
+                Ok(ClearanceChange::Waybill(w)) => step(&mut line, &io, |l, t| l.on_change(&w, t)),
+                Ok(ClearanceChange::All) => step(&mut line, &io, |l, t| l.on_change_all(t)),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     warn!(line = %line.ctx.line, missed = n, "clearance changes missed; parcels keep their decisions");
                 }
                 Err(broadcast::error::RecvError::Closed) => {}
             },
             msg = next_unbounded(&mut io.xray) => match msg {
-                Some(msg) => line.on_xray(msg, &io),
+                Some(msg) => step(&mut line, &io, |l, t| l.on_xray(msg, t)),
                 None => io.xray = None,
             },
             image = next(&mut io.images) => match image {
-                Some(image) => line.on_image(image, &io.sink),
+                Some(image) => step(&mut line, &io, |l, t| l.on_image(image, t)),
                 None => io.images = None,
             },
             _ = tick.tick() => {
                 line.ctx.beat.beat();
-                line.expire(&io.sink);
+                step(&mut line, &io, |l, t| l.expire(t));
             }
         }
         if !scanning && line.in_flight == 0 {
@@ -174,17 +182,70 @@ pub async fn run(mut ctx: LineCtx, mut io: LineIo) {
     if let Some(mut rx) = io.xray.take() {
         rx.close();
         while let Ok(msg) = rx.try_recv() {
-            line.on_xray(msg, &io);
+            step(&mut line, &io, |l, t| l.on_xray(msg, t));
         }
     }
     if let Some(mut rx) = io.images.take() {
         rx.close();
         while let Ok(image) = rx.try_recv() {
-            line.on_image(image, &io.sink);
+            step(&mut line, &io, |l, t| l.on_image(image, t));
         }
     }
     for image in line.joiner.drain_waiting() {
         io.sink.push(image);
+    }
+}
+
+/// One turn: the clocks read once, one handler, its effects carried out.
+fn step(line: &mut Line, io: &LineIo, handler: impl FnOnce(&mut Line, &mut Turn)) {
+    let mut turn = Turn::at(Now::read());
+    handler(line, &mut turn);
+    carry_out(line, io, turn);
+}
+
+/// Carries out a turn's effects in order. A command the PLC link's queue cannot take is
+/// handed back to the machine, whose answer (the parcel recorded as `overload`) is carried
+/// out before anything that followed the command.
+fn carry_out(line: &mut Line, io: &LineIo, turn: Turn) {
+    let now = turn.now;
+    let mut queue: VecDeque<Effect> = turn.effects.into();
+    while let Some(effect) = queue.pop_front() {
+        match effect {
+            Effect::Record(r) => io.sink.push(*r),
+            Effect::Anomaly(a) => {
+                let parcel = a.parcel;
+                if io.anomalies.try_send(*a).is_err() {
+                    Metrics::add(&line.ctx.metrics.anomalies_dropped, 1);
+                    warn!(line = %line.ctx.line, parcel, "anomaly queue full; the parcel's record carries the anomaly");
+                }
+            }
+            Effect::Snapshots(captures) => {
+                if let Some(cams) = &line.ctx.cameras {
+                    cams.request(captures, &io.sink, &line.ctx.metrics);
+                }
+            }
+            Effect::Divert(d) => {
+                // A release is written ahead: its command waits for the decision to be durable.
+                let durable = d.intent.map(|r| io.sink.push_intent(*r));
+                let job = DivertJob {
+                    parcel: d.parcel,
+                    lane: d.lane,
+                    revision: d.revision,
+                    deadline: d.deadline.into(),
+                    durable,
+                };
+                match io.plc.try_send(job) {
+                    Ok(()) => line.in_flight += 1,
+                    Err(_) => {
+                        let mut answer = Turn::at(now);
+                        line.divert_refused(d.parcel, &mut answer);
+                        for e in answer.effects.into_iter().rev() {
+                            queue.push_front(e);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -201,6 +262,17 @@ struct Line {
 }
 
 impl Line {
+    fn new(ctx: LineCtx, recent: HashMap<u32, Recent>, first_parcel: u32) -> Line {
+        Line {
+            earlier: earlier::Earlier::from_journal(recent),
+            next_parcel: first_parcel,
+            tracker: Tracker::default(),
+            joiner: xray::Joiner::default(),
+            in_flight: 0,
+            ctx,
+        }
+    }
+
     /// Decides a parcel; `prior` is its previous decision's inputs when it is decided again.
     fn decide(
         &self,
@@ -250,7 +322,7 @@ impl Line {
         (decision, lane)
     }
 
-    fn on_scan(&mut self, scan: ScanEvent, io: &LineIo) {
+    fn on_scan(&mut self, scan: ScanEvent, turn: &mut Turn) {
         self.next_parcel = self.next_parcel.wrapping_add(1);
         let parcel = self.next_parcel;
         let xray = if self.ctx.xray.is_some() {
@@ -287,7 +359,7 @@ impl Line {
             scanned: scan.instant,
             deadline,
             decision,
-            decided_at: SystemTime::now(),
+            decided_at: turn.now.wall,
             lane,
             revision: 0,
             committed_lane: None,
@@ -296,8 +368,8 @@ impl Line {
             xray_settled: false,
             lane_camera_asked: false,
         });
-        self.anomaly(parcel, io);
-        self.send(parcel, io);
+        self.anomaly(parcel, turn);
+        self.send(parcel, turn);
         // The scan-point snapshots, named as their records are (camera/line/parcel), join
         // the duplicate-label evidence of this parcel.
         let mut snapshots = Vec::new();
@@ -322,12 +394,14 @@ impl Line {
                             .snapshot(w, &self.ctx.line, parcel, id.clone());
                     }
                 }
-                cams.request(captures, &io.sink, &self.ctx.metrics);
+                if !captures.is_empty() {
+                    turn.push(Effect::Snapshots(captures));
+                }
             }
         }
         if let Some(detail) = duplicate {
             let detail = format!("{detail}, camera snapshots [{}]", snapshots.join(", "));
-            self.duplicate_alert(parcel, detail, &io.sink);
+            self.duplicate_alert(parcel, detail, turn);
         }
     }
 
@@ -405,7 +479,7 @@ impl Line {
     }
 
     /// Raises the `duplicate_label` alert of a parcel [`Line::one_release`] refused.
-    fn duplicate_alert(&self, parcel: u32, detail: String, sink: &RecordSink) {
+    fn duplicate_alert(&self, parcel: u32, detail: String, turn: &mut Turn) {
         Metrics::add(&self.ctx.metrics.duplicate_labels, 1);
         let waybill = self
             .tracker
@@ -416,18 +490,18 @@ impl Line {
             waybill,
             AlertKind::DuplicateLabel,
             detail,
-            sink,
+            turn,
         );
     }
 
     /// Asks the lane cameras for parcels whose divert deadline has passed: the lane is final
     /// then (see [`crate::camera::schedule`]). The lane is the one the PLC acknowledged, or
     /// the decided one when no acknowledgement came.
-    fn ask_lane_cameras(&mut self, sink: &RecordSink) {
+    fn ask_lane_cameras(&mut self, turn: &mut Turn) {
         let Some(cams) = &self.ctx.cameras else {
             return;
         };
-        let now = Instant::now();
+        let now = turn.now.instant;
         let mut captures = Vec::new();
         for t in self.tracker.iter_mut() {
             if t.lane_camera_asked || now < t.deadline {
@@ -446,11 +520,13 @@ impl Line {
                 ));
             }
         }
-        cams.request(captures, sink, &self.ctx.metrics);
+        if !captures.is_empty() {
+            turn.push(Effect::Snapshots(captures));
+        }
     }
 
     /// Sends the parcel's current decision as an anomaly if a rule flagged it.
-    fn anomaly(&self, parcel: u32, io: &LineIo) {
+    fn anomaly(&self, parcel: u32, turn: &mut Turn) {
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
@@ -479,19 +555,16 @@ impl Line {
             at_ms: unix_ms(t.decided_at),
         };
         Metrics::add(&self.ctx.metrics.anomalies, 1);
-        if io.anomalies.try_send(anomaly).is_err() {
-            Metrics::add(&self.ctx.metrics.anomalies_dropped, 1);
-            warn!(line = %self.ctx.line, parcel, "anomaly queue full; the parcel's record carries the anomaly");
-        }
+        turn.push(Effect::Anomaly(Box::new(anomaly)));
     }
 
-    /// Hands the parcel's current decision to the PLC, or records why it could not.
-    fn send(&mut self, parcel: u32, io: &LineIo) {
+    /// Hands the parcel's current decision to the PLC: a command, written ahead when it is a
+    /// release (see [`Divert`]).
+    fn send(&mut self, parcel: u32, turn: &mut Turn) {
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
-        // A release is written ahead: its command waits for the decision to be durable.
-        let durable = (t.decision.role == LaneRole::Release).then(|| {
+        let intent = (t.decision.role == LaneRole::Release).then(|| {
             let outcome = DivertOutcome {
                 status: DivertStatus::Interrupted,
                 plc_seq: None,
@@ -499,36 +572,36 @@ impl Line {
                     "the gateway stopped after storing this decision and before recording the PLC's answer"
                         .into(),
                 ),
-                at_ms: unix_ms(SystemTime::now()),
+                at_ms: unix_ms(turn.now.wall),
                 late: false,
             };
-            io.sink.push_intent(self.parcel_record(t, outcome))
+            Box::new(self.parcel_record(t, outcome))
         });
-        let job = DivertJob {
+        turn.push(Effect::Divert(Divert {
             parcel,
             lane: t.lane,
             revision: t.revision,
-            deadline: t.deadline.into(),
-            durable,
-        };
-        match io.plc.try_send(job) {
-            Ok(()) => self.in_flight += 1,
-            Err(_) => {
-                warn!(line = %self.ctx.line, parcel, "PLC queue full; parcel left to the PLC default");
-                Metrics::add(&self.ctx.metrics.diverts_failed, 1);
-                let outcome = DivertOutcome {
-                    status: DivertStatus::Overload,
-                    plc_seq: None,
-                    detail: Some("PLC command queue full".into()),
-                    at_ms: unix_ms(SystemTime::now()),
-                    late: false,
-                };
-                self.record_decision(parcel, outcome, &io.sink);
-            }
-        }
+            deadline: t.deadline,
+            intent,
+        }));
     }
 
-    fn record_decision(&mut self, parcel: u32, outcome: DivertOutcome, sink: &RecordSink) {
+    /// The PLC link's queue could not take the parcel's command: the parcel is left to the
+    /// PLC's default and recorded as `overload`.
+    fn divert_refused(&mut self, parcel: u32, turn: &mut Turn) {
+        warn!(line = %self.ctx.line, parcel, "PLC queue full; parcel left to the PLC default");
+        Metrics::add(&self.ctx.metrics.diverts_failed, 1);
+        let outcome = DivertOutcome {
+            status: DivertStatus::Overload,
+            plc_seq: None,
+            detail: Some("PLC command queue full".into()),
+            at_ms: unix_ms(turn.now.wall),
+            late: false,
+        };
+        self.record_decision(parcel, outcome, turn);
+    }
+
+    fn record_decision(&mut self, parcel: u32, outcome: DivertOutcome, turn: &mut Turn) {
         let Some(t) = self.tracker.get_mut(parcel) else {
             return;
         };
@@ -541,14 +614,14 @@ impl Line {
         let record = self.parcel_record(t, outcome);
         let late = record.divert.late;
         let waybill = record.waybill.clone();
-        sink.push(record);
+        turn.record(record);
         if late {
             self.alert(
                 Some(parcel),
                 waybill,
                 AlertKind::LateDivert,
                 "the PLC acknowledged the divert after the parcel's deadline".into(),
-                sink,
+                turn,
             );
         }
     }
@@ -587,7 +660,7 @@ impl Line {
         }
     }
 
-    fn on_plc(&mut self, ev: PlcEvent, sink: &RecordSink) {
+    fn on_plc(&mut self, ev: PlcEvent, turn: &mut Turn) {
         match ev {
             PlcEvent::Outcome {
                 parcel,
@@ -610,17 +683,17 @@ impl Line {
                         .decision_latency
                         .record(at.into_std().saturating_duration_since(t.scanned));
                 }
-                self.record_decision(parcel, outcome, sink);
+                self.record_decision(parcel, outcome, turn);
             }
-            PlcEvent::Disposition(d) => self.on_disposition(d, sink),
+            PlcEvent::Disposition(d) => self.on_disposition(d, turn),
             PlcEvent::DispositionsMissed(n) => self.alert(
                 None,
                 None,
                 AlertKind::DispositionsMissed,
                 format!("{n} disposition(s) overwritten in the PLC's ring before they were read"),
-                sink,
+                turn,
             ),
-            PlcEvent::LateAck { written, after } => self.on_late_ack(written, after, sink),
+            PlcEvent::LateAck { written, after } => self.on_late_ack(written, after, turn),
             PlcEvent::CommandsDropped(dropped) => {
                 for w in dropped {
                     let parcel = (w.command.parcel != 0).then_some(w.command.parcel);
@@ -635,7 +708,7 @@ impl Line {
                             "the PLC restarted before acknowledging command {} (lane {}): it can no longer take it, so the parcel gets the PLC's default",
                             w.seq, w.command.lane
                         ),
-                        sink,
+                        turn,
                     );
                 }
             }
@@ -648,7 +721,7 @@ impl Line {
         &mut self,
         w: crate::fieldbus::handshake::Written,
         after: std::time::Duration,
-        sink: &RecordSink,
+        turn: &mut Turn,
     ) {
         let parcel = (w.command.parcel != 0).then_some(w.command.parcel);
         let lane = w.command.lane;
@@ -685,11 +758,11 @@ impl Line {
                 w.seq,
                 after.as_millis()
             ),
-            sink,
+            turn,
         );
     }
 
-    fn on_disposition(&mut self, d: Disposition, sink: &RecordSink) {
+    fn on_disposition(&mut self, d: Disposition, turn: &mut Turn) {
         Metrics::add(&self.ctx.metrics.dispositions, 1);
         let t = self.tracker.dispose(d.parcel, d.lane).cloned();
         let kind = match d.code {
@@ -702,7 +775,7 @@ impl Line {
         let role = self.ctx.lanes.role_of(d.lane);
         let Some(t) = t else {
             // Not this run's parcel: the journal may know it from an earlier run.
-            return self.on_earlier_disposition(d, kind, role, sink);
+            return self.on_earlier_disposition(d, kind, role, turn);
         };
         let waybill = t.waybill().map(str::to_string);
         if let Some(w) = &waybill {
@@ -710,13 +783,20 @@ impl Line {
                 .released
                 .disposed(w, &self.ctx.line, d.parcel, d.lane, role);
         }
-        sink.push(self.disposition_record(&d, kind, role, waybill.clone(), t.committed_lane));
+        turn.record(self.disposition_record(
+            &d,
+            kind,
+            role,
+            waybill.clone(),
+            t.committed_lane,
+            turn.now.wall,
+        ));
         if role == Some(LaneRole::Release) && t.decision.role != LaneRole::Release {
             let detail = format!(
                 "the PLC reports parcel {} in release lane {} without a release decision",
                 d.parcel, d.lane
             );
-            self.released_without_decision(d.parcel, waybill, detail, sink);
+            self.released_without_decision(d.parcel, waybill, detail, turn);
         } else if kind == DispositionKind::Sorted {
             if let Some(c) = t.committed_lane.filter(|c| *c != d.lane) {
                 self.alert(
@@ -724,7 +804,7 @@ impl Line {
                     waybill,
                     AlertKind::WrongLane,
                     format!("commanded lane {c}, the PLC reports lane {}", d.lane),
-                    sink,
+                    turn,
                 );
             }
         }
@@ -737,7 +817,7 @@ impl Line {
         parcel: u32,
         waybill: Option<String>,
         detail: String,
-        sink: &RecordSink,
+        turn: &mut Turn,
     ) {
         Metrics::add(&self.ctx.metrics.released_without_decision, 1);
         error!(line = %self.ctx.line, parcel, "PLC reports a parcel in the release lane without a release decision");
@@ -746,7 +826,7 @@ impl Line {
             waybill,
             AlertKind::ReleasedWithoutDecision,
             detail,
-            sink,
+            turn,
         );
     }
 
@@ -757,6 +837,7 @@ impl Line {
         role: Option<LaneRole>,
         waybill: Option<String>,
         commanded_lane: Option<u16>,
+        at: SystemTime,
     ) -> DispositionRecord {
         DispositionRecord {
             schema: SCHEMA,
@@ -771,7 +852,7 @@ impl Line {
             lane: d.lane,
             lane_role: role,
             commanded_lane,
-            at_ms: unix_ms(SystemTime::now()),
+            at_ms: unix_ms(at),
         }
     }
 
@@ -783,7 +864,7 @@ impl Line {
         d: Disposition,
         kind: DispositionKind,
         role: Option<LaneRole>,
-        sink: &RecordSink,
+        turn: &mut Turn,
     ) {
         if self.earlier.disposed(d.parcel) {
             return;
@@ -796,7 +877,14 @@ impl Line {
                 .released
                 .disposed(w, &self.ctx.line, d.parcel, d.lane, role);
         }
-        sink.push(self.disposition_record(&d, kind, role, waybill.clone(), commanded));
+        turn.record(self.disposition_record(
+            &d,
+            kind,
+            role,
+            waybill.clone(),
+            commanded,
+            turn.now.wall,
+        ));
         let released = role == Some(LaneRole::Release);
         let role_text = role.map_or("no configured role", LaneRole::as_str);
         match known {
@@ -816,7 +904,7 @@ impl Line {
                         d.lane,
                         if released { ": the RELEASE lane," } else { "," },
                     ),
-                    sink,
+                    turn,
                 );
             }
             Some(k) if released && k.role != Some(LaneRole::Release) => {
@@ -827,28 +915,28 @@ impl Line {
                     k.role.map_or("none", LaneRole::as_str),
                     k.lane.unwrap_or(0)
                 );
-                self.released_without_decision(d.parcel, waybill, detail, sink);
+                self.released_without_decision(d.parcel, waybill, detail, turn);
             }
             Some(_) => {}
         }
     }
 
     /// New clearance that may concern any parcel: re-decide every one before its deadline.
-    fn on_change_all(&mut self, io: &LineIo) {
-        for parcel in self.tracker.before_deadline(Instant::now()) {
-            self.redecide(parcel, io);
+    fn on_change_all(&mut self, turn: &mut Turn) {
+        for parcel in self.tracker.before_deadline(turn.now.instant) {
+            self.redecide(parcel, turn);
         }
     }
 
     /// Decides a tracked parcel again; re-commits it if its lane changes.
-    fn redecide(&mut self, parcel: u32, io: &LineIo) {
-        self.redecide_with(parcel, false, io);
+    fn redecide(&mut self, parcel: u32, turn: &mut Turn) {
+        self.redecide_with(parcel, false, turn);
     }
 
     /// Like [`Line::redecide`]; with `flag_matters`, a decision that newly flags the parcel
     /// is re-committed even to the same lane, so its record and anomaly name the rule (an
     /// X-ray verdict on a parcel already bound for inspection while it waited for it).
-    fn redecide_with(&mut self, parcel: u32, flag_matters: bool, io: &LineIo) {
+    fn redecide_with(&mut self, parcel: u32, flag_matters: bool, turn: &mut Turn) {
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
@@ -898,25 +986,25 @@ impl Line {
         if let Some(t) = self.tracker.get_mut(parcel) {
             self.ctx.metrics.move_lane(t.decision.role, decision.role);
             t.decision = decision;
-            t.decided_at = SystemTime::now();
+            t.decided_at = turn.now.wall;
             t.lane = lane;
             t.revision += 1;
         }
-        self.anomaly(parcel, io);
+        self.anomaly(parcel, turn);
         if let Some(detail) = duplicate {
-            self.duplicate_alert(parcel, detail, &io.sink);
+            self.duplicate_alert(parcel, detail, turn);
         }
-        self.send(parcel, io);
+        self.send(parcel, turn);
     }
 
     /// New clearance information for `waybill`: re-decide tracked parcels before their
     /// deadline, alert for those past it whose lane would now differ.
-    fn on_change(&mut self, waybill: &str, io: &LineIo) {
-        let now = Instant::now();
+    fn on_change(&mut self, waybill: &str, turn: &mut Turn) {
+        let now = turn.now.instant;
         for change in self.tracker.changes_for(waybill, now) {
             let parcel = match change {
                 Change::Redecide(p) => {
-                    self.redecide(p, io);
+                    self.redecide(p, turn);
                     continue;
                 }
                 Change::Late(p) => p,
@@ -947,7 +1035,7 @@ impl Line {
                 Some(waybill.to_string()),
                 AlertKind::LateInstruction,
                 detail,
-                &io.sink,
+                turn,
             );
         }
     }
@@ -955,12 +1043,12 @@ impl Line {
     /// Stops tracking parcels overdue for a disposition (alerting, where the PLC reports
     /// dispositions). Without dispositions a parcel stays tracked until then anyway, so that
     /// a late instruction still finds it for an alert.
-    fn expire(&mut self, sink: &RecordSink) {
-        self.expire_xray(sink);
-        self.ask_lane_cameras(sink);
+    fn expire(&mut self, turn: &mut Turn) {
+        self.expire_xray(turn);
+        self.ask_lane_cameras(turn);
         let overdue = self
             .tracker
-            .expire(Instant::now(), self.ctx.geometry.disposition_timeout);
+            .expire(turn.now.instant, self.ctx.geometry.disposition_timeout);
         for t in &overdue {
             self.earlier.remember(
                 t.parcel,
@@ -988,31 +1076,31 @@ impl Line {
                     "no disposition from the PLC within {:?} of the deadline",
                     self.ctx.geometry.disposition_timeout
                 ),
-                sink,
+                turn,
             );
         }
     }
 
     /// A message from the line's X-ray scanner.
-    fn on_xray(&mut self, msg: XrayMsg, io: &LineIo) {
+    fn on_xray(&mut self, msg: XrayMsg, turn: &mut Turn) {
         match msg {
-            XrayMsg::Verdict { device, event } => self.on_verdict(device, event, io),
+            XrayMsg::Verdict { device, event } => self.on_verdict(device, event, turn),
             XrayMsg::Lost { device, detail } => self.alert(
                 None,
                 None,
                 AlertKind::XrayEventsLost,
                 format!("X-ray scanner {device}: {detail}"),
-                &io.sink,
+                turn,
             ),
         }
     }
 
     /// Joins a verdict to a parcel (see [`xray`]) and decides the parcel again with it.
-    fn on_verdict(&mut self, device: String, event: XrayEvent, io: &LineIo) {
+    fn on_verdict(&mut self, device: String, event: XrayEvent, turn: &mut Turn) {
         let Some((_, geometry)) = self.ctx.xray else {
             return;
         };
-        let now = Instant::now();
+        let now = turn.now.instant;
         let window = geometry.window.as_millis() as u64;
         // The same scan id with another tunnel-entry time is a new passage: the scanner
         // restarted its numbering.
@@ -1048,7 +1136,7 @@ impl Line {
                             // Those waiting go to inspection without a verdict of their own;
                             // those with one get the flag, so none can be released on it.
                             for p in joined {
-                                self.apply_verdict(p, &event, io);
+                                self.apply_verdict(p, &event, turn);
                             }
                         }
                         (XrayJoin::Ambiguous, None)
@@ -1063,7 +1151,7 @@ impl Line {
                     entered_at_ms: event.entered_at_ms,
                 };
                 for image in self.joiner.join(event.scan_id, joined, now) {
-                    io.sink.push(image);
+                    turn.record(image);
                 }
                 (join, found)
             }
@@ -1078,8 +1166,15 @@ impl Line {
             }
             _ => Metrics::add(&self.ctx.metrics.xray_matched, 1),
         }
-        io.sink
-            .push(self.xray_record(&device, join, parcel, waybill.clone(), Some(&event)));
+        let record = self.xray_record(
+            &device,
+            join,
+            parcel,
+            waybill.clone(),
+            Some(&event),
+            turn.now.wall,
+        );
+        turn.record(record);
         let Some(parcel) = parcel else {
             if event.result.flags() {
                 self.alert(
@@ -1096,17 +1191,17 @@ impl Line {
                             "no tracked parcel was in the tunnel then"
                         }
                     ),
-                    &io.sink,
+                    turn,
                 );
             }
             return;
         };
-        self.apply_verdict(parcel, &event, io);
+        self.apply_verdict(parcel, &event, turn);
     }
 
     /// Gives `event` to `parcel` and decides it again before its deadline; past it, a flag
     /// on a released parcel raises `late_xray_mark`.
-    fn apply_verdict(&mut self, parcel: u32, event: &XrayEvent, io: &LineIo) {
+    fn apply_verdict(&mut self, parcel: u32, event: &XrayEvent, turn: &mut Turn) {
         let Some(t) = self.tracker.get_mut(parcel) else {
             return;
         };
@@ -1118,8 +1213,8 @@ impl Line {
             t.xray = XrayInput::Verdict(event.result);
         }
         t.xray_settled = true;
-        if Instant::now() < t.deadline {
-            self.redecide_with(parcel, true, io);
+        if turn.now.instant < t.deadline {
+            self.redecide_with(parcel, true, turn);
             return;
         }
         // Past the deadline the parcel went where it went; a flag on a released parcel is
@@ -1135,7 +1230,7 @@ impl Line {
                     event.result.as_str(),
                     event.scan_id
                 ),
-                &io.sink,
+                turn,
             );
         }
     }
@@ -1148,6 +1243,7 @@ impl Line {
         parcel: Option<u32>,
         waybill: Option<String>,
         event: Option<&XrayEvent>,
+        at: SystemTime,
     ) -> XrayRecord {
         XrayRecord {
             schema: SCHEMA,
@@ -1164,25 +1260,25 @@ impl Line {
             material: event.and_then(|e| e.material),
             entered_at_ms: event.map(|e| e.entered_at_ms),
             join,
-            at_ms: unix_ms(SystemTime::now()),
+            at_ms: unix_ms(at),
         }
     }
 
     /// An image from the evidence pipeline: recorded once its scan is joined.
-    fn on_image(&mut self, image: ImageRecord, sink: &RecordSink) {
-        if let Some(image) = self.joiner.image(image, Instant::now()) {
-            sink.push(image);
+    fn on_image(&mut self, image: ImageRecord, turn: &mut Turn) {
+        if let Some(image) = self.joiner.image(image, turn.now.instant) {
+            turn.record(image);
         }
     }
 
     /// Parcels past their deadline without a verdict are recorded as such (they were not
     /// released: release needs a clear verdict); images that waited too long are recorded
     /// without a parcel.
-    fn expire_xray(&mut self, sink: &RecordSink) {
+    fn expire_xray(&mut self, turn: &mut Turn) {
         let Some((device, _)) = &self.ctx.xray else {
             return;
         };
-        let now = Instant::now();
+        let now = turn.now.instant;
         let missing: Vec<u32> = self
             .tracker
             .iter()
@@ -1196,10 +1292,17 @@ impl Line {
             t.xray_settled = true;
             Metrics::add(&self.ctx.metrics.xray_missing, 1);
             let waybill = t.waybill().map(str::to_string);
-            sink.push(self.xray_record(device, XrayJoin::NoResult, Some(parcel), waybill, None));
+            turn.record(self.xray_record(
+                device,
+                XrayJoin::NoResult,
+                Some(parcel),
+                waybill,
+                None,
+                turn.now.wall,
+            ));
         }
         for image in self.joiner.expire(now) {
-            sink.push(image);
+            turn.record(image);
         }
     }
 
@@ -1209,11 +1312,11 @@ impl Line {
         waybill: Option<String>,
         alert: AlertKind,
         detail: String,
-        sink: &RecordSink,
+        turn: &mut Turn,
     ) {
         Metrics::add(&self.ctx.metrics.alerts, 1);
         warn!(line = %self.ctx.line, ?parcel, ?alert, %detail, "alert");
-        sink.push(AlertRecord {
+        turn.record(AlertRecord {
             schema: SCHEMA,
             msg_id: String::new(),
             seq: 0,
@@ -1224,7 +1327,7 @@ impl Line {
             waybill,
             alert,
             detail,
-            at_ms: unix_ms(SystemTime::now()),
+            at_ms: unix_ms(turn.now.wall),
         });
     }
 }
@@ -1252,6 +1355,368 @@ fn fired_rules(d: &Decision) -> Vec<FiredRule> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fieldbus::plc::LaneStates;
+    use crate::rules::engine::RuleSet;
+    use bondline_devices::contract::{Action, Declaration, Instruction, Record};
+    use bondline_devices::plc::LANE_FULL;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::{Duration, Instant};
+
+    const WAYBILLS: [&str; 3] = ["BL000001", "BL000002", "BL000003"];
+    const RELEASE_LANE: u16 = 1;
+
+    /// A line with the built-in rule set, numbered lanes (1 release … 4 exception), no
+    /// cameras and no X-ray: only the machine, no task and no channel.
+    fn machine() -> Line {
+        let ctx = LineCtx {
+            gateway: "gw".into(),
+            line: "L1".into(),
+            lanes: LaneMap::numbered(),
+            geometry: Geometry {
+                travel: Duration::from_millis(2_000),
+                margin: Duration::from_millis(200),
+                disposition_timeout: Duration::from_secs(5),
+            },
+            table: Arc::new(ClearanceTable::default()),
+            rules: Arc::new(RwLock::new(Arc::new(RuleSet::builtin()))),
+            lane_states: Arc::new(LaneStates::default()),
+            metrics: Arc::new(Metrics::default()),
+            dispositions: true,
+            weighing: false,
+            calendar: Default::default(),
+            beat: crate::service::Liveness::default().register("line"),
+            xray: None,
+            cameras: None,
+            recent: HashMap::new(),
+            released: Arc::new(duplicates::Released::new(
+                duplicates::Settings {
+                    recirculation: false,
+                    ..Default::default()
+                },
+                86_400_000,
+            )),
+        };
+        Line::new(ctx, HashMap::new(), 1_000)
+    }
+
+    fn declaration(waybill: &str) -> Declaration {
+        serde_json::from_value(serde_json::json!({
+            "schema": SCHEMA,
+            "waybill": waybill,
+            "enterprise": "E1",
+            "identity_verified": true,
+        }))
+        .unwrap()
+    }
+
+    fn instruction(waybill: &str, action: Action, n: u64) -> Instruction {
+        Instruction {
+            schema: SCHEMA,
+            instruction_id: format!("i-{n}"),
+            waybill: waybill.into(),
+            action,
+            reason: String::new(),
+            issued_at_ms: Some(n),
+            signature: None,
+        }
+    }
+
+    /// What can happen around a line, in any order.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A parcel with this waybill (an index past the list: a no-read).
+        Scan(usize),
+        Declare(usize),
+        /// 0 release, 1 inspect, 2 hold.
+        Order(usize, u8),
+        /// A lane reported full (or free again).
+        Lane(u16, bool),
+        /// The PLC link's queue refuses commands from now (or takes them again).
+        QueueFull(bool),
+        /// The PLC answers its oldest command: acknowledged, or timed out.
+        Answer(bool),
+        /// The PLC reports its oldest answered parcel in a lane.
+        Dispose(u16),
+        Wait(u64),
+        Tick,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..4usize).prop_map(Op::Scan),
+            2 => (0..3usize).prop_map(Op::Declare),
+            3 => (0..3usize, 0..3u8).prop_map(|(w, a)| Op::Order(w, a)),
+            1 => (1..5u16, any::<bool>()).prop_map(|(l, f)| Op::Lane(l, f)),
+            1 => any::<bool>().prop_map(Op::QueueFull),
+            3 => any::<bool>().prop_map(Op::Answer),
+            1 => (1..5u16).prop_map(Op::Dispose),
+            3 => (0..1_500u64).prop_map(Op::Wait),
+            1 => Just(Op::Tick),
+        ]
+    }
+
+    /// The world around the machine: the platform's current word, the lanes, the PLC's
+    /// queue, and every release command given so far.
+    struct World {
+        line: Line,
+        now: Now,
+        declared: BTreeSet<String>,
+        orders: BTreeMap<String, Action>,
+        full: BTreeSet<u16>,
+        queue_full: bool,
+        jobs: VecDeque<Divert>,
+        answered: VecDeque<u32>,
+        released: BTreeMap<String, BTreeSet<u32>>,
+        stamp: u64,
+    }
+
+    impl World {
+        fn new() -> World {
+            World {
+                line: machine(),
+                now: Now {
+                    instant: Instant::now(),
+                    wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                },
+                declared: BTreeSet::new(),
+                orders: BTreeMap::new(),
+                full: BTreeSet::new(),
+                queue_full: false,
+                jobs: VecDeque::new(),
+                answered: VecDeque::new(),
+                released: BTreeMap::new(),
+                stamp: 0,
+            }
+        }
+
+        /// One turn of the machine, its effects carried out as the line task does, every
+        /// command checked against the promises.
+        fn turn(&mut self, handler: impl FnOnce(&mut Line, &mut Turn)) {
+            let mut turn = Turn::at(self.now);
+            handler(&mut self.line, &mut turn);
+            let mut queue: VecDeque<Effect> = turn.effects.into();
+            while let Some(effect) = queue.pop_front() {
+                let Effect::Divert(d) = effect else {
+                    continue;
+                };
+                self.check(&d);
+                if self.queue_full {
+                    let mut answer = Turn::at(self.now);
+                    self.line.divert_refused(d.parcel, &mut answer);
+                    for e in answer.effects.into_iter().rev() {
+                        queue.push_front(e);
+                    }
+                } else {
+                    self.line.in_flight += 1;
+                    self.jobs.push_back(d);
+                }
+            }
+        }
+
+        /// Fail closed and one release one parcel: a command to the release lane only for a
+        /// waybill declared and ordered released now, before its deadline, to a lane not
+        /// full, written ahead, and for one parcel of the waybill at most.
+        fn check(&mut self, d: &Divert) {
+            let role = self.line.ctx.lanes.role_of(d.lane);
+            let record_lane = d.intent.as_ref().map(|r| (r.lane, r.lane_role));
+            if d.lane != RELEASE_LANE {
+                assert!(d.intent.is_none(), "only a release is written ahead");
+                return;
+            }
+            assert_eq!(role, Some(LaneRole::Release));
+            let waybill = self
+                .line
+                .tracker
+                .get(d.parcel)
+                .and_then(|t| t.waybill().map(str::to_string))
+                .expect("a released parcel is tracked and has a waybill");
+            assert!(
+                self.declared.contains(&waybill),
+                "{waybill} released undeclared"
+            );
+            assert_eq!(
+                self.orders.get(&waybill),
+                Some(&Action::Release),
+                "{waybill} released without a release order in force"
+            );
+            assert!(
+                self.now.instant < d.deadline,
+                "a release commanded past its deadline"
+            );
+            assert!(
+                !self.full.contains(&RELEASE_LANE),
+                "a release into a full lane"
+            );
+            assert_eq!(
+                record_lane,
+                Some((RELEASE_LANE, LaneRole::Release)),
+                "a release is written ahead with its own decision"
+            );
+            let parcels = self.released.entry(waybill.clone()).or_default();
+            parcels.insert(d.parcel);
+            assert!(
+                parcels.len() <= 1,
+                "{waybill} released as parcels {parcels:?}"
+            );
+        }
+
+        fn apply(&mut self, op: Op) {
+            match op {
+                Op::Scan(i) => {
+                    let read = WAYBILLS
+                        .get(i)
+                        .map_or(ScanRead::NoRead, |w| ScanRead::Waybill(w.to_string()));
+                    let scan = ScanEvent {
+                        read,
+                        weight_g: None,
+                        at: self.now.wall,
+                        instant: self.now.instant,
+                    };
+                    self.turn(|l, t| l.on_scan(scan, t));
+                }
+                Op::Declare(i) => {
+                    let w = WAYBILLS[i];
+                    self.line.ctx.table.apply_declaration(&declaration(w));
+                    self.declared.insert(w.to_string());
+                    self.turn(|l, t| l.on_change(w, t));
+                }
+                Op::Order(i, a) => {
+                    let w = WAYBILLS[i];
+                    let action = [Action::Release, Action::Inspect, Action::Hold][a as usize];
+                    self.stamp += 1;
+                    self.line
+                        .ctx
+                        .table
+                        .apply_instruction(&instruction(w, action, self.stamp));
+                    self.orders.insert(w.to_string(), action);
+                    self.turn(|l, t| l.on_change(w, t));
+                }
+                Op::Lane(lane, full) => {
+                    let state = if full { LANE_FULL } else { 0 };
+                    self.line.ctx.lane_states.set(lane, state);
+                    if full {
+                        self.full.insert(lane);
+                    } else {
+                        self.full.remove(&lane);
+                    }
+                }
+                Op::QueueFull(full) => self.queue_full = full,
+                Op::Answer(acked) => {
+                    let Some(job) = self.jobs.pop_front() else {
+                        return;
+                    };
+                    let outcome = DivertOutcome {
+                        status: if acked {
+                            DivertStatus::Acked
+                        } else {
+                            DivertStatus::Timeout
+                        },
+                        plc_seq: acked.then_some(1),
+                        detail: None,
+                        at_ms: unix_ms(self.now.wall),
+                        late: false,
+                    };
+                    let ev = PlcEvent::Outcome {
+                        parcel: job.parcel,
+                        revision: job.revision,
+                        outcome,
+                        at: tokio::time::Instant::from_std(self.now.instant),
+                    };
+                    self.answered.push_back(job.parcel);
+                    self.turn(|l, t| l.on_plc(ev, t));
+                }
+                Op::Dispose(lane) => {
+                    let Some(parcel) = self.answered.pop_front() else {
+                        return;
+                    };
+                    let d = Disposition {
+                        seq: 1,
+                        parcel,
+                        code: DispositionCode::Sorted,
+                        lane,
+                    };
+                    self.turn(|l, t| l.on_plc(PlcEvent::Disposition(d), t));
+                }
+                Op::Wait(ms) => {
+                    self.now.instant += Duration::from_millis(ms);
+                    self.now.wall += Duration::from_millis(ms);
+                }
+                Op::Tick => self.turn(|l, t| l.expire(t)),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any interleaving of scans, declarations, orders, lane states, a full PLC queue,
+        /// the PLC's answers and dispositions and the passing of time: every command to the
+        /// release lane keeps the promises of [`World::check`].
+        #[test]
+        fn no_interleaving_releases_against_the_platform_or_twice(
+            ops in proptest::collection::vec(op(), 1..80)
+        ) {
+            let mut world = World::new();
+            for op in ops {
+                world.apply(op);
+            }
+        }
+    }
+
+    /// A held parcel whose release order arrives before its deadline is commanded to the
+    /// release lane, written ahead; after its deadline it is not commanded again.
+    #[test]
+    fn a_release_order_re_decides_a_held_parcel_only_before_its_deadline() {
+        let mut world = World::new();
+        world.apply(Op::Declare(0));
+        world.apply(Op::Scan(0));
+        let first = world.jobs.back().cloned().expect("a command for the scan");
+        assert_eq!(first.lane, 3, "declared without an order: hold");
+        world.apply(Op::Order(0, 0));
+        let again = world
+            .jobs
+            .back()
+            .cloned()
+            .expect("a command after the order");
+        assert_eq!((again.parcel, again.lane), (first.parcel, RELEASE_LANE));
+        assert!(again.intent.is_some());
+        assert_eq!(again.revision, 1);
+        // Past the deadline an order changes nothing on the belt.
+        world.apply(Op::Wait(2_000));
+        let commands = world.jobs.len();
+        world.apply(Op::Order(0, 2));
+        assert_eq!(
+            world.jobs.len(),
+            commands,
+            "nothing re-commanded past the deadline"
+        );
+    }
+
+    /// A full PLC queue records the parcel as `overload` in the same turn, after the
+    /// command's intent (if any) and before what followed it.
+    #[test]
+    fn a_refused_command_is_recorded_as_overload() {
+        let mut world = World::new();
+        world.apply(Op::QueueFull(true));
+        let mut turn = Turn::at(world.now);
+        let scan = ScanEvent {
+            read: ScanRead::NoRead,
+            weight_g: None,
+            at: world.now.wall,
+            instant: world.now.instant,
+        };
+        world.line.on_scan(scan, &mut turn);
+        let Some(Effect::Divert(d)) = turn.effects.first().cloned() else {
+            panic!("the scan's first effect is its command: {:?}", turn.effects);
+        };
+        let mut answer = Turn::at(world.now);
+        world.line.divert_refused(d.parcel, &mut answer);
+        let overload = answer.effects.iter().any(|e| {
+            matches!(e, Effect::Record(r) if matches!(r.as_ref(), Record::Parcel(p) if p.divert.status == DivertStatus::Overload))
+        });
+        assert!(overload, "{:?}", answer.effects);
+    }
 
     #[test]
     fn fallback_only_ever_gets_stricter() {
