@@ -43,6 +43,7 @@
 //! limit below the gateway's (docs/mqtt.md).
 
 pub mod ingest;
+pub mod judge;
 pub mod probe;
 pub mod refusals;
 pub mod session_watch;
@@ -720,6 +721,7 @@ impl Uplink {
         seg: &mut Segment,
     ) -> Result<(), String> {
         use ingest::Parsed;
+        use judge::{judge, Held, Keep, Kind};
         // Already stored: same id, or the same content.
         let mut known = false;
         let verdict: Result<(), ingest::Refusal> = match verdict {
@@ -729,33 +731,27 @@ impl Uplink {
                 if seg.keys.contains(&key) {
                     self.commit(seg);
                 }
-                let (replayed, new) = {
+                let held = {
                     let t = self.read_table();
-                    (
-                        t.declaration_replayed(&d, signed_at),
-                        t.declaration_is_new(&d),
-                    )
-                };
-                if replayed {
-                    Err((
-                        EventKind::ForgedMessage,
-                        format!(
-                            "declaration of {} replayed: signed before the declaration held",
-                            d.waybill
-                        ),
-                    ))
-                } else {
-                    if new {
-                        self.journal
-                            .store_declaration(&d)
-                            .map_err(|e| format!("cannot store a declaration: {e}"))?;
-                        seg.keys.insert(key);
-                        seg.ops.push(TableOp::Declaration(d));
-                    } else {
-                        known = true;
+                    Held {
+                        id_seen: false,
+                        fresh: t.declaration_is_new(&d),
+                        replayed: t.declaration_replayed(&d, signed_at),
                     }
-                    Ok(())
+                };
+                let what = format!("declaration of {}", d.waybill);
+                let j = judge(Kind::Declaration, held, dup, &what);
+                if j.keep == Keep::Message {
+                    self.journal
+                        .store_declaration(&d)
+                        .map_err(|e| format!("cannot store a declaration: {e}"))?;
                 }
+                if j.apply {
+                    seg.keys.insert(key);
+                    seg.ops.push(TableOp::Declaration(d));
+                }
+                known = j.known;
+                j.refusal.map_or(Ok(()), Err)
             }
             Ok((Parsed::Instruction(i), _)) => {
                 let keys = [
@@ -765,63 +761,64 @@ impl Uplink {
                 if keys.iter().any(|k| seg.keys.contains(k)) {
                     self.commit(seg);
                 }
-                let (seen, fresh) = {
+                let held = {
                     let t = self.read_table();
-                    (
-                        t.instruction_id_seen(&i.instruction_id),
-                        t.instruction_is_new(&i),
-                    )
+                    Held {
+                        id_seen: t.instruction_id_seen(&i.instruction_id),
+                        fresh: t.instruction_is_new(&i),
+                        replayed: false,
+                    }
                 };
-                if fresh {
-                    self.journal
+                let what = format!("instruction {} for {}", i.instruction_id, i.waybill);
+                let j = judge(Kind::Instruction, held, dup, &what);
+                match j.keep {
+                    Keep::Message => self
+                        .journal
                         .store_instruction(&i)
-                        .map_err(|e| format!("cannot store an instruction: {e}"))?;
-                } else {
-                    self.journal
+                        .map_err(|e| format!("cannot store an instruction: {e}"))?,
+                    Keep::Id => self
+                        .journal
                         .remember_instruction_id(&i)
-                        .map_err(|e| format!("cannot store an instruction id: {e}"))?;
+                        .map_err(|e| format!("cannot store an instruction id: {e}"))?,
+                    Keep::Nothing => {}
                 }
-                known = seen;
-                let verdict = replay_verdict(
-                    seen,
-                    fresh,
-                    dup,
-                    &format!("instruction {} for {}", i.instruction_id, i.waybill),
-                    "the instruction in force",
-                );
-                // Applied even when not new, so a stale id is remembered as seen.
-                seg.keys.extend(keys);
-                seg.ops.push(TableOp::Instruction(i));
-                verdict
+                if j.apply {
+                    seg.keys.extend(keys);
+                    seg.ops.push(TableOp::Instruction(i));
+                }
+                known = j.known;
+                j.refusal.map_or(Ok(()), Err)
             }
             Ok((Parsed::Notice(n), _)) => {
                 // Rare, and a notice may change every parcel: applied on its own.
                 self.commit(seg);
-                let (seen, fresh) = {
+                let held = {
                     let t = self.read_table();
-                    (t.notice_id_seen(&n.notice_id), t.notice_is_new(&n))
+                    Held {
+                        id_seen: t.notice_id_seen(&n.notice_id),
+                        fresh: t.notice_is_new(&n),
+                        replayed: false,
+                    }
                 };
-                if fresh {
-                    self.journal
+                let what = format!("enterprise notice {} for {}", n.notice_id, n.enterprise);
+                let j = judge(Kind::Notice, held, dup, &what);
+                match j.keep {
+                    Keep::Message => self
+                        .journal
                         .store_notice(&n)
-                        .map_err(|e| format!("cannot store an enterprise notice: {e}"))?;
-                } else {
-                    self.journal
+                        .map_err(|e| format!("cannot store an enterprise notice: {e}"))?,
+                    Keep::Id => self
+                        .journal
                         .remember_notice_id(&n)
-                        .map_err(|e| format!("cannot store a notice id: {e}"))?;
+                        .map_err(|e| format!("cannot store a notice id: {e}"))?,
+                    Keep::Nothing => {}
                 }
-                known = seen;
-                if self.write_table().apply_notice(&n) == Applied::Changed {
+                if j.apply && self.write_table().apply_notice(&n) == Applied::Changed {
                     info!(enterprise = %n.enterprise, action = ?n.action, notice = %n.notice_id, "enterprise notice applied");
                     let _ = self.changes.send(ClearanceChange::All);
                 }
-                replay_verdict(
-                    seen,
-                    fresh,
-                    dup,
-                    &format!("enterprise notice {} for {}", n.notice_id, n.enterprise),
-                    "the notice in force",
-                )
+                known = j.known;
+                j.refusal.map_or(Ok(()), Err)
             }
             Ok((Parsed::Rules(u), _)) => {
                 self.commit(seg);
@@ -839,13 +836,14 @@ impl Uplink {
                     }
                     Ok(outcome) => {
                         known = outcome == UpdateOutcome::Seen;
-                        replay_verdict(
+                        judge::replay_refusal(
                             known,
                             false,
                             dup,
                             &format!("rule set update {}", u.update_id),
                             "the platform's rule set last applied",
                         )
+                        .map_or(Ok(()), Err)
                     }
                     Err(UpdateError::Invalid(reason)) => Err((
                         EventKind::RejectedMessage,
@@ -1191,32 +1189,6 @@ async fn feed(mut f: Feeder) {
                 return;
             }
         }
-    }
-}
-
-/// What to report of a signed message that was not applied because its id was received
-/// before (`seen`) or it is older than what is in force (`!fresh`). A broker's redelivery
-/// (`dup`, after a session ended before the acknowledgement) is routine; anything else is a
-/// replay, or a stale order that must not undo a newer one: refused and reported.
-fn replay_verdict(
-    seen: bool,
-    fresh: bool,
-    dup: bool,
-    what: &str,
-    in_force: &str,
-) -> Result<(), (EventKind, String)> {
-    match (seen, fresh) {
-        // The broker's redelivery of what was already judged (and reported, if it had to be).
-        _ if dup => Ok(()),
-        (true, _) => Err((
-            EventKind::ForgedMessage,
-            format!("{what} replayed: that id was received before; not applied again"),
-        )),
-        (false, false) => Err((
-            EventKind::ForgedMessage,
-            format!("{what} is older than {in_force}; not applied"),
-        )),
-        (false, true) => Ok(()),
     }
 }
 
