@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::alarm::Alarms;
 use crate::config::Config;
 use crate::fieldbus;
-use crate::fieldbus::plc::LaneStates;
+use crate::floor::{ClearanceChange, LaneStates};
 use crate::journal::capacity::Limits;
 use crate::journal::{record_sink, Housekeeping, Journal, JournalError};
 use crate::line::{self, LineCtx, LineIo};
@@ -348,7 +348,7 @@ impl App {
             let (keep, stop) = (config.storage.clearance, uplink_stop.clone());
             journal_tasks.spawn(async move {
                 if loaded(&table, &stop).await {
-                    crate::rules::retention::run(journal, table, released, keep, stop).await;
+                    crate::retention::run(journal, table, released, keep, stop).await;
                 }
             });
         }
@@ -686,7 +686,7 @@ struct Loader {
     table: Arc<ClearanceTable>,
     adopting: bool,
     expected_declarations: u64,
-    changes: broadcast::Sender<crate::line::ClearanceChange>,
+    changes: broadcast::Sender<ClearanceChange>,
     alarms: Alarms,
     sink: crate::journal::RecordSink,
     gateway: String,
@@ -747,7 +747,7 @@ async fn load_clearance(l: Loader, shutdown: CancellationToken) {
                 "clearance table loaded; tracked parcels are decided again"
             );
             crate::service::status("running", None);
-            let _ = l.changes.send(crate::line::ClearanceChange::All);
+            let _ = l.changes.send(ClearanceChange::All);
         }
         Ok(Ok(false)) => info!("clearance table load stopped by shutdown"),
         Ok(Err(e)) => {

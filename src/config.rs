@@ -15,6 +15,7 @@ use bondline_devices::xray::XrayMap;
 use bondline_devices::{ProfileKind, Profiles};
 use serde::Deserialize;
 
+pub mod camera;
 pub mod checks;
 #[cfg(test)]
 mod example_keys;
@@ -62,7 +63,7 @@ pub struct Config {
     /// present: defaults apply without an `[evidence]` section.
     pub evidence: crate::evidence::EvidenceConfig,
     /// Cameras whose snapshots are joined to parcels, by line point.
-    pub cameras: Vec<crate::camera::CameraConfig>,
+    pub cameras: Vec<camera::CameraConfig>,
     /// The duplicate-label rule (`[duplicates]`): when a re-scan of a released waybill is
     /// the same parcel come round again (see [`crate::line::duplicates`]).
     pub duplicates: crate::line::duplicates::Settings,
@@ -111,9 +112,9 @@ pub struct Uplink {
     /// Records per second at most when draining a backlog; 0: only `inflight` limits.
     pub drain_rate: u32,
     /// TLS to the broker; `None`: plain TCP.
-    pub tls: Option<crate::uplink::tls::TlsFiles>,
+    pub tls: Option<crate::tls::TlsFiles>,
     /// MQTT username and password file.
-    pub credentials: Option<crate::uplink::tls::Credentials>,
+    pub credentials: Option<crate::tls::Credentials>,
 }
 
 impl Uplink {
@@ -269,7 +270,7 @@ struct RawConfig {
     #[serde(default)]
     evidence: Option<crate::evidence::RawEvidence>,
     #[serde(default)]
-    cameras: BTreeMap<String, crate::camera::RawCamera>,
+    cameras: BTreeMap<String, camera::RawCamera>,
     #[serde(default)]
     duplicates: Option<RawDuplicates>,
 }
@@ -780,7 +781,7 @@ impl Config {
                         return Err(err("uplink.tls.cert_file", "needed with key_file".into()))
                     }
                 };
-                let files = crate::uplink::tls::TlsFiles {
+                let files = crate::tls::TlsFiles {
                     ca_file: t.ca_file,
                     client,
                 };
@@ -797,7 +798,7 @@ impl Config {
                 if username.is_empty() || username.len() > 256 {
                     return Err(err("uplink.username", "must be 1 to 256 characters".into()));
                 }
-                let c = crate::uplink::tls::Credentials {
+                let c = crate::tls::Credentials {
                     username,
                     password_file,
                 };
@@ -1110,14 +1111,14 @@ impl Config {
                 )
             }
         };
-        let facts: BTreeMap<String, crate::camera::LineFacts<'_>> = raw
+        let facts: BTreeMap<String, camera::LineFacts<'_>> = raw
             .lines
             .iter()
             .zip(&lines)
             .map(|(r, l)| {
                 (
                     l.id.clone(),
-                    crate::camera::LineFacts {
+                    camera::LineFacts {
                         belt_speed_m_s: r.geometry.belt_speed_m_s,
                         scan_to_gate_m: r.geometry.scan_to_gate_m,
                         lanes: &l.lanes,
@@ -1130,7 +1131,7 @@ impl Config {
             let key = format!("cameras.{name}");
             check_ident(name).map_err(|r| err(&key, r))?;
             cameras.push(
-                crate::camera::CameraConfig::from_raw(name, c, &facts)
+                camera::CameraConfig::from_raw(name, c, &facts)
                     .map_err(|(k, r)| err(&format!("{key}.{k}"), r))?,
             );
         }

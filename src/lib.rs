@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration, validated up front into ready-to-use structures.
+//! - [`floor`]: the messages the floor's tasks pass each other (scans, divert jobs and the
+//!   PLC's answers, lane states, X-ray verdicts, clearance changes); every task imports it.
 //! - [`fieldbus`]: device tasks: the barcode scanner reader (serial/TCP) and the sorter PLC
 //!   link (Modbus TCP/RTU) with its divert handshake.
 //! - [`rules`]: pure customs logic: the clearance table, consumer histories, the rules engine
@@ -22,6 +24,9 @@
 //! - [`alarm`]: alarms for operators and the platform (log + `P/events`).
 //! - [`memory`]: gives the allocator's free memory back after a burst.
 //! - [`service`]: systemd readiness, watchdog (gated on the lines being alive), reload notices.
+//! - [`tls`]: TLS material from files (certificates, keys, CA bundles, passwords), for the
+//!   uplink, the staff view and the cameras alike.
+//! - [`retention`]: forgets platform state older than `storage.clearance_days`, hourly.
 //! - [`trust`]: signature checks on platform messages: only the platform steers the lanes.
 //! - [`fds`]: file descriptors: the soft limit raised, HTTP clients sized to leave a reserve.
 //! - [`cli`], [`telemetry`], [`shutdown`], [`metrics`], [`backoff`]: the edges.
@@ -45,17 +50,20 @@ pub mod evidence;
 pub mod explain;
 pub mod fds;
 pub mod fieldbus;
+pub mod floor;
 pub mod journal;
 pub mod line;
 pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod report;
+pub mod retention;
 pub mod rules;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod threads;
+pub mod tls;
 pub mod trust;
 pub mod uplink;
 pub mod view;

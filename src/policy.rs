@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::alarm::Alarms;
+use crate::floor::ClearanceChange;
 use crate::journal::platform::StoredRules;
 use crate::journal::{sha256, Journal, JournalError};
-use crate::line::ClearanceChange;
 use crate::metrics::Metrics;
 use crate::rules::clearance::Stamp;
 use crate::rules::engine::RuleSet;

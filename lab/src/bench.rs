@@ -742,8 +742,9 @@ fn rules_bench(
     rules: u32,
     evaluations: u64,
 ) -> anyhow::Result<()> {
+    use bondline::floor::ScanRead;
     use bondline::rules::engine::RuleSet;
-    use bondline::rules::{decide, Scan, ScanRead};
+    use bondline::rules::{decide, Scan};
     use bondline_devices::contract::{
         Action, Declaration, DeclaredItem, EnterpriseAction, EnterpriseNotice, Instruction,
     };

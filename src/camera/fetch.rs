@@ -21,7 +21,7 @@ use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::config::Auth;
+use crate::config::camera::Auth;
 
 /// Largest snapshot read. Camera JPEGs are tens to hundreds of KiB.
 pub const MAX_SNAPSHOT_BYTES: usize = 8 * 1024 * 1024;

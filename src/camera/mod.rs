@@ -19,7 +19,6 @@
 //! - [`capture`]: a camera's task.
 
 pub mod capture;
-mod config;
 pub mod fetch;
 pub mod schedule;
 
@@ -35,7 +34,7 @@ use crate::evidence::EvidenceConfig;
 use crate::journal::RecordSink;
 use crate::metrics::Metrics;
 
-pub use config::{Auth, CameraConfig, LineFacts, RawCamera};
+pub use crate::config::camera::{Auth, CameraConfig, LineFacts, RawCamera};
 pub use schedule::{Capture, Watch};
 
 /// Captures waiting for one camera. At line speed a camera has a few per second; this is

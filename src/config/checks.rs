@@ -252,7 +252,7 @@ pub fn certificates(config: &Config, now: SystemTime) -> Vec<Finding> {
 
 /// The findings for one PEM file (every certificate in it: a chain, or several CAs).
 pub fn certificate_file(key: &str, path: &Path, now: SystemTime) -> Vec<Finding> {
-    let certs = match crate::uplink::tls::certs(path) {
+    let certs = match crate::tls::certs(path) {
         Ok(c) => c,
         // Load already refused an unreadable file; nothing to add.
         Err(_) => return Vec::new(),

@@ -30,24 +30,7 @@ use std::collections::{HashSet, VecDeque};
 
 use bondline_devices::plc::{distance, next_seq, DivertCommand};
 
-/// What a written command was for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Command {
-    pub parcel: u32,
-    pub lane: u16,
-    /// The line's decision revision; `None` for a command an earlier run of the gateway
-    /// wrote (read back from the PLC's divert block at connect).
-    pub revision: Option<u32>,
-}
-
-/// A command written to the PLC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    pub seq: u16,
-    pub command: Command,
-    /// When it was written (for an earlier run's command: when this run first saw it).
-    pub at_ms: u64,
-}
+use crate::floor::{Command, Written};
 
 /// What a value read from the `ack` register means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,15 +37,14 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, Ordering};
+
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bondline_devices::contract::{DivertOutcome, DivertStatus};
 use bondline_devices::plc::{
-    new_dispositions, Disposition, DivertCommand, PlcMap, DIVERT_BLOCK_LEN, LANE_DISABLED,
-    LANE_FULL, LANE_REGISTERS,
+    new_dispositions, Disposition, DivertCommand, PlcMap, DIVERT_BLOCK_LEN, LANE_REGISTERS,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -53,9 +52,10 @@ use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::{ExceptionCode, Slave};
 use tracing::{debug, info, warn};
 
-use super::handshake::{Ack, Command, Handshake, Written};
+use super::handshake::{Ack, Handshake};
 use crate::backoff::Backoff;
 use crate::config::{PlcDevice, Transport};
+use crate::floor::{Command, DivertJob, LaneStates, PlcEvent, Written};
 use crate::metrics::{unix_ms, Metrics};
 
 /// How long a command's acknowledge is still expected after its write. Far longer than any
@@ -65,80 +65,6 @@ pub const DOUBT_HORIZON: Duration = Duration::from_secs(600);
 /// How often the acknowledge register is read between jobs while a command is in doubt
 /// (when the profile has no faster status tick).
 const DOUBT_POLL: Duration = Duration::from_millis(50);
-
-/// A decided parcel on its way to the PLC.
-#[derive(Debug)]
-pub struct DivertJob {
-    pub parcel: u32,
-    pub lane: u16,
-    pub revision: u32,
-    /// The latest moment the command may reach the PLC.
-    pub deadline: Instant,
-    /// For a command to the release lane: resolves `true` once the parcel's decision is
-    /// durable in the journal, `false` (or dropped) if it could not be stored. The command is
-    /// not written before.
-    pub durable: Option<oneshot::Receiver<bool>>,
-}
-
-/// What the PLC link reports to its line.
-#[derive(Debug, Clone)]
-pub enum PlcEvent {
-    /// What became of a divert job.
-    Outcome {
-        parcel: u32,
-        revision: u32,
-        outcome: DivertOutcome,
-        /// When the outcome was known (the acknowledge, for acked jobs).
-        at: Instant,
-    },
-    /// The PLC reported where a parcel went.
-    Disposition(Disposition),
-    /// The PLC's ring overran before it was read: this many dispositions are lost.
-    DispositionsMissed(u16),
-    /// The PLC took a command after its job had ended without the acknowledge (`timeout`, a
-    /// failed link): the parcel may go to that command's lane.
-    LateAck { written: Written, after: Duration },
-    /// The PLC was found restarted with these commands in doubt: it can no longer take them.
-    CommandsDropped(Vec<Written>),
-}
-
-/// Lane states read from the PLC (bit 0 full, bit 1 disabled), shared with the line's
-/// decision path, which reads them without waiting.
-#[derive(Debug, Default)]
-pub struct LaneStates {
-    lanes: [AtomicU16; LANE_REGISTERS as usize],
-}
-
-impl LaneStates {
-    /// Whether `lane` may take parcels now (unknown lanes count as available).
-    pub fn available(&self, lane: u16) -> bool {
-        match lane.checked_sub(1).and_then(|i| self.lanes.get(i as usize)) {
-            Some(s) => s.load(Ordering::Relaxed) & (LANE_FULL | LANE_DISABLED) == 0,
-            None => true,
-        }
-    }
-
-    /// Why `lane` is unavailable, for records.
-    pub fn describe(&self, lane: u16) -> &'static str {
-        let s = lane
-            .checked_sub(1)
-            .and_then(|i| self.lanes.get(i as usize))
-            .map_or(0, |s| s.load(Ordering::Relaxed));
-        if s & LANE_DISABLED != 0 {
-            "disabled"
-        } else if s & LANE_FULL != 0 {
-            "full"
-        } else {
-            "available"
-        }
-    }
-
-    pub fn set(&self, lane: u16, state: u16) {
-        if let Some(s) = lane.checked_sub(1).and_then(|i| self.lanes.get(i as usize)) {
-            s.store(state, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Why a Modbus exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -704,27 +630,4 @@ async fn connect(dev: PlcDevice) -> Result<Connection, String> {
         DivertCommand::from_registers(&block),
         ack.first().copied().unwrap_or(0),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lane_states_mark_full_and_disabled_lanes_unavailable() {
-        let l = LaneStates::default();
-        assert!(l.available(2));
-        l.set(2, LANE_FULL);
-        l.set(3, LANE_DISABLED);
-        assert!(!l.available(2));
-        assert!(!l.available(3));
-        assert_eq!(l.describe(2), "full");
-        assert_eq!(l.describe(3), "disabled");
-        assert!(
-            l.available(40),
-            "lanes beyond the status block are not known to be down"
-        );
-        l.set(2, 0);
-        assert!(l.available(2));
-    }
 }

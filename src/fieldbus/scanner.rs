@@ -16,8 +16,8 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{ScannerDevice, Transport};
+use crate::floor::{ScanEvent, ScanRead};
 use crate::metrics::Metrics;
-use crate::rules::ScanRead;
 
 /// First reconnect delay after the link fails; it doubles per failed attempt, with jitter
 /// ([`Backoff`]), and a successful open starts again from here. devices/README.md states
@@ -27,18 +27,6 @@ pub const RECONNECT_BASE: Duration = Duration::from_millis(100);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// A TCP connect to the scanner that hangs is given up after this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// One parcel seen by the scanner.
-#[derive(Debug, Clone)]
-pub struct ScanEvent {
-    pub read: ScanRead,
-    /// The scale's reading, from a scanner station that weighs (its profile has a weight field).
-    pub weight_g: Option<u32>,
-    /// Wall clock at the frame's arrival, for records.
-    pub at: SystemTime,
-    /// Monotonic clock at the frame's arrival, for latency.
-    pub instant: Instant,
-}
 
 /// Reads the scanner until `shutdown`, sending each parcel to `tx`.
 pub async fn run(

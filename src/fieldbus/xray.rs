@@ -18,7 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bondline_devices::xray::{new_events, XrayEvent};
+use bondline_devices::xray::new_events;
+
+use crate::floor::XrayMsg;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_modbus::client::{Context, Reader};
@@ -33,15 +35,6 @@ use crate::metrics::Metrics;
 
 /// How often a scanner that stopped answering is asked again.
 pub const SILENT_RETRY: Duration = Duration::from_secs(2);
-
-/// What an X-ray scanner's task tells its line.
-#[derive(Debug, Clone)]
-pub enum XrayMsg {
-    /// A new verdict from the ring.
-    Verdict { device: String, event: XrayEvent },
-    /// Verdicts that could not be read: overwritten in the ring, or garbage.
-    Lost { device: String, detail: String },
-}
 
 /// One scanner as its bus task sees it.
 struct Unit {

@@ -42,27 +42,16 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{error, warn};
 
 use crate::config::LaneMap;
-use crate::fieldbus::plc::{DivertJob, LaneStates, PlcEvent};
-use crate::fieldbus::scanner::ScanEvent;
-use crate::fieldbus::xray::XrayMsg;
+use crate::floor::{
+    ClearanceChange, DivertJob, LaneStates, PlcEvent, ScanEvent, ScanRead, XrayMsg,
+};
 use crate::journal::intents::Recent;
 use crate::journal::RecordSink;
 use crate::metrics::{unix_ms, Metrics};
 use crate::rules::engine::{RuleSet, XrayInput};
-use crate::rules::{decide, ClearanceTable, Decision, Scan, ScanRead};
+use crate::rules::{decide, ClearanceTable, Decision, Scan};
 use effects::{Divert, Effect, Now, Turn};
 use tracking::{Change, Geometry, Tracked, Tracker};
-
-/// New clearance information, from the uplink to every line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClearanceChange {
-    /// A declaration or instruction for this waybill: its tracked parcels are decided again
-    /// before their deadline; past it, a changed lane raises a `late_instruction` alert.
-    Waybill(String),
-    /// An enterprise notice or a new rule set: every tracked parcel before its deadline is
-    /// decided again. Parcels past it went where the rules in force sent them; no alert.
-    All,
-}
 
 /// What a line task needs besides its channels.
 pub struct LineCtx {
@@ -719,7 +708,7 @@ impl Line {
     /// record says `timeout` (or `link_down`), so the journal must say where it may now go.
     fn on_late_ack(
         &mut self,
-        w: crate::fieldbus::handshake::Written,
+        w: crate::floor::Written,
         after: std::time::Duration,
         turn: &mut Turn,
     ) {
@@ -1355,7 +1344,6 @@ fn fired_rules(d: &Decision) -> Vec<FiredRule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fieldbus::plc::LaneStates;
     use crate::rules::engine::RuleSet;
     use bondline_devices::contract::{Action, Declaration, Instruction, Record};
     use bondline_devices::plc::LANE_FULL;

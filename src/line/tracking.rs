@@ -13,7 +13,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::rules::{Decision, ScanRead};
+use crate::floor::ScanRead;
+use crate::rules::Decision;
 
 /// When a parcel must be decided, from the line's geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,24 +13,18 @@ pub mod compact;
 pub mod engine;
 pub mod history;
 pub mod orders;
-pub mod retention;
 pub mod sharded;
 pub mod sharded_map;
 
 use bondline_devices::contract::{ConsumerWindowSeen, DecisionInputs, LaneRole, TransactionSeen};
+
+use crate::floor::ScanRead;
 
 pub use clearance::{Applied, ClearanceTable, Message};
 
 /// The rule of a decision made while the clearance table is still loading from the store:
 /// hold, fail closed; the lines decide again when the load ends.
 pub const STATE_LOADING: &str = "state_loading";
-
-/// What the scanner reported for one parcel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScanRead {
-    Waybill(String),
-    NoRead,
-}
 
 /// The outcome of [`decide`]: the lane role and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

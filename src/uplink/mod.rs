@@ -47,7 +47,6 @@ pub mod judge;
 pub mod probe;
 pub mod refusals;
 pub mod session_watch;
-pub mod tls;
 mod unreadable;
 
 use std::collections::{HashMap, VecDeque};
@@ -68,11 +67,12 @@ use tracing::{debug, info, warn};
 use crate::alarm::Alarms;
 use crate::backoff::Backoff;
 use crate::config::Uplink as UplinkConfig;
+use crate::floor::ClearanceChange;
 use crate::journal::Journal;
-use crate::line::ClearanceChange;
 use crate::metrics::{unix_ms, Metrics};
 use crate::policy::{Policy, UpdateError, UpdateOutcome};
 use crate::rules::{Applied, ClearanceTable, Message};
+use crate::tls;
 use unreadable::{read_limit_after, unreadable, unreadable_reason};
 
 const LINK: &str = "broker";

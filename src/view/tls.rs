@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 
-use crate::uplink::tls::{certs, file_err, TlsError};
+use crate::tls::{certs, file_err, TlsError};
 
 /// The view's certificate and key files, and the server configuration made from them.
 #[derive(Debug, Clone)]

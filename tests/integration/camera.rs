@@ -496,7 +496,7 @@ async fn snapshots_over_https_trust_only_the_configured_ca() {
             password: "pw".into(),
         },
         tls: Some(
-            bondline::uplink::tls::TlsFiles {
+            bondline::tls::TlsFiles {
                 ca_file: dir.path().join(ca),
                 client: None,
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bondline::app::App;
 use bondline::config::{Config, Parity, SerialSettings, Transport, XrayDevice};
-use bondline::fieldbus::xray::XrayMsg;
+use bondline::floor::XrayMsg;
 use bondline::metrics::{unix_ms, Metrics};
 use bondline_devices::contract::{AlertKind, LaneRole, Record, XrayJoin};
 use bondline_devices::xray::{Material, XrayResult};

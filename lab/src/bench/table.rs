@@ -17,10 +17,11 @@ use std::time::Instant;
 
 use bondline_devices::contract::{Action, Declaration, Instruction, SCHEMA};
 
+use bondline::floor::ScanRead;
 use bondline::journal::integrity::{default_key_file, IntegrityKey};
 use bondline::journal::Journal;
 use bondline::rules::engine::{RuleSet, XrayInput};
-use bondline::rules::{decide, ClearanceTable, Message, Scan, ScanRead};
+use bondline::rules::{decide, ClearanceTable, Message, Scan};
 
 fn declaration(i: u64) -> Declaration {
     Declaration {

@@ -1,6 +1,8 @@
-//! TLS and credentials for the broker connection.
+//! TLS material and credentials read from files: the broker connection's (client
+//! certificate, CA, password), and the helpers the staff view's server and the cameras'
+//! HTTPS clients use to read certificates and keys.
 //!
-//! The material is read from its files at every new connection, so renewed certificates are
+//! For the broker, the material is read from its files at every new connection, so renewed certificates are
 //! used from the next connection on; SIGHUP ends the current connection to get there at once.
 //! Records are unaffected: they stay in the journal until a broker acknowledges them. The
 //! broker's certificate is verified against the configured CA (not the system store: a

@@ -1,5 +1,7 @@
 //! Forgetting old platform state, so a gateway that runs for months does not grow without
-//! bound: see `Journal::purge_clearance` for what is forgotten and why that is safe.
+//! bound: see `Journal::purge_clearance` for what is forgotten and why that is safe. A task
+//! of the main runtime over the journal, the clearance table and the released-waybill
+//! registry (it sat under `rules`, which is pure logic and does no I/O).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::LaneMap;
+use super::LaneMap;
 
 /// `[cameras.NAME]` as written.
 #[derive(Deserialize)]
@@ -133,7 +133,7 @@ impl CameraConfig {
         let tls =
             match (https, &raw.ca_file) {
                 (true, Some(ca)) => Some(
-                    crate::uplink::tls::TlsFiles {
+                    crate::tls::TlsFiles {
                         ca_file: ca.clone(),
                         client: None,
                     }
@@ -154,7 +154,7 @@ impl CameraConfig {
                 if a.username.is_empty() || a.username.len() > 256 {
                     return Err(err("auth.username", "must be 1 to 256 characters".into()));
                 }
-                let password = crate::uplink::tls::Credentials {
+                let password = crate::tls::Credentials {
                     username: a.username.clone(),
                     password_file: a.password_file.clone(),
                 }
