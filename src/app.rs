@@ -8,7 +8,7 @@
 //! flushed everything it was given.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
@@ -830,7 +830,7 @@ async fn start_view(
     config: &Config,
     journal: &Journal,
     metrics: &Arc<Metrics>,
-    rules: &Arc<RwLock<Arc<crate::rules::engine::RuleSet>>>,
+    rules: &crate::policy::SharedRules,
     accepted: tokio::sync::watch::Receiver<u64>,
     shutdown: &CancellationToken,
     alarms: &Alarms,

@@ -18,7 +18,7 @@
 //! takes one `Arc` of the set in force and uses it throughout, so a swap never mixes rules.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bondline_devices::contract::RuleSetUpdate;
@@ -37,7 +37,8 @@ use crate::rules::engine::RuleSet;
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The rule set every decision uses; replaced whole.
-pub type SharedRules = Arc<RwLock<Arc<RuleSet>>>;
+/// Lock-free to read: a decision loads the set in force without waiting on a reload.
+pub type SharedRules = Arc<arc_swap::ArcSwap<RuleSet>>;
 
 /// What a platform update did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +144,7 @@ impl Policy {
             }
         }
         let policy = Policy {
-            rules: Arc::new(RwLock::new(set)),
+            rules: Arc::new(arc_swap::ArcSwap::new(set)),
             file,
             journal,
             alarms,
@@ -179,13 +180,13 @@ impl Policy {
 
     /// The set in force now.
     pub fn current(&self) -> Arc<RuleSet> {
-        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.rules.load_full()
     }
 
     fn swap(&self, set: RuleSet) -> String {
         self.warn_inert(&set);
         let version = set.version.clone();
-        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        self.rules.store(Arc::new(set));
         Metrics::add(&self.metrics.rule_sets_applied, 1);
         // No line listening (at start, or in a test) is fine: there is nothing to re-decide.
         let _ = self.changes.send(ClearanceChange::All);

@@ -28,7 +28,7 @@ pub mod tracking;
 pub mod xray;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bondline_devices::contract::{
@@ -48,7 +48,7 @@ use crate::floor::{
 use crate::journal::intents::Recent;
 use crate::journal::RecordSink;
 use crate::metrics::{unix_ms, Metrics};
-use crate::rules::engine::{RuleSet, XrayInput};
+use crate::rules::engine::XrayInput;
 use crate::rules::{decide, ClearanceTable, Decision, Scan};
 use effects::{Divert, Effect, Now, Turn};
 use tracking::{Change, Geometry, Tracked, Tracker};
@@ -61,7 +61,7 @@ pub struct LineCtx {
     pub geometry: Geometry,
     pub table: Arc<ClearanceTable>,
     /// The rule set in force; replaced whole on a reload.
-    pub rules: Arc<RwLock<Arc<RuleSet>>>,
+    pub rules: crate::policy::SharedRules,
     pub lane_states: Arc<LaneStates>,
     pub metrics: Arc<Metrics>,
     /// Whether the PLC reports dispositions (its profile has a status section).
@@ -282,12 +282,7 @@ impl Line {
         };
         let mut decision = {
             // One rule set for the whole decision, whatever a reload does meanwhile.
-            let rules = self
-                .ctx
-                .rules
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let rules = self.ctx.rules.load_full();
             decide(&self.ctx.table, &rules, scan)
         };
         let wanted = self.ctx.lanes.lane(decision.role);
@@ -1367,7 +1362,7 @@ mod tests {
                 disposition_timeout: Duration::from_secs(5),
             },
             table: Arc::new(ClearanceTable::default()),
-            rules: Arc::new(RwLock::new(Arc::new(RuleSet::builtin()))),
+            rules: Arc::new(arc_swap::ArcSwap::from_pointee(RuleSet::builtin())),
             lane_states: Arc::new(LaneStates::default()),
             metrics: Arc::new(Metrics::default()),
             dispositions: true,

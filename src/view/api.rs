@@ -298,12 +298,7 @@ pub async fn metrics(State(s): State<Shared>) -> Result<Response, ViewError> {
 /// carries the rule's name and an English reason; the kind and parameters come from here when
 /// the record's rule set is the one in force).
 pub async fn rules(State(s): State<Shared>) -> Json<serde_json::Value> {
-    let set = s
-        .ctx
-        .rules
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let set = s.ctx.rules.load_full();
     let rules: Vec<serde_json::Value> = set
         .rules
         .iter()
@@ -414,12 +409,7 @@ pub async fn not_found() -> Response {
 }
 
 fn rule_set(s: &Shared) -> String {
-    s.ctx
-        .rules
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .version
-        .clone()
+    s.ctx.rules.load().version.clone()
 }
 
 // ---- query parsing (pure) ------------------------------------------------------------

@@ -39,7 +39,7 @@ mod worklist;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -161,7 +161,7 @@ pub struct ViewCtx {
     pub gateway: String,
     pub journal: Journal,
     pub metrics: Arc<Metrics>,
-    pub rules: Arc<RwLock<Arc<crate::rules::engine::RuleSet>>>,
+    pub rules: crate::policy::SharedRules,
     pub lines: Vec<LineInfo>,
     /// The journal writer's last accepted sequence; closed once the writer has stopped.
     pub accepted: watch::Receiver<u64>,

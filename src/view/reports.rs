@@ -358,12 +358,7 @@ pub async fn export_csv(
     .await?;
     let truncated = export.truncated;
     // The reasons are written like the pages write them: from the rules in force.
-    let in_force = s
-        .ctx
-        .rules
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let in_force = s.ctx.rules.load_full();
     let body = tokio::task::spawn_blocking(move || {
         export.to_csv(&plan, lang, std::slice::from_ref(&*in_force))
     })

@@ -7,8 +7,9 @@
 //! header timeout bounds the handshake too.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 
@@ -19,7 +20,7 @@ use crate::tls::{certs, file_err, TlsError};
 pub struct ViewTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
-    current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    current: Arc<ArcSwap<rustls::ServerConfig>>,
 }
 
 impl ViewTls {
@@ -29,24 +30,19 @@ impl ViewTls {
         Ok(ViewTls {
             cert_file,
             key_file,
-            current: Arc::new(RwLock::new(config)),
+            current: Arc::new(ArcSwap::new(config)),
         })
     }
 
     /// Reads the files again; on failure the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let config = server_config(&self.cert_file, &self.key_file)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        self.current.store(config);
         Ok(())
     }
 
     pub(super) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
     }
 }
 
