@@ -38,7 +38,7 @@ pub struct Metrics {
     pub records_refused: AtomicU64,
     /// Forwarded records removed by retention or to make room.
     pub records_purged: AtomicU64,
-    /// Gauge: the journal's capacity level (`journal::capacity::Level` as a number).
+    /// Gauge: the journal's capacity level ([`JournalLevel`] as a number).
     pub journal_level: std::sync::atomic::AtomicU8,
     /// Gauge: free bytes on the journal's filesystem, and bytes of stored records.
     pub journal_free_bytes: AtomicU64,
@@ -259,7 +259,7 @@ impl Metrics {
             g(&self.records_accepted),
             g(&self.records_forwarded),
             g(&self.backlog),
-            crate::journal::capacity::Level::from_u8(self.journal_level.load(Ordering::Relaxed))
+            JournalLevel::from_u8(self.journal_level.load(Ordering::Relaxed))
                 .as_str(),
             if down.is_empty() { "none".to_string() } else { down.join(", ") },
         )
@@ -289,6 +289,45 @@ fn lane_index(role: LaneRole) -> usize {
         LaneRole::Inspection => 1,
         LaneRole::Hold => 2,
         LaneRole::Exception => 3,
+    }
+}
+
+/// How full the journal is (`journal::capacity` decides; this is the gauge's value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalLevel {
+    Ok,
+    NearlyFull,
+    OverQuota,
+    Full,
+}
+
+impl JournalLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalLevel::Ok => "ok",
+            JournalLevel::NearlyFull => "nearly_full",
+            JournalLevel::OverQuota => "over_quota",
+            JournalLevel::Full => "full",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> JournalLevel {
+        match v {
+            1 => JournalLevel::NearlyFull,
+            2 => JournalLevel::OverQuota,
+            3 => JournalLevel::Full,
+            _ => JournalLevel::Ok,
+        }
+    }
+
+    pub fn as_u8(self) -> u8 {
+        match self {
+            JournalLevel::Ok => 0,
+            JournalLevel::NearlyFull => 1,
+            JournalLevel::OverQuota => 2,
+            JournalLevel::Full => 3,
+        }
     }
 }
 

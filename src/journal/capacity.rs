@@ -50,46 +50,9 @@
 //! every level, fail closed as always; only their records wait. When room returns the held
 //! records are written in order.
 
-use serde::Serialize;
-
-/// How full the journal is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Level {
-    Ok,
-    NearlyFull,
-    OverQuota,
-    Full,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Ok => "ok",
-            Level::NearlyFull => "nearly_full",
-            Level::OverQuota => "over_quota",
-            Level::Full => "full",
-        }
-    }
-
-    pub fn from_u8(v: u8) -> Level {
-        match v {
-            1 => Level::NearlyFull,
-            2 => Level::OverQuota,
-            3 => Level::Full,
-            _ => Level::Ok,
-        }
-    }
-
-    pub fn as_u8(self) -> u8 {
-        match self {
-            Level::Ok => 0,
-            Level::NearlyFull => 1,
-            Level::OverQuota => 2,
-            Level::Full => 3,
-        }
-    }
-}
+/// How full the journal is: the type of the metrics' capacity gauge, which the journal
+/// sets and the view, the summary and the writer read.
+pub use crate::metrics::JournalLevel as Level;
 
 /// The limits, from `[storage]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
