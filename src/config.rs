@@ -20,6 +20,19 @@ pub mod checks;
 #[cfg(test)]
 mod example_keys;
 pub mod shown;
+mod storage;
+mod trust;
+mod uplink;
+
+pub use storage::Storage;
+pub use uplink::Uplink;
+
+/// What a section's resolve step says is wrong: the key (in full, `uplink.inflight`) and why.
+type Bad = (String, String);
+
+fn bad(key: &str, reason: String) -> Bad {
+    (key.to_string(), reason)
+}
 
 /// A configuration error: which file, which key, what is wrong. Long values in the key
 /// and the reason are shown cut, with their length ([`shown`]).
@@ -67,60 +80,6 @@ pub struct Config {
     /// The duplicate-label rule (`[duplicates]`): when a re-scan of a released waybill is
     /// the same parcel come round again (see [`crate::line::duplicates`]).
     pub duplicates: crate::line::duplicates::Settings,
-}
-
-#[derive(Debug, Clone)]
-pub struct Storage {
-    pub path: PathBuf,
-    /// How long the journal gathers records into one group commit before it flushes.
-    pub flush_window: Duration,
-    /// Bytes of stored records above which the journal is over quota (80%: nearly full).
-    pub quota_bytes: u64,
-    /// Free disk space below which the journal stops writing and holds records in memory.
-    pub min_free_bytes: u64,
-    /// How long forwarded records are kept for local lookups.
-    pub retention: Duration,
-    /// Records held in memory at most while the disk is full.
-    pub hold_records: usize,
-    /// How long declarations, instructions and instruction ids are kept after they were
-    /// received (see `Journal::purge_clearance`).
-    pub clearance: Duration,
-    /// The key that tags stored platform state (see `journal::integrity`): created with mode
-    /// 0600 at first start; default `<path>.key`.
-    pub integrity_key_file: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct Uplink {
-    pub host: String,
-    pub port: u16,
-    pub client_id: String,
-    /// Topic prefix without a trailing slash, e.g. `bondline/gw-01`.
-    pub topic_prefix: String,
-    pub keep_alive: Duration,
-    /// Records published and not yet acknowledged, at most.
-    pub inflight: u16,
-    /// Largest record payload sent (plus MQTT overhead); larger records are parked.
-    pub max_packet_bytes: usize,
-    /// Largest MQTT packet read from the broker. A platform message up to this size is read,
-    /// refused (platform messages are at most 1 MiB) and acknowledged; a larger one cannot be
-    /// read at all and ends the session (see `uplink`): the broker's packet limit must be
-    /// below it (docs/mqtt.md).
-    pub max_incoming_bytes: usize,
-    /// Upper bound of the reconnect backoff.
-    pub reconnect_max: Duration,
-    /// Records per second at most when draining a backlog; 0: only `inflight` limits.
-    pub drain_rate: u32,
-    /// TLS to the broker; `None`: plain TCP.
-    pub tls: Option<crate::tls::TlsFiles>,
-    /// MQTT username and password file.
-    pub credentials: Option<crate::tls::Credentials>,
-}
-
-impl Uplink {
-    pub fn topic(&self, suffix: &str) -> String {
-        format!("{}/{}", self.topic_prefix, suffix)
-    }
 }
 
 /// Where a device is reached.
@@ -253,8 +212,8 @@ struct RawConfig {
     profiles_dir: Option<PathBuf>,
     #[serde(default)]
     rules_file: Option<PathBuf>,
-    storage: RawStorage,
-    uplink: RawUplink,
+    storage: storage::RawStorage,
+    uplink: uplink::RawUplink,
     #[serde(default)]
     devices: BTreeMap<String, RawDevice>,
     #[serde(default)]
@@ -266,7 +225,7 @@ struct RawConfig {
     #[serde(default)]
     calendar: Option<RawCalendar>,
     #[serde(default)]
-    trust: Option<RawTrust>,
+    trust: Option<trust::RawTrust>,
     #[serde(default)]
     evidence: Option<crate::evidence::RawEvidence>,
     #[serde(default)]
@@ -300,34 +259,6 @@ fn default_weight_tolerance_g() -> u32 {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTrust {
-    #[serde(default)]
-    keys: Vec<RawKey>,
-    #[serde(default)]
-    allow_unsigned: bool,
-    #[serde(default = "default_max_age_h")]
-    max_age_h: u64,
-    /// A `warehouse:<id>` signature target must name this.
-    #[serde(default)]
-    warehouse_id: Option<String>,
-    /// Migration switch: accept legacy scheme-1 signatures, which name no gateway.
-    #[serde(default)]
-    accept_scheme_1: bool,
-}
-
-fn default_max_age_h() -> u64 {
-    72
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKey {
-    id: String,
-    ed25519_public_hex: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawReport {
     publish_day: u32,
 }
@@ -337,108 +268,6 @@ struct RawReport {
 struct RawCalendar {
     #[serde(default)]
     time_zone: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStorage {
-    path: PathBuf,
-    #[serde(default = "default_flush_window_ms")]
-    flush_window_ms: u64,
-    #[serde(default = "default_quota_mb")]
-    quota_mb: u64,
-    #[serde(default = "default_min_free_mb")]
-    min_free_mb: u64,
-    #[serde(default = "default_retention_days")]
-    retention_days: u64,
-    #[serde(default = "default_hold_records")]
-    hold_records: usize,
-    #[serde(default = "default_clearance_days")]
-    clearance_days: u64,
-    #[serde(default)]
-    integrity_key_file: Option<PathBuf>,
-}
-
-/// Declarations are for parcels on their way through the warehouse: two weeks is ample, and
-/// the table holds about 360 MiB per million declarations (BENCHMARKS.md).
-fn default_clearance_days() -> u64 {
-    14
-}
-
-fn default_quota_mb() -> u64 {
-    4096
-}
-fn default_min_free_mb() -> u64 {
-    256
-}
-/// Long enough that last month's records are all still there on the 10th of this month,
-/// when customs expects the monthly report.
-fn default_retention_days() -> u64 {
-    45
-}
-fn default_hold_records() -> usize {
-    200_000
-}
-
-fn default_flush_window_ms() -> u64 {
-    2
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUplink {
-    broker: String,
-    client_id: String,
-    topic_prefix: String,
-    #[serde(default = "default_keep_alive")]
-    keep_alive_s: u64,
-    #[serde(default = "default_inflight")]
-    inflight: u16,
-    #[serde(default = "default_max_packet_kib")]
-    max_packet_kib: usize,
-    #[serde(default = "default_max_incoming_kib")]
-    max_incoming_kib: usize,
-    #[serde(default = "default_reconnect_max")]
-    reconnect_max_s: u64,
-    #[serde(default = "default_drain_rate")]
-    drain_rate: u32,
-    #[serde(default)]
-    tls: Option<RawTls>,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    ca_file: PathBuf,
-    #[serde(default)]
-    cert_file: Option<PathBuf>,
-    #[serde(default)]
-    key_file: Option<PathBuf>,
-}
-
-fn default_drain_rate() -> u32 {
-    5000
-}
-
-fn default_keep_alive() -> u64 {
-    15
-}
-fn default_inflight() -> u16 {
-    64
-}
-fn default_max_packet_kib() -> usize {
-    256
-}
-/// 32 MiB: well above any platform message, small enough to hold in memory once.
-fn default_max_incoming_kib() -> usize {
-    32 * 1024
-}
-fn default_reconnect_max() -> u64 {
-    30
 }
 
 #[derive(Deserialize)]
@@ -675,162 +504,8 @@ impl Config {
             }
         };
 
-        if raw.storage.path.as_os_str().is_empty() {
-            return Err(err("storage.path", "must not be empty".into()));
-        }
-        if raw.storage.flush_window_ms > 10 {
-            return Err(err(
-                "storage.flush_window_ms",
-                "must be at most 10: records wait this long before they are durable".into(),
-            ));
-        }
-        let st = &raw.storage;
-        if st.quota_mb == 0 {
-            return Err(err("storage.quota_mb", "must be at least 1".into()));
-        }
-        if st.min_free_mb == 0 {
-            return Err(err(
-                "storage.min_free_mb",
-                "must be at least 1: a store that meets a truly full disk cannot be written or reopened".into(),
-            ));
-        }
-        if !(1..=3650).contains(&st.retention_days) {
-            return Err(err("storage.retention_days", "must be 1 to 3650".into()));
-        }
-        if !(1..=3650).contains(&st.clearance_days) {
-            return Err(err("storage.clearance_days", "must be 1 to 3650".into()));
-        }
-        if !(1_000..=10_000_000).contains(&st.hold_records) {
-            return Err(err(
-                "storage.hold_records",
-                "must be 1000 to 10000000".into(),
-            ));
-        }
-        let storage = Storage {
-            quota_bytes: st.quota_mb * 1024 * 1024,
-            min_free_bytes: st.min_free_mb * 1024 * 1024,
-            retention: Duration::from_secs(st.retention_days * 86_400),
-            hold_records: st.hold_records,
-            clearance: Duration::from_secs(st.clearance_days * 86_400),
-            integrity_key_file: match &raw.storage.integrity_key_file {
-                Some(f) if f.as_os_str().is_empty() => {
-                    return Err(err(
-                        "storage.integrity_key_file",
-                        "must not be empty".into(),
-                    ))
-                }
-                Some(f) => f.clone(),
-                None => crate::journal::integrity::default_key_file(&raw.storage.path),
-            },
-            path: raw.storage.path,
-            flush_window: Duration::from_millis(raw.storage.flush_window_ms),
-        };
-
-        let u = raw.uplink;
-        let (host, port) = parse_host_port(&u.broker).map_err(|r| err("uplink.broker", r))?;
-        if u.client_id.is_empty() || u.client_id.len() > 64 {
-            return Err(err("uplink.client_id", "must be 1 to 64 characters".into()));
-        }
-        let prefix = u.topic_prefix.trim_end_matches('/').to_string();
-        if prefix.is_empty() || prefix.contains(['#', '+']) {
-            return Err(err(
-                "uplink.topic_prefix",
-                "must be a non-empty topic without wildcards".into(),
-            ));
-        }
-        if !(1..=3600).contains(&u.keep_alive_s) {
-            return Err(err("uplink.keep_alive_s", "must be 1 to 3600".into()));
-        }
-        if !(1..=1024).contains(&u.inflight) {
-            return Err(err("uplink.inflight", "must be 1 to 1024".into()));
-        }
-        if !(1..=262_144).contains(&u.max_packet_kib) {
-            return Err(err("uplink.max_packet_kib", "must be 1 to 262144".into()));
-        }
-        if !(2048..=262_144).contains(&u.max_incoming_kib) {
-            return Err(err(
-                "uplink.max_incoming_kib",
-                "must be 2048 to 262144 (platform messages up to 1 MiB are taken; the broker's packet limit must be below this one)".into(),
-            ));
-        }
-        if prefix.len() > 128 {
-            return Err(err(
-                "uplink.topic_prefix",
-                "must be at most 128 characters".into(),
-            ));
-        }
-        if u.drain_rate > 1_000_000 {
-            return Err(err(
-                "uplink.drain_rate",
-                "must be 0 (unpaced) to 1000000 records/s".into(),
-            ));
-        }
-        if !(1..=3600).contains(&u.reconnect_max_s) {
-            return Err(err("uplink.reconnect_max_s", "must be 1 to 3600".into()));
-        }
-        let tls = match u.tls {
-            None => None,
-            Some(t) => {
-                let client = match (t.cert_file, t.key_file) {
-                    (Some(c), Some(k)) => Some((c, k)),
-                    (None, None) => None,
-                    (Some(_), None) => {
-                        return Err(err("uplink.tls.key_file", "needed with cert_file".into()))
-                    }
-                    (None, Some(_)) => {
-                        return Err(err("uplink.tls.cert_file", "needed with key_file".into()))
-                    }
-                };
-                let files = crate::tls::TlsFiles {
-                    ca_file: t.ca_file,
-                    client,
-                };
-                // Checked now, so a bad file is a configuration error, not a silent outage.
-                if let Err(e) = files.client_config() {
-                    return Err(err("uplink.tls", e.to_string()));
-                }
-                Some(files)
-            }
-        };
-        let credentials = match (u.username, u.password_file) {
-            (None, None) => None,
-            (Some(username), Some(password_file)) => {
-                if username.is_empty() || username.len() > 256 {
-                    return Err(err("uplink.username", "must be 1 to 256 characters".into()));
-                }
-                let c = crate::tls::Credentials {
-                    username,
-                    password_file,
-                };
-                if let Err(e) = c.password() {
-                    return Err(err("uplink.password_file", e.to_string()));
-                }
-                if tls.is_none() {
-                    tracing::warn!("uplink.username without uplink.tls: the password crosses the network in clear text");
-                }
-                Some(c)
-            }
-            (Some(_), None) => {
-                return Err(err("uplink.password_file", "needed with username".into()))
-            }
-            (None, Some(_)) => {
-                return Err(err("uplink.username", "needed with password_file".into()))
-            }
-        };
-        let uplink = Uplink {
-            tls,
-            credentials,
-            host,
-            port,
-            client_id: u.client_id,
-            topic_prefix: prefix,
-            keep_alive: Duration::from_secs(u.keep_alive_s),
-            inflight: u.inflight,
-            max_packet_bytes: u.max_packet_kib * 1024,
-            max_incoming_bytes: u.max_incoming_kib * 1024,
-            reconnect_max: Duration::from_secs(u.reconnect_max_s),
-            drain_rate: u.drain_rate,
-        };
+        let storage = storage::resolve(raw.storage).map_err(|(k, r)| err(&k, r))?;
+        let uplink = uplink::resolve(raw.uplink).map_err(|(k, r)| err(&k, r))?;
 
         // Devices: transport and profile, checked once, used by name from lines.
         let mut transports = BTreeMap::new();
@@ -1054,63 +729,12 @@ impl Config {
             None => None,
         };
 
-        let trust = match raw.trust {
-            None => {
-                return Err(err(
-                    "trust",
-                    "the platform's public keys are needed (`[trust] keys = [{ id, ed25519_public_hex }]`), or `allow_unsigned = true` for a demo line".into(),
-                ))
-            }
-            Some(t) => {
-                let mut keys = std::collections::HashMap::new();
-                for (i, k) in t.keys.into_iter().enumerate() {
-                    let key = |f: &str| format!("trust.keys[{i}].{f}");
-                    if k.id.is_empty() || k.id.len() > 64 || k.id.contains(char::is_whitespace) {
-                        return Err(err(&key("id"), "must be 1 to 64 characters without spaces".into()));
-                    }
-                    let bytes: [u8; 32] = hex::decode(&k.ed25519_public_hex)
-                        .ok()
-                        .and_then(|b| b.try_into().ok())
-                        .ok_or_else(|| err(&key("ed25519_public_hex"), "must be 64 hex digits (an Ed25519 public key)".into()))?;
-                    let vk = bondline_devices::signing::VerifyingKey::from_bytes(&bytes)
-                        .map_err(|e| err(&key("ed25519_public_hex"), format!("not an Ed25519 public key: {e}")))?;
-                    if keys.insert(k.id.clone(), vk).is_some() {
-                        return Err(err(&key("id"), format!("key `{}` appears twice", k.id)));
-                    }
-                }
-                if keys.is_empty() && !t.allow_unsigned {
-                    return Err(err(
-                        "trust.keys",
-                        "at least one platform key is needed unless allow_unsigned = true".into(),
-                    ));
-                }
-                if !(1..=24 * 365).contains(&t.max_age_h) {
-                    return Err(err("trust.max_age_h", "must be 1 to 8760".into()));
-                }
-                // A forgotten instruction id could be replayed while its signature is valid.
-                if Duration::from_secs(t.max_age_h * 3600) >= storage.clearance {
-                    return Err(err(
-                        "trust.max_age_h",
-                        format!(
-                            "must be shorter than storage.clearance_days ({} days): instruction ids are forgotten then, and a signature still valid could be replayed",
-                            storage.clearance.as_secs() / 86_400
-                        ),
-                    ));
-                }
-                if let Some(w) = &t.warehouse_id {
-                    if w.is_empty() || w.len() > 64 || w.contains(|c: char| c.is_whitespace() || c == ',') {
-                        return Err(err("trust.warehouse_id", "must be 1 to 64 characters without spaces or commas".into()));
-                    }
-                }
-                crate::trust::Trust::new(keys, t.allow_unsigned, Duration::from_secs(t.max_age_h * 3600)).for_gateway(
-                    crate::trust::Identity {
-                        gateway_ids: vec![raw.gateway_id.clone(), uplink.client_id.clone()],
-                        warehouse_id: t.warehouse_id,
-                        accept_scheme_1: t.accept_scheme_1,
-                    },
-                )
-            }
-        };
+        let trust = trust::resolve(
+            raw.trust,
+            &storage,
+            vec![raw.gateway_id.clone(), uplink.client_id.clone()],
+        )
+        .map_err(|(k, r)| err(&k, r))?;
         let facts: BTreeMap<String, camera::LineFacts<'_>> = raw
             .lines
             .iter()
