@@ -17,8 +17,10 @@ use serde::Deserialize;
 
 pub mod camera;
 pub mod checks;
+mod duplicates;
 #[cfg(test)]
 mod example_keys;
+mod report;
 pub mod shown;
 mod storage;
 mod trust;
@@ -221,9 +223,9 @@ struct RawConfig {
     #[serde(default)]
     view: Option<crate::view::RawView>,
     #[serde(default)]
-    report: Option<RawReport>,
+    report: Option<report::RawReport>,
     #[serde(default)]
-    calendar: Option<RawCalendar>,
+    calendar: Option<report::RawCalendar>,
     #[serde(default)]
     trust: Option<trust::RawTrust>,
     #[serde(default)]
@@ -231,43 +233,7 @@ struct RawConfig {
     #[serde(default)]
     cameras: BTreeMap<String, camera::RawCamera>,
     #[serde(default)]
-    duplicates: Option<RawDuplicates>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDuplicates {
-    #[serde(default = "default_true")]
-    recirculation: bool,
-    #[serde(default = "default_min_loop_ms")]
-    min_loop_ms: u64,
-    #[serde(default = "default_weight_tolerance_g")]
-    weight_tolerance_g: u32,
-    #[serde(default)]
-    allow_unweighed: bool,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_min_loop_ms() -> u64 {
-    crate::line::duplicates::Settings::default().min_loop_ms
-}
-fn default_weight_tolerance_g() -> u32 {
-    crate::line::duplicates::Settings::default().weight_tolerance_g
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReport {
-    publish_day: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCalendar {
-    #[serde(default)]
-    time_zone: Option<String>,
+    duplicates: Option<duplicates::RawDuplicates>,
 }
 
 #[derive(Deserialize)]
@@ -795,62 +761,10 @@ impl Config {
                 ));
             }
         }
-        let report_publish_day = match raw.report {
-            Some(r) if !(1..=28).contains(&r.publish_day) => {
-                return Err(err(
-                    "report.publish_day",
-                    "must be 1 to 28, a day every month has".into(),
-                ))
-            }
-            // The report of a month is built from the journal on day `publish_day` of the next
-            // one: the month's first records must still be there.
-            Some(r) if storage.retention < Duration::from_secs((u64::from(r.publish_day) + 31) * 86_400) => {
-                return Err(err(
-                    "report.publish_day",
-                    format!(
-                        "day {} needs storage.retention_days of at least {} (now {}): retention would purge the start of the month before its report is built",
-                        r.publish_day,
-                        r.publish_day + 31,
-                        storage.retention.as_secs() / 86_400
-                    ),
-                ))
-            }
-            Some(r) => Some(r.publish_day),
-            None => None,
-        };
-        let zone = raw
-            .calendar
-            .and_then(|c| c.time_zone)
-            .unwrap_or_else(|| crate::rules::calendar::DEFAULT_ZONE.to_string());
-        let calendar = crate::rules::calendar::Calendar::new(&zone)
-            .map_err(|e| err("calendar.time_zone", e.to_string()))?;
-        let duplicates = match raw.duplicates {
-            None => crate::line::duplicates::Settings::default(),
-            Some(d) if d.min_loop_ms == 0 || d.min_loop_ms > 3_600_000 => {
-                return Err(err(
-                    "duplicates.min_loop_ms",
-                    format!(
-                        "must be 1 to 3600000 (got {}): the shortest time a parcel takes to come round the loop",
-                        d.min_loop_ms
-                    ),
-                ))
-            }
-            Some(d) if d.weight_tolerance_g > 10_000 => {
-                return Err(err(
-                    "duplicates.weight_tolerance_g",
-                    format!(
-                        "must be at most 10000 (got {}): a wider tolerance no longer tells two parcels apart",
-                        d.weight_tolerance_g
-                    ),
-                ))
-            }
-            Some(d) => crate::line::duplicates::Settings {
-                recirculation: d.recirculation,
-                min_loop_ms: d.min_loop_ms,
-                weight_tolerance_g: d.weight_tolerance_g,
-                allow_unweighed: d.allow_unweighed,
-            },
-        };
+        let report_publish_day =
+            report::publish_day(raw.report, &storage).map_err(|(k, r)| err(&k, r))?;
+        let calendar = report::calendar(raw.calendar).map_err(|(k, r)| err(&k, r))?;
+        let duplicates = duplicates::resolve(raw.duplicates).map_err(|(k, r)| err(&k, r))?;
         Ok(Config {
             duplicates,
             view,
