@@ -143,26 +143,11 @@ fn error(status: StatusCode, text: impl Into<String>) -> Response {
 }
 
 async fn require_token(State(shared): State<Shared>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if shared.credentials.is_open() {
-        return next.run(request).await;
-    }
-    let now = Instant::now();
-    let peer = crate::view::peer_ip(&request).filter(|_| presented.is_some());
-    if let Some(ip) = peer {
-        if let crate::view::throttle::Verdict::Throttled(wait) = shared.throttle.check(ip, now) {
-            return crate::view::throttled(wait);
-        }
-    }
-    let allowed = shared.credentials.allows(presented);
-    if let Some(ip) = peer {
-        shared.throttle.record(ip, allowed, now);
-    }
-    if allowed {
-        return next.run(request).await;
+    use crate::view::auth::{gate, Gate};
+    match gate(&shared.credentials, &shared.throttle, &request) {
+        Gate::Pass => return next.run(request).await,
+        Gate::Throttled(wait) => return crate::view::throttled(wait),
+        Gate::Refused => {}
     }
     let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
     r.headers_mut().insert(

@@ -7,6 +7,50 @@
 use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
+/// What [`gate`] says of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Let it through: the credentials are right, or none are configured.
+    Pass,
+    /// Refuse with 429: its address failed too often; it may try again after this long.
+    Throttled(std::time::Duration),
+    /// Refuse with 401 and the server's challenge.
+    Refused,
+}
+
+/// The one check in front of the staff view and the image upload endpoint: the request's
+/// `Authorization` against `credentials`, failed attempts counted per address in
+/// `throttle`. Only a presented credential counts: a browser's first request carries none.
+pub fn gate(
+    credentials: &Credentials,
+    throttle: &super::throttle::Throttle,
+    request: &axum::extract::Request,
+) -> Gate {
+    if credentials.is_open() {
+        return Gate::Pass;
+    }
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let now = std::time::Instant::now();
+    let peer = super::peer_ip(request).filter(|_| presented.is_some());
+    if let Some(ip) = peer {
+        if let super::throttle::Verdict::Throttled(wait) = throttle.check(ip, now) {
+            return Gate::Throttled(wait);
+        }
+    }
+    let allowed = credentials.allows(presented);
+    if let Some(ip) = peer {
+        throttle.record(ip, allowed, now);
+    }
+    if allowed {
+        Gate::Pass
+    } else {
+        Gate::Refused
+    }
+}
+
 /// The configured credentials; none at all means the view is open (loopback only, checked
 /// at config load).
 #[derive(Debug, Clone, Default)]

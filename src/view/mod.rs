@@ -297,27 +297,10 @@ fn router(shared: Shared) -> Router {
 }
 
 async fn require_auth(State(shared): State<Shared>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let peer = peer_ip(&request);
-    let now = std::time::Instant::now();
-    if shared.credentials.is_open() {
-        return next.run(request).await;
-    }
-    if let (Some(ip), Some(_)) = (peer, presented) {
-        if let throttle::Verdict::Throttled(wait) = shared.throttle.check(ip, now) {
-            return throttled(wait);
-        }
-    }
-    let allowed = shared.credentials.allows(presented);
-    // Only a presented credential counts: a browser's first request carries none.
-    if let (Some(ip), Some(_)) = (peer, presented) {
-        shared.throttle.record(ip, allowed, now);
-    }
-    if allowed {
-        return next.run(request).await;
+    match auth::gate(&shared.credentials, &shared.throttle, &request) {
+        auth::Gate::Pass => return next.run(request).await,
+        auth::Gate::Throttled(wait) => return throttled(wait),
+        auth::Gate::Refused => {}
     }
     let challenge = if shared.credentials.has_users() {
         "Basic realm=\"bondline\", charset=\"UTF-8\""
