@@ -112,6 +112,127 @@ fn on_floor(
     });
 }
 
+/// Records spilled at the last shutdown are stored first; their files go once they are.
+fn restore_spill(
+    spill: &std::path::Path,
+    sink: &crate::journal::RecordSink,
+    accepted: &tokio::sync::watch::Receiver<u64>,
+) {
+    let (spill_files, spilled) = crate::journal::read_spill(spill);
+    if !spill_files.is_empty() {
+        let n = spilled.len() as u64;
+        info!(records = n, "storing records spilled at the last shutdown");
+        let target = *accepted.borrow() + n;
+        for r in spilled {
+            sink.push(r);
+        }
+        let mut watch = accepted.clone();
+        tokio::spawn(async move {
+            while *watch.borrow_and_update() < target {
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+            for f in spill_files {
+                if let Err(e) = std::fs::remove_file(&f) {
+                    tracing::warn!(file = %f.display(), error = %e, "cannot remove a stored spill file");
+                }
+            }
+        });
+    }
+}
+
+/// Release decisions stored ahead of a command whose outcome was never recorded (the
+/// gateway stopped in between) are recorded now, as `interrupted`; what the journal
+/// holds of recent parcels lets the lines explain the PLC's dispositions of an earlier
+/// run's parcels (see journal::intents).
+fn settle_interrupted(
+    journal: &Journal,
+    sink: &crate::journal::RecordSink,
+    now_ms: u64,
+) -> Result<crate::journal::intents::RecentParcels, StartError> {
+    let mut recent = journal.recent_parcels(
+        now_ms.saturating_sub(RECENT_WINDOW.as_millis() as u64),
+        RECENT_DISPOSITIONS,
+        RECENT_MAX_RECORDS,
+    )?;
+    for r in journal.intents()? {
+        let recorded = recent
+            .lines
+            .get(&r.line)
+            .and_then(|parcels| parcels.get(&r.parcel))
+            .is_some_and(|k| k.decided && k.revision >= r.revision);
+        if recorded {
+            // Stopped between the record and the intent's removal: nothing was lost.
+            let key = crate::journal::intents::intent_key(&r.line, r.parcel);
+            journal.settle_intents(&[(key, r.revision)])?;
+            continue;
+        }
+        let (record, alert) = crate::journal::intents::interrupted(r, now_ms);
+        tracing::warn!(line = %record.line, parcel = record.parcel, "release decision found without its outcome: recorded as interrupted");
+        recent.decided(&record);
+        sink.push(record);
+        sink.push(alert);
+    }
+    Ok(recent)
+}
+
+/// Waybills this gateway released, for the duplicate-label rule on every line: from
+/// the marks stored with each release intent, within the clearance horizon. Read once
+/// here; the lines consult the copy in memory.
+fn released_registry(
+    journal: &Journal,
+    config: &Config,
+    now_ms: u64,
+) -> Result<Arc<crate::line::duplicates::Released>, StartError> {
+    let released = Arc::new(crate::line::duplicates::Released::new(
+        config.duplicates,
+        config.storage.clearance.as_millis() as u64,
+    ));
+    for r in journal
+        .released_since(now_ms.saturating_sub(config.storage.clearance.as_millis() as u64))?
+    {
+        let Some(waybill) = r.waybill.clone() else {
+            continue;
+        };
+        released.load(
+            &waybill,
+            crate::line::duplicates::Mark {
+                line: r.line.clone(),
+                parcel: r.parcel,
+                scanned_at_ms: r.scanned_at_ms,
+                weight_g: r.inputs.as_ref().and_then(|i| i.measured_weight_g),
+                lane: r.lane,
+                // The store does not hold the PLC's word on where it went: taken as
+                // released, so no later parcel is taken for it come round again.
+                floor: crate::line::duplicates::Floor::Released,
+                snapshots: Vec::new(),
+            },
+        );
+    }
+    Ok(released)
+}
+
+/// The waybill index, written behind the journal writer (see journal::lookup), until `stop`.
+async fn index_behind_writer(journal: Journal, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let j = journal.clone();
+        match tokio::task::spawn_blocking(move || j.index_pending(1024)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "waybill index not updated; lookups read the batches")
+            }
+            Err(e) => tracing::warn!(error = %e, "waybill index task failed"),
+        }
+    }
+}
+
 /// How long a stopping daemon keeps the uplink open to forward its last records.
 pub const UPLINK_DRAIN: Duration = Duration::from_secs(3);
 
@@ -187,108 +308,11 @@ impl App {
         tasks.spawn(async move {
             let _ = writer.await;
         });
-        // Records spilled at the last shutdown are stored first; their files go once they are.
-        let (spill_files, spilled) = crate::journal::read_spill(&spill);
-        if !spill_files.is_empty() {
-            let n = spilled.len() as u64;
-            info!(records = n, "storing records spilled at the last shutdown");
-            let target = *accepted.borrow() + n;
-            for r in spilled {
-                sink.push(r);
-            }
-            let mut watch = accepted.clone();
-            tokio::spawn(async move {
-                while *watch.borrow_and_update() < target {
-                    if watch.changed().await.is_err() {
-                        return;
-                    }
-                }
-                for f in spill_files {
-                    if let Err(e) = std::fs::remove_file(&f) {
-                        tracing::warn!(file = %f.display(), error = %e, "cannot remove a stored spill file");
-                    }
-                }
-            });
-        }
-        // Release decisions stored ahead of a command whose outcome was never recorded (the
-        // gateway stopped in between) are recorded now, as `interrupted`; what the journal
-        // holds of recent parcels lets the lines explain the PLC's dispositions of an earlier
-        // run's parcels (see journal::intents).
+        restore_spill(&spill, &sink, &accepted);
         let now_ms = crate::metrics::unix_ms(std::time::SystemTime::now());
-        let mut recent = journal.recent_parcels(
-            now_ms.saturating_sub(RECENT_WINDOW.as_millis() as u64),
-            RECENT_DISPOSITIONS,
-            RECENT_MAX_RECORDS,
-        )?;
-        for r in journal.intents()? {
-            let recorded = recent
-                .lines
-                .get(&r.line)
-                .and_then(|parcels| parcels.get(&r.parcel))
-                .is_some_and(|k| k.decided && k.revision >= r.revision);
-            if recorded {
-                // Stopped between the record and the intent's removal: nothing was lost.
-                let key = crate::journal::intents::intent_key(&r.line, r.parcel);
-                journal.settle_intents(&[(key, r.revision)])?;
-                continue;
-            }
-            let (record, alert) = crate::journal::intents::interrupted(r, now_ms);
-            tracing::warn!(line = %record.line, parcel = record.parcel, "release decision found without its outcome: recorded as interrupted");
-            recent.decided(&record);
-            sink.push(record);
-            sink.push(alert);
-        }
-        // Waybills this gateway released, for the duplicate-label rule on every line: from
-        // the marks stored with each release intent, within the clearance horizon. Read once
-        // here; the lines consult the copy in memory.
-        let released = Arc::new(crate::line::duplicates::Released::new(
-            config.duplicates,
-            config.storage.clearance.as_millis() as u64,
-        ));
-        for r in journal
-            .released_since(now_ms.saturating_sub(config.storage.clearance.as_millis() as u64))?
-        {
-            let Some(waybill) = r.waybill.clone() else {
-                continue;
-            };
-            released.load(
-                &waybill,
-                crate::line::duplicates::Mark {
-                    line: r.line.clone(),
-                    parcel: r.parcel,
-                    scanned_at_ms: r.scanned_at_ms,
-                    weight_g: r.inputs.as_ref().and_then(|i| i.measured_weight_g),
-                    lane: r.lane,
-                    // The store does not hold the PLC's word on where it went: taken as
-                    // released, so no later parcel is taken for it come round again.
-                    floor: crate::line::duplicates::Floor::Released,
-                    snapshots: Vec::new(),
-                },
-            );
-        }
-        // The waybill index, written behind the journal writer (see journal::lookup).
-        {
-            let journal = journal.clone();
-            let stop = uplink_stop.clone();
-            journal_tasks.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(250));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    let j = journal.clone();
-                    match tokio::task::spawn_blocking(move || j.index_pending(1024)).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "waybill index not updated; lookups read the batches")
-                        }
-                        Err(e) => tracing::warn!(error = %e, "waybill index task failed"),
-                    }
-                }
-            });
-        }
+        let mut recent = settle_interrupted(&journal, &sink, now_ms)?;
+        let released = released_registry(&journal, &config, now_ms)?;
+        journal_tasks.spawn(index_behind_writer(journal.clone(), uplink_stop.clone()));
         let housekeeping = Housekeeping {
             path: config.storage.path.clone(),
             limits,
