@@ -233,6 +233,108 @@ async fn index_behind_writer(journal: Journal, stop: CancellationToken) {
     }
 }
 
+/// What every line's tasks are given besides their own devices.
+struct LineWiring<'a> {
+    config: &'a Config,
+    table: &'a Arc<ClearanceTable>,
+    rules: &'a SharedRules,
+    metrics: &'a Arc<Metrics>,
+    changes: &'a broadcast::Sender<ClearanceChange>,
+    sink: &'a crate::journal::RecordSink,
+    anomalies: &'a mpsc::Sender<bondline_devices::contract::Anomaly>,
+    released: &'a Arc<crate::line::duplicates::Released>,
+    liveness: &'a crate::service::Liveness,
+    shutdown: &'a CancellationToken,
+}
+
+/// A line's X-ray scanner and where its verdicts and processed images go.
+struct LineXray {
+    device: crate::config::XrayDevice,
+    verdicts: mpsc::UnboundedSender<crate::floor::XrayMsg>,
+    images: mpsc::Sender<bondline_devices::contract::ImageRecord>,
+}
+
+/// Starts one line's tasks on the floor thread: its scanner reader, the line and its PLC
+/// link. Returns its X-ray scanner, whose bus task and image intake the caller starts with
+/// the others.
+fn start_line(
+    l: &crate::config::Line,
+    w: &LineWiring<'_>,
+    cameras: Option<crate::camera::LineCameras>,
+    recent: std::collections::HashMap<u32, crate::journal::intents::Recent>,
+    floor: &Dedicated,
+    tasks: &mut JoinSet<()>,
+) -> Option<LineXray> {
+    let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
+    let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
+    let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let lane_states = Arc::new(LaneStates::default());
+    on_floor(
+        tasks,
+        floor,
+        fieldbus::scanner::run(
+            l.scanner.clone(),
+            scan_tx,
+            w.metrics.clone(),
+            w.shutdown.clone(),
+        ),
+    );
+    let ctx = LineCtx {
+        gateway: w.config.gateway_id.clone(),
+        line: l.id.clone(),
+        lanes: l.lanes.clone(),
+        geometry: l.geometry,
+        table: w.table.clone(),
+        rules: w.rules.clone(),
+        lane_states: lane_states.clone(),
+        metrics: w.metrics.clone(),
+        dispositions: l.plc.map.status.is_some(),
+        weighing: l.scanner.framing.weight.is_some(),
+        calendar: w.config.calendar.clone(),
+        beat: w.liveness.register(&format!("line {}", l.id)),
+        xray: l.xray.as_ref().map(|(x, g)| (x.name.clone(), *g)),
+        cameras,
+        recent,
+        released: w.released.clone(),
+    };
+    let (xray, xray_rx, image_rx) = match &l.xray {
+        Some((x, _)) => {
+            let (verdicts, rx) = mpsc::unbounded_channel();
+            let (images, image_rx) = mpsc::channel(IMAGE_QUEUE);
+            let xray = LineXray {
+                device: x.clone(),
+                verdicts,
+                images,
+            };
+            (Some(xray), Some(rx), Some(image_rx))
+        }
+        None => (None, None, None),
+    };
+    let io = LineIo {
+        scans: scan_rx,
+        plc: plc_tx,
+        plc_events: event_rx,
+        changes: w.changes.subscribe(),
+        sink: w.sink.clone(),
+        anomalies: w.anomalies.clone(),
+        xray: xray_rx,
+        images: image_rx,
+    };
+    on_floor(tasks, floor, line::run(ctx, io));
+    on_floor(
+        tasks,
+        floor,
+        fieldbus::plc::run(
+            l.plc.clone(),
+            plc_rx,
+            event_tx,
+            lane_states,
+            w.metrics.clone(),
+        ),
+    );
+    xray
+}
+
 /// How long a stopping daemon keeps the uplink open to forward its last records.
 pub const UPLINK_DRAIN: Duration = Duration::from_secs(3);
 
@@ -455,71 +557,28 @@ impl App {
         // A small table loads in a moment: the lines wait that long for it rather than hold
         // their first parcels as `state_loading`. A large one goes on loading behind them.
         let _ = tokio::time::timeout(LOAD_WAIT, loaded(&table, &shutdown)).await;
+        let wiring = LineWiring {
+            config: &config,
+            table: &table,
+            rules: &rules,
+            metrics: &metrics,
+            changes: &changes,
+            sink: &sink,
+            anomalies: &anomaly_tx,
+            released: &released,
+            liveness: &liveness,
+            shutdown: &shutdown,
+        };
         for l in &config.lines {
-            let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
-            let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
-            let (event_tx, event_rx) = mpsc::unbounded_channel();
-            let lane_states = Arc::new(LaneStates::default());
-            on_floor(
-                &mut tasks,
-                &floor,
-                fieldbus::scanner::run(
-                    l.scanner.clone(),
-                    scan_tx,
-                    metrics.clone(),
-                    shutdown.clone(),
-                ),
-            );
-            let ctx = LineCtx {
-                gateway: config.gateway_id.clone(),
-                line: l.id.clone(),
-                lanes: l.lanes.clone(),
-                geometry: l.geometry,
-                table: table.clone(),
-                rules: rules.clone(),
-                lane_states: lane_states.clone(),
-                metrics: metrics.clone(),
-                dispositions: l.plc.map.status.is_some(),
-                weighing: l.scanner.framing.weight.is_some(),
-                calendar: config.calendar.clone(),
-                beat: liveness.register(&format!("line {}", l.id)),
-                xray: l.xray.as_ref().map(|(x, g)| (x.name.clone(), *g)),
-                cameras: line_cameras.remove(&l.id),
-                recent: recent.take(&l.id),
-                released: released.clone(),
-            };
-            let (xray_rx, image_rx) = match &l.xray {
-                Some((x, _)) => {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    xray_devices.push((x.clone(), tx));
-                    let (image_tx, image_rx) = mpsc::channel(IMAGE_QUEUE);
-                    image_routes.insert(x.name.clone(), (l.id.clone(), x.spool.clone(), image_tx));
-                    (Some(rx), Some(image_rx))
-                }
-                None => (None, None),
-            };
-            let io = LineIo {
-                scans: scan_rx,
-                plc: plc_tx,
-                plc_events: event_rx,
-                changes: changes.subscribe(),
-                sink: sink.clone(),
-                anomalies: anomaly_tx.clone(),
-                xray: xray_rx,
-                images: image_rx,
-            };
-            on_floor(&mut tasks, &floor, line::run(ctx, io));
-            on_floor(
-                &mut tasks,
-                &floor,
-                fieldbus::plc::run(
-                    l.plc.clone(),
-                    plc_rx,
-                    event_tx,
-                    lane_states,
-                    metrics.clone(),
-                ),
-            );
+            let cameras = line_cameras.remove(&l.id);
+            let recent = recent.take(&l.id);
+            if let Some(xray) = start_line(l, &wiring, cameras, recent, &floor, &mut tasks) {
+                image_routes.insert(
+                    xray.device.name.clone(),
+                    (l.id.clone(), xray.device.spool.clone(), xray.images),
+                );
+                xray_devices.push((xray.device, xray.verdicts));
+            }
         }
         for task in fieldbus::xray::tasks(xray_devices, metrics.clone(), shutdown.clone()) {
             on_floor(&mut tasks, &floor, task);
