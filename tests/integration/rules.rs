@@ -57,7 +57,12 @@ async fn sighup_reloads_the_rule_file_and_an_invalid_one_is_refused_whole() {
     let platform = PlatformSim::connect(broker, PREFIX, "platform-rules")
         .await
         .unwrap();
-    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    // The policy's own log says when a reload took effect.
+    let daemon = Daemon::start_with_env(
+        &config,
+        &dir.path().join("daemon.log"),
+        &[("RUST_LOG", "warn,bondline::policy=info")],
+    );
 
     // Parcels arrive in three bursts of five; the scanner waits for the daemon to connect.
     let framing = stx_etx();
@@ -96,7 +101,15 @@ async fn sighup_reloads_the_rule_file_and_an_invalid_one_is_refused_whole() {
 
     std::fs::write(&rules, rule_file("v2", "")).unwrap();
     daemon.hangup();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The next burst goes once the daemon says the reload took effect, not after a guess.
+    let log = dir.path().join("daemon.log");
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("rule set reloaded from the file"))
+        .await,
+        "the reload was not reported"
+    );
     burst_tx.send(5).await.unwrap();
     assert!(
         platform.wait_for_records(10, Duration::from_secs(10)).await,

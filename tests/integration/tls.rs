@@ -150,8 +150,19 @@ async fn records_travel_over_tls_with_client_certificates_and_survive_a_certific
     let config = dir.path().join("intruder.toml");
     std::fs::write(&config, text).unwrap();
     let before = platform.records().len();
-    let intruder = Daemon::start(&config, &dir.path().join("intruder.log"));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let intruder_log = dir.path().join("intruder.log");
+    let intruder = Daemon::start(&config, &intruder_log);
+    // Its five parcels scanned and its connection refused, not a guess at how long that takes.
+    f3.scanner_task.await.unwrap().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(
+            &intruder_log
+        )
+        .unwrap_or_default()
+        .contains("broker link down"))
+        .await,
+        "the intruder never tried the broker"
+    );
     assert_eq!(intruder.terminate(), Some(0));
     assert_eq!(
         platform.records().len(),
@@ -188,7 +199,16 @@ async fn records_travel_over_tls_with_client_certificates_and_survive_a_certific
     let before = platform.records().len();
     let wary_log = dir.path().join("wary.log");
     let wary = Daemon::start(&config, &wary_log);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    f4.scanner_task.await.unwrap().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(
+            &wary_log
+        )
+        .unwrap_or_default()
+        .contains("broker link down"))
+        .await,
+        "the gateway never tried the broker"
+    );
     assert_eq!(wary.terminate(), Some(0));
     assert_eq!(
         platform.records().len(),
