@@ -85,6 +85,11 @@ pub enum BenchCommand {
         /// the lines never scan): the clearance table grows under the lines' lookups.
         #[arg(long, default_value_t = 0)]
         flood: u64,
+        /// Line L0 gets an X-ray tunnel (xray-sim on Modbus TCP, 5 % suspect, 3 % marked by
+        /// an officer) writing two 640x480 JPEG views per parcel to a spool the daemon
+        /// ingests: verdicts, image decoding and thumbnails run beside the lines.
+        #[arg(long)]
+        xray: bool,
         /// Broker host:port; default: start Mosquitto on a free port.
         #[arg(long)]
         broker: Option<String>,
@@ -258,9 +263,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             seconds,
             backlog,
             flood,
+            xray,
             broker,
             dir,
-        } => lines_bench(lines, seconds, backlog, flood, broker, dir).await,
+        } => lines_bench(lines, seconds, backlog, flood, xray, broker, dir).await,
         BenchCommand::Backlog {
             messages,
             broker,
@@ -498,17 +504,29 @@ impl Drop for Mosquitto {
 
 /// The peak scenario, compiled in so the benchmark runs from the binary alone.
 const PEAK: &str = include_str!("../../simulators/scenarios/peak.toml");
+/// The X-ray stage of `bench lines --xray` on line L0: xray-line.toml's tunnel.
+const XRAY_STAGE: &str = "
+[xray]
+scan_to_xray_m = 0.5
+unit = 1
+suspect_rate = 0.05
+mark_rate = 0.03
+processing_ms = 400
+mark_latency_ms = 400
+";
 
 async fn lines_bench(
     lines: u16,
     seconds: u64,
     backlog: u64,
     flood: u64,
+    xray: bool,
     broker: Option<String>,
     dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use bondline_simulators::line::{LineSim, RunLength, Scenario};
+    use bondline_simulators::line::{LineSim, RunLength, Scenario, XrayPort};
     use bondline_simulators::platform::PlatformSim;
+    use bondline_simulators::xray::{ImageSpec, XrayImages};
 
     anyhow::ensure!((1..=16).contains(&lines), "--lines must be 1 to 16");
     let (_tmp, dir) = work_dir(dir)?;
@@ -523,7 +541,12 @@ async fn lines_bench(
     let mut scenarios = Vec::new();
     let mut line_seeds = Vec::new();
     for i in 0..lines {
-        let mut scenario = Scenario::from_toml(PEAK).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let text = if xray && i == 0 {
+            format!("{PEAK}{XRAY_STAGE}")
+        } else {
+            PEAK.to_string()
+        };
+        let mut scenario = Scenario::from_toml(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
         scenario.seed += i as u64 * 7919;
         line_seeds.push(scenario.seed % 10_000);
         scenario.length = RunLength::Seconds(seconds as f64);
@@ -535,12 +558,25 @@ async fn lines_bench(
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let platform_addr = std::net::SocketAddr::new(host.parse()?, port);
+    let spool = dir.join("xray-spool");
+    let xray_map = bondline_devices::Profiles::builtin()
+        .get("xray-modbus")
+        .and_then(|p| p.xray())
+        .context("built-in X-ray profile")?
+        .clone();
     let sims_job = sims_thread.spawn({
         let scenarios = scenarios.clone();
+        let spool = spool.clone();
         async move {
             let mut sims = Vec::new();
             for scenario in scenarios {
-                sims.push(LineSim::bind(scenario, framing.clone(), map.clone()).await?);
+                let mut sim = LineSim::bind(scenario, framing.clone(), map.clone()).await?;
+                if sim.scenario().xray.is_some() {
+                    let images = XrayImages::new(&spool, ImageSpec::default())?;
+                    let port = XrayPort::Tcp("127.0.0.1:0".parse()?);
+                    sim = sim.with_xray(xray_map.clone(), port, Some(images)).await?;
+                }
+                sims.push(sim);
             }
             let addrs = sims
                 .iter()
@@ -548,6 +584,7 @@ async fn lines_bench(
                     Ok((
                         s.scanner_addr().context("line-sim scanner is TCP")?,
                         s.plc_addr(),
+                        s.xray_addr(),
                     ))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -575,13 +612,27 @@ async fn lines_bench(
         store.display()
     );
     let mut lines_toml = String::new();
-    for (i, (scenario, (scanner, plc))) in scenarios.iter().zip(addrs).enumerate() {
+    for (i, (scenario, (scanner, plc, xray_addr))) in scenarios.iter().zip(addrs).enumerate() {
         config.push_str(&format!(
             "[devices.scanner-{i}]\nprofile = \"scanner-stx-etx\"\ntcp = \"{scanner}\"\n[devices.plc-{i}]\nprofile = \"sorter-plc\"\ntcp = \"{plc}\"\n"
         ));
+        let (xray_line, xray_geometry) = match (xray_addr, &scenario.xray) {
+            (Some(addr), Some(stage)) => {
+                config.push_str(&format!(
+                    "[devices.xray-{i}]\nprofile = \"xray-modbus\"\ntcp = \"{addr}\"\nunit_id = {}\nspool = \"{}\"\n",
+                    stage.unit,
+                    spool.display()
+                ));
+                (
+                    format!("xray = \"xray-{i}\"\n"),
+                    format!(", scan_to_xray_m = {:?}", stage.scan_to_xray_m),
+                )
+            }
+            _ => (String::new(), String::new()),
+        };
         let r = scenario.lane_roles;
         lines_toml.push_str(&format!(
-            "[[lines]]\nid = \"L{i}\"\nscanner = \"scanner-{i}\"\nplc = \"plc-{i}\"\ngeometry = {{ belt_speed_m_s = {}, scan_to_gate_m = {}, margin_ms = 300 }}\nlanes = [{{ lane = {}, role = \"release\" }}, {{ lane = {}, role = \"inspection\" }}, {{ lane = {}, role = \"hold\" }}, {{ lane = {}, role = \"exception\" }}]\n",
+            "[[lines]]\nid = \"L{i}\"\nscanner = \"scanner-{i}\"\nplc = \"plc-{i}\"\n{xray_line}geometry = {{ belt_speed_m_s = {}, scan_to_gate_m = {}, margin_ms = 300{xray_geometry} }}\nlanes = [{{ lane = {}, role = \"release\" }}, {{ lane = {}, role = \"inspection\" }}, {{ lane = {}, role = \"hold\" }}, {{ lane = {}, role = \"exception\" }}]\n",
             scenario.belt_speed_m_s,
             scenario.gate_at_m - scenario.scanner_at_m,
             r.release,
@@ -606,7 +657,8 @@ async fn lines_bench(
     }
     let backlog_at_start = Metrics::get(&metrics.backlog);
     println!(
-        "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile; flood of {flood} declarations"
+        "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile; flood of {flood} declarations{}",
+        if xray { "; X-ray tunnel with images on L0" } else { "" }
     );
     // Waybills of another plan than any line's: the flood changes no line's decisions.
     let flood_task = (flood > 0).then(|| {
@@ -675,6 +727,16 @@ async fn lines_bench(
         "daemon latency, scanner frame received → PLC-acknowledged divert (HDR histogram, within 1%): {}",
         metrics.decision_latency.percentiles()
     );
+    if xray {
+        println!(
+            "X-ray on L0: {} verdicts, {} joined to parcels, {} parcels without a verdict by their deadline; {} images ingested, {} with errors",
+            Metrics::get(&metrics.xray_verdicts),
+            Metrics::get(&metrics.xray_matched),
+            Metrics::get(&metrics.xray_missing),
+            Metrics::get(&metrics.images_ingested),
+            Metrics::get(&metrics.images_with_errors),
+        );
+    }
     if flood > 0 {
         println!(
             "platform meanwhile: {ingested} messages taken in ({:.0}/s), {held} declarations held at the end",
