@@ -438,6 +438,8 @@ impl Config {
             key: key.to_string(),
             reason,
         };
+        // A section's resolve step names the full key; the file is added here.
+        let in_file = |(key, reason): Bad| err(&key, reason);
         let de = toml::Deserializer::parse(text).map_err(|e| {
             let at = e
                 .span()
@@ -471,11 +473,10 @@ impl Config {
             }
         };
 
-        let storage = storage::resolve(raw.storage).map_err(|(k, r)| err(&k, r))?;
-        let uplink = uplink::resolve(raw.uplink).map_err(|(k, r)| err(&k, r))?;
+        let storage = storage::resolve(raw.storage).map_err(in_file)?;
+        let uplink = uplink::resolve(raw.uplink).map_err(in_file)?;
 
-        let lines =
-            lines::resolve(&raw.devices, &raw.lines, &profiles).map_err(|(k, r)| err(&k, r))?;
+        let lines = lines::resolve(&raw.devices, &raw.lines, &profiles).map_err(in_file)?;
         let view = match &raw.view {
             Some(v) => Some(
                 crate::view::ViewConfig::from_raw(v)
@@ -489,7 +490,7 @@ impl Config {
             &storage,
             vec![raw.gateway_id.clone(), uplink.client_id.clone()],
         )
-        .map_err(|(k, r)| err(&k, r))?;
+        .map_err(in_file)?;
         let facts: BTreeMap<String, camera::LineFacts<'_>> = raw
             .lines
             .iter()
@@ -550,10 +551,9 @@ impl Config {
                 ));
             }
         }
-        let report_publish_day =
-            report::publish_day(raw.report, &storage).map_err(|(k, r)| err(&k, r))?;
-        let calendar = report::calendar(raw.calendar).map_err(|(k, r)| err(&k, r))?;
-        let duplicates = duplicates::resolve(raw.duplicates).map_err(|(k, r)| err(&k, r))?;
+        let report_publish_day = report::publish_day(raw.report, &storage).map_err(in_file)?;
+        let calendar = report::calendar(raw.calendar).map_err(in_file)?;
+        let duplicates = duplicates::resolve(raw.duplicates).map_err(in_file)?;
         Ok(Config {
             duplicates,
             view,

@@ -37,9 +37,17 @@ pub struct Dedicated {
 impl Dedicated {
     /// Starts the thread named `name`.
     pub fn start(name: &str) -> std::io::Result<Dedicated> {
+        Dedicated::start_with(name, || {})
+    }
+
+    /// Like [`Dedicated::start`]; the runtime's blocking threads (`spawn_blocking`) run
+    /// `on_blocking_start` first: [`yield_to_floor`] keeps heavy blocking work below the
+    /// thread's own priority.
+    pub fn start_with(name: &str, on_blocking_start: fn()) -> std::io::Result<Dedicated> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name(name)
+            .on_thread_start(on_blocking_start)
             .build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -554,7 +554,13 @@ async fn lines_bench(
     }
     // The simulated floor runs on a thread of its own, so that the daemon's work never delays
     // it and its own lag stays out of the figures (its sockets belong to that thread's runtime).
-    let sims_thread = SimsThread::start()?;
+    // The simulated floor keeps time at the floor thread's priority; its blocking threads,
+    // which render and encode the X-ray workstation's images (another machine's work on a
+    // real floor), run below it, as the daemon's own image ingest does.
+    let sims_thread = bondline::threads::Dedicated::start_with(
+        "bondline-bench-sims",
+        bondline::threads::yield_to_floor,
+    )?;
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let platform_addr = std::net::SocketAddr::new(host.parse()?, port);
@@ -751,47 +757,6 @@ async fn lines_bench(
         Metrics::get(&metrics.backlog)
     );
     Ok(())
-}
-
-/// The simulated floor's own thread: a single-threaded runtime at the floor thread's
-/// priority, so that its frames and answers keep time. Its blocking threads, which render and
-/// encode the X-ray workstation's images (another machine's work on a real floor), run at the
-/// main runtime's lower priority, so they take no more from the daemon's floor thread than the
-/// daemon's own image ingest does.
-struct SimsThread {
-    handle: tokio::runtime::Handle,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl SimsThread {
-    fn start() -> std::io::Result<SimsThread> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("bondline-bench-sims")
-            .on_thread_start(bondline::threads::yield_to_floor)
-            .build()?;
-        let handle = rt.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("bondline-bench-sims".into())
-            .spawn(move || {
-                rt.block_on(async {
-                    let _ = stopped.await;
-                });
-            })?;
-        Ok(SimsThread {
-            handle,
-            _stop: stop,
-        })
-    }
-
-    fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.handle.spawn(fut)
-    }
 }
 
 /// The built-in profiles the benches' simulated devices speak: the `scanner-stx-etx`
