@@ -1,0 +1,162 @@
+//! The clearance table's load from the store, in the background: the lines decide from
+//! the first second, holding every waybill as `state_loading` until it is loaded, then
+//! decide again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::alarm::Alarms;
+use crate::floor::ClearanceChange;
+use crate::journal::Journal;
+use crate::rules::ClearanceTable;
+
+/// What the background load of the clearance table needs.
+pub(super) struct Loader {
+    pub(super) journal: Journal,
+    pub(super) table: Arc<ClearanceTable>,
+    pub(super) adopting: bool,
+    pub(super) expected_declarations: u64,
+    pub(super) changes: broadcast::Sender<ClearanceChange>,
+    pub(super) alarms: Alarms,
+    pub(super) sink: crate::journal::RecordSink,
+    pub(super) gateway: String,
+    pub(super) key_file: std::path::PathBuf,
+}
+
+/// How long the lines' start waits for the clearance table's load before they decide
+/// without it (holding every waybill until it is loaded).
+pub(super) const LOAD_WAIT: Duration = Duration::from_millis(500);
+
+/// How often a load's progress is logged and told to the service manager.
+const LOAD_REPORT: Duration = Duration::from_secs(2);
+
+/// Fills the clearance table from the store, then tells the lines to decide their parcels
+/// again (every parcel decided meanwhile was held as `state_loading`). Integrity checks
+/// apply as at any load; refused entries and adopted ones raise their alarms once the load is
+/// done. A load that fails leaves the table loading: everything stays held, `/readyz` says
+/// why, and an alarm is raised.
+pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
+    let started = std::time::Instant::now();
+    l.table.reserve(l.expected_declarations as usize);
+    let reporter = {
+        let table = l.table.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LOAD_REPORT);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(p) = table.loading() else { return };
+                let status = format!(
+                    "running; clearance table loading: {} of about {} stored entries",
+                    p.done, p.expected
+                );
+                info!(
+                    done = p.done,
+                    expected = p.expected,
+                    "clearance table loading"
+                );
+                crate::service::status(&status, Some(LOAD_REPORT * 5));
+            }
+        })
+    };
+    let (journal, table, stop) = (l.journal.clone(), l.table.clone(), shutdown.clone());
+    let outcome = tokio::task::spawn_blocking(move || {
+        journal.load_clearance_into(&table, l.adopting, &|| stop.is_cancelled())
+    })
+    .await;
+    reporter.abort();
+    match outcome {
+        Ok(Ok(true)) => {
+            l.table.finish_loading();
+            info!(
+                declarations = l.table.declarations(),
+                instructions = l.table.instructions(),
+                consumers = l.table.consumers(),
+                suspended_enterprises = l.table.suspended(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "clearance table loaded; tracked parcels are decided again"
+            );
+            crate::service::status("running", None);
+            let _ = l.changes.send(ClearanceChange::All);
+        }
+        Ok(Ok(false)) => info!("clearance table load stopped by shutdown"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "clearance table cannot be loaded: every parcel is held");
+            l.alarms.raise(format!(
+                "clearance table cannot be loaded from the store ({e}): every parcel is held as state_loading"
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "clearance table load failed: every parcel is held");
+            l.alarms.raise(format!(
+                "clearance table load failed ({e}): every parcel is held as state_loading"
+            ));
+        }
+    }
+    if l.journal.adopted_untagged() > 0 {
+        l.alarms.raise(format!(
+            "integrity: {} stored entries without integrity tags adopted as they lay on disk (integrity key {} created at this start, or a salvaged store)",
+            l.journal.adopted_untagged(),
+            l.key_file.display()
+        ));
+    }
+    // Platform state refused by its integrity check (clearance table and rule set): an
+    // alert in the chain and an alarm for each.
+    raise_refused(&l.journal, &l.gateway, &l.alarms, &l.sink);
+}
+
+/// Waits until the clearance table is loaded; false if `stop` comes first.
+pub(super) async fn loaded(table: &ClearanceTable, stop: &CancellationToken) -> bool {
+    while table.loading().is_some() {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    true
+}
+
+/// At most this many refused entries are alerted one by one; the rest in one summary.
+const REFUSED_ALERTS: usize = 100;
+
+/// Raises a `stored_state_refused` alert record and alarm for every stored platform entry
+/// that the load refused.
+fn raise_refused(
+    journal: &Journal,
+    gateway: &str,
+    alarms: &Alarms,
+    sink: &crate::journal::RecordSink,
+) {
+    use bondline_devices::contract::{AlertKind, AlertRecord, SCHEMA};
+    let refused = journal.refused_entries();
+    let alert = |waybill: Option<String>, detail: String| AlertRecord {
+        schema: SCHEMA,
+        msg_id: String::new(),
+        seq: 0,
+        prev_hash: String::new(),
+        gateway: gateway.to_string(),
+        line: String::new(),
+        parcel: None,
+        waybill,
+        alert: AlertKind::StoredStateRefused,
+        detail,
+        at_ms: crate::metrics::unix_ms(std::time::SystemTime::now()),
+    };
+    for r in refused.iter().take(REFUSED_ALERTS) {
+        alarms.raise(format!("stored_state_refused: {r}"));
+        let waybill = (r.tree == "declarations" || r.tree == "instructions").then(|| r.key.clone());
+        sink.push(alert(waybill, r.to_string()));
+    }
+    if refused.len() > REFUSED_ALERTS {
+        let detail = format!(
+            "{} more stored platform entries refused by their integrity check (see the log)",
+            refused.len() - REFUSED_ALERTS
+        );
+        alarms.raise(format!("stored_state_refused: {detail}"));
+        sink.push(alert(None, detail));
+    }
+}

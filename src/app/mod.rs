@@ -1,0 +1,422 @@
+//! Wiring: builds every task of the daemon from a validated [`Config`] and runs them until
+//! shutdown.
+//!
+//! Per line: scanner reader → line (decision) → PLC link → journal sink. Shared: one journal
+//! writer and one uplink. Shutdown is a chain, so nothing in flight is lost: cancelling stops
+//! the scanners; each line then ends when its scanner channel closes, each PLC link when its
+//! job queue closes, and the journal writer when the last record sink is gone, after it has
+//! flushed everything it was given.
+
+mod background;
+mod lines;
+mod loading;
+mod takeover;
+mod view;
+
+use lines::{join_all, start_lines, LineWiring};
+use loading::{load_clearance, loaded, Loader, LOAD_WAIT};
+use takeover::{check_chain, released_registry, restore_spill, settle_interrupted, Opened};
+use view::start_view;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::alarm::Alarms;
+use crate::config::Config;
+use crate::journal::capacity::Limits;
+use crate::journal::{record_sink, Journal, JournalError};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, SharedRules};
+use crate::rules::ClearanceTable;
+use crate::threads::Dedicated;
+use crate::uplink::Uplink;
+
+/// Clearance changes buffered per line; a line that falls further behind is told so.
+const CHANGES_QUEUE: usize = 4096;
+/// Anomalies waiting for the uplink; beyond this they are dropped (counted), the records keep
+/// the same facts.
+const ANOMALY_QUEUE: usize = 4096;
+
+/// A running daemon.
+pub struct App {
+    pub metrics: Arc<Metrics>,
+    pub table: Arc<ClearanceTable>,
+    pub journal: Journal,
+    /// The rule set every line decides with; replaced whole by the [`Policy`].
+    pub rules: SharedRules,
+    policy: Policy,
+    reconnect: Arc<tokio::sync::Notify>,
+    tls_configured: bool,
+    /// The staff view's certificate, reloaded on SIGHUP.
+    view_tls: Option<crate::view::tls::ViewTls>,
+    /// Scanners, lines, PLC links and the journal writer.
+    pipeline: JoinSet<()>,
+    /// The floor and journal threads; they end once the pipeline has (see [`crate::threads`]).
+    _threads: [Dedicated; 2],
+    /// Where the staff view listens, when configured and bound.
+    pub view_addr: Option<std::net::SocketAddr>,
+    uplink: tokio::task::JoinHandle<()>,
+    /// Tasks that use the journal and stop with the uplink (the waybill index, housekeeping,
+    /// the rule file's watch): awaited before `wait` returns, so the store is closed then.
+    journal_tasks: JoinSet<()>,
+    uplink_stop: CancellationToken,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+    #[error("storage.integrity_key_file: {0}")]
+    IntegrityKey(#[from] crate::journal::integrity::KeyError),
+}
+
+impl StartError {
+    /// The journal's error, if that is why.
+    pub fn journal(&self) -> Option<&JournalError> {
+        match self {
+            StartError::Journal(e) => Some(e),
+            StartError::Thread(..) | StartError::IntegrityKey(_) => None,
+        }
+    }
+}
+
+/// How long a stopping daemon keeps the uplink open to forward its last records.
+pub const UPLINK_DRAIN: Duration = Duration::from_secs(3);
+
+impl App {
+    /// Opens the journal, restores the clearance table and starts every task.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<App, StartError> {
+        std::fs::create_dir_all(&config.storage.path).map_err(|e| JournalError::Open {
+            path: config.storage.path.display().to_string(),
+            source: sled::Error::Io(e),
+        })?;
+        // The decision path and the journal's writer get threads of their own (see threads).
+        let floor =
+            Dedicated::start("bondline-floor").map_err(|e| StartError::Thread("floor", e))?;
+        let journal_thread =
+            Dedicated::start("bondline-journal").map_err(|e| StartError::Thread("journal", e))?;
+        let Opened {
+            journal,
+            table,
+            adopting,
+            expected_entries,
+            expected_declarations,
+            chain_tags,
+        } = takeover::open_store(&config)?;
+        let metrics = Arc::new(Metrics::default());
+        metrics
+            .backlog
+            .store(journal.backlog_len() as u64, Ordering::Relaxed);
+        info!(
+            stored_entries = expected_entries,
+            stored_declarations = expected_declarations,
+            backlog = Metrics::get(&metrics.backlog),
+            lines = config.lines.len(),
+            "bondline starting; the clearance table loads in the background"
+        );
+
+        let alarms = Alarms::new(&config.gateway_id);
+        // A salvaged store says so once, as an alarm (its chain holds the salvage record).
+        if let Some(notice) = journal.take_salvage_notice()? {
+            alarms.raise(notice);
+        }
+        let mut tasks = JoinSet::new();
+        let mut journal_tasks = JoinSet::new();
+        let uplink_stop = CancellationToken::new();
+        let (sink, writer, accepted) = record_sink(
+            journal.clone(),
+            config.storage.flush_window,
+            metrics.clone(),
+        )?;
+        // The staff view's board subscribes before the writer runs, so it misses no record.
+        let view_feed = config.view.as_ref().map(|_| writer.subscribe());
+        let view_accepted = accepted.clone();
+        let spill = crate::journal::spill_dir(&config.storage.path);
+        let limits = Limits {
+            quota_bytes: config.storage.quota_bytes,
+            min_free_bytes: config.storage.min_free_bytes,
+        };
+        let writer = journal_thread.spawn(
+            writer
+                .with_hold(config.storage.hold_records, alarms.clone(), spill.clone())
+                .with_capacity(config.storage.path.clone(), limits)
+                .run(),
+        );
+        tasks.spawn(async move {
+            let _ = writer.await;
+        });
+        restore_spill(&spill, &sink, &accepted);
+        let now_ms = crate::metrics::unix_ms(std::time::SystemTime::now());
+        let mut recent = settle_interrupted(&journal, &sink, now_ms)?;
+        let released = released_registry(&journal, &config, now_ms)?;
+        background::keep_store(
+            &mut journal_tasks,
+            &config,
+            &journal,
+            &metrics,
+            &alarms,
+            &uplink_stop,
+        );
+        // Waybills whose clearance changed (from the uplink) and new rule sets (from the
+        // policy), to every line.
+        let (changes, _) = broadcast::channel(CHANGES_QUEUE);
+        let policy = Policy::start(
+            config.rules.clone(),
+            config.rules_file.clone(),
+            crate::policy::Feeds {
+                weighing: config
+                    .lines
+                    .iter()
+                    .any(|l| l.scanner.framing.weight.is_some()),
+                xray: config.lines.iter().any(|l| l.xray.is_some()),
+            },
+            journal.clone(),
+            alarms.clone(),
+            metrics.clone(),
+            changes.clone(),
+        )?;
+        let rules = policy.shared();
+        {
+            let set = policy.current();
+            info!(rule_set = %set.version, rules = set.rules.len(), "customs rule set");
+        }
+        check_chain(&journal, &config.gateway_id, &alarms, &sink, chain_tags);
+        tasks.spawn(load_clearance(
+            Loader {
+                journal: journal.clone(),
+                table: table.clone(),
+                adopting,
+                expected_declarations,
+                changes: changes.clone(),
+                alarms: alarms.clone(),
+                sink: sink.clone(),
+                gateway: config.gateway_id.clone(),
+                key_file: config.storage.integrity_key_file.clone(),
+            },
+            shutdown.clone(),
+        ));
+        journal_tasks.spawn(policy.clone().watch(uplink_stop.clone()));
+        {
+            // Forgetting old state waits for the load: it forgets from the store and the
+            // table together.
+            let (journal, table, released) = (journal.clone(), table.clone(), released.clone());
+            let (keep, stop) = (config.storage.clearance, uplink_stop.clone());
+            journal_tasks.spawn(async move {
+                if loaded(&table, &stop).await {
+                    crate::retention::run(journal, table, released, keep, stop).await;
+                }
+            });
+        }
+        let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
+        let reconnect = Arc::new(tokio::sync::Notify::new());
+        if let Some(day) = config.report_publish_day {
+            tokio::spawn(crate::report::publish_monthly(
+                journal.clone(),
+                sink.clone(),
+                accepted.clone(),
+                config.gateway_id.clone(),
+                day,
+                config.calendar.clone(),
+                // Stops with the scanners: it holds a record sink, which must be gone for the
+                // journal writer to finish.
+                shutdown.clone(),
+            ));
+        }
+        // Refused platform messages are journaled by their own task, which stops with the
+        // other record producers (the uplink runs on until the journal is flushed).
+        let (refusal_tx, refusal_rx) = mpsc::unbounded_channel();
+        tasks.spawn(crate::uplink::refusals::journal(
+            config.gateway_id.clone(),
+            refusal_rx,
+            sink.clone(),
+            shutdown.clone(),
+        ));
+        let uplink = Uplink {
+            config: config.uplink.clone(),
+            gateway: config.gateway_id.clone(),
+            journal: journal.clone(),
+            table: table.clone(),
+            metrics: metrics.clone(),
+            accepted,
+            alarms: alarms.clone(),
+            changes: changes.clone(),
+            policy: policy.clone(),
+            anomalies: anomaly_rx,
+            refusals: refusal_tx,
+            session_watch: Default::default(),
+            session_finding: Default::default(),
+            reconnect: reconnect.clone(),
+            trust: config.trust.clone(),
+        };
+        // Platform messages are taken in once the table is loaded: their freshness is judged
+        // against what the table holds, so a partial table could let an old message replace
+        // a newer stored one. Records wait in the journal meanwhile.
+        let uplink = {
+            let (table, stop) = (table.clone(), uplink_stop.clone());
+            tokio::spawn(async move {
+                if loaded(&table, &stop).await {
+                    uplink.run(stop).await;
+                }
+            })
+        };
+
+        let liveness = crate::service::Liveness::default();
+        // Camera tasks stop at `shutdown` like the evidence tasks: they hold a record sink.
+        let (line_cameras, camera_tasks) = crate::camera::start(
+            &config.cameras,
+            &config.evidence,
+            &config.gateway_id,
+            sink.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(crate::evidence::keep_within_limits(
+            config.evidence.clone(),
+            alarms.clone(),
+            shutdown.clone(),
+        ));
+        join_all(&mut tasks, camera_tasks);
+        // A small table loads in a moment: the lines wait that long for it rather than hold
+        // their first parcels as `state_loading`. A large one goes on loading behind them.
+        let _ = tokio::time::timeout(LOAD_WAIT, loaded(&table, &shutdown)).await;
+        let wiring = LineWiring {
+            config: &config,
+            table: &table,
+            rules: &rules,
+            metrics: &metrics,
+            changes: &changes,
+            sink: &sink,
+            anomalies: &anomaly_tx,
+            released: &released,
+            liveness: &liveness,
+            shutdown: &shutdown,
+        };
+        let destinations = start_lines(&wiring, line_cameras, &mut recent, &floor, &mut tasks);
+        match crate::evidence::start(
+            &config.evidence,
+            config.gateway_id.clone(),
+            destinations,
+            sink.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ) {
+            Ok(handles) => join_all(&mut tasks, handles),
+            Err(e) => alarms.raise(format!("X-ray images: {e}")),
+        }
+        let view_addr = match (&config.view, view_feed) {
+            (Some(view), Some(feed)) => {
+                start_view(
+                    view,
+                    &config,
+                    &journal,
+                    &metrics,
+                    &rules,
+                    view_accepted,
+                    &shutdown,
+                    &alarms,
+                    feed,
+                    &table,
+                )
+                .await
+            }
+            _ => None,
+        };
+        tokio::spawn(crate::service::watchdog(liveness, uplink_stop.clone()));
+        Ok(App {
+            view_addr,
+            metrics,
+            table,
+            journal,
+            rules,
+            policy,
+            reconnect,
+            tls_configured: config.uplink.tls.is_some() || config.uplink.credentials.is_some(),
+            view_tls: config.view.as_ref().and_then(|v| v.tls.clone()),
+            pipeline: tasks,
+            _threads: [floor, journal_thread],
+            uplink,
+            journal_tasks,
+            uplink_stop,
+        })
+    }
+
+    /// The rule set in force, for reloads (usable after the app is moved).
+    pub fn policy(&self) -> Policy {
+        self.policy.clone()
+    }
+
+    /// What SIGHUP reloads: the rule set, and the broker connection's TLS material and
+    /// credentials (by reconnecting; records wait in the journal meanwhile).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            policy: self.policy.clone(),
+            reconnect: self.tls_configured.then(|| self.reconnect.clone()),
+            view_tls: self.view_tls.clone(),
+        }
+    }
+
+    /// Waits for the pipeline to finish (after shutdown), gives the uplink a short while to
+    /// forward the last records, then stops it and the tasks that use the journal, and flushes
+    /// the journal. Whatever is not
+    /// acknowledged by then stays in the outbox for the next start.
+    pub async fn wait(mut self) -> Result<(), JournalError> {
+        while let Some(r) = self.pipeline.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    tracing::error!(error = %e, "a task panicked");
+                }
+            }
+        }
+        let start = Instant::now();
+        while Metrics::get(&self.metrics.backlog) > 0
+            && self.metrics.uplink_ready.load(Ordering::Relaxed)
+            && start.elapsed() < UPLINK_DRAIN
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.uplink_stop.cancel();
+        let _ = self.uplink.await;
+        while self.journal_tasks.join_next().await.is_some() {}
+        self.journal.flush().await?;
+        info!(
+            backlog = Metrics::get(&self.metrics.backlog),
+            "bondline stopped; unforwarded records stay in the journal"
+        );
+        Ok(())
+    }
+}
+
+/// Reloads what SIGHUP reloads; see [`App::reloader`].
+#[derive(Clone)]
+pub struct Reloader {
+    policy: Policy,
+    reconnect: Option<Arc<tokio::sync::Notify>>,
+    view_tls: Option<crate::view::tls::ViewTls>,
+}
+
+impl Reloader {
+    /// Reloads; returns the rule set version in force.
+    pub fn reload(&self) -> String {
+        if let Some(r) = &self.reconnect {
+            r.notify_one();
+        }
+        if let Some(t) = &self.view_tls {
+            match t.reload() {
+                Ok(()) => info!("staff view certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "staff view certificate not reloaded; the one in use stays")
+                }
+            }
+        }
+        self.policy.reload_on_signal()
+    }
+}

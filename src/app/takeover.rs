@@ -1,0 +1,236 @@
+//! What a start takes over from the last run, before the lines decide: records spilled at
+//! shutdown, release decisions whose outcome was never recorded, the waybills already
+//! released (for the duplicate-label rule), and the chain's integrity, walked behind the
+//! running lines.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::alarm::Alarms;
+use crate::config::Config;
+use crate::journal::Journal;
+
+use super::StartError;
+use crate::rules::ClearanceTable;
+
+/// How far back the journal is read at start for parcels whose dispositions may still come:
+/// far beyond a line's disposition timeout; [`RECENT_DISPOSITIONS`] per line are read even
+/// if older (the PLC's ring may hold them), and never more than [`RECENT_MAX_RECORDS`].
+const RECENT_WINDOW: Duration = Duration::from_secs(30 * 60);
+const RECENT_DISPOSITIONS: usize = 64;
+const RECENT_MAX_RECORDS: usize = 100_000;
+
+/// Records spilled at the last shutdown are stored first; their files go once they are.
+pub(super) fn restore_spill(
+    spill: &std::path::Path,
+    sink: &crate::journal::RecordSink,
+    accepted: &tokio::sync::watch::Receiver<u64>,
+) {
+    let (spill_files, spilled) = crate::journal::read_spill(spill);
+    if !spill_files.is_empty() {
+        let n = spilled.len() as u64;
+        info!(records = n, "storing records spilled at the last shutdown");
+        let target = *accepted.borrow() + n;
+        for r in spilled {
+            sink.push(r);
+        }
+        let mut watch = accepted.clone();
+        tokio::spawn(async move {
+            while *watch.borrow_and_update() < target {
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+            for f in spill_files {
+                if let Err(e) = std::fs::remove_file(&f) {
+                    tracing::warn!(file = %f.display(), error = %e, "cannot remove a stored spill file");
+                }
+            }
+        });
+    }
+}
+
+/// Release decisions stored ahead of a command whose outcome was never recorded (the
+/// gateway stopped in between) are recorded now, as `interrupted`; what the journal
+/// holds of recent parcels lets the lines explain the PLC's dispositions of an earlier
+/// run's parcels (see journal::intents).
+pub(super) fn settle_interrupted(
+    journal: &Journal,
+    sink: &crate::journal::RecordSink,
+    now_ms: u64,
+) -> Result<crate::journal::intents::RecentParcels, StartError> {
+    let mut recent = journal.recent_parcels(
+        now_ms.saturating_sub(RECENT_WINDOW.as_millis() as u64),
+        RECENT_DISPOSITIONS,
+        RECENT_MAX_RECORDS,
+    )?;
+    for r in journal.intents()? {
+        let recorded = recent
+            .lines
+            .get(&r.line)
+            .and_then(|parcels| parcels.get(&r.parcel))
+            .is_some_and(|k| k.decided && k.revision >= r.revision);
+        if recorded {
+            // Stopped between the record and the intent's removal: nothing was lost.
+            let key = crate::journal::intents::intent_key(&r.line, r.parcel);
+            journal.settle_intents(&[(key, r.revision)])?;
+            continue;
+        }
+        let (record, alert) = crate::journal::intents::interrupted(r, now_ms);
+        tracing::warn!(line = %record.line, parcel = record.parcel, "release decision found without its outcome: recorded as interrupted");
+        recent.decided(&record);
+        sink.push(record);
+        sink.push(alert);
+    }
+    Ok(recent)
+}
+
+/// Waybills this gateway released, for the duplicate-label rule on every line: from
+/// the marks stored with each release intent, within the clearance horizon. Read once
+/// here; the lines consult the copy in memory.
+pub(super) fn released_registry(
+    journal: &Journal,
+    config: &Config,
+    now_ms: u64,
+) -> Result<Arc<crate::line::duplicates::Released>, StartError> {
+    let released = Arc::new(crate::line::duplicates::Released::new(
+        config.duplicates,
+        config.storage.clearance.as_millis() as u64,
+    ));
+    for r in journal
+        .released_since(now_ms.saturating_sub(config.storage.clearance.as_millis() as u64))?
+    {
+        let Some(waybill) = r.waybill.clone() else {
+            continue;
+        };
+        released.load(
+            &waybill,
+            crate::line::duplicates::Mark {
+                line: r.line.clone(),
+                parcel: r.parcel,
+                scanned_at_ms: r.scanned_at_ms,
+                weight_g: r.inputs.as_ref().and_then(|i| i.measured_weight_g),
+                lane: r.lane,
+                // The store does not hold the PLC's word on where it went: taken as
+                // released, so no later parcel is taken for it come round again.
+                floor: crate::line::duplicates::Floor::Released,
+                snapshots: Vec::new(),
+            },
+        );
+    }
+    Ok(released)
+}
+
+/// Raises `journal_chain_broken` for the head and anchor tag problems found at start, then
+/// walks the whole chain on a blocking thread (off the decision path: lines run meanwhile)
+/// and raises it for what the walk finds.
+pub(super) fn check_chain(
+    journal: &Journal,
+    gateway: &str,
+    alarms: &Alarms,
+    sink: &crate::journal::RecordSink,
+    tags: Vec<crate::journal::ChainProblem>,
+) {
+    let raise = {
+        let (journal, gateway, alarms, sink) = (
+            journal.clone(),
+            gateway.to_string(),
+            alarms.clone(),
+            sink.clone(),
+        );
+        move |problems: &[crate::journal::ChainProblem]| {
+            use bondline_devices::contract::{AlertKind, AlertRecord, SCHEMA};
+            let text = problems
+                .iter()
+                .take(20)
+                .map(|p| serde_json::to_string(p).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let detail = format!(
+                "journal chain broken: {} problem(s): {text}; see `bondline journal verify`",
+                problems.len()
+            );
+            journal.note_chain_problem(detail.clone());
+            alarms.raise(format!("journal_chain_broken: {detail}"));
+            sink.push(AlertRecord {
+                schema: SCHEMA,
+                msg_id: String::new(),
+                seq: 0,
+                prev_hash: String::new(),
+                gateway: gateway.clone(),
+                line: String::new(),
+                parcel: None,
+                waybill: None,
+                alert: AlertKind::JournalChainBroken,
+                detail,
+                at_ms: crate::metrics::unix_ms(std::time::SystemTime::now()),
+            });
+        }
+    };
+    if !tags.is_empty() {
+        raise(&tags);
+    }
+    let journal = journal.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let walked = tokio::task::spawn_blocking(move || journal.verify_running()).await;
+        match walked {
+            Ok(Ok(report)) if report.ok() => {
+                info!(records = report.checked, took = ?started.elapsed(), "journal chain checked: whole");
+            }
+            Ok(Ok(report)) if tags.is_empty() => raise(&report.problems),
+            Ok(Ok(report)) => {
+                let mut all = tags;
+                all.extend(report.problems);
+                raise(&all);
+            }
+            Ok(Err(e)) => warn!(error = %e, "journal chain check at start failed"),
+            Err(e) => warn!(error = %e, "journal chain check at start stopped"),
+        }
+    });
+}
+
+/// The store as the last run left it, opened: the journal with its integrity key, the
+/// clearance table begun (it fills in the background, see `loading`), and the chain's head
+/// and anchor tags checked now, before the writer moves the head.
+pub(super) struct Opened {
+    pub(super) journal: Journal,
+    pub(super) table: Arc<ClearanceTable>,
+    /// Stored entries without integrity tags are adopted (a new key, or a salvaged store).
+    pub(super) adopting: bool,
+    pub(super) expected_entries: u64,
+    pub(super) expected_declarations: u64,
+    pub(super) chain_tags: Vec<crate::journal::ChainProblem>,
+}
+
+/// Opens the journal and begins the clearance table's load; see [`Opened`].
+pub(super) fn open_store(config: &Config) -> Result<Opened, StartError> {
+    let journal = Journal::open(&config.storage.path)?;
+    journal.check_head_mark()?;
+    let (key, created) = crate::journal::integrity::IntegrityKey::load_or_create(
+        &config.storage.integrity_key_file,
+    )?;
+    if created {
+        info!(file = %config.storage.integrity_key_file.display(), "integrity key created");
+    }
+    journal.set_integrity_key(key, created);
+    // The clearance table fills in the background (see `load_clearance` below): the lines
+    // decide from the first second, holding every waybill until it is loaded.
+    let table = Arc::new(ClearanceTable::default());
+    let (expected_entries, expected_declarations) = journal.clearance_load_hint();
+    table.begin_loading(expected_entries);
+    let adopting = journal.begin_clearance_load()?;
+    // The chain's head and anchor tags now, before the writer moves the head; the whole
+    // chain is walked in the background below.
+    let chain_tags = journal.check_chain_tags(true)?;
+    Ok(Opened {
+        journal,
+        table,
+        adopting,
+        expected_entries,
+        expected_declarations,
+        chain_tags,
+    })
+}
