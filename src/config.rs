@@ -573,18 +573,6 @@ impl Config {
     }
 }
 
-/// Reads and validates a rule file.
-pub fn load_rules(path: &Path) -> Result<crate::rules::engine::RuleSet, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse_rules(&path.display().to_string(), &text)
-}
-
-/// Parses and validates a rule set's text from `origin` (a file or a platform update).
-pub fn parse_rules(origin: &str, text: &str) -> Result<crate::rules::engine::RuleSet, String> {
-    crate::rules::engine::RuleSet::parse(origin, text).map_err(|e| e.to_string())
-}
-
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;

@@ -31,7 +31,7 @@ use crate::journal::platform::StoredRules;
 use crate::journal::{sha256, Journal, JournalError};
 use crate::metrics::Metrics;
 use crate::rules::clearance::Stamp;
-use crate::rules::engine::RuleSet;
+use crate::rules::engine::{RuleSet, RuleSetError};
 
 /// How often the rule file is checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -86,23 +86,34 @@ pub struct Feeds {
     pub xray: bool,
 }
 
-/// Reads the rule file and validates it.
-fn read_file(path: &std::path::Path) -> (Option<[u8; 32]>, Result<RuleSet, String>) {
+/// Why the rule file was not taken; the rule set in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleFileError {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("not UTF-8 text")]
+    NotText,
+    #[error(transparent)]
+    Invalid(#[from] RuleSetError),
+}
+
+/// Reads the rule file and validates it; the hash is of the bytes read, valid or not.
+fn read_file(path: &std::path::Path) -> (Option<[u8; 32]>, Result<RuleSet, RuleFileError>) {
     match std::fs::read(path) {
         Ok(bytes) => {
             let hash = sha256(&bytes);
             let set = String::from_utf8(bytes)
-                .map_err(|_| "not UTF-8 text".to_string())
-                .and_then(|text| crate::config::parse_rules(&path.display().to_string(), &text));
+                .map_err(|_| RuleFileError::NotText)
+                .and_then(|text| Ok(RuleSet::parse(&path.display().to_string(), &text)?));
             (Some(hash), set)
         }
-        Err(e) => (None, Err(format!("cannot read: {e}"))),
+        Err(e) => (None, Err(RuleFileError::Read(e))),
     }
 }
 
 /// Parses a platform update's rule set with the same checks as a file.
-fn parse_update(u: &RuleSetUpdate) -> Result<RuleSet, String> {
-    crate::config::parse_rules(&format!("platform update {}", u.update_id), &u.rules_toml)
+fn parse_update(u: &RuleSetUpdate) -> Result<RuleSet, RuleSetError> {
+    RuleSet::parse(&format!("platform update {}", u.update_id), &u.rules_toml)
 }
 
 impl Policy {
@@ -241,7 +252,7 @@ impl Policy {
                 version
             }
             Err(reason) => {
-                self.refuse(&path.display().to_string(), &reason);
+                self.refuse(&path.display().to_string(), &reason.to_string());
                 self.current().version.clone()
             }
         }
@@ -270,7 +281,8 @@ impl Policy {
         // Validated before its id is remembered: a refused update may come again corrected.
         let set = match parse_update(u) {
             Ok(set) => set,
-            Err(reason) => {
+            Err(e) => {
+                let reason = e.to_string();
                 self.refuse(&format!("update {}", u.update_id), &reason);
                 return Err(UpdateError::Invalid(reason));
             }
@@ -343,7 +355,7 @@ mod tests {
         std::fs::write(&file, rules("file-1")).unwrap();
         let journal = Journal::open(&dir.path().join("store")).unwrap();
         let (changes, mut seen) = tokio::sync::broadcast::channel(8);
-        let configured = crate::config::parse_rules("rules.toml", &rules("file-1")).unwrap();
+        let configured = RuleSet::parse("rules.toml", &rules("file-1")).unwrap();
         let policy = Policy::start(
             Arc::new(configured),
             Some(file.clone()),

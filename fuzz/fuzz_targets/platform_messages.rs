@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = Instruction::parse(data);
     let _ = EnterpriseNotice::parse(data);
     if let Ok(u) = RuleSetUpdate::parse(data) {
-        let _ = bondline::config::parse_rules("fuzz", &u.rules_toml);
+        let _ = bondline::rules::engine::RuleSet::parse("fuzz", &u.rules_toml);
     }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(set) = bondline::rules::engine::RuleSet::parse("fuzz", text) {

@@ -111,7 +111,7 @@ fn known_rule_sets(
         }
     }
     if let Ok(Some(update)) = journal.last_platform_rules() {
-        if let Ok(set) = crate::config::parse_rules("platform", &update.rules_toml) {
+        if let Ok(set) = crate::rules::engine::RuleSet::parse("platform", &update.rules_toml) {
             sets.push(set);
         }
     }

@@ -121,9 +121,9 @@ pub fn process(bytes: &[u8], thumbnail_px: u32) -> Processed {
     let error = match (header, structure) {
         // A bomb is named as such even when it is also cut short.
         (Err(e @ ImageError::Limits(_)), _) => Some(describe(kind, &e)),
-        (_, Err(s)) if s.starts_with("truncated") => Some(clip(s)),
+        (_, Err(d @ Damage::Truncated(_))) => Some(clip(d.to_string())),
         (Err(e), _) => Some(describe(kind, &e)),
-        (Ok(_), Err(s)) => Some(clip(s)),
+        (Ok(_), Err(d)) => Some(clip(d.to_string())),
         (Ok(_), Ok(())) => None,
     };
     if error.is_some() {
@@ -207,52 +207,71 @@ fn thumbnail(image: &DynamicImage, px: u32) -> Result<Vec<u8>, ImageError> {
     Ok(out)
 }
 
+/// What a structural walk of an image file found: its text goes in the record's `error`.
+#[derive(Debug, thiserror::Error)]
+enum Damage {
+    /// The file ends early (named as such even when its header is also refused).
+    #[error("{0}")]
+    Truncated(String),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
 /// Walks a JPEG's markers to its end-of-image marker: headers by their lengths, entropy-coded
 /// scans up to the next marker.
-fn check_jpeg(b: &[u8]) -> Result<(), String> {
+fn check_jpeg(b: &[u8]) -> Result<(), Damage> {
     let mut i = 2; // after SOI
     loop {
         // Markers may be preceded by any number of 0xFF fill bytes.
         if i >= b.len() {
-            return Err("truncated JPEG: the file ends before its end-of-image marker".into());
+            return Err(Damage::Truncated(
+                "truncated JPEG: the file ends before its end-of-image marker".into(),
+            ));
         }
         if b[i] != 0xFF {
-            return Err(format!(
+            return Err(Damage::Corrupt(format!(
                 "corrupt JPEG: expected a marker at byte {i}, found 0x{:02X}",
                 b[i]
-            ));
+            )));
         }
         while i < b.len() && b[i] == 0xFF {
             i += 1;
         }
         let Some(&marker) = b.get(i) else {
-            return Err("truncated JPEG: the file ends inside a marker".into());
+            return Err(Damage::Truncated(
+                "truncated JPEG: the file ends inside a marker".into(),
+            ));
         };
         i += 1;
         match marker {
             0xD9 => return Ok(()),
             0x01 | 0xD0..=0xD7 => continue,
-            0x00 => return Err(format!("corrupt JPEG: stray 0xFF00 at byte {}", i - 2)),
+            0x00 => {
+                return Err(Damage::Corrupt(format!(
+                    "corrupt JPEG: stray 0xFF00 at byte {}",
+                    i - 2
+                )))
+            }
             _ => {}
         }
         let Some(len) = b
             .get(i..i + 2)
             .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
         else {
-            return Err(format!(
+            return Err(Damage::Truncated(format!(
                 "truncated JPEG: the file ends in the header of segment 0x{marker:02X}"
-            ));
+            )));
         };
         if len < 2 {
-            return Err(format!(
+            return Err(Damage::Corrupt(format!(
                 "corrupt JPEG: segment 0x{marker:02X} at byte {} has length {len}",
                 i - 2
-            ));
+            )));
         }
         if i + len > b.len() {
-            return Err(format!(
+            return Err(Damage::Truncated(format!(
                 "truncated JPEG: segment 0x{marker:02X} runs past the end of the file"
-            ));
+            )));
         }
         i += len;
         if marker == 0xDA {
@@ -260,17 +279,17 @@ fn check_jpeg(b: &[u8]) -> Result<(), String> {
             // marker inside the scan; anything else is the next marker.
             loop {
                 let Some(at) = b[i..].iter().position(|&x| x == 0xFF) else {
-                    return Err(
+                    return Err(Damage::Truncated(
                         "truncated JPEG: the image data ends without an end-of-image marker".into(),
-                    );
+                    ));
                 };
                 i += at;
                 match b.get(i + 1) {
                     None => {
-                        return Err(
+                        return Err(Damage::Truncated(
                             "truncated JPEG: the image data ends without an end-of-image marker"
                                 .into(),
-                        )
+                        ))
                     }
                     Some(0x00 | 0xD0..=0xD7) => i += 2,
                     Some(0xFF) => i += 1,
@@ -282,23 +301,27 @@ fn check_jpeg(b: &[u8]) -> Result<(), String> {
 }
 
 /// Walks a PNG's chunks to `IEND`.
-fn check_png(b: &[u8]) -> Result<(), String> {
+fn check_png(b: &[u8]) -> Result<(), Damage> {
     let mut i = PNG_MAGIC.len();
     loop {
         let Some(head) = b.get(i..i + 8) else {
-            return Err("truncated PNG: the file ends before its IEND chunk".into());
+            return Err(Damage::Truncated(
+                "truncated PNG: the file ends before its IEND chunk".into(),
+            ));
         };
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let kind = &head[4..8];
         let name = String::from_utf8_lossy(kind).into_owned();
         if len > 0x7FFF_FFFF {
-            return Err(format!("corrupt PNG: chunk {name:?} has length {len}"));
+            return Err(Damage::Corrupt(format!(
+                "corrupt PNG: chunk {name:?} has length {len}"
+            )));
         }
         let end = i + 8 + len + 4;
         if end > b.len() {
-            return Err(format!(
+            return Err(Damage::Truncated(format!(
                 "truncated PNG: chunk {name:?} runs past the end of the file"
-            ));
+            )));
         }
         if kind == b"IEND" {
             return Ok(());

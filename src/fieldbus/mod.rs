@@ -12,9 +12,42 @@ pub mod xray;
 
 use std::time::Duration;
 
+use tokio_modbus::client::Context;
+use tokio_modbus::Slave;
 use tokio_serial::SerialStream;
 
-use crate::config::{Parity, SerialSettings};
+use crate::config::{Parity, SerialSettings, Transport};
+
+/// Why a device's transport could not be opened: no TCP connection, or no serial port.
+/// A device that answers but refuses is a Modbus exception, reported by the caller apart.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("TCP connect: {0}")]
+    Tcp(#[source] std::io::Error),
+    #[error("serial port: {0}")]
+    Serial(#[source] tokio_serial::Error),
+}
+
+/// Opens a Modbus device's transport and attaches a client for `unit` to it: the PLC link
+/// and the X-ray verdict readers open their devices the same way.
+pub async fn attach(
+    transport: &Transport,
+    unit: u8,
+    timeout: Duration,
+) -> Result<Context, OpenError> {
+    match transport {
+        Transport::Tcp { host, port } => {
+            let stream = connect_tcp(host, *port, timeout)
+                .await
+                .map_err(OpenError::Tcp)?;
+            Ok(tokio_modbus::client::tcp::attach_slave(stream, Slave(unit)))
+        }
+        Transport::Serial(s) => {
+            let port = open_serial(s).map_err(OpenError::Serial)?;
+            Ok(tokio_modbus::client::rtu::attach_slave(port, Slave(unit)))
+        }
+    }
+}
 
 /// Opens a serial port (or pseudo-terminal) with the configured line settings.
 pub fn open_serial(s: &SerialSettings) -> Result<SerialStream, tokio_serial::Error> {

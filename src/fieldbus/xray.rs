@@ -23,7 +23,7 @@ use bondline_devices::xray::new_events;
 use crate::floor::XrayMsg;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::Reader;
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::Slave;
 use tokio_util::sync::CancellationToken;
@@ -134,22 +134,6 @@ pub fn tasks(
         .collect()
 }
 
-/// Opens the bus's transport and attaches a Modbus client to it.
-async fn open(transport: &Transport, unit: u8, timeout: Duration) -> Result<Context, String> {
-    match transport {
-        Transport::Tcp { host, port } => {
-            let stream = super::connect_tcp(host, *port, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(tokio_modbus::client::tcp::attach_slave(stream, Slave(unit)))
-        }
-        Transport::Serial(s) => {
-            let port = super::open_serial(s).map_err(|e| e.to_string())?;
-            Ok(tokio_modbus::client::rtu::attach_slave(port, Slave(unit)))
-        }
-    }
-}
-
 /// How one request went.
 enum Outcome {
     Read(Vec<u16>),
@@ -168,7 +152,8 @@ async fn run_bus(mut units: Vec<Unit>, metrics: Arc<Metrics>, shutdown: Cancella
     let open_timeout = Duration::from_secs(2);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     while !shutdown.is_cancelled() {
-        let mut ctx = match open(&transport, units[0].dev.map.unit_id, open_timeout).await {
+        let mut ctx = match super::attach(&transport, units[0].dev.map.unit_id, open_timeout).await
+        {
             Ok(ctx) => {
                 backoff.reset();
                 ctx
