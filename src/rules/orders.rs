@@ -69,7 +69,10 @@ fn digest(parts: &[&str]) -> u128 {
         bytes.extend_from_slice(p.as_bytes());
         bytes.push(0);
     }
-    let h = crate::journal::sha256(&bytes);
+    let h: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes).into()
+    };
     u128::from_be_bytes(h[..16].try_into().expect("16 bytes"))
 }
 
