@@ -19,7 +19,13 @@
 //! Threads do not protect against a neighbour that takes the CPU: on a two-core gateway a
 //! backlog drain keeps both cores busy. The main runtime's threads therefore run at a lower
 //! scheduling priority ([`yield_to_floor`], nice +10: about a tenth of the CPU weight of the
-//! floor and journal threads when they compete), which needs no privilege.
+//! floor and journal threads when they compete), which needs no privilege. Weight is not
+//! latency: a thread that wakes may still wait for a busy neighbour's time slice to end
+//! (milliseconds). The floor thread therefore asks to run the moment it wakes ([`urgent`]):
+//! real-time priority when the process may take it (the systemd unit's `LimitRTPRIO=10`),
+//! else a short time slice (Linux 6.12 and later preempt for it), and logs which it got.
+//! `BONDLINE_FLOOR_SCHED=slice` or `=normal` in the environment asks for less, to measure
+//! what each one gives (BENCHMARKS.md).
 
 use std::future::Future;
 
@@ -40,10 +46,24 @@ impl Dedicated {
         Dedicated::start_with(name, || {})
     }
 
+    /// Starts the floor thread: like [`Dedicated::start`], and the thread asks the kernel to
+    /// run it the moment it wakes (see [`urgent`]).
+    pub fn start_urgent(name: &str) -> std::io::Result<Dedicated> {
+        Dedicated::start_inner(name, || {}, true)
+    }
+
     /// Like [`Dedicated::start`]; the runtime's blocking threads (`spawn_blocking`) run
     /// `on_blocking_start` first: [`yield_to_floor`] keeps heavy blocking work below the
     /// thread's own priority.
     pub fn start_with(name: &str, on_blocking_start: fn()) -> std::io::Result<Dedicated> {
+        Dedicated::start_inner(name, on_blocking_start, false)
+    }
+
+    fn start_inner(
+        name: &str,
+        on_blocking_start: fn(),
+        is_urgent: bool,
+    ) -> std::io::Result<Dedicated> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name(name)
@@ -54,6 +74,10 @@ impl Dedicated {
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                if is_urgent {
+                    let got = urgent();
+                    tracing::info!(thread = %std::thread::current().name().unwrap_or(""), scheduling = ?got, "floor thread scheduling");
+                }
                 rt.block_on(async {
                     let _ = stopped.await;
                 });
@@ -97,6 +121,76 @@ pub fn yield_to_floor() {
         let now = libc::getpriority(libc::PRIO_PROCESS, tid);
         libc::setpriority(libc::PRIO_PROCESS, tid, (now + MAIN_NICE).min(19));
     }
+}
+
+/// Real-time priority of the floor thread when the process may use it (`LimitRTPRIO` or
+/// `CAP_SYS_NICE`): above every normal thread, below the kernel's own real-time threads.
+pub const FLOOR_RT_PRIORITY: i32 = 10;
+
+/// A short scheduling slice (Linux 6.12 and later: a waking thread with a shorter slice
+/// preempts the running one) for the floor thread when real-time priority is not allowed.
+pub const FLOOR_SLICE_NS: u64 = 100_000;
+
+/// How the calling thread asked for the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// `SCHED_FIFO` at [`FLOOR_RT_PRIORITY`]: runs the moment it wakes.
+    RealTime,
+    /// Normal scheduling with a [`FLOOR_SLICE_NS`] slice.
+    ShortSlice,
+    /// Neither was allowed: normal scheduling.
+    Normal,
+}
+
+/// Asks the kernel to run the calling thread as soon as it wakes: real-time priority when
+/// permitted, else a short slice. The floor thread sleeps almost all the time (a parcel
+/// takes microseconds), so it cannot starve the rest; what it gains is not waiting behind a
+/// busy neighbour's time slice (milliseconds) each time a frame arrives.
+pub fn urgent() -> Urgency {
+    let want = std::env::var("BONDLINE_FLOOR_SCHED").unwrap_or_default();
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread with a fully initialised argument.
+    unsafe {
+        if want != "slice" && want != "normal" {
+            let param = libc::sched_param {
+                sched_priority: FLOOR_RT_PRIORITY,
+            };
+            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 {
+                return Urgency::RealTime;
+            }
+        }
+        if want != "normal" {
+            let attr = SchedAttr {
+                size: std::mem::size_of::<SchedAttr>() as u32,
+                sched_policy: libc::SCHED_OTHER as u32,
+                sched_flags: 0,
+                sched_nice: 0,
+                sched_priority: 0,
+                sched_runtime: FLOOR_SLICE_NS,
+                sched_deadline: 0,
+                sched_period: 0,
+            };
+            if libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) == 0 {
+                return Urgency::ShortSlice;
+            }
+        }
+    }
+    let _ = want;
+    Urgency::Normal
+}
+
+/// The kernel's `struct sched_attr` (first version, 48 bytes).
+#[cfg(target_os = "linux")]
+#[repr(C)]
+struct SchedAttr {
+    size: u32,
+    sched_policy: u32,
+    sched_flags: u64,
+    sched_nice: i32,
+    sched_priority: u32,
+    sched_runtime: u64,
+    sched_deadline: u64,
+    sched_period: u64,
 }
 
 #[cfg(test)]

@@ -100,8 +100,8 @@ impl App {
             source: sled::Error::Io(e),
         })?;
         // The decision path and the journal's writer get threads of their own (see threads).
-        let floor =
-            Dedicated::start("bondline-floor").map_err(|e| StartError::Thread("floor", e))?;
+        let floor = Dedicated::start_urgent("bondline-floor")
+            .map_err(|e| StartError::Thread("floor", e))?;
         let journal_thread =
             Dedicated::start("bondline-journal").map_err(|e| StartError::Thread("journal", e))?;
         let Opened {
