@@ -8,7 +8,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The runtime's clock, so that tests can run the liveness checks on paused time.
+use tokio::time::Instant;
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
@@ -189,13 +192,13 @@ pub async fn watchdog(liveness: Liveness, stop: CancellationToken) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_task_that_stops_beating_is_hung() {
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_stops_beating_is_hung() {
         let l = Liveness::default();
         let a = l.register("line L1");
         let _b = l.register("line L2");
         assert!(l.hung(Duration::from_millis(50)).is_empty());
-        std::thread::sleep(Duration::from_millis(80));
+        tokio::time::advance(Duration::from_millis(80)).await;
         a.beat();
         assert_eq!(
             l.hung(Duration::from_millis(50)),
