@@ -284,10 +284,7 @@ pub async fn metrics(State(s): State<Shared>) -> Result<Response, ViewError> {
         super::prometheus::render(&s.ctx.metrics, board.decisions(), &health)
     };
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)],
         text,
     )
         .into_response())

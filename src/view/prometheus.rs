@@ -1,23 +1,121 @@
 //! `/metrics` in the Prometheus text exposition format (version 0.0.4), rendered from the
 //! daemon's atomics, the board's decision counts and a health snapshot. Pure: the handler
-//! gathers the inputs, this module only writes text.
+//! gathers the inputs, this module only turns them into text.
+//!
+//! The text is written by the `prometheus-client` crate (its `prometheus_text` encoder, which
+//! also escapes label values and formats the numbers). Its collectors must be `'static`, so
+//! [`render`] copies one scrape's values into [`Family`]s (a few hundred numbers and the
+//! decision labels) and encodes them through a registry made for that scrape; the values
+//! themselves stay where they are recorded.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::metrics::{Histogram, Metrics};
 
 use super::board::DecisionKey;
 use super::health::Health;
 
+/// The `Content-Type` of what [`render`] writes.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
 /// Writes the whole exposition.
 pub fn render(
     metrics: &Metrics,
-    decisions: &std::collections::BTreeMap<DecisionKey, u64>,
+    decisions: &BTreeMap<DecisionKey, u64>,
     health: &Health,
 ) -> String {
-    let mut out = String::with_capacity(8192);
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(gather(metrics, decisions, health))));
+    let mut out = String::with_capacity(16 * 1024);
+    prometheus_text::encode(&mut out, &registry)
+        .expect("the encoder only fails when its writer does, and a String never does");
+    out
+}
+
+/// A sample's labels: names and values, in the order they are written.
+type Labels = Vec<(&'static str, Cow<'static, str>)>;
+
+/// One metric family as scraped: its samples share the name, help and type.
+#[derive(Debug)]
+struct Family {
+    /// The name as scraped (counters end in `_total`).
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels, Value)>,
+}
+
+#[derive(Debug)]
+enum Value {
+    /// A counter's or gauge's whole value (the family's type says which).
+    Whole(u64),
+    /// A gauge in seconds.
+    Seconds(f64),
+    /// A histogram in seconds: per-bucket counts (not cumulative; the last bound is `+Inf`),
+    /// the sum, and the count (the buckets' total, so that `_count` and the `+Inf` bucket of
+    /// one snapshot always agree).
+    Histogram {
+        buckets: Vec<(f64, u64)>,
+        sum: f64,
+        count: u64,
+    },
+}
+
+impl Value {
+    fn encode(&self, kind: MetricType, mut sample: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            Value::Whole(n) if kind == MetricType::Counter => ConstCounter::new(*n).encode(sample),
+            Value::Whole(n) => ConstGauge::new(*n).encode(sample),
+            Value::Seconds(s) => ConstGauge::new(*s).encode(sample),
+            Value::Histogram {
+                buckets,
+                sum,
+                count,
+            } => sample.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None),
+        }
+    }
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str, kind: MetricType) -> Family {
+        Family {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        }
+    }
+
+    /// A family of one unlabelled sample.
+    fn one(name: &'static str, help: &'static str, kind: MetricType, v: Value) -> Family {
+        Family {
+            samples: vec![(Vec::new(), v)],
+            ..Family::new(name, help, kind)
+        }
+    }
+}
+
+/// The values of all families, in the order they are written.
+fn gather(
+    metrics: &Metrics,
+    decisions: &BTreeMap<DecisionKey, u64>,
+    health: &Health,
+) -> Vec<Family> {
+    use MetricType::{Counter, Gauge};
+    use Value::{Seconds, Whole};
     let g = Metrics::get;
+    let mut families = Vec::with_capacity(64);
     let counters: [(&str, &str, u64); 27] = [
         ("bondline_scans_total", "Scanner frames that yielded a parcel (reads and no-reads).", g(&metrics.parcels)),
         ("bondline_no_reads_total", "Parcels whose code the scanner could not read.", g(&metrics.no_reads)),
@@ -47,9 +145,6 @@ pub fn render(
         ("bondline_uplink_disconnects_total", "Broker sessions that ended.", g(&metrics.uplink_disconnects)),
         ("bondline_view_stream_lagged_total", "Times a live board stream fell behind and was told to reload.", health.stream_lagged),
     ];
-    for (name, help, v) in counters {
-        metric(&mut out, name, help, "counter", &[(&[], v as f64)]);
-    }
     let images: [(&str, &str, u64); 8] = [
         ("bondline_images_ingested_total", "X-ray images kept and handed to their line (spool and upload), corrupt ones included.", g(&metrics.images_ingested)),
         ("bondline_images_with_errors_total", "X-ray images that did not decode; kept and forwarded with their error.", g(&metrics.images_with_errors)),
@@ -60,291 +155,250 @@ pub fn render(
         ("bondline_snapshots_failed_total", "Camera snapshot records without a picture (no evidence: camera down, slow, garbage or queue full).", g(&metrics.snapshots_failed)),
         ("bondline_images_unrouted_total", "Image records journaled without a parcel because their line did not take them.", g(&metrics.images_unrouted)),
     ];
-    for (name, help, v) in images {
-        metric(&mut out, name, help, "counter", &[(&[], v as f64)]);
+    for (name, help, v) in counters.into_iter().chain(images) {
+        families.push(Family::one(name, help, Counter, Whole(v)));
     }
-    let gauges: [(&str, &str, f64); 11] = [
+    let gauges: [(&str, &str, Value); 11] = [
         (
             "bondline_platform_in_flight",
             "Platform messages received on this broker session and not yet acknowledged (the backlog being taken in).",
-            g(&metrics.platform_in_flight) as f64,
+            Whole(g(&metrics.platform_in_flight)),
         ),
         (
             "bondline_platform_ingest_rate",
             "Platform messages ingested per second over the last seconds.",
-            g(&metrics.platform_ingest_rate) as f64,
+            Whole(g(&metrics.platform_ingest_rate)),
         ),
         (
             "bondline_backlog_records",
             "Records waiting for the broker's acknowledge.",
-            health.backlog as f64,
+            Whole(health.backlog),
         ),
         (
             "bondline_oldest_unforwarded_age_seconds",
             "Age of the oldest record waiting for an acknowledge (0 when none).",
-            health
-                .oldest_unforwarded
-                .as_ref()
-                .map_or(0.0, |o| o.age_ms as f64 / 1000.0),
+            Seconds(
+                health
+                    .oldest_unforwarded
+                    .as_ref()
+                    .map_or(0.0, |o| o.age_ms as f64 / 1000.0),
+            ),
         ),
         (
             "bondline_parked_records",
             "Records kept aside until replayed.",
-            health.parked as f64,
+            Whole(health.parked),
         ),
         (
             "bondline_records_held",
             "Records waiting in memory for room on the journal's disk.",
-            g(&metrics.records_held) as f64,
+            Whole(g(&metrics.records_held)),
         ),
         (
             "bondline_journal_live_bytes",
             "Bytes of stored records.",
-            g(&metrics.journal_live_bytes) as f64,
+            Whole(g(&metrics.journal_live_bytes)),
         ),
         (
             "bondline_journal_platform_bytes",
             "Bytes of stored platform state (declarations, instructions, notices, rule sets); with the records they count towards storage.quota_mb.",
-            g(&metrics.journal_platform_bytes) as f64,
+            Whole(g(&metrics.journal_platform_bytes)),
         ),
         (
             "bondline_journal_free_bytes",
             "Free bytes on the journal's filesystem.",
-            g(&metrics.journal_free_bytes) as f64,
+            Whole(g(&metrics.journal_free_bytes)),
         ),
         (
             "bondline_journal_level",
             "Journal capacity level: 0 ok, 1 nearly full, 2 over quota, 3 full.",
-            metrics.journal_level.load(Ordering::Relaxed) as f64,
+            Whole(u64::from(metrics.journal_level.load(Ordering::Relaxed))),
         ),
         (
             "bondline_uplink_ready",
             "1 while the uplink has a broker session with its subscriptions.",
-            u8::from(metrics.uplink_ready.load(Ordering::Relaxed)) as f64,
+            Whole(u64::from(metrics.uplink_ready.load(Ordering::Relaxed))),
         ),
     ];
     for (name, help, v) in gauges {
-        metric(&mut out, name, help, "gauge", &[(&[], v)]);
+        families.push(Family::one(name, help, Gauge, v));
     }
+    http_budgets(&mut families, metrics);
 
-    http_budgets(&mut out, metrics);
-
-    let links: Vec<_> = health
-        .links
-        .iter()
-        .map(|l| (vec![("link", l.name.as_str()), ("kind", l.kind)], l))
-        .collect();
-    let up: Vec<(&[(&str, &str)], f64)> = links
-        .iter()
-        .map(|(labels, l)| (labels.as_slice(), if l.state == "up" { 1.0 } else { 0.0 }))
-        .collect();
-    metric(
-        &mut out,
+    let link = |l: &super::health::LinkHealth| -> Labels {
+        vec![("link", l.name.clone().into()), ("kind", l.kind.into())]
+    };
+    let mut up = Family::new(
         "bondline_link_up",
         "1 when the device or broker link is up; 0 when down or not yet connected.",
-        "gauge",
-        &up,
+        Gauge,
     );
-    let since: Vec<(&[(&str, &str)], f64)> = links
-        .iter()
-        .filter_map(|(labels, l)| l.since_ms.map(|s| (labels.as_slice(), s as f64 / 1000.0)))
-        .collect();
-    metric(
-        &mut out,
+    let mut since = Family::new(
         "bondline_link_state_since_seconds",
         "Unix time of the link's last change of state.",
-        "gauge",
-        &since,
+        Gauge,
     );
-
-    let rule_set = [("version", health.rule_set.as_str())];
-    metric(
-        &mut out,
-        "bondline_rule_set_info",
-        "The customs rule set in force.",
-        "gauge",
-        &[(&rule_set, 1.0)],
-    );
-
-    let mut first = Vec::new();
-    let mut again = Vec::new();
-    let labels: Vec<_> = decisions
-        .iter()
-        .map(|((line, lane, role, rule, is_first), n)| {
-            (
-                [
-                    ("line", line.clone()),
-                    ("lane", lane.to_string()),
-                    ("role", role.as_str().to_string()),
-                    ("rule", rule.clone()),
-                ],
-                *is_first,
-                *n,
-            )
-        })
-        .collect();
-    let borrowed: Vec<_> = labels
-        .iter()
-        .map(|(l, is_first, n)| {
-            (
-                l.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>(),
-                *is_first,
-                *n,
-            )
-        })
-        .collect();
-    for (l, is_first, n) in &borrowed {
-        if *is_first {
-            first.push((l.as_slice(), *n as f64));
-        } else {
-            again.push((l.as_slice(), *n as f64));
+    for l in &health.links {
+        up.samples
+            .push((link(l), Whole(u64::from(l.state == "up"))));
+        if let Some(ms) = l.since_ms {
+            since.samples.push((link(l), Seconds(ms as f64 / 1000.0)));
         }
     }
-    metric(&mut out, "bondline_parcels_total", "Parcels decided since start, by line, lane, lane role and deciding rule (first decisions).", "counter", &first);
-    metric(
-        &mut out,
+    families.push(up);
+    families.push(since);
+
+    let mut rule_set = Family::new(
+        "bondline_rule_set_info",
+        "The customs rule set in force.",
+        Gauge,
+    );
+    let version = vec![("version", health.rule_set.clone().into())];
+    rule_set.samples.push((version, Whole(1)));
+    families.push(rule_set);
+
+    let mut first = Family::new(
+        "bondline_parcels_total",
+        "Parcels decided since start, by line, lane, lane role and deciding rule (first decisions).",
+        Counter,
+    );
+    let mut again = Family::new(
         "bondline_redecisions_total",
         "Parcels decided again before their deadline, by the new lane and rule.",
-        "counter",
-        &again,
+        Counter,
     );
+    for ((line, lane, role, rule, is_first), n) in decisions {
+        let labels: Labels = vec![
+            ("line", line.clone().into()),
+            ("lane", lane.to_string().into()),
+            ("role", role.as_str().into()),
+            ("rule", rule.clone().into()),
+        ];
+        let family = if *is_first { &mut first } else { &mut again };
+        family.samples.push((labels, Whole(*n)));
+    }
+    families.push(first);
+    families.push(again);
 
-    histogram(
-        &mut out,
-        "bondline_decision_latency_seconds",
-        "Scanner frame received to PLC-acknowledged divert.",
-        &metrics.decision_latency,
-    );
-    histogram(
-        &mut out,
-        "bondline_journal_flush_latency_seconds",
-        "One group commit of the journal: transaction and flush to disk.",
-        &metrics.journal_flush_latency,
-    );
-    histogram(
-        &mut out,
-        "bondline_image_ingest_latency_seconds",
-        "One X-ray image: arrival to kept, chunked and handed to its line, decoding included.",
-        &metrics.image_ingest_latency,
-    );
-    out
+    families.extend([
+        histogram(
+            "bondline_decision_latency_seconds",
+            "Scanner frame received to PLC-acknowledged divert.",
+            &metrics.decision_latency,
+        ),
+        histogram(
+            "bondline_journal_flush_latency_seconds",
+            "One group commit of the journal: transaction and flush to disk.",
+            &metrics.journal_flush_latency,
+        ),
+        histogram(
+            "bondline_image_ingest_latency_seconds",
+            "One X-ray image: arrival to kept, chunked and handed to its line, decoding included.",
+            &metrics.image_ingest_latency,
+        ),
+    ]);
+    families
 }
 
 /// Name, type, help and field of one `bondline_http_*` family.
-type Family = (
+type HttpFamily = (
     &'static str,
-    &'static str,
+    MetricType,
     &'static str,
     fn(&crate::metrics::HttpStats) -> &std::sync::atomic::AtomicU64,
 );
 
 /// The staff view's and the upload endpoint's budgets (see `view::serve`), by `server`.
-fn http_budgets(out: &mut String, metrics: &Metrics) {
+fn http_budgets(out: &mut Vec<Family>, metrics: &Metrics) {
     use crate::metrics::HttpServer;
+    use MetricType::{Counter, Gauge};
     let servers = [("view", HttpServer::View), ("upload", HttpServer::Upload)];
-    let families: [Family; 6] = [
+    let families: [HttpFamily; 6] = [
         (
             "bondline_http_connections",
-            "gauge",
+            Gauge,
             "Connections open now.",
             |h| &h.connections,
         ),
         (
             "bondline_http_connection_limit_reached_total",
-            "counter",
+            Counter,
             "Times the connection limit was reached (new connections wait in the listen queue).",
             |h| &h.connection_limit_reached,
         ),
         (
             "bondline_http_timeouts_total",
-            "counter",
+            Counter,
             "Connections closed by the header or idle timeout.",
             |h| &h.timed_out,
         ),
         (
             "bondline_http_login_failures_total",
-            "counter",
+            Counter,
             "Requests with wrong credentials.",
             |h| &h.login_failures,
         ),
         (
             "bondline_http_logins_throttled_total",
-            "counter",
+            Counter,
             "Requests refused with 429 after too many failed logins from their address.",
             |h| &h.logins_throttled,
         ),
         (
             "bondline_http_streams_refused_total",
-            "counter",
+            Counter,
             "Live board streams refused with 503 (stream limit).",
             |h| &h.streams_refused,
         ),
     ];
     for (name, kind, help, field) in families {
-        let labels: Vec<[(&str, &str); 1]> =
-            servers.iter().map(|(n, _)| [("server", *n)]).collect();
-        let samples: Vec<(&[(&str, &str)], f64)> = labels
-            .iter()
-            .zip(servers.iter())
-            .map(|(l, (_, s))| (l.as_slice(), Metrics::get(field(metrics.http(*s))) as f64))
-            .collect();
-        metric(out, name, help, kind, &samples);
+        let mut family = Family::new(name, help, kind);
+        for (server, s) in servers {
+            let v = Metrics::get(field(metrics.http(s)));
+            family
+                .samples
+                .push((vec![("server", server.into())], Value::Whole(v)));
+        }
+        out.push(family);
     }
 }
 
-/// One metric family: `HELP`, `TYPE` and one sample per label set.
-fn metric(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    kind: &str,
-    samples: &[(&[(&str, &str)], f64)],
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, v) in samples {
-        let _ = writeln!(out, "{name}{} {}", label_set(labels), number(*v));
-    }
-}
-
-/// A Prometheus histogram from the HDR histogram's buckets; `_count` is the `+Inf` bucket
-/// of the same snapshot, so the two always agree.
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} histogram");
-    let mut cumulative = 0u64;
-    for (bound, n) in h.buckets() {
-        cumulative += n;
-        let le = bound.map_or("+Inf".to_string(), |us| number(us as f64 / 1e6));
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-    }
-    let _ = writeln!(out, "{name}_sum {}", number(h.sum_us() as f64 / 1e6));
-    let _ = writeln!(out, "{name}_count {cumulative}");
-}
-
-fn label_set(labels: &[(&str, &str)]) -> String {
-    if labels.is_empty() {
-        return String::new();
-    }
-    let inner: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+/// A Prometheus histogram from the HDR histogram's buckets, in seconds.
+fn histogram(name: &'static str, help: &'static str, h: &Histogram) -> Family {
+    let buckets: Vec<(f64, u64)> = h
+        .buckets()
+        .into_iter()
+        .map(|(bound, n)| (bound.map_or(f64::INFINITY, |us| us as f64 / 1e6), n))
         .collect();
-    format!("{{{}}}", inner.join(","))
+    let count = buckets.iter().map(|(_, n)| n).sum();
+    let sum = h.sum_us() as f64 / 1e6;
+    let v = Value::Histogram {
+        buckets,
+        sum,
+        count,
+    };
+    Family::one(name, help, MetricType::Histogram, v)
 }
 
-/// Label values escape backslash, double quote and line feed.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+/// One scrape's families, for the registry.
+#[derive(Debug)]
+struct Scrape(Vec<Family>);
 
-fn number(v: f64) -> String {
-    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            // The encoder appends `_total` to a counter's name itself.
+            let name = match f.kind {
+                MetricType::Counter => f.name.strip_suffix("_total").unwrap_or(f.name),
+                _ => f.name,
+            };
+            let mut family = encoder.encode_descriptor(name, f.help, None, f.kind)?;
+            for (labels, v) in &f.samples {
+                // An empty label set writes no braces.
+                v.encode(f.kind, family.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -423,6 +477,11 @@ pub(crate) mod tests {
             ..Health::default()
         };
         let text = render(&m, &decisions, &health);
+        std::fs::write(
+            std::env::var("DUMP_METRICS").unwrap_or("/dev/null".into()),
+            &text,
+        )
+        .unwrap();
         let samples = parse(&text);
         let get = |s: &str| samples.iter().find(|(n, _)| n == s).map(|(_, v)| *v);
         assert_eq!(
@@ -483,8 +542,28 @@ pub(crate) mod tests {
 
     #[test]
     fn numbers_are_plain() {
-        assert_eq!(number(3.0), "3");
-        assert_eq!(number(0.0005), "0.0005");
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        // Whole values are written as integers, bucket bounds as Prometheus' own clients
+        // write them, and label values escaped (backslash, double quote, line feed).
+        let m = Metrics::default();
+        m.decision_latency.record(Duration::from_micros(80));
+        let mut decisions = BTreeMap::new();
+        let key = ("L1".into(), 1, LaneRole::Release, "a\"b\\c\nd".into(), true);
+        decisions.insert(key, 3);
+        let health = Health {
+            backlog: 5,
+            ..Health::default()
+        };
+        let text = render(&m, &decisions, &health);
+        for line in [
+            "bondline_backlog_records 5",
+            "bondline_scans_total 0",
+            "bondline_decision_latency_seconds_bucket{le=\"5e-05\"} 0",
+            "bondline_decision_latency_seconds_bucket{le=\"0.0001\"} 1",
+            "bondline_decision_latency_seconds_bucket{le=\"1\"} 1",
+            "bondline_decision_latency_seconds_sum 0.00008",
+            "bondline_parcels_total{line=\"L1\",lane=\"1\",role=\"release\",rule=\"a\\\"b\\\\c\\nd\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+        }
     }
 }
