@@ -131,20 +131,12 @@ fn raise_refused(
     alarms: &Alarms,
     sink: &crate::journal::RecordSink,
 ) {
-    use bondline_devices::contract::{AlertKind, AlertRecord, SCHEMA};
+    use bondline_devices::contract::{AlertKind, AlertRecord};
     let refused = journal.refused_entries();
-    let alert = |waybill: Option<String>, detail: String| AlertRecord {
-        schema: SCHEMA,
-        msg_id: String::new(),
-        seq: 0,
-        prev_hash: String::new(),
-        gateway: gateway.to_string(),
-        line: String::new(),
-        parcel: None,
-        waybill,
-        alert: AlertKind::StoredStateRefused,
-        detail,
-        at_ms: crate::metrics::unix_ms(std::time::SystemTime::now()),
+    let alert = |waybill: Option<String>, detail: String| {
+        let now = crate::metrics::unix_ms(std::time::SystemTime::now());
+        AlertRecord::new(gateway, "", AlertKind::StoredStateRefused, detail, now)
+            .about(None, waybill)
     };
     for r in refused.iter().take(REFUSED_ALERTS) {
         alarms.raise(format!("stored_state_refused: {r}"));

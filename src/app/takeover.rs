@@ -141,7 +141,7 @@ pub(super) fn check_chain(
             sink.clone(),
         );
         move |problems: &[crate::journal::ChainProblem]| {
-            use bondline_devices::contract::{AlertKind, AlertRecord, SCHEMA};
+            use bondline_devices::contract::{AlertKind, AlertRecord};
             let text = problems
                 .iter()
                 .take(20)
@@ -154,19 +154,14 @@ pub(super) fn check_chain(
             );
             journal.note_chain_problem(detail.clone());
             alarms.raise(format!("journal_chain_broken: {detail}"));
-            sink.push(AlertRecord {
-                schema: SCHEMA,
-                msg_id: String::new(),
-                seq: 0,
-                prev_hash: String::new(),
-                gateway: gateway.clone(),
-                line: String::new(),
-                parcel: None,
-                waybill: None,
-                alert: AlertKind::JournalChainBroken,
+            let now = crate::metrics::unix_ms(std::time::SystemTime::now());
+            sink.push(AlertRecord::new(
+                &gateway,
+                "",
+                AlertKind::JournalChainBroken,
                 detail,
-                at_ms: crate::metrics::unix_ms(std::time::SystemTime::now()),
-            });
+                now,
+            ));
         }
     };
     if !tags.is_empty() {

@@ -31,9 +31,7 @@
 
 use std::collections::HashMap;
 
-use bondline_devices::contract::{
-    AlertKind, AlertRecord, DivertStatus, LaneRole, ParcelRecord, SCHEMA,
-};
+use bondline_devices::contract::{AlertKind, AlertRecord, DivertStatus, LaneRole, ParcelRecord};
 use serde::{Deserialize, Serialize};
 
 use super::{decode_batch, Journal, JournalError};
@@ -232,22 +230,18 @@ impl Journal {
 pub fn interrupted(mut r: ParcelRecord, now_ms: u64) -> (ParcelRecord, AlertRecord) {
     r.divert.status = DivertStatus::Interrupted;
     r.divert.at_ms = now_ms;
-    let alert = AlertRecord {
-        schema: SCHEMA,
-        msg_id: String::new(),
-        seq: 0,
-        prev_hash: String::new(),
-        gateway: r.gateway.clone(),
-        line: r.line.clone(),
-        parcel: Some(r.parcel),
-        waybill: r.waybill.clone(),
-        alert: AlertKind::DivertInterrupted,
-        detail: format!(
-            "the gateway stopped after storing the release decision for parcel {} (lane {}, revision {}) and before recording the PLC's answer: the command may have reached the PLC",
-            r.parcel, r.lane, r.revision
-        ),
-        at_ms: now_ms,
-    };
+    let detail = format!(
+        "the gateway stopped after storing the release decision for parcel {} (lane {}, revision {}) and before recording the PLC's answer: the command may have reached the PLC",
+        r.parcel, r.lane, r.revision
+    );
+    let alert = AlertRecord::new(
+        &r.gateway,
+        &r.line,
+        AlertKind::DivertInterrupted,
+        detail,
+        now_ms,
+    )
+    .about(Some(r.parcel), r.waybill.clone());
     (r, alert)
 }
 
@@ -344,7 +338,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use bondline_devices::contract::{DispositionKind, DispositionRecord, Record};
+    use bondline_devices::contract::{DispositionKind, DispositionRecord, Record, SCHEMA};
 
     use super::*;
     use crate::journal::maintenance::tests::record;

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use bondline_devices::contract::{AlertKind, AlertRecord, SCHEMA};
+use bondline_devices::contract::{AlertKind, AlertRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -63,20 +63,8 @@ impl Budget {
 }
 
 fn record(gateway: &str, alert: AlertKind, detail: String) -> AlertRecord {
-    AlertRecord {
-        schema: SCHEMA,
-        msg_id: String::new(),
-        seq: 0,
-        prev_hash: String::new(),
-        gateway: gateway.to_string(),
-        // Not about a line: about the gateway's platform link.
-        line: String::new(),
-        parcel: None,
-        waybill: None,
-        alert,
-        detail,
-        at_ms: unix_ms(SystemTime::now()),
-    }
+    // Not about a line: about the gateway's platform link.
+    AlertRecord::new(gateway, "", alert, detail, unix_ms(SystemTime::now()))
 }
 
 /// Journals refusals from `rx` until `stop`, then those already queued. Holds a record sink,

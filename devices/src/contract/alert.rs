@@ -90,3 +90,37 @@ pub struct AlertRecord {
     pub detail: String,
     pub at_ms: u64,
 }
+
+impl AlertRecord {
+    /// An alert of `gateway` (and `line`, empty for the gateway as a whole) not yet in the
+    /// journal: the journal fills in `seq`, `msg_id` and `prev_hash` when it stores it.
+    /// [`AlertRecord::about`] names the parcel and waybill.
+    pub fn new(
+        gateway: &str,
+        line: &str,
+        alert: AlertKind,
+        detail: impl Into<String>,
+        at_ms: u64,
+    ) -> AlertRecord {
+        AlertRecord {
+            schema: super::SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: gateway.to_string(),
+            line: line.to_string(),
+            parcel: None,
+            waybill: None,
+            alert,
+            detail: detail.into(),
+            at_ms,
+        }
+    }
+
+    /// The same alert, about this parcel and waybill.
+    pub fn about(mut self, parcel: Option<u32>, waybill: Option<String>) -> AlertRecord {
+        self.parcel = parcel;
+        self.waybill = waybill;
+        self
+    }
+}
