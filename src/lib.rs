@@ -40,30 +40,30 @@
 //! Data flows one way on the decision path (scanner → line → PLC link → journal → uplink);
 //! platform messages flow the other way into the clearance table, which the line reads.
 
-pub mod alarm;
+pub(crate) mod alarm;
 pub mod app;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod camera;
 pub mod cli;
 pub mod config;
 pub mod evidence;
-pub mod explain;
+pub(crate) mod explain;
 pub mod fds;
 pub mod fieldbus;
 pub mod floor;
 pub mod journal;
 pub mod line;
-pub mod memory;
+pub(crate) mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod report;
-pub mod retention;
+pub(crate) mod retention;
 pub mod rules;
-pub mod service;
+pub(crate) mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod threads;
 pub mod tls;
-pub mod trust;
+pub(crate) mod trust;
 pub mod uplink;
 pub mod view;
