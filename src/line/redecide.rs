@@ -1,0 +1,134 @@
+//! New clearance for parcels already on the belt. Before a parcel's divert deadline a
+//! change (a declaration, an instruction, a reload, the table done loading, an X-ray
+//! verdict) decides it again and, if its lane changes, re-commits it with the next
+//! revision; after the deadline the parcel went where it went, and a lane that would now
+//! differ is a `late_instruction` alert.
+
+use bondline_devices::contract::AlertKind;
+
+use super::effects::Turn;
+use super::tracking::Change;
+use super::Line;
+use crate::floor::ScanRead;
+use crate::metrics::{unix_ms, Metrics};
+
+impl Line {
+    /// New clearance that may concern any parcel: re-decide every one before its deadline.
+    pub(super) fn on_change_all(&mut self, turn: &mut Turn) {
+        for parcel in self.tracker.before_deadline(turn.now.instant) {
+            self.redecide(parcel, turn);
+        }
+    }
+
+    /// Decides a tracked parcel again; re-commits it if its lane changes.
+    fn redecide(&mut self, parcel: u32, turn: &mut Turn) {
+        self.redecide_with(parcel, false, turn);
+    }
+
+    /// Like [`Line::redecide`]; with `flag_matters`, a decision that newly flags the parcel
+    /// is re-committed even to the same lane, so its record and anomaly name the rule (an
+    /// X-ray verdict on a parcel already bound for inspection while it waited for it).
+    pub(super) fn redecide_with(&mut self, parcel: u32, flag_matters: bool, turn: &mut Turn) {
+        let Some(t) = self.tracker.get(parcel) else {
+            return;
+        };
+        let (mut decision, mut lane) = self.decide(
+            &t.read,
+            t.weight_g,
+            t.scanned_at,
+            t.decision.inputs.as_ref(),
+            t.xray,
+        );
+        let read = t.read.clone();
+        let (weight_g, scanned_at) = (t.weight_g, t.scanned_at);
+        let duplicate = self.one_release(
+            parcel,
+            &read,
+            weight_g,
+            scanned_at,
+            &mut decision,
+            &mut lane,
+        );
+        let Some(t) = self.tracker.get(parcel) else {
+            return;
+        };
+        if let (Some(new), Some(old)) = (decision.inputs.as_mut(), t.decision.inputs.as_ref()) {
+            new.counted = old.counted;
+        }
+        // Decided while the clearance table was loading: the real decision replaces the
+        // stand-in hold (its record names the rule), and the parcel joins its consumer's
+        // history now, as it would have at its scan.
+        let was_loading = t.decision.rule == crate::rules::STATE_LOADING
+            && decision.rule != crate::rules::STATE_LOADING;
+        if was_loading {
+            if let (ScanRead::Waybill(w), Some(inputs)) = (&read, decision.inputs.as_mut()) {
+                if inputs.consumer.is_some() && !inputs.counted {
+                    let day = self.ctx.calendar.day_of(unix_ms(scanned_at));
+                    inputs.counted = self.ctx.table.count(w, day);
+                    inputs.counted_day = inputs.counted.then_some(day);
+                }
+            }
+        }
+        let newly_flagged =
+            flag_matters && decision.is_anomaly() && decision.rule != t.decision.rule;
+        if lane == t.disposed_lane.unwrap_or(t.lane) && !newly_flagged && !was_loading {
+            return;
+        }
+        Metrics::add(&self.ctx.metrics.recommits, 1);
+        if let Some(t) = self.tracker.get_mut(parcel) {
+            self.ctx.metrics.move_lane(t.decision.role, decision.role);
+            t.decision = decision;
+            t.decided_at = turn.now.wall;
+            t.lane = lane;
+            t.revision += 1;
+        }
+        self.anomaly(parcel, turn);
+        if let Some(detail) = duplicate {
+            self.duplicate_alert(parcel, detail, turn);
+        }
+        self.send(parcel, turn);
+    }
+
+    /// New clearance information for `waybill`: re-decide tracked parcels before their
+    /// deadline, alert for those past it whose lane would now differ.
+    pub(super) fn on_change(&mut self, waybill: &str, turn: &mut Turn) {
+        let now = turn.now.instant;
+        for change in self.tracker.changes_for(waybill, now) {
+            let parcel = match change {
+                Change::Redecide(p) => {
+                    self.redecide(p, turn);
+                    continue;
+                }
+                Change::Late(p) => p,
+            };
+            let Some(t) = self.tracker.get(parcel) else {
+                continue;
+            };
+            let (decision, lane) = self.decide(
+                &t.read,
+                t.weight_g,
+                t.scanned_at,
+                t.decision.inputs.as_ref(),
+                t.xray,
+            );
+            // Where the parcel is, or is going: the PLC's word once it has spoken.
+            let current = t.disposed_lane.unwrap_or(t.lane);
+            if lane == current {
+                continue;
+            }
+            let detail = format!(
+                "new clearance for {waybill} after the divert deadline: it would now go to {} (lane {lane}: {}), but the parcel {} lane {current}",
+                decision.role.as_str(),
+                decision.reason,
+                if t.disposed_lane.is_some() { "is in" } else { "was diverted to" },
+            );
+            self.alert(
+                Some(parcel),
+                Some(waybill.to_string()),
+                AlertKind::LateInstruction,
+                detail,
+                turn,
+            );
+        }
+    }
+}

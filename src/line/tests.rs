@@ -1,0 +1,383 @@
+use super::duplicates;
+use super::effects::{Divert, Effect, Now, Turn};
+use super::scan::stricter;
+use super::*;
+use crate::floor::{LaneStates, PlcEvent, ScanEvent, ScanRead};
+use crate::metrics::unix_ms;
+use crate::rules::engine::RuleSet;
+use bondline_devices::contract::{Action, Declaration, Instruction, Record};
+use bondline_devices::contract::{DivertOutcome, DivertStatus, LaneRole, SCHEMA};
+use bondline_devices::plc::LANE_FULL;
+use bondline_devices::plc::{Disposition, DispositionCode};
+use proptest::prelude::*;
+use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+use std::time::{Duration, Instant};
+
+const WAYBILLS: [&str; 3] = ["BL000001", "BL000002", "BL000003"];
+const RELEASE_LANE: u16 = 1;
+
+/// A line with the built-in rule set, numbered lanes (1 release … 4 exception), no
+/// cameras and no X-ray: only the machine, no task and no channel.
+fn machine() -> Line {
+    let ctx = LineCtx {
+        gateway: "gw".into(),
+        line: "L1".into(),
+        lanes: LaneMap::numbered(),
+        geometry: Geometry {
+            travel: Duration::from_millis(2_000),
+            margin: Duration::from_millis(200),
+            disposition_timeout: Duration::from_secs(5),
+        },
+        table: Arc::new(ClearanceTable::default()),
+        rules: Arc::new(arc_swap::ArcSwap::from_pointee(RuleSet::builtin())),
+        lane_states: Arc::new(LaneStates::default()),
+        metrics: Arc::new(Metrics::default()),
+        dispositions: true,
+        weighing: false,
+        calendar: Default::default(),
+        beat: crate::service::Liveness::default().register("line"),
+        xray: None,
+        cameras: None,
+        recent: HashMap::new(),
+        released: Arc::new(duplicates::Released::new(
+            duplicates::Settings {
+                recirculation: false,
+                ..Default::default()
+            },
+            86_400_000,
+        )),
+    };
+    Line::new(ctx, HashMap::new(), 1_000)
+}
+
+fn declaration(waybill: &str) -> Declaration {
+    serde_json::from_value(serde_json::json!({
+        "schema": SCHEMA,
+        "waybill": waybill,
+        "enterprise": "E1",
+        "identity_verified": true,
+    }))
+    .unwrap()
+}
+
+fn instruction(waybill: &str, action: Action, n: u64) -> Instruction {
+    Instruction {
+        schema: SCHEMA,
+        instruction_id: format!("i-{n}"),
+        waybill: waybill.into(),
+        action,
+        reason: String::new(),
+        issued_at_ms: Some(n),
+        signature: None,
+    }
+}
+
+/// What can happen around a line, in any order.
+#[derive(Debug, Clone)]
+enum Op {
+    /// A parcel with this waybill (an index past the list: a no-read).
+    Scan(usize),
+    Declare(usize),
+    /// 0 release, 1 inspect, 2 hold.
+    Order(usize, u8),
+    /// A lane reported full (or free again).
+    Lane(u16, bool),
+    /// The PLC link's queue refuses commands from now (or takes them again).
+    QueueFull(bool),
+    /// The PLC answers its oldest command: acknowledged, or timed out.
+    Answer(bool),
+    /// The PLC reports its oldest answered parcel in a lane.
+    Dispose(u16),
+    Wait(u64),
+    Tick,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..4usize).prop_map(Op::Scan),
+        2 => (0..3usize).prop_map(Op::Declare),
+        3 => (0..3usize, 0..3u8).prop_map(|(w, a)| Op::Order(w, a)),
+        1 => (1..5u16, any::<bool>()).prop_map(|(l, f)| Op::Lane(l, f)),
+        1 => any::<bool>().prop_map(Op::QueueFull),
+        3 => any::<bool>().prop_map(Op::Answer),
+        1 => (1..5u16).prop_map(Op::Dispose),
+        3 => (0..1_500u64).prop_map(Op::Wait),
+        1 => Just(Op::Tick),
+    ]
+}
+
+/// The world around the machine: the platform's current word, the lanes, the PLC's
+/// queue, and every release command given so far.
+struct World {
+    line: Line,
+    now: Now,
+    declared: BTreeSet<String>,
+    orders: BTreeMap<String, Action>,
+    full: BTreeSet<u16>,
+    queue_full: bool,
+    jobs: VecDeque<Divert>,
+    answered: VecDeque<u32>,
+    released: BTreeMap<String, BTreeSet<u32>>,
+    stamp: u64,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            line: machine(),
+            now: Now {
+                instant: Instant::now(),
+                wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            },
+            declared: BTreeSet::new(),
+            orders: BTreeMap::new(),
+            full: BTreeSet::new(),
+            queue_full: false,
+            jobs: VecDeque::new(),
+            answered: VecDeque::new(),
+            released: BTreeMap::new(),
+            stamp: 0,
+        }
+    }
+
+    /// One turn of the machine, its effects carried out as the line task does, every
+    /// command checked against the promises.
+    fn turn(&mut self, handler: impl FnOnce(&mut Line, &mut Turn)) {
+        let mut turn = Turn::at(self.now);
+        handler(&mut self.line, &mut turn);
+        let mut queue: VecDeque<Effect> = turn.effects.into();
+        while let Some(effect) = queue.pop_front() {
+            let Effect::Divert(d) = effect else {
+                continue;
+            };
+            self.check(&d);
+            if self.queue_full {
+                let mut answer = Turn::at(self.now);
+                self.line.divert_refused(d.parcel, &mut answer);
+                for e in answer.effects.into_iter().rev() {
+                    queue.push_front(e);
+                }
+            } else {
+                self.line.in_flight += 1;
+                self.jobs.push_back(d);
+            }
+        }
+    }
+
+    /// Fail closed and one release one parcel: a command to the release lane only for a
+    /// waybill declared and ordered released now, before its deadline, to a lane not
+    /// full, written ahead, and for one parcel of the waybill at most.
+    fn check(&mut self, d: &Divert) {
+        let role = self.line.ctx.lanes.role_of(d.lane);
+        let record_lane = d.intent.as_ref().map(|r| (r.lane, r.lane_role));
+        if d.lane != RELEASE_LANE {
+            assert!(d.intent.is_none(), "only a release is written ahead");
+            return;
+        }
+        assert_eq!(role, Some(LaneRole::Release));
+        let waybill = self
+            .line
+            .tracker
+            .get(d.parcel)
+            .and_then(|t| t.waybill().map(str::to_string))
+            .expect("a released parcel is tracked and has a waybill");
+        assert!(
+            self.declared.contains(&waybill),
+            "{waybill} released undeclared"
+        );
+        assert_eq!(
+            self.orders.get(&waybill),
+            Some(&Action::Release),
+            "{waybill} released without a release order in force"
+        );
+        assert!(
+            self.now.instant < d.deadline,
+            "a release commanded past its deadline"
+        );
+        assert!(
+            !self.full.contains(&RELEASE_LANE),
+            "a release into a full lane"
+        );
+        assert_eq!(
+            record_lane,
+            Some((RELEASE_LANE, LaneRole::Release)),
+            "a release is written ahead with its own decision"
+        );
+        let parcels = self.released.entry(waybill.clone()).or_default();
+        parcels.insert(d.parcel);
+        assert!(
+            parcels.len() <= 1,
+            "{waybill} released as parcels {parcels:?}"
+        );
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Scan(i) => {
+                let read = WAYBILLS
+                    .get(i)
+                    .map_or(ScanRead::NoRead, |w| ScanRead::Waybill(w.to_string()));
+                let scan = ScanEvent {
+                    read,
+                    weight_g: None,
+                    at: self.now.wall,
+                    instant: self.now.instant,
+                };
+                self.turn(|l, t| l.on_scan(scan, t));
+            }
+            Op::Declare(i) => {
+                let w = WAYBILLS[i];
+                self.line.ctx.table.apply_declaration(&declaration(w));
+                self.declared.insert(w.to_string());
+                self.turn(|l, t| l.on_change(w, t));
+            }
+            Op::Order(i, a) => {
+                let w = WAYBILLS[i];
+                let action = [Action::Release, Action::Inspect, Action::Hold][a as usize];
+                self.stamp += 1;
+                self.line
+                    .ctx
+                    .table
+                    .apply_instruction(&instruction(w, action, self.stamp));
+                self.orders.insert(w.to_string(), action);
+                self.turn(|l, t| l.on_change(w, t));
+            }
+            Op::Lane(lane, full) => {
+                let state = if full { LANE_FULL } else { 0 };
+                self.line.ctx.lane_states.set(lane, state);
+                if full {
+                    self.full.insert(lane);
+                } else {
+                    self.full.remove(&lane);
+                }
+            }
+            Op::QueueFull(full) => self.queue_full = full,
+            Op::Answer(acked) => {
+                let Some(job) = self.jobs.pop_front() else {
+                    return;
+                };
+                let outcome = DivertOutcome {
+                    status: if acked {
+                        DivertStatus::Acked
+                    } else {
+                        DivertStatus::Timeout
+                    },
+                    plc_seq: acked.then_some(1),
+                    detail: None,
+                    at_ms: unix_ms(self.now.wall),
+                    late: false,
+                };
+                let ev = PlcEvent::Outcome {
+                    parcel: job.parcel,
+                    revision: job.revision,
+                    outcome,
+                    at: tokio::time::Instant::from_std(self.now.instant),
+                };
+                self.answered.push_back(job.parcel);
+                self.turn(|l, t| l.on_plc(ev, t));
+            }
+            Op::Dispose(lane) => {
+                let Some(parcel) = self.answered.pop_front() else {
+                    return;
+                };
+                let d = Disposition {
+                    seq: 1,
+                    parcel,
+                    code: DispositionCode::Sorted,
+                    lane,
+                };
+                self.turn(|l, t| l.on_plc(PlcEvent::Disposition(d), t));
+            }
+            Op::Wait(ms) => {
+                self.now.instant += Duration::from_millis(ms);
+                self.now.wall += Duration::from_millis(ms);
+            }
+            Op::Tick => self.turn(|l, t| l.expire(t)),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any interleaving of scans, declarations, orders, lane states, a full PLC queue,
+    /// the PLC's answers and dispositions and the passing of time: every command to the
+    /// release lane keeps the promises of [`World::check`].
+    #[test]
+    fn no_interleaving_releases_against_the_platform_or_twice(
+        ops in proptest::collection::vec(op(), 1..80)
+    ) {
+        let mut world = World::new();
+        for op in ops {
+            world.apply(op);
+        }
+    }
+}
+
+/// A held parcel whose release order arrives before its deadline is commanded to the
+/// release lane, written ahead; after its deadline it is not commanded again.
+#[test]
+fn a_release_order_re_decides_a_held_parcel_only_before_its_deadline() {
+    let mut world = World::new();
+    world.apply(Op::Declare(0));
+    world.apply(Op::Scan(0));
+    let first = world.jobs.back().cloned().expect("a command for the scan");
+    assert_eq!(first.lane, 3, "declared without an order: hold");
+    world.apply(Op::Order(0, 0));
+    let again = world
+        .jobs
+        .back()
+        .cloned()
+        .expect("a command after the order");
+    assert_eq!((again.parcel, again.lane), (first.parcel, RELEASE_LANE));
+    assert!(again.intent.is_some());
+    assert_eq!(again.revision, 1);
+    // Past the deadline an order changes nothing on the belt.
+    world.apply(Op::Wait(2_000));
+    let commands = world.jobs.len();
+    world.apply(Op::Order(0, 2));
+    assert_eq!(
+        world.jobs.len(),
+        commands,
+        "nothing re-commanded past the deadline"
+    );
+}
+
+/// A full PLC queue records the parcel as `overload` in the same turn, after the
+/// command's intent (if any) and before what followed it.
+#[test]
+fn a_refused_command_is_recorded_as_overload() {
+    let mut world = World::new();
+    world.apply(Op::QueueFull(true));
+    let mut turn = Turn::at(world.now);
+    let scan = ScanEvent {
+        read: ScanRead::NoRead,
+        weight_g: None,
+        at: world.now.wall,
+        instant: world.now.instant,
+    };
+    world.line.on_scan(scan, &mut turn);
+    let Some(Effect::Divert(d)) = turn.effects.first().cloned() else {
+        panic!("the scan's first effect is its command: {:?}", turn.effects);
+    };
+    let mut answer = Turn::at(world.now);
+    world.line.divert_refused(d.parcel, &mut answer);
+    let overload = answer.effects.iter().any(|e| {
+        matches!(e, Effect::Record(r) if matches!(r.as_ref(), Record::Parcel(p) if p.divert.status == DivertStatus::Overload))
+    });
+    assert!(overload, "{:?}", answer.effects);
+}
+
+#[test]
+fn fallback_only_ever_gets_stricter() {
+    for role in LaneRole::ALL {
+        let mut r = role;
+        while let Some(next) = stricter(r) {
+            assert_ne!(next, LaneRole::Release);
+            r = next;
+        }
+        assert_eq!(r, LaneRole::Exception);
+    }
+}
