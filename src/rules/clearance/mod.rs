@@ -1,0 +1,181 @@
+//! What the platform has told this gateway: declarations, instructions and enterprise
+//! notices, kept compact in memory for the decision path.
+//!
+//! A busy gateway holds ten million open declarations (a million a day, kept
+//! `storage.clearance_days`). The table keeps of each only what rules look at, in one entry
+//! per waybill holding the declaration's facts and, in a side slab, its instruction; repeated
+//! strings (enterprise codes, consumer hashes, currencies, instruction reasons) are stored
+//! once; waybills and instruction ids sit inline in their slots
+//! ([`Compact`](crate::rules::compact::Compact)). The full messages live in the journal.
+//! About 100 bytes per declaration with half of them instructed (`bondline-lab bench table`).
+//!
+//! # Concurrency: lookups never wait for more than one small write
+//!
+//! The table is shared as `Arc<ClearanceTable>` and every method takes `&self`. Waybills are
+//! spread over [`SHARDS`] shards, each behind its own `RwLock`:
+//! - a lookup holds one shard's read lock while it copies one entry out, then reads the
+//!   interned names, the notices and the consumer's history under their own locks, one at a
+//!   time;
+//! - a writer holds one shard's write lock for one message (or, in [`ClearanceTable::apply_many`],
+//!   for the messages of that shard in one batch); a shard's growth copies one shard's slots
+//!   (see [`crate::rules::sharded`]), so no write holds a lock for long at any size;
+//! - locks nest only in one order: a waybill shard, then a consumer-history shard. Interned
+//!   names, notices and seen ids are locked alone, never while another lock is held.
+//!
+//! What a lookup may see: everything one message (or one batch) says of one waybill is
+//! applied under that waybill's shard lock, so a lookup sees all of it or none of it (a
+//! declaration and the instruction that came with it arrive together). Different waybills of
+//! one batch are not applied at one instant; no decision reads two waybills. A consumer's
+//! history is read after the waybill's entry: a parcel counted in between is counted once more
+//! (stricter), never less.
+//!
+//! # Digests
+//!
+//! Declarations (to recognise a redelivery) and instruction and notice ids (to ignore a replay)
+//! are remembered as 64-bit SipHash digests under a key drawn at random when the table is made
+//! (digests are never stored: a restart recomputes them from the journal under its new key).
+//! Nobody can aim a message at another's digest without the key; by chance, a new id among ten
+//! million held ones collides with probability about 2^-40 (10^7 / 2^64), far below any other
+//! failure of the gateway, where 128 bits would add 8 bytes to every one of ten million slots.
+//!
+//! # Loading
+//!
+//! A restart fills the table in the background (see `Journal::load_clearance_into`). Until
+//! [`ClearanceTable::finish_loading`], [`ClearanceTable::loading`] says so and every decision
+//! is `state_loading` (hold: fail closed); the lines decide again when the load ends.
+//!
+//! # Layout
+//!
+//! The table's storage is [`shard`] (waybill entries and instruction slots) and
+//! [`interner`] (strings stored once). What the platform says is applied in
+//! [`declarations`], [`instructions`] and [`notices`] (ordered by [`stamp`]), one message or
+//! a [`batch`]; [`lookup`] serves the decision path, [`consumers`] counts consumers'
+//! parcels, [`loading`] and [`purge`] are the table's start and retention.
+
+mod batch;
+mod consumers;
+mod declarations;
+mod instructions;
+mod interner;
+mod loading;
+mod lookup;
+mod notices;
+mod purge;
+mod shard;
+mod stamp;
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::RwLock;
+
+use bondline_devices::contract::Declaration;
+
+use crate::rules::history::ConsumerHistory;
+use crate::rules::orders::OrderTotals;
+use crate::rules::sharded::{DigestSet, Locked, Picker, Place, SHARDS};
+use interner::Interner;
+use notices::Notices;
+use shard::{Entry, Shard};
+
+pub use batch::Message;
+pub use loading::Loading;
+pub use lookup::{Found, FoundDeclaration, FoundInstruction, Known};
+pub use stamp::Stamp;
+
+/// What applying a platform message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The table changed.
+    Changed,
+    /// Same message seen before (redelivery), or older than what the table holds.
+    Unchanged,
+}
+
+const NONE: u32 = u32::MAX;
+/// Shards of the interned strings and of the consumers' histories.
+const NAME_SHARDS: usize = 256;
+const HISTORY_SHARDS: usize = 256;
+
+/// Declarations, instructions, enterprise notices and consumer histories, as last received.
+/// Shared between the lines (lookups) and the uplink (writes): see the module's concurrency
+/// rule.
+#[derive(Debug)]
+pub struct ClearanceTable {
+    shards: Locked<Shard>,
+    picker: Picker,
+    /// The key of the 64-bit digests.
+    digests: RandomState,
+    /// Digests of every instruction id ever applied, superseded or ignored, so a redelivery
+    /// of an old instruction cannot replace a newer one.
+    seen_instructions: DigestSet,
+    seen_notices: DigestSet,
+    notices: RwLock<Notices>,
+    strings: Interner,
+    /// Consumers' histories, sharded by consumer id.
+    history: Locked<ConsumerHistory>,
+    declarations: AtomicUsize,
+    instructions: AtomicUsize,
+    loading: AtomicBool,
+    load_done: AtomicU64,
+    load_expected: AtomicU64,
+    /// Per-order sums of declared values, for the per-transaction limit.
+    orders: RwLock<OrderTotals>,
+    /// Declared pieces of the waybills declared with more than one, by waybill digest (few).
+    multi_piece: RwLock<std::collections::HashMap<u64, u16>>,
+}
+
+impl Default for ClearanceTable {
+    fn default() -> Self {
+        ClearanceTable {
+            shards: Locked::new(SHARDS),
+            picker: Picker::default(),
+            digests: RandomState::new(),
+            seen_instructions: DigestSet::default(),
+            seen_notices: DigestSet::default(),
+            notices: RwLock::default(),
+            strings: Interner::default(),
+            history: Locked::new(HISTORY_SHARDS),
+            declarations: AtomicUsize::new(0),
+            instructions: AtomicUsize::new(0),
+            loading: AtomicBool::new(false),
+            load_done: AtomicU64::new(0),
+            load_expected: AtomicU64::new(0),
+            orders: RwLock::default(),
+            multi_piece: RwLock::default(),
+        }
+    }
+}
+
+impl ClearanceTable {
+    pub fn declarations(&self) -> usize {
+        self.declarations.load(Ordering::Relaxed)
+    }
+
+    pub fn instructions(&self) -> usize {
+        self.instructions.load(Ordering::Relaxed)
+    }
+
+    fn digest(&self, bytes: &[u8]) -> u64 {
+        self.digests.hash_one(bytes)
+    }
+
+    fn declaration_digest(&self, d: &Declaration) -> u64 {
+        self.digest(&serde_json::to_vec(d).expect("declarations always serialize"))
+    }
+
+    fn place(&self, waybill: &str) -> Place {
+        self.picker.place(waybill, SHARDS)
+    }
+
+    /// Reads `waybill`'s entry under its shard's read lock.
+    fn with_entry<R>(&self, waybill: &str, f: impl FnOnce(&Shard, Option<&Entry>) -> R) -> R {
+        let place = self.place(waybill);
+        let shard = self.shards.read(place.shard);
+        let e = shard.find(place, waybill).map(|i| &shard.entries[i]);
+        f(&shard, e)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

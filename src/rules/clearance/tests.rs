@@ -1,0 +1,437 @@
+use super::*;
+use bondline_devices::contract::SCHEMA;
+use bondline_devices::contract::{Action, EnterpriseAction, EnterpriseNotice, Instruction};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A verified declaration in CNY, shared with the store's tests.
+pub(crate) fn decl(w: &str, consumer: &str, value: u64) -> Declaration {
+    Declaration {
+        schema: SCHEMA,
+        waybill: w.into(),
+        enterprise: "E1".into(),
+        consumer: Some(consumer.into()),
+        identity_verified: true,
+        value_minor: Some(value),
+        currency: Some("CNY".into()),
+        gross_weight_g: None,
+        items: vec![],
+        order_id: None,
+        pieces: None,
+        signature: None,
+    }
+}
+
+fn notice(id: &str, action: EnterpriseAction, at: Option<u64>) -> EnterpriseNotice {
+    EnterpriseNotice {
+        schema: SCHEMA,
+        notice_id: id.into(),
+        enterprise: "E1".into(),
+        action,
+        reason: "licence review".into(),
+        issued_at_ms: at,
+        signature: None,
+    }
+}
+
+#[test]
+fn counting_is_once_per_waybill_and_excludes_the_parcel_itself() {
+    let t = ClearanceTable::default();
+    t.apply_declaration(&decl("A", "c", 100));
+    t.apply_declaration(&decl("B", "c", 50));
+    assert!(t.count("A", 10));
+    assert!(!t.count("A", 10), "a re-scan does not count twice");
+    assert!(!t.count("nobody", 10));
+    let w = t.consumer_window("B", 10, 10);
+    assert_eq!((w.parcels, w.value_minor), (1, 100));
+    let own = t.consumer_window("A", 10, 10);
+    assert_eq!(
+        (own.parcels, own.value_minor),
+        (0, 0),
+        "not its own history"
+    );
+    // A changed declaration moves the count.
+    t.apply_declaration(&decl("A", "c", 300));
+    let w = t.consumer_window("B", 10, 10);
+    assert_eq!((w.parcels, w.value_minor), (1, 300));
+    t.apply_declaration(&decl("A", "other", 300));
+    assert_eq!(t.consumer_window("B", 10, 10).parcels, 0);
+}
+
+#[test]
+fn notices_apply_once_and_in_order() {
+    let t = ClearanceTable::default();
+    t.apply_declaration(&decl("A", "c", 1));
+    assert!(t.known("A").suspension.is_none());
+    let s = notice("n1", EnterpriseAction::Suspend, Some(20));
+    assert_eq!(t.apply_notice(&s), Applied::Changed);
+    assert_eq!(t.apply_notice(&s), Applied::Unchanged);
+    assert_eq!(t.known("A").suspension.as_deref(), Some("licence review"));
+    let stale = notice("n0", EnterpriseAction::Lift, Some(10));
+    assert_eq!(t.apply_notice(&stale), Applied::Unchanged);
+    assert_eq!(t.suspended(), 1);
+    let lift = notice("n2", EnterpriseAction::Lift, Some(30));
+    assert_eq!(t.apply_notice(&lift), Applied::Changed);
+    assert!(t.known("A").suspension.is_none());
+}
+
+/// A platform message for the ordering property: an instruction for waybill `W{n}` or a
+/// notice for `E1`, with its signature time and, sometimes, `issued_at_ms`.
+#[derive(Debug, Clone)]
+enum Msg {
+    Instruction(Instruction),
+    Notice(EnterpriseNotice),
+}
+
+impl Msg {
+    fn signed_at(&self) -> u64 {
+        let s = match self {
+            Msg::Instruction(i) => &i.signature,
+            Msg::Notice(n) => &n.signature,
+        };
+        s.as_ref().expect("signed").signed_at_ms
+    }
+}
+
+fn signature(at: u64) -> Option<bondline_devices::signing::Signature> {
+    Some(bondline_devices::signing::Signature {
+        scheme: 2,
+        key_id: "p1".into(),
+        signed_at_ms: at,
+        target: Some("gateway:gw".into()),
+        ed25519: "00".repeat(64),
+    })
+}
+
+fn messages() -> impl proptest::strategy::Strategy<Value = Vec<Msg>> {
+    use proptest::prelude::*;
+    let one = (
+        0u8..4,
+        0usize..3,
+        any::<Option<u64>>(),
+        prop_oneof![
+            Just(Action::Release),
+            Just(Action::Hold),
+            Just(Action::Inspect)
+        ],
+    );
+    proptest::collection::vec(one, 1..10).prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(n, (kind, w, issued, action))| {
+                // Distinct signature times; `issued_at_ms` unrelated to them, or absent.
+                let at = 1_000_000 + (n as u64 * 7919) % 10_007;
+                if kind == 0 {
+                    let mut m = notice(
+                        &format!("N{n}"),
+                        if action == Action::Release {
+                            EnterpriseAction::Lift
+                        } else {
+                            EnterpriseAction::Suspend
+                        },
+                        issued,
+                    );
+                    m.signature = signature(at);
+                    Msg::Notice(m)
+                } else {
+                    Msg::Instruction(Instruction {
+                        schema: SCHEMA,
+                        instruction_id: format!("I{n}"),
+                        waybill: format!("W{w}"),
+                        action,
+                        reason: String::new(),
+                        issued_at_ms: issued,
+                        signature: signature(at),
+                    })
+                }
+            })
+            .collect()
+    })
+}
+
+fn state_after(msgs: &[Msg]) -> Vec<(Option<(String, Action)>, bool)> {
+    let t = ClearanceTable::default();
+    for w in 0..3 {
+        t.apply_declaration(&decl(&format!("W{w}"), "c", 100));
+    }
+    for m in msgs {
+        match m {
+            Msg::Instruction(i) => t.apply_instruction(i),
+            Msg::Notice(n) => t.apply_notice(n),
+        };
+    }
+    (0..3)
+        .map(|w| {
+            let k = t.known(&format!("W{w}"));
+            (
+                k.instruction.map(|o| (o.id.to_string(), o.action)),
+                k.suspension.is_some(),
+            )
+        })
+        .collect()
+}
+
+use proptest::strategy::Strategy as _;
+
+proptest::proptest! {
+    /// Whatever order the broker delivers signed platform messages in (and whether they
+    /// carry `issued_at_ms` or not), the table ends as if they came in signed order: an
+    /// older release or lift published after a hold never wins.
+    #[test]
+    fn any_arrival_order_ends_as_signed_order(
+        (msgs, order) in messages().prop_flat_map(|m| {
+            let n = m.len();
+            (proptest::strategy::Just(m), proptest::strategy::Just((0..n).collect::<Vec<_>>()).prop_shuffle())
+        })
+    ) {
+        let mut signed_order = msgs.clone();
+        signed_order.sort_by_key(Msg::signed_at);
+        let arrived: Vec<Msg> = order.iter().map(|&i| msgs[i].clone()).collect();
+        // Redelivery of everything after the fact changes nothing either.
+        let mut twice = arrived.clone();
+        twice.extend(msgs.iter().cloned());
+        proptest::prop_assert_eq!(state_after(&arrived), state_after(&signed_order));
+        proptest::prop_assert_eq!(state_after(&twice), state_after(&signed_order));
+    }
+}
+
+#[test]
+fn an_older_release_without_issued_at_published_after_a_hold_does_not_win() {
+    let t = ClearanceTable::default();
+    t.apply_declaration(&decl("W", "c", 100));
+    let mut release = Instruction {
+        schema: SCHEMA,
+        instruction_id: "I-rel".into(),
+        waybill: "W".into(),
+        action: Action::Release,
+        reason: String::new(),
+        issued_at_ms: None,
+        signature: signature(1_000),
+    };
+    let mut hold = release.clone();
+    hold.instruction_id = "I-hold".into();
+    hold.action = Action::Hold;
+    hold.issued_at_ms = Some(2_000);
+    hold.signature = signature(2_000);
+    assert_eq!(t.apply_instruction(&hold), Applied::Changed);
+    assert_eq!(t.apply_instruction(&release), Applied::Unchanged);
+    assert_eq!(t.known("W").instruction.unwrap().action, Action::Hold);
+    // A lift signed before the suspension does not end it.
+    let mut suspend = notice("N-s", EnterpriseAction::Suspend, None);
+    suspend.signature = signature(5_000);
+    let mut lift = notice("N-l", EnterpriseAction::Lift, Some(9_999_999));
+    lift.signature = signature(4_000);
+    t.apply_notice(&suspend);
+    assert_eq!(t.apply_notice(&lift), Applied::Unchanged);
+    assert!(t.known("W").suspension.is_some());
+    release.instruction_id = "I-rel-2".into();
+    release.signature = signature(3_000);
+    assert_eq!(t.apply_instruction(&release), Applied::Changed);
+}
+
+fn instruction(w: &str, id: &str, action: Action) -> Instruction {
+    Instruction {
+        schema: SCHEMA,
+        instruction_id: id.into(),
+        waybill: w.into(),
+        action,
+        reason: format!("reason {id}"),
+        issued_at_ms: None,
+        signature: None,
+    }
+}
+
+/// An operation of the model test.
+#[derive(Debug, Clone)]
+enum Op {
+    Declare(u16, u64),
+    Instruct(u16, u32),
+    Forget(u16),
+    Count(u16),
+}
+
+fn ops() -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
+    use proptest::prelude::*;
+    let op = prop_oneof![
+        (0u16..400, 0u64..5).prop_map(|(w, v)| Op::Declare(w, v)),
+        (0u16..400, any::<u32>()).prop_map(|(w, n)| Op::Instruct(w, n)),
+        (0u16..400).prop_map(Op::Forget),
+        (0u16..400).prop_map(Op::Count),
+    ];
+    proptest::collection::vec(op, 1..1500)
+}
+
+proptest::proptest! {
+    /// The sharded table holds what a plain map of waybills would, whatever the sequence
+    /// of declarations, instructions, counts and forgetting (slots moved on removal, freed
+    /// instruction slots reused).
+    #[test]
+    fn holds_what_a_plain_map_would(ops in ops()) {
+        let t = ClearanceTable::default();
+        // waybill -> (declared value, instruction id, counted)
+        let mut model: HashMap<String, (Option<u64>, Option<String>, bool)> = HashMap::new();
+        for (n, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Declare(w, v) => {
+                    let w = format!("BL{w:05}");
+                    t.apply_declaration(&decl(&w, "c", v));
+                    let m = model.entry(w).or_default();
+                    m.0 = Some(v);
+                }
+                Op::Instruct(w, k) => {
+                    let w = format!("BL{w:05}");
+                    let id = format!("I{n}-{k}");
+                    t.apply_instruction(&instruction(&w, &id, Action::Release));
+                    model.entry(w).or_default().1 = Some(id);
+                }
+                Op::Forget(w) => {
+                    let w = format!("BL{w:05}");
+                    t.forget_waybill(&w);
+                    model.remove(&w);
+                }
+                Op::Count(w) => {
+                    let w = format!("BL{w:05}");
+                    let counted = t.count(&w, 100);
+                    let m = model.get_mut(&w);
+                    let expect = m.as_ref().is_some_and(|m| m.0.is_some() && !m.2);
+                    proptest::prop_assert_eq!(counted, expect);
+                    if let Some(m) = m {
+                        m.2 |= counted;
+                    }
+                }
+            }
+        }
+        proptest::prop_assert_eq!(t.declarations(), model.values().filter(|m| m.0.is_some()).count());
+        proptest::prop_assert_eq!(t.instructions(), model.values().filter(|m| m.1.is_some()).count());
+        for w in 0..400u16 {
+            let w = format!("BL{w:05}");
+            let k = t.known(&w);
+            let m = model.get(&w);
+            proptest::prop_assert_eq!(k.declaration.as_ref().and_then(|d| d.value_minor), m.and_then(|m| m.0));
+            proptest::prop_assert_eq!(k.instruction.as_ref().map(|i| i.id.clone()), m.and_then(|m| m.1.clone()));
+            proptest::prop_assert_eq!(k.counted_day.is_some(), m.is_some_and(|m| m.2 && m.0.is_some()));
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(12))]
+    /// A lookup never sees half of a message: a writer applies batches that each declare
+    /// a waybill (value `k`) and instruct it (id `I<k>`), or forget it, while other
+    /// waybills grow the table; readers on other threads find either nothing, or a
+    /// declaration and an instruction of the same batch.
+    #[test]
+    fn a_lookup_never_sees_half_a_batch(
+        batches in proptest::collection::vec((0u16..16, proptest::bool::weighted(0.15)), 50..300)
+    ) {
+        use std::sync::atomic::AtomicBool;
+        let t = Arc::new(ClearanceTable::default());
+        let done = Arc::new(AtomicBool::new(false));
+        let torn = Arc::new(AtomicUsize::new(0));
+        let readers: Vec<_> = (0..2)
+            .map(|r| {
+                let (t, done, torn) = (t.clone(), done.clone(), torn.clone());
+                std::thread::spawn(move || {
+                    let mut looked = 0u64;
+                    while !done.load(Ordering::Acquire) || looked < 1_000 {
+                        for w in 0..16u16 {
+                            let k = t.known(&format!("W{w}"));
+                            looked += 1;
+                            let ok = match (&k.declaration, &k.instruction) {
+                                (None, None) => true,
+                                (Some(d), Some(i)) => {
+                                    i.id == format!("I{}", d.value_minor.unwrap_or(u64::MAX))
+                                        && *i.reason == *format!("for {}", d.value_minor.unwrap_or(0))
+                                }
+                                _ => false,
+                            };
+                            if !ok {
+                                torn.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        if r == 1 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for (k, (w, forget)) in batches.into_iter().enumerate() {
+            let w = format!("W{w}");
+            if forget {
+                t.forget_waybill(&w);
+            } else {
+                let d = decl(&w, &format!("c{k}"), k as u64);
+                let mut i = instruction(&w, &format!("I{k}"), Action::Release);
+                i.reason = format!("for {k}");
+                t.apply_many(&[Message::Declaration(&d), Message::Instruction(&i)]);
+            }
+            // Growth elsewhere meanwhile: shards resize under the readers.
+            for g in 0..50 {
+                t.apply_declaration(&decl(&format!("G{k}-{g}"), "g", 1));
+            }
+        }
+        done.store(true, Ordering::Release);
+        for r in readers {
+            r.join().expect("reader");
+        }
+        proptest::prop_assert_eq!(torn.load(Ordering::Relaxed), 0);
+    }
+}
+
+#[test]
+fn a_batch_reports_each_message_in_order() {
+    let t = ClearanceTable::default();
+    let d = decl("A", "c", 1);
+    let i = instruction("A", "I1", Action::Hold);
+    let n = notice("N1", EnterpriseAction::Suspend, Some(1));
+    let out = t.apply_many(&[
+        Message::Declaration(&d),
+        Message::Notice(&n),
+        Message::Instruction(&i),
+        Message::Declaration(&d),
+        Message::Instruction(&i),
+    ]);
+    assert_eq!(
+        out,
+        vec![
+            Applied::Changed,
+            Applied::Changed,
+            Applied::Changed,
+            Applied::Unchanged,
+            Applied::Unchanged
+        ]
+    );
+    let k = t.known("A");
+    assert_eq!(k.instruction.unwrap().action, Action::Hold);
+    assert!(k.suspension.is_some());
+}
+
+#[test]
+fn a_loading_table_says_so_in_every_lookup() {
+    let t = ClearanceTable::default();
+    t.begin_loading(10);
+    t.apply_declaration(&decl("A", "c", 1));
+    t.loaded(4);
+    assert_eq!(
+        t.known("A").loading,
+        Some(Loading {
+            done: 4,
+            expected: 10
+        })
+    );
+    assert!(t.known("unknown").loading.is_some());
+    t.finish_loading();
+    assert!(t.known("A").loading.is_none());
+}
+
+#[test]
+fn a_declared_value_of_u64_max_stays_a_value() {
+    let t = ClearanceTable::default();
+    t.apply_declaration(&decl("A", "c", u64::MAX));
+    assert_eq!(
+        t.known("A").declaration.unwrap().value_minor,
+        Some(u64::MAX)
+    );
+}
