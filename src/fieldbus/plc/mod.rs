@@ -34,29 +34,29 @@
 //! Reconnecting runs beside job handling, never in front of it: while the link is down, jobs
 //! are answered at once with `link_down` instead of queueing behind a connect attempt.
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
+mod connection;
+mod job;
+mod queue;
+mod status;
 
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bondline_devices::contract::{DivertOutcome, DivertStatus};
-use bondline_devices::plc::{
-    new_dispositions, Disposition, DivertCommand, PlcMap, DIVERT_BLOCK_LEN, LANE_REGISTERS,
-};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader, Writer};
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::ExceptionCode;
 use tracing::{debug, info, warn};
 
-use super::handshake::{Ack, Handshake};
+use super::handshake::Handshake;
 use crate::backoff::Backoff;
-use crate::config::{PlcDevice, Transport};
-use crate::floor::{Command, DivertJob, LaneStates, PlcEvent, Written};
+use crate::config::PlcDevice;
+use crate::floor::{DivertJob, LaneStates, PlcEvent, Written};
 use crate::metrics::{unix_ms, Metrics};
+use connection::{connect, Connecting, Link};
+use job::handle_job;
+use queue::{Held, Queue};
+use status::{status_interval, tick};
 
 /// How long a command's acknowledge is still expected after its write. Far longer than any
 /// PLC takes; at 60,000 parcels an hour a line uses 1,000 sequences a minute, so the
@@ -101,93 +101,6 @@ impl DivertError {
             DivertError::AckTimeout(_) | DivertError::CallTimeout(_) => DivertStatus::Timeout,
             DivertError::Io(_) | DivertError::HeartbeatLost(_) => DivertStatus::LinkDown,
         }
-    }
-}
-
-/// What a connect found: the context, the PLC's divert block (the last command it received)
-/// and its acknowledge register.
-type Connection = (Context, Option<DivertCommand>, u16);
-type Connecting = Pin<Box<dyn Future<Output = Result<Connection, String>> + Send>>;
-
-/// The link's state between calls.
-struct Link {
-    ctx: Context,
-    /// Controller heartbeat counter.
-    beat: u16,
-    /// Last PLC heartbeat value and when it changed.
-    plc_beat: Option<(u16, Instant)>,
-}
-
-/// A release job waiting for its decision to be durable.
-struct Held {
-    job: DivertJob,
-    durable: oneshot::Receiver<bool>,
-}
-
-/// Jobs not yet written: those ready in decision order, release jobs waiting for the
-/// journal beside them.
-#[derive(Default)]
-struct Queue {
-    ready: VecDeque<DivertJob>,
-    held: Vec<Held>,
-}
-
-impl Queue {
-    /// Takes a job in. An older revision of the same parcel still waiting is superseded: its
-    /// answer goes back at once (the line ignores answers to superseded revisions).
-    fn admit(&mut self, mut job: DivertJob, events: &mpsc::UnboundedSender<PlcEvent>) {
-        let newer = |j: &DivertJob| j.parcel == job.parcel && j.revision < job.revision;
-        let mut superseded = Vec::new();
-        self.ready.retain(|j| {
-            let old = newer(j);
-            if old {
-                superseded.push((j.parcel, j.revision));
-            }
-            !old
-        });
-        self.held.retain(|h| {
-            let old = newer(&h.job);
-            if old {
-                superseded.push((h.job.parcel, h.job.revision));
-            }
-            !old
-        });
-        for (parcel, revision) in superseded {
-            let detail = format!("superseded by revision {} before it was sent", job.revision);
-            let _ = events.send(PlcEvent::Outcome {
-                parcel,
-                revision,
-                outcome: outcome(DivertStatus::Overload, None, Some(detail), false),
-                at: Instant::now(),
-            });
-        }
-        match job.durable.take() {
-            Some(durable) => self.held.push(Held { job, durable }),
-            None => self.ready.push_back(job),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.held.is_empty()
-    }
-
-    /// The earliest deadline of a held job.
-    fn held_deadline(&self) -> Option<Instant> {
-        self.held.iter().map(|h| h.job.deadline).min()
-    }
-
-    /// Resolves once a held job's decision is stored (or failed to be): its index and whether
-    /// it is durable.
-    async fn next_durable(&mut self) -> (usize, bool) {
-        std::future::poll_fn(|cx| {
-            for (i, h) in self.held.iter_mut().enumerate() {
-                if let Poll::Ready(r) = Pin::new(&mut h.durable).poll(cx) {
-                    return Poll::Ready((i, r.unwrap_or(false)));
-                }
-            }
-            Poll::Pending
-        })
-        .await
     }
 }
 
@@ -359,59 +272,6 @@ fn late_ack(w: Written, events: &mpsc::UnboundedSender<PlcEvent>, metrics: &Metr
     let _ = events.send(PlcEvent::LateAck { written: w, after });
 }
 
-/// One status tick: heartbeat, lane states and dispositions (with a status section), then
-/// the acknowledge register while commands are in doubt.
-#[allow(clippy::too_many_arguments)]
-async fn tick(
-    l: &mut Link,
-    map: &PlcMap,
-    hs: &mut Handshake,
-    lanes: &LaneStates,
-    ring_seen: &mut Option<u16>,
-    events: &mpsc::UnboundedSender<PlcEvent>,
-    metrics: &Metrics,
-    status: bool,
-) -> Option<DivertError> {
-    if status {
-        match poll_status(l, map, lanes, ring_seen).await {
-            Ok((found, missed)) => {
-                for d in found {
-                    let _ = events.send(PlcEvent::Disposition(d));
-                }
-                if missed > 0 {
-                    let _ = events.send(PlcEvent::DispositionsMissed(missed));
-                }
-            }
-            Err(e) => return Some(e),
-        }
-    }
-    hs.expire(unix_ms(SystemTime::now()));
-    if !hs.any_in_doubt() {
-        return None;
-    }
-    let timeout = Duration::from_millis(map.timeout_ms);
-    match call(timeout, l.ctx.read_holding_registers(map.divert.ack, 1)).await {
-        Ok(regs) => {
-            if let Ack::Late(w) = hs.seen(regs.first().copied().unwrap_or(0)) {
-                late_ack(w, events, metrics);
-            }
-            None
-        }
-        Err(e) => Some(e),
-    }
-}
-
-fn status_interval(map: &PlcMap) -> Option<Duration> {
-    let hb = map.heartbeat.as_ref().map(|h| h.interval_ms);
-    let st = map.status.as_ref().map(|s| s.poll_ms);
-    match (hb, st) {
-        (None, None) => None,
-        (a, b) => Some(Duration::from_millis(
-            a.unwrap_or(u64::MAX).min(b.unwrap_or(u64::MAX)),
-        )),
-    }
-}
-
 fn outcome(
     status: DivertStatus,
     seq: Option<u16>,
@@ -425,209 +285,4 @@ fn outcome(
         at_ms: unix_ms(SystemTime::now()),
         late,
     }
-}
-
-/// Sends one job unless its deadline has passed, and waits for its acknowledge; returns the
-/// outcome and, if a call failed, the error (so the caller can judge the link).
-async fn handle_job(
-    l: &mut Link,
-    hs: &mut Handshake,
-    map: &PlcMap,
-    job: &DivertJob,
-    events: &mpsc::UnboundedSender<PlcEvent>,
-    metrics: &Metrics,
-) -> (DivertOutcome, Option<DivertError>) {
-    if Instant::now() >= job.deadline {
-        return (
-            outcome(
-                DivertStatus::DeadlineMissed,
-                None,
-                Some("the divert deadline passed before the command could be sent".into()),
-                false,
-            ),
-            None,
-        );
-    }
-    let command = Command {
-        parcel: job.parcel,
-        lane: job.lane,
-        revision: Some(job.revision),
-    };
-    let Some(seq) = hs.begin(command, unix_ms(SystemTime::now())) else {
-        return (
-            outcome(
-                DivertStatus::Timeout,
-                None,
-                Some("every handshake sequence is in doubt: the PLC has taken no command for a whole cycle".into()),
-                false,
-            ),
-            None,
-        );
-    };
-    let cmd = DivertCommand {
-        seq,
-        lane: job.lane,
-        parcel: job.parcel,
-    };
-    let timeout = Duration::from_millis(map.timeout_ms);
-    let started = Instant::now();
-    let ack_deadline = started + timeout;
-    if let Err(e) = call(
-        timeout,
-        l.ctx
-            .write_multiple_registers(map.divert.block, &cmd.to_registers()),
-    )
-    .await
-    {
-        if matches!(e, DivertError::Refused(_)) {
-            hs.refused();
-        } else {
-            hs.link_lost();
-        }
-        return (
-            outcome(e.status(), Some(seq), Some(e.to_string()), false),
-            Some(e),
-        );
-    }
-    let poll = Duration::from_millis(map.divert.ack_poll_ms);
-    loop {
-        // Each read has its own timeout: an acknowledge wait that ends while a read is in
-        // flight ends the job, not the link.
-        match call(timeout, l.ctx.read_holding_registers(map.divert.ack, 1)).await {
-            Ok(regs) => match hs.seen(regs.first().copied().unwrap_or(0)) {
-                Ack::Mine(_) => {
-                    let late = Instant::now() > job.deadline;
-                    return (outcome(DivertStatus::Acked, Some(seq), None, late), None);
-                }
-                Ack::Late(w) => late_ack(w, events, metrics),
-                Ack::Nothing => {}
-            },
-            Err(e) => {
-                if matches!(e, DivertError::Refused(_)) {
-                    hs.gave_up();
-                } else {
-                    hs.link_lost();
-                }
-                return (
-                    outcome(e.status(), Some(seq), Some(e.to_string()), false),
-                    Some(e),
-                );
-            }
-        }
-        if Instant::now() + poll >= ack_deadline {
-            hs.gave_up();
-            let e = DivertError::AckTimeout(timeout);
-            return (
-                outcome(e.status(), Some(seq), Some(e.to_string()), false),
-                Some(e),
-            );
-        }
-        tokio::time::sleep(poll).await;
-    }
-}
-
-/// One Modbus call with the profile timeout; exceptions and I/O kept apart.
-async fn call<T>(
-    timeout: Duration,
-    fut: impl Future<Output = tokio_modbus::Result<T>>,
-) -> Result<T, DivertError> {
-    match tokio::time::timeout(timeout, fut).await {
-        Err(_) => Err(DivertError::CallTimeout(timeout)),
-        Ok(r) => Ok(r?.map_err(DivertError::Refused)?),
-    }
-}
-
-/// Heartbeat out and in, lane states, new dispositions.
-async fn poll_status(
-    l: &mut Link,
-    map: &PlcMap,
-    lanes: &LaneStates,
-    ring_seen: &mut Option<u16>,
-) -> Result<(Vec<Disposition>, u16), DivertError> {
-    let timeout = Duration::from_millis(map.timeout_ms);
-    if let Some(hb) = &map.heartbeat {
-        l.beat = l.beat.wrapping_add(1);
-        call(timeout, l.ctx.write_single_register(hb.controller, l.beat)).await?;
-        let v = call(timeout, l.ctx.read_holding_registers(hb.plc, 1))
-            .await?
-            .first()
-            .copied()
-            .unwrap_or(0);
-        let now = Instant::now();
-        match l.plc_beat {
-            Some((old, _)) if old != v => l.plc_beat = Some((v, now)),
-            Some((_, since)) => {
-                let stuck = now.duration_since(since);
-                if stuck > Duration::from_millis(hb.timeout_ms) {
-                    return Err(DivertError::HeartbeatLost(stuck));
-                }
-            }
-            None => l.plc_beat = Some((v, now)),
-        }
-    }
-    let Some(st) = &map.status else {
-        return Ok((Vec::new(), 0));
-    };
-    let states = call(
-        timeout,
-        l.ctx.read_holding_registers(st.lanes, LANE_REGISTERS),
-    )
-    .await?;
-    for (i, v) in states.iter().enumerate() {
-        lanes.set(i as u16 + 1, *v);
-    }
-    let ring = call(
-        timeout,
-        l.ctx.read_holding_registers(st.dispositions, st.ring_len()),
-    )
-    .await?;
-    let head = ring.first().copied().unwrap_or(0);
-    match *ring_seen {
-        // First read of this run: what the ring holds is reported (the line knows which of
-        // those parcels an earlier run recorded already).
-        None => {
-            let (found, _) = new_dispositions(&ring, 0);
-            *ring_seen = Some(head);
-            Ok((found, 0))
-        }
-        Some(seen) => {
-            let (found, missed) = new_dispositions(&ring, seen);
-            *ring_seen = Some(head);
-            Ok((found, missed))
-        }
-    }
-}
-
-/// Opens the transport, attaches Modbus and reads the divert block and the acknowledge
-/// register once: that proves the PLC answers, and tells the handshake the last command the
-/// PLC received and the last it took.
-async fn connect(dev: PlcDevice) -> Result<Connection, String> {
-    let slave = Slave(dev.map.unit_id);
-    let timeout = Duration::from_millis(dev.map.timeout_ms).max(Duration::from_millis(500));
-    let mut ctx = match &dev.transport {
-        Transport::Tcp { host, port } => {
-            let stream = super::connect_tcp(host, *port, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio_modbus::client::tcp::attach_slave(stream, slave)
-        }
-        Transport::Serial(s) => {
-            let port = super::open_serial(s).map_err(|e| e.to_string())?;
-            tokio_modbus::client::rtu::attach_slave(port, slave)
-        }
-    };
-    let block = call(
-        timeout,
-        ctx.read_holding_registers(dev.map.divert.block, DIVERT_BLOCK_LEN),
-    )
-    .await
-    .map_err(|e| format!("reading the divert block: {e}"))?;
-    let ack = call(timeout, ctx.read_holding_registers(dev.map.divert.ack, 1))
-        .await
-        .map_err(|e| format!("reading the acknowledge register: {e}"))?;
-    Ok((
-        ctx,
-        DivertCommand::from_registers(&block),
-        ack.first().copied().unwrap_or(0),
-    ))
 }

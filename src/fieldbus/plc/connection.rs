@@ -1,0 +1,75 @@
+//! The PLC's transport: opening the TCP or serial connection with Modbus attached, the
+//! first reads that prove the PLC answers, and the one wrapper every Modbus call goes
+//! through (its timeout, and the PLC's refusals kept apart from a failed link). Kept apart
+//! from the link task so that the task deals in links and errors, not in sockets.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bondline_devices::plc::{DivertCommand, DIVERT_BLOCK_LEN};
+use tokio::time::Instant;
+use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::Slave;
+
+use super::DivertError;
+use crate::config::{PlcDevice, Transport};
+
+/// What a connect found: the context, the PLC's divert block (the last command it received)
+/// and its acknowledge register.
+pub(super) type Connection = (Context, Option<DivertCommand>, u16);
+pub(super) type Connecting = Pin<Box<dyn Future<Output = Result<Connection, String>> + Send>>;
+
+/// The link's state between calls.
+pub(super) struct Link {
+    pub(super) ctx: Context,
+    /// Controller heartbeat counter.
+    pub(super) beat: u16,
+    /// Last PLC heartbeat value and when it changed.
+    pub(super) plc_beat: Option<(u16, Instant)>,
+}
+
+/// One Modbus call with the profile timeout; exceptions and I/O kept apart.
+pub(super) async fn call<T>(
+    timeout: Duration,
+    fut: impl Future<Output = tokio_modbus::Result<T>>,
+) -> Result<T, DivertError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(DivertError::CallTimeout(timeout)),
+        Ok(r) => Ok(r?.map_err(DivertError::Refused)?),
+    }
+}
+
+/// Opens the transport, attaches Modbus and reads the divert block and the acknowledge
+/// register once: that proves the PLC answers, and tells the handshake the last command the
+/// PLC received and the last it took.
+pub(super) async fn connect(dev: PlcDevice) -> Result<Connection, String> {
+    let slave = Slave(dev.map.unit_id);
+    let timeout = Duration::from_millis(dev.map.timeout_ms).max(Duration::from_millis(500));
+    let mut ctx = match &dev.transport {
+        Transport::Tcp { host, port } => {
+            let stream = crate::fieldbus::connect_tcp(host, *port, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio_modbus::client::tcp::attach_slave(stream, slave)
+        }
+        Transport::Serial(s) => {
+            let port = crate::fieldbus::open_serial(s).map_err(|e| e.to_string())?;
+            tokio_modbus::client::rtu::attach_slave(port, slave)
+        }
+    };
+    let block = call(
+        timeout,
+        ctx.read_holding_registers(dev.map.divert.block, DIVERT_BLOCK_LEN),
+    )
+    .await
+    .map_err(|e| format!("reading the divert block: {e}"))?;
+    let ack = call(timeout, ctx.read_holding_registers(dev.map.divert.ack, 1))
+        .await
+        .map_err(|e| format!("reading the acknowledge register: {e}"))?;
+    Ok((
+        ctx,
+        DivertCommand::from_registers(&block),
+        ack.first().copied().unwrap_or(0),
+    ))
+}
