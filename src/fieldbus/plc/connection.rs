@@ -10,15 +10,29 @@ use std::time::Duration;
 use bondline_devices::plc::{DivertCommand, DIVERT_BLOCK_LEN};
 use tokio::time::Instant;
 use tokio_modbus::client::{Context, Reader};
-use tokio_modbus::Slave;
 
 use super::DivertError;
-use crate::config::{PlcDevice, Transport};
+use crate::config::PlcDevice;
 
 /// What a connect found: the context, the PLC's divert block (the last command it received)
 /// and its acknowledge register.
 pub(super) type Connection = (Context, Option<DivertCommand>, u16);
-pub(super) type Connecting = Pin<Box<dyn Future<Output = Result<Connection, String>> + Send>>;
+pub(super) type Connecting =
+    Pin<Box<dyn Future<Output = Result<Connection, ConnectError>> + Send>>;
+
+/// Why the PLC could not be connected: its transport did not open, or it did not answer the
+/// first reads (the link failed, or the PLC refused with a Modbus exception).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Open(#[from] crate::fieldbus::OpenError),
+    #[error("reading the {what}: {source}")]
+    FirstRead {
+        what: &'static str,
+        #[source]
+        source: DivertError,
+    },
+}
 
 /// The link's state between calls.
 pub(super) struct Link {
@@ -43,30 +57,19 @@ pub(super) async fn call<T>(
 /// Opens the transport, attaches Modbus and reads the divert block and the acknowledge
 /// register once: that proves the PLC answers, and tells the handshake the last command the
 /// PLC received and the last it took.
-pub(super) async fn connect(dev: PlcDevice) -> Result<Connection, String> {
-    let slave = Slave(dev.map.unit_id);
+pub(super) async fn connect(dev: PlcDevice) -> Result<Connection, ConnectError> {
     let timeout = Duration::from_millis(dev.map.timeout_ms).max(Duration::from_millis(500));
-    let mut ctx = match &dev.transport {
-        Transport::Tcp { host, port } => {
-            let stream = crate::fieldbus::connect_tcp(host, *port, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio_modbus::client::tcp::attach_slave(stream, slave)
-        }
-        Transport::Serial(s) => {
-            let port = crate::fieldbus::open_serial(s).map_err(|e| e.to_string())?;
-            tokio_modbus::client::rtu::attach_slave(port, slave)
-        }
-    };
+    let mut ctx = crate::fieldbus::attach(&dev.transport, dev.map.unit_id, timeout).await?;
+    let first_read = |what| move |source| ConnectError::FirstRead { what, source };
     let block = call(
         timeout,
         ctx.read_holding_registers(dev.map.divert.block, DIVERT_BLOCK_LEN),
     )
     .await
-    .map_err(|e| format!("reading the divert block: {e}"))?;
+    .map_err(first_read("divert block"))?;
     let ack = call(timeout, ctx.read_holding_registers(dev.map.divert.ack, 1))
         .await
-        .map_err(|e| format!("reading the acknowledge register: {e}"))?;
+        .map_err(first_read("acknowledge register"))?;
     Ok((
         ctx,
         DivertCommand::from_registers(&block),

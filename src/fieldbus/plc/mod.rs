@@ -212,7 +212,7 @@ pub async fn run(
                     Err(e) => {
                         let wait = backoff.next_delay();
                         warn!(plc = %dev.name, error = %e, retry_in = ?wait, "PLC connect failed");
-                        metrics.set_link(&link_name, false, Some(e));
+                        metrics.set_link(&link_name, false, Some(e.to_string()));
                         retry.as_mut().reset(Instant::now() + wait);
                         retry_armed = true;
                     }
