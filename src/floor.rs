@@ -167,3 +167,21 @@ mod tests {
         assert!(l.available(2));
     }
 }
+
+/// What the journal knows of a parcel an earlier run handled, handed to its line at start
+/// (read by `journal::intents`), so that the PLC's dispositions of that run's parcels are
+/// explained.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recent {
+    pub waybill: Option<String>,
+    /// The lane of its last recorded decision.
+    pub lane: Option<u16>,
+    pub role: Option<bondline_devices::contract::LaneRole>,
+    pub revision: u32,
+    /// A parcel record exists.
+    pub decided: bool,
+    /// Its last recorded decision was acknowledged by the PLC.
+    pub acked: bool,
+    /// A disposition record exists.
+    pub disposed: bool,
+}

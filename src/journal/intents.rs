@@ -34,6 +34,8 @@ use std::collections::HashMap;
 use bondline_devices::contract::{AlertKind, AlertRecord, DivertStatus, LaneRole, ParcelRecord};
 use serde::{Deserialize, Serialize};
 
+pub use crate::floor::Recent;
+
 use super::{decode_batch, Journal, JournalError};
 
 /// The tree of the intent store that keeps every release decision for the duplicate-label
@@ -284,22 +286,6 @@ struct Light {
 #[derive(Deserialize)]
 struct LightDivert {
     status: DivertStatus,
-}
-
-/// What the journal knows of a parcel an earlier run handled.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recent {
-    pub waybill: Option<String>,
-    /// The lane of its last recorded decision.
-    pub lane: Option<u16>,
-    pub role: Option<LaneRole>,
-    pub revision: u32,
-    /// A parcel record exists.
-    pub decided: bool,
-    /// Its last recorded decision was acknowledged by the PLC.
-    pub acked: bool,
-    /// A disposition record exists.
-    pub disposed: bool,
 }
 
 /// Recent parcels by line and parcel id.

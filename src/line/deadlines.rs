@@ -7,7 +7,7 @@ use bondline_devices::contract::AlertKind;
 
 use super::effects::{Effect, Turn};
 use super::Line;
-use crate::journal::intents::Recent;
+use crate::floor::Recent;
 
 impl Line {
     /// Stops tracking parcels overdue for a disposition (alerting, where the PLC reports

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::journal::intents::Recent;
+use crate::floor::Recent;
 
 /// Parcels remembered; well above what the PLC's disposition ring and the disposition
 /// timeout can still report at 60,000 parcels an hour.

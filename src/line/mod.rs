@@ -49,7 +49,7 @@ use std::sync::Arc;
 
 use crate::config::LaneMap;
 use crate::floor::LaneStates;
-use crate::journal::intents::Recent;
+use crate::floor::Recent;
 use crate::metrics::Metrics;
 use crate::rules::ClearanceTable;
 use tracking::{Geometry, Tracker};

@@ -17,8 +17,7 @@ use crate::config::PlcDevice;
 /// What a connect found: the context, the PLC's divert block (the last command it received)
 /// and its acknowledge register.
 pub(super) type Connection = (Context, Option<DivertCommand>, u16);
-pub(super) type Connecting =
-    Pin<Box<dyn Future<Output = Result<Connection, ConnectError>> + Send>>;
+pub(super) type Connecting = Pin<Box<dyn Future<Output = Result<Connection, ConnectError>> + Send>>;
 
 /// Why the PLC could not be connected: its transport did not open, or it did not answer the
 /// first reads (the link failed, or the PLC refused with a Modbus exception).
