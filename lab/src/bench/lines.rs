@@ -1,0 +1,283 @@
+//! `bondline-lab bench lines`: the whole daemon against 1 to 16 simulated lines at the peak
+//! scenario's rate (optionally an X-ray tunnel with images on L0, a journal backlog draining
+//! and a flood of platform declarations meanwhile), the simulators on a thread of their own;
+//! prints each line's ledger and the daemon's decision latency.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use bondline::metrics::Metrics;
+
+/// The peak scenario, compiled in so the benchmark runs from the binary alone.
+const PEAK: &str = include_str!("../../../simulators/scenarios/peak.toml");
+/// The X-ray stage of `bench lines --xray` on line L0: xray-line.toml's tunnel.
+const XRAY_STAGE: &str = "
+[xray]
+scan_to_xray_m = 0.5
+unit = 1
+suspect_rate = 0.05
+mark_rate = 0.03
+processing_ms = 400
+mark_latency_ms = 400
+";
+
+pub(super) async fn run(
+    lines: u16,
+    seconds: u64,
+    backlog: u64,
+    flood: u64,
+    xray: bool,
+    broker: Option<String>,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use bondline_simulators::line::{LineSim, RunLength, Scenario, XrayPort};
+    use bondline_simulators::platform::PlatformSim;
+    use bondline_simulators::xray::{ImageSpec, XrayImages};
+
+    anyhow::ensure!((1..=16).contains(&lines), "--lines must be 1 to 16");
+    let (_tmp, dir) = super::work_dir(dir)?;
+    let (_mosquitto, host, port) = super::broker::broker_or_mosquitto(broker, &dir)?;
+    let store = dir.join("journal");
+    if backlog > 0 {
+        println!("filling a backlog of {backlog} records...");
+        let (journal, _) = super::journal::fill(&store, backlog, Duration::from_millis(2)).await?;
+        drop(journal);
+    }
+    let (framing, map) = super::builtin_devices()?;
+    let mut scenarios = Vec::new();
+    let mut line_seeds = Vec::new();
+    for i in 0..lines {
+        let text = if xray && i == 0 {
+            format!("{PEAK}{XRAY_STAGE}")
+        } else {
+            PEAK.to_string()
+        };
+        let mut scenario = Scenario::from_toml(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        scenario.seed += i as u64 * 7919;
+        line_seeds.push(scenario.seed % 10_000);
+        scenario.length = RunLength::Seconds(seconds as f64);
+        scenarios.push(scenario);
+    }
+    // The simulated floor runs on a thread of its own, so that the daemon's work never delays
+    // it and its own lag stays out of the figures (its sockets belong to that thread's runtime).
+    // The simulated floor keeps time at the floor thread's priority; its blocking threads,
+    // which render and encode the X-ray workstation's images (another machine's work on a
+    // real floor), run below it, as the daemon's own image ingest does.
+    let sims_thread = bondline::threads::Dedicated::start_with(
+        "bondline-bench-sims",
+        bondline::threads::yield_to_floor,
+    )?;
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let platform_addr = std::net::SocketAddr::new(host.parse()?, port);
+    let spool = dir.join("xray-spool");
+    let xray_map = bondline_devices::Profiles::builtin()
+        .get("xray-modbus")
+        .and_then(|p| p.xray())
+        .context("built-in X-ray profile")?
+        .clone();
+    let sims_job = sims_thread.spawn({
+        let scenarios = scenarios.clone();
+        let spool = spool.clone();
+        async move {
+            let mut sims = Vec::new();
+            for scenario in scenarios {
+                let mut sim = LineSim::bind(scenario, framing.clone(), map.clone()).await?;
+                if sim.scenario().xray.is_some() {
+                    let images = XrayImages::new(&spool, ImageSpec::default())?;
+                    let port = XrayPort::Tcp("127.0.0.1:0".parse()?);
+                    sim = sim.with_xray(xray_map.clone(), port, Some(images)).await?;
+                }
+                sims.push(sim);
+            }
+            let addrs = sims
+                .iter()
+                .map(|s| {
+                    Ok((
+                        s.scanner_addr().context("line-sim scanner is TCP")?,
+                        s.plc_addr(),
+                        s.xray_addr(),
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let _ = bound_tx.send(addrs);
+            go_rx.await?;
+            let platform =
+                PlatformSim::connect(platform_addr, "bench/lines", "bench-lines-platform").await?;
+            let runs = sims
+                .into_iter()
+                .map(|sim| sim.run(Some(&platform), std::future::pending::<()>()));
+            anyhow::Ok(futures::future::join_all(runs).await)
+        }
+    });
+    let addrs = match bound_rx.await {
+        Ok(a) => a,
+        Err(_) => {
+            return Err(sims_job
+                .await?
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("the simulators stopped")))
+        }
+    };
+    let mut config = format!(
+        "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
+        store.display()
+    );
+    let mut lines_toml = String::new();
+    for (i, (scenario, (scanner, plc, xray_addr))) in scenarios.iter().zip(addrs).enumerate() {
+        config.push_str(&format!(
+            "[devices.scanner-{i}]\nprofile = \"scanner-stx-etx\"\ntcp = \"{scanner}\"\n[devices.plc-{i}]\nprofile = \"sorter-plc\"\ntcp = \"{plc}\"\n"
+        ));
+        let (xray_line, xray_geometry) = match (xray_addr, &scenario.xray) {
+            (Some(addr), Some(stage)) => {
+                config.push_str(&format!(
+                    "[devices.xray-{i}]\nprofile = \"xray-modbus\"\ntcp = \"{addr}\"\nunit_id = {}\nspool = \"{}\"\n",
+                    stage.unit,
+                    spool.display()
+                ));
+                (
+                    format!("xray = \"xray-{i}\"\n"),
+                    format!(", scan_to_xray_m = {:?}", stage.scan_to_xray_m),
+                )
+            }
+            _ => (String::new(), String::new()),
+        };
+        let r = scenario.lane_roles;
+        lines_toml.push_str(&format!(
+            "[[lines]]\nid = \"L{i}\"\nscanner = \"scanner-{i}\"\nplc = \"plc-{i}\"\n{xray_line}geometry = {{ belt_speed_m_s = {}, scan_to_gate_m = {}, margin_ms = 300{xray_geometry} }}\nlanes = [{{ lane = {}, role = \"release\" }}, {{ lane = {}, role = \"inspection\" }}, {{ lane = {}, role = \"hold\" }}, {{ lane = {}, role = \"exception\" }}]\n",
+            scenario.belt_speed_m_s,
+            scenario.gate_at_m - scenario.scanner_at_m,
+            r.release,
+            r.inspection,
+            r.hold,
+            r.exception
+        ));
+    }
+    config.push_str(&lines_toml);
+    let config = bondline::config::Config::parse("bench-lines.toml", &config)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stop = CancellationToken::new();
+    let app = bondline::app::App::start(config, stop.clone()).await?;
+    let metrics = app.metrics.clone();
+    let start = Instant::now();
+    while !metrics.uplink_ready.load(Ordering::Relaxed) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "the daemon did not connect to the broker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let backlog_at_start = Metrics::get(&metrics.backlog);
+    println!(
+        "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile; flood of {flood} declarations{}",
+        if xray { "; X-ray tunnel with images on L0" } else { "" }
+    );
+    // Waybills of another plan than any line's: the flood changes no line's decisions.
+    let flood_task = (flood > 0).then(|| {
+        let mut seed = 4242u64;
+        while line_seeds.contains(&(seed % 10_000)) {
+            seed += 1;
+        }
+        let plan = bondline_simulators::plan::Plan::with_mix(
+            seed,
+            bondline_simulators::plan::Mix::only(bondline_simulators::plan::PlanKind::DeclaredOnly),
+        );
+        let host = host.clone();
+        tokio::spawn(async move {
+            let platform = PlatformSim::connect(
+                std::net::SocketAddr::new(host.parse()?, port),
+                "bench/lines",
+                "bench-lines-flood",
+            )
+            .await?;
+            platform.publish_plan(&plan, 0..flood).await
+        })
+    });
+    let messages_at_start = Metrics::get(&metrics.platform_messages);
+    let started = Instant::now();
+    let _ = go_tx.send(());
+    let ledgers = sims_job.await??;
+    let elapsed = started.elapsed();
+    let forwarded = Metrics::get(&metrics.records_forwarded);
+    let ingested = Metrics::get(&metrics.platform_messages) - messages_at_start;
+    let held = app.table.declarations();
+    if let Some(t) = flood_task {
+        t.abort();
+    }
+    stop.cancel();
+    app.wait().await?;
+
+    let mut leaks = 0;
+    let mut late = 0;
+    let mut parcels = 0;
+    for (i, l) in ledgers.into_iter().enumerate() {
+        let l = l?;
+        leaks += l.leaks;
+        late += l.late_diverts;
+        parcels += l.parcels;
+        println!(
+            "line L{i}: {} parcels in {:.0} s ({:.0}/h), correct {}, leaks {}, late diverts {}, wrong {}, sim lag max {:.1} ms, frame→command (line-sim, exact) all {}; release (written ahead) {}; other lanes {}",
+            l.parcels,
+            l.scan_span_s,
+            l.parcels as f64 * 3600.0 / l.scan_span_s.max(1e-9),
+            l.correct,
+            l.leaks,
+            l.late_diverts,
+            l.wrong_lanes,
+            l.max_lag_ms,
+            micros(&l.latency),
+            micros(&l.release_latency),
+            micros(&l.other_latency),
+        );
+    }
+    println!(
+        "all lines: {parcels} parcels, leaks {leaks}, late diverts {late} (ledger) / {} (daemon), deadlines missed {}",
+        Metrics::get(&metrics.late_diverts),
+        Metrics::get(&metrics.deadlines_missed)
+    );
+    println!(
+        "daemon latency, scanner frame received → PLC-acknowledged divert (HDR histogram, within 1%): {}",
+        metrics.decision_latency.percentiles()
+    );
+    if xray {
+        println!(
+            "X-ray on L0: {} verdicts, {} joined to parcels, {} parcels without a verdict by their deadline; {} images ingested, {} with errors",
+            Metrics::get(&metrics.xray_verdicts),
+            Metrics::get(&metrics.xray_matched),
+            Metrics::get(&metrics.xray_missing),
+            Metrics::get(&metrics.images_ingested),
+            Metrics::get(&metrics.images_with_errors),
+        );
+    }
+    if flood > 0 {
+        println!(
+            "platform meanwhile: {ingested} messages taken in ({:.0}/s), {held} declarations held at the end",
+            ingested as f64 / elapsed.as_secs_f64()
+        );
+    }
+    println!(
+        "uplink meanwhile: {forwarded} records forwarded in {:.1} s ({:.0}/s), backlog {} → {}",
+        elapsed.as_secs_f64(),
+        forwarded as f64 / elapsed.as_secs_f64(),
+        backlog_at_start,
+        Metrics::get(&metrics.backlog)
+    );
+    Ok(())
+}
+
+/// A line-sim latency summary in µs.
+fn micros(l: &bondline_simulators::line::Latency) -> String {
+    let us = |ms: Option<f64>| ms.unwrap_or(0.0) * 1000.0;
+    format!(
+        "p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs max {:.0} µs (n {})",
+        us(l.p50_ms),
+        us(l.p99_ms),
+        us(l.p99_9_ms),
+        us(l.max_ms),
+        l.samples
+    )
+}
