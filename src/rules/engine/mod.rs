@@ -18,15 +18,15 @@
 //! rate in parts per million. An auditor with the key recomputes it.
 //!
 //! Layout: [`ruleset`] is the rule set's model and its parsing and validation, [`inputs`]
-//! what a decision looks at, [`evaluate`] the evaluation and its guards, and [`conditions`]
+//! what a decision looks at, [`evaluation`] the evaluation and its guards, and [`conditions`]
 //! the rule kinds that weigh figures.
 
 mod conditions;
-mod evaluate;
+mod evaluation;
 mod inputs;
 mod ruleset;
 
-pub use evaluate::{
+pub use evaluation::{
     evaluate, Evaluation, Fired, AWAITING_RELEASE, AWAITING_XRAY, ENTERPRISE_SUSPENDED,
     IDENTITY_UNVERIFIED, XRAY_FLAGGED,
 };

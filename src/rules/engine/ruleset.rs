@@ -1,7 +1,7 @@
 //! The rule set's model and its loading: the rule kinds as the TOML file names them, a rule
 //! set parsed and validated whole (a target of `release` is refused, an `instruction` rule
 //! is required, every kind's keys are checked), and the keyed sampling a set carries.
-//! Evaluation is [`super::evaluate`]'s.
+//! Evaluation is [`super::evaluation`]'s.
 
 use std::collections::BTreeSet;
 
