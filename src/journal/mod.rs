@@ -17,7 +17,7 @@
 //!   is acknowledged or parked) less the few records acknowledged out of order. After a crash
 //!   the watermark may lag: records acknowledged just before are sent again (at least once;
 //!   the platform deduplicates on `msg_id`). The watermark never passes an unacknowledged,
-//!   unparked record.
+//!   unparked record. The outbox is kept in [`outbox`].
 //! - **Retention.** Only records at or below the watermark that are not parked are ever
 //!   removed, oldest first, so the remaining records stay one contiguous chain; the last
 //!   removed record's sequence and hash are kept as the chain's anchor.
@@ -43,31 +43,40 @@
 //!   the writer up to the `meta` key `by_waybill_upto` (the last indexed `seq`), removed with
 //!   its batch at purge (see [`lookup`]).
 
+mod batch;
 pub mod capacity;
 mod chain_key;
+mod export;
 mod housekeeping;
 pub mod integrity;
 pub mod intents;
 mod lookup;
 mod maintenance;
+mod outbox;
 pub mod platform;
 mod salvage;
+mod spill;
+mod verify;
 pub mod walk;
 mod writer;
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bondline_devices::contract::Record;
 use sled::Tree;
 
+pub use batch::ENTRY_BYTES;
+pub(crate) use batch::{decode_batch, Batch};
+use batch::{encode_batch, entry_groups};
+pub use export::{ExportError, ExportFormat};
 pub use housekeeping::Housekeeping;
 pub use lookup::{Forwarding, TIME_SLACK_MS};
 #[cfg(test)]
 pub(crate) use maintenance::tests::record as test_record;
-pub use maintenance::{ChainProblem, ExportError, ExportFormat, JournalStats, VerifyReport};
+pub use maintenance::JournalStats;
 pub use salvage::{salvage, ChainMode, Opened, SalvageError, SalvageReport};
+pub use spill::{read_spill, spill_dir};
+pub use verify::{ChainProblem, VerifyReport};
 pub use writer::{record_sink, JournalWriter, RecordSink};
 
 /// The chain's starting point: the `prev_hash` of the very first record. Records are chained
@@ -226,78 +235,6 @@ fn key_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
-/// Most bytes of records in one `batches` entry; a larger group commit is stored as several
-/// entries (in one transaction). sled writes any page larger than a quarter of its 512 KiB
-/// segment to a blob file of its own, outside the space it reuses, and deletes the file only
-/// after later writes; a leaf of the `batches` tree holds up to 17 entries, so entries of
-/// this size keep the tree's pages inside the store's file, where the room that purging
-/// frees is written again (see [`capacity`]). A single larger record is an entry of its own.
-pub const ENTRY_BYTES: usize = 4 * 1024;
-
-/// Splits records into consecutive groups of at most [`ENTRY_BYTES`] (at least one record).
-fn entry_groups(records: &[Vec<u8>]) -> Vec<&[Vec<u8>]> {
-    let mut groups = Vec::new();
-    let (mut start, mut size) = (0, 0);
-    for (i, r) in records.iter().enumerate() {
-        let len = r.len() + 4;
-        if i > start && size + len > ENTRY_BYTES {
-            groups.push(&records[start..i]);
-            (start, size) = (i, 0);
-        }
-        size += len;
-    }
-    if start < records.len() {
-        groups.push(&records[start..]);
-    }
-    groups
-}
-
-/// Encodes records as one batch value: per record a `u32` length and the bytes.
-fn encode_batch<'a>(records: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for r in records {
-        out.extend_from_slice(&(r.len() as u32).to_be_bytes());
-        out.extend_from_slice(r);
-    }
-    out
-}
-
-/// Splits a batch value into its records; `None` if it is malformed.
-pub(crate) fn decode_batch(v: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    let mut rest = v;
-    while !rest.is_empty() {
-        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        out.push(rest.get(4..4 + len)?);
-        rest = &rest[4 + len..];
-    }
-    Some(out)
-}
-
-/// One batch: its first sequence number and its records' bytes.
-pub(crate) struct Batch {
-    pub first: u64,
-    pub value: sled::IVec,
-}
-
-impl Batch {
-    pub fn records(&self) -> Result<Vec<&[u8]>, JournalError> {
-        decode_batch(&self.value).ok_or(JournalError::Corrupt {
-            seq: self.first,
-            reason: "batch framing is broken".into(),
-        })
-    }
-
-    fn from_entry(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Batch, JournalError> {
-        let (k, value) = entry?;
-        let first = key_seq(&k).ok_or(JournalError::Corrupt {
-            seq: 0,
-            reason: "batch key is not 8 bytes".into(),
-        })?;
-        Ok(Batch { first, value })
-    }
-}
-
 /// File in the store's directory where every flush records the chain head it made durable
 /// (`<seq> <hash hex>`), outside sled's files: the witness that lets a start tell a store that
 /// lost records from one that never had them ([`Journal::check_head_mark`]).
@@ -411,11 +348,6 @@ impl Journal {
         }
     }
 
-    /// The forwarded watermark: every record at or below it is acknowledged or parked.
-    pub fn forwarded_watermark(&self) -> u64 {
-        self.state().forwarded
-    }
-
     /// Length of the store's log file, where sled writes its pages and reuses the room that
     /// purging frees (sled 0.34 keeps it as `db` in the store's directory; pages too large for
     /// it go to blob files beside it, which are not reused, see [`ENTRY_BYTES`]).
@@ -467,186 +399,6 @@ impl Journal {
     /// Bytes of all stored batches and their index entries.
     pub fn live_bytes(&self) -> u64 {
         self.state().live_bytes
-    }
-
-    /// Number of records waiting for a PUBACK.
-    pub fn backlog_len(&self) -> usize {
-        let (head, _) = self.chain_head().unwrap_or((0, GENESIS_HASH));
-        let w = self.forwarded_watermark();
-        let above = |t: &Tree| t.range(seq_key(w + 1)..).count() as u64;
-        head.saturating_sub(w)
-            .saturating_sub(above(&self.acked))
-            .saturating_sub(above(&self.parked)) as usize
-    }
-
-    /// The batch holding `seq`, if stored.
-    fn batch_of(&self, seq: u64) -> Result<Option<Batch>, JournalError> {
-        match self.batches.range(..=seq_key(seq)).next_back() {
-            Some(e) => Ok(Some(Batch::from_entry(e)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Batches from the one holding `from` onwards.
-    pub(crate) fn batches_from(
-        &self,
-        from: u64,
-    ) -> Result<impl Iterator<Item = Result<Batch, JournalError>> + '_, JournalError> {
-        let start = match self.batch_of(from)? {
-            Some(b) => b.first,
-            None => from,
-        };
-        Ok(self.batches.range(seq_key(start)..).map(Batch::from_entry))
-    }
-
-    /// Up to `max` unacknowledged records with `from <= seq <= upto`, in sequence order, with
-    /// their exact stored bytes. `upto` is the last *accepted* (flushed) sequence: a record
-    /// committed but not yet flushed is visible in the store, and must not leave the gateway
-    /// before it is durable, or a crash could give its number to another record.
-    pub fn outbox_from(
-        &self,
-        from: u64,
-        upto: u64,
-        max: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
-        let start = from.max(self.forwarded_watermark() + 1);
-        let skip = |t: &Tree| -> Result<HashSet<u64>, JournalError> {
-            let mut s = HashSet::new();
-            for k in t.range(seq_key(start)..).keys() {
-                s.extend(key_seq(&k?));
-            }
-            Ok(s)
-        };
-        let (acked, parked) = (skip(&self.acked)?, skip(&self.parked)?);
-        let mut out = Vec::with_capacity(max.min(1024));
-        for batch in self.batches_from(start)? {
-            let batch = batch?;
-            for (i, bytes) in batch.records()?.into_iter().enumerate() {
-                let seq = batch.first + i as u64;
-                if seq > upto {
-                    return Ok(out);
-                }
-                if seq < start || acked.contains(&seq) || parked.contains(&seq) {
-                    continue;
-                }
-                out.push((seq, bytes.to_vec()));
-                if out.len() >= max {
-                    return Ok(out);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Takes a record out of the outbox after its PUBACK. Returns whether it was still there.
-    pub fn mark_forwarded(&self, seq: u64) -> Result<bool, JournalError> {
-        let mut state = self.state();
-        if seq <= state.forwarded
-            || self.acked.contains_key(seq_key(seq))?
-            || self.parked.contains_key(seq_key(seq))?
-        {
-            return Ok(false);
-        }
-        if seq == state.forwarded + 1 {
-            self.advance(&mut state, seq)?;
-        } else {
-            self.acked.insert(seq_key(seq), &[][..])?;
-        }
-        Ok(true)
-    }
-
-    /// [`Journal::mark_forwarded`] for several PUBACKs at once, in arrival order: one write of
-    /// the watermark for the whole batch instead of one per record. Returns how many records
-    /// were still in the outbox. As with single acknowledges, the watermark is written before
-    /// the out-of-order entries it covers are removed.
-    pub fn mark_forwarded_many(&self, seqs: &[u64]) -> Result<u64, JournalError> {
-        let mut state = self.state();
-        let start = state.forwarded;
-        let mut w = start;
-        let mut covered = Vec::new();
-        let mut cleared = 0u64;
-        for &seq in seqs {
-            if seq <= w
-                || self.acked.contains_key(seq_key(seq))?
-                || self.parked.contains_key(seq_key(seq))?
-            {
-                continue;
-            }
-            cleared += 1;
-            if seq != w + 1 {
-                self.acked.insert(seq_key(seq), &[][..])?;
-                continue;
-            }
-            w = seq;
-            loop {
-                let k = seq_key(w + 1);
-                if self.acked.contains_key(k)? {
-                    covered.push(k);
-                    w += 1;
-                } else if self.parked.contains_key(k)? {
-                    w += 1;
-                } else {
-                    break;
-                }
-            }
-        }
-        if w != start {
-            self.meta.insert(META_FORWARDED, &w.to_be_bytes()[..])?;
-            state.forwarded = w;
-            for k in covered {
-                self.acked.remove(k)?;
-            }
-        }
-        Ok(cleared)
-    }
-
-    /// Moves the watermark to `to`, then over every following record that was acknowledged
-    /// out of order or parked. The new watermark is written before the out-of-order entries
-    /// it covers are removed, so a crash in between leaves only harmless leftovers.
-    fn advance(&self, state: &mut State, to: u64) -> Result<(), JournalError> {
-        let mut w = to;
-        let mut covered = Vec::new();
-        loop {
-            let k = seq_key(w + 1);
-            if self.acked.contains_key(k)? {
-                covered.push(k);
-                w += 1;
-            } else if self.parked.contains_key(k)? {
-                w += 1;
-            } else {
-                break;
-            }
-        }
-        self.meta.insert(META_FORWARDED, &w.to_be_bytes()[..])?;
-        state.forwarded = w;
-        for k in covered {
-            self.acked.remove(k)?;
-        }
-        Ok(())
-    }
-
-    /// One stored record's exact bytes.
-    pub fn record_bytes(&self, seq: u64) -> Result<Option<Vec<u8>>, JournalError> {
-        let Some(batch) = self.batch_of(seq)? else {
-            return Ok(None);
-        };
-        let records = batch.records()?;
-        Ok(records
-            .get((seq - batch.first) as usize)
-            .map(|b| b.to_vec()))
-    }
-
-    /// One stored record, parsed.
-    pub fn record(&self, seq: u64) -> Result<Option<Record>, JournalError> {
-        let Some(bytes) = self.record_bytes(seq)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| JournalError::Corrupt {
-                seq,
-                reason: e.to_string(),
-            })
     }
 
     /// Makes everything committed so far durable, then records the chain head in the head
@@ -748,44 +500,6 @@ impl Journal {
         state.live_bytes = live;
         Ok(())
     }
-}
-
-/// The spill directory of the store at `path`: records that could not be stored before a
-/// shutdown wait there for the next start.
-pub fn spill_dir(path: &Path) -> std::path::PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push("-spill");
-    path.with_file_name(name)
-}
-
-/// Reads spilled records: every complete `*.jsonl` file in `dir`, oldest first. Lines that
-/// do not parse are logged and skipped (they were written by this program; a torn last line
-/// of a crash is the only expected case).
-pub fn read_spill(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<Record>) {
-    let mut files: Vec<_> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-            .collect(),
-        Err(_) => return (Vec::new(), Vec::new()),
-    };
-    files.sort();
-    let mut records = Vec::new();
-    for f in &files {
-        let Ok(text) = std::fs::read_to_string(f) else {
-            continue;
-        };
-        for (i, line) in text.lines().enumerate() {
-            match serde_json::from_str::<Record>(line) {
-                Ok(r) => records.push(r),
-                Err(e) => {
-                    tracing::error!(file = %f.display(), line = i + 1, error = %e, "unreadable spilled record")
-                }
-            }
-        }
-    }
-    (files, records)
 }
 
 /// Deletes `snap.*.generating` files: sled writes a snapshot under that name and renames it
