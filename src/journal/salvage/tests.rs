@@ -1,8 +1,9 @@
 //! Salvage of damaged stores made by the real writer.
-use bondline_devices::contract::Declaration;
+use bondline_devices::contract::{AlertKind, AlertRecord, Declaration, Record};
 
 use super::*;
 use crate::journal::maintenance::tests::filled;
+use crate::journal::GENESIS_HASH;
 
 /// A closed store of `n` records with one declaration; records 1..=`acked` acknowledged.
 async fn closed_store(n: u32, acked: u64) -> tempfile::TempDir {
