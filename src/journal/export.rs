@@ -30,7 +30,7 @@ impl Journal {
         })
     }
 
-    pub(super) fn for_each_record(
+    fn for_each_record(
         &self,
         mut f: impl FnMut(u64, &[u8]) -> Result<bool, ExportError>,
     ) -> Result<(), ExportError> {
