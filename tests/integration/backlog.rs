@@ -13,7 +13,7 @@ use bondline_simulators::platform::PlatformSim;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
 use crate::harness::{
-    config_text_with, floor, free_port, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
+    config_text_with, floor, loopback_port, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
 };
 
 const PREFIX: &str = "bondline/backlog-gw";
@@ -110,7 +110,7 @@ async fn a_platform_backlog_queued_while_down_drains_on_one_connection_while_rec
         None,
     )
     .await;
-    let view_port = free_port();
+    let view_port = loopback_port();
     let text = config_text_with(
         &dir.path().join("journal"),
         mosquitto.port,

@@ -18,7 +18,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    config_text, floor, free_port, wait_until, LineDevices, Mosquitto, ScannerAt,
+    config_text, floor, loopback_port, wait_until, LineDevices, Mosquitto, ScannerAt,
 };
 
 const PREFIX: &str = "bondline/budgets-gw";
@@ -61,10 +61,10 @@ async fn get_head(s: &mut TcpStream, path: &str, auth: Option<&str>) -> (u16, St
 async fn the_view_keeps_to_its_connection_stream_and_login_budgets() {
     let dir = tempfile::tempdir().unwrap();
     let sha = |s: &str| hex::encode(bondline::journal::sha256(s.as_bytes()));
-    let nowhere = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], loopback_port()));
     let text = config_text(
         &dir.path().join("journal"),
-        free_port(),
+        loopback_port(),
         PREFIX,
         &LineDevices {
             scanner: ScannerAt::Tcp(nowhere),
@@ -173,7 +173,7 @@ async fn an_idle_connection_flood_leaves_descriptors_for_the_plc() {
         .unwrap();
     let plan = Plan::with_mix(41, Mix::only(PlanKind::Undeclared));
     let floor = floor(plan, 20.0, None).await;
-    let view_port = free_port();
+    let view_port = loopback_port();
     let state = dir.path().join("journal");
     let text = config_text(
         &state,

@@ -226,7 +226,7 @@ async fn stored_platform_state_takes_the_journal_over_its_quota() {
     let stop = CancellationToken::new();
     let (plc, _) = crate::harness::start_plc(&stop).await;
     let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let view = SocketAddr::from(([127, 0, 0, 1], crate::harness::free_port()));
+    let view = SocketAddr::from(([127, 0, 0, 1], crate::harness::loopback_port()));
     let text = crate::harness::config_text(
         &dir.path().join("journal"),
         mosquitto.port,

@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    config_text, free_port, start_plc, wait_until, Daemon, LineDevices, ScannerAt,
+    config_text, loopback_port, start_plc, wait_until, Daemon, LineDevices, ScannerAt,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,7 +22,7 @@ async fn valid_frame_after_garbage_at_the_over_long_limit_is_decided() {
     // No broker: deciding never waits on the uplink.
     let config = config_text(
         &state,
-        free_port(),
+        loopback_port(),
         "bondline/framing-gw",
         &LineDevices {
             scanner: ScannerAt::Tcp(scanner.local_addr().unwrap()),

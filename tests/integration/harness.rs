@@ -5,15 +5,47 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on loopback. The port is released before use, so a rare clash is possible;
-/// every user waits for its server to accept before going on.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("loopback has free ports")
+/// Where the ports [`loopback_port`] hands out start: below the kernel's ephemeral range
+/// (32768–60999 by default, `/proc/sys/net/ipv4/ip_local_port_range`), so the kernel never
+/// picks one of them for an outgoing connection's source port or for a `bind` to port 0.
+const PORTS_FROM: u16 = 20_000;
+/// Where they end (exclusive): the default start of the ephemeral range.
+const PORTS_UNTIL: u16 = 32_768;
+/// Each test process starts in its own block of this many ports, chosen by its pid, so two
+/// test binaries running at once (two worktrees, two CI jobs) do not try the same ports first.
+const PORTS_PER_PROCESS: u16 = 50;
+
+/// A loopback TCP port for a server started by number (a broker, the daemon's staff view, an
+/// address where nothing must listen), not bound by anyone else and never handed out before
+/// in this process.
+///
+/// This cannot race the way binding port 0 and handing out its number does: such a port is
+/// in the ephemeral range, so between its release and its use the kernel may give it to any
+/// outgoing connection (the daemon's own, a broker client's) or to another bind to port 0;
+/// and a broker restarted on its port after an outage would find it taken by the source
+/// port of a client's reconnect. Ports here come from below that range, which the kernel
+/// never assigns on its own; the process-wide counter never hands one out twice (until all
+/// 12,768 have been, which no run comes near), so concurrent tests of this binary cannot
+/// clash; and each candidate is checked free by a bind, which skips ports that other
+/// programs (another test process whose block overlaps, a service of the machine) hold.
+/// What remains is another program binding the very same number by name in the instant
+/// between the check and the use, which nothing in a test run does.
+pub fn loopback_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = PORTS_UNTIL - PORTS_FROM;
+    let base =
+        (std::process::id() % u32::from(span / PORTS_PER_PROCESS)) as u16 * PORTS_PER_PROCESS;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORTS_FROM + (base + n % span) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS_FROM}..{PORTS_UNTIL}")
 }
 
 /// Waits until `cond` holds, polling; returns false on timeout.
@@ -75,8 +107,9 @@ fn mosquitto_path() -> String {
     "mosquitto".to_string()
 }
 
-/// A Mosquitto broker on a free loopback port. Can be stopped and started again on the same
-/// port to simulate an outage.
+/// A Mosquitto broker on a loopback port from [`loopback_port`] (Mosquitto cannot be told
+/// to bind port 0 and say which it got). Can be stopped and started again on the same port
+/// to simulate an outage.
 pub struct Mosquitto {
     pub port: u16,
     dir: PathBuf,
@@ -93,7 +126,7 @@ impl Mosquitto {
     /// Starts Mosquitto with extra configuration lines.
     pub async fn start_with(dir: &Path, extra: &str) -> Mosquitto {
         let mut m = Mosquitto {
-            port: free_port(),
+            port: loopback_port(),
             dir: dir.to_path_buf(),
             extra: extra.to_string(),
             child: None,

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    config_text, free_port, start_plc, stx_etx, wait_until, Daemon, LineDevices, Mosquitto,
+    config_text, loopback_port, start_plc, stx_etx, wait_until, Daemon, LineDevices, Mosquitto,
     ScannerAt,
 };
 
@@ -80,7 +80,7 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
     let (plc, _) = start_plc(&stop).await;
     let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let store = dir.path().join("journal");
-    let view = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let view = SocketAddr::from(([127, 0, 0, 1], loopback_port()));
     let text = config_text(
         &store,
         mosquitto.port,

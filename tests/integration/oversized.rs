@@ -14,7 +14,7 @@ use bondline_simulators::platform::PlatformSim;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
 use crate::harness::{
-    config_text_with, floor, free_port, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
+    config_text_with, floor, loopback_port, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
 };
 
 const PREFIX: &str = "bondline/oversized-gw";
@@ -103,7 +103,7 @@ async fn run(uplink_extra: &str) -> Rig {
         None,
     )
     .await;
-    let view_port = free_port();
+    let view_port = loopback_port();
     let text = config_text_with(
         &dir.path().join("journal"),
         mosquitto.port,

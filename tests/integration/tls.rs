@@ -13,7 +13,7 @@ use bondline_simulators::platform::PlatformSim;
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
 
 use crate::harness::{
-    config_text, floor, free_port, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
+    config_text, floor, loopback_port, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
 };
 
 const PREFIX: &str = "bondline/test-gw";
@@ -78,7 +78,7 @@ async fn records_travel_over_tls_with_client_certificates_and_survive_a_certific
     std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o644)).unwrap();
     write(&pki.join("gw-password"), "s3cret\n");
 
-    let tls_port = free_port();
+    let tls_port = loopback_port();
     let extra = format!(
         "listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\nrequire_certificate true\n",
         pw = passwords.display(),
@@ -296,7 +296,7 @@ async fn a_missing_client_key_raises_one_alarm_not_one_per_reconnect() {
     assert!(ok.success());
     std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o644)).unwrap();
     write(&pki.join("gw-password"), "s3cret\n");
-    let tls_port = free_port();
+    let tls_port = loopback_port();
     let extra = format!(
         "listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\nrequire_certificate true\n",
         pw = passwords.display(),

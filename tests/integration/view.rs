@@ -14,7 +14,7 @@ use bondline::metrics::Metrics;
 use bondline_simulators::plan::Plan;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{config_text, free_port, settle, LineDevices, Mosquitto, ScannerAt};
+use crate::harness::{config_text, loopback_port, settle, LineDevices, Mosquitto, ScannerAt};
 
 const PREFIX: &str = "bondline/view-gw";
 const PARCELS: u64 = 8;
@@ -563,10 +563,10 @@ async fn credentials_are_required_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let sha = |s: &str| hex::encode(bondline::journal::sha256(s.as_bytes()));
     // No broker and no devices listen: the view does not need them.
-    let nowhere = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], loopback_port()));
     let text = config_text(
         &dir.path().join("journal"),
-        free_port(),
+        loopback_port(),
         PREFIX,
         &LineDevices {
             scanner: ScannerAt::Tcp(nowhere),
@@ -691,10 +691,10 @@ async fn the_view_serves_https_and_takes_a_renewed_certificate_on_reload() {
     let first = crate::tls::ca("view CA 1");
     crate::tls::issue(&first, &certs, "view", true);
     std::fs::write(certs.join("ca1.pem"), first.cert.pem()).unwrap();
-    let nowhere = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], loopback_port()));
     let text = config_text(
         &dir.path().join("journal"),
-        free_port(),
+        loopback_port(),
         PREFIX,
         &LineDevices {
             scanner: ScannerAt::Tcp(nowhere),
