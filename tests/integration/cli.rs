@@ -128,53 +128,15 @@ fn every_command_has_help() {
     }
 }
 
-/// A stopped gateway's journal with `n` records, written by the real writer.
+/// A stopped gateway's journal with `n` records of held parcels, written by the real writer.
 fn journal_with_records(dir: &std::path::Path, n: u64) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let journal = bondline::journal::Journal::open(dir).unwrap();
-        let (sink, writer, _) = bondline::journal::record_sink(
-            journal,
-            std::time::Duration::from_millis(1),
-            std::sync::Arc::new(bondline::metrics::Metrics::default()),
-        )
-        .unwrap();
-        let task = tokio::spawn(writer.run());
-        for i in 0..n {
-            sink.push(bondline_devices::contract::ParcelRecord {
-                schema: 1,
-                msg_id: String::new(),
-                seq: 0,
-                prev_hash: String::new(),
-                gateway: "gw-cli".into(),
-                line: "L1".into(),
-                parcel: i as u32,
-                read: bondline_devices::contract::ReadOutcome::Ok,
-                waybill: Some(format!("BL{i:08}")),
-                lane: 3,
-                lane_role: bondline_devices::contract::LaneRole::Hold,
-                rule: "undeclared".into(),
-                reason: "no declaration for this waybill".into(),
-                instruction_id: None,
-                scanned_at_ms: 1_000_000 + i * 1000,
-                decided_at_ms: 1_000_000 + i * 1000,
-                divert: bondline_devices::contract::DivertOutcome {
-                    status: bondline_devices::contract::DivertStatus::Acked,
-                    plc_seq: Some(1),
-                    detail: None,
-                    at_ms: 1_000_000 + i * 1000,
-                    late: false,
-                },
-                revision: 0,
-                deadline_ms: None,
-                rule_set: None,
-                rules_fired: Vec::new(),
-                inputs: None,
-            });
-        }
-        drop(sink);
-        task.await.unwrap();
-    });
+    use bondline_devices::contract::LaneRole;
+    crate::harness::write_journal(
+        dir,
+        (0..n).map(|i| {
+            crate::harness::parcel_record("gw-cli", i, 1_000_000 + i * 1000, LaneRole::Hold).into()
+        }),
+    );
 }
 
 #[test]

@@ -510,3 +510,78 @@ pub fn stx_etx() -> bondline_devices::framing::ScannerFraming {
         .expect("built-in scanner profile")
         .clone()
 }
+
+/// A parcel record as a generated journal holds it: parcel `i` of gateway `gateway`, line
+/// L1, waybill `BL{i:08}` read and decided at `at` for the lane of `role` (1 release,
+/// 2 inspection, 3 hold, 4 exception) by the `undeclared` rule, its divert acknowledged at
+/// once; first revision, nothing else known. A test sets the fields its scenario is about
+/// with `ParcelRecord { field, ..parcel_record(…) }`.
+pub fn parcel_record(
+    gateway: &str,
+    i: u64,
+    at: u64,
+    role: bondline_devices::contract::LaneRole,
+) -> bondline_devices::contract::ParcelRecord {
+    use bondline_devices::contract::{
+        DivertOutcome, DivertStatus, LaneRole, ParcelRecord, ReadOutcome, SCHEMA,
+    };
+    ParcelRecord {
+        schema: SCHEMA,
+        msg_id: String::new(),
+        seq: 0,
+        prev_hash: String::new(),
+        gateway: gateway.into(),
+        line: "L1".into(),
+        parcel: i as u32,
+        read: ReadOutcome::Ok,
+        waybill: Some(format!("BL{i:08}")),
+        lane: match role {
+            LaneRole::Release => 1,
+            LaneRole::Inspection => 2,
+            LaneRole::Hold => 3,
+            LaneRole::Exception => 4,
+        },
+        lane_role: role,
+        rule: "undeclared".into(),
+        reason: "no declaration for this waybill".into(),
+        instruction_id: None,
+        scanned_at_ms: at,
+        decided_at_ms: at,
+        divert: DivertOutcome {
+            status: DivertStatus::Acked,
+            plc_seq: Some(1),
+            detail: None,
+            at_ms: at,
+            late: false,
+        },
+        revision: 0,
+        deadline_ms: None,
+        rule_set: None,
+        rules_fired: Vec::new(),
+        inputs: None,
+    }
+}
+
+/// A stopped gateway's journal at `store` holding `records` in order, written by the real
+/// writer (which gives them their sequence numbers and hash chain).
+pub fn write_journal(
+    store: &Path,
+    records: impl IntoIterator<Item = bondline_devices::contract::Record>,
+) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let journal = bondline::journal::Journal::open(store).unwrap();
+        let (sink, writer, _) = bondline::journal::record_sink(
+            journal,
+            Duration::from_millis(1),
+            std::sync::Arc::new(bondline::metrics::Metrics::default()),
+        )
+        .unwrap();
+        let task = tokio::spawn(writer.run());
+        for r in records {
+            sink.push(r);
+        }
+        drop(sink);
+        task.await.unwrap();
+    });
+}

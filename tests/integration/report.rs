@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use bondline_devices::contract::{
-    DecisionInputs, DivertOutcome, DivertStatus, LaneRole, MonthlyReport, ParcelRecord,
-    ReadOutcome, Record, SCHEMA,
+    DecisionInputs, LaneRole, MonthlyReport, ParcelRecord, ReadOutcome, Record,
 };
+
+use crate::harness::{parcel_record, write_journal};
 
 /// 2026-10-01T00:00:00Z and 2026-11-01T00:00:00Z.
 const OCT: u64 = 1_790_812_800_000;
@@ -35,41 +36,15 @@ fn parcel(i: u64, at: u64, revision: u32, role: LaneRole) -> ParcelRecord {
             })),
         ),
     };
-    let lane = match role {
-        LaneRole::Release => 1,
-        LaneRole::Inspection => 2,
-        LaneRole::Hold => 3,
-        LaneRole::Exception => 4,
-    };
     ParcelRecord {
-        schema: SCHEMA,
-        msg_id: String::new(),
-        seq: 0,
-        prev_hash: String::new(),
-        gateway: "gw-report".into(),
         line: if i % 2 == 0 { "L1" } else { "L2" }.into(),
-        parcel: i as u32,
         read,
         waybill,
-        lane,
-        lane_role: role,
         rule: "r".into(),
         reason: String::new(),
-        instruction_id: None,
-        scanned_at_ms: at,
-        decided_at_ms: at,
-        divert: DivertOutcome {
-            status: DivertStatus::Acked,
-            plc_seq: Some(1),
-            detail: None,
-            at_ms: at,
-            late: false,
-        },
         revision,
-        deadline_ms: None,
-        rule_set: None,
-        rules_fired: Vec::new(),
         inputs,
+        ..parcel_record("gw-report", i, at, role)
     }
 }
 
@@ -112,22 +87,7 @@ fn monthly_report_totals_match_a_generated_month_exactly() {
     // A copy of an already counted record (a resend) changes nothing.
     records.push(finals[&100].clone().into());
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let journal = bondline::journal::Journal::open(&store).unwrap();
-        let (sink, writer, _) = bondline::journal::record_sink(
-            journal,
-            std::time::Duration::from_millis(1),
-            std::sync::Arc::new(bondline::metrics::Metrics::default()),
-        )
-        .unwrap();
-        let task = tokio::spawn(writer.run());
-        for r in records {
-            sink.push(r);
-        }
-        drop(sink);
-        task.await.unwrap();
-    });
+    write_journal(&store, records);
 
     // Expected, counted directly from the final decisions.
     let mut by_enterprise: BTreeMap<String, [u64; 5]> = BTreeMap::new();

@@ -4,10 +4,9 @@
 
 use std::process::Command;
 
-use bondline_devices::contract::{
-    DecisionInputs, DivertOutcome, DivertStatus, FiredRule, LaneRole, ParcelRecord, ReadOutcome,
-    Record, SCHEMA,
-};
+use bondline_devices::contract::{DecisionInputs, FiredRule, LaneRole, ParcelRecord, Record};
+
+use crate::harness::{parcel_record, write_journal};
 
 /// 2026-12-05T00:00:00Z, which is 08:00 on the 5th in China Standard Time.
 const DEC5: u64 = 1_796_428_800_000;
@@ -25,31 +24,8 @@ fn role(i: u64) -> LaneRole {
 
 fn parcel(i: u64, at: u64) -> ParcelRecord {
     ParcelRecord {
-        schema: SCHEMA,
-        msg_id: String::new(),
-        seq: 0,
-        prev_hash: String::new(),
-        gateway: "gw-shift".into(),
-        line: "L1".into(),
-        parcel: i as u32,
-        read: ReadOutcome::Ok,
-        waybill: Some(format!("BL{i:08}")),
         lane: 1 + (i % 5) as u16,
-        lane_role: role(i),
-        rule: "undeclared".into(),
         reason: "no declaration, \"held\"".into(),
-        instruction_id: None,
-        scanned_at_ms: at,
-        decided_at_ms: at,
-        divert: DivertOutcome {
-            status: DivertStatus::Acked,
-            plc_seq: Some(1),
-            detail: None,
-            at_ms: at,
-            late: false,
-        },
-        revision: 0,
-        deadline_ms: None,
         // Odd parcels were decided under the built-in rule set, which `report shift` knows:
         // their reasons are written from the rule in the report's language. Even ones name
         // a rule set no longer at hand and keep their recorded reason.
@@ -63,6 +39,7 @@ fn parcel(i: u64, at: u64) -> ParcelRecord {
             enterprise: Some("企业甲".into()),
             ..Default::default()
         })),
+        ..parcel_record("gw-shift", i, at, role(i))
     }
 }
 
@@ -105,22 +82,12 @@ fn expected(from: u64, to: u64, all: bool) -> Vec<String> {
 fn shift_and_day_exports_hold_exactly_their_diversions() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("journal");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let journal = bondline::journal::Journal::open(&store).unwrap();
-        let (sink, writer, _) = bondline::journal::record_sink(
-            journal,
-            std::time::Duration::from_millis(1),
-            std::sync::Arc::new(bondline::metrics::Metrics::default()),
-        )
-        .unwrap();
-        let task = tokio::spawn(writer.run());
-        for (i, at) in times() {
-            sink.push(Record::Parcel(parcel(i, at)));
-        }
-        drop(sink);
-        task.await.unwrap();
-    });
+    write_journal(
+        &store,
+        times()
+            .into_iter()
+            .map(|(i, at)| Record::Parcel(parcel(i, at))),
+    );
 
     // The day shift of the 5th, 08:00 to 20:00 local, Chinese header, to a file.
     let file = dir.path().join("day-shift.csv");
