@@ -245,6 +245,8 @@ async fn an_idle_connection_flood_leaves_descriptors_for_the_plc() {
 
     // The PLC restarts: its connection closes and the daemon must open a new one.
     floor.plc_state.set_down(true);
+    // Fixed: the PLC's time off the network is the scenario; the flooded view cannot even
+    // be asked for the link's state.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let up_ms = bondline::metrics::unix_ms(SystemTime::now());
     floor.plc_state.set_down(false);

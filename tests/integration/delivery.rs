@@ -117,14 +117,34 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_order() {
         .unwrap();
     let metrics = app.metrics.clone();
 
-    // Load before, during and after two outages of the broker.
+    // Load before, during and after two outages of the broker: each phase lasts until a
+    // few hundred records were made in it (and, for an outage, the gateway noticed it).
+    let forwarded = || Metrics::get(&metrics.records_forwarded);
+    let disconnects = || Metrics::get(&metrics.uplink_disconnects);
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (sent, ends) = (forwarded(), disconnects());
+        assert!(
+            wait_until(Duration::from_secs(30), || forwarded() >= sent + 300).await,
+            "records are not forwarded: {}",
+            metrics.summary()
+        );
         mosquitto.stop_gracefully();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let made = Metrics::get(&metrics.records_accepted);
+        assert!(
+            wait_until(Duration::from_secs(30), || disconnects() > ends
+                && Metrics::get(&metrics.records_accepted) >= made + 300)
+            .await,
+            "the outage went unnoticed or no records were made in it: {}",
+            metrics.summary()
+        );
         mosquitto.restart().await;
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let sent = forwarded();
+    assert!(
+        wait_until(Duration::from_secs(30), || forwarded() >= sent + 200).await,
+        "records are not forwarded after the outages: {}",
+        metrics.summary()
+    );
     floor.stop_scanner.cancel();
     let scanned = floor.scanner_task.await.unwrap().unwrap();
     assert!(scanned > 500, "only {scanned} parcels scanned");
@@ -204,14 +224,22 @@ async fn sigkill_thirty_times_under_load_loses_no_accepted_record() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for _ in 0..30 {
         let daemon = Daemon::start(&path, &log);
+        // Fixed: a random moment to kill at is the scenario; waiting for a fact would
+        // only ever kill at that fact.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(150..700))).await;
         daemon.kill();
     }
     // SIGTERM with the broker down, parcels still arriving: a clean exit well within the
     // unit's TimeoutStopSec, every record kept for the next start.
     mosquitto.stop();
+    let commanded = floor.plc_state.divert_count();
     let daemon = Daemon::start(&path, &log);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || floor.plc_state.divert_count()
+            >= commanded + 300)
+        .await,
+        "the daemon decides no parcels with the broker down"
+    );
     let asked = std::time::Instant::now();
     assert_eq!(daemon.terminate(), Some(0), "SIGTERM did not stop cleanly");
     let took = asked.elapsed();
@@ -228,19 +256,24 @@ async fn sigkill_thirty_times_under_load_loses_no_accepted_record() {
         "the platform did not subscribe again after the broker restart"
     );
     // A last run that is allowed to finish its work.
+    let commanded = floor.plc_state.divert_count();
     let daemon = Daemon::start(&path, &log);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || floor.plc_state.divert_count()
+            >= commanded + 200)
+        .await,
+        "the last run decides no parcels"
+    );
     floor.stop_scanner.cancel();
-    let received = || platform.all_records().len();
-    let mut last = received();
-    loop {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let now = received();
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    // The backlog and the dispositions of the last parcels (1.2 s after their commands)
+    // reach the platform; then nothing more comes.
+    assert!(
+        settle(Duration::from_secs(60), Duration::from_millis(1500), || {
+            platform.all_records().len() as u64
+        })
+        .await,
+        "records kept arriving at the platform"
+    );
     assert_eq!(daemon.terminate(), Some(0), "daemon did not stop cleanly");
 
     let journal = Journal::open(&state).unwrap();

@@ -216,7 +216,15 @@ async fn a_half_open_plc_connection_is_dropped_and_made_anew() {
         m.summary()
     );
     stop_scanner.cancel();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The last parcels' diverts end (acknowledged or failed) before the stop.
+    let settled = || {
+        Metrics::get(&m.parcels) == Metrics::get(&m.diverts_acked) + Metrics::get(&m.diverts_failed)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), settled).await,
+        "diverts still open: {}",
+        m.summary()
+    );
     stop.cancel();
     app.wait().await.unwrap();
     assert_eq!(Metrics::get(&m.released_without_decision), 0);

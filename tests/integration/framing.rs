@@ -48,6 +48,8 @@ async fn valid_frame_after_garbage_at_the_over_long_limit_is_decided() {
         if i % 2 == 0 {
             link.write_all(&garbage).await.unwrap();
             link.flush().await.unwrap();
+            // Fixed: the pause makes the two writes two reads at the daemon; nothing tells
+            // when it has read the first.
             tokio::time::sleep(Duration::from_millis(20)).await;
             link.write_all(&frame).await.unwrap();
         } else {

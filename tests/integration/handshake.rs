@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    config_text, start_plc, stx_etx, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
+    config_text, settle, start_plc, stx_etx, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
 };
 
 const PREFIX: &str = "bondline/test-gw";
@@ -172,22 +172,47 @@ async fn a_late_acknowledging_plc_keeps_its_link_and_no_acknowledge_matches_anot
     let sim = scanner(&plan, 10.0, PARCELS);
     let scanning =
         tokio::spawn(async move { sim.run_tcp(l.scanner, std::future::pending()).await });
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // 500 ms late for the first thirty commands.
+    assert!(
+        wait_until(Duration::from_secs(30), || plc.divert_count() >= 30).await,
+        "the daemon sent {} divert commands",
+        plc.divert_count()
+    );
     plc.set_ack_delay(Duration::from_secs(5));
     for _ in 0..2 {
+        // Fixed: the stretch of 5 s acknowledges before the PLC leaves the network is the
+        // scenario's timeline (acknowledges due while it is away), not a wait for a fact.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let went = std::time::Instant::now();
         plc.set_down(true);
+        // Fixed: the PLC's time off the network is the outage being tested.
         tokio::time::sleep(Duration::from_millis(300)).await;
         plc.set_down(false);
         down.push((went, std::time::Instant::now()));
     }
     // On time again while the 5 s acknowledges still land among the new ones.
+    // Fixed: the scenario's timeline again: late acknowledges still pending when the PLC is
+    // back on time.
     tokio::time::sleep(Duration::from_secs(1)).await;
     plc.set_ack_delay(Duration::ZERO);
     assert_eq!(scanning.await.unwrap().unwrap(), PARCELS);
-    // The last late acknowledges land and are read.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The last late acknowledges land (one per command) and are read: the records they
+    // bring (late_acknowledge alerts) reach the platform, then nothing more comes.
+    assert!(
+        wait_until(Duration::from_secs(30), || plc.ack_log().len()
+            >= plc.divert_count())
+        .await,
+        "{} acknowledges for {} commands",
+        plc.ack_log().len(),
+        plc.divert_count()
+    );
+    assert!(
+        settle(Duration::from_secs(30), Duration::from_secs(1), || {
+            platform.all_records().len() as u64
+        })
+        .await,
+        "records kept arriving at the platform"
+    );
     assert_eq!(daemon.terminate(), Some(0));
 
     let diverts = plc.diverts();
@@ -303,15 +328,36 @@ async fn sigkill_under_load_never_releases_a_parcel_without_a_durable_record() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for _ in 0..30 {
         let daemon = Daemon::start(&l.config, &log);
+        // Fixed: a random moment to kill at is the scenario; waiting for a fact would
+        // only ever kill at that fact.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
         daemon.kill();
     }
     // A last run that finishes its work: the dispositions of the last parcels come in.
+    let commanded = plc.divert_count();
     let daemon = Daemon::start(&l.config, &log);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || plc.divert_count()
+            >= commanded + 40)
+        .await,
+        "the last run sent no divert commands"
+    );
     stop_scanner.cancel();
     let _ = scanning.await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every commanded parcel reaches its gate (1.2 s after its first command) and is
+    // reported there.
+    let undisposed = || {
+        let disposed: HashSet<u32> = plc.dispositions().iter().map(|d| d.parcel).collect();
+        plc.diverts()
+            .iter()
+            .filter(|d| !disposed.contains(&d.parcel))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || undisposed() == 0).await,
+        "{} commanded parcels never reached their gate",
+        undisposed()
+    );
     assert_eq!(daemon.terminate(), Some(0));
 
     let records = journal_records(&l.state);

@@ -55,6 +55,7 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
         if start.elapsed() > timeout {
             return false;
         }
+        // Fixed: polling tick; the conditions are plain reads with nothing to be woken by.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     true
@@ -414,6 +415,7 @@ pub async fn settle(timeout: Duration, quiet: Duration, value: impl Fn() -> u64)
     let mut last = value();
     let mut since = Instant::now();
     while start.elapsed() < timeout {
+        // Fixed: polling tick; "no change for `quiet`" can only be seen by looking again.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = value();
         if now != last {

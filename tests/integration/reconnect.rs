@@ -68,7 +68,7 @@ async fn records_reach_the_broker_within_seconds_of_its_return_after_a_long_outa
     );
 
     mosquitto.stop_gracefully();
-    // The outage itself: the scenario's length, not a wait for something to happen.
+    // Fixed: the outage itself, the scenario's length, not a wait for something to happen.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let before = forwarded();
     let accepted_during = Metrics::get(&metrics.records_accepted);

@@ -575,6 +575,7 @@ async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() 
             tokio::time::Instant::now() < deadline,
             "the changed rule file was not applied"
         );
+        // Fixed: polling tick between fresh scans; only a scan shows which rules decide.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let r = scan!(&heavy[4], 1_600);
@@ -916,6 +917,7 @@ async fn a_calendar_day_turns_over_at_local_midnight_across_a_restart() {
     daemon.kill();
     let now_ms = || bondline::metrics::unix_ms(std::time::SystemTime::now());
     while now_ms() < midnight_ms + 500 {
+        // Fixed: polling tick on the wall clock; only time brings local midnight.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let daemon = Daemon::start(&config, &log);

@@ -116,9 +116,13 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
             &instruction("TRUST00", &format!("probe{n}"), Action::Release),
         )
         .await;
+        // Fixed: polling tick between probes; the daemon's subscription shows only in its
+        // answer to a probe.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let old_w4 = platform.signed(declaration("TRUST04", false));
+    // Fixed: the newer declaration must be signed at a later millisecond; only the clock
+    // moving on gives that.
     tokio::time::sleep(Duration::from_millis(5)).await;
     for w in ["TRUST01", "TRUST02", "TRUST03", "TRUST05", "TRUST06"] {
         publish(
@@ -349,6 +353,8 @@ async fn a_release_for_another_gateway_or_signed_before_a_hold_releases_nothing(
             &instruction("TARGET00", &format!("probe{n}"), Action::Release),
         )
         .await;
+        // Fixed: polling tick between probes; the daemon's subscription shows only in its
+        // answer to a probe.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for w in ["TARGET01", "TARGET02", "TARGET03"] {
@@ -520,6 +526,7 @@ async fn another_client_taking_the_client_id_raises_broker_session() {
         let (_client, mut events) = rumqttc::AsyncClient::new(opts, 10);
         loop {
             if events.poll().await.is_err() {
+                // Fixed: the intruder's pace of reconnecting, part of the scenario.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

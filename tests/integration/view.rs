@@ -109,6 +109,7 @@ fn chromium_with(profile: &Path, envs: &[(&str, &str)], args: &[&str], url: &str
             let _ = child.wait();
             panic!("chromium did not finish on {url} within a minute");
         }
+        // Fixed: polling tick; std's `Child` cannot wait for an exit with a timeout.
         std::thread::sleep(Duration::from_millis(50));
     }
     reader.join().unwrap_or_default()

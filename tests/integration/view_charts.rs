@@ -77,6 +77,7 @@ fn dump_dom(profile: &Path, url: &str) -> String {
             let _ = child.wait();
             panic!("chromium did not finish on {url} within a minute");
         }
+        // Fixed: polling tick; std's `Child` cannot wait for an exit with a timeout.
         std::thread::sleep(Duration::from_millis(50));
     }
     reader.join().unwrap_or_default()

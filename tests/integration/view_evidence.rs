@@ -199,6 +199,8 @@ async fn the_worklist_shows_xray_images_and_snapshots_with_their_full_originals(
             .pass(1, scan_id, scanned + 250, result, Some(Material::Mixed))
             .unwrap();
         images.write(scan_id, result.flags()).unwrap();
+        // Fixed: the belt's spacing between two parcels, so each has its cameras' and the
+        // X-ray's windows to itself.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 

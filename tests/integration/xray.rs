@@ -122,6 +122,8 @@ async fn verdicts_cross_a_shared_rs485_port_and_faulty_or_silent_scanners_do_not
                 Some(Material::Organic),
             )
             .unwrap();
+        // Fixed: the verdicts' pace through the machine, the stream being tested; waiting
+        // for each verdict before the next would test one at a time.
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     for i in 0..20u32 {
@@ -337,10 +339,12 @@ async fn xray_verdicts_and_images_join_parcels_and_steer_the_lanes() {
         if let Some(after) = case.mark_after {
             let state = state.clone();
             tokio::spawn(async move {
+                // Fixed: when the operator marks the scan is the case under test.
                 tokio::time::sleep(after).await;
                 state.mark(1, scan_id, XrayResult::OperatorMark).unwrap();
             });
         }
+        // Fixed: the belt's spacing between two parcels.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // A corrupt extra view of the first scan, and a flagged item no parcel carried.
