@@ -12,9 +12,7 @@ use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
-use crate::harness::{
-    config_text_with, floor, loopback_port, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
-};
+use crate::harness::{floor, wait_until, Daemon, Mosquitto, Setup};
 
 const PREFIX: &str = "bondline/backlog-gw";
 
@@ -110,20 +108,11 @@ async fn a_platform_backlog_queued_while_down_drains_on_one_connection_while_rec
         None,
     )
     .await;
-    let view_port = loopback_port();
-    let text = config_text_with(
-        &dir.path().join("journal"),
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(floor.scanner),
-            plc: floor.plc,
-        },
-        "",
-    ) + &format!("\n[view]\nlisten = \"127.0.0.1:{view_port}\"\n");
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
-    let view = SocketAddr::from(([127, 0, 0, 1], view_port));
+    let setup = Setup::on_floor(dir.path(), mosquitto.port, &floor)
+        .prefix(PREFIX)
+        .view("");
+    let config = setup.write();
+    let view = setup.view_addr();
 
     // A first run leaves the gateway's persistent session (and subscriptions) at the broker.
     let daemon = Daemon::start(&config, &dir.path().join("daemon-1.log"));

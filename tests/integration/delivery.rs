@@ -17,27 +17,14 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    assert_chain_whole, config_text_with, floor, settle, wait_until, Daemon, Floor, LineDevices,
-    Mosquitto, ScannerAt,
+    assert_chain_whole, floor, settle, wait_until, Daemon, Floor, Mosquitto, Setup,
 };
 
 const PREFIX: &str = "bondline/test-gw";
 
 fn write_config(dir: &Path, mqtt: u16, floor: &Floor, uplink_extra: &str) -> (PathBuf, PathBuf) {
-    let state = dir.join("journal");
-    let text = config_text_with(
-        &state,
-        mqtt,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(floor.scanner),
-            plc: floor.plc,
-        },
-        uplink_extra,
-    );
-    let path = dir.join("bondline.toml");
-    std::fs::write(&path, text).unwrap();
-    (path, state)
+    let setup = Setup::on_floor(dir, mqtt, floor).uplink(uplink_extra);
+    (setup.write(), setup.store())
 }
 
 /// Compresses sequence numbers into `a..=b` ranges for messages.

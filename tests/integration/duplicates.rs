@@ -14,9 +14,7 @@ use bondline_devices::Profiles;
 use bondline_simulators::platform::PlatformSim;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{
-    config_text, start_plc, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
-};
+use crate::harness::{start_plc, wait_until, Daemon, Mosquitto, ScannerAt, Setup};
 
 const PREFIX: &str = "bondline/test-gw";
 
@@ -181,6 +179,12 @@ lanes = [
     )
 }
 
+/// The test line's set-up with a dimensioning scanner (`dws-stx-etx`) at `scanner`.
+fn dws_setup(dir: &std::path::Path, mqtt_port: u16, scanner: SocketAddr, plc: SocketAddr) -> Setup {
+    Setup::new(dir, mqtt_port, ScannerAt::Tcp(scanner), plc)
+        .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
+}
+
 /// Three parcels carry one released waybill on two lines: one is released, the others go to
 /// inspection with `duplicate_label` anomalies and alerts naming the released parcel. After
 /// the daemon is killed and started again, a fourth parcel is still a duplicate.
@@ -193,24 +197,13 @@ async fn a_released_waybill_admits_one_parcel_across_lines_and_restarts() {
     let (plc2, plc2_state) = start_plc(&stop).await;
     let mut s1 = Station::bind().await;
     let mut s2 = Station::bind().await;
-    let text = config_text(
-        &dir.path().join("journal"),
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(s1.addr()),
-            plc: plc1,
-        },
-    )
-    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
-        + &second_line(s2.addr(), plc2);
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
+    let setup = dws_setup(dir.path(), mosquitto.port, s1.addr(), plc1)
+        .append(&second_line(s2.addr(), plc2));
+    let (config, log) = (setup.write(), setup.log());
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let platform = PlatformSim::connect(broker, PREFIX, "platform-duplicates")
         .await
         .unwrap();
-    let log = dir.path().join("daemon.log");
     let daemon = Daemon::start(&config, &log);
     let w = "CLONED0001";
     declare_and_release(&platform, w).await;
@@ -332,24 +325,12 @@ async fn a_recirculated_parcel_is_released_again_and_a_clone_is_not() {
     let stop = CancellationToken::new();
     tokio::spawn(plc.run(stop.clone().cancelled_owned()));
     let mut station = Station::bind().await;
-    let text = config_text(
-        &dir.path().join("journal"),
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(station.addr()),
-            plc: plc_addr,
-        },
-    )
-    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"");
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
+    let setup = dws_setup(dir.path(), mosquitto.port, station.addr(), plc_addr);
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let platform = PlatformSim::connect(broker, PREFIX, "platform-recirculation")
         .await
         .unwrap();
-    let log = dir.path().join("daemon.log");
-    let _daemon = Daemon::start(&config, &log);
+    let _daemon = setup.start();
     let w = "ROUND0001";
     declare_and_release(&platform, w).await;
 
@@ -411,23 +392,12 @@ async fn a_waybill_of_two_pieces_admits_two_releases_and_no_third() {
     let stop = CancellationToken::new();
     let (plc, _) = start_plc(&stop).await;
     let mut station = Station::bind().await;
-    let text = config_text(
-        &dir.path().join("journal"),
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(station.addr()),
-            plc,
-        },
-    )
-    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"");
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
+    let setup = dws_setup(dir.path(), mosquitto.port, station.addr(), plc);
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let platform = PlatformSim::connect(broker, PREFIX, "platform-pieces")
         .await
         .unwrap();
-    let _daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let _daemon = setup.start();
     let w = "PIECES0001";
     let declaration = |pieces: u32| {
         json(serde_json::json!({

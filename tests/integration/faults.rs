@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bondline::app::App;
-use bondline::config::Config;
 use bondline::metrics::Metrics;
 use bondline_devices::contract::LaneRole;
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
@@ -18,9 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::stx_etx;
-use crate::harness::{config_text, wait_until, LineDevices, Mosquitto, PtyPair, ScannerAt};
-
-const PREFIX: &str = "bondline/test-gw";
+use crate::harness::{wait_until, Mosquitto, PtyPair, ScannerAt, Setup};
 
 fn link_up(m: &Metrics, name: &str) -> Option<bool> {
     m.links().get(name).map(|s| s.up)
@@ -33,18 +29,14 @@ async fn a_scanner_unplugged_and_plugged_back_is_read_again() {
     let stop = CancellationToken::new();
     let (plc_addr, _) = crate::harness::start_plc(&stop).await;
     let pty = PtyPair::new(dir.path(), "scanner").await;
-    let text = config_text(
-        &dir.path().join("journal"),
+    let app = Setup::new(
+        dir.path(),
         mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Serial(&pty.b),
-            plc: plc_addr,
-        },
-    );
-    let app = App::start(Config::parse("t.toml", &text).unwrap(), stop.clone())
-        .await
-        .unwrap();
+        ScannerAt::Serial(&pty.b),
+        plc_addr,
+    )
+    .start_app(&stop)
+    .await;
     let m = app.metrics.clone();
     let framing = stx_etx();
     let plan = Plan::with_mix(21, Mix::only(PlanKind::Undeclared));
@@ -152,18 +144,14 @@ async fn a_half_open_plc_connection_is_dropped_and_made_anew() {
     let via = relay(plc_addr, frozen.clone()).await;
     let scanner_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scanner_addr = scanner_listener.local_addr().unwrap();
-    let text = config_text(
-        &dir.path().join("journal"),
+    let app = Setup::new(
+        dir.path(),
         mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(scanner_addr),
-            plc: via,
-        },
-    );
-    let app = App::start(Config::parse("t.toml", &text).unwrap(), stop.clone())
-        .await
-        .unwrap();
+        ScannerAt::Tcp(scanner_addr),
+        via,
+    )
+    .start_app(&stop)
+    .await;
     let m = app.metrics.clone();
     let scanner = ScannerSim {
         framing: stx_etx(),

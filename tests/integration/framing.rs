@@ -8,9 +8,7 @@ use bondline::journal::Journal;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{
-    config_text, loopback_port, start_plc, wait_until, Daemon, LineDevices, ScannerAt,
-};
+use crate::harness::{loopback_port, start_plc, wait_until, ScannerAt, Setup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_frame_after_garbage_at_the_over_long_limit_is_decided() {
@@ -18,20 +16,16 @@ async fn valid_frame_after_garbage_at_the_over_long_limit_is_decided() {
     let stop = CancellationToken::new();
     let (plc, plc_state) = start_plc(&stop).await;
     let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let state = dir.path().join("journal");
     // No broker: deciding never waits on the uplink.
-    let config = config_text(
-        &state,
+    let setup = Setup::new(
+        dir.path(),
         loopback_port(),
-        "bondline/framing-gw",
-        &LineDevices {
-            scanner: ScannerAt::Tcp(scanner.local_addr().unwrap()),
-            plc,
-        },
-    );
-    let path = dir.path().join("bondline.toml");
-    std::fs::write(&path, config).unwrap();
-    let daemon = Daemon::start(&path, &dir.path().join("daemon.log"));
+        ScannerAt::Tcp(scanner.local_addr().unwrap()),
+        plc,
+    )
+    .prefix("bondline/framing-gw");
+    let state = setup.store();
+    let daemon = setup.start();
     let (mut link, _) = tokio::time::timeout(Duration::from_secs(30), scanner.accept())
         .await
         .expect("the daemon connects to the scanner")

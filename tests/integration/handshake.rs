@@ -21,9 +21,7 @@ use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{
-    config_text, settle, start_plc, stx_etx, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
-};
+use crate::harness::{settle, start_plc, stx_etx, wait_until, Daemon, Mosquitto, ScannerAt, Setup};
 
 const PREFIX: &str = "bondline/test-gw";
 const RELEASE_LANE: u16 = 1;
@@ -41,23 +39,17 @@ async fn line(dir: &Path, mqtt: u16) -> Line {
     let stop_plc = CancellationToken::new();
     let (plc, plc_state) = start_plc(&stop_plc).await;
     let scanner = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let state = dir.join("journal");
-    let text = config_text(
-        &state,
+    let setup = Setup::new(
+        dir,
         mqtt,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(scanner.local_addr().unwrap()),
-            plc,
-        },
+        ScannerAt::Tcp(scanner.local_addr().unwrap()),
+        plc,
     );
-    let config = dir.join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
     Line {
         plc_state,
         scanner,
-        config,
-        state,
+        config: setup.write(),
+        state: setup.store(),
         _stop_plc: stop_plc.drop_guard(),
     }
 }

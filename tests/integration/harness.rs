@@ -388,6 +388,156 @@ lanes = [
     )
 }
 
+/// One test daemon's set-up, said once: the one-line configuration of [`config_text_with`]
+/// in `dir` (journal `dir/journal`, file `dir/bondline.toml`, log `dir/daemon.log`), what a
+/// test adds to it, and the ways to start it (the real binary, or the app in-process).
+pub struct Setup {
+    dir: PathBuf,
+    mqtt_port: u16,
+    prefix: String,
+    scanner: ScannerPlace,
+    plc: std::net::SocketAddr,
+    uplink: String,
+    view: Option<(std::net::SocketAddr, String)>,
+    edits: Vec<(String, String)>,
+    tail: String,
+}
+
+enum ScannerPlace {
+    Serial(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+impl Setup {
+    /// A line whose scanner is at `scanner` and PLC at `plc`, on the broker at `mqtt_port`,
+    /// under the topic prefix `bondline/test-gw`.
+    pub fn new(dir: &Path, mqtt_port: u16, scanner: ScannerAt, plc: std::net::SocketAddr) -> Setup {
+        Setup {
+            dir: dir.to_path_buf(),
+            mqtt_port,
+            prefix: "bondline/test-gw".into(),
+            scanner: match scanner {
+                ScannerAt::Serial(p) => ScannerPlace::Serial(p.to_path_buf()),
+                ScannerAt::Tcp(a) => ScannerPlace::Tcp(a),
+            },
+            plc,
+            uplink: String::new(),
+            view: None,
+            edits: Vec::new(),
+            tail: String::new(),
+        }
+    }
+
+    /// A line on a [`Floor`]'s scanner and PLC.
+    pub fn on_floor(dir: &Path, mqtt_port: u16, floor: &Floor) -> Setup {
+        Setup::new(dir, mqtt_port, ScannerAt::Tcp(floor.scanner), floor.plc)
+    }
+
+    pub fn prefix(mut self, prefix: &str) -> Setup {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Lines added to the `[uplink]` table.
+    pub fn uplink(mut self, extra: &str) -> Setup {
+        self.uplink = extra.into();
+        self
+    }
+
+    /// The staff view on a port from [`loopback_port`] (the daemon runs as its own process,
+    /// which cannot say which port 0 gave it); `extra` lines go into its table.
+    pub fn view(mut self, extra: &str) -> Setup {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], loopback_port()));
+        self.view = Some((addr, extra.into()));
+        self
+    }
+
+    /// Where the staff view listens; panics without [`Setup::view`].
+    pub fn view_addr(&self) -> std::net::SocketAddr {
+        self.view.as_ref().expect("a set-up with a view").0
+    }
+
+    /// Replaces `from` with `to` in the configuration text (a setting of the base text).
+    pub fn replace(mut self, from: &str, to: &str) -> Setup {
+        self.edits.push((from.into(), to.into()));
+        self
+    }
+
+    /// Text appended to the configuration (more tables, a second line).
+    pub fn append(mut self, text: &str) -> Setup {
+        self.tail.push_str(text);
+        self
+    }
+
+    /// The daemon's journal.
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("journal")
+    }
+
+    /// The configuration file [`Setup::write`] writes.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("bondline.toml")
+    }
+
+    /// The log [`Setup::start`] writes.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    pub fn text(&self) -> String {
+        let scanner = match &self.scanner {
+            ScannerPlace::Serial(p) => ScannerAt::Serial(p),
+            ScannerPlace::Tcp(a) => ScannerAt::Tcp(*a),
+        };
+        let devices = LineDevices {
+            scanner,
+            plc: self.plc,
+        };
+        let mut text = config_text_with(
+            &self.store(),
+            self.mqtt_port,
+            &self.prefix,
+            &devices,
+            &self.uplink,
+        );
+        for (from, to) in &self.edits {
+            assert!(
+                text.contains(from.as_str()),
+                "no `{from}` in the configuration"
+            );
+            text = text.replace(from.as_str(), to);
+        }
+        if let Some((addr, extra)) = &self.view {
+            text += &format!("\n[view]\nlisten = \"{addr}\"\n{extra}\n");
+        }
+        text + &self.tail
+    }
+
+    /// Writes the configuration file; returns its path.
+    pub fn write(&self) -> PathBuf {
+        let path = self.config();
+        std::fs::write(&path, self.text()).expect("write the configuration");
+        path
+    }
+
+    /// Writes the configuration and starts the real binary on it, logging to [`Setup::log`].
+    pub fn start(&self) -> Daemon {
+        Daemon::start(&self.write(), &self.log())
+    }
+
+    /// The daemon in-process, on the configuration as text (nothing written).
+    pub async fn start_app(
+        &self,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> bondline::app::App {
+        let config = bondline::config::Config::parse("test.toml", &self.text())
+            .expect("a valid test configuration");
+        bondline::app::App::start(config, stop.clone())
+            .await
+            .expect("the app starts")
+    }
+}
+
 /// plc-sim as the tests use it: it reports each parcel's disposition 1.2 s after its first
 /// command, as if the parcel reached its gate then (the lines' default deadline).
 pub fn plc_options() -> bondline_simulators::plc::PlcOptions {

@@ -18,10 +18,7 @@ use bondline_simulators::platform::PlatformSim;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{
-    config_text, loopback_port, start_plc, stx_etx, wait_until, Daemon, LineDevices, Mosquitto,
-    ScannerAt,
-};
+use crate::harness::{start_plc, stx_etx, wait_until, Daemon, Mosquitto, ScannerAt, Setup};
 
 const PREFIX: &str = "bondline/test-gw";
 
@@ -113,26 +110,21 @@ async fn line() -> Line {
     let stop = CancellationToken::new();
     let (plc, _) = start_plc(&stop).await;
     let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let store = dir.path().join("journal");
-    let view = SocketAddr::from(([127, 0, 0, 1], loopback_port()));
-    let text = config_text(
-        &store,
+    let setup = Setup::new(
+        dir.path(),
         mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(scanner.local_addr().unwrap()),
-            plc,
-        },
-    ) + &format!("\n[view]\nlisten = \"{view}\"\n");
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
+        ScannerAt::Tcp(scanner.local_addr().unwrap()),
+        plc,
+    )
+    .view("");
+    let (store, config, view) = (setup.store(), setup.write(), setup.view_addr());
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let platform = PlatformSim::connect(broker, PREFIX, "platform-integrity")
         .await
         .unwrap();
     Line {
         store,
-        log: dir.path().join("daemon.log"),
+        log: setup.log(),
         config,
         view,
         scanner,

@@ -14,10 +14,7 @@ use bondline_simulators::platform::PlatformSim;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{
-    config_text, loopback_port, start_plc, stx_etx, wait_until, Daemon, LineDevices, Mosquitto,
-    ScannerAt,
-};
+use crate::harness::{start_plc, stx_etx, wait_until, Daemon, Mosquitto, ScannerAt, Setup};
 
 const PREFIX: &str = "bondline/test-gw";
 /// Declarations stored before the restart: as many as a debug build stores in some 20 s,
@@ -79,20 +76,14 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
     let stop = CancellationToken::new();
     let (plc, _) = start_plc(&stop).await;
     let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let store = dir.path().join("journal");
-    let view = SocketAddr::from(([127, 0, 0, 1], loopback_port()));
-    let text = config_text(
-        &store,
+    let setup = Setup::new(
+        dir.path(),
         mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(scanner.local_addr().unwrap()),
-            plc,
-        },
-    ) + &format!("\n[view]\nlisten = \"{view}\"\n");
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
-    let log = dir.path().join("daemon.log");
+        ScannerAt::Tcp(scanner.local_addr().unwrap()),
+        plc,
+    )
+    .view("");
+    let (store, config, view, log) = (setup.store(), setup.write(), setup.view_addr(), setup.log());
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // The stored state a busy gateway leaves behind, tagged as the daemon tags it: every

@@ -13,9 +13,7 @@ use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
-use crate::harness::{
-    config_text_with, floor, loopback_port, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
-};
+use crate::harness::{floor, wait_until, Daemon, Mosquitto, Setup};
 
 const PREFIX: &str = "bondline/oversized-gw";
 const BIG: usize = 17 * 1024 * 1024;
@@ -103,21 +101,12 @@ async fn run(uplink_extra: &str) -> Rig {
         None,
     )
     .await;
-    let view_port = loopback_port();
-    let text = config_text_with(
-        &dir.path().join("journal"),
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(floor.scanner),
-            plc: floor.plc,
-        },
-        uplink_extra,
-    ) + &format!("\n[view]\nlisten = \"127.0.0.1:{view_port}\"\n");
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
-    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
-    let view = SocketAddr::from(([127, 0, 0, 1], view_port));
+    let setup = Setup::on_floor(dir.path(), mosquitto.port, &floor)
+        .prefix(PREFIX)
+        .uplink(uplink_extra)
+        .view("");
+    let daemon = setup.start();
+    let view = setup.view_addr();
     assert!(
         wait_until(Duration::from_secs(20), || platform.records().len() >= 10).await,
         "no records before the big message"

@@ -6,14 +6,12 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bondline::app::App;
-use bondline::config::Config;
 use bondline::metrics::Metrics;
 use bondline_simulators::plan::Plan;
 use bondline_simulators::platform::PlatformSim;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{config_text, floor, wait_until, LineDevices, Mosquitto, ScannerAt};
+use crate::harness::{floor, wait_until, Mosquitto, Setup};
 
 const PREFIX: &str = "bondline/test-gw";
 
@@ -43,22 +41,11 @@ async fn records_reach_the_broker_within_seconds_of_its_return_after_a_long_outa
     let floor = floor(Plan::new(23), 20.0, None).await;
     // A long backoff, shortened from the default 30 s so the test is quick: after a 15-s
     // outage the session's next attempt may be drawn up to 16 s away.
-    let text = config_text(
-        &dir.path().join("journal"),
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(floor.scanner),
-            plc: floor.plc,
-        },
-    )
-    .replace("reconnect_max_s = 2", "reconnect_max_s = 20");
-    let path = dir.path().join("bondline.toml");
-    std::fs::write(&path, text).unwrap();
     let stop = CancellationToken::new();
-    let app = App::start(Config::load(&path).unwrap(), stop.clone())
-        .await
-        .unwrap();
+    let app = Setup::on_floor(dir.path(), mosquitto.port, &floor)
+        .replace("reconnect_max_s = 2", "reconnect_max_s = 20")
+        .start_app(&stop)
+        .await;
     let metrics = app.metrics.clone();
     let forwarded = || Metrics::get(&metrics.records_forwarded);
     assert!(

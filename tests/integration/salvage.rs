@@ -14,7 +14,7 @@ use bondline_devices::contract::{AlertKind, EventKind, Record};
 use bondline_simulators::plan::Plan;
 use bondline_simulators::platform::PlatformSim;
 
-use crate::harness::{config_text, floor, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt};
+use crate::harness::{floor, wait_until, Daemon, Mosquitto, Setup};
 
 const PREFIX: &str = "bondline/test-gw";
 const PARCELS: u64 = 150;
@@ -84,20 +84,9 @@ async fn salvage_then_deliver(how: Damage) {
     let mut mosquitto = Mosquitto::start(dir.path()).await;
     mosquitto.stop();
     let floor = floor(Plan::new(19), 200.0, Some(PARCELS)).await;
-    let store = dir.path().join("journal");
-    let config = dir.path().join("bondline.toml");
-    let text = config_text(
-        &store,
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(floor.scanner),
-            plc: floor.plc,
-        },
-    );
-    std::fs::write(&config, text).unwrap();
-    let log = dir.path().join("daemon.log");
-    let daemon = Daemon::start(&config, &log);
+    let setup = Setup::on_floor(dir.path(), mosquitto.port, &floor);
+    let (store, config, log) = (setup.store(), setup.config(), setup.log());
+    let daemon = setup.start();
     let sent = floor.scanner_task.await.unwrap().unwrap();
     assert_eq!(sent, PARCELS);
     // A clean stop stores every record it was given.

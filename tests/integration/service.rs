@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bondline_simulators::plan::Plan;
 
-use crate::harness::{config_text, floor, Daemon, LineDevices, Mosquitto, ScannerAt};
+use crate::harness::{floor, Daemon, Mosquitto, Setup};
 
 /// `systemd-analyze verify` on the shipped unit, with the binary path pointing at this build.
 #[test]
@@ -88,26 +88,13 @@ async fn the_daemon_notifies_ready_pings_the_watchdog_and_says_when_it_reloads_a
     let dir = tempfile::tempdir().unwrap();
     let mosquitto = Mosquitto::start(dir.path()).await;
     let floor = floor(Plan::new(5), 20.0, Some(20)).await;
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            &dir.path().join("journal"),
-            mosquitto.port,
-            "bondline/test-gw",
-            &LineDevices {
-                scanner: ScannerAt::Tcp(floor.scanner),
-                plc: floor.plc,
-            },
-        ),
-    )
-    .unwrap();
+    let setup = Setup::on_floor(dir.path(), mosquitto.port, &floor);
+    let config = setup.write();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let daemon =
-        Daemon::start_as_service(&config, &dir.path().join("daemon.log"), &sock_path, 400_000);
+    let daemon = Daemon::start_as_service(&config, &setup.log(), &sock_path, 400_000);
     let mut seen = Vec::new();
     let sock = std::sync::Arc::new(sock);
     let s = sock.clone();

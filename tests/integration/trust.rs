@@ -15,9 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::stx_etx;
-use crate::harness::{
-    config_text, start_plc, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
-};
+use crate::harness::{start_plc, wait_until, Mosquitto, ScannerAt, Setup};
 
 const PREFIX: &str = "bondline/test-gw";
 
@@ -60,6 +58,23 @@ async fn publish<T: serde::Serialize>(p: &PlatformSim, topic: &str, msg: &T) {
         .unwrap();
 }
 
+/// The test line's set-up, trusting only messages signed by `key` as `platform-1`.
+fn signed_setup(
+    dir: &std::path::Path,
+    mqtt_port: u16,
+    scanner: SocketAddr,
+    plc: SocketAddr,
+    key: &SigningKey,
+) -> Setup {
+    Setup::new(dir, mqtt_port, ScannerAt::Tcp(scanner), plc).replace(
+        "allow_unsigned = true",
+        &format!(
+            "keys = [{{ id = \"platform-1\", ed25519_public_hex = \"{}\" }}]\nmax_age_h = 1",
+            hex::encode(key.verifying_key().to_bytes())
+        ),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_release_on_the_broker_releases_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,24 +83,13 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
     let (plc, _) = start_plc(&stop).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let key = SigningKey::from_bytes(&[42; 32]);
-    let text = config_text(
-        &dir.path().join("journal"),
+    let setup = signed_setup(
+        dir.path(),
         mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
-            plc,
-        },
-    )
-    .replace(
-        "allow_unsigned = true",
-        &format!(
-            "keys = [{{ id = \"platform-1\", ed25519_public_hex = \"{}\" }}]\nmax_age_h = 1",
-            hex::encode(key.verifying_key().to_bytes())
-        ),
+        listener.local_addr().unwrap(),
+        plc,
+        &key,
     );
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let mut platform = PlatformSim::connect(broker, PREFIX, "platform-trust")
         .await
@@ -94,7 +98,7 @@ async fn a_forged_release_on_the_broker_releases_nothing() {
     let intruder = PlatformSim::connect(broker, PREFIX, "intruder")
         .await
         .unwrap();
-    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let daemon = setup.start();
 
     // The platform's signed messages: declarations, a hold, and an old declaration of W4
     // (identity not verified) replaced by a newer verified one.
@@ -310,30 +314,19 @@ async fn a_release_for_another_gateway_or_signed_before_a_hold_releases_nothing(
     let (plc, _) = start_plc(&stop).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let key = SigningKey::from_bytes(&[42; 32]);
-    let text = config_text(
-        &dir.path().join("journal"),
+    let setup = signed_setup(
+        dir.path(),
         mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
-            plc,
-        },
-    )
-    .replace(
-        "allow_unsigned = true",
-        &format!(
-            "keys = [{{ id = \"platform-1\", ed25519_public_hex = \"{}\" }}]\nmax_age_h = 1",
-            hex::encode(key.verifying_key().to_bytes())
-        ),
+        listener.local_addr().unwrap(),
+        plc,
+        &key,
     );
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let mut platform = PlatformSim::connect(broker, PREFIX, "platform-target")
         .await
         .unwrap();
     platform.sign_with("platform-1", key.clone(), Target::gateway("test-gw"));
-    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let daemon = setup.start();
     let refused = |kind: EventKind| {
         platform
             .events()
@@ -486,22 +479,17 @@ async fn another_client_taking_the_client_id_raises_broker_session() {
     let stop = CancellationToken::new();
     let (plc, _) = start_plc(&stop).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let text = config_text(
-        &dir.path().join("journal"),
+    let setup = Setup::new(
+        dir.path(),
         mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
-            plc,
-        },
+        ScannerAt::Tcp(listener.local_addr().unwrap()),
+        plc,
     );
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let platform = PlatformSim::connect(broker, PREFIX, "platform-session")
         .await
         .unwrap();
-    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let daemon = setup.start();
     let alerts = || {
         platform
             .all_records()
