@@ -52,7 +52,7 @@ pub mod fds;
 pub mod fieldbus;
 pub mod floor;
 pub mod journal;
-pub mod line;
+pub(crate) mod line;
 pub(crate) mod memory;
 pub mod metrics;
 pub mod policy;

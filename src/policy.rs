@@ -52,12 +52,14 @@ pub enum UpdateOutcome {
 }
 
 /// Why a platform update was not applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     /// The rule set is invalid: refused whole (reported to the platform).
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(RuleSetError),
     /// The store failed: nothing changed, and the update must come again.
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] JournalError),
 }
 
 /// Owns the rule set in force. Cheap to clone.
@@ -261,7 +263,7 @@ impl Policy {
     /// Applies a rule set pushed by the platform. A store failure leaves the old set and
     /// remembers nothing, so the update applies when it comes again.
     pub fn apply_update(&self, u: &RuleSetUpdate) -> Result<UpdateOutcome, UpdateError> {
-        let store = |e: JournalError| UpdateError::Store(e.to_string());
+        let store = UpdateError::Store;
         let seen = self.journal.rule_update_seen(&u.update_id).map_err(store)?;
         let last = self.journal.last_platform_rules().map_err(store)?;
         // Ordered by the signature time, then `issued_at_ms` (see `Stamp::replaces`).
@@ -282,9 +284,8 @@ impl Policy {
         let set = match parse_update(u) {
             Ok(set) => set,
             Err(e) => {
-                let reason = e.to_string();
-                self.refuse(&format!("update {}", u.update_id), &reason);
-                return Err(UpdateError::Invalid(reason));
+                self.refuse(&format!("update {}", u.update_id), &e.to_string());
+                return Err(UpdateError::Invalid(e));
             }
         };
         // Stored before its id is remembered: a failure in between applies it again.
@@ -380,13 +381,17 @@ mod tests {
             "nothing changed, nothing to re-decide"
         );
         assert_eq!(
-            policy.apply_update(&update("U1", &rules("platform-1"))),
-            Ok(UpdateOutcome::Applied("platform-1".into()))
+            policy
+                .apply_update(&update("U1", &rules("platform-1")))
+                .ok(),
+            Some(UpdateOutcome::Applied("platform-1".into()))
         );
         assert!(matches!(seen.try_recv(), Ok(ClearanceChange::All)));
         assert_eq!(
-            policy.apply_update(&update("U1", &rules("platform-1"))),
-            Ok(UpdateOutcome::Seen),
+            policy
+                .apply_update(&update("U1", &rules("platform-1")))
+                .ok(),
+            Some(UpdateOutcome::Seen),
             "a redelivery changes nothing"
         );
 

@@ -54,18 +54,8 @@ impl Line {
     ) {
         Metrics::add(&self.ctx.metrics.alerts, 1);
         warn!(line = %self.ctx.line, ?parcel, ?alert, %detail, "alert");
-        turn.record(AlertRecord {
-            schema: SCHEMA,
-            msg_id: String::new(),
-            seq: 0,
-            prev_hash: String::new(),
-            gateway: self.ctx.gateway.clone(),
-            line: self.ctx.line.clone(),
-            parcel,
-            waybill,
-            alert,
-            detail,
-            at_ms: unix_ms(turn.now.wall),
-        });
+        let at_ms = unix_ms(turn.now.wall);
+        let record = AlertRecord::new(&self.ctx.gateway, &self.ctx.line, alert, detail, at_ms);
+        turn.record(record.about(parcel, waybill));
     }
 }

@@ -157,10 +157,6 @@ impl Released {
         }
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Mark>>> {
         self.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -260,7 +256,8 @@ impl Released {
         }
     }
 
-    /// The marks of a waybill (for tests and the evidence of a late report).
+    /// The marks of a waybill.
+    #[cfg(test)]
     pub fn marks(&self, waybill: &str) -> Vec<Mark> {
         self.lock().get(waybill).cloned().unwrap_or_default()
     }

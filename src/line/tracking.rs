@@ -91,10 +91,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn len(&self) -> usize {
-        self.parcels.len()
-    }
-
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.parcels.is_empty()
     }

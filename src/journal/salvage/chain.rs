@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use bondline_devices::contract::{AlertKind, AlertRecord, Record, SCHEMA};
+use bondline_devices::contract::{AlertKind, AlertRecord, Record};
 
 use super::{ChainMode, SalvageError, SalvageReport, COMMIT_RECORDS};
 use crate::journal::{chain_hash, decode_link, encode_link, Journal, GENESIS_HASH};
@@ -108,19 +108,13 @@ pub(super) fn write_chain(
     watermark: u64,
     now: u64,
 ) -> Result<(), SalvageError> {
-    let mut salvage = Record::Alert(AlertRecord {
-        schema: SCHEMA,
-        msg_id: String::new(),
-        seq: 0,
-        prev_hash: String::new(),
-        gateway: gateway.to_string(),
-        line: String::new(),
-        parcel: None,
-        waybill: None,
-        alert: AlertKind::JournalSalvaged,
-        detail: String::new(),
-        at_ms: now,
-    });
+    let mut salvage = Record::Alert(AlertRecord::new(
+        gateway,
+        "",
+        AlertKind::JournalSalvaged,
+        "",
+        now,
+    ));
     let mut parked = Vec::new();
     match report.chain {
         ChainMode::Continued => {
