@@ -737,3 +737,25 @@ pub fn write_journal(
         task.await.unwrap();
     });
 }
+
+/// The whole `/metrics` text of a daemon's staff view, if it answers.
+pub fn metrics_text(view: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(view).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: view\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// One unlabelled sample from a daemon's `/metrics`.
+pub fn metric(view: std::net::SocketAddr, name: &str) -> Option<f64> {
+    metrics_text(view)?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}

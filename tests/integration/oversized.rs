@@ -4,8 +4,7 @@
 //! delivered in; the gateway reports it, reads it once in the next session to refuse and
 //! acknowledge it, and parks no record because of it.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use bondline_devices::contract::{AlertKind, Record};
@@ -13,25 +12,10 @@ use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
-use crate::harness::{floor, wait_until, Daemon, Mosquitto, Setup};
+use crate::harness::{floor, metric, wait_until, Daemon, Mosquitto, Setup};
 
 const PREFIX: &str = "bondline/oversized-gw";
 const BIG: usize = 17 * 1024 * 1024;
-
-/// One counter from the view's `/metrics`.
-fn metric(view: SocketAddr, name: &str) -> Option<f64> {
-    let mut s = TcpStream::connect(view).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: view\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
 
 /// Publishes one message of `BIG` bytes to the instructions topic and waits for its PUBACK.
 async fn publish_big(broker: SocketAddr) {

@@ -6,8 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bondline::app::App;
 use bondline::config::Config;
@@ -48,39 +47,9 @@ fn get_with(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, Vec<u8>)
     (status, head, raw[split + 4..].to_vec())
 }
 
+/// The page's DOM after its scripts ran, from headless chromium (the view tests' runner).
 fn dump_dom(profile: &Path, url: &str) -> String {
-    let mut child = Command::new("/usr/bin/chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium (apt-get install -y chromium)");
-    let mut out = child.stdout.take().expect("piped stdout");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    while child.try_wait().ok().flatten().is_none() {
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish on {url} within a minute");
-        }
-        // Fixed: polling tick; std's `Child` cannot wait for an exit with a timeout.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    reader.join().unwrap_or_default()
+    crate::view::chromium(profile, &["--dump-dom"], url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
