@@ -20,6 +20,7 @@ pub mod checks;
 mod duplicates;
 #[cfg(test)]
 mod example_keys;
+mod floor;
 mod lines;
 mod report;
 pub mod shown;
@@ -83,6 +84,8 @@ pub struct Config {
     /// The duplicate-label rule (`[duplicates]`): when a re-scan of a released waybill is
     /// the same parcel come round again (see [`crate::line::duplicates`]).
     pub duplicates: crate::line::duplicates::Settings,
+    /// How the host treats the floor thread (`[floor]`, see [`crate::threads`]).
+    pub floor: crate::threads::FloorSettings,
 }
 
 /// Where a device is reached.
@@ -235,6 +238,8 @@ struct RawConfig {
     cameras: BTreeMap<String, camera::RawCamera>,
     #[serde(default)]
     duplicates: Option<duplicates::RawDuplicates>,
+    #[serde(default)]
+    floor: Option<floor::RawFloor>,
 }
 
 #[derive(Deserialize)]
@@ -554,8 +559,10 @@ impl Config {
         let report_publish_day = report::publish_day(raw.report, &storage).map_err(in_file)?;
         let calendar = report::calendar(raw.calendar).map_err(in_file)?;
         let duplicates = duplicates::resolve(raw.duplicates).map_err(in_file)?;
+        let floor = floor::resolve(raw.floor).map_err(in_file)?;
         Ok(Config {
             duplicates,
+            floor,
             view,
             calendar,
             source: file.to_string(),
@@ -853,6 +860,28 @@ lanes = [
             "{GOOD}\n[duplicates]\nweight_tolerance_g = 20000\n"
         ));
         assert_eq!(e.key, "duplicates.weight_tolerance_g");
+    }
+
+    #[test]
+    fn floor_settings_are_validated() {
+        assert_eq!(
+            Config::parse("t.toml", GOOD)
+                .unwrap()
+                .floor
+                .cpu_wake_latency_us,
+            None
+        );
+        let ok = Config::parse(
+            "t.toml",
+            &format!("{GOOD}\n[floor]\ncpu_wake_latency_us = 0\n"),
+        )
+        .unwrap();
+        assert_eq!(ok.floor.cpu_wake_latency_us, Some(0));
+        let e = bad(&format!("{GOOD}\n[floor]\ncpu_wake_latency_us = 200000\n"));
+        assert_eq!(e.key, "floor.cpu_wake_latency_us");
+        assert!(e.reason.contains("200000"), "{e}");
+        let e = bad(&format!("{GOOD}\n[floor]\ncpu_wake_latency_us = -1\n"));
+        assert_eq!(e.key, "floor.cpu_wake_latency_us");
     }
 
     #[test]

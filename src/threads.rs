@@ -26,11 +26,50 @@
 //! else a short time slice (Linux 6.12 and later preempt for it), and logs which it got.
 //! `BONDLINE_FLOOR_SCHED=slice` or `=normal` in the environment asks for less, to measure
 //! what each one gives (BENCHMARKS.md).
+//!
+//! Priority is not wake-up time either: an idle CPU sleeps in a power-saving state, and
+//! leaving it is part of every frame's latency once the line is quiet (on the 2-core bench
+//! machine, an idle gateway's p99 was above a busy one's). `[floor] cpu_wake_latency_us` asks
+//! the kernel to keep the CPUs out of idle states slower to leave than that
+//! ([`WakeLatency`], the kernel's PM QoS request on `/dev/cpu_dma_latency`), for as long as
+//! the daemon runs. It costs power (0 makes idle CPUs poll), so it is the operator's choice.
 
 use std::future::Future;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+/// `[floor]` settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FloorSettings {
+    /// Keep the CPUs out of idle states that take longer than this to leave (see
+    /// [`WakeLatency`]); `None`: the kernel's own choice.
+    pub cpu_wake_latency_us: Option<u32>,
+}
+
+/// A held request to the kernel that no CPU sleeps in an idle state slower to leave than the
+/// given latency (PM QoS: the value written to `/dev/cpu_dma_latency` stays in force while
+/// the file is open). Dropped, or the process gone for any reason, the request ends with it.
+#[derive(Debug)]
+pub struct WakeLatency {
+    _held: std::fs::File,
+    pub us: u32,
+}
+
+impl WakeLatency {
+    /// Where the kernel takes the request.
+    pub const DEVICE: &'static str = "/dev/cpu_dma_latency";
+
+    /// Asks for `us` microseconds at most. Fails where the device is missing or not writable
+    /// by the service's user (see deploy/udev).
+    pub fn hold(us: u32) -> std::io::Result<WakeLatency> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(Self::DEVICE)?;
+        // The kernel reads a native-endian 32-bit integer (microseconds).
+        f.write_all(&(us.min(i32::MAX as u32) as i32).to_ne_bytes())?;
+        Ok(WakeLatency { _held: f, us })
+    }
+}
 
 /// A single-threaded runtime on a dedicated OS thread. Dropping it lets the thread end once
 /// the runtime's `block_on` returns; tasks still spawned on it are dropped with it, so its
@@ -50,6 +89,12 @@ impl Dedicated {
     /// run it the moment it wakes (see [`urgent`]).
     pub fn start_urgent(name: &str) -> std::io::Result<Dedicated> {
         Dedicated::start_inner(name, || {}, true)
+    }
+
+    /// [`Dedicated::start_urgent`] whose blocking threads run `on_blocking_start` first
+    /// (they never inherit the thread's real-time priority: see [`urgent`]).
+    pub fn start_urgent_with(name: &str, on_blocking_start: fn()) -> std::io::Result<Dedicated> {
+        Dedicated::start_inner(name, on_blocking_start, true)
     }
 
     /// Like [`Dedicated::start`]; the runtime's blocking threads (`spawn_blocking`) run
@@ -155,7 +200,11 @@ pub fn urgent() -> Urgency {
             let param = libc::sched_param {
                 sched_priority: FLOOR_RT_PRIORITY,
             };
-            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 {
+            // Threads this one starts (its runtime's blocking threads) get normal scheduling
+            // back instead of inheriting the real-time priority.
+            if libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+                == 0
+            {
                 return Urgency::RealTime;
             }
         }

@@ -88,6 +88,10 @@ pub enum BenchCommand {
         /// ingests: verdicts, image decoding and thumbnails run beside the lines.
         #[arg(long)]
         xray: bool,
+        /// The daemon's `[floor] cpu_wake_latency_us`: keep the CPUs out of idle states
+        /// slower to leave than this (needs write access to /dev/cpu_dma_latency).
+        #[arg(long)]
+        cpu_wake_latency_us: Option<u32>,
         /// Broker host:port; default: start Mosquitto on a free port.
         #[arg(long)]
         broker: Option<String>,
@@ -236,9 +240,20 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             backlog,
             flood,
             xray,
+            cpu_wake_latency_us,
             broker,
             dir,
-        } => lines::run(lines, seconds, backlog, flood, xray, broker, dir).await,
+        } => {
+            let load = lines::Load {
+                lines,
+                seconds,
+                backlog,
+                flood,
+                xray,
+                cpu_wake_latency_us,
+            };
+            lines::run(load, broker, dir).await
+        }
         BenchCommand::Backlog {
             messages,
             broker,
@@ -340,4 +355,12 @@ fn resident_bytes() -> u64 {
                 .and_then(|p| p.parse::<u64>().ok())
         })
         .map_or(0, |pages| pages * 4096)
+}
+
+/// Bytes the allocator has handed out and not had back (glibc's `mallinfo2`: arena blocks in
+/// use plus mmapped blocks), to tell live data from the allocator's free but resident pages.
+fn heap_in_use() -> u64 {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks + m.hblkhd) as u64
 }

@@ -59,6 +59,8 @@ pub struct App {
     pipeline: JoinSet<()>,
     /// The floor and journal threads; they end once the pipeline has (see [`crate::threads`]).
     _threads: [Dedicated; 2],
+    /// The CPUs' wake-up latency request (`[floor] cpu_wake_latency_us`), held while running.
+    _wake_latency: Option<crate::threads::WakeLatency>,
     /// Where the staff view listens, when configured and bound.
     pub view_addr: Option<std::net::SocketAddr>,
     uplink: tokio::task::JoinHandle<()>,
@@ -102,6 +104,7 @@ impl App {
         // The decision path and the journal's writer get threads of their own (see threads).
         let floor = Dedicated::start_urgent("bondline-floor")
             .map_err(|e| StartError::Thread("floor", e))?;
+        let wake_latency = hold_wake_latency(config.floor);
         let journal_thread =
             Dedicated::start("bondline-journal").map_err(|e| StartError::Thread("journal", e))?;
         let Opened {
@@ -332,6 +335,7 @@ impl App {
         };
         tokio::spawn(crate::service::watchdog(liveness, uplink_stop.clone()));
         Ok(App {
+            _wake_latency: wake_latency,
             view_addr,
             metrics,
             table,
@@ -418,5 +422,27 @@ impl Reloader {
             }
         }
         self.policy.reload_on_signal()
+    }
+}
+
+/// Holds the configured wake-up latency request; a refusal is logged and the daemon runs on
+/// (the floor's decisions stay correct, only their latency when idle is the kernel's choice).
+fn hold_wake_latency(
+    settings: crate::threads::FloorSettings,
+) -> Option<crate::threads::WakeLatency> {
+    use crate::threads::WakeLatency;
+    let us = settings.cpu_wake_latency_us?;
+    match WakeLatency::hold(us) {
+        Ok(held) => {
+            info!(
+                cpu_wake_latency_us = us,
+                "CPUs kept out of idle states slower to leave than this"
+            );
+            Some(held)
+        }
+        Err(e) => {
+            warn!(cpu_wake_latency_us = us, device = WakeLatency::DEVICE, error = %e, "cannot ask the kernel for a wake-up latency (the device must be writable by the service's user: deploy/udev); idle CPUs sleep as the kernel chooses");
+            None
+        }
     }
 }

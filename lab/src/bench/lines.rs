@@ -25,15 +25,30 @@ processing_ms = 400
 mark_latency_ms = 400
 ";
 
+/// What `bench lines` puts on the daemon.
+pub(super) struct Load {
+    pub lines: u16,
+    pub seconds: u64,
+    pub backlog: u64,
+    pub flood: u64,
+    pub xray: bool,
+    /// The daemon's `[floor] cpu_wake_latency_us`.
+    pub cpu_wake_latency_us: Option<u32>,
+}
+
 pub(super) async fn run(
-    lines: u16,
-    seconds: u64,
-    backlog: u64,
-    flood: u64,
-    xray: bool,
+    load: Load,
     broker: Option<String>,
     dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let Load {
+        lines,
+        seconds,
+        backlog,
+        flood,
+        xray,
+        cpu_wake_latency_us,
+    } = load;
     use bondline_simulators::line::{LineSim, RunLength, Scenario, XrayPort};
     use bondline_simulators::platform::PlatformSim;
     use bondline_simulators::xray::{ImageSpec, XrayImages};
@@ -64,10 +79,11 @@ pub(super) async fn run(
     }
     // The simulated floor runs on a thread of its own, so that the daemon's work never delays
     // it and its own lag stays out of the figures (its sockets belong to that thread's runtime).
-    // The simulated floor keeps time at the floor thread's priority; its blocking threads,
-    // which render and encode the X-ray workstation's images (another machine's work on a
-    // real floor), run below it, as the daemon's own image ingest does.
-    let sims_thread = bondline::threads::Dedicated::start_with(
+    // The simulated floor keeps time at the floor thread's priority (real-time when allowed:
+    // the devices of a real floor are other machines, which the daemon cannot delay); its
+    // blocking threads, which render and encode the X-ray workstation's images (another
+    // machine's work on a real floor), run below it, as the daemon's own image ingest does.
+    let sims_thread = bondline::threads::Dedicated::start_urgent_with(
         "bondline-bench-sims",
         bondline::threads::yield_to_floor,
     )?;
@@ -156,6 +172,9 @@ pub(super) async fn run(
             r.hold,
             r.exception
         ));
+    }
+    if let Some(us) = cpu_wake_latency_us {
+        config.push_str(&format!("[floor]\ncpu_wake_latency_us = {us}\n"));
     }
     config.push_str(&lines_toml);
     let config = bondline::config::Config::parse("bench-lines.toml", &config)
