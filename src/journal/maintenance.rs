@@ -372,6 +372,8 @@ pub(crate) mod tests {
         edit(&journal, 4, |r| r.lane_role = LaneRole::Release);
         let report = journal.verify().unwrap();
         assert_eq!(report.problems, vec![ChainProblem::Broken { seq: 5 }]);
+        // The check at start reads links only and finds the same break.
+        assert_eq!(journal.verify_running().unwrap().problems, report.problems);
         // Editing the last record is caught by the stored head.
         edit(&journal, 10, |r| r.reason = "edited".into());
         assert!(journal
@@ -390,6 +392,10 @@ pub(crate) mod tests {
         assert_eq!(
             journal.verify().unwrap().problems,
             vec![ChainProblem::Gap { after: 5, next: 7 }]
+        );
+        assert_eq!(
+            journal.verify_running().unwrap().problems,
+            journal.verify().unwrap().problems
         );
         let (_dir2, journal) = filled(10).await;
         journal.rewrite_batch_of(2, |rs| rs.swap(1, 2));

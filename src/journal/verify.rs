@@ -3,6 +3,8 @@
 //! reports. Its own module because it only reads: `bondline journal verify` and the check at
 //! start rely on it to judge a store, never to change one.
 
+use std::borrow::Cow;
+
 use bondline_devices::contract::Record;
 
 use super::{chain_hash, decode_link, Journal, JournalError, GENESIS_HASH, META_ANCHOR, META_HEAD};
@@ -57,6 +59,26 @@ impl VerifyReport {
     }
 }
 
+/// What the chain walk needs of a record: its place and its link. Read without building the
+/// whole record (other fields are skipped, still checked to be JSON), which makes the check at
+/// start several times cheaper on a large store; the hash covers every byte either way.
+#[derive(serde::Deserialize)]
+struct Link<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    prev_hash: Cow<'a, str>,
+}
+
+/// How closely [`Journal::walk_chain`] reads each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Every record parsed as a whole: one that is JSON but no record is `Unreadable`
+    /// (`bondline journal verify`).
+    Whole,
+    /// The links alone (the check at start, beside a running gateway).
+    Links,
+}
+
 impl Journal {
     /// Walks the whole chain: contiguous sequence, each `prev_hash` equal to the SHA-256 of
     /// the previous record's bytes, the first one matching the anchor (or genesis), the last
@@ -65,20 +87,21 @@ impl Journal {
     /// With an integrity key set, the stored head's and anchor's tags are checked too
     /// (see [`super::chain_key`]): a consistent rewrite fails there.
     pub fn verify(&self) -> Result<VerifyReport, JournalError> {
-        let mut report = self.walk_chain(None)?;
+        let mut report = self.walk_chain(None, Reading::Whole)?;
         report.problems.extend(self.check_chain_tags(false)?);
         Ok(report)
     }
 
-    /// Walks the chain up to the head read before, while the writer may append: the records
-    /// after that head are not looked at, and a walk that raced a purge of old records (the
+    /// Walks the chain up to the head read before, while the writer may append, reading each
+    /// record's link only (its bytes are still hashed): the records after that head are not
+    /// looked at, and a walk that raced a purge of old records (the
     /// anchor moved under it) is walked again. For the check at start, off the decision path.
     pub fn verify_running(&self) -> Result<VerifyReport, JournalError> {
         let mut tries = 0;
         loop {
             let anchor = self.meta.get(META_ANCHOR)?;
             let head = self.chain_head()?;
-            let report = self.walk_chain(Some(head))?;
+            let report = self.walk_chain(Some(head), Reading::Links)?;
             tries += 1;
             if report.ok() || tries == 3 || self.meta.get(META_ANCHOR)? == anchor {
                 return Ok(report);
@@ -88,7 +111,11 @@ impl Journal {
 
     /// The walk of [`Journal::verify`]; `head`: check up to this head instead of the stored
     /// one.
-    fn walk_chain(&self, head: Option<(u64, [u8; 32])>) -> Result<VerifyReport, JournalError> {
+    fn walk_chain(
+        &self,
+        head: Option<(u64, [u8; 32])>,
+        reading: Reading,
+    ) -> Result<VerifyReport, JournalError> {
         let anchor = match self.meta.get(META_ANCHOR)? {
             Some(v) => decode_link(&v),
             None => None,
@@ -120,16 +147,21 @@ impl Journal {
             };
             for bytes in records {
                 report.checked += 1;
-                let seq = match serde_json::from_slice::<Record>(bytes) {
-                    Err(e) => {
+                let whole = match reading {
+                    Reading::Whole => serde_json::from_slice::<Record>(bytes).err(),
+                    Reading::Links => None,
+                };
+                let link = match (serde_json::from_slice::<Link>(bytes), whole) {
+                    (Ok(link), None) => Some(link),
+                    (Err(e), _) | (Ok(_), Some(e)) => {
                         report.problems.push(ChainProblem::Unreadable {
                             seq: expected,
                             reason: e.to_string(),
                         });
-                        expected
+                        None
                     }
-                    Ok(r) => r.seq(),
                 };
+                let seq = link.as_ref().map_or(expected, |l| l.seq);
                 if limit.is_some_and(|l| seq > l) {
                     report.checked -= 1;
                     break 'walk;
@@ -171,8 +203,8 @@ impl Journal {
                 if seq > expected {
                     // Its predecessor is not here (yet): its `prev_hash` cannot be checked.
                     skipped.push((expected, seq - 1));
-                } else if let Ok(r) = serde_json::from_slice::<Record>(bytes) {
-                    if r.prev_hash() != hex::encode(prev_hash) {
+                } else if let Some(link) = &link {
+                    if link.prev_hash != hex::encode(prev_hash) {
                         report.problems.push(ChainProblem::Broken { seq });
                     }
                 }

@@ -209,6 +209,10 @@ pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Resul
             started.elapsed()
         })
     };
+    // Lookups run on the floor thread in the daemon, at its scheduling, and the floor sleeps
+    // between parcels: so here, a pause after every 256 lookups (a real-time thread that
+    // never slept would be throttled by the kernel, 50 ms in every second).
+    let urgency = bondline::threads::urgent();
     let mut samples = bondline::metrics::new_hdr(3);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut n = 0u64;
@@ -222,6 +226,9 @@ pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Resul
         samples.saturating_record((t.elapsed().as_nanos() as u64).max(1));
         std::hint::black_box(found);
         n += 1;
+        if n % 256 == 0 {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
         if done.load(Ordering::Acquire) && n >= lookups {
             break;
         }
@@ -235,7 +242,7 @@ pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Resul
             / table.declarations().max(1) as f64,
     );
     println!(
-        "lookups while a writer applies {declarations} declarations (half with their instruction in one batch) at full speed into a growing table ({:.0} declarations/s): {}",
+        "lookups (scheduling {urgency:?}) while a writer applies {declarations} declarations (half with their instruction in one batch) at full speed into a growing table ({:.0} declarations/s): {}",
         declarations as f64 / wrote.as_secs_f64(),
         bondline::metrics::Percentiles::of(&samples, 1000.0)
     );
