@@ -8,8 +8,11 @@
 //!   anomalies and camera requests with `try_send`.
 //! - **The journal thread** owns the journal's writer: every sled commit and flush of the
 //!   record path happens there, never on a thread the lines or the uplink need.
-//! - **The main runtime** (the process's async workers) runs the uplink, the staff view, the
-//!   evidence and camera pipelines, housekeeping and reloads. However busy a backlog drain,
+//! - **The uplink thread** runs the MQTT session: its event loop, the record feeder and the
+//!   ingest stages, which wake each other for every record and are cheapest on one thread;
+//!   outbox reads and clears run on its blocking threads, never on it.
+//! - **The main runtime** (the process's async workers) runs the staff view, the evidence
+//!   and camera pipelines, housekeeping and reloads. However busy a backlog drain,
 //!   a purge or a flood of browser connections makes it, the floor thread's parcels are not
 //!   behind it in any queue.
 //!
@@ -17,7 +20,7 @@
 //! their timers and I/O there. Channels between runtimes need no care.
 //!
 //! Threads do not protect against a neighbour that takes the CPU: on a two-core gateway a
-//! backlog drain keeps both cores busy. The main runtime's threads therefore run at a lower
+//! backlog drain keeps both cores busy. The main runtime's and the uplink's threads therefore run at a lower
 //! scheduling priority ([`yield_to_floor`], nice +10: about a tenth of the CPU weight of the
 //! floor and journal threads when they compete), which needs no privilege. Weight is not
 //! latency: a thread that wakes may still wait for a busy neighbour's time slice to end
@@ -82,32 +85,40 @@ pub struct Dedicated {
 impl Dedicated {
     /// Starts the thread named `name`.
     pub fn start(name: &str) -> std::io::Result<Dedicated> {
-        Dedicated::start_with(name, || {})
+        Dedicated::start_inner(name, || {}, Priority::Normal)
     }
 
     /// Starts the floor thread: like [`Dedicated::start`], and the thread asks the kernel to
     /// run it the moment it wakes (see [`urgent`]).
     pub fn start_urgent(name: &str) -> std::io::Result<Dedicated> {
-        Dedicated::start_inner(name, || {}, true)
+        Dedicated::start_inner(name, || {}, Priority::Urgent)
     }
 
     /// [`Dedicated::start_urgent`] whose blocking threads run `on_blocking_start` first
     /// (they never inherit the thread's real-time priority: see [`urgent`]).
     pub fn start_urgent_with(name: &str, on_blocking_start: fn()) -> std::io::Result<Dedicated> {
-        Dedicated::start_inner(name, on_blocking_start, true)
+        Dedicated::start_inner(name, on_blocking_start, Priority::Urgent)
     }
 
     /// Like [`Dedicated::start`]; the runtime's blocking threads (`spawn_blocking`) run
     /// `on_blocking_start` first: [`yield_to_floor`] keeps heavy blocking work below the
     /// thread's own priority.
     pub fn start_with(name: &str, on_blocking_start: fn()) -> std::io::Result<Dedicated> {
-        Dedicated::start_inner(name, on_blocking_start, false)
+        Dedicated::start_inner(name, on_blocking_start, Priority::Normal)
+    }
+
+    /// A thread for work of the main runtime's kind that is better kept on one thread (the
+    /// uplink: its event loop, record feeder and acknowledges wake each other for every
+    /// record, which across threads costs a system call and a context switch each time):
+    /// it and its blocking threads [`yield_to_floor`] like the main runtime's.
+    pub fn start_yielding(name: &str) -> std::io::Result<Dedicated> {
+        Dedicated::start_inner(name, yield_to_floor, Priority::Yielding)
     }
 
     fn start_inner(
         name: &str,
         on_blocking_start: fn(),
-        is_urgent: bool,
+        priority: Priority,
     ) -> std::io::Result<Dedicated> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -119,9 +130,13 @@ impl Dedicated {
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                if is_urgent {
-                    let got = urgent();
-                    tracing::info!(thread = %std::thread::current().name().unwrap_or(""), scheduling = ?got, "floor thread scheduling");
+                match priority {
+                    Priority::Urgent => {
+                        let got = urgent();
+                        tracing::info!(thread = %std::thread::current().name().unwrap_or(""), scheduling = ?got, "floor thread scheduling");
+                    }
+                    Priority::Yielding => yield_to_floor(),
+                    Priority::Normal => {}
                 }
                 rt.block_on(async {
                     let _ = stopped.await;
@@ -141,6 +156,17 @@ impl Dedicated {
     {
         self.handle.spawn(fut)
     }
+}
+
+/// How a [`Dedicated`] thread is scheduled.
+#[derive(Clone, Copy)]
+enum Priority {
+    /// [`urgent`]: the floor thread.
+    Urgent,
+    /// As the process was started: the journal thread.
+    Normal,
+    /// [`yield_to_floor`], like the main runtime's threads.
+    Yielding,
 }
 
 impl Drop for Dedicated {

@@ -58,7 +58,7 @@ pub struct App {
     /// Scanners, lines, PLC links and the journal writer.
     pipeline: JoinSet<()>,
     /// The floor and journal threads; they end once the pipeline has (see [`crate::threads`]).
-    _threads: [Dedicated; 2],
+    _threads: [Dedicated; 3],
     /// The CPUs' wake-up latency request (`[floor] cpu_wake_latency_us`), held while running.
     _wake_latency: Option<crate::threads::WakeLatency>,
     /// Where the staff view listens, when configured and bound.
@@ -107,6 +107,8 @@ impl App {
         let wake_latency = hold_wake_latency(config.floor);
         let journal_thread =
             Dedicated::start("bondline-journal").map_err(|e| StartError::Thread("journal", e))?;
+        let uplink_thread = Dedicated::start_yielding("bondline-uplink")
+            .map_err(|e| StartError::Thread("uplink", e))?;
         let Opened {
             journal,
             table,
@@ -265,7 +267,7 @@ impl App {
         // a newer stored one. Records wait in the journal meanwhile.
         let uplink = {
             let (table, stop) = (table.clone(), uplink_stop.clone());
-            tokio::spawn(async move {
+            uplink_thread.spawn(async move {
                 if loaded(&table, &stop).await {
                     uplink.run(stop).await;
                 }
@@ -346,7 +348,7 @@ impl App {
             tls_configured: config.uplink.tls.is_some() || config.uplink.credentials.is_some(),
             view_tls: config.view.as_ref().and_then(|v| v.tls.clone()),
             pipeline: tasks,
-            _threads: [floor, journal_thread],
+            _threads: [floor, journal_thread, uplink_thread],
             uplink,
             journal_tasks,
             uplink_stop,

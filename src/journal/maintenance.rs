@@ -473,6 +473,38 @@ pub(crate) mod tests {
         assert_eq!(batched.mark_forwarded_many(&[]).unwrap(), 0);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Whatever the order of PUBACKs (duplicates, gaps, parked records between), clearing
+        /// them in batches leaves the outbox exactly as clearing them one by one.
+        #[test]
+        fn batched_acknowledges_agree_with_one_by_one(
+            parked in proptest::collection::btree_set(1u64..=24, 0..4),
+            batches in proptest::collection::vec(proptest::collection::vec(1u64..=26, 0..12), 1..6),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (_a, one_by_one) = rt.block_on(filled(24));
+            let (_b, batched) = rt.block_on(filled(24));
+            for &p in &parked {
+                one_by_one.park(p, "test").unwrap();
+                batched.park(p, "test").unwrap();
+            }
+            for batch in &batches {
+                let mut cleared = 0;
+                for &s in batch {
+                    cleared += u64::from(one_by_one.mark_forwarded(s).unwrap());
+                }
+                proptest::prop_assert_eq!(batched.mark_forwarded_many(batch).unwrap(), cleared);
+                proptest::prop_assert_eq!(batched.forwarded_watermark(), one_by_one.forwarded_watermark());
+                proptest::prop_assert_eq!(batched.stats().unwrap().backlog, one_by_one.stats().unwrap().backlog);
+                proptest::prop_assert_eq!(
+                    batched.outbox_from(0, u64::MAX, 100).unwrap(),
+                    one_by_one.outbox_from(0, u64::MAX, 100).unwrap()
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn purge_takes_only_old_forwarded_records_and_keeps_the_chain_verifiable() {
         let (_dir, journal) = filled(20).await;

@@ -5,7 +5,7 @@
 //! apart from appending and reading records: the outbox is delivery state about records,
 //! never the records themselves.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use sled::Tree;
 
@@ -83,21 +83,52 @@ impl Journal {
         Ok(true)
     }
 
-    /// [`Journal::mark_forwarded`] for several PUBACKs at once, in arrival order: one write of
-    /// the watermark for the whole batch instead of one per record. Returns how many records
-    /// were still in the outbox. As with single acknowledges, the watermark is written before
-    /// the out-of-order entries it covers are removed.
+    /// [`Journal::mark_forwarded`] for several PUBACKs at once: one write of the watermark for
+    /// the whole batch instead of one per record. Returns how many records were still in the
+    /// outbox. As with single acknowledges, the watermark is written before the out-of-order
+    /// entries it covers are removed.
+    ///
+    /// The outcome does not depend on the order of `seqs` (the watermark only moves over a
+    /// contiguous run), so they are taken in sequence order, and the out-of-order and parked
+    /// entries within their span are read in one range scan each rather than looked up per
+    /// record: on a backlog drain this runs for every PUBACK.
     pub fn mark_forwarded_many(&self, seqs: &[u64]) -> Result<u64, JournalError> {
         let mut state = self.state();
         let start = state.forwarded;
+        let mut seqs: Vec<u64> = seqs.iter().copied().filter(|&s| s > start).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let Some(&last) = seqs.last() else {
+            return Ok(0);
+        };
+        let span = |t: &Tree| -> Result<BTreeSet<u64>, JournalError> {
+            let mut s = BTreeSet::new();
+            for k in t.range(seq_key(start + 1)..=seq_key(last)).keys() {
+                s.extend(key_seq(&k?));
+            }
+            Ok(s)
+        };
+        let (acked, parked) = (span(&self.acked)?, span(&self.parked)?);
+        // Past the span (the walk's tail only), the trees themselves.
+        let is_acked = |seq: u64| -> Result<bool, JournalError> {
+            Ok(if seq <= last {
+                acked.contains(&seq)
+            } else {
+                self.acked.contains_key(seq_key(seq))?
+            })
+        };
+        let is_parked = |seq: u64| -> Result<bool, JournalError> {
+            Ok(if seq <= last {
+                parked.contains(&seq)
+            } else {
+                self.parked.contains_key(seq_key(seq))?
+            })
+        };
         let mut w = start;
         let mut covered = Vec::new();
         let mut cleared = 0u64;
-        for &seq in seqs {
-            if seq <= w
-                || self.acked.contains_key(seq_key(seq))?
-                || self.parked.contains_key(seq_key(seq))?
-            {
+        for seq in seqs {
+            if seq <= w || acked.contains(&seq) || parked.contains(&seq) {
                 continue;
             }
             cleared += 1;
@@ -107,11 +138,10 @@ impl Journal {
             }
             w = seq;
             loop {
-                let k = seq_key(w + 1);
-                if self.acked.contains_key(k)? {
-                    covered.push(k);
+                if is_acked(w + 1)? {
+                    covered.push(seq_key(w + 1));
                     w += 1;
-                } else if self.parked.contains_key(k)? {
+                } else if is_parked(w + 1)? {
                     w += 1;
                 } else {
                     break;

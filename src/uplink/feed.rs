@@ -124,10 +124,24 @@ impl Pace {
 /// How far the drain schedule may fall behind before idle time stops counting.
 const PACE_SLACK: Duration = Duration::from_millis(10);
 
+/// Records read from the outbox at a time.
+const READ_BATCH: usize = 256;
+
+type Read = Result<Vec<(u64, Vec<u8>)>, crate::journal::JournalError>;
+
+/// Reads up to [`READ_BATCH`] outbox records on a blocking thread: sled reads never run on
+/// an async worker.
+fn read(journal: &Journal, from: u64, upto: u64) -> tokio::task::JoinHandle<Read> {
+    let journal = journal.clone();
+    tokio::task::spawn_blocking(move || journal.outbox_from(from, upto, READ_BATCH))
+}
+
 /// Sends the outbox in sequence order, holding a window permit per unacknowledged record.
+/// The next batch is read while the current one is sent.
 pub(super) async fn feed(mut f: Feeder) {
     let mut next = 0u64;
     let mut pace = Pace::new(f.drain_rate);
+    let mut ahead: Option<tokio::task::JoinHandle<Read>> = None;
     loop {
         if !f.send_alarms() {
             return;
@@ -135,23 +149,42 @@ pub(super) async fn feed(mut f: Feeder) {
         // Mark the current value seen before reading, so a record accepted after the read
         // wakes the wait below; and never read past it: only flushed records may leave.
         let upto = *f.accepted.borrow_and_update();
-        let batch = match f.journal.outbox_from(next, upto, 256) {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "cannot read the outbox");
-                tokio::select! {
-                    _ = f.stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
+        // A batch read ahead counts only if it found records: it was read against an
+        // older `upto`, so an empty one is read again now rather than waited on.
+        let read_ahead = match ahead.take() {
+            Some(h) => match h.await {
+                Ok(Ok(b)) if !b.is_empty() => Some(b),
+                _ => None,
+            },
+            None => None,
         };
-        if batch.is_empty() {
+        let batch = match read_ahead {
+            Some(b) => b,
+            None => match read(&f.journal, next, upto)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                Ok(b) => b,
+                Err(error) => {
+                    warn!(%error, "cannot read the outbox");
+                    tokio::select! {
+                        _ = f.stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        let Some(&(last, _)) = batch.last() else {
             tokio::select! {
                 _ = f.stop.cancelled() => return,
                 r = f.accepted.changed() => if r.is_err() { return },
                 _ = f.alarms.raised() => {}
             }
             continue;
+        };
+        if batch.len() == READ_BATCH {
+            ahead = Some(read(&f.journal, last + 1, upto));
         }
         for (seq, bytes) in batch {
             next = seq + 1;
@@ -168,9 +201,14 @@ pub(super) async fn feed(mut f: Feeder) {
                 );
                 continue;
             }
-            let permit = tokio::select! {
-                _ = f.stop.cancelled() => return,
-                p = f.window.acquire() => match p { Ok(p) => p, Err(_) => return },
+            // A free permit is taken without waiting (the common case while draining); the
+            // select, which registers with the stop token, only when the window is full.
+            let permit = match f.window.try_acquire() {
+                Ok(p) => p,
+                Err(_) => tokio::select! {
+                    _ = f.stop.cancelled() => return,
+                    p = f.window.acquire() => match p { Ok(p) => p, Err(_) => return },
+                },
             };
             permit.forget();
             pace.wait().await;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::feed::{feed, Feeder};
-use super::pending::{Pending, CLEAR_DELAY};
+use super::pending::{Clearer, Pending, CLEAR_DELAY};
 use super::unreadable::{self, unreadable, unreadable_reason};
 use super::{ingest, Uplink, LINK, MAX_INBOUND_PAYLOAD, PACKET_OVERHEAD};
 use crate::metrics::{unix_ms, Metrics};
@@ -117,9 +117,13 @@ impl Uplink {
     ) -> SessionEnd {
         let started = Instant::now();
         let pending = Arc::new(Mutex::new(Pending::default()));
-        let (reason, cause) = self.connection(&pending, anomalies, read_limit).await;
+        let clearer = Clearer::start(self.journal.clone(), self.metrics.clone());
+        let (reason, cause) = self
+            .connection(&pending, &clearer, anomalies, read_limit)
+            .await;
         // PUBACKs received before the end still clear their records.
-        self.clear_acked(&pending);
+        clearer.clear(&pending);
+        clearer.finish().await;
         let ended = Instant::now();
         let p = pending.lock().unwrap_or_else(|e| e.into_inner());
         let oldest = p.by_pkid.values().flatten().min().copied();
@@ -149,6 +153,7 @@ impl Uplink {
     async fn connection(
         &self,
         pending: &Arc<Mutex<Pending>>,
+        clearer: &Clearer,
         anomalies: &mut mpsc::Receiver<Anomaly>,
         read_limit: usize,
     ) -> (String, EndCause) {
@@ -232,7 +237,7 @@ impl Uplink {
                 let event = tokio::select! {
                     _ = tokio::time::sleep_until(clear_at.unwrap_or_else(Instant::now).into()), if clear_at.is_some() => {
                         clear_at = None;
-                        self.clear_acked(pending);
+                        clearer.clear(pending);
                         continue;
                     }
                     _ = watchdog.tick() => {
@@ -376,7 +381,7 @@ impl Uplink {
                                 .queue_clear(seq);
                             if full {
                                 clear_at = None;
-                                self.clear_acked(pending);
+                                clearer.clear(pending);
                             } else if clear_at.is_none() {
                                 clear_at = Some(Instant::now() + CLEAR_DELAY);
                             }

@@ -47,8 +47,8 @@ pub(super) async fn run(
     Ok(())
 }
 
-/// A parcel record of typical size.
-fn sample_record(n: u64) -> ParcelRecord {
+/// A parcel record of typical size, scanned `n` ms after `base_ms`.
+fn sample_record(base_ms: u64, n: u64) -> ParcelRecord {
     ParcelRecord {
         schema: SCHEMA,
         msg_id: String::new(),
@@ -64,13 +64,13 @@ fn sample_record(n: u64) -> ParcelRecord {
         rule: "instruction".into(),
         reason: "customs ordered inspection: selected for inspection".into(),
         instruction_id: Some(format!("I-BL{n:012}")),
-        scanned_at_ms: 1_790_000_000_000 + n,
-        decided_at_ms: 1_790_000_000_000 + n,
+        scanned_at_ms: base_ms + n,
+        decided_at_ms: base_ms + n,
         divert: DivertOutcome {
             status: DivertStatus::Acked,
             plc_seq: Some((n % 65535 + 1) as u16),
             detail: None,
-            at_ms: 1_790_000_000_001 + n,
+            at_ms: base_ms + 1 + n,
             late: false,
         },
         revision: 0,
@@ -103,8 +103,11 @@ pub(super) async fn fill_measured(
     let start_seq = *accepted.borrow();
     let writer = tokio::spawn(writer.run());
     let start = Instant::now();
+    // Scanned now: a backlog from an outage is recent, so housekeeping's retention purge
+    // leaves it alone after it is forwarded, as it would on a gateway.
+    let base_ms = bondline::metrics::unix_ms(std::time::SystemTime::now());
     for i in 0..n {
-        sink.push(sample_record(i));
+        sink.push(sample_record(base_ms, i));
     }
     while *accepted.borrow_and_update() < start_seq + n {
         accepted.changed().await?;
