@@ -11,7 +11,8 @@
 //!
 //! Layout: one module per bench (`burst`, `journal`, `rules`, `table`, `lines`, `backlog`,
 //! `drain`); `broker` (the broker or a Mosquitto for the run, raw rumqttc publishing) and
-//! `idle_floor` (a line with no parcels) serve several; this file holds the command, its
+//! `idle_floor` (a line with no parcels) serve several, `idle_http` (stalled clients against
+//! the staff view) serves `lines`; this file holds the command, its
 //! dispatch and the small measurement helpers every bench shares.
 
 mod backlog;
@@ -19,6 +20,7 @@ mod broker;
 mod burst;
 mod drain;
 mod idle_floor;
+mod idle_http;
 mod journal;
 mod lines;
 mod rules;
@@ -92,6 +94,14 @@ pub enum BenchCommand {
         /// slower to leave than this (needs write access to /dev/cpu_dma_latency).
         #[arg(long)]
         cpu_wake_latency_us: Option<u32>,
+        /// Clients that connect to the staff view (on its default budgets) and never send a
+        /// byte, re-connecting whenever the view closes them, for the whole run.
+        #[arg(long, default_value_t = 0)]
+        idle_http: usize,
+        /// The last line's PLC goes off the network for 2 s half-way through the run; the
+        /// daemon must connect to it again (with --idle-http: while the view is flooded).
+        #[arg(long)]
+        plc_restart: bool,
         /// Broker host:port; default: start Mosquitto on a free port.
         #[arg(long)]
         broker: Option<String>,
@@ -241,6 +251,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             flood,
             xray,
             cpu_wake_latency_us,
+            idle_http,
+            plc_restart,
             broker,
             dir,
         } => {
@@ -251,6 +263,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 flood,
                 xray,
                 cpu_wake_latency_us,
+                idle_http,
+                plc_restart,
             };
             lines::run(load, broker, dir).await
         }

@@ -44,14 +44,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(cmd) => {
-            telemetry::init(cli.log_format, "warn");
+            let _log = telemetry::init(cli.log_format, "warn");
             bondline::cli::run_in_runtime(|| bench::run(cmd))
         }
         Command::Demo(args) => {
             // The demo prints its own view; logs show only what goes wrong. The embedded
             // broker's own log is left out: it reports every port probe and client that goes
             // away as an error, which on a demo line is noise.
-            telemetry::init(cli.log_format, "warn,rumqttd=off");
+            let _log = telemetry::init(cli.log_format, "warn,rumqttd=off");
             bondline::cli::run_in_runtime(|| demo::run(args))
         }
     };

@@ -194,7 +194,21 @@ impl App {
             let set = policy.current();
             info!(rule_set = %set.version, rules = set.rules.len(), "customs rule set");
         }
-        check_chain(&journal, &config.gateway_id, &alarms, &sink, chain_tags);
+        let chain_check = check_chain(
+            &journal,
+            &config.gateway_id,
+            &alarms,
+            &sink,
+            chain_tags,
+            {
+                let metrics = metrics.clone();
+                move || Metrics::get(&metrics.backlog)
+            },
+            uplink_stop.clone(),
+        );
+        journal_tasks.spawn(async move {
+            let _ = chain_check.await;
+        });
         tasks.spawn(load_clearance(
             Loader {
                 journal: journal.clone(),

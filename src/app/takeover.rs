@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::alarm::Alarms;
@@ -123,16 +124,27 @@ pub(super) fn released_registry(
     Ok(released)
 }
 
+/// Records waiting for the broker above which the chain walk at start waits.
+pub(super) const CHECK_AFTER_BACKLOG: u64 = 10_000;
+/// The longest the chain walk at start waits for a backlog to drain.
+pub(super) const CHECK_DEFER_MAX: Duration = Duration::from_secs(600);
+
 /// Raises `journal_chain_broken` for the head and anchor tag problems found at start, then
-/// walks the whole chain on a blocking thread (off the decision path: lines run meanwhile)
-/// and raises it for what the walk finds.
+/// walks the whole chain on a thread of its own at idle priority (off the decision path and
+/// out of a backlog drain's way: lines and uplink run meanwhile) and raises it for what the
+/// walk finds. While the uplink drains a backlog of more than [`CHECK_AFTER_BACKLOG`]
+/// records, the walk waits (at most [`CHECK_DEFER_MAX`]): even at idle priority it reads the
+/// whole store through the caches the drain works in (BENCHMARKS.md: a few percent of the
+/// drain rate). The walk ends early once `stop` is cancelled; the handle ends with it.
 pub(super) fn check_chain(
     journal: &Journal,
     gateway: &str,
     alarms: &Alarms,
     sink: &crate::journal::RecordSink,
     tags: Vec<crate::journal::ChainProblem>,
-) {
+    backlog: impl Fn() -> u64 + Send + 'static,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let raise = {
         let (journal, gateway, alarms, sink) = (
             journal.clone(),
@@ -170,7 +182,19 @@ pub(super) fn check_chain(
     let journal = journal.clone();
     tokio::spawn(async move {
         let started = Instant::now();
-        let walked = tokio::task::spawn_blocking(move || journal.verify_running()).await;
+        while backlog() > CHECK_AFTER_BACKLOG && started.elapsed() < CHECK_DEFER_MAX {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        // Idle priority: the check hashes the whole store, and no deadline depends on it.
+        let walked = match crate::threads::when_idle("bondline-chain-check", move || {
+            journal.verify_running(&stop)
+        }) {
+            Ok(rx) => rx.await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         match walked {
             Ok(Ok(report)) if report.ok() => {
                 info!(records = report.checked, took = ?started.elapsed(), "journal chain checked: whole");
@@ -181,10 +205,13 @@ pub(super) fn check_chain(
                 all.extend(report.problems);
                 raise(&all);
             }
+            Ok(Err(crate::journal::JournalError::Stopped)) => {
+                info!("journal chain check at start stopped at shutdown")
+            }
             Ok(Err(e)) => warn!(error = %e, "journal chain check at start failed"),
             Err(e) => warn!(error = %e, "journal chain check at start stopped"),
         }
-    });
+    })
 }
 
 /// The store as the last run left it, opened: the journal with its integrity key, the

@@ -193,7 +193,7 @@ pub fn main() -> ExitCode {
         },
         Command::Run { config } => {
             // Logging first: loading the configuration may warn.
-            telemetry::init(cli.log_format, "info");
+            let _log = telemetry::init(cli.log_format, "info");
             let config_file = config.clone();
             let config = match Config::load(&config) {
                 Ok(c) => c,

@@ -161,6 +161,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::journal::{record_sink, ExportFormat};
     use crate::metrics::Metrics;
+    use tokio_util::sync::CancellationToken;
 
     pub(crate) fn record(n: u32, scanned_at_ms: u64) -> ParcelRecord {
         ParcelRecord {
@@ -364,6 +365,13 @@ pub(crate) mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         assert!(journal.verify().unwrap().ok());
         assert_eq!(journal.chain_head().unwrap().0, 50);
+        // The check at start ends at once when the daemon stops.
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert!(matches!(
+            journal.verify_running(&stop),
+            Err(JournalError::Stopped)
+        ));
     }
 
     #[tokio::test]
@@ -373,7 +381,13 @@ pub(crate) mod tests {
         let report = journal.verify().unwrap();
         assert_eq!(report.problems, vec![ChainProblem::Broken { seq: 5 }]);
         // The check at start reads links only and finds the same break.
-        assert_eq!(journal.verify_running().unwrap().problems, report.problems);
+        assert_eq!(
+            journal
+                .verify_running(&CancellationToken::new())
+                .unwrap()
+                .problems,
+            report.problems
+        );
         // Editing the last record is caught by the stored head.
         edit(&journal, 10, |r| r.reason = "edited".into());
         assert!(journal
@@ -394,7 +408,10 @@ pub(crate) mod tests {
             vec![ChainProblem::Gap { after: 5, next: 7 }]
         );
         assert_eq!(
-            journal.verify_running().unwrap().problems,
+            journal
+                .verify_running(&CancellationToken::new())
+                .unwrap()
+                .problems,
             journal.verify().unwrap().problems
         );
         let (_dir2, journal) = filled(10).await;

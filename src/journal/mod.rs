@@ -91,6 +91,9 @@ pub enum JournalError {
     Store(#[from] sled::Error),
     #[error("journal store: transaction failed: {0}")]
     Transaction(String),
+    /// Long read-only work (the chain check at start) ended early because the daemon stops.
+    #[error("journal: stopped before the end (the daemon is shutting down)")]
+    Stopped,
     #[error("journal record {seq} is corrupt: {reason}")]
     Corrupt { seq: u64, reason: String },
     #[error("journal store at {path}: its chain ends at seq {head}, but records up to seq {marked} were stored (head mark): the store's files were truncated or overwritten")]

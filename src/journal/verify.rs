@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 
 use bondline_devices::contract::Record;
+use tokio_util::sync::CancellationToken;
 
 use super::{chain_hash, decode_link, Journal, JournalError, GENESIS_HASH, META_ANCHOR, META_HEAD};
 
@@ -87,7 +88,7 @@ impl Journal {
     /// With an integrity key set, the stored head's and anchor's tags are checked too
     /// (see [`super::chain_key`]): a consistent rewrite fails there.
     pub fn verify(&self) -> Result<VerifyReport, JournalError> {
-        let mut report = self.walk_chain(None, Reading::Whole)?;
+        let mut report = self.walk_chain(None, Reading::Whole, None)?;
         report.problems.extend(self.check_chain_tags(false)?);
         Ok(report)
     }
@@ -96,12 +97,14 @@ impl Journal {
     /// record's link only (its bytes are still hashed): the records after that head are not
     /// looked at, and a walk that raced a purge of old records (the
     /// anchor moved under it) is walked again. For the check at start, off the decision path.
-    pub fn verify_running(&self) -> Result<VerifyReport, JournalError> {
+    /// Cancelling `stop` ends the walk at the next batch with [`JournalError::Stopped`], so a
+    /// daemon shutting down does not wait for a walk of the whole store.
+    pub fn verify_running(&self, stop: &CancellationToken) -> Result<VerifyReport, JournalError> {
         let mut tries = 0;
         loop {
             let anchor = self.meta.get(META_ANCHOR)?;
             let head = self.chain_head()?;
-            let report = self.walk_chain(Some(head), Reading::Links)?;
+            let report = self.walk_chain(Some(head), Reading::Links, Some(stop))?;
             tries += 1;
             if report.ok() || tries == 3 || self.meta.get(META_ANCHOR)? == anchor {
                 return Ok(report);
@@ -110,11 +113,12 @@ impl Journal {
     }
 
     /// The walk of [`Journal::verify`]; `head`: check up to this head instead of the stored
-    /// one.
+    /// one; `stop`: end early when cancelled.
     fn walk_chain(
         &self,
         head: Option<(u64, [u8; 32])>,
         reading: Reading,
+        stop: Option<&CancellationToken>,
     ) -> Result<VerifyReport, JournalError> {
         let anchor = match self.meta.get(META_ANCHOR)? {
             Some(v) => decode_link(&v),
@@ -137,6 +141,9 @@ impl Journal {
         let mut skipped: Vec<(u64, u64)> = Vec::new();
         let limit = head.map(|(seq, _)| seq);
         'walk: for batch in self.batches.iter() {
+            if stop.is_some_and(CancellationToken::is_cancelled) {
+                return Err(JournalError::Stopped);
+            }
             let batch = super::Batch::from_entry(batch)?;
             let Ok(records) = batch.records() else {
                 report.problems.push(ChainProblem::Unreadable {

@@ -19,16 +19,29 @@ use crate::metrics::Metrics;
 /// Alarms published per feeder round at most.
 const ALARMS_PER_ROUND: usize = 8;
 
-/// Parks `seq`: out of the outbox, kept in the journal, reported.
-pub(super) fn park(journal: &Journal, metrics: &Metrics, alarms: &Alarms, seq: u64, reason: &str) {
-    match journal.park(seq, reason) {
-        Ok(()) => {
+/// Parks `seq`: out of the outbox, kept in the journal, reported. The sled write runs on a
+/// blocking thread (the uplink's thread runs no sled work); the caller waits for it, so a
+/// record is parked before anything after it is read from the outbox.
+pub(super) async fn park(
+    journal: &Journal,
+    metrics: &Metrics,
+    alarms: &Alarms,
+    seq: u64,
+    reason: &str,
+) {
+    let parked = {
+        let (journal, reason) = (journal.clone(), reason.to_string());
+        tokio::task::spawn_blocking(move || journal.park(seq, &reason)).await
+    };
+    match parked {
+        Ok(Ok(())) => {
             Metrics::sub(&metrics.backlog, 1);
             Metrics::add(&metrics.records_parked, 1);
             alarms.raise(format!(
                 "record {seq} parked, not forwarded: {reason}; it stays in the journal (bondline journal replay)"
             ));
         }
+        Ok(Err(e)) => warn!(seq, error = %e, "cannot park a record"),
         Err(e) => warn!(seq, error = %e, "cannot park a record"),
     }
 }
@@ -198,7 +211,8 @@ pub(super) async fn feed(mut f: Feeder) {
                         "payload of {} bytes is over uplink.max_packet_kib",
                         bytes.len()
                     ),
-                );
+                )
+                .await;
                 continue;
             }
             // A free permit is taken without waiting (the common case while draining); the

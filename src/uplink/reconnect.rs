@@ -77,7 +77,7 @@ impl Uplink {
                     self.park(
                         seq,
                         &format!("the broker closed the connection {n} times in a row right after this record was sent ({})", end.reason),
-                    );
+                    ).await;
                     suspect = None;
                 }
             }
@@ -131,7 +131,7 @@ impl Uplink {
     }
 
     /// Parks a record the broker will not take, with an alarm.
-    fn park(&self, seq: u64, reason: &str) {
-        park(&self.journal, &self.metrics, &self.alarms, seq, reason);
+    async fn park(&self, seq: u64, reason: &str) {
+        park(&self.journal, &self.metrics, &self.alarms, seq, reason).await;
     }
 }

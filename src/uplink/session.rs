@@ -233,9 +233,18 @@ impl Uplink {
             )
         };
         let poller = async {
+            // The select below runs twice per record while a backlog drains (the publish
+            // written, its PUBACK): its futures that outlive one round are made once, so a
+            // round does not register a timer and two waiters and take them back again.
+            let clear_timer = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(clear_timer);
+            let failed = feeder_failed.cancelled();
+            tokio::pin!(failed);
+            let reconnect = self.reconnect.notified();
+            tokio::pin!(reconnect);
             loop {
                 let event = tokio::select! {
-                    _ = tokio::time::sleep_until(clear_at.unwrap_or_else(Instant::now).into()), if clear_at.is_some() => {
+                    _ = &mut clear_timer, if clear_at.is_some() => {
                         clear_at = None;
                         clearer.clear(pending);
                         continue;
@@ -288,8 +297,8 @@ impl Uplink {
                             return (unreadable_reason(&e, read_limit), cause);
                         }
                     },
-                    _ = feeder_failed.cancelled() => return ("record queue to the broker failed".into(), EndCause::Local),
-                    _ = self.reconnect.notified() => {
+                    _ = &mut failed => return ("record queue to the broker failed".into(), EndCause::Local),
+                    _ = &mut reconnect => {
                         info!("reconnecting to the broker to use reloaded TLS material and credentials");
                         return ("reconnect requested (reload)".into(), EndCause::Local);
                     }
@@ -369,21 +378,23 @@ impl Uplink {
                             .written(pkid);
                     }
                     Event::Incoming(Incoming::PubAck(ack)) => {
-                        let entry = pending
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .acknowledged(ack.pkid);
-                        if let Some(Some(seq)) = entry {
+                        // One lock for the match and the queued clear.
+                        let full = {
+                            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                            match p.acknowledged(ack.pkid) {
+                                Some(Some(seq)) => Some(p.queue_clear(seq)),
+                                _ => None,
+                            }
+                        };
+                        if let Some(full) = full {
                             window.add_permits(1);
-                            let full = pending
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .queue_clear(seq);
                             if full {
                                 clear_at = None;
                                 clearer.clear(pending);
                             } else if clear_at.is_none() {
-                                clear_at = Some(Instant::now() + CLEAR_DELAY);
+                                let at = Instant::now() + CLEAR_DELAY;
+                                clear_at = Some(at);
+                                clear_timer.as_mut().reset(at.into());
                             }
                         }
                     }

@@ -116,7 +116,7 @@ fn gather(
     use Value::{Seconds, Whole};
     let g = Metrics::get;
     let mut families = Vec::with_capacity(64);
-    let counters: [(&str, &str, u64); 27] = [
+    let counters: [(&str, &str, u64); 28] = [
         ("bondline_scans_total", "Scanner frames that yielded a parcel (reads and no-reads).", g(&metrics.parcels)),
         ("bondline_no_reads_total", "Parcels whose code the scanner could not read.", g(&metrics.no_reads)),
         ("bondline_frames_rejected_total", "Scanner frames rejected by the decoder.", g(&metrics.frames_rejected)),
@@ -144,6 +144,7 @@ fn gather(
         ("bondline_platform_wrong_target_total", "Platform messages refused as signed for other gateways (reason wrong_target); counted in bondline_platform_forged_total too.", g(&metrics.wrong_target_messages)),
         ("bondline_uplink_disconnects_total", "Broker sessions that ended.", g(&metrics.uplink_disconnects)),
         ("bondline_view_stream_lagged_total", "Times a live board stream fell behind and was told to reload.", health.stream_lagged),
+        ("bondline_log_lines_dropped_total", "Log lines dropped because the log's writer thread was far behind (stderr or journald blocked); logging never waits.", crate::telemetry::dropped_lines()),
     ];
     let images: [(&str, &str, u64); 8] = [
         ("bondline_images_ingested_total", "X-ray images kept and handed to their line (spool and upload), corrupt ones included.", g(&metrics.images_ingested)),

@@ -18,7 +18,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    config_text, floor, loopback_port, wait_until, LineDevices, Mosquitto, ScannerAt,
+    config_text, floor, loopback_port, metric, wait_until, LineDevices, Mosquitto, ScannerAt,
 };
 
 const PREFIX: &str = "bondline/budgets-gw";
@@ -269,6 +269,78 @@ async fn an_idle_connection_flood_leaves_descriptors_for_the_plc() {
     assert!(text.contains("connection limit reached"), "{text}");
     assert_eq!(daemon.0.try_wait().unwrap(), None, "the daemon exited");
     drop(flood);
+    floor.stop_scanner.cancel();
+    drop(daemon);
+}
+
+/// Logging must never stop the line: under systemd stderr is journald's socket, which blocks
+/// while journald is behind. Here the daemon's stderr is a pipe nobody reads (it fills after
+/// 64 KiB) and it logs at trace level, far more than the pipe takes: parcels must still be
+/// decided and diverted, and the lines that did not fit are dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_nobody_reads_never_stops_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-log")
+        .await
+        .unwrap();
+    let plan = Plan::with_mix(43, Mix::only(PlanKind::Undeclared));
+    let floor = floor(plan, 20.0, None).await;
+    let view_port = loopback_port();
+    let state = dir.path().join("journal");
+    let text = config_text(
+        &state,
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(floor.scanner),
+            plc: floor.plc,
+        },
+    ) + &format!("\n[view]\nlisten = \"127.0.0.1:{view_port}\"\n");
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    // The read end stays open and is never read: writes to the other end block once it is
+    // full, exactly like a stalled journald.
+    let (_unread, stderr) = std::io::pipe().unwrap();
+    let daemon = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_bondline"))
+            .args(["--log-format", "text", "run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "trace")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start bondline"),
+    );
+    let view = SocketAddr::from(([127, 0, 0, 1], view_port));
+    let acked = |since_ms: u64| {
+        platform
+            .records()
+            .iter()
+            .filter(|r| r.scanned_at_ms >= since_ms && r.divert.status == DivertStatus::Acked)
+            .count()
+    };
+    // The pipe is full within the first second at trace level; what the line does after
+    // the first lines were dropped is what counts.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            metric(view, "bondline_log_lines_dropped_total").unwrap_or(0.0) > 0.0
+        })
+        .await,
+        "no log line was dropped: the pipe never filled, or logging waited for it"
+    );
+    let since = bondline::metrics::unix_ms(SystemTime::now());
+    assert!(
+        wait_until(Duration::from_secs(30), || acked(since) >= 20).await,
+        "parcels were not diverted while the log could not be written ({} acknowledged)",
+        acked(since)
+    );
+    assert_eq!(
+        metric(view, "bondline_deadlines_missed_total"),
+        Some(0.0),
+        "a divert waited past its deadline"
+    );
     floor.stop_scanner.cancel();
     drop(daemon);
 }

@@ -34,7 +34,15 @@ pub(super) struct Load {
     pub xray: bool,
     /// The daemon's `[floor] cpu_wake_latency_us`.
     pub cpu_wake_latency_us: Option<u32>,
+    /// Idle clients held against the staff view for the whole run (0: no staff view).
+    pub idle_http: usize,
+    /// The last line's PLC goes off the network for [`PLC_DOWN_S`] half-way through the run,
+    /// and the daemon must connect to it again.
+    pub plc_restart: bool,
 }
+
+/// How long the PLC of `bench lines --plc-restart` stays off the network.
+const PLC_DOWN_S: f64 = 2.0;
 
 pub(super) async fn run(
     load: Load,
@@ -48,8 +56,10 @@ pub(super) async fn run(
         flood,
         xray,
         cpu_wake_latency_us,
+        idle_http,
+        plc_restart,
     } = load;
-    use bondline_simulators::line::{LineSim, RunLength, Scenario, XrayPort};
+    use bondline_simulators::line::{Fault, FaultKind, LineSim, RunLength, Scenario, XrayPort};
     use bondline_simulators::platform::PlatformSim;
     use bondline_simulators::xray::{ImageSpec, XrayImages};
 
@@ -75,6 +85,13 @@ pub(super) async fn run(
         scenario.seed += i as u64 * 7919;
         line_seeds.push(scenario.seed % 10_000);
         scenario.length = RunLength::Seconds(seconds as f64);
+        if plc_restart && i == lines - 1 {
+            scenario.faults.push(Fault {
+                at_s: seconds as f64 / 2.0,
+                for_s: PLC_DOWN_S,
+                kind: FaultKind::PlcDown,
+            });
+        }
         scenarios.push(scenario);
     }
     // The simulated floor runs on a thread of its own, so that the daemon's work never delays
@@ -176,6 +193,11 @@ pub(super) async fn run(
     if let Some(us) = cpu_wake_latency_us {
         config.push_str(&format!("[floor]\ncpu_wake_latency_us = {us}\n"));
     }
+    if idle_http > 0 {
+        // The view's defaults: its connection limit, header and idle timeouts are the budget
+        // under test.
+        config.push_str("[view]\nlisten = \"127.0.0.1:0\"\n");
+    }
     config.push_str(&lines_toml);
     let config = bondline::config::Config::parse("bench-lines.toml", &config)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -190,10 +212,27 @@ pub(super) async fn run(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let idle = match (idle_http, app.view_addr) {
+        (0, _) => None,
+        (n, Some(addr)) => {
+            let idle = super::idle_http::IdleHttp::start(addr, n).await;
+            println!(
+                "{n} idle clients against the staff view at {addr}: {} connected",
+                idle.open()
+            );
+            Some(idle)
+        }
+        (_, None) => anyhow::bail!("the staff view did not start"),
+    };
     let backlog_at_start = Metrics::get(&metrics.backlog);
     println!(
-        "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile; flood of {flood} declarations{}",
-        if xray { "; X-ray tunnel with images on L0" } else { "" }
+        "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile; flood of {flood} declarations{}{}",
+        if xray { "; X-ray tunnel with images on L0" } else { "" },
+        if plc_restart {
+            format!("; L{}'s PLC off the network for {PLC_DOWN_S} s at {} s", lines - 1, seconds / 2)
+        } else {
+            String::new()
+        }
     );
     // Waybills of another plan than any line's: the flood changes no line's decisions.
     let flood_task = (flood > 0).then(|| {
@@ -218,12 +257,24 @@ pub(super) async fn run(
     });
     let messages_at_start = Metrics::get(&metrics.platform_messages);
     let started = Instant::now();
+    let go_wall = std::time::SystemTime::now();
     let _ = go_tx.send(());
     let ledgers = sims_job.await??;
     let elapsed = started.elapsed();
     let forwarded = Metrics::get(&metrics.records_forwarded);
     let ingested = Metrics::get(&metrics.platform_messages) - messages_at_start;
     let held = app.table.declarations();
+    let plc_link = app
+        .metrics
+        .links()
+        .get(&format!("plc:plc-{}", lines - 1))
+        .map(|l| (l.up, l.since));
+    // The view's gauge while the clients still stand against it.
+    let view_open = Metrics::get(&metrics.view_http.connections);
+    let idle = match idle {
+        Some(idle) => Some(idle.finish().await),
+        None => None,
+    };
     if let Some(t) = flood_task {
         t.abort();
     }
@@ -262,6 +313,35 @@ pub(super) async fn run(
         "daemon latency, scanner frame received → PLC-acknowledged divert (HDR histogram, within 1%): {}",
         metrics.decision_latency.percentiles()
     );
+    if let Some(idle) = idle {
+        let v = &metrics.view_http;
+        println!(
+            "staff view meanwhile: {idle}; the view held {view_open} connections at the end, reached its limit {} times, timed out {}",
+            Metrics::get(&v.connection_limit_reached),
+            Metrics::get(&v.timed_out),
+        );
+    }
+    if plc_restart {
+        let down_at = go_wall + Duration::from_secs_f64(seconds as f64 / 2.0);
+        let back_at = down_at + Duration::from_secs_f64(PLC_DOWN_S);
+        let line = lines - 1;
+        match plc_link {
+            Some((true, since)) if since >= down_at => println!(
+                "PLC restart on L{line}: link up again {:.0} ms after the PLC came back",
+                since
+                    .duration_since(back_at)
+                    .map(|d| d.as_secs_f64() * 1000.0)
+                    .unwrap_or(0.0)
+            ),
+            Some((true, _)) => {
+                println!(
+                    "PLC restart on L{line}: link up since before the restart (never seen down)"
+                )
+            }
+            Some((false, _)) => println!("PLC restart on L{line}: NOT reconnected, link down"),
+            None => println!("PLC restart on L{line}: no link state"),
+        }
+    }
     if xray {
         println!(
             "X-ray on L0: {} verdicts, {} joined to parcels, {} parcels without a verdict by their deadline; {} images ingested, {} with errors",
