@@ -257,18 +257,42 @@ pub(super) async fn run(
     });
     let messages_at_start = Metrics::get(&metrics.platform_messages);
     let started = Instant::now();
-    let go_wall = std::time::SystemTime::now();
     let _ = go_tx.send(());
+    // The restarted PLC's link, watched while the lines run (once they end, the simulators
+    // close and every link goes down): when it went down, when it came up again.
+    let link_watch = plc_restart.then(|| {
+        let metrics = metrics.clone();
+        let name = format!("plc:plc-{}", lines - 1);
+        let fault_at = Duration::from_secs_f64(seconds as f64 / 2.0);
+        tokio::spawn(async move {
+            let mut down_at: Option<Duration> = None;
+            loop {
+                let up = metrics.links().get(&name).map(|l| l.up);
+                match (up, down_at) {
+                    // Only the restart counts, not the link's first connect.
+                    (Some(false), None) if started.elapsed() >= fault_at => {
+                        down_at = Some(started.elapsed())
+                    }
+                    (Some(true), Some(d)) => return (d, started.elapsed()),
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    });
     let ledgers = sims_job.await??;
     let elapsed = started.elapsed();
     let forwarded = Metrics::get(&metrics.records_forwarded);
     let ingested = Metrics::get(&metrics.platform_messages) - messages_at_start;
     let held = app.table.declarations();
-    let plc_link = app
-        .metrics
-        .links()
-        .get(&format!("plc:plc-{}", lines - 1))
-        .map(|l| (l.up, l.since));
+    let plc_link = match link_watch {
+        Some(w) if w.is_finished() => w.await.ok(),
+        Some(w) => {
+            w.abort();
+            None
+        }
+        None => None,
+    };
     // The view's gauge while the clients still stand against it.
     let view_open = Metrics::get(&metrics.view_http.connections);
     let idle = match idle {
@@ -322,24 +346,16 @@ pub(super) async fn run(
         );
     }
     if plc_restart {
-        let down_at = go_wall + Duration::from_secs_f64(seconds as f64 / 2.0);
-        let back_at = down_at + Duration::from_secs_f64(PLC_DOWN_S);
         let line = lines - 1;
+        let back_at = seconds as f64 / 2.0 + PLC_DOWN_S;
         match plc_link {
-            Some((true, since)) if since >= down_at => println!(
-                "PLC restart on L{line}: link up again {:.0} ms after the PLC came back",
-                since
-                    .duration_since(back_at)
-                    .map(|d| d.as_secs_f64() * 1000.0)
-                    .unwrap_or(0.0)
+            Some((down, up)) => println!(
+                "PLC restart on L{line}: link down at {:.2} s, up again at {:.2} s ({:.0} ms after the PLC came back at {back_at:.1} s)",
+                down.as_secs_f64(),
+                up.as_secs_f64(),
+                (up.as_secs_f64() - back_at) * 1000.0
             ),
-            Some((true, _)) => {
-                println!(
-                    "PLC restart on L{line}: link up since before the restart (never seen down)"
-                )
-            }
-            Some((false, _)) => println!("PLC restart on L{line}: NOT reconnected, link down"),
-            None => println!("PLC restart on L{line}: no link state"),
+            None => println!("PLC restart on L{line}: NOT reconnected while the lines ran"),
         }
     }
     if xray {
