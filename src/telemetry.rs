@@ -23,7 +23,7 @@ pub enum LogFormat {
 }
 
 /// Log lines that may wait for the writer thread before new ones are dropped.
-pub const QUEUED_LINES: usize = 65_536;
+pub const QUEUED_LINES: usize = 16_384;
 
 /// The writer's count of dropped lines, once [`init`] has installed it.
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
@@ -33,7 +33,8 @@ pub fn dropped_lines() -> u64 {
     DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
 }
 
-/// Keeps the writer thread; dropping it writes out what is queued (the end of `main`).
+/// Keeps the writer thread; dropping it (the end of `main`) gives the thread about a second
+/// to write out what is queued; lines still queued then are lost.
 #[must_use = "the log's writer thread stops when this is dropped"]
 pub struct LogGuard {
     _writer: Option<WorkerGuard>,

@@ -16,10 +16,8 @@
 //!   a purge or a flood of browser connections makes it, the floor thread's parcels are not
 //!   behind it in any queue.
 //!
-//! - **Background threads** never hold up the others: the chain check at start runs at idle
-//!   priority ([`when_idle`]) and stops at shutdown; log lines are written by the log's own
-//!   thread (`crate::telemetry`), so a thread that logs, the floor thread included, never waits
-//!   on stderr or journald.
+//! - **The log's thread** writes log lines (`crate::telemetry`): a thread that logs, the floor
+//!   thread included, never waits on stderr or journald.
 //!
 //! The floor, journal and uplink threads are each a single-threaded tokio runtime on its own
 //! OS thread: tasks spawned on it keep their timers and I/O there. Channels between runtimes
@@ -198,31 +196,6 @@ pub fn yield_to_floor() {
         let now = libc::getpriority(libc::PRIO_PROCESS, tid);
         libc::setpriority(libc::PRIO_PROCESS, tid, (now + MAIN_NICE).min(19));
     }
-}
-
-/// Runs `work` on a thread of its own under `SCHED_IDLE` (Linux; elsewhere at normal
-/// priority): it gets a CPU only when no other thread of any priority wants it, and almost
-/// nothing of a busy one. For long background work no deadline depends on, such as the
-/// chain check at start, which would otherwise take a share of the CPU from a backlog drain.
-/// The result arrives on the returned channel; `Err` if the thread cannot be started.
-pub fn when_idle<T, F>(name: &str, work: F) -> std::io::Result<oneshot::Receiver<T>>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    let (tx, rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            #[cfg(target_os = "linux")]
-            // SAFETY: a plain system call on the calling thread (pid 0) with a valid param.
-            unsafe {
-                let param = libc::sched_param { sched_priority: 0 };
-                libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
-            }
-            let _ = tx.send(work());
-        })?;
-    Ok(rx)
 }
 
 /// Real-time priority of the floor thread when the process may use it (`LimitRTPRIO` or

@@ -130,12 +130,11 @@ pub(super) const CHECK_AFTER_BACKLOG: u64 = 10_000;
 pub(super) const CHECK_DEFER_MAX: Duration = Duration::from_secs(600);
 
 /// Raises `journal_chain_broken` for the head and anchor tag problems found at start, then
-/// walks the whole chain on a thread of its own at idle priority (off the decision path and
-/// out of a backlog drain's way: lines and uplink run meanwhile) and raises it for what the
-/// walk finds. While the uplink drains a backlog of more than [`CHECK_AFTER_BACKLOG`]
-/// records, the walk waits (at most [`CHECK_DEFER_MAX`]): even at idle priority it reads the
-/// whole store through the caches the drain works in (BENCHMARKS.md: a few percent of the
-/// drain rate). The walk ends early once `stop` is cancelled; the handle ends with it.
+/// walks the whole chain on a blocking thread (off the decision path: lines run meanwhile)
+/// and raises it for what the walk finds. While the uplink drains a backlog of more than
+/// [`CHECK_AFTER_BACKLOG`] records, the walk waits (at most [`CHECK_DEFER_MAX`]): it reads
+/// and hashes the whole store, and took a sixth of the CPU from a drain (BENCHMARKS.md). The
+/// walk ends early once `stop` is cancelled; the handle ends with it.
 pub(super) fn check_chain(
     journal: &Journal,
     gateway: &str,
@@ -181,20 +180,20 @@ pub(super) fn check_chain(
     }
     let journal = journal.clone();
     tokio::spawn(async move {
-        let started = Instant::now();
-        while backlog() > CHECK_AFTER_BACKLOG && started.elapsed() < CHECK_DEFER_MAX {
+        let waiting = Instant::now();
+        while backlog() > CHECK_AFTER_BACKLOG && waiting.elapsed() < CHECK_DEFER_MAX {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
-        // Idle priority: the check hashes the whole store, and no deadline depends on it.
-        let walked = match crate::threads::when_idle("bondline-chain-check", move || {
-            journal.verify_running(&stop)
-        }) {
-            Ok(rx) => rx.await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        // On a blocking thread of the main runtime (nice +10). Not at idle priority: sled's
+        // reads hold its store-wide lock for reading, and a reader starved of the CPU inside one
+        // would hold up the journal writer's commits, and with them releases.
+        let started = Instant::now();
+        let walked = tokio::task::spawn_blocking(move || journal.verify_running(&stop))
+            .await
+            .map_err(|e| e.to_string());
         match walked {
             Ok(Ok(report)) if report.ok() => {
                 info!(records = report.checked, took = ?started.elapsed(), "journal chain checked: whole");

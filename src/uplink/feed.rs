@@ -20,8 +20,8 @@ use crate::metrics::Metrics;
 const ALARMS_PER_ROUND: usize = 8;
 
 /// Parks `seq`: out of the outbox, kept in the journal, reported. The sled write runs on a
-/// blocking thread (the uplink's thread runs no sled work); the caller waits for it, so a
-/// record is parked before anything after it is read from the outbox.
+/// blocking thread (the uplink's thread runs no sled work); the caller waits for it, so the
+/// feeder sends nothing more until the record is parked.
 pub(super) async fn park(
     journal: &Journal,
     metrics: &Metrics,

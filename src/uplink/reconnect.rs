@@ -35,7 +35,7 @@ impl Uplink {
             let mut anomalies = std::mem::replace(&mut self.anomalies, mpsc::channel(1).1);
             let end = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.session(&mut anomalies, read_limit) => r,
+                r = self.session(&mut anomalies, read_limit, suspect.map(|(seq, _)| seq)) => r,
             };
             read_limit = read_limit_after(self.config.max_incoming_bytes, end.oversized);
             self.anomalies = anomalies;

@@ -110,16 +110,22 @@ impl Uplink {
     }
 
     /// One connection, until it fails.
+    /// `careful`: the last session ended right after this record was sent (a poison
+    /// suspect). This one then sends one record at a time until that record is acknowledged,
+    /// so that if the broker cuts it again, the record it cut on is the only one in flight
+    /// (with a full window the acknowledge of the record before it can be lost in the cut,
+    /// and that record would be taken for the culprit).
     pub(super) async fn session(
         &self,
         anomalies: &mut mpsc::Receiver<Anomaly>,
         read_limit: usize,
+        careful: Option<u64>,
     ) -> SessionEnd {
         let started = Instant::now();
         let pending = Arc::new(Mutex::new(Pending::default()));
         let clearer = Clearer::start(self.journal.clone(), self.metrics.clone());
         let (reason, cause) = self
-            .connection(&pending, &clearer, anomalies, read_limit)
+            .connection(&pending, &clearer, anomalies, read_limit, careful)
             .await;
         // PUBACKs received before the end still clear their records.
         clearer.clear(&pending);
@@ -156,6 +162,7 @@ impl Uplink {
         clearer: &Clearer,
         anomalies: &mut mpsc::Receiver<Anomaly>,
         read_limit: usize,
+        mut careful: Option<u64>,
     ) -> (String, EndCause) {
         let options = match self.options(read_limit) {
             Ok(o) => o,
@@ -167,7 +174,12 @@ impl Uplink {
             }
         };
         let (client, mut events) = AsyncClient::new(options, self.request_queue());
-        let window = Arc::new(Semaphore::new(self.config.inflight as usize));
+        let full_window = self.config.inflight as usize;
+        let window = Arc::new(Semaphore::new(if careful.is_some() {
+            1
+        } else {
+            full_window
+        }));
         let feeder_stop = CancellationToken::new();
         let _stop_feeder = feeder_stop.clone().drop_guard();
         let feeder_failed = CancellationToken::new();
@@ -382,12 +394,16 @@ impl Uplink {
                         let full = {
                             let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
                             match p.acknowledged(ack.pkid) {
-                                Some(Some(seq)) => Some(p.queue_clear(seq)),
+                                Some(Some(seq)) => Some((seq, p.queue_clear(seq))),
                                 _ => None,
                             }
                         };
-                        if let Some(full) = full {
+                        if let Some((seq, full)) = full {
                             window.add_permits(1);
+                            if careful.is_some_and(|suspect| seq >= suspect) {
+                                careful = None;
+                                window.add_permits(full_window.saturating_sub(1));
+                            }
                             if full {
                                 clear_at = None;
                                 clearer.clear(pending);
