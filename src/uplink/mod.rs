@@ -24,7 +24,9 @@
 //! Records the broker will not take are *parked*, never dropped: a record larger than
 //! `max_packet_kib` is parked before it is sent; a record that is the oldest unacknowledged
 //! one when [`POISON_SESSIONS`] sessions in a row end (a broker that closes the connection on
-//! a packet it refuses) is parked too. Parked records stay in the journal, raise an alarm and
+//! a packet it refuses) is parked too; after one such session the next sends one record at a
+//! time until past the suspect, so the culprit is the only record in flight when it is cut
+//! again. Parked records stay in the journal, raise an alarm and
 //! go out again with `bondline journal replay`. MQTT 3.1.1 gives a broker no way to say "I
 //! dropped this" in a PUBACK, so a broker configured to acknowledge and discard oversized
 //! messages (Mosquitto's `message_size_limit`) cannot be detected: set `max_packet_kib` at or
