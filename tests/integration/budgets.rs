@@ -165,36 +165,15 @@ async fn an_idle_connection_flood_leaves_descriptors_for_the_plc() {
         soft >= 1_300,
         "the test needs 1,300 descriptors, the hard limit is {soft}"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
-    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
-    let platform = PlatformSim::connect(broker, PREFIX, "platform-budgets")
-        .await
-        .unwrap();
-    let plan = Plan::with_mix(41, Mix::only(PlanKind::Undeclared));
-    let floor = floor(plan, 20.0, None).await;
-    let view_port = loopback_port();
-    let state = dir.path().join("journal");
-    let text = config_text(
-        &state,
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(floor.scanner),
-            plc: floor.plc,
-        },
-    ) + &format!(
-        "\n[view]\nlisten = \"127.0.0.1:{view_port}\"\nmax_connections = 5000\nmax_event_streams = 8\nheader_timeout_s = 60\n"
-    );
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
-    let log = dir.path().join("daemon.log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bondline"));
-    cmd.args(["--log-format", "text", "run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
+    let line = BinaryLine::start(
+        41,
+        "platform-budgets",
+        "max_connections = 5000\nmax_event_streams = 8\nheader_timeout_s = 60\n",
+    )
+    .await;
+    let (floor, view) = (&line.floor, line.view);
+    let log = line.dir.path().join("daemon.log");
+    let mut cmd = line.command("warn", std::fs::File::create(&log).unwrap());
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -203,13 +182,7 @@ async fn an_idle_connection_flood_leaves_descriptors_for_the_plc() {
         });
     }
     let mut daemon = KillOnDrop(cmd.spawn().expect("start bondline"));
-    let acked = |since_ms: u64| {
-        platform
-            .records()
-            .iter()
-            .filter(|r| r.scanned_at_ms >= since_ms && r.divert.status == DivertStatus::Acked)
-            .count()
-    };
+    let acked = |since_ms: u64| line.acked(since_ms);
     assert!(
         wait_until(Duration::from_secs(20), || acked(0) >= 5).await,
         "no acknowledged diverts before the flood"
@@ -226,7 +199,6 @@ async fn an_idle_connection_flood_leaves_descriptors_for_the_plc() {
         .unwrap_or(4096)
         .min(1024)
         + 1;
-    let view = SocketAddr::from(([127, 0, 0, 1], view_port));
     let attempts = (0..1_100 + queue).map(|_| async move {
         tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(view))
             .await
@@ -281,48 +253,17 @@ async fn an_idle_connection_flood_leaves_descriptors_for_the_plc() {
 /// floor thread, sooner or later) blocked for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_nobody_reads_never_stops_the_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
-    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
-    let platform = PlatformSim::connect(broker, PREFIX, "platform-log")
-        .await
-        .unwrap();
-    let plan = Plan::with_mix(43, Mix::only(PlanKind::Undeclared));
-    let floor = floor(plan, 20.0, None).await;
-    let view_port = loopback_port();
-    let state = dir.path().join("journal");
-    let text = config_text(
-        &state,
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(floor.scanner),
-            plc: floor.plc,
-        },
-    ) + &format!("\n[view]\nlisten = \"127.0.0.1:{view_port}\"\n");
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
+    let line = BinaryLine::start(43, "platform-log", "").await;
+    let view = line.view;
     // The read end stays open and is never read: writes to the other end block once it is
     // full, exactly like a stalled journald.
     let (_unread, stderr) = nix::unistd::pipe().unwrap();
     let daemon = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_bondline"))
-            .args(["--log-format", "text", "run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::null())
-            .stderr(stderr)
+        line.command("trace", stderr)
             .spawn()
             .expect("start bondline"),
     );
-    let view = SocketAddr::from(([127, 0, 0, 1], view_port));
-    let acked = |since_ms: u64| {
-        platform
-            .records()
-            .iter()
-            .filter(|r| r.scanned_at_ms >= since_ms && r.divert.status == DivertStatus::Acked)
-            .count()
-    };
+    let acked = |since_ms: u64| line.acked(since_ms);
     // The pipe is full within the first second at trace level; what the line does after
     // the first lines were dropped is what counts.
     assert!(
@@ -340,8 +281,75 @@ async fn a_log_nobody_reads_never_stops_the_line() {
     );
     // Not asserted: deadlines. Formatting trace-level lines costs every thread CPU, and on a
     // loaded CI machine that may make a divert late without anything having waited.
-    floor.stop_scanner.cancel();
+    line.floor.stop_scanner.cancel();
     drop(daemon);
+}
+
+/// A line on real parts for the daemon binary: Mosquitto, the platform, a floor of
+/// undeclared parcels at 20/s, and the daemon's config with the staff view on `view` (plus
+/// `view_extra` in `[view]`). Fields drop in order: the directory last.
+struct BinaryLine {
+    platform: PlatformSim,
+    floor: crate::harness::Floor,
+    _mosquitto: Mosquitto,
+    config: std::path::PathBuf,
+    view: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl BinaryLine {
+    async fn start(seed: u64, client: &str, view_extra: &str) -> BinaryLine {
+        let dir = tempfile::tempdir().unwrap();
+        let mosquitto = Mosquitto::start(dir.path()).await;
+        let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+        let platform = PlatformSim::connect(broker, PREFIX, client).await.unwrap();
+        let floor = floor(
+            Plan::with_mix(seed, Mix::only(PlanKind::Undeclared)),
+            20.0,
+            None,
+        )
+        .await;
+        let view_port = loopback_port();
+        let text = config_text(
+            &dir.path().join("journal"),
+            mosquitto.port,
+            PREFIX,
+            &LineDevices {
+                scanner: ScannerAt::Tcp(floor.scanner),
+                plc: floor.plc,
+            },
+        ) + &format!("\n[view]\nlisten = \"127.0.0.1:{view_port}\"\n{view_extra}");
+        let config = dir.path().join("bondline.toml");
+        std::fs::write(&config, text).unwrap();
+        BinaryLine {
+            platform,
+            floor,
+            _mosquitto: mosquitto,
+            config,
+            view: SocketAddr::from(([127, 0, 0, 1], view_port)),
+            dir,
+        }
+    }
+
+    /// `bondline run` on the config, logging at `rust_log` to `stderr`.
+    fn command(&self, rust_log: &str, stderr: impl Into<Stdio>) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bondline"));
+        cmd.args(["--log-format", "text", "run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        cmd
+    }
+
+    /// Parcels scanned since `since_ms` whose divert the PLC acknowledged.
+    fn acked(&self, since_ms: u64) -> usize {
+        self.platform
+            .records()
+            .iter()
+            .filter(|r| r.scanned_at_ms >= since_ms && r.divert.status == DivertStatus::Acked)
+            .count()
+    }
 }
 
 struct KillOnDrop(std::process::Child);
