@@ -167,7 +167,7 @@ async fn connection<I>(
         });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(budget.header_timeout)
+        .header_read_timeout(spread(budget.header_timeout))
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut check = tokio::time::interval(budget.idle_timeout.min(Duration::from_secs(1)));
@@ -275,5 +275,31 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// A connection's header timeout: drawn between three quarters of the budget and the budget.
+/// Connections opened together (a flood, a port scan, a wall of browsers after a restart)
+/// then do not all time out, close and let the next ones in within the same millisecond,
+/// which would be one burst of kernel and runtime work for every thread of the gateway.
+fn spread(timeout: Duration) -> Duration {
+    use rand::Rng as _;
+    timeout.mul_f64(rand::thread_rng().gen_range(0.75..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_timeout_is_never_longer_than_the_budget() {
+        let budget = Duration::from_secs(10);
+        let drawn: Vec<Duration> = (0..1000).map(|_| spread(budget)).collect();
+        assert!(drawn
+            .iter()
+            .all(|d| *d >= budget.mul_f64(0.75) && *d <= budget));
+        // Spread, not one value: connections opened together close over 2.5 s.
+        let (min, max) = (drawn.iter().min().unwrap(), drawn.iter().max().unwrap());
+        assert!(*max - *min > Duration::from_secs(2), "{min:?}..{max:?}");
     }
 }
