@@ -65,6 +65,10 @@ enum EndCause {
 /// events (see [`Uplink::request_queue`]): subscriptions and the odd request on top.
 const REQUEST_SLACK: usize = 64;
 
+/// Requests the client writes to the connection before one flush at most: while a backlog
+/// drains, the records the feeder queued since the last write (bounded by the window anyway).
+const REQUEST_BATCH: usize = 64;
+
 /// A record unacknowledged this long on a live connection means the broker has stopped
 /// acknowledging: the session is ended and an alarm raised.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -84,7 +88,9 @@ impl Uplink {
             // acknowledges queued behind it (the client stops taking requests when full).
             .set_inflight(c.inflight.saturating_add(ingest::EVENT_ROOM as u16))
             .set_max_packet_size(read_limit, c.max_packet_bytes)
-            .set_request_channel_capacity(self.request_queue());
+            .set_request_channel_capacity(self.request_queue())
+            // Records queued by the feeder go out in one write, not one system call each.
+            .set_max_request_batch(REQUEST_BATCH);
         if let Some(t) = &c.tls {
             o.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(t.client_config()?),
