@@ -109,6 +109,22 @@ impl App {
             Dedicated::start("bondline-journal").map_err(|e| StartError::Thread("journal", e))?;
         let uplink_thread = Dedicated::start_yielding("bondline-uplink")
             .map_err(|e| StartError::Thread("uplink", e))?;
+        let metrics = Arc::new(Metrics::default());
+        // The view's address answers from now on (see view::starting): opening a large
+        // store takes seconds, and /readyz says so meanwhile. If it cannot bind, the view's
+        // own start below fails the same way and raises the alarm.
+        let starting = config.view.as_ref().and_then(|v| {
+            crate::view::starting::Starting::start(
+                v,
+                &format!(
+                    "opening the journal store {}",
+                    config.storage.path.display()
+                ),
+                metrics.clone(),
+            )
+            .map_err(|e| warn!(error = %e, "staff view address not answering during start"))
+            .ok()
+        });
         let Opened {
             journal,
             table,
@@ -117,7 +133,9 @@ impl App {
             expected_declarations,
             chain_tags,
         } = takeover::open_store(&config)?;
-        let metrics = Arc::new(Metrics::default());
+        if let Some(s) = &starting {
+            s.phase("connecting the lines");
+        }
         metrics
             .backlog
             .store(journal.backlog_len() as u64, Ordering::Relaxed);
@@ -344,6 +362,7 @@ impl App {
                     &alarms,
                     feed,
                     &table,
+                    starting,
                 )
                 .await
             }

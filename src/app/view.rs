@@ -27,6 +27,7 @@ pub(super) async fn start_view(
     alarms: &Alarms,
     feed: broadcast::Receiver<bondline_devices::contract::Record>,
     table: &Arc<ClearanceTable>,
+    starting: Option<crate::view::starting::Starting>,
 ) -> Option<std::net::SocketAddr> {
     let ctx = crate::view::ViewCtx {
         table: table.clone(),
@@ -80,7 +81,11 @@ pub(super) async fn start_view(
         );
         view.budget.max_connections = fitted;
     }
-    match crate::view::start(&view, ctx, feed).await {
+    let bound = match starting {
+        Some(s) => Some(s.hand_over().await),
+        None => None,
+    };
+    match crate::view::start(&view, ctx, feed, bound).await {
         Ok(addr) => Some(addr),
         Err(e) => {
             alarms.raise(format!("staff view not started: {e}"));

@@ -33,6 +33,7 @@ pub mod reasons;
 mod reports;
 pub mod serve;
 pub mod shift;
+pub mod starting;
 pub mod throttle;
 pub mod tls;
 mod worklist;
@@ -200,20 +201,27 @@ impl Shared {
     }
 }
 
-/// Binds the view's address and serves it until shutdown. `feed` is the journal writer's
-/// feed of accepted records, subscribed before the writer started so no record is missed.
-/// Returns the bound address (the port is chosen when `listen` has port 0).
+/// Binds the view's address, or takes `bound` (the socket [`starting::Starting`] answered
+/// on while the daemon started), and serves it until shutdown. `feed` is the journal
+/// writer's feed of accepted records, subscribed before the writer started so no record is
+/// missed. Returns the bound address (the port is chosen when `listen` has port 0).
 pub async fn start(
     config: &ViewConfig,
     ctx: ViewCtx,
     feed: broadcast::Receiver<Record>,
+    bound: Option<std::net::TcpListener>,
 ) -> Result<SocketAddr, ViewError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ViewError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let bind = |source| ViewError::Bind {
+        addr: config.listen,
+        source,
+    };
+    // The socket [`starting::Starting`] answered on while the daemon started, if any.
+    let listener = match bound {
+        Some(l) => tokio::net::TcpListener::from_std(l).map_err(bind)?,
+        None => tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(bind)?,
+    };
     let addr = listener.local_addr().map_err(|source| ViewError::Bind {
         addr: config.listen,
         source,

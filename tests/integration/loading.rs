@@ -220,3 +220,63 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
     );
     assert_eq!(daemon.terminate(), Some(0), "{}", read_log());
 }
+
+/// A store that is slow to open (here another process holds its lock, which the daemon
+/// waits for; on a gateway, sled rebuilding the page table of a large store): the view's
+/// address answers at once, `/healthz` up and `/readyz` 503 saying the store is opening, and
+/// the same address becomes the view, ready, once the store is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_answers_while_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let setup = Setup::new(
+        dir.path(),
+        mosquitto.port,
+        ScannerAt::Tcp(scanner.local_addr().unwrap()),
+        plc,
+    )
+    .view("");
+    let (store, config, view, log) = (setup.store(), setup.write(), setup.view_addr(), setup.log());
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    std::fs::create_dir_all(&store).unwrap();
+    let held = Journal::open(&store).unwrap();
+
+    let daemon = Daemon::start(&config, &log);
+    // The daemon waits up to 10 s for the lock: the view must answer well within that.
+    let mut answer = None;
+    assert!(
+        wait_until(Duration::from_secs(8), || {
+            answer = get(view, "/readyz");
+            answer.is_some()
+        })
+        .await,
+        "{}",
+        read_log()
+    );
+    let health = get(view, "/healthz");
+    let other = get(view, "/api/health");
+    drop(held);
+    let (status, body) = answer.unwrap();
+    eprintln!("while the store was held: /readyz {status}: {body}");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("opening the journal store"), "{body}");
+    assert_eq!(health.map(|(s, _)| s), Some(200));
+    assert_eq!(other.map(|(s, _)| s), Some(503));
+
+    assert!(
+        wait_until(Duration::from_secs(60), || matches!(
+            get(view, "/readyz"),
+            Some((200, _))
+        ))
+        .await,
+        "{:?}\n{}",
+        get(view, "/readyz"),
+        read_log()
+    );
+    // The view itself now: its board's API answers.
+    assert_eq!(get(view, "/api/health").map(|(s, _)| s), Some(200));
+    assert_eq!(daemon.terminate(), Some(0), "{}", read_log());
+}
