@@ -115,9 +115,9 @@ impl App {
         // own start below fails the same way and raises the alarm.
         let starting = config.view.as_ref().and_then(|v| {
             crate::view::starting::Starting::start(
-                v,
+                &view::fitted(v, &config),
                 &format!(
-                    "opening the journal store {}",
+                    "opening the journal store {}; no parcel is decided until it is open",
                     config.storage.path.display()
                 ),
                 metrics.clone(),
@@ -134,7 +134,7 @@ impl App {
             chain_tags,
         } = takeover::open_store(&config)?;
         if let Some(s) = &starting {
-            s.phase("connecting the lines");
+            s.phase("starting the lines and the view");
         }
         metrics
             .backlog

@@ -60,27 +60,16 @@ pub(super) async fn start_view(
         accepted,
         shutdown: shutdown.clone(),
     };
-    // HTTP clients get the descriptors the devices leave (see crate::fds).
-    let mut view = view.clone();
-    let fitted = crate::fds::view_connections(
-        view.budget.max_connections,
-        crate::fds::soft_limit(),
-        config.lines.len() + config.cameras.len(),
-        config
-            .evidence
-            .upload
-            .as_ref()
-            .map_or(0, |u| u.max_connections),
-    );
-    if fitted < view.budget.max_connections {
+    let fitted = fitted(view, config);
+    if fitted.budget.max_connections < view.budget.max_connections {
         warn!(
             configured = view.budget.max_connections,
-            limit = fitted,
+            limit = fitted.budget.max_connections,
             open_files = crate::fds::soft_limit(),
             "staff view connection limit lowered to keep file descriptors for the devices; raise LimitNOFILE"
         );
-        view.budget.max_connections = fitted;
     }
+    let view = fitted;
     let bound = match starting {
         Some(s) => Some(s.hand_over().await),
         None => None,
@@ -92,4 +81,22 @@ pub(super) async fn start_view(
             None
         }
     }
+}
+
+/// The view's settings with its connection limit fitted to the file descriptors the devices
+/// leave (see crate::fds): HTTP clients get only those.
+pub(super) fn fitted(view: &crate::view::ViewConfig, config: &Config) -> crate::view::ViewConfig {
+    let mut view = view.clone();
+    view.budget.max_connections = crate::fds::view_connections(
+        view.budget.max_connections,
+        crate::fds::soft_limit(),
+        config.lines.len() + config.cameras.len(),
+        config
+            .evidence
+            .upload
+            .as_ref()
+            .map_or(0, |u| u.max_connections),
+    )
+    .min(view.budget.max_connections);
+    view
 }

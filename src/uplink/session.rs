@@ -89,7 +89,8 @@ impl Uplink {
             .set_inflight(c.inflight.saturating_add(ingest::EVENT_ROOM as u16))
             .set_max_packet_size(read_limit, c.max_packet_bytes)
             .set_request_channel_capacity(self.request_queue())
-            // Records queued by the feeder go out in one write, not one system call each.
+            // Records queued by the feeder go out together (up to this many, or about 8 KiB,
+            // per write), not one system call each.
             .set_max_request_batch(REQUEST_BATCH);
         if let Some(t) = &c.tls {
             o.set_transport(rumqttc::Transport::tls_with_config(

@@ -1,7 +1,8 @@
 //! The staff view's address while the daemon starts.
 //!
 //! Opening a large store takes time before anything else can run (sled rebuilds its page
-//! table: 14 s for a store of 10 million declarations, BENCHMARKS.md). A supervisor or a
+//! table, and after a long run first replays the log written since its last open: 4-14 s
+//! for a store of 10 million declarations, BENCHMARKS.md). A supervisor or a
 //! load balancer must not take that silence for a dead process, nor a refused connection
 //! for a stopped one. So the view's socket is bound first, and until the view itself runs
 //! a small server answers on it: `/healthz` says the process is up, `/readyz` answers 503
@@ -105,7 +106,7 @@ impl Drop for Starting {
 fn router(phase: Arc<Mutex<String>>) -> Router {
     let text = move || {
         let p = phase.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        format!("not ready: starting: {p}; parcels are not decided until the lines start\n")
+        format!("not ready: starting: {p}\n")
     };
     let readyz = {
         let text = text.clone();

@@ -124,13 +124,9 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
     // The view answers while the table loads: up, not ready, and says what it waits for
     // (before that, while the store opens, its address answers that the daemon is starting).
     let mut ready = None;
-    let mut first = None;
     assert!(
         wait_until(Duration::from_secs(20), || {
             ready = get(view, "/readyz");
-            if first.is_none() {
-                first = ready.clone();
-            }
             matches!(&ready, Some((_, b)) if !b.contains("starting"))
         })
         .await,
@@ -144,10 +140,7 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
         body.contains("clearance table loading") && body.contains("stored entries"),
         "{body}"
     );
-    assert!(
-        matches!(&first, Some((503, _))),
-        "the first answer: {first:?}"
-    );
+
     assert_eq!(get(view, "/healthz").map(|(s, _)| s), Some(200));
     eprintln!("/readyz answered 503 after {answered:?}: {body}");
 

@@ -248,11 +248,16 @@ impl EventLoop {
                     // Requests already queued go out in the same flush, as long as flow
                     // control would have let the next round take them (no pending packets
                     // from the last session, which keep their throttle; in-flight room; no
-                    // collision).
+                    // collision) and the write buffer is below the size at which writing a
+                    // packet would first flush it: a write that waits on the socket would
+                    // escape the flush timeout below, and if this future were dropped
+                    // meanwhile the packet inside it would be lost although the state
+                    // counts it as sent.
                     for _ in 1..self.mqtt_options.max_request_batch {
                         if !self.pending.is_empty()
                             || self.state.inflight >= self.mqtt_options.inflight
                             || self.state.collision.is_some()
+                            || network.write_buffer_full()
                         {
                             break;
                         }

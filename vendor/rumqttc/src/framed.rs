@@ -84,6 +84,14 @@ impl Network {
             .map_err(StateError::Deserialization)
     }
 
+    /// Whether the write buffer has reached the point where the next [`Network::write`]
+    /// would first flush it (and so wait on the socket). A caller that must not be held up
+    /// there, or dropped with a packet inside that write, stops adding packets at this
+    /// point and flushes.
+    pub fn write_buffer_full(&self) -> bool {
+        self.framed.write_buffer().len() >= self.framed.backpressure_boundary()
+    }
+
     pub async fn flush(&mut self) -> Result<(), crate::state::StateError> {
         self.framed
             .flush()
