@@ -62,6 +62,9 @@ mod session;
 pub mod session_watch;
 mod unreadable;
 
+#[cfg(test)]
+mod client_tests;
+
 use std::sync::{Arc, Mutex};
 
 use bondline_devices::contract::Anomaly;

@@ -294,6 +294,9 @@ impl Uplink {
                         }
                         continue;
                     }
+                    // Dropped on every other branch: rumqttc's poll() then loses a packet
+                    // it was writing into a full socket (client_tests); the record waits in
+                    // the outbox and goes again after ACK_TIMEOUT ends the session.
                     r = events.poll() => match r {
                         Ok(e) => e,
                         Err(e) => {
