@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bondline::journal::integrity::{default_key_file, IntegrityKey};
@@ -69,21 +70,58 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// One line with a staff view and a Mosquitto of its own: what each test here starts from.
+struct Line {
+    _dir: tempfile::TempDir,
+    mosquitto: Mosquitto,
+    /// Stops the PLC simulator when the test ends.
+    _stop: tokio_util::sync::DropGuard,
+    scanner: tokio::net::TcpListener,
+    store: PathBuf,
+    config: PathBuf,
+    view: SocketAddr,
+    log: PathBuf,
+}
+
+impl Line {
+    async fn start() -> Line {
+        let dir = tempfile::tempdir().unwrap();
+        let mosquitto = Mosquitto::start(dir.path()).await;
+        let stop = CancellationToken::new();
+        let (plc, _) = start_plc(&stop).await;
+        let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let setup = Setup::new(
+            dir.path(),
+            mosquitto.port,
+            ScannerAt::Tcp(scanner.local_addr().unwrap()),
+            plc,
+        )
+        .view("");
+        Line {
+            store: setup.store(),
+            config: setup.write(),
+            view: setup.view_addr(),
+            log: setup.log(),
+            _dir: dir,
+            mosquitto,
+            _stop: stop.drop_guard(),
+            scanner,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
-    let stop = CancellationToken::new();
-    let (plc, _) = start_plc(&stop).await;
-    let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let setup = Setup::new(
-        dir.path(),
-        mosquitto.port,
-        ScannerAt::Tcp(scanner.local_addr().unwrap()),
-        plc,
-    )
-    .view("");
-    let (store, config, view, log) = (setup.store(), setup.write(), setup.view_addr(), setup.log());
+    let Line {
+        _dir,
+        mosquitto,
+        _stop,
+        scanner,
+        store,
+        config,
+        view,
+        log,
+    } = Line::start().await;
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // The stored state a busy gateway leaves behind, tagged as the daemon tags it: every
@@ -229,19 +267,16 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
 /// the same address becomes the view, ready, once the store is open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_view_answers_while_the_store_opens() {
-    let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
-    let stop = CancellationToken::new();
-    let (plc, _) = start_plc(&stop).await;
-    let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let setup = Setup::new(
-        dir.path(),
-        mosquitto.port,
-        ScannerAt::Tcp(scanner.local_addr().unwrap()),
-        plc,
-    )
-    .view("");
-    let (store, config, view, log) = (setup.store(), setup.write(), setup.view_addr(), setup.log());
+    let Line {
+        _dir,
+        mosquitto: _mosquitto,
+        _stop,
+        scanner: _scanner,
+        store,
+        config,
+        view,
+        log,
+    } = Line::start().await;
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     std::fs::create_dir_all(&store).unwrap();
     let held = Journal::open(&store).unwrap();
