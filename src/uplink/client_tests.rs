@@ -1,13 +1,9 @@
 //! The uplink's MQTT client, batched writes included (`vendor/rumqttc/PATCHED.md`), against a
 //! broker that stops reading for a while. The session's `select!` drops the event loop's
 //! `poll()` future on every timer; a publish the client counts as sent must still reach the
-//! wire. It does not today: rumqttc 0.25's `poll()` loses the packet it is writing when it
-//! is dropped while the socket is full (with and without batched writes: 260 of 401 arrived).
-//! The session recovers (the record stays in the outbox; with no PUBACK for
-//! `ACK_TIMEOUT` the session is ended and the record sent again), but the window slot and
-//! the packet id stay taken until then. Polling the event loop from a task of its own
-//! instead was tried and dropped: during a large platform backlog its keep-alive then failed
-//! ("last pingreq isn't acked"). The test is kept, ignored, as the reproduction.
+//! wire. Upstream rumqttc 0.25 loses the packet it is writing when `poll()` is dropped while
+//! the socket is full (260 of 401 arrived here, with and without batched writes); the patched
+//! event loop flushes what an interrupted flush left before it writes anything more.
 
 use std::time::Duration;
 
@@ -64,7 +60,6 @@ async fn stalling_broker(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: rumqttc 0.25's EventLoop::poll loses the packet it is writing when dropped while the socket is full (see the module doc); kept as the reproduction until the event loop is cancel-safe"]
 async fn a_dropped_poll_loses_no_publish() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     // Small buffers on the broker's side, so the client's writes soon wait on the socket.

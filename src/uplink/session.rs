@@ -294,9 +294,8 @@ impl Uplink {
                         }
                         continue;
                     }
-                    // Dropped on every other branch: rumqttc's poll() then loses a packet
-                    // it was writing into a full socket (client_tests); the record waits in
-                    // the outbox and goes again after ACK_TIMEOUT ends the session.
+                    // Dropped on every other branch: the patched client's poll() is
+                    // cancel-safe for the packets it writes (client_tests).
                     r = events.poll() => match r {
                         Ok(e) => e,
                         Err(e) => {

@@ -194,6 +194,17 @@ impl EventLoop {
             return Ok(event);
         }
 
+        // What an interrupted flush left in the write buffer goes out before anything more is
+        // written, so that no write below waits on the socket (writing into a buffer past its
+        // boundary flushes first), and a `poll()` future dropped while the socket is full
+        // loses no packet: a flush is cancel-safe, what it did not write stays buffered.
+        if network.write_buffer_pending() {
+            match time::timeout(network_timeout, network.flush()).await {
+                Ok(inner) => inner?,
+                Err(_) => return Err(ConnectionError::FlushTimeout),
+            };
+        }
+
         let mut no_sleep = Box::pin(time::sleep(Duration::ZERO));
         // this loop is necessary since self.incoming.pop_front() might return None. In that case,
         // instead of returning a None event, we try again.

@@ -92,6 +92,11 @@ impl Network {
         self.framed.write_buffer().len() >= self.framed.backpressure_boundary()
     }
 
+    /// Whether bytes wait in the write buffer (a flush was interrupted).
+    pub fn write_buffer_pending(&self) -> bool {
+        !self.framed.write_buffer().is_empty()
+    }
+
     pub async fn flush(&mut self) -> Result<(), crate::state::StateError> {
         self.framed
             .flush()
