@@ -759,3 +759,73 @@ pub fn metric(view: std::net::SocketAddr, name: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// GET `path` from a staff view over plain HTTP: status and body, or `None` when nothing
+/// answers.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((status, body))
+}
+
+/// Whether the staff view at `view` answers `/readyz` with 200 within `within`.
+pub async fn view_ready(view: std::net::SocketAddr, within: Duration) -> bool {
+    wait_until(within, || {
+        matches!(http_get(view, "/readyz"), Some((200, _)))
+    })
+    .await
+}
+
+/// One line with a staff view, a scanner socket the test accepts on, a PLC simulator and a
+/// Mosquitto of its own, configured but not started: the daemon runs from `config`.
+pub struct ViewLine {
+    pub dir: tempfile::TempDir,
+    pub mosquitto: Mosquitto,
+    pub scanner: tokio::net::TcpListener,
+    pub store: PathBuf,
+    pub config: PathBuf,
+    pub view: std::net::SocketAddr,
+    pub log: PathBuf,
+    /// Stops the PLC simulator when the test ends.
+    pub stop: tokio_util::sync::DropGuard,
+}
+
+impl ViewLine {
+    pub async fn start() -> ViewLine {
+        let dir = tempfile::tempdir().unwrap();
+        let mosquitto = Mosquitto::start(dir.path()).await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (plc, _) = start_plc(&stop).await;
+        let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let setup = Setup::new(
+            dir.path(),
+            mosquitto.port,
+            ScannerAt::Tcp(scanner.local_addr().unwrap()),
+            plc,
+        )
+        .view("");
+        ViewLine {
+            store: setup.store(),
+            config: setup.write(),
+            view: setup.view_addr(),
+            log: setup.log(),
+            dir,
+            mosquitto,
+            scanner,
+            stop: stop.drop_guard(),
+        }
+    }
+}

@@ -3,8 +3,7 @@
 //! consistent rewrite of the journal's chain fails `journal verify` and raises an alarm at
 //! start while the line keeps deciding.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,9 +15,8 @@ use bondline_devices::contract::{
 };
 use bondline_simulators::platform::PlatformSim;
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::{start_plc, stx_etx, wait_until, Daemon, Mosquitto, ScannerAt, Setup};
+use crate::harness::{http_get, stx_etx, view_ready, wait_until, Daemon, Mosquitto, ViewLine};
 
 const PREFIX: &str = "bondline/test-gw";
 
@@ -49,25 +47,6 @@ fn instruction(w: &str, id: &str, action: Action) -> Instruction {
         issued_at_ms: Some(1),
         signature: None,
     }
-}
-
-/// GET `path` from the staff view: status and body.
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Some((status, body))
 }
 
 fn bondline(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
@@ -101,30 +80,27 @@ struct Line {
     scanner: tokio::net::TcpListener,
     platform: PlatformSim,
     _mosquitto: Mosquitto,
-    _stop: CancellationToken,
+    _stop: tokio_util::sync::DropGuard,
 }
 
 async fn line() -> Line {
-    let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
-    let stop = CancellationToken::new();
-    let (plc, _) = start_plc(&stop).await;
-    let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let setup = Setup::new(
-        dir.path(),
-        mosquitto.port,
-        ScannerAt::Tcp(scanner.local_addr().unwrap()),
-        plc,
-    )
-    .view("");
-    let (store, config, view) = (setup.store(), setup.write(), setup.view_addr());
+    let ViewLine {
+        dir,
+        mosquitto,
+        scanner,
+        store,
+        config,
+        view,
+        log,
+        stop,
+    } = ViewLine::start().await;
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let platform = PlatformSim::connect(broker, PREFIX, "platform-integrity")
         .await
         .unwrap();
     Line {
         store,
-        log: setup.log(),
+        log,
         config,
         view,
         scanner,
@@ -173,7 +149,7 @@ impl Line {
     async fn wait_not_ready(&self, containing: &str) -> String {
         let mut last = None;
         let ok = wait_until(Duration::from_secs(30), || {
-            last = get(self.view, "/readyz");
+            last = http_get(self.view, "/readyz");
             matches!(&last, Some((503, body)) if body.contains(containing))
         })
         .await;
@@ -267,10 +243,7 @@ async fn a_consistent_rewrite_of_the_chain_fails_verify_and_alarms_while_the_lin
     // A fresh store: the daemon creates the key (mode 0600) and is ready.
     let daemon = Daemon::start(&line.config, &line.log);
     let key_file = default_key_file(&line.store);
-    let ready = wait_until(Duration::from_secs(30), || {
-        matches!(get(line.view, "/readyz"), Some((200, _)))
-    })
-    .await;
+    let ready = view_ready(line.view, Duration::from_secs(30)).await;
     assert!(ready, "{}", line.read_log());
     {
         use std::os::unix::fs::PermissionsExt;
@@ -348,7 +321,7 @@ async fn a_consistent_rewrite_of_the_chain_fails_verify_and_alarms_while_the_lin
     })
     .await;
     assert!(alarmed, "{:?}", line.platform.events());
-    let health = get(line.view, "/api/health").unwrap().1;
+    let health = http_get(line.view, "/api/health").unwrap().1;
     assert!(health.contains("journal integrity"), "{health}");
     assert_eq!(daemon.terminate(), Some(0), "{}", line.read_log());
 
@@ -373,14 +346,11 @@ async fn an_untagged_store_is_adopted_at_the_start_that_creates_the_key_and_an_o
     let key_file = default_key_file(&line.store);
     assert!(!key_file.exists());
     let daemon = Daemon::start(&line.config, &line.log);
-    let ready = wait_until(Duration::from_secs(30), || {
-        matches!(get(line.view, "/readyz"), Some((200, _)))
-    })
-    .await;
+    let ready = view_ready(line.view, Duration::from_secs(30)).await;
     assert!(
         ready,
         "{:?}\n{}",
-        get(line.view, "/readyz"),
+        http_get(line.view, "/readyz"),
         line.read_log()
     );
     assert_eq!(line.scan(&["ADOPT01"]).await, vec![LaneRole::Release]);

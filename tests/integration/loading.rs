@@ -3,9 +3,7 @@
 //! waybill whose state is not loaded yet fail closed (hold, `state_loading`), and once the
 //! table is loaded decides the same waybill as its stored state says.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bondline::journal::integrity::{default_key_file, IntegrityKey};
@@ -13,9 +11,8 @@ use bondline::journal::Journal;
 use bondline_devices::contract::{Action, Declaration, Instruction, LaneRole, SCHEMA};
 use bondline_simulators::platform::PlatformSim;
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::{start_plc, stx_etx, wait_until, Daemon, Mosquitto, ScannerAt, Setup};
+use crate::harness::{http_get, stx_etx, view_ready, wait_until, Daemon, ViewLine};
 
 const PREFIX: &str = "bondline/test-gw";
 /// Declarations stored before the restart: as many as a debug build stores in some 20 s,
@@ -51,77 +48,18 @@ fn release(w: &str, id: &str) -> Instruction {
     }
 }
 
-/// GET `path` from the staff view: status and body.
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Some((status, body))
-}
-
-/// One line with a staff view and a Mosquitto of its own: what each test here starts from.
-struct Line {
-    _dir: tempfile::TempDir,
-    mosquitto: Mosquitto,
-    /// Stops the PLC simulator when the test ends.
-    _stop: tokio_util::sync::DropGuard,
-    scanner: tokio::net::TcpListener,
-    store: PathBuf,
-    config: PathBuf,
-    view: SocketAddr,
-    log: PathBuf,
-}
-
-impl Line {
-    async fn start() -> Line {
-        let dir = tempfile::tempdir().unwrap();
-        let mosquitto = Mosquitto::start(dir.path()).await;
-        let stop = CancellationToken::new();
-        let (plc, _) = start_plc(&stop).await;
-        let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let setup = Setup::new(
-            dir.path(),
-            mosquitto.port,
-            ScannerAt::Tcp(scanner.local_addr().unwrap()),
-            plc,
-        )
-        .view("");
-        Line {
-            store: setup.store(),
-            config: setup.write(),
-            view: setup.view_addr(),
-            log: setup.log(),
-            _dir: dir,
-            mosquitto,
-            _stop: stop.drop_guard(),
-            scanner,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_them() {
-    let Line {
-        _dir,
+    let ViewLine {
+        dir: _dir,
         mosquitto,
-        _stop,
+        stop: _stop,
         scanner,
         store,
         config,
         view,
         log,
-    } = Line::start().await;
+    } = ViewLine::start().await;
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // The stored state a busy gateway leaves behind, tagged as the daemon tags it: every
@@ -164,7 +102,7 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
     let mut ready = None;
     assert!(
         wait_until(Duration::from_secs(20), || {
-            ready = get(view, "/readyz");
+            ready = http_get(view, "/readyz");
             matches!(&ready, Some((_, b)) if !b.contains("starting"))
         })
         .await,
@@ -179,7 +117,7 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
         "{body}"
     );
 
-    assert_eq!(get(view, "/healthz").map(|(s, _)| s), Some(200));
+    assert_eq!(http_get(view, "/healthz").map(|(s, _)| s), Some(200));
     eprintln!("/readyz answered 503 after {answered:?}: {body}");
 
     // A parcel of a released waybill, scanned while its state is not loaded: held.
@@ -190,7 +128,7 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
     let framing = stx_etx();
     stream.write_all(&framing.encode("LOAD-REL")).await.unwrap();
     // Still loading after the scan: the parcel was decided before the load ended.
-    let still = get(view, "/readyz");
+    let still = http_get(view, "/readyz");
     assert!(
         matches!(&still, Some((503, b)) if b.contains("clearance table loading")),
         "the load ended before the scan could be decided during it: {still:?}"
@@ -198,13 +136,9 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
 
     // The load ends: ready, and the same waybill is now released.
     assert!(
-        wait_until(Duration::from_secs(300), || matches!(
-            get(view, "/readyz"),
-            Some((200, _))
-        ))
-        .await,
+        view_ready(view, Duration::from_secs(300)).await,
         "{:?}\n{}",
-        get(view, "/readyz"),
+        http_get(view, "/readyz"),
         read_log()
     );
     eprintln!("loaded and ready after {:?}", started.elapsed());
@@ -267,16 +201,16 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
 /// the same address becomes the view, ready, once the store is open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_view_answers_while_the_store_opens() {
-    let Line {
-        _dir,
+    let ViewLine {
+        dir: _dir,
         mosquitto: _mosquitto,
-        _stop,
+        stop: _stop,
         scanner: _scanner,
         store,
         config,
         view,
         log,
-    } = Line::start().await;
+    } = ViewLine::start().await;
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     std::fs::create_dir_all(&store).unwrap();
     let held = Journal::open(&store).unwrap();
@@ -286,15 +220,15 @@ async fn the_view_answers_while_the_store_opens() {
     let mut answer = None;
     assert!(
         wait_until(Duration::from_secs(8), || {
-            answer = get(view, "/readyz");
+            answer = http_get(view, "/readyz");
             answer.is_some()
         })
         .await,
         "{}",
         read_log()
     );
-    let health = get(view, "/healthz");
-    let other = get(view, "/api/health");
+    let health = http_get(view, "/healthz");
+    let other = http_get(view, "/api/health");
     drop(held);
     let (status, body) = answer.unwrap();
     eprintln!("while the store was held: /readyz {status}: {body}");
@@ -304,16 +238,12 @@ async fn the_view_answers_while_the_store_opens() {
     assert_eq!(other.map(|(s, _)| s), Some(503));
 
     assert!(
-        wait_until(Duration::from_secs(60), || matches!(
-            get(view, "/readyz"),
-            Some((200, _))
-        ))
-        .await,
+        view_ready(view, Duration::from_secs(60)).await,
         "{:?}\n{}",
-        get(view, "/readyz"),
+        http_get(view, "/readyz"),
         read_log()
     );
     // The view itself now: its board's API answers.
-    assert_eq!(get(view, "/api/health").map(|(s, _)| s), Some(200));
+    assert_eq!(http_get(view, "/api/health").map(|(s, _)| s), Some(200));
     assert_eq!(daemon.terminate(), Some(0), "{}", read_log());
 }
