@@ -121,8 +121,11 @@ fn parse_update(u: &RuleSetUpdate) -> Result<RuleSet, RuleSetError> {
 impl Policy {
     /// Picks the rule set in force at start: `configured` (the validated rule file or the
     /// built-in set) unless the platform's set was in force at the last stop and the file is
-    /// unchanged since it was applied.
+    /// unchanged since it was applied. It is put in `rules`, the handle the lines already
+    /// read (they may start before the store is open, see `App::start`).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
+        rules: SharedRules,
         configured: Arc<RuleSet>,
         file: Option<PathBuf>,
         feeds: Feeds,
@@ -156,8 +159,9 @@ impl Policy {
                 journal.store_rules(&StoredRules::Local)?;
             }
         }
+        rules.store(set);
         let policy = Policy {
-            rules: Arc::new(arc_swap::ArcSwap::new(set)),
+            rules,
             file,
             journal,
             alarms,
@@ -358,6 +362,7 @@ mod tests {
         let (changes, mut seen) = tokio::sync::broadcast::channel(8);
         let configured = RuleSet::parse("rules.toml", &rules("file-1")).unwrap();
         let policy = Policy::start(
+            Arc::new(arc_swap::ArcSwap::from_pointee(RuleSet::builtin())),
             Arc::new(configured),
             Some(file.clone()),
             Feeds::default(),

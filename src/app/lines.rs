@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::fieldbus;
-use crate::floor::{ClearanceChange, LaneStates};
+use crate::floor::{ClearanceChange, LaneStates, Recent};
 use crate::line::{self, LineCtx, LineIo};
 use crate::metrics::Metrics;
 use crate::policy::SharedRules;
@@ -69,10 +69,14 @@ pub(super) fn start_line(
     l: &crate::config::Line,
     w: &LineWiring<'_>,
     cameras: Option<crate::camera::LineCameras>,
-    recent: std::collections::HashMap<u32, crate::journal::intents::Recent>,
+    earlier: Earlier,
     floor: &Dedicated,
     tasks: &mut JoinSet<()>,
 ) -> Option<LineXray> {
+    let (recent, earlier) = match earlier {
+        Earlier::Now(recent) => (recent, None),
+        Earlier::Later(rx) => (HashMap::new(), Some(rx)),
+    };
     let (scan_tx, scan_rx) = mpsc::channel(SCAN_QUEUE);
     let (plc_tx, plc_rx) = mpsc::channel(PLC_QUEUE);
     let (event_tx, event_rx) = mpsc::unbounded_channel();
@@ -127,6 +131,7 @@ pub(super) fn start_line(
         anomalies: w.anomalies.clone(),
         xray: xray_rx,
         images: image_rx,
+        earlier,
     };
     on_floor(tasks, floor, line::run(ctx, io));
     on_floor(
@@ -143,21 +148,53 @@ pub(super) fn start_line(
     xray
 }
 
-/// Starts every line (see [`start_line`]) and the X-ray scanners' bus tasks on the floor
-/// thread. Returns where each X-ray scanner's processed images go: its line's join.
-pub(super) fn start_lines(
+/// What the store holds of a line's parcels of an earlier run (see `line::earlier`): read
+/// before the line starts, or sent to it once the store is open.
+pub(super) enum Earlier {
+    Now(HashMap<u32, Recent>),
+    Later(oneshot::Receiver<HashMap<u32, Recent>>),
+}
+
+/// Where each line's earlier parcels go once the store is read, by line id.
+pub(super) type EarlierSenders = Vec<(String, oneshot::Sender<HashMap<u32, Recent>>)>;
+
+/// Starts the floor: the cameras, every line (see [`start_line`]) and the X-ray scanners'
+/// bus tasks on the floor thread. `recent`: what the store holds of an earlier run's
+/// parcels, or `None` if the store is not open yet (the returned senders take it to each
+/// line later). Returns where each X-ray scanner's processed images go: its line's join.
+pub(super) fn start_floor(
     w: &LineWiring<'_>,
-    mut cameras: HashMap<String, crate::camera::LineCameras>,
-    recent: &mut crate::journal::intents::RecentParcels,
+    mut recent: Option<&mut crate::journal::intents::RecentParcels>,
     floor: &Dedicated,
     tasks: &mut JoinSet<()>,
-) -> HashMap<String, crate::evidence::Destination> {
+) -> (
+    HashMap<String, crate::evidence::Destination>,
+    EarlierSenders,
+) {
+    // Camera tasks stop at `shutdown` like the evidence tasks: they hold a record sink.
+    let (mut cameras, camera_tasks) = crate::camera::start(
+        &w.config.cameras,
+        &w.config.evidence,
+        &w.config.gateway_id,
+        w.sink.clone(),
+        w.metrics.clone(),
+        w.shutdown.clone(),
+    );
+    join_all(tasks, camera_tasks);
     let mut xray_devices = Vec::new();
     let mut destinations = HashMap::new();
+    let mut senders = Vec::new();
     for l in &w.config.lines {
         let cameras = cameras.remove(&l.id);
-        let recent = recent.take(&l.id);
-        if let Some(xray) = start_line(l, w, cameras, recent, floor, tasks) {
+        let earlier = match recent.as_deref_mut() {
+            Some(recent) => Earlier::Now(recent.take(&l.id)),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                senders.push((l.id.clone(), tx));
+                Earlier::Later(rx)
+            }
+        };
+        if let Some(xray) = start_line(l, w, cameras, earlier, floor, tasks) {
             let to = crate::evidence::Destination {
                 line: l.id.clone(),
                 spool: xray.device.spool.clone(),
@@ -171,7 +208,7 @@ pub(super) fn start_lines(
     for task in xray_tasks {
         on_floor(tasks, floor, task);
     }
-    destinations
+    (destinations, senders)
 }
 
 /// The pipeline waits for these tasks too.

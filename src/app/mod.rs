@@ -13,9 +13,9 @@ mod loading;
 mod takeover;
 mod view;
 
-use lines::{join_all, start_lines, LineWiring};
+use lines::{join_all, start_floor, LineWiring};
 use loading::{load_clearance, loaded, Loader, LOAD_WAIT};
-use takeover::{check_chain, released_registry, restore_spill, settle_interrupted, Opened};
+use takeover::{check_chain, fill_released, released_registry, settle_interrupted, Opened};
 use view::start_view;
 
 use std::sync::atomic::Ordering;
@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::alarm::Alarms;
 use crate::config::Config;
 use crate::journal::capacity::Limits;
-use crate::journal::{record_sink, Journal, JournalError};
+use crate::journal::{record_queue, Journal, JournalError, JournalWriter};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, SharedRules};
 use crate::rules::ClearanceTable;
@@ -43,8 +43,14 @@ const CHANGES_QUEUE: usize = 4096;
 /// the same facts.
 const ANOMALY_QUEUE: usize = 4096;
 
+/// How long the lines' start waits for the journal store to open before they start without
+/// it (see [`App::start`]). A store of ordinary size opens in milliseconds.
+pub const OPEN_WAIT: Duration = Duration::from_secs(1);
+
 /// A running daemon.
 pub struct App {
+    /// The store's owner lock, held while the daemon runs.
+    _owner: takeover::OwnerLock,
     pub metrics: Arc<Metrics>,
     pub table: Arc<ClearanceTable>,
     pub journal: Journal,
@@ -79,6 +85,10 @@ pub enum StartError {
     Thread(&'static str, std::io::Error),
     #[error("storage.integrity_key_file: {0}")]
     IntegrityKey(#[from] crate::journal::integrity::KeyError),
+    #[error("the journal store's owner lock {lock}: {why}")]
+    OwnerLock { lock: String, why: String },
+    #[error("the journal store's opening stopped: {0}")]
+    Opening(String),
 }
 
 impl StartError {
@@ -86,7 +96,10 @@ impl StartError {
     pub fn journal(&self) -> Option<&JournalError> {
         match self {
             StartError::Journal(e) => Some(e),
-            StartError::Thread(..) | StartError::IntegrityKey(_) => None,
+            StartError::Thread(..)
+            | StartError::IntegrityKey(_)
+            | StartError::OwnerLock { .. }
+            | StartError::Opening(_) => None,
         }
     }
 }
@@ -96,11 +109,22 @@ pub const UPLINK_DRAIN: Duration = Duration::from_secs(3);
 
 impl App {
     /// Opens the journal, restores the clearance table and starts every task.
+    ///
+    /// The store opens on a blocking thread. One that opens within [`OPEN_WAIT`] (any store
+    /// of ordinary size) is open before the lines start, as it always was. A large one takes
+    /// seconds (sled replays its log and rebuilds its page table): the lines then start
+    /// without it and hold every parcel (`state_loading`: the clearance table cannot load
+    /// before the store is open), their records go to a spill file that the journal's writer
+    /// stores first once the store is open, and what the store holds of an earlier run's
+    /// parcels reaches them once it is read (the PLC's dispositions of such parcels wait for
+    /// it). The store's owner lock is taken before anything, so only one daemon ever drives a
+    /// floor.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<App, StartError> {
         std::fs::create_dir_all(&config.storage.path).map_err(|e| JournalError::Open {
             path: config.storage.path.display().to_string(),
             source: sled::Error::Io(e),
         })?;
+        let owner = takeover::lock_owner(&config.storage.path).await?;
         // The decision path and the journal's writer get threads of their own (see threads).
         let floor = Dedicated::start_urgent("bondline-floor")
             .map_err(|e| StartError::Thread("floor", e))?;
@@ -125,14 +149,80 @@ impl App {
             .map_err(|e| warn!(error = %e, "staff view address not answering during start"))
             .ok()
         });
+        let mut opening = tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || takeover::open_store(&config)
+        });
+
+        // What the lines need, ready before the store is.
+        // The clearance table fills in the background (see `load_clearance`): until then
+        // every waybill is held as `state_loading`.
+        let table = Arc::new(ClearanceTable::default());
+        table.begin_loading(0);
+        let alarms = Alarms::new(&config.gateway_id);
+        let mut tasks = JoinSet::new();
+        let mut journal_tasks = JoinSet::new();
+        let uplink_stop = CancellationToken::new();
+        let (sink, queue) = record_queue(metrics.clone());
+        let spill = crate::journal::spill_dir(&config.storage.path);
+        let store_open = CancellationToken::new();
+        let before_open = journal_thread.spawn(queue.spill_until(
+            spill.clone(),
+            config.storage.flush_window,
+            store_open.clone(),
+        ));
+        // Waybills whose clearance changed (from the uplink) and new rule sets (from the
+        // policy), to every line.
+        let (changes, _) = broadcast::channel(CHANGES_QUEUE);
+        // The configured set until the policy has read which one is in force (see
+        // `Policy::start`); every parcel is held until then anyway.
+        let rules: SharedRules = Arc::new(arc_swap::ArcSwap::new(config.rules.clone()));
+        let released = released_registry(&config);
+        let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
+        let liveness = crate::service::Liveness::default();
+        let wiring = LineWiring {
+            config: &config,
+            table: &table,
+            rules: &rules,
+            metrics: &metrics,
+            changes: &changes,
+            sink: &sink,
+            anomalies: &anomaly_tx,
+            released: &released,
+            liveness: &liveness,
+            shutdown: &shutdown,
+        };
+
+        let opened_soon = tokio::time::timeout(OPEN_WAIT, &mut opening).await.ok();
+        let early = match opened_soon {
+            Some(_) => None,
+            None => {
+                warn!(
+                    store = %config.storage.path.display(),
+                    "the journal store is still opening: the lines start now and hold every parcel until it is open and the clearance table is loaded; their records wait in the spill {}",
+                    spill.display()
+                );
+                if let Some(s) = &starting {
+                    s.phase(&format!(
+                        "opening the journal store {}; the lines hold every parcel until it is open",
+                        config.storage.path.display()
+                    ));
+                }
+                Some(start_floor(&wiring, None, &floor, &mut tasks))
+            }
+        };
+        let opened = match opened_soon {
+            Some(r) => r,
+            None => opening.await,
+        };
         let Opened {
             journal,
-            table,
             adopting,
             expected_entries,
             expected_declarations,
             chain_tags,
-        } = takeover::open_store(&config)?;
+        } = opened.map_err(|e| StartError::Opening(e.to_string()))??;
+        table.begin_loading(expected_entries);
         if let Some(s) = &starting {
             s.phase("starting the lines and the view");
         }
@@ -146,24 +236,25 @@ impl App {
             lines = config.lines.len(),
             "bondline starting; the clearance table loads in the background"
         );
-
-        let alarms = Alarms::new(&config.gateway_id);
         // A salvaged store says so once, as an alarm (its chain holds the salvage record).
         if let Some(notice) = journal.take_salvage_notice()? {
             alarms.raise(notice);
         }
-        let mut tasks = JoinSet::new();
-        let mut journal_tasks = JoinSet::new();
-        let uplink_stop = CancellationToken::new();
-        let (sink, writer, accepted) = record_sink(
+        // The writer takes over the queue, and stores the spill first (the last shutdown's,
+        // and what the lines decided while the store opened).
+        store_open.cancel();
+        let queue = before_open
+            .await
+            .map_err(|e| StartError::Opening(e.to_string()))?;
+        let (writer, accepted) = JournalWriter::new(
             journal.clone(),
+            queue,
             config.storage.flush_window,
             metrics.clone(),
         )?;
         // The staff view's board subscribes before the writer runs, so it misses no record.
         let view_feed = config.view.as_ref().map(|_| writer.subscribe());
         let view_accepted = accepted.clone();
-        let spill = crate::journal::spill_dir(&config.storage.path);
         let limits = Limits {
             quota_bytes: config.storage.quota_bytes,
             min_free_bytes: config.storage.min_free_bytes,
@@ -177,10 +268,20 @@ impl App {
         tasks.spawn(async move {
             let _ = writer.await;
         });
-        restore_spill(&spill, &sink, &accepted);
         let now_ms = crate::metrics::unix_ms(std::time::SystemTime::now());
         let mut recent = settle_interrupted(&journal, &sink, now_ms)?;
-        let released = released_registry(&journal, &config, now_ms)?;
+        fill_released(&journal, &config, &released, now_ms)?;
+        let destinations = match early {
+            Some((destinations, waiting)) => {
+                // The lines started early: what the store holds of an earlier run's parcels
+                // goes to them now.
+                for (line, tx) in waiting {
+                    let _ = tx.send(recent.take(&line));
+                }
+                Some(destinations)
+            }
+            None => None,
+        };
         background::keep_store(
             &mut journal_tasks,
             &config,
@@ -189,10 +290,8 @@ impl App {
             &alarms,
             &uplink_stop,
         );
-        // Waybills whose clearance changed (from the uplink) and new rule sets (from the
-        // policy), to every line.
-        let (changes, _) = broadcast::channel(CHANGES_QUEUE);
         let policy = Policy::start(
+            rules.clone(),
             config.rules.clone(),
             config.rules_file.clone(),
             crate::policy::Feeds {
@@ -207,7 +306,6 @@ impl App {
             metrics.clone(),
             changes.clone(),
         )?;
-        let rules = policy.shared();
         {
             let set = policy.current();
             info!(rule_set = %set.version, rules = set.rules.len(), "customs rule set");
@@ -253,7 +351,6 @@ impl App {
                 }
             });
         }
-        let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
         let reconnect = Arc::new(tokio::sync::Notify::new());
         if let Some(day) = config.report_publish_day {
             tokio::spawn(crate::report::publish_monthly(
@@ -306,38 +403,16 @@ impl App {
             })
         };
 
-        let liveness = crate::service::Liveness::default();
-        // Camera tasks stop at `shutdown` like the evidence tasks: they hold a record sink.
-        let (line_cameras, camera_tasks) = crate::camera::start(
-            &config.cameras,
-            &config.evidence,
-            &config.gateway_id,
-            sink.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(crate::evidence::keep_within_limits(
-            config.evidence.clone(),
-            alarms.clone(),
-            shutdown.clone(),
-        ));
-        join_all(&mut tasks, camera_tasks);
-        // A small table loads in a moment: the lines wait that long for it rather than hold
-        // their first parcels as `state_loading`. A large one goes on loading behind them.
-        let _ = tokio::time::timeout(LOAD_WAIT, loaded(&table, &shutdown)).await;
-        let wiring = LineWiring {
-            config: &config,
-            table: &table,
-            rules: &rules,
-            metrics: &metrics,
-            changes: &changes,
-            sink: &sink,
-            anomalies: &anomaly_tx,
-            released: &released,
-            liveness: &liveness,
-            shutdown: &shutdown,
+        let destinations = match destinations {
+            Some(d) => d,
+            None => {
+                // A small table loads in a moment: the lines wait that long for it rather
+                // than hold their first parcels as `state_loading`. A large one goes on
+                // loading behind them.
+                let _ = tokio::time::timeout(LOAD_WAIT, loaded(&table, &shutdown)).await;
+                start_floor(&wiring, Some(&mut recent), &floor, &mut tasks).0
+            }
         };
-        let destinations = start_lines(&wiring, line_cameras, &mut recent, &floor, &mut tasks);
         match crate::evidence::start(
             &config.evidence,
             config.gateway_id.clone(),
@@ -370,6 +445,7 @@ impl App {
         };
         tokio::spawn(crate::service::watchdog(liveness, uplink_stop.clone()));
         Ok(App {
+            _owner: owner,
             _wake_latency: wake_latency,
             view_addr,
             metrics,

@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::journal::Journal;
 
 use super::StartError;
-use crate::rules::ClearanceTable;
 
 /// How far back the journal is read at start for parcels whose dispositions may still come:
 /// far beyond a line's disposition timeout; [`RECENT_DISPOSITIONS`] per line are read even
@@ -22,36 +21,6 @@ use crate::rules::ClearanceTable;
 const RECENT_WINDOW: Duration = Duration::from_secs(30 * 60);
 const RECENT_DISPOSITIONS: usize = 64;
 const RECENT_MAX_RECORDS: usize = 100_000;
-
-/// Records spilled at the last shutdown are stored first; their files go once they are.
-pub(super) fn restore_spill(
-    spill: &std::path::Path,
-    sink: &crate::journal::RecordSink,
-    accepted: &tokio::sync::watch::Receiver<u64>,
-) {
-    let (spill_files, spilled) = crate::journal::read_spill(spill);
-    if !spill_files.is_empty() {
-        let n = spilled.len() as u64;
-        info!(records = n, "storing records spilled at the last shutdown");
-        let target = *accepted.borrow() + n;
-        for r in spilled {
-            sink.push(r);
-        }
-        let mut watch = accepted.clone();
-        tokio::spawn(async move {
-            while *watch.borrow_and_update() < target {
-                if watch.changed().await.is_err() {
-                    return;
-                }
-            }
-            for f in spill_files {
-                if let Err(e) = std::fs::remove_file(&f) {
-                    tracing::warn!(file = %f.display(), error = %e, "cannot remove a stored spill file");
-                }
-            }
-        });
-    }
-}
 
 /// Release decisions stored ahead of a command whose outcome was never recorded (the
 /// gateway stopped in between) are recorded now, as `interrupted`; what the journal
@@ -88,18 +57,25 @@ pub(super) fn settle_interrupted(
     Ok(recent)
 }
 
-/// Waybills this gateway released, for the duplicate-label rule on every line: from
-/// the marks stored with each release intent, within the clearance horizon. Read once
-/// here; the lines consult the copy in memory.
-pub(super) fn released_registry(
-    journal: &Journal,
-    config: &Config,
-    now_ms: u64,
-) -> Result<Arc<crate::line::duplicates::Released>, StartError> {
-    let released = Arc::new(crate::line::duplicates::Released::new(
+/// The registry of waybills this gateway released, for the duplicate-label rule on every
+/// line; empty until [`fill_released`].
+pub(super) fn released_registry(config: &Config) -> Arc<crate::line::duplicates::Released> {
+    Arc::new(crate::line::duplicates::Released::new(
         config.duplicates,
         config.storage.clearance.as_millis() as u64,
-    ));
+    ))
+}
+
+/// Fills the registry of [`released_registry`] from the marks stored with each release
+/// intent, within the clearance horizon. Read once here; the lines consult the copy in
+/// memory. Done before the clearance table's load starts: no parcel is released before it
+/// ends.
+pub(super) fn fill_released(
+    journal: &Journal,
+    config: &Config,
+    released: &crate::line::duplicates::Released,
+    now_ms: u64,
+) -> Result<(), StartError> {
     for r in journal
         .released_since(now_ms.saturating_sub(config.storage.clearance.as_millis() as u64))?
     {
@@ -121,7 +97,7 @@ pub(super) fn released_registry(
             },
         );
     }
-    Ok(released)
+    Ok(())
 }
 
 /// Records waiting for the broker above which the chain walk at start waits.
@@ -218,7 +194,6 @@ pub(super) fn check_chain(
 /// and anchor tags checked now, before the writer moves the head.
 pub(super) struct Opened {
     pub(super) journal: Journal,
-    pub(super) table: Arc<ClearanceTable>,
     /// Stored entries without integrity tags are adopted (a new key, or a salvaged store).
     pub(super) adopting: bool,
     pub(super) expected_entries: u64,
@@ -226,9 +201,76 @@ pub(super) struct Opened {
     pub(super) chain_tags: Vec<crate::journal::ChainProblem>,
 }
 
+/// How long a start waits for another process to let go of the store's owner lock.
+const OWNER_WAIT: Duration = Duration::from_secs(10);
+
+/// The store's owner lock, `<store>.lock` beside the store, held for the daemon's life.
+///
+/// The lines may start before a large store has finished opening (see `App::start`), and
+/// sled's own lock is taken somewhere inside that open. This lock is taken first, in
+/// moments, so that a second daemon on the same store never drives the floor's devices
+/// beside the first: it waits here, like sled's own wait for its lock, and fails.
+pub(super) struct OwnerLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// The owner lock's file of the store at `store`.
+pub(super) fn owner_lock_file(store: &std::path::Path) -> std::path::PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    store.with_file_name(name)
+}
+
+/// Takes the store's [`OwnerLock`], waiting up to [`OWNER_WAIT`] for another process (or
+/// this process's previous run) to let go of it.
+pub(super) async fn lock_owner(store: &std::path::Path) -> Result<OwnerLock, StartError> {
+    lock_owner_within(store, OWNER_WAIT).await
+}
+
+async fn lock_owner_within(
+    store: &std::path::Path,
+    wait: Duration,
+) -> Result<OwnerLock, StartError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = owner_lock_file(store);
+    let failed = |why: String| StartError::OwnerLock {
+        lock: path.display().to_string(),
+        why,
+    };
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| failed(e.to_string()))
+    };
+    let started = Instant::now();
+    let mut file = open()?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(OwnerLock { _lock: lock }),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if started.elapsed() < wait => {
+                file = f;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(failed(format!(
+                    "held by another process for {:?}: another bondline runs on this store",
+                    wait
+                )))
+            }
+            Err((_, e)) => return Err(failed(e.to_string())),
+        }
+    }
+}
+
 /// Opens the journal and begins the clearance table's load; see [`Opened`].
 pub(super) fn open_store(config: &Config) -> Result<Opened, StartError> {
     let journal = Journal::open(&config.storage.path)?;
+    // The clearance table fills in the background (see `load_clearance`): the lines decide
+    // from the first second, holding every waybill until it is loaded.
+    let (expected_entries, expected_declarations) = journal.clearance_load_hint();
     journal.check_head_mark()?;
     let (key, created) = crate::journal::integrity::IntegrityKey::load_or_create(
         &config.storage.integrity_key_file,
@@ -237,21 +279,42 @@ pub(super) fn open_store(config: &Config) -> Result<Opened, StartError> {
         info!(file = %config.storage.integrity_key_file.display(), "integrity key created");
     }
     journal.set_integrity_key(key, created);
-    // The clearance table fills in the background (see `load_clearance` below): the lines
-    // decide from the first second, holding every waybill until it is loaded.
-    let table = Arc::new(ClearanceTable::default());
-    let (expected_entries, expected_declarations) = journal.clearance_load_hint();
-    table.begin_loading(expected_entries);
     let adopting = journal.begin_clearance_load()?;
     // The chain's head and anchor tags now, before the writer moves the head; the whole
     // chain is walked in the background below.
     let chain_tags = journal.check_chain_tags(true)?;
     Ok(Opened {
         journal,
-        table,
         adopting,
         expected_entries,
         expected_declarations,
         chain_tags,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only one daemon owns a store: a second start fails on the owner lock (before any line
+    /// starts), and takes it once the first has let go.
+    #[tokio::test]
+    async fn a_store_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("journal");
+        let first = lock_owner(&store).await.unwrap();
+        let second = lock_owner_within(&store, Duration::from_millis(100)).await;
+        let Err(e) = second else {
+            panic!("a second owner")
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("journal.lock") && text.contains("another bondline runs on this store"),
+            "{text}"
+        );
+        drop(first);
+        lock_owner_within(&store, Duration::from_millis(100))
+            .await
+            .expect("free once the first lets go");
+    }
 }

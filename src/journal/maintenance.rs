@@ -159,7 +159,7 @@ pub(crate) mod tests {
     };
 
     use super::*;
-    use crate::journal::{record_sink, ExportFormat};
+    use crate::journal::{record_sink, ExportFormat, JournalWriter};
     use crate::metrics::Metrics;
     use tokio_util::sync::CancellationToken;
 
@@ -265,6 +265,67 @@ pub(crate) mod tests {
                 .collect::<Option<Vec<_>>>()
                 .unwrap(),
             vec![1, 2, 3, 4, 5]
+        );
+    }
+
+    /// The lines' records taken while the store opens (`spill_until`) are synced to a spill
+    /// file as they come, so a crash meanwhile keeps them; the writer that takes the queue
+    /// over stores them first, in order, before the records queued since, and removes the
+    /// file. A release intent before the store is open is refused.
+    #[tokio::test]
+    async fn records_taken_while_the_store_opens_are_spilled_then_stored_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("journal");
+        let spill = crate::journal::spill_dir(&store);
+        let metrics = Arc::new(Metrics::default());
+        let (sink, queue) = crate::journal::record_queue(metrics.clone());
+        let open = tokio_util::sync::CancellationToken::new();
+        let before =
+            tokio::spawn(queue.spill_until(spill.clone(), Duration::from_millis(1), open.clone()));
+        for i in 1..=3 {
+            sink.push(record(i, 1000));
+        }
+        let intent = sink.push_intent(record(9, 1000));
+        assert!(
+            !intent.await.unwrap(),
+            "no intent is stored before the store"
+        );
+        // Synced before the store opens: what a crash now would leave for the next start.
+        let mut spilled = Vec::new();
+        for _ in 0..500 {
+            spilled = crate::journal::read_spill(&spill).1;
+            if spilled.len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(spilled.len(), 3);
+        open.cancel();
+        let queue = before.await.unwrap();
+        sink.push(record(4, 1000));
+
+        let journal = Journal::open(&store).unwrap();
+        let (writer, _) =
+            JournalWriter::new(journal.clone(), queue, Duration::from_millis(1), metrics).unwrap();
+        let writer = writer.with_hold(1000, crate::alarm::Alarms::new("gw"), spill.clone());
+        drop(sink);
+        writer.run().await;
+        let stored: Vec<u32> = journal
+            .outbox_from(1, u64::MAX, 100)
+            .unwrap()
+            .iter()
+            .map(|(_, b)| {
+                serde_json::from_slice::<Record>(b)
+                    .unwrap()
+                    .as_parcel()
+                    .unwrap()
+                    .parcel
+            })
+            .collect();
+        assert_eq!(stored, vec![1, 2, 3, 4]);
+        assert!(
+            crate::journal::read_spill(&spill).0.is_empty(),
+            "the spill file goes once stored"
         );
     }
 

@@ -77,7 +77,7 @@ pub use maintenance::JournalStats;
 pub use salvage::{salvage, ChainMode, Opened, SalvageError, SalvageReport};
 pub use spill::{read_spill, spill_dir};
 pub use verify::{ChainProblem, VerifyReport};
-pub use writer::{record_sink, JournalWriter, RecordSink};
+pub use writer::{record_queue, record_sink, JournalWriter, RecordQueue, RecordSink};
 
 /// The chain's starting point: the `prev_hash` of the very first record. Records are chained
 /// with [`chain_hash`], shared with the platform side in `bondline-devices`.

@@ -141,8 +141,12 @@ pub struct JournalWriter {
     alarms: Option<Alarms>,
     /// The store failed with a full disk and cannot be written until a restart.
     store_failed: bool,
-    /// Where held records go at shutdown.
+    /// Where held records go at shutdown, and where the last run's spill is read from.
     spill_dir: Option<std::path::PathBuf>,
+    /// Spill files read at start whose records are not all stored yet.
+    restored: Vec<std::path::PathBuf>,
+    /// How many of the records at the front of `held` came from `restored`.
+    restored_held: usize,
     /// The store's directory and limits, for the check before each write.
     capacity: Option<(std::path::PathBuf, super::capacity::Limits)>,
     /// Records refused in the current full-disk episode (for alarms).
@@ -157,41 +161,170 @@ pub fn record_sink(
     window: Duration,
     metrics: Arc<Metrics>,
 ) -> Result<(RecordSink, JournalWriter, watch::Receiver<u64>), super::JournalError> {
-    let (last_seq, last_hash) = journal.chain_head()?;
+    let (sink, queue) = record_queue(metrics.clone());
+    let (writer, accepted) = JournalWriter::new(journal, queue, window, metrics)?;
+    Ok((sink, writer, accepted))
+}
+
+/// Creates a sink and the queue behind it, before there is a store to write to: the
+/// daemon's lines start while a large store opens, their records taken by
+/// [`RecordQueue::spill_until`] until the queue is handed to [`JournalWriter::new`].
+pub fn record_queue(metrics: Arc<Metrics>) -> (RecordSink, RecordQueue) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (intents, intent_rx) = mpsc::unbounded_channel();
-    let (accepted, accepted_rx) = watch::channel(last_seq);
-    Ok((
+    (
         RecordSink {
             tx,
             intents,
-            metrics: metrics.clone(),
-        },
-        JournalWriter {
-            journal,
-            rx,
-            intent_rx: Some(intent_rx),
-            window,
             metrics,
-            accepted,
-            last_seq,
-            last_hash,
-            held: VecDeque::new(),
-            hold_limit: 200_000,
-            alarms: None,
-            store_failed: false,
-            spill_dir: None,
-            capacity: None,
-            refused_now: 0,
-            feed: broadcast::channel(FEED_CAPACITY).0,
         },
-        accepted_rx,
+        RecordQueue {
+            rx,
+            intent_rx,
+            unspilled: Vec::new(),
+        },
+    )
+}
+
+/// What the sinks of [`record_queue`] send, waiting for a writer.
+pub struct RecordQueue {
+    rx: mpsc::UnboundedReceiver<Record>,
+    intent_rx: mpsc::UnboundedReceiver<Intent>,
+    /// Records taken by [`RecordQueue::spill_until`] that could not be spilled.
+    unspilled: Vec<Record>,
+}
+
+/// The name of the spill file written while the store opens (see [`RecordQueue::spill_until`]).
+fn starting_spill_file(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join(format!(
+        "{}-starting.jsonl",
+        crate::metrics::unix_ms(std::time::SystemTime::now())
     ))
 }
 
+impl RecordQueue {
+    /// Takes the records that arrive before the store is open, until `open` is cancelled,
+    /// and appends them to a spill file in `dir` (`<ms>-starting.jsonl`), synced once per
+    /// `window`, so that a crash meanwhile loses none that was synced; then hands the queue
+    /// back for the writer, which stores the spill before anything else. Records still
+    /// queued at the handover stay queued. A release intent cannot be stored before the
+    /// store is open: it is answered `false`, so its command is not sent (the lines hold
+    /// every parcel meanwhile anyway: the clearance table is not loaded).
+    ///
+    /// If the spill file cannot be written, the records stay in memory and go to the writer
+    /// with the queue, and an error is logged: the store is opening and will take them.
+    pub async fn spill_until(
+        mut self,
+        dir: std::path::PathBuf,
+        window: Duration,
+        open: tokio_util::sync::CancellationToken,
+    ) -> RecordQueue {
+        use std::io::Write;
+        let mut file: Option<(std::path::PathBuf, std::fs::File)> = None;
+        let mut failed = false;
+        let mut spilled = 0u64;
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = open.cancelled() => break,
+                Some((record, done)) = self.intent_rx.recv() => {
+                    error!(line = %record.line, parcel = record.parcel, "release decision before the journal store is open: not stored, its command is not sent");
+                    let _ = done.send(false);
+                }
+                Some(first) = self.rx.recv(), if !failed => {
+                    batch.push(first);
+                    let deadline = Instant::now() + window;
+                    while batch.len() < MAX_BATCH {
+                        match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                            Ok(Some(r)) => batch.push(r),
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                    let written = (|| -> std::io::Result<()> {
+                        if file.is_none() {
+                            std::fs::create_dir_all(&dir)?;
+                            let path = starting_spill_file(&dir);
+                            let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+                            file = Some((path, f));
+                        }
+                        let (_, f) = file.as_mut().expect("opened above");
+                        let mut text = Vec::new();
+                        for r in &batch {
+                            serde_json::to_writer(&mut text, r)?;
+                            text.push(b'\n');
+                        }
+                        f.write_all(&text)?;
+                        f.sync_data()
+                    })();
+                    match written {
+                        Ok(()) => {
+                            spilled += batch.len() as u64;
+                            batch.clear();
+                        }
+                        Err(e) => {
+                            error!(dir = %dir.display(), error = %e, records = batch.len(), "records taken before the journal store is open cannot be spilled; they wait in memory for the store");
+                            failed = true;
+                        }
+                    }
+                }
+                else => break,
+            }
+        }
+        if let Some((path, _)) = &file {
+            tracing::info!(records = spilled, file = %path.display(), "records taken while the journal store opened are in the spill; the writer stores them first");
+        }
+        self.unspilled = batch;
+        self
+    }
+}
+
 impl JournalWriter {
+    /// The writer of `queue`'s records into `journal`, and the watch of the last accepted
+    /// sequence.
+    pub fn new(
+        journal: Journal,
+        queue: RecordQueue,
+        window: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<(JournalWriter, watch::Receiver<u64>), super::JournalError> {
+        let (last_seq, last_hash) = journal.chain_head()?;
+        let (accepted, accepted_rx) = watch::channel(last_seq);
+        let RecordQueue {
+            rx,
+            intent_rx,
+            unspilled,
+        } = queue;
+        Ok((
+            JournalWriter {
+                journal,
+                rx,
+                intent_rx: Some(intent_rx),
+                window,
+                metrics,
+                accepted,
+                last_seq,
+                last_hash,
+                held: unspilled.into(),
+                hold_limit: 200_000,
+                alarms: None,
+                store_failed: false,
+                spill_dir: None,
+                restored: Vec::new(),
+                restored_held: 0,
+                capacity: None,
+                refused_now: 0,
+                feed: broadcast::channel(FEED_CAPACITY).0,
+            },
+            accepted_rx,
+        ))
+    }
+
     /// Sets how many records may wait in memory while the disk is full, where alarms go, and
     /// where records still held at shutdown are spilled.
+    ///
+    /// The spill directory's records (of the last shutdown, or taken while the store
+    /// opened) are stored first when the writer runs; their files go once they are.
     pub fn with_hold(
         mut self,
         hold_limit: usize,
@@ -267,6 +400,8 @@ impl JournalWriter {
     }
 
     async fn run_records(mut self) {
+        self.restore_spill();
+        self.write_held().await;
         let mut batch = Vec::with_capacity(256);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -308,11 +443,16 @@ impl JournalWriter {
             return;
         }
         match self.spill() {
-            Ok(path) => error!(
-                records = self.held.len(),
-                file = %path.display(),
-                "journal could not take the records it held; spilled them to a file that the next start stores"
-            ),
+            Ok(path) => {
+                // The new file holds what the restored ones still held.
+                self.restored_held = 0;
+                self.forget_restored();
+                error!(
+                    records = self.held.len(),
+                    file = %path.display(),
+                    "journal could not take the records it held; spilled them to a file that the next start stores"
+                )
+            }
             Err(e) => {
                 error!(
                     records = self.held.len(),
@@ -322,6 +462,41 @@ impl JournalWriter {
                 for r in &self.held {
                     error!(record = %serde_json::to_string(r).unwrap_or_default(), "unstored record");
                 }
+            }
+        }
+    }
+
+    /// Puts the spill directory's records in front of everything else (see
+    /// [`crate::journal::read_spill`]); [`Self::write_held`] stores them first.
+    fn restore_spill(&mut self) {
+        let Some(dir) = &self.spill_dir else {
+            return;
+        };
+        let (files, records) = super::read_spill(dir);
+        if files.is_empty() {
+            return;
+        }
+        tracing::info!(
+            records = records.len(),
+            files = files.len(),
+            "storing spilled records (of the last shutdown, or taken while the store opened) before anything else"
+        );
+        self.restored_held = records.len();
+        for r in records.into_iter().rev() {
+            self.held.push_front(r);
+        }
+        self.restored = files;
+        if self.restored_held == 0 {
+            // Nothing readable in them (a torn line is logged by read_spill).
+            self.forget_restored();
+        }
+    }
+
+    /// Removes the spill files read at start: their records are stored (or spilled again).
+    fn forget_restored(&mut self) {
+        for f in self.restored.drain(..) {
+            if let Err(e) = std::fs::remove_file(&f) {
+                tracing::warn!(file = %f.display(), error = %e, "cannot remove a stored spill file");
             }
         }
     }
@@ -397,7 +572,12 @@ impl JournalWriter {
             let n = self.held.len().min(step);
             let mut batch: Vec<Record> = self.held.drain(..n).collect();
             self.commit(&mut batch).await;
-            if !batch.is_empty() {
+            if batch.is_empty() {
+                self.restored_held = self.restored_held.saturating_sub(n);
+                if self.restored_held == 0 {
+                    self.forget_restored();
+                }
+            } else {
                 // No room after all, or the store failed: back in front, order kept.
                 for r in batch.into_iter().rev() {
                     self.held.push_front(r);

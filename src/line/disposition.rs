@@ -13,20 +13,33 @@ use super::effects::Turn;
 use super::Line;
 use crate::metrics::Metrics;
 
+/// Dispositions of unknown parcels kept while the line waits for the earlier run's parcels
+/// (see [`Line::on_earlier`]); beyond this they are recorded at once with what is known.
+pub(super) const DEFERRED_MAX: usize = 4096;
+
+fn kind_of(code: DispositionCode) -> DispositionKind {
+    match code {
+        DispositionCode::Sorted => DispositionKind::Sorted,
+        DispositionCode::Overflow => DispositionKind::Overflow,
+        DispositionCode::NoDestination => DispositionKind::NoDestination,
+        DispositionCode::Lost => DispositionKind::Lost,
+        DispositionCode::FailSafe => DispositionKind::FailSafe,
+    }
+}
+
 impl Line {
     pub(super) fn on_disposition(&mut self, d: Disposition, turn: &mut Turn) {
         Metrics::add(&self.ctx.metrics.dispositions, 1);
         let t = self.tracker.dispose(d.parcel, d.lane).cloned();
-        let kind = match d.code {
-            DispositionCode::Sorted => DispositionKind::Sorted,
-            DispositionCode::Overflow => DispositionKind::Overflow,
-            DispositionCode::NoDestination => DispositionKind::NoDestination,
-            DispositionCode::Lost => DispositionKind::Lost,
-            DispositionCode::FailSafe => DispositionKind::FailSafe,
-        };
+        let kind = kind_of(d.code);
         let role = self.ctx.lanes.role_of(d.lane);
         let Some(t) = t else {
-            // Not this run's parcel: the journal may know it from an earlier run.
+            // Not this run's parcel: the journal may know it from an earlier run, once it
+            // has been read.
+            if self.earlier_pending && self.deferred.len() < DEFERRED_MAX {
+                self.deferred.push(d);
+                return;
+            }
             return self.on_earlier_disposition(d, kind, role, turn);
         };
         let waybill = t.waybill().map(str::to_string);
@@ -80,6 +93,27 @@ impl Line {
             detail,
             turn,
         );
+    }
+
+    /// What the store holds of an earlier run's parcels, read after the line started (the
+    /// store opened behind it): remembered beside what this run remembers already, then the
+    /// dispositions that waited for it are recorded.
+    pub(super) fn on_earlier(
+        &mut self,
+        recent: std::collections::HashMap<u32, crate::floor::Recent>,
+        turn: &mut Turn,
+    ) {
+        for (parcel, r) in recent {
+            // This run's own memory of a parcel id wins.
+            if self.earlier.get(parcel).is_none() {
+                self.earlier.remember(parcel, r);
+            }
+        }
+        self.earlier_pending = false;
+        for d in std::mem::take(&mut self.deferred) {
+            let role = self.ctx.lanes.role_of(d.lane);
+            self.on_earlier_disposition(d, kind_of(d.code), role, turn);
+        }
     }
 
     /// A disposition of a parcel this run does not track: recorded with what is known of it

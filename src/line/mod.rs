@@ -97,6 +97,11 @@ struct Line {
     joiner: xray::Joiner,
     /// Jobs sent to the PLC and not yet answered.
     in_flight: usize,
+    /// The line started before the store was read: what it holds of an earlier run's
+    /// parcels comes later ([`Line::on_earlier`]); dispositions of parcels the line does not
+    /// know wait for it in `deferred`.
+    earlier_pending: bool,
+    deferred: Vec<bondline_devices::plc::Disposition>,
 }
 
 impl Line {
@@ -107,6 +112,8 @@ impl Line {
             tracker: Tracker::default(),
             joiner: xray::Joiner::default(),
             in_flight: 0,
+            earlier_pending: false,
+            deferred: Vec::new(),
             ctx,
         }
     }

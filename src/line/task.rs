@@ -5,15 +5,15 @@
 //! cameras. It is kept apart from the handlers so that the machine stays free of channels
 //! and clocks, and the tests can drive it without a runtime.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use bondline_devices::contract::{Anomaly, ImageRecord};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::warn;
 
 use super::effects::{Effect, Now, Turn};
 use super::{Line, LineCtx};
-use crate::floor::{ClearanceChange, DivertJob, PlcEvent, ScanEvent, XrayMsg};
+use crate::floor::{ClearanceChange, DivertJob, PlcEvent, Recent, ScanEvent, XrayMsg};
 use crate::journal::RecordSink;
 use crate::metrics::Metrics;
 
@@ -32,12 +32,30 @@ pub struct LineIo {
     pub xray: Option<mpsc::UnboundedReceiver<XrayMsg>>,
     /// Processed images from the line's X-ray scanner, to be joined to parcels.
     pub images: Option<mpsc::Receiver<ImageRecord>>,
+    /// What the store holds of this line's parcels of an earlier run, when the line starts
+    /// before the store is open (see `App::start`); `None` when `ctx.recent` has it already.
+    pub earlier: Option<oneshot::Receiver<HashMap<u32, Recent>>>,
 }
 
 /// The next message of an optional channel; never ready once it is gone.
 async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What an earlier run's parcels are, once the store has been read; never ready once given
+/// (or if it never comes: then an empty set).
+async fn next_earlier(
+    rx: &mut Option<oneshot::Receiver<HashMap<u32, Recent>>>,
+) -> HashMap<u32, Recent> {
+    match rx {
+        Some(r) => {
+            let got = r.await.unwrap_or_default();
+            *rx = None;
+            got
+        }
         None => std::future::pending().await,
     }
 }
@@ -61,6 +79,7 @@ pub async fn run(mut ctx: LineCtx, mut io: LineIo) {
         // still be tracking, are not reused at once.
         rand::random::<u32>() >> 1,
     );
+    line.earlier_pending = io.earlier.is_some();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     let mut scanning = true;
     loop {
@@ -89,6 +108,9 @@ pub async fn run(mut ctx: LineCtx, mut io: LineIo) {
                 Some(image) => step(&mut line, &io, |l, t| l.on_image(image, t)),
                 None => io.images = None,
             },
+            recent = next_earlier(&mut io.earlier) => {
+                step(&mut line, &io, |l, t| l.on_earlier(recent, t));
+            }
             _ = tick.tick() => {
                 line.ctx.beat.beat();
                 step(&mut line, &io, |l, t| l.expire(t));
@@ -97,6 +119,11 @@ pub async fn run(mut ctx: LineCtx, mut io: LineIo) {
         if !scanning && line.in_flight == 0 {
             break;
         }
+    }
+    // Dispositions still waiting for the earlier run's parcels are recorded with what is
+    // known (a shutdown before the store was read).
+    if line.earlier_pending {
+        step(&mut line, &io, |l, t| l.on_earlier(HashMap::new(), t));
     }
     // What is still queued is taken in, not dropped: verdicts already left the scanner's
     // ring and images their spool. Images still waiting for a verdict are recorded without a

@@ -381,3 +381,82 @@ fn fallback_only_ever_gets_stricter() {
         assert_eq!(r, LaneRole::Exception);
     }
 }
+
+/// A line that started before the store was read: the PLC's disposition of an earlier run's
+/// parcel waits for what the store holds of it, and is then recorded with its waybill and
+/// commanded lane, not as unexplained; one that the store does not know either is
+/// unexplained then; one reported twice is recorded once.
+#[test]
+fn dispositions_of_unknown_parcels_wait_for_the_earlier_runs_parcels() {
+    let mut line = machine();
+    line.earlier_pending = true;
+    let now = Now::read();
+    let sorted = |parcel| Disposition {
+        seq: 1,
+        parcel,
+        code: DispositionCode::Sorted,
+        lane: 3,
+    };
+    let mut turn = Turn::at(now);
+    line.on_plc(PlcEvent::Disposition(sorted(77)), &mut turn);
+    line.on_plc(PlcEvent::Disposition(sorted(78)), &mut turn);
+    line.on_plc(PlcEvent::Disposition(sorted(77)), &mut turn);
+    assert!(
+        turn.effects.is_empty(),
+        "nothing recorded before the store is read: {:?}",
+        turn.effects
+    );
+    let recent = HashMap::from([(
+        77,
+        Recent {
+            waybill: Some("EARLIER-77".into()),
+            lane: Some(3),
+            role: Some(LaneRole::Hold),
+            revision: 0,
+            decided: true,
+            acked: true,
+            disposed: false,
+        },
+    )]);
+    let mut turn = Turn::at(now);
+    line.on_earlier(recent, &mut turn);
+    let records: Vec<Record> = turn
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record(r) => Some(r.as_ref().clone()),
+            _ => None,
+        })
+        .collect();
+    let dispositions: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Disposition(d) => Some((d.parcel, d.waybill.clone(), d.commanded_lane)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dispositions,
+        vec![
+            (77, Some("EARLIER-77".to_string()), Some(3)),
+            (78, None, None)
+        ],
+        "{records:?}"
+    );
+    let unexplained: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Alert(a)
+                if a.alert == bondline_devices::contract::AlertKind::UnexplainedDisposition =>
+            {
+                a.parcel
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unexplained, vec![78]);
+    // From now on an unknown parcel is judged at once.
+    let mut turn = Turn::at(now);
+    line.on_plc(PlcEvent::Disposition(sorted(79)), &mut turn);
+    assert!(!turn.effects.is_empty());
+}

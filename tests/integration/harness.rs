@@ -799,6 +799,8 @@ pub struct ViewLine {
     pub config: PathBuf,
     pub view: std::net::SocketAddr,
     pub log: PathBuf,
+    /// The PLC simulator's state: the commands it received.
+    pub plc: bondline_simulators::plc::PlcState,
     /// Stops the PLC simulator when the test ends.
     pub stop: tokio_util::sync::DropGuard,
 }
@@ -808,7 +810,7 @@ impl ViewLine {
         let dir = tempfile::tempdir().unwrap();
         let mosquitto = Mosquitto::start(dir.path()).await;
         let stop = tokio_util::sync::CancellationToken::new();
-        let (plc, _) = start_plc(&stop).await;
+        let (plc, plc_state) = start_plc(&stop).await;
         let scanner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let setup = Setup::new(
             dir.path(),
@@ -825,6 +827,7 @@ impl ViewLine {
             dir,
             mosquitto,
             scanner,
+            plc: plc_state,
             stop: stop.drop_guard(),
         }
     }

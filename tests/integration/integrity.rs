@@ -93,6 +93,7 @@ async fn line() -> Line {
         view,
         log,
         stop,
+        ..
     } = ViewLine::start().await;
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let platform = PlatformSim::connect(broker, PREFIX, "platform-integrity")

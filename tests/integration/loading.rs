@@ -15,6 +15,8 @@ use tokio::io::AsyncWriteExt;
 use crate::harness::{http_get, stx_etx, view_ready, wait_until, Daemon, ViewLine};
 
 const PREFIX: &str = "bondline/test-gw";
+/// The built-in `sorter-plc` profile's heartbeat register, which the daemon writes.
+const HEARTBEAT: u16 = 120;
 /// Declarations stored before the restart: as many as a debug build stores in some 20 s,
 /// so that its load outlasts the first scans.
 const STORED: usize = 200_000;
@@ -59,6 +61,7 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
         config,
         view,
         log,
+        ..
     } = ViewLine::start().await;
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
@@ -210,6 +213,7 @@ async fn the_view_answers_while_the_store_opens() {
         config,
         view,
         log,
+        ..
     } = ViewLine::start().await;
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     std::fs::create_dir_all(&store).unwrap();
@@ -245,5 +249,118 @@ async fn the_view_answers_while_the_store_opens() {
     );
     // The view itself now: its board's API answers.
     assert_eq!(http_get(view, "/api/health").map(|(s, _)| s), Some(200));
+    assert_eq!(daemon.terminate(), Some(0), "{}", read_log());
+}
+
+/// A store slow to open (its lock held here, as in the test above): the lines start anyway
+/// and hold every parcel, fail closed, with their records synced to the spill; a crash
+/// (SIGKILL) while the store is still opening loses none of them, and the next start stores
+/// and forwards them first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lines_hold_parcels_while_the_store_opens_and_a_crash_keeps_their_records() {
+    let ViewLine {
+        dir: _dir,
+        mosquitto,
+        scanner,
+        store,
+        config,
+        view,
+        log,
+        plc,
+        stop: _stop,
+    } = ViewLine::start().await;
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    std::fs::create_dir_all(&store).unwrap();
+    let held = Journal::open(&store).unwrap();
+    let opened_at = Instant::now();
+
+    // The daemon waits up to 10 s for the store's lock; everything below happens well
+    // within that, or the test fails rather than passing on a daemon that gave up.
+    let daemon = Daemon::start(&config, &log);
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(6), scanner.accept())
+        .await
+        .unwrap_or_else(|_| panic!("the lines connect before the store is open\n{}", read_log()))
+        .unwrap();
+    // The PLC link is up once its heartbeat register moves (a parcel scanned before that is
+    // recorded `link_down`, with no command).
+    assert!(
+        wait_until(Duration::from_secs(3), || plc.register(HEARTBEAT) != 0).await,
+        "the PLC link comes up before the store is open\n{}",
+        read_log()
+    );
+    stream
+        .write_all(&stx_etx().encode("OPENING-1"))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || !plc.diverts().is_empty()).await,
+        "the parcel is commanded before the store is open\n{}",
+        read_log()
+    );
+    let divert = plc.diverts()[0];
+    let readyz = http_get(view, "/readyz");
+    let spill = bondline::journal::spill_dir(&store);
+    let mut spilled = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            spilled = bondline::journal::read_spill(&spill).1;
+            !spilled.is_empty()
+        })
+        .await,
+        "the parcel's record is in the spill\n{}",
+        read_log()
+    );
+    let still_held = opened_at.elapsed();
+    daemon.kill();
+    drop(held);
+    assert!(
+        still_held < Duration::from_secs(9),
+        "the store's lock was held long enough: {still_held:?}"
+    );
+    eprintln!("while the store was held: /readyz {readyz:?}; divert {divert:?}");
+    assert!(
+        matches!(&readyz, Some((503, b)) if b.contains("the lines hold every parcel")),
+        "{readyz:?}"
+    );
+    let record = spilled
+        .iter()
+        .find_map(|r| {
+            r.as_parcel()
+                .filter(|p| p.waybill.as_deref() == Some("OPENING-1"))
+        })
+        .expect("the parcel's record")
+        .clone();
+    assert_eq!(
+        (record.lane_role, record.rule.as_str(), record.parcel),
+        (LaneRole::Hold, "state_loading", divert.parcel),
+        "{record:?}"
+    );
+    assert_eq!(divert.lane, record.lane, "{record:?}");
+
+    // The next start stores the spill first and forwards the record.
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-opening")
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&config, &log);
+    let forwarded = |p: &PlatformSim| {
+        p.records()
+            .into_iter()
+            .find(|r| r.waybill.as_deref() == Some("OPENING-1"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || forwarded(&platform).is_some()).await,
+        "{}",
+        read_log()
+    );
+    let stored = forwarded(&platform).unwrap();
+    assert_eq!(
+        (stored.lane_role, stored.rule.as_str(), stored.parcel),
+        (LaneRole::Hold, "state_loading", divert.parcel)
+    );
+    assert!(
+        bondline::journal::read_spill(&spill).0.is_empty(),
+        "the spill file goes once stored"
+    );
     assert_eq!(daemon.terminate(), Some(0), "{}", read_log());
 }
