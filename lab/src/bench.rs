@@ -24,6 +24,7 @@ mod idle_http;
 mod journal;
 mod lines;
 mod rules;
+mod start;
 mod table;
 
 use std::path::PathBuf;
@@ -136,6 +137,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         lookups: u64,
         /// Directory of the store, kept between runs (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The daemon's own start on a stored table, with a scanner sending from the first
+    /// moment: start to the first PLC command (fail closed while the store opens and the
+    /// table loads), to the store open, to the table loaded.
+    Start {
+        /// Declarations stored (half of them instructed), as `bench table` stores them.
+        #[arg(long, default_value_t = 1_000_000)]
+        declarations: u64,
+        /// Directory of the store, kept between runs (default: a temporary one); the same
+        /// directory as `bench table --dir` reuses its store.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -277,6 +290,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let (_mosquitto, host, port) = broker_or_mosquitto(broker, &dir)?;
             backlog::run(messages, &host, port, &dir).await
         }
+        BenchCommand::Start { declarations, dir } => start::run(declarations, dir).await,
         BenchCommand::Drain {
             records,
             broker,

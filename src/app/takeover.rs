@@ -1,7 +1,8 @@
-//! What a start takes over from the last run, before the lines decide: records spilled at
-//! shutdown, release decisions whose outcome was never recorded, the waybills already
-//! released (for the duplicate-label rule), and the chain's integrity, walked behind the
-//! running lines.
+//! What a start takes over from the last run: the store itself (its owner lock first, then
+//! the open), release decisions whose outcome was never recorded, the waybills already
+//! released (for the duplicate-label rule, before any parcel may be released), and the
+//! chain's integrity, walked behind the running lines. Records spilled at the last shutdown
+//! (or while the store opened) are the journal writer's to store first (`journal::writer`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! Parcels the line no longer tracks: those an earlier run of the gateway handled (read from
-//! the journal at start) and this run's parcels whose tracking ended. A disposition the PLC
+//! the journal at start, or handed over once a slow store is open: dispositions of parcels
+//! the line does not know wait for them, see `Line::on_earlier`) and this run's parcels
+//! whose tracking ended. A disposition the PLC
 //! reports for such a parcel is recorded with its waybill and commanded lane; one the PLC
 //! reports for a parcel with no decision record anywhere is *unexplained*, and customs is
 //! told. Bounded: the oldest entries go first beyond [`CAPACITY`].

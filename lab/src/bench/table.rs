@@ -56,6 +56,23 @@ fn instruction(i: u64) -> Instruction {
     }
 }
 
+/// A store at `store` holding `declarations` declarations, half of them instructed, as a
+/// daemon leaves it (a complete load has recorded the table's size); one already filled is
+/// kept as it is.
+pub(super) fn prepare(store: &Path, declarations: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(store)?;
+    let (key, created) = IntegrityKey::load_or_create(&default_key_file(store))?;
+    let journal = Journal::open(store)?;
+    journal.set_integrity_key(key, created);
+    fill(&journal, declarations)?;
+    // The first complete load records the table's size, as a daemon's first start would.
+    if journal.clearance_load_hint().0 == 0 {
+        journal.load_clearance()?;
+    }
+    futures::executor::block_on(journal.flush())?;
+    Ok(())
+}
+
 /// Fills the store up to `n` declarations (those already there are kept), on two threads.
 fn fill(journal: &Journal, n: u64) -> anyhow::Result<()> {
     let (have, _) = journal.clearance_load_hint();
@@ -105,18 +122,7 @@ pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Resul
         }
     };
     let store = dir.join("journal");
-    std::fs::create_dir_all(&store)?;
-    {
-        let (key, created) = IntegrityKey::load_or_create(&default_key_file(&store))?;
-        let journal = Journal::open(&store)?;
-        journal.set_integrity_key(key, created);
-        fill(&journal, declarations)?;
-        // The first complete load records the table's size, as a daemon's first start would.
-        if journal.clearance_load_hint().0 == 0 {
-            journal.load_clearance()?;
-        }
-        futures::executor::block_on(journal.flush())?;
-    }
+    prepare(&store, declarations)?;
 
     // A start, as the daemon's.
     let rules = RuleSet::builtin();
