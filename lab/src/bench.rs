@@ -103,12 +103,24 @@ pub enum BenchCommand {
         /// daemon must connect to it again (with --idle-http: while the view is flooded).
         #[arg(long)]
         plc_restart: bool,
+        /// Where the simulated floor runs: a process of its own (default), so that nothing
+        /// in the daemon's process can delay it and its lag stays out of the figures, or a
+        /// real-time thread beside the daemon.
+        #[arg(long, value_enum, default_value_t = lines::Sims::Process)]
+        sims: lines::Sims,
         /// Broker host:port; default: start Mosquitto on a free port.
         #[arg(long)]
         broker: Option<String>,
         /// Directory for the journal (default: a temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// The simulators' process of `bench lines` (started by it).
+    #[command(hide = true)]
+    LinesSims {
+        /// The floor to simulate, as `bench lines` describes it.
+        #[arg(long)]
+        spec: String,
     },
     /// Rule evaluation latency on a large clearance table: declaration and instruction lookup
     /// plus evaluation of a rule set, per parcel; and memory per million declarations.
@@ -266,6 +278,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             cpu_wake_latency_us,
             idle_http,
             plc_restart,
+            sims,
             broker,
             dir,
         } => {
@@ -279,8 +292,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 idle_http,
                 plc_restart,
             };
-            lines::run(load, broker, dir).await
+            lines::run(load, sims, broker, dir).await
         }
+        BenchCommand::LinesSims { spec } => lines::serve_sims(&spec).await,
         BenchCommand::Backlog {
             messages,
             broker,

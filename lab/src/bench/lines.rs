@@ -46,6 +46,7 @@ const PLC_DOWN_S: f64 = 2.0;
 
 pub(super) async fn run(
     load: Load,
+    sims: Sims,
     broker: Option<String>,
     dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
@@ -59,9 +60,7 @@ pub(super) async fn run(
         idle_http,
         plc_restart,
     } = load;
-    use bondline_simulators::line::{Fault, FaultKind, LineSim, RunLength, Scenario, XrayPort};
     use bondline_simulators::platform::PlatformSim;
-    use bondline_simulators::xray::{ImageSpec, XrayImages};
 
     anyhow::ensure!((1..=16).contains(&lines), "--lines must be 1 to 16");
     let (_tmp, dir) = super::work_dir(dir)?;
@@ -72,90 +71,21 @@ pub(super) async fn run(
         let (journal, _) = super::journal::fill(&store, backlog, Duration::from_millis(2)).await?;
         drop(journal);
     }
-    let (framing, map) = super::builtin_devices()?;
-    let mut scenarios = Vec::new();
-    let mut line_seeds = Vec::new();
-    for i in 0..lines {
-        let text = if xray && i == 0 {
-            format!("{PEAK}{XRAY_STAGE}")
-        } else {
-            PEAK.to_string()
-        };
-        let mut scenario = Scenario::from_toml(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        scenario.seed += i as u64 * 7919;
-        line_seeds.push(scenario.seed % 10_000);
-        scenario.length = RunLength::Seconds(seconds as f64);
-        if plc_restart && i == lines - 1 {
-            scenario.faults.push(Fault {
-                at_s: seconds as f64 / 2.0,
-                for_s: PLC_DOWN_S,
-                kind: FaultKind::PlcDown,
-            });
-        }
-        scenarios.push(scenario);
-    }
-    // The simulated floor runs on a thread of its own, so that the daemon's work never delays
-    // it and its own lag stays out of the figures (its sockets belong to that thread's runtime).
-    // The simulated floor keeps time at the floor thread's priority (real-time when allowed:
-    // the devices of a real floor are other machines, which the daemon cannot delay); its
-    // blocking threads, which render and encode the X-ray workstation's images (another
-    // machine's work on a real floor), run below it, as the daemon's own image ingest does.
-    let sims_thread = bondline::threads::Dedicated::start_urgent_with(
-        "bondline-bench-sims",
-        bondline::threads::yield_to_floor,
-    )?;
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let platform_addr = std::net::SocketAddr::new(host.parse()?, port);
-    let spool = dir.join("xray-spool");
-    let xray_map = bondline_devices::Profiles::builtin()
-        .get("xray-modbus")
-        .and_then(|p| p.xray())
-        .context("built-in X-ray profile")?
-        .clone();
-    let sims_job = sims_thread.spawn({
-        let scenarios = scenarios.clone();
-        let spool = spool.clone();
-        async move {
-            let mut sims = Vec::new();
-            for scenario in scenarios {
-                let mut sim = LineSim::bind(scenario, framing.clone(), map.clone()).await?;
-                if sim.scenario().xray.is_some() {
-                    let images = XrayImages::new(&spool, ImageSpec::default())?;
-                    let port = XrayPort::Tcp("127.0.0.1:0".parse()?);
-                    sim = sim.with_xray(xray_map.clone(), port, Some(images)).await?;
-                }
-                sims.push(sim);
-            }
-            let addrs = sims
-                .iter()
-                .map(|s| {
-                    Ok((
-                        s.scanner_addr().context("line-sim scanner is TCP")?,
-                        s.plc_addr(),
-                        s.xray_addr(),
-                    ))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let _ = bound_tx.send(addrs);
-            go_rx.await?;
-            let platform =
-                PlatformSim::connect(platform_addr, "bench/lines", "bench-lines-platform").await?;
-            let runs = sims
-                .into_iter()
-                .map(|sim| sim.run(Some(&platform), std::future::pending::<()>()));
-            anyhow::Ok(futures::future::join_all(runs).await)
-        }
-    });
-    let addrs = match bound_rx.await {
-        Ok(a) => a,
-        Err(_) => {
-            return Err(sims_job
-                .await?
-                .err()
-                .unwrap_or_else(|| anyhow::anyhow!("the simulators stopped")))
-        }
+    let spec = FloorSpec {
+        lines,
+        seconds,
+        xray,
+        plc_restart,
+        spool: dir.join("xray-spool"),
+        platform: std::net::SocketAddr::new(host.parse()?, port),
     };
+    let (scenarios, line_seeds) = scenarios(&spec)?;
+    let mut floor = match sims {
+        Sims::Process => SimFloor::process(&spec).await?,
+        Sims::Thread => SimFloor::thread(&spec)?,
+    };
+    let addrs = floor.addrs.clone();
+    let spool = spec.spool.clone();
     let mut config = format!(
         "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
         store.display()
@@ -257,7 +187,7 @@ pub(super) async fn run(
     });
     let messages_at_start = Metrics::get(&metrics.platform_messages);
     let started = Instant::now();
-    let _ = go_tx.send(());
+    floor.go().await?;
     // The restarted PLC's link, watched while the lines run (once they end, the simulators
     // close and every link goes down): when it went down, when it came up again.
     let link_watch = plc_restart.then(|| {
@@ -280,7 +210,7 @@ pub(super) async fn run(
             }
         })
     });
-    let ledgers = sims_job.await??;
+    let ledgers = floor.ledgers().await?;
     let elapsed = started.elapsed();
     let forwarded = Metrics::get(&metrics.records_forwarded);
     let ingested = Metrics::get(&metrics.platform_messages) - messages_at_start;
@@ -309,7 +239,7 @@ pub(super) async fn run(
     let mut late = 0;
     let mut parcels = 0;
     for (i, l) in ledgers.into_iter().enumerate() {
-        let l = l?;
+        let l = l.map_err(|e| anyhow::anyhow!("line L{i}'s simulator: {e}"))?;
         leaks += l.leaks;
         late += l.late_diverts;
         parcels += l.parcels;
@@ -395,4 +325,288 @@ fn micros(l: &bondline_simulators::line::Latency) -> String {
         us(l.max_ms),
         l.samples
     )
+}
+
+/// Where `bench lines` runs the simulated floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sims {
+    /// A process of its own (this program again, `bench lines-sims`): nothing the daemon
+    /// does in its process (its threads, its allocator's locks, its memory) can delay the
+    /// simulators, so their lag stays out of the figures.
+    Process,
+    /// A real-time thread of this process, beside the daemon.
+    Thread,
+}
+
+/// What the simulated floor is made of; built the same way in this process or in the
+/// simulators' own.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct FloorSpec {
+    lines: u16,
+    seconds: u64,
+    xray: bool,
+    plc_restart: bool,
+    /// The X-ray workstation's image spool (L0 with `xray`).
+    spool: PathBuf,
+    /// The broker the simulated platform publishes declarations on.
+    platform: std::net::SocketAddr,
+}
+
+/// Each line's scanner, PLC and X-ray addresses.
+type Addrs = Vec<(
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
+)>;
+
+/// Each line's ledger, or why its simulator failed.
+type Ledgers = Vec<Result<bondline_simulators::line::Ledger, String>>;
+
+/// The peak scenario for every line (with the X-ray stage on L0 and the PLC outage on the
+/// last line, as asked), each line with its own seed; and the seeds' plans (`seed % 10_000`).
+fn scenarios(
+    spec: &FloorSpec,
+) -> anyhow::Result<(Vec<bondline_simulators::line::Scenario>, Vec<u64>)> {
+    use bondline_simulators::line::{Fault, FaultKind, RunLength, Scenario};
+    let mut scenarios = Vec::new();
+    let mut line_seeds = Vec::new();
+    for i in 0..spec.lines {
+        let text = if spec.xray && i == 0 {
+            format!("{PEAK}{XRAY_STAGE}")
+        } else {
+            PEAK.to_string()
+        };
+        let mut scenario = Scenario::from_toml(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        scenario.seed += i as u64 * 7919;
+        line_seeds.push(scenario.seed % 10_000);
+        scenario.length = RunLength::Seconds(spec.seconds as f64);
+        if spec.plc_restart && i == spec.lines - 1 {
+            scenario.faults.push(Fault {
+                at_s: spec.seconds as f64 / 2.0,
+                for_s: PLC_DOWN_S,
+                kind: FaultKind::PlcDown,
+            });
+        }
+        scenarios.push(scenario);
+    }
+    Ok((scenarios, line_seeds))
+}
+
+/// Binds every line's simulators (on the current runtime: their sockets belong to it).
+async fn bind_floor(
+    spec: &FloorSpec,
+) -> anyhow::Result<(Vec<bondline_simulators::line::LineSim>, Addrs)> {
+    use bondline_simulators::line::{LineSim, XrayPort};
+    use bondline_simulators::xray::{ImageSpec, XrayImages};
+    let (framing, map) = super::builtin_devices()?;
+    let xray_map = bondline_devices::Profiles::builtin()
+        .get("xray-modbus")
+        .and_then(|p| p.xray())
+        .context("built-in X-ray profile")?
+        .clone();
+    let mut sims = Vec::new();
+    for scenario in scenarios(spec)?.0 {
+        let mut sim = LineSim::bind(scenario, framing.clone(), map.clone()).await?;
+        if sim.scenario().xray.is_some() {
+            let images = XrayImages::new(&spec.spool, ImageSpec::default())?;
+            let port = XrayPort::Tcp("127.0.0.1:0".parse()?);
+            sim = sim.with_xray(xray_map.clone(), port, Some(images)).await?;
+        }
+        sims.push(sim);
+    }
+    let addrs = sims
+        .iter()
+        .map(|s| {
+            Ok((
+                s.scanner_addr().context("line-sim scanner is TCP")?,
+                s.plc_addr(),
+                s.xray_addr(),
+            ))
+        })
+        .collect::<anyhow::Result<Addrs>>()?;
+    Ok((sims, addrs))
+}
+
+/// Runs every line to its end, the simulated platform declaring their parcels.
+async fn run_floor(
+    sims: Vec<bondline_simulators::line::LineSim>,
+    platform: std::net::SocketAddr,
+) -> anyhow::Result<Ledgers> {
+    let platform = bondline_simulators::platform::PlatformSim::connect(
+        platform,
+        "bench/lines",
+        "bench-lines-platform",
+    )
+    .await?;
+    let runs = sims
+        .into_iter()
+        .map(|sim| sim.run(Some(&platform), std::future::pending::<()>()));
+    Ok(futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| format!("{e:#}")))
+        .collect())
+}
+
+/// The simulated floor, bound and waiting for [`SimFloor::go`].
+struct SimFloor {
+    addrs: Addrs,
+    run: FloorRun,
+}
+
+enum FloorRun {
+    Thread {
+        go: Option<tokio::sync::oneshot::Sender<()>>,
+        job: tokio::task::JoinHandle<anyhow::Result<Ledgers>>,
+        /// Kept while the floor runs.
+        _thread: bondline::threads::Dedicated,
+    },
+    Process {
+        child: tokio::process::Child,
+        stdin: tokio::process::ChildStdin,
+        stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    },
+}
+
+/// Lines of the simulators' process that carry the protocol (everything else it prints is
+/// passed through).
+const ADDRS_LINE: &str = "bench-lines-sims addrs ";
+const LEDGERS_LINE: &str = "bench-lines-sims ledgers ";
+
+impl SimFloor {
+    /// The floor on a thread of this process. It keeps time at the thread's priority
+    /// (real-time when allowed: the devices of a real floor are other machines, which the
+    /// daemon cannot delay); its blocking threads, which render and encode the X-ray
+    /// workstation's images, run below it, as the daemon's own image ingest does.
+    fn thread(spec: &FloorSpec) -> anyhow::Result<SimFloor> {
+        let thread = bondline::threads::Dedicated::start_urgent_with(
+            "bondline-bench-sims",
+            bondline::threads::yield_to_floor,
+        )?;
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let spec = spec.clone();
+        let job = thread.spawn(async move {
+            let (sims, addrs) = match bind_floor(&spec).await {
+                Ok(bound) => bound,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            let _ = bound_tx.send(Ok(addrs));
+            go_rx.await?;
+            run_floor(sims, spec.platform).await
+        });
+        let addrs = bound_rx
+            .recv()
+            .context("the simulators stopped")?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(SimFloor {
+            addrs,
+            run: FloorRun::Thread {
+                go: Some(go),
+                job,
+                _thread: thread,
+            },
+        })
+    }
+
+    /// The floor in a process of its own: this program again, `bench lines-sims --spec`.
+    async fn process(spec: &FloorSpec) -> anyhow::Result<SimFloor> {
+        use tokio::io::AsyncBufReadExt as _;
+        let exe = std::env::current_exe().context("this program's path")?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["bench", "lines-sims", "--spec"])
+            .arg(serde_json::to_string(spec)?)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the simulators' process")?;
+        let stdin = child.stdin.take().context("the simulators' stdin")?;
+        let mut stdout =
+            tokio::io::BufReader::new(child.stdout.take().context("the simulators' stdout")?)
+                .lines();
+        let addrs = loop {
+            let line = stdout
+                .next_line()
+                .await?
+                .context("the simulators' process ended before it was bound")?;
+            match line.strip_prefix(ADDRS_LINE) {
+                Some(json) => break serde_json::from_str::<Addrs>(json)?,
+                None => eprintln!("simulators: {line}"),
+            }
+        };
+        Ok(SimFloor {
+            addrs,
+            run: FloorRun::Process {
+                child,
+                stdin,
+                stdout,
+            },
+        })
+    }
+
+    /// Starts the belts.
+    async fn go(&mut self) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        match &mut self.run {
+            FloorRun::Thread { go, .. } => {
+                if let Some(go) = go.take() {
+                    let _ = go.send(());
+                }
+            }
+            FloorRun::Process { stdin, .. } => {
+                stdin.write_all(b"go\n").await?;
+                stdin.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the end of every line's run.
+    async fn ledgers(self) -> anyhow::Result<Ledgers> {
+        match self.run {
+            FloorRun::Thread { job, .. } => job.await?,
+            FloorRun::Process {
+                mut child,
+                mut stdout,
+                stdin: _stdin,
+            } => {
+                let ledgers = loop {
+                    let Some(line) = stdout.next_line().await? else {
+                        let status = child.wait().await?;
+                        anyhow::bail!("the simulators' process ended without ledgers ({status})");
+                    };
+                    match line.strip_prefix(LEDGERS_LINE) {
+                        Some(json) => break serde_json::from_str::<Ledgers>(json)?,
+                        None => eprintln!("simulators: {line}"),
+                    }
+                };
+                child.wait().await?;
+                Ok(ledgers)
+            }
+        }
+    }
+}
+
+/// `bench lines-sims`: the simulators' side of `bench lines --sims process`. Binds the floor
+/// of `spec` on a real-time thread, prints its addresses, waits for `go` on stdin, runs every
+/// line and prints their ledgers.
+pub(super) async fn serve_sims(spec: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    let spec: FloorSpec = serde_json::from_str(spec).context("--spec")?;
+    let mut floor = SimFloor::thread(&spec)?;
+    println!("{ADDRS_LINE}{}", serde_json::to_string(&floor.addrs)?);
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = stdin.next_line().await? {
+        if line.trim() == "go" {
+            break;
+        }
+    }
+    floor.go().await?;
+    let ledgers = floor.ledgers().await?;
+    println!("{LEDGERS_LINE}{}", serde_json::to_string(&ledgers)?);
+    Ok(())
 }

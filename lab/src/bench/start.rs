@@ -1,10 +1,10 @@
 //! `bondline-lab bench start`: the daemon's own start on a store holding `declarations`
 //! declarations (filled as `bench table` fills it, and kept in `--dir` between runs), with a
-//! simulated scanner and PLC and a broker. The scanner sends the same waybill (declared and
-//! released in the store) every 10 ms from the moment the start begins; printed: start to
-//! the first PLC command and its lane (fail closed while the store opens and the table
-//! loads), to the store being open (`App::start` returned), to the table loaded, and the
-//! lane the same waybill gets once it is.
+//! simulated scanner and PLC and a broker. The scanner sends a waybill declared and released
+//! in the store every 10 ms from the moment the start begins; printed: start to the first
+//! PLC command and its lane (fail closed while the store opens and the table loads), to the
+//! store being open (`App::start` returned), to the table loaded, and the lane of the first
+//! parcel scanned after that.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,9 +13,15 @@ use anyhow::Context as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::sync::CancellationToken;
 
-/// A waybill of the stored table that is declared and released (see `table`'s fill).
-const WAYBILL: &str = "BL000000000002";
-/// How often the scanner sends it.
+/// The `n`-th waybill the scanner sends: declared and released in the stored table (see
+/// `table`'s fill: even numbers are instructed, those divisible by ten to inspection), each
+/// a parcel of its own (the same waybill again would be a duplicate label).
+fn waybill(n: u64) -> String {
+    let i = 2 * (n + n / 4 + 1);
+    format!("BL{i:012}")
+}
+
+/// How often the scanner sends one.
 const SCAN_EVERY: Duration = Duration::from_millis(10);
 /// The lanes of the line: 1 release, 2 inspection, 3 hold, 4 exception.
 const LANES: &str = "lanes = [{ lane = 1, role = \"release\" }, { lane = 2, role = \"inspection\" }, { lane = 3, role = \"hold\" }, { lane = 4, role = \"exception\" }]";
@@ -58,7 +64,6 @@ pub(super) async fn run(declarations: u64, dir: Option<PathBuf>) -> anyhow::Resu
     );
     let config = bondline::config::Config::parse("bench-start.toml", &config)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let frame = framing.encode(WAYBILL);
     println!("starting the daemon on the store {}", store.display());
 
     let stop = CancellationToken::new();
@@ -71,14 +76,22 @@ pub(super) async fn run(declarations: u64, dir: Option<PathBuf>) -> anyhow::Resu
             let (mut stream, _) = scanner.accept().await?;
             let connected = started.elapsed();
             let mut tick = tokio::time::interval(SCAN_EVERY);
+            let mut n = 0;
             loop {
                 tokio::select! {
                     _ = stop_sims.cancelled() => return anyhow::Ok(connected),
-                    _ = tick.tick() => stream.write_all(&frame).await?,
+                    _ = tick.tick() => {
+                        stream.write_all(&framing.encode(&waybill(n))).await?;
+                        n += 1;
+                    }
                 }
             }
         }
     });
+    // The start, awaited beside the PLC's first command (whichever comes first).
+    let mut app = app;
+    let mut started_app = None;
+    let mut to_open = None;
     let first = loop {
         if let Some(d) = plc_state.diverts().first().copied() {
             break d;
@@ -87,26 +100,32 @@ pub(super) async fn run(declarations: u64, dir: Option<PathBuf>) -> anyhow::Resu
             started.elapsed() < Duration::from_secs(600),
             "no PLC command within 600 s"
         );
-        if app.is_finished() {
-            return Err(app
-                .await?
-                .err()
-                .map(anyhow::Error::from)
-                .unwrap_or_else(|| anyhow::anyhow!("no PLC command, and the start ended")));
+        if started_app.is_none() && app.is_finished() {
+            started_app = Some((&mut app).await?.map_err(anyhow::Error::from)?);
+            to_open = Some(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     let to_first = first.at.saturating_duration_since(started);
-    let app = app.await?.map_err(anyhow::Error::from)?;
-    let to_open = started.elapsed();
+    let app = match started_app {
+        Some(a) => a,
+        None => app.await?.map_err(anyhow::Error::from)?,
+    };
+    let to_open = to_open.unwrap_or_else(|| started.elapsed());
     while app.table.loading().is_some() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let to_loaded = started.elapsed();
-    // The next command after the load is the waybill's own decision.
-    let seen = plc_state.divert_count();
+    // The first parcel scanned after the load (parcels held before it are decided again
+    // meanwhile: their commands are not this one).
+    let before: std::collections::HashSet<u32> =
+        plc_state.diverts().iter().map(|d| d.parcel).collect();
     let after = loop {
-        if let Some(d) = plc_state.diverts_since(seen).first().copied() {
+        if let Some(d) = plc_state
+            .diverts()
+            .into_iter()
+            .find(|d| !before.contains(&d.parcel))
+        {
             break d;
         }
         anyhow::ensure!(
@@ -121,7 +140,7 @@ pub(super) async fn run(declarations: u64, dir: Option<PathBuf>) -> anyhow::Resu
     stop.cancel();
     app.wait().await?;
     println!(
-        "daemon start on {} stored declarations: scanner connected after {:.0} ms; first PLC command after {:.0} ms (lane {}: {}); store open after {:.2} s; table loaded after {:.2} s ({} declarations); then the waybill's command: lane {} ({}); {commands} commands in all",
+        "daemon start on {} stored declarations: scanner connected after {:.0} ms; first PLC command after {:.0} ms (lane {}: {}); store open after {:.2} s; table loaded after {:.2} s ({} declarations); then a parcel scanned after the load: lane {} ({}); {commands} commands in all",
         declarations,
         connected.as_secs_f64() * 1000.0,
         to_first.as_secs_f64() * 1000.0,

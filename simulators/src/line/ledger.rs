@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bondline_devices::contract::LaneRole;
 use bondline_devices::plc::DispositionCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::scenario::LaneRoles;
 use crate::plan::PlanKind;
@@ -52,7 +52,7 @@ pub struct XrayOutcome {
 
 /// Decision latency over the parcels that got a command: from the write of the scanner frame
 /// to the arrival of the first divert command for the parcel at the PLC.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     pub samples: u64,
     pub p50_ms: Option<f64>,
@@ -75,7 +75,7 @@ impl Latency {
 }
 
 /// Parcels the platform marked for inspection late (`late_instructions` faults).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LateMarks {
     pub marked: u64,
     /// Marks published before the parcel reached its gate: the daemon could still re-divert.
@@ -89,7 +89,7 @@ pub struct LateMarks {
 }
 
 /// Parcels the line's X-ray flagged (suspect verdicts and operator marks).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XrayFlags {
     /// Parcels that passed the tunnel.
     pub passages: u64,
@@ -104,7 +104,7 @@ pub struct XrayFlags {
 }
 
 /// How the daemon's parcel ids were matched to the simulated parcels (see `LineSim`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Correlation {
     /// Scanner connections that carried frames: each has its own base (a restarted daemon
     /// numbers from a new one).
@@ -124,7 +124,7 @@ pub struct Correlation {
 }
 
 /// A parcel in the wrong lane: leaked into release, or sorted elsewhere than the plan says.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Misplaced {
     pub plan_index: u64,
     pub waybill: String,
@@ -140,7 +140,7 @@ pub struct Misplaced {
 }
 
 /// The outcome of a run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     pub scenario: String,
     /// Seconds from the start of the belt to the end of the run (last gate plus a second).
