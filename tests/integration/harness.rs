@@ -268,6 +268,19 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Waits up to `timeout` for the daemon to exit by itself; its exit code, or `None` (the
+    /// daemon is killed then).
+    pub fn exit_within(mut self, timeout: std::time::Duration) -> Option<i32> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGTERM, then wait for the exit; returns the exit code.
     pub fn terminate(mut self) -> Option<i32> {
         signal(&self.child, "TERM");

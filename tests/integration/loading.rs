@@ -364,3 +364,52 @@ async fn the_lines_hold_parcels_while_the_store_opens_and_a_crash_keeps_their_re
     );
     assert_eq!(daemon.terminate(), Some(0), "{}", read_log());
 }
+
+/// Only one daemon drives a floor: a second one started on the same store (a mistyped unit,
+/// a manual start beside the service) waits for the store's owner lock, exits with an error
+/// naming it, and never connects to the line's scanner or PLC, even though the first one's
+/// store is open and the second would otherwise start its lines without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_store_never_drives_the_floor() {
+    let ViewLine {
+        dir,
+        mosquitto: _mosquitto,
+        scanner,
+        config,
+        log,
+        plc,
+        stop: _stop,
+        ..
+    } = ViewLine::start().await;
+    let read_log = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let first = Daemon::start(&config, &log);
+    let (_stream, _) = tokio::time::timeout(Duration::from_secs(30), scanner.accept())
+        .await
+        .expect("the first daemon connects to the scanner")
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || plc.register(HEARTBEAT) != 0).await,
+        "{}",
+        read_log(&log)
+    );
+
+    let second_log = dir.path().join("second.log");
+    let second = Daemon::start(&config, &second_log);
+    let code = tokio::task::spawn_blocking(move || second.exit_within(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let said = read_log(&second_log);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("owner lock") && said.contains("another bondline runs on this store"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("scanner connected") && !said.contains("PLC connected"),
+        "{said}"
+    );
+    let again = tokio::time::timeout(Duration::from_millis(500), scanner.accept()).await;
+    assert!(again.is_err(), "the second daemon connected to the scanner");
+    // The first runs on, undisturbed.
+    assert_eq!(first.terminate(), Some(0), "{}", read_log(&log));
+}
