@@ -461,11 +461,14 @@ enum FloorRun {
         /// Kept while the floor runs.
         _thread: bondline::threads::Dedicated,
     },
-    Process {
-        child: tokio::process::Child,
-        stdin: tokio::process::ChildStdin,
-        stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    },
+    Process(Box<FloorProcess>),
+}
+
+/// The simulators' process and its pipes.
+struct FloorProcess {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 }
 
 /// Lines of the simulators' process that carry the protocol (everything else it prints is
@@ -540,11 +543,11 @@ impl SimFloor {
         };
         Ok(SimFloor {
             addrs,
-            run: FloorRun::Process {
+            run: FloorRun::Process(Box::new(FloorProcess {
                 child,
                 stdin,
                 stdout,
-            },
+            })),
         })
     }
 
@@ -557,9 +560,9 @@ impl SimFloor {
                     let _ = go.send(());
                 }
             }
-            FloorRun::Process { stdin, .. } => {
-                stdin.write_all(b"go\n").await?;
-                stdin.flush().await?;
+            FloorRun::Process(p) => {
+                p.stdin.write_all(b"go\n").await?;
+                p.stdin.flush().await?;
             }
         }
         Ok(())
@@ -569,11 +572,12 @@ impl SimFloor {
     async fn ledgers(self) -> anyhow::Result<Ledgers> {
         match self.run {
             FloorRun::Thread { job, .. } => job.await?,
-            FloorRun::Process {
-                mut child,
-                mut stdout,
-                stdin: _stdin,
-            } => {
+            FloorRun::Process(p) => {
+                let FloorProcess {
+                    mut child,
+                    mut stdout,
+                    stdin: _stdin,
+                } = *p;
                 let ledgers = loop {
                     let Some(line) = stdout.next_line().await? else {
                         let status = child.wait().await?;
