@@ -24,6 +24,7 @@ mod idle_http;
 mod journal;
 mod lines;
 mod rules;
+mod stalls;
 mod start;
 mod table;
 

@@ -49,8 +49,6 @@ pub const OPEN_WAIT: Duration = Duration::from_secs(1);
 
 /// A running daemon.
 pub struct App {
-    /// The store's owner lock, held while the daemon runs.
-    _owner: takeover::OwnerLock,
     pub metrics: Arc<Metrics>,
     pub table: Arc<ClearanceTable>,
     pub journal: Journal,
@@ -74,6 +72,9 @@ pub struct App {
     /// the rule file's watch): awaited before `wait` returns, so the store is closed then.
     journal_tasks: JoinSet<()>,
     uplink_stop: CancellationToken,
+    /// The store's owner lock, held while the daemon runs. The last field, so the last to
+    /// go when an `App` is dropped.
+    _owner: takeover::OwnerLock,
 }
 
 /// Why the daemon could not start.
@@ -180,6 +181,11 @@ impl App {
         let released = released_registry(&config);
         let (anomaly_tx, anomaly_rx) = mpsc::channel(ANOMALY_QUEUE);
         let liveness = crate::service::Liveness::default();
+        tasks.spawn(crate::evidence::keep_within_limits(
+            config.evidence.clone(),
+            alarms.clone(),
+            shutdown.clone(),
+        ));
         let wiring = LineWiring {
             config: &config,
             table: &table,
@@ -224,7 +230,11 @@ impl App {
         } = opened.map_err(|e| StartError::Opening(e.to_string()))??;
         table.begin_loading(expected_entries);
         if let Some(s) = &starting {
-            s.phase("starting the lines and the view");
+            s.phase(if early.is_some() {
+                "the journal store is open; starting the view (the lines hold every parcel until the clearance table is loaded)"
+            } else {
+                "starting the lines and the view"
+            });
         }
         metrics
             .backlog
@@ -246,12 +256,13 @@ impl App {
         let queue = before_open
             .await
             .map_err(|e| StartError::Opening(e.to_string()))?;
-        let (writer, accepted) = JournalWriter::new(
+        let (mut writer, accepted) = JournalWriter::new(
             journal.clone(),
             queue,
             config.storage.flush_window,
             metrics.clone(),
         )?;
+        let restored = writer.restored();
         // The staff view's board subscribes before the writer runs, so it misses no record.
         let view_feed = config.view.as_ref().map(|_| writer.subscribe());
         let view_accepted = accepted.clone();
@@ -268,6 +279,9 @@ impl App {
         tasks.spawn(async move {
             let _ = writer.await;
         });
+        // What the store says of an earlier run's parcels must include the spilled records
+        // (a start interrupted while its store opened left its parcels there).
+        let _ = restored.await;
         let now_ms = crate::metrics::unix_ms(std::time::SystemTime::now());
         let mut recent = settle_interrupted(&journal, &sink, now_ms)?;
         fill_released(&journal, &config, &released, now_ms)?;
@@ -445,7 +459,6 @@ impl App {
         };
         tokio::spawn(crate::service::watchdog(liveness, uplink_stop.clone()));
         Ok(App {
-            _owner: owner,
             _wake_latency: wake_latency,
             view_addr,
             metrics,
@@ -461,6 +474,7 @@ impl App {
             uplink,
             journal_tasks,
             uplink_stop,
+            _owner: owner,
         })
     }
 

@@ -329,6 +329,64 @@ pub(crate) mod tests {
         );
     }
 
+    /// A restore of spill files that a crash interrupted after some of their records were
+    /// stored (and noted with them) stores only the rest at the next start, once, and then
+    /// removes the files and the note.
+    #[tokio::test]
+    async fn an_interrupted_restore_stores_each_spilled_record_once() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("journal");
+        let spill = crate::journal::spill_dir(&store);
+        std::fs::create_dir_all(&spill).unwrap();
+        let file = spill.join("1000-starting.jsonl");
+        let mut f = std::fs::File::create(&file).unwrap();
+        for i in 1..=5 {
+            let r = Record::from(record(i, 1000));
+            writeln!(f, "{}", serde_json::to_string(&r).unwrap()).unwrap();
+        }
+        // A torn last line, as a crash in the middle of a write leaves it.
+        f.write_all(b"{\"parcel\":").unwrap();
+        drop(f);
+        let journal = Journal::open(&store).unwrap();
+        // The interrupted restore had stored the first three.
+        journal
+            .meta
+            .insert(
+                super::super::META_SPILL_RESTORED,
+                serde_json::to_vec(&crate::journal::SpillProgress {
+                    files: vec!["1000-starting.jsonl".into()],
+                    stored: 3,
+                })
+                .unwrap(),
+            )
+            .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (sink, writer, _) =
+            record_sink(journal.clone(), Duration::from_millis(1), metrics).unwrap();
+        let mut writer = writer.with_hold(1000, crate::alarm::Alarms::new("gw"), spill.clone());
+        let restored = writer.restored();
+        let run = tokio::spawn(writer.run());
+        restored.await.unwrap();
+        drop(sink);
+        run.await.unwrap();
+        let stored: Vec<u32> = journal
+            .outbox_from(1, u64::MAX, 100)
+            .unwrap()
+            .iter()
+            .map(|(_, b)| {
+                serde_json::from_slice::<Record>(b)
+                    .unwrap()
+                    .as_parcel()
+                    .unwrap()
+                    .parcel
+            })
+            .collect();
+        assert_eq!(stored, vec![4, 5]);
+        assert!(!file.exists());
+        assert_eq!(journal.spill_progress(), None);
+    }
+
     /// A large group commit is stored as entries of at most `ENTRY_BYTES` (sled keeps them
     /// in its file, see `capacity`), counted once even when written again, and purging all of
     /// them gives back exactly what they counted.

@@ -75,7 +75,7 @@ pub use lookup::{Forwarding, TIME_SLACK_MS};
 pub(crate) use maintenance::tests::record as test_record;
 pub use maintenance::JournalStats;
 pub use salvage::{salvage, ChainMode, Opened, SalvageError, SalvageReport};
-pub use spill::{read_spill, spill_dir};
+pub use spill::{read_spill, read_spill_file, spill_dir};
 pub use verify::{ChainProblem, VerifyReport};
 pub use writer::{record_queue, record_sink, JournalWriter, RecordQueue, RecordSink};
 
@@ -208,6 +208,9 @@ const META_HEAD: &[u8] = b"head";
 const META_ANCHOR: &[u8] = b"anchor";
 const META_FORWARDED: &[u8] = b"forwarded";
 const META_LIVE: &[u8] = b"live_bytes";
+/// How far the writer got storing the spill files it read at start (see
+/// [`Journal::spill_progress`]), written in the same transaction as the records.
+const META_SPILL_RESTORED: &[u8] = b"spill_restored";
 
 fn encode_link(seq: u64, hash: &[u8; 32]) -> [u8; 40] {
     let mut v = [0u8; 40];
@@ -460,7 +463,20 @@ impl Journal {
         records: &[Vec<u8>],
         head: (u64, [u8; 32]),
     ) -> Result<(), JournalError> {
+        self.commit_noting(first, records, head, None)
+    }
+
+    /// [`Journal::commit`] that also notes, in the same transaction, how far a restore of
+    /// spill files got (see [`Journal::spill_progress`]).
+    fn commit_noting(
+        &self,
+        first: u64,
+        records: &[Vec<u8>],
+        head: (u64, [u8; 32]),
+        spill: Option<&SpillProgress>,
+    ) -> Result<(), JournalError> {
         use sled::Transactional;
+        let spill = spill.map(SpillProgress::encode);
         let mut entries = Vec::new();
         let mut seq = first;
         for group in entry_groups(records) {
@@ -494,6 +510,9 @@ impl Journal {
                     meta.insert(chain_key::META_HEAD_TAG, &tag[..])?;
                 }
                 meta.insert(META_LIVE, &live.to_be_bytes()[..])?;
+                if let Some(spill) = &spill {
+                    meta.insert(META_SPILL_RESTORED, &spill[..])?;
+                }
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<()>| match e {
@@ -501,6 +520,36 @@ impl Journal {
                 other => JournalError::Transaction(format!("{other:?}")),
             })?;
         state.live_bytes = live;
+        Ok(())
+    }
+}
+
+/// How far a restore of spill files got: of the records of `files` (in that order), the
+/// first `stored` are in the journal. Noted with the records in one transaction, so that a
+/// crash before the files are removed does not store those records twice.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpillProgress {
+    /// The spill files' names.
+    pub files: Vec<String>,
+    pub stored: u64,
+}
+
+impl SpillProgress {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("spill progress always serializes")
+    }
+}
+
+impl Journal {
+    /// How far the last restore of spill files got; `None` if none is under way.
+    pub fn spill_progress(&self) -> Option<SpillProgress> {
+        let v = self.meta.get(META_SPILL_RESTORED).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    /// Forgets the restore's progress, once its files are removed.
+    pub fn clear_spill_progress(&self) -> Result<(), JournalError> {
+        self.meta.remove(META_SPILL_RESTORED)?;
         Ok(())
     }
 }

@@ -147,6 +147,11 @@ pub struct JournalWriter {
     restored: Vec<std::path::PathBuf>,
     /// How many of the records at the front of `held` came from `restored`.
     restored_held: usize,
+    /// How many of `restored`'s records are stored (noted with them, see
+    /// [`super::SpillProgress`]).
+    restored_stored: u64,
+    /// Told once the spill read at start is stored (or held, on a full disk).
+    on_restored: Option<oneshot::Sender<()>>,
     /// The store's directory and limits, for the check before each write.
     capacity: Option<(std::path::PathBuf, super::capacity::Limits)>,
     /// Records refused in the current full-disk episode (for alarms).
@@ -203,9 +208,10 @@ fn starting_spill_file(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 impl RecordQueue {
-    /// Takes the records that arrive before the store is open, until `open` is cancelled,
-    /// and appends them to a spill file in `dir` (`<ms>-starting.jsonl`), synced once per
-    /// `window`, so that a crash meanwhile loses none that was synced; then hands the queue
+    /// Takes the records that arrive before the store is open, until `open` is cancelled (or
+    /// every sink is gone), and appends them to a spill file in `dir`
+    /// (`<ms>-starting.jsonl`), synced once per `window`, so that a crash meanwhile loses
+    /// none that was synced; then hands the queue
     /// back for the writer, which stores the spill before anything else. Records still
     /// queued at the handover stay queued. A release intent cannot be stored before the
     /// store is open: it is answered `false`, so its command is not sent (the lines hold
@@ -221,18 +227,29 @@ impl RecordQueue {
     ) -> RecordQueue {
         use std::io::Write;
         let mut file: Option<(std::path::PathBuf, std::fs::File)> = None;
+        // The file's length after the last synced batch: a batch that fails is cut off
+        // again, so that it is not both in the file and kept in memory.
+        let mut synced_len = 0u64;
         let mut failed = false;
         let mut spilled = 0u64;
         let mut batch = Vec::new();
-        loop {
+        let (mut records_open, mut intents_open) = (true, true);
+        while records_open || intents_open {
             tokio::select! {
                 biased;
                 _ = open.cancelled() => break,
-                Some((record, done)) = self.intent_rx.recv() => {
-                    error!(line = %record.line, parcel = record.parcel, "release decision before the journal store is open: not stored, its command is not sent");
-                    let _ = done.send(false);
-                }
-                Some(first) = self.rx.recv(), if !failed => {
+                intent = self.intent_rx.recv(), if intents_open => match intent {
+                    Some((record, done)) => {
+                        error!(line = %record.line, parcel = record.parcel, "release decision before the journal store is open: not stored, its command is not sent");
+                        let _ = done.send(false);
+                    }
+                    None => intents_open = false,
+                },
+                first = self.rx.recv(), if records_open && !failed => {
+                    let Some(first) = first else {
+                        records_open = false;
+                        continue;
+                    };
                     batch.push(first);
                     let deadline = Instant::now() + window;
                     while batch.len() < MAX_BATCH {
@@ -246,6 +263,8 @@ impl RecordQueue {
                             std::fs::create_dir_all(&dir)?;
                             let path = starting_spill_file(&dir);
                             let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+                            // The file's name must survive a crash too.
+                            std::fs::File::open(&dir)?.sync_all()?;
                             file = Some((path, f));
                         }
                         let (_, f) = file.as_mut().expect("opened above");
@@ -254,8 +273,15 @@ impl RecordQueue {
                             serde_json::to_writer(&mut text, r)?;
                             text.push(b'\n');
                         }
-                        f.write_all(&text)?;
-                        f.sync_data()
+                        let written = f.write_all(&text).and_then(|()| f.sync_data());
+                        if written.is_err() {
+                            // Cut the failed batch off again; if even that fails, the next
+                            // start finds a torn line, which it skips.
+                            let _ = f.set_len(synced_len).and_then(|()| f.sync_data());
+                        }
+                        written?;
+                        synced_len += text.len() as u64;
+                        Ok(())
                     })();
                     match written {
                         Ok(()) => {
@@ -268,7 +294,6 @@ impl RecordQueue {
                         }
                     }
                 }
-                else => break,
             }
         }
         if let Some((path, _)) = &file {
@@ -312,6 +337,8 @@ impl JournalWriter {
                 spill_dir: None,
                 restored: Vec::new(),
                 restored_held: 0,
+                restored_stored: 0,
+                on_restored: None,
                 capacity: None,
                 refused_now: 0,
                 feed: broadcast::channel(FEED_CAPACITY).0,
@@ -346,6 +373,14 @@ impl JournalWriter {
     ) -> JournalWriter {
         self.capacity = Some((path, limits));
         self
+    }
+
+    /// Resolves once the writer has stored the spill it reads when it starts (or holds it,
+    /// the disk being full): what the store holds from then on includes those records.
+    pub fn restored(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.on_restored = Some(tx);
+        rx
     }
 
     /// Every record from now on, once accepted (flushed), in sequence order. Never slows
@@ -402,6 +437,9 @@ impl JournalWriter {
     async fn run_records(mut self) {
         self.restore_spill();
         self.write_held().await;
+        if let Some(tx) = self.on_restored.take() {
+            let _ = tx.send(());
+        }
         let mut batch = Vec::with_capacity(256);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -430,7 +468,7 @@ impl JournalWriter {
             } else {
                 self.write_held().await;
                 if self.held.is_empty() {
-                    self.commit(&mut batch).await;
+                    self.commit(&mut batch, None).await;
                 }
                 // Whatever the store did not take (it failed, or older records wait) is held.
                 if !batch.is_empty() {
@@ -472,22 +510,38 @@ impl JournalWriter {
         let Some(dir) = &self.spill_dir else {
             return;
         };
-        let (files, records) = super::read_spill(dir);
+        let (files, mut records) = super::read_spill(dir);
         if files.is_empty() {
             return;
         }
+        // A restore that a crash interrupted stored the first records of the same files
+        // already, and noted how many with them.
+        let names = spill_names(&files);
+        let skip = match self.journal.spill_progress() {
+            Some(p) if names.starts_with(&p.files) => {
+                let in_those: usize = files[..p.files.len()]
+                    .iter()
+                    .map(|f| super::read_spill_file(f).len())
+                    .sum();
+                (p.stored as usize).min(in_those)
+            }
+            _ => 0,
+        };
+        records.drain(..skip.min(records.len()));
         tracing::info!(
             records = records.len(),
+            already_stored = skip,
             files = files.len(),
             "storing spilled records (of the last shutdown, or taken while the store opened) before anything else"
         );
         self.restored_held = records.len();
+        self.restored_stored = skip as u64;
         for r in records.into_iter().rev() {
             self.held.push_front(r);
         }
         self.restored = files;
         if self.restored_held == 0 {
-            // Nothing readable in them (a torn line is logged by read_spill).
+            // Nothing left to store from them (a torn line is logged by read_spill).
             self.forget_restored();
         }
     }
@@ -498,6 +552,9 @@ impl JournalWriter {
             if let Err(e) = std::fs::remove_file(&f) {
                 tracing::warn!(file = %f.display(), error = %e, "cannot remove a stored spill file");
             }
+        }
+        if let Err(e) = self.journal.clear_spill_progress() {
+            tracing::warn!(error = %e, "cannot clear the spill restore's progress");
         }
     }
 
@@ -571,10 +628,16 @@ impl JournalWriter {
         while !self.held.is_empty() && !self.must_hold() {
             let n = self.held.len().min(step);
             let mut batch: Vec<Record> = self.held.drain(..n).collect();
-            self.commit(&mut batch).await;
+            let restored = n.min(self.restored_held);
+            let progress = (restored > 0).then(|| super::SpillProgress {
+                files: spill_names(&self.restored),
+                stored: self.restored_stored + restored as u64,
+            });
+            self.commit(&mut batch, progress.as_ref()).await;
             if batch.is_empty() {
-                self.restored_held = self.restored_held.saturating_sub(n);
-                if self.restored_held == 0 {
+                self.restored_held -= restored;
+                self.restored_stored += restored as u64;
+                if restored > 0 && self.restored_held == 0 {
                     self.forget_restored();
                 }
             } else {
@@ -596,7 +659,7 @@ impl JournalWriter {
 
     /// Chains and writes `batch`, retrying on errors. On success the batch is emptied; if
     /// the store fails with a full disk the records are left in `batch` for the caller.
-    async fn commit(&mut self, batch: &mut Vec<Record>) {
+    async fn commit(&mut self, batch: &mut Vec<Record>, spill: Option<&super::SpillProgress>) {
         let started = Instant::now();
         let (seq0, hash0) = (self.last_seq, self.last_hash);
         let first = seq0 + 1;
@@ -628,8 +691,10 @@ impl JournalWriter {
                 match self
                     .journal
                     .mark_counted(counted_marks(batch))
-                    .and_then(|()| self.journal.commit(first, &records, (seq, hash)))
-                {
+                    .and_then(|()| {
+                        self.journal
+                            .commit_noting(first, &records, (seq, hash), spill)
+                    }) {
                     Ok(()) => {
                         committed = true;
                         self.journal.flush().await
@@ -682,6 +747,19 @@ impl JournalWriter {
         Metrics::add(&self.metrics.backlog, n);
         self.accepted.send_replace(self.last_seq);
     }
+}
+
+/// The file names of spill files, as [`super::SpillProgress`] notes them.
+fn spill_names(files: &[std::path::PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .map(|f| {
+            f.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
 }
 
 /// Serves the intent queue until every sink is gone: stores and flushes whatever intents

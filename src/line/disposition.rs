@@ -14,7 +14,8 @@ use super::Line;
 use crate::metrics::Metrics;
 
 /// Dispositions of unknown parcels kept while the line waits for the earlier run's parcels
-/// (see [`Line::on_earlier`]); beyond this they are recorded at once with what is known.
+/// (see [`Line::on_earlier`]); beyond this they are recorded at once with what is known. Far
+/// above what a PLC's disposition ring holds of an earlier run.
 pub(super) const DEFERRED_MAX: usize = 4096;
 
 fn kind_of(code: DispositionCode) -> DispositionKind {
@@ -34,9 +35,12 @@ impl Line {
         let kind = kind_of(d.code);
         let role = self.ctx.lanes.role_of(d.lane);
         let Some(t) = t else {
-            // Not this run's parcel: the journal may know it from an earlier run, once it
-            // has been read.
-            if self.earlier_pending && self.deferred.len() < DEFERRED_MAX {
+            // Not a parcel this run tracks: the journal may know it from an earlier run, once
+            // it has been read (this run's own expired parcels are known already).
+            if self.earlier_pending
+                && self.earlier.get(d.parcel).is_none()
+                && self.deferred.len() < DEFERRED_MAX
+            {
                 self.deferred.push(d);
                 return;
             }

@@ -120,10 +120,11 @@ pub async fn run(mut ctx: LineCtx, mut io: LineIo) {
             break;
         }
     }
-    // Dispositions still waiting for the earlier run's parcels are recorded with what is
-    // known (a shutdown before the store was read).
-    if line.earlier_pending {
-        step(&mut line, &io, |l, t| l.on_earlier(HashMap::new(), t));
+    // Dispositions still waiting for the earlier run's parcels (a shutdown before the store
+    // was read) are not recorded: without the store they would look unexplained, and the
+    // PLC's ring reports them again to the next start, which can explain them.
+    if line.earlier_pending && !line.deferred.is_empty() {
+        warn!(line = %line.ctx.line, dispositions = line.deferred.len(), "stopping before the store was read: dispositions of an earlier run's parcels are left to the next start (the PLC reports them again)");
     }
     // What is still queued is taken in, not dropped: verdicts already left the scanner's
     // ring and images their spool. Images still waiting for a verdict are recorded without a

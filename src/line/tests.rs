@@ -455,6 +455,24 @@ fn dispositions_of_unknown_parcels_wait_for_the_earlier_runs_parcels() {
         })
         .collect();
     assert_eq!(unexplained, vec![78]);
+    // This run's own parcels that expired before the store was read are known already.
+    line.earlier_pending = true;
+    line.earlier.remember(
+        90,
+        Recent {
+            waybill: Some("THIS-RUN".into()),
+            decided: true,
+            ..Recent::default()
+        },
+    );
+    let mut turn = Turn::at(now);
+    line.on_plc(PlcEvent::Disposition(sorted(90)), &mut turn);
+    assert!(
+        turn.effects.iter().any(|e| matches!(e, Effect::Record(r) if matches!(r.as_ref(), Record::Disposition(d) if d.parcel == 90))),
+        "recorded at once: {:?}",
+        turn.effects
+    );
+    line.earlier_pending = false;
     // From now on an unknown parcel is judged at once.
     let mut turn = Turn::at(now);
     line.on_plc(PlcEvent::Disposition(sorted(79)), &mut turn);

@@ -210,7 +210,7 @@ pub(super) async fn run(
             }
         })
     });
-    let ledgers = floor.ledgers().await?;
+    let FloorResult { ledgers, stalls } = floor.ledgers().await?;
     let elapsed = started.elapsed();
     let forwarded = Metrics::get(&metrics.records_forwarded);
     let ingested = Metrics::get(&metrics.platform_messages) - messages_at_start;
@@ -263,6 +263,7 @@ pub(super) async fn run(
         Metrics::get(&metrics.late_diverts),
         Metrics::get(&metrics.deadlines_missed)
     );
+    println!("the machine meanwhile (a thread at the simulators' priority, beside them): {stalls}");
     println!(
         "daemon latency, scanner frame received → PLC-acknowledged divert (HDR histogram, within 1%): {}",
         metrics.decision_latency.percentiles()
@@ -362,6 +363,14 @@ type Addrs = Vec<(
 /// Each line's ledger, or why its simulator failed.
 type Ledgers = Vec<Result<bondline_simulators::line::Ledger, String>>;
 
+/// What the simulated floor reports at the end: each line's ledger, and the machine's own
+/// scheduling stalls during the run (see `stalls`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct FloorResult {
+    ledgers: Ledgers,
+    stalls: super::stalls::Stalls,
+}
+
 /// The peak scenario for every line (with the X-ray stage on L0 and the PLC outage on the
 /// last line, as asked), each line with its own seed; and the seeds' plans (`seed % 10_000`).
 fn scenarios(
@@ -457,6 +466,8 @@ struct SimFloor {
 enum FloorRun {
     Thread {
         go: Option<tokio::sync::oneshot::Sender<()>>,
+        /// Started with the belts.
+        probe: Option<super::stalls::StallProbe>,
         job: tokio::task::JoinHandle<anyhow::Result<Ledgers>>,
         /// Kept while the floor runs.
         _thread: bondline::threads::Dedicated,
@@ -509,6 +520,7 @@ impl SimFloor {
             addrs,
             run: FloorRun::Thread {
                 go: Some(go),
+                probe: None,
                 job,
                 _thread: thread,
             },
@@ -555,7 +567,8 @@ impl SimFloor {
     async fn go(&mut self) -> anyhow::Result<()> {
         use tokio::io::AsyncWriteExt as _;
         match &mut self.run {
-            FloorRun::Thread { go, .. } => {
+            FloorRun::Thread { go, probe, .. } => {
+                *probe = Some(super::stalls::StallProbe::start()?);
                 if let Some(go) = go.take() {
                     let _ = go.send(());
                 }
@@ -569,9 +582,13 @@ impl SimFloor {
     }
 
     /// Waits for the end of every line's run.
-    async fn ledgers(self) -> anyhow::Result<Ledgers> {
+    async fn ledgers(self) -> anyhow::Result<FloorResult> {
         match self.run {
-            FloorRun::Thread { job, .. } => job.await?,
+            FloorRun::Thread { job, probe, .. } => {
+                let ledgers = job.await??;
+                let stalls = probe.map(|p| p.finish()).unwrap_or_default();
+                Ok(FloorResult { ledgers, stalls })
+            }
             FloorRun::Process(p) => {
                 let FloorProcess {
                     mut child,
@@ -584,7 +601,7 @@ impl SimFloor {
                         anyhow::bail!("the simulators' process ended without ledgers ({status})");
                     };
                     match line.strip_prefix(LEDGERS_LINE) {
-                        Some(json) => break serde_json::from_str::<Ledgers>(json)?,
+                        Some(json) => break serde_json::from_str::<FloorResult>(json)?,
                         None => eprintln!("simulators: {line}"),
                     }
                 };
@@ -610,7 +627,7 @@ pub(super) async fn serve_sims(spec: &str) -> anyhow::Result<()> {
         }
     }
     floor.go().await?;
-    let ledgers = floor.ledgers().await?;
-    println!("{LEDGERS_LINE}{}", serde_json::to_string(&ledgers)?);
+    let result = floor.ledgers().await?;
+    println!("{LEDGERS_LINE}{}", serde_json::to_string(&result)?);
     Ok(())
 }
