@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::alarm::Alarms;
 use crate::config::Config;
@@ -46,6 +46,9 @@ const ANOMALY_QUEUE: usize = 4096;
 /// How long the lines' start waits for the journal store to open before they start without
 /// it (see [`App::start`]). A store of ordinary size opens in milliseconds.
 pub const OPEN_WAIT: Duration = Duration::from_secs(1);
+/// How long a start that fails after the lines started waits for them to stop and for the
+/// spill to take their last records.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// A running daemon.
 pub struct App {
@@ -221,13 +224,33 @@ impl App {
             Some(r) => r,
             None => opening.await,
         };
+        let opened = match opened
+            .map_err(|e| StartError::Opening(e.to_string()))
+            .and_then(|r| r)
+        {
+            Ok(opened) => opened,
+            Err(e) => {
+                if early.is_some() {
+                    // The lines ran without the store, which will not open: they stop, and
+                    // the spill takes their last records before the error ends the process.
+                    error!(error = %e, "the journal store cannot be opened: stopping the lines that started without it");
+                    shutdown.cancel();
+                    drop(early);
+                    drop(sink);
+                    let stopped = async { while tasks.join_next().await.is_some() {} };
+                    let _ = tokio::time::timeout(STOP_WAIT, stopped).await;
+                    let _ = tokio::time::timeout(STOP_WAIT, before_open).await;
+                }
+                return Err(e);
+            }
+        };
         let Opened {
             journal,
             adopting,
             expected_entries,
             expected_declarations,
             chain_tags,
-        } = opened.map_err(|e| StartError::Opening(e.to_string()))??;
+        } = opened;
         table.begin_loading(expected_entries);
         if let Some(s) = &starting {
             s.phase(if early.is_some() {

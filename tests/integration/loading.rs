@@ -413,3 +413,67 @@ async fn a_second_daemon_on_the_same_store_never_drives_the_floor() {
     // The first runs on, undisturbed.
     assert_eq!(first.terminate(), Some(0), "{}", read_log(&log));
 }
+
+/// A store that never opens (its lock held past the daemon's wait, as a damaged or stuck
+/// store would): the lines that started without it hold their parcels, and when the open
+/// fails the daemon stops them and exits with an error, their records in the spill for the
+/// next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_never_opens_stops_the_early_lines_and_keeps_their_records() {
+    let ViewLine {
+        dir: _dir,
+        mosquitto: _mosquitto,
+        scanner,
+        store,
+        config,
+        log,
+        plc,
+        stop: _stop,
+        ..
+    } = ViewLine::start().await;
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    std::fs::create_dir_all(&store).unwrap();
+    let held = Journal::open(&store).unwrap();
+    let daemon = Daemon::start(&config, &log);
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(6), scanner.accept())
+        .await
+        .unwrap_or_else(|_| panic!("the lines connect before the store is open\n{}", read_log()))
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || plc.register(HEARTBEAT) != 0).await,
+        "{}",
+        read_log()
+    );
+    stream
+        .write_all(&stx_etx().encode("NEVER-OPEN-1"))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || !plc.diverts().is_empty()).await,
+        "{}",
+        read_log()
+    );
+    // The daemon gives up on the lock after 10 s.
+    let code = tokio::task::spawn_blocking(move || daemon.exit_within(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    drop(held);
+    let said = read_log();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("stopping the lines that started without it"),
+        "{said}"
+    );
+    let spilled = bondline::journal::read_spill(&bondline::journal::spill_dir(&store)).1;
+    let record = spilled
+        .iter()
+        .find_map(|r| {
+            r.as_parcel()
+                .filter(|p| p.waybill.as_deref() == Some("NEVER-OPEN-1"))
+        })
+        .unwrap_or_else(|| panic!("the parcel's record is in the spill: {spilled:?}\n{said}"));
+    assert_eq!(
+        (record.lane_role, record.rule.as_str()),
+        (LaneRole::Hold, "state_loading")
+    );
+}
