@@ -104,6 +104,10 @@ pub enum BenchCommand {
         /// daemon must connect to it again (with --idle-http: while the view is flooded).
         #[arg(long)]
         plc_restart: bool,
+        /// Every line gets a scan camera (camera-sim) whose snapshot of every parcel the
+        /// daemon fetches, decodes and keeps as evidence.
+        #[arg(long)]
+        cameras: bool,
         /// Where the simulated floor runs: a process of its own (default), so that nothing
         /// in the daemon's process can delay it and its lag stays out of the figures, or a
         /// real-time thread beside the daemon.
@@ -279,6 +283,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             cpu_wake_latency_us,
             idle_http,
             plc_restart,
+            cameras,
             sims,
             broker,
             dir,
@@ -292,6 +297,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 cpu_wake_latency_us,
                 idle_http,
                 plc_restart,
+                cameras,
             };
             lines::run(load, sims, broker, dir).await
         }

@@ -25,7 +25,8 @@ const PLC_QUEUE: usize = 256;
 /// Processed X-ray images on their way to their line's join; the evidence workers wait
 /// when it is full (they are off the decision path).
 const IMAGE_QUEUE: usize = 256;
-/// Runs a decision-path task on the floor thread; the pipeline waits for it.
+/// Runs a decision-path task on `floor` (the floor thread, or another urgent one); the
+/// pipeline waits for it.
 pub(super) fn on_floor(
     tasks: &mut JoinSet<()>,
     floor: &Dedicated,

@@ -64,8 +64,9 @@ pub struct App {
     view_tls: Option<crate::view::tls::ViewTls>,
     /// Scanners, lines, PLC links and the journal writer.
     pipeline: JoinSet<()>,
-    /// The floor and journal threads; they end once the pipeline has (see [`crate::threads`]).
-    _threads: [Dedicated; 3],
+    /// The floor, journal, intents and uplink threads; they end once the pipeline has (see
+    /// [`crate::threads`]).
+    _threads: [Dedicated; 4],
     /// The CPUs' wake-up latency request (`[floor] cpu_wake_latency_us`), held while running.
     _wake_latency: Option<crate::threads::WakeLatency>,
     /// Where the staff view listens, when configured and bound.
@@ -135,6 +136,10 @@ impl App {
         let wake_latency = hold_wake_latency(config.floor);
         let journal_thread =
             Dedicated::start("bondline-journal").map_err(|e| StartError::Thread("journal", e))?;
+        // Release intents are on the decision path: they get a thread of their own, at the
+        // floor's scheduling (see `JournalWriter::take_intents`).
+        let intents_thread = Dedicated::start_urgent("bondline-intents")
+            .map_err(|e| StartError::Thread("intents", e))?;
         let uplink_thread = Dedicated::start_yielding("bondline-uplink")
             .map_err(|e| StartError::Thread("uplink", e))?;
         let metrics = Arc::new(Metrics::default());
@@ -286,6 +291,9 @@ impl App {
             metrics.clone(),
         )?;
         let restored = writer.restored();
+        if let Some(intents) = writer.take_intents() {
+            lines::on_floor(&mut tasks, &intents_thread, intents);
+        }
         // The staff view's board subscribes before the writer runs, so it misses no record.
         let view_feed = config.view.as_ref().map(|_| writer.subscribe());
         let view_accepted = accepted.clone();
@@ -493,7 +501,7 @@ impl App {
             tls_configured: config.uplink.tls.is_some() || config.uplink.credentials.is_some(),
             view_tls: config.view.as_ref().and_then(|v| v.tls.clone()),
             pipeline: tasks,
-            _threads: [floor, journal_thread, uplink_thread],
+            _threads: [floor, journal_thread, intents_thread, uplink_thread],
             uplink,
             journal_tasks,
             uplink_stop,

@@ -420,11 +420,20 @@ impl JournalWriter {
 
     /// Runs until every [`RecordSink`] is dropped and the queue is empty, so a shutdown that
     /// stops the producers first loses nothing.
-    pub async fn run(mut self) {
-        let intents = self
-            .intent_rx
+    /// The intents' own loop, to run on a thread of its own (the daemon's `bondline-intents`):
+    /// a group commit's synchronous work (encoding, sled's inserts of a large batch, image
+    /// chunks among them) then never delays a release's intent, as it does on one thread.
+    /// Without this, [`JournalWriter::run`] serves the intents beside the records.
+    pub fn take_intents(
+        &mut self,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.intent_rx
             .take()
-            .map(|rx| store_intents(rx, self.journal.clone(), self.metrics.clone()));
+            .map(|rx| store_intents(rx, self.journal.clone(), self.metrics.clone()))
+    }
+
+    pub async fn run(mut self) {
+        let intents = self.take_intents();
         let records = self.run_records();
         match intents {
             Some(intents) => {

@@ -39,7 +39,13 @@ pub(super) struct Load {
     /// The last line's PLC goes off the network for [`PLC_DOWN_S`] half-way through the run,
     /// and the daemon must connect to it again.
     pub plc_restart: bool,
+    /// Every line gets a scan camera (camera-sim, [`CAMERA_DISTANCE_M`] past the scanner)
+    /// whose snapshot of every parcel the daemon fetches, decodes and keeps.
+    pub cameras: bool,
 }
+
+/// Where `bench lines --cameras` puts each line's scan camera, metres past the scanner.
+const CAMERA_DISTANCE_M: f64 = 0.6;
 
 /// How long the PLC of `bench lines --plc-restart` stays off the network.
 const PLC_DOWN_S: f64 = 2.0;
@@ -59,6 +65,7 @@ pub(super) async fn run(
         cpu_wake_latency_us,
         idle_http,
         plc_restart,
+        cameras,
     } = load;
     use bondline_simulators::platform::PlatformSim;
 
@@ -76,6 +83,7 @@ pub(super) async fn run(
         seconds,
         xray,
         plc_restart,
+        cameras,
         spool: dir.join("xray-spool"),
         platform: std::net::SocketAddr::new(host.parse()?, port),
     };
@@ -91,10 +99,17 @@ pub(super) async fn run(
         store.display()
     );
     let mut lines_toml = String::new();
-    for (i, (scenario, (scanner, plc, xray_addr))) in scenarios.iter().zip(addrs).enumerate() {
+    for (i, (scenario, (scanner, plc, xray_addr, camera))) in
+        scenarios.iter().zip(addrs).enumerate()
+    {
         config.push_str(&format!(
             "[devices.scanner-{i}]\nprofile = \"scanner-stx-etx\"\ntcp = \"{scanner}\"\n[devices.plc-{i}]\nprofile = \"sorter-plc\"\ntcp = \"{plc}\"\n"
         ));
+        if let Some(camera) = camera {
+            config.push_str(&format!(
+                "[cameras.scan-{i}]\nurl = \"http://{camera}/snapshot.jpg\"\nline = \"L{i}\"\npoint = \"scan\"\ndistance_m = {CAMERA_DISTANCE_M:?}\n"
+            ));
+        }
         let (xray_line, xray_geometry) = match (xray_addr, &scenario.xray) {
             (Some(addr), Some(stage)) => {
                 config.push_str(&format!(
@@ -156,8 +171,9 @@ pub(super) async fn run(
     };
     let backlog_at_start = Metrics::get(&metrics.backlog);
     println!(
-        "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile; flood of {flood} declarations{}{}",
+        "{lines} line(s) at peak rate for {seconds} s each; backlog {backlog_at_start} records draining meanwhile; flood of {flood} declarations{}{}{}",
         if xray { "; X-ray tunnel with images on L0" } else { "" },
+        if cameras { "; a scan camera on every line" } else { "" },
         if plc_restart {
             format!("; L{}'s PLC off the network for {PLC_DOWN_S} s at {} s", lines - 1, seconds / 2)
         } else {
@@ -299,6 +315,13 @@ pub(super) async fn run(
             Metrics::get(&metrics.images_with_errors),
         );
     }
+    if cameras {
+        println!(
+            "cameras: {} snapshots taken and kept with their parcels, {} failed",
+            Metrics::get(&metrics.snapshots_taken),
+            Metrics::get(&metrics.snapshots_failed),
+        );
+    }
     if flood > 0 {
         println!(
             "platform meanwhile: {ingested} messages taken in ({:.0}/s), {held} declarations held at the end",
@@ -347,16 +370,18 @@ pub(super) struct FloorSpec {
     seconds: u64,
     xray: bool,
     plc_restart: bool,
+    cameras: bool,
     /// The X-ray workstation's image spool (L0 with `xray`).
     spool: PathBuf,
     /// The broker the simulated platform publishes declarations on.
     platform: std::net::SocketAddr,
 }
 
-/// Each line's scanner, PLC and X-ray addresses.
+/// Each line's scanner, PLC, X-ray and camera addresses.
 type Addrs = Vec<(
     std::net::SocketAddr,
     std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
     Option<std::net::SocketAddr>,
 )>;
 
@@ -405,6 +430,7 @@ fn scenarios(
 async fn bind_floor(
     spec: &FloorSpec,
 ) -> anyhow::Result<(Vec<bondline_simulators::line::LineSim>, Addrs)> {
+    use bondline_simulators::camera::{CameraSim, SimAuth};
     use bondline_simulators::line::{LineSim, XrayPort};
     use bondline_simulators::xray::{ImageSpec, XrayImages};
     let (framing, map) = super::builtin_devices()?;
@@ -414,6 +440,7 @@ async fn bind_floor(
         .context("built-in X-ray profile")?
         .clone();
     let mut sims = Vec::new();
+    let mut addrs = Vec::new();
     for scenario in scenarios(spec)?.0 {
         let mut sim = LineSim::bind(scenario, framing.clone(), map.clone()).await?;
         if sim.scenario().xray.is_some() {
@@ -421,18 +448,25 @@ async fn bind_floor(
             let port = XrayPort::Tcp("127.0.0.1:0".parse()?);
             sim = sim.with_xray(xray_map.clone(), port, Some(images)).await?;
         }
+        // Served until the process ends: the daemon may still fetch the last parcels' frames.
+        let camera = if spec.cameras {
+            let camera = CameraSim::new(SimAuth::Open);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(camera.clone().serve(listener, std::future::pending()));
+            sim = sim.with_camera(camera, CAMERA_DISTANCE_M);
+            Some(addr)
+        } else {
+            None
+        };
+        addrs.push((
+            sim.scanner_addr().context("line-sim scanner is TCP")?,
+            sim.plc_addr(),
+            sim.xray_addr(),
+            camera,
+        ));
         sims.push(sim);
     }
-    let addrs = sims
-        .iter()
-        .map(|s| {
-            Ok((
-                s.scanner_addr().context("line-sim scanner is TCP")?,
-                s.plc_addr(),
-                s.xray_addr(),
-            ))
-        })
-        .collect::<anyhow::Result<Addrs>>()?;
     Ok((sims, addrs))
 }
 
