@@ -8,6 +8,10 @@
 //!   anomalies and camera requests with `try_send`.
 //! - **The journal thread** owns the journal's writer: every sled commit and flush of the
 //!   record path happens there, never on a thread the lines or the uplink need.
+//! - **The intents thread** stores release intents, the one write a line waits for (a
+//!   release command waits for its decision record to be durable): a group commit's
+//!   synchronous work on the journal thread never stands in front of it. It runs at the
+//!   floor's scheduling; its work per intent is one small sled batch and a flush.
 //! - **The uplink thread** runs the MQTT session: its event loop, the record feeder and the
 //!   ingest stages, which wake each other for every record and are cheapest on one thread;
 //!   outbox reads and clears run on its blocking threads, never on it.
@@ -19,7 +23,7 @@
 //! - **The log's thread** writes log lines (`crate::telemetry`): a thread that logs, the floor
 //!   thread included, never waits on stderr or journald.
 //!
-//! The floor, journal and uplink threads are each a single-threaded tokio runtime on its own
+//! The floor, journal, intents and uplink threads are each a single-threaded tokio runtime on its own
 //! OS thread: tasks spawned on it keep their timers and I/O there. Channels between runtimes
 //! need no care.
 //!
