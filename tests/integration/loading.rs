@@ -477,3 +477,92 @@ async fn a_store_that_never_opens_stops_the_early_lines_and_keeps_their_records(
         (LaneRole::Hold, "state_loading")
     );
 }
+
+/// Fail closed while the store opens: a waybill the store holds as declared and released,
+/// scanned by a line that started before the store was open, is held (`state_loading`) and
+/// never commanded to the release lane then; once the store is open and the table loaded,
+/// the same waybill scanned again is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_waybill_is_held_while_the_store_opens_and_released_once_loaded() {
+    let ViewLine {
+        dir: _dir,
+        mosquitto: _mosquitto,
+        scanner,
+        store,
+        config,
+        view,
+        log,
+        plc,
+        stop: _stop,
+    } = ViewLine::start().await;
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    {
+        let (key, created) = IntegrityKey::load_or_create(&default_key_file(&store)).unwrap();
+        let j = Journal::open(&store).unwrap();
+        j.set_integrity_key(key, created);
+        j.load_clearance().unwrap();
+        j.store_declaration(&declaration("EARLY-REL", 1)).unwrap();
+        j.store_instruction(&release("EARLY-REL", "I-EARLY-REL"))
+            .unwrap();
+        j.flush().await.unwrap();
+        j.load_clearance().unwrap();
+    }
+    let held = Journal::open(&store).unwrap();
+    let daemon = Daemon::start(&config, &log);
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(6), scanner.accept())
+        .await
+        .unwrap_or_else(|_| panic!("the lines connect before the store is open\n{}", read_log()))
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || plc.register(HEARTBEAT) != 0).await,
+        "{}",
+        read_log()
+    );
+    let framing = stx_etx();
+    stream.write_all(&framing.encode("EARLY-REL")).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || !plc.diverts().is_empty()).await,
+        "{}",
+        read_log()
+    );
+    // Past its deadline (1.2 s) while the store is still held: the hold stays.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let early: Vec<_> = plc.diverts();
+    drop(held);
+    const RELEASE_LANE: u16 = 1;
+    const HOLD_LANE: u16 = 3;
+    assert!(
+        early.iter().all(|d| d.lane == HOLD_LANE),
+        "only holds before the store is open: {early:?}"
+    );
+
+    assert!(
+        view_ready(view, Duration::from_secs(60)).await,
+        "{:?}\n{}",
+        http_get(view, "/readyz"),
+        read_log()
+    );
+    // The early parcel passed its gate held; its deadline is gone, so no release for it.
+    let seen = plc.divert_count();
+    stream.write_all(&framing.encode("EARLY-REL")).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || plc
+            .diverts_since(seen)
+            .iter()
+            .any(|d| d.lane == RELEASE_LANE))
+        .await,
+        "released once loaded: {:?}\n{}",
+        plc.diverts(),
+        read_log()
+    );
+    let parcels: std::collections::HashSet<u32> = early.iter().map(|d| d.parcel).collect();
+    assert!(
+        plc.diverts()
+            .iter()
+            .filter(|d| d.lane == RELEASE_LANE)
+            .all(|d| !parcels.contains(&d.parcel)),
+        "the parcel held while the store opened is never released: {:?}",
+        plc.diverts()
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", read_log());
+}
