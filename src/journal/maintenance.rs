@@ -610,6 +610,85 @@ pub(crate) mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Spill files (some with a torn last line), a restore that a crash interrupted
+        /// after storing some of the first files' records, and records queued meanwhile:
+        /// the writer stores every spilled record exactly once, in order, before the queued
+        /// ones, across its 256-record steps; the files and the note go.
+        #[test]
+        fn spilled_records_are_stored_exactly_once_whatever_the_interrupted_restore(
+            files in proptest::collection::vec((0u32..300, proptest::bool::ANY), 1..4),
+            prefix_pick in 0usize..4,
+            stored_pick in 0u32..1000,
+            queued in 0u32..5,
+        ) {
+            use std::io::Write as _;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let store = dir.path().join("journal");
+            let spill = crate::journal::spill_dir(&store);
+            std::fs::create_dir_all(&spill).unwrap();
+            let mut all = Vec::new();
+            let mut names = Vec::new();
+            let mut counts = Vec::new();
+            let mut next = 1u32;
+            for (i, (n, torn)) in files.iter().enumerate() {
+                let name = format!("{}-starting.jsonl", 1000 + i);
+                let mut f = std::fs::File::create(spill.join(&name)).unwrap();
+                for _ in 0..*n {
+                    let r = Record::from(record(next, 1000));
+                    writeln!(f, "{}", serde_json::to_string(&r).unwrap()).unwrap();
+                    all.push(next);
+                    next += 1;
+                }
+                if *torn {
+                    f.write_all(b"{\"parcel\":").unwrap();
+                }
+                names.push(name);
+                counts.push(*n);
+            }
+            let journal = Journal::open(&store).unwrap();
+            let prefix = prefix_pick % (files.len() + 1);
+            let in_prefix: u32 = counts[..prefix].iter().sum();
+            let stored = if prefix == 0 { 0 } else { stored_pick % (in_prefix + 1) };
+            if prefix > 0 {
+                // What the interrupted restore stored, and noted.
+                journal
+                    .meta
+                    .insert(
+                        super::super::META_SPILL_RESTORED,
+                        serde_json::to_vec(&crate::journal::SpillProgress {
+                            files: names[..prefix].to_vec(),
+                            stored: stored as u64,
+                        })
+                        .unwrap(),
+                    )
+                    .unwrap();
+            }
+            let metrics = Arc::new(Metrics::default());
+            let (sink, writer, _) =
+                record_sink(journal.clone(), Duration::from_millis(1), metrics).unwrap();
+            for q in 0..queued {
+                sink.push(record(10_000 + q, 1000));
+            }
+            let writer = writer.with_hold(100_000, crate::alarm::Alarms::new("gw"), spill.clone());
+            drop(sink);
+            rt.block_on(writer.run());
+            let got: Vec<u32> = journal
+                .outbox_from(1, u64::MAX, 10_000)
+                .unwrap()
+                .iter()
+                .map(|(_, b)| serde_json::from_slice::<Record>(b).unwrap().as_parcel().unwrap().parcel)
+                .collect();
+            let mut want: Vec<u32> = all[stored as usize..].to_vec();
+            want.extend((0..queued).map(|q| 10_000 + q));
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert!(crate::journal::read_spill(&spill).0.is_empty());
+            proptest::prop_assert_eq!(journal.spill_progress(), None);
+        }
+    }
+
+    proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
         /// Whatever the order of PUBACKs (duplicates, gaps, parked records between), clearing
         /// them in batches leaves the outbox exactly as clearing them one by one.

@@ -519,7 +519,10 @@ async fn a_released_waybill_is_held_while_the_store_opens_and_released_once_load
         read_log()
     );
     let framing = stx_etx();
-    stream.write_all(&framing.encode("EARLY-REL")).await.unwrap();
+    stream
+        .write_all(&framing.encode("EARLY-REL"))
+        .await
+        .unwrap();
     assert!(
         wait_until(Duration::from_secs(3), || !plc.diverts().is_empty()).await,
         "{}",
@@ -544,7 +547,10 @@ async fn a_released_waybill_is_held_while_the_store_opens_and_released_once_load
     );
     // The early parcel passed its gate held; its deadline is gone, so no release for it.
     let seen = plc.divert_count();
-    stream.write_all(&framing.encode("EARLY-REL")).await.unwrap();
+    stream
+        .write_all(&framing.encode("EARLY-REL"))
+        .await
+        .unwrap();
     assert!(
         wait_until(Duration::from_secs(5), || plc
             .diverts_since(seen)
