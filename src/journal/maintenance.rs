@@ -208,6 +208,21 @@ pub(crate) mod tests {
         });
     }
 
+    /// The parcel ids of every stored parcel record, in sequence order.
+    fn stored_parcels(journal: &Journal) -> Vec<u32> {
+        journal
+            .outbox_from(1, u64::MAX, 100_000)
+            .unwrap()
+            .iter()
+            .filter_map(|(_, b)| {
+                serde_json::from_slice::<Record>(b)
+                    .ok()?
+                    .as_parcel()
+                    .map(|p| p.parcel)
+            })
+            .collect()
+    }
+
     /// A journal in a temp dir holding `n` records scanned at 1000, 2000, ..., committed in
     /// batches of 3 so that purging and tampering cross batch boundaries.
     pub(crate) async fn filled(n: u32) -> (tempfile::TempDir, Journal) {
@@ -310,18 +325,7 @@ pub(crate) mod tests {
         let writer = writer.with_hold(1000, crate::alarm::Alarms::new("gw"), spill.clone());
         drop(sink);
         writer.run().await;
-        let stored: Vec<u32> = journal
-            .outbox_from(1, u64::MAX, 100)
-            .unwrap()
-            .iter()
-            .map(|(_, b)| {
-                serde_json::from_slice::<Record>(b)
-                    .unwrap()
-                    .as_parcel()
-                    .unwrap()
-                    .parcel
-            })
-            .collect();
+        let stored = stored_parcels(&journal);
         assert_eq!(stored, vec![1, 2, 3, 4]);
         assert!(
             crate::journal::read_spill(&spill).0.is_empty(),
@@ -370,18 +374,7 @@ pub(crate) mod tests {
         restored.await.unwrap();
         drop(sink);
         run.await.unwrap();
-        let stored: Vec<u32> = journal
-            .outbox_from(1, u64::MAX, 100)
-            .unwrap()
-            .iter()
-            .map(|(_, b)| {
-                serde_json::from_slice::<Record>(b)
-                    .unwrap()
-                    .as_parcel()
-                    .unwrap()
-                    .parcel
-            })
-            .collect();
+        let stored = stored_parcels(&journal);
         assert_eq!(stored, vec![4, 5]);
         assert!(!file.exists());
         assert_eq!(journal.spill_progress(), None);
@@ -674,12 +667,7 @@ pub(crate) mod tests {
             let writer = writer.with_hold(100_000, crate::alarm::Alarms::new("gw"), spill.clone());
             drop(sink);
             rt.block_on(writer.run());
-            let got: Vec<u32> = journal
-                .outbox_from(1, u64::MAX, 10_000)
-                .unwrap()
-                .iter()
-                .map(|(_, b)| serde_json::from_slice::<Record>(b).unwrap().as_parcel().unwrap().parcel)
-                .collect();
+            let got = stored_parcels(&journal);
             let mut want: Vec<u32> = all[stored as usize..].to_vec();
             want.extend((0..queued).map(|q| 10_000 + q));
             proptest::prop_assert_eq!(got, want);

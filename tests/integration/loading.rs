@@ -50,6 +50,37 @@ fn release(w: &str, id: &str) -> Instruction {
     }
 }
 
+/// Starts the daemon on a store the test holds (its lock taken, so the daemon's open waits
+/// up to 10 s and its lines start without it), waits until its line is connected (the
+/// scanner accepted, the PLC's heartbeat register moving: a parcel scanned before that is
+/// recorded `link_down`, with no command), scans `waybill` and waits for its command.
+async fn scan_before_the_store_opens(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    scanner: &tokio::net::TcpListener,
+    plc: &bondline_simulators::plc::PlcState,
+    waybill: &str,
+) -> (Daemon, tokio::net::TcpStream) {
+    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
+    let daemon = Daemon::start(config, log);
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(6), scanner.accept())
+        .await
+        .unwrap_or_else(|_| panic!("the lines connect before the store is open\n{}", read_log()))
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || plc.register(HEARTBEAT) != 0).await,
+        "the PLC link comes up before the store is open\n{}",
+        read_log()
+    );
+    stream.write_all(&stx_etx().encode(waybill)).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || !plc.diverts().is_empty()).await,
+        "the parcel is commanded before the store is open\n{}",
+        read_log()
+    );
+    (daemon, stream)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_them() {
     let ViewLine {
@@ -276,27 +307,8 @@ async fn the_lines_hold_parcels_while_the_store_opens_and_a_crash_keeps_their_re
 
     // The daemon waits up to 10 s for the store's lock; everything below happens well
     // within that, or the test fails rather than passing on a daemon that gave up.
-    let daemon = Daemon::start(&config, &log);
-    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(6), scanner.accept())
-        .await
-        .unwrap_or_else(|_| panic!("the lines connect before the store is open\n{}", read_log()))
-        .unwrap();
-    // The PLC link is up once its heartbeat register moves (a parcel scanned before that is
-    // recorded `link_down`, with no command).
-    assert!(
-        wait_until(Duration::from_secs(3), || plc.register(HEARTBEAT) != 0).await,
-        "the PLC link comes up before the store is open\n{}",
-        read_log()
-    );
-    stream
-        .write_all(&stx_etx().encode("OPENING-1"))
-        .await
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(3), || !plc.diverts().is_empty()).await,
-        "the parcel is commanded before the store is open\n{}",
-        read_log()
-    );
+    let (daemon, _stream) =
+        scan_before_the_store_opens(&config, &log, &scanner, &plc, "OPENING-1").await;
     let divert = plc.diverts()[0];
     let readyz = http_get(view, "/readyz");
     let spill = bondline::journal::spill_dir(&store);
@@ -434,25 +446,8 @@ async fn a_store_that_never_opens_stops_the_early_lines_and_keeps_their_records(
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     std::fs::create_dir_all(&store).unwrap();
     let held = Journal::open(&store).unwrap();
-    let daemon = Daemon::start(&config, &log);
-    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(6), scanner.accept())
-        .await
-        .unwrap_or_else(|_| panic!("the lines connect before the store is open\n{}", read_log()))
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(3), || plc.register(HEARTBEAT) != 0).await,
-        "{}",
-        read_log()
-    );
-    stream
-        .write_all(&stx_etx().encode("NEVER-OPEN-1"))
-        .await
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(3), || !plc.diverts().is_empty()).await,
-        "{}",
-        read_log()
-    );
+    let (daemon, _stream) =
+        scan_before_the_store_opens(&config, &log, &scanner, &plc, "NEVER-OPEN-1").await;
     // The daemon gives up on the lock after 10 s.
     let code = tokio::task::spawn_blocking(move || daemon.exit_within(Duration::from_secs(30)))
         .await
@@ -508,26 +503,8 @@ async fn a_released_waybill_is_held_while_the_store_opens_and_released_once_load
         j.load_clearance().unwrap();
     }
     let held = Journal::open(&store).unwrap();
-    let daemon = Daemon::start(&config, &log);
-    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(6), scanner.accept())
-        .await
-        .unwrap_or_else(|_| panic!("the lines connect before the store is open\n{}", read_log()))
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(3), || plc.register(HEARTBEAT) != 0).await,
-        "{}",
-        read_log()
-    );
-    let framing = stx_etx();
-    stream
-        .write_all(&framing.encode("EARLY-REL"))
-        .await
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(3), || !plc.diverts().is_empty()).await,
-        "{}",
-        read_log()
-    );
+    let (daemon, mut stream) =
+        scan_before_the_store_opens(&config, &log, &scanner, &plc, "EARLY-REL").await;
     // Past its deadline (1.2 s) while the store is still held: the hold stays.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let early: Vec<_> = plc.diverts();
@@ -548,7 +525,7 @@ async fn a_released_waybill_is_held_while_the_store_opens_and_released_once_load
     // The early parcel passed its gate held; its deadline is gone, so no release for it.
     let seen = plc.divert_count();
     stream
-        .write_all(&framing.encode("EARLY-REL"))
+        .write_all(&stx_etx().encode("EARLY-REL"))
         .await
         .unwrap();
     assert!(
