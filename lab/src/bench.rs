@@ -19,6 +19,7 @@ mod backlog;
 mod broker;
 mod burst;
 mod drain;
+mod fsync;
 mod idle_floor;
 mod idle_http;
 mod journal;
@@ -169,6 +170,16 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The cheapest durable write of one release intent on this disk: 1 KiB `pwrite` +
+    /// `fdatasync` into a pre-zeroed file, every 20 ms (run it beside a load to compare with
+    /// the intents store's own flush).
+    Fsync {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Directory for the file (default: a temporary one; give one on the journal's disk).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Drain time of a backlog to a broker, beside raw rumqttc QoS 1 publishing.
     Drain {
         /// Records in the backlog.
@@ -312,6 +323,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             backlog::run(messages, &host, port, &dir).await
         }
         BenchCommand::Start { declarations, dir } => start::run(declarations, dir).await,
+        BenchCommand::Fsync { seconds, dir } => {
+            tokio::task::spawn_blocking(move || fsync::run(seconds, dir)).await?
+        }
         BenchCommand::Drain {
             records,
             broker,

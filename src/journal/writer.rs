@@ -785,11 +785,13 @@ async fn store_intents(
         while let Ok(more) = rx.try_recv() {
             intents.push(more);
         }
+        let started = Instant::now();
         let encoded: Vec<_> = intents
             .iter()
             .map(|(r, _)| super::intents::encode_intent(r))
             .collect();
         let stored = journal.store_intents(&encoded).await.is_ok();
+        metrics.intent_flush_latency.record(started.elapsed());
         if !stored {
             metrics.journal_errors.fetch_add(1, Ordering::Relaxed);
             error!(

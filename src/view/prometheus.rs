@@ -293,6 +293,11 @@ fn gather(
             &metrics.journal_flush_latency,
         ),
         histogram(
+            "bondline_intent_flush_latency_seconds",
+            "Release intents stored and flushed to disk ahead of their commands (what a release waits for).",
+            &metrics.intent_flush_latency,
+        ),
+        histogram(
             "bondline_image_ingest_latency_seconds",
             "One X-ray image: arrival to kept, chunked and handed to its line, decoding included.",
             &metrics.image_ingest_latency,

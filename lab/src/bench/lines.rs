@@ -284,6 +284,10 @@ pub(super) async fn run(
         "daemon latency, scanner frame received → PLC-acknowledged divert (HDR histogram, within 1%): {}",
         metrics.decision_latency.percentiles()
     );
+    println!(
+        "release intents stored and flushed (what a release command waits for): {}",
+        metrics.intent_flush_latency.percentiles()
+    );
     if let Some(idle) = idle {
         let v = &metrics.view_http;
         println!(
