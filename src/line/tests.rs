@@ -478,3 +478,88 @@ fn dispositions_of_unknown_parcels_wait_for_the_earlier_runs_parcels() {
     line.on_plc(PlcEvent::Disposition(sorted(79)), &mut turn);
     assert!(!turn.effects.is_empty());
 }
+
+/// A recorded effect without the fields that depend on when it was made.
+fn comparable(e: &Effect) -> Option<String> {
+    match e {
+        Effect::Record(r) => {
+            let mut v = serde_json::to_value(r.as_ref()).ok()?;
+            if let Some(o) = v.as_object_mut() {
+                o.remove("at_ms");
+            }
+            Some(v.to_string())
+        }
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Dispositions of an earlier run's parcels reported while the line waits for the store
+    /// are recorded, once the store's parcels arrive, exactly as a line that knew them from
+    /// the start records them: same records, same alerts, each ring entry once.
+    #[test]
+    fn deferred_dispositions_are_recorded_as_if_the_earlier_parcels_were_known(
+        known in proptest::collection::btree_map(
+            0u32..40,
+            (proptest::option::of(0u16..6), proptest::bool::ANY, proptest::bool::ANY, proptest::bool::ANY),
+            0..20,
+        ),
+        reports in proptest::collection::vec((0u32..40, 0u16..6), 0..30),
+    ) {
+        let recent: HashMap<u32, Recent> = known
+            .iter()
+            .map(|(&p, &(lane, decided, acked, disposed))| {
+                let r = Recent {
+                    waybill: Some(format!("E{p}")),
+                    lane,
+                    role: lane.and_then(|l| LaneMap::numbered().role_of(l)),
+                    revision: 0,
+                    decided,
+                    acked,
+                    disposed,
+                };
+                (p, r)
+            })
+            .collect();
+        let now = Now::read();
+        let report = |(parcel, lane): (u32, u16)| {
+            PlcEvent::Disposition(Disposition { seq: 1, parcel, code: DispositionCode::Sorted, lane })
+        };
+
+        let mut at_start = machine();
+        at_start.on_earlier(recent.clone(), &mut Turn::at(now));
+        let mut first = Turn::at(now);
+        for &r in &reports {
+            at_start.on_plc(report(r), &mut first);
+        }
+
+        let mut waiting = machine();
+        waiting.earlier_pending = true;
+        let mut before = Turn::at(now);
+        for &r in &reports {
+            waiting.on_plc(report(r), &mut before);
+        }
+        prop_assert!(before.effects.iter().all(|e| comparable(e).is_none()), "nothing recorded before the store is read");
+        let mut after = Turn::at(now);
+        waiting.on_earlier(recent, &mut after);
+
+        let a: Vec<_> = first.effects.iter().filter_map(comparable).collect();
+        let b: Vec<_> = after.effects.iter().filter_map(comparable).collect();
+        // One disposition record per reported parcel not recorded before (the ring is read
+        // again after a restart).
+        let fresh: std::collections::BTreeSet<u32> = reports
+            .iter()
+            .map(|&(p, _)| p)
+            .filter(|p| !known.get(p).is_some_and(|k| k.3))
+            .collect();
+        let dispositions = first
+            .effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Record(r) if matches!(r.as_ref(), Record::Disposition(_))))
+            .count();
+        prop_assert_eq!(dispositions, fresh.len());
+        prop_assert_eq!(a, b);
+    }
+}
