@@ -125,6 +125,7 @@ impl App {
     /// it). The store's owner lock is taken before anything, so only one daemon ever drives a
     /// floor.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<App, StartError> {
+        let begun = Instant::now();
         std::fs::create_dir_all(&config.storage.path).map_err(|e| JournalError::Open {
             path: config.storage.path.display().to_string(),
             source: sled::Error::Io(e),
@@ -208,7 +209,7 @@ impl App {
         };
 
         let opened_soon = tokio::time::timeout(OPEN_WAIT, &mut opening).await.ok();
-        let early = match opened_soon {
+        let mut early = match opened_soon {
             Some(_) => None,
             None => {
                 warn!(
@@ -290,7 +291,7 @@ impl App {
             config.storage.flush_window,
             metrics.clone(),
         )?;
-        let restored = writer.restored();
+        let mut restored = writer.restored();
         if let Some(intents) = writer.take_intents() {
             lines::on_floor(&mut tasks, &intents_thread, intents);
         }
@@ -311,8 +312,23 @@ impl App {
             let _ = writer.await;
         });
         // What the store says of an earlier run's parcels must include the spilled records
-        // (a start interrupted while its store opened left its parcels there).
-        let _ = restored.await;
+        // (a start interrupted while its store opened left its parcels there). A large spill
+        // (of a shutdown with a full disk) takes a while to store: the lines do not wait
+        // for it past `OPEN_WAIT` either, and hold every parcel meanwhile.
+        let mut restored_done = false;
+        if early.is_none() {
+            let left = OPEN_WAIT.saturating_sub(begun.elapsed());
+            match tokio::time::timeout(left, &mut restored).await {
+                Ok(_) => restored_done = true,
+                Err(_) => {
+                    warn!("storing the spilled records takes a while: the lines start now and hold every parcel meanwhile");
+                    early = Some(start_floor(&wiring, None, &floor, &mut tasks));
+                }
+            }
+        }
+        if !restored_done {
+            let _ = restored.await;
+        }
         let now_ms = crate::metrics::unix_ms(std::time::SystemTime::now());
         let mut recent = settle_interrupted(&journal, &sink, now_ms)?;
         fill_released(&journal, &config, &released, now_ms)?;
