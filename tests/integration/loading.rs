@@ -81,6 +81,26 @@ async fn scan_before_the_store_opens(
     (daemon, stream)
 }
 
+/// The first parcel record of `waybill` the platform receives (within 30 s).
+async fn first_record_of(
+    platform: &PlatformSim,
+    waybill: &str,
+    log: &std::path::Path,
+) -> bondline_devices::contract::ParcelRecord {
+    let first = || {
+        platform
+            .records()
+            .into_iter()
+            .find(|r| r.waybill.as_deref() == Some(waybill))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || first().is_some()).await,
+        "no record of {waybill}\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    first().expect("checked above")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_them() {
     let ViewLine {
@@ -176,17 +196,7 @@ async fn a_restart_with_a_large_table_holds_parcels_until_loaded_then_decides_th
         read_log()
     );
     eprintln!("loaded and ready after {:?}", started.elapsed());
-    let held = |p: &PlatformSim| {
-        p.records()
-            .into_iter()
-            .find(|r| r.waybill.as_deref() == Some("LOAD-REL"))
-    };
-    assert!(
-        wait_until(Duration::from_secs(30), || held(&platform).is_some()).await,
-        "{}",
-        read_log()
-    );
-    let first = held(&platform).unwrap();
+    let first = first_record_of(&platform, "LOAD-REL", &log).await;
     assert_eq!(
         (first.lane_role, first.rule.as_str()),
         (LaneRole::Hold, "state_loading"),
@@ -355,17 +365,7 @@ async fn the_lines_hold_parcels_while_the_store_opens_and_a_crash_keeps_their_re
         .await
         .unwrap();
     let daemon = Daemon::start(&config, &log);
-    let forwarded = |p: &PlatformSim| {
-        p.records()
-            .into_iter()
-            .find(|r| r.waybill.as_deref() == Some("OPENING-1"))
-    };
-    assert!(
-        wait_until(Duration::from_secs(30), || forwarded(&platform).is_some()).await,
-        "{}",
-        read_log()
-    );
-    let stored = forwarded(&platform).unwrap();
+    let stored = first_record_of(&platform, "OPENING-1", &log).await;
     assert_eq!(
         (stored.lane_role, stored.rule.as_str(), stored.parcel),
         (LaneRole::Hold, "state_loading", divert.parcel)
