@@ -81,6 +81,21 @@ async fn scan_before_the_store_opens(
     (daemon, stream)
 }
 
+/// The parcel record of `waybill` in the spill beside `store`, if there.
+fn spilled_record(
+    store: &std::path::Path,
+    waybill: &str,
+) -> Option<bondline_devices::contract::ParcelRecord> {
+    bondline::journal::read_spill(&bondline::journal::spill_dir(store))
+        .1
+        .into_iter()
+        .find_map(|r| {
+            r.as_parcel()
+                .filter(|p| p.waybill.as_deref() == Some(waybill))
+                .cloned()
+        })
+}
+
 /// The first parcel record of `waybill` the platform receives (within 30 s).
 async fn first_record_of(
     platform: &PlatformSim,
@@ -322,11 +337,11 @@ async fn the_lines_hold_parcels_while_the_store_opens_and_a_crash_keeps_their_re
     let divert = plc.diverts()[0];
     let readyz = http_get(view, "/readyz");
     let spill = bondline::journal::spill_dir(&store);
-    let mut spilled = Vec::new();
+    let mut spilled = None;
     assert!(
         wait_until(Duration::from_secs(2), || {
-            spilled = bondline::journal::read_spill(&spill).1;
-            !spilled.is_empty()
+            spilled = spilled_record(&store, "OPENING-1");
+            spilled.is_some()
         })
         .await,
         "the parcel's record is in the spill\n{}",
@@ -344,14 +359,7 @@ async fn the_lines_hold_parcels_while_the_store_opens_and_a_crash_keeps_their_re
         matches!(&readyz, Some((503, b)) if b.contains("the lines hold every parcel")),
         "{readyz:?}"
     );
-    let record = spilled
-        .iter()
-        .find_map(|r| {
-            r.as_parcel()
-                .filter(|p| p.waybill.as_deref() == Some("OPENING-1"))
-        })
-        .expect("the parcel's record")
-        .clone();
+    let record = spilled.expect("checked above");
     assert_eq!(
         (record.lane_role, record.rule.as_str(), record.parcel),
         (LaneRole::Hold, "state_loading", divert.parcel),
@@ -459,14 +467,8 @@ async fn a_store_that_never_opens_stops_the_early_lines_and_keeps_their_records(
         said.contains("stopping the lines that started without it"),
         "{said}"
     );
-    let spilled = bondline::journal::read_spill(&bondline::journal::spill_dir(&store)).1;
-    let record = spilled
-        .iter()
-        .find_map(|r| {
-            r.as_parcel()
-                .filter(|p| p.waybill.as_deref() == Some("NEVER-OPEN-1"))
-        })
-        .unwrap_or_else(|| panic!("the parcel's record is in the spill: {spilled:?}\n{said}"));
+    let record = spilled_record(&store, "NEVER-OPEN-1")
+        .unwrap_or_else(|| panic!("the parcel's record is in the spill\n{said}"));
     assert_eq!(
         (record.lane_role, record.rule.as_str()),
         (LaneRole::Hold, "state_loading")
