@@ -7,9 +7,13 @@
 //!   deciding rule, instruction id, rule set) is flushed in the `intents` tree. The writer
 //!   stores intents as soon as they arrive, without waiting for the group-commit window.
 //! - **A store of its own.** Intents live in a small sled store beside the journal
-//!   (`<store>-intents`), so that their flush writes only intents: the journal's own writes
-//!   (group commits, the uplink's acknowledges during a backlog drain) never stand in front
-//!   of a release.
+//!   (`<store>-intents`), so that the journal's own writes (group commits, the uplink's
+//!   acknowledges during a backlog drain) never stand in front of a release.
+//! - **A log ahead of that store.** In the daemon an intent is durable once it is in the
+//!   intents' write-ahead log (`<store>-intents/wal.0` and `wal.1`, see [`super::intent_log`]):
+//!   one `fdatasync` of a pre-written file, where a flush of the store would wait for sled's
+//!   log and the filesystem's metadata behind the drain's writes. The store reaches the disk
+//!   with its own flush; a start replays into it what only the log holds.
 //! - **Settled after the record.** An intent is removed once a parcel record of the same line
 //!   and parcel with the same or a later revision is durable in the journal, so at every
 //!   instant a release command has its parcel record, or its intent, or both.
@@ -36,7 +40,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::floor::Recent;
 
-use super::{decode_batch, Journal, JournalError};
+use super::intent_wal::{recover_wal, IntentWal, SledIntents};
+use super::{decode_batch, intent_log, Journal, JournalError};
 
 /// The tree of the intent store that keeps every release decision for the duplicate-label
 /// rule (not settled with the intents).
@@ -73,9 +78,11 @@ pub fn intents_dir(path: &std::path::Path) -> std::path::PathBuf {
 /// Opens (or creates) the intent store of the journal at `path`: a small cache, and no flush
 /// but the writer's (a removal reaches the disk with the next intent's flush, or sled's own
 /// within a second).
+/// Release intents still only in the write-ahead log (a crash came before the store's
+/// flush) are replayed into it here.
 pub(super) fn open(path: &std::path::Path) -> Result<sled::Db, JournalError> {
     let dir = intents_dir(path);
-    sled::Config::new()
+    let db = sled::Config::new()
         .path(&dir)
         .cache_capacity(1024 * 1024)
         .flush_every_ms(Some(1000))
@@ -83,34 +90,66 @@ pub(super) fn open(path: &std::path::Path) -> Result<sled::Db, JournalError> {
         .map_err(|source| JournalError::Open {
             path: dir.display().to_string(),
             source,
-        })
+        })?;
+    recover_wal(&dir, &SledIntents(db.clone()))?;
+    Ok(db)
+}
+
+/// Applies intents to the intent store, in memory: each intent under its key and, for a
+/// release, its released mark (a few facts, not the whole record, since marks are kept for
+/// the clearance period). Durable with the store's next flush, or ahead of it in the
+/// write-ahead log.
+pub(super) fn apply_intents(
+    db: &sled::Db,
+    intents: &[(Vec<u8>, Vec<u8>)],
+) -> Result<(), JournalError> {
+    let mut batch = sled::Batch::default();
+    for (k, v) in intents {
+        batch.insert(&k[..], &v[..]);
+    }
+    let mut released = sled::Batch::default();
+    for (k, v) in intents {
+        let mark = v
+            .get(4..)
+            .and_then(|json| serde_json::from_slice::<ReleasedMark>(json).ok())
+            .filter(|m| m.lane_role == LaneRole::Release);
+        if let Some(mark) = mark {
+            released.insert(&k[..], serde_json::to_vec(&mark).unwrap_or_default());
+        }
+    }
+    db.open_tree(RELEASED)?.apply_batch(released)?;
+    db.apply_batch(batch)?;
+    Ok(())
 }
 
 impl Journal {
-    /// Stores intents and flushes them: durable on return.
+    /// Stores intents and makes them durable before returning: in the write-ahead log once
+    /// [`Journal::prepare_intent_log`] ran, else with the intent store's flush.
     pub(crate) async fn store_intents(
         &self,
         intents: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), JournalError> {
-        let mut batch = sled::Batch::default();
-        for (k, v) in intents {
-            batch.insert(&k[..], &v[..]);
-        }
-        // The released mark goes with its intent, under the same flush: a few facts, not
-        // the whole record, since marks are kept for the clearance period.
-        let mut released = sled::Batch::default();
-        for (k, v) in intents {
-            let mark = v
-                .get(4..)
-                .and_then(|json| serde_json::from_slice::<ReleasedMark>(json).ok())
-                .filter(|m| m.lane_role == LaneRole::Release);
-            if let Some(mark) = mark {
-                released.insert(&k[..], serde_json::to_vec(&mark).unwrap_or_default());
+        {
+            let mut wal = self.intent_wal.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(wal) = wal.as_mut() {
+                return wal.store(intents);
             }
         }
-        self.intents.open_tree(RELEASED)?.apply_batch(released)?;
-        self.intents.apply_batch(batch)?;
+        apply_intents(&self.intents, intents)?;
         self.intents.flush_async().await?;
+        Ok(())
+    }
+
+    /// Opens the release intents' write-ahead log (creating its segments, zeroed, on a first
+    /// start), so that [`Journal::store_intents`] waits for one `fdatasync` of the log rather
+    /// than a flush of the intent store. The daemon prepares it before its lines start.
+    pub fn prepare_intent_log(&self) -> Result<(), JournalError> {
+        let wal = IntentWal::open(
+            &intents_dir(&self.path),
+            intent_log::SEGMENT_BYTES,
+            SledIntents(self.intents.clone()),
+        )?;
+        *self.intent_wal.lock().unwrap_or_else(|p| p.into_inner()) = Some(wal);
         Ok(())
     }
 

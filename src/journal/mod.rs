@@ -49,6 +49,8 @@ mod chain_key;
 mod export;
 mod housekeeping;
 pub mod integrity;
+mod intent_log;
+mod intent_wal;
 pub mod intents;
 mod lookup;
 mod maintenance;
@@ -173,6 +175,9 @@ pub struct Journal {
     /// Release decisions written ahead of their command: a store of its own beside this one
     /// (`<store>-intents`), so that its flush waits for nothing else (see [`intents`]).
     intents: sled::Db,
+    /// The release intents' write-ahead log, once the daemon prepared it
+    /// ([`Journal::prepare_intent_log`]).
+    intent_wal: Arc<Mutex<Option<intent_wal::IntentWal<intent_wal::SledIntents>>>>,
     /// The forwarded watermark and stored size, mirrored from `meta`; updates hold the lock.
     state: Arc<Mutex<State>>,
     /// Held while platform state is stored and applied, and while old state is forgotten,
@@ -319,6 +324,7 @@ impl Journal {
             history: db.open_tree("history")?,
             by_waybill: db.open_tree("by_waybill")?,
             intents: intents::open(path)?,
+            intent_wal: Arc::default(),
             meta,
             db,
             state: Arc::new(Mutex::new(state)),
