@@ -43,6 +43,21 @@ pub use crate::floor::Recent;
 use super::intent_wal::{recover_wal, IntentWal, SledIntents};
 use super::{decode_batch, intent_log, Journal, JournalError};
 
+/// Removes the intents of `settle` whose stored revision is not newer than the record's.
+pub(super) fn settle_intents(db: &sled::Db, settle: &[(Vec<u8>, u32)]) -> Result<(), JournalError> {
+    for (key, revision) in settle {
+        let stored = db.get(&key[..])?;
+        if stored
+            .as_deref()
+            .and_then(intent_revision)
+            .is_some_and(|r| r <= *revision)
+        {
+            db.remove(&key[..])?;
+        }
+    }
+    Ok(())
+}
+
 /// The tree of the intent store that keeps every release decision for the duplicate-label
 /// rule (not settled with the intents).
 const RELEASED: &str = "released";
@@ -149,6 +164,10 @@ impl Journal {
             intent_log::SEGMENT_BYTES,
             SledIntents(self.intents.clone()),
         )?;
+        *self
+            .intent_settler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(wal.settler());
         *self.intent_wal.lock().unwrap_or_else(|p| p.into_inner()) = Some(wal);
         Ok(())
     }
@@ -156,17 +175,16 @@ impl Journal {
     /// Removes intents whose parcel record is durable (`settle`: key and the record's
     /// revision; an intent of a newer revision stays).
     pub fn settle_intents(&self, settle: &[(Vec<u8>, u32)]) -> Result<(), JournalError> {
-        for (key, revision) in settle {
-            let stored = self.intents.get(&key[..])?;
-            if stored
-                .as_deref()
-                .and_then(intent_revision)
-                .is_some_and(|r| r <= *revision)
-            {
-                self.intents.remove(&key[..])?;
-            }
+        let settler = self
+            .intent_settler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match settler {
+            // After their intents' apply, on the intent store's thread.
+            Some(s) => s.settle(settle),
+            None => settle_intents(&self.intents, settle),
         }
-        Ok(())
     }
 
     /// The release decisions stored since `since_ms` (scan time), newest revision of each

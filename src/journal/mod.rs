@@ -177,7 +177,9 @@ pub struct Journal {
     intents: sled::Db,
     /// The release intents' write-ahead log, once the daemon prepared it
     /// ([`Journal::prepare_intent_log`]).
-    intent_wal: Arc<Mutex<Option<intent_wal::IntentWal<intent_wal::SledIntents>>>>,
+    intent_wal: Arc<Mutex<Option<intent_wal::IntentWal>>>,
+    /// Where settled intents go while the log is in use: the intent store's own thread.
+    intent_settler: Arc<Mutex<Option<intent_wal::Settler>>>,
     /// The forwarded watermark and stored size, mirrored from `meta`; updates hold the lock.
     state: Arc<Mutex<State>>,
     /// Held while platform state is stored and applied, and while old state is forgotten,
@@ -325,6 +327,7 @@ impl Journal {
             by_waybill: db.open_tree("by_waybill")?,
             intents: intents::open(path)?,
             intent_wal: Arc::default(),
+            intent_settler: Arc::default(),
             meta,
             db,
             state: Arc::new(Mutex::new(state)),
