@@ -73,8 +73,8 @@ pub struct Metrics {
     pub decision_latency: Histogram,
     /// One group commit of the journal: transaction and flush to disk, retries included.
     pub journal_flush_latency: Histogram,
-    /// Release intents stored ahead of their commands: one batch of them, stored and
-    /// flushed to disk (what a release command waits for).
+    /// Release intents made durable ahead of their commands: one batch of them, written and
+    /// synced in their write-ahead log (what a release command waits for).
     pub intent_flush_latency: Histogram,
     /// Acknowledges that came after the parcel's divert deadline.
     pub late_diverts: AtomicU64,

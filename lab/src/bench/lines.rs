@@ -285,7 +285,7 @@ pub(super) async fn run(
         metrics.decision_latency.percentiles()
     );
     println!(
-        "release intents stored and flushed (what a release command waits for): {}",
+        "release intents made durable (written and synced in their log: what a release command waits for): {}",
         metrics.intent_flush_latency.percentiles()
     );
     if let Some(idle) = idle {
