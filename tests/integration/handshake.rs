@@ -413,6 +413,14 @@ async fn sigkill_under_load_never_releases_a_parcel_without_a_durable_record() {
         .iter()
         .filter(|r| r.divert.status == DivertStatus::Interrupted)
         .count();
+    // The kills came while release intents were only in their write-ahead log (the intent
+    // store is flushed once a second): the starts after them replayed the log.
+    let replays = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("release intents replayed from their write-ahead log")
+        .count();
+    assert!(replays > 0, "no start replayed the intents' log");
+    println!("{replays} starts replayed the release intents' log");
     println!(
         "{} commands ({} to release), {} parcels in the release lane, {interrupted} interrupted releases recovered, {} unexplained dispositions",
         diverts.len(),
