@@ -11,9 +11,9 @@
 //! - **The intents thread** stores release intents, the one write a line waits for (a
 //!   release command waits for its decision record to be durable): a group commit's
 //!   synchronous work on the journal thread never stands in front of it. It runs at the
-//!   floor's scheduling; its work per batch of intents is one small sled batch in memory and
-//!   one write and `fdatasync` of the intents' write-ahead log. The log's segment covers (a
-//!   flush of the intent store) run on a short-lived thread of their own.
+//!   floor's scheduling; its work per batch of intents is one write and `fdatasync` of the
+//!   intents' write-ahead log. The intent store itself (sled's applies, settles and flushes)
+//!   is written by `bondline-intents-store`, a thread of its own, in the log's order.
 //! - **The uplink thread** runs the MQTT session: its event loop, the record feeder and the
 //!   ingest stages, which wake each other for every record and are cheapest on one thread;
 //!   outbox reads and clears run on its blocking threads, never on it.

@@ -43,6 +43,9 @@ pub(super) fn settle_interrupted(
             .get(&r.line)
             .and_then(|parcels| parcels.get(&r.parcel))
             .is_some_and(|k| k.decided && k.revision >= r.revision);
+        // Older than the recent window (an intent settled long ago and found again in the
+        // intents' log after a crash): looked up by its waybill.
+        let recorded = recorded || recorded_earlier(journal, &r)?;
         if recorded {
             // Stopped between the record and the intent's removal: nothing was lost.
             let key = crate::journal::intents::intent_key(&r.line, r.parcel);
@@ -56,6 +59,22 @@ pub(super) fn settle_interrupted(
         sink.push(alert);
     }
     Ok(recent)
+}
+
+/// Whether the journal holds a parcel record of `intent`'s line and parcel, of its revision
+/// or a later one, found through the intent's waybill.
+fn recorded_earlier(
+    journal: &Journal,
+    intent: &bondline_devices::contract::ParcelRecord,
+) -> Result<bool, StartError> {
+    let Some(waybill) = intent.waybill.as_deref() else {
+        return Ok(false);
+    };
+    Ok(journal.waybill_records(waybill)?.iter().any(|r| {
+        r.as_parcel().is_some_and(|p| {
+            p.line == intent.line && p.parcel == intent.parcel && p.revision >= intent.revision
+        })
+    }))
 }
 
 /// The registry of waybills this gateway released, for the duplicate-label rule on every
@@ -298,6 +317,87 @@ pub(super) fn open_store(config: &Config) -> Result<Opened, StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An intent found at start whose parcel record is older than the recent window (a
+    /// release settled long ago, found again in the intents' log after a crash) is settled
+    /// through its waybill's records, not recorded as interrupted.
+    #[tokio::test]
+    async fn an_old_settled_intent_found_again_is_not_reported_interrupted() {
+        use bondline_devices::contract::{
+            DispositionKind, DispositionRecord, DivertStatus, LaneRole, Record, SCHEMA,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let (sink, writer, mut accepted) = crate::journal::record_sink(
+            journal.clone(),
+            Duration::from_millis(1),
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap();
+        let task = tokio::spawn(writer.run());
+        let mut release = crate::journal::test_record(7, 1_000);
+        release.lane_role = LaneRole::Release;
+        release.divert.status = DivertStatus::Acked;
+        sink.push(release.clone());
+        // Later dispositions of the line, enough for the recent scan to stop before it.
+        let now_ms = 100_000_000;
+        for n in 0..RECENT_DISPOSITIONS as u32 {
+            sink.push(Record::Disposition(DispositionRecord {
+                schema: SCHEMA,
+                msg_id: String::new(),
+                seq: 0,
+                prev_hash: String::new(),
+                gateway: "gw".into(),
+                line: "L1".into(),
+                parcel: 100 + n,
+                waybill: None,
+                disposition: DispositionKind::Sorted,
+                lane: 3,
+                lane_role: Some(LaneRole::Hold),
+                commanded_lane: Some(3),
+                at_ms: now_ms - 1_000,
+            }));
+        }
+        while *accepted.borrow_and_update() < 1 + RECENT_DISPOSITIONS as u64 {
+            accepted.changed().await.unwrap();
+        }
+        let mut intent = release.clone();
+        intent.divert.status = DivertStatus::Interrupted;
+        journal
+            .store_intents(&[crate::journal::intents::encode_intent(&intent)])
+            .await
+            .unwrap();
+        let recent = journal
+            .recent_parcels(
+                now_ms - RECENT_WINDOW.as_millis() as u64,
+                RECENT_DISPOSITIONS,
+                RECENT_MAX_RECORDS,
+            )
+            .unwrap();
+        assert!(
+            !recent.lines["L1"].contains_key(&7),
+            "the release record lies beyond the recent scan"
+        );
+
+        settle_interrupted(&journal, &sink, now_ms).unwrap();
+        assert!(
+            journal.intents().unwrap().is_empty(),
+            "settled, not pending"
+        );
+        drop(sink);
+        task.await.unwrap();
+        let interrupted = journal
+            .records_between(0, u64::MAX, 1_000)
+            .unwrap()
+            .0
+            .into_iter()
+            .filter(|r| {
+                r.as_parcel()
+                    .is_some_and(|p| p.divert.status == DivertStatus::Interrupted)
+            })
+            .count();
+        assert_eq!(interrupted, 0);
+    }
 
     /// Only one daemon owns a store: a second start fails on the owner lock (before any line
     /// starts), and takes it once the first has let go.

@@ -11,21 +11,25 @@
 //! the same load).
 //!
 //! # Invariants
-//! - **Ahead of the command.** A batch of intents is applied to the intent store (in memory)
-//!   and appended here; the append returns once `fdatasync` did. The store itself reaches the
-//!   disk later, with sled's own flush.
-//! - **Generations.** Each use of a segment gets a generation above every earlier one; every
-//!   frame carries its generation and a CRC32 of generation, length and payload. A segment is
-//!   read from its start for as long as frames are whole and of the segment's first
-//!   generation: what follows (a torn frame, zeros, frames of an earlier use) is not part of it.
-//! - **Covered before reused.** Switching to the other segment first waits until the intent
-//!   store's flush that followed the last switch is durable, together with the `covered`
-//!   mark (the generation it covers). A start replays, in generation order, every frame above
-//!   `covered` into the intent store, flushes it and covers what it replayed. Replaying a frame
-//!   twice stores the same keys again: an intent that was settled in between is found again
-//!   at start, where its durable record settles it once more (see `intents`).
+//! - **Ahead of the command.** A batch of intents is appended here and the append returns once
+//!   `fdatasync` did; the intent store's own thread applies it after (in memory), and the
+//!   store reaches the disk later, with sled's own flush.
+//! - **Generations.** Each use of a segment begins under a generation above every earlier
+//!   one, and moves to the next one at every periodic cover; every frame carries its
+//!   generation and a CRC32 of generation, length and payload. A segment is read from its
+//!   start for as long as frames are whole and their generations do not go down: what
+//!   follows (a torn frame, zeros, frames of an earlier use) is not part of it.
+//! - **Covered before reused.** A cover makes the intent store durable together with the
+//!   `covered` mark (the generation it covers), after every apply of that generation's
+//!   frames. Switching to the other segment first waits for the cover of its last use.
+//!   About once a second, and at a clean stop, the generation in use is covered as well, so a
+//!   start after a crash replays only the last second's frames: in generation order, every
+//!   frame above `covered`, into the intent store, which it then flushes and covers.
+//!   Replaying a frame twice stores the same keys again: an intent settled in between is
+//!   found again at start, where its durable record (looked up by waybill if it is older
+//!   than the recent window) settles it once more (see `intents`, `app::takeover`).
 //!
-//! Pure framing here ([`Segments`]); the intent store's side is in `intents`.
+//! Pure framing here ([`Segments`]); the intent store's side is in `intent_wal`.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -61,49 +65,53 @@ fn frame(generation: u64, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// The frames of one segment's last use: its generation and payloads, in order. `None` for a
-/// segment that holds no whole frame.
-pub fn parse_segment(bytes: &[u8]) -> Option<(u64, Vec<Vec<u8>>)> {
+/// The frames of one segment's last use, each with its generation, in order. A use begins
+/// under a generation above every earlier one and may move to later ones as it goes (each
+/// periodic cover), so a frame of a lower generation than the one before it is an earlier
+/// use's, and ends the read.
+pub fn parse_segment(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
     let mut at = 0usize;
-    let mut generation = None;
-    let mut payloads = Vec::new();
+    let mut last = 0u64;
+    let mut frames = Vec::new();
     while let Some(head) = bytes.get(at..at + HEADER) {
-        let g = u64::from_le_bytes(head[..8].try_into().ok()?);
-        let len = u32::from_le_bytes(head[8..12].try_into().ok()?) as usize;
-        let sum = u32::from_le_bytes(head[12..16].try_into().ok()?);
-        if g == 0 || generation.is_some_and(|first| first != g) {
+        let g = u64::from_le_bytes(head[0..8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
+        let sum = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default());
+        if g == 0 || g < last {
             break;
         }
-        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
+        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len as usize) else {
             break;
         };
         if crc(g, payload) != sum {
             break;
         }
-        generation = Some(g);
-        payloads.push(payload.to_vec());
-        at += HEADER + len;
+        last = g;
+        frames.push((g, payload.to_vec()));
+        at += HEADER + len as usize;
     }
-    generation.map(|g| (g, payloads))
+    frames
 }
 
 /// Every frame above `covered` in the segments in `dir`, in generation order, and the highest
 /// generation found (0 for none). Missing segment files hold nothing.
 pub fn read_uncovered(dir: &Path, covered: u64) -> io::Result<(Vec<Vec<u8>>, u64)> {
-    let mut uses = Vec::new();
+    let mut frames = Vec::new();
     for path in segment_paths(dir) {
         match std::fs::read(&path) {
-            Ok(bytes) => uses.extend(parse_segment(&bytes)),
+            Ok(bytes) => frames.extend(parse_segment(&bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    uses.sort_by_key(|(g, _)| *g);
-    let highest = uses.last().map_or(0, |(g, _)| *g);
-    let payloads = uses
+    // Stable: frames of one generation keep their order. Two segments' uses never share a
+    // generation.
+    frames.sort_by_key(|(g, _)| *g);
+    let highest = frames.last().map_or(0, |(g, _)| *g);
+    let payloads = frames
         .into_iter()
         .filter(|(g, _)| *g > covered)
-        .flat_map(|(_, p)| p)
+        .map(|(_, p)| p)
         .collect();
     Ok((payloads, highest))
 }
@@ -124,8 +132,7 @@ impl Segments {
     /// directory), and starts writing segment 0 under `generation`, which must be above every
     /// generation in the files (`read_uncovered`'s highest), all of them covered.
     pub fn open(dir: &Path, size: u64, generation: u64) -> io::Result<Segments> {
-        let mut created = false;
-        let mut open = |path: &Path| -> io::Result<File> {
+        let open = |path: &Path| -> io::Result<File> {
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -143,15 +150,14 @@ impl Segments {
                     at += n as u64;
                 }
                 file.sync_all()?;
-                created = true;
             }
             Ok(file)
         };
         let [a, b] = segment_paths(dir);
         let files = [open(&a)?, open(&b)?];
-        if created {
-            File::open(dir)?.sync_all()?;
-        }
+        // Always, not only after a creation: a start killed between the zeros and this sync
+        // leaves full-size files whose directory entries may not be durable yet.
+        File::open(dir)?.sync_all()?;
         Ok(Segments {
             files,
             size,
@@ -194,6 +200,14 @@ impl Segments {
         let room = (self.size - self.offset) as usize;
         let n = n.min(f.len() - 1).min(room);
         let _ = self.files[self.active].write_all_at(&f[..n], self.offset);
+    }
+
+    /// Goes on in the same segment under the next generation and returns the generation
+    /// left, for the caller to cover: what was written so far can then be covered while the
+    /// segment is still in use.
+    pub fn advance(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation - 1
     }
 
     /// Moves to the other segment under the next generation and returns the generation of
@@ -272,6 +286,32 @@ mod tests {
         let (got, highest) = read_uncovered(dir.path(), 0).unwrap();
         assert_eq!(got, vec![b"new".to_vec()]);
         assert_eq!(highest, 9);
+    }
+
+    #[test]
+    fn a_segment_read_follows_its_generations_up_and_stops_where_they_go_down() {
+        let dir = tempfile::tempdir().unwrap();
+        // An earlier use of segment 0 under generations 3 and 4.
+        let mut s = Segments::open(dir.path(), 4096, 3).unwrap();
+        for p in [&b"a"[..], b"bb", b"ccc", b"dddd"] {
+            s.append(p).unwrap();
+        }
+        s.advance();
+        s.append(b"e").unwrap();
+        // A later use under 6, then 7 after a periodic cover: shorter, so the earlier use's
+        // frames lie behind it.
+        let mut s = Segments::open(dir.path(), 4096, 6).unwrap();
+        s.append(b"x").unwrap();
+        assert_eq!(s.advance(), 6);
+        s.append(b"y").unwrap();
+        let (got, highest) = read_uncovered(dir.path(), 0).unwrap();
+        assert_eq!(got, vec![b"x".to_vec(), b"y".to_vec()]);
+        assert_eq!(highest, 7);
+        // Covering 6 leaves the frame of 7.
+        assert_eq!(
+            read_uncovered(dir.path(), 6).unwrap().0,
+            vec![b"y".to_vec()]
+        );
     }
 
     #[test]

@@ -102,32 +102,50 @@ enum Job {
     Stop,
 }
 
+/// A job held back on the store's thread behind an apply that failed.
+enum Behind {
+    Apply(Vec<(Vec<u8>, Vec<u8>)>),
+    Settle(Vec<(Vec<u8>, u32)>),
+}
+
 /// The store's thread: applies, settles and covers in the order asked, so that a cover
 /// follows every apply of its frames, and a settle the apply of its intent. An apply that
-/// fails keeps every later cover from being durable (the log keeps those frames).
+/// fails holds back the jobs after it; each cover first tries them again, in order, and
+/// fails while they still fail (the log keeps their frames, and the segment is not reused).
 fn serve<S: WalStore>(store: S, jobs: std::sync::mpsc::Receiver<Job>) {
-    let mut failed = false;
+    let mut behind: std::collections::VecDeque<Behind> = std::collections::VecDeque::new();
+    let settle = |s: &[(Vec<u8>, u32)]| {
+        if let Err(e) = store.settle(s) {
+            tracing::error!(error = %e, "settled intents could not be removed; they are checked again at the next start");
+        }
+    };
     while let Ok(job) = jobs.recv() {
         match job {
             Job::Apply(batch) => {
-                if let Err(e) = store.apply(&batch) {
-                    failed = true;
-                    tracing::error!(error = %e, "release intents could not be applied to the intent store; they stay in its write-ahead log");
+                if !behind.is_empty() {
+                    behind.push_back(Behind::Apply(batch));
+                } else if let Err(e) = store.apply(&batch) {
+                    tracing::error!(error = %e, "release intents could not be applied to the intent store; they stay in its write-ahead log and are tried again");
+                    behind.push_back(Behind::Apply(batch));
                 }
             }
-            Job::Settle(settle) => {
-                if let Err(e) = store.settle(&settle) {
-                    tracing::error!(error = %e, "settled intents could not be removed; they are checked again at the next start");
-                }
-            }
+            Job::Settle(s) if behind.is_empty() => settle(&s),
+            Job::Settle(s) => behind.push_back(Behind::Settle(s)),
             Job::Cover(generation, done) => {
-                let result = if failed {
-                    Err(JournalError::Transaction(
-                        "an earlier apply to the intent store failed".into(),
-                    ))
-                } else {
-                    store.cover(generation)
-                };
+                let mut result = Ok(());
+                while let Some(job) = behind.front() {
+                    match job {
+                        Behind::Apply(batch) => {
+                            if let Err(e) = store.apply(batch) {
+                                result = Err(e);
+                                break;
+                            }
+                        }
+                        Behind::Settle(s) => settle(s),
+                    }
+                    behind.pop_front();
+                }
+                let result = result.and_then(|()| store.cover(generation));
                 let _ = done.send(result);
             }
             Job::Stop => break,
@@ -138,7 +156,9 @@ fn serve<S: WalStore>(store: S, jobs: std::sync::mpsc::Receiver<Job>) {
 /// The write-ahead log in front of a [`WalStore`] (see [`intent_log`]). A release waits for
 /// the log's write and sync alone: the store is written by a thread of its own
 /// (`bondline-intents-store`), since even sled's in-memory apply waits for its log buffers
-/// while sled flushes them (10-30 ms under a drain, measured).
+/// while sled flushes them (10-30 ms under a drain, measured). The one wait on that thread
+/// is at a segment switch, for the cover of the segment's last use, asked a whole segment
+/// earlier.
 pub(crate) struct IntentWal {
     segments: intent_log::Segments,
     jobs: std::sync::mpsc::Sender<Job>,
@@ -148,7 +168,15 @@ pub(crate) struct IntentWal {
     /// Set after a failed write: the log's state on disk is unknown, so from then on every
     /// batch is made durable by the store's own flush.
     failed: bool,
+    /// When the generation in use was last covered (or began).
+    last_cover: std::time::Instant,
+    /// [`COVER_EVERY`], shorter in tests.
+    cover_every: std::time::Duration,
 }
+
+/// How often the generation in use is covered while intents come: a start after a crash
+/// then replays about this much of them.
+const COVER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A clean stop covers what the log holds, so that the next start replays nothing. The
 /// store's thread is then stopped once it has done what it was asked (and joined: it holds
@@ -204,6 +232,8 @@ impl IntentWal {
             store_thread: Some(store_thread),
             checkpoint: None,
             failed: false,
+            last_cover: std::time::Instant::now(),
+            cover_every: COVER_EVERY,
         })
     }
 
@@ -231,7 +261,15 @@ impl IntentWal {
             self.send(Job::Apply(intents.to_vec()))?;
             return self.cover_all();
         }
-        self.send(Job::Apply(intents.to_vec()))
+        self.send(Job::Apply(intents.to_vec()))?;
+        if self.last_cover.elapsed() >= self.cover_every {
+            // Covered behind this apply on the store's thread; nothing waits for it.
+            let (done, _) = std::sync::mpsc::sync_channel(1);
+            let left = self.segments.advance();
+            self.send(Job::Cover(left, done))?;
+            self.last_cover = std::time::Instant::now();
+        }
+        Ok(())
     }
 
     fn send(&self, job: Job) -> Result<(), JournalError> {
@@ -271,6 +309,7 @@ impl IntentWal {
         self.cover(self.segments.generation())?;
         self.checkpoint = None;
         self.segments.switch();
+        self.last_cover = std::time::Instant::now();
         Ok(())
     }
 
@@ -278,10 +317,14 @@ impl IntentWal {
     /// one left.
     fn switch(&mut self) -> Result<(), JournalError> {
         self.settle_checkpoint()?;
-        let left = self.segments.switch();
+        // Asked before the switch: if the store's thread is gone, nothing moves on to a
+        // segment whose frames could not be covered.
+        let left = self.segments.generation();
         let (done, answer) = std::sync::mpsc::sync_channel(1);
         self.send(Job::Cover(left, done))?;
         self.checkpoint = Some((left, answer));
+        self.segments.switch();
+        self.last_cover = std::time::Instant::now();
         Ok(())
     }
 }
@@ -316,6 +359,8 @@ mod tests {
     struct ModelState {
         /// Covers take a while (a busy disk), so that one not waited for lands too late.
         slow_covers: bool,
+        /// Applies that fail before the next one succeeds (a store that errs for a while).
+        failing_applies: u32,
         applied: BTreeMap<Vec<u8>, Vec<u8>>,
         durable: BTreeMap<Vec<u8>, Vec<u8>>,
         covered: u64,
@@ -325,6 +370,10 @@ mod tests {
     impl WalStore for Model {
         fn apply(&self, intents: &[(Vec<u8>, Vec<u8>)]) -> Result<(), JournalError> {
             let mut s = self.0.lock().unwrap();
+            if s.failing_applies > 0 {
+                s.failing_applies -= 1;
+                return Err(JournalError::Transaction("model apply fails".into()));
+            }
             for (k, v) in intents {
                 s.applied.insert(k.clone(), v.clone());
             }
@@ -368,6 +417,7 @@ mod tests {
                 covered: s.durable_covered,
                 durable_covered: s.durable_covered,
                 slow_covers: s.slow_covers,
+                failing_applies: 0,
             })))
         }
         fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -385,6 +435,8 @@ mod tests {
         Flush,
         /// The log's write fails: the log is given up for the store's flush until a restart.
         Fail,
+        /// The store's next applies fail.
+        ApplyFails(u32),
         /// A crash, with a torn frame of `n` bytes in the log (an append that never returned).
         Crash(usize),
     }
@@ -397,6 +449,7 @@ mod tests {
             2 => (0u8..8).prop_map(Op::Settle),
             1 => Just(Op::Flush),
             1 => Just(Op::Fail),
+            1 => (1u32..3).prop_map(Op::ApplyFails),
             1 => (0usize..60).prop_map(Op::Crash),
         ]
     }
@@ -413,12 +466,20 @@ mod tests {
         fn a_crash_loses_no_stored_intent(
             ops in prop::collection::vec(op(), 1..80),
             slow_covers: bool,
+            frequent_covers: bool,
         ) {
             let dir = tempfile::tempdir().unwrap();
             let mut store = Model::default();
             store.0.lock().unwrap().slow_covers = slow_covers;
             recover_wal(dir.path(), &store).unwrap();
-            let mut wal = IntentWal::open(dir.path(), SIZE, store.clone()).unwrap();
+            let open = |store: &Model| {
+                let mut wal = IntentWal::open(dir.path(), SIZE, store.clone()).unwrap();
+                if frequent_covers {
+                    wal.cover_every = std::time::Duration::ZERO;
+                }
+                wal
+            };
+            let mut wal = open(&store);
             // Key -> the value last stored, while not settled since.
             let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             let mut serial = 0u32;
@@ -434,9 +495,19 @@ mod tests {
                                 (vec![k], v)
                             })
                             .collect();
-                        wal.store(&batch).unwrap();
-                        for (k, v) in batch {
-                            expected.insert(k, v);
+                        match wal.store(&batch) {
+                            Ok(()) => {
+                                for (k, v) in batch {
+                                    expected.insert(k, v);
+                                }
+                            }
+                            // Refused: its command is not sent, and its intent may or may not
+                            // be found at start (an `interrupted` record errs safe).
+                            Err(_) => {
+                                for (k, _) in batch {
+                                    expected.remove(&k);
+                                }
+                            }
                         }
                     }
                     Op::Settle(k) => {
@@ -445,12 +516,13 @@ mod tests {
                     }
                     Op::Flush => store.flush().unwrap(),
                     Op::Fail => wal.failed = true,
+                    Op::ApplyFails(n) => store.0.lock().unwrap().failing_applies = n,
                     Op::Crash(torn) => {
                         wal.tear(torn);
                         // What was flushed by now: applies and covers still queued on the
                         // store's thread may come after the crash, or (odd `torn`) before.
                         if torn % 2 == 1 {
-                            wal.cover(0).unwrap();
+                            let _ = wal.cover(0);
                         }
                         let crashed = store.crashed();
                         drop(wal);
@@ -459,7 +531,7 @@ mod tests {
                         for (k, v) in &expected {
                             prop_assert_eq!(store.get(k), Some(v.clone()), "key {:?}", k);
                         }
-                        wal = IntentWal::open(dir.path(), SIZE, store.clone()).unwrap();
+                        wal = open(&store);
                     }
                 }
             }

@@ -159,6 +159,11 @@ impl Journal {
     /// start), so that [`Journal::store_intents`] waits for one `fdatasync` of the log rather
     /// than a flush of the intent store. The daemon prepares it before its lines start.
     pub fn prepare_intent_log(&self) -> Result<(), JournalError> {
+        let mut slot = self.intent_wal.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            // Prepared already: a second log over the same files would write over the first.
+            return Ok(());
+        }
         let wal = IntentWal::open(
             &intents_dir(&self.path),
             intent_log::SEGMENT_BYTES,
@@ -168,7 +173,7 @@ impl Journal {
             .intent_settler
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(wal.settler());
-        *self.intent_wal.lock().unwrap_or_else(|p| p.into_inner()) = Some(wal);
+        *slot = Some(wal);
         Ok(())
     }
 
