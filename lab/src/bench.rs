@@ -25,6 +25,7 @@ mod idle_http;
 mod journal;
 mod lines;
 mod rules;
+mod sled_entries;
 mod stalls;
 mod start;
 mod table;
@@ -180,6 +181,23 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// What sled costs per stored entry: bytes on disk, and resident memory after a fresh
+    /// open (which grows with the number of entries, not their size).
+    SledEntries {
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        #[arg(long, default_value_t = 600)]
+        value_bytes: usize,
+        /// Directory for the store (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The open of `bench sled-entries`, in a process of its own (started by it).
+    #[command(hide = true)]
+    SledOpen {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Drain time of a backlog to a broker, beside raw rumqttc QoS 1 publishing.
     Drain {
         /// Records in the backlog.
@@ -323,6 +341,15 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             backlog::run(messages, &host, port, &dir).await
         }
         BenchCommand::Start { declarations, dir } => start::run(declarations, dir).await,
+        BenchCommand::SledEntries {
+            entries,
+            value_bytes,
+            dir,
+        } => {
+            tokio::task::spawn_blocking(move || sled_entries::run(entries, value_bytes, dir))
+                .await?
+        }
+        BenchCommand::SledOpen { dir } => sled_entries::open(&dir),
         BenchCommand::Fsync { seconds, dir } => {
             tokio::task::spawn_blocking(move || fsync::run(seconds, dir)).await?
         }
