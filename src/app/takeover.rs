@@ -288,8 +288,12 @@ async fn lock_owner_within(
 /// Opens the journal and begins the clearance table's load; see [`Opened`].
 pub(super) fn open_store(config: &Config) -> Result<Opened, StartError> {
     let journal = Journal::open(&config.storage.path)?;
-    // Release intents wait for one `fdatasync` of their own log from here on.
-    journal.prepare_intent_log()?;
+    // Release intents wait for one `fdatasync` of their own log from here on. A log that
+    // cannot be made (a full disk at the first start) leaves them on the intent store's own
+    // flush: slower, as durable.
+    if let Err(e) = journal.prepare_intent_log() {
+        warn!(error = %e, "the release intents' write-ahead log could not be opened; release intents wait for the intent store's flush instead");
+    }
     // The clearance table fills in the background (see `load_clearance`): the lines decide
     // from the first second, holding every waybill until it is loaded.
     let (expected_entries, expected_declarations) = journal.clearance_load_hint();
