@@ -45,7 +45,7 @@ pub(super) fn settle_interrupted(
             .is_some_and(|k| k.decided && k.revision >= r.revision);
         // Older than the recent window (an intent settled long ago and found again in the
         // intents' log after a crash): looked up by its waybill.
-        let recorded = recorded || recorded_earlier(journal, &r)?;
+        let recorded = recorded || recorded_earlier(journal, &r);
         if recorded {
             // Stopped between the record and the intent's removal: nothing was lost.
             let key = crate::journal::intents::intent_key(&r.line, r.parcel);
@@ -62,19 +62,23 @@ pub(super) fn settle_interrupted(
 }
 
 /// Whether the journal holds a parcel record of `intent`'s line and parcel, of its revision
-/// or a later one, found through the intent's waybill.
-fn recorded_earlier(
-    journal: &Journal,
-    intent: &bondline_devices::contract::ParcelRecord,
-) -> Result<bool, StartError> {
+/// or a later one, found through the intent's waybill. A journal that cannot be read there
+/// answers no (the intent is then recorded as interrupted: errs safe).
+fn recorded_earlier(journal: &Journal, intent: &bondline_devices::contract::ParcelRecord) -> bool {
     let Some(waybill) = intent.waybill.as_deref() else {
-        return Ok(false);
+        return false;
     };
-    Ok(journal.waybill_records(waybill)?.iter().any(|r| {
-        r.as_parcel().is_some_and(|p| {
-            p.line == intent.line && p.parcel == intent.parcel && p.revision >= intent.revision
-        })
-    }))
+    match journal.waybill_records(waybill) {
+        Ok(records) => records.iter().any(|r| {
+            r.as_parcel().is_some_and(|p| {
+                p.line == intent.line && p.parcel == intent.parcel && p.revision >= intent.revision
+            })
+        }),
+        Err(e) => {
+            warn!(error = %e, waybill, "the records of a release intent's waybill could not be read; the intent is recorded as interrupted");
+            false
+        }
+    }
 }
 
 /// The registry of waybills this gateway released, for the duplicate-label rule on every

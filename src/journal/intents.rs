@@ -83,6 +83,9 @@ pub(crate) fn intent_revision(value: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?))
 }
 
+/// How often the intents' log covers what it holds.
+pub(crate) const INTENT_LOG_COVER_EVERY: std::time::Duration = super::intent_wal::COVER_EVERY;
+
 /// Where the intents of the journal at `path` are kept.
 pub fn intents_dir(path: &std::path::Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -153,6 +156,20 @@ impl Journal {
         apply_intents(&self.intents, intents)?;
         self.intents.flush_async().await?;
         Ok(())
+    }
+
+    /// Covers the intents' log if it holds frames written longer ago than
+    /// [`INTENT_LOG_COVER_EVERY`] (see [`super::intent_log`]); called on a timer by the
+    /// intents' loop. Nothing waits for the cover.
+    pub(crate) fn cover_intent_log_if_due(&self) {
+        if let Some(wal) = self
+            .intent_wal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            wal.cover_if_due();
+        }
     }
 
     /// Opens the release intents' write-ahead log (creating its segments, zeroed, on a first

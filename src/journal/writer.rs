@@ -780,7 +780,21 @@ async fn store_intents(
     metrics: Arc<Metrics>,
 ) {
     let mut intents = Vec::new();
-    while let Some(first) = rx.recv().await {
+    // The intents' log covers what it holds about once a second even while no release
+    // comes (a quiet line), so that a crash replays little.
+    let mut cover = tokio::time::interval(super::intents::INTENT_LOG_COVER_EVERY);
+    cover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            first = rx.recv() => match first {
+                Some(first) => first,
+                None => break,
+            },
+            _ = cover.tick() => {
+                journal.cover_intent_log_if_due();
+                continue;
+            }
+        };
         intents.push(first);
         while let Ok(more) = rx.try_recv() {
             intents.push(more);
