@@ -2,7 +2,7 @@
 //! of its first scan, in a history sharded by consumer (the per-consumer limits read it
 //! through [`super::lookup`]); totals of forgotten declarations are added back at start.
 
-use super::shard::Entry;
+use super::shard::{counted_day, Entry, NOT_COUNTED};
 use super::{ClearanceTable, HISTORY_SHARDS, NONE};
 
 impl ClearanceTable {
@@ -15,10 +15,10 @@ impl ClearanceTable {
 
     /// Adds the entry's parcel to its consumer's history on `day`, once.
     pub(super) fn count_entry(&self, e: &mut Entry, day: u32) -> bool {
-        if !e.declared() || e.consumer == NONE || e.counted_day != NONE {
+        if !e.declared() || e.consumer == NONE || e.counted_day != NOT_COUNTED {
             return false;
         }
-        e.counted_day = day;
+        e.counted_day = counted_day(day);
         self.history
             .write(e.consumer as usize % HISTORY_SHARDS)
             .add(e.consumer, day, e.value().unwrap_or(0));

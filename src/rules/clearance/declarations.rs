@@ -185,7 +185,7 @@ impl ClearanceTable {
         e.consumer = f.consumer;
         e.currency = f.currency;
         e.gross_weight_g = f.gross_weight_g.unwrap_or(0);
-        e.counted_day = NONE;
+        e.counted_day = super::shard::NOT_COUNTED;
         e.flags = flags;
         if let Some(day) = counted {
             self.count_entry(e, day);

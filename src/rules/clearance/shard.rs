@@ -9,6 +9,16 @@ use crate::rules::compact::Compact;
 use crate::rules::sharded::{grow, Index, Picker, Place, SHARDS};
 use bondline_devices::contract::Action;
 
+/// `counted_day` of a parcel not counted.
+pub(super) const NOT_COUNTED: u16 = u16::MAX;
+/// The last `counted_day` kept as it is.
+pub(super) const LAST_DAY: u16 = u16::MAX - 1;
+
+/// A counted day as the entry keeps it.
+pub(super) fn counted_day(day: u32) -> u16 {
+    u16::try_from(day).map_or(LAST_DAY, |d| d.min(LAST_DAY))
+}
+
 // Entry flags.
 pub(super) const DECLARED: u8 = 1;
 pub(super) const IDENTITY_VERIFIED: u8 = 2;
@@ -31,12 +41,16 @@ pub(super) struct Entry {
     pub(super) consumer: u32,
     pub(super) currency: u32,
     pub(super) gross_weight_g: u32,
-    /// The day the parcel was added to its consumer's history, or `NONE`.
-    pub(super) counted_day: u32,
+    /// The UTC day (since 1970) the parcel was added to its consumer's history, or
+    /// [`NOT_COUNTED`]. Two bytes, not four: they keep the entry at 72 bytes, not 80 (7.6 MiB
+    /// per million held). Days run to 2149; a later one is kept as [`LAST_DAY`].
+    pub(super) counted_day: u16,
     /// The instruction's slot, or `NONE`.
     pub(super) instruction: u32,
     pub(super) flags: u8,
 }
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 72);
 
 impl Entry {
     fn empty(waybill: &str) -> Entry {
@@ -49,7 +63,7 @@ impl Entry {
             consumer: NONE,
             currency: NONE,
             gross_weight_g: 0,
-            counted_day: NONE,
+            counted_day: NOT_COUNTED,
             instruction: NONE,
             flags: 0,
         }
@@ -68,7 +82,7 @@ impl Entry {
     }
 
     pub(super) fn counted(&self) -> Option<u32> {
-        (self.counted_day != NONE).then_some(self.counted_day)
+        (self.counted_day != NOT_COUNTED).then_some(u32::from(self.counted_day))
     }
 }
 
