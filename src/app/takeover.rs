@@ -331,9 +331,7 @@ mod tests {
     /// through its waybill's records, not recorded as interrupted.
     #[tokio::test]
     async fn an_old_settled_intent_found_again_is_not_reported_interrupted() {
-        use bondline_devices::contract::{
-            DispositionKind, DispositionRecord, DivertStatus, LaneRole, Record, SCHEMA,
-        };
+        use bondline_devices::contract::{DivertStatus, LaneRole};
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
         let (sink, writer, mut accepted) = crate::journal::record_sink(
@@ -350,21 +348,7 @@ mod tests {
         // Later dispositions of the line, enough for the recent scan to stop before it.
         let now_ms = 100_000_000;
         for n in 0..RECENT_DISPOSITIONS as u32 {
-            sink.push(Record::Disposition(DispositionRecord {
-                schema: SCHEMA,
-                msg_id: String::new(),
-                seq: 0,
-                prev_hash: String::new(),
-                gateway: "gw".into(),
-                line: "L1".into(),
-                parcel: 100 + n,
-                waybill: None,
-                disposition: DispositionKind::Sorted,
-                lane: 3,
-                lane_role: Some(LaneRole::Hold),
-                commanded_lane: Some(3),
-                at_ms: now_ms - 1_000,
-            }));
+            sink.push(crate::journal::test_disposition(100 + n, now_ms - 1_000));
         }
         while *accepted.borrow_and_update() < 1 + RECENT_DISPOSITIONS as u64 {
             accepted.changed().await.unwrap();

@@ -545,7 +545,11 @@ mod tests {
                         expected.remove(&vec![k]);
                     }
                     Op::SettleOlder(k) => {
-                        if let Some(revision) = newest.get(&vec![k]) {
+                        // A record older than every value a restart may find.
+                        let oldest = expected
+                            .get(&vec![k])
+                            .and_then(|values| values.iter().map(|v| serial_of(v)).min());
+                        if let Some(revision) = oldest {
                             let older = revision.saturating_sub(1);
                             wal.settler().settle(&[(vec![k], older)]).unwrap();
                         }

@@ -403,10 +403,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use bondline_devices::contract::{DispositionKind, DispositionRecord, Record, SCHEMA};
-
     use super::*;
-    use crate::journal::maintenance::tests::record;
+    use crate::journal::maintenance::tests::{disposition, record};
     use crate::journal::record_sink;
     use crate::metrics::Metrics;
 
@@ -529,21 +527,7 @@ mod tests {
         second.revision = 1;
         sink.push(first);
         sink.push(second);
-        sink.push(Record::Disposition(DispositionRecord {
-            schema: SCHEMA,
-            msg_id: String::new(),
-            seq: 0,
-            prev_hash: String::new(),
-            gateway: "gw".into(),
-            line: "L1".into(),
-            parcel: 1,
-            waybill: None,
-            disposition: DispositionKind::Sorted,
-            lane: 3,
-            lane_role: Some(LaneRole::Hold),
-            commanded_lane: Some(3),
-            at_ms: 2_000,
-        }));
+        sink.push(disposition(1, 2_000));
         sink.push(release(2, 0));
         while *accepted.borrow_and_update() < 4 {
             accepted.changed().await.unwrap();

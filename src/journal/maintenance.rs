@@ -163,6 +163,26 @@ pub(crate) mod tests {
     use crate::metrics::Metrics;
     use tokio_util::sync::CancellationToken;
 
+    /// A disposition of line L1's parcel `n` (sorted into the hold lane it was sent to).
+    pub(crate) fn disposition(n: u32, at_ms: u64) -> bondline_devices::contract::Record {
+        use bondline_devices::contract::{DispositionKind, DispositionRecord, Record};
+        Record::Disposition(DispositionRecord {
+            schema: SCHEMA,
+            msg_id: String::new(),
+            seq: 0,
+            prev_hash: String::new(),
+            gateway: "gw".into(),
+            line: "L1".into(),
+            parcel: n,
+            waybill: None,
+            disposition: DispositionKind::Sorted,
+            lane: 3,
+            lane_role: Some(LaneRole::Hold),
+            commanded_lane: Some(3),
+            at_ms,
+        })
+    }
+
     pub(crate) fn record(n: u32, scanned_at_ms: u64) -> ParcelRecord {
         ParcelRecord {
             schema: SCHEMA,

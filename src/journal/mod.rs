@@ -74,7 +74,7 @@ pub use export::{ExportError, ExportFormat};
 pub use housekeeping::Housekeeping;
 pub use lookup::{Forwarding, TIME_SLACK_MS};
 #[cfg(test)]
-pub(crate) use maintenance::tests::record as test_record;
+pub(crate) use maintenance::tests::{disposition as test_disposition, record as test_record};
 pub use maintenance::JournalStats;
 pub use salvage::{salvage, ChainMode, Opened, SalvageError, SalvageReport};
 pub use spill::{read_spill, read_spill_file, spill_dir};
