@@ -83,9 +83,6 @@ pub(crate) fn intent_revision(value: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?))
 }
 
-/// How often the intents' log covers what it holds.
-pub(crate) const INTENT_LOG_COVER_EVERY: std::time::Duration = super::intent_wal::COVER_EVERY;
-
 /// Where the intents of the journal at `path` are kept.
 pub fn intents_dir(path: &std::path::Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -159,7 +156,7 @@ impl Journal {
     }
 
     /// Covers the intents' log if it holds frames written longer ago than
-    /// [`INTENT_LOG_COVER_EVERY`] (see [`super::intent_log`]); called on a timer by the
+    /// `intent_wal::COVER_EVERY` (see [`super::intent_log`]); called on a timer by the
     /// intents' loop. Nothing waits for the cover.
     pub(crate) fn cover_intent_log_if_due(&self) {
         if let Some(wal) = self

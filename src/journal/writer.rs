@@ -782,7 +782,7 @@ async fn store_intents(
     let mut intents = Vec::new();
     // The intents' log covers what it holds about once a second even while no release
     // comes (a quiet line), so that a crash replays little.
-    let mut cover = tokio::time::interval(super::intents::INTENT_LOG_COVER_EVERY);
+    let mut cover = tokio::time::interval(super::intent_wal::COVER_EVERY);
     cover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
