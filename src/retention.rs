@@ -35,18 +35,6 @@ pub async fn run(
         }
         let today = day_of(crate::metrics::unix_ms(SystemTime::now()));
         let before = today.saturating_sub(keep_days);
-        let j = journal.clone();
-        match tokio::task::spawn_blocking(move || j.backfill_ages(today)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(
-                entries = n,
-                "platform state of an older build dated today, to be forgotten in its turn"
-            ),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "platform state of an older build not dated yet")
-            }
-            Err(e) => tracing::warn!(error = %e, "clearance retention task failed"),
-        }
         let mut total = 0;
         loop {
             let (j, t) = (journal.clone(), table.clone());
@@ -54,7 +42,7 @@ pub async fn run(
             // (`Journal::platform_lock`).
             let step = tokio::task::spawn_blocking(move || {
                 let _guard = j.platform_lock().blocking_lock();
-                let forgotten = j.purge_clearance(before, STEP)?;
+                let forgotten = j.purge_clearance(before, STEP, &|w| t.retention_facts(w))?;
                 for w in &forgotten.waybills {
                     t.forget_waybill(w);
                 }

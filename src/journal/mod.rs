@@ -35,10 +35,12 @@
 //! - `meta`: `head` and `anchor` (`seq` + SHA-256, 40 bytes), `forwarded` (`W`, 8 bytes),
 //!   `live_bytes` (8 bytes, size of all stored batches and their `by_waybill` entries).
 //! - `acked`: records above `W` acknowledged out of order. `parked`: `seq` → reason.
-//! - `declarations`, `instructions` (by waybill), `instruction_ids`; `enterprises` (the
-//!   notice in force, by enterprise), `notice_ids`; `counted` (waybill → UTC day it joined its
-//!   consumer's history); `rule_update_ids`; in `meta`, the rule set in force (see
-//!   [`platform`]).
+//! - `platform_log`: what the platform said (declarations, instructions, notices, ids seen,
+//!   parcels counted in their consumer's history), in the order it was stored, a few hundred
+//!   messages per chunk (see [`platform`]); `history` (consumer day totals of forgotten
+//!   declarations); `rule_update_ids`; in `meta`, the rule set in force. `declarations`,
+//!   `instructions`, `instruction_ids`, `enterprises`, `notice_ids`, `counted`, `aging` and
+//!   `received` are an older build's layout, moved into the log at the first load.
 //! - `by_waybill`: the lookup index, waybill bytes + 0x00 + `seq` → empty; written behind
 //!   the writer up to the `meta` key `by_waybill_upto` (the last indexed `seq`), removed with
 //!   its batch at purge (see [`lookup`]).
@@ -164,9 +166,15 @@ pub struct Journal {
     notice_ids: Tree,
     counted: Tree,
     rule_update_ids: Tree,
-    /// When platform state was stored, by UTC day, for [`Journal::purge_clearance`].
+    /// What the platform said, in the order it was stored (see [`platform`]); the trees
+    /// above hold an older build's layout until it is moved into it.
+    platform_log: Tree,
+    /// Where the platform log ends (appends, packing and the purge take its lock).
+    log_tail: Arc<Mutex<platform::units::Tail>>,
+    /// Where the purge goes on, for the cutoff day it works on.
+    purge_cursor: Arc<Mutex<Option<(u32, u64)>>>,
+    /// An older build's ages of its platform state: moved into the log with it.
     aging: Tree,
-    /// The UTC day each waybill's declaration or instruction was last stored.
     received: Tree,
     /// Consumer day totals of purged declarations, kept for consumer-limit windows.
     history: Tree,
@@ -310,6 +318,7 @@ impl Journal {
             forwarded: decode_u64(meta.get(META_FORWARDED)?),
             live_bytes: decode_u64(meta.get(META_LIVE)?),
         };
+        let platform_log = db.open_tree("platform_log")?;
         let journal = Journal {
             batches: db.open_tree("batches")?,
             acked: db.open_tree("acked")?,
@@ -322,6 +331,9 @@ impl Journal {
             counted: db.open_tree("counted")?,
             rule_update_ids: db.open_tree("rule_update_ids")?,
             aging: db.open_tree("aging")?,
+            log_tail: Arc::new(platform::units::open_tail(&platform_log)?),
+            platform_log,
+            purge_cursor: Arc::default(),
             received: db.open_tree("received")?,
             history: db.open_tree("history")?,
             by_waybill: db.open_tree("by_waybill")?,
@@ -385,6 +397,7 @@ impl Journal {
             &self.notice_ids,
             &self.counted,
             &self.rule_update_ids,
+            &self.platform_log,
         ];
         trees
             .iter()

@@ -20,7 +20,7 @@ use bondline_devices::contract::{ConsumerWindowSeen, DecisionInputs, LaneRole, T
 
 use crate::floor::ScanRead;
 
-pub use clearance::{Applied, ClearanceTable, Message};
+pub use clearance::{Applied, ClearanceTable, Message, RetentionFacts};
 
 /// The rule of a decision made while the clearance table is still loading from the store:
 /// hold, fail closed; the lines decide again when the load ends.

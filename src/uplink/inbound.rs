@@ -237,6 +237,9 @@ impl Uplink {
             return;
         }
         let mut changed = Vec::with_capacity(seg.ops.len());
+        // The day the journal stored them on: retention keeps a waybill by its last one.
+        let today =
+            crate::rules::history::day_of(crate::metrics::unix_ms(std::time::SystemTime::now()));
         let msgs: Vec<Message<'_>> = seg
             .ops
             .iter()
@@ -248,7 +251,15 @@ impl Uplink {
         // Each chunk's share of a shard under one hold of that shard's lock: a lookup sees
         // all a chunk says of a waybill, or none of it.
         for chunk in msgs.chunks(ingest::APPLY_CHUNK) {
-            let applied = self.write_table().apply_many(chunk);
+            let table = self.write_table();
+            let applied = table.apply_many(chunk);
+            for m in chunk {
+                match m {
+                    Message::Declaration(d) => table.touch(&d.waybill, today),
+                    Message::Instruction(i) => table.touch(&i.waybill, today),
+                    Message::Notice(_) => {}
+                }
+            }
             for (m, a) in chunk.iter().zip(applied) {
                 match m {
                     Message::Declaration(d) => changed.push(d.waybill.clone()),

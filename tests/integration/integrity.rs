@@ -187,8 +187,14 @@ async fn a_stored_hold_edited_into_a_release_releases_nothing() {
     // the rest of the entry kept.
     {
         let db = open_sled(&line.store);
-        let tree = db.open_tree("instructions").unwrap();
-        let stored = tree.get("INTEG01").unwrap().unwrap().to_vec();
+        // The platform log's unit that holds the instruction.
+        let tree = db.open_tree("platform_log").unwrap();
+        let (key, stored) = tree
+            .iter()
+            .flatten()
+            .find(|(_, v)| v.windows(3).any(|w| w == b"I-1"))
+            .map(|(k, v)| (k, v.to_vec()))
+            .expect("the stored instruction");
         let at = stored
             .windows(6)
             .position(|w| w == b"\"hold\"")
@@ -196,7 +202,7 @@ async fn a_stored_hold_edited_into_a_release_releases_nothing() {
         let mut edited = stored[..at].to_vec();
         edited.extend_from_slice(b"\"release\"");
         edited.extend_from_slice(&stored[at + 6..]);
-        tree.insert("INTEG01", edited).unwrap();
+        tree.insert(key, edited).unwrap();
         db.flush().unwrap();
     }
     // `journal verify` with the key names it.

@@ -184,7 +184,7 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Bytes of the files under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
+pub(super) fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

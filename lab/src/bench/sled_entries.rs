@@ -84,6 +84,21 @@ pub(super) fn open(dir: &Path) -> anyhow::Result<()> {
     let db = config(dir).open()?;
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
     let after = rss_mib();
+    if std::env::var_os("BONDLINE_LAB_ITERATE").is_some() {
+        for name in db.tree_names() {
+            let t = db.open_tree(&name)?;
+            let mut n = 0u64;
+            for e in t.iter() {
+                let _ = e?;
+                n += 1;
+            }
+            eprintln!(
+                "{} {n} entries: RSS {:.0} MiB",
+                String::from_utf8_lossy(&name),
+                rss_mib()
+            );
+        }
+    }
     println!("{open_ms} {before} {after} {}", db.size_on_disk()?);
     Ok(())
 }

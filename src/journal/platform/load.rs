@@ -7,11 +7,13 @@ use bondline_devices::contract::{
     Action, Declaration, EnterpriseAction, EnterpriseNotice, Instruction, SCHEMA,
 };
 
+use super::log;
 use super::retention::decode_total;
 use super::trust::Verdict;
+use super::units::{key_seq, FIRST_SEQ};
 use super::{
     be_u32, RefusedEntry, META_PLATFORM_RULES, TREE_DECLARATIONS, TREE_ENTERPRISES,
-    TREE_INSTRUCTIONS, TREE_META,
+    TREE_INSTRUCTIONS, TREE_LOG, TREE_META,
 };
 use crate::journal::integrity::Checked;
 use crate::journal::{Journal, JournalError};
@@ -90,107 +92,77 @@ impl Journal {
         adopting: bool,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<bool, JournalError> {
-        let mut applied = 0u64;
-        let mut step = 0u64;
-        let mut stop = false;
+        let mut load = Load {
+            table,
+            cancelled,
+            adopted: !adopting,
+            applied: 0,
+            step: 0,
+            unreadable: 0,
+            adopting: 0,
+            refused: Vec::new(),
+        };
+        // An older build's trees first: moved into the log, below what was appended since.
+        if !self.move_into_log(&mut load)? {
+            return Ok(false);
+        }
         // The platform state's bytes, summed on the way (see `Journal::platform_bytes`).
         let mut platform_bytes = 0u64;
-        let mut tick = |table: &ClearanceTable| {
-            applied += 1;
-            step += 1;
-            if step == LOAD_STEP {
-                table.loaded(step);
-                step = 0;
-                stop = cancelled();
-            }
-            stop
-        };
-        for entry in self.instruction_ids.iter() {
-            let (id, v) = entry?;
-            platform_bytes += (id.len() + v.len()) as u64;
-            table.mark_instruction_seen(&String::from_utf8_lossy(&id));
-            if tick(table) {
-                return Ok(false);
+        for entry in self.platform_log.iter() {
+            let (k, v) = entry?;
+            platform_bytes += (k.len() + v.len()) as u64;
+            match self.verdict(TREE_LOG, &k, &v, load.adopted)? {
+                Verdict::Use(payload) => {
+                    if !load.adopted
+                        && self.integrity_key.get().is_some()
+                        && payload.len() == v.len()
+                    {
+                        load.adopting += 1;
+                    }
+                    let Ok(frames) = log::frames(payload) else {
+                        load.unreadable += 1;
+                        continue;
+                    };
+                    for f in frames {
+                        let Ok(f) = f else {
+                            load.unreadable += 1;
+                            break;
+                        };
+                        if !apply_frame(table, &f) {
+                            load.unreadable += 1;
+                        }
+                        if load.tick() {
+                            return Ok(false);
+                        }
+                    }
+                }
+                Verdict::Refuse(why) => refuse_unit(table, &k, &v, why, &mut load.refused),
             }
         }
-        for entry in self.notice_ids.iter() {
-            let (id, v) = entry?;
-            platform_bytes += (id.len() + v.len()) as u64;
-            table.mark_notice_seen(&String::from_utf8_lossy(&id));
-            if tick(table) {
-                return Ok(false);
-            }
-        }
-        let adopted = !adopting;
-        let mut unreadable = 0usize;
-        let mut adopting = 0usize;
-        let mut refused = Vec::new();
-        for (name, tree) in [
-            (TREE_DECLARATIONS, &self.declarations),
-            (TREE_INSTRUCTIONS, &self.instructions),
-            (TREE_ENTERPRISES, &self.enterprises),
+        // What an older build's trees still hold (entries refused or unreadable, left as
+        // they lie), the rule set and its update ids.
+        for tree in [
+            &self.declarations,
+            &self.instructions,
+            &self.instruction_ids,
+            &self.enterprises,
+            &self.notice_ids,
+            &self.counted,
+            &self.rule_update_ids,
         ] {
             for entry in tree.iter() {
                 let (k, v) = entry?;
                 platform_bytes += (k.len() + v.len()) as u64;
-                if tick(table) {
-                    return Ok(false);
-                }
-                let payload = match self.verdict(name, &k, &v, adopted)? {
-                    Verdict::Use(p) => p,
-                    Verdict::Refuse(why) => {
-                        let key = String::from_utf8_lossy(&k).into_owned();
-                        refuse_into(table, name, &key);
-                        refused.push(RefusedEntry {
-                            tree: name,
-                            key,
-                            why,
-                        });
-                        continue;
-                    }
-                };
-                if !adopted && self.integrity_key.get().is_some() && payload.len() == v.len() {
-                    adopting += 1;
-                }
-                let ok = match name {
-                    TREE_DECLARATIONS => serde_json::from_slice::<Declaration>(payload)
-                        .map(|d| {
-                            table.restore_declaration(&d, payload);
-                        })
-                        .is_ok(),
-                    TREE_INSTRUCTIONS => serde_json::from_slice::<Instruction>(payload)
-                        .map(|i| table.restore_instruction(&i))
-                        .is_ok(),
-                    _ => serde_json::from_slice::<EnterpriseNotice>(payload)
-                        .map(|n| table.restore_notice(&n))
-                        .is_ok(),
-                };
-                if !ok {
-                    unreadable += 1;
-                }
             }
-        }
-        for entry in self.rule_update_ids.iter() {
-            let (id, v) = entry?;
-            platform_bytes += (id.len() + v.len()) as u64;
         }
         if let Some(v) = self.meta.get(META_PLATFORM_RULES)? {
             platform_bytes += (META_PLATFORM_RULES.len() + v.len()) as u64;
         }
         self.platform_bytes
             .store(platform_bytes, std::sync::atomic::Ordering::Relaxed);
-        for entry in self.counted.iter() {
-            let (w, day) = entry?;
-            if tick(table) {
-                return Ok(false);
-            }
-            if let (Ok(w), Ok(day)) = (std::str::from_utf8(&w), <[u8; 4]>::try_from(&day[..])) {
-                table.count(w, u32::from_be_bytes(day));
-            }
-        }
         for entry in self.history.iter() {
             let (k, v) = entry?;
-            if tick(table) {
+            if load.tick() {
                 return Ok(false);
             }
             if let (Some(day), Ok(consumer)) =
@@ -200,34 +172,272 @@ impl Journal {
                 table.add_history(consumer, day, parcels, value);
             }
         }
-        if unreadable > 0 {
+        if load.unreadable > 0 {
             tracing::warn!(
-                entries = unreadable,
+                entries = load.unreadable,
                 "stored platform messages that this build cannot read were skipped"
             );
         }
-        if !adopted && self.integrity_key.get().is_some() && adopting > 0 {
+        if load.adopting > 0 {
             tracing::warn!(
-                entries = adopting,
+                entries = load.adopting,
                 "stored platform state without integrity tags adopted as it lies on disk (integrity key created at this start): it is tagged from now on, and an untagged entry found later is refused"
             );
-            *self.adopted.lock().unwrap_or_else(|e| e.into_inner()) += adopting;
+            *self.adopted.lock().unwrap_or_else(|e| e.into_inner()) += load.adopting;
         }
-        for r in refused {
+        for r in std::mem::take(&mut load.refused) {
             tracing::error!(refused = %r, "stored platform state failed its integrity check and was left out");
             self.note_refused(r);
         }
-        table.loaded(step);
+        table.loaded(load.step);
         if cancelled() {
             return Ok(false);
         }
-        let mut hint = applied.to_be_bytes().to_vec();
+        let mut hint = load.applied.to_be_bytes().to_vec();
         hint.extend_from_slice(&(table.declarations() as u64).to_be_bytes());
         self.meta.insert(META_LOADED_ENTRIES, hint)?;
         // Millions of decoded messages came and went between the table's long-lived entries:
         // their freed memory goes back to the system rather than staying resident.
         crate::memory::give_back();
         Ok(true)
+    }
+
+    /// Moves the platform state of an older build (a tree per kind, see [`super`]) into the
+    /// log, keyed below [`FIRST_SEQ`] in the order that build loaded it, in chunks: each
+    /// chunk is written, then its entries are removed from their trees (a crash between the
+    /// two moves them again, which changes nothing). An entry that fails its integrity check
+    /// gets its stand-in and stays where it is, refused again at every start, as before; one
+    /// whose JSON does not parse stays too. Ages (`received`, `aging`) go once all is moved:
+    /// the log's frames carry their day.
+    fn move_into_log(&self, load: &mut Load<'_>) -> Result<bool, JournalError> {
+        let trees = [
+            (
+                TREE_DECLARATIONS,
+                log::Kind::InstructionId,
+                &self.instruction_ids,
+            ),
+            (TREE_DECLARATIONS, log::Kind::NoticeId, &self.notice_ids),
+            (
+                TREE_DECLARATIONS,
+                log::Kind::Declaration,
+                &self.declarations,
+            ),
+            (
+                TREE_INSTRUCTIONS,
+                log::Kind::Instruction,
+                &self.instructions,
+            ),
+            (TREE_ENTERPRISES, log::Kind::Notice, &self.enterprises),
+            (TREE_DECLARATIONS, log::Kind::Counted, &self.counted),
+        ];
+        if trees.iter().all(|(_, _, t)| t.is_empty()) {
+            if !self.received.is_empty() || !self.aging.is_empty() {
+                self.received.clear()?;
+                self.aging.clear()?;
+            }
+            return Ok(true);
+        }
+        let today = super::today();
+        let mut next = self
+            .platform_log
+            .range(..FIRST_SEQ.to_be_bytes())
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| key_seq(&k))
+            .map_or(0, |s| s + 1);
+        let mut moved = 0usize;
+        for (name, kind, tree) in trees {
+            let mut frames: Vec<(u32, Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut keys: Vec<sled::IVec> = Vec::new();
+            let mut bytes = 0usize;
+            let mut entries = tree.iter();
+            loop {
+                let entry = entries.next().transpose()?;
+                let last = entry.is_none();
+                if let Some((k, v)) = entry {
+                    if load.tick() {
+                        return Ok(false);
+                    }
+                    let moved_frame = match kind {
+                        log::Kind::InstructionId | log::Kind::NoticeId => {
+                            Some((today, Vec::new(), k.to_vec()))
+                        }
+                        log::Kind::Counted => be_u32(&v).map(|day| (day, Vec::new(), k.to_vec())),
+                        _ => match self.verdict(name, &k, &v, load.adopted)? {
+                            Verdict::Use(p) => {
+                                let parses = match kind {
+                                    log::Kind::Declaration => {
+                                        serde_json::from_slice::<Declaration>(p).is_ok()
+                                    }
+                                    log::Kind::Instruction => {
+                                        serde_json::from_slice::<Instruction>(p).is_ok()
+                                    }
+                                    _ => serde_json::from_slice::<EnterpriseNotice>(p).is_ok(),
+                                };
+                                if !load.adopted
+                                    && self.integrity_key.get().is_some()
+                                    && p.len() == v.len()
+                                {
+                                    load.adopting += 1;
+                                }
+                                if !parses {
+                                    load.unreadable += 1;
+                                }
+                                let day = self.received.get(&k)?.as_deref().and_then(be_u32);
+                                // The tree's key is the waybill or enterprise.
+                                parses.then(|| (day.unwrap_or(today), k.to_vec(), p.to_vec()))
+                            }
+                            Verdict::Refuse(why) => {
+                                let key = String::from_utf8_lossy(&k).into_owned();
+                                refuse_into(load.table, name, &key);
+                                load.refused.push(RefusedEntry {
+                                    tree: name,
+                                    key,
+                                    why,
+                                });
+                                None
+                            }
+                        },
+                    };
+                    if let Some(f) = moved_frame {
+                        bytes += f.2.len();
+                        frames.push(f);
+                        keys.push(k);
+                    }
+                }
+                if (last && !frames.is_empty()) || bytes >= 64 * log::CHUNK_BYTES {
+                    let fs: Vec<log::Frame<'_>> = frames
+                        .iter()
+                        .map(|(day, subject, body)| log::Frame {
+                            kind,
+                            day: *day,
+                            subject: &subject[..subject.len().min(255)],
+                            body,
+                        })
+                        .collect();
+                    let mut batch = sled::Batch::default();
+                    for unit in log::pack(&fs) {
+                        let n = log::frames(&unit).map_or(1, Iterator::count) as u64;
+                        let key = next.to_be_bytes();
+                        next += n;
+                        batch.insert(&key, self.seal(TREE_LOG, &key, unit));
+                    }
+                    self.platform_log.apply_batch(batch)?;
+                    let mut gone = sled::Batch::default();
+                    for k in keys.drain(..) {
+                        gone.remove(k);
+                    }
+                    tree.apply_batch(gone)?;
+                    moved += frames.len();
+                    frames.clear();
+                    bytes = 0;
+                }
+                if last {
+                    break;
+                }
+            }
+        }
+        self.received.clear()?;
+        self.aging.clear()?;
+        if moved > 0 {
+            self.db.flush()?;
+            tracing::info!(
+                entries = moved,
+                "platform state of an older build moved into the platform log"
+            );
+        }
+        Ok(true)
+    }
+}
+
+/// A load's progress and what it found.
+struct Load<'a> {
+    table: &'a ClearanceTable,
+    cancelled: &'a dyn Fn() -> bool,
+    adopted: bool,
+    applied: u64,
+    step: u64,
+    unreadable: usize,
+    adopting: usize,
+    refused: Vec<RefusedEntry>,
+}
+
+impl Load<'_> {
+    /// Counts one applied entry; reports progress every [`LOAD_STEP`]. True once the load
+    /// is to stop.
+    fn tick(&mut self) -> bool {
+        self.applied += 1;
+        self.step += 1;
+        if self.step == LOAD_STEP {
+            self.table.loaded(self.step);
+            self.step = 0;
+            return (self.cancelled)();
+        }
+        false
+    }
+}
+
+/// Applies one message of the log to the table, as the uplink applied it when it arrived.
+/// False if its body does not read.
+fn apply_frame(table: &ClearanceTable, f: &log::Frame<'_>) -> bool {
+    let text = || std::str::from_utf8(f.body).ok();
+    match f.kind {
+        log::Kind::Declaration => serde_json::from_slice::<Declaration>(f.body)
+            .map(|d| {
+                table.restore_declaration(&d, f.body);
+                table.touch(&d.waybill, f.day);
+            })
+            .is_ok(),
+        log::Kind::Instruction => serde_json::from_slice::<Instruction>(f.body)
+            .map(|i| {
+                table.restore_instruction(&i);
+                table.touch(&i.waybill, f.day);
+            })
+            .is_ok(),
+        log::Kind::Notice => serde_json::from_slice::<EnterpriseNotice>(f.body)
+            .map(|n| table.restore_notice(&n))
+            .is_ok(),
+        log::Kind::InstructionId => text().map(|id| table.mark_instruction_seen(id)).is_some(),
+        log::Kind::NoticeId => text().map(|id| table.mark_notice_seen(id)).is_some(),
+        log::Kind::Counted => text().map(|w| table.count(w, f.day)).is_some(),
+    }
+}
+
+/// A unit of the log that failed its integrity check: each message it seems to hold gets its
+/// fail-closed stand-in (read without trusting it, only to know which waybills and
+/// enterprises to hold), and is noted; a unit that does not even read is noted whole.
+fn refuse_unit(
+    table: &ClearanceTable,
+    key: &[u8],
+    stored: &[u8],
+    why: &'static str,
+    refused: &mut Vec<RefusedEntry>,
+) {
+    let before = refused.len();
+    if let Ok(frames) = log::frames(crate::journal::integrity::payload(stored)) {
+        for f in frames.map_while(Result::ok) {
+            let tree = match f.kind {
+                log::Kind::Declaration => TREE_DECLARATIONS,
+                log::Kind::Instruction => TREE_INSTRUCTIONS,
+                log::Kind::Notice => TREE_ENTERPRISES,
+                _ => continue,
+            };
+            if let Some(subject) = log::subject(&f) {
+                refuse_into(table, tree, &subject);
+                refused.push(RefusedEntry {
+                    tree,
+                    key: subject,
+                    why,
+                });
+            }
+        }
+    }
+    if refused.len() == before {
+        refused.push(RefusedEntry {
+            tree: TREE_LOG,
+            key: key_seq(key).map_or_else(|| hex::encode(key), |s| s.to_string()),
+            why,
+        });
     }
 }
 

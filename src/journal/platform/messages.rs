@@ -1,12 +1,13 @@
-//! Storing the platform's messages as they arrive: declarations and instructions by
-//! waybill, the enterprise notice in force, the ids of instructions and notices seen (so a
-//! redelivery after a restart is still recognised), and the marks of parcels counted in their
-//! consumer's history. Each is written before its MQTT message is acknowledged (see the
-//! module's doc).
+//! Storing the platform's messages as they arrive, appended to the platform log (see
+//! [`super::units`]): declarations and instructions, the enterprise notices, the ids of
+//! instructions and notices seen but not kept (so a redelivery after a restart is still
+//! recognised), and the marks of parcels counted in their consumer's history. Each is written
+//! before its MQTT message is acknowledged (see the module's doc).
 
 use bondline_devices::contract::{Declaration, EnterpriseNotice, Instruction};
 
-use super::{today, TREE_DECLARATIONS, TREE_ENTERPRISES, TREE_INSTRUCTIONS};
+use super::log::{self, Frame, Kind};
+use super::today;
 use crate::journal::integrity;
 use crate::journal::{Journal, JournalError};
 
@@ -21,16 +22,30 @@ impl Journal {
         d: &Declaration,
         day: u32,
     ) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(d).expect("declarations always serialize");
-        let bytes = self.seal(TREE_DECLARATIONS, d.waybill.as_bytes(), bytes);
-        let k = d.waybill.as_bytes();
-        let old = self.declarations.insert(k, bytes.as_slice())?;
-        self.platform_change(k, old.as_deref(), Some(&bytes));
-        self.touch_waybill(&d.waybill, day)
+        let body = serde_json::to_vec(d).expect("declarations always serialize");
+        self.append(&[Frame::about(Kind::Declaration, day, &d.waybill, &body)])
     }
 
-    /// The stored declaration of `waybill`, for lookups.
+    /// The last stored declaration of `waybill`, for `bondline explain`: read from the end
+    /// of the platform log back (a recent waybill is found at once, an old one after reading
+    /// the log), then from a tree of an older build's layout not yet moved into the log.
     pub fn declaration(&self, waybill: &str) -> Result<Option<Declaration>, JournalError> {
+        for entry in self.platform_log.iter().rev() {
+            let (_, v) = entry?;
+            let Ok(frames) = log::frames(integrity::payload(&v)) else {
+                continue;
+            };
+            let found = frames
+                .map_while(Result::ok)
+                .filter(|f| f.kind == Kind::Declaration)
+                .filter(|f| log::subject(f).as_deref() == Some(waybill))
+                .filter_map(|f| serde_json::from_slice::<Declaration>(f.body).ok())
+                .filter(|d| d.waybill == waybill)
+                .last();
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
         Ok(self
             .declarations
             .get(waybill.as_bytes())?
@@ -38,8 +53,8 @@ impl Journal {
     }
 
     /// Stores an instruction; durable after the next [`Journal::flush`]. Callers store only
-    /// instructions that [`crate::rules::ClearanceTable::instruction_is_new`] accepts, so a stale one never
-    /// overwrites.
+    /// instructions that [`crate::rules::ClearanceTable::instruction_is_new`] accepts, so a
+    /// stale one never overwrites. Its id is in it: the load marks it seen.
     pub fn store_instruction(&self, i: &Instruction) -> Result<(), JournalError> {
         self.store_instruction_on(i, today())
     }
@@ -49,13 +64,8 @@ impl Journal {
         i: &Instruction,
         day: u32,
     ) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(i).expect("instructions always serialize");
-        let bytes = self.seal(TREE_INSTRUCTIONS, i.waybill.as_bytes(), bytes);
-        self.remember_instruction_id_on(i, day)?;
-        let k = i.waybill.as_bytes();
-        let old = self.instructions.insert(k, bytes.as_slice())?;
-        self.platform_change(k, old.as_deref(), Some(&bytes));
-        self.touch_waybill(&i.waybill, day)
+        let body = serde_json::to_vec(i).expect("instructions always serialize");
+        self.append(&[Frame::about(Kind::Instruction, day, &i.waybill, &body)])
     }
 
     /// Records an instruction id as seen without storing the instruction (a stale one), so it
@@ -69,33 +79,26 @@ impl Journal {
         i: &Instruction,
         day: u32,
     ) -> Result<(), JournalError> {
-        let k = i.instruction_id.as_bytes();
-        let old = self.instruction_ids.insert(k, i.waybill.as_bytes())?;
-        self.platform_change(k, old.as_deref(), Some(i.waybill.as_bytes()));
-        let first = old.is_none();
-        if first {
-            self.touch_instruction_id(&i.instruction_id, day)?;
-        }
-        Ok(())
+        self.append(&[Frame::named(
+            Kind::InstructionId,
+            day,
+            i.instruction_id.as_bytes(),
+        )])
     }
 
-    /// Stores the notice now in force for its enterprise.
+    /// Stores the notice now in force for its enterprise (its id is in it).
     pub fn store_notice(&self, n: &EnterpriseNotice) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(n).expect("notices always serialize");
-        let bytes = self.seal(TREE_ENTERPRISES, n.enterprise.as_bytes(), bytes);
-        self.remember_notice_id(n)?;
-        let k = n.enterprise.as_bytes();
-        let old = self.enterprises.insert(k, bytes.as_slice())?;
-        self.platform_change(k, old.as_deref(), Some(&bytes));
-        Ok(())
+        let body = serde_json::to_vec(n).expect("notices always serialize");
+        self.append(&[Frame::about(Kind::Notice, today(), &n.enterprise, &body)])
     }
 
     /// Records a notice id as seen without applying it (a stale one).
     pub fn remember_notice_id(&self, n: &EnterpriseNotice) -> Result<(), JournalError> {
-        let k = n.notice_id.as_bytes();
-        let old = self.notice_ids.insert(k, n.enterprise.as_bytes())?;
-        self.platform_change(k, old.as_deref(), Some(n.enterprise.as_bytes()));
-        Ok(())
+        self.append(&[Frame::named(
+            Kind::NoticeId,
+            today(),
+            n.notice_id.as_bytes(),
+        )])
     }
 
     /// Marks waybills as counted in their consumers' history on the given UTC days. The
@@ -105,15 +108,10 @@ impl Journal {
         &self,
         marks: impl IntoIterator<Item = (&'a str, u32)>,
     ) -> Result<(), JournalError> {
-        let mut batch = sled::Batch::default();
-        let mut any = false;
-        for (waybill, day) in marks {
-            batch.insert(waybill.as_bytes(), &day.to_be_bytes()[..]);
-            any = true;
-        }
-        if any {
-            self.counted.apply_batch(batch)?;
-        }
-        Ok(())
+        let frames: Vec<Frame<'a>> = marks
+            .into_iter()
+            .map(|(waybill, day)| Frame::named(Kind::Counted, day, waybill.as_bytes()))
+            .collect();
+        self.append(&frames)
     }
 }

@@ -15,15 +15,20 @@
 //! consumer history of forgotten declarations is folded into day totals per consumer, kept
 //! as long as the longest consumer-limit window.
 //!
-//! Layout: [`messages`] stores what arrives, [`load`] rebuilds the clearance table from it at
-//! start, [`retention`] forgets what is old, [`trust`] seals and checks stored entries with
-//! the integrity key, and [`rules`] keeps the rule set in force.
+//! Layout: what the platform said is one ordered log of messages ([`log`] its format,
+//! [`units`] how it is appended and packed into chunks: a few sled entries per hundred
+//! messages, not four or five per waybill); [`messages`] stores what arrives, [`load`]
+//! rebuilds the clearance table from the log at start (and moves an older build's trees into
+//! it), [`retention`] forgets what is old, [`trust`] seals and checks stored entries with the
+//! integrity key, and [`rules`] keeps the rule set in force.
 
 mod load;
+pub(super) mod log;
 mod messages;
 mod retention;
 mod rules;
 mod trust;
+pub(super) mod units;
 
 use super::Journal;
 
@@ -40,13 +45,17 @@ const TREE_DECLARATIONS: &str = "declarations";
 const TREE_INSTRUCTIONS: &str = "instructions";
 const TREE_ENTERPRISES: &str = "enterprises";
 const TREE_META: &str = "meta";
+/// The platform log (see [`log`]): what the platform said, in the order it was stored.
+pub(super) const TREE_LOG: &str = "platform_log";
 
 /// A stored platform entry that failed its integrity check and was left out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedEntry {
-    /// The tree: `declarations`, `instructions`, `enterprises` or `meta` (the rule set).
+    /// What was refused: `declarations`, `instructions` or `enterprises` (a message of that
+    /// kind), `platform_log` (a unit of the log that does not read), or `meta` (the rule
+    /// set).
     pub tree: &'static str,
-    /// The entry's key: the waybill, the enterprise, or `platform_rules`.
+    /// The waybill, the enterprise, the log unit's key, or `platform_rules`.
     pub key: String,
     /// `tag does not verify` or `untagged`.
     pub why: &'static str,
@@ -60,7 +69,13 @@ impl std::fmt::Display for RefusedEntry {
             TREE_ENTERPRISES => "enterprise notice of",
             _ => "platform rule set",
         };
-        if self.tree == TREE_META {
+        if self.tree == TREE_LOG {
+            write!(
+                f,
+                "stored platform messages at {} refused ({})",
+                self.key, self.why
+            )
+        } else if self.tree == TREE_META {
             write!(f, "stored {what} refused ({})", self.why)
         } else {
             write!(f, "stored {what} {} refused ({})", self.key, self.why)
@@ -93,6 +108,7 @@ mod tests {
     use bondline_devices::contract::{Action, Instruction, SCHEMA};
 
     use crate::rules::clearance::tests::decl as declaration;
+    use crate::rules::ClearanceTable;
 
     fn instruction(w: &str, id: &str) -> Instruction {
         Instruction {
@@ -106,6 +122,33 @@ mod tests {
         }
     }
 
+    /// Purges everything before `before` as the retention task does, `step` messages at a
+    /// time, the table forgetting what the store forgot; returns all that was forgotten.
+    pub(crate) fn purge_all(
+        j: &Journal,
+        t: &ClearanceTable,
+        before: u32,
+        step: usize,
+    ) -> Forgotten {
+        let mut all = Forgotten::default();
+        loop {
+            let f = j
+                .purge_clearance(before, step, &|w| t.retention_facts(w))
+                .unwrap();
+            for w in &f.waybills {
+                t.forget_waybill(w);
+            }
+            for id in &f.instruction_ids {
+                t.forget_instruction_id(id);
+            }
+            all.waybills.extend(f.waybills);
+            all.instruction_ids.extend(f.instruction_ids);
+            if !f.more {
+                return all;
+            }
+        }
+    }
+
     #[test]
     fn old_clearance_is_forgotten_and_its_consumer_history_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -113,7 +156,8 @@ mod tests {
         let now = today();
         let (old, recent) = (now - 40, now - 5);
         // OLD: declared, instructed and counted 40 days ago. KEPT: declared then, and
-        // instructed again recently. NEW: recent.
+        // instructed again recently. NEW: recent. Between them, enough old declarations of
+        // one-off buyers to be packed into chunks.
         j.store_declaration_on(&declaration("OLD", "c1", 500), old)
             .unwrap();
         j.store_instruction_on(&instruction("OLD", "I-OLD"), old)
@@ -121,45 +165,63 @@ mod tests {
         j.mark_counted([("OLD", old)]).unwrap();
         j.store_declaration_on(&declaration("KEPT", "c2", 10), old)
             .unwrap();
+        for i in 0..300 {
+            j.store_declaration_on(&declaration(&format!("FILL{i}"), "c3", 1), old)
+                .unwrap();
+        }
         j.store_instruction_on(&instruction("KEPT", "I-KEPT"), recent)
             .unwrap();
         j.store_declaration_on(&declaration("NEW", "c1", 20), recent)
             .unwrap();
+        let (units, _) = j.platform_log_units().unwrap();
+        assert!(
+            units < 100,
+            "packed into chunks: {units} units for 306 messages"
+        );
 
-        let f = j.purge_clearance(now - 30, 1).unwrap();
-        assert!(f.more, "one entry per step");
-        let mut all = f;
-        loop {
-            let f = j.purge_clearance(now - 30, 1).unwrap();
-            all.waybills.extend(f.waybills);
-            all.instruction_ids.extend(f.instruction_ids);
-            if !f.more {
-                break;
-            }
-        }
-        assert_eq!(all.waybills, vec!["OLD".to_string()]);
+        let table = j.load_clearance().unwrap();
+        let all = purge_all(&j, &table, now - 30, 7);
+        let mut waybills = all.waybills.clone();
+        waybills.sort();
+        assert_eq!(waybills.len(), 301);
+        assert_eq!(waybills[0], "FILL0");
+        assert!(waybills.contains(&"OLD".to_string()));
+        assert!(!waybills.contains(&"KEPT".to_string()));
         assert_eq!(all.instruction_ids, vec!["I-OLD".to_string()]);
         assert!(j.declaration("OLD").unwrap().is_none());
         assert!(j.declaration("KEPT").unwrap().is_some());
         assert!(j.declaration("NEW").unwrap().is_some());
+        assert!(table.known("OLD").declaration.is_none());
+        let w = table.consumer_window("NEW", now - 364, now);
+        assert_eq!(
+            (w.parcels, w.value_minor),
+            (1, 500),
+            "the live table keeps its count"
+        );
 
         // After a restart: OLD is undeclared, its instruction id new again, and consumer c1
         // still has OLD's parcel in its history.
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
         let table = j.load_clearance().unwrap();
         assert!(table.known("OLD").declaration.is_none());
+        assert!(table.known("FILL7").declaration.is_none());
         assert!(table.known("KEPT").instruction.is_some());
+        assert!(table.known("KEPT").declaration.is_some());
         assert!(!table.instruction_id_seen("I-OLD"));
         assert!(table.instruction_id_seen("I-KEPT"));
         let w = table.consumer_window("NEW", now - 364, now);
         assert_eq!((w.parcels, w.value_minor), (1, 500));
-        // Nothing left to forget.
-        assert_eq!(
-            j.purge_clearance(now - 30, 100).unwrap(),
-            Forgotten::default()
-        );
+        // Nothing left to forget, and what is kept is passed over.
+        assert_eq!(purge_all(&j, &table, now - 30, 100), Forgotten::default());
+        // Once their last messages are old too, KEPT and NEW go.
+        let all = purge_all(&j, &table, now, 100);
+        assert_eq!(all.waybills, vec!["KEPT".to_string(), "NEW".to_string()]);
+        assert_eq!(all.instruction_ids, vec!["I-KEPT".to_string()]);
+        assert_eq!(j.platform_log_units().unwrap(), (0, 0), "an empty log");
     }
 
-    /// The platform state's bytes follow every store, replacement and purge, and a restart
+    /// The platform state's bytes follow every store, packing and purge, and a restart
     /// sums the same figure from the trees; the capacity policy counts them towards the quota.
     #[test]
     fn platform_state_bytes_are_counted_towards_the_quota() {
@@ -168,34 +230,28 @@ mod tests {
         let j = Journal::open(dir.path()).unwrap();
         let now = today();
         let trees = |j: &Journal| -> u64 {
-            [
-                &j.declarations,
-                &j.instructions,
-                &j.instruction_ids,
-                &j.enterprises,
-                &j.notice_ids,
-                &j.rule_update_ids,
-            ]
-            .iter()
-            .flat_map(|t| t.iter().flatten())
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum()
+            [&j.platform_log, &j.rule_update_ids]
+                .iter()
+                .flat_map(|t| t.iter().flatten())
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum()
         };
         assert_eq!(j.platform_bytes(), 0);
-        for i in 0..50 {
+        for i in 0..150 {
             let w = format!("W{i:04}");
             j.store_declaration_on(&declaration(&w, "c1", 500), now - 40 * (i % 2))
                 .unwrap();
             j.store_instruction_on(&instruction(&w, &format!("I-{w}")), now - 40 * (i % 2))
                 .unwrap();
         }
-        // A replacement changes the figure by its difference only.
         j.store_declaration_on(&declaration("W0001", "a-longer-consumer-hash", 50_000), now)
             .unwrap();
         j.remember_rule_update("R-1").unwrap();
         assert_eq!(j.platform_bytes(), trees(&j));
         let full = j.platform_bytes();
-        while j.purge_clearance(now - 30, 7).unwrap().more {}
+        let table = j.load_clearance().unwrap();
+        assert_eq!(j.platform_bytes(), full, "the load sums the same figure");
+        purge_all(&j, &table, now - 30, 7);
         assert!(j.platform_bytes() < full);
         assert_eq!(j.platform_bytes(), trees(&j));
         let kept = j.platform_bytes();
@@ -214,23 +270,71 @@ mod tests {
         );
     }
 
+    /// A store of an older build (a tree per kind, ages apart) is moved into the log at the
+    /// first load, and forgotten in its turn by the day it was received.
     #[test]
-    fn state_of_an_older_build_is_dated_once_and_forgotten_in_its_turn() {
+    fn state_of_an_older_build_is_moved_into_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
-        // As an older build stored them: no ages.
-        let d = declaration("OLDBUILD", "c1", 5);
-        j.declarations
-            .insert("OLDBUILD", serde_json::to_vec(&d).unwrap())
-            .unwrap();
-        j.instruction_ids.insert("I-OLDBUILD", "OLDBUILD").unwrap();
         let now = today();
-        assert_eq!(j.backfill_ages(now).unwrap(), 2);
-        assert_eq!(j.backfill_ages(now).unwrap(), 0, "once");
-        assert_eq!(j.purge_clearance(now, 100).unwrap(), Forgotten::default());
-        let f = j.purge_clearance(now + 1, 100).unwrap();
-        assert_eq!(f.waybills, vec!["OLDBUILD".to_string()]);
-        assert_eq!(f.instruction_ids, vec!["I-OLDBUILD".to_string()]);
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            // As an older build stored them.
+            for (w, day) in [("OLDBUILD", now - 40), ("RECENT", now - 2)] {
+                let d = declaration(w, "c1", 5);
+                j.declarations
+                    .insert(w, serde_json::to_vec(&d).unwrap())
+                    .unwrap();
+                j.received.insert(w, &day.to_be_bytes()).unwrap();
+            }
+            let i = instruction("RECENT", "I-RECENT");
+            j.instructions
+                .insert("RECENT", serde_json::to_vec(&i).unwrap())
+                .unwrap();
+            j.instruction_ids.insert("I-RECENT", "RECENT").unwrap();
+            j.counted
+                .insert("OLDBUILD", &(now - 40).to_be_bytes())
+                .unwrap();
+            j.declarations.insert("GARBLED", &b"{not json"[..]).unwrap();
+            j.aging.insert(b"anything", &[]).unwrap();
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        let table = j.load_clearance().unwrap();
+        assert!(table.known("OLDBUILD").declaration.is_some());
+        assert_eq!(table.known("OLDBUILD").counted_day, Some(now - 40));
+        assert_eq!(
+            table.known("RECENT").instruction.unwrap().action,
+            Action::Release
+        );
+        assert!(table.instruction_id_seen("I-RECENT"));
+        for t in [
+            &j.instructions,
+            &j.instruction_ids,
+            &j.counted,
+            &j.received,
+            &j.aging,
+        ] {
+            assert!(t.is_empty());
+        }
+        assert_eq!(
+            j.declarations.len(),
+            1,
+            "the unreadable entry stays where it lies"
+        );
+        assert!(!j.platform_log.is_empty());
+        // The next start reads the same from the log alone.
+        drop((j, table));
+        let j = Journal::open(dir.path()).unwrap();
+        let table = j.load_clearance().unwrap();
+        assert!(table.known("OLDBUILD").declaration.is_some());
+        assert!(table.known("RECENT").declaration.is_some());
+        // Forgotten by the day it was received, its history kept.
+        let all = purge_all(&j, &table, now - 30, 100);
+        assert_eq!(all.waybills, vec!["OLDBUILD".to_string()]);
+        assert!(table.known("RECENT").declaration.is_some());
+        assert!(
+            j.history.iter().next().is_some(),
+            "its counted parcel's day total"
+        );
     }
 }
 
@@ -252,6 +356,16 @@ mod integrity_tests {
             issued_at_ms: None,
             signature: None,
         }
+    }
+
+    /// The first unit of the platform log whose bytes contain `text`.
+    fn unit_holding(j: &Journal, text: &str) -> (sled::IVec, Vec<u8>) {
+        j.platform_log
+            .iter()
+            .flatten()
+            .find(|(_, v)| String::from_utf8_lossy(v).contains(text))
+            .map(|(k, v)| (k, v.to_vec()))
+            .expect("a unit holding it")
     }
 
     fn keyed(dir: &std::path::Path) -> Journal {
@@ -279,15 +393,26 @@ mod integrity_tests {
             j.store_instruction(&instruction("WB2", "I-2", Action::Release))
                 .unwrap();
             // Edited on disk: the hold's payload turned into a release, the tag kept.
-            let stored = j.instructions.get("WB1").unwrap().unwrap().to_vec();
+            let (k, stored) = unit_holding(&j, "I-1");
             let text = String::from_utf8_lossy(&stored[..stored.len() - 33])
                 .replace("\"hold\"", "\"release\"");
             let mut edited = text.into_bytes();
             edited.extend_from_slice(&stored[stored.len() - 33..]);
-            j.instructions.insert("WB1", edited).unwrap();
+            j.platform_log.insert(k, edited).unwrap();
             // And a declaration rewritten without its tag.
+            let (k, _) = unit_holding(&j, "\"WB2\"");
             let d = serde_json::to_vec(&declaration("WB2", "c9", 1)).unwrap();
-            j.declarations.insert("WB2", d).unwrap();
+            let unit = super::log::encode(
+                0,
+                0,
+                [super::log::Frame::about(
+                    super::log::Kind::Declaration,
+                    today(),
+                    "WB2",
+                    &d,
+                )],
+            );
+            j.platform_log.insert(k, unit).unwrap();
             j.db.flush().unwrap();
         }
         let j = keyed(dir.path());
@@ -349,9 +474,9 @@ mod integrity_tests {
         ));
         assert!(j.refused_entries().is_empty());
         // Tagged in place: the next start verifies them.
-        let stored = j.instructions.get("OLD").unwrap().unwrap();
+        let (k, stored) = unit_holding(&j, "I-OLD");
         assert!(matches!(
-            IntegrityKey::from_bytes([9; 32]).check(b"instructions", b"OLD", &stored),
+            IntegrityKey::from_bytes([9; 32]).check(b"platform_log", &k, &stored),
             Checked::Genuine(_)
         ));
         drop(j);

@@ -1,29 +1,20 @@
-//! Forgetting what the platform said once it is old (see the module's doc): every stored
-//! waybill and instruction id is dated by UTC day in `aging`, and [`Journal::purge_clearance`]
-//! removes what was stored before a cutoff, folding the consumer history of forgotten
-//! declarations into day totals. Its own module because retention is a policy over the
-//! stored state, apart from how a message is stored or loaded.
+//! Forgetting what the platform said once it is old (see the module's doc): every message
+//! of the platform log carries the UTC day it was stored, the clearance table knows the day
+//! each waybill was last stored, and [`Journal::purge_clearance`] rewrites the log's old
+//! units without what is forgotten, folding the consumer history of forgotten declarations
+//! into day totals. Its own module because retention is a policy over the stored state,
+//! apart from how a message is stored or loaded.
 
-use bondline_devices::contract::Declaration;
+use std::collections::HashSet;
 
-use super::{be_u32, today};
-use crate::journal::integrity;
+use bondline_devices::contract::Instruction;
+
+use super::log;
+use super::units::{key_seq, FIRST_SEQ};
+use super::{be_u32, today, TREE_LOG};
+use crate::journal::integrity::{self, Checked};
 use crate::journal::{Journal, JournalError};
-
-const META_AGES_BACKFILLED: &[u8] = b"ages_backfilled";
-
-/// What an `aging` entry ages: a waybill's stored state, or an instruction id.
-const AGE_WAYBILL: u8 = b'w';
-const AGE_INSTRUCTION_ID: u8 = b'i';
-
-/// `aging` key: the UTC day (big-endian, so keys sort by day), the kind, the name.
-fn age_key(day: u32, kind: u8, name: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(5 + name.len());
-    k.extend_from_slice(&day.to_be_bytes());
-    k.push(kind);
-    k.extend_from_slice(name);
-    k
-}
+use crate::rules::RetentionFacts;
 
 /// `history` key: the UTC day, then the consumer.
 fn history_key(day: u32, consumer: &str) -> Vec<u8> {
@@ -54,96 +45,98 @@ pub(super) fn decode_total(v: &[u8]) -> (u32, u64) {
 }
 
 impl Journal {
-    /// Gives state stored before ages were kept (an older build) the age `day`, once, so it
-    /// is forgotten in its turn. Returns how many entries it aged.
-    pub fn backfill_ages(&self, day: u32) -> Result<usize, JournalError> {
-        if self.meta.contains_key(META_AGES_BACKFILLED)? {
-            return Ok(0);
-        }
-        let mut n = 0;
-        for key in self
-            .declarations
-            .iter()
-            .keys()
-            .chain(self.instructions.iter().keys())
-        {
-            let key = key?;
-            if !self.received.contains_key(&key)? {
-                self.received.insert(&key, &day.to_be_bytes())?;
-                self.aging.insert(age_key(day, AGE_WAYBILL, &key), &[])?;
-                n += 1;
-            }
-        }
-        for key in self.instruction_ids.iter().keys() {
-            self.aging
-                .insert(age_key(day, AGE_INSTRUCTION_ID, &key?), &[])?;
-            n += 1;
-        }
-        self.meta.insert(META_AGES_BACKFILLED, &[])?;
-        Ok(n)
-    }
-
-    /// Notes that `waybill`'s state was stored on `day`.
-    pub(super) fn touch_waybill(&self, waybill: &str, day: u32) -> Result<(), JournalError> {
-        let last = self
-            .received
-            .insert(waybill.as_bytes(), &day.to_be_bytes())?;
-        if last.as_deref().and_then(be_u32) != Some(day) {
-            self.aging
-                .insert(age_key(day, AGE_WAYBILL, waybill.as_bytes()), &[])?;
-        }
-        Ok(())
-    }
-
-    pub(super) fn touch_instruction_id(&self, id: &str, day: u32) -> Result<(), JournalError> {
-        self.aging
-            .insert(age_key(day, AGE_INSTRUCTION_ID, id.as_bytes()), &[])?;
-        Ok(())
-    }
-
-    /// Forgets waybills and instruction ids stored before UTC day `before_day`, at most
-    /// `max` of them (call again while [`Forgotten::more`]). A waybill stored again since
-    /// is kept. A forgotten declaration that was counted in its consumer's history leaves
-    /// its day total behind; day totals older than the longest window go too.
-    pub fn purge_clearance(&self, before_day: u32, max: usize) -> Result<Forgotten, JournalError> {
+    /// Forgets waybills stored last before UTC day `before_day` and instruction ids seen
+    /// before it, examining at most about `max` messages (call again while
+    /// [`Forgotten::more`]). `facts` is the loaded clearance table's
+    /// ([`crate::rules::ClearanceTable::retention_facts`]): a waybill whose declaration or
+    /// instruction was stored on `before_day` or later is kept whole, however old its first
+    /// message; one the table does not hold is forgotten. So the table must be loaded before
+    /// any purge. A forgotten declaration that was counted in its consumer's history leaves
+    /// its day total behind (written before its messages go: a crash between errs strict);
+    /// day totals older than the longest window go too. Enterprise notices are kept.
+    ///
+    /// The log is read from its start, unit by unit, up to the first appended unit whose
+    /// oldest message is not old; each unit is rewritten without what is forgotten, marked as
+    /// checked against `before_day` (passed over by the next step), or removed once empty.
+    /// Units moved from an older build, whose days are mixed, are all read. Days are
+    /// appended in order (each message is stored on the day it arrives); should the clock
+    /// step back over midnight, what was stored after the step is forgotten a day late.
+    pub fn purge_clearance(
+        &self,
+        before_day: u32,
+        max: usize,
+        facts: &dyn Fn(&str) -> Option<RetentionFacts>,
+    ) -> Result<Forgotten, JournalError> {
         let mut out = Forgotten::default();
-        let end = age_key(before_day, 0, &[]);
-        for (seen, entry) in self.aging.range(..end).enumerate() {
-            if seen == max {
+        let mut cursor = self.purge_cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut from = match *cursor {
+            Some((day, at)) if day == before_day => at,
+            _ => 0,
+        };
+        let mut gone: HashSet<String> = HashSet::new();
+        let mut examined = 0usize;
+        loop {
+            if examined >= max {
                 out.more = true;
                 break;
             }
-            let (k, _) = entry?;
-            let (Some(day), Some(&kind)) = (be_u32(&k), k.get(4)) else {
-                self.aging.remove(&k)?;
+            let tail = self.tail();
+            let Some((k, v)) = self
+                .platform_log
+                .range(from.to_be_bytes()..)
+                .next()
+                .transpose()?
+            else {
+                break;
+            };
+            let Some(seq) = key_seq(&k) else {
+                from = u64::MAX;
+                break;
+            };
+            from = seq.saturating_add(1);
+            let Ok(h) = log::header(integrity::payload(&v)) else {
                 continue;
             };
-            let name = &k[5..];
-            match kind {
-                AGE_WAYBILL => {
-                    let last = self.received.get(name)?.as_deref().and_then(be_u32);
-                    if last.is_none_or(|l| l <= day) {
-                        self.fold_into_history(name)?;
-                        let d = self.declarations.remove(name)?;
-                        self.platform_change(name, d.as_deref(), None);
-                        let i = self.instructions.remove(name)?;
-                        self.platform_change(name, i.as_deref(), None);
-                        self.counted.remove(name)?;
-                        self.received.remove(name)?;
-                        out.waybills
-                            .push(String::from_utf8_lossy(name).into_owned());
-                    }
+            if h.oldest_day >= before_day {
+                if seq >= FIRST_SEQ {
+                    from = seq;
+                    break;
                 }
-                AGE_INSTRUCTION_ID => {
-                    let old = self.instruction_ids.remove(name)?;
-                    self.platform_change(name, old.as_deref(), None);
-                    out.instruction_ids
-                        .push(String::from_utf8_lossy(name).into_owned());
-                }
-                _ => {}
+                continue;
             }
-            self.aging.remove(&k)?;
+            if h.checked >= before_day {
+                continue;
+            }
+            // A unit that does not verify is left as it lies (the load refuses it).
+            let payload = match self.integrity_key.get() {
+                None => integrity::payload(&v),
+                Some(key) => match key.check(TREE_LOG.as_bytes(), &k, &v) {
+                    Checked::Genuine(p) => p,
+                    _ => continue,
+                },
+            };
+            let Ok(frames) = log::frames(payload).and_then(|f| f.collect::<Result<Vec<_>, _>>())
+            else {
+                continue;
+            };
+            examined += frames.len();
+            let mut kept = Vec::with_capacity(frames.len());
+            for f in frames {
+                if self.keeps(&f, before_day, facts, &mut gone, &mut out)? {
+                    kept.push(f);
+                }
+            }
+            if kept.is_empty() {
+                self.platform_log.remove(&k)?;
+                self.platform_grow(0, (k.len() + v.len()) as u64);
+            } else {
+                let unit = self.seal(TREE_LOG, &k, log::encode(h.flags, before_day, kept));
+                self.platform_grow((k.len() + unit.len()) as u64, (k.len() + v.len()) as u64);
+                self.platform_log.insert(&k, unit)?;
+            }
+            drop(tail);
         }
+        *cursor = Some((before_day, from));
         let oldest = today().saturating_sub(crate::rules::history::KEEP_DAYS);
         for k in self.history.range(..oldest.to_be_bytes()).keys() {
             self.history.remove(k?)?;
@@ -151,34 +144,69 @@ impl Journal {
         Ok(out)
     }
 
-    /// Adds a counted declaration's parcel to its consumer's stored day total.
-    pub(super) fn fold_into_history(&self, waybill: &[u8]) -> Result<(), JournalError> {
-        let Some(day) = self.counted.get(waybill)?.as_deref().and_then(be_u32) else {
-            return Ok(());
+    /// Whether the purge keeps message `f` (see [`Journal::purge_clearance`]); notes what it
+    /// forgets in `out` and the waybills forgotten in this step in `gone`.
+    fn keeps(
+        &self,
+        f: &log::Frame<'_>,
+        before_day: u32,
+        facts: &dyn Fn(&str) -> Option<RetentionFacts>,
+        gone: &mut HashSet<String>,
+        out: &mut Forgotten,
+    ) -> Result<bool, JournalError> {
+        let instruction_id = |f: &log::Frame<'_>| {
+            serde_json::from_slice::<Instruction>(f.body)
+                .ok()
+                .map(|i| i.instruction_id)
         };
-        let Some(d) = self
-            .declarations
-            .get(waybill)?
-            .and_then(|v| serde_json::from_slice::<Declaration>(integrity::payload(&v)).ok())
-        else {
-            return Ok(());
-        };
-        let Some(consumer) = d.consumer else {
-            return Ok(());
-        };
-        let key = history_key(day, &consumer);
-        let (parcels, value) = self
+        match f.kind {
+            log::Kind::Notice | log::Kind::NoticeId => Ok(true),
+            log::Kind::InstructionId => {
+                if f.day >= before_day {
+                    return Ok(true);
+                }
+                out.instruction_ids
+                    .push(String::from_utf8_lossy(f.body).into_owned());
+                Ok(false)
+            }
+            log::Kind::Declaration | log::Kind::Instruction | log::Kind::Counted => {
+                let Some(waybill) = log::subject(f) else {
+                    return Ok(f.day >= before_day);
+                };
+                if !gone.contains(&waybill) {
+                    let held = facts(&waybill);
+                    if held.as_ref().is_some_and(|h| h.touched_day >= before_day) {
+                        return Ok(true);
+                    }
+                    if let Some((day, consumer, value)) =
+                        held.as_ref().and_then(|h| h.counted.clone())
+                    {
+                        self.add_to_history(day, &consumer, value)?;
+                    }
+                    if held.is_some() {
+                        out.waybills.push(waybill.clone());
+                    }
+                    gone.insert(waybill);
+                }
+                if f.kind == log::Kind::Instruction {
+                    out.instruction_ids.extend(instruction_id(f));
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Adds one counted parcel of `value` to `consumer`'s stored day total of `day`.
+    fn add_to_history(&self, day: u32, consumer: &str, value: u64) -> Result<(), JournalError> {
+        let key = history_key(day, consumer);
+        let (parcels, total) = self
             .history
             .get(&key)?
             .map(|v| decode_total(&v))
             .unwrap_or((0, 0));
         let mut v = Vec::with_capacity(12);
         v.extend_from_slice(&parcels.saturating_add(1).to_be_bytes());
-        v.extend_from_slice(
-            &value
-                .saturating_add(d.value_minor.unwrap_or(0))
-                .to_be_bytes(),
-        );
+        v.extend_from_slice(&total.saturating_add(value).to_be_bytes());
         self.history.insert(key, v)?;
         Ok(())
     }

@@ -28,6 +28,11 @@ pub(super) fn copy_platform_state(
                 serde_json::from_slice::<EnterpriseNotice>(crate::journal::integrity::payload(v))
                     .is_ok()
             },
+            // A unit of the platform log is kept if it reads (its tag travels with it).
+            "platform_log" => |v| {
+                crate::journal::platform::log::frames(crate::journal::integrity::payload(v))
+                    .is_ok_and(|mut f| f.all(|f| f.is_ok()))
+            },
             _ => |_| true,
         }
     };
@@ -50,6 +55,7 @@ pub(super) fn copy_platform_state(
         ("aging", &old.aging, &fresh.aging),
         ("received", &old.received, &fresh.received),
         ("history", &old.history, &fresh.history),
+        ("platform_log", &old.platform_log, &fresh.platform_log),
     ];
     for (name, from, to) in trees {
         let check = parses_as(name);

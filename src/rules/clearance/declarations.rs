@@ -179,7 +179,7 @@ impl ClearanceTable {
             flags |= HAS_SIGNED;
         }
         e.digest = f.digest;
-        e.signed_at_ms = f.signed_at_ms.unwrap_or(0);
+        e.set_signed_at(f.signed_at_ms.unwrap_or(0));
         e.value_minor = f.value_minor.unwrap_or(0);
         e.enterprise = f.enterprise;
         e.consumer = f.consumer;

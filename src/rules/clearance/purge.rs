@@ -3,10 +3,46 @@
 //! ids older than any signature the gateway accepts. Consumers' histories stay.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::{ClearanceTable, NONE};
 
+/// What retention needs to know of a waybill held in the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionFacts {
+    /// The UTC day its declaration or instruction was last stored (0 if never noted).
+    pub touched_day: u32,
+    /// The day it was counted in its consumer's history, and that consumer and value, for
+    /// the day totals kept once the declaration is forgotten.
+    pub counted: Option<(u32, Arc<str>, u64)>,
+}
+
 impl ClearanceTable {
+    /// Notes that the platform state of `waybill` was stored on `day` (a later day noted
+    /// before stays). Retention keeps a waybill whose state was stored within the clearance
+    /// period, however old its first message.
+    pub fn touch(&self, waybill: &str, day: u32) {
+        let place = self.place(waybill);
+        let mut shard = self.shards.write(place.shard);
+        if let Some(i) = shard.find(place, waybill) {
+            shard.entries[i].touch(day);
+        }
+    }
+
+    /// What retention needs of `waybill`, if the table holds it.
+    pub fn retention_facts(&self, waybill: &str) -> Option<RetentionFacts> {
+        // Copied out first: names are looked up without the shard's lock held.
+        let e = self.with_entry(waybill, |_, e| e.cloned())?;
+        let counted = e.counted().filter(|_| e.declared()).and_then(|day| {
+            let consumer = self.strings.name(e.consumer)?;
+            Some((day, consumer, e.value().unwrap_or(0)))
+        });
+        Some(RetentionFacts {
+            touched_day: e.touched().unwrap_or(0),
+            counted,
+        })
+    }
+
     /// Forgets what the platform said of `waybill` (its declaration and instruction); its
     /// consumer's history stays. See `Journal::purge_clearance`.
     pub fn forget_waybill(&self, waybill: &str) {
