@@ -192,11 +192,16 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// The open of `bench sled-entries`, in a process of its own (started by it).
+    /// The open of `bench sled-entries`, in a process of its own (started by it). With
+    /// `--read-all`, also reads every tree of the store (a journal's, say) from end to end, as
+    /// a start's load does, and prints the process's RSS after each tree: what sled keeps
+    /// resident of what was read.
     #[command(hide = true)]
     SledOpen {
         #[arg(long)]
         dir: PathBuf,
+        #[arg(long)]
+        read_all: bool,
     },
     /// Drain time of a backlog to a broker, beside raw rumqttc QoS 1 publishing.
     Drain {
@@ -349,7 +354,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || sled_entries::run(entries, value_bytes, dir))
                 .await?
         }
-        BenchCommand::SledOpen { dir } => sled_entries::open(&dir),
+        BenchCommand::SledOpen { dir, read_all } => sled_entries::open(&dir, read_all),
         BenchCommand::Fsync { seconds, dir } => {
             tokio::task::spawn_blocking(move || fsync::run(seconds, dir)).await?
         }

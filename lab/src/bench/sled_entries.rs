@@ -78,25 +78,29 @@ pub(super) fn run(entries: u64, value_bytes: usize, dir: Option<PathBuf>) -> any
 
 /// The child's side: opens the store and prints the open's time, RSS before and after, and
 /// the size on disk.
-pub(super) fn open(dir: &Path) -> anyhow::Result<()> {
+pub(super) fn open(dir: &Path, read_all: bool) -> anyhow::Result<()> {
     let before = rss_mib();
     let started = Instant::now();
     let db = config(dir).open()?;
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
     let after = rss_mib();
-    if std::env::var_os("BONDLINE_LAB_ITERATE").is_some() {
+    if read_all {
         for name in db.tree_names() {
-            let t = db.open_tree(&name)?;
-            let mut n = 0u64;
-            for e in t.iter() {
-                let _ = e?;
-                n += 1;
+            let tree = db.open_tree(&name)?;
+            let (mut entries, mut bytes) = (0u64, 0u64);
+            for entry in tree.iter() {
+                let (k, v) = entry?;
+                entries += 1;
+                bytes += (k.len() + v.len()) as u64;
             }
-            eprintln!(
-                "{} {n} entries: RSS {:.0} MiB",
-                String::from_utf8_lossy(&name),
-                rss_mib()
-            );
+            if entries > 0 {
+                eprintln!(
+                    "read {}: {entries} entries, {:.0} MiB of keys and values; RSS now {:.0} MiB",
+                    String::from_utf8_lossy(&name),
+                    bytes as f64 / 1048576.0,
+                    rss_mib()
+                );
+            }
         }
     }
     println!("{open_ms} {before} {after} {}", db.size_on_disk()?);
