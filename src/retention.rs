@@ -42,7 +42,7 @@ pub async fn run(
             // (`Journal::platform_lock`).
             let step = tokio::task::spawn_blocking(move || {
                 let _guard = j.platform_lock().blocking_lock();
-                let forgotten = j.purge_clearance(before, STEP, &|w| t.retention_facts(w))?;
+                let forgotten = j.purge_clearance(before, STEP, &t)?;
                 for w in &forgotten.waybills {
                     t.forget_waybill(w);
                 }

@@ -35,10 +35,11 @@
 //! - `meta`: `head` and `anchor` (`seq` + SHA-256, 40 bytes), `forwarded` (`W`, 8 bytes),
 //!   `live_bytes` (8 bytes, size of all stored batches and their `by_waybill` entries).
 //! - `acked`: records above `W` acknowledged out of order. `parked`: `seq` → reason.
-//! - `platform_log`: what the platform said (declarations, instructions, notices, ids seen,
-//!   parcels counted in their consumer's history), in the order it was stored, a few hundred
-//!   messages per chunk (see [`platform`]); `history` (consumer day totals of forgotten
-//!   declarations); `rule_update_ids`; in `meta`, the rule set in force. `declarations`,
+//! - Beside the store, `<store>-platform/`: what the platform said (declarations,
+//!   instructions, notices, ids seen, parcels counted in their consumer's history), in the
+//!   order it was stored, a file per day (see [`platform`]). In the store: `history`
+//!   (consumer day totals of forgotten declarations); `rule_update_ids`; in `meta`, the rule
+//!   set in force. `declarations`,
 //!   `instructions`, `instruction_ids`, `enterprises`, `notice_ids`, `counted`, `aging` and
 //!   `received` are an older build's layout, moved into the log at the first load.
 //! - `by_waybill`: the lookup index, waybill bytes + 0x00 + `seq` → empty; written behind
@@ -168,11 +169,9 @@ pub struct Journal {
     rule_update_ids: Tree,
     /// What the platform said, in the order it was stored (see [`platform`]); the trees
     /// above hold an older build's layout until it is moved into it.
-    platform_log: Tree,
-    /// Where the platform log ends (appends, packing and the purge take its lock).
-    log_tail: Arc<Mutex<platform::units::Tail>>,
-    /// Where the purge goes on, for the cutoff day it works on.
-    purge_cursor: Arc<Mutex<Option<(u32, u64)>>>,
+    platform_log: Arc<platform::files::PlatformLog>,
+    /// Where the purge goes on: the cutoff day it works on, the segment and the offset.
+    purge_cursor: Arc<Mutex<Option<(u32, u32, u64)>>>,
     /// An older build's ages of its platform state: moved into the log with it.
     aging: Tree,
     received: Tree,
@@ -318,7 +317,7 @@ impl Journal {
             forwarded: decode_u64(meta.get(META_FORWARDED)?),
             live_bytes: decode_u64(meta.get(META_LIVE)?),
         };
-        let platform_log = db.open_tree("platform_log")?;
+        let integrity_key = Arc::new(std::sync::OnceLock::new());
         let journal = Journal {
             batches: db.open_tree("batches")?,
             acked: db.open_tree("acked")?,
@@ -331,8 +330,10 @@ impl Journal {
             counted: db.open_tree("counted")?,
             rule_update_ids: db.open_tree("rule_update_ids")?,
             aging: db.open_tree("aging")?,
-            log_tail: Arc::new(platform::units::open_tail(&platform_log)?),
-            platform_log,
+            platform_log: Arc::new(platform::files::PlatformLog::open(
+                path,
+                integrity_key.clone(),
+            )?),
             purge_cursor: Arc::default(),
             received: db.open_tree("received")?,
             history: db.open_tree("history")?,
@@ -346,7 +347,7 @@ impl Journal {
             platform_lock: Arc::new(tokio::sync::Mutex::new(())),
             platform_bytes: Arc::default(),
             path: Arc::new(path.to_path_buf()),
-            integrity_key: Arc::new(std::sync::OnceLock::new()),
+            integrity_key,
             refused: Arc::new(Mutex::new(Vec::new())),
             chain_problem: Arc::new(Mutex::new(None)),
             adopt_untagged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -397,7 +398,6 @@ impl Journal {
             &self.notice_ids,
             &self.counted,
             &self.rule_update_ids,
-            &self.platform_log,
         ];
         trees
             .iter()
@@ -434,6 +434,9 @@ impl Journal {
     pub async fn flush(&self) -> Result<(), JournalError> {
         // Read before the flush: what was committed before it started is durable after it.
         let head = self.chain_head()?;
+        // The platform log first: a record the store holds durable never outruns the
+        // messages (counted marks) stored before it.
+        self.write_platform(true)?;
         self.db.flush_async().await?;
         self.write_head_mark(head);
         Ok(())

@@ -177,33 +177,48 @@ async fn a_stored_hold_edited_into_a_release_releases_nothing() {
         for w in ["INTEG01", "INTEG02"] {
             j.store_declaration(&declaration(w)).unwrap();
         }
-        j.store_instruction(&instruction("INTEG01", "I-1", Action::Hold))
-            .unwrap();
         j.store_instruction(&instruction("INTEG02", "I-2", Action::Release))
+            .unwrap();
+        j.flush().await.unwrap();
+        // The hold in a block of its own, the last of the platform log.
+        j.store_instruction(&instruction("INTEG01", "I-1", Action::Hold))
             .unwrap();
         j.flush().await.unwrap();
     }
     // The intruder, with the daemon stopped: INTEG01's hold turned into a release in place,
     // the rest of the entry kept.
     {
-        let db = open_sled(&line.store);
-        // The platform log's unit that holds the instruction.
-        let tree = db.open_tree("platform_log").unwrap();
-        let (key, stored) = tree
-            .iter()
+        // The last block of the platform log's segment holds it: its payload edited, its
+        // checksum made anew (the integrity tag kept).
+        let dir = std::path::PathBuf::from(format!("{}-platform", line.store.display()));
+        let segment = std::fs::read_dir(&dir)
+            .unwrap()
             .flatten()
-            .find(|(_, v)| v.windows(3).any(|w| w == b"I-1"))
-            .map(|(k, v)| (k, v.to_vec()))
-            .expect("the stored instruction");
-        let at = stored
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .expect("a segment");
+        let bytes = std::fs::read(&segment).unwrap();
+        let mut at = 0;
+        let mut last = 0;
+        while at < bytes.len() {
+            last = at;
+            at += 9 + u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+        }
+        let stored = &bytes[last + 9..];
+        assert!(stored.windows(3).any(|w| w == b"I-1"), "the hold's block");
+        let hold = stored
             .windows(6)
             .position(|w| w == b"\"hold\"")
             .expect("the stored hold");
-        let mut edited = stored[..at].to_vec();
+        let mut edited = stored[..hold].to_vec();
         edited.extend_from_slice(b"\"release\"");
-        edited.extend_from_slice(&stored[at + 6..]);
-        tree.insert(key, edited).unwrap();
-        db.flush().unwrap();
+        edited.extend_from_slice(&stored[hold + 6..]);
+        let mut out = bytes[..last].to_vec();
+        out.push(0xB1);
+        out.extend_from_slice(&(edited.len() as u32).to_be_bytes());
+        out.extend_from_slice(&crc32fast::hash(&edited).to_be_bytes());
+        out.extend_from_slice(&edited);
+        std::fs::write(&segment, out).unwrap();
     }
     // `journal verify` with the key names it.
     let (code, out, err) = bondline(&["journal", "verify"], &line.config);

@@ -7,14 +7,16 @@ use bondline_devices::contract::{
     Action, Declaration, EnterpriseAction, EnterpriseNotice, Instruction, SCHEMA,
 };
 
+use super::files::{block_key, ReadError};
 use super::log;
 use super::retention::decode_total;
 use super::trust::Verdict;
-use super::units::{key_seq, FIRST_SEQ};
+use super::units::MOVED_DAY;
 use super::{
     be_u32, RefusedEntry, META_PLATFORM_RULES, TREE_DECLARATIONS, TREE_ENTERPRISES,
     TREE_INSTRUCTIONS, TREE_LOG, TREE_META,
 };
+use crate::journal::integrity;
 use crate::journal::integrity::Checked;
 use crate::journal::{Journal, JournalError};
 use crate::rules::ClearanceTable;
@@ -101,6 +103,7 @@ impl Journal {
             unreadable: 0,
             adopting: 0,
             refused: Vec::new(),
+            pending_counts: Default::default(),
         };
         // An older build's trees first: moved into the log, below what was appended since.
         if !self.move_into_log(&mut load)? {
@@ -108,35 +111,10 @@ impl Journal {
         }
         // The platform state's bytes, summed on the way (see `Journal::platform_bytes`).
         let mut platform_bytes = 0u64;
-        for entry in self.platform_log.iter() {
-            let (k, v) = entry?;
-            platform_bytes += (k.len() + v.len()) as u64;
-            match self.verdict(TREE_LOG, &k, &v, load.adopted)? {
-                Verdict::Use(payload) => {
-                    if !load.adopted
-                        && self.integrity_key.get().is_some()
-                        && payload.len() == v.len()
-                    {
-                        load.adopting += 1;
-                    }
-                    let Ok(frames) = log::frames(payload) else {
-                        load.unreadable += 1;
-                        continue;
-                    };
-                    for f in frames {
-                        let Ok(f) = f else {
-                            load.unreadable += 1;
-                            break;
-                        };
-                        if !apply_frame(table, &f) {
-                            load.unreadable += 1;
-                        }
-                        if load.tick() {
-                            return Ok(false);
-                        }
-                    }
-                }
-                Verdict::Refuse(why) => refuse_unit(table, &k, &v, why, &mut load.refused),
+        for (day, len) in self.platform_log.segments()? {
+            platform_bytes += len;
+            if !self.load_segment(day, &mut load)? {
+                return Ok(false);
             }
         }
         // What an older build's trees still hold (entries refused or unreadable, left as
@@ -202,10 +180,90 @@ impl Journal {
         Ok(true)
     }
 
+    /// Loads one segment of the platform log; false if the load is to stop. A segment
+    /// written without tags and adopted at this start is written again, sealed.
+    fn load_segment(&self, day: u32, load: &mut Load<'_>) -> Result<bool, JournalError> {
+        let key = self.integrity_key.get();
+        let mut sealed_anew: Vec<Vec<u8>> = Vec::new();
+        let mut untagged = 0usize;
+        let mut stopped = false;
+        let read = self.platform_log.read(day, 0, &mut |b| {
+            let block = block_key(day, b.offset);
+            let payload = match key {
+                None => Ok(integrity::payload(&b.payload)),
+                Some(k) => match k.check(TREE_LOG.as_bytes(), &block, &b.payload) {
+                    Checked::Genuine(p) => Ok(p),
+                    Checked::Untagged(p) if !load.adopted => {
+                        untagged += 1;
+                        Ok(p)
+                    }
+                    Checked::Untagged(_) => Err("untagged"),
+                    Checked::Forged => Err("tag does not verify"),
+                },
+            };
+            let payload = match payload {
+                Ok(p) => p,
+                Err(why) => {
+                    refuse_unit(
+                        load.table,
+                        day,
+                        b.offset,
+                        &b.payload,
+                        why,
+                        &mut load.refused,
+                    );
+                    return Ok(true);
+                }
+            };
+            if !load.adopted && key.is_some() {
+                sealed_anew.push(payload.to_vec());
+            }
+            let Ok(frames) = log::frames(payload) else {
+                load.unreadable += 1;
+                return Ok(true);
+            };
+            for f in frames {
+                let Ok(f) = f else {
+                    load.unreadable += 1;
+                    break;
+                };
+                if !apply_frame(load.table, &f, &mut load.pending_counts) {
+                    load.unreadable += 1;
+                }
+                if load.tick() {
+                    stopped = true;
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        });
+        match read {
+            Ok(()) => {}
+            Err(ReadError::Damaged(at)) => {
+                load.unreadable += 1;
+                tracing::error!(
+                    segment = %super::files::segment_name(day),
+                    offset = at,
+                    "the platform log does not read past this point of a segment; what follows in it is left out"
+                );
+            }
+            Err(ReadError::Journal(e)) => return Err(e),
+        }
+        if stopped {
+            return Ok(false);
+        }
+        if untagged > 0 {
+            load.adopting += untagged;
+            self.platform_log.rewrite(day, &sealed_anew)?;
+        }
+        Ok(true)
+    }
+
     /// Moves the platform state of an older build (a tree per kind, see [`super`]) into the
-    /// log, keyed below [`FIRST_SEQ`] in the order that build loaded it, in chunks: each
-    /// chunk is written, then its entries are removed from their trees (a crash between the
-    /// two moves them again, which changes nothing). An entry that fails its integrity check
+    /// log's segment of day 0 ([`MOVED_DAY`], read before any other), in the order that
+    /// build loaded it, in chunks: each chunk is written and synced, then its entries are
+    /// removed from their trees (a crash between the two moves them again, which changes
+    /// nothing). An entry that fails its integrity check
     /// gets its stand-in and stays where it is, refused again at every start, as before; one
     /// whose JSON does not parse stays too. Ages (`received`, `aging`) go once all is moved:
     /// the log's frames carry their day.
@@ -238,13 +296,6 @@ impl Journal {
             return Ok(true);
         }
         let today = super::today();
-        let mut next = self
-            .platform_log
-            .range(..FIRST_SEQ.to_be_bytes())
-            .next_back()
-            .transpose()?
-            .and_then(|(k, _)| key_seq(&k))
-            .map_or(0, |s| s + 1);
         let mut moved = 0usize;
         for (name, kind, tree) in trees {
             let mut frames: Vec<(u32, Vec<u8>, Vec<u8>)> = Vec::new();
@@ -315,14 +366,10 @@ impl Journal {
                             body,
                         })
                         .collect();
-                    let mut batch = sled::Batch::default();
                     for unit in log::pack(&fs) {
-                        let n = log::frames(&unit).map_or(1, Iterator::count) as u64;
-                        let key = next.to_be_bytes();
-                        next += n;
-                        batch.insert(&key, self.seal(TREE_LOG, &key, unit));
+                        self.platform_log.append_sealed(MOVED_DAY, &unit)?;
                     }
-                    self.platform_log.apply_batch(batch)?;
+                    self.platform_log.write(MOVED_DAY, true)?;
                     let mut gone = sled::Batch::default();
                     for k in keys.drain(..) {
                         gone.remove(k);
@@ -340,7 +387,6 @@ impl Journal {
         self.received.clear()?;
         self.aging.clear()?;
         if moved > 0 {
-            self.db.flush()?;
             tracing::info!(
                 entries = moved,
                 "platform state of an older build moved into the platform log"
@@ -360,6 +406,8 @@ struct Load<'a> {
     unreadable: usize,
     adopting: usize,
     refused: Vec<RefusedEntry>,
+    /// Counted parcels waiting for their waybill's declaration (see [`apply_frame`]).
+    pending_counts: std::collections::HashMap<String, u32>,
 }
 
 impl Load<'_> {
@@ -378,14 +426,24 @@ impl Load<'_> {
 }
 
 /// Applies one message of the log to the table, as the uplink applied it when it arrived.
-/// False if its body does not read.
-fn apply_frame(table: &ClearanceTable, f: &log::Frame<'_>) -> bool {
+/// False if its body does not read. A parcel counted while its waybill holds no declaration
+/// here (the one it was counted under was replaced since, and forgotten by the purge) is
+/// counted once the waybill's next declaration is applied, as the running daemon moved
+/// the count to it (`pending`).
+fn apply_frame(
+    table: &ClearanceTable,
+    f: &log::Frame<'_>,
+    pending: &mut std::collections::HashMap<String, u32>,
+) -> bool {
     let text = || std::str::from_utf8(f.body).ok();
     match f.kind {
         log::Kind::Declaration => serde_json::from_slice::<Declaration>(f.body)
             .map(|d| {
                 table.restore_declaration(&d, f.body);
                 table.touch(&d.waybill, f.day);
+                if let Some(day) = pending.remove(&d.waybill) {
+                    table.count(&d.waybill, day);
+                }
             })
             .is_ok(),
         log::Kind::Instruction => serde_json::from_slice::<Instruction>(f.body)
@@ -399,7 +457,21 @@ fn apply_frame(table: &ClearanceTable, f: &log::Frame<'_>) -> bool {
             .is_ok(),
         log::Kind::InstructionId => text().map(|id| table.mark_instruction_seen(id)).is_some(),
         log::Kind::NoticeId => text().map(|id| table.mark_notice_seen(id)).is_some(),
-        log::Kind::Counted => text().map(|w| table.count(w, f.day)).is_some(),
+        log::Kind::Forget => text()
+            .map(|w| {
+                table.forget_waybill(w);
+                pending.remove(w);
+            })
+            .is_some(),
+        log::Kind::Counted => text()
+            .map(|w| {
+                if table.known(w).declaration.is_none() {
+                    pending.insert(w.to_string(), f.day);
+                } else {
+                    table.count(w, f.day);
+                }
+            })
+            .is_some(),
     }
 }
 
@@ -408,7 +480,8 @@ fn apply_frame(table: &ClearanceTable, f: &log::Frame<'_>) -> bool {
 /// enterprises to hold), and is noted; a unit that does not even read is noted whole.
 fn refuse_unit(
     table: &ClearanceTable,
-    key: &[u8],
+    day: u32,
+    offset: u64,
     stored: &[u8],
     why: &'static str,
     refused: &mut Vec<RefusedEntry>,
@@ -435,7 +508,7 @@ fn refuse_unit(
     if refused.len() == before {
         refused.push(RefusedEntry {
             tree: TREE_LOG,
-            key: key_seq(key).map_or_else(|| hex::encode(key), |s| s.to_string()),
+            key: format!("{} offset {offset}", super::files::segment_name(day)),
             why,
         });
     }

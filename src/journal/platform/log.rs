@@ -41,6 +41,9 @@ pub enum Kind {
     NoticeId = 5,
     /// A waybill counted in its consumer's history on the frame's day, `waybill`.
     Counted = 6,
+    /// A waybill forgotten by the purge, `waybill`: what is left of it before this point
+    /// (a parcel counted after its last declaration was stored) is forgotten too.
+    Forget = 7,
 }
 
 impl Kind {
@@ -52,6 +55,7 @@ impl Kind {
             4 => Kind::Notice,
             5 => Kind::NoticeId,
             6 => Kind::Counted,
+            7 => Kind::Forget,
             _ => return None,
         })
     }
@@ -100,7 +104,8 @@ impl<'a> Frame<'a> {
         FRAME_HEADER + self.subject.len() + self.body.len()
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    /// Appends the frame's bytes to `out` (see [`encode_raw`]).
+    pub fn write(&self, out: &mut Vec<u8>) {
         out.push(self.kind as u8);
         out.extend_from_slice(&self.day.to_be_bytes());
         let subject = &self.subject[..self.subject.len().min(usize::from(u8::MAX))];
@@ -134,6 +139,17 @@ pub fn encode<'a>(flags: u8, checked: u32, frames: impl IntoIterator<Item = Fram
     out[1] = flags;
     out[2..6].copy_from_slice(&oldest.to_be_bytes());
     out[6..10].copy_from_slice(&checked.to_be_bytes());
+    out
+}
+
+/// A unit of frames already written with [`Frame::write`], whose oldest day is `oldest`.
+pub fn encode_raw(flags: u8, checked: u32, oldest: u32, frames: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + frames.len());
+    out.push(FORMAT);
+    out.push(flags);
+    out.extend_from_slice(&oldest.to_be_bytes());
+    out.extend_from_slice(&checked.to_be_bytes());
+    out.extend_from_slice(frames);
     out
 }
 
@@ -252,7 +268,7 @@ pub fn subject(f: &Frame<'_>) -> Option<String> {
         enterprise: Option<String>,
     }
     match f.kind {
-        Kind::InstructionId | Kind::NoticeId | Kind::Counted => {
+        Kind::InstructionId | Kind::NoticeId | Kind::Counted | Kind::Forget => {
             std::str::from_utf8(f.body).ok().map(str::to_string)
         }
         Kind::Declaration | Kind::Instruction => {
@@ -268,7 +284,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn kind() -> impl Strategy<Value = Kind> {
-        (1u8..=6).prop_map(|b| Kind::from_u8(b).unwrap())
+        (1u8..=7).prop_map(|b| Kind::from_u8(b).unwrap())
     }
 
     proptest! {

@@ -14,34 +14,46 @@ use crate::journal::{Journal, JournalError};
 impl Journal {
     /// Stores a declaration; durable after the next [`Journal::flush`].
     pub fn store_declaration(&self, d: &Declaration) -> Result<(), JournalError> {
-        self.store_declaration_on(d, today())
+        let body = serde_json::to_vec(d).expect("declarations always serialize");
+        self.append(&[Frame::about(Kind::Declaration, today(), &d.waybill, &body)])
     }
 
+    /// [`Journal::store_declaration`] as if on `day`.
+    #[cfg(test)]
     pub(super) fn store_declaration_on(
         &self,
         d: &Declaration,
         day: u32,
     ) -> Result<(), JournalError> {
         let body = serde_json::to_vec(d).expect("declarations always serialize");
-        self.append(&[Frame::about(Kind::Declaration, day, &d.waybill, &body)])
+        self.append_on(
+            &[Frame::about(Kind::Declaration, day, &d.waybill, &body)],
+            day,
+        )
     }
 
-    /// The last stored declaration of `waybill`, for `bondline explain`: read from the end
-    /// of the platform log back (a recent waybill is found at once, an old one after reading
-    /// the log), then from a tree of an older build's layout not yet moved into the log.
+    /// The last stored declaration of `waybill`, for `bondline explain`: read from the
+    /// newest segment of the platform log back (a recent waybill is found at once, an old one
+    /// after reading the log), then from a tree of an older build's layout not yet moved.
     pub fn declaration(&self, waybill: &str) -> Result<Option<Declaration>, JournalError> {
-        for entry in self.platform_log.iter().rev() {
-            let (_, v) = entry?;
-            let Ok(frames) = log::frames(integrity::payload(&v)) else {
-                continue;
-            };
-            let found = frames
-                .map_while(Result::ok)
-                .filter(|f| f.kind == Kind::Declaration)
-                .filter(|f| log::subject(f).as_deref() == Some(waybill))
-                .filter_map(|f| serde_json::from_slice::<Declaration>(f.body).ok())
-                .filter(|d| d.waybill == waybill)
-                .last();
+        for (day, _) in self.platform_log.segments()?.into_iter().rev() {
+            let mut found = None;
+            let read = self.platform_log.read(day, 0, &mut |b| {
+                let Ok(frames) = log::frames(integrity::payload(&b.payload)) else {
+                    return Ok(true);
+                };
+                for f in frames.map_while(Result::ok) {
+                    if f.kind == Kind::Declaration && log::subject(&f).as_deref() == Some(waybill) {
+                        if let Ok(d) = serde_json::from_slice::<Declaration>(f.body) {
+                            found = Some(d);
+                        }
+                    }
+                }
+                Ok(true)
+            });
+            if let Err(super::files::ReadError::Journal(e)) = read {
+                return Err(e);
+            }
             if found.is_some() {
                 return Ok(found);
             }
@@ -56,34 +68,43 @@ impl Journal {
     /// instructions that [`crate::rules::ClearanceTable::instruction_is_new`] accepts, so a
     /// stale one never overwrites. Its id is in it: the load marks it seen.
     pub fn store_instruction(&self, i: &Instruction) -> Result<(), JournalError> {
-        self.store_instruction_on(i, today())
+        let body = serde_json::to_vec(i).expect("instructions always serialize");
+        self.append(&[Frame::about(Kind::Instruction, today(), &i.waybill, &body)])
     }
 
+    /// [`Journal::store_instruction`] as if on `day`.
+    #[cfg(test)]
     pub(super) fn store_instruction_on(
         &self,
         i: &Instruction,
         day: u32,
     ) -> Result<(), JournalError> {
         let body = serde_json::to_vec(i).expect("instructions always serialize");
-        self.append(&[Frame::about(Kind::Instruction, day, &i.waybill, &body)])
+        self.append_on(
+            &[Frame::about(Kind::Instruction, day, &i.waybill, &body)],
+            day,
+        )
     }
 
     /// Records an instruction id as seen without storing the instruction (a stale one), so it
     /// stays ignored after a restart too.
     pub fn remember_instruction_id(&self, i: &Instruction) -> Result<(), JournalError> {
-        self.remember_instruction_id_on(i, today())
+        self.append(&[Frame::named(
+            Kind::InstructionId,
+            today(),
+            i.instruction_id.as_bytes(),
+        )])
     }
 
+    /// [`Journal::remember_instruction_id`] as if on `day`.
+    #[cfg(test)]
     pub(super) fn remember_instruction_id_on(
         &self,
         i: &Instruction,
         day: u32,
     ) -> Result<(), JournalError> {
-        self.append(&[Frame::named(
-            Kind::InstructionId,
-            day,
-            i.instruction_id.as_bytes(),
-        )])
+        let id = i.instruction_id.as_bytes();
+        self.append_on(&[Frame::named(Kind::InstructionId, day, id)], day)
     }
 
     /// Stores the notice now in force for its enterprise (its id is in it).
@@ -112,6 +133,17 @@ impl Journal {
             .into_iter()
             .map(|(waybill, day)| Frame::named(Kind::Counted, day, waybill.as_bytes()))
             .collect();
-        self.append(&frames)
+        if frames.is_empty() {
+            return Ok(());
+        }
+        // Durable now, before the records are even written: sled may flush those on its own.
+        self.append(&frames)?;
+        self.write_platform(true)
+    }
+
+    /// [`Journal::mark_counted`] as if on `day`, for marks of that day.
+    #[cfg(test)]
+    pub(super) fn mark_counted_on(&self, waybill: &str, day: u32) -> Result<(), JournalError> {
+        self.append_on(&[Frame::named(Kind::Counted, day, waybill.as_bytes())], day)
     }
 }

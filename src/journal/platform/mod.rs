@@ -22,6 +22,7 @@
 //! it), [`retention`] forgets what is old, [`trust`] seals and checks stored entries with the
 //! integrity key, and [`rules`] keeps the rule set in force.
 
+pub(super) mod files;
 mod load;
 pub(super) mod log;
 mod messages;
@@ -132,9 +133,7 @@ mod tests {
     ) -> Forgotten {
         let mut all = Forgotten::default();
         loop {
-            let f = j
-                .purge_clearance(before, step, &|w| t.retention_facts(w))
-                .unwrap();
+            let f = j.purge_clearance(before, step, t).unwrap();
             for w in &f.waybills {
                 t.forget_waybill(w);
             }
@@ -162,7 +161,7 @@ mod tests {
             .unwrap();
         j.store_instruction_on(&instruction("OLD", "I-OLD"), old)
             .unwrap();
-        j.mark_counted([("OLD", old)]).unwrap();
+        j.mark_counted_on("OLD", old).unwrap();
         j.store_declaration_on(&declaration("KEPT", "c2", 10), old)
             .unwrap();
         for i in 0..300 {
@@ -173,11 +172,7 @@ mod tests {
             .unwrap();
         j.store_declaration_on(&declaration("NEW", "c1", 20), recent)
             .unwrap();
-        let (units, _) = j.platform_log_units().unwrap();
-        assert!(
-            units < 100,
-            "packed into chunks: {units} units for 306 messages"
-        );
+        j.write_platform(true).unwrap();
 
         let table = j.load_clearance().unwrap();
         let all = purge_all(&j, &table, now - 30, 7);
@@ -218,7 +213,8 @@ mod tests {
         let all = purge_all(&j, &table, now, 100);
         assert_eq!(all.waybills, vec!["KEPT".to_string(), "NEW".to_string()]);
         assert_eq!(all.instruction_ids, vec!["I-KEPT".to_string()]);
-        assert_eq!(j.platform_log_units().unwrap(), (0, 0), "an empty log");
+        let (files, _) = j.platform_log_files().unwrap();
+        assert_eq!(files, 0, "nothing left");
     }
 
     /// The platform state's bytes follow every store, packing and purge, and a restart
@@ -230,30 +226,36 @@ mod tests {
         let j = Journal::open(dir.path()).unwrap();
         let now = today();
         let trees = |j: &Journal| -> u64 {
-            [&j.platform_log, &j.rule_update_ids]
-                .iter()
-                .flat_map(|t| t.iter().flatten())
-                .map(|(k, v)| (k.len() + v.len()) as u64)
-                .sum()
+            j.write_platform(true).unwrap();
+            j.platform_log_files().unwrap().1
+                + j.rule_update_ids
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>()
         };
         assert_eq!(j.platform_bytes(), 0);
-        for i in 0..150 {
+        // Old ones first: a segment is never written before a newer one.
+        for i in (0..150).map(|i| (i % 2) * 150 + i / 2) {
             let w = format!("W{i:04}");
-            j.store_declaration_on(&declaration(&w, "c1", 500), now - 40 * (i % 2))
+            let day = now - 40 * u32::from(i < 150);
+            j.store_declaration_on(&declaration(&w, "c1", 500), day)
                 .unwrap();
-            j.store_instruction_on(&instruction(&w, &format!("I-{w}")), now - 40 * (i % 2))
+            j.store_instruction_on(&instruction(&w, &format!("I-{w}")), day)
                 .unwrap();
         }
         j.store_declaration_on(&declaration("W0001", "a-longer-consumer-hash", 50_000), now)
             .unwrap();
         j.remember_rule_update("R-1").unwrap();
-        assert_eq!(j.platform_bytes(), trees(&j));
+        let on_disk = trees(&j);
+        assert_eq!(j.platform_bytes(), on_disk);
         let full = j.platform_bytes();
         let table = j.load_clearance().unwrap();
         assert_eq!(j.platform_bytes(), full, "the load sums the same figure");
         purge_all(&j, &table, now - 30, 7);
         assert!(j.platform_bytes() < full);
-        assert_eq!(j.platform_bytes(), trees(&j));
+        let on_disk = trees(&j);
+        assert_eq!(j.platform_bytes(), on_disk);
         let kept = j.platform_bytes();
         drop(j);
         let j = Journal::open(dir.path()).unwrap();
@@ -320,7 +322,7 @@ mod tests {
             1,
             "the unreadable entry stays where it lies"
         );
-        assert!(!j.platform_log.is_empty());
+        assert!(j.platform_log_files().unwrap().0 > 0);
         // The next start reads the same from the log alone.
         drop((j, table));
         let j = Journal::open(dir.path()).unwrap();
@@ -358,14 +360,66 @@ mod integrity_tests {
         }
     }
 
-    /// The first unit of the platform log whose bytes contain `text`.
-    fn unit_holding(j: &Journal, text: &str) -> (sled::IVec, Vec<u8>) {
+    /// The first block of the platform log whose bytes contain `text`: its segment's day,
+    /// offset and payload.
+    fn unit_holding(j: &Journal, text: &str) -> (u32, u64, Vec<u8>) {
+        let mut found = None;
+        for (day, _) in j.platform_log.segments().unwrap() {
+            j.platform_log
+                .read(day, 0, &mut |b| {
+                    if found.is_none() && String::from_utf8_lossy(&b.payload).contains(text) {
+                        found = Some((day, b.offset, b.payload));
+                    }
+                    Ok(true)
+                })
+                .unwrap();
+        }
+        found.expect("a block holding it")
+    }
+
+    /// Replaces the block at `offset` of the segment of `day` by `payload` and drops what
+    /// followed it, as an intruder with the files could.
+    fn replace_block(j: &Journal, day: u32, offset: u64, payload: &[u8]) {
+        let path = j.platform_log_dir().join(super::files::segment_name(day));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(offset as usize);
+        bytes.push(0xB1);
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+        bytes.extend_from_slice(payload);
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    /// `bytes` with the first `from` replaced by `to`.
+    fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("found");
+        [&bytes[..at], to, &bytes[at + from.len()..]].concat()
+    }
+
+    /// The day and offset of the last block of the segment of `day`.
+    fn unit_last(j: &Journal, day: u32) -> (u32, u64) {
+        let mut last = 0;
         j.platform_log
-            .iter()
-            .flatten()
-            .find(|(_, v)| String::from_utf8_lossy(v).contains(text))
-            .map(|(k, v)| (k, v.to_vec()))
-            .expect("a unit holding it")
+            .read(day, 0, &mut |b| {
+                last = b.offset;
+                Ok(true)
+            })
+            .unwrap();
+        (day, last)
+    }
+
+    /// Replaces the payload of the block at `offset` by one of the same length, with a
+    /// checksum made anew, as an intruder with the files could.
+    fn edit_block(j: &Journal, day: u32, offset: u64, payload: &[u8]) {
+        let path = j.platform_log_dir().join(super::files::segment_name(day));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = offset as usize;
+        bytes[at + 5..at + 9].copy_from_slice(&crc32fast::hash(payload).to_be_bytes());
+        bytes[at + 9..at + 9 + payload.len()].copy_from_slice(payload);
+        std::fs::write(&path, bytes).unwrap();
     }
 
     fn keyed(dir: &std::path::Path) -> Journal {
@@ -386,21 +440,31 @@ mod integrity_tests {
         {
             let j = keyed_new(dir.path());
             j.load_clearance().unwrap();
+            // A block each: WB1's declaration, its hold (with a reason to trade bytes for the
+            // edit below), WB2's release, WB2's declaration.
+            let mut hold = instruction("WB1", "I-1", Action::Hold);
+            hold.reason = "abc".into();
             j.store_declaration(&declaration("WB1", "c1", 5)).unwrap();
-            j.store_instruction(&instruction("WB1", "I-1", Action::Hold))
-                .unwrap();
-            j.store_declaration(&declaration("WB2", "c1", 5)).unwrap();
+            j.write_platform(true).unwrap();
+            j.store_instruction(&hold).unwrap();
+            j.write_platform(true).unwrap();
             j.store_instruction(&instruction("WB2", "I-2", Action::Release))
                 .unwrap();
-            // Edited on disk: the hold's payload turned into a release, the tag kept.
-            let (k, stored) = unit_holding(&j, "I-1");
-            let text = String::from_utf8_lossy(&stored[..stored.len() - 33])
-                .replace("\"hold\"", "\"release\"");
-            let mut edited = text.into_bytes();
-            edited.extend_from_slice(&stored[stored.len() - 33..]);
-            j.platform_log.insert(k, edited).unwrap();
-            // And a declaration rewritten without its tag.
-            let (k, _) = unit_holding(&j, "\"WB2\"");
+            j.write_platform(true).unwrap();
+            j.store_declaration(&declaration("WB2", "c1", 5)).unwrap();
+            j.write_platform(true).unwrap();
+            // Edited on disk: the hold turned into a release in place (the same length, the
+            // tag kept, the block's checksum made anew).
+            let (day, at, stored) = unit_holding(&j, "I-1");
+            let text = replace(
+                &replace(&stored, b"\"hold\"", b"\"release\""),
+                b"\"abc\"",
+                b"\"\"",
+            );
+            assert_eq!(text.len(), stored.len());
+            edit_block(&j, day, at, &text);
+            // And the last block, WB2's declaration, written anew without a tag.
+            let (day, at) = unit_last(&j, today());
             let d = serde_json::to_vec(&declaration("WB2", "c9", 1)).unwrap();
             let unit = super::log::encode(
                 0,
@@ -412,8 +476,7 @@ mod integrity_tests {
                     &d,
                 )],
             );
-            j.platform_log.insert(k, unit).unwrap();
-            j.db.flush().unwrap();
+            replace_block(&j, day, at, &unit);
         }
         let j = keyed(dir.path());
         let table = j.load_clearance().unwrap();
@@ -463,7 +526,8 @@ mod integrity_tests {
         let j = keyed_new(dir.path());
         let table = j.load_clearance().unwrap();
         assert!(table.known("OLD").declaration.is_some());
-        assert_eq!(j.adopted_untagged(), 3);
+        // The declaration and the instruction share a block, then the rule set.
+        assert_eq!(j.adopted_untagged(), 2);
         assert_eq!(
             table.known("OLD").instruction.unwrap().action,
             Action::Release
@@ -474,9 +538,13 @@ mod integrity_tests {
         ));
         assert!(j.refused_entries().is_empty());
         // Tagged in place: the next start verifies them.
-        let (k, stored) = unit_holding(&j, "I-OLD");
+        let (day, at, stored) = unit_holding(&j, "I-OLD");
         assert!(matches!(
-            IntegrityKey::from_bytes([9; 32]).check(b"platform_log", &k, &stored),
+            IntegrityKey::from_bytes([9; 32]).check(
+                b"platform_log",
+                &super::files::block_key(day, at),
+                &stored
+            ),
             Checked::Genuine(_)
         ));
         drop(j);

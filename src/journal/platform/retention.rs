@@ -5,16 +5,16 @@
 //! into day totals. Its own module because retention is a policy over the stored state,
 //! apart from how a message is stored or loaded.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
-use bondline_devices::contract::Instruction;
+use bondline_devices::contract::{EnterpriseNotice, Instruction};
 
+use super::files::{self, block_key, ReadError};
 use super::log;
-use super::units::{key_seq, FIRST_SEQ};
 use super::{be_u32, today, TREE_LOG};
 use crate::journal::integrity::{self, Checked};
 use crate::journal::{Journal, JournalError};
-use crate::rules::RetentionFacts;
+use crate::rules::ClearanceTable;
 
 /// `history` key: the UTC day, then the consumer.
 fn history_key(day: u32, consumer: &str) -> Vec<u8> {
@@ -47,96 +47,150 @@ pub(super) fn decode_total(v: &[u8]) -> (u32, u64) {
 impl Journal {
     /// Forgets waybills stored last before UTC day `before_day` and instruction ids seen
     /// before it, examining at most about `max` messages (call again while
-    /// [`Forgotten::more`]). `facts` is the loaded clearance table's
-    /// ([`crate::rules::ClearanceTable::retention_facts`]): a waybill whose declaration or
-    /// instruction was stored on `before_day` or later is kept whole, however old its first
-    /// message; one the table does not hold is forgotten. So the table must be loaded before
-    /// any purge. A forgotten declaration that was counted in its consumer's history leaves
-    /// its day total behind (written before its messages go: a crash between errs strict);
-    /// day totals older than the longest window go too. Enterprise notices are kept.
+    /// [`Forgotten::more`]). `table` is the loaded clearance table: a waybill whose
+    /// declaration or instruction was stored on `before_day` or later
+    /// ([`ClearanceTable::retention_facts`]) is kept, however old its first message; one the
+    /// table does not hold is forgotten. So the table must be loaded before any purge. A
+    /// forgotten declaration that was counted in its consumer's history leaves its day total
+    /// behind (written before its messages go: a crash between errs strict); day totals older
+    /// than the longest window go too. Enterprise notices in force and notice ids are kept.
     ///
-    /// The log is read from its start, unit by unit, up to the first appended unit whose
-    /// oldest message is not old; each unit is rewritten without what is forgotten, marked as
-    /// checked against `before_day` (passed over by the next step), or removed once empty.
-    /// Units moved from an older build, whose days are mixed, are all read. Days are
-    /// appended in order (each message is stored on the day it arrives); should the clock
-    /// step back over midnight, what was stored after the step is forgotten a day late.
+    /// The log's segments of days before `before_day` are read block by block: what is kept
+    /// of them and still in force (the declaration, instruction, notice and counted mark the
+    /// table holds) is written again at the end of the segment of the day its waybill was
+    /// last stored (a notice: the newest), made durable, and then a finished segment is
+    /// deleted whole. A message replaced since is not carried, so carrying never puts an
+    /// older message after a newer one of its kind, and a carried message is forgotten with
+    /// the segment of its waybill's newest. Stopped half way (a crash), a segment is read
+    /// again from its start; what was carried already is carried once more, which loads the
+    /// same.
     pub fn purge_clearance(
         &self,
         before_day: u32,
         max: usize,
-        facts: &dyn Fn(&str) -> Option<RetentionFacts>,
+        table: &ClearanceTable,
     ) -> Result<Forgotten, JournalError> {
         let mut out = Forgotten::default();
         let mut cursor = self.purge_cursor.lock().unwrap_or_else(|e| e.into_inner());
-        let mut from = match *cursor {
-            Some((day, at)) if day == before_day => at,
-            _ => 0,
+        let (mut day_at, mut offset) = match *cursor {
+            Some((cut, day, offset)) if cut == before_day => (day, offset),
+            _ => (0, 0),
         };
         let mut gone: HashSet<String> = HashSet::new();
         let mut examined = 0usize;
-        loop {
-            if examined >= max {
+        let key = self.integrity_key.get();
+        let segments: Vec<u32> = self
+            .platform_log
+            .segments()?
+            .into_iter()
+            .map(|(d, _)| d)
+            .filter(|&d| d < before_day && d >= day_at)
+            .collect();
+        for day in segments {
+            if day != day_at {
+                (day_at, offset) = (day, 0);
+            }
+            // What is carried, by the segment it goes to.
+            let mut carried: BTreeMap<u32, Vec<(log::Kind, u32, Vec<u8>, Vec<u8>)>> =
+                BTreeMap::new();
+            let mut next = offset;
+            let mut failed = None;
+            let forgotten_before = out.waybills.len();
+            let read = self.platform_log.read(day, offset, &mut |b| {
+                next = b.offset + files::BLOCK_HEADER as u64 + b.payload.len() as u64;
+                let payload = match key {
+                    None => integrity::payload(&b.payload),
+                    Some(k) => {
+                        match k.check(TREE_LOG.as_bytes(), &block_key(day, b.offset), &b.payload) {
+                            Checked::Genuine(p) => p,
+                            // A block that does not verify goes with its segment: it would
+                            // have been forgotten by now.
+                            _ => return Ok(true),
+                        }
+                    }
+                };
+                let Ok(frames) = log::frames(payload) else {
+                    return Ok(true);
+                };
+                for f in frames.map_while(Result::ok) {
+                    examined += 1;
+                    match self.carries(&f, before_day, table, &mut gone, &mut out) {
+                        Ok(Some(to)) => carried.entry(to).or_default().push((
+                            f.kind,
+                            f.day,
+                            f.subject.to_vec(),
+                            f.body.to_vec(),
+                        )),
+                        Ok(None) => {}
+                        Err(e) => {
+                            failed = Some(e);
+                            return Ok(false);
+                        }
+                    }
+                }
+                Ok(examined < max)
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let finished = match read {
+                Ok(()) => examined < max,
+                // What follows a damaged block does not read: it goes with the segment.
+                Err(ReadError::Damaged(_)) => true,
+                Err(ReadError::Journal(e)) => return Err(e),
+            };
+            // The waybills forgotten leave a mark after everything of theirs still in the
+            // log (a parcel counted after their last message was stored), so that a start
+            // forgets them there as this table does now.
+            let forgets: Vec<&String> = out.waybills[forgotten_before..].iter().collect();
+            if !forgets.is_empty() {
+                let newest = self.platform_log.newest().max(today());
+                carried
+                    .entry(newest)
+                    .or_default()
+                    .extend(forgets.into_iter().map(|w| {
+                        (
+                            log::Kind::Forget,
+                            before_day,
+                            Vec::new(),
+                            w.as_bytes().to_vec(),
+                        )
+                    }));
+            }
+            for (to, frames) in &carried {
+                let frames: Vec<log::Frame<'_>> = frames
+                    .iter()
+                    .map(|(kind, day, subject, body)| log::Frame {
+                        kind: *kind,
+                        day: *day,
+                        subject,
+                        body,
+                    })
+                    .collect();
+                for unit in log::pack(&frames) {
+                    let written = self.platform_log.append_sealed(*to, &unit)?;
+                    self.platform_grow(written, 0);
+                }
+            }
+            self.write_platform(true)?;
+            if finished {
+                let len = self
+                    .platform_log
+                    .segments()?
+                    .into_iter()
+                    .find(|(d, _)| *d == day)
+                    .map_or(0, |(_, len)| len);
+                self.platform_log.remove(day)?;
+                self.platform_grow(0, len);
+                (day_at, offset) = (day + 1, 0);
+            } else {
+                // Goes on with the block after the last one read.
+                offset = next;
                 out.more = true;
                 break;
             }
-            let tail = self.tail();
-            let Some((k, v)) = self
-                .platform_log
-                .range(from.to_be_bytes()..)
-                .next()
-                .transpose()?
-            else {
-                break;
-            };
-            let Some(seq) = key_seq(&k) else {
-                from = u64::MAX;
-                break;
-            };
-            from = seq.saturating_add(1);
-            let Ok(h) = log::header(integrity::payload(&v)) else {
-                continue;
-            };
-            if h.oldest_day >= before_day {
-                if seq >= FIRST_SEQ {
-                    from = seq;
-                    break;
-                }
-                continue;
-            }
-            if h.checked >= before_day {
-                continue;
-            }
-            // A unit that does not verify is left as it lies (the load refuses it).
-            let payload = match self.integrity_key.get() {
-                None => integrity::payload(&v),
-                Some(key) => match key.check(TREE_LOG.as_bytes(), &k, &v) {
-                    Checked::Genuine(p) => p,
-                    _ => continue,
-                },
-            };
-            let Ok(frames) = log::frames(payload).and_then(|f| f.collect::<Result<Vec<_>, _>>())
-            else {
-                continue;
-            };
-            examined += frames.len();
-            let mut kept = Vec::with_capacity(frames.len());
-            for f in frames {
-                if self.keeps(&f, before_day, facts, &mut gone, &mut out)? {
-                    kept.push(f);
-                }
-            }
-            if kept.is_empty() {
-                self.platform_log.remove(&k)?;
-                self.platform_grow(0, (k.len() + v.len()) as u64);
-            } else {
-                let unit = self.seal(TREE_LOG, &k, log::encode(h.flags, before_day, kept));
-                self.platform_grow((k.len() + unit.len()) as u64, (k.len() + v.len()) as u64);
-                self.platform_log.insert(&k, unit)?;
-            }
-            drop(tail);
         }
-        *cursor = Some((before_day, from));
+        *cursor = Some((before_day, day_at, offset));
         let oldest = today().saturating_sub(crate::rules::history::KEEP_DAYS);
         for k in self.history.range(..oldest.to_be_bytes()).keys() {
             self.history.remove(k?)?;
@@ -144,39 +198,60 @@ impl Journal {
         Ok(out)
     }
 
-    /// Whether the purge keeps message `f` (see [`Journal::purge_clearance`]); notes what it
-    /// forgets in `out` and the waybills forgotten in this step in `gone`.
-    fn keeps(
+    /// Where the purge carries message `f` of an old segment (see
+    /// [`Journal::purge_clearance`]), or `None` when it is forgotten; notes what it forgets
+    /// in `out` and the waybills forgotten in this step in `gone`. A waybill's message goes
+    /// to the segment of the day the waybill was last stored, after its newest message, so
+    /// that it is forgotten with it; a notice goes to the newest segment.
+    fn carries(
         &self,
         f: &log::Frame<'_>,
         before_day: u32,
-        facts: &dyn Fn(&str) -> Option<RetentionFacts>,
+        table: &ClearanceTable,
         gone: &mut HashSet<String>,
         out: &mut Forgotten,
-    ) -> Result<bool, JournalError> {
-        let instruction_id = |f: &log::Frame<'_>| {
-            serde_json::from_slice::<Instruction>(f.body)
-                .ok()
-                .map(|i| i.instruction_id)
-        };
+    ) -> Result<Option<u32>, JournalError> {
+        let newest = self.platform_log.newest().max(today());
+        let instruction = |f: &log::Frame<'_>| serde_json::from_slice::<Instruction>(f.body).ok();
         match f.kind {
-            log::Kind::Notice | log::Kind::NoticeId => Ok(true),
+            log::Kind::NoticeId => Ok(Some(newest)),
+            log::Kind::Notice => Ok(serde_json::from_slice::<EnterpriseNotice>(f.body)
+                .is_ok_and(|n| table.notice_current(&n))
+                .then_some(newest)),
             log::Kind::InstructionId => {
-                if f.day >= before_day {
-                    return Ok(true);
-                }
                 out.instruction_ids
                     .push(String::from_utf8_lossy(f.body).into_owned());
-                Ok(false)
+                Ok(None)
             }
+            // Everything of its waybill before it is in this or an older segment, gone.
+            log::Kind::Forget => Ok(None),
             log::Kind::Declaration | log::Kind::Instruction | log::Kind::Counted => {
                 let Some(waybill) = log::subject(f) else {
-                    return Ok(f.day >= before_day);
+                    return Ok(None);
                 };
                 if !gone.contains(&waybill) {
-                    let held = facts(&waybill);
-                    if held.as_ref().is_some_and(|h| h.touched_day >= before_day) {
-                        return Ok(true);
+                    let held = table.retention_facts(&waybill);
+                    if let Some(touched) = held
+                        .as_ref()
+                        .map(|h| h.touched_day)
+                        .filter(|&t| t >= before_day)
+                    {
+                        // Kept: carried if still in force.
+                        let current = match f.kind {
+                            log::Kind::Declaration => table.declaration_current(&waybill, f.body),
+                            log::Kind::Instruction => instruction(f).is_some_and(|i| {
+                                table.instruction_current(&waybill, &i.instruction_id)
+                            }),
+                            _ => held
+                                .as_ref()
+                                .and_then(|h| h.counted.as_ref())
+                                .is_some_and(|(day, _, _)| *day == f.day),
+                        };
+                        if !current && f.kind == log::Kind::Instruction {
+                            out.instruction_ids
+                                .extend(instruction(f).map(|i| i.instruction_id));
+                        }
+                        return Ok(current.then_some(touched));
                     }
                     if let Some((day, consumer, value)) =
                         held.as_ref().and_then(|h| h.counted.clone())
@@ -189,9 +264,10 @@ impl Journal {
                     gone.insert(waybill);
                 }
                 if f.kind == log::Kind::Instruction {
-                    out.instruction_ids.extend(instruction_id(f));
+                    out.instruction_ids
+                        .extend(instruction(f).map(|i| i.instruction_id));
                 }
-                Ok(false)
+                Ok(None)
             }
         }
     }

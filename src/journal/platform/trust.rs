@@ -4,9 +4,7 @@
 //! entries are kept for the operator. Kept apart from storing and loading so that the one
 //! rule about tags lives in one place.
 
-use super::{
-    RefusedEntry, META_INTEGRITY_ADOPT, TREE_DECLARATIONS, TREE_INSTRUCTIONS, TREE_LOG, TREE_META,
-};
+use super::{RefusedEntry, META_INTEGRITY_ADOPT, TREE_DECLARATIONS, TREE_INSTRUCTIONS, TREE_META};
 use crate::journal::integrity::{self, Checked, IntegrityKey};
 use crate::journal::{Journal, JournalError};
 
@@ -106,7 +104,6 @@ impl Journal {
                     let t = match tree {
                         TREE_DECLARATIONS => &self.declarations,
                         TREE_INSTRUCTIONS => &self.instructions,
-                        TREE_LOG => &self.platform_log,
                         _ => &self.enterprises,
                     };
                     t.insert(key, k.seal(tree.as_bytes(), key, p))?;

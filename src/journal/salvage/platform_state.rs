@@ -28,11 +28,6 @@ pub(super) fn copy_platform_state(
                 serde_json::from_slice::<EnterpriseNotice>(crate::journal::integrity::payload(v))
                     .is_ok()
             },
-            // A unit of the platform log is kept if it reads (its tag travels with it).
-            "platform_log" => |v| {
-                crate::journal::platform::log::frames(crate::journal::integrity::payload(v))
-                    .is_ok_and(|mut f| f.all(|f| f.is_ok()))
-            },
             _ => |_| true,
         }
     };
@@ -55,7 +50,6 @@ pub(super) fn copy_platform_state(
         ("aging", &old.aging, &fresh.aging),
         ("received", &old.received, &fresh.received),
         ("history", &old.history, &fresh.history),
-        ("platform_log", &old.platform_log, &fresh.platform_log),
     ];
     for (name, from, to) in trees {
         let check = parses_as(name);
@@ -72,6 +66,23 @@ pub(super) fn copy_platform_state(
                 report.platform_dropped += 1;
             }
         }
+    }
+    // The platform log: every block that reads, in order, at the same offsets (its tag
+    // travels with it); a segment ends at its first damaged block.
+    for (day, _) in old.platform_log.segments().unwrap_or_default() {
+        let read = old.platform_log.read(day, 0, &mut |b| {
+            fresh.platform_log.append(day, &|_| b.payload.clone())?;
+            report.platform_kept += 1;
+            Ok(true)
+        });
+        match read {
+            Ok(()) => {}
+            Err(crate::journal::platform::files::ReadError::Damaged(_)) => {
+                report.platform_dropped += 1
+            }
+            Err(crate::journal::platform::files::ReadError::Journal(e)) => return Err(e.into()),
+        }
+        fresh.platform_log.write(day, true)?;
     }
     match old.stored_rules() {
         Ok(rules @ StoredRules::Platform { .. }) => {

@@ -29,6 +29,36 @@ impl ClearanceTable {
         }
     }
 
+    /// Whether `json` is the declaration held for `waybill` (the bytes it was applied from).
+    pub fn declaration_current(&self, waybill: &str, json: &[u8]) -> bool {
+        let digest = self.digest(json);
+        self.with_entry(waybill, |_, e| {
+            e.is_some_and(|e| e.declared() && e.digest == digest)
+        })
+    }
+
+    /// Whether the instruction `id` is the one held for `waybill`.
+    pub fn instruction_current(&self, waybill: &str, id: &str) -> bool {
+        self.with_entry(waybill, |shard, e| {
+            e.and_then(|e| shard.held(e))
+                .is_some_and(|h| h.id.as_str() == id)
+        })
+    }
+
+    /// Whether `n` is the notice in force for its enterprise.
+    pub fn notice_current(&self, n: &bondline_devices::contract::EnterpriseNotice) -> bool {
+        let Some(e) = self.strings.get(&n.enterprise) else {
+            return false;
+        };
+        let made = super::Stamp::of(n.signature.as_ref(), n.issued_at_ms);
+        self.notices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_enterprise
+            .get(&e)
+            .is_some_and(|held| held.action == n.action && held.made == made)
+    }
+
     /// What retention needs of `waybill`, if the table holds it.
     pub fn retention_facts(&self, waybill: &str) -> Option<RetentionFacts> {
         // Copied out first: names are looked up without the shard's lock held.
