@@ -189,13 +189,15 @@ pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Resul
         heap_after as f64 / 1048576.0,
         heap_after.saturating_sub(heap_opened) as f64 / 1048576.0 * 1_000_000.0 / held,
     );
-    let (units, singles) = journal.platform_log_units()?;
+    let (segments, log_bytes) = journal.platform_log_files()?;
     let messages = (table.declarations() + table.instructions()) as u64;
-    let disk = super::backlog::dir_bytes(&store);
+    let disk = super::backlog::dir_bytes(&store) + log_bytes;
     println!(
-        "store: {:.0} MiB on disk = {:.0} bytes per stored platform message ({messages} messages in {units} sled entries of the platform log, {singles} of them not yet packed)",
+        "store: {:.0} MiB on disk = {:.0} bytes per stored platform message ({messages} messages; the platform log {:.0} MiB in {segments} segment files = {:.0} bytes per message)",
         disk as f64 / 1048576.0,
         disk as f64 / messages.max(1) as f64,
+        log_bytes as f64 / 1048576.0,
+        log_bytes as f64 / messages.max(1) as f64,
     );
     drop(table);
     drop(journal);

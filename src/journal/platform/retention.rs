@@ -44,6 +44,9 @@ pub(super) fn decode_total(v: &[u8]) -> (u32, u64) {
     (parcels, value)
 }
 
+/// A frame read from a segment, owned: kind, day, subject, body.
+type Owned = (log::Kind, u32, Vec<u8>, Vec<u8>);
+
 impl Journal {
     /// Forgets waybills stored last before UTC day `before_day` and instruction ids seen
     /// before it, examining at most about `max` messages (call again while
@@ -91,8 +94,7 @@ impl Journal {
                 (day_at, offset) = (day, 0);
             }
             // What is carried, by the segment it goes to.
-            let mut carried: BTreeMap<u32, Vec<(log::Kind, u32, Vec<u8>, Vec<u8>)>> =
-                BTreeMap::new();
+            let mut carried: BTreeMap<u32, Vec<Owned>> = BTreeMap::new();
             let mut next = offset;
             let mut failed = None;
             let forgotten_before = out.waybills.len();

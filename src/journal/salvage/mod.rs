@@ -17,8 +17,10 @@
 //!    predecessor's bytes; the first one against the stored anchor, or 64 zeros for `seq` 1).
 //!    The last of them is the *last good* record. Every later record counts as lost (it stays
 //!    in the damaged copy).
-//! 5. It keeps every platform state entry that parses: declarations, instructions, enterprise
-//!    notices, the platform's rule set, and the id and history entries that go with them.
+//! 5. It keeps every platform state entry of the store that parses: the platform's rule set,
+//!    the consumer history and update ids, and an older build's declarations, instructions
+//!    and notices. The platform log (`<path>-platform`, beside the store, not in sled) stays
+//!    where it is, and the fresh store reads it.
 //! 6. It writes a fresh store at the original path, in one of two ways:
 //!    - **continued** when nothing was lost (the kept records end at the old store's head,
 //!      with the head's hash): the records byte for byte with their numbers, which of them the
@@ -230,8 +232,10 @@ pub fn salvage(path: &Path, gateway: &str) -> Result<SalvageReport, SalvageError
     fresh.write_head_mark(fresh.chain_head()?);
     drop(old);
     drop(fresh);
-    if let Err(e) = std::fs::remove_dir_all(&work) {
-        tracing::warn!(dir = %work.display(), error = %e, "cannot remove the salvage work copy");
+    for dir in [work.clone(), crate::journal::platform::files::dir_of(&work)] {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the salvage work copy");
+        }
     }
     Ok(report)
 }

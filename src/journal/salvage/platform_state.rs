@@ -67,23 +67,6 @@ pub(super) fn copy_platform_state(
             }
         }
     }
-    // The platform log: every block that reads, in order, at the same offsets (its tag
-    // travels with it); a segment ends at its first damaged block.
-    for (day, _) in old.platform_log.segments().unwrap_or_default() {
-        let read = old.platform_log.read(day, 0, &mut |b| {
-            fresh.platform_log.append(day, &|_| b.payload.clone())?;
-            report.platform_kept += 1;
-            Ok(true)
-        });
-        match read {
-            Ok(()) => {}
-            Err(crate::journal::platform::files::ReadError::Damaged(_)) => {
-                report.platform_dropped += 1
-            }
-            Err(crate::journal::platform::files::ReadError::Journal(e)) => return Err(e.into()),
-        }
-        fresh.platform_log.write(day, true)?;
-    }
     match old.stored_rules() {
         Ok(rules @ StoredRules::Platform { .. }) => {
             fresh.store_rules(&rules)?;
