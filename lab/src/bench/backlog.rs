@@ -55,7 +55,13 @@ pub async fn run(n: u64, host: &str, port: u16, dir: &Path) -> anyhow::Result<()
     }
     stop.cancel();
     app.wait().await?;
-    let bytes_before = dir_bytes(&store);
+    // The journal's store and its platform log beside it.
+    let platform_log = {
+        let mut name = store.as_os_str().to_owned();
+        name.push("-platform");
+        std::path::PathBuf::from(name)
+    };
+    let bytes_before = dir_bytes(&store) + dir_bytes(&platform_log);
 
     println!("publishing {n} signed declarations while the gateway is away...");
     let published = Instant::now();
@@ -99,7 +105,7 @@ pub async fn run(n: u64, host: &str, port: u16, dir: &Path) -> anyhow::Result<()
     app.wait().await?;
     floor.stop().await;
     outcome?;
-    let bytes_after = dir_bytes(&store);
+    let bytes_after = dir_bytes(&store) + dir_bytes(&platform_log);
     let rate = n as f64 / connected_for.as_secs_f64();
     println!(
         "platform backlog: {n} signed declarations taken in {:.2} s from connection ({:.2} s from start) = {rate:.0} msg/s; CPU {:.1} s = {:.2} cores; disconnects {disconnects}; distinct {distinct}, redeliveries {redeliveries}, rejected {rejected}; peak RSS {} MiB",
