@@ -198,13 +198,14 @@ async fn a_stored_hold_edited_into_a_release_releases_nothing() {
             .find(|p| p.extension().is_some_and(|e| e == "log"))
             .expect("a segment");
         let bytes = std::fs::read(&segment).unwrap();
+        // Blocks, then the zeros the segment grows by.
         let mut at = 0;
         let mut last = 0;
-        while at < bytes.len() {
+        while at < bytes.len() && bytes[at] != 0 {
             last = at;
             at += 9 + u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
         }
-        let stored = &bytes[last + 9..];
+        let stored = &bytes[last + 9..at];
         assert!(stored.windows(3).any(|w| w == b"I-1"), "the hold's block");
         let hold = stored
             .windows(6)
@@ -216,8 +217,13 @@ async fn a_stored_hold_edited_into_a_release_releases_nothing() {
         let mut out = bytes[..last].to_vec();
         out.push(0xB1);
         out.extend_from_slice(&(edited.len() as u32).to_be_bytes());
-        out.extend_from_slice(&crc32fast::hash(&edited).to_be_bytes());
+        // The block's checksum covers its length and payload.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&(edited.len() as u32).to_be_bytes());
+        crc.update(&edited);
+        out.extend_from_slice(&crc.finalize().to_be_bytes());
         out.extend_from_slice(&edited);
+        out.resize(bytes.len().max(out.len()), 0);
         std::fs::write(&segment, out).unwrap();
     }
     // `journal verify` with the key names it.

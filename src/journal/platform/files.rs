@@ -1,6 +1,7 @@
 //! The platform log's files (`<store>-platform/`): one segment per UTC day of storing,
-//! `day-DDDDDD.log`, each a sequence of blocks. A block: [`MAGIC`], the payload's length
-//! (`u32`), its CRC-32 (`u32`), the payload (a unit of the log, [`super::log`], with its
+//! `day-DDDDDD.log`, each a sequence of blocks followed by zeros (a segment grows by
+//! [`GROW_BYTES`] of them at a time). A block: [`MAGIC`], the payload's length (`u32`), the
+//! CRC-32 of both (`u32`), the payload (a unit of the log, [`super::log`], with its
 //! integrity tag); integers big-endian. Frames stored between two flushes are staged in
 //! memory and written as one block, with one tag, at the flush.
 //!
@@ -15,6 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -32,6 +34,15 @@ pub const BLOCK_HEADER: usize = 9;
 const MAX_PAYLOAD: usize = 64 << 20;
 /// Staged bytes past which the journal writes a block without waiting for a flush.
 pub const STAGE_BYTES: usize = 1 << 20;
+/// A segment grows by this many bytes of zeros at a time, written and synced before blocks
+/// are written into them: a block's write then changes no file metadata, so its `fdatasync`
+/// is a data write alone and does not hold up the filesystem's journal, which the release
+/// intents' log syncs through too (as that log's files are written full of zeros).
+#[cfg(not(test))]
+pub const GROW_BYTES: u64 = 16 << 20;
+/// Smaller in unit tests, which make many short segments.
+#[cfg(test)]
+pub const GROW_BYTES: u64 = 64 << 10;
 
 /// The directory of the platform log of the store at `store`.
 pub fn dir_of(store: &Path) -> PathBuf {
@@ -69,7 +80,10 @@ struct Staged {
 struct Current {
     day: u32,
     file: File,
+    /// Where its blocks end (zeros follow, up to `allocated`).
     len: u64,
+    /// Its length on disk.
+    allocated: u64,
     /// Written since the last sync.
     dirty: bool,
 }
@@ -80,6 +94,8 @@ pub struct PlatformLog {
     dir: PathBuf,
     current: Mutex<Option<Current>>,
     staged: Mutex<Staged>,
+    /// Where the blocks of segments written to since the open end (the rest is zeros).
+    ends: Mutex<std::collections::HashMap<u32, u64>>,
     /// The journal's integrity key, once set: blocks are sealed with it.
     key: std::sync::Arc<std::sync::OnceLock<IntegrityKey>>,
     /// The newest segment's day: [`PlatformLog::write`] never writes into an older one, so
@@ -132,6 +148,7 @@ impl PlatformLog {
             dir,
             current: Mutex::new(None),
             staged: Mutex::new(Staged::default()),
+            ends: Mutex::new(std::collections::HashMap::new()),
             key,
             newest: std::sync::atomic::AtomicU32::new(0),
         };
@@ -145,18 +162,23 @@ impl PlatformLog {
                 Ok(()) | Err(ReadError::Damaged(_)) => {}
                 Err(ReadError::Journal(e)) => return Err(e),
             }
-            if whole < len {
-                let path = log.dir.join(segment_name(day));
+            let path = log.dir.join(segment_name(day));
+            let torn = first_nonzero(&path, whole).map_err(io)?;
+            if let Some(at) = torn {
                 tracing::warn!(
                     segment = %path.display(),
                     kept = whole,
-                    cut = len - whole,
+                    from = at,
                     "the platform log's last block was torn by a stop during its write (never synced, so never acknowledged): cut off"
                 );
                 let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
-                f.set_len(whole).map_err(io)?;
+                zero(&f, whole, len).map_err(io)?;
                 f.sync_all().map_err(io)?;
             }
+            log.ends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(day, whole);
         }
         Ok(log)
     }
@@ -207,8 +229,8 @@ impl PlatformLog {
 
     /// Writes what is staged as one block of the segment of `day` (or of the newest segment,
     /// if newer), and with `sync` makes every block written so far durable. Returns the bytes
-    /// written. Staged frames leave the stage only once their block is written: after a
-    /// failed write they go with the next.
+    /// the segments grew by on disk. Staged frames leave the stage only once their block is
+    /// written: after a failed write they go with the next.
     pub fn write(&self, day: u32, sync: bool) -> Result<u64, JournalError> {
         let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
         let day = day.max(self.newest.load(std::sync::atomic::Ordering::Relaxed));
@@ -229,13 +251,14 @@ impl PlatformLog {
     }
 
     /// Appends `unit` as one block of the segment of `day`, sealed for its key. Durable
-    /// after the next synced [`PlatformLog::write`]. Returns the bytes written.
+    /// after the next synced [`PlatformLog::write`]. Returns the bytes the segment grew by
+    /// on disk (it grows by [`GROW_BYTES`] at a time).
     pub fn append_sealed(&self, day: u32, unit: &[u8]) -> Result<u64, JournalError> {
         self.append(day, &|key| self.seal(key, unit))
     }
 
     /// Appends one block to the segment of `day`, its payload made by `payload` from the
-    /// block's key (as it lies: salvage copies blocks with their tags).
+    /// block's key; returns the bytes the segment grew by on disk.
     pub fn append(
         &self,
         day: u32,
@@ -246,12 +269,19 @@ impl PlatformLog {
             if let Some(old) = current.as_mut().filter(|c| c.dirty) {
                 old.file.sync_data().map_err(io)?;
             }
-            *current = None;
+            if let Some(old) = current.take() {
+                self.ends
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(old.day, old.len);
+            }
             let path = self.dir.join(segment_name(day));
             let created = !path.exists();
             let file = OpenOptions::new()
                 .create(true)
-                .append(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
                 .open(&path)
                 .map_err(io)?;
             if created {
@@ -259,11 +289,31 @@ impl PlatformLog {
                     .and_then(|d| d.sync_all())
                     .map_err(io)?;
             }
-            let len = file.metadata().map_err(io)?.len();
+            let allocated = file.metadata().map_err(io)?.len();
+            let known = self
+                .ends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&day)
+                .copied();
+            let len = match known {
+                Some(len) => len,
+                None => {
+                    let mut end = 0;
+                    match self.read(day, 0, &mut |b| {
+                        end = b.offset + (BLOCK_HEADER + b.payload.len()) as u64;
+                        Ok(true)
+                    }) {
+                        Ok(()) | Err(ReadError::Damaged(_)) => end,
+                        Err(ReadError::Journal(e)) => return Err(e),
+                    }
+                }
+            };
             *current = Some(Current {
                 day,
                 file,
                 len,
+                allocated,
                 dirty: false,
             });
         }
@@ -274,16 +324,26 @@ impl PlatformLog {
         let mut block = Vec::with_capacity(BLOCK_HEADER + payload.len());
         block.push(MAGIC);
         block.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        block.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+        block.extend_from_slice(&block_crc(&payload).to_be_bytes());
         block.extend_from_slice(&payload);
-        if let Err(e) = c.file.write_all(&block) {
-            // Whatever part was written is cut off, so the next block starts whole.
-            let _ = c.file.set_len(c.len);
+        let need = c.len + block.len() as u64;
+        let mut grown = 0;
+        if need > c.allocated {
+            // Room made first, of zeros, durable with the file's new length.
+            let to = need.div_ceil(GROW_BYTES) * GROW_BYTES;
+            zero(&c.file, c.allocated, to).map_err(io)?;
+            c.file.sync_all().map_err(io)?;
+            grown = to - c.allocated;
+            c.allocated = to;
+        }
+        if let Err(e) = c.file.write_all_at(&block, c.len) {
+            // Whatever part was written is zeroed, so the next block starts whole.
+            let _ = zero(&c.file, c.len, c.len + block.len() as u64);
             return Err(io(e));
         }
         c.len += block.len() as u64;
         c.dirty = true;
-        Ok(block.len() as u64)
+        Ok(grown)
     }
 
     /// Reads the blocks of the segment of `day` from `offset`, in order, until `f` returns
@@ -310,15 +370,17 @@ impl PlatformLog {
                 n if n < BLOCK_HEADER => return Err(ReadError::Damaged(at)),
                 _ => {}
             }
+            if header == [0; BLOCK_HEADER] {
+                // The zeros a segment grows by: its blocks end here.
+                return Ok(());
+            }
             let len = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
             let crc = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes"));
             if header[0] != MAGIC || len > MAX_PAYLOAD {
                 return Err(ReadError::Damaged(at));
             }
             let mut payload = vec![0u8; len];
-            if read_full(&mut r, &mut payload).map_err(io)? < len
-                || crc32fast::hash(&payload) != crc
-            {
+            if read_full(&mut r, &mut payload).map_err(io)? < len || block_crc(&payload) != crc {
                 return Err(ReadError::Damaged(at));
             }
             let next = at + (BLOCK_HEADER + len) as u64;
@@ -338,6 +400,10 @@ impl PlatformLog {
         if current.as_ref().is_some_and(|c| c.day == day) {
             *current = None;
         }
+        self.ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&day);
         match std::fs::remove_file(self.dir.join(segment_name(day))) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -359,13 +425,17 @@ impl PlatformLog {
             let sealed = self.seal(&block_key(day, out.len() as u64), u);
             out.push(MAGIC);
             out.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
-            out.extend_from_slice(&crc32fast::hash(&sealed).to_be_bytes());
+            out.extend_from_slice(&block_crc(&sealed).to_be_bytes());
             out.extend_from_slice(&sealed);
         }
         let mut f = File::create(&tmp).map_err(io)?;
         f.write_all(&out).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
+        self.ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(day, out.len() as u64);
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
     }
 }
@@ -376,6 +446,46 @@ pub fn block_key(day: u32, offset: u64) -> Vec<u8> {
     let mut k = day.to_be_bytes().to_vec();
     k.extend_from_slice(&offset.to_be_bytes());
     k
+}
+
+/// A block's checksum: over its length and its payload, so that a block cut down to its
+/// first bytes (zeros after them) does not pass for an empty one.
+pub(in crate::journal) fn block_crc(payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(payload.len() as u32).to_be_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// Writes zeros over `from..to` of `file`.
+fn zero(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let chunk = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(chunk.len() as u64) as usize;
+        file.write_all_at(&chunk[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// The first byte at or after `from` of the file at `path` that is not zero.
+fn first_nonzero(path: &Path, from: u64) -> std::io::Result<Option<u64>> {
+    let mut f = File::open(path)?;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(from))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = from;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+            return Ok(Some(at + i as u64));
+        }
+        at += n as u64;
+    }
 }
 
 /// Reads until `buf` is full or the end; returns how much was read.
@@ -406,23 +516,28 @@ mod tests {
         out
     }
 
-    /// A block torn anywhere at the end of the newest segment is cut off at the next open;
-    /// every whole block before it reads back, and the next block follows them.
+    /// A block torn anywhere (its tail never written) at the end of the newest segment is
+    /// cut off at the next open; every whole block before it reads back, and the next block
+    /// follows them.
     #[test]
     fn a_torn_last_block_is_cut_off_and_the_rest_kept() {
-        for cut in 1..=29u64 {
+        for cut in [1, 4, 5, 9, 13, 20, 24, 25, 28, 29] {
             let dir = tempfile::tempdir().unwrap();
             let store = dir.path().join("journal");
             let log = PlatformLog::open(&store, Default::default()).unwrap();
+            let mut end = 0;
             for i in 0..3u8 {
                 log.append(7, &|_| vec![i; 20]).unwrap();
+                if i == 1 {
+                    end = 2 * 29;
+                }
             }
             log.write(7, true).unwrap();
             drop(log);
+            // The third block's last `cut` bytes never reached the disk.
             let path = dir_of(&store).join(segment_name(7));
-            let len = std::fs::metadata(&path).unwrap().len();
             let f = OpenOptions::new().write(true).open(&path).unwrap();
-            f.set_len(len - cut).unwrap();
+            zero(&f, end + 29 - cut, end + 29).unwrap();
             let log = PlatformLog::open(&store, Default::default()).unwrap();
             assert_eq!(
                 payloads(&log, 7),
@@ -431,7 +546,26 @@ mod tests {
             );
             log.append(7, &|_| vec![9; 5]).unwrap();
             assert_eq!(payloads(&log, 7).last().unwrap(), &vec![9; 5]);
+            assert_eq!(payloads(&log, 7).len(), 3);
         }
+    }
+
+    /// Segments grow by zeros written ahead; blocks go into them, and reading stops at them.
+    #[test]
+    fn a_segment_grows_by_zeros_written_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("journal");
+        let log = PlatformLog::open(&store, Default::default()).unwrap();
+        assert_eq!(log.append(1, &|_| vec![1; 100]).unwrap(), GROW_BYTES);
+        assert_eq!(log.append(1, &|_| vec![2; 100]).unwrap(), 0);
+        let big = GROW_BYTES as usize;
+        assert_eq!(log.append(1, &|_| vec![3; big]).unwrap(), GROW_BYTES);
+        assert_eq!(log.segments().unwrap(), vec![(1, 2 * GROW_BYTES)]);
+        drop(log);
+        let log = PlatformLog::open(&store, Default::default()).unwrap();
+        assert_eq!(payloads(&log, 1).len(), 3);
+        log.append(1, &|_| vec![4; 10]).unwrap();
+        assert_eq!(payloads(&log, 1).last().unwrap(), &vec![4; 10]);
     }
 
     #[test]
@@ -451,8 +585,11 @@ mod tests {
             keys.into_inner().unwrap(),
             vec![block_key(3, 0), block_key(3, 10), block_key(5, 0)]
         );
-        assert_eq!(log.segments().unwrap(), vec![(3, 20), (5, 10)]);
+        assert_eq!(
+            log.segments().unwrap(),
+            vec![(3, GROW_BYTES), (5, GROW_BYTES)]
+        );
         log.remove(3).unwrap();
-        assert_eq!(log.segments().unwrap(), vec![(5, 10)]);
+        assert_eq!(log.segments().unwrap(), vec![(5, GROW_BYTES)]);
     }
 }

@@ -138,7 +138,7 @@ impl Journal {
         }
         // Durable now, before the records are even written: sled may flush those on its own.
         self.append(&frames)?;
-        self.write_platform(false)
+        self.write_platform(true)
     }
 
     /// [`Journal::mark_counted`] as if on `day`, for marks of that day.

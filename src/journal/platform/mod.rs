@@ -386,7 +386,7 @@ mod integrity_tests {
         bytes.truncate(offset as usize);
         bytes.push(0xB1);
         bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+        bytes.extend_from_slice(&super::files::block_crc(payload).to_be_bytes());
         bytes.extend_from_slice(payload);
         std::fs::write(&path, bytes).unwrap();
     }
@@ -418,7 +418,7 @@ mod integrity_tests {
         let path = j.platform_log_dir().join(super::files::segment_name(day));
         let mut bytes = std::fs::read(&path).unwrap();
         let at = offset as usize;
-        bytes[at + 5..at + 9].copy_from_slice(&crc32fast::hash(payload).to_be_bytes());
+        bytes[at + 5..at + 9].copy_from_slice(&super::files::block_crc(payload).to_be_bytes());
         bytes[at + 9..at + 9 + payload.len()].copy_from_slice(payload);
         std::fs::write(&path, bytes).unwrap();
     }
