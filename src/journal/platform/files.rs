@@ -11,8 +11,8 @@
 //! segment is forgotten by deleting it. [`PlatformLog::write`] with `sync` makes them durable
 //! (`fdatasync`); the journal's flush does it before sled's.
 //!
-//! A torn block at the end of the newest segment (a crash during its write) is cut off when
-//! the log is opened: it was never synced, so nothing acknowledged is lost with it.
+//! A torn block at the end of a segment (a crash during its write) is cut off before the
+//! next block is written there: it was never synced, so nothing acknowledged is lost with it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
@@ -152,35 +152,65 @@ impl PlatformLog {
             key,
             newest: std::sync::atomic::AtomicU32::new(0),
         };
-        if let Some(&(day, len)) = log.segments()?.last() {
+        // The newest segment's end is found when it is first read or written to, not here:
+        // it can hold gigabytes, and the store's open is on the start's way.
+        if let Some(&(day, _)) = log.segments()?.last() {
             log.newest.store(day, std::sync::atomic::Ordering::Relaxed);
-            let mut whole = 0u64;
-            match log.read(day, 0, &mut |b| {
-                whole = b.offset + (BLOCK_HEADER + b.payload.len()) as u64;
-                Ok(true)
-            }) {
-                Ok(()) | Err(ReadError::Damaged(_)) => {}
-                Err(ReadError::Journal(e)) => return Err(e),
-            }
-            let path = log.dir.join(segment_name(day));
-            let torn = first_nonzero(&path, whole).map_err(io)?;
-            if let Some(at) = torn {
-                tracing::warn!(
-                    segment = %path.display(),
-                    kept = whole,
-                    from = at,
-                    "the platform log's last block was torn by a stop during its write (never synced, so never acknowledged): cut off"
-                );
-                let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
-                zero(&f, whole, len).map_err(io)?;
-                f.sync_all().map_err(io)?;
-            }
-            log.ends
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(day, whole);
         }
         Ok(log)
+    }
+
+    fn ends(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, u64>> {
+        self.ends.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes where the blocks of the segment of `day` end, unless a later end is known.
+    fn note_end(&self, day: u32, end: u64) {
+        let mut ends = self.ends();
+        let e = ends.entry(day).or_insert(end);
+        *e = (*e).max(end);
+    }
+
+    /// Where the blocks of the segment of `day` end: known from a read or a write since
+    /// the open, or found by reading it. A torn block there (a stop during its write: never
+    /// synced, never acknowledged) is cut off, its bytes zeroed, so the next block starts
+    /// whole and a read never stops short of it.
+    fn end_of(&self, day: u32) -> Result<u64, JournalError> {
+        if let Some(&end) = self.ends().get(&day) {
+            return Ok(end);
+        }
+        let mut whole = 0u64;
+        match self.read(day, 0, &mut |b| {
+            whole = b.offset + (BLOCK_HEADER + b.payload.len()) as u64;
+            Ok(true)
+        }) {
+            Ok(()) | Err(ReadError::Damaged(_)) => {}
+            Err(ReadError::Journal(e)) => return Err(e),
+        }
+        let path = self.dir.join(segment_name(day));
+        if let Some(at) = first_nonzero(&path, whole).map_err(io)? {
+            tracing::warn!(
+                segment = %path.display(),
+                kept = whole,
+                from = at,
+                "the platform log's last block was torn by a stop during its write (never synced, so never acknowledged): cut off"
+            );
+            let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
+            zero(&f, whole, len).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        self.note_end(day, whole);
+        Ok(whole)
+    }
+
+    /// Cuts a torn block off the end of the newest segment (see [`PlatformLog::end_of`]),
+    /// for a start's load to read a whole log.
+    pub fn repair_newest(&self) -> Result<(), JournalError> {
+        if let Some(&(day, _)) = self.segments()?.last() {
+            self.end_of(day)?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
@@ -270,10 +300,7 @@ impl PlatformLog {
                 old.file.sync_data().map_err(io)?;
             }
             if let Some(old) = current.take() {
-                self.ends
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(old.day, old.len);
+                self.note_end(old.day, old.len);
             }
             let path = self.dir.join(segment_name(day));
             let created = !path.exists();
@@ -290,25 +317,7 @@ impl PlatformLog {
                     .map_err(io)?;
             }
             let allocated = file.metadata().map_err(io)?.len();
-            let known = self
-                .ends
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&day)
-                .copied();
-            let len = match known {
-                Some(len) => len,
-                None => {
-                    let mut end = 0;
-                    match self.read(day, 0, &mut |b| {
-                        end = b.offset + (BLOCK_HEADER + b.payload.len()) as u64;
-                        Ok(true)
-                    }) {
-                        Ok(()) | Err(ReadError::Damaged(_)) => end,
-                        Err(ReadError::Journal(e)) => return Err(e),
-                    }
-                }
-            };
+            let len = self.end_of(day)?;
             *current = Some(Current {
                 day,
                 file,
@@ -366,12 +375,20 @@ impl PlatformLog {
         loop {
             let mut header = [0u8; BLOCK_HEADER];
             match read_full(&mut r, &mut header).map_err(io)? {
-                0 => return Ok(()),
+                0 => {
+                    if offset == 0 {
+                        self.note_end(day, at);
+                    }
+                    return Ok(());
+                }
                 n if n < BLOCK_HEADER => return Err(ReadError::Damaged(at)),
                 _ => {}
             }
             if header == [0; BLOCK_HEADER] {
                 // The zeros a segment grows by: its blocks end here.
+                if offset == 0 {
+                    self.note_end(day, at);
+                }
                 return Ok(());
             }
             let len = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
@@ -400,10 +417,7 @@ impl PlatformLog {
         if current.as_ref().is_some_and(|c| c.day == day) {
             *current = None;
         }
-        self.ends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&day);
+        self.ends().remove(&day);
         match std::fs::remove_file(self.dir.join(segment_name(day))) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -432,10 +446,7 @@ impl PlatformLog {
         f.write_all(&out).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
-        self.ends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(day, out.len() as u64);
+        self.ends().insert(day, out.len() as u64);
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
     }
 }
@@ -539,14 +550,26 @@ mod tests {
             let f = OpenOptions::new().write(true).open(&path).unwrap();
             zero(&f, end + 29 - cut, end + 29).unwrap();
             let log = PlatformLog::open(&store, Default::default()).unwrap();
+            log.repair_newest().unwrap();
             assert_eq!(
                 payloads(&log, 7),
                 vec![vec![0; 20], vec![1; 20]],
                 "cut {cut}"
             );
+            drop(log);
+            // Written after it without a repair first: the block follows the whole ones.
+            zero(&f, end + 29 - cut, end + 29).unwrap();
+            let (a, b) = (end as usize + 5, end as usize + 9);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[a..b].copy_from_slice(&[1, 2, 3, 4]);
+            std::fs::write(&path, bytes).unwrap();
+            let log = PlatformLog::open(&store, Default::default()).unwrap();
             log.append(7, &|_| vec![9; 5]).unwrap();
-            assert_eq!(payloads(&log, 7).last().unwrap(), &vec![9; 5]);
-            assert_eq!(payloads(&log, 7).len(), 3);
+            assert_eq!(
+                payloads(&log, 7),
+                vec![vec![0; 20], vec![1; 20], vec![9; 5]],
+                "cut {cut}"
+            );
         }
     }
 

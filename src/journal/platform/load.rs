@@ -109,6 +109,9 @@ impl Journal {
         if !self.move_into_log(&mut load)? {
             return Ok(false);
         }
+        // A block torn at the end of the log by a crash is cut off first (it was never
+        // acknowledged), so that the load reads to the end.
+        self.platform_log.repair_newest()?;
         // The platform state's bytes, summed on the way (see `Journal::platform_bytes`).
         let mut platform_bytes = 0u64;
         for (day, len) in self.platform_log.segments()? {
