@@ -100,9 +100,11 @@ impl Uplink {
                 let what = format!("declaration of {}", d.waybill);
                 let j = judge(Kind::Declaration, held, dup, &what);
                 if j.keep == Keep::Message {
-                    self.journal
+                    let day = self
+                        .journal
                         .store_declaration(&d)
                         .map_err(|e| format!("cannot store a declaration: {e}"))?;
+                    seg.stored.push((d.waybill.clone(), day));
                 }
                 if j.apply {
                     seg.keys.insert(key);
@@ -130,10 +132,13 @@ impl Uplink {
                 let what = format!("instruction {} for {}", i.instruction_id, i.waybill);
                 let j = judge(Kind::Instruction, held, dup, &what);
                 match j.keep {
-                    Keep::Message => self
-                        .journal
-                        .store_instruction(&i)
-                        .map_err(|e| format!("cannot store an instruction: {e}"))?,
+                    Keep::Message => {
+                        let day = self
+                            .journal
+                            .store_instruction(&i)
+                            .map_err(|e| format!("cannot store an instruction: {e}"))?;
+                        seg.stored.push((i.waybill.clone(), day));
+                    }
                     Keep::Id => self
                         .journal
                         .remember_instruction_id(&i)
@@ -234,12 +239,10 @@ impl Uplink {
     fn commit(&self, seg: &mut Segment) {
         seg.keys.clear();
         if seg.ops.is_empty() {
+            self.note_stored(seg);
             return;
         }
         let mut changed = Vec::with_capacity(seg.ops.len());
-        // The day the journal stored them on: retention keeps a waybill by its last one.
-        let today =
-            crate::rules::history::day_of(crate::metrics::unix_ms(std::time::SystemTime::now()));
         let msgs: Vec<Message<'_>> = seg
             .ops
             .iter()
@@ -251,15 +254,7 @@ impl Uplink {
         // Each chunk's share of a shard under one hold of that shard's lock: a lookup sees
         // all a chunk says of a waybill, or none of it.
         for chunk in msgs.chunks(ingest::APPLY_CHUNK) {
-            let table = self.write_table();
-            let applied = table.apply_many(chunk);
-            for m in chunk {
-                match m {
-                    Message::Declaration(d) => table.touch(&d.waybill, today),
-                    Message::Instruction(i) => table.touch(&i.waybill, today),
-                    Message::Notice(_) => {}
-                }
-            }
+            let applied = self.write_table().apply_many(chunk);
             for (m, a) in chunk.iter().zip(applied) {
                 match m {
                     Message::Declaration(d) => changed.push(d.waybill.clone()),
@@ -272,8 +267,17 @@ impl Uplink {
         }
         drop(msgs);
         seg.ops.clear();
+        self.note_stored(seg);
         for w in changed {
             let _ = self.changes.send(ClearanceChange::Waybill(w));
+        }
+    }
+
+    /// Notes in the table the day each stored waybill was stored on, as a start reads it
+    /// back from the platform log (retention keeps a waybill by its last one).
+    fn note_stored(&self, seg: &mut Segment) {
+        for (waybill, day) in seg.stored.drain(..) {
+            self.write_table().touch(&waybill, day);
         }
     }
 
@@ -323,6 +327,9 @@ impl Uplink {
 #[derive(Default)]
 struct Segment {
     ops: Vec<TableOp>,
+    /// Waybills whose declaration or instruction was stored since the last commit, with the
+    /// day the journal stored it on: the table notes it once they are applied.
+    stored: Vec<(String, u32)>,
     keys: std::collections::HashSet<String>,
 }
 

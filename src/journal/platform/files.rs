@@ -98,6 +98,10 @@ pub struct PlatformLog {
     ends: Mutex<std::collections::HashMap<u32, u64>>,
     /// The journal's integrity key, once set: blocks are sealed with it.
     key: std::sync::Arc<std::sync::OnceLock<IntegrityKey>>,
+    /// Set once a sync failed: what the kernel failed to write may be gone from its cache, so
+    /// no later sync can vouch for it; every write fails from then on (the ingest stops and
+    /// alarms, nothing is acknowledged) until the daemon is restarted.
+    failed: std::sync::atomic::AtomicBool,
     /// The newest segment's day: [`PlatformLog::write`] never writes into an older one, so
     /// a clock set back does not put what is stored next before what was stored already.
     newest: std::sync::atomic::AtomicU32,
@@ -119,6 +123,9 @@ impl Drop for PlatformLog {
 pub struct Block {
     pub offset: u64,
     pub payload: Vec<u8>,
+    /// False when its checksum does not match (a damaged block whose length still reads:
+    /// the blocks after it are read on). Its payload is not to be trusted.
+    pub intact: bool,
 }
 
 /// Why a segment could not be read to its end.
@@ -151,6 +158,7 @@ impl PlatformLog {
             ends: Mutex::new(std::collections::HashMap::new()),
             key,
             newest: std::sync::atomic::AtomicU32::new(0),
+            failed: std::sync::atomic::AtomicBool::new(false),
         };
         // The newest segment's end is found when it is first read or written to, not here:
         // it can hold gigabytes, and the store's open is on the start's way.
@@ -179,9 +187,12 @@ impl PlatformLog {
         if let Some(&end) = self.ends().get(&day) {
             return Ok(end);
         }
+        // The end of the last intact block.
         let mut whole = 0u64;
         match self.read(day, 0, &mut |b| {
-            whole = b.offset + (BLOCK_HEADER + b.payload.len()) as u64;
+            if b.intact {
+                whole = b.offset + (BLOCK_HEADER + b.payload.len()) as u64;
+            }
             Ok(true)
         }) {
             Ok(()) | Err(ReadError::Damaged(_)) => {}
@@ -189,6 +200,8 @@ impl PlatformLog {
         }
         let path = self.dir.join(segment_name(day));
         if let Some(at) = first_nonzero(&path, whole).map_err(io)? {
+            // Read past damage already: no intact block follows, so this is a block torn by
+            // a stop during its write.
             tracing::warn!(
                 segment = %path.display(),
                 kept = whole,
@@ -200,17 +213,40 @@ impl PlatformLog {
             zero(&f, whole, len).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
-        self.note_end(day, whole);
+        // Exactly here (the read noted the end of what it read, torn bytes included).
+        self.ends().insert(day, whole);
         Ok(whole)
     }
 
-    /// Cuts a torn block off the end of the newest segment (see [`PlatformLog::end_of`]),
-    /// for a start's load to read a whole log.
+    /// Cuts a torn block off the end of the two newest segments (a stop at midnight can
+    /// tear the last block of the day before; see [`PlatformLog::end_of`]), for a start's
+    /// load to read a whole log. Damage before intact blocks is left as it lies, for the
+    /// load to refuse.
     pub fn repair_newest(&self) -> Result<(), JournalError> {
-        if let Some(&(day, _)) = self.segments()?.last() {
+        let segments = self.segments()?;
+        for &(day, _) in segments.iter().rev().take(2) {
             self.end_of(day)?;
         }
         Ok(())
+    }
+
+    /// An error once a sync failed (see the field `failed`).
+    fn usable(&self) -> Result<(), JournalError> {
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io(std::io::Error::other(
+                "a sync of the platform log failed earlier: nothing more is written until the daemon restarts",
+            )));
+        }
+        Ok(())
+    }
+
+    /// The result of a sync; a failure marks the log failed for good.
+    fn synced(&self, r: std::io::Result<()>) -> Result<(), JournalError> {
+        r.map_err(|e| {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            io(e)
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
@@ -262,6 +298,7 @@ impl PlatformLog {
     /// the segments grew by on disk. Staged frames leave the stage only once their block is
     /// written: after a failed write they go with the next.
     pub fn write(&self, day: u32, sync: bool) -> Result<u64, JournalError> {
+        self.usable()?;
         let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
         let day = day.max(self.newest.load(std::sync::atomic::Ordering::Relaxed));
         let mut written = 0;
@@ -273,7 +310,7 @@ impl PlatformLog {
         if sync {
             let mut current = self.lock();
             if let Some(c) = current.as_mut().filter(|c| c.dirty) {
-                c.file.sync_data().map_err(io)?;
+                self.synced(c.file.sync_data())?;
                 c.dirty = false;
             }
         }
@@ -294,10 +331,11 @@ impl PlatformLog {
         day: u32,
         payload: &dyn Fn(&[u8]) -> Vec<u8>,
     ) -> Result<u64, JournalError> {
+        self.usable()?;
         let mut current = self.lock();
         if current.as_ref().is_none_or(|c| c.day != day) {
             if let Some(old) = current.as_mut().filter(|c| c.dirty) {
-                old.file.sync_data().map_err(io)?;
+                self.synced(old.file.sync_data())?;
             }
             if let Some(old) = current.take() {
                 self.note_end(old.day, old.len);
@@ -312,6 +350,8 @@ impl PlatformLog {
                 .open(&path)
                 .map_err(io)?;
             if created {
+                // A day written again after its file was removed starts from nothing.
+                self.ends().remove(&day);
                 File::open(&self.dir)
                     .and_then(|d| d.sync_all())
                     .map_err(io)?;
@@ -370,45 +410,74 @@ impl PlatformLog {
             Err(e) => return Err(ReadError::Journal(io(e))),
         };
         let mut r = BufReader::with_capacity(256 << 10, file);
-        std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink()).map_err(io)?;
+        std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(offset)).map_err(io)?;
         let mut at = offset;
         loop {
             let mut header = [0u8; BLOCK_HEADER];
-            match read_full(&mut r, &mut header).map_err(io)? {
-                0 => {
-                    if offset == 0 {
-                        self.note_end(day, at);
+            let n = read_full(&mut r, &mut header).map_err(io)?;
+            if n == 0 || header == [0; BLOCK_HEADER] {
+                // The end, or the zeros a segment grows by, unless an intact block follows
+                // (a block zeroed by damage): that one is read on from.
+                match next_intact_block(r.get_ref(), at + 1).map_err(io)? {
+                    None => {
+                        if offset == 0 {
+                            self.note_end(day, at);
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
+                    Some(next) => {
+                        at = self.skip_damage(&mut r, at, next, f)?;
+                        continue;
+                    }
                 }
-                n if n < BLOCK_HEADER => return Err(ReadError::Damaged(at)),
-                _ => {}
-            }
-            if header == [0; BLOCK_HEADER] {
-                // The zeros a segment grows by: its blocks end here.
-                if offset == 0 {
-                    self.note_end(day, at);
-                }
-                return Ok(());
             }
             let len = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
             let crc = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes"));
-            if header[0] != MAGIC || len > MAX_PAYLOAD {
-                return Err(ReadError::Damaged(at));
+            let mut payload = Vec::new();
+            let whole = n == BLOCK_HEADER && header[0] == MAGIC && len <= MAX_PAYLOAD && {
+                payload.resize(len, 0);
+                read_full(&mut r, &mut payload).map_err(io)? == len
+            };
+            if !whole {
+                // A header that does not read: damage, or a torn last block. Read on from
+                // the next intact block if there is one.
+                match next_intact_block(r.get_ref(), at + 1).map_err(io)? {
+                    None => return Err(ReadError::Damaged(at)),
+                    Some(next) => {
+                        at = self.skip_damage(&mut r, at, next, f)?;
+                        continue;
+                    }
+                }
             }
-            let mut payload = vec![0u8; len];
-            if read_full(&mut r, &mut payload).map_err(io)? < len || block_crc(&payload) != crc {
-                return Err(ReadError::Damaged(at));
-            }
+            let intact = block_crc(&payload) == crc;
             let next = at + (BLOCK_HEADER + len) as u64;
             if !f(Block {
                 offset: at,
                 payload,
+                intact,
             })? {
                 return Ok(());
             }
             at = next;
         }
+    }
+
+    /// Reports the damaged bytes from `at` to `next` as a block that is not intact (with
+    /// nothing in it), and goes on reading at `next`.
+    fn skip_damage(
+        &self,
+        r: &mut BufReader<File>,
+        at: u64,
+        next: u64,
+        f: &mut dyn FnMut(Block) -> Result<bool, JournalError>,
+    ) -> Result<u64, ReadError> {
+        std::io::Seek::seek(r, std::io::SeekFrom::Start(next)).map_err(io)?;
+        f(Block {
+            offset: at,
+            payload: Vec::new(),
+            intact: false,
+        })?;
+        Ok(next)
     }
 
     /// Removes the segment of `day` (once what it kept was carried forward and synced).
@@ -426,16 +495,42 @@ impl PlatformLog {
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
     }
 
-    /// Replaces the segment of `day` by blocks of `units`, each sealed for its new key
-    /// (adopting an untagged segment with the key created at this start), through a file
-    /// renamed over it.
-    pub fn rewrite(&self, day: u32, units: &[Vec<u8>]) -> Result<(), JournalError> {
+    /// Replaces the segment of `day`, read up to `read_to` into `units`, by blocks of
+    /// `units` each sealed for its new key (adopting an untagged segment with the key created
+    /// at this start), through a file renamed over it. Blocks written after `read_to`
+    /// meanwhile (sealed already) are kept, after them; nothing is written while it runs.
+    pub fn rewrite(&self, day: u32, units: &[Vec<u8>], read_to: u64) -> Result<(), JournalError> {
         let mut current = self.lock();
+        if let Some(c) = current.as_mut().filter(|c| c.day == day) {
+            self.note_end(day, c.len);
+        }
         *current = None;
+        let mut units = units.to_vec();
+        let end = self.end_of(day)?;
+        if end > read_to {
+            let mut later = Vec::new();
+            let read = self.read(day, read_to, &mut |b| {
+                if b.intact {
+                    let genuine = match self.key.get() {
+                        None => Some(b.payload.clone()),
+                        Some(k) => match k.check(DOMAIN, &block_key(day, b.offset), &b.payload) {
+                            super::super::integrity::Checked::Genuine(p) => Some(p.to_vec()),
+                            _ => None,
+                        },
+                    };
+                    later.extend(genuine);
+                }
+                Ok(b.offset < end)
+            });
+            if let Err(ReadError::Journal(e)) = read {
+                return Err(e);
+            }
+            units.extend(later);
+        }
         let path = self.dir.join(segment_name(day));
         let tmp = self.dir.join(format!("{}.tmp", segment_name(day)));
         let mut out = Vec::new();
-        for u in units {
+        for u in &units {
             let sealed = self.seal(&block_key(day, out.len() as u64), u);
             out.push(MAGIC);
             out.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
@@ -480,8 +575,43 @@ fn zero(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where the next intact block (its magic, a length that fits and a matching checksum)
+/// starts at or after `from` in `file`, if one does. Read a window at a time; a candidate's
+/// length is taken up to 8 MiB (a block the log writes holds one flush, about 1 MiB at most).
+fn next_intact_block(file: &File, from: u64) -> std::io::Result<Option<u64>> {
+    const WINDOW: usize = 1 << 20;
+    const MAX_CANDIDATE: usize = 8 << 20;
+    let size = file.metadata()?.len();
+    let mut window = vec![0u8; WINDOW];
+    let mut base = from;
+    while base < size {
+        let n = (size - base).min(WINDOW as u64) as usize;
+        file.read_exact_at(&mut window[..n], base)?;
+        for i in (0..n).filter(|&i| window[i] == MAGIC) {
+            let at = base + i as u64;
+            let mut header = [0u8; BLOCK_HEADER];
+            if at + BLOCK_HEADER as u64 > size {
+                continue;
+            }
+            file.read_exact_at(&mut header, at)?;
+            let len = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes"));
+            if len == 0 || len > MAX_CANDIDATE || at + (BLOCK_HEADER + len) as u64 > size {
+                continue;
+            }
+            let mut payload = vec![0u8; len];
+            file.read_exact_at(&mut payload, at + BLOCK_HEADER as u64)?;
+            if block_crc(&payload) == crc {
+                return Ok(Some(at));
+            }
+        }
+        base += n as u64;
+    }
+    Ok(None)
+}
+
 /// The first byte at or after `from` of the file at `path` that is not zero.
-fn first_nonzero(path: &Path, from: u64) -> std::io::Result<Option<u64>> {
+pub(super) fn first_nonzero(path: &Path, from: u64) -> std::io::Result<Option<u64>> {
     let mut f = File::open(path)?;
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(from))?;
     let mut r = BufReader::with_capacity(1 << 20, f);
@@ -570,6 +700,55 @@ mod tests {
                 vec![vec![0; 20], vec![1; 20], vec![9; 5]],
                 "cut {cut}"
             );
+        }
+    }
+
+    /// Damage in the middle of a segment (a flipped byte, a header overwritten with garbage
+    /// or zeros) is reported as a block that is not intact, and the blocks after it are read
+    /// on; the next block is written after the last one, the damage left as it lies.
+    #[test]
+    fn damage_in_the_middle_is_reported_and_read_past() {
+        for damage in [b"flip".as_slice(), b"garbage", b"zeros"] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = dir.path().join("journal");
+            let log = PlatformLog::open(&store, Default::default()).unwrap();
+            for i in 0..4u8 {
+                log.append(7, &|_| vec![i + 1; 20]).unwrap();
+            }
+            log.write(7, true).unwrap();
+            drop(log);
+            let path = dir_of(&store).join(segment_name(7));
+            let mut bytes = std::fs::read(&path).unwrap();
+            match damage {
+                b"flip" => bytes[29 + 15] ^= 0x40,
+                b"garbage" => bytes[29..29 + 9].copy_from_slice(&[7; 9]),
+                _ => bytes[29..29 + 29].fill(0),
+            }
+            std::fs::write(&path, bytes).unwrap();
+            let log = PlatformLog::open(&store, Default::default()).unwrap();
+            log.repair_newest().unwrap();
+            let mut seen = Vec::new();
+            log.read(7, 0, &mut |b| {
+                seen.push((b.offset, b.intact, b.payload.first().copied()));
+                Ok(true)
+            })
+            .unwrap();
+            let name = String::from_utf8_lossy(damage);
+            assert_eq!(seen[0], (0, true, Some(1)), "{name}");
+            assert_eq!((seen[1].0, seen[1].1), (29, false), "{name}");
+            assert_eq!(
+                seen[2..],
+                [(58, true, Some(3)), (87, true, Some(4))],
+                "{name}"
+            );
+            log.append(7, &|_| vec![9; 5]).unwrap();
+            let mut last = None;
+            log.read(7, 0, &mut |b| {
+                last = Some((b.offset, b.payload));
+                Ok(true)
+            })
+            .unwrap();
+            assert_eq!(last, Some((116, vec![9; 5])), "{name}");
         }
     }
 

@@ -187,26 +187,40 @@ impl Journal {
     /// written without tags and adopted at this start is written again, sealed.
     fn load_segment(&self, day: u32, load: &mut Load<'_>) -> Result<bool, JournalError> {
         let key = self.integrity_key.get();
+        // Untagged blocks are adopted only at the start that created the key: the log is
+        // tagged from its first block on, and a salvage leaves it as it was.
+        let adopting = self
+            .adopt_untagged
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && key.is_some();
         let mut sealed_anew: Vec<Vec<u8>> = Vec::new();
         let mut untagged = 0usize;
+        let mut damaged = false;
         let mut stopped = false;
+        let mut end = 0u64;
         let read = self.platform_log.read(day, 0, &mut |b| {
+            end = b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64;
             let block = block_key(day, b.offset);
-            let payload = match key {
-                None => Ok(integrity::payload(&b.payload)),
-                Some(k) => match k.check(TREE_LOG.as_bytes(), &block, &b.payload) {
-                    Checked::Genuine(p) => Ok(p),
-                    Checked::Untagged(p) if !load.adopted => {
-                        untagged += 1;
-                        Ok(p)
-                    }
-                    Checked::Untagged(_) => Err("untagged"),
-                    Checked::Forged => Err("tag does not verify"),
-                },
+            let payload = if !b.intact {
+                Err("its checksum does not match (damaged on disk)")
+            } else {
+                match key {
+                    None => Ok(integrity::payload(&b.payload)),
+                    Some(k) => match k.check(TREE_LOG.as_bytes(), &block, &b.payload) {
+                        Checked::Genuine(p) => Ok(p),
+                        Checked::Untagged(p) if adopting => {
+                            untagged += 1;
+                            Ok(p)
+                        }
+                        Checked::Untagged(_) => Err("untagged"),
+                        Checked::Forged => Err("tag does not verify"),
+                    },
+                }
             };
             let payload = match payload {
                 Ok(p) => p,
                 Err(why) => {
+                    damaged = true;
                     refuse_unit(
                         load.table,
                         day,
@@ -218,7 +232,7 @@ impl Journal {
                     return Ok(true);
                 }
             };
-            if !load.adopted && key.is_some() {
+            if adopting {
                 sealed_anew.push(payload.to_vec());
             }
             let Ok(frames) = log::frames(payload) else {
@@ -240,24 +254,36 @@ impl Journal {
             }
             Ok(true)
         });
-        match read {
-            Ok(()) => {}
-            Err(ReadError::Damaged(at)) => {
-                load.unreadable += 1;
-                tracing::error!(
-                    segment = %super::files::segment_name(day),
-                    offset = at,
-                    "the platform log does not read past this point of a segment; what follows in it is left out"
-                );
-            }
+        // Where the blocks stop reading, anything but zeros after them is damage to what was
+        // written: refused (an alarm, `/readyz` 503), as no stand-in can say whom it held.
+        let stop = match read {
+            Ok(()) => end,
+            Err(ReadError::Damaged(at)) => at,
             Err(ReadError::Journal(e)) => return Err(e),
-        }
+        };
         if stopped {
             return Ok(false);
         }
+        let path = self
+            .platform_log_dir()
+            .join(super::files::segment_name(day));
+        let rest = super::files::first_nonzero(&path, stop)
+            .map_err(|e| JournalError::Store(sled::Error::Io(e)))?;
+        if let Some(at) = rest {
+            damaged = true;
+            load.refused.push(RefusedEntry {
+                tree: TREE_LOG,
+                key: format!("{} offset {at}", super::files::segment_name(day)),
+                why: "does not read (damaged on disk; what follows in the file is left out)",
+            });
+        }
         if untagged > 0 {
             load.adopting += untagged;
-            self.platform_log.rewrite(day, &sealed_anew)?;
+            // Sealed as it lies, unless something in it was refused: that stays for the
+            // investigation, refused again at the next start.
+            if !damaged {
+                self.platform_log.rewrite(day, &sealed_anew, stop)?;
+            }
         }
         Ok(true)
     }

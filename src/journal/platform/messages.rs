@@ -12,10 +12,13 @@ use crate::journal::integrity;
 use crate::journal::{Journal, JournalError};
 
 impl Journal {
-    /// Stores a declaration; durable after the next [`Journal::flush`].
-    pub fn store_declaration(&self, d: &Declaration) -> Result<(), JournalError> {
+    /// Stores a declaration; durable after the next [`Journal::flush`]. Returns the UTC day
+    /// it was stored on (the table notes it: see `ClearanceTable::touch`).
+    pub fn store_declaration(&self, d: &Declaration) -> Result<u32, JournalError> {
         let body = serde_json::to_vec(d).expect("declarations always serialize");
-        self.append(&[Frame::about(Kind::Declaration, today(), &d.waybill, &body)])
+        let day = today();
+        self.append(&[Frame::about(Kind::Declaration, day, &d.waybill, &body)])?;
+        Ok(day)
     }
 
     /// [`Journal::store_declaration`] as if on `day`.
@@ -39,6 +42,9 @@ impl Journal {
         for (day, _) in self.platform_log.segments()?.into_iter().rev() {
             let mut found = None;
             let read = self.platform_log.read(day, 0, &mut |b| {
+                if !b.intact {
+                    return Ok(true);
+                }
                 let Ok(frames) = log::frames(integrity::payload(&b.payload)) else {
                     return Ok(true);
                 };
@@ -66,10 +72,13 @@ impl Journal {
 
     /// Stores an instruction; durable after the next [`Journal::flush`]. Callers store only
     /// instructions that [`crate::rules::ClearanceTable::instruction_is_new`] accepts, so a
-    /// stale one never overwrites. Its id is in it: the load marks it seen.
-    pub fn store_instruction(&self, i: &Instruction) -> Result<(), JournalError> {
+    /// stale one never overwrites. Its id is in it: the load marks it seen. Returns the UTC
+    /// day it was stored on.
+    pub fn store_instruction(&self, i: &Instruction) -> Result<u32, JournalError> {
         let body = serde_json::to_vec(i).expect("instructions always serialize");
-        self.append(&[Frame::about(Kind::Instruction, today(), &i.waybill, &body)])
+        let day = today();
+        self.append(&[Frame::about(Kind::Instruction, day, &i.waybill, &body)])?;
+        Ok(day)
     }
 
     /// [`Journal::store_instruction`] as if on `day`.

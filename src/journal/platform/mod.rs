@@ -506,6 +506,58 @@ mod integrity_tests {
         );
     }
 
+    /// A block damaged on disk (its checksum no longer matches) is refused with the
+    /// stand-ins of what it still shows, and its file is kept past the clearance period, so
+    /// the stand-in hold of a waybill declared again since does not go with it.
+    #[test]
+    fn a_damaged_block_holds_its_waybill_and_its_file_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = today();
+        let old = now - 40;
+        {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            j.store_declaration_on(&declaration("WB1", "c1", 5), old)
+                .unwrap();
+            j.store_instruction_on(&instruction("WB1", "I-1", Action::Hold), old)
+                .unwrap();
+            j.store_declaration_on(&declaration("WB2", "c1", 5), old)
+                .unwrap();
+            j.store_declaration_on(&declaration("WB1", "c1", 6), now)
+                .unwrap();
+            j.write_platform(true).unwrap();
+            // One byte of the hold's block flipped on disk.
+            let (day, at, _) = unit_holding(&j, "I-1");
+            let path = j.platform_log_dir().join(super::files::segment_name(day));
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[at as usize + 40] ^= 0x20;
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let j = keyed(dir.path());
+        let table = j.load_clearance().unwrap();
+        assert_eq!(
+            table.known("WB1").instruction.map(|i| i.action),
+            Some(Action::Hold)
+        );
+        assert!(table.known("WB2").declaration.is_some());
+        let refused = j.refused_entries();
+        assert!(
+            refused.iter().any(|r| r.to_string().contains("WB1")),
+            "{refused:?}"
+        );
+        // The purge keeps the damaged file whole: nothing in it is forgotten.
+        let f = tests::purge_all(&j, &table, now - 30, 100);
+        assert_eq!(f, Forgotten::default());
+        assert_eq!(j.platform_log_files().unwrap().0, 2);
+        drop((j, table));
+        let j = keyed(dir.path());
+        let table = j.load_clearance().unwrap();
+        assert_eq!(
+            table.known("WB1").instruction.map(|i| i.action),
+            Some(Action::Hold)
+        );
+    }
+
     #[test]
     fn an_untagged_store_is_adopted_once() {
         let dir = tempfile::tempdir().unwrap();

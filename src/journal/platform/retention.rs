@@ -93,6 +93,17 @@ impl Journal {
             if day != day_at {
                 (day_at, offset) = (day, 0);
             }
+            if offset == 0 && !self.segment_whole(day)? {
+                // Kept whole: its refused blocks' stand-ins (holds, suspensions) must not go
+                // while the waybills they hold are kept; nothing in it is forgotten, here or
+                // in the table, until the operator acts (README, A damaged journal).
+                tracing::warn!(
+                    segment = %files::segment_name(day),
+                    "a platform log file holding refused or damaged blocks is kept past the clearance period"
+                );
+                (day_at, offset) = (day + 1, 0);
+                continue;
+            }
             // What is carried, by the segment it goes to.
             let mut carried: BTreeMap<u32, Vec<Owned>> = BTreeMap::new();
             let mut next = offset;
@@ -182,6 +193,8 @@ impl Journal {
                     .into_iter()
                     .find(|(d, _)| *d == day)
                     .map_or(0, |(_, len)| len);
+                // The day totals written for what it held are durable before it goes.
+                self.history.flush()?;
                 self.platform_log.remove(day)?;
                 self.platform_grow(0, len);
                 (day_at, offset) = (day + 1, 0);
@@ -198,6 +211,35 @@ impl Journal {
             self.history.remove(k?)?;
         }
         Ok(out)
+    }
+
+    /// Whether every block of the segment of `day` reads and verifies, with nothing but
+    /// zeros after them.
+    fn segment_whole(&self, day: u32) -> Result<bool, JournalError> {
+        let key = self.integrity_key.get();
+        let mut whole = true;
+        let mut end = 0u64;
+        let read = self.platform_log.read(day, 0, &mut |b| {
+            end = b.offset + (files::BLOCK_HEADER + b.payload.len()) as u64;
+            let genuine = b.intact
+                && key.is_none_or(|k| {
+                    matches!(
+                        k.check(TREE_LOG.as_bytes(), &block_key(day, b.offset), &b.payload),
+                        Checked::Genuine(_)
+                    )
+                });
+            whole &= genuine;
+            Ok(whole)
+        });
+        match read {
+            Ok(()) => {}
+            Err(ReadError::Damaged(_)) => return Ok(false),
+            Err(ReadError::Journal(e)) => return Err(e),
+        }
+        let path = self.platform_log_dir().join(files::segment_name(day));
+        let rest = files::first_nonzero(&path, end)
+            .map_err(|e| JournalError::Store(sled::Error::Io(e)))?;
+        Ok(whole && rest.is_none())
     }
 
     /// Where the purge carries message `f` of an old segment (see
@@ -220,6 +262,9 @@ impl Journal {
             log::Kind::Notice => Ok(serde_json::from_slice::<EnterpriseNotice>(f.body)
                 .is_ok_and(|n| table.notice_current(&n))
                 .then_some(newest)),
+            // An id seen is kept for the period from the day it was seen (one moved from an
+            // older build is dated the day it was moved).
+            log::Kind::InstructionId if f.day >= before_day => Ok(Some(newest)),
             log::Kind::InstructionId => {
                 out.instruction_ids
                     .push(String::from_utf8_lossy(f.body).into_owned());
