@@ -195,11 +195,14 @@ impl Journal {
             && key.is_some();
         let mut sealed_anew: Vec<Vec<u8>> = Vec::new();
         let mut untagged = 0usize;
-        let mut damaged = false;
-        let mut stopped = false;
-        let mut end = 0u64;
-        let read = self.platform_log.read(day, 0, &mut |b| {
-            end = b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64;
+        use std::cell::Cell;
+        let damaged = Cell::new(false);
+        let stopped = Cell::new(false);
+        let end = Cell::new(0u64);
+        let mut from = 0u64;
+        let mut damage = Vec::new();
+        let mut handle = |b: super::files::Block| {
+            end.set(b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64);
             let block = block_key(day, b.offset);
             let payload = if !b.intact {
                 Err("its checksum does not match (damaged on disk)")
@@ -220,7 +223,7 @@ impl Journal {
             let payload = match payload {
                 Ok(p) => p,
                 Err(why) => {
-                    damaged = true;
+                    damaged.set(true);
                     refuse_unit(
                         load.table,
                         day,
@@ -248,40 +251,51 @@ impl Journal {
                     load.unreadable += 1;
                 }
                 if load.tick() {
-                    stopped = true;
+                    stopped.set(true);
                     return Ok(false);
                 }
             }
             Ok(true)
-        });
-        // Where the blocks stop reading, anything but zeros after them is damage to what was
-        // written: refused (an alarm, `/readyz` 503), as no stand-in can say whom it held.
-        let stop = match read {
-            Ok(()) => end,
-            Err(ReadError::Damaged(at)) => at,
-            Err(ReadError::Journal(e)) => return Err(e),
         };
-        if stopped {
-            return Ok(false);
-        }
-        let path = self
-            .platform_log_dir()
-            .join(super::files::segment_name(day));
-        let rest = super::files::first_nonzero(&path, stop)
-            .map_err(|e| JournalError::Store(sled::Error::Io(e)))?;
-        if let Some(at) = rest {
-            damaged = true;
-            load.refused.push(RefusedEntry {
+        let stop = loop {
+            end.set(from);
+            let read = self.platform_log.read(day, from, &mut handle);
+            let stop = match read {
+                Ok(()) => end.get(),
+                Err(ReadError::Damaged(at)) => at,
+                Err(ReadError::Journal(e)) => return Err(e),
+            };
+            if stopped.get() {
+                return Ok(false);
+            }
+            // Where the blocks stop reading, anything but zeros after them is damage to what
+            // was written: refused (an alarm, `/readyz` 503), as no stand-in can say whom it
+            // held; intact blocks after it are read on.
+            let path = self
+                .platform_log_dir()
+                .join(super::files::segment_name(day));
+            let rest = super::files::first_nonzero(&path, stop)
+                .map_err(|e| JournalError::Store(sled::Error::Io(e)))?;
+            let Some(at) = rest else {
+                break stop;
+            };
+            damaged.set(true);
+            damage.push(RefusedEntry {
                 tree: TREE_LOG,
                 key: format!("{} offset {at}", super::files::segment_name(day)),
-                why: "does not read (damaged on disk; what follows in the file is left out)",
+                why: "does not read (damaged on disk)",
             });
-        }
+            match self.platform_log.resume(day, stop)? {
+                Some(next) => from = next,
+                None => break stop,
+            }
+        };
+        load.refused.extend(damage);
         if untagged > 0 {
             load.adopting += untagged;
             // Sealed as it lies, unless something in it was refused: that stays for the
             // investigation, refused again at the next start.
-            if !damaged {
+            if !damaged.get() {
                 self.platform_log.rewrite(day, &sealed_anew, stop)?;
             }
         }
