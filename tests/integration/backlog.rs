@@ -11,7 +11,7 @@ use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
-use crate::harness::{floor, metric, metrics_text, wait_until, Daemon, Mosquitto, Setup};
+use crate::harness::{floor, metric, metrics_text, wait_until, Daemon, Floor, Mosquitto, Setup};
 
 const PREFIX: &str = "bondline/backlog-gw";
 
@@ -72,17 +72,27 @@ async fn publish_declarations(broker: SocketAddr, n: u64) {
     let _ = client.disconnect().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_platform_backlog_queued_while_down_drains_on_one_connection_while_records_flow() {
-    let n = backlog_count();
+/// A gateway on a line that ran once (leaving its persistent session and subscriptions at the
+/// broker) and is down, with everything a test needs to start it again.
+struct Away {
+    dir: tempfile::TempDir,
+    _mosquitto: Mosquitto,
+    _floor: Floor,
+    broker: SocketAddr,
+    platform: PlatformSim,
+    setup: Setup,
+    config: std::path::PathBuf,
+    view: SocketAddr,
+}
+
+/// Runs a gateway once until it forwarded `records`, and kills it.
+async fn ran_once(seed: u64, client: &str, records: usize) -> Away {
     let dir = tempfile::tempdir().unwrap();
     let mosquitto = Mosquitto::start(dir.path()).await;
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
-    let platform = PlatformSim::connect(broker, PREFIX, "platform-backlog")
-        .await
-        .unwrap();
+    let platform = PlatformSim::connect(broker, PREFIX, client).await.unwrap();
     let floor = floor(
-        Plan::with_mix(61, Mix::only(PlanKind::Undeclared)),
+        Plan::with_mix(seed, Mix::only(PlanKind::Undeclared)),
         20.0,
         None,
     )
@@ -92,21 +102,45 @@ async fn a_platform_backlog_queued_while_down_drains_on_one_connection_while_rec
         .view("");
     let config = setup.write();
     let view = setup.view_addr();
-
-    // A first run leaves the gateway's persistent session (and subscriptions) at the broker.
     let daemon = Daemon::start(&config, &dir.path().join("daemon-1.log"));
     assert!(
-        wait_until(Duration::from_secs(30), || platform.records().len() >= 5).await,
+        wait_until(Duration::from_secs(30), || platform.records().len()
+            >= records)
+        .await,
         "no records from the first run"
     );
     daemon.kill();
+    Away {
+        dir,
+        _mosquitto: mosquitto,
+        _floor: floor,
+        broker,
+        platform,
+        setup,
+        config,
+        view,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_backlog_queued_while_down_drains_on_one_connection_while_records_flow() {
+    let n = backlog_count();
+    // A first run leaves the gateway's persistent session (and subscriptions) at the broker.
+    let away = ran_once(61, "platform-backlog", 5).await;
+    let (dir, broker, platform, config, view) = (
+        &away.dir,
+        away.broker,
+        &away.platform,
+        &away.config,
+        away.view,
+    );
 
     // The platform's orders pile up at the broker while the gateway is down.
     let started = Instant::now();
     publish_declarations(broker, n).await;
     eprintln!("{n} declarations queued in {:?}", started.elapsed());
 
-    let daemon = Daemon::start(&config, &dir.path().join("daemon-2.log"));
+    let daemon = Daemon::start(config, &dir.path().join("daemon-2.log"));
     let restarted = Instant::now();
     assert!(
         wait_until(Duration::from_secs(30), || metric(
@@ -188,33 +222,12 @@ async fn a_platform_backlog_queued_while_down_drains_on_one_connection_while_rec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_a_platform_backlog_loses_no_acknowledged_declaration() {
     let n = 30_000u64;
-    let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
-    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
-    let platform = PlatformSim::connect(broker, PREFIX, "platform-backlog-kill")
-        .await
-        .unwrap();
-    let floor = floor(
-        Plan::with_mix(62, Mix::only(PlanKind::Undeclared)),
-        20.0,
-        None,
-    )
-    .await;
-    let setup = Setup::on_floor(dir.path(), mosquitto.port, &floor)
-        .prefix(PREFIX)
-        .view("");
-    let config = setup.write();
-    let view = setup.view_addr();
-    let daemon = Daemon::start(&config, &dir.path().join("daemon-1.log"));
-    assert!(
-        wait_until(Duration::from_secs(30), || platform.records().len() >= 2).await,
-        "no records from the first run"
-    );
-    daemon.kill();
+    let away = ran_once(62, "platform-backlog-kill", 2).await;
+    let (dir, broker, config, view) = (&away.dir, away.broker, &away.config, away.view);
     publish_declarations(broker, n).await;
 
     // Killed a third of the way through.
-    let daemon = Daemon::start(&config, &dir.path().join("daemon-2.log"));
+    let daemon = Daemon::start(config, &dir.path().join("daemon-2.log"));
     let mut acked = 0.0;
     assert!(
         wait_until(Duration::from_secs(300), || {
@@ -226,7 +239,7 @@ async fn a_kill_during_a_platform_backlog_loses_no_acknowledged_declaration() {
     );
     daemon.kill();
     // The broker delivers the rest again (at least what was not acknowledged).
-    let daemon = Daemon::start(&config, &dir.path().join("daemon-3.log"));
+    let daemon = Daemon::start(config, &dir.path().join("daemon-3.log"));
     let rest = n as f64 - acked;
     assert!(
         wait_until(Duration::from_secs(300), || metric(
@@ -247,7 +260,7 @@ async fn a_kill_during_a_platform_backlog_loses_no_acknowledged_declaration() {
         "messages left in flight"
     );
     daemon.kill();
-    let journal = bondline::journal::Journal::open(&setup.store()).unwrap();
+    let journal = bondline::journal::Journal::open(&away.setup.store()).unwrap();
     let table = journal.load_clearance().unwrap();
     let missing: Vec<String> = (0..n)
         .map(|k| format!("BL{k:09}"))

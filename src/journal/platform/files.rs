@@ -72,7 +72,6 @@ fn io(e: std::io::Error) -> JournalError {
 #[derive(Debug, Default)]
 struct Staged {
     frames: Vec<u8>,
-    oldest: u32,
 }
 
 /// The segment being appended to.
@@ -297,11 +296,7 @@ impl PlatformLog {
     /// Stages frames to be written in the next block; returns the bytes staged.
     pub fn stage(&self, frames: &[Frame<'_>]) -> usize {
         let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-        if s.frames.is_empty() {
-            s.oldest = u32::MAX;
-        }
         for f in frames {
-            s.oldest = s.oldest.min(f.day);
             f.write(&mut s.frames);
         }
         s.frames.len()
@@ -325,7 +320,7 @@ impl PlatformLog {
         let day = day.max(self.newest.load(std::sync::atomic::Ordering::Relaxed));
         let mut written = 0;
         if !s.frames.is_empty() {
-            let unit = super::log::encode_raw(0, 0, s.oldest, &s.frames);
+            let unit = super::log::encode_raw(&s.frames);
             written = self.append_sealed(day, &unit)?;
             s.frames.clear();
         }

@@ -399,7 +399,7 @@ impl Journal {
                         keys.push(k);
                     }
                 }
-                if (last && !frames.is_empty()) || bytes >= 64 * log::CHUNK_BYTES {
+                if (last && !frames.is_empty()) || bytes >= 4 * log::UNIT_BYTES {
                     let fs: Vec<log::Frame<'_>> = frames
                         .iter()
                         .map(|(day, subject, body)| log::Frame {

@@ -1,30 +1,22 @@
 //! The platform log's format, pure: what the platform said is kept as an ordered log of
-//! messages, each a frame of its kind, its UTC day and its body, and the log is stored in
-//! *units*: a message stored on its own as it arrives (a single), or many of them packed into
-//! one chunk. A unit is one sled entry, so a packed store holds about one entry per
-//! [`CHUNK_BYTES`] of messages instead of four or five per waybill: sled's memory and its
-//! bytes per entry grow with the number of entries, not their size (BENCHMARKS.md, "What
-//! sled costs per stored entry").
+//! messages, each a frame of its kind, its UTC day, its subject and its body, written in
+//! *units* (a block of the log's files, [`super::files`], holds one unit).
 //!
-//! A unit's stored value (before its integrity tag): the format byte, a flags byte
-//! ([`PACKED`]), the oldest day of its messages, the cutoff day the purge last checked it
-//! against, then its frames. A frame: kind (`u8`), day (`u32`), the subject's length (`u8`)
-//! and the subject (the waybill or enterprise a JSON message is about, outside the JSON so
-//! that a unit refused by its integrity check still says which waybills to hold), body
-//! length (`u32`), body; integers big-endian. Nothing here touches the disk.
+//! A unit (before its integrity tag): the format byte, then its frames. A frame: kind
+//! (`u8`), day (`u32`), the subject's length (`u8`) and the subject (the waybill or
+//! enterprise a JSON message is about, outside the JSON so that a unit refused by its
+//! integrity check still says which waybills to hold), body length (`u32`), body; integers
+//! big-endian. Nothing here touches the disk.
 
 /// The unit format this build writes and reads.
-const FORMAT: u8 = 1;
-/// Flag: the unit is a packed chunk, not a single waiting to be packed.
-pub const PACKED: u8 = 1;
-const HEADER: usize = 10;
+const FORMAT: u8 = 2;
+const HEADER: usize = 1;
 const FRAME_HEADER: usize = 10;
 
-/// Most bytes of frames in one packed chunk. sled writes a page larger than a quarter of its
-/// 512 KiB segment to a blob file of its own, and a leaf holds up to 17 entries (see
-/// [`crate::journal::ENTRY_BYTES`]): chunks of this size keep the tree's pages in the store's
-/// file, while one entry still carries about a dozen messages.
-pub const CHUNK_BYTES: usize = 6 * 1024;
+/// Most bytes of frames in one unit that [`pack`] makes (what the purge carries, what an
+/// older build's state is moved in): large enough that a block's header and tag are a
+/// small part of it, small enough to be read and checked in one piece.
+pub const UNIT_BYTES: usize = 64 * 1024;
 
 /// What a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,39 +108,19 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// A unit's header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    pub flags: u8,
-    /// The oldest day among its frames.
-    pub oldest_day: u32,
-    /// The purge's cutoff this unit was last checked against (0: never): a unit checked
-    /// against the current cutoff holds only what is kept, and is passed over.
-    pub checked: u32,
-}
-
-/// A unit of `frames` with the given flags and purge mark.
-pub fn encode<'a>(flags: u8, checked: u32, frames: impl IntoIterator<Item = Frame<'a>>) -> Vec<u8> {
-    let mut out = vec![0; HEADER];
-    let mut oldest = u32::MAX;
+/// A unit of `frames`.
+pub fn encode<'a>(frames: impl IntoIterator<Item = Frame<'a>>) -> Vec<u8> {
+    let mut out = vec![FORMAT];
     for f in frames {
-        oldest = oldest.min(f.day);
         f.write(&mut out);
     }
-    out[0] = FORMAT;
-    out[1] = flags;
-    out[2..6].copy_from_slice(&oldest.to_be_bytes());
-    out[6..10].copy_from_slice(&checked.to_be_bytes());
     out
 }
 
-/// A unit of frames already written with [`Frame::write`], whose oldest day is `oldest`.
-pub fn encode_raw(flags: u8, checked: u32, oldest: u32, frames: &[u8]) -> Vec<u8> {
+/// A unit of frames already written with [`Frame::write`].
+pub fn encode_raw(frames: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + frames.len());
     out.push(FORMAT);
-    out.push(flags);
-    out.extend_from_slice(&oldest.to_be_bytes());
-    out.extend_from_slice(&checked.to_be_bytes());
     out.extend_from_slice(frames);
     out
 }
@@ -166,28 +138,15 @@ pub enum Malformed {
     Cut,
 }
 
-/// The header of a unit.
-pub fn header(unit: &[u8]) -> Result<Header, Malformed> {
-    if unit.len() < HEADER {
-        return Err(Malformed::Short);
-    }
-    if unit[0] != FORMAT {
-        return Err(Malformed::Format(unit[0]));
-    }
-    let u = |i: usize| u32::from_be_bytes(unit[i..i + 4].try_into().expect("4 bytes"));
-    Ok(Header {
-        flags: unit[1],
-        oldest_day: u(2),
-        checked: u(6),
-    })
-}
-
 /// The frames of a unit, in order; the first malformed one ends it with an error.
 pub fn frames(unit: &[u8]) -> Result<Frames<'_>, Malformed> {
-    header(unit)?;
-    Ok(Frames {
-        rest: &unit[HEADER..],
-    })
+    match unit.first() {
+        None => Err(Malformed::Short),
+        Some(&FORMAT) => Ok(Frames {
+            rest: &unit[HEADER..],
+        }),
+        Some(&other) => Err(Malformed::Format(other)),
+    }
 }
 
 /// Iterator over a unit's frames (see [`frames`]).
@@ -235,20 +194,20 @@ impl<'a> Iterator for Frames<'a> {
     }
 }
 
-/// Splits `frames` into consecutive chunks of at most [`CHUNK_BYTES`] (a larger frame is a
-/// chunk of its own), each encoded as a packed unit.
+/// Splits `frames` into consecutive units of at most [`UNIT_BYTES`] of frames (a larger
+/// frame is a unit of its own).
 pub fn pack<'a>(frames: &[Frame<'a>]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let (mut start, mut size) = (0, 0);
     for (i, f) in frames.iter().enumerate() {
-        if i > start && size + f.size() > CHUNK_BYTES {
-            out.push(encode(PACKED, 0, frames[start..i].iter().copied()));
+        if i > start && size + f.size() > UNIT_BYTES {
+            out.push(encode(frames[start..i].iter().copied()));
             (start, size) = (i, 0);
         }
         size += f.size();
     }
     if start < frames.len() {
-        out.push(encode(PACKED, 0, frames[start..].iter().copied()));
+        out.push(encode(frames[start..].iter().copied()));
     }
     out
 }
@@ -288,8 +247,8 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever is packed reads back in order, chunk after chunk, and no chunk holding
-        /// more than one frame exceeds the chunk size.
+        /// Whatever is packed reads back in order, unit after unit, and no unit holding more
+        /// than one frame exceeds the unit size.
         #[test]
         fn packed_frames_read_back_in_order(
             msgs in proptest::collection::vec((kind(), 0u32..30_000, proptest::collection::vec(any::<u8>(), 0..3000)), 0..40)
@@ -298,11 +257,8 @@ mod tests {
             let units = pack(&frames);
             let mut back = Vec::new();
             for u in &units {
-                let h = header(u).unwrap();
-                prop_assert_eq!(h.flags, PACKED);
                 let fs: Vec<Frame> = frames_of(u);
-                prop_assert!(fs.len() == 1 || u.len() - HEADER <= CHUNK_BYTES);
-                prop_assert_eq!(h.oldest_day, fs.iter().map(|f| f.day).min().unwrap());
+                prop_assert!(fs.len() == 1 || u.len() - HEADER <= UNIT_BYTES);
                 back.extend(fs.into_iter().map(|f| (f.kind, f.day, f.subject.to_vec(), f.body.to_vec())));
             }
             let want: Vec<_> = frames.iter().map(|f| (f.kind, f.day, f.subject.to_vec(), f.body.to_vec())).collect();
@@ -317,7 +273,7 @@ mod tests {
             cut in any::<prop::sample::Index>(),
             flip in any::<prop::sample::Index>(),
         ) {
-            let unit = encode(0, 0, [Frame::named(Kind::Counted, 7, &body), Frame::about(Kind::Notice, 8, "E1", &body)]);
+            let unit = encode([Frame::named(Kind::Counted, 7, &body), Frame::about(Kind::Notice, 8, "E1", &body)]);
             let cut_at = cut.index(unit.len() + 1);
             let _ = frames(&unit[..cut_at]).map(|f| f.count());
             let mut flipped = unit.clone();
@@ -332,29 +288,17 @@ mod tests {
     }
 
     #[test]
-    fn a_unit_knows_its_oldest_day_and_purge_mark() {
-        let u = encode(
-            0,
-            19_000,
-            [
-                Frame {
-                    kind: Kind::Declaration,
-                    day: 20_005,
-                    subject: &[],
-                    body: br#"{"waybill":"W1"}"#,
-                },
-                Frame::named(Kind::Counted, 20_001, b"W1"),
-                Frame::about(Kind::Instruction, 20_002, "W2", b"garbled"),
-            ],
-        );
-        assert_eq!(
-            header(&u).unwrap(),
-            Header {
-                flags: 0,
-                oldest_day: 20_001,
-                checked: 19_000
-            }
-        );
+    fn a_frame_says_whom_it_is_about() {
+        let u = encode([
+            Frame {
+                kind: Kind::Declaration,
+                day: 20_005,
+                subject: &[],
+                body: br#"{"waybill":"W1"}"#,
+            },
+            Frame::named(Kind::Counted, 20_001, b"W1"),
+            Frame::about(Kind::Instruction, 20_002, "W2", b"garbled"),
+        ]);
         let fs = frames_of(&u);
         assert_eq!(subject(&fs[0]).as_deref(), Some("W1"));
         assert_eq!(subject(&fs[1]).as_deref(), Some("W1"));
@@ -363,7 +307,8 @@ mod tests {
             Some("W2"),
             "whatever the body says"
         );
-        assert_eq!(header(&[2; 12]), Err(Malformed::Format(2)));
-        assert_eq!(header(&[1; 3]), Err(Malformed::Short));
+        assert_eq!(fs[1].day, 20_001);
+        assert!(matches!(frames(&[9; 12]), Err(Malformed::Format(9))));
+        assert!(matches!(frames(&[]), Err(Malformed::Short)));
     }
 }

@@ -15,9 +15,10 @@
 //! consumer history of forgotten declarations is folded into day totals per consumer, kept
 //! as long as the longest consumer-limit window.
 //!
-//! Layout: what the platform said is one ordered log of messages ([`log`] its format,
-//! [`units`] how it is appended and packed into chunks: a few sled entries per hundred
-//! messages, not four or five per waybill); [`messages`] stores what arrives, [`load`]
+//! Layout: what the platform said is one ordered log of messages in files of their own
+//! beside the store ([`log`] its format, [`files`] the files, a block per flush, [`units`]
+//! how the journal stages and writes them; not in sled, which keeps resident what a start
+//! reads); [`messages`] stores what arrives, [`load`]
 //! rebuilds the clearance table from the log at start (and moves an older build's trees into
 //! it), [`retention`] forgets what is old, [`trust`] seals and checks stored entries with the
 //! integrity key, and [`rules`] keeps the rule set in force.
@@ -155,8 +156,8 @@ mod tests {
         let now = today();
         let (old, recent) = (now - 40, now - 5);
         // OLD: declared, instructed and counted 40 days ago. KEPT: declared then, and
-        // instructed again recently. NEW: recent. Between them, enough old declarations of
-        // one-off buyers to be packed into chunks.
+        // instructed again recently. NEW: recent. Between them, old declarations of one-off
+        // buyers.
         j.store_declaration_on(&declaration("OLD", "c1", 500), old)
             .unwrap();
         j.store_instruction_on(&instruction("OLD", "I-OLD"), old)
@@ -467,16 +468,12 @@ mod integrity_tests {
             // And the last block, WB2's declaration, written anew without a tag.
             let (day, at) = unit_last(&j, today());
             let d = serde_json::to_vec(&declaration("WB2", "c9", 1)).unwrap();
-            let unit = super::log::encode(
-                0,
-                0,
-                [super::log::Frame::about(
-                    super::log::Kind::Declaration,
-                    today(),
-                    "WB2",
-                    &d,
-                )],
-            );
+            let unit = super::log::encode([super::log::Frame::about(
+                super::log::Kind::Declaration,
+                today(),
+                "WB2",
+                &d,
+            )]);
             replace_block(&j, day, at, &unit);
         }
         let j = keyed(dir.path());

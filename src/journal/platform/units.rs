@@ -127,11 +127,11 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-        /// Whatever was stored, packed into chunks at any point, purged with any cutoff and in
-        /// any steps, a restart loads exactly the table the uplink and the retention task left
-        /// in memory: the same declarations, instructions, counts, days last stored and ids
-        /// seen. Packing never reorders what a later message replaced, and the purge never
-        /// drops what a kept waybill still needs.
+        /// Whatever was stored, on whatever days, purged with any cutoff and in any steps, a
+        /// restart loads exactly the table the uplink and the retention task left in memory:
+        /// the same declarations, instructions, counts, consumer histories, days last stored
+        /// and ids seen. Carrying never puts an older message after a newer one, and the purge
+        /// never drops what a kept waybill still needs.
         #[test]
         fn a_restart_loads_what_the_live_table_held(ops in proptest::collection::vec(op(), 1..160)) {
             let dir = tempfile::tempdir().unwrap();
