@@ -65,6 +65,9 @@ pub struct Metrics {
     pub platform_in_flight: AtomicU64,
     /// Gauge: platform messages ingested per second, over the last seconds.
     pub platform_ingest_rate: AtomicU64,
+    /// Gauge: the platform ingest is held to `uplink.platform_rate_while_sorting` because
+    /// the lines are sorting (`uplink::ingest_pace`).
+    pub platform_ingest_paced: AtomicBool,
     /// Broker sessions that ended (outages, refusals, keep-alive timeouts).
     pub uplink_disconnects: AtomicU64,
     /// Gauge: the uplink has a session with the broker and its subscriptions are acknowledged.

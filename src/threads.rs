@@ -40,6 +40,12 @@
 //! `BONDLINE_FLOOR_SCHED=slice` or `=normal` in the environment asks for less, to measure
 //! what each one gives (BENCHMARKS.md).
 //!
+//! Nor is a real-time thread safe from every neighbour: a kernel that does not preempt inside
+//! system calls (`PREEMPT_NONE`) lets a neighbour's system call finish before the floor
+//! thread runs, and a virtual machine's host takes busy vCPUs away for milliseconds. The
+//! one neighbour that can keep both cores busy for minutes, a platform backlog being taken
+//! in, is therefore held to a pace while the lines sort (`uplink::ingest_pace`).
+//!
 //! Priority is not wake-up time either: an idle CPU sleeps in a power-saving state, and
 //! leaving it is part of every frame's latency once the line is quiet (on the 2-core bench
 //! machine, an idle gateway's p99 was above a busy one's). `[floor] cpu_wake_latency_us` asks

@@ -89,6 +89,10 @@ pub enum BenchCommand {
         /// the lines never scan): the clearance table grows under the lines' lookups.
         #[arg(long, default_value_t = 0)]
         flood: u64,
+        /// The daemon's `[uplink] platform_rate_while_sorting`: platform messages taken in
+        /// per second at most while the lines sort (0: full speed); default: the daemon's.
+        #[arg(long)]
+        platform_rate_while_sorting: Option<u32>,
         /// Line L0 gets an X-ray tunnel (xray-sim on Modbus TCP, 5 % suspect, 3 % marked by
         /// an officer) writing two 640x480 JPEG views per parcel to a spool the daemon
         /// ingests: verdicts, image decoding and thumbnails run beside the lines.
@@ -313,6 +317,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             seconds,
             backlog,
             flood,
+            platform_rate_while_sorting,
             xray,
             cpu_wake_latency_us,
             idle_http,
@@ -327,6 +332,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 seconds,
                 backlog,
                 flood,
+                platform_rate_while_sorting,
                 xray,
                 cpu_wake_latency_us,
                 idle_http,

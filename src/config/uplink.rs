@@ -30,6 +30,9 @@ pub struct Uplink {
     pub reconnect_max: Duration,
     /// Records per second at most when draining a backlog; 0: only `inflight` limits.
     pub drain_rate: u32,
+    /// Platform messages taken in per second at most while the lines sort; 0: no limit
+    /// (see `uplink::ingest_pace`).
+    pub platform_rate_while_sorting: u32,
     /// TLS to the broker; `None`: plain TCP.
     pub tls: Option<crate::tls::TlsFiles>,
     /// MQTT username and password file.
@@ -60,6 +63,8 @@ pub(super) struct RawUplink {
     reconnect_max_s: u64,
     #[serde(default = "default_drain_rate")]
     drain_rate: u32,
+    #[serde(default = "default_platform_rate_while_sorting")]
+    platform_rate_while_sorting: u32,
     #[serde(default)]
     tls: Option<RawTls>,
     #[serde(default)]
@@ -80,6 +85,12 @@ struct RawTls {
 
 fn default_drain_rate() -> u32 {
     5000
+}
+
+/// Half of what the 2-core bench machine takes in at full speed: the floor keeps a core's
+/// worth of room (BENCHMARKS.md).
+fn default_platform_rate_while_sorting() -> u32 {
+    15_000
 }
 
 fn default_keep_alive() -> u64 {
@@ -138,6 +149,12 @@ pub(super) fn resolve(raw: RawUplink) -> Result<Uplink, Bad> {
         return Err(bad(
             "uplink.drain_rate",
             "must be 0 (unpaced) to 1000000 records/s".into(),
+        ));
+    }
+    if u.platform_rate_while_sorting > 1_000_000 {
+        return Err(bad(
+            "uplink.platform_rate_while_sorting",
+            "must be 0 (no limit) to 1000000 platform messages/s".into(),
         ));
     }
     if !(1..=3600).contains(&u.reconnect_max_s) {
@@ -201,5 +218,6 @@ pub(super) fn resolve(raw: RawUplink) -> Result<Uplink, Bad> {
         max_incoming_bytes: u.max_incoming_kib * 1024,
         reconnect_max: Duration::from_secs(u.reconnect_max_s),
         drain_rate: u.drain_rate,
+        platform_rate_while_sorting: u.platform_rate_while_sorting,
     })
 }

@@ -8,7 +8,8 @@
 //!   broker's in-flight window for the gateway: Mosquitto's `max_inflight_messages`);
 //! - the *checker* takes up to [`INGEST_BATCH`] messages at a time and parses them and checks
 //!   their signatures on blocking threads ([`prepare_batch`], both cores), one batch ahead of
-//!   the storer;
+//!   the storer; while the lines sort it takes batches no faster than
+//!   `uplink.platform_rate_while_sorting` allows ([`super::ingest_pace`]);
 //! - the *storer* stores a batch (one platform lock, one table write lock per run of
 //!   independent messages, one journal flush), then acknowledges the batch in arrival order.
 //!

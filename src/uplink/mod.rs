@@ -53,6 +53,7 @@ mod events;
 mod feed;
 mod inbound;
 pub mod ingest;
+pub mod ingest_pace;
 pub mod judge;
 mod pending;
 pub mod probe;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::feed::{feed, Feeder};
+use super::ingest_pace::IngestPace;
 use super::pending::{Clearer, Pending, CLEAR_DELAY};
 use super::unreadable::{self, unreadable, unreadable_reason};
 use super::{ingest, Uplink, LINK, MAX_INBOUND_PAYLOAD, PACKET_OVERHEAD};
@@ -206,7 +207,23 @@ impl Uplink {
         let checker = async {
             let trust = Arc::new(self.trust.clone());
             let prefix = self.config.topic_prefix.clone();
+            // Held to a pace while the lines sort (see `ingest_pace`).
+            let parcels = || Metrics::get(&self.metrics.parcels);
+            let mut pace = IngestPace::new(
+                self.config.platform_rate_while_sorting,
+                Instant::now(),
+                parcels(),
+            );
             while let Some(first) = from_poller.recv().await {
+                let paced = pace.paced(Instant::now(), parcels());
+                self.metrics
+                    .platform_ingest_paced
+                    .store(paced, Ordering::Relaxed);
+                let now = Instant::now();
+                let ready = pace.ready_at(now, paced);
+                if ready > now {
+                    tokio::time::sleep_until(ready.into()).await;
+                }
                 let mut batch = vec![first];
                 while batch.len() < ingest::INGEST_BATCH {
                     match from_poller.try_recv() {
@@ -214,6 +231,7 @@ impl Uplink {
                         Err(_) => break,
                     }
                 }
+                pace.took(Instant::now(), batch.len(), paced);
                 let (trust, prefix) = (trust.clone(), prefix.clone());
                 let now = unix_ms(SystemTime::now());
                 let checked = tokio::task::spawn_blocking(move || {

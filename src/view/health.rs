@@ -49,6 +49,8 @@ pub struct PlatformBacklog {
     pub ingested: u64,
     /// Messages per second over the last seconds.
     pub rate: u64,
+    /// Held to `uplink.platform_rate_while_sorting` while the lines sort.
+    pub paced: bool,
 }
 
 /// The backlog line of the health area: shown while messages are in flight or arriving.
@@ -57,6 +59,9 @@ pub fn platform_backlog(metrics: &Metrics) -> Option<PlatformBacklog> {
         in_flight: Metrics::get(&metrics.platform_in_flight),
         ingested: Metrics::get(&metrics.platform_ingested),
         rate: Metrics::get(&metrics.platform_ingest_rate),
+        paced: metrics
+            .platform_ingest_paced
+            .load(std::sync::atomic::Ordering::Relaxed),
     };
     (b.in_flight > 0 || b.rate > 0).then_some(b)
 }

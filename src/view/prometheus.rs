@@ -159,7 +159,7 @@ fn gather(
     for (name, help, v) in counters.into_iter().chain(images) {
         families.push(Family::one(name, help, Counter, Whole(v)));
     }
-    let gauges: [(&str, &str, Value); 11] = [
+    let gauges: [(&str, &str, Value); 12] = [
         (
             "bondline_platform_in_flight",
             "Platform messages received on this broker session and not yet acknowledged (the backlog being taken in).",
@@ -169,6 +169,15 @@ fn gather(
             "bondline_platform_ingest_rate",
             "Platform messages ingested per second over the last seconds.",
             Whole(g(&metrics.platform_ingest_rate)),
+        ),
+        (
+            "bondline_platform_ingest_paced",
+            "1 while the platform ingest is held to uplink.platform_rate_while_sorting because the lines are sorting.",
+            Whole(u64::from(
+                metrics
+                    .platform_ingest_paced
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )),
         ),
         (
             "bondline_backlog_records",

@@ -100,6 +100,16 @@ fn check_config_names_unusable_tls_material_and_half_credentials() {
 }
 
 #[test]
+fn check_config_names_an_ingest_pace_out_of_range() {
+    check_broken(
+        "platform_rate_while_sorting = 15000",
+        "platform_rate_while_sorting = 2000000",
+        "uplink.platform_rate_while_sorting",
+        "must be 0 (no limit) to 1000000",
+    );
+}
+
+#[test]
 fn check_config_names_a_bad_port() {
     check_broken(
         "192.0.2.10:502",

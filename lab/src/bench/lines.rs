@@ -31,6 +31,8 @@ pub(super) struct Load {
     pub seconds: u64,
     pub backlog: u64,
     pub flood: u64,
+    /// The daemon's `[uplink] platform_rate_while_sorting`; `None`: its default.
+    pub platform_rate_while_sorting: Option<u32>,
     pub xray: bool,
     /// The daemon's `[floor] cpu_wake_latency_us`.
     pub cpu_wake_latency_us: Option<u32>,
@@ -61,6 +63,7 @@ pub(super) async fn run(
         seconds,
         backlog,
         flood,
+        platform_rate_while_sorting,
         xray,
         cpu_wake_latency_us,
         idle_http,
@@ -95,8 +98,11 @@ pub(super) async fn run(
     let addrs = floor.addrs.clone();
     let spool = spec.spool.clone();
     let mut config = format!(
-        "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n",
-        store.display()
+        "gateway_id = \"bench-gw\"\n[trust]\nallow_unsigned = true\n[storage]\npath = \"{}\"\n[uplink]\nbroker = \"{host}:{port}\"\nclient_id = \"bondline-bench-lines\"\ntopic_prefix = \"bench/lines\"\n{}",
+        store.display(),
+        platform_rate_while_sorting
+            .map(|r| format!("platform_rate_while_sorting = {r}\n"))
+            .unwrap_or_default()
     );
     let mut lines_toml = String::new();
     for (i, (scenario, (scanner, plc, xray_addr, camera))) in
@@ -328,8 +334,13 @@ pub(super) async fn run(
     }
     if flood > 0 {
         println!(
-            "platform meanwhile: {ingested} messages taken in ({:.0}/s), {held} declarations held at the end",
-            ingested as f64 / elapsed.as_secs_f64()
+            "platform meanwhile: {ingested} messages taken in ({:.0}/s), {held} declarations held at the end; ingest paced while the lines sort: {}",
+            ingested as f64 / elapsed.as_secs_f64(),
+            match platform_rate_while_sorting {
+                Some(0) => "no".to_string(),
+                Some(r) => format!("{r}/s"),
+                None => "the daemon's default".to_string(),
+            }
         );
     }
     println!(

@@ -215,7 +215,7 @@ async function loadHealth() {
     if (h.platform_backlog) {
       const b = h.platform_backlog;
       items.push(el("div", { class: "link" },
-        t("board.platform_backlog", { count: fmtNumber(b.ingested), rate: fmtNumber(b.rate) }),
+        t("board.platform_backlog", { count: fmtNumber(b.ingested), rate: fmtNumber(b.rate) }) + (b.paced ? " " + t("board.platform_paced") : ""),
         el("div", { class: "muted" }, t("board.platform_in_flight", { count: fmtNumber(b.in_flight) }))));
     }
     box.replaceChildren(...items);

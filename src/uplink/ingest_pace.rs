@@ -1,0 +1,153 @@
+//! The platform ingest's pace while the lines sort.
+//!
+//! Taking in a platform backlog at full speed keeps both cores of a small gateway busy:
+//! parsing, checking signatures and storing here, and the broker's and the kernel's work for
+//! every message. The floor thread runs at real-time priority (`crate::threads`), but
+//! priority is not enough on every machine: a kernel that does not preempt inside system
+//! calls (`PREEMPT_NONE`, the default of many server and cloud kernels) lets a neighbour's
+//! system call finish first, and a virtual machine's host takes a busy vCPU away for
+//! milliseconds at a time. On the 2-core bench machine the decisions' p99 went from under
+//! 0.5 ms to 2.5 ms beside a flood taken in at 30,000 messages/s, and came back under 1 ms
+//! with the ingest held to 15,000/s (BENCHMARKS.md).
+//!
+//! So while parcels are being scanned, the ingest takes in at most
+//! `uplink.platform_rate_while_sorting` messages per second, which leaves the floor a core's
+//! worth of room. When no parcel has been scanned for [`SORTING_QUIET`] (the night shift
+//! after an outage, a line stopped for the backlog), the ingest runs at full speed again.
+//! The pace is a budget per batch (one batch of checked messages is taken at a time), so it
+//! costs one timer per batch, not per message.
+//!
+//! Pacing never loses or reorders anything: messages wait at the broker (its in-flight
+//! window for the gateway, then its queue) until they are taken, exactly as they do when the
+//! gateway is busy for any other reason.
+
+use std::time::{Duration, Instant};
+
+/// The lines count as sorting until this long after the last parcel was scanned.
+pub const SORTING_QUIET: Duration = Duration::from_secs(10);
+
+/// Decides when the ingest takes its next batch. Pure: the caller gives it the time and the
+/// floor's parcel count.
+#[derive(Debug)]
+pub struct IngestPace {
+    /// Messages per second at most while sorting; 0: never paced.
+    rate: u32,
+    /// When the budget of the batches taken so far is used up.
+    next: Instant,
+    last_parcels: u64,
+    last_scan: Option<Instant>,
+}
+
+impl IngestPace {
+    /// A pace of `rate` messages per second while sorting (0: none), the floor having
+    /// scanned `parcels` so far. Parcels scanned before this are not counted as sorting.
+    pub fn new(rate: u32, now: Instant, parcels: u64) -> IngestPace {
+        IngestPace {
+            rate,
+            next: now,
+            last_parcels: parcels,
+            last_scan: None,
+        }
+    }
+
+    /// Whether the pace applies at `now`, the floor having scanned `parcels` so far: a
+    /// rate is set and a parcel was scanned within [`SORTING_QUIET`].
+    pub fn paced(&mut self, now: Instant, parcels: u64) -> bool {
+        if parcels != self.last_parcels {
+            self.last_parcels = parcels;
+            self.last_scan = Some(now);
+        }
+        self.rate > 0
+            && self
+                .last_scan
+                .is_some_and(|at| now.saturating_duration_since(at) < SORTING_QUIET)
+    }
+
+    /// When the next batch may be taken: `now`, or while `paced`, once the budget of the
+    /// batches before it is used up.
+    pub fn ready_at(&self, now: Instant, paced: bool) -> Instant {
+        if paced {
+            self.next.max(now)
+        } else {
+            now
+        }
+    }
+
+    /// Counts a batch of `n` messages taken at `at`: while `paced` it uses `n / rate`
+    /// seconds of budget from the later of `at` and the budget's end, so time spent idle is
+    /// not saved up for a burst later.
+    pub fn took(&mut self, at: Instant, n: usize, paced: bool) {
+        self.next = if paced && self.rate > 0 {
+            self.next.max(at) + Duration::from_secs_f64(n as f64 / f64::from(self.rate))
+        } else {
+            at
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn unpaced_until_a_parcel_is_scanned_and_again_once_the_lines_are_quiet() {
+        let t0 = Instant::now();
+        let mut p = IngestPace::new(15_000, t0, 7);
+        assert!(!p.paced(t0, 7), "parcels before the start do not count");
+        assert!(p.paced(t0 + Duration::from_secs(1), 8));
+        assert!(p.paced(t0 + Duration::from_secs(10), 8));
+        assert!(!p.paced(t0 + Duration::from_secs(11), 8));
+        assert!(p.paced(t0 + Duration::from_secs(12), 9));
+    }
+
+    #[test]
+    fn a_rate_of_zero_never_paces() {
+        let t0 = Instant::now();
+        let mut p = IngestPace::new(0, t0, 0);
+        assert!(!p.paced(t0, 1));
+        p.took(t0, 512, false);
+        assert_eq!(p.ready_at(t0, false), t0);
+    }
+
+    #[test]
+    fn idle_time_is_not_saved_up() {
+        let t0 = Instant::now();
+        let mut p = IngestPace::new(1000, t0, 0);
+        p.took(t0, 100, true);
+        assert_eq!(p.ready_at(t0, true), t0 + Duration::from_millis(100));
+        // A long pause, then a batch: its budget starts when it was taken.
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(p.ready_at(later, true), later);
+        p.took(later, 100, true);
+        assert_eq!(p.ready_at(later, true), later + Duration::from_millis(100));
+    }
+
+    proptest! {
+        /// Whatever the batch sizes and however late the caller comes back, batches taken
+        /// when `ready_at` allows never exceed the rate: n messages in total take at least
+        /// (n - last batch) / rate seconds from the first batch to the last.
+        #[test]
+        fn paced_batches_never_exceed_the_rate(
+            rate in 1u32..50_000,
+            batches in proptest::collection::vec((1usize..=512, 0u64..50_000), 1..64),
+        ) {
+            let t0 = Instant::now();
+            let mut p = IngestPace::new(rate, t0, 0);
+            let mut now = t0;
+            let mut first = None;
+            let mut total = 0usize;
+            let mut last_n = 0usize;
+            for (n, late_us) in batches {
+                now = p.ready_at(now, true) + Duration::from_micros(late_us);
+                first.get_or_insert(now);
+                p.took(now, n, true);
+                total += n;
+                last_n = n;
+            }
+            let span = now.duration_since(first.unwrap()).as_secs_f64();
+            let budget = (total - last_n) as f64 / f64::from(rate);
+            prop_assert!(span + 1e-6 >= budget, "span {span} < budget {budget}");
+        }
+    }
+}
