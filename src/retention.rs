@@ -17,12 +17,27 @@ const INTERVAL: Duration = Duration::from_secs(3600);
 /// Entries forgotten per step (each waybill takes its shard's lock alone, briefly).
 const STEP: usize = 1_000;
 
+/// Why the platform log cannot be forgotten on time, if its newest file is dated more than a
+/// day after `today`: the clock was ahead when it was written (set wrong, then corrected).
+/// Messages are stored in order of their files' days, so everything stored since goes into
+/// that file too, and it is kept until its own date has passed the clearance period: nothing
+/// is lost, but the disk it takes is not given back until then.
+pub fn log_ahead_of_clock(newest_day: u32, today: u32, keep_days: u32) -> Option<String> {
+    let ahead = newest_day.checked_sub(today).filter(|&d| d > 1)?;
+    let (y, m, d) = crate::rules::calendar::civil_from_days(i64::from(newest_day));
+    Some(format!(
+        "platform log dated {ahead} days ahead of the clock (its newest file is for {y:04}-{m:02}-{d:02} UTC): the clock was set ahead when it was written; platform state stored since is kept in that file, and forgotten only {} days from now. Check the clock and its time source",
+        ahead + keep_days
+    ))
+}
+
 /// Forgets state received more than `keep` ago, at start and then hourly, until `stop`.
 pub async fn run(
     journal: Journal,
     table: Arc<ClearanceTable>,
     released: Arc<crate::line::duplicates::Released>,
     keep: Duration,
+    alarms: crate::alarm::Alarms,
     stop: CancellationToken,
 ) {
     let keep_days = (keep.as_secs() / 86_400) as u32;
@@ -35,6 +50,9 @@ pub async fn run(
         }
         let today = day_of(crate::metrics::unix_ms(SystemTime::now()));
         let before = today.saturating_sub(keep_days);
+        if let Some(why) = log_ahead_of_clock(journal.platform_log_newest_day(), today, keep_days) {
+            alarms.raise(why);
+        }
         let mut total = 0;
         loop {
             let (j, t) = (journal.clone(), table.clone());
@@ -96,5 +114,24 @@ pub async fn run(
                 "declarations older than the clearance period forgotten"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_ahead_of_clock;
+
+    #[test]
+    fn a_log_dated_ahead_of_the_clock_is_named_with_its_date_and_when_it_goes() {
+        // 2026-12-07 is day 20,794.
+        let today = 20_794;
+        assert_eq!(log_ahead_of_clock(0, today, 14), None, "no log yet");
+        assert_eq!(log_ahead_of_clock(today, today, 14), None);
+        // A file for tomorrow: a clock a little fast near midnight, or another time zone.
+        assert_eq!(log_ahead_of_clock(today + 1, today, 14), None);
+        let why = log_ahead_of_clock(today + 365, today, 14).expect("a year ahead");
+        assert!(why.contains("365 days ahead"), "{why}");
+        assert!(why.contains("2027-12-07 UTC"), "{why}");
+        assert!(why.contains("379 days from now"), "{why}");
     }
 }

@@ -406,9 +406,10 @@ impl App {
             // table together.
             let (journal, table, released) = (journal.clone(), table.clone(), released.clone());
             let (keep, stop) = (config.storage.clearance, uplink_stop.clone());
+            let alarms = alarms.clone();
             journal_tasks.spawn(async move {
                 if loaded(&table, &stop).await {
-                    crate::retention::run(journal, table, released, keep, stop).await;
+                    crate::retention::run(journal, table, released, keep, alarms, stop).await;
                 }
             });
         }

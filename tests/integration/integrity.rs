@@ -404,3 +404,42 @@ async fn an_untagged_store_is_adopted_at_the_start_that_creates_the_key_and_an_o
     assert!(err.contains("storage.integrity_key_file"), "{err}");
     assert!(err.contains(&key_file.display().to_string()), "{err}");
 }
+
+/// A platform log file dated a year ahead (written while the clock was set ahead, then
+/// corrected) cannot be forgotten before its date: the real binary starts, keeps it, and
+/// raises an alarm naming the date and the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_log_dated_ahead_of_the_clock_raises_an_alarm() {
+    let ViewLine {
+        dir: _dir,
+        mosquitto: _mosquitto,
+        store,
+        config,
+        view,
+        log,
+        stop: _stop,
+        ..
+    } = ViewLine::start().await;
+    let today =
+        bondline::rules::history::day_of(bondline::metrics::unix_ms(std::time::SystemTime::now()));
+    let mut platform_dir = store.clone().into_os_string();
+    platform_dir.push("-platform");
+    let ahead = std::path::PathBuf::from(platform_dir).join(format!("day-{:06}.log", today + 365));
+    std::fs::create_dir_all(ahead.parent().unwrap()).unwrap();
+    std::fs::write(&ahead, b"").unwrap();
+    let daemon = Daemon::start(&config, &log);
+    assert!(view_ready(view, Duration::from_secs(30)).await);
+    let alarmed = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("platform log dated 365 days ahead of the clock")
+    })
+    .await;
+    assert!(
+        alarmed,
+        "no alarm:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(ahead.exists(), "the file dated ahead was removed");
+    daemon.kill();
+}

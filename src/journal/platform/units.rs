@@ -60,6 +60,12 @@ impl Journal {
         ))
     }
 
+    /// The day (UTC days since 1970) of the platform log's newest file; 0 with none. New
+    /// messages never go into an older file than this one (see `files`).
+    pub fn platform_log_newest_day(&self) -> u32 {
+        self.platform_log.newest()
+    }
+
     /// The platform log's directory.
     pub fn platform_log_dir(&self) -> std::path::PathBuf {
         files::dir_of(&self.path)
