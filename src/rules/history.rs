@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 
+use smallvec::SmallVec;
+
 use crate::rules::engine::ConsumerWindow;
 
 /// Days of history kept: the longest window a rule may ask for.
@@ -28,10 +30,15 @@ struct DayTotal {
     value_minor: u64,
 }
 
+/// A consumer's day totals, oldest first. Most cross-border buyers buy on one day of the
+/// year: that day is kept inline, in the map's own slot (24 bytes), instead of in an
+/// allocation of its own (a `Vec` would take 24 bytes in the slot and 80 on the heap).
+type Days = SmallVec<[DayTotal; 1]>;
+
 /// Day totals per consumer. Consumers are numbered by the caller (interned ids).
 #[derive(Debug, Default, Clone)]
 pub struct ConsumerHistory {
-    by_consumer: HashMap<u32, Vec<DayTotal>>,
+    by_consumer: HashMap<u32, Days>,
 }
 
 impl ConsumerHistory {
@@ -130,6 +137,16 @@ mod tests {
         assert_eq!(h.window(8, 0, 300), ConsumerWindow::default());
         h.remove(7, 100, 10);
         assert_eq!(w(&h, 100, 1), (1, 5));
+    }
+
+    #[test]
+    fn one_day_fits_in_the_slot() {
+        assert_eq!(std::mem::size_of::<Days>(), 24);
+        let mut h = ConsumerHistory::default();
+        h.add(3, 10, 5);
+        assert!(!h.by_consumer[&3].spilled(), "one day needs no allocation");
+        h.add(3, 11, 5);
+        assert_eq!(h.window(3, 10, 11).parcels, 2);
     }
 
     #[test]
