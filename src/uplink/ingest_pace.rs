@@ -73,6 +73,17 @@ impl IngestPace {
         }
     }
 
+    /// The most messages a batch may take: `most`, or while `paced`, no more than a second's
+    /// worth, so that a low rate still stores something every second (the ingest-stall alarm
+    /// waits for progress, not for speed).
+    pub fn batch_limit(&self, paced: bool, most: usize) -> usize {
+        if paced && self.rate > 0 {
+            most.min(self.rate as usize).max(1)
+        } else {
+            most
+        }
+    }
+
     /// Counts a batch of `n` messages taken at `at`: while `paced` it uses `n / rate`
     /// seconds of budget from the later of `at` and the budget's end, so time spent idle is
     /// not saved up for a burst later.
@@ -108,6 +119,20 @@ mod tests {
         assert!(!p.paced(t0, 1));
         p.took(t0, 512, false);
         assert_eq!(p.ready_at(t0, false), t0);
+    }
+
+    #[test]
+    fn a_paced_batch_holds_at_most_a_seconds_worth() {
+        let t0 = Instant::now();
+        let p = IngestPace::new(10, t0, 0);
+        assert_eq!(p.batch_limit(true, 512), 10);
+        assert_eq!(p.batch_limit(false, 512), 512);
+        let fast = IngestPace::new(15_000, t0, 0);
+        assert_eq!(fast.batch_limit(true, 512), 512);
+        // A batch of a second's worth takes at most a second of budget: progress every second.
+        let mut slow = IngestPace::new(10, t0, 0);
+        slow.took(t0, slow.batch_limit(true, 512), true);
+        assert_eq!(slow.ready_at(t0, true), t0 + Duration::from_secs(1));
     }
 
     #[test]

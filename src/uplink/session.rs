@@ -225,7 +225,8 @@ impl Uplink {
                     tokio::time::sleep_until(ready.into()).await;
                 }
                 let mut batch = vec![first];
-                while batch.len() < ingest::INGEST_BATCH {
+                let most = pace.batch_limit(paced, ingest::INGEST_BATCH);
+                while batch.len() < most {
                     match from_poller.try_recv() {
                         Ok(p) => batch.push(p),
                         Err(_) => break,
