@@ -16,6 +16,9 @@ pub use histogram::{new_hdr, Histogram, Percentiles, Snapshot, LATENCY_BUCKETS_U
 pub struct Metrics {
     /// Frames that yielded a parcel (reads and no-reads).
     pub parcels: AtomicU64,
+    /// When the last parcel was scanned, on [`mono_ms`]'s clock (0: none since start). The
+    /// platform ingest is paced while it is recent (`uplink::ingest_pace`).
+    pub last_scan_ms: AtomicU64,
     pub no_reads: AtomicU64,
     /// Frames rejected by the decoder (noise, over-long, malformed).
     pub frames_rejected: AtomicU64,
@@ -339,6 +342,14 @@ impl JournalLevel {
 
 /// Milliseconds since the Unix epoch, for records (said once, in the contract).
 pub use bondline_devices::contract::unix_ms;
+
+/// Milliseconds on a monotonic clock (unmoved by changes to the wall clock), counted from a
+/// fixed point in this process, never 0: for times compared across threads in an atomic.
+pub fn mono_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    (epoch.elapsed().as_millis() as u64).saturating_add(1)
+}
 
 #[cfg(test)]
 mod tests {

@@ -24,10 +24,17 @@ const STEP: usize = 1_000;
 /// is lost, but the disk it takes is not given back until then.
 pub fn log_ahead_of_clock(newest_day: u32, today: u32, keep_days: u32) -> Option<String> {
     let ahead = newest_day.checked_sub(today).filter(|&d| d > 1)?;
-    let (y, m, d) = crate::rules::calendar::civil_from_days(i64::from(newest_day));
+    let date = |day: u32| {
+        let (y, m, d) = crate::rules::calendar::civil_from_days(i64::from(day));
+        format!("{y:04}-{m:02}-{d:02}")
+    };
+    // A file of day D goes once D is before today minus the clearance period.
+    let gone = newest_day.saturating_add(keep_days).saturating_add(1);
     Some(format!(
-        "platform log dated {ahead} days ahead of the clock (its newest file is for {y:04}-{m:02}-{d:02} UTC): the clock was set ahead when it was written; platform state stored since is kept in that file, and forgotten only {} days from now. Check the clock and its time source",
-        ahead + keep_days
+        "platform log dated {ahead} days ahead of the clock (its newest file is for {} UTC): the clock was set ahead when it was written; platform state stored since is kept in that file, forgotten from {} UTC ({} days from now). Check the clock and its time source",
+        date(newest_day),
+        date(gone),
+        gone - today
     ))
 }
 
@@ -132,6 +139,7 @@ mod tests {
         let why = log_ahead_of_clock(today + 365, today, 14).expect("a year ahead");
         assert!(why.contains("365 days ahead"), "{why}");
         assert!(why.contains("2027-12-07 UTC"), "{why}");
-        assert!(why.contains("379 days from now"), "{why}");
+        assert!(why.contains("forgotten from 2027-12-22 UTC"), "{why}");
+        assert!(why.contains("(380 days from now)"), "{why}");
     }
 }

@@ -90,6 +90,10 @@ impl Line {
             }
         }
         Metrics::add(&self.ctx.metrics.parcels, 1);
+        self.ctx.metrics.last_scan_ms.store(
+            crate::metrics::mono_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.ctx.metrics.count_lane(decision.role);
         let deadline = self.ctx.geometry.deadline(scan.instant);
         self.tracker.insert(Tracked {

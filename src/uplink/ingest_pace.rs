@@ -6,61 +6,57 @@
 //! priority is not enough on every machine: a kernel that does not preempt inside system
 //! calls (`PREEMPT_NONE`, the default of many server and cloud kernels) lets a neighbour's
 //! system call finish first, and a virtual machine's host takes a busy vCPU away for
-//! milliseconds at a time. On the 2-core bench machine the decisions' p99 went from under
-//! 0.5 ms to 2.5 ms beside a flood taken in at 30,000 messages/s, and came back under 1 ms
-//! with the ingest held to 15,000/s (BENCHMARKS.md).
+//! milliseconds at a time. On the 2-core bench machine the other lanes' p99 per line was
+//! 0.6-5.8 ms beside a flood taken in at full speed (28,000-30,000 messages/s), and
+//! 0.25-0.53 ms in two runs of three with the ingest held to 15,000/s (BENCHMARKS.md).
 //!
 //! So while parcels are being scanned, the ingest takes in at most
 //! `uplink.platform_rate_while_sorting` messages per second, which leaves the floor a core's
-//! worth of room. When no parcel has been scanned for [`SORTING_QUIET`] (the night shift
-//! after an outage, a line stopped for the backlog), the ingest runs at full speed again.
-//! The pace is a budget per batch (one batch of checked messages is taken at a time), so it
-//! costs one timer per batch, not per message.
+//! worth of room. The floor notes the time of every scan (`Metrics::last_scan_ms`, a relaxed
+//! store); when none came for [`SORTING_QUIET`] (the night shift after an outage, a line
+//! stopped for the backlog), the ingest runs at full speed again. The pace is a budget per
+//! batch (one batch of checked messages is taken at a time), so it costs one timer per batch,
+//! not per message; a paced batch holds at most a second's worth.
 //!
-//! Pacing never loses or reorders anything: messages wait at the broker (its in-flight
-//! window for the gateway, then its queue) until they are taken, exactly as they do when the
-//! gateway is busy for any other reason.
+//! Pacing never loses or reorders anything: messages not yet taken wait in order, at the
+//! broker or in the gateway's memory (up to the broker's in-flight window for the gateway,
+//! `max_inflight_messages`), exactly as they do when the gateway is busy for any other
+//! reason. Everything queued waits its turn: an instruction behind a large backlog is
+//! applied later than at full speed.
 
 use std::time::{Duration, Instant};
 
 /// The lines count as sorting until this long after the last parcel was scanned.
 pub const SORTING_QUIET: Duration = Duration::from_secs(10);
 
-/// Decides when the ingest takes its next batch. Pure: the caller gives it the time and the
-/// floor's parcel count.
+/// Whether a pace of `rate` applies at `now_ms`, the last parcel having been scanned at
+/// `last_scan_ms` (both on `metrics::mono_ms`'s clock; 0: no parcel since start): a rate is
+/// set and the lines scanned a parcel within [`SORTING_QUIET`].
+pub fn applies(rate: u32, now_ms: u64, last_scan_ms: u64) -> bool {
+    rate > 0
+        && last_scan_ms != 0
+        && now_ms.saturating_sub(last_scan_ms) < SORTING_QUIET.as_millis() as u64
+}
+
+/// Decides when the ingest takes its next batch, and how large it may be. Pure: the caller
+/// gives it the time and whether [`applies`].
 #[derive(Debug)]
 pub struct IngestPace {
     /// Messages per second at most while sorting; 0: never paced.
     rate: u32,
     /// When the budget of the batches taken so far is used up.
     next: Instant,
-    last_parcels: u64,
-    last_scan: Option<Instant>,
 }
 
 impl IngestPace {
-    /// A pace of `rate` messages per second while sorting (0: none), the floor having
-    /// scanned `parcels` so far. Parcels scanned before this are not counted as sorting.
-    pub fn new(rate: u32, now: Instant, parcels: u64) -> IngestPace {
-        IngestPace {
-            rate,
-            next: now,
-            last_parcels: parcels,
-            last_scan: None,
-        }
+    /// A pace of `rate` messages per second while the lines sort (0: none).
+    pub fn new(rate: u32, now: Instant) -> IngestPace {
+        IngestPace { rate, next: now }
     }
 
-    /// Whether the pace applies at `now`, the floor having scanned `parcels` so far: a
-    /// rate is set and a parcel was scanned within [`SORTING_QUIET`].
-    pub fn paced(&mut self, now: Instant, parcels: u64) -> bool {
-        if parcels != self.last_parcels {
-            self.last_parcels = parcels;
-            self.last_scan = Some(now);
-        }
-        self.rate > 0
-            && self
-                .last_scan
-                .is_some_and(|at| now.saturating_duration_since(at) < SORTING_QUIET)
+    /// [`applies`] for this pace's rate.
+    pub fn paced(&self, now_ms: u64, last_scan_ms: u64) -> bool {
+        applies(self.rate, now_ms, last_scan_ms)
     }
 
     /// When the next batch may be taken: `now`, or while `paced`, once the budget of the
@@ -102,21 +98,21 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn unpaced_until_a_parcel_is_scanned_and_again_once_the_lines_are_quiet() {
-        let t0 = Instant::now();
-        let mut p = IngestPace::new(15_000, t0, 7);
-        assert!(!p.paced(t0, 7), "parcels before the start do not count");
-        assert!(p.paced(t0 + Duration::from_secs(1), 8));
-        assert!(p.paced(t0 + Duration::from_secs(10), 8));
-        assert!(!p.paced(t0 + Duration::from_secs(11), 8));
-        assert!(p.paced(t0 + Duration::from_secs(12), 9));
+    fn paced_from_the_first_scan_until_the_lines_are_quiet() {
+        assert!(!applies(15_000, 5_000, 0), "no parcel since start");
+        assert!(applies(15_000, 5_000, 4_000));
+        assert!(applies(15_000, 13_999, 4_000));
+        assert!(!applies(15_000, 14_000, 4_000), "quiet for 10 s");
+        assert!(!applies(0, 5_000, 4_000), "no rate set");
+        // A scan stored by the floor after the ingest read the clock.
+        assert!(applies(15_000, 4_000, 4_001));
     }
 
     #[test]
     fn a_rate_of_zero_never_paces() {
         let t0 = Instant::now();
-        let mut p = IngestPace::new(0, t0, 0);
-        assert!(!p.paced(t0, 1));
+        let mut p = IngestPace::new(0, t0);
+        assert!(!p.paced(1_000, 1_000));
         p.took(t0, 512, false);
         assert_eq!(p.ready_at(t0, false), t0);
     }
@@ -124,13 +120,13 @@ mod tests {
     #[test]
     fn a_paced_batch_holds_at_most_a_seconds_worth() {
         let t0 = Instant::now();
-        let p = IngestPace::new(10, t0, 0);
+        let p = IngestPace::new(10, t0);
         assert_eq!(p.batch_limit(true, 512), 10);
         assert_eq!(p.batch_limit(false, 512), 512);
-        let fast = IngestPace::new(15_000, t0, 0);
+        let fast = IngestPace::new(15_000, t0);
         assert_eq!(fast.batch_limit(true, 512), 512);
         // A batch of a second's worth takes at most a second of budget: progress every second.
-        let mut slow = IngestPace::new(10, t0, 0);
+        let mut slow = IngestPace::new(10, t0);
         slow.took(t0, slow.batch_limit(true, 512), true);
         assert_eq!(slow.ready_at(t0, true), t0 + Duration::from_secs(1));
     }
@@ -138,7 +134,7 @@ mod tests {
     #[test]
     fn idle_time_is_not_saved_up() {
         let t0 = Instant::now();
-        let mut p = IngestPace::new(1000, t0, 0);
+        let mut p = IngestPace::new(1000, t0);
         p.took(t0, 100, true);
         assert_eq!(p.ready_at(t0, true), t0 + Duration::from_millis(100));
         // A long pause, then a batch: its budget starts when it was taken.
@@ -158,7 +154,7 @@ mod tests {
             batches in proptest::collection::vec((1usize..=512, 0u64..50_000), 1..64),
         ) {
             let t0 = Instant::now();
-            let mut p = IngestPace::new(rate, t0, 0);
+            let mut p = IngestPace::new(rate, t0);
             let mut now = t0;
             let mut first = None;
             let mut total = 0usize;

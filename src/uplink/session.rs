@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::feed::{feed, Feeder};
-use super::ingest_pace::IngestPace;
+use super::ingest_pace::{self, IngestPace};
 use super::pending::{Clearer, Pending, CLEAR_DELAY};
 use super::unreadable::{self, unreadable, unreadable_reason};
 use super::{ingest, Uplink, LINK, MAX_INBOUND_PAYLOAD, PACKET_OVERHEAD};
-use crate::metrics::{unix_ms, Metrics};
+use crate::metrics::{mono_ms, unix_ms, Metrics};
 use crate::tls;
 
 /// How a session ended.
@@ -208,14 +208,10 @@ impl Uplink {
             let trust = Arc::new(self.trust.clone());
             let prefix = self.config.topic_prefix.clone();
             // Held to a pace while the lines sort (see `ingest_pace`).
-            let parcels = || Metrics::get(&self.metrics.parcels);
-            let mut pace = IngestPace::new(
-                self.config.platform_rate_while_sorting,
-                Instant::now(),
-                parcels(),
-            );
+            let last_scan = || self.metrics.last_scan_ms.load(Ordering::Relaxed);
+            let mut pace = IngestPace::new(self.config.platform_rate_while_sorting, Instant::now());
             while let Some(first) = from_poller.recv().await {
-                let paced = pace.paced(Instant::now(), parcels());
+                let paced = pace.paced(mono_ms(), last_scan());
                 self.metrics
                     .platform_ingest_paced
                     .store(paced, Ordering::Relaxed);
@@ -292,6 +288,14 @@ impl Uplink {
                         let ingested = Metrics::get(&self.metrics.platform_ingested);
                         self.metrics.platform_in_flight.store(in_flight, Ordering::Relaxed);
                         self.metrics.platform_ingest_rate.store(rate.tick(now, ingested).round() as u64, Ordering::Relaxed);
+                        self.metrics.platform_ingest_paced.store(
+                            ingest_pace::applies(
+                                self.config.platform_rate_while_sorting,
+                                mono_ms(),
+                                self.metrics.last_scan_ms.load(Ordering::Relaxed),
+                            ),
+                            Ordering::Relaxed,
+                        );
                         if let Some(stalled) = stall.tick(now, in_flight, ingested) {
                             warn!(in_flight, stalled_s = stalled.as_secs(), "platform ingest stalled");
                             self.alarms.raise(format!(
@@ -467,6 +471,9 @@ impl Uplink {
         self.metrics
             .platform_ingest_rate
             .store(0, Ordering::Relaxed);
+        self.metrics
+            .platform_ingest_paced
+            .store(false, Ordering::Relaxed);
         end
     }
 }
