@@ -180,6 +180,7 @@ async fn gather_health(s: &Shared) -> Result<Health, ViewError> {
             .uplink_ready
             .load(std::sync::atomic::Ordering::Relaxed),
         platform_backlog: health::platform_backlog(&s.ctx.metrics),
+        clearance: health::Clearance::of(&s.ctx.table),
         now_ms,
         stream_lagged: Metrics::get(&s.lagged),
     })

@@ -34,10 +34,33 @@ pub struct Health {
     pub uplink_ready: bool,
     /// Platform messages being taken in on the current broker session, while there are any.
     pub platform_backlog: Option<PlatformBacklog>,
+    /// What the clearance table holds in memory.
+    pub clearance: Clearance,
     pub now_ms: u64,
     /// Board streams that fell behind since start (for `/metrics`).
     #[serde(skip)]
     pub stream_lagged: u64,
+}
+
+/// What the clearance table holds in memory: its size is the daemon's memory. Declarations
+/// go with the clearance period; consumers' histories stay for the longest limit window (a
+/// year), so with one-off buyers they grow with a year's distinct consumers (README).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Clearance {
+    pub declarations: u64,
+    pub instructions: u64,
+    /// Consumers with purchases in the kept history.
+    pub consumers: u64,
+}
+
+impl Clearance {
+    pub fn of(table: &crate::rules::ClearanceTable) -> Clearance {
+        Clearance {
+            declarations: table.declarations() as u64,
+            instructions: table.instructions() as u64,
+            consumers: table.consumers() as u64,
+        }
+    }
 }
 
 /// The platform's messages being taken in (a backlog after an outage, or a burst).

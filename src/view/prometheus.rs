@@ -159,7 +159,7 @@ fn gather(
     for (name, help, v) in counters.into_iter().chain(images) {
         families.push(Family::one(name, help, Counter, Whole(v)));
     }
-    let gauges: [(&str, &str, Value); 12] = [
+    let gauges: [(&str, &str, Value); 15] = [
         (
             "bondline_platform_in_flight",
             "Platform messages received on this broker session and not yet acknowledged (the backlog being taken in).",
@@ -213,6 +213,21 @@ fn gather(
             "bondline_journal_platform_bytes",
             "Bytes of stored platform state (declarations, instructions, notices, rule sets); with the records they count towards storage.quota_mb.",
             Whole(g(&metrics.journal_platform_bytes)),
+        ),
+        (
+            "bondline_clearance_declarations",
+            "Declarations held in the clearance table (in memory).",
+            Whole(health.clearance.declarations),
+        ),
+        (
+            "bondline_clearance_instructions",
+            "Customs instructions held in the clearance table (in memory).",
+            Whole(health.clearance.instructions),
+        ),
+        (
+            "bondline_clearance_consumers",
+            "Consumers with purchases in the kept history (in memory; kept for the longest limit window, so it grows with a year's distinct buyers).",
+            Whole(health.clearance.consumers),
         ),
         (
             "bondline_journal_free_bytes",

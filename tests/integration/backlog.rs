@@ -330,6 +330,11 @@ async fn a_platform_flood_beside_a_sorting_line_is_paced_and_taken_in_completely
         "{text}"
     );
     assert_eq!(
+        metric(view, "bondline_clearance_declarations"),
+        Some(N as f64),
+        "every declaration held in the table:\n{text}"
+    );
+    assert_eq!(
         metric(view, "bondline_platform_rejected_total"),
         Some(0.0),
         "{text}"
