@@ -211,10 +211,8 @@ impl Uplink {
             let last_scan = || self.metrics.last_scan_ms.load(Ordering::Relaxed);
             let mut pace = IngestPace::new(self.config.platform_rate_while_sorting, Instant::now());
             while let Some(first) = from_poller.recv().await {
+                // The gauge follows in the watchdog's tick, every second.
                 let paced = pace.paced(mono_ms(), last_scan());
-                self.metrics
-                    .platform_ingest_paced
-                    .store(paced, Ordering::Relaxed);
                 let now = Instant::now();
                 let ready = pace.ready_at(now, paced);
                 if ready > now {
