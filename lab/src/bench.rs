@@ -162,6 +162,12 @@ pub enum BenchCommand {
         /// Directory of the store, kept between runs (default: a temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// One-off consumers whose day totals the store keeps from forgotten declarations
+        /// (a year of buyers); then `--declarations` arrive, every other one from a buyer of
+        /// that year and the rest from new ones, each consumer's stored days read as it
+        /// arrives (0: not run).
+        #[arg(long, default_value_t = 0)]
+        stored_consumers: u64,
     },
     /// The daemon's own start on a stored table, with a scanner sending from the first
     /// moment: start to the first PLC command (fail closed while the store opens and the
@@ -300,9 +306,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             declarations,
             lookups,
             dir,
-        } => tokio::task::spawn_blocking(move || table::run(declarations, lookups, dir.as_deref()))
-            .await
-            .context("the table bench failed")?,
+            stored_consumers,
+        } => tokio::task::spawn_blocking(move || {
+            table::run(declarations, lookups, dir.as_deref(), stored_consumers)
+        })
+        .await
+        .context("the table bench failed")?,
         BenchCommand::Images {
             views,
             size,

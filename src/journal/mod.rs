@@ -175,8 +175,10 @@ pub struct Journal {
     /// An older build's ages of its platform state: moved into the log with it.
     aging: Tree,
     received: Tree,
-    /// Consumer day totals of purged declarations, kept for consumer-limit windows.
+    /// Consumer day totals of purged declarations, kept for consumer-limit windows: by day,
+    /// and by consumer (see [`platform`]'s `consumer_days`).
     history: Tree,
+    history_by_consumer: Arc<Tree>,
     /// Waybill lookup index, see [`lookup`].
     by_waybill: Tree,
     /// Release decisions written ahead of their command: a store of its own beside this one
@@ -337,6 +339,7 @@ impl Journal {
             purge_cursor: Arc::default(),
             received: db.open_tree("received")?,
             history: db.open_tree("history")?,
+            history_by_consumer: Arc::new(db.open_tree("history_by_consumer")?),
             by_waybill: db.open_tree("by_waybill")?,
             intents: intents::open(path)?,
             intent_wal: Arc::default(),

@@ -112,7 +112,12 @@ fn fill(journal: &Journal, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Result<()> {
+pub fn run(
+    declarations: u64,
+    lookups: u64,
+    dir: Option<&Path>,
+    stored_consumers: u64,
+) -> anyhow::Result<()> {
     let tmp;
     let dir = match dir {
         Some(d) => d.to_path_buf(),
@@ -264,21 +269,82 @@ pub fn run(declarations: u64, lookups: u64, dir: Option<&Path>) -> anyhow::Resul
     );
     drop(table);
     distinct_consumers(declarations);
+    if stored_consumers > 0 {
+        year_of_buyers(&dir.join("buyers"), stored_consumers, declarations)?;
+    }
+    Ok(())
+}
+
+/// A one-off buyer's identity hash.
+fn buyer(i: u64) -> String {
+    format!("{:064x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15)
+}
+
+/// A year of one-off buyers on disk (`stored` consumers' day totals of forgotten
+/// declarations, as retention leaves them), then `declarations` arriving into an empty table
+/// that reads each new consumer's stored days (as the ingest and a start's load do), every
+/// other one from a buyer of that year: the cost of those reads, and what stays in memory.
+fn year_of_buyers(dir: &Path, stored: u64, declarations: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let journal = Journal::open(dir)?;
+    let days = journal.stored_days()?;
+    let day =
+        bondline::rules::history::day_of(bondline::metrics::unix_ms(std::time::SystemTime::now()));
+    if days.is_empty() {
+        let started = Instant::now();
+        for i in 0..stored {
+            journal.add_to_history(day - 20 - (i % 300) as u32, &buyer(i), 10_000)?;
+        }
+        futures::executor::block_on(journal.flush())?;
+        println!(
+            "a year of buyers: {stored} consumers' day totals stored in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let heap_empty = super::heap_in_use();
+    let table = ClearanceTable::default();
+    table.set_stored_history(Box::new(days));
+    let started = Instant::now();
+    // Every other declaration from a buyer of the stored year, spread over it.
+    let step = (stored / declarations.max(1)).max(1) * 2;
+    for i in 0..declarations {
+        let mut d = declaration(i);
+        d.consumer = Some(if i % 2 == 0 {
+            buyer((i / 2 * step) % stored)
+        } else {
+            buyer(stored + i)
+        });
+        table.apply_declaration(&d);
+    }
+    let took = started.elapsed();
+    let returning = format!("BL{:012}", 0);
+    let w = table.consumer_window(&returning, 0, day);
+    println!(
+        "then {declarations} declarations, every other one from a buyer of that year: {:.1} s ({:.0} declarations/s, each new consumer's stored days read), {:.0} MiB of heap per million declarations held, {} consumers in memory; a returning buyer's year: {} parcel(s)",
+        took.as_secs_f64(),
+        declarations as f64 / took.as_secs_f64(),
+        super::heap_in_use().saturating_sub(heap_empty) as f64 / 1048576.0 * 1_000_000.0
+            / table.declarations().max(1) as f64,
+        table.consumers(),
+        w.parcels,
+    );
     Ok(())
 }
 
 /// The table grown from empty when every parcel has a consumer of its own (a 64-character
 /// identity hash, as most cross-border buyers are one-off) and is counted in its consumer's
 /// history: what the consumers cost beside the declarations (the run above has one
-/// consumer per ten declarations and counts none).
+/// consumer per ten declarations and counts none). Then three periods in which retention
+/// forgets the oldest half and as many new declarations arrive from new buyers: the memory
+/// stays that of the declarations held, whatever the buyers of the year.
 fn distinct_consumers(declarations: u64) {
     let heap_empty = super::heap_in_use();
     let table = ClearanceTable::default();
     let day =
         bondline::rules::history::day_of(bondline::metrics::unix_ms(std::time::SystemTime::now()));
-    for i in 0..declarations {
+    let arrive = |i: u64| {
         let mut d = declaration(i);
-        d.consumer = Some(format!("{:064x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15));
+        d.consumer = Some(buyer(i));
         if i % 2 == 0 {
             table.apply_many(&[
                 Message::Declaration(&d),
@@ -288,11 +354,32 @@ fn distinct_consumers(declarations: u64) {
             table.apply_declaration(&d);
         }
         table.count(&d.waybill, day);
-    }
-    println!(
-        "the table alone, every parcel with a consumer of its own and counted: {:.0} MiB of heap per million declarations ({} consumers)",
-        super::heap_in_use().saturating_sub(heap_empty) as f64 / 1048576.0 * 1_000_000.0
-            / table.declarations().max(1) as f64,
-        table.consumers(),
+    };
+    let report = |what: &str, buyers: u64| {
+        println!(
+            "{what}: {:.0} MiB of heap per million declarations held ({} held, {} consumers in memory, {buyers} buyers so far)",
+            super::heap_in_use().saturating_sub(heap_empty) as f64 / 1048576.0 * 1_000_000.0
+                / table.declarations().max(1) as f64,
+            table.declarations(),
+            table.consumers(),
+        );
+    };
+    (0..declarations).for_each(arrive);
+    report(
+        "the table alone, every parcel with a consumer of its own and counted",
+        declarations,
     );
+    let half = declarations / 2;
+    for period in 1..=3u64 {
+        let oldest = (period - 1) * half;
+        for i in oldest..oldest + half {
+            table.forget_waybill(&format!("BL{i:012}"));
+        }
+        let next = declarations + (period - 1) * half;
+        (next..next + half).for_each(arrive);
+        report(
+            &format!("period {period}: the oldest half forgotten, as many new buyers declared"),
+            next + half,
+        );
+    }
 }

@@ -9,7 +9,6 @@ use bondline_devices::contract::{
 
 use super::files::{block_key, ReadError};
 use super::log;
-use super::retention::decode_total;
 use super::trust::Verdict;
 use super::units::MOVED_DAY;
 use super::{
@@ -105,6 +104,8 @@ impl Journal {
             refused: Vec::new(),
             pending_counts: Default::default(),
         };
+        // A consumer's first held declaration reads its forgotten days from the store.
+        table.set_stored_history(Box::new(self.stored_days()?));
         // An older build's trees first: moved into the log, below what was appended since.
         if !self.move_into_log(&mut load)? {
             return Ok(false);
@@ -141,18 +142,6 @@ impl Journal {
         }
         self.platform_bytes
             .store(platform_bytes, std::sync::atomic::Ordering::Relaxed);
-        for entry in self.history.iter() {
-            let (k, v) = entry?;
-            if load.tick() {
-                return Ok(false);
-            }
-            if let (Some(day), Ok(consumer)) =
-                (be_u32(&k), std::str::from_utf8(&k[4.min(k.len())..]))
-            {
-                let (parcels, value) = decode_total(&v);
-                table.add_history(consumer, day, parcels, value);
-            }
-        }
         if load.unreadable > 0 {
             tracing::warn!(
                 entries = load.unreadable,

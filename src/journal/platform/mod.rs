@@ -23,6 +23,7 @@
 //! it), [`retention`] forgets what is old, [`trust`] seals and checks stored entries with the
 //! integrity key, and [`rules`] keeps the rule set in force.
 
+mod consumer_days;
 pub(super) mod files;
 mod load;
 pub(super) mod log;
@@ -34,6 +35,7 @@ pub(super) mod units;
 
 use super::Journal;
 
+pub use consumer_days::StoredDays;
 pub use retention::Forgotten;
 pub use rules::StoredRules;
 

@@ -16,14 +16,6 @@ use crate::journal::integrity::{self, Checked};
 use crate::journal::{Journal, JournalError};
 use crate::rules::ClearanceTable;
 
-/// `history` key: the UTC day, then the consumer.
-fn history_key(day: u32, consumer: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + consumer.len());
-    k.extend_from_slice(&day.to_be_bytes());
-    k.extend_from_slice(consumer.as_bytes());
-    k
-}
-
 /// What [`Journal::purge_clearance`] forgot, for the clearance table to forget too.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Forgotten {
@@ -206,10 +198,7 @@ impl Journal {
             }
         }
         *cursor = Some((before_day, day_at, offset));
-        let oldest = today().saturating_sub(crate::rules::history::KEEP_DAYS);
-        for k in self.history.range(..oldest.to_be_bytes()).keys() {
-            self.history.remove(k?)?;
-        }
+        self.drop_history_before(today().saturating_sub(crate::rules::history::KEEP_DAYS))?;
         Ok(out)
     }
 
@@ -317,20 +306,5 @@ impl Journal {
                 Ok(None)
             }
         }
-    }
-
-    /// Adds one counted parcel of `value` to `consumer`'s stored day total of `day`.
-    fn add_to_history(&self, day: u32, consumer: &str, value: u64) -> Result<(), JournalError> {
-        let key = history_key(day, consumer);
-        let (parcels, total) = self
-            .history
-            .get(&key)?
-            .map(|v| decode_total(&v))
-            .unwrap_or((0, 0));
-        let mut v = Vec::with_capacity(12);
-        v.extend_from_slice(&parcels.saturating_add(1).to_be_bytes());
-        v.extend_from_slice(&total.saturating_add(value).to_be_bytes());
-        self.history.insert(key, v)?;
-        Ok(())
     }
 }

@@ -143,6 +143,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let mut j = Journal::open(dir.path()).unwrap();
             let live = ClearanceTable::default();
+            live.set_stored_history(Box::new(j.stored_days().unwrap()));
             // Days from today on: the purge writes what it carries into the newest segment, today's
             // at the earliest.
             let mut day = super::super::today();
@@ -190,6 +191,7 @@ mod tests {
                         j.db.flush().unwrap();
                         drop(j);
                         j = Journal::open(dir.path()).unwrap();
+                        live.set_stored_history(Box::new(j.stored_days().unwrap()));
                         let loaded = j.load_clearance().unwrap();
                         for w in 0..40 {
                             let w = format!("W{w}");

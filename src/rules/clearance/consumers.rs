@@ -1,16 +1,247 @@
-//! Consumers' histories: each declared parcel with a consumer is counted once, on the day
-//! of its first scan, in a history sharded by consumer (the per-consumer limits read it
-//! through [`super::lookup`]); totals of forgotten declarations are added back at start.
+//! Consumers of the held declarations, with their histories: each declared parcel with a
+//! consumer is counted once, on the day of its first scan (the per-consumer limits read the
+//! history through [`super::lookup`]).
+//!
+//! # Only the consumers of held declarations are in memory
+//!
+//! Cross-border buyers mostly buy once or twice a year, so a year of a busy warehouse's
+//! buyers is tens of millions of consumers, while the table holds two weeks of declarations.
+//! A consumer is kept (its name and its day totals) only while a held declaration names it:
+//! every entry that names a consumer holds one reference to it ([`Book::acquire`], taken on
+//! the ingest's side before the entry is written, and [`Book::release`] when the entry is
+//! forgotten or names another consumer). The first reference reads the day totals that the
+//! journal keeps of the consumer's forgotten declarations ([`StoredHistory`]), outside every
+//! lock; the last one drops the consumer. Memory follows the held declarations, not the
+//! year's buyers. A history that cannot be read is kept as unknown, and every limit over an
+//! unknown history is exceeded (fail closed).
+//!
+//! # Ids are reused
+//!
+//! A dropped consumer's id is given to the next new one. An entry holds its reference for as
+//! long as it names the id, and a lookup reads the consumer's name under the entry's shard
+//! lock (so the id cannot be dropped meanwhile); the history is read later, under the
+//! consumer's own lock, and only if the id still names the same consumer (the same `Arc`):
+//! otherwise the waybill was forgotten in between and its window is taken as exceeded.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::shard::{counted_day, Entry, NOT_COUNTED};
-use super::{ClearanceTable, HISTORY_SHARDS, NONE};
+use super::{ClearanceTable, NONE};
+use crate::rules::engine::ConsumerWindow;
+use crate::rules::history::{Days, StoredHistory};
+use crate::rules::sharded::{grow, Index, Locked, Picker, Place};
+
+/// Shards of the consumers.
+const BOOK_SHARDS: usize = 256;
+
+/// The window of a history that cannot be known: over every limit.
+const UNKNOWN: ConsumerWindow = ConsumerWindow {
+    parcels: u32::MAX,
+    value_minor: u64::MAX,
+};
+
+/// One consumer while a held declaration names it.
+#[derive(Debug)]
+struct Slot {
+    name: Arc<str>,
+    /// Entries naming this consumer; 0: the slot is free.
+    refs: u32,
+    days: Days,
+    /// The stored history could not be read: every window is [`UNKNOWN`].
+    unknown: bool,
+}
+
+/// One shard of the book. An id is `position * BOOK_SHARDS + shard`.
+#[derive(Debug, Default)]
+struct BookShard {
+    index: Index,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Consumers dropped from this shard so far: a first reference that read the store
+    /// while one was dropped reads it again (the store may have gained its last parcels).
+    dropped: u64,
+}
+
+impl BookShard {
+    fn find(&self, place: Place, name: &str) -> Option<u32> {
+        self.index.find(place.hash, |p| {
+            let s = &self.slots[p as usize];
+            s.refs > 0 && &*s.name == name
+        })
+    }
+
+    fn slot(&mut self, id: u32) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(id as usize / BOOK_SHARDS)
+            .filter(|s| s.refs > 0)
+    }
+}
+
+/// The consumers of the held declarations, sharded by name; see the module's doc.
+#[derive(Debug)]
+pub(super) struct Book {
+    shards: Locked<BookShard>,
+    picker: Picker,
+    len: AtomicUsize,
+}
+
+impl Default for Book {
+    fn default() -> Self {
+        Book {
+            shards: Locked::new(BOOK_SHARDS),
+            picker: Picker::default(),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn id(place: Place, pos: u32) -> u32 {
+    pos * BOOK_SHARDS as u32 + place.shard as u32
+}
+
+impl Book {
+    /// One more reference to `name`, read from `stored` if it is new. Takes no lock while
+    /// the store is read.
+    pub(super) fn acquire(&self, name: &str, stored: Option<&dyn StoredHistory>) -> u32 {
+        let place = self.picker.place(name, BOOK_SHARDS);
+        loop {
+            let dropped = {
+                let mut shard = self.shards.write(place.shard);
+                if let Some(pos) = shard.find(place, name) {
+                    let s = &mut shard.slots[pos as usize];
+                    s.refs = s.refs.saturating_add(1);
+                    return id(place, pos);
+                }
+                shard.dropped
+            };
+            let read = stored.map_or(Ok(Vec::new()), |s| s.days_of(name));
+            let mut shard = self.shards.write(place.shard);
+            if let Some(pos) = shard.find(place, name) {
+                let s = &mut shard.slots[pos as usize];
+                s.refs = s.refs.saturating_add(1);
+                return id(place, pos);
+            }
+            if shard.dropped != dropped {
+                continue;
+            }
+            let mut days = Days::default();
+            let unknown = match read {
+                Ok(totals) => {
+                    for (day, parcels, value) in totals {
+                        days.add_totals(day, parcels, value);
+                    }
+                    false
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a consumer's stored history cannot be read: every limit over it is taken as exceeded");
+                    true
+                }
+            };
+            let slot = Slot {
+                name: name.into(),
+                refs: 1,
+                days,
+                unknown,
+            };
+            let pos = match shard.free.pop() {
+                Some(pos) => {
+                    shard.slots[pos as usize] = slot;
+                    pos
+                }
+                None => {
+                    let pos = shard.slots.len() as u32;
+                    grow(&mut shard.slots);
+                    shard.slots.push(slot);
+                    pos
+                }
+            };
+            shard.index.insert(place.hash, pos);
+            self.len.fetch_add(1, Ordering::Relaxed);
+            return id(place, pos);
+        }
+    }
+
+    /// One reference to `id` fewer; the consumer is dropped with its last.
+    pub(super) fn release(&self, id: u32) {
+        if id == NONE {
+            return;
+        }
+        let mut shard = self.shards.write(id as usize % BOOK_SHARDS);
+        let pos = id / BOOK_SHARDS as u32;
+        let Some(s) = shard.slot(id) else { return };
+        s.refs -= 1;
+        if s.refs > 0 {
+            return;
+        }
+        let place = self.picker.place(&*s.name, BOOK_SHARDS);
+        s.name = "".into();
+        s.days = Days::default();
+        shard.index.remove(place.hash, pos);
+        shard.free.push(pos);
+        shard.dropped += 1;
+        self.len.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn name(&self, id: u32) -> Option<Arc<str>> {
+        if id == NONE {
+            return None;
+        }
+        let shard = self.shards.read(id as usize % BOOK_SHARDS);
+        shard
+            .slots
+            .get(id as usize / BOOK_SHARDS)
+            .filter(|s| s.refs > 0)
+            .map(|s| s.name.clone())
+    }
+
+    /// Runs `f` on the days of `id`, under its shard's lock.
+    fn with_days(&self, id: u32, f: impl FnOnce(&mut Days)) {
+        if id == NONE {
+            return;
+        }
+        let mut shard = self.shards.write(id as usize % BOOK_SHARDS);
+        if let Some(s) = shard.slot(id) {
+            f(&mut s.days);
+        }
+    }
+
+    /// The history of `id` over `first..=today`, if `id` still names `name`; else, or if its
+    /// stored history could not be read, a window over every limit.
+    fn window(&self, id: u32, name: &Arc<str>, first: u32, today: u32) -> ConsumerWindow {
+        let shard = self.shards.read(id as usize % BOOK_SHARDS);
+        match shard.slots.get(id as usize / BOOK_SHARDS) {
+            Some(s) if s.refs > 0 && Arc::ptr_eq(&s.name, name) && !s.unknown => {
+                s.days.window(first, today)
+            }
+            _ => UNKNOWN,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+}
 
 impl ClearanceTable {
-    /// Consumers with purchases in the kept history.
+    /// Consumers of the held declarations (each with its history in memory).
     pub fn consumers(&self) -> usize {
-        (0..self.history.count())
-            .map(|i| self.history.read(i).consumers())
-            .sum()
+        self.consumers.len()
+    }
+
+    /// Where the day totals of forgotten declarations are read from when a consumer's first
+    /// held declaration arrives. Set before anything is applied (the journal does, as a load
+    /// begins; a journal opened again sets it again); without it a new consumer starts with
+    /// no history.
+    pub fn set_stored_history(&self, stored: Box<dyn StoredHistory>) {
+        self.stored_history.store(Some(Arc::new(stored)));
+    }
+
+    /// One more reference to the consumer `name` (see the module's doc).
+    pub(super) fn acquire_consumer(&self, name: &str) -> u32 {
+        let stored = self.stored_history.load();
+        self.consumers
+            .acquire(name, stored.as_deref().map(|s| &**s))
     }
 
     /// Adds the entry's parcel to its consumer's history on `day`, once.
@@ -19,18 +250,30 @@ impl ClearanceTable {
             return false;
         }
         e.counted_day = counted_day(day);
-        self.history
-            .write(e.consumer as usize % HISTORY_SHARDS)
-            .add(e.consumer, day, e.value().unwrap_or(0));
+        let value = e.value().unwrap_or(0);
+        self.consumers
+            .with_days(e.consumer, |d| d.add_totals(day, 1, value));
         true
     }
 
-    /// Adds stored day totals of forgotten declarations to `consumer`'s history (at start).
-    pub fn add_history(&self, consumer: &str, day: u32, parcels: u32, value_minor: u64) {
-        let id = self.strings.intern(consumer);
-        self.history
-            .write(id as usize % HISTORY_SHARDS)
-            .add_totals(id, day, parcels, value_minor);
+    /// Takes the entry's counted parcel out of its consumer's history.
+    pub(super) fn uncount_entry(&self, e: &Entry) {
+        if let Some(day) = e.counted() {
+            let value = e.value().unwrap_or(0);
+            self.consumers
+                .with_days(e.consumer, |d| d.remove(day, value));
+        }
+    }
+
+    /// The history of the consumer `id`, named `name` when the waybill was looked up.
+    pub(super) fn history_window(
+        &self,
+        id: u32,
+        name: &Arc<str>,
+        first: u32,
+        today: u32,
+    ) -> ConsumerWindow {
+        self.consumers.window(id, name, first, today)
     }
 
     /// Adds the parcel of `waybill` to its consumer's history on `day`, once per waybill.

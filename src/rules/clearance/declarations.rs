@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bondline_devices::contract::Declaration;
 
 use super::shard::{Entry, Shard, DECLARED, HAS_SIGNED, HAS_VALUE, HAS_WEIGHT, IDENTITY_VERIFIED};
-use super::{Applied, ClearanceTable, HISTORY_SHARDS, NONE};
+use super::{Applied, ClearanceTable, NONE};
 use crate::rules::engine::Declared;
 use crate::rules::orders::Transaction;
 use crate::rules::sharded::Place;
@@ -43,6 +43,8 @@ impl ClearanceTable {
         }
     }
 
+    /// The facts of `d`, its consumer's reference taken: [`ClearanceTable::declare_in`] keeps
+    /// or gives it back.
     pub(super) fn facts(&self, d: &Declaration, digest: u64) -> Facts {
         Facts {
             digest,
@@ -52,7 +54,7 @@ impl ClearanceTable {
             consumer: d
                 .consumer
                 .as_deref()
-                .map_or(NONE, |c| self.strings.intern(c)),
+                .map_or(NONE, |c| self.acquire_consumer(c)),
             currency: d
                 .currency
                 .as_deref()
@@ -147,24 +149,20 @@ impl ClearanceTable {
         waybill: &str,
         f: &Facts,
     ) -> Applied {
-        let (i, new) = shard.entry(place, waybill);
+        let (i, _) = shard.entry(place, waybill);
         let e = &mut shard.entries[i];
         if e.declared() && e.digest == f.digest {
+            self.consumers.release(f.consumer);
             return Applied::Unchanged;
         }
         if !e.declared() {
             self.declarations.fetch_add(1, Ordering::Relaxed);
         }
-        let _ = new;
         let counted = e.counted();
-        if let Some(day) = counted {
-            if e.consumer != NONE {
-                let value = e.value().unwrap_or(0);
-                self.history
-                    .write(e.consumer as usize % HISTORY_SHARDS)
-                    .remove(e.consumer, day, value);
-            }
-        }
+        // The count moves to the new consumer and value; the old consumer's reference goes
+        // once the new one is in place (the same consumer is not dropped on the way).
+        self.uncount_entry(e);
+        let before = if e.declared() { e.consumer } else { NONE };
         let mut flags = DECLARED;
         if f.identity_verified {
             flags |= IDENTITY_VERIFIED;
@@ -190,6 +188,7 @@ impl ClearanceTable {
         if let Some(day) = counted {
             self.count_entry(e, day);
         }
+        self.consumers.release(before);
         Applied::Changed
     }
 }

@@ -8,7 +8,7 @@ use bondline_devices::contract::{Action, EnterpriseAction};
 
 use super::shard::{HAS_WEIGHT, IDENTITY_VERIFIED};
 use super::Loading;
-use super::{ClearanceTable, HISTORY_SHARDS, NONE};
+use super::{ClearanceTable, NONE};
 use crate::rules::engine::{ConsumerWindow, Declared, Ordered};
 
 /// What the table knows of one waybill, copied out for a decision (no lock is held while
@@ -80,12 +80,14 @@ impl Found {
 impl ClearanceTable {
     /// What the table holds for `waybill`, copied out.
     pub fn known(&self, waybill: &str) -> Found {
+        // The consumer's name is read under the entry's lock: while the entry names it, its
+        // id cannot be given to another consumer (see [`super::consumers`]).
         let copied = self.with_entry(waybill, |shard, e| {
             e.map(|e| {
                 let held = shard
                     .held(e)
                     .map(|h| (h.id.as_str().to_string(), h.action, h.reason));
-                (e.clone(), held)
+                (e.clone(), held, self.consumers.name(e.consumer))
             })
         });
         let mut found = Found {
@@ -93,13 +95,13 @@ impl ClearanceTable {
             loading: self.loading(),
             ..Found::default()
         };
-        let Some((e, held)) = copied else {
+        let Some((e, held, consumer)) = copied else {
             return found;
         };
         if e.declared() {
             found.declaration = Some(FoundDeclaration {
                 enterprise: self.strings.name(e.enterprise).unwrap_or_else(|| "".into()),
-                consumer: self.strings.name(e.consumer),
+                consumer,
                 identity_verified: e.flags & IDENTITY_VERIFIED != 0,
                 value_minor: e.value(),
                 currency: self.strings.name(e.currency),
@@ -134,13 +136,15 @@ impl ClearanceTable {
     /// [`ClearanceTable::consumer_window`] of a waybill already looked up.
     pub fn consumer_window_of(&self, found: &Found, first: u32, today: u32) -> ConsumerWindow {
         let c = found.consumer_id;
-        if c == NONE || found.declaration.is_none() {
+        let Some(name) = found
+            .declaration
+            .as_ref()
+            .and_then(|d| d.consumer.as_ref())
+            .filter(|_| c != NONE)
+        else {
             return ConsumerWindow::default();
-        }
-        let mut w = self
-            .history
-            .read(c as usize % HISTORY_SHARDS)
-            .window(c, first, today);
+        };
+        let mut w = self.history_window(c, name, first, today);
         if let Some(day) = found.counted_day {
             if (first..=today).contains(&day) {
                 let value = found

@@ -4,8 +4,8 @@
 //! A busy gateway holds ten million open declarations (a million a day, kept
 //! `storage.clearance_days`). The table keeps of each only what rules look at, in one entry
 //! per waybill holding the declaration's facts and, in a side slab, its instruction; repeated
-//! strings (enterprise codes, consumer hashes, currencies, instruction reasons) are stored
-//! once; waybills and instruction ids sit inline in their slots
+//! strings (enterprise codes, currencies, instruction reasons) are stored once, and so are
+//! consumers, for as long as a held declaration names them ([`consumers`]); waybills and instruction ids sit inline in their slots
 //! ([`Compact`](crate::rules::compact::Compact)). The full messages live in the journal.
 //! About 138 bytes of heap per declaration with half of them instructed, the index and
 //! the consumers' histories included (`bondline-lab bench table`: 132 MiB per million).
@@ -20,7 +20,7 @@
 //! - a writer holds one shard's write lock for one message (or, in [`ClearanceTable::apply_many`],
 //!   for the messages of that shard in one batch); a shard's growth copies one shard's slots
 //!   (see [`crate::rules::sharded`]), so no write holds a lock for long at any size;
-//! - locks nest only in one order: a waybill shard, then a consumer-history shard. Interned
+//! - locks nest only in one order: a waybill shard, then a consumer's shard. Interned
 //!   names, notices and seen ids are locked alone, never while another lock is held.
 //!
 //! What a lookup may see: everything one message (or one batch) says of one waybill is
@@ -50,8 +50,8 @@
 //! The table's storage is [`shard`] (waybill entries and instruction slots) and
 //! [`interner`] (strings stored once). What the platform says is applied in
 //! [`declarations`], [`instructions`] and [`notices`] (ordered by [`stamp`]), one message or
-//! a [`batch`]; [`lookup`] serves the decision path, [`consumers`] counts consumers'
-//! parcels, [`loading`] and [`purge`] are the table's start and retention.
+//! a [`batch`]; [`lookup`] serves the decision path, [`consumers`] keeps the consumers of
+//! the held declarations and counts their parcels, [`loading`] and [`purge`] are the table's start and retention.
 
 mod batch;
 mod consumers;
@@ -72,9 +72,10 @@ use std::sync::RwLock;
 
 use bondline_devices::contract::Declaration;
 
-use crate::rules::history::ConsumerHistory;
+use crate::rules::history::StoredHistory;
 use crate::rules::orders::OrderTotals;
 use crate::rules::sharded::{DigestSet, Locked, Picker, Place, SHARDS};
+use consumers::Book;
 use interner::Interner;
 use notices::Notices;
 use shard::{Entry, Shard};
@@ -95,9 +96,8 @@ pub enum Applied {
 }
 
 const NONE: u32 = u32::MAX;
-/// Shards of the interned strings and of the consumers' histories.
+/// Shards of the interned strings.
 const NAME_SHARDS: usize = 256;
-const HISTORY_SHARDS: usize = 256;
 
 /// Declarations, instructions, enterprise notices and consumer histories, as last received.
 /// Shared between the lines (lookups) and the uplink (writes): see the module's concurrency
@@ -114,8 +114,10 @@ pub struct ClearanceTable {
     seen_notices: DigestSet,
     notices: RwLock<Notices>,
     strings: Interner,
-    /// Consumers' histories, sharded by consumer id.
-    history: Locked<ConsumerHistory>,
+    /// The consumers of the held declarations, with their histories.
+    consumers: Book,
+    /// The day totals of forgotten declarations, read for a consumer's first held one.
+    stored_history: arc_swap::ArcSwapOption<Box<dyn StoredHistory>>,
     declarations: AtomicUsize,
     instructions: AtomicUsize,
     loading: AtomicBool,
@@ -137,7 +139,8 @@ impl Default for ClearanceTable {
             seen_notices: DigestSet::default(),
             notices: RwLock::default(),
             strings: Interner::default(),
-            history: Locked::new(HISTORY_SHARDS),
+            consumers: Book::default(),
+            stored_history: arc_swap::ArcSwapOption::empty(),
             declarations: AtomicUsize::new(0),
             instructions: AtomicUsize::new(0),
             loading: AtomicBool::new(false),

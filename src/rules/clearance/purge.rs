@@ -1,6 +1,7 @@
 //! Forgetting what retention removes (see `Journal::purge_clearance`): a waybill's
 //! declaration and instruction, with its order's sums and declared pieces, and instruction
-//! ids older than any signature the gateway accepts. Consumers' histories stay.
+//! ids older than any signature the gateway accepts. A consumer's history stays in the
+//! journal's day totals; the table keeps the consumer only while a held declaration names it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -61,12 +62,15 @@ impl ClearanceTable {
 
     /// What retention needs of `waybill`, if the table holds it.
     pub fn retention_facts(&self, waybill: &str) -> Option<RetentionFacts> {
-        // Copied out first: names are looked up without the shard's lock held.
-        let e = self.with_entry(waybill, |_, e| e.cloned())?;
-        let counted = e.counted().filter(|_| e.declared()).and_then(|day| {
-            let consumer = self.strings.name(e.consumer)?;
-            Some((day, consumer, e.value().unwrap_or(0)))
-        });
+        // The consumer's name is read under the entry's lock (its id is not reused while the
+        // entry names it).
+        let (e, consumer) = self.with_entry(waybill, |_, e| {
+            e.map(|e| (e.clone(), self.consumers.name(e.consumer)))
+        })?;
+        let counted = e
+            .counted()
+            .filter(|_| e.declared())
+            .and_then(|day| Some((day, consumer?, e.value().unwrap_or(0))));
         Some(RetentionFacts {
             touched_day: e.touched().unwrap_or(0),
             counted,
@@ -74,7 +78,8 @@ impl ClearanceTable {
     }
 
     /// Forgets what the platform said of `waybill` (its declaration and instruction); its
-    /// consumer's history stays. See `Journal::purge_clearance`.
+    /// consumer's history stays in the journal's day totals, which the journal writes first.
+    /// See `Journal::purge_clearance`.
     pub fn forget_waybill(&self, waybill: &str) {
         let place = self.place(waybill);
         let mut shard = self.shards.write(place.shard);
@@ -83,6 +88,9 @@ impl ClearanceTable {
             if gone.declared() {
                 self.declarations.fetch_sub(1, Ordering::Relaxed);
             }
+            // Its parcel stays in the consumer's stored day totals (the journal wrote them
+            // before forgetting); the consumer goes with its last held declaration.
+            self.consumers.release(gone.consumer);
             if gone.instruction != NONE {
                 self.instructions.fetch_sub(1, Ordering::Relaxed);
             }

@@ -4,6 +4,8 @@ use bondline_devices::contract::{Action, EnterpriseAction, EnterpriseNotice, Ins
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::rules::history::StoredDay;
+
 /// A verified declaration in CNY, shared with the store's tests.
 pub(crate) fn decl(w: &str, consumer: &str, value: u64) -> Declaration {
     Declaration {
@@ -434,4 +436,121 @@ fn a_declared_value_of_u64_max_stays_a_value() {
         t.known("A").declaration.unwrap().value_minor,
         Some(u64::MAX)
     );
+}
+
+/// Day totals of forgotten declarations kept beside the table, as the journal keeps them.
+#[derive(Debug, Default, Clone)]
+struct Folded(Arc<std::sync::Mutex<HashMap<String, Vec<StoredDay>>>>);
+
+impl crate::rules::history::StoredHistory for Folded {
+    fn days_of(&self, consumer: &str) -> Result<Vec<StoredDay>, String> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .get(consumer)
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Buyer {
+    Declare { w: u8, c: u8, value: u64 },
+    Count { w: u8, day: u32 },
+    Forget { w: u8 },
+}
+
+proptest::proptest! {
+    /// Whatever is declared, redeclared, counted and forgotten, in any order: a waybill's
+    /// consumer window counts every parcel its consumer ever had counted, held or forgotten,
+    /// but its own; and the table keeps exactly the consumers that held declarations name.
+    #[test]
+    fn a_consumer_window_counts_forgotten_parcels_and_memory_follows_held_declarations(
+        ops in proptest::collection::vec(
+            proptest::prop_oneof![
+                4 => (0u8..12, 0u8..4, 0u64..100).prop_map(|(w, c, value)| Buyer::Declare { w, c, value }),
+                3 => (0u8..12, 10u32..13).prop_map(|(w, day)| Buyer::Count { w, day }),
+                2 => (0u8..12).prop_map(|w| Buyer::Forget { w }),
+            ],
+            1..300,
+        )
+    ) {
+        let t = ClearanceTable::default();
+        let folded = Folded::default();
+        t.set_stored_history(Box::new(folded.clone()));
+        // waybill -> (consumer, value, counted day)
+        let mut held: HashMap<String, (String, u64, Option<u32>)> = HashMap::new();
+        for op in ops {
+            match op {
+                Buyer::Declare { w, c, value } => {
+                    let (w, c) = (format!("W{w}"), format!("c{c}"));
+                    t.apply_declaration(&decl(&w, &c, value));
+                    let counted = held.get(&w).and_then(|h| h.2);
+                    held.insert(w, (c, value, counted));
+                }
+                Buyer::Count { w, day } => {
+                    let w = format!("W{w}");
+                    let added = t.count(&w, day);
+                    let h = held.get_mut(&w);
+                    proptest::prop_assert_eq!(added, h.as_ref().is_some_and(|h| h.2.is_none()));
+                    if let Some(h) = h {
+                        h.2.get_or_insert(day);
+                    }
+                }
+                Buyer::Forget { w } => {
+                    let w = format!("W{w}");
+                    // As the journal does: the day total first, then the table forgets.
+                    if let Some(facts) = t.retention_facts(&w) {
+                        if let Some((day, c, value)) = facts.counted {
+                            let mut f = folded.0.lock().unwrap();
+                            let days = f.entry(c.to_string()).or_default();
+                            match days.iter_mut().find(|d| d.0 == day) {
+                                Some(d) => { d.1 += 1; d.2 += value; }
+                                None => days.push((day, 1, value)),
+                            }
+                            days.sort();
+                        }
+                    }
+                    t.forget_waybill(&w);
+                    held.remove(&w);
+                }
+            }
+            let mut consumers: Vec<&String> = held.values().map(|h| &h.0).collect();
+            consumers.sort();
+            consumers.dedup();
+            proptest::prop_assert_eq!(t.consumers(), consumers.len());
+            for (w, (c, value, counted)) in &held {
+                let f = folded.0.lock().unwrap();
+                let (mut parcels, mut total) = f.get(c).map_or((0, 0), |days| {
+                    days.iter().fold((0, 0), |a, d| (a.0 + d.1, a.1 + d.2))
+                });
+                for (other, (oc, ov, od)) in &held {
+                    if other != w && oc == c && od.is_some() {
+                        parcels += 1;
+                        total += ov;
+                    }
+                }
+                let _ = (value, counted);
+                let got = t.consumer_window(w, 0, 100);
+                proptest::prop_assert_eq!((got.parcels, got.value_minor), (parcels, total), "waybill {}", w);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_consumer_whose_stored_history_cannot_be_read_is_over_every_limit() {
+    #[derive(Debug)]
+    struct Broken;
+    impl crate::rules::history::StoredHistory for Broken {
+        fn days_of(&self, _: &str) -> Result<Vec<StoredDay>, String> {
+            Err("disk gone".into())
+        }
+    }
+    let t = ClearanceTable::default();
+    t.set_stored_history(Box::new(Broken));
+    t.apply_declaration(&decl("A", "c", 100));
+    let w = t.consumer_window("A", 0, 100);
+    assert_eq!((w.parcels, w.value_minor), (u32::MAX, u64::MAX));
 }
