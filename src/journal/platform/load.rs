@@ -104,7 +104,8 @@ impl Journal {
             refused: Vec::new(),
             pending_counts: Default::default(),
         };
-        // A consumer's first held declaration reads its forgotten days from the store.
+        // A consumer's first held declaration reads its forgotten days from the store: one
+        // lookup per consumer held, not a pass over a year of buyers.
         table.set_stored_history(Box::new(self.stored_days()?));
         // An older build's trees first: moved into the log, below what was appended since.
         if !self.move_into_log(&mut load)? {
