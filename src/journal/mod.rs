@@ -37,8 +37,9 @@
 //! - `acked`: records above `W` acknowledged out of order. `parked`: `seq` → reason.
 //! - Beside the store, `<store>-platform/`: what the platform said (declarations,
 //!   instructions, notices, ids seen, parcels counted in their consumer's history), in the
-//!   order it was stored, a file per day (see [`platform`]). In the store: `history`
-//!   (consumer day totals of forgotten declarations); `rule_update_ids`; in `meta`, the rule
+//!   order it was stored, a file per day (see [`platform`]). In the store: `history` and
+//!   `history_by_consumer` (consumer day totals of forgotten declarations, by day and by
+//!   consumer); `rule_update_ids`; in `meta`, the rule
 //!   set in force. `declarations`,
 //!   `instructions`, `instruction_ids`, `enterprises`, `notice_ids`, `counted`, `aging` and
 //!   `received` are an older build's layout, moved into the log at the first load.

@@ -43,13 +43,13 @@ pub struct Health {
 }
 
 /// What the clearance table holds in memory: its size is the daemon's memory. Declarations
-/// go with the clearance period; consumers' histories stay for the longest limit window (a
-/// year), so with one-off buyers they grow with a year's distinct consumers (README).
+/// go with the clearance period, and the consumers (with their histories) with their last
+/// held declaration (README).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Clearance {
     pub declarations: u64,
     pub instructions: u64,
-    /// Consumers with purchases in the kept history.
+    /// Consumers that held declarations name, each with its history in memory.
     pub consumers: u64,
 }
 

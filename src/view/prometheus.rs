@@ -226,7 +226,7 @@ fn gather(
         ),
         (
             "bondline_clearance_consumers",
-            "Consumers with purchases in the kept history (in memory; kept for the longest limit window, so it grows with a year's distinct buyers).",
+            "Consumers that held declarations name, each with its history in memory (a consumer leaves memory with its last held declaration; its days stay in the store).",
             Whole(health.clearance.consumers),
         ),
         (

@@ -13,7 +13,8 @@
 //! was forgotten is undeclared again (held: fail closed); an instruction id forgotten after
 //! longer than a signature stays valid cannot be replayed (its signature has expired). The
 //! consumer history of forgotten declarations is folded into day totals per consumer, kept
-//! as long as the longest consumer-limit window.
+//! as long as the longest consumer-limit window and read by consumer when one of its
+//! declarations is held again ([`consumer_days`]).
 //!
 //! Layout: what the platform said is one ordered log of messages in files of their own
 //! beside the store ([`log`] its format, [`files`] the files, a block per flush, [`units`]
