@@ -7,10 +7,12 @@
 //! arrives ([`StoredDays`]). The table keeps in
 //! memory only the consumers of held declarations, so a year of one-off buyers stays on disk.
 //!
-//! A total is written to `history` first: a crash between the two writes leaves a total the
-//! consumer's reads miss until the index is built again. The index is built from `history`
-//! once, at the first load of a store that lacks it (a store of an older build, or a
-//! salvaged one), and every write keeps the two equal after that.
+//! A total is written to `history` first, and `history_by_consumer` is set to the same
+//! total (not added to), so the two agree after every write. A crash before the store's
+//! flush makes retention fold the same segment again (its segment goes only once the totals
+//! are durable): a parcel may then count twice, never less. The index is built from
+//! `history` once, at the first load of a store that lacks it (a store of an older build, or
+//! a salvaged one); built again after a crash half way, it sets the same values.
 
 use std::sync::{Arc, Weak};
 
