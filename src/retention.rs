@@ -64,13 +64,11 @@ pub async fn run(
         loop {
             let (j, t) = (journal.clone(), table.clone());
             // The store and the table forget together, with the uplink kept out meanwhile
-            // (`Journal::platform_lock`).
+            // (`Journal::platform_lock`); the purge takes forgotten waybills out of the table
+            // itself, each as its day total is written.
             let step = tokio::task::spawn_blocking(move || {
                 let _guard = j.platform_lock().blocking_lock();
                 let forgotten = j.purge_clearance(before, STEP, &t)?;
-                for w in &forgotten.waybills {
-                    t.forget_waybill(w);
-                }
                 for id in &forgotten.instruction_ids {
                     t.forget_instruction_id(id);
                 }

@@ -131,7 +131,7 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
                         parcels: k.parcels,
                         value_minor: k.value_minor,
                     },
-                    None => table.consumer_window_of(&found, b.first_day, scan.day),
+                    None => table.consumer_window_of(waybill, &found, b.first_day, scan.day),
                 };
                 windows.push((i, w));
                 seen.push(ConsumerWindowSeen {

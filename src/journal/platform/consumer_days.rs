@@ -12,7 +12,9 @@
 //! flush makes retention fold the same segment again (its segment goes only once the totals
 //! are durable): a parcel may then count twice, never less. The index is built from
 //! `history` once, at the first load of a store that lacks it (a store of an older build, or
-//! a salvaged one); built again after a crash half way, it sets the same values.
+//! a salvaged one); built again after a crash half way, it sets the same values. A build
+//! older than the index writes only `history`: after running one on this store, `journal
+//! salvage` builds the index afresh (the salvaged store has none).
 
 use std::sync::{Arc, Weak};
 
@@ -35,14 +37,20 @@ pub(super) fn by_day_key(day: u32, consumer: &[u8]) -> Vec<u8> {
 
 /// A consumer's days in `history_by_consumer`, oldest first, 16 bytes each: the day, the
 /// parcels and the value (big-endian).
-fn decode_days(v: &[u8]) -> Vec<StoredDay> {
-    v.chunks_exact(16)
-        .filter_map(|c| {
-            let day = u32::from_be_bytes(c[..4].try_into().ok()?);
+fn decode_days(v: &[u8]) -> Result<Vec<StoredDay>, String> {
+    if v.len() % 16 != 0 {
+        return Err(format!(
+            "consumer history store: a consumer's days are {} bytes, not a multiple of 16",
+            v.len()
+        ));
+    }
+    Ok(v.chunks_exact(16)
+        .map(|c| {
+            let day = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
             let (parcels, value) = decode_total(&c[4..]);
-            Some((day, parcels, value))
+            (day, parcels, value)
         })
-        .collect()
+        .collect())
 }
 
 fn encode_days(days: &[StoredDay]) -> Vec<u8> {
@@ -85,7 +93,7 @@ impl StoredHistory for StoredDays {
         let v = tree
             .get(consumer.as_bytes())
             .map_err(|e| format!("consumer history store: {e}"))?;
-        Ok(v.map(|v| decode_days(&v)).unwrap_or_default())
+        v.map_or(Ok(Vec::new()), |v| decode_days(&v))
     }
 }
 
@@ -93,28 +101,43 @@ impl Journal {
     /// The stored day totals by consumer, built from `history` first if this store has not
     /// had them yet (see the module's doc).
     pub fn stored_days(&self) -> Result<StoredDays, JournalError> {
-        if self.meta.get(META_HISTORY_INDEXED)?.is_none() {
-            let mut n = 0u64;
-            for entry in self.history.iter() {
-                let (k, v) = entry?;
-                if let Some(day) = super::be_u32(&k) {
-                    let (parcels, value) = decode_total(&v);
-                    self.set_consumer_day(&k[4..], day, |_| (parcels, value))?;
-                    n += 1;
-                }
-            }
-            self.history_by_consumer.flush()?;
-            self.meta.insert(META_HISTORY_INDEXED, &[1u8][..])?;
-            if n > 0 {
-                tracing::info!(
-                    totals = n,
-                    "consumers' stored day totals indexed by consumer"
-                );
-            }
-        }
+        self.index_history(&mut || false)?;
         Ok(StoredDays {
             by_consumer: Arc::downgrade(&self.history_by_consumer),
         })
+    }
+
+    /// Builds `history_by_consumer` from `history` if this store has not had it yet, calling
+    /// `tick` after each total (a start's load counts them as progress); false, with the
+    /// index left to build again, once `tick` says stop.
+    pub(super) fn index_history(
+        &self,
+        tick: &mut dyn FnMut() -> bool,
+    ) -> Result<bool, JournalError> {
+        if self.meta.get(META_HISTORY_INDEXED)?.is_some() {
+            return Ok(true);
+        }
+        let mut n = 0u64;
+        for entry in self.history.iter() {
+            let (k, v) = entry?;
+            if let Some(day) = super::be_u32(&k) {
+                let (parcels, value) = decode_total(&v);
+                self.set_consumer_day(&k[4..], day, |_| (parcels, value))?;
+                n += 1;
+            }
+            if tick() {
+                return Ok(false);
+            }
+        }
+        self.history_by_consumer.flush()?;
+        self.meta.insert(META_HISTORY_INDEXED, &[1u8][..])?;
+        if n > 0 {
+            tracing::info!(
+                totals = n,
+                "consumers' stored day totals indexed by consumer"
+            );
+        }
+        Ok(true)
     }
 
     /// Adds one counted parcel of `value` to `consumer`'s stored day total of `day` (what
@@ -142,11 +165,12 @@ impl Journal {
         day: u32,
         f: impl FnOnce(Option<(u32, u64)>) -> (u32, u64),
     ) -> Result<(), JournalError> {
-        let mut days = self
-            .history_by_consumer
-            .get(consumer)?
-            .map(|v| decode_days(&v))
-            .unwrap_or_default();
+        // A damaged value is left as it is (its reads say unknown: over every limit), and
+        // the write fails: retention tries again later.
+        let mut days = match self.history_by_consumer.get(consumer)? {
+            Some(v) => decode_days(&v).map_err(JournalError::Transaction)?,
+            None => Vec::new(),
+        };
         let at = days.binary_search_by_key(&day, |d| d.0);
         let (parcels, value) = f(at.ok().map(|i| (days[i].1, days[i].2)));
         match (at, parcels) {

@@ -105,7 +105,11 @@ impl Journal {
             pending_counts: Default::default(),
         };
         // A consumer's first held declaration reads its forgotten days from the store: one
-        // lookup per consumer held, not a pass over a year of buyers.
+        // lookup per consumer held, not a pass over a year of buyers. A store of an older
+        // build gets the index those lookups read first.
+        if !self.index_history(&mut || load.tick())? {
+            return Ok(false);
+        }
         table.set_stored_history(Box::new(self.stored_days()?));
         // An older build's trees first: moved into the log, below what was appended since.
         if !self.move_into_log(&mut load)? {

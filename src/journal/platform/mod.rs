@@ -138,9 +138,6 @@ mod tests {
         let mut all = Forgotten::default();
         loop {
             let f = j.purge_clearance(before, step, t).unwrap();
-            for w in &f.waybills {
-                t.forget_waybill(w);
-            }
             for id in &f.instruction_ids {
                 t.forget_instruction_id(id);
             }

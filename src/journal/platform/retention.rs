@@ -46,9 +46,10 @@ impl Journal {
     /// declaration or instruction was stored on `before_day` or later
     /// ([`ClearanceTable::retention_facts`]) is kept, however old its first message; one the
     /// table does not hold is forgotten. So the table must be loaded before any purge. A
-    /// forgotten declaration that was counted in its consumer's history leaves its day total
-    /// behind (written before its messages go: a crash between errs strict); day totals older
-    /// than the longest window go too. Enterprise notices in force and notice ids are kept.
+    /// waybill forgotten is taken out of `table` here ([`ClearanceTable::take_waybill`]),
+    /// and its parcel, if counted, leaves its day total behind (durable before the step's
+    /// Forget marks: a crash between counts it twice, never less); day totals older than the
+    /// longest window go too. Enterprise notices in force and notice ids are kept.
     ///
     /// The log's segments of days before `before_day` are read block by block: what is kept
     /// of them and still in force (the declaration, instruction, notice and counted mark the
@@ -177,6 +178,11 @@ impl Journal {
                     self.platform_grow(written, 0);
                 }
             }
+            // The day totals of what this step forgot are durable before its Forget marks:
+            // a crash between the two folds the waybills again (counted twice, never less).
+            if out.waybills.len() > forgotten_before {
+                self.history.flush()?;
+            }
             self.write_platform(true)?;
             if finished {
                 let len = self
@@ -289,12 +295,17 @@ impl Journal {
                         }
                         return Ok(current.then_some(touched));
                     }
-                    if let Some((day, consumer, value)) =
-                        held.as_ref().and_then(|h| h.counted.clone())
-                    {
-                        self.add_to_history(day, &consumer, value)?;
-                    }
                     if held.is_some() {
+                        // Out of the table first, with what it counted at that moment (a
+                        // line may count its parcel up to then); its consumer stays until
+                        // the day total is written. A total that cannot be written keeps
+                        // the consumer, and its count, in memory.
+                        if let Some(taken) = table.take_waybill(&waybill) {
+                            if let Some((day, consumer, value)) = &taken.counted {
+                                self.add_to_history(*day, consumer, *value)?;
+                            }
+                            table.release_taken(taken);
+                        }
                         out.waybills.push(waybill.clone());
                     }
                     gone.insert(waybill);

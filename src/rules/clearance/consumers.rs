@@ -36,7 +36,7 @@ use crate::rules::sharded::{grow, Index, Locked, Picker, Place};
 const BOOK_SHARDS: usize = 256;
 
 /// The window of a history that cannot be known: over every limit.
-const UNKNOWN: ConsumerWindow = ConsumerWindow {
+pub(super) const UNKNOWN: ConsumerWindow = ConsumerWindow {
     parcels: u32::MAX,
     value_minor: u64::MAX,
 };
@@ -169,7 +169,10 @@ impl Book {
         }
         let mut shard = self.shards.write(id as usize % BOOK_SHARDS);
         let pos = id / BOOK_SHARDS as u32;
-        let Some(s) = shard.slot(id) else { return };
+        let Some(s) = shard.slot(id) else {
+            debug_assert!(false, "a consumer released more often than acquired");
+            return;
+        };
         s.refs -= 1;
         if s.refs > 0 {
             return;

@@ -158,11 +158,11 @@ impl ClearanceTable {
         if !e.declared() {
             self.declarations.fetch_add(1, Ordering::Relaxed);
         }
+        // The count moves to the new consumer and value: added there first, then taken from
+        // the old, so that a window read in between counts it twice, never not at all. The
+        // old consumer's reference goes last (the same consumer is not dropped on the way).
         let counted = e.counted();
-        // The count moves to the new consumer and value; the old consumer's reference goes
-        // once the new one is in place (the same consumer is not dropped on the way).
-        self.uncount_entry(e);
-        let before = if e.declared() { e.consumer } else { NONE };
+        let before = e.clone();
         let mut flags = DECLARED;
         if f.identity_verified {
             flags |= IDENTITY_VERIFIED;
@@ -188,7 +188,8 @@ impl ClearanceTable {
         if let Some(day) = counted {
             self.count_entry(e, day);
         }
-        self.consumers.release(before);
+        self.uncount_entry(&before);
+        self.consumers.release(before.consumer);
         Applied::Changed
     }
 }

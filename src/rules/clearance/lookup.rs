@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bondline_devices::contract::{Action, EnterpriseAction};
 
+use super::consumers::UNKNOWN;
 use super::shard::{HAS_WEIGHT, IDENTITY_VERIFIED};
 use super::Loading;
 use super::{ClearanceTable, NONE};
@@ -130,32 +131,47 @@ impl ClearanceTable {
     /// the waybill's own parcel (its decision counts "before this one").
     pub fn consumer_window(&self, waybill: &str, first: u32, today: u32) -> ConsumerWindow {
         let found = self.known(waybill);
-        self.consumer_window_of(&found, first, today)
+        self.consumer_window_of(waybill, &found, first, today)
     }
 
-    /// [`ClearanceTable::consumer_window`] of a waybill already looked up.
-    pub fn consumer_window_of(&self, found: &Found, first: u32, today: u32) -> ConsumerWindow {
+    /// [`ClearanceTable::consumer_window`] of a waybill already looked up (`found`). The
+    /// history is read under the waybill's shard lock, once its entry is checked to be as it
+    /// was looked up: a declaration replaced or forgotten in between would otherwise take its
+    /// parcel out of the history before it is taken out once more here. If it changed, the
+    /// window is over every limit (the line decides the waybill again on the change).
+    pub fn consumer_window_of(
+        &self,
+        waybill: &str,
+        found: &Found,
+        first: u32,
+        today: u32,
+    ) -> ConsumerWindow {
         let c = found.consumer_id;
-        let Some(name) = found
-            .declaration
-            .as_ref()
-            .and_then(|d| d.consumer.as_ref())
-            .filter(|_| c != NONE)
-        else {
+        let Some(d) = found.declaration.as_ref() else {
             return ConsumerWindow::default();
         };
-        let mut w = self.history_window(c, name, first, today);
-        if let Some(day) = found.counted_day {
-            if (first..=today).contains(&day) {
-                let value = found
-                    .declaration
-                    .as_ref()
-                    .and_then(|d| d.value_minor)
-                    .unwrap_or(0);
-                w.parcels = w.parcels.saturating_sub(1);
-                w.value_minor = w.value_minor.saturating_sub(value);
+        let Some(name) = d.consumer.as_ref().filter(|_| c != NONE) else {
+            return ConsumerWindow::default();
+        };
+        self.with_entry(waybill, |_, e| {
+            let same = e.is_some_and(|e| {
+                e.declared()
+                    && e.consumer == c
+                    && e.counted() == found.counted_day
+                    && e.value() == d.value_minor
+            });
+            if !same {
+                return UNKNOWN;
             }
-        }
-        w
+            // Locks nest waybill shard, then consumer shard (the module's order).
+            let mut w = self.history_window(c, name, first, today);
+            if let Some(day) = found.counted_day {
+                if (first..=today).contains(&day) {
+                    w.parcels = w.parcels.saturating_sub(1);
+                    w.value_minor = w.value_minor.saturating_sub(d.value_minor.unwrap_or(0));
+                }
+            }
+            w
+        })
     }
 }

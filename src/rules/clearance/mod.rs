@@ -83,7 +83,7 @@ use shard::{Entry, Shard};
 pub use batch::Message;
 pub use loading::Loading;
 pub use lookup::{Found, FoundDeclaration, FoundInstruction, Known};
-pub use purge::RetentionFacts;
+pub use purge::{RetentionFacts, Taken};
 pub use stamp::Stamp;
 
 /// What applying a platform message did.

@@ -8,6 +8,16 @@ use std::sync::Arc;
 
 use super::{ClearanceTable, NONE};
 
+/// A waybill taken out of the table by retention, its consumer still referenced.
+#[derive(Debug)]
+#[must_use = "the consumer stays in memory until the taken waybill is released"]
+pub struct Taken {
+    /// The day its parcel was counted in its consumer's history, that consumer and the
+    /// value, if it was counted.
+    pub counted: Option<(u32, Arc<str>, u64)>,
+    consumer: u32,
+}
+
 /// What retention needs to know of a waybill held in the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionFacts {
@@ -81,20 +91,34 @@ impl ClearanceTable {
     /// consumer's history stays in the journal's day totals, which the journal writes first.
     /// See `Journal::purge_clearance`.
     pub fn forget_waybill(&self, waybill: &str) {
+        if let Some(t) = self.take_waybill(waybill) {
+            self.release_taken(t);
+        }
+    }
+
+    /// Forgets `waybill` as [`ClearanceTable::forget_waybill`] does, but keeps its consumer
+    /// in memory until [`ClearanceTable::release_taken`]: what it returns is what the entry
+    /// held when it went, taken under the waybill's lock, so that no parcel counted by a
+    /// line meanwhile is missed. Retention writes the counted parcel into the stored day
+    /// totals in between.
+    pub fn take_waybill(&self, waybill: &str) -> Option<Taken> {
         let place = self.place(waybill);
         let mut shard = self.shards.write(place.shard);
-        if let Some(i) = shard.find(place, waybill) {
-            let gone = shard.remove(i, place, &self.picker);
-            if gone.declared() {
-                self.declarations.fetch_sub(1, Ordering::Relaxed);
-            }
-            // Its parcel stays in the consumer's stored day totals (the journal wrote them
-            // before forgetting); the consumer goes with its last held declaration.
-            self.consumers.release(gone.consumer);
-            if gone.instruction != NONE {
-                self.instructions.fetch_sub(1, Ordering::Relaxed);
-            }
+        let i = shard.find(place, waybill)?;
+        let gone = shard.remove(i, place, &self.picker);
+        if gone.declared() {
+            self.declarations.fetch_sub(1, Ordering::Relaxed);
         }
+        if gone.instruction != NONE {
+            self.instructions.fetch_sub(1, Ordering::Relaxed);
+        }
+        let counted = gone.counted().filter(|_| gone.declared()).and_then(|day| {
+            Some((
+                day,
+                self.consumers.name(gone.consumer)?,
+                gone.value().unwrap_or(0),
+            ))
+        });
         drop(shard);
         self.orders
             .write()
@@ -104,6 +128,16 @@ impl ClearanceTable {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.digest(waybill.as_bytes()));
+        Some(Taken {
+            counted,
+            consumer: gone.consumer,
+        })
+    }
+
+    /// Lets the consumer of a waybill taken by [`ClearanceTable::take_waybill`] go (with
+    /// its last held declaration, it leaves memory).
+    pub fn release_taken(&self, t: Taken) {
+        self.consumers.release(t.consumer);
     }
 
     /// Forgets an instruction id (one older than any signature the gateway accepts).

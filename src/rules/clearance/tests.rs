@@ -554,3 +554,40 @@ fn a_consumer_whose_stored_history_cannot_be_read_is_over_every_limit() {
     let w = t.consumer_window("A", 0, 100);
     assert_eq!((w.parcels, w.value_minor), (u32::MAX, u64::MAX));
 }
+
+#[test]
+fn retention_takes_a_waybill_with_its_count_and_no_line_counts_it_after() {
+    let t = ClearanceTable::default();
+    t.apply_declaration(&decl("W", "c", 70));
+    t.apply_declaration(&decl("X", "c", 5));
+    assert!(t.count("W", 12));
+    let taken = t.take_waybill("W").expect("held");
+    assert_eq!(taken.counted, Some((12, "c".into(), 70)));
+    assert!(!t.count("W", 12), "gone from the table: nothing to count");
+    assert_eq!(t.consumers(), 1);
+    t.release_taken(taken);
+    assert_eq!(t.consumers(), 1, "X still names c");
+    t.forget_waybill("X");
+    assert_eq!(
+        t.consumers(),
+        0,
+        "the last held declaration takes its consumer along"
+    );
+}
+
+#[test]
+fn a_window_read_after_its_waybill_changed_is_over_every_limit() {
+    let t = ClearanceTable::default();
+    t.apply_declaration(&decl("W", "a", 10));
+    t.apply_declaration(&decl("V", "a", 10));
+    assert!(t.count("V", 3));
+    assert!(t.count("W", 3));
+    let found = t.known("W");
+    // Redeclared to another consumer between the lookup and the window.
+    t.apply_declaration(&decl("W", "b", 10));
+    let w = t.consumer_window_of("W", &found, 0, 10);
+    assert_eq!((w.parcels, w.value_minor), (u32::MAX, u64::MAX));
+    // Looked up afresh, its new consumer's window does not count it.
+    assert_eq!(t.consumer_window("W", 0, 10).parcels, 0);
+    assert_eq!(t.consumer_window("V", 0, 10).parcels, 0);
+}
