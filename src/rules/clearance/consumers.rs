@@ -11,7 +11,8 @@
 //! the ingest's side before the entry is written, and [`Book::release`] when the entry is
 //! forgotten or names another consumer). The first reference reads the day totals that the
 //! journal keeps of the consumer's forgotten declarations ([`StoredHistory`]), outside every
-//! lock; the last one drops the consumer. Memory follows the held declarations, not the
+//! lock (a start's load adds them for every held consumer at once, in the store's order,
+//! once the held declarations are in); the last one drops the consumer. Memory follows the held declarations, not the
 //! year's buyers. A history that cannot be read is kept as unknown, and every limit over an
 //! unknown history is exceeded (fail closed).
 //!
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use super::shard::{counted_day, Entry, NOT_COUNTED};
 use super::{ClearanceTable, NONE};
 use crate::rules::engine::ConsumerWindow;
-use crate::rules::history::{Days, StoredHistory};
+use crate::rules::history::{Days, StoredDay, StoredHistory};
 use crate::rules::sharded::{grow, Index, Locked, Picker, Place};
 
 /// Shards of the consumers.
@@ -162,6 +163,39 @@ impl Book {
         }
     }
 
+    /// The names of every consumer held.
+    pub(super) fn names(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::with_capacity(self.len());
+        for i in 0..self.shards.count() {
+            let shard = self.shards.read(i);
+            out.extend(
+                shard
+                    .slots
+                    .iter()
+                    .filter(|s| s.refs > 0)
+                    .map(|s| s.name.clone()),
+            );
+        }
+        out
+    }
+
+    /// Adds stored `days` to the history of `name`, if it is held.
+    pub(super) fn add_if_held(&self, name: &str, days: Result<Vec<StoredDay>, String>) {
+        let place = self.picker.place(name, BOOK_SHARDS);
+        let mut shard = self.shards.write(place.shard);
+        if let Some(pos) = shard.find(place, name) {
+            let s = &mut shard.slots[pos as usize];
+            match days {
+                Ok(days) => {
+                    for (day, parcels, value) in days {
+                        s.days.add_totals(day, parcels, value);
+                    }
+                }
+                Err(_) => s.unknown = true,
+            }
+        }
+    }
+
     /// One reference to `id` fewer; the consumer is dropped with its last.
     pub(super) fn release(&self, id: u32) {
         if id == NONE {
@@ -238,6 +272,24 @@ impl ClearanceTable {
     /// no history.
     pub fn set_stored_history(&self, stored: Box<dyn StoredHistory>) {
         self.stored_history.store(Some(Arc::new(stored)));
+    }
+
+    /// Until set again, a new consumer starts with no history: a load applies the held
+    /// declarations first, then adds their consumers' stored days in one pass
+    /// ([`ClearanceTable::add_stored_days`]).
+    pub fn clear_stored_history(&self) {
+        self.stored_history.store(None);
+    }
+
+    /// Adds the stored days of `consumer`, if a held declaration names it (a load, after the
+    /// held declarations); days that cannot be read leave its history unknown.
+    pub fn add_stored_days(&self, consumer: &str, days: Result<Vec<StoredDay>, String>) {
+        self.consumers.add_if_held(consumer, days);
+    }
+
+    /// The names of the consumers held declarations name.
+    pub fn held_consumers(&self) -> Vec<Arc<str>> {
+        self.consumers.names()
     }
 
     /// One more reference to the consumer `name` (see the module's doc).
