@@ -270,7 +270,11 @@ pub fn run(
     drop(table);
     distinct_consumers(declarations);
     if stored_consumers > 0 {
-        year_of_buyers(&dir.join("buyers"), stored_consumers, declarations)?;
+        year_of_buyers(
+            &dir.join(format!("buyers-{stored_consumers}-{declarations}")),
+            stored_consumers,
+            declarations,
+        )?;
     }
     Ok(())
 }
@@ -330,7 +334,7 @@ fn year_of_buyers(dir: &Path, stored: u64, declarations: u64) -> anyhow::Result<
     };
     let returning = table.consumer_window(&format!("BL{:012}", 2), 0, day);
     println!(
-        "a start on it: table loaded in {:.1} s ({} declarations, {} consumers in memory; {:.0} MiB of heap per million held, the journal's cache included); a returning buyer's year: {} parcel(s)",
+        "a start on it: table loaded in {:.1} s ({} declarations, {} consumers in memory; {:.0} MiB of heap per million held, the journal's cache included); a returning buyer's stored parcels in its window: {}",
         loaded.as_secs_f64(),
         table.declarations(),
         table.consumers(),

@@ -165,10 +165,16 @@ impl Journal {
         day: u32,
         f: impl FnOnce(Option<(u32, u64)>) -> (u32, u64),
     ) -> Result<(), JournalError> {
-        // A damaged value is left as it is (its reads say unknown: over every limit), and
-        // the write fails: retention tries again later.
+        // A damaged value is left as it is: its reads say unknown (over every limit), and
+        // retention goes on with the others.
         let mut days = match self.history_by_consumer.get(consumer)? {
-            Some(v) => decode_days(&v).map_err(JournalError::Transaction)?,
+            Some(v) => match decode_days(&v) {
+                Ok(days) => days,
+                Err(e) => {
+                    tracing::error!(error = %e, "a consumer's stored days are damaged: left as they are, and every limit over them is taken as exceeded");
+                    return Ok(());
+                }
+            },
             None => Vec::new(),
         };
         let at = days.binary_search_by_key(&day, |d| d.0);

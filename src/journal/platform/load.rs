@@ -174,9 +174,14 @@ impl Journal {
                 }
                 table.add_stored_days(consumer, StoredHistory::days_of(&stored, consumer));
             }
-            helper.join().is_ok() && !stop.load(std::sync::atomic::Ordering::Relaxed)
+            match helper.join() {
+                Ok(()) => Ok(!stop.load(std::sync::atomic::Ordering::Relaxed)),
+                Err(_) => Err(JournalError::Transaction(
+                    "the lookup of consumers' stored days failed (its thread panicked)".into(),
+                )),
+            }
         });
-        if !complete {
+        if !complete? {
             return Ok(false);
         }
         table.set_stored_history(Box::new(stored));

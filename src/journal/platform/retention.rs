@@ -163,6 +163,12 @@ impl Journal {
                         )
                     }));
             }
+            // The day totals of what this step forgot are durable before any of its Forget
+            // marks is written: a crash between folds the waybills again (counted twice,
+            // never less).
+            if out.waybills.len() > forgotten_before {
+                self.db.flush()?;
+            }
             for (to, frames) in &carried {
                 let frames: Vec<log::Frame<'_>> = frames
                     .iter()
@@ -177,11 +183,6 @@ impl Journal {
                     let written = self.platform_log.append_sealed(*to, &unit)?;
                     self.platform_grow(written, 0);
                 }
-            }
-            // The day totals of what this step forgot are durable before its Forget marks:
-            // a crash between the two folds the waybills again (counted twice, never less).
-            if out.waybills.len() > forgotten_before {
-                self.history.flush()?;
             }
             self.write_platform(true)?;
             if finished {
@@ -298,11 +299,16 @@ impl Journal {
                     if held.is_some() {
                         // Out of the table first, with what it counted at that moment (a
                         // line may count its parcel up to then); its consumer stays until
-                        // the day total is written. A total that cannot be written keeps
-                        // the consumer, and its count, in memory.
+                        // the day total is written. A total that cannot be written puts the
+                        // waybill back.
                         if let Some(taken) = table.take_waybill(&waybill) {
                             if let Some((day, consumer, value)) = &taken.counted {
-                                self.add_to_history(*day, consumer, *value)?;
+                                if let Err(e) = self.add_to_history(*day, consumer, *value) {
+                                    // Held again as it was: this step fails, and a later
+                                    // one takes it again.
+                                    table.restore_taken(taken);
+                                    return Err(e);
+                                }
                             }
                             table.release_taken(taken);
                         }

@@ -20,9 +20,10 @@
 //!
 //! A dropped consumer's id is given to the next new one. An entry holds its reference for as
 //! long as it names the id, and a lookup reads the consumer's name under the entry's shard
-//! lock (so the id cannot be dropped meanwhile); the history is read later, under the
-//! consumer's own lock, and only if the id still names the same consumer (the same `Arc`):
-//! otherwise the waybill was forgotten in between and its window is taken as exceeded.
+//! lock (so the id cannot be dropped meanwhile). The history is read under the entry's lock
+//! again, once the entry is checked to be as it was looked up, and only if the id still names
+//! the same consumer (the same `Arc`); otherwise the waybill changed or was forgotten in
+//! between, and its window is taken as exceeded (the line decides it again on the change).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

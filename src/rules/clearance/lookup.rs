@@ -154,18 +154,19 @@ impl ClearanceTable {
             return ConsumerWindow::default();
         };
         self.with_entry(waybill, |_, e| {
-            let same = e.is_some_and(|e| {
+            // Counted since the lookup (another piece, or a decision again) is the same
+            // entry: its own parcel is taken out as counted now.
+            let Some(e) = e.filter(|e| {
                 e.declared()
                     && e.consumer == c
-                    && e.counted() == found.counted_day
                     && e.value() == d.value_minor
-            });
-            if !same {
+                    && (e.counted() == found.counted_day || found.counted_day.is_none())
+            }) else {
                 return UNKNOWN;
-            }
+            };
             // Locks nest waybill shard, then consumer shard (the module's order).
             let mut w = self.history_window(c, name, first, today);
-            if let Some(day) = found.counted_day {
+            if let Some(day) = e.counted() {
                 if (first..=today).contains(&day) {
                     w.parcels = w.parcels.saturating_sub(1);
                     w.value_minor = w.value_minor.saturating_sub(d.value_minor.unwrap_or(0));

@@ -6,16 +6,20 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::shard::{Entry, Held};
 use super::{ClearanceTable, NONE};
 
-/// A waybill taken out of the table by retention, its consumer still referenced.
+/// A waybill taken out of the table by retention, its consumer still referenced: released
+/// or restored ([`ClearanceTable::release_taken`], [`ClearanceTable::restore_taken`]).
 #[derive(Debug)]
-#[must_use = "the consumer stays in memory until the taken waybill is released"]
+#[must_use = "a taken waybill is released or restored"]
 pub struct Taken {
     /// The day its parcel was counted in its consumer's history, that consumer and the
     /// value, if it was counted.
     pub counted: Option<(u32, Arc<str>, u64)>,
-    consumer: u32,
+    waybill: String,
+    entry: Entry,
+    held: Option<Held>,
 }
 
 /// What retention needs to know of a waybill held in the table.
@@ -87,57 +91,88 @@ impl ClearanceTable {
         })
     }
 
-    /// Forgets what the platform said of `waybill` (its declaration and instruction); its
-    /// consumer's history stays in the journal's day totals, which the journal writes first.
-    /// See `Journal::purge_clearance`.
+    /// Forgets what the platform said of `waybill` (its declaration and instruction), its
+    /// order's sums and declared pieces; its consumer's history stays in the journal's day
+    /// totals (see `Journal::purge_clearance`, which takes and releases instead).
     pub fn forget_waybill(&self, waybill: &str) {
         if let Some(t) = self.take_waybill(waybill) {
             self.release_taken(t);
         }
     }
 
-    /// Forgets `waybill` as [`ClearanceTable::forget_waybill`] does, but keeps its consumer
-    /// in memory until [`ClearanceTable::release_taken`]: what it returns is what the entry
-    /// held when it went, taken under the waybill's lock, so that no parcel counted by a
-    /// line meanwhile is missed. Retention writes the counted parcel into the stored day
-    /// totals in between.
+    /// Takes `waybill` out of the table, keeping what it held (and its consumer in memory)
+    /// until [`ClearanceTable::release_taken`] forgets it for good or
+    /// [`ClearanceTable::restore_taken`] puts it back. Taken under the waybill's lock, so
+    /// that no parcel a line counts is missed: a line counts it before (and it is in
+    /// [`Taken::counted`]) or finds nothing to count after. Retention writes the counted
+    /// parcel into the stored day totals in between.
     pub fn take_waybill(&self, waybill: &str) -> Option<Taken> {
         let place = self.place(waybill);
         let mut shard = self.shards.write(place.shard);
         let i = shard.find(place, waybill)?;
-        let gone = shard.remove(i, place, &self.picker);
-        if gone.declared() {
+        let held = shard.held(&shard.entries[i]).cloned();
+        let mut entry = shard.remove(i, place, &self.picker);
+        if entry.declared() {
             self.declarations.fetch_sub(1, Ordering::Relaxed);
         }
-        if gone.instruction != NONE {
+        if entry.instruction != NONE {
             self.instructions.fetch_sub(1, Ordering::Relaxed);
         }
-        let counted = gone.counted().filter(|_| gone.declared()).and_then(|day| {
-            Some((
-                day,
-                self.consumers.name(gone.consumer)?,
-                gone.value().unwrap_or(0),
-            ))
-        });
-        drop(shard);
-        self.orders
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .forget(waybill);
-        self.multi_piece
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.digest(waybill.as_bytes()));
+        entry.instruction = NONE;
+        // The consumer's name is read under the entry's lock (its reference is held).
+        let counted = entry
+            .counted()
+            .filter(|_| entry.declared())
+            .and_then(|day| {
+                Some((
+                    day,
+                    self.consumers.name(entry.consumer)?,
+                    entry.value().unwrap_or(0),
+                ))
+            });
         Some(Taken {
             counted,
-            consumer: gone.consumer,
+            waybill: waybill.to_string(),
+            entry,
+            held,
         })
     }
 
-    /// Lets the consumer of a waybill taken by [`ClearanceTable::take_waybill`] go (with
-    /// its last held declaration, it leaves memory).
+    /// Forgets a waybill taken by [`ClearanceTable::take_waybill`] for good: its order's
+    /// sums and declared pieces go, and its consumer, with its last held declaration, leaves
+    /// memory.
     pub fn release_taken(&self, t: Taken) {
-        self.consumers.release(t.consumer);
+        self.orders
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(&t.waybill);
+        self.multi_piece
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.digest(t.waybill.as_bytes()));
+        self.consumers.release(t.entry.consumer);
+    }
+
+    /// Puts a waybill taken by [`ClearanceTable::take_waybill`] back as it was (retention
+    /// could not write its day total). Nothing else creates a waybill's entry while retention
+    /// holds the platform lock; if something did, the taken one gives way.
+    pub fn restore_taken(&self, t: Taken) {
+        let place = self.place(&t.waybill);
+        let mut shard = self.shards.write(place.shard);
+        let (i, new) = shard.entry(place, &t.waybill);
+        if !new {
+            drop(shard);
+            self.consumers.release(t.entry.consumer);
+            return;
+        }
+        if t.entry.declared() {
+            self.declarations.fetch_add(1, Ordering::Relaxed);
+        }
+        shard.entries[i] = t.entry;
+        if let Some(h) = t.held {
+            shard.set_held(i, h);
+            self.instructions.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Forgets an instruction id (one older than any signature the gateway accepts).

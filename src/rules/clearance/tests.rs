@@ -591,3 +591,45 @@ fn a_window_read_after_its_waybill_changed_is_over_every_limit() {
     assert_eq!(t.consumer_window("W", 0, 10).parcels, 0);
     assert_eq!(t.consumer_window("V", 0, 10).parcels, 0);
 }
+
+#[test]
+fn a_taken_waybill_put_back_is_held_as_before() {
+    let t = ClearanceTable::default();
+    let d = decl("W", "c", 40);
+    t.apply_many(&[
+        Message::Declaration(&d),
+        Message::Instruction(&instruction("W", "I1", Action::Release)),
+    ]);
+    assert!(t.count("W", 9));
+    let before = format!("{:?}", t.known("W"));
+    let taken = t.take_waybill("W").unwrap();
+    assert_eq!((t.declarations(), t.instructions()), (0, 0));
+    t.restore_taken(taken);
+    assert_eq!(format!("{:?}", t.known("W")), before);
+    assert_eq!(
+        (t.declarations(), t.instructions(), t.consumers()),
+        (1, 1, 1)
+    );
+    assert!(!t.count("W", 9), "still counted once");
+    t.forget_waybill("W");
+    assert_eq!(
+        (t.declarations(), t.instructions(), t.consumers()),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn a_waybill_counted_between_its_lookup_and_its_window_is_not_over_the_limits() {
+    let t = ClearanceTable::default();
+    t.apply_declaration(&decl("W", "c", 10));
+    t.apply_declaration(&decl("V", "c", 7));
+    assert!(t.count("V", 3));
+    let found = t.known("W");
+    assert!(t.count("W", 3), "another piece of W counts it meanwhile");
+    let w = t.consumer_window_of("W", &found, 0, 10);
+    assert_eq!(
+        (w.parcels, w.value_minor),
+        (1, 7),
+        "V only: W's own parcel is not counted"
+    );
+}
