@@ -192,8 +192,7 @@ impl Journal {
                     .into_iter()
                     .find(|(d, _)| *d == day)
                     .map_or(0, |(_, len)| len);
-                // The day totals written for what it held are durable before it goes.
-                self.history.flush()?;
+                // The day totals written for what it held were made durable by their step.
                 self.platform_log.remove(day)?;
                 self.platform_grow(0, len);
                 (day_at, offset) = (day + 1, 0);
