@@ -12,9 +12,9 @@
 //! forgotten or names another consumer). The first reference reads the day totals that the
 //! journal keeps of the consumer's forgotten declarations ([`StoredHistory`]), outside every
 //! lock (a start's load adds them for every held consumer at once, in the store's order,
-//! once the held declarations are in); the last one drops the consumer. Memory follows the held declarations, not the
-//! year's buyers. A history that cannot be read is kept as unknown, and every limit over an
-//! unknown history is exceeded (fail closed).
+//! once the held declarations are in); the last one drops the consumer. Memory follows the
+//! held declarations, not the year's buyers. A history that cannot be read is kept as
+//! unknown, and every limit over an unknown history is exceeded (fail closed).
 //!
 //! # Ids are reused
 //!

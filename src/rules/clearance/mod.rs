@@ -5,8 +5,8 @@
 //! `storage.clearance_days`). The table keeps of each only what rules look at, in one entry
 //! per waybill holding the declaration's facts and, in a side slab, its instruction; repeated
 //! strings (enterprise codes, currencies, instruction reasons) are stored once, and so are
-//! consumers, for as long as a held declaration names them ([`consumers`]); waybills and instruction ids sit inline in their slots
-//! ([`Compact`](crate::rules::compact::Compact)). The full messages live in the journal.
+//! consumers, for as long as a held declaration names them ([`consumers`]); waybills and
+//! instruction ids sit inline in their slots ([`Compact`](crate::rules::compact::Compact)). The full messages live in the journal.
 //! About 138 bytes of heap per declaration with half of them instructed, the index and
 //! the consumers' histories included (`bondline-lab bench table`: 132 MiB per million).
 //!
@@ -51,7 +51,8 @@
 //! [`interner`] (strings stored once). What the platform says is applied in
 //! [`declarations`], [`instructions`] and [`notices`] (ordered by [`stamp`]), one message or
 //! a [`batch`]; [`lookup`] serves the decision path, [`consumers`] keeps the consumers of
-//! the held declarations and counts their parcels, [`loading`] and [`purge`] are the table's start and retention.
+//! the held declarations and counts their parcels, [`loading`] and [`purge`] are the
+//! table's start and retention.
 
 mod batch;
 mod consumers;
