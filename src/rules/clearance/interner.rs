@@ -1,7 +1,7 @@
-//! Strings stored once: enterprise codes, consumer hashes, currencies and instruction
-//! reasons recur across millions of declarations, so entries hold a `u32` id instead of the
-//! string. Sharded like the waybills so that interning never contends with lookups of other
-//! names; never forgotten.
+//! Strings stored once: enterprise codes, currencies and instruction reasons recur across
+//! millions of declarations, so entries hold a `u32` id instead of the string. Sharded like
+//! the waybills so that interning never contends with lookups of other names; never
+//! forgotten.
 
 use std::sync::Arc;
 
@@ -15,8 +15,8 @@ struct NameShard {
     names: Vec<Arc<str>>,
 }
 
-/// Strings stored once, numbered; never forgotten (enterprises, currencies, reasons and
-/// consumers recur).
+/// Strings stored once, numbered; never forgotten (enterprises, currencies and reasons
+/// recur; consumers, which mostly do not, are kept in [`super::consumers`]).
 #[derive(Debug)]
 pub(super) struct Interner {
     shards: Locked<NameShard>,

@@ -55,6 +55,7 @@
 //! table's start and retention.
 
 mod batch;
+mod consumer_name;
 mod consumers;
 mod declarations;
 mod instructions;
