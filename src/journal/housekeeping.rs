@@ -97,7 +97,10 @@ impl Housekeeping {
 
     fn measure(&self, journal: &Journal, metrics: &Metrics, short: &mut Short) -> Level {
         let live = journal.live_bytes();
-        let platform = journal.platform_bytes();
+        // The consumers' day totals are platform state too (a year of buyers).
+        let platform = journal
+            .platform_bytes()
+            .saturating_add(journal.consumer_days_bytes());
         let free = match free_bytes(&self.path) {
             Ok(f) => f,
             Err(e) => {

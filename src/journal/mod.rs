@@ -37,12 +37,13 @@
 //! - `acked`: records above `W` acknowledged out of order. `parked`: `seq` → reason.
 //! - Beside the store, `<store>-platform/`: what the platform said (declarations,
 //!   instructions, notices, ids seen, parcels counted in their consumer's history), in the
-//!   order it was stored, a file per day (see [`platform`]). In the store: `history` and
-//!   `history_by_consumer` (consumer day totals of forgotten declarations, by day and by
-//!   consumer); `rule_update_ids`; in `meta`, the rule
-//!   set in force. `declarations`,
-//!   `instructions`, `instruction_ids`, `enterprises`, `notice_ids`, `counted`, `aging` and
-//!   `received` are an older build's layout, moved into the log at the first load.
+//!   order it was stored, a file per day (see [`platform`]). Beside the store too,
+//!   `<store>-consumers.redb`: consumer day totals of forgotten declarations, by consumer
+//!   and by day (see [`platform`]'s `consumer_days`). In the store: `rule_update_ids`; in
+//!   `meta`, the rule set in force. `declarations`, `instructions`, `instruction_ids`,
+//!   `enterprises`, `notice_ids`, `counted`, `aging` and `received` are an older build's
+//!   layout, moved into the log at the first load; `history` and `history_by_consumer` an
+//!   older build's day totals, moved into the consumers' file.
 //! - `by_waybill`: the lookup index, waybill bytes + 0x00 + `seq` → empty; written behind
 //!   the writer up to the `meta` key `by_waybill_upto` (the last indexed `seq`), removed with
 //!   its batch at purge (see [`lookup`]).
@@ -80,6 +81,7 @@ pub use lookup::{Forwarding, TIME_SLACK_MS};
 #[cfg(test)]
 pub(crate) use maintenance::tests::{disposition as test_disposition, record as test_record};
 pub use maintenance::JournalStats;
+pub use platform::consumer_days::path_of as consumer_days_path;
 pub use salvage::{salvage, ChainMode, Opened, SalvageError, SalvageReport};
 pub use spill::{read_spill, read_spill_file, spill_dir};
 pub use verify::{ChainProblem, VerifyReport};
@@ -176,10 +178,14 @@ pub struct Journal {
     /// An older build's ages of its platform state: moved into the log with it.
     aging: Tree,
     received: Tree,
-    /// Consumer day totals of purged declarations, kept for consumer-limit windows: by day,
-    /// and by consumer (see [`platform`]'s `consumer_days`).
+    /// An older build's consumer day totals (by day, and by consumer): moved into
+    /// `consumer_days` at the first load.
     history: Tree,
-    history_by_consumer: Arc<Tree>,
+    history_by_consumer: Tree,
+    /// Consumer day totals of forgotten declarations, kept for consumer-limit windows: a
+    /// file of their own beside the store (see [`platform`]'s `consumer_days`); the error if
+    /// it could not be opened.
+    consumer_days: Result<Arc<redb::Database>, Arc<str>>,
     /// Waybill lookup index, see [`lookup`].
     by_waybill: Tree,
     /// Release decisions written ahead of their command: a store of its own beside this one
@@ -340,7 +346,8 @@ impl Journal {
             purge_cursor: Arc::default(),
             received: db.open_tree("received")?,
             history: db.open_tree("history")?,
-            history_by_consumer: Arc::new(db.open_tree("history_by_consumer")?),
+            history_by_consumer: db.open_tree("history_by_consumer")?,
+            consumer_days: platform::consumer_days::open(path),
             by_waybill: db.open_tree("by_waybill")?,
             intents: intents::open(path)?,
             intent_wal: Arc::default(),

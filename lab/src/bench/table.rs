@@ -279,6 +279,12 @@ pub fn run(
     Ok(())
 }
 
+/// Bytes a file occupies on disk (its blocks; a sparse file's holes take none).
+fn occupied(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
 /// A one-off buyer's identity hash.
 fn buyer(i: u64) -> String {
     format!("{:064x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15)
@@ -291,7 +297,9 @@ fn buyer(i: u64) -> String {
 /// days read as it arrives. What the reads cost, and what stays in memory.
 fn year_of_buyers(dir: &Path, stored: u64, declarations: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
+    let opening = Instant::now();
     let journal = Journal::open(dir)?;
+    let opened = opening.elapsed();
     let day =
         bondline::rules::history::day_of(bondline::metrics::unix_ms(std::time::SystemTime::now()));
     // Every other declaration from a buyer of the stored year, spread over it.
@@ -307,8 +315,18 @@ fn year_of_buyers(dir: &Path, stored: u64, declarations: u64) -> anyhow::Result<
     };
     if journal.stored_days()?.is_empty() {
         let started = Instant::now();
-        for i in 0..stored {
-            journal.add_to_history(day - 20 - (i % 300) as u32, &buyer(i), 10_000)?;
+        // As retention writes them: a step's totals in one transaction.
+        let mut i = 0;
+        while i < stored {
+            let names: Vec<(u32, String)> = (i..(i + 50_000).min(stored))
+                .map(|i| (day - 20 - (i % 300) as u32, buyer(i)))
+                .collect();
+            let parcels: Vec<(u32, &str, u64)> = names
+                .iter()
+                .map(|(d, b)| (*d, b.as_str(), 10_000))
+                .collect();
+            journal.add_many_to_history(&parcels)?;
+            i += 50_000;
         }
         for i in 0..declarations {
             journal.store_declaration(&held(i))?;
@@ -334,12 +352,20 @@ fn year_of_buyers(dir: &Path, stored: u64, declarations: u64) -> anyhow::Result<
     };
     let returning = table.consumer_window(&format!("BL{:012}", 2), 0, day);
     println!(
-        "a start on it: table loaded in {:.1} s ({} declarations, {} consumers in memory; {:.0} MiB of heap per million held, the journal's cache included); a returning buyer's stored parcels in its window: {}",
+        "a start on it: store opened in {} ms, table loaded in {:.1} s ({} declarations, {} consumers in memory; {:.0} MiB of heap per million held, the journal's cache included); a returning buyer's stored parcels in its window: {}",
+        opened.as_millis(),
         loaded.as_secs_f64(),
         table.declarations(),
         table.consumers(),
         heap(&table),
         returning.parcels,
+    );
+    let file = journal.consumer_days_bytes();
+    println!(
+        "the consumers' day totals on disk: {:.0} MiB = {:.0} bytes per stored consumer (the file's length; what it occupies: {:.0} MiB)",
+        file as f64 / 1048576.0,
+        file as f64 / stored.max(1) as f64,
+        occupied(&bondline::journal::consumer_days_path(dir)) as f64 / 1048576.0,
     );
     // Live, every other one from a buyer of the year not held now (its stored days read).
     let started = Instant::now();

@@ -1,42 +1,153 @@
 //! The consumers' day totals of forgotten declarations, kept for the longest consumer-limit
 //! window after the declarations themselves are forgotten.
 //!
-//! Two trees hold the same totals: `history` by day, then consumer (old days go by a range
-//! of keys), and `history_by_consumer`, one value per consumer holding all its days, which
-//! the clearance table reads with one lookup when a consumer's first held declaration
-//! arrives ([`StoredDays`]). The table keeps in
-//! memory only the consumers of held declarations, so a year of one-off buyers stays on disk.
+//! # A file of their own
 //!
-//! A total is written to `history` first, and `history_by_consumer` is set to the same
-//! total (not added to), so the two agree after every write. A crash before the store's
-//! flush makes retention fold the same segment again (its segment goes only once the totals
-//! are durable): a parcel may then count twice, never less. The index is built from
-//! `history` once, at the first load of a store that lacks it (a store of an older build, or
-//! a salvaged one); built again after a crash half way, it sets the same values. A build
-//! older than the index writes only `history`: after running one on this store, `journal
-//! salvage` builds the index afresh (the salvaged store has none).
+//! A busy gateway forgets up to a million declarations a day, most of them from one-off
+//! buyers: a year of totals is hundreds of millions of small entries. They are kept beside
+//! the store in `<store>-consumers.redb`, a copy-on-write B-tree file (redb) whose cache is
+//! bounded ([`CACHE_BYTES`]) and which takes about a hundred bytes of disk per consumer. In
+//! the sled store they took about 1.5 KB of disk and 30 MiB of resident memory per million
+//! at every open (BENCHMARKS.md), so memory and disk grew with the year's buyers.
+//!
+//! Two tables hold the same totals: `days`, one value per consumer holding all its days,
+//! which the clearance table reads with one lookup when a consumer's first held declaration
+//! arrives ([`StoredDays`]), and `by_day`, by day then consumer, by which old days go.
+//! Consumers are keyed by [`key`]: an identity hash in lowercase hexadecimal packed two
+//! digits to a byte.
+//!
+//! # Durable before forgotten
+//!
+//! Retention writes the totals of a step's forgotten waybills in one transaction
+//! ([`Journal::add_many_to_history`]), committed durably before the step's Forget marks are
+//! appended and before the waybills' consumers are released in the table: a reader sees a
+//! consumer's totals either in the table's memory or in this file, never in neither. A crash
+//! before the commit loses the step's totals with its marks (the waybills are held again at
+//! the next start, their parcels counted there); no parcel counts less. Commits record the
+//! allocator's state, so that opening the file after a crash does not walk it whole.
+//!
+//! # From an older build
+//!
+//! An older build kept the totals in the store's `history` tree (and, briefly, in
+//! `history_by_consumer`). The first load moves them here ([`Journal::move_history`]): the
+//! totals are set, not added, so a move cut short and done again gives the same values; the
+//! last batch marks the file as moved, and only then are the old trees emptied. After running
+//! an older build again, its totals of the days between stay in its trees and are not read:
+//! `journal salvage` does not bring them back either.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use sled::Tree;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::retention::decode_total;
 use crate::journal::{Journal, JournalError};
 use crate::rules::history::{StoredDay, StoredHistory};
 
-/// Set once `history_by_consumer` holds everything `history` does.
-const META_HISTORY_INDEXED: &[u8] = b"history_by_consumer";
+/// Memory redb may keep of the file's pages.
+pub const CACHE_BYTES: usize = 16 << 20;
 
-/// `history` key: the UTC day, then the consumer.
-pub(super) fn by_day_key(day: u32, consumer: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + consumer.len());
+/// Consumer key → its days, 16 bytes each, oldest first.
+const DAYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("days");
+/// Day (big-endian) and consumer key → the day's total, 12 bytes.
+const BY_DAY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("by_day");
+/// `moved`: an older build's totals were moved in.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_MOVED: &str = "moved";
+
+/// How many totals one transaction of a move or a drop holds.
+const BATCH: usize = 50_000;
+
+/// The file beside the store at `store`.
+pub fn path_of(store: &Path) -> PathBuf {
+    let mut name = store.as_os_str().to_owned();
+    name.push("-consumers.redb");
+    PathBuf::from(name)
+}
+
+/// A redb error as the journal's: an I/O error stays one (a full disk is recognised).
+fn store_err(e: impl Into<redb::Error>) -> JournalError {
+    match e.into() {
+        redb::Error::Io(e) => JournalError::Store(sled::Error::Io(e)),
+        other => JournalError::Transaction(format!("consumer history store: {other}")),
+    }
+}
+
+/// Opens (or creates) the file, waiting like the store's own open for a handle of this
+/// process that is still closing. A file that cannot be opened leaves every consumer's stored
+/// history unknown (every limit over it exceeded) and retention unable to forget a counted
+/// parcel, with the error logged: it fails closed rather than forgetting a year of purchases.
+pub(crate) fn open(store: &Path) -> Result<Arc<Database>, Arc<str>> {
+    let path = path_of(store);
+    let opened = std::panic::catch_unwind(|| open_file(&path)).unwrap_or_else(|_| {
+        Err(JournalError::Transaction(
+            "consumer history store: the file could not be read (redb panicked)".into(),
+        ))
+    });
+    opened.map_err(|e| {
+        tracing::error!(file = %path.display(), error = %e, "the consumers' stored day totals cannot be opened: every consumer limit is taken as exceeded, and retention keeps counted parcels until they can be written");
+        Arc::from(format!("consumer history store {}: {e}", path.display()))
+    })
+}
+
+fn open_file(path: &Path) -> Result<Arc<Database>, JournalError> {
+    let started = std::time::Instant::now();
+    let db = loop {
+        // Not checked whole at every open (that reads the whole file, a year of buyers):
+        // redb checks and repairs after a crash, and a file damaged otherwise may make it
+        // panic, which `open` takes as a file that cannot be opened.
+        match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
+            Ok(db) => break db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if started.elapsed() < super::super::LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(store_err(e)),
+        }
+    };
+    let tx = db.begin_write().map_err(store_err)?;
+    tx.open_table(DAYS).map_err(store_err)?;
+    tx.open_table(BY_DAY).map_err(store_err)?;
+    tx.open_table(META).map_err(store_err)?;
+    tx.commit().map_err(store_err)?;
+    Ok(Arc::new(db))
+}
+
+/// A consumer's key: `1`, the number of digits and the digits two to a byte for a name in
+/// lowercase hexadecimal (identity hashes); `0` and the name's bytes for any other.
+pub(super) fn key(consumer: &str) -> Vec<u8> {
+    let b = consumer.as_bytes();
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    if !b.is_empty() && b.len() <= 255 && b.iter().all(|&c| hex(c).is_some()) {
+        let mut k = vec![0u8; 2 + b.len().div_ceil(2)];
+        k[0] = 1;
+        k[1] = b.len() as u8;
+        for (i, &c) in b.iter().enumerate() {
+            k[2 + i / 2] |= hex(c).unwrap_or(0) << if i % 2 == 0 { 4 } else { 0 };
+        }
+        k
+    } else {
+        let mut k = Vec::with_capacity(1 + b.len());
+        k.push(0);
+        k.extend_from_slice(b);
+        k
+    }
+}
+
+fn by_day_key(day: u32, consumer_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + consumer_key.len());
     k.extend_from_slice(&day.to_be_bytes());
-    k.extend_from_slice(consumer);
+    k.extend_from_slice(consumer_key);
     k
 }
 
-/// A consumer's days in `history_by_consumer`, oldest first, 16 bytes each: the day, the
-/// parcels and the value (big-endian).
+/// A consumer's days in `days`, oldest first, 16 bytes each: the day, the parcels and the
+/// value (big-endian).
 fn decode_days(v: &[u8]) -> Result<Vec<StoredDay>, String> {
     if v.len() % 16 != 0 {
         return Err(format!(
@@ -69,112 +180,34 @@ fn encode_total(parcels: u32, value: u64) -> [u8; 12] {
     v
 }
 
-/// The stored day totals, read by consumer (see the module's doc). It does not keep the
-/// store open: once the journal is closed, every read fails (and the consumer's history is
-/// unknown).
-#[derive(Debug, Clone)]
-pub struct StoredDays {
-    by_consumer: Weak<Tree>,
+/// The write side of one transaction over both tables.
+struct Writing<'t> {
+    days: redb::Table<'t, &'static [u8], &'static [u8]>,
+    by_day: redb::Table<'t, &'static [u8], &'static [u8]>,
 }
 
-impl StoredDays {
-    /// Whether no day total is stored.
-    pub fn is_empty(&self) -> bool {
-        self.by_consumer.upgrade().is_none_or(|t| t.is_empty())
-    }
-}
-
-impl StoredHistory for StoredDays {
-    fn days_of(&self, consumer: &str) -> Result<Vec<StoredDay>, String> {
-        let tree = self
-            .by_consumer
-            .upgrade()
-            .ok_or("consumer history store: the journal is closed")?;
-        let v = tree
-            .get(consumer.as_bytes())
-            .map_err(|e| format!("consumer history store: {e}"))?;
-        v.map_or(Ok(Vec::new()), |v| decode_days(&v))
-    }
-}
-
-impl Journal {
-    /// The stored day totals by consumer, built from `history` first if this store has not
-    /// had them yet (see the module's doc).
-    pub fn stored_days(&self) -> Result<StoredDays, JournalError> {
-        self.index_history(&mut || false)?;
-        Ok(StoredDays {
-            by_consumer: Arc::downgrade(&self.history_by_consumer),
-        })
-    }
-
-    /// Builds `history_by_consumer` from `history` if this store has not had it yet, calling
-    /// `tick` after each total (a start's load counts them as progress); false, with the
-    /// index left to build again, once `tick` says stop.
-    pub(super) fn index_history(
-        &self,
-        tick: &mut dyn FnMut() -> bool,
-    ) -> Result<bool, JournalError> {
-        if self.meta.get(META_HISTORY_INDEXED)?.is_some() {
-            return Ok(true);
-        }
-        let mut n = 0u64;
-        for entry in self.history.iter() {
-            let (k, v) = entry?;
-            if let Some(day) = super::be_u32(&k) {
-                let (parcels, value) = decode_total(&v);
-                self.set_consumer_day(&k[4..], day, |_| (parcels, value))?;
-                n += 1;
-            }
-            if tick() {
-                return Ok(false);
-            }
-        }
-        self.history_by_consumer.flush()?;
-        self.meta.insert(META_HISTORY_INDEXED, &[1u8][..])?;
-        if n > 0 {
-            tracing::info!(
-                totals = n,
-                "consumers' stored day totals indexed by consumer"
-            );
-        }
-        Ok(true)
-    }
-
-    /// Adds one counted parcel of `value` to `consumer`'s stored day total of `day` (what
-    /// retention does for a forgotten declaration that was counted; public for tools).
-    pub fn add_to_history(&self, day: u32, consumer: &str, value: u64) -> Result<(), JournalError> {
-        let key = by_day_key(day, consumer.as_bytes());
-        let (parcels, total) = self
-            .history
-            .get(&key)?
-            .map(|v| decode_total(&v))
-            .unwrap_or((0, 0));
-        let (parcels, total) = (parcels.saturating_add(1), total.saturating_add(value));
-        self.history
-            .insert(key, &encode_total(parcels, total)[..])?;
-        self.set_consumer_day(consumer.as_bytes(), day, |_| (parcels, total))?;
-        Ok(())
-    }
-
-    /// Sets `consumer`'s total of `day` in `history_by_consumer` to what `f` makes of the
-    /// one stored (`None`: none); a total of no parcels removes the day, and a consumer
-    /// left without days goes.
-    fn set_consumer_day(
-        &self,
+impl Writing<'_> {
+    /// Sets the consumer's total of `day` to what `f` makes of the one stored (`None`:
+    /// none), in both tables; a total of no parcels removes the day, and a consumer left
+    /// without days goes. A damaged value is left as it is: its reads say unknown (over
+    /// every limit), and retention goes on with the others.
+    fn set_day(
+        &mut self,
         consumer: &[u8],
         day: u32,
         f: impl FnOnce(Option<(u32, u64)>) -> (u32, u64),
     ) -> Result<(), JournalError> {
-        // A damaged value is left as it is: its reads say unknown (over every limit), and
-        // retention goes on with the others.
-        let mut days = match self.history_by_consumer.get(consumer)? {
-            Some(v) => match decode_days(&v) {
-                Ok(days) => days,
-                Err(e) => {
-                    tracing::error!(error = %e, "a consumer's stored days are damaged: left as they are, and every limit over them is taken as exceeded");
-                    return Ok(());
-                }
-            },
+        let stored = self
+            .days
+            .get(consumer)
+            .map_err(store_err)?
+            .map(|v| decode_days(v.value()));
+        let mut days = match stored {
+            Some(Ok(days)) => days,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "a consumer's stored days are damaged: left as they are, and every limit over them is taken as exceeded");
+                return Ok(());
+            }
             None => Vec::new(),
         };
         let at = days.binary_search_by_key(&day, |d| d.0);
@@ -184,28 +217,240 @@ impl Journal {
                 days.remove(i);
             }
             (Ok(i), _) => days[i] = (day, parcels, value),
-            (Err(_), 0) => return Ok(()),
+            (Err(_), 0) => {}
             (Err(i), _) => days.insert(i, (day, parcels, value)),
         }
         if days.is_empty() {
-            self.history_by_consumer.remove(consumer)?;
+            self.days.remove(consumer).map_err(store_err)?;
         } else {
-            self.history_by_consumer
-                .insert(consumer, encode_days(&days))?;
+            self.days
+                .insert(consumer, &encode_days(&days)[..])
+                .map_err(store_err)?;
+        }
+        let k = by_day_key(day, consumer);
+        if parcels == 0 {
+            self.by_day.remove(&k[..]).map_err(store_err)?;
+        } else {
+            self.by_day
+                .insert(&k[..], &encode_total(parcels, value)[..])
+                .map_err(store_err)?;
         }
         Ok(())
+    }
+}
+
+/// Runs `f` in one write transaction over both tables, committed durably.
+fn write(
+    db: &Database,
+    f: impl FnOnce(&mut Writing<'_>, &redb::WriteTransaction) -> Result<(), JournalError>,
+) -> Result<(), JournalError> {
+    let mut tx = db.begin_write().map_err(store_err)?;
+    tx.set_quick_repair(true);
+    {
+        let mut w = Writing {
+            days: tx.open_table(DAYS).map_err(store_err)?,
+            by_day: tx.open_table(BY_DAY).map_err(store_err)?,
+        };
+        f(&mut w, &tx)?;
+    }
+    tx.commit().map_err(store_err)
+}
+
+/// The stored day totals, read by consumer (see the module's doc). It does not keep the
+/// file open: once the journal is closed, every read fails (and the consumer's history is
+/// unknown).
+#[derive(Debug, Clone)]
+pub struct StoredDays {
+    db: Weak<Database>,
+}
+
+/// Reads of many consumers in one read transaction (a start's load).
+pub struct DaysReader {
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl DaysReader {
+    pub fn days_of(&self, consumer: &str) -> Result<Vec<StoredDay>, String> {
+        let v = self
+            .table
+            .get(&key(consumer)[..])
+            .map_err(|e| format!("consumer history store: {e}"))?;
+        v.map_or(Ok(Vec::new()), |v| decode_days(v.value()))
+    }
+}
+
+impl StoredDays {
+    /// Whether no day total is stored.
+    pub fn is_empty(&self) -> bool {
+        self.reader()
+            .is_none_or(|r| r.table.is_empty().unwrap_or(true))
+    }
+
+    /// A reader of the totals as they are now; `None` once the journal is closed or if the
+    /// file cannot be read.
+    pub fn reader(&self) -> Option<DaysReader> {
+        let db = self.db.upgrade()?;
+        let tx = db.begin_read().ok()?;
+        Some(DaysReader {
+            table: tx.open_table(DAYS).ok()?,
+        })
+    }
+}
+
+impl StoredHistory for StoredDays {
+    fn days_of(&self, consumer: &str) -> Result<Vec<StoredDay>, String> {
+        self.reader()
+            .ok_or("consumer history store: the journal is closed or its file unreadable")?
+            .days_of(consumer)
+    }
+}
+
+impl Journal {
+    /// The consumers' file, if it opened.
+    fn days_db(&self) -> Result<&Database, JournalError> {
+        match &self.consumer_days {
+            Ok(db) => Ok(db),
+            Err(e) => Err(JournalError::Transaction(e.to_string())),
+        }
+    }
+
+    /// The stored day totals by consumer.
+    pub fn stored_days(&self) -> Result<StoredDays, JournalError> {
+        Ok(StoredDays {
+            db: self
+                .consumer_days
+                .as_ref()
+                .map(Arc::downgrade)
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Bytes of the consumers' file (they count towards the quota with the platform state).
+    pub fn consumer_days_bytes(&self) -> u64 {
+        std::fs::metadata(path_of(&self.path)).map_or(0, |m| m.len())
+    }
+
+    /// Moves an older build's totals (the store's `history` tree) into the consumers' file
+    /// if this store has not had them moved yet, calling `tick` after each total (a start's
+    /// load counts them as progress); false, with the move to do again, once `tick` says
+    /// stop. See the module's doc.
+    pub(super) fn move_history(
+        &self,
+        tick: &mut dyn FnMut() -> bool,
+    ) -> Result<bool, JournalError> {
+        let moved = {
+            let tx = self.days_db()?.begin_read().map_err(store_err)?;
+            let meta = tx.open_table(META).map_err(store_err)?;
+            let moved = meta.get(META_MOVED).map_err(store_err)?.is_some();
+            moved
+        };
+        if !moved {
+            let mut n = 0u64;
+            let mut entries = self.history.iter();
+            loop {
+                let mut batch = Vec::with_capacity(BATCH);
+                for entry in entries.by_ref().take(BATCH) {
+                    let (k, v) = entry?;
+                    if let Some(day) = super::be_u32(&k) {
+                        batch.push((
+                            day,
+                            String::from_utf8_lossy(&k[4..]).into_owned(),
+                            decode_total(&v),
+                        ));
+                    }
+                }
+                let last = batch.len() < BATCH;
+                write(self.days_db()?, |w, tx| {
+                    for (day, consumer, total) in &batch {
+                        w.set_day(&key(consumer), *day, |_| *total)?;
+                    }
+                    if last {
+                        tx.open_table(META)
+                            .map_err(store_err)?
+                            .insert(META_MOVED, 1)
+                            .map_err(store_err)?;
+                    }
+                    Ok(())
+                })?;
+                n += batch.len() as u64;
+                for _ in &batch {
+                    if tick() {
+                        return Ok(false);
+                    }
+                }
+                if last {
+                    break;
+                }
+            }
+            if n > 0 {
+                tracing::info!(
+                    totals = n,
+                    "consumers' stored day totals moved out of the store into their own file"
+                );
+            }
+        }
+        // Emptied only once the move is marked done (a crash in between empties them at the
+        // next start).
+        if !self.history.is_empty() || !self.history_by_consumer.is_empty() {
+            self.history.clear()?;
+            self.history_by_consumer.clear()?;
+            self.history.flush()?;
+        }
+        Ok(true)
+    }
+
+    /// Adds one counted parcel of `value` to `consumer`'s stored day total of `day`
+    /// (public for tools and benches; retention writes a step's at once, see
+    /// [`Journal::add_many_to_history`]).
+    pub fn add_to_history(&self, day: u32, consumer: &str, value: u64) -> Result<(), JournalError> {
+        self.add_many_to_history(&[(day, consumer, value)])
+    }
+
+    /// Adds each `(day, consumer, value)` as one counted parcel, in one transaction made
+    /// durable before this returns.
+    pub fn add_many_to_history(&self, parcels: &[(u32, &str, u64)]) -> Result<(), JournalError> {
+        if parcels.is_empty() {
+            return Ok(());
+        }
+        write(self.days_db()?, |w, _| {
+            for &(day, consumer, value) in parcels {
+                w.set_day(&key(consumer), day, |old| {
+                    let (p, v) = old.unwrap_or((0, 0));
+                    (p.saturating_add(1), v.saturating_add(value))
+                })?;
+            }
+            Ok(())
+        })
     }
 
     /// Forgets the day totals of days before `oldest`.
     pub(super) fn drop_history_before(&self, oldest: u32) -> Result<(), JournalError> {
-        for k in self.history.range(..oldest.to_be_bytes()).keys() {
-            let k = k?;
-            if let Some(day) = super::be_u32(&k) {
-                self.set_consumer_day(&k[4..], day, |_| (0, 0))?;
+        loop {
+            let old: Vec<Vec<u8>> = {
+                let tx = self.days_db()?.begin_read().map_err(store_err)?;
+                let by_day = tx.open_table(BY_DAY).map_err(store_err)?;
+                let range = by_day
+                    .range(..&oldest.to_be_bytes()[..])
+                    .map_err(store_err)?;
+                range
+                    .take(BATCH)
+                    .map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(store_err))
+                    .collect::<Result<_, _>>()?
+            };
+            if old.is_empty() {
+                return Ok(());
             }
-            self.history.remove(k)?;
+            write(self.days_db()?, |w, _| {
+                for k in &old {
+                    if let Some(day) = super::be_u32(k) {
+                        w.set_day(&k[4..], day, |_| (0, 0))?;
+                    }
+                    // A total whose consumer's days were damaged goes all the same.
+                    w.by_day.remove(&k[..]).map_err(store_err)?;
+                }
+                Ok(())
+            })?;
         }
-        Ok(())
     }
 }
 
@@ -220,30 +465,86 @@ mod tests {
         j.add_to_history(10, "ab", 5).unwrap();
         j.add_to_history(10, "ab", 7).unwrap();
         j.add_to_history(11, "abc", 1).unwrap();
+        j.add_to_history(11, "ab0", 3).unwrap();
+        j.add_to_history(12, "AB", 4).unwrap();
         let days = j.stored_days().unwrap();
         assert_eq!(days.days_of("ab").unwrap(), vec![(10, 2, 12)]);
         assert_eq!(days.days_of("abc").unwrap(), vec![(11, 1, 1)]);
+        assert_eq!(days.days_of("ab0").unwrap(), vec![(11, 1, 3)]);
+        assert_eq!(days.days_of("AB").unwrap(), vec![(12, 1, 4)]);
         assert!(days.days_of("a").unwrap().is_empty());
+        assert!(days.days_of("ab00").unwrap().is_empty());
         j.drop_history_before(11).unwrap();
         assert!(days.days_of("ab").unwrap().is_empty());
         assert_eq!(days.days_of("abc").unwrap(), vec![(11, 1, 1)]);
     }
 
     #[test]
-    fn a_store_without_the_index_gets_it_from_the_day_totals() {
+    fn keys_of_different_names_differ() {
+        let names = [
+            "",
+            "0",
+            "00",
+            "a",
+            "A",
+            "ab",
+            "ab0",
+            "0ab",
+            "\u{1}\u{1}",
+            "é",
+            "x",
+        ];
+        for a in names {
+            for b in names {
+                assert_eq!(key(a) == key(b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_older_builds_totals_are_moved_once() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        // As an older build left it: totals by day only.
+        // As an older build left them: totals by day in the store.
+        let old = |day: u32, c: &str| {
+            let mut k = day.to_be_bytes().to_vec();
+            k.extend_from_slice(c.as_bytes());
+            k
+        };
         j.history
-            .insert(by_day_key(20, b"c1"), &encode_total(3, 30)[..])
+            .insert(old(20, "c1"), &encode_total(3, 30)[..])
             .unwrap();
         j.history
-            .insert(by_day_key(21, b"c1"), &encode_total(1, 5)[..])
+            .insert(old(21, "c1"), &encode_total(1, 5)[..])
             .unwrap();
+        assert!(j.move_history(&mut || false).unwrap());
         let days = j.stored_days().unwrap();
         assert_eq!(days.days_of("c1").unwrap(), vec![(20, 3, 30), (21, 1, 5)]);
-        // Built once: what is written later is kept in both by every write.
-        j.add_to_history(22, "c1", 2).unwrap();
-        assert_eq!(j.stored_days().unwrap().days_of("c1").unwrap().len(), 3);
+        assert!(j.history.is_empty());
+        // Moved once: what is written later is kept, and a second move changes nothing.
+        j.add_to_history(21, "c1", 2).unwrap();
+        j.history
+            .insert(old(21, "c1"), &encode_total(1, 5)[..])
+            .unwrap();
+        assert!(j.move_history(&mut || false).unwrap());
+        assert_eq!(days.days_of("c1").unwrap(), vec![(20, 3, 30), (21, 2, 7)]);
+        assert!(j.history.is_empty(), "the old tree is emptied all the same");
+        // The next open reads the same.
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            j.stored_days().unwrap().days_of("c1").unwrap(),
+            vec![(20, 3, 30), (21, 2, 7)]
+        );
+    }
+
+    #[test]
+    fn a_closed_journal_reads_as_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.add_to_history(10, "ab", 5).unwrap();
+        let days = j.stored_days().unwrap();
+        drop(j);
+        assert!(days.days_of("ab").is_err());
     }
 }

@@ -18,8 +18,8 @@ use super::{
 use crate::journal::integrity;
 use crate::journal::integrity::Checked;
 use crate::journal::{Journal, JournalError};
-use crate::rules::history::StoredHistory;
 use crate::rules::ClearanceTable;
+use std::sync::Arc;
 
 /// How many stored entries the last complete load applied: the next load's progress and the
 /// room the table makes before it (`u64`, big-endian).
@@ -106,10 +106,11 @@ impl Journal {
             pending_counts: Default::default(),
         };
         // The consumers' forgotten days are added once the log is in (below), for all held
-        // consumers at once in the store's order: in a fresh process, a lookup per consumer
-        // as its declaration is applied costs tens of microseconds. A store of an older
-        // build gets its index first.
-        if !self.index_history(&mut || load.tick())? {
+        // consumers at once in the file's order. An older build's totals are moved into
+        // their file first.
+        // A file that did not open (logged then) is left for the next start: the load goes
+        // on, every held consumer's history unknown.
+        if self.consumer_days.is_ok() && !self.move_history(&mut || load.tick())? {
             return Ok(false);
         }
         table.clear_stored_history();
@@ -150,30 +151,44 @@ impl Journal {
         self.platform_bytes
             .store(platform_bytes, std::sync::atomic::Ordering::Relaxed);
         // The stored days of the consumers the held declarations name, looked up in the
-        // store's order so that each of its pages is read once, on two threads, each on its
-        // half (the load has both cores to itself). From then on, a consumer's first held
-        // declaration reads its own.
+        // file's key order so that each of its pages is read once, on two threads, each on
+        // its half (the load has both cores to itself). From then on, a consumer's first
+        // held declaration reads its own.
         let stored = self.stored_days()?;
-        let mut held = table.held_consumers();
+        let mut held: Vec<(Vec<u8>, Arc<str>)> = table
+            .held_consumers()
+            .into_iter()
+            .map(|c| (super::consumer_days::key(&c), c))
+            .collect();
         held.sort_unstable();
         let (first, second) = held.split_at(held.len() / 2);
-        let add = |consumer: &str| table.add_stored_days(consumer, stored.days_of(consumer));
+        // One read transaction per thread; a file that cannot be read leaves every held
+        // consumer's history unknown.
+        let add = |reader: &Option<super::consumer_days::DaysReader>, consumer: &str| {
+            let days = match reader {
+                Some(r) => r.days_of(consumer),
+                None => Err("consumer history store: the file cannot be read".to_string()),
+            };
+            table.add_stored_days(consumer, days);
+        };
         let stop = std::sync::atomic::AtomicBool::new(false);
         let complete = std::thread::scope(|s| {
             let helper = s.spawn(|| {
-                for consumer in second {
+                let reader = stored.reader();
+                for (_, consumer) in second {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return;
                     }
-                    add(consumer);
+                    add(&reader, consumer);
                 }
             });
-            for consumer in first {
+            let reader = stored.reader();
+            for (_, consumer) in first {
                 if load.tick() {
                     stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     break;
                 }
-                add(consumer);
+                add(&reader, consumer);
             }
             match helper.join() {
                 Ok(()) => Ok(!stop.load(std::sync::atomic::Ordering::Relaxed)),

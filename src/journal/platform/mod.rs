@@ -24,7 +24,7 @@
 //! it), [`retention`] forgets what is old, [`trust`] seals and checks stored entries with the
 //! integrity key, and [`rules`] keeps the rule set in force.
 
-mod consumer_days;
+pub mod consumer_days;
 pub(super) mod files;
 mod load;
 pub(super) mod log;
@@ -219,6 +219,41 @@ mod tests {
         assert_eq!(files, 1);
     }
 
+    /// A step whose day totals cannot be written forgets nothing: its waybills are held again
+    /// (the consumers' file cannot be opened here), and a restart still holds them.
+    #[test]
+    fn totals_that_cannot_be_written_forget_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(super::consumer_days::path_of(dir.path())).unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let now = today();
+        j.store_declaration_on(&declaration("OLD", "c1", 500), now - 40)
+            .unwrap();
+        j.mark_counted_on("OLD", now - 40).unwrap();
+        j.store_declaration_on(&declaration("PLAIN", "c2", 5), now - 40)
+            .unwrap();
+        j.write_platform(true).unwrap();
+        let table = j.load_clearance().unwrap();
+        // Loaded all the same, every consumer's history unknown: over every limit.
+        assert!(table.known("OLD").declaration.is_some());
+        assert_eq!(
+            table.consumer_window("PLAIN", now - 364, now).parcels,
+            u32::MAX
+        );
+        assert!(j.purge_clearance(now - 30, 100, &table).is_err());
+        assert!(table.known("OLD").declaration.is_some(), "held again");
+        assert_eq!(table.known("OLD").counted_day, Some(now - 40));
+        assert!(
+            table.known("PLAIN").declaration.is_some(),
+            "its step failed with it"
+        );
+        drop((j, table));
+        let j = Journal::open(dir.path()).unwrap();
+        let table = j.load_clearance().unwrap();
+        assert!(table.known("OLD").declaration.is_some());
+        assert!(table.known("PLAIN").declaration.is_some());
+    }
+
     /// The platform state's bytes follow every store, packing and purge, and a restart
     /// sums the same figure from the trees; the capacity policy counts them towards the quota.
     #[test]
@@ -336,7 +371,7 @@ mod tests {
         assert_eq!(all.waybills, vec!["OLDBUILD".to_string()]);
         assert!(table.known("RECENT").declaration.is_some());
         assert!(
-            j.history.iter().next().is_some(),
+            !j.stored_days().unwrap().is_empty(),
             "its counted parcel's day total"
         );
     }

@@ -14,6 +14,7 @@ use super::log;
 use super::{be_u32, today, TREE_LOG};
 use crate::journal::integrity::{self, Checked};
 use crate::journal::{Journal, JournalError};
+use crate::rules::clearance::Taken;
 use crate::rules::ClearanceTable;
 
 /// What [`Journal::purge_clearance`] forgot, for the clearance table to forget too.
@@ -102,6 +103,8 @@ impl Journal {
             let mut next = offset;
             let mut failed = None;
             let forgotten_before = out.waybills.len();
+            // Taken out of the table by this step, released once their totals are durable.
+            let mut taken: Vec<Taken> = Vec::new();
             let read = self.platform_log.read(day, offset, &mut |b| {
                 next = b.offset + files::BLOCK_HEADER as u64 + b.payload.len() as u64;
                 let payload = match key {
@@ -120,7 +123,7 @@ impl Journal {
                 };
                 for f in frames.map_while(Result::ok) {
                     examined += 1;
-                    match self.carries(&f, before_day, table, &mut gone, &mut out) {
+                    match self.carries(&f, before_day, table, &mut gone, &mut taken, &mut out) {
                         Ok(Some(to)) => carried.entry(to).or_default().push((
                             f.kind,
                             f.day,
@@ -136,15 +139,32 @@ impl Journal {
                 }
                 Ok(examined < max)
             });
-            if let Some(e) = failed {
+            let finished = match (failed, read) {
+                (Some(e), _) | (None, Err(ReadError::Journal(e))) => {
+                    // Held again as they were; a later step takes them again.
+                    taken.into_iter().for_each(|t| table.restore_taken(t));
+                    return Err(e);
+                }
+                (None, Ok(())) => examined < max,
+                // What follows a damaged block does not read: it goes with the segment.
+                (None, Err(ReadError::Damaged(_))) => true,
+            };
+            // The day totals of what this step forgot are durable before any of its Forget
+            // marks is written (a crash between folds the waybills again: counted twice,
+            // never less), and before their consumers are released in the table (so that a
+            // consumer's first declaration after that reads them). Totals that cannot be
+            // written put the waybills back, and the step fails.
+            let counted: Vec<(u32, &str, u64)> = taken
+                .iter()
+                .filter_map(|t| t.counted.as_ref().map(|(d, c, v)| (*d, &**c, *v)))
+                .collect();
+            let written = self.add_many_to_history(&counted);
+            drop(counted);
+            if let Err(e) = written {
+                taken.into_iter().for_each(|t| table.restore_taken(t));
                 return Err(e);
             }
-            let finished = match read {
-                Ok(()) => examined < max,
-                // What follows a damaged block does not read: it goes with the segment.
-                Err(ReadError::Damaged(_)) => true,
-                Err(ReadError::Journal(e)) => return Err(e),
-            };
+            taken.into_iter().for_each(|t| table.release_taken(t));
             // The waybills forgotten leave a mark after everything of theirs still in the
             // log (a parcel counted after their last message was stored), so that a start
             // forgets them there as this table does now.
@@ -162,12 +182,6 @@ impl Journal {
                             w.as_bytes().to_vec(),
                         )
                     }));
-            }
-            // The day totals of what this step forgot are durable before any of its Forget
-            // marks is written: a crash between folds the waybills again (counted twice,
-            // never less).
-            if out.waybills.len() > forgotten_before {
-                self.db.flush()?;
             }
             for (to, frames) in &carried {
                 let frames: Vec<log::Frame<'_>> = frames
@@ -248,6 +262,7 @@ impl Journal {
         before_day: u32,
         table: &ClearanceTable,
         gone: &mut HashSet<String>,
+        taken: &mut Vec<Taken>,
         out: &mut Forgotten,
     ) -> Result<Option<u32>, JournalError> {
         let newest = self.platform_log.newest().max(today());
@@ -296,21 +311,10 @@ impl Journal {
                         return Ok(current.then_some(touched));
                     }
                     if held.is_some() {
-                        // Out of the table first, with what it counted at that moment (a
-                        // line may count its parcel up to then); its consumer stays until
-                        // the day total is written. A total that cannot be written puts the
-                        // waybill back.
-                        if let Some(taken) = table.take_waybill(&waybill) {
-                            if let Some((day, consumer, value)) = &taken.counted {
-                                if let Err(e) = self.add_to_history(*day, consumer, *value) {
-                                    // Held again as it was: this step fails, and a later
-                                    // one takes it again.
-                                    table.restore_taken(taken);
-                                    return Err(e);
-                                }
-                            }
-                            table.release_taken(taken);
-                        }
+                        // Out of the table, with what it counted at that moment (a line may
+                        // count its parcel up to then); its consumer stays until the step's
+                        // day totals are written.
+                        taken.extend(table.take_waybill(&waybill));
                         out.waybills.push(waybill.clone());
                     }
                     gone.insert(waybill);

@@ -237,6 +237,13 @@ pub fn salvage(path: &Path, gateway: &str) -> Result<SalvageReport, SalvageError
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the salvage work copy");
         }
     }
+    // The work copy's consumers' file (the store's own stays where it is).
+    let file = crate::journal::platform::consumer_days::path_of(&work);
+    if let Err(e) = std::fs::remove_file(&file) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(file = %file.display(), error = %e, "cannot remove the salvage work copy");
+        }
+    }
     Ok(report)
 }
 
