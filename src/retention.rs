@@ -65,7 +65,7 @@ pub async fn run(
             let (j, t) = (journal.clone(), table.clone());
             // The store and the table forget together, with the uplink kept out meanwhile
             // (`Journal::platform_lock`); the purge takes forgotten waybills out of the table
-            // itself, each as its day total is written.
+            // itself, and releases their consumers once the step's day totals are durable.
             let step = tokio::task::spawn_blocking(move || {
                 let _guard = j.platform_lock().blocking_lock();
                 let forgotten = j.purge_clearance(before, STEP, &t)?;

@@ -2,7 +2,8 @@
 //!
 //! Capacity is judged on two measures, checked every second by the housekeeping task: the
 //! bytes of stored records **and stored platform state** (the platform log's files beside
-//! the store, and the rule set, see `Journal::platform_bytes`) against
+//! the store, the consumers' day totals in theirs, and the rule set, see
+//! `Journal::platform_bytes` and `Journal::consumer_days_bytes`) against
 //! `storage.quota_mb`, and the filesystem's free space against `storage.min_free_mb`. A
 //! busy warehouse holds far more platform state than records, so a quota that left it out
 //! would report ok while the journal outgrew its disk. The "usage" below is the sum; the

@@ -183,9 +183,9 @@ pub struct Journal {
     history: Tree,
     history_by_consumer: Tree,
     /// Consumer day totals of forgotten declarations, kept for consumer-limit windows: a
-    /// file of their own beside the store (see [`platform`]'s `consumer_days`); the error if
-    /// it could not be opened.
-    consumer_days: Result<Arc<redb::Database>, Arc<str>>,
+    /// file of their own beside the store (see [`platform`]'s `consumer_days` and
+    /// `consumer_file`).
+    consumer_days: Arc<platform::consumer_file::ConsumerFile>,
     /// Waybill lookup index, see [`lookup`].
     by_waybill: Tree,
     /// Release decisions written ahead of their command: a store of its own beside this one
@@ -347,7 +347,10 @@ impl Journal {
             received: db.open_tree("received")?,
             history: db.open_tree("history")?,
             history_by_consumer: db.open_tree("history_by_consumer")?,
-            consumer_days: platform::consumer_days::open(path),
+            consumer_days: Arc::new(platform::consumer_file::ConsumerFile::open(
+                path,
+                meta.clone(),
+            )),
             by_waybill: db.open_tree("by_waybill")?,
             intents: intents::open(path)?,
             intent_wal: Arc::default(),

@@ -6,9 +6,11 @@
 //! A busy gateway forgets up to a million declarations a day, most of them from one-off
 //! buyers: a year of totals is hundreds of millions of small entries. They are kept beside
 //! the store in `<store>-consumers.redb`, a copy-on-write B-tree file (redb) whose cache is
-//! bounded ([`CACHE_BYTES`]) and which takes about a hundred bytes of disk per consumer. In
-//! the sled store they took about 1.5 KB of disk and 30 MiB of resident memory per million
-//! at every open (BENCHMARKS.md), so memory and disk grew with the year's buyers.
+//! bounded ([`CACHE_BYTES`]) and which takes about 230 bytes of file per consumer with one
+//! day. In the sled store they took about 1.6 KB of disk and 30 MiB of resident memory per
+//! million at every open (BENCHMARKS.md), so memory and disk grew with the year's buyers.
+//! How the file is opened, checked to be this store's and opened again after an error is
+//! [`super::consumer_file`].
 //!
 //! Two tables hold the same totals: `days`, one value per consumer holding all its days,
 //! which the clearance table reads with one lookup when a consumer's first held declaration
@@ -31,15 +33,17 @@
 //! An older build kept the totals in the store's `history` tree (and, briefly, in
 //! `history_by_consumer`). The first load moves them here ([`Journal::move_history`]): the
 //! totals are set, not added, so a move cut short and done again gives the same values; the
-//! last batch marks the file as moved, and only then are the old trees emptied. After running
-//! an older build again, its totals of the days between stay in its trees and are not read:
-//! `journal salvage` does not bring them back either.
+//! last batch marks the file as moved, and only then are the old trees emptied. An older
+//! build run again (a rollback) reads nothing of this file, so its limits count only what it
+//! holds and writes; what it writes to `history` is added to this file's totals at the next
+//! load of this build.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::consumer_file::ConsumerFile;
 use super::retention::decode_total;
 use crate::journal::{Journal, JournalError};
 use crate::rules::history::{StoredDay, StoredHistory};
@@ -51,9 +55,12 @@ pub const CACHE_BYTES: usize = 16 << 20;
 const DAYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("days");
 /// Day (big-endian) and consumer key → the day's total, 12 bytes.
 const BY_DAY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("by_day");
-/// `moved`: an older build's totals were moved in.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `moved`: an older build's totals were moved in; `id`: see [`super::consumer_file`].
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_MOVED: &str = "moved";
+
+/// The store's `meta` key by which an older build marked its own index of the totals.
+const META_OLD_INDEX: &[u8] = b"history_by_consumer";
 
 /// How many totals one transaction of a move or a drop holds.
 const BATCH: usize = 50_000;
@@ -66,52 +73,23 @@ pub fn path_of(store: &Path) -> PathBuf {
 }
 
 /// A redb error as the journal's: an I/O error stays one (a full disk is recognised).
-fn store_err(e: impl Into<redb::Error>) -> JournalError {
+pub(super) fn store_err(e: impl Into<redb::Error>) -> JournalError {
     match e.into() {
         redb::Error::Io(e) => JournalError::Store(sled::Error::Io(e)),
         other => JournalError::Transaction(format!("consumer history store: {other}")),
     }
 }
 
-/// Opens (or creates) the file, waiting like the store's own open for a handle of this
-/// process that is still closing. A file that cannot be opened leaves every consumer's stored
-/// history unknown (every limit over it exceeded) and retention unable to forget a counted
-/// parcel, with the error logged: it fails closed rather than forgetting a year of purchases.
-pub(crate) fn open(store: &Path) -> Result<Arc<Database>, Arc<str>> {
-    let path = path_of(store);
-    let opened = std::panic::catch_unwind(|| open_file(&path)).unwrap_or_else(|_| {
-        Err(JournalError::Transaction(
-            "consumer history store: the file could not be read (redb panicked)".into(),
-        ))
-    });
-    opened.map_err(|e| {
-        tracing::error!(file = %path.display(), error = %e, "the consumers' stored day totals cannot be opened: every consumer limit is taken as exceeded, and retention keeps counted parcels until they can be written");
-        Arc::from(format!("consumer history store {}: {e}", path.display()))
-    })
-}
-
-fn open_file(path: &Path) -> Result<Arc<Database>, JournalError> {
-    let started = std::time::Instant::now();
-    let db = loop {
-        // Not checked whole at every open (that reads the whole file, a year of buyers):
-        // redb checks and repairs after a crash, and a file damaged otherwise may make it
-        // panic, which `open` takes as a file that cannot be opened.
-        match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
-            Ok(db) => break db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen)
-                if started.elapsed() < super::super::LOCK_WAIT =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => return Err(store_err(e)),
-        }
-    };
-    let tx = db.begin_write().map_err(store_err)?;
+/// Creates the tables a new file lacks.
+pub(super) fn tables_created(db: &Database) -> Result<(), JournalError> {
+    let mut tx = db.begin_write().map_err(store_err)?;
+    // Every commit records the allocator's state: opening after a crash need not walk the
+    // whole file.
+    tx.set_quick_repair(true);
     tx.open_table(DAYS).map_err(store_err)?;
     tx.open_table(BY_DAY).map_err(store_err)?;
     tx.open_table(META).map_err(store_err)?;
-    tx.commit().map_err(store_err)?;
-    Ok(Arc::new(db))
+    tx.commit().map_err(store_err)
 }
 
 /// A consumer's key: `1`, the number of digits and the digits two to a byte for a name in
@@ -261,7 +239,7 @@ fn write(
 /// unknown).
 #[derive(Debug, Clone)]
 pub struct StoredDays {
-    db: Weak<Database>,
+    file: Weak<ConsumerFile>,
 }
 
 /// Reads of many consumers in one read transaction (a start's load).
@@ -270,12 +248,17 @@ pub struct DaysReader {
 }
 
 impl DaysReader {
+    /// A consumer's days; a page that does not read (redb panics on some) is an error.
     pub fn days_of(&self, consumer: &str) -> Result<Vec<StoredDay>, String> {
-        let v = self
-            .table
-            .get(&key(consumer)[..])
-            .map_err(|e| format!("consumer history store: {e}"))?;
-        v.map_or(Ok(Vec::new()), |v| decode_days(v.value()))
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.table
+                .get(&key(consumer)[..])
+                .map_err(|e| format!("consumer history store: {e}"))?
+                .map_or(Ok(Vec::new()), |v| decode_days(v.value()))
+        }));
+        read.unwrap_or_else(|_| {
+            Err("consumer history store: a page of the file could not be read".into())
+        })
     }
 }
 
@@ -289,40 +272,47 @@ impl StoredDays {
     /// A reader of the totals as they are now; `None` once the journal is closed or if the
     /// file cannot be read.
     pub fn reader(&self) -> Option<DaysReader> {
-        let db = self.db.upgrade()?;
-        let tx = db.begin_read().ok()?;
-        Some(DaysReader {
-            table: tx.open_table(DAYS).ok()?,
+        let file = self.file.upgrade()?;
+        file.with(|db| {
+            let tx = db.begin_read().map_err(store_err)?;
+            Ok(DaysReader {
+                table: tx.open_table(DAYS).map_err(store_err)?,
+            })
         })
+        .ok()
     }
 }
 
 impl StoredHistory for StoredDays {
     fn days_of(&self, consumer: &str) -> Result<Vec<StoredDay>, String> {
-        self.reader()
-            .ok_or("consumer history store: the journal is closed or its file unreadable")?
-            .days_of(consumer)
+        let file = self
+            .file
+            .upgrade()
+            .ok_or("consumer history store: the journal is closed")?;
+        file.with(|db| {
+            let tx = db.begin_read().map_err(store_err)?;
+            let table = tx.open_table(DAYS).map_err(store_err)?;
+            let v = table.get(&key(consumer)[..]).map_err(store_err)?;
+            v.map_or(Ok(Vec::new()), |v| {
+                decode_days(v.value()).map_err(JournalError::Transaction)
+            })
+        })
+        .map_err(|e| e.to_string())
     }
 }
 
 impl Journal {
-    /// The consumers' file, if it opened.
-    fn days_db(&self) -> Result<&Database, JournalError> {
-        match &self.consumer_days {
-            Ok(db) => Ok(db),
-            Err(e) => Err(JournalError::Transaction(e.to_string())),
-        }
-    }
-
     /// The stored day totals by consumer.
     pub fn stored_days(&self) -> Result<StoredDays, JournalError> {
         Ok(StoredDays {
-            db: self
-                .consumer_days
-                .as_ref()
-                .map(Arc::downgrade)
-                .unwrap_or_default(),
+            file: std::sync::Arc::downgrade(&self.consumer_days),
         })
+    }
+
+    /// Whether the consumers' file can be used now (retention takes nothing out of the table
+    /// while it cannot).
+    pub(super) fn consumer_days_usable(&self) -> Result<(), JournalError> {
+        self.consumer_days.get().map(drop)
     }
 
     /// Bytes of the consumers' file (they count towards the quota with the platform state).
@@ -338,63 +328,91 @@ impl Journal {
         &self,
         tick: &mut dyn FnMut() -> bool,
     ) -> Result<bool, JournalError> {
-        let moved = {
-            let tx = self.days_db()?.begin_read().map_err(store_err)?;
+        let moved = self.consumer_days.with(|db| {
+            let tx = db.begin_read().map_err(store_err)?;
             let meta = tx.open_table(META).map_err(store_err)?;
             let moved = meta.get(META_MOVED).map_err(store_err)?.is_some();
-            moved
-        };
-        if !moved {
-            let mut n = 0u64;
-            let mut entries = self.history.iter();
-            loop {
-                let mut batch = Vec::with_capacity(BATCH);
-                for entry in entries.by_ref().take(BATCH) {
-                    let (k, v) = entry?;
-                    if let Some(day) = super::be_u32(&k) {
-                        batch.push((
-                            day,
-                            String::from_utf8_lossy(&k[4..]).into_owned(),
-                            decode_total(&v),
-                        ));
-                    }
+            Ok(moved)
+        })?;
+        // Once moved, what `history` holds was written by an older build run since (a
+        // rollback): parcels forgotten then, added to the file's totals and taken out of the
+        // tree batch by batch (a crash between counts a batch twice, never less).
+        let adding = moved;
+        let mut n = 0u64;
+        let mut entries = self.history.iter();
+        loop {
+            let mut keys = Vec::new();
+            let mut batch = Vec::with_capacity(BATCH);
+            for entry in entries.by_ref().take(BATCH) {
+                let (k, v) = entry?;
+                if let Some(day) = super::be_u32(&k) {
+                    batch.push((
+                        day,
+                        String::from_utf8_lossy(&k[4..]).into_owned(),
+                        decode_total(&v),
+                    ));
                 }
-                let last = batch.len() < BATCH;
-                write(self.days_db()?, |w, tx| {
-                    for (day, consumer, total) in &batch {
-                        w.set_day(&key(consumer), *day, |_| *total)?;
+                keys.push(k);
+            }
+            let last = keys.len() < BATCH;
+            if keys.is_empty() && moved {
+                break;
+            }
+            self.consumer_days.with(|db| {
+                write(db, |w, tx| {
+                    for (day, consumer, (parcels, value)) in &batch {
+                        w.set_day(&key(consumer), *day, |old| {
+                            let (p, v) = if adding {
+                                old.unwrap_or((0, 0))
+                            } else {
+                                (0, 0)
+                            };
+                            (p.saturating_add(*parcels), v.saturating_add(*value))
+                        })?;
                     }
-                    if last {
+                    if last && !moved {
                         tx.open_table(META)
                             .map_err(store_err)?
                             .insert(META_MOVED, 1)
                             .map_err(store_err)?;
                     }
                     Ok(())
-                })?;
-                n += batch.len() as u64;
-                for _ in &batch {
-                    if tick() {
-                        return Ok(false);
-                    }
+                })
+            })?;
+            if adding {
+                for k in keys {
+                    self.history.remove(k)?;
                 }
-                if last {
-                    break;
+                self.history.flush()?;
+            }
+            n += batch.len() as u64;
+            for _ in &batch {
+                if tick() {
+                    return Ok(false);
                 }
             }
-            if n > 0 {
-                tracing::info!(
-                    totals = n,
-                    "consumers' stored day totals moved out of the store into their own file"
-                );
+            if last {
+                break;
             }
         }
+        if n > 0 {
+            tracing::info!(
+                totals = n,
+                added = adding,
+                "consumers' stored day totals moved out of the store into their own file"
+            );
+        }
         // Emptied only once the move is marked done (a crash in between empties them at the
-        // next start).
-        if !self.history.is_empty() || !self.history_by_consumer.is_empty() {
+        // next start). The older build's own index goes with them, and so does its mark, so
+        // that a rolled-back build builds it again from what it writes.
+        if !self.history.is_empty()
+            || !self.history_by_consumer.is_empty()
+            || self.meta.get(META_OLD_INDEX)?.is_some()
+        {
             self.history.clear()?;
             self.history_by_consumer.clear()?;
-            self.history.flush()?;
+            self.meta.remove(META_OLD_INDEX)?;
+            self.db.flush()?;
         }
         Ok(true)
     }
@@ -412,22 +430,24 @@ impl Journal {
         if parcels.is_empty() {
             return Ok(());
         }
-        write(self.days_db()?, |w, _| {
-            for &(day, consumer, value) in parcels {
-                w.set_day(&key(consumer), day, |old| {
-                    let (p, v) = old.unwrap_or((0, 0));
-                    (p.saturating_add(1), v.saturating_add(value))
-                })?;
-            }
-            Ok(())
+        self.consumer_days.with(|db| {
+            write(db, |w, _| {
+                for &(day, consumer, value) in parcels {
+                    w.set_day(&key(consumer), day, |old| {
+                        let (p, v) = old.unwrap_or((0, 0));
+                        (p.saturating_add(1), v.saturating_add(value))
+                    })?;
+                }
+                Ok(())
+            })
         })
     }
 
     /// Forgets the day totals of days before `oldest`.
     pub(super) fn drop_history_before(&self, oldest: u32) -> Result<(), JournalError> {
         loop {
-            let old: Vec<Vec<u8>> = {
-                let tx = self.days_db()?.begin_read().map_err(store_err)?;
+            let old: Vec<Vec<u8>> = self.consumer_days.with(|db| {
+                let tx = db.begin_read().map_err(store_err)?;
                 let by_day = tx.open_table(BY_DAY).map_err(store_err)?;
                 let range = by_day
                     .range(..&oldest.to_be_bytes()[..])
@@ -435,20 +455,22 @@ impl Journal {
                 range
                     .take(BATCH)
                     .map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(store_err))
-                    .collect::<Result<_, _>>()?
-            };
+                    .collect::<Result<_, _>>()
+            })?;
             if old.is_empty() {
                 return Ok(());
             }
-            write(self.days_db()?, |w, _| {
-                for k in &old {
-                    if let Some(day) = super::be_u32(k) {
-                        w.set_day(&k[4..], day, |_| (0, 0))?;
+            self.consumer_days.with(|db| {
+                write(db, |w, _| {
+                    for k in &old {
+                        if let Some(day) = super::be_u32(k) {
+                            w.set_day(&k[4..], day, |_| (0, 0))?;
+                        }
+                        // A total whose consumer's days were damaged goes all the same.
+                        w.by_day.remove(&k[..]).map_err(store_err)?;
                     }
-                    // A total whose consumer's days were damaged goes all the same.
-                    w.by_day.remove(&k[..]).map_err(store_err)?;
-                }
-                Ok(())
+                    Ok(())
+                })
             })?;
         }
     }
@@ -521,20 +543,25 @@ mod tests {
         let days = j.stored_days().unwrap();
         assert_eq!(days.days_of("c1").unwrap(), vec![(20, 3, 30), (21, 1, 5)]);
         assert!(j.history.is_empty());
-        // Moved once: what is written later is kept, and a second move changes nothing.
+        // Moved once: what is written later is kept. An older build run since (a rollback)
+        // wrote a parcel of its own: added, not set, and its mark of its index goes.
         j.add_to_history(21, "c1", 2).unwrap();
         j.history
             .insert(old(21, "c1"), &encode_total(1, 5)[..])
             .unwrap();
+        j.meta.insert(META_OLD_INDEX, &[1u8][..]).unwrap();
         assert!(j.move_history(&mut || false).unwrap());
-        assert_eq!(days.days_of("c1").unwrap(), vec![(20, 3, 30), (21, 2, 7)]);
-        assert!(j.history.is_empty(), "the old tree is emptied all the same");
+        assert_eq!(days.days_of("c1").unwrap(), vec![(20, 3, 30), (21, 3, 12)]);
+        assert!(j.history.is_empty());
+        assert!(j.meta.get(META_OLD_INDEX).unwrap().is_none());
+        // Nothing left to add.
+        assert!(j.move_history(&mut || false).unwrap());
         // The next open reads the same.
         drop(j);
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(
             j.stored_days().unwrap().days_of("c1").unwrap(),
-            vec![(20, 3, 30), (21, 2, 7)]
+            vec![(20, 3, 30), (21, 3, 12)]
         );
     }
 

@@ -110,7 +110,7 @@ impl Journal {
         // their file first.
         // A file that did not open (logged then) is left for the next start: the load goes
         // on, every held consumer's history unknown.
-        if self.consumer_days.is_ok() && !self.move_history(&mut || load.tick())? {
+        if self.consumer_days_usable().is_ok() && !self.move_history(&mut || load.tick())? {
             return Ok(false);
         }
         table.clear_stored_history();

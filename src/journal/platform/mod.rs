@@ -25,6 +25,7 @@
 //! integrity key, and [`rules`] keeps the rule set in force.
 
 pub mod consumer_days;
+pub(crate) mod consumer_file;
 pub(super) mod files;
 mod load;
 pub(super) mod log;

@@ -68,6 +68,8 @@ impl Journal {
         table: &ClearanceTable,
     ) -> Result<Forgotten, JournalError> {
         let mut out = Forgotten::default();
+        // Nothing is taken out of the table while the consumers' totals cannot be written.
+        self.consumer_days_usable()?;
         let mut cursor = self.purge_cursor.lock().unwrap_or_else(|e| e.into_inner());
         let (mut day_at, mut offset) = match *cursor {
             Some((cut, day, offset)) if cut == before_day => (day, offset),

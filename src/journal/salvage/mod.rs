@@ -18,9 +18,11 @@
 //!    The last of them is the *last good* record. Every later record counts as lost (it stays
 //!    in the damaged copy).
 //! 5. It keeps every platform state entry of the store that parses: the platform's rule set,
-//!    the consumer history and update ids, and an older build's declarations, instructions
-//!    and notices. The platform log (`<path>-platform`, beside the store, not in sled) stays
-//!    where it is, and the fresh store reads it.
+//!    update ids, and an older build's declarations, instructions, notices and consumer day
+//!    totals. The platform log (`<path>-platform`) and the consumers' day totals
+//!    (`<path>-consumers.redb`), beside the store and not in sled, stay where they are, and
+//!    the fresh store reads them: it adopts the consumers' file it finds, which is how a file
+//!    lost for good is accepted (see `platform::consumer_file`).
 //! 6. It writes a fresh store at the original path, in one of two ways:
 //!    - **continued** when nothing was lost (the kept records end at the old store's head,
 //!      with the head's hash): the records byte for byte with their numbers, which of them the

@@ -11,7 +11,7 @@
 //! the ingest's side before the entry is written, and [`Book::release`] when the entry is
 //! forgotten or names another consumer). The first reference reads the day totals that the
 //! journal keeps of the consumer's forgotten declarations ([`StoredHistory`]), outside every
-//! lock (a start's load adds them for every held consumer at once, in the store's order,
+//! lock (a start's load adds them for every held consumer at once, in the file's key order,
 //! once the held declarations are in); the last one drops the consumer. Memory follows the
 //! held declarations, not the year's buyers. A history that cannot be read is kept as
 //! unknown, and every limit over an unknown history is exceeded (fail closed).
@@ -124,6 +124,11 @@ impl Book {
                 if let Some(pos) = shard.find(place, name) {
                     let s = &mut shard.slots[pos as usize];
                     s.refs = s.refs.saturating_add(1);
+                    let unknown = s.unknown;
+                    drop(shard);
+                    if unknown {
+                        self.read_again(place, pos, name, stored);
+                    }
                     return id(place, pos);
                 }
                 shard.dropped
@@ -172,6 +177,25 @@ impl Book {
             shard.index.insert(place.hash, pos);
             self.len.fetch_add(1, Ordering::Relaxed);
             return id(place, pos);
+        }
+    }
+
+    /// Reads the stored days of a consumer held as unknown again (the store failed at its
+    /// first reference): once they read, its windows count again. Its slot's days already
+    /// hold its held parcels, and the store those forgotten since, maybe counted in both:
+    /// twice, never less.
+    fn read_again(&self, place: Place, pos: u32, name: &str, stored: Option<&dyn StoredHistory>) {
+        let Some(Ok(totals)) = stored.map(|s| s.days_of(name)) else {
+            return;
+        };
+        let mut shard = self.shards.write(place.shard);
+        let s = &mut shard.slots[pos as usize];
+        if s.refs > 0 && s.unknown && s.name.is(name) {
+            for (day, parcels, value) in totals {
+                s.days.add_totals(day, parcels, value);
+            }
+            s.unknown = false;
+            tracing::info!("a consumer's stored history read again: its limits count again");
         }
     }
 

@@ -556,6 +556,43 @@ fn a_consumer_whose_stored_history_cannot_be_read_is_over_every_limit() {
 }
 
 #[test]
+fn a_consumer_held_as_unknown_counts_again_once_its_stored_history_reads() {
+    /// Fails until mended, then holds one forgotten parcel of 30 on day 5.
+    #[derive(Debug, Default)]
+    struct Mended(std::sync::atomic::AtomicBool);
+    impl crate::rules::history::StoredHistory for std::sync::Arc<Mended> {
+        fn days_of(&self, _: &str) -> Result<Vec<StoredDay>, String> {
+            if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(vec![(5, 1, 30)])
+            } else {
+                Err("disk full".into())
+            }
+        }
+    }
+    let store = std::sync::Arc::new(Mended::default());
+    let t = ClearanceTable::default();
+    t.set_stored_history(Box::new(store.clone()));
+    t.apply_declaration(&decl("A", "c", 100));
+    assert!(t.count("A", 6));
+    t.apply_declaration(&decl("B", "c", 1));
+    assert_eq!(
+        t.consumer_window("B", 0, 10).parcels,
+        u32::MAX,
+        "still unknown"
+    );
+    store.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The consumer's next declaration reads the store again.
+    t.apply_declaration(&decl("C", "c", 1));
+    let w = t.consumer_window("C", 0, 10);
+    assert_eq!(
+        (w.parcels, w.value_minor),
+        (2, 130),
+        "the stored parcel and A's"
+    );
+    assert_eq!(t.consumers(), 1);
+}
+
+#[test]
 fn retention_takes_a_waybill_with_its_count_and_no_line_counts_it_after() {
     let t = ClearanceTable::default();
     t.apply_declaration(&decl("W", "c", 70));
