@@ -60,6 +60,13 @@ pub async fn run(
         if let Some(why) = log_ahead_of_clock(journal.platform_log_newest_day(), today, keep_days) {
             alarms.raise(why);
         }
+        let j = journal.clone();
+        if let Ok(Some(why)) = tokio::task::spawn_blocking(move || j.consumer_days_problem()).await
+        {
+            alarms.raise(format!(
+                "the consumers' stored day totals cannot be used ({why}): every consumer limit over a history not in memory is taken as exceeded, and counted parcels are kept past the clearance period until their totals can be written"
+            ));
+        }
         let mut total = 0;
         loop {
             let (j, t) = (journal.clone(), table.clone());

@@ -289,15 +289,16 @@ impl StoredHistory for StoredDays {
             .file
             .upgrade()
             .ok_or("consumer history store: the journal is closed")?;
-        file.with(|db| {
-            let tx = db.begin_read().map_err(store_err)?;
-            let table = tx.open_table(DAYS).map_err(store_err)?;
-            let v = table.get(&key(consumer)[..]).map_err(store_err)?;
-            v.map_or(Ok(Vec::new()), |v| {
-                decode_days(v.value()).map_err(JournalError::Transaction)
+        let value = file
+            .with(|db| {
+                let tx = db.begin_read().map_err(store_err)?;
+                let table = tx.open_table(DAYS).map_err(store_err)?;
+                let v = table.get(&key(consumer)[..]).map_err(store_err)?;
+                Ok(v.map(|v| v.value().to_vec()))
             })
-        })
-        .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // A damaged value is this consumer's problem, not the file's (which stays open).
+        value.map_or(Ok(Vec::new()), |v| decode_days(&v))
     }
 }
 
@@ -313,6 +314,11 @@ impl Journal {
     /// while it cannot).
     pub(super) fn consumer_days_usable(&self) -> Result<(), JournalError> {
         self.consumer_days.get().map(drop)
+    }
+
+    /// Why the consumers' file cannot be used now, if it cannot (for the alarm).
+    pub fn consumer_days_problem(&self) -> Option<String> {
+        self.consumer_days_usable().err().map(|e| e.to_string())
     }
 
     /// Bytes of the consumers' file (they count towards the quota with the platform state).

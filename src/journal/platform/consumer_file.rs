@@ -91,6 +91,7 @@ impl ConsumerFile {
             }
             Err(e) => {
                 let why = e.to_string();
+                tracing::warn!(file = %self.path.display(), error = %why, "the consumers' stored day totals still cannot be used; tried again in {} s", RETRY.as_secs());
                 *failed = Some((why.clone(), Instant::now()));
                 Err(JournalError::Transaction(why))
             }
