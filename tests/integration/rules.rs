@@ -950,3 +950,131 @@ async fn a_calendar_day_turns_over_at_local_midnight_across_a_restart() {
     assert_eq!(daemon.terminate(), Some(0));
     stop.cancel();
 }
+
+/// The consumers' day totals of forgotten declarations live in a file beside the journal. A
+/// daemon that finds it missing (or another file) fails closed: every consumer's history is
+/// unknown, so a parcel under its limit goes to inspection, with the reason in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_consumers_file_makes_every_consumer_limit_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path()).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules_path,
+        rule_file(
+            "limits",
+            "[[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 50\ntarget = \"inspection\"\nwindow_days = 1\nmax_parcels = 5\n",
+        ),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let journal = dir.path().join("journal");
+    let text = config_text(
+        &journal,
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
+            plc,
+        },
+    )
+    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
+    .replace(
+        "gateway_id = \"test-gw\"",
+        &format!(
+            "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
+            rules_path.display()
+        ),
+    );
+    let config = dir.path().join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, "platform-consumers")
+        .await
+        .unwrap();
+    let log = dir.path().join("daemon.log");
+    let framing = Profiles::builtin()
+        .get("dws-stx-etx")
+        .unwrap()
+        .scanner()
+        .unwrap()
+        .clone();
+    let record_of = |w: &str| {
+        platform
+            .records()
+            .into_iter()
+            .rfind(|r| r.waybill.as_deref() == Some(w))
+    };
+    let mut listener = Some(listener);
+    let mut scan_and_wait = async |w: &str| {
+        let mut station = Station {
+            listener: listener.take().unwrap(),
+            stream: None,
+            framing: framing.clone(),
+        };
+        station.scan(w, 1_000).await;
+        assert!(
+            wait_until(Duration::from_secs(30), || record_of(w).is_some()).await,
+            "no record for {w}"
+        );
+        listener = Some(station.listener);
+        record_of(w).unwrap()
+    };
+
+    // With its file, a consumer under its limit is released.
+    let daemon = Daemon::start(&config, &log);
+    publish_all(
+        &platform,
+        vec![
+            (
+                "declarations",
+                declaration("KNOWN1", "E-GOOD", "c-known", 1_000, "CNY", true),
+            ),
+            ("instructions", release("KNOWN1")),
+        ],
+    )
+    .await;
+    let r = scan_and_wait("KNOWN1").await;
+    assert_eq!(r.lane_role, LaneRole::Release, "{}", r.reason);
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // The file lost: the next run refuses the empty one it finds.
+    std::fs::remove_file(bondline::journal::consumer_days_path(&journal)).unwrap();
+    let daemon = Daemon::start(&config, &log);
+    publish_all(
+        &platform,
+        vec![
+            (
+                "declarations",
+                declaration("NEWBUYER", "E-GOOD", "c-new", 1_000, "CNY", true),
+            ),
+            ("instructions", release("NEWBUYER")),
+        ],
+    )
+    .await;
+    let r = scan_and_wait("NEWBUYER").await;
+    assert_eq!(r.lane_role, LaneRole::Inspection, "{}", r.reason);
+    let daily = r
+        .inputs
+        .as_ref()
+        .unwrap()
+        .consumer_windows
+        .iter()
+        .find(|w| w.rule == "daily")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        daily.parcels,
+        u32::MAX,
+        "an unknown history, over every limit"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("not the file this store wrote"),
+        "the log says why"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    stop.cancel();
+}
