@@ -316,6 +316,16 @@ fn open_db(path: &Path) -> sled::Result<sled::Db> {
 
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        Journal::open_with(path, true)
+    }
+
+    /// [`Journal::open`] without the consumers' file: a copy read by salvage, whose file (if
+    /// any) stays beside the original store.
+    pub(crate) fn open_without_consumer_file(path: &Path) -> Result<Journal, JournalError> {
+        Journal::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, consumer_file: bool) -> Result<Journal, JournalError> {
         remove_partial_snapshots(path);
         let db = open_db(path).map_err(|source| JournalError::Open {
             path: path.display().to_string(),
@@ -347,10 +357,11 @@ impl Journal {
             received: db.open_tree("received")?,
             history: db.open_tree("history")?,
             history_by_consumer: db.open_tree("history_by_consumer")?,
-            consumer_days: Arc::new(platform::consumer_file::ConsumerFile::open(
-                path,
-                meta.clone(),
-            )),
+            consumer_days: Arc::new(if consumer_file {
+                platform::consumer_file::ConsumerFile::open(path, meta.clone())
+            } else {
+                platform::consumer_file::ConsumerFile::none(path, meta.clone())
+            }),
             by_waybill: db.open_tree("by_waybill")?,
             intents: intents::open(path)?,
             intent_wal: Arc::default(),

@@ -38,6 +38,8 @@ pub struct ConsumerFile {
     db: ArcSwapOption<Database>,
     /// Why the file is closed, and since when.
     failed: Mutex<Option<(String, Instant)>>,
+    /// False for a store opened without its file (see [`ConsumerFile::none`]).
+    openable: bool,
 }
 
 impl std::fmt::Debug for ConsumerFile {
@@ -59,6 +61,7 @@ impl ConsumerFile {
             meta,
             db: ArcSwapOption::empty(),
             failed: Mutex::new(None),
+            openable: true,
         };
         match file.open_checked(true) {
             Ok(db) => file.db.store(Some(db)),
@@ -67,10 +70,28 @@ impl ConsumerFile {
         file
     }
 
+    /// No file, never opened: a store copy that salvage reads (its file, if any, stays
+    /// beside the original store). Every use fails.
+    pub fn none(store: &Path, meta: sled::Tree) -> ConsumerFile {
+        ConsumerFile {
+            path: path_of(store),
+            meta,
+            db: ArcSwapOption::empty(),
+            failed: Mutex::new(None),
+            openable: false,
+        }
+    }
+
     /// The open file; opened again if an error closed it.
     pub fn get(&self) -> Result<Arc<Database>, JournalError> {
         if let Some(db) = self.db.load_full() {
             return Ok(db);
+        }
+        if !self.openable {
+            return Err(JournalError::Transaction(format!(
+                "consumer history store {}: not opened with this copy of the store",
+                self.path.display()
+            )));
         }
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(db) = self.db.load_full() {

@@ -77,7 +77,7 @@ pub(super) fn open_copy(
                 }
             }
         }
-        match Journal::open(work).and_then(|j| {
+        match Journal::open_without_consumer_file(work).and_then(|j| {
             // A store that opens but cannot say where its chain ends is no better.
             j.chain_head().map(|_| j)
         }) {

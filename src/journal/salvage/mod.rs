@@ -234,16 +234,16 @@ pub fn salvage(path: &Path, gateway: &str) -> Result<SalvageReport, SalvageError
     fresh.write_head_mark(fresh.chain_head()?);
     drop(old);
     drop(fresh);
-    for dir in [work.clone(), crate::journal::platform::files::dir_of(&work)] {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the salvage work copy");
-        }
-    }
-    // The work copy's consumers' file (the store's own stays where it is).
-    let file = crate::journal::platform::consumer_days::path_of(&work);
-    if let Err(e) = std::fs::remove_file(&file) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(file = %file.display(), error = %e, "cannot remove the salvage work copy");
+    for dir in [
+        work.clone(),
+        crate::journal::platform::files::dir_of(&work),
+        crate::journal::intents::intents_dir(&work),
+    ] {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the salvage work copy")
+            }
+            _ => {}
         }
     }
     Ok(report)

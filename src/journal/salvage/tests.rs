@@ -29,6 +29,10 @@ fn salvage_record(r: &Record) -> &AlertRecord {
 #[tokio::test]
 async fn a_garbage_conf_is_salvaged_whole_and_the_chain_continues() {
     let dir = closed_store(30, 10).await;
+    Journal::open(dir.path())
+        .unwrap()
+        .add_to_history(10, "c1", 5)
+        .unwrap();
     std::fs::write(dir.path().join("conf"), b"not sled's conf").unwrap();
     let err = Journal::open(dir.path())
         .err()
@@ -63,6 +67,26 @@ async fn a_garbage_conf_is_salvaged_whole_and_the_chain_continues() {
     let notice = fresh.take_salvage_notice().unwrap().unwrap();
     assert_eq!(notice, alert.detail);
     assert_eq!(fresh.take_salvage_notice().unwrap(), None, "raised once");
+    // The consumers' day totals beside the store are the fresh store's, and the copy salvage
+    // read left no file of its own.
+    use crate::rules::history::StoredHistory;
+    assert_eq!(
+        fresh.stored_days().unwrap().days_of("c1").unwrap(),
+        vec![(10, 1, 5)]
+    );
+    let name = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let strays: Vec<_> = std::fs::read_dir(dir.path().parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(&format!("{name}.salvage")))
+        .collect();
+    assert!(strays.is_empty(), "{strays:?}");
 }
 
 #[tokio::test]
