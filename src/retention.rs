@@ -60,13 +60,6 @@ pub async fn run(
         if let Some(why) = log_ahead_of_clock(journal.platform_log_newest_day(), today, keep_days) {
             alarms.raise(why);
         }
-        let j = journal.clone();
-        if let Ok(Some(why)) = tokio::task::spawn_blocking(move || j.consumer_days_problem()).await
-        {
-            alarms.raise(format!(
-                "the consumers' stored day totals cannot be used ({why}): every consumer limit over a history not in memory is taken as exceeded, and counted parcels are kept past the clearance period until their totals can be written"
-            ));
-        }
         let mut total = 0;
         loop {
             let (j, t) = (journal.clone(), table.clone());
@@ -118,6 +111,26 @@ pub async fn run(
                 tracing::warn!(error = %e, "old released marks not removed; retrying later")
             }
             Err(e) => tracing::warn!(error = %e, "clearance retention task failed"),
+        }
+        let j = journal.clone();
+        let t = table.clone();
+        match tokio::task::spawn_blocking(move || {
+            // Consumers whose stored days could not be read when they were first referenced
+            // count again once the file can be read (after the purge, which moves an older
+            // build's totals in if the load could not).
+            let unknown = t.read_unknown_consumers_again();
+            (j.consumer_days_problem(INTERVAL), unknown)
+        })
+        .await
+        {
+            Ok((Some(why), unknown)) => alarms.raise(format!(
+                "the consumers' stored day totals cannot be used ({why}): every consumer limit over a history not in memory is taken as exceeded ({unknown} consumers held so now), and counted parcels are kept past the clearance period until their totals can be written"
+            )),
+            Ok((None, unknown)) if unknown > 0 => tracing::warn!(
+                consumers = unknown,
+                "consumers whose stored day totals still cannot be read: their limits count as exceeded"
+            ),
+            _ => {}
         }
         if total > 0 {
             tracing::info!(

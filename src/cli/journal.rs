@@ -212,6 +212,9 @@ pub(super) fn salvage_command(store: StoreArgs) -> ExitCode {
                     report.damaged.display()
                 );
             }
+            if let Some(note) = &report.consumer_file {
+                eprintln!("{note}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

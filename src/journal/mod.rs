@@ -332,6 +332,8 @@ impl Journal {
             source,
         })?;
         let meta = db.open_tree("meta")?;
+        let history = db.open_tree("history")?;
+        let history_by_consumer = db.open_tree("history_by_consumer")?;
         let state = State {
             forwarded: decode_u64(meta.get(META_FORWARDED)?),
             live_bytes: decode_u64(meta.get(META_LIVE)?),
@@ -355,13 +357,15 @@ impl Journal {
             )?),
             purge_cursor: Arc::default(),
             received: db.open_tree("received")?,
-            history: db.open_tree("history")?,
-            history_by_consumer: db.open_tree("history_by_consumer")?,
             consumer_days: Arc::new(if consumer_file {
-                platform::consumer_file::ConsumerFile::open(path, meta.clone())
+                // An older build's totals wait in the store for the load to move them.
+                let pending = !history.is_empty() || !history_by_consumer.is_empty();
+                platform::consumer_file::ConsumerFile::open(path, meta.clone(), pending)
             } else {
                 platform::consumer_file::ConsumerFile::none(path, meta.clone())
             }),
+            history,
+            history_by_consumer,
             by_waybill: db.open_tree("by_waybill")?,
             intents: intents::open(path)?,
             intent_wal: Arc::default(),

@@ -31,19 +31,21 @@
 //! # From an older build
 //!
 //! An older build kept the totals in the store's `history` tree (and, briefly, in
-//! `history_by_consumer`). The first load moves them here ([`Journal::move_history`]): the
+//! `history_by_consumer`). Until they are moved here, the file is neither read nor written
+//! for consumers (every history not in memory is unknown). The first load moves them
+//! ([`Journal::move_history`]; retention does if the file could not be used then): the
 //! totals are set, not added, so a move cut short and done again gives the same values; the
-//! last batch marks the file as moved, and only then are the old trees emptied. An older
-//! build run again (a rollback) reads nothing of this file, so its limits count only what it
-//! holds and writes; what it writes to `history` is added to this file's totals at the next
-//! load of this build.
+//! old trees are emptied, and only then is the file marked as moved. An older build run
+//! again (a rollback) reads nothing of this file, so its limits count only what it holds and
+//! writes; what it writes to `history` is added to this file's totals at the next load of
+//! this build.
 
 use std::path::{Path, PathBuf};
 use std::sync::Weak;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::consumer_file::ConsumerFile;
+use super::consumer_file::{ConsumerFile, COMMITS};
 use super::retention::decode_total;
 use crate::journal::{Journal, JournalError};
 use crate::rules::history::{StoredDay, StoredHistory};
@@ -61,6 +63,9 @@ const META_MOVED: &str = "moved";
 
 /// The store's `meta` key by which an older build marked its own index of the totals.
 const META_OLD_INDEX: &[u8] = b"history_by_consumer";
+
+/// Day 100,000 since 1970 (in the year 2243): a stored day after it is damage.
+const LAST_DAY: u32 = 100_000;
 
 /// How many totals one transaction of a move or a drop holds.
 const BATCH: usize = 50_000;
@@ -82,6 +87,12 @@ pub(super) fn store_err(e: impl Into<redb::Error>) -> JournalError {
 
 /// Creates the tables a new file lacks.
 pub(super) fn tables_created(db: &Database) -> Result<(), JournalError> {
+    // A file that has them is not written at its open (a full disk does not stop it).
+    let tx = db.begin_read().map_err(store_err)?;
+    if tx.open_table(DAYS).is_ok() && tx.open_table(BY_DAY).is_ok() && tx.open_table(META).is_ok() {
+        return Ok(());
+    }
+    drop(tx);
     let mut tx = db.begin_write().map_err(store_err)?;
     // Every commit records the allocator's state: opening after a crash need not walk the
     // whole file.
@@ -133,13 +144,25 @@ fn decode_days(v: &[u8]) -> Result<Vec<StoredDay>, String> {
             v.len()
         ));
     }
-    Ok(v.chunks_exact(16)
+    let days: Vec<StoredDay> = v
+        .chunks_exact(16)
         .map(|c| {
             let day = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
             let (parcels, value) = decode_total(&c[4..]);
             (day, parcels, value)
         })
-        .collect())
+        .collect();
+    // Days out of order, or past any date this gateway will see, are damage: a garbage day
+    // far ahead, taken in, would push the consumer's real days out of its year
+    // (`Days::add_totals`). (Days somewhat ahead are not: a clock once set ahead counts
+    // parcels on them.)
+    if days.windows(2).any(|w| w[0].0 >= w[1].0) || days.last().is_some_and(|d| d.0 > LAST_DAY) {
+        return Err(
+            "consumer history store: a consumer's days are out of order or past any real date"
+                .into(),
+        );
+    }
+    Ok(days)
 }
 
 fn encode_days(days: &[StoredDay]) -> Vec<u8> {
@@ -218,20 +241,34 @@ impl Writing<'_> {
 }
 
 /// Runs `f` in one write transaction over both tables, committed durably.
+/// Runs `f` in one write transaction over both tables, committed durably with the file's
+/// count of commits one higher, which the store then notes (see [`super::consumer_file`]).
 fn write(
-    db: &Database,
+    file: &ConsumerFile,
     f: impl FnOnce(&mut Writing<'_>, &redb::WriteTransaction) -> Result<(), JournalError>,
 ) -> Result<(), JournalError> {
-    let mut tx = db.begin_write().map_err(store_err)?;
-    tx.set_quick_repair(true);
-    {
-        let mut w = Writing {
-            days: tx.open_table(DAYS).map_err(store_err)?,
-            by_day: tx.open_table(BY_DAY).map_err(store_err)?,
+    let commits = file.with(|db| {
+        let mut tx = db.begin_write().map_err(store_err)?;
+        tx.set_quick_repair(true);
+        let commits = {
+            let mut w = Writing {
+                days: tx.open_table(DAYS).map_err(store_err)?,
+                by_day: tx.open_table(BY_DAY).map_err(store_err)?,
+            };
+            f(&mut w, &tx)?;
+            let mut meta = tx.open_table(META).map_err(store_err)?;
+            let commits = meta
+                .get(COMMITS)
+                .map_err(store_err)?
+                .map_or(0, |v| v.value())
+                + 1;
+            meta.insert(COMMITS, commits).map_err(store_err)?;
+            commits
         };
-        f(&mut w, &tx)?;
-    }
-    tx.commit().map_err(store_err)
+        tx.commit().map_err(store_err)?;
+        Ok(commits)
+    })?;
+    file.note_commits(commits)
 }
 
 /// The stored day totals, read by consumer (see the module's doc). It does not keep the
@@ -269,10 +306,11 @@ impl StoredDays {
             .is_none_or(|r| r.table.is_empty().unwrap_or(true))
     }
 
-    /// A reader of the totals as they are now; `None` once the journal is closed or if the
-    /// file cannot be read.
+    /// A reader of the totals as they are now; `None` once the journal is closed, if the
+    /// file cannot be read, or while an older build's totals are not moved in.
     pub fn reader(&self) -> Option<DaysReader> {
         let file = self.file.upgrade()?;
+        file.ready().ok()?;
         file.with(|db| {
             let tx = db.begin_read().map_err(store_err)?;
             Ok(DaysReader {
@@ -289,6 +327,7 @@ impl StoredHistory for StoredDays {
             .file
             .upgrade()
             .ok_or("consumer history store: the journal is closed")?;
+        file.ready().map_err(|e| e.to_string())?;
         let value = file
             .with(|db| {
                 let tx = db.begin_read().map_err(store_err)?;
@@ -313,12 +352,13 @@ impl Journal {
     /// Whether the consumers' file can be used now (retention takes nothing out of the table
     /// while it cannot).
     pub(super) fn consumer_days_usable(&self) -> Result<(), JournalError> {
+        self.consumer_days.ready()?;
         self.consumer_days.get().map(drop)
     }
 
-    /// Why the consumers' file cannot be used now, if it cannot (for the alarm).
-    pub fn consumer_days_problem(&self) -> Option<String> {
-        self.consumer_days_usable().err().map(|e| e.to_string())
+    /// What is wrong with the consumers' file now, or was within `within` (for the alarm).
+    pub fn consumer_days_problem(&self, within: std::time::Duration) -> Option<String> {
+        self.consumer_days.problem(within)
     }
 
     /// Bytes of the consumers' file (they count towards the quota with the platform state).
@@ -326,14 +366,17 @@ impl Journal {
         std::fs::metadata(path_of(&self.path)).map_or(0, |m| m.len())
     }
 
-    /// Moves an older build's totals (the store's `history` tree) into the consumers' file
-    /// if this store has not had them moved yet, calling `tick` after each total (a start's
-    /// load counts them as progress); false, with the move to do again, once `tick` says
-    /// stop. See the module's doc.
+    /// Moves an older build's totals (the store's `history` tree) into the consumers' file,
+    /// calling `tick` after each total (a start's load counts them as progress); false, with
+    /// the move to do again, once `tick` says stop. Until it is done the file is neither read
+    /// nor written for consumers ([`ConsumerFile::ready`]). See the module's doc.
     pub(super) fn move_history(
         &self,
         tick: &mut dyn FnMut() -> bool,
     ) -> Result<bool, JournalError> {
+        if !self.consumer_days.move_pending() {
+            return Ok(true);
+        }
         let moved = self.consumer_days.with(|db| {
             let tx = db.begin_read().map_err(store_err)?;
             let meta = tx.open_table(META).map_err(store_err)?;
@@ -342,7 +385,8 @@ impl Journal {
         })?;
         // Once moved, what `history` holds was written by an older build run since (a
         // rollback): parcels forgotten then, added to the file's totals and taken out of the
-        // tree batch by batch (a crash between counts a batch twice, never less).
+        // tree batch by batch (a crash between counts a batch twice, never less). Before,
+        // the totals are set (a move cut short and done again sets the same values).
         let adding = moved;
         let mut n = 0u64;
         let mut entries = self.history.iter();
@@ -361,11 +405,8 @@ impl Journal {
                 keys.push(k);
             }
             let last = keys.len() < BATCH;
-            if keys.is_empty() && moved {
-                break;
-            }
-            self.consumer_days.with(|db| {
-                write(db, |w, tx| {
+            if !batch.is_empty() {
+                write(&self.consumer_days, |w, _| {
                     for (day, consumer, (parcels, value)) in &batch {
                         w.set_day(&key(consumer), *day, |old| {
                             let (p, v) = if adding {
@@ -376,15 +417,9 @@ impl Journal {
                             (p.saturating_add(*parcels), v.saturating_add(*value))
                         })?;
                     }
-                    if last && !moved {
-                        tx.open_table(META)
-                            .map_err(store_err)?
-                            .insert(META_MOVED, 1)
-                            .map_err(store_err)?;
-                    }
                     Ok(())
-                })
-            })?;
+                })?;
+            }
             if adding {
                 for k in keys {
                     self.history.remove(k)?;
@@ -401,24 +436,32 @@ impl Journal {
                 break;
             }
         }
+        // The old trees are emptied, with the older build's own mark of its index (so that a
+        // rolled-back build builds it again from what it writes), and only then is the file
+        // marked as moved: a crash before the mark sets the same totals again at the next
+        // start, never adds them twice.
+        self.history.clear()?;
+        self.history_by_consumer.clear()?;
+        self.meta.remove(META_OLD_INDEX)?;
+        self.db.flush()?;
+        if !moved {
+            self.consumer_days.with(|db| {
+                let mut tx = db.begin_write().map_err(store_err)?;
+                tx.set_quick_repair(true);
+                tx.open_table(META)
+                    .map_err(store_err)?
+                    .insert(META_MOVED, 1)
+                    .map_err(store_err)?;
+                tx.commit().map_err(store_err)
+            })?;
+        }
+        self.consumer_days.moved();
         if n > 0 {
             tracing::info!(
                 totals = n,
                 added = adding,
                 "consumers' stored day totals moved out of the store into their own file"
             );
-        }
-        // Emptied only once the move is marked done (a crash in between empties them at the
-        // next start). The older build's own index goes with them, and so does its mark, so
-        // that a rolled-back build builds it again from what it writes.
-        if !self.history.is_empty()
-            || !self.history_by_consumer.is_empty()
-            || self.meta.get(META_OLD_INDEX)?.is_some()
-        {
-            self.history.clear()?;
-            self.history_by_consumer.clear()?;
-            self.meta.remove(META_OLD_INDEX)?;
-            self.db.flush()?;
         }
         Ok(true)
     }
@@ -436,21 +479,21 @@ impl Journal {
         if parcels.is_empty() {
             return Ok(());
         }
-        self.consumer_days.with(|db| {
-            write(db, |w, _| {
-                for &(day, consumer, value) in parcels {
-                    w.set_day(&key(consumer), day, |old| {
-                        let (p, v) = old.unwrap_or((0, 0));
-                        (p.saturating_add(1), v.saturating_add(value))
-                    })?;
-                }
-                Ok(())
-            })
+        self.consumer_days.ready()?;
+        write(&self.consumer_days, |w, _| {
+            for &(day, consumer, value) in parcels {
+                w.set_day(&key(consumer), day, |old| {
+                    let (p, v) = old.unwrap_or((0, 0));
+                    (p.saturating_add(1), v.saturating_add(value))
+                })?;
+            }
+            Ok(())
         })
     }
 
     /// Forgets the day totals of days before `oldest`.
     pub(super) fn drop_history_before(&self, oldest: u32) -> Result<(), JournalError> {
+        self.consumer_days.ready()?;
         loop {
             let old: Vec<Vec<u8>> = self.consumer_days.with(|db| {
                 let tx = db.begin_read().map_err(store_err)?;
@@ -466,17 +509,15 @@ impl Journal {
             if old.is_empty() {
                 return Ok(());
             }
-            self.consumer_days.with(|db| {
-                write(db, |w, _| {
-                    for k in &old {
-                        if let Some(day) = super::be_u32(k) {
-                            w.set_day(&k[4..], day, |_| (0, 0))?;
-                        }
-                        // A total whose consumer's days were damaged goes all the same.
-                        w.by_day.remove(&k[..]).map_err(store_err)?;
+            write(&self.consumer_days, |w, _| {
+                for k in &old {
+                    if let Some(day) = super::be_u32(k) {
+                        w.set_day(&k[4..], day, |_| (0, 0))?;
                     }
-                    Ok(())
-                })
+                    // A total whose consumer's days were damaged goes all the same.
+                    w.by_day.remove(&k[..]).map_err(store_err)?;
+                }
+                Ok(())
             })?;
         }
     }
@@ -532,43 +573,118 @@ mod tests {
     #[test]
     fn an_older_builds_totals_are_moved_once() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
-        // As an older build left them: totals by day in the store.
-        let old = |day: u32, c: &str| {
-            let mut k = day.to_be_bytes().to_vec();
-            k.extend_from_slice(c.as_bytes());
-            k
-        };
-        j.history
-            .insert(old(20, "c1"), &encode_total(3, 30)[..])
-            .unwrap();
-        j.history
-            .insert(old(21, "c1"), &encode_total(1, 5)[..])
-            .unwrap();
-        assert!(j.move_history(&mut || false).unwrap());
+        let store = dir.path();
+        // As an older build leaves them: totals by day in the store.
+        {
+            let j = Journal::open(store).unwrap();
+            j.history
+                .insert(old(20, "c1"), &encode_total(3, 30)[..])
+                .unwrap();
+            j.history
+                .insert(old(21, "c1"), &encode_total(1, 5)[..])
+                .unwrap();
+            j.db.flush().unwrap();
+        }
+        let j = Journal::open(store).unwrap();
         let days = j.stored_days().unwrap();
+        assert!(days.days_of("c1").is_err(), "unknown until moved");
+        assert!(j.add_to_history(22, "c1", 1).is_err());
+        assert!(j.move_history(&mut || false).unwrap());
         assert_eq!(days.days_of("c1").unwrap(), vec![(20, 3, 30), (21, 1, 5)]);
         assert!(j.history.is_empty());
-        // Moved once: what is written later is kept. An older build run since (a rollback)
-        // wrote a parcel of its own: added, not set, and its mark of its index goes.
         j.add_to_history(21, "c1", 2).unwrap();
+        // A rollback: an older build runs on the store and forgets a parcel of its own.
         j.history
             .insert(old(21, "c1"), &encode_total(1, 5)[..])
             .unwrap();
         j.meta.insert(META_OLD_INDEX, &[1u8][..]).unwrap();
+        j.db.flush().unwrap();
+        drop((j, days));
+        let j = Journal::open(store).unwrap();
         assert!(j.move_history(&mut || false).unwrap());
-        assert_eq!(days.days_of("c1").unwrap(), vec![(20, 3, 30), (21, 3, 12)]);
+        let days = j.stored_days().unwrap();
+        assert_eq!(
+            days.days_of("c1").unwrap(),
+            vec![(20, 3, 30), (21, 3, 12)],
+            "added, not set"
+        );
         assert!(j.history.is_empty());
         assert!(j.meta.get(META_OLD_INDEX).unwrap().is_none());
-        // Nothing left to add.
-        assert!(j.move_history(&mut || false).unwrap());
-        // The next open reads the same.
-        drop(j);
-        let j = Journal::open(dir.path()).unwrap();
+        drop((j, days));
+        let j = Journal::open(store).unwrap();
+        assert!(j.move_history(&mut || false).unwrap(), "nothing to move");
         assert_eq!(
             j.stored_days().unwrap().days_of("c1").unwrap(),
             vec![(20, 3, 30), (21, 3, 12)]
         );
+    }
+
+    /// A move cut short before the file is marked moved (the old trees emptied or not) sets
+    /// the same totals again at the next start: never twice.
+    #[test]
+    fn a_move_cut_short_sets_the_same_totals_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path();
+        {
+            let j = Journal::open(store).unwrap();
+            j.history
+                .insert(old(20, "c1"), &encode_total(3, 30)[..])
+                .unwrap();
+            j.db.flush().unwrap();
+        }
+        {
+            // The totals set, the mark not written: a crash in the middle of the move.
+            let j = Journal::open(store).unwrap();
+            write(&j.consumer_days, |w, _| {
+                w.set_day(&key("c1"), 20, |_| (3, 30))
+            })
+            .unwrap();
+        }
+        let j = Journal::open(store).unwrap();
+        assert!(j.move_history(&mut || false).unwrap());
+        assert_eq!(
+            j.stored_days().unwrap().days_of("c1").unwrap(),
+            vec![(20, 3, 30)]
+        );
+    }
+
+    #[test]
+    fn an_older_copy_of_the_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("journal");
+        let j = Journal::open(&store).unwrap();
+        j.add_to_history(10, "ab", 5).unwrap();
+        drop(j);
+        let backup = dir.path().join("backup.redb");
+        std::fs::copy(path_of(&store), &backup).unwrap();
+        let j = Journal::open(&store).unwrap();
+        j.add_to_history(11, "ab", 1).unwrap();
+        drop(j);
+        // Restored from the older backup: its totals of day 11 would be missing.
+        std::fs::copy(&backup, path_of(&store)).unwrap();
+        let j = Journal::open(&store).unwrap();
+        let err = j.stored_days().unwrap().days_of("ab").unwrap_err();
+        assert!(err.contains("older copy"), "{err}");
+        assert!(j.add_to_history(12, "ab", 1).is_err());
+    }
+
+    #[test]
+    fn days_out_of_order_or_past_any_real_date_are_damage() {
+        let today =
+            crate::rules::history::day_of(crate::metrics::unix_ms(std::time::SystemTime::now()));
+        assert!(decode_days(&encode_days(&[(10, 1, 1), (12, 1, 1)])).is_ok());
+        assert!(decode_days(&encode_days(&[(today + 30, 1, 1)])).is_ok());
+        assert!(decode_days(&encode_days(&[(12, 1, 1), (10, 1, 1)])).is_err());
+        assert!(decode_days(&encode_days(&[(10, 1, 1), (10, 1, 1)])).is_err());
+        assert!(decode_days(&encode_days(&[(LAST_DAY + 1, 1, 1)])).is_err());
+        assert!(decode_days(&[0u8; 15]).is_err());
+    }
+
+    /// An older build's key in `history`: the day, then the consumer.
+    fn old(day: u32, c: &str) -> Vec<u8> {
+        let mut k = day.to_be_bytes().to_vec();
+        k.extend_from_slice(c.as_bytes());
+        k
     }
 
     #[test]

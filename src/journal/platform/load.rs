@@ -107,11 +107,15 @@ impl Journal {
         };
         // The consumers' forgotten days are added once the log is in (below), for all held
         // consumers at once in the file's order. An older build's totals are moved into
-        // their file first.
-        // A file that did not open (logged then) is left for the next start: the load goes
-        // on, every held consumer's history unknown.
-        if self.consumer_days_usable().is_ok() && !self.move_history(&mut || load.tick())? {
-            return Ok(false);
+        // their file first. A move that fails (the file cannot be used) is done by retention
+        // later: the load goes on, and every consumer's history not in memory stays unknown
+        // until it is.
+        match self.move_history(&mut || load.tick()) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(e) => {
+                tracing::warn!(error = %e, "an older build's consumer day totals are not moved into their file yet: consumer limits over histories not in memory count as exceeded until they are")
+            }
         }
         table.clear_stored_history();
         // An older build's trees first: moved into the log, below what was appended since.

@@ -69,6 +69,10 @@ impl Journal {
     ) -> Result<Forgotten, JournalError> {
         let mut out = Forgotten::default();
         // Nothing is taken out of the table while the consumers' totals cannot be written.
+        // An older build's totals not moved at the load (the file could not be used then).
+        if !self.move_history(&mut || false)? {
+            return Ok(out);
+        }
         self.consumer_days_usable()?;
         let mut cursor = self.purge_cursor.lock().unwrap_or_else(|e| e.into_inner());
         let (mut day_at, mut offset) = match *cursor {
@@ -220,7 +224,12 @@ impl Journal {
             }
         }
         *cursor = Some((before_day, day_at, offset));
-        self.drop_history_before(today().saturating_sub(crate::rules::history::KEEP_DAYS))?;
+        // What was forgotten above stays forgotten, whatever this does.
+        if let Err(e) =
+            self.drop_history_before(today().saturating_sub(crate::rules::history::KEEP_DAYS))
+        {
+            tracing::warn!(error = %e, "consumers' day totals older than a year not dropped; retrying later");
+        }
         Ok(out)
     }
 

@@ -129,6 +129,9 @@ pub struct SalvageReport {
     /// Platform state entries kept, and entries that did not parse.
     pub platform_kept: u64,
     pub platform_dropped: u64,
+    /// Set when the consumers' day totals found beside the store were not the damaged
+    /// store's (missing or replaced): the fresh store took them as found.
+    pub consumer_file: Option<String>,
 }
 
 impl SalvageReport {
@@ -153,9 +156,12 @@ impl SalvageReport {
             ChainMode::Restarted => "the chain restarts at seq 1".to_string(),
         };
         format!(
-            "journal salvaged: {last}, {head}; {} record(s) kept, {lost} lost; {chain}; damaged store kept at {}",
+            "journal salvaged: {last}, {head}; {} record(s) kept, {lost} lost; {chain}; damaged store kept at {}{}",
             self.records_kept,
-            self.damaged.display()
+            self.damaged.display(),
+            self.consumer_file
+                .as_ref()
+                .map_or(String::new(), |note| format!("; {note}"))
         )
     }
 }
@@ -187,6 +193,7 @@ pub fn salvage(path: &Path, gateway: &str) -> Result<SalvageReport, SalvageError
         salvage_seq: 1,
         platform_kept: 0,
         platform_dropped: 0,
+        consumer_file: None,
     };
     if old.is_none() {
         // Nothing opened: the head mark still says how much was lost.
@@ -196,6 +203,17 @@ pub fn salvage(path: &Path, gateway: &str) -> Result<SalvageReport, SalvageError
         }
     }
     let fresh = Journal::open(path)?;
+    // The consumers' file beside the store is the fresh store's now, as found: say so when
+    // it is not the one the damaged store wrote (its limits count only what it holds).
+    use crate::journal::platform::consumer_file::id_in;
+    if let Some(was) = old.as_ref().and_then(|o| id_in(&o.meta)) {
+        if id_in(&fresh.meta) != Some(was) {
+            report.consumer_file = Some(format!(
+                "the consumers' day totals beside the store ({}) were not the damaged store's (missing or replaced) and were taken as found: consumer limits count only what they hold",
+                crate::journal::platform::consumer_days::path_of(path).display()
+            ));
+        }
+    }
     // The fresh store's chain head, anchor and rule set carry no integrity tags (salvage
     // holds no key): they are adopted at the next start (see `integrity`).
     fresh

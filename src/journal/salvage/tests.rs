@@ -151,3 +151,34 @@ async fn a_store_sled_cannot_open_at_all_leaves_only_the_salvage_record() {
     assert_eq!(fresh.chain_head().unwrap().0, 1);
     salvage_record(&fresh.record(1).unwrap().unwrap());
 }
+
+#[tokio::test]
+async fn a_salvage_that_finds_another_consumers_file_says_so() {
+    use crate::rules::history::StoredHistory;
+    let dir = closed_store(5, 0).await;
+    Journal::open(dir.path())
+        .unwrap()
+        .add_to_history(10, "c1", 5)
+        .unwrap();
+    std::fs::write(dir.path().join("conf"), b"not sled's conf").unwrap();
+    std::fs::remove_file(crate::journal::consumer_days_path(dir.path())).unwrap();
+    let report = salvage(dir.path(), "gw").unwrap();
+    let note = report.consumer_file.clone().expect("said");
+    assert!(note.contains("were not the damaged store's"), "{note}");
+    let fresh = Journal::open(dir.path()).unwrap();
+    assert!(
+        fresh
+            .take_salvage_notice()
+            .unwrap()
+            .unwrap()
+            .contains(&note),
+        "the alarm at the next start says it too"
+    );
+    // Taken as found: a new, empty file.
+    assert!(fresh
+        .stored_days()
+        .unwrap()
+        .days_of("c1")
+        .unwrap()
+        .is_empty());
+}

@@ -195,7 +195,35 @@ impl Book {
                 s.days.add_totals(day, parcels, value);
             }
             s.unknown = false;
-            tracing::info!("a consumer's stored history read again: its limits count again");
+            tracing::debug!("a consumer's stored history read again: its limits count again");
+        }
+    }
+
+    /// The names of the consumers held as unknown.
+    fn unknown_names(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for i in 0..self.shards.count() {
+            let shard = self.shards.read(i);
+            out.extend(
+                shard
+                    .slots
+                    .iter()
+                    .filter(|s| s.refs > 0 && s.unknown)
+                    .map(|s| s.name.to_arc()),
+            );
+        }
+        out
+    }
+
+    /// [`Book::read_again`] for the consumer `name`, if it is held as unknown.
+    fn read_again_by_name(&self, name: &str, stored: Option<&dyn StoredHistory>) {
+        let place = self.picker.place(name, BOOK_SHARDS);
+        let pos = {
+            let shard = self.shards.read(place.shard);
+            shard.find(place, name)
+        };
+        if let Some(pos) = pos {
+            self.read_again(place, pos, name, stored);
         }
     }
 
@@ -319,6 +347,19 @@ impl ClearanceTable {
     /// held declarations); days that cannot be read leave its history unknown.
     pub fn add_stored_days(&self, consumer: &str, days: Result<Vec<StoredDay>, String>) {
         self.consumers.add_if_held(consumer, days);
+    }
+
+    /// Reads again the stored days of every consumer held as unknown (their store failed
+    /// when they were first referenced; retention calls this once the store can be used):
+    /// those that read count again. Returns how many are still unknown.
+    pub fn read_unknown_consumers_again(&self) -> usize {
+        let stored = self.stored_history.load();
+        let stored = stored.as_deref().map(|s| &**s);
+        let unknown = self.consumers.unknown_names();
+        for name in &unknown {
+            self.consumers.read_again_by_name(name, stored);
+        }
+        self.consumers.unknown_names().len()
     }
 
     /// The names of the consumers held declarations name.

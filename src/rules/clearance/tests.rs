@@ -593,6 +593,33 @@ fn a_consumer_held_as_unknown_counts_again_once_its_stored_history_reads() {
 }
 
 #[test]
+fn retention_reads_every_consumer_held_as_unknown_again() {
+    #[derive(Debug, Default)]
+    struct Mended(std::sync::atomic::AtomicBool);
+    impl crate::rules::history::StoredHistory for std::sync::Arc<Mended> {
+        fn days_of(&self, _: &str) -> Result<Vec<StoredDay>, String> {
+            if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(vec![(5, 1, 30)])
+            } else {
+                Err("disk full".into())
+            }
+        }
+    }
+    let store = std::sync::Arc::new(Mended::default());
+    let t = ClearanceTable::default();
+    t.set_stored_history(Box::new(store.clone()));
+    t.apply_declaration(&decl("A", "a", 1));
+    t.apply_declaration(&decl("B", "b", 1));
+    assert_eq!(t.read_unknown_consumers_again(), 2);
+    store.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(t.read_unknown_consumers_again(), 0);
+    assert_eq!(t.consumer_window("A", 0, 10).parcels, 1);
+    assert_eq!(t.consumer_window("B", 0, 10).parcels, 1);
+    assert_eq!(t.read_unknown_consumers_again(), 0, "read once");
+    assert_eq!(t.consumer_window("A", 0, 10).parcels, 1);
+}
+
+#[test]
 fn retention_takes_a_waybill_with_its_count_and_no_line_counts_it_after() {
     let t = ClearanceTable::default();
     t.apply_declaration(&decl("W", "c", 70));
