@@ -233,6 +233,76 @@ impl Station {
     }
 }
 
+/// A line whose scanning station weighs (`dws-stx-etx`, its frames written by the test), with
+/// a broker, a PLC, the rule file `rules` (after the instruction and undeclared rules) and
+/// `extra` at the end of the configuration: what the tests of consumer limits across
+/// restarts start from. The daemon is the test's to start.
+struct WeighingLine {
+    _mosquitto: Mosquitto,
+    stop: CancellationToken,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    platform: PlatformSim,
+    station: Station,
+    framing: bondline_devices::framing::ScannerFraming,
+}
+
+async fn weighing_line(
+    dir: &std::path::Path,
+    platform_name: &str,
+    rules: &str,
+    extra: &str,
+) -> WeighingLine {
+    let mosquitto = Mosquitto::start(dir).await;
+    let stop = CancellationToken::new();
+    let (plc, _) = start_plc(&stop).await;
+    let rules_path = dir.join("rules.toml");
+    std::fs::write(&rules_path, rule_file("limits", rules)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let text = config_text(
+        &dir.join("journal"),
+        mosquitto.port,
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
+            plc,
+        },
+    )
+    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
+    .replace(
+        "gateway_id = \"test-gw\"",
+        &format!(
+            "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
+            rules_path.display()
+        ),
+    ) + extra;
+    let config = dir.join("bondline.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
+    let platform = PlatformSim::connect(broker, PREFIX, platform_name)
+        .await
+        .unwrap();
+    let framing = Profiles::builtin()
+        .get("dws-stx-etx")
+        .unwrap()
+        .scanner()
+        .unwrap()
+        .clone();
+    WeighingLine {
+        _mosquitto: mosquitto,
+        stop,
+        config,
+        log: dir.join("daemon.log"),
+        platform,
+        station: Station {
+            listener,
+            stream: None,
+            framing: framing.clone(),
+        },
+        framing,
+    }
+}
+
 fn json(v: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
@@ -802,55 +872,22 @@ async fn a_calendar_day_turns_over_at_local_midnight_across_a_restart() {
     let midnight_ms = midnight_utc_s * 1000;
 
     let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
-    let stop = CancellationToken::new();
-    let (plc, _) = start_plc(&stop).await;
-    let rules_path = dir.path().join("rules.toml");
-    std::fs::write(
-        &rules_path,
-        rule_file(
-            "day-1",
-            "[[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 50\ntarget = \"inspection\"\nwindow = \"calendar_day\"\nmax_parcels = 1\n",
-        ),
+    let WeighingLine {
+        _mosquitto,
+        stop,
+        config,
+        log,
+        platform,
+        mut station,
+        framing,
+    } = weighing_line(
+        dir.path(),
+        "platform-midnight",
+        "[[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 50\ntarget = \"inspection\"\nwindow = \"calendar_day\"\nmax_parcels = 1\n",
+        &format!("\n[calendar]\ntime_zone = \"{zone}\"\n"),
     )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let text = config_text(
-        &dir.path().join("journal"),
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
-            plc,
-        },
-    )
-    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
-    .replace(
-        "gateway_id = \"test-gw\"",
-        &format!(
-            "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
-            rules_path.display()
-        ),
-    ) + &format!("\n[calendar]\ntime_zone = \"{zone}\"\n");
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
-    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
-    let platform = PlatformSim::connect(broker, PREFIX, "platform-midnight")
-        .await
-        .unwrap();
-    let log = dir.path().join("daemon.log");
+    .await;
     let daemon = Daemon::start(&config, &log);
-    let framing = Profiles::builtin()
-        .get("dws-stx-etx")
-        .unwrap()
-        .scanner()
-        .unwrap()
-        .clone();
-    let mut station = Station {
-        listener,
-        stream: None,
-        framing: framing.clone(),
-    };
     let mut msgs = Vec::new();
     for w in ["EVE001", "EVE002", "MORN01"] {
         msgs.push((
@@ -957,85 +994,59 @@ async fn a_calendar_day_turns_over_at_local_midnight_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_consumers_file_makes_every_consumer_limit_fail_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
-    let stop = CancellationToken::new();
-    let (plc, _) = start_plc(&stop).await;
-    let rules_path = dir.path().join("rules.toml");
-    std::fs::write(
-        &rules_path,
-        rule_file(
-            "limits",
-            "[[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 50\ntarget = \"inspection\"\nwindow_days = 1\nmax_parcels = 5\n",
-        ),
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let journal = dir.path().join("journal");
-    let text = config_text(
-        &journal,
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
-            plc,
-        },
+    let WeighingLine {
+        _mosquitto,
+        stop,
+        config,
+        log,
+        platform,
+        station,
+        ..
+    } = weighing_line(
+        dir.path(),
+        "platform-consumers",
+        "[[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 50\ntarget = \"inspection\"\nwindow_days = 1\nmax_parcels = 5\n",
+        "",
     )
-    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
-    .replace(
-        "gateway_id = \"test-gw\"",
-        &format!(
-            "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
-            rules_path.display()
-        ),
-    );
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
-    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
-    let platform = PlatformSim::connect(broker, PREFIX, "platform-consumers")
-        .await
-        .unwrap();
-    let log = dir.path().join("daemon.log");
-    let framing = Profiles::builtin()
-        .get("dws-stx-etx")
-        .unwrap()
-        .scanner()
-        .unwrap()
-        .clone();
+    .await;
     let record_of = |w: &str| {
         platform
             .records()
             .into_iter()
             .rfind(|r| r.waybill.as_deref() == Some(w))
     };
-    let mut listener = Some(listener);
+    let mut station = Some(station);
     let mut scan_and_wait = async |w: &str| {
-        let mut station = Station {
-            listener: listener.take().unwrap(),
-            stream: None,
-            framing: framing.clone(),
-        };
-        station.scan(w, 1_000).await;
+        // A daemon started since connects anew.
+        let mut at = station.take().unwrap();
+        at.stream = None;
+        at.scan(w, 1_000).await;
         assert!(
             wait_until(Duration::from_secs(30), || record_of(w).is_some()).await,
             "no record for {w}"
         );
-        listener = Some(station.listener);
+        station = Some(at);
         record_of(w).unwrap()
+    };
+
+    let declared_and_released = async |w: &str, consumer: &str| {
+        publish_all(
+            &platform,
+            vec![
+                (
+                    "declarations",
+                    declaration(w, "E-GOOD", consumer, 1_000, "CNY", true),
+                ),
+                ("instructions", release(w)),
+            ],
+        )
+        .await
     };
 
     // With its file, a consumer under its limit is released.
     let daemon = Daemon::start(&config, &log);
-    publish_all(
-        &platform,
-        vec![
-            (
-                "declarations",
-                declaration("KNOWN1", "E-GOOD", "c-known", 1_000, "CNY", true),
-            ),
-            ("instructions", release("KNOWN1")),
-        ],
-    )
-    .await;
+    declared_and_released("KNOWN1", "c-known").await;
     let r = scan_and_wait("KNOWN1").await;
     assert_eq!(r.lane_role, LaneRole::Release, "{}", r.reason);
     assert_eq!(daemon.terminate(), Some(0));
@@ -1043,17 +1054,7 @@ async fn a_lost_consumers_file_makes_every_consumer_limit_fail_closed() {
     // The file lost: the next run refuses the empty one it finds.
     std::fs::remove_file(bondline::journal::consumer_days_path(&journal)).unwrap();
     let daemon = Daemon::start(&config, &log);
-    publish_all(
-        &platform,
-        vec![
-            (
-                "declarations",
-                declaration("NEWBUYER", "E-GOOD", "c-new", 1_000, "CNY", true),
-            ),
-            ("instructions", release("NEWBUYER")),
-        ],
-    )
-    .await;
+    declared_and_released("NEWBUYER", "c-new").await;
     let r = scan_and_wait("NEWBUYER").await;
     assert_eq!(r.lane_role, LaneRole::Inspection, "{}", r.reason);
     let daily = r

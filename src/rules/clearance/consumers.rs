@@ -201,18 +201,7 @@ impl Book {
 
     /// The names of the consumers held as unknown.
     fn unknown_names(&self) -> Vec<Arc<str>> {
-        let mut out = Vec::new();
-        for i in 0..self.shards.count() {
-            let shard = self.shards.read(i);
-            out.extend(
-                shard
-                    .slots
-                    .iter()
-                    .filter(|s| s.refs > 0 && s.unknown)
-                    .map(|s| s.name.to_arc()),
-            );
-        }
-        out
+        self.names_where(0, |s| s.unknown)
     }
 
     /// [`Book::read_again`] for the consumer `name`, if it is held as unknown.
@@ -229,14 +218,19 @@ impl Book {
 
     /// The names of every consumer held.
     pub(super) fn names(&self) -> Vec<Arc<str>> {
-        let mut out = Vec::with_capacity(self.len());
+        self.names_where(self.len(), |_| true)
+    }
+
+    /// The names of the consumers held whose slot passes `keep`.
+    fn names_where(&self, capacity: usize, keep: impl Fn(&Slot) -> bool) -> Vec<Arc<str>> {
+        let mut out = Vec::with_capacity(capacity);
         for i in 0..self.shards.count() {
             let shard = self.shards.read(i);
             out.extend(
                 shard
                     .slots
                     .iter()
-                    .filter(|s| s.refs > 0)
+                    .filter(|s| s.refs > 0 && keep(s))
                     .map(|s| s.name.to_arc()),
             );
         }

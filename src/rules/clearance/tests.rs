@@ -555,20 +555,23 @@ fn a_consumer_whose_stored_history_cannot_be_read_is_over_every_limit() {
     assert_eq!((w.parcels, w.value_minor), (u32::MAX, u64::MAX));
 }
 
-#[test]
-fn a_consumer_held_as_unknown_counts_again_once_its_stored_history_reads() {
-    /// Fails until mended, then holds one forgotten parcel of 30 on day 5.
-    #[derive(Debug, Default)]
-    struct Mended(std::sync::atomic::AtomicBool);
-    impl crate::rules::history::StoredHistory for std::sync::Arc<Mended> {
-        fn days_of(&self, _: &str) -> Result<Vec<StoredDay>, String> {
-            if self.0.load(std::sync::atomic::Ordering::Relaxed) {
-                Ok(vec![(5, 1, 30)])
-            } else {
-                Err("disk full".into())
-            }
+/// A store of consumers' days that fails until mended, then holds one forgotten parcel of 30
+/// on day 5 for every consumer.
+#[derive(Debug, Default)]
+struct Mended(std::sync::atomic::AtomicBool);
+
+impl crate::rules::history::StoredHistory for std::sync::Arc<Mended> {
+    fn days_of(&self, _: &str) -> Result<Vec<StoredDay>, String> {
+        if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            Ok(vec![(5, 1, 30)])
+        } else {
+            Err("disk full".into())
         }
     }
+}
+
+#[test]
+fn a_consumer_held_as_unknown_counts_again_once_its_stored_history_reads() {
     let store = std::sync::Arc::new(Mended::default());
     let t = ClearanceTable::default();
     t.set_stored_history(Box::new(store.clone()));
@@ -594,17 +597,6 @@ fn a_consumer_held_as_unknown_counts_again_once_its_stored_history_reads() {
 
 #[test]
 fn retention_reads_every_consumer_held_as_unknown_again() {
-    #[derive(Debug, Default)]
-    struct Mended(std::sync::atomic::AtomicBool);
-    impl crate::rules::history::StoredHistory for std::sync::Arc<Mended> {
-        fn days_of(&self, _: &str) -> Result<Vec<StoredDay>, String> {
-            if self.0.load(std::sync::atomic::Ordering::Relaxed) {
-                Ok(vec![(5, 1, 30)])
-            } else {
-                Err("disk full".into())
-            }
-        }
-    }
     let store = std::sync::Arc::new(Mended::default());
     let t = ClearanceTable::default();
     t.set_stored_history(Box::new(store.clone()));
