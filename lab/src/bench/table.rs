@@ -340,6 +340,7 @@ fn year_of_buyers(dir: &Path, stored: u64, declarations: u64) -> anyhow::Result<
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     let heap_empty = super::heap_in_use();
+    let rss_empty = super::resident_bytes();
     let table = ClearanceTable::default();
     table.begin_loading(0);
     let started = Instant::now();
@@ -352,12 +353,14 @@ fn year_of_buyers(dir: &Path, stored: u64, declarations: u64) -> anyhow::Result<
     };
     let returning = table.consumer_window(&format!("BL{:012}", 2), 0, day);
     println!(
-        "a start on it: store opened in {} ms, table loaded in {:.1} s ({} declarations, {} consumers in memory; {:.0} MiB of heap per million held, the journal's cache included); a returning buyer's stored parcels in its window: {}",
+        "a start on it: store opened in {} ms, table loaded in {:.1} s ({} declarations, {} consumers in memory; {:.0} MiB of heap, {:.0} MiB of process RSS per million held, the journal's caches included); a returning buyer's stored parcels in its window: {}",
         opened.as_millis(),
         loaded.as_secs_f64(),
         table.declarations(),
         table.consumers(),
         heap(&table),
+        super::resident_bytes().saturating_sub(rss_empty) as f64 / 1048576.0 * 1_000_000.0
+            / table.declarations().max(1) as f64,
         returning.parcels,
     );
     let file = journal.consumer_days_bytes();
