@@ -235,8 +235,8 @@ impl Station {
 
 /// A line whose scanning station weighs (`dws-stx-etx`, its frames written by the test), with
 /// a broker, a PLC, the rule file `rules` (after the instruction and undeclared rules) and
-/// `extra` at the end of the configuration: what the tests of consumer limits across
-/// restarts start from. The daemon is the test's to start.
+/// `extra` at the end of the configuration: what the tests of consumer and transaction
+/// limits start from. The daemon is the test's to start.
 struct WeighingLine {
     _mosquitto: Mosquitto,
     stop: CancellationToken,
@@ -708,53 +708,22 @@ async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_limit_sums_the_waybills_of_one_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
-    let stop = CancellationToken::new();
-    let (plc, _) = start_plc(&stop).await;
-    let rules_path = dir.path().join("rules.toml");
-    std::fs::write(
-        &rules_path,
-        rule_file(
-            "tx-1",
-            "[[rules]]\nname = \"per_order\"\nkind = \"transaction_limit\"\npriority = 50\ntarget = \"inspection\"\nmax_value_minor = 500000\ncurrency = \"CNY\"\n",
-        ),
+    let WeighingLine {
+        _mosquitto,
+        stop,
+        config,
+        log,
+        platform,
+        mut station,
+        ..
+    } = weighing_line(
+        dir.path(),
+        "platform-transaction",
+        "[[rules]]\nname = \"per_order\"\nkind = \"transaction_limit\"\npriority = 50\ntarget = \"inspection\"\nmax_value_minor = 500000\ncurrency = \"CNY\"\n",
+        "",
     )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let text = config_text(
-        &dir.path().join("journal"),
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
-            plc,
-        },
-    )
-    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
-    .replace(
-        "gateway_id = \"test-gw\"",
-        &format!(
-            "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
-            rules_path.display()
-        ),
-    );
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
-    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
-    let platform = PlatformSim::connect(broker, PREFIX, "platform-transaction")
-        .await
-        .unwrap();
-    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
-    let mut station = Station {
-        listener,
-        stream: None,
-        framing: Profiles::builtin()
-            .get("dws-stx-etx")
-            .unwrap()
-            .scanner()
-            .unwrap()
-            .clone(),
-    };
+    .await;
+    let daemon = Daemon::start(&config, &log);
     let in_order = |w: &str, order: Option<&str>, value: u64| {
         let mut d: serde_json::Value =
             serde_json::from_slice(&declaration(w, "E-GOOD", "c-1", value, "CNY", true)).unwrap();

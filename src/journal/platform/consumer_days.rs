@@ -574,17 +574,7 @@ mod tests {
     fn an_older_builds_totals_are_moved_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path();
-        // As an older build leaves them: totals by day in the store.
-        {
-            let j = Journal::open(store).unwrap();
-            j.history
-                .insert(old(20, "c1"), &encode_total(3, 30)[..])
-                .unwrap();
-            j.history
-                .insert(old(21, "c1"), &encode_total(1, 5)[..])
-                .unwrap();
-            j.db.flush().unwrap();
-        }
+        older_build_wrote(store, &[(20, "c1", 3, 30), (21, "c1", 1, 5)]);
         let j = Journal::open(store).unwrap();
         let days = j.stored_days().unwrap();
         assert!(days.days_of("c1").is_err(), "unknown until moved");
@@ -625,13 +615,7 @@ mod tests {
     fn a_move_cut_short_sets_the_same_totals_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path();
-        {
-            let j = Journal::open(store).unwrap();
-            j.history
-                .insert(old(20, "c1"), &encode_total(3, 30)[..])
-                .unwrap();
-            j.db.flush().unwrap();
-        }
+        older_build_wrote(store, &[(20, "c1", 3, 30)]);
         {
             // The totals set, the mark not written: a crash in the middle of the move.
             let j = Journal::open(store).unwrap();
@@ -678,6 +662,18 @@ mod tests {
         assert!(decode_days(&encode_days(&[(10, 1, 1), (10, 1, 1)])).is_err());
         assert!(decode_days(&encode_days(&[(LAST_DAY + 1, 1, 1)])).is_err());
         assert!(decode_days(&[0u8; 15]).is_err());
+    }
+
+    /// Day totals as an older build leaves them in the store at `store`: by day, in the
+    /// store's `history` tree.
+    fn older_build_wrote(store: &std::path::Path, totals: &[(u32, &str, u32, u64)]) {
+        let j = Journal::open(store).unwrap();
+        for &(day, consumer, parcels, value) in totals {
+            j.history
+                .insert(old(day, consumer), &encode_total(parcels, value)[..])
+                .unwrap();
+        }
+        j.db.flush().unwrap();
     }
 
     /// An older build's key in `history`: the day, then the consumer.
