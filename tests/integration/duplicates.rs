@@ -45,12 +45,7 @@ impl Station {
                 .unwrap();
             self.stream = Some(s);
         }
-        let framing = Profiles::builtin()
-            .get("dws-stx-etx")
-            .unwrap()
-            .scanner()
-            .unwrap()
-            .clone();
+        let framing = crate::harness::dws_framing();
         let frame = framing.encode(&framing.read_payload(waybill, Some(grams)));
         self.stream
             .as_mut()

@@ -845,3 +845,14 @@ impl ViewLine {
         }
     }
 }
+
+/// The framing of the built-in weighing scanner station (`dws-stx-etx`), for tests that write
+/// its frames themselves.
+pub fn dws_framing() -> bondline_devices::framing::ScannerFraming {
+    bondline_devices::Profiles::builtin()
+        .get("dws-stx-etx")
+        .unwrap()
+        .scanner()
+        .unwrap()
+        .clone()
+}

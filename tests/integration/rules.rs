@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bondline_devices::contract::{EventKind, LaneRole};
-use bondline_devices::Profiles;
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
 use bondline_simulators::scanner::ScannerSim;
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::stx_etx;
 use crate::harness::{
-    config_text, start_plc, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
+    config_text, dws_framing, start_plc, wait_until, Daemon, LineDevices, Mosquitto, ScannerAt,
 };
 
 const PREFIX: &str = "bondline/test-gw";
@@ -234,9 +233,8 @@ impl Station {
 }
 
 /// A line whose scanning station weighs (`dws-stx-etx`, its frames written by the test), with
-/// a broker, a PLC, the rule file `rules` (after the instruction and undeclared rules) and
-/// `extra` at the end of the configuration: what the tests of consumer and transaction
-/// limits start from. The daemon is the test's to start.
+/// a broker, a PLC, the rule file `rules` and `extra` at the end of the configuration: what
+/// the tests of rules across restarts start from. The daemon is the test's to start.
 struct WeighingLine {
     _mosquitto: Mosquitto,
     stop: CancellationToken,
@@ -257,7 +255,7 @@ async fn weighing_line(
     let stop = CancellationToken::new();
     let (plc, _) = start_plc(&stop).await;
     let rules_path = dir.join("rules.toml");
-    std::fs::write(&rules_path, rule_file("limits", rules)).unwrap();
+    std::fs::write(&rules_path, rules).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let text = config_text(
         &dir.join("journal"),
@@ -282,12 +280,7 @@ async fn weighing_line(
     let platform = PlatformSim::connect(broker, PREFIX, platform_name)
         .await
         .unwrap();
-    let framing = Profiles::builtin()
-        .get("dws-stx-etx")
-        .unwrap()
-        .scanner()
-        .unwrap()
-        .clone();
+    let framing = dws_framing();
     WeighingLine {
         _mosquitto: mosquitto,
         stop,
@@ -386,49 +379,24 @@ async fn every_rule_kind_decides_from_platform_messages_and_survives_restarts() 
     use bondline::rules::engine::RuleSet;
 
     let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(dir.path()).await;
-    let stop = CancellationToken::new();
-    let (plc, _) = start_plc(&stop).await;
-    let rules_path = dir.path().join("rules.toml");
-    std::fs::write(&rules_path, EVERY_RULE).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let text = config_text(
-        &dir.path().join("journal"),
-        mosquitto.port,
-        PREFIX,
-        &LineDevices {
-            scanner: ScannerAt::Tcp(listener.local_addr().unwrap()),
-            plc,
-        },
+    let WeighingLine {
+        _mosquitto,
+        stop,
+        config,
+        log,
+        platform,
+        mut station,
+        ..
+    } = weighing_line(
+        dir.path(),
+        "platform-every-rule",
+        EVERY_RULE,
+        // Last month's report is due at once (day 1): published once, however many restarts.
+        "\n[report]\npublish_day = 1\n",
     )
-    .replace("profile = \"scanner-stx-etx\"", "profile = \"dws-stx-etx\"")
-    // Last month's report is due at once (day 1): published once, however many restarts.
-    + "\n[report]\npublish_day = 1\n";
-    let text = text.replace(
-        "gateway_id = \"test-gw\"",
-        &format!(
-            "gateway_id = \"test-gw\"\nrules_file = \"{}\"",
-            rules_path.display()
-        ),
-    );
-    let config = dir.path().join("bondline.toml");
-    std::fs::write(&config, text).unwrap();
-    let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
-    let platform = PlatformSim::connect(broker, PREFIX, "platform-every-rule")
-        .await
-        .unwrap();
-    let log = dir.path().join("daemon.log");
+    .await;
     let mut daemon = Daemon::start(&config, &log);
-    let mut station = Station {
-        listener,
-        stream: None,
-        framing: Profiles::builtin()
-            .get("dws-stx-etx")
-            .unwrap()
-            .scanner()
-            .unwrap()
-            .clone(),
-    };
+    let rules_path = dir.path().join("rules.toml");
 
     // Waybills named for their case; sampled ones and unsampled ones found with the key, as an
     // auditor would.
@@ -719,7 +687,7 @@ async fn a_transaction_limit_sums_the_waybills_of_one_order() {
     } = weighing_line(
         dir.path(),
         "platform-transaction",
-        "[[rules]]\nname = \"per_order\"\nkind = \"transaction_limit\"\npriority = 50\ntarget = \"inspection\"\nmax_value_minor = 500000\ncurrency = \"CNY\"\n",
+        &rule_file("limits", "[[rules]]\nname = \"per_order\"\nkind = \"transaction_limit\"\npriority = 50\ntarget = \"inspection\"\nmax_value_minor = 500000\ncurrency = \"CNY\"\n"),
         "",
     )
     .await;
@@ -852,7 +820,7 @@ async fn a_calendar_day_turns_over_at_local_midnight_across_a_restart() {
     } = weighing_line(
         dir.path(),
         "platform-midnight",
-        "[[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 50\ntarget = \"inspection\"\nwindow = \"calendar_day\"\nmax_parcels = 1\n",
+        &rule_file("limits", "[[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 50\ntarget = \"inspection\"\nwindow = \"calendar_day\"\nmax_parcels = 1\n"),
         &format!("\n[calendar]\ntime_zone = \"{zone}\"\n"),
     )
     .await;
@@ -975,7 +943,7 @@ async fn a_lost_consumers_file_makes_every_consumer_limit_fail_closed() {
     } = weighing_line(
         dir.path(),
         "platform-consumers",
-        "[[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 50\ntarget = \"inspection\"\nwindow_days = 1\nmax_parcels = 5\n",
+        &rule_file("limits", "[[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 50\ntarget = \"inspection\"\nwindow_days = 1\nmax_parcels = 5\n"),
         "",
     )
     .await;
