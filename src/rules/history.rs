@@ -63,6 +63,21 @@ impl Days {
         }
     }
 
+    /// [`Days::add_totals`] for each of `days` (stored totals), with room made for them at
+    /// once rather than grown one by one.
+    pub fn add_all(&mut self, days: &[StoredDay]) {
+        let new = days
+            .iter()
+            .filter(|d| d.1 > 0 && self.totals.binary_search_by_key(&d.0, |t| t.day).is_err())
+            .count();
+        if self.totals.len() + new > self.totals.inline_size() {
+            self.totals.reserve_exact(new);
+        }
+        for &(day, parcels, value_minor) in days {
+            self.add_totals(day, parcels, value_minor);
+        }
+    }
+
     /// Takes back one parcel of `value_minor` on `day` (a declaration that changed after its
     /// parcel was counted).
     pub fn remove(&mut self, day: u32, value_minor: u64) {

@@ -106,6 +106,13 @@ pub(super) fn tables_created(db: &Database) -> Result<(), JournalError> {
 /// A consumer's key: `1`, the number of digits and the digits two to a byte for a name in
 /// lowercase hexadecimal (identity hashes); `0` and the name's bytes for any other.
 pub(super) fn key(consumer: &str) -> Vec<u8> {
+    let mut k = Vec::new();
+    key_into(consumer, &mut k);
+    k
+}
+
+/// Appends the key of `consumer` to `k` (see [`key`]).
+pub(super) fn key_into(consumer: &str, k: &mut Vec<u8>) {
     let b = consumer.as_bytes();
     let hex = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -113,18 +120,39 @@ pub(super) fn key(consumer: &str) -> Vec<u8> {
         _ => None,
     };
     if !b.is_empty() && b.len() <= 255 && b.iter().all(|&c| hex(c).is_some()) {
-        let mut k = vec![0u8; 2 + b.len().div_ceil(2)];
-        k[0] = 1;
-        k[1] = b.len() as u8;
+        let start = k.len() + 2;
+        k.extend_from_slice(&[1, b.len() as u8]);
+        k.resize(start + b.len().div_ceil(2), 0);
         for (i, &c) in b.iter().enumerate() {
-            k[2 + i / 2] |= hex(c).unwrap_or(0) << if i % 2 == 0 { 4 } else { 0 };
+            k[start + i / 2] |= hex(c).unwrap_or(0) << if i % 2 == 0 { 4 } else { 0 };
         }
-        k
     } else {
-        let mut k = Vec::with_capacity(1 + b.len());
         k.push(0);
         k.extend_from_slice(b);
-        k
+    }
+}
+
+/// The consumer a key names, into `name` (cleared first); false if `key` is not one.
+pub(super) fn name_of_key(key: &[u8], name: &mut String) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    name.clear();
+    match key {
+        [1, n, packed @ ..] if packed.len() == usize::from(*n).div_ceil(2) && *n > 0 => {
+            for i in 0..usize::from(*n) {
+                let b = packed[i / 2];
+                let nibble = if i % 2 == 0 { b >> 4 } else { b & 0xf };
+                name.push(char::from(DIGITS[usize::from(nibble)]));
+            }
+            true
+        }
+        [0, raw @ ..] => match std::str::from_utf8(raw) {
+            Ok(s) => {
+                name.push_str(s);
+                true
+            }
+            Err(_) => false,
+        },
+        _ => false,
     }
 }
 
@@ -138,31 +166,38 @@ fn by_day_key(day: u32, consumer_key: &[u8]) -> Vec<u8> {
 /// A consumer's days in `days`, oldest first, 16 bytes each: the day, the parcels and the
 /// value (big-endian).
 fn decode_days(v: &[u8]) -> Result<Vec<StoredDay>, String> {
+    let mut days = Vec::with_capacity(v.len() / 16);
+    decode_days_into(v, &mut days)?;
+    Ok(days)
+}
+
+/// [`decode_days`], appended to `days`; on an error nothing is appended.
+fn decode_days_into(v: &[u8], days: &mut Vec<StoredDay>) -> Result<(), String> {
     if v.len() % 16 != 0 {
         return Err(format!(
             "consumer history store: a consumer's days are {} bytes, not a multiple of 16",
             v.len()
         ));
     }
-    let days: Vec<StoredDay> = v
-        .chunks_exact(16)
-        .map(|c| {
-            let day = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-            let (parcels, value) = decode_total(&c[4..]);
-            (day, parcels, value)
-        })
-        .collect();
+    let first = days.len();
+    days.extend(v.chunks_exact(16).map(|c| {
+        let day = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+        let (parcels, value) = decode_total(&c[4..]);
+        (day, parcels, value)
+    }));
     // Days out of order, or past any date this gateway will see, are damage: a garbage day
     // far ahead, taken in, would push the consumer's real days out of its year
     // (`Days::add_totals`). (Days somewhat ahead are not: a clock once set ahead counts
     // parcels on them.)
-    if days.windows(2).any(|w| w[0].0 >= w[1].0) || days.last().is_some_and(|d| d.0 > LAST_DAY) {
+    let read = &days[first..];
+    if read.windows(2).any(|w| w[0].0 >= w[1].0) || read.last().is_some_and(|d| d.0 > LAST_DAY) {
+        days.truncate(first);
         return Err(
             "consumer history store: a consumer's days are out of order or past any real date"
                 .into(),
         );
     }
-    Ok(days)
+    Ok(())
 }
 
 fn encode_days(days: &[StoredDay]) -> Vec<u8> {
@@ -287,11 +322,23 @@ pub struct DaysReader {
 impl DaysReader {
     /// A consumer's days; a page that does not read (redb panics on some) is an error.
     pub fn days_of(&self, consumer: &str) -> Result<Vec<StoredDay>, String> {
+        let mut days = Vec::new();
+        self.days_by_key(&key(consumer), &mut days)?;
+        Ok(days)
+    }
+
+    /// The days of the consumer keyed `key` ([`key`]), appended to `days`; on an error
+    /// nothing is appended.
+    pub(super) fn days_by_key(&self, key: &[u8], days: &mut Vec<StoredDay>) -> Result<(), String> {
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.table
-                .get(&key(consumer)[..])
+            match self
+                .table
+                .get(key)
                 .map_err(|e| format!("consumer history store: {e}"))?
-                .map_or(Ok(Vec::new()), |v| decode_days(v.value()))
+            {
+                Some(v) => decode_days_into(v.value(), days),
+                None => Ok(()),
+            }
         }));
         read.unwrap_or_else(|_| {
             Err("consumer history store: a page of the file could not be read".into())

@@ -19,7 +19,6 @@ use crate::journal::integrity;
 use crate::journal::integrity::Checked;
 use crate::journal::{Journal, JournalError};
 use crate::rules::ClearanceTable;
-use std::sync::Arc;
 
 /// How many stored entries the last complete load applied: the next load's progress and the
 /// room the table makes before it (`u64`, big-endian).
@@ -154,54 +153,10 @@ impl Journal {
         }
         self.platform_bytes
             .store(platform_bytes, std::sync::atomic::Ordering::Relaxed);
-        // The stored days of the consumers the held declarations name, looked up in the
-        // file's key order so that each of its pages is read once, on two threads, each on
-        // its half (the load has both cores to itself). From then on, a consumer's first
-        // held declaration reads its own.
+        // The stored days of the consumers the held declarations name (see
+        // [`super::held_days`]). From then on, a consumer's first held declaration reads its own.
         let stored = self.stored_days()?;
-        let mut held: Vec<(Vec<u8>, Arc<str>)> = table
-            .held_consumers()
-            .into_iter()
-            .map(|c| (super::consumer_days::key(&c), c))
-            .collect();
-        held.sort_unstable();
-        let (first, second) = held.split_at(held.len() / 2);
-        // One read transaction per thread; a file that cannot be read leaves every held
-        // consumer's history unknown.
-        let add = |reader: &Option<super::consumer_days::DaysReader>, consumer: &str| {
-            let days = match reader {
-                Some(r) => r.days_of(consumer),
-                None => Err("consumer history store: the file cannot be read".to_string()),
-            };
-            table.add_stored_days(consumer, days);
-        };
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let complete = std::thread::scope(|s| {
-            let helper = s.spawn(|| {
-                let reader = stored.reader();
-                for (_, consumer) in second {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return;
-                    }
-                    add(&reader, consumer);
-                }
-            });
-            let reader = stored.reader();
-            for (_, consumer) in first {
-                if load.tick() {
-                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    break;
-                }
-                add(&reader, consumer);
-            }
-            match helper.join() {
-                Ok(()) => Ok(!stop.load(std::sync::atomic::Ordering::Relaxed)),
-                Err(_) => Err(JournalError::Transaction(
-                    "the lookup of consumers' stored days failed (its thread panicked)".into(),
-                )),
-            }
-        });
-        if !complete? {
+        if !super::held_days::add_held_consumers_days(&stored, table, &mut || load.tick())? {
             return Ok(false);
         }
         table.set_stored_history(Box::new(stored));

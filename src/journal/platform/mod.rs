@@ -27,6 +27,7 @@
 pub mod consumer_days;
 pub(crate) mod consumer_file;
 pub(super) mod files;
+mod held_days;
 mod load;
 pub(super) mod log;
 mod messages;

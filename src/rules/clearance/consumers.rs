@@ -146,9 +146,7 @@ impl Book {
             let mut days = Days::default();
             let unknown = match read {
                 Ok(totals) => {
-                    for (day, parcels, value) in totals {
-                        days.add_totals(day, parcels, value);
-                    }
+                    days.add_all(&totals);
                     false
                 }
                 Err(e) => {
@@ -191,9 +189,7 @@ impl Book {
         let mut shard = self.shards.write(place.shard);
         let s = &mut shard.slots[pos as usize];
         if s.refs > 0 && s.unknown && s.name.is(name) {
-            for (day, parcels, value) in totals {
-                s.days.add_totals(day, parcels, value);
-            }
+            s.days.add_all(&totals);
             s.unknown = false;
             tracing::debug!("a consumer's stored history read again: its limits count again");
         }
@@ -216,9 +212,14 @@ impl Book {
         }
     }
 
-    /// The names of every consumer held.
-    pub(super) fn names(&self) -> Vec<Arc<str>> {
-        self.names_where(self.len(), |_| true)
+    /// Runs `f` on the name of every consumer held, under its shard's read lock.
+    fn for_each_name(&self, mut f: impl FnMut(&str)) {
+        for i in 0..self.shards.count() {
+            let shard = self.shards.read(i);
+            for s in shard.slots.iter().filter(|s| s.refs > 0) {
+                s.name.with_str(&mut f);
+            }
+        }
     }
 
     /// The names of the consumers held whose slot passes `keep`.
@@ -237,18 +238,15 @@ impl Book {
         out
     }
 
-    /// Adds stored `days` to the history of `name`, if it is held.
-    pub(super) fn add_if_held(&self, name: &str, days: Result<Vec<StoredDay>, String>) {
+    /// Adds stored `days` to the history of `name`, if it is held; an error leaves its
+    /// history unknown.
+    pub(super) fn add_if_held(&self, name: &str, days: Result<&[StoredDay], &str>) {
         let place = self.picker.place(name, BOOK_SHARDS);
         let mut shard = self.shards.write(place.shard);
         if let Some(pos) = shard.find(place, name) {
             let s = &mut shard.slots[pos as usize];
             match days {
-                Ok(days) => {
-                    for (day, parcels, value) in days {
-                        s.days.add_totals(day, parcels, value);
-                    }
-                }
+                Ok(days) => s.days.add_all(days),
                 Err(_) => s.unknown = true,
             }
         }
@@ -339,7 +337,7 @@ impl ClearanceTable {
 
     /// Adds the stored days of `consumer`, if a held declaration names it (a load, after the
     /// held declarations); days that cannot be read leave its history unknown.
-    pub fn add_stored_days(&self, consumer: &str, days: Result<Vec<StoredDay>, String>) {
+    pub fn add_stored_days(&self, consumer: &str, days: Result<&[StoredDay], &str>) {
         self.consumers.add_if_held(consumer, days);
     }
 
@@ -356,9 +354,10 @@ impl ClearanceTable {
         self.consumers.unknown_names().len()
     }
 
-    /// The names of the consumers held declarations name.
-    pub fn held_consumers(&self) -> Vec<Arc<str>> {
-        self.consumers.names()
+    /// Runs `f` on the name of every consumer the held declarations name. It must not
+    /// change the table (it runs under the consumers' read locks).
+    pub fn for_each_held_consumer(&self, f: impl FnMut(&str)) {
+        self.consumers.for_each_name(f);
     }
 
     /// One more reference to the consumer `name` (see the module's doc).
