@@ -168,6 +168,11 @@ pub enum BenchCommand {
         /// arrives (0: not run).
         #[arg(long, default_value_t = 0)]
         stored_consumers: u64,
+        /// One-off consumers' day totals stored as a build older than the consumers' file
+        /// kept them (in the store's trees), then moved into the file by a start's load: how
+        /// long the first start after an upgrade holds parcels for it (0: not run).
+        #[arg(long, default_value_t = 0)]
+        older_build_consumers: u64,
     },
     /// The daemon's own start on a stored table, with a scanner sending from the first
     /// moment: start to the first PLC command (fail closed while the store opens and the
@@ -307,8 +312,15 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             lookups,
             dir,
             stored_consumers,
+            older_build_consumers,
         } => tokio::task::spawn_blocking(move || {
-            table::run(declarations, lookups, dir.as_deref(), stored_consumers)
+            table::run(
+                declarations,
+                lookups,
+                dir.as_deref(),
+                stored_consumers,
+                older_build_consumers,
+            )
         })
         .await
         .context("the table bench failed")?,

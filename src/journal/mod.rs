@@ -178,10 +178,6 @@ pub struct Journal {
     /// An older build's ages of its platform state: moved into the log with it.
     aging: Tree,
     received: Tree,
-    /// An older build's consumer day totals (by day, and by consumer): moved into
-    /// `consumer_days` at the first load.
-    history: Tree,
-    history_by_consumer: Tree,
     /// Consumer day totals of forgotten declarations, kept for consumer-limit windows: a
     /// file of their own beside the store (see [`platform`]'s `consumer_days` and
     /// `consumer_file`).
@@ -332,8 +328,7 @@ impl Journal {
             source,
         })?;
         let meta = db.open_tree("meta")?;
-        let history = db.open_tree("history")?;
-        let history_by_consumer = db.open_tree("history_by_consumer")?;
+        let older_totals = platform::consumer_days::older_build_totals(&db)?;
         let state = State {
             forwarded: decode_u64(meta.get(META_FORWARDED)?),
             live_bytes: decode_u64(meta.get(META_LIVE)?),
@@ -359,13 +354,11 @@ impl Journal {
             received: db.open_tree("received")?,
             consumer_days: Arc::new(if consumer_file {
                 // An older build's totals wait in the store for the load to move them.
-                let pending = !history.is_empty() || !history_by_consumer.is_empty();
+                let pending = older_totals.iter().any(|t| !t.is_empty());
                 platform::consumer_file::ConsumerFile::open(path, meta.clone(), pending)
             } else {
                 platform::consumer_file::ConsumerFile::none(path, meta.clone())
             }),
-            history,
-            history_by_consumer,
             by_waybill: db.open_tree("by_waybill")?,
             intents: intents::open(path)?,
             intent_wal: Arc::default(),

@@ -117,6 +117,7 @@ pub fn run(
     lookups: u64,
     dir: Option<&Path>,
     stored_consumers: u64,
+    older_build_consumers: u64,
 ) -> anyhow::Result<()> {
     let tmp;
     let dir = match dir {
@@ -276,6 +277,66 @@ pub fn run(
             declarations,
         )?;
     }
+    if older_build_consumers > 0 {
+        older_build_move(&dir, older_build_consumers)?;
+    }
+    Ok(())
+}
+
+/// `consumers` one-off buyers' day totals as a build older than the consumers' file left
+/// them in the store, then a start on that store: its load moves them into the file (the
+/// table holds every parcel `state_loading` meanwhile). A fresh store under `dir` each run,
+/// removed afterwards (the move empties the old trees).
+fn older_build_move(dir: &Path, consumers: u64) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir_in(dir)?;
+    let store = tmp.path().join("journal");
+    let day =
+        bondline::rules::history::day_of(bondline::metrics::unix_ms(std::time::SystemTime::now()));
+    let total = |i: u64| (day - 20 - (i % 300) as u32, buyer(i), 1u32, 10_000u64);
+    {
+        let journal = Journal::open(&store)?;
+        let started = Instant::now();
+        let mut i = 0;
+        while i < consumers {
+            let batch: Vec<(u32, String, u32, u64)> =
+                (i..(i + 50_000).min(consumers)).map(total).collect();
+            let batch: Vec<(u32, &str, u32, u64)> = batch
+                .iter()
+                .map(|(d, b, p, v)| (*d, b.as_str(), *p, *v))
+                .collect();
+            journal.store_history_as_older_build(&batch)?;
+            i += 50_000;
+        }
+        println!(
+            "an older build's store: {consumers} consumers' day totals written in {:.1} s, the store {:.0} MiB",
+            started.elapsed().as_secs_f64(),
+            super::backlog::dir_bytes(&store) as f64 / 1048576.0,
+        );
+    }
+    let started = Instant::now();
+    let journal = Journal::open(&store)?;
+    let table = ClearanceTable::default();
+    table.begin_loading(0);
+    let complete = journal.load_clearance_into(&table, false, &|| false)?;
+    table.finish_loading();
+    let took = started.elapsed();
+    let (d, b, p, v) = total(consumers / 2);
+    let read = journal.stored_days()?.reader().map(|r| r.days_of(&b));
+    println!(
+        "the first start after the upgrade: the totals moved into the consumers' file in {:.1} s ({:.0} totals/s; complete: {complete}; a consumer's days read back as written: {}); the store {:.0} MiB, the file {:.0} MiB",
+        took.as_secs_f64(),
+        consumers as f64 / took.as_secs_f64(),
+        matches!(read, Some(Ok(ref days)) if days == &vec![(d, p, v)]),
+        super::backlog::dir_bytes(&store) as f64 / 1048576.0,
+        journal.consumer_days_bytes() as f64 / 1048576.0,
+    );
+    drop(journal);
+    let journal = Journal::open(&store)?;
+    println!(
+        "the store at the next open: {:.0} MiB (sled keeps the freed space for what it writes next)",
+        super::backlog::dir_bytes(&store) as f64 / 1048576.0,
+    );
+    drop(journal);
     Ok(())
 }
 

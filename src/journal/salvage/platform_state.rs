@@ -31,6 +31,9 @@ pub(super) fn copy_platform_state(
             _ => |_| true,
         }
     };
+    let [old_history, _] = crate::journal::platform::consumer_days::older_build_totals(&old.db)?;
+    let [fresh_history, _] =
+        crate::journal::platform::consumer_days::older_build_totals(&fresh.db)?;
     let trees = [
         ("declarations", &old.declarations, &fresh.declarations),
         ("instructions", &old.instructions, &fresh.instructions),
@@ -49,7 +52,7 @@ pub(super) fn copy_platform_state(
         ),
         ("aging", &old.aging, &fresh.aging),
         ("received", &old.received, &fresh.received),
-        ("history", &old.history, &fresh.history),
+        ("history", &old_history, &fresh_history),
     ];
     for (name, from, to) in trees {
         let check = parses_as(name);
