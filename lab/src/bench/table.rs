@@ -286,7 +286,7 @@ pub fn run(
 /// `consumers` one-off buyers' day totals as a build older than the consumers' file left
 /// them in the store, then a start on that store: its load moves them into the file (the
 /// table holds every parcel `state_loading` meanwhile). A fresh store under `dir` each run,
-/// removed afterwards (the move empties the old trees).
+/// removed afterwards.
 fn older_build_move(dir: &Path, consumers: u64) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir_in(dir)?;
     let store = tmp.path().join("journal");
@@ -315,6 +315,7 @@ fn older_build_move(dir: &Path, consumers: u64) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let journal = Journal::open(&store)?;
+    let opened = started.elapsed();
     let table = ClearanceTable::default();
     table.begin_loading(0);
     let complete = journal.load_clearance_into(&table, false, &|| false)?;
@@ -323,17 +324,23 @@ fn older_build_move(dir: &Path, consumers: u64) -> anyhow::Result<()> {
     let (d, b, p, v) = total(consumers / 2);
     let read = journal.stored_days()?.reader().map(|r| r.days_of(&b));
     println!(
-        "the first start after the upgrade: the totals moved into the consumers' file in {:.1} s ({:.0} totals/s; complete: {complete}; a consumer's days read back as written: {}); the store {:.0} MiB, the file {:.0} MiB",
+        "the first start after the upgrade: the store opened in {:.1} s, the totals moved into the consumers' file by the load in {:.1} s in all ({:.0} totals/s; complete: {complete}; a consumer's days read back as written: {}); the store {:.0} MiB, the file {:.0} MiB",
+        opened.as_secs_f64(),
         took.as_secs_f64(),
         consumers as f64 / took.as_secs_f64(),
         matches!(read, Some(Ok(ref days)) if days == &vec![(d, p, v)]),
         super::backlog::dir_bytes(&store) as f64 / 1048576.0,
         journal.consumer_days_bytes() as f64 / 1048576.0,
     );
+    let closing = Instant::now();
     drop(journal);
+    let closed = closing.elapsed();
+    let opening = Instant::now();
     let journal = Journal::open(&store)?;
     println!(
-        "the store at the next open: {:.0} MiB (sled keeps the freed space for what it writes next)",
+        "then the store closed in {:.1} s and opened again in {:.1} s: {:.0} MiB",
+        closed.as_secs_f64(),
+        opening.elapsed().as_secs_f64(),
         super::backlog::dir_bytes(&store) as f64 / 1048576.0,
     );
     drop(journal);
