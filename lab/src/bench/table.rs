@@ -449,10 +449,12 @@ fn year_of_buyers(dir: &Path, stored: u64, declarations: u64) -> anyhow::Result<
     }
     let took = started.elapsed();
     println!(
-        "then {declarations} more arriving live, every other one from a buyer of that year not held (its stored days read), the rest new buyers (a lookup that finds none): {:.1} s ({:.0} declarations/s), {:.0} MiB of heap per million held (the journal's cache included), {} consumers in memory",
+        "then {declarations} more arriving live, every other one from a buyer of that year not held (its stored days read), the rest new buyers (a lookup that finds none): {:.1} s ({:.0} declarations/s), {:.0} MiB of heap and {:.0} MiB of process RSS per million held (the journal's caches included), {} consumers in memory",
         took.as_secs_f64(),
         declarations as f64 / took.as_secs_f64(),
         heap(&table),
+        super::resident_bytes().saturating_sub(rss_empty) as f64 / 1048576.0 * 1_000_000.0
+            / table.declarations().max(1) as f64,
         table.consumers(),
     );
     Ok(())
