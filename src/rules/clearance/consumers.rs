@@ -197,7 +197,9 @@ impl Book {
 
     /// The names of the consumers held as unknown.
     fn unknown_names(&self) -> Vec<Arc<str>> {
-        self.names_where(0, |s| s.unknown)
+        let mut out = Vec::new();
+        self.for_each_name(|s| s.unknown, |name| out.push(Arc::from(name)));
+        out
     }
 
     /// [`Book::read_again`] for the consumer `name`, if it is held as unknown.
@@ -212,30 +214,15 @@ impl Book {
         }
     }
 
-    /// Runs `f` on the name of every consumer held, under its shard's read lock.
-    fn for_each_name(&self, mut f: impl FnMut(&str)) {
+    /// Runs `f` on the name of every consumer held whose slot passes `keep`, under its
+    /// shard's read lock.
+    fn for_each_name(&self, keep: impl Fn(&Slot) -> bool, mut f: impl FnMut(&str)) {
         for i in 0..self.shards.count() {
             let shard = self.shards.read(i);
-            for s in shard.slots.iter().filter(|s| s.refs > 0) {
+            for s in shard.slots.iter().filter(|s| s.refs > 0 && keep(s)) {
                 s.name.with_str(&mut f);
             }
         }
-    }
-
-    /// The names of the consumers held whose slot passes `keep`.
-    fn names_where(&self, capacity: usize, keep: impl Fn(&Slot) -> bool) -> Vec<Arc<str>> {
-        let mut out = Vec::with_capacity(capacity);
-        for i in 0..self.shards.count() {
-            let shard = self.shards.read(i);
-            out.extend(
-                shard
-                    .slots
-                    .iter()
-                    .filter(|s| s.refs > 0 && keep(s))
-                    .map(|s| s.name.to_arc()),
-            );
-        }
-        out
     }
 
     /// Adds stored `days` to the history of `name`, if it is held; an error leaves its
@@ -357,7 +344,7 @@ impl ClearanceTable {
     /// Runs `f` on the name of every consumer the held declarations name. It must not
     /// change the table (it runs under the consumers' read locks).
     pub fn for_each_held_consumer(&self, f: impl FnMut(&str)) {
-        self.consumers.for_each_name(f);
+        self.consumers.for_each_name(|_| true, f);
     }
 
     /// One more reference to the consumer `name` (see the module's doc).
