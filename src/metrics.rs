@@ -90,6 +90,9 @@ pub struct Metrics {
     pub deadlines_missed: AtomicU64,
     /// Re-commits after new information before the deadline.
     pub recommits: AtomicU64,
+    /// Clearance changes a line fell behind on and dropped (it then decided every parcel
+    /// before its deadline again).
+    pub changes_missed: AtomicU64,
     pub dispositions: AtomicU64,
     pub alerts: AtomicU64,
     /// Parcels the PLC reports in the release lane without a release decision. Must stay 0.

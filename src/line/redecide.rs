@@ -20,6 +20,17 @@ impl Line {
         }
     }
 
+    /// The line fell behind the table's changes and `missed` of them were dropped from its
+    /// queue (a platform flood): which waybills they named is not known, so every parcel
+    /// before its deadline is decided again, as on a change that may concern any of them.
+    /// Keeping the decisions instead would release a parcel whose hold order was among the
+    /// dropped changes.
+    pub(super) fn on_changes_missed(&mut self, missed: u64, turn: &mut Turn) {
+        tracing::warn!(line = %self.ctx.line, missed, "clearance changes missed: every parcel before its deadline is decided again");
+        Metrics::add(&self.ctx.metrics.changes_missed, missed);
+        self.on_change_all(turn);
+    }
+
     /// Decides a tracked parcel again; re-commits it if its lane changes.
     fn redecide(&mut self, parcel: u32, turn: &mut Turn) {
         self.redecide_with(parcel, false, turn);
@@ -56,22 +67,31 @@ impl Line {
             new.counted = old.counted;
         }
         // Decided while the clearance table was loading: the real decision replaces the
-        // stand-in hold (its record names the rule), and the parcel joins its consumer's
-        // history now, as it would have at its scan.
+        // stand-in hold (its record names the rule).
         let was_loading = t.decision.rule == crate::rules::STATE_LOADING
             && decision.rule != crate::rules::STATE_LOADING;
-        if was_loading {
-            if let (ScanRead::Waybill(w), Some(inputs)) = (&read, decision.inputs.as_mut()) {
-                if inputs.consumer.is_some() && !inputs.counted {
-                    let day = self.ctx.calendar.day_of(unix_ms(scanned_at));
-                    inputs.counted = self.ctx.table.count(w, day);
-                    inputs.counted_day = inputs.counted.then_some(day);
-                }
+        // A parcel joins its consumer's history once, on the day of its scan: at the scan,
+        // or on the first decision that knows its consumer (the table done loading, or a
+        // declaration that came after the scan). Left uncounted, a parcel released on a late
+        // declaration would be missing from every later window of its consumer.
+        let mut counted_now = false;
+        if let (ScanRead::Waybill(w), Some(inputs)) = (&read, decision.inputs.as_mut()) {
+            if inputs.consumer.is_some() && !inputs.counted {
+                let day = self.ctx.calendar.day_of(unix_ms(scanned_at));
+                inputs.counted = self.ctx.table.count(w, day);
+                inputs.counted_day = inputs.counted.then_some(day);
+                counted_now = inputs.counted;
             }
         }
         let newly_flagged =
             flag_matters && decision.is_anomaly() && decision.rule != t.decision.rule;
-        if lane == t.disposed_lane.unwrap_or(t.lane) && !newly_flagged && !was_loading {
+        // Counted now, the parcel is committed again even to the same lane: the journal keeps
+        // the count's mark with the new revision's record, for the next start.
+        if lane == t.disposed_lane.unwrap_or(t.lane)
+            && !newly_flagged
+            && !was_loading
+            && !counted_now
+        {
             return;
         }
         Metrics::add(&self.ctx.metrics.recommits, 1);

@@ -96,7 +96,7 @@ pub async fn run(mut ctx: LineCtx, mut io: LineIo) {
                 Ok(ClearanceChange::Waybill(w)) => step(&mut line, &io, |l, t| l.on_change(&w, t)),
                 Ok(ClearanceChange::All) => step(&mut line, &io, |l, t| l.on_change_all(t)),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(line = %line.ctx.line, missed = n, "clearance changes missed; parcels keep their decisions");
+                    step(&mut line, &io, |l, t| l.on_changes_missed(n, t));
                 }
                 Err(broadcast::error::RecvError::Closed) => {}
             },

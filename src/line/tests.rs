@@ -345,6 +345,71 @@ fn a_release_order_re_decides_a_held_parcel_only_before_its_deadline() {
     );
 }
 
+/// A parcel scanned before its declaration joins its consumer's history once the
+/// declaration names the consumer before the deadline, on the day of its scan, and the
+/// re-commit's decision says so (the journal keeps the count's mark with its record).
+#[test]
+fn a_parcel_declared_after_its_scan_is_counted_for_its_consumer() {
+    let mut world = World::new();
+    world.apply(Op::Scan(0));
+    let first = world.jobs.back().cloned().expect("a command for the scan");
+    assert_ne!(first.lane, RELEASE_LANE, "undeclared: not released");
+    let w = WAYBILLS[0];
+    let declared: Declaration = serde_json::from_value(serde_json::json!({
+        "schema": SCHEMA,
+        "waybill": w,
+        "enterprise": "E1",
+        "consumer": "C-late",
+        "identity_verified": true,
+        "value_minor": 1234,
+    }))
+    .unwrap();
+    world.line.ctx.table.apply_declaration(&declared);
+    world.declared.insert(w.to_string());
+    world.turn(|l, t| l.on_change(w, t));
+    let again = world
+        .jobs
+        .back()
+        .cloned()
+        .expect("re-committed once counted");
+    assert_eq!((again.parcel, again.revision), (first.parcel, 1));
+    let day = world.line.ctx.calendar.day_of(unix_ms(world.now.wall));
+    assert_eq!(world.line.ctx.table.known(w).counted_day, Some(day));
+    let t = world.line.tracker.get(first.parcel).unwrap();
+    let inputs = t.decision.inputs.as_ref().unwrap();
+    assert!(inputs.counted);
+    assert_eq!(inputs.counted_day, Some(day));
+}
+
+/// Changes the line fell behind on are not lost on it: a hold order whose change was
+/// dropped from the line's queue still takes a released parcel out of the release lane
+/// before its deadline, because every parcel is decided again.
+#[test]
+fn a_hold_order_among_missed_changes_still_withdraws_a_release() {
+    let mut world = World::new();
+    world.apply(Op::Declare(0));
+    world.apply(Op::Order(0, 0));
+    world.apply(Op::Scan(0));
+    let first = world.jobs.back().cloned().expect("a command for the scan");
+    assert_eq!(first.lane, RELEASE_LANE);
+    // The hold order reaches the table; its change never reaches the line.
+    world.stamp += 1;
+    world
+        .line
+        .ctx
+        .table
+        .apply_instruction(&instruction(WAYBILLS[0], Action::Hold, world.stamp));
+    world.orders.insert(WAYBILLS[0].to_string(), Action::Hold);
+    world.turn(|l, t| l.on_changes_missed(3, t));
+    let again = world.jobs.back().cloned().expect("a command after the lag");
+    assert_eq!((again.parcel, again.revision), (first.parcel, 1));
+    assert_ne!(
+        again.lane, RELEASE_LANE,
+        "the hold order withdrew the release"
+    );
+    assert!(again.intent.is_none());
+}
+
 /// A full PLC queue records the parcel as `overload` in the same turn, after the
 /// command's intent (if any) and before what followed it.
 #[test]

@@ -116,7 +116,7 @@ fn gather(
     use Value::{Seconds, Whole};
     let g = Metrics::get;
     let mut families = Vec::with_capacity(64);
-    let counters: [(&str, &str, u64); 28] = [
+    let counters: [(&str, &str, u64); 29] = [
         ("bondline_scans_total", "Scanner frames that yielded a parcel (reads and no-reads).", g(&metrics.parcels)),
         ("bondline_no_reads_total", "Parcels whose code the scanner could not read.", g(&metrics.no_reads)),
         ("bondline_frames_rejected_total", "Scanner frames rejected by the decoder.", g(&metrics.frames_rejected)),
@@ -126,6 +126,7 @@ fn gather(
         ("bondline_late_acks_total", "Acknowledges of divert commands whose job had already ended without it (timeout, failed link): each is a late_acknowledge alert.", g(&metrics.late_acks)),
         ("bondline_deadlines_missed_total", "Divert commands not sent because the deadline had passed.", g(&metrics.deadlines_missed)),
         ("bondline_recommits_total", "Parcels re-commanded after new clearance information.", g(&metrics.recommits)),
+        ("bondline_clearance_changes_missed_total", "Clearance changes a line fell behind on (it decided every parcel before its deadline again).", g(&metrics.changes_missed)),
         ("bondline_dispositions_total", "Dispositions the PLC reported.", g(&metrics.dispositions)),
         ("bondline_alerts_total", "Alert records raised.", g(&metrics.alerts)),
         ("bondline_released_without_decision_total", "Parcels in the release lane without a release decision. Must stay 0.", g(&metrics.released_without_decision)),
