@@ -15,6 +15,7 @@ mod view;
 
 use lines::{join_all, start_floor, LineWiring};
 use loading::{load_clearance, loaded, Loader, LOAD_WAIT};
+pub use takeover::CHECK_AFTER_BACKLOG;
 use takeover::{check_chain, fill_released, released_registry, settle_interrupted, Opened};
 use view::start_view;
 
@@ -381,7 +382,9 @@ impl App {
                 let metrics = metrics.clone();
                 move || Metrics::get(&metrics.backlog)
             },
-            uplink_stop.clone(),
+            // Stops with the scanners: it holds a record sink, which must be gone for the
+            // journal writer to finish (and the writer to spill what it holds).
+            shutdown.clone(),
         );
         journal_tasks.spawn(async move {
             let _ = chain_check.await;

@@ -125,7 +125,7 @@ pub(super) fn fill_released(
 }
 
 /// Records waiting for the broker above which the chain walk at start waits.
-pub(super) const CHECK_AFTER_BACKLOG: u64 = 10_000;
+pub const CHECK_AFTER_BACKLOG: u64 = 10_000;
 /// The longest the chain walk at start waits for a backlog to drain.
 pub(super) const CHECK_DEFER_MAX: Duration = Duration::from_secs(600);
 
@@ -134,7 +134,9 @@ pub(super) const CHECK_DEFER_MAX: Duration = Duration::from_secs(600);
 /// and raises it for what the walk finds. While the uplink drains a backlog of more than
 /// [`CHECK_AFTER_BACKLOG`] records, the walk waits (at most [`CHECK_DEFER_MAX`]): it reads
 /// and hashes the whole store, and took a sixth of the CPU from a drain (BENCHMARKS.md). The
-/// walk ends early once `stop` is cancelled; the handle ends with it.
+/// walk ends early once `stop` is cancelled; the handle ends with it. `stop` must be the
+/// daemon's shutdown, not a later token: the task holds a record sink, and the journal
+/// writer finishes (spilling what it holds) only once every sink is gone.
 pub(super) fn check_chain(
     journal: &Journal,
     gateway: &str,

@@ -4,14 +4,25 @@
 //! forwarded.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bondline::app::{App, CHECK_AFTER_BACKLOG};
+use bondline::config::Config;
+use bondline::journal::{record_sink, Journal};
+use bondline::metrics::Metrics;
+use bondline_devices::contract::{AlertKind, AlertRecord};
+use tokio_util::sync::CancellationToken;
 
 use bondline_devices::contract::{Declaration, DeclaredItem, SCHEMA};
 use bondline_simulators::plan::{Mix, Plan, PlanKind};
 use bondline_simulators::platform::PlatformSim;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
-use crate::harness::{floor, metric, metrics_text, wait_until, Daemon, Floor, Mosquitto, Setup};
+use crate::harness::{
+    config_text, floor, loopback_port, metric, metrics_text, wait_until, Daemon, Floor,
+    LineDevices, Mosquitto, ScannerAt, Setup,
+};
 
 const PREFIX: &str = "bondline/backlog-gw";
 
@@ -345,4 +356,67 @@ async fn a_platform_flood_beside_a_sorting_line_is_paced_and_taken_in_completely
         "{text}"
     );
     daemon.kill();
+}
+
+/// A stop while the chain check at start waits for a record backlog to drain (the broker
+/// away): the check lets go of its record sink at once, so the journal writer can end (and
+/// spill what it holds) and the daemon stops, instead of waiting out the check's deferral
+/// of up to ten minutes, past systemd's stop timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_chain_check_waits_for_a_backlog_is_not_held_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("journal");
+    let n = CHECK_AFTER_BACKLOG + 500;
+    {
+        let journal = Journal::open(&store).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (sink, writer, mut accepted) =
+            record_sink(journal, Duration::from_millis(2), metrics).unwrap();
+        let writer = tokio::spawn(writer.run());
+        let now = bondline::metrics::unix_ms(std::time::SystemTime::now());
+        for i in 0..n {
+            sink.push(AlertRecord::new(
+                "test-gw",
+                "",
+                AlertKind::LateAcknowledge,
+                format!("backlog filler {i}"),
+                now,
+            ));
+        }
+        while *accepted.borrow_and_update() < n {
+            accepted.changed().await.unwrap();
+        }
+        drop(sink);
+        writer.await.unwrap();
+    }
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], loopback_port()));
+    let text = config_text(
+        &store,
+        loopback_port(),
+        PREFIX,
+        &LineDevices {
+            scanner: ScannerAt::Tcp(nowhere),
+            plc: nowhere,
+        },
+    );
+    let stop = CancellationToken::new();
+    let app = App::start(
+        Config::parse("chain-check.toml", &text).unwrap(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let m = app.metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(30), || Metrics::get(&m.backlog)
+            > CHECK_AFTER_BACKLOG)
+        .await,
+        "the backlog is seen: {}",
+        Metrics::get(&m.backlog)
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(60), app.wait())
+        .await
+        .expect("the daemon stops while the chain check waits for the backlog")
+        .expect("the journal is flushed at stop");
 }
