@@ -113,6 +113,20 @@ impl Journal {
             .map(|b| b.to_vec()))
     }
 
+    /// Whether the store holds `record` byte for byte at the sequence it is stamped with.
+    /// Equal bytes at one place of the hash chain are the same record: a spilled record
+    /// that was committed before its spill (its flush failed, but the store kept it).
+    pub fn holds(&self, record: &Record) -> bool {
+        let seq = record.seq();
+        seq != 0
+            && serde_json::to_vec(record).is_ok_and(|bytes| {
+                self.record_bytes(seq)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|stored| stored == bytes)
+            })
+    }
+
     /// One stored record, parsed.
     pub fn record(&self, seq: u64) -> Result<Option<Record>, JournalError> {
         let Some(bytes) = self.record_bytes(seq)? else {

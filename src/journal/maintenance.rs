@@ -400,6 +400,47 @@ pub(crate) mod tests {
         assert_eq!(journal.spill_progress(), None);
     }
 
+    /// Records spilled although their batch was committed (the flush after the commit
+    /// failed, the batch was held, and the store kept it anyway) are not stored a second
+    /// time under new sequences at the next start; a record stamped for a commit that never
+    /// went in is stored.
+    #[tokio::test]
+    async fn spilled_records_the_store_already_holds_are_not_stored_again() {
+        use std::io::Write as _;
+        let (dir, journal) = filled(3).await;
+        let spill = crate::journal::spill_dir(dir.path());
+        std::fs::create_dir_all(&spill).unwrap();
+        let file = spill.join("2000.jsonl");
+        let mut f = std::fs::File::create(&file).unwrap();
+        // The held batch: parcels 2 and 3 as the commit stamped them, then parcel 4
+        // stamped for a commit that found no room (its sequence holds nothing), and 5,
+        // never stamped.
+        let mut lines = vec![
+            journal.record(2).unwrap().unwrap(),
+            journal.record(3).unwrap().unwrap(),
+        ];
+        let mut unstored = Record::from(record(4, 4000));
+        unstored.stamp(4, "00".repeat(32));
+        lines.push(unstored);
+        lines.push(Record::from(record(5, 5000)));
+        for r in &lines {
+            writeln!(f, "{}", serde_json::to_string(r).unwrap()).unwrap();
+        }
+        drop(f);
+        let metrics = Arc::new(Metrics::default());
+        let (sink, writer, _) =
+            record_sink(journal.clone(), Duration::from_millis(1), metrics).unwrap();
+        let mut writer = writer.with_hold(1000, crate::alarm::Alarms::new("gw"), spill.clone());
+        let restored = writer.restored();
+        let run = tokio::spawn(writer.run());
+        restored.await.unwrap();
+        drop(sink);
+        run.await.unwrap();
+        assert_eq!(stored_parcels(&journal), vec![1, 2, 3, 4, 5]);
+        assert!(!file.exists());
+        assert!(journal.verify().unwrap().ok(), "one unbroken chain");
+    }
+
     /// A large group commit is stored as entries of at most `ENTRY_BYTES` (sled keeps them
     /// in its file, see `capacity`), counted once even when written again, and purging all of
     /// them gives back exactly what they counted.

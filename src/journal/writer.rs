@@ -642,7 +642,24 @@ impl JournalWriter {
                 files: spill_names(&self.restored),
                 stored: self.restored_stored + restored as u64,
             });
-            self.commit(&mut batch, progress.as_ref()).await;
+            // A restored record the store already holds at its stamp was committed before
+            // it was spilled: the flush after its commit failed and the batch was held, but
+            // the store kept it. Stored again it would go out twice, under two sequences.
+            let mut i = 0;
+            batch.retain(|r| {
+                i += 1;
+                i > restored || !self.journal.holds(r)
+            });
+            let skipped = n - batch.len();
+            if skipped > 0 {
+                tracing::info!(
+                    records = skipped,
+                    "spilled records already in the store (committed before their spill) are not stored again"
+                );
+            }
+            if !batch.is_empty() {
+                self.commit(&mut batch, progress.as_ref()).await;
+            }
             if batch.is_empty() {
                 self.restored_held -= restored;
                 self.restored_stored += restored as u64;
