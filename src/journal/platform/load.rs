@@ -565,8 +565,8 @@ fn refuse_unit(
 }
 
 /// Puts the fail-closed stand-in of a refused entry in the table: a refused instruction
-/// becomes a hold, a refused notice a suspension; a refused declaration stays out
-/// (undeclared: held).
+/// becomes a hold, a refused notice a suspension; a refused declaration stays out, and
+/// one held from before it is not used either (undeclared: held) until a newer one comes.
 fn refuse_into(table: &ClearanceTable, tree: &str, key: &str) {
     const REASON: &str = "stored state failed its integrity check";
     match tree {
@@ -588,6 +588,7 @@ fn refuse_into(table: &ClearanceTable, tree: &str, key: &str) {
             issued_at_ms: None,
             signature: None,
         }),
+        TREE_DECLARATIONS => table.refuse_declaration(key),
         _ => {}
     }
 }

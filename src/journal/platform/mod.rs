@@ -592,6 +592,44 @@ mod integrity_tests {
         );
     }
 
+    /// A damaged block holding a waybill's newer declaration leaves the waybill undeclared
+    /// (held), not declared by the older one still intact before it; a declaration stored
+    /// after the damage is used again.
+    #[test]
+    fn a_damaged_newer_declaration_does_not_leave_the_older_one_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            for (w, value) in [("WB1", 100), ("WB1", 90_001), ("WB2", 100), ("WB2", 90_002)] {
+                j.store_declaration(&declaration(w, "c1", value)).unwrap();
+                j.write_platform(true).unwrap();
+            }
+            j.store_declaration(&declaration("WB2", "c1", 300)).unwrap();
+            j.write_platform(true).unwrap();
+            for value in ["90001", "90002"] {
+                let (day, at, _) = unit_holding(&j, value);
+                let path = j.platform_log_dir().join(super::files::segment_name(day));
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[at as usize + 40] ^= 0x20;
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        let j = keyed(dir.path());
+        let table = j.load_clearance().unwrap();
+        assert!(
+            table.known("WB1").declaration.is_none(),
+            "the older declaration is stale: held as undeclared"
+        );
+        assert_eq!(
+            table.known("WB2").declaration.and_then(|d| d.value_minor),
+            Some(300),
+            "declared again after the damage"
+        );
+        let refused = j.refused_entries();
+        assert_eq!(refused.len(), 2, "{refused:?}");
+    }
+
     #[test]
     fn an_untagged_store_is_adopted_once() {
         let dir = tempfile::tempdir().unwrap();

@@ -72,6 +72,19 @@ impl ClearanceTable {
         self.apply_declaration_digested(d, digest)
     }
 
+    /// The newest declaration of `waybill` failed its integrity check at a load: the one
+    /// held from before it is stale, so lookups see none (the waybill is held as
+    /// undeclared) until a newer declaration replaces it. The parcel's count stays with the
+    /// consumer it was counted for: taken out, it would be missing from that consumer's
+    /// windows.
+    pub fn refuse_declaration(&self, waybill: &str) {
+        let place = self.place(waybill);
+        let mut shard = self.shards.write(place.shard);
+        if let Some(i) = shard.find(place, waybill) {
+            shard.entries[i].flags |= super::shard::REFUSED;
+        }
+    }
+
     /// [`ClearanceTable::apply_declaration`] of a declaration whose stored bytes are `json`
     /// (loading: the digest is taken of the bytes as stored, without serializing again).
     pub fn restore_declaration(&self, d: &Declaration, json: &[u8]) -> Applied {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bondline_devices::contract::{Action, EnterpriseAction};
 
 use super::consumers::UNKNOWN;
-use super::shard::{HAS_WEIGHT, IDENTITY_VERIFIED};
+use super::shard::{HAS_WEIGHT, IDENTITY_VERIFIED, REFUSED};
 use super::Loading;
 use super::{ClearanceTable, NONE};
 use crate::rules::engine::{ConsumerWindow, Declared, Ordered};
@@ -81,6 +81,9 @@ impl Found {
 impl ClearanceTable {
     /// What the table holds for `waybill`, copied out.
     pub fn known(&self, waybill: &str) -> Found {
+        // Read before the entry: a load that ends between the two must not pass an entry
+        // copied from the half-loaded table for a complete one.
+        let loading = self.loading();
         // The consumer's name is read under the entry's lock: while the entry names it, its
         // id cannot be given to another consumer (see [`super::consumers`]).
         let copied = self.with_entry(waybill, |shard, e| {
@@ -93,13 +96,13 @@ impl ClearanceTable {
         });
         let mut found = Found {
             consumer_id: NONE,
-            loading: self.loading(),
+            loading,
             ..Found::default()
         };
         let Some((e, held, consumer)) = copied else {
             return found;
         };
-        if e.declared() {
+        if e.declared() && e.flags & REFUSED == 0 {
             found.declaration = Some(FoundDeclaration {
                 enterprise: self.strings.name(e.enterprise).unwrap_or_else(|| "".into()),
                 consumer,

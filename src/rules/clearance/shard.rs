@@ -28,6 +28,9 @@ pub(super) const IDENTITY_VERIFIED: u8 = 2;
 pub(super) const HAS_VALUE: u8 = 4;
 pub(super) const HAS_WEIGHT: u8 = 8;
 pub(super) const HAS_SIGNED: u8 = 16;
+/// The waybill's newest declaration failed its integrity check at a load: the one held is
+/// stale, and lookups see none until a newer one replaces it (which clears the flag).
+pub(super) const REFUSED: u8 = 32;
 
 /// Everything held for one waybill: its declaration's facts (when `DECLARED`) and the slot of
 /// its instruction. Optional numbers are flagged, not sentinels: a declared value of
