@@ -199,7 +199,12 @@ impl ClearanceTable {
         e.counted_day = super::shard::NOT_COUNTED;
         e.flags = flags;
         if let Some(day) = counted {
-            self.count_entry(e, day);
+            if !self.count_entry(e, day) {
+                // Declared without a consumer for now: the parcel stays counted on its day
+                // (adding to no history), so that the declaration that names a consumer
+                // again counts it there, as the scan did.
+                e.counted_day = super::shard::counted_day(day);
+            }
         }
         self.uncount_entry(&before);
         self.consumers.release(before.consumer);
