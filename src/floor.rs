@@ -59,6 +59,11 @@ pub struct DivertJob {
     pub revision: u32,
     /// The latest moment the command may reach the PLC.
     pub deadline: Instant,
+    /// An earlier revision of the parcel was a release command: this one takes it back, and
+    /// is written even past the deadline. The PLC replaces a parcel's command as long as the
+    /// parcel has not reached its gate (and ignores it after), so late it may still keep the
+    /// parcel out of the release lane; not written, the release would stand.
+    pub withdraws_release: bool,
     /// For a command to the release lane: resolves `true` once the parcel's decision is
     /// durable in the journal, `false` (or dropped) if it could not be stored. The command is
     /// not written before.
@@ -72,6 +77,8 @@ pub enum PlcEvent {
     Outcome {
         parcel: u32,
         revision: u32,
+        /// The lane the job commanded.
+        lane: u16,
         outcome: DivertOutcome,
         /// When the outcome was known (the acknowledge, for acked jobs).
         at: Instant,

@@ -19,7 +19,9 @@ impl Line {
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
-        let intent = (t.decision.role == LaneRole::Release).then(|| {
+        let release = t.decision.role == LaneRole::Release;
+        let withdraws_release = t.release_sent && !release;
+        let intent = release.then(|| {
             let outcome = DivertOutcome {
                 status: DivertStatus::Interrupted,
                 plc_seq: None,
@@ -38,7 +40,13 @@ impl Line {
             revision: t.revision,
             deadline: t.deadline,
             intent,
+            withdraws_release,
         }));
+        if release {
+            if let Some(t) = self.tracker.get_mut(parcel) {
+                t.release_sent = true;
+            }
+        }
     }
 
     /// The PLC link's queue could not take the parcel's command: the parcel is left to the
@@ -66,10 +74,33 @@ impl Line {
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
+        // The PLC still holds an earlier release for the parcel: the change away from it
+        // could not be carried out, and the record's lane is not where the parcel may go.
+        let release_stands = (outcome.status != DivertStatus::Acked)
+            .then_some(t.committed_lane)
+            .flatten()
+            .filter(|&c| c != t.lane && self.ctx.lanes.role_of(c) == Some(LaneRole::Release));
+        let status = outcome.status;
         let record = self.parcel_record(t, outcome);
         let late = record.divert.late;
         let waybill = record.waybill.clone();
+        let decided = (t.lane, t.decision.role, t.revision);
         turn.record(record);
+        if let Some(c) = release_stands {
+            self.alert(
+                Some(parcel),
+                waybill.clone(),
+                AlertKind::LateInstruction,
+                format!(
+                    "revision {} sends the parcel to lane {} ({}), but its command was not taken ({}): the PLC holds an earlier release command (lane {c}), so the parcel may reach the release lane",
+                    decided.2,
+                    decided.0,
+                    decided.1.as_str(),
+                    status.as_str(),
+                ),
+                turn,
+            );
+        }
         if late {
             self.alert(
                 Some(parcel),
@@ -86,15 +117,20 @@ impl Line {
             PlcEvent::Outcome {
                 parcel,
                 revision,
+                lane,
                 outcome,
                 at,
             } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
-                let Some(t) = self.tracker.get(parcel) else {
+                let Some(t) = self.tracker.get_mut(parcel) else {
                     return;
                 };
-                // An answer to a revision that has since been superseded changes nothing.
+                // An answer to a revision since superseded is not recorded, but the lane it
+                // acknowledges is the PLC's until a newer command is taken.
                 if t.revision != revision {
+                    if outcome.status == DivertStatus::Acked {
+                        t.committed_lane = Some(lane);
+                    }
                     return;
                 }
                 // Latency of the first decision only: a re-commit is timed by its instruction.

@@ -43,6 +43,9 @@ pub struct Divert {
     /// For the release lane: the decision record written ahead. The task stores it before
     /// handing the command over, and the command waits for it to be durable.
     pub intent: Option<Box<ParcelRecord>>,
+    /// Takes back a release command handed to the PLC earlier (see
+    /// [`crate::floor::DivertJob::withdraws_release`]).
+    pub withdraws_release: bool,
 }
 
 /// One thing for the task to do.

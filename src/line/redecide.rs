@@ -131,8 +131,9 @@ impl Line {
                 t.decision.inputs.as_ref(),
                 t.xray,
             );
-            // Where the parcel is, or is going: the PLC's word once it has spoken.
-            let current = t.disposed_lane.unwrap_or(t.lane);
+            // Where the parcel is, or is going: the PLC's word once it has spoken (the lane it
+            // reported, or the last it acknowledged: a newer command may not have been taken).
+            let current = t.disposed_lane.or(t.committed_lane).unwrap_or(t.lane);
             if lane == current {
                 continue;
             }

@@ -108,6 +108,7 @@ impl Line {
             lane,
             revision: 0,
             committed_lane: None,
+            release_sent: false,
             disposed_lane: None,
             xray,
             xray_settled: false,

@@ -182,6 +182,7 @@ fn carry_out(line: &mut Line, io: &LineIo, turn: Turn) {
                     lane: d.lane,
                     revision: d.revision,
                     deadline: d.deadline.into(),
+                    withdraws_release: d.withdraws_release,
                     durable,
                 };
                 match io.plc.try_send(job) {

@@ -121,6 +121,8 @@ struct World {
     answered: VecDeque<u32>,
     released: BTreeMap<String, BTreeSet<u32>>,
     stamp: u64,
+    /// Alerts seen by [`answer`].
+    alerts: Vec<String>,
 }
 
 impl World {
@@ -139,6 +141,7 @@ impl World {
             answered: VecDeque::new(),
             released: BTreeMap::new(),
             stamp: 0,
+            alerts: Vec::new(),
         }
     }
 
@@ -174,8 +177,13 @@ impl World {
         let record_lane = d.intent.as_ref().map(|r| (r.lane, r.lane_role));
         if d.lane != RELEASE_LANE {
             assert!(d.intent.is_none(), "only a release is written ahead");
+            // A command after a release for the same parcel takes it back, past the
+            // deadline if need be; any other keeps to its deadline.
+            let had_release = self.released.values().any(|p| p.contains(&d.parcel));
+            assert_eq!(d.withdraws_release, had_release, "{d:?}");
             return;
         }
+        assert!(!d.withdraws_release);
         assert_eq!(role, Some(LaneRole::Release));
         let waybill = self
             .line
@@ -272,6 +280,7 @@ impl World {
                 let ev = PlcEvent::Outcome {
                     parcel: job.parcel,
                     revision: job.revision,
+                    lane: job.lane,
                     outcome,
                     at: tokio::time::Instant::from_std(self.now.instant),
                 };
@@ -379,6 +388,84 @@ fn a_parcel_declared_after_its_scan_is_counted_for_its_consumer() {
     let inputs = t.decision.inputs.as_ref().unwrap();
     assert!(inputs.counted);
     assert_eq!(inputs.counted_day, Some(day));
+}
+
+/// The PLC's answer to a job, as its link reports it.
+fn answer(world: &mut World, job: &Divert, status: DivertStatus) {
+    let ev = PlcEvent::Outcome {
+        parcel: job.parcel,
+        revision: job.revision,
+        lane: job.lane,
+        outcome: DivertOutcome {
+            status,
+            plc_seq: (status == DivertStatus::Acked).then_some(1),
+            detail: None,
+            at_ms: unix_ms(world.now.wall),
+            late: false,
+        },
+        at: tokio::time::Instant::from_std(world.now.instant),
+    };
+    let mut turn = Turn::at(world.now);
+    world.line.on_plc(ev, &mut turn);
+    let alerts: Vec<String> = turn
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record(r) => match r.as_ref() {
+                Record::Alert(a) => Some(format!("{:?}: {}", a.alert, a.detail)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    world.alerts.extend(alerts);
+}
+
+/// A hold order taking back a release the PLC took: the new command is marked to be written
+/// even past the deadline, and if it is not taken, an alert says the parcel may still reach
+/// the release lane (its record names the hold, which is not where the PLC sends it). The
+/// same when the release's acknowledge comes after the hold was decided.
+#[test]
+fn a_release_that_could_not_be_taken_back_is_alerted() {
+    for ack_after_the_order in [false, true] {
+        let mut world = World::new();
+        world.apply(Op::Declare(0));
+        world.apply(Op::Order(0, 0));
+        world.apply(Op::Scan(0));
+        let release = world.jobs.pop_back().expect("a release command");
+        assert_eq!(release.lane, RELEASE_LANE);
+        assert!(!release.withdraws_release);
+        if !ack_after_the_order {
+            answer(&mut world, &release, DivertStatus::Acked);
+        }
+        world.apply(Op::Order(0, 2));
+        let hold = world.jobs.pop_back().expect("the hold's command");
+        assert_ne!(hold.lane, RELEASE_LANE);
+        assert!(hold.withdraws_release, "written even past the deadline");
+        if ack_after_the_order {
+            answer(&mut world, &release, DivertStatus::Acked);
+        }
+        assert!(world.alerts.is_empty(), "{:?}", world.alerts);
+        answer(&mut world, &hold, DivertStatus::Timeout);
+        assert_eq!(world.alerts.len(), 1, "{:?}", world.alerts);
+        assert!(
+            world.alerts[0].contains("LateInstruction")
+                && world.alerts[0].contains("may reach the release lane"),
+            "{:?}",
+            world.alerts
+        );
+    }
+    // Taken, the hold stands and nothing is alerted.
+    let mut world = World::new();
+    world.apply(Op::Declare(0));
+    world.apply(Op::Order(0, 0));
+    world.apply(Op::Scan(0));
+    let release = world.jobs.pop_back().unwrap();
+    answer(&mut world, &release, DivertStatus::Acked);
+    world.apply(Op::Order(0, 2));
+    let hold = world.jobs.pop_back().unwrap();
+    answer(&mut world, &hold, DivertStatus::Acked);
+    assert!(world.alerts.is_empty(), "{:?}", world.alerts);
 }
 
 /// Changes the line fell behind on are not lost on it: a hold order whose change was

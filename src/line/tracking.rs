@@ -53,6 +53,8 @@ pub struct Tracked {
     pub revision: u32,
     /// The lane the PLC last acknowledged, if any.
     pub committed_lane: Option<u16>,
+    /// A release command for the parcel was handed to the PLC link.
+    pub release_sent: bool,
     /// The lane the PLC reported the parcel in, once it did.
     pub disposed_lane: Option<u16>,
     /// The X-ray verdict joined to the parcel so far.
@@ -221,6 +223,7 @@ mod tests {
             lane: 3,
             revision: 0,
             committed_lane: None,
+            release_sent: false,
             disposed_lane: None,
             xray: crate::rules::engine::XrayInput::NotOnLine,
             lane_camera_asked: false,

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// An instruction changed a parcel's lane after its divert deadline: it went where it went.
+    /// Also: a change before the deadline took back a release command the PLC had taken, and
+    /// its own command was not taken, so the parcel may reach the release lane.
     LateInstruction,
     /// The PLC acknowledged a divert after the parcel's deadline.
     LateDivert,

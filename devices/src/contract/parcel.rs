@@ -76,6 +76,22 @@ pub enum DivertStatus {
     Interrupted,
 }
 
+impl DivertStatus {
+    /// The status as the records name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DivertStatus::Acked => "acked",
+            DivertStatus::Timeout => "timeout",
+            DivertStatus::Refused => "refused",
+            DivertStatus::LinkDown => "link_down",
+            DivertStatus::Overload => "overload",
+            DivertStatus::DeadlineMissed => "deadline_missed",
+            DivertStatus::NotRecorded => "not_recorded",
+            DivertStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// The divert part of a parcel record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -79,3 +79,20 @@ fn declaration_needs_enterprise_and_waybill() {
     let bad = br#"{"schema":1,"waybill":"","enterprise":"E1"}"#;
     assert!(Declaration::parse(bad).is_err());
 }
+
+#[test]
+fn divert_statuses_are_named_as_records_name_them() {
+    use DivertStatus::*;
+    for s in [
+        Acked,
+        Timeout,
+        Refused,
+        LinkDown,
+        Overload,
+        DeadlineMissed,
+        NotRecorded,
+        Interrupted,
+    ] {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+    }
+}

@@ -27,7 +27,7 @@ pub(super) async fn handle_job(
     events: &mpsc::UnboundedSender<PlcEvent>,
     metrics: &Metrics,
 ) -> (DivertOutcome, Option<DivertError>) {
-    if Instant::now() >= job.deadline {
+    if Instant::now() >= job.deadline && !job.withdraws_release {
         return (
             outcome(
                 DivertStatus::DeadlineMissed,

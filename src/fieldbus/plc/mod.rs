@@ -261,6 +261,7 @@ fn answer(
     let _ = events.send(PlcEvent::Outcome {
         parcel: job.parcel,
         revision: job.revision,
+        lane: job.lane,
         outcome,
         at: Instant::now(),
     });

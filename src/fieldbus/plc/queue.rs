@@ -38,22 +38,23 @@ impl Queue {
         self.ready.retain(|j| {
             let old = newer(j);
             if old {
-                superseded.push((j.parcel, j.revision));
+                superseded.push((j.parcel, j.revision, j.lane));
             }
             !old
         });
         self.held.retain(|h| {
             let old = newer(&h.job);
             if old {
-                superseded.push((h.job.parcel, h.job.revision));
+                superseded.push((h.job.parcel, h.job.revision, h.job.lane));
             }
             !old
         });
-        for (parcel, revision) in superseded {
+        for (parcel, revision, lane) in superseded {
             let detail = format!("superseded by revision {} before it was sent", job.revision);
             let _ = events.send(PlcEvent::Outcome {
                 parcel,
                 revision,
+                lane,
                 outcome: outcome(DivertStatus::Overload, None, Some(detail), false),
                 at: Instant::now(),
             });
