@@ -567,27 +567,37 @@ fn refuse_unit(
 /// Puts the fail-closed stand-in of a refused entry in the table: a refused instruction
 /// becomes a hold, a refused notice a suspension; a refused declaration stays out, and
 /// one held from before it is not used either (undeclared: held) until a newer one comes.
+///
+/// A stand-in is made now: only what the platform signs after this load replaces it, not a
+/// message signed before, which may be the very release the refused hold replaced, replayed.
 fn refuse_into(table: &ClearanceTable, tree: &str, key: &str) {
     const REASON: &str = "stored state failed its integrity check";
+    let now = crate::metrics::unix_ms(std::time::SystemTime::now());
     match tree {
-        TREE_INSTRUCTIONS => table.restore_instruction(&Instruction {
-            schema: SCHEMA,
-            instruction_id: String::new(),
-            waybill: key.to_string(),
-            action: Action::Hold,
-            reason: REASON.into(),
-            issued_at_ms: None,
-            signature: None,
-        }),
-        TREE_ENTERPRISES => table.restore_notice(&EnterpriseNotice {
-            schema: SCHEMA,
-            notice_id: String::new(),
-            enterprise: key.to_string(),
-            action: EnterpriseAction::Suspend,
-            reason: REASON.into(),
-            issued_at_ms: None,
-            signature: None,
-        }),
+        TREE_INSTRUCTIONS => table.restore_stand_in(
+            &Instruction {
+                schema: SCHEMA,
+                instruction_id: String::new(),
+                waybill: key.to_string(),
+                action: Action::Hold,
+                reason: REASON.into(),
+                issued_at_ms: None,
+                signature: None,
+            },
+            now,
+        ),
+        TREE_ENTERPRISES => table.restore_stand_in_notice(
+            &EnterpriseNotice {
+                schema: SCHEMA,
+                notice_id: String::new(),
+                enterprise: key.to_string(),
+                action: EnterpriseAction::Suspend,
+                reason: REASON.into(),
+                issued_at_ms: None,
+                signature: None,
+            },
+            now,
+        ),
         TREE_DECLARATIONS => table.refuse_declaration(key),
         _ => {}
     }

@@ -592,6 +592,60 @@ mod integrity_tests {
         );
     }
 
+    /// The stand-in hold of a refused stored instruction is made at the load: a release
+    /// signed before it (such as the one the refused hold replaced, replayed from the
+    /// broker) does not replace it; one the platform signs after the load does.
+    #[test]
+    fn a_stand_in_hold_gives_way_only_to_what_is_signed_after_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            j.store_declaration(&declaration("WB1", "c1", 5)).unwrap();
+            j.write_platform(true).unwrap();
+            j.store_instruction(&instruction("WB1", "I-HOLD", Action::Hold))
+                .unwrap();
+            j.write_platform(true).unwrap();
+            // A block after it: the damaged one is not the log's last (a torn tail).
+            j.store_declaration(&declaration("WB2", "c1", 5)).unwrap();
+            j.write_platform(true).unwrap();
+            let (day, at, _) = unit_holding(&j, "I-HOLD");
+            let path = j.platform_log_dir().join(super::files::segment_name(day));
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[at as usize + 40] ^= 0x20;
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let j = keyed(dir.path());
+        let table = j.load_clearance().unwrap();
+        let now = crate::metrics::unix_ms(std::time::SystemTime::now());
+        let release = |id: &str, at: u64| Instruction {
+            signature: Some(bondline_devices::signing::Signature {
+                scheme: 2,
+                key_id: "p1".into(),
+                signed_at_ms: at,
+                target: None,
+                ed25519: "00".repeat(64),
+            }),
+            ..instruction("WB1", id, Action::Release)
+        };
+        assert_eq!(
+            table.apply_instruction(&release("I-OLD", now - 60_000)),
+            crate::rules::Applied::Unchanged
+        );
+        assert_eq!(
+            table.known("WB1").instruction.map(|i| i.action),
+            Some(Action::Hold)
+        );
+        assert_eq!(
+            table.apply_instruction(&release("I-NEW", now + 60_000)),
+            crate::rules::Applied::Changed
+        );
+        assert_eq!(
+            table.known("WB1").instruction.map(|i| i.action),
+            Some(Action::Release)
+        );
+    }
+
     /// A damaged block holding a waybill's newer declaration leaves the waybill undeclared
     /// (held), not declared by the older one still intact before it; a declaration stored
     /// after the damage is used again.

@@ -27,7 +27,7 @@ impl ClearanceTable {
         let made = Stamp::of(i.signature.as_ref(), i.issued_at_ms);
         self.with_entry(&i.waybill, |shard, e| {
             e.and_then(|e| shard.held(e))
-                .is_none_or(|h| made.replaces(h.made()))
+                .is_none_or(|h| replaces(made, i.action, h))
         })
     }
 
@@ -59,7 +59,7 @@ impl ClearanceTable {
             && shard
                 .find(place, &i.waybill)
                 .and_then(|at| shard.held(&shard.entries[at]))
-                .is_none_or(|h| held.made().replaces(h.made()));
+                .is_none_or(|h| replaces(held.made(), held.action, h));
         if !fresh {
             return Applied::Unchanged;
         }
@@ -97,4 +97,23 @@ impl ClearanceTable {
     pub fn mark_instruction_seen(&self, id: &str) {
         self.seen_instructions.insert(self.digest(id.as_bytes()));
     }
+
+    /// Puts the fail-closed stand-in `i` of a stored instruction that failed its integrity
+    /// check (restoring from the store), made at `at_ms`, the load: only a message signed
+    /// after it replaces it. One signed before, such as the release the refused hold had
+    /// replaced, replayed from the broker, does not.
+    pub fn restore_stand_in(&self, i: &Instruction, at_ms: u64) {
+        let place = self.place(&i.waybill);
+        let mut held = self.held_of(i);
+        held.signed_at_ms = at_ms;
+        held.stamp |= 1;
+        let mut shard = self.shards.write(place.shard);
+        self.put_instruction(&mut shard, place, &i.waybill, held);
+    }
+}
+
+/// Whether an instruction `action` made at `made` replaces the one `held`.
+fn replaces(made: Stamp, action: bondline_devices::contract::Action, held: &Held) -> bool {
+    use super::stamp::strictness;
+    made.replaces_stricter(held.made(), strictness(action) >= strictness(held.action))
 }

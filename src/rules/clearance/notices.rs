@@ -50,10 +50,11 @@ impl ClearanceTable {
             return true;
         };
         let notices = self.notices.read().unwrap_or_else(|e| e.into_inner());
-        notices
-            .by_enterprise
-            .get(&e)
-            .is_none_or(|h| Stamp::of(n.signature.as_ref(), n.issued_at_ms).replaces(h.made))
+        let strict = |a: EnterpriseAction| u8::from(a == EnterpriseAction::Suspend);
+        notices.by_enterprise.get(&e).is_none_or(|h| {
+            Stamp::of(n.signature.as_ref(), n.issued_at_ms)
+                .replaces_stricter(h.made, strict(n.action) >= strict(h.action))
+        })
     }
 
     /// Applies a suspension or lift unless it is a redelivery or stale.
@@ -70,6 +71,23 @@ impl ClearanceTable {
 
     /// Puts back the notice in force for an enterprise (restoring from the store).
     pub fn restore_notice(&self, n: &EnterpriseNotice) {
+        self.restore_notice_made(n, Stamp::of(n.signature.as_ref(), n.issued_at_ms));
+    }
+
+    /// Puts the fail-closed stand-in `n` of a stored notice that failed its integrity check
+    /// (restoring from the store), made at `at_ms`, the load: only a notice signed after it
+    /// replaces it (see [`ClearanceTable::restore_stand_in`]).
+    pub fn restore_stand_in_notice(&self, n: &EnterpriseNotice, at_ms: u64) {
+        self.restore_notice_made(
+            n,
+            Stamp {
+                signed_at_ms: Some(at_ms),
+                issued_at_ms: None,
+            },
+        );
+    }
+
+    fn restore_notice_made(&self, n: &EnterpriseNotice, made: Stamp) {
         self.seen_notices
             .insert(self.digest(n.notice_id.as_bytes()));
         let e = self.strings.intern(&n.enterprise);
@@ -82,7 +100,7 @@ impl ClearanceTable {
                 Notice {
                     action: n.action,
                     reason: n.reason.as_str().into(),
-                    made: Stamp::of(n.signature.as_ref(), n.issued_at_ms),
+                    made,
                 },
             );
     }

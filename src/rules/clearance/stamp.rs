@@ -38,4 +38,29 @@ impl Stamp {
             _ => true,
         }
     }
+
+    /// [`Stamp::replaces`] for messages of which one can be stricter than the other (a hold
+    /// and a release, a suspension and its lift). Two signed at the same time are ordered by
+    /// strictness alone: the stricter stays, whatever order the broker delivers them in, so
+    /// delivery order cannot pick a release over a hold signed in the same millisecond.
+    /// (`issued_at_ms` does not break that tie: where only some of them carry it, it orders
+    /// some pairs and not others, and the outcome would again depend on arrival.) Messages
+    /// not both signed (a demo line) are ordered as by [`Stamp::replaces`].
+    pub fn replaces_stricter(self, held: Stamp, at_least_as_strict: bool) -> bool {
+        match (held.signed_at_ms, self.signed_at_ms) {
+            (Some(old), Some(new)) if new != old => new > old,
+            (Some(_), Some(_)) => at_least_as_strict,
+            _ => self.replaces(held),
+        }
+    }
+}
+
+/// How strict an instruction is: of two signed at the same time, the stricter stays.
+pub(super) fn strictness(a: bondline_devices::contract::Action) -> u8 {
+    use bondline_devices::contract::Action;
+    match a {
+        Action::Release => 0,
+        Action::Inspect => 1,
+        Action::Hold => 2,
+    }
 }

@@ -175,6 +175,82 @@ fn state_after(msgs: &[Msg]) -> Vec<(Option<(String, Action)>, bool)> {
 }
 
 use proptest::strategy::Strategy as _;
+/// Messages whose signature times often tie (and `issued_at_ms` with them, or absent).
+fn tied_messages() -> impl proptest::strategy::Strategy<Value = Vec<Msg>> {
+    messages().prop_flat_map(|msgs| {
+        let n = msgs.len();
+        (
+            proptest::strategy::Just(msgs),
+            proptest::collection::vec(0u64..3, n),
+            proptest::collection::vec(proptest::option::of(0u64..2), n),
+        )
+            .prop_map(|(mut msgs, times, issued)| {
+                for ((m, t), i) in msgs.iter_mut().zip(times).zip(issued) {
+                    let (sig, iss) = match m {
+                        Msg::Instruction(x) => (&mut x.signature, &mut x.issued_at_ms),
+                        Msg::Notice(x) => (&mut x.signature, &mut x.issued_at_ms),
+                    };
+                    *sig = signature(1_000_000 + t);
+                    *iss = i;
+                }
+                msgs
+            })
+    })
+}
+
+/// The actions in force after `msgs`, without the ids that carry them.
+fn actions_after(msgs: &[Msg]) -> Vec<(Option<Action>, bool)> {
+    state_after(msgs)
+        .into_iter()
+        .map(|(i, s)| (i.map(|(_, a)| a), s))
+        .collect()
+}
+
+proptest::proptest! {
+    /// Signed messages that cannot be told apart by their times (the same signature time,
+    /// `issued_at_ms` equal or missing): whatever order the broker delivers them in, the
+    /// same action ends in force, the stricter one, so delivery order cannot pick a release
+    /// over a hold, or a lift over a suspension.
+    #[test]
+    fn messages_signed_at_the_same_time_end_alike_in_any_order(
+        (msgs, order) in tied_messages().prop_flat_map(|m| {
+            let n = m.len();
+            (proptest::strategy::Just(m), proptest::strategy::Just((0..n).collect::<Vec<_>>()).prop_shuffle())
+        })
+    ) {
+        let arrived: Vec<Msg> = order.iter().map(|&i| msgs[i].clone()).collect();
+        proptest::prop_assert_eq!(actions_after(&arrived), actions_after(&msgs));
+    }
+}
+
+#[test]
+fn of_a_hold_and_a_release_signed_at_once_the_hold_stays() {
+    let instruction = |id: &str, action| Instruction {
+        schema: SCHEMA,
+        instruction_id: id.into(),
+        waybill: "A".into(),
+        action,
+        reason: String::new(),
+        issued_at_ms: None,
+        signature: signature(5_000),
+    };
+    for first_hold in [true, false] {
+        let t = ClearanceTable::default();
+        t.apply_declaration(&decl("A", "c", 1));
+        let (hold, release) = (
+            instruction("h", Action::Hold),
+            instruction("r", Action::Release),
+        );
+        if first_hold {
+            t.apply_instruction(&hold);
+            assert_eq!(t.apply_instruction(&release), Applied::Unchanged);
+        } else {
+            t.apply_instruction(&release);
+            assert_eq!(t.apply_instruction(&hold), Applied::Changed);
+        }
+        assert_eq!(t.known("A").instruction.unwrap().action, Action::Hold);
+    }
+}
 
 proptest::proptest! {
     /// Whatever order the broker delivers signed platform messages in (and whether they
