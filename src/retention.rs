@@ -48,6 +48,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let keep_days = (keep.as_secs() / 86_400) as u32;
+    let mut swept = false;
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -72,6 +73,10 @@ pub async fn run(
                 for id in &forgotten.instruction_ids {
                     t.forget_instruction_id(id);
                 }
+                // Their released marks go with them: no release order of theirs is left.
+                if let Err(e) = j.forget_released(&forgotten.waybills) {
+                    tracing::warn!(error = %e, "released marks of forgotten waybills not removed; retrying at the next start");
+                }
                 Ok::<_, crate::journal::JournalError>(forgotten)
             })
             .await;
@@ -87,30 +92,42 @@ pub async fn run(
                 }
             };
             total += forgotten.waybills.len();
-            // Released marks of a forgotten waybill older than the clearance period go too.
-            let cutoff_ms =
-                crate::metrics::unix_ms(SystemTime::now()).saturating_sub(keep.as_millis() as u64);
             for w in &forgotten.waybills {
-                released.forget_before(w, cutoff_ms);
+                released.forget(w);
             }
             if !forgotten.more || stop.is_cancelled() {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        // The stored released marks older than the clearance period (see journal::intents).
-        let (j, cutoff_ms) = (
-            journal.clone(),
-            crate::metrics::unix_ms(SystemTime::now()).saturating_sub(keep.as_millis() as u64),
-        );
-        match tokio::task::spawn_blocking(move || j.released_since(cutoff_ms).map(|m| m.len()))
+        // Once per start: the released marks of waybills the table no longer holds (loaded
+        // from the store, or forgotten before their release was marked) go, in memory and
+        // in the store (see journal::intents).
+        if !swept {
+            let (j, t, r) = (journal.clone(), table.clone(), released.clone());
+            match tokio::task::spawn_blocking(move || {
+                let held = |w: &str| t.holds_waybill(w);
+                let in_memory = r.forget_unheld(held);
+                j.forget_released_unheld(held)
+                    .map(|stored| (in_memory, stored))
+            })
             .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "old released marks not removed; retrying later")
+            {
+                Ok(Ok((in_memory, stored))) => {
+                    swept = true;
+                    if in_memory + stored > 0 {
+                        tracing::info!(
+                            in_memory,
+                            stored,
+                            "released marks of waybills no longer held removed"
+                        );
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "released marks of waybills no longer held not removed; retrying later")
+                }
+                Err(e) => tracing::warn!(error = %e, "clearance retention task failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "clearance retention task failed"),
         }
         let j = journal.clone();
         let t = table.clone();

@@ -84,16 +84,13 @@ fn recorded_earlier(journal: &Journal, intent: &bondline_devices::contract::Parc
 /// The registry of waybills this gateway released, for the duplicate-label rule on every
 /// line; empty until [`fill_released`].
 pub(super) fn released_registry(config: &Config) -> Arc<crate::line::duplicates::Released> {
-    Arc::new(crate::line::duplicates::Released::new(
-        config.duplicates,
-        config.storage.clearance.as_millis() as u64,
-    ))
+    Arc::new(crate::line::duplicates::Released::new(config.duplicates))
 }
 
 /// Fills the registry of [`released_registry`] from the marks stored with each release
-/// intent, within the clearance horizon. Read once here; the lines consult the copy in
-/// memory. Done before the clearance table's load starts: no parcel is released before it
-/// ends.
+/// intent (those of waybills the clearance table still holds: retention removes the others
+/// once the table is loaded). Read once here; the lines consult the copy in memory. Done
+/// before the clearance table's load starts: no parcel is released before it ends.
 pub(super) fn fill_released(
     journal: &Journal,
     config: &Config,
@@ -101,7 +98,7 @@ pub(super) fn fill_released(
     now_ms: u64,
 ) -> Result<(), StartError> {
     for r in journal
-        .released_since(now_ms.saturating_sub(config.storage.clearance.as_millis() as u64))?
+        .released_marks(now_ms.saturating_sub(config.storage.clearance.as_millis() as u64))?
     {
         let Some(waybill) = r.waybill.clone() else {
             continue;

@@ -24,9 +24,14 @@
 //!   stopped between the record and the intent's removal) is removed.
 //!
 //! - **Released waybills remembered.** Each release intent is also stored, in the same
-//!   batch and under the same flush, in the `released` tree of the intent store, which
-//!   settling does not touch: at start the gateway reloads from it which waybills it already
-//!   released (see [`crate::line::duplicates`]), until `storage.clearance_days` have passed.
+//!   batch and under the same flush, in the `released-by-waybill` tree of the intent store,
+//!   which settling does not touch: at start the gateway reloads from it which waybills it
+//!   already released (see [`crate::line::duplicates`]). A waybill's marks go when the
+//!   clearance table forgets the waybill, not after a time: while a release order may be in
+//!   force, a clone is judged against them. Keyed by waybill, line, parcel id and scan time
+//!   (parcel ids repeat across runs). The `released` tree of earlier builds (keyed like the
+//!   intents, so a later run's parcel with the same id replaced a mark) is moved into it at
+//!   start.
 //!
 //! Layout: key = line id + 0x00 + parcel id (big-endian `u32`), value = revision
 //! (big-endian `u32`) + the parcel record's JSON. Inspection, hold and exception commands
@@ -58,9 +63,33 @@ pub(super) fn settle_intents(db: &sled::Db, settle: &[(Vec<u8>, u32)]) -> Result
     Ok(())
 }
 
-/// The tree of the intent store that keeps every release decision for the duplicate-label
-/// rule (not settled with the intents).
+/// The tree of the intent store that kept every release decision for the duplicate-label
+/// rule in earlier builds, keyed like the intents; moved into [`RELEASED_BY_WAYBILL`].
 const RELEASED: &str = "released";
+
+/// The tree that keeps every release decision for the duplicate-label rule (not settled
+/// with the intents), keyed by [`released_key`].
+const RELEASED_BY_WAYBILL: &str = "released-by-waybill";
+
+/// A released mark's key: waybill, 0x00, line, 0x00, parcel id and scan time (big-endian).
+/// A parcel decided again keeps its key; a waybill's marks share a prefix.
+fn released_key(waybill: &str, m: &ReleasedMark) -> Vec<u8> {
+    let mut k = Vec::with_capacity(waybill.len() + m.line.len() + 14);
+    k.extend_from_slice(waybill.as_bytes());
+    k.push(0);
+    k.extend_from_slice(m.line.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&m.parcel.to_be_bytes());
+    k.extend_from_slice(&m.scanned_at_ms.to_be_bytes());
+    k
+}
+
+/// The prefix of a waybill's released marks.
+fn released_prefix(waybill: &str) -> Vec<u8> {
+    let mut k = waybill.as_bytes().to_vec();
+    k.push(0);
+    k
+}
 
 /// The key of a parcel's intent.
 pub fn intent_key(line: &str, parcel: u32) -> Vec<u8> {
@@ -123,16 +152,19 @@ pub(super) fn apply_intents(
         batch.insert(&k[..], &v[..]);
     }
     let mut released = sled::Batch::default();
-    for (k, v) in intents {
+    for (_, v) in intents {
         let mark = v
             .get(4..)
             .and_then(|json| serde_json::from_slice::<ReleasedMark>(json).ok())
             .filter(|m| m.lane_role == LaneRole::Release);
-        if let Some(mark) = mark {
-            released.insert(&k[..], serde_json::to_vec(&mark).unwrap_or_default());
+        if let Some((w, mark)) = mark.and_then(|m| Some((m.waybill.clone()?, m))) {
+            released.insert(
+                released_key(&w, &mark),
+                serde_json::to_vec(&mark).unwrap_or_default(),
+            );
         }
     }
-    db.open_tree(RELEASED)?.apply_batch(released)?;
+    db.open_tree(RELEASED_BY_WAYBILL)?.apply_batch(released)?;
     db.apply_batch(batch)?;
     Ok(())
 }
@@ -206,25 +238,76 @@ impl Journal {
         }
     }
 
-    /// The release decisions stored since `since_ms` (scan time), newest revision of each
-    /// parcel; older ones are removed. Unreadable entries are skipped: they can only make a
-    /// later parcel of their waybill look fresh, and they are logged.
-    pub fn released_since(&self, since_ms: u64) -> Result<Vec<ReleasedMark>, JournalError> {
-        let tree = self.intents.open_tree(RELEASED)?;
+    /// Every stored release decision, newest revision of each parcel. The marks an earlier
+    /// build kept (scanned since `since_ms`; older ones it would have forgotten) are moved
+    /// in first. Unreadable entries are skipped: they can only make a later parcel of their
+    /// waybill look fresh, and they are logged.
+    pub fn released_marks(&self, since_ms: u64) -> Result<Vec<ReleasedMark>, JournalError> {
+        let tree = self.intents.open_tree(RELEASED_BY_WAYBILL)?;
+        let old = self.intents.open_tree(RELEASED)?;
+        if !old.is_empty() {
+            let mut moved = 0usize;
+            for e in old.iter() {
+                let (_, v) = e?;
+                let mark = serde_json::from_slice::<ReleasedMark>(&v).ok();
+                if let Some((w, m)) = mark
+                    .filter(|m| m.scanned_at_ms >= since_ms)
+                    .and_then(|m| Some((m.waybill.clone()?, m)))
+                {
+                    tree.insert(released_key(&w, &m), v)?;
+                    moved += 1;
+                }
+            }
+            tree.flush()?;
+            old.clear()?;
+            tracing::info!(
+                marks = moved,
+                "released marks of an earlier build moved to the waybill-keyed tree"
+            );
+        }
         let mut out = Vec::new();
         for e in tree.iter() {
             let (k, v) = e?;
             match serde_json::from_slice::<ReleasedMark>(&v).ok() {
-                Some(r) if r.scanned_at_ms >= since_ms => out.push(r),
-                Some(_) => {
-                    tree.remove(&k)?;
-                }
+                Some(r) => out.push(r),
                 None => {
                     tracing::error!(key = %String::from_utf8_lossy(&k), "a stored released mark does not decode; skipped");
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Removes the stored released marks of `waybills` (the clearance table forgot them).
+    pub fn forget_released(&self, waybills: &[String]) -> Result<(), JournalError> {
+        let tree = self.intents.open_tree(RELEASED_BY_WAYBILL)?;
+        let mut batch = sled::Batch::default();
+        for w in waybills {
+            for e in tree.scan_prefix(released_prefix(w)) {
+                batch.remove(e?.0);
+            }
+        }
+        tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Removes the stored released marks whose waybill `held` says the clearance table no
+    /// longer holds; returns how many went.
+    pub fn forget_released_unheld(
+        &self,
+        held: impl Fn(&str) -> bool,
+    ) -> Result<usize, JournalError> {
+        let tree = self.intents.open_tree(RELEASED_BY_WAYBILL)?;
+        let mut gone = 0;
+        for e in tree.iter() {
+            let (k, _) = e?;
+            let w = k.split(|&b| b == 0).next().unwrap_or_default();
+            if !held(&String::from_utf8_lossy(w)) {
+                tree.remove(&k)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
 
     /// Every stored intent's parcel record; an unreadable one is reported as corrupt.
@@ -485,8 +568,32 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// An earlier build's marks, keyed like the intents, are moved (those within its
+    /// horizon), then kept and forgotten by waybill.
+    #[test]
+    fn an_earlier_build_s_released_marks_are_moved_by_waybill() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            let old = journal.intents.open_tree(RELEASED).unwrap();
+            for (parcel, at) in [(1u32, 5_000u64), (2, 100)] {
+                let mut r = release(parcel, 0);
+                r.scanned_at_ms = at;
+                let (k, _) = encode_intent(&r);
+                old.insert(k, serde_json::to_vec(&r).unwrap()).unwrap();
+            }
+            let marks = journal.released_marks(1_000).unwrap();
+            assert_eq!(marks.iter().map(|m| m.parcel).collect::<Vec<_>>(), vec![1]);
+            assert!(old.is_empty());
+            journal
+                .forget_released(&[marks[0].waybill.clone().unwrap()])
+                .unwrap();
+            assert!(journal.released_marks(0).unwrap().is_empty());
+        }
+    }
+
     #[tokio::test]
-    async fn released_marks_outlive_their_settled_intents_until_the_clearance_horizon() {
+    async fn released_marks_outlive_their_settled_intents_until_their_waybill_goes() {
         let dir = tempfile::tempdir().unwrap();
         {
             let journal = Journal::open(dir.path()).unwrap();
@@ -501,16 +608,20 @@ mod tests {
             task.await.unwrap();
         }
         let journal = Journal::open(dir.path()).unwrap();
-        let marks = journal.released_since(0).unwrap();
+        let marks = journal.released_marks(0).unwrap();
         assert_eq!(marks.len(), 1);
         assert_eq!(
             (marks[0].parcel, marks[0].lane_role),
             (7, LaneRole::Release)
         );
-        // Past the horizon: forgotten, and removed.
-        let at = marks[0].scanned_at_ms;
-        assert!(journal.released_since(at + 1).unwrap().is_empty());
-        assert!(journal.released_since(0).unwrap().is_empty());
+        // Not with time: with the waybill.
+        let waybill = marks[0].waybill.clone().unwrap();
+        assert_eq!(journal.released_marks(u64::MAX).unwrap().len(), 1);
+        assert_eq!(journal.forget_released_unheld(|w| w == waybill).unwrap(), 0);
+        journal
+            .forget_released(std::slice::from_ref(&waybill))
+            .unwrap();
+        assert!(journal.released_marks(0).unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -7,9 +7,11 @@
 //! unless what the floor knows shows it is the same parcel coming round again:
 //!
 //! - re-scans are allowed at all (`[duplicates] recirculation = true`);
-//! - the PLC did **not** put the earlier parcel in the release lane: its disposition names
-//!   another lane, or no disposition came and at least `min_loop_ms` passed since the earlier
-//!   scan (a parcel cannot come round faster than the loop);
+//! - the PLC reported the earlier parcel in a lane that is not the release lane, and at least
+//!   `min_loop_ms` passed since its scan (a parcel cannot come round faster than the loop).
+//!   Without that word, a clone scanned after the loop time with the same weight would pass
+//!   for it: no disposition (a PLC that reports none, a ring that overran) and a disposition
+//!   that does not say where it went (`lost`, lane 0) both count as released;
 //! - the weights agree within `weight_tolerance_g` (an unweighed scan on either side counts
 //!   as a mismatch unless `allow_unweighed = true`).
 //!
@@ -18,7 +20,10 @@
 //! parcel goes to inspection with both parcels' evidence.
 //!
 //! [`judge`] is pure; [`Released`] is the shared, in-memory record every line consults on
-//! its decision path (a lock held for one lookup or insert, never across I/O).
+//! its decision path (a lock held for one lookup or insert, never across I/O). A waybill's
+//! marks last as long as the clearance table holds the waybill (retention forgets both
+//! together): while a release order may still be in force for it, a clone is judged against
+//! them, however long ago the first parcel went.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,7 +39,8 @@ pub struct Settings {
     /// Whether a re-scan of a released waybill may be the same parcel come round again; with
     /// `false`, every further scan is a duplicate.
     pub recirculation: bool,
-    /// The shortest time a parcel takes to come round the loop to the scanner again.
+    /// The shortest time a parcel takes to come round the loop to the scanner again: a
+    /// re-scan sooner is another parcel.
     pub min_loop_ms: u64,
     /// How far the weights of two scans may differ for them to be the same parcel.
     pub weight_tolerance_g: u32,
@@ -56,12 +62,12 @@ impl Default for Settings {
 /// What the PLC said of where an earlier parcel went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Floor {
-    /// No disposition yet (or the PLC reports none).
+    /// No disposition yet (or the PLC reports none): it may be in the release lane.
     Unknown,
-    /// The PLC put it in the release lane.
+    /// The PLC put it in the release lane, or reported it somewhere it cannot name.
     Released,
-    /// The PLC put it in a lane other than release (`lane`), or reported it lost,
-    /// overflowing or without destination.
+    /// The PLC put it in `lane`, a configured lane other than release (overflow, no
+    /// destination, hold...).
     Elsewhere(u16),
 }
 
@@ -117,9 +123,8 @@ pub fn judge(earlier: &[Mark], pieces: u32, scan: &NewScan, s: &Settings) -> Ver
 /// Whether the floor shows `scan` is `m` come round again.
 fn same_parcel(m: &Mark, scan: &NewScan, s: &Settings) -> bool {
     let not_released = match m.floor {
-        Floor::Released => false,
-        Floor::Elsewhere(_) => true,
-        Floor::Unknown => scan.scanned_at_ms.saturating_sub(m.scanned_at_ms) >= s.min_loop_ms,
+        Floor::Released | Floor::Unknown => false,
+        Floor::Elsewhere(_) => scan.scanned_at_ms.saturating_sub(m.scanned_at_ms) >= s.min_loop_ms,
     };
     let weight = match (m.weight_g, scan.weight_g) {
         (Some(a), Some(b)) => a.abs_diff(b) <= s.weight_tolerance_g,
@@ -129,11 +134,11 @@ fn same_parcel(m: &Mark, scan: &NewScan, s: &Settings) -> bool {
 }
 
 /// Released waybills of the whole gateway, shared by every line. Kept in memory: the decision
-/// path never reads the disk. Marks older than the retention are forgotten.
+/// path never reads the disk. A waybill's marks go when the clearance table forgets it
+/// ([`Released::forget`]).
 #[derive(Debug)]
 pub struct Released {
     settings: Settings,
-    retention_ms: u64,
     marks: Mutex<HashMap<String, Vec<Mark>>>,
 }
 
@@ -149,10 +154,9 @@ pub enum Admission {
 }
 
 impl Released {
-    pub fn new(settings: Settings, retention_ms: u64) -> Released {
+    pub fn new(settings: Settings) -> Released {
         Released {
             settings,
-            retention_ms,
             marks: Mutex::new(HashMap::new()),
         }
     }
@@ -161,12 +165,17 @@ impl Released {
         self.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Loads a mark found at start (a stored release); the same line and parcel again
-    /// replaces it.
+    /// Loads a mark found at start (a stored release); the same scan (line, parcel and
+    /// time) again replaces it. Parcel ids repeat across runs: a parcel of an earlier run
+    /// with the same id is another parcel.
     pub fn load(&self, waybill: &str, mark: Mark) {
         let mut marks = self.lock();
         let list = marks.entry(waybill.to_string()).or_default();
-        list.retain(|m| !(m.line == mark.line && m.parcel == mark.parcel));
+        list.retain(|m| {
+            !(m.line == mark.line
+                && m.parcel == mark.parcel
+                && m.scanned_at_ms == mark.scanned_at_ms)
+        });
         list.push(mark);
     }
 
@@ -176,8 +185,6 @@ impl Released {
     pub fn admit(&self, waybill: &str, pieces: u32, scan: &NewScan, lane: u16) -> Admission {
         let mut marks = self.lock();
         let list = marks.entry(waybill.to_string()).or_default();
-        let horizon = scan.scanned_at_ms.saturating_sub(self.retention_ms);
-        list.retain(|m| m.scanned_at_ms >= horizon);
         // A parcel decided again keeps its own mark.
         if list
             .iter()
@@ -206,16 +213,25 @@ impl Released {
         }
     }
 
-    /// Forgets a waybill's marks of parcels scanned before `before_ms` (the clearance period
-    /// is over). One lock per waybill.
-    pub fn forget_before(&self, waybill: &str, before_ms: u64) {
-        let mut marks = self.lock();
-        if let Some(list) = marks.get_mut(waybill) {
-            list.retain(|m| m.scanned_at_ms >= before_ms);
-            if list.is_empty() {
-                marks.remove(waybill);
+    /// Forgets a waybill's marks: the clearance table forgot the waybill, so no release
+    /// order for it is in force any more (a clone is undeclared, and held). One lock.
+    pub fn forget(&self, waybill: &str) {
+        self.lock().remove(waybill);
+    }
+
+    /// Forgets the marks of every waybill `held` says the table no longer holds (one whose
+    /// forgetting was missed: it was forgotten before its release was marked). One lock per
+    /// hundred waybills, so the lines are not held up by a long walk.
+    pub fn forget_unheld(&self, held: impl Fn(&str) -> bool) -> usize {
+        let waybills: Vec<String> = self.lock().keys().cloned().collect();
+        let mut gone = 0;
+        for chunk in waybills.chunks(100) {
+            let mut marks = self.lock();
+            for w in chunk.iter().filter(|w| !held(w)) {
+                gone += usize::from(marks.remove(w).is_some());
             }
         }
+        gone
     }
 
     /// Records where the PLC put a marked parcel; `role` is the lane's role.
@@ -232,12 +248,13 @@ impl Released {
             .get_mut(waybill)
             .and_then(|l| l.iter_mut().find(|m| m.line == line && m.parcel == parcel))
         {
-            // Once in the release lane, always: a later report cannot take it out.
+            // Once in the release lane, always: a later report cannot take it out. A lane
+            // with no configured role (lane 0 of a parcel reported lost) does not say the
+            // parcel is out of the release lane.
             if m.floor != Floor::Released {
-                m.floor = if role == Some(LaneRole::Release) {
-                    Floor::Released
-                } else {
-                    Floor::Elsewhere(lane)
+                m.floor = match role {
+                    Some(LaneRole::Release) | None => Floor::Released,
+                    Some(_) => Floor::Elsewhere(lane),
                 };
             }
         }
@@ -324,20 +341,43 @@ mod tests {
         let s = Settings::default();
         let earlier = [mark(1, 0, Some(500), Floor::Elsewhere(2))];
         assert_eq!(
-            judge(&earlier, 1, &scan(2, 100, Some(530)), &s),
+            judge(&earlier, 1, &scan(2, 10_000, Some(530)), &s),
             Verdict::Recirculation(0)
         );
         // Another weight: another parcel.
         assert_eq!(
-            judge(&earlier, 1, &scan(2, 100, Some(600)), &s),
+            judge(&earlier, 1, &scan(2, 10_000, Some(600)), &s),
             Verdict::Duplicate
         );
-        // No disposition, but the loop time passed.
+        // Sooner than the loop: another parcel.
+        assert_eq!(
+            judge(&earlier, 1, &scan(2, 9_999, Some(500)), &s),
+            Verdict::Duplicate
+        );
+    }
+
+    /// Without the PLC's word that the earlier parcel went elsewhere, a re-scan of the same
+    /// weight after the loop time is a clone as much as the parcel come round: inspection.
+    #[test]
+    fn no_disposition_or_a_lost_parcel_is_never_taken_to_have_come_round() {
+        let s = Settings::default();
         let earlier = [mark(1, 0, Some(500), Floor::Unknown)];
         assert_eq!(
-            judge(&earlier, 1, &scan(2, 10_000, Some(500)), &s),
-            Verdict::Recirculation(0)
+            judge(&earlier, 1, &scan(2, 1_000_000, Some(500)), &s),
+            Verdict::Duplicate
         );
+        let r = Released::new(s);
+        assert_eq!(
+            r.admit("W", 1, &scan(1, 0, Some(500)), 1),
+            Admission::Admitted
+        );
+        // Reported lost: lane 0, no role.
+        r.disposed("W", "L1", 1, 0, None);
+        assert_eq!(r.marks("W")[0].floor, Floor::Released);
+        assert!(matches!(
+            r.admit("W", 1, &scan(2, 1_000_000, Some(500)), 1),
+            Admission::Duplicate(_)
+        ));
     }
 
     #[test]
@@ -355,7 +395,7 @@ mod tests {
         let s = Settings::default();
         let earlier = [mark(1, 0, None, Floor::Elsewhere(2))];
         assert_eq!(
-            judge(&earlier, 1, &scan(2, 100, None), &s),
+            judge(&earlier, 1, &scan(2, 10_000, None), &s),
             Verdict::Duplicate
         );
         let lax = Settings {
@@ -363,7 +403,7 @@ mod tests {
             ..s
         };
         assert_eq!(
-            judge(&earlier, 1, &scan(2, 100, None), &lax),
+            judge(&earlier, 1, &scan(2, 10_000, None), &lax),
             Verdict::Recirculation(0)
         );
         let off = Settings {
@@ -372,7 +412,7 @@ mod tests {
         };
         let earlier = [mark(1, 0, Some(500), Floor::Elsewhere(2))];
         assert_eq!(
-            judge(&earlier, 1, &scan(2, 100, Some(500)), &off),
+            judge(&earlier, 1, &scan(2, 10_000, Some(500)), &off),
             Verdict::Duplicate
         );
     }
@@ -380,7 +420,7 @@ mod tests {
     #[test]
     fn declared_pieces_admit_as_many_releases() {
         let s = Settings::default();
-        let r = Released::new(s, u64::MAX);
+        let r = Released::new(s);
         for p in 1..=3 {
             assert_eq!(
                 r.admit("W", 3, &scan(p, 0, Some(500)), 1),
@@ -397,17 +437,29 @@ mod tests {
         );
     }
 
+    /// Marks are not forgotten with time, however long ago the first parcel went: only
+    /// with their waybill, when the clearance table forgets it.
     #[test]
-    fn marks_older_than_the_retention_are_forgotten() {
-        let r = Released::new(Settings::default(), 1_000);
+    fn marks_go_with_their_waybill_not_with_time() {
+        let r = Released::new(Settings::default());
         assert_eq!(
             r.admit("W", 1, &scan(1, 0, Some(5)), 1),
             Admission::Admitted
         );
+        let year = 366 * 86_400_000;
+        assert!(matches!(
+            r.admit("W", 1, &scan(2, year, Some(900)), 1),
+            Admission::Duplicate(_)
+        ));
+        r.forget("W");
         assert_eq!(
-            r.admit("W", 1, &scan(2, 5_000, Some(900)), 1),
+            r.admit("W", 1, &scan(3, year, Some(900)), 1),
             Admission::Admitted
         );
+        r.admit("V", 1, &scan(4, year, Some(900)), 1);
+        assert_eq!(r.forget_unheld(|w| w == "W"), 1);
+        assert!(r.marks("V").is_empty());
+        assert_eq!(r.marks("W").len(), 1);
     }
 
     #[derive(Debug, Clone)]
@@ -440,7 +492,7 @@ mod tests {
             steps in prop::collection::vec(step(), 1..60),
         ) {
             let s = Settings { recirculation, allow_unweighed, ..Settings::default() };
-            let mut r = Released::new(s, u64::MAX);
+            let mut r = Released::new(s);
             // What the store holds: the marks as written with each release intent, and the
             // PLC's dispositions (the journal's records).
             let mut admitted: Vec<u32> = Vec::new();
@@ -476,7 +528,7 @@ mod tests {
                         // Marks come back from the intent store without the floor's word:
                         // taken as released, so not a recirculation.
                         let kept = r.marks("W");
-                        r = Released::new(s, u64::MAX);
+                        r = Released::new(s);
                         for m in kept { r.load("W", Mark { floor: Floor::Released, ..m }); }
                     }
                 }

@@ -41,13 +41,10 @@ fn machine() -> Line {
         xray: None,
         cameras: None,
         recent: HashMap::new(),
-        released: Arc::new(duplicates::Released::new(
-            duplicates::Settings {
-                recirculation: false,
-                ..Default::default()
-            },
-            86_400_000,
-        )),
+        released: Arc::new(duplicates::Released::new(duplicates::Settings {
+            recirculation: false,
+            ..Default::default()
+        })),
     };
     Line::new(ctx, HashMap::new(), 1_000)
 }

@@ -297,8 +297,9 @@ async fn a_released_waybill_admits_one_parcel_across_lines_and_restarts() {
 }
 
 /// A parcel the PLC reports in another lane than release (the sorter sent it round again)
-/// and that weighs the same is released on its re-scan; a further parcel of the same waybill
-/// right after, whose first parcel has no disposition yet, is a duplicate.
+/// and that weighs the same is released on its re-scan (the loop here as short as the
+/// configuration allows); a further parcel of the same waybill right after, whose first
+/// parcel has no disposition yet, is a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recirculated_parcel_is_released_again_and_a_clone_is_not() {
     let dir = tempfile::tempdir().unwrap();
@@ -320,7 +321,8 @@ async fn a_recirculated_parcel_is_released_again_and_a_clone_is_not() {
     let stop = CancellationToken::new();
     tokio::spawn(plc.run(stop.clone().cancelled_owned()));
     let mut station = Station::bind().await;
-    let setup = dws_setup(dir.path(), mosquitto.port, station.addr(), plc_addr);
+    let setup = dws_setup(dir.path(), mosquitto.port, station.addr(), plc_addr)
+        .append("\n[duplicates]\nmin_loop_ms = 1\n");
     let broker = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
     let platform = PlatformSim::connect(broker, PREFIX, "platform-recirculation")
         .await

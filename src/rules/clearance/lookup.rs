@@ -130,6 +130,11 @@ impl ClearanceTable {
         found
     }
 
+    /// Whether the table holds anything of `waybill` (a declaration or an instruction).
+    pub fn holds_waybill(&self, waybill: &str) -> bool {
+        self.with_entry(waybill, |_, e| e.is_some())
+    }
+
     /// The history of the consumer of `waybill` over the local days `first..=today`, without
     /// the waybill's own parcel (its decision counts "before this one").
     pub fn consumer_window(&self, waybill: &str, first: u32, today: u32) -> ConsumerWindow {
