@@ -93,8 +93,10 @@ pub fn judge(kind: Kind, held: Held, dup: bool, what: &str) -> Judgement {
 
 /// What to report of a signed message that is not applied because its id was received
 /// before (`seen`) or it is older than what is in force (`!fresh`). A broker's redelivery
-/// (`dup`, after a session ended before the acknowledgement) is routine; anything else is a
-/// replay, or a stale order that must not undo a newer one: refused and reported.
+/// (`dup`, after a session ended before the acknowledgement) of a message already received
+/// is routine; anything else is a replay, or a stale order that must not undo a newer one:
+/// refused and reported. The DUP flag alone does not silence a message never received
+/// before: anyone who can publish to the broker can set it.
 pub fn replay_refusal(
     seen: bool,
     fresh: bool,
@@ -104,7 +106,7 @@ pub fn replay_refusal(
 ) -> Option<(EventKind, String)> {
     match (seen, fresh) {
         // The broker's redelivery of what was already judged (and reported, if it had to be).
-        _ if dup => None,
+        (true, _) if dup => None,
         (true, _) => Some((
             EventKind::ForgedMessage,
             format!("{what} replayed: that id was received before; not applied again"),
@@ -186,6 +188,9 @@ mod tests {
             // The broker's redelivery is routine.
             let j = judge(kind, held(true, false, false), true, "o");
             assert_eq!((j.known, j.refusal), (true, None));
+            // The DUP flag on a stale order never received before does not hide it.
+            let j = judge(kind, held(false, false, false), true, "o");
+            assert!(j.refusal.unwrap().1.contains("is older than the"));
         }
     }
 }
