@@ -25,6 +25,8 @@ pub(super) struct Loader {
     pub(super) sink: crate::journal::RecordSink,
     pub(super) gateway: String,
     pub(super) key_file: std::path::PathBuf,
+    /// The earlier run's interrupted release decisions, journaled once the load is over.
+    pub(super) interrupted: super::takeover::Interrupted,
 }
 
 /// How long the lines' start waits for the clearance table's load before they decide
@@ -69,6 +71,9 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
     })
     .await;
     reporter.abort();
+    // The earlier run's interrupted decisions: their counts in the loaded table, then their
+    // records (after any outcome: a table that did not load holds every parcel anyway).
+    l.interrupted.journal(&l.table, &l.sink);
     match outcome {
         Ok(Ok(true)) => {
             l.table.finish_loading();

@@ -331,7 +331,7 @@ impl App {
             let _ = restored.await;
         }
         let now_ms = crate::metrics::unix_ms(std::time::SystemTime::now());
-        let mut recent = settle_interrupted(&journal, &sink, now_ms)?;
+        let (mut recent, interrupted) = settle_interrupted(&journal, now_ms)?;
         fill_released(&journal, &config, &released, now_ms)?;
         let destinations = match early {
             Some((destinations, waiting)) => {
@@ -400,6 +400,7 @@ impl App {
                 sink: sink.clone(),
                 gateway: config.gateway_id.clone(),
                 key_file: config.storage.integrity_key_file.clone(),
+                interrupted,
             },
             shutdown.clone(),
         ));

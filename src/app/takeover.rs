@@ -24,19 +24,20 @@ const RECENT_DISPOSITIONS: usize = 64;
 const RECENT_MAX_RECORDS: usize = 100_000;
 
 /// Release decisions stored ahead of a command whose outcome was never recorded (the
-/// gateway stopped in between) are recorded now, as `interrupted`; what the journal
-/// holds of recent parcels lets the lines explain the PLC's dispositions of an earlier
-/// run's parcels (see journal::intents).
+/// gateway stopped in between) become `interrupted` records, returned with their alerts
+/// for the load to journal ([`Interrupted`]); what the journal holds of recent parcels lets
+/// the lines explain the PLC's dispositions of an earlier run's parcels (see
+/// journal::intents).
 pub(super) fn settle_interrupted(
     journal: &Journal,
-    sink: &crate::journal::RecordSink,
     now_ms: u64,
-) -> Result<crate::journal::intents::RecentParcels, StartError> {
+) -> Result<(crate::journal::intents::RecentParcels, Interrupted), StartError> {
     let mut recent = journal.recent_parcels(
         now_ms.saturating_sub(RECENT_WINDOW.as_millis() as u64),
         RECENT_DISPOSITIONS,
         RECENT_MAX_RECORDS,
     )?;
+    let mut interrupted = Interrupted::default();
     for r in journal.intents()? {
         let recorded = recent
             .lines
@@ -55,10 +56,46 @@ pub(super) fn settle_interrupted(
         let (record, alert) = crate::journal::intents::interrupted(r, now_ms);
         tracing::warn!(line = %record.line, parcel = record.parcel, "release decision found without its outcome: recorded as interrupted");
         recent.decided(&record);
-        sink.push(record);
-        sink.push(alert);
+        interrupted.0.push((record, alert));
     }
-    Ok(recent)
+    Ok((recent, interrupted))
+}
+
+/// The `interrupted` records of [`settle_interrupted`] and their alerts, journaled once the
+/// clearance table is loaded ([`Interrupted::journal`]). Not before: a record whose parcel
+/// was counted in its consumer's history writes its counted mark into the platform log,
+/// which the load reads (and mends at its end) meanwhile. Until they are journaled their
+/// intents stay stored, so a stop before then finds them again at the next start.
+#[derive(Debug, Default)]
+pub(super) struct Interrupted(
+    Vec<(
+        bondline_devices::contract::ParcelRecord,
+        bondline_devices::contract::AlertRecord,
+    )>,
+);
+
+impl Interrupted {
+    /// Counts each record's parcel in the loaded table as the record says it was counted
+    /// (once per waybill: a mark the load read already counts it), then journals the
+    /// records and their alerts.
+    pub(super) fn journal(
+        self,
+        table: &crate::rules::ClearanceTable,
+        sink: &crate::journal::RecordSink,
+    ) {
+        for (record, alert) in self.0 {
+            let counted = record
+                .inputs
+                .as_ref()
+                .filter(|i| i.counted)
+                .and_then(|i| i.counted_day);
+            if let (Some(w), Some(day)) = (record.waybill.as_deref(), counted) {
+                table.count(w, day);
+            }
+            sink.push(record);
+            sink.push(alert);
+        }
+    }
 }
 
 /// Whether the journal holds a parcel record of `intent`'s line and parcel, of its revision
@@ -325,6 +362,57 @@ pub(super) fn open_store(config: &Config) -> Result<Opened, StartError> {
 mod tests {
     use super::*;
 
+    /// An interrupted release whose parcel was counted is counted in the loaded table (once:
+    /// a mark the load read already counted it), and its record and alert are journaled.
+    #[tokio::test]
+    async fn interrupted_releases_are_counted_in_the_loaded_table_and_journaled() {
+        use bondline_devices::contract::{DecisionInputs, Record};
+        let table = crate::rules::ClearanceTable::default();
+        table.apply_declaration(&crate::rules::clearance::tests::decl("W1", "c1", 700));
+        let mut release = crate::journal::test_record(7, 1_000);
+        release.waybill = Some("W1".into());
+        release.inputs = Some(Box::new(DecisionInputs {
+            consumer: Some("c1".into()),
+            counted: true,
+            counted_day: Some(20_000),
+            ..Default::default()
+        }));
+        let (r, a) = crate::journal::intents::interrupted(release, 2_000);
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let (sink, writer, _) = crate::journal::record_sink(
+            journal.clone(),
+            Duration::from_millis(1),
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap();
+        let task = tokio::spawn(writer.run());
+        Interrupted(vec![(r.clone(), a.clone())]).journal(&table, &sink);
+        Interrupted(vec![(r, a)]).journal(&table, &sink);
+        assert_eq!(table.known("W1").counted_day, Some(20_000));
+        table.apply_declaration(&crate::rules::clearance::tests::decl("W2", "c1", 1));
+        let window = table.consumer_window("W2", 0, u32::MAX);
+        assert_eq!(
+            (window.parcels, window.value_minor),
+            (1, 700),
+            "counted once"
+        );
+        drop(sink);
+        task.await.unwrap();
+        let kinds: Vec<bool> = journal
+            .records_between(0, u64::MAX, 100)
+            .unwrap()
+            .0
+            .iter()
+            .map(|r| matches!(r, Record::Parcel(p) if p.divert.status == bondline_devices::contract::DivertStatus::Interrupted))
+            .collect();
+        assert_eq!(
+            (kinds.len(), kinds.iter().filter(|&&k| k).count()),
+            (4, 2),
+            "each journaled with its alert"
+        );
+    }
+
     /// An intent found at start whose parcel record is older than the recent window (a
     /// release settled long ago, found again in the intents' log after a crash) is settled
     /// through its waybill's records, not recorded as interrupted.
@@ -370,7 +458,8 @@ mod tests {
             "the release record lies beyond the recent scan"
         );
 
-        settle_interrupted(&journal, &sink, now_ms).unwrap();
+        let (_, interrupted) = settle_interrupted(&journal, now_ms).unwrap();
+        assert!(interrupted.0.is_empty());
         assert!(
             journal.intents().unwrap().is_empty(),
             "settled, not pending"
