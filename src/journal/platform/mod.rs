@@ -416,6 +416,15 @@ mod integrity_tests {
         found.expect("a block holding it")
     }
 
+    /// Flips one byte of the first block holding `text`, as a disk's damage could.
+    fn damage_block_holding(j: &Journal, text: &str) {
+        let (day, at, _) = unit_holding(j, text);
+        let path = j.platform_log_dir().join(super::files::segment_name(day));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at as usize + 40] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+    }
+
     /// Replaces the block at `offset` of the segment of `day` by `payload` and drops what
     /// followed it, as an intruder with the files could.
     fn replace_block(j: &Journal, day: u32, offset: u64, payload: &[u8]) {
@@ -561,11 +570,7 @@ mod integrity_tests {
                 .unwrap();
             j.write_platform(true).unwrap();
             // One byte of the hold's block flipped on disk.
-            let (day, at, _) = unit_holding(&j, "I-1");
-            let path = j.platform_log_dir().join(super::files::segment_name(day));
-            let mut bytes = std::fs::read(&path).unwrap();
-            bytes[at as usize + 40] ^= 0x20;
-            std::fs::write(&path, bytes).unwrap();
+            damage_block_holding(&j, "I-1");
         }
         let j = keyed(dir.path());
         let table = j.load_clearance().unwrap();
@@ -609,11 +614,7 @@ mod integrity_tests {
             // A block after it: the damaged one is not the log's last (a torn tail).
             j.store_declaration(&declaration("WB2", "c1", 5)).unwrap();
             j.write_platform(true).unwrap();
-            let (day, at, _) = unit_holding(&j, "I-HOLD");
-            let path = j.platform_log_dir().join(super::files::segment_name(day));
-            let mut bytes = std::fs::read(&path).unwrap();
-            bytes[at as usize + 40] ^= 0x20;
-            std::fs::write(&path, bytes).unwrap();
+            damage_block_holding(&j, "I-HOLD");
         }
         let j = keyed(dir.path());
         let table = j.load_clearance().unwrap();
@@ -661,13 +662,8 @@ mod integrity_tests {
             }
             j.store_declaration(&declaration("WB2", "c1", 300)).unwrap();
             j.write_platform(true).unwrap();
-            for value in ["90001", "90002"] {
-                let (day, at, _) = unit_holding(&j, value);
-                let path = j.platform_log_dir().join(super::files::segment_name(day));
-                let mut bytes = std::fs::read(&path).unwrap();
-                bytes[at as usize + 40] ^= 0x20;
-                std::fs::write(&path, bytes).unwrap();
-            }
+            damage_block_holding(&j, "90001");
+            damage_block_holding(&j, "90002");
         }
         let j = keyed(dir.path());
         let table = j.load_clearance().unwrap();
