@@ -690,6 +690,17 @@ fn lane_map(lanes: &[RawLane]) -> Result<LaneMap, (String, String)> {
         if l.lane == 0 {
             return Err((format!("[{i}].lane"), "lane numbers start at 1".into()));
         }
+        // The PLC's dispositions name a lane in 8 bits: lane 300 would come back as 44, and a
+        // parcel in the release lane would read as one elsewhere.
+        if l.lane > 255 {
+            return Err((
+                format!("[{i}].lane"),
+                format!(
+                    "lane {} is above 255: the PLC reports dispositions with 8-bit lane numbers",
+                    l.lane
+                ),
+            ));
+        }
         if !numbers.insert(l.lane) {
             return Err((
                 format!("[{i}].lane"),
@@ -843,6 +854,16 @@ lanes = [
             Config::parse("t.toml", &longer).unwrap().report_publish_day,
             Some(20)
         );
+    }
+
+    #[test]
+    fn a_lane_above_255_is_refused() {
+        let e = bad(&GOOD.replace(
+            "{ lane = 1, role = \"release\" }",
+            "{ lane = 300, role = \"release\" }",
+        ));
+        assert!(e.key.ends_with("[0].lane"), "{e}");
+        assert!(e.reason.contains("8-bit"), "{e}");
     }
 
     #[test]
