@@ -3,6 +3,7 @@
 //! of the main runtime over the journal, the clearance table and the released-waybill
 //! registry (it sat under `rules`, which is pure logic and does no I/O).
 
+use crate::floor::ClearanceChange;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -43,6 +44,7 @@ pub async fn run(
     journal: Journal,
     table: Arc<ClearanceTable>,
     released: Arc<crate::line::duplicates::Released>,
+    changes: tokio::sync::broadcast::Sender<ClearanceChange>,
     keep: Duration,
     alarms: crate::alarm::Alarms,
     stop: CancellationToken,
@@ -94,6 +96,7 @@ pub async fn run(
             total += forgotten.waybills.len();
             for w in &forgotten.waybills {
                 released.forget(w);
+                let _ = changes.send(ClearanceChange::Forgotten(w.clone()));
             }
             if !forgotten.more || stop.is_cancelled() {
                 break;

@@ -410,10 +410,11 @@ impl App {
             // table together.
             let (journal, table, released) = (journal.clone(), table.clone(), released.clone());
             let (keep, stop) = (config.storage.clearance, uplink_stop.clone());
-            let alarms = alarms.clone();
+            let (alarms, changes) = (alarms.clone(), changes.clone());
             journal_tasks.spawn(async move {
                 if loaded(&table, &stop).await {
-                    crate::retention::run(journal, table, released, keep, alarms, stop).await;
+                    crate::retention::run(journal, table, released, changes, keep, alarms, stop)
+                        .await;
                 }
             });
         }

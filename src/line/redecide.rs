@@ -31,6 +31,16 @@ impl Line {
         self.on_change_all(turn);
     }
 
+    /// Retention forgot `waybill`: its parcels before their deadline are decided again
+    /// (see [`crate::floor::ClearanceChange::Forgotten`]).
+    pub(super) fn on_forgotten(&mut self, waybill: &str, turn: &mut Turn) {
+        for change in self.tracker.changes_for(waybill, turn.now.instant) {
+            if let Change::Redecide(p) = change {
+                self.redecide(p, turn);
+            }
+        }
+    }
+
     /// Decides a tracked parcel again; re-commits it if its lane changes.
     fn redecide(&mut self, parcel: u32, turn: &mut Turn) {
         self.redecide_with(parcel, false, turn);

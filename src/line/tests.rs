@@ -465,6 +465,38 @@ fn a_release_that_could_not_be_taken_back_is_alerted() {
     assert!(world.alerts.is_empty(), "{:?}", world.alerts);
 }
 
+/// A waybill retention forgets while its parcel is before the deadline: the parcel is
+/// decided again (undeclared: held) and its release taken back; past the deadline nothing
+/// is commanded or alerted (no new clearance came).
+#[test]
+fn a_forgotten_waybill_takes_back_a_release_before_the_deadline_only() {
+    let mut world = World::new();
+    world.apply(Op::Declare(0));
+    world.apply(Op::Order(0, 0));
+    world.apply(Op::Scan(0));
+    world.apply(Op::Declare(1));
+    world.apply(Op::Order(1, 0));
+    world.apply(Op::Scan(1));
+    let release = world.jobs.back().cloned().unwrap();
+    assert_eq!(release.lane, RELEASE_LANE);
+    world.line.ctx.table.forget_waybill(WAYBILLS[1]);
+    world.declared.remove(WAYBILLS[1]);
+    world.orders.remove(WAYBILLS[1]);
+    world.turn(|l, t| l.on_forgotten(WAYBILLS[1], t));
+    let back = world.jobs.back().cloned().unwrap();
+    assert_eq!((back.parcel, back.revision), (release.parcel, 1));
+    assert_ne!(back.lane, RELEASE_LANE);
+    assert!(back.withdraws_release);
+    // Past the deadline: nothing.
+    world.apply(Op::Wait(2_000));
+    world.line.ctx.table.forget_waybill(WAYBILLS[0]);
+    let jobs = world.jobs.len();
+    let mut turn = Turn::at(world.now);
+    world.line.on_forgotten(WAYBILLS[0], &mut turn);
+    assert!(turn.effects.is_empty(), "{:?}", turn.effects);
+    assert_eq!(world.jobs.len(), jobs);
+}
+
 /// Changes the line fell behind on are not lost on it: a hold order whose change was
 /// dropped from the line's queue still takes a released parcel out of the release lane
 /// before its deadline, because every parcel is decided again.
