@@ -39,6 +39,27 @@ pub fn log_ahead_of_clock(newest_day: u32, today: u32, keep_days: u32) -> Option
     ))
 }
 
+/// Once per start: the released marks of waybills the table no longer holds (loaded from
+/// the store, or forgotten before their release was marked) go, in the store and then in
+/// memory, one waybill at a time (see journal::intents); returns how many waybills. Not when
+/// the load refused stored state (`None`): a waybill missing from the table may then be one
+/// whose messages are in a damaged block, and its marks must stay for when the platform
+/// sends them again.
+fn sweep_released(
+    journal: &Journal,
+    table: &ClearanceTable,
+    released: &crate::line::duplicates::Released,
+) -> Result<Option<usize>, crate::journal::JournalError> {
+    if !journal.refused_entries().is_empty() {
+        return Ok(None);
+    }
+    let gone = journal.forget_released_unheld(|w| table.holds_waybill(w))?;
+    for w in &gone {
+        released.forget(w);
+    }
+    Ok(Some(gone.len()))
+}
+
 /// Forgets state received more than `keep` ago, at start and then hourly, until `stop`.
 pub async fn run(
     journal: Journal,
@@ -103,27 +124,15 @@ pub async fn run(
             }
             tokio::task::yield_now().await;
         }
-        // Once per start: the released marks of waybills the table no longer holds (loaded
-        // from the store, or forgotten before their release was marked) go, in memory and
-        // in the store (see journal::intents).
         if !swept {
             let (j, t, r) = (journal.clone(), table.clone(), released.clone());
-            match tokio::task::spawn_blocking(move || {
-                let held = |w: &str| t.holds_waybill(w);
-                let in_memory = r.forget_unheld(held);
-                j.forget_released_unheld(held)
-                    .map(|stored| (in_memory, stored))
-            })
-            .await
-            {
-                Ok(Ok((in_memory, stored))) => {
+            match tokio::task::spawn_blocking(move || sweep_released(&j, &t, &r)).await {
+                Ok(Ok(gone)) => {
                     swept = true;
-                    if in_memory + stored > 0 {
-                        tracing::info!(
-                            in_memory,
-                            stored,
-                            "released marks of waybills no longer held removed"
-                        );
+                    match gone {
+                        None => tracing::warn!("released marks of waybills no longer held kept: the load refused stored state, so the table may be missing waybills"),
+                        Some(0) => {}
+                        Some(n) => tracing::info!(waybills = n, "released marks of waybills no longer held removed"),
                     }
                 }
                 Ok(Err(e)) => {
@@ -164,7 +173,51 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::log_ahead_of_clock;
+    use super::*;
+
+    /// The sweep at start takes out, in the store and in memory, the released marks of
+    /// waybills the table no longer holds, and keeps the others.
+    #[tokio::test]
+    async fn the_sweep_keeps_only_the_marks_of_waybills_held() {
+        use bondline_devices::contract::LaneRole;
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let released = crate::line::duplicates::Released::new(Default::default());
+        let mut intents = Vec::new();
+        for n in [1, 2] {
+            let mut r = crate::journal::test_record(n, 1_000);
+            r.lane_role = LaneRole::Release;
+            intents.push(crate::journal::intents::encode_intent(&r));
+            released.load(
+                r.waybill.as_deref().unwrap(),
+                crate::line::duplicates::Mark {
+                    line: r.line.clone(),
+                    parcel: n,
+                    scanned_at_ms: 1_000,
+                    weight_g: None,
+                    lane: 1,
+                    floor: crate::line::duplicates::Floor::Released,
+                    snapshots: Vec::new(),
+                },
+            );
+        }
+        journal.store_intents(&intents).await.unwrap();
+        let table = ClearanceTable::default();
+        table.apply_declaration(&crate::rules::clearance::tests::decl("BL00000001", "c", 1));
+        assert_eq!(
+            sweep_released(&journal, &table, &released).unwrap(),
+            Some(1)
+        );
+        let kept: Vec<_> = journal
+            .released_marks(0)
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| m.waybill)
+            .collect();
+        assert_eq!(kept, vec!["BL00000001".to_string()]);
+        assert!(released.marks("BL00000002").is_empty());
+        assert_eq!(released.marks("BL00000001").len(), 1);
+    }
 
     #[test]
     fn a_log_dated_ahead_of_the_clock_is_named_with_its_date_and_when_it_goes() {

@@ -292,19 +292,22 @@ impl Journal {
     }
 
     /// Removes the stored released marks whose waybill `held` says the clearance table no
-    /// longer holds; returns how many went.
+    /// longer holds; returns those waybills.
     pub fn forget_released_unheld(
         &self,
         held: impl Fn(&str) -> bool,
-    ) -> Result<usize, JournalError> {
+    ) -> Result<Vec<String>, JournalError> {
         let tree = self.intents.open_tree(RELEASED_BY_WAYBILL)?;
-        let mut gone = 0;
+        let mut gone: Vec<String> = Vec::new();
         for e in tree.iter() {
             let (k, _) = e?;
             let w = k.split(|&b| b == 0).next().unwrap_or_default();
-            if !held(&String::from_utf8_lossy(w)) {
+            let w = String::from_utf8_lossy(w);
+            if !held(&w) {
                 tree.remove(&k)?;
-                gone += 1;
+                if gone.last().map(String::as_str) != Some(&*w) {
+                    gone.push(w.into_owned());
+                }
             }
         }
         Ok(gone)
@@ -617,7 +620,10 @@ mod tests {
         // Not with time: with the waybill.
         let waybill = marks[0].waybill.clone().unwrap();
         assert_eq!(journal.released_marks(u64::MAX).unwrap().len(), 1);
-        assert_eq!(journal.forget_released_unheld(|w| w == waybill).unwrap(), 0);
+        assert!(journal
+            .forget_released_unheld(|w| w == waybill)
+            .unwrap()
+            .is_empty());
         journal
             .forget_released(std::slice::from_ref(&waybill))
             .unwrap();

@@ -441,6 +441,59 @@ pub(crate) mod tests {
         assert!(journal.verify().unwrap().ok(), "one unbroken chain");
     }
 
+    /// The same when the disk still has no room as the restore begins: the skipped record
+    /// keeps its place, so once room comes the rest is stored, the restore is complete and
+    /// its file goes (left behind with part of it noted as stored, the next start would
+    /// store the rest a second time).
+    #[tokio::test]
+    async fn a_restore_that_first_finds_no_room_stores_each_record_once() {
+        use std::io::Write as _;
+        let (dir, journal) = filled(3).await;
+        let spill = crate::journal::spill_dir(dir.path());
+        std::fs::create_dir_all(&spill).unwrap();
+        let file = spill.join("2000.jsonl");
+        let mut f = std::fs::File::create(&file).unwrap();
+        for r in [
+            journal.record(3).unwrap().unwrap(),
+            Record::from(record(4, 4000)),
+        ] {
+            writeln!(f, "{}", serde_json::to_string(&r).unwrap()).unwrap();
+        }
+        drop(f);
+        let metrics = Arc::new(Metrics::default());
+        // The disk short of its free-space floor (twice what is free), so that only the
+        // room measured in the store's file may be written: none at first.
+        let free = crate::journal::capacity::free_bytes(dir.path()).unwrap();
+        metrics
+            .journal_write_budget
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        let (sink, writer, mut accepted) =
+            record_sink(journal.clone(), Duration::from_millis(1), metrics.clone()).unwrap();
+        let mut writer = writer
+            .with_hold(1000, crate::alarm::Alarms::new("gw"), spill.clone())
+            .with_capacity(
+                dir.path().to_path_buf(),
+                crate::journal::capacity::Limits {
+                    quota_bytes: u64::MAX / 4,
+                    min_free_bytes: free * 2,
+                },
+            );
+        let restored = writer.restored();
+        let run = tokio::spawn(writer.run());
+        restored.await.unwrap();
+        assert_eq!(stored_parcels(&journal), vec![1, 2, 3], "no room yet");
+        metrics
+            .journal_write_budget
+            .store(u64::MAX / 2, std::sync::atomic::Ordering::Relaxed);
+        sink.push(record(9, 9000));
+        accepted.wait_for(|&s| s >= 5).await.unwrap();
+        drop(sink);
+        run.await.unwrap();
+        assert_eq!(stored_parcels(&journal), vec![1, 2, 3, 4, 9]);
+        assert!(!file.exists(), "the restore is complete: its file goes");
+        assert_eq!(journal.spill_progress(), None);
+    }
+
     /// A large group commit is stored as entries of at most `ENTRY_BYTES` (sled keeps them
     /// in its file, see `capacity`), counted once even when written again, and purging all of
     /// them gives back exactly what they counted.

@@ -636,7 +636,7 @@ impl JournalWriter {
         let mut step = HELD_STEP;
         while !self.held.is_empty() && !self.must_hold() {
             let n = self.held.len().min(step);
-            let mut batch: Vec<Record> = self.held.drain(..n).collect();
+            let drained: Vec<Record> = self.held.drain(..n).collect();
             let restored = n.min(self.restored_held);
             let progress = (restored > 0).then(|| super::SpillProgress {
                 files: spill_names(&self.restored),
@@ -645,15 +645,19 @@ impl JournalWriter {
             // A restored record the store already holds at its stamp was committed before
             // it was spilled: the flush after its commit failed and the batch was held, but
             // the store kept it. Stored again it would go out twice, under two sequences.
-            let mut i = 0;
-            batch.retain(|r| {
-                i += 1;
-                i > restored || !self.journal.holds(r)
-            });
-            let skipped = n - batch.len();
-            if skipped > 0 {
+            // It is skipped, but keeps its place should the rest not go in now.
+            let mut stored = Vec::new();
+            let mut batch = Vec::with_capacity(n);
+            for (i, r) in drained.into_iter().enumerate() {
+                if i < restored && self.journal.holds(&r) {
+                    stored.push((i, r));
+                } else {
+                    batch.push(r);
+                }
+            }
+            if !stored.is_empty() {
                 tracing::info!(
-                    records = skipped,
+                    records = stored.len(),
                     "spilled records already in the store (committed before their spill) are not stored again"
                 );
             }
@@ -667,7 +671,11 @@ impl JournalWriter {
                     self.forget_restored();
                 }
             } else {
-                // No room after all, or the store failed: back in front, order kept.
+                // No room after all, or the store failed: back in front, order kept, the
+                // skipped ones in their places (so the restore's count stays in step).
+                for (i, r) in stored {
+                    batch.insert(i, r);
+                }
                 for r in batch.into_iter().rev() {
                     self.held.push_front(r);
                 }

@@ -219,21 +219,6 @@ impl Released {
         self.lock().remove(waybill);
     }
 
-    /// Forgets the marks of every waybill `held` says the table no longer holds (one whose
-    /// forgetting was missed: it was forgotten before its release was marked). One lock per
-    /// hundred waybills, so the lines are not held up by a long walk.
-    pub fn forget_unheld(&self, held: impl Fn(&str) -> bool) -> usize {
-        let waybills: Vec<String> = self.lock().keys().cloned().collect();
-        let mut gone = 0;
-        for chunk in waybills.chunks(100) {
-            let mut marks = self.lock();
-            for w in chunk.iter().filter(|w| !held(w)) {
-                gone += usize::from(marks.remove(w).is_some());
-            }
-        }
-        gone
-    }
-
     /// Records where the PLC put a marked parcel; `role` is the lane's role.
     pub fn disposed(
         &self,
@@ -456,10 +441,6 @@ mod tests {
             r.admit("W", 1, &scan(3, year, Some(900)), 1),
             Admission::Admitted
         );
-        r.admit("V", 1, &scan(4, year, Some(900)), 1);
-        assert_eq!(r.forget_unheld(|w| w == "W"), 1);
-        assert!(r.marks("V").is_empty());
-        assert_eq!(r.marks("W").len(), 1);
     }
 
     #[derive(Debug, Clone)]

@@ -75,6 +75,7 @@ impl Line {
         };
         if let (Some(new), Some(old)) = (decision.inputs.as_mut(), t.decision.inputs.as_ref()) {
             new.counted = old.counted;
+            new.counted_day = old.counted_day;
         }
         // Decided while the clearance table was loading: the real decision replaces the
         // stand-in hold (its record names the rule).
