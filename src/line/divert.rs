@@ -71,6 +71,7 @@ impl Line {
         if outcome.status == DivertStatus::Acked {
             t.committed_lane = Some(t.lane);
         }
+        t.not_taken = outcome.status != DivertStatus::Acked;
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
@@ -191,6 +192,7 @@ impl Line {
         if let Some(t) = tracked {
             if w.command.revision == Some(t.revision) {
                 t.committed_lane = Some(lane);
+                t.not_taken = false;
             }
         }
         let whose = match (parcel, w.command.revision) {

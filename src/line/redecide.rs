@@ -98,10 +98,12 @@ impl Line {
             flag_matters && decision.is_anomaly() && decision.rule != t.decision.rule;
         // Counted now, the parcel is committed again even to the same lane: the journal keeps
         // the count's mark with the new revision's record, for the next start.
+        // A command known not taken is tried again (a take-back of a release above all).
         if lane == t.disposed_lane.unwrap_or(t.lane)
             && !newly_flagged
             && !was_loading
             && !counted_now
+            && !t.not_taken
         {
             return;
         }
@@ -112,6 +114,7 @@ impl Line {
             t.decided_at = turn.now.wall;
             t.lane = lane;
             t.revision += 1;
+            t.not_taken = false;
         }
         self.anomaly(parcel, turn);
         if let Some(detail) = duplicate {

@@ -109,6 +109,7 @@ impl Line {
             revision: 0,
             committed_lane: None,
             release_sent: false,
+            not_taken: false,
             disposed_lane: None,
             xray,
             xray_settled: false,

@@ -452,6 +452,20 @@ fn a_release_that_could_not_be_taken_back_is_alerted() {
             world.alerts
         );
     }
+    // Not taken, the take-back is tried again when the parcel is decided again (same lane).
+    let mut world = World::new();
+    world.apply(Op::Declare(0));
+    world.apply(Op::Order(0, 0));
+    world.apply(Op::Scan(0));
+    let release = world.jobs.pop_back().unwrap();
+    answer(&mut world, &release, DivertStatus::Acked);
+    world.apply(Op::Order(0, 2));
+    let hold = world.jobs.pop_back().unwrap();
+    answer(&mut world, &hold, DivertStatus::LinkDown);
+    world.apply(Op::Order(0, 2));
+    let again = world.jobs.pop_back().expect("tried again");
+    assert_eq!((again.lane, again.revision), (hold.lane, hold.revision + 1));
+    assert!(again.withdraws_release);
     // Taken, the hold stands and nothing is alerted.
     let mut world = World::new();
     world.apply(Op::Declare(0));

@@ -55,6 +55,9 @@ pub struct Tracked {
     pub committed_lane: Option<u16>,
     /// A release command for the parcel was handed to the PLC link.
     pub release_sent: bool,
+    /// The current revision's command is known not to have been taken (timeout, link down,
+    /// deadline missed...): deciding the parcel again commits it again, even to the same lane.
+    pub not_taken: bool,
     /// The lane the PLC reported the parcel in, once it did.
     pub disposed_lane: Option<u16>,
     /// The X-ray verdict joined to the parcel so far.
@@ -224,6 +227,7 @@ mod tests {
             revision: 0,
             committed_lane: None,
             release_sent: false,
+            not_taken: false,
             disposed_lane: None,
             xray: crate::rules::engine::XrayInput::NotOnLine,
             lane_camera_asked: false,
