@@ -150,11 +150,12 @@ pub enum ClearanceChange {
     /// An enterprise notice or a new rule set: every tracked parcel before its deadline is
     /// decided again. Parcels past it went where the rules in force sent them; no alert.
     All,
-    /// Retention forgot this waybill (its clearance period is over): its tracked parcels
-    /// before their deadline are decided again (undeclared: held), so a parcel decided on
-    /// the forgotten declaration just before does not keep a release it can no longer be
-    /// counted for. Not new clearance: no alert for parcels past their deadline.
-    Forgotten(String),
+    /// Retention forgot these waybills (their clearance period is over; one message per
+    /// step of the purge): their tracked parcels before their deadline are decided again
+    /// (undeclared: held), so a parcel decided on a forgotten declaration just before does
+    /// not keep a release it can no longer be counted for. Not new clearance: no alert for
+    /// parcels past their deadline.
+    Forgotten(std::sync::Arc<[String]>),
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ fn sweep_released(
     }
     let gone = journal.forget_released_unheld(|w| table.holds_waybill(w))?;
     for w in &gone {
-        released.forget(w);
+        released.forget_if(w, |w| !table.holds_waybill(w));
     }
     Ok(Some(gone.len()))
 }
@@ -116,8 +116,12 @@ pub async fn run(
             };
             total += forgotten.waybills.len();
             for w in &forgotten.waybills {
-                released.forget(w);
-                let _ = changes.send(ClearanceChange::Forgotten(w.clone()));
+                released.forget_if(w, |w| !table.holds_waybill(w));
+            }
+            if !forgotten.waybills.is_empty() {
+                let _ = changes.send(ClearanceChange::Forgotten(
+                    forgotten.waybills.clone().into(),
+                ));
             }
             if !forgotten.more || stop.is_cancelled() {
                 break;

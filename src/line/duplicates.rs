@@ -213,10 +213,15 @@ impl Released {
         }
     }
 
-    /// Forgets a waybill's marks: the clearance table forgot the waybill, so no release
-    /// order for it is in force any more (a clone is undeclared, and held). One lock.
-    pub fn forget(&self, waybill: &str) {
-        self.lock().remove(waybill);
+    /// Forgets a waybill's marks once the clearance table forgot the waybill (no release
+    /// order for it is in force any more: a clone is undeclared, and held), if `gone` still
+    /// says so under the lock: a waybill declared and released again since keeps its new
+    /// mark. One lock.
+    pub fn forget_if(&self, waybill: &str, gone: impl FnOnce(&str) -> bool) {
+        let mut marks = self.lock();
+        if gone(waybill) {
+            marks.remove(waybill);
+        }
     }
 
     /// Records where the PLC put a marked parcel; `role` is the lane's role.
@@ -436,7 +441,7 @@ mod tests {
             r.admit("W", 1, &scan(2, year, Some(900)), 1),
             Admission::Duplicate(_)
         ));
-        r.forget("W");
+        r.forget_if("W", |_| true);
         assert_eq!(
             r.admit("W", 1, &scan(3, year, Some(900)), 1),
             Admission::Admitted

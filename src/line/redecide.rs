@@ -98,12 +98,15 @@ impl Line {
             flag_matters && decision.is_anomaly() && decision.rule != t.decision.rule;
         // Counted now, the parcel is committed again even to the same lane: the journal keeps
         // the count's mark with the new revision's record, for the next start.
-        // A command known not taken is tried again (a take-back of a release above all).
+        // A take-back known not taken (the PLC still holds another lane it acknowledged, a
+        // release above all) is tried again; other commands not taken are not repeated, so
+        // a full queue or a link down is not fed more of them.
+        let retry = t.not_taken && t.committed_lane.is_some_and(|c| c != lane);
         if lane == t.disposed_lane.unwrap_or(t.lane)
             && !newly_flagged
             && !was_loading
             && !counted_now
-            && !t.not_taken
+            && !retry
         {
             return;
         }

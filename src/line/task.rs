@@ -95,7 +95,11 @@ pub async fn run(mut ctx: LineCtx, mut io: LineIo) {
             w = io.changes.recv() => match w {
                 Ok(ClearanceChange::Waybill(w)) => step(&mut line, &io, |l, t| l.on_change(&w, t)),
                 Ok(ClearanceChange::All) => step(&mut line, &io, |l, t| l.on_change_all(t)),
-                Ok(ClearanceChange::Forgotten(w)) => step(&mut line, &io, |l, t| l.on_forgotten(&w, t)),
+                Ok(ClearanceChange::Forgotten(ws)) => step(&mut line, &io, |l, t| {
+                    for w in ws.iter() {
+                        l.on_forgotten(w, t);
+                    }
+                }),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     step(&mut line, &io, |l, t| l.on_changes_missed(n, t));
                 }

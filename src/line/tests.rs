@@ -466,6 +466,16 @@ fn a_release_that_could_not_be_taken_back_is_alerted() {
     let again = world.jobs.pop_back().expect("tried again");
     assert_eq!((again.lane, again.revision), (hold.lane, hold.revision + 1));
     assert!(again.withdraws_release);
+    // A first command not taken (nothing the PLC holds to take back) is not repeated by a
+    // decision to the same lane: a full queue or a link down is not fed more of them.
+    let mut world = World::new();
+    world.apply(Op::Declare(0));
+    world.apply(Op::Scan(0));
+    let held = world.jobs.pop_back().unwrap();
+    answer(&mut world, &held, DivertStatus::LinkDown);
+    world.apply(Op::Declare(0));
+    world.turn(|l, t| l.on_change_all(t));
+    assert!(world.jobs.is_empty(), "{:?}", world.jobs);
     // Taken, the hold stands and nothing is alerted.
     let mut world = World::new();
     world.apply(Op::Declare(0));

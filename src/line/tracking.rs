@@ -56,7 +56,8 @@ pub struct Tracked {
     /// A release command for the parcel was handed to the PLC link.
     pub release_sent: bool,
     /// The current revision's command is known not to have been taken (timeout, link down,
-    /// deadline missed...): deciding the parcel again commits it again, even to the same lane.
+    /// deadline missed...): if it took back a lane the PLC acknowledged, deciding the parcel
+    /// again commits it again, even to the same lane.
     pub not_taken: bool,
     /// The lane the PLC reported the parcel in, once it did.
     pub disposed_lane: Option<u16>,
