@@ -267,6 +267,20 @@ pub(crate) mod tests {
         (dir, journal)
     }
 
+    /// Runs a writer on `journal` until it has stored the spill in `spill`, then stops it.
+    async fn restore_spill(journal: &Journal, spill: &std::path::Path) {
+        let metrics = Arc::new(Metrics::default());
+        let (sink, writer, _) =
+            record_sink(journal.clone(), Duration::from_millis(1), metrics).unwrap();
+        let mut writer =
+            writer.with_hold(1000, crate::alarm::Alarms::new("gw"), spill.to_path_buf());
+        let restored = writer.restored();
+        let run = tokio::spawn(writer.run());
+        restored.await.unwrap();
+        drop(sink);
+        run.await.unwrap();
+    }
+
     #[tokio::test]
     async fn records_held_at_shutdown_are_spilled_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -385,15 +399,7 @@ pub(crate) mod tests {
                 .unwrap(),
             )
             .unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let (sink, writer, _) =
-            record_sink(journal.clone(), Duration::from_millis(1), metrics).unwrap();
-        let mut writer = writer.with_hold(1000, crate::alarm::Alarms::new("gw"), spill.clone());
-        let restored = writer.restored();
-        let run = tokio::spawn(writer.run());
-        restored.await.unwrap();
-        drop(sink);
-        run.await.unwrap();
+        restore_spill(&journal, &spill).await;
         let stored = stored_parcels(&journal);
         assert_eq!(stored, vec![4, 5]);
         assert!(!file.exists());
@@ -427,15 +433,7 @@ pub(crate) mod tests {
             writeln!(f, "{}", serde_json::to_string(r).unwrap()).unwrap();
         }
         drop(f);
-        let metrics = Arc::new(Metrics::default());
-        let (sink, writer, _) =
-            record_sink(journal.clone(), Duration::from_millis(1), metrics).unwrap();
-        let mut writer = writer.with_hold(1000, crate::alarm::Alarms::new("gw"), spill.clone());
-        let restored = writer.restored();
-        let run = tokio::spawn(writer.run());
-        restored.await.unwrap();
-        drop(sink);
-        run.await.unwrap();
+        restore_spill(&journal, &spill).await;
         assert_eq!(stored_parcels(&journal), vec![1, 2, 3, 4, 5]);
         assert!(!file.exists());
         assert!(journal.verify().unwrap().ok(), "one unbroken chain");

@@ -418,6 +418,20 @@ fn answer(world: &mut World, job: &Divert, status: DivertStatus) {
     world.alerts.extend(alerts);
 }
 
+/// A parcel released (the PLC acknowledged it), then ordered held: the world and the hold's
+/// command, not yet answered.
+fn released_then_held() -> (World, Divert) {
+    let mut world = World::new();
+    world.apply(Op::Declare(0));
+    world.apply(Op::Order(0, 0));
+    world.apply(Op::Scan(0));
+    let release = world.jobs.pop_back().unwrap();
+    answer(&mut world, &release, DivertStatus::Acked);
+    world.apply(Op::Order(0, 2));
+    let hold = world.jobs.pop_back().unwrap();
+    (world, hold)
+}
+
 /// A hold order taking back a release the PLC took: the new command is marked to be written
 /// even past the deadline, and if it is not taken, an alert says the parcel may still reach
 /// the release lane (its record names the hold, which is not where the PLC sends it). The
@@ -453,14 +467,7 @@ fn a_release_that_could_not_be_taken_back_is_alerted() {
         );
     }
     // Not taken, the take-back is tried again when the parcel is decided again (same lane).
-    let mut world = World::new();
-    world.apply(Op::Declare(0));
-    world.apply(Op::Order(0, 0));
-    world.apply(Op::Scan(0));
-    let release = world.jobs.pop_back().unwrap();
-    answer(&mut world, &release, DivertStatus::Acked);
-    world.apply(Op::Order(0, 2));
-    let hold = world.jobs.pop_back().unwrap();
+    let (mut world, hold) = released_then_held();
     answer(&mut world, &hold, DivertStatus::LinkDown);
     world.apply(Op::Order(0, 2));
     let again = world.jobs.pop_back().expect("tried again");
@@ -477,14 +484,7 @@ fn a_release_that_could_not_be_taken_back_is_alerted() {
     world.turn(|l, t| l.on_change_all(t));
     assert!(world.jobs.is_empty(), "{:?}", world.jobs);
     // Taken, the hold stands and nothing is alerted.
-    let mut world = World::new();
-    world.apply(Op::Declare(0));
-    world.apply(Op::Order(0, 0));
-    world.apply(Op::Scan(0));
-    let release = world.jobs.pop_back().unwrap();
-    answer(&mut world, &release, DivertStatus::Acked);
-    world.apply(Op::Order(0, 2));
-    let hold = world.jobs.pop_back().unwrap();
+    let (mut world, hold) = released_then_held();
     answer(&mut world, &hold, DivertStatus::Acked);
     assert!(world.alerts.is_empty(), "{:?}", world.alerts);
 }
