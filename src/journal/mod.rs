@@ -346,10 +346,14 @@ impl Journal {
             counted: db.open_tree("counted")?,
             rule_update_ids: db.open_tree("rule_update_ids")?,
             aging: db.open_tree("aging")?,
-            platform_log: Arc::new(platform::files::PlatformLog::open(
-                path,
-                integrity_key.clone(),
-            )?),
+            platform_log: Arc::new({
+                let log = platform::files::PlatformLog::open(path, integrity_key.clone())?;
+                log.vouch(
+                    meta.get(platform::META_PLATFORM_SYNCED)?
+                        .and_then(|v| platform::files::SyncedEnd::decode(&v)),
+                );
+                log
+            }),
             purge_cursor: Arc::default(),
             received: db.open_tree("received")?,
             consumer_days: Arc::new(if consumer_file {

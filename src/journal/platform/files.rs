@@ -13,6 +13,10 @@
 //!
 //! A torn block at the end of a segment (a crash during its write) is cut off before the
 //! next block is written there: it was never synced, so nothing acknowledged is lost with it.
+//! What tells a torn block from damage is the [`SyncedEnd`] the journal records in its store
+//! after every sync of the log (durable with the store's flush, before any message it covers
+//! is acknowledged): a block that does not read below it was synced, so it is damage, kept on
+//! disk for the load to refuse; a segment whose blocks end short of it was cut on disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
@@ -68,6 +72,54 @@ fn io(e: std::io::Error) -> JournalError {
     JournalError::Store(sled::Error::Io(e))
 }
 
+/// Where the log was synced to: the end of the blocks of the segment of `day` at a sync.
+/// Everything before it, and every older segment whole, was durable then. Recorded by the
+/// journal in its store after each sync and handed to the next open ([`PlatformLog::vouch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncedEnd {
+    pub day: u32,
+    pub end: u64,
+}
+
+impl SyncedEnd {
+    pub fn encode(&self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&self.day.to_be_bytes());
+        b[4..].copy_from_slice(&self.end.to_be_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<SyncedEnd> {
+        Some(SyncedEnd {
+            day: u32::from_be_bytes(b.get(..4)?.try_into().ok()?),
+            end: u64::from_be_bytes(b.get(4..12)?.try_into().ok()?),
+        })
+    }
+
+    /// How far into the segment of `day` this vouches for: to `Some(end)`; `None` for a
+    /// segment newer than the one synced (nothing vouched, a torn tail is possible). An
+    /// older segment is vouched for whole (`u64::MAX`): it was synced before a newer one
+    /// was written to.
+    fn covers(&self, day: u32) -> Option<u64> {
+        match day.cmp(&self.day) {
+            std::cmp::Ordering::Less => Some(u64::MAX),
+            std::cmp::Ordering::Equal => Some(self.end),
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+}
+
+/// A segment whose blocks end before the end an earlier run synced: what was there is gone
+/// (cut off or zeroed on disk), and nothing says whom it was about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutShort {
+    pub day: u32,
+    /// Where its blocks end.
+    pub at: u64,
+    /// Where they ended when synced.
+    pub synced: u64,
+}
+
 /// Frames stored since the last block was written.
 #[derive(Debug, Default)]
 struct Staged {
@@ -104,6 +156,12 @@ pub struct PlatformLog {
     /// The newest segment's day: [`PlatformLog::write`] never writes into an older one, so
     /// a clock set back does not put what is stored next before what was stored already.
     newest: std::sync::atomic::AtomicU32,
+    /// What the last sync made durable in this process (see [`SyncedEnd`]).
+    synced: Mutex<Option<SyncedEnd>>,
+    /// What an earlier run's syncs made durable, as its journal recorded it.
+    vouched: Mutex<Option<SyncedEnd>>,
+    /// Segments found cut short of `vouched`, for the load to refuse.
+    cut_short: Mutex<Vec<CutShort>>,
 }
 
 impl Drop for PlatformLog {
@@ -158,6 +216,9 @@ impl PlatformLog {
             key,
             newest: std::sync::atomic::AtomicU32::new(0),
             failed: std::sync::atomic::AtomicBool::new(false),
+            synced: Mutex::new(None),
+            vouched: Mutex::new(None),
+            cut_short: Mutex::new(Vec::new()),
         };
         // The newest segment's end is found when it is first read or written to, not here:
         // it can hold gigabytes, and the store's open is on the start's way.
@@ -165,6 +226,17 @@ impl PlatformLog {
             log.newest.store(day, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(log)
+    }
+
+    /// Sets what an earlier run's syncs made durable (read from the journal's store): a
+    /// block that does not read before it is damage, not a torn write. Before any read.
+    pub fn vouch(&self, synced: Option<SyncedEnd>) {
+        *self.vouched.lock().unwrap_or_else(|e| e.into_inner()) = synced;
+    }
+
+    /// What the last sync in this process made durable, if any.
+    pub fn synced_end(&self) -> Option<SyncedEnd> {
+        *self.synced.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn ends(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, u64>> {
@@ -181,7 +253,9 @@ impl PlatformLog {
     /// Where the blocks of the segment of `day` end: known from a read or a write since
     /// the open, or found by reading it. A torn block there (a stop during its write: never
     /// synced, never acknowledged) is cut off, its bytes zeroed, so the next block starts
-    /// whole and a read never stops short of it.
+    /// whole and a read never stops short of it. Bytes that do not read where an earlier
+    /// run synced (see [`SyncedEnd`]) are damage instead: left as they lie, the next block
+    /// written after them, for the load to refuse.
     fn end_of(&self, day: u32) -> Result<u64, JournalError> {
         if let Some(&end) = self.ends().get(&day) {
             return Ok(end);
@@ -208,23 +282,57 @@ impl PlatformLog {
             }
         }
         let path = self.dir.join(segment_name(day));
-        if let Some(at) = first_nonzero(&path, whole).map_err(io)? {
-            // Read past damage already: no intact block follows, so this is a block torn by
-            // a stop during its write.
-            tracing::warn!(
-                segment = %path.display(),
-                kept = whole,
-                from = at,
-                "the platform log's last block was torn by a stop during its write (never synced, so never acknowledged): cut off"
-            );
-            let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
-            let len = f.metadata().map_err(io)?.len();
-            zero(&f, whole, len).map_err(io)?;
-            f.sync_all().map_err(io)?;
+        let vouched = *self.vouched.lock().unwrap_or_else(|e| e.into_inner());
+        let synced_to = vouched.and_then(|v| v.covers(day));
+        let mut end = whole;
+        match first_nonzero(&path, whole).map_err(io)? {
+            Some(at) if synced_to.is_some_and(|s| at < s || whole < s) => {
+                // Synced by an earlier run: damage (or the log cut and written over), not a
+                // torn write. Kept for the investigation; the next block goes after it.
+                end = last_nonzero(&path, at).map_err(io)? + 1;
+                tracing::error!(
+                    segment = %path.display(),
+                    from = at,
+                    to = end,
+                    "the platform log's last block does not read although it was synced: damaged on disk, kept and refused"
+                );
+            }
+            Some(at) => {
+                // Read past damage already: no intact block follows, so this is a block torn
+                // by a stop during its write.
+                tracing::warn!(
+                    segment = %path.display(),
+                    kept = whole,
+                    from = at,
+                    "the platform log's last block was torn by a stop during its write (never synced, so never acknowledged): cut off"
+                );
+                let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
+                let len = f.metadata().map_err(io)?.len();
+                zero(&f, whole, len).map_err(io)?;
+                f.sync_all().map_err(io)?;
+            }
+            None => {
+                if let Some(synced) = synced_to.filter(|&s| s != u64::MAX && whole < s) {
+                    tracing::error!(
+                        segment = %path.display(),
+                        blocks_end = whole,
+                        synced_to = synced,
+                        "the platform log's segment ends before what was synced to it: cut short on disk"
+                    );
+                    self.cut_short
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(CutShort {
+                            day,
+                            at: whole,
+                            synced,
+                        });
+                }
+            }
         }
         // Exactly here (the read noted the end of what it read, torn bytes included).
-        self.ends().insert(day, whole);
-        Ok(whole)
+        self.ends().insert(day, end);
+        Ok(end)
     }
 
     /// Where reading the segment of `day` goes on after it stopped at `stop` (zeros or a
@@ -242,13 +350,16 @@ impl PlatformLog {
     /// Cuts a torn block off the end of the two newest segments (a stop at midnight can
     /// tear the last block of the day before; see [`PlatformLog::end_of`]), for a start's
     /// load to read a whole log. Damage before intact blocks is left as it lies, for the
-    /// load to refuse.
-    pub fn repair_newest(&self) -> Result<(), JournalError> {
+    /// load to refuse, as is a synced block that does not read. Returns the segments found
+    /// cut short of what an earlier run synced.
+    pub fn repair_newest(&self) -> Result<Vec<CutShort>, JournalError> {
         let segments = self.segments()?;
         for &(day, _) in segments.iter().rev().take(2) {
             self.end_of(day)?;
         }
-        Ok(())
+        Ok(std::mem::take(
+            &mut *self.cut_short.lock().unwrap_or_else(|e| e.into_inner()),
+        ))
     }
 
     /// An error once a sync failed (see the field `failed`).
@@ -326,9 +437,15 @@ impl PlatformLog {
         }
         if sync {
             let mut current = self.lock();
-            if let Some(c) = current.as_mut().filter(|c| c.dirty) {
-                self.synced(c.file.sync_data())?;
-                c.dirty = false;
+            if let Some(c) = current.as_mut() {
+                if c.dirty {
+                    self.synced(c.file.sync_data())?;
+                    c.dirty = false;
+                }
+                *self.synced.lock().unwrap_or_else(|e| e.into_inner()) = Some(SyncedEnd {
+                    day: c.day,
+                    end: c.len,
+                });
             }
         }
         Ok(written)
@@ -619,10 +736,28 @@ fn next_intact_block(file: &File, from: u64) -> std::io::Result<Option<u64>> {
     Ok(None)
 }
 
-/// The first byte at or after `from` of the file at `path` that is not zero.
 /// A chunk of zeros to compare read chunks with.
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
+/// The last byte at or after `from` of the file at `path` that is not zero (`from` if none).
+fn last_nonzero(path: &Path, from: u64) -> std::io::Result<u64> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut last = from;
+    let mut at = from;
+    while at < size {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            last = at + i as u64;
+        }
+        at += n as u64;
+    }
+    Ok(last)
+}
+
+/// The first byte at or after `from` of the file at `path` that is not zero.
 pub(super) fn first_nonzero(path: &Path, from: u64) -> std::io::Result<Option<u64>> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();

@@ -123,7 +123,20 @@ impl Journal {
         }
         // A block torn at the end of the log by a crash is cut off first (it was never
         // acknowledged), so that the load reads to the end.
-        self.platform_log.repair_newest()?;
+        // A segment cut short of where an earlier run synced it lost acknowledged messages
+        // whose waybills nothing names: refused as damage is.
+        for cut in self.platform_log.repair_newest()? {
+            load.refused.push(RefusedEntry {
+                tree: TREE_LOG,
+                key: format!(
+                    "{} offset {} (synced to {})",
+                    super::files::segment_name(cut.day),
+                    cut.at,
+                    cut.synced
+                ),
+                why: "cut short on disk",
+            });
+        }
         // The platform state's bytes, summed on the way (see `Journal::platform_bytes`).
         let mut platform_bytes = 0u64;
         for (day, len) in self.platform_log.segments()? {

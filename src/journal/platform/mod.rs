@@ -46,6 +46,9 @@ const META_PLATFORM_RULES: &[u8] = b"platform_rules";
 /// Set by `journal salvage` in the fresh store: its untagged state (the rule set, the chain's
 /// head and anchor) is adopted at the next start, as with a key created at that start.
 pub(super) const META_INTEGRITY_ADOPT: &[u8] = b"integrity_adopt";
+/// Where the platform log was synced to (a [`files::SyncedEnd`]), recorded after each sync so
+/// that the next start tells a torn last block from damage to one that was acknowledged.
+pub(super) const META_PLATFORM_SYNCED: &[u8] = b"platform_synced";
 
 /// Names of the tagged trees, part of every tag (an entry moved between trees fails).
 const TREE_DECLARATIONS: &str = "declarations";
@@ -534,9 +537,15 @@ mod integrity_tests {
             table.known("WB2").instruction.unwrap().action,
             Action::Release
         );
+        // The instruction's tag, the untagged declaration, and the segment now ending short
+        // of where it was synced (the block written over was shorter).
         let refused = j.refused_entries();
-        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert_eq!(refused.len(), 3, "{refused:?}");
         let text: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|r| r.contains("cut short on disk")),
+            "{text:?}"
+        );
         assert!(
             text.iter()
                 .any(|r| r.contains("instruction for waybill WB1")),
@@ -678,6 +687,104 @@ mod integrity_tests {
         );
         let refused = j.refused_entries();
         assert_eq!(refused.len(), 2, "{refused:?}");
+    }
+
+    /// The last block of the log, synced (so acknowledged) and damaged on disk afterwards, is
+    /// refused at the load (a stand-in hold for its waybill), not cut off as a torn write;
+    /// it stays on disk, refused again at the next start, with what is stored after it read.
+    #[test]
+    fn a_synced_last_block_that_does_not_read_is_refused_not_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            j.store_declaration(&declaration("WB1", "c1", 5)).unwrap();
+            j.write_platform(true).unwrap();
+            j.store_instruction(&instruction("WB1", "I-HOLD", Action::Hold))
+                .unwrap();
+            j.write_platform(true).unwrap();
+            j.db.flush().unwrap();
+            damage_block_holding(&j, "I-HOLD");
+        }
+        for start in 0..2 {
+            let j = keyed(dir.path());
+            let table = j.load_clearance().unwrap();
+            assert_eq!(
+                table.known("WB1").instruction.map(|i| i.action),
+                Some(Action::Hold),
+                "start {start}"
+            );
+            let refused = j.refused_entries();
+            assert!(
+                refused.iter().any(|r| r.to_string().contains("WB1")),
+                "start {start}: {refused:?}"
+            );
+            if start == 0 {
+                j.store_declaration(&declaration("WB2", "c1", 5)).unwrap();
+                j.write_platform(true).unwrap();
+                j.db.flush().unwrap();
+            } else {
+                assert!(table.known("WB2").declaration.is_some());
+            }
+        }
+    }
+
+    /// A segment whose synced blocks are gone from its end (zeroed or cut off on disk) is
+    /// refused as damage, since nothing says whom the lost messages were about; a block
+    /// written but never synced and torn by a crash is still cut off quietly.
+    #[test]
+    fn a_log_cut_short_of_its_synced_end_is_refused_and_a_torn_unsynced_block_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let last_block_end = |j: &Journal| {
+            let mut end = 0;
+            j.platform_log
+                .read(today(), 0, &mut |b| {
+                    end = b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64;
+                    Ok(true)
+                })
+                .unwrap();
+            end
+        };
+        let (synced, torn_end) = {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            j.store_declaration(&declaration("WB1", "c1", 5)).unwrap();
+            j.write_platform(true).unwrap();
+            let synced = last_block_end(&j);
+            // Written, not synced: a crash may tear it.
+            j.store_declaration(&declaration("WB2", "c1", 5)).unwrap();
+            j.write_platform(false).unwrap();
+            j.db.flush().unwrap();
+            (synced, last_block_end(&j))
+        };
+        let path = super::files::dir_of(dir.path()).join(super::files::segment_name(today()));
+        let zero = |from: u64, to: u64| {
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[from as usize..to as usize].fill(0);
+            std::fs::write(&path, bytes).unwrap();
+        };
+        zero(torn_end - 3, torn_end);
+        {
+            let j = keyed(dir.path());
+            let table = j.load_clearance().unwrap();
+            assert!(j.refused_entries().is_empty(), "{:?}", j.refused_entries());
+            assert!(table.known("WB1").declaration.is_some());
+            assert!(table.known("WB2").declaration.is_none(), "torn: cut off");
+        }
+        // Now the synced block (the segment's first) is lost too: zeros where it was.
+        zero(0, synced);
+        let j = keyed(dir.path());
+        let table = j.load_clearance().unwrap();
+        assert!(table.known("WB1").declaration.is_none());
+        let refused: Vec<String> = j
+            .refused_entries()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            refused.iter().any(|r| r.contains("cut short on disk")),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -36,10 +36,16 @@ impl Journal {
     }
 
     /// Writes what is staged as a block of today's segment, and with `sync` makes the
-    /// platform log durable.
+    /// platform log durable and records where it was synced to (durable with the store's
+    /// next flush, which comes before anything it covers is acknowledged; see
+    /// [`files::SyncedEnd`]).
     pub(in crate::journal) fn write_platform(&self, sync: bool) -> Result<(), JournalError> {
         let written = self.platform_log.write(today(), sync)?;
         self.platform_grow(written, 0);
+        if let Some(synced) = self.platform_log.synced_end().filter(|_| sync) {
+            self.meta
+                .insert(super::META_PLATFORM_SYNCED, &synced.encode()[..])?;
+        }
         Ok(())
     }
 
