@@ -39,6 +39,21 @@ pub fn log_ahead_of_clock(newest_day: u32, today: u32, keep_days: u32) -> Option
     ))
 }
 
+/// The day retention counts the clearance period back from: the clock's, but at most a day
+/// past the newest signature time of a stored platform message (`Journal::platform_clock_ms`).
+/// A clock set days ahead (an RTC reset, a wrong time source) would otherwise forget in one
+/// purge what is still within the period by the platform's clock: instruction ids and holds
+/// among them, so that once the clock is put right a replay of a release a hold had stopped
+/// would be taken as new. The cost: while the platform sends nothing signed (a quiet holiday),
+/// nothing more is forgotten until it does. Without a signed message yet (a demo line
+/// taking unsigned ones), the clock's day.
+pub fn retention_day(clock_day: u32, platform_clock_ms: Option<u64>) -> u32 {
+    match platform_clock_ms {
+        Some(ms) => clock_day.min(day_of(ms).saturating_add(1)),
+        None => clock_day,
+    }
+}
+
 /// Once per start: the released marks of waybills the table no longer holds (loaded from
 /// the store, or forgotten before their release was marked) go, in the store and then in
 /// memory, one waybill at a time (see journal::intents); returns how many waybills. Not when
@@ -80,7 +95,14 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let today = day_of(crate::metrics::unix_ms(SystemTime::now()));
-        let before = today.saturating_sub(keep_days);
+        let counted_from = retention_day(today, journal.platform_clock_ms());
+        if counted_from + 1 < today {
+            tracing::warn!(
+                days = today - counted_from,
+                "the clearance period is counted from the newest platform signature, days behind the clock: the platform has been quiet, or the clock is ahead (check it and its time source)"
+            );
+        }
+        let before = counted_from.saturating_sub(keep_days);
         if let Some(why) = log_ahead_of_clock(journal.platform_log_newest_day(), today, keep_days) {
             alarms.raise(why);
         }
@@ -221,6 +243,24 @@ mod tests {
         assert_eq!(kept, vec!["BL00000001".to_string()]);
         assert!(released.marks("BL00000002").is_empty());
         assert_eq!(released.marks("BL00000001").len(), 1);
+    }
+
+    /// A clock days ahead of the platform's newest signature does not move the clearance
+    /// period: it is counted from a day past that signature. A clock behind it, or no
+    /// signature yet, counts from the clock.
+    #[test]
+    fn retention_counts_from_the_platform_clock_when_the_local_one_runs_ahead() {
+        let day_ms = 86_400_000u64;
+        let signed = 20_794 * day_ms + 3_600_000;
+        assert_eq!(retention_day(20_794, Some(signed)), 20_794);
+        assert_eq!(retention_day(20_795, Some(signed)), 20_795, "a day's grace");
+        assert_eq!(
+            retention_day(20_794 + 40, Some(signed)),
+            20_795,
+            "clock 40 days ahead"
+        );
+        assert_eq!(retention_day(20_790, Some(signed)), 20_790, "clock behind");
+        assert_eq!(retention_day(20_834, None), 20_834, "nothing signed yet");
     }
 
     #[test]

@@ -267,7 +267,7 @@ impl Journal {
                     load.unreadable += 1;
                     break;
                 };
-                if !apply_frame(load.table, &f, &mut load.pending_counts) {
+                if !apply_frame(self, load.table, &f, &mut load.pending_counts) {
                     load.unreadable += 1;
                 }
                 if load.tick() {
@@ -494,6 +494,7 @@ impl Load<'_> {
 /// counted once the waybill's next declaration is applied, as the running daemon moved
 /// the count to it (`pending`).
 fn apply_frame(
+    journal: &Journal,
     table: &ClearanceTable,
     f: &log::Frame<'_>,
     pending: &mut std::collections::HashMap<String, u32>,
@@ -502,6 +503,7 @@ fn apply_frame(
     match f.kind {
         log::Kind::Declaration => serde_json::from_slice::<Declaration>(f.body)
             .map(|d| {
+                journal.witness(d.signature.as_ref());
                 table.restore_declaration(&d, f.body);
                 table.touch(&d.waybill, f.day);
                 if let Some(day) = pending.remove(&d.waybill) {
@@ -511,12 +513,16 @@ fn apply_frame(
             .is_ok(),
         log::Kind::Instruction => serde_json::from_slice::<Instruction>(f.body)
             .map(|i| {
+                journal.witness(i.signature.as_ref());
                 table.restore_instruction(&i);
                 table.touch(&i.waybill, f.day);
             })
             .is_ok(),
         log::Kind::Notice => serde_json::from_slice::<EnterpriseNotice>(f.body)
-            .map(|n| table.restore_notice(&n))
+            .map(|n| {
+                journal.witness(n.signature.as_ref());
+                table.restore_notice(&n)
+            })
             .is_ok(),
         log::Kind::InstructionId => text().map(|id| table.mark_instruction_seen(id)).is_some(),
         log::Kind::NoticeId => text().map(|id| table.mark_notice_seen(id)).is_some(),

@@ -385,7 +385,7 @@ mod tests {
 #[cfg(test)]
 mod integrity_tests {
     use super::*;
-    use bondline_devices::contract::{Action, Instruction, SCHEMA};
+    use bondline_devices::contract::{Action, Declaration, Instruction, SCHEMA};
 
     use crate::journal::integrity::{Checked, IntegrityKey};
     use crate::rules::clearance::tests::decl as declaration;
@@ -604,6 +604,59 @@ mod integrity_tests {
             table.known("WB1").instruction.map(|i| i.action),
             Some(Action::Hold)
         );
+    }
+
+    /// The platform's clock as the store knows it (retention counts from it, see
+    /// `crate::retention::retention_day`): the newest signature time of a message stored, and
+    /// after a restart of a message loaded; a stand-in made at the load does not count.
+    #[test]
+    fn the_platform_clock_is_the_newest_signature_stored_and_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let signed = |at: u64| {
+            Some(bondline_devices::signing::Signature {
+                scheme: 2,
+                key_id: "p1".into(),
+                signed_at_ms: at,
+                target: None,
+                ed25519: "00".repeat(64),
+            })
+        };
+        {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            assert_eq!(j.platform_clock_ms(), None);
+            let d = Declaration {
+                signature: signed(5_000),
+                ..declaration("WB1", "c1", 5)
+            };
+            j.store_declaration(&d).unwrap();
+            let i = Instruction {
+                signature: signed(9_000),
+                ..instruction("WB1", "I-1", Action::Hold)
+            };
+            j.store_instruction(&i).unwrap();
+            let stale = Instruction {
+                signature: signed(7_000),
+                ..instruction("WB1", "I-0", Action::Release)
+            };
+            j.remember_instruction_id(&stale).unwrap();
+            assert_eq!(j.platform_clock_ms(), Some(9_000));
+            j.write_platform(true).unwrap();
+            // A block after it, damaged: its stand-in is made at the load, not signed then.
+            j.store_instruction(&instruction("WB2", "I-2", Action::Hold))
+                .unwrap();
+            j.write_platform(true).unwrap();
+            j.store_declaration(&declaration("WB3", "c1", 5)).unwrap();
+            j.write_platform(true).unwrap();
+            damage_block_holding(&j, "I-2");
+        }
+        let j = keyed(dir.path());
+        let table = j.load_clearance().unwrap();
+        assert_eq!(
+            table.known("WB2").instruction.map(|i| i.action),
+            Some(Action::Hold)
+        );
+        assert_eq!(j.platform_clock_ms(), Some(9_000));
     }
 
     /// The stand-in hold of a refused stored instruction is made at the load: a release
