@@ -1,4 +1,5 @@
-//! What the passing of time does to tracked parcels, on the line task's tick: X-ray
+//! What the passing of time does to tracked parcels, on the line task's tick: take-backs
+//! of a release the PLC did not take tried again (see [`super::divert`]), X-ray
 //! verdicts that did not come (see [`super::verdicts`]), the lane cameras asked once a
 //! parcel's lane is final, and parcels overdue for a disposition dropped from tracking
 //! (remembered as earlier parcels, and alerted where the PLC reports dispositions).
@@ -14,6 +15,7 @@ impl Line {
     /// dispositions). Without dispositions a parcel stays tracked until then anyway, so that
     /// a late instruction still finds it for an alert.
     pub(super) fn expire(&mut self, turn: &mut Turn) {
+        self.retry_take_backs(turn);
         self.expire_xray(turn);
         self.ask_lane_cameras(turn);
         let overdue = self

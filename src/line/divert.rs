@@ -12,7 +12,37 @@ use super::Line;
 use crate::floor::PlcEvent;
 use crate::metrics::{unix_ms, Metrics};
 
+/// How often the tick tries again a take-back the PLC did not take, per parcel.
+const TAKE_BACK_TRIES: u8 = 3;
+
 impl Line {
+    /// On the tick: a take-back of a lane the PLC acknowledged (a release, above all) that
+    /// was not taken (a timeout, the link down, a full queue) is tried again before the
+    /// parcel's deadline, up to [`TAKE_BACK_TRIES`] times, without waiting for the parcel's
+    /// next decision: the link may be back, and the PLC replaces a parcel's command until
+    /// the parcel reaches its gate. Each try waits for the answer to the one before (a
+    /// command in flight is not `not_taken`), so a link down is not fed a command per tick.
+    pub(super) fn retry_take_backs(&mut self, turn: &mut Turn) {
+        let now = turn.now.instant;
+        let due: Vec<u32> = self
+            .tracker
+            .iter()
+            .filter(|t| {
+                t.not_taken
+                    && now < t.deadline
+                    && t.take_back_tries < TAKE_BACK_TRIES
+                    && t.committed_lane.is_some_and(|c| c != t.lane)
+            })
+            .map(|t| t.parcel)
+            .collect();
+        for parcel in due {
+            if let Some(t) = self.tracker.get_mut(parcel) {
+                t.take_back_tries += 1;
+            }
+            self.redecide(parcel, turn);
+        }
+    }
+
     /// Hands the parcel's current decision to the PLC: a command, written ahead when it is a
     /// release (see [`Divert`]).
     pub(super) fn send(&mut self, parcel: u32, turn: &mut Turn) {

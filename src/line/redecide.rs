@@ -42,7 +42,7 @@ impl Line {
     }
 
     /// Decides a tracked parcel again; re-commits it if its lane changes.
-    fn redecide(&mut self, parcel: u32, turn: &mut Turn) {
+    pub(super) fn redecide(&mut self, parcel: u32, turn: &mut Turn) {
         self.redecide_with(parcel, false, turn);
     }
 

@@ -110,6 +110,7 @@ impl Line {
             committed_lane: None,
             release_sent: false,
             not_taken: false,
+            take_back_tries: 0,
             disposed_lane: None,
             xray,
             xray_settled: false,

@@ -489,6 +489,51 @@ fn a_release_that_could_not_be_taken_back_is_alerted() {
     assert!(world.alerts.is_empty(), "{:?}", world.alerts);
 }
 
+/// A take-back the PLC did not take is tried again on the tick, before the deadline, after
+/// the answer to the try before, at most three times; one taken ends the tries, and past the
+/// deadline the tick tries nothing.
+#[test]
+fn a_take_back_not_taken_is_tried_again_on_the_tick() {
+    let (mut world, hold) = released_then_held();
+    // In flight: the tick waits for its answer.
+    world.apply(Op::Tick);
+    assert!(world.jobs.is_empty(), "{:?}", world.jobs);
+    answer(&mut world, &hold, DivertStatus::LinkDown);
+    let mut last = hold;
+    for n in 1..=3 {
+        world.apply(Op::Tick);
+        let again = world.jobs.pop_back().expect("tried again on the tick");
+        assert_eq!(
+            (again.lane, again.revision),
+            (last.lane, last.revision + 1),
+            "try {n}"
+        );
+        assert!(again.withdraws_release);
+        answer(&mut world, &again, DivertStatus::Timeout);
+        last = again;
+    }
+    world.apply(Op::Tick);
+    assert!(
+        world.jobs.is_empty(),
+        "three tries at most: {:?}",
+        world.jobs
+    );
+    // Taken on the first try: nothing more.
+    let (mut world, hold) = released_then_held();
+    answer(&mut world, &hold, DivertStatus::LinkDown);
+    world.apply(Op::Tick);
+    let again = world.jobs.pop_back().expect("tried again");
+    answer(&mut world, &again, DivertStatus::Acked);
+    world.apply(Op::Tick);
+    assert!(world.jobs.is_empty(), "{:?}", world.jobs);
+    // Past the deadline the tick tries nothing.
+    let (mut world, hold) = released_then_held();
+    answer(&mut world, &hold, DivertStatus::LinkDown);
+    world.apply(Op::Wait(2_000));
+    world.apply(Op::Tick);
+    assert!(world.jobs.is_empty(), "{:?}", world.jobs);
+}
+
 /// A waybill retention forgets while its parcel is before the deadline: the parcel is
 /// decided again (undeclared: held) and its release taken back; past the deadline nothing
 /// is commanded or alerted (no new clearance came).

@@ -59,6 +59,9 @@ pub struct Tracked {
     /// deadline missed...): if it took back a lane the PLC acknowledged, deciding the parcel
     /// again commits it again, even to the same lane.
     pub not_taken: bool,
+    /// How often the tick tried again a take-back that was not taken (see
+    /// `Line::retry_take_backs`).
+    pub take_back_tries: u8,
     /// The lane the PLC reported the parcel in, once it did.
     pub disposed_lane: Option<u16>,
     /// The X-ray verdict joined to the parcel so far.
@@ -229,6 +232,7 @@ mod tests {
             committed_lane: None,
             release_sent: false,
             not_taken: false,
+            take_back_tries: 0,
             disposed_lane: None,
             xray: crate::rules::engine::XrayInput::NotOnLine,
             lane_camera_asked: false,
