@@ -40,7 +40,8 @@ pub fn log_ahead_of_clock(newest_day: u32, today: u32, keep_days: u32) -> Option
 }
 
 /// The day retention counts the clearance period back from: the clock's, but at most a day
-/// past the newest signature time of a stored platform message (`Journal::platform_clock_ms`).
+/// past the newest signature time of a platform message taken in
+/// (`ClearanceTable::platform_clock_ms`).
 /// A clock set days ahead (an RTC reset, a wrong time source) would otherwise forget in one
 /// purge what is still within the period by the platform's clock: instruction ids and holds
 /// among them, so that once the clock is put right a replay of a release a hold had stopped
@@ -95,7 +96,7 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let today = day_of(crate::metrics::unix_ms(SystemTime::now()));
-        let counted_from = retention_day(today, journal.platform_clock_ms());
+        let counted_from = retention_day(today, table.platform_clock_ms());
         if counted_from + 1 < today {
             tracing::warn!(
                 days = today - counted_from,

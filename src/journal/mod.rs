@@ -215,10 +215,6 @@ pub struct Journal {
     /// then kept up to date by every store and purge; it counts towards the quota
     /// (see [`capacity`]).
     platform_bytes: Arc<std::sync::atomic::AtomicU64>,
-    /// The newest signature time of a platform message stored (or loaded), in ms; 0 with
-    /// none. The platform's own clock as far as the store knows it: retention does not
-    /// count days past it on the word of the local clock alone (see `crate::retention`).
-    platform_clock: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -376,7 +372,6 @@ impl Journal {
             state: Arc::new(Mutex::new(state)),
             platform_lock: Arc::new(tokio::sync::Mutex::new(())),
             platform_bytes: Arc::default(),
-            platform_clock: Arc::default(),
             path: Arc::new(path.to_path_buf()),
             integrity_key,
             refused: Arc::new(Mutex::new(Vec::new())),

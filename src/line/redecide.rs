@@ -88,7 +88,10 @@ impl Line {
         let mut counted_now = false;
         if let (ScanRead::Waybill(w), Some(inputs)) = (&read, decision.inputs.as_mut()) {
             if inputs.consumer.is_some() && !inputs.counted {
-                let day = self.ctx.calendar.day_of(unix_ms(scanned_at));
+                let day = self
+                    .ctx
+                    .calendar
+                    .day_of(self.ctx.table.counting_ms(unix_ms(scanned_at)));
                 inputs.counted = self.ctx.table.count(w, day);
                 inputs.counted_day = inputs.counted.then_some(day);
                 counted_now = inputs.counted;

@@ -32,7 +32,10 @@ impl Line {
             read,
             weight_g,
             weighing: self.ctx.weighing,
-            day: self.ctx.calendar.day_of(unix_ms(scanned_at)),
+            day: self
+                .ctx
+                .calendar
+                .day_of(self.ctx.table.counting_ms(unix_ms(scanned_at))),
             calendar: &self.ctx.calendar,
             prior,
             xray,
@@ -84,7 +87,10 @@ impl Line {
             if inputs.consumer.is_some() {
                 // The parcel joins its consumer's history once, at its first scan; the record
                 // says so, and the journal keeps the mark with the record.
-                let day = self.ctx.calendar.day_of(unix_ms(scan.at));
+                let day = self
+                    .ctx
+                    .calendar
+                    .day_of(self.ctx.table.counting_ms(unix_ms(scan.at)));
                 inputs.counted = self.ctx.table.count(w, day);
                 inputs.counted_day = inputs.counted.then_some(day);
             }

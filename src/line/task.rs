@@ -180,18 +180,24 @@ fn carry_out(line: &mut Line, io: &LineIo, turn: Turn) {
                 }
             }
             Effect::Divert(d) => {
-                // A release is written ahead: its command waits for the decision to be durable.
-                let durable = d.intent.map(|r| io.sink.push_intent(*r));
-                let job = DivertJob {
-                    parcel: d.parcel,
-                    lane: d.lane,
-                    revision: d.revision,
-                    deadline: d.deadline.into(),
-                    withdraws_release: d.withdraws_release,
-                    durable,
-                };
-                match io.plc.try_send(job) {
-                    Ok(()) => line.in_flight += 1,
+                // Room in the link's queue first: a release refused by a full queue is not
+                // written ahead for nothing (its intent's sync would be wasted on a command
+                // never sent).
+                match io.plc.try_reserve() {
+                    Ok(permit) => {
+                        // A release is written ahead: its command waits for the decision to
+                        // be durable.
+                        let durable = d.intent.map(|r| io.sink.push_intent(*r));
+                        permit.send(DivertJob {
+                            parcel: d.parcel,
+                            lane: d.lane,
+                            revision: d.revision,
+                            deadline: d.deadline.into(),
+                            withdraws_release: d.withdraws_release,
+                            durable,
+                        });
+                        line.in_flight += 1;
+                    }
                     Err(_) => {
                         let mut answer = Turn::at(now);
                         line.divert_refused(d.parcel, &mut answer);

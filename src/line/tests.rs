@@ -387,6 +387,45 @@ fn a_parcel_declared_after_its_scan_is_counted_for_its_consumer() {
     assert_eq!(inputs.counted_day, Some(day));
 }
 
+/// A local clock set back by days (an RTC reset before the time source answered) does not
+/// count a parcel on a day gone by: behind the newest platform signature by more than the
+/// allowed skew, the parcel counts on the platform's day, in windows that see the parcels
+/// counted since. A clock behind by less counts on its own day.
+#[test]
+fn a_clock_set_back_counts_a_parcel_on_the_platform_day() {
+    let day_ms = 86_400_000u64;
+    for (ahead_ms, on_platform_day) in [(3 * day_ms, true), (60_000, false)] {
+        let mut world = World::new();
+        let wall = unix_ms(world.now.wall);
+        world.line.ctx.table.note_platform_time(wall + ahead_ms);
+        let w = WAYBILLS[0];
+        let declared: Declaration = serde_json::from_value(serde_json::json!({
+            "schema": SCHEMA,
+            "waybill": w,
+            "enterprise": "E1",
+            "consumer": "C-1",
+            "identity_verified": true,
+            "value_minor": 1234,
+        }))
+        .unwrap();
+        world.line.ctx.table.apply_declaration(&declared);
+        world.declared.insert(w.to_string());
+        world.apply(Op::Scan(0));
+        let cal = &world.line.ctx.calendar;
+        let day = if on_platform_day {
+            cal.day_of(wall + ahead_ms)
+        } else {
+            cal.day_of(wall)
+        };
+        assert_ne!(cal.day_of(wall + 3 * day_ms), cal.day_of(wall));
+        assert_eq!(
+            world.line.ctx.table.known(w).counted_day,
+            Some(day),
+            "{ahead_ms} ms ahead"
+        );
+    }
+}
+
 /// The PLC's answer to a job, as its link reports it.
 fn answer(world: &mut World, job: &Divert, status: DivertStatus) {
     let ev = PlcEvent::Outcome {

@@ -80,6 +80,10 @@ impl Uplink {
     ) -> Result<(), String> {
         use ingest::Parsed;
         use judge::{judge, Held, Keep, Kind};
+        if let Ok((_, Some(signed_at))) = &verdict {
+            // A signature checked now: the platform's clock is at least there.
+            self.read_table().note_platform_time(*signed_at);
+        }
         // Already stored: same id, or the same content.
         let mut known = false;
         let verdict: Result<(), ingest::Refusal> = match verdict {

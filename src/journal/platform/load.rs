@@ -267,7 +267,7 @@ impl Journal {
                     load.unreadable += 1;
                     break;
                 };
-                if !apply_frame(self, load.table, &f, &mut load.pending_counts) {
+                if !apply_frame(load.table, &f, &mut load.pending_counts) {
                     load.unreadable += 1;
                 }
                 if load.tick() {
@@ -494,7 +494,6 @@ impl Load<'_> {
 /// counted once the waybill's next declaration is applied, as the running daemon moved
 /// the count to it (`pending`).
 fn apply_frame(
-    journal: &Journal,
     table: &ClearanceTable,
     f: &log::Frame<'_>,
     pending: &mut std::collections::HashMap<String, u32>,
@@ -503,7 +502,7 @@ fn apply_frame(
     match f.kind {
         log::Kind::Declaration => serde_json::from_slice::<Declaration>(f.body)
             .map(|d| {
-                journal.witness(d.signature.as_ref());
+                note_signed(table, d.signature.as_ref());
                 table.restore_declaration(&d, f.body);
                 table.touch(&d.waybill, f.day);
                 if let Some(day) = pending.remove(&d.waybill) {
@@ -513,14 +512,14 @@ fn apply_frame(
             .is_ok(),
         log::Kind::Instruction => serde_json::from_slice::<Instruction>(f.body)
             .map(|i| {
-                journal.witness(i.signature.as_ref());
+                note_signed(table, i.signature.as_ref());
                 table.restore_instruction(&i);
                 table.touch(&i.waybill, f.day);
             })
             .is_ok(),
         log::Kind::Notice => serde_json::from_slice::<EnterpriseNotice>(f.body)
             .map(|n| {
-                journal.witness(n.signature.as_ref());
+                note_signed(table, n.signature.as_ref());
                 table.restore_notice(&n)
             })
             .is_ok(),
@@ -541,6 +540,15 @@ fn apply_frame(
                 }
             })
             .is_some(),
+    }
+}
+
+/// A loaded message's signature time, as the platform's clock (see
+/// [`ClearanceTable::note_platform_time`]): it was checked when it arrived, and its block's
+/// tag when it was read.
+fn note_signed(table: &ClearanceTable, signature: Option<&bondline_devices::signing::Signature>) {
+    if let Some(s) = signature {
+        table.note_platform_time(s.signed_at_ms);
     }
 }
 

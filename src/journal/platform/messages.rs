@@ -15,7 +15,6 @@ impl Journal {
     /// Stores a declaration; durable after the next [`Journal::flush`]. Returns the UTC day
     /// it was stored on (the table notes it: see `ClearanceTable::touch`).
     pub fn store_declaration(&self, d: &Declaration) -> Result<u32, JournalError> {
-        self.witness(d.signature.as_ref());
         let body = serde_json::to_vec(d).expect("declarations always serialize");
         let day = today();
         self.append(&[Frame::about(Kind::Declaration, day, &d.waybill, &body)])?;
@@ -76,7 +75,6 @@ impl Journal {
     /// stale one never overwrites. Its id is in it: the load marks it seen. Returns the UTC
     /// day it was stored on.
     pub fn store_instruction(&self, i: &Instruction) -> Result<u32, JournalError> {
-        self.witness(i.signature.as_ref());
         let body = serde_json::to_vec(i).expect("instructions always serialize");
         let day = today();
         self.append(&[Frame::about(Kind::Instruction, day, &i.waybill, &body)])?;
@@ -100,7 +98,6 @@ impl Journal {
     /// Records an instruction id as seen without storing the instruction (a stale one), so it
     /// stays ignored after a restart too.
     pub fn remember_instruction_id(&self, i: &Instruction) -> Result<(), JournalError> {
-        self.witness(i.signature.as_ref());
         self.append(&[Frame::named(
             Kind::InstructionId,
             today(),
@@ -121,38 +118,17 @@ impl Journal {
 
     /// Stores the notice now in force for its enterprise (its id is in it).
     pub fn store_notice(&self, n: &EnterpriseNotice) -> Result<(), JournalError> {
-        self.witness(n.signature.as_ref());
         let body = serde_json::to_vec(n).expect("notices always serialize");
         self.append(&[Frame::about(Kind::Notice, today(), &n.enterprise, &body)])
     }
 
     /// Records a notice id as seen without applying it (a stale one).
     pub fn remember_notice_id(&self, n: &EnterpriseNotice) -> Result<(), JournalError> {
-        self.witness(n.signature.as_ref());
         self.append(&[Frame::named(
             Kind::NoticeId,
             today(),
             n.notice_id.as_bytes(),
         )])
-    }
-
-    /// Notes a stored message's signature time (checked by the uplink before it is stored,
-    /// or tagged in the store when loaded) as the platform's clock, if the newest.
-    pub(super) fn witness(&self, signature: Option<&bondline_devices::signing::Signature>) {
-        if let Some(s) = signature {
-            self.platform_clock
-                .fetch_max(s.signed_at_ms, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// The newest signature time of a platform message stored or loaded, in ms since 1970
-    /// (`None` before any signed one): the platform's clock as far as the store knows it.
-    pub fn platform_clock_ms(&self) -> Option<u64> {
-        Some(
-            self.platform_clock
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-        .filter(|&t| t > 0)
     }
 
     /// Marks waybills as counted in their consumers' history on the given UTC days. The

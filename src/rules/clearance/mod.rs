@@ -129,6 +129,9 @@ pub struct ClearanceTable {
     orders: RwLock<OrderTotals>,
     /// Declared pieces of the waybills declared with more than one, by waybill digest (few).
     multi_piece: RwLock<std::collections::HashMap<u64, u16>>,
+    /// The newest signature time of a platform message taken in (checked at arrival, or
+    /// loaded from the tagged store), in ms; 0 with none. See [`ClearanceTable::counting_ms`].
+    platform_clock: AtomicU64,
 }
 
 impl Default for ClearanceTable {
@@ -150,11 +153,34 @@ impl Default for ClearanceTable {
             load_expected: AtomicU64::new(0),
             orders: RwLock::default(),
             multi_piece: RwLock::default(),
+            platform_clock: AtomicU64::new(0),
         }
     }
 }
 
 impl ClearanceTable {
+    /// Notes the signature time of a platform message the gateway believes (its signature
+    /// checked at arrival, or stored under the integrity key): the platform's clock, as far
+    /// as the gateway knows it, is at least there. Stand-ins made at a load are not noted.
+    pub fn note_platform_time(&self, signed_at_ms: u64) {
+        self.platform_clock
+            .fetch_max(signed_at_ms, Ordering::Relaxed);
+    }
+
+    /// The newest signature time noted (`None` before any signed message).
+    pub fn platform_clock_ms(&self) -> Option<u64> {
+        Some(self.platform_clock.load(Ordering::Relaxed)).filter(|&t| t > 0)
+    }
+
+    /// The time a parcel scanned at `scanned_ms` (the local clock) counts at in its
+    /// consumer's history and windows: its own, unless the local clock is behind the newest
+    /// platform signature by more than [`crate::trust::CLOCK_SKEW`] (an RTC reset before the
+    /// time source answered), when it is that signature's time. A clock set back by days
+    /// would otherwise count the parcel on a day gone by, in windows that miss every parcel
+    /// counted since (fail open for consumer limits).
+    pub fn counting_ms(&self, scanned_ms: u64) -> u64 {
+        counting_ms(scanned_ms, self.platform_clock_ms())
+    }
     pub fn declarations(&self) -> usize {
         self.declarations.load(Ordering::Relaxed)
     }
@@ -186,3 +212,12 @@ impl ClearanceTable {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+/// [`ClearanceTable::counting_ms`] as a pure function of the two clocks.
+pub fn counting_ms(scanned_ms: u64, platform_clock_ms: Option<u64>) -> u64 {
+    let skew = crate::trust::CLOCK_SKEW.as_millis() as u64;
+    match platform_clock_ms {
+        Some(platform) if platform > scanned_ms.saturating_add(skew) => platform,
+        _ => scanned_ms,
+    }
+}

@@ -773,3 +773,34 @@ fn a_waybill_counted_between_its_lookup_and_its_window_is_not_over_the_limits() 
         "V only: W's own parcel is not counted"
     );
 }
+
+/// The time a parcel counts at: the local clock's, unless it is behind the newest platform
+/// signature by more than the allowed skew.
+#[test]
+fn a_parcel_counts_at_the_platform_time_only_when_the_clock_is_far_behind_it() {
+    let skew = crate::trust::CLOCK_SKEW.as_millis() as u64;
+    let now = 1_800_000_000_000u64;
+    assert_eq!(super::counting_ms(now, None), now, "nothing signed yet");
+    assert_eq!(
+        super::counting_ms(now, Some(now - 5_000)),
+        now,
+        "platform behind"
+    );
+    assert_eq!(
+        super::counting_ms(now, Some(now + skew)),
+        now,
+        "within the skew"
+    );
+    let days_ahead = now + 3 * 86_400_000;
+    assert_eq!(super::counting_ms(now, Some(days_ahead)), days_ahead);
+    let table = ClearanceTable::default();
+    assert_eq!(table.platform_clock_ms(), None);
+    table.note_platform_time(days_ahead);
+    table.note_platform_time(now);
+    assert_eq!(
+        table.platform_clock_ms(),
+        Some(days_ahead),
+        "the newest stays"
+    );
+    assert_eq!(table.counting_ms(now), days_ahead);
+}
