@@ -12,8 +12,12 @@ use super::Line;
 use crate::floor::PlcEvent;
 use crate::metrics::{unix_ms, Metrics};
 
-/// How often the tick tries again a take-back the PLC did not take, per parcel.
+/// How often the tick tries again a take-back the PLC did not take, per parcel (the count
+/// starts again once one is taken).
 const TAKE_BACK_TRIES: u8 = 3;
+/// How long after a command's answer the tick tries its take-back again: a link down answers
+/// at once, and tries that close together would all be spent before it can reconnect.
+const TAKE_BACK_GAP: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Line {
     /// On the tick: a take-back of a lane the PLC acknowledged (a release, above all) that
@@ -21,7 +25,7 @@ impl Line {
     /// parcel's deadline, up to [`TAKE_BACK_TRIES`] times, without waiting for the parcel's
     /// next decision: the link may be back, and the PLC replaces a parcel's command until
     /// the parcel reaches its gate. Each try waits for the answer to the one before (a
-    /// command in flight is not `not_taken`), so a link down is not fed a command per tick.
+    /// command in flight is not `not_taken`) and then [`TAKE_BACK_GAP`].
     pub(super) fn retry_take_backs(&mut self, turn: &mut Turn) {
         let now = turn.now.instant;
         let due: Vec<u32> = self
@@ -29,6 +33,7 @@ impl Line {
             .iter()
             .filter(|t| {
                 t.not_taken
+                    && now >= t.retry_at
                     && now < t.deadline
                     && t.take_back_tries < TAKE_BACK_TRIES
                     && t.committed_lane.is_some_and(|c| c != t.lane)
@@ -100,8 +105,10 @@ impl Line {
         };
         if outcome.status == DivertStatus::Acked {
             t.committed_lane = Some(t.lane);
+            t.take_back_tries = 0;
         }
         t.not_taken = outcome.status != DivertStatus::Acked;
+        t.retry_at = turn.now.instant + TAKE_BACK_GAP;
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };
@@ -218,11 +225,16 @@ impl Line {
         let waybill = tracked
             .as_ref()
             .and_then(|t| t.waybill().map(str::to_string));
-        // The command the PLC took is the parcel's current one: it holds that lane now.
+        // The PLC holds the lane of the command it took now: the parcel's current one, or
+        // one since superseded (as an acknowledge of a superseded revision does; a take-back
+        // tried again on the tick supersedes the try whose acknowledge comes late). The
+        // current command counts as taken if it names that lane.
         if let Some(t) = tracked {
-            if w.command.revision == Some(t.revision) {
+            if w.command.revision.is_some() {
                 t.committed_lane = Some(lane);
-                t.not_taken = false;
+                if lane == t.lane {
+                    t.not_taken = false;
+                }
             }
         }
         let whose = match (parcel, w.command.revision) {

@@ -117,6 +117,7 @@ impl Line {
             release_sent: false,
             not_taken: false,
             take_back_tries: 0,
+            retry_at: scan.instant,
             disposed_lane: None,
             xray,
             xray_settled: false,

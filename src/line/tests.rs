@@ -528,9 +528,9 @@ fn a_release_that_could_not_be_taken_back_is_alerted() {
     assert!(world.alerts.is_empty(), "{:?}", world.alerts);
 }
 
-/// A take-back the PLC did not take is tried again on the tick, before the deadline, after
-/// the answer to the try before, at most three times; one taken ends the tries, and past the
-/// deadline the tick tries nothing.
+/// A take-back the PLC did not take is tried again on the tick, before the deadline, a gap
+/// after the answer to the try before, at most three times; one taken ends the tries, and
+/// past the deadline the tick tries nothing.
 #[test]
 fn a_take_back_not_taken_is_tried_again_on_the_tick() {
     let (mut world, hold) = released_then_held();
@@ -538,8 +538,12 @@ fn a_take_back_not_taken_is_tried_again_on_the_tick() {
     world.apply(Op::Tick);
     assert!(world.jobs.is_empty(), "{:?}", world.jobs);
     answer(&mut world, &hold, DivertStatus::LinkDown);
+    // Answered at once (a link down): not tried again at the next tick, only after a gap.
+    world.apply(Op::Tick);
+    assert!(world.jobs.is_empty(), "{:?}", world.jobs);
     let mut last = hold;
     for n in 1..=3 {
+        world.apply(Op::Wait(250));
         world.apply(Op::Tick);
         let again = world.jobs.pop_back().expect("tried again on the tick");
         assert_eq!(
@@ -551,6 +555,7 @@ fn a_take_back_not_taken_is_tried_again_on_the_tick() {
         answer(&mut world, &again, DivertStatus::Timeout);
         last = again;
     }
+    world.apply(Op::Wait(250));
     world.apply(Op::Tick);
     assert!(
         world.jobs.is_empty(),
@@ -560,15 +565,50 @@ fn a_take_back_not_taken_is_tried_again_on_the_tick() {
     // Taken on the first try: nothing more.
     let (mut world, hold) = released_then_held();
     answer(&mut world, &hold, DivertStatus::LinkDown);
+    world.apply(Op::Wait(250));
     world.apply(Op::Tick);
     let again = world.jobs.pop_back().expect("tried again");
     answer(&mut world, &again, DivertStatus::Acked);
+    world.apply(Op::Wait(250));
     world.apply(Op::Tick);
     assert!(world.jobs.is_empty(), "{:?}", world.jobs);
     // Past the deadline the tick tries nothing.
     let (mut world, hold) = released_then_held();
     answer(&mut world, &hold, DivertStatus::LinkDown);
     world.apply(Op::Wait(2_000));
+    world.apply(Op::Tick);
+    assert!(world.jobs.is_empty(), "{:?}", world.jobs);
+}
+
+/// A take-back that timed out, tried again on the tick, and then acknowledged late by the
+/// PLC: the PLC holds the hold's lane, so the try's own timeout raises no alert that the
+/// parcel may reach the release lane, and nothing more is tried.
+#[test]
+fn a_late_acknowledge_of_a_superseded_take_back_counts_as_taken() {
+    let (mut world, hold) = released_then_held();
+    answer(&mut world, &hold, DivertStatus::Timeout);
+    assert_eq!(world.alerts.len(), 1, "{:?}", world.alerts);
+    world.alerts.clear();
+    world.apply(Op::Wait(250));
+    world.apply(Op::Tick);
+    let again = world.jobs.pop_back().expect("tried again");
+    let late = PlcEvent::LateAck {
+        written: crate::floor::Written {
+            seq: 7,
+            command: crate::floor::Command {
+                parcel: hold.parcel,
+                lane: hold.lane,
+                revision: Some(hold.revision),
+            },
+            at_ms: unix_ms(world.now.wall),
+        },
+        after: Duration::from_millis(300),
+    };
+    world.turn(|l, t| l.on_plc(late, t));
+    world.alerts.clear();
+    answer(&mut world, &again, DivertStatus::Timeout);
+    assert!(world.alerts.is_empty(), "{:?}", world.alerts);
+    world.apply(Op::Wait(250));
     world.apply(Op::Tick);
     assert!(world.jobs.is_empty(), "{:?}", world.jobs);
 }

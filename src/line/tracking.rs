@@ -62,6 +62,8 @@ pub struct Tracked {
     /// How often the tick tried again a take-back that was not taken (see
     /// `Line::retry_take_backs`).
     pub take_back_tries: u8,
+    /// Not tried again by the tick before this (a gap after the last answer).
+    pub retry_at: Instant,
     /// The lane the PLC reported the parcel in, once it did.
     pub disposed_lane: Option<u16>,
     /// The X-ray verdict joined to the parcel so far.
@@ -233,6 +235,7 @@ mod tests {
             release_sent: false,
             not_taken: false,
             take_back_tries: 0,
+            retry_at: Instant::now(),
             disposed_lane: None,
             xray: crate::rules::engine::XrayInput::NotOnLine,
             lane_camera_asked: false,
