@@ -348,10 +348,9 @@ impl Journal {
             aging: db.open_tree("aging")?,
             platform_log: Arc::new({
                 let log = platform::files::PlatformLog::open(path, integrity_key.clone())?;
-                log.vouch(
-                    meta.get(platform::META_PLATFORM_SYNCED)?
-                        .and_then(|v| platform::files::SyncedEnd::decode(&v)),
-                );
+                if let Some(v) = meta.get(platform::META_PLATFORM_SYNCED)? {
+                    log.vouch(platform::files::SyncedEnds::decode(&v));
+                }
                 log
             }),
             purge_cursor: Arc::default(),

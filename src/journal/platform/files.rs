@@ -13,10 +13,12 @@
 //!
 //! A torn block at the end of a segment (a crash during its write) is cut off before the
 //! next block is written there: it was never synced, so nothing acknowledged is lost with it.
-//! What tells a torn block from damage is the [`SyncedEnd`] the journal records in its store
-//! after every sync of the log (durable with the store's flush, before any message it covers
-//! is acknowledged): a block that does not read below it was synced, so it is damage, kept on
-//! disk for the load to refuse; a segment whose blocks end short of it was cut on disk.
+//! What tells a torn block from damage is [`SyncedEnds`], where each segment was synced to,
+//! which the journal records in its store after every sync of the log (durable with the
+//! store's flush, before any message it covers is acknowledged): a block that does not read
+//! below its segment's synced end was synced, so it is damage, kept on disk for the load to
+//! refuse; a newest segment whose blocks end short of it was cut on disk. Past it, a torn
+//! block is cut off in any segment (retention writes into older ones too).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
@@ -72,39 +74,60 @@ fn io(e: std::io::Error) -> JournalError {
     JournalError::Store(sled::Error::Io(e))
 }
 
-/// Where the log was synced to: the end of the blocks of the segment of `day` at a sync.
-/// Everything before it, and every older segment whole, was durable then. Recorded by the
-/// journal in its store after each sync and handed to the next open ([`PlatformLog::vouch`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SyncedEnd {
-    pub day: u32,
-    pub end: u64,
-}
+/// Where each segment was synced to: the end of its blocks at its last sync, by day.
+/// Everything before it was durable then. Recorded by the journal in its store at each
+/// synced write ([`PlatformLog::write_recorded`]) and handed to the next open
+/// ([`PlatformLog::vouch`]); a segment with no entry (an older build's, or one written since
+/// the last record) is vouched for nowhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncedEnds(std::collections::BTreeMap<u32, u64>);
 
-impl SyncedEnd {
-    pub fn encode(&self) -> [u8; 12] {
-        let mut b = [0u8; 12];
-        b[..4].copy_from_slice(&self.day.to_be_bytes());
-        b[4..].copy_from_slice(&self.end.to_be_bytes());
+impl SyncedEnds {
+    /// Twelve bytes per segment: its day and its synced end, big-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(self.0.len() * 12);
+        for (day, end) in &self.0 {
+            b.extend_from_slice(&day.to_be_bytes());
+            b.extend_from_slice(&end.to_be_bytes());
+        }
         b
     }
 
-    pub fn decode(b: &[u8]) -> Option<SyncedEnd> {
-        Some(SyncedEnd {
-            day: u32::from_be_bytes(b.get(..4)?.try_into().ok()?),
-            end: u64::from_be_bytes(b.get(4..12)?.try_into().ok()?),
-        })
+    pub fn decode(b: &[u8]) -> SyncedEnds {
+        SyncedEnds(
+            b.chunks_exact(12)
+                .map(|c| {
+                    let day = u32::from_be_bytes(c[..4].try_into().expect("4 bytes"));
+                    let end = u64::from_be_bytes(c[4..].try_into().expect("8 bytes"));
+                    (day, end)
+                })
+                .collect(),
+        )
     }
 
-    /// How far into the segment of `day` this vouches for: to `Some(end)`; `None` for a
-    /// segment newer than the one synced (nothing vouched, a torn tail is possible). An
-    /// older segment is vouched for whole (`u64::MAX`): it was synced before a newer one
-    /// was written to.
-    fn covers(&self, day: u32) -> Option<u64> {
-        match day.cmp(&self.day) {
-            std::cmp::Ordering::Less => Some(u64::MAX),
-            std::cmp::Ordering::Equal => Some(self.end),
-            std::cmp::Ordering::Greater => None,
+    /// How far into the segment of `day` a sync vouches for, if any did.
+    pub fn of(&self, day: u32) -> Option<u64> {
+        self.0.get(&day).copied()
+    }
+}
+
+/// [`SyncedEnds`] as this process keeps it: changed by every sync and removal, recorded in
+/// the store when `generation` moved past `recorded`.
+#[derive(Debug, Default)]
+struct Synced {
+    ends: SyncedEnds,
+    generation: u64,
+    recorded: u64,
+}
+
+impl Synced {
+    fn set(&mut self, day: u32, end: Option<u64>) {
+        let old = match end {
+            Some(end) => self.ends.0.insert(day, end),
+            None => self.ends.0.remove(&day),
+        };
+        if old != end {
+            self.generation += 1;
         }
     }
 }
@@ -156,11 +179,10 @@ pub struct PlatformLog {
     /// The newest segment's day: [`PlatformLog::write`] never writes into an older one, so
     /// a clock set back does not put what is stored next before what was stored already.
     newest: std::sync::atomic::AtomicU32,
-    /// What the last sync made durable in this process (see [`SyncedEnd`]).
-    synced: Mutex<Option<SyncedEnd>>,
-    /// What an earlier run's syncs made durable, as its journal recorded it.
-    vouched: Mutex<Option<SyncedEnd>>,
-    /// Segments found cut short of `vouched`, for the load to refuse.
+    /// Where each segment was synced to: as the store recorded it at the open, then kept up
+    /// to date by every sync (see [`SyncedEnds`]).
+    synced: Mutex<Synced>,
+    /// Segments found cut short of their synced end, for the load to refuse.
     cut_short: Mutex<Vec<CutShort>>,
 }
 
@@ -216,8 +238,7 @@ impl PlatformLog {
             key,
             newest: std::sync::atomic::AtomicU32::new(0),
             failed: std::sync::atomic::AtomicBool::new(false),
-            synced: Mutex::new(None),
-            vouched: Mutex::new(None),
+            synced: Mutex::new(Synced::default()),
             cut_short: Mutex::new(Vec::new()),
         };
         // The newest segment's end is found when it is first read or written to, not here:
@@ -228,15 +249,21 @@ impl PlatformLog {
         Ok(log)
     }
 
-    /// Sets what an earlier run's syncs made durable (read from the journal's store): a
-    /// block that does not read before it is damage, not a torn write. Before any read.
-    pub fn vouch(&self, synced: Option<SyncedEnd>) {
-        *self.vouched.lock().unwrap_or_else(|e| e.into_inner()) = synced;
+    /// Sets where an earlier run synced each segment to (read from the journal's store): a
+    /// block that does not read before that is damage, not a torn write. Before any read.
+    pub fn vouch(&self, ends: SyncedEnds) {
+        let mut synced = self.synced_lock();
+        synced.ends = ends;
+        synced.recorded = synced.generation;
     }
 
-    /// What the last sync in this process made durable, if any.
-    pub fn synced_end(&self) -> Option<SyncedEnd> {
-        *self.synced.lock().unwrap_or_else(|e| e.into_inner())
+    /// Where each segment was synced to, as far as this process knows.
+    pub fn synced_ends(&self) -> SyncedEnds {
+        self.synced_lock().ends.clone()
+    }
+
+    fn synced_lock(&self) -> std::sync::MutexGuard<'_, Synced> {
+        self.synced.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn ends(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, u64>> {
@@ -260,9 +287,15 @@ impl PlatformLog {
         if let Some(&end) = self.ends().get(&day) {
             return Ok(end);
         }
+        self.find_end(day, 0)
+    }
+
+    /// [`PlatformLog::end_of`], read from `start` (where a block starts): a start reads only
+    /// what follows the synced end of a segment that is not among the newest.
+    fn find_end(&self, day: u32, start: u64) -> Result<u64, JournalError> {
         // The end of the last intact block, read past damage (see `PlatformLog::resume`).
-        let mut whole = 0u64;
-        let mut from = 0u64;
+        let mut whole = start;
+        let mut from = start;
         loop {
             let mut stop = from;
             match self.read(day, from, &mut |b| {
@@ -282,8 +315,7 @@ impl PlatformLog {
             }
         }
         let path = self.dir.join(segment_name(day));
-        let vouched = *self.vouched.lock().unwrap_or_else(|e| e.into_inner());
-        let synced_to = vouched.and_then(|v| v.covers(day));
+        let synced_to = self.synced_lock().ends.of(day);
         let mut end = whole;
         match first_nonzero(&path, whole).map_err(io)? {
             Some(at) if synced_to.is_some_and(|s| at < s || whole < s) => {
@@ -312,7 +344,7 @@ impl PlatformLog {
                 f.sync_all().map_err(io)?;
             }
             None => {
-                if let Some(synced) = synced_to.filter(|&s| s != u64::MAX && whole < s) {
+                if let Some(synced) = synced_to.filter(|&s| whole < s) {
                     tracing::error!(
                         segment = %path.display(),
                         blocks_end = whole,
@@ -348,14 +380,29 @@ impl PlatformLog {
     }
 
     /// Cuts a torn block off the end of the two newest segments (a stop at midnight can
-    /// tear the last block of the day before; see [`PlatformLog::end_of`]), for a start's
-    /// load to read a whole log. Damage before intact blocks is left as it lies, for the
-    /// load to refuse, as is a synced block that does not read. Returns the segments found
-    /// cut short of what an earlier run synced.
+    /// tear the last block of the day before; see [`PlatformLog::end_of`]), and off the end
+    /// of older ones past their synced end (retention carries messages into older segments),
+    /// for a start's load to read a whole log. Damage before intact blocks is left as it
+    /// lies, for the load to refuse, as is a synced block that does not read. Returns the
+    /// newest segments found cut short of what an earlier run synced.
     pub fn repair_newest(&self) -> Result<Vec<CutShort>, JournalError> {
         let segments = self.segments()?;
-        for &(day, _) in segments.iter().rev().take(2) {
-            self.end_of(day)?;
+        let newest: Vec<u32> = segments.iter().rev().take(2).map(|&(d, _)| d).collect();
+        let synced = self.synced_ends();
+        // Entries of segments no longer there (removed before their removal was recorded).
+        for &day in synced.0.keys() {
+            if !segments.iter().any(|&(d, _)| d == day) {
+                self.synced_lock().set(day, None);
+            }
+        }
+        for &(day, _) in &segments {
+            if newest.contains(&day) {
+                self.end_of(day)?;
+            } else if let Some(end) = synced.of(day) {
+                if !self.ends().contains_key(&day) {
+                    self.find_end(day, end)?;
+                }
+            }
         }
         Ok(std::mem::take(
             &mut *self.cut_short.lock().unwrap_or_else(|e| e.into_inner()),
@@ -426,6 +473,19 @@ impl PlatformLog {
     /// the segments grew by on disk. Staged frames leave the stage only once their block is
     /// written: after a failed write they go with the next.
     pub fn write(&self, day: u32, sync: bool) -> Result<u64, JournalError> {
+        self.write_recorded(day, sync, &mut |_| Ok(()))
+    }
+
+    /// [`PlatformLog::write`] that, with `sync`, also hands `record` where each segment is
+    /// now synced to ([`SyncedEnds`], encoded) if that changed since it was last recorded.
+    /// Called under the same lock as the sync, so records are made in the order of the syncs
+    /// they describe and a later one never records less.
+    pub fn write_recorded(
+        &self,
+        day: u32,
+        sync: bool,
+        record: &mut dyn FnMut(&[u8]) -> Result<(), JournalError>,
+    ) -> Result<u64, JournalError> {
         self.usable()?;
         let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
         let day = day.max(self.newest.load(std::sync::atomic::Ordering::Relaxed));
@@ -436,18 +496,21 @@ impl PlatformLog {
             s.frames.clear();
         }
         if sync {
-            let mut current = self.lock();
-            if let Some(c) = current.as_mut() {
-                if c.dirty {
+            {
+                let mut current = self.lock();
+                if let Some(c) = current.as_mut().filter(|c| c.dirty) {
                     self.synced(c.file.sync_data())?;
                     c.dirty = false;
+                    self.synced_lock().set(c.day, Some(c.len));
                 }
-                *self.synced.lock().unwrap_or_else(|e| e.into_inner()) = Some(SyncedEnd {
-                    day: c.day,
-                    end: c.len,
-                });
+            }
+            let mut synced = self.synced_lock();
+            if synced.recorded != synced.generation {
+                record(&synced.ends.encode())?;
+                synced.recorded = synced.generation;
             }
         }
+        drop(s);
         Ok(written)
     }
 
@@ -470,6 +533,8 @@ impl PlatformLog {
         if current.as_ref().is_none_or(|c| c.day != day) {
             if let Some(old) = current.as_mut().filter(|c| c.dirty) {
                 self.synced(old.file.sync_data())?;
+                old.dirty = false;
+                self.synced_lock().set(old.day, Some(old.len));
             }
             if let Some(old) = current.take() {
                 self.note_end(old.day, old.len);
@@ -486,6 +551,7 @@ impl PlatformLog {
             if created {
                 // A day written again after its file was removed starts from nothing.
                 self.ends().remove(&day);
+                self.synced_lock().set(day, None);
                 File::open(&self.dir)
                     .and_then(|d| d.sync_all())
                     .map_err(io)?;
@@ -613,6 +679,7 @@ impl PlatformLog {
             *current = None;
         }
         self.ends().remove(&day);
+        self.synced_lock().set(day, None);
         match std::fs::remove_file(self.dir.join(segment_name(day))) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -668,6 +735,7 @@ impl PlatformLog {
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         self.ends().insert(day, out.len() as u64);
+        self.synced_lock().set(day, Some(out.len() as u64));
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
     }
 }

@@ -46,7 +46,7 @@ const META_PLATFORM_RULES: &[u8] = b"platform_rules";
 /// Set by `journal salvage` in the fresh store: its untagged state (the rule set, the chain's
 /// head and anchor) is adopted at the next start, as with a key created at that start.
 pub(super) const META_INTEGRITY_ADOPT: &[u8] = b"integrity_adopt";
-/// Where the platform log was synced to (a [`files::SyncedEnd`]), recorded after each sync so
+/// Where the platform log's segments were synced to ([`files::SyncedEnds`]), recorded after each sync so
 /// that the next start tells a torn last block from damage to one that was acknowledged.
 pub(super) const META_PLATFORM_SYNCED: &[u8] = b"platform_synced";
 
@@ -640,9 +640,13 @@ mod integrity_tests {
             };
             j.remember_instruction_id(&stale).unwrap();
             j.write_platform(true).unwrap();
-            // A block after it, damaged: its stand-in is made at the load, not signed then.
-            j.store_instruction(&instruction("WB2", "I-2", Action::Hold))
-                .unwrap();
+            // A block after it, damaged: its stand-in is made at the load, and the signature
+            // time in it is not trusted.
+            let damaged = Instruction {
+                signature: signed(20_000),
+                ..instruction("WB2", "I-2", Action::Hold)
+            };
+            j.store_instruction(&damaged).unwrap();
             j.write_platform(true).unwrap();
             j.store_declaration(&declaration("WB3", "c1", 5)).unwrap();
             j.write_platform(true).unwrap();
@@ -778,6 +782,58 @@ mod integrity_tests {
                 assert!(table.known("WB2").declaration.is_some());
             }
         }
+    }
+
+    /// Retention carries messages into older segments than the newest: a block it wrote
+    /// there and a stop tore before its sync is cut off quietly at the next start (it was
+    /// never acknowledged, and the segment it was carried from is removed only after the
+    /// sync), not refused as damage; what was synced there before it is kept.
+    #[test]
+    fn a_torn_block_past_an_older_segments_synced_end_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = today();
+        let block_end = |j: &Journal, day: u32| {
+            let mut end = 0;
+            j.platform_log
+                .read(day, 0, &mut |b| {
+                    end = b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64;
+                    Ok(true)
+                })
+                .unwrap();
+            end
+        };
+        let torn = {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            for (w, day) in [("WB1", now - 2), ("WB2", now - 1), ("WB3", now)] {
+                j.store_declaration_on(&declaration(w, "c1", 5), day)
+                    .unwrap();
+                j.write_platform(true).unwrap();
+            }
+            // Carried into the oldest segment as retention does, not synced yet.
+            let d = serde_json::to_vec(&declaration("WB4", "c1", 5)).unwrap();
+            let unit = super::log::encode([super::log::Frame::about(
+                super::log::Kind::Declaration,
+                now - 2,
+                "WB4",
+                &d,
+            )]);
+            j.platform_log.append_sealed(now - 2, &unit).unwrap();
+            let torn = block_end(&j, now - 2);
+            j.db.flush().unwrap();
+            torn
+        };
+        let path = super::files::dir_of(dir.path()).join(super::files::segment_name(now - 2));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[torn as usize - 3..torn as usize].fill(0);
+        std::fs::write(&path, bytes).unwrap();
+        let j = keyed(dir.path());
+        let table = j.load_clearance().unwrap();
+        assert!(j.refused_entries().is_empty(), "{:?}", j.refused_entries());
+        for w in ["WB1", "WB2", "WB3"] {
+            assert!(table.known(w).declaration.is_some(), "{w}");
+        }
+        assert!(table.known("WB4").declaration.is_none(), "torn: cut off");
     }
 
     /// A segment whose synced blocks are gone from its end (zeroed or cut off on disk) is
