@@ -104,7 +104,8 @@ impl Line {
             return;
         };
         if outcome.status == DivertStatus::Acked {
-            t.committed_lane = Some(t.lane);
+            let (lane, revision) = (t.lane, t.revision);
+            t.acknowledged(lane, revision);
             t.take_back_tries = 0;
         }
         t.not_taken = outcome.status != DivertStatus::Acked;
@@ -167,7 +168,7 @@ impl Line {
                 // acknowledges is the PLC's until a newer command is taken.
                 if t.revision != revision {
                     if outcome.status == DivertStatus::Acked {
-                        t.committed_lane = Some(lane);
+                        t.acknowledged(lane, revision);
                     }
                     return;
                 }
@@ -225,16 +226,14 @@ impl Line {
         let waybill = tracked
             .as_ref()
             .and_then(|t| t.waybill().map(str::to_string));
-        // The PLC holds the lane of the command it took now: the parcel's current one, or
-        // one since superseded (as an acknowledge of a superseded revision does; a take-back
+        // The PLC holds the lane of the command it took now, unless it acknowledged a newer
+        // revision already: the parcel's current one, or one since superseded (a take-back
         // tried again on the tick supersedes the try whose acknowledge comes late). The
-        // current command counts as taken if it names that lane.
-        if let Some(t) = tracked {
-            if w.command.revision.is_some() {
-                t.committed_lane = Some(lane);
-                if lane == t.lane {
-                    t.not_taken = false;
-                }
+        // current command counts as taken if the PLC holds its lane.
+        if let (Some(t), Some(revision)) = (tracked, w.command.revision) {
+            t.acknowledged(lane, revision);
+            if t.committed_lane == Some(t.lane) {
+                t.not_taken = false;
             }
         }
         let whose = match (parcel, w.command.revision) {

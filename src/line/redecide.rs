@@ -10,7 +10,7 @@ use super::effects::Turn;
 use super::tracking::Change;
 use super::Line;
 use crate::floor::ScanRead;
-use crate::metrics::{unix_ms, Metrics};
+use crate::metrics::Metrics;
 
 impl Line {
     /// New clearance that may concern any parcel: re-decide every one before its deadline.
@@ -56,12 +56,12 @@ impl Line {
         let (mut decision, mut lane) = self.decide(
             &t.read,
             t.weight_g,
-            t.scanned_at,
+            t.counting_ms,
             t.decision.inputs.as_ref(),
             t.xray,
         );
         let read = t.read.clone();
-        let (weight_g, scanned_at) = (t.weight_g, t.scanned_at);
+        let (weight_g, scanned_at, counting_ms) = (t.weight_g, t.scanned_at, t.counting_ms);
         let duplicate = self.one_release(
             parcel,
             &read,
@@ -88,10 +88,7 @@ impl Line {
         let mut counted_now = false;
         if let (ScanRead::Waybill(w), Some(inputs)) = (&read, decision.inputs.as_mut()) {
             if inputs.consumer.is_some() && !inputs.counted {
-                let day = self
-                    .ctx
-                    .calendar
-                    .day_of(self.ctx.table.counting_ms(unix_ms(scanned_at)));
+                let day = self.ctx.calendar.day_of(counting_ms);
                 inputs.counted = self.ctx.table.count(w, day);
                 inputs.counted_day = inputs.counted.then_some(day);
                 counted_now = inputs.counted;
@@ -147,7 +144,7 @@ impl Line {
             let (decision, lane) = self.decide(
                 &t.read,
                 t.weight_g,
-                t.scanned_at,
+                t.counting_ms,
                 t.decision.inputs.as_ref(),
                 t.xray,
             );

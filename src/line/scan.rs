@@ -24,7 +24,7 @@ impl Line {
         &self,
         read: &ScanRead,
         weight_g: Option<u32>,
-        scanned_at: SystemTime,
+        counting_ms: u64,
         prior: Option<&bondline_devices::contract::DecisionInputs>,
         xray: XrayInput,
     ) -> (Decision, u16) {
@@ -32,10 +32,7 @@ impl Line {
             read,
             weight_g,
             weighing: self.ctx.weighing,
-            day: self
-                .ctx
-                .calendar
-                .day_of(self.ctx.table.counting_ms(unix_ms(scanned_at))),
+            day: self.ctx.calendar.day_of(counting_ms),
             calendar: &self.ctx.calendar,
             prior,
             xray,
@@ -74,7 +71,11 @@ impl Line {
         } else {
             XrayInput::NotOnLine
         };
-        let (mut decision, mut lane) = self.decide(&scan.read, scan.weight_g, scan.at, None, xray);
+        // The time the parcel counts at in its consumer's history, fixed at its scan (see
+        // `ClearanceTable::counting_ms`): its decisions all count it on the same day.
+        let counting_ms = self.ctx.table.counting_ms(unix_ms(scan.at));
+        let (mut decision, mut lane) =
+            self.decide(&scan.read, scan.weight_g, counting_ms, None, xray);
         let duplicate = self.one_release(
             parcel,
             &scan.read,
@@ -87,10 +88,7 @@ impl Line {
             if inputs.consumer.is_some() {
                 // The parcel joins its consumer's history once, at its first scan; the record
                 // says so, and the journal keeps the mark with the record.
-                let day = self
-                    .ctx
-                    .calendar
-                    .day_of(self.ctx.table.counting_ms(unix_ms(scan.at)));
+                let day = self.ctx.calendar.day_of(counting_ms);
                 inputs.counted = self.ctx.table.count(w, day);
                 inputs.counted_day = inputs.counted.then_some(day);
             }
@@ -107,6 +105,7 @@ impl Line {
             read: scan.read,
             weight_g: scan.weight_g,
             scanned_at: scan.at,
+            counting_ms,
             scanned: scan.instant,
             deadline,
             decision,
@@ -114,6 +113,7 @@ impl Line {
             lane,
             revision: 0,
             committed_lane: None,
+            committed_revision: None,
             release_sent: false,
             not_taken: false,
             take_back_tries: 0,

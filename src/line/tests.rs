@@ -613,6 +613,53 @@ fn a_late_acknowledge_of_a_superseded_take_back_counts_as_taken() {
     assert!(world.jobs.is_empty(), "{:?}", world.jobs);
 }
 
+/// A late acknowledge of a command older than one the PLC acknowledged since does not undo
+/// it: a parcel first held (timed out), then released (acknowledged), whose hold comes late
+/// and is then ordered held again, still counts its release as standing, so a take-back
+/// not taken is alerted and tried again.
+#[test]
+fn a_late_acknowledge_of_an_older_command_does_not_undo_a_newer_release() {
+    let mut world = World::new();
+    world.apply(Op::Declare(0));
+    world.apply(Op::Scan(0));
+    let first = world.jobs.pop_back().expect("the first command");
+    assert_ne!(first.lane, RELEASE_LANE);
+    answer(&mut world, &first, DivertStatus::Timeout);
+    world.apply(Op::Order(0, 0));
+    let release = world.jobs.pop_back().expect("the release");
+    assert_eq!(release.lane, RELEASE_LANE);
+    answer(&mut world, &release, DivertStatus::Acked);
+    let late = PlcEvent::LateAck {
+        written: crate::floor::Written {
+            seq: 3,
+            command: crate::floor::Command {
+                parcel: first.parcel,
+                lane: first.lane,
+                revision: Some(first.revision),
+            },
+            at_ms: unix_ms(world.now.wall),
+        },
+        after: Duration::from_millis(400),
+    };
+    world.turn(|l, t| l.on_plc(late, t));
+    world.alerts.clear();
+    world.apply(Op::Order(0, 2));
+    let hold = world.jobs.pop_back().expect("the take-back");
+    assert!(hold.withdraws_release);
+    answer(&mut world, &hold, DivertStatus::Timeout);
+    assert!(
+        world
+            .alerts
+            .iter()
+            .any(|a| a.contains("may reach the release lane")),
+        "{:?}",
+        world.alerts
+    );
+    world.apply(Op::Wait(250));
+    world.apply(Op::Tick);
+    assert!(world.jobs.pop_back().is_some(), "tried again");
+}
+
 /// A waybill retention forgets while its parcel is before the deadline: the parcel is
 /// decided again (undeclared: held) and its release taken back; past the deadline nothing
 /// is commanded or alerted (no new clearance came).

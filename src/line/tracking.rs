@@ -42,6 +42,10 @@ pub struct Tracked {
     /// The line scale's reading, if the scanner station weighs.
     pub weight_g: Option<u32>,
     pub scanned_at: SystemTime,
+    /// The time the parcel counts at in its consumer's history (its scan's, or the
+    /// platform's if the clock was far behind it then; see `ClearanceTable::counting_ms`),
+    /// fixed at the scan so that every decision of the parcel counts it on the same day.
+    pub counting_ms: u64,
     pub scanned: Instant,
     pub deadline: Instant,
     pub decision: Decision,
@@ -53,6 +57,8 @@ pub struct Tracked {
     pub revision: u32,
     /// The lane the PLC last acknowledged, if any.
     pub committed_lane: Option<u16>,
+    /// The revision of the command that named it (see [`Tracked::acknowledged`]).
+    pub committed_revision: Option<u32>,
     /// A release command for the parcel was handed to the PLC link.
     pub release_sent: bool,
     /// The current revision's command is known not to have been taken (timeout, link down,
@@ -75,6 +81,17 @@ pub struct Tracked {
 }
 
 impl Tracked {
+    /// The PLC acknowledged the command of `revision`, to `lane`: it holds that lane now,
+    /// unless it acknowledged a newer revision already (commands are written in revision
+    /// order, and the PLC keeps the last one it took). An acknowledge that comes late, for a
+    /// superseded revision, does not undo a newer one's.
+    pub fn acknowledged(&mut self, lane: u16, revision: u32) {
+        if self.committed_revision.is_none_or(|r| revision >= r) {
+            self.committed_lane = Some(lane);
+            self.committed_revision = Some(revision);
+        }
+    }
+
     pub fn waybill(&self) -> Option<&str> {
         match &self.read {
             ScanRead::Waybill(w) => Some(w),
@@ -217,6 +234,7 @@ mod tests {
             read: ScanRead::Waybill(waybill.into()),
             weight_g: None,
             scanned_at: SystemTime::UNIX_EPOCH,
+            counting_ms: 0,
             scanned,
             deadline: g.deadline(scanned),
             decided_at: SystemTime::UNIX_EPOCH,
@@ -232,6 +250,7 @@ mod tests {
             lane: 3,
             revision: 0,
             committed_lane: None,
+            committed_revision: None,
             release_sent: false,
             not_taken: false,
             take_back_tries: 0,

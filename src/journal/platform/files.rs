@@ -111,6 +111,9 @@ impl SyncedEnds {
     }
 }
 
+/// What records [`SyncedEnds`], encoded, in the journal's store.
+pub type Recorder<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(), JournalError>;
+
 /// [`SyncedEnds`] as this process keeps it: changed by every sync and removal, recorded in
 /// the store when `generation` moved past `recorded`.
 #[derive(Debug, Default)]
@@ -384,7 +387,8 @@ impl PlatformLog {
     /// of older ones past their synced end (retention carries messages into older segments),
     /// for a start's load to read a whole log. Damage before intact blocks is left as it
     /// lies, for the load to refuse, as is a synced block that does not read. Returns the
-    /// newest segments found cut short of what an earlier run synced.
+    /// segments found cut short of what an earlier run synced (the newest read through,
+    /// older ones by their size).
     pub fn repair_newest(&self) -> Result<Vec<CutShort>, JournalError> {
         let segments = self.segments()?;
         let newest: Vec<u32> = segments.iter().rev().take(2).map(|&(d, _)| d).collect();
@@ -395,11 +399,34 @@ impl PlatformLog {
                 self.synced_lock().set(day, None);
             }
         }
-        for &(day, _) in &segments {
+        for &(day, size) in &segments {
             if newest.contains(&day) {
-                self.end_of(day)?;
+                let end = self.end_of(day)?;
+                if synced.of(day).is_none() {
+                    // No sync vouched for it (an older build's log): durable as it is now.
+                    let path = self.dir.join(segment_name(day));
+                    self.synced(File::open(&path).and_then(|f| f.sync_data()))?;
+                    self.synced_lock().set(day, Some(end));
+                }
             } else if let Some(end) = synced.of(day) {
-                if !self.ends().contains_key(&day) {
+                if size < end {
+                    // Shorter than where it was synced to: cut on disk.
+                    tracing::error!(
+                        segment = %segment_name(day),
+                        size,
+                        synced_to = end,
+                        "the platform log's segment is shorter than what was synced to it: cut short on disk"
+                    );
+                    self.cut_short
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(CutShort {
+                            day,
+                            at: size,
+                            synced: end,
+                        });
+                    self.ends().insert(day, size);
+                } else if !self.ends().contains_key(&day) {
                     self.find_end(day, end)?;
                 }
             }
@@ -473,7 +500,7 @@ impl PlatformLog {
     /// the segments grew by on disk. Staged frames leave the stage only once their block is
     /// written: after a failed write they go with the next.
     pub fn write(&self, day: u32, sync: bool) -> Result<u64, JournalError> {
-        self.write_recorded(day, sync, &mut |_| Ok(()))
+        self.write_with(day, sync, None)
     }
 
     /// [`PlatformLog::write`] that, with `sync`, also hands `record` where each segment is
@@ -484,7 +511,16 @@ impl PlatformLog {
         &self,
         day: u32,
         sync: bool,
-        record: &mut dyn FnMut(&[u8]) -> Result<(), JournalError>,
+        record: Recorder<'_>,
+    ) -> Result<u64, JournalError> {
+        self.write_with(day, sync, Some(record))
+    }
+
+    fn write_with(
+        &self,
+        day: u32,
+        sync: bool,
+        record: Option<Recorder<'_>>,
     ) -> Result<u64, JournalError> {
         self.usable()?;
         let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
@@ -499,13 +535,16 @@ impl PlatformLog {
             {
                 let mut current = self.lock();
                 if let Some(c) = current.as_mut().filter(|c| c.dirty) {
+                    // A sync another thread saw fail: a second one on the same file would
+                    // return Ok without the lost pages.
+                    self.usable()?;
                     self.synced(c.file.sync_data())?;
                     c.dirty = false;
                     self.synced_lock().set(c.day, Some(c.len));
                 }
             }
             let mut synced = self.synced_lock();
-            if synced.recorded != synced.generation {
+            if let Some(record) = record.filter(|_| synced.recorded != synced.generation) {
                 record(&synced.ends.encode())?;
                 synced.recorded = synced.generation;
             }
@@ -532,6 +571,7 @@ impl PlatformLog {
         let mut current = self.lock();
         if current.as_ref().is_none_or(|c| c.day != day) {
             if let Some(old) = current.as_mut().filter(|c| c.dirty) {
+                self.usable()?;
                 self.synced(old.file.sync_data())?;
                 old.dirty = false;
                 self.synced_lock().set(old.day, Some(old.len));
@@ -558,6 +598,13 @@ impl PlatformLog {
             }
             let allocated = file.metadata().map_err(io)?.len();
             let len = self.end_of(day)?;
+            if !created && self.synced_lock().ends.of(day).is_none() {
+                // An older segment no sync vouched for yet (an older build's, or one not
+                // written since the map was last recorded): durable as it is now, so that a
+                // block torn after it is told from damage before it.
+                self.synced(file.sync_data())?;
+                self.synced_lock().set(day, Some(len));
+            }
             *current = Some(Current {
                 day,
                 file,
@@ -694,8 +741,15 @@ impl PlatformLog {
     /// meanwhile (sealed already) are kept, after them; nothing is written while it runs.
     pub fn rewrite(&self, day: u32, units: &[Vec<u8>], read_to: u64) -> Result<(), JournalError> {
         let mut current = self.lock();
-        if let Some(c) = current.as_mut().filter(|c| c.day == day) {
-            self.note_end(day, c.len);
+        if let Some(c) = current.as_mut() {
+            // Written and not yet synced (the writer's sync would find no segment open).
+            if c.dirty {
+                self.usable()?;
+                self.synced(c.file.sync_data())?;
+                c.dirty = false;
+                self.synced_lock().set(c.day, Some(c.len));
+            }
+            self.note_end(c.day, c.len);
         }
         *current = None;
         let mut units = units.to_vec();

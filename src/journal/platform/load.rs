@@ -432,7 +432,9 @@ impl Journal {
                     for unit in log::pack(&fs) {
                         self.platform_log.append_sealed(MOVED_DAY, &unit)?;
                     }
-                    self.platform_log.write(MOVED_DAY, true)?;
+                    // Synced, and where it was synced to recorded: the older build's trees,
+                    // the only other copy, are emptied next.
+                    self.write_platform(true)?;
                     let mut gone = sled::Batch::default();
                     for k in keys.drain(..) {
                         gone.remove(k);

@@ -836,6 +836,40 @@ mod integrity_tests {
         assert!(table.known("WB4").declaration.is_none(), "torn: cut off");
     }
 
+    /// A segment older than the two newest, shorter on disk than where it was synced to (cut
+    /// by someone with the disk), is refused as cut short: what it lost was acknowledged.
+    #[test]
+    fn an_older_segment_shorter_than_its_synced_end_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = today();
+        {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            for (w, day) in [("WB1", now - 2), ("WB2", now - 1), ("WB3", now)] {
+                j.store_declaration_on(&declaration(w, "c1", 5), day)
+                    .unwrap();
+                j.write_platform(true).unwrap();
+            }
+            j.db.flush().unwrap();
+        }
+        let path = super::files::dir_of(dir.path()).join(super::files::segment_name(now - 2));
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(20).unwrap();
+        drop(f);
+        let j = keyed(dir.path());
+        let table = j.load_clearance().unwrap();
+        assert!(table.known("WB1").declaration.is_none());
+        let refused: Vec<String> = j
+            .refused_entries()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            refused.iter().any(|r| r.contains("cut short on disk")),
+            "{refused:?}"
+        );
+    }
+
     /// A segment whose synced blocks are gone from its end (zeroed or cut off on disk) is
     /// refused as damage, since nothing says whom the lost messages were about; a block
     /// written but never synced and torn by a crash is still cut off quietly.
