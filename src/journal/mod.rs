@@ -351,6 +351,14 @@ impl Journal {
                 if let Some(v) = meta.get(platform::META_PLATFORM_SYNCED)? {
                     log.vouch(platform::files::SyncedEnds::decode(&v));
                 }
+                let meta = meta.clone();
+                log.set_recorder(move |ends, durable| {
+                    meta.insert(platform::META_PLATFORM_SYNCED, ends)?;
+                    if durable {
+                        meta.flush()?;
+                    }
+                    Ok(())
+                });
                 log
             }),
             purge_cursor: Arc::default(),

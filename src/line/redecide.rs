@@ -10,7 +10,7 @@ use super::effects::Turn;
 use super::tracking::Change;
 use super::Line;
 use crate::floor::ScanRead;
-use crate::metrics::Metrics;
+use crate::metrics::{unix_ms, Metrics};
 
 impl Line {
     /// New clearance that may concern any parcel: re-decide every one before its deadline.
@@ -50,6 +50,15 @@ impl Line {
     /// is re-committed even to the same lane, so its record and anomaly name the rule (an
     /// X-ray verdict on a parcel already bound for inspection while it waited for it).
     pub(super) fn redecide_with(&mut self, parcel: u32, flag_matters: bool, turn: &mut Turn) {
+        let Some(t) = self.tracker.get_mut(parcel) else {
+            return;
+        };
+        if t.decision.rule == crate::rules::STATE_LOADING {
+            // Scanned while the table loaded, when the platform's clock was known only as
+            // far as the load had read: the time it counts at is taken again, now that it
+            // is known (a clock set back at boot is just when a load runs).
+            t.counting_ms = self.ctx.table.counting_ms(unix_ms(t.scanned_at));
+        }
         let Some(t) = self.tracker.get(parcel) else {
             return;
         };

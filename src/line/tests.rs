@@ -426,6 +426,41 @@ fn a_clock_set_back_counts_a_parcel_on_the_platform_day() {
     }
 }
 
+/// A parcel scanned while the table loads, when the platform's clock is not known yet (a
+/// clock set back at boot is just when a load runs), counts on the platform's day once the
+/// load tells it: the time it counts at is taken again when it is decided after the load.
+#[test]
+fn a_parcel_scanned_during_the_load_counts_on_the_platform_day_known_after_it() {
+    let day_ms = 86_400_000u64;
+    let mut world = World::new();
+    let wall = unix_ms(world.now.wall);
+    let table = world.line.ctx.table.clone();
+    table.begin_loading(1);
+    let w = WAYBILLS[0];
+    let declared: Declaration = serde_json::from_value(serde_json::json!({
+        "schema": SCHEMA,
+        "waybill": w,
+        "enterprise": "E1",
+        "consumer": "C-1",
+        "identity_verified": true,
+        "value_minor": 1234,
+    }))
+    .unwrap();
+    world.apply(Op::Scan(0));
+    assert_eq!(table.known(w).counted_day, None);
+    // What the load reads: the declaration, and a signature three days ahead of the clock.
+    table.apply_declaration(&declared);
+    table.note_platform_time(wall + 3 * day_ms);
+    table.finish_loading();
+    world.declared.insert(w.to_string());
+    world.turn(|l, t| l.on_change_all(t));
+    let cal = &world.line.ctx.calendar;
+    assert_eq!(
+        table.known(w).counted_day,
+        Some(cal.day_of(wall + 3 * day_ms))
+    );
+}
+
 /// The PLC's answer to a job, as its link reports it.
 fn answer(world: &mut World, job: &Divert, status: DivertStatus) {
     let ev = PlcEvent::Outcome {

@@ -76,7 +76,7 @@ fn io(e: std::io::Error) -> JournalError {
 
 /// Where each segment was synced to: the end of its blocks at its last sync, by day.
 /// Everything before it was durable then. Recorded by the journal in its store at each
-/// synced write ([`PlatformLog::write_recorded`]) and handed to the next open
+/// synced write ([`PlatformLog::set_recorder`]) and handed to the next open
 /// ([`PlatformLog::vouch`]); a segment with no entry (an older build's, or one written since
 /// the last record) is vouched for nowhere.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -111,8 +111,23 @@ impl SyncedEnds {
     }
 }
 
-/// What records [`SyncedEnds`], encoded, in the journal's store.
-pub type Recorder<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(), JournalError>;
+/// What records [`SyncedEnds`], encoded, in the journal's store; with `true`, durably
+/// before it returns.
+type RecordFn = dyn Fn(&[u8], bool) -> Result<(), JournalError> + Send + Sync;
+
+/// The journal's [`RecordFn`], once set ([`PlatformLog::set_recorder`]).
+#[derive(Default)]
+struct Recorder(std::sync::OnceLock<Box<RecordFn>>);
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Recorder(set)"
+        } else {
+            "Recorder(unset)"
+        })
+    }
+}
 
 /// [`SyncedEnds`] as this process keeps it: changed by every sync and removal, recorded in
 /// the store when `generation` moved past `recorded`.
@@ -187,6 +202,8 @@ pub struct PlatformLog {
     synced: Mutex<Synced>,
     /// Segments found cut short of their synced end, for the load to refuse.
     cut_short: Mutex<Vec<CutShort>>,
+    /// Records `synced` in the journal's store.
+    recorder: Recorder,
 }
 
 impl Drop for PlatformLog {
@@ -243,6 +260,7 @@ impl PlatformLog {
             failed: std::sync::atomic::AtomicBool::new(false),
             synced: Mutex::new(Synced::default()),
             cut_short: Mutex::new(Vec::new()),
+            recorder: Recorder::default(),
         };
         // The newest segment's end is found when it is first read or written to, not here:
         // it can hold gigabytes, and the store's open is on the start's way.
@@ -258,6 +276,32 @@ impl PlatformLog {
         let mut synced = self.synced_lock();
         synced.ends = ends;
         synced.recorded = synced.generation;
+    }
+
+    /// Sets what records where each segment was synced to in the journal's store (see
+    /// [`SyncedEnds`]): called after every synced [`PlatformLog::write`] that changed it
+    /// (durable with the store's next flush, which comes before anything it covers is
+    /// acknowledged), and at once, durably, when a segment no sync vouched for is first
+    /// written to, or rewritten.
+    pub fn set_recorder(
+        &self,
+        record: impl Fn(&[u8], bool) -> Result<(), JournalError> + Send + Sync + 'static,
+    ) {
+        let _ = self.recorder.0.set(Box::new(record));
+    }
+
+    /// Records where each segment was synced to if that changed since it was last recorded
+    /// (`durable`: in the store's files before it returns).
+    fn record(&self, durable: bool) -> Result<(), JournalError> {
+        let Some(record) = self.recorder.0.get() else {
+            return Ok(());
+        };
+        let mut synced = self.synced_lock();
+        if synced.recorded != synced.generation {
+            record(&synced.ends.encode(), durable)?;
+            synced.recorded = synced.generation;
+        }
+        Ok(())
     }
 
     /// Where each segment was synced to, as far as this process knows.
@@ -296,6 +340,11 @@ impl PlatformLog {
     /// [`PlatformLog::end_of`], read from `start` (where a block starts): a start reads only
     /// what follows the synced end of a segment that is not among the newest.
     fn find_end(&self, day: u32, start: u64) -> Result<u64, JournalError> {
+        if start > 0 && !self.block_may_start(day, start)? {
+            // The synced end recorded is not where a block starts (a layout it no longer
+            // describes): read through from the start instead.
+            return self.find_end(day, 0);
+        }
         // The end of the last intact block, read past damage (see `PlatformLog::resume`).
         let mut whole = start;
         let mut from = start;
@@ -344,7 +393,7 @@ impl PlatformLog {
                 let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
                 let len = f.metadata().map_err(io)?.len();
                 zero(&f, whole, len).map_err(io)?;
-                f.sync_all().map_err(io)?;
+                self.synced(f.sync_all())?;
             }
             None => {
                 if let Some(synced) = synced_to.filter(|&s| whole < s) {
@@ -368,6 +417,18 @@ impl PlatformLog {
         // Exactly here (the read noted the end of what it read, torn bytes included).
         self.ends().insert(day, end);
         Ok(end)
+    }
+
+    /// Whether a block may start at `at` of the segment of `day`: its first byte is the
+    /// magic, or zero (the end, or a block torn before its first byte was written).
+    fn block_may_start(&self, day: u32, at: u64) -> Result<bool, JournalError> {
+        let file = File::open(self.dir.join(segment_name(day))).map_err(io)?;
+        let mut b = [0u8; 1];
+        match file.read_exact_at(&mut b, at) {
+            Ok(()) => Ok(b[0] == MAGIC || b[0] == 0),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+            Err(e) => Err(io(e)),
+        }
     }
 
     /// Where reading the segment of `day` goes on after it stopped at `stop` (zeros or a
@@ -400,16 +461,20 @@ impl PlatformLog {
             }
         }
         for &(day, size) in &segments {
-            if newest.contains(&day) {
-                let end = self.end_of(day)?;
-                if synced.of(day).is_none() {
-                    // No sync vouched for it (an older build's log): durable as it is now.
+            match synced.of(day) {
+                None => {
+                    // No sync vouched for it (an older build's log, or a segment not
+                    // written since the map was last recorded): read through, a torn
+                    // block cut off its end, and durable as it is now.
+                    let end = self.end_of(day)?;
                     let path = self.dir.join(segment_name(day));
                     self.synced(File::open(&path).and_then(|f| f.sync_data()))?;
                     self.synced_lock().set(day, Some(end));
                 }
-            } else if let Some(end) = synced.of(day) {
-                if size < end {
+                Some(_) if newest.contains(&day) => {
+                    self.end_of(day)?;
+                }
+                Some(end) if size < end => {
                     // Shorter than where it was synced to: cut on disk.
                     tracing::error!(
                         segment = %segment_name(day),
@@ -426,11 +491,15 @@ impl PlatformLog {
                             synced: end,
                         });
                     self.ends().insert(day, size);
-                } else if !self.ends().contains_key(&day) {
-                    self.find_end(day, end)?;
+                }
+                Some(end) => {
+                    if !self.ends().contains_key(&day) {
+                        self.find_end(day, end)?;
+                    }
                 }
             }
         }
+        self.record(true)?;
         Ok(std::mem::take(
             &mut *self.cut_short.lock().unwrap_or_else(|e| e.into_inner()),
         ))
@@ -500,28 +569,6 @@ impl PlatformLog {
     /// the segments grew by on disk. Staged frames leave the stage only once their block is
     /// written: after a failed write they go with the next.
     pub fn write(&self, day: u32, sync: bool) -> Result<u64, JournalError> {
-        self.write_with(day, sync, None)
-    }
-
-    /// [`PlatformLog::write`] that, with `sync`, also hands `record` where each segment is
-    /// now synced to ([`SyncedEnds`], encoded) if that changed since it was last recorded.
-    /// Called under the same lock as the sync, so records are made in the order of the syncs
-    /// they describe and a later one never records less.
-    pub fn write_recorded(
-        &self,
-        day: u32,
-        sync: bool,
-        record: Recorder<'_>,
-    ) -> Result<u64, JournalError> {
-        self.write_with(day, sync, Some(record))
-    }
-
-    fn write_with(
-        &self,
-        day: u32,
-        sync: bool,
-        record: Option<Recorder<'_>>,
-    ) -> Result<u64, JournalError> {
         self.usable()?;
         let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
         let day = day.max(self.newest.load(std::sync::atomic::Ordering::Relaxed));
@@ -543,11 +590,9 @@ impl PlatformLog {
                     self.synced_lock().set(c.day, Some(c.len));
                 }
             }
-            let mut synced = self.synced_lock();
-            if let Some(record) = record.filter(|_| synced.recorded != synced.generation) {
-                record(&synced.ends.encode())?;
-                synced.recorded = synced.generation;
-            }
+            // Recorded under the stage's lock, as the sync was: records are made in the order
+            // of the syncs they describe, and a later one never records less.
+            self.record(false)?;
         }
         drop(s);
         Ok(written)
@@ -604,6 +649,9 @@ impl PlatformLog {
                 // block torn after it is told from damage before it.
                 self.synced(file.sync_data())?;
                 self.synced_lock().set(day, Some(len));
+                // Durable before a block goes in: torn by a stop, that block is told from
+                // what is vouched for at the next start.
+                self.record(true)?;
             }
             *current = Some(Current {
                 day,
@@ -628,7 +676,8 @@ impl PlatformLog {
             // Room made first, of zeros, durable with the file's new length.
             let to = need.div_ceil(GROW_BYTES) * GROW_BYTES;
             zero(&c.file, c.allocated, to).map_err(io)?;
-            c.file.sync_all().map_err(io)?;
+            self.usable()?;
+            self.synced(c.file.sync_all())?;
             grown = to - c.allocated;
             c.allocated = to;
         }
@@ -789,8 +838,12 @@ impl PlatformLog {
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         self.ends().insert(day, out.len() as u64);
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        // Every block moved: the entry of the layout before must not outlive it.
         self.synced_lock().set(day, Some(out.len() as u64));
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
+        self.record(true)
     }
 }
 

@@ -432,8 +432,9 @@ impl Journal {
                     for unit in log::pack(&fs) {
                         self.platform_log.append_sealed(MOVED_DAY, &unit)?;
                     }
-                    // Synced, and where it was synced to recorded: the older build's trees,
-                    // the only other copy, are emptied next.
+                    // Synced, and where it was synced to recorded (durable with the trees'
+                    // removal below, in the same store): the older build's trees, the only
+                    // other copy, are emptied next.
                     self.write_platform(true)?;
                     let mut gone = sled::Batch::default();
                     for k in keys.drain(..) {

@@ -428,6 +428,16 @@ mod integrity_tests {
         std::fs::write(&path, bytes).unwrap();
     }
 
+    /// Puts back where the segments were synced to, as the store recorded it before a
+    /// crash: a clean drop syncs and records what a crash would have left unsynced.
+    fn crashed_with(dir: &std::path::Path, ends: &super::files::SyncedEnds) {
+        let db = crate::journal::open_db(dir).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert(super::META_PLATFORM_SYNCED, ends.encode())
+            .unwrap();
+        db.flush().unwrap();
+    }
+
     /// Replaces the block at `offset` of the segment of `day` by `payload` and drops what
     /// followed it, as an intruder with the files could.
     fn replace_block(j: &Journal, day: u32, offset: u64, payload: &[u8]) {
@@ -802,7 +812,7 @@ mod integrity_tests {
                 .unwrap();
             end
         };
-        let torn = {
+        let (torn, recorded) = {
             let j = keyed_new(dir.path());
             j.load_clearance().unwrap();
             for (w, day) in [("WB1", now - 2), ("WB2", now - 1), ("WB3", now)] {
@@ -810,6 +820,7 @@ mod integrity_tests {
                     .unwrap();
                 j.write_platform(true).unwrap();
             }
+            let recorded = j.platform_log.synced_ends();
             // Carried into the oldest segment as retention does, not synced yet.
             let d = serde_json::to_vec(&declaration("WB4", "c1", 5)).unwrap();
             let unit = super::log::encode([super::log::Frame::about(
@@ -819,10 +830,9 @@ mod integrity_tests {
                 &d,
             )]);
             j.platform_log.append_sealed(now - 2, &unit).unwrap();
-            let torn = block_end(&j, now - 2);
-            j.db.flush().unwrap();
-            torn
+            (block_end(&j, now - 2), recorded)
         };
+        crashed_with(dir.path(), &recorded);
         let path = super::files::dir_of(dir.path()).join(super::files::segment_name(now - 2));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[torn as usize - 3..torn as usize].fill(0);
@@ -854,7 +864,9 @@ mod integrity_tests {
         }
         let path = super::files::dir_of(dir.path()).join(super::files::segment_name(now - 2));
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(20).unwrap();
+        // At a block's boundary (its start): the load alone reads what is left and sees
+        // nothing wrong.
+        f.set_len(0).unwrap();
         drop(f);
         let j = keyed(dir.path());
         let table = j.load_clearance().unwrap();
@@ -886,18 +898,20 @@ mod integrity_tests {
                 .unwrap();
             end
         };
-        let (synced, torn_end) = {
+        let (synced, torn_end, recorded) = {
             let j = keyed_new(dir.path());
             j.load_clearance().unwrap();
             j.store_declaration(&declaration("WB1", "c1", 5)).unwrap();
             j.write_platform(true).unwrap();
             let synced = last_block_end(&j);
+            let recorded = j.platform_log.synced_ends();
             // Written, not synced: a crash may tear it.
             j.store_declaration(&declaration("WB2", "c1", 5)).unwrap();
             j.write_platform(false).unwrap();
-            j.db.flush().unwrap();
-            (synced, last_block_end(&j))
+            (synced, last_block_end(&j), recorded)
         };
+        // The crash came before the stop's sync of it was recorded.
+        crashed_with(dir.path(), &recorded);
         let path = super::files::dir_of(dir.path()).join(super::files::segment_name(today()));
         let zero = |from: u64, to: u64| {
             let mut bytes = std::fs::read(&path).unwrap();

@@ -36,16 +36,10 @@ impl Journal {
     }
 
     /// Writes what is staged as a block of today's segment, and with `sync` makes the
-    /// platform log durable and records where each segment was synced to (durable with the
-    /// store's next flush, which comes before anything it covers is acknowledged; see
-    /// [`files::SyncedEnds`]).
+    /// platform log durable and records where each segment was synced to (see
+    /// [`files::PlatformLog::set_recorder`]).
     pub(in crate::journal) fn write_platform(&self, sync: bool) -> Result<(), JournalError> {
-        let written = self
-            .platform_log
-            .write_recorded(today(), sync, &mut |ends| {
-                self.meta.insert(super::META_PLATFORM_SYNCED, ends)?;
-                Ok(())
-            })?;
+        let written = self.platform_log.write(today(), sync)?;
         self.platform_grow(written, 0);
         Ok(())
     }
