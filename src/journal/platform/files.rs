@@ -150,14 +150,12 @@ impl Synced {
     }
 }
 
-/// A segment whose blocks end before the end an earlier run synced: what was there is gone
-/// (cut off or zeroed on disk), and nothing says whom it was about.
+/// A segment an earlier run synced that is gone from the disk: what it held is lost, and
+/// nothing says whom it was about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CutShort {
+pub struct Lost {
     pub day: u32,
-    /// Where its blocks end.
-    pub at: u64,
-    /// Where they ended when synced.
+    /// Where its blocks ended when synced.
     pub synced: u64,
 }
 
@@ -200,8 +198,6 @@ pub struct PlatformLog {
     /// Where each segment was synced to: as the store recorded it at the open, then kept up
     /// to date by every sync (see [`SyncedEnds`]).
     synced: Mutex<Synced>,
-    /// Segments found cut short of their synced end, for the load to refuse.
-    cut_short: Mutex<Vec<CutShort>>,
     /// Records `synced` in the journal's store.
     recorder: Recorder,
 }
@@ -259,7 +255,6 @@ impl PlatformLog {
             newest: std::sync::atomic::AtomicU32::new(0),
             failed: std::sync::atomic::AtomicBool::new(false),
             synced: Mutex::new(Synced::default()),
-            cut_short: Mutex::new(Vec::new()),
             recorder: Recorder::default(),
         };
         // The newest segment's end is found when it is first read or written to, not here:
@@ -340,7 +335,7 @@ impl PlatformLog {
     /// [`PlatformLog::end_of`], read from `start` (where a block starts): a start reads only
     /// what follows the synced end of a segment that is not among the newest.
     fn find_end(&self, day: u32, start: u64) -> Result<u64, JournalError> {
-        if start > 0 && !self.block_may_start(day, start)? {
+        if start > 0 && !self.block_at(day, start)? {
             // The synced end recorded is not where a block starts (a layout it no longer
             // describes): read through from the start instead.
             return self.find_end(day, 0);
@@ -395,40 +390,26 @@ impl PlatformLog {
                 zero(&f, whole, len).map_err(io)?;
                 self.synced(f.sync_all())?;
             }
-            None => {
-                if let Some(synced) = synced_to.filter(|&s| whole < s) {
-                    tracing::error!(
-                        segment = %path.display(),
-                        blocks_end = whole,
-                        synced_to = synced,
-                        "the platform log's segment ends before what was synced to it: cut short on disk"
-                    );
-                    self.cut_short
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(CutShort {
-                            day,
-                            at: whole,
-                            synced,
-                        });
-                }
-            }
+            // Blocks that end before the synced end, zeros after them: the load reports
+            // the segment cut short (it reads every segment to its end).
+            None => {}
         }
         // Exactly here (the read noted the end of what it read, torn bytes included).
         self.ends().insert(day, end);
         Ok(end)
     }
 
-    /// Whether a block may start at `at` of the segment of `day`: its first byte is the
-    /// magic, or zero (the end, or a block torn before its first byte was written).
-    fn block_may_start(&self, day: u32, at: u64) -> Result<bool, JournalError> {
-        let file = File::open(self.dir.join(segment_name(day))).map_err(io)?;
-        let mut b = [0u8; 1];
-        match file.read_exact_at(&mut b, at) {
-            Ok(()) => Ok(b[0] == MAGIC || b[0] == 0),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
-            Err(e) => Err(io(e)),
+    /// Whether an intact block starts at `at` of the segment of `day`, or only zeros follow
+    /// it: where a recorded synced end can be read on from. Anything else (a torn block
+    /// there, or an end recorded for a layout the segment no longer has) is read from the
+    /// segment's start, so that no genuine block is taken for a torn one.
+    fn block_at(&self, day: u32, at: u64) -> Result<bool, JournalError> {
+        let path = self.dir.join(segment_name(day));
+        if first_nonzero(&path, at).map_err(io)?.is_none() {
+            return Ok(true);
         }
+        let file = File::open(&path).map_err(io)?;
+        Ok(next_intact_block(&file, at).map_err(io)? == Some(at))
     }
 
     /// Where reading the segment of `day` goes on after it stopped at `stop` (zeros or a
@@ -450,59 +431,50 @@ impl PlatformLog {
     /// lies, for the load to refuse, as is a synced block that does not read. Returns the
     /// segments found cut short of what an earlier run synced (the newest read through,
     /// older ones by their size).
-    pub fn repair_newest(&self) -> Result<Vec<CutShort>, JournalError> {
+    pub fn repair_newest(&self) -> Result<Vec<Lost>, JournalError> {
         let segments = self.segments()?;
         let newest: Vec<u32> = segments.iter().rev().take(2).map(|&(d, _)| d).collect();
         let synced = self.synced_ends();
-        // Entries of segments no longer there (removed before their removal was recorded).
-        for &day in synced.0.keys() {
+        // A segment removed has its entry taken out durably before its file goes: a file gone
+        // with its entry still there was lost on disk, and what it held with it. Reported
+        // once (the entry goes too).
+        let mut lost = Vec::new();
+        for (&day, &end) in &synced.0 {
             if !segments.iter().any(|&(d, _)| d == day) {
+                tracing::error!(
+                    segment = %segment_name(day),
+                    synced_to = end,
+                    "a platform log file that was synced is gone from the disk"
+                );
+                lost.push(Lost { day, synced: end });
                 self.synced_lock().set(day, None);
             }
         }
-        for &(day, size) in &segments {
+        for &(day, _) in &segments {
             match synced.of(day) {
-                None => {
-                    // No sync vouched for it (an older build's log, or a segment not
-                    // written since the map was last recorded): read through, a torn
+                None if newest.contains(&day) => {
+                    // No sync vouched for it (an older build's log): read through, a torn
                     // block cut off its end, and durable as it is now.
                     let end = self.end_of(day)?;
+                    self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))?;
                     let path = self.dir.join(segment_name(day));
                     self.synced(File::open(&path).and_then(|f| f.sync_data()))?;
                     self.synced_lock().set(day, Some(end));
                 }
+                // An older one no sync vouched for is left as it lies, for the load (which
+                // refuses what does not read); it is vouched for when next written to.
+                None => {}
                 Some(_) if newest.contains(&day) => {
                     self.end_of(day)?;
                 }
-                Some(end) if size < end => {
-                    // Shorter than where it was synced to: cut on disk.
-                    tracing::error!(
-                        segment = %segment_name(day),
-                        size,
-                        synced_to = end,
-                        "the platform log's segment is shorter than what was synced to it: cut short on disk"
-                    );
-                    self.cut_short
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(CutShort {
-                            day,
-                            at: size,
-                            synced: end,
-                        });
-                    self.ends().insert(day, size);
+                Some(end) if !self.ends().contains_key(&day) => {
+                    self.find_end(day, end)?;
                 }
-                Some(end) => {
-                    if !self.ends().contains_key(&day) {
-                        self.find_end(day, end)?;
-                    }
-                }
+                Some(_) => {}
             }
         }
         self.record(true)?;
-        Ok(std::mem::take(
-            &mut *self.cut_short.lock().unwrap_or_else(|e| e.into_inner()),
-        ))
+        Ok(lost)
     }
 
     /// An error once a sync failed (see the field `failed`).
@@ -637,9 +609,7 @@ impl PlatformLog {
                 // A day written again after its file was removed starts from nothing.
                 self.ends().remove(&day);
                 self.synced_lock().set(day, None);
-                File::open(&self.dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io)?;
+                self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))?;
             }
             let allocated = file.metadata().map_err(io)?.len();
             let len = self.end_of(day)?;
@@ -647,6 +617,7 @@ impl PlatformLog {
                 // An older segment no sync vouched for yet (an older build's, or one not
                 // written since the map was last recorded): durable as it is now, so that a
                 // block torn after it is told from damage before it.
+                self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))?;
                 self.synced(file.sync_data())?;
                 self.synced_lock().set(day, Some(len));
                 // Durable before a block goes in: torn by a stop, that block is told from
@@ -775,13 +746,18 @@ impl PlatformLog {
             *current = None;
         }
         self.ends().remove(&day);
+        drop(current);
+        // Its entry goes durably before the file does (and what was carried out of it, synced
+        // by the caller, is recorded with it): a start that finds a file gone with its entry
+        // still there knows it was lost, not removed.
         self.synced_lock().set(day, None);
+        self.record(true)?;
         match std::fs::remove_file(self.dir.join(segment_name(day))) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
+        self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))
     }
 
     /// Replaces the segment of `day`, read up to `read_to` into `units`, by blocks of
@@ -801,6 +777,10 @@ impl PlatformLog {
             self.note_end(c.day, c.len);
         }
         *current = None;
+        // Every block moves: the entry of the layout before goes durably first, so that it
+        // is never read against the new one.
+        self.synced_lock().set(day, None);
+        self.record(true)?;
         let mut units = units.to_vec();
         let end = self.end_of(day)?;
         if end > read_to {
@@ -838,10 +818,7 @@ impl PlatformLog {
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         self.ends().insert(day, out.len() as u64);
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        // Every block moved: the entry of the layout before must not outlive it.
+        self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))?;
         self.synced_lock().set(day, Some(out.len() as u64));
         self.record(true)
     }

@@ -123,18 +123,17 @@ impl Journal {
         }
         // A block torn at the end of the log by a crash is cut off first (it was never
         // acknowledged), so that the load reads to the end.
-        // A segment cut short of where an earlier run synced it lost acknowledged messages
-        // whose waybills nothing names: refused as damage is.
-        for cut in self.platform_log.repair_newest()? {
+        // A segment an earlier run synced that is gone lost acknowledged messages whose
+        // waybills nothing names: refused as damage is.
+        for lost in self.platform_log.repair_newest()? {
             load.refused.push(RefusedEntry {
                 tree: TREE_LOG,
                 key: format!(
-                    "{} offset {} (synced to {})",
-                    super::files::segment_name(cut.day),
-                    cut.at,
-                    cut.synced
+                    "{} (synced to {})",
+                    super::files::segment_name(lost.day),
+                    lost.synced
                 ),
-                why: "cut short on disk",
+                why: "file gone from the disk",
             });
         }
         // The platform state's bytes, summed on the way (see `Journal::platform_bytes`).
@@ -221,6 +220,8 @@ impl Journal {
         let end = Cell::new(0u64);
         let mut from = 0u64;
         let mut damage = Vec::new();
+        // Where an earlier run synced this segment to, if it recorded it.
+        let vouched = self.platform_log.synced_ends().of(day);
         let mut handle = |b: super::files::Block| {
             end.set(b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64);
             let block = block_key(day, b.offset);
@@ -297,6 +298,24 @@ impl Journal {
             let rest = super::files::first_nonzero(&path, stop)
                 .map_err(|e| JournalError::Store(sled::Error::Io(e)))?;
             let Some(at) = rest else {
+                // Zeros from here: the segment ends, and must not end before where an
+                // earlier run synced it (zeroed, cut or an older copy put back on disk).
+                if let Some(synced) = vouched.filter(|&s| stop < s) {
+                    tracing::error!(
+                        segment = %path.display(),
+                        blocks_end = stop,
+                        synced_to = synced,
+                        "the platform log's segment ends before what was synced to it: cut short on disk"
+                    );
+                    damage.push(RefusedEntry {
+                        tree: TREE_LOG,
+                        key: format!(
+                            "{} offset {stop} (synced to {synced})",
+                            super::files::segment_name(day)
+                        ),
+                        why: "cut short on disk",
+                    });
+                }
                 break stop;
             };
             damaged.set(true);

@@ -882,6 +882,66 @@ mod integrity_tests {
         );
     }
 
+    /// A file of the log removed by retention is gone without a word at the next start; one
+    /// that was synced and is gone from the disk otherwise is refused once (what it held is
+    /// lost, and nothing says whom it was about). A segment older than the two newest whose
+    /// synced tail was zeroed in place (its size unchanged) is refused as cut short.
+    #[test]
+    fn a_synced_file_gone_or_zeroed_is_refused_and_one_removed_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = today();
+        {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            for (w, day) in [
+                ("WB1", now - 3),
+                ("WB2", now - 2),
+                ("WB3", now - 1),
+                ("WB4", now),
+            ] {
+                j.store_declaration_on(&declaration(w, "c1", 5), day)
+                    .unwrap();
+                j.write_platform(true).unwrap();
+            }
+            // Removed as retention removes a file.
+            j.platform_log.remove(now - 3).unwrap();
+        }
+        let refused = |j: &Journal| -> Vec<String> {
+            j.refused_entries()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        {
+            let j = keyed(dir.path());
+            j.load_clearance().unwrap();
+            assert!(refused(&j).is_empty(), "{:?}", refused(&j));
+        }
+        let path =
+            |day: u32| super::files::dir_of(dir.path()).join(super::files::segment_name(day));
+        std::fs::remove_file(path(now - 1)).unwrap();
+        let mut bytes = std::fs::read(path(now - 2)).unwrap();
+        bytes.fill(0);
+        std::fs::write(path(now - 2), bytes).unwrap();
+        {
+            let j = keyed(dir.path());
+            let table = j.load_clearance().unwrap();
+            let r = refused(&j);
+            assert!(
+                r.iter().any(|r| r.contains("file gone from the disk")),
+                "{r:?}"
+            );
+            assert!(r.iter().any(|r| r.contains("cut short on disk")), "{r:?}");
+            assert!(table.known("WB4").declaration.is_some());
+        }
+        // The file gone is reported once; the zeroed one at every start.
+        let j = keyed(dir.path());
+        j.load_clearance().unwrap();
+        let r = refused(&j);
+        assert!(!r.iter().any(|r| r.contains("file gone")), "{r:?}");
+        assert!(r.iter().any(|r| r.contains("cut short on disk")), "{r:?}");
+    }
+
     /// A segment whose synced blocks are gone from its end (zeroed or cut off on disk) is
     /// refused as damage, since nothing says whom the lost messages were about; a block
     /// written but never synced and torn by a crash is still cut off quietly.
