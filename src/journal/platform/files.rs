@@ -135,7 +135,9 @@ impl std::fmt::Debug for Recorder {
 struct Synced {
     ends: SyncedEnds,
     generation: u64,
+    /// The generation last handed to the store, and the one last made durable there.
     recorded: u64,
+    flushed: u64,
 }
 
 impl Synced {
@@ -271,6 +273,7 @@ impl PlatformLog {
         let mut synced = self.synced_lock();
         synced.ends = ends;
         synced.recorded = synced.generation;
+        synced.flushed = synced.generation;
     }
 
     /// Sets what records where each segment was synced to in the journal's store (see
@@ -292,9 +295,13 @@ impl PlatformLog {
             return Ok(());
         };
         let mut synced = self.synced_lock();
-        if synced.recorded != synced.generation {
+        let generation = synced.generation;
+        if synced.recorded != generation || (durable && synced.flushed != generation) {
             record(&synced.ends.encode(), durable)?;
-            synced.recorded = synced.generation;
+            synced.recorded = generation;
+            if durable {
+                synced.flushed = generation;
+            }
         }
         Ok(())
     }
@@ -404,12 +411,18 @@ impl PlatformLog {
     /// there, or an end recorded for a layout the segment no longer has) is read from the
     /// segment's start, so that no genuine block is taken for a torn one.
     fn block_at(&self, day: u32, at: u64) -> Result<bool, JournalError> {
-        let path = self.dir.join(segment_name(day));
-        if first_nonzero(&path, at).map_err(io)?.is_none() {
-            return Ok(true);
+        let file = File::open(self.dir.join(segment_name(day))).map_err(io)?;
+        let mut header = [0u8; BLOCK_HEADER];
+        match file.read_exact_at(&mut header, at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(true),
+            Err(e) => return Err(io(e)),
         }
-        let file = File::open(&path).map_err(io)?;
-        Ok(next_intact_block(&file, at).map_err(io)? == Some(at))
+        // Zeros (the end, or a block torn before its header was written: read on from here,
+        // and a torn tail past it is cut), or an intact block.
+        let size = file.metadata().map_err(io)?.len();
+        Ok(header == [0; BLOCK_HEADER]
+            || intact_block_at(&file, at, size, MAX_PAYLOAD).map_err(io)?)
     }
 
     /// Where reading the segment of `day` goes on after it stopped at `stop` (zeros or a
@@ -432,6 +445,9 @@ impl PlatformLog {
     /// segments found cut short of what an earlier run synced (the newest read through,
     /// older ones by their size).
     pub fn repair_newest(&self) -> Result<Vec<Lost>, JournalError> {
+        // No block is written meanwhile (a spill restored beside the load): one would look
+        // like a torn tail.
+        let _current = self.lock();
         let segments = self.segments()?;
         let newest: Vec<u32> = segments.iter().rev().take(2).map(|&(d, _)| d).collect();
         let synced = self.synced_ends();
@@ -447,7 +463,6 @@ impl PlatformLog {
                     "a platform log file that was synced is gone from the disk"
                 );
                 lost.push(Lost { day, synced: end });
-                self.synced_lock().set(day, None);
             }
         }
         for &(day, _) in &segments {
@@ -475,6 +490,21 @@ impl PlatformLog {
         }
         self.record(true)?;
         Ok(lost)
+    }
+
+    /// Forgets the entries of segments reported lost (once the load noted them refused), so
+    /// that each loss is reported at one start.
+    pub fn forget_lost(&self, lost: &[Lost]) -> Result<(), JournalError> {
+        if lost.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut synced = self.synced_lock();
+            for l in lost {
+                synced.set(l.day, None);
+            }
+        }
+        self.record(true)
     }
 
     /// An error once a sync failed (see the field `failed`).
@@ -606,10 +636,13 @@ impl PlatformLog {
                 .open(&path)
                 .map_err(io)?;
             if created {
-                // A day written again after its file was removed starts from nothing.
+                // A day written again after its file was removed starts from nothing; vouched
+                // for from its birth (durably, before a block goes in), so that a block torn
+                // in it is always told from damage, whichever segment it is.
                 self.ends().remove(&day);
-                self.synced_lock().set(day, None);
                 self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))?;
+                self.synced_lock().set(day, Some(0));
+                self.record(true)?;
             }
             let allocated = file.metadata().map_err(io)?.len();
             let len = self.end_of(day)?;
@@ -853,9 +886,27 @@ fn zero(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Where the next intact block (its magic, a length that fits and a matching checksum)
-/// starts at or after `from` in `file`, if one does. Read a window at a time; a candidate's
-/// length is taken up to 8 MiB (a block the log writes holds one flush, about 1 MiB at most).
+/// Whether an intact block (its magic, a length up to `max_len` that fits in the file, and a
+/// matching checksum) starts at `at` of `file`, `size` bytes long.
+fn intact_block_at(file: &File, at: u64, size: u64, max_len: usize) -> std::io::Result<bool> {
+    let mut header = [0u8; BLOCK_HEADER];
+    if at + BLOCK_HEADER as u64 > size {
+        return Ok(false);
+    }
+    file.read_exact_at(&mut header, at)?;
+    let len = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes"));
+    if header[0] != MAGIC || len == 0 || len > max_len || at + (BLOCK_HEADER + len) as u64 > size {
+        return Ok(false);
+    }
+    let mut payload = vec![0u8; len];
+    file.read_exact_at(&mut payload, at + BLOCK_HEADER as u64)?;
+    Ok(block_crc(&payload) == crc)
+}
+
+/// Where the next intact block starts at or after `from` in `file`, if one does. Read a
+/// window at a time; a candidate's length is taken up to 8 MiB (a block the log writes
+/// holds one flush, about 1 MiB at most).
 fn next_intact_block(file: &File, from: u64) -> std::io::Result<Option<u64>> {
     const WINDOW: usize = 1 << 20;
     const MAX_CANDIDATE: usize = 8 << 20;
@@ -867,19 +918,7 @@ fn next_intact_block(file: &File, from: u64) -> std::io::Result<Option<u64>> {
         file.read_exact_at(&mut window[..n], base)?;
         for i in (0..n).filter(|&i| window[i] == MAGIC) {
             let at = base + i as u64;
-            let mut header = [0u8; BLOCK_HEADER];
-            if at + BLOCK_HEADER as u64 > size {
-                continue;
-            }
-            file.read_exact_at(&mut header, at)?;
-            let len = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes"));
-            if len == 0 || len > MAX_CANDIDATE || at + (BLOCK_HEADER + len) as u64 > size {
-                continue;
-            }
-            let mut payload = vec![0u8; len];
-            file.read_exact_at(&mut payload, at + BLOCK_HEADER as u64)?;
-            if block_crc(&payload) == crc {
+            if intact_block_at(file, at, size, MAX_CANDIDATE)? {
                 return Ok(Some(at));
             }
         }

@@ -125,7 +125,8 @@ impl Journal {
         // acknowledged), so that the load reads to the end.
         // A segment an earlier run synced that is gone lost acknowledged messages whose
         // waybills nothing names: refused as damage is.
-        for lost in self.platform_log.repair_newest()? {
+        let lost = self.platform_log.repair_newest()?;
+        for lost in &lost {
             load.refused.push(RefusedEntry {
                 tree: TREE_LOG,
                 key: format!(
@@ -189,6 +190,8 @@ impl Journal {
             tracing::error!(refused = %r, "stored platform state failed its integrity check and was left out");
             self.note_refused(r);
         }
+        // Noted (an alarm and an alert record at this start): reported once.
+        self.platform_log.forget_lost(&lost)?;
         table.loaded(load.step);
         if cancelled() {
             return Ok(false);

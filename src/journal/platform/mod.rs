@@ -882,6 +882,58 @@ mod integrity_tests {
         );
     }
 
+    /// Retention carries messages into a segment of an older day that has none yet: the
+    /// new segment is vouched for from its birth, so a block torn in it by a crash is cut
+    /// off quietly at the next start, not refused at every start.
+    #[test]
+    fn a_torn_block_in_a_new_older_segment_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = today();
+        let (torn, recorded) = {
+            let j = keyed_new(dir.path());
+            j.load_clearance().unwrap();
+            for (w, day) in [("WB1", now - 1), ("WB2", now)] {
+                j.store_declaration_on(&declaration(w, "c1", 5), day)
+                    .unwrap();
+                j.write_platform(true).unwrap();
+            }
+            let d = serde_json::to_vec(&declaration("WB3", "c1", 5)).unwrap();
+            let unit = super::log::encode([super::log::Frame::about(
+                super::log::Kind::Declaration,
+                now - 5,
+                "WB3",
+                &d,
+            )]);
+            j.platform_log.append_sealed(now - 5, &unit).unwrap();
+            let recorded = j.platform_log.synced_ends();
+            assert_eq!(recorded.of(now - 5), Some(0), "vouched for from its birth");
+            let mut end = 0;
+            j.platform_log
+                .read(now - 5, 0, &mut |b| {
+                    end = b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64;
+                    Ok(true)
+                })
+                .unwrap();
+            (end, recorded)
+        };
+        crashed_with(dir.path(), &recorded);
+        let path = super::files::dir_of(dir.path()).join(super::files::segment_name(now - 5));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[torn as usize - 3..torn as usize].fill(0);
+        std::fs::write(&path, bytes).unwrap();
+        for start in 0..2 {
+            let j = keyed(dir.path());
+            let table = j.load_clearance().unwrap();
+            assert!(
+                j.refused_entries().is_empty(),
+                "start {start}: {:?}",
+                j.refused_entries()
+            );
+            assert!(table.known("WB3").declaration.is_none(), "torn: cut off");
+            assert!(table.known("WB1").declaration.is_some());
+        }
+    }
+
     /// A file of the log removed by retention is gone without a word at the next start; one
     /// that was synced and is gone from the disk otherwise is refused once (what it held is
     /// lost, and nothing says whom it was about). A segment older than the two newest whose
