@@ -361,15 +361,7 @@ fn a_parcel_declared_after_its_scan_is_counted_for_its_consumer() {
     let first = world.jobs.back().cloned().expect("a command for the scan");
     assert_ne!(first.lane, RELEASE_LANE, "undeclared: not released");
     let w = WAYBILLS[0];
-    let declared: Declaration = serde_json::from_value(serde_json::json!({
-        "schema": SCHEMA,
-        "waybill": w,
-        "enterprise": "E1",
-        "consumer": "C-late",
-        "identity_verified": true,
-        "value_minor": 1234,
-    }))
-    .unwrap();
+    let declared = bought_by(w, "C-late");
     world.line.ctx.table.apply_declaration(&declared);
     world.declared.insert(w.to_string());
     world.turn(|l, t| l.on_change(w, t));
@@ -399,15 +391,7 @@ fn a_clock_set_back_counts_a_parcel_on_the_platform_day() {
         let wall = unix_ms(world.now.wall);
         world.line.ctx.table.note_platform_time(wall + ahead_ms);
         let w = WAYBILLS[0];
-        let declared: Declaration = serde_json::from_value(serde_json::json!({
-            "schema": SCHEMA,
-            "waybill": w,
-            "enterprise": "E1",
-            "consumer": "C-1",
-            "identity_verified": true,
-            "value_minor": 1234,
-        }))
-        .unwrap();
+        let declared = bought_by(w, "C-1");
         world.line.ctx.table.apply_declaration(&declared);
         world.declared.insert(w.to_string());
         world.apply(Op::Scan(0));
@@ -437,15 +421,7 @@ fn a_parcel_scanned_during_the_load_counts_on_the_platform_day_known_after_it() 
     let table = world.line.ctx.table.clone();
     table.begin_loading(1);
     let w = WAYBILLS[0];
-    let declared: Declaration = serde_json::from_value(serde_json::json!({
-        "schema": SCHEMA,
-        "waybill": w,
-        "enterprise": "E1",
-        "consumer": "C-1",
-        "identity_verified": true,
-        "value_minor": 1234,
-    }))
-    .unwrap();
+    let declared = bought_by(w, "C-1");
     world.apply(Op::Scan(0));
     assert_eq!(table.known(w).counted_day, None);
     // What the load reads: the declaration, and a signature three days ahead of the clock.
@@ -490,6 +466,36 @@ fn answer(world: &mut World, job: &Divert, status: DivertStatus) {
         })
         .collect();
     world.alerts.extend(alerts);
+}
+
+/// A declaration of `w` naming `consumer`.
+fn bought_by(w: &str, consumer: &str) -> Declaration {
+    serde_json::from_value(serde_json::json!({
+        "schema": SCHEMA,
+        "waybill": w,
+        "enterprise": "E1",
+        "consumer": consumer,
+        "identity_verified": true,
+        "value_minor": 1234,
+    }))
+    .unwrap()
+}
+
+/// The PLC acknowledges `job`'s command after its link gave up waiting for it.
+fn late_ack(world: &mut World, job: &Divert) {
+    let late = PlcEvent::LateAck {
+        written: crate::floor::Written {
+            seq: 3,
+            command: crate::floor::Command {
+                parcel: job.parcel,
+                lane: job.lane,
+                revision: Some(job.revision),
+            },
+            at_ms: unix_ms(world.now.wall),
+        },
+        after: Duration::from_millis(400),
+    };
+    world.turn(|l, t| l.on_plc(late, t));
 }
 
 /// A parcel released (the PLC acknowledged it), then ordered held: the world and the hold's
@@ -627,19 +633,7 @@ fn a_late_acknowledge_of_a_superseded_take_back_counts_as_taken() {
     world.apply(Op::Wait(250));
     world.apply(Op::Tick);
     let again = world.jobs.pop_back().expect("tried again");
-    let late = PlcEvent::LateAck {
-        written: crate::floor::Written {
-            seq: 7,
-            command: crate::floor::Command {
-                parcel: hold.parcel,
-                lane: hold.lane,
-                revision: Some(hold.revision),
-            },
-            at_ms: unix_ms(world.now.wall),
-        },
-        after: Duration::from_millis(300),
-    };
-    world.turn(|l, t| l.on_plc(late, t));
+    late_ack(&mut world, &hold);
     world.alerts.clear();
     answer(&mut world, &again, DivertStatus::Timeout);
     assert!(world.alerts.is_empty(), "{:?}", world.alerts);
@@ -664,19 +658,7 @@ fn a_late_acknowledge_of_an_older_command_does_not_undo_a_newer_release() {
     let release = world.jobs.pop_back().expect("the release");
     assert_eq!(release.lane, RELEASE_LANE);
     answer(&mut world, &release, DivertStatus::Acked);
-    let late = PlcEvent::LateAck {
-        written: crate::floor::Written {
-            seq: 3,
-            command: crate::floor::Command {
-                parcel: first.parcel,
-                lane: first.lane,
-                revision: Some(first.revision),
-            },
-            at_ms: unix_ms(world.now.wall),
-        },
-        after: Duration::from_millis(400),
-    };
-    world.turn(|l, t| l.on_plc(late, t));
+    late_ack(&mut world, &first);
     world.alerts.clear();
     world.apply(Op::Order(0, 2));
     let hold = world.jobs.pop_back().expect("the take-back");

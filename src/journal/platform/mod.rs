@@ -428,6 +428,60 @@ mod integrity_tests {
         std::fs::write(&path, bytes).unwrap();
     }
 
+    /// A new store's load, then a declaration of each waybill stored on its day and synced.
+    fn declared_on(j: &Journal, days: &[(&str, u32)]) {
+        j.load_clearance().unwrap();
+        for &(w, day) in days {
+            j.store_declaration_on(&declaration(w, "c1", 5), day)
+                .unwrap();
+            j.write_platform(true).unwrap();
+        }
+    }
+
+    /// Where the blocks of the segment of `day` end.
+    fn blocks_end(j: &Journal, day: u32) -> u64 {
+        let mut end = 0;
+        j.platform_log
+            .read(day, 0, &mut |b| {
+                end = b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64;
+                Ok(true)
+            })
+            .unwrap();
+        end
+    }
+
+    /// Writes a declaration of `w` into the segment of `day` as retention carries one there
+    /// (not synced).
+    fn carry(j: &Journal, w: &str, day: u32) {
+        let d = serde_json::to_vec(&declaration(w, "c1", 5)).unwrap();
+        let unit = super::log::encode([super::log::Frame::about(
+            super::log::Kind::Declaration,
+            day,
+            w,
+            &d,
+        )]);
+        j.platform_log.append_sealed(day, &unit).unwrap();
+    }
+
+    /// Zeros `from..to` of the segment of `day` of the store in `dir`, as a crash or a disk
+    /// leaves it.
+    fn zero_on_disk(dir: &std::path::Path, day: u32, from: u64, to: u64) {
+        let path = super::files::dir_of(dir).join(super::files::segment_name(day));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[from as usize..to as usize].fill(0);
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    /// Asserts that the load refused something with `why` in its text.
+    fn assert_refused(j: &Journal, why: &str) {
+        let refused: Vec<String> = j
+            .refused_entries()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(refused.iter().any(|r| r.contains(why)), "{refused:?}");
+    }
+
     /// Puts back where the segments were synced to, as the store recorded it before a
     /// crash: a clean drop syncs and records what a crash would have left unsynced.
     fn crashed_with(dir: &std::path::Path, ends: &super::files::SyncedEnds) {
@@ -802,41 +856,16 @@ mod integrity_tests {
     fn a_torn_block_past_an_older_segments_synced_end_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let now = today();
-        let block_end = |j: &Journal, day: u32| {
-            let mut end = 0;
-            j.platform_log
-                .read(day, 0, &mut |b| {
-                    end = b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64;
-                    Ok(true)
-                })
-                .unwrap();
-            end
-        };
         let (torn, recorded) = {
             let j = keyed_new(dir.path());
-            j.load_clearance().unwrap();
-            for (w, day) in [("WB1", now - 2), ("WB2", now - 1), ("WB3", now)] {
-                j.store_declaration_on(&declaration(w, "c1", 5), day)
-                    .unwrap();
-                j.write_platform(true).unwrap();
-            }
+            declared_on(&j, &[("WB1", now - 2), ("WB2", now - 1), ("WB3", now)]);
             let recorded = j.platform_log.synced_ends();
             // Carried into the oldest segment as retention does, not synced yet.
-            let d = serde_json::to_vec(&declaration("WB4", "c1", 5)).unwrap();
-            let unit = super::log::encode([super::log::Frame::about(
-                super::log::Kind::Declaration,
-                now - 2,
-                "WB4",
-                &d,
-            )]);
-            j.platform_log.append_sealed(now - 2, &unit).unwrap();
-            (block_end(&j, now - 2), recorded)
+            carry(&j, "WB4", now - 2);
+            (blocks_end(&j, now - 2), recorded)
         };
         crashed_with(dir.path(), &recorded);
-        let path = super::files::dir_of(dir.path()).join(super::files::segment_name(now - 2));
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[torn as usize - 3..torn as usize].fill(0);
-        std::fs::write(&path, bytes).unwrap();
+        zero_on_disk(dir.path(), now - 2, torn - 3, torn);
         let j = keyed(dir.path());
         let table = j.load_clearance().unwrap();
         assert!(j.refused_entries().is_empty(), "{:?}", j.refused_entries());
@@ -854,12 +883,7 @@ mod integrity_tests {
         let now = today();
         {
             let j = keyed_new(dir.path());
-            j.load_clearance().unwrap();
-            for (w, day) in [("WB1", now - 2), ("WB2", now - 1), ("WB3", now)] {
-                j.store_declaration_on(&declaration(w, "c1", 5), day)
-                    .unwrap();
-                j.write_platform(true).unwrap();
-            }
+            declared_on(&j, &[("WB1", now - 2), ("WB2", now - 1), ("WB3", now)]);
             j.db.flush().unwrap();
         }
         let path = super::files::dir_of(dir.path()).join(super::files::segment_name(now - 2));
@@ -871,15 +895,7 @@ mod integrity_tests {
         let j = keyed(dir.path());
         let table = j.load_clearance().unwrap();
         assert!(table.known("WB1").declaration.is_none());
-        let refused: Vec<String> = j
-            .refused_entries()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert!(
-            refused.iter().any(|r| r.contains("cut short on disk")),
-            "{refused:?}"
-        );
+        assert_refused(&j, "cut short on disk");
     }
 
     /// Retention carries messages into a segment of an older day that has none yet: the
@@ -891,36 +907,14 @@ mod integrity_tests {
         let now = today();
         let (torn, recorded) = {
             let j = keyed_new(dir.path());
-            j.load_clearance().unwrap();
-            for (w, day) in [("WB1", now - 1), ("WB2", now)] {
-                j.store_declaration_on(&declaration(w, "c1", 5), day)
-                    .unwrap();
-                j.write_platform(true).unwrap();
-            }
-            let d = serde_json::to_vec(&declaration("WB3", "c1", 5)).unwrap();
-            let unit = super::log::encode([super::log::Frame::about(
-                super::log::Kind::Declaration,
-                now - 5,
-                "WB3",
-                &d,
-            )]);
-            j.platform_log.append_sealed(now - 5, &unit).unwrap();
+            declared_on(&j, &[("WB1", now - 1), ("WB2", now)]);
+            carry(&j, "WB3", now - 5);
             let recorded = j.platform_log.synced_ends();
             assert_eq!(recorded.of(now - 5), Some(0), "vouched for from its birth");
-            let mut end = 0;
-            j.platform_log
-                .read(now - 5, 0, &mut |b| {
-                    end = b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64;
-                    Ok(true)
-                })
-                .unwrap();
-            (end, recorded)
+            (blocks_end(&j, now - 5), recorded)
         };
         crashed_with(dir.path(), &recorded);
-        let path = super::files::dir_of(dir.path()).join(super::files::segment_name(now - 5));
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[torn as usize - 3..torn as usize].fill(0);
-        std::fs::write(&path, bytes).unwrap();
+        zero_on_disk(dir.path(), now - 5, torn - 3, torn);
         for start in 0..2 {
             let j = keyed(dir.path());
             let table = j.load_clearance().unwrap();
@@ -944,17 +938,15 @@ mod integrity_tests {
         let now = today();
         {
             let j = keyed_new(dir.path());
-            j.load_clearance().unwrap();
-            for (w, day) in [
-                ("WB1", now - 3),
-                ("WB2", now - 2),
-                ("WB3", now - 1),
-                ("WB4", now),
-            ] {
-                j.store_declaration_on(&declaration(w, "c1", 5), day)
-                    .unwrap();
-                j.write_platform(true).unwrap();
-            }
+            declared_on(
+                &j,
+                &[
+                    ("WB1", now - 3),
+                    ("WB2", now - 2),
+                    ("WB3", now - 1),
+                    ("WB4", now),
+                ],
+            );
             // Removed as retention removes a file.
             j.platform_log.remove(now - 3).unwrap();
         }
@@ -1000,16 +992,7 @@ mod integrity_tests {
     #[test]
     fn a_log_cut_short_of_its_synced_end_is_refused_and_a_torn_unsynced_block_is_not() {
         let dir = tempfile::tempdir().unwrap();
-        let last_block_end = |j: &Journal| {
-            let mut end = 0;
-            j.platform_log
-                .read(today(), 0, &mut |b| {
-                    end = b.offset + (super::files::BLOCK_HEADER + b.payload.len()) as u64;
-                    Ok(true)
-                })
-                .unwrap();
-            end
-        };
+        let last_block_end = |j: &Journal| blocks_end(j, today());
         let (synced, torn_end, recorded) = {
             let j = keyed_new(dir.path());
             j.load_clearance().unwrap();
@@ -1024,12 +1007,7 @@ mod integrity_tests {
         };
         // The crash came before the stop's sync of it was recorded.
         crashed_with(dir.path(), &recorded);
-        let path = super::files::dir_of(dir.path()).join(super::files::segment_name(today()));
-        let zero = |from: u64, to: u64| {
-            let mut bytes = std::fs::read(&path).unwrap();
-            bytes[from as usize..to as usize].fill(0);
-            std::fs::write(&path, bytes).unwrap();
-        };
+        let zero = |from: u64, to: u64| zero_on_disk(dir.path(), today(), from, to);
         zero(torn_end - 3, torn_end);
         {
             let j = keyed(dir.path());
@@ -1043,15 +1021,7 @@ mod integrity_tests {
         let j = keyed(dir.path());
         let table = j.load_clearance().unwrap();
         assert!(table.known("WB1").declaration.is_none());
-        let refused: Vec<String> = j
-            .refused_entries()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert!(
-            refused.iter().any(|r| r.contains("cut short on disk")),
-            "{refused:?}"
-        );
+        assert_refused(&j, "cut short on disk");
     }
 
     #[test]
