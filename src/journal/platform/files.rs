@@ -370,6 +370,14 @@ impl PlatformLog {
         }
         let path = self.dir.join(segment_name(day));
         let synced_to = self.synced_lock().ends.of(day);
+        if let Some(s) = synced_to.filter(|&s| s <= whole) {
+            // Past the synced end nothing was acknowledged, and blocks written between two
+            // syncs may reach the disk out of order: an intact block after one that does not
+            // read there is no more durable than it. Kept only while they follow on whole.
+            if self.block_starts(day, s)? {
+                whole = self.whole_from(day, s)?;
+            }
+        }
         let mut end = whole;
         match first_nonzero(&path, whole).map_err(io)? {
             Some(at) if synced_to.is_some_and(|s| at < s || whole < s) => {
@@ -404,6 +412,37 @@ impl PlatformLog {
         // Exactly here (the read noted the end of what it read, torn bytes included).
         self.ends().insert(day, end);
         Ok(end)
+    }
+
+    /// Where the intact blocks that follow one another from `from` (a block's start) end: at
+    /// the first block that does not read, or zeros.
+    fn whole_from(&self, day: u32, from: u64) -> Result<u64, JournalError> {
+        let mut end = from;
+        // A header that does not read is reported and read past (see `PlatformLog::read`):
+        // nothing after the first block that does not read counts.
+        let mut broken = false;
+        match self.read(day, from, &mut |b| {
+            broken |= !b.intact;
+            if !broken {
+                end = b.offset + (BLOCK_HEADER + b.payload.len()) as u64;
+            }
+            Ok(!broken)
+        }) {
+            Ok(()) | Err(ReadError::Damaged(_)) => Ok(end),
+            Err(ReadError::Journal(e)) => Err(e),
+        }
+    }
+
+    /// Whether a block starts at `at` of the segment of `day`, whole or torn (its magic), or
+    /// zeros do: a synced end recorded there is where blocks written since begin.
+    fn block_starts(&self, day: u32, at: u64) -> Result<bool, JournalError> {
+        let file = File::open(self.dir.join(segment_name(day))).map_err(io)?;
+        let mut header = [0u8; BLOCK_HEADER];
+        match file.read_exact_at(&mut header, at) {
+            Ok(()) => Ok(header[0] == MAGIC || header == [0; BLOCK_HEADER]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+            Err(e) => Err(io(e)),
+        }
     }
 
     /// Whether an intact block starts at `at` of the segment of `day`, or only zeros follow

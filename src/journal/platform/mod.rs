@@ -875,6 +875,46 @@ mod integrity_tests {
         assert!(table.known("WB4").declaration.is_none(), "torn: cut off");
     }
 
+    /// Two blocks written after the last recorded sync, the first torn and the second whole
+    /// (blocks written between two syncs may reach the disk out of order): neither was
+    /// acknowledged, so both are cut off at the next start, with nothing refused, whether
+    /// the torn block's header or its payload was lost.
+    #[test]
+    fn blocks_past_the_synced_end_after_a_torn_one_are_cut_off() {
+        for header_lost in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (synced, recorded) = {
+                let j = keyed_new(dir.path());
+                declared_on(&j, &[("WB1", today())]);
+                let recorded = j.platform_log.synced_ends();
+                let synced = blocks_end(&j, today());
+                for w in ["WB2", "WB3"] {
+                    j.store_declaration(&declaration(w, "c1", 5)).unwrap();
+                    j.write_platform(false).unwrap();
+                }
+                (synced, recorded)
+            };
+            crashed_with(dir.path(), &recorded);
+            if header_lost {
+                zero_on_disk(dir.path(), today(), synced, synced + 9);
+            } else {
+                zero_on_disk(dir.path(), today(), synced + 20, synced + 24);
+            }
+            for start in 0..2 {
+                let j = keyed(dir.path());
+                let table = j.load_clearance().unwrap();
+                assert!(
+                    j.refused_entries().is_empty(),
+                    "header lost {header_lost}, start {start}: {:?}",
+                    j.refused_entries()
+                );
+                assert!(table.known("WB1").declaration.is_some());
+                assert!(table.known("WB2").declaration.is_none());
+                assert!(table.known("WB3").declaration.is_none());
+            }
+        }
+    }
+
     /// A segment older than the two newest, shorter on disk than where it was synced to (cut
     /// by someone with the disk), is refused as cut short: what it lost was acknowledged.
     #[test]
@@ -978,7 +1018,14 @@ mod integrity_tests {
             assert!(r.iter().any(|r| r.contains("cut short on disk")), "{r:?}");
             assert!(table.known("WB4").declaration.is_some());
         }
-        // The file gone is reported once; the zeroed one at every start.
+        // Reported again until the daemon raised it (a tool's load leaves it), then once only;
+        // the zeroed file at every start.
+        {
+            let j = keyed(dir.path());
+            j.load_clearance().unwrap();
+            assert_refused(&j, "file gone from the disk");
+            j.lost_segments_raised().unwrap();
+        }
         let j = keyed(dir.path());
         j.load_clearance().unwrap();
         let r = refused(&j);
