@@ -112,17 +112,6 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
     // Platform state refused by its integrity check (clearance table and rule set): an
     // alert in the chain and an alarm for each.
     raise_refused(&l.journal, &l.gateway, &l.alarms, &l.sink);
-    // The store's flush off the async workers (the journal's rule).
-    let journal = l.journal.clone();
-    match tokio::task::spawn_blocking(move || journal.lost_segments_raised()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "platform log files found gone are reported again at the next start")
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "platform log files found gone are reported again at the next start")
-        }
-    }
 }
 
 /// Waits until the clearance table is loaded; false if `stop` comes first.

@@ -204,9 +204,6 @@ pub struct Journal {
     integrity_key: Arc<std::sync::OnceLock<integrity::IntegrityKey>>,
     /// Stored platform entries refused since the store was opened (see [`Journal::refused_entries`]).
     refused: Arc<Mutex<Vec<platform::RefusedEntry>>>,
-    /// Segments of the platform log found gone from the disk at the last load, refused; their
-    /// entries are forgotten once the daemon raised them ([`Journal::lost_segments_raised`]).
-    lost_segments: Arc<Mutex<Vec<platform::files::Lost>>>,
     /// A problem of the record chain found at start (see [`chain_key`]).
     chain_problem: Arc<Mutex<Option<String>>>,
     /// Untagged state is adopted at this start (see [`Journal::set_integrity_key`]).
@@ -385,7 +382,6 @@ impl Journal {
             path: Arc::new(path.to_path_buf()),
             integrity_key,
             refused: Arc::new(Mutex::new(Vec::new())),
-            lost_segments: Arc::default(),
             chain_problem: Arc::new(Mutex::new(None)),
             adopt_untagged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             adopted: Arc::new(Mutex::new(0)),

@@ -202,6 +202,9 @@ pub struct PlatformLog {
     synced: Mutex<Synced>,
     /// Records `synced` in the journal's store.
     recorder: Recorder,
+    /// Segments found gone from the disk when their day was written to again (before a
+    /// start's repair), for the load to refuse.
+    lost_at_creation: Mutex<Vec<Lost>>,
 }
 
 impl Drop for PlatformLog {
@@ -258,6 +261,7 @@ impl PlatformLog {
             failed: std::sync::atomic::AtomicBool::new(false),
             synced: Mutex::new(Synced::default()),
             recorder: Recorder::default(),
+            lost_at_creation: Mutex::new(Vec::new()),
         };
         // The newest segment's end is found when it is first read or written to, not here:
         // it can hold gigabytes, and the store's open is on the start's way.
@@ -439,7 +443,9 @@ impl PlatformLog {
         let file = File::open(self.dir.join(segment_name(day))).map_err(io)?;
         let mut header = [0u8; BLOCK_HEADER];
         match file.read_exact_at(&mut header, at) {
-            Ok(()) => Ok(header[0] == MAGIC || header == [0; BLOCK_HEADER]),
+            // A header whose first bytes are zeros is one torn before they reached the disk
+            // (the recorded end is a block's start: nothing but a block begins there).
+            Ok(()) => Ok(header[0] == MAGIC || header[0] == 0),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
             Err(e) => Err(io(e)),
         }
@@ -490,12 +496,18 @@ impl PlatformLog {
         let segments = self.segments()?;
         let newest: Vec<u32> = segments.iter().rev().take(2).map(|&(d, _)| d).collect();
         let synced = self.synced_ends();
+        let mut lost = std::mem::take(
+            &mut *self
+                .lost_at_creation
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         // A segment removed has its entry taken out durably before its file goes: a file gone
         // with its entry still there was lost on disk, and what it held with it. Reported
-        // once (the entry goes too).
-        let mut lost = Vec::new();
+        // at every start until its day is past the clearance period
+        // ([`PlatformLog::forget_lost_before`]).
         for (&day, &end) in &synced.0 {
-            if !segments.iter().any(|&(d, _)| d == day) {
+            if end > 0 && !segments.iter().any(|&(d, _)| d == day) {
                 tracing::error!(
                     segment = %segment_name(day),
                     synced_to = end,
@@ -531,19 +543,27 @@ impl PlatformLog {
         Ok(lost)
     }
 
-    /// Forgets the entries of segments reported lost (once the load noted them refused), so
-    /// that each loss is reported at one start.
-    pub fn forget_lost(&self, lost: &[Lost]) -> Result<(), JournalError> {
-        if lost.is_empty() {
-            return Ok(());
-        }
+    /// Forgets the entries of segments of days before `before_day` (past the clearance
+    /// period, as retention counts it) whose files are gone: a lost segment is refused at
+    /// every start until then, as a damaged one is kept until its day is forgotten.
+    pub fn forget_lost_before(&self, before_day: u32) -> Result<(), JournalError> {
+        let mut changed = false;
         {
+            let _current = self.lock();
+            let ends = self.synced_ends();
+            let present: Vec<u32> = self.segments()?.into_iter().map(|(d, _)| d).collect();
             let mut synced = self.synced_lock();
-            for l in lost {
-                synced.set(l.day, None);
+            for &day in ends.0.keys() {
+                if day < before_day && !present.contains(&day) {
+                    synced.set(day, None);
+                    changed = true;
+                }
             }
         }
-        self.record(true)
+        if changed {
+            self.record(true)?;
+        }
+        Ok(())
     }
 
     /// An error once a sync failed (see the field `failed`).
@@ -677,7 +697,15 @@ impl PlatformLog {
             if created {
                 // A day written again after its file was removed starts from nothing; vouched
                 // for from its birth (durably, before a block goes in), so that a block torn
-                // in it is always told from damage, whichever segment it is.
+                // in it is always told from damage, whichever segment it is. A file gone with
+                // synced blocks in it was lost, not removed: reported at the next load.
+                if let Some(end) = self.synced_lock().ends.of(day).filter(|&e| e > 0) {
+                    tracing::error!(segment = %segment_name(day), synced_to = end, "a platform log file that was synced is gone from the disk");
+                    self.lost_at_creation
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Lost { day, synced: end });
+                }
                 self.ends().remove(&day);
                 self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))?;
                 self.synced_lock().set(day, Some(0));

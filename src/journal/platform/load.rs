@@ -190,9 +190,6 @@ impl Journal {
             tracing::error!(refused = %r, "stored platform state failed its integrity check and was left out");
             self.note_refused(r);
         }
-        // Forgotten once the daemon raised them (`Journal::lost_segments_raised`), not by a
-        // tool's load.
-        *self.lost_segments.lock().unwrap_or_else(|e| e.into_inner()) = lost;
         table.loaded(load.step);
         if cancelled() {
             return Ok(false);

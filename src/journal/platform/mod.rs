@@ -878,10 +878,10 @@ mod integrity_tests {
     /// Two blocks written after the last recorded sync, the first torn and the second whole
     /// (blocks written between two syncs may reach the disk out of order): neither was
     /// acknowledged, so both are cut off at the next start, with nothing refused, whether
-    /// the torn block's header or its payload was lost.
+    /// the torn block's header, its first bytes or its payload was lost.
     #[test]
     fn blocks_past_the_synced_end_after_a_torn_one_are_cut_off() {
-        for header_lost in [true, false] {
+        for lost in ["header", "its first bytes", "payload"] {
             let dir = tempfile::tempdir().unwrap();
             let (synced, recorded) = {
                 let j = keyed_new(dir.path());
@@ -895,17 +895,17 @@ mod integrity_tests {
                 (synced, recorded)
             };
             crashed_with(dir.path(), &recorded);
-            if header_lost {
-                zero_on_disk(dir.path(), today(), synced, synced + 9);
-            } else {
-                zero_on_disk(dir.path(), today(), synced + 20, synced + 24);
+            match lost {
+                "header" => zero_on_disk(dir.path(), today(), synced, synced + 9),
+                "its first bytes" => zero_on_disk(dir.path(), today(), synced, synced + 3),
+                _ => zero_on_disk(dir.path(), today(), synced + 20, synced + 24),
             }
             for start in 0..2 {
                 let j = keyed(dir.path());
                 let table = j.load_clearance().unwrap();
                 assert!(
                     j.refused_entries().is_empty(),
-                    "header lost {header_lost}, start {start}: {:?}",
+                    "{lost} lost, start {start}: {:?}",
                     j.refused_entries()
                 );
                 assert!(table.known("WB1").declaration.is_some());
@@ -969,8 +969,9 @@ mod integrity_tests {
     }
 
     /// A file of the log removed by retention is gone without a word at the next start; one
-    /// that was synced and is gone from the disk otherwise is refused once (what it held is
-    /// lost, and nothing says whom it was about). A segment older than the two newest whose
+    /// that was synced and is gone from the disk otherwise is refused at every start until
+    /// its day is past the clearance period (what it held is lost, and nothing says whom it
+    /// was about). A segment older than the two newest whose
     /// synced tail was zeroed in place (its size unchanged) is refused as cut short.
     #[test]
     fn a_synced_file_gone_or_zeroed_is_refused_and_one_removed_is_not() {
@@ -1018,13 +1019,15 @@ mod integrity_tests {
             assert!(r.iter().any(|r| r.contains("cut short on disk")), "{r:?}");
             assert!(table.known("WB4").declaration.is_some());
         }
-        // Reported again until the daemon raised it (a tool's load leaves it), then once only;
-        // the zeroed file at every start.
+        // Both at every start, the file gone until its day is past the clearance period.
         {
             let j = keyed(dir.path());
             j.load_clearance().unwrap();
             assert_refused(&j, "file gone from the disk");
-            j.lost_segments_raised().unwrap();
+            assert_refused(&j, "cut short on disk");
+            j.platform_log.forget_lost_before(now - 1).unwrap();
+            assert_refused(&j, "file gone from the disk");
+            j.platform_log.forget_lost_before(now).unwrap();
         }
         let j = keyed(dir.path());
         j.load_clearance().unwrap();

@@ -74,6 +74,9 @@ impl Journal {
             return Ok(out);
         }
         self.consumer_days_usable()?;
+        // Files lost from the disk are refused at every start until their day is past the
+        // period too.
+        self.platform_log.forget_lost_before(before_day)?;
         let mut cursor = self.purge_cursor.lock().unwrap_or_else(|e| e.into_inner());
         let (mut day_at, mut offset) = match *cursor {
             Some((cut, day, offset)) if cut == before_day => (day, offset),

@@ -70,15 +70,6 @@ impl Journal {
         out
     }
 
-    /// The daemon raised the load's refusals (alarms and alert records): segments of the
-    /// platform log found gone from the disk are reported at that one start, not again. A
-    /// tool's load (`journal verify`) leaves them for the daemon.
-    pub fn lost_segments_raised(&self) -> Result<(), JournalError> {
-        let lost =
-            std::mem::take(&mut *self.lost_segments.lock().unwrap_or_else(|e| e.into_inner()));
-        self.platform_log.forget_lost(&lost)
-    }
-
     pub(super) fn note_refused(&self, r: RefusedEntry) {
         self.refused
             .lock()
