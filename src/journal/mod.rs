@@ -348,12 +348,20 @@ impl Journal {
             aging: db.open_tree("aging")?,
             platform_log: Arc::new({
                 let log = platform::files::PlatformLog::open(path, integrity_key.clone())?;
-                if let Some(v) = meta.get(platform::META_PLATFORM_SYNCED)? {
-                    log.vouch(platform::files::SyncedEnds::decode(&v));
-                }
+                let stored = |key: &[u8]| -> Result<_, JournalError> {
+                    Ok(meta
+                        .get(key)?
+                        .map(|v| platform::files::SyncedEnds::decode(&v))
+                        .unwrap_or_default())
+                };
+                log.vouch(
+                    stored(platform::META_PLATFORM_SYNCED)?,
+                    stored(platform::META_PLATFORM_LOST)?,
+                );
                 let meta = meta.clone();
-                log.set_recorder(move |ends, durable| {
+                log.set_recorder(move |ends, lost, durable| {
                     meta.insert(platform::META_PLATFORM_SYNCED, ends)?;
+                    meta.insert(platform::META_PLATFORM_LOST, lost)?;
                     if durable {
                         meta.flush()?;
                     }

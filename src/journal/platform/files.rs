@@ -50,6 +50,10 @@ pub const GROW_BYTES: u64 = 16 << 20;
 #[cfg(test)]
 pub const GROW_BYTES: u64 = 64 << 10;
 
+/// Where, inside the platform log's directory, an operator puts a damaged segment taken out
+/// of the log (README, "A damaged journal"): its entry is then forgotten, not reported lost.
+pub const SET_ASIDE: &str = "set-aside";
+
 /// The directory of the platform log of the store at `store`.
 pub fn dir_of(store: &Path) -> PathBuf {
     let mut name = store.as_os_str().to_owned();
@@ -113,7 +117,8 @@ impl SyncedEnds {
 
 /// What records [`SyncedEnds`], encoded, in the journal's store; with `true`, durably
 /// before it returns.
-type RecordFn = dyn Fn(&[u8], bool) -> Result<(), JournalError> + Send + Sync;
+/// The first slice is [`SyncedEnds`], the second the segments lost (the same encoding).
+type RecordFn = dyn Fn(&[u8], &[u8], bool) -> Result<(), JournalError> + Send + Sync;
 
 /// The journal's [`RecordFn`], once set ([`PlatformLog::set_recorder`]).
 #[derive(Default)]
@@ -134,6 +139,10 @@ impl std::fmt::Debug for Recorder {
 #[derive(Debug, Default)]
 struct Synced {
     ends: SyncedEnds,
+    /// Segments found gone from the disk with synced blocks in them, by day, with where they
+    /// were synced to: refused at every start until their day is past the clearance period
+    /// ([`PlatformLog::forget_lost_before`]), even once the day is written again.
+    lost: SyncedEnds,
     generation: u64,
     /// The generation last handed to the store, and the one last made durable there.
     recorded: u64,
@@ -149,6 +158,13 @@ impl Synced {
         if old != end {
             self.generation += 1;
         }
+    }
+
+    /// The segment of `day`, synced to `end`, is gone from the disk: its entry becomes a loss.
+    fn lose(&mut self, day: u32, end: u64) {
+        self.lost.0.insert(day, end);
+        self.set(day, None);
+        self.generation += 1;
     }
 }
 
@@ -202,9 +218,6 @@ pub struct PlatformLog {
     synced: Mutex<Synced>,
     /// Records `synced` in the journal's store.
     recorder: Recorder,
-    /// Segments found gone from the disk when their day was written to again (before a
-    /// start's repair), for the load to refuse.
-    lost_at_creation: Mutex<Vec<Lost>>,
 }
 
 impl Drop for PlatformLog {
@@ -261,7 +274,6 @@ impl PlatformLog {
             failed: std::sync::atomic::AtomicBool::new(false),
             synced: Mutex::new(Synced::default()),
             recorder: Recorder::default(),
-            lost_at_creation: Mutex::new(Vec::new()),
         };
         // The newest segment's end is found when it is first read or written to, not here:
         // it can hold gigabytes, and the store's open is on the start's way.
@@ -273,9 +285,10 @@ impl PlatformLog {
 
     /// Sets where an earlier run synced each segment to (read from the journal's store): a
     /// block that does not read before that is damage, not a torn write. Before any read.
-    pub fn vouch(&self, ends: SyncedEnds) {
+    pub fn vouch(&self, ends: SyncedEnds, lost: SyncedEnds) {
         let mut synced = self.synced_lock();
         synced.ends = ends;
+        synced.lost = lost;
         synced.recorded = synced.generation;
         synced.flushed = synced.generation;
     }
@@ -287,7 +300,7 @@ impl PlatformLog {
     /// written to, or rewritten.
     pub fn set_recorder(
         &self,
-        record: impl Fn(&[u8], bool) -> Result<(), JournalError> + Send + Sync + 'static,
+        record: impl Fn(&[u8], &[u8], bool) -> Result<(), JournalError> + Send + Sync + 'static,
     ) {
         let _ = self.recorder.0.set(Box::new(record));
     }
@@ -301,7 +314,7 @@ impl PlatformLog {
         let mut synced = self.synced_lock();
         let generation = synced.generation;
         if synced.recorded != generation || (durable && synced.flushed != generation) {
-            record(&synced.ends.encode(), durable)?;
+            record(&synced.ends.encode(), &synced.lost.encode(), durable)?;
             synced.recorded = generation;
             if durable {
                 synced.flushed = generation;
@@ -351,6 +364,9 @@ impl PlatformLog {
             // describes): read through from the start instead.
             return self.find_end(day, 0);
         }
+        let synced_to = self.synced_lock().ends.of(day);
+        // Whether a block starts or an intact one ends at the synced end, as read.
+        let mut edge_at_synced = synced_to == Some(start);
         // The end of the last intact block, read past damage (see `PlatformLog::resume`).
         let mut whole = start;
         let mut from = start;
@@ -361,6 +377,8 @@ impl PlatformLog {
                 if b.intact {
                     whole = stop;
                 }
+                edge_at_synced |=
+                    synced_to == Some(b.offset) || (b.intact && synced_to == Some(stop));
                 Ok(true)
             }) {
                 Ok(()) => {}
@@ -373,11 +391,12 @@ impl PlatformLog {
             }
         }
         let path = self.dir.join(segment_name(day));
-        let synced_to = self.synced_lock().ends.of(day);
-        if let Some(s) = synced_to.filter(|&s| s <= whole) {
+        if let Some(s) = synced_to.filter(|&s| s <= whole && edge_at_synced) {
             // Past the synced end nothing was acknowledged, and blocks written between two
             // syncs may reach the disk out of order: an intact block after one that does not
             // read there is no more durable than it. Kept only while they follow on whole.
+            // (Only where the read found a block's edge at the synced end: one recorded for
+            // another layout of the file is no guide.)
             if self.block_starts(day, s)? {
                 whole = self.whole_from(day, s)?;
             }
@@ -496,26 +515,32 @@ impl PlatformLog {
         let segments = self.segments()?;
         let newest: Vec<u32> = segments.iter().rev().take(2).map(|&(d, _)| d).collect();
         let synced = self.synced_ends();
-        let mut lost = std::mem::take(
-            &mut *self
-                .lost_at_creation
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
         // A segment removed has its entry taken out durably before its file goes: a file gone
-        // with its entry still there was lost on disk, and what it held with it. Reported
-        // at every start until its day is past the clearance period
-        // ([`PlatformLog::forget_lost_before`]).
+        // with its entry still there was lost on disk, and what it held with it; unless the
+        // operator set it aside (README, "A damaged journal"). A loss is reported at every
+        // start until its day is past the clearance period ([`PlatformLog::forget_lost_before`]).
         for (&day, &end) in &synced.0 {
-            if end > 0 && !segments.iter().any(|&(d, _)| d == day) {
+            if segments.iter().any(|&(d, _)| d == day) {
+                continue;
+            }
+            if end == 0 || self.dir.join(SET_ASIDE).join(segment_name(day)).exists() {
+                self.synced_lock().set(day, None);
+            } else {
                 tracing::error!(
                     segment = %segment_name(day),
                     synced_to = end,
                     "a platform log file that was synced is gone from the disk"
                 );
-                lost.push(Lost { day, synced: end });
+                self.synced_lock().lose(day, end);
             }
         }
+        let lost: Vec<Lost> = self
+            .synced_lock()
+            .lost
+            .0
+            .iter()
+            .map(|(&day, &synced)| Lost { day, synced })
+            .collect();
         for &(day, _) in &segments {
             match synced.of(day) {
                 None if newest.contains(&day) => {
@@ -558,6 +583,12 @@ impl PlatformLog {
                     synced.set(day, None);
                     changed = true;
                 }
+            }
+            let before = synced.lost.0.len();
+            synced.lost.0.retain(|&day, _| day >= before_day);
+            if synced.lost.0.len() != before {
+                synced.generation += 1;
+                changed = true;
             }
         }
         if changed {
@@ -698,13 +729,12 @@ impl PlatformLog {
                 // A day written again after its file was removed starts from nothing; vouched
                 // for from its birth (durably, before a block goes in), so that a block torn
                 // in it is always told from damage, whichever segment it is. A file gone with
-                // synced blocks in it was lost, not removed: reported at the next load.
-                if let Some(end) = self.synced_lock().ends.of(day).filter(|&e| e > 0) {
+                // synced blocks in it was lost, not removed: kept as a loss, reported at
+                // every start until its day is past the clearance period.
+                let was = self.synced_lock().ends.of(day).filter(|&e| e > 0);
+                if let Some(end) = was {
                     tracing::error!(segment = %segment_name(day), synced_to = end, "a platform log file that was synced is gone from the disk");
-                    self.lost_at_creation
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(Lost { day, synced: end });
+                    self.synced_lock().lose(day, end);
                 }
                 self.ends().remove(&day);
                 self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))?;

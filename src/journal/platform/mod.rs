@@ -49,6 +49,9 @@ pub(super) const META_INTEGRITY_ADOPT: &[u8] = b"integrity_adopt";
 /// Where the platform log's segments were synced to ([`files::SyncedEnds`]), recorded after each sync so
 /// that the next start tells a torn last block from damage to one that was acknowledged.
 pub(super) const META_PLATFORM_SYNCED: &[u8] = b"platform_synced";
+/// Segments of the platform log found gone from the disk with synced blocks in them (the same
+/// encoding), refused at every start until their day is past the clearance period.
+pub(super) const META_PLATFORM_LOST: &[u8] = b"platform_lost";
 
 /// Names of the tagged trees, part of every tag (an entry moved between trees fails).
 const TREE_DECLARATIONS: &str = "declarations";
@@ -875,6 +878,29 @@ mod integrity_tests {
         assert!(table.known("WB4").declaration.is_none(), "torn: cut off");
     }
 
+    /// A damaged file the operator set aside as the README says (into `set-aside/` beside
+    /// the log's files) is not taken for one lost from the disk.
+    #[test]
+    fn a_file_set_aside_by_the_operator_is_not_reported_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = today();
+        {
+            let j = keyed_new(dir.path());
+            declared_on(&j, &[("WB1", now - 3), ("WB2", now - 1), ("WB3", now)]);
+        }
+        let log = super::files::dir_of(dir.path());
+        let aside = log.join(super::files::SET_ASIDE);
+        std::fs::create_dir_all(&aside).unwrap();
+        let name = super::files::segment_name(now - 3);
+        std::fs::rename(log.join(&name), aside.join(&name)).unwrap();
+        for _ in 0..2 {
+            let j = keyed(dir.path());
+            let table = j.load_clearance().unwrap();
+            assert!(j.refused_entries().is_empty(), "{:?}", j.refused_entries());
+            assert!(table.known("WB1").declaration.is_none());
+        }
+    }
+
     /// Two blocks written after the last recorded sync, the first torn and the second whole
     /// (blocks written between two syncs may reach the disk out of order): neither was
     /// acknowledged, so both are cut off at the next start, with nothing refused, whether
@@ -1019,14 +1045,22 @@ mod integrity_tests {
             assert!(r.iter().any(|r| r.contains("cut short on disk")), "{r:?}");
             assert!(table.known("WB4").declaration.is_some());
         }
-        // Both at every start, the file gone until its day is past the clearance period.
+        // Both at every start, the file gone until its day is past the clearance period, even
+        // once its day is written again.
         {
             let j = keyed(dir.path());
             j.load_clearance().unwrap();
             assert_refused(&j, "file gone from the disk");
             assert_refused(&j, "cut short on disk");
             j.platform_log.forget_lost_before(now - 1).unwrap();
+            carry(&j, "WB5", now - 1);
+            j.write_platform(true).unwrap();
+        }
+        {
+            let j = keyed(dir.path());
+            let table = j.load_clearance().unwrap();
             assert_refused(&j, "file gone from the disk");
+            assert!(table.known("WB5").declaration.is_some());
             j.platform_log.forget_lost_before(now).unwrap();
         }
         let j = keyed(dir.path());
