@@ -475,6 +475,19 @@ mod integrity_tests {
         std::fs::write(&path, bytes).unwrap();
     }
 
+    /// The store in `dir` opened and loaded, with nothing refused (`what`: the case, for the
+    /// message).
+    fn loaded_whole(dir: &std::path::Path, what: &str) -> (Journal, crate::rules::ClearanceTable) {
+        let j = keyed(dir);
+        let table = j.load_clearance().unwrap();
+        assert!(
+            j.refused_entries().is_empty(),
+            "{what}: {:?}",
+            j.refused_entries()
+        );
+        (j, table)
+    }
+
     /// Asserts that the load refused something with `why` in its text.
     fn assert_refused(j: &Journal, why: &str) {
         let refused: Vec<String> = j
@@ -869,9 +882,7 @@ mod integrity_tests {
         };
         crashed_with(dir.path(), &recorded);
         zero_on_disk(dir.path(), now - 2, torn - 3, torn);
-        let j = keyed(dir.path());
-        let table = j.load_clearance().unwrap();
-        assert!(j.refused_entries().is_empty(), "{:?}", j.refused_entries());
+        let (_j, table) = loaded_whole(dir.path(), "");
         for w in ["WB1", "WB2", "WB3"] {
             assert!(table.known(w).declaration.is_some(), "{w}");
         }
@@ -894,9 +905,7 @@ mod integrity_tests {
         let name = super::files::segment_name(now - 3);
         std::fs::rename(log.join(&name), aside.join(&name)).unwrap();
         for _ in 0..2 {
-            let j = keyed(dir.path());
-            let table = j.load_clearance().unwrap();
-            assert!(j.refused_entries().is_empty(), "{:?}", j.refused_entries());
+            let (_j, table) = loaded_whole(dir.path(), "");
             assert!(table.known("WB1").declaration.is_none());
         }
     }
@@ -927,13 +936,7 @@ mod integrity_tests {
                 _ => zero_on_disk(dir.path(), today(), synced + 20, synced + 24),
             }
             for start in 0..2 {
-                let j = keyed(dir.path());
-                let table = j.load_clearance().unwrap();
-                assert!(
-                    j.refused_entries().is_empty(),
-                    "{lost} lost, start {start}: {:?}",
-                    j.refused_entries()
-                );
+                let (_j, table) = loaded_whole(dir.path(), &format!("{lost} lost, start {start}"));
                 assert!(table.known("WB1").declaration.is_some());
                 assert!(table.known("WB2").declaration.is_none());
                 assert!(table.known("WB3").declaration.is_none());
@@ -982,13 +985,7 @@ mod integrity_tests {
         crashed_with(dir.path(), &recorded);
         zero_on_disk(dir.path(), now - 5, torn - 3, torn);
         for start in 0..2 {
-            let j = keyed(dir.path());
-            let table = j.load_clearance().unwrap();
-            assert!(
-                j.refused_entries().is_empty(),
-                "start {start}: {:?}",
-                j.refused_entries()
-            );
+            let (_j, table) = loaded_whole(dir.path(), &format!("start {start}"));
             assert!(table.known("WB3").declaration.is_none(), "torn: cut off");
             assert!(table.known("WB1").declaration.is_some());
         }
@@ -1094,9 +1091,7 @@ mod integrity_tests {
         let zero = |from: u64, to: u64| zero_on_disk(dir.path(), today(), from, to);
         zero(torn_end - 3, torn_end);
         {
-            let j = keyed(dir.path());
-            let table = j.load_clearance().unwrap();
-            assert!(j.refused_entries().is_empty(), "{:?}", j.refused_entries());
+            let (_j, table) = loaded_whole(dir.path(), "");
             assert!(table.known("WB1").declaration.is_some());
             assert!(table.known("WB2").declaration.is_none(), "torn: cut off");
         }
