@@ -506,8 +506,7 @@ impl PlatformLog {
     /// of older ones past their synced end (retention carries messages into older segments),
     /// for a start's load to read a whole log. Damage before intact blocks is left as it
     /// lies, for the load to refuse, as is a synced block that does not read. Returns the
-    /// segments found cut short of what an earlier run synced (the newest read through,
-    /// older ones by their size).
+    /// segments lost from the disk (synced, and gone), for the load to refuse.
     pub fn repair_newest(&self) -> Result<Vec<Lost>, JournalError> {
         // No block is written meanwhile (a spill restored beside the load): one would look
         // like a torn tail.
