@@ -606,6 +606,19 @@ impl PlatformLog {
         Ok(())
     }
 
+    /// Makes what was written to segment `c` since its last sync durable, and vouches for it
+    /// (see [`SyncedEnds`]). Checks first for a sync another thread saw fail: a second one
+    /// on the same file would return Ok without the lost pages.
+    fn sync_segment(&self, c: &mut Current) -> Result<(), JournalError> {
+        if c.dirty {
+            self.usable()?;
+            self.synced(c.file.sync_data())?;
+            c.dirty = false;
+            self.synced_lock().set(c.day, Some(c.len));
+        }
+        Ok(())
+    }
+
     /// The result of a sync; a failure marks the log failed for good.
     fn synced(&self, r: std::io::Result<()>) -> Result<(), JournalError> {
         r.map_err(|e| {
@@ -672,13 +685,8 @@ impl PlatformLog {
         if sync {
             {
                 let mut current = self.lock();
-                if let Some(c) = current.as_mut().filter(|c| c.dirty) {
-                    // A sync another thread saw fail: a second one on the same file would
-                    // return Ok without the lost pages.
-                    self.usable()?;
-                    self.synced(c.file.sync_data())?;
-                    c.dirty = false;
-                    self.synced_lock().set(c.day, Some(c.len));
+                if let Some(c) = current.as_mut() {
+                    self.sync_segment(c)?;
                 }
             }
             // Recorded under the stage's lock, as the sync was: records are made in the order
@@ -706,11 +714,8 @@ impl PlatformLog {
         self.usable()?;
         let mut current = self.lock();
         if current.as_ref().is_none_or(|c| c.day != day) {
-            if let Some(old) = current.as_mut().filter(|c| c.dirty) {
-                self.usable()?;
-                self.synced(old.file.sync_data())?;
-                old.dirty = false;
-                self.synced_lock().set(old.day, Some(old.len));
+            if let Some(old) = current.as_mut() {
+                self.sync_segment(old)?;
             }
             if let Some(old) = current.take() {
                 self.note_end(old.day, old.len);
@@ -897,12 +902,7 @@ impl PlatformLog {
         let mut current = self.lock();
         if let Some(c) = current.as_mut() {
             // Written and not yet synced (the writer's sync would find no segment open).
-            if c.dirty {
-                self.usable()?;
-                self.synced(c.file.sync_data())?;
-                c.dirty = false;
-                self.synced_lock().set(c.day, Some(c.len));
-            }
+            self.sync_segment(c)?;
             self.note_end(c.day, c.len);
         }
         *current = None;
