@@ -104,7 +104,7 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
     }
     if l.journal.adopted_untagged() > 0 {
         l.alarms.raise(format!(
-            "integrity: {} stored entries without integrity tags adopted as they lay on disk (integrity key {} created at this start, or a salvaged store)",
+            "integrity: {} stored entries without integrity tags adopted as they lay on disk (integrity key {} created at this start or at one cut short before its load ended, or a salvaged store)",
             l.journal.adopted_untagged(),
             l.key_file.display()
         ));

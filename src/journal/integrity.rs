@@ -110,6 +110,12 @@ impl IntegrityKey {
             return Ok((IntegrityKey::load(path)?, false));
         }
         let key = IntegrityKey::generate();
+        key.write_new(path)?;
+        Ok((key, true))
+    }
+
+    /// Writes the key to a new file at `path` (mode 0600), synced with its directory.
+    pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
         let create = |source| KeyError::Create {
             path: path.display().to_string(),
             source,
@@ -120,14 +126,14 @@ impl IntegrityKey {
             .mode(0o600)
             .open(path)
             .map_err(create)?;
-        f.write_all(&key.0).map_err(create)?;
+        f.write_all(&self.0).map_err(create)?;
         f.sync_all().map_err(create)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if let Ok(d) = std::fs::File::open(dir) {
                 let _ = d.sync_all();
             }
         }
-        Ok((key, true))
+        Ok(())
     }
 
     fn mac(&self, domain: &[u8], key: &[u8], payload: &[u8]) -> Hmac<Sha256> {
