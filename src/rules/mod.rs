@@ -131,7 +131,10 @@ pub fn decide(table: &ClearanceTable, rules: &engine::RuleSet, scan: Scan) -> De
                         parcels: k.parcels,
                         value_minor: k.value_minor,
                     },
-                    None => table.consumer_window_of(waybill, &found, b.first_day, scan.day),
+                    // Up to no end: a parcel counted on a day after this one (a clock that
+                    // ran ahead and was set back) counts in every window until its day comes,
+                    // rather than in none (fail closed). Only such a clock counts there.
+                    None => table.consumer_window_of(waybill, &found, b.first_day, u32::MAX),
                 };
                 windows.push((i, w));
                 seen.push(ConsumerWindowSeen {
@@ -503,6 +506,44 @@ mod tests {
         // Decided again with its first inputs, it keeps the history it had.
         let again = decide_a(&t, first.inputs.as_ref());
         assert_eq!(again.role, LaneRole::Release, "{:?}", again.fired);
+    }
+
+    /// A parcel counted on a day ahead of the scan's (the clock ran ahead, then was set back)
+    /// counts in the consumer's windows of the days before it, so that a limit is not reset
+    /// by the clock.
+    #[test]
+    fn a_parcel_counted_on_a_day_ahead_counts_in_the_windows_before_it() {
+        let rules = engine::RuleSet::parse(
+            "t",
+            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 9\n\
+             [[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 5\ntarget = \"inspection\"\nwindow_days = 1\nmax_parcels = 1\n",
+        )
+        .unwrap();
+        let t = ClearanceTable::default();
+        for w in ["A", "B"] {
+            let mut d = decl(w);
+            d.consumer = Some("c".into());
+            t.apply_declaration(&d);
+            t.apply_instruction(&instr(w, &format!("I{w}"), Action::Release, None));
+        }
+        // A counted on day 10 by a clock a week ahead; B scanned on day 3 once it is set back.
+        t.count("A", 10);
+        let read = ScanRead::Waybill("B".into());
+        let b = decide(
+            &t,
+            &rules,
+            Scan {
+                read: &read,
+                weight_g: None,
+                weighing: false,
+                day: 3,
+                calendar: &calendar::Calendar::default(),
+                prior: None,
+                xray: engine::XrayInput::NotOnLine,
+            },
+        );
+        assert_eq!(b.role, LaneRole::Inspection, "{:?}", b.fired);
+        assert_eq!(b.rule, "daily");
     }
 
     /// A calendar-day limit in China Standard Time: a parcel at 23:59:59 local counts on its
