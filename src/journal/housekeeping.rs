@@ -1,5 +1,5 @@
 //! The journal's housekeeping task: measures capacity every second, raises alarms on changes
-//! of level, and purges forwarded records (by age normally, oldest first whatever their age
+//! of level, looks for platform log files removed under the daemon, and purges forwarded records (by age normally, oldest first whatever their age
 //! when space runs short). The policy itself is in [`super::capacity`].
 
 use std::path::PathBuf;
@@ -70,6 +70,10 @@ impl Housekeeping {
                     now = self.measure(&journal, &metrics, &mut short);
                 }
                 Err(e) => warn!(error = %e, "journal purge failed"),
+            }
+            match journal.check_platform_files() {
+                Ok(found) => found.into_iter().for_each(|text| alarms.raise(text)),
+                Err(e) => warn!(error = %e, "the platform log's files cannot be checked"),
             }
             metrics.journal_level.store(now.as_u8(), Ordering::Relaxed);
             let changed = now != last;

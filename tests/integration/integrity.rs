@@ -447,3 +447,67 @@ async fn a_platform_log_dated_ahead_of_the_clock_raises_an_alarm() {
     assert!(ahead.exists(), "the file dated ahead was removed");
     daemon.kill();
 }
+
+/// The platform log's file being written to, removed under the running daemon (a clean-up
+/// script): written back from the open file with an alarm, so that after a crash the
+/// platform's release still stands, and nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_log_file_removed_under_the_daemon_is_written_back() {
+    let line = line().await;
+    let daemon = Daemon::start(&line.config, &line.log);
+    assert!(view_ready(line.view, Duration::from_secs(30)).await);
+    line.platform
+        .publish_raw(
+            "declarations",
+            serde_json::to_vec(&declaration("GONE01")).unwrap(),
+        )
+        .await
+        .unwrap();
+    line.platform
+        .publish_instruction_as_is(&instruction("GONE01", "I-GONE01", Action::Release))
+        .await
+        .unwrap();
+    let dir = std::path::PathBuf::from(format!("{}-platform", line.store.display()));
+    let segment = || {
+        std::fs::read_dir(&dir).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "log"))
+        })
+    };
+    let holds = |what: &[u8]| {
+        segment()
+            .and_then(|p| std::fs::read(p).ok())
+            .is_some_and(|b| b.windows(what.len()).any(|w| w == what))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || holds(b"I-GONE01")).await,
+        "the release is stored:\n{}",
+        line.read_log()
+    );
+    let removed = segment().unwrap();
+    std::fs::remove_file(&removed).unwrap();
+    let written_back = wait_until(Duration::from_secs(30), || {
+        removed.exists() && line.read_log().contains("written back from the open file")
+    })
+    .await;
+    assert!(written_back, "{}", line.read_log());
+    assert!(holds(b"I-GONE01"));
+    // A crash now, then a start: the release stands and nothing is refused. (The first
+    // daemon's scanner connection is taken first, so that the scan goes to the second.)
+    let first = tokio::time::timeout(Duration::from_secs(30), line.scanner.accept()).await;
+    assert!(
+        matches!(first, Ok(Ok(_))),
+        "the daemon connects to the scanner"
+    );
+    daemon.kill();
+    drop(first);
+    let _daemon = Daemon::start(&line.config, &line.log);
+    assert!(
+        view_ready(line.view, Duration::from_secs(30)).await,
+        "/readyz: {:?}\n{}",
+        http_get(line.view, "/readyz"),
+        line.read_log()
+    );
+    assert_eq!(line.scan(&["GONE01"]).await, vec![LaneRole::Release]);
+}

@@ -177,6 +177,15 @@ pub struct Lost {
     pub synced: u64,
 }
 
+/// What [`PlatformLog::check_files`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FilesChecked {
+    /// Days of segments written back from the open file.
+    pub restored: Vec<u32>,
+    /// Segments lost, with what they held.
+    pub lost: Vec<Lost>,
+}
+
 /// Frames stored since the last block was written.
 #[derive(Debug, Default)]
 struct Staged {
@@ -593,6 +602,102 @@ impl PlatformLog {
         if changed {
             self.record(true)?;
         }
+        Ok(())
+    }
+
+    /// Looks for segments gone from the disk while the daemon runs (an operator's clean-up,
+    /// a script): called every few seconds beside the writer. The segment being appended to
+    /// is still open: its bytes are written back from the open file, synced, so nothing is
+    /// lost. Any other segment an earlier sync vouched for is lost with what it held, and
+    /// kept as a loss, as a start finds it (refused at every start until its day is past the
+    /// clearance period). One set aside by the operator (`set-aside/`) is not a loss.
+    ///
+    /// Never waits: while a write holds the log, it finds nothing until the next call.
+    pub fn check_files(&self) -> Result<FilesChecked, JournalError> {
+        let mut current = match self.current.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(FilesChecked::default()),
+        };
+        let mut out = FilesChecked::default();
+        let mut changed = false;
+        let days: Vec<u32> = self.synced_lock().ends.0.keys().copied().collect();
+        for day in days {
+            let path = self.dir.join(segment_name(day));
+            match std::fs::symlink_metadata(&path) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+            let set_aside = self.dir.join(SET_ASIDE).join(segment_name(day)).exists();
+            if let Some(c) = current.as_mut().filter(|c| c.day == day) {
+                if !set_aside {
+                    match self.restore(c, &path) {
+                        Ok(()) => {
+                            tracing::error!(segment = %segment_name(day), bytes = c.len, "a platform log file was removed while it was written to: written back from the open file");
+                            out.restored.push(day);
+                            changed = true;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(segment = %segment_name(day), error = %e, "a platform log file removed while it was written to cannot be written back")
+                        }
+                    }
+                }
+                // Appends go to a new file of that day from now on.
+                *current = None;
+            }
+            self.ends().remove(&day);
+            changed = true;
+            // Read after the file was found gone: a removal takes the entry out before the
+            // file goes, so an entry still here was not removed by the log.
+            let mut synced = self.synced_lock();
+            match synced.ends.of(day) {
+                Some(end) if end > 0 && !set_aside => {
+                    tracing::error!(segment = %segment_name(day), synced_to = end, "a platform log file that was synced is gone from the disk");
+                    synced.lose(day, end);
+                    out.lost.push(Lost { day, synced: end });
+                }
+                Some(_) => synced.set(day, None),
+                None => {}
+            }
+        }
+        drop(current);
+        if changed {
+            self.record(true)?;
+        }
+        Ok(out)
+    }
+
+    /// Writes the open segment `c`, whose file is gone, back to `path` from the open file:
+    /// through a file renamed into place once synced, then appended to as before.
+    fn restore(&self, c: &mut Current, path: &Path) -> Result<(), JournalError> {
+        self.usable()?;
+        let tmp = self.dir.join(format!("{}.tmp", segment_name(c.day)));
+        let mut out = File::create(&tmp).map_err(io)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < c.len {
+            let want = buf.len().min((c.len - at) as usize);
+            let n = c.file.read_at(&mut buf[..want], at).map_err(io)?;
+            if n == 0 {
+                return Err(io(std::io::Error::other("the open file ends early")));
+            }
+            out.write_all(&buf[..n]).map_err(io)?;
+            at += n as u64;
+        }
+        out.sync_all().map_err(io)?;
+        drop(out);
+        std::fs::rename(&tmp, path).map_err(io)?;
+        self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))?;
+        c.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        c.allocated = c.len;
+        c.dirty = false;
+        self.synced_lock().set(c.day, Some(c.len));
         Ok(())
     }
 

@@ -915,6 +915,47 @@ mod integrity_tests {
         }
     }
 
+    /// Files removed while the daemon runs: the one being written to is written back from
+    /// the open file (nothing lost, and written to on); an older one synced is lost,
+    /// refused from then on and at the next start; one the operator set aside is neither.
+    #[test]
+    fn a_file_removed_while_running_is_written_back_if_open_and_refused_if_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = today();
+        let log = super::files::dir_of(dir.path());
+        let gone = |day: u32| std::fs::remove_file(log.join(super::files::segment_name(day)));
+        {
+            let j = keyed_new(dir.path());
+            declared_on(&j, &[("WB1", now - 3), ("WB2", now - 1), ("WB3", now)]);
+            assert!(j.check_platform_files().unwrap().is_empty());
+            let aside = log.join(super::files::SET_ASIDE);
+            std::fs::create_dir_all(&aside).unwrap();
+            let name = super::files::segment_name(now - 3);
+            std::fs::rename(log.join(&name), aside.join(&name)).unwrap();
+            gone(now - 1).unwrap();
+            gone(now).unwrap();
+            let alarms = j.check_platform_files().unwrap();
+            assert_eq!(alarms.len(), 2, "{alarms:?}");
+            assert!(alarms[0].contains("written back"), "{alarms:?}");
+            assert!(alarms[1].contains("file gone from the disk"), "{alarms:?}");
+            assert_refused(&j, "file gone from the disk");
+            assert_eq!(j.refused_entries().len(), 1);
+            assert!(!j.integrity_problems().is_empty());
+            // Found once.
+            assert!(j.check_platform_files().unwrap().is_empty());
+            // Written on after it was written back.
+            j.store_declaration(&declaration("WB4", "c1", 5)).unwrap();
+            j.write_platform(true).unwrap();
+        }
+        let j = keyed(dir.path());
+        let table = j.load_clearance().unwrap();
+        for (w, held) in [("WB1", false), ("WB2", false), ("WB3", true), ("WB4", true)] {
+            assert_eq!(table.known(w).declaration.is_some(), held, "{w}");
+        }
+        assert_refused(&j, "file gone from the disk");
+        assert_eq!(j.refused_entries().len(), 1, "{:?}", j.refused_entries());
+    }
+
     /// Two blocks written after the last recorded sync, the first torn and the second whole
     /// (blocks written between two syncs may reach the disk out of order): neither was
     /// acknowledged, so both are cut off at the next start, with nothing refused, whether

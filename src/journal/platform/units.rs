@@ -67,6 +67,41 @@ impl Journal {
         self.platform_log.newest()
     }
 
+    /// Looks for platform log files gone from the disk while the daemon runs (see
+    /// [`files::PlatformLog::check_files`]). A file lost with acknowledged messages in it is
+    /// refused from now on as a start refuses it (`/readyz`, the staff view), although the
+    /// table in memory still holds what it said. Returns one alarm text per finding.
+    pub fn check_platform_files(&self) -> Result<Vec<String>, JournalError> {
+        let found = self.platform_log.check_files()?;
+        let dir = self.platform_log_dir();
+        let mut alarms = Vec::new();
+        for day in found.restored {
+            alarms.push(format!(
+                "platform log file {} was removed while it was written to; it was written back from the open file, nothing is lost: find what removes files in {}",
+                files::segment_name(day),
+                dir.display()
+            ));
+        }
+        for lost in found.lost {
+            let refused = super::RefusedEntry {
+                tree: super::TREE_LOG,
+                key: format!(
+                    "{} (synced to {})",
+                    files::segment_name(lost.day),
+                    lost.synced
+                ),
+                why: "file gone from the disk",
+            };
+            alarms.push(format!(
+                "{refused}: the platform messages it held are in the clearance table until the next start, which refuses them (their waybills held or sent to inspection); find what removes files in {}",
+                dir.display()
+            ));
+            self.platform_grow(0, lost.synced);
+            self.note_refused(refused);
+        }
+        Ok(alarms)
+    }
+
     /// The platform log's directory.
     pub fn platform_log_dir(&self) -> std::path::PathBuf {
         files::dir_of(&self.path)
