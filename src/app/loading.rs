@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::alarm::Alarms;
 use crate::floor::ClearanceChange;
@@ -76,6 +76,10 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
     l.interrupted.journal(&l.table, &l.sink);
     match outcome {
         Ok(Ok(true)) => {
+            // Everything untagged is sealed now: from the next start on it is refused.
+            if let Err(e) = crate::journal::integrity::end_adoption(&l.key_file) {
+                warn!(error = %e, "the integrity key's adoption is not ended: the next start adopts untagged state again");
+            }
             l.table.finish_loading();
             info!(
                 declarations = l.table.declarations(),

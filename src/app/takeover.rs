@@ -12,7 +12,6 @@ use tracing::{info, warn};
 
 use crate::alarm::Alarms;
 use crate::config::Config;
-use crate::journal::integrity::{IntegrityKey, KeyError};
 use crate::journal::Journal;
 
 use super::StartError;
@@ -339,11 +338,16 @@ pub(super) fn open_store(config: &Config) -> Result<Opened, StartError> {
     // from the first second, holding every waybill until it is loaded.
     let (expected_entries, expected_declarations) = journal.clearance_load_hint();
     journal.check_head_mark()?;
-    let (key, created) = open_key(&journal, &config.storage.integrity_key_file)?;
-    if created {
-        info!(file = %config.storage.integrity_key_file.display(), "integrity key created");
+    let key_file = &config.storage.integrity_key_file;
+    let had_key = key_file.exists();
+    // Adopting: the key is new, or the start that made it did not finish its load.
+    let (key, adopting) = crate::journal::integrity::IntegrityKey::open_for_start(key_file)?;
+    if !had_key {
+        info!(file = %key_file.display(), "integrity key created");
+    } else if adopting {
+        warn!(file = %key_file.display(), "the start that created the integrity key did not finish its load: untagged state is adopted at this start");
     }
-    journal.set_integrity_key(key, created);
+    journal.set_integrity_key(key, adopting);
     let adopting = journal.begin_clearance_load()?;
     // The chain's head and anchor tags now, before the writer moves the head; the whole
     // chain is walked in the background below.
@@ -357,77 +361,9 @@ pub(super) fn open_store(config: &Config) -> Result<Opened, StartError> {
     })
 }
 
-/// The integrity key, and whether it was created now. A new key's adoption of untagged state
-/// is recorded in the store before its file is written, so that a start cut short after
-/// that still adopts (see [`Journal::expect_new_integrity_key`]). A key file cut short
-/// while being created (a power loss before its sync, the adoption recorded) is created
-/// again: nothing was sealed with it, since sealing begins only once its file is synced
-/// whole; if that was not so, a new key fails every tag, which refuses (fail closed).
-fn open_key(
-    journal: &Journal,
-    key_file: &std::path::Path,
-) -> Result<(IntegrityKey, bool), StartError> {
-    if journal.new_integrity_key_recorded()? {
-        if let Err(e @ KeyError::Length { .. }) = IntegrityKey::load(key_file) {
-            warn!(error = %e, "the integrity key's file was cut short while it was created, before anything was sealed with it: it is created again");
-            std::fs::remove_file(key_file).map_err(|source| KeyError::Create {
-                path: key_file.display().to_string(),
-                source,
-            })?;
-        }
-    }
-    if key_file.exists() {
-        return Ok((IntegrityKey::load(key_file)?, false));
-    }
-    let key = IntegrityKey::generate();
-    journal.expect_new_integrity_key(&key)?;
-    key.write_new(key_file)?;
-    Ok((key, true))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_key_file_cut_short_while_created_is_created_again_and_one_damaged_later_is_not() {
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(&dir.path().join("store")).unwrap();
-        let key_file = dir.path().join("store.key");
-        let cut_short = |len: usize| {
-            let _ = std::fs::remove_file(&key_file);
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&key_file)
-                .unwrap();
-            std::fs::write(&key_file, vec![7u8; len]).unwrap();
-        };
-        // A start creates the key, its adoption recorded first; then a power loss leaves
-        // the file empty: the next start creates a key again and adopts with it.
-        let (first, created) = open_key(&journal, &key_file).unwrap();
-        assert!(created);
-        assert!(journal.new_integrity_key_expected(&first).unwrap());
-        cut_short(0);
-        let (key, created) = open_key(&journal, &key_file).unwrap();
-        assert!(created);
-        assert!(journal.new_integrity_key_expected(&key).unwrap());
-        assert!(!journal.new_integrity_key_expected(&first).unwrap());
-        journal.set_integrity_key(key, created);
-        journal.load_clearance().unwrap();
-        assert!(
-            !journal.new_integrity_key_recorded().unwrap(),
-            "the load ended it"
-        );
-        // Damaged after entries were sealed with it: the operator's to look at, not replaced.
-        cut_short(5);
-        assert!(matches!(
-            open_key(&journal, &key_file),
-            Err(StartError::IntegrityKey(KeyError::Length { len: 5, .. }))
-        ));
-    }
 
     /// An interrupted release whose parcel was counted is counted in the loaded table (once:
     /// a mark the load read already counted it), and its record and alert are journaled.

@@ -90,7 +90,12 @@ pub(super) fn journal_command(store: StoreArgs, command: JournalCommand) -> Exit
             };
             if explicit || file.exists() {
                 match crate::journal::integrity::IntegrityKey::load(&file) {
-                    Ok(k) => Some(k),
+                    Ok(k) => {
+                        if crate::journal::integrity::adoption_marker(&file).exists() {
+                            eprintln!("the start that created the integrity key did not finish its load: untagged platform state reported here is adopted (sealed as it lies) at the next start");
+                        }
+                        Some(k)
+                    }
                     Err(e) => {
                         eprintln!("bondline journal verify: {e}");
                         return ExitCode::from(EXIT_CONFIG);
@@ -118,10 +123,7 @@ pub(super) fn journal_command(store: StoreArgs, command: JournalCommand) -> Exit
         JournalCommand::Verify { .. } => {
             let keyed = key.is_some();
             if let Some(k) = key {
-                if journal.new_integrity_key_expected(&k)? {
-                    eprintln!("the start that created the integrity key did not finish its load: untagged platform state reported here is adopted (sealed as it lies) at the next start");
-                }
-                journal.inspect_with_integrity_key(k);
+                journal.set_integrity_key(k, false);
             }
             let mut report = journal.verify()?;
             if keyed {

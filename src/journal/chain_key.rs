@@ -160,8 +160,6 @@ mod tests {
         {
             let j = keyed(dir.path(), true);
             assert!(j.check_chain_tags(true).unwrap().is_empty());
-            // The start's load ends the new key's adoption.
-            j.load_clearance().unwrap();
             let (records, head) = chain(60, None);
             j.commit(1, &records, (60, head)).unwrap();
             assert!(j.verify().unwrap().ok());

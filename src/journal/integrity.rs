@@ -58,6 +58,65 @@ impl std::fmt::Debug for IntegrityKey {
     }
 }
 
+/// The file beside the key that says its adoption of untagged state is not finished (see
+/// [`IntegrityKey::open_for_start`]): `<key file>.adopting`.
+pub fn adoption_marker(key_file: &Path) -> PathBuf {
+    let mut s = key_file.as_os_str().to_os_string();
+    s.push(".adopting");
+    PathBuf::from(s)
+}
+
+/// Ends the adoption of the key at `key_file` once a start's load has sealed everything it
+/// adopted: untagged state found later is refused.
+pub fn end_adoption(key_file: &Path) -> Result<(), KeyError> {
+    let marker = adoption_marker(key_file);
+    match std::fs::remove_file(&marker) {
+        Ok(()) => sync_dir_of(&marker).map_err(|source| KeyError::Create {
+            path: marker.display().to_string(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(KeyError::Create {
+            path: marker.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Writes `bytes` to `path` (mode 0600) through a temporary file renamed into place once
+/// synced, and syncs the directory: after a power loss the file is whole or not there.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let create = |source| KeyError::Create {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(create)?;
+    // A file left by an earlier try keeps its mode: made private whatever it was.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(create)?;
+    f.write_all(bytes).map_err(create)?;
+    f.sync_all().map_err(create)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(create)?;
+    sync_dir_of(path).map_err(create)
+}
+
+fn sync_dir_of(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
+    }
+}
+
 /// The default key file of a store: `<store path>.key`, beside the store's directory.
 pub fn default_key_file(store: &Path) -> PathBuf {
     let mut s = store.as_os_str().to_os_string();
@@ -114,26 +173,29 @@ impl IntegrityKey {
         Ok((key, true))
     }
 
-    /// Writes the key to a new file at `path` (mode 0600), synced with its directory.
-    pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
-        let create = |source| KeyError::Create {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(create)?;
-        f.write_all(&self.0).map_err(create)?;
-        f.sync_all().map_err(create)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+    /// The key for a daemon's start, and whether untagged state is adopted with it: the key
+    /// is created now, or it was created by a start whose load did not finish (its
+    /// [`adoption_marker`] is still there). The marker is made durable before the key's file
+    /// is, and removed by [`end_adoption`] once a load has sealed everything: a start cut
+    /// short meanwhile (a power loss while the platform log is sealed) leaves the rest to
+    /// the next start instead of refusing it for good. It lives beside the key, with the
+    /// key's permissions, not in the store: whoever can write only the store cannot make
+    /// untagged state adopted.
+    pub fn open_for_start(path: &Path) -> Result<(IntegrityKey, bool), KeyError> {
+        let marker = adoption_marker(path);
+        if path.exists() {
+            return Ok((IntegrityKey::load(path)?, marker.exists()));
         }
-        Ok(())
+        write_synced(&marker, &[])?;
+        let key = IntegrityKey::generate();
+        key.write_new(path)?;
+        Ok((key, true))
+    }
+
+    /// Writes the key to `path` through a file renamed into place once synced (mode 0600),
+    /// so that a power loss leaves either no key file or a whole one.
+    pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
+        write_synced(path, &self.0)
     }
 
     fn mac(&self, domain: &[u8], key: &[u8], payload: &[u8]) -> Hmac<Sha256> {
@@ -231,6 +293,36 @@ mod tests {
             k.check(b"instructions", b"WB1", json),
             Checked::Untagged(&json[..])
         );
+    }
+
+    /// The key's adoption lasts from before its file exists until a load ends it: a start
+    /// cut short anywhere between adopts again at the next one, and never from a key file
+    /// written in part.
+    #[test]
+    fn a_new_key_adopts_until_its_adoption_is_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.key");
+        // A power loss after the marker, before the key's file was renamed into place: a
+        // temporary file in part, no key. The next start creates the key and adopts.
+        std::fs::write(adoption_marker(&path), b"").unwrap();
+        std::fs::write(dir.path().join("store.key.tmp"), b"par").unwrap();
+        let (k1, adopting) = IntegrityKey::open_for_start(&path).unwrap();
+        assert!(adopting);
+        assert_eq!(std::fs::read(&path).unwrap().len(), KEY_LEN);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Cut short before its load ended: the same key, still adopting.
+        let (k2, adopting) = IntegrityKey::open_for_start(&path).unwrap();
+        assert!(adopting);
+        assert_eq!(k1.tag(b"d", b"k", b"p"), k2.tag(b"d", b"k", b"p"));
+        end_adoption(&path).unwrap();
+        end_adoption(&path).unwrap();
+        let (_, adopting) = IntegrityKey::open_for_start(&path).unwrap();
+        assert!(!adopting);
+        // A fresh directory: created and adopting, the marker there first.
+        let other = dir.path().join("other.key");
+        assert!(IntegrityKey::open_for_start(&other).unwrap().1);
+        assert!(adoption_marker(&other).exists());
     }
 
     #[test]

@@ -391,6 +391,10 @@ async fn an_untagged_store_is_adopted_at_the_start_that_creates_the_key_and_an_o
     .await;
     assert!(alarmed, "{:?}", line.platform.events());
     assert_eq!(daemon.terminate(), Some(0), "{}", line.read_log());
+    assert!(
+        !bondline::journal::integrity::adoption_marker(&key_file).exists(),
+        "the load ended the adoption"
+    );
     let (code, out, err) = bondline(&["journal", "verify"], &line.config);
     assert_eq!(code, Some(0), "tagged now: {out}{err}");
 

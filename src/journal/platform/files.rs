@@ -184,6 +184,8 @@ pub struct FilesChecked {
     pub restored: Vec<u32>,
     /// Segments lost, with what they held.
     pub lost: Vec<Lost>,
+    /// The open segment could not be written back: the log stopped (see `failed`).
+    pub stopped: bool,
 }
 
 /// Frames stored since the last block was written.
@@ -227,6 +229,9 @@ pub struct PlatformLog {
     synced: Mutex<Synced>,
     /// Records `synced` in the journal's store.
     recorder: Recorder,
+    /// Set once the start's [`PlatformLog::repair_newest`] has run: before, what is gone
+    /// from the disk is its to report.
+    repaired: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for PlatformLog {
@@ -283,6 +288,7 @@ impl PlatformLog {
             failed: std::sync::atomic::AtomicBool::new(false),
             synced: Mutex::new(Synced::default()),
             recorder: Recorder::default(),
+            repaired: std::sync::atomic::AtomicBool::new(false),
         };
         // The newest segment's end is found when it is first read or written to, not here:
         // it can hold gigabytes, and the store's open is on the start's way.
@@ -573,6 +579,8 @@ impl PlatformLog {
             }
         }
         self.record(true)?;
+        self.repaired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(lost)
     }
 
@@ -614,6 +622,11 @@ impl PlatformLog {
     ///
     /// Never waits: while a write holds the log, it finds nothing until the next call.
     pub fn check_files(&self) -> Result<FilesChecked, JournalError> {
+        // Before the start's repair, a file lost while the daemon was stopped is the
+        // repair's to report (once).
+        if !self.repaired.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(FilesChecked::default());
+        }
         let mut current = match self.current.try_lock() {
             Ok(c) => c,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -629,24 +642,32 @@ impl PlatformLog {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io(e)),
             }
-            let set_aside = self.dir.join(SET_ASIDE).join(segment_name(day)).exists();
             if let Some(c) = current.as_mut().filter(|c| c.day == day) {
-                if !set_aside {
-                    match self.restore(c, &path) {
-                        Ok(()) => {
-                            tracing::error!(segment = %segment_name(day), bytes = c.len, "a platform log file was removed while it was written to: written back from the open file");
-                            out.restored.push(day);
-                            changed = true;
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::error!(segment = %segment_name(day), error = %e, "a platform log file removed while it was written to cannot be written back")
-                        }
+                // Written back wherever it went (moved into `set-aside/` too: blocks
+                // appended since, acknowledged at the next sync, would be set aside with it).
+                match self.restore(c, &path) {
+                    Ok(()) => {
+                        tracing::error!(segment = %segment_name(day), bytes = c.len, "a platform log file was removed while it was written to: written back from the open file");
+                        out.restored.push(day);
+                        changed = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        // Its blocks not yet synced are gone with it: the log stops, so that
+                        // no sync after this vouches for them and nothing more is
+                        // acknowledged, until a restart.
+                        self.failed
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        let _ = std::fs::remove_file(
+                            self.dir.join(format!("{}.tmp", segment_name(day))),
+                        );
+                        tracing::error!(segment = %segment_name(day), error = %e, "a platform log file removed while it was written to cannot be written back: the platform log stops until a restart");
+                        out.stopped = true;
                     }
                 }
-                // Appends go to a new file of that day from now on.
                 *current = None;
             }
+            let set_aside = self.dir.join(SET_ASIDE).join(segment_name(day)).exists();
             self.ends().remove(&day);
             changed = true;
             // Read after the file was found gone: a removal takes the entry out before the

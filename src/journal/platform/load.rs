@@ -182,7 +182,7 @@ impl Journal {
         if load.adopting > 0 {
             tracing::warn!(
                 entries = load.adopting,
-                "stored platform state without integrity tags adopted as it lies on disk (integrity key created at this start, or at one cut short before its load ended): it is tagged from now on, and an untagged entry found later is refused"
+                "stored platform state without integrity tags adopted as it lies on disk (integrity key created at this start): it is tagged from now on, and an untagged entry found later is refused"
             );
             *self.adopted.lock().unwrap_or_else(|e| e.into_inner()) += load.adopting;
         }
@@ -197,13 +197,6 @@ impl Journal {
         let mut hint = load.applied.to_be_bytes().to_vec();
         hint.extend_from_slice(&(table.declarations() as u64).to_be_bytes());
         self.meta.insert(META_LOADED_ENTRIES, hint)?;
-        // Everything untagged is sealed now: a later start refuses what is found untagged.
-        if self
-            .adopt_untagged
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            self.end_key_adoption()?;
-        }
         // Millions of decoded messages came and went between the table's long-lived entries:
         // their freed memory goes back to the system rather than staying resident.
         crate::memory::give_back();

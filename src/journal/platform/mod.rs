@@ -46,11 +46,6 @@ const META_PLATFORM_RULES: &[u8] = b"platform_rules";
 /// Set by `journal salvage` in the fresh store: its untagged state (the rule set, the chain's
 /// head and anchor) is adopted at the next start, as with a key created at that start.
 pub(super) const META_INTEGRITY_ADOPT: &[u8] = b"integrity_adopt";
-/// Set durably before the integrity key's file is created and removed once a start's load
-/// has adopted everything untagged: a start cut short meanwhile (a power loss while the
-/// platform log is sealed) leaves what it had not sealed yet to be adopted at the next
-/// start, instead of refused at every start after it.
-pub(super) const META_KEY_NEW: &[u8] = b"integrity_key_new";
 /// Where the platform log's segments were synced to ([`files::SyncedEnds`]), recorded after each sync so
 /// that the next start tells a torn last block from damage to one that was acknowledged.
 pub(super) const META_PLATFORM_SYNCED: &[u8] = b"platform_synced";
@@ -956,6 +951,31 @@ mod integrity_tests {
         assert_eq!(j.refused_entries().len(), 1, "{:?}", j.refused_entries());
     }
 
+    /// The file being written to, gone where it cannot be written back (here its temporary
+    /// file's name is taken): what was written to it and not synced must not be vouched for
+    /// by a later sync, so the log stops, and nothing more is acknowledged.
+    #[test]
+    fn an_open_file_removed_that_cannot_be_written_back_stops_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = today();
+        let j = keyed_new(dir.path());
+        declared_on(&j, &[("WB1", now)]);
+        j.store_declaration(&declaration("WB2", "c1", 5)).unwrap();
+        j.write_platform(false).unwrap();
+        let log = super::files::dir_of(dir.path());
+        let name = super::files::segment_name(now);
+        std::fs::create_dir(log.join(format!("{name}.tmp"))).unwrap();
+        std::fs::remove_file(log.join(&name)).unwrap();
+        let alarms = j.check_platform_files().unwrap();
+        assert!(alarms.iter().any(|a| a.contains("stopped")), "{alarms:?}");
+        assert_refused(&j, "file gone from the disk");
+        j.store_declaration(&declaration("WB3", "c1", 5)).unwrap();
+        assert!(
+            j.write_platform(true).is_err(),
+            "nothing more is made durable"
+        );
+    }
+
     /// Two blocks written after the last recorded sync, the first torn and the second whole
     /// (blocks written between two syncs may reach the disk out of order): neither was
     /// acknowledged, so both are cut off at the next start, with nothing refused, whether
@@ -1149,72 +1169,59 @@ mod integrity_tests {
         assert_refused(&j, "cut short on disk");
     }
 
-    /// A power loss in the start that created the key, after its file was written: what
-    /// that start had not sealed is adopted at the next one, not refused at every start.
+    /// A start that created the key stopped during its load (a power loss while the log
+    /// was sealed): the next start adopts again (the key's adoption marker, see
+    /// `IntegrityKey::open_for_start`), over a log sealed in part, and nothing is refused.
     #[test]
-    fn a_start_cut_short_while_adopting_leaves_the_rest_to_the_next_start() {
+    fn a_load_cut_short_while_adopting_leaves_the_rest_to_the_next_adoption() {
         let dir = tempfile::tempdir().unwrap();
         let now = today();
-        // More than one progress step of the load in the older segment, so that a start
-        // stopped at its first step has sealed part of the log and not the rest.
-        let older = super::load::LOAD_STEP as usize + 10;
+        // The newer segment holds more than one progress step of the load, so a start
+        // stopped at its first step has sealed the older segment and not the newer one.
+        let newer = super::load::LOAD_STEP as usize + 10;
         {
             let j = Journal::open(dir.path()).unwrap();
-            for i in 0..older {
-                j.store_declaration_on(&declaration(&format!("OLD{i}"), "c1", 5), now - 1)
+            j.store_declaration_on(&declaration("OLDER", "c1", 5), now - 1)
+                .unwrap();
+            j.write_platform(true).unwrap();
+            for i in 0..newer {
+                j.store_declaration_on(&declaration(&format!("NEW{i}"), "c1", 5), now)
                     .unwrap();
             }
             j.write_platform(true).unwrap();
-            j.store_declaration_on(&declaration("NEW", "c1", 5), now)
-                .unwrap();
-            j.write_platform(true).unwrap();
         }
+        let genuine = |j: &Journal, text: &str| {
+            let (day, at, stored) = unit_holding(j, text);
+            matches!(
+                IntegrityKey::from_bytes([9; 32]).check(
+                    b"platform_log",
+                    &super::files::block_key(day, at),
+                    &stored
+                ),
+                Checked::Genuine(_)
+            )
+        };
         {
-            // Cut short before any load: the key's file written, nothing sealed.
             let j = keyed_new(dir.path());
-            assert!(j
-                .new_integrity_key_expected(&IntegrityKey::from_bytes([9; 32]))
-                .unwrap());
-        }
-        {
-            // Cut short at the load's first step: part of the older segment sealed.
-            let j = keyed(dir.path());
             let table = crate::rules::ClearanceTable::default();
             let adopting = j.begin_clearance_load().unwrap();
-            assert!(adopting, "the key's creation did not finish its load");
             assert!(!j.load_clearance_into(&table, adopting, &|| true).unwrap());
+            assert!(genuine(&j, "OLDER"), "the older segment sealed");
+            assert!(!genuine(&j, "NEW0"), "the newer one not yet");
         }
-        let j = keyed(dir.path());
+        let j = keyed_new(dir.path());
         let table = j.load_clearance().unwrap();
         assert!(j.refused_entries().is_empty(), "{:?}", j.refused_entries());
-        assert_eq!(table.declarations(), older + 1);
-        assert!(j.adopted_untagged() > 0);
-        assert!(
-            !j.new_integrity_key_recorded().unwrap(),
-            "ended by the load"
-        );
+        assert_eq!(table.declarations(), newer + 1);
+        assert_eq!(j.adopted_untagged(), newer);
+        assert!(genuine(&j, "NEW0"));
         drop(j);
         // Everything sealed: a start with the key created earlier adopts nothing more.
         let j = keyed(dir.path());
         let table = j.load_clearance().unwrap();
-        assert_eq!(table.declarations(), older + 1);
+        assert_eq!(table.declarations(), newer + 1);
         assert_eq!(j.adopted_untagged(), 0);
         assert!(j.refused_entries().is_empty());
-        drop(j);
-        // An entry stored without the key and a record of an adoption added to the store
-        // without it (as an intruder with the files could): refused, not adopted.
-        {
-            let j = Journal::open(dir.path()).unwrap();
-            j.store_declaration(&declaration("STRIPPED", "c1", 5))
-                .unwrap();
-            j.write_platform(true).unwrap();
-            j.meta.insert(super::META_KEY_NEW, &[0u8; 32][..]).unwrap();
-            j.meta.flush().unwrap();
-        }
-        let j = keyed(dir.path());
-        let table = j.load_clearance().unwrap();
-        assert!(table.known("STRIPPED").declaration.is_none());
-        assert_refused(&j, "untagged");
     }
 
     #[test]

@@ -82,6 +82,12 @@ impl Journal {
                 dir.display()
             ));
         }
+        if found.stopped {
+            alarms.push(format!(
+                "a platform log file removed while it was written to could not be written back: the platform log stopped (nothing more is stored or acknowledged) until the daemon restarts; find what removes files in {}",
+                dir.display()
+            ));
+        }
         for lost in found.lost {
             let refused = super::RefusedEntry {
                 tree: super::TREE_LOG,
