@@ -39,12 +39,15 @@ pub struct Days {
 
 impl Days {
     /// Adds `parcels` parcels worth `value_minor` in all on `day`. Days older than
-    /// [`KEEP_DAYS`] before `day` are dropped on the way.
+    /// [`KEEP_DAYS`] before `day`, or before the newest day already kept if that is earlier,
+    /// are dropped on the way: a day far ahead (counted by a clock that ran ahead) does not
+    /// push out the history the windows of the real days still count.
     pub fn add_totals(&mut self, day: u32, parcels: u32, value_minor: u64) {
         if parcels == 0 {
             return;
         }
-        let oldest = day.saturating_sub(KEEP_DAYS - 1);
+        let newest = self.totals.last().map_or(day, |d| d.day.min(day));
+        let oldest = newest.saturating_sub(KEEP_DAYS - 1);
         self.totals.retain(|d| d.day >= oldest);
         match self.totals.binary_search_by_key(&day, |d| d.day) {
             Ok(i) => {
@@ -132,6 +135,22 @@ pub trait StoredHistory: Send + Sync + std::fmt::Debug {
 mod tests {
     use super::*;
 
+    /// A parcel counted a few years ahead keeps the year before the days already counted.
+    #[test]
+    fn a_day_far_ahead_does_not_push_out_the_history() {
+        let mut d = Days::default();
+        d.add_totals(1000, 1, 10);
+        d.add_totals(1000 + 3 * KEEP_DAYS, 1, 20);
+        assert_eq!(d.window(1000, u32::MAX).parcels, 2);
+        // Counted on the real day again: the far day stays, the old year too.
+        d.add_totals(1001, 1, 30);
+        assert_eq!(d.window(1000, u32::MAX).value_minor, 60);
+        // Days more than a year before the newest real one go.
+        d.add_totals(1001 + KEEP_DAYS, 1, 40);
+        d.add_totals(1002 + KEEP_DAYS, 1, 50);
+        assert_eq!(d.window(0, 1001).parcels, 0);
+    }
+
     #[test]
     fn windows_roll_by_day() {
         let mut h = Days::default();
@@ -167,9 +186,13 @@ mod tests {
     fn old_days_are_dropped() {
         let mut h = Days::default();
         h.add_totals(10, 1, 1);
+        // A year on: kept until a later day is counted (this one may be a clock ahead).
         h.add_totals(10 + KEEP_DAYS, 1, 1);
-        assert_eq!(h.window(0, 10 + KEEP_DAYS).parcels, 1);
+        assert_eq!(h.window(0, 10 + KEEP_DAYS).parcels, 2);
+        h.add_totals(11 + KEEP_DAYS, 1, 1);
+        assert_eq!(h.window(0, 11 + KEEP_DAYS).parcels, 2);
         h.remove(10 + KEEP_DAYS, 1);
+        h.remove(11 + KEEP_DAYS, 1);
         assert!(h.is_empty());
     }
 }
