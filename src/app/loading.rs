@@ -76,10 +76,7 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
     l.interrupted.journal(&l.table, &l.sink);
     match outcome {
         Ok(Ok(true)) => {
-            // Everything untagged is sealed now: from the next start on it is refused.
-            if let Err(e) = crate::journal::integrity::end_adoption(&l.key_file) {
-                warn!(error = %e, "the integrity key's adoption is not ended: the next start adopts untagged state again");
-            }
+            end_adoption(&l.journal, &l.key_file).await;
             l.table.finish_loading();
             info!(
                 declarations = l.table.declarations(),
@@ -116,6 +113,28 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
     // Platform state refused by its integrity check (clearance table and rule set): an
     // alert in the chain and an alarm for each.
     raise_refused(&l.journal, &l.gateway, &l.alarms, &l.sink);
+}
+
+/// Ends the integrity key's adoption of untagged state after a load that finished, once
+/// everything it sealed is durable: from the next start on, untagged state is refused. Not
+/// while untagged blocks stay unsealed (see [`Journal::adoption_finished`]).
+async fn end_adoption(journal: &Journal, key_file: &std::path::Path) {
+    use crate::journal::integrity;
+    if !integrity::adoption_marker(key_file).exists() {
+        return;
+    }
+    if !journal.adoption_finished() {
+        warn!("the integrity key's adoption stays open: untagged platform messages in a damaged segment were not sealed");
+        return;
+    }
+    // The seals (the rule set, the chain's tags, moved entries) durable first.
+    if let Err(e) = journal.flush().await {
+        warn!(error = %e, "the integrity key's adoption is not ended (the store did not flush): the next start adopts untagged state again");
+        return;
+    }
+    if let Err(e) = integrity::end_adoption(key_file) {
+        warn!(error = %e, "the integrity key's adoption is not ended: the next start adopts untagged state again");
+    }
 }
 
 /// Waits until the clearance table is loaded; false if `stop` comes first.

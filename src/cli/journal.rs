@@ -196,7 +196,11 @@ pub(super) fn salvage_command(store: StoreArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match crate::journal::salvage(&config.storage.path, &config.gateway_id) {
+    match crate::journal::salvage(
+        &config.storage.path,
+        &config.gateway_id,
+        &config.storage.integrity_key_file,
+    ) {
         Ok(report) => {
             match serde_json::to_string_pretty(&report) {
                 Ok(text) => println!("{text}"),

@@ -74,10 +74,8 @@ impl Journal {
                 }
             }
         }
-        if !keyed {
-            self.meta.remove(super::platform::META_INTEGRITY_ADOPT)?;
-        }
         if adopt {
+            self.meta.remove(super::platform::META_INTEGRITY_ADOPT)?;
             if let Some(v) = self.meta.get(META_CHAIN_BROKEN)? {
                 *self.chain_problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
                     "{} (found at an earlier start, not acknowledged: bondline journal acknowledge)",

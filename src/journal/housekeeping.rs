@@ -71,8 +71,11 @@ impl Housekeeping {
                 }
                 Err(e) => warn!(error = %e, "journal purge failed"),
             }
-            match journal.check_platform_files() {
-                Ok(found) => found.into_iter().for_each(|text| alarms.raise(text)),
+            // Off the runtime's threads: writing a removed file back copies a day's file.
+            let j = journal.clone();
+            match tokio::task::spawn_blocking(move || j.check_platform_files()).await {
+                Ok(Ok(found)) => found.into_iter().for_each(|text| alarms.raise(text)),
+                Ok(Err(e)) => warn!(error = %e, "the platform log's files cannot be checked"),
                 Err(e) => warn!(error = %e, "the platform log's files cannot be checked"),
             }
             metrics.journal_level.store(now.as_u8(), Ordering::Relaxed);

@@ -66,6 +66,12 @@ pub fn adoption_marker(key_file: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Marks that untagged state is to be adopted with the key at `key_file` (a new key, or a
+/// store fresh from `journal salvage`), durably.
+pub fn begin_adoption(key_file: &Path) -> Result<(), KeyError> {
+    write_synced(&adoption_marker(key_file), &[])
+}
+
 /// Ends the adoption of the key at `key_file` once a start's load has sealed everything it
 /// adopted: untagged state found later is refused.
 pub fn end_adoption(key_file: &Path) -> Result<(), KeyError> {
@@ -93,15 +99,17 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let mut tmp = path.as_os_str().to_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
+    // One left by an earlier try goes first; made anew, never through a link put there.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(create(e)),
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(create)?;
-    // A file left by an earlier try keeps its mode: made private whatever it was.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(create)?;
     f.write_all(bytes).map_err(create)?;
     f.sync_all().map_err(create)?;
@@ -186,7 +194,7 @@ impl IntegrityKey {
         if path.exists() {
             return Ok((IntegrityKey::load(path)?, marker.exists()));
         }
-        write_synced(&marker, &[])?;
+        begin_adoption(path)?;
         let key = IntegrityKey::generate();
         key.write_new(path)?;
         Ok((key, true))

@@ -210,6 +210,9 @@ pub struct Journal {
     adopt_untagged: Arc<std::sync::atomic::AtomicBool>,
     /// How many untagged entries were adopted at this start.
     adopted: Arc<Mutex<usize>>,
+    /// Untagged blocks adopted at this start and not sealed: in a segment that holds damage,
+    /// which is kept as it lies (see [`Journal::adoption_finished`]).
+    unsealed: Arc<std::sync::atomic::AtomicUsize>,
     /// Bytes (keys and values) of the stored platform state: declarations, instructions,
     /// notices and their id trees. Summed when the clearance table is built from the store,
     /// then kept up to date by every store and purge; it counts towards the quota
@@ -393,6 +396,7 @@ impl Journal {
             chain_problem: Arc::new(Mutex::new(None)),
             adopt_untagged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             adopted: Arc::new(Mutex::new(0)),
+            unsealed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         };
         // Out-of-order acks at or below the watermark are leftovers of an interrupted advance.
         let w = state.forwarded;

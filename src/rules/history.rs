@@ -2,7 +2,8 @@
 //! quantity").
 //!
 //! A consumer's history is a short list of day totals (parcels and declared value), kept for
-//! [`KEEP_DAYS`] days: enough for a one-year window. A window of `n` days is the day of the
+//! at least [`KEEP_DAYS`] days: enough for a one-year window (in memory at most [`MAX_DAYS`]
+//! days; the store drops days a year older than the day retention trusts). A window of `n` days is the day of the
 //! parcel and the `n - 1` days before it; a calendar window runs from the first day of its
 //! month or year (see [`crate::rules::calendar`]). Days are local days since 1970-01-01 in the
 //! configured time zone (UTC days for history stored before the zone was). Pure data: the
@@ -15,6 +16,11 @@ use crate::rules::engine::ConsumerWindow;
 
 /// Days of history kept: the longest window a rule may ask for.
 pub const KEEP_DAYS: u32 = 366;
+
+/// Most days a consumer's history holds in memory: two years of daily purchases, so that
+/// a year of real days survives whatever a clock set ahead counted (see
+/// [`Days::add_totals`]).
+pub const MAX_DAYS: usize = 2 * KEEP_DAYS as usize;
 
 /// The UTC day number of a Unix time in milliseconds (for the history's own retention; the
 /// days a consumer is counted on are local, see [`crate::rules::calendar::Calendar::day_of`]).
@@ -38,31 +44,33 @@ pub struct Days {
 }
 
 impl Days {
-    /// Adds `parcels` parcels worth `value_minor` in all on `day`. Days older than
-    /// [`KEEP_DAYS`] before `day`, or before the newest day already kept if that is earlier,
-    /// are dropped on the way: a day far ahead (counted by a clock that ran ahead) does not
-    /// push out the history the windows of the real days still count.
+    /// Adds `parcels` parcels worth `value_minor` in all on `day`. Beyond [`MAX_DAYS`] days
+    /// the oldest goes. Not by date: days counted far ahead (by a clock that ran ahead) would
+    /// push out the year the windows of the real days still count, and nothing here knows
+    /// which days are real. Windows read only their own days, so an old day kept is harmless.
     pub fn add_totals(&mut self, day: u32, parcels: u32, value_minor: u64) {
         if parcels == 0 {
             return;
         }
-        let newest = self.totals.last().map_or(day, |d| d.day.min(day));
-        let oldest = newest.saturating_sub(KEEP_DAYS - 1);
-        self.totals.retain(|d| d.day >= oldest);
         match self.totals.binary_search_by_key(&day, |d| d.day) {
             Ok(i) => {
                 let d = &mut self.totals[i];
                 d.parcels = d.parcels.saturating_add(parcels);
                 d.value_minor = d.value_minor.saturating_add(value_minor);
             }
-            Err(i) => self.totals.insert(
-                i,
-                DayTotal {
-                    day,
-                    parcels,
-                    value_minor,
-                },
-            ),
+            Err(i) => {
+                self.totals.insert(
+                    i,
+                    DayTotal {
+                        day,
+                        parcels,
+                        value_minor,
+                    },
+                );
+                if self.totals.len() > MAX_DAYS {
+                    self.totals.remove(0);
+                }
+            }
         }
     }
 
@@ -135,20 +143,19 @@ pub trait StoredHistory: Send + Sync + std::fmt::Debug {
 mod tests {
     use super::*;
 
-    /// A parcel counted a few years ahead keeps the year before the days already counted.
+    /// Parcels counted years ahead (a clock that ran ahead) keep the real days' history.
     #[test]
-    fn a_day_far_ahead_does_not_push_out_the_history() {
+    fn days_far_ahead_do_not_push_out_the_history() {
         let mut d = Days::default();
         d.add_totals(1000, 1, 10);
-        d.add_totals(1000 + 3 * KEEP_DAYS, 1, 20);
-        assert_eq!(d.window(1000, u32::MAX).parcels, 2);
-        // Counted on the real day again: the far day stays, the old year too.
+        for ahead in 0..30 {
+            d.add_totals(1000 + 3 * KEEP_DAYS + ahead, 1, 20);
+        }
+        // Counted on the real day again, once the clock is set back.
         d.add_totals(1001, 1, 30);
-        assert_eq!(d.window(1000, u32::MAX).value_minor, 60);
-        // Days more than a year before the newest real one go.
-        d.add_totals(1001 + KEEP_DAYS, 1, 40);
-        d.add_totals(1002 + KEEP_DAYS, 1, 50);
-        assert_eq!(d.window(0, 1001).parcels, 0);
+        let w = d.window(1000, 1001);
+        assert_eq!((w.parcels, w.value_minor), (2, 40));
+        assert_eq!(d.window(1000, u32::MAX).parcels, 32);
     }
 
     #[test]
@@ -183,16 +190,13 @@ mod tests {
     }
 
     #[test]
-    fn old_days_are_dropped() {
+    fn the_oldest_days_go_beyond_the_most_kept() {
         let mut h = Days::default();
-        h.add_totals(10, 1, 1);
-        // A year on: kept until a later day is counted (this one may be a clock ahead).
-        h.add_totals(10 + KEEP_DAYS, 1, 1);
-        assert_eq!(h.window(0, 10 + KEEP_DAYS).parcels, 2);
-        h.add_totals(11 + KEEP_DAYS, 1, 1);
-        assert_eq!(h.window(0, 11 + KEEP_DAYS).parcels, 2);
-        h.remove(10 + KEEP_DAYS, 1);
-        h.remove(11 + KEEP_DAYS, 1);
-        assert!(h.is_empty());
+        for day in 0..MAX_DAYS as u32 + 2 {
+            h.add_totals(10 + day, 1, 1);
+        }
+        assert_eq!(h.window(0, u32::MAX).parcels, MAX_DAYS as u32);
+        assert_eq!(h.window(0, 11).parcels, 0, "days 10 and 11 went");
+        assert_eq!(h.window(0, 12).parcels, 1);
     }
 }

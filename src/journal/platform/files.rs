@@ -663,6 +663,11 @@ impl PlatformLog {
                         );
                         tracing::error!(segment = %segment_name(day), error = %e, "a platform log file removed while it was written to cannot be written back: the platform log stops until a restart");
                         out.stopped = true;
+                        *current = None;
+                        if path.exists() {
+                            // Renamed into place before the step that failed: whole, kept.
+                            continue;
+                        }
                     }
                 }
                 *current = None;
@@ -694,6 +699,8 @@ impl PlatformLog {
     /// through a file renamed into place once synced, then appended to as before.
     fn restore(&self, c: &mut Current, path: &Path) -> Result<(), JournalError> {
         self.usable()?;
+        // The whole directory may be gone.
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
         let tmp = self.dir.join(format!("{}.tmp", segment_name(c.day)));
         let mut out = File::create(&tmp).map_err(io)?;
         let mut buf = vec![0u8; 1 << 20];
@@ -811,6 +818,9 @@ impl PlatformLog {
         if sync {
             {
                 let mut current = self.lock();
+                // Again under the lock: a check that found the open file gone and could not
+                // write it back dropped it with the blocks just appended.
+                self.usable()?;
                 if let Some(c) = current.as_mut() {
                     self.sync_segment(c)?;
                 }

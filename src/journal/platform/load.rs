@@ -337,6 +337,11 @@ impl Journal {
             // investigation, refused again at the next start.
             if !damaged.get() {
                 self.platform_log.rewrite(day, &sealed_anew, stop)?;
+            } else {
+                // Left untagged: the adoption stays open until the segment goes.
+                self.unsealed
+                    .fetch_add(untagged, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(segment = %super::files::segment_name(day), untagged, "untagged platform messages adopted in a segment that holds damage are not sealed (the segment is kept as it lies): they are adopted again at every start until it goes");
             }
         }
         Ok(true)

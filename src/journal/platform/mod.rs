@@ -43,8 +43,9 @@ pub use retention::Forgotten;
 pub use rules::StoredRules;
 
 const META_PLATFORM_RULES: &[u8] = b"platform_rules";
-/// Set by `journal salvage` in the fresh store: its untagged state (the rule set, the chain's
-/// head and anchor) is adopted at the next start, as with a key created at that start.
+/// Set by `journal salvage` of an older build in the fresh store. Not read: adoption is
+/// marked beside the key (see `integrity::adoption_marker`), where whoever can write only
+/// the store cannot set it; removed at the next start's check of the chain's tags.
 pub(super) const META_INTEGRITY_ADOPT: &[u8] = b"integrity_adopt";
 /// Where the platform log's segments were synced to ([`files::SyncedEnds`]), recorded after each sync so
 /// that the next start tells a torn last block from damage to one that was acknowledged.
@@ -1222,6 +1223,58 @@ mod integrity_tests {
         assert_eq!(table.declarations(), newer + 1);
         assert_eq!(j.adopted_untagged(), 0);
         assert!(j.refused_entries().is_empty());
+    }
+
+    /// A clock two years ahead does not drop the consumers' stored year: retention counts it
+    /// back from the day it trusts (a day past the newest platform signature).
+    #[test]
+    fn a_clock_ahead_does_not_drop_the_consumers_stored_year() {
+        use crate::rules::history::StoredHistory;
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let table = j.load_clearance().unwrap();
+        let now = today();
+        let day_ms = 86_400_000u64;
+        j.add_to_history(now - 800, "ab", 5).unwrap();
+        table.note_platform_time(u64::from(now - 730) * day_ms);
+        j.purge_clearance(0, 100, &table).unwrap();
+        let days = j.stored_days().unwrap();
+        assert_eq!(days.days_of("ab").unwrap(), vec![(now - 800, 1, 5)]);
+        // Once the platform's time says the clock was right, the day is over a year old.
+        table.note_platform_time(u64::from(now) * day_ms);
+        j.purge_clearance(0, 100, &table).unwrap();
+        assert!(days.days_of("ab").unwrap().is_empty());
+    }
+
+    /// Untagged blocks in a segment that holds damage are adopted but not sealed (the
+    /// segment is kept as it lies): the adoption does not end while they are there.
+    #[test]
+    fn untagged_blocks_beside_damage_keep_the_adoption_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            for w in ["OLD1", "OLD2"] {
+                j.store_declaration(&declaration(w, "c1", 5)).unwrap();
+                j.write_platform(true).unwrap();
+            }
+            damage_block_holding(&j, "OLD1");
+        }
+        let j = keyed_new(dir.path());
+        let table = j.load_clearance().unwrap();
+        assert!(table.known("OLD2").declaration.is_some());
+        assert_refused(&j, "damaged on disk");
+        assert!(!j.adoption_finished());
+        drop(j);
+        // Undamaged, everything is sealed and the adoption can end.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            j.store_declaration(&declaration("OLD1", "c1", 5)).unwrap();
+            j.write_platform(true).unwrap();
+        }
+        let j = keyed_new(dir.path());
+        j.load_clearance().unwrap();
+        assert!(j.adoption_finished());
     }
 
     #[test]

@@ -227,9 +227,11 @@ impl Journal {
             }
         }
         *cursor = Some((before_day, day_at, offset));
-        // What was forgotten above stays forgotten, whatever this does.
+        // What was forgotten above stays forgotten, whatever this does. A year counted back
+        // from the day retention trusts (a clock set ahead does not drop the real year).
+        let trusted = crate::retention::retention_day(today(), table.platform_clock_ms());
         if let Err(e) =
-            self.drop_history_before(today().saturating_sub(crate::rules::history::KEEP_DAYS))
+            self.drop_history_before(trusted.saturating_sub(crate::rules::history::KEEP_DAYS))
         {
             tracing::warn!(error = %e, "consumers' day totals older than a year not dropped; retrying later");
         }

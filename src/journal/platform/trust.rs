@@ -4,7 +4,7 @@
 //! entries are kept for the operator. Kept apart from storing and loading so that the one
 //! rule about tags lives in one place.
 
-use super::{RefusedEntry, META_INTEGRITY_ADOPT, TREE_DECLARATIONS, TREE_INSTRUCTIONS, TREE_META};
+use super::{RefusedEntry, TREE_DECLARATIONS, TREE_INSTRUCTIONS, TREE_META};
 use crate::journal::integrity::{self, Checked, IntegrityKey};
 use crate::journal::{Journal, JournalError};
 
@@ -29,13 +29,20 @@ impl Journal {
         set
     }
 
-    /// Whether untagged state is adopted at this start: the key was created now, or the store
-    /// is fresh from `journal salvage`.
+    /// Whether untagged state is adopted at this start: the key was created now, or its
+    /// adoption marker beside it says so (a start cut short in its load, a store fresh from
+    /// `journal salvage`). Nothing in the store decides it.
     pub(in crate::journal) fn adopting(&self) -> Result<bool, JournalError> {
         Ok(self
             .adopt_untagged
-            .load(std::sync::atomic::Ordering::Relaxed)
-            || self.meta.contains_key(META_INTEGRITY_ADOPT)?)
+            .load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Whether a load adopted everything untagged it found and sealed it, so that the
+    /// adoption can end ([`crate::journal::integrity::end_adoption`], after a flush): not
+    /// while untagged blocks stay in a segment kept for its damage.
+    pub fn adoption_finished(&self) -> bool {
+        self.unsealed.load(std::sync::atomic::Ordering::Relaxed) == 0
     }
 
     /// How many untagged entries were adopted at this start (platform state, chain head and

@@ -166,8 +166,10 @@ impl SalvageReport {
     }
 }
 
-/// Salvages the store at `path` for gateway `gateway` (see the module's doc).
-pub fn salvage(path: &Path, gateway: &str) -> Result<SalvageReport, SalvageError> {
+/// Salvages the store at `path` for gateway `gateway` (see the module's doc). `key_file`:
+/// the integrity key's file, beside which the adoption of the fresh store's untagged state
+/// is marked (see [`super::integrity::IntegrityKey::open_for_start`]).
+pub fn salvage(path: &Path, gateway: &str, key_file: &Path) -> Result<SalvageReport, SalvageError> {
     if !path.is_dir() {
         return Err(SalvageError::Missing(path.to_path_buf()));
     }
@@ -215,10 +217,13 @@ pub fn salvage(path: &Path, gateway: &str) -> Result<SalvageReport, SalvageError
         }
     }
     // The fresh store's chain head, anchor and rule set carry no integrity tags (salvage
-    // holds no key): they are adopted at the next start (see `integrity`).
-    fresh
-        .meta
-        .insert(super::platform::META_INTEGRITY_ADOPT, &[])?;
+    // holds no key): they are adopted at the next start (see `integrity`), marked beside the
+    // key, where whoever can write only the store cannot mark it.
+    super::integrity::begin_adoption(key_file).map_err(|e| SalvageError::Io {
+        what: "cannot mark the integrity key's adoption",
+        path: super::integrity::adoption_marker(key_file),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let mut kept = Vec::new();
     let mut anchor = None;
     let mut forwarded = 0;
