@@ -76,7 +76,6 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
     l.interrupted.journal(&l.table, &l.sink);
     match outcome {
         Ok(Ok(true)) => {
-            end_adoption(&l.journal, &l.key_file).await;
             l.table.finish_loading();
             info!(
                 declarations = l.table.declarations(),
@@ -88,6 +87,8 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
             );
             crate::service::status("running", None);
             let _ = l.changes.send(ClearanceChange::All);
+            // After the lines have the table: its flush is no part of their wait.
+            end_adoption(&l.journal, &l.key_file).await;
         }
         Ok(Ok(false)) => info!("clearance table load stopped by shutdown"),
         Ok(Err(e)) => {
