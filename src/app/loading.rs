@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::alarm::Alarms;
 use crate::floor::ClearanceChange;
@@ -88,7 +88,7 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
             crate::service::status("running", None);
             let _ = l.changes.send(ClearanceChange::All);
             // After the lines have the table: its flush is no part of their wait.
-            end_adoption(&l.journal, &l.key_file).await;
+            end_adoption(&l.journal, &l.key_file, &l.alarms).await;
         }
         Ok(Ok(false)) => info!("clearance table load stopped by shutdown"),
         Ok(Err(e)) => {
@@ -119,22 +119,30 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
 /// Ends the integrity key's adoption of untagged state after a load that finished, once
 /// everything it sealed is durable: from the next start on, untagged state is refused. Not
 /// while untagged blocks stay unsealed (see [`Journal::adoption_finished`]).
-async fn end_adoption(journal: &Journal, key_file: &std::path::Path) {
+async fn end_adoption(journal: &Journal, key_file: &std::path::Path, alarms: &Alarms) {
     use crate::journal::integrity;
     if !integrity::adoption_marker(key_file).exists() {
         return;
     }
-    if !journal.adoption_finished() {
-        warn!("the integrity key's adoption stays open: untagged platform messages in a damaged segment were not sealed");
-        return;
+    // Not kept open for them: an open adoption takes any untagged state (a chain head, a
+    // rule set) as it lies, at every start. They are refused from the next start on, fail
+    // closed, as the damage beside them is.
+    let unsealed = journal.unsealed_adopted();
+    if unsealed > 0 {
+        alarms.raise(format!(
+            "integrity: {unsealed} untagged platform message(s) in platform log files that hold damage were adopted but not sealed (those files are kept as they lie): from the next start they are refused (held) like the damage beside them; ask the platform to send those days again"
+        ));
     }
     // The seals (the rule set, the chain's tags, moved entries) durable first.
-    if let Err(e) = journal.flush().await {
-        warn!(error = %e, "the integrity key's adoption is not ended (the store did not flush): the next start adopts untagged state again");
-        return;
-    }
-    if let Err(e) = integrity::end_adoption(key_file) {
-        warn!(error = %e, "the integrity key's adoption is not ended: the next start adopts untagged state again");
+    let ended = match journal.flush().await {
+        Ok(()) => integrity::end_adoption(key_file).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the store did not flush: {e}")),
+    };
+    if let Err(e) = ended {
+        alarms.raise(format!(
+            "integrity: the integrity key's adoption of untagged state is not ended ({e}): every start adopts untagged state as it lies until {} is removed by a start (the key's directory must be writable by the service)",
+            integrity::adoption_marker(key_file).display()
+        ));
     }
 }
 

@@ -345,7 +345,7 @@ pub(super) fn open_store(config: &Config) -> Result<Opened, StartError> {
     if !had_key {
         info!(file = %key_file.display(), "integrity key created");
     } else if adopting {
-        warn!(file = %key_file.display(), "the start that created the integrity key did not finish its load: untagged state is adopted at this start");
+        warn!(file = %key_file.display(), "untagged state is adopted at this start: the store is fresh from journal salvage, or the start that created the integrity key did not finish its load");
     }
     journal.set_integrity_key(key, adopting);
     let adopting = journal.begin_clearance_load()?;

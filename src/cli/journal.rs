@@ -92,7 +92,7 @@ pub(super) fn journal_command(store: StoreArgs, command: JournalCommand) -> Exit
                 match crate::journal::integrity::IntegrityKey::load(&file) {
                     Ok(k) => {
                         if crate::journal::integrity::adoption_marker(&file).exists() {
-                            eprintln!("the start that created the integrity key did not finish its load: untagged platform state reported here is adopted (sealed as it lies) at the next start");
+                            eprintln!("the integrity key's adoption is open (a store fresh from journal salvage, or the start that created the key did not finish its load): untagged platform state reported here is adopted (sealed as it lies) at the next start");
                         }
                         Some(k)
                     }

@@ -211,7 +211,7 @@ pub struct Journal {
     /// How many untagged entries were adopted at this start.
     adopted: Arc<Mutex<usize>>,
     /// Untagged blocks adopted at this start and not sealed: in a segment that holds damage,
-    /// which is kept as it lies (see [`Journal::adoption_finished`]).
+    /// which is kept as it lies (see [`Journal::unsealed_adopted`]).
     unsealed: Arc<std::sync::atomic::AtomicUsize>,
     /// Bytes (keys and values) of the stored platform state: declarations, instructions,
     /// notices and their id trees. Summed when the clearance table is built from the store,

@@ -466,8 +466,9 @@ mod tests {
         assert_eq!(role(&t, "W"), LaneRole::Hold);
     }
 
-    #[test]
-    fn a_re_decision_keeps_the_history_before_the_parcel() {
+    /// A daily limit of one parcel per consumer, and two released waybills A and B of
+    /// consumer `c`.
+    fn one_a_day() -> (engine::RuleSet, ClearanceTable) {
         let rules = engine::RuleSet::parse(
             "t",
             "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 9\n\
@@ -481,30 +482,47 @@ mod tests {
             t.apply_declaration(&d);
             t.apply_instruction(&instr(w, &format!("I{w}"), Action::Release, None));
         }
-        let decide_a = |t: &ClearanceTable, prior: Option<&DecisionInputs>| {
-            let read = ScanRead::Waybill("A".into());
-            decide(
-                t,
-                &rules,
-                Scan {
-                    read: &read,
-                    weight_g: None,
-                    weighing: false,
-                    day: 3,
-                    calendar: &calendar::Calendar::default(),
-                    prior,
-                    xray: engine::XrayInput::NotOnLine,
-                },
-            )
-        };
-        let first = decide_a(&t, None);
+        (rules, t)
+    }
+
+    /// The decision for a scan of `waybill` on `day`.
+    fn decide_on(
+        t: &ClearanceTable,
+        rules: &engine::RuleSet,
+        waybill: &str,
+        day: u32,
+        prior: Option<&DecisionInputs>,
+    ) -> Decision {
+        let read = ScanRead::Waybill(waybill.into());
+        decide(
+            t,
+            rules,
+            Scan {
+                read: &read,
+                weight_g: None,
+                weighing: false,
+                day,
+                calendar: &calendar::Calendar::default(),
+                prior,
+                xray: engine::XrayInput::NotOnLine,
+            },
+        )
+    }
+
+    #[test]
+    fn a_re_decision_keeps_the_history_before_the_parcel() {
+        let (rules, t) = one_a_day();
+        let first = decide_on(&t, &rules, "A", 3, None);
         assert_eq!(first.role, LaneRole::Release);
         t.count("A", 3);
         t.count("B", 3);
         // Decided afresh, A would see B, scanned after it, and exceed the limit of one.
-        assert_eq!(decide_a(&t, None).role, LaneRole::Inspection);
+        assert_eq!(
+            decide_on(&t, &rules, "A", 3, None).role,
+            LaneRole::Inspection
+        );
         // Decided again with its first inputs, it keeps the history it had.
-        let again = decide_a(&t, first.inputs.as_ref());
+        let again = decide_on(&t, &rules, "A", 3, first.inputs.as_ref());
         assert_eq!(again.role, LaneRole::Release, "{:?}", again.fired);
     }
 
@@ -513,35 +531,10 @@ mod tests {
     /// by the clock.
     #[test]
     fn a_parcel_counted_on_a_day_ahead_counts_in_the_windows_before_it() {
-        let rules = engine::RuleSet::parse(
-            "t",
-            "version = \"v\"\n[[rules]]\nname = \"i\"\nkind = \"instruction\"\npriority = 9\n\
-             [[rules]]\nname = \"daily\"\nkind = \"consumer_limit\"\npriority = 5\ntarget = \"inspection\"\nwindow_days = 1\nmax_parcels = 1\n",
-        )
-        .unwrap();
-        let t = ClearanceTable::default();
-        for w in ["A", "B"] {
-            let mut d = decl(w);
-            d.consumer = Some("c".into());
-            t.apply_declaration(&d);
-            t.apply_instruction(&instr(w, &format!("I{w}"), Action::Release, None));
-        }
+        let (rules, t) = one_a_day();
         // A counted on day 10 by a clock a week ahead; B scanned on day 3 once it is set back.
         t.count("A", 10);
-        let read = ScanRead::Waybill("B".into());
-        let b = decide(
-            &t,
-            &rules,
-            Scan {
-                read: &read,
-                weight_g: None,
-                weighing: false,
-                day: 3,
-                calendar: &calendar::Calendar::default(),
-                prior: None,
-                xray: engine::XrayInput::NotOnLine,
-            },
-        );
+        let b = decide_on(&t, &rules, "B", 3, None);
         assert_eq!(b.role, LaneRole::Inspection, "{:?}", b.fired);
         assert_eq!(b.rule, "daily");
     }

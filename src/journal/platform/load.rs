@@ -338,10 +338,10 @@ impl Journal {
             if !damaged.get() {
                 self.platform_log.rewrite(day, &sealed_anew, stop)?;
             } else {
-                // Left untagged: the adoption stays open until the segment goes.
+                // Left untagged, and refused once the adoption ends (fail closed).
                 self.unsealed
                     .fetch_add(untagged, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(segment = %super::files::segment_name(day), untagged, "untagged platform messages adopted in a segment that holds damage are not sealed (the segment is kept as it lies): they are adopted again at every start until it goes");
+                tracing::warn!(segment = %super::files::segment_name(day), untagged, "untagged platform messages adopted in a segment that holds damage are not sealed (the segment is kept as it lies): they are refused from the next start on");
             }
         }
         Ok(true)

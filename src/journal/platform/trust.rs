@@ -38,11 +38,10 @@ impl Journal {
             .load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Whether a load adopted everything untagged it found and sealed it, so that the
-    /// adoption can end ([`crate::journal::integrity::end_adoption`], after a flush): not
-    /// while untagged blocks stay in a segment kept for its damage.
-    pub fn adoption_finished(&self) -> bool {
-        self.unsealed.load(std::sync::atomic::Ordering::Relaxed) == 0
+    /// Untagged blocks a load adopted and could not seal, in segments kept for their
+    /// damage: refused from the next start on, once the adoption ends.
+    pub fn unsealed_adopted(&self) -> usize {
+        self.unsealed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many untagged entries were adopted at this start (platform state, chain head and

@@ -175,6 +175,15 @@ pub fn salvage(path: &Path, gateway: &str, key_file: &Path) -> Result<SalvageRep
     }
     // Held until the store is renamed, so a daemon starting meanwhile cannot open it either.
     let lock = lock_store(path)?;
+    // The fresh store's chain head, anchor and rule set will carry no integrity tags
+    // (salvage holds no key): they are adopted at the next start (see `integrity`), marked
+    // beside the key, where whoever can write only the store cannot mark it. Before the
+    // store is touched: a key directory this user cannot write stops the salvage here.
+    super::integrity::begin_adoption(key_file).map_err(|e| SalvageError::Io {
+        what: "cannot mark the integrity key's adoption",
+        path: super::integrity::adoption_marker(key_file),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let now = crate::metrics::unix_ms(std::time::SystemTime::now());
     let damaged = sibling(path, &format!("damaged-{now}"));
     std::fs::rename(path, &damaged).map_err(io("cannot move aside", path))?;
@@ -216,14 +225,6 @@ pub fn salvage(path: &Path, gateway: &str, key_file: &Path) -> Result<SalvageRep
             ));
         }
     }
-    // The fresh store's chain head, anchor and rule set carry no integrity tags (salvage
-    // holds no key): they are adopted at the next start (see `integrity`), marked beside the
-    // key, where whoever can write only the store cannot mark it.
-    super::integrity::begin_adoption(key_file).map_err(|e| SalvageError::Io {
-        what: "cannot mark the integrity key's adoption",
-        path: super::integrity::adoption_marker(key_file),
-        source: std::io::Error::other(e.to_string()),
-    })?;
     let mut kept = Vec::new();
     let mut anchor = None;
     let mut forwarded = 0;

@@ -39,7 +39,8 @@ async fn a_garbage_conf_is_salvaged_whole_and_the_chain_continues() {
         .expect("sled refuses the conf");
     assert!(err.is_damaged(), "{err}");
 
-    let key_file = dir.path().with_extension("key");
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("journal.key");
     let report = salvage(dir.path(), "gw", &key_file).unwrap();
     // The fresh store's untagged state is adopted at the next start, marked beside the key.
     assert!(crate::journal::integrity::adoption_marker(&key_file).exists());
@@ -110,7 +111,8 @@ async fn a_truncated_log_restarts_the_chain_with_the_records_that_still_read() {
     let (readable, _) = opened.chain_head().unwrap();
     drop(opened);
 
-    let report = salvage(dir.path(), "gw", &dir.path().with_extension("key")).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let report = salvage(dir.path(), "gw", &keys.path().join("journal.key")).unwrap();
     assert_eq!(report.chain, ChainMode::Restarted);
     assert_eq!(report.old_head, Some(600));
     assert_eq!(report.records_kept, readable);
@@ -145,7 +147,8 @@ async fn a_store_sled_cannot_open_at_all_leaves_only_the_salvage_record() {
     std::fs::write(dir.path().join("snap.00000000000fffff"), b"garbage").unwrap();
     std::fs::write(dir.path().join("conf"), b"garbage").unwrap();
     std::fs::write(dir.path().join("db"), vec![0x5a; 300_000]).unwrap();
-    let report = salvage(dir.path(), "gw", &dir.path().with_extension("key")).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let report = salvage(dir.path(), "gw", &keys.path().join("journal.key")).unwrap();
     // sled may read the garbage log as an empty store: either way nothing is kept.
     assert_eq!(report.records_kept, 0);
     assert_eq!(report.records_lost, Some(20));
@@ -165,7 +168,8 @@ async fn a_salvage_that_finds_another_consumers_file_says_so() {
         .unwrap();
     std::fs::write(dir.path().join("conf"), b"not sled's conf").unwrap();
     std::fs::remove_file(crate::journal::consumer_days_path(dir.path())).unwrap();
-    let report = salvage(dir.path(), "gw", &dir.path().with_extension("key")).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let report = salvage(dir.path(), "gw", &keys.path().join("journal.key")).unwrap();
     let note = report.consumer_file.clone().expect("said");
     assert!(note.contains("were not the damaged store's"), "{note}");
     let fresh = Journal::open(dir.path()).unwrap();
