@@ -232,6 +232,9 @@ pub struct PlatformLog {
     /// Set once the start's [`PlatformLog::repair_newest`] has run: before, what is gone
     /// from the disk is its to report.
     repaired: std::sync::atomic::AtomicBool,
+    /// Segments found lost while writing (a day written again after its file went): for
+    /// [`PlatformLog::check_files`] to report.
+    unreported: Mutex<Vec<Lost>>,
 }
 
 impl Drop for PlatformLog {
@@ -289,6 +292,7 @@ impl PlatformLog {
             synced: Mutex::new(Synced::default()),
             recorder: Recorder::default(),
             repaired: std::sync::atomic::AtomicBool::new(false),
+            unreported: Mutex::new(Vec::new()),
         };
         // The newest segment's end is found when it is first read or written to, not here:
         // it can hold gigabytes, and the store's open is on the start's way.
@@ -555,6 +559,11 @@ impl PlatformLog {
             .iter()
             .map(|(&day, &synced)| Lost { day, synced })
             .collect();
+        // The start reports every loss known so far (one found while the load wrote, too).
+        self.unreported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         for &(day, _) in &segments {
             match synced.of(day) {
                 None if newest.contains(&day) => {
@@ -586,16 +595,25 @@ impl PlatformLog {
 
     /// Forgets the entries of segments of days before `before_day` (past the clearance
     /// period, as retention counts it) whose files are gone: a lost segment is refused at
-    /// every start until then, as a damaged one is kept until its day is forgotten.
-    pub fn forget_lost_before(&self, before_day: u32) -> Result<(), JournalError> {
+    /// every start until then, as a damaged one is kept until its day is forgotten. Returns
+    /// those gone with synced blocks in them and not known lost yet (removed since the last
+    /// check of the files): what the purge would have carried out of them is lost, and is
+    /// to be reported once.
+    pub fn forget_lost_before(&self, before_day: u32) -> Result<Vec<Lost>, JournalError> {
         let mut changed = false;
+        let mut found = Vec::new();
         {
             let _current = self.lock();
             let ends = self.synced_ends();
             let present: Vec<u32> = self.segments()?.into_iter().map(|(d, _)| d).collect();
             let mut synced = self.synced_lock();
-            for &day in ends.0.keys() {
+            for (&day, &end) in &ends.0 {
                 if day < before_day && !present.contains(&day) {
+                    let set_aside = self.dir.join(SET_ASIDE).join(segment_name(day)).exists();
+                    if end > 0 && !set_aside {
+                        tracing::error!(segment = %segment_name(day), synced_to = end, "a platform log file that was synced is gone from the disk");
+                        found.push(Lost { day, synced: end });
+                    }
                     synced.set(day, None);
                     changed = true;
                 }
@@ -610,7 +628,7 @@ impl PlatformLog {
         if changed {
             self.record(true)?;
         }
-        Ok(())
+        Ok(found)
     }
 
     /// Looks for segments gone from the disk while the daemon runs (an operator's clean-up,
@@ -627,12 +645,15 @@ impl PlatformLog {
         if !self.repaired.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(FilesChecked::default());
         }
+        let mut out = FilesChecked {
+            lost: std::mem::take(&mut *self.unreported.lock().unwrap_or_else(|e| e.into_inner())),
+            ..FilesChecked::default()
+        };
         let mut current = match self.current.try_lock() {
             Ok(c) => c,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(FilesChecked::default()),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(out),
         };
-        let mut out = FilesChecked::default();
         let mut changed = false;
         let days: Vec<u32> = self.synced_lock().ends.0.keys().copied().collect();
         for day in days {
@@ -875,6 +896,10 @@ impl PlatformLog {
                 if let Some(end) = was {
                     tracing::error!(segment = %segment_name(day), synced_to = end, "a platform log file that was synced is gone from the disk");
                     self.synced_lock().lose(day, end);
+                    self.unreported
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Lost { day, synced: end });
                 }
                 self.ends().remove(&day);
                 self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))?;

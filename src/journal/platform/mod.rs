@@ -952,6 +952,36 @@ mod integrity_tests {
         assert_eq!(j.refused_entries().len(), 1, "{:?}", j.refused_entries());
     }
 
+    /// A synced file removed and not yet checked is reported all the same: by the write
+    /// that finds it gone (as the next check's finding), or by the purge.
+    #[test]
+    fn a_file_gone_before_the_check_is_reported_by_the_next_write_or_the_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = today();
+        let log = super::files::dir_of(dir.path());
+        let gone = |day: u32| std::fs::remove_file(log.join(super::files::segment_name(day)));
+        let j = keyed_new(dir.path());
+        declared_on(&j, &[("WB1", now - 2), ("WB2", now - 1), ("WB3", now)]);
+        // Retention carries a message into the older file, which is gone.
+        gone(now - 1).unwrap();
+        j.platform_log.append_sealed(now - 1, b"carried").unwrap();
+        let alarms = j.check_platform_files().unwrap();
+        assert!(
+            alarms.iter().any(|a| a.contains("file gone from the disk")),
+            "{alarms:?}"
+        );
+        assert_eq!(j.refused_entries().len(), 1);
+        // Gone past the purge's cut, before any check.
+        gone(now - 2).unwrap();
+        j.purge_clearance(now - 1, 100, &crate::rules::ClearanceTable::default())
+            .unwrap();
+        assert_eq!(j.refused_entries().len(), 2, "{:?}", j.refused_entries());
+        assert!(
+            j.check_platform_files().unwrap().is_empty(),
+            "reported once"
+        );
+    }
+
     /// The file being written to, gone where it cannot be written back (here its temporary
     /// file's name is taken): what was written to it and not synced must not be vouched for
     /// by a later sync, so the log stops, and nothing more is acknowledged.
