@@ -74,6 +74,7 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
     // The earlier run's interrupted decisions: their counts in the loaded table, then their
     // records (after any outcome: a table that did not load holds every parcel anyway).
     l.interrupted.journal(&l.table, &l.sink);
+    let finished = matches!(outcome, Ok(Ok(true)));
     match outcome {
         Ok(Ok(true)) => {
             l.table.finish_loading();
@@ -87,8 +88,6 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
             );
             crate::service::status("running", None);
             let _ = l.changes.send(ClearanceChange::All);
-            // After the lines have the table: its flush is no part of their wait.
-            end_adoption(&l.journal, &l.key_file, &l.alarms).await;
         }
         Ok(Ok(false)) => info!("clearance table load stopped by shutdown"),
         Ok(Err(e)) => {
@@ -114,11 +113,16 @@ pub(super) async fn load_clearance(l: Loader, shutdown: CancellationToken) {
     // Platform state refused by its integrity check (clearance table and rule set): an
     // alert in the chain and an alarm for each.
     raise_refused(&l.journal, &l.gateway, &l.alarms, &l.sink);
+    // Last: after the lines have the table and the operator the load's alarms, its flush
+    // holds up neither.
+    if finished {
+        end_adoption(&l.journal, &l.key_file, &l.alarms).await;
+    }
 }
 
 /// Ends the integrity key's adoption of untagged state after a load that finished, once
-/// everything it sealed is durable: from the next start on, untagged state is refused. Not
-/// while untagged blocks stay unsealed (see [`Journal::adoption_finished`]).
+/// everything it sealed is durable: from the next start on, untagged state is refused
+/// (blocks it could not seal too, see [`Journal::unsealed_adopted`]).
 async fn end_adoption(journal: &Journal, key_file: &std::path::Path, alarms: &Alarms) {
     use crate::journal::integrity;
     if !integrity::adoption_marker(key_file).exists() {
@@ -135,7 +139,13 @@ async fn end_adoption(journal: &Journal, key_file: &std::path::Path, alarms: &Al
     }
     // The seals (the rule set, the chain's tags, moved entries) durable first.
     let ended = match journal.flush().await {
-        Ok(()) => integrity::end_adoption(key_file).map_err(|e| e.to_string()),
+        Ok(()) => {
+            let key_file = key_file.to_path_buf();
+            match tokio::task::spawn_blocking(move || integrity::end_adoption(&key_file)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
         Err(e) => Err(format!("the store did not flush: {e}")),
     };
     if let Err(e) = ended {

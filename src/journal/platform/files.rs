@@ -595,20 +595,22 @@ impl PlatformLog {
 
     /// Forgets the entries of segments of days before `before_day` (past the clearance
     /// period, as retention counts it) whose files are gone: a lost segment is refused at
-    /// every start until then, as a damaged one is kept until its day is forgotten. Returns
-    /// those gone with synced blocks in them and not known lost yet (removed since the last
-    /// check of the files): what the purge would have carried out of them is lost, and is
-    /// to be reported once.
-    pub fn forget_lost_before(&self, before_day: u32) -> Result<Vec<Lost>, JournalError> {
+    /// every start until then, as a damaged one is kept until its day is forgotten. One gone
+    /// with synced blocks in it and not known lost yet (removed since the last check of the
+    /// files) held what the purge would have carried on for waybills still kept: it is left
+    /// for the next [`PlatformLog::check_files`] to report, once.
+    pub fn forget_lost_before(&self, before_day: u32) -> Result<(), JournalError> {
         let mut changed = false;
         let mut found = Vec::new();
         {
-            let _current = self.lock();
+            let current = self.lock();
+            // The segment being written to is still open: the check writes it back.
+            let open = current.as_ref().map(|c| c.day);
             let ends = self.synced_ends();
             let present: Vec<u32> = self.segments()?.into_iter().map(|(d, _)| d).collect();
             let mut synced = self.synced_lock();
             for (&day, &end) in &ends.0 {
-                if day < before_day && !present.contains(&day) {
+                if day < before_day && !present.contains(&day) && open != Some(day) {
                     let set_aside = self.dir.join(SET_ASIDE).join(segment_name(day)).exists();
                     if end > 0 && !set_aside {
                         tracing::error!(segment = %segment_name(day), synced_to = end, "a platform log file that was synced is gone from the disk");
@@ -628,7 +630,11 @@ impl PlatformLog {
         if changed {
             self.record(true)?;
         }
-        Ok(found)
+        self.unreported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(found);
+        Ok(())
     }
 
     /// Looks for segments gone from the disk while the daemon runs (an operator's clean-up,
@@ -649,10 +655,25 @@ impl PlatformLog {
             lost: std::mem::take(&mut *self.unreported.lock().unwrap_or_else(|e| e.into_inner())),
             ..FilesChecked::default()
         };
+        match self.look_for_removed(&mut out) {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                // What was found is reported by the next check all the same.
+                self.unreported
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(out.lost);
+                Err(e)
+            }
+        }
+    }
+
+    /// The look of [`PlatformLog::check_files`], adding what it finds to `out`.
+    fn look_for_removed(&self, out: &mut FilesChecked) -> Result<(), JournalError> {
         let mut current = match self.current.try_lock() {
             Ok(c) => c,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(out),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
         };
         let mut changed = false;
         let days: Vec<u32> = self.synced_lock().ends.0.keys().copied().collect();
@@ -713,7 +734,7 @@ impl PlatformLog {
         if changed {
             self.record(true)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Writes the open segment `c`, whose file is gone, back to `path` from the open file:

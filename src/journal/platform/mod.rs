@@ -971,10 +971,12 @@ mod integrity_tests {
             "{alarms:?}"
         );
         assert_eq!(j.refused_entries().len(), 1);
-        // Gone past the purge's cut, before any check.
+        // Gone past the purge's cut, before any check: the check after the purge says so.
         gone(now - 2).unwrap();
         j.purge_clearance(now - 1, 100, &crate::rules::ClearanceTable::default())
             .unwrap();
+        let alarms = j.check_platform_files().unwrap();
+        assert_eq!(alarms.len(), 1, "{alarms:?}");
         assert_eq!(j.refused_entries().len(), 2, "{:?}", j.refused_entries());
         assert!(
             j.check_platform_files().unwrap().is_empty(),

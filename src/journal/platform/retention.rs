@@ -75,19 +75,8 @@ impl Journal {
         }
         self.consumer_days_usable()?;
         // Files lost from the disk are refused at every start until their day is past the
-        // period too. One found gone only now held what the purge would have carried on for
-        // waybills still kept: refused until the restart, with the error logged.
-        for lost in self.platform_log.forget_lost_before(before_day)? {
-            self.note_refused(super::RefusedEntry {
-                tree: super::TREE_LOG,
-                key: format!(
-                    "{} (synced to {})",
-                    super::files::segment_name(lost.day),
-                    lost.synced
-                ),
-                why: "file gone from the disk",
-            });
-        }
+        // period too (one found gone only now is reported by the next check of the files).
+        self.platform_log.forget_lost_before(before_day)?;
         let mut cursor = self.purge_cursor.lock().unwrap_or_else(|e| e.into_inner());
         let (mut day_at, mut offset) = match *cursor {
             Some((cut, day, offset)) if cut == before_day => (day, offset),

@@ -201,8 +201,27 @@ mod tests {
             let mut j = Journal::open(dir.path()).unwrap();
             // As a start does: the check of removed files runs after the start's repair.
             j.load_clearance().unwrap();
-            // A loss was reported: what the restart loads may lack what the file held.
-            let mut lost = false;
+            // Days whose files were removed and not written back, and those a check or a start
+            // reported lost: every removal is reported, and only a removal.
+            let mut removed = std::collections::BTreeSet::new();
+            // Days reported lost: refused at every start after (until past the period),
+            // even once written again.
+            let mut reported = std::collections::BTreeSet::new();
+            let says = |alarms: &[String], d: u32, what: &str| {
+                alarms
+                    .iter()
+                    .any(|a| a.contains(&super::super::files::segment_name(d)) && a.contains(what))
+            };
+            let written_back = |alarms: &[String], d: u32| says(alarms, d, "it was written back from the open file");
+            // What a check said: files written back are no longer removed; losses are reported.
+            let heard = |alarms: &[String], removed: &mut std::collections::BTreeSet<u32>, reported: &mut std::collections::BTreeSet<u32>| {
+                for &d in removed.iter() {
+                    if says(alarms, d, "file gone from the disk") {
+                        reported.insert(d);
+                    }
+                }
+                removed.retain(|&d| !written_back(alarms, d));
+            };
             let live = ClearanceTable::default();
             live.set_stored_history(Box::new(j.stored_days().unwrap()));
             // Days from today on: the purge writes what it carries into the newest segment, today's
@@ -246,8 +265,11 @@ mod tests {
                     Op::NextDay(n) => day += u32::from(n),
                     Op::Purge { keep, step } => {
                         super::super::tests::purge_all(&j, &live, day - u32::from(keep), usize::from(step));
-                        lost |= !j.refused_entries().is_empty()
-                            || j.check_platform_files().unwrap().iter().any(|a| !a.contains("written back"));
+                        // The check of the files, as housekeeping runs it beside the purge: a
+                        // file removed since and still open is written back now.
+                        let alarms = j.check_platform_files().unwrap();
+                        prop_assert!(alarms.iter().all(|a| !a.contains("could not be written back")), "{:?}", alarms);
+                        heard(&alarms, &mut removed, &mut reported);
                     }
                     Op::RemoveFile { pick, check } => {
                         let segments = j.platform_log.segments().unwrap();
@@ -255,24 +277,47 @@ mod tests {
                             continue;
                         }
                         let (d, _) = segments[usize::from(pick) % segments.len()];
-                        std::fs::remove_file(j.platform_log_dir().join(super::super::files::segment_name(d))).unwrap();
+                        let path = j.platform_log_dir().join(super::super::files::segment_name(d));
+                        let before = std::fs::read(&path).unwrap();
+                        std::fs::remove_file(&path).unwrap();
+                        removed.insert(d);
                         // Without the check, found by a later write to that day, a purge
                         // or the next start.
                         if check {
                             let alarms = j.check_platform_files().unwrap();
                             prop_assert!(!alarms.is_empty(), "a removal goes unnoticed");
-                            lost |= alarms.iter().any(|a| !a.contains("written back"));
+                            prop_assert!(alarms.iter().all(|a| !a.contains("could not be written back")), "{:?}", alarms);
+                            if written_back(&alarms, d) {
+                                // Its blocks, whole: the file before, less the zeros it grew by.
+                                let after = std::fs::read(&path).unwrap();
+                                prop_assert!(after.len() <= before.len());
+                                prop_assert!(before[..after.len()] == after[..], "written back otherwise");
+                                prop_assert!(before[after.len()..].iter().all(|&b| b == 0), "written back short");
+                            }
+                            // Others written back by the same check (removed earlier).
+                            heard(&alarms, &mut removed, &mut reported);
                         }
                     }
                     Op::Restart => {
                         j.write_platform(true).unwrap();
                         j.db.flush().unwrap();
+                        let before = j.refused_entries();
                         drop(j);
                         j = Journal::open(dir.path()).unwrap();
                         live.set_stored_history(Box::new(j.stored_days().unwrap()));
                         let loaded = j.load_clearance().unwrap();
-                        lost |= !j.refused_entries().is_empty();
-                        if lost {
+                        for r in before.iter().chain(j.refused_entries().iter()) {
+                            let day = removed
+                                .iter()
+                                .chain(reported.iter())
+                                .copied()
+                                .find(|&d| r.key.starts_with(&super::super::files::segment_name(d)));
+                            prop_assert!(r.why == "file gone from the disk" && day.is_some(), "refused: {}", r);
+                            reported.extend(day);
+                        }
+                        prop_assert!(removed.is_subset(&reported), "removed {:?}, reported {:?}", removed, reported);
+                        if !reported.is_empty() {
+                            // What the lost files held is missing from what is loaded.
                             continue;
                         }
                         for w in 0..40 {

@@ -179,14 +179,22 @@ pub fn salvage(path: &Path, gateway: &str, key_file: &Path) -> Result<SalvageRep
     // (salvage holds no key): they are adopted at the next start (see `integrity`), marked
     // beside the key, where whoever can write only the store cannot mark it. Before the
     // store is touched: a key directory this user cannot write stops the salvage here.
+    let marker = super::integrity::adoption_marker(key_file);
+    let marked_before = marker.exists();
     super::integrity::begin_adoption(key_file).map_err(|e| SalvageError::Io {
         what: "cannot mark the integrity key's adoption",
-        path: super::integrity::adoption_marker(key_file),
+        path: marker.clone(),
         source: std::io::Error::other(e.to_string()),
     })?;
     let now = crate::metrics::unix_ms(std::time::SystemTime::now());
     let damaged = sibling(path, &format!("damaged-{now}"));
-    std::fs::rename(path, &damaged).map_err(io("cannot move aside", path))?;
+    if let Err(e) = std::fs::rename(path, &damaged) {
+        // The store stays as it was: no adoption of its untagged state either.
+        if !marked_before {
+            let _ = std::fs::remove_file(&marker);
+        }
+        return Err(io("cannot move aside", path)(e));
+    }
     drop(lock);
     tracing::warn!(from = %path.display(), to = %damaged.display(), "damaged journal moved aside");
 
