@@ -186,6 +186,22 @@ pub struct FilesChecked {
     pub lost: Vec<Lost>,
     /// The open segment could not be written back: the log stopped (see `failed`).
     pub stopped: bool,
+    /// Segments found gone by retention's purge, past its cut: what they held for waybills
+    /// still kept is lost, and no later start can tell (their days are past the period).
+    pub forgotten: Vec<Lost>,
+}
+
+impl FilesChecked {
+    fn take(&mut self) -> FilesChecked {
+        std::mem::take(self)
+    }
+
+    fn add(&mut self, other: FilesChecked) {
+        self.restored.extend(other.restored);
+        self.lost.extend(other.lost);
+        self.stopped |= other.stopped;
+        self.forgotten.extend(other.forgotten);
+    }
 }
 
 /// Frames stored since the last block was written.
@@ -234,7 +250,7 @@ pub struct PlatformLog {
     repaired: std::sync::atomic::AtomicBool,
     /// Segments found lost while writing (a day written again after its file went): for
     /// [`PlatformLog::check_files`] to report.
-    unreported: Mutex<Vec<Lost>>,
+    unreported: Mutex<FilesChecked>,
 }
 
 impl Drop for PlatformLog {
@@ -292,7 +308,7 @@ impl PlatformLog {
             synced: Mutex::new(Synced::default()),
             recorder: Recorder::default(),
             repaired: std::sync::atomic::AtomicBool::new(false),
-            unreported: Mutex::new(Vec::new()),
+            unreported: Mutex::new(FilesChecked::default()),
         };
         // The newest segment's end is found when it is first read or written to, not here:
         // it can hold gigabytes, and the store's open is on the start's way.
@@ -560,10 +576,7 @@ impl PlatformLog {
             .map(|(&day, &synced)| Lost { day, synced })
             .collect();
         // The start reports every loss known so far (one found while the load wrote, too).
-        self.unreported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.unreported_lock().lost.clear();
         for &(day, _) in &segments {
             match synced.of(day) {
                 None if newest.contains(&day) => {
@@ -630,11 +643,38 @@ impl PlatformLog {
         if changed {
             self.record(true)?;
         }
-        self.unreported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(found);
+        self.unreported_lock().forgotten.extend(found);
         Ok(())
+    }
+
+    fn unreported_lock(&self) -> std::sync::MutexGuard<'_, FilesChecked> {
+        self.unreported.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Before the open segment `c` is closed (a switch to another day, a rewrite): if its
+    /// file was removed since the last check, it is written back from the open file now
+    /// (reported by the next check), or the log stops, as the check does.
+    fn keep_if_removed(&self, c: &mut Current) -> Result<(), JournalError> {
+        let path = self.dir.join(segment_name(c.day));
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        match self.restore(c, &path) {
+            Ok(()) => {
+                tracing::error!(segment = %segment_name(c.day), bytes = c.len, "a platform log file was removed while it was written to: written back from the open file");
+                self.unreported_lock().restored.push(c.day);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.unreported_lock().stopped = true;
+                tracing::error!(segment = %segment_name(c.day), error = %e, "a platform log file removed while it was written to cannot be written back: the platform log stops until a restart");
+                Err(e)
+            }
+        }
     }
 
     /// Looks for segments gone from the disk while the daemon runs (an operator's clean-up,
@@ -651,18 +691,12 @@ impl PlatformLog {
         if !self.repaired.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(FilesChecked::default());
         }
-        let mut out = FilesChecked {
-            lost: std::mem::take(&mut *self.unreported.lock().unwrap_or_else(|e| e.into_inner())),
-            ..FilesChecked::default()
-        };
+        let mut out = self.unreported_lock().take();
         match self.look_for_removed(&mut out) {
             Ok(()) => Ok(out),
             Err(e) => {
                 // What was found is reported by the next check all the same.
-                self.unreported
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(out.lost);
+                self.unreported_lock().add(out);
                 Err(e)
             }
         }
@@ -893,6 +927,7 @@ impl PlatformLog {
         let mut current = self.lock();
         if current.as_ref().is_none_or(|c| c.day != day) {
             if let Some(old) = current.as_mut() {
+                self.keep_if_removed(old)?;
                 self.sync_segment(old)?;
             }
             if let Some(old) = current.take() {
@@ -917,10 +952,7 @@ impl PlatformLog {
                 if let Some(end) = was {
                     tracing::error!(segment = %segment_name(day), synced_to = end, "a platform log file that was synced is gone from the disk");
                     self.synced_lock().lose(day, end);
-                    self.unreported
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(Lost { day, synced: end });
+                    self.unreported_lock().lost.push(Lost { day, synced: end });
                 }
                 self.ends().remove(&day);
                 self.synced(File::open(&self.dir).and_then(|d| d.sync_all()))?;
@@ -1084,6 +1116,7 @@ impl PlatformLog {
         let mut current = self.lock();
         if let Some(c) = current.as_mut() {
             // Written and not yet synced (the writer's sync would find no segment open).
+            self.keep_if_removed(c)?;
             self.sync_segment(c)?;
             self.note_end(c.day, c.len);
         }
