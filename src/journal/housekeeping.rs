@@ -39,6 +39,18 @@ struct Short {
     other: Option<u64>,
 }
 
+/// Checks the platform log's files for ones removed under the daemon and raises what it
+/// finds ([`Journal::check_platform_files`]). Off the runtime's threads: writing a removed
+/// file back copies a day's file.
+async fn check_files(journal: &Journal, alarms: &Alarms) {
+    let j = journal.clone();
+    match tokio::task::spawn_blocking(move || j.check_platform_files()).await {
+        Ok(Ok(found)) => found.into_iter().for_each(|text| alarms.raise(text)),
+        Ok(Err(e)) => warn!(error = %e, "the platform log's files cannot be checked"),
+        Err(e) => warn!(error = %e, "the platform log's files cannot be checked"),
+    }
+}
+
 impl Housekeeping {
     pub async fn run(
         self,
@@ -53,7 +65,11 @@ impl Housekeeping {
         let mut tick = tokio::time::interval(self.interval);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // What was found since the last check is reported before the stop.
+                    check_files(&journal, &alarms).await;
+                    return;
+                }
                 _ = tick.tick() => {}
             }
             let mut now = self.measure(&journal, &metrics, &mut short);
@@ -71,13 +87,7 @@ impl Housekeeping {
                 }
                 Err(e) => warn!(error = %e, "journal purge failed"),
             }
-            // Off the runtime's threads: writing a removed file back copies a day's file.
-            let j = journal.clone();
-            match tokio::task::spawn_blocking(move || j.check_platform_files()).await {
-                Ok(Ok(found)) => found.into_iter().for_each(|text| alarms.raise(text)),
-                Ok(Err(e)) => warn!(error = %e, "the platform log's files cannot be checked"),
-                Err(e) => warn!(error = %e, "the platform log's files cannot be checked"),
-            }
+            check_files(&journal, &alarms).await;
             metrics.journal_level.store(now.as_u8(), Ordering::Relaxed);
             let changed = now != last;
             if changed || (now != Level::Ok && last_alarm.elapsed() >= REMIND) {

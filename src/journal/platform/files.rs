@@ -640,10 +640,11 @@ impl PlatformLog {
                 changed = true;
             }
         }
+        // Handed on before the record: a record that fails must not lose the report.
+        self.unreported_lock().forgotten.extend(found);
         if changed {
             self.record(true)?;
         }
-        self.unreported_lock().forgotten.extend(found);
         Ok(())
     }
 
@@ -670,6 +671,7 @@ impl PlatformLog {
             Err(e) => {
                 self.failed
                     .store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = std::fs::remove_file(self.dir.join(format!("{}.tmp", segment_name(c.day))));
                 self.unreported_lock().stopped = true;
                 tracing::error!(segment = %segment_name(c.day), error = %e, "a platform log file removed while it was written to cannot be written back: the platform log stops until a restart");
                 Err(e)
