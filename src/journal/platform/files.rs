@@ -662,18 +662,34 @@ impl PlatformLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
-        match self.restore(c, &path) {
+        let mut found = FilesChecked::default();
+        let written = self.write_back(c, &path, &mut found);
+        self.unreported_lock().add(found);
+        written
+    }
+
+    /// Writes the open segment `c`, whose file at `path` is gone, back from the open file,
+    /// noting it in `out`. If that fails, its blocks not yet synced are gone with the file:
+    /// the log stops, so that no sync after this vouches for them and nothing more is
+    /// acknowledged, until a restart.
+    fn write_back(
+        &self,
+        c: &mut Current,
+        path: &Path,
+        out: &mut FilesChecked,
+    ) -> Result<(), JournalError> {
+        match self.restore(c, path) {
             Ok(()) => {
                 tracing::error!(segment = %segment_name(c.day), bytes = c.len, "a platform log file was removed while it was written to: written back from the open file");
-                self.unreported_lock().restored.push(c.day);
+                out.restored.push(c.day);
                 Ok(())
             }
             Err(e) => {
                 self.failed
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = std::fs::remove_file(self.dir.join(format!("{}.tmp", segment_name(c.day))));
-                self.unreported_lock().stopped = true;
                 tracing::error!(segment = %segment_name(c.day), error = %e, "a platform log file removed while it was written to cannot be written back: the platform log stops until a restart");
+                out.stopped = true;
                 Err(e)
             }
         }
@@ -723,32 +739,15 @@ impl PlatformLog {
             if let Some(c) = current.as_mut().filter(|c| c.day == day) {
                 // Written back wherever it went (moved into `set-aside/` too: blocks
                 // appended since, acknowledged at the next sync, would be set aside with it).
-                match self.restore(c, &path) {
-                    Ok(()) => {
-                        tracing::error!(segment = %segment_name(day), bytes = c.len, "a platform log file was removed while it was written to: written back from the open file");
-                        out.restored.push(day);
-                        changed = true;
-                        continue;
-                    }
-                    Err(e) => {
-                        // Its blocks not yet synced are gone with it: the log stops, so that
-                        // no sync after this vouches for them and nothing more is
-                        // acknowledged, until a restart.
-                        self.failed
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                        let _ = std::fs::remove_file(
-                            self.dir.join(format!("{}.tmp", segment_name(day))),
-                        );
-                        tracing::error!(segment = %segment_name(day), error = %e, "a platform log file removed while it was written to cannot be written back: the platform log stops until a restart");
-                        out.stopped = true;
-                        *current = None;
-                        if path.exists() {
-                            // Renamed into place before the step that failed: whole, kept.
-                            continue;
-                        }
-                    }
+                if self.write_back(c, &path, out).is_ok() {
+                    changed = true;
+                    continue;
                 }
                 *current = None;
+                if path.exists() {
+                    // Renamed into place before the step that failed: whole, kept.
+                    continue;
+                }
             }
             let set_aside = self.dir.join(SET_ASIDE).join(segment_name(day)).exists();
             self.ends().remove(&day);
