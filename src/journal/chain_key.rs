@@ -39,7 +39,7 @@ impl Journal {
         let Some(key) = self.integrity_key.get() else {
             return Ok(Vec::new());
         };
-        let keyed = !(adopt && self.adopting()?);
+        let keyed = !(adopt && self.adopting());
         let mut problems = Vec::new();
         for (what, link_key, tag_key) in [
             ("head", META_HEAD, META_HEAD_TAG),
@@ -57,7 +57,7 @@ impl Journal {
                     tracing::warn!(
                         link = what,
                         seq,
-                        "journal chain {what} tagged as it lies (integrity key created at this start)"
+                        "journal chain {what} tagged as it lies (integrity key's adoption open: created at this start, a start cut short, or a salvaged store)"
                     );
                 }
                 None => problems.push(ChainProblem::Unkeyed {

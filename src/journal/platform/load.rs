@@ -49,7 +49,7 @@ impl Journal {
     /// adoption), and the stored platform rule set adopted with it, before the policy reads it.
     /// Pass the result to [`Journal::load_clearance_into`].
     pub fn begin_clearance_load(&self) -> Result<bool, JournalError> {
-        let adopting = self.adopting()?;
+        let adopting = self.adopting();
         if adopting {
             if let Some(key) = self.integrity_key.get() {
                 if let Some(v) = self.meta.get(META_PLATFORM_RULES)? {
@@ -182,7 +182,7 @@ impl Journal {
         if load.adopting > 0 {
             tracing::warn!(
                 entries = load.adopting,
-                "stored platform state without integrity tags adopted as it lies on disk (integrity key created at this start): it is tagged from now on, and an untagged entry found later is refused"
+                "stored platform state without integrity tags adopted as it lies on disk (integrity key's adoption open: created at this start, a start cut short, or a salvaged store): it is tagged from now on, and an untagged entry found later is refused"
             );
             *self.adopted.lock().unwrap_or_else(|e| e.into_inner()) += load.adopting;
         }
@@ -207,12 +207,9 @@ impl Journal {
     /// written without tags and adopted at this start is written again, sealed.
     fn load_segment(&self, day: u32, load: &mut Load<'_>) -> Result<bool, JournalError> {
         let key = self.integrity_key.get();
-        // Untagged blocks are adopted only at the start that created the key: the log is
-        // tagged from its first block on, and a salvage leaves it as it was.
-        let adopting = self
-            .adopt_untagged
-            .load(std::sync::atomic::Ordering::Relaxed)
-            && key.is_some();
+        // Untagged blocks are adopted only while the key's adoption is open (see
+        // `integrity::IntegrityKey::open_for_start`): the log is tagged from its first block on.
+        let adopting = self.adopting() && key.is_some();
         let mut sealed_anew: Vec<Vec<u8>> = Vec::new();
         let mut untagged = 0usize;
         use std::cell::Cell;

@@ -442,6 +442,12 @@ mod integrity_tests {
         }
     }
 
+    /// Removes the platform log's file of `day` under the journal, as a clean-up script
+    /// could.
+    fn remove_segment(dir: &std::path::Path, day: u32) -> std::io::Result<()> {
+        std::fs::remove_file(super::files::dir_of(dir).join(super::files::segment_name(day)))
+    }
+
     /// Where the blocks of the segment of `day` end.
     fn blocks_end(j: &Journal, day: u32) -> u64 {
         let mut end = 0;
@@ -919,7 +925,7 @@ mod integrity_tests {
         let dir = tempfile::tempdir().unwrap();
         let now = today();
         let log = super::files::dir_of(dir.path());
-        let gone = |day: u32| std::fs::remove_file(log.join(super::files::segment_name(day)));
+        let gone = |day: u32| remove_segment(dir.path(), day);
         {
             let j = keyed_new(dir.path());
             declared_on(&j, &[("WB1", now - 3), ("WB2", now - 1), ("WB3", now)]);
@@ -958,8 +964,7 @@ mod integrity_tests {
     fn a_file_gone_before_the_check_is_reported_by_the_next_write_or_the_purge() {
         let dir = tempfile::tempdir().unwrap();
         let now = today();
-        let log = super::files::dir_of(dir.path());
-        let gone = |day: u32| std::fs::remove_file(log.join(super::files::segment_name(day)));
+        let gone = |day: u32| remove_segment(dir.path(), day);
         let j = keyed_new(dir.path());
         declared_on(&j, &[("WB1", now - 2), ("WB2", now - 1), ("WB3", now)]);
         // Retention carries a message into the older file, which is gone.

@@ -67,7 +67,7 @@ impl Journal {
         let Some(stored) = self.meta.get(META_PLATFORM_RULES)? else {
             return Ok(StoredRules::Local);
         };
-        let adopted = !self.adopting()?;
+        let adopted = !self.adopting();
         let v = match self.verdict(TREE_META, META_PLATFORM_RULES, &stored, adopted)? {
             Verdict::Use(v) => v,
             Verdict::Refuse(why) => {

@@ -16,9 +16,10 @@ pub(super) enum Verdict<'a> {
 
 impl Journal {
     /// Sets the key that tags stored platform state and the chain's head; before the first
-    /// [`Journal::load_clearance`]. `created`: the key was created at this start, so state
-    /// stored without tags (an older build's) is adopted as it lies; with a key that existed
-    /// before, an untagged entry is refused. Returns false if a key was set already (the
+    /// [`Journal::load_clearance`]. `created`: the key's adoption is open (created at this
+    /// start, or marked beside it, see `integrity::IntegrityKey::open_for_start`), so state
+    /// stored without tags (an older build's) is adopted as it lies; otherwise an untagged
+    /// entry is refused. Returns false if a key was set already (the
     /// first stays).
     pub fn set_integrity_key(&self, key: IntegrityKey, created: bool) -> bool {
         let set = self.integrity_key.set(key).is_ok();
@@ -32,10 +33,9 @@ impl Journal {
     /// Whether untagged state is adopted at this start: the key was created now, or its
     /// adoption marker beside it says so (a start cut short in its load, a store fresh from
     /// `journal salvage`). Nothing in the store decides it.
-    pub(in crate::journal) fn adopting(&self) -> Result<bool, JournalError> {
-        Ok(self
-            .adopt_untagged
-            .load(std::sync::atomic::Ordering::Relaxed))
+    pub(in crate::journal) fn adopting(&self) -> bool {
+        self.adopt_untagged
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Untagged blocks a load adopted and could not seal, in segments kept for their
